@@ -50,7 +50,7 @@ async def test_tell_delivers_messages_in_order_and_ask_returns_the_reply() -> No
 async def test_ask_times_out_with_ask_timeout_which_is_a_timeout_error() -> None:
     async with ActorSystem(shutdown_timeout=0.2) as system:
         ref = await system.spawn(Counter)
-        with pytest.raises(AskTimeout, match="no reply from system/Counter within 0.05s"):
+        with pytest.raises(AskTimeout, match=r"no reply from system/Counter within 0\.05s"):
             await ref.ask("slow", timeout=0.05)
         with pytest.raises(TimeoutError):
             await ref.ask("total", timeout=0.05)  # still stuck behind "slow"

@@ -111,7 +111,7 @@ async def test_fail_policy_raises_mailbox_full_from_tell() -> None:
         await ref.tell("a")
         await wait_until(lambda: ref.statistics().depth == 0)
         await ref.tell("b")
-        with pytest.raises(MailboxFull, match="mailbox of system/.* is full"):
+        with pytest.raises(MailboxFull, match=r"mailbox of system/.* is full"):
             await ref.tell("c")
         gate.set()
 

@@ -1,0 +1,67 @@
+"""Helpers shared by the benchmarks: timing, peak memory and a plain table printer."""
+
+from __future__ import annotations
+
+import logging
+import resource
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import structlog
+
+
+@dataclass
+class Row:
+    name: str
+    values: dict[str, str] = field(default_factory=dict)
+
+
+def quiet_logs(level: int = logging.WARNING) -> None:
+    """Show only warnings and errors from the library's structlog loggers."""
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(level))
+
+
+def peak_rss_mib() -> float:
+    """The process's peak resident set size so far, in MiB."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+class Timer:
+    """``with Timer() as t: ...``; then ``t.seconds``."""
+
+    def __enter__(self) -> Timer:
+        self.start = time.perf_counter()
+        self.seconds = 0.0
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = time.perf_counter() - self.start
+
+
+def print_table(title: str, columns: Sequence[str], rows: Sequence[Row]) -> None:
+    """Print rows as an aligned text table (plain text, so it reads the same in CI logs)."""
+    header = ["case", *columns]
+    body = [[row.name, *(row.values.get(c, "") for c in columns)] for row in rows]
+    widths = [max(len(str(r[i])) for r in [header, *body]) for i in range(len(header))]
+    print(f"\n{title}")
+    print(
+        "  ".join(
+            h.ljust(w) if i == 0 else h.rjust(w)
+            for i, (h, w) in enumerate(zip(header, widths, strict=True))
+        )
+    )
+    print("  ".join("-" * w for w in widths))
+    for r in body:
+        print(
+            "  ".join(
+                str(v).ljust(w) if i == 0 else str(v).rjust(w)
+                for i, (v, w) in enumerate(zip(r, widths, strict=True))
+            )
+        )
+
+
+def rate(count: int, seconds: float) -> str:
+    return f"{count / seconds:,.0f}" if seconds > 0 else "inf"

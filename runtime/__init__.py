@@ -1,0 +1,3 @@
+"""The featurist feature runtime, built on the ``actors`` kernel."""
+
+__all__: list[str] = []
