@@ -20,9 +20,16 @@ from ._exceptions import Escalated as Escalated
 from ._exceptions import LoaderError as LoaderError
 from ._exceptions import LoadTimeout as LoadTimeout
 from ._exceptions import MailboxFull as MailboxFull
+from ._loader import BatchFunction as BatchFunction
+from ._loader import BatchLoader as BatchLoader
+from ._loader import LoaderCache as LoaderCache
+from ._loader import LoaderStatistics as LoaderStatistics
 from ._mailbox import MailboxConfig as MailboxConfig
 from ._mailbox import MailboxStatistics as MailboxStatistics
 from ._mailbox import Overflow as Overflow
+from ._router import Key as Key
+from ._router import KeyRouter as KeyRouter
+from ._router import stable_hash as stable_hash
 from ._supervisor import Backoff as Backoff
 from ._supervisor import Restart as Restart
 from ._supervisor import Strategy as Strategy
@@ -42,6 +49,8 @@ __all__ = [
     "ActorSystem",
     "AskTimeout",
     "Backoff",
+    "BatchFunction",
+    "BatchLoader",
     "BatchResultError",
     "ConfigError",
     "DeadLetter",
@@ -50,8 +59,12 @@ __all__ = [
     "DeadLetters",
     "Directive",
     "Escalated",
+    "Key",
+    "KeyRouter",
     "LoadTimeout",
+    "LoaderCache",
     "LoaderError",
+    "LoaderStatistics",
     "MailboxConfig",
     "MailboxFull",
     "MailboxStatistics",
@@ -63,4 +76,5 @@ __all__ = [
     "restart_always",
     "resume_always",
     "run",
+    "stable_hash",
 ]

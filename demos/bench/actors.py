@@ -23,8 +23,7 @@ from typing import Any
 
 import anyio
 
-from actors import Actor, ActorSystem, MailboxConfig, run
-from actors._router import KeyRouter
+from actors import Actor, ActorSystem, KeyRouter, MailboxConfig, run
 
 from ._common import Row, Timer, peak_rss_mib, print_table, quiet_logs, rate
 
