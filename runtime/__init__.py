@@ -1,3 +1,87 @@
-"""The featurist feature runtime, built on the ``actors`` kernel."""
+"""The featurist feature runtime: keyed features over event streams, on the ``actors`` kernel.
 
-__all__: list[str] = []
+Start with :class:`FeatureSet` (what to compute) and :class:`FeatureRuntime` (computing it).
+See ``docs/quickstart.md``.
+"""
+
+from ._cost import CostEstimate as CostEstimate
+from ._cost import MeasuredCost as MeasuredCost
+from ._cost import estimate_cost as estimate_cost
+from ._cost import estimate_feature_set as estimate_feature_set
+from ._duration import format_duration as format_duration
+from ._duration import parse_duration as parse_duration
+from ._exceptions import FeatureValueError as FeatureValueError
+from ._exceptions import FeaturistError as FeaturistError
+from ._exceptions import InvalidEvent as InvalidEvent
+from ._exceptions import RuntimeClosed as RuntimeClosed
+from ._exceptions import SpecError as SpecError
+from ._exceptions import UnknownFeature as UnknownFeature
+from ._logging import configure_logging as configure_logging
+from ._results import FeatureDescription as FeatureDescription
+from ._results import FeatureError as FeatureError
+from ._results import FeatureResult as FeatureResult
+from ._results import FeatureUpdate as FeatureUpdate
+from ._results import FeatureVector as FeatureVector
+from ._results import RuntimeStatistics as RuntimeStatistics
+from ._runtime import FeatureRuntime as FeatureRuntime
+from ._spec import FEATURE_TYPES as FEATURE_TYPES
+from ._spec import Count as Count
+from ._spec import DistinctCount as DistinctCount
+from ._spec import EWMean as EWMean
+from ._spec import Feature as Feature
+from ._spec import FeatureSet as FeatureSet
+from ._spec import FeatureSpec as FeatureSpec
+from ._spec import First as First
+from ._spec import Last as Last
+from ._spec import Max as Max
+from ._spec import Mean as Mean
+from ._spec import Min as Min
+from ._spec import Ratio as Ratio
+from ._spec import Std as Std
+from ._spec import Sum as Sum
+from ._spec import TimeSince as TimeSince
+from ._spec import Variance as Variance
+from ._spec import Where as Where
+from ._updates import UpdateSubscription as UpdateSubscription
+
+__all__ = [
+    "FEATURE_TYPES",
+    "CostEstimate",
+    "Count",
+    "DistinctCount",
+    "EWMean",
+    "Feature",
+    "FeatureDescription",
+    "FeatureError",
+    "FeatureResult",
+    "FeatureRuntime",
+    "FeatureSet",
+    "FeatureSpec",
+    "FeatureUpdate",
+    "FeatureValueError",
+    "FeatureVector",
+    "FeaturistError",
+    "First",
+    "InvalidEvent",
+    "Last",
+    "Max",
+    "Mean",
+    "MeasuredCost",
+    "Min",
+    "Ratio",
+    "RuntimeClosed",
+    "RuntimeStatistics",
+    "SpecError",
+    "Std",
+    "Sum",
+    "TimeSince",
+    "UnknownFeature",
+    "UpdateSubscription",
+    "Variance",
+    "Where",
+    "configure_logging",
+    "estimate_cost",
+    "estimate_feature_set",
+    "format_duration",
+    "parse_duration",
+]

@@ -1,0 +1,219 @@
+"""Cost estimates for features: operations, state and CPU share, before running anything.
+
+``estimate_cost`` answers "what will this feature cost at this event rate and key count?" from
+a table of per-type figures. The figures are rough and meant for comparing features and sizing a
+deployment, not for promises; ``MeasuredCost`` holds what the runtime measures instead.
+
+Per feature type (``+1`` operation per event when the feature has a ``where``):
+
+==============  ================  =========  =====  =========================================
+type            category          ops/event  bytes  state per key
+==============  ================  =========  =====  =========================================
+count           simple_aggregate  1          8      the count
+sum             simple_aggregate  2          8      the sum (type check, add)
+mean            simple_aggregate  3          16     count and mean
+min, max        simple_aggregate  2          8      the extreme value
+first, last     simple_aggregate  2          16     the value and its event time
+variance        simple_aggregate  5          24     count, mean, squared deviations (Welford)
+std             simple_aggregate  6          24     as variance, plus a square root
+ewm_mean        simple_aggregate  6          24     weighted sum, weight total, last time
+distinct_count  simple_aggregate  3          see    ``max(exact_limit * 60, 2**precision)``
+time_since      simple_aggregate  2          16     the two newest event times
+ratio           simple_aggregate  2          0      nothing: it reads two other features
+==============  ================  =========  =====  =========================================
+
+Operations are the steps of one state update in plain Python; state bytes are the payload a
+compact encoding (a checkpoint) holds, while the live CPython objects take several times more.
+A distinct count is costed at its worst case: a key that reaches ``exact_limit`` distinct values
+holds them all (about ``DISTINCT_VALUE_BYTES`` each) before it switches to a sketch of
+``2**precision`` one-byte registers.
+
+Later feature families (windows, joins, patterns) add rows to ``_PROFILES`` with their own
+category: ``windowed_aggregate``, ``temporal_join``, ``complex_pattern``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal, NamedTuple, TypeAlias
+
+import msgspec
+
+from ._exceptions import SpecError
+from ._spec import DistinctCount, FeatureSet, FeatureSpec
+
+__all__ = [
+    "BOTTLENECK_THRESHOLD",
+    "DISTINCT_VALUE_BYTES",
+    "MEMORY_BUDGET_BYTES",
+    "NS_PER_OPERATION",
+    "Bottleneck",
+    "Category",
+    "CostEstimate",
+    "MeasuredCost",
+    "estimate_cost",
+    "estimate_feature_set",
+]
+
+Category: TypeAlias = Literal[
+    "simple_aggregate", "windowed_aggregate", "temporal_join", "complex_pattern"
+]
+#: What limits a feature first: ``"none"`` when nothing is near its limit, ``"cpu"``,
+#: ``"memory"``, or ``"lookup_latency"`` (features that wait on a dimension source).
+Bottleneck: TypeAlias = Literal["none", "cpu", "memory", "lookup_latency"]
+
+#: Nanoseconds per operation: a rough figure for one step of a state update in CPython
+#: (an attribute load, an add, a compare and a store together cost about this much).
+NS_PER_OPERATION = 80
+#: Estimated bytes per distinct value held exactly: a set slot plus a small value.
+DISTINCT_VALUE_BYTES = 60
+#: The memory a feature is measured against to call it memory-bound: 1 GiB.
+MEMORY_BUDGET_BYTES = 1 << 30
+#: The share of one core, or of ``MEMORY_BUDGET_BYTES``, from which that resource is the
+#: bottleneck.
+BOTTLENECK_THRESHOLD = 0.5
+
+
+class _Profile(NamedTuple):
+    category: Category
+    time_complexity: str
+    space_complexity: str
+    ops_per_event: int
+    state_bytes: int
+
+
+_SIMPLE: Category = "simple_aggregate"
+_PROFILES: dict[str, _Profile] = {
+    "count": _Profile(_SIMPLE, "O(1)", "O(1)", 1, 8),
+    "sum": _Profile(_SIMPLE, "O(1)", "O(1)", 2, 8),
+    "mean": _Profile(_SIMPLE, "O(1)", "O(1)", 3, 16),
+    "min": _Profile(_SIMPLE, "O(1)", "O(1)", 2, 8),
+    "max": _Profile(_SIMPLE, "O(1)", "O(1)", 2, 8),
+    "first": _Profile(_SIMPLE, "O(1)", "O(1)", 2, 16),
+    "last": _Profile(_SIMPLE, "O(1)", "O(1)", 2, 16),
+    "variance": _Profile(_SIMPLE, "O(1)", "O(1)", 5, 24),
+    "std": _Profile(_SIMPLE, "O(1)", "O(1)", 6, 24),
+    "ewm_mean": _Profile(_SIMPLE, "O(1)", "O(1)", 6, 24),
+    # The state bytes of a distinct count depend on its parameters: see _state_bytes.
+    "distinct_count": _Profile(_SIMPLE, "O(1)", "O(min(n, exact_limit))", 3, 0),
+    "time_since": _Profile(_SIMPLE, "O(1)", "O(1)", 2, 16),
+    "ratio": _Profile(_SIMPLE, "O(1)", "O(1)", 2, 0),
+}
+
+
+class CostEstimate(msgspec.Struct, frozen=True, kw_only=True):
+    """The estimated cost of one feature at a given event rate and number of keys."""
+
+    #: The feature's name.
+    feature: str
+    #: The feature's type tag, such as ``"sum"``.
+    type: str
+    #: The feature's family: ``simple_aggregate``, ``windowed_aggregate``, ...
+    category: Category
+    #: Time per event, in big-O terms.
+    time_complexity: str
+    #: State per key, in big-O terms (``n``: the key's events or distinct values).
+    space_complexity: str
+    #: State updates per second: the event rate times the operations per event.
+    operations_per_second: float
+    #: Estimated state per key, in bytes.
+    state_bytes_per_key: int
+    #: ``state_bytes_per_key`` times the number of keys.
+    memory_bytes: int
+    #: The share of one CPU core the feature needs, from 0.0 to 1.0.
+    cpu_utilization: float
+    #: What limits the feature first.
+    bottleneck: Bottleneck
+
+
+class MeasuredCost(msgspec.Struct, frozen=True, kw_only=True):
+    """The cost of one feature as the runtime measured it; ``None`` where it has no figure yet."""
+
+    #: The feature's name.
+    feature: str
+    #: The events the feature processed during the measurement.
+    events: int
+    #: The mean time to update the feature for one event, in microseconds.
+    mean_latency_us: float | None
+    #: The 99th percentile of that time, in microseconds.
+    p99_latency_us: float | None
+    #: The events the feature processed per second.
+    events_per_second: float | None
+    #: The mean state per key, in bytes.
+    state_bytes_per_key: float | None
+
+
+def estimate_cost(feature: FeatureSpec, *, event_rate: float, keys: int = 10_000) -> CostEstimate:
+    """Estimate what one feature costs at ``event_rate`` events per second over ``keys`` keys.
+
+    The feature sees every event (its ``where`` is evaluated for each); ``memory_bytes``
+    assumes every key holds state. ``cpu_utilization`` is ``operations_per_second`` times
+    ``NS_PER_OPERATION``, capped at 1.0. ``bottleneck`` is whichever of the CPU share and the
+    share of ``MEMORY_BUDGET_BYTES`` is larger, once it reaches ``BOTTLENECK_THRESHOLD``;
+    below that it is ``"none"``.
+
+    Raises:
+        SpecError: ``event_rate`` is not a finite number >= 0, ``keys`` is not an int >= 1, or
+            the feature's type has no cost profile.
+    """
+    _check_load(event_rate, keys)
+    return _estimate(feature, float(event_rate), keys)
+
+
+def estimate_feature_set(
+    feature_set: FeatureSet, *, event_rate: float, keys: int = 10_000
+) -> list[CostEstimate]:
+    """Estimate each feature of a set, in order; every feature sees all ``event_rate`` events.
+
+    Raises:
+        SpecError: as for ``estimate_cost``.
+    """
+    _check_load(event_rate, keys)
+    return [_estimate(feature, float(event_rate), keys) for feature in feature_set.features]
+
+
+def _check_load(event_rate: float, keys: int) -> None:
+    if (
+        not isinstance(event_rate, int | float)
+        or isinstance(event_rate, bool)
+        or not math.isfinite(event_rate)
+        or event_rate < 0
+    ):
+        raise SpecError(f"event_rate: must be a finite number >= 0, got {event_rate!r}")
+    if not isinstance(keys, int) or isinstance(keys, bool) or keys < 1:
+        raise SpecError(f"keys: must be an int >= 1, got {keys!r}")
+
+
+def _estimate(feature: FeatureSpec, event_rate: float, keys: int) -> CostEstimate:
+    profile = _PROFILES.get(feature.type_name)
+    if profile is None:
+        raise SpecError(f"{feature.name}: no cost profile for feature type {feature.type_name!r}")
+    ops_per_event = profile.ops_per_event + (feature.where is not None)
+    operations = event_rate * ops_per_event
+    cpu = operations * NS_PER_OPERATION / 1e9
+    state = _state_bytes(feature, profile)
+    memory = state * keys
+    return CostEstimate(
+        feature=feature.name,
+        type=feature.type_name,
+        category=profile.category,
+        time_complexity=profile.time_complexity,
+        space_complexity=profile.space_complexity,
+        operations_per_second=operations,
+        state_bytes_per_key=state,
+        memory_bytes=memory,
+        cpu_utilization=min(1.0, cpu),
+        bottleneck=_bottleneck(cpu, memory / MEMORY_BUDGET_BYTES),
+    )
+
+
+def _state_bytes(feature: FeatureSpec, profile: _Profile) -> int:
+    if isinstance(feature, DistinctCount):
+        return max(feature.exact_limit * DISTINCT_VALUE_BYTES, 1 << feature.precision)
+    return profile.state_bytes
+
+
+def _bottleneck(cpu_share: float, memory_share: float) -> Bottleneck:
+    if max(cpu_share, memory_share) < BOTTLENECK_THRESHOLD:
+        return "none"
+    return "cpu" if cpu_share >= memory_share else "memory"

@@ -1,0 +1,145 @@
+"""What the runtime gives back: per-event updates, feature vectors, descriptions, statistics.
+
+All are frozen ``msgspec.Struct``s, so they encode to JSON or MessagePack as they are.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from ._cost import CostEstimate, MeasuredCost
+
+__all__ = [
+    "FeatureDescription",
+    "FeatureError",
+    "FeatureResult",
+    "FeatureUpdate",
+    "FeatureVector",
+    "RuntimeStatistics",
+]
+
+
+class FeatureResult(msgspec.Struct, frozen=True):
+    """One feature's outcome for one event (the seed's per-feature result)."""
+
+    #: the feature's value after the event, or None with an error
+    value: Any
+    #: time spent computing this feature per event, in milliseconds (estimated from sampled
+    #: batches; see ``docs/runtime.md``)
+    computation_latency_ms: float | None
+    #: the event's time, in milliseconds since the epoch
+    timestamp: int
+    #: the error message when this feature failed on this event
+    error: str | None = None
+
+
+class FeatureUpdate(msgspec.Struct, frozen=True):
+    """The change one event made to its key's features, as delivered by ``rt.updates()``."""
+
+    #: the entity key
+    key: Any
+    #: the event's time, milliseconds since the epoch
+    event_time: int
+    #: every feature of the group after the event, by name
+    values: dict[str, Any]
+    #: features that failed on this event: name -> message (None when none failed)
+    errors: dict[str, str] | None
+    #: per-feature computation latency estimate, milliseconds
+    latency_ms: dict[str, float]
+    #: wall-clock time the update was computed (seconds since the epoch)
+    processed_at: float
+    #: the feature group that computed it
+    group: str = "g0"
+
+    def result(self, name: str) -> FeatureResult:
+        """One feature's :class:`FeatureResult` for this event."""
+        error = self.errors.get(name) if self.errors else None
+        return FeatureResult(
+            None if error is not None else self.values[name],
+            self.latency_ms.get(name),
+            self.event_time,
+            error,
+        )
+
+    def results(self) -> dict[str, FeatureResult]:
+        """Every feature's :class:`FeatureResult`, by name."""
+        return {name: self.result(name) for name in self.values}
+
+
+class FeatureVector(msgspec.Struct, frozen=True):
+    """A key's current features with their freshness, from ``rt.get(key)``."""
+
+    #: the entity key
+    key: Any
+    #: feature name -> current value (None where the feature has no value yet)
+    values: dict[str, Any]
+    #: the greatest event time seen for this key (ms), None if the key is unknown
+    last_event_time: int | None
+    #: event time up to which the key's shard has seen everything it will wait for (ms)
+    watermark: int | None
+    #: wall-clock time the key's state last changed (seconds since the epoch)
+    updated_at: float | None
+    #: wall-clock now minus ``last_event_time``: how old the newest event is (ms)
+    lag_ms: float | None
+
+    @property
+    def known(self) -> bool:
+        """False when the runtime has never seen an event of this key."""
+        return self.last_event_time is not None
+
+    def __getitem__(self, name: str) -> Any:
+        return self.values[name]
+
+
+class FeatureError(msgspec.Struct, frozen=True):
+    """A recent feature error, kept for inspection (``rt.recent_errors()``)."""
+
+    feature: str
+    key: Any
+    event_time: int
+    error: str
+
+
+class FeatureDescription(msgspec.Struct, frozen=True):
+    """What ``rt.register`` and ``rt.describe`` return for a feature."""
+
+    name: str
+    type: str
+    #: the feature group (and so the actors) that computes it
+    group: str
+    #: the event fields it reads
+    inputs: tuple[str, ...]
+    #: the estimate at registration (at the runtime's ``expected_event_rate``)
+    estimated_cost: CostEstimate
+    #: what was measured once events have flowed, else None
+    measured_cost: MeasuredCost | None = None
+
+
+class RuntimeStatistics(msgspec.Struct, frozen=True):
+    """A snapshot of the runtime (``rt.statistics()``)."""
+
+    #: events accepted by ``ingest``
+    events_ingested: int
+    #: events rejected as invalid (in dead letters)
+    events_rejected: int
+    #: events applied by every feature group
+    events_processed: int
+    #: errors per feature since start
+    feature_errors: dict[str, int]
+    #: keys with state
+    keys: int
+    #: estimated bytes of feature state, in total and per key
+    state_bytes: int
+    state_bytes_per_key: float
+    #: ingest-to-update latency over recent batches, milliseconds
+    latency_p50_ms: float | None
+    latency_p99_ms: float | None
+    #: the lowest shard watermark (ms)
+    watermark: int | None
+    #: feature groups and shards
+    groups: int
+    shards: int
+    #: the deepest shard mailbox now, in batches
+    max_mailbox_depth: int

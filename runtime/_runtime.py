@@ -1,0 +1,567 @@
+"""``FeatureRuntime``: the facade a service embeds.
+
+Layout: events are read and validated at ``ingest`` (bad ones go to dead letters), routed by key
+to one of ``shards`` buffers, and sent as batches to the shard's actor of each feature group. A
+feature group is a set of features compiled together (the initial feature set is one group;
+each ``register`` call adds one); each group runs as one actor per shard, under a one-for-one
+supervisor. A key's events always go to the same shard in arrival order, so results do not
+depend on the shard count or the batch size.
+
+Backpressure: a shard's actors have bounded mailboxes (``mailbox_capacity`` batches); when
+they are full, ``ingest`` waits. Partial batches are sent after ``linger`` seconds, or at once by
+``get`` (so a read sees the caller's own writes), ``flush`` and shutdown.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+import anyio
+import anyio.abc
+import structlog
+
+from actors import (
+    ActorRef,
+    ActorSystem,
+    ConfigError,
+    DeadLetterReason,
+    KeyRouter,
+    MailboxConfig,
+    Supervisor,
+)
+
+from ._cost import CostEstimate, MeasuredCost, estimate_cost
+from ._events import MAX_TIME_MS, MIN_TIME_MS, EventReader, PayloadFormat
+from ._exceptions import InvalidEvent, RuntimeClosed, SpecError, UnknownFeature
+from ._kernel import CompiledGroup, compile_group
+from ._results import (
+    FeatureDescription,
+    FeatureError,
+    FeatureVector,
+    RuntimeStatistics,
+)
+from ._shard import Batch, GetState, GetStats, GroupShard, ShardStats
+from ._spec import Feature, FeatureSet
+from ._updates import Policy, UpdateHub, UpdateSubscription
+
+__all__ = ["FeatureRuntime"]
+
+_log = structlog.get_logger("featurist")
+
+
+@dataclass
+class _Group:
+    name: str
+    features: list[Any]
+    compiled: CompiledGroup
+    refs: list[ActorRef[Any]] = field(default_factory=list)
+    defaults: tuple[Any, ...] = ()
+
+
+def _check_int(name: str, value: Any, low: int, high: int | None = None) -> None:
+    if (
+        not isinstance(value, int)
+        or isinstance(value, bool)
+        or value < low
+        or (high is not None and value > high)
+    ):
+        bound = f"between {low} and {high}" if high is not None else f">= {low}"
+        raise ConfigError(f"{name} must be an int {bound}, got {value!r}")
+
+
+class FeatureRuntime:
+    """Computes a feature set over a stream of events, in this process.
+
+    Args:
+        feature_set: what to compute (see :class:`FeatureSet`).
+        shards: shard actors per feature group (1..key_groups). Shards share one event loop, so
+            more shards do not add parallelism; they bound each actor's state and mailbox.
+        batch_size: events per batch sent to a shard (>= 1).
+        linger: seconds a partial batch may wait before it is sent (> 0).
+        mailbox_capacity: batches each shard actor holds before ``ingest`` waits (>= 1).
+        key_groups: the fixed number of key groups (the unit of re-sharding).
+        payload_format: how ``bytes`` events are decoded: ``"json"`` or ``"msgpack"``.
+        sample_every: one batch in this many is timed per feature (>= 1).
+        expected_event_rate: events per second used for cost estimates at registration.
+        expected_keys: distinct keys used for memory estimates at registration.
+        shutdown_timeout: seconds to drain at shutdown before cancelling.
+        dead_letters_capacity: dead letters kept (all are counted).
+
+    Example::
+
+        async with FeatureRuntime(feature_set, shards=4) as rt:
+            await rt.ingest({"card": "c1", "ts": 1_700_000_000_000, "amount": 12.5})
+            vector = await rt.get("c1")
+    """
+
+    def __init__(
+        self,
+        feature_set: FeatureSet,
+        *,
+        shards: int = 4,
+        batch_size: int = 512,
+        linger: float = 0.005,
+        mailbox_capacity: int = 16,
+        key_groups: int = 256,
+        payload_format: PayloadFormat = "json",
+        sample_every: int = 16,
+        expected_event_rate: float = 1000.0,
+        expected_keys: int = 10_000,
+        shutdown_timeout: float = 30.0,
+        dead_letters_capacity: int = 10_000,
+    ) -> None:
+        if not isinstance(feature_set, FeatureSet):
+            raise TypeError(f"feature_set must be a FeatureSet, got {type(feature_set).__name__}")
+        _check_int("key_groups", key_groups, 1)
+        _check_int("shards", shards, 1, key_groups)
+        _check_int("batch_size", batch_size, 1)
+        _check_int("mailbox_capacity", mailbox_capacity, 1)
+        _check_int("sample_every", sample_every, 1)
+        if not (isinstance(linger, (int, float)) and 0 < linger < math.inf):
+            raise ConfigError(f"linger must be > 0 seconds, got {linger!r}")
+        self.feature_set = feature_set
+        self.shards = shards
+        self.batch_size = batch_size
+        self.linger = float(linger)
+        self.sample_every = sample_every
+        self.expected_event_rate = expected_event_rate
+        self.expected_keys = expected_keys
+        self._mailbox = MailboxConfig(capacity=mailbox_capacity, max_batch_size=8)
+        self._router = KeyRouter(shards=shards, key_groups=key_groups)
+        self._reader = EventReader(
+            key=feature_set.key,
+            time=feature_set.time,
+            time_unit=feature_set.time_unit,
+            payload_format=payload_format,
+        )
+        self._lateness = self._out_of_orderness(feature_set)
+        self._system = ActorSystem(
+            "featurist",
+            shutdown_timeout=shutdown_timeout,
+            dead_letters_capacity=dead_letters_capacity,
+            mailbox=self._mailbox,
+        )
+        self._hub = UpdateHub()
+        self._groups: list[_Group] = []
+        self._buffers: list[list[tuple[Any, int, dict[str, Any]]]] = [[] for _ in range(shards)]
+        self._created = [0.0] * shards
+        self._locks = [anyio.Lock() for _ in range(shards)]
+        self._ingested = 0
+        self._rejected = 0
+        self._stack: AsyncExitStack | None = None
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._supervisor: Supervisor | None = None
+        self._running = False
+        self._started_at = 0.0
+
+    @staticmethod
+    def _out_of_orderness(feature_set: FeatureSet) -> int:
+        from ._duration import parse_duration
+
+        return parse_duration(feature_set.max_out_of_orderness, field="max_out_of_orderness")
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    async def __aenter__(self) -> FeatureRuntime:
+        if self._stack is not None:
+            raise RuntimeError("a FeatureRuntime can be entered once")
+        stack = AsyncExitStack()
+        await stack.__aenter__()
+        try:
+            stack.callback(self._hub.close)
+            await stack.enter_async_context(self._system)
+            self._supervisor = self._system.supervisor("features")
+            await self._add_group(list(self.feature_set.features))
+            self._tg = await stack.enter_async_context(anyio.create_task_group())
+            self._tg.start_soon(self._flusher, name="featurist-flusher")
+        except BaseException:
+            await stack.__aexit__(None, None, None)
+            raise
+        self._stack = stack
+        self._running = True
+        self._started_at = time.time()
+        _log.info(
+            "runtime_started",
+            feature_set=self.feature_set.name,
+            features=len(self.feature_set.features),
+            shards=self.shards,
+            batch_size=self.batch_size,
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        assert self._stack is not None and self._tg is not None
+        self._running = False
+        try:
+            with anyio.CancelScope(shield=True):
+                await self._send_all()
+        finally:
+            self._tg.cancel_scope.cancel()
+            result = await self._stack.__aexit__(exc_type, exc, tb)
+        _log.info(
+            "runtime_stopped",
+            feature_set=self.feature_set.name,
+            ingested=self._ingested,
+            rejected=self._rejected,
+        )
+        return result
+
+    async def _flusher(self) -> None:
+        linger = self.linger
+        while True:
+            await anyio.sleep(linger / 2)
+            deadline = time.perf_counter() - linger
+            for shard, buffer in enumerate(self._buffers):
+                if buffer and self._created[shard] <= deadline:
+                    await self._send(shard)
+
+    def _check_running(self) -> None:
+        if not self._running:
+            raise RuntimeClosed("the runtime is not running (use 'async with FeatureRuntime(...)')")
+
+    # -- ingest --------------------------------------------------------------------------------
+    async def ingest(self, event: Any) -> bool:
+        """Accept one event; wait if the runtime is full (backpressure).
+
+        Returns True if the event was accepted, False if it was invalid: it is then in
+        :attr:`dead_letters` with the reason and the raw payload, and the runtime goes on.
+
+        Raises:
+            RuntimeClosed: the runtime is not running.
+        """
+        self._check_running()
+        try:
+            key, ts, ev = self._reader.read(event)
+        except InvalidEvent as error:
+            self._reject(event, error)
+            return False
+        shard = self._router.shard_of(key)
+        buffer = self._buffers[shard]
+        if not buffer:
+            self._created[shard] = time.perf_counter()
+        buffer.append((key, ts, ev))
+        self._ingested += 1
+        if len(buffer) >= self.batch_size:
+            await self._send(shard)
+        return True
+
+    async def ingest_many(self, events: Any) -> int:
+        """Accept many events (any iterable), in order; wait when the runtime is full.
+
+        Returns the number accepted; invalid events go to dead letters as with :meth:`ingest`.
+        """
+        self._check_running()
+        reader = self._reader
+        read = reader.read
+        key_field, time_field = reader.key, reader.time
+        fast_time = reader.time_unit == "ms"
+        shard_of = self._router.shard_of
+        buffers = self._buffers
+        created = self._created
+        size = self.batch_size
+        accepted = 0
+        now = time.perf_counter()
+        for event in events:
+            if event.__class__ is dict:
+                key = event.get(key_field)
+                ts = event.get(time_field)
+                kc = key.__class__
+                if (
+                    (kc is str or kc is int)
+                    and ts.__class__ is int
+                    and fast_time
+                    and MIN_TIME_MS <= ts <= MAX_TIME_MS
+                ):
+                    item: tuple[Any, int, dict[str, Any]] = (key, ts, event)
+                else:
+                    try:
+                        item = read(event)
+                    except InvalidEvent as error:
+                        self._reject(event, error)
+                        continue
+            else:
+                try:
+                    item = read(event)
+                except InvalidEvent as error:
+                    self._reject(event, error)
+                    continue
+            shard = shard_of(item[0])
+            buffer = buffers[shard]
+            if not buffer:
+                created[shard] = now
+            buffer.append(item)
+            accepted += 1
+            if len(buffer) >= size:
+                self._ingested += accepted
+                accepted = 0
+                await self._send(shard)
+                now = time.perf_counter()
+        self._ingested += accepted
+        return self._ingested
+
+    def _reject(self, payload: Any, error: InvalidEvent) -> None:
+        self._rejected += 1
+        self._system.dead_letters.record(
+            payload,
+            "featurist/ingest",
+            DeadLetterReason.REJECTED,
+            error=error,
+            detail=str(error),
+        )
+
+    async def _send(self, shard: int) -> None:
+        async with self._locks[shard]:
+            buffer = self._buffers[shard]
+            if not buffer:
+                return
+            self._buffers[shard] = []
+            batch = Batch(buffer, self._created[shard])
+            for group in self._groups:
+                await group.refs[shard].tell(batch)
+
+    async def _send_all(self) -> None:
+        for shard in range(self.shards):
+            await self._send(shard)
+
+    async def flush(self) -> None:
+        """Send every partial batch and wait until every actor has applied what it was sent."""
+        self._check_running()
+        await self._send_all()
+        for group in self._groups:
+            for ref in group.refs:
+                await ref.ask(GetStats(), timeout=None)
+
+    # -- reading -------------------------------------------------------------------------------
+    async def get(self, key: Any, features: list[str] | None = None) -> FeatureVector:
+        """The key's current feature vector with its freshness.
+
+        Events of this key accepted before the call are included. A key never seen gets the
+        features' empty values (0 for counts and sums, None otherwise) and
+        ``last_event_time=None``.
+
+        Raises:
+            UnknownFeature: a name in ``features`` is not a feature of the runtime.
+            TypeError: the key is not a str, int or bytes.
+        """
+        self._check_running()
+        if features is not None:
+            known = set(self.feature_set.names)
+            for name in features:
+                if name not in known:
+                    raise UnknownFeature(
+                        f"no feature named {name!r} (known: {', '.join(self.feature_set.names)})"
+                    )
+        shard = self._router.shard_of(key)
+        await self._send(shard)
+        values: dict[str, Any] = {}
+        last: int | None = None
+        updated: float | None = None
+        high: int | None = None
+        for group in self._groups:
+            if features is not None and not any(n in features for n in group.compiled.names):
+                continue
+            reply = await group.refs[shard].ask(GetState(key), timeout=None)
+            state_values, state_time, state_updated, shard_high = reply
+            if state_values is None:
+                state_values = group.defaults
+            values.update(zip(group.compiled.names, state_values, strict=True))
+            if state_time is not None and (last is None or state_time > last):
+                last = state_time
+            if state_updated is not None and (updated is None or state_updated > updated):
+                updated = state_updated
+            if shard_high is not None and (high is None or shard_high > high):
+                high = shard_high
+        if features is not None:
+            values = {name: values[name] for name in features}
+        else:
+            values = {name: values[name] for name in self.feature_set.names if name in values}
+        watermark = None if high is None else high - self._lateness
+        lag = None if last is None else time.time() * 1000 - last
+        return FeatureVector(key, values, last, watermark, updated, lag)
+
+    def updates(self, *, buffer: int = 10_000, policy: Policy = "block") -> UpdateSubscription:
+        """Subscribe to every change, as it happens: an async iterator of ``FeatureUpdate``.
+
+        Subscribing costs the runtime one update object per event and group. ``policy``:
+        ``"block"`` slows ingest to the subscriber's pace (nothing lost); ``"drop_oldest"`` keeps
+        the newest ``buffer`` updates. Iteration ends at shutdown or on ``aclose()``.
+        """
+        self._check_running()
+        return self._hub.subscribe(buffer, policy)
+
+    @property
+    def dead_letters(self) -> Any:
+        """Rejected events and undeliverable messages (``actors.DeadLetters``)."""
+        return self._system.dead_letters
+
+    # -- registering ---------------------------------------------------------------------------
+    async def register(self, *features: Feature) -> list[FeatureDescription]:
+        """Add features while running; they see events accepted from now on.
+
+        Features registered together form one group (so a ratio can be registered with its
+        operands). Returns a description of each with its estimated cost.
+
+        Raises:
+            SpecError: a feature is invalid or its name is taken.
+        """
+        self._check_running()
+        if not features:
+            raise SpecError("register() needs at least one feature")
+        feature_set = self.feature_set
+        for feature in features:
+            feature_set = feature_set.with_feature(feature)
+        await self._send_all()
+        group = await self._add_group(list(features))
+        self.feature_set = feature_set
+        _log.info("features_registered", group=group.name, features=list(group.compiled.names))
+        return [self._description(f, group, None) for f in features]
+
+    async def _add_group(self, features: list[Any]) -> _Group:
+        assert self._supervisor is not None
+        name = f"g{len(self._groups)}"
+        compiled = compile_group(features, group=name)
+        group = _Group(name, features, compiled, defaults=compiled.values(compiled.new_state()))
+        for shard in range(self.shards):
+            ref = await self._supervisor.spawn(
+                functools.partial(GroupShard, compiled, name, shard, self._hub, self.sample_every),
+                name=f"{name}-shard-{shard}",
+                mailbox=self._mailbox,
+            )
+            group.refs.append(ref)
+        self._groups.append(group)
+        return group
+
+    def _estimate(self, feature: Any) -> CostEstimate:
+        return estimate_cost(
+            feature, event_rate=self.expected_event_rate, keys=max(self.expected_keys, 1)
+        )
+
+    def _description(
+        self, feature: Any, group: _Group, measured: MeasuredCost | None
+    ) -> FeatureDescription:
+        return FeatureDescription(
+            name=feature.name,
+            type=group.compiled.types[group.compiled.names.index(feature.name)],
+            group=group.name,
+            inputs=tuple(feature.inputs()),
+            estimated_cost=self._estimate(feature),
+            measured_cost=measured,
+        )
+
+    async def describe(self, name: str) -> FeatureDescription:
+        """A feature's description, with its measured cost once events have flowed.
+
+        Raises:
+            UnknownFeature: no feature has that name.
+        """
+        self._check_running()
+        for group in self._groups:
+            if name in group.compiled.names:
+                index = group.compiled.names.index(name)
+                stats = await self._group_stats(group)
+                feature = group.features[index]
+                return self._description(feature, group, self._measure(group, index, stats))
+        raise UnknownFeature(
+            f"no feature named {name!r} (known: {', '.join(self.feature_set.names)})"
+        )
+
+    def _measure(self, group: _Group, index: int, stats: list[ShardStats]) -> MeasuredCost | None:
+        events = sum(s.events for s in stats)
+        if not events:
+            return None
+        sampled = sum(s.sampled_events for s in stats)
+        feature_ns = sum(s.feature_ns[index] for s in stats)
+        mean_us = feature_ns / sampled / 1000 if sampled else None
+        starts = [s.first_event_at for s in stats if s.first_event_at is not None]
+        ends = [s.last_event_at for s in stats if s.last_event_at is not None]
+        span = max(ends) - min(starts) if starts and ends else 0.0
+        keys = sum(s.keys for s in stats)
+        state_bytes = sum(s.state_bytes for s in stats)
+        slots = max(group.compiled.slot_count, 1)
+        return MeasuredCost(
+            feature=group.compiled.names[index],
+            events=events,
+            mean_latency_us=mean_us,
+            p99_latency_us=None,
+            events_per_second=events / span if span > 0 else None,
+            state_bytes_per_key=(state_bytes / keys / slots * _slots_of(group, index))
+            if keys
+            else None,
+        )
+
+    # -- looking at it ---------------------------------------------------------------------------
+    async def _group_stats(self, group: _Group) -> list[ShardStats]:
+        return [await ref.ask(GetStats(), timeout=None) for ref in group.refs]
+
+    async def statistics(self) -> RuntimeStatistics:
+        """A snapshot of counters, state size and latency (asks every actor)."""
+        self._check_running()
+        all_stats = [await self._group_stats(group) for group in self._groups]
+        first = all_stats[0]
+        errors: dict[str, int] = {}
+        for stats in all_stats:
+            for s in stats:
+                for name, n in s.errors.items():
+                    errors[name] = errors.get(name, 0) + n
+        keys = sum(s.keys for s in first)
+        state_bytes = sum(s.state_bytes for stats in all_stats for s in stats)
+        latencies = sorted((lat, n) for stats in all_stats for s in stats for lat, n in s.latencies)
+        highs = [s.max_time for s in first if s.max_time is not None]
+        depth = max(
+            (ref.statistics().depth for group in self._groups for ref in group.refs), default=0
+        )
+        return RuntimeStatistics(
+            events_ingested=self._ingested,
+            events_rejected=self._rejected,
+            events_processed=min(sum(s.events for s in stats) for stats in all_stats),
+            feature_errors=errors,
+            keys=keys,
+            state_bytes=state_bytes,
+            state_bytes_per_key=state_bytes / keys if keys else 0.0,
+            latency_p50_ms=_weighted_quantile(latencies, 0.50),
+            latency_p99_ms=_weighted_quantile(latencies, 0.99),
+            watermark=(min(highs) - self._lateness) if highs else None,
+            groups=len(self._groups),
+            shards=self.shards,
+            max_mailbox_depth=depth,
+        )
+
+    async def recent_errors(self) -> list[FeatureError]:
+        """The most recent feature errors (up to 100 per shard actor), oldest first."""
+        self._check_running()
+        errors = [
+            e
+            for group in self._groups
+            for s in await self._group_stats(group)
+            for e in s.recent_errors
+        ]
+        return sorted(errors, key=lambda e: e.event_time)
+
+
+def _slots_of(group: _Group, index: int) -> int:
+    prefix = f"f{index}_"
+    return sum(1 for name in group.compiled.state_type.__struct_fields__ if name.startswith(prefix))
+
+
+def _weighted_quantile(samples: list[tuple[float, int]], q: float) -> float | None:
+    """``samples`` sorted ``(seconds, weight)``; returns milliseconds."""
+    total = sum(n for _, n in samples)
+    if not total:
+        return None
+    threshold = q * total
+    running = 0
+    for value, n in samples:
+        running += n
+        if running >= threshold:
+            return value * 1000
+    return samples[-1][0] * 1000

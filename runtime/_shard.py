@@ -1,0 +1,235 @@
+"""The actor that computes one feature group for the keys of one shard.
+
+A ``GroupShard`` owns the state of its keys (a dict of compiled state structs) and nothing else,
+so no lock is needed anywhere: the actor's turn is the only code that touches the state. It
+receives batches of events, several per turn when it falls behind, and answers queries by ask.
+
+Latency is measured per batch, never per event: the batch's compute time divided by its size
+is each event's computation latency, and the time from the batch's creation at ingest to the
+end of its update is the ingest-to-update latency of its oldest event (an upper bound for the
+others). One batch in ``sample_every`` runs an instrumented variant of the compiled function that
+also times each feature, for per-feature latency.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import Counter, deque
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from actors import Actor
+
+from ._kernel import CompiledGroup
+from ._results import FeatureError, FeatureUpdate
+from ._updates import UpdateHub
+
+__all__ = ["Batch", "GetState", "GetStats", "GroupShard", "ShardStats"]
+
+_log = structlog.get_logger("featurist.shard")
+
+_RECENT_ERRORS = 100
+_LATENCY_WINDOW = 4096
+
+
+class Batch:
+    """Events for one shard: ``(key, time_ms, event)`` tuples, shared by every group's actor."""
+
+    __slots__ = ("created", "events")
+
+    def __init__(self, events: list[tuple[Any, int, dict[str, Any]]], created: float) -> None:
+        self.events = events
+        #: ``time.perf_counter()`` when the batch's first event was accepted
+        self.created = created
+
+
+@dataclass(frozen=True)
+class GetState:
+    """Ask: ``(values, last_event_time, updated_at, shard_max_time)`` of one key; the first
+    three are None for a key the shard has not seen."""
+
+    key: Any
+
+
+@dataclass(frozen=True)
+class GetStats:
+    """Ask: the actor's :class:`ShardStats`."""
+
+
+@dataclass(frozen=True)
+class ShardStats:
+    """Ask: a snapshot of a shard actor's counters."""
+
+    events: int
+    batches: int
+    keys: int
+    max_time: int | None
+    errors: dict[str, int]
+    #: sampled nanoseconds per event per feature, and the number of events sampled
+    feature_ns: list[int]
+    sampled_events: int
+    compute_ns: int
+    #: (ingest-to-update seconds, events) of recent batches
+    latencies: list[tuple[float, int]]
+    state_bytes: int
+    recent_errors: list[FeatureError]
+    first_event_at: float | None
+    last_event_at: float | None
+
+
+class GroupShard(Actor[Any]):
+    """Computes one compiled feature group for one shard's keys. Internal."""
+
+    def __init__(
+        self, group: CompiledGroup, group_name: str, shard: int, hub: UpdateHub, sample_every: int
+    ) -> None:
+        self.group = group
+        self.group_name = group_name
+        self.shard = shard
+        self.hub = hub
+        self.sample_every = sample_every
+        self.states: dict[Any, Any] = {}
+        self.events = 0
+        self.batches = 0
+        self.max_time: int | None = None
+        self.errors: Counter[str] = Counter()
+        self.recent_errors: deque[FeatureError] = deque(maxlen=_RECENT_ERRORS)
+        self.feature_ns = [0] * len(group.names)
+        self.sampled_events = 0
+        self.compute_ns = 0
+        self.latencies: deque[tuple[float, int]] = deque(maxlen=_LATENCY_WINDOW)
+        self.feature_latency_ms: dict[str, float] = {}
+        self.first_event_at: float | None = None
+        self.last_event_at: float | None = None
+
+    async def receive_batch(self, messages: list[Any]) -> None:
+        for batch in messages:
+            await self._apply(batch)
+
+    async def _apply(self, batch: Batch) -> None:
+        group = self.group
+        events = batch.events
+        n = len(events)
+        if not n:
+            return
+        now = time.time()
+        errors: list[Any] = []
+        out: list[Any] | None = None
+        start = time.perf_counter_ns()
+        if self.hub.active:
+            out = []
+            high = group.apply_emit(events, self.states, errors, now, out)
+        elif self.batches % self.sample_every == 0:
+            timings = [0] * len(group.names)
+            high = group.apply_timed(events, self.states, errors, now, timings)
+            feature_ns = self.feature_ns
+            for i, ns in enumerate(timings):
+                feature_ns[i] += ns
+            self.sampled_events += n
+            self.feature_latency_ms = {
+                name: feature_ns[i] / self.sampled_events / 1e6
+                for i, name in enumerate(group.names)
+            }
+        else:
+            high = group.apply(events, self.states, errors, now)
+        elapsed = time.perf_counter_ns() - start
+        self.compute_ns += elapsed
+        self.latencies.append((time.perf_counter() - batch.created, n))
+        self.events += n
+        self.batches += 1
+        if self.first_event_at is None:
+            self.first_event_at = now
+        self.last_event_at = now
+        if self.max_time is None or high > self.max_time:
+            self.max_time = high
+        if errors:
+            self._record_errors(errors, emit=out is not None)
+        if out is not None:
+            await self._publish(out, errors, elapsed / n / 1e6, now)
+
+    def _record_errors(self, errors: list[Any], *, emit: bool) -> None:
+        for error in errors:
+            key, t, name, exc = error[1:] if emit else error
+            self.errors[name] += 1
+            self.recent_errors.append(FeatureError(name, key, t, f"{type(exc).__name__}: {exc}"))
+        _log.debug("feature_errors", group=self.group_name, shard=self.shard, count=len(errors))
+
+    async def _publish(
+        self, out: list[Any], errors: list[Any], per_event_ms: float, now: float
+    ) -> None:
+        names = self.group.names
+        latency = self.feature_latency_ms or dict.fromkeys(names, per_event_ms / max(len(names), 1))
+        by_position: dict[int, dict[str, str]] = {}
+        for position, _key, _t, name, exc in errors:
+            by_position.setdefault(position, {})[name] = f"{type(exc).__name__}: {exc}"
+        group = self.group_name
+        updates = [
+            FeatureUpdate(
+                key,
+                t,
+                dict(zip(names, values, strict=True)),
+                by_position.get(i),
+                latency,
+                now,
+                group,
+            )
+            for i, (key, t, values) in enumerate(out)
+        ]
+        await self.hub.publish(updates)
+
+    async def receive(self, message: Any) -> Any:
+        if isinstance(message, GetState):
+            state = self.states.get(message.key)
+            if state is None:
+                return None, None, None, self.max_time
+            return self.group.values(state), state.t_, state.u_, self.max_time
+        if isinstance(message, GetStats):
+            return self._stats()
+        if isinstance(message, Batch):
+            await self._apply(message)
+            return None
+        raise TypeError(f"GroupShard cannot handle {message!r}")
+
+    def _stats(self) -> ShardStats:
+        return ShardStats(
+            events=self.events,
+            batches=self.batches,
+            keys=len(self.states),
+            max_time=self.max_time,
+            errors=dict(self.errors),
+            feature_ns=list(self.feature_ns),
+            sampled_events=self.sampled_events,
+            compute_ns=self.compute_ns,
+            latencies=list(self.latencies),
+            state_bytes=self._state_bytes(),
+            recent_errors=list(self.recent_errors),
+            first_event_at=self.first_event_at,
+            last_event_at=self.last_event_at,
+        )
+
+    def _state_bytes(self, sample: int = 200) -> int:
+        """Estimated bytes held for this shard's keys: each key, its dict entry and its state
+        struct with the objects it alone holds, measured on a sample of keys."""
+        keys = len(self.states)
+        if not keys:
+            return 0
+        measured = 0
+        counted = 0
+        for key, state in self.states.items():
+            size = sys.getsizeof(key) + sys.getsizeof(state)
+            seen = {id(state.u_)}  # the batch's timestamp, shared by all its keys
+            for field in state.__struct_fields__:
+                item = getattr(state, field)
+                if item is None or id(item) in seen or (type(item) is int and -5 <= item <= 256):
+                    continue
+                seen.add(id(item))
+                size += sys.getsizeof(item)
+            measured += size
+            counted += 1
+            if counted >= sample:
+                break
+        table = sys.getsizeof(self.states) / keys
+        return int((measured / counted + table) * keys)

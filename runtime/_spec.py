@@ -1,0 +1,696 @@
+"""The feature set specification: which features to compute from which event fields.
+
+A ``FeatureSet`` names the event fields that hold the key and the event time, and lists the
+features. Each feature is one of the ``msgspec`` structs below, tagged by its ``type``. A set
+is built in Python or loaded from TOML, JSON or YAML; either way it is validated completely
+when it is created, and every problem raises ``SpecError`` with a message that starts with the
+source (a file path, ``<python>`` or a given name) and names the field::
+
+    fraud.toml: features[3].denominator: no feature named 'tx_cnt' (known: tx_count, ...)
+    <python>: EWMean.half_life: must be > 0, got '0s'
+
+Values that a feature reads: a missing field and a field that is ``None`` are skipped, as SQL
+aggregates skip NULL: the event leaves the feature's value unchanged. Numeric features (sum,
+mean, min, max, variance, std, ewm_mean) need a number: an ``int``, a finite ``float``, or a
+value with ``__float__`` (such as ``Decimal``). A ``bool``, a string, NaN or an infinity is a
+``FeatureValueError`` for that feature and that event only: the other features go on.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import os
+import re
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar, Literal, NoReturn, TypeAlias, cast, get_args
+
+import msgspec
+import msgspec.json
+import msgspec.structs
+import msgspec.toml
+import msgspec.yaml
+
+from ._duration import Duration, parse_duration
+from ._exceptions import FeatureValueError, SpecError, UnknownFeature
+
+__all__ = [
+    "FEATURE_TYPES",
+    "MAX_NAME_LENGTH",
+    "OPS",
+    "TIME_UNITS",
+    "Count",
+    "DistinctCount",
+    "EWMean",
+    "Feature",
+    "FeatureSet",
+    "FeatureSpec",
+    "First",
+    "Last",
+    "Max",
+    "Mean",
+    "Min",
+    "Op",
+    "Ratio",
+    "Std",
+    "Sum",
+    "TimeSince",
+    "TimeUnit",
+    "Variance",
+    "Where",
+]
+
+#: The longest allowed feature (or feature set) name.
+MAX_NAME_LENGTH = 100
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_PYTHON = "<python>"
+
+Op: TypeAlias = Literal["==", "!=", "<", "<=", ">", ">=", "in", "not_in"]
+#: The operators of a ``Where`` condition.
+OPS: tuple[str, ...] = get_args(Op)
+TimeUnit: TypeAlias = Literal["ms", "s", "us", "ns"]
+#: The units of numeric event times.
+TIME_UNITS: tuple[str, ...] = get_args(TimeUnit)
+
+_LIST_OPS = frozenset({"in", "not_in"})
+_ORDER_OPS = frozenset({"<", "<=", ">", ">="})
+_OPERATORS: dict[str, Callable[[Any, Any], Any]] = {
+    "==": operator.eq,
+    "!=": operator.ne,
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+    "in": lambda actual, values: actual in values,
+    "not_in": lambda actual, values: actual not in values,
+}
+
+
+def _fail(owner: object, path: str, reason: str) -> NoReturn:
+    """Raise the ``SpecError`` for a rule broken by ``owner``, from its ``__post_init__``.
+
+    Built in Python, the message reads ``<python>: Owner.path: reason``. While decoding, msgspec
+    wraps the error in a ``ValidationError`` (keeping it as ``__cause__``) and ``_explain``
+    rebuilds the message from the document location and the ``(path, reason)`` kept here.
+    """
+    error = SpecError(f"{_PYTHON}: {type(owner).__name__}.{path}: {reason}")
+    error._spec_field = (path, reason)  # type: ignore[attr-defined]
+    raise error
+
+
+def _kind(value: object) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _check_str(owner: object, path: str, value: object, *, empty: bool = False) -> None:
+    if not isinstance(value, str):
+        _fail(owner, path, f"expected a string, got {_kind(value)}")
+    if not empty and not value:
+        _fail(owner, path, "must not be empty")
+
+
+def _check_name(owner: object, path: str, value: object) -> None:
+    _check_str(owner, path, value)
+    assert isinstance(value, str)
+    if len(value) > MAX_NAME_LENGTH:
+        _fail(owner, path, f"longer than {MAX_NAME_LENGTH} characters: {value[:20]!r}...")
+    if not _NAME.fullmatch(value):
+        _fail(owner, path, f"not a valid name: {value!r} (use letters, digits and _)")
+
+
+def _check_int(owner: object, path: str, value: object, low: int, high: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        _fail(owner, path, f"expected an int, got {_kind(value)}")
+    if not low <= value <= high:
+        _fail(owner, path, f"must be between {low} and {high}, got {value}")
+
+
+def _check_duration(owner: object, path: str, value: object, *, positive: bool) -> int:
+    try:
+        ms = parse_duration(cast("int | float | str", value), field=path)
+    except SpecError as exc:
+        _fail(owner, path, str(exc).removeprefix(f"{path}: "))
+    if positive and ms == 0:
+        _fail(owner, path, f"must be > 0, got {value!r}")
+    return ms
+
+
+def _check_scalar(owner: object, path: str, value: object, op: str) -> None:
+    if value is None:
+        _fail(owner, path, "must not be null (a missing or null event field never matches)")
+    if not isinstance(value, str | int | float):
+        _fail(owner, path, f"op {op!r} needs a string, number or boolean, got {_kind(value)}")
+    if isinstance(value, float) and math.isnan(value):
+        _fail(owner, path, "must not be NaN (NaN equals nothing)")
+
+
+class Where(
+    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True
+):
+    """A condition on one event field: ``field op value``, such as ``status == 'declined'``.
+
+    A feature with a ``where`` sees only the events that match it. ``in`` and ``not_in`` take a
+    non-empty list of values (kept as a tuple); the other operators take one string, number or
+    boolean, and ``<``, ``<=``, ``>``, ``>=`` take a string or a number.
+
+    An event whose field is missing or ``None`` matches nothing, not even ``!=`` or ``not_in``,
+    as a NULL compares in SQL: ``status != 'ok'`` does not select events without a status.
+    """
+
+    field: str
+    op: Op = "=="
+    value: Any
+
+    def __post_init__(self) -> None:
+        _check_str(self, "field", self.field)
+        if self.op not in OPS:
+            _fail(self, "op", f"unknown operator {self.op!r} (known: {', '.join(OPS)})")
+        if self.op in _LIST_OPS:
+            if not isinstance(self.value, list | tuple):
+                _fail(self, "value", f"op {self.op!r} needs a list, got {_kind(self.value)}")
+            if not self.value:
+                _fail(self, "value", f"op {self.op!r} needs a non-empty list")
+            for index, item in enumerate(self.value):
+                _check_scalar(self, f"value[{index}]", item, self.op)
+            msgspec.structs.force_setattr(self, "value", tuple(self.value))
+        else:
+            _check_scalar(self, "value", self.value, self.op)
+            if self.op in _ORDER_OPS and isinstance(self.value, bool):
+                _fail(self, "value", f"op {self.op!r} needs a string or a number, got bool")
+
+    def matches(self, event: Mapping[str, Any]) -> bool:
+        """Return whether ``event`` satisfies the condition.
+
+        Raises:
+            FeatureValueError: an ordering operator cannot compare the event's value with the
+                condition's (a string with a number, for example).
+        """
+        actual = event.get(self.field)
+        if actual is None:
+            return False
+        try:
+            return bool(_OPERATORS[self.op](actual, self.value))
+        except TypeError:
+            raise FeatureValueError(
+                f"{self.field}: cannot compare {actual!r} for {self.describe()}",
+                field=self.field,
+            ) from None
+
+    def describe(self) -> str:
+        """Return the condition as text: ``status == 'declined'``, ``country in ['US', 'CA']``."""
+        if self.op in _LIST_OPS:
+            shown = "[" + ", ".join(repr(item) for item in self.value) + "]"
+        else:
+            shown = repr(self.value)
+        return f"{self.field} {self.op} {shown}"
+
+
+class FeatureSpec(
+    msgspec.Struct,
+    frozen=True,
+    kw_only=True,
+    forbid_unknown_fields=True,
+    omit_defaults=True,
+    tag_field="type",
+):
+    """Fields shared by every feature: its ``name``, an optional ``where`` and a ``description``.
+
+    Names match ``[A-Za-z_][A-Za-z0-9_]*`` and have at most 100 characters.
+    """
+
+    name: str
+    where: Where | None = None
+    description: str = ""
+
+    #: Whether the feature needs a number in its field.
+    numeric: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        _check_name(self, "name", self.name)
+        if self.where is not None and not isinstance(self.where, Where):
+            _fail(self, "where", f"expected a Where or None, got {_kind(self.where)}")
+        _check_str(self, "description", self.description, empty=True)
+
+    @property
+    def type_name(self) -> str:
+        """The feature's ``type`` tag, such as ``"sum"``."""
+        return str(type(self).__struct_config__.tag)
+
+    def inputs(self) -> tuple[str, ...]:
+        """Return the event fields the feature reads: its ``field``, then its ``where`` field."""
+        return () if self.where is None else (self.where.field,)
+
+    def depends_on(self) -> tuple[str, ...]:
+        """Return the names of the other features whose values this one is computed from."""
+        return ()
+
+
+class _FieldFeature(FeatureSpec, frozen=True):
+    field: str
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_str(self, "field", self.field)
+
+    def inputs(self) -> tuple[str, ...]:
+        if self.where is None or self.where.field == self.field:
+            return (self.field,)
+        return (self.field, self.where.field)
+
+
+class Count(FeatureSpec, tag="count", frozen=True):
+    """The number of events of the key (that match ``where``); ``0`` before the first."""
+
+
+class Sum(_FieldFeature, tag="sum", frozen=True):
+    """The sum of ``field`` over the key's events; ``0`` before the first value."""
+
+    numeric = True
+
+
+class Mean(_FieldFeature, tag="mean", frozen=True):
+    """The arithmetic mean of ``field``; ``None`` before the first value."""
+
+    numeric = True
+
+
+class Min(_FieldFeature, tag="min", frozen=True):
+    """The smallest value of ``field``; ``None`` before the first value."""
+
+    numeric = True
+
+
+class Max(_FieldFeature, tag="max", frozen=True):
+    """The largest value of ``field``; ``None`` before the first value."""
+
+    numeric = True
+
+
+class First(_FieldFeature, tag="first", frozen=True):
+    """The value of ``field`` in the key's earliest event (by event time), of any type.
+
+    Of events with the same time, the one ingested first wins. ``None`` before the first value.
+    """
+
+
+class Last(_FieldFeature, tag="last", frozen=True):
+    """The value of ``field`` in the key's latest event (by event time), of any type.
+
+    Of events with the same time, the one ingested last wins. ``None`` before the first value.
+    """
+
+
+class _SpreadFeature(_FieldFeature, frozen=True):
+    ddof: int = 1
+
+    numeric = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_int(self, "ddof", self.ddof, 0, 1)
+
+
+class Variance(_SpreadFeature, tag="variance", frozen=True):
+    """The variance of ``field``: ``ddof=1`` (the default) for the sample, ``0`` for the population.
+
+    ``None`` until there are more than ``ddof`` values.
+    """
+
+
+class Std(_SpreadFeature, tag="std", frozen=True):
+    """The standard deviation of ``field``; ``ddof`` as for ``Variance``.
+
+    ``None`` until there are more than ``ddof`` values.
+    """
+
+
+class EWMean(_FieldFeature, tag="ewm_mean", frozen=True):
+    """The mean of ``field`` with weights that halve every ``half_life`` of event time.
+
+    A value ``half_life`` older than the newest counts half as much; ``None`` before the first
+    value. ``half_life`` is a duration (``"10m"``, or milliseconds) and must be > 0.
+    """
+
+    half_life: Duration
+
+    numeric = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_duration(self, "half_life", self.half_life, positive=True)
+
+    @property
+    def half_life_ms(self) -> int:
+        """``half_life`` in milliseconds."""
+        return parse_duration(self.half_life, field="half_life")
+
+
+class DistinctCount(_FieldFeature, tag="distinct_count", frozen=True):
+    """The number of distinct values of ``field``, of any type.
+
+    Exact while the key has at most ``exact_limit`` (1 to 1,000,000) distinct values; beyond that
+    a HyperLogLog sketch of ``2**precision`` registers (``precision`` 4 to 16) estimates it, with
+    a typical relative error of ``1.04 / sqrt(2**precision)`` (about 3% at the default 10).
+    """
+
+    exact_limit: int = 1000
+    precision: int = 10
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_int(self, "exact_limit", self.exact_limit, 1, 1_000_000)
+        _check_int(self, "precision", self.precision, 4, 16)
+
+
+class TimeSince(FeatureSpec, tag="time_since", frozen=True):
+    """Milliseconds between the key's newest event time and its second-newest one.
+
+    Both are times of the key's events (of its matching events, with a ``where``), out of order
+    or not; equal times give ``0``. ``None`` until the key has two events.
+    """
+
+
+class Ratio(FeatureSpec, tag="ratio", frozen=True):
+    """The value of feature ``numerator`` divided by the value of feature ``denominator``.
+
+    Both are names of other features of the same set (ratios included, without cycles).
+    ``None`` while either has no value or the denominator is zero; an operand value that is
+    not a number is a ``FeatureValueError``. A ratio takes no ``where``: put it on the operands.
+    """
+
+    numerator: str
+    denominator: str
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.where is not None:
+            _fail(self, "where", "a ratio takes no where condition (put it on its operands)")
+        _check_str(self, "numerator", self.numerator)
+        _check_str(self, "denominator", self.denominator)
+
+    def depends_on(self) -> tuple[str, ...]:
+        return (self.numerator, self.denominator)
+
+
+#: Any feature specification: the tagged union that spec files decode to.
+Feature: TypeAlias = (
+    Count
+    | Sum
+    | Mean
+    | Min
+    | Max
+    | First
+    | Last
+    | Variance
+    | Std
+    | EWMean
+    | DistinctCount
+    | TimeSince
+    | Ratio
+)
+
+#: Each feature class by its ``type`` tag, in documentation order.
+FEATURE_TYPES: dict[str, type[FeatureSpec]] = {
+    str(cls.__struct_config__.tag): cls for cls in get_args(Feature)
+}
+
+
+class FeatureSet(
+    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True
+):
+    """A named set of features computed per key from one stream of events.
+
+    Args:
+        name: the set's name (same rules as a feature name).
+        key: the event field that holds the key; events are grouped by it.
+        time: the event field that holds the event time; it must differ from ``key``.
+        time_unit: the unit of numeric event times; datetimes and ISO-8601 strings are
+            accepted as they are.
+        max_out_of_orderness: how far behind the newest event time an event may arrive and
+            still count in order: a duration (``"5s"``, or milliseconds), 0 by default.
+        features: at least one feature, with unique names (a list or a tuple; kept as a tuple).
+
+    Raises:
+        SpecError: any rule above is broken, or a ratio names a feature that is missing, is
+            itself, or leads back to itself through other ratios.
+    """
+
+    name: str
+    key: str
+    time: str
+    time_unit: TimeUnit = "ms"
+    max_out_of_orderness: Duration = 0
+    features: Sequence[Feature]
+
+    def __post_init__(self) -> None:
+        _check_name(self, "name", self.name)
+        _check_str(self, "key", self.key)
+        _check_str(self, "time", self.time)
+        if self.time == self.key:
+            _fail(self, "time", f"must differ from key ({self.key!r})")
+        if self.time_unit not in TIME_UNITS:
+            known = ", ".join(TIME_UNITS)
+            _fail(self, "time_unit", f"unknown unit {self.time_unit!r} (known: {known})")
+        _check_duration(self, "max_out_of_orderness", self.max_out_of_orderness, positive=False)
+        if not isinstance(self.features, list | tuple):
+            _fail(self, "features", f"expected a list of features, got {_kind(self.features)}")
+        msgspec.structs.force_setattr(self, "features", tuple(self.features))
+        if not self.features:
+            _fail(self, "features", "at least one feature is required")
+        seen: dict[str, int] = {}
+        for index, feature in enumerate(self.features):
+            if not isinstance(feature, FeatureSpec) or type(feature) not in _CONCRETE:
+                _fail(self, f"features[{index}]", f"expected a feature, got {_kind(feature)}")
+            if feature.name in seen:
+                reason = (
+                    f"duplicate feature name {feature.name!r} (also features[{seen[feature.name]}])"
+                )
+                _fail(self, f"features[{index}].name", reason)
+            seen[feature.name] = index
+        self._check_ratios(seen)
+
+    def _check_ratios(self, index_of: Mapping[str, int]) -> None:
+        ratios = {f.name: f for f in self.features if isinstance(f, Ratio)}
+        operands = [
+            (name, f"features[{index_of[name]}].{attr}", getattr(ratio, attr))
+            for name, ratio in ratios.items()
+            for attr in ("numerator", "denominator")
+        ]
+        for name, path, operand in operands:
+            if operand == name:
+                _fail(self, path, "a ratio cannot use itself")
+            if operand not in index_of:
+                known = ", ".join(n for n in index_of if n != name)
+                _fail(self, path, f"no feature named {operand!r} (known: {known})")
+        for name, path, operand in operands:
+            trail = _path_back(operand, name, ratios)
+            if trail is not None:
+                _fail(self, path, f"ratios form a cycle: {' -> '.join([name, *trail])}")
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The feature names, in order."""
+        return tuple(feature.name for feature in self.features)
+
+    @property
+    def max_out_of_orderness_ms(self) -> int:
+        """``max_out_of_orderness`` in milliseconds."""
+        return parse_duration(self.max_out_of_orderness, field="max_out_of_orderness")
+
+    def feature(self, name: str) -> Feature:
+        """Return the feature called ``name``.
+
+        Raises:
+            UnknownFeature: the set has no such feature; the message lists the known names.
+        """
+        for feature in self.features:
+            if feature.name == name:
+                return feature
+        known = ", ".join(self.names)
+        raise UnknownFeature(f"feature set {self.name!r} has no feature {name!r} (known: {known})")
+
+    def with_feature(self, feature: Feature) -> FeatureSet:
+        """Return a new, validated set with ``feature`` appended.
+
+        Raises:
+            SpecError: the result is invalid (a duplicate name, a ratio operand missing...).
+        """
+        return msgspec.structs.replace(self, features=(*self.features, feature))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the set as plain dicts, lists, strings and numbers (defaults left out)."""
+        return cast("dict[str, Any]", _JSON_DECODER.decode(_JSON_ENCODER.encode(self)))
+
+    def to_json(self) -> bytes:
+        """Return the set as JSON that ``from_json`` reads back to an equal set."""
+        return _JSON_ENCODER.encode(self)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str]) -> FeatureSet:
+        """Load a set from a ``.toml``, ``.json``, ``.yaml`` or ``.yml`` file.
+
+        Raises:
+            SpecError: the format is not supported, the file cannot be read, or its content is
+                not a valid set; the message starts with ``path``.
+        """
+        source = os.fspath(path)
+        loader = _LOADERS.get(Path(source).suffix.lower())
+        if loader is None:
+            raise SpecError(
+                f"{source}: unsupported spec format {Path(source).suffix!r} "
+                "(use .toml, .json, .yaml or .yml)"
+            )
+        try:
+            data = Path(source).read_bytes()
+        except OSError as exc:
+            raise SpecError(f"{source}: cannot read the spec file: {exc.strerror}") from exc
+        return loader(data, source=source)
+
+    @classmethod
+    def from_toml(cls, data: str | bytes, *, source: str = "<string>") -> FeatureSet:
+        """Load a set from TOML text; error messages start with ``source``.
+
+        Raises:
+            SpecError: the text is not TOML or not a valid set.
+        """
+        return _load(msgspec.toml.decode, "TOML", data, source)
+
+    @classmethod
+    def from_json(cls, data: str | bytes, *, source: str = "<string>") -> FeatureSet:
+        """Load a set from JSON text; error messages start with ``source``.
+
+        Raises:
+            SpecError: the text is not JSON or not a valid set.
+        """
+        return _load(_JSON_DECODER.decode, "JSON", data, source)
+
+    @classmethod
+    def from_yaml(cls, data: str | bytes, *, source: str = "<string>") -> FeatureSet:
+        """Load a set from YAML text; error messages start with ``source``.
+
+        YAML reads some plain scalars as other things: quote ``"!="`` (else a YAML tag) and
+        strings such as ``"NO"``, ``"yes"`` or ``"on"`` (else booleans).
+
+        Raises:
+            SpecError: the text is not YAML or not a valid set.
+        """
+        return _load(msgspec.yaml.decode, "YAML", data, source)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, source: str = "<dict>") -> FeatureSet:
+        """Build a set from plain data, as a spec file decodes to.
+
+        Raises:
+            SpecError: the data is not a valid set; the message starts with ``source``.
+        """
+        raw = dict(data) if isinstance(data, Mapping) else data
+        try:
+            return msgspec.convert(raw, FeatureSet)
+        except msgspec.ValidationError as exc:
+            # The message keeps msgspec's reason and path; its chain would only repeat them.
+            raise SpecError(f"{source}: {_explain(exc, raw)}") from None
+
+
+_CONCRETE = frozenset(FEATURE_TYPES.values())
+_TYPES = ", ".join(FEATURE_TYPES)
+_JSON_ENCODER = msgspec.json.Encoder()
+_JSON_DECODER = msgspec.json.Decoder()
+_LOADERS: dict[str, Callable[..., FeatureSet]] = {
+    ".toml": FeatureSet.from_toml,
+    ".json": FeatureSet.from_json,
+    ".yaml": FeatureSet.from_yaml,
+    ".yml": FeatureSet.from_yaml,
+}
+
+
+def _path_back(start: str, target: str, ratios: Mapping[str, Ratio]) -> list[str] | None:
+    """Return the chain of ratio operands from ``start`` back to ``target``, if there is one."""
+    stack = [[start]]
+    seen: set[str] = set()
+    while stack:
+        trail = stack.pop()
+        node = trail[-1]
+        if node == target:
+            return trail
+        if node in seen or node not in ratios:
+            continue
+        seen.add(node)
+        stack.extend([*trail, operand] for operand in reversed(ratios[node].depends_on()))
+    return None
+
+
+def _load(decode: Callable[[Any], Any], fmt: str, data: str | bytes, source: str) -> FeatureSet:
+    try:
+        raw = decode(data)
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        detail = " ".join(str(exc).split())
+        raise SpecError(f"{source}: not valid {fmt}: {detail}") from exc
+    return FeatureSet.from_dict(raw, source=source)
+
+
+_LOCATION = re.compile(r"(?P<text>.*) - at `\$(?P<where>[^`]*)`", re.DOTALL)
+_STEP = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
+_MISSING = re.compile(r"Object missing required field `(?P<field>[^`]*)`")
+_UNKNOWN = re.compile(r"Object contains unknown field `(?P<field>[^`]*)`")
+
+
+def _explain(exc: msgspec.ValidationError, raw: object) -> str:
+    """Return msgspec's validation error as ``path: reason``, with the path in spec terms."""
+    match = _LOCATION.fullmatch(str(exc))
+    text, where = (match["text"], match["where"]) if match else (str(exc), "")
+    path = where.removeprefix(".")
+    field_error: tuple[str, str] | None = getattr(exc.__cause__, "_spec_field", None)
+    if field_error is not None:
+        return f"{_join(path, field_error[0])}: {field_error[1]}"
+    last = path.rpartition(".")[2]
+    if text.startswith("Invalid value ") and last == "type":
+        value = text.removeprefix("Invalid value ")
+        return f"{path}: unknown feature type {value} (known: {_TYPES})"
+    if text.startswith("Invalid enum value ") and last in ("op", "time_unit"):
+        value = text.removeprefix("Invalid enum value ")
+        choices = OPS if last == "op" else TIME_UNITS
+        return f"{path}: unknown {last} {value} (known: {', '.join(choices)})"
+    node = _resolve(raw, path)
+    if missing := _MISSING.fullmatch(text):
+        field = missing["field"]
+        if field == "type":
+            return f"{_join(path, field)}: missing required field (one of: {_TYPES})"
+        tag = node.get("type") if isinstance(node, dict) else None
+        owner = f" of a {tag!r} feature" if isinstance(tag, str) and tag in FEATURE_TYPES else ""
+        return f"{_join(path, field)}: missing required field{owner}"
+    if unknown := _UNKNOWN.fullmatch(text):
+        fields = _fields_at(path, node)
+        known = f" (known: {', '.join(fields)})" if fields else ""
+        return f"{_join(path, unknown['field'])}: unknown field{known}"
+    return f"{path}: {text}" if path else text
+
+
+def _join(path: str, field: str) -> str:
+    return f"{path}.{field}" if path else field
+
+
+def _resolve(raw: object, path: str) -> object:
+    """Return the part of the raw document at ``path``, or ``None`` when it is not there."""
+    node = raw
+    for key, index in _STEP.findall("." + path if path else ""):
+        if key and isinstance(node, dict):
+            node = node.get(key)
+        elif index and isinstance(node, list | tuple) and int(index) < len(node):
+            node = node[int(index)]
+        else:
+            return None
+    return node
+
+
+def _fields_at(path: str, node: object) -> tuple[str, ...]:
+    """Return the field names allowed at ``path``, or ``()`` when that is unclear."""
+    cls: type[msgspec.Struct] | None = None
+    if not path:
+        cls = FeatureSet
+    elif path.endswith(".where"):
+        cls = Where
+    elif isinstance(node, dict) and node.get("type") in FEATURE_TYPES:
+        cls = FEATURE_TYPES[node["type"]]
+        return ("type", *cls.__struct_fields__)
+    return () if cls is None else cls.__struct_fields__

@@ -1,0 +1,129 @@
+"""Fan-out of feature updates to subscribers of ``rt.updates()``.
+
+Each subscription has a bounded buffer. When a subscriber falls behind, the policy decides:
+``"block"`` (the default) makes the shard wait, which slows ingest down to the subscriber's pace
+and loses nothing; ``"drop_oldest"`` keeps the newest updates and counts what it drops. A
+subscription that is garbage-collected without being closed unsubscribes itself, so an abandoned
+iterator cannot stall the runtime.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections import deque
+from collections.abc import AsyncIterator
+from types import TracebackType
+from typing import Literal
+
+import anyio
+
+from ._results import FeatureUpdate
+
+__all__ = ["UpdateHub", "UpdateSubscription"]
+
+Policy = Literal["block", "drop_oldest"]
+
+
+class _Channel:
+    __slots__ = ("buffer", "capacity", "closed", "dropped", "policy", "readable", "writable")
+
+    def __init__(self, capacity: int, policy: Policy) -> None:
+        self.buffer: deque[FeatureUpdate] = deque()
+        self.capacity = capacity
+        self.policy = policy
+        self.closed = False
+        self.dropped = 0
+        self.readable = anyio.Event()
+        self.writable = anyio.Event()
+
+
+class UpdateSubscription:
+    """An async iterator of :class:`FeatureUpdate` (also an async context manager).
+
+    Iteration ends when the runtime shuts down or the subscription is closed.
+    """
+
+    def __init__(self, hub: UpdateHub, channel: _Channel) -> None:
+        self._hub = hub
+        self._channel = channel
+        self._finalizer = weakref.finalize(self, hub.unsubscribe, channel)
+
+    @property
+    def dropped(self) -> int:
+        """Updates dropped by the ``drop_oldest`` policy."""
+        return self._channel.dropped
+
+    def __aiter__(self) -> AsyncIterator[FeatureUpdate]:
+        return self
+
+    async def __anext__(self) -> FeatureUpdate:
+        channel = self._channel
+        while not channel.buffer:
+            if channel.closed:
+                raise StopAsyncIteration
+            channel.readable = anyio.Event()
+            await channel.readable.wait()
+        update = channel.buffer.popleft()
+        channel.writable.set()
+        return update
+
+    async def aclose(self) -> None:
+        """Unsubscribe; updates already buffered can still be read."""
+        self._finalizer()
+
+    async def __aenter__(self) -> UpdateSubscription:
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+
+class UpdateHub:
+    """Internal: the runtime's set of subscriptions."""
+
+    def __init__(self) -> None:
+        self._channels: list[_Channel] = []
+
+    @property
+    def active(self) -> bool:
+        return bool(self._channels)
+
+    def subscribe(self, capacity: int, policy: Policy) -> UpdateSubscription:
+        if capacity < 1:
+            raise ValueError(f"buffer must be >= 1, got {capacity!r}")
+        if policy not in ("block", "drop_oldest"):
+            raise ValueError(f"policy must be 'block' or 'drop_oldest', got {policy!r}")
+        channel = _Channel(capacity, policy)
+        self._channels.append(channel)
+        return UpdateSubscription(self, channel)
+
+    def unsubscribe(self, channel: _Channel) -> None:
+        channel.closed = True
+        channel.readable.set()
+        channel.writable.set()
+        if channel in self._channels:
+            self._channels.remove(channel)
+
+    async def publish(self, updates: list[FeatureUpdate]) -> None:
+        for channel in tuple(self._channels):
+            buffer = channel.buffer
+            for update in updates:
+                if len(buffer) >= channel.capacity:
+                    if channel.policy == "drop_oldest":
+                        buffer.popleft()
+                        channel.dropped += 1
+                    else:
+                        while len(buffer) >= channel.capacity and not channel.closed:
+                            channel.writable = anyio.Event()
+                            channel.readable.set()
+                            await channel.writable.wait()
+                        if channel.closed:
+                            break
+                buffer.append(update)
+            channel.readable.set()
+
+    def close(self) -> None:
+        for channel in tuple(self._channels):
+            self.unsubscribe(channel)

@@ -1,0 +1,136 @@
+"""A brute-force oracle for keyed aggregates: recomputes each feature from the key's whole
+history after every event. Slow and obviously right; the runtime must agree with it."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+MISSING = object()
+
+
+def _matches(where: Any, event: Mapping[str, Any]) -> bool:
+    if where is None:
+        return True
+    value = event.get(where.field)
+    if value is None:
+        return False
+    op = where.op
+    try:
+        if op == "==":
+            return bool(value == where.value)
+        if op == "!=":
+            return bool(value != where.value)
+        if op == "<":
+            return bool(value < where.value)
+        if op == "<=":
+            return bool(value <= where.value)
+        if op == ">":
+            return bool(value > where.value)
+        if op == ">=":
+            return bool(value >= where.value)
+        if op == "in":
+            return value in list(where.value)
+        return value not in list(where.value)
+    except TypeError:
+        return False  # the runtime reports an error for this feature and skips the event
+
+
+def _numeric(value: Any) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return math.isfinite(value)
+
+
+def feature_value(feature: Any, history: list[tuple[int, dict[str, Any]]]) -> Any:
+    """The value of ``feature`` over ``history`` (``(time, event)`` in arrival order), or
+    raises if the *last* event is an error for this feature."""
+    tag = feature.__struct_config__.tag
+    seen = [(t, e) for t, e in history if _matches(feature.where, e)]
+    if tag == "count":
+        return len(seen)
+    if tag == "time_since":
+        if len(seen) < 2:
+            return None
+        # the value set by the latest event that had a predecessor
+        result = None
+        for i in range(1, len(seen)):
+            result = seen[i][0] - max(t for t, _ in seen[:i])
+        return result
+    values = [(t, e.get(feature.field)) for t, e in seen if e.get(feature.field) is not None]
+    numeric = tag in ("sum", "mean", "min", "max", "variance", "std", "ewm_mean")
+    if numeric:
+        values = [(t, v) for t, v in values if _numeric(v)]
+    xs = [v for _, v in values]
+    if tag == "sum":
+        total: Any = 0
+        for x in xs:
+            total += x
+        return total
+    if tag == "mean":
+        return sum(xs) / len(xs) if xs else None
+    if tag == "min":
+        return min(xs) if xs else None
+    if tag == "max":
+        return max(xs) if xs else None
+    if tag == "first":
+        if not values:
+            return None
+        best = min(t for t, _ in values)
+        return next(v for t, v in values if t == best)
+    if tag == "last":
+        if not values:
+            return None
+        best = max(t for t, _ in values)
+        return [v for t, v in values if t == best][-1]
+    if tag in ("variance", "std"):
+        if len(xs) <= feature.ddof:
+            return None
+        var = statistics.pvariance(xs) * len(xs) / (len(xs) - feature.ddof)
+        return math.sqrt(var) if tag == "std" else var
+    if tag == "ewm_mean":
+        if not values:
+            return None
+        h = feature.half_life_ms
+        top = max(t for t, _ in values)
+        weights = [2.0 ** ((t - top) / h) for t, _ in values]
+        return sum(w * v for w, (_, v) in zip(weights, values, strict=True)) / sum(weights)
+    if tag == "distinct_count":
+        return len({v for _, v in values})
+    raise AssertionError(f"oracle lacks {tag}")
+
+
+def oracle(
+    features: list[Any], key_field: str, time_field: str, events: Iterable[dict[str, Any]]
+) -> dict[Any, dict[str, Any]]:
+    """Final values per key."""
+    histories: dict[Any, list[tuple[int, dict[str, Any]]]] = {}
+    for event in events:
+        histories.setdefault(event[key_field], []).append((event[time_field], event))
+    result = {}
+    for key, history in histories.items():
+        values = {}
+        for feature in features:
+            if feature.__struct_config__.tag == "ratio":
+                continue
+            values[feature.name] = feature_value(feature, history)
+        for feature in features:
+            if feature.__struct_config__.tag == "ratio":
+                num, den = values[feature.numerator], values[feature.denominator]
+                values[feature.name] = None if num is None or not den else num / den
+        result[key] = values
+    return result
+
+
+def same(a: Any, b: Any) -> bool:
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    if isinstance(a, float) or isinstance(b, float):
+        if a is None or b is None:
+            return False
+        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9)
+    return bool(a == b)
