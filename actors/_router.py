@@ -157,6 +157,15 @@ class KeyRouter:
             self._cache[key] = shard
         return shard
 
+    def cached_lookup(self) -> Callable[[Key], int | None]:
+        """A cache-only lookup for hot loops: ``lookup(key)`` is the key's shard if it is cached,
+        else ``None`` (call :meth:`shard_of` then).
+
+        The caller must check the key's exact type first (``str``, ``int`` or ``bytes``): the
+        cache compares by equality, and ``True == 1``.
+        """
+        return self._cache.get
+
     def shard_of_group(self, group: int) -> int:
         """Return the shard that owns a key group.
 

@@ -28,6 +28,7 @@ Semantics every aggregate shares:
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -258,6 +259,7 @@ class _Builder:
         self.group = group
         self.namespace: dict[str, Any] = {
             "_INF": _INF,
+            "_INF_": _INF,
             "_coerce": _coerce,
             "_ratio": _ratio,
             "_sqrt_pos": _sqrt_pos,
@@ -267,7 +269,8 @@ class _Builder:
             "_distinct_merge": distinct_merge,
             "_pc": time.perf_counter_ns,
         }
-        self.slots: list[tuple[str, Any]] = [("t_", None), ("u_", None)]
+        # t_ is the key's greatest event time (-1 before any: event times are >= 0)
+        self.slots: list[tuple[str, Any]] = [("t_", -1)]
         self.fields: dict[str, str] = {}  # event field -> local variable holding its value
         self.numeric_fields: set[str] = set()
         self.feature_slots: list[dict[str, str]] = []
@@ -395,11 +398,11 @@ class _Builder:
             var = self.fields[feature.field]
             if kind.numeric:
                 var = "n" + var
-                body.append(f"if e{var} is not None:")
-                body.append(f"    raise e{var}")
             body.append(f"if {var} is not None:")
-            body.append("    v = " + var)
-            body.extend("    " + line for line in update)
+            body.extend("    " + re.sub(r"\bv\b", var, line) for line in update)
+            if kind.numeric:
+                body.append(f"elif e{var} is not None:")
+                body.append(f"    raise e{var}")
         else:
             body.extend(update)
         if feature.where is not None:
@@ -420,6 +423,7 @@ class _Builder:
         lines = [
             f"def {fn}({args}):",
             "    new = _State",
+            "    _INF = _INF_",
             "    get = states.get",
             "    hi = -1",
             "    for key, t, ev in batch:",
@@ -428,10 +432,8 @@ class _Builder:
             "        S = get(key)",
             "        if S is None:",
             "            S = states[key] = new()",
-            "        _tm = S.t_",
-            "        if _tm is None or t > _tm:",
+            "        if t > S.t_:",
             "            S.t_ = t",
-            "        S.u_ = now",
         ]
         inner = self.extraction()
         for index in range(len(self.features)):
@@ -449,12 +451,7 @@ class _Builder:
 
     def merge_source(self) -> str | None:
         lines = ["def merge(A, B):", "    R = _State()"]
-        lines.append(
-            "    R.t_ = A.t_ if B.t_ is None else B.t_ if A.t_ is None else max(A.t_, B.t_)"
-        )
-        lines.append(
-            "    R.u_ = A.u_ if B.u_ is None else B.u_ if A.u_ is None else max(A.u_, B.u_)"
-        )
+        lines.append("    R.t_ = max(A.t_, B.t_)")
         for index, feature in enumerate(self.features):
             tag = _tag(feature)
             if tag == "ratio":

@@ -79,7 +79,8 @@ class FeatureVector(msgspec.Struct, frozen=True):
     last_event_time: int | None
     #: event time up to which the key's shard has seen everything it will wait for (ms)
     watermark: int | None
-    #: wall-clock time the key's state last changed (seconds since the epoch)
+    #: wall-clock time the key's shard last applied a batch (seconds since the epoch); the
+    #: key's own state changed at or before it
     updated_at: float | None
     #: wall-clock now minus ``last_event_time``: how old the newest event is (ms)
     lag_ms: float | None

@@ -48,8 +48,8 @@ class Batch:
 
 @dataclass(frozen=True)
 class GetState:
-    """Ask: ``(values, last_event_time, updated_at, shard_max_time)`` of one key; the first
-    three are None for a key the shard has not seen."""
+    """Ask: ``(values, last_event_time, shard_updated_at, shard_max_time)`` of one key; the
+    first three are None for a key the shard has not seen."""
 
     key: Any
 
@@ -183,9 +183,9 @@ class GroupShard(Actor[Any]):
     async def receive(self, message: Any) -> Any:
         if isinstance(message, GetState):
             state = self.states.get(message.key)
-            if state is None:
+            if state is None or state.t_ < 0:
                 return None, None, None, self.max_time
-            return self.group.values(state), state.t_, state.u_, self.max_time
+            return self.group.values(state), state.t_, self.last_event_at, self.max_time
         if isinstance(message, GetStats):
             return self._stats()
         if isinstance(message, Batch):
@@ -220,7 +220,7 @@ class GroupShard(Actor[Any]):
         counted = 0
         for key, state in self.states.items():
             size = sys.getsizeof(key) + sys.getsizeof(state)
-            seen = {id(state.u_)}  # the batch's timestamp, shared by all its keys
+            seen: set[int] = set()
             for field in state.__struct_fields__:
                 item = getattr(state, field)
                 if item is None or id(item) in seen or (type(item) is int and -5 <= item <= 256):

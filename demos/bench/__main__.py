@@ -7,6 +7,7 @@ import sys
 
 BENCHMARKS = {
     "actors": "demos.bench.actors",
+    "aggregates": "demos.bench.aggregates",
 }
 
 
