@@ -295,9 +295,9 @@ class FeatureRuntime:
         created = self._created
         low, high = MIN_TIME_MS, MAX_TIME_MS
         now = time.perf_counter()
-        for shard, buffer in enumerate(buffers):
+        for i, buffer in enumerate(buffers):
             if not buffer:
-                created[shard] = now
+                created[i] = now
         accepted = 0
         for event in events:
             if event.__class__ is dict and fast:
@@ -305,10 +305,10 @@ class FeatureRuntime:
                 ts = event.get(time_field)
                 kc = key.__class__
                 if (kc is str or kc is int) and ts.__class__ is int and low <= ts <= high:
-                    shard = cached(key)
-                    if shard is None:
-                        shard = shard_of(key)
-                    buffers[shard].append((key, ts, event))
+                    index = cached(key)
+                    if index is None:
+                        index = shard_of(key)
+                    buffers[index].append((key, ts, event))
                     accepted += 1
                     continue
             try:
