@@ -301,7 +301,7 @@ class FeatureRuntime:
         accepted = 0
         for event in events:
             if event.__class__ is dict and fast:
-                key = event.get(key_field)
+                key: Any = event.get(key_field)
                 ts = event.get(time_field)
                 kc = key.__class__
                 if (kc is str or kc is int) and ts.__class__ is int and low <= ts <= high:
