@@ -8,8 +8,10 @@ one dict lookup per event for the key, then straight-line code per feature. This
 dataclasses and attrs do for ``__init__``; it keeps per-event work to plain Python on local
 state.
 
-A key's state is one ``msgspec.Struct`` (``array_like``, ``gc=False``): 16 bytes plus 8 per slot,
-which is compact, fast to access (slot descriptors) and serializable for checkpoints.
+A key's state is one instance of a compiled ``__slots__`` class (fast attribute stores, 8 bytes
+per slot). Its twin, an ``array_like`` ``msgspec.Struct`` with the same fields
+(``record_type``), is what snapshots, checkpoints and tests use: ``to_record``/``from_record``
+convert between them.
 
 Safety of the generated code: user input never becomes source text. Field names and feature
 names appear only through ``repr()`` of a ``str`` (a string literal), and every constant from a
@@ -72,6 +74,15 @@ def _coerce(field: str, value: Any) -> tuple[Any, FeatureValueError | None]:
     return number, None
 
 
+def _distinct_restore(value: Any) -> Any:
+    """A distinct-count slot decoded from a record: arrays become sets, bytes a sketch."""
+    if isinstance(value, (list, tuple)):
+        return set(value)
+    if isinstance(value, bytes):
+        return bytearray(value)
+    return value
+
+
 def _ratio(numerator: Any, denominator: Any) -> float | None:
     if numerator is None or not denominator:
         return None
@@ -103,19 +114,31 @@ class _Kind:
     field: bool = True
     #: rough state bytes per key beyond the slots, for statistics
     extra_bytes: int = 0
+    #: role -> family: features of one group that read the same field under the same condition
+    #: share a slot of the same family, and its update runs once (``mean`` reuses ``sum``'s
+    #: running total; ``variance`` and ``std`` share one Welford triple)
+    share: tuple[tuple[str, str], ...] = ()
 
 
 _MINMAX_MERGE = "{R.v} = {B.v} if {A.v} is None else {A.v} if {B.v} is None else {OP}({A.v}, {B.v})"
 
 KINDS: dict[str, _Kind] = {
     "count": _Kind((("n", 0),), "{S.n} += 1", "{S.n}", "{R.n} = {A.n} + {B.n}", field=False),
-    "sum": _Kind((("s", 0),), "{S.s} += v", "{S.s}", "{R.s} = {A.s} + {B.s}", numeric=True),
+    "sum": _Kind(
+        (("s", 0),),
+        "{S.s} += v",
+        "{S.s}",
+        "{R.s} = {A.s} + {B.s}",
+        numeric=True,
+        share=(("s", "sum"),),
+    ),
     "mean": _Kind(
         (("n", 0), ("s", 0)),
         "{S.n} += 1\n{S.s} += v",
         "({S.s} / {S.n} if {S.n} else None)",
         "{R.n} = {A.n} + {B.n}\n{R.s} = {A.s} + {B.s}",
         numeric=True,
+        share=(("n", "valid"), ("s", "sum")),
     ),
     "min": _Kind(
         (("v", None),),
@@ -159,6 +182,7 @@ KINDS: dict[str, _Kind] = {
         "    {R.q} = {A.q} + {B.q} + _d * _d * {A.n} * {B.n} / _n\n"
         "{R.n} = _n",
         numeric=True,
+        share=(("n", "welford.n"), ("m", "welford.m"), ("q", "welford.q")),
     ),
     "std": _Kind(
         (("n", 0), ("m", 0.0), ("q", 0.0)),
@@ -171,6 +195,7 @@ KINDS: dict[str, _Kind] = {
         "    {R.q} = {A.q} + {B.q} + _d * _d * {A.n} * {B.n} / _n\n"
         "{R.n} = _n",
         numeric=True,
+        share=(("n", "welford.n"), ("m", "welford.m"), ("q", "welford.q")),
     ),
     # Weighted sums referred to the newest event time T: sum(v_i * 2**((t_i - T) / h)) and
     # sum(2**((t_i - T) / h)). Every weight is <= 1, so nothing overflows, and the mean does not
@@ -230,7 +255,7 @@ class CompiledGroup:
     """A compiled feature group. Internal.
 
     ``apply(batch, states, errors, now)`` applies a batch of ``(key, time, event)`` to the
-    states dict and returns the batch's greatest event time; errors are appended as
+    states dict; errors are appended as
     ``(key, time, feature_name, exception)``. ``apply_emit(..., out)`` also appends
     ``(key, time, values)`` per event to ``out``, and records errors as
     ``(position_in_out, key, time, feature_name, exception)``. ``apply_timed(..., timings)``
@@ -239,10 +264,15 @@ class CompiledGroup:
 
     names: tuple[str, ...]
     types: tuple[str, ...]
-    state_type: type[msgspec.Struct]
-    apply: Callable[..., int]
-    apply_emit: Callable[..., int]
-    apply_timed: Callable[..., int]
+    #: the live per-key state: a compiled ``__slots__`` class
+    state_type: type
+    #: its record twin, an ``array_like`` msgspec Struct with the same fields, for snapshots
+    record_type: type[msgspec.Struct]
+    to_record: Callable[[Any], msgspec.Struct]
+    from_record: Callable[[msgspec.Struct], Any]
+    apply: Callable[..., None]
+    apply_emit: Callable[..., None]
+    apply_timed: Callable[..., None]
     values: Callable[[Any], tuple[Any, ...]]
     merge: Callable[[Any, Any], Any] | None
     slot_count: int
@@ -267,6 +297,7 @@ class _Builder:
             "_distinct_add": distinct_add,
             "_distinct_value": distinct_value,
             "_distinct_merge": distinct_merge,
+            "_distinct_restore": _distinct_restore,
             "_pc": time.perf_counter_ns,
         }
         # t_ is the key's greatest event time (-1 before any: event times are >= 0)
@@ -274,6 +305,8 @@ class _Builder:
         self.fields: dict[str, str] = {}  # event field -> local variable holding its value
         self.numeric_fields: set[str] = set()
         self.feature_slots: list[dict[str, str]] = []
+        self.shared: dict[tuple[str, str, Any], str] = {}
+        self.reused: list[set[str]] = []
         self.params: list[dict[str, str]] = []
         self.value_exprs: dict[str, str] = {}
         self.names = tuple(f.name for f in self.features)
@@ -291,6 +324,7 @@ class _Builder:
             if tag == "ratio":
                 self.feature_slots.append({})
                 self.params.append({})
+                self.reused.append(set())
                 continue
             kind = KINDS.get(tag)
             if kind is None:
@@ -298,11 +332,22 @@ class _Builder:
                     f"feature {feature.name!r}: type {tag!r} cannot run in a keyed group"
                 )
             slots = {}
+            families = dict(kind.share)
+            reused: set[str] = set()
             for role, default in kind.slots:
+                family = families.get(role)
+                share_key = (family, feature.field, feature.where) if family else None
+                if share_key is not None and share_key in self.shared:
+                    slots[role] = self.shared[share_key]
+                    reused.add(role)
+                    continue
                 slot = f"f{index}_{role}"
                 slots[role] = slot
                 self.slots.append((slot, default))
+                if share_key is not None:
+                    self.shared[share_key] = slot
             self.feature_slots.append(slots)
+            self.reused.append(reused)
             params = {}
             if tag in ("variance", "std"):
                 params["ddof"] = self.constant(int(feature.ddof))
@@ -385,6 +430,12 @@ class _Builder:
                 ]
         return lines
 
+    def _shared_line(self, line: str, index: int) -> bool:
+        """True for an update line that only touches slots another feature already updates."""
+        roles = set(re.findall(r"\{S\.(\w+)\}", line))
+        reused = self.reused[index]
+        return bool(reused) and bool(roles) and roles <= reused
+
     def feature_block(self, index: int, timed: bool, emit: bool) -> list[str]:
         feature = self.features[index]
         tag = _tag(feature)
@@ -393,7 +444,11 @@ class _Builder:
         kind = KINDS[tag]
         name = repr(str(feature.name))
         body: list[str] = []
-        update = self.render(kind.update, index, S="S").splitlines()
+        update = [
+            self.render(line, index, S="S")
+            for line in kind.update.splitlines()
+            if not self._shared_line(line, index)
+        ] or ["pass"]
         if kind.field:
             var = self.fields[feature.field]
             if kind.numeric:
@@ -425,10 +480,7 @@ class _Builder:
             "    new = _State",
             "    _INF = _INF_",
             "    get = states.get",
-            "    hi = -1",
             "    for key, t, ev in batch:",
-            "        if t > hi:",
-            "            hi = t",
             "        S = get(key)",
             "        if S is None:",
             "            S = states[key] = new()",
@@ -442,7 +494,35 @@ class _Builder:
             values = ", ".join(self.value_exprs[name] for name in self.names)
             inner.append(f"out.append((key, t, ({values},)))")
         lines += ["        " + line for line in inner]
-        lines.append("    return hi")
+        return "\n".join(lines)
+
+    def state_class_source(self, name: str) -> str:
+        """The live state: a ``__slots__`` class. A msgspec Struct would do, but its attribute
+        stores go through a custom ``__setattr__`` and cost about ten times a slot store, which
+        was a third of the kernel's time; the Struct twin is kept for snapshots."""
+        fields = ", ".join(repr(slot) for slot, _ in self.slots)
+        lines = [f"class {name}:", f"    __slots__ = ({fields},)", "    def __init__(self):"]
+        for slot, default in self.slots:
+            lines.append(f"        self.{slot} = {self.constant(default)}")
+        lines.append(f"_State = {name}")
+        return "\n".join(lines)
+
+    def record_source(self) -> str:
+        slots = [slot for slot, _ in self.slots]
+        restore = {
+            slot: "_distinct_restore"
+            for index, feature in enumerate(self.features)
+            if _tag(feature) == "distinct_count"
+            for slot in self.feature_slots[index].values()
+        }
+        lines = ["def to_record(S):", f"    return _Record({', '.join(f'S.{s}' for s in slots)})"]
+        lines += ["def from_record(R):", "    S = _State()"]
+        for slot in slots:
+            value = f"R.{slot}"
+            if slot in restore:
+                value = f"{restore[slot]}({value})"
+            lines.append(f"    S.{slot} = {value}")
+        lines.append("    return S")
         return "\n".join(lines)
 
     def values_source(self) -> str:
@@ -485,15 +565,16 @@ def compile_group(features: Sequence[Any], *, group: str = "g0") -> CompiledGrou
                         f"ratio {feature.name!r} needs feature {operand!r} in the same group"
                     )
     builder.prepare()
-    state_type = msgspec.defstruct(
-        f"{group.capitalize()}State",
+    record_type = msgspec.defstruct(
+        f"{group.capitalize()}StateRecord",
         [(name, Any, default) for name, default in builder.slots],
         array_like=True,
-        gc=False,
         module=__name__,
     )
-    builder.namespace["_State"] = state_type
+    builder.namespace["_Record"] = record_type
     parts = [
+        builder.state_class_source(f"{group.capitalize()}State"),
+        builder.record_source(),
         builder.apply_source("apply", emit=False, timed=False),
         builder.apply_source("apply_emit", emit=True, timed=False),
         builder.apply_source("apply_timed", emit=False, timed=True),
@@ -509,7 +590,10 @@ def compile_group(features: Sequence[Any], *, group: str = "g0") -> CompiledGrou
     return CompiledGroup(
         names=builder.names,
         types=tuple(_tag(f) for f in features),
-        state_type=state_type,
+        state_type=namespace["_State"],
+        record_type=record_type,
+        to_record=namespace["to_record"],
+        from_record=namespace["from_record"],
         apply=namespace["apply"],
         apply_emit=namespace["apply_emit"],
         apply_timed=namespace["apply_timed"],

@@ -562,7 +562,8 @@ class FeatureRuntime:
 
 def _slots_of(group: _Group, index: int) -> int:
     prefix = f"f{index}_"
-    return sum(1 for name in group.compiled.state_type.__struct_fields__ if name.startswith(prefix))
+    fields = group.compiled.record_type.__struct_fields__
+    return sum(1 for name in fields if name.startswith(prefix))
 
 
 def _weighted_quantile(samples: list[tuple[float, int]], q: float) -> float | None:

@@ -17,6 +17,7 @@ import sys
 import time
 from collections import Counter, deque
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 import structlog
@@ -31,6 +32,7 @@ __all__ = ["Batch", "GetState", "GetStats", "GroupShard", "ShardStats"]
 
 _log = structlog.get_logger("featurist.shard")
 
+_time_of = itemgetter(1)
 _RECENT_ERRORS = 100
 _LATENCY_WINDOW = 4096
 
@@ -121,10 +123,10 @@ class GroupShard(Actor[Any]):
         start = time.perf_counter_ns()
         if self.hub.active:
             out = []
-            high = group.apply_emit(events, self.states, errors, now, out)
+            group.apply_emit(events, self.states, errors, now, out)
         elif self.batches % self.sample_every == 0:
             timings = [0] * len(group.names)
-            high = group.apply_timed(events, self.states, errors, now, timings)
+            group.apply_timed(events, self.states, errors, now, timings)
             feature_ns = self.feature_ns
             for i, ns in enumerate(timings):
                 feature_ns[i] += ns
@@ -134,7 +136,7 @@ class GroupShard(Actor[Any]):
                 for i, name in enumerate(group.names)
             }
         else:
-            high = group.apply(events, self.states, errors, now)
+            group.apply(events, self.states, errors, now)
         elapsed = time.perf_counter_ns() - start
         self.compute_ns += elapsed
         self.latencies.append((time.perf_counter() - batch.created, n))
@@ -143,6 +145,7 @@ class GroupShard(Actor[Any]):
         if self.first_event_at is None:
             self.first_event_at = now
         self.last_event_at = now
+        high = max(map(_time_of, events))
         if self.max_time is None or high > self.max_time:
             self.max_time = high
         if errors:
@@ -221,7 +224,7 @@ class GroupShard(Actor[Any]):
         for key, state in self.states.items():
             size = sys.getsizeof(key) + sys.getsizeof(state)
             seen: set[int] = set()
-            for field in state.__struct_fields__:
+            for field in state.__slots__:
                 item = getattr(state, field)
                 if item is None or id(item) in seen or (type(item) is int and -5 <= item <= 256):
                     continue
