@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import anyio
 
-from ._exceptions import AskTimeout, MailboxFull
+from ._exceptions import AskTimeout, ConfigError, MailboxFull
 from ._mailbox import MailboxStatistics, Overflow
 
 if TYPE_CHECKING:
@@ -264,7 +264,7 @@ class ActorRef(Generic[M]):
             Exception: whatever the handler raised on its retry.
         """
         if timeout is not None and not timeout > 0:
-            raise ValueError(f"timeout must be > 0 or None, got {timeout!r}")
+            raise ConfigError(f"timeout must be > 0 or None, got {timeout!r}")
         cell = self._cell
         if not cell.accepting:
             cell.refuse(message)
@@ -294,9 +294,14 @@ class ActorRef(Generic[M]):
         """Stop the actor for good and wait until it has stopped.
 
         Messages still in its mailbox go to dead letters; pending asks fail with
-        :class:`ActorStopped`. Its supervisor forgets it and does not restart it.
+        :class:`ActorStopped`. Its supervisor forgets it and does not restart it. Called by the
+        actor on itself, it returns at once and the actor stops after the current turn.
         """
+        from ._cell import current_cell
+
         self._cell.request_stop(remove=True)
+        if current_cell.get() is self._cell:
+            return  # an actor stopping itself: it stops after this turn; waiting would deadlock
         await self._cell.stopped.wait()
 
     def statistics(self) -> MailboxStatistics:

@@ -9,7 +9,6 @@ event loop.
 from __future__ import annotations
 
 import contextvars
-from collections import deque
 from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -98,7 +97,7 @@ class Cell:
         self.stop_pending = False
         self.stopped = anyio.Event()
         self.idle = False
-        self._pending: deque[Any] = deque()
+        self._consumed = 0
         self._batched = False
         self._scope: anyio.CancelScope | None = None
 
@@ -109,7 +108,8 @@ class Cell:
     def refuse(self, message: Any) -> None:
         """Called by refs when the cell is not accepting (shutdown): raise unless an actor of the
         system is the sender, since actors must be able to finish their work while draining."""
-        if self.stopped.is_set() or current_cell.get() is None:
+        sender = current_cell.get()
+        if self.stopped.is_set() or sender is None or sender.system is not self.system:
             self.undeliverable(message)
 
     def undeliverable(self, message: Any) -> NoReturn:
@@ -158,9 +158,11 @@ class Cell:
 
     def drained(self) -> bool:
         """True when the cell has nothing left to do (for the shutdown drain)."""
-        if self.stopped.is_set() or self.state is not RUNNING:
-            return self.stopped.is_set() or not self.mailbox.has_user_messages()
-        return self.idle and not self._pending and not self.mailbox.has_user_messages()
+        if self.stopped.is_set():
+            return True
+        if self.state is not RUNNING:
+            return not self.mailbox.has_user_messages()
+        return self.idle and not self.mailbox.has_user_messages()
 
     # -- the task ---------------------------------------------------------------------------
     async def run(self, *, task_status: anyio.abc.TaskStatus[BaseException | None]) -> None:
@@ -206,31 +208,27 @@ class Cell:
     async def _loop(self) -> None:
         mailbox = self.mailbox
         system = mailbox.system
-        pending = self._pending
         limit = mailbox.config.max_batch_size
         while True:
             if system:
-                if await self._on_system(system.popleft()):
-                    return
-                continue
+                # Serve the system messages there are now, then a user turn: a periodic timer
+                # whose handler is slower than its interval must not starve the mailbox.
+                for _ in range(len(system)):
+                    if await self._on_system(system.popleft()):
+                        return
+                    if self.stop_requested and self.state is RUNNING:
+                        await self._exited()
             if self.state is not RUNNING:
-                await mailbox.wait()
+                if not system:
+                    await mailbox.wait()
                 continue
             batch: list[Any] = []
-            while pending and len(batch) < limit:
-                batch.append(pending.popleft())
             mailbox.take(limit, batch)
             if batch:
-                try:
-                    if self._batched:
-                        await self._handle_batched(batch)
-                    else:
-                        await self._handle_single(batch)
-                except _Crash as crash:
-                    await self._crashed(crash.error, crash.directive)
-                if self.stop_requested and self.state is RUNNING:
-                    await self._exited()
+                await self._turn(batch)
                 await anyio.lowlevel.checkpoint()
+                continue
+            if system:
                 continue
             self.idle = True
             if not self.accepting:
@@ -238,61 +236,77 @@ class Cell:
             await mailbox.wait()
             self.idle = False
 
+    async def _turn(self, batch: list[Any]) -> None:
+        """Handle one turn's messages. Whatever ends the turn early (a crash, a cancellation),
+        the messages not yet handled go back to the mailbox, in order, and nothing is lost."""
+        self._consumed = 0
+        try:
+            if self._batched:
+                await self._handle_batched(batch)
+            else:
+                await self._handle_single(batch)
+        except _Crash as crash:
+            await self._crashed(crash.error, crash.directive)
+        finally:
+            consumed = self._consumed
+            if consumed < len(batch):
+                self.mailbox.hold(batch[consumed:])
+            self.mailbox.processed += consumed
+        if self.stop_requested and self.state is RUNNING:
+            await self._exited()
+
     # -- handling -------------------------------------------------------------------------------
+    # ``self._consumed`` counts the messages of the turn that are done with: handled, answered,
+    # or given up on (dead-lettered). A message is consumed *before* a retry that may crash.
     async def _handle_single(self, batch: list[Any]) -> None:
         actor = self.actor
         assert actor is not None
         receive = actor.receive
-        index = 0
-        try:
-            for index, message in enumerate(batch):  # noqa: B007 - index is read on a crash
-                if type(message) is Ask:
-                    await self._handle_ask(message)
-                    continue
-                try:
-                    await receive(message)
-                except Exception:
-                    await self._retry(message)
-        except _Crash:
-            self._pending.extendleft(reversed(batch[index + 1 :]))
-            self.mailbox.processed += index + 1
-            raise
-        self.mailbox.processed += len(batch)
+        for index, message in enumerate(batch):
+            self._consumed = index
+            if type(message) is Ask:
+                self._consumed = index + 1  # answered or failed, whatever happens
+                await self._handle_ask(message)
+                continue
+            try:
+                await receive(message)
+            except Exception:
+                self._consumed = index + 1
+                await self._retry(message)
+        self._consumed = len(batch)
 
     async def _handle_batched(self, batch: list[Any]) -> None:
         actor = self.actor
         assert actor is not None
-        start = 0
-        try:
-            for index, message in enumerate(batch):
-                if type(message) is Ask:
-                    if index > start:
-                        await self._run_batch(actor, batch[start:index])
-                    start = index + 1
-                    await self._handle_ask(message)
-            if start < len(batch):
-                await self._run_batch(actor, batch[start:] if start else batch)
-        except _Crash as crash:
-            remaining = getattr(crash, "remaining", [])
-            self._pending.extendleft(reversed(remaining))
-            raise
-        self.mailbox.processed += len(batch)
+        size = len(batch)
+        index = 0
+        while index < size:
+            message = batch[index]
+            if type(message) is Ask:
+                self._consumed = index = index + 1
+                await self._handle_ask(message)
+                continue
+            end = index + 1
+            while end < size and type(batch[end]) is not Ask:
+                end += 1
+            self._consumed = index
+            await self._run_batch(actor, batch if end - index == size else batch[index:end], index)
+            self._consumed = index = end
+        self._consumed = size
 
-    async def _run_batch(self, actor: Actor[Any], messages: list[Any]) -> None:
+    async def _run_batch(self, actor: Actor[Any], messages: list[Any], offset: int) -> None:
         try:
             await actor.receive_batch(messages)
             return
         except Exception as exc:
             _log.debug("batch_failed_retrying_singly", actor=self.name, error=repr(exc))
         for index, message in enumerate(messages):
+            self._consumed = offset + index
             try:
                 await actor.receive_batch([message])
             except Exception as exc:
-                try:
-                    self._give_up(message, exc)
-                except _Crash as crash:
-                    crash.remaining = messages[index + 1 :]  # type: ignore[attr-defined]
-                    raise
+                self._consumed = offset + index + 1
+                self._give_up(message, exc)
 
     async def _retry(self, message: Any) -> None:
         actor = self.actor
@@ -342,6 +356,7 @@ class Cell:
                 return False
             if message.interval is None:
                 del self.timers[message.key]
+            self._consumed = 0
             try:
                 await self._handle_single([message.message])
             except _Crash as crash:
@@ -358,6 +373,7 @@ class Cell:
 
     async def _crashed(self, error: BaseException, directive: Directive) -> None:
         _log.warning("actor_failed", actor=self.name, error=repr(error), directive=directive.value)
+        self.stop_requested = False
         await self._retire_instance()
         self.state = SUSPENDED
         self.parent.child_failed(self, error, directive)
@@ -369,12 +385,14 @@ class Cell:
         self.parent.child_exited(self)
 
     async def _restart(self, message: RestartMessage) -> None:
-        if message.delay > 0:
+        self.timers.clear()
+        if message.delay > 0 and not self.stop_pending:
+            # Wait out the whole backoff; only a stop cuts it short.
             with anyio.move_on_after(message.delay):
-                while not self.mailbox.system:
+                while not self.stop_pending:
                     await self.mailbox.wait()
-            if self.stop_pending:
-                return
+        if self.stop_pending:
+            return
         await self._retire_instance()
         self.restarts += 1
         _log.info("actor_restarting", actor=self.name, restarts=self.restarts)
@@ -391,9 +409,7 @@ class Cell:
 
     def _flush(self) -> None:
         """Send what is left in the mailbox to dead letters and fail its asks."""
-        left = list(self._pending)
-        self._pending.clear()
-        left.extend(self.mailbox.close())
+        left = self.mailbox.close()
         for item in left:
             message = item
             if type(item) is Ask:

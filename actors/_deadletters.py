@@ -120,7 +120,7 @@ class DeadLetters:
                 listener(letter)
             except Exception:
                 _log.exception("dead_letter_listener_failed", listener=repr(listener))
-                self._listeners.remove(listener)
+                self.remove_listener(listener)
         return letter
 
     def add_listener(self, listener: Callable[[DeadLetter], None]) -> None:

@@ -184,6 +184,9 @@ class BatchLoader(Generic[K, V]):
         cache: LoaderCache[K, V] | None = None,
         name: str = "loader",
     ) -> None:
+        for limit, value in (("max_batch_size", max_batch_size), ("max_in_flight", max_in_flight)):
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ConfigError(f"{limit} must be an int, got {value!r}")
         if max_batch_size < 1:
             raise ConfigError(f"max_batch_size must be >= 1, got {max_batch_size}")
         if max_in_flight < 1:

@@ -73,7 +73,7 @@ class MailboxConfig:
 class MailboxStatistics:
     """A snapshot of one mailbox."""
 
-    #: user messages waiting in the mailbox
+    #: user messages waiting in the mailbox (including those given back by a cut-short turn)
     depth: int
     #: the most user messages the mailbox holds
     capacity: int
@@ -90,7 +90,17 @@ class MailboxStatistics:
 class Mailbox:
     """The two channels of one actor. Internal: actors and refs use it, users see statistics."""
 
-    __slots__ = ("_closed", "_dropped", "_recv", "_send", "_wake", "config", "processed", "system")
+    __slots__ = (
+        "_closed",
+        "_dropped",
+        "_recv",
+        "_send",
+        "_wake",
+        "config",
+        "held",
+        "processed",
+        "system",
+    )
 
     def __init__(self, config: MailboxConfig) -> None:
         self.config = config
@@ -98,6 +108,9 @@ class Mailbox:
         self._send: MemoryObjectSendStream[Any] = send
         self._recv: MemoryObjectReceiveStream[Any] = recv
         self.system: deque[Any] = deque()
+        #: user messages taken out of the stream but given back unhandled (a turn cut short by
+        #: a crash or a cancellation); they are served before the stream, in order
+        self.held: deque[Any] = deque()
         self._wake: anyio.Event | None = None
         self.processed = 0
         self._dropped = 0
@@ -136,8 +149,15 @@ class Mailbox:
         self._dropped += 1
 
     # -- the actor's side ------------------------------------------------------------------------
+    def hold(self, messages: list[Any]) -> None:
+        """Give back messages a turn did not handle; they come first in the next turn."""
+        self.held.extendleft(reversed(messages))
+
     def take(self, limit: int, into: list[Any]) -> None:
-        """Move up to ``limit`` waiting user messages into ``into``."""
+        """Move up to ``limit`` waiting user messages into ``into``, held ones first."""
+        held = self.held
+        while held and len(into) < limit:
+            into.append(held.popleft())
         receive = self._recv.receive_nowait
         try:
             for _ in range(limit - len(into)):
@@ -147,7 +167,7 @@ class Mailbox:
 
     def has_user_messages(self) -> bool:
         stats = self._send.statistics()
-        return stats.current_buffer_used > 0 or stats.tasks_waiting_send > 0
+        return bool(self.held) or stats.current_buffer_used > 0 or stats.tasks_waiting_send > 0
 
     async def wait(self) -> None:
         """Wait until a message of either channel may be there. Call with both seen empty."""
@@ -157,7 +177,8 @@ class Mailbox:
 
     def close(self) -> list[Any]:
         """Close both ends and return the user messages that were still waiting."""
-        left: list[Any] = []
+        left: list[Any] = list(self.held)
+        self.held.clear()
         if self._closed:
             return left
         self._closed = True
@@ -169,7 +190,7 @@ class Mailbox:
     def statistics(self) -> MailboxStatistics:
         stats = self._send.statistics()
         return MailboxStatistics(
-            depth=stats.current_buffer_used,
+            depth=stats.current_buffer_used + len(self.held),
             capacity=self.config.capacity,
             senders_waiting=stats.tasks_waiting_send,
             processed=self.processed,

@@ -102,6 +102,13 @@ class KeyRouter:
     __slots__ = ("_cache", "_cache_size", "_group_shard", "_key_groups", "_shards")
 
     def __init__(self, *, shards: int, key_groups: int = 256, cache_size: int = 65536) -> None:
+        for name, value in (
+            ("shards", shards),
+            ("key_groups", key_groups),
+            ("cache_size", cache_size),
+        ):
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ConfigError(f"{name} must be an int, got {value!r}")
         if key_groups < 1:
             raise ConfigError(f"key_groups must be >= 1, got {key_groups}")
         if not 1 <= shards <= key_groups:

@@ -231,7 +231,8 @@ class Supervisor:
     # -- children report here --------------------------------------------------------------------
     def child_failed(self, child: Child, error: BaseException, directive: Directive) -> None:
         """A child's failure, with the directive its decider chose."""
-        if self._stopped or self.system.stopping:
+        if self._stopped or self.system.stopping or child not in self.children:
+            # stopping, or a child already removed (``ref.stop()``): it only has to stop
             child.request_stop(remove=True)
             return
         if directive is Directive.STOP:
@@ -243,7 +244,7 @@ class Supervisor:
 
     def child_exited(self, child: Child) -> None:
         """A child's normal exit (it stopped itself)."""
-        if self._stopped or self.system.stopping:
+        if self._stopped or self.system.stopping or child not in self.children:
             child.request_stop(remove=True)
             return
         self._exit(child, None)

@@ -27,7 +27,7 @@ import anyio.abc
 import structlog
 
 from ._actor import Actor, ActorRef
-from ._cell import Cell, Decider
+from ._cell import Cell, Decider, current_cell
 from ._deadletters import DeadLetters, DeadLetterStatistics
 from ._exceptions import ActorStopped, ConfigError, Escalated
 from ._mailbox import MailboxConfig, MailboxStatistics
@@ -163,7 +163,7 @@ class ActorSystem:
                 tg.cancel_scope.cancel()
         if self._escalation is not None:
             with anyio.CancelScope(shield=True):
-                await self.shutdown()
+                await self.shutdown(drain=False)
             raise Escalated(
                 f"restart budget of the root supervisor exceeded: {self._escalation!r}"
             ) from self._escalation
@@ -175,8 +175,18 @@ class ActorSystem:
             self._escalation = error
             self._escalated.set()
 
-    async def shutdown(self) -> None:
-        """Drain and stop every actor (see the module docs); idempotent."""
+    async def shutdown(self, *, drain: bool = True) -> None:
+        """Drain and stop every actor (see the module docs); idempotent.
+
+        ``drain=False`` skips waiting for mailboxes to empty: what is left goes to dead letters.
+
+        Raises:
+            RuntimeError: called from inside one of the system's actors, which would wait for
+                itself; stop the system from outside, or have the actor ``context.stop()``.
+        """
+        caller = current_cell.get()
+        if caller is not None and caller.system is self:
+            raise RuntimeError("shutdown() cannot be awaited from inside one of its actors")
         if self._closing:
             await self._closed.wait()
             return
@@ -184,9 +194,11 @@ class ActorSystem:
         for cell in self._cells:
             cell.accepting = False
         with anyio.move_on_after(self.shutdown_timeout) as scope:
-            await self._drain()
+            if drain:
+                await self._drain()
+            # Supervisors see ``stopping`` and restart nobody from now on; actors are stopped
+            # one at a time, latest first, so an actor's on_stop may still use earlier ones.
             self.stopping = True
-            self.root.request_stop()
             for cell in reversed(list(self._cells)):
                 cell.request_stop()
                 await cell.stopped.wait()

@@ -55,6 +55,9 @@ class TimerService:
 
     def __init__(self) -> None:
         self._heap: list[tuple[float, int, Timer]] = []
+        #: heap size after the last compaction; replaced and cancelled timers leave entries
+        #: behind until their deadline, so the heap is rebuilt when it doubles
+        self._compacted = 0
         self._seq = itertools.count()
         self._wake: anyio.Event | None = None
 
@@ -71,6 +74,10 @@ class TimerService:
         return timer
 
     def _push(self, timer: Timer) -> None:
+        if len(self._heap) > 2 * max(self._compacted, 64):
+            self._heap[:] = [entry for entry in self._heap if entry[2].active]
+            heapq.heapify(self._heap)
+            self._compacted = len(self._heap)
         earliest = self._heap[0][0] if self._heap else None
         heapq.heappush(self._heap, (timer.deadline, next(self._seq), timer))
         if (earliest is None or timer.deadline < earliest) and self._wake is not None:
@@ -90,13 +97,11 @@ class TimerService:
                 else:
                     timer.pending = True
                     timer.cell.deliver_timer(timer)
+                # A one-shot timer stays in cell.timers until its tick is handled, so
+                # ``is_timer_active`` is true until then and a cancel still prevents it.
                 if timer.interval is not None:
                     timer.deadline = max(timer.deadline + timer.interval, now)
                     heapq.heappush(heap, (timer.deadline, next(self._seq), timer))
-                else:
-                    # A one-shot timer stays in cell.timers until its tick is handled, so
-                    # ``is_timer_active`` is true until then and a cancel still prevents it.
-                    pass
             self._wake = anyio.Event()
             if heap:
                 with anyio.move_on_after(max(heap[0][0] - anyio.current_time(), 0)):
