@@ -24,6 +24,7 @@ from ._loader import BatchFunction as BatchFunction
 from ._loader import BatchLoader as BatchLoader
 from ._loader import LoaderCache as LoaderCache
 from ._loader import LoaderStatistics as LoaderStatistics
+from ._logging import get_logger as get_logger
 from ._mailbox import MailboxConfig as MailboxConfig
 from ._mailbox import MailboxStatistics as MailboxStatistics
 from ._mailbox import Overflow as Overflow
@@ -75,6 +76,7 @@ __all__ = [
     "SystemStatistics",
     "restart_always",
     "resume_always",
+    "get_logger",
     "run",
     "stable_hash",
 ]

@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import anyio
 import anyio.lowlevel
-import structlog
 
 from ._actor import Actor, ActorContext, ActorRef, Ask, Directive
 from ._deadletters import DeadLetterReason
 from ._exceptions import ActorStopped, MailboxFull
+from ._logging import get_logger
 from ._mailbox import Mailbox, MailboxConfig, Overflow
 from ._timers import Timer
 
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Cell", "current_cell"]
 
-_log = structlog.get_logger("actors")
+_log = get_logger("actors")
 
 #: the cell whose task is running, or None outside actors
 current_cell: contextvars.ContextVar[Cell | None] = contextvars.ContextVar(

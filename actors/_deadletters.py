@@ -16,13 +16,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import structlog
-
 from ._exceptions import ConfigError
+from ._logging import get_logger
 
 __all__ = ["DeadLetter", "DeadLetterReason", "DeadLetters", "DeadLetterStatistics"]
 
-_log = structlog.get_logger("actors.dead_letters")
+_log = get_logger("actors.dead_letters")
 
 
 class DeadLetterReason(enum.Enum):

@@ -28,11 +28,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, Union
 
 import anyio
-import structlog
 
 from ._actor import Actor, ActorRef, Directive
 from ._cell import Cell, Decider
 from ._exceptions import ConfigError
+from ._logging import get_logger
 from ._mailbox import MailboxConfig
 
 if TYPE_CHECKING:
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Backoff", "Restart", "Strategy", "Supervisor", "resume_always", "restart_always"]
 
-_log = structlog.get_logger("actors.supervisor")
+_log = get_logger("actors.supervisor")
 
 M = TypeVar("M")
 

@@ -24,19 +24,19 @@ from typing import Any, TypeVar
 
 import anyio
 import anyio.abc
-import structlog
 
 from ._actor import Actor, ActorRef
 from ._cell import Cell, Decider, current_cell
 from ._deadletters import DeadLetters, DeadLetterStatistics
 from ._exceptions import ActorStopped, ConfigError, Escalated
+from ._logging import get_logger
 from ._mailbox import MailboxConfig, MailboxStatistics
 from ._supervisor import Backoff, Restart, Strategy, Supervisor, resume_always
 from ._timers import TimerService
 
 __all__ = ["ActorSystem", "SystemStatistics", "run"]
 
-_log = structlog.get_logger("actors.system")
+_log = get_logger("actors.system")
 
 M = TypeVar("M")
 

@@ -1,17 +1,18 @@
 """Structured logging setup for applications and demos.
 
-The library only *emits* through structlog loggers named ``featurist`` and ``actors.*``; it
-never configures logging on import. Call :func:`configure_logging` once in your application (or
-configure structlog yourself) to choose the format and the level.
+The library only *emits*, through structlog loggers backed by stdlib loggers named
+``featurist...`` and ``actors...``; it never configures logging on import. Call
+:func:`configure_logging` once in your application, or configure stdlib logging yourself.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-from typing import Literal
+from typing import Any, Literal
 
 import structlog
+from structlog.typing import EventDict
 
 __all__ = ["configure_logging"]
 
@@ -23,15 +24,39 @@ _LEVELS = {
 }
 
 
+def _structured(logger: Any, name: str, event_dict: EventDict) -> EventDict:
+    """Use the structured event a featurist logger attached to the record, if any."""
+    record = event_dict.get("_record")
+    structured = getattr(record, "structured", None)
+    if isinstance(structured, dict):
+        rebuilt: EventDict = dict(structured)
+        rebuilt["_record"] = record
+        rebuilt["_from_structlog"] = False
+        event_dict = rebuilt
+    if record is not None:
+        event_dict.setdefault("logger", record.name)
+    return event_dict
+
+
 def configure_logging(
-    *, format: Literal["console", "json"] = "console", level: str = "info"
+    *,
+    format: Literal["console", "json"] = "console",
+    level: str = "info",
+    loggers: tuple[str, ...] = ("actors", "featurist"),
 ) -> None:
-    """Configure structlog for the whole process.
+    """Send the library's logs to stderr as console lines or JSON, at ``level`` and above.
+
+    The library logs through stdlib loggers named ``actors...`` and ``featurist...`` (see
+    ``actors.get_logger``); this installs one handler on each of ``loggers`` with a structlog
+    formatter, and stops them from propagating to the root logger. Without this call (or your
+    own logging configuration) only warnings and errors appear, through logging's last-resort
+    handler. Calling it again replaces the handler.
 
     Args:
-        format: ``"console"`` for colored, aligned lines for people; ``"json"`` for one JSON
-            object per line for log collectors.
+        format: ``"console"`` for aligned lines for people; ``"json"`` for one JSON object per
+            line for log collectors.
         level: ``"debug"``, ``"info"``, ``"warning"`` or ``"error"``.
+        loggers: the logger names to configure.
 
     Raises:
         ValueError: an unknown format or level.
@@ -45,16 +70,18 @@ def configure_logging(
         if format == "json"
         else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )
-    structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[
+            _structured,
+            structlog.stdlib.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.StackInfoRenderer(),
-            structlog.processors.format_exc_info,
-            renderer,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-        cache_logger_on_first_use=False,
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
     )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter)
+    for name in loggers:
+        logger = logging.getLogger(name)
+        logger.handlers = [handler]
+        logger.setLevel(_LEVELS[level])
+        logger.propagate = False

@@ -25,7 +25,6 @@ from typing import Any
 
 import anyio
 import anyio.abc
-import structlog
 
 from actors import (
     ActorRef,
@@ -35,6 +34,7 @@ from actors import (
     KeyRouter,
     MailboxConfig,
     Supervisor,
+    get_logger,
 )
 
 from ._cost import CostEstimate, MeasuredCost, estimate_cost
@@ -53,7 +53,7 @@ from ._updates import Policy, UpdateHub, UpdateSubscription
 
 __all__ = ["FeatureRuntime"]
 
-_log = structlog.get_logger("featurist")
+_log = get_logger("featurist")
 
 
 @dataclass

@@ -20,9 +20,7 @@ from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any
 
-import structlog
-
-from actors import Actor
+from actors import Actor, get_logger
 
 from ._kernel import CompiledGroup
 from ._results import FeatureError, FeatureUpdate
@@ -30,7 +28,7 @@ from ._updates import UpdateHub
 
 __all__ = ["Batch", "GetState", "GetStats", "GroupShard", "ShardStats"]
 
-_log = structlog.get_logger("featurist.shard")
+_log = get_logger("featurist.shard")
 
 _time_of = itemgetter(1)
 _RECENT_ERRORS = 100

@@ -21,14 +21,3 @@ def anyio_backend(request: pytest.FixtureRequest) -> Any:
 def services_required() -> bool:
     """True when a missing server must fail the test instead of skipping it (CI sets this)."""
     return os.environ.get("FEATURIST_REQUIRE_SERVICES", "") not in ("", "0")
-
-
-def _quiet_logs() -> None:
-    import logging
-
-    import structlog
-
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
-
-
-_quiet_logs()

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 import resource
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import structlog
+from runtime import configure_logging
 
 
 @dataclass
@@ -18,9 +17,9 @@ class Row:
     values: dict[str, str] = field(default_factory=dict)
 
 
-def quiet_logs(level: int = logging.WARNING) -> None:
-    """Show only warnings and errors from the library's structlog loggers."""
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(level))
+def quiet_logs() -> None:
+    """Show only warnings and errors from the library."""
+    configure_logging(level="warning")
 
 
 def peak_rss_mib() -> float:
