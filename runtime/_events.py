@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import msgspec
@@ -25,7 +25,10 @@ __all__ = ["EventReader"]
 _json = msgspec.json.Decoder()
 _msgpack = msgspec.msgpack.Decoder()
 
-_UNIT_TO_MS = {"ms": 1, "s": 1000, "us": 0.001, "ns": 0.000001}
+#: numeric times in each unit, as (multiply, divide) to milliseconds, exact for ints
+_UNIT_TO_MS = {"ms": (1, 1), "s": (1000, 1), "us": (1, 1000), "ns": (1, 1_000_000)}
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_MS = timedelta(milliseconds=1)
 
 #: event times outside these bounds (years 1970..2300) are rejected as unusable
 MIN_TIME_MS = 0
@@ -57,7 +60,8 @@ class EventReader:
         self.key = key
         self.time = time
         self.time_unit = time_unit
-        self._scale = _UNIT_TO_MS[time_unit]
+        self._multiply, self._divide = _UNIT_TO_MS[time_unit]
+        self._scale = 1 if time_unit == "ms" else 0
         self._decoder = _json if payload_format == "json" else _msgpack
         self.payload_format = payload_format
 
@@ -130,7 +134,10 @@ class EventReader:
                     field=field,
                     payload=payload,
                 )
-            ms = int(value * self._scale) if self._scale != 1 else int(value)
+            if isinstance(value, int):
+                ms = value * self._multiply // self._divide
+            else:
+                ms = math.floor(value * self._multiply / self._divide)
         elif isinstance(value, datetime):
             ms = _datetime_ms(value)
         elif isinstance(value, str):
@@ -161,6 +168,7 @@ class EventReader:
 
 
 def _datetime_ms(value: datetime) -> int:
+    """Milliseconds since the epoch, exact (integer arithmetic; naive means UTC)."""
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
-    return int(value.timestamp() * 1000)
+    return (value - _EPOCH) // _ONE_MS

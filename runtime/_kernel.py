@@ -38,7 +38,7 @@ from typing import Any
 
 import msgspec
 
-from ._exceptions import FeatureValueError, SpecError
+from ._exceptions import FeatureValueError, FeaturistError, SpecError
 from ._sketch import distinct_add, distinct_merge, distinct_value
 
 __all__ = ["CompiledGroup", "compile_group"]
@@ -84,9 +84,23 @@ def _distinct_restore(value: Any) -> Any:
 
 
 def _ratio(numerator: Any, denominator: Any) -> float | None:
-    if numerator is None or not denominator:
+    if numerator is None or denominator is None or denominator == 0:
         return None
-    return float(numerator / denominator)
+    try:
+        return float(numerator / denominator)
+    except (TypeError, ValueError, OverflowError, ZeroDivisionError) as exc:
+        raise FeatureValueError(
+            f"cannot divide {numerator!r} by {denominator!r}: {exc}", field="ratio"
+        ) from exc
+
+
+def _wrap(error: Exception, field: str) -> Exception:
+    """Name the field in an error that does not (a failed comparison, an unhashable value)."""
+    if isinstance(error, FeaturistError):
+        return error
+    wrapped = FeatureValueError(f"field {field!r}: {type(error).__name__}: {error}", field=field)
+    wrapped.__cause__ = error
+    return wrapped
 
 
 def _sqrt_pos(x: float) -> float:
@@ -118,12 +132,16 @@ class _Kind:
     #: share a slot of the same family, and its update runs once (``mean`` reuses ``sum``'s
     #: running total; ``variance`` and ``std`` share one Welford triple)
     share: tuple[tuple[str, str], ...] = ()
+    #: the value expression cannot raise (plain slot loads)
+    safe_value: bool = False
 
 
 _MINMAX_MERGE = "{R.v} = {B.v} if {A.v} is None else {A.v} if {B.v} is None else {OP}({A.v}, {B.v})"
 
 KINDS: dict[str, _Kind] = {
-    "count": _Kind((("n", 0),), "{S.n} += 1", "{S.n}", "{R.n} = {A.n} + {B.n}", field=False),
+    "count": _Kind(
+        (("n", 0),), "{S.n} += 1", "{S.n}", "{R.n} = {A.n} + {B.n}", field=False, safe_value=True
+    ),
     "sum": _Kind(
         (("s", 0),),
         "{S.s} += v",
@@ -131,6 +149,7 @@ KINDS: dict[str, _Kind] = {
         "{R.s} = {A.s} + {B.s}",
         numeric=True,
         share=(("s", "sum"),),
+        safe_value=True,
     ),
     "mean": _Kind(
         (("n", 0), ("s", 0)),
@@ -146,6 +165,7 @@ KINDS: dict[str, _Kind] = {
         "{S.v}",
         _MINMAX_MERGE.replace("{OP}", "min"),
         numeric=True,
+        safe_value=True,
     ),
     "max": _Kind(
         (("v", None),),
@@ -153,6 +173,7 @@ KINDS: dict[str, _Kind] = {
         "{S.v}",
         _MINMAX_MERGE.replace("{OP}", "max"),
         numeric=True,
+        safe_value=True,
     ),
     "first": _Kind(
         (("t", None), ("v", None)),
@@ -161,6 +182,7 @@ KINDS: dict[str, _Kind] = {
         "if {B.t} is not None and ({A.t} is None or {B.t} < {A.t}):\n"
         "    {R.t} = {B.t}\n    {R.v} = {B.v}\n"
         "else:\n    {R.t} = {A.t}\n    {R.v} = {A.v}",
+        safe_value=True,
     ),
     "last": _Kind(
         (("t", None), ("v", None)),
@@ -169,6 +191,7 @@ KINDS: dict[str, _Kind] = {
         "if {B.t} is not None and ({A.t} is None or {B.t} >= {A.t}):\n"
         "    {R.t} = {B.t}\n    {R.v} = {B.v}\n"
         "else:\n    {R.t} = {A.t}\n    {R.v} = {A.v}",
+        safe_value=True,
     ),
     # Welford's online algorithm; Chan et al.'s formula to merge.
     "variance": _Kind(
@@ -231,15 +254,13 @@ KINDS: dict[str, _Kind] = {
         extra_bytes=64,
     ),
     "time_since": _Kind(
-        (("p", None), ("v", None)),
-        "_p = {S.p}\n"
-        "if _p is not None:\n"
-        "    {S.v} = t - _p\n"
-        "if _p is None or t > _p:\n"
-        "    {S.p} = t",
-        "{S.v}",
-        None,
+        (("a", -1), ("b", -1)),
+        "if t >= {S.a}:\n    {S.b} = {S.a}\n    {S.a} = t\nelif t > {S.b}:\n    {S.b} = t",
+        "({S.a} - {S.b} if {S.b} >= 0 else None)",
+        "_top = sorted(({A.a}, {A.b}, {B.a}, {B.b}), reverse=True)\n"
+        "{R.a} = _top[0]\n{R.b} = _top[1]",
         field=False,
+        safe_value=True,
     ),
 }
 
@@ -259,7 +280,9 @@ class CompiledGroup:
     ``(key, time, feature_name, exception)``. ``apply_emit(..., out)`` also appends
     ``(key, time, values)`` per event to ``out``, and records errors as
     ``(position_in_out, key, time, feature_name, exception)``. ``apply_timed(..., timings)``
-    adds the nanoseconds spent in each feature to ``timings`` (for sampled latency).
+    adds the nanoseconds spent in each feature to ``timings`` (for sampled latency), and
+    ``apply_emit_timed(..., out, timings)`` does both. Errors are ``FeatureValueError``s naming
+    the field (other exceptions are wrapped).
     """
 
     names: tuple[str, ...]
@@ -273,6 +296,7 @@ class CompiledGroup:
     apply: Callable[..., None]
     apply_emit: Callable[..., None]
     apply_timed: Callable[..., None]
+    apply_emit_timed: Callable[..., None]
     values: Callable[[Any], tuple[Any, ...]]
     merge: Callable[[Any, Any], Any] | None
     slot_count: int
@@ -292,6 +316,7 @@ class _Builder:
             "_INF_": _INF,
             "_coerce": _coerce,
             "_ratio": _ratio,
+            "_wrap": _wrap,
             "_sqrt_pos": _sqrt_pos,
             "_exp2": _exp2,
             "_distinct_add": distinct_add,
@@ -308,7 +333,6 @@ class _Builder:
         self.shared: dict[tuple[str, str, Any], str] = {}
         self.reused: list[set[str]] = []
         self.params: list[dict[str, str]] = []
-        self.value_exprs: dict[str, str] = {}
         self.names = tuple(f.name for f in self.features)
         self._constants = 0
 
@@ -367,8 +391,6 @@ class _Builder:
                     self.fields[field] = f"v{len(self.fields)}"
                 if kind.numeric:
                     self.numeric_fields.add(field)
-        for index, feature in enumerate(self.features):
-            self.value_exprs[feature.name] = self.value_expr(index, "S")
 
     def render(self, template: str, index: int, **states: str) -> str:
         slots = self.feature_slots[index]
@@ -384,13 +406,57 @@ class _Builder:
         return out
 
     def value_expr(self, index: int, var: str) -> str:
+        """A feature's value from state ``var``; a ratio divides the locals ``x<i>`` that
+        :meth:`values_lines` computes for its operands first."""
         feature = self.features[index]
         tag = _tag(feature)
         if tag == "ratio":
             num = self.names.index(feature.numerator)
             den = self.names.index(feature.denominator)
-            return f"_ratio({self.value_expr(num, var)}, {self.value_expr(den, var)})"
+            return f"_ratio(x{num}, x{den})"
         return self.render(KINDS[tag].value, index, S=var)
+
+    def input_of(self, feature: Any) -> str:
+        if _tag(feature) == "ratio":
+            return f"{feature.numerator}/{feature.denominator}"
+        field = getattr(feature, "field", None)
+        if field is None and feature.where is not None:
+            field = feature.where.field
+        return str(field) if field is not None else str(feature.name)
+
+    def value_order(self) -> list[int]:
+        """Feature indexes with every ratio after its operands."""
+        order = [i for i, f in enumerate(self.features) if _tag(f) != "ratio"]
+        done = set(order)
+        ratios = [i for i, f in enumerate(self.features) if _tag(f) == "ratio"]
+        while ratios:
+            for i in list(ratios):
+                f = self.features[i]
+                needs = {self.names.index(f.numerator), self.names.index(f.denominator)}
+                if needs <= done:
+                    order.append(i)
+                    done.add(i)
+                    ratios.remove(i)
+        return order
+
+    def values_lines(self, on_error: str | None) -> list[str]:
+        """Statements computing ``x<i>`` for every feature from state ``S``. A value that raises
+        becomes None, and ``on_error`` (a format string with ``{name}`` and ``{exc}``) records
+        it."""
+        lines = []
+        for index in self.value_order():
+            feature = self.features[index]
+            tag = _tag(feature)
+            expr = self.value_expr(index, "S")
+            if tag != "ratio" and KINDS[tag].safe_value:
+                lines.append(f"x{index} = {expr}")
+                continue
+            lines += ["try:", f"    x{index} = {expr}", "except Exception as _exc:"]
+            lines.append(f"    x{index} = None")
+            if on_error is not None:
+                wrapped = f"_wrap(_exc, {self.input_of(feature)!r})"
+                lines.append("    " + on_error.format(name=repr(str(feature.name)), exc=wrapped))
+        return lines
 
     def where_expr(self, where: Any) -> str:
         field = repr(str(where.field))
@@ -464,7 +530,8 @@ class _Builder:
             body = [f"if {self.where_expr(feature.where)}:"] + ["    " + line for line in body]
         lines = ["try:"] + ["    " + line for line in body]
         record = "(len(out), key, t" if emit else "(key, t"
-        lines += ["except Exception as _exc:", f"    errors.append({record}, {name}, _exc))"]
+        wrapped = f"_wrap(_exc, {self.input_of(feature)!r})"
+        lines += ["except Exception as _exc:", f"    errors.append({record}, {name}, {wrapped}))"]
         if timed:
             lines = ["_p0 = _pc()", *lines, f"timings[{index}] += _pc() - _p0"]
         return lines
@@ -491,7 +558,8 @@ class _Builder:
         for index in range(len(self.features)):
             inner += self.feature_block(index, timed, emit)
         if emit:
-            values = ", ".join(self.value_exprs[name] for name in self.names)
+            inner += self.values_lines("errors.append((len(out), key, t, {name}, {exc}))")
+            values = ", ".join(f"x{i}" for i in range(len(self.features)))
             inner.append(f"out.append((key, t, ({values},)))")
         lines += ["        " + line for line in inner]
         return "\n".join(lines)
@@ -526,8 +594,9 @@ class _Builder:
         return "\n".join(lines)
 
     def values_source(self) -> str:
-        values = ", ".join(self.value_exprs[name] for name in self.names)
-        return f"def values(S):\n    return ({values},)"
+        values = ", ".join(f"x{i}" for i in range(len(self.features)))
+        body = ["    " + line for line in self.values_lines(None)]
+        return "\n".join(["def values(S):", *body, f"    return ({values},)"])
 
     def merge_source(self) -> str | None:
         lines = ["def merge(A, B):", "    R = _State()"]
@@ -578,6 +647,7 @@ def compile_group(features: Sequence[Any], *, group: str = "g0") -> CompiledGrou
         builder.apply_source("apply", emit=False, timed=False),
         builder.apply_source("apply_emit", emit=True, timed=False),
         builder.apply_source("apply_timed", emit=False, timed=True),
+        builder.apply_source("apply_emit_timed", emit=True, timed=True),
         builder.values_source(),
     ]
     merge_source = builder.merge_source()
@@ -597,6 +667,7 @@ def compile_group(features: Sequence[Any], *, group: str = "g0") -> CompiledGrou
         apply=namespace["apply"],
         apply_emit=namespace["apply_emit"],
         apply_timed=namespace["apply_timed"],
+        apply_emit_timed=namespace["apply_emit_timed"],
         values=namespace["values"],
         merge=namespace.get("merge"),
         slot_count=len(builder.slots),

@@ -8,8 +8,11 @@ supervisor. A key's events always go to the same shard in arrival order, so resu
 depend on the shard count or the batch size.
 
 Backpressure: a shard's actors have bounded mailboxes (``mailbox_capacity`` batches); when
-they are full, ``ingest`` waits. Partial batches are sent after ``linger`` seconds, or at once by
-``get`` (so a read sees the caller's own writes), ``flush`` and shutdown.
+they are full, ``ingest`` waits. Partial batches are sent between ``linger`` and 1.5 x ``linger``
+seconds after their first event, or at once by ``get`` (so a read sees the caller's own
+writes), ``flush`` and shutdown. ``batch_size`` is the threshold at which a shard's buffer is
+sent; ``ingest_many`` routes up to ``batch_size`` events before it checks, so a batch holds
+fewer than twice ``batch_size`` events.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import msgspec
 
 from actors import (
     ActorRef,
@@ -129,6 +133,13 @@ class FeatureRuntime:
         _check_int("sample_every", sample_every, 1)
         if not (isinstance(linger, (int, float)) and 0 < linger < math.inf):
             raise ConfigError(f"linger must be > 0 seconds, got {linger!r}")
+        if not (
+            isinstance(expected_event_rate, (int, float)) and 0 <= expected_event_rate < math.inf
+        ):
+            raise ConfigError(
+                f"expected_event_rate must be a number >= 0, got {expected_event_rate!r}"
+            )
+        _check_int("expected_keys", expected_keys, 1)
         self.feature_set = feature_set
         self.shards = shards
         self.batch_size = batch_size
@@ -157,6 +168,10 @@ class FeatureRuntime:
         self._buffers: list[list[tuple[Any, int, dict[str, Any]]]] = [[] for _ in range(shards)]
         self._created = [0.0] * shards
         self._locks = [anyio.Lock() for _ in range(shards)]
+        self._unsent: list[list[Any] | None] = [None] * shards
+        self._register_lock = anyio.Lock()
+        self._active_ingests = 0
+        self._ingests_done: anyio.Event | None = None
         self._ingested = 0
         self._rejected = 0
         self._stack: AsyncExitStack | None = None
@@ -209,7 +224,15 @@ class FeatureRuntime:
         self._running = False
         try:
             with anyio.CancelScope(shield=True):
-                await self._send_all()
+                with anyio.move_on_after(self._system.shutdown_timeout) as scope:
+                    # Calls already inside ingest/ingest_many finish first: what they accept is
+                    # accepted. Then every partial or unsent batch goes out.
+                    while self._active_ingests:
+                        self._ingests_done = anyio.Event()
+                        await self._ingests_done.wait()
+                    await self._send_all()
+                if scope.cancelled_caught:
+                    self._abandon_unsent()
         finally:
             self._tg.cancel_scope.cancel()
             result = await self._stack.__aexit__(exc_type, exc, tb)
@@ -220,6 +243,36 @@ class FeatureRuntime:
             rejected=self._rejected,
         )
         return result
+
+    def _abandon_unsent(self) -> None:
+        """Past the shutdown deadline: what could not be sent goes to dead letters."""
+        for shard in range(self.shards):
+            events: list[Any] = []
+            unsent = self._unsent[shard]
+            if unsent is not None:
+                events.extend(unsent[0].events)
+            events.extend(self._buffers[shard])
+            self._buffers[shard] = []
+            self._unsent[shard] = None
+            for _key, _t, event in events:
+                self._system.dead_letters.record(
+                    event,
+                    "featurist/ingest",
+                    DeadLetterReason.UNDELIVERABLE,
+                    detail="accepted, but not sent to its shard before the shutdown deadline",
+                )
+        _log.warning(
+            "shutdown_deadline_passed_with_unsent_events", feature_set=self.feature_set.name
+        )
+
+    def _enter_ingest(self) -> None:
+        self._check_running()
+        self._active_ingests += 1
+
+    def _leave_ingest(self) -> None:
+        self._active_ingests -= 1
+        if not self._active_ingests and self._ingests_done is not None:
+            self._ingests_done.set()
 
     async def _flusher(self) -> None:
         linger = self.linger
@@ -244,40 +297,46 @@ class FeatureRuntime:
         Raises:
             RuntimeClosed: the runtime is not running.
         """
-        self._check_running()
+        self._enter_ingest()
         try:
-            key, ts, ev = self._reader.read(event)
-        except InvalidEvent as error:
-            self._reject(event, error)
-            return False
-        shard = self._router.shard_of(key)
-        buffer = self._buffers[shard]
-        if not buffer:
-            self._created[shard] = time.perf_counter()
-        buffer.append((key, ts, ev))
-        self._ingested += 1
-        if len(buffer) >= self.batch_size:
-            await self._send(shard)
-        return True
+            try:
+                key, ts, ev = self._reader.read(event)
+            except InvalidEvent as error:
+                self._reject(event, error)
+                return False
+            shard = self._router.shard_of(key)
+            buffer = self._buffers[shard]
+            if not buffer:
+                self._created[shard] = time.perf_counter()
+            buffer.append((key, ts, ev))
+            self._ingested += 1
+            if len(buffer) >= self.batch_size:
+                await self._send(shard)
+            return True
+        finally:
+            self._leave_ingest()
 
     async def ingest_many(self, events: Any) -> int:
         """Accept many events (any iterable), in order; wait when the runtime is full.
 
         Returns the number accepted; invalid events go to dead letters as with :meth:`ingest`.
         """
-        self._check_running()
-        size = self.batch_size
-        accepted = 0
-        iterator = iter(events)
-        while True:
-            chunk = list(islice(iterator, size))
-            if not chunk:
-                return accepted
-            accepted += self._route(chunk)
-            buffers = self._buffers
-            for shard in range(self.shards):
-                if len(buffers[shard]) >= size:
-                    await self._send(shard)
+        self._enter_ingest()
+        try:
+            size = self.batch_size
+            accepted = 0
+            iterator = iter(events)
+            while True:
+                chunk = list(islice(iterator, size))
+                if not chunk:
+                    return accepted
+                accepted += self._route(chunk)
+                buffers = self._buffers
+                for shard in range(self.shards):
+                    if len(buffers[shard]) >= size:
+                        await self._send(shard)
+        finally:
+            self._leave_ingest()
 
     def _route(self, events: list[Any]) -> int:
         """Validate and append events to their shard's buffer; the hot loop of ingest.
@@ -332,14 +391,31 @@ class FeatureRuntime:
         )
 
     async def _send(self, shard: int) -> None:
+        """Send the shard's buffer to every group's actor of the shard.
+
+        A batch is first recorded as unsent with the groups it is for; each group is ticked off
+        once its actor has the batch. If the caller is cancelled while waiting for room, the
+        next send to the shard (or the flusher, or shutdown) finishes the job: no accepted
+        event is lost and no group gets a batch twice.
+        """
         async with self._locks[shard]:
-            buffer = self._buffers[shard]
-            if not buffer:
-                return
-            self._buffers[shard] = []
-            batch = Batch(buffer, self._created[shard])
-            for group in self._groups:
-                await group.refs[shard].tell(batch)
+            unsent = self._unsent[shard]
+            if unsent is None:
+                buffer = self._buffers[shard]
+                if not buffer:
+                    return
+                self._buffers[shard] = []
+                unsent = self._unsent[shard] = [
+                    Batch(buffer, self._created[shard]),
+                    list(self._groups),
+                ]
+            batch, groups = unsent
+            while groups:
+                await groups[0].refs[shard].tell(batch)
+                groups.pop(0)
+            self._unsent[shard] = None
+        if self._buffers[shard] and len(self._buffers[shard]) >= self.batch_size:
+            await self._send(shard)
 
     async def _send_all(self) -> None:
         for shard in range(self.shards):
@@ -429,12 +505,13 @@ class FeatureRuntime:
         self._check_running()
         if not features:
             raise SpecError("register() needs at least one feature")
-        feature_set = self.feature_set
-        for feature in features:
-            feature_set = feature_set.with_feature(feature)
-        await self._send_all()
-        group = await self._add_group(list(features))
-        self.feature_set = feature_set
+        async with self._register_lock:
+            feature_set = msgspec.structs.replace(
+                self.feature_set, features=(*self.feature_set.features, *features)
+            )
+            await self._send_all()
+            group = await self._add_group(list(features))
+            self.feature_set = feature_set
         _log.info("features_registered", group=group.name, features=list(group.compiled.names))
         return [self._description(f, group, None) for f in features]
 
@@ -454,9 +531,7 @@ class FeatureRuntime:
         return group
 
     def _estimate(self, feature: Any) -> CostEstimate:
-        return estimate_cost(
-            feature, event_rate=self.expected_event_rate, keys=max(self.expected_keys, 1)
-        )
+        return estimate_cost(feature, event_rate=self.expected_event_rate, keys=self.expected_keys)
 
     def _description(
         self, feature: Any, group: _Group, measured: MeasuredCost | None
@@ -493,7 +568,8 @@ class FeatureRuntime:
             return None
         sampled = sum(s.sampled_events for s in stats)
         feature_ns = sum(s.feature_ns[index] for s in stats)
-        mean_us = feature_ns / sampled / 1000 if sampled else None
+        is_ratio = group.compiled.types[index] == "ratio"  # computed when read, not per event
+        mean_us = feature_ns / sampled / 1000 if sampled and not is_ratio else None
         starts = [s.first_event_at for s in stats if s.first_event_at is not None]
         ends = [s.last_event_at for s in stats if s.last_event_at is not None]
         span = max(ends) - min(starts) if starts and ends else 0.0
@@ -525,6 +601,7 @@ class FeatureRuntime:
             for s in stats:
                 for name, n in s.errors.items():
                     errors[name] = errors.get(name, 0) + n
+        # Every event goes to the first group; later groups see events from their registration.
         keys = sum(s.keys for s in first)
         state_bytes = sum(s.state_bytes for stats in all_stats for s in stats)
         latencies = sorted((lat, n) for stats in all_stats for s in stats for lat, n in s.latencies)
@@ -535,7 +612,7 @@ class FeatureRuntime:
         return RuntimeStatistics(
             events_ingested=self._ingested,
             events_rejected=self._rejected,
-            events_processed=min(sum(s.events for s in stats) for stats in all_stats),
+            events_processed=sum(s.events for s in first),
             feature_errors=errors,
             keys=keys,
             state_bytes=state_bytes,
@@ -549,7 +626,7 @@ class FeatureRuntime:
         )
 
     async def recent_errors(self) -> list[FeatureError]:
-        """The most recent feature errors (up to 100 per shard actor), oldest first."""
+        """Recent feature errors (the last 100 of each shard actor), by event time."""
         self._check_running()
         errors = [
             e

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any
 
-from actors import Actor, get_logger
+from actors import Actor, DeadLetterReason, get_logger
 
 from ._kernel import CompiledGroup
 from ._results import FeatureError, FeatureUpdate
@@ -107,7 +107,19 @@ class GroupShard(Actor[Any]):
 
     async def receive_batch(self, messages: list[Any]) -> None:
         for batch in messages:
-            await self._apply(batch)
+            try:
+                await self._apply(batch)
+            except Exception as exc:
+                # The compiled kernel catches every per-feature error, so this is a bug. Never
+                # let the actor kernel retry: the batch may be partly applied already.
+                _log.exception("batch_failed", group=self.group_name, shard=self.shard)
+                self.context.dead_letters.record(
+                    batch.events,
+                    self.context.name,
+                    DeadLetterReason.FAILED,
+                    error=exc,
+                    detail="a batch failed in the feature kernel; it may be partly applied",
+                )
 
     async def _apply(self, batch: Batch) -> None:
         group = self.group
@@ -118,13 +130,21 @@ class GroupShard(Actor[Any]):
         now = time.time()
         errors: list[Any] = []
         out: list[Any] | None = None
+        sampled = self.batches % self.sample_every == 0
+        timings = [0] * len(group.names) if sampled else None
         start = time.perf_counter_ns()
         if self.hub.active:
             out = []
-            group.apply_emit(events, self.states, errors, now, out)
-        elif self.batches % self.sample_every == 0:
-            timings = [0] * len(group.names)
+            if timings is None:
+                group.apply_emit(events, self.states, errors, now, out)
+            else:
+                group.apply_emit_timed(events, self.states, errors, now, out, timings)
+        elif timings is None:
+            group.apply(events, self.states, errors, now)
+        else:
             group.apply_timed(events, self.states, errors, now, timings)
+        elapsed = time.perf_counter_ns() - start
+        if timings is not None:
             feature_ns = self.feature_ns
             for i, ns in enumerate(timings):
                 feature_ns[i] += ns
@@ -133,9 +153,6 @@ class GroupShard(Actor[Any]):
                 name: feature_ns[i] / self.sampled_events / 1e6
                 for i, name in enumerate(group.names)
             }
-        else:
-            group.apply(events, self.states, errors, now)
-        elapsed = time.perf_counter_ns() - start
         self.compute_ns += elapsed
         self.latencies.append((time.perf_counter() - batch.created, n))
         self.events += n

@@ -26,7 +26,16 @@ def _alpha(m: int) -> float:
     return 0.7213 / (1 + 1.079 / m)
 
 
+_INVERSE_POWERS = [2.0**-i for i in range(66)]
+
+
 def _hash64(value: Any) -> int:
+    """A stable 64-bit hash; values that are equal in Python (``1 == 1.0 == True``) hash alike,
+    as they count once in the exact set."""
+    if isinstance(value, (bool, int)) or (isinstance(value, float) and value.is_integer()):
+        value = int(value)
+        data = b"i" + str(value).encode("ascii")
+        return int.from_bytes(blake2b(data, digest_size=8).digest(), "little")
     if isinstance(value, str):
         data = b"s" + value.encode("utf-8", "surrogatepass")
     elif isinstance(value, bytes):
@@ -54,12 +63,8 @@ def hll_add(registers: bytearray, value: Any) -> None:
 
 def hll_estimate(registers: bytearray) -> int:
     m = len(registers)
-    inverse_sum = 0.0
-    zeros = 0
-    for r in registers:
-        inverse_sum += 2.0**-r
-        if r == 0:
-            zeros += 1
+    inverse_sum = math.fsum(map(_INVERSE_POWERS.__getitem__, registers))
+    zeros = registers.count(0)
     estimate = _alpha(m) * m * m / inverse_sum
     if estimate <= 2.5 * m and zeros:
         estimate = m * math.log(m / zeros)

@@ -61,7 +61,9 @@ class UpdateSubscription:
         while not channel.buffer:
             if channel.closed:
                 raise StopAsyncIteration
-            channel.readable = anyio.Event()
+            # Several tasks may read one subscription: they share the event of this round.
+            if channel.readable.is_set():
+                channel.readable = anyio.Event()
             await channel.readable.wait()
         update = channel.buffer.popleft()
         channel.writable.set()
@@ -116,7 +118,9 @@ class UpdateHub:
                         channel.dropped += 1
                     else:
                         while len(buffer) >= channel.capacity and not channel.closed:
-                            channel.writable = anyio.Event()
+                            # shard actors publishing at once share the event of this round
+                            if channel.writable.is_set():
+                                channel.writable = anyio.Event()
                             channel.readable.set()
                             await channel.writable.wait()
                         if channel.closed:

@@ -56,11 +56,8 @@ def feature_value(feature: Any, history: list[tuple[int, dict[str, Any]]]) -> An
     if tag == "time_since":
         if len(seen) < 2:
             return None
-        # the value set by the latest event that had a predecessor
-        result = None
-        for i in range(1, len(seen)):
-            result = seen[i][0] - max(t for t, _ in seen[:i])
-        return result
+        newest = sorted((t for t, _ in seen), reverse=True)
+        return newest[0] - newest[1]
     values = [(t, e.get(feature.field)) for t, e in seen if e.get(feature.field) is not None]
     numeric = tag in ("sum", "mean", "min", "max", "variance", "std", "ewm_mean")
     if numeric:
