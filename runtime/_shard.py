@@ -26,7 +26,7 @@ from ._kernel import CompiledGroup
 from ._results import FeatureError, FeatureUpdate
 from ._updates import UpdateHub
 
-__all__ = ["Batch", "GetState", "GetStats", "GroupShard", "ShardStats"]
+__all__ = ["Batch", "GetStates", "GetStats", "GroupShard", "ShardStats"]
 
 _log = get_logger("featurist.shard")
 
@@ -47,11 +47,11 @@ class Batch:
 
 
 @dataclass(frozen=True)
-class GetState:
-    """Ask: ``(values, last_event_time, shard_updated_at, shard_max_time)`` of one key; the
+class GetStates:
+    """Ask: for each key, ``(values, last_event_time, shard_updated_at, shard_max_time)``; the
     first three are None for a key the shard has not seen."""
 
-    key: Any
+    keys: tuple[Any, ...]
 
 
 @dataclass(frozen=True)
@@ -199,11 +199,16 @@ class GroupShard(Actor[Any]):
         await self.hub.publish(updates)
 
     async def receive(self, message: Any) -> Any:
-        if isinstance(message, GetState):
-            state = self.states.get(message.key)
-            if state is None or state.t_ < 0:
-                return None, None, None, self.max_time
-            return self.group.values(state), state.t_, self.last_event_at, self.max_time
+        if isinstance(message, GetStates):
+            replies: list[tuple[Any, ...]] = []
+            get, values = self.states.get, self.group.values
+            for key in message.keys:
+                state = get(key)
+                if state is None or state.t_ < 0:
+                    replies.append((None, None, None, self.max_time))
+                else:
+                    replies.append((values(state), state.t_, self.last_event_at, self.max_time))
+            return replies
         if isinstance(message, GetStats):
             return self._stats()
         if isinstance(message, Batch):
