@@ -281,7 +281,8 @@ class FeatureRuntime:
             await anyio.sleep(linger / 2)
             deadline = time.perf_counter() - linger
             for shard, buffer in enumerate(self._buffers):
-                if buffer and self._created[shard] <= deadline:
+                due = buffer and self._created[shard] <= deadline
+                if due or self._unsent[shard] is not None:
                     await self._send(shard)
 
     def _check_running(self) -> None:
