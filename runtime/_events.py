@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 import msgspec
 
@@ -75,7 +75,7 @@ class EventReader:
         key = event.get(self.key)
         cls = key.__class__
         if cls is not str and cls is not int and cls is not bytes:
-            self._bad_key(key, event, payload)
+            key = self._plain_key(key, event, payload)
         ts = event.get(self.time)
         if ts.__class__ is int and self._scale == 1 and MIN_TIME_MS <= ts <= MAX_TIME_MS:
             return key, ts, event
@@ -108,7 +108,17 @@ class EventReader:
             payload=payload,
         )
 
-    def _bad_key(self, key: Any, event: Mapping[str, Any], payload: Any) -> None:
+    def _plain_key(self, key: Any, event: Mapping[str, Any], payload: Any) -> Any:
+        """A key of a subclass of str, int or bytes (an enum member, say) as its plain value."""
+        if isinstance(key, str):
+            return str.__str__(key)
+        if isinstance(key, int) and not isinstance(key, bool):
+            return int(key)
+        if isinstance(key, bytes):
+            return bytes(key)
+        self._bad_key(key, event, payload)
+
+    def _bad_key(self, key: Any, event: Mapping[str, Any], payload: Any) -> NoReturn:
         if key is None:
             reason = "is missing" if self.key not in event else "is null"
         else:
@@ -137,7 +147,9 @@ class EventReader:
             if isinstance(value, int):
                 ms = value * self._multiply // self._divide
             else:
-                ms = math.floor(value * self._multiply / self._divide)
+                # round to the microsecond first, as datetime does: 1082228670.37 s is
+                # 1082228670370 ms, though 1082228670.37 * 1000 is 1082228670369.9999
+                ms = math.floor(round(value * self._multiply / self._divide * 1000) / 1000)
         elif isinstance(value, datetime):
             ms = _datetime_ms(value)
         elif isinstance(value, str):

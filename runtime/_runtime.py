@@ -313,7 +313,7 @@ class FeatureRuntime:
             buffer.append((key, ts, ev))
             self._ingested += 1
             if len(buffer) >= self.batch_size:
-                await self._send(shard)
+                await self._send(shard, partial=False)
             return True
         finally:
             self._leave_ingest()
@@ -336,7 +336,12 @@ class FeatureRuntime:
                 buffers = self._buffers
                 for shard in range(self.shards):
                     if len(buffers[shard]) >= size:
-                        await self._send(shard)
+                        await self._send(shard, partial=False)
+                if not self._running:
+                    raise RuntimeClosed(
+                        f"the runtime is shutting down; {accepted} events of this call were "
+                        "accepted (they will be applied), the rest were not read"
+                    )
         finally:
             self._leave_ingest()
 
@@ -392,32 +397,34 @@ class FeatureRuntime:
             detail=str(error),
         )
 
-    async def _send(self, shard: int) -> None:
+    async def _send(self, shard: int, *, partial: bool = True) -> None:
         """Send the shard's buffer to every group's actor of the shard.
 
         A batch is first recorded as unsent with the groups it is for; each group is ticked off
         once its actor has the batch. If the caller is cancelled while waiting for room, the
-        next send to the shard (or the flusher, or shutdown) finishes the job: no accepted
-        event is lost and no group gets a batch twice.
+        next send to the shard (the flusher's at the latest, or shutdown's) finishes the job
+        before it sends anything newer: no accepted event is lost, none is reordered, and no
+        group gets a batch twice. ``partial=False`` (ingest) sends the buffer only once it holds
+        ``batch_size`` events; every other caller sends what there is.
         """
         async with self._locks[shard]:
-            unsent = self._unsent[shard]
-            if unsent is None:
-                buffer = self._buffers[shard]
-                if not buffer:
+            while True:
+                unsent = self._unsent[shard]
+                newest = unsent is None
+                if unsent is None:
+                    buffer = self._buffers[shard]
+                    if not buffer or (not partial and len(buffer) < self.batch_size):
+                        return
+                    self._buffers[shard] = []
+                    batch = Batch(buffer, self._created[shard])
+                    unsent = self._unsent[shard] = [batch, list(self._groups)]
+                batch, groups = unsent
+                while groups:
+                    await groups[0].refs[shard].tell(batch)
+                    groups.pop(0)
+                self._unsent[shard] = None
+                if newest:
                     return
-                self._buffers[shard] = []
-                unsent = self._unsent[shard] = [
-                    Batch(buffer, self._created[shard]),
-                    list(self._groups),
-                ]
-            batch, groups = unsent
-            while groups:
-                await groups[0].refs[shard].tell(batch)
-                groups.pop(0)
-            self._unsent[shard] = None
-        if self._buffers[shard] and len(self._buffers[shard]) >= self.batch_size:
-            await self._send(shard)
 
     async def _send_all(self) -> None:
         for shard in range(self.shards):
