@@ -29,6 +29,7 @@ Semantics every aggregate shares:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import time
@@ -138,6 +139,21 @@ class _Kind:
 
 _MINMAX_MERGE = "{R.v} = {B.v} if {A.v} is None else {A.v} if {B.v} is None else {OP}({A.v}, {B.v})"
 
+# Welford's online algorithm; Chan et al.'s formula to merge. ``std`` shares it.
+_WELFORD = _Kind(
+    (("n", 0), ("m", 0.0), ("q", 0.0)),
+    "_n = {S.n} + 1\n_d = v - {S.m}\n{S.m} += _d / _n\n{S.q} += _d * (v - {S.m})\n{S.n} = _n",
+    "({S.q} / ({S.n} - {p.ddof}) if {S.n} > {p.ddof} else None)",
+    "_n = {A.n} + {B.n}\n"
+    "if _n:\n"
+    "    _d = {B.m} - {A.m}\n"
+    "    {R.m} = {A.m} + _d * {B.n} / _n\n"
+    "    {R.q} = {A.q} + {B.q} + _d * _d * {A.n} * {B.n} / _n\n"
+    "{R.n} = _n",
+    numeric=True,
+    share=(("n", "welford.n"), ("m", "welford.m"), ("q", "welford.q")),
+)
+
 KINDS: dict[str, _Kind] = {
     "count": _Kind(
         (("n", 0),), "{S.n} += 1", "{S.n}", "{R.n} = {A.n} + {B.n}", field=False, safe_value=True
@@ -193,32 +209,10 @@ KINDS: dict[str, _Kind] = {
         "else:\n    {R.t} = {A.t}\n    {R.v} = {A.v}",
         safe_value=True,
     ),
-    # Welford's online algorithm; Chan et al.'s formula to merge.
-    "variance": _Kind(
-        (("n", 0), ("m", 0.0), ("q", 0.0)),
-        "_n = {S.n} + 1\n_d = v - {S.m}\n{S.m} += _d / _n\n{S.q} += _d * (v - {S.m})\n{S.n} = _n",
-        "({S.q} / ({S.n} - {p.ddof}) if {S.n} > {p.ddof} else None)",
-        "_n = {A.n} + {B.n}\n"
-        "if _n:\n"
-        "    _d = {B.m} - {A.m}\n"
-        "    {R.m} = {A.m} + _d * {B.n} / _n\n"
-        "    {R.q} = {A.q} + {B.q} + _d * _d * {A.n} * {B.n} / _n\n"
-        "{R.n} = _n",
-        numeric=True,
-        share=(("n", "welford.n"), ("m", "welford.m"), ("q", "welford.q")),
-    ),
-    "std": _Kind(
-        (("n", 0), ("m", 0.0), ("q", 0.0)),
-        "_n = {S.n} + 1\n_d = v - {S.m}\n{S.m} += _d / _n\n{S.q} += _d * (v - {S.m})\n{S.n} = _n",
-        "(_sqrt_pos({S.q} / ({S.n} - {p.ddof})) if {S.n} > {p.ddof} else None)",
-        "_n = {A.n} + {B.n}\n"
-        "if _n:\n"
-        "    _d = {B.m} - {A.m}\n"
-        "    {R.m} = {A.m} + _d * {B.n} / _n\n"
-        "    {R.q} = {A.q} + {B.q} + _d * _d * {A.n} * {B.n} / _n\n"
-        "{R.n} = _n",
-        numeric=True,
-        share=(("n", "welford.n"), ("m", "welford.m"), ("q", "welford.q")),
+    "variance": _WELFORD,
+    "std": dataclasses.replace(
+        _WELFORD,
+        value="(_sqrt_pos({S.q} / ({S.n} - {p.ddof})) if {S.n} > {p.ddof} else None)",
     ),
     # Weighted sums referred to the newest event time T: sum(v_i * 2**((t_i - T) / h)) and
     # sum(2**((t_i - T) / h)). Every weight is <= 1, so nothing overflows, and the mean does not
