@@ -28,6 +28,8 @@ __all__ = [
 ]
 
 INF = math.inf
+#: later than any event time (event times are at most year 2300 in milliseconds)
+NEVER = 2**62
 
 
 def coerce_number(field: str, value: Any) -> tuple[Any, FeatureValueError | None]:
@@ -174,20 +176,21 @@ KINDS: dict[str, Kind] = {
         numeric=True,
         safe_value=True,
     ),
+    # Event times are >= 0 and < NEVER: the sentinels spare a None check per event.
     "first": Kind(
-        (("t", None), ("v", None)),
-        "if {S.t} is None or t < {S.t}:\n    {S.t} = t\n    {S.v} = v",
+        (("t", NEVER), ("v", None)),
+        "if t < {S.t}:\n    {S.t} = t\n    {S.v} = v",
         "{S.v}",
-        "if {B.t} is not None and ({A.t} is None or {B.t} < {A.t}):\n"
+        "if {B.t} < {A.t}:\n"
         "    {R.t} = {B.t}\n    {R.v} = {B.v}\n"
         "else:\n    {R.t} = {A.t}\n    {R.v} = {A.v}",
         safe_value=True,
     ),
     "last": Kind(
-        (("t", None), ("v", None)),
-        "if {S.t} is None or t >= {S.t}:\n    {S.t} = t\n    {S.v} = v",
+        (("t", -1), ("v", None)),
+        "if t >= {S.t}:\n    {S.t} = t\n    {S.v} = v",
         "{S.v}",
-        "if {B.t} is not None and ({A.t} is None or {B.t} >= {A.t}):\n"
+        "if {B.t} >= {A.t}:\n"
         "    {R.t} = {B.t}\n    {R.v} = {B.v}\n"
         "else:\n    {R.t} = {A.t}\n    {R.v} = {A.v}",
         safe_value=True,

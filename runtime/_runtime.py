@@ -29,6 +29,7 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import msgspec
 
 from actors import (
@@ -334,9 +335,15 @@ class FeatureRuntime:
                     return accepted
                 accepted += self._route(chunk)
                 buffers = self._buffers
+                sent = False
                 for shard in range(self.shards):
                     if len(buffers[shard]) >= size:
                         await self._send(shard, partial=False)
+                        sent = True
+                if sent:
+                    # Let the shard actors apply the batch now, while its events are still in
+                    # the CPU's caches, rather than after the mailboxes fill up.
+                    await anyio.lowlevel.checkpoint()
                 if not self._running:
                     raise RuntimeClosed(
                         f"the runtime is shutting down; {accepted} events of this call were "
@@ -348,35 +355,48 @@ class FeatureRuntime:
     def _route(self, events: list[Any]) -> int:
         """Validate and append events to their shard's buffer; the hot loop of ingest.
 
-        Dicts with a ``str``/``int`` key and an in-range ``int`` time in ms take the fast path;
-        everything else goes through the full reader.
+        Dicts with a ``str``/``int`` key and an in-range ``int`` time in milliseconds take the
+        fast path; anything else goes through the full reader. Returns the events accepted.
         """
-        reader = self._reader
-        read = reader.read
-        key_field, time_field = reader.key, reader.time
-        fast = reader.time_unit == "ms"
-        cached = self._shard_cache
-        shard_of = self._router.shard_of
+        now = time.perf_counter()
         buffers = self._buffers
         created = self._created
-        low, high = MIN_TIME_MS, MAX_TIME_MS
-        now = time.perf_counter()
         for i, buffer in enumerate(buffers):
             if not buffer:
                 created[i] = now
-        accepted = 0
+        reader = self._reader
+        if reader.time_unit != "ms":
+            return self._route_each(events)
+        key_field, time_field = reader.key, reader.time
+        cached = self._shard_cache
+        low, high = MIN_TIME_MS, MAX_TIME_MS
+        single = buffers[0].append if self.shards == 1 else None
+        slow: list[Any] = []
         for event in events:
-            if event.__class__ is dict and fast:
+            if event.__class__ is dict:
                 key: Any = event.get(key_field)
                 ts = event.get(time_field)
                 kc = key.__class__
                 if (kc is str or kc is int) and ts.__class__ is int and low <= ts <= high:
+                    if single is not None:
+                        single((key, ts, event))
+                        continue
                     index = cached(key)
-                    if index is None:
-                        index = shard_of(key)
-                    buffers[index].append((key, ts, event))
-                    accepted += 1
-                    continue
+                    if index is not None:
+                        buffers[index].append((key, ts, event))
+                        continue
+            slow.append(event)
+        accepted = len(events) - len(slow)
+        self._ingested += accepted
+        return accepted + self._route_each(slow) if slow else accepted
+
+    def _route_each(self, events: list[Any]) -> int:
+        """Route events one at a time through the full reader (and the router's hash)."""
+        read = self._reader.read
+        shard_of = self._router.shard_of
+        buffers = self._buffers
+        accepted = 0
+        for event in events:
             try:
                 item = read(event)
             except InvalidEvent as error:
