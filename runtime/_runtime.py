@@ -36,7 +36,6 @@ from actors import (
     ActorRef,
     ActorSystem,
     ConfigError,
-    DeadLetterReason,
     KeyRouter,
     MailboxConfig,
     Supervisor,
@@ -44,8 +43,9 @@ from actors import (
 )
 
 from ._cost import CostEstimate, MeasuredCost, estimate_cost
-from ._events import MAX_TIME_MS, MIN_TIME_MS, EventReader, PayloadFormat
-from ._exceptions import InvalidEvent, RuntimeClosed, SpecError, UnknownFeature
+from ._events import EventReader, PayloadFormat
+from ._exceptions import RuntimeClosed, SpecError, UnknownFeature
+from ._ingest import Ingest
 from ._kernel import CompiledGroup, compile_group
 from ._results import (
     FeatureDescription,
@@ -53,7 +53,7 @@ from ._results import (
     FeatureVector,
     RuntimeStatistics,
 )
-from ._shard import Batch, GetStates, GetStats, GroupShard, ShardStats
+from ._shard import GetStates, GetStats, GroupShard, ShardStats
 from ._spec import Feature, FeatureSet
 from ._updates import Policy, UpdateHub, UpdateSubscription
 
@@ -151,7 +151,6 @@ class FeatureRuntime:
         self.expected_keys = expected_keys
         self._mailbox = MailboxConfig(capacity=mailbox_capacity, max_batch_size=8)
         self._router = KeyRouter(shards=shards, key_groups=key_groups, cache_size=route_cache_size)
-        self._shard_cache = self._router.cached_lookup()
         self._reader = EventReader(
             key=feature_set.key,
             time=feature_set.time,
@@ -167,15 +166,12 @@ class FeatureRuntime:
         )
         self._hub = UpdateHub()
         self._groups: list[_Group] = []
-        self._buffers: list[list[tuple[Any, int, dict[str, Any]]]] = [[] for _ in range(shards)]
-        self._created = [0.0] * shards
-        self._locks = [anyio.Lock() for _ in range(shards)]
-        self._unsent: list[list[Any] | None] = [None] * shards
+        self._ingest = Ingest(
+            self._reader, self._router, self._groups, batch_size, self._system.dead_letters
+        )
         self._register_lock = anyio.Lock()
         self._active_ingests = 0
         self._ingests_done: anyio.Event | None = None
-        self._ingested = 0
-        self._rejected = 0
         self._stack: AsyncExitStack | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self._supervisor: Supervisor | None = None
@@ -232,40 +228,19 @@ class FeatureRuntime:
                     while self._active_ingests:
                         self._ingests_done = anyio.Event()
                         await self._ingests_done.wait()
-                    await self._send_all()
+                    await self._ingest.send_all()
                 if scope.cancelled_caught:
-                    self._abandon_unsent()
+                    self._ingest.abandon_unsent()
         finally:
             self._tg.cancel_scope.cancel()
             result = await self._stack.__aexit__(exc_type, exc, tb)
         _log.info(
             "runtime_stopped",
             feature_set=self.feature_set.name,
-            ingested=self._ingested,
-            rejected=self._rejected,
+            ingested=self._ingest.ingested,
+            rejected=self._ingest.rejected,
         )
         return result
-
-    def _abandon_unsent(self) -> None:
-        """Past the shutdown deadline: what could not be sent goes to dead letters."""
-        for shard in range(self.shards):
-            events: list[Any] = []
-            unsent = self._unsent[shard]
-            if unsent is not None:
-                events.extend(unsent[0].events)
-            events.extend(self._buffers[shard])
-            self._buffers[shard] = []
-            self._unsent[shard] = None
-            for _key, _t, event in events:
-                self._system.dead_letters.record(
-                    event,
-                    "featurist/ingest",
-                    DeadLetterReason.UNDELIVERABLE,
-                    detail="accepted, but not sent to its shard before the shutdown deadline",
-                )
-        _log.warning(
-            "shutdown_deadline_passed_with_unsent_events", feature_set=self.feature_set.name
-        )
 
     def _enter_ingest(self) -> None:
         self._check_running()
@@ -280,11 +255,8 @@ class FeatureRuntime:
         linger = self.linger
         while True:
             await anyio.sleep(linger / 2)
-            deadline = time.perf_counter() - linger
-            for shard, buffer in enumerate(self._buffers):
-                due = buffer and self._created[shard] <= deadline
-                if due or self._unsent[shard] is not None:
-                    await self._send(shard)
+            for shard in self._ingest.due(time.perf_counter() - linger):
+                await self._ingest.send(shard)
 
     def _check_running(self) -> None:
         if not self._running:
@@ -302,19 +274,11 @@ class FeatureRuntime:
         """
         self._enter_ingest()
         try:
-            try:
-                key, ts, ev = self._reader.read(event)
-            except InvalidEvent as error:
-                self._reject(event, error)
+            shard = self._ingest.route_one(event)
+            if shard is None:
                 return False
-            shard = self._router.shard_of(key)
-            buffer = self._buffers[shard]
-            if not buffer:
-                self._created[shard] = time.perf_counter()
-            buffer.append((key, ts, ev))
-            self._ingested += 1
-            if len(buffer) >= self.batch_size:
-                await self._send(shard, partial=False)
+            if len(self._ingest.buffers[shard]) >= self.batch_size:
+                await self._ingest.send(shard, partial=False)
             return True
         finally:
             self._leave_ingest()
@@ -333,12 +297,12 @@ class FeatureRuntime:
                 chunk = list(islice(iterator, size))
                 if not chunk:
                     return accepted
-                accepted += self._route(chunk)
-                buffers = self._buffers
+                accepted += self._ingest.route(chunk)
+                buffers = self._ingest.buffers
                 sent = False
                 for shard in range(self.shards):
                     if len(buffers[shard]) >= size:
-                        await self._send(shard, partial=False)
+                        await self._ingest.send(shard, partial=False)
                         sent = True
                 if sent:
                     # Let the shard actors apply the batch now, while its events are still in
@@ -352,108 +316,10 @@ class FeatureRuntime:
         finally:
             self._leave_ingest()
 
-    def _route(self, events: list[Any]) -> int:
-        """Validate and append events to their shard's buffer; the hot loop of ingest.
-
-        Dicts with a ``str``/``int`` key and an in-range ``int`` time in milliseconds take the
-        fast path; anything else goes through the full reader. Returns the events accepted.
-        """
-        now = time.perf_counter()
-        buffers = self._buffers
-        created = self._created
-        for i, buffer in enumerate(buffers):
-            if not buffer:
-                created[i] = now
-        reader = self._reader
-        if reader.time_unit != "ms":
-            return self._route_each(events)
-        key_field, time_field = reader.key, reader.time
-        cached = self._shard_cache
-        low, high = MIN_TIME_MS, MAX_TIME_MS
-        single = buffers[0].append if self.shards == 1 else None
-        slow: list[Any] = []
-        for event in events:
-            if event.__class__ is dict:
-                key: Any = event.get(key_field)
-                ts = event.get(time_field)
-                kc = key.__class__
-                if (kc is str or kc is int) and ts.__class__ is int and low <= ts <= high:
-                    if single is not None:
-                        single((key, ts, event))
-                        continue
-                    index = cached(key)
-                    if index is not None:
-                        buffers[index].append((key, ts, event))
-                        continue
-            slow.append(event)
-        accepted = len(events) - len(slow)
-        self._ingested += accepted
-        return accepted + self._route_each(slow) if slow else accepted
-
-    def _route_each(self, events: list[Any]) -> int:
-        """Route events one at a time through the full reader (and the router's hash)."""
-        read = self._reader.read
-        shard_of = self._router.shard_of
-        buffers = self._buffers
-        accepted = 0
-        for event in events:
-            try:
-                item = read(event)
-            except InvalidEvent as error:
-                self._reject(event, error)
-                continue
-            buffers[shard_of(item[0])].append(item)
-            accepted += 1
-        self._ingested += accepted
-        return accepted
-
-    def _reject(self, payload: Any, error: InvalidEvent) -> None:
-        self._rejected += 1
-        self._system.dead_letters.record(
-            payload,
-            "featurist/ingest",
-            DeadLetterReason.REJECTED,
-            error=error,
-            detail=str(error),
-        )
-
-    async def _send(self, shard: int, *, partial: bool = True) -> None:
-        """Send the shard's buffer to every group's actor of the shard.
-
-        A batch is first recorded as unsent with the groups it is for; each group is ticked off
-        once its actor has the batch. If the caller is cancelled while waiting for room, the
-        next send to the shard (the flusher's at the latest, or shutdown's) finishes the job
-        before it sends anything newer: no accepted event is lost, none is reordered, and no
-        group gets a batch twice. ``partial=False`` (ingest) sends the buffer only once it holds
-        ``batch_size`` events; every other caller sends what there is.
-        """
-        async with self._locks[shard]:
-            while True:
-                unsent = self._unsent[shard]
-                newest = unsent is None
-                if unsent is None:
-                    buffer = self._buffers[shard]
-                    if not buffer or (not partial and len(buffer) < self.batch_size):
-                        return
-                    self._buffers[shard] = []
-                    batch = Batch(buffer, self._created[shard])
-                    unsent = self._unsent[shard] = [batch, list(self._groups)]
-                batch, groups = unsent
-                while groups:
-                    await groups[0].refs[shard].tell(batch)
-                    groups.pop(0)
-                self._unsent[shard] = None
-                if newest:
-                    return
-
-    async def _send_all(self) -> None:
-        for shard in range(self.shards):
-            await self._send(shard)
-
     async def flush(self) -> None:
         """Send every partial batch and wait until every actor has applied what it was sent."""
         self._check_running()
-        await self._send_all()
+        await self._ingest.send_all()
         for group in self._groups:
             for ref in group.refs:
                 await ref.ask(GetStats(), timeout=None)
@@ -496,7 +362,7 @@ class FeatureRuntime:
             if features is None or any(name in features for name in group.compiled.names)
         ]
         for shard, shard_keys in by_shard.items():
-            await self._send(shard)
+            await self._ingest.send(shard)
             for group in groups:
                 replies = await group.refs[shard].ask(GetStates(tuple(shard_keys)), timeout=None)
                 for key, reply in zip(shard_keys, replies, strict=True):
@@ -543,7 +409,7 @@ class FeatureRuntime:
             feature_set = msgspec.structs.replace(
                 self.feature_set, features=(*self.feature_set.features, *features)
             )
-            await self._send_all()
+            await self._ingest.send_all()
             group = await self._add_group(list(features))
             self.feature_set = feature_set
         _log.info("features_registered", group=group.name, features=list(group.compiled.names))
@@ -644,8 +510,8 @@ class FeatureRuntime:
             (ref.statistics().depth for group in self._groups for ref in group.refs), default=0
         )
         return RuntimeStatistics(
-            events_ingested=self._ingested,
-            events_rejected=self._rejected,
+            events_ingested=self._ingest.ingested,
+            events_rejected=self._ingest.rejected,
             events_processed=sum(s.events for s in first),
             feature_errors=errors,
             keys=keys,

@@ -1,0 +1,206 @@
+"""The ingest path: validate events, route them by key, batch them per shard, send batches.
+
+``Ingest`` owns the per-shard buffers and the batches on their way to the shard actors; the
+runtime's public ``ingest``/``ingest_many`` drive it. Sending is the only part that awaits:
+a full shard mailbox makes it wait, which is the runtime's backpressure.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import anyio
+
+from actors import ActorRef, DeadLetterReason, DeadLetters, KeyRouter, get_logger
+
+from ._events import MAX_TIME_MS, MIN_TIME_MS, EventReader
+from ._exceptions import InvalidEvent
+from ._shard import Batch
+
+__all__ = ["Ingest"]
+
+_log = get_logger("featurist.ingest")
+
+
+class _Target(Protocol):
+    """A feature group as the ingest path sees it: one actor per shard."""
+
+    refs: list[ActorRef[Any]]
+
+
+class Ingest:
+    """Buffers, routes and sends events. Internal to ``FeatureRuntime``.
+
+    Args:
+        reader: reads and validates events.
+        router: maps keys to shards.
+        groups: the runtime's feature groups (the live list: a group added later receives the
+            batches formed from then on).
+        batch_size: the threshold at which a shard's buffer is sent.
+        dead_letters: where rejected events go.
+    """
+
+    def __init__(
+        self,
+        reader: EventReader,
+        router: KeyRouter,
+        groups: Sequence[_Target],
+        batch_size: int,
+        dead_letters: DeadLetters,
+    ) -> None:
+        shards = router.shards
+        self.shards = shards
+        self.batch_size = batch_size
+        self._reader = reader
+        self._router = router
+        self._shard_cache = router.cached_lookup()
+        self._groups = groups
+        self._dead_letters = dead_letters
+        self.buffers: list[list[tuple[Any, int, dict[str, Any]]]] = [[] for _ in range(shards)]
+        self.created = [0.0] * shards
+        self._locks = [anyio.Lock() for _ in range(shards)]
+        self.unsent: list[list[Any] | None] = [None] * shards
+        self.ingested = 0
+        self.rejected = 0
+
+    def route_one(self, event: Any) -> int | None:
+        """Validate one event and buffer it; its shard, or None if it was rejected."""
+        try:
+            key, ts, ev = self._reader.read(event)
+        except InvalidEvent as error:
+            self.reject(event, error)
+            return None
+        shard = self._router.shard_of(key)
+        buffer = self.buffers[shard]
+        if not buffer:
+            self.created[shard] = time.perf_counter()
+        buffer.append((key, ts, ev))
+        self.ingested += 1
+        return shard
+
+    def route(self, events: list[Any]) -> int:
+        """Validate and append events to their shard's buffer; the hot loop of ingest.
+
+        Dicts with a ``str``/``int`` key and an in-range ``int`` time in milliseconds take the
+        fast path; anything else goes through the full reader. Returns the events accepted.
+        """
+        now = time.perf_counter()
+        buffers = self.buffers
+        created = self.created
+        for i, buffer in enumerate(buffers):
+            if not buffer:
+                created[i] = now
+        reader = self._reader
+        if reader.time_unit != "ms":
+            return self._route_each(events)
+        key_field, time_field = reader.key, reader.time
+        cached = self._shard_cache
+        low, high = MIN_TIME_MS, MAX_TIME_MS
+        single = buffers[0].append if self.shards == 1 else None
+        slow: list[Any] = []
+        for event in events:
+            if event.__class__ is dict:
+                key: Any = event.get(key_field)
+                ts = event.get(time_field)
+                kc = key.__class__
+                if (kc is str or kc is int) and ts.__class__ is int and low <= ts <= high:
+                    if single is not None:
+                        single((key, ts, event))
+                        continue
+                    index = cached(key)
+                    if index is not None:
+                        buffers[index].append((key, ts, event))
+                        continue
+            slow.append(event)
+        accepted = len(events) - len(slow)
+        self.ingested += accepted
+        return accepted + self._route_each(slow) if slow else accepted
+
+    def _route_each(self, events: list[Any]) -> int:
+        """Route events one at a time through the full reader (and the router's hash)."""
+        read = self._reader.read
+        shard_of = self._router.shard_of
+        buffers = self.buffers
+        accepted = 0
+        for event in events:
+            try:
+                item = read(event)
+            except InvalidEvent as error:
+                self.reject(event, error)
+                continue
+            buffers[shard_of(item[0])].append(item)
+            accepted += 1
+        self.ingested += accepted
+        return accepted
+
+    def reject(self, payload: Any, error: InvalidEvent) -> None:
+        self.rejected += 1
+        self._dead_letters.record(
+            payload,
+            "featurist/ingest",
+            DeadLetterReason.REJECTED,
+            error=error,
+            detail=str(error),
+        )
+
+    async def send(self, shard: int, *, partial: bool = True) -> None:
+        """Send the shard's buffer to every group's actor of the shard.
+
+        A batch is first recorded as unsent with the groups it is for; each group is ticked off
+        once its actor has the batch. If the caller is cancelled while waiting for room, the
+        next send to the shard (the flusher's at the latest, or shutdown's) finishes the job
+        before it sends anything newer: no accepted event is lost, none is reordered, and no
+        group gets a batch twice. ``partial=False`` (ingest) sends the buffer only once it holds
+        ``batch_size`` events; every other caller sends what there is.
+        """
+        async with self._locks[shard]:
+            while True:
+                unsent = self.unsent[shard]
+                newest = unsent is None
+                if unsent is None:
+                    buffer = self.buffers[shard]
+                    if not buffer or (not partial and len(buffer) < self.batch_size):
+                        return
+                    self.buffers[shard] = []
+                    batch = Batch(buffer, self.created[shard])
+                    unsent = self.unsent[shard] = [batch, list(self._groups)]
+                batch, groups = unsent
+                while groups:
+                    await groups[0].refs[shard].tell(batch)
+                    groups.pop(0)
+                self.unsent[shard] = None
+                if newest:
+                    return
+
+    async def send_all(self) -> None:
+        for shard in range(self.shards):
+            await self.send(shard)
+
+    def due(self, deadline: float) -> list[int]:
+        """Shards with a batch to finish or a buffer whose first event came before ``deadline``."""
+        return [
+            shard
+            for shard, buffer in enumerate(self.buffers)
+            if (buffer and self.created[shard] <= deadline) or self.unsent[shard] is not None
+        ]
+
+    def abandon_unsent(self) -> None:
+        """Past the shutdown deadline: what could not be sent goes to dead letters."""
+        for shard in range(self.shards):
+            events: list[Any] = []
+            unsent = self.unsent[shard]
+            if unsent is not None:
+                events.extend(unsent[0].events)
+            events.extend(self.buffers[shard])
+            self.buffers[shard] = []
+            self.unsent[shard] = None
+            for _key, _t, event in events:
+                self._dead_letters.record(
+                    event,
+                    "featurist/ingest",
+                    DeadLetterReason.UNDELIVERABLE,
+                    detail="accepted, but not sent to its shard before the shutdown deadline",
+                )
+        _log.warning("shutdown_deadline_passed_with_unsent_events")

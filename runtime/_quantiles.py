@@ -1,0 +1,271 @@
+"""Quantiles of a window: exact ones from a sorted container, approximate ones from DDSketch.
+
+Both follow the protocol of ``runtime._window_stats`` (``add``, ``merge``, ``copy``, ``len``,
+``to_record``/``from_record``); ``SortedValues`` also has ``remove``, ``QuantileSketch`` cannot.
+
+``SortedValues`` answers exactly in O(log n) per update and per query and holds every value: use
+it for sliding windows. ``QuantileSketch`` holds only bin counts (a few hundred for most data)
+and merges exactly, but cannot forget a value: use it per pane of a hopping or tumbling window.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal, Self, cast
+
+from ddsketch import DDSketch, LogarithmicMapping
+from ddsketch.ddsketch import BaseDDSketch
+from ddsketch.store import DenseStore
+from sortedcontainers import SortedList  # type: ignore[import-untyped]
+
+__all__ = ["PERCENTILE_METHODS", "QuantileSketch", "SortedValues"]
+
+#: the ``method`` values of ``SortedValues.percentile``
+PERCENTILE_METHODS = ("nearest_rank", "linear")
+
+# A rank q * n / 100 this close (relatively) to an integer is that integer: the product of a
+# percentage written in decimal (12.3, 64.4) and a count carries a rounding error of a few ulps,
+# which must not move the rank by one (64.4 % of 250 is rank 161, not 162).
+_RANK_SNAP = 1e-12
+
+
+def _check_q(q: float, high: float) -> None:
+    if not 0 <= q <= high:
+        raise ValueError(f"q must be in [0, {high:g}], got {q!r}")
+
+
+class SortedValues:
+    """Every value of a window in sorted order (a ``sortedcontainers.SortedList``).
+
+    ``add``, ``remove``, ``min``, ``max`` and ``percentile`` cost O(log n); ``merge`` costs
+    O(m log(n + m)) for ``m`` values merged in. Values must be mutually comparable; the
+    ``linear`` method also needs numbers.
+    """
+
+    __slots__ = ("_values",)
+
+    def __init__(self, values: Iterable[Any] = ()) -> None:
+        # sortedcontainers ships no type information: the list stays ``Any`` inside this class.
+        self._values: Any = SortedList(values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def add(self, x: Any) -> None:
+        self._values.add(x)
+
+    def remove(self, x: Any) -> None:
+        """Remove one ``x``; raises ``ValueError`` if ``x`` is not held."""
+        try:
+            self._values.remove(x)
+        except ValueError:
+            raise ValueError(f"x={x!r} is not held: remove only values that were added") from None
+
+    def min(self) -> Any:
+        """The smallest value, or ``None`` when empty."""
+        return self._values[0] if self._values else None
+
+    def max(self) -> Any:
+        """The largest value, or ``None`` when empty."""
+        return self._values[-1] if self._values else None
+
+    def percentile(
+        self, q: float, method: Literal["nearest_rank", "linear"] = "nearest_rank"
+    ) -> Any:
+        """The ``q``-th percentile (``q`` in [0, 100]) of the ``n`` values held, or ``None`` when
+        empty. With the values sorted as ``x[1] <= ... <= x[n]``:
+
+        - ``"nearest_rank"`` (the default): ``x[ceil(q / 100 * n)]``, the smallest value such
+          that at least ``q`` % of the values are ``<=`` it. The standard definition leaves
+          ``q = 0`` out; here it gives the minimum ``x[1]``. The result is one of the values held,
+          of its own type. ``q`` is taken as written in decimal: a rank within a relative 1e-12
+          of an integer is that integer.
+        - ``"linear"``: interpolation between the closest ranks, as numpy's default method and
+          ``statistics.quantiles(method="inclusive")``: with ``h = q / 100 * (n - 1)``
+          (0-based), ``x[floor(h)] + (h - floor(h)) * (x[floor(h) + 1] - x[floor(h)])``,
+          computed in the same float operations as numpy, so the results match bit for bit.
+          Always a ``float``.
+
+        Raises ``ValueError`` for ``q`` outside [0, 100] or an unknown ``method``.
+        """
+        values = self._values
+        if method == "nearest_rank":
+            _check_q(q, 100)
+            n = len(values)
+            if not n:
+                return None
+            rank = q * n / 100
+            whole = round(rank)
+            if abs(rank - whole) > _RANK_SNAP * rank:
+                whole = math.ceil(rank)
+            return values[whole - 1 if whole else 0]
+        if method == "linear":
+            _check_q(q, 100)
+            n = len(values)
+            if not n:
+                return None
+            h = q / 100 * (n - 1)
+            i = int(h)
+            t = h - i
+            a = values[i]
+            if not t:
+                return float(a)
+            b = values[i + 1]
+            d = b - a
+            # numpy's _lerp: from the nearer end, so that t = 1 gives b exactly
+            return float(b - d * (1 - t)) if t >= 0.5 else float(a + d * t)
+        raise ValueError(f"method must be one of {PERCENTILE_METHODS}, got {method!r}")
+
+    def merge(self, other: SortedValues) -> None:
+        self._values.update(list(other._values))
+
+    def copy(self) -> SortedValues:
+        return SortedValues(self._values)
+
+    def to_record(self) -> dict[str, Any]:
+        return {"values": list(self._values)}
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> Self:
+        return cls(record["values"])
+
+
+def _stores(sketch: BaseDDSketch) -> tuple[DenseStore, DenseStore, float]:
+    """The positive store, the negative store and the zero count of a sketch.
+
+    DDSketch exposes no accessor for its bins; its own protobuf module reads these private
+    attributes the same way. Its annotations type them as the abstract ``Store``, which has no
+    ``bins``: every sketch made here uses ``DenseStore``, hence the casts.
+    """
+    return (
+        cast(DenseStore, sketch._store),
+        cast(DenseStore, sketch._negative_store),
+        float(sketch._zero_count),
+    )
+
+
+def _store_record(store: DenseStore) -> list[Any]:
+    """``[key of the first bin, [counts of the bins from there]]`` without zero bins at either
+    end, so that sketches of the same values give the same record (as DDSketch's protobuf
+    ``contiguousBinIndexOffset`` and ``contiguousBinCounts``)."""
+    bins = store.bins
+    nonzero = [i for i, count in enumerate(bins) if count]
+    if not nonzero:
+        return [0, []]
+    first, last = nonzero[0], nonzero[-1]
+    return [first + store.offset, [int(count) for count in bins[first : last + 1]]]
+
+
+def _store_from_record(record: Any, field: str) -> DenseStore:
+    key, counts = record
+    if isinstance(key, bool) or not isinstance(key, int):
+        raise ValueError(f"record field {field!r} must start with an int key, got {key!r}")
+    store = DenseStore()
+    for count in counts:
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise ValueError(f"record field {field!r} must hold counts >= 0, got {count!r}")
+        if count:
+            store.add(key, float(count))
+        key += 1
+    return store
+
+
+class QuantileSketch:
+    """Approximate quantiles with a relative-error guarantee: a ``ddsketch.DDSketch``.
+
+    Guarantee: with the ``n`` values added sorted as ``x[0] <= ... <= x[n-1]`` (0-based) and
+    ``i = floor(q * (n - 1))``, ``quantile(q)`` returns ``y`` with ``|y - x[i]| <= alpha * |x[i]|``
+    (up to float rounding, a few ulps). So the reference is numpy's ``"lower"`` quantile, not the
+    nearest rank, and the error is relative to that value: ``y`` has the sign of ``x[i]``, and is
+    exactly ``0.0`` when ``x[i]`` is zero. Negative values have their own store and the same
+    guarantee. Magnitudes below about ``2.3e-308`` count as zero.
+
+    Values are binned on a logarithmic scale with ratio ``(1 + alpha) / (1 - alpha)``; the
+    number of bins grows with the logarithm of the range of magnitudes (about 275 bins for
+    1 ms to 1 min at alpha 0.02), not with the count. ``add`` is O(1) amortized; ``quantile`` and
+    ``merge`` are O(bins). Merging is exact: the merged sketch equals the sketch of all the
+    values. There is no ``remove``: a sketch cannot forget, so windows keep one sketch per pane
+    and merge the panes they span.
+    """
+
+    __slots__ = ("_alpha", "_limit", "_sketch")
+
+    def __init__(self, alpha: float = 0.01) -> None:
+        """``alpha``: the relative accuracy, in (0, 1). Raises ``ValueError`` otherwise."""
+        if not 0 < alpha < 1:
+            raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
+        self._alpha = float(alpha)
+        self._sketch: BaseDDSketch = DDSketch(relative_accuracy=self._alpha)
+        #: the largest magnitude the sketch can map to a bin
+        self._limit: float = self._sketch._mapping.max_possible
+
+    @property
+    def alpha(self) -> float:
+        return self._alpha
+
+    @property
+    def count(self) -> int:
+        """The number of values added."""
+        return int(self._sketch.count)
+
+    def __len__(self) -> int:
+        return int(self._sketch.count)
+
+    def add(self, x: float) -> None:
+        """Add a value; raises ``ValueError`` for NaN, an infinity or a magnitude above about
+        ``1.7e308`` (DDSketch would count NaN as zero)."""
+        limit = self._limit
+        if not -limit <= x <= limit:
+            raise ValueError(f"x must be a finite number of magnitude <= {limit:.4g}, got {x!r}")
+        self._sketch.add(x)
+
+    def quantile(self, q: float) -> float | None:
+        """The value at quantile ``q`` in [0, 1], within the guarantee above; ``None`` when
+        empty. Raises ``ValueError`` for ``q`` outside [0, 1]."""
+        _check_q(q, 1)
+        value = self._sketch.get_quantile_value(q)
+        return None if value is None else float(value)
+
+    def merge(self, other: QuantileSketch) -> None:
+        """Add ``other``'s values; raises ``ValueError`` unless both have the same ``alpha``."""
+        if other._alpha != self._alpha:
+            raise ValueError(
+                f"cannot merge sketches of different alpha: {self._alpha!r} and {other._alpha!r}"
+            )
+        self._sketch.merge(other._sketch)
+
+    def copy(self) -> QuantileSketch:
+        clone = QuantileSketch(self._alpha)
+        clone.merge(self)
+        return clone
+
+    def to_record(self) -> dict[str, Any]:
+        """``{"alpha", "zero", "positive", "negative"}``: the bins as ``[first key, counts]``.
+
+        The running sum, min and max that DDSketch also keeps are not recorded (this class does
+        not expose them), so a record depends only on the multiset of bins.
+        """
+        positive, negative, zero = _stores(self._sketch)
+        return {
+            "alpha": self._alpha,
+            "zero": int(zero),
+            "positive": _store_record(positive),
+            "negative": _store_record(negative),
+        }
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> Self:
+        """Rebuild a sketch with the same bins, hence the same quantiles, as DDSketch's own
+        protobuf decoder does. Raises ``ValueError`` for a bad ``alpha`` or count."""
+        state = cls(record["alpha"])
+        zero = record["zero"]
+        if isinstance(zero, bool) or not isinstance(zero, int) or zero < 0:
+            raise ValueError(f"record field 'zero' must be an int >= 0, got {zero!r}")
+        state._sketch = BaseDDSketch(
+            mapping=LogarithmicMapping(state._alpha),
+            store=_store_from_record(record["positive"], "positive"),
+            negative_store=_store_from_record(record["negative"], "negative"),
+            zero_count=float(zero),
+        )
+        return state
