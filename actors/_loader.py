@@ -97,7 +97,7 @@ class LoaderStatistics:
 class _Slot(Generic[V]):
     """The outcome of one key, shared by every caller waiting on it."""
 
-    __slots__ = ("_error", "_event", "_tb", "_value", "cacheable", "done")
+    __slots__ = ("_error", "_event", "_tb", "_value", "cacheable", "done", "queued", "waiters")
 
     def __init__(self, value: object = _MISSING) -> None:
         #: true once the outcome is known; a slot made with a value (a cache hit) is born done
@@ -111,6 +111,11 @@ class _Slot(Generic[V]):
         #: false once the key was cleared or primed while its load was under way: the value
         #: loaded may be older than what the caller meant, so it is handed out but not cached.
         self.cacheable = True
+        #: true while the key waits in the queue for a batch
+        self.queued = False
+        #: callers waiting on the slot; when the last of a queued key walks away (cancelled),
+        #: the key leaves the queue, so cancelled loads cannot grow it
+        self.waiters = 0
 
     def resolve(self, value: object) -> None:
         self._value = value
@@ -203,6 +208,8 @@ class BatchLoader(Generic[K, V]):
         self._task_group: anyio.abc.TaskGroup | None = None
         self._pending: dict[K, _Slot[V]] = {}
         self._queue: deque[K] = deque()
+        #: queue entries whose callers all walked away (skipped when taken)
+        self._abandoned = 0
         self._wakeup = anyio.Event()
         self._slots = anyio.Semaphore(max_in_flight)
         self._in_flight_batches = 0
@@ -268,7 +275,11 @@ class BatchLoader(Generic[K, V]):
             Exception: whatever the batch function raised, or returned for this key.
         """
         slot = self._slot_for(key)
-        await slot.wait()
+        slot.waiters += 1
+        try:
+            await slot.wait()
+        finally:
+            self._leave(key, slot)
         return slot.result()
 
     async def load_many(self, keys: Iterable[K]) -> list[V]:
@@ -280,16 +291,41 @@ class BatchLoader(Generic[K, V]):
         Raises:
             Same as :meth:`load`, for the first key in order whose load failed.
         """
+        keys = list(keys)
         slots = [self._slot_for(key) for key in keys]
-        waited = False
         for slot in slots:
-            # Skip the done ones: each wait is a trip through the event loop.
-            if not slot.done:
-                await slot.wait()
-                waited = True
-        if not waited:
-            await anyio.lowlevel.checkpoint()
+            slot.waiters += 1
+        waited = False
+        try:
+            for slot in slots:
+                # Skip the done ones: each wait is a trip through the event loop.
+                if not slot.done:
+                    await slot.wait()
+                    waited = True
+            if not waited:
+                await anyio.lowlevel.checkpoint()
+        finally:
+            for key, slot in zip(keys, slots, strict=True):
+                self._leave(key, slot)
         return [slot.result() for slot in slots]
+
+    def _leave(self, key: K, slot: _Slot[V]) -> None:
+        slot.waiters -= 1
+        if slot.waiters == 0 and slot.queued and not slot.done:
+            # Every caller of a key not yet sent has walked away: forget the key. Its queue
+            # entry is skipped by the dispatcher, and the queue is compacted when such entries
+            # make up half of it.
+            slot.queued = False
+            if self._pending.get(key) is slot:
+                del self._pending[key]
+            self._abandoned += 1
+            queue = self._queue
+            if self._abandoned > 32 and 2 * self._abandoned > len(queue):
+                pending = self._pending
+                kept = [k for k in queue if (live := pending.get(k)) is not None and live.queued]
+                queue.clear()
+                queue.extend(kept)
+                self._abandoned = 0
 
     def prime(self, key: K, value: V) -> None:
         """Store a value for a key in the cache, replacing any value stored.
@@ -325,7 +361,7 @@ class BatchLoader(Generic[K, V]):
     def statistics(self) -> LoaderStatistics:
         """Return a snapshot of the loader's queue, in-flight calls and counters."""
         return LoaderStatistics(
-            queued=len(self._queue),
+            queued=len(self._queue) - self._abandoned,
             in_flight_batches=self._in_flight_batches,
             in_flight_keys=self._in_flight_keys,
             batches=self._batches,
@@ -341,6 +377,10 @@ class BatchLoader(Generic[K, V]):
         slot = self._pending.get(key)
         if slot is not None:
             slot.cacheable = False
+            if not slot.queued:
+                # In flight: its answer may be older than the caller wants, so the next load
+                # of the key starts a fresh request. A queued key has not been asked yet.
+                del self._pending[key]
 
     def _slot_for(self, key: K) -> _Slot[V]:
         if self._state != _RUNNING:
@@ -353,6 +393,7 @@ class BatchLoader(Generic[K, V]):
         slot = self._pending.get(key)
         if slot is None:
             slot = self._pending[key] = _Slot()
+            slot.queued = True
             self._queue.append(key)
             self._wakeup.set()
         return slot
@@ -372,8 +413,20 @@ class BatchLoader(Generic[K, V]):
                 await anyio.lowlevel.checkpoint()
                 continue
             await self._slots.acquire()
-            keys = [take() for _ in range(min(size, len(queue)))]
-            slots = [pending[key] for key in keys]
+            keys: list[K] = []
+            slots: list[_Slot[V]] = []
+            while queue and len(keys) < size:
+                key = take()
+                slot = pending.get(key)
+                if slot is None or not slot.queued:
+                    self._abandoned = max(self._abandoned - 1, 0)
+                    continue  # abandoned by its callers, or a duplicate entry
+                slot.queued = False
+                keys.append(key)
+                slots.append(slot)
+            if not keys:
+                self._slots.release()
+                continue
             self._batches += 1
             self._in_flight_batches += 1
             self._in_flight_keys += len(keys)

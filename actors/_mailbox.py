@@ -182,7 +182,14 @@ class Mailbox:
         if self._closed:
             return left
         self._closed = True
-        self.take(self.config.capacity + self._send.statistics().tasks_waiting_send, left)
+        # Drain to the end: the buffer, then each waiting sender's message (anyio moves it
+        # into the buffer and tells that sender it was delivered, so it must be kept here).
+        receive = self._recv.receive_nowait
+        while True:
+            try:
+                left.append(receive())
+            except anyio.WouldBlock:
+                break
         self._send.close()
         self._recv.close()
         return left

@@ -61,7 +61,7 @@ class EventReader:
         self.time = time
         self.time_unit = time_unit
         self._multiply, self._divide = _UNIT_TO_MS[time_unit]
-        self._scale = 1 if time_unit == "ms" else 0
+        self._ms = time_unit == "ms"
         self._decoder = _json if payload_format == "json" else _msgpack
         self.payload_format = payload_format
 
@@ -77,7 +77,7 @@ class EventReader:
         if cls is not str and cls is not int and cls is not bytes:
             key = self._plain_key(key, event, payload)
         ts = event.get(self.time)
-        if ts.__class__ is int and self._scale == 1 and MIN_TIME_MS <= ts <= MAX_TIME_MS:
+        if ts.__class__ is int and self._ms and MIN_TIME_MS <= ts <= MAX_TIME_MS:
             return key, ts, event
         return key, self.time_ms(ts, payload), event
 
@@ -123,8 +123,6 @@ class EventReader:
             reason = "is missing" if self.key not in event else "is null"
         else:
             reason = f"must be a str, int or bytes, got {type(key).__name__} {_short(key)}"
-        if key.__class__ is bool:
-            reason = f"must be a str, int or bytes, got bool {key!r}"
         raise InvalidEvent(f"key field {self.key!r} {reason}", field=self.key, payload=payload)
 
     def time_ms(self, value: Any, payload: Any) -> int:

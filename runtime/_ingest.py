@@ -96,27 +96,48 @@ class Ingest:
         if reader.time_unit != "ms":
             return self._route_each(events)
         key_field, time_field = reader.key, reader.time
-        cached = self._shard_cache
         low, high = MIN_TIME_MS, MAX_TIME_MS
-        single = buffers[0].append if self.shards == 1 else None
-        slow: list[Any] = []
-        for event in events:
-            if event.__class__ is dict:
-                key: Any = event.get(key_field)
-                ts = event.get(time_field)
-                kc = key.__class__
-                if (kc is str or kc is int) and ts.__class__ is int and low <= ts <= high:
-                    if single is not None:
-                        single((key, ts, event))
+        read, shard_of = reader.read, self._router.shard_of
+        # Events off the fast path are read in place, so a key's events keep their order.
+        rejected = 0
+        if self.shards == 1:
+            append = buffers[0].append
+            for event in events:
+                if event.__class__ is dict:
+                    key: Any = event.get(key_field)
+                    ts = event.get(time_field)
+                    kc = key.__class__
+                    if (kc is str or kc is int) and ts.__class__ is int and low <= ts <= high:
+                        append((key, ts, event))
                         continue
-                    index = cached(key)
-                    if index is not None:
+                try:
+                    append(read(event))
+                except InvalidEvent as error:
+                    self.reject(event, error)
+                    rejected += 1
+        else:
+            cached = self._shard_cache
+            for event in events:
+                if event.__class__ is dict:
+                    key = event.get(key_field)
+                    ts = event.get(time_field)
+                    kc = key.__class__
+                    if (kc is str or kc is int) and ts.__class__ is int and low <= ts <= high:
+                        index = cached(key)
+                        if index is None:
+                            index = shard_of(key)
                         buffers[index].append((key, ts, event))
                         continue
-            slow.append(event)
-        accepted = len(events) - len(slow)
+                try:
+                    item = read(event)
+                except InvalidEvent as error:
+                    self.reject(event, error)
+                    rejected += 1
+                    continue
+                buffers[shard_of(item[0])].append(item)
+        accepted = len(events) - rejected
         self.ingested += accepted
-        return accepted + self._route_each(slow) if slow else accepted
+        return accepted
 
     def _route_each(self, events: list[Any]) -> int:
         """Route events one at a time through the full reader (and the router's hash)."""
@@ -177,6 +198,10 @@ class Ingest:
     async def send_all(self) -> None:
         for shard in range(self.shards):
             await self.send(shard)
+
+    def sending(self, shard: int) -> bool:
+        """True while a send to ``shard`` is in progress (or waiting for room)."""
+        return self._locks[shard].locked()
 
     def due(self, deadline: float) -> list[int]:
         """Shards with a batch to finish or a buffer whose first event came before ``deadline``."""

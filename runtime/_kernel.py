@@ -52,8 +52,6 @@ from ._sketch import distinct_add, distinct_merge, distinct_value
 
 __all__ = ["CompiledGroup", "compile_group"]
 
-_OPS = {"==": "==", "!=": "!=", "<": "<", "<=": "<=", ">": ">", ">=": ">=", "in": "in"}
-
 
 def _tag(feature: Any) -> str:
     return str(feature.__struct_config__.tag)
@@ -96,11 +94,9 @@ class CompiledGroup:
 
 
 class _Builder:
-    def __init__(self, features: Sequence[Any], group: str) -> None:
+    def __init__(self, features: Sequence[Any]) -> None:
         self.features = list(features)
-        self.group = group
         self.namespace: dict[str, Any] = {
-            "_INF": INF,
             "_INF_": INF,
             "_coerce": coerce_number,
             "_ratio": ratio_of,
@@ -261,7 +257,7 @@ class _Builder:
         const = self.constant(where.value)
         if op == "==":
             return f"ev.get({field}) == {const}"
-        return f"((_x := ev.get({field})) is not None and _x {_OPS[op]} {const})"
+        return f"((_x := ev.get({field})) is not None and _x {op} {const})"
 
     def extraction(self) -> list[str]:
         """Read each field once per event: ``vN`` raw, and for numeric features ``nN`` (an
@@ -413,7 +409,7 @@ def compile_group(features: Sequence[Any], *, group: str = "g0") -> CompiledGrou
         SpecError: a feature type that cannot run in a keyed group, or a ratio operand that is
             not in the group.
     """
-    builder = _Builder(features, group)
+    builder = _Builder(features)
     for feature in features:
         if _tag(feature) == "ratio":
             for operand in (feature.numerator, feature.denominator):

@@ -53,7 +53,7 @@ from ._results import (
     FeatureVector,
     RuntimeStatistics,
 )
-from ._shard import GetStates, GetStats, GroupShard, ShardStats
+from ._shard import GetStates, GetStats, GroupShard, Ping, ShardStats
 from ._spec import Feature, FeatureSet
 from ._updates import Policy, UpdateHub, UpdateSubscription
 
@@ -157,7 +157,7 @@ class FeatureRuntime:
             time_unit=feature_set.time_unit,
             payload_format=payload_format,
         )
-        self._lateness = self._out_of_orderness(feature_set)
+        self._lateness = feature_set.max_out_of_orderness_ms
         self._system = ActorSystem(
             "featurist",
             shutdown_timeout=shutdown_timeout,
@@ -177,12 +177,6 @@ class FeatureRuntime:
         self._supervisor: Supervisor | None = None
         self._running = False
         self._started_at = 0.0
-
-    @staticmethod
-    def _out_of_orderness(feature_set: FeatureSet) -> int:
-        from ._duration import parse_duration
-
-        return parse_duration(feature_set.max_out_of_orderness, field="max_out_of_orderness")
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def __aenter__(self) -> FeatureRuntime:
@@ -255,8 +249,12 @@ class FeatureRuntime:
         linger = self.linger
         while True:
             await anyio.sleep(linger / 2)
+            assert self._tg is not None
             for shard in self._ingest.due(time.perf_counter() - linger):
-                await self._ingest.send(shard)
+                # Each send in a task of its own, and none for a shard that is already sending:
+                # a shard whose mailbox is full delays only itself, not the others' lingers.
+                if not self._ingest.sending(shard):
+                    self._tg.start_soon(self._ingest.send, shard)
 
     def _check_running(self) -> None:
         if not self._running:
@@ -322,7 +320,7 @@ class FeatureRuntime:
         await self._ingest.send_all()
         for group in self._groups:
             for ref in group.refs:
-                await ref.ask(GetStats(), timeout=None)
+                await ref.ask(Ping(), timeout=None)  # a reply means every earlier batch is applied
 
     # -- reading -------------------------------------------------------------------------------
     async def get(self, key: Any, features: list[str] | None = None) -> FeatureVector:
@@ -383,6 +381,10 @@ class FeatureRuntime:
         Subscribing costs the runtime one update object per event and group. ``policy``:
         ``"block"`` slows ingest to the subscriber's pace (nothing lost); ``"drop_oldest"`` keeps
         the newest ``buffer`` updates. Iteration ends at shutdown or on ``aclose()``.
+
+        A ``"block"`` subscription that is held but no longer read stalls the shards that
+        publish to it, and so ingest, and at shutdown it holds the drain until
+        ``shutdown_timeout``: close subscriptions you stop reading, or use ``"drop_oldest"``.
         """
         self._check_running()
         return self._hub.subscribe(buffer, policy)

@@ -26,7 +26,7 @@ from ._kernel import CompiledGroup
 from ._results import FeatureError, FeatureUpdate
 from ._updates import UpdateHub
 
-__all__ = ["Batch", "GetStates", "GetStats", "GroupShard", "ShardStats"]
+__all__ = ["Batch", "GetStates", "GetStats", "GroupShard", "Ping", "ShardStats"]
 
 _log = get_logger("featurist.shard")
 
@@ -55,13 +55,18 @@ class GetStates:
 
 
 @dataclass(frozen=True)
+class Ping:
+    """Ask: answered at once; a reply means every batch told before it has been applied."""
+
+
+@dataclass(frozen=True)
 class GetStats:
     """Ask: the actor's :class:`ShardStats`."""
 
 
 @dataclass(frozen=True)
 class ShardStats:
-    """Ask: a snapshot of a shard actor's counters."""
+    """The reply to :class:`GetStats`: a snapshot of a shard actor's counters."""
 
     events: int
     batches: int
@@ -209,11 +214,10 @@ class GroupShard(Actor[Any]):
                 else:
                     replies.append((values(state), state.t_, self.last_event_at, self.max_time))
             return replies
+        if isinstance(message, Ping):
+            return None
         if isinstance(message, GetStats):
             return self._stats()
-        if isinstance(message, Batch):
-            await self._apply(message)
-            return None
         raise TypeError(f"GroupShard cannot handle {message!r}")
 
     def _stats(self) -> ShardStats:

@@ -8,8 +8,10 @@ Every class here follows one protocol, River's ``update``/``get`` shape adapted 
 - ``merge(other)`` folds another partial state into this one in place, for hopping windows built
   from panes and for re-sharding; ``other`` is not modified;
 - ``copy()``, and ``len()``: the number of values held;
-- ``to_record()`` returns plain data (dicts, lists, numbers) that ``msgspec`` encodes, and
-  ``Class.from_record(record)`` rebuilds an equal state, for checkpoints.
+- ``to_record()`` returns plain data (dicts, lists, numbers, and the values held as they are)
+  that ``msgspec`` encodes, and ``Class.from_record(record)`` rebuilds an equal state, for
+  checkpoints. Untyped JSON turns ``bytes`` values into base64 strings: use msgpack, or a typed
+  decoder, where values may be bytes.
 
 There is no single ``get()``: each state answers several questions (``mean()``, ``variance()``,
 ``min()``, ``top(k)``, ...), so each has its own method.

@@ -378,3 +378,60 @@ async def test_actor_of_another_system_cannot_tell_into_a_system_that_is_shuttin
                 tg.start_soon(during_shutdown)
                 tg.start_soon(a.shutdown)
     assert results == ["refused"]
+
+
+async def test_closing_a_mailbox_keeps_the_message_of_a_sender_that_was_waiting() -> None:
+    class Stuck(Actor[int]):
+        async def receive(self, message: int) -> None:
+            await anyio.sleep(10)
+
+    told: list[int] = []
+    async with anyio.create_task_group() as tg:
+        async with ActorSystem(shutdown_timeout=0.2) as system:
+            ref = await system.spawn(Stuck, mailbox=MailboxConfig(capacity=1, max_batch_size=2))
+
+            async def send(i: int) -> None:
+                await ref.tell(i)
+                told.append(i)
+
+            for i in range(4):
+                tg.start_soon(send, i)
+                await anyio.sleep(0.01)
+    assert told == [0, 1, 2, 3]
+    assert sorted(letter.message for letter in system.dead_letters.letters()) == [0, 1, 2, 3]
+
+
+async def test_cancelled_loads_do_not_grow_the_loader_queue() -> None:
+    from actors import BatchLoader
+
+    async def stuck(keys: list[int]) -> list[int]:
+        await anyio.sleep(3600)
+        return keys
+
+    async with anyio.create_task_group() as tg:
+        loader = BatchLoader(stuck, max_in_flight=1, max_batch_size=10)
+        async with loader:
+            for i in range(2_000):
+                with anyio.move_on_after(0.0001):
+                    await loader.load(i)
+            assert loader.statistics().queued < 100
+            tg.cancel_scope.cancel()
+
+
+async def test_clear_during_a_load_makes_the_next_load_ask_again() -> None:
+    from actors import BatchLoader
+
+    calls: list[list[str]] = []
+
+    async def fetch(keys: list[str]) -> list[str]:
+        calls.append(list(keys))
+        await anyio.sleep(0.05)
+        return [f"v{len(calls)}" for _ in keys]
+
+    async with BatchLoader(fetch, cache={}) as loader:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(loader.load, "k")
+            await anyio.sleep(0.01)  # the first load is in flight
+            loader.clear("k")
+            assert await loader.load("k") == "v2"
+    assert calls == [["k"], ["k"]]
