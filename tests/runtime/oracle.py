@@ -8,6 +8,46 @@ import statistics
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from runtime import (
+    Count,
+    DistinctCount,
+    EWMean,
+    First,
+    Last,
+    Max,
+    Mean,
+    Min,
+    Ratio,
+    Std,
+    Sum,
+    TimeSince,
+    Variance,
+    Where,
+)
+
+#: every keyed aggregate, with filtered forms and a ratio: the set the oracle tests run
+ORACLE_FEATURES = [
+    Count(name="n"),
+    Sum(name="total", field="amount"),
+    Mean(name="avg", field="amount"),
+    Min(name="lo", field="amount"),
+    Max(name="hi", field="amount"),
+    First(name="first_merchant", field="merchant"),
+    Last(name="last_merchant", field="merchant"),
+    Last(name="last_amount", field="amount"),
+    Variance(name="var", field="amount"),
+    Std(name="sd", field="amount", ddof=0),
+    EWMean(name="ewm", field="amount", half_life="2s"),
+    DistinctCount(name="merchants", field="merchant", exact_limit=1000),
+    TimeSince(name="gap"),
+    Count(name="declined", where=Where(field="status", op="==", value="declined")),
+    Sum(name="big_total", field="amount", where=Where(field="amount", op=">", value=50)),
+    Count(name="odd_status", where=Where(field="status", op="in", value=["review", "declined"])),
+    Ratio(name="decline_ratio", numerator="declined", denominator="n"),
+]
+#: the features that need a number and report an error for a value that is not one
+ORACLE_NUMERIC = {"total", "avg", "lo", "hi", "var", "sd", "ewm", "big_total"}
+
 MISSING = object()
 
 

@@ -14,44 +14,13 @@ import hypothesis.strategies as st
 from hypothesis import HealthCheck, given, settings
 
 from runtime import (
-    Count,
-    DistinctCount,
-    EWMean,
     FeatureRuntime,
     FeatureSet,
-    First,
-    Last,
-    Max,
-    Mean,
-    Min,
-    Ratio,
-    Std,
-    Sum,
-    TimeSince,
-    Variance,
-    Where,
 )
 
-from .oracle import oracle, same
+from .oracle import ORACLE_FEATURES, oracle, same
 
-FEATURES = [
-    Count(name="n"),
-    Sum(name="total", field="amount"),
-    Mean(name="avg", field="amount"),
-    Min(name="lo", field="amount"),
-    Max(name="hi", field="amount"),
-    First(name="first_merchant", field="merchant"),
-    Last(name="last_amount", field="amount"),
-    Variance(name="var", field="amount"),
-    Std(name="sd", field="amount", ddof=0),
-    EWMean(name="ewm", field="amount", half_life="2s"),
-    DistinctCount(name="merchants", field="merchant", exact_limit=1000),
-    TimeSince(name="gap"),
-    Count(name="declined", where=Where(field="status", op="==", value="declined")),
-    Sum(name="big_total", field="amount", where=Where(field="amount", op=">", value=50)),
-    Count(name="odd_status", where=Where(field="status", op="in", value=["review", "declined"])),
-    Ratio(name="decline_ratio", numerator="declined", denominator="n"),
-]
+FEATURES = ORACLE_FEATURES
 FEATURE_SET = FeatureSet(name="t", key="card", time="ts", features=FEATURES)
 
 amounts = st.one_of(

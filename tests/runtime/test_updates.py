@@ -14,48 +14,20 @@ from hypothesis import HealthCheck, given, settings
 
 from runtime import (
     Count,
-    DistinctCount,
-    EWMean,
     FeatureResult,
     FeatureRuntime,
     FeatureSet,
     FeatureUpdate,
-    First,
-    Last,
-    Max,
-    Mean,
-    Min,
     Ratio,
     RuntimeClosed,
-    Std,
-    Sum,
-    TimeSince,
     UpdateSubscription,
-    Variance,
-    Where,
 )
 
-from .oracle import feature_value, same
+from .oracle import ORACLE_FEATURES, ORACLE_NUMERIC, feature_value, same
 
-FEATURES = [
-    Count(name="n"),
-    Sum(name="total", field="amount"),
-    Mean(name="avg", field="amount"),
-    Min(name="lo", field="amount"),
-    Max(name="hi", field="amount"),
-    First(name="first_merchant", field="merchant"),
-    Last(name="last_merchant", field="merchant"),
-    Variance(name="var", field="amount"),
-    Std(name="sd", field="amount", ddof=0),
-    EWMean(name="ewm", field="amount", half_life="2s"),
-    DistinctCount(name="merchants", field="merchant"),
-    TimeSince(name="gap"),
-    Count(name="declined", where=Where(field="status", op="==", value="declined")),
-    Sum(name="big_total", field="amount", where=Where(field="amount", op=">", value=50)),
-    Ratio(name="decline_ratio", numerator="declined", denominator="n"),
-]
+FEATURES = ORACLE_FEATURES
 NAMES = [f.name for f in FEATURES]
-NUMERIC = {"total", "avg", "lo", "hi", "var", "sd", "ewm", "big_total"}
+NUMERIC = ORACLE_NUMERIC
 FEATURE_SET = FeatureSet(name="up", key="card", time="ts", features=FEATURES)
 T0 = 1_700_000_000_000
 
