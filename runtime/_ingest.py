@@ -117,6 +117,7 @@ class Ingest:
                     rejected += 1
         else:
             cached = self._shard_cache
+            appends = [buffer.append for buffer in buffers]
             for event in events:
                 if event.__class__ is dict:
                     key = event.get(key_field)
@@ -126,7 +127,7 @@ class Ingest:
                         index = cached(key)
                         if index is None:
                             index = shard_of(key)
-                        buffers[index].append((key, ts, event))
+                        appends[index]((key, ts, event))
                         continue
                 try:
                     item = read(event)
@@ -134,7 +135,7 @@ class Ingest:
                     self.reject(event, error)
                     rejected += 1
                     continue
-                buffers[shard_of(item[0])].append(item)
+                appends[shard_of(item[0])](item)
         accepted = len(events) - rejected
         self.ingested += accepted
         return accepted

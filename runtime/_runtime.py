@@ -119,7 +119,7 @@ class FeatureRuntime:
         mailbox_capacity: int = 16,
         key_groups: int = 256,
         payload_format: PayloadFormat = "json",
-        sample_every: int = 16,
+        sample_every: int = 64,
         expected_event_rate: float = 1000.0,
         expected_keys: int = 10_000,
         shutdown_timeout: float = 30.0,

@@ -447,7 +447,7 @@ def render(summary: Mapping[str, Any], console: Console) -> None:
             feature["name"], feature["type"], feature["input"], shown, feature["description"]
         )
     console.print(features)
-    _note(console, ["µs/event: compute time per event, measured on one batch in 16."])
+    _note(console, ["µs/event: compute time per event, measured on one batch in 64."])
     console.print()
 
     top = summary["top"]
