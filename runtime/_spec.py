@@ -34,6 +34,7 @@ import msgspec.yaml
 
 from ._duration import Duration, parse_duration
 from ._exceptions import FeatureValueError, SpecError, UnknownFeature
+from ._spec_errors import explain
 
 __all__ = [
     "FEATURE_TYPES",
@@ -91,8 +92,9 @@ def _fail(owner: object, path: str, reason: str) -> NoReturn:
     """Raise the ``SpecError`` for a rule broken by ``owner``, from its ``__post_init__``.
 
     Built in Python, the message reads ``<python>: Owner.path: reason``. While decoding, msgspec
-    wraps the error in a ``ValidationError`` (keeping it as ``__cause__``) and ``_explain``
-    rebuilds the message from the document location and the ``(path, reason)`` kept here.
+    wraps the error in a ``ValidationError`` (keeping it as ``__cause__``) and ``explain``
+    (``_spec_errors``) rebuilds the message from the document location and the ``(path, reason)``
+    kept here.
     """
     error = SpecError(f"{_PYTHON}: {type(owner).__name__}.{path}: {reason}")
     error._spec_field = (path, reason)  # type: ignore[attr-defined]
@@ -589,11 +591,18 @@ class FeatureSet(
             return msgspec.convert(raw, FeatureSet)
         except msgspec.ValidationError as exc:
             # The message keeps msgspec's reason and path; its chain would only repeat them.
-            raise SpecError(f"{source}: {_explain(exc, raw)}") from None
+            explained = explain(
+                exc,
+                raw,
+                types=FEATURE_TYPES,
+                root=FeatureSet,
+                condition=Where,
+                choices={"op": OPS, "time_unit": TIME_UNITS},
+            )
+            raise SpecError(f"{source}: {explained}") from None
 
 
 _CONCRETE = frozenset(FEATURE_TYPES.values())
-_TYPES = ", ".join(FEATURE_TYPES)
 _JSON_ENCODER = msgspec.json.Encoder()
 _JSON_DECODER = msgspec.json.Decoder()
 _LOADERS: dict[str, Callable[..., FeatureSet]] = {
@@ -627,70 +636,3 @@ def _load(decode: Callable[[Any], Any], fmt: str, data: str | bytes, source: str
         detail = " ".join(str(exc).split())
         raise SpecError(f"{source}: not valid {fmt}: {detail}") from exc
     return FeatureSet.from_dict(raw, source=source)
-
-
-_LOCATION = re.compile(r"(?P<text>.*) - at `\$(?P<where>[^`]*)`", re.DOTALL)
-_STEP = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
-_MISSING = re.compile(r"Object missing required field `(?P<field>[^`]*)`")
-_UNKNOWN = re.compile(r"Object contains unknown field `(?P<field>[^`]*)`")
-
-
-def _explain(exc: msgspec.ValidationError, raw: object) -> str:
-    """Return msgspec's validation error as ``path: reason``, with the path in spec terms."""
-    match = _LOCATION.fullmatch(str(exc))
-    text, where = (match["text"], match["where"]) if match else (str(exc), "")
-    path = where.removeprefix(".")
-    field_error: tuple[str, str] | None = getattr(exc.__cause__, "_spec_field", None)
-    if field_error is not None:
-        return f"{_join(path, field_error[0])}: {field_error[1]}"
-    last = path.rpartition(".")[2]
-    if text.startswith("Invalid value ") and last == "type":
-        value = text.removeprefix("Invalid value ")
-        return f"{path}: unknown feature type {value} (known: {_TYPES})"
-    if text.startswith("Invalid enum value ") and last in ("op", "time_unit"):
-        value = text.removeprefix("Invalid enum value ")
-        choices = OPS if last == "op" else TIME_UNITS
-        return f"{path}: unknown {last} {value} (known: {', '.join(choices)})"
-    node = _resolve(raw, path)
-    if missing := _MISSING.fullmatch(text):
-        field = missing["field"]
-        if field == "type":
-            return f"{_join(path, field)}: missing required field (one of: {_TYPES})"
-        tag = node.get("type") if isinstance(node, dict) else None
-        owner = f" of a {tag!r} feature" if isinstance(tag, str) and tag in FEATURE_TYPES else ""
-        return f"{_join(path, field)}: missing required field{owner}"
-    if unknown := _UNKNOWN.fullmatch(text):
-        fields = _fields_at(path, node)
-        known = f" (known: {', '.join(fields)})" if fields else ""
-        return f"{_join(path, unknown['field'])}: unknown field{known}"
-    return f"{path}: {text}" if path else text
-
-
-def _join(path: str, field: str) -> str:
-    return f"{path}.{field}" if path else field
-
-
-def _resolve(raw: object, path: str) -> object:
-    """Return the part of the raw document at ``path``, or ``None`` when it is not there."""
-    node = raw
-    for key, index in _STEP.findall("." + path if path else ""):
-        if key and isinstance(node, dict):
-            node = node.get(key)
-        elif index and isinstance(node, list | tuple) and int(index) < len(node):
-            node = node[int(index)]
-        else:
-            return None
-    return node
-
-
-def _fields_at(path: str, node: object) -> tuple[str, ...]:
-    """Return the field names allowed at ``path``, or ``()`` when that is unclear."""
-    cls: type[msgspec.Struct] | None = None
-    if not path:
-        cls = FeatureSet
-    elif path.endswith(".where"):
-        cls = Where
-    elif isinstance(node, dict) and node.get("type") in FEATURE_TYPES:
-        cls = FEATURE_TYPES[node["type"]]
-        return ("type", *cls.__struct_fields__)
-    return () if cls is None else cls.__struct_fields__
