@@ -214,9 +214,11 @@ class FeatureRuntime:
     ) -> bool | None:
         assert self._stack is not None and self._tg is not None
         self._running = False
+        timeout = self._system.shutdown_timeout
+        deadline = anyio.current_time() + timeout
         try:
             with anyio.CancelScope(shield=True):
-                with anyio.move_on_after(self._system.shutdown_timeout) as scope:
+                with anyio.move_on_after(timeout) as scope:
                     # Calls already inside ingest/ingest_many finish first: what they accept is
                     # accepted. Then every partial or unsent batch goes out.
                     while self._active_ingests:
@@ -226,6 +228,8 @@ class FeatureRuntime:
                 if scope.cancelled_caught:
                     self._ingest.abandon_unsent()
         finally:
+            # One shutdown_timeout for the whole exit: the actors' drain gets what is left.
+            self._system.shutdown_timeout = max(deadline - anyio.current_time(), 0.001)
             self._tg.cancel_scope.cancel()
             result = await self._stack.__aexit__(exc_type, exc, tb)
         _log.info(
