@@ -16,4 +16,3 @@ async def test_ingest_many_keeps_a_keys_order_across_fast_and_slow_events() -> N
             ]
         )
         assert (await rt.get("a"))["last_v"] == "second-arrival"  # ties: the later arrival
-
