@@ -86,7 +86,6 @@ class CompiledGroup:
     values: Callable[[Any], tuple[Any, ...]]
     merge: Callable[[Any, Any], Any] | None
     slot_count: int
-    extra_bytes: int
     source: str
 
     def new_state(self) -> Any:
@@ -455,6 +454,5 @@ def compile_group(features: Sequence[Any], *, group: str = "g0") -> CompiledGrou
         values=namespace["values"],
         merge=namespace.get("merge"),
         slot_count=len(builder.slots),
-        extra_bytes=sum(KINDS[t].extra_bytes for t in (_tag(f) for f in features) if t in KINDS),
         source=source,
     )

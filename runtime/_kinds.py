@@ -112,8 +112,6 @@ class Kind:
     merge: str | None
     numeric: bool = False
     field: bool = True
-    #: rough state bytes per key beyond the slots, for statistics
-    extra_bytes: int = 0
     #: role -> family: features of one group that read the same field under the same condition
     #: share a slot of the same family, and its update runs once (``mean`` reuses ``sum``'s
     #: running total; ``variance`` and ``std`` share one Welford triple)
@@ -231,7 +229,6 @@ KINDS: dict[str, Kind] = {
         "{S.d} = _distinct_add({S.d}, v, {p.exact_limit}, {p.precision})",
         "_distinct_value({S.d})",
         "{R.d} = _distinct_merge({A.d}, {B.d}, {p.exact_limit}, {p.precision})",
-        extra_bytes=64,
     ),
     "time_since": Kind(
         (("a", -1), ("b", -1)),

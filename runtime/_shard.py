@@ -171,7 +171,7 @@ class GroupShard(Actor[Any]):
         if errors:
             self._record_errors(errors, emit=out is not None)
         if out is not None:
-            await self._publish(out, errors, elapsed / n / 1e6, now)
+            await self._publish(out, errors, now)
 
     def _record_errors(self, errors: list[Any], *, emit: bool) -> None:
         for error in errors:
@@ -180,11 +180,9 @@ class GroupShard(Actor[Any]):
             self.recent_errors.append(FeatureError(name, key, t, f"{type(exc).__name__}: {exc}"))
         _log.debug("feature_errors", group=self.group_name, shard=self.shard, count=len(errors))
 
-    async def _publish(
-        self, out: list[Any], errors: list[Any], per_event_ms: float, now: float
-    ) -> None:
+    async def _publish(self, out: list[Any], errors: list[Any], now: float) -> None:
         names = self.group.names
-        latency = self.feature_latency_ms or dict.fromkeys(names, per_event_ms / max(len(names), 1))
+        latency = self.feature_latency_ms  # set by the first batch, which is always sampled
         by_position: dict[int, dict[str, str]] = {}
         for position, _key, _t, name, exc in errors:
             by_position.setdefault(position, {})[name] = f"{type(exc).__name__}: {exc}"

@@ -77,7 +77,6 @@ def distinct_add(state: set[Any] | bytearray | None, value: Any, limit: int, pre
     Raises ``TypeError`` for an unhashable value, leaving the state unchanged.
     """
     if state is None:
-        hash(value)
         return {value}
     if isinstance(state, set):
         state.add(value)
