@@ -22,7 +22,9 @@ from ._results import FeatureError as FeatureError
 from ._results import FeatureResult as FeatureResult
 from ._results import FeatureUpdate as FeatureUpdate
 from ._results import FeatureVector as FeatureVector
+from ._results import LateEvent as LateEvent
 from ._results import RuntimeStatistics as RuntimeStatistics
+from ._results import WindowStatistics as WindowStatistics
 from ._runtime import FeatureRuntime as FeatureRuntime
 from ._spec import FEATURE_TYPES as FEATURE_TYPES
 from ._spec import Count as Count
@@ -36,12 +38,20 @@ from ._spec import Last as Last
 from ._spec import Max as Max
 from ._spec import Mean as Mean
 from ._spec import Min as Min
+from ._spec import Percentile as Percentile
+from ._spec import Quantile as Quantile
 from ._spec import Ratio as Ratio
 from ._spec import Std as Std
 from ._spec import Sum as Sum
 from ._spec import TimeSince as TimeSince
+from ._spec import TopK as TopK
 from ._spec import Variance as Variance
 from ._spec import Where as Where
+from ._spec_window import Hopping as Hopping
+from ._spec_window import Session as Session
+from ._spec_window import Sliding as Sliding
+from ._spec_window import Tumbling as Tumbling
+from ._spec_window import Window as Window
 from ._updates import UpdateSubscription as UpdateSubscription
 
 __all__ = [
@@ -62,23 +72,33 @@ __all__ = [
     "FeatureVector",
     "FeaturistError",
     "First",
+    "Hopping",
     "InvalidEvent",
     "Last",
+    "LateEvent",
     "Max",
     "Mean",
     "MeasuredCost",
     "Min",
+    "Percentile",
+    "Quantile",
     "Ratio",
     "RuntimeClosed",
     "RuntimeStatistics",
+    "Session",
+    "Sliding",
     "SpecError",
     "Std",
     "Sum",
     "TimeSince",
+    "TopK",
+    "Tumbling",
     "UnknownFeature",
     "UpdateSubscription",
     "Variance",
     "Where",
+    "Window",
+    "WindowStatistics",
     "configure_logging",
     "estimate_cost",
     "estimate_feature_set",

@@ -28,25 +28,38 @@ A distinct count is costed at its worst case: a key that reaches ``exact_limit``
 holds them all (about ``DISTINCT_VALUE_BYTES`` each) before it switches to a sketch of
 ``2**precision`` one-byte registers.
 
-Later feature families (windows, joins, patterns) add rows to ``_PROFILES`` with their own
-category: ``windowed_aggregate``, ``temporal_join``, ``complex_pattern``.
+A feature with a ``window`` (and ``percentile``, ``quantile`` and ``top_k``, which always have
+one) is a ``windowed_aggregate``. Its state depends on how many events a key's window holds:
+``w = event_rate / keys * window seconds`` (the gap, for a session). A sliding window holds
+each event (``WINDOW_ENTRY_BYTES``, plus 8 bytes in a sorted list for a percentile); a
+tumbling or hopping window holds one accumulator per pane (``size / hop + 1`` panes), which
+holds the values themselves for a percentile, a sketch (``SKETCH_BYTES``) for a quantile, and
+the distinct values for ``top_k`` and ``distinct_count``. Window bookkeeping adds
+``WINDOW_OPS`` operations per event, and a sorted list ``log2(w)``.
+
+Later feature families (joins, patterns) add rows to ``_PROFILES`` with their own category:
+``temporal_join``, ``complex_pattern``.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Literal, NamedTuple, TypeAlias
+from typing import Any, Literal, NamedTuple, TypeAlias
 
 import msgspec
 
 from ._exceptions import SpecError
 from ._spec import DistinctCount, FeatureSet, FeatureSpec
+from ._spec_window import Hopping, Session, Sliding, Tumbling
 
 __all__ = [
     "BOTTLENECK_THRESHOLD",
     "DISTINCT_VALUE_BYTES",
     "MEMORY_BUDGET_BYTES",
     "NS_PER_OPERATION",
+    "SKETCH_BYTES",
+    "WINDOW_ENTRY_BYTES",
+    "WINDOW_OPS",
     "Bottleneck",
     "Category",
     "CostEstimate",
@@ -98,7 +111,18 @@ _PROFILES: dict[str, _Profile] = {
     "distinct_count": _Profile(_SIMPLE, "O(1)", "O(min(n, exact_limit))", 3, 0),
     "time_since": _Profile(_SIMPLE, "O(1)", "O(1)", 2, 16),
     "ratio": _Profile(_SIMPLE, "O(1)", "O(1)", 2, 0),
+    # windowed only; the state is computed by _window_bytes
+    "percentile": _Profile("windowed_aggregate", "O(log w)", "O(w)", 4, 8),
+    "quantile": _Profile("windowed_aggregate", "O(1)", "O(log range)", 4, 0),
+    "top_k": _Profile("windowed_aggregate", "O(log d)", "O(d)", 4, 0),
 }
+
+#: Bytes per event held in a sliding window: a deque slot, a (time, value) tuple, a number.
+WINDOW_ENTRY_BYTES = 100
+#: Bytes of one quantile sketch at the default accuracy for typical data (a few hundred bins).
+SKETCH_BYTES = 4096
+#: Operations per event for window bookkeeping (lateness check, clock, eviction or pane lookup).
+WINDOW_OPS = 3
 
 
 class CostEstimate(msgspec.Struct, frozen=True, kw_only=True):
@@ -189,16 +213,33 @@ def _estimate(feature: FeatureSpec, event_rate: float, keys: int) -> CostEstimat
     if profile is None:
         raise SpecError(f"{feature.name}: no cost profile for feature type {feature.type_name!r}")
     ops_per_event = profile.ops_per_event + (feature.where is not None)
+    category = profile.category
+    time_complexity, space_complexity = profile.time_complexity, profile.space_complexity
+    if feature.window is not None:
+        category = "windowed_aggregate"
+        held = _window_events(feature.window, event_rate, keys)
+        ops_per_event += WINDOW_OPS
+        if feature.type_name == "percentile":
+            ops_per_event += max(1, math.ceil(math.log2(held + 1)))
+        state = _window_bytes(feature, held)
+        if isinstance(feature.window, Sliding):
+            space_complexity = "O(w)"
+            if time_complexity == "O(1)":
+                time_complexity = "O(1) amortized"
+        elif isinstance(feature.window, Hopping):
+            time_complexity += " per event, O(size / hop) per read"
+            space_complexity = f"O(size / hop) x {space_complexity}"
+    else:
+        state = _state_bytes(feature, profile)
     operations = event_rate * ops_per_event
     cpu = operations * NS_PER_OPERATION / 1e9
-    state = _state_bytes(feature, profile)
     memory = state * keys
     return CostEstimate(
         feature=feature.name,
         type=feature.type_name,
-        category=profile.category,
-        time_complexity=profile.time_complexity,
-        space_complexity=profile.space_complexity,
+        category=category,
+        time_complexity=time_complexity,
+        space_complexity=space_complexity,
         operations_per_second=operations,
         state_bytes_per_key=state,
         memory_bytes=memory,
@@ -211,6 +252,31 @@ def _state_bytes(feature: FeatureSpec, profile: _Profile) -> int:
     if isinstance(feature, DistinctCount):
         return max(feature.exact_limit * DISTINCT_VALUE_BYTES, 1 << feature.precision)
     return profile.state_bytes
+
+
+def _window_events(window: Any, event_rate: float, keys: int) -> float:
+    """Events a key's window holds on average: ``w``."""
+    span_ms = window.gap_ms if isinstance(window, Session) else window.size_ms
+    return event_rate / keys * span_ms / 1000
+
+
+def _window_bytes(feature: FeatureSpec, held: float) -> int:
+    window = feature.window
+    kind = feature.type_name
+    if isinstance(window, Sliding):
+        per_event = WINDOW_ENTRY_BYTES + (8 if kind == "percentile" else 0)
+        extra = SKETCH_BYTES if kind == "quantile" else 0
+        return int(held * per_event) + extra + 200
+    panes = window.size_ms // window.hop_ms + 1 if isinstance(window, Tumbling | Hopping) else 2
+    if kind == "percentile":
+        per_pane = held / max(panes - 1, 1) * 40 + 200
+    elif kind == "quantile":
+        per_pane = SKETCH_BYTES
+    elif kind in ("top_k", "distinct_count"):
+        per_pane = held / max(panes - 1, 1) * DISTINCT_VALUE_BYTES + 200
+    else:
+        per_pane = _PROFILES[kind].state_bytes + 200
+    return int(panes * per_pane)
 
 
 def _bottleneck(cpu_share: float, memory_share: float) -> Bottleneck:

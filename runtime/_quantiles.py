@@ -1,11 +1,11 @@
 """Quantiles of a window: exact ones from a sorted container, approximate ones from DDSketch.
 
 Both follow the protocol of ``runtime._window_stats`` (``add``, ``merge``, ``copy``, ``len``,
-``to_record``/``from_record``); ``SortedValues`` also has ``remove``, ``QuantileSketch`` cannot.
+``to_record``/``from_record``) and have ``remove`` for sliding windows.
 
 ``SortedValues`` answers exactly in O(log n) per update and per query and holds every value: use
 it for sliding windows. ``QuantileSketch`` holds only bin counts (a few hundred for most data)
-and merges exactly, but cannot forget a value: use it per pane of a hopping or tumbling window.
+and merges exactly: use it for large windows where an approximate answer will do.
 """
 
 from __future__ import annotations
@@ -183,8 +183,8 @@ class QuantileSketch:
     the logarithm of the range of magnitudes, not with the count: 551 bins for 1 to 60,000 at
     alpha 0.01, and at most 70,904 (the whole float range) however wild the data. ``add`` is
     O(1) amortized; ``quantile`` and ``merge`` are O(bins). Merging is exact: the merged sketch
-    equals the sketch of all the values. There is no ``remove``: a sketch cannot forget, so
-    windows keep one sketch per pane and merge the panes they span.
+    equals the sketch of all the values. ``remove(x)`` decrements the bin of ``x``, so a sliding
+    window can forget values it added: the sketch then equals one built from the values left.
     """
 
     __slots__ = ("_alpha", "_limit", "_sketch")
@@ -224,6 +224,34 @@ class QuantileSketch:
         _check_q(q, 1)
         value = self._sketch.get_quantile_value(q)
         return None if value is None else float(value)
+
+    def remove(self, x: float) -> None:
+        """Undo one ``add(x)``: the caller guarantees ``x`` was added and not yet removed (a bin
+        would otherwise go negative, which is checked: ``ValueError``).
+
+        DDSketch has no public removal; its stores are counts per bin, so this decrements the
+        bin that ``add`` incremented (the same private stores ``to_record`` reads). The running
+        sum, min and max DDSketch keeps for itself go stale; this class never reads them.
+        """
+        sketch = self._sketch
+        mapping = sketch._mapping
+        if x > mapping.min_possible:
+            store, key = sketch._store, mapping.key(x)
+        elif x < -mapping.min_possible:
+            store, key = sketch._negative_store, mapping.key(-x)
+        else:
+            if sketch._zero_count < 1:
+                raise ValueError(f"x={x!r} is not held: remove only values that were added")
+            sketch._zero_count -= 1
+            sketch._count -= 1
+            return
+        dense = cast(DenseStore, store)
+        index = key - dense.offset
+        if not 0 <= index < len(dense.bins) or dense.bins[index] < 1:
+            raise ValueError(f"x={x!r} is not held: remove only values that were added")
+        dense.bins[index] -= 1
+        dense.count -= 1
+        sketch._count -= 1
 
     def merge(self, other: QuantileSketch) -> None:
         """Add ``other``'s values; raises ``ValueError`` unless both have the same ``alpha``."""

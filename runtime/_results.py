@@ -17,7 +17,9 @@ __all__ = [
     "FeatureResult",
     "FeatureUpdate",
     "FeatureVector",
+    "LateEvent",
     "RuntimeStatistics",
+    "WindowStatistics",
 ]
 
 
@@ -52,6 +54,12 @@ class FeatureUpdate(msgspec.Struct, frozen=True):
     processed_at: float
     #: the feature group that computed it
     group: str = "g0"
+    #: ``"update"`` after an event; for windowed features also ``"close"`` (the final values
+    #: of a window that closed, in ``values``: only that window's features) and
+    #: ``"correction"`` (a closed window's new final values after a late event)
+    kind: str = "update"
+    #: for ``"close"`` and ``"correction"``: the window's ``(start, end)`` in event time (ms)
+    window: tuple[int, int] | None = None
 
     def result(self, name: str) -> FeatureResult:
         """One feature's :class:`FeatureResult` for this event."""
@@ -66,6 +74,22 @@ class FeatureUpdate(msgspec.Struct, frozen=True):
     def results(self) -> dict[str, FeatureResult]:
         """Every feature's :class:`FeatureResult`, by name."""
         return {name: self.result(name) for name in self.values}
+
+
+class LateEvent(msgspec.Struct, frozen=True):
+    """An event later than ``allowed_lateness``, from ``rt.late_events()`` (with
+    ``late_policy="side_output"``)."""
+
+    #: the entity key
+    key: Any
+    #: the event's time, milliseconds since the epoch
+    event_time: int
+    #: the key's watermark when the event arrived (ms)
+    watermark: int
+    #: the event's fields
+    event: dict[str, Any]
+    #: the feature group whose windows it missed
+    group: str
 
 
 class FeatureVector(msgspec.Struct, frozen=True):
@@ -118,6 +142,30 @@ class FeatureDescription(msgspec.Struct, frozen=True):
     measured_cost: MeasuredCost | None = None
 
 
+class WindowStatistics(msgspec.Struct, frozen=True, kw_only=True):
+    """The windowed feature groups' part of ``rt.statistics()``, summed over shards."""
+
+    #: keys with window state, and its estimated bytes in total and per key
+    keys: int = 0
+    state_bytes: int = 0
+    state_bytes_per_key: float = 0.0
+    #: events held in sliding windows, panes and sessions
+    events_held: int = 0
+    #: late events: dropped (beyond ``allowed_lateness``, or past the correction horizon),
+    #: sent to the side output, applied with ``late_policy="update"``
+    late_dropped: int = 0
+    late_side_output: int = 0
+    late_applied: int = 0
+    #: windows closed (final values emitted) and corrections emitted
+    windows_closed: int = 0
+    corrections: int = 0
+    #: keys whose window state was dropped: all windows closed after idle time, or quiet
+    #: for ``state_ttl``
+    expired_keys: int = 0
+    #: times an idle key's clock was moved on by wall-clock time
+    idle_advances: int = 0
+
+
 class RuntimeStatistics(msgspec.Struct, frozen=True):
     """A snapshot of the runtime (``rt.statistics()``)."""
 
@@ -144,3 +192,5 @@ class RuntimeStatistics(msgspec.Struct, frozen=True):
     shards: int
     #: the deepest shard mailbox now, in batches
     max_mailbox_depth: int
+    #: window state, lateness and expiry (None without windowed features)
+    windows: WindowStatistics | None = None

@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from itertools import islice
@@ -50,12 +50,17 @@ from ._kernel import CompiledGroup, compile_group
 from ._results import (
     FeatureDescription,
     FeatureError,
+    FeatureUpdate,
     FeatureVector,
+    LateEvent,
     RuntimeStatistics,
+    WindowStatistics,
 )
 from ._shard import GetStates, GetStats, GroupShard, Ping, ShardStats
 from ._spec import Feature, FeatureSet
 from ._updates import Policy, UpdateHub, UpdateSubscription
+from ._window_engine import WindowEngine
+from ._window_shard import IdleTick, WindowShard, WindowStats, WindowStatsRequest
 
 __all__ = ["FeatureRuntime"]
 
@@ -64,11 +69,28 @@ _log = get_logger("featurist")
 
 @dataclass
 class _Group:
+    """A feature group: keyed aggregates (``compiled``) or windowed features (``engine``)."""
+
     name: str
     features: list[Any]
-    compiled: CompiledGroup
+    compiled: CompiledGroup | None
+    engine: WindowEngine | None = None
     refs: list[ActorRef[Any]] = field(default_factory=list)
     defaults: tuple[Any, ...] = ()
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        if self.engine is not None:
+            return self.engine.names
+        assert self.compiled is not None
+        return self.compiled.names
+
+    @property
+    def types(self) -> tuple[str, ...]:
+        if self.engine is not None:
+            return self.engine.types
+        assert self.compiled is not None
+        return self.compiled.types
 
 
 def _check_int(name: str, value: Any, low: int, high: int | None = None) -> None:
@@ -101,6 +123,8 @@ class FeatureRuntime:
         dead_letters_capacity: dead letters kept (all are counted).
         route_cache_size: keys whose shard is remembered, so routing a known key costs one
             dict lookup instead of a hash (the cache is cleared when full).
+        clock: the wall clock (seconds) that idle time and state expiry are measured with;
+            tests pass a fake one and call :meth:`flush` to apply it.
 
     Example::
 
@@ -125,6 +149,7 @@ class FeatureRuntime:
         shutdown_timeout: float = 30.0,
         dead_letters_capacity: int = 10_000,
         route_cache_size: int = 1 << 20,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if not isinstance(feature_set, FeatureSet):
             raise TypeError(f"feature_set must be a FeatureSet, got {type(feature_set).__name__}")
@@ -164,7 +189,9 @@ class FeatureRuntime:
             dead_letters_capacity=dead_letters_capacity,
             mailbox=self._mailbox,
         )
-        self._hub = UpdateHub()
+        self._hub: UpdateHub[FeatureUpdate] = UpdateHub()
+        self._late_hub: UpdateHub[LateEvent] = UpdateHub()
+        self._clock = clock
         self._groups: list[_Group] = []
         self._ingest = Ingest(
             self._reader, self._router, self._groups, batch_size, self._system.dead_letters
@@ -186,9 +213,10 @@ class FeatureRuntime:
         await stack.__aenter__()
         try:
             stack.callback(self._hub.close)
+            stack.callback(self._late_hub.close)
             await stack.enter_async_context(self._system)
             self._supervisor = self._system.supervisor("features")
-            await self._add_group(list(self.feature_set.features))
+            await self._add_groups(list(self.feature_set.features), self.feature_set)
             self._tg = await stack.enter_async_context(anyio.create_task_group())
             self._tg.start_soon(self._flusher, name="featurist-flusher")
         except BaseException:
@@ -319,12 +347,18 @@ class FeatureRuntime:
             self._leave_ingest()
 
     async def flush(self) -> None:
-        """Send every partial batch and wait until every actor has applied what it was sent."""
+        """Send every partial batch and wait until every actor has applied what it was sent.
+
+        With ``idle_timeout`` or ``state_ttl`` set, windowed groups also apply idle time and
+        expiry at once, rather than at their next timer tick.
+        """
         self._check_running()
         await self._ingest.send_all()
         for group in self._groups:
             for ref in group.refs:
                 await ref.ask(Ping(), timeout=None)  # a reply means every earlier batch is applied
+                if group.engine is not None and group.engine.tracks_idle:
+                    await ref.ask(IdleTick(), timeout=None)
 
     # -- reading -------------------------------------------------------------------------------
     async def get(self, key: Any, features: list[str] | None = None) -> FeatureVector:
@@ -361,7 +395,7 @@ class FeatureRuntime:
         groups = [
             group
             for group in self._groups
-            if features is None or any(name in features for name in group.compiled.names)
+            if features is None or any(name in features for name in group.names)
         ]
         for shard, shard_keys in by_shard.items():
             await self._ingest.send(shard)
@@ -374,12 +408,17 @@ class FeatureRuntime:
         vectors = {}
         for key, item in found.items():
             values = {name: item.values[name] for name in names if name in item.values}
-            watermark = None if item.high is None else item.high - self._lateness
+            if item.watermark is not None:
+                watermark: int | None = item.watermark
+            else:
+                watermark = None if item.high is None else item.high - self._lateness
             lag = None if item.last is None else now_ms - item.last
             vectors[key] = FeatureVector(key, values, item.last, watermark, item.updated, lag)
         return vectors
 
-    def updates(self, *, buffer: int = 10_000, policy: Policy = "block") -> UpdateSubscription:
+    def updates(
+        self, *, buffer: int = 10_000, policy: Policy = "block"
+    ) -> UpdateSubscription[FeatureUpdate]:
         """Subscribe to every change, as it happens: an async iterator of ``FeatureUpdate``.
 
         Subscribing costs the runtime one update object per event and group. ``policy``:
@@ -416,25 +455,82 @@ class FeatureRuntime:
                 self.feature_set, features=(*self.feature_set.features, *features)
             )
             await self._ingest.send_all()
-            group = await self._add_group(list(features))
+            groups = await self._add_groups(list(features), feature_set)
             self.feature_set = feature_set
-        _log.info("features_registered", group=group.name, features=list(group.compiled.names))
-        return [self._description(f, group, None) for f in features]
+        for group in groups:
+            _log.info("features_registered", group=group.name, features=list(group.names))
+        return [self._description(f, self._group_of(f.name), None) for f in features]
 
-    async def _add_group(self, features: list[Any]) -> _Group:
-        assert self._supervisor is not None
+    def _group_of(self, name: str) -> _Group:
+        for group in self._groups:
+            if name in group.names:
+                return group
+        raise UnknownFeature(
+            f"no feature named {name!r} (known: {', '.join(self.feature_set.names)})"
+        )
+
+    async def _add_groups(self, features: list[Any], feature_set: FeatureSet) -> list[_Group]:
+        """Add the features as up to two groups: keyed aggregates, then windowed features."""
+        windowed = [f for f in features if feature_set.is_windowed(f.name)]
+        keyed = [f for f in features if not feature_set.is_windowed(f.name)]
+        groups = []
+        if keyed:
+            groups.append(await self._add_keyed_group(keyed))
+        if windowed:
+            groups.append(await self._add_window_group(windowed, feature_set))
+        return groups
+
+    async def _add_keyed_group(self, features: list[Any]) -> _Group:
         name = f"g{len(self._groups)}"
         compiled = compile_group(features, group=name)
         group = _Group(name, features, compiled, defaults=compiled.values(compiled.new_state()))
+        await self._spawn(
+            group,
+            functools.partial(
+                GroupShard, compiled, name, hub=self._hub, sample_every=self.sample_every
+            ),
+        )
+        return group
+
+    async def _add_window_group(self, features: list[Any], feature_set: FeatureSet) -> _Group:
+        name = f"w{len(self._groups)}"
+        idle = feature_set.duration_ms("idle_timeout")
+        ttl = feature_set.duration_ms("state_ttl")
+        engine = WindowEngine(
+            features,
+            max_out_of_orderness=feature_set.max_out_of_orderness_ms,
+            allowed_lateness=feature_set.duration_ms("allowed_lateness") or 0,
+            late_policy=feature_set.late_policy,
+            correction_horizon=feature_set.duration_ms("correction_horizon") or 0,
+            emit=feature_set.emit,
+            idle_timeout=None if idle is None else idle / 1000,
+            state_ttl=None if ttl is None else ttl / 1000,
+        )
+        group = _Group(name, features, None, engine, defaults=engine.defaults)
+        await self._spawn(
+            group,
+            functools.partial(
+                WindowShard,
+                engine,
+                name,
+                hub=self._hub,
+                late_hub=self._late_hub,
+                sample_every=self.sample_every,
+                clock=self._clock,
+            ),
+        )
+        return group
+
+    async def _spawn(self, group: _Group, factory: Callable[..., Any]) -> None:
+        assert self._supervisor is not None
         for shard in range(self.shards):
             ref = await self._supervisor.spawn(
-                functools.partial(GroupShard, compiled, name, shard, self._hub, self.sample_every),
-                name=f"{name}-shard-{shard}",
+                functools.partial(factory, shard=shard),
+                name=f"{group.name}-shard-{shard}",
                 mailbox=self._mailbox,
             )
             group.refs.append(ref)
         self._groups.append(group)
-        return group
 
     def _estimate(self, feature: Any) -> CostEstimate:
         return estimate_cost(feature, event_rate=self.expected_event_rate, keys=self.expected_keys)
@@ -444,7 +540,7 @@ class FeatureRuntime:
     ) -> FeatureDescription:
         return FeatureDescription(
             name=feature.name,
-            type=group.compiled.types[group.compiled.names.index(feature.name)],
+            type=group.types[group.names.index(feature.name)],
             group=group.name,
             inputs=tuple(feature.inputs()),
             estimated_cost=self._estimate(feature),
@@ -459,8 +555,8 @@ class FeatureRuntime:
         """
         self._check_running()
         for group in self._groups:
-            if name in group.compiled.names:
-                index = group.compiled.names.index(name)
+            if name in group.names:
+                index = group.names.index(name)
                 stats = await self._group_stats(group)
                 feature = group.features[index]
                 return self._description(feature, group, self._measure(group, index, stats))
@@ -474,23 +570,25 @@ class FeatureRuntime:
             return None
         sampled = sum(s.sampled_events for s in stats)
         feature_ns = sum(s.feature_ns[index] for s in stats)
-        is_ratio = group.compiled.types[index] == "ratio"  # computed when read, not per event
+        is_ratio = group.types[index] == "ratio"  # computed when read, not per event
         mean_us = feature_ns / sampled / 1000 if sampled and not is_ratio else None
         starts = [s.first_event_at for s in stats if s.first_event_at is not None]
         ends = [s.last_event_at for s in stats if s.last_event_at is not None]
         span = max(ends) - min(starts) if starts and ends else 0.0
         keys = sum(s.keys for s in stats)
         state_bytes = sum(s.state_bytes for s in stats)
-        slots = max(group.compiled.slot_count, 1)
+        if group.compiled is not None:
+            share = _slots_of(group, index) / max(group.compiled.slot_count, 1)
+        else:
+            # windowed features share their buffers: each is charged an equal part
+            share = 1 / len(group.names)
         return MeasuredCost(
-            feature=group.compiled.names[index],
+            feature=group.names[index],
             events=events,
             mean_latency_us=mean_us,
             p99_latency_us=None,
             events_per_second=events / span if span > 0 else None,
-            state_bytes_per_key=(state_bytes / keys / slots * _slots_of(group, index))
-            if keys
-            else None,
+            state_bytes_per_key=state_bytes / keys * share if keys else None,
         )
 
     # -- looking at it ---------------------------------------------------------------------------
@@ -508,7 +606,8 @@ class FeatureRuntime:
                 for name, n in s.errors.items():
                     errors[name] = errors.get(name, 0) + n
         # Every event goes to the first group; later groups see events from their registration.
-        keys = sum(s.keys for s in first)
+        # Keyed and window groups keep (and expire) keys of their own: the larger count is shown.
+        keys = max(sum(s.keys for s in stats) for stats in all_stats)
         state_bytes = sum(s.state_bytes for stats in all_stats for s in stats)
         latencies = sorted((lat, n) for stats in all_stats for s in stats for lat, n in s.latencies)
         highs = [s.max_time for s in first if s.max_time is not None]
@@ -529,7 +628,48 @@ class FeatureRuntime:
             groups=len(self._groups),
             shards=self.shards,
             max_mailbox_depth=depth,
+            windows=await self._window_statistics(all_stats),
         )
+
+    async def _window_statistics(
+        self, all_stats: list[list[ShardStats]]
+    ) -> WindowStatistics | None:
+        total = WindowStatistics()
+        found = False
+        for group, stats in zip(self._groups, all_stats, strict=True):
+            if group.engine is None:
+                continue
+            found = True
+            keys = sum(s.keys for s in stats)
+            state_bytes = sum(s.state_bytes for s in stats)
+            counts: dict[str, int] = {}
+            held = 0
+            for ref in group.refs:
+                reply: WindowStats = await ref.ask(WindowStatsRequest(), timeout=None)
+                held += reply.held_events
+                for name, n in vars(reply.counters).items():
+                    counts[name] = counts.get(name, 0) + n
+            total = msgspec.structs.replace(
+                total,
+                keys=total.keys + keys,
+                state_bytes=total.state_bytes + state_bytes,
+                events_held=total.events_held + held,
+                **{name: getattr(total, name) + n for name, n in counts.items()},
+            )
+        if not found:
+            return None
+        per_key = total.state_bytes / total.keys if total.keys else 0.0
+        return msgspec.structs.replace(total, state_bytes_per_key=per_key)
+
+    def late_events(
+        self, *, buffer: int = 10_000, policy: Policy = "block"
+    ) -> UpdateSubscription[LateEvent]:
+        """Subscribe to events later than ``allowed_lateness`` (with
+        ``late_policy="side_output"``): an async iterator of :class:`LateEvent`. ``buffer``
+        and ``policy`` as for :meth:`updates`; late events that arrive while nobody is
+        subscribed are counted in ``statistics().windows.late_side_output`` only."""
+        self._check_running()
+        return self._late_hub.subscribe(buffer, policy)
 
     async def recent_errors(self) -> list[FeatureError]:
         """Recent feature errors (the last 100 of each shard actor), by event time."""
@@ -546,17 +686,24 @@ class FeatureRuntime:
 class _Found:
     """A key's replies from the groups of its shard, merged."""
 
-    __slots__ = ("high", "last", "updated", "values")
+    __slots__ = ("high", "last", "updated", "values", "watermark")
 
     def __init__(self) -> None:
         self.values: dict[str, Any] = {}
         self.last: int | None = None
         self.updated: float | None = None
         self.high: int | None = None
+        #: the key's own watermark, from a window group
+        self.watermark: int | None = None
 
     def add(self, group: _Group, reply: tuple[Any, ...]) -> None:
-        state_values, last, updated, high = reply
-        names = group.compiled.names
+        if len(reply) == 5:
+            state_values, last, updated, high, watermark = reply
+            if watermark is not None and (self.watermark is None or watermark > self.watermark):
+                self.watermark = watermark
+        else:
+            state_values, last, updated, high = reply
+        names = group.names
         self.values.update(zip(names, state_values or group.defaults, strict=True))
         if last is not None and (self.last is None or last > self.last):
             self.last = last
@@ -568,6 +715,7 @@ class _Found:
 
 def _slots_of(group: _Group, index: int) -> int:
     prefix = f"f{index}_"
+    assert group.compiled is not None
     fields = group.compiled.record_type.__struct_fields__
     return sum(1 for name in fields if name.startswith(prefix))
 

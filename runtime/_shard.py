@@ -89,7 +89,12 @@ class GroupShard(Actor[Any]):
     """Computes one compiled feature group for one shard's keys. Internal."""
 
     def __init__(
-        self, group: CompiledGroup, group_name: str, shard: int, hub: UpdateHub, sample_every: int
+        self,
+        group: CompiledGroup,
+        group_name: str,
+        shard: int,
+        hub: UpdateHub[FeatureUpdate],
+        sample_every: int,
     ) -> None:
         self.group = group
         self.group_name = group_name

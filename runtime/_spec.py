@@ -21,10 +21,9 @@ from __future__ import annotations
 import math
 import operator
 import os
-import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Literal, NoReturn, TypeAlias, cast, get_args
+from typing import Any, ClassVar, Literal, TypeAlias, cast, get_args
 
 import msgspec
 import msgspec.json
@@ -34,7 +33,23 @@ import msgspec.yaml
 
 from ._duration import Duration, parse_duration
 from ._exceptions import FeatureValueError, SpecError, UnknownFeature
+from ._quantiles import PERCENTILE_METHODS
+from ._spec_checks import MAX_NAME_LENGTH
+from ._spec_checks import check_duration as _check_duration
+from ._spec_checks import check_int as _check_int
+from ._spec_checks import check_name as _check_name
+from ._spec_checks import check_str as _check_str
+from ._spec_checks import fail as _fail
+from ._spec_checks import kind as _kind
 from ._spec_errors import explain
+from ._spec_window import (
+    EMIT_MODES,
+    LATE_POLICIES,
+    WINDOW_TYPES,
+    EmitMode,
+    LatePolicy,
+    Window,
+)
 
 __all__ = [
     "FEATURE_TYPES",
@@ -53,19 +68,18 @@ __all__ = [
     "Mean",
     "Min",
     "Op",
+    "Percentile",
+    "PercentileMethod",
+    "Quantile",
     "Ratio",
     "Std",
     "Sum",
     "TimeSince",
     "TimeUnit",
+    "TopK",
     "Variance",
     "Where",
 ]
-
-#: The longest allowed feature (or feature set) name.
-MAX_NAME_LENGTH = 100
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_PYTHON = "<python>"
 
 Op: TypeAlias = Literal["==", "!=", "<", "<=", ">", ">=", "in", "not_in"]
 #: The operators of a ``Where`` condition.
@@ -73,6 +87,8 @@ OPS: tuple[str, ...] = get_args(Op)
 TimeUnit: TypeAlias = Literal["ms", "s", "us", "ns"]
 #: The units of numeric event times.
 TIME_UNITS: tuple[str, ...] = get_args(TimeUnit)
+
+PercentileMethod: TypeAlias = Literal["nearest_rank", "linear"]
 
 _LIST_OPS = frozenset({"in", "not_in"})
 _ORDER_OPS = frozenset({"<", "<=", ">", ">="})
@@ -88,54 +104,11 @@ _OPERATORS: dict[str, Callable[[Any, Any], Any]] = {
 }
 
 
-def _fail(owner: object, path: str, reason: str) -> NoReturn:
-    """Raise the ``SpecError`` for a rule broken by ``owner``, from its ``__post_init__``.
-
-    Built in Python, the message reads ``<python>: Owner.path: reason``. While decoding, msgspec
-    wraps the error in a ``ValidationError`` (keeping it as ``__cause__``) and ``explain``
-    (``_spec_errors``) rebuilds the message from the document location and the ``(path, reason)``
-    kept here.
-    """
-    error = SpecError(f"{_PYTHON}: {type(owner).__name__}.{path}: {reason}")
-    error._spec_field = (path, reason)  # type: ignore[attr-defined]
-    raise error
-
-
-def _kind(value: object) -> str:
-    return "null" if value is None else type(value).__name__
-
-
-def _check_str(owner: object, path: str, value: object, *, empty: bool = False) -> None:
-    if not isinstance(value, str):
-        _fail(owner, path, f"expected a string, got {_kind(value)}")
-    if not empty and not value:
-        _fail(owner, path, "must not be empty")
-
-
-def _check_name(owner: object, path: str, value: object) -> None:
-    _check_str(owner, path, value)
-    assert isinstance(value, str)
-    if len(value) > MAX_NAME_LENGTH:
-        _fail(owner, path, f"longer than {MAX_NAME_LENGTH} characters: {value[:20]!r}...")
-    if not _NAME.fullmatch(value):
-        _fail(owner, path, f"not a valid name: {value!r} (use letters, digits and _)")
-
-
-def _check_int(owner: object, path: str, value: object, low: int, high: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool):
-        _fail(owner, path, f"expected an int, got {_kind(value)}")
-    if not low <= value <= high:
-        _fail(owner, path, f"must be between {low} and {high}, got {value}")
-
-
-def _check_duration(owner: object, path: str, value: object, *, positive: bool) -> int:
-    try:
-        ms = parse_duration(cast("int | float | str", value), field=path)
-    except SpecError as exc:
-        _fail(owner, path, str(exc).removeprefix(f"{path}: "))
-    if positive and ms == 0:
-        _fail(owner, path, f"must be > 0, got {value!r}")
-    return ms
+def _check_fraction(owner: object, path: str, value: object, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        _fail(owner, path, f"expected a number, got {_kind(value)}")
+    if not 0 <= value <= high:
+        _fail(owner, path, f"must be between 0 and {high}, got {value!r}")
 
 
 def _check_scalar(owner: object, path: str, value: object, op: str) -> None:
@@ -224,15 +197,26 @@ class FeatureSpec(
     name: str
     where: Where | None = None
     description: str = ""
+    window: Window | None = None
 
     #: Whether the feature needs a number in its field.
     numeric: ClassVar[bool] = False
+    #: Whether the feature may take a ``window`` (``False``), must (``True``) or cannot (None).
+    windowed: ClassVar[bool | None] = False
 
     def __post_init__(self) -> None:
         _check_name(self, "name", self.name)
         if self.where is not None and not isinstance(self.where, Where):
             _fail(self, "where", f"expected a Where or None, got {_kind(self.where)}")
         _check_str(self, "description", self.description, empty=True)
+        if self.window is not None:
+            if type(self.window) not in _WINDOW_CLASSES:
+                known = ", ".join(WINDOW_TYPES)
+                _fail(self, "window", f"expected a window ({known}), got {_kind(self.window)}")
+            if self.windowed is None:
+                _fail(self, "window", f"{self.type_name} features cannot be windowed")
+        elif self.windowed:
+            _fail(self, "window", f"{self.type_name} features need a window")
 
     @property
     def type_name(self) -> str:
@@ -337,6 +321,7 @@ class EWMean(_FieldFeature, tag="ewm_mean", frozen=True):
     half_life: Duration
 
     numeric = True
+    windowed = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -365,12 +350,75 @@ class DistinctCount(_FieldFeature, tag="distinct_count", frozen=True):
         _check_int(self, "precision", self.precision, 4, 16)
 
 
+class Percentile(_FieldFeature, tag="percentile", frozen=True):
+    """The exact ``q``-th percentile (``q`` in [0, 100]) of ``field`` over a window.
+
+    ``method``: ``"nearest_rank"`` (the default; one of the values, the smallest with at least
+    ``q`` % of the values at or below it) or ``"linear"`` (interpolated between the two closest
+    ranks, as numpy's default). Needs a window, which bounds the values held; each update costs
+    O(log w) for ``w`` values in the window. ``None`` for an empty window.
+    """
+
+    q: float
+    method: PercentileMethod = "nearest_rank"
+
+    numeric = True
+    windowed = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_fraction(self, "q", self.q, 100)
+        if self.method not in PERCENTILE_METHODS:
+            known = ", ".join(PERCENTILE_METHODS)
+            _fail(self, "method", f"unknown method {self.method!r} (known: {known})")
+
+
+class Quantile(_FieldFeature, tag="quantile", frozen=True):
+    """The approximate ``q``-quantile (``q`` in [0, 1]) of ``field`` over a window, from a
+    DDSketch with relative error ``relative_accuracy`` (default 0.01, in (0, 1)).
+
+    The sketch holds bin counts, not values: its size grows with the logarithm of the range of
+    magnitudes, not with the number of events. The answer ``y`` for the value ``x`` at rank
+    ``floor(q * (n - 1))`` satisfies ``|y - x| <= relative_accuracy * |x|``. Needs a window;
+    ``None`` for an empty window.
+    """
+
+    q: float
+    relative_accuracy: float = 0.01
+
+    numeric = True
+    windowed = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_fraction(self, "q", self.q, 1)
+        alpha = self.relative_accuracy
+        if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0 < alpha < 1:
+            _fail(self, "relative_accuracy", f"must be a number in (0, 1), got {alpha!r}")
+
+
+class TopK(_FieldFeature, tag="top_k", frozen=True):
+    """The ``k`` most frequent values of ``field`` over a window (``k`` 1 to 1000), as a list of
+    ``[value, count]`` pairs, most frequent first; equal counts in value order (numbers, then
+    strings, then bytes). Needs a window. An empty list for an empty window."""
+
+    k: int = 5
+
+    windowed = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_int(self, "k", self.k, 1, 1000)
+
+
 class TimeSince(FeatureSpec, tag="time_since", frozen=True):
     """Milliseconds between the key's newest event time and its second-newest one.
 
     Both are times of the key's events (of its matching events, with a ``where``), out of order
     or not; equal times give ``0``. ``None`` until the key has two events.
     """
+
+    windowed = None
 
 
 class Ratio(FeatureSpec, tag="ratio", frozen=True):
@@ -383,6 +431,8 @@ class Ratio(FeatureSpec, tag="ratio", frozen=True):
 
     numerator: str
     denominator: str
+
+    windowed = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -408,6 +458,9 @@ Feature: TypeAlias = (
     | Std
     | EWMean
     | DistinctCount
+    | Percentile
+    | Quantile
+    | TopK
     | TimeSince
     | Ratio
 )
@@ -430,12 +483,34 @@ class FeatureSet(
         time_unit: the unit of numeric event times; datetimes and ISO-8601 strings are
             accepted as they are.
         max_out_of_orderness: how far behind the newest event time an event may arrive and
-            still count in order: a duration (``"5s"``, or milliseconds), 0 by default.
+            still count in order: a duration (``"5s"``, or milliseconds), 0 by default. A key's
+            watermark is its newest event time minus this.
         features: at least one feature, with unique names (a list or a tuple; kept as a tuple).
+
+    The options below concern windowed features only (``docs/windows.md``):
+
+    Args:
+        allowed_lateness: how far below its key's watermark an event may be and still update
+            its windows, which stay open that much longer (a duration, 0 by default).
+        late_policy: what becomes of an event later than that: ``"drop"`` (counted in the
+            statistics; the default), ``"side_output"`` (delivered on ``rt.late_events()``) or
+            ``"update"`` (applied to its windows, with a correction emitted for each closed one,
+            as long as the window's state is kept: ``correction_horizon`` past its close).
+        correction_horizon: with ``late_policy="update"``, how long (in event time) a closed
+            window keeps its state for corrections; 1 hour by default.
+        emit: ``"update"`` (the default) emits windowed features after every event, and a
+            final value when a window closes; ``"close"`` emits only final values, and the
+            feature's current value is that of its last closed window.
+        idle_timeout: wall-clock time after which a quiet key's event time starts to advance
+            with the wall clock, so its windows close and emit without new events (off by
+            default).
+        state_ttl: wall-clock time after which the state of a quiet key is dropped, in every
+            feature group (off by default: keys are kept until the runtime stops).
 
     Raises:
         SpecError: any rule above is broken, or a ratio names a feature that is missing, is
-            itself, or leads back to itself through other ratios.
+            itself, or leads back to itself through other ratios, or mixes windowed and
+            unwindowed operands.
     """
 
     name: str
@@ -443,6 +518,12 @@ class FeatureSet(
     time: str
     time_unit: TimeUnit = "ms"
     max_out_of_orderness: Duration = 0
+    allowed_lateness: Duration = 0
+    late_policy: LatePolicy = "drop"
+    correction_horizon: Duration = "1h"
+    emit: EmitMode = "update"
+    idle_timeout: Duration | None = None
+    state_ttl: Duration | None = None
     features: Sequence[Feature]
 
     def __post_init__(self) -> None:
@@ -455,6 +536,16 @@ class FeatureSet(
             known = ", ".join(TIME_UNITS)
             _fail(self, "time_unit", f"unknown unit {self.time_unit!r} (known: {known})")
         _check_duration(self, "max_out_of_orderness", self.max_out_of_orderness, positive=False)
+        _check_duration(self, "allowed_lateness", self.allowed_lateness, positive=False)
+        _check_duration(self, "correction_horizon", self.correction_horizon, positive=False)
+        if self.late_policy not in LATE_POLICIES:
+            known = ", ".join(LATE_POLICIES)
+            _fail(self, "late_policy", f"unknown policy {self.late_policy!r} (known: {known})")
+        if self.emit not in EMIT_MODES:
+            _fail(self, "emit", f"unknown mode {self.emit!r} (known: {', '.join(EMIT_MODES)})")
+        for option in ("idle_timeout", "state_ttl"):
+            if getattr(self, option) is not None:
+                _check_duration(self, option, getattr(self, option), positive=True)
         if not isinstance(self.features, list | tuple):
             _fail(self, "features", f"expected a list of features, got {_kind(self.features)}")
         msgspec.structs.force_setattr(self, "features", tuple(self.features))
@@ -489,6 +580,17 @@ class FeatureSet(
             trail = _path_back(operand, name, ratios)
             if trail is not None:
                 _fail(self, path, f"ratios form a cycle: {' -> '.join([name, *trail])}")
+        for name in ratios:
+            bases = _ratio_bases(name, ratios)
+            windowed = sorted(b for b in bases if self.feature(b).window is not None)
+            plain = sorted(b for b in bases if self.feature(b).window is None)
+            if windowed and plain:
+                _fail(
+                    self,
+                    f"features[{index_of[name]}]",
+                    f"a ratio cannot mix windowed ({', '.join(windowed)}) and unwindowed "
+                    f"({', '.join(plain)}) operands",
+                )
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -499,6 +601,21 @@ class FeatureSet(
     def max_out_of_orderness_ms(self) -> int:
         """``max_out_of_orderness`` in milliseconds."""
         return parse_duration(self.max_out_of_orderness, field="max_out_of_orderness")
+
+    def duration_ms(self, option: str) -> int | None:
+        """A duration option (``allowed_lateness``, ``idle_timeout``...) in milliseconds, or
+        None when it is off."""
+        value = getattr(self, option)
+        return None if value is None else parse_duration(value, field=option)
+
+    def is_windowed(self, name: str) -> bool:
+        """Whether feature ``name`` is computed over windows: it has a ``window``, or it is a
+        ratio of windowed features."""
+        feature = self.feature(name)
+        if isinstance(feature, Ratio):
+            ratios = {f.name: f for f in self.features if isinstance(f, Ratio)}
+            return any(self.feature(b).window is not None for b in _ratio_bases(name, ratios))
+        return feature.window is not None
 
     def feature(self, name: str) -> Feature:
         """Return the feature called ``name``.
@@ -597,12 +714,20 @@ class FeatureSet(
                 types=FEATURE_TYPES,
                 root=FeatureSet,
                 condition=Where,
-                choices={"op": OPS, "time_unit": TIME_UNITS},
+                windows=WINDOW_TYPES,
+                choices={
+                    "op": OPS,
+                    "time_unit": TIME_UNITS,
+                    "late_policy": LATE_POLICIES,
+                    "emit": EMIT_MODES,
+                    "method": PERCENTILE_METHODS,
+                },
             )
             raise SpecError(f"{source}: {explained}") from None
 
 
 _CONCRETE = frozenset(FEATURE_TYPES.values())
+_WINDOW_CLASSES = frozenset(WINDOW_TYPES.values())
 _JSON_ENCODER = msgspec.json.Encoder()
 _JSON_DECODER = msgspec.json.Decoder()
 _LOADERS: dict[str, Callable[..., FeatureSet]] = {
@@ -627,6 +752,23 @@ def _path_back(start: str, target: str, ratios: Mapping[str, Ratio]) -> list[str
         seen.add(node)
         stack.extend([*trail, operand] for operand in reversed(ratios[node].depends_on()))
     return None
+
+
+def _ratio_bases(name: str, ratios: Mapping[str, Ratio]) -> set[str]:
+    """The features that are not ratios under ratio ``name``, through nested ratios."""
+    bases: set[str] = set()
+    stack = [name]
+    seen: set[str] = set()
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        if node in ratios:
+            stack.extend(ratios[node].depends_on())
+        else:
+            bases.add(node)
+    return bases
 
 
 def _load(decode: Callable[[Any], Any], fmt: str, data: str | bytes, source: str) -> FeatureSet:

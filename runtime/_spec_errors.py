@@ -28,6 +28,7 @@ def explain(
     types: Mapping[str, type[msgspec.Struct]],
     root: type[msgspec.Struct],
     condition: type[msgspec.Struct],
+    windows: Mapping[str, type[msgspec.Struct]],
     choices: Mapping[str, Sequence[str]],
 ) -> str:
     """Return msgspec's validation error as ``path: reason``, with the path in spec terms.
@@ -36,7 +37,8 @@ def explain(
         exc: the error.
         raw: the document that failed, to look up what stands at the error's path.
         types: feature classes by ``type`` tag.
-        root: the class of the whole document; ``condition``: the class of ``where`` clauses.
+        root: the class of the whole document; ``condition``: the class of ``where`` clauses;
+            ``windows``: the window classes by ``type`` tag.
         choices: the allowed values of enumerated fields (``op``, ``time_unit``), by name.
     """
     known_types = ", ".join(types)
@@ -47,8 +49,11 @@ def explain(
     if field_error is not None:
         return f"{_join(path, field_error[0])}: {field_error[1]}"
     last = path.rpartition(".")[2]
+    in_window = path.endswith(".window.type") or path.endswith(".window")
     if text.startswith("Invalid value ") and last == "type":
         value = text.removeprefix("Invalid value ")
+        if in_window:
+            return f"{path}: unknown window type {value} (known: {', '.join(windows)})"
         return f"{path}: unknown feature type {value} (known: {known_types})"
     if text.startswith("Invalid enum value ") and last in choices:
         value = text.removeprefix("Invalid enum value ")
@@ -57,12 +62,15 @@ def explain(
     if missing := _MISSING.fullmatch(text):
         field = missing["field"]
         if field == "type":
-            return f"{_join(path, field)}: missing required field (one of: {known_types})"
+            choices_of = ", ".join(windows) if path.endswith("window") else known_types
+            return f"{_join(path, field)}: missing required field (one of: {choices_of})"
         tag = node.get("type") if isinstance(node, dict) else None
         owner = f" of a {tag!r} feature" if isinstance(tag, str) and tag in types else ""
         return f"{_join(path, field)}: missing required field{owner}"
     if unknown := _UNKNOWN.fullmatch(text):
-        fields = _fields_at(path, node, types, root, condition)
+        fields = _fields_at(
+            path, node, windows if path.endswith("window") else types, root, condition
+        )
         known = f" (known: {', '.join(fields)})" if fields else ""
         return f"{_join(path, unknown['field'])}: unknown field{known}"
     return f"{path}: {text}" if path else text

@@ -1,4 +1,5 @@
-"""Fan-out of feature updates to subscribers of ``rt.updates()``.
+"""Fan-out of feature updates to subscribers of ``rt.updates()`` (and of late events to
+subscribers of ``rt.late_events()``: the same machinery, another item type).
 
 Each subscription has a bounded buffer. When a subscriber falls behind, the policy decides:
 ``"block"`` (the default) makes the shard wait, which slows ingest down to the subscriber's pace
@@ -13,22 +14,21 @@ import weakref
 from collections import deque
 from collections.abc import AsyncIterator
 from types import TracebackType
-from typing import Literal
+from typing import Any, Generic, Literal, TypeVar
 
 import anyio
-
-from ._results import FeatureUpdate
 
 __all__ = ["UpdateHub", "UpdateSubscription"]
 
 Policy = Literal["block", "drop_oldest"]
+T = TypeVar("T")
 
 
 class _Channel:
     __slots__ = ("buffer", "capacity", "closed", "dropped", "policy", "readable", "writable")
 
     def __init__(self, capacity: int, policy: Policy) -> None:
-        self.buffer: deque[FeatureUpdate] = deque()
+        self.buffer: deque[Any] = deque()
         self.capacity = capacity
         self.policy = policy
         self.closed = False
@@ -37,13 +37,14 @@ class _Channel:
         self.writable = anyio.Event()
 
 
-class UpdateSubscription:
-    """An async iterator of :class:`FeatureUpdate` (also an async context manager).
+class UpdateSubscription(Generic[T]):
+    """An async iterator of :class:`FeatureUpdate` (or of ``LateEvent`` from
+    ``rt.late_events()``), also an async context manager.
 
     Iteration ends when the runtime shuts down or the subscription is closed.
     """
 
-    def __init__(self, hub: UpdateHub, channel: _Channel) -> None:
+    def __init__(self, hub: UpdateHub[T], channel: _Channel) -> None:
         self._hub = hub
         self._channel = channel
         self._finalizer = weakref.finalize(self, hub.unsubscribe, channel)
@@ -53,10 +54,10 @@ class UpdateSubscription:
         """Updates dropped by the ``drop_oldest`` policy."""
         return self._channel.dropped
 
-    def __aiter__(self) -> AsyncIterator[FeatureUpdate]:
+    def __aiter__(self) -> AsyncIterator[T]:
         return self
 
-    async def __anext__(self) -> FeatureUpdate:
+    async def __anext__(self) -> T:
         channel = self._channel
         while not channel.buffer:
             if channel.closed:
@@ -65,7 +66,7 @@ class UpdateSubscription:
             if channel.readable.is_set():
                 channel.readable = anyio.Event()
             await channel.readable.wait()
-        update = channel.buffer.popleft()
+        update: T = channel.buffer.popleft()
         channel.writable.set()
         return update
 
@@ -73,7 +74,7 @@ class UpdateSubscription:
         """Unsubscribe; updates already buffered can still be read."""
         self._finalizer()
 
-    async def __aenter__(self) -> UpdateSubscription:
+    async def __aenter__(self) -> UpdateSubscription[T]:
         return self
 
     async def __aexit__(
@@ -82,7 +83,7 @@ class UpdateSubscription:
         await self.aclose()
 
 
-class UpdateHub:
+class UpdateHub(Generic[T]):
     """Internal: the runtime's set of subscriptions."""
 
     def __init__(self) -> None:
@@ -92,7 +93,7 @@ class UpdateHub:
     def active(self) -> bool:
         return bool(self._channels)
 
-    def subscribe(self, capacity: int, policy: Policy) -> UpdateSubscription:
+    def subscribe(self, capacity: int, policy: Policy) -> UpdateSubscription[T]:
         if capacity < 1:
             raise ValueError(f"buffer must be >= 1, got {capacity!r}")
         if policy not in ("block", "drop_oldest"):
@@ -108,7 +109,7 @@ class UpdateHub:
         if channel in self._channels:
             self._channels.remove(channel)
 
-    async def publish(self, updates: list[FeatureUpdate]) -> None:
+    async def publish(self, updates: list[T]) -> None:
         for channel in tuple(self._channels):
             buffer = channel.buffer
             for update in updates:

@@ -11,6 +11,8 @@ from runtime._cost import (
     DISTINCT_VALUE_BYTES,
     MEMORY_BUDGET_BYTES,
     NS_PER_OPERATION,
+    WINDOW_ENTRY_BYTES,
+    WINDOW_OPS,
     CostEstimate,
     MeasuredCost,
     estimate_cost,
@@ -25,11 +27,15 @@ from runtime._spec import (
     FeatureSet,
     FeatureSpec,
     Mean,
+    Percentile,
+    Quantile,
     Ratio,
     Sum,
+    TopK,
     Variance,
     Where,
 )
+from runtime._spec_window import Hopping, Session, Sliding, Tumbling
 
 
 def test_count_estimate_has_every_number() -> None:
@@ -71,14 +77,51 @@ def test_where_adds_one_operation_per_event() -> None:
     assert (plain.operations_per_second, filtered.operations_per_second) == (100.0, 200.0)
 
 
-def test_every_feature_type_has_a_simple_aggregate_profile() -> None:
+def test_every_unwindowed_feature_type_has_a_simple_aggregate_profile() -> None:
     for cls in FEATURE_TYPES.values():
+        if cls.windowed:
+            continue
         fields: dict[str, Any] = {"name": "f", "field": "x", "half_life": 1}
         fields.update(numerator="a", denominator="b")
         accepted = {k: v for k, v in fields.items() if k in cls.__struct_fields__}
         estimate = estimate_cost(cls(**accepted), event_rate=1)
         assert estimate.category == "simple_aggregate"
         assert estimate.time_complexity == "O(1)"
+
+
+def test_windowed_features_are_costed_by_the_events_their_window_holds() -> None:
+    # 100 events/s over 10 keys: a 60 s window holds 600 events per key
+    sliding = estimate_cost(
+        Sum(name="s", field="x", window=Sliding(size="60s")), event_rate=100, keys=10
+    )
+    assert sliding.category == "windowed_aggregate"
+    assert sliding.time_complexity == "O(1) amortized"
+    assert sliding.space_complexity == "O(w)"
+    assert sliding.state_bytes_per_key == 600 * WINDOW_ENTRY_BYTES + 200
+    assert sliding.operations_per_second == 100 * (2 + WINDOW_OPS)
+    longer = estimate_cost(
+        Sum(name="s", field="x", window=Sliding(size="120s")), event_rate=100, keys=10
+    )
+    assert longer.state_bytes_per_key > sliding.state_bytes_per_key
+    p95 = estimate_cost(
+        Percentile(name="p", field="x", q=95, window=Sliding(size="60s")), event_rate=100, keys=10
+    )
+    assert p95.time_complexity == "O(log w)"
+    assert p95.operations_per_second > sliding.operations_per_second
+    hopping = estimate_cost(
+        Sum(name="s", field="x", window=Hopping(size="60s", hop="10s")), event_rate=100, keys=10
+    )
+    assert hopping.state_bytes_per_key < sliding.state_bytes_per_key  # 7 panes, not 600 events
+    assert "per read" in hopping.time_complexity
+    for window in (Tumbling(size="1m"), Session(gap="30s")):
+        for feature in (
+            Quantile(name="q", field="x", q=0.5, window=window),
+            TopK(name="t", field="x", window=window),
+            Count(name="c", window=window),
+        ):
+            estimate = estimate_cost(feature, event_rate=100, keys=10)
+            assert estimate.category == "windowed_aggregate"
+            assert estimate.state_bytes_per_key > 0
 
 
 def test_distinct_count_is_costed_at_its_worst_case() -> None:

@@ -39,6 +39,7 @@ HINT = "(use e.g. 500ms, 10s, 5m, 2h, 1d)"
 ORDER = "(units go from largest to smallest, each at most once: d, h, m, s, ms)"
 KNOWN_TYPES = (
     "count, sum, mean, min, max, first, last, variance, std, ewm_mean, distinct_count, "
+    "percentile, quantile, top_k, "
     "time_since, ratio"
 )
 
@@ -235,14 +236,16 @@ def test_missing_set_field_is_named() -> None:
 def test_unknown_feature_field_is_rejected_with_the_known_fields() -> None:
     message = spec_error(with_features({"type": "sum", "name": "s", "feild": "amount"}))
     assert message == (
-        "spec.toml: features[5].feild: unknown field (known: type, field, name, where, description)"
+        "spec.toml: features[5].feild: unknown field "
+        "(known: type, field, name, where, description, window)"
     )
 
 
 def test_unknown_set_and_where_fields_are_rejected() -> None:
     assert spec_error(fraud_dict(shards=4)) == (
         "spec.toml: shards: unknown field "
-        "(known: name, key, time, time_unit, max_out_of_orderness, features)"
+        "(known: name, key, time, time_unit, max_out_of_orderness, allowed_lateness, "
+        "late_policy, correction_horizon, emit, idle_timeout, state_ttl, features)"
     )
     where = {"field": "status", "valeu": "declined"}
     assert spec_error(with_features({"type": "count", "name": "c", "where": where})) == (
@@ -497,7 +500,17 @@ def test_every_feature_type_is_tagged_and_documented() -> None:
         assert cls.__struct_config__.tag == tag
         assert cls.__doc__ and cls.__doc__.strip()
     numeric = {tag for tag, cls in FEATURE_TYPES.items() if cls.numeric}
-    assert numeric == {"sum", "mean", "min", "max", "variance", "std", "ewm_mean"}
+    assert numeric == {
+        "sum",
+        "mean",
+        "min",
+        "max",
+        "variance",
+        "std",
+        "ewm_mean",
+        "percentile",
+        "quantile",
+    }
 
 
 @pytest.mark.parametrize(

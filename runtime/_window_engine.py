@@ -1,0 +1,781 @@
+"""The windowed features of a feature group: per-key window state, event time, emission.
+
+A :class:`WindowEngine` is built once per group from its windowed features and applied by the
+group's shard actors (``runtime._window_shard``) to batches of ``(key, time_ms, event)``. It
+owns no state itself: each shard passes its own dict of :class:`KeyWindows`.
+
+Time, per key (``docs/windows.md`` has the timelines):
+
+- the key's *clock* is its greatest event time, moved on by idle time when ``idle_timeout`` is
+  set; its *watermark* is the clock minus ``max_out_of_orderness``;
+- an event is *late* when its time is below the watermark by more than ``allowed_lateness``:
+  ``late_policy`` then drops it (counted), sends it to the side output, or applies it and emits
+  corrections for the closed windows it changes (while their state is kept, for
+  ``correction_horizon`` past their close);
+- a tumbling or hopping window ``[start, end)`` closes when the watermark reaches
+  ``end + allowed_lateness``, a session when it reaches ``last event + gap +
+  allowed_lateness``: the final value is emitted, and the state dropped.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
+from typing import Any
+
+from ._exceptions import FeaturistError
+from ._kinds import coerce_number, name_error, ratio_of
+from ._spec import Ratio
+from ._spec_window import Hopping, Session, Sliding, Tumbling
+from ._window_state import Accumulator, Needs, SlidingState, value_reader
+
+__all__ = ["KeyWindows", "WindowCounters", "WindowEngine"]
+
+#: later than any event time
+NEVER = 2**62
+_INF = float("inf")
+_NUMERIC_TYPES = frozenset(
+    {"sum", "mean", "min", "max", "variance", "std", "percentile", "quantile"}
+)
+
+
+@dataclass
+class _Buffer:
+    """Features that read the same input over the same window share one buffer."""
+
+    index: int
+    kind: str  # "sliding", "panes" or "session"
+    field: str | None
+    where: Any
+    numeric: bool
+    needs: Needs
+    size: int = 0
+    hop: int = 0
+    gap: int = 0
+    #: the indexes of its features in the engine
+    features: list[int] = dataclass_field(default_factory=list)
+
+    @property
+    def panes_per_window(self) -> int:
+        return self.size // self.hop
+
+
+class _Panes:
+    """One key's panes of a tumbling or hopping buffer."""
+
+    __slots__ = ("closed", "panes")
+
+    def __init__(self) -> None:
+        #: pane index (``t // hop``) -> its accumulator
+        self.panes: dict[int, Accumulator] = {}
+        #: the newest window index closed so far (windows start at ``index * hop``)
+        self.closed: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.panes)
+
+
+class _Sessions:
+    """One key's sessions of a session buffer: ``[start, last, accumulator, closed]`` by start."""
+
+    __slots__ = ("items",)
+
+    def __init__(self) -> None:
+        self.items: list[list[Any]] = []
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+class KeyWindows:
+    """The window state of one key."""
+
+    __slots__ = ("buffers", "clock", "finals", "latest", "next_close", "seen")
+
+    def __init__(self, buffers: int, t: int, now: float) -> None:
+        #: the key's event-time clock: its greatest event time, or later after idle time
+        self.clock = t
+        #: the key's greatest event time
+        self.latest = t
+        #: wall-clock time of the key's last event
+        self.seen = now
+        self.buffers: list[Any] = [None] * buffers
+        #: the smallest watermark at which some window of the key closes or is purged
+        self.next_close = NEVER
+        #: with ``emit="close"``: each feature's value in its last closed window
+        self.finals: dict[str, Any] | None = None
+
+
+@dataclass
+class WindowCounters:
+    """What a shard's window engine counted."""
+
+    late_dropped: int = 0
+    late_side_output: int = 0
+    late_applied: int = 0
+    corrections: int = 0
+    windows_closed: int = 0
+    expired_keys: int = 0
+    idle_advances: int = 0
+
+
+class WindowEngine:
+    """The windowed features of one group, compiled for batch application. Internal.
+
+    Args:
+        features: the windowed features (ratios among them read windowed operands).
+        max_out_of_orderness, allowed_lateness, correction_horizon: milliseconds.
+        late_policy: ``"drop"``, ``"side_output"`` or ``"update"``.
+        emit: ``"update"`` or ``"close"``.
+        idle_timeout, state_ttl: seconds, or None.
+    """
+
+    def __init__(
+        self,
+        features: Sequence[Any],
+        *,
+        max_out_of_orderness: int = 0,
+        allowed_lateness: int = 0,
+        late_policy: str = "drop",
+        correction_horizon: int = 3_600_000,
+        emit: str = "update",
+        idle_timeout: float | None = None,
+        state_ttl: float | None = None,
+    ) -> None:
+        self.features = list(features)
+        self.names = tuple(f.name for f in self.features)
+        self.types = tuple(f.type_name for f in self.features)
+        self.ooo = max_out_of_orderness
+        self.lateness = allowed_lateness
+        self.late_policy = late_policy
+        self.horizon = correction_horizon if late_policy == "update" else 0
+        self.emit = emit
+        self.idle_timeout = idle_timeout
+        self.state_ttl = state_ttl
+        #: keys are tracked in order of their last event (for idle time and expiry)
+        self.tracks_idle = idle_timeout is not None or state_ttl is not None
+        self.buffers: list[_Buffer] = []
+        self._readers: list[Callable[[Any], Any] | None] = []
+        self._buffer_of: list[int] = []
+        self._build()
+        self.defaults = self.values(None)
+
+    # -- compilation -------------------------------------------------------------------------
+    def _build(self) -> None:
+        groups: dict[tuple[Any, ...], list[int]] = {}
+        for index, feature in enumerate(self.features):
+            if isinstance(feature, Ratio):
+                continue
+            numeric = feature.type_name in _NUMERIC_TYPES
+            fld = None if feature.type_name == "count" else feature.field
+            groups.setdefault((feature.window, fld, feature.where, numeric), []).append(index)
+        buffer_of = [-1] * len(self.features)
+        for (window, fld, where, numeric), members in groups.items():
+            # one sketch per relative accuracy: quantiles of another accuracy get buffers of
+            # their own
+            alphas = sorted(
+                {
+                    self.features[i].relative_accuracy
+                    for i in members
+                    if self.features[i].type_name == "quantile"
+                }
+            )
+            for alpha in alphas[1:]:
+                part = [
+                    i
+                    for i in members
+                    if self.features[i].type_name == "quantile"
+                    and self.features[i].relative_accuracy == alpha
+                ]
+                self._add_buffer(window, fld, where, numeric, part, buffer_of)
+                members = [i for i in members if i not in part]
+            self._add_buffer(window, fld, where, numeric, members, buffer_of)
+        self._buffer_of = buffer_of
+        self._readers = [None if isinstance(f, Ratio) else value_reader(f) for f in self.features]
+        self._ratio_order = self._order_ratios()
+
+    def _add_buffer(
+        self,
+        window: Any,
+        fld: str | None,
+        where: Any,
+        numeric: bool,
+        members: list[int],
+        buffer_of: list[int],
+    ) -> None:
+        types = {self.features[i].type_name for i in members}
+        alphas = [
+            self.features[i].relative_accuracy
+            for i in members
+            if self.features[i].type_name == "quantile"
+        ]
+        needs = Needs(
+            moments=bool(types & {"variance", "std"}),
+            extremes=bool(types & {"min", "max"}),
+            ends=bool(types & {"first", "last"}),
+            sorted=bool(types & {"percentile"}),
+            sketch=alphas[0] if alphas else None,
+            frequent="top_k" in types,
+            distinct="distinct_count" in types,
+        )
+        buffer = _Buffer(len(self.buffers), "", fld, where, numeric, needs, features=members)
+        if isinstance(window, Sliding):
+            buffer.kind, buffer.size = "sliding", window.size_ms
+        elif isinstance(window, Tumbling | Hopping):
+            buffer.kind, buffer.size, buffer.hop = "panes", window.size_ms, window.hop_ms
+        elif isinstance(window, Session):
+            buffer.kind, buffer.gap = "session", window.gap_ms
+        else:  # pragma: no cover - the spec admits no other window
+            raise FeaturistError(f"unknown window {window!r}")
+        for i in members:
+            buffer_of[i] = buffer.index
+        self.buffers.append(buffer)
+
+    def _order_ratios(self) -> list[int]:
+        """Ratios in an order where each comes after the ratios it reads."""
+        position = {name: i for i, name in enumerate(self.names)}
+        done: set[int] = set()
+        order: list[int] = []
+
+        def visit(i: int) -> None:
+            if i in done:
+                return
+            done.add(i)
+            for operand in self.features[i].depends_on():
+                j = position[operand]
+                if isinstance(self.features[j], Ratio):
+                    visit(j)
+            order.append(i)
+
+        for i, feature in enumerate(self.features):
+            if isinstance(feature, Ratio):
+                visit(i)
+        return order
+
+    # -- applying events ---------------------------------------------------------------------
+    def apply(
+        self,
+        events: list[tuple[Any, int, dict[str, Any]]],
+        states: dict[Any, KeyWindows],
+        errors: list[Any],
+        now: float,
+        out: list[Any] | None,
+        late: list[Any] | None,
+        counters: WindowCounters,
+        recent: OrderedDict[Any, None] | None,
+    ) -> None:
+        """Apply a batch in order.
+
+        ``errors`` receives ``(key, t, feature, exception)``; ``out`` (when not None)
+        receives ``(key, event_time, values, kind, window, errors)`` emissions; ``late`` (when
+        not None) receives side-output ``(key, t, watermark, event)``; ``recent`` (when idle
+        time or expiry is on) keeps keys in order of their last event.
+        """
+        buffers = self.buffers
+        nbuf = len(buffers)
+        ooo = self.ooo
+        lateness = self.lateness
+        policy = self.late_policy
+        emit_updates = out is not None and self.emit == "update"
+        get = states.get
+        for key, t, ev in events:
+            st = get(key)
+            if st is None:
+                st = KeyWindows(nbuf, t, now)
+                states[key] = st
+                late_event = False
+            else:
+                late_event = t < st.clock - ooo - lateness
+                if late_event:
+                    if policy == "drop":
+                        counters.late_dropped += 1
+                        continue
+                    if policy == "side_output":
+                        counters.late_side_output += 1
+                        if late is not None:
+                            late.append((key, t, st.clock - ooo, ev))
+                        continue
+                    if t < st.clock - ooo - lateness - self.horizon:
+                        counters.late_dropped += 1  # its windows' state is gone
+                        continue
+                    counters.late_applied += 1
+                if t > st.clock:
+                    st.clock = t
+                if t > st.latest:
+                    st.latest = t
+                st.seen = now
+            if recent is not None:
+                if key in recent:
+                    recent.move_to_end(key)
+                else:
+                    recent[key] = None
+            closes: dict[tuple[int, int], dict[str, Any]] | None = None
+            mark = len(errors)
+            for buffer in buffers:
+                fld = buffer.field
+                if fld is None:
+                    v: Any = 1
+                else:
+                    v = ev.get(fld)
+                    if v is None:
+                        continue
+                where = buffer.where
+                if where is not None:
+                    try:
+                        if not where.matches(ev):
+                            continue
+                    except FeaturistError as exc:
+                        self._errors(errors, buffer, key, t, exc)
+                        continue
+                if buffer.numeric and v.__class__ is not int:
+                    if v.__class__ is not float or not -_INF < v < _INF:
+                        v, error = coerce_number(fld or "", v)
+                        if error is not None:
+                            self._errors(errors, buffer, key, t, error)
+                            continue
+                try:
+                    state = st.buffers[buffer.index]
+                    kind = buffer.kind
+                    if kind == "sliding":
+                        cutoff = st.clock - buffer.size
+                        if t > cutoff:
+                            if state is None:
+                                state = st.buffers[buffer.index] = SlidingState(buffer.needs)
+                            state.add(t, v, buffer.numeric)
+                        if state is not None:
+                            state.evict(cutoff, buffer.numeric)
+                    elif kind == "panes":
+                        if state is None:
+                            state = st.buffers[buffer.index] = _Panes()
+                        closes = self._add_pane(st, buffer, state, key, t, v, late_event, closes)
+                    else:
+                        if state is None:
+                            state = st.buffers[buffer.index] = _Sessions()
+                        closes = self._add_session(st, buffer, state, t, v, closes)
+                except Exception as exc:
+                    self._errors(errors, buffer, key, t, name_error(exc, fld or "count"))
+            if closes is not None:
+                counters.corrections += len(closes)
+                if out is not None:
+                    for window, values in closes.items():
+                        self._add_ratios(values)
+                        out.append((key, window[1], values, "correction", window, None))
+            if st.clock - ooo >= st.next_close:
+                self.close(key, st, out, counters)
+            if emit_updates:
+                assert out is not None
+                failed = None
+                if len(errors) > mark:
+                    failed = {
+                        name: f"{type(exc).__name__}: {exc}" for _, _, name, exc in errors[mark:]
+                    }
+                out.append((key, t, self.values(st), "update", None, failed))
+
+    def _errors(self, errors: list[Any], buffer: _Buffer, key: Any, t: int, exc: Any) -> None:
+        names = self.names
+        for i in buffer.features:
+            errors.append((key, t, names[i], exc))
+
+    def _add_pane(
+        self,
+        st: KeyWindows,
+        buffer: _Buffer,
+        state: _Panes,
+        key: Any,
+        t: int,
+        v: Any,
+        late_event: bool,
+        closes: dict[tuple[int, int], dict[str, Any]] | None,
+    ) -> dict[tuple[int, int], dict[str, Any]] | None:
+        hop = buffer.hop
+        p = t // hop
+        acc = state.panes.get(p)
+        if acc is None:
+            acc = state.panes[p] = Accumulator(buffer.needs)
+        acc.add(t, v, buffer.numeric, buffer.needs)
+        # the first window holding pane p ends at (p + 1) * hop
+        close_at = (p + 1) * hop + self.lateness
+        if close_at < st.next_close:
+            st.next_close = close_at
+        if late_event and state.closed is not None and p - buffer.panes_per_window < state.closed:
+            # windows p - r + 1 .. min(p, closed) are closed and changed: correct them
+            r = buffer.panes_per_window
+            for k in range(p - r + 1, min(p, state.closed) + 1):
+                values = self._window_values(buffer, state, k)
+                window = (k * hop, k * hop + buffer.size)
+                if closes is None:
+                    closes = {}
+                closes.setdefault(window, {}).update(values)
+                if self.emit == "close" and k == state.closed:
+                    if st.finals is None:
+                        st.finals = {}
+                    st.finals.update(values)
+        return closes
+
+    def _add_session(
+        self,
+        st: KeyWindows,
+        buffer: _Buffer,
+        state: _Sessions,
+        t: int,
+        v: Any,
+        closes: dict[tuple[int, int], dict[str, Any]] | None,
+    ) -> dict[tuple[int, int], dict[str, Any]] | None:
+        gap = buffer.gap
+        items = state.items
+        # sessions [start, last + gap) that overlap the event's [t, t + gap)
+        touching = [s for s in items if t < s[1] + gap and s[0] < t + gap]
+        session: list[Any]
+        if not touching:
+            acc = Accumulator(buffer.needs)
+            acc.add(t, v, buffer.numeric, buffer.needs)
+            session = [t, t, acc, False]
+            items.append(session)
+            items.sort(key=_start_of)
+        elif len(touching) == 1:
+            session = touching[0]
+            session[2].add(t, v, buffer.numeric, buffer.needs)
+            session[0] = min(session[0], t)
+            session[1] = max(session[1], t)
+        else:
+            merged = Accumulator(buffer.needs)
+            for s in touching:
+                merged.merge(s[2], buffer.needs)
+            merged.add(t, v, buffer.numeric, buffer.needs)
+            session = [
+                min(touching[0][0], t),
+                max(max(s[1] for s in touching), t),
+                merged,
+                any(s[3] for s in touching),
+            ]
+            touched = {id(s) for s in touching}
+            state.items = [s for s in items if id(s) not in touched]
+            state.items.append(session)
+            state.items.sort(key=_start_of)
+        close_at = session[1] + gap + self.lateness
+        if close_at < st.next_close:
+            st.next_close = close_at
+        if session[3]:  # a closed session changed: a correction
+            values = self._state_values(buffer, session[2])
+            if closes is None:
+                closes = {}
+            closes[(session[0], session[1] + gap)] = values
+            if self.emit == "close":
+                if st.finals is None:
+                    st.finals = {}
+                st.finals.update(values)
+        return closes
+
+    # -- closing windows ---------------------------------------------------------------------
+    def close(
+        self, key: Any, st: KeyWindows, out: list[Any] | None, counters: WindowCounters
+    ) -> None:
+        """Close the windows of ``st`` that its watermark has passed, emit their final values
+        (in order of window end), purge what is no longer needed, and compute the next
+        threshold."""
+        wm = st.clock - self.ooo
+        finished: list[tuple[int, int, dict[str, Any]]] = []
+        next_close = NEVER
+        for buffer in self.buffers:
+            state = st.buffers[buffer.index]
+            if state is None:
+                continue
+            if buffer.kind == "sliding":
+                state.evict(st.clock - buffer.size, buffer.numeric)
+                if not len(state):
+                    st.buffers[buffer.index] = None
+                continue
+            if buffer.kind == "panes":
+                next_close = min(next_close, self._close_panes(buffer, state, wm, finished))
+            else:
+                next_close = min(next_close, self._close_sessions(buffer, state, wm, finished))
+            if not len(state):
+                st.buffers[buffer.index] = None
+        st.next_close = next_close
+        if not finished:
+            return
+        finished.sort(key=_end_then_start)
+        counters.windows_closed += len(finished)
+        merged: dict[tuple[int, int], dict[str, Any]] = {}
+        for start, end, values in finished:
+            merged.setdefault((start, end), {}).update(values)
+        if self.emit == "close":
+            if st.finals is None:
+                st.finals = {}
+            for values in merged.values():
+                st.finals.update(values)
+        if out is not None:
+            for (start, end), values in merged.items():
+                self._add_ratios(values)
+                out.append((key, end, values, "close", (start, end), None))
+
+    def _close_panes(self, buffer: _Buffer, state: _Panes, wm: int, finished: list[Any]) -> int:
+        hop, size, r = buffer.hop, buffer.size, buffer.panes_per_window
+        lateness = self.lateness
+        # window k closes when k * hop + size + lateness <= wm
+        limit = (wm - lateness - size) // hop
+        panes = state.panes
+        if state.closed is None or limit > state.closed:
+            low = state.closed + 1 if state.closed is not None else None
+            due: set[int] = set()
+            for p in panes:
+                first = p - r + 1 if low is None else max(p - r + 1, low)
+                due.update(range(first, min(p, limit) + 1))
+            for k in sorted(due):
+                values = self._window_values(buffer, state, k)
+                finished.append((k * hop, k * hop + size, values))
+            if panes:
+                state.closed = limit if state.closed is None else max(state.closed, limit)
+        # pane p is purged once its last window (k = p) is closed and past the horizon
+        purge_limit = (wm - lateness - size - self.horizon) // hop
+        for p in [p for p in panes if p <= purge_limit]:
+            del panes[p]
+        if not panes:
+            return NEVER
+        # next: the next window to close, or the next pane to purge
+        open_from = (state.closed + 1) if state.closed is not None else min(panes) - r + 1
+        next_k = max(open_from, min(panes) - r + 1)
+        next_close = next_k * hop + size + lateness
+        if self.horizon:
+            next_close = min(next_close, min(panes) * hop + size + lateness + self.horizon)
+        return next_close
+
+    def _close_sessions(
+        self, buffer: _Buffer, state: _Sessions, wm: int, finished: list[Any]
+    ) -> int:
+        gap, lateness, horizon = buffer.gap, self.lateness, self.horizon
+        next_close = NEVER
+        kept = []
+        for session in state.items:
+            start, last, acc, closed = session
+            end = last + gap
+            if not closed and end + lateness <= wm:
+                session[3] = closed = True
+                finished.append((start, end, self._state_values(buffer, acc)))
+            if closed:
+                if end + lateness + horizon <= wm:
+                    continue  # purged
+                next_close = min(next_close, end + lateness + horizon)
+            else:
+                next_close = min(next_close, end + lateness)
+            kept.append(session)
+        state.items = kept
+        return next_close
+
+    # -- values ------------------------------------------------------------------------------
+    def _state_values(self, buffer: _Buffer, state: Any) -> dict[str, Any]:
+        readers = self._readers
+        values = {}
+        for i in buffer.features:
+            reader = readers[i]
+            assert reader is not None
+            values[self.names[i]] = reader(state)
+        return values
+
+    def _window_values(self, buffer: _Buffer, state: _Panes, k: int) -> dict[str, Any]:
+        return self._state_values(buffer, self._merge_panes(buffer, state, k))
+
+    def _merge_panes(self, buffer: _Buffer, state: _Panes, k: int) -> Accumulator | None:
+        r = buffer.panes_per_window
+        panes = state.panes
+        if r == 1:
+            return panes.get(k)
+        merged: Accumulator | None = None
+        for p in range(k, k + r):
+            acc = panes.get(p)
+            if acc is None:
+                continue
+            if merged is None:
+                merged = Accumulator(buffer.needs)
+            merged.merge(acc, buffer.needs)
+        return merged
+
+    def current_state(self, buffer: _Buffer, st: KeyWindows) -> Any:
+        """The state a feature of ``buffer`` reads now (update mode), or None if empty."""
+        state = st.buffers[buffer.index]
+        if state is None:
+            return None
+        if buffer.kind == "sliding":
+            state.evict(st.clock - buffer.size, buffer.numeric)
+            return state
+        if buffer.kind == "panes":
+            # the window holding the clock that closes first
+            k = (st.clock - buffer.size) // buffer.hop + 1
+            return self._merge_panes(buffer, state, k)
+        for session in reversed(state.items):
+            if not session[3]:
+                return session[2]
+        return None
+
+    def values(self, st: KeyWindows | None) -> tuple[Any, ...]:
+        """Every feature's value for a key (its defaults for None)."""
+        names = self.names
+        result: list[Any] = [None] * len(names)
+        finals = st.finals if st is not None else None
+        for buffer in self.buffers:
+            if st is None:
+                state = None
+            elif self.emit == "close" and buffer.kind != "sliding":
+                state = _FINAL
+            else:
+                state = self.current_state(buffer, st)
+            for i in buffer.features:
+                if state is _FINAL:
+                    if finals is not None and names[i] in finals:
+                        result[i] = finals[names[i]]
+                    else:
+                        result[i] = self._readers[i](None)  # type: ignore[misc]
+                else:
+                    result[i] = self._readers[i](state)  # type: ignore[misc]
+        if self._ratio_order:
+            by_name = dict(zip(names, result, strict=True))
+            for i in self._ratio_order:
+                feature = self.features[i]
+                try:
+                    value = ratio_of(by_name[feature.numerator], by_name[feature.denominator])
+                except FeaturistError:
+                    value = None
+                by_name[names[i]] = result[i] = value
+        return tuple(result)
+
+    def _add_ratios(self, values: dict[str, Any]) -> None:
+        for i in self._ratio_order:
+            feature = self.features[i]
+            if feature.numerator in values and feature.denominator in values:
+                try:
+                    values[feature.name] = ratio_of(
+                        values[feature.numerator], values[feature.denominator]
+                    )
+                except FeaturistError:
+                    values[feature.name] = None
+
+    # -- idle time and expiry ----------------------------------------------------------------
+    def tick(
+        self,
+        states: dict[Any, KeyWindows],
+        recent: OrderedDict[Any, None],
+        sleepers: list[tuple[float, int, Any, float]],
+        now: float,
+        out: list[Any] | None,
+        counters: WindowCounters,
+    ) -> None:
+        """Advance the clocks of idle keys and expire quiet ones.
+
+        Keys leave ``recent`` (ordered by last event) once quiet for the smaller of
+        ``idle_timeout`` and ``state_ttl``, into the heap ``sleepers`` of ``(wake, seq, key,
+        seen)``: woken when their next window closes or their state expires. An entry whose
+        ``seen`` no longer matches the key's is stale (the key had an event since).
+        """
+        idle, ttl = self.idle_timeout, self.state_ttl
+        quiet = min(x for x in (idle, ttl) if x is not None)
+        while recent:
+            key = next(iter(recent))
+            st = states.get(key)
+            if st is None:
+                recent.popitem(last=False)
+                continue
+            if now - st.seen < quiet:
+                break
+            recent.popitem(last=False)
+            heapq.heappush(sleepers, (st.seen + quiet, id(st), key, st.seen))
+        while sleepers and sleepers[0][0] <= now:
+            _, _, key, seen = heapq.heappop(sleepers)
+            st = states.get(key)
+            if st is None or st.seen != seen or key in recent:
+                continue
+            if ttl is not None and now - st.seen >= ttl:
+                del states[key]
+                counters.expired_keys += 1
+                continue
+            wake = self._advance_idle(key, st, now, out, counters)
+            if self._empty(st):
+                del states[key]
+                counters.expired_keys += 1
+                continue
+            if ttl is not None:
+                wake = min(wake, st.seen + ttl)
+            if wake < _INF:
+                heapq.heappush(sleepers, (wake, id(st), key, st.seen))
+
+    def _advance_idle(
+        self, key: Any, st: KeyWindows, now: float, out: list[Any] | None, counters: WindowCounters
+    ) -> float:
+        """Move an idle key's clock to where wall time has taken it; return when it next
+        needs a visit (wall-clock seconds), or infinity."""
+        idle = self.idle_timeout
+        if idle is None:
+            return _INF
+        target = st.latest + int((now - st.seen - idle) * 1000)
+        if target > st.clock:
+            st.clock = target
+            counters.idle_advances += 1
+            self.close(key, st, out, counters)
+        # the clock value at which something next changes: a window closes, or a sliding
+        # window loses its newest event
+        due = st.next_close + self.ooo if st.next_close < NEVER else NEVER
+        for buffer in self.buffers:
+            state = st.buffers[buffer.index]
+            if buffer.kind == "sliding" and state is not None and len(state):
+                due = min(due, state.items[0][0] + buffer.size)
+        if due >= NEVER:
+            return _INF
+        # never at or before now: the millisecond rounding of the clock must not spin the loop
+        return max(st.seen + idle + (due - st.latest) / 1000, now + 0.001)
+
+    def _empty(self, st: KeyWindows) -> bool:
+        if st.finals is not None:
+            return False
+        return all(state is None or not len(state) for state in st.buffers)
+
+    # -- statistics --------------------------------------------------------------------------
+    def state_bytes(self, states: dict[Any, KeyWindows], sample: int = 200) -> int:
+        """Estimated bytes held for ``states``, measured on a sample of keys."""
+        if not states:
+            return 0
+        measured = 0
+        counted = 0
+        for st in states.values():
+            size = 120 + 8 * len(st.buffers)
+            for state in st.buffers:
+                if state is None:
+                    continue
+                if isinstance(state, SlidingState):
+                    size += state.nbytes()
+                elif isinstance(state, _Panes):
+                    size += 100 + sum(acc.nbytes() + 100 for acc in state.panes.values())
+                else:
+                    size += 60 + sum(s[2].nbytes() + 120 for s in state.items)
+            measured += size
+            counted += 1
+            if counted >= sample:
+                break
+        return int(measured / counted * len(states))
+
+    def held_events(self, states: dict[Any, KeyWindows]) -> int:
+        """Events held in sliding windows, pane and session accumulators, over all keys."""
+        total = 0
+        for st in states.values():
+            for state in st.buffers:
+                if state is None:
+                    continue
+                if isinstance(state, SlidingState):
+                    total += len(state)
+                elif isinstance(state, _Panes):
+                    total += sum(acc.n for acc in state.panes.values())
+                else:
+                    total += sum(s[2].n for s in state.items)
+        return total
+
+
+_FINAL = object()
+
+
+def _start_of(session: list[Any]) -> int:
+    return int(session[0])
+
+
+def _end_then_start(item: tuple[int, int, Any]) -> tuple[int, int]:
+    return item[1], item[0]

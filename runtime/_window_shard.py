@@ -1,0 +1,186 @@
+"""The actor that computes a group's windowed features for the keys of one shard.
+
+It is fed the same batches as the keyed group's actors and shares their bookkeeping
+(:class:`GroupShard`: counters, latency samples, errors, publishing); what differs is the state
+(a :class:`KeyWindows` per key, applied by the group's :class:`WindowEngine`) and time: with
+``idle_timeout`` or ``state_ttl`` set, a periodic :class:`Tick` advances the clocks of quiet keys,
+closes their windows and expires their state.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from actors import DeadLetterReason, get_logger
+
+from ._results import FeatureUpdate, LateEvent
+from ._shard import Batch, GetStates, GroupShard, Ping
+from ._updates import UpdateHub
+from ._window_engine import KeyWindows, WindowCounters, WindowEngine
+
+__all__ = ["IdleTick", "Tick", "WindowShard", "WindowStats"]
+
+_log = get_logger("featurist.windows")
+
+
+@dataclass(frozen=True)
+class Tick:
+    """Timer message: advance idle keys and expire quiet ones."""
+
+
+@dataclass(frozen=True)
+class IdleTick:
+    """Ask: run a :class:`Tick` now (``rt.flush()`` sends it, so tests need not wait)."""
+
+
+@dataclass(frozen=True)
+class WindowStats:
+    """A window shard's counters, beside its :class:`ShardStats`."""
+
+    counters: WindowCounters
+    held_events: int
+
+
+class WindowShard(GroupShard):
+    """Computes one group's windowed features for one shard's keys. Internal."""
+
+    def __init__(
+        self,
+        engine: WindowEngine,
+        group_name: str,
+        shard: int,
+        hub: UpdateHub[FeatureUpdate],
+        late_hub: UpdateHub[LateEvent],
+        sample_every: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__(engine, group_name, shard, hub, sample_every)  # type: ignore[arg-type]
+        self.engine = engine
+        self.late_hub = late_hub
+        self.clock = clock
+        self.states: dict[Any, KeyWindows] = {}
+        self.counters = WindowCounters()
+        self.recent: OrderedDict[Any, None] | None = OrderedDict() if engine.tracks_idle else None
+        self.sleepers: list[tuple[float, int, Any, float]] = []
+
+    async def on_start(self) -> None:
+        engine = self.engine
+        if engine.tracks_idle:
+            quiet = min(x for x in (engine.idle_timeout, engine.state_ttl) if x is not None)
+            period = min(max(quiet / 4, 0.01), 1.0)
+            self.context.start_periodic_timer("tick", Tick(), period)
+
+    async def receive_batch(self, messages: list[Any]) -> None:
+        for message in messages:
+            if isinstance(message, Tick):
+                await self._tick()
+                continue
+            try:
+                await self._apply(message)
+            except Exception as exc:
+                _log.exception("window_batch_failed", group=self.group_name, shard=self.shard)
+                self.context.dead_letters.record(
+                    message.events,
+                    self.context.name,
+                    DeadLetterReason.FAILED,
+                    error=exc,
+                    detail="a batch failed in the window engine; it may be partly applied",
+                )
+
+    async def _apply(self, batch: Batch) -> None:
+        events = batch.events
+        n = len(events)
+        if not n:
+            return
+        engine = self.engine
+        now = self.clock()
+        errors: list[Any] = []
+        out: list[Any] | None = [] if self.hub.active else None
+        late: list[Any] | None = [] if self.late_hub.active else None
+        start = time.perf_counter_ns()
+        engine.apply(events, self.states, errors, now, out, late, self.counters, self.recent)
+        elapsed = time.perf_counter_ns() - start
+        self.compute_ns += elapsed
+        # per-feature time is not split: each windowed feature is charged the group's time
+        per_event_ms = self.compute_ns / (self.events + n) / 1e6
+        self.feature_latency_ms = dict.fromkeys(engine.names, per_event_ms)
+        feature_ns = self.feature_ns
+        for i in range(len(feature_ns)):
+            feature_ns[i] += elapsed
+        self.sampled_events += n
+        self.latencies.append((time.perf_counter() - batch.created, n))
+        self.events += n
+        self.batches += 1
+        wall = time.time()
+        if self.first_event_at is None:
+            self.first_event_at = wall
+        self.last_event_at = wall
+        high = max(t for _, t, _ in events)
+        if self.max_time is None or high > self.max_time:
+            self.max_time = high
+        if errors:
+            self._record_errors(errors, emit=False)
+        if late:
+            await self.late_hub.publish(
+                [LateEvent(k, t, wm, ev, self.group_name) for k, t, wm, ev in late]
+            )
+        if out:
+            await self._publish_windows(out, wall)
+
+    async def _publish_windows(self, out: list[Any], wall: float) -> None:
+        names = self.engine.names
+        latency = self.feature_latency_ms
+        group = self.group_name
+        updates = []
+        for key, t, values, kind, window, errors in out:
+            if kind == "update":
+                values = dict(zip(names, values, strict=True))
+            updates.append(
+                FeatureUpdate(key, t, values, errors, latency, wall, group, kind, window)
+            )
+        await self.hub.publish(updates)
+
+    async def _tick(self) -> None:
+        if self.recent is None:
+            return
+        out: list[Any] | None = [] if self.hub.active else None
+        self.engine.tick(self.states, self.recent, self.sleepers, self.clock(), out, self.counters)
+        if out:
+            await self._publish_windows(out, time.time())
+
+    async def receive(self, message: Any) -> Any:
+        if isinstance(message, GetStates):
+            replies: list[tuple[Any, ...]] = []
+            get, values = self.states.get, self.engine.values
+            ooo = self.engine.ooo
+            for key in message.keys:
+                st = get(key)
+                if st is None:
+                    replies.append((None, None, None, None, None))
+                else:
+                    replies.append(
+                        (values(st), st.latest, self.last_event_at, None, st.clock - ooo)
+                    )
+            return replies
+        if isinstance(message, IdleTick):
+            await self._tick()
+            return None
+        if isinstance(message, Ping):
+            return None
+        if isinstance(message, WindowStatsRequest):
+            return WindowStats(
+                WindowCounters(**vars(self.counters)), self.engine.held_events(self.states)
+            )
+        return await super().receive(message)
+
+    def _state_bytes(self, sample: int = 200) -> int:
+        return self.engine.state_bytes(self.states, sample)
+
+
+@dataclass(frozen=True)
+class WindowStatsRequest:
+    """Ask: the shard's :class:`WindowStats`."""

@@ -1,0 +1,416 @@
+"""The state of one window buffer of one key: what windowed features read their values from.
+
+Features of a feature set that read the same input (field, condition, numeric or not) over the
+same window share one *buffer*; :class:`Needs` says which statistics the buffer keeps for them.
+
+- :class:`SlidingState` holds the events of a sliding window in time order (a deque) and keeps
+  its statistics incrementally: running sums and moments subtract on eviction, min and max are
+  monotonic deques, percentiles a sorted list, quantiles a sketch that forgets, top-k and
+  distinct counts dicts of counts. Each event costs amortized O(1), or O(log w) with a sorted
+  list; nothing rescans the window.
+- :class:`Accumulator` only adds and merges: the state of one pane of a tumbling or hopping
+  window, or of one session. A hopping window's value merges its ``size / hop`` panes.
+
+Both answer the same questions (:data:`READERS`), so a feature's value is one function of
+either.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ._quantiles import QuantileSketch, SortedValues
+from ._window_stats import DistinctWindowCount, FrequentValues, RunningMoments
+
+__all__ = ["READERS", "Accumulator", "Needs", "SlidingState", "value_reader"]
+
+
+@dataclass(frozen=True)
+class Needs:
+    """The statistics a buffer keeps, for the features that share it."""
+
+    moments: bool = False
+    extremes: bool = False
+    ends: bool = False
+    sorted: bool = False
+    #: the relative accuracy of the quantile sketch, or None for no sketch
+    sketch: float | None = None
+    frequent: bool = False
+    distinct: bool = False
+
+
+def _entry_bytes(value: Any) -> int:
+    return 64 + (sys.getsizeof(value) if type(value) is not int else 28)
+
+
+class SlidingState:
+    """A sliding window's events in time order, with incremental statistics.
+
+    ``add(t, v)`` inserts in time order: O(1) for an event at or after the newest, O(d) for one
+    ``d`` places from the end. ``evict(cutoff)`` drops the events with time ``<= cutoff`` from
+    the front. Equal times keep their arrival order, so ``first`` is the earliest event (the
+    first to arrive among equals) and ``last`` the latest (the last to arrive).
+    """
+
+    __slots__ = (
+        "distinct",
+        "frequent",
+        "highs",
+        "items",
+        "lows",
+        "moments",
+        "sketch",
+        "sum",
+        "values",
+    )
+
+    def __init__(self, needs: Needs) -> None:
+        self.items: deque[tuple[int, Any]] = deque()
+        self.sum: Any = 0
+        self.moments = RunningMoments() if needs.moments else None
+        #: monotonic deques of (t, v): values increasing (lows) or decreasing (highs)
+        self.lows: deque[tuple[int, Any]] | None = deque() if needs.extremes else None
+        self.highs: deque[tuple[int, Any]] | None = deque() if needs.extremes else None
+        self.values = SortedValues() if needs.sorted else None
+        self.sketch = QuantileSketch(needs.sketch) if needs.sketch is not None else None
+        self.frequent = FrequentValues() if needs.frequent else None
+        self.distinct = DistinctWindowCount() if needs.distinct else None
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def add(self, t: int, v: Any, numeric: bool) -> None:
+        items = self.items
+        if not items or t >= items[-1][0]:
+            items.append((t, v))
+        else:
+            i = len(items) - 1
+            while i > 0 and items[i - 1][0] > t:
+                i -= 1
+            items.insert(i, (t, v))
+        if numeric:
+            self.sum += v
+        if self.moments is not None:
+            self.moments.add(v)
+        if self.lows is not None:
+            _monotonic_insert(self.lows, t, v, _ge)
+            _monotonic_insert(self.highs, t, v, _le)  # type: ignore[arg-type]
+        if self.values is not None:
+            self.values.add(v)
+        if self.sketch is not None:
+            self.sketch.add(v)
+        if self.frequent is not None:
+            self.frequent.add(v)
+        if self.distinct is not None:
+            self.distinct.add(v)
+
+    def evict(self, cutoff: int, numeric: bool) -> None:
+        """Drop the events with time ``<= cutoff``."""
+        items = self.items
+        if not items or items[0][0] > cutoff:
+            return
+        moments, values, sketch = self.moments, self.values, self.sketch
+        frequent, distinct = self.frequent, self.distinct
+        total = self.sum
+        popleft = items.popleft
+        while items and items[0][0] <= cutoff:
+            v = popleft()[1]
+            if numeric:
+                total -= v
+            if moments is not None:
+                moments.remove(v)
+            if values is not None:
+                values.remove(v)
+            if sketch is not None:
+                sketch.remove(v)
+            if frequent is not None:
+                frequent.remove(v)
+            if distinct is not None:
+                distinct.remove(v)
+        # an empty window sums to exactly zero, whatever rounding the subtractions left
+        self.sum = total if items else 0
+        lows, highs = self.lows, self.highs
+        if lows is not None and highs is not None:
+            while lows and lows[0][0] <= cutoff:
+                lows.popleft()
+            while highs and highs[0][0] <= cutoff:
+                highs.popleft()
+
+    # -- readers ---------------------------------------------------------------------------
+    def count(self) -> int:
+        return len(self.items)
+
+    def total(self) -> Any:
+        return self.sum
+
+    def mean(self) -> float | None:
+        n = len(self.items)
+        return self.sum / n if n else None
+
+    def variance(self, ddof: int) -> float | None:
+        assert self.moments is not None
+        return self.moments.variance(ddof)
+
+    def minimum(self) -> Any:
+        return self.lows[0][1] if self.lows else None
+
+    def maximum(self) -> Any:
+        return self.highs[0][1] if self.highs else None
+
+    def first(self) -> Any:
+        return self.items[0][1] if self.items else None
+
+    def last(self) -> Any:
+        return self.items[-1][1] if self.items else None
+
+    def percentile(self, q: float, method: Any) -> Any:
+        assert self.values is not None
+        return self.values.percentile(q, method)
+
+    def quantile(self, q: float) -> float | None:
+        assert self.sketch is not None
+        return self.sketch.quantile(q)
+
+    def top(self, k: int) -> list[list[Any]]:
+        assert self.frequent is not None
+        return [[value, n] for value, n in self.frequent.top(k)]
+
+    def distinct_count(self) -> int:
+        assert self.distinct is not None
+        return self.distinct.distinct()
+
+    def nbytes(self) -> int:
+        """Estimated bytes held: the deque's entries and the structures beside them."""
+        n = len(self.items)
+        if not n:
+            return 200
+        per = _entry_bytes(self.items[-1][1])
+        extra = 0
+        if self.lows is not None and self.highs is not None:
+            extra += (len(self.lows) + len(self.highs)) * 72
+        if self.values is not None:
+            extra += n * 8
+        if self.frequent is not None or self.distinct is not None:
+            extra += n * 100
+        if self.sketch is not None:
+            extra += len(self.sketch._sketch._store.bins) * 8
+        return 200 + n * per + extra
+
+
+def _ge(a: Any, b: Any) -> bool:
+    return bool(a >= b)
+
+
+def _le(a: Any, b: Any) -> bool:
+    return bool(a <= b)
+
+
+def _monotonic_insert(
+    dq: deque[tuple[int, Any]], t: int, v: Any, dominated: Callable[[Any, Any], bool]
+) -> None:
+    """Insert ``(t, v)`` into a monotonic deque of window candidates, in time order.
+
+    An entry is a candidate while no entry at least as late has a value at least as good
+    (``dominated(old, new)``: old is no better). For an event in time order this is the usual
+    pop-from-the-back; for an out-of-order one, the entries it dominates are the run just before
+    its place, and it is itself dominated if the first later entry is at least as good.
+    """
+    end = len(dq)
+    if not end or t >= dq[-1][0]:
+        while dq and dominated(dq[-1][1], v):
+            dq.pop()
+        dq.append((t, v))
+        return
+    place = end
+    while place > 0 and dq[place - 1][0] > t:
+        place -= 1
+    if dominated(v, dq[place][1]):
+        return  # a later entry is at least as good: the new one never answers
+    while place > 0 and dominated(dq[place - 1][1], v):
+        del dq[place - 1]
+        place -= 1
+    dq.insert(place, (t, v))
+
+
+class Accumulator:
+    """The statistics of one pane or session: add and merge, never remove."""
+
+    __slots__ = (
+        "distinct",
+        "first_t",
+        "first_v",
+        "frequent",
+        "high",
+        "last_t",
+        "last_v",
+        "low",
+        "moments",
+        "n",
+        "sketch",
+        "sum",
+        "values",
+    )
+
+    def __init__(self, needs: Needs) -> None:
+        self.n = 0
+        self.sum: Any = 0
+        self.moments = RunningMoments() if needs.moments else None
+        self.low: Any = None
+        self.high: Any = None
+        self.first_t = -1
+        self.first_v: Any = None
+        self.last_t = -1
+        self.last_v: Any = None
+        self.values = SortedValues() if needs.sorted else None
+        self.sketch = QuantileSketch(needs.sketch) if needs.sketch is not None else None
+        self.frequent = FrequentValues() if needs.frequent else None
+        self.distinct = DistinctWindowCount() if needs.distinct else None
+
+    def __len__(self) -> int:
+        return self.n
+
+    def add(self, t: int, v: Any, numeric: bool, needs: Needs) -> None:
+        self.n += 1
+        if numeric:
+            self.sum += v
+        if self.moments is not None:
+            self.moments.add(v)
+        if needs.extremes:
+            if self.low is None or v < self.low:
+                self.low = v
+            if self.high is None or v > self.high:
+                self.high = v
+        if self.first_t < 0 or t < self.first_t:
+            self.first_t, self.first_v = t, v
+        if t >= self.last_t:
+            self.last_t, self.last_v = t, v
+        if self.values is not None:
+            self.values.add(v)
+        if self.sketch is not None:
+            self.sketch.add(v)
+        if self.frequent is not None:
+            self.frequent.add(v)
+        if self.distinct is not None:
+            self.distinct.add(v)
+
+    def merge(self, other: Accumulator, needs: Needs) -> None:
+        """Fold ``other`` in. Panes merge oldest first, so that ``first`` and ``last`` keep
+        their arrival order among equal times."""
+        if not other.n:
+            return
+        self.n += other.n
+        self.sum += other.sum
+        if self.moments is not None and other.moments is not None:
+            self.moments.merge(other.moments)
+        if needs.extremes:
+            if self.low is None or other.low < self.low:
+                self.low = other.low
+            if self.high is None or other.high > self.high:
+                self.high = other.high
+        if self.first_t < 0 or other.first_t < self.first_t:
+            self.first_t, self.first_v = other.first_t, other.first_v
+        if other.last_t >= self.last_t:
+            self.last_t, self.last_v = other.last_t, other.last_v
+        if self.values is not None and other.values is not None:
+            self.values.merge(other.values)
+        if self.sketch is not None and other.sketch is not None:
+            self.sketch.merge(other.sketch)
+        if self.frequent is not None and other.frequent is not None:
+            self.frequent.merge(other.frequent)
+        if self.distinct is not None and other.distinct is not None:
+            self.distinct.merge(other.distinct)
+
+    # -- readers ---------------------------------------------------------------------------
+    def count(self) -> int:
+        return self.n
+
+    def total(self) -> Any:
+        return self.sum
+
+    def mean(self) -> float | None:
+        return self.sum / self.n if self.n else None
+
+    def variance(self, ddof: int) -> float | None:
+        assert self.moments is not None
+        return self.moments.variance(ddof)
+
+    def minimum(self) -> Any:
+        return self.low
+
+    def maximum(self) -> Any:
+        return self.high
+
+    def first(self) -> Any:
+        return self.first_v
+
+    def last(self) -> Any:
+        return self.last_v
+
+    def percentile(self, q: float, method: Any) -> Any:
+        assert self.values is not None
+        return self.values.percentile(q, method)
+
+    def quantile(self, q: float) -> float | None:
+        assert self.sketch is not None
+        return self.sketch.quantile(q)
+
+    def top(self, k: int) -> list[list[Any]]:
+        assert self.frequent is not None
+        return [[value, n] for value, n in self.frequent.top(k)]
+
+    def distinct_count(self) -> int:
+        assert self.distinct is not None
+        return self.distinct.distinct()
+
+    def nbytes(self) -> int:
+        size = 240
+        if self.values is not None:
+            size += len(self.values) * 40
+        if self.frequent is not None or self.distinct is not None:
+            size += self.n * 100
+        if self.sketch is not None:
+            size += len(self.sketch._sketch._store.bins) * 8
+        return size
+
+
+def _std(state: Any, ddof: int) -> float | None:
+    variance = state.variance(ddof)
+    return None if variance is None else variance**0.5
+
+
+#: How each feature type reads its value from a buffer state (sliding or accumulator).
+READERS: dict[str, Callable[[Any, Any], Any]] = {
+    "count": lambda s, f: s.count(),
+    "sum": lambda s, f: s.total(),
+    "mean": lambda s, f: s.mean(),
+    "min": lambda s, f: s.minimum(),
+    "max": lambda s, f: s.maximum(),
+    "first": lambda s, f: s.first(),
+    "last": lambda s, f: s.last(),
+    "variance": lambda s, f: s.variance(f.ddof),
+    "std": lambda s, f: _std(s, f.ddof),
+    "distinct_count": lambda s, f: s.distinct_count(),
+    "percentile": lambda s, f: s.percentile(f.q, f.method),
+    "quantile": lambda s, f: s.quantile(f.q),
+    "top_k": lambda s, f: s.top(f.k),
+}
+
+#: The value of each feature type over an empty window.
+EMPTY: dict[str, Any] = {"count": 0, "sum": 0, "distinct_count": 0, "top_k": []}
+
+
+def value_reader(feature: Any) -> Callable[[Any], Any]:
+    """The function from a buffer state (or None: an empty window) to ``feature``'s value."""
+    read = READERS[feature.type_name]
+    empty = EMPTY.get(feature.type_name)
+
+    def value(state: Any) -> Any:
+        if state is None or not len(state):
+            return list(empty) if isinstance(empty, list) else empty
+        return read(state, feature)
+
+    return value
