@@ -68,11 +68,12 @@ class _Panes:
 
     __slots__ = ("closed", "panes")
 
-    def __init__(self) -> None:
+    def __init__(self, closed: int) -> None:
         #: pane index (``t // hop``) -> its accumulator
         self.panes: dict[int, Accumulator] = {}
-        #: the newest window index closed so far (windows start at ``index * hop``)
-        self.closed: int | None = None
+        #: the newest window index past its close (windows start at ``index * hop``): the
+        #: windows up to it that held data have been emitted
+        self.closed = closed
 
     def __len__(self) -> int:
         return len(self.panes)
@@ -105,8 +106,8 @@ class KeyWindows:
         self.buffers: list[Any] = [None] * buffers
         #: the smallest watermark at which some window of the key closes or is purged
         self.next_close = NEVER
-        #: with ``emit="close"``: each feature's value in its last closed window
-        self.finals: dict[str, Any] | None = None
+        #: with ``emit="close"``: buffer index -> (end, values) of its newest emitted window
+        self.finals: dict[int, tuple[int, dict[str, Any]]] | None = None
 
 
 @dataclass
@@ -312,7 +313,7 @@ class WindowEngine:
                     recent.move_to_end(key)
                 else:
                     recent[key] = None
-            closes: dict[tuple[int, int], dict[str, Any]] | None = None
+            late_out: _LateOut | None = None
             mark = len(errors)
             for buffer in buffers:
                 fld = buffer.field
@@ -349,22 +350,29 @@ class WindowEngine:
                             state.evict(cutoff, buffer.numeric)
                     elif kind == "panes":
                         if state is None:
-                            state = st.buffers[buffer.index] = _Panes()
-                        closes = self._add_pane(st, buffer, state, key, t, v, late_event, closes)
+                            limit = (st.clock - ooo - lateness - buffer.size) // buffer.hop
+                            state = st.buffers[buffer.index] = _Panes(limit)
+                        late_out = self._add_pane(st, buffer, state, t, v, late_out)
                     else:
                         if state is None:
                             state = st.buffers[buffer.index] = _Sessions()
-                        closes = self._add_session(st, buffer, state, t, v, closes)
+                        late_out = self._add_session(st, buffer, state, t, v, late_out)
                 except Exception as exc:
                     self._errors(errors, buffer, key, t, name_error(exc, fld or "count"))
-            if closes is not None:
-                counters.corrections += len(closes)
-                if out is not None:
-                    for window, values in closes.items():
+            pending: list[tuple[int, int, dict[str, Any]]] | None = None
+            if late_out is not None:
+                for (kind, window), values in late_out.items():
+                    if kind == "close":
+                        # emitted with the closes of this event, merged by window
+                        pending = pending or []
+                        pending.append((window[0], window[1], values))
+                        continue
+                    counters.corrections += 1
+                    if out is not None:
                         self._add_ratios(values)
-                        out.append((key, window[1], values, "correction", window, None))
-            if st.clock - ooo >= st.next_close:
-                self.close(key, st, out, counters)
+                        out.append((key, window[1], values, kind, window, None))
+            if pending is not None or st.clock - ooo >= st.next_close:
+                self.close(key, st, out, counters, pending)
             if emit_updates:
                 assert out is not None
                 failed = None
@@ -384,36 +392,46 @@ class WindowEngine:
         st: KeyWindows,
         buffer: _Buffer,
         state: _Panes,
-        key: Any,
         t: int,
         v: Any,
-        late_event: bool,
-        closes: dict[tuple[int, int], dict[str, Any]] | None,
-    ) -> dict[tuple[int, int], dict[str, Any]] | None:
+        late_out: _LateOut | None,
+    ) -> _LateOut | None:
         hop = buffer.hop
         p = t // hop
-        acc = state.panes.get(p)
+        panes = state.panes
+        acc = panes.get(p)
         if acc is None:
-            acc = state.panes[p] = Accumulator(buffer.needs)
+            acc = panes[p] = Accumulator(buffer.needs)
         acc.add(t, v, buffer.numeric, buffer.needs)
         # the first window holding pane p ends at (p + 1) * hop
         close_at = (p + 1) * hop + self.lateness
         if close_at < st.next_close:
             st.next_close = close_at
-        if late_event and state.closed is not None and p - buffer.panes_per_window < state.closed:
-            # windows p - r + 1 .. min(p, closed) are closed and changed: correct them
-            r = buffer.panes_per_window
+        r = buffer.panes_per_window
+        if p - r < state.closed:
+            # A late event in windows p - r + 1 .. min(p, closed), which are past their close:
+            # those that held data were emitted, and get a correction; an empty one is
+            # emitted now for the first time, as a close.
             for k in range(p - r + 1, min(p, state.closed) + 1):
+                had_data = acc.n > 1 or any(q in panes for q in range(k, k + r) if q != p)
                 values = self._window_values(buffer, state, k)
                 window = (k * hop, k * hop + buffer.size)
-                if closes is None:
-                    closes = {}
-                closes.setdefault(window, {}).update(values)
-                if self.emit == "close" and k == state.closed:
-                    if st.finals is None:
-                        st.finals = {}
-                    st.finals.update(values)
-        return closes
+                kind = "correction" if had_data else "close"
+                if late_out is None:
+                    late_out = {}
+                late_out.setdefault((kind, window), {}).update(values)
+                self._set_final(st, buffer, window[1], values)
+        return late_out
+
+    def _set_final(self, st: KeyWindows, buffer: _Buffer, end: int, values: dict[str, Any]) -> None:
+        """With ``emit="close"``: remember the values of the buffer's newest emitted window."""
+        if self.emit != "close":
+            return
+        if st.finals is None:
+            st.finals = {}
+        current = st.finals.get(buffer.index)
+        if current is None or end >= current[0]:
+            st.finals[buffer.index] = (end, values)
 
     def _add_session(
         self,
@@ -422,8 +440,8 @@ class WindowEngine:
         state: _Sessions,
         t: int,
         v: Any,
-        closes: dict[tuple[int, int], dict[str, Any]] | None,
-    ) -> dict[tuple[int, int], dict[str, Any]] | None:
+        late_out: _LateOut | None,
+    ) -> _LateOut | None:
         gap = buffer.gap
         items = state.items
         # sessions [start, last + gap) that overlap the event's [t, t + gap)
@@ -460,24 +478,27 @@ class WindowEngine:
             st.next_close = close_at
         if session[3]:  # a closed session changed: a correction
             values = self._state_values(buffer, session[2])
-            if closes is None:
-                closes = {}
-            closes[(session[0], session[1] + gap)] = values
-            if self.emit == "close":
-                if st.finals is None:
-                    st.finals = {}
-                st.finals.update(values)
-        return closes
+            window = (session[0], session[1] + gap)
+            if late_out is None:
+                late_out = {}
+            late_out.setdefault(("correction", window), {}).update(values)
+            self._set_final(st, buffer, window[1], values)
+        return late_out
 
     # -- closing windows ---------------------------------------------------------------------
     def close(
-        self, key: Any, st: KeyWindows, out: list[Any] | None, counters: WindowCounters
+        self,
+        key: Any,
+        st: KeyWindows,
+        out: list[Any] | None,
+        counters: WindowCounters,
+        pending: list[tuple[int, int, dict[str, Any]]] | None = None,
     ) -> None:
         """Close the windows of ``st`` that its watermark has passed, emit their final values
-        (in order of window end), purge what is no longer needed, and compute the next
-        threshold."""
+        (in order of window end, with the ``pending`` first closes of a late event merged in),
+        purge what is no longer needed, and compute the next threshold."""
         wm = st.clock - self.ooo
-        finished: list[tuple[int, int, dict[str, Any]]] = []
+        finished: list[tuple[int, int, dict[str, Any]]] = list(pending or ())
         next_close = NEVER
         for buffer in self.buffers:
             state = st.buffers[buffer.index]
@@ -488,25 +509,23 @@ class WindowEngine:
                 if not len(state):
                     st.buffers[buffer.index] = None
                 continue
+            mark = len(finished)
             if buffer.kind == "panes":
                 next_close = min(next_close, self._close_panes(buffer, state, wm, finished))
             else:
                 next_close = min(next_close, self._close_sessions(buffer, state, wm, finished))
+            for _, end, values in finished[mark:]:
+                self._set_final(st, buffer, end, values)
             if not len(state):
                 st.buffers[buffer.index] = None
         st.next_close = next_close
         if not finished:
             return
         finished.sort(key=_end_then_start)
-        counters.windows_closed += len(finished)
         merged: dict[tuple[int, int], dict[str, Any]] = {}
         for start, end, values in finished:
             merged.setdefault((start, end), {}).update(values)
-        if self.emit == "close":
-            if st.finals is None:
-                st.finals = {}
-            for values in merged.values():
-                st.finals.update(values)
+        counters.windows_closed += len(merged)
         if out is not None:
             for (start, end), values in merged.items():
                 self._add_ratios(values)
@@ -518,17 +537,15 @@ class WindowEngine:
         # window k closes when k * hop + size + lateness <= wm
         limit = (wm - lateness - size) // hop
         panes = state.panes
-        if state.closed is None or limit > state.closed:
-            low = state.closed + 1 if state.closed is not None else None
+        if limit > state.closed:
+            low = state.closed + 1
             due: set[int] = set()
             for p in panes:
-                first = p - r + 1 if low is None else max(p - r + 1, low)
-                due.update(range(first, min(p, limit) + 1))
+                due.update(range(max(p - r + 1, low), min(p, limit) + 1))
             for k in sorted(due):
                 values = self._window_values(buffer, state, k)
                 finished.append((k * hop, k * hop + size, values))
-            if panes:
-                state.closed = limit if state.closed is None else max(state.closed, limit)
+            state.closed = limit
         # pane p is purged once its last window (k = p) is closed and past the horizon
         purge_limit = (wm - lateness - size - self.horizon) // hop
         for p in [p for p in panes if p <= purge_limit]:
@@ -536,8 +553,7 @@ class WindowEngine:
         if not panes:
             return NEVER
         # next: the next window to close, or the next pane to purge
-        open_from = (state.closed + 1) if state.closed is not None else min(panes) - r + 1
-        next_k = max(open_from, min(panes) - r + 1)
+        next_k = max(state.closed + 1, min(panes) - r + 1)
         next_close = next_k * hop + size + lateness
         if self.horizon:
             next_close = min(next_close, min(panes) * hop + size + lateness + self.horizon)
@@ -622,13 +638,15 @@ class WindowEngine:
                 state = _FINAL
             else:
                 state = self.current_state(buffer, st)
-            for i in buffer.features:
-                if state is _FINAL:
-                    if finals is not None and names[i] in finals:
-                        result[i] = finals[names[i]]
+            if state is _FINAL:
+                final = finals.get(buffer.index) if finals is not None else None
+                for i in buffer.features:
+                    if final is not None:
+                        result[i] = final[1][names[i]]
                     else:
                         result[i] = self._readers[i](None)  # type: ignore[misc]
-                else:
+            else:
+                for i in buffer.features:
                     result[i] = self._readers[i](state)  # type: ignore[misc]
         if self._ratio_order:
             by_name = dict(zip(names, result, strict=True))
@@ -771,6 +789,8 @@ class WindowEngine:
 
 
 _FINAL = object()
+#: late emissions of one event: (kind, window) -> values
+_LateOut = dict[tuple[str, tuple[int, int]], dict[str, Any]]
 
 
 def _start_of(session: list[Any]) -> int:

@@ -26,7 +26,7 @@ from typing import Any
 from ._quantiles import QuantileSketch, SortedValues
 from ._window_stats import DistinctWindowCount, FrequentValues, RunningMoments
 
-__all__ = ["READERS", "Accumulator", "Needs", "SlidingState", "value_reader"]
+__all__ = ["READERS", "Accumulator", "Needs", "SlidingState", "WindowMoments", "value_reader"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,64 @@ class Needs:
 
 def _entry_bytes(value: Any) -> int:
     return 64 + (sys.getsizeof(value) if type(value) is not int else 28)
+
+
+class WindowMoments:
+    """The variance of a sliding window, with O(1) ``add`` and ``remove``.
+
+    It keeps the count and the sums of ``x - K`` and ``(x - K) ** 2`` for a shift ``K`` taken
+    from the data (the shifted-data algorithm), so the subtraction that gives the variance does
+    not cancel catastrophically when the mean is large against the spread. Integers stay
+    integers, so a window of ints has an exact variance however many values passed through it.
+    For floats, rounding accumulates with each add and remove; :meth:`rebuild` recomputes the
+    sums from the values held, and the sliding window calls it once as many removals as values
+    held have happened (amortized O(1)), so the error stays that of the last ``2 w`` operations.
+    """
+
+    __slots__ = ("n", "removed", "s1", "s2", "shift")
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.shift: Any = 0
+        self.s1: Any = 0
+        self.s2: Any = 0
+        self.removed = 0
+
+    def add(self, x: Any) -> None:
+        if not self.n:
+            self.shift, self.s1, self.s2 = x, 0, 0
+        d = x - self.shift
+        self.s1 += d
+        self.s2 += d * d
+        self.n += 1
+
+    def remove(self, x: Any) -> None:
+        self.n -= 1
+        self.removed += 1
+        if not self.n:
+            self.shift, self.s1, self.s2 = 0, 0, 0
+            return
+        d = x - self.shift
+        self.s1 -= d
+        self.s2 -= d * d
+
+    def rebuild(self, values: list[Any]) -> None:
+        """Recompute from the values held, shifted by their first value."""
+        self.n = 0
+        self.removed = 0
+        for x in values:
+            self.add(x)
+
+    def variance(self, ddof: int) -> float | None:
+        n = self.n
+        if n <= ddof:
+            return None
+        s1, s2 = self.s1, self.s2
+        if type(s1) is int and type(s2) is int:
+            # exact: (n * s2 - s1 ** 2) / (n * (n - ddof)), one correctly rounded division
+            return (n * s2 - s1 * s1) / (n * (n - ddof))
+        q = s2 - s1 * s1 / n
+        return (q if q > 0 else 0.0) / (n - ddof)
 
 
 class SlidingState:
@@ -71,7 +129,7 @@ class SlidingState:
     def __init__(self, needs: Needs) -> None:
         self.items: deque[tuple[int, Any]] = deque()
         self.sum: Any = 0
-        self.moments = RunningMoments() if needs.moments else None
+        self.moments = WindowMoments() if needs.moments else None
         #: monotonic deques of (t, v): values increasing (lows) or decreasing (highs)
         self.lows: deque[tuple[int, Any]] | None = deque() if needs.extremes else None
         self.highs: deque[tuple[int, Any]] | None = deque() if needs.extremes else None
@@ -133,6 +191,11 @@ class SlidingState:
                 distinct.remove(v)
         # an empty window sums to exactly zero, whatever rounding the subtractions left
         self.sum = total if items else 0
+        if moments is not None and items and moments.removed >= len(items):
+            held = [v for _, v in items]
+            moments.rebuild(held)
+            if numeric:
+                self.sum = sum(held)
         lows, highs = self.lows, self.highs
         if lows is not None and highs is not None:
             while lows and lows[0][0] <= cutoff:

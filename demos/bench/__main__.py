@@ -8,6 +8,7 @@ import sys
 BENCHMARKS = {
     "actors": "demos.bench.actors",
     "aggregates": "demos.bench.aggregates",
+    "windows": "demos.bench.windows",
 }
 
 

@@ -1,0 +1,241 @@
+"""Windowed features against the brute-force oracle of ``window_oracle``.
+
+Random streams over many keys with out-of-order and duplicate timestamps, missing values and
+values of the wrong type; every window type, every lateness policy, both emit modes; 1, 2, 7
+and 16 shards and several batch sizes. The emitted updates, closes and corrections, the final
+vectors and the late-event counters must match the oracle, and be identical for every shard
+count.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import defaultdict
+from typing import Any
+
+import hypothesis
+import hypothesis.strategies as st
+from hypothesis import HealthCheck, given, settings
+
+from runtime import (
+    Count,
+    DistinctCount,
+    FeatureRuntime,
+    FeatureSet,
+    First,
+    Hopping,
+    Last,
+    Max,
+    Mean,
+    Min,
+    Percentile,
+    Ratio,
+    Session,
+    Sliding,
+    Std,
+    Sum,
+    TopK,
+    Tumbling,
+    Variance,
+    Where,
+)
+
+from .window_oracle import KeyOracle
+
+SLIDING = Sliding(size=1000)
+TUMBLING = Tumbling(size=500)
+HOPPING = Hopping(size=900, hop=300)
+SESSION = Session(gap=250)
+DECLINED = Where(field="status", op="==", value="declined")
+
+FEATURES: list[Any] = [
+    Count(name="s_n", window=SLIDING),
+    Sum(name="s_sum", field="amount", window=SLIDING),
+    Mean(name="s_mean", field="amount", window=SLIDING),
+    Min(name="s_min", field="amount", window=SLIDING),
+    Max(name="s_max", field="amount", window=SLIDING),
+    First(name="s_first", field="merchant", window=SLIDING),
+    Last(name="s_last", field="merchant", window=SLIDING),
+    Variance(name="s_var", field="amount", window=SLIDING),
+    Std(name="s_std", field="amount", ddof=0, window=SLIDING),
+    DistinctCount(name="s_merchants", field="merchant", window=SLIDING),
+    Percentile(name="s_p90", field="amount", q=90, window=SLIDING),
+    Percentile(name="s_p50", field="amount", q=50, method="linear", window=SLIDING),
+    TopK(name="s_top", field="merchant", k=2, window=SLIDING),
+    Count(name="s_declined", where=DECLINED, window=SLIDING),
+    Ratio(name="s_avg", numerator="s_sum", denominator="s_n"),
+    Count(name="t_n", window=TUMBLING),
+    Sum(name="t_sum", field="amount", window=TUMBLING),
+    Max(name="t_max", field="amount", window=TUMBLING),
+    Last(name="t_last", field="merchant", window=TUMBLING),
+    Percentile(name="t_p50", field="amount", q=50, window=TUMBLING),
+    TopK(name="t_top", field="merchant", k=2, window=TUMBLING),
+    Count(name="h_n", window=HOPPING),
+    Sum(name="h_sum", field="amount", window=HOPPING),
+    Min(name="h_min", field="amount", window=HOPPING),
+    First(name="h_first", field="merchant", window=HOPPING),
+    Percentile(name="h_p90", field="amount", q=90, window=HOPPING),
+    Count(name="x_n", window=SESSION),
+    Sum(name="x_sum", field="amount", window=SESSION),
+    Last(name="x_last", field="merchant", window=SESSION),
+    Count(name="x_declined", where=DECLINED, window=SESSION),
+]
+
+amounts = st.one_of(
+    st.integers(min_value=-100, max_value=100),
+    st.none(),
+    st.just("oops"),
+)
+
+
+@st.composite
+def streams(draw: st.DrawFn) -> list[dict[str, Any]]:
+    """Events whose times mostly increase, with jitter backwards (out of order), repeats
+    (duplicate timestamps) and now and then a jump forward (windows close)."""
+    n = draw(st.integers(min_value=0, max_value=70))
+    t = 10_000
+    events = []
+    for _ in range(n):
+        t += draw(st.sampled_from([0, 0, 10, 50, 120, 300, 700, 2000]))
+        jitter = draw(st.sampled_from([0, 0, 0, 30, 200, 600, 1500]))
+        events.append(
+            {
+                "card": draw(st.sampled_from(["a", "b", "c", 1, 2])),
+                "ts": max(0, t - jitter),
+                "amount": draw(amounts),
+                "merchant": draw(st.sampled_from(["m1", "m2", "m3", None])),
+                "status": draw(st.sampled_from(["ok", "declined"])),
+            }
+        )
+    return events
+
+
+@st.composite
+def options(draw: st.DrawFn) -> dict[str, Any]:
+    return {
+        "max_out_of_orderness": draw(st.sampled_from([0, 100, 700])),
+        "allowed_lateness": draw(st.sampled_from([0, 250])),
+        "late_policy": draw(st.sampled_from(["drop", "side_output", "update", "update"])),
+        "correction_horizon": draw(st.sampled_from([0, 1000, 100_000])),
+        "emit": draw(st.sampled_from(["update", "close"])),
+    }
+
+
+def expected(stream: list[dict[str, Any]], opts: dict[str, Any]) -> dict[Any, KeyOracle]:
+    oracles: dict[Any, KeyOracle] = {}
+    for index, event in enumerate(stream):
+        key = event["card"]
+        if key not in oracles:
+            oracles[key] = KeyOracle(
+                FEATURES,
+                opts["max_out_of_orderness"],
+                opts["allowed_lateness"],
+                opts["late_policy"],
+                opts["correction_horizon"],
+                opts["emit"],
+            )
+        oracles[key].feed(index, event["ts"], event)
+    return oracles
+
+
+async def run(
+    stream: list[dict[str, Any]], opts: dict[str, Any], shards: int, batch_size: int
+) -> tuple[dict[Any, list[Any]], dict[Any, dict[str, Any]], Any]:
+    feature_set = FeatureSet(name="w", key="card", time="ts", features=FEATURES, **opts)
+    emitted: dict[Any, list[Any]] = defaultdict(list)
+    async with FeatureRuntime(feature_set, shards=shards, batch_size=batch_size) as rt:
+        updates = rt.updates(buffer=100_000)
+        await rt.ingest_many(stream)
+        await rt.flush()
+        vectors = {key: (await rt.get(key)).values for key in {e["card"] for e in stream}}
+        stats = await rt.statistics()
+        await updates.aclose()
+        async for update in updates:
+            if update.group.startswith("w"):
+                emitted[update.key].append(
+                    (update.kind, update.event_time, update.window, update.values)
+                )
+    return emitted, vectors, stats.windows
+
+
+def same(a: Any, b: Any) -> bool:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, float) or isinstance(b, float):
+        if a is None or b is None:
+            return False
+        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9)
+    return bool(a == b)
+
+
+def _diff(want: Any, got: Any) -> Any:
+    """What differs between two emissions: the differing values by name."""
+    if want[:3] != got[:3]:
+        return want, got
+    return {
+        name: (want[3].get(name), got[3].get(name))
+        for name in want[3].keys() | got[3].keys()
+        if not same(want[3].get(name), got[3].get(name))
+    }
+
+
+def _split(out: list[Any]) -> tuple[list[Any], list[Any], list[Any]]:
+    updates = [o for o in out if o[0] == "update"]
+    closes = sorted((o for o in out if o[0] == "close"), key=repr)
+    corrections = sorted((o for o in out if o[0] == "correction"), key=repr)
+    return updates, closes, corrections
+
+
+def check(
+    oracles: dict[Any, KeyOracle], emitted: dict[Any, list[Any]], vectors: dict[Any, Any]
+) -> None:
+    for key, oracle in oracles.items():
+        want = _split(oracle.out)
+        got = _split(emitted.get(key, []))
+        for kind, w, g in zip(("update", "close", "correction"), want, got, strict=True):
+            assert len(w) == len(g), (key, kind, len(w), len(g), w[-3:], g[-3:])
+            for x, y in zip(w, g, strict=True):
+                assert same(x, y), (key, kind, _diff(x, y))
+        vector = vectors[key]
+        for name, value in oracle.vector().items():
+            assert same(vector[name], value), (key, name, vector[name], value)
+
+
+SETTINGS = settings(
+    max_examples=int(os.environ.get("WINDOW_EXAMPLES", "30")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+
+
+@SETTINGS
+@given(stream=streams(), opts=options(), batch_size=st.sampled_from([1, 3, 64]))
+async def test_windows_match_the_oracle_for_1_2_7_and_16_shards(
+    stream: list[dict[str, Any]], opts: dict[str, Any], batch_size: int
+) -> None:
+    oracles = expected(stream, opts)
+    kinds = {o[0] for oracle in oracles.values() for o in oracle.out}
+    hypothesis.event(f"emitted: {sorted(kinds)}")
+    hypothesis.event(
+        f"late: {sum(o.dropped + o.side + o.applied_late for o in oracles.values()) > 0}"
+    )
+    reference = None
+    for shards in (1, 2, 7, 16):
+        emitted, vectors, stats = await run(stream, opts, shards, batch_size)
+        check(oracles, emitted, vectors)
+        if reference is None:
+            reference = (emitted, vectors, stats)
+        else:
+            for key in vectors:
+                assert repr(emitted.get(key)) == repr(reference[0].get(key)), (shards, key)
+                assert repr(vectors[key]) == repr(reference[1][key]), (shards, key)
+            assert stats.late_dropped == reference[2].late_dropped
+    assert reference is not None
+    stats = reference[2]
+    if stream:
+        assert stats.late_dropped == sum(o.dropped for o in oracles.values())
+        assert stats.late_side_output == sum(o.side for o in oracles.values())
+        assert stats.late_applied == sum(o.applied_late for o in oracles.values())

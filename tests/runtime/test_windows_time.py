@@ -1,0 +1,299 @@
+"""Windowed features and time: idle keys, expiry, late events, corrections, and the rest of the
+runtime around windows (errors, registration, statistics, quantile accuracy)."""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Any
+
+import pytest
+
+from runtime import (
+    Count,
+    FeatureRuntime,
+    FeatureSet,
+    FeatureUpdate,
+    Hopping,
+    LateEvent,
+    Max,
+    Quantile,
+    Session,
+    Sliding,
+    SpecError,
+    Sum,
+    Tumbling,
+)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def spec(*features: Any, **options: Any) -> FeatureSet:
+    return FeatureSet(name="w", key="k", time="ts", features=list(features), **options)
+
+
+async def drain(sub: Any) -> list[FeatureUpdate]:
+    await sub.aclose()
+    return [u async for u in sub]
+
+
+async def test_idle_time_closes_windows_without_new_events() -> None:
+    clock = FakeClock()
+    fs = spec(Sum(name="s", field="x", window=Tumbling(size="10s")), idle_timeout="2s")
+    async with FeatureRuntime(fs, clock=clock) as rt:
+        sub = rt.updates()
+        await rt.ingest_many([{"k": "a", "ts": 1_000, "x": 1}, {"k": "a", "ts": 4_000, "x": 2}])
+        await rt.flush()
+        assert (await rt.get("a"))["s"] == 3
+        # quiet for 2 s of wall time: the clock starts to move, but the window ends at 10 s
+        clock.now += 3.0  # key clock: 4 s + (3 s - 2 s) = 5 s
+        await rt.flush()
+        clock.now += 5.5  # 4 s + 6.5 s = 10.5 s: the window [0, 10 s) closes
+        await rt.flush()
+        updates = await drain(sub)
+        closes = [u for u in updates if u.kind == "close"]
+        assert [(u.window, u.values) for u in closes] == [((0, 10_000), {"s": 3})]
+        stats = (await rt.statistics()).windows
+        assert stats is not None
+        assert stats.windows_closed == 1
+        assert stats.idle_advances >= 1
+        # every window closed and nothing held: the key's window state is gone
+        assert stats.expired_keys == 1
+        assert stats.keys == 0
+        assert (await rt.get("a"))["s"] == 0
+
+
+async def test_idle_time_empties_a_sliding_window() -> None:
+    clock = FakeClock()
+    fs = spec(Sum(name="s", field="x", window=Sliding(size="5s")), idle_timeout="1s")
+    async with FeatureRuntime(fs, clock=clock) as rt:
+        await rt.ingest_many([{"k": "a", "ts": 0, "x": 1}, {"k": "a", "ts": 3_000, "x": 2}])
+        await rt.flush()
+        assert (await rt.get("a"))["s"] == 3
+        clock.now += 1.0 + 2.5  # clock 5.5 s: the event at 0 left the window (0.5 s, 5.5 s]
+        await rt.flush()
+        assert (await rt.get("a"))["s"] == 2
+        clock.now += 3.0  # 8.5 s: the window is empty, and the key is dropped
+        await rt.flush()
+        assert (await rt.get("a"))["s"] == 0
+        stats = (await rt.statistics()).windows
+        assert stats is not None and stats.expired_keys == 1 and stats.events_held == 0
+
+
+async def test_a_key_with_new_events_is_not_idle() -> None:
+    clock = FakeClock()
+    fs = spec(Count(name="n", window=Tumbling(size="10s")), idle_timeout="1s")
+    async with FeatureRuntime(fs, clock=clock) as rt:
+        sub = rt.updates()
+        for i in range(5):
+            await rt.ingest({"k": "a", "ts": i * 100, "x": 1})
+            await rt.flush()
+            clock.now += 0.9
+        assert [u for u in await drain(sub) if u.kind == "close"] == []
+        assert (await rt.get("a"))["n"] == 5
+
+
+async def test_state_ttl_expires_quiet_keys() -> None:
+    clock = FakeClock()
+    fs = spec(Count(name="n", window=Sliding(size="1h")), state_ttl="10s")
+    async with FeatureRuntime(fs, clock=clock) as rt:
+        await rt.ingest_many([{"k": "a", "ts": 0}, {"k": "b", "ts": 0}])
+        await rt.flush()
+        clock.now += 6
+        await rt.ingest({"k": "b", "ts": 1})
+        await rt.flush()
+        clock.now += 6  # a: quiet for 12 s, b: for 6 s
+        await rt.flush()
+        assert (await rt.get("a"))["n"] == 0
+        assert (await rt.get("b"))["n"] == 2
+        stats = (await rt.statistics()).windows
+        assert stats is not None and stats.expired_keys == 1 and stats.keys == 1
+
+
+async def test_side_output_delivers_late_events() -> None:
+    fs = spec(
+        Sum(name="s", field="x", window=Tumbling(size="1s")),
+        max_out_of_orderness="500ms",
+        late_policy="side_output",
+    )
+    async with FeatureRuntime(fs) as rt:
+        late = rt.late_events()
+        await rt.ingest_many(
+            [
+                {"k": "a", "ts": 5_000, "x": 1},
+                {"k": "a", "ts": 4_600, "x": 2},  # within the out-of-orderness: applied
+                {"k": "a", "ts": 4_400, "x": 4},  # below the watermark (4.5 s): late
+            ]
+        )
+        await rt.flush()
+        await late.aclose()
+        events: list[LateEvent] = [e async for e in late]
+        assert [(e.key, e.event_time, e.watermark, e.event["x"]) for e in events] == [
+            ("a", 4_400, 4_500, 4)
+        ]
+        stats = (await rt.statistics()).windows
+        assert stats is not None and stats.late_side_output == 1 and stats.late_dropped == 0
+
+
+async def test_update_policy_emits_a_correction_for_a_closed_window() -> None:
+    fs = spec(
+        Sum(name="s", field="x", window=Tumbling(size="1s")),
+        late_policy="update",
+        correction_horizon="10s",
+        emit="close",
+    )
+    async with FeatureRuntime(fs) as rt:
+        sub = rt.updates()
+        await rt.ingest_many(
+            [
+                {"k": "a", "ts": 100, "x": 1},
+                {"k": "a", "ts": 1_500, "x": 2},  # closes [0, 1 s) with 1
+                {"k": "a", "ts": 200, "x": 10},  # late: corrects [0, 1 s) to 11
+                {"k": "a", "ts": 2_500, "x": 3},  # closes [1 s, 2 s) with 2
+            ]
+        )
+        await rt.flush()
+        updates = [(u.kind, u.window, u.values) for u in await drain(sub) if u.group != "g0"]
+        assert updates == [
+            ("close", (0, 1_000), {"s": 1}),
+            ("correction", (0, 1_000), {"s": 11}),
+            ("close", (1_000, 2_000), {"s": 2}),
+        ]
+        # emit="close": the value is the newest closed window's
+        assert (await rt.get("a"))["s"] == 2
+
+
+async def test_session_merges_when_a_late_event_bridges_two_sessions() -> None:
+    fs = spec(
+        Count(name="n", window=Session(gap="1s")),
+        Max(name="hi", field="x", window=Session(gap="1s")),
+        max_out_of_orderness="5s",
+    )
+    async with FeatureRuntime(fs) as rt:
+        await rt.ingest_many(
+            [
+                {"k": "a", "ts": 0, "x": 1},
+                {"k": "a", "ts": 1_500, "x": 5},  # a second session
+                {"k": "a", "ts": 800, "x": 2},  # bridges them: one session of three
+            ]
+        )
+        vector = await rt.get("a")
+        assert (vector["n"], vector["hi"]) == (3, 5)
+
+
+async def test_bad_values_are_errors_for_the_numeric_windowed_features_only() -> None:
+    fs = spec(
+        Sum(name="s", field="x", window=Sliding(size="1m")),
+        Count(name="n", window=Sliding(size="1m")),
+    )
+    async with FeatureRuntime(fs) as rt:
+        sub = rt.updates()
+        await rt.ingest_many([{"k": "a", "ts": 0, "x": 1}, {"k": "a", "ts": 1, "x": "oops"}])
+        await rt.flush()
+        updates = [u for u in await drain(sub) if u.kind == "update"]
+        assert updates[-1].errors is not None and "s" in updates[-1].errors
+        assert "must be a number" in updates[-1].errors["s"]
+        assert updates[-1].values == {"s": 1, "n": 2}
+        assert updates[-1].result("s").error is not None
+        stats = await rt.statistics()
+        assert stats.feature_errors == {"s": 1}
+        assert [e.feature for e in await rt.recent_errors()] == ["s"]
+
+
+async def test_windowed_features_can_be_registered_while_running() -> None:
+    fs = spec(Count(name="n"))
+    async with FeatureRuntime(fs) as rt:
+        await rt.ingest({"k": "a", "ts": 0, "x": 1})
+        described = await rt.register(
+            Sum(name="s5", field="x", window=Sliding(size="5s")),
+            Count(name="c", window=Hopping(size="4s", hop="2s")),
+        )
+        assert [d.estimated_cost.category for d in described] == ["windowed_aggregate"] * 2
+        await rt.ingest_many([{"k": "a", "ts": 1_000, "x": 2}, {"k": "a", "ts": 3_000, "x": 3}])
+        vector = await rt.get("a")
+        assert (vector["n"], vector["s5"], vector["c"]) == (3, 5, 2)
+        measured = (await rt.describe("s5")).measured_cost
+        assert measured is not None and measured.events == 2
+        assert measured.state_bytes_per_key is not None and measured.state_bytes_per_key > 0
+
+
+async def test_statistics_report_window_state_per_key_and_in_total() -> None:
+    fs = spec(Sum(name="s", field="x", window=Sliding(size="1h")))
+    async with FeatureRuntime(fs, shards=3) as rt:
+        await rt.ingest_many({"k": f"k{i % 50}", "ts": i, "x": i} for i in range(1_000))
+        await rt.flush()
+        stats = await rt.statistics()
+        assert stats.windows is not None
+        assert stats.windows.keys == 50
+        assert stats.windows.events_held == 1_000
+        assert stats.windows.state_bytes > 1_000 * 50
+        assert stats.windows.state_bytes_per_key == pytest.approx(stats.windows.state_bytes / 50)
+        assert stats.state_bytes >= stats.windows.state_bytes
+        assert stats.keys == 50
+
+
+@pytest.mark.parametrize("window", [Sliding(size="10s"), Tumbling(size="1m")])
+async def test_quantile_keeps_its_relative_error_guarantee(window: Any) -> None:
+    rng = random.Random(3)
+    events = [{"k": "a", "ts": i * 10, "x": rng.lognormvariate(3, 2)} for i in range(3_000)]
+    fs = spec(
+        Quantile(name="q50", field="x", q=0.5, window=window),
+        Quantile(name="q99", field="x", q=0.99, relative_accuracy=0.001, window=window),
+    )
+    async with FeatureRuntime(fs) as rt:
+        await rt.ingest_many(events)
+        vector = await rt.get("a")
+    end = events[-1]["ts"]
+    if isinstance(window, Sliding):
+        held = sorted(e["x"] for e in events if e["ts"] > end - 10_000)
+    else:
+        held = sorted(e["x"] for e in events if e["ts"] >= end // 60_000 * 60_000)
+    for name, q, alpha in (("q50", 0.5, 0.01), ("q99", 0.99, 0.001)):
+        exact = held[math.floor(q * (len(held) - 1))]
+        assert abs(vector[name] - exact) <= alpha * abs(exact) * (1 + 1e-9), (name, exact)
+
+
+def test_window_rules_are_checked() -> None:
+    with pytest.raises(SpecError, match="hop: must be <= size"):
+        Hopping(size="1m", hop="2m")
+    with pytest.raises(SpecError, match="size: must be > 0"):
+        Sliding(size=0)
+    with pytest.raises(SpecError, match="ewm_mean features cannot be windowed"):
+        FeatureSet.from_dict(
+            {
+                "name": "x",
+                "key": "k",
+                "time": "t",
+                "features": [
+                    {
+                        "type": "ewm_mean",
+                        "name": "e",
+                        "field": "x",
+                        "half_life": "1s",
+                        "window": {"type": "sliding", "size": "1m"},
+                    }
+                ],
+            }
+        )
+    with pytest.raises(SpecError, match="unknown window type 'slide'"):
+        FeatureSet.from_toml(
+            'name = "x"\nkey = "k"\ntime = "t"\n'
+            'features = [{ type = "sum", name = "s", field = "x", '
+            'window = { type = "slide", size = "1m" } }]\n'
+        )
+    with pytest.raises(SpecError, match="late_policy: unknown late_policy 'later'"):
+        FeatureSet.from_dict(
+            {
+                "name": "x",
+                "key": "k",
+                "time": "t",
+                "late_policy": "later",
+                "features": [{"type": "count", "name": "c"}],
+            }
+        )

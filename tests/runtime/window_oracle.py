@@ -1,0 +1,319 @@
+"""A brute-force oracle for windowed features: after every event it recomputes each window from
+the list of events the key has applied so far. Slow and obviously right; the window engine must
+agree with it.
+
+It follows the semantics of ``docs/windows.md`` step by step, per key:
+
+- clock = greatest event time; watermark = clock - max_out_of_orderness;
+- an event with ``t < watermark - allowed_lateness`` is late: dropped, side output, or (policy
+  ``update``) applied if ``t >= watermark - allowed_lateness - correction_horizon``;
+- after applying: corrections for emitted windows the event changed, a first ``close`` for a
+  window past its close that was empty until now, then ``close`` for every window with data
+  whose ``end + allowed_lateness <= watermark`` (in order of end, then start), then (with
+  ``emit="update"``) the vector.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from runtime._window_stats import order_key
+
+Event = tuple[int, dict[str, Any]]
+
+
+def _matches(where: Any, event: Mapping[str, Any]) -> bool:
+    if where is None:
+        return True
+    value = event.get(where.field)
+    if value is None:
+        return False
+    if where.op == "==":
+        return bool(value == where.value)
+    if where.op == ">":
+        return bool(value > where.value)
+    if where.op == "in":
+        return value in where.value
+    raise NotImplementedError(where.op)
+
+
+def _inputs(
+    feature: Any, events: Iterable[tuple[int, int, dict[str, Any]]]
+) -> list[tuple[int, Any]]:
+    """``(t, value)`` of the events a feature takes, in arrival order."""
+    result = []
+    numeric = feature.numeric
+    for t, _, ev in events:
+        if not _matches(feature.where, ev):
+            continue
+        if feature.type_name == "count":
+            result.append((t, 1))
+            continue
+        v = ev.get(feature.field)
+        if v is None:
+            continue
+        if numeric and (isinstance(v, bool) or not isinstance(v, int | float)):
+            continue
+        result.append((t, v))
+    return result
+
+
+def aggregate(feature: Any, items: list[tuple[int, Any]]) -> Any:
+    """The feature's value over ``items`` (``(t, value)`` in arrival order)."""
+    kind = feature.type_name
+    values = [v for _, v in items]
+    if kind == "count":
+        return len(values)
+    if kind == "sum":
+        return sum(values)
+    if kind == "distinct_count":
+        return len(set(values))
+    if kind == "top_k":
+        counts = Counter(values)
+        ranked = sorted(counts.items(), key=lambda kv: (-kv[1], order_key(kv[0])))
+        return [[v, n] for v, n in ranked[: feature.k]]
+    if not values:
+        return None
+    if kind == "mean":
+        return sum(values) / len(values)
+    if kind == "min":
+        return min(values)
+    if kind == "max":
+        return max(values)
+    if kind == "first":
+        low = min(t for t, _ in items)
+        return next(v for t, v in items if t == low)
+    if kind == "last":
+        high = max(t for t, _ in items)
+        return [v for t, v in items if t == high][-1]
+    if kind in ("variance", "std"):
+        if len(values) <= feature.ddof:
+            return None
+        var = statistics.variance(values) if feature.ddof else statistics.pvariance(values)
+        return math.sqrt(var) if kind == "std" else var
+    if kind == "percentile":
+        ordered = sorted(values)
+        n = len(ordered)
+        if feature.method == "nearest_rank":
+            rank = max(1, math.ceil(round(feature.q * n / 100, 9)))
+            return ordered[rank - 1]
+        h = feature.q / 100 * (n - 1)
+        i = int(h)
+        if i + 1 >= n:
+            return float(ordered[i])
+        return ordered[i] + (h - i) * (ordered[i + 1] - ordered[i])
+    raise NotImplementedError(kind)
+
+
+def ratio(numerator: Any, denominator: Any) -> Any:
+    if numerator is None or denominator is None or denominator == 0:
+        return None
+    return numerator / denominator
+
+
+@dataclass
+class KeyOracle:
+    """The expected behaviour of one key."""
+
+    features: list[Any]
+    ooo: int
+    lateness: int
+    policy: str
+    horizon: int
+    emit: str
+    applied: list[tuple[int, int, dict[str, Any]]] = field(default_factory=list)
+    clock: int | None = None
+    #: emitted windows (feature, start) -> end, for panes and sessions
+    emitted: dict[tuple[str, int], int] = field(default_factory=dict)
+    #: session features: the set of arrival indexes of events in sessions that have closed
+    closed_events: dict[str, set[int]] = field(default_factory=dict)
+    #: emit="close": feature -> (end, value) of its newest emitted window
+    finals: dict[str, tuple[int, Any]] = field(default_factory=dict)
+    out: list[tuple[str, int, tuple[int, int] | None, dict[str, Any]]] = field(default_factory=list)
+    dropped: int = 0
+    side: int = 0
+    applied_late: int = 0
+
+    @property
+    def windowed(self) -> list[Any]:
+        return [f for f in self.features if f.type_name != "ratio"]
+
+    def feed(self, index: int, t: int, ev: dict[str, Any]) -> None:
+        horizon = self.horizon if self.policy == "update" else 0
+        if self.clock is not None:
+            wm = self.clock - self.ooo
+            if t < wm - self.lateness:
+                if self.policy == "drop":
+                    self.dropped += 1
+                    return
+                if self.policy == "side_output":
+                    self.side += 1
+                    return
+                if t < wm - self.lateness - horizon:
+                    self.dropped += 1
+                    return
+                self.applied_late += 1
+        wm_before = None if self.clock is None else self.clock - self.ooo
+        self.clock = t if self.clock is None else max(self.clock, t)
+        self.applied.append((t, index, ev))
+        late: dict[tuple[str, tuple[int, int]], dict[str, Any]] = {}
+        for feature in self.windowed:
+            window = feature.window
+            if window.type_name in ("tumbling", "hopping") and _matches_input(feature, ev):
+                self._late_panes(feature, t, wm_before, late)
+            elif window.type_name == "session" and _matches_input(feature, ev):
+                self._late_session(feature, index, late)
+        for (kind, win), values in late.items():
+            self._with_ratios(values)
+            self.out.append((kind, win[1], win, values))
+        self._close()
+        if self.emit == "update":
+            self.out.append(("update", t, None, self.vector()))
+
+    def _late_panes(
+        self, feature: Any, t: int, wm_before: int | None, late: dict[Any, dict[str, Any]]
+    ) -> None:
+        if wm_before is None:
+            return
+        size, hop = feature.window.size_ms, feature.window.hop_ms
+        for k in range((t - size) // hop + 1, t // hop + 1):
+            start, end = k * hop, k * hop + size
+            if end + self.lateness > wm_before:
+                continue  # still open
+            value = aggregate(feature, self._in(feature, start, end))
+            kind = "correction" if (feature.name, start) in self.emitted else "close"
+            self.emitted[(feature.name, start)] = end
+            late.setdefault((kind, (start, end)), {})[feature.name] = value
+            self._final(feature.name, end, value)
+
+    def _sessions(self, feature: Any) -> list[list[tuple[int, int, Any]]]:
+        """The feature's sessions: its inputs sorted by time, split where a gap >= gap."""
+        gap = feature.window.gap_ms
+        items = sorted(
+            (t, i, v)
+            for (t, v), (_, i, _) in zip(
+                _inputs(feature, self.applied),
+                [a for a in self.applied if _matches_input(feature, a[2])],
+                strict=True,
+            )
+        )
+        sessions: list[list[tuple[int, int, Any]]] = []
+        for item in items:
+            if sessions and item[0] - sessions[-1][-1][0] < gap:
+                sessions[-1].append(item)
+            else:
+                sessions.append([item])
+        return sessions
+
+    def _late_session(self, feature: Any, index: int, late: dict[Any, dict[str, Any]]) -> None:
+        closed = self.closed_events.setdefault(feature.name, set())
+        for session in self._sessions(feature):
+            ids = {i for _, i, _ in session}
+            if index in ids and ids & closed:
+                closed.update(ids)
+                start, end = session[0][0], session[-1][0] + feature.window.gap_ms
+                value = _session_value(feature, session)
+                late.setdefault(("correction", (start, end)), {})[feature.name] = value
+                self._final(feature.name, end, value)
+
+    def _close(self) -> None:
+        assert self.clock is not None
+        wm = self.clock - self.ooo
+        due: dict[tuple[int, int], dict[str, Any]] = {}
+        for feature in self.windowed:
+            window = feature.window
+            if window.type_name in ("tumbling", "hopping"):
+                size, hop = window.size_ms, window.hop_ms
+                starts = set()
+                for t, _ in _inputs(feature, self.applied):
+                    for k in range((t - size) // hop + 1, t // hop + 1):
+                        starts.add(k * hop)
+                for start in sorted(starts):
+                    end = start + size
+                    if end + self.lateness <= wm and (feature.name, start) not in self.emitted:
+                        self.emitted[(feature.name, start)] = end
+                        value = aggregate(feature, self._in(feature, start, end))
+                        due.setdefault((start, end), {})[feature.name] = value
+                        self._final(feature.name, end, value)
+            elif window.type_name == "session":
+                closed = self.closed_events.setdefault(feature.name, set())
+                for session in self._sessions(feature):
+                    ids = {i for _, i, _ in session}
+                    end = session[-1][0] + window.gap_ms
+                    if not ids & closed and end + self.lateness <= wm:
+                        closed.update(ids)
+                        value = _session_value(feature, session)
+                        due.setdefault((session[0][0], end), {})[feature.name] = value
+                        self._final(feature.name, end, value)
+        for win in sorted(due, key=lambda w: (w[1], w[0])):
+            values = due[win]
+            self._with_ratios(values)
+            self.out.append(("close", win[1], win, values))
+
+    def _final(self, name: str, end: int, value: Any) -> None:
+        current = self.finals.get(name)
+        if current is None or end >= current[0]:
+            self.finals[name] = (end, value)
+
+    def _in(self, feature: Any, start: int, end: int) -> list[tuple[int, Any]]:
+        return [(t, v) for t, v in _inputs(feature, self.applied) if start <= t < end]
+
+    def vector(self) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        clock = self.clock
+        for feature in self.windowed:
+            window = feature.window
+            kind = window.type_name
+            if clock is None:
+                values[feature.name] = aggregate(feature, [])
+            elif kind == "sliding":
+                items = [
+                    (t, v)
+                    for t, v in _inputs(feature, self.applied)
+                    if clock - window.size_ms < t <= clock
+                ]
+                values[feature.name] = aggregate(feature, items)
+            elif self.emit == "close":
+                final = self.finals.get(feature.name)
+                values[feature.name] = final[1] if final else aggregate(feature, [])
+            elif kind in ("tumbling", "hopping"):
+                size, hop = window.size_ms, window.hop_ms
+                start = ((clock - size) // hop + 1) * hop
+                values[feature.name] = aggregate(feature, self._in(feature, start, start + size))
+            else:
+                wm = clock - self.ooo
+                closed = self.closed_events.get(feature.name, set())
+                current = [
+                    s
+                    for s in self._sessions(feature)
+                    if not {i for _, i, _ in s} & closed
+                    and s[-1][0] + window.gap_ms + self.lateness > wm
+                ]
+                values[feature.name] = (
+                    _session_value(feature, current[-1]) if current else aggregate(feature, [])
+                )
+        self._with_ratios(values)
+        return {f.name: values[f.name] for f in self.features if f.name in values}
+
+    def _with_ratios(self, values: dict[str, Any]) -> None:
+        for feature in self.features:
+            if feature.type_name == "ratio":
+                if feature.numerator in values and feature.denominator in values:
+                    values[feature.name] = ratio(
+                        values[feature.numerator], values[feature.denominator]
+                    )
+
+
+def _matches_input(feature: Any, ev: dict[str, Any]) -> bool:
+    return bool(_inputs(feature, [(0, 0, ev)]))
+
+
+def _session_value(feature: Any, session: list[tuple[int, int, Any]]) -> Any:
+    # arrival order within the session, for first/last ties
+    items = [(t, v) for t, _, v in sorted(session, key=lambda item: item[1])]
+    return aggregate(feature, items)
