@@ -194,3 +194,5 @@ class RuntimeStatistics(msgspec.Struct, frozen=True):
     max_mailbox_depth: int
     #: window state, lateness and expiry (None without windowed features)
     windows: WindowStatistics | None = None
+    #: keys of unwindowed feature groups whose state was dropped after ``state_ttl``
+    expired_keys: int = 0

@@ -56,11 +56,11 @@ from ._results import (
     RuntimeStatistics,
     WindowStatistics,
 )
-from ._shard import GetStates, GetStats, GroupShard, Ping, ShardStats
+from ._shard import GetStates, GetStats, GroupShard, IdleTick, Ping, ShardStats
 from ._spec import Feature, FeatureSet
 from ._updates import Policy, UpdateHub, UpdateSubscription
 from ._window_engine import WindowEngine
-from ._window_shard import IdleTick, WindowShard, WindowStats, WindowStatsRequest
+from ._window_shard import WindowShard, WindowStats, WindowStatsRequest
 
 __all__ = ["FeatureRuntime"]
 
@@ -192,6 +192,9 @@ class FeatureRuntime:
         self._hub: UpdateHub[FeatureUpdate] = UpdateHub()
         self._late_hub: UpdateHub[LateEvent] = UpdateHub()
         self._clock = clock
+        ttl = feature_set.duration_ms("state_ttl")
+        #: seconds after which a quiet key's state is dropped, or None
+        self._ttl = None if ttl is None else ttl / 1000
         self._groups: list[_Group] = []
         self._ingest = Ingest(
             self._reader, self._router, self._groups, batch_size, self._system.dead_letters
@@ -357,7 +360,7 @@ class FeatureRuntime:
         for group in self._groups:
             for ref in group.refs:
                 await ref.ask(Ping(), timeout=None)  # a reply means every earlier batch is applied
-                if group.engine is not None and group.engine.tracks_idle:
+                if self._ttl is not None or self.feature_set.idle_timeout is not None:
                     await ref.ask(IdleTick(), timeout=None)
 
     # -- reading -------------------------------------------------------------------------------
@@ -487,7 +490,13 @@ class FeatureRuntime:
         await self._spawn(
             group,
             functools.partial(
-                GroupShard, compiled, name, hub=self._hub, sample_every=self.sample_every
+                GroupShard,
+                compiled,
+                name,
+                hub=self._hub,
+                sample_every=self.sample_every,
+                state_ttl=self._ttl,
+                clock=self._clock,
             ),
         )
         return group
@@ -629,6 +638,12 @@ class FeatureRuntime:
             shards=self.shards,
             max_mailbox_depth=depth,
             windows=await self._window_statistics(all_stats),
+            expired_keys=sum(
+                s.expired_keys
+                for group, stats in zip(self._groups, all_stats, strict=True)
+                if group.engine is None
+                for s in stats
+            ),
         )
 
     async def _window_statistics(

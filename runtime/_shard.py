@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import sys
 import time
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any
@@ -26,7 +27,16 @@ from ._kernel import CompiledGroup
 from ._results import FeatureError, FeatureUpdate
 from ._updates import UpdateHub
 
-__all__ = ["Batch", "GetStates", "GetStats", "GroupShard", "Ping", "ShardStats"]
+__all__ = [
+    "Batch",
+    "GetStates",
+    "GetStats",
+    "GroupShard",
+    "IdleTick",
+    "Ping",
+    "ShardStats",
+    "Tick",
+]
 
 _log = get_logger("featurist.shard")
 
@@ -60,6 +70,16 @@ class Ping:
 
 
 @dataclass(frozen=True)
+class Tick:
+    """Timer message: expire quiet keys (and, in window groups, advance idle keys)."""
+
+
+@dataclass(frozen=True)
+class IdleTick:
+    """Ask: run a :class:`Tick` now (``rt.flush()`` sends it, so tests need not wait)."""
+
+
+@dataclass(frozen=True)
 class GetStats:
     """Ask: the actor's :class:`ShardStats`."""
 
@@ -81,6 +101,8 @@ class ShardStats:
     latencies: list[tuple[float, int]]
     state_bytes: int
     recent_errors: list[FeatureError]
+    #: keys whose state was dropped after ``state_ttl``
+    expired_keys: int
     first_event_at: float | None
     last_event_at: float | None
 
@@ -95,8 +117,16 @@ class GroupShard(Actor[Any]):
         shard: int,
         hub: UpdateHub[FeatureUpdate],
         sample_every: int,
+        state_ttl: float | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.group = group
+        #: seconds after which a quiet key's state is dropped, measured with ``clock``
+        self.state_ttl = state_ttl
+        self.clock = clock
+        #: key -> wall time of its last event, oldest first (kept only with a state_ttl)
+        self.seen: OrderedDict[Any, float] | None = OrderedDict() if state_ttl else None
+        self.expired_keys = 0
         self.group_name = group_name
         self.shard = shard
         self.hub = hub
@@ -115,8 +145,32 @@ class GroupShard(Actor[Any]):
         self.first_event_at: float | None = None
         self.last_event_at: float | None = None
 
+    async def on_start(self) -> None:
+        if self.state_ttl is not None:
+            period = min(max(self.state_ttl / 4, 0.01), 1.0)
+            self.context.start_periodic_timer("tick", Tick(), period)
+
+    def _expire(self) -> None:
+        """Drop the state of keys quiet for ``state_ttl``: the oldest first, so this stops at
+        the first key that is not."""
+        seen = self.seen
+        if seen is None or self.state_ttl is None:
+            return
+        limit = self.clock() - self.state_ttl
+        states = self.states
+        while seen:
+            key, at = next(iter(seen.items()))
+            if at > limit:
+                break
+            seen.popitem(last=False)
+            if states.pop(key, None) is not None:
+                self.expired_keys += 1
+
     async def receive_batch(self, messages: list[Any]) -> None:
         for batch in messages:
+            if isinstance(batch, Tick):
+                self._expire()
+                continue
             try:
                 await self._apply(batch)
             except Exception as exc:
@@ -164,6 +218,13 @@ class GroupShard(Actor[Any]):
                 for i, name in enumerate(group.names)
             }
         self.compute_ns += elapsed
+        seen = self.seen
+        if seen is not None:
+            wall = self.clock()
+            move = seen.move_to_end
+            for key, _, _ in events:
+                seen[key] = wall
+                move(key)
         self.latencies.append((time.perf_counter() - batch.created, n))
         self.events += n
         self.batches += 1
@@ -219,6 +280,9 @@ class GroupShard(Actor[Any]):
             return replies
         if isinstance(message, Ping):
             return None
+        if isinstance(message, IdleTick):
+            self._expire()
+            return None
         if isinstance(message, GetStats):
             return self._stats()
         raise TypeError(f"GroupShard cannot handle {message!r}")
@@ -236,6 +300,7 @@ class GroupShard(Actor[Any]):
             latencies=list(self.latencies),
             state_bytes=self._state_bytes(),
             recent_errors=list(self.recent_errors),
+            expired_keys=self.expired_keys,
             first_event_at=self.first_event_at,
             last_event_at=self.last_event_at,
         )

@@ -18,23 +18,13 @@ from typing import Any
 from actors import DeadLetterReason, get_logger
 
 from ._results import FeatureUpdate, LateEvent
-from ._shard import Batch, GetStates, GroupShard, Ping
+from ._shard import Batch, GetStates, GroupShard, IdleTick, Ping, Tick
 from ._updates import UpdateHub
 from ._window_engine import KeyWindows, WindowCounters, WindowEngine
 
-__all__ = ["IdleTick", "Tick", "WindowShard", "WindowStats"]
+__all__ = ["WindowShard", "WindowStats", "WindowStatsRequest"]
 
 _log = get_logger("featurist.windows")
-
-
-@dataclass(frozen=True)
-class Tick:
-    """Timer message: advance idle keys and expire quiet ones."""
-
-
-@dataclass(frozen=True)
-class IdleTick:
-    """Ask: run a :class:`Tick` now (``rt.flush()`` sends it, so tests need not wait)."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +49,7 @@ class WindowShard(GroupShard):
         clock: Callable[[], float] = time.time,
     ) -> None:
         super().__init__(engine, group_name, shard, hub, sample_every)  # type: ignore[arg-type]
+        self.seen = None  # the engine tracks quiet keys itself
         self.engine = engine
         self.late_hub = late_hub
         self.clock = clock

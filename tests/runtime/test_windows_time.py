@@ -116,6 +116,24 @@ async def test_state_ttl_expires_quiet_keys() -> None:
         assert stats is not None and stats.expired_keys == 1 and stats.keys == 1
 
 
+async def test_state_ttl_expires_quiet_keys_of_unwindowed_features_too() -> None:
+    clock = FakeClock()
+    fs = spec(Count(name="n"), Sum(name="s", field="x"), state_ttl="10s")
+    async with FeatureRuntime(fs, clock=clock, shards=2) as rt:
+        await rt.ingest_many([{"k": "a", "ts": 0, "x": 1}, {"k": "b", "ts": 0, "x": 1}])
+        await rt.flush()
+        clock.now += 6
+        await rt.ingest({"k": "b", "ts": 1, "x": 1})
+        await rt.flush()
+        clock.now += 6
+        await rt.flush()
+        a, b = await rt.get("a"), await rt.get("b")
+        assert (a["n"], a.known) == (0, False)
+        assert (b["n"], b["s"]) == (2, 2)
+        stats = await rt.statistics()
+        assert (stats.expired_keys, stats.keys, stats.windows) == (1, 1, None)
+
+
 async def test_side_output_delivers_late_events() -> None:
     fs = spec(
         Sum(name="s", field="x", window=Tumbling(size="1s")),
