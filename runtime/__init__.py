@@ -41,12 +41,15 @@ from ._spec import Min as Min
 from ._spec import Percentile as Percentile
 from ._spec import Quantile as Quantile
 from ._spec import Ratio as Ratio
+from ._spec import SequencePattern as SequencePattern
 from ._spec import Std as Std
+from ._spec import Step as Step
 from ._spec import Sum as Sum
 from ._spec import TimeSince as TimeSince
 from ._spec import TopK as TopK
 from ._spec import Variance as Variance
 from ._spec import Where as Where
+from ._spec import ZScore as ZScore
 from ._spec_window import Hopping as Hopping
 from ._spec_window import Session as Session
 from ._spec_window import Sliding as Sliding
@@ -85,10 +88,12 @@ __all__ = [
     "Ratio",
     "RuntimeClosed",
     "RuntimeStatistics",
+    "SequencePattern",
     "Session",
     "Sliding",
     "SpecError",
     "Std",
+    "Step",
     "Sum",
     "TimeSince",
     "TopK",
@@ -99,6 +104,7 @@ __all__ = [
     "Where",
     "Window",
     "WindowStatistics",
+    "ZScore",
     "configure_logging",
     "estimate_cost",
     "estimate_feature_set",

@@ -37,8 +37,10 @@ holds the values themselves for a percentile, a sketch (``SKETCH_BYTES``) for a 
 the distinct values for ``top_k`` and ``distinct_count``. Window bookkeeping adds
 ``WINDOW_OPS`` operations per event, and a sorted list ``log2(w)``.
 
-Later feature families (joins, patterns) add rows to ``_PROFILES`` with their own category:
-``temporal_join``, ``complex_pattern``.
+A ``sequence`` is a ``complex_pattern``: each event is tested against the next step of every
+live partial match (``O(p)``), and a key keeps at most ``max_partial`` partial matches, costed
+at their worst case (``PARTIAL_BYTES`` plus 8 bytes per step each). Later feature families
+(joins) add rows to ``_PROFILES`` with their own category: ``temporal_join``.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ from typing import Any, Literal, NamedTuple, TypeAlias
 import msgspec
 
 from ._exceptions import SpecError
-from ._spec import DistinctCount, FeatureSet, FeatureSpec
+from ._spec import DistinctCount, FeatureSet, FeatureSpec, SequencePattern
 from ._spec_window import Hopping, Session, Sliding, Tumbling
 
 __all__ = [
@@ -57,6 +59,7 @@ __all__ = [
     "DISTINCT_VALUE_BYTES",
     "MEMORY_BUDGET_BYTES",
     "NS_PER_OPERATION",
+    "PARTIAL_BYTES",
     "SKETCH_BYTES",
     "WINDOW_ENTRY_BYTES",
     "WINDOW_OPS",
@@ -115,7 +118,13 @@ _PROFILES: dict[str, _Profile] = {
     "percentile": _Profile("windowed_aggregate", "O(log w)", "O(w)", 4, 8),
     "quantile": _Profile("windowed_aggregate", "O(1)", "O(log range)", 4, 0),
     "top_k": _Profile("windowed_aggregate", "O(log d)", "O(d)", 4, 0),
+    "zscore": _Profile("windowed_aggregate", "O(1)", "O(1)", 8, 40),
+    # per event: one test per live partial match; state: the partial matches (bounded)
+    "sequence": _Profile("complex_pattern", "O(p)", "O(max_partial)", 6, 0),
 }
+
+#: Bytes per partial match a sequence keeps (a small list of times).
+PARTIAL_BYTES = 120
 
 #: Bytes per event held in a sliding window: a deque slot, a (time, value) tuple, a number.
 WINDOW_ENTRY_BYTES = 100
@@ -249,6 +258,9 @@ def _estimate(feature: FeatureSpec, event_rate: float, keys: int) -> CostEstimat
 
 
 def _state_bytes(feature: FeatureSpec, profile: _Profile) -> int:
+    if isinstance(feature, SequencePattern):
+        # at worst max_partial partial matches of up to len(steps) times each
+        return feature.max_partial * (PARTIAL_BYTES + 8 * len(feature.steps))
     if isinstance(feature, DistinctCount):
         return max(feature.exact_limit * DISTINCT_VALUE_BYTES, 1 << feature.precision)
     return profile.state_bytes

@@ -55,11 +55,16 @@ class FeatureUpdate(msgspec.Struct, frozen=True):
     #: the feature group that computed it
     group: str = "g0"
     #: ``"update"`` after an event; for windowed features also ``"close"`` (the final values
-    #: of a window that closed, in ``values``: only that window's features) and
-    #: ``"correction"`` (a closed window's new final values after a late event)
+    #: of a window that closed, in ``values``: only that window's features),
+    #: ``"correction"`` (a closed window's new final values after a late event), ``"match"``
+    #: (a sequence matched: its new count) and ``"anomaly"`` (a zscore beyond its threshold)
     kind: str = "update"
-    #: for ``"close"`` and ``"correction"``: the window's ``(start, end)`` in event time (ms)
+    #: for ``"close"`` and ``"correction"``: the window's ``(start, end)`` in event time (ms);
+    #: for ``"match"``: the times of the match's first and last parts
     window: tuple[int, int] | None = None
+    #: for ``"match"``: the event time of each step of the match; for ``"anomaly"``: the
+    #: anomalous event's time
+    parts: tuple[int, ...] | None = None
 
     def result(self, name: str) -> FeatureResult:
         """One feature's :class:`FeatureResult` for this event."""
@@ -164,6 +169,13 @@ class WindowStatistics(msgspec.Struct, frozen=True, kw_only=True):
     expired_keys: int = 0
     #: times an idle key's clock was moved on by wall-clock time
     idle_advances: int = 0
+    #: sequence matches; events that arrived below the watermark, which sequences skip;
+    #: partial matches dropped by ``max_partial``
+    pattern_matches: int = 0
+    pattern_late: int = 0
+    partials_dropped: int = 0
+    #: zscore values beyond their threshold
+    anomalies: int = 0
 
 
 class RuntimeStatistics(msgspec.Struct, frozen=True):

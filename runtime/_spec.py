@@ -48,6 +48,7 @@ from ._spec_window import (
     WINDOW_TYPES,
     EmitMode,
     LatePolicy,
+    Sliding,
     Window,
 )
 
@@ -72,13 +73,16 @@ __all__ = [
     "PercentileMethod",
     "Quantile",
     "Ratio",
+    "SequencePattern",
     "Std",
+    "Step",
     "Sum",
     "TimeSince",
     "TimeUnit",
     "TopK",
     "Variance",
     "Where",
+    "ZScore",
 ]
 
 Op: TypeAlias = Literal["==", "!=", "<", "<=", ">", ">=", "in", "not_in"]
@@ -203,6 +207,8 @@ class FeatureSpec(
     numeric: ClassVar[bool] = False
     #: Whether the feature may take a ``window`` (``False``), must (``True``) or cannot (None).
     windowed: ClassVar[bool | None] = False
+    #: Whether the feature runs on event time (with the windowed features) even without a window.
+    event_time: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         _check_name(self, "name", self.name)
@@ -421,6 +427,114 @@ class TimeSince(FeatureSpec, tag="time_since", frozen=True):
     windowed = None
 
 
+class ZScore(_FieldFeature, tag="zscore", frozen=True):
+    """How unusual the key's latest value of ``field`` is: ``(x - mean) / std`` against the
+    values of a sliding window before it (the sample standard deviation).
+
+    Needs a ``Sliding`` window. ``None`` while the window holds fewer than ``min_count``
+    values (2 to 1,000,000; default 10) or they are all equal. An event whose ``|z|`` reaches
+    ``threshold`` (> 0, default 3.0) is also emitted as an ``"anomaly"`` update.
+    """
+
+    threshold: float = 3.0
+    min_count: int = 10
+
+    numeric = True
+    windowed = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        threshold = self.threshold
+        if (
+            isinstance(threshold, bool)
+            or not isinstance(threshold, int | float)
+            or not 0 < threshold < math.inf
+        ):
+            _fail(self, "threshold", f"must be a number > 0, got {threshold!r}")
+        _check_int(self, "min_count", self.min_count, 2, 1_000_000)
+        if self.window is not None and not isinstance(self.window, Sliding):
+            _fail(self, "window", f"zscore needs a sliding window, got {self.window.type_name}")
+
+
+class Step(
+    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True
+):
+    """One step of a :class:`SequencePattern`: the event it waits for.
+
+    ``where`` is one condition or a list of conditions that must all hold (an empty list, the
+    default, matches any event); ``name`` labels the step in descriptions.
+    """
+
+    name: str = ""
+    where: Where | tuple[Where, ...] = ()
+
+    def __post_init__(self) -> None:
+        _check_str(self, "name", self.name, empty=True)
+        where = self.where
+        if isinstance(where, Where):
+            where = (where,)
+        elif isinstance(where, list | tuple):
+            for index, item in enumerate(where):
+                if not isinstance(item, Where):
+                    _fail(self, f"where[{index}]", f"expected a Where, got {_kind(item)}")
+            where = tuple(where)
+        else:
+            _fail(self, "where", f"expected a Where or a list of them, got {_kind(where)}")
+        msgspec.structs.force_setattr(self, "where", where)
+
+    @property
+    def conditions(self) -> tuple[Where, ...]:
+        return cast("tuple[Where, ...]", self.where)
+
+    def matches(self, event: Mapping[str, Any]) -> bool:
+        """Whether ``event`` satisfies every condition (``FeatureValueError`` as ``Where``)."""
+        return all(condition.matches(event) for condition in self.conditions)
+
+
+class SequencePattern(FeatureSpec, tag="sequence", frozen=True):
+    """The number of times the key's events matched ``steps`` in order, within ``within``.
+
+    ``steps`` (2 to 10) are matched in event time: every event that matches the first step
+    starts a partial match; a partial match takes the next event (in time) that matches its
+    next step, and completes when the last step matches no later than ``within`` after its
+    first event. Each match is also emitted as a ``"match"`` update with the times of its
+    parts. A key keeps at most ``max_partial`` partial matches (1 to 100,000; default 1000):
+    beyond that the oldest is dropped and counted. The feature's ``where`` (optional) filters
+    the events every step sees. Events are put in time order by the key's watermark
+    (``max_out_of_orderness``); one that arrives below the watermark is skipped and counted.
+    """
+
+    steps: tuple[Step, ...]
+    within: Duration
+    max_partial: int = 1000
+
+    windowed = None
+    event_time = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.steps, list | tuple):
+            _fail(self, "steps", f"expected a list of steps, got {_kind(self.steps)}")
+        msgspec.structs.force_setattr(self, "steps", tuple(self.steps))
+        if not 2 <= len(self.steps) <= 10:
+            _fail(self, "steps", f"needs 2 to 10 steps, got {len(self.steps)}")
+        for index, step in enumerate(self.steps):
+            if not isinstance(step, Step):
+                _fail(self, f"steps[{index}]", f"expected a Step, got {_kind(step)}")
+        _check_duration(self, "within", self.within, positive=True)
+        _check_int(self, "max_partial", self.max_partial, 1, 100_000)
+
+    @property
+    def within_ms(self) -> int:
+        return parse_duration(self.within, field="within")
+
+    def inputs(self) -> tuple[str, ...]:
+        fields = list(super().inputs())
+        for step in self.steps:
+            fields.extend(condition.field for condition in step.conditions)
+        return tuple(dict.fromkeys(fields))
+
+
 class Ratio(FeatureSpec, tag="ratio", frozen=True):
     """The value of feature ``numerator`` divided by the value of feature ``denominator``.
 
@@ -461,6 +575,8 @@ Feature: TypeAlias = (
     | Percentile
     | Quantile
     | TopK
+    | ZScore
+    | SequencePattern
     | TimeSince
     | Ratio
 )
@@ -582,8 +698,8 @@ class FeatureSet(
                 _fail(self, path, f"ratios form a cycle: {' -> '.join([name, *trail])}")
         for name in ratios:
             bases = _ratio_bases(name, ratios)
-            windowed = sorted(b for b in bases if self.feature(b).window is not None)
-            plain = sorted(b for b in bases if self.feature(b).window is None)
+            windowed = sorted(b for b in bases if self.is_windowed(b))
+            plain = sorted(b for b in bases if not self.is_windowed(b))
             if windowed and plain:
                 _fail(
                     self,
@@ -614,8 +730,8 @@ class FeatureSet(
         feature = self.feature(name)
         if isinstance(feature, Ratio):
             ratios = {f.name: f for f in self.features if isinstance(f, Ratio)}
-            return any(self.feature(b).window is not None for b in _ratio_bases(name, ratios))
-        return feature.window is not None
+            return any(self.is_windowed(b) for b in _ratio_bases(name, ratios))
+        return feature.window is not None or feature.event_time
 
     def feature(self, name: str) -> Feature:
         """Return the feature called ``name``.

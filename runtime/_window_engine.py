@@ -20,7 +20,9 @@ Time, per key (``docs/windows.md`` has the timelines):
 from __future__ import annotations
 
 import heapq
-from collections import OrderedDict
+import math
+from bisect import insort
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
@@ -28,7 +30,7 @@ from typing import Any
 
 from ._exceptions import FeaturistError
 from ._kinds import coerce_number, name_error, ratio_of
-from ._spec import Ratio
+from ._spec import Ratio, SequencePattern
 from ._spec_window import Hopping, Session, Sliding, Tumbling
 from ._window_state import Accumulator, Needs, SlidingState, value_reader
 
@@ -38,7 +40,7 @@ __all__ = ["KeyWindows", "WindowCounters", "WindowEngine"]
 NEVER = 2**62
 _INF = float("inf")
 _NUMERIC_TYPES = frozenset(
-    {"sum", "mean", "min", "max", "variance", "std", "percentile", "quantile"}
+    {"sum", "mean", "min", "max", "variance", "std", "percentile", "quantile", "zscore"}
 )
 
 
@@ -57,6 +59,8 @@ class _Buffer:
     gap: int = 0
     #: the indexes of its features in the engine
     features: list[int] = dataclass_field(default_factory=list)
+    #: the zscore features among them (scored before each event is added)
+    scores: list[int] = dataclass_field(default_factory=list)
 
     @property
     def panes_per_window(self) -> int:
@@ -91,10 +95,63 @@ class _Sessions:
         return len(self.items)
 
 
+class _Pattern:
+    """One key's state of one sequence feature."""
+
+    __slots__ = ("dropped", "matches", "partials", "pending", "serial")
+
+    def __init__(self) -> None:
+        #: events waiting for the watermark, as (t, serial, event), in time order
+        self.pending: list[tuple[int, int, dict[str, Any]]] = []
+        self.serial = 0
+        #: partial matches, oldest first: [next step, times of the steps matched so far]
+        self.partials: deque[list[Any]] = deque()
+        self.matches = 0
+        #: partial matches dropped by max_partial since the engine last counted them
+        self.dropped = 0
+
+    def __len__(self) -> int:
+        return len(self.pending) + len(self.partials)
+
+    def step(self, feature: SequencePattern, t: int, ev: dict[str, Any]) -> list[tuple[int, ...]]:
+        """Feed one event (in time order); return the matches it completes."""
+        if feature.where is not None and not feature.where.matches(ev):
+            return []
+        steps = feature.steps
+        within = feature.within_ms
+        matched: list[tuple[int, ...]] = []
+        partials = self.partials
+        if partials:
+            kept: deque[list[Any]] = deque()
+            hits: dict[int, bool] = {}
+            for partial in partials:
+                stage, times = partial
+                if t - times[0] > within:
+                    continue  # too late to complete: expired
+                hit = hits.get(stage)
+                if hit is None:
+                    hit = hits[stage] = steps[stage].matches(ev)
+                if hit:
+                    times.append(t)
+                    partial[0] = stage + 1
+                    if partial[0] == len(steps):
+                        matched.append(tuple(times))
+                        continue
+                kept.append(partial)
+            self.partials = partials = kept
+        if steps[0].matches(ev):
+            partials.append([1, [t]])
+            if len(partials) > feature.max_partial:
+                partials.popleft()
+                self.dropped += 1
+        self.matches += len(matched)
+        return matched
+
+
 class KeyWindows:
     """The window state of one key."""
 
-    __slots__ = ("buffers", "clock", "finals", "latest", "next_close", "seen")
+    __slots__ = ("buffers", "clock", "finals", "latest", "next_close", "patterns", "seen")
 
     def __init__(self, buffers: int, t: int, now: float) -> None:
         #: the key's event-time clock: its greatest event time, or later after idle time
@@ -108,6 +165,8 @@ class KeyWindows:
         self.next_close = NEVER
         #: with ``emit="close"``: buffer index -> (end, values) of its newest emitted window
         self.finals: dict[int, tuple[int, dict[str, Any]]] | None = None
+        #: the state of each sequence feature, or None before its first event
+        self.patterns: list[_Pattern] | None = None
 
 
 @dataclass
@@ -121,6 +180,10 @@ class WindowCounters:
     windows_closed: int = 0
     expired_keys: int = 0
     idle_advances: int = 0
+    pattern_matches: int = 0
+    pattern_late: int = 0
+    partials_dropped: int = 0
+    anomalies: int = 0
 
 
 class WindowEngine:
@@ -159,6 +222,8 @@ class WindowEngine:
         #: keys are tracked in order of their last event (for idle time and expiry)
         self.tracks_idle = idle_timeout is not None or state_ttl is not None
         self.buffers: list[_Buffer] = []
+        #: the sequence features, with their index
+        self.sequences: list[tuple[int, SequencePattern]] = []
         self._readers: list[Callable[[Any], Any] | None] = []
         self._buffer_of: list[int] = []
         self._build()
@@ -169,6 +234,9 @@ class WindowEngine:
         groups: dict[tuple[Any, ...], list[int]] = {}
         for index, feature in enumerate(self.features):
             if isinstance(feature, Ratio):
+                continue
+            if isinstance(feature, SequencePattern):
+                self.sequences.append((index, feature))
                 continue
             numeric = feature.type_name in _NUMERIC_TYPES
             fld = None if feature.type_name == "count" else feature.field
@@ -195,7 +263,10 @@ class WindowEngine:
                 members = [i for i in members if i not in part]
             self._add_buffer(window, fld, where, numeric, members, buffer_of)
         self._buffer_of = buffer_of
-        self._readers = [None if isinstance(f, Ratio) else value_reader(f) for f in self.features]
+        self._readers = [
+            None if isinstance(f, Ratio | SequencePattern) else value_reader(f)
+            for f in self.features
+        ]
         self._ratio_order = self._order_ratios()
 
     def _add_buffer(
@@ -214,7 +285,7 @@ class WindowEngine:
             if self.features[i].type_name == "quantile"
         ]
         needs = Needs(
-            moments=bool(types & {"variance", "std"}),
+            moments=bool(types & {"variance", "std", "zscore"}),
             extremes=bool(types & {"min", "max"}),
             ends=bool(types & {"first", "last"}),
             sorted=bool(types & {"percentile"}),
@@ -233,6 +304,7 @@ class WindowEngine:
             raise FeaturistError(f"unknown window {window!r}")
         for i in members:
             buffer_of[i] = buffer.index
+        buffer.scores = [i for i in members if self.features[i].type_name == "zscore"]
         self.buffers.append(buffer)
 
     def _order_ratios(self) -> list[int]:
@@ -271,9 +343,9 @@ class WindowEngine:
         """Apply a batch in order.
 
         ``errors`` receives ``(key, t, feature, exception)``; ``out`` (when not None)
-        receives ``(key, event_time, values, kind, window, errors)`` emissions; ``late`` (when
-        not None) receives side-output ``(key, t, watermark, event)``; ``recent`` (when idle
-        time or expiry is on) keeps keys in order of their last event.
+        receives ``(key, event_time, values, kind, window, errors, parts)`` emissions;
+        ``late`` (when not None) receives side-output ``(key, t, watermark, event)``;
+        ``recent`` (when idle time or expiry is on) keeps keys in order of their last event.
         """
         buffers = self.buffers
         nbuf = len(buffers)
@@ -288,7 +360,9 @@ class WindowEngine:
                 st = KeyWindows(nbuf, t, now)
                 states[key] = st
                 late_event = False
+                wm_before = None
             else:
+                wm_before = st.clock - ooo
                 late_event = t < st.clock - ooo - lateness
                 if late_event:
                     if policy == "drop":
@@ -314,6 +388,7 @@ class WindowEngine:
                 else:
                     recent[key] = None
             late_out: _LateOut | None = None
+            anomalies: list[Any] | None = None
             mark = len(errors)
             for buffer in buffers:
                 fld = buffer.field
@@ -342,12 +417,14 @@ class WindowEngine:
                     kind = buffer.kind
                     if kind == "sliding":
                         cutoff = st.clock - buffer.size
+                        if state is not None:
+                            state.evict(cutoff, buffer.numeric)
                         if t > cutoff:
                             if state is None:
                                 state = st.buffers[buffer.index] = SlidingState(buffer.needs)
+                            if buffer.scores:
+                                anomalies = self._score(key, t, v, buffer, state, anomalies)
                             state.add(t, v, buffer.numeric)
-                        if state is not None:
-                            state.evict(cutoff, buffer.numeric)
                     elif kind == "panes":
                         if state is None:
                             limit = (st.clock - ooo - lateness - buffer.size) // buffer.hop
@@ -359,6 +436,15 @@ class WindowEngine:
                         late_out = self._add_session(st, buffer, state, t, v, late_out)
                 except Exception as exc:
                     self._errors(errors, buffer, key, t, name_error(exc, fld or "count"))
+            if anomalies is not None:
+                counters.anomalies += len(anomalies)
+                if out is not None:
+                    out.extend(anomalies)
+            if self.sequences:
+                if wm_before is not None and t < wm_before:
+                    counters.pattern_late += 1
+                else:
+                    self._pattern_event(key, st, t, ev, errors, out, counters)
             pending: list[tuple[int, int, dict[str, Any]]] | None = None
             if late_out is not None:
                 for (kind, window), values in late_out.items():
@@ -370,7 +456,7 @@ class WindowEngine:
                     counters.corrections += 1
                     if out is not None:
                         self._add_ratios(values)
-                        out.append((key, window[1], values, kind, window, None))
+                        out.append((key, window[1], values, kind, window, None, None))
             if pending is not None or st.clock - ooo >= st.next_close:
                 self.close(key, st, out, counters, pending)
             if emit_updates:
@@ -380,7 +466,89 @@ class WindowEngine:
                     failed = {
                         name: f"{type(exc).__name__}: {exc}" for _, _, name, exc in errors[mark:]
                     }
-                out.append((key, t, self.values(st), "update", None, failed))
+                out.append((key, t, self.values(st), "update", None, failed, None))
+
+    def _score(
+        self,
+        key: Any,
+        t: int,
+        v: Any,
+        buffer: _Buffer,
+        state: SlidingState,
+        anomalies: list[Any] | None,
+    ) -> list[Any] | None:
+        """Score ``v`` against the window before it is added: each zscore feature's value."""
+        moments = state.moments
+        assert moments is not None
+        n = moments.n
+        variance = moments.variance(1)
+        mean = state.sum / n if n else None
+        std = math.sqrt(variance) if variance else 0.0
+        for i in buffer.scores:
+            feature = self.features[i]
+            if mean is None or n < feature.min_count or not std:
+                z = None
+            else:
+                z = (v - mean) / std
+            state.scores[feature.name] = z
+            if z is not None and abs(z) >= feature.threshold:
+                if anomalies is None:
+                    anomalies = []
+                anomalies.append((key, t, {feature.name: z}, "anomaly", None, None, (t,)))
+        return anomalies
+
+    def _pattern_event(
+        self,
+        key: Any,
+        st: KeyWindows,
+        t: int,
+        ev: dict[str, Any],
+        errors: list[Any],
+        out: list[Any] | None,
+        counters: WindowCounters,
+    ) -> None:
+        """Queue an event for the key's sequence features and run what the watermark releases."""
+        if st.patterns is None:
+            st.patterns = [_Pattern() for _ in self.sequences]
+        for pattern in st.patterns:
+            pattern.serial += 1
+            insort(pattern.pending, (t, pattern.serial, ev), key=_time_serial)
+        self._release(key, st, errors, out, counters)
+
+    def _release(
+        self,
+        key: Any,
+        st: KeyWindows,
+        errors: list[Any] | None,
+        out: list[Any] | None,
+        counters: WindowCounters,
+    ) -> None:
+        """Feed the sequence features, in time order, the queued events the watermark passed."""
+        if st.patterns is None:
+            return
+        wm = st.clock - self.ooo
+        for (_, feature), pattern in zip(self.sequences, st.patterns, strict=True):
+            pending = pattern.pending
+            released = 0
+            while released < len(pending) and pending[released][0] <= wm:
+                t, _, ev = pending[released]
+                released += 1
+                try:
+                    matched = pattern.step(feature, t, ev)
+                except FeaturistError as exc:
+                    if errors is not None:
+                        errors.append((key, t, feature.name, exc))
+                    continue
+                counters.partials_dropped += pattern.dropped
+                pattern.dropped = 0
+                for parts in matched:
+                    counters.pattern_matches += 1
+                    if out is not None:
+                        window = (parts[0], parts[-1])
+                        values = {feature.name: pattern.matches}
+                        out.append((key, parts[-1], values, "match", window, None, parts))
+            if released:
+                del pending[:released]
 
     def _errors(self, errors: list[Any], buffer: _Buffer, key: Any, t: int, exc: Any) -> None:
         names = self.names
@@ -529,7 +697,7 @@ class WindowEngine:
         if out is not None:
             for (start, end), values in merged.items():
                 self._add_ratios(values)
-                out.append((key, end, values, "close", (start, end), None))
+                out.append((key, end, values, "close", (start, end), None, None))
 
     def _close_panes(self, buffer: _Buffer, state: _Panes, wm: int, finished: list[Any]) -> int:
         hop, size, r = buffer.hop, buffer.size, buffer.panes_per_window
@@ -648,6 +816,10 @@ class WindowEngine:
             else:
                 for i in buffer.features:
                     result[i] = self._readers[i](state)  # type: ignore[misc]
+        if self.sequences:
+            patterns = st.patterns if st is not None else None
+            for position, (i, _) in enumerate(self.sequences):
+                result[i] = patterns[position].matches if patterns is not None else 0
         if self._ratio_order:
             by_name = dict(zip(names, result, strict=True))
             for i in self._ratio_order:
@@ -731,6 +903,7 @@ class WindowEngine:
             st.clock = target
             counters.idle_advances += 1
             self.close(key, st, out, counters)
+            self._release(key, st, None, out, counters)
         # the clock value at which something next changes: a window closes, or a sliding
         # window loses its newest event
         due = st.next_close + self.ooo if st.next_close < NEVER else NEVER
@@ -738,6 +911,9 @@ class WindowEngine:
             state = st.buffers[buffer.index]
             if buffer.kind == "sliding" and state is not None and len(state):
                 due = min(due, state.items[0][0] + buffer.size)
+        for pattern in st.patterns or ():
+            if pattern.pending:
+                due = min(due, pattern.pending[0][0] + self.ooo)
         if due >= NEVER:
             return _INF
         # never at or before now: the millisecond rounding of the clock must not spin the loop
@@ -746,6 +922,8 @@ class WindowEngine:
     def _empty(self, st: KeyWindows) -> bool:
         if st.finals is not None:
             return False
+        if st.patterns is not None and any(p.matches or p.partials for p in st.patterns):
+            return False  # a match count is kept as long as the key (state_ttl drops it)
         return all(state is None or not len(state) for state in st.buffers)
 
     # -- statistics --------------------------------------------------------------------------
@@ -785,12 +963,18 @@ class WindowEngine:
                     total += sum(acc.n for acc in state.panes.values())
                 else:
                     total += sum(s[2].n for s in state.items)
+            for pattern in st.patterns or ():
+                total += len(pattern.pending)
         return total
 
 
 _FINAL = object()
 #: late emissions of one event: (kind, window) -> values
 _LateOut = dict[tuple[str, tuple[int, int]], dict[str, Any]]
+
+
+def _time_serial(item: tuple[int, int, Any]) -> tuple[int, int]:
+    return item[0], item[1]
 
 
 def _start_of(session: list[Any]) -> int:

@@ -127,11 +127,11 @@ class WindowShard(GroupShard):
         latency = self.feature_latency_ms
         group = self.group_name
         updates = []
-        for key, t, values, kind, window, errors in out:
+        for key, t, values, kind, window, errors, parts in out:
             if kind == "update":
                 values = dict(zip(names, values, strict=True))
             updates.append(
-                FeatureUpdate(key, t, values, errors, latency, wall, group, kind, window)
+                FeatureUpdate(key, t, values, errors, latency, wall, group, kind, window, parts)
             )
         await self.hub.publish(updates)
 

@@ -121,6 +121,7 @@ class SlidingState:
         "items",
         "lows",
         "moments",
+        "scores",
         "sketch",
         "sum",
         "values",
@@ -128,6 +129,8 @@ class SlidingState:
 
     def __init__(self, needs: Needs) -> None:
         self.items: deque[tuple[int, Any]] = deque()
+        #: zscore feature name -> the z-score of the latest value scored
+        self.scores: dict[str, float | None] = {}
         self.sum: Any = 0
         self.moments = WindowMoments() if needs.moments else None
         #: monotonic deques of (t, v): values increasing (lows) or decreasing (highs)
@@ -191,6 +194,8 @@ class SlidingState:
                 distinct.remove(v)
         # an empty window sums to exactly zero, whatever rounding the subtractions left
         self.sum = total if items else 0
+        if not items:
+            self.scores.clear()
         if moments is not None and items and moments.removed >= len(items):
             held = [v for _, v in items]
             moments.rebuild(held)
@@ -460,6 +465,7 @@ READERS: dict[str, Callable[[Any, Any], Any]] = {
     "percentile": lambda s, f: s.percentile(f.q, f.method),
     "quantile": lambda s, f: s.quantile(f.q),
     "top_k": lambda s, f: s.top(f.k),
+    "zscore": lambda s, f: s.scores.get(f.name),
 }
 
 #: The value of each feature type over an empty window.

@@ -11,6 +11,7 @@ from runtime._cost import (
     DISTINCT_VALUE_BYTES,
     MEMORY_BUDGET_BYTES,
     NS_PER_OPERATION,
+    PARTIAL_BYTES,
     WINDOW_ENTRY_BYTES,
     WINDOW_OPS,
     CostEstimate,
@@ -30,10 +31,13 @@ from runtime._spec import (
     Percentile,
     Quantile,
     Ratio,
+    SequencePattern,
+    Step,
     Sum,
     TopK,
     Variance,
     Where,
+    ZScore,
 )
 from runtime._spec_window import Hopping, Session, Sliding, Tumbling
 
@@ -79,7 +83,7 @@ def test_where_adds_one_operation_per_event() -> None:
 
 def test_every_unwindowed_feature_type_has_a_simple_aggregate_profile() -> None:
     for cls in FEATURE_TYPES.values():
-        if cls.windowed:
+        if cls.windowed or cls.event_time:
             continue
         fields: dict[str, Any] = {"name": "f", "field": "x", "half_life": 1}
         fields.update(numerator="a", denominator="b")
@@ -122,6 +126,17 @@ def test_windowed_features_are_costed_by_the_events_their_window_holds() -> None
             estimate = estimate_cost(feature, event_rate=100, keys=10)
             assert estimate.category == "windowed_aggregate"
             assert estimate.state_bytes_per_key > 0
+
+
+def test_a_sequence_is_a_complex_pattern_costed_by_its_partial_matches() -> None:
+    pattern = SequencePattern(name="p", within="1m", max_partial=10, steps=[Step(), Step()])
+    estimate = estimate_cost(pattern, event_rate=10, keys=2)
+    assert estimate.category == "complex_pattern"
+    assert estimate.state_bytes_per_key == 10 * (PARTIAL_BYTES + 16)
+    zscore = estimate_cost(
+        ZScore(name="z", field="x", window=Sliding(size="1m")), event_rate=10, keys=2
+    )
+    assert zscore.category == "windowed_aggregate"
 
 
 def test_distinct_count_is_costed_at_its_worst_case() -> None:

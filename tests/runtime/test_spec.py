@@ -39,7 +39,7 @@ HINT = "(use e.g. 500ms, 10s, 5m, 2h, 1d)"
 ORDER = "(units go from largest to smallest, each at most once: d, h, m, s, ms)"
 KNOWN_TYPES = (
     "count, sum, mean, min, max, first, last, variance, std, ewm_mean, distinct_count, "
-    "percentile, quantile, top_k, "
+    "percentile, quantile, top_k, zscore, sequence, "
     "time_since, ratio"
 )
 
@@ -510,6 +510,7 @@ def test_every_feature_type_is_tagged_and_documented() -> None:
         "ewm_mean",
         "percentile",
         "quantile",
+        "zscore",
     }
 
 
