@@ -20,6 +20,7 @@ Time, per key (``docs/windows.md`` has the timelines):
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
 from bisect import insort
 from collections import OrderedDict, deque
@@ -268,6 +269,11 @@ class WindowEngine:
             for f in self.features
         ]
         self._ratio_order = self._order_ratios()
+        #: the buffers as tuples, unpacked in the event loop
+        self._plan = [
+            (b.index, b.kind, b.field, b.where, b.numeric, b.size, b.scores, b)
+            for b in self.buffers
+        ]
 
     def _add_buffer(
         self,
@@ -347,8 +353,8 @@ class WindowEngine:
         ``late`` (when not None) receives side-output ``(key, t, watermark, event)``;
         ``recent`` (when idle time or expiry is on) keeps keys in order of their last event.
         """
-        buffers = self.buffers
-        nbuf = len(buffers)
+        plan = self._plan
+        nbuf = len(self.buffers)
         ooo = self.ooo
         lateness = self.lateness
         policy = self.late_policy
@@ -362,8 +368,9 @@ class WindowEngine:
                 late_event = False
                 wm_before = None
             else:
-                wm_before = st.clock - ooo
-                late_event = t < st.clock - ooo - lateness
+                clock = st.clock
+                wm_before = clock - ooo
+                late_event = t < wm_before - lateness
                 if late_event:
                     if policy == "drop":
                         counters.late_dropped += 1
@@ -377,10 +384,10 @@ class WindowEngine:
                         counters.late_dropped += 1  # its windows' state is gone
                         continue
                     counters.late_applied += 1
-                if t > st.clock:
+                if t > clock:
                     st.clock = t
-                if t > st.latest:
-                    st.latest = t
+                    if t > st.latest:
+                        st.latest = t
                 st.seen = now
             if recent is not None:
                 if key in recent:
@@ -390,15 +397,15 @@ class WindowEngine:
             late_out: _LateOut | None = None
             anomalies: list[Any] | None = None
             mark = len(errors)
-            for buffer in buffers:
-                fld = buffer.field
+            clock = st.clock
+            states_of = st.buffers
+            for index, kind, fld, where, numeric, size, scores, buffer in plan:
                 if fld is None:
                     v: Any = 1
                 else:
                     v = ev.get(fld)
                     if v is None:
                         continue
-                where = buffer.where
                 if where is not None:
                     try:
                         if not where.matches(ev):
@@ -406,33 +413,35 @@ class WindowEngine:
                     except FeaturistError as exc:
                         self._errors(errors, buffer, key, t, exc)
                         continue
-                if buffer.numeric and v.__class__ is not int:
+                if numeric and v.__class__ is not int:
                     if v.__class__ is not float or not -_INF < v < _INF:
                         v, error = coerce_number(fld or "", v)
                         if error is not None:
                             self._errors(errors, buffer, key, t, error)
                             continue
                 try:
-                    state = st.buffers[buffer.index]
-                    kind = buffer.kind
+                    state = states_of[index]
                     if kind == "sliding":
-                        cutoff = st.clock - buffer.size
+                        cutoff = clock - size
                         if state is not None:
-                            state.evict(cutoff, buffer.numeric)
+                            items = state.items
+                            if items and items[0][0] <= cutoff:
+                                state.evict(cutoff)
                         if t > cutoff:
                             if state is None:
-                                state = st.buffers[buffer.index] = SlidingState(buffer.needs)
-                            if buffer.scores:
+                                state = SlidingState(buffer.needs, numeric)
+                                states_of[index] = state
+                            if scores:
                                 anomalies = self._score(key, t, v, buffer, state, anomalies)
-                            state.add(t, v, buffer.numeric)
+                            state.add(t, v)
                     elif kind == "panes":
                         if state is None:
-                            limit = (st.clock - ooo - lateness - buffer.size) // buffer.hop
-                            state = st.buffers[buffer.index] = _Panes(limit)
+                            limit = (clock - ooo - lateness - size) // buffer.hop
+                            state = states_of[index] = _Panes(limit)
                         late_out = self._add_pane(st, buffer, state, t, v, late_out)
                     else:
                         if state is None:
-                            state = st.buffers[buffer.index] = _Sessions()
+                            state = states_of[index] = _Sessions()
                         late_out = self._add_session(st, buffer, state, t, v, late_out)
                 except Exception as exc:
                     self._errors(errors, buffer, key, t, name_error(exc, fld or "count"))
@@ -490,6 +499,8 @@ class WindowEngine:
                 z = None
             else:
                 z = (v - mean) / std
+            if state.scores is None:
+                state.scores = {}
             state.scores[feature.name] = z
             if z is not None and abs(z) >= feature.threshold:
                 if anomalies is None:
@@ -673,7 +684,7 @@ class WindowEngine:
             if state is None:
                 continue
             if buffer.kind == "sliding":
-                state.evict(st.clock - buffer.size, buffer.numeric)
+                state.evict(st.clock - buffer.size)
                 if not len(state):
                     st.buffers[buffer.index] = None
                 continue
@@ -783,7 +794,7 @@ class WindowEngine:
         if state is None:
             return None
         if buffer.kind == "sliding":
-            state.evict(st.clock - buffer.size, buffer.numeric)
+            state.evict(st.clock - buffer.size)
             return state
         if buffer.kind == "panes":
             # the window holding the clock that closes first
@@ -927,13 +938,15 @@ class WindowEngine:
         return all(state is None or not len(state) for state in st.buffers)
 
     # -- statistics --------------------------------------------------------------------------
-    def state_bytes(self, states: dict[Any, KeyWindows], sample: int = 200) -> int:
-        """Estimated bytes held for ``states``, measured on a sample of keys."""
+    def state_bytes(self, states: dict[Any, KeyWindows], sample: int = 1000) -> int:
+        """Estimated bytes held for ``states``, measured on about ``sample`` keys spread evenly
+        over the dict (its first keys are the oldest, often the busiest: not a fair sample)."""
         if not states:
             return 0
         measured = 0
         counted = 0
-        for st in states.values():
+        step = max(1, len(states) // sample)
+        for st in itertools.islice(states.values(), 0, None, step):
             size = 120 + 8 * len(st.buffers)
             for state in st.buffers:
                 if state is None:
@@ -944,10 +957,10 @@ class WindowEngine:
                     size += 100 + sum(acc.nbytes() + 100 for acc in state.panes.values())
                 else:
                     size += 60 + sum(s[2].nbytes() + 120 for s in state.items)
+            for pattern in st.patterns or ():
+                size += 100 + 120 * len(pattern) + 8 * sum(len(p[1]) for p in pattern.partials)
             measured += size
             counted += 1
-            if counted >= sample:
-                break
         return int(measured / counted * len(states))
 
     def held_events(self, states: dict[Any, KeyWindows]) -> int:

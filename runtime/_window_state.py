@@ -42,6 +42,13 @@ class Needs:
     frequent: bool = False
     distinct: bool = False
 
+    @property
+    def trackers(self) -> bool:
+        """Whether a sliding window keeps any structure that adds and removes each value."""
+        return bool(
+            self.moments or self.sorted or self.sketch is not None or self.frequent or self.distinct
+        )
+
 
 def _entry_bytes(value: Any) -> int:
     return 64 + (sys.getsizeof(value) if type(value) is not int else 28)
@@ -55,8 +62,9 @@ class WindowMoments:
     not cancel catastrophically when the mean is large against the spread. Integers stay
     integers, so a window of ints has an exact variance however many values passed through it.
     For floats, rounding accumulates with each add and remove; :meth:`rebuild` recomputes the
-    sums from the values held, and the sliding window calls it once as many removals as values
-    held have happened (amortized O(1)), so the error stays that of the last ``2 w`` operations.
+    sums from the values held, and the sliding window calls it once ``w + 64`` removals have
+    happened for ``w`` values held (amortized O(1)), so the error stays that of the last
+    ``2 w + 128`` operations or so.
     """
 
     __slots__ = ("n", "removed", "s1", "s2", "shift")
@@ -121,16 +129,20 @@ class SlidingState:
         "items",
         "lows",
         "moments",
+        "numeric",
         "scores",
         "sketch",
         "sum",
+        "trackers",
         "values",
     )
 
-    def __init__(self, needs: Needs) -> None:
+    def __init__(self, needs: Needs, numeric: bool = False) -> None:
         self.items: deque[tuple[int, Any]] = deque()
-        #: zscore feature name -> the z-score of the latest value scored
-        self.scores: dict[str, float | None] = {}
+        #: whether the values are numbers to sum
+        self.numeric = numeric
+        #: zscore feature name -> the z-score of the latest value scored (None: no zscore)
+        self.scores: dict[str, float | None] | None = None
         self.sum: Any = 0
         self.moments = WindowMoments() if needs.moments else None
         #: monotonic deques of (t, v): values increasing (lows) or decreasing (highs)
@@ -140,11 +152,16 @@ class SlidingState:
         self.sketch = QuantileSketch(needs.sketch) if needs.sketch is not None else None
         self.frequent = FrequentValues() if needs.frequent else None
         self.distinct = DistinctWindowCount() if needs.distinct else None
+        #: the structures that add and remove each value, so a plain count or sum checks none
+        self.trackers: tuple[Any, ...] = ()
+        if needs.trackers:
+            held = (self.moments, self.values, self.sketch, self.frequent, self.distinct)
+            self.trackers = tuple([tracker for tracker in held if tracker is not None])
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def add(self, t: int, v: Any, numeric: bool) -> None:
+    def add(self, t: int, v: Any) -> None:
         items = self.items
         if not items or t >= items[-1][0]:
             items.append((t, v))
@@ -153,54 +170,48 @@ class SlidingState:
             while i > 0 and items[i - 1][0] > t:
                 i -= 1
             items.insert(i, (t, v))
-        if numeric:
+        if self.numeric:
             self.sum += v
-        if self.moments is not None:
-            self.moments.add(v)
+        for tracker in self.trackers:
+            tracker.add(v)
         if self.lows is not None:
             _monotonic_insert(self.lows, t, v, _ge)
             _monotonic_insert(self.highs, t, v, _le)  # type: ignore[arg-type]
-        if self.values is not None:
-            self.values.add(v)
-        if self.sketch is not None:
-            self.sketch.add(v)
-        if self.frequent is not None:
-            self.frequent.add(v)
-        if self.distinct is not None:
-            self.distinct.add(v)
 
-    def evict(self, cutoff: int, numeric: bool) -> None:
+    def evict(self, cutoff: int) -> None:
         """Drop the events with time ``<= cutoff``."""
         items = self.items
         if not items or items[0][0] > cutoff:
             return
-        moments, values, sketch = self.moments, self.values, self.sketch
-        frequent, distinct = self.frequent, self.distinct
-        total = self.sum
+        trackers = self.trackers
         popleft = items.popleft
-        while items and items[0][0] <= cutoff:
-            v = popleft()[1]
-            if numeric:
+        if self.numeric:
+            total = self.sum
+            while items and items[0][0] <= cutoff:
+                v = popleft()[1]
                 total -= v
-            if moments is not None:
-                moments.remove(v)
-            if values is not None:
-                values.remove(v)
-            if sketch is not None:
-                sketch.remove(v)
-            if frequent is not None:
-                frequent.remove(v)
-            if distinct is not None:
-                distinct.remove(v)
-        # an empty window sums to exactly zero, whatever rounding the subtractions left
-        self.sum = total if items else 0
+                for tracker in trackers:
+                    tracker.remove(v)
+            # an empty window sums to exactly zero, whatever rounding the subtractions left
+            self.sum = total if items else 0
+        elif trackers:
+            while items and items[0][0] <= cutoff:
+                v = popleft()[1]
+                for tracker in trackers:
+                    tracker.remove(v)
+        else:
+            while items and items[0][0] <= cutoff:
+                popleft()
         if not items:
-            self.scores.clear()
-        if moments is not None and items and moments.removed >= len(items):
-            held = [v for _, v in items]
-            moments.rebuild(held)
-            if numeric:
-                self.sum = sum(held)
+            if self.scores:
+                self.scores = None
+        else:
+            moments = self.moments
+            if moments is not None and moments.removed >= len(items) + 64:
+                held = [v for _, v in items]
+                moments.rebuild(held)
+                if self.numeric:
+                    self.sum = sum(held)
         lows, highs = self.lows, self.highs
         if lows is not None and highs is not None:
             while lows and lows[0][0] <= cutoff:
@@ -465,7 +476,7 @@ READERS: dict[str, Callable[[Any, Any], Any]] = {
     "percentile": lambda s, f: s.percentile(f.q, f.method),
     "quantile": lambda s, f: s.quantile(f.q),
     "top_k": lambda s, f: s.top(f.k),
-    "zscore": lambda s, f: s.scores.get(f.name),
+    "zscore": lambda s, f: s.scores.get(f.name) if s.scores else None,
 }
 
 #: The value of each feature type over an empty window.

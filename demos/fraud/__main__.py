@@ -51,10 +51,12 @@ from runtime import (
     Mean,
     Ratio,
     RuntimeStatistics,
+    Sliding,
     Std,
     Sum,
     TimeSince,
     Where,
+    ZScore,
 )
 
 from .simulator import SimConfig, build_scenario, transactions
@@ -64,7 +66,8 @@ CHUNK = 4096
 
 
 def build_feature_set() -> FeatureSet:
-    """The demo's features: per card, over all of its transactions so far."""
+    """The demo's features: per card, over all of its transactions so far, and over the last
+    10 minutes or hour of event time (sliding windows)."""
     return FeatureSet(
         name="card_fraud",
         key="card",
@@ -98,6 +101,14 @@ def build_feature_set() -> FeatureSet:
             ),
             TimeSince(name="time_since_prev", description="since previous tx"),
             Last(name="last_amount", field="amount", description="latest amount"),
+            Count(name="tx_10m", window=Sliding(size="10m"), description="tx, last 10 min"),
+            ZScore(
+                name="amount_z",
+                field="amount",
+                window=Sliding(size="1h"),
+                threshold=4,
+                description="latest amount vs the last hour",
+            ),
         ],
     )
 
@@ -327,6 +338,8 @@ def _input_of(feature: Any) -> str:
 def _type_of(feature: Any) -> str:
     if isinstance(feature, EWMean):
         return f"{feature.type_name} {feature.half_life}"
+    if feature.window is not None:
+        return f"{feature.type_name}, {feature.window.describe()}"
     return str(feature.type_name)
 
 
@@ -452,7 +465,19 @@ def render(summary: Mapping[str, Any], console: Console) -> None:
 
     top = summary["top"]
     cards = _table(f"The {len(top)} most suspicious cards")
-    columns = ("#", "card", "score", "tx", "declined", "merchants", "mean $", "max $", "ewm $")
+    columns = (
+        "#",
+        "card",
+        "score",
+        "tx",
+        "declined",
+        "merchants",
+        "mean $",
+        "max $",
+        "ewm $",
+        "tx 10m",
+        "z $",
+    )
     for name in columns:
         cards.add_column(name, justify="left" if name == "card" else "right")
     cards.add_column("gap", justify="right")
@@ -469,6 +494,8 @@ def render(summary: Mapping[str, Any], console: Console) -> None:
             f"{v['amount_mean']:,.0f}",
             f"{v['amount_max']:,.0f}",
             f"{v['amount_ewm']:,.0f}",
+            str(v["tx_10m"]),
+            "" if v["amount_z"] is None else f"{v['amount_z']:+.1f}",
             _gap(v["time_since_prev"]),
             Text("yes", style="bold red") if row["fraud"] else Text("no", style="dim"),
         )
@@ -479,7 +506,8 @@ def render(summary: Mapping[str, Any], console: Console) -> None:
         [
             f"score = {SCORE_TEXT}, from the card's features:",
             f"z is the declines above the population's {rate} rate, in standard deviations;",
-            "merchants ÷ tx counts in full from 20 tx. ewm $: amount_ewm; gap: time_since_prev.",
+            "merchants ÷ tx counts in full from 20 tx. ewm $: amount_ewm; gap: time_since_prev;",
+            "tx 10m: the 10 minutes before the card's last transaction; z $: amount_z.",
             "fraud: the simulator gave the card a burst. All features of these cards: --json.",
         ],
     )
