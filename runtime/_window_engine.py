@@ -71,7 +71,7 @@ class _Buffer:
 class _Panes:
     """One key's panes of a tumbling or hopping buffer."""
 
-    __slots__ = ("closed", "panes")
+    __slots__ = ("closed", "current", "panes")
 
     def __init__(self, closed: int) -> None:
         #: pane index (``t // hop``) -> its accumulator
@@ -79,6 +79,9 @@ class _Panes:
         #: the newest window index past its close (windows start at ``index * hop``): the
         #: windows up to it that held data have been emitted
         self.closed = closed
+        #: hopping windows: (k, the merged panes of window k), the window a read shows, kept
+        #: up to date by each event so a read does not merge ``size / hop`` panes again
+        self.current: tuple[int, Accumulator] | None = None
 
     def __len__(self) -> int:
         return len(self.panes)
@@ -582,11 +585,23 @@ class WindowEngine:
         if acc is None:
             acc = panes[p] = Accumulator(buffer.needs)
         acc.add(t, v, buffer.numeric, buffer.needs)
+        r = buffer.panes_per_window
+        if r > 1:
+            # The merged state of the window a read shows (the one holding the clock that
+            # closes first), rebuilt when the clock moves into another one: once per hop.
+            # It is updated here only, by events, so its floats never depend on when reads
+            # happen.
+            k = (st.clock - buffer.size) // hop + 1
+            current = state.current
+            if current is None or current[0] != k:
+                merged = self._merge_panes(buffer, state, k)
+                state.current = None if merged is None else (k, merged)
+            elif k <= p < k + r:
+                current[1].add(t, v, buffer.numeric, buffer.needs)
         # the first window holding pane p ends at (p + 1) * hop
         close_at = (p + 1) * hop + self.lateness
         if close_at < st.next_close:
             st.next_close = close_at
-        r = buffer.panes_per_window
         if p - r < state.closed:
             # A late event in windows p - r + 1 .. min(p, closed), which are past their close:
             # those that held data were emitted, and get a correction; an empty one is
@@ -799,6 +814,9 @@ class WindowEngine:
         if buffer.kind == "panes":
             # the window holding the clock that closes first
             k = (st.clock - buffer.size) // buffer.hop + 1
+            current = state.current
+            if current is not None and current[0] == k:
+                return current[1]
             return self._merge_panes(buffer, state, k)
         for session in reversed(state.items):
             if not session[3]:
@@ -955,6 +973,8 @@ class WindowEngine:
                     size += state.nbytes()
                 elif isinstance(state, _Panes):
                     size += 100 + sum(acc.nbytes() + 100 for acc in state.panes.values())
+                    if state.current is not None:
+                        size += state.current[1].nbytes()
                 else:
                     size += 60 + sum(s[2].nbytes() + 120 for s in state.items)
             for pattern in st.patterns or ():
