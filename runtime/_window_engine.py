@@ -362,6 +362,7 @@ class WindowEngine:
         lateness = self.lateness
         policy = self.late_policy
         emit_updates = out is not None and self.emit == "update"
+        sequences = self.sequences
         get = states.get
         for key, t, ev in events:
             st = get(key)
@@ -391,7 +392,8 @@ class WindowEngine:
                     st.clock = t
                     if t > st.latest:
                         st.latest = t
-                st.seen = now
+                if recent is not None:
+                    st.seen = now
             if recent is not None:
                 if key in recent:
                     recent.move_to_end(key)
@@ -436,7 +438,14 @@ class WindowEngine:
                                 states_of[index] = state
                             if scores:
                                 anomalies = self._score(key, t, v, buffer, state, anomalies)
-                            state.add(t, v)
+                            items = state.items
+                            if state.plain and (not items or t >= items[-1][0]):
+                                # a count or sum, in time order: the common case, inline
+                                items.append((t, v))
+                                if numeric:
+                                    state.sum += v
+                            else:
+                                state.add(t, v)
                     elif kind == "panes":
                         if state is None:
                             limit = (clock - ooo - lateness - size) // buffer.hop
@@ -452,7 +461,7 @@ class WindowEngine:
                 counters.anomalies += len(anomalies)
                 if out is not None:
                     out.extend(anomalies)
-            if self.sequences:
+            if sequences:
                 if wm_before is not None and t < wm_before:
                     counters.pattern_late += 1
                 else:

@@ -130,6 +130,7 @@ class SlidingState:
         "lows",
         "moments",
         "numeric",
+        "plain",
         "scores",
         "sketch",
         "sum",
@@ -154,6 +155,8 @@ class SlidingState:
         self.distinct = DistinctWindowCount() if needs.distinct else None
         #: the structures that add and remove each value, so a plain count or sum checks none
         self.trackers: tuple[Any, ...] = ()
+        #: no structure beside the deque and the sum: the engine appends in line
+        self.plain = not needs.trackers and not needs.extremes
         if needs.trackers:
             held = (self.moments, self.values, self.sketch, self.frequent, self.distinct)
             self.trackers = tuple([tracker for tracker in held if tracker is not None])
