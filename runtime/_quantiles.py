@@ -210,12 +210,16 @@ class QuantileSketch:
     def __len__(self) -> int:
         return int(self._sketch.count)
 
-    def add(self, x: float) -> None:
-        """Add a value; raises ``ValueError`` for NaN, an infinity or a magnitude above about
-        ``1.7e308`` (DDSketch would count NaN as zero)."""
+    def check(self, x: float) -> None:
+        """Raise ``ValueError`` for a value ``add`` refuses (see there)."""
         limit = self._limit
         if not -limit <= x <= limit:
             raise ValueError(f"x must be a finite number of magnitude <= {limit:.4g}, got {x!r}")
+
+    def add(self, x: float) -> None:
+        """Add a value; raises ``ValueError`` for NaN, an infinity or a magnitude above about
+        ``1.7e308`` (DDSketch would count NaN as zero)."""
+        self.check(x)
         self._sketch.add(x)
 
     def quantile(self, q: float) -> float | None:

@@ -22,24 +22,26 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
-from bisect import insort
+from bisect import bisect_left, insort
 from collections import OrderedDict, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from typing import Any
 
-from ._exceptions import FeaturistError
+from ._exceptions import FeatureValueError, FeaturistError, SpecError
 from ._kinds import coerce_number, name_error, ratio_of
 from ._spec import Ratio, SequencePattern
 from ._spec_window import Hopping, Session, Sliding, Tumbling
-from ._window_state import Accumulator, Needs, SlidingState, value_reader
+from ._window_state import Accumulator, Needs, SlidingState, check_value, value_reader
 
 __all__ = ["KeyWindows", "WindowCounters", "WindowEngine"]
 
 #: later than any event time
 NEVER = 2**62
 _INF = float("inf")
+#: the largest int a window takes as a number: larger ones have no float
+_MAX_INT = 2**1023
 _NUMERIC_TYPES = frozenset(
     {"sum", "mean", "min", "max", "variance", "std", "percentile", "quantile", "zscore"}
 )
@@ -62,6 +64,8 @@ class _Buffer:
     features: list[int] = dataclass_field(default_factory=list)
     #: the zscore features among them (scored before each event is added)
     scores: list[int] = dataclass_field(default_factory=list)
+    #: values must be checked before they are added (hashable, in the sketch's range)
+    checks: bool = False
 
     @property
     def panes_per_window(self) -> int:
@@ -71,24 +75,30 @@ class _Buffer:
 class _Panes:
     """One key's panes of a tumbling or hopping buffer."""
 
-    __slots__ = ("closed", "current", "panes")
+    __slots__ = ("closed", "current", "order", "panes")
 
     def __init__(self, closed: int) -> None:
         #: pane index (``t // hop``) -> its accumulator
         self.panes: dict[int, Accumulator] = {}
+        #: the pane indexes as a min-heap: the oldest pane in O(1), purges in O(log n)
+        self.order: list[int] = []
         #: the newest window index past its close (windows start at ``index * hop``): the
         #: windows up to it that held data have been emitted
         self.closed = closed
-        #: hopping windows: (k, the merged panes of window k), the window a read shows, kept
-        #: up to date by each event so a read does not merge ``size / hop`` panes again
-        self.current: tuple[int, Accumulator] | None = None
+        #: hopping windows: (k, the merged panes of window k, None if empty): the window a read
+        #: shows, kept up to date by each event and rebuilt when the clock moves into another
+        #: window (once per hop), so a read does not merge ``size / hop`` panes again. Only
+        #: events and clock moves change it, never reads: its floats do not depend on when
+        #: reads happen.
+        self.current: tuple[int, Accumulator | None] | None = None
 
     def __len__(self) -> int:
         return len(self.panes)
 
 
 class _Sessions:
-    """One key's sessions of a session buffer: ``[start, last, accumulator, closed]`` by start."""
+    """One key's sessions of a session buffer: ``[start, last, accumulator, emitted]``, sorted
+    by start (and so by end: sessions are disjoint)."""
 
     __slots__ = ("items",)
 
@@ -118,38 +128,49 @@ class _Pattern:
         return len(self.pending) + len(self.partials)
 
     def step(self, feature: SequencePattern, t: int, ev: dict[str, Any]) -> list[tuple[int, ...]]:
-        """Feed one event (in time order); return the matches it completes."""
+        """Feed one event (in time order); return the matches it completes.
+
+        Every condition is evaluated before anything changes, so an event whose condition
+        raises (``FeatureValueError``, say for a string compared with a number) leaves the
+        partial matches as they were.
+        """
         if feature.where is not None and not feature.where.matches(ev):
             return []
         steps = feature.steps
         within = feature.within_ms
-        matched: list[tuple[int, ...]] = []
         partials = self.partials
-        if partials:
-            kept: deque[list[Any]] = deque()
-            hits: dict[int, bool] = {}
-            for partial in partials:
-                stage, times = partial
-                if t - times[0] > within:
-                    continue  # too late to complete: expired
-                hit = hits.get(stage)
-                if hit is None:
-                    hit = hits[stage] = steps[stage].matches(ev)
-                if hit:
-                    times.append(t)
-                    partial[0] = stage + 1
-                    if partial[0] == len(steps):
-                        matched.append(tuple(times))
-                        continue
-                kept.append(partial)
-            self.partials = partials = kept
-        if steps[0].matches(ev):
-            partials.append([1, [t]])
-            if len(partials) > feature.max_partial:
-                partials.popleft()
+        live = [partial for partial in partials if t - partial[1][0] <= within]
+        hits = {stage: steps[stage].matches(ev) for stage in {partial[0] for partial in live}}
+        starts = steps[0].matches(ev)
+        matched: list[tuple[int, ...]] = []
+        kept: deque[list[Any]] = deque()
+        for partial in live:
+            stage, times = partial
+            if hits[stage]:
+                times.append(t)
+                partial[0] = stage + 1
+                if partial[0] == len(steps):
+                    matched.append(tuple(times))
+                    continue
+            kept.append(partial)
+        if starts:
+            kept.append([1, [t]])
+            if len(kept) > feature.max_partial:
+                kept.popleft()
                 self.dropped += 1
+        self.partials = kept
         self.matches += len(matched)
         return matched
+
+    def prune(self, feature: SequencePattern, wm: int) -> None:
+        """Drop partial matches that can no longer complete: every event still to come is at
+        or after the watermark, past their time limit."""
+        within = feature.within_ms
+        partials = self.partials
+        while partials and wm - partials[0][1][0] > within:
+            partials.popleft()
+        if partials and any(wm - partial[1][0] > within for partial in partials):
+            self.partials = deque(p for p in partials if wm - p[1][0] <= within)
 
 
 class KeyWindows:
@@ -272,6 +293,8 @@ class WindowEngine:
             for f in self.features
         ]
         self._ratio_order = self._order_ratios()
+        #: hopping buffers: their merged current window is refreshed when the clock moves
+        self._hopping = [b for b in self.buffers if b.kind == "panes" and b.panes_per_window > 1]
         #: the buffers as tuples, unpacked in the event loop
         self._plan = [
             (b.index, b.kind, b.field, b.where, b.numeric, b.size, b.scores, b)
@@ -314,11 +337,19 @@ class WindowEngine:
         for i in members:
             buffer_of[i] = buffer.index
         buffer.scores = [i for i in members if self.features[i].type_name == "zscore"]
+        buffer.checks = needs.frequent or needs.distinct or needs.sketch is not None
         self.buffers.append(buffer)
 
     def _order_ratios(self) -> list[int]:
         """Ratios in an order where each comes after the ratios it reads."""
         position = {name: i for i, name in enumerate(self.names)}
+        for feature in self.features:
+            for operand in feature.depends_on():
+                if operand not in position:
+                    raise SpecError(
+                        f"{feature.name}: operand {operand!r} is not a windowed feature of the "
+                        "same group: register a ratio in the same call as its operands"
+                    )
         done: set[int] = set()
         order: list[int] = []
 
@@ -363,6 +394,7 @@ class WindowEngine:
         policy = self.late_policy
         emit_updates = out is not None and self.emit == "update"
         sequences = self.sequences
+        hopping = self._hopping
         get = states.get
         for key, t, ev in events:
             st = get(key)
@@ -418,14 +450,25 @@ class WindowEngine:
                     except FeaturistError as exc:
                         self._errors(errors, buffer, key, t, exc)
                         continue
-                if numeric and v.__class__ is not int:
-                    if v.__class__ is not float or not -_INF < v < _INF:
+                if numeric:
+                    if v.__class__ is int:
+                        if not -_MAX_INT <= v <= _MAX_INT:
+                            huge = FeatureValueError(
+                                f"field {fld!r} is an int too large for a float "
+                                f"({v.bit_length()} bits)",
+                                field=fld or "",
+                            )
+                            self._errors(errors, buffer, key, t, huge)
+                            continue
+                    elif v.__class__ is not float or not -_INF < v < _INF:
                         v, error = coerce_number(fld or "", v)
                         if error is not None:
                             self._errors(errors, buffer, key, t, error)
                             continue
                 try:
                     state = states_of[index]
+                    if buffer.checks:
+                        check_value(buffer.needs, v)  # refuse before anything changes
                     if kind == "sliding":
                         cutoff = clock - size
                         if state is not None:
@@ -439,7 +482,11 @@ class WindowEngine:
                             if scores:
                                 anomalies = self._score(key, t, v, buffer, state, anomalies)
                             items = state.items
-                            if state.plain and (not items or t >= items[-1][0]):
+                            if (
+                                state.plain
+                                and (not items or t >= items[-1][0])
+                                and state.removed < len(items) + 64
+                            ):
                                 # a count or sum, in time order: the common case, inline
                                 items.append((t, v))
                                 if numeric:
@@ -457,6 +504,8 @@ class WindowEngine:
                         late_out = self._add_session(st, buffer, state, t, v, late_out)
                 except Exception as exc:
                     self._errors(errors, buffer, key, t, name_error(exc, fld or "count"))
+            if hopping:
+                self._refresh(st)
             if anomalies is not None:
                 counters.anomalies += len(anomalies)
                 if out is not None:
@@ -502,7 +551,7 @@ class WindowEngine:
         moments = state.moments
         assert moments is not None
         n = moments.n
-        variance = moments.variance(1)
+        variance = state.variance(1, repair=True)
         mean = state.sum / n if n else None
         std = math.sqrt(variance) if variance else 0.0
         for i in buffer.scores:
@@ -558,9 +607,9 @@ class WindowEngine:
                 released += 1
                 try:
                     matched = pattern.step(feature, t, ev)
-                except FeaturistError as exc:
+                except Exception as exc:
                     if errors is not None:
-                        errors.append((key, t, feature.name, exc))
+                        errors.append((key, t, feature.name, name_error(exc, feature.name)))
                     continue
                 counters.partials_dropped += pattern.dropped
                 pattern.dropped = 0
@@ -572,6 +621,18 @@ class WindowEngine:
                         out.append((key, parts[-1], values, "match", window, None, parts))
             if released:
                 del pending[:released]
+            pattern.prune(feature, wm)
+
+    def _refresh(self, st: KeyWindows) -> None:
+        """Rebuild the merged window of each hopping buffer whose window moved with the clock."""
+        for buffer in self._hopping:
+            state = st.buffers[buffer.index]
+            if state is None:
+                continue
+            k = (st.clock - buffer.size) // buffer.hop + 1
+            current = state.current
+            if current is None or current[0] != k:
+                state.current = (k, self._merge_panes(buffer, state, k))
 
     def _errors(self, errors: list[Any], buffer: _Buffer, key: Any, t: int, exc: Any) -> None:
         names = self.names
@@ -593,20 +654,18 @@ class WindowEngine:
         acc = panes.get(p)
         if acc is None:
             acc = panes[p] = Accumulator(buffer.needs)
+            heapq.heappush(state.order, p)
         acc.add(t, v, buffer.numeric, buffer.needs)
         r = buffer.panes_per_window
-        if r > 1:
-            # The merged state of the window a read shows (the one holding the clock that
-            # closes first), rebuilt when the clock moves into another one: once per hop.
-            # It is updated here only, by events, so its floats never depend on when reads
-            # happen.
-            k = (st.clock - buffer.size) // hop + 1
-            current = state.current
-            if current is None or current[0] != k:
-                merged = self._merge_panes(buffer, state, k)
-                state.current = None if merged is None else (k, merged)
-            elif k <= p < k + r:
-                current[1].add(t, v, buffer.numeric, buffer.needs)
+        current = state.current
+        if current is not None and current[0] <= p < current[0] + r:
+            # the event is in the window reads show: keep its merged state up to date (if the
+            # event moved the clock to another window, _refresh rebuilds it after this)
+            merged = current[1]
+            if merged is None:
+                merged = Accumulator(buffer.needs)
+                state.current = (current[0], merged)
+            merged.add(t, v, buffer.numeric, buffer.needs)
         # the first window holding pane p ends at (p + 1) * hop
         close_at = (p + 1) * hop + self.lateness
         if close_at < st.next_close:
@@ -645,47 +704,62 @@ class WindowEngine:
         v: Any,
         late_out: _LateOut | None,
     ) -> _LateOut | None:
+        """Add an event to its session, merging the sessions it bridges.
+
+        Sessions are disjoint and sorted by start (so by end too): the ones the event's
+        ``[t, t + gap)`` overlaps are a run found by bisection, never a scan. A session is
+        *emitted* once its final value went out. If the session the event lands in is past its
+        close (a late event), it is emitted at once: as a correction if one of its parts had
+        been emitted, else as a first close. If it is open (a late event joined a session to
+        an open one), it is open again, and closes later like any other.
+        """
         gap = buffer.gap
         items = state.items
-        # sessions [start, last + gap) that overlap the event's [t, t + gap)
-        touching = [s for s in items if t < s[1] + gap and s[0] < t + gap]
+        # sessions starting before t + gap; of those, the ones ending after t touch the event
+        high = bisect_left(items, t + gap, key=_start_of)
+        low = high
+        while low > 0 and items[low - 1][1] + gap > t:
+            low -= 1
+        needs = buffer.needs
         session: list[Any]
-        if not touching:
-            acc = Accumulator(buffer.needs)
-            acc.add(t, v, buffer.numeric, buffer.needs)
+        if low == high:
+            acc = Accumulator(needs)
+            acc.add(t, v, buffer.numeric, needs)
             session = [t, t, acc, False]
-            items.append(session)
-            items.sort(key=_start_of)
-        elif len(touching) == 1:
-            session = touching[0]
-            session[2].add(t, v, buffer.numeric, buffer.needs)
+            items.insert(low, session)
+            emitted = False
+        elif high - low == 1:
+            session = items[low]
+            session[2].add(t, v, buffer.numeric, needs)
             session[0] = min(session[0], t)
             session[1] = max(session[1], t)
+            emitted = session[3]
         else:
-            merged = Accumulator(buffer.needs)
-            for s in touching:
-                merged.merge(s[2], buffer.needs)
-            merged.add(t, v, buffer.numeric, buffer.needs)
-            session = [
-                min(touching[0][0], t),
-                max(max(s[1] for s in touching), t),
-                merged,
-                any(s[3] for s in touching),
-            ]
-            touched = {id(s) for s in touching}
-            state.items = [s for s in items if id(s) not in touched]
-            state.items.append(session)
-            state.items.sort(key=_start_of)
-        close_at = session[1] + gap + self.lateness
-        if close_at < st.next_close:
-            st.next_close = close_at
-        if session[3]:  # a closed session changed: a correction
-            values = self._state_values(buffer, session[2])
-            window = (session[0], session[1] + gap)
-            if late_out is None:
-                late_out = {}
-            late_out.setdefault(("correction", window), {}).update(values)
-            self._set_final(st, buffer, window[1], values)
+            touching = items[low:high]
+            merged = Accumulator(needs)
+            for part in touching:
+                merged.merge(part[2], needs)
+            merged.add(t, v, buffer.numeric, needs)
+            emitted = any(part[3] for part in touching)
+            session = [min(touching[0][0], t), max(touching[-1][1], t), merged, False]
+            items[low:high] = [session]
+        end = session[1] + gap
+        if end + self.lateness > st.clock - self.ooo:
+            session[3] = False  # open (again)
+            if end + self.lateness < st.next_close:
+                st.next_close = end + self.lateness
+            return late_out
+        # past its close: a late event
+        session[3] = True
+        values = self._state_values(buffer, session[2])
+        window = (session[0], end)
+        if late_out is None:
+            late_out = {}
+        late_out.setdefault(("correction" if emitted else "close", window), {}).update(values)
+        self._set_final(st, buffer, end, values)
+        purge_at = end + self.lateness + self.horizon
+        if purge_at < st.next_close:
+            st.next_close = purge_at
         return late_out
 
     # -- closing windows ---------------------------------------------------------------------
@@ -742,8 +816,15 @@ class WindowEngine:
         panes = state.panes
         if limit > state.closed:
             low = state.closed + 1
+            # the panes of windows low..limit are low..limit + r - 1: look those up, or scan
+            # the panes when there are fewer of them (after a long silence)
+            top = limit + r - 1
+            if top - low + 1 <= len(panes):
+                candidates: Iterable[int] = (p for p in range(low, top + 1) if p in panes)
+            else:
+                candidates = (p for p in panes if low <= p <= top)
             due: set[int] = set()
-            for p in panes:
+            for p in candidates:
                 due.update(range(max(p - r + 1, low), min(p, limit) + 1))
             for k in sorted(due):
                 values = self._window_values(buffer, state, k)
@@ -751,37 +832,50 @@ class WindowEngine:
             state.closed = limit
         # pane p is purged once its last window (k = p) is closed and past the horizon
         purge_limit = (wm - lateness - size - self.horizon) // hop
-        for p in [p for p in panes if p <= purge_limit]:
-            del panes[p]
+        order = state.order
+        while order and order[0] <= purge_limit:
+            del panes[heapq.heappop(order)]
         if not panes:
             return NEVER
         # next: the next window to close, or the next pane to purge
-        next_k = max(state.closed + 1, min(panes) - r + 1)
+        oldest = order[0]
+        next_k = max(state.closed + 1, oldest - r + 1)
         next_close = next_k * hop + size + lateness
         if self.horizon:
-            next_close = min(next_close, min(panes) * hop + size + lateness + self.horizon)
+            next_close = min(next_close, oldest * hop + size + lateness + self.horizon)
         return next_close
 
     def _close_sessions(
         self, buffer: _Buffer, state: _Sessions, wm: int, finished: list[Any]
     ) -> int:
+        """Emit the sessions past their close and purge the emitted ones past the horizon.
+
+        Only the ends of the list are visited: emitted sessions past the horizon are a prefix
+        (the oldest), and sessions not yet emitted a suffix (a late event that lands past a
+        session's close emits it at once, so no unemitted closed session sits in between).
+        """
         gap, lateness, horizon = buffer.gap, self.lateness, self.horizon
+        items = state.items
+        cut = 0
+        while cut < len(items) and items[cut][3] and items[cut][1] + gap + lateness + horizon <= wm:
+            cut += 1
+        if cut:
+            del items[:cut]
+        first_open = len(items)
+        while first_open > 0 and not items[first_open - 1][3]:
+            first_open -= 1
+        for session in items[first_open:]:
+            end = session[1] + gap
+            if end + lateness > wm:
+                break
+            session[3] = True
+            finished.append((session[0], end, self._state_values(buffer, session[2])))
+            first_open += 1
         next_close = NEVER
-        kept = []
-        for session in state.items:
-            start, last, acc, closed = session
-            end = last + gap
-            if not closed and end + lateness <= wm:
-                session[3] = closed = True
-                finished.append((start, end, self._state_values(buffer, acc)))
-            if closed:
-                if end + lateness + horizon <= wm:
-                    continue  # purged
-                next_close = min(next_close, end + lateness + horizon)
-            else:
-                next_close = min(next_close, end + lateness)
-            kept.append(session)
-        state.items = kept
+        if first_open < len(items):
+            next_close = items[first_open][1] + gap + lateness
+        if items and items[0][3]:
+            next_close = min(next_close, items[0][1] + gap + lateness + horizon)
         return next_close
 
     # -- values ------------------------------------------------------------------------------
@@ -791,7 +885,7 @@ class WindowEngine:
         for i in buffer.features:
             reader = readers[i]
             assert reader is not None
-            values[self.names[i]] = reader(state)
+            values[self.names[i]] = _read(reader, state)
         return values
 
     def _window_values(self, buffer: _Buffer, state: _Panes, k: int) -> dict[str, Any]:
@@ -826,7 +920,7 @@ class WindowEngine:
             current = state.current
             if current is not None and current[0] == k:
                 return current[1]
-            return self._merge_panes(buffer, state, k)
+            return self._merge_panes(buffer, state, k)  # not kept: a read changes nothing
         for session in reversed(state.items):
             if not session[3]:
                 return session[2]
@@ -850,10 +944,10 @@ class WindowEngine:
                     if final is not None:
                         result[i] = final[1][names[i]]
                     else:
-                        result[i] = self._readers[i](None)  # type: ignore[misc]
+                        result[i] = _read(self._readers[i], None)  # type: ignore[arg-type]
             else:
                 for i in buffer.features:
-                    result[i] = self._readers[i](state)  # type: ignore[misc]
+                    result[i] = _read(self._readers[i], state)  # type: ignore[arg-type]
         if self.sequences:
             patterns = st.patterns if st is not None else None
             for position, (i, _) in enumerate(self.sequences):
@@ -941,6 +1035,7 @@ class WindowEngine:
             st.clock = target
             counters.idle_advances += 1
             self.close(key, st, out, counters)
+            self._refresh(st)
             self._release(key, st, None, out, counters)
         # the clock value at which something next changes: a window closes, or a sliding
         # window loses its newest event
@@ -949,19 +1044,24 @@ class WindowEngine:
             state = st.buffers[buffer.index]
             if buffer.kind == "sliding" and state is not None and len(state):
                 due = min(due, state.items[0][0] + buffer.size)
-        for pattern in st.patterns or ():
+        for (_, feature), pattern in zip(self.sequences, st.patterns or (), strict=False):
             if pattern.pending:
                 due = min(due, pattern.pending[0][0] + self.ooo)
+            if pattern.partials:
+                # the clock at which the oldest partial match can no longer complete
+                oldest = min(partial[1][0] for partial in pattern.partials)
+                due = min(due, oldest + feature.within_ms + self.ooo + 1)
         if due >= NEVER:
             return _INF
         # never at or before now: the millisecond rounding of the clock must not spin the loop
         return max(st.seen + idle + (due - st.latest) / 1000, now + 0.001)
 
     def _empty(self, st: KeyWindows) -> bool:
-        if st.finals is not None:
+        """Whether the key holds nothing still to come: no open window, no event waiting for
+        the watermark, no partial match that can complete. The last closed values (with
+        ``emit="close"``) and sequence match counts do not keep a quiet key."""
+        if st.patterns is not None and any(p.pending or p.partials for p in st.patterns):
             return False
-        if st.patterns is not None and any(p.matches or p.partials for p in st.patterns):
-            return False  # a match count is kept as long as the key (state_ttl drops it)
         return all(state is None or not len(state) for state in st.buffers)
 
     # -- statistics --------------------------------------------------------------------------
@@ -982,7 +1082,7 @@ class WindowEngine:
                     size += state.nbytes()
                 elif isinstance(state, _Panes):
                     size += 100 + sum(acc.nbytes() + 100 for acc in state.panes.values())
-                    if state.current is not None:
+                    if state.current is not None and state.current[1] is not None:
                         size += state.current[1].nbytes()
                 else:
                     size += 60 + sum(s[2].nbytes() + 120 for s in state.items)
@@ -1013,6 +1113,15 @@ class WindowEngine:
 _FINAL = object()
 #: late emissions of one event: (kind, window) -> values
 _LateOut = dict[tuple[str, tuple[int, int]], dict[str, Any]]
+
+
+def _read(reader: Callable[[Any], Any], state: Any) -> Any:
+    """A feature's value, or None where computing it fails (a mean of ints whose sum is
+    beyond a float's range, say: the event that caused it was reported when it came)."""
+    try:
+        return reader(state)
+    except (ArithmeticError, TypeError, ValueError):
+        return None
 
 
 def _time_serial(item: tuple[int, int, Any]) -> tuple[int, int]:

@@ -19,14 +19,22 @@ from __future__ import annotations
 
 import sys
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from ._quantiles import QuantileSketch, SortedValues
 from ._window_stats import DistinctWindowCount, FrequentValues, RunningMoments
 
-__all__ = ["READERS", "Accumulator", "Needs", "SlidingState", "WindowMoments", "value_reader"]
+__all__ = [
+    "READERS",
+    "Accumulator",
+    "Needs",
+    "SlidingState",
+    "WindowMoments",
+    "check_value",
+    "value_reader",
+]
 
 
 @dataclass(frozen=True)
@@ -62,9 +70,11 @@ class WindowMoments:
     not cancel catastrophically when the mean is large against the spread. Integers stay
     integers, so a window of ints has an exact variance however many values passed through it.
     For floats, rounding accumulates with each add and remove; :meth:`rebuild` recomputes the
-    sums from the values held, and the sliding window calls it once ``w + 64`` removals have
-    happened for ``w`` values held (amortized O(1)), so the error stays that of the last
-    ``2 w + 128`` operations or so.
+    sums from the values held. The sliding window calls it once ``w + 64`` values have left a
+    window of ``w`` (amortized O(1)), so the error stays that of the last ``2 w + 128``
+    operations or so, and whenever the sums have cancelled (:meth:`cancelled`: the values
+    left are close together and far from the shift, so their variance would be mostly
+    rounding).
     """
 
     __slots__ = ("n", "removed", "s1", "s2", "shift")
@@ -94,12 +104,21 @@ class WindowMoments:
         self.s1 -= d
         self.s2 -= d * d
 
-    def rebuild(self, values: list[Any]) -> None:
+    def rebuild(self, values: Iterable[Any]) -> None:
         """Recompute from the values held, shifted by their first value."""
         self.n = 0
         self.removed = 0
+        self.shift, self.s1, self.s2 = 0, 0, 0
         for x in values:
             self.add(x)
+
+    def cancelled(self) -> bool:
+        """Whether the float sums lost most of their digits to cancellation: the spread is
+        below a billionth of the squared distance to the shift (never for integers)."""
+        s1, s2, n = self.s1, self.s2, self.n
+        if type(s2) is int or not n:
+            return False
+        return bool(s2 - s1 * s1 / n < 1e-9 * s2)
 
     def variance(self, ddof: int) -> float | None:
         n = self.n
@@ -131,6 +150,7 @@ class SlidingState:
         "moments",
         "numeric",
         "plain",
+        "removed",
         "scores",
         "sketch",
         "sum",
@@ -157,6 +177,8 @@ class SlidingState:
         self.trackers: tuple[Any, ...] = ()
         #: no structure beside the deque and the sum: the engine appends in line
         self.plain = not needs.trackers and not needs.extremes
+        #: values evicted since the sums were last recomputed from the values held
+        self.removed = 0
         if needs.trackers:
             held = (self.moments, self.values, self.sketch, self.frequent, self.distinct)
             self.trackers = tuple([tracker for tracker in held if tracker is not None])
@@ -165,6 +187,9 @@ class SlidingState:
         return len(self.items)
 
     def add(self, t: int, v: Any) -> None:
+        """Add an event; ``check_value`` it first when the buffer counts or sketches values."""
+        if self.removed and self.removed >= len(self.items) + 64:
+            self._recompute()
         items = self.items
         if not items or t >= items[-1][0]:
             items.append((t, v))
@@ -190,6 +215,7 @@ class SlidingState:
         popleft = items.popleft
         if self.numeric:
             total = self.sum
+            held = len(items)
             while items and items[0][0] <= cutoff:
                 v = popleft()[1]
                 total -= v
@@ -197,6 +223,7 @@ class SlidingState:
                     tracker.remove(v)
             # an empty window sums to exactly zero, whatever rounding the subtractions left
             self.sum = total if items else 0
+            self.removed += held - len(items)
         elif trackers:
             while items and items[0][0] <= cutoff:
                 v = popleft()[1]
@@ -206,15 +233,11 @@ class SlidingState:
             while items and items[0][0] <= cutoff:
                 popleft()
         if not items:
+            self.removed = 0
+            if self.moments is not None:
+                self.moments.rebuild(())
             if self.scores:
                 self.scores = None
-        else:
-            moments = self.moments
-            if moments is not None and moments.removed >= len(items) + 64:
-                held = [v for _, v in items]
-                moments.rebuild(held)
-                if self.numeric:
-                    self.sum = sum(held)
         lows, highs = self.lows, self.highs
         if lows is not None and highs is not None:
             while lows and lows[0][0] <= cutoff:
@@ -233,9 +256,33 @@ class SlidingState:
         n = len(self.items)
         return self.sum / n if n else None
 
-    def variance(self, ddof: int) -> float | None:
-        assert self.moments is not None
-        return self.moments.variance(ddof)
+    def _recompute(self) -> None:
+        """Recompute the sum and the moments from the values held: the rounding that adds and
+        subtracts of floats left is gone. Called by ``add`` (never by a read, so that values
+        do not depend on when reads happen) once ``w + 64`` values left a window of ``w``:
+        amortized O(1)."""
+        held = [v for _, v in self.items]
+        if self.numeric:
+            self.sum = sum(held)
+        if self.moments is not None:
+            self.moments.rebuild(held)
+        self.removed = 0
+
+    def variance(self, ddof: int, *, repair: bool = False) -> float | None:
+        """The variance of the values held. If the shifted sums have cancelled (the values
+        are now close together, far from the value they were shifted by), it is recomputed
+        from the values held: stored with ``repair`` (the event path), else only returned."""
+        moments = self.moments
+        assert moments is not None
+        variance = moments.variance(ddof)
+        if variance is not None and moments.cancelled():
+            if repair:
+                moments.rebuild([v for _, v in self.items])
+                return moments.variance(ddof)
+            exact = WindowMoments()
+            exact.rebuild([v for _, v in self.items])
+            return exact.variance(ddof)
+        return variance
 
     def minimum(self) -> Any:
         return self.lows[0][1] if self.lows else None
@@ -457,6 +504,20 @@ class Accumulator:
         if self.sketch is not None:
             size += len(self.sketch._sketch._store.bins) * 8
         return size
+
+
+def check_value(needs: Needs, v: Any) -> None:
+    """Raise for a value a buffer with ``needs`` would refuse, before anything changes:
+    ``TypeError`` for an unhashable value where values are counted (``top_k``,
+    ``distinct_count``), ``ValueError`` for a number beyond a quantile sketch's range."""
+    if needs.frequent or needs.distinct:
+        hash(v)
+    if needs.sketch is not None and not -_SKETCH_LIMIT <= v <= _SKETCH_LIMIT:
+        raise ValueError(f"{v!r} is beyond the quantile sketch's range (+-{_SKETCH_LIMIT:.3g})")
+
+
+#: the largest magnitude every sketch accepts (DDSketch maps up to about 1.7e308 / (1 + alpha))
+_SKETCH_LIMIT = 1e307
 
 
 def _std(state: Any, ddof: int) -> float | None:

@@ -15,8 +15,10 @@ from runtime import (
     FeatureSet,
     FeatureUpdate,
     Hopping,
+    Last,
     LateEvent,
     Max,
+    Mean,
     Quantile,
     Session,
     Sliding,
@@ -315,3 +317,140 @@ def test_window_rules_are_checked() -> None:
                 "features": [{"type": "count", "name": "c"}],
             }
         )
+
+
+# -- regressions found in review --------------------------------------------------------------
+
+
+async def test_a_condition_that_raises_leaves_sequence_state_intact() -> None:
+    from runtime import SequencePattern, Step, Where
+
+    pattern = SequencePattern(
+        name="ab",
+        within="1h",
+        steps=[
+            Step(where=Where(field="type", value="a")),
+            Step(where=Where(field="x", op=">", value=5)),
+        ],
+    )
+    fs = spec(pattern, Count(name="n", window=Sliding(size="1h")))
+    async with FeatureRuntime(fs, shards=1) as rt:
+        await rt.ingest_many(
+            [
+                {"k": "u", "ts": 1, "type": "a"},
+                {"k": "u", "ts": 2, "type": "b", "x": "oops"},  # the condition raises
+                {"k": "v", "ts": 2, "type": "a"},
+                {"k": "u", "ts": 3, "type": "b", "x": 9},
+            ]
+        )
+        assert (await rt.get("u"))["ab"] == 1
+        assert (await rt.get("v"))["n"] == 1
+        assert [e.feature for e in await rt.recent_errors()] == ["ab"]
+        assert rt.dead_letters.count() == 0
+
+
+async def test_an_int_too_large_for_a_float_is_an_error_not_a_crash() -> None:
+    fs = spec(Mean(name="avg", field="x", window=Sliding(size="1h")))
+    async with FeatureRuntime(fs, shards=1) as rt:
+        sub = rt.updates()
+        await rt.ingest_many([{"k": "u", "ts": 1, "x": 10**400}, {"k": "v", "ts": 1, "x": 5}])
+        await rt.flush()
+        assert (await rt.get("u"))["avg"] is None
+        assert (await rt.get("v"))["avg"] == 5
+        assert "too large" in (await rt.recent_errors())[0].error
+        assert rt.dead_letters.count() == 0
+        await sub.aclose()
+
+
+async def test_a_rejected_value_is_not_half_applied() -> None:
+    from runtime import TopK
+
+    fs = spec(
+        TopK(name="top", field="m", window=Sliding(size="1s")),
+        Last(name="last", field="m", window=Sliding(size="1s")),
+    )
+    async with FeatureRuntime(fs) as rt:
+        await rt.ingest_many(
+            [{"k": "u", "ts": 0, "m": ["unhashable"]}, {"k": "u", "ts": 1_500, "m": "b"}]
+        )
+        vector = await rt.get("u")
+        assert (vector["top"], vector["last"]) == ([["b", 1]], "b")
+
+
+async def test_float_sums_are_recomputed_as_the_window_slides() -> None:
+    fs = spec(Sum(name="s", field="x", window=Sliding(size=1000)))
+    events = [{"k": "u", "ts": 0, "x": 1e17}]
+    events += [{"k": "u", "ts": 1 + i, "x": 1.0} for i in range(5_000)]
+    async with FeatureRuntime(fs) as rt:
+        await rt.ingest_many(events)
+        assert (await rt.get("u"))["s"] == 1000.0
+
+
+async def test_zscore_of_a_window_of_equal_floats_is_none_after_large_values_left() -> None:
+    from runtime import ZScore
+
+    fs = spec(ZScore(name="z", field="x", min_count=3, window=Sliding(size=100)))
+    events = [{"k": "u", "ts": i, "x": 1e6 * (i + 1)} for i in range(10)]
+    events += [{"k": "u", "ts": 200 + i, "x": 7.7} for i in range(10)]
+    async with FeatureRuntime(fs) as rt:
+        sub = rt.updates()
+        await rt.ingest_many(events)
+        assert (await rt.get("u"))["z"] is None
+        await rt.flush()
+        assert not [u for u in await drain(sub) if u.kind == "anomaly" and u.event_time >= 200]
+
+
+async def test_idle_keys_with_closed_windows_or_dead_partial_matches_expire() -> None:
+    from runtime import SequencePattern, Step, Where
+
+    clock = FakeClock()
+    pattern = SequencePattern(
+        name="ab",
+        within="1s",
+        steps=[Step(where=Where(field="t", value="a")), Step(where=Where(field="t", value="b"))],
+    )
+    fs = spec(Count(name="n", window=Tumbling(size="1s")), pattern, emit="close", idle_timeout="1s")
+    async with FeatureRuntime(fs, clock=clock) as rt:
+        await rt.ingest_many({"k": f"k{i}", "ts": 0, "t": "a"} for i in range(100))
+        await rt.flush()
+        for _ in range(5):
+            clock.now += 1.0
+            await rt.flush()
+        stats = (await rt.statistics()).windows
+        assert stats is not None and stats.keys == 0 and stats.expired_keys == 100
+
+
+async def test_a_session_reopened_by_a_late_event_closes_again_later() -> None:
+    fs = spec(
+        Count(name="n", window=Session(gap="5m")),
+        late_policy="update",
+        correction_horizon="1h",
+    )
+    minute = 60_000
+    async with FeatureRuntime(fs) as rt:
+        sub = rt.updates()
+        await rt.ingest_many(
+            [
+                {"k": "u", "ts": 0},
+                {"k": "u", "ts": 8 * minute},  # a new session; [0, 5m) closes
+                {"k": "u", "ts": 4 * minute},  # late: bridges both, the session is open again
+                {"k": "u", "ts": 10 * minute},  # on time: joins it
+            ]
+        )
+        assert (await rt.get("u"))["n"] == 4
+        await rt.ingest({"k": "u", "ts": 30 * minute})  # closes [0, 15m)
+        await rt.flush()
+        closes = [(u.kind, u.window, u.values) for u in await drain(sub) if u.kind != "update"]
+        assert closes == [
+            ("close", (0, 5 * minute), {"n": 1}),
+            ("close", (0, 15 * minute), {"n": 4}),
+        ]
+
+
+async def test_a_ratio_of_windowed_features_registered_apart_is_a_spec_error() -> None:
+    from runtime import Ratio
+
+    fs = spec(Sum(name="s", field="x", window=Sliding(size="1m")))
+    async with FeatureRuntime(fs) as rt:
+        with pytest.raises(SpecError, match="same call as its operands"):
+            await rt.register(Ratio(name="r", numerator="s", denominator="s"))

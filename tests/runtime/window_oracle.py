@@ -10,7 +10,8 @@ It follows the semantics of ``docs/windows.md`` step by step, per key:
 - after applying: corrections for emitted windows the event changed, a first ``close`` for a
   window past its close that was empty until now, then ``close`` for every window with data
   whose ``end + allowed_lateness <= watermark`` (in order of end, then start), then (with
-  ``emit="update"``) the vector.
+  ``emit="update"``) the vector. A session that a late event extends past the watermark is
+  open again and closes later.
 """
 
 from __future__ import annotations
@@ -211,15 +212,25 @@ class KeyOracle:
         return sessions
 
     def _late_session(self, feature: Any, index: int, late: dict[Any, dict[str, Any]]) -> None:
-        closed = self.closed_events.setdefault(feature.name, set())
+        """The session the event lands in: open (again), or past its close and emitted now,
+        as a correction if any of its events had been emitted, else as a first close."""
+        assert self.clock is not None
+        wm = self.clock - self.ooo
+        emitted = self.closed_events.setdefault(feature.name, set())
         for session in self._sessions(feature):
             ids = {i for _, i, _ in session}
-            if index in ids and ids & closed:
-                closed.update(ids)
-                start, end = session[0][0], session[-1][0] + feature.window.gap_ms
-                value = _session_value(feature, session)
-                late.setdefault(("correction", (start, end)), {})[feature.name] = value
-                self._final(feature.name, end, value)
+            if index not in ids:
+                continue
+            start, end = session[0][0], session[-1][0] + feature.window.gap_ms
+            if end + self.lateness > wm:
+                emitted.difference_update(ids)  # open again: it closes later
+                return
+            kind = "correction" if ids & emitted else "close"
+            emitted.update(ids)
+            value = _session_value(feature, session)
+            late.setdefault((kind, (start, end)), {})[feature.name] = value
+            self._final(feature.name, end, value)
+            return
 
     def _close(self) -> None:
         assert self.clock is not None
