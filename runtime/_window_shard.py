@@ -96,12 +96,15 @@ class WindowShard(GroupShard):
         engine.apply(events, self.states, errors, now, out, late, self.counters, self.recent)
         elapsed = time.perf_counter_ns() - start
         self.compute_ns += elapsed
-        # per-feature time is not split: each windowed feature is charged the group's time
-        per_event_ms = self.compute_ns / (self.events + n) / 1e6
+        # The features of a window group share buffers and one pass per event, so their time
+        # is not measured apart: each is charged an equal share of the group's.
+        features = len(engine.names)
+        share = elapsed // features
+        per_event_ms = self.compute_ns / (self.events + n) / 1e6 / features
         self.feature_latency_ms = dict.fromkeys(engine.names, per_event_ms)
         feature_ns = self.feature_ns
-        for i in range(len(feature_ns)):
-            feature_ns[i] += elapsed
+        for i in range(features):
+            feature_ns[i] += share
         self.sampled_events += n
         self.latencies.append((time.perf_counter() - batch.created, n))
         self.events += n

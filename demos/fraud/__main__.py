@@ -460,7 +460,13 @@ def render(summary: Mapping[str, Any], console: Console) -> None:
             feature["name"], feature["type"], feature["input"], shown, feature["description"]
         )
     console.print(features)
-    _note(console, ["µs/event: compute time per event, measured on one batch in 64."])
+    _note(
+        console,
+        [
+            "µs/event: compute time per event, measured on one batch in 64; windowed features",
+            "share one pass per event, measured on every batch and split equally between them.",
+        ],
+    )
     console.print()
 
     top = summary["top"]
