@@ -422,8 +422,8 @@ class WindowEngine:
                     counters.late_applied += 1
                 if t > clock:
                     st.clock = t
-                    if t > st.latest:
-                        st.latest = t
+                if t > st.latest:
+                    st.latest = t  # below the clock after idle time moved it
                 if recent is not None:
                     st.seen = now
             if recent is not None:
@@ -551,9 +551,12 @@ class WindowEngine:
         moments = state.moments
         assert moments is not None
         n = moments.n
-        variance = state.variance(1, repair=True)
-        mean = state.sum / n if n else None
-        std = math.sqrt(variance) if variance else 0.0
+        try:
+            variance = state.variance(1, repair=True)
+            mean = state.sum / n if n else None
+            std = math.sqrt(variance) if variance else 0.0
+        except ArithmeticError:  # ints beyond a float's range: no score
+            mean, std = None, 0.0
         for i in buffer.scores:
             feature = self.features[i]
             if mean is None or n < feature.min_count or not std:
@@ -850,17 +853,13 @@ class WindowEngine:
     ) -> int:
         """Emit the sessions past their close and purge the emitted ones past the horizon.
 
-        Only the ends of the list are visited: emitted sessions past the horizon are a prefix
-        (the oldest), and sessions not yet emitted a suffix (a late event that lands past a
-        session's close emits it at once, so no unemitted closed session sits in between).
+        Only the ends of the list are visited: sessions not yet emitted are a suffix (a late
+        event that lands past a session's close emits it at once, so no unemitted closed
+        session sits among emitted ones), and emitted sessions past the horizon a prefix (the
+        oldest). Closing comes first, so that with no horizon a session is purged as it closes.
         """
         gap, lateness, horizon = buffer.gap, self.lateness, self.horizon
         items = state.items
-        cut = 0
-        while cut < len(items) and items[cut][3] and items[cut][1] + gap + lateness + horizon <= wm:
-            cut += 1
-        if cut:
-            del items[:cut]
         first_open = len(items)
         while first_open > 0 and not items[first_open - 1][3]:
             first_open -= 1
@@ -871,10 +870,16 @@ class WindowEngine:
             session[3] = True
             finished.append((session[0], end, self._state_values(buffer, session[2])))
             first_open += 1
+        cut = 0
+        while cut < first_open and items[cut][1] + gap + lateness + horizon <= wm:
+            cut += 1
+        if cut:
+            del items[:cut]
+            first_open -= cut
         next_close = NEVER
         if first_open < len(items):
             next_close = items[first_open][1] + gap + lateness
-        if items and items[0][3]:
+        if first_open:
             next_close = min(next_close, items[0][1] + gap + lateness + horizon)
         return next_close
 
@@ -1021,6 +1026,18 @@ class WindowEngine:
                 wake = min(wake, st.seen + ttl)
             if wake < _INF:
                 heapq.heappush(sleepers, (wake, id(st), key, st.seen))
+        if len(sleepers) > 2 * len(states) + 1024:
+            # A key that had an event leaves its entry behind, stale, until its wake time: drop
+            # those now and then, so the heap stays within twice the keys (each key has at
+            # most one entry that is not stale).
+            sleepers[:] = [
+                entry
+                for entry in sleepers
+                if (st := states.get(entry[2])) is not None
+                and st.seen == entry[3]
+                and entry[2] not in recent
+            ]
+            heapq.heapify(sleepers)
 
     def _advance_idle(
         self, key: Any, st: KeyWindows, now: float, out: list[Any] | None, counters: WindowCounters

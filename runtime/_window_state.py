@@ -77,7 +77,7 @@ class WindowMoments:
     rounding).
     """
 
-    __slots__ = ("n", "removed", "s1", "s2", "shift")
+    __slots__ = ("mass", "n", "removed", "s1", "s2", "shift")
 
     def __init__(self) -> None:
         self.n = 0
@@ -85,6 +85,9 @@ class WindowMoments:
         self.s1: Any = 0
         self.s2: Any = 0
         self.removed = 0
+        #: the squared deviations added since the last rebuild: the scale of the rounding
+        #: that the sums carry
+        self.mass: Any = 0
 
     def add(self, x: Any) -> None:
         if not self.n:
@@ -92,6 +95,7 @@ class WindowMoments:
         d = x - self.shift
         self.s1 += d
         self.s2 += d * d
+        self.mass += d * d
         self.n += 1
 
     def remove(self, x: Any) -> None:
@@ -108,17 +112,18 @@ class WindowMoments:
         """Recompute from the values held, shifted by their first value."""
         self.n = 0
         self.removed = 0
-        self.shift, self.s1, self.s2 = 0, 0, 0
+        self.shift, self.s1, self.s2, self.mass = 0, 0, 0, 0
         for x in values:
             self.add(x)
 
     def cancelled(self) -> bool:
-        """Whether the float sums lost most of their digits to cancellation: the spread is
-        below a billionth of the squared distance to the shift (never for integers)."""
+        """Whether the float sums may be mostly rounding: the squared spread they give is
+        below a billionth of the squared deviations that went through them since the last
+        rebuild (never for integers, whose sums are exact)."""
         s1, s2, n = self.s1, self.s2, self.n
         if type(s2) is int or not n:
             return False
-        return bool(s2 - s1 * s1 / n < 1e-9 * s2)
+        return bool(s2 - s1 * s1 / n < 1e-9 * self.mass)
 
     def variance(self, ddof: int) -> float | None:
         n = self.n
@@ -127,7 +132,10 @@ class WindowMoments:
         s1, s2 = self.s1, self.s2
         if type(s1) is int and type(s2) is int:
             # exact: (n * s2 - s1 ** 2) / (n * (n - ddof)), one correctly rounded division
-            return (n * s2 - s1 * s1) / (n * (n - ddof))
+            try:
+                return (n * s2 - s1 * s1) / (n * (n - ddof))
+            except OverflowError:
+                return None  # beyond a float's range
         q = s2 - s1 * s1 / n
         return (q if q > 0 else 0.0) / (n - ddof)
 
@@ -202,6 +210,9 @@ class SlidingState:
             self.sum += v
         for tracker in self.trackers:
             tracker.add(v)
+        moments = self.moments
+        if moments is not None and moments.n > 1 and moments.cancelled():
+            moments.rebuild([x for _, x in items])
         if self.lows is not None:
             _monotonic_insert(self.lows, t, v, _ge)
             _monotonic_insert(self.highs, t, v, _le)  # type: ignore[arg-type]

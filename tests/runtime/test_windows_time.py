@@ -454,3 +454,71 @@ async def test_a_ratio_of_windowed_features_registered_apart_is_a_spec_error() -
     async with FeatureRuntime(fs) as rt:
         with pytest.raises(SpecError, match="same call as its operands"):
             await rt.register(Ratio(name="r", numerator="s", denominator="s"))
+
+
+async def test_a_window_of_equal_floats_has_no_spread_after_others_left() -> None:
+    from runtime import Std, ZScore
+
+    window = Sliding(size=100)
+    fs = spec(
+        ZScore(name="z", field="x", window=window, min_count=3, threshold=4),
+        Std(name="sd", field="x", ddof=0, window=window),
+    )
+    events = [(0, 1.5), (10, 65.159), (20, 78.872), (30, 9.386)]
+    events += [(95 + i, 1.5) for i in range(5)] + [(135, 1.5), (136, 1.5001)]
+    async with FeatureRuntime(fs) as rt:
+        sub = rt.updates()
+        await rt.ingest_many({"k": "u", "ts": t, "x": x} for t, x in events)
+        await rt.flush()
+        updates = await drain(sub)
+        at_135 = next(u for u in updates if u.kind == "update" and u.event_time == 135)
+        assert at_135.values["sd"] == 0.0
+        assert not [u for u in updates if u.kind == "anomaly"]
+
+
+async def test_zscore_of_ints_beyond_a_float_is_none_and_the_buffer_goes_on() -> None:
+    from runtime import ZScore
+
+    window = Sliding(size="1h")
+    fs = spec(Sum(name="s", field="x", window=window), ZScore(name="z", field="x", window=window))
+    xs = [10**160, -(10**160), 1, 2, 3]
+    async with FeatureRuntime(fs) as rt:
+        await rt.ingest_many({"k": "u", "ts": i, "x": x} for i, x in enumerate(xs))
+        vector = await rt.get("u")
+        assert (vector["s"], vector["z"]) == (6, None)
+        assert await rt.recent_errors() == []
+
+
+async def test_an_event_after_idle_time_moves_the_last_event_time() -> None:
+    clock = FakeClock()
+    fs = spec(
+        Count(name="n", window=Tumbling(size="10s")),
+        idle_timeout="1s",
+        max_out_of_orderness="5s",
+    )
+    async with FeatureRuntime(fs, clock=clock) as rt:
+        await rt.ingest({"k": "u", "ts": 1_000})
+        await rt.flush()
+        clock.now += 7.0  # the key's clock moves to 7 s
+        await rt.flush()
+        await rt.ingest({"k": "u", "ts": 4_000})  # below the clock, above the last event
+        vector = await rt.get("u")
+        assert (vector.last_event_time, vector["n"]) == (4_000, 2)
+
+
+def test_the_idle_heap_stays_within_twice_the_keys() -> None:
+    from collections import OrderedDict
+
+    from runtime._window_engine import WindowCounters, WindowEngine
+
+    engine = WindowEngine([Count(name="n", window=Tumbling(size="1h"))], idle_timeout=1.0)
+    states: dict[Any, Any] = {}
+    recent: OrderedDict[Any, None] = OrderedDict()
+    sleepers: list[Any] = []
+    counters = WindowCounters()
+    now = 0.0
+    for i in range(3_000):  # one key, an event every 2 s: quiet for longer than idle each time
+        now += 2.0
+        engine.apply([("u", 1_000 * i, {})], states, [], now, None, None, counters, recent)
+        engine.tick(states, recent, sleepers, now + 1.5, None, counters)
+    assert len(sleepers) <= 2 * len(states) + 1024
