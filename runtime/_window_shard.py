@@ -172,7 +172,7 @@ class WindowShard(GroupShard):
         return await super().receive(message)
 
     def _state_bytes(self, sample: int = 200) -> int:
-        return self.engine.state_bytes(self.states, sample)
+        return self.engine.state_bytes(self.states)
 
 
 @dataclass(frozen=True)
