@@ -11,6 +11,7 @@ and merges exactly: use it for large windows where an approximate answer will do
 from __future__ import annotations
 
 import math
+from bisect import bisect_left, insort
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal, Self, cast
 
@@ -36,31 +37,53 @@ def _check_q(q: float, high: float) -> None:
 
 
 class SortedValues:
-    """Every value of a window in sorted order (a ``sortedcontainers.SortedList``).
+    """Every value of a window in sorted order.
 
-    ``add``, ``remove``, ``min``, ``max`` and ``percentile`` cost O(log n); ``merge`` costs
+    Small windows keep a plain list kept sorted with ``bisect`` (cheap to create, and an
+    insert moves a few pointers); past ``LIST_LIMIT`` values it becomes a
+    ``sortedcontainers.SortedList`` (and stays one). ``add``, ``remove``, ``min``, ``max``
+    and ``percentile`` cost O(log n) (plus a short memmove while small); ``merge`` costs
     O(m log(n + m)) for ``m`` values merged in. Values must be mutually comparable; the
     ``linear`` method also needs numbers.
     """
 
     __slots__ = ("_values",)
 
+    #: the size past which the plain sorted list becomes a SortedList
+    LIST_LIMIT = 1000
+
     def __init__(self, values: Iterable[Any] = ()) -> None:
         # sortedcontainers ships no type information: the list stays ``Any`` inside this class.
-        self._values: Any = SortedList(values)
+        held = sorted(values)
+        self._values: Any = SortedList(held) if len(held) > self.LIST_LIMIT else held
 
     def __len__(self) -> int:
         return len(self._values)
 
     def add(self, x: Any) -> None:
-        self._values.add(x)
+        values = self._values
+        if values.__class__ is list:
+            insort(values, x)
+            if len(values) > self.LIST_LIMIT:
+                self._values = SortedList(values)
+        else:
+            values.add(x)
 
     def remove(self, x: Any) -> None:
         """Remove one ``x``; raises ``ValueError`` if ``x`` is not held."""
-        try:
-            self._values.remove(x)
-        except ValueError:
-            raise ValueError(f"x={x!r} is not held: remove only values that were added") from None
+        values = self._values
+        if values.__class__ is list:
+            i = bisect_left(values, x)
+            if i < len(values) and values[i] == x:
+                del values[i]
+                return
+        else:
+            try:
+                values.remove(x)
+                return
+            except ValueError:
+                pass
+        raise ValueError(f"x={x!r} is not held: remove only values that were added")
 
     def min(self) -> Any:
         """The smallest value, or ``None`` when empty."""
@@ -120,7 +143,12 @@ class SortedValues:
         raise ValueError(f"method must be one of {PERCENTILE_METHODS}, got {method!r}")
 
     def merge(self, other: SortedValues) -> None:
-        self._values.update(list(other._values))
+        values = self._values
+        if values.__class__ is list:
+            merged = sorted([*values, *other._values])
+            self._values = SortedList(merged) if len(merged) > self.LIST_LIMIT else merged
+        else:
+            values.update(list(other._values))
 
     def copy(self) -> SortedValues:
         return SortedValues(self._values)

@@ -296,7 +296,7 @@ class WindowEngine:
         self._hopping = [b for b in self.buffers if b.kind == "panes" and b.panes_per_window > 1]
         #: the buffers as tuples, unpacked in the event loop
         self._plan = [
-            (b.index, b.kind, b.field, b.where, b.numeric, b.size, b.scores, b)
+            (b.index, b.kind, b.field, b.where, b.numeric, b.size, b.scores, b.checks, b)
             for b in self.buffers
         ]
 
@@ -435,7 +435,7 @@ class WindowEngine:
             mark = len(errors)
             clock = st.clock
             states_of = st.buffers
-            for index, kind, fld, where, numeric, size, scores, buffer in plan:
+            for index, kind, fld, where, numeric, size, scores, checks, buffer in plan:
                 if fld is None:
                     v: Any = 1
                 else:
@@ -466,7 +466,7 @@ class WindowEngine:
                             continue
                 try:
                     state = states_of[index]
-                    if buffer.checks:
+                    if checks:
                         check_value(buffer.needs, v)  # refuse before anything changes
                     if kind == "sliding":
                         cutoff = clock - size

@@ -658,3 +658,36 @@ def test_distinct_count_record_depends_only_on_the_multiset_and_round_trips(orde
 def test_order_key_sorts_numbers_then_strings_then_bytes_then_the_rest() -> None:
     values = [None, b"a", "b", 2.5, "a", -1, (1,), True]
     assert sorted(values, key=order_key) == [-1, True, 2.5, "a", "b", b"a", None, (1,)]
+
+
+@settings(max_examples=60, deadline=None)
+@given(ops=st.lists(st.tuples(st.booleans(), st.integers(-20, 20)), max_size=200))
+def test_sorted_values_agree_with_a_sorted_list_across_the_switch_to_a_sortedlist(
+    ops: list[tuple[bool, int]],
+) -> None:
+    original = SortedValues.LIST_LIMIT
+    SortedValues.LIST_LIMIT = 8  # switch early, so random streams cross it both ways
+    try:
+        state, held = SortedValues(), []
+        for add, x in ops:
+            if add or x not in held:
+                state.add(x)
+                held.append(x)
+            else:
+                state.remove(x)
+                held.remove(x)
+            ordered = sorted(held)
+            assert len(state) == len(held)
+            assert (state.min(), state.max()) == (
+                (ordered[0], ordered[-1]) if ordered else (None, None)
+            )
+            assert state.to_record() == {"values": ordered}
+            if ordered:
+                assert state.percentile(50) == ordered[max(1, -(-len(ordered) // 2)) - 1]
+        other = SortedValues(range(5))
+        state.merge(other)
+        assert state.to_record() == {"values": sorted([*held, *range(5)])}
+        with pytest.raises(ValueError, match="not held"):
+            state.remove(1000)
+    finally:
+        SortedValues.LIST_LIMIT = original
