@@ -13,6 +13,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 from actors import DeadLetterReason, get_logger
@@ -25,6 +26,7 @@ from ._window_engine import KeyWindows, WindowCounters, WindowEngine
 __all__ = ["WindowShard", "WindowStats", "WindowStatsRequest"]
 
 _log = get_logger("featurist.windows")
+_time_of = itemgetter(1)
 
 
 @dataclass(frozen=True)
@@ -113,7 +115,7 @@ class WindowShard(GroupShard):
         if self.first_event_at is None:
             self.first_event_at = wall
         self.last_event_at = wall
-        high = max(t for _, t, _ in events)
+        high = max(map(_time_of, events))
         if self.max_time is None or high > self.max_time:
             self.max_time = high
         if errors:
