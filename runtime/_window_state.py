@@ -211,7 +211,8 @@ class SlidingState:
         for tracker in self.trackers:
             tracker.add(v)
         moments = self.moments
-        if moments is not None and moments.n > 1 and moments.cancelled():
+        if moments is not None and moments.removed and moments.n > 1 and moments.cancelled():
+            # only removals leave residue: sums built by adds alone are as good as a rebuild
             moments.rebuild([x for _, x in items])
         if self.lows is not None:
             _monotonic_insert(self.lows, t, v, _ge)
