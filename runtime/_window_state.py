@@ -140,7 +140,35 @@ class WindowMoments:
         return (q if q > 0 else 0.0) / (n - ddof)
 
 
-class SlidingState:
+class _ValueReaders:
+    """The readers of the structures both states keep alike (``values``, ``sketch``,
+    ``frequent``, ``distinct``), for the features that need them."""
+
+    __slots__ = ()
+
+    values: SortedValues | None
+    sketch: QuantileSketch | None
+    frequent: FrequentValues | None
+    distinct: DistinctWindowCount | None
+
+    def percentile(self, q: float, method: Any) -> Any:
+        assert self.values is not None
+        return self.values.percentile(q, method)
+
+    def quantile(self, q: float) -> float | None:
+        assert self.sketch is not None
+        return self.sketch.quantile(q)
+
+    def top(self, k: int) -> list[list[Any]]:
+        assert self.frequent is not None
+        return [[value, n] for value, n in self.frequent.top(k)]
+
+    def distinct_count(self) -> int:
+        assert self.distinct is not None
+        return self.distinct.distinct()
+
+
+class SlidingState(_ValueReaders):
     """A sliding window's events in time order, with incremental statistics.
 
     ``add(t, v)`` inserts in time order: O(1) for an event at or after the newest, O(d) for one
@@ -308,22 +336,6 @@ class SlidingState:
     def last(self) -> Any:
         return self.items[-1][1] if self.items else None
 
-    def percentile(self, q: float, method: Any) -> Any:
-        assert self.values is not None
-        return self.values.percentile(q, method)
-
-    def quantile(self, q: float) -> float | None:
-        assert self.sketch is not None
-        return self.sketch.quantile(q)
-
-    def top(self, k: int) -> list[list[Any]]:
-        assert self.frequent is not None
-        return [[value, n] for value, n in self.frequent.top(k)]
-
-    def distinct_count(self) -> int:
-        assert self.distinct is not None
-        return self.distinct.distinct()
-
     def nbytes(self) -> int:
         """Estimated bytes held: the deque's entries and the structures beside them."""
         n = len(self.items)
@@ -377,7 +389,7 @@ def _monotonic_insert(
     dq.insert(place, (t, v))
 
 
-class Accumulator:
+class Accumulator(_ValueReaders):
     """The statistics of one pane or session: add and merge, never remove."""
 
     __slots__ = (
@@ -490,22 +502,6 @@ class Accumulator:
 
     def last(self) -> Any:
         return self.last_v
-
-    def percentile(self, q: float, method: Any) -> Any:
-        assert self.values is not None
-        return self.values.percentile(q, method)
-
-    def quantile(self, q: float) -> float | None:
-        assert self.sketch is not None
-        return self.sketch.quantile(q)
-
-    def top(self, k: int) -> list[list[Any]]:
-        assert self.frequent is not None
-        return [[value, n] for value, n in self.frequent.top(k)]
-
-    def distinct_count(self) -> int:
-        assert self.distinct is not None
-        return self.distinct.distinct()
 
     def nbytes(self) -> int:
         size = 240
