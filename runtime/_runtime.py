@@ -473,23 +473,19 @@ class FeatureRuntime:
         )
 
     async def _add_groups(self, features: list[Any], feature_set: FeatureSet) -> list[_Group]:
-        """Add the features as up to two groups: keyed aggregates, then windowed features."""
+        """Add the features as up to two groups: keyed aggregates, then windowed features.
+
+        Both are compiled (and so validated) before either is started, so a feature that is
+        refused leaves the runtime as it was.
+        """
         windowed = [f for f in features if feature_set.is_windowed(f.name)]
         keyed = [f for f in features if not feature_set.is_windowed(f.name)]
-        groups = []
+        planned: list[tuple[_Group, Callable[..., Any]]] = []
         if keyed:
-            groups.append(await self._add_keyed_group(keyed))
-        if windowed:
-            groups.append(await self._add_window_group(windowed, feature_set))
-        return groups
-
-    async def _add_keyed_group(self, features: list[Any]) -> _Group:
-        name = f"g{len(self._groups)}"
-        compiled = compile_group(features, group=name)
-        group = _Group(name, features, compiled, defaults=compiled.values(compiled.new_state()))
-        await self._spawn(
-            group,
-            functools.partial(
+            name = f"g{len(self._groups)}"
+            compiled = compile_group(keyed, group=name)
+            group = _Group(name, keyed, compiled, defaults=compiled.values(compiled.new_state()))
+            factory: Callable[..., Any] = functools.partial(
                 GroupShard,
                 compiled,
                 name,
@@ -497,28 +493,24 @@ class FeatureRuntime:
                 sample_every=self.sample_every,
                 state_ttl=self._ttl,
                 clock=self._clock,
-            ),
-        )
-        return group
-
-    async def _add_window_group(self, features: list[Any], feature_set: FeatureSet) -> _Group:
-        name = f"w{len(self._groups)}"
-        idle = feature_set.duration_ms("idle_timeout")
-        ttl = feature_set.duration_ms("state_ttl")
-        engine = WindowEngine(
-            features,
-            max_out_of_orderness=feature_set.max_out_of_orderness_ms,
-            allowed_lateness=feature_set.duration_ms("allowed_lateness") or 0,
-            late_policy=feature_set.late_policy,
-            correction_horizon=feature_set.duration_ms("correction_horizon") or 0,
-            emit=feature_set.emit,
-            idle_timeout=None if idle is None else idle / 1000,
-            state_ttl=None if ttl is None else ttl / 1000,
-        )
-        group = _Group(name, features, None, engine, defaults=engine.defaults)
-        await self._spawn(
-            group,
-            functools.partial(
+            )
+            planned.append((group, factory))
+        if windowed:
+            name = f"w{len(self._groups) + len(planned)}"
+            idle = feature_set.duration_ms("idle_timeout")
+            ttl = feature_set.duration_ms("state_ttl")
+            engine = WindowEngine(
+                windowed,
+                max_out_of_orderness=feature_set.max_out_of_orderness_ms,
+                allowed_lateness=feature_set.duration_ms("allowed_lateness") or 0,
+                late_policy=feature_set.late_policy,
+                correction_horizon=feature_set.duration_ms("correction_horizon") or 0,
+                emit=feature_set.emit,
+                idle_timeout=None if idle is None else idle / 1000,
+                state_ttl=None if ttl is None else ttl / 1000,
+            )
+            group = _Group(name, windowed, None, engine, defaults=engine.defaults)
+            factory = functools.partial(
                 WindowShard,
                 engine,
                 name,
@@ -526,9 +518,11 @@ class FeatureRuntime:
                 late_hub=self._late_hub,
                 sample_every=self.sample_every,
                 clock=self._clock,
-            ),
-        )
-        return group
+            )
+            planned.append((group, factory))
+        for planned_group, planned_factory in planned:
+            await self._spawn(planned_group, planned_factory)
+        return [group for group, _ in planned]
 
     async def _spawn(self, group: _Group, factory: Callable[..., Any]) -> None:
         assert self._supervisor is not None

@@ -522,3 +522,18 @@ def test_the_idle_heap_stays_within_twice_the_keys() -> None:
         engine.apply([("u", 1_000 * i, {})], states, [], now, None, None, counters, recent)
         engine.tick(states, recent, sleepers, now + 1.5, None, counters)
     assert len(sleepers) <= 2 * len(states) + 1024
+
+
+async def test_a_refused_registration_leaves_the_runtime_as_it_was() -> None:
+    from runtime import Ratio
+
+    fs = spec(Sum(name="s", field="x", window=Sliding(size="1m")))
+    async with FeatureRuntime(fs) as rt:
+        with pytest.raises(SpecError):
+            await rt.register(Count(name="c"), Ratio(name="r", numerator="s", denominator="s"))
+        stats = await rt.statistics()
+        assert stats.groups == 1
+        assert rt.feature_set.names == ("s",)
+        await rt.register(Count(name="c"))
+        await rt.ingest({"k": "u", "ts": 0, "x": 2})
+        assert (await rt.get("u")).values == {"s": 2, "c": 1}
