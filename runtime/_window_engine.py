@@ -22,7 +22,7 @@ from __future__ import annotations
 import heapq
 import math
 from bisect import bisect_left, insort
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
@@ -32,6 +32,7 @@ from ._exceptions import FeatureValueError, FeaturistError, SpecError
 from ._kinds import coerce_number, name_error, ratio_of
 from ._spec import Ratio, SequencePattern
 from ._spec_window import Hopping, Session, Sliding, Tumbling
+from ._window_patterns import PatternState
 from ._window_state import Accumulator, Needs, SlidingState, check_value, value_reader
 
 __all__ = ["KeyWindows", "WindowCounters", "WindowEngine"]
@@ -108,70 +109,6 @@ class _Sessions:
         return len(self.items)
 
 
-class _Pattern:
-    """One key's state of one sequence feature."""
-
-    __slots__ = ("dropped", "matches", "partials", "pending", "serial")
-
-    def __init__(self) -> None:
-        #: events waiting for the watermark, as (t, serial, event), in time order
-        self.pending: list[tuple[int, int, dict[str, Any]]] = []
-        self.serial = 0
-        #: partial matches, oldest first: [next step, times of the steps matched so far]
-        self.partials: deque[list[Any]] = deque()
-        self.matches = 0
-        #: partial matches dropped by max_partial since the engine last counted them
-        self.dropped = 0
-
-    def __len__(self) -> int:
-        return len(self.pending) + len(self.partials)
-
-    def step(self, feature: SequencePattern, t: int, ev: dict[str, Any]) -> list[tuple[int, ...]]:
-        """Feed one event (in time order); return the matches it completes.
-
-        Every condition is evaluated before anything changes, so an event whose condition
-        raises (``FeatureValueError``, say for a string compared with a number) leaves the
-        partial matches as they were.
-        """
-        if feature.where is not None and not feature.where.matches(ev):
-            return []
-        steps = feature.steps
-        within = feature.within_ms
-        partials = self.partials
-        live = [partial for partial in partials if t - partial[1][0] <= within]
-        hits = {stage: steps[stage].matches(ev) for stage in {partial[0] for partial in live}}
-        starts = steps[0].matches(ev)
-        matched: list[tuple[int, ...]] = []
-        kept: deque[list[Any]] = deque()
-        for partial in live:
-            stage, times = partial
-            if hits[stage]:
-                times.append(t)
-                partial[0] = stage + 1
-                if partial[0] == len(steps):
-                    matched.append(tuple(times))
-                    continue
-            kept.append(partial)
-        if starts:
-            kept.append([1, [t]])
-            if len(kept) > feature.max_partial:
-                kept.popleft()
-                self.dropped += 1
-        self.partials = kept
-        self.matches += len(matched)
-        return matched
-
-    def prune(self, feature: SequencePattern, wm: int) -> None:
-        """Drop partial matches that can no longer complete: every event still to come is at
-        or after the watermark, past their time limit."""
-        within = feature.within_ms
-        partials = self.partials
-        while partials and wm - partials[0][1][0] > within:
-            partials.popleft()
-        if partials and any(wm - partial[1][0] > within for partial in partials):
-            self.partials = deque(p for p in partials if wm - p[1][0] <= within)
-
-
 class KeyWindows:
     """The window state of one key."""
 
@@ -190,7 +127,7 @@ class KeyWindows:
         #: with ``emit="close"``: buffer index -> (end, values) of its newest emitted window
         self.finals: dict[int, tuple[int, dict[str, Any]]] | None = None
         #: the state of each sequence feature, or None before its first event
-        self.patterns: list[_Pattern] | None = None
+        self.patterns: list[PatternState] | None = None
 
 
 @dataclass
@@ -583,7 +520,7 @@ class WindowEngine:
     ) -> None:
         """Queue an event for the key's sequence features and run what the watermark releases."""
         if st.patterns is None:
-            st.patterns = [_Pattern() for _ in self.sequences]
+            st.patterns = [PatternState() for _ in self.sequences]
         for pattern in st.patterns:
             pattern.serial += 1
             insort(pattern.pending, (t, pattern.serial, ev), key=_time_serial)
