@@ -77,6 +77,8 @@ class _Group:
     engine: WindowEngine | None = None
     refs: list[ActorRef[Any]] = field(default_factory=list)
     defaults: tuple[Any, ...] = ()
+    #: the stream whose events the group sees
+    stream: str = ""
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -196,9 +198,16 @@ class FeatureRuntime:
         #: seconds after which a quiet key's state is dropped, or None
         self._ttl = None if ttl is None else ttl / 1000
         self._groups: list[_Group] = []
-        self._ingest = Ingest(
-            self._reader, self._router, self._groups, batch_size, self._system.dead_letters
-        )
+        #: per stream: its groups (the live list its Ingest sends to) and its Ingest
+        self._stream_groups: dict[str, list[_Group]] = {
+            name: [] for name in feature_set.stream_names
+        }
+        self._ingests = {
+            name: Ingest(self._reader, self._router, groups, batch_size, self._system.dead_letters)
+            for name, groups in self._stream_groups.items()
+        }
+        #: the first stream's: where events without a stream go
+        self._ingest = self._ingests[feature_set.stream_names[0]]
         self._register_lock = anyio.Lock()
         self._active_ingests = 0
         self._ingests_done: anyio.Event | None = None
@@ -255,9 +264,11 @@ class FeatureRuntime:
                     while self._active_ingests:
                         self._ingests_done = anyio.Event()
                         await self._ingests_done.wait()
-                    await self._ingest.send_all()
+                    for ingest in self._ingests.values():
+                        await ingest.send_all()
                 if scope.cancelled_caught:
-                    self._ingest.abandon_unsent()
+                    for ingest in self._ingests.values():
+                        ingest.abandon_unsent()
         finally:
             # One shutdown_timeout for the whole exit: the actors' drain gets what is left.
             self._system.shutdown_timeout = max(deadline - anyio.current_time(), 0.001)
@@ -266,8 +277,8 @@ class FeatureRuntime:
         _log.info(
             "runtime_stopped",
             feature_set=self.feature_set.name,
-            ingested=self._ingest.ingested,
-            rejected=self._ingest.rejected,
+            ingested=sum(ingest.ingested for ingest in self._ingests.values()),
+            rejected=sum(ingest.rejected for ingest in self._ingests.values()),
         )
         return result
 
@@ -285,42 +296,60 @@ class FeatureRuntime:
         while True:
             await anyio.sleep(linger / 2)
             assert self._tg is not None
-            for shard in self._ingest.due(time.perf_counter() - linger):
-                # Each send in a task of its own, and none for a shard that is already sending:
-                # a shard whose mailbox is full delays only itself, not the others' lingers.
-                if not self._ingest.sending(shard):
-                    self._tg.start_soon(self._ingest.send, shard)
+            deadline = time.perf_counter() - linger
+            for ingest in self._ingests.values():
+                for shard in ingest.due(deadline):
+                    # Each send in a task of its own, and none for a shard that is already
+                    # sending: a shard whose mailbox is full delays only itself.
+                    if not ingest.sending(shard):
+                        self._tg.start_soon(ingest.send, shard)
 
     def _check_running(self) -> None:
         if not self._running:
             raise RuntimeClosed("the runtime is not running (use 'async with FeatureRuntime(...)')")
 
     # -- ingest --------------------------------------------------------------------------------
-    async def ingest(self, event: Any) -> bool:
+    def _stream(self, stream: str | None) -> Ingest:
+        if stream is None:
+            return self._ingest
+        ingest = self._ingests.get(stream)
+        if ingest is None:
+            known = ", ".join(self._ingests)
+            raise ValueError(f"stream: no stream named {stream!r} (known: {known})")
+        return ingest
+
+    async def ingest(self, event: Any, *, stream: str | None = None) -> bool:
         """Accept one event; wait if the runtime is full (backpressure).
+
+        ``stream`` names the feature set's stream the event belongs to (default: the first);
+        only that stream's features see it.
 
         Returns True if the event was accepted, False if it was invalid: it is then in
         :attr:`dead_letters` with the reason and the raw payload, and the runtime goes on.
 
         Raises:
             RuntimeClosed: the runtime is not running.
+            ValueError: ``stream`` is not a stream of the feature set.
         """
+        ingest = self._stream(stream)
         self._enter_ingest()
         try:
-            shard = self._ingest.route_one(event)
+            shard = ingest.route_one(event)
             if shard is None:
                 return False
-            if len(self._ingest.buffers[shard]) >= self.batch_size:
-                await self._ingest.send(shard, partial=False)
+            if len(ingest.buffers[shard]) >= self.batch_size:
+                await ingest.send(shard, partial=False)
             return True
         finally:
             self._leave_ingest()
 
-    async def ingest_many(self, events: Any) -> int:
-        """Accept many events (any iterable), in order; wait when the runtime is full.
+    async def ingest_many(self, events: Any, *, stream: str | None = None) -> int:
+        """Accept many events (any iterable) of one stream, in order; wait when the runtime
+        is full.
 
         Returns the number accepted; invalid events go to dead letters as with :meth:`ingest`.
         """
+        ingest = self._stream(stream)
         self._enter_ingest()
         try:
             size = self.batch_size
@@ -330,12 +359,12 @@ class FeatureRuntime:
                 chunk = list(islice(iterator, size))
                 if not chunk:
                     return accepted
-                accepted += self._ingest.route(chunk)
-                buffers = self._ingest.buffers
+                accepted += ingest.route(chunk)
+                buffers = ingest.buffers
                 sent = False
                 for shard in range(self.shards):
                     if len(buffers[shard]) >= size:
-                        await self._ingest.send(shard, partial=False)
+                        await ingest.send(shard, partial=False)
                         sent = True
                 if sent:
                     # Let the shard actors apply the batch now, while its events are still in
@@ -356,7 +385,8 @@ class FeatureRuntime:
         expiry at once, rather than at their next timer tick.
         """
         self._check_running()
-        await self._ingest.send_all()
+        for ingest in self._ingests.values():
+            await ingest.send_all()
         for group in self._groups:
             for ref in group.refs:
                 await ref.ask(Ping(), timeout=None)  # a reply means every earlier batch is applied
@@ -401,7 +431,8 @@ class FeatureRuntime:
             if features is None or any(name in features for name in group.names)
         ]
         for shard, shard_keys in by_shard.items():
-            await self._ingest.send(shard)
+            for ingest in self._ingests.values():
+                await ingest.send(shard)
             for group in groups:
                 replies = await group.refs[shard].ask(GetStates(tuple(shard_keys)), timeout=None)
                 for key, reply in zip(shard_keys, replies, strict=True):
@@ -457,7 +488,8 @@ class FeatureRuntime:
             feature_set = msgspec.structs.replace(
                 self.feature_set, features=(*self.feature_set.features, *features)
             )
-            await self._ingest.send_all()
+            for ingest in self._ingests.values():
+                await ingest.send_all()
             groups = await self._add_groups(list(features), feature_set)
             self.feature_set = feature_set
         for group in groups:
@@ -473,56 +505,69 @@ class FeatureRuntime:
         )
 
     async def _add_groups(self, features: list[Any], feature_set: FeatureSet) -> list[_Group]:
-        """Add the features as up to two groups: keyed aggregates, then windowed features.
+        """Add the features as groups: per stream, keyed aggregates, then windowed features.
 
-        Both are compiled (and so validated) before either is started, so a feature that is
-        refused leaves the runtime as it was.
+        Every group is compiled (and so validated) before any is started, so a feature that
+        is refused leaves the runtime as it was.
         """
-        windowed = [f for f in features if feature_set.is_windowed(f.name)]
-        keyed = [f for f in features if not feature_set.is_windowed(f.name)]
         planned: list[tuple[_Group, Callable[..., Any]]] = []
-        if keyed:
-            name = f"g{len(self._groups)}"
-            compiled = compile_group(keyed, group=name)
-            group = _Group(name, keyed, compiled, defaults=compiled.values(compiled.new_state()))
-            factory: Callable[..., Any] = functools.partial(
-                GroupShard,
-                compiled,
-                name,
-                hub=self._hub,
-                sample_every=self.sample_every,
-                state_ttl=self._ttl,
-                clock=self._clock,
-            )
-            planned.append((group, factory))
-        if windowed:
-            name = f"w{len(self._groups) + len(planned)}"
-            idle = feature_set.duration_ms("idle_timeout")
-            ttl = feature_set.duration_ms("state_ttl")
-            engine = WindowEngine(
-                windowed,
-                max_out_of_orderness=feature_set.max_out_of_orderness_ms,
-                allowed_lateness=feature_set.duration_ms("allowed_lateness") or 0,
-                late_policy=feature_set.late_policy,
-                correction_horizon=feature_set.duration_ms("correction_horizon") or 0,
-                emit=feature_set.emit,
-                idle_timeout=None if idle is None else idle / 1000,
-                state_ttl=None if ttl is None else ttl / 1000,
-            )
-            group = _Group(name, windowed, None, engine, defaults=engine.defaults)
-            factory = functools.partial(
-                WindowShard,
-                engine,
-                name,
-                hub=self._hub,
-                late_hub=self._late_hub,
-                sample_every=self.sample_every,
-                clock=self._clock,
-            )
-            planned.append((group, factory))
+        for stream in feature_set.stream_names:
+            mine = [f for f in features if feature_set.stream_of(f) == stream]
+            windowed = [f for f in mine if feature_set.is_windowed(f.name)]
+            keyed = [f for f in mine if not feature_set.is_windowed(f.name)]
+            if keyed:
+                planned.append(self._plan_keyed(keyed, len(self._groups) + len(planned)))
+            if windowed:
+                number = len(self._groups) + len(planned)
+                planned.append(self._plan_windowed(windowed, feature_set, number))
+            for group, _ in planned:
+                group.stream = group.stream or stream
         for planned_group, planned_factory in planned:
             await self._spawn(planned_group, planned_factory)
         return [group for group, _ in planned]
+
+    def _plan_keyed(self, keyed: list[Any], number: int) -> tuple[_Group, Callable[..., Any]]:
+        name = f"g{number}"
+        compiled = compile_group(keyed, group=name)
+        group = _Group(name, keyed, compiled, defaults=compiled.values(compiled.new_state()))
+        factory: Callable[..., Any] = functools.partial(
+            GroupShard,
+            compiled,
+            name,
+            hub=self._hub,
+            sample_every=self.sample_every,
+            state_ttl=self._ttl,
+            clock=self._clock,
+        )
+        return group, factory
+
+    def _plan_windowed(
+        self, windowed: list[Any], feature_set: FeatureSet, number: int
+    ) -> tuple[_Group, Callable[..., Any]]:
+        name = f"w{number}"
+        idle = feature_set.duration_ms("idle_timeout")
+        ttl = feature_set.duration_ms("state_ttl")
+        engine = WindowEngine(
+            windowed,
+            max_out_of_orderness=feature_set.max_out_of_orderness_ms,
+            allowed_lateness=feature_set.duration_ms("allowed_lateness") or 0,
+            late_policy=feature_set.late_policy,
+            correction_horizon=feature_set.duration_ms("correction_horizon") or 0,
+            emit=feature_set.emit,
+            idle_timeout=None if idle is None else idle / 1000,
+            state_ttl=None if ttl is None else ttl / 1000,
+        )
+        group = _Group(name, windowed, None, engine, defaults=engine.defaults)
+        factory = functools.partial(
+            WindowShard,
+            engine,
+            name,
+            hub=self._hub,
+            late_hub=self._late_hub,
+            sample_every=self.sample_every,
+            clock=self._clock,
+        )
+        return group, factory
 
     async def _spawn(self, group: _Group, factory: Callable[..., Any]) -> None:
         assert self._supervisor is not None
@@ -534,6 +579,7 @@ class FeatureRuntime:
             )
             group.refs.append(ref)
         self._groups.append(group)
+        self._stream_groups[group.stream].append(group)
 
     def _estimate(self, feature: Any) -> CostEstimate:
         return estimate_cost(feature, event_rate=self.expected_event_rate, keys=self.expected_keys)
@@ -602,13 +648,19 @@ class FeatureRuntime:
         """A snapshot of counters, state size and latency (asks every actor)."""
         self._check_running()
         all_stats = [await self._group_stats(group) for group in self._groups]
-        first = all_stats[0]
+        # Every event of a stream goes to the stream's first group; later groups see events
+        # from their registration.
+        firsts = [
+            all_stats[self._groups.index(groups[0])]
+            for groups in self._stream_groups.values()
+            if groups
+        ]
+        first = firsts[0]
         errors: dict[str, int] = {}
         for stats in all_stats:
             for s in stats:
                 for name, n in s.errors.items():
                     errors[name] = errors.get(name, 0) + n
-        # Every event goes to the first group; later groups see events from their registration.
         # Keyed and window groups keep (and expire) keys of their own: the larger count is shown.
         keys = max(sum(s.keys for s in stats) for stats in all_stats)
         state_bytes = sum(s.state_bytes for stats in all_stats for s in stats)
@@ -618,9 +670,9 @@ class FeatureRuntime:
             (ref.statistics().depth for group in self._groups for ref in group.refs), default=0
         )
         return RuntimeStatistics(
-            events_ingested=self._ingest.ingested,
-            events_rejected=self._ingest.rejected,
-            events_processed=sum(s.events for s in first),
+            events_ingested=sum(ingest.ingested for ingest in self._ingests.values()),
+            events_rejected=sum(ingest.rejected for ingest in self._ingests.values()),
+            events_processed=sum(s.events for stats in firsts for s in stats),
             feature_errors=errors,
             keys=keys,
             state_bytes=state_bytes,

@@ -53,6 +53,7 @@ from ._spec_window import (
 )
 
 __all__ = [
+    "DEFAULT_STREAM",
     "FEATURE_TYPES",
     "MAX_NAME_LENGTH",
     "OPS",
@@ -93,6 +94,8 @@ TimeUnit: TypeAlias = Literal["ms", "s", "us", "ns"]
 TIME_UNITS: tuple[str, ...] = get_args(TimeUnit)
 
 PercentileMethod: TypeAlias = Literal["nearest_rank", "linear"]
+#: The stream of a feature set that names none.
+DEFAULT_STREAM = "events"
 
 _LIST_OPS = frozenset({"in", "not_in"})
 _ORDER_OPS = frozenset({"<", "<=", ">", ">="})
@@ -202,6 +205,7 @@ class FeatureSpec(
     where: Where | None = None
     description: str = ""
     window: Window | None = None
+    stream: str = ""
 
     #: Whether the feature needs a number in its field.
     numeric: ClassVar[bool] = False
@@ -215,6 +219,8 @@ class FeatureSpec(
         if self.where is not None and not isinstance(self.where, Where):
             _fail(self, "where", f"expected a Where or None, got {_kind(self.where)}")
         _check_str(self, "description", self.description, empty=True)
+        if self.stream:
+            _check_name(self, "stream", self.stream)
         if self.window is not None:
             if type(self.window) not in _WINDOW_CLASSES:
                 known = ", ".join(WINDOW_TYPES)
@@ -552,6 +558,8 @@ class Ratio(FeatureSpec, tag="ratio", frozen=True):
         super().__post_init__()
         if self.where is not None:
             _fail(self, "where", "a ratio takes no where condition (put it on its operands)")
+        if self.stream:
+            _fail(self, "stream", "a ratio takes no stream (it is on its operands' stream)")
         _check_str(self, "numerator", self.numerator)
         _check_str(self, "denominator", self.denominator)
 
@@ -640,6 +648,7 @@ class FeatureSet(
     emit: EmitMode = "update"
     idle_timeout: Duration | None = None
     state_ttl: Duration | None = None
+    streams: Sequence[str] = ()
     features: Sequence[Feature]
 
     def __post_init__(self) -> None:
@@ -677,7 +686,25 @@ class FeatureSet(
                 )
                 _fail(self, f"features[{index}].name", reason)
             seen[feature.name] = index
+        self._check_streams()
         self._check_ratios(seen)
+
+    def _check_streams(self) -> None:
+        if not isinstance(self.streams, list | tuple):
+            _fail(self, "streams", f"expected a list of names, got {_kind(self.streams)}")
+        msgspec.structs.force_setattr(self, "streams", tuple(self.streams))
+        for index, name in enumerate(self.streams):
+            _check_name(self, f"streams[{index}]", name)
+            if name in self.streams[:index]:
+                _fail(self, f"streams[{index}]", f"duplicate stream {name!r}")
+        known = self.stream_names
+        for index, feature in enumerate(self.features):
+            if feature.stream and feature.stream not in known:
+                _fail(
+                    self,
+                    f"features[{index}].stream",
+                    f"no stream named {feature.stream!r} (known: {', '.join(known)})",
+                )
 
     def _check_ratios(self, index_of: Mapping[str, int]) -> None:
         ratios = {f.name: f for f in self.features if isinstance(f, Ratio)}
@@ -698,6 +725,13 @@ class FeatureSet(
                 _fail(self, path, f"ratios form a cycle: {' -> '.join([name, *trail])}")
         for name in ratios:
             bases = _ratio_bases(name, ratios)
+            streams = sorted({self.stream_of(self.feature(b)) for b in bases})
+            if len(streams) > 1:
+                _fail(
+                    self,
+                    f"features[{index_of[name]}]",
+                    f"a ratio's operands must be on one stream, got {', '.join(streams)}",
+                )
             windowed = sorted(b for b in bases if self.is_windowed(b))
             plain = sorted(b for b in bases if not self.is_windowed(b))
             if windowed and plain:
@@ -712,6 +746,22 @@ class FeatureSet(
     def names(self) -> tuple[str, ...]:
         """The feature names, in order."""
         return tuple(feature.name for feature in self.features)
+
+    @property
+    def stream_names(self) -> tuple[str, ...]:
+        """The streams events are ingested on: ``streams``, or the one default stream
+        ``"events"``. The first is where ``ingest`` puts events without a ``stream``."""
+        return tuple(self.streams) or (DEFAULT_STREAM,)
+
+    def stream_of(self, feature: FeatureSpec) -> str:
+        """The stream whose events ``feature`` sees: its ``stream``, else the first stream; a
+        ratio's is its operands' (a ratio takes no ``stream`` of its own)."""
+        if isinstance(feature, Ratio):
+            ratios = {f.name: f for f in self.features if isinstance(f, Ratio)}
+            bases = sorted(_ratio_bases(feature.name, ratios))
+            if bases and bases[0] in self.names:
+                return self.stream_of(self.feature(bases[0]))
+        return feature.stream or self.stream_names[0]
 
     @property
     def max_out_of_orderness_ms(self) -> int:

@@ -237,7 +237,7 @@ def test_unknown_feature_field_is_rejected_with_the_known_fields() -> None:
     message = spec_error(with_features({"type": "sum", "name": "s", "feild": "amount"}))
     assert message == (
         "spec.toml: features[5].feild: unknown field "
-        "(known: type, field, name, where, description, window)"
+        "(known: type, field, name, where, description, window, stream)"
     )
 
 
@@ -245,7 +245,7 @@ def test_unknown_set_and_where_fields_are_rejected() -> None:
     assert spec_error(fraud_dict(shards=4)) == (
         "spec.toml: shards: unknown field "
         "(known: name, key, time, time_unit, max_out_of_orderness, allowed_lateness, "
-        "late_policy, correction_horizon, emit, idle_timeout, state_ttl, features)"
+        "late_policy, correction_horizon, emit, idle_timeout, state_ttl, streams, features)"
     )
     where = {"field": "status", "valeu": "declined"}
     assert spec_error(with_features({"type": "count", "name": "c", "where": where})) == (
