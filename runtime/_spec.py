@@ -18,12 +18,10 @@ value with ``__float__`` (such as ``Decimal``). A ``bool``, a string, NaN or an 
 
 from __future__ import annotations
 
-import math
-import operator
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Literal, TypeAlias, cast, get_args
+from typing import Any, TypeAlias, cast, get_args
 
 import msgspec
 import msgspec.json
@@ -32,8 +30,9 @@ import msgspec.toml
 import msgspec.yaml
 
 from ._duration import Duration, parse_duration
-from ._exceptions import FeatureValueError, SpecError, UnknownFeature
+from ._exceptions import SpecError, UnknownFeature
 from ._quantiles import PERCENTILE_METHODS
+from ._spec_base import OPS, TIME_UNITS, FeatureSpec, Op, TimeUnit, Where, _FieldFeature
 from ._spec_checks import MAX_NAME_LENGTH
 from ._spec_checks import check_duration as _check_duration
 from ._spec_checks import check_int as _check_int
@@ -48,8 +47,15 @@ from ._spec_window import (
     WINDOW_TYPES,
     EmitMode,
     LatePolicy,
-    Sliding,
-    Window,
+)
+from ._spec_windowed import (
+    Percentile,
+    PercentileMethod,
+    Quantile,
+    SequencePattern,
+    Step,
+    TopK,
+    ZScore,
 )
 
 __all__ = [
@@ -86,175 +92,8 @@ __all__ = [
     "ZScore",
 ]
 
-Op: TypeAlias = Literal["==", "!=", "<", "<=", ">", ">=", "in", "not_in"]
-#: The operators of a ``Where`` condition.
-OPS: tuple[str, ...] = get_args(Op)
-TimeUnit: TypeAlias = Literal["ms", "s", "us", "ns"]
-#: The units of numeric event times.
-TIME_UNITS: tuple[str, ...] = get_args(TimeUnit)
-
-PercentileMethod: TypeAlias = Literal["nearest_rank", "linear"]
 #: The stream of a feature set that names none.
 DEFAULT_STREAM = "events"
-
-_LIST_OPS = frozenset({"in", "not_in"})
-_ORDER_OPS = frozenset({"<", "<=", ">", ">="})
-_OPERATORS: dict[str, Callable[[Any, Any], Any]] = {
-    "==": operator.eq,
-    "!=": operator.ne,
-    "<": operator.lt,
-    "<=": operator.le,
-    ">": operator.gt,
-    ">=": operator.ge,
-    "in": lambda actual, values: actual in values,
-    "not_in": lambda actual, values: actual not in values,
-}
-
-
-def _check_fraction(owner: object, path: str, value: object, high: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        _fail(owner, path, f"expected a number, got {_kind(value)}")
-    if not 0 <= value <= high:
-        _fail(owner, path, f"must be between 0 and {high}, got {value!r}")
-
-
-def _check_scalar(owner: object, path: str, value: object, op: str) -> None:
-    if value is None:
-        _fail(owner, path, "must not be null (a missing or null event field never matches)")
-    if not isinstance(value, str | int | float):
-        _fail(owner, path, f"op {op!r} needs a string, number or boolean, got {_kind(value)}")
-    if isinstance(value, float) and math.isnan(value):
-        _fail(owner, path, "must not be NaN (NaN equals nothing)")
-
-
-class Where(
-    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True
-):
-    """A condition on one event field: ``field op value``, such as ``status == 'declined'``.
-
-    A feature with a ``where`` sees only the events that match it. ``in`` and ``not_in`` take a
-    non-empty list of values (kept as a tuple); the other operators take one string, number or
-    boolean, and ``<``, ``<=``, ``>``, ``>=`` take a string or a number.
-
-    An event whose field is missing or ``None`` matches nothing, not even ``!=`` or ``not_in``,
-    as a NULL compares in SQL: ``status != 'ok'`` does not select events without a status.
-    """
-
-    field: str
-    op: Op = "=="
-    value: Any
-
-    def __post_init__(self) -> None:
-        _check_str(self, "field", self.field)
-        if self.op not in OPS:
-            _fail(self, "op", f"unknown operator {self.op!r} (known: {', '.join(OPS)})")
-        if self.op in _LIST_OPS:
-            if not isinstance(self.value, list | tuple):
-                _fail(self, "value", f"op {self.op!r} needs a list, got {_kind(self.value)}")
-            if not self.value:
-                _fail(self, "value", f"op {self.op!r} needs a non-empty list")
-            for index, item in enumerate(self.value):
-                _check_scalar(self, f"value[{index}]", item, self.op)
-            msgspec.structs.force_setattr(self, "value", tuple(self.value))
-        else:
-            _check_scalar(self, "value", self.value, self.op)
-            if self.op in _ORDER_OPS and isinstance(self.value, bool):
-                _fail(self, "value", f"op {self.op!r} needs a string or a number, got bool")
-
-    def matches(self, event: Mapping[str, Any]) -> bool:
-        """Return whether ``event`` satisfies the condition.
-
-        Raises:
-            FeatureValueError: an ordering operator cannot compare the event's value with the
-                condition's (a string with a number, for example).
-        """
-        actual = event.get(self.field)
-        if actual is None:
-            return False
-        try:
-            return bool(_OPERATORS[self.op](actual, self.value))
-        except TypeError:
-            raise FeatureValueError(
-                f"{self.field}: cannot compare {actual!r} for {self.describe()}",
-                field=self.field,
-            ) from None
-
-    def describe(self) -> str:
-        """Return the condition as text: ``status == 'declined'``, ``country in ['US', 'CA']``."""
-        if self.op in _LIST_OPS:
-            shown = "[" + ", ".join(repr(item) for item in self.value) + "]"
-        else:
-            shown = repr(self.value)
-        return f"{self.field} {self.op} {shown}"
-
-
-class FeatureSpec(
-    msgspec.Struct,
-    frozen=True,
-    kw_only=True,
-    forbid_unknown_fields=True,
-    omit_defaults=True,
-    tag_field="type",
-):
-    """Fields shared by every feature: its ``name``, an optional ``where`` and a ``description``.
-
-    Names match ``[A-Za-z_][A-Za-z0-9_]*`` and have at most 100 characters.
-    """
-
-    name: str
-    where: Where | None = None
-    description: str = ""
-    window: Window | None = None
-    stream: str = ""
-
-    #: Whether the feature needs a number in its field.
-    numeric: ClassVar[bool] = False
-    #: Whether the feature may take a ``window`` (``False``), must (``True``) or cannot (None).
-    windowed: ClassVar[bool | None] = False
-    #: Whether the feature runs on event time (with the windowed features) even without a window.
-    event_time: ClassVar[bool] = False
-
-    def __post_init__(self) -> None:
-        _check_name(self, "name", self.name)
-        if self.where is not None and not isinstance(self.where, Where):
-            _fail(self, "where", f"expected a Where or None, got {_kind(self.where)}")
-        _check_str(self, "description", self.description, empty=True)
-        if self.stream:
-            _check_name(self, "stream", self.stream)
-        if self.window is not None:
-            if type(self.window) not in _WINDOW_CLASSES:
-                known = ", ".join(WINDOW_TYPES)
-                _fail(self, "window", f"expected a window ({known}), got {_kind(self.window)}")
-            if self.windowed is None:
-                _fail(self, "window", f"{self.type_name} features cannot be windowed")
-        elif self.windowed:
-            _fail(self, "window", f"{self.type_name} features need a window")
-
-    @property
-    def type_name(self) -> str:
-        """The feature's ``type`` tag, such as ``"sum"``."""
-        return str(type(self).__struct_config__.tag)
-
-    def inputs(self) -> tuple[str, ...]:
-        """Return the event fields the feature reads: its ``field``, then its ``where`` field."""
-        return () if self.where is None else (self.where.field,)
-
-    def depends_on(self) -> tuple[str, ...]:
-        """Return the names of the other features whose values this one is computed from."""
-        return ()
-
-
-class _FieldFeature(FeatureSpec, frozen=True):
-    field: str
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _check_str(self, "field", self.field)
-
-    def inputs(self) -> tuple[str, ...]:
-        if self.where is None or self.where.field == self.field:
-            return (self.field,)
-        return (self.field, self.where.field)
 
 
 class Count(FeatureSpec, tag="count", frozen=True):
@@ -362,67 +201,6 @@ class DistinctCount(_FieldFeature, tag="distinct_count", frozen=True):
         _check_int(self, "precision", self.precision, 4, 16)
 
 
-class Percentile(_FieldFeature, tag="percentile", frozen=True):
-    """The exact ``q``-th percentile (``q`` in [0, 100]) of ``field`` over a window.
-
-    ``method``: ``"nearest_rank"`` (the default; one of the values, the smallest with at least
-    ``q`` % of the values at or below it) or ``"linear"`` (interpolated between the two closest
-    ranks, as numpy's default). Needs a window, which bounds the values held; each update costs
-    O(log w) for ``w`` values in the window. ``None`` for an empty window.
-    """
-
-    q: float
-    method: PercentileMethod = "nearest_rank"
-
-    numeric = True
-    windowed = True
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _check_fraction(self, "q", self.q, 100)
-        if self.method not in PERCENTILE_METHODS:
-            known = ", ".join(PERCENTILE_METHODS)
-            _fail(self, "method", f"unknown method {self.method!r} (known: {known})")
-
-
-class Quantile(_FieldFeature, tag="quantile", frozen=True):
-    """The approximate ``q``-quantile (``q`` in [0, 1]) of ``field`` over a window, from a
-    DDSketch with relative error ``relative_accuracy`` (default 0.01, in (0, 1)).
-
-    The sketch holds bin counts, not values: its size grows with the logarithm of the range of
-    magnitudes, not with the number of events. The answer ``y`` for the value ``x`` at rank
-    ``floor(q * (n - 1))`` satisfies ``|y - x| <= relative_accuracy * |x|``. Needs a window;
-    ``None`` for an empty window.
-    """
-
-    q: float
-    relative_accuracy: float = 0.01
-
-    numeric = True
-    windowed = True
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _check_fraction(self, "q", self.q, 1)
-        alpha = self.relative_accuracy
-        if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0 < alpha < 1:
-            _fail(self, "relative_accuracy", f"must be a number in (0, 1), got {alpha!r}")
-
-
-class TopK(_FieldFeature, tag="top_k", frozen=True):
-    """The ``k`` most frequent values of ``field`` over a window (``k`` 1 to 1000), as a list of
-    ``[value, count]`` pairs, most frequent first; equal counts in value order (numbers, then
-    strings, then bytes). Needs a window. An empty list for an empty window."""
-
-    k: int = 5
-
-    windowed = True
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _check_int(self, "k", self.k, 1, 1000)
-
-
 class TimeSince(FeatureSpec, tag="time_since", frozen=True):
     """Milliseconds between the key's newest event time and its second-newest one.
 
@@ -431,114 +209,6 @@ class TimeSince(FeatureSpec, tag="time_since", frozen=True):
     """
 
     windowed = None
-
-
-class ZScore(_FieldFeature, tag="zscore", frozen=True):
-    """How unusual the key's latest value of ``field`` is: ``(x - mean) / std`` against the
-    values of a sliding window before it (the sample standard deviation).
-
-    Needs a ``Sliding`` window. ``None`` while the window holds fewer than ``min_count``
-    values (2 to 1,000,000; default 10) or they are all equal. An event whose ``|z|`` reaches
-    ``threshold`` (> 0, default 3.0) is also emitted as an ``"anomaly"`` update.
-    """
-
-    threshold: float = 3.0
-    min_count: int = 10
-
-    numeric = True
-    windowed = True
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        threshold = self.threshold
-        if (
-            isinstance(threshold, bool)
-            or not isinstance(threshold, int | float)
-            or not 0 < threshold < math.inf
-        ):
-            _fail(self, "threshold", f"must be a number > 0, got {threshold!r}")
-        _check_int(self, "min_count", self.min_count, 2, 1_000_000)
-        if self.window is not None and not isinstance(self.window, Sliding):
-            _fail(self, "window", f"zscore needs a sliding window, got {self.window.type_name}")
-
-
-class Step(
-    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True
-):
-    """One step of a :class:`SequencePattern`: the event it waits for.
-
-    ``where`` is one condition or a list of conditions that must all hold (an empty list, the
-    default, matches any event); ``name`` labels the step in descriptions.
-    """
-
-    name: str = ""
-    where: Where | tuple[Where, ...] = ()
-
-    def __post_init__(self) -> None:
-        _check_str(self, "name", self.name, empty=True)
-        where = self.where
-        if isinstance(where, Where):
-            where = (where,)
-        elif isinstance(where, list | tuple):
-            for index, item in enumerate(where):
-                if not isinstance(item, Where):
-                    _fail(self, f"where[{index}]", f"expected a Where, got {_kind(item)}")
-            where = tuple(where)
-        else:
-            _fail(self, "where", f"expected a Where or a list of them, got {_kind(where)}")
-        msgspec.structs.force_setattr(self, "where", where)
-
-    @property
-    def conditions(self) -> tuple[Where, ...]:
-        return cast("tuple[Where, ...]", self.where)
-
-    def matches(self, event: Mapping[str, Any]) -> bool:
-        """Whether ``event`` satisfies every condition (``FeatureValueError`` as ``Where``)."""
-        return all(condition.matches(event) for condition in self.conditions)
-
-
-class SequencePattern(FeatureSpec, tag="sequence", frozen=True):
-    """The number of times the key's events matched ``steps`` in order, within ``within``.
-
-    ``steps`` (2 to 10) are matched in event time: every event that matches the first step
-    starts a partial match; a partial match takes the next event (in time) that matches its
-    next step, and completes when the last step matches no later than ``within`` after its
-    first event. Each match is also emitted as a ``"match"`` update with the times of its
-    parts. A key keeps at most ``max_partial`` partial matches (1 to 100,000; default 1000):
-    beyond that the oldest is dropped and counted. The feature's ``where`` (optional) filters
-    the events every step sees. Events are put in time order by the key's watermark
-    (``max_out_of_orderness``); one that arrives below the watermark is skipped and counted.
-    """
-
-    steps: tuple[Step, ...]
-    within: Duration
-    max_partial: int = 1000
-
-    windowed = None
-    event_time = True
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not isinstance(self.steps, list | tuple):
-            _fail(self, "steps", f"expected a list of steps, got {_kind(self.steps)}")
-        msgspec.structs.force_setattr(self, "steps", tuple(self.steps))
-        if not 2 <= len(self.steps) <= 10:
-            _fail(self, "steps", f"needs 2 to 10 steps, got {len(self.steps)}")
-        for index, step in enumerate(self.steps):
-            if not isinstance(step, Step):
-                _fail(self, f"steps[{index}]", f"expected a Step, got {_kind(step)}")
-        _check_duration(self, "within", self.within, positive=True)
-        _check_int(self, "max_partial", self.max_partial, 1, 100_000)
-
-    @property
-    def within_ms(self) -> int:
-        return parse_duration(self.within, field="within")
-
-    def inputs(self) -> tuple[str, ...]:
-        fields = list(super().inputs())
-        for step in self.steps:
-            fields.extend(condition.field for condition in step.conditions)
-        return tuple(dict.fromkeys(fields))
 
 
 class Ratio(FeatureSpec, tag="ratio", frozen=True):
@@ -893,7 +563,6 @@ class FeatureSet(
 
 
 _CONCRETE = frozenset(FEATURE_TYPES.values())
-_WINDOW_CLASSES = frozenset(WINDOW_TYPES.values())
 _JSON_ENCODER = msgspec.json.Encoder()
 _JSON_DECODER = msgspec.json.Decoder()
 _LOADERS: dict[str, Callable[..., FeatureSet]] = {
