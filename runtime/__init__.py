@@ -22,6 +22,8 @@ from ._results import FeatureError as FeatureError
 from ._results import FeatureResult as FeatureResult
 from ._results import FeatureUpdate as FeatureUpdate
 from ._results import FeatureVector as FeatureVector
+from ._results import JoinRecord as JoinRecord
+from ._results import JoinStatistics as JoinStatistics
 from ._results import LateEvent as LateEvent
 from ._results import RuntimeStatistics as RuntimeStatistics
 from ._results import WindowStatistics as WindowStatistics
@@ -50,6 +52,8 @@ from ._spec import TopK as TopK
 from ._spec import Variance as Variance
 from ._spec import Where as Where
 from ._spec import ZScore as ZScore
+from ._spec_join import Join as Join
+from ._spec_join import JoinRange as JoinRange
 from ._spec_window import Hopping as Hopping
 from ._spec_window import Session as Session
 from ._spec_window import Sliding as Sliding
@@ -77,6 +81,10 @@ __all__ = [
     "First",
     "Hopping",
     "InvalidEvent",
+    "Join",
+    "JoinRange",
+    "JoinRecord",
+    "JoinStatistics",
     "Last",
     "LateEvent",
     "Max",

@@ -25,9 +25,11 @@ _log = get_logger("featurist.ingest")
 
 
 class _Target(Protocol):
-    """A feature group as the ingest path sees it: one actor per shard."""
+    """A feature group (or a join) as the ingest path sees it: one actor per shard, and the
+    stream it reads (a join reads several: ``""``, and it gets the batch with its tags)."""
 
     refs: list[ActorRef[Any]]
+    stream: str
 
 
 class Ingest:
@@ -40,6 +42,8 @@ class Ingest:
             batches formed from then on).
         batch_size: the threshold at which a shard's buffer is sent.
         dead_letters: where rejected events go.
+        streams: the streams' names: events are tagged with their index (``route_one``,
+            ``route``); a group gets its stream's events, a join (stream ``""``) all of them.
     """
 
     def __init__(
@@ -49,8 +53,16 @@ class Ingest:
         groups: Sequence[_Target],
         batch_size: int,
         dead_letters: DeadLetters,
+        streams: Sequence[str] = ("",),
     ) -> None:
         shards = router.shards
+        self.streams = tuple(streams)
+        #: with several streams, the stream index of each buffered event (parallel to the
+        #: buffers): one buffer per shard keeps a key's events of every stream in the order
+        #: they came, which a join of two streams needs
+        self.tags: list[list[int]] | None = (
+            [[] for _ in range(shards)] if len(self.streams) > 1 else None
+        )
         self.shards = shards
         self.batch_size = batch_size
         self._reader = reader
@@ -65,8 +77,9 @@ class Ingest:
         self.ingested = 0
         self.rejected = 0
 
-    def route_one(self, event: Any) -> int | None:
-        """Validate one event and buffer it; its shard, or None if it was rejected."""
+    def route_one(self, event: Any, tag: int = 0) -> int | None:
+        """Validate one event of stream ``tag`` and buffer it; its shard, or None if it was
+        rejected."""
         try:
             key, ts, ev = self._reader.read(event)
         except InvalidEvent as error:
@@ -77,15 +90,23 @@ class Ingest:
         if not buffer:
             self.created[shard] = time.perf_counter()
         buffer.append((key, ts, ev))
+        if self.tags is not None:
+            self.tags[shard].append(tag)
         self.ingested += 1
         return shard
 
-    def route(self, events: list[Any]) -> int:
-        """Validate and append events to their shard's buffer; the hot loop of ingest.
+    def route(self, events: list[Any], tag: int = 0) -> int:
+        """Validate and append events (of stream ``tag``) to their shard's buffer; the hot
+        loop of ingest.
 
         Dicts with a ``str``/``int`` key and an in-range ``int`` time in milliseconds take the
         fast path; anything else goes through the full reader. Returns the events accepted.
         """
+        if self.tags is not None:
+            accepted = 0
+            for event in events:
+                accepted += self.route_one(event, tag) is not None
+            return accepted
         now = time.perf_counter()
         buffers = self.buffers
         created = self.created
@@ -186,15 +207,34 @@ class Ingest:
                     if not buffer or (not partial and len(buffer) < self.batch_size):
                         return
                     self.buffers[shard] = []
-                    batch = Batch(buffer, self.created[shard])
+                    batch = Batch(buffer, self.created[shard], self.streams[0])
+                    if self.tags is not None:
+                        batch.tags = self.tags[shard]
+                        self.tags[shard] = []
                     unsent = self.unsent[shard] = [batch, list(self._groups)]
                 batch, groups = unsent
                 while groups:
-                    await groups[0].refs[shard].tell(batch)
+                    await groups[0].refs[shard].tell(self._for(batch, groups[0].stream))
                     groups.pop(0)
                 self.unsent[shard] = None
                 if newest:
                     return
+
+    def _for(self, batch: Batch, stream: str) -> Batch:
+        """The part of ``batch`` a target of ``stream`` reads: all of it with one stream, or
+        for a join (``""``); else its stream's events (made once per batch and stream)."""
+        tags = batch.tags
+        if tags is None or not stream:
+            return batch
+        parts = batch.parts
+        if parts is None:
+            parts = batch.parts = {}
+        part = parts.get(stream)
+        if part is None:
+            index = self.streams.index(stream)
+            events = [event for event, tag in zip(batch.events, tags, strict=True) if tag == index]
+            part = parts[stream] = Batch(events, batch.created, stream)
+        return part
 
     async def send_all(self) -> None:
         for shard in range(self.shards):
@@ -221,6 +261,8 @@ class Ingest:
                 events.extend(unsent[0].events)
             events.extend(self.buffers[shard])
             self.buffers[shard] = []
+            if self.tags is not None:
+                self.tags[shard] = []
             self.unsent[shard] = None
             for _key, _t, event in events:
                 self._dead_letters.record(

@@ -17,6 +17,8 @@ __all__ = [
     "FeatureResult",
     "FeatureUpdate",
     "FeatureVector",
+    "JoinRecord",
+    "JoinStatistics",
     "LateEvent",
     "RuntimeStatistics",
     "WindowStatistics",
@@ -95,6 +97,40 @@ class LateEvent(msgspec.Struct, frozen=True):
     event: dict[str, Any]
     #: the feature group whose windows it missed
     group: str
+
+
+class JoinRecord(msgspec.Struct, frozen=True):
+    """A join's record, from ``rt.join_records()``."""
+
+    #: the join's name
+    join: str
+    #: the routing key both events share
+    key: Any
+    #: the record: ``join_timestamp``, ``left_event_timestamp``, ``right_event_timestamp``,
+    #: ``time_difference_ms`` and the two events' fields, merged by the join's strategy (for an
+    #: unmatched row of an outer join, one side's timestamp and fields are missing: None)
+    record: dict[str, Any]
+    #: wall-clock time the record was made (seconds since the epoch)
+    processed_at: float
+
+
+class JoinStatistics(msgspec.Struct, frozen=True, kw_only=True):
+    """One join's part of ``rt.statistics()``, summed over shards."""
+
+    #: records made (matched pairs), unmatched rows of outer joins
+    records: int = 0
+    unmatched: int = 0
+    #: events older than the key's watermark minus allowed_lateness, dropped
+    late_dropped: int = 0
+    #: buffered events evicted by the per-key cap
+    evicted: int = 0
+    #: keys with join state; events buffered per side; the most buffered by one key
+    keys: int = 0
+    buffered_left: int = 0
+    buffered_right: int = 0
+    largest_key: int = 0
+    #: estimated bytes of the buffers
+    state_bytes: int = 0
 
 
 class FeatureVector(msgspec.Struct, frozen=True):
@@ -208,3 +244,5 @@ class RuntimeStatistics(msgspec.Struct, frozen=True):
     windows: WindowStatistics | None = None
     #: keys of unwindowed feature groups whose state was dropped after ``state_ttl``
     expired_keys: int = 0
+    #: each join's records and buffers, by name (empty without joins)
+    joins: dict[str, JoinStatistics] = msgspec.field(default_factory=dict)

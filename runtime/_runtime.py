@@ -46,18 +46,23 @@ from ._cost import CostEstimate, MeasuredCost, estimate_cost
 from ._events import EventReader, PayloadFormat
 from ._exceptions import RuntimeClosed, SpecError, UnknownFeature
 from ._ingest import Ingest
+from ._join_engine import JoinConfig, JoinEngine
+from ._join_shard import GetJoinStats, JoinShard, JoinShardStats
 from ._kernel import CompiledGroup, compile_group
 from ._results import (
     FeatureDescription,
     FeatureError,
     FeatureUpdate,
     FeatureVector,
+    JoinRecord,
+    JoinStatistics,
     LateEvent,
     RuntimeStatistics,
     WindowStatistics,
 )
 from ._shard import GetStates, GetStats, GroupShard, IdleTick, Ping, ShardStats
 from ._spec import Feature, FeatureSet
+from ._spec_join import Join
 from ._updates import Policy, UpdateHub, UpdateSubscription
 from ._window_engine import WindowEngine
 from ._window_shard import WindowShard, WindowStats, WindowStatsRequest
@@ -198,16 +203,23 @@ class FeatureRuntime:
         #: seconds after which a quiet key's state is dropped, or None
         self._ttl = None if ttl is None else ttl / 1000
         self._groups: list[_Group] = []
-        #: per stream: its groups (the live list its Ingest sends to) and its Ingest
+        #: per stream (the ingested ones, then the joins' records): its feature groups
         self._stream_groups: dict[str, list[_Group]] = {
-            name: [] for name in feature_set.stream_names
+            name: [] for name in feature_set.feature_streams
         }
-        self._ingests = {
-            name: Ingest(self._reader, self._router, groups, batch_size, self._system.dead_letters)
-            for name, groups in self._stream_groups.items()
-        }
-        #: the first stream's: where events without a stream go
-        self._ingest = self._ingests[feature_set.stream_names[0]]
+        #: what the Ingest sends batches to: the groups of the ingested streams (each gets its
+        #: stream's events), then the joins (all of them, tagged by stream); the live list
+        self._targets: list[Any] = []
+        self._ingest = Ingest(
+            self._reader,
+            self._router,
+            self._targets,
+            batch_size,
+            self._system.dead_letters,
+            streams=feature_set.stream_names,
+        )
+        self._joins: list[_JoinGroup] = []
+        self._records_hub: UpdateHub[JoinRecord] = UpdateHub()
         self._register_lock = anyio.Lock()
         self._active_ingests = 0
         self._ingests_done: anyio.Event | None = None
@@ -226,9 +238,12 @@ class FeatureRuntime:
         try:
             stack.callback(self._hub.close)
             stack.callback(self._late_hub.close)
+            stack.callback(self._records_hub.close)
             await stack.enter_async_context(self._system)
             self._supervisor = self._system.supervisor("features")
             await self._add_groups(list(self.feature_set.features), self.feature_set)
+            for join in self.feature_set.joins:
+                await self._add_join(join)
             self._tg = await stack.enter_async_context(anyio.create_task_group())
             self._tg.start_soon(self._flusher, name="featurist-flusher")
         except BaseException:
@@ -264,11 +279,9 @@ class FeatureRuntime:
                     while self._active_ingests:
                         self._ingests_done = anyio.Event()
                         await self._ingests_done.wait()
-                    for ingest in self._ingests.values():
-                        await ingest.send_all()
+                    await self._ingest.send_all()
                 if scope.cancelled_caught:
-                    for ingest in self._ingests.values():
-                        ingest.abandon_unsent()
+                    self._ingest.abandon_unsent()
         finally:
             # One shutdown_timeout for the whole exit: the actors' drain gets what is left.
             self._system.shutdown_timeout = max(deadline - anyio.current_time(), 0.001)
@@ -277,8 +290,8 @@ class FeatureRuntime:
         _log.info(
             "runtime_stopped",
             feature_set=self.feature_set.name,
-            ingested=sum(ingest.ingested for ingest in self._ingests.values()),
-            rejected=sum(ingest.rejected for ingest in self._ingests.values()),
+            ingested=self._ingest.ingested,
+            rejected=self._ingest.rejected,
         )
         return result
 
@@ -296,27 +309,26 @@ class FeatureRuntime:
         while True:
             await anyio.sleep(linger / 2)
             assert self._tg is not None
-            deadline = time.perf_counter() - linger
-            for ingest in self._ingests.values():
-                for shard in ingest.due(deadline):
-                    # Each send in a task of its own, and none for a shard that is already
-                    # sending: a shard whose mailbox is full delays only itself.
-                    if not ingest.sending(shard):
-                        self._tg.start_soon(ingest.send, shard)
+            for shard in self._ingest.due(time.perf_counter() - linger):
+                # Each send in a task of its own, and none for a shard that is already sending:
+                # a shard whose mailbox is full delays only itself, not the others' lingers.
+                if not self._ingest.sending(shard):
+                    self._tg.start_soon(self._ingest.send, shard)
 
     def _check_running(self) -> None:
         if not self._running:
             raise RuntimeClosed("the runtime is not running (use 'async with FeatureRuntime(...)')")
 
     # -- ingest --------------------------------------------------------------------------------
-    def _stream(self, stream: str | None) -> Ingest:
+    def _tag(self, stream: str | None) -> int:
+        """The index of ``stream`` among the ingested streams (the first for None)."""
         if stream is None:
-            return self._ingest
-        ingest = self._ingests.get(stream)
-        if ingest is None:
-            known = ", ".join(self._ingests)
+            return 0
+        names = self.feature_set.stream_names
+        if stream not in names:
+            known = ", ".join(names)
             raise ValueError(f"stream: no stream named {stream!r} (known: {known})")
-        return ingest
+        return names.index(stream)
 
     async def ingest(self, event: Any, *, stream: str | None = None) -> bool:
         """Accept one event; wait if the runtime is full (backpressure).
@@ -331,14 +343,14 @@ class FeatureRuntime:
             RuntimeClosed: the runtime is not running.
             ValueError: ``stream`` is not a stream of the feature set.
         """
-        ingest = self._stream(stream)
+        tag = self._tag(stream)
         self._enter_ingest()
         try:
-            shard = ingest.route_one(event)
+            shard = self._ingest.route_one(event, tag)
             if shard is None:
                 return False
-            if len(ingest.buffers[shard]) >= self.batch_size:
-                await ingest.send(shard, partial=False)
+            if len(self._ingest.buffers[shard]) >= self.batch_size:
+                await self._ingest.send(shard, partial=False)
             return True
         finally:
             self._leave_ingest()
@@ -349,7 +361,8 @@ class FeatureRuntime:
 
         Returns the number accepted; invalid events go to dead letters as with :meth:`ingest`.
         """
-        ingest = self._stream(stream)
+        tag = self._tag(stream)
+        ingest = self._ingest
         self._enter_ingest()
         try:
             size = self.batch_size
@@ -359,7 +372,7 @@ class FeatureRuntime:
                 chunk = list(islice(iterator, size))
                 if not chunk:
                     return accepted
-                accepted += ingest.route(chunk)
+                accepted += ingest.route(chunk, tag)
                 buffers = ingest.buffers
                 sent = False
                 for shard in range(self.shards):
@@ -385,8 +398,11 @@ class FeatureRuntime:
         expiry at once, rather than at their next timer tick.
         """
         self._check_running()
-        for ingest in self._ingests.values():
-            await ingest.send_all()
+        await self._ingest.send_all()
+        # joins first: what they hand to the features of their records is then on its way
+        for join in self._joins:
+            for ref in join.refs:
+                await ref.ask(Ping(), timeout=None)
         for group in self._groups:
             for ref in group.refs:
                 await ref.ask(Ping(), timeout=None)  # a reply means every earlier batch is applied
@@ -431,8 +447,9 @@ class FeatureRuntime:
             if features is None or any(name in features for name in group.names)
         ]
         for shard, shard_keys in by_shard.items():
-            for ingest in self._ingests.values():
-                await ingest.send(shard)
+            await self._ingest.send(shard)
+            for join in self._joins:  # their records reach the features of their stream
+                await join.refs[shard].ask(Ping(), timeout=None)
             for group in groups:
                 replies = await group.refs[shard].ask(GetStates(tuple(shard_keys)), timeout=None)
                 for key, reply in zip(shard_keys, replies, strict=True):
@@ -488,8 +505,7 @@ class FeatureRuntime:
             feature_set = msgspec.structs.replace(
                 self.feature_set, features=(*self.feature_set.features, *features)
             )
-            for ingest in self._ingests.values():
-                await ingest.send_all()
+            await self._ingest.send_all()
             groups = await self._add_groups(list(features), feature_set)
             self.feature_set = feature_set
         for group in groups:
@@ -511,7 +527,7 @@ class FeatureRuntime:
         is refused leaves the runtime as it was.
         """
         planned: list[tuple[_Group, Callable[..., Any]]] = []
-        for stream in feature_set.stream_names:
+        for stream in feature_set.feature_streams:
             mine = [f for f in features if feature_set.stream_of(f) == stream]
             windowed = [f for f in mine if feature_set.is_windowed(f.name)]
             keyed = [f for f in mine if not feature_set.is_windowed(f.name)]
@@ -580,6 +596,49 @@ class FeatureRuntime:
             group.refs.append(ref)
         self._groups.append(group)
         self._stream_groups[group.stream].append(group)
+        if group.stream in self.feature_set.stream_names:
+            # before the joins: a batch reaches the features of its stream first
+            targets = self._targets
+            joins = [t for t in targets if isinstance(t, _JoinGroup)]
+            targets[:] = [t for t in targets if not isinstance(t, _JoinGroup)] + [group] + joins
+
+    async def _add_join(self, join: Join) -> None:
+        """Start one join: an actor per shard, fed by both of its streams' Ingests."""
+        assert self._supervisor is not None
+        feature_set = self.feature_set
+        config = JoinConfig(
+            name=join.name,
+            before=join.before_ms,
+            after=join.after_ms,
+            how=join.how,
+            on=join.on,
+            range=None
+            if join.range is None
+            else (join.range.left, join.range.right, join.range.min, join.range.max),
+            merge=join.merge,
+            max_out_of_orderness=feature_set.max_out_of_orderness_ms,
+            allowed_lateness=feature_set.duration_ms("allowed_lateness") or 0,
+        )
+        target = _JoinGroup(join.name, join)
+        for shard in range(self.shards):
+            ref = await self._supervisor.spawn(
+                functools.partial(
+                    JoinShard,
+                    JoinEngine(config),
+                    shard,
+                    (
+                        feature_set.stream_names.index(join.left),
+                        feature_set.stream_names.index(join.right),
+                    ),
+                    self._stream_groups[join.name],
+                    self._records_hub,
+                ),
+                name=f"join-{join.name}-shard-{shard}",
+                mailbox=self._mailbox,
+            )
+            target.refs.append(ref)
+        self._joins.append(target)
+        self._targets.append(target)
 
     def _estimate(self, feature: Any) -> CostEstimate:
         return estimate_cost(feature, event_rate=self.expected_event_rate, keys=self.expected_keys)
@@ -670,8 +729,8 @@ class FeatureRuntime:
             (ref.statistics().depth for group in self._groups for ref in group.refs), default=0
         )
         return RuntimeStatistics(
-            events_ingested=sum(ingest.ingested for ingest in self._ingests.values()),
-            events_rejected=sum(ingest.rejected for ingest in self._ingests.values()),
+            events_ingested=self._ingest.ingested,
+            events_rejected=self._ingest.rejected,
             events_processed=sum(s.events for stats in firsts for s in stats),
             feature_errors=errors,
             keys=keys,
@@ -684,6 +743,7 @@ class FeatureRuntime:
             shards=self.shards,
             max_mailbox_depth=depth,
             windows=await self._window_statistics(all_stats),
+            joins=await self._join_statistics(),
             expired_keys=sum(
                 s.expired_keys
                 for group, stats in zip(self._groups, all_stats, strict=True)
@@ -722,6 +782,31 @@ class FeatureRuntime:
         per_key = total.state_bytes / total.keys if total.keys else 0.0
         return msgspec.structs.replace(total, state_bytes_per_key=per_key)
 
+    async def _join_statistics(self) -> dict[str, JoinStatistics]:
+        result = {}
+        for join in self._joins:
+            total: dict[str, int] = {}
+            largest = 0
+            for ref in join.refs:
+                stats: JoinShardStats = await ref.ask(GetJoinStats(), timeout=None)
+                for name, n in vars(stats.counters).items():
+                    if name != "predicate_errors":
+                        total[name] = total.get(name, 0) + n
+                for name in ("keys", "buffered_left", "buffered_right", "state_bytes"):
+                    total[name] = total.get(name, 0) + getattr(stats, name)
+                largest = max(largest, stats.largest_key)
+            result[join.name] = JoinStatistics(largest_key=largest, **total)
+        return result
+
+    def join_records(
+        self, *, buffer: int = 10_000, policy: Policy = "block"
+    ) -> UpdateSubscription[JoinRecord]:
+        """Subscribe to the records of every join (``JoinRecord.join`` names it): matched
+        pairs, and for outer joins the unmatched rows. ``buffer`` and ``policy`` as for
+        :meth:`updates`."""
+        self._check_running()
+        return self._records_hub.subscribe(buffer, policy)
+
     def late_events(
         self, *, buffer: int = 10_000, policy: Policy = "block"
     ) -> UpdateSubscription[LateEvent]:
@@ -742,6 +827,17 @@ class FeatureRuntime:
             for e in s.recent_errors
         ]
         return sorted(errors, key=lambda e: e.event_time)
+
+
+@dataclass
+class _JoinGroup:
+    """A join's actors, one per shard."""
+
+    name: str
+    join: Join
+    refs: list[ActorRef[Any]] = field(default_factory=list)
+    #: a join reads every stream's events, tagged
+    stream: str = ""
 
 
 class _Found:

@@ -48,12 +48,20 @@ _LATENCY_WINDOW = 4096
 class Batch:
     """Events for one shard: ``(key, time_ms, event)`` tuples, shared by every group's actor."""
 
-    __slots__ = ("created", "events")
+    __slots__ = ("created", "events", "parts", "stream", "tags")
 
-    def __init__(self, events: list[tuple[Any, int, dict[str, Any]]], created: float) -> None:
+    def __init__(
+        self, events: list[tuple[Any, int, dict[str, Any]]], created: float, stream: str = ""
+    ) -> None:
         self.events = events
         #: ``time.perf_counter()`` when the batch's first event was accepted
         self.created = created
+        #: the stream the events came on
+        self.stream = stream
+        #: with several streams: each event's stream index (a join reads them all)
+        self.tags: list[int] | None = None
+        #: with several streams: the part of each stream, made once for its groups
+        self.parts: dict[str, Batch] | None = None
 
 
 @dataclass(frozen=True)

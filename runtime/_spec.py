@@ -41,6 +41,7 @@ from ._spec_checks import check_str as _check_str
 from ._spec_checks import fail as _fail
 from ._spec_checks import kind as _kind
 from ._spec_errors import explain
+from ._spec_join import JOIN_HOWS, JOIN_MERGES, Join
 from ._spec_window import (
     EMIT_MODES,
     LATE_POLICIES,
@@ -319,6 +320,7 @@ class FeatureSet(
     idle_timeout: Duration | None = None
     state_ttl: Duration | None = None
     streams: Sequence[str] = ()
+    joins: Sequence[Join] = ()
     features: Sequence[Feature]
 
     def __post_init__(self) -> None:
@@ -367,7 +369,24 @@ class FeatureSet(
             _check_name(self, f"streams[{index}]", name)
             if name in self.streams[:index]:
                 _fail(self, f"streams[{index}]", f"duplicate stream {name!r}")
-        known = self.stream_names
+        if not isinstance(self.joins, list | tuple):
+            _fail(self, "joins", f"expected a list of joins, got {_kind(self.joins)}")
+        msgspec.structs.force_setattr(self, "joins", tuple(self.joins))
+        for index, join in enumerate(self.joins):
+            if not isinstance(join, Join):
+                _fail(self, f"joins[{index}]", f"expected a Join, got {_kind(join)}")
+            taken = [*self.stream_names, *(j.name for j in self.joins[:index])]
+            if join.name in taken:
+                _fail(self, f"joins[{index}].name", f"{join.name!r} already names a stream")
+            for side in ("left", "right"):
+                if getattr(join, side) not in self.stream_names:
+                    names = ", ".join(self.stream_names)
+                    _fail(
+                        self,
+                        f"joins[{index}].{side}",
+                        f"no stream named {getattr(join, side)!r} (known: {names})",
+                    )
+        known = self.feature_streams
         for index, feature in enumerate(self.features):
             if feature.stream and feature.stream not in known:
                 _fail(
@@ -422,6 +441,11 @@ class FeatureSet(
         """The streams events are ingested on: ``streams``, or the one default stream
         ``"events"``. The first is where ``ingest`` puts events without a ``stream``."""
         return tuple(self.streams) or (DEFAULT_STREAM,)
+
+    @property
+    def feature_streams(self) -> tuple[str, ...]:
+        """The streams a feature can read: the ingested streams, then the joins' records."""
+        return (*self.stream_names, *(join.name for join in self.joins))
 
     def stream_of(self, feature: FeatureSpec) -> str:
         """The stream whose events ``feature`` sees: its ``stream``, else the first stream; a
@@ -557,6 +581,8 @@ class FeatureSet(
                     "late_policy": LATE_POLICIES,
                     "emit": EMIT_MODES,
                     "method": PERCENTILE_METHODS,
+                    "how": JOIN_HOWS,
+                    "merge": JOIN_MERGES,
                 },
             )
             raise SpecError(f"{source}: {explained}") from None

@@ -1,0 +1,122 @@
+"""The actor that runs one join for the keys of one shard: its join buffers.
+
+It receives the runtime's batches, every stream's events tagged (``Batch.tags``), applies
+them to its :class:`JoinEngine`, and hands the records, as a batch of the join's own stream, to
+the feature groups of that stream on the same shard (a join feeding features costs no routing)
+and to ``rt.join_records`` subscribers.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from actors import Actor, ActorRef, DeadLetterReason, get_logger
+
+from ._join_engine import JoinCounters, JoinEngine, JoinKeyState
+from ._results import JoinRecord
+from ._shard import Batch, Ping
+from ._updates import UpdateHub
+
+__all__ = ["GetJoinStats", "JoinShard", "JoinShardStats"]
+
+_log = get_logger("featurist.joins")
+
+
+class _Target(Protocol):
+    refs: list[ActorRef[Any]]
+
+
+@dataclass(frozen=True)
+class GetJoinStats:
+    """Ask: the shard's :class:`JoinShardStats`."""
+
+
+@dataclass(frozen=True)
+class JoinShardStats:
+    counters: JoinCounters
+    keys: int
+    buffered_left: int
+    buffered_right: int
+    largest_key: int
+    state_bytes: int
+
+
+class JoinShard(Actor[Any]):
+    """Runs one join for one shard's keys. Internal."""
+
+    def __init__(
+        self,
+        engine: JoinEngine,
+        shard: int,
+        sides: tuple[int, int],
+        targets: Sequence[_Target],
+        hub: UpdateHub[JoinRecord],
+    ) -> None:
+        self.engine = engine
+        self.shard = shard
+        #: the stream indexes of the join's left and right streams
+        self.sides = sides
+        #: the feature groups of the join's stream (the runtime's live list)
+        self.targets = targets
+        self.hub = hub
+        self.states: dict[Any, JoinKeyState] = {}
+
+    async def receive_batch(self, messages: list[Any]) -> None:
+        for batch in messages:
+            try:
+                await self._apply(batch)
+            except Exception as exc:
+                _log.exception("join_batch_failed", join=self.engine.config.name, shard=self.shard)
+                self.context.dead_letters.record(
+                    batch.events,
+                    self.context.name,
+                    DeadLetterReason.FAILED,
+                    error=exc,
+                    detail="a batch failed in the join engine; it may be partly applied",
+                )
+
+    async def _apply(self, batch: Batch) -> None:
+        tags = batch.tags
+        assert tags is not None, "a join reads a batch of tagged streams"
+        left, right = self.sides
+        events = [
+            (k, t, "left" if tag == left else "right", ev)
+            for (k, t, ev), tag in zip(batch.events, tags, strict=True)
+            if tag == left or tag == right
+        ]
+        out: list[dict[str, Any]] = []
+        self.engine.apply(events, self.states, out)
+        if not out:
+            return
+        name = self.engine.config.name
+        if self.targets:
+            records = Batch(
+                [(record["key"], record["join_timestamp"], record) for record in out],
+                batch.created,
+                name,
+            )
+            for target in self.targets:
+                await target.refs[self.shard].tell(records)
+        if self.hub.active:
+            wall = time.time()
+            await self.hub.publish([JoinRecord(name, r["key"], r, wall) for r in out])
+
+    async def receive(self, message: Any) -> Any:
+        if isinstance(message, Ping):
+            return None
+        if isinstance(message, GetJoinStats):
+            states = self.states.values()
+            left = sum(len(st.left) for st in states)
+            right = sum(len(st.right) for st in states)
+            return JoinShardStats(
+                counters=JoinCounters(**vars(self.engine.counters)),
+                keys=len(self.states),
+                buffered_left=left,
+                buffered_right=right,
+                largest_key=max((len(st) for st in states), default=0),
+                state_bytes=sum(st.left.nbytes() + st.right.nbytes() + 120 for st in states),
+            )
+        raise TypeError(f"JoinShard cannot handle {message!r}")
