@@ -21,6 +21,8 @@ Semantics, per key:
 
 from __future__ import annotations
 
+import heapq
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -52,6 +54,8 @@ class JoinConfig:
     allowed_lateness: int = 0
     #: buffered events per key and side beyond which the oldest is evicted (None: no cap)
     max_buffered_per_key: int | None = None
+    #: seconds of wall-clock quiet after which a key's clock advances with the wall clock
+    idle_timeout: float | None = None
 
 
 @dataclass
@@ -68,10 +72,14 @@ class JoinCounters:
 class JoinKeyState:
     """One key's join state: both sides' buffers and the key's clock."""
 
-    __slots__ = ("clock", "left", "right")
+    __slots__ = ("clock", "latest", "left", "right", "seen")
 
-    def __init__(self, t: int) -> None:
+    def __init__(self, t: int, now: float = 0.0) -> None:
+        #: the key's clock: its greatest event time, or later after idle time
         self.clock = t
+        #: its greatest event time, and the wall-clock time of its last event
+        self.latest = t
+        self.seen = now
         self.left = SideBuffer()
         self.right = SideBuffer()
 
@@ -91,8 +99,14 @@ class JoinEngine:
         events: list[tuple[Any, int, str, dict[str, Any]]],
         states: dict[Any, JoinKeyState],
         out: list[dict[str, Any]],
+        now: float = 0.0,
+        recent: OrderedDict[Any, None] | None = None,
     ) -> None:
-        """Apply a batch in order; append the records (and unmatched rows) to ``out``."""
+        """Apply a batch in order; append the records (and unmatched rows) to ``out``.
+
+        ``now`` is the wall-clock time and ``recent`` the keys in order of their last event,
+        for idle time (``tick``).
+        """
         config = self.config
         ooo, lateness = config.max_out_of_orderness, config.allowed_lateness
         before, after = config.before, config.after
@@ -100,12 +114,21 @@ class JoinEngine:
         for key, t, side, ev in events:
             st = states.get(key)
             if st is None:
-                st = states[key] = JoinKeyState(t)
+                st = states[key] = JoinKeyState(t, now)
             elif t < st.clock - ooo - lateness:
                 counters.late_dropped += 1
                 continue
-            elif t > st.clock:
-                st.clock = t
+            else:
+                if t > st.clock:
+                    st.clock = t
+                if t > st.latest:
+                    st.latest = t
+                st.seen = now
+            if recent is not None:
+                if key in recent:
+                    recent.move_to_end(key)
+                else:
+                    recent[key] = None
             if side == "left":
                 partners = st.right.between(t - before, t + after)
                 own = st.left
@@ -142,6 +165,74 @@ class JoinEngine:
             self._unmatched(key, "left", entry, out)
         for entry in st.right.expire(wm - config.before):
             self._unmatched(key, "right", entry, out)
+
+    def tick(
+        self,
+        states: dict[Any, JoinKeyState],
+        recent: OrderedDict[Any, None],
+        sleepers: list[tuple[float, int, Any, float]],
+        now: float,
+        out: list[dict[str, Any]],
+    ) -> None:
+        """Advance the clocks of idle keys, so their buffered events expire and their
+        unmatched rows come out without new events (as ``WindowEngine.tick`` does for
+        windows): a key quiet for ``idle_timeout`` has its clock at its newest event time
+        plus the time quiet beyond ``idle_timeout``. A key left with nothing buffered is
+        dropped."""
+        idle = self.config.idle_timeout
+        if idle is None:
+            return
+        while recent:
+            key = next(iter(recent))
+            st = states.get(key)
+            if st is None:
+                recent.popitem(last=False)
+                continue
+            if now - st.seen < idle:
+                break
+            recent.popitem(last=False)
+            heapq.heappush(sleepers, (st.seen + idle, id(st), key, st.seen))
+        while sleepers and sleepers[0][0] <= now:
+            _, _, key, seen = heapq.heappop(sleepers)
+            st = states.get(key)
+            if st is None or st.seen != seen or key in recent:
+                continue
+            target = st.latest + int((now - st.seen - idle) * 1000)
+            if target > st.clock:
+                st.clock = target
+                self.expire(key, st, out)
+            if not len(st):
+                del states[key]
+                continue
+            wake = self._wake(st, now)
+            heapq.heappush(sleepers, (wake, id(st), key, st.seen))
+        if len(sleepers) > 2 * len(states) + 1024:
+            sleepers[:] = [
+                entry
+                for entry in sleepers
+                if (st := states.get(entry[2])) is not None
+                and st.seen == entry[3]
+                and entry[2] not in recent
+            ]
+            heapq.heapify(sleepers)
+
+    def _wake(self, st: JoinKeyState, now: float) -> float:
+        """When (wall clock) the key's oldest buffered event expires with idle time."""
+        config = self.config
+        idle = config.idle_timeout
+        assert idle is not None
+        slack = config.max_out_of_orderness + config.allowed_lateness + 1
+        due = min(
+            (
+                t + span + slack
+                for t, span in ((st.left.oldest, config.after), (st.right.oldest, config.before))
+                if t is not None
+            ),
+            default=None,
+        )
+        if due is None:
+            return now + idle
+        return max(st.seen + idle + (due - st.latest) / 1000, now + 0.001)
 
     def _unmatched(self, key: Any, side: str, entry: list[Any], out: list[dict[str, Any]]) -> None:
         if entry[2]:

@@ -9,7 +9,8 @@ and to ``rt.join_records`` subscribers.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -17,7 +18,7 @@ from actors import Actor, ActorRef, DeadLetterReason, get_logger
 
 from ._join_engine import JoinCounters, JoinEngine, JoinKeyState
 from ._results import JoinRecord
-from ._shard import Batch, Ping
+from ._shard import Batch, IdleTick, Ping, Tick
 from ._updates import UpdateHub
 
 __all__ = ["GetJoinStats", "JoinShard", "JoinShardStats"]
@@ -54,6 +55,7 @@ class JoinShard(Actor[Any]):
         sides: tuple[int, int],
         targets: Sequence[_Target],
         hub: UpdateHub[JoinRecord],
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.engine = engine
         self.shard = shard
@@ -62,10 +64,30 @@ class JoinShard(Actor[Any]):
         #: the feature groups of the join's stream (the runtime's live list)
         self.targets = targets
         self.hub = hub
+        self.clock = clock
         self.states: dict[Any, JoinKeyState] = {}
+        idle = engine.config.idle_timeout
+        self.recent: OrderedDict[Any, None] | None = OrderedDict() if idle else None
+        self.sleepers: list[tuple[float, int, Any, float]] = []
+
+    async def on_start(self) -> None:
+        idle = self.engine.config.idle_timeout
+        if idle is not None:
+            self.context.start_periodic_timer("tick", Tick(), min(max(idle / 4, 0.01), 1.0))
+
+    async def _tick(self) -> None:
+        if self.recent is None:
+            return
+        out: list[dict[str, Any]] = []
+        self.engine.tick(self.states, self.recent, self.sleepers, self.clock(), out)
+        if out:
+            await self._emit(out, time.perf_counter())
 
     async def receive_batch(self, messages: list[Any]) -> None:
         for batch in messages:
+            if isinstance(batch, Tick):
+                await self._tick()
+                continue
             try:
                 await self._apply(batch)
             except Exception as exc:
@@ -88,14 +110,16 @@ class JoinShard(Actor[Any]):
             if tag == left or tag == right
         ]
         out: list[dict[str, Any]] = []
-        self.engine.apply(events, self.states, out)
-        if not out:
-            return
+        self.engine.apply(events, self.states, out, self.clock(), self.recent)
+        if out:
+            await self._emit(out, batch.created)
+
+    async def _emit(self, out: list[dict[str, Any]], created: float) -> None:
         name = self.engine.config.name
         if self.targets:
             records = Batch(
                 [(record["key"], record["join_timestamp"], record) for record in out],
-                batch.created,
+                created,
                 name,
             )
             for target in self.targets:
@@ -106,6 +130,9 @@ class JoinShard(Actor[Any]):
 
     async def receive(self, message: Any) -> Any:
         if isinstance(message, Ping):
+            return None
+        if isinstance(message, IdleTick):
+            await self._tick()
             return None
         if isinstance(message, GetJoinStats):
             states = self.states.values()

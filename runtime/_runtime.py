@@ -403,6 +403,8 @@ class FeatureRuntime:
         for join in self._joins:
             for ref in join.refs:
                 await ref.ask(Ping(), timeout=None)
+                if self.feature_set.idle_timeout is not None:
+                    await ref.ask(IdleTick(), timeout=None)
         for group in self._groups:
             for ref in group.refs:
                 await ref.ask(Ping(), timeout=None)  # a reply means every earlier batch is applied
@@ -606,6 +608,7 @@ class FeatureRuntime:
         """Start one join: an actor per shard, fed by both of its streams' Ingests."""
         assert self._supervisor is not None
         feature_set = self.feature_set
+        idle = feature_set.duration_ms("idle_timeout")
         config = JoinConfig(
             name=join.name,
             before=join.before_ms,
@@ -618,6 +621,7 @@ class FeatureRuntime:
             merge=join.merge,
             max_out_of_orderness=feature_set.max_out_of_orderness_ms,
             allowed_lateness=feature_set.duration_ms("allowed_lateness") or 0,
+            idle_timeout=None if idle is None else idle / 1000,
         )
         target = _JoinGroup(join.name, join)
         for shard in range(self.shards):
@@ -632,6 +636,7 @@ class FeatureRuntime:
                     ),
                     self._stream_groups[join.name],
                     self._records_hub,
+                    self._clock,
                 ),
                 name=f"join-{join.name}-shard-{shard}",
                 mailbox=self._mailbox,

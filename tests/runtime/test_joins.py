@@ -173,3 +173,30 @@ def test_join_rules_are_checked() -> None:
         features=[Count(name="n", stream="j")],
     )
     assert FeatureSet.from_json(spec.to_json()) == spec
+
+
+async def test_idle_time_emits_unmatched_rows_without_new_events() -> None:
+    class Clock:
+        now = 1_000.0
+
+        def __call__(self) -> float:
+            return self.now
+
+    clock = Clock()
+    join = Join(name="j", left="l", right="r", after="10m", how="left")
+    fs = _feature_set(join, idle_timeout="1m")
+    async with FeatureRuntime(fs, clock=clock) as rt:
+        sub = rt.join_records()
+        await rt.ingest({"ad": "a", "ts": 0, "id": 1}, stream="l")
+        await rt.flush()
+        clock.now += 60 + 5 * 60  # quiet 6 min: the key's clock is at 5 min, the row waits
+        await rt.flush()
+        assert (await rt.statistics()).joins["j"].unmatched == 0
+        clock.now += 6 * 60  # 11 min: past the end of the interval
+        await rt.flush()
+        await sub.aclose()
+        records = [r.record async for r in sub]
+        assert [(r["left_id"], r["right_event_timestamp"]) for r in records] == [(1, None)]
+        stats = (await rt.statistics()).joins["j"]
+        assert (stats.unmatched, stats.keys, stats.buffered_left) == (1, 0, 0)
+        assert (await rt.get("a"))["pairs"] == 1  # the unmatched row is a record of the stream
