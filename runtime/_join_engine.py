@@ -22,6 +22,7 @@ Semantics, per key:
 from __future__ import annotations
 
 import heapq
+import itertools
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -30,6 +31,9 @@ from typing import Any, Literal
 from ._join_buffer import SideBuffer
 
 __all__ = ["JoinConfig", "JoinCounters", "JoinEngine", "JoinKeyState"]
+
+#: tie-breaker for the idle heap's entries (keys of different types do not compare)
+_SERIAL = itertools.count()
 
 How = Literal["inner", "left", "right", "full"]
 Merge = Literal["prefix", "left_priority", "right_priority"]
@@ -65,6 +69,7 @@ class JoinCounters:
     records: int = 0
     unmatched: int = 0
     late_dropped: int = 0
+    late_side_output: int = 0
     evicted: int = 0
     predicate_errors: int = 0
 
@@ -101,6 +106,7 @@ class JoinEngine:
         out: list[dict[str, Any]],
         now: float = 0.0,
         recent: OrderedDict[Any, None] | None = None,
+        late: list[Any] | None = None,
     ) -> None:
         """Apply a batch in order; append the records (and unmatched rows) to ``out``.
 
@@ -116,7 +122,11 @@ class JoinEngine:
             if st is None:
                 st = states[key] = JoinKeyState(t, now)
             elif t < st.clock - ooo - lateness:
-                counters.late_dropped += 1
+                if late is not None:
+                    late.append((key, t, st.clock - ooo, ev))  # the side output
+                    counters.late_side_output += 1
+                else:
+                    counters.late_dropped += 1
                 continue
             else:
                 if t > st.clock:
@@ -191,7 +201,7 @@ class JoinEngine:
             if now - st.seen < idle:
                 break
             recent.popitem(last=False)
-            heapq.heappush(sleepers, (st.seen + idle, id(st), key, st.seen))
+            heapq.heappush(sleepers, (st.seen + idle, next(_SERIAL), key, st.seen))
         while sleepers and sleepers[0][0] <= now:
             _, _, key, seen = heapq.heappop(sleepers)
             st = states.get(key)
@@ -205,7 +215,7 @@ class JoinEngine:
                 del states[key]
                 continue
             wake = self._wake(st, now)
-            heapq.heappush(sleepers, (wake, id(st), key, st.seen))
+            heapq.heappush(sleepers, (wake, next(_SERIAL), key, st.seen))
         if len(sleepers) > 2 * len(states) + 1024:
             sleepers[:] = [
                 entry

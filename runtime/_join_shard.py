@@ -14,10 +14,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from actors import Actor, ActorRef, DeadLetterReason, get_logger
+from actors import Actor, ActorRef, ActorStopped, DeadLetterReason, get_logger
 
 from ._join_engine import JoinCounters, JoinEngine, JoinKeyState
-from ._results import JoinRecord
+from ._results import JoinRecord, LateEvent
 from ._shard import Batch, IdleTick, Ping, Tick
 from ._updates import UpdateHub
 
@@ -56,6 +56,7 @@ class JoinShard(Actor[Any]):
         targets: Sequence[_Target],
         hub: UpdateHub[JoinRecord],
         clock: Callable[[], float] = time.time,
+        late_hub: UpdateHub[LateEvent] | None = None,
     ) -> None:
         self.engine = engine
         self.shard = shard
@@ -64,6 +65,8 @@ class JoinShard(Actor[Any]):
         #: the feature groups of the join's stream (the runtime's live list)
         self.targets = targets
         self.hub = hub
+        #: where late events go with late_policy="side_output" (None: they are only counted)
+        self.late_hub = late_hub
         self.clock = clock
         self.states: dict[Any, JoinKeyState] = {}
         idle = engine.config.idle_timeout
@@ -110,7 +113,14 @@ class JoinShard(Actor[Any]):
             if tag == left or tag == right
         ]
         out: list[dict[str, Any]] = []
-        self.engine.apply(events, self.states, out, self.clock(), self.recent)
+        late: list[Any] | None = [] if self.late_hub is not None and self.late_hub.active else None
+        self.engine.apply(events, self.states, out, self.clock(), self.recent, late)
+        if late:
+            assert self.late_hub is not None
+            name = self.engine.config.name
+            await self.late_hub.publish(
+                [LateEvent(key, t, watermark, ev, name) for key, t, watermark, ev in late]
+            )
         if out:
             await self._emit(out, batch.created)
 
@@ -123,7 +133,11 @@ class JoinShard(Actor[Any]):
                 name,
             )
             for target in self.targets:
-                await target.refs[self.shard].tell(records)
+                try:
+                    await target.refs[self.shard].tell(records)
+                except ActorStopped:
+                    # shutting down, and a group of the join's stream stopped first
+                    _log.warning("join_records_undelivered", join=name, records=len(out))
         if self.hub.active:
             wall = time.time()
             await self.hub.publish([JoinRecord(name, r["key"], r, wall) for r in out])
@@ -131,7 +145,7 @@ class JoinShard(Actor[Any]):
     async def receive(self, message: Any) -> Any:
         if isinstance(message, Ping):
             return None
-        if isinstance(message, IdleTick):
+        if isinstance(message, IdleTick | Tick):  # the timer's Tick comes here, one at a time
             await self._tick()
             return None
         if isinstance(message, GetJoinStats):

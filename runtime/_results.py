@@ -120,8 +120,10 @@ class JoinStatistics(msgspec.Struct, frozen=True, kw_only=True):
     #: records made (matched pairs), unmatched rows of outer joins
     records: int = 0
     unmatched: int = 0
-    #: events older than the key's watermark minus allowed_lateness, dropped
+    #: events older than the key's watermark minus allowed_lateness: dropped, or sent to the
+    #: side output (``late_policy="side_output"``)
     late_dropped: int = 0
+    late_side_output: int = 0
     #: buffered events evicted by the per-key cap
     evicted: int = 0
     #: keys with join state; events buffered per side; the most buffered by one key

@@ -637,6 +637,7 @@ class FeatureRuntime:
                     self._stream_groups[join.name],
                     self._records_hub,
                     self._clock,
+                    self._late_hub if feature_set.late_policy == "side_output" else None,
                 ),
                 name=f"join-{join.name}-shard-{shard}",
                 mailbox=self._mailbox,
@@ -715,11 +716,11 @@ class FeatureRuntime:
         # Every event of a stream goes to the stream's first group; later groups see events
         # from their registration.
         firsts = [
-            all_stats[self._groups.index(groups[0])]
-            for groups in self._stream_groups.values()
-            if groups
+            all_stats[self._groups.index(self._stream_groups[stream][0])]
+            for stream in self.feature_set.stream_names
+            if self._stream_groups[stream]
         ]
-        first = firsts[0]
+        first = firsts[0] if firsts else all_stats[0]
         errors: dict[str, int] = {}
         for stats in all_stats:
             for s in stats:
@@ -730,9 +731,9 @@ class FeatureRuntime:
         state_bytes = sum(s.state_bytes for stats in all_stats for s in stats)
         latencies = sorted((lat, n) for stats in all_stats for s in stats for lat, n in s.latencies)
         highs = [s.max_time for s in first if s.max_time is not None]
-        depth = max(
-            (ref.statistics().depth for group in self._groups for ref in group.refs), default=0
-        )
+        actors = [ref for group in self._groups for ref in group.refs]
+        actors += [ref for join in self._joins for ref in join.refs]
+        depth = max((ref.statistics().depth for ref in actors), default=0)
         return RuntimeStatistics(
             events_ingested=self._ingest.ingested,
             events_rejected=self._ingest.rejected,

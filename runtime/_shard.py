@@ -288,7 +288,7 @@ class GroupShard(Actor[Any]):
             return replies
         if isinstance(message, Ping):
             return None
-        if isinstance(message, IdleTick):
+        if isinstance(message, IdleTick | Tick):  # the timer's Tick comes here, one at a time
             self._expire()
             return None
         if isinstance(message, GetStats):

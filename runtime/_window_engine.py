@@ -20,6 +20,7 @@ Time, per key (``docs/windows.md`` has the timelines):
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
 from bisect import bisect_left, insort
 from collections import OrderedDict
@@ -36,6 +37,9 @@ from ._window_patterns import PatternState
 from ._window_state import Accumulator, Needs, SlidingState, check_value, value_reader
 
 __all__ = ["KeyWindows", "WindowCounters", "WindowEngine"]
+
+#: tie-breaker for the idle heap's entries (keys of different types do not compare)
+_SERIAL = itertools.count()
 
 #: later than any event time
 NEVER = 2**62
@@ -943,7 +947,7 @@ class WindowEngine:
             if now - st.seen < quiet:
                 break
             recent.popitem(last=False)
-            heapq.heappush(sleepers, (st.seen + quiet, id(st), key, st.seen))
+            heapq.heappush(sleepers, (st.seen + quiet, next(_SERIAL), key, st.seen))
         while sleepers and sleepers[0][0] <= now:
             _, _, key, seen = heapq.heappop(sleepers)
             st = states.get(key)
@@ -961,7 +965,7 @@ class WindowEngine:
             if ttl is not None:
                 wake = min(wake, st.seen + ttl)
             if wake < _INF:
-                heapq.heappush(sleepers, (wake, id(st), key, st.seen))
+                heapq.heappush(sleepers, (wake, next(_SERIAL), key, st.seen))
         if len(sleepers) > 2 * len(states) + 1024:
             # A key that had an event leaves its entry behind, stale, until its wake time: drop
             # those now and then, so the heap stays within twice the keys (each key has at

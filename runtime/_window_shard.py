@@ -162,7 +162,7 @@ class WindowShard(GroupShard):
                         (values(st), st.latest, self.last_event_at, None, st.clock - ooo)
                     )
             return replies
-        if isinstance(message, IdleTick):
+        if isinstance(message, IdleTick | Tick):  # the timer's Tick comes here, one at a time
             await self._tick()
             return None
         if isinstance(message, Ping):

@@ -200,3 +200,31 @@ async def test_idle_time_emits_unmatched_rows_without_new_events() -> None:
         stats = (await rt.statistics()).joins["j"]
         assert (stats.unmatched, stats.keys, stats.buffered_left) == (1, 0, 0)
         assert (await rt.get("a"))["pairs"] == 1  # the unmatched row is a record of the stream
+
+
+async def test_the_timer_applies_idle_time_without_flush() -> None:
+    import anyio
+
+    join = Join(name="j", left="l", right="r", after=100, how="left")
+    fs = _feature_set(join, idle_timeout="100ms")
+    async with FeatureRuntime(fs, linger=0.001) as rt:
+        sub = rt.join_records()
+        await rt.ingest({"ad": "a", "ts": 0, "id": 1}, stream="l")
+        with anyio.fail_after(10):  # the real timer fires every 25 ms; the row comes soon
+            record = await sub.__anext__()
+        assert (record.record["left_id"], record.record["right_event_timestamp"]) == (1, None)
+        assert rt.dead_letters.count() == 0
+
+
+async def test_late_events_of_a_join_go_to_the_side_output() -> None:
+    join = Join(name="j", left="l", right="r", after=100)
+    fs = _feature_set(join, late_policy="side_output")
+    async with FeatureRuntime(fs) as rt:
+        late = rt.late_events()
+        await rt.ingest({"ad": "a", "ts": 1_000}, stream="l")
+        await rt.ingest({"ad": "a", "ts": 10}, stream="r")  # behind the key's watermark
+        await rt.flush()
+        await late.aclose()
+        events = [e async for e in late]
+        assert [(e.group, e.event_time) for e in events] == [("j", 10)]
+        assert (await rt.statistics()).joins["j"].late_side_output == 1

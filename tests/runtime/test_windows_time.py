@@ -537,3 +537,30 @@ async def test_a_refused_registration_leaves_the_runtime_as_it_was() -> None:
         await rt.register(Count(name="c"))
         await rt.ingest({"k": "u", "ts": 0, "x": 2})
         assert (await rt.get("u")).values == {"s": 2, "c": 1}
+
+
+async def test_the_timer_closes_idle_windows_without_flush() -> None:
+    import anyio
+
+    fs = spec(Count(name="n", window=Tumbling(size=100)), idle_timeout="100ms")
+    async with FeatureRuntime(fs, linger=0.001) as rt:
+        sub = rt.updates()
+        await rt.ingest({"k": "u", "ts": 0})
+        with anyio.fail_after(10):  # the real timer fires every 25 ms; the close comes soon
+            while (update := await sub.__anext__()).kind != "close":
+                pass
+        assert (update.window, update.values) == ((0, 100), {"n": 1})
+        assert rt.dead_letters.count() == 0
+
+
+async def test_the_timer_expires_keys_of_unwindowed_groups_without_flush() -> None:
+    import anyio
+
+    fs = spec(Count(name="n"), state_ttl="100ms")
+    async with FeatureRuntime(fs, linger=0.001) as rt:
+        await rt.ingest({"k": "u", "ts": 0})
+        with anyio.fail_after(10):
+            while (await rt.statistics()).expired_keys < 1:
+                await anyio.sleep(0.02)
+        assert (await rt.get("u")).known is False
+        assert rt.dead_letters.count() == 0
