@@ -77,6 +77,12 @@ class SideBuffer:
         end = bisect_right(entries, high, lo=start, key=_time)
         return entries[start:end]
 
+    def count_between(self, low: int, high: int) -> int:
+        """How many entries have ``low <= t <= high`` (two bisections, no list built)."""
+        entries = self._entries
+        start = bisect_left(entries, low, lo=self._head, key=_time)
+        return bisect_right(entries, high, lo=start, key=_time) - start
+
     def expire(self, cutoff: int) -> list[list[Any]]:
         """Drop and return the entries with ``t < cutoff``, oldest first."""
         entries = self._entries

@@ -103,12 +103,13 @@ class JoinEngine:
         self,
         events: list[tuple[Any, int, str, dict[str, Any]]],
         states: dict[Any, JoinKeyState],
-        out: list[dict[str, Any]],
+        out: list[dict[str, Any]] | None,
         now: float = 0.0,
         recent: OrderedDict[Any, None] | None = None,
         late: list[Any] | None = None,
     ) -> None:
-        """Apply a batch in order; append the records (and unmatched rows) to ``out``.
+        """Apply a batch in order; append the records (and unmatched rows) to ``out``, or only
+        count them when ``out`` is None (nobody reads them: no record is built).
 
         ``now`` is the wall-clock time and ``recent`` the keys in order of their last event,
         for idle time (``tick``).
@@ -117,6 +118,12 @@ class JoinEngine:
         ooo, lateness = config.max_out_of_orderness, config.allowed_lateness
         before, after = config.before, config.after
         counters = self.counters
+        count_only = (
+            config.how == "inner"
+            and not config.on
+            and config.range is None
+            and config.predicate is None
+        )
         for key, t, side, ev in events:
             st = states.get(key)
             if st is None:
@@ -140,11 +147,18 @@ class JoinEngine:
                 else:
                     recent[key] = None
             if side == "left":
-                partners = st.right.between(t - before, t + after)
-                own = st.left
+                other, low, high, own = st.right, t - before, t + after, st.left
             else:
-                partners = st.left.between(t - after, t + before)
-                own = st.right
+                other, low, high, own = st.left, t - after, t + before, st.right
+            if out is None and count_only:
+                # nobody reads the records and no pair needs a test or a match count: count
+                matched = other.count_between(low, high)
+                counters.records += matched
+                own.add(t, ev)
+                self._cap(key, side, own, out)
+                self.expire(key, st, out)
+                continue
+            partners = other.between(low, high)
             matched = 0
             for partner in partners:
                 if side == "left":
@@ -155,19 +169,23 @@ class JoinEngine:
                     continue
                 partner[2] += 1
                 matched += 1
-                out.append(self._record(key, left, right, tl, tr))
+                if out is not None:
+                    out.append(self._record(key, left, right, tl, tr))
             counters.records += matched
             entry = own.add(t, ev)
             entry[2] = matched
-            cap = config.max_buffered_per_key
-            if cap is not None and len(own) > cap:
-                evicted = own.evict_oldest()
-                counters.evicted += 1
-                if evicted is not None:
-                    self._unmatched(key, side, evicted, out)
+            self._cap(key, side, own, out)
             self.expire(key, st, out)
 
-    def expire(self, key: Any, st: JoinKeyState, out: list[dict[str, Any]]) -> None:
+    def _cap(self, key: Any, side: str, own: SideBuffer, out: list[dict[str, Any]] | None) -> None:
+        cap = self.config.max_buffered_per_key
+        if cap is not None and len(own) > cap:
+            evicted = own.evict_oldest()
+            self.counters.evicted += 1
+            if evicted is not None:
+                self._unmatched(key, side, evicted, out)
+
+    def expire(self, key: Any, st: JoinKeyState, out: list[dict[str, Any]] | None) -> None:
         """Drop the buffered events no future event can match; emit unmatched rows."""
         config = self.config
         wm = st.clock - config.max_out_of_orderness - config.allowed_lateness
@@ -182,7 +200,7 @@ class JoinEngine:
         recent: OrderedDict[Any, None],
         sleepers: list[tuple[float, int, Any, float]],
         now: float,
-        out: list[dict[str, Any]],
+        out: list[dict[str, Any]] | None,
     ) -> None:
         """Advance the clocks of idle keys, so their buffered events expire and their
         unmatched rows come out without new events (as ``WindowEngine.tick`` does for
@@ -244,12 +262,16 @@ class JoinEngine:
             return now + idle
         return max(st.seen + idle + (due - st.latest) / 1000, now + 0.001)
 
-    def _unmatched(self, key: Any, side: str, entry: list[Any], out: list[dict[str, Any]]) -> None:
+    def _unmatched(
+        self, key: Any, side: str, entry: list[Any], out: list[dict[str, Any]] | None
+    ) -> None:
         if entry[2]:
             return
         how = self.config.how
         if how == "full" or how == side:
             self.counters.unmatched += 1
+            if out is None:
+                return
             t, ev = entry[0], entry[1]
             if side == "left":
                 out.append(self._record(key, ev, None, t, None))

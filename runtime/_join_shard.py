@@ -81,7 +81,7 @@ class JoinShard(Actor[Any]):
     async def _tick(self) -> None:
         if self.recent is None:
             return
-        out: list[dict[str, Any]] = []
+        out: list[dict[str, Any]] | None = [] if self.targets or self.hub.active else None
         self.engine.tick(self.states, self.recent, self.sleepers, self.clock(), out)
         if out:
             await self._emit(out, time.perf_counter())
@@ -112,7 +112,9 @@ class JoinShard(Actor[Any]):
             for (k, t, ev), tag in zip(batch.events, tags, strict=True)
             if tag == left or tag == right
         ]
-        out: list[dict[str, Any]] = []
+        # records are built only for someone to read: the features of the join's stream, or
+        # subscribers; else they are only counted
+        out: list[dict[str, Any]] | None = [] if self.targets or self.hub.active else None
         late: list[Any] | None = [] if self.late_hub is not None and self.late_hub.active else None
         self.engine.apply(events, self.states, out, self.clock(), self.recent, late)
         if late:

@@ -8,6 +8,7 @@ import sys
 BENCHMARKS = {
     "actors": "demos.bench.actors",
     "aggregates": "demos.bench.aggregates",
+    "joins": "demos.bench.joins",
     "windows": "demos.bench.windows",
 }
 

@@ -161,3 +161,18 @@ def test_a_key_cap_evicts_the_oldest_and_counts_it() -> None:
     assert engine.counters.evicted == 3
     # evicted unmatched lefts of a left join come out as unmatched rows at once
     assert [r["left_id"] for r in out] == [0, 1, 2]
+
+
+@settings(max_examples=100, deadline=None)
+@given(events=streams(), batch=st.sampled_from([1, 7]))
+def test_counting_without_records_counts_the_same_pairs(events: list[Any], batch: int) -> None:
+    config = JoinConfig(name="j", before=10, after=30)
+    counted, built = JoinEngine(config), JoinEngine(config)
+    states: dict[Any, JoinKeyState] = {}
+    other: dict[Any, JoinKeyState] = {}
+    out: list[dict[str, Any]] = []
+    for i in range(0, len(events), batch):
+        counted.apply(events[i : i + batch], states, None)
+        built.apply(events[i : i + batch], other, out)
+    assert counted.counters == built.counters
+    assert counted.counters.records == len(out) == sum(oracle(config, events)[0].values())
