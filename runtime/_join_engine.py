@@ -21,19 +21,14 @@ Semantics, per key:
 
 from __future__ import annotations
 
-import heapq
-import itertools
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ._idle import IdleKeys
 from ._join_buffer import SideBuffer
 
 __all__ = ["JoinConfig", "JoinCounters", "JoinEngine", "JoinKeyState"]
-
-#: tie-breaker for the idle heap's entries (keys of different types do not compare)
-_SERIAL = itertools.count()
 
 How = Literal["inner", "left", "right", "full"]
 Merge = Literal["prefix", "left_priority", "right_priority"]
@@ -105,14 +100,14 @@ class JoinEngine:
         states: dict[Any, JoinKeyState],
         out: list[dict[str, Any]] | None,
         now: float = 0.0,
-        recent: OrderedDict[Any, None] | None = None,
+        idle: IdleKeys | None = None,
         late: list[Any] | None = None,
     ) -> None:
         """Apply a batch in order; append the records (and unmatched rows) to ``out``, or only
         count them when ``out`` is None (nobody reads them: no record is built).
 
-        ``now`` is the wall-clock time and ``recent`` the keys in order of their last event,
-        for idle time (``tick``).
+        ``now`` is the wall-clock time and ``idle`` (with idle time) is told of each key's
+        event, for ``tick``.
         """
         config = self.config
         ooo, lateness = config.max_out_of_orderness, config.allowed_lateness
@@ -141,11 +136,8 @@ class JoinEngine:
                 if t > st.latest:
                     st.latest = t
                 st.seen = now
-            if recent is not None:
-                if key in recent:
-                    recent.move_to_end(key)
-                else:
-                    recent[key] = None
+            if idle is not None:
+                idle.touch(key)
             if side == "left":
                 other, low, high, own = st.right, t - before, t + after, st.left
             else:
@@ -197,8 +189,7 @@ class JoinEngine:
     def tick(
         self,
         states: dict[Any, JoinKeyState],
-        recent: OrderedDict[Any, None],
-        sleepers: list[tuple[float, int, Any, float]],
+        idle: IdleKeys,
         now: float,
         out: list[dict[str, Any]] | None,
     ) -> None:
@@ -207,42 +198,19 @@ class JoinEngine:
         windows): a key quiet for ``idle_timeout`` has its clock at its newest event time
         plus the time quiet beyond ``idle_timeout``. A key left with nothing buffered is
         dropped."""
-        idle = self.config.idle_timeout
-        if idle is None:
+        quiet = self.config.idle_timeout
+        if quiet is None:
             return
-        while recent:
-            key = next(iter(recent))
-            st = states.get(key)
-            if st is None:
-                recent.popitem(last=False)
-                continue
-            if now - st.seen < idle:
-                break
-            recent.popitem(last=False)
-            heapq.heappush(sleepers, (st.seen + idle, next(_SERIAL), key, st.seen))
-        while sleepers and sleepers[0][0] <= now:
-            _, _, key, seen = heapq.heappop(sleepers)
-            st = states.get(key)
-            if st is None or st.seen != seen or key in recent:
-                continue
-            target = st.latest + int((now - st.seen - idle) * 1000)
+        for key in idle.due(states, now, quiet):
+            st = states[key]
+            target = st.latest + int((now - st.seen - quiet) * 1000)
             if target > st.clock:
                 st.clock = target
                 self.expire(key, st, out)
             if not len(st):
                 del states[key]
                 continue
-            wake = self._wake(st, now)
-            heapq.heappush(sleepers, (wake, next(_SERIAL), key, st.seen))
-        if len(sleepers) > 2 * len(states) + 1024:
-            sleepers[:] = [
-                entry
-                for entry in sleepers
-                if (st := states.get(entry[2])) is not None
-                and st.seen == entry[3]
-                and entry[2] not in recent
-            ]
-            heapq.heapify(sleepers)
+            idle.schedule(key, st, self._wake(st, now))
 
     def _wake(self, st: JoinKeyState, now: float) -> float:
         """When (wall clock) the key's oldest buffered event expires with idle time."""

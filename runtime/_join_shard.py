@@ -9,16 +9,16 @@ and to ``rt.join_records`` subscribers.
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from actors import Actor, ActorRef, ActorStopped, DeadLetterReason, get_logger
+from actors import Actor, ActorRef, ActorStopped, get_logger
 
+from ._idle import IdleKeys
 from ._join_engine import JoinCounters, JoinEngine, JoinKeyState
 from ._results import JoinRecord, LateEvent
-from ._shard import Batch, IdleTick, Ping, Tick
+from ._shard import Batch, IdleTick, Ping, Tick, fail_batch
 from ._updates import UpdateHub
 
 __all__ = ["GetJoinStats", "JoinShard", "JoinShardStats"]
@@ -70,8 +70,7 @@ class JoinShard(Actor[Any]):
         self.clock = clock
         self.states: dict[Any, JoinKeyState] = {}
         idle = engine.config.idle_timeout
-        self.recent: OrderedDict[Any, None] | None = OrderedDict() if idle else None
-        self.sleepers: list[tuple[float, int, Any, float]] = []
+        self.idle: IdleKeys | None = IdleKeys() if idle else None
 
     async def on_start(self) -> None:
         idle = self.engine.config.idle_timeout
@@ -79,29 +78,19 @@ class JoinShard(Actor[Any]):
             self.context.start_periodic_timer("tick", Tick(), min(max(idle / 4, 0.01), 1.0))
 
     async def _tick(self) -> None:
-        if self.recent is None:
+        if self.idle is None:
             return
         out: list[dict[str, Any]] | None = [] if self.targets or self.hub.active else None
-        self.engine.tick(self.states, self.recent, self.sleepers, self.clock(), out)
+        self.engine.tick(self.states, self.idle, self.clock(), out)
         if out:
             await self._emit(out, time.perf_counter())
 
     async def receive_batch(self, messages: list[Any]) -> None:
-        for batch in messages:
-            if isinstance(batch, Tick):
-                await self._tick()
-                continue
+        for batch in messages:  # batches only: Ticks and asks come to ``receive``
             try:
                 await self._apply(batch)
             except Exception as exc:
-                _log.exception("join_batch_failed", join=self.engine.config.name, shard=self.shard)
-                self.context.dead_letters.record(
-                    batch.events,
-                    self.context.name,
-                    DeadLetterReason.FAILED,
-                    error=exc,
-                    detail="a batch failed in the join engine; it may be partly applied",
-                )
+                fail_batch(self.context, batch, exc, join=self.engine.config.name, shard=self.shard)
 
     async def _apply(self, batch: Batch) -> None:
         tags = batch.tags
@@ -116,7 +105,7 @@ class JoinShard(Actor[Any]):
         # subscribers; else they are only counted
         out: list[dict[str, Any]] | None = [] if self.targets or self.hub.active else None
         late: list[Any] | None = [] if self.late_hub is not None and self.late_hub.active else None
-        self.engine.apply(events, self.states, out, self.clock(), self.recent, late)
+        self.engine.apply(events, self.states, out, self.clock(), self.idle, late)
         if late:
             assert self.late_hub is not None
             name = self.engine.config.name

@@ -860,12 +860,9 @@ class _Found:
         self.watermark: int | None = None
 
     def add(self, group: _Group, reply: tuple[Any, ...]) -> None:
-        if len(reply) == 5:
-            state_values, last, updated, high, watermark = reply
-            if watermark is not None and (self.watermark is None or watermark > self.watermark):
-                self.watermark = watermark
-        else:
-            state_values, last, updated, high = reply
+        state_values, last, updated, high, watermark = reply
+        if watermark is not None and (self.watermark is None or watermark > self.watermark):
+            self.watermark = watermark
         names = group.names
         self.values.update(zip(names, state_values or group.defaults, strict=True))
         if last is not None and (self.last is None or last > self.last):

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any
 
-from actors import Actor, DeadLetterReason, get_logger
+from actors import Actor, ActorContext, DeadLetterReason, get_logger
 
 from ._kernel import CompiledGroup
 from ._results import FeatureError, FeatureUpdate
@@ -36,6 +36,7 @@ __all__ = [
     "Ping",
     "ShardStats",
     "Tick",
+    "fail_batch",
 ]
 
 _log = get_logger("featurist.shard")
@@ -66,8 +67,9 @@ class Batch:
 
 @dataclass(frozen=True)
 class GetStates:
-    """Ask: for each key, ``(values, last_event_time, shard_updated_at, shard_max_time)``; the
-    first three are None for a key the shard has not seen."""
+    """Ask: for each key, ``(values, last_event_time, shard_updated_at, shard_max_time,
+    key_watermark)``; the first three are None for a key the shard has not seen, and the last
+    is the key's own watermark where the group keeps one (window groups), else None."""
 
     keys: tuple[Any, ...]
 
@@ -113,6 +115,20 @@ class ShardStats:
     expired_keys: int
     first_event_at: float | None
     last_event_at: float | None
+
+
+def fail_batch(context: ActorContext, batch: Batch, error: Exception, **where: Any) -> None:
+    """A batch that raised out of a shard actor's engine: log it and put its events in dead
+    letters. Engines catch every per-feature error, so this is a bug; the actor kernel must not
+    retry the batch, which may be partly applied already."""
+    _log.exception("batch_failed", **where)
+    context.dead_letters.record(
+        batch.events,
+        context.name,
+        DeadLetterReason.FAILED,
+        error=error,
+        detail="a batch failed in a shard actor; it may be partly applied",
+    )
 
 
 class GroupShard(Actor[Any]):
@@ -175,23 +191,13 @@ class GroupShard(Actor[Any]):
                 self.expired_keys += 1
 
     async def receive_batch(self, messages: list[Any]) -> None:
+        # Batches only: the timer's Tick, asks and other messages come one at a time, to
+        # ``receive``.
         for batch in messages:
-            if isinstance(batch, Tick):
-                self._expire()
-                continue
             try:
                 await self._apply(batch)
             except Exception as exc:
-                # The compiled kernel catches every per-feature error, so this is a bug. Never
-                # let the actor kernel retry: the batch may be partly applied already.
-                _log.exception("batch_failed", group=self.group_name, shard=self.shard)
-                self.context.dead_letters.record(
-                    batch.events,
-                    self.context.name,
-                    DeadLetterReason.FAILED,
-                    error=exc,
-                    detail="a batch failed in the feature kernel; it may be partly applied",
-                )
+                fail_batch(self.context, batch, exc, group=self.group_name, shard=self.shard)
 
     async def _apply(self, batch: Batch) -> None:
         group = self.group
@@ -282,9 +288,11 @@ class GroupShard(Actor[Any]):
             for key in message.keys:
                 state = get(key)
                 if state is None or state.t_ < 0:
-                    replies.append((None, None, None, self.max_time))
+                    replies.append((None, None, None, self.max_time, None))
                 else:
-                    replies.append((values(state), state.t_, self.last_event_at, self.max_time))
+                    replies.append(
+                        (values(state), state.t_, self.last_event_at, self.max_time, None)
+                    )
             return replies
         if isinstance(message, Ping):
             return None

@@ -55,11 +55,8 @@ class _Window(
         raise NotImplementedError
 
 
-class Tumbling(_Window, tag="tumbling", frozen=True):
-    """Fixed windows ``[k * size, (k + 1) * size)`` aligned to the epoch, one after another.
-
-    Each event belongs to exactly one window.
-    """
+class _SizedWindow(_Window, frozen=True):
+    """A window of one ``size`` (a duration > 0)."""
 
     size: Duration
 
@@ -70,13 +67,20 @@ class Tumbling(_Window, tag="tumbling", frozen=True):
     def size_ms(self) -> int:
         return parse_duration(self.size, field="size")
 
+    def describe(self) -> str:
+        return f"{self.type_name} {format_duration(self.size_ms)}"
+
+
+class Tumbling(_SizedWindow, tag="tumbling", frozen=True):
+    """Fixed windows ``[k * size, (k + 1) * size)`` aligned to the epoch, one after another.
+
+    Each event belongs to exactly one window.
+    """
+
     @property
     def hop_ms(self) -> int:
         """Windows start every ``size``: a tumbling window is a hopping one with hop = size."""
         return self.size_ms
-
-    def describe(self) -> str:
-        return f"tumbling {format_duration(self.size_ms)}"
 
 
 class Hopping(_Window, tag="hopping", frozen=True):
@@ -112,21 +116,9 @@ class Hopping(_Window, tag="hopping", frozen=True):
         return f"hopping {format_duration(self.size_ms)} every {format_duration(self.hop_ms)}"
 
 
-class Sliding(_Window, tag="sliding", frozen=True):
+class Sliding(_SizedWindow, tag="sliding", frozen=True):
     """A continuous window that ends at the key's newest event: the events with time in
     ``(T - size, T]``, where ``T`` is the greatest event time of the key."""
-
-    size: Duration
-
-    def __post_init__(self) -> None:
-        check_duration(self, "size", self.size, positive=True)
-
-    @property
-    def size_ms(self) -> int:
-        return parse_duration(self.size, field="size")
-
-    def describe(self) -> str:
-        return f"sliding {format_duration(self.size_ms)}"
 
 
 class Session(_Window, tag="session", frozen=True):

@@ -20,16 +20,15 @@ Time, per key (``docs/windows.md`` has the timelines):
 from __future__ import annotations
 
 import heapq
-import itertools
 import math
 from bisect import bisect_left, insort
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from typing import Any
 
 from ._exceptions import FeatureValueError, FeaturistError, SpecError
+from ._idle import IdleKeys
 from ._kinds import coerce_number, name_error, ratio_of
 from ._spec import Ratio, SequencePattern
 from ._spec_window import Hopping, Session, Sliding, Tumbling
@@ -37,9 +36,6 @@ from ._window_patterns import PatternState
 from ._window_state import Accumulator, Needs, SlidingState, check_value, value_reader
 
 __all__ = ["KeyWindows", "WindowCounters", "WindowEngine"]
-
-#: tie-breaker for the idle heap's entries (keys of different types do not compare)
-_SERIAL = itertools.count()
 
 #: later than any event time
 NEVER = 2**62
@@ -318,14 +314,14 @@ class WindowEngine:
         out: list[Any] | None,
         late: list[Any] | None,
         counters: WindowCounters,
-        recent: OrderedDict[Any, None] | None,
+        idle: IdleKeys | None,
     ) -> None:
         """Apply a batch in order.
 
         ``errors`` receives ``(key, t, feature, exception)``; ``out`` (when not None)
         receives ``(key, event_time, values, kind, window, errors, parts)`` emissions;
         ``late`` (when not None) receives side-output ``(key, t, watermark, event)``;
-        ``recent`` (when idle time or expiry is on) keeps keys in order of their last event.
+        ``idle`` (when idle time or expiry is on) is told of each key's event.
         """
         plan = self._plan
         nbuf = len(self.buffers)
@@ -336,6 +332,7 @@ class WindowEngine:
         sequences = self.sequences
         hopping = self._hopping
         get = states.get
+        recent = idle.recent if idle is not None else None
         for key, t, ev in events:
             st = get(key)
             if st is None:
@@ -923,36 +920,18 @@ class WindowEngine:
     def tick(
         self,
         states: dict[Any, KeyWindows],
-        recent: OrderedDict[Any, None],
-        sleepers: list[tuple[float, int, Any, float]],
+        idle: IdleKeys,
         now: float,
         out: list[Any] | None,
         counters: WindowCounters,
     ) -> None:
-        """Advance the clocks of idle keys and expire quiet ones.
-
-        Keys leave ``recent`` (ordered by last event) once quiet for the smaller of
-        ``idle_timeout`` and ``state_ttl``, into the heap ``sleepers`` of ``(wake, seq, key,
-        seen)``: woken when their next window closes or their state expires. An entry whose
-        ``seen`` no longer matches the key's is stale (the key had an event since).
-        """
-        idle, ttl = self.idle_timeout, self.state_ttl
-        quiet = min(x for x in (idle, ttl) if x is not None)
-        while recent:
-            key = next(iter(recent))
-            st = states.get(key)
-            if st is None:
-                recent.popitem(last=False)
-                continue
-            if now - st.seen < quiet:
-                break
-            recent.popitem(last=False)
-            heapq.heappush(sleepers, (st.seen + quiet, next(_SERIAL), key, st.seen))
-        while sleepers and sleepers[0][0] <= now:
-            _, _, key, seen = heapq.heappop(sleepers)
-            st = states.get(key)
-            if st is None or st.seen != seen or key in recent:
-                continue
+        """Advance the clocks of idle keys and expire quiet ones: keys quiet for the smaller of
+        ``idle_timeout`` and ``state_ttl`` are visited, and again when their next window
+        closes or their state expires (``IdleKeys``)."""
+        ttl = self.state_ttl
+        quiet = min(x for x in (self.idle_timeout, ttl) if x is not None)
+        for key in idle.due(states, now, quiet):
+            st = states[key]
             if ttl is not None and now - st.seen >= ttl:
                 del states[key]
                 counters.expired_keys += 1
@@ -964,20 +943,7 @@ class WindowEngine:
                 continue
             if ttl is not None:
                 wake = min(wake, st.seen + ttl)
-            if wake < _INF:
-                heapq.heappush(sleepers, (wake, next(_SERIAL), key, st.seen))
-        if len(sleepers) > 2 * len(states) + 1024:
-            # A key that had an event leaves its entry behind, stale, until its wake time: drop
-            # those now and then, so the heap stays within twice the keys (each key has at
-            # most one entry that is not stale).
-            sleepers[:] = [
-                entry
-                for entry in sleepers
-                if (st := states.get(entry[2])) is not None
-                and st.seen == entry[3]
-                and entry[2] not in recent
-            ]
-            heapq.heapify(sleepers)
+            idle.schedule(key, st, wake)
 
     def _advance_idle(
         self, key: Any, st: KeyWindows, now: float, out: list[Any] | None, counters: WindowCounters

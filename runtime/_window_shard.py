@@ -10,14 +10,14 @@ closes their windows and expires their state.
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any
 
-from actors import DeadLetterReason, get_logger
+from actors import get_logger
 
+from ._idle import IdleKeys
 from ._results import FeatureUpdate, LateEvent
 from ._shard import Batch, GetStates, GroupShard, IdleTick, Ping, Tick
 from ._updates import UpdateHub
@@ -57,8 +57,7 @@ class WindowShard(GroupShard):
         self.clock = clock
         self.states: dict[Any, KeyWindows] = {}
         self.counters = WindowCounters()
-        self.recent: OrderedDict[Any, None] | None = OrderedDict() if engine.tracks_idle else None
-        self.sleepers: list[tuple[float, int, Any, float]] = []
+        self.idle: IdleKeys | None = IdleKeys() if engine.tracks_idle else None
 
     async def on_start(self) -> None:
         engine = self.engine
@@ -66,23 +65,6 @@ class WindowShard(GroupShard):
             quiet = min(x for x in (engine.idle_timeout, engine.state_ttl) if x is not None)
             period = min(max(quiet / 4, 0.01), 1.0)
             self.context.start_periodic_timer("tick", Tick(), period)
-
-    async def receive_batch(self, messages: list[Any]) -> None:
-        for message in messages:
-            if isinstance(message, Tick):
-                await self._tick()
-                continue
-            try:
-                await self._apply(message)
-            except Exception as exc:
-                _log.exception("window_batch_failed", group=self.group_name, shard=self.shard)
-                self.context.dead_letters.record(
-                    message.events,
-                    self.context.name,
-                    DeadLetterReason.FAILED,
-                    error=exc,
-                    detail="a batch failed in the window engine; it may be partly applied",
-                )
 
     async def _apply(self, batch: Batch) -> None:
         events = batch.events
@@ -95,7 +77,7 @@ class WindowShard(GroupShard):
         out: list[Any] | None = [] if self.hub.active else None
         late: list[Any] | None = [] if self.late_hub.active else None
         start = time.perf_counter_ns()
-        engine.apply(events, self.states, errors, now, out, late, self.counters, self.recent)
+        engine.apply(events, self.states, errors, now, out, late, self.counters, self.idle)
         elapsed = time.perf_counter_ns() - start
         self.compute_ns += elapsed
         # The features of a window group share buffers and one pass per event, so their time
@@ -141,10 +123,10 @@ class WindowShard(GroupShard):
         await self.hub.publish(updates)
 
     async def _tick(self) -> None:
-        if self.recent is None:
+        if self.idle is None:
             return
         out: list[Any] | None = [] if self.hub.active else None
-        self.engine.tick(self.states, self.recent, self.sleepers, self.clock(), out, self.counters)
+        self.engine.tick(self.states, self.idle, self.clock(), out, self.counters)
         if out:
             await self._publish_windows(out, time.time())
 

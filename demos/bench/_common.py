@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import resource
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from runtime import configure_logging
 
@@ -64,3 +66,15 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Row]) -> None
 
 def rate(count: int, seconds: float) -> str:
     return f"{count / seconds:,.0f}" if seconds > 0 else "inf"
+
+
+def in_child(target: Callable[[dict[str, Any], Any], None], spec: dict[str, Any]) -> Any:
+    """Run ``target(spec, queue)`` in a forked child process and return what it put on the
+    queue: each case has a process of its own, so its peak RSS is its own."""
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    process = context.Process(target=target, args=(spec, queue))
+    process.start()
+    result = queue.get()
+    process.join()
+    return result

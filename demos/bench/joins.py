@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import bisect
 import gc
-import multiprocessing
 import random
 import time
 from collections import deque
@@ -29,7 +28,7 @@ from typing import Any
 from actors import run
 from runtime import Count, FeatureRuntime, FeatureSet, Join
 
-from ._common import Row, peak_rss_mib, print_table, quiet_logs, rate
+from ._common import Row, in_child, peak_rss_mib, print_table, quiet_logs, rate
 
 MINUTE = 60_000
 AFTER = 10 * MINUTE
@@ -37,7 +36,9 @@ DAY = 24 * 60 * MINUTE
 BASE = 1_700_000_000_000
 
 
-def make_events(impressions: int, clicks: int, ads: int, seed: int) -> list[tuple[str, dict]]:
+def make_events(
+    impressions: int, clicks: int, ads: int, seed: int
+) -> list[tuple[str, dict[str, Any]]]:
     """``(stream, event)`` in event-time order."""
     rng = random.Random(seed)
     weights = list(accumulate(1.0 / (i + 1) ** 1.1 for i in range(ads)))
@@ -56,7 +57,7 @@ def make_events(impressions: int, clicks: int, ads: int, seed: int) -> list[tupl
     return [(stream, event) for _, _, stream, event in events]
 
 
-def plain_join(events: list[tuple[str, dict]]) -> tuple[int, int]:
+def plain_join(events: list[tuple[str, dict[str, Any]]]) -> tuple[int, int]:
     """Returns (pairs, the largest buffer of one ad)."""
     left: dict[str, deque[int]] = {}
     right: dict[str, deque[int]] = {}
@@ -135,13 +136,8 @@ def _case(spec: dict[str, Any], queue: Any) -> None:
 
 
 def run_case(spec: dict[str, Any]) -> tuple[float, int, int, float]:
-    context = multiprocessing.get_context("fork")
-    queue = context.Queue()
-    process = context.Process(target=_case, args=(spec, queue))
-    process.start()
-    result = queue.get()
-    process.join()
-    return result  # type: ignore[no-any-return]
+    result: tuple[float, int, int, float] = in_child(_case, spec)
+    return result
 
 
 def cli(argv: list[str]) -> None:

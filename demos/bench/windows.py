@@ -24,7 +24,6 @@ import argparse
 import bisect
 import gc
 import math
-import multiprocessing
 import random
 import time
 from collections import deque
@@ -34,7 +33,7 @@ from typing import Any
 from actors import run
 from runtime import FeatureRuntime, FeatureSet, Mean, Percentile, Sliding, Sum
 
-from ._common import Row, peak_rss_mib, print_table, quiet_logs, rate
+from ._common import Row, in_child, peak_rss_mib, print_table, quiet_logs, rate
 
 WINDOW_MS = 60_000
 BASE = 1_700_000_000_000
@@ -186,13 +185,8 @@ def _case(spec: dict[str, Any], queue: Any) -> None:
 
 
 def run_case(spec: dict[str, Any]) -> tuple[float, float, dict[str, Any], Any]:
-    context = multiprocessing.get_context("fork")
-    queue = context.Queue()
-    process = context.Process(target=_case, args=(spec, queue))
-    process.start()
-    result = queue.get()
-    process.join()
-    return result  # type: ignore[no-any-return]
+    result: tuple[float, float, dict[str, Any], Any] = in_child(_case, spec)
+    return result
 
 
 def _agree(a: Any, b: Any) -> bool:

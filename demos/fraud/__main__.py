@@ -2,9 +2,9 @@
 
 The demo simulates a day of card transactions (a few cards very busy, most quiet), with a
 few compromised cards that suddenly make many transactions at many merchants within minutes.
-It computes eleven features per card with a FeatureRuntime as the events stream in, then ranks
-the cards by a simple suspicion score built from those features and checks the ranking
-against the simulator's ground truth.
+It computes thirteen features per card (two of them over sliding windows) with a
+FeatureRuntime as the events stream in, then ranks the cards by a simple suspicion score built
+from those features and checks the ranking against the simulator's ground truth.
 
 No server is needed. The summary shows throughput, ingest-to-update latency, state size, the
 feature set and the most suspicious cards; --json prints it as JSON for scripts.

@@ -507,21 +507,19 @@ async def test_an_event_after_idle_time_moves_the_last_event_time() -> None:
 
 
 def test_the_idle_heap_stays_within_twice_the_keys() -> None:
-    from collections import OrderedDict
-
+    from runtime._idle import IdleKeys
     from runtime._window_engine import WindowCounters, WindowEngine
 
     engine = WindowEngine([Count(name="n", window=Tumbling(size="1h"))], idle_timeout=1.0)
     states: dict[Any, Any] = {}
-    recent: OrderedDict[Any, None] = OrderedDict()
-    sleepers: list[Any] = []
+    idle = IdleKeys()
     counters = WindowCounters()
     now = 0.0
     for i in range(3_000):  # one key, an event every 2 s: quiet for longer than idle each time
         now += 2.0
-        engine.apply([("u", 1_000 * i, {})], states, [], now, None, None, counters, recent)
-        engine.tick(states, recent, sleepers, now + 1.5, None, counters)
-    assert len(sleepers) <= 2 * len(states) + 1024
+        engine.apply([("u", 1_000 * i, {})], states, [], now, None, None, counters, idle)
+        engine.tick(states, idle, now + 1.5, None, counters)
+    assert len(idle.sleepers) <= 2 * len(states) + 1024
 
 
 async def test_a_refused_registration_leaves_the_runtime_as_it_was() -> None:
