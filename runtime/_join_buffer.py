@@ -3,18 +3,20 @@
 The join actors (issue 5, ``docs/design/joins.md``) keep one :class:`SideBuffer` per side and
 key. An event is matched against the other side's buffer over an interval of time, then added
 to its own; the watermark expires events from the front. Everything is O(log n) or amortized
-O(1) per event; nothing scans a buffer or the keys:
+O(1) per event; nothing scans a buffer or the keys.
+
+The buffer is three parallel lists, ``times``, ``events`` and ``matches`` (how many records
+each event took part in, which outer joins read to find the unmatched), live from index
+``head`` on. Parallel lists rather than an entry object per event: bisection on ``times`` runs
+in C with no key function, and an event costs no allocation of its own. The join engine reads
+and appends to the lists directly on its hot path; the methods here are the rest:
 
 - ``add`` appends in O(1) for an event at or after the newest, and inserts in place (O(d) for
   ``d`` places from the end) for one out of order; equal times keep their arrival order;
-- ``between(low, high)`` finds the events with ``low <= t <= high`` by bisection;
-- ``expire(cutoff)`` drops the events with ``t < cutoff`` from the front (a head index, with the
-  list compacted once the dead part outweighs the live one), and returns them, so that an
-  outer join can emit the unmatched ones;
+- ``span(low, high)`` gives the index range of the events with ``low <= t <= high``;
+- ``expire(cutoff)`` drops the events with ``t < cutoff`` from the front (the head advances;
+  the lists are compacted once the dead part outweighs the live one);
 - ``evict_oldest`` drops the oldest event, for the buffer caps.
-
-Each entry is a small list ``[t, event, matches]``: ``matches`` counts the records the event
-took part in, which outer joins read to find the unmatched.
 """
 
 from __future__ import annotations
@@ -27,101 +29,117 @@ from typing import Any
 __all__ = ["SideBuffer"]
 
 
-def _time(entry: list[Any]) -> int:
-    return int(entry[0])
-
-
 class SideBuffer:
     """A key's buffered events of one side, ordered by time."""
 
-    __slots__ = ("_entries", "_head")
+    __slots__ = ("events", "head", "matches", "times")
 
     def __init__(self) -> None:
-        self._entries: list[list[Any]] = []
-        #: entries before this index are expired
-        self._head = 0
+        self.times: list[int] = []
+        self.events: list[Any] = []
+        self.matches: list[int] = []
+        #: entries before this index are gone
+        self.head = 0
 
     def __len__(self) -> int:
-        return len(self._entries) - self._head
+        return len(self.times) - self.head
 
-    def __iter__(self) -> Iterator[list[Any]]:
-        entries = self._entries
-        for i in range(self._head, len(entries)):
-            yield entries[i]
+    def __iter__(self) -> Iterator[tuple[int, Any, int]]:
+        """``(t, event, matches)`` of the live events, oldest first."""
+        for i in range(self.head, len(self.times)):
+            yield self.times[i], self.events[i], self.matches[i]
 
     @property
     def oldest(self) -> int | None:
         """The oldest buffered event time, or None when empty."""
-        return self._entries[self._head][0] if len(self) else None
+        return self.times[self.head] if len(self) else None
 
     @property
     def newest(self) -> int | None:
         """The newest buffered event time, or None when empty."""
-        return self._entries[-1][0] if len(self) else None
+        return self.times[-1] if len(self) else None
 
-    def add(self, t: int, event: Any) -> list[Any]:
-        """Buffer an event at time ``t``; returns its entry ``[t, event, matches]``."""
-        entry = [t, event, 0]
-        entries = self._entries
-        if len(entries) == self._head or t >= entries[-1][0]:
-            entries.append(entry)
-        else:
-            # after every entry with a time <= t: arrival order among equal times
-            entries.insert(bisect_right(entries, t, lo=self._head, key=_time), entry)
-        return entry
+    def add(self, t: int, event: Any, matches: int = 0) -> int:
+        """Buffer an event at time ``t``; returns its index."""
+        times = self.times
+        if len(times) == self.head or t >= times[-1]:
+            times.append(t)
+            self.events.append(event)
+            self.matches.append(matches)
+            return len(times) - 1
+        # after every event with a time <= t: arrival order among equal times
+        index = bisect_right(times, t, self.head)
+        times.insert(index, t)
+        self.events.insert(index, event)
+        self.matches.insert(index, matches)
+        return index
 
-    def between(self, low: int, high: int) -> list[list[Any]]:
-        """The entries with ``low <= t <= high``, in time order (arrival order for ties)."""
-        entries = self._entries
-        start = bisect_left(entries, low, lo=self._head, key=_time)
-        end = bisect_right(entries, high, lo=start, key=_time)
-        return entries[start:end]
+    def span(self, low: int, high: int) -> tuple[int, int]:
+        """``(start, end)``: the indexes of the events with ``low <= t <= high``."""
+        times = self.times
+        start = bisect_left(times, low, self.head)
+        return start, bisect_right(times, high, start)
 
-    def count_between(self, low: int, high: int) -> int:
-        """How many entries have ``low <= t <= high`` (two bisections, no list built)."""
-        entries = self._entries
-        start = bisect_left(entries, low, lo=self._head, key=_time)
-        return bisect_right(entries, high, lo=start, key=_time) - start
+    def between(self, low: int, high: int) -> list[tuple[int, Any, int]]:
+        """``(t, event, matches)`` with ``low <= t <= high``, in time order (arrival order
+        for ties)."""
+        return self._entries(*self.span(low, high))
 
-    def expire(self, cutoff: int) -> list[list[Any]]:
-        """Drop and return the entries with ``t < cutoff``, oldest first."""
-        entries = self._entries
-        head = self._head
-        end = head
-        stop = len(entries)
-        while end < stop and entries[end][0] < cutoff:
-            end += 1
+    def expire(self, cutoff: int) -> list[tuple[int, Any, int]]:
+        """Drop and return ``(t, event, matches)`` of the events with ``t < cutoff``, oldest
+        first."""
+        head = self.head
+        end = bisect_left(self.times, cutoff, head)
         if end == head:
             return []
-        gone = entries[head:end]
-        self._advance(end)
+        gone = self._entries(head, end)
+        self.advance(end)
         return gone
 
-    def evict_oldest(self) -> list[Any] | None:
-        """Drop and return the oldest entry (for a buffer cap), or None when empty."""
+    def _entries(self, start: int, end: int) -> list[tuple[int, Any, int]]:
+        times, events, matches = self.times, self.events, self.matches
+        return list(zip(times[start:end], events[start:end], matches[start:end], strict=True))
+
+    def evict_oldest(self) -> tuple[int, Any, int] | None:
+        """Drop and return the oldest ``(t, event, matches)`` (for a buffer cap), or None."""
         if not len(self):
             return None
-        entry = self._entries[self._head]
-        self._advance(self._head + 1)
+        head = self.head
+        entry = (self.times[head], self.events[head], self.matches[head])
+        self.advance(head + 1)
         return entry
 
-    def _advance(self, head: int) -> None:
-        entries = self._entries
-        if head >= len(entries):
-            entries.clear()
-            self._head = 0
-        elif head > len(entries) - head:
-            # the dead prefix outweighs the live part: compact (amortized O(1) per entry)
-            del entries[:head]
-            self._head = 0
+    def advance(self, head: int) -> None:
+        """Drop the events before index ``head``."""
+        times = self.times
+        if head >= len(times):
+            times.clear()
+            self.events.clear()
+            self.matches.clear()
+            self.head = 0
+        elif head > len(times) - head:
+            # the dead prefix outweighs the live part: compact (amortized O(1) per event)
+            del times[:head]
+            del self.events[:head]
+            del self.matches[:head]
+            self.head = 0
         else:
-            self._head = head
+            # let go of the dead events now, not at the next compaction
+            old = self.head
+            if head - old == 1:
+                self.events[old] = None
+            else:
+                self.events[old:head] = [None] * (head - old)
+            self.head = head
 
     def nbytes(self) -> int:
-        """Estimated bytes held: each entry's list, its slot, and the event's dict."""
+        """Estimated bytes held: the three lists' slots, each event's time, and the event's
+        dict (sized from the newest)."""
+        lists = sys.getsizeof(self.times) + sys.getsizeof(self.events)
+        lists += sys.getsizeof(self.matches)
         live = len(self)
         if not live:
-            return sys.getsizeof(self._entries)
-        sample = self._entries[-1][1]
-        per_event = 88 + 8 + (sys.getsizeof(sample) if isinstance(sample, dict) else 64)
-        return sys.getsizeof(self._entries) + live * per_event
+            return lists
+        sample = self.events[-1]
+        per_event = 32 + (sys.getsizeof(sample) if isinstance(sample, dict) else 64)
+        return lists + live * per_event

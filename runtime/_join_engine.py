@@ -1,27 +1,43 @@
-"""The core of a stream-stream interval join, per key (issue 5, ``docs/design/joins.md``).
+"""The core of a stream-stream join, per key (issue 5, ``docs/design/joins.md``).
 
-A :class:`JoinEngine` applies batches of ``(key, time_ms, side, event)`` (``side`` is
-``"left"`` or ``"right"``) to a dict of per-key :class:`JoinKeyState` that its caller owns (the
-join's shard actor, once it is wired into the runtime). It is pure computation: no actor, no
-I/O, so it is tested directly against a nested-loop oracle.
+A :class:`JoinEngine` applies batches of events to a dict of per-key :class:`JoinKeyState`
+that its caller owns (the join's shard actor). It is pure computation: no actor, no I/O, so it
+is tested directly against a nested-loop oracle. ``apply_tagged`` takes the runtime's batches
+as they come (``(key, time_ms, event)`` with a stream index beside each); ``apply`` takes
+``(key, time_ms, side, event)`` with ``side`` ``"left"`` or ``"right"``.
 
 Semantics, per key:
 
 - the clock is the key's greatest event time over both sides, the watermark the clock minus
   ``max_out_of_orderness``; an event older than ``watermark - allowed_lateness`` is late and
-  dropped (counted);
-- an event is matched against the other side's buffered events whose times lie in the interval
-  (``right.t`` in ``[left.t - before, left.t + after]``) and that satisfy the conditions, then
-  buffered; each pair is produced once, by the second of its two events to arrive;
-- a buffered event leaves when no future event can match it: a left event at ``t`` once the
-  watermark passes ``t + after + allowed_lateness``, a right one once it passes
+  dropped (counted) or handed to the side output;
+- interval joins: an event is matched against the other side's buffered events whose times lie
+  in the interval (``right.t`` in ``[left.t - before, left.t + after]``) and that satisfy the
+  conditions, then buffered; each pair is produced once, by the second of its two events to
+  arrive. A buffered event leaves when no future event can match it: a left event at ``t``
+  once the watermark passes ``t + after + allowed_lateness``, a right one once it passes
   ``t + before + allowed_lateness``; for outer joins an event that never matched then gives
-  its unmatched row.
+  its unmatched row;
+- as-of joins (``how="asof"``): a left event waits until the watermark passes
+  ``t + allowed_lateness`` (no right event at or before ``t`` can come after that), then gets
+  the latest right event at or before ``t`` (the last to arrive among equal times), if within
+  ``tolerance``, else an unmatched row. The right buffer keeps only what a pending or future
+  left event can still pick: the newest right event at or before the watermark, and those
+  after it.
+
+Each key's state holds ``due``, the watermark beyond which something of the key expires, so
+the per-event check is one comparison. Caps: ``max_buffered_per_key`` (per side) and
+``max_buffered`` (the engine's keys together); past a cap the oldest event of the key (for the
+total cap: of the least recently active key) is evicted, counted, and for an outer join an
+unmatched evicted event gives its row at once (an as-of left event is answered with what is
+buffered).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from bisect import bisect_left, bisect_right
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -30,13 +46,17 @@ from ._join_buffer import SideBuffer
 
 __all__ = ["JoinConfig", "JoinCounters", "JoinEngine", "JoinKeyState"]
 
-How = Literal["inner", "left", "right", "full"]
+How = Literal["inner", "left", "right", "full", "asof"]
 Merge = Literal["prefix", "left_priority", "right_priority"]
+Record = dict[str, Any]
+
+#: ``due`` of a key with nothing buffered
+_NEVER = 2**62
 
 
 @dataclass(frozen=True)
 class JoinConfig:
-    """One join, as the engine needs it (the spec classes will build it)."""
+    """One join, as the engine needs it (the runtime builds it from a ``Join`` spec)."""
 
     name: str
     #: the interval: ``right.t`` in ``[left.t - before, left.t + after]``, milliseconds
@@ -48,11 +68,15 @@ class JoinConfig:
     #: ``(left field, right field, min, max)``: ``min <= |left - right| <= max``
     range: tuple[str, str, float, float] | None = None
     predicate: Callable[[Mapping[str, Any], Mapping[str, Any]], bool] | None = None
-    merge: Merge | Callable[[Mapping[str, Any], Mapping[str, Any]], dict[str, Any]] = "prefix"
+    merge: Merge | Callable[[Mapping[str, Any], Mapping[str, Any]], Mapping[str, Any]] = "prefix"
+    #: as-of joins: the greatest ``left.t - right.t`` that matches (None: any)
+    tolerance: int | None = None
     max_out_of_orderness: int = 0
     allowed_lateness: int = 0
-    #: buffered events per key and side beyond which the oldest is evicted (None: no cap)
+    #: buffered events per key and side beyond which the key's oldest is evicted (None: no cap)
     max_buffered_per_key: int | None = None
+    #: buffered events of the engine's keys together beyond which one is evicted (None: no cap)
+    max_buffered: int | None = None
     #: seconds of wall-clock quiet after which a key's clock advances with the wall clock
     idle_timeout: float | None = None
 
@@ -61,18 +85,21 @@ class JoinConfig:
 class JoinCounters:
     """What a join engine counted."""
 
+    #: events of the join's streams applied (late ones not included)
+    events: int = 0
     records: int = 0
     unmatched: int = 0
     late_dropped: int = 0
     late_side_output: int = 0
     evicted: int = 0
     predicate_errors: int = 0
+    merge_errors: int = 0
 
 
 class JoinKeyState:
     """One key's join state: both sides' buffers and the key's clock."""
 
-    __slots__ = ("clock", "latest", "left", "right", "seen")
+    __slots__ = ("clock", "due", "latest", "left", "right", "seen")
 
     def __init__(self, t: int, now: float = 0.0) -> None:
         #: the key's clock: its greatest event time, or later after idle time
@@ -82,6 +109,8 @@ class JoinKeyState:
         self.seen = now
         self.left = SideBuffer()
         self.right = SideBuffer()
+        #: something expires once the watermark (less the lateness) passes this
+        self.due = _NEVER
 
     def __len__(self) -> int:
         return len(self.left) + len(self.right)
@@ -93,105 +122,351 @@ class JoinEngine:
 
     config: JoinConfig
     counters: JoinCounters = field(default_factory=JoinCounters)
+    #: events buffered over all keys
+    buffered: int = 0
+    #: the most events one key had buffered, as seen at its expiries (``largest_key`` adds the
+    #: sizes now: a key's buffers only shrink at an expiry or an eviction)
+    largest: int = 0
+    #: keys in order of their last event, kept only with a total cap (which evicts from the
+    #: front)
+    _lru: OrderedDict[Any, None] | None = None
+
+    #: whether unmatched events of each side give rows
+    _outer_left: bool = False
+    _outer_right: bool = False
+
+    def __post_init__(self) -> None:
+        if self.config.max_buffered is not None:
+            self._lru = OrderedDict()
+        self._outer_left = self._outer("left")
+        self._outer_right = self._outer("right")
 
     def apply(
         self,
-        events: list[tuple[Any, int, str, dict[str, Any]]],
+        events: Sequence[tuple[Any, int, str, Any]],
         states: dict[Any, JoinKeyState],
-        out: list[dict[str, Any]] | None,
+        out: list[Record] | None,
         now: float = 0.0,
         idle: IdleKeys | None = None,
         late: list[Any] | None = None,
     ) -> None:
-        """Apply a batch in order; append the records (and unmatched rows) to ``out``, or only
-        count them when ``out`` is None (nobody reads them: no record is built).
+        """``apply_tagged`` for ``(key, time_ms, side, event)`` with ``side`` ``"left"`` or
+        ``"right"``."""
+        self.apply_tagged(
+            [(key, t, ev) for key, t, _, ev in events],
+            [0 if side == "left" else 1 for _, _, side, _ in events],
+            (0, 1),
+            states,
+            out,
+            now,
+            idle,
+            late,
+        )
 
-        ``now`` is the wall-clock time and ``idle`` (with idle time) is told of each key's
-        event, for ``tick``.
+    def apply_tagged(
+        self,
+        events: Sequence[tuple[Any, int, Any]],
+        tags: Sequence[int],
+        sides: tuple[int, int],
+        states: dict[Any, JoinKeyState],
+        out: list[Record] | None,
+        now: float = 0.0,
+        idle: IdleKeys | None = None,
+        late: list[Any] | None = None,
+    ) -> None:
+        """Apply a batch in order: ``events[i]`` is of the stream ``tags[i]``, the join's
+        left and right streams being ``sides``; events of other streams are skipped.
+
+        Records (and unmatched rows) are appended to ``out``, or only counted when ``out`` is
+        None (nobody reads them: no record is built). ``now`` is the wall-clock time; ``idle``
+        (with idle time) is told of each key's event, for ``tick``; late events go to ``late``
+        as ``(key, t, watermark, event)`` when it is given.
         """
         config = self.config
-        ooo, lateness = config.max_out_of_orderness, config.allowed_lateness
+        slack = config.max_out_of_orderness + config.allowed_lateness
+        ooo = config.max_out_of_orderness
         before, after = config.before, config.after
         counters = self.counters
-        count_only = (
-            config.how == "inner"
-            and not config.on
-            and config.range is None
-            and config.predicate is None
-        )
-        for key, t, side, ev in events:
-            st = states.get(key)
+        asof = config.how == "asof"
+        check = bool(config.on or config.range is not None or config.predicate is not None)
+        count_only = out is None and config.how == "inner" and not check
+        inline_expiry = config.how == "inner"
+        # no cap is the same as one that is never reached
+        cap = config.max_buffered_per_key or _NEVER
+        lru = self._lru
+        matches_pair = self._matches
+        record = self._record
+        left_tag, right_tag = sides
+        get = states.get
+        records = 0
+        added = 0  # events buffered (all that are not late)
+        gone = 0  # events expired by the inlined expiry
+        for (key, t, ev), tag in zip(events, tags, strict=True):
+            if tag == left_tag:
+                is_left = True
+            elif tag == right_tag:
+                is_left = False
+            else:
+                continue
+            st = get(key)
             if st is None:
                 st = states[key] = JoinKeyState(t, now)
-            elif t < st.clock - ooo - lateness:
-                if late is not None:
-                    late.append((key, t, st.clock - ooo, ev))  # the side output
-                    counters.late_side_output += 1
-                else:
-                    counters.late_dropped += 1
-                continue
+                clock = t
             else:
-                if t > st.clock:
-                    st.clock = t
-                if t > st.latest:
-                    st.latest = t
-                st.seen = now
-            if idle is not None:
-                idle.touch(key)
-            if side == "left":
-                other, low, high, own = st.right, t - before, t + after, st.left
-            else:
-                other, low, high, own = st.left, t - after, t + before, st.right
-            if out is None and count_only:
-                # nobody reads the records and no pair needs a test or a match count: count
-                matched = other.count_between(low, high)
-                counters.records += matched
-                own.add(t, ev)
-                self._cap(key, side, own, out)
-                self.expire(key, st, out)
-                continue
-            partners = other.between(low, high)
-            matched = 0
-            for partner in partners:
-                if side == "left":
-                    left, right, tl, tr = ev, partner[1], t, partner[0]
-                else:
-                    left, right, tl, tr = partner[1], ev, partner[0], t
-                if not self._matches(left, right):
+                clock = st.clock
+                if t > clock:
+                    st.clock = st.latest = clock = t
+                elif t < clock - slack:
+                    if late is not None:
+                        late.append((key, t, clock - ooo, ev))  # the side output
+                        counters.late_side_output += 1
+                    else:
+                        counters.late_dropped += 1
                     continue
-                partner[2] += 1
-                matched += 1
-                if out is not None:
-                    out.append(self._record(key, left, right, tl, tr))
-            counters.records += matched
-            entry = own.add(t, ev)
-            entry[2] = matched
-            self._cap(key, side, own, out)
-            self.expire(key, st, out)
+                elif t > st.latest:  # the clock is ahead of the events after idle time
+                    st.latest = t
+            if idle is not None:
+                st.seen = now
+                idle.touch(key)
+            if lru is not None:
+                if key in lru:
+                    lru.move_to_end(key)
+                else:
+                    lru[key] = None
+            added += 1
+            if is_left:
+                other = st.right
+                own = st.left
+                low = t - before
+                due = high = t + after
+            else:
+                other = st.left
+                own = st.right
+                low = t - after
+                due = high = t + before
+            if asof:
+                own.add(t, ev)
+                due = self._asof_due(st)
+            else:
+                times = other.times
+                start = bisect_left(times, low, other.head)
+                if count_only:
+                    matched = bisect_right(times, high, start) - start
+                else:
+                    matched = 0
+                    events_o, matches_o = other.events, other.matches
+                    for i in range(start, bisect_right(times, high, start)):
+                        partner = events_o[i]
+                        if is_left:
+                            left, right, tl, tr = ev, partner, t, times[i]
+                        else:
+                            left, right, tl, tr = partner, ev, times[i], t
+                        if check and not matches_pair(left, right):
+                            continue
+                        matches_o[i] += 1
+                        matched += 1
+                        if out is not None:
+                            out.append(record(key, left, right, tl, tr))
+                records += matched
+                times = own.times
+                if len(times) == own.head or t >= times[-1]:
+                    times.append(t)
+                    own.events.append(ev)
+                    own.matches.append(matched)
+                else:
+                    own.add(t, ev, matched)
+                if len(times) - own.head > cap:
+                    self._evict(key, st, is_left, out)
+            if due < st.due:
+                st.due = due
+            if clock - slack <= st.due:
+                pass
+            elif inline_expiry:
+                # expire() of an inner join, inlined: the common case of the hot loop
+                wm = clock - slack
+                due = _NEVER
+                size = 0
+                for buffer, span in ((st.left, after), (st.right, before)):
+                    times = buffer.times
+                    if not times:
+                        continue
+                    head = buffer.head
+                    size += len(times) - head
+                    cut = wm - span
+                    if times[-1] < cut:  # all of it: the common case of a quiet key
+                        gone += len(times) - head
+                        times.clear()
+                        buffer.events.clear()
+                        buffer.matches.clear()
+                        buffer.head = 0
+                        continue
+                    if times[head] < cut:
+                        end = bisect_left(times, cut, head)
+                        gone += end - head
+                        buffer.advance(end)
+                        head = buffer.head
+                    if times[head] + span < due:
+                        due = times[head] + span
+                st.due = due
+                if size > self.largest:
+                    self.largest = size
+            else:
+                self.expire(key, st, out)
+            if lru is not None:
+                self.buffered += added - gone
+                counters.events += added
+                added = gone = 0
+                self._total_cap(states, out)
+        counters.records += records
+        counters.events += added
+        self.buffered += added - gone
 
-    def _cap(self, key: Any, side: str, own: SideBuffer, out: list[dict[str, Any]] | None) -> None:
-        cap = self.config.max_buffered_per_key
-        if cap is not None and len(own) > cap:
-            evicted = own.evict_oldest()
-            self.counters.evicted += 1
-            if evicted is not None:
-                self._unmatched(key, side, evicted, out)
-
-    def expire(self, key: Any, st: JoinKeyState, out: list[dict[str, Any]] | None) -> None:
-        """Drop the buffered events no future event can match; emit unmatched rows."""
+    # -- expiry --------------------------------------------------------------------------------
+    def expire(self, key: Any, st: JoinKeyState, out: list[Record] | None) -> None:
+        """Drop the buffered events no future event can match; emit unmatched rows (and, for
+        as-of joins, the rows of the left events whose time has come)."""
         config = self.config
+        left, right = st.left, st.right
+        left_times, right_times = left.times, right.times
+        size = len(left_times) - left.head + len(right_times) - right.head
+        if size > self.largest:
+            self.largest = size
         wm = st.clock - config.max_out_of_orderness - config.allowed_lateness
-        for entry in st.left.expire(wm - config.after):
-            self._unmatched(key, "left", entry, out)
-        for entry in st.right.expire(wm - config.before):
-            self._unmatched(key, "right", entry, out)
+        if config.how == "asof":
+            self._expire_asof(key, st, wm, out)
+        else:
+            head = left.head
+            end = bisect_left(left_times, wm - config.after, head)
+            if end > head:
+                if self._outer_left:
+                    self._unmatched_between(key, "left", left, head, end, out)
+                left.advance(end)
+            head = right.head
+            end = bisect_left(right_times, wm - config.before, head)
+            if end > head:
+                if self._outer_right:
+                    self._unmatched_between(key, "right", right, head, end, out)
+                right.advance(end)
+            due = _NEVER
+            if len(left_times) > left.head:
+                due = left_times[left.head] + config.after
+            if len(right_times) > right.head:
+                due = min(due, right_times[right.head] + config.before)
+            st.due = due
+        self.buffered -= size - (len(left_times) - left.head + len(right_times) - right.head)
 
+    def _unmatched_between(
+        self,
+        key: Any,
+        side: str,
+        buffer: SideBuffer,
+        start: int,
+        end: int,
+        out: list[Record] | None,
+    ) -> None:
+        matches, times, events = buffer.matches, buffer.times, buffer.events
+        for i in range(start, end):
+            if not matches[i]:
+                self._unmatched(key, side, times[i], events[i], out)
+
+    def _expire_asof(self, key: Any, st: JoinKeyState, wm: int, out: list[Record] | None) -> None:
+        left, right = st.left, st.right
+        end = bisect_left(left.times, wm, left.head)
+        for i in range(left.head, end):
+            self._asof_row(key, st, left.times[i], left.events[i], out)
+        if end > left.head:
+            left.advance(end)
+        # the right events a pending or future left event (all at >= wm) can still pick: the
+        # newest at or before wm (unless beyond the tolerance), and the ones after it
+        times = right.times
+        newest = bisect_right(times, wm, right.head) - 1
+        if newest > right.head:
+            right.advance(newest)
+        tolerance = self.config.tolerance
+        if tolerance is not None and len(right) and wm - tolerance > times[right.head] <= wm:
+            right.advance(right.head + 1)
+        st.due = self._asof_due(st)
+
+    def _asof_due(self, st: JoinKeyState) -> int:
+        """The watermark beyond which a key of an as-of join has something to do: its oldest
+        left event's row, or a right event to drop."""
+        due = _NEVER
+        left, right = st.left, st.right
+        if len(left):
+            due = left.times[left.head]
+        if len(right) > 1:
+            due = min(due, right.times[right.head + 1] - 1)
+        tolerance = self.config.tolerance
+        if len(right) and tolerance is not None:
+            due = min(due, right.times[right.head] + tolerance)
+        return due
+
+    def _asof_row(
+        self, key: Any, st: JoinKeyState, t: int, ev: Any, out: list[Record] | None
+    ) -> None:
+        """The row of a left event of an as-of join: with the latest right event at or before
+        it, within the tolerance, or unmatched."""
+        right = st.right
+        times = right.times
+        i = bisect_right(times, t, right.head) - 1
+        tolerance = self.config.tolerance
+        if i >= right.head and (tolerance is None or t - times[i] <= tolerance):
+            self.counters.records += 1
+            if out is not None:
+                out.append(self._record(key, ev, right.events[i], t, times[i]))
+        else:
+            self._unmatched(key, "left", t, ev, out)
+
+    def _outer(self, side: str) -> bool:
+        how = self.config.how
+        return how == "full" or how == side
+
+    # -- caps ----------------------------------------------------------------------------------
+    def _evict(self, key: Any, st: JoinKeyState, is_left: bool, out: list[Record] | None) -> None:
+        """Evict the oldest event of one side of a key (a cap was hit)."""
+        buffer = st.left if is_left else st.right
+        entry = buffer.evict_oldest()
+        if entry is None:
+            return
+        self.counters.evicted += 1
+        self.buffered -= 1
+        t, ev, matches = entry
+        side = "left" if is_left else "right"
+        if self.config.how == "asof":
+            if is_left:
+                self._asof_row(key, st, t, ev, out)
+        elif not matches and self._outer(side):
+            self._unmatched(key, side, t, ev, out)
+
+    def _total_cap(self, states: dict[Any, JoinKeyState], out: list[Record] | None) -> None:
+        """Past ``max_buffered``: evict the oldest events of the least recently active keys."""
+        cap = self.config.max_buffered
+        lru = self._lru
+        assert cap is not None and lru is not None
+        while self.buffered > cap and lru:
+            key = next(iter(lru))
+            st = states.get(key)
+            if st is None or not len(st):
+                del lru[key]
+                continue
+            left, right = st.left, st.right
+            is_left = not len(right) or (
+                len(left) > 0 and left.times[left.head] <= right.times[right.head]
+            )
+            self._evict(key, st, is_left, out)
+
+    def forget(self, key: Any) -> None:
+        """The caller dropped ``key``'s state."""
+        if self._lru is not None:
+            self._lru.pop(key, None)
+
+    # -- idle time -----------------------------------------------------------------------------
     def tick(
         self,
         states: dict[Any, JoinKeyState],
         idle: IdleKeys,
         now: float,
-        out: list[dict[str, Any]] | None,
+        out: list[Record] | None,
     ) -> None:
         """Advance the clocks of idle keys, so their buffered events expire and their
         unmatched rows come out without new events (as ``WindowEngine.tick`` does for
@@ -209,42 +484,29 @@ class JoinEngine:
                 self.expire(key, st, out)
             if not len(st):
                 del states[key]
+                self.forget(key)
                 continue
             idle.schedule(key, st, self._wake(st, now))
 
     def _wake(self, st: JoinKeyState, now: float) -> float:
-        """When (wall clock) the key's oldest buffered event expires with idle time."""
+        """When (wall clock) the key's next expiry comes with idle time."""
         config = self.config
         idle = config.idle_timeout
         assert idle is not None
-        slack = config.max_out_of_orderness + config.allowed_lateness + 1
-        due = min(
-            (
-                t + span + slack
-                for t, span in ((st.left.oldest, config.after), (st.right.oldest, config.before))
-                if t is not None
-            ),
-            default=None,
-        )
-        if due is None:
+        if st.due >= _NEVER:
             return now + idle
-        return max(st.seen + idle + (due - st.latest) / 1000, now + 0.001)
+        slack = config.max_out_of_orderness + config.allowed_lateness + 1
+        return max(st.seen + idle + (st.due + slack - st.latest) / 1000, now + 0.001)
 
-    def _unmatched(
-        self, key: Any, side: str, entry: list[Any], out: list[dict[str, Any]] | None
-    ) -> None:
-        if entry[2]:
+    # -- records -------------------------------------------------------------------------------
+    def _unmatched(self, key: Any, side: str, t: int, ev: Any, out: list[Record] | None) -> None:
+        self.counters.unmatched += 1
+        if out is None:
             return
-        how = self.config.how
-        if how == "full" or how == side:
-            self.counters.unmatched += 1
-            if out is None:
-                return
-            t, ev = entry[0], entry[1]
-            if side == "left":
-                out.append(self._record(key, ev, None, t, None))
-            else:
-                out.append(self._record(key, None, ev, None, t))
+        if side == "left":
+            out.append(self._record(key, ev, None, t, None))
+        else:
+            out.append(self._record(key, None, ev, None, t))
 
     def _matches(self, left: Mapping[str, Any], right: Mapping[str, Any]) -> bool:
         config = self.config
@@ -275,28 +537,40 @@ class JoinEngine:
         right: Mapping[str, Any] | None,
         tl: int | None,
         tr: int | None,
-    ) -> dict[str, Any]:
+    ) -> Record:
         """A join record as the seed defines it, the fields merged by the join's strategy."""
-        times = [t for t in (tl, tr) if t is not None]
-        record: dict[str, Any] = {}
+        record: Record
         merge = self.config.merge
         left_fields = left or {}
         right_fields = right or {}
         if merge == "prefix":
-            record.update({f"left_{k}": v for k, v in left_fields.items()})
-            record.update({f"right_{k}": v for k, v in right_fields.items()})
+            record = {f"left_{k}": v for k, v in left_fields.items()}
+            for k, v in right_fields.items():
+                record[f"right_{k}"] = v
         elif merge == "left_priority":
-            record.update(right_fields)
-            record.update(left_fields)
+            record = {**right_fields, **left_fields}
         elif merge == "right_priority":
-            record.update(left_fields)
-            record.update(right_fields)
+            record = {**left_fields, **right_fields}
         else:
-            record.update(merge(left_fields, right_fields))
+            try:
+                record = dict(merge(left_fields, right_fields))
+            except Exception:
+                # a failing merge function costs the record its merge, not the record: the
+                # fields are prefixed instead (counted; the join's actor logs it)
+                self.counters.merge_errors += 1
+                record = {f"left_{k}": v for k, v in left_fields.items()}
+                for k, v in right_fields.items():
+                    record[f"right_{k}"] = v
         # the join's own fields come last: an event field of the same name does not hide them
         record["join"] = self.config.name
         record["key"] = key
-        record["join_timestamp"] = max(times)
+        if tl is None:
+            assert tr is not None
+            record["join_timestamp"] = tr
+        elif tr is None or tl >= tr:
+            record["join_timestamp"] = tl
+        else:
+            record["join_timestamp"] = tr
         record["left_event_timestamp"] = tl
         record["right_event_timestamp"] = tr
         record["time_difference_ms"] = abs(tl - tr) if tl is not None and tr is not None else None

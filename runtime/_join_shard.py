@@ -25,6 +25,9 @@ __all__ = ["GetJoinStats", "JoinShard", "JoinShardStats"]
 
 _log = get_logger("featurist.joins")
 
+#: seconds between two log lines of evictions (or of failing functions) of one join actor
+_LOG_INTERVAL = 10.0
+
 
 class _Target(Protocol):
     refs: list[ActorRef[Any]]
@@ -71,6 +74,8 @@ class JoinShard(Actor[Any]):
         self.states: dict[Any, JoinKeyState] = {}
         idle = engine.config.idle_timeout
         self.idle: IdleKeys | None = IdleKeys() if idle else None
+        self._evictions_logged = 0
+        self._evictions_logged_at = self._errors_logged_at = -_LOG_INTERVAL
 
     async def on_start(self) -> None:
         idle = self.engine.config.idle_timeout
@@ -95,17 +100,20 @@ class JoinShard(Actor[Any]):
     async def _apply(self, batch: Batch) -> None:
         tags = batch.tags
         assert tags is not None, "a join reads a batch of tagged streams"
-        left, right = self.sides
-        events = [
-            (k, t, "left" if tag == left else "right", ev)
-            for (k, t, ev), tag in zip(batch.events, tags, strict=True)
-            if tag == left or tag == right
-        ]
         # records are built only for someone to read: the features of the join's stream, or
         # subscribers; else they are only counted
         out: list[dict[str, Any]] | None = [] if self.targets or self.hub.active else None
         late: list[Any] | None = [] if self.late_hub is not None and self.late_hub.active else None
-        self.engine.apply(events, self.states, out, self.clock(), self.idle, late)
+        engine = self.engine
+        counters = engine.counters
+        evicted, errors = counters.evicted, counters.predicate_errors + counters.merge_errors
+        engine.apply_tagged(
+            batch.events, tags, self.sides, self.states, out, self.clock(), self.idle, late
+        )
+        if counters.evicted != evicted:
+            self._log_evictions()
+        if counters.predicate_errors + counters.merge_errors != errors:
+            self._log_errors()
         if late:
             assert self.late_hub is not None
             name = self.engine.config.name
@@ -114,6 +122,41 @@ class JoinShard(Actor[Any]):
             )
         if out:
             await self._emit(out, batch.created)
+
+    def _log_evictions(self) -> None:
+        """Evictions are logged: the first at once, then at most one line per interval with
+        the count since the last line."""
+        now = time.monotonic()
+        if now - self._evictions_logged_at < _LOG_INTERVAL:
+            return
+        total = self.engine.counters.evicted
+        config = self.engine.config
+        _log.warning(
+            "join_buffer_evicted",
+            join=config.name,
+            shard=self.shard,
+            evicted=total - self._evictions_logged,
+            evicted_total=total,
+            max_buffered_per_key=config.max_buffered_per_key,
+            max_buffered=config.max_buffered,
+        )
+        self._evictions_logged, self._evictions_logged_at = total, now
+
+    def _log_errors(self) -> None:
+        """A predicate or merge function that raises: logged like evictions."""
+        now = time.monotonic()
+        if now - self._errors_logged_at < _LOG_INTERVAL:
+            return
+        counters = self.engine.counters
+        _log.warning(
+            "join_function_failed",
+            join=self.engine.config.name,
+            shard=self.shard,
+            predicate_errors=counters.predicate_errors,
+            merge_errors=counters.merge_errors,
+            detail="a failing predicate matches nothing; a failing merge prefixes the fields",
+        )
+        self._errors_logged_at = now
 
     async def _emit(self, out: list[dict[str, Any]], created: float) -> None:
         name = self.engine.config.name
@@ -148,7 +191,7 @@ class JoinShard(Actor[Any]):
                 keys=len(self.states),
                 buffered_left=left,
                 buffered_right=right,
-                largest_key=max((len(st) for st in states), default=0),
+                largest_key=max(self.engine.largest, max((len(st) for st in states), default=0)),
                 state_bytes=sum(st.left.nbytes() + st.right.nbytes() + 120 for st in states),
             )
         raise TypeError(f"JoinShard cannot handle {message!r}")

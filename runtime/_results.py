@@ -117,6 +117,8 @@ class JoinRecord(msgspec.Struct, frozen=True):
 class JoinStatistics(msgspec.Struct, frozen=True, kw_only=True):
     """One join's part of ``rt.statistics()``, summed over shards."""
 
+    #: events of the join's two streams it applied (late ones not included)
+    events: int = 0
     #: records made (matched pairs), unmatched rows of outer joins
     records: int = 0
     unmatched: int = 0
@@ -124,9 +126,14 @@ class JoinStatistics(msgspec.Struct, frozen=True, kw_only=True):
     #: side output (``late_policy="side_output"``)
     late_dropped: int = 0
     late_side_output: int = 0
-    #: buffered events evicted by the per-key cap
+    #: buffered events evicted by a cap (``max_buffered_per_key``, ``max_buffered``)
     evicted: int = 0
-    #: keys with join state; events buffered per side; the most buffered by one key
+    #: calls of the join's predicate or merge function that raised (the pair did not match;
+    #: the record's fields were prefixed)
+    predicate_errors: int = 0
+    merge_errors: int = 0
+    #: keys with join state; events buffered now, per side; the most one key had buffered at
+    #: any time (both sides)
     keys: int = 0
     buffered_left: int = 0
     buffered_right: int = 0
@@ -223,7 +230,7 @@ class RuntimeStatistics(msgspec.Struct, frozen=True):
     events_ingested: int
     #: events rejected as invalid (in dead letters)
     events_rejected: int
-    #: events applied by every feature group
+    #: events applied by every feature group (with joins and no features: by the joins)
     events_processed: int
     #: errors per feature since start
     feature_errors: dict[str, int]

@@ -28,8 +28,9 @@ def test_side_buffer_agrees_with_a_brute_force_list(ops: list[tuple[str, Any]]) 
     serial = 0
     for op, arg in ops:
         if op == "add":
-            entry = buffer.add(arg, {"serial": serial})
-            assert entry[0] == arg and entry[2] == 0
+            index = buffer.add(arg, {"serial": serial})
+            assert buffer.times[index] == arg and buffer.events[index]["serial"] == serial
+            assert buffer.matches[index] == 0
             model.append((arg, serial))
             serial += 1
         elif op == "between":
@@ -60,12 +61,22 @@ def test_side_buffer_agrees_with_a_brute_force_list(ops: list[tuple[str, Any]]) 
         assert buffer.nbytes() > 0
 
 
-def test_match_counts_live_in_the_entries() -> None:
+def test_match_counts_live_beside_the_events() -> None:
     buffer = SideBuffer()
     first = buffer.add(10, {"a": 1})
     buffer.add(20, {"a": 2})
-    for entry in buffer.between(5, 15):
-        entry[2] += 1
-    assert first[2] == 1
+    start, end = buffer.span(5, 15)
+    for i in range(start, end):
+        buffer.matches[i] += 1
+    assert buffer.matches[first] == 1
     assert [e[2] for e in buffer.expire(100)] == [1, 0]
     assert len(buffer) == 0
+
+
+def test_expired_events_are_let_go_before_compaction() -> None:
+    buffer = SideBuffer()
+    for t in range(10):
+        buffer.add(t, {"t": t})
+    buffer.expire(2)  # a small dead prefix: kept in the lists until compaction
+    assert buffer.head == 2 and buffer.events[:2] == [None, None]
+    assert [e[0] for e in buffer] == list(range(2, 10))

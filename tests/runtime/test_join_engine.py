@@ -176,3 +176,151 @@ def test_counting_without_records_counts_the_same_pairs(events: list[Any], batch
         built.apply(events[i : i + batch], other, out)
     assert counted.counters == built.counters
     assert counted.counters.records == len(out) == sum(oracle(config, events)[0].values())
+
+
+def asof_oracle(config: JoinConfig, events: list[Any]) -> tuple[Counter[Any], int]:
+    """Each admitted left event the final watermark has passed, with the latest admitted right
+    event at or before it (the last to arrive among equal times), within the tolerance."""
+    admitted: dict[Any, list[tuple[int, str, dict[str, Any]]]] = {}
+    clock: dict[Any, int] = {}
+    late = 0
+    slack = config.max_out_of_orderness + config.allowed_lateness
+    for key, t, side, ev in events:
+        if key in clock and t < clock[key] - slack:
+            late += 1
+            continue
+        clock[key] = max(clock.get(key, t), t)
+        admitted.setdefault(key, []).append((t, side, ev))
+    rows: Counter[Any] = Counter()
+    for key, items in admitted.items():
+        wm = clock[key] - slack
+        for tl, side, left in items:
+            if side != "left" or tl >= wm:
+                continue
+            best = None
+            for tr, other, right in items:  # arrival order: a later one wins a tie
+                if other == "right" and tr <= tl and (best is None or tr >= best[0]):
+                    best = (tr, right)
+            if best is not None and (config.tolerance is None or tl - best[0] <= config.tolerance):
+                rows[(key, tl, best[0], left["id"], best[1]["id"])] += 1
+            else:
+                rows[(key, tl, None, left["id"], None)] += 1
+    return rows, late
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    events=streams(),
+    tolerance=st.sampled_from([None, 0, 20, 100]),
+    ooo=st.sampled_from([0, 50]),
+    lateness=st.sampled_from([0, 30]),
+    batch=st.sampled_from([1, 4, 100]),
+)
+def test_asof_join_matches_the_latest_right_event(
+    events: list[Any], tolerance: int | None, ooo: int, lateness: int, batch: int
+) -> None:
+    config = JoinConfig(
+        name="j",
+        before=0,
+        after=0,
+        how="asof",
+        tolerance=tolerance,
+        max_out_of_orderness=ooo,
+        allowed_lateness=lateness,
+    )
+    engine = JoinEngine(config)
+    states: dict[Any, JoinKeyState] = {}
+    out: list[dict[str, Any]] = []
+    for i in range(0, len(events), batch):
+        engine.apply(events[i : i + batch], states, out)
+    got = Counter(
+        (
+            r["key"],
+            r["left_event_timestamp"],
+            r["right_event_timestamp"],
+            r.get("left_id"),
+            r.get("right_id"),
+        )
+        for r in out
+    )
+    want, late = asof_oracle(config, events)
+    assert got == want
+    assert engine.counters.late_dropped == late
+    assert engine.counters.records + engine.counters.unmatched == len(out)
+    assert all(r["join_timestamp"] == r["left_event_timestamp"] for r in out)
+    # the right buffer keeps at most the newest event at or before the watermark
+    for st_ in states.values():
+        wm = st_.clock - ooo - lateness
+        assert sum(1 for t, _, _ in st_.right if t <= wm) <= 1
+    assert engine.buffered == sum(len(s) for s in states.values())
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    events=streams(),
+    how=st.sampled_from(["inner", "left", "full", "asof"]),
+    cap=st.sampled_from([1, 3, 10]),
+    batch=st.sampled_from([1, 5, 100]),
+)
+def test_the_total_cap_holds_and_every_eviction_is_counted(
+    events: list[Any], how: str, cap: int, batch: int
+) -> None:
+    after = 0 if how == "asof" else 30
+    config = JoinConfig(name="j", before=0, after=after, how=how, max_buffered=cap)  # type: ignore[arg-type]
+    engine = JoinEngine(config)
+    states: dict[Any, JoinKeyState] = {}
+    out: list[dict[str, Any]] = []
+    for i in range(0, len(events), batch):
+        engine.apply(events[i : i + batch], states, out)
+        assert engine.buffered == sum(len(s) for s in states.values()) <= cap
+    counters = engine.counters
+    # every applied event is buffered, expired or evicted: none is lost unseen
+    assert counters.events == len(events) - counters.late_dropped
+    if how in ("left", "full", "asof"):
+        # an evicted unmatched left event still gives its row
+        lefts_out = {r["left_id"] for r in out if r["left_event_timestamp"] is not None}
+        buffered = {ev["id"] for s in states.values() for _, ev, _ in s.left}
+        applied_lefts = {ev["id"] for _, _, side, ev in events if side == "left"} - _late_ids(
+            config, events
+        )
+        assert applied_lefts <= lefts_out | buffered
+
+
+def _late_ids(config: JoinConfig, events: list[Any]) -> set[int]:
+    clock: dict[Any, int] = {}
+    late = set()
+    for key, t, _, ev in events:
+        if key in clock and t < clock[key] - config.max_out_of_orderness:
+            late.add(ev["id"])
+            continue
+        clock[key] = max(clock.get(key, t), t)
+    return late
+
+
+def test_the_total_cap_evicts_from_the_least_recently_active_key() -> None:
+    engine = JoinEngine(JoinConfig(name="j", before=0, after=1_000, how="left", max_buffered=3))
+    out: list[dict[str, Any]] = []
+    states: dict[Any, JoinKeyState] = {}
+    engine.apply([("old", 0, "left", {"id": 0}), ("new", 1, "left", {"id": 1})], states, out)
+    engine.apply([("new", 2, "left", {"id": 2}), ("new", 3, "left", {"id": 3})], states, out)
+    assert engine.counters.evicted == 1
+    assert [r["left_id"] for r in out] == [0]  # the quiet key's event, as an unmatched row
+    assert len(states["new"]) == 3
+
+
+def test_a_failing_merge_prefixes_the_fields_and_a_failing_predicate_matches_nothing() -> None:
+    def merge(left: Any, right: Any) -> dict[str, Any]:
+        raise KeyError("oops")
+
+    def predicate(left: Any, right: Any) -> bool:
+        return bool(left["x"] / right["x"])
+
+    engine = JoinEngine(JoinConfig(name="j", before=10, after=10, merge=merge, predicate=predicate))
+    out: list[dict[str, Any]] = []
+    engine.apply(
+        [("k", 0, "left", {"x": 1}), ("k", 1, "right", {"x": 2}), ("k", 2, "right", {"x": 0})],
+        {},
+        out,
+    )
+    assert [(r["left_x"], r["right_x"]) for r in out] == [(1, 2)]
+    assert (engine.counters.merge_errors, engine.counters.predicate_errors) == (1, 1)
