@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from itertools import repeat
 from typing import Any, Protocol
 
 import anyio
@@ -95,9 +96,9 @@ class Ingest:
         self.ingested += 1
         return shard
 
-    def route(self, events: list[Any], tag: int = 0) -> int:
-        """Validate and append events (of stream ``tag``) to their shard's buffer; the hot
-        loop of ingest.
+    def route(self, events: list[Any], tag: int | list[int] = 0) -> int:
+        """Validate and append events (of stream ``tag``, or ``tag[i]`` for ``events[i]``) to
+        their shard's buffer; the hot loop of ingest.
 
         Dicts with a ``str``/``int`` key and an in-range ``int`` time in milliseconds take the
         fast path; anything else goes through the full reader. Returns the events accepted.
@@ -158,9 +159,9 @@ class Ingest:
         self.ingested += accepted
         return accepted
 
-    def _route_tagged(self, events: list[Any], tag: int) -> int:
+    def _route_tagged(self, events: list[Any], tag: int | list[int]) -> int:
         """``route`` with several streams: the same fast path, each event's stream index
-        appended beside it."""
+        appended beside it (``tag``, or ``tag[i]`` for ``events[i]``)."""
         tags = self.tags
         assert tags is not None
         now = time.perf_counter()
@@ -176,7 +177,8 @@ class Ingest:
         appends = [buffer.append for buffer in buffers]
         tag_appends = [shard_tags.append for shard_tags in tags]
         rejected = 0
-        for event in events:
+        tagged = repeat(tag) if isinstance(tag, int) else tag
+        for event, stream_tag in zip(events, tagged):  # noqa: B905 (repeat is endless)
             if fast_times and event.__class__ is dict:
                 key: Any = event.get(key_field)
                 ts = event.get(time_field)
@@ -186,7 +188,7 @@ class Ingest:
                     if index is None:
                         index = shard_of(key)
                     appends[index]((key, ts, event))
-                    tag_appends[index](tag)
+                    tag_appends[index](stream_tag)
                     continue
             try:
                 item = read(event)
@@ -196,7 +198,7 @@ class Ingest:
                 continue
             index = shard_of(item[0])
             appends[index](item)
-            tag_appends[index](tag)
+            tag_appends[index](stream_tag)
         accepted = len(events) - rejected
         self.ingested += accepted
         return accepted

@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from itertools import islice
@@ -330,6 +330,25 @@ class FeatureRuntime:
             raise ValueError(f"stream: no stream named {stream!r} (known: {known})")
         return names.index(stream)
 
+    def _tags(self, events: Any, streams: Sequence[str]) -> list[int]:
+        """The stream index of each event, from their streams' names."""
+        if not hasattr(events, "__len__") or len(events) != len(streams):
+            got = len(events) if hasattr(events, "__len__") else type(events).__name__
+            raise ValueError(
+                f"stream: a sequence of stream names needs a sequence of events of the same "
+                f"length (got {len(streams)} names for {got} events)"
+            )
+        names = self.feature_set.stream_names
+        index = {name: i for i, name in enumerate(names)}
+        try:
+            return [index[name] for name in streams]
+        except KeyError as exc:
+            position = next(i for i, name in enumerate(streams) if name not in index)
+            known = ", ".join(names)
+            raise ValueError(
+                f"stream[{position}]: no stream named {exc.args[0]!r} (known: {known})"
+            ) from None
+
     async def ingest(self, event: Any, *, stream: str | None = None) -> bool:
         """Accept one event; wait if the runtime is full (backpressure).
 
@@ -355,24 +374,41 @@ class FeatureRuntime:
         finally:
             self._leave_ingest()
 
-    async def ingest_many(self, events: Any, *, stream: str | None = None) -> int:
-        """Accept many events (any iterable) of one stream, in order; wait when the runtime
-        is full.
+    async def ingest_many(self, events: Any, *, stream: str | Sequence[str] | None = None) -> int:
+        """Accept many events in order; wait when the runtime is full.
+
+        ``events`` is any iterable of events of one ``stream`` (default: the first), or a
+        sequence of events of several streams with ``stream`` a sequence of the same length
+        naming each event's stream (a merged source, as a join reads it, in one call).
 
         Returns the number accepted; invalid events go to dead letters as with :meth:`ingest`.
+
+        Raises:
+            ValueError: a stream is not a stream of the feature set, or ``stream`` is a
+                sequence whose length differs from that of ``events``.
         """
-        tag = self._tag(stream)
+        streams: list[int] | None = None
+        if stream is None or isinstance(stream, str):
+            tag = self._tag(stream)
+        else:
+            tag = 0
+            streams = self._tags(events, stream)
         ingest = self._ingest
         self._enter_ingest()
         try:
             size = self.batch_size
             accepted = 0
             iterator = iter(events)
+            offset = 0
             while True:
                 chunk = list(islice(iterator, size))
                 if not chunk:
                     return accepted
-                accepted += ingest.route(chunk, tag)
+                if streams is not None:
+                    accepted += ingest.route(chunk, streams[offset : offset + len(chunk)])
+                    offset += len(chunk)
+                else:
+                    accepted += ingest.route(chunk, tag)
                 buffers = ingest.buffers
                 sent = False
                 for shard in range(self.shards):
@@ -618,7 +654,14 @@ class FeatureRuntime:
             range=None
             if join.range is None
             else (join.range.left, join.range.right, join.range.min, join.range.max),
-            merge=join.merge,
+            predicate=join.predicate_function,
+            merge=join.merge_strategy,  # type: ignore[arg-type]
+            tolerance=join.tolerance_ms,
+            max_buffered_per_key=join.max_buffered_per_key,
+            # the total cap is split evenly among the shards' actors
+            max_buffered=None
+            if join.max_buffered is None
+            else max(1, -(-join.max_buffered // self.shards)),
             max_out_of_orderness=feature_set.max_out_of_orderness_ms,
             allowed_lateness=feature_set.duration_ms("allowed_lateness") or 0,
             idle_timeout=None if idle is None else idle / 1000,
@@ -720,24 +763,28 @@ class FeatureRuntime:
             for stream in self.feature_set.stream_names
             if self._stream_groups[stream]
         ]
-        first = firsts[0] if firsts else all_stats[0]
+        first = firsts[0] if firsts else (all_stats[0] if all_stats else [])
         errors: dict[str, int] = {}
         for stats in all_stats:
             for s in stats:
                 for name, n in s.errors.items():
                     errors[name] = errors.get(name, 0) + n
         # Keyed and window groups keep (and expire) keys of their own: the larger count is shown.
-        keys = max(sum(s.keys for s in stats) for stats in all_stats)
+        keys = max((sum(s.keys for s in stats) for stats in all_stats), default=0)
         state_bytes = sum(s.state_bytes for stats in all_stats for s in stats)
         latencies = sorted((lat, n) for stats in all_stats for s in stats for lat, n in s.latencies)
         highs = [s.max_time for s in first if s.max_time is not None]
         actors = [ref for group in self._groups for ref in group.refs]
         actors += [ref for join in self._joins for ref in join.refs]
         depth = max((ref.statistics().depth for ref in actors), default=0)
+        joins = await self._join_statistics()
+        processed = sum(s.events for stats in firsts for s in stats)
+        if not self._groups:  # joins alone: the events they applied
+            processed = max((j.events for j in joins.values()), default=0)
         return RuntimeStatistics(
             events_ingested=self._ingest.ingested,
             events_rejected=self._ingest.rejected,
-            events_processed=sum(s.events for stats in firsts for s in stats),
+            events_processed=processed,
             feature_errors=errors,
             keys=keys,
             state_bytes=state_bytes,
@@ -749,7 +796,7 @@ class FeatureRuntime:
             shards=self.shards,
             max_mailbox_depth=depth,
             windows=await self._window_statistics(all_stats),
-            joins=await self._join_statistics(),
+            joins=joins,
             expired_keys=sum(
                 s.expired_keys
                 for group, stats in zip(self._groups, all_stats, strict=True)
@@ -796,8 +843,7 @@ class FeatureRuntime:
             for ref in join.refs:
                 stats: JoinShardStats = await ref.ask(GetJoinStats(), timeout=None)
                 for name, n in vars(stats.counters).items():
-                    if name != "predicate_errors":
-                        total[name] = total.get(name, 0) + n
+                    total[name] = total.get(name, 0) + n
                 for name in ("keys", "buffered_left", "buffered_right", "state_bytes"):
                     total[name] = total.get(name, 0) + getattr(stats, name)
                 largest = max(largest, stats.largest_key)

@@ -41,7 +41,7 @@ from ._spec_checks import check_str as _check_str
 from ._spec_checks import fail as _fail
 from ._spec_checks import kind as _kind
 from ._spec_errors import explain
-from ._spec_join import JOIN_HOWS, JOIN_MERGES, Join
+from ._spec_join import JOIN_HOWS, JOIN_MERGES, Join, function_name
 from ._spec_window import (
     EMIT_MODES,
     LATE_POLICIES,
@@ -346,8 +346,8 @@ class FeatureSet(
         if not isinstance(self.features, list | tuple):
             _fail(self, "features", f"expected a list of features, got {_kind(self.features)}")
         msgspec.structs.force_setattr(self, "features", tuple(self.features))
-        if not self.features:
-            _fail(self, "features", "at least one feature is required")
+        if not self.features and not self.joins:
+            _fail(self, "features", "at least one feature (or a join) is required")
         seen: dict[str, int] = {}
         for index, feature in enumerate(self.features):
             if not isinstance(feature, FeatureSpec) or type(feature) not in _CONCRETE:
@@ -589,7 +589,16 @@ class FeatureSet(
 
 
 _CONCRETE = frozenset(FEATURE_TYPES.values())
-_JSON_ENCODER = msgspec.json.Encoder()
+
+
+def _encode_extra(value: Any) -> Any:
+    """A join's predicate or merge function is written as its ``"module:function"`` name."""
+    if callable(value):
+        return function_name(value)
+    raise NotImplementedError(f"cannot encode {type(value).__name__}")
+
+
+_JSON_ENCODER = msgspec.json.Encoder(enc_hook=_encode_extra)
 _JSON_DECODER = msgspec.json.Decoder()
 _LOADERS: dict[str, Callable[..., FeatureSet]] = {
     ".toml": FeatureSet.from_toml,

@@ -21,7 +21,7 @@ from runtime import (
 )
 from runtime._join_engine import JoinConfig
 
-from .test_join_engine import oracle, streams
+from .test_join_engine import asof_oracle, oracle, streams
 
 
 def _feature_set(join: Join, **options: Any) -> FeatureSet:
@@ -228,3 +228,143 @@ async def test_late_events_of_a_join_go_to_the_side_output() -> None:
         events = [e async for e in late]
         assert [(e.group, e.event_time) for e in events] == [("j", 10)]
         assert (await rt.statistics()).joins["j"].late_side_output == 1
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    events=streams(),
+    tolerance=st.sampled_from([None, 20]),
+    lateness=st.sampled_from([0, 30]),
+)
+async def test_asof_join_records_match_the_oracle_for_any_shard_count(
+    events: list[Any], tolerance: int | None, lateness: int
+) -> None:
+    join = Join(name="lr", left="l", right="r", how="asof", tolerance=tolerance)
+    config = JoinConfig(
+        name="lr", before=0, after=0, how="asof", tolerance=tolerance, allowed_lateness=lateness
+    )
+    want, late = asof_oracle(config, events)
+    for shards in (1, 2, 7, 16):
+        fs = _feature_set(join, allowed_lateness=lateness)
+        async with FeatureRuntime(fs, shards=shards, batch_size=5) as rt:
+            sub = rt.join_records(buffer=100_000)
+            # one call for the merged source: each event's stream named beside it
+            await rt.ingest_many(
+                [{"ad": key, "ts": t, **ev} for key, t, _, ev in events],
+                stream=["l" if side == "left" else "r" for _, _, side, _ in events],
+            )
+            await rt.flush()
+            stats = (await rt.statistics()).joins["lr"]
+            await sub.aclose()
+            records = [r async for r in sub]
+        got = Counter(
+            (
+                r.key,
+                r.record["left_event_timestamp"],
+                r.record["right_event_timestamp"],
+                r.record.get("left_id"),
+                r.record.get("right_id"),
+            )
+            for r in records
+        )
+        assert got == want, shards
+        assert stats.late_dropped == late
+        assert stats.events == len(events) - late
+
+
+async def test_a_feature_set_of_joins_alone() -> None:
+    fs = FeatureSet(
+        name="ads",
+        key="ad",
+        time="ts",
+        streams=["impressions", "clicks"],
+        joins=[Join(name="j", left="impressions", right="clicks", after="10m")],
+        features=[],
+    )
+    async with FeatureRuntime(fs, shards=3) as rt:
+        sub = rt.join_records()
+        await rt.ingest_many(
+            [{"ad": "a", "ts": 0}, {"ad": "a", "ts": 1_000}, {"ad": "b", "ts": 5}],
+            stream=["impressions", "clicks", "clicks"],
+        )
+        await rt.flush()
+        stats = await rt.statistics()
+        assert (stats.events_processed, stats.keys, stats.groups) == (3, 0, 0)
+        assert (stats.joins["j"].records, stats.joins["j"].events) == (1, 3)
+        assert (await rt.get("a")).values == {}
+        await sub.aclose()
+        assert [r.record["time_difference_ms"] async for r in sub] == [1_000]
+
+
+async def test_ingest_many_checks_the_names_of_a_merged_source() -> None:
+    fs = _feature_set(Join(name="j", left="l", right="r", after=10))
+    async with FeatureRuntime(fs) as rt:
+        with pytest.raises(ValueError, match=r"stream\[1\]: no stream named 'x'"):
+            await rt.ingest_many([{"ad": "a", "ts": 0}, {"ad": "a", "ts": 1}], stream=["l", "x"])
+        with pytest.raises(ValueError, match="2 names for 1 events"):
+            await rt.ingest_many([{"ad": "a", "ts": 0}], stream=["l", "r"])
+        with pytest.raises(ValueError, match="2 names for generator events"):
+            await rt.ingest_many(({"ad": "a", "ts": t} for t in range(2)), stream=["l", "r"])
+        assert (await rt.statistics()).events_ingested == 0
+
+
+def same_region(left: dict[str, Any], right: dict[str, Any]) -> bool:
+    return bool(left.get("region") == right.get("region"))
+
+
+def merge_totals(left: dict[str, Any], right: dict[str, Any]) -> dict[str, Any]:
+    return {"total": left["amount"] + right["amount"]}
+
+
+async def test_predicate_and_merge_functions_by_value_or_by_name() -> None:
+    for predicate, merge in (
+        (same_region, merge_totals),
+        (f"{__name__}:same_region", f"{__name__}:merge_totals"),
+    ):
+        join = Join(name="j", left="l", right="r", after=100, predicate=predicate, merge=merge)
+        fs = _feature_set(join)
+        async with FeatureRuntime(fs, shards=2) as rt:
+            sub = rt.join_records()
+            await rt.ingest({"ad": "a", "ts": 0, "region": "eu", "amount": 2}, stream="l")
+            await rt.ingest({"ad": "a", "ts": 5, "region": "us", "amount": 3}, stream="r")
+            await rt.ingest({"ad": "a", "ts": 6, "region": "eu", "amount": 4}, stream="r")
+            await rt.flush()
+            await sub.aclose()
+            assert [r.record["total"] async for r in sub] == [6]
+        # a function is written out by name, and read back
+        back = FeatureSet.from_json(fs.to_json())
+        assert back.joins[0].predicate_function is same_region
+        assert back.joins[0].merge_strategy is merge_totals
+
+
+def test_join_functions_are_checked() -> None:
+    with pytest.raises(SpecError, match="predicate: cannot import module 'no_such_module'"):
+        Join(name="j", left="a", right="b", after=1, predicate="no_such_module:f")
+    with pytest.raises(SpecError, match="has no 'nothing'"):
+        Join(name="j", left="a", right="b", after=1, merge=f"{__name__}:nothing")
+    with pytest.raises(SpecError, match="unknown merge 'mixed'"):
+        Join(name="j", left="a", right="b", after=1, merge="mixed")
+    with pytest.raises(SpecError, match="expected a function"):
+        Join(name="j", left="a", right="b", after=1, predicate=3)
+    with pytest.raises(SpecError, match="tolerance: applies to as-of joins only"):
+        Join(name="j", left="a", right="b", after=1, tolerance="1s")
+    with pytest.raises(SpecError, match="takes no on, range or predicate"):
+        Join(name="j", left="a", right="b", how="asof", on=["x"])
+    with pytest.raises(SpecError, match="has no interval"):
+        Join(name="j", left="a", right="b", how="asof", after="1m")
+    with pytest.raises(SpecError, match="max_buffered: "):
+        Join(name="j", left="a", right="b", after=1, max_buffered=0)
+    fs = _feature_set(Join(name="j", left="l", right="r", after=1, predicate=lambda a, b: True))
+    with pytest.raises(TypeError, match="give it as a 'module:function' name"):
+        fs.to_json()
+
+
+async def test_evictions_are_counted_and_logged(caplog: pytest.LogCaptureFixture) -> None:
+    join = Join(name="j", left="l", right="r", after="1h", max_buffered=4)
+    async with FeatureRuntime(_feature_set(join), shards=2) as rt:
+        await rt.ingest_many([{"ad": f"a{i}", "ts": i} for i in range(20)], stream="l")
+        await rt.flush()
+        stats = (await rt.statistics()).joins["j"]
+    assert stats.buffered_left <= 4 and stats.evicted == 20 - stats.buffered_left
+    lines = [r for r in caplog.records if "join_buffer_evicted" in r.getMessage()]
+    assert lines and all(r.levelname == "WARNING" for r in lines)

@@ -265,7 +265,7 @@ def test_wrong_value_type_names_the_field() -> None:
         ({"time": "card"}, "time: must differ from key ('card')"),
         ({"key": ""}, "key: must not be empty"),
         ({"name": "fraud set"}, "name: not a valid name: 'fraud set' (use letters, digits and _)"),
-        ({"features": []}, "features: at least one feature is required"),
+        ({"features": []}, "features: at least one feature (or a join) is required"),
         (
             {"max_out_of_orderness": "5 s"},
             f"max_out_of_orderness: not a duration: '5 s' {HINT}",
@@ -457,7 +457,7 @@ def test_where_rules_name_the_field(where: dict[str, Any], message: str) -> None
         ),
         (
             lambda: FeatureSet(name="f", key="k", time="t", features=[]),
-            "FeatureSet.features: at least one feature is required",
+            "FeatureSet.features: at least one feature (or a join) is required",
         ),
     ],
 )
