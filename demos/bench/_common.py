@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from queue import Empty
 from typing import Any
 
 from runtime import configure_logging
@@ -75,6 +76,15 @@ def in_child(target: Callable[[dict[str, Any], Any], None], spec: dict[str, Any]
     queue = context.Queue()
     process = context.Process(target=target, args=(spec, queue))
     process.start()
-    result = queue.get()
+    while True:
+        try:
+            result = queue.get(timeout=1.0)
+            break
+        except Empty:
+            if not process.is_alive():
+                raise RuntimeError(
+                    f"the benchmark's child process ended (exit code {process.exitcode}) "
+                    "without a result: see its traceback above"
+                ) from None
     process.join()
     return result
