@@ -161,11 +161,7 @@ class JoinShard(Actor[Any]):
     async def _emit(self, out: list[dict[str, Any]], created: float) -> None:
         name = self.engine.config.name
         if self.targets:
-            records = Batch(
-                [(record["key"], record["join_timestamp"], record) for record in out],
-                created,
-                name,
-            )
+            records = Batch([(r["key"], self._time(r), r) for r in out], created, name)
             for target in self.targets:
                 try:
                     await target.refs[self.shard].tell(records)
@@ -175,6 +171,21 @@ class JoinShard(Actor[Any]):
         if self.hub.active:
             wall = time.time()
             await self.hub.publish([JoinRecord(name, r["key"], r, wall) for r in out])
+
+    def _time(self, record: dict[str, Any]) -> int:
+        """A record's event time for the features of the join's stream: ``join_timestamp``,
+        but for an unmatched row of an interval join the end of its event's interval, when it
+        became unmatched. Timed by its event, it would come long after the records of newer
+        events and be late for a windowed feature."""
+        t: int = record["join_timestamp"]
+        if record["time_difference_ms"] is not None:
+            return t
+        config = self.engine.config
+        if config.how == "asof":
+            return t
+        if record["left_event_timestamp"] is not None:
+            return t + config.after
+        return t + config.before
 
     async def receive(self, message: Any) -> Any:
         if isinstance(message, Ping):

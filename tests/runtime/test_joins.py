@@ -368,3 +368,41 @@ async def test_evictions_are_counted_and_logged(caplog: pytest.LogCaptureFixture
     assert stats.buffered_left <= 4 and stats.evicted == 20 - stats.buffered_left
     lines = [r for r in caplog.records if "join_buffer_evicted" in r.getMessage()]
     assert lines and all(r.levelname == "WARNING" for r in lines)
+
+
+async def test_unmatched_rows_reach_windowed_features_of_the_join_in_time() -> None:
+    from runtime import Tumbling
+
+    minute = 60_000
+    join = Join(name="j", left="l", right="r", after="10m", how="left", on=["i"])
+    fs = FeatureSet(
+        name="ads",
+        key="ad",
+        time="ts",
+        streams=["l", "r"],
+        joins=[join],
+        features=[Count(name="rows_1h", stream="j", window=Tumbling(size="1h"))],
+        max_out_of_orderness="1m",
+        late_policy="side_output",
+    )
+    async with FeatureRuntime(fs) as rt:
+        late = rt.late_events()
+        # impressions every 3 minutes, a click on every other one a minute later: the
+        # unmatched rows come out 10 minutes after their impression, behind the records of
+        # newer clicks; the features see them at the end of their interval, not late
+        events, streams = [], []
+        for i in range(12):
+            events.append({"ad": "a", "ts": 3 * i * minute, "i": i})
+            streams.append("l")
+            if i % 2:
+                events.append({"ad": "a", "ts": (3 * i + 1) * minute, "i": i})
+                streams.append("r")
+        events.append({"ad": "a", "ts": 59 * minute})  # moves the clock past most intervals
+        streams.append("l")
+        await rt.ingest_many(events, stream=streams)
+        await rt.flush()
+        stats = (await rt.statistics()).joins["j"]
+        await late.aclose()
+        assert [e async for e in late] == []
+        assert (stats.records, stats.unmatched) == (6, 6)  # the impression at 59 m waits
+        assert (await rt.get("a"))["rows_1h"] == 12
