@@ -79,6 +79,8 @@ class JoinConfig:
     max_buffered: int | None = None
     #: seconds of wall-clock quiet after which a key's clock advances with the wall clock
     idle_timeout: float | None = None
+    #: seconds of wall-clock quiet after which a key's state is dropped (``drop_quiet``)
+    state_ttl: float | None = None
 
 
 @dataclass
@@ -92,6 +94,8 @@ class JoinCounters:
     late_dropped: int = 0
     late_side_output: int = 0
     evicted: int = 0
+    #: keys dropped after ``state_ttl``
+    expired_keys: int = 0
     predicate_errors: int = 0
     merge_errors: int = 0
 
@@ -128,7 +132,7 @@ class JoinEngine:
     #: sizes now: a key's buffers only shrink at an expiry or an eviction)
     largest: int = 0
     #: keys in order of their last event, kept only with a total cap (which evicts from the
-    #: front)
+    #: front) or a state_ttl (which drops from the front)
     _lru: OrderedDict[Any, None] | None = None
 
     #: whether unmatched events of each side give rows
@@ -136,7 +140,7 @@ class JoinEngine:
     _outer_right: bool = False
 
     def __post_init__(self) -> None:
-        if self.config.max_buffered is not None:
+        if self.config.max_buffered is not None or self.config.state_ttl is not None:
             self._lru = OrderedDict()
         self._outer_left = self._outer("left")
         self._outer_right = self._outer("right")
@@ -229,6 +233,7 @@ class JoinEngine:
                 st.seen = now
                 idle.touch(key)
             if lru is not None:
+                st.seen = now
                 if key in lru:
                     lru.move_to_end(key)
                 else:
@@ -312,7 +317,7 @@ class JoinEngine:
                     self.largest = size
             else:
                 self.expire(key, st, out)
-            if lru is not None:
+            if lru is not None and config.max_buffered is not None:
                 self.buffered += added - gone
                 counters.events += added
                 added = gone = 0
@@ -454,6 +459,37 @@ class JoinEngine:
                 len(left) > 0 and left.times[left.head] <= right.times[right.head]
             )
             self._evict(key, st, is_left, out)
+
+    def drop_quiet(
+        self, states: dict[Any, JoinKeyState], now: float, out: list[Record] | None
+    ) -> None:
+        """Drop the keys without an event for ``state_ttl`` seconds, the quietest first (so
+        this stops at the first key that is not due). What they buffered goes as if the
+        watermark had passed it all: outer joins emit the unmatched rows, as-of joins the
+        rows of the waiting left events; what an inner join buffered is dropped."""
+        ttl = self.config.state_ttl
+        lru = self._lru
+        if ttl is None or lru is None:
+            return
+        limit = now - ttl
+        while lru:
+            key = next(iter(lru))
+            st = states.get(key)
+            if st is not None and st.seen > limit:
+                break
+            del lru[key]
+            if st is None:
+                continue
+            del states[key]
+            self.counters.expired_keys += 1
+            self.buffered -= len(st)
+            if self.config.how == "asof":
+                for t, ev, _ in st.left:
+                    self._asof_row(key, st, t, ev, out)
+                continue
+            for side, buffer in (("left", st.left), ("right", st.right)):
+                if self._outer(side):
+                    self._unmatched_between(key, side, buffer, buffer.head, len(buffer.times), out)
 
     def forget(self, key: Any) -> None:
         """The caller dropped ``key``'s state."""

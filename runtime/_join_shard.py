@@ -78,15 +78,18 @@ class JoinShard(Actor[Any]):
         self._evictions_logged_at = self._errors_logged_at = -_LOG_INTERVAL
 
     async def on_start(self) -> None:
-        idle = self.engine.config.idle_timeout
-        if idle is not None:
-            self.context.start_periodic_timer("tick", Tick(), min(max(idle / 4, 0.01), 1.0))
+        config = self.engine.config
+        periods = [t / 4 for t in (config.idle_timeout, config.state_ttl) if t is not None]
+        if periods:
+            self.context.start_periodic_timer("tick", Tick(), min(max(min(periods), 0.01), 1.0))
 
     async def _tick(self) -> None:
-        if self.idle is None:
-            return
+        """Idle time and state_ttl: quiet keys' clocks advance, keys quiet for the ttl go."""
         out: list[dict[str, Any]] | None = [] if self.targets or self.hub.active else None
-        self.engine.tick(self.states, self.idle, self.clock(), out)
+        now = self.clock()
+        if self.idle is not None:
+            self.engine.tick(self.states, self.idle, now, out)
+        self.engine.drop_quiet(self.states, now, out)
         if out:
             await self._emit(out, time.perf_counter())
 

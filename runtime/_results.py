@@ -128,6 +128,8 @@ class JoinStatistics(msgspec.Struct, frozen=True, kw_only=True):
     late_side_output: int = 0
     #: buffered events evicted by a cap (``max_buffered_per_key``, ``max_buffered``)
     evicted: int = 0
+    #: keys dropped after ``state_ttl``
+    expired_keys: int = 0
     #: calls of the join's predicate or merge function that raised (the pair did not match;
     #: the record's fields were prefixed)
     predicate_errors: int = 0

@@ -439,7 +439,7 @@ class FeatureRuntime:
         for join in self._joins:
             for ref in join.refs:
                 await ref.ask(Ping(), timeout=None)
-                if self.feature_set.idle_timeout is not None:
+                if self._ttl is not None or self.feature_set.idle_timeout is not None:
                     await ref.ask(IdleTick(), timeout=None)
         for group in self._groups:
             for ref in group.refs:
@@ -665,6 +665,7 @@ class FeatureRuntime:
             max_out_of_orderness=feature_set.max_out_of_orderness_ms,
             allowed_lateness=feature_set.duration_ms("allowed_lateness") or 0,
             idle_timeout=None if idle is None else idle / 1000,
+            state_ttl=self._ttl,
         )
         target = _JoinGroup(join.name, join)
         for shard in range(self.shards):

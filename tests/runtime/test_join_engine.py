@@ -324,3 +324,16 @@ def test_a_failing_merge_prefixes_the_fields_and_a_failing_predicate_matches_not
     )
     assert [(r["left_x"], r["right_x"]) for r in out] == [(1, 2)]
     assert (engine.counters.merge_errors, engine.counters.predicate_errors) == (1, 1)
+
+
+def test_drop_quiet_answers_waiting_asof_lefts_and_keeps_the_count() -> None:
+    engine = JoinEngine(JoinConfig(name="j", before=0, after=0, how="asof", state_ttl=10.0))
+    states: dict[Any, JoinKeyState] = {}
+    out: list[dict[str, Any]] = []
+    engine.apply([("k", 5, "right", {"p": 1}), ("k", 7, "left", {"q": 1})], states, out, now=0.0)
+    engine.apply([("j", 1, "left", {"q": 2})], states, out, now=5.0)
+    assert out == [] and engine.buffered == 3
+    engine.drop_quiet(states, 10.0, out)  # k is quiet for 10 s, j for 5
+    assert [(r["left_q"], r["right_p"]) for r in out] == [(1, 1)]
+    assert list(states) == ["j"] and engine.buffered == 1
+    assert engine.counters.expired_keys == 1

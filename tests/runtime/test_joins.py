@@ -406,3 +406,34 @@ async def test_unmatched_rows_reach_windowed_features_of_the_join_in_time() -> N
         assert [e async for e in late] == []
         assert (stats.records, stats.unmatched) == (6, 6)  # the impression at 59 m waits
         assert (await rt.get("a"))["rows_1h"] == 12
+
+
+async def test_state_ttl_drops_quiet_keys_of_a_join() -> None:
+    class Clock:
+        now = 1_000.0
+
+        def __call__(self) -> float:
+            return self.now
+
+    clock = Clock()
+    join = Join(name="j", left="l", right="r", after="10m", how="left")
+    fs = _feature_set(join, state_ttl="1h")
+    async with FeatureRuntime(fs, clock=clock, shards=2) as rt:
+        sub = rt.join_records()
+        await rt.ingest({"ad": "a", "ts": 0, "id": 1}, stream="l")
+        await rt.ingest({"ad": "b", "ts": 0, "id": 2}, stream="l")
+        await rt.ingest({"ad": "b", "ts": 5, "id": 3}, stream="r")
+        await rt.flush()
+        clock.now += 1_800
+        await rt.ingest({"ad": "c", "ts": 0, "id": 4}, stream="r")
+        await rt.flush()
+        assert (await rt.statistics()).joins["j"].keys == 3
+        clock.now += 1_801  # a and b quiet for an hour; c for half of one
+        await rt.flush()
+        stats = (await rt.statistics()).joins["j"]
+        assert (stats.keys, stats.expired_keys, stats.buffered_right) == (1, 2, 1)
+        assert (stats.records, stats.unmatched, stats.buffered_left) == (1, 1, 0)
+        await sub.aclose()
+        rows = [(r.key, r.record.get("left_id"), r.record.get("right_id")) async for r in sub]
+        # a's unmatched impression comes out as its key goes; b's matched one does not
+        assert sorted(rows, key=str) == [("a", 1, None), ("b", 2, 3)]
