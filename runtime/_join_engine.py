@@ -280,11 +280,12 @@ class JoinEngine:
                     own.matches.append(matched)
                 else:
                     own.add(t, ev, matched)
-                if len(times) - own.head > cap:
+                if len(times) > cap and len(times) - own.head > cap:
                     self._evict(key, st, is_left, out)
-            if due < st.due:
-                st.due = due
-            if clock - slack <= st.due:
+            st_due = st.due
+            if due < st_due:
+                st.due = st_due = due
+            if clock - slack <= st_due:
                 pass
             elif inline_expiry:
                 # expire() of an inner join, inlined: the common case of the hot loop

@@ -4,6 +4,7 @@ with out-of-order and duplicate times, late events, conditions on fields; any ba
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import hypothesis.strategies as st
@@ -83,6 +84,30 @@ def oracle(config: JoinConfig, events: list[Any]) -> tuple[Counter[Any], int]:
     return records, late
 
 
+def run_in_batches(
+    engine: JoinEngine, events: list[Any], batch: int, states: dict[Any, JoinKeyState]
+) -> list[dict[str, Any]]:
+    """Apply ``events`` in batches of ``batch``; the records."""
+    out: list[dict[str, Any]] = []
+    for i in range(0, len(events), batch):
+        engine.apply(events[i : i + batch], states, out)
+    return out
+
+
+def pairs(records: Iterable[Mapping[str, Any]]) -> Counter[Any]:
+    """What the oracles compare: (key, left time, right time, left id, right id)."""
+    return Counter(
+        (
+            r["key"],
+            r["left_event_timestamp"],
+            r["right_event_timestamp"],
+            r.get("left_id"),
+            r.get("right_id"),
+        )
+        for r in records
+    )
+
+
 def _conditions(config: JoinConfig, left: dict[str, Any], right: dict[str, Any]) -> bool:
     for name in config.on:
         if left.get(name) is None or left.get(name) != right.get(name):
@@ -103,19 +128,8 @@ def test_join_engine_matches_nested_loops(
 ) -> None:
     engine = JoinEngine(config)
     states: dict[Any, JoinKeyState] = {}
-    out: list[dict[str, Any]] = []
-    for i in range(0, len(events), batch):
-        engine.apply(events[i : i + batch], states, out)
-    got = Counter(
-        (
-            r["key"],
-            r["left_event_timestamp"],
-            r["right_event_timestamp"],
-            r.get("left_id"),
-            r.get("right_id"),
-        )
-        for r in out
-    )
+    out = run_in_batches(engine, events, batch, states)
+    got = pairs(out)
     want, late = oracle(config, events)
     assert got == want
     assert engine.counters.late_dropped == late
@@ -230,19 +244,8 @@ def test_asof_join_matches_the_latest_right_event(
     )
     engine = JoinEngine(config)
     states: dict[Any, JoinKeyState] = {}
-    out: list[dict[str, Any]] = []
-    for i in range(0, len(events), batch):
-        engine.apply(events[i : i + batch], states, out)
-    got = Counter(
-        (
-            r["key"],
-            r["left_event_timestamp"],
-            r["right_event_timestamp"],
-            r.get("left_id"),
-            r.get("right_id"),
-        )
-        for r in out
-    )
+    out = run_in_batches(engine, events, batch, states)
+    got = pairs(out)
     want, late = asof_oracle(config, events)
     assert got == want
     assert engine.counters.late_dropped == late

@@ -21,7 +21,7 @@ from runtime import (
 )
 from runtime._join_engine import JoinConfig
 
-from .test_join_engine import asof_oracle, oracle, streams
+from .test_join_engine import asof_oracle, oracle, pairs, streams
 
 
 def _feature_set(join: Join, **options: Any) -> FeatureSet:
@@ -71,16 +71,7 @@ async def test_join_records_match_nested_loops_for_any_shard_count(
             vectors = await rt.get_many({e[0] for e in events})
             await sub.aclose()
             records = [r async for r in sub]
-        got = Counter(
-            (
-                r.key,
-                r.record["left_event_timestamp"],
-                r.record["right_event_timestamp"],
-                r.record.get("left_id"),
-                r.record.get("right_id"),
-            )
-            for r in records
-        )
+        got = pairs({**r.record, "key": r.key} for r in records)
         assert got == want, shards
         assert stats.joins["lr"].late_dropped == late
         assert stats.joins["lr"].records + stats.joins["lr"].unmatched == sum(want.values())
@@ -257,16 +248,7 @@ async def test_asof_join_records_match_the_oracle_for_any_shard_count(
             stats = (await rt.statistics()).joins["lr"]
             await sub.aclose()
             records = [r async for r in sub]
-        got = Counter(
-            (
-                r.key,
-                r.record["left_event_timestamp"],
-                r.record["right_event_timestamp"],
-                r.record.get("left_id"),
-                r.record.get("right_id"),
-            )
-            for r in records
-        )
+        got = pairs({**r.record, "key": r.key} for r in records)
         assert got == want, shards
         assert stats.late_dropped == late
         assert stats.events == len(events) - late
