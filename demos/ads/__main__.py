@@ -18,11 +18,8 @@ from __future__ import annotations
 
 import argparse
 import bisect
-import gc
 import itertools
-import json
 import math
-import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -43,8 +40,6 @@ from rich.progress import (
 )
 from rich.text import Text
 
-import runtime
-from actors import run
 from runtime import (
     Count,
     FeatureRuntime,
@@ -59,6 +54,15 @@ from runtime import (
     Where,
 )
 
+from .._cli import (
+    RateColumn,
+    add_output_switches,
+    argument_parser,
+    count,
+    frozen_heap,
+    run_command,
+    runtime_options,
+)
 from .report import render
 from .simulator import SimConfig, Simulation, simulate
 
@@ -248,22 +252,12 @@ class _CountColumn(ProgressColumn):
         return Text(f"{task.completed:>9,.0f} / {task.total:,.0f}")
 
 
-class _RateColumn(ProgressColumn):
-    """Events per second since the task started."""
-
-    def render(self, task: Task) -> Text:
-        elapsed = task.elapsed
-        if not elapsed or not task.completed:
-            return Text("", style="progress.data.speed")
-        return Text(f"{task.completed / elapsed:>8,.0f} events/s", style="progress.data.speed")
-
-
 def _progress(console: Console, *, disable: bool) -> _Display:
     return _Display(
         TextColumn("{task.description:<10}"),
         BarColumn(bar_width=20),
         _CountColumn(),
-        _RateColumn(),
+        RateColumn(8),
         TimeElapsedColumn(),
         _ClockColumn(),
         console=console,
@@ -532,49 +526,25 @@ async def run_demo(args: argparse.Namespace, progress: _Display) -> dict[str, An
     simulated_s = time.perf_counter() - started
     progress.remove_task(task)
     feature_set = build_feature_set()
-    # The simulated traffic is the demo's own baggage (a service never holds its whole input):
-    # keep the garbage collector from walking it again and again during the replay.
-    gc.collect()
-    gc.freeze()
-    try:
+    with frozen_heap():  # the simulated traffic, out of the collector's sight
         result = await replay(sim, feature_set, args, progress)
-    finally:
-        gc.unfreeze()
     return summarize(sim, feature_set, result, args, simulated_s)
 
 
 # -- command line -------------------------------------------------------------------------------
 
 
-def _count(low: int) -> Any:
-    def parse(text: str) -> int:
-        try:
-            value = int(text.replace("_", "").replace(",", ""))
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
-        return value
-
-    return parse
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m demos.ads",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Defaults in parentheses. Example: python -m demos.ads --impressions 500000",
-    )
+    parser = argument_parser("python -m demos.ads", __doc__, "--impressions 500000")
     sim = parser.add_argument_group("simulation")
     sim.add_argument(
         "--impressions",
-        type=_count(1),
+        type=count(1),
         metavar="N",
         help=f"impressions; clicks come on top (150,000; {QUICK_IMPRESSIONS:,} with --quick)",
     )
     sim.add_argument(
-        "--ads", type=_count(5), metavar="N", help=f"ad ids (2,000; {QUICK_ADS} with --quick)"
+        "--ads", type=count(5), metavar="N", help=f"ad ids (2,000; {QUICK_ADS} with --quick)"
     )
     sim.add_argument(
         "--seed", type=int, default=7, metavar="N", help="random seed: same seed, same traffic (7)"
@@ -584,21 +554,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="a small run of about a second, for tests and a first look",
     )
-    rt = parser.add_argument_group("runtime")
-    rt.add_argument("--shards", type=_count(1), default=4, metavar="N", help="shard actors (4)")
-    rt.add_argument(
-        "--batch-size", type=_count(1), default=512, metavar="N", help="events per batch (512)"
-    )
+    runtime_options(parser)
     out = parser.add_argument_group("output")
     out.add_argument(
-        "--top", type=_count(0), default=5, metavar="N", help="ads to list by attributed clicks (5)"
+        "--top", type=count(0), default=5, metavar="N", help="ads to list by attributed clicks (5)"
     )
-    out.add_argument(
-        "--quiet", action="store_true", help="no progress display (shown only on a terminal)"
-    )
-    out.add_argument(
-        "--json", action="store_true", help="print the summary as JSON on stdout, no tables"
-    )
+    add_output_switches(out, "progress display")
     args = parser.parse_args(argv)
     if args.impressions is None:
         args.impressions = QUICK_IMPRESSIONS if args.quick else 150_000
@@ -609,25 +570,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the demo with command-line ``argv``; return the exit status."""
-    args = parse_args(argv)
-    runtime.configure_logging(level="warning")
-    stderr = Console(stderr=True)
-    # The progress display only on a terminal: in logs and pipes it would only add noise.
-    progress = _progress(stderr, disable=args.quiet or not stderr.is_terminal)
-    try:
-        with progress:
-            summary = run(lambda: run_demo(args, progress))
-    except KeyboardInterrupt:
-        stderr.print("interrupted")
-        return 130
-    if args.json:
-        print(json.dumps(summary, indent=2))
-    else:
-        console = Console()
-        if not console.is_terminal and "COLUMNS" not in os.environ:
-            console = Console(width=100)  # wide enough for the tables in logs and pipes
-        render(summary, console)
-    return 0
+    return run_command(parse_args(argv), _progress, run_demo, render)
 
 
 if __name__ == "__main__":

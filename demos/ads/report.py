@@ -3,15 +3,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
-from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 import runtime
+
+from .._cli import format_bytes, format_ms, note, table
 
 __all__ = ["render"]
 
@@ -37,39 +38,8 @@ def _bound(ms: int) -> str:
     return runtime.format_duration(ms)
 
 
-def _bytes(n: float) -> str:
-    if n < 1000:
-        return f"{n:,.0f} B"
-    for unit in ("KB", "MB", "GB"):
-        n /= 1000
-        if n < 1000 or unit == "GB":
-            break
-    return f"{n:,.1f} {unit}"
-
-
-def _ms(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:,.1f} ms"
-
-
 def _pct(value: float | None, digits: int = 2) -> str:
     return "n/a" if value is None else f"{value:.{digits}%}"
-
-
-def _note(console: Console, lines: Sequence[str]) -> None:
-    for line in lines:
-        console.print(line, style="dim", highlight=False)
-
-
-def _table(title: str, **options: Any) -> Table:
-    return Table(
-        title=title,
-        title_justify="left",
-        title_style="bold",
-        box=box.SIMPLE,
-        show_edge=False,
-        pad_edge=False,
-        **options,
-    )
 
 
 def _bar(count: int, largest: int, width: int = 32) -> str:
@@ -128,7 +98,7 @@ def render(summary: Mapping[str, Any], console: Console) -> None:
 
 def _render_run(summary: Mapping[str, Any], console: Console) -> None:
     config = summary["config"]
-    runs = _table("Run", show_header=False)
+    runs = table("Run", show_header=False)
     runs.add_column(style="bold")
     runs.add_column(justify="right")
     runs.add_column(style="dim")
@@ -150,8 +120,8 @@ def _render_run(summary: Mapping[str, Any], console: Console) -> None:
         "read from rt.join_records()"
         + ("" if records_per_second is None else f", {records_per_second:,.0f} per second"),
     )
-    runs.add_row("ingest→update p50", _ms(summary["latency_p50_ms"]), "")
-    runs.add_row("ingest→update p99", _ms(summary["latency_p99_ms"]), "")
+    runs.add_row("ingest→update p50", format_ms(summary["latency_p50_ms"]), "")
+    runs.add_row("ingest→update p99", format_ms(summary["latency_p99_ms"]), "")
     if summary["rejected"]:
         runs.add_row("rejected events", f"{summary['rejected']:,}", "in dead letters")
     if summary["feature_errors"]:
@@ -159,11 +129,11 @@ def _render_run(summary: Mapping[str, Any], console: Console) -> None:
     runs.add_row(
         "ads with state",
         f"{summary['keys']:,}",
-        f"{_bytes(summary['state_bytes_per_key'])} of feature state each",
+        f"{format_bytes(summary['state_bytes_per_key'])} of feature state each",
     )
     console.print(runs)
     step = runtime.format_duration(config["idle_timeout_ms"] // 2)
-    _note(
+    note(
         console,
         [
             f"Replayed in steps of up to {config['chunk']:,} events or {step} of event time, "
@@ -176,7 +146,7 @@ def _render_run(summary: Mapping[str, Any], console: Console) -> None:
 
 def _render_features(summary: Mapping[str, Any], console: Console, window: str) -> None:
     config = summary["config"]
-    features = _table("Feature set (per ad)")
+    features = table("Feature set (per ad)")
     features.add_column("feature", style="bold")
     features.add_column("stream")
     features.add_column("type")
@@ -191,7 +161,7 @@ def _render_features(summary: Mapping[str, Any], console: Console, window: str) 
             feature["description"],
         )
     console.print(features)
-    _note(
+    note(
         console,
         [
             f'Stream "{config["join"]}": the records of a left join of impressions and clicks '
@@ -205,7 +175,7 @@ def _render_features(summary: Mapping[str, Any], console: Console, window: str) 
 
 def _render_campaigns(summary: Mapping[str, Any], console: Console, window: str) -> None:
     accounting = summary["accounting"]
-    campaigns = _table("Click-through rate by campaign")
+    campaigns = table("Click-through rate by campaign")
     for name in ("campaign", "impressions", "clicks", "attributed"):
         campaigns.add_column(name, justify="left" if name == "campaign" else "right")
     campaigns.add_column(f"CTR {window}", justify="right", style="bold")
@@ -237,7 +207,7 @@ def _render_campaigns(summary: Mapping[str, Any], console: Console, window: str)
     )
     console.print(campaigns)
     share = summary["time_to_click"]["share_within_window"]
-    _note(
+    note(
         console,
         [
             f"attributed: clicks joined to their impression; CTR {window} = attributed ÷ "
@@ -286,7 +256,7 @@ def _render_time_to_click(summary: Mapping[str, Any], console: Console, window: 
         _pct(ttc["beyond_window"] / every if every else None, 1),
     )
     console.print(bars)
-    _note(
+    note(
         console,
         [
             f"From the join's records; over {window}: the clicks too late to be attributed, "
@@ -299,7 +269,7 @@ def _render_time_to_click(summary: Mapping[str, Any], console: Console, window: 
 def _render_join(summary: Mapping[str, Any], console: Console) -> None:
     config = summary["config"]
     join = summary["join"]
-    stats = _table(f'Join statistics: rt.statistics().joins["{config["join"]}"]')
+    stats = table(f'Join statistics: rt.statistics().joins["{config["join"]}"]')
     stats.add_column("")
     stats.add_column("at the last impression", justify="right")
     stats.add_column("after the drain", justify="right")
@@ -316,16 +286,16 @@ def _render_join(summary: Mapping[str, Any], console: Console) -> None:
         ("state_bytes", "buffer bytes", "estimated"),
     )
     for name, label, meaning in rows:
-        show = _bytes if name == "state_bytes" else "{:,}".format
+        show = format_bytes if name == "state_bytes" else "{:,}".format
         stats.add_row(label, show(before[name]), show(after[name]), meaning)
     console.print(stats)
     largest = max(peak["largest_key"], before["largest_key"], after["largest_key"])
-    _note(
+    note(
         console,
         [
             f"Largest buffers, sampled every {config['sample_every']} steps: "
             f"{peak['buffered_left']:,} impressions, {peak['buffered_right']:,} clicks, "
-            f"{_bytes(peak['state_bytes'])}; {largest:,} for one ad.",
+            f"{format_bytes(peak['state_bytes'])}; {largest:,} for one ad.",
             "The drain: after the last event the replay clock runs on past the window and the "
             "idle timeout,",
             "so every ad goes idle and its last impressions come out as unmatched rows.",
@@ -338,7 +308,7 @@ def _render_top(summary: Mapping[str, Any], console: Console) -> None:
     top = summary["top"]
     if not top:
         return
-    ads = _table(f"The {len(top)} ads with the most attributed clicks: their features")
+    ads = table(f"The {len(top)} ads with the most attributed clicks: their features")
     ads.add_column("ad")
     ads.add_column("campaign")
     for name in ("impressions", "clicks", "clicks_10m", "ctr_10m", "time_to_click_ms"):

@@ -13,32 +13,20 @@ feature set and the most suspicious cards; --json prints it as JSON for scripts.
 from __future__ import annotations
 
 import argparse
-import gc
 import itertools
-import json
 import math
-import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import anyio
-from rich import box
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    Progress,
-    ProgressColumn,
-    Task,
-    TextColumn,
-    TimeElapsedColumn,
-)
-from rich.table import Table
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
 import runtime
-from actors import DeadLetterReason, run
+from actors import DeadLetterReason
 from runtime import (
     Count,
     DistinctCount,
@@ -59,6 +47,19 @@ from runtime import (
     ZScore,
 )
 
+from .._cli import (
+    RateColumn,
+    add_output_switches,
+    argument_parser,
+    count,
+    format_bytes,
+    format_ms,
+    frozen_heap,
+    note,
+    run_command,
+    runtime_options,
+    table,
+)
 from .simulator import SimConfig, build_scenario, transactions
 
 #: Events handed to ``ingest_many`` at a time (between progress updates and pacing).
@@ -146,23 +147,12 @@ def suspicion(values: Mapping[str, Any], decline_rate: float) -> float:
 # -- running ------------------------------------------------------------------------------------
 
 
-class _RateColumn(ProgressColumn):
-    """Items per second since the task started; the task's ``unit`` field names the items."""
-
-    def render(self, task: Task) -> Text:
-        elapsed = task.elapsed
-        if not elapsed or not task.completed:
-            return Text("", style="progress.data.speed")
-        unit = task.fields.get("unit", "events")
-        return Text(f"{task.completed / elapsed:>9,.0f} {unit}/s", style="progress.data.speed")
-
-
 def _progress(console: Console, *, disable: bool) -> Progress:
     return Progress(
         TextColumn("{task.description:<20}"),
         BarColumn(bar_width=30),
         TextColumn("{task.completed:>10,.0f} / {task.total:,.0f}"),
-        _RateColumn(),
+        RateColumn(9),
         TimeElapsedColumn(),
         console=console,
         transient=True,
@@ -239,16 +229,12 @@ async def run_demo(args: argparse.Namespace, progress: Progress) -> dict[str, An
         progress.advance(task, len(chunk))
     simulated_s = time.perf_counter() - started
     progress.remove_task(task)
-    # The simulated stream is the demo's own baggage (a service never holds its whole input):
-    # keep the garbage collector from walking it again and again during the measured run.
-    gc.collect()
-    gc.freeze()
-    try:
-        feature_set = build_feature_set()
-        outcome = await _compute(feature_set, events, scenario.cards, args, progress)
-    finally:
-        del events
-        gc.unfreeze()
+    with frozen_heap():  # the simulated stream, out of the collector's sight
+        try:
+            feature_set = build_feature_set()
+            outcome = await _compute(feature_set, events, scenario.cards, args, progress)
+        finally:
+            del events
     stats, descriptions, rejected, elapsed, vectors = outcome
 
     total = sum(v["tx_count"] for v in vectors.values())
@@ -346,10 +332,6 @@ def _type_of(feature: Any) -> str:
 # -- showing --------------------------------------------------------------------------------------
 
 
-def _ms(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:,.1f} ms"
-
-
 def _gap(ms: int | None) -> str:
     if ms is None:
         return "-"
@@ -358,16 +340,6 @@ def _gap(ms: int | None) -> str:
     if ms >= 3_600_000:  # hours and minutes are enough
         return runtime.format_duration(ms // 60_000 * 60_000)
     return runtime.format_duration(ms // 1000 * 1000)
-
-
-def _bytes(n: float) -> str:
-    if n < 1000:
-        return f"{n:,.0f} B"
-    for unit in ("KB", "MB", "GB"):
-        n /= 1000
-        if n < 1000 or unit == "GB":
-            break
-    return f"{n:,.1f} {unit}"
 
 
 def _latency_note(paced: bool) -> list[str]:
@@ -385,23 +357,6 @@ def _latency_note(paced: bool) -> list[str]:
     return lines
 
 
-def _note(console: Console, lines: Sequence[str]) -> None:
-    for line in lines:
-        console.print(line, style="dim", highlight=False)
-
-
-def _table(title: str, **options: Any) -> Table:
-    return Table(
-        title=title,
-        title_justify="left",
-        title_style="bold",
-        box=box.SIMPLE,
-        show_edge=False,
-        pad_edge=False,
-        **options,
-    )
-
-
 def render(summary: Mapping[str, Any], console: Console) -> None:
     """Print the summary as rich tables."""
     config = summary["config"]
@@ -414,7 +369,7 @@ def render(summary: Mapping[str, Any], console: Console) -> None:
     )
     console.print()
 
-    runs = _table("Run", show_header=False)
+    runs = table("Run", show_header=False)
     runs.add_column(style="bold")
     runs.add_column(justify="right")
     runs.add_column(style="dim")
@@ -424,8 +379,8 @@ def render(summary: Mapping[str, Any], console: Console) -> None:
     per_second = summary["events_per_second"]
     throughput = "n/a" if per_second is None else f"{per_second:,.0f} events/s"
     runs.add_row("throughput", throughput, shape)
-    runs.add_row("ingest→update p50", _ms(summary["latency_p50_ms"]), "")
-    runs.add_row("ingest→update p99", _ms(summary["latency_p99_ms"]), "")
+    runs.add_row("ingest→update p50", format_ms(summary["latency_p50_ms"]), "")
+    runs.add_row("ingest→update p99", format_ms(summary["latency_p99_ms"]), "")
     reasons = summary["rejected_reasons"]
     runs.add_row(
         "rejected events",
@@ -437,14 +392,14 @@ def render(summary: Mapping[str, Any], console: Console) -> None:
     runs.add_row("keys", f"{summary['keys']:,}", "cards with state")
     runs.add_row(
         "state per key",
-        _bytes(summary["state_bytes_per_key"]),
-        f"{_bytes(summary['state_bytes'])} in all, as live Python objects",
+        format_bytes(summary["state_bytes_per_key"]),
+        f"{format_bytes(summary['state_bytes'])} in all, as live Python objects",
     )
     console.print(runs)
-    _note(console, _latency_note(bool(config["rate"])))
+    note(console, _latency_note(bool(config["rate"])))
     console.print()
 
-    features = _table("Feature set")
+    features = table("Feature set")
     features.add_column("feature", style="bold")
     features.add_column("type")
     features.add_column("input", no_wrap=True)
@@ -460,7 +415,7 @@ def render(summary: Mapping[str, Any], console: Console) -> None:
             feature["name"], feature["type"], feature["input"], shown, feature["description"]
         )
     console.print(features)
-    _note(
+    note(
         console,
         [
             "µs/event: compute time per event, measured on one batch in 64; windowed features",
@@ -470,7 +425,7 @@ def render(summary: Mapping[str, Any], console: Console) -> None:
     console.print()
 
     top = summary["top"]
-    cards = _table(f"The {len(top)} most suspicious cards")
+    cards = table(f"The {len(top)} most suspicious cards")
     columns = (
         "#",
         "card",
@@ -507,7 +462,7 @@ def render(summary: Mapping[str, Any], console: Console) -> None:
         )
     console.print(cards)
     rate = f"{summary['decline_rate']:.1%}"
-    _note(
+    note(
         console,
         [
             f"score = {SCORE_TEXT}, from the card's features:",
@@ -533,44 +488,26 @@ def render(summary: Mapping[str, Any], console: Console) -> None:
 # -- command line -------------------------------------------------------------------------------
 
 
-def _count(low: int) -> Any:
-    def parse(text: str) -> int:
-        try:
-            value = int(text.replace("_", "").replace(",", ""))
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
-        return value
-
-    return parse
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m demos.fraud",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Defaults in parentheses. Example: python -m demos.fraud --events 100000 --shards 2",
-    )
+    parser = argument_parser("python -m demos.fraud", __doc__, "--events 100000 --shards 2")
     sim = parser.add_argument_group("simulation")
     sim.add_argument(
-        "--events", type=_count(1), default=500_000, metavar="N", help="transactions (500,000)"
+        "--events", type=count(1), default=500_000, metavar="N", help="transactions (500,000)"
     )
-    sim.add_argument("--cards", type=_count(1), default=20_000, metavar="N", help="cards (20,000)")
+    sim.add_argument("--cards", type=count(1), default=20_000, metavar="N", help="cards (20,000)")
     sim.add_argument(
-        "--merchants", type=_count(1), default=2_000, metavar="N", help="merchants (2,000)"
+        "--merchants", type=count(1), default=2_000, metavar="N", help="merchants (2,000)"
     )
     sim.add_argument(
         "--fraud-cards",
-        type=_count(0),
+        type=count(0),
         default=25,
         metavar="N",
         help="compromised cards, each with one fraud burst (25)",
     )
     sim.add_argument(
         "--malformed",
-        type=_count(0),
+        type=count(0),
         default=10,
         metavar="N",
         help="malformed events mixed in, for the runtime to reject (10)",
@@ -578,28 +515,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     sim.add_argument(
         "--seed", type=int, default=7, metavar="N", help="random seed: same seed, same stream (7)"
     )
-    rt = parser.add_argument_group("runtime")
-    rt.add_argument("--shards", type=_count(1), default=4, metavar="N", help="shard actors (4)")
-    rt.add_argument(
-        "--batch-size", type=_count(1), default=512, metavar="N", help="events per batch (512)"
-    )
+    rt = runtime_options(parser)
     rt.add_argument(
         "--rate",
-        type=_count(0),
+        type=count(0),
         default=0,
         metavar="N",
         help="feed N events/s, to see latency at that load; 0 feeds them flat out (0)",
     )
     out = parser.add_argument_group("output")
     out.add_argument(
-        "--top", type=_count(1), default=10, metavar="N", help="suspicious cards to list (10)"
+        "--top", type=count(1), default=10, metavar="N", help="suspicious cards to list (10)"
     )
-    out.add_argument(
-        "--quiet", action="store_true", help="no progress bars (shown only on a terminal)"
-    )
-    out.add_argument(
-        "--json", action="store_true", help="print the summary as JSON on stdout, no tables"
-    )
+    add_output_switches(out, "progress bars")
     args = parser.parse_args(argv)
     if args.fraud_cards > args.cards:
         parser.error(f"--fraud-cards ({args.fraud_cards}) cannot exceed --cards ({args.cards})")
@@ -608,25 +536,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the demo with command-line ``argv``; return the exit status."""
-    args = parse_args(argv)
-    runtime.configure_logging(level="warning")
-    stderr = Console(stderr=True)
-    # Progress bars only on a terminal: in logs and pipes they would only add noise.
-    progress = _progress(stderr, disable=args.quiet or not stderr.is_terminal)
-    try:
-        with progress:
-            summary = run(lambda: run_demo(args, progress))
-    except KeyboardInterrupt:
-        stderr.print("interrupted")
-        return 130
-    if args.json:
-        print(json.dumps(summary, indent=2))
-    else:
-        console = Console()
-        if not console.is_terminal and "COLUMNS" not in os.environ:
-            console = Console(width=100)  # wide enough for the tables in logs and pipes
-        render(summary, console)
-    return 0
+    return run_command(parse_args(argv), _progress, run_demo, render)
 
 
 if __name__ == "__main__":

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import math
 import random
-import subprocess
-import sys
 from collections import Counter
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,30 +14,16 @@ from demos.ads.__main__ import JOIN, build_feature_set
 from demos.ads.simulator import CAMPAIGNS, ClickDelay, SimConfig, simulate
 from runtime import FeatureSet
 
-ROOT = Path(__file__).resolve().parents[2]
+from .helpers import json_summary, run_demo
+
 SMALL = SimConfig(impressions=5_000, ads=100, seed=3)
 FIELDS = {"ad_id", "campaign", "imp_id", "ts"}
-
-
-def _demo(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-W", "error", "-m", "demos.ads", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 @cache
 def _quick_summary(*args: str) -> dict[str, Any]:
     """The --json summary of a --quick run (one run per set of arguments for the module)."""
-    result = _demo("--quick", "--quiet", "--json", *args)
-    assert result.returncode == 0, result.stderr
-    assert result.stderr == ""
-    summary: dict[str, Any] = json.loads(result.stdout)
-    return summary
+    return json_summary("demos.ads", "--quick", *args)
 
 
 def test_simulator_gives_the_same_traffic_for_the_same_seed() -> None:
@@ -119,19 +101,6 @@ def test_feature_set_joins_clicks_to_their_impression_within_ten_minutes() -> No
     assert FeatureSet.from_json(feature_set.to_json()) == feature_set
 
 
-def test_help_exits_zero_and_describes_the_options() -> None:
-    result = _demo("--help")
-    assert result.returncode == 0, result.stderr
-    for option in ("--impressions", "--ads", "--seed", "--quick", "--shards", "--json", "--quiet"):
-        assert option in result.stdout
-
-
-def test_bad_option_value_exits_with_a_usage_error() -> None:
-    result = _demo("--impressions", "0")
-    assert result.returncode == 2
-    assert "--impressions: must be >= 1" in result.stderr
-
-
 def test_ctr_of_each_campaign_is_close_to_the_simulated_one() -> None:
     summary = _quick_summary()
     assert summary["config"]["impressions"] == 20_000
@@ -189,7 +158,7 @@ def test_the_attribution_is_the_same_for_any_shard_count() -> None:
 
 
 def test_table_summary_names_the_sections() -> None:
-    result = _demo("--quick", "--quiet")
+    result = run_demo("demos.ads", "--quick", "--quiet")
     assert result.returncode == 0, result.stderr
     for text in (
         "Ad attribution",

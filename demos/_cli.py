@@ -1,0 +1,222 @@
+"""What the demos' command lines share (``python -m demos.fraud``, ``python -m demos.ads``).
+
+A demo builds its options with ``argument_parser``, ``runtime_options``, ``add_output_switches``
+and ``count`` (for its sizes), its progress display with ``RateColumn`` among rich's columns,
+and hands the rest to ``run_command``: the library's logging, the display on stderr only on a
+terminal, Ctrl-C, and the summary printed as JSON or as tables. Its ``render`` lays the tables
+out with ``table`` and ``note`` and writes times and sizes with ``format_ms`` and
+``format_bytes``. ``frozen_heap`` keeps the garbage collector off the simulated input while
+the runtime works.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any, Protocol, TypeVar
+
+from rich import box
+from rich.console import Console
+from rich.progress import Progress, ProgressColumn, Task
+from rich.table import Table
+from rich.text import Text
+
+import runtime
+from actors import run
+
+__all__ = [
+    "RateColumn",
+    "add_output_switches",
+    "argument_parser",
+    "count",
+    "format_bytes",
+    "format_ms",
+    "frozen_heap",
+    "note",
+    "run_command",
+    "runtime_options",
+    "summary_console",
+    "table",
+]
+
+#: The width of the summary's console when stdout is not a terminal (and COLUMNS is not set):
+#: wide enough for the demos' tables in logs and pipes.
+WIDTH = 100
+
+# -- options --------------------------------------------------------------------------------------
+
+
+def argument_parser(prog: str, description: str | None, example: str) -> argparse.ArgumentParser:
+    """A demo's parser: ``description`` (its module's docstring) shown as written, and an epilog
+    that says the defaults stand in parentheses and shows ``prog example``."""
+    return argparse.ArgumentParser(
+        prog=prog,
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"Defaults in parentheses. Example: {prog} {example}",
+    )
+
+
+def runtime_options(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """Add the group "runtime", with --shards (4) and --batch-size (512) for the FeatureRuntime;
+    return it, for the demo's own options."""
+    group = parser.add_argument_group("runtime")
+    group.add_argument("--shards", type=count(1), default=4, metavar="N", help="shard actors (4)")
+    group.add_argument(
+        "--batch-size", type=count(1), default=512, metavar="N", help="events per batch (512)"
+    )
+    return group
+
+
+def add_output_switches(group: argparse._ArgumentGroup, display: str) -> None:
+    """Add --quiet and --json to ``group``; ``display`` (``progress bars``) names in the help
+    what --quiet turns off."""
+    group.add_argument(
+        "--quiet", action="store_true", help=f"no {display} (shown only on a terminal)"
+    )
+    group.add_argument(
+        "--json", action="store_true", help="print the summary as JSON on stdout, no tables"
+    )
+
+
+def count(low: int) -> Callable[[str], int]:
+    """An argparse ``type``: a whole number of at least ``low``, digits grouped or not
+    (``500000``, ``500_000``, ``500,000``)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text.replace("_", "").replace(",", ""))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    return parse
+
+
+# -- progress -------------------------------------------------------------------------------------
+
+
+class RateColumn(ProgressColumn):
+    """Items per second since the task started, right-aligned in ``width`` characters; the
+    task's ``unit`` field names the items (``events`` when it has none)."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.width = width
+
+    def render(self, task: Task) -> Text:
+        elapsed = task.elapsed
+        if not elapsed or not task.completed:
+            return Text("", style="progress.data.speed")
+        unit = task.fields.get("unit", "events")
+        rate = task.completed / elapsed
+        return Text(f"{rate:>{self.width},.0f} {unit}/s", style="progress.data.speed")
+
+
+@contextmanager
+def frozen_heap() -> Iterator[None]:
+    """Keep the garbage collector from walking the objects alive on entry until the block ends.
+
+    For the simulated input, the demo's own baggage (a service never holds its whole input):
+    collected again and again during the measured run, it would slow the runtime down.
+    """
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
+# -- running --------------------------------------------------------------------------------------
+
+P = TypeVar("P", bound=Progress)
+P_co = TypeVar("P_co", bound=Progress, covariant=True)
+
+
+class ProgressFactory(Protocol[P_co]):
+    """Makes a demo's progress display on ``console``; ``disable``: show nothing."""
+
+    def __call__(self, console: Console, *, disable: bool) -> P_co: ...
+
+
+def run_command(
+    args: argparse.Namespace,
+    progress: ProgressFactory[P],
+    demo: Callable[[argparse.Namespace, P], Awaitable[dict[str, Any]]],
+    render: Callable[[Mapping[str, Any], Console], None],
+) -> int:
+    """Run ``demo(args, display)`` and print its summary; return the exit status.
+
+    The library logs warnings and errors only. The progress display goes to stderr, and only on
+    a terminal (in logs and pipes it would only add noise) unless ``args.quiet``. Ctrl-C stops
+    the demo with status 130. The summary goes to stdout: as JSON with ``args.json``, else
+    through ``render`` on ``summary_console()``.
+    """
+    runtime.configure_logging(level="warning")
+    stderr = Console(stderr=True)
+    display = progress(stderr, disable=args.quiet or not stderr.is_terminal)
+    try:
+        with display:
+            summary = run(lambda: demo(args, display))
+    except KeyboardInterrupt:
+        stderr.print("interrupted")
+        return 130
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        render(summary, summary_console())
+    return 0
+
+
+def summary_console() -> Console:
+    """A console on stdout: as wide as the terminal (or COLUMNS), else ``WIDTH`` columns."""
+    console = Console()
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(width=WIDTH)
+    return console
+
+
+# -- the summary ----------------------------------------------------------------------------------
+
+
+def table(title: str, **options: Any) -> Table:
+    """A table of the summary: its title bold on the left, a rule under the header, no frame;
+    ``options`` go to ``rich.table.Table``."""
+    return Table(
+        title=title,
+        title_justify="left",
+        title_style="bold",
+        box=box.SIMPLE,
+        show_edge=False,
+        pad_edge=False,
+        **options,
+    )
+
+
+def note(console: Console, lines: Sequence[str]) -> None:
+    """Print ``lines`` dim, as they are (no highlighting): the notes under a table."""
+    for line in lines:
+        console.print(line, style="dim", highlight=False)
+
+
+def format_ms(value: float | None) -> str:
+    """Milliseconds, to a tenth: ``12.3 ms``, ``1,024.0 ms``; ``n/a`` for None."""
+    return "n/a" if value is None else f"{value:,.1f} ms"
+
+
+def format_bytes(n: float) -> str:
+    """A size in decimal units: ``512 B``, ``1.8 KB``, ``3.4 MB``, ``2,048.0 GB``."""
+    if n < 1000:
+        return f"{n:,.0f} B"
+    for unit in ("KB", "MB", "GB"):
+        n /= 1000
+        if n < 1000 or unit == "GB":
+            break
+    return f"{n:,.1f} {unit}"
