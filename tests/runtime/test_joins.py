@@ -22,6 +22,7 @@ from runtime import (
 from runtime._join_engine import JoinConfig
 
 from .test_join_engine import asof_oracle, oracle, pairs, streams
+from .test_windows_time import FakeClock
 
 
 def _feature_set(join: Join, **options: Any) -> FeatureSet:
@@ -167,13 +168,7 @@ def test_join_rules_are_checked() -> None:
 
 
 async def test_idle_time_emits_unmatched_rows_without_new_events() -> None:
-    class Clock:
-        now = 1_000.0
-
-        def __call__(self) -> float:
-            return self.now
-
-    clock = Clock()
+    clock = FakeClock()
     join = Join(name="j", left="l", right="r", after="10m", how="left")
     fs = _feature_set(join, idle_timeout="1m")
     async with FeatureRuntime(fs, clock=clock) as rt:
@@ -391,13 +386,7 @@ async def test_unmatched_rows_reach_windowed_features_of_the_join_in_time() -> N
 
 
 async def test_state_ttl_drops_quiet_keys_of_a_join() -> None:
-    class Clock:
-        now = 1_000.0
-
-        def __call__(self) -> float:
-            return self.now
-
-    clock = Clock()
+    clock = FakeClock()
     join = Join(name="j", left="l", right="r", after="10m", how="left")
     fs = _feature_set(join, state_ttl="1h")
     async with FeatureRuntime(fs, clock=clock, shards=2) as rt:
