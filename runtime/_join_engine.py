@@ -35,6 +35,7 @@ buffered).
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_left, bisect_right
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -44,11 +45,14 @@ from typing import Any, Literal
 from ._idle import IdleKeys
 from ._join_buffer import SideBuffer
 
-__all__ = ["JoinConfig", "JoinCounters", "JoinEngine", "JoinKeyState"]
+__all__ = ["JoinConfig", "JoinCounters", "JoinEngine", "JoinKeyState", "Out"]
 
 How = Literal["inner", "left", "right", "full", "asof"]
 Merge = Literal["prefix", "left_priority", "right_priority"]
 Record = dict[str, Any]
+#: what the engine emits: ``(time, record)``, the time being the record's event time for the
+#: features of the join's stream (see ``_unmatched``)
+Out = list[tuple[int, Record]]
 
 #: ``due`` of a key with nothing buffered
 _NEVER = 2**62
@@ -155,17 +159,20 @@ class JoinEngine:
         late: list[Any] | None = None,
     ) -> None:
         """``apply_tagged`` for ``(key, time_ms, side, event)`` with ``side`` ``"left"`` or
-        ``"right"``."""
+        ``"right"``; ``out`` gets the records alone."""
+        timed: Out | None = None if out is None else []
         self.apply_tagged(
             [(key, t, ev) for key, t, _, ev in events],
             [0 if side == "left" else 1 for _, _, side, _ in events],
             (0, 1),
             states,
-            out,
+            timed,
             now,
             idle,
             late,
         )
+        if out is not None and timed is not None:
+            out.extend(record for _, record in timed)
 
     def apply_tagged(
         self,
@@ -173,7 +180,7 @@ class JoinEngine:
         tags: Sequence[int],
         sides: tuple[int, int],
         states: dict[Any, JoinKeyState],
-        out: list[Record] | None,
+        out: Out | None,
         now: float = 0.0,
         idle: IdleKeys | None = None,
         late: list[Any] | None = None,
@@ -181,10 +188,10 @@ class JoinEngine:
         """Apply a batch in order: ``events[i]`` is of the stream ``tags[i]``, the join's
         left and right streams being ``sides``; events of other streams are skipped.
 
-        Records (and unmatched rows) are appended to ``out``, or only counted when ``out`` is
-        None (nobody reads them: no record is built). ``now`` is the wall-clock time; ``idle``
-        (with idle time) is told of each key's event, for ``tick``; late events go to ``late``
-        as ``(key, t, watermark, event)`` when it is given.
+        Records (and unmatched rows) are appended to ``out`` as ``(time, record)``, or only
+        counted when ``out`` is None (nobody reads them: no record is built). ``now`` is the
+        wall-clock time; ``idle`` (with idle time) is told of each key's event, for ``tick``;
+        late events go to ``late`` as ``(key, t, watermark, event)`` when it is given.
         """
         config = self.config
         slack = config.max_out_of_orderness + config.allowed_lateness
@@ -229,63 +236,10 @@ class JoinEngine:
                     continue
                 elif t > st.latest:  # the clock is ahead of the events after idle time
                     st.latest = t
-            if idle is not None:
-                st.seen = now
-                idle.touch(key)
-            if lru is not None:
-                st.seen = now
-                if key in lru:
-                    lru.move_to_end(key)
-                else:
-                    lru[key] = None
-            added += 1
-            if is_left:
-                other = st.right
-                own = st.left
-                low = t - before
-                due = high = t + after
-            else:
-                other = st.left
-                own = st.right
-                low = t - after
-                due = high = t + before
-            if asof:
-                own.add(t, ev)
-                due = self._asof_due(st)
-            else:
-                times = other.times
-                start = bisect_left(times, low, other.head)
-                if count_only:
-                    matched = bisect_right(times, high, start) - start
-                else:
-                    matched = 0
-                    events_o, matches_o = other.events, other.matches
-                    for i in range(start, bisect_right(times, high, start)):
-                        partner = events_o[i]
-                        if is_left:
-                            left, right, tl, tr = ev, partner, t, times[i]
-                        else:
-                            left, right, tl, tr = partner, ev, times[i], t
-                        if check and not matches_pair(left, right):
-                            continue
-                        matches_o[i] += 1
-                        matched += 1
-                        if out is not None:
-                            out.append(record(key, left, right, tl, tr))
-                records += matched
-                times = own.times
-                if len(times) == own.head or t >= times[-1]:
-                    times.append(t)
-                    own.events.append(ev)
-                    own.matches.append(matched)
-                else:
-                    own.add(t, ev, matched)
-                if len(times) > cap and len(times) - own.head > cap:
-                    self._evict(key, st, is_left, out)
-            st_due = st.due
-            if due < st_due:
-                st.due = st_due = due
-            if clock - slack <= st_due:
+            # expire first: an unmatched row that this event makes due goes out before the
+            # event's own records (an expired event cannot match a new one: it lies outside
+            # the interval of every event that is not late)
+            if clock - slack <= st.due:
                 pass
             elif inline_expiry:
                 # expire() of an inner join, inlined: the common case of the hot loop
@@ -318,6 +272,67 @@ class JoinEngine:
                     self.largest = size
             else:
                 self.expire(key, st, out)
+            if idle is not None:
+                st.seen = now
+                idle.touch(key)
+            if lru is not None:
+                st.seen = now
+                if key in lru:
+                    lru.move_to_end(key)
+                else:
+                    lru[key] = None
+            added += 1
+            if is_left:
+                other = st.right
+                own = st.left
+                low = t - before
+                due = high = t + after
+            else:
+                other = st.left
+                own = st.right
+                low = t - after
+                due = high = t + before
+            if asof:
+                own.add(t, ev)
+                if len(own) > cap:
+                    self._evict(key, st, is_left, out)
+                due = self._asof_due(st)
+                if clock - slack > due:  # a right event that supersedes an older one
+                    st.due = due
+                    self.expire(key, st, out)
+                    due = st.due
+            else:
+                times = other.times
+                start = bisect_left(times, low, other.head)
+                if count_only:
+                    matched = bisect_right(times, high, start) - start
+                else:
+                    matched = 0
+                    events_o, matches_o = other.events, other.matches
+                    for i in range(start, bisect_right(times, high, start)):
+                        partner = events_o[i]
+                        if is_left:
+                            left, right, tl, tr = ev, partner, t, times[i]
+                        else:
+                            left, right, tl, tr = partner, ev, times[i], t
+                        if check and not matches_pair(left, right):
+                            continue
+                        matches_o[i] += 1
+                        matched += 1
+                        if out is not None:
+                            out.append((tl if tl >= tr else tr, record(key, left, right, tl, tr)))
+                records += matched
+                times = own.times
+                if len(times) == own.head or t >= times[-1]:
+                    times.append(t)
+                    own.events.append(ev)
+                    own.matches.append(matched)
+                else:
+                    own.add(t, ev, matched)
+                if len(times) > cap and len(times) - own.head > cap:
+                    self._evict(key, st, is_left, out)
+            if due < st.due:
+                st.due = due
             if lru is not None and config.max_buffered is not None:
                 self.buffered += added - gone
                 counters.events += added
@@ -328,7 +343,7 @@ class JoinEngine:
         self.buffered += added - gone
 
     # -- expiry --------------------------------------------------------------------------------
-    def expire(self, key: Any, st: JoinKeyState, out: list[Record] | None) -> None:
+    def expire(self, key: Any, st: JoinKeyState, out: Out | None) -> None:
         """Drop the buffered events no future event can match; emit unmatched rows (and, for
         as-of joins, the rows of the left events whose time has come)."""
         config = self.config
@@ -341,18 +356,24 @@ class JoinEngine:
         if config.how == "asof":
             self._expire_asof(key, st, wm, out)
         else:
+            # a full join's rows of both sides go out in the order of their times
+            rows = [] if out is not None and self._outer_left and self._outer_right else out
             head = left.head
             end = bisect_left(left_times, wm - config.after, head)
             if end > head:
                 if self._outer_left:
-                    self._unmatched_between(key, "left", left, head, end, out)
+                    self._unmatched_between(key, "left", left, head, end, rows)
                 left.advance(end)
             head = right.head
             end = bisect_left(right_times, wm - config.before, head)
             if end > head:
                 if self._outer_right:
-                    self._unmatched_between(key, "right", right, head, end, out)
+                    self._unmatched_between(key, "right", right, head, end, rows)
                 right.advance(end)
+            if rows is not out and rows:
+                assert out is not None
+                rows.sort(key=_first)
+                out.extend(rows)
             due = _NEVER
             if len(left_times) > left.head:
                 due = left_times[left.head] + config.after
@@ -368,14 +389,15 @@ class JoinEngine:
         buffer: SideBuffer,
         start: int,
         end: int,
-        out: list[Record] | None,
+        out: Out | None,
+        clock: int | None = None,
     ) -> None:
         matches, times, events = buffer.matches, buffer.times, buffer.events
         for i in range(start, end):
             if not matches[i]:
-                self._unmatched(key, side, times[i], events[i], out)
+                self._unmatched(key, side, times[i], events[i], out, clock)
 
-    def _expire_asof(self, key: Any, st: JoinKeyState, wm: int, out: list[Record] | None) -> None:
+    def _expire_asof(self, key: Any, st: JoinKeyState, wm: int, out: Out | None) -> None:
         left, right = st.left, st.right
         end = bisect_left(left.times, wm, left.head)
         for i in range(left.head, end):
@@ -407,9 +429,7 @@ class JoinEngine:
             due = min(due, right.times[right.head] + tolerance)
         return due
 
-    def _asof_row(
-        self, key: Any, st: JoinKeyState, t: int, ev: Any, out: list[Record] | None
-    ) -> None:
+    def _asof_row(self, key: Any, st: JoinKeyState, t: int, ev: Any, out: Out | None) -> None:
         """The row of a left event of an as-of join: with the latest right event at or before
         it, within the tolerance, or unmatched."""
         right = st.right
@@ -419,7 +439,7 @@ class JoinEngine:
         if i >= right.head and (tolerance is None or t - times[i] <= tolerance):
             self.counters.records += 1
             if out is not None:
-                out.append(self._record(key, ev, right.events[i], t, times[i]))
+                out.append((t, self._record(key, ev, right.events[i], t, times[i])))
         else:
             self._unmatched(key, "left", t, ev, out)
 
@@ -428,9 +448,12 @@ class JoinEngine:
         return how == "full" or how == side
 
     # -- caps ----------------------------------------------------------------------------------
-    def _evict(self, key: Any, st: JoinKeyState, is_left: bool, out: list[Record] | None) -> None:
+    def _evict(self, key: Any, st: JoinKeyState, is_left: bool, out: Out | None) -> None:
         """Evict the oldest event of one side of a key (a cap was hit)."""
         buffer = st.left if is_left else st.right
+        size = len(st)
+        if size > self.largest:  # the key may shrink without an expiry that would see it
+            self.largest = size
         entry = buffer.evict_oldest()
         if entry is None:
             return
@@ -442,9 +465,9 @@ class JoinEngine:
             if is_left:
                 self._asof_row(key, st, t, ev, out)
         elif not matches and self._outer(side):
-            self._unmatched(key, side, t, ev, out)
+            self._unmatched(key, side, t, ev, out, st.clock)
 
-    def _total_cap(self, states: dict[Any, JoinKeyState], out: list[Record] | None) -> None:
+    def _total_cap(self, states: dict[Any, JoinKeyState], out: Out | None) -> None:
         """Past ``max_buffered``: evict the oldest events of the least recently active keys."""
         cap = self.config.max_buffered
         lru = self._lru
@@ -461,9 +484,7 @@ class JoinEngine:
             )
             self._evict(key, st, is_left, out)
 
-    def drop_quiet(
-        self, states: dict[Any, JoinKeyState], now: float, out: list[Record] | None
-    ) -> None:
+    def drop_quiet(self, states: dict[Any, JoinKeyState], now: float, out: Out | None) -> None:
         """Drop the keys without an event for ``state_ttl`` seconds, the quietest first (so
         this stops at the first key that is not due). What they buffered goes as if the
         watermark had passed it all: outer joins emit the unmatched rows, as-of joins the
@@ -488,9 +509,12 @@ class JoinEngine:
                 for t, ev, _ in st.left:
                     self._asof_row(key, st, t, ev, out)
                 continue
+            if len(st) > self.largest:
+                self.largest = len(st)
             for side, buffer in (("left", st.left), ("right", st.right)):
                 if self._outer(side):
-                    self._unmatched_between(key, side, buffer, buffer.head, len(buffer.times), out)
+                    end = len(buffer.times)
+                    self._unmatched_between(key, side, buffer, buffer.head, end, out, st.clock)
 
     def forget(self, key: Any) -> None:
         """The caller dropped ``key``'s state."""
@@ -503,7 +527,7 @@ class JoinEngine:
         states: dict[Any, JoinKeyState],
         idle: IdleKeys,
         now: float,
-        out: list[Record] | None,
+        out: Out | None,
     ) -> None:
         """Advance the clocks of idle keys, so their buffered events expire and their
         unmatched rows come out without new events (as ``WindowEngine.tick`` does for
@@ -531,19 +555,30 @@ class JoinEngine:
         idle = config.idle_timeout
         assert idle is not None
         if st.due >= _NEVER:
-            return now + idle
+            # nothing will expire without a new event (an as-of key holding one right event):
+            # no visit until then (the key's next event makes it recent again)
+            return math.inf
         slack = config.max_out_of_orderness + config.allowed_lateness + 1
         return max(st.seen + idle + (st.due + slack - st.latest) / 1000, now + 0.001)
 
     # -- records -------------------------------------------------------------------------------
-    def _unmatched(self, key: Any, side: str, t: int, ev: Any, out: list[Record] | None) -> None:
+    def _unmatched(
+        self, key: Any, side: str, t: int, ev: Any, out: Out | None, clock: int | None = None
+    ) -> None:
+        """An unmatched row. The features of the join's stream see it at the end of its
+        event's interval, when it became unmatched (timed by its event, it would come after
+        the records of newer events and be late for a windowed feature), or at the key's
+        clock if it comes out sooner (an eviction, a key dropped after state_ttl)."""
         self.counters.unmatched += 1
         if out is None:
             return
         if side == "left":
-            out.append(self._record(key, ev, None, t, None))
+            at = t + self.config.after
+            record = self._record(key, ev, None, t, None)
         else:
-            out.append(self._record(key, None, ev, None, t))
+            at = t + self.config.before
+            record = self._record(key, None, ev, None, t)
+        out.append((at if clock is None or at <= clock else clock, record))
 
     def _matches(self, left: Mapping[str, Any], right: Mapping[str, Any]) -> bool:
         config = self.config
@@ -612,6 +647,10 @@ class JoinEngine:
         record["right_event_timestamp"] = tr
         record["time_difference_ms"] = abs(tl - tr) if tl is not None and tr is not None else None
         return record
+
+
+def _first(row: tuple[int, Record]) -> int:
+    return row[0]
 
 
 def _is_number(value: Any) -> bool:

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from actors import Actor, ActorRef, ActorStopped, get_logger
 
 from ._idle import IdleKeys
-from ._join_engine import JoinCounters, JoinEngine, JoinKeyState
+from ._join_engine import JoinCounters, JoinEngine, JoinKeyState, Out
 from ._results import JoinRecord, LateEvent
 from ._shard import Batch, IdleTick, Ping, Tick, fail_batch
 from ._updates import UpdateHub
@@ -85,7 +85,7 @@ class JoinShard(Actor[Any]):
 
     async def _tick(self) -> None:
         """Idle time and state_ttl: quiet keys' clocks advance, keys quiet for the ttl go."""
-        out: list[dict[str, Any]] | None = [] if self.targets or self.hub.active else None
+        out: Out | None = [] if self.targets or self.hub.active else None
         now = self.clock()
         if self.idle is not None:
             self.engine.tick(self.states, self.idle, now, out)
@@ -105,8 +105,9 @@ class JoinShard(Actor[Any]):
         assert tags is not None, "a join reads a batch of tagged streams"
         # records are built only for someone to read: the features of the join's stream, or
         # subscribers; else they are only counted
-        out: list[dict[str, Any]] | None = [] if self.targets or self.hub.active else None
-        late: list[Any] | None = [] if self.late_hub is not None and self.late_hub.active else None
+        out: Out | None = [] if self.targets or self.hub.active else None
+        # with side_output, late events are counted as such whether or not anyone reads them
+        late: list[Any] | None = [] if self.late_hub is not None else None
         engine = self.engine
         counters = engine.counters
         evicted, errors = counters.evicted, counters.predicate_errors + counters.merge_errors
@@ -117,8 +118,7 @@ class JoinShard(Actor[Any]):
             self._log_evictions()
         if counters.predicate_errors + counters.merge_errors != errors:
             self._log_errors()
-        if late:
-            assert self.late_hub is not None
+        if late and self.late_hub is not None and self.late_hub.active:
             name = self.engine.config.name
             await self.late_hub.publish(
                 [LateEvent(key, t, watermark, ev, name) for key, t, watermark, ev in late]
@@ -161,10 +161,10 @@ class JoinShard(Actor[Any]):
         )
         self._errors_logged_at = now
 
-    async def _emit(self, out: list[dict[str, Any]], created: float) -> None:
+    async def _emit(self, out: Out, created: float) -> None:
         name = self.engine.config.name
         if self.targets:
-            records = Batch([(r["key"], self._time(r), r) for r in out], created, name)
+            records = Batch([(r["key"], t, r) for t, r in out], created, name)
             for target in self.targets:
                 try:
                     await target.refs[self.shard].tell(records)
@@ -173,22 +173,7 @@ class JoinShard(Actor[Any]):
                     _log.warning("join_records_undelivered", join=name, records=len(out))
         if self.hub.active:
             wall = time.time()
-            await self.hub.publish([JoinRecord(name, r["key"], r, wall) for r in out])
-
-    def _time(self, record: dict[str, Any]) -> int:
-        """A record's event time for the features of the join's stream: ``join_timestamp``,
-        but for an unmatched row of an interval join the end of its event's interval, when it
-        became unmatched. Timed by its event, it would come long after the records of newer
-        events and be late for a windowed feature."""
-        t: int = record["join_timestamp"]
-        if record["time_difference_ms"] is not None:
-            return t
-        config = self.engine.config
-        if config.how == "asof":
-            return t
-        if record["left_event_timestamp"] is not None:
-            return t + config.after
-        return t + config.before
+            await self.hub.publish([JoinRecord(name, r["key"], r, wall) for _, r in out])
 
     async def receive(self, message: Any) -> Any:
         if isinstance(message, Ping):

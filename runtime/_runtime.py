@@ -374,25 +374,25 @@ class FeatureRuntime:
         finally:
             self._leave_ingest()
 
-    async def ingest_many(self, events: Any, *, stream: str | Sequence[str] | None = None) -> int:
+    async def ingest_many(self, events: Any, *, stream: str | Iterable[str] | None = None) -> int:
         """Accept many events in order; wait when the runtime is full.
 
         ``events`` is any iterable of events of one ``stream`` (default: the first), or a
-        sequence of events of several streams with ``stream`` a sequence of the same length
-        naming each event's stream (a merged source, as a join reads it, in one call).
+        sequence of events of several streams with ``stream`` an iterable of as many names,
+        each event's stream (a merged source, as a join reads it, in one call).
 
         Returns the number accepted; invalid events go to dead letters as with :meth:`ingest`.
 
         Raises:
-            ValueError: a stream is not a stream of the feature set, or ``stream`` is a
-                sequence whose length differs from that of ``events``.
+            ValueError: a stream is not a stream of the feature set, or ``stream`` names a
+                number of streams other than the number of ``events``.
         """
         streams: list[int] | None = None
         if stream is None or isinstance(stream, str):
             tag = self._tag(stream)
         else:
             tag = 0
-            streams = self._tags(events, stream)
+            streams = self._tags(events, list(stream))
         ingest = self._ingest
         self._enter_ingest()
         try:
@@ -658,10 +658,10 @@ class FeatureRuntime:
             merge=join.merge_strategy,  # type: ignore[arg-type]
             tolerance=join.tolerance_ms,
             max_buffered_per_key=join.max_buffered_per_key,
-            # the total cap is split evenly among the shards' actors
+            # the total cap is split evenly among the shards' actors (never over the total)
             max_buffered=None
             if join.max_buffered is None
-            else max(1, -(-join.max_buffered // self.shards)),
+            else max(1, join.max_buffered // self.shards),
             max_out_of_orderness=feature_set.max_out_of_orderness_ms,
             allowed_lateness=feature_set.duration_ms("allowed_lateness") or 0,
             idle_timeout=None if idle is None else idle / 1000,

@@ -15,6 +15,7 @@ import msgspec
 import msgspec.structs
 
 from ._duration import Duration, parse_duration
+from ._exceptions import SpecError
 from ._spec_checks import check_duration, check_int, check_name, check_str, fail, kind
 
 __all__ = [
@@ -136,8 +137,9 @@ class Join(
                     "an as-of join picks the latest right event of the key: it takes no "
                     "on, range or predicate",
                 )
-            if self.before or self.after:
-                fail(self, "after", "an as-of join has no interval (use tolerance)")
+            for name in ("before", "after"):
+                if parse_duration(getattr(self, name), field=name):
+                    fail(self, name, "an as-of join has no interval (use tolerance)")
         if self.predicate is not None:
             resolve_function(self, "predicate", self.predicate)
         if not (isinstance(self.merge, str) and self.merge in JOIN_MERGES):
@@ -187,8 +189,10 @@ def resolve_function(owner: object, path: str, value: object) -> Callable[..., A
     path after the colon is allowed)."""
     if callable(value):
         return value
-    if not isinstance(value, str) or value.count(":") != 1:
+    if not isinstance(value, str):
         fail(owner, path, f"expected a function or a 'module:function' name, got {kind(value)}")
+    if value.count(":") != 1:
+        fail(owner, path, f"not a 'module:function' name: {value!r}")
     module_name, _, attribute = value.partition(":")
     try:
         found: Any = importlib.import_module(module_name)
@@ -207,9 +211,19 @@ def function_name(value: Any) -> str:
     """The ``"module:function"`` name of a function, for a spec written back out; raises
     TypeError for one that cannot be found again by its name (a lambda, a nested function)."""
     module, qualname = getattr(value, "__module__", None), getattr(value, "__qualname__", "")
-    if not module or not qualname or "<" in qualname:
+    name = f"{module}:{qualname}"
+    found: Any = None
+    if module and module != "__main__" and qualname and "<" not in qualname:
+        try:
+            found = resolve_function(None, "", name)
+        except SpecError:
+            found = None
+    # the name must lead back to this very function (not, say, a bound method's class
+    # attribute), from any process (not from a script's __main__)
+    if found is not value:
         raise TypeError(
-            f"cannot write the function {value!r} into a spec: give it as a "
-            "'module:function' name (a module-level function) instead"
+            f"cannot write the function {value!r} into a spec: it cannot be found again by "
+            "its name; give a function defined at the top level of an importable module (or "
+            "its 'module:function' name) instead"
         )
-    return f"{module}:{qualname}"
+    return name

@@ -10,7 +10,7 @@ from typing import Any
 import hypothesis.strategies as st
 from hypothesis import given, settings
 
-from runtime._join_engine import JoinConfig, JoinEngine, JoinKeyState
+from runtime._join_engine import JoinConfig, JoinEngine, JoinKeyState, Out
 
 
 @st.composite
@@ -336,7 +336,74 @@ def test_drop_quiet_answers_waiting_asof_lefts_and_keeps_the_count() -> None:
     engine.apply([("k", 5, "right", {"p": 1}), ("k", 7, "left", {"q": 1})], states, out, now=0.0)
     engine.apply([("j", 1, "left", {"q": 2})], states, out, now=5.0)
     assert out == [] and engine.buffered == 3
-    engine.drop_quiet(states, 10.0, out)  # k is quiet for 10 s, j for 5
-    assert [(r["left_q"], r["right_p"]) for r in out] == [(1, 1)]
+    timed: Out = []
+    engine.drop_quiet(states, 10.0, timed)  # k is quiet for 10 s, j for 5
+    assert [(t, r["left_q"], r["right_p"]) for t, r in timed] == [(7, 1, 1)]
     assert list(states) == ["j"] and engine.buffered == 1
     assert engine.counters.expired_keys == 1
+
+
+def test_an_asof_join_keeps_to_the_key_cap() -> None:
+    config = JoinConfig(
+        name="j", before=0, after=0, how="asof", max_buffered_per_key=2, max_out_of_orderness=1000
+    )
+    engine = JoinEngine(config)
+    states: dict[Any, JoinKeyState] = {}
+    out: list[dict[str, Any]] = []
+    engine.apply([("k", t, "left", {"id": t}) for t in range(10)], states, out)
+    assert len(states["k"].left) == 2 and engine.counters.evicted == 8
+    # an evicted left event is answered with what is buffered (no right event: unmatched)
+    assert [r["left_id"] for r in out] == list(range(8))
+
+
+def test_rows_are_timed_for_the_features_in_order() -> None:
+    """(time, record): a pair at its later event's time; an unmatched row at the end of its
+    interval, or at the key's clock when an eviction lets it out sooner; a full join's rows
+    of both sides in time order; rows an event makes due before its own records."""
+    engine = JoinEngine(JoinConfig(name="j", before=0, after=9_000, how="left"))
+    timed: Out = []
+    engine.apply_tagged(
+        [("a", 0, {"id": 0}), ("a", 5_000, {"id": 1}), ("a", 13_000, {"id": 2})],
+        [0, 0, 1],
+        (0, 1),
+        {},
+        timed,
+    )
+    assert [(t, r["left_id"], r.get("right_id")) for t, r in timed] == [
+        (9_000, 0, None),
+        (13_000, 1, 2),
+    ]
+    full = JoinEngine(JoinConfig(name="j", before=10_000, after=10_000, how="full", on=("c",)))
+    timed = []
+    full.apply_tagged(
+        [("a", 0, {"c": "x"}), ("a", 0, {"c": "y"}), ("a", 30_000, {"c": "z"})],
+        [0, 1, 0],
+        (0, 1),
+        {},
+        timed,
+    )
+    assert [t for t, _ in timed] == [10_000, 10_000]
+    capped = JoinEngine(
+        JoinConfig(name="j", before=0, after=3_600_000, how="left", max_buffered_per_key=2)
+    )
+    timed = []
+    capped.apply_tagged(
+        [("a", t, {"id": t}) for t in (0, 1_000, 2_000)] + [("a", 3_000, {"id": 3})],
+        [0, 0, 0, 1],
+        (0, 1),
+        {},
+        timed,
+    )
+    assert [(t, r["left_id"], r.get("right_id")) for t, r in timed] == [
+        (2_000, 0, None),  # evicted: at the key's clock, not an hour ahead
+        (3_000, 1_000, 3),
+        (3_000, 2_000, 3),
+    ]
+
+
+def test_the_largest_key_counts_keys_that_shrink_by_the_total_cap() -> None:
+    engine = JoinEngine(JoinConfig(name="j", before=0, after=10**9, max_buffered=100))
+    states: dict[Any, JoinKeyState] = {}
+    engine.apply([("A", t, "left", {}) for t in range(100)], states, None)
+    engine.apply([("B", t, "left", {}) for t in range(60)], states, None)
+    assert engine.largest == 100 and engine.buffered == 100

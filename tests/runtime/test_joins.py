@@ -282,7 +282,10 @@ async def test_ingest_many_checks_the_names_of_a_merged_source() -> None:
             await rt.ingest_many([{"ad": "a", "ts": 0}], stream=["l", "r"])
         with pytest.raises(ValueError, match="2 names for generator events"):
             await rt.ingest_many(({"ad": "a", "ts": t} for t in range(2)), stream=["l", "r"])
-        assert (await rt.statistics()).events_ingested == 0
+        # the names may come from any iterable
+        names = (name for name in ["l", "r"])
+        assert await rt.ingest_many([{"ad": "a", "ts": 0}, {"ad": "a", "ts": 1}], stream=names) == 2
+        assert (await rt.statistics()).events_ingested == 2
 
 
 def same_region(left: dict[str, Any], right: dict[str, Any]) -> bool:
@@ -314,6 +317,11 @@ async def test_predicate_and_merge_functions_by_value_or_by_name() -> None:
         assert back.joins[0].merge_strategy is merge_totals
 
 
+class Matcher:
+    def same(self, left: dict[str, Any], right: dict[str, Any]) -> bool:
+        return True
+
+
 def test_join_functions_are_checked() -> None:
     with pytest.raises(SpecError, match="predicate: cannot import module 'no_such_module'"):
         Join(name="j", left="a", right="b", after=1, predicate="no_such_module:f")
@@ -332,8 +340,18 @@ def test_join_functions_are_checked() -> None:
     with pytest.raises(SpecError, match="max_buffered: "):
         Join(name="j", left="a", right="b", after=1, max_buffered=0)
     fs = _feature_set(Join(name="j", left="l", right="r", after=1, predicate=lambda a, b: True))
-    with pytest.raises(TypeError, match="give it as a 'module:function' name"):
+    with pytest.raises(TypeError, match="cannot be found again by its name"):
         fs.to_json()
+    # a bound method's name leads to its class's plain function: refused too
+    bound = _feature_set(Join(name="j", left="l", right="r", after=1, predicate=Matcher().same))
+    with pytest.raises(TypeError, match="cannot be found again by its name"):
+        bound.to_json()
+    with pytest.raises(SpecError, match="not a 'module:function' name: 'os:path:join'"):
+        Join(name="j", left="a", right="b", after=1, merge="os:path:join")
+    # a zero interval, however it is spelled, is no interval
+    assert Join(name="j", left="a", right="b", how="asof", before="0s").before_ms == 0
+    with pytest.raises(SpecError, match=r"Join\.before: an as-of join has no interval"):
+        Join(name="j", left="a", right="b", how="asof", before="1s")
 
 
 async def test_evictions_are_counted_and_logged(caplog: pytest.LogCaptureFixture) -> None:
