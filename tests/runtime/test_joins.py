@@ -46,9 +46,11 @@ def _feature_set(join: Join, **options: Any) -> FeatureSet:
     how=st.sampled_from(["inner", "left", "right", "full"]),
     on=st.sampled_from([(), ("c",)]),
     ooo=st.sampled_from([0, 50]),
+    lateness=st.sampled_from([0, 30]),
+    batch_size=st.sampled_from([1, 5, 64]),
 )
 async def test_join_records_match_nested_loops_for_any_shard_count(
-    events: list[Any], how: str, on: tuple[str, ...], ooo: int
+    events: list[Any], how: str, on: tuple[str, ...], ooo: int, lateness: int, batch_size: int
 ) -> None:
     join = Join(name="lr", left="l", right="r", before=10, after=30, how=how, on=on)  # type: ignore[arg-type]
     config = JoinConfig(
@@ -58,12 +60,13 @@ async def test_join_records_match_nested_loops_for_any_shard_count(
         how=how,
         on=on,
         max_out_of_orderness=ooo,  # type: ignore[arg-type]
+        allowed_lateness=lateness,
     )
     want, late = oracle(config, events)
     reference = None
     for shards in (1, 2, 7, 16):
-        fs = _feature_set(join, max_out_of_orderness=ooo)
-        async with FeatureRuntime(fs, shards=shards, batch_size=5) as rt:
+        fs = _feature_set(join, max_out_of_orderness=ooo, allowed_lateness=lateness)
+        async with FeatureRuntime(fs, shards=shards, batch_size=batch_size) as rt:
             sub = rt.join_records(buffer=100_000)
             for key, t, side, ev in events:
                 await rt.ingest({"ad": key, "ts": t, **ev}, stream="l" if side == "left" else "r")
