@@ -57,7 +57,7 @@ class JoinShard(Actor[Any]):
         shard: int,
         sides: tuple[int, int],
         targets: Sequence[_Target],
-        hub: UpdateHub[JoinRecord],
+        hubs: Sequence[UpdateHub[JoinRecord]],
         clock: Callable[[], float] = time.time,
         late_hub: UpdateHub[LateEvent] | None = None,
     ) -> None:
@@ -67,7 +67,8 @@ class JoinShard(Actor[Any]):
         self.sides = sides
         #: the feature groups of the join's stream (the runtime's live list)
         self.targets = targets
-        self.hub = hub
+        #: where records go: every join's subscribers, and this join's
+        self.hubs = hubs
         #: where late events go with late_policy="side_output" (None: they are only counted)
         self.late_hub = late_hub
         self.clock = clock
@@ -85,7 +86,7 @@ class JoinShard(Actor[Any]):
 
     async def _tick(self) -> None:
         """Idle time and state_ttl: quiet keys' clocks advance, keys quiet for the ttl go."""
-        out: Out | None = [] if self.targets or self.hub.active else None
+        out: Out | None = [] if self._wanted() else None
         now = self.clock()
         if self.idle is not None:
             self.engine.tick(self.states, self.idle, now, out)
@@ -105,7 +106,7 @@ class JoinShard(Actor[Any]):
         assert tags is not None, "a join reads a batch of tagged streams"
         # records are built only for someone to read: the features of the join's stream, or
         # subscribers; else they are only counted
-        out: Out | None = [] if self.targets or self.hub.active else None
+        out: Out | None = [] if self._wanted() else None
         # with side_output, late events are counted as such whether or not anyone reads them
         late: list[Any] | None = [] if self.late_hub is not None else None
         engine = self.engine
@@ -125,6 +126,11 @@ class JoinShard(Actor[Any]):
             )
         if out:
             await self._emit(out, batch.created)
+
+    def _wanted(self) -> bool:
+        """Whether anyone reads the records: the features of the join's stream, or
+        subscribers (else they are only counted)."""
+        return bool(self.targets) or any(hub.active for hub in self.hubs)
 
     def _log_evictions(self) -> None:
         """Evictions are logged: the first at once, then at most one line per interval with
@@ -171,9 +177,12 @@ class JoinShard(Actor[Any]):
                 except ActorStopped:
                     # shutting down, and a group of the join's stream stopped first
                     _log.warning("join_records_undelivered", join=name, records=len(out))
-        if self.hub.active:
+        hubs = [hub for hub in self.hubs if hub.active]
+        if hubs:
             wall = time.time()
-            await self.hub.publish([JoinRecord(name, r["key"], r, wall) for _, r in out])
+            published = [JoinRecord(name, r["key"], r, wall) for _, r in out]
+            for hub in hubs:
+                await hub.publish(published)
 
     async def receive(self, message: Any) -> Any:
         if isinstance(message, Ping):

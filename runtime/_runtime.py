@@ -131,7 +131,8 @@ class FeatureRuntime:
         route_cache_size: keys whose shard is remembered, so routing a known key costs one
             dict lookup instead of a hash (the cache is cleared when full).
         clock: the wall clock (seconds) that idle time and state expiry are measured with;
-            tests pass a fake one and call :meth:`flush` to apply it.
+            tests pass a fake one and call :meth:`flush` to apply it, and a replay of history
+            one that follows the replay (``docs/windows.md``, "Replaying history").
 
     Example::
 
@@ -238,7 +239,7 @@ class FeatureRuntime:
         try:
             stack.callback(self._hub.close)
             stack.callback(self._late_hub.close)
-            stack.callback(self._records_hub.close)
+            stack.callback(self._close_record_hubs)
             await stack.enter_async_context(self._system)
             self._supervisor = self._system.supervisor("features")
             await self._add_groups(list(self.feature_set.features), self.feature_set)
@@ -679,7 +680,7 @@ class FeatureRuntime:
                         feature_set.stream_names.index(join.right),
                     ),
                     self._stream_groups[join.name],
-                    self._records_hub,
+                    (self._records_hub, target.hub),
                     self._clock,
                     self._late_hub if feature_set.late_policy == "side_output" else None,
                 ),
@@ -851,14 +852,29 @@ class FeatureRuntime:
             result[join.name] = JoinStatistics(largest_key=largest, **total)
         return result
 
+    def _close_record_hubs(self) -> None:
+        self._records_hub.close()
+        for join in self._joins:
+            join.hub.close()
+
     def join_records(
-        self, *, buffer: int = 10_000, policy: Policy = "block"
+        self, join: str | None = None, *, buffer: int = 10_000, policy: Policy = "block"
     ) -> UpdateSubscription[JoinRecord]:
-        """Subscribe to the records of every join (``JoinRecord.join`` names it): matched
-        pairs, and for outer joins the unmatched rows. ``buffer`` and ``policy`` as for
-        :meth:`updates`."""
+        """Subscribe to the records of the join named ``join``, or of every join
+        (``JoinRecord.join`` names it): matched pairs, and for outer and as-of joins the
+        unmatched rows. ``buffer`` and ``policy`` as for :meth:`updates`.
+
+        Raises:
+            ValueError: the feature set has no join named ``join``.
+        """
         self._check_running()
-        return self._records_hub.subscribe(buffer, policy)
+        if join is None:
+            return self._records_hub.subscribe(buffer, policy)
+        for target in self._joins:
+            if target.name == join:
+                return target.hub.subscribe(buffer, policy)
+        known = ", ".join(target.name for target in self._joins) or "none"
+        raise ValueError(f"join: no join named {join!r} (known: {known})")
 
     def late_events(
         self, *, buffer: int = 10_000, policy: Policy = "block"
@@ -891,6 +907,8 @@ class _JoinGroup:
     refs: list[ActorRef[Any]] = field(default_factory=list)
     #: a join reads every stream's events, tagged
     stream: str = ""
+    #: the subscribers of this join's records alone
+    hub: UpdateHub[JoinRecord] = field(default_factory=UpdateHub)
 
 
 class _Found:

@@ -151,7 +151,7 @@ class ReplayClock:
 
 @dataclass
 class Tally:
-    """What the demo reads from ``rt.join_records()``, as the records come."""
+    """What the demo reads from ``rt.join_records(JOIN)``, as the records come."""
 
     matched: int = 0
     unmatched: int = 0
@@ -168,8 +168,6 @@ class Tally:
     async def consume(self, records: UpdateSubscription[JoinRecord]) -> None:
         resolved, attributed, delays = self.resolved, self.attributed, self.delays
         async for item in records:
-            if item.join != JOIN:
-                continue
             record = item.record
             campaign = record["left_campaign"]  # a left join: every record has its impression
             resolved[campaign] = resolved.get(campaign, 0) + 1
@@ -293,7 +291,7 @@ async def replay(
         expected_keys=sim.config.ads,
         clock=clock,
     ) as rt:
-        records = rt.join_records()
+        records = rt.join_records(JOIN)
         async with anyio.create_task_group() as tg:
             tg.start_soon(tally.consume, records)
             start = steps = shown = 0
@@ -489,6 +487,7 @@ def summarize(
             "at_last_impression": _join_stats(result.at_last_impression),
             "drained": _join_stats(drained),
             "peak": dict(result.peak),
+            "name": JOIN,
             "records_read": tally.records,
         },
         "accounting": {

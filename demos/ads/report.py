@@ -117,7 +117,7 @@ def _render_run(summary: Mapping[str, Any], console: Console) -> None:
     runs.add_row(
         "join records",
         f"{summary['join']['records_read']:,}",
-        "read from rt.join_records()"
+        f"read from rt.join_records({summary['join']['name']!r})"
         + ("" if records_per_second is None else f", {records_per_second:,.0f} per second"),
     )
     runs.add_row("ingest→update p50", format_ms(summary["latency_p50_ms"]), "")

@@ -429,3 +429,27 @@ async def test_state_ttl_drops_quiet_keys_of_a_join() -> None:
         rows = [(r.key, r.record.get("left_id"), r.record.get("right_id")) async for r in sub]
         # a's unmatched impression comes out as its key goes; b's matched one does not
         assert sorted(rows, key=str) == [("a", 1, None), ("b", 2, 3)]
+
+
+async def test_join_records_of_one_join() -> None:
+    fs = FeatureSet(
+        name="ads",
+        key="ad",
+        time="ts",
+        streams=["l", "r"],
+        joins=[
+            Join(name="near", left="l", right="r", after=10),
+            Join(name="far", left="l", right="r", after=1_000),
+        ],
+        features=[],
+    )
+    async with FeatureRuntime(fs, shards=2) as rt:
+        near, every = rt.join_records("near"), rt.join_records()
+        with pytest.raises(ValueError, match="no join named 'nope' \\(known: near, far\\)"):
+            rt.join_records("nope")
+        await rt.ingest_many([{"ad": "a", "ts": 0}, {"ad": "a", "ts": 500}], stream=["l", "r"])
+        await rt.flush()
+        stats = await rt.statistics()
+    assert [r.join async for r in near] == []
+    assert [r.join async for r in every] == ["far"]
+    assert (stats.joins["near"].records, stats.joins["far"].records) == (0, 1)
