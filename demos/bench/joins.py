@@ -11,7 +11,8 @@ its own, and the front of both deques is expired by the ad's newest time. Featur
 an inner ``Join`` of the two streams (a join actor per shard) with no features: what is timed
 is ingest, routing and the join. Printed: events/s, joined pairs/s and their ratios to the
 baseline, the largest buffer of one ad, and peak RSS (each case in a child process of its
-own). The pairs are checked to be the same.
+own, the best of ``--repeat`` (3) runs, so that a disturbance of the machine during one run
+does not decide the ratio). The pairs are checked to be the same.
 """
 
 from __future__ import annotations
@@ -111,12 +112,25 @@ def _case(spec: dict[str, Any], queue: Any) -> None:
     # sight (as in the aggregates benchmark), so full collections do not rescan them
     gc.collect()
     gc.freeze()
-    if spec["shards"] == 0:
-        start = time.perf_counter()
-        pairs, largest = plain_join(events)
-        queue.put((time.perf_counter() - start, pairs, largest, peak_rss_mib()))
-        return
+    best = None
+    for _ in range(spec["repeat"]):  # the best of the runs: the least disturbed by the machine
+        gc.collect()
+        result = _plain(events) if spec["shards"] == 0 else _runtime(spec, payloads, streams)
+        if best is None or result[0] < best[0]:
+            best = result
+    assert best is not None
+    queue.put((*best, peak_rss_mib()))
 
+
+def _plain(events: list[tuple[str, dict[str, Any]]]) -> tuple[float, int, int]:
+    start = time.perf_counter()
+    pairs, largest = plain_join(events)
+    return time.perf_counter() - start, pairs, largest
+
+
+def _runtime(
+    spec: dict[str, Any], payloads: list[dict[str, Any]], streams: list[str]
+) -> tuple[float, int, int]:
     async def main() -> tuple[float, int, int]:
         async with FeatureRuntime(FEATURES, shards=spec["shards"], batch_size=512) as rt:
             gc.collect()
@@ -128,8 +142,8 @@ def _case(spec: dict[str, Any], queue: Any) -> None:
             stats = (await rt.statistics()).joins["imp_click"]
         return seconds, stats.records, stats.largest_key
 
-    seconds, pairs, largest = run(main)
-    queue.put((seconds, pairs, largest, peak_rss_mib()))
+    result: tuple[float, int, int] = run(main)
+    return result
 
 
 def run_case(spec: dict[str, Any]) -> tuple[float, int, int, float]:
@@ -144,9 +158,13 @@ def cli(argv: list[str]) -> None:
     parser.add_argument("--ads", type=int, default=50_000)
     parser.add_argument("--shards", default="1,4", help="shard counts, comma-separated")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="runs of each case; the best is shown (3)"
+    )
     args = parser.parse_args(argv)
     base = {"impressions": args.impressions, "clicks": args.clicks, "ads": args.ads}
     base["seed"] = args.seed
+    base["repeat"] = max(1, args.repeat)
     n = args.impressions + args.clicks
     seconds, pairs, largest, rss = run_case({**base, "shards": 0})
     rows = [
