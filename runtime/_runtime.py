@@ -206,7 +206,7 @@ class FeatureRuntime:
         self._groups: list[_Group] = []
         #: per stream (the ingested ones, then the joins' records): its feature groups
         self._stream_groups: dict[str, list[_Group]] = {
-            name: [] for name in feature_set.feature_streams
+            name: [] for name in feature_set.group_streams
         }
         #: what the Ingest sends batches to: the groups of the ingested streams (each gets its
         #: stream's events), then the joins (all of them, tagged by stream); the live list
@@ -566,8 +566,8 @@ class FeatureRuntime:
         is refused leaves the runtime as it was.
         """
         planned: list[tuple[_Group, Callable[..., Any]]] = []
-        for stream in feature_set.feature_streams:
-            mine = [f for f in features if feature_set.stream_of(f) == stream]
+        for stream in feature_set.group_streams:
+            mine = [f for f in features if feature_set.group_stream_of(f) == stream]
             windowed = [f for f in mine if feature_set.is_windowed(f.name)]
             keyed = [f for f in mine if not feature_set.is_windowed(f.name)]
             if keyed:

@@ -40,6 +40,7 @@ from ._spec_checks import check_name as _check_name
 from ._spec_checks import check_str as _check_str
 from ._spec_checks import fail as _fail
 from ._spec_checks import kind as _kind
+from ._spec_enrich import SOURCE_TYPES, Lookup, Source
 from ._spec_errors import explain
 from ._spec_join import JOIN_HOWS, JOIN_MERGES, Join, function_name
 from ._spec_window import (
@@ -95,6 +96,12 @@ __all__ = [
 
 #: The stream of a feature set that names none.
 DEFAULT_STREAM = "events"
+
+
+def enriched_stream(stream: str) -> str:
+    """The name of the stream of ``stream``'s events once enriched by its lookups: what the
+    feature groups that read lookup fields read (not a name a user can give a stream)."""
+    return f"@{stream}"
 
 
 class Count(FeatureSpec, tag="count", frozen=True):
@@ -321,6 +328,9 @@ class FeatureSet(
     state_ttl: Duration | None = None
     streams: Sequence[str] = ()
     joins: Sequence[Join] = ()
+    sources: Sequence[Source] = ()
+    lookups: Sequence[Lookup] = ()
+    enrich_stash: int = 10_000
     features: Sequence[Feature]
 
     def __post_init__(self) -> None:
@@ -359,7 +369,85 @@ class FeatureSet(
                 _fail(self, f"features[{index}].name", reason)
             seen[feature.name] = index
         self._check_streams()
+        self._check_lookups()
         self._check_ratios(seen)
+
+    def _check_lookups(self) -> None:
+        if not isinstance(self.sources, list | tuple):
+            _fail(self, "sources", f"expected a list of sources, got {_kind(self.sources)}")
+        msgspec.structs.force_setattr(self, "sources", tuple(self.sources))
+        sources: set[str] = set()
+        for index, source in enumerate(self.sources):
+            if type(source) not in SOURCE_TYPES.values():
+                _fail(self, f"sources[{index}]", f"expected a source, got {_kind(source)}")
+            if source.name in sources:
+                _fail(self, f"sources[{index}].name", f"duplicate source {source.name!r}")
+            sources.add(source.name)
+        if not isinstance(self.lookups, list | tuple):
+            _fail(self, "lookups", f"expected a list of lookups, got {_kind(self.lookups)}")
+        msgspec.structs.force_setattr(self, "lookups", tuple(self.lookups))
+        taken = set(self.feature_streams)
+        for index, lookup in enumerate(self.lookups):
+            if not isinstance(lookup, Lookup):
+                _fail(self, f"lookups[{index}]", f"expected a Lookup, got {_kind(lookup)}")
+            if lookup.name in taken:
+                _fail(self, f"lookups[{index}].name", f"{lookup.name!r} is taken")
+            taken.add(lookup.name)
+            if lookup.source not in sources:
+                known = ", ".join(sorted(sources)) or "none"
+                _fail(
+                    self,
+                    f"lookups[{index}].source",
+                    f"no source named {lookup.source!r} (known: {known})",
+                )
+            if lookup.stream is not None and lookup.stream not in self.stream_names:
+                names = ", ".join(self.stream_names)
+                _fail(
+                    self,
+                    f"lookups[{index}].stream",
+                    f"no stream named {lookup.stream!r} (known: {names})",
+                )
+        _check_int(self, "enrich_stash", self.enrich_stash, 1, 10**8)
+        for index, feature in enumerate(self.features):
+            lookups = self._lookups_read(feature)
+            if not lookups:
+                continue
+            stream = feature.stream or self.stream_names[0]
+            if stream not in self.stream_names:
+                _fail(
+                    self,
+                    f"features[{index}]",
+                    f"reads lookup fields ({', '.join(lookups)}) on {stream!r}, which is not "
+                    "an ingested stream (lookups enrich ingested events)",
+                )
+            for name in lookups:
+                if self.lookup(name).stream_or(self.stream_names[0]) != stream:
+                    _fail(
+                        self,
+                        f"features[{index}]",
+                        f"reads lookup {name!r}, which enriches another stream than {stream!r}",
+                    )
+
+    def _lookups_read(self, feature: FeatureSpec) -> list[str]:
+        """The lookups whose fields (``<lookup>.<column>``) the feature reads."""
+        names = {lookup.name for lookup in self.lookups}
+        found = []
+        for field in feature.inputs():
+            head, dot, _ = field.partition(".")
+            if dot and head in names and head not in found:
+                found.append(head)
+        return found
+
+    def lookup(self, name: str) -> Lookup:
+        """The lookup named ``name``."""
+        for lookup in self.lookups:
+            if lookup.name == name:
+                return lookup
+        raise KeyError(name)
+
+    def enriched(self, feature: FeatureSpec) -> bool:
+        """Whether the feature reads a lookup's fields (so it waits for its fetches)."""
+        return bool(self.lookups) and bool(self._lookups_read(feature))
 
     def _check_streams(self) -> None:
         if not isinstance(self.streams, list | tuple):
@@ -415,6 +503,15 @@ class FeatureSet(
         for name in ratios:
             bases = _ratio_bases(name, ratios)
             streams = sorted({self.stream_of(self.feature(b)) for b in bases})
+            enriched = sorted(b for b in bases if self.enriched(self.feature(b)))
+            if enriched and len(enriched) < len(bases):
+                _fail(
+                    self,
+                    f"features[{index_of[name]}]",
+                    f"a ratio's operands must all read lookup fields or none: "
+                    f"{', '.join(enriched)} do and {', '.join(sorted(set(bases) - set(enriched)))} "
+                    "do not (features that read them wait for their fetches; the others do not)",
+                )
             if len(streams) > 1:
                 _fail(
                     self,
@@ -447,6 +544,18 @@ class FeatureSet(
         """The streams a feature can read: the ingested streams, then the joins' records."""
         return (*self.stream_names, *(join.name for join in self.joins))
 
+    @property
+    def group_streams(self) -> tuple[str, ...]:
+        """The streams feature groups read: ``feature_streams``, then the enriched form of
+        each ingested stream that has lookups (``enriched_stream``)."""
+        enriched = [enriched_stream(s) for s in self.stream_names if self.lookups_of(s)]
+        return (*self.feature_streams, *enriched)
+
+    def lookups_of(self, stream: str) -> tuple[Lookup, ...]:
+        """The lookups that enrich the events of ``stream``."""
+        first = self.stream_names[0]
+        return tuple(lookup for lookup in self.lookups if lookup.stream_or(first) == stream)
+
     def stream_of(self, feature: FeatureSpec) -> str:
         """The stream whose events ``feature`` sees: its ``stream``, else the first stream; a
         ratio's is its operands' (a ratio takes no ``stream`` of its own)."""
@@ -455,7 +564,19 @@ class FeatureSet(
             bases = sorted(_ratio_bases(feature.name, ratios))
             if bases and bases[0] in self.names:
                 return self.stream_of(self.feature(bases[0]))
-        return feature.stream or self.stream_names[0]
+        stream = feature.stream or self.stream_names[0]
+        return stream
+
+    def group_stream_of(self, feature: FeatureSpec) -> str:
+        """The stream of the group that computes ``feature``: its stream, or the enriched
+        form of it (``enriched_stream``) when it reads lookup fields."""
+        if isinstance(feature, Ratio):
+            ratios = {f.name: f for f in self.features if isinstance(f, Ratio)}
+            bases = sorted(_ratio_bases(feature.name, ratios))
+            if bases and bases[0] in self.names:
+                return self.group_stream_of(self.feature(bases[0]))
+        stream = self.stream_of(feature)
+        return enriched_stream(stream) if self.enriched(feature) else stream
 
     @property
     def max_out_of_orderness_ms(self) -> int:

@@ -54,9 +54,10 @@ class _Source(
     omit_defaults=True,
     tag_field="type",
 ):
-    """What every source has: its cache and how it is called.
+    """What every source has: its name, its cache and how it is called.
 
     Args:
+        name: the source's name, which lookups give.
         cache_size: rows kept in the source's LRU cache (the least recently used go first).
         ttl: how long a cached row is fresh (a duration).
         negative_ttl: how long a key the source does not have is remembered as missing.
@@ -76,6 +77,7 @@ class _Source(
             (it closes again when the probe succeeds).
     """
 
+    name: str
     cache_size: int = 10_000
     ttl: Duration = "5m"
     negative_ttl: Duration = "30s"
@@ -91,6 +93,7 @@ class _Source(
     breaker_reset: Duration = "5s"
 
     def __post_init__(self) -> None:
+        check_name(self, "name", self.name)
         check_int(self, "cache_size", self.cache_size, 1, 10**9)
         check_duration(self, "ttl", self.ttl, positive=True)
         check_duration(self, "negative_ttl", self.negative_ttl, positive=False)
@@ -245,6 +248,7 @@ class Lookup(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
             read its columns as ``"<name>.<column>"``.
         field: the event field holding the key.
         source: the name of one of the feature set's ``sources``.
+        stream: the ingested stream whose events it enriches (default: the first).
         default: the row an event gets when the source has no row for its key, the key is
             missing from the event, or the source fails with nothing cached (None: the
             lookup's fields are then absent).
@@ -254,6 +258,7 @@ class Lookup(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     field: str
     source: str
     default: dict[str, Any] | None = None
+    stream: str | None = None
 
     def __post_init__(self) -> None:
         check_name(self, "name", self.name)
@@ -261,3 +266,9 @@ class Lookup(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
         check_name(self, "source", self.source)
         if self.default is not None and not isinstance(self.default, dict):
             fail(self, "default", f"expected a table of values, got {kind(self.default)}")
+        if self.stream is not None:
+            check_name(self, "stream", self.stream)
+
+    def stream_or(self, first: str) -> str:
+        """The stream the lookup enriches: its ``stream``, else ``first``."""
+        return self.stream or first

@@ -245,7 +245,8 @@ def test_unknown_set_and_where_fields_are_rejected() -> None:
     assert spec_error(fraud_dict(shards=4)) == (
         "spec.toml: shards: unknown field "
         "(known: name, key, time, time_unit, max_out_of_orderness, allowed_lateness, "
-        "late_policy, correction_horizon, emit, idle_timeout, state_ttl, streams, joins, features)"
+        "late_policy, correction_horizon, emit, idle_timeout, state_ttl, streams, joins, sources, "
+        "lookups, enrich_stash, features)"
     )
     where = {"field": "status", "valeu": "declined"}
     assert spec_error(with_features({"type": "count", "name": "c", "where": where})) == (
