@@ -505,12 +505,12 @@ class JoinEngine:
             del states[key]
             self.counters.expired_keys += 1
             self.buffered -= len(st)
+            if len(st) > self.largest:
+                self.largest = len(st)
             if self.config.how == "asof":
                 for t, ev, _ in st.left:
                     self._asof_row(key, st, t, ev, out)
                 continue
-            if len(st) > self.largest:
-                self.largest = len(st)
             for side, buffer in (("left", st.left), ("right", st.right)):
                 if self._outer(side):
                     end = len(buffer.times)
