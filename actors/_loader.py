@@ -174,6 +174,10 @@ class BatchLoader(Generic[K, V]):
         cache: where to keep loaded values (see :class:`LoaderCache`), or ``None`` to load
             every key afresh. Keys that are queued or in flight are shared either way.
         name: names the loader in error messages.
+        linger: seconds the dispatcher waits, once a key is queued, for more keys before it
+            calls ``batch_fn`` (unless ``max_batch_size`` keys are queued first): fewer,
+            fuller calls for a little latency. 0 (the default): the keys of the same event
+            loop iteration only.
 
     Raises:
         ConfigError: if a limit is out of range.
@@ -188,6 +192,7 @@ class BatchLoader(Generic[K, V]):
         timeout: float | None = None,
         cache: LoaderCache[K, V] | None = None,
         name: str = "loader",
+        linger: float = 0.0,
     ) -> None:
         for limit, value in (("max_batch_size", max_batch_size), ("max_in_flight", max_in_flight)):
             if not isinstance(value, int) or isinstance(value, bool):
@@ -198,7 +203,12 @@ class BatchLoader(Generic[K, V]):
             raise ConfigError(f"max_in_flight must be >= 1, got {max_in_flight}")
         if timeout is not None and not timeout > 0:
             raise ConfigError(f"timeout must be > 0 or None, got {timeout}")
+        if isinstance(linger, bool) or not isinstance(linger, int | float) or not 0 <= linger:
+            raise ConfigError(f"linger must be a number of seconds >= 0, got {linger!r}")
         self._batch_fn = batch_fn
+        self._linger = float(linger)
+        #: set when the queue holds a full batch, to cut a linger short
+        self._filled: anyio.Event | None = None
         self._max_batch_size = max_batch_size
         self._max_in_flight = max_in_flight
         self._timeout = timeout
@@ -248,6 +258,8 @@ class BatchLoader(Generic[K, V]):
         assert self._task_group is not None
         self._state = _CLOSING
         self._wakeup.set()
+        if self._filled is not None:  # no lingering at the end: what is queued goes now
+            self._filled.set()
         try:
             if exc_val is not None:
                 self._task_group.cancel_scope.cancel()
@@ -396,6 +408,8 @@ class BatchLoader(Generic[K, V]):
             slot.queued = True
             self._queue.append(key)
             self._wakeup.set()
+            if self._filled is not None and len(self._queue) >= self._max_batch_size:
+                self._filled.set()
         return slot
 
     async def _dispatch(self) -> None:
@@ -411,6 +425,12 @@ class BatchLoader(Generic[K, V]):
                 self._wakeup = anyio.Event()
                 # Let the other tasks of this loop iteration add their keys to the batch.
                 await anyio.lowlevel.checkpoint()
+                if self._linger and 0 < len(queue) < size and self._state == _RUNNING:
+                    # ... and those of the next ``linger`` seconds, unless a batch fills first
+                    self._filled = anyio.Event()
+                    with anyio.move_on_after(self._linger):
+                        await self._filled.wait()
+                    self._filled = None
                 continue
             await self._slots.acquire()
             keys: list[K] = []

@@ -10,6 +10,8 @@ from ._cost import estimate_cost as estimate_cost
 from ._cost import estimate_feature_set as estimate_feature_set
 from ._duration import format_duration as format_duration
 from ._duration import parse_duration as parse_duration
+from ._enrich_fetch import SourceError as SourceError
+from ._enrich_fetch import SourceUnavailable as SourceUnavailable
 from ._exceptions import FeatureValueError as FeatureValueError
 from ._exceptions import FeaturistError as FeaturistError
 from ._exceptions import InvalidEvent as InvalidEvent
@@ -17,6 +19,8 @@ from ._exceptions import RuntimeClosed as RuntimeClosed
 from ._exceptions import SpecError as SpecError
 from ._exceptions import UnknownFeature as UnknownFeature
 from ._logging import configure_logging as configure_logging
+from ._results import EnrichedEvent as EnrichedEvent
+from ._results import EnrichmentStatistics as EnrichmentStatistics
 from ._results import FeatureDescription as FeatureDescription
 from ._results import FeatureError as FeatureError
 from ._results import FeatureResult as FeatureResult
@@ -52,6 +56,12 @@ from ._spec import TopK as TopK
 from ._spec import Variance as Variance
 from ._spec import Where as Where
 from ._spec import ZScore as ZScore
+from ._spec_enrich import CustomSource as CustomSource
+from ._spec_enrich import HttpSource as HttpSource
+from ._spec_enrich import Lookup as Lookup
+from ._spec_enrich import PostgresSource as PostgresSource
+from ._spec_enrich import RedisSource as RedisSource
+from ._spec_enrich import SqliteSource as SqliteSource
 from ._spec_join import Join as Join
 from ._spec_join import JoinRange as JoinRange
 from ._spec_window import Hopping as Hopping
@@ -65,8 +75,11 @@ __all__ = [
     "FEATURE_TYPES",
     "CostEstimate",
     "Count",
+    "CustomSource",
     "DistinctCount",
     "EWMean",
+    "EnrichedEvent",
+    "EnrichmentStatistics",
     "Feature",
     "FeatureDescription",
     "FeatureError",
@@ -80,6 +93,7 @@ __all__ = [
     "FeaturistError",
     "First",
     "Hopping",
+    "HttpSource",
     "InvalidEvent",
     "Join",
     "JoinRange",
@@ -87,19 +101,25 @@ __all__ = [
     "JoinStatistics",
     "Last",
     "LateEvent",
+    "Lookup",
     "Max",
     "Mean",
     "MeasuredCost",
     "Min",
     "Percentile",
+    "PostgresSource",
     "Quantile",
     "Ratio",
+    "RedisSource",
     "RuntimeClosed",
     "RuntimeStatistics",
     "SequencePattern",
     "Session",
     "Sliding",
+    "SourceError",
+    "SourceUnavailable",
     "SpecError",
+    "SqliteSource",
     "Std",
     "Step",
     "Sum",

@@ -17,6 +17,8 @@ __all__ = [
     "FeatureResult",
     "FeatureUpdate",
     "FeatureVector",
+    "EnrichedEvent",
+    "EnrichmentStatistics",
     "JoinRecord",
     "JoinStatistics",
     "LateEvent",
@@ -97,6 +99,60 @@ class LateEvent(msgspec.Struct, frozen=True):
     event: dict[str, Any]
     #: the feature group whose windows it missed
     group: str
+
+
+class EnrichedEvent(msgspec.Struct, frozen=True):
+    """An event with its dimension rows, from ``rt.enriched_events()``."""
+
+    #: the entity key
+    key: Any
+    #: the event's time, milliseconds since the epoch
+    event_time: int
+    #: the event's fields, plus ``enrichment`` (``{lookup: row or default}``),
+    #: ``enrichment_metadata`` and the flat ``"<lookup>.<column>"`` fields
+    event: dict[str, Any]
+
+
+class EnrichmentStatistics(msgspec.Struct, frozen=True, kw_only=True):
+    """One dimension source's part of ``rt.statistics()``: its cache, its calls, and the
+    seed's efficiency figures."""
+
+    #: lookups answered by the cache (fresh rows and keys known to be missing) and not
+    cache_hits: int
+    cache_misses: int
+    #: ``cache_hits / lookups`` (0.0 before any lookup)
+    hit_ratio: float
+    #: rows served stale because the source failed; defaults given because it failed with
+    #: nothing cached; rows the source returned malformed (the default was given)
+    stale_served: int
+    defaults_after_error: int
+    malformed: int
+    #: rows cached, the cache's capacity and ``size / capacity``; entries evicted
+    cache_size: int
+    cache_capacity: int
+    cache_utilization: float
+    evictions: int
+    #: calls of the source, keys asked, found and missing; calls that failed after their
+    #: retries; retries; attempts that timed out
+    calls: int
+    keys_requested: int
+    keys_found: int
+    keys_missing: int
+    failures: int
+    retries: int
+    timeouts: int
+    #: the circuit breaker: ``"closed"``, ``"open"`` or ``"half_open"``; times it opened;
+    #: batches it refused
+    breaker_state: str
+    breaker_openings: int
+    rejected_by_breaker: int
+    #: mean and max latency of the source's successful calls (ms)
+    mean_call_ms: float | None
+    max_call_ms: float | None
+    #: the cache hits times the mean call latency: source time the cache saved (ms)
+    latency_saved_ms: float
+    #: events waiting in the enrichers' stashes for a fetch now
+    stashed: int
 
 
 class JoinRecord(msgspec.Struct, frozen=True):
@@ -257,3 +313,5 @@ class RuntimeStatistics(msgspec.Struct, frozen=True):
     expired_keys: int = 0
     #: each join's records and buffers, by name (empty without joins)
     joins: dict[str, JoinStatistics] = msgspec.field(default_factory=dict)
+    #: each dimension source's cache, calls and efficiency, by name (empty without lookups)
+    enrichment: dict[str, EnrichmentStatistics] = msgspec.field(default_factory=dict)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from itertools import islice
@@ -43,6 +43,10 @@ from actors import (
 )
 
 from ._cost import CostEstimate, MeasuredCost, estimate_cost
+from ._enrich_cache import DimensionCache
+from ._enrich_fetch import Fetcher
+from ._enrich_shard import EnrichShard, EnrichShardStats, GetEnrichStats, SourceRuntime
+from ._enrich_sources import make_source
 from ._events import EventReader, PayloadFormat
 from ._exceptions import RuntimeClosed, SpecError, UnknownFeature
 from ._ingest import Ingest
@@ -50,6 +54,8 @@ from ._join_engine import JoinConfig, JoinEngine
 from ._join_shard import GetJoinStats, JoinShard, JoinShardStats
 from ._kernel import CompiledGroup, compile_group
 from ._results import (
+    EnrichedEvent,
+    EnrichmentStatistics,
     FeatureDescription,
     FeatureError,
     FeatureUpdate,
@@ -61,7 +67,8 @@ from ._results import (
     WindowStatistics,
 )
 from ._shard import GetStates, GetStats, GroupShard, IdleTick, Ping, ShardStats
-from ._spec import Feature, FeatureSet
+from ._spec import Feature, FeatureSet, enriched_stream
+from ._spec_enrich import CustomSource
 from ._spec_join import Join
 from ._updates import Policy, UpdateHub, UpdateSubscription
 from ._window_engine import WindowEngine
@@ -133,6 +140,8 @@ class FeatureRuntime:
         clock: the wall clock (seconds) that idle time and state expiry are measured with;
             tests pass a fake one and call :meth:`flush` to apply it, and a replay of history
             one that follows the replay (``docs/windows.md``, "Replaying history").
+        sources: the objects behind the feature set's ``CustomSource`` specs, by name: each
+            with ``async get_many(keys) -> dict`` (and optionally ``open`` and ``close``).
 
     Example::
 
@@ -158,9 +167,22 @@ class FeatureRuntime:
         dead_letters_capacity: int = 10_000,
         route_cache_size: int = 1 << 20,
         clock: Callable[[], float] = time.time,
+        sources: Mapping[str, Any] | None = None,
     ) -> None:
         if not isinstance(feature_set, FeatureSet):
             raise TypeError(f"feature_set must be a FeatureSet, got {type(feature_set).__name__}")
+        self._custom_sources = dict(sources or {})
+        custom = {s.name for s in feature_set.sources if isinstance(s, CustomSource)}
+        for name in custom - set(self._custom_sources):
+            raise ConfigError(f"sources: the custom source {name!r} needs an object here")
+        for name, obj in self._custom_sources.items():
+            if name not in custom:
+                known = ", ".join(sorted(custom)) or "none"
+                raise ConfigError(
+                    f"sources: {name!r} is not a CustomSource of the feature set (custom: {known})"
+                )
+            if not callable(getattr(obj, "get_many", None)):
+                raise ConfigError(f"sources: {name!r} has no get_many(keys) method")
         _check_int("key_groups", key_groups, 1)
         _check_int("shards", shards, 1, key_groups)
         _check_int("batch_size", batch_size, 1)
@@ -221,6 +243,10 @@ class FeatureRuntime:
         )
         self._joins: list[_JoinGroup] = []
         self._records_hub: UpdateHub[JoinRecord] = UpdateHub()
+        #: the enrichers (one per ingested stream with lookups) and the sources they share
+        self._enrichers: list[_EnrichGroup] = []
+        self._enriched_hub: UpdateHub[EnrichedEvent] = UpdateHub()
+        self._sources: dict[str, SourceRuntime] = {}
         self._register_lock = anyio.Lock()
         self._active_ingests = 0
         self._ingests_done: anyio.Event | None = None
@@ -240,11 +266,17 @@ class FeatureRuntime:
             stack.callback(self._hub.close)
             stack.callback(self._late_hub.close)
             stack.callback(self._close_record_hubs)
+            stack.callback(self._enriched_hub.close)
+            # sources before the actors, so that they close after the actors stopped
+            await self._open_sources(stack)
             await stack.enter_async_context(self._system)
             self._supervisor = self._system.supervisor("features")
             await self._add_groups(list(self.feature_set.features), self.feature_set)
             for join in self.feature_set.joins:
                 await self._add_join(join)
+            for stream in self.feature_set.stream_names:
+                if self.feature_set.lookups_of(stream):
+                    await self._add_enricher(stream)
             self._tg = await stack.enter_async_context(anyio.create_task_group())
             self._tg.start_soon(self._flusher, name="featurist-flusher")
         except BaseException:
@@ -281,6 +313,9 @@ class FeatureRuntime:
                         self._ingests_done = anyio.Event()
                         await self._ingests_done.wait()
                     await self._ingest.send_all()
+                    # events waiting for a fetch get it (or their fallback) while fetches can
+                    # still run; what is left at the deadline goes to dead letters
+                    await self._drain_enrichers()
                 if scope.cancelled_caught:
                     self._ingest.abandon_unsent()
         finally:
@@ -436,7 +471,9 @@ class FeatureRuntime:
         """
         self._check_running()
         await self._ingest.send_all()
-        # joins first: what they hand to the features of their records is then on its way
+        # enrichers first: their stashes empty as their fetches land
+        await self._drain_enrichers()
+        # joins next: what they hand to the features of their records is then on its way
         for join in self._joins:
             for ref in join.refs:
                 await ref.ask(Ping(), timeout=None)
@@ -691,6 +728,66 @@ class FeatureRuntime:
         self._joins.append(target)
         self._targets.append(target)
 
+    async def _open_sources(self, stack: AsyncExitStack) -> None:
+        """Open each source with lookups, its cache and its fetcher."""
+        used = {lookup.source for lookup in self.feature_set.lookups}
+        for spec in self.feature_set.sources:
+            if spec.name not in used:
+                continue
+            source: Any = self._custom_sources.get(spec.name)
+            if source is None:
+                source = make_source(spec)
+            if hasattr(source, "open"):
+                await source.open()
+            if hasattr(source, "close"):
+                stack.push_async_callback(source.close)
+            fetcher = await stack.enter_async_context(Fetcher.from_spec(source, spec))
+            self._sources[spec.name] = SourceRuntime(
+                spec.name, DimensionCache.for_source(spec), fetcher
+            )
+
+    async def _add_enricher(self, stream: str) -> None:
+        """Start the enricher of one stream: an actor per shard, fed by the Ingest with the
+        stream's events, feeding the groups of the stream's enriched form."""
+        assert self._supervisor is not None
+        lookups = self.feature_set.lookups_of(stream)
+        target = _EnrichGroup(stream)
+        for shard in range(self.shards):
+            ref = await self._supervisor.spawn(
+                functools.partial(
+                    EnrichShard,
+                    lookups,
+                    self._sources,
+                    shard,
+                    enriched_stream(stream),
+                    self._stream_groups[enriched_stream(stream)],
+                    self._start_fetch,
+                    self.feature_set.enrich_stash,
+                    self._enriched_hub,
+                    self._clock,
+                ),
+                name=f"enrich-{stream}-shard-{shard}",
+                mailbox=self._mailbox,
+            )
+            target.refs.append(ref)
+        self._enrichers.append(target)
+        self._targets.append(target)
+
+    def _start_fetch(self, task: Callable[[], Any]) -> None:
+        """Run a fetch of an enricher as a task of the runtime."""
+        assert self._tg is not None
+        self._tg.start_soon(task)
+
+    async def _drain_enrichers(self) -> None:
+        """Wait until every enricher has applied what it was sent and emptied its stash."""
+        for enricher in self._enrichers:
+            for ref in enricher.refs:
+                while True:
+                    stats: EnrichShardStats = await ref.ask(GetEnrichStats(), timeout=None)
+                    if not stats.stashed:
+                        break
+                    await anyio.sleep(0.001)
+
     def _estimate(self, feature: Any) -> CostEstimate:
         return estimate_cost(feature, event_rate=self.expected_event_rate, keys=self.expected_keys)
 
@@ -780,6 +877,7 @@ class FeatureRuntime:
         actors += [ref for join in self._joins for ref in join.refs]
         depth = max((ref.statistics().depth for ref in actors), default=0)
         joins = await self._join_statistics()
+        enrichment = await self._enrichment_statistics()
         processed = sum(s.events for stats in firsts for s in stats)
         if not self._groups:  # joins alone: the events they applied
             processed = max((j.events for j in joins.values()), default=0)
@@ -799,6 +897,7 @@ class FeatureRuntime:
             max_mailbox_depth=depth,
             windows=await self._window_statistics(all_stats),
             joins=joins,
+            enrichment=enrichment,
             expired_keys=sum(
                 s.expired_keys
                 for group, stats in zip(self._groups, all_stats, strict=True)
@@ -836,6 +935,47 @@ class FeatureRuntime:
             return None
         per_key = total.state_bytes / total.keys if total.keys else 0.0
         return msgspec.structs.replace(total, state_bytes_per_key=per_key)
+
+    async def _enrichment_statistics(self) -> dict[str, EnrichmentStatistics]:
+        stashed = 0
+        for enricher in self._enrichers:
+            for ref in enricher.refs:
+                shard_stats: EnrichShardStats = await ref.ask(GetEnrichStats(), timeout=None)
+                stashed += shard_stats.stashed
+        result = {}
+        for name, source in self._sources.items():
+            cache = source.cache.statistics()
+            fetch = source.fetcher.statistics()
+            hits = cache.hits + cache.negative_hits
+            mean = fetch.mean_latency_ms if fetch.calls - fetch.failures > 0 else None
+            result[name] = EnrichmentStatistics(
+                cache_hits=hits,
+                cache_misses=cache.misses,
+                hit_ratio=cache.hit_ratio,
+                stale_served=source.stale_served,
+                defaults_after_error=source.defaults_after_error,
+                malformed=source.malformed,
+                cache_size=cache.size,
+                cache_capacity=cache.capacity,
+                cache_utilization=cache.utilization,
+                evictions=cache.evictions,
+                calls=fetch.calls,
+                keys_requested=fetch.keys_requested,
+                keys_found=fetch.keys_found,
+                keys_missing=fetch.keys_missing,
+                failures=fetch.failures,
+                retries=fetch.retries,
+                timeouts=fetch.timeouts,
+                breaker_state=fetch.breaker_state.value,
+                breaker_openings=fetch.breaker_openings,
+                rejected_by_breaker=fetch.rejected_by_breaker,
+                mean_call_ms=mean,
+                max_call_ms=fetch.max_latency_ms if mean is not None else None,
+                latency_saved_ms=hits * (mean or 0.0),
+                # the stashes are the stream's, not the source's: each source shows them all
+                stashed=stashed,
+            )
+        return result
 
     async def _join_statistics(self) -> dict[str, JoinStatistics]:
         result = {}
@@ -876,6 +1016,16 @@ class FeatureRuntime:
         known = ", ".join(target.name for target in self._joins) or "none"
         raise ValueError(f"join: no join named {join!r} (known: {known})")
 
+    def enriched_events(
+        self, *, buffer: int = 10_000, policy: Policy = "block"
+    ) -> UpdateSubscription[EnrichedEvent]:
+        """Subscribe to the enriched events: each event of a stream with lookups, with its
+        ``enrichment``, ``enrichment_metadata`` and ``"<lookup>.<column>"`` fields, once its
+        fetches landed (a key's events in order). ``buffer`` and ``policy`` as for
+        :meth:`updates`."""
+        self._check_running()
+        return self._enriched_hub.subscribe(buffer, policy)
+
     def late_events(
         self, *, buffer: int = 10_000, policy: Policy = "block"
     ) -> UpdateSubscription[LateEvent]:
@@ -909,6 +1059,14 @@ class _JoinGroup:
     stream: str = ""
     #: the subscribers of this join's records alone
     hub: UpdateHub[JoinRecord] = field(default_factory=UpdateHub)
+
+
+@dataclass
+class _EnrichGroup:
+    """An enricher's actors, one per shard."""
+
+    stream: str
+    refs: list[ActorRef[Any]] = field(default_factory=list)
 
 
 class _Found:

@@ -19,6 +19,7 @@ from ._spec_checks import check_duration, check_int, check_name, check_str, fail
 
 __all__ = [
     "SOURCE_TYPES",
+    "CustomSource",
     "HttpSource",
     "Lookup",
     "PostgresSource",
@@ -68,6 +69,9 @@ class _Source(
         max_stale: how long past its ``ttl`` a row may be served stale.
         max_batch_size: the most keys one call of the source is given.
         max_in_flight: the most calls of the source under way at once.
+        fetch_linger: how long a fetch waits for more keys before it calls the source (unless
+            ``max_batch_size`` keys are waiting first): fewer, fuller calls, for that much
+            more latency on a miss; 0 (the default) gathers the keys of one moment only.
         timeout: how long one call may take.
         retries: calls retried after a failure (with exponential backoff from ``backoff``).
         backoff: the wait before the first retry; each next one waits twice as long.
@@ -86,6 +90,7 @@ class _Source(
     max_stale: Duration = "1h"
     max_batch_size: int = 100
     max_in_flight: int = 4
+    fetch_linger: Duration = 0
     timeout: Duration = "1s"
     retries: int = 2
     backoff: Duration = "50ms"
@@ -108,6 +113,7 @@ class _Source(
         check_duration(self, "max_stale", self.max_stale, positive=False)
         check_int(self, "max_batch_size", self.max_batch_size, 1, 100_000)
         check_int(self, "max_in_flight", self.max_in_flight, 1, 1_000)
+        check_duration(self, "fetch_linger", self.fetch_linger, positive=False)
         check_duration(self, "timeout", self.timeout, positive=True)
         check_int(self, "retries", self.retries, 0, 100)
         check_duration(self, "backoff", self.backoff, positive=False)
@@ -230,13 +236,21 @@ class HttpSource(_Source, tag="http", frozen=True, kw_only=True):
         check_int(self, "max_concurrency", self.max_concurrency, 1, 1_000)
 
 
-Source: TypeAlias = SqliteSource | PostgresSource | RedisSource | HttpSource
+class CustomSource(_Source, tag="custom", frozen=True, kw_only=True):
+    """A source of your own: any object with ``async get_many(keys) -> dict`` (keys it does
+    not have left out; raising on failure), and optionally ``async open()`` and ``async
+    close()``, given to the runtime as ``FeatureRuntime(..., sources={name: obj})``. The spec
+    holds its cache and fetch settings, as for the built-in sources."""
+
+
+Source: TypeAlias = SqliteSource | PostgresSource | RedisSource | HttpSource | CustomSource
 #: the source types by their ``type`` tag
 SOURCE_TYPES: dict[str, type[Any]] = {
     "sqlite": SqliteSource,
     "postgres": PostgresSource,
     "redis": RedisSource,
     "http": HttpSource,
+    "custom": CustomSource,
 }
 
 

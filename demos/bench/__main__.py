@@ -8,6 +8,7 @@ import sys
 BENCHMARKS = {
     "actors": "demos.bench.actors",
     "aggregates": "demos.bench.aggregates",
+    "enrichment": "demos.bench.enrichment",
     "joins": "demos.bench.joins",
     "windows": "demos.bench.windows",
 }

@@ -541,3 +541,36 @@ def test_constructor_rejects_out_of_range_limits_naming_the_parameter(
     with pytest.raises(ConfigError) as info:
         BatchLoader(Source(), **kwargs)  # type: ignore[arg-type]
     assert str(info.value) == message
+
+
+async def test_linger_gathers_the_keys_of_later_iterations_into_one_call() -> None:
+    source = Source()
+    async with BatchLoader(source, max_batch_size=100, linger=0.05) as loader:
+        async with anyio.create_task_group() as tg:
+            for i in range(5):
+                tg.start_soon(loader.load, f"k{i}")
+                await anyio.sleep(0.005)  # a later iteration of the event loop each time
+    assert len(source.calls) == 1 and sorted(source.calls[0]) == [f"k{i}" for i in range(5)]
+
+
+async def test_a_full_batch_cuts_the_linger_short() -> None:
+    source = Source()
+    async with BatchLoader(source, max_batch_size=3, linger=10.0) as loader:
+        with anyio.fail_after(2):  # far less than the linger
+            assert await loader.load_many(["a", "b", "c"]) == ["v:a", "v:b", "v:c"]
+
+
+def test_linger_must_not_be_negative() -> None:
+    with pytest.raises(ConfigError, match="linger"):
+        BatchLoader(Source(), linger=-1)
+
+
+async def test_leaving_the_block_does_not_wait_for_a_linger() -> None:
+    source = Source()
+    with anyio.fail_after(2):
+        async with BatchLoader(source, linger=30.0) as loader:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(loader.load, "a")
+                await anyio.sleep(0.01)  # the dispatcher lingers for more keys now
+                tg.cancel_scope.cancel()  # the caller walks away; the block ends
+    assert source.calls == []

@@ -1,0 +1,250 @@
+"""``python -m demos.bench enrichment``: dimension lookups through FeatureRuntime's enricher
+against hand-written ways of doing them, on a source that takes 2 ms per call.
+
+The workload: ``--events`` (200,000) card transactions over ``--merchants`` (20,000) merchants
+with Zipf-like skew (a few merchants take most of the traffic); each needs its merchant's row
+(a risk score), and two features per card come of it: a count and the mean merchant risk. The
+source answers any batch of keys after ``--latency`` (2 ms), as a database or an API in the
+same region would; it counts its calls.
+
+The cases, all in the same run, all computing the same features:
+
+- one fetch per event: each event awaits its merchant's row (run on the first
+  ``--naive-events`` events only: at 2 ms each the whole stream would take minutes);
+- an LRU cache alone (5,000 entries) in front of the same fetch (also on the first events);
+- DataLoader: the hand-written baseline, events taken in chunks of 1,000 as a stream consumer
+  takes them, each chunk's misses of the same LRU loaded together through ``aiodataloader``
+  (one batch call per chunk);
+- FeatureRuntime: the merchants as a ``CustomSource`` with a 5,000-entry cache; the events go
+  through ``ingest_many`` and the enricher (batched fetches, one in flight per key).
+
+Printed: events/s, source calls and calls per 1,000 events, and each case's ratio to the
+DataLoader baseline's events/s. Target: at least 0.5 of it, with no more source calls.
+The features of the runtime are checked against the baseline's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import time
+from collections import OrderedDict
+from collections.abc import Hashable, Sequence
+from itertools import accumulate
+from typing import Any
+
+from aiodataloader import DataLoader
+
+from runtime import Count, CustomSource, FeatureRuntime, FeatureSet, Lookup, Mean
+
+from ._common import Row, print_table, quiet_logs, rate
+
+CACHE = 5_000
+CHUNK = 1_000
+
+
+class SlowSource:
+    """Merchant rows after a fixed latency per call, whatever the batch size."""
+
+    def __init__(self, merchants: int, latency: float) -> None:
+        rng = random.Random(7)
+        self.rows = {
+            f"m{i:05d}": {"risk": round(rng.random(), 3), "category": f"c{i % 20}"}
+            for i in range(merchants)
+        }
+        self.latency = latency
+        self.calls = 0
+        self.keys = 0
+
+    async def get_many(self, keys: Sequence[Hashable]) -> dict[Hashable, Any]:
+        self.calls += 1
+        self.keys += len(keys)
+        await asyncio.sleep(self.latency)
+        return {key: self.rows[key] for key in keys if key in self.rows}
+
+
+def make_events(events: int, merchants: int, cards: int, seed: int) -> list[dict[str, Any]]:
+    rng = random.Random(seed)
+    weights = list(accumulate(1.0 / (i + 1) ** 1.1 for i in range(merchants)))
+    names = [f"m{i:05d}" for i in range(merchants)]
+    picks = rng.choices(names, cum_weights=weights, k=events)
+    return [
+        {"card": f"c{rng.randrange(cards)}", "ts": 1_700_000_000_000 + i, "merchant_id": m}
+        for i, m in enumerate(picks)
+    ]
+
+
+class Totals:
+    """The features by hand: per card, a count and the sum of merchant risk."""
+
+    def __init__(self) -> None:
+        self.count: dict[str, int] = {}
+        self.risk: dict[str, float] = {}
+
+    def add(self, card: str, row: dict[str, Any] | None) -> None:
+        self.count[card] = self.count.get(card, 0) + 1
+        self.risk[card] = self.risk.get(card, 0.0) + (row["risk"] if row else 0.5)
+
+
+class LRU:
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.rows: OrderedDict[Hashable, Any] = OrderedDict()
+
+    def get(self, key: Hashable) -> Any:
+        row = self.rows.get(key)
+        if row is not None:
+            self.rows.move_to_end(key)
+        return row
+
+    def put(self, key: Hashable, row: Any) -> None:
+        self.rows[key] = row
+        self.rows.move_to_end(key)
+        if len(self.rows) > self.size:
+            self.rows.popitem(last=False)
+
+
+async def per_event(events: list[dict[str, Any]], source: SlowSource) -> Totals:
+    totals = Totals()
+    for event in events:
+        rows = await source.get_many([event["merchant_id"]])
+        totals.add(event["card"], rows.get(event["merchant_id"]))
+    return totals
+
+
+async def lru_alone(events: list[dict[str, Any]], source: SlowSource) -> Totals:
+    totals, cache = Totals(), LRU(CACHE)
+    for event in events:
+        key = event["merchant_id"]
+        row = cache.get(key)
+        if row is None:
+            row = (await source.get_many([key])).get(key)
+            cache.put(key, row)
+        totals.add(event["card"], row)
+    return totals
+
+
+async def dataloader(events: list[dict[str, Any]], source: SlowSource) -> Totals:
+    """The hand-written baseline: chunks of a stream, their misses loaded together."""
+    totals, cache = Totals(), LRU(CACHE)
+
+    async def batch(keys: list[Hashable]) -> list[Any]:
+        rows = await source.get_many(keys)
+        return [rows.get(key) for key in keys]
+
+    loader = DataLoader(batch, cache=False, max_batch_size=CHUNK)
+    for start in range(0, len(events), CHUNK):
+        chunk = events[start : start + CHUNK]
+        missing = {e["merchant_id"] for e in chunk if cache.get(e["merchant_id"]) is None}
+        if missing:
+            keys = list(missing)
+            for key, row in zip(keys, await loader.load_many(keys), strict=True):
+                cache.put(key, row)
+        for event in chunk:
+            totals.add(event["card"], cache.rows.get(event["merchant_id"]))
+    return totals
+
+
+FEATURES = FeatureSet(
+    name="tx",
+    key="card",
+    time="ts",
+    sources=[
+        CustomSource(
+            name="merchants",
+            cache_size=CACHE,
+            ttl="1h",
+            max_batch_size=CHUNK,
+            max_in_flight=2,
+            fetch_linger="2ms",
+        )
+    ],
+    lookups=[
+        Lookup(name="merchant", field="merchant_id", source="merchants", default={"risk": 0.5})
+    ],
+    features=[Count(name="n"), Mean(name="risk", field="merchant.risk")],
+)
+
+
+async def featurist(
+    events: list[dict[str, Any]], source: SlowSource, shards: int
+) -> dict[str, Any]:
+    async with FeatureRuntime(
+        FEATURES, shards=shards, batch_size=512, sources={"merchants": source}
+    ) as rt:
+        await rt.ingest_many(events)
+        await rt.flush()
+        cards = sorted({e["card"] for e in events})
+        return await rt.get_many(cards[:200])
+
+
+async def timed(case: Any, *args: Any) -> tuple[float, Any]:
+    start = time.perf_counter()
+    result = await case(*args)
+    return time.perf_counter() - start, result
+
+
+def cli(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="python -m demos.bench enrichment", description=__doc__)
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--merchants", type=int, default=20_000)
+    parser.add_argument("--cards", type=int, default=50_000)
+    parser.add_argument("--latency", type=float, default=0.002, help="seconds per call")
+    parser.add_argument("--naive-events", type=int, default=5_000)
+    parser.add_argument("--shards", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args(argv)
+    quiet_logs()
+    events = make_events(args.events, args.merchants, args.cards, args.seed)
+    asyncio.run(_main(args, events))
+
+
+async def _main(args: argparse.Namespace, events: list[dict[str, Any]]) -> None:
+    n = len(events)
+    naive = events[: args.naive_events]
+    results = []
+    for label, case, sample in (
+        ("one fetch per event", per_event, naive),
+        (f"LRU cache alone ({CACHE:,})", lru_alone, naive),
+        ("DataLoader + LRU (baseline)", dataloader, events),
+    ):
+        source = SlowSource(args.merchants, args.latency)
+        seconds, totals = await timed(case, sample, source)
+        results.append((label, len(sample), seconds, source.calls, totals))
+    baseline_seconds, baseline_totals = results[-1][2], results[-1][4]
+    source = SlowSource(args.merchants, args.latency)
+    seconds, vectors = await timed(featurist, events, source, args.shards)
+    for card, vector in vectors.items():
+        want = baseline_totals.risk[card] / baseline_totals.count[card]
+        assert vector["n"] == baseline_totals.count[card], card
+        assert abs(vector["risk"] - want) < 1e-9, (card, vector["risk"], want)
+    results.append((f"FeatureRuntime, {args.shards} shards", n, seconds, source.calls, None))
+    rows = []
+    baseline_rate = n / baseline_seconds
+    baseline_calls = results[2][3]
+    for label, count, secs, calls, _ in results:
+        sampled = count < n
+        rows.append(
+            Row(
+                label + (f" (first {count:,})" if sampled else ""),
+                {
+                    "events/s": rate(count, secs),
+                    "source calls": f"{calls:,}",
+                    "calls / 1k events": f"{calls / count * 1000:.2f}",
+                    "ratio": f"{count / secs / baseline_rate:.3f}",
+                },
+            )
+        )
+    print_table(
+        f"enrichment: {n:,} events over {args.merchants:,} merchants, "
+        f"{args.latency * 1000:g} ms per source call",
+        ["events/s", "source calls", "calls / 1k events", "ratio"],
+        rows,
+    )
+    ours = results[-1]
+    print(
+        f"\nFeatureRuntime: {n / ours[2] / baseline_rate:.2f} of the DataLoader baseline's "
+        f"events/s (target: at least 0.5), {ours[3]:,} source calls against its "
+        f"{baseline_calls:,} (target: no more)"
+    )

@@ -1,0 +1,258 @@
+"""Enrichment in the runtime: events get their dimension rows from a real SQLite file, in
+order per key, and a slow or failing source never delays the features that do not read it."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Hashable, Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+import runtime._runtime as runtime_module
+from runtime import (
+    Count,
+    FeatureRuntime,
+    FeatureSet,
+    Lookup,
+    Mean,
+    SqliteSource,
+    Sum,
+    Where,
+)
+from runtime._enrich_sources import make_source
+
+ROWS = [("m1", "grocery", 0.1), ("m2", "bet", 0.9), ("m3", "travel", 0.3)]
+
+
+def _database(tmp_path: Path, rows: Sequence[tuple[Any, ...]] = ROWS) -> str:
+    path = str(tmp_path / "merchants.db")
+    with sqlite3.connect(path) as connection:
+        connection.execute(
+            "CREATE TABLE merchants (merchant_id TEXT PRIMARY KEY, category TEXT, risk REAL)"
+        )
+        connection.executemany("INSERT INTO merchants VALUES (?, ?, ?)", rows)
+    return path
+
+
+def _set(path: str, **source_options: Any) -> FeatureSet:
+    return FeatureSet(
+        name="tx",
+        key="card",
+        time="ts",
+        sources=[
+            SqliteSource(
+                name="merchants",
+                path=path,
+                table="merchants",
+                key="merchant_id",
+                **source_options,
+            )
+        ],
+        lookups=[
+            Lookup(
+                name="merchant",
+                field="merchant_id",
+                source="merchants",
+                default={"category": "unknown", "risk": 0.5},
+            )
+        ],
+        features=[
+            Count(name="n"),
+            Sum(name="spent", field="amount"),
+            Mean(name="risk", field="merchant.risk"),
+            Count(name="bets", where=Where(field="merchant.category", op="==", value="bet")),
+        ],
+    )
+
+
+class _Wrapped:
+    """A real source behind a delay, and failures on demand."""
+
+    def __init__(self, inner: Any, delay: float) -> None:
+        self.inner = inner
+        self.delay = delay
+        self.failing = False
+        self.calls = 0
+
+    async def open(self) -> None:
+        await self.inner.open()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    async def get_many(self, keys: Sequence[Hashable]) -> dict[Hashable, Any]:
+        self.calls += 1
+        await anyio.sleep(self.delay)
+        if self.failing:
+            raise ConnectionError("the merchants database is down")
+        result: dict[Hashable, Any] = await self.inner.get_many(keys)
+        return result
+
+
+@pytest.fixture
+def wrapped(monkeypatch: pytest.MonkeyPatch) -> list[_Wrapped]:
+    made: list[_Wrapped] = []
+
+    def make(spec: Any) -> _Wrapped:
+        source = _Wrapped(make_source(spec), delay=0.0)
+        made.append(source)
+        return source
+
+    monkeypatch.setattr(runtime_module, "make_source", make)
+    return made
+
+
+async def test_events_get_rows_defaults_and_metadata(tmp_path: Path) -> None:
+    fs = _set(_database(tmp_path))
+    async with FeatureRuntime(fs, shards=2) as rt:
+        enriched = rt.enriched_events()
+        events = [
+            {"card": "c1", "ts": 1, "merchant_id": "m1", "amount": 10},
+            {"card": "c1", "ts": 2, "merchant_id": "m2", "amount": 20},
+            {"card": "c1", "ts": 3, "merchant_id": "nope", "amount": 5},  # not in the table
+            {"card": "c1", "ts": 4, "amount": 1},  # no key: the default
+            {"card": "c2", "ts": 5, "merchant_id": "m2", "amount": 7},
+            {"card": "c2", "ts": 6, "merchant_id": "m2", "amount": 7},
+        ]
+        await rt.ingest_many(events)
+        await rt.flush()
+        await rt.ingest({"card": "c3", "ts": 7, "merchant_id": "m1"})  # cached now
+        await rt.flush()
+        c1, c2 = await rt.get("c1"), await rt.get("c2")
+        stats = (await rt.statistics()).enrichment["merchants"]
+        await enriched.aclose()
+        seen = [e async for e in enriched]
+    assert (c1["n"], c1["spent"], c1["bets"]) == (4, 36, 1)
+    assert c1["risk"] == pytest.approx((0.1 + 0.9 + 0.5 + 0.5) / 4)
+    assert (c2["bets"], c2["risk"]) == (2, 0.9)
+    by_time = {e.event_time: e.event for e in seen}
+    assert by_time[1]["enrichment"]["merchant"] == {
+        "merchant_id": "m1",
+        "category": "grocery",
+        "risk": 0.1,
+    }
+    assert by_time[1]["merchant.category"] == "grocery"
+    metadata = by_time[3]["enrichment_metadata"]
+    assert metadata["defaulted"] == ["merchant"] and metadata["timestamp"] == 3
+    assert set(metadata) >= {"cache_hits", "cache_misses", "enrichment_latency_ms", "cache_age_ms"}
+    assert by_time[4]["enrichment"]["merchant"] == {"category": "unknown", "risk": 0.5}
+    # one fetch per key: m1, m2 and nope once each, however many events wait for them
+    assert stats.keys_requested == 3 and stats.keys_missing == 1
+    assert (stats.cache_misses, stats.cache_hits, stats.stashed) == (5, 1, 0)
+    assert by_time[7]["enrichment_metadata"]["cache_hits"] == 1
+
+
+async def test_a_slow_source_does_not_delay_features_that_do_not_read_it(
+    tmp_path: Path, wrapped: list[_Wrapped]
+) -> None:
+    fs = _set(_database(tmp_path), timeout="10s")
+    async with FeatureRuntime(fs, shards=2) as rt:
+        wrapped[0].delay = 1.0
+        await rt.ingest_many(
+            [{"card": "c1", "ts": t, "merchant_id": "m2", "amount": 1} for t in range(5)]
+        )
+        with anyio.fail_after(0.5):  # the plain features are there long before the fetch
+            while (await rt.get("c1"))["n"] < 5:
+                await anyio.sleep(0.01)
+        vector = await rt.get("c1")
+        assert (vector["n"], vector["spent"], vector["bets"]) == (5, 5, 0)
+        await rt.flush()  # waits for the fetch
+        vector = await rt.get("c1")
+        assert (vector["bets"], vector["risk"]) == (5, 0.9)
+        assert wrapped[0].calls == 1
+
+
+async def test_a_key_keeps_its_order_behind_a_fetch(
+    tmp_path: Path, wrapped: list[_Wrapped]
+) -> None:
+    fs = _set(_database(tmp_path))
+    async with FeatureRuntime(fs, shards=3, batch_size=4) as rt:
+        enriched = rt.enriched_events()
+        await rt.ingest({"card": "warm", "ts": 0, "merchant_id": "m1", "amount": 0})
+        await rt.flush()  # m1 is cached now
+        wrapped[0].delay = 0.2
+        events = []
+        for i in range(40):
+            merchant = "m1" if i % 3 else ("m2" if i % 2 else "m3")
+            events.append({"card": f"c{i % 4}", "ts": 10 + i, "merchant_id": merchant})
+        await rt.ingest_many(events)
+        await rt.flush()
+        await enriched.aclose()
+        seen = [e async for e in enriched if e.key != "warm"]
+    for card in {e["card"] for e in events}:
+        times = [e.event_time for e in seen if e.key == card]
+        assert times == sorted(times) and len(times) == 10
+
+
+async def test_a_source_that_goes_down_gives_stale_rows_then_defaults_and_the_circuit_opens(
+    tmp_path: Path, wrapped: list[_Wrapped]
+) -> None:
+    fs = _set(
+        _database(tmp_path),
+        ttl="1s",
+        max_stale="1h",
+        retries=1,
+        backoff="1ms",
+        breaker_failures=2,
+        breaker_reset="200ms",
+        refresh_ahead=None,
+    )
+
+    class Clock:
+        now = 1_000.0
+
+        def __call__(self) -> float:
+            return self.now
+
+    clock = Clock()
+    async with FeatureRuntime(fs, clock=clock) as rt:
+        enriched = rt.enriched_events()
+        await rt.ingest({"card": "c", "ts": 1, "merchant_id": "m2"})
+        await rt.flush()
+        wrapped[0].failing = True
+        clock.now += 5  # m2's row is stale now
+        await rt.ingest({"card": "c", "ts": 2, "merchant_id": "m2"})  # stale row
+        await rt.ingest({"card": "c", "ts": 3, "merchant_id": "m3"})  # nothing cached: default
+        await rt.flush()
+        await rt.ingest({"card": "c", "ts": 4, "merchant_id": "m1"})
+        await rt.flush()
+        stats = (await rt.statistics()).enrichment["merchants"]
+        assert stats.breaker_state == "open" and stats.breaker_openings == 1
+        assert stats.stale_served == 1 and stats.defaults_after_error >= 2
+        wrapped[0].failing = False
+        await anyio.sleep(0.25)  # past breaker_reset: the next fetch is the probe
+        await rt.ingest({"card": "c", "ts": 5, "merchant_id": "m3"})
+        await rt.flush()
+        stats = (await rt.statistics()).enrichment["merchants"]
+        assert stats.breaker_state == "closed"
+        await enriched.aclose()
+        seen = {e.event_time: e.event for e in [e async for e in enriched]}
+    assert seen[2]["enrichment"]["merchant"]["category"] == "bet"
+    assert seen[2]["enrichment_metadata"]["stale"] == ["merchant"]
+    assert seen[3]["enrichment"]["merchant"]["category"] == "unknown"
+    assert seen[5]["enrichment"]["merchant"]["category"] == "travel"
+
+
+async def test_a_small_stash_backpressures_and_loses_nothing(
+    tmp_path: Path, wrapped: list[_Wrapped]
+) -> None:
+    rows = [(f"m{i}", "shop", float(i)) for i in range(50)]
+    fs = FeatureSet.from_dict({**_set(_database(tmp_path, rows)).to_dict(), "enrich_stash": 3})
+    async with FeatureRuntime(fs, shards=2, batch_size=8) as rt:
+        wrapped[0].delay = 0.005
+        await rt.ingest_many(
+            [
+                {"card": f"c{i % 5}", "ts": i, "merchant_id": f"m{i % 50}", "amount": 1}
+                for i in range(400)
+            ]
+        )
+        await rt.flush()
+        vectors = await rt.get_many([f"c{i}" for i in range(5)])
+        stats = await rt.statistics()
+    assert sum(v["n"] for v in vectors.values()) == 400
+    assert all(v["risk"] is not None for v in vectors.values())
+    assert stats.enrichment["merchants"].stashed == 0
+    assert rt.dead_letters.count() == 0
