@@ -207,7 +207,13 @@ class EnrichShard(Actor[Any]):
         refresh: dict[str, set[Hashable]] = {}
         stashed, stash = self.stashed, self.stash
         for key, t, event in batch.events:
-            enriched = self._enrich(t, event, now, arrived, wanted, refresh, 0, 0, True, arrived)
+            try:
+                enriched = self._enrich(
+                    t, event, now, arrived, wanted, refresh, 0, 0, True, arrived
+                )
+            except Exception as exc:
+                self._reject(event, exc)
+                continue
             if enriched is not None and key not in stashed:
                 ready.append((key, t, enriched))
                 continue
@@ -349,9 +355,12 @@ class EnrichShard(Actor[Any]):
                 if stash:
                     self.fetching.discard(ident)
                 continue
-            elif isinstance(value, Exception):  # a malformed row: the default, not a retry
+            elif isinstance(value, Exception) or not isinstance(value, dict | list):
+                # a malformed row (a custom source may return anything): the default, and
+                # no retry before the negative entry expires
                 source.malformed += 1
                 cache.put_missing(key, now)
+                value = FETCHED_MISSING
             else:
                 cache.put(key, value, now)
             if stash:
@@ -384,34 +393,54 @@ class EnrichShard(Actor[Any]):
                 metadata = enriched["enrichment_metadata"]
                 metadata["enrichment_latency_ms"] = (time.perf_counter() - waiting.arrived) * 1000
             else:
-                enriched = self._enrich(
-                    waiting.t,
-                    waiting.event,
-                    now,
-                    waiting.arrived,
-                    wanted,
-                    None,
-                    waiting.hits,
-                    waiting.misses,
-                    first=False,
-                )
+                try:
+                    enriched = self._enrich(
+                        waiting.t,
+                        waiting.event,
+                        now,
+                        waiting.arrived,
+                        wanted,
+                        None,
+                        waiting.hits,
+                        waiting.misses,
+                        first=False,
+                    )
+                except Exception as exc:
+                    self._reject(waiting.event, exc)
+                    self._unstash(waiting.key)
+                    continue
             if enriched is None:
                 kept.append(waiting)
                 blocked.add(waiting.key)
                 continue
             ready.append((waiting.key, waiting.t, enriched))
             created = waiting.created if created is None else min(created, waiting.created)
-            count = self.stashed[waiting.key] - 1
-            if count:
-                self.stashed[waiting.key] = count
-            else:
-                del self.stashed[waiting.key]
+            self._unstash(waiting.key)
         self.stash = kept
         self._forget_outcomes()
         self._fetch(wanted, stash=True)
         if ready:
             assert created is not None
             await self._send(ready, created)
+
+    def _unstash(self, key: Any) -> None:
+        count = self.stashed[key] - 1
+        if count:
+            self.stashed[key] = count
+        else:
+            del self.stashed[key]
+
+    def _reject(self, event: Any, error: Exception) -> None:
+        """An event that could not be enriched (a bug, or an event that is not a mapping):
+        logged, and in dead letters with the error; the others go on."""
+        _log.exception("enrich_event_failed", stream=self.stream, shard=self.shard)
+        self.context.dead_letters.record(
+            event,
+            self.context.name,
+            DeadLetterReason.FAILED,
+            error=error,
+            detail="the event could not be enriched",
+        )
 
     def _forget_outcomes(self) -> None:
         """Outcomes serve the release that follows them only: later events ask the cache (and

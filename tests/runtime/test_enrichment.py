@@ -256,3 +256,40 @@ async def test_a_small_stash_backpressures_and_loses_nothing(
     assert all(v["risk"] is not None for v in vectors.values())
     assert stats.enrichment["merchants"].stashed == 0
     assert rt.dead_letters.count() == 0
+
+
+class _Odd:
+    """A custom source with a row that is not a mapping, and one that is."""
+
+    calls = 0
+
+    async def get_many(self, keys: Sequence[Hashable]) -> dict[Hashable, Any]:
+        self.calls += 1
+        rows: dict[Hashable, Any] = {"m1": {"risk": 0.25}, "bad": "not a row"}
+        return {key: rows[key] for key in keys if key in rows}
+
+
+async def test_a_custom_source_and_its_malformed_rows() -> None:
+    from runtime import CustomSource
+
+    fs = FeatureSet(
+        name="tx",
+        key="card",
+        time="ts",
+        sources=[CustomSource(name="odd")],
+        lookups=[Lookup(name="m", field="mid", source="odd", default={"risk": 1.0})],
+        features=[Mean(name="risk", field="m.risk")],
+    )
+    odd = _Odd()
+    async with FeatureRuntime(fs, sources={"odd": odd}) as rt:
+        await rt.ingest_many(
+            [{"card": "c", "ts": 1, "mid": "m1"}, {"card": "c", "ts": 2, "mid": "bad"}]
+        )
+        await rt.flush()
+        assert (await rt.get("c"))["risk"] == pytest.approx((0.25 + 1.0) / 2)
+        stats = (await rt.statistics()).enrichment["odd"]
+        assert stats.malformed == 1 and rt.dead_letters.count() == 0
+    with pytest.raises(Exception, match="needs an object"):
+        FeatureRuntime(fs)
+    with pytest.raises(Exception, match="not a CustomSource"):
+        FeatureRuntime(fs, sources={"odd": odd, "other": odd})
