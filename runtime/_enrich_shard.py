@@ -94,6 +94,8 @@ class _Waiting:
     misses: int
     #: the event enriched already (all its lookups hit), waiting behind its key's others
     done: dict[str, Any] | None = None
+    #: a (source, key) it waits for: while that is being fetched, it need not be looked at
+    blocker: tuple[str, Hashable] | None = None
 
 
 @dataclass
@@ -200,6 +202,7 @@ class EnrichShard(Actor[Any]):
 
     # -- enriching -----------------------------------------------------------------------------
     async def _apply(self, batch: Batch) -> None:
+        self._full = self.hub is not None and self.hub.active
         now = self.clock()
         arrived = time.perf_counter()
         ready: list[tuple[Any, int, Any]] = []
@@ -219,7 +222,10 @@ class EnrichShard(Actor[Any]):
                 continue
             # waiting for a fetch, or behind an earlier event of its key that is
             hits, misses = self._counts if enriched is None else (0, 0)
-            stash.append(_Waiting(key, t, event, batch.created, arrived, hits, misses, enriched))
+            blocker = self._blocker if enriched is None else None
+            stash.append(
+                _Waiting(key, t, event, batch.created, arrived, hits, misses, enriched, blocker)
+            )
             stashed[key] += 1
         self.enriched_at_once += len(ready)
         self._fetch(wanted, stash=True)
@@ -271,6 +277,8 @@ class EnrichShard(Actor[Any]):
                     if error is None:
                         if first:
                             misses += 1
+                        if not waiting:
+                            self._blocker = (source.name, value)
                         waiting = True
                         if wanted is not None and (source.name, value) not in self.fetching:
                             wanted.setdefault(source.name, set()).add(value)
@@ -310,8 +318,12 @@ class EnrichShard(Actor[Any]):
             if row:
                 for column, cell in row.items():
                     out[f"{name}.{column}"] = cell
-        out["enrichment"] = rows
         latency = ((time.perf_counter() if done is None else done) - arrived) * 1000
+        self.enriched += 1
+        self.latency_ms_total += latency
+        if not self._full:  # nobody reads the enriched events: the features need the fields
+            return out
+        out["enrichment"] = rows
         out["enrichment_metadata"] = {
             "timestamp": t,
             "cache_hits": hits,
@@ -321,11 +333,13 @@ class EnrichShard(Actor[Any]):
             "stale": stale,
             "defaulted": defaulted,
         }
-        self.enriched += 1
-        self.latency_ms_total += latency
         return out
 
     _counts: tuple[int, int] = (0, 0)
+    #: whether the enriched events are built whole (``enrichment`` and
+    #: ``enrichment_metadata``): only while ``rt.enriched_events()`` has subscribers
+    _full = True
+    _blocker: tuple[str, Hashable] | None = None
 
     # -- fetching ------------------------------------------------------------------------------
     def _fetch(self, wanted: dict[str, set[Hashable]], *, stash: bool) -> None:
@@ -378,9 +392,11 @@ class EnrichShard(Actor[Any]):
         if not self.stash:
             self._forget_outcomes()
             return
+        self._full = self.hub is not None and self.hub.active
         now = self.clock()
         kept: deque[_Waiting] = deque()
         blocked: set[Any] = set()
+        fetching, landed = self.fetching, self.landed
         ready: list[tuple[Any, int, Any]] = []
         created = None
         wanted: dict[str, set[Hashable]] = {}
@@ -388,10 +404,17 @@ class EnrichShard(Actor[Any]):
             if waiting.key in blocked:
                 kept.append(waiting)
                 continue
+            blocker = waiting.blocker
+            if blocker is not None and blocker in fetching and blocker not in landed:
+                kept.append(waiting)  # its fetch has not landed: nothing to look at yet
+                blocked.add(waiting.key)
+                continue
             enriched = waiting.done
             if enriched is not None:
-                metadata = enriched["enrichment_metadata"]
-                metadata["enrichment_latency_ms"] = (time.perf_counter() - waiting.arrived) * 1000
+                metadata = enriched.get("enrichment_metadata")
+                if metadata is not None:
+                    latency = (time.perf_counter() - waiting.arrived) * 1000
+                    metadata["enrichment_latency_ms"] = latency
             else:
                 try:
                     enriched = self._enrich(
