@@ -21,22 +21,45 @@ The cases, all in the same run, all computing the same features:
 Printed: events/s, source calls and calls per 1,000 events, and each case's ratio to the
 DataLoader baseline's events/s. Target: at least 0.5 of it, with no more source calls.
 The features of the runtime are checked against the baseline's.
+
+Then the same two (the DataLoader baseline and FeatureRuntime) against real sources holding
+the same merchants: a SQLite file (made in a temporary directory), and PostgreSQL (a table in
+``--postgres``) and Redis (hashes under a prefix, in ``--redis``) where a server answers (a
+source whose server is absent is skipped, and says so). Both sides call the same source class,
+the runtime's own (``runtime._enrich_sources``), counted.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
+import sqlite3
+import tempfile
 import time
 from collections import OrderedDict
 from collections.abc import Hashable, Sequence
 from itertools import accumulate
 from typing import Any
 
+import msgspec
+import msgspec.json
+import msgspec.structs
 from aiodataloader import DataLoader
 
-from runtime import Count, CustomSource, FeatureRuntime, FeatureSet, Lookup, Mean
+from runtime import (
+    Count,
+    CustomSource,
+    FeatureRuntime,
+    FeatureSet,
+    Lookup,
+    Mean,
+    PostgresSource,
+    RedisSource,
+    SqliteSource,
+)
+from runtime._enrich_sources import make_source
 
 from ._common import Row, print_table, quiet_logs, rate
 
@@ -167,11 +190,30 @@ FEATURES = FeatureSet(
 )
 
 
+class Counted:
+    """A real source, its calls counted."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.calls = 0
+
+    async def open(self) -> None:
+        await self.inner.open()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    async def get_many(self, keys: Sequence[Hashable]) -> dict[Hashable, Any]:
+        self.calls += 1
+        result: dict[Hashable, Any] = await self.inner.get_many(keys)
+        return result
+
+
 async def featurist(
-    events: list[dict[str, Any]], source: SlowSource, shards: int
+    events: list[dict[str, Any]], source: Any, shards: int, features: FeatureSet = FEATURES
 ) -> dict[str, Any]:
     async with FeatureRuntime(
-        FEATURES, shards=shards, batch_size=512, sources={"merchants": source}
+        features, shards=shards, batch_size=512, sources={"merchants": source}
     ) as rt:
         await rt.ingest_many(events)
         await rt.flush()
@@ -192,12 +234,21 @@ def cli(argv: list[str]) -> None:
     parser.add_argument("--cards", type=int, default=50_000)
     parser.add_argument("--latency", type=float, default=0.002, help="seconds per call")
     parser.add_argument("--naive-events", type=int, default=5_000)
-    parser.add_argument("--shards", type=int, default=4)
+    parser.add_argument("--shards", type=int, default=2)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--postgres", default="postgresql://postgres@127.0.0.1:5432/test", help="a DSN"
+    )
+    parser.add_argument("--redis", default="redis://127.0.0.1:6379/0", help="a URL")
+    parser.add_argument(
+        "--no-real", action="store_true", help="skip the runs against SQLite, PostgreSQL, Redis"
+    )
     args = parser.parse_args(argv)
     quiet_logs()
     events = make_events(args.events, args.merchants, args.cards, args.seed)
     asyncio.run(_main(args, events))
+    if not args.no_real:
+        asyncio.run(_real(args, events))
 
 
 async def _main(args: argparse.Namespace, events: list[dict[str, Any]]) -> None:
@@ -219,7 +270,8 @@ async def _main(args: argparse.Namespace, events: list[dict[str, Any]]) -> None:
         want = baseline_totals.risk[card] / baseline_totals.count[card]
         assert vector["n"] == baseline_totals.count[card], card
         assert abs(vector["risk"] - want) < 1e-9, (card, vector["risk"], want)
-    results.append((f"FeatureRuntime, {args.shards} shards", n, seconds, source.calls, None))
+    shards = f"{args.shards} shard{'s' if args.shards > 1 else ''}"
+    results.append((f"FeatureRuntime, {shards}", n, seconds, source.calls, None))
     rows = []
     baseline_rate = n / baseline_seconds
     baseline_calls = results[2][3]
@@ -248,3 +300,121 @@ async def _main(args: argparse.Namespace, events: list[dict[str, Any]]) -> None:
         f"events/s (target: at least 0.5), {ours[3]:,} source calls against its "
         f"{baseline_calls:,} (target: no more)"
     )
+
+
+async def _real(args: argparse.Namespace, events: list[dict[str, Any]]) -> None:
+    """The DataLoader baseline and FeatureRuntime against SQLite, PostgreSQL and Redis."""
+    rows = SlowSource(args.merchants, 0).rows
+    n = len(events)
+    table: list[Row] = []
+    with tempfile.TemporaryDirectory() as directory:
+        path = os.path.join(directory, "merchants.db")
+        with sqlite3.connect(path) as connection:
+            connection.execute("CREATE TABLE merchants (merchant_id TEXT PRIMARY KEY, risk REAL)")
+            connection.executemany(
+                "INSERT INTO merchants VALUES (?, ?)", [(k, r["risk"]) for k, r in rows.items()]
+            )
+        common = {"name": "merchants", "cache_size": CACHE, "ttl": "1h", "max_batch_size": CHUNK}
+        specs: list[tuple[str, Any, Any]] = [
+            (
+                "SQLite",
+                SqliteSource(path=path, table="merchants", key="merchant_id", **common),
+                None,
+            ),
+            (
+                "PostgreSQL",
+                PostgresSource(
+                    dsn=args.postgres,
+                    table="featurist_bench_merchants",
+                    key="merchant_id",
+                    **common,
+                ),
+                _postgres_table,
+            ),
+            (
+                "Redis",
+                RedisSource(url=args.redis, prefix="featurist:bench:m:", format="json", **common),
+                _redis,
+            ),
+        ]
+        for label, spec, setup in specs:
+            try:
+                if setup is not None:
+                    await setup(spec, rows)
+                baseline = Counted(make_source(spec))
+                await baseline.open()
+                try:
+                    base_seconds, totals = await timed(dataloader, events, baseline)
+                finally:
+                    await baseline.close()
+                ours = Counted(make_source(spec))
+                custom = CustomSource(name="merchants", **_opts(spec))
+                features = msgspec.structs.replace(FEATURES, sources=(custom,))
+                seconds, vectors = await timed(featurist, events, ours, args.shards, features)
+            except (OSError, ImportError, TimeoutError) as exc:
+                table.append(Row(f"{label}: skipped", {"events/s": f"no server ({exc})"[:60]}))
+                continue
+            for card, vector in vectors.items():
+                want = totals.risk[card] / totals.count[card]
+                assert abs(vector["risk"] - float(want)) < 1e-6, (label, card)
+            table.append(
+                Row(
+                    f"{label}: DataLoader + LRU",
+                    {
+                        "events/s": rate(n, base_seconds),
+                        "source calls": f"{baseline.calls:,}",
+                        "ratio": "1.000",
+                    },
+                )
+            )
+            table.append(
+                Row(
+                    f"{label}: FeatureRuntime",
+                    {
+                        "events/s": rate(n, seconds),
+                        "source calls": f"{ours.calls:,}",
+                        "ratio": f"{base_seconds / seconds:.3f}",
+                    },
+                )
+            )
+    print_table("the same against real sources", ["events/s", "source calls", "ratio"], table)
+
+
+def _opts(spec: Any) -> dict[str, Any]:
+    """The cache and fetch settings of a spec, for the CustomSource around its source."""
+    keep = ("cache_size", "ttl", "max_batch_size")
+    return {name: getattr(spec, name) for name in keep} | {
+        "max_in_flight": 2,
+        "fetch_linger": "2ms",
+    }
+
+
+async def _postgres_table(spec: PostgresSource, rows: dict[str, dict[str, Any]]) -> None:
+    import asyncpg
+
+    connection = await asyncpg.connect(spec.dsn, timeout=5)
+    try:
+        await connection.execute(
+            "DROP TABLE IF EXISTS featurist_bench_merchants;"
+            "CREATE TABLE featurist_bench_merchants (merchant_id TEXT PRIMARY KEY, risk REAL)"
+        )
+        await connection.copy_records_to_table(
+            "featurist_bench_merchants", records=[(k, r["risk"]) for k, r in rows.items()]
+        )
+    finally:
+        await connection.close()
+
+
+async def _redis(spec: RedisSource, rows: dict[str, dict[str, Any]]) -> None:
+    import redis.asyncio
+
+    client = redis.asyncio.Redis.from_url(spec.url, socket_connect_timeout=2)
+    try:
+        await client.mset(
+            {
+                spec.prefix + key: msgspec.json.encode({"risk": row["risk"]})
+                for key, row in rows.items()
+            }
+        )
+    finally:
+        await client.aclose()
