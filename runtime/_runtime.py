@@ -44,7 +44,8 @@ from actors import (
 
 from ._cost import CostEstimate, MeasuredCost, estimate_cost
 from ._enrich_cache import DimensionCache
-from ._enrich_fetch import Fetcher
+from ._enrich_fetch import MISSING as FETCHED_MISSING
+from ._enrich_fetch import Fetcher, SourceError
 from ._enrich_shard import EnrichShard, EnrichShardStats, GetEnrichStats, SourceRuntime
 from ._enrich_sources import make_source
 from ._events import EventReader, PayloadFormat
@@ -1015,6 +1016,54 @@ class FeatureRuntime:
                 return target.hub.subscribe(buffer, policy)
         known = ", ".join(target.name for target in self._joins) or "none"
         raise ValueError(f"join: no join named {join!r} (known: {known})")
+
+    def _source(self, source: str) -> SourceRuntime:
+        self._check_running()
+        found = self._sources.get(source)
+        if found is None:
+            known = ", ".join(self._sources) or "none"
+            raise ValueError(f"source: no source with lookups named {source!r} (known: {known})")
+        return found
+
+    async def warm_up(
+        self,
+        source: str,
+        keys: Iterable[Any] = (),
+        *,
+        rows: Mapping[Any, Mapping[str, Any]] | None = None,
+    ) -> int:
+        """Fill a source's cache before the events that need it come: with ``rows`` as given
+        (a bulk load you made), and with the rows of ``keys`` fetched from the source in
+        batches (keys it does not have are cached as missing). The cache keeps at most its
+        ``cache_size``; the last ones win. Returns the number of keys cached.
+
+        Raises:
+            ValueError: no source of the feature set's lookups is named ``source``.
+            SourceError: the source failed (after its retries) for some of ``keys``.
+        """
+        runtime = self._source(source)
+        now = self._clock()
+        cached = 0
+        if rows is not None:
+            cached += runtime.cache.warm(((key, dict(row)) for key, row in rows.items()), now)
+        wanted = list(dict.fromkeys(keys))
+        if wanted:
+            results = await runtime.fetcher.fetch_many(wanted)
+            now = self._clock()
+            for key, value in results.items():
+                if isinstance(value, SourceError):
+                    raise value
+                if value is FETCHED_MISSING or isinstance(value, Exception):
+                    runtime.cache.put_missing(key, now)
+                else:
+                    runtime.cache.put(key, value, now)
+                cached += 1
+        return cached
+
+    def invalidate(self, source: str, key: Any) -> bool:
+        """Forget ``key``'s cached row of ``source`` (its row changed): the next event that
+        needs it fetches it again. Returns whether a row was cached."""
+        return self._source(source).cache.invalidate(key)
 
     def enriched_events(
         self, *, buffer: int = 10_000, policy: Policy = "block"

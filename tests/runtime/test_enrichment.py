@@ -293,3 +293,83 @@ async def test_a_custom_source_and_its_malformed_rows() -> None:
         FeatureRuntime(fs)
     with pytest.raises(Exception, match="not a CustomSource"):
         FeatureRuntime(fs, sources={"odd": odd, "other": odd})
+
+
+async def test_warm_up_and_invalidate(tmp_path: Path, wrapped: list[_Wrapped]) -> None:
+    path = _database(tmp_path)
+    async with FeatureRuntime(_set(path)) as rt:
+        assert await rt.warm_up("merchants", ["m1", "m2", "gone"]) == 3
+        assert await rt.warm_up("merchants", rows={"m9": {"category": "bet", "risk": 1.0}}) == 1
+        calls = wrapped[0].calls
+        await rt.ingest_many(
+            [
+                {"card": "c", "ts": 1, "merchant_id": "m1"},
+                {"card": "c", "ts": 2, "merchant_id": "gone"},  # cached as missing
+                {"card": "c", "ts": 3, "merchant_id": "m9"},  # from the bulk load
+            ]
+        )
+        await rt.flush()
+        assert wrapped[0].calls == calls  # every lookup came from the cache
+        assert (await rt.get("c"))["risk"] == pytest.approx((0.1 + 0.5 + 1.0) / 3)
+        with sqlite3.connect(path) as connection:
+            connection.execute("UPDATE merchants SET risk = 0.7 WHERE merchant_id = 'm1'")
+        assert rt.invalidate("merchants", "m1") and not rt.invalidate("merchants", "m7")
+        await rt.ingest({"card": "d", "ts": 4, "merchant_id": "m1"})
+        await rt.flush()
+        assert (await rt.get("d"))["risk"] == 0.7 and wrapped[0].calls == calls + 1
+        with pytest.raises(ValueError, match="no source with lookups named 'shops'"):
+            rt.invalidate("shops", "m1")
+
+
+async def test_a_versioned_table_enriches_each_event_as_of_its_time(tmp_path: Path) -> None:
+    path = str(tmp_path / "versions.db")
+    with sqlite3.connect(path) as connection:
+        connection.execute(
+            "CREATE TABLE merchants (merchant_id TEXT, risk REAL, valid_from INT, valid_to INT)"
+        )
+        connection.executemany(
+            "INSERT INTO merchants VALUES (?, ?, ?, ?)",
+            [("m1", 0.1, 0, 1_000), ("m1", 0.9, 1_000, None), ("m2", 0.4, 500, None)],
+        )
+    fs = FeatureSet(
+        name="tx",
+        key="card",
+        time="ts",
+        sources=[
+            SqliteSource(
+                name="merchants",
+                path=path,
+                table="merchants",
+                key="merchant_id",
+                columns=["risk"],
+                valid_from="valid_from",
+                valid_to="valid_to",
+            )
+        ],
+        lookups=[Lookup(name="merchant", field="merchant_id", source="merchants")],
+        features=[Count(name="n")],
+    )
+    async with FeatureRuntime(fs) as rt:
+        enriched = rt.enriched_events()
+        # a replay of history: each event gets the version valid at its time
+        await rt.ingest_many(
+            [
+                {"card": "c", "ts": 10, "merchant_id": "m1"},
+                {"card": "c", "ts": 999, "merchant_id": "m1"},
+                {"card": "c", "ts": 1_000, "merchant_id": "m1"},
+                {"card": "c", "ts": 1_001, "merchant_id": "m2"},
+                {"card": "d", "ts": 100, "merchant_id": "m2"},  # before m2's first version
+            ]
+        )
+        await rt.flush()
+        await enriched.aclose()
+        seen = {(e.key, e.event_time): e.event async for e in enriched}
+    risk = {k: e.get("merchant.risk") for k, e in seen.items()}
+    assert risk == {
+        ("c", 10): 0.1,
+        ("c", 999): 0.1,
+        ("c", 1_000): 0.9,
+        ("c", 1_001): 0.4,
+        ("d", 100): None,  # no version then, and no default: the lookup's fields are absent
+    }
+    assert seen[("d", 100)]["enrichment_metadata"]["defaulted"] == ["merchant"]
