@@ -34,7 +34,7 @@ from ._enrich_cache import MISSING as CACHED_MISSING
 from ._enrich_cache import DimensionCache
 from ._enrich_fetch import MISSING as FETCHED_MISSING
 from ._enrich_fetch import Fetcher, SourceError
-from ._enrich_sources import version_at
+from ._enrich_sources import Version, version_at
 from ._results import EnrichedEvent
 from ._shard import Batch, Ping, fail_batch
 from ._spec_enrich import Lookup
@@ -369,7 +369,10 @@ class EnrichShard(Actor[Any]):
                 if stash:
                     self.fetching.discard(ident)
                 continue
-            elif isinstance(value, Exception) or not isinstance(value, dict | list):
+            elif isinstance(value, Exception) or not (
+                isinstance(value, dict)
+                or (isinstance(value, list) and all(isinstance(v, Version) for v in value))
+            ):
                 # a malformed row (a custom source may return anything): the default, and
                 # no retry before the negative entry expires
                 source.malformed += 1

@@ -525,7 +525,11 @@ class FeatureRuntime:
         ]
         for shard, shard_keys in by_shard.items():
             await self._ingest.send(shard)
-            for join in self._joins:  # their records reach the features of their stream
+            # enrichers and joins first: what they hand to the features of their streams is
+            # then on its way (an event still waiting for a fetch is not: flush waits for it)
+            for enricher in self._enrichers:
+                await enricher.refs[shard].ask(Ping(), timeout=None)
+            for join in self._joins:
                 await join.refs[shard].ask(Ping(), timeout=None)
             for group in groups:
                 replies = await group.refs[shard].ask(GetStates(tuple(shard_keys)), timeout=None)
@@ -858,10 +862,11 @@ class FeatureRuntime:
         all_stats = [await self._group_stats(group) for group in self._groups]
         # Every event of a stream goes to the stream's first group; later groups see events
         # from their registration.
+        # (a stream whose features all read lookup fields: its enriched form's first group)
         firsts = [
-            all_stats[self._groups.index(self._stream_groups[stream][0])]
+            all_stats[self._groups.index(groups[0])]
             for stream in self.feature_set.stream_names
-            if self._stream_groups[stream]
+            if (groups := self._stream_groups[stream] or self._enriched_groups(stream))
         ]
         first = firsts[0] if firsts else (all_stats[0] if all_stats else [])
         errors: dict[str, int] = {}
@@ -876,6 +881,7 @@ class FeatureRuntime:
         highs = [s.max_time for s in first if s.max_time is not None]
         actors = [ref for group in self._groups for ref in group.refs]
         actors += [ref for join in self._joins for ref in join.refs]
+        actors += [ref for enricher in self._enrichers for ref in enricher.refs]
         depth = max((ref.statistics().depth for ref in actors), default=0)
         joins = await self._join_statistics()
         enrichment = await self._enrichment_statistics()
@@ -992,6 +998,9 @@ class FeatureRuntime:
                 largest = max(largest, stats.largest_key)
             result[join.name] = JoinStatistics(largest_key=largest, **total)
         return result
+
+    def _enriched_groups(self, stream: str) -> list[_Group]:
+        return self._stream_groups.get(enriched_stream(stream), [])
 
     def _close_record_hubs(self) -> None:
         self._records_hub.close()

@@ -63,7 +63,7 @@ class _Source(
         ttl: how long a cached row is fresh (a duration).
         negative_ttl: how long a key the source does not have is remembered as missing.
         refresh_ahead: the part of ``ttl`` after which a row still in use is fetched again
-            before it expires (0.8: in its last fifth), so hot keys never miss; None: off.
+            before it expires (0.8: in its last fifth), so hot keys never miss; None or 0: off.
         stale_if_error: while the source fails (errors, timeouts, an open circuit), serve
             rows that expired less than ``max_stale`` ago, marked stale, rather than defaults.
         max_stale: how long past its ``ttl`` a row may be served stale.
@@ -106,8 +106,10 @@ class _Source(
             value = self.refresh_ahead
             if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
                 fail(self, "refresh_ahead", f"expected a number, got {kind(value)}")
-            if not 0 < value < 1:
-                fail(self, "refresh_ahead", f"must be between 0 and 1 (exclusive), got {value}")
+            if not 0 <= value < 1:
+                fail(self, "refresh_ahead", f"must be at least 0 and below 1, got {value}")
+            if value == 0:  # what a spec file (TOML has no null) says for "off"
+                msgspec.structs.force_setattr(self, "refresh_ahead", None)
         if not isinstance(self.stale_if_error, bool):
             fail(self, "stale_if_error", f"expected true or false, got {kind(self.stale_if_error)}")
         check_duration(self, "max_stale", self.max_stale, positive=False)

@@ -73,7 +73,8 @@ def test_sql_names_are_checked_and_sources_validate_their_options() -> None:
         SqliteSource(name="m", path="m.db", table="t", key="id", columns=["a", "b--"])
     with pytest.raises(SpecError, match="valid_from and valid_to go together"):
         PostgresSource(name="m", dsn="postgresql://x", table="t", key="id", valid_from="f")
-    with pytest.raises(SpecError, match="refresh_ahead: must be between 0 and 1"):
+    assert RedisSource(name="m", refresh_ahead=0).refresh_ahead is None  # TOML has no null
+    with pytest.raises(SpecError, match="refresh_ahead: must be at least 0 and below 1"):
         RedisSource(name="m", refresh_ahead=1.5)
     with pytest.raises(SpecError, match=r"url: needs \{key\}"):
         HttpSource(name="m", url="http://localhost/merchants")

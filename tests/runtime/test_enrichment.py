@@ -373,3 +373,22 @@ async def test_a_versioned_table_enriches_each_event_as_of_its_time(tmp_path: Pa
         ("d", 100): None,  # no version then, and no default: the lookup's fields are absent
     }
     assert seen[("d", 100)]["enrichment_metadata"]["defaulted"] == ["merchant"]
+
+
+async def test_get_includes_events_the_cache_answered_and_all_enriched_sets_count_events(
+    tmp_path: Path,
+) -> None:
+    fs = FeatureSet.from_dict(
+        {
+            **_set(_database(tmp_path)).to_dict(),
+            "features": [{"type": "mean", "name": "risk", "field": "merchant.risk"}],
+        }
+    )
+    async with FeatureRuntime(fs, shards=2) as rt:
+        await rt.warm_up("merchants", ["m1", "m2"])
+        for t in range(20):
+            await rt.ingest({"card": "c", "ts": t, "merchant_id": "m1" if t % 2 else "m2"})
+            assert (await rt.get("c"))["risk"] is not None  # no flush: the cache answered
+        await rt.flush()
+        stats = await rt.statistics()
+        assert stats.events_processed == 20
