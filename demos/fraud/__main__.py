@@ -1,13 +1,18 @@
 """Card fraud, live: simulated card transactions through featurist's FeatureRuntime.
 
 The demo simulates a day of card transactions (a few cards very busy, most quiet), with a
-few compromised cards that suddenly make many transactions at many merchants within minutes.
-It computes thirteen features per card (two of them over sliding windows) with a
-FeatureRuntime as the events stream in, then ranks the cards by a simple suspicion score built
-from those features and checks the ranking against the simulator's ground truth.
+few compromised cards that suddenly make many transactions at many merchants within minutes,
+mostly at high-risk ones. It writes the simulated merchants (category, country, risk score) to
+a SQLite file, in a temporary directory unless --merchants-db names one, and the runtime
+enriches each transaction with its merchant's row, cached. It computes sixteen features per
+card (two over sliding windows, three from the merchant rows) with a FeatureRuntime as the
+events stream in, then ranks the cards by a simple suspicion score built from those features
+and checks the ranking against the simulator's ground truth.
 
 No server is needed. The summary shows throughput, ingest-to-update latency, state size, the
-feature set and the most suspicious cards; --json prints it as JSON for scripts.
+feature set, the enrichment (cache, calls of the merchant table, and the merchant features of
+compromised cards against the others) and the most suspicious cards; --json prints it as JSON
+for scripts.
 """
 
 from __future__ import annotations
@@ -15,12 +20,18 @@ from __future__ import annotations
 import argparse
 import itertools
 import math
+import os
+import sqlite3
 import sys
+import tempfile
 import time
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import anyio
+import msgspec
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.text import Text
@@ -35,11 +46,13 @@ from runtime import (
     FeatureRuntime,
     FeatureSet,
     Last,
+    Lookup,
     Max,
     Mean,
     Ratio,
     RuntimeStatistics,
     Sliding,
+    SqliteSource,
     Std,
     Sum,
     TimeSince,
@@ -60,20 +73,41 @@ from .._cli import (
     runtime_options,
     table,
 )
+from .merchants import COLUMNS, KEY, TABLE, write_merchants
 from .simulator import SimConfig, build_scenario, transactions
 
 #: Events handed to ``ingest_many`` at a time (between progress updates and pacing).
 CHUNK = 4096
 
+#: The dimension source (the SQLite merchant table) and the lookup that reads it: each
+#: transaction's ``merchant`` field is a key of the table, its row's columns the fields
+#: ``merchant.category``, ``merchant.country`` and ``merchant.risk``.
+SOURCE = "merchants"
+LOOKUP = "merchant"
+LOOKUP_FIELD = "merchant"
+#: The row of a merchant the table does not have: unknown, and neither safe nor risky.
+UNKNOWN_MERCHANT = {"category": "unknown", "country": "unknown", "risk": 0.5}
+#: The merchant risk from which a transaction counts in ``risky_merchant_tx``.
+RISKY = 0.6
+#: The features that read the merchant rows.
+MERCHANT_FEATURES = ("merchant_risk", "risky_merchant_tx", "merchant_countries")
 
-def build_feature_set() -> FeatureSet:
-    """The demo's features: per card, over all of its transactions so far, and over the last
-    10 minutes or hour of event time (sliding windows)."""
+
+def build_feature_set(merchants_db: str | os.PathLike[str] = "merchants.db") -> FeatureSet:
+    """The demo's features: per card, over all of its transactions so far, over the last 10
+    minutes or hour of event time (sliding windows), and from the rows of the transactions'
+    merchants in the SQLite file ``merchants_db`` (which must exist when a runtime starts)."""
     return FeatureSet(
         name="card_fraud",
         key="card",
         time="ts",
         max_out_of_orderness="5s",
+        sources=[
+            SqliteSource(
+                name=SOURCE, path=os.fspath(merchants_db), table=TABLE, key=KEY, columns=COLUMNS
+            )
+        ],
+        lookups=[Lookup(name=LOOKUP, field=LOOKUP_FIELD, source=SOURCE, default=UNKNOWN_MERCHANT)],
         features=[
             Count(name="tx_count", description="transactions"),
             Sum(name="amount_sum", field="amount", description="total spent"),
@@ -109,6 +143,17 @@ def build_feature_set() -> FeatureSet:
                 window=Sliding(size="1h"),
                 threshold=4,
                 description="latest amount vs the last hour",
+            ),
+            Mean(name="merchant_risk", field="merchant.risk", description="mean merchant risk"),
+            Count(
+                name="risky_merchant_tx",
+                where=Where(field="merchant.risk", op=">=", value=RISKY),
+                description="high-risk tx",
+            ),
+            DistinctCount(
+                name="merchant_countries",
+                field="merchant.country",
+                description="merchant countries",
             ),
         ],
     )
@@ -160,21 +205,43 @@ def _progress(console: Console, *, disable: bool) -> Progress:
     )
 
 
+class _Outcome(NamedTuple):
+    """What a run of the runtime gives the summary."""
+
+    stats: RuntimeStatistics
+    descriptions: dict[str, FeatureDescription]
+    #: reasons for rejected events
+    rejected: list[str]
+    #: seconds until every event was applied
+    elapsed: float
+    #: each card's feature values
+    vectors: dict[str, dict[str, Any]]
+    #: the merchant cache's warm-up: rows cached, source calls, seconds (None: not warmed)
+    warm_up: dict[str, Any] | None
+
+
 async def _compute(
     feature_set: FeatureSet,
     events: list[dict[str, Any]],
     cards: list[str],
     args: argparse.Namespace,
     progress: Progress,
-) -> tuple[RuntimeStatistics, dict[str, FeatureDescription], list[str], float, dict[str, Any]]:
-    """Run ``events`` through a runtime; return its statistics, feature descriptions, reasons
-    for rejected events, the seconds until every event was applied, and each card's values."""
+    warm: Sequence[str] = (),
+) -> _Outcome:
+    """Run ``events`` through a runtime, after loading the merchant cache with the rows of
+    the merchants ``warm`` from the source (not timed with the events)."""
     async with FeatureRuntime(
         feature_set,
         shards=args.shards,
         batch_size=args.batch_size,
         expected_keys=args.cards,
     ) as rt:
+        warm_up = None
+        if warm:
+            started = time.perf_counter()
+            rows = await rt.warm_up(SOURCE, warm)
+            calls = (await rt.statistics()).enrichment[SOURCE].calls
+            warm_up = {"rows": rows, "calls": calls, "seconds": time.perf_counter() - started}
         task = progress.add_task("computing features", total=len(events))
         started = time.perf_counter()
         pace = args.rate or None
@@ -194,21 +261,35 @@ async def _compute(
         descriptions = {name: await rt.describe(name) for name in feature_set.names}
         rejected = [letter.detail for letter in rt.dead_letters.letters(DeadLetterReason.REJECTED)]
 
-        # One get per key: the runtime has no bulk read.
+        # A thousand keys a read: one ask per shard and feature group each.
         task = progress.add_task("reading features", total=len(cards), unit="keys")
         vectors: dict[str, dict[str, Any]] = {}
-        for i, card in enumerate(cards, 1):
-            vector = await rt.get(card)
-            if vector.known:
-                vectors[card] = vector.values
-            if i % 1000 == 0:
-                progress.update(task, completed=i)
+        for start in range(0, len(cards), 1000):
+            read = await rt.get_many(cards[start : start + 1000])
+            vectors.update((card, vector.values) for card, vector in read.items() if vector.known)
+            progress.update(task, completed=min(start + 1000, len(cards)))
         progress.remove_task(task)
-    return stats, descriptions, rejected, elapsed, vectors
+    return _Outcome(stats, descriptions, rejected, elapsed, vectors, warm_up)
+
+
+@contextmanager
+def _merchants_db(path: str | None) -> Iterator[Path]:
+    """Where the merchant table goes: ``path``, kept; else a file in a temporary directory,
+    removed with it when the block ends."""
+    if path is not None:
+        yield Path(path)
+        return
+    with tempfile.TemporaryDirectory(prefix="featurist-fraud-") as directory:
+        yield Path(directory) / "merchants.db"
 
 
 async def run_demo(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
     """Simulate, compute and rank; return the summary as plain data."""
+    with _merchants_db(args.merchants_db) as merchants_db:
+        return await _run(args, progress, merchants_db)
+
+
+async def _run(args: argparse.Namespace, progress: Progress, merchants_db: Path) -> dict[str, Any]:
     config = SimConfig(
         events=args.events,
         cards=args.cards,
@@ -218,6 +299,10 @@ async def run_demo(args: argparse.Namespace, progress: Progress) -> dict[str, An
         malformed=args.malformed,
     )
     scenario = build_scenario(config)
+    try:
+        rows = write_merchants(merchants_db, scenario.merchants)
+    except sqlite3.Error as exc:
+        raise SystemExit(f"python -m demos.fraud: cannot write {merchants_db}: {exc}") from None
 
     # The stream is simulated up front, so the timings below are the runtime's alone.
     started = time.perf_counter()
@@ -231,11 +316,13 @@ async def run_demo(args: argparse.Namespace, progress: Progress) -> dict[str, An
     progress.remove_task(task)
     with frozen_heap():  # the simulated stream, out of the collector's sight
         try:
-            feature_set = build_feature_set()
-            outcome = await _compute(feature_set, events, scenario.cards, args, progress)
+            feature_set = build_feature_set(merchants_db)
+            # The table is small: loaded whole before the stream, unless --cold-cache.
+            warm = () if args.cold_cache else [merchant.id for merchant in scenario.merchants]
+            outcome = await _compute(feature_set, events, scenario.cards, args, progress, warm)
         finally:
             del events
-    stats, descriptions, rejected, elapsed, vectors = outcome
+    stats, descriptions, rejected, elapsed, vectors, warm_up = outcome
 
     total = sum(v["tx_count"] for v in vectors.values())
     decline_rate = sum(v["declined_count"] for v in vectors.values()) / total if total else 0.0
@@ -246,6 +333,21 @@ async def run_demo(args: argparse.Namespace, progress: Progress) -> dict[str, An
     def precision(k: int) -> float | None:
         top = ranked[:k]
         return sum(card in fraud for card in top) / len(top) if top else None
+
+    def mean_of(name: str, cards: Iterator[str]) -> float | None:
+        values = [v for card in cards if (v := vectors[card][name]) is not None]
+        return sum(values) / len(values) if values else None
+
+    merchant_features = [
+        {
+            "name": name,
+            "description": feature_set.feature(name).description,
+            "compromised": mean_of(name, (card for card in vectors if card in fraud)),
+            "others": mean_of(name, (card for card in vectors if card not in fraud)),
+        }
+        for name in MERCHANT_FEATURES
+    ]
+    enrichment = stats.enrichment[SOURCE]
 
     features = []
     for feature in feature_set.features:
@@ -284,6 +386,20 @@ async def run_demo(args: argparse.Namespace, progress: Progress) -> dict[str, An
         "state_bytes": stats.state_bytes,
         "state_bytes_per_key": stats.state_bytes_per_key,
         "features": features,
+        "enrichment": {
+            "source": SOURCE,
+            "type": "sqlite",
+            "path": str(merchants_db),
+            "kept": args.merchants_db is not None,
+            "table": TABLE,
+            "rows": rows,
+            "lookup": LOOKUP,
+            "field": LOOKUP_FIELD,
+            "lookups": enrichment.cache_hits + enrichment.cache_misses,
+            "warm_up": warm_up,
+            "statistics": msgspec.to_builtins(enrichment),
+            "merchant_features": merchant_features,
+        },
         "decline_rate": decline_rate,
         "score": f"{SCORE_TEXT} ({SCORE_TERMS})",
         "top": [
@@ -357,6 +473,90 @@ def _latency_note(paced: bool) -> list[str]:
     return lines
 
 
+def _render_enrichment(enrichment: Mapping[str, Any], console: Console) -> None:
+    stats = enrichment["statistics"]
+    rows = table("Enrichment", show_header=False)
+    rows.add_column(style="bold")
+    rows.add_column(justify="right")
+    rows.add_column(style="dim")
+    rows.add_row(
+        "source",
+        enrichment["source"],
+        f"SQLite: table {enrichment['table']}, {enrichment['rows']:,} rows (file below)",
+    )
+    rows.add_row(
+        "lookups",
+        f"{enrichment['lookups']:,}",
+        f"lookup {enrichment['lookup']!r} on each transaction's field {enrichment['field']!r}",
+    )
+    warm = enrichment["warm_up"]
+    cached = f"{stats['cache_size']:,} rows cached"
+    rows.add_row(
+        "cache hit ratio",
+        f"{stats['hit_ratio']:.1%}",
+        f"{stats['cache_hits']:,} hits, {stats['cache_misses']:,} misses; "
+        + (f"{cached}, all loaded first" if warm else f"{cached}, none at the start"),
+    )
+    calls, keys = stats["calls"], stats["keys_requested"]
+    split = ""
+    if warm:
+        split = f"; {warm['calls']:,} loading the cache, {calls - warm['calls']:,} in the stream"
+    rows.add_row(
+        "source calls",
+        f"{calls:,}",
+        f"{keys:,} keys, {keys / calls if calls else 0:,.0f} a call{split}",
+    )
+    mean, largest = stats["mean_call_ms"], stats["max_call_ms"]
+    rows.add_row(
+        "call latency",
+        format_ms(mean),
+        "mean"
+        + ("" if largest is None else f", max {format_ms(largest)}")
+        + ("; loaded in " + format_ms(warm["seconds"] * 1000) if warm else ""),
+    )
+    rows.add_row(
+        "stale, default",
+        f"{stats['stale_served']:,}, {stats['defaults_after_error']:,}",
+        "rows given while the source failed: stale, else the default row",
+    )
+    rows.add_row(
+        "unknown merchants",
+        f"{stats['keys_missing']:,}",
+        "not in the table: their events get the default row",
+    )
+    console.print(rows)
+    kept = "kept" if enrichment["kept"] else "a temporary file, removed after the run"
+    note(console, [f"The table: {enrichment['path']} ({kept})."])
+    console.print()
+
+    features = table("Merchant features, mean per card")
+    features.add_column("feature", style="bold")
+    features.add_column("compromised", justify="right")
+    features.add_column("other cards", justify="right")
+    features.add_column("meaning", style="dim")
+
+    def shown(value: float | None, name: str) -> str:
+        if value is None:
+            return "n/a"
+        return f"{value:.2f}" if name == "merchant_risk" else f"{value:,.1f}"
+
+    for row in enrichment["merchant_features"]:
+        features.add_row(
+            row["name"],
+            shown(row["compromised"], row["name"]),
+            shown(row["others"], row["name"]),
+            row["description"],
+        )
+    console.print(features)
+    note(
+        console,
+        [
+            f"From the merchant rows: risk from 0 (safe) to 1; high-risk from {RISKY}. Fraud",
+            "bursts favour high-risk merchants; the score below does not use these features.",
+        ],
+    )
+
+
 def render(summary: Mapping[str, Any], console: Console) -> None:
     """Print the summary as rich tables."""
     config = summary["config"]
@@ -423,16 +623,21 @@ def render(summary: Mapping[str, Any], console: Console) -> None:
         ],
     )
     console.print()
+    _render_enrichment(summary["enrichment"], console)
+    console.print()
 
     top = summary["top"]
-    cards = table(f"The {len(top)} most suspicious cards")
+    # one space between columns, none at the edges: the table fits in 100 columns
+    cards = table(f"The {len(top)} most suspicious cards", padding=0)
     columns = (
         "#",
         "card",
         "score",
         "tx",
         "declined",
-        "merchants",
+        "merch",
+        "risk",
+        "hi-risk",
         "mean $",
         "max $",
         "ewm $",
@@ -452,6 +657,8 @@ def render(summary: Mapping[str, Any], console: Console) -> None:
             f"{v['tx_count']:,}",
             f"{v['declined_count']} {v['decline_ratio'] or 0.0:>4.0%}",
             str(v["distinct_merchants"]),
+            "" if v["merchant_risk"] is None else f"{v['merchant_risk']:.2f}",
+            str(v["risky_merchant_tx"]),
             f"{v['amount_mean']:,.0f}",
             f"{v['amount_max']:,.0f}",
             f"{v['amount_ewm']:,.0f}",
@@ -467,8 +674,10 @@ def render(summary: Mapping[str, Any], console: Console) -> None:
         [
             f"score = {SCORE_TEXT}, from the card's features:",
             f"z is the declines above the population's {rate} rate, in standard deviations;",
-            "merchants ÷ tx counts in full from 20 tx. ewm $: amount_ewm; gap: time_since_prev;",
-            "tx 10m: the 10 minutes before the card's last transaction; z $: amount_z.",
+            "merchants ÷ tx counts in full from 20 tx. merch: distinct_merchants; from the",
+            "merchant rows: risk: merchant_risk, hi-risk: risky_merchant_tx. ewm $: amount_ewm;",
+            "tx 10m: the 10 minutes before the card's last transaction; z $: amount_z;",
+            "gap: time_since_prev.",
             "fraud: the simulator gave the card a burst. All features of these cards: --json.",
         ],
     )
@@ -515,6 +724,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     sim.add_argument(
         "--seed", type=int, default=7, metavar="N", help="random seed: same seed, same stream (7)"
     )
+    sim.add_argument(
+        "--merchants-db",
+        metavar="PATH",
+        help="write the merchant table to this SQLite file (created, or its table 'merchants' "
+        "replaced) and keep it (a file in a temporary directory, removed after the run)",
+    )
     rt = runtime_options(parser)
     rt.add_argument(
         "--rate",
@@ -522,6 +737,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=0,
         metavar="N",
         help="feed N events/s, to see latency at that load; 0 feeds them flat out (0)",
+    )
+    rt.add_argument(
+        "--cold-cache",
+        action="store_true",
+        help="start with an empty merchant cache: each merchant's row is fetched when its "
+        "first transaction comes, which waits for it (the whole table is loaded first)",
     )
     out = parser.add_argument_group("output")
     out.add_argument(
@@ -531,6 +752,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.fraud_cards > args.cards:
         parser.error(f"--fraud-cards ({args.fraud_cards}) cannot exceed --cards ({args.cards})")
+    if args.merchants_db is not None:
+        path = Path(args.merchants_db)
+        if path.is_dir():
+            parser.error(f"--merchants-db: {path} is a directory; name a file")
+        if not path.parent.is_dir():
+            parser.error(f"--merchants-db: no directory {path.parent}")
     return args
 
 

@@ -6,13 +6,19 @@ arrival order. Each event is a plain dict::
     {"card": "card-004217", "ts": 1709280012345, "amount": 42.17,
      "merchant": "m-01234", "category": "grocery", "status": "approved"}
 
-How it is built, all from one ``random.Random(seed)`` so the same config gives the same stream:
+How it is built, all from ``random.Random(seed)`` (the merchants' countries and risks from a
+second generator seeded from ``seed`` too), so the same config gives the same stream:
 
 - **Cards** have Zipf-like activity: the card of rank ``r`` is picked with weight
   ``1 / (r + 10) ** skew``, so a few cards (fleet or business cards) are very busy and most make
   a handful of transactions. Ranks are shuffled over the card numbers.
-- **Merchants** each have a category; their popularity is Zipf-like too. A card shops mostly
-  at a few favourite merchants and now and then somewhere new.
+- **Merchants** each have a category, a country and a risk score; their popularity is
+  Zipf-like too. A card shops mostly at a few favourite merchants and now and then somewhere
+  new. The cardholders live in ``HOME_COUNTRY``; most merchants are there too, online shops and
+  travel agents more often abroad. A merchant's risk (0 to 1, as an acquirer would score it)
+  comes from its category, a little more abroad, with noise; a few merchants (more of them in
+  the resellable categories) are high-risk, 0.6 to 0.95. Events carry the merchant's id and
+  category only: its country and risk are for a merchant table (the demo's SQLite file).
 - **Amounts** are log-normal with a median and spread per category (fuel is narrow, travel and
   jewelry are wide and large). About 2% of ordinary transactions are declined, more for
   large amounts; about 1% of cards are over their limit and see a quarter of their
@@ -22,8 +28,10 @@ How it is built, all from one ``random.Random(seed)`` so the same config gives t
   than its arrival position says.
 - **Fraud bursts**: ``fraud_cards`` ordinary cards are compromised. At a random time each makes
   15 to 40 transactions within a few minutes, nearly every one at a different merchant in a
-  resellable category (electronics, jewelry, gift cards, online retail, travel), with amounts a
-  a few times the usual and about 35% declined. The cards also keep their ordinary activity.
+  resellable category (electronics, jewelry, gift cards, online retail, travel), each category
+  in proportion to its merchants and, within one, with a weight of the merchant's risk squared
+  (fraudsters go where checks are weak), with amounts a few times the usual and about 35%
+  declined. The cards also keep their ordinary activity.
 - **Malformed events** (``malformed``, 0 by default) lack their card or time, to exercise a
   consumer's handling of bad input. They are not counted in ``events``.
 
@@ -44,6 +52,7 @@ from typing import Any
 __all__ = [
     "CATEGORIES",
     "FRAUD_CATEGORIES",
+    "HOME_COUNTRY",
     "Burst",
     "Category",
     "Merchant",
@@ -75,28 +84,37 @@ class Category:
     #: median amount, and the sigma of the log-normal around it
     median: float
     sigma: float
+    #: the typical risk score of its merchants (0 to 1), and the share of them abroad
+    risk: float
+    abroad: float
 
 
 #: The merchant categories, by name.
 CATEGORIES: dict[str, Category] = {
     c.name: c
     for c in (
-        Category("grocery", 0.22, 35.0, 0.60),
-        Category("restaurant", 0.18, 28.0, 0.50),
-        Category("fuel", 0.10, 45.0, 0.35),
-        Category("pharmacy", 0.07, 22.0, 0.60),
-        Category("online_retail", 0.14, 45.0, 0.90),
-        Category("apparel", 0.04, 60.0, 0.70),
-        Category("entertainment", 0.08, 30.0, 0.60),
-        Category("electronics", 0.06, 180.0, 0.80),
-        Category("travel", 0.05, 320.0, 0.70),
-        Category("jewelry", 0.03, 250.0, 0.90),
-        Category("gift_cards", 0.03, 60.0, 0.50),
+        Category("grocery", 0.22, 35.0, 0.60, 0.04, 0.02),
+        Category("restaurant", 0.18, 28.0, 0.50, 0.05, 0.03),
+        Category("fuel", 0.10, 45.0, 0.35, 0.06, 0.02),
+        Category("pharmacy", 0.07, 22.0, 0.60, 0.04, 0.02),
+        Category("online_retail", 0.14, 45.0, 0.90, 0.18, 0.35),
+        Category("apparel", 0.04, 60.0, 0.70, 0.08, 0.10),
+        Category("entertainment", 0.08, 30.0, 0.60, 0.10, 0.05),
+        Category("electronics", 0.06, 180.0, 0.80, 0.22, 0.15),
+        Category("travel", 0.05, 320.0, 0.70, 0.18, 0.40),
+        Category("jewelry", 0.03, 250.0, 0.90, 0.25, 0.10),
+        Category("gift_cards", 0.03, 60.0, 0.50, 0.30, 0.20),
     )
 }
 
 #: Categories that fraudsters favour: goods that are easy to resell.
 FRAUD_CATEGORIES = ("electronics", "jewelry", "gift_cards", "online_retail", "travel")
+
+#: The cardholders' country, and the countries of merchants abroad (drawn uniformly).
+HOME_COUNTRY = "US"
+_ABROAD = ("CA", "MX", "GB", "IE", "DE", "FR", "NL", "ES", "IT", "BR", "IN", "SG", "HK", "JP")
+#: The share of high-risk merchants (risk 0.6 to 0.95) in a resellable category, and in others
+_HIGH_RISK = (0.10, 0.02)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -139,6 +157,9 @@ class SimConfig:
 class Merchant:
     id: str
     category: str
+    #: an ISO 3166 country code, and a risk score from 0 (safe) to 1
+    country: str = HOME_COUNTRY
+    risk: float = 0.05
 
 
 @dataclass(frozen=True)
@@ -168,11 +189,25 @@ class Scenario:
     _card_cum: list[float] = field(repr=False)
     _merchant_cum: list[float] = field(repr=False)
     _fraud_merchants: list[Merchant] = field(repr=False)
+    #: their cumulative weights for a burst (see ``_burst_weights``)
+    _fraud_cum: list[float] = field(repr=False)
 
     @property
     def fraud_cards(self) -> frozenset[str]:
         """The compromised cards."""
         return frozenset(self.bursts)
+
+
+def _merchant(ident: str, category: Category, rng: random.Random) -> Merchant:
+    """A merchant of ``category``, its country and risk drawn from ``rng``."""
+    abroad = rng.random() < category.abroad
+    country = rng.choice(_ABROAD) if abroad else HOME_COUNTRY
+    share = _HIGH_RISK[0] if category.name in FRAUD_CATEGORIES else _HIGH_RISK[1]
+    if rng.random() < share:
+        risk = rng.uniform(0.6, 0.95)
+    else:
+        risk = category.risk + (0.08 if abroad else 0.0) + rng.gauss(0.0, 0.03)
+    return Merchant(ident, category.name, country, round(min(max(risk, 0.01), 0.99), 2))
 
 
 def _zipf_cumulative(count: int, exponent: float, offset: float) -> list[float]:
@@ -190,7 +225,8 @@ def build_scenario(config: SimConfig | None = None) -> Scenario:
 
     categories = list(CATEGORIES.values())
     chosen = rng.choices(categories, weights=[c.weight for c in categories], k=config.merchants)
-    merchants = [Merchant(f"m-{i:05d}", c.name) for i, c in enumerate(chosen)]
+    profile = random.Random(f"{config.seed}-merchants")  # cards and bursts do not depend on it
+    merchants = [_merchant(f"m-{i:05d}", c, profile) for i, c in enumerate(chosen)]
     rng.shuffle(merchants)
     fraud_merchants = [m for m in merchants if m.category in FRAUD_CATEGORIES] or merchants
 
@@ -222,7 +258,20 @@ def build_scenario(config: SimConfig | None = None) -> Scenario:
         _card_cum=_zipf_cumulative(config.cards, config.skew, 10.0),
         _merchant_cum=_zipf_cumulative(config.merchants, 0.8, 5.0),
         _fraud_merchants=fraud_merchants,
+        _fraud_cum=_burst_weights(fraud_merchants),
     )
+
+
+def _burst_weights(merchants: list[Merchant]) -> list[float]:
+    """Cumulative weights for a burst's merchants: within a category, risk squared; each
+    category as a whole in proportion to its merchants (as if they were picked uniformly)."""
+    mass: dict[str, float] = {}
+    size: dict[str, int] = {}
+    for m in merchants:
+        mass[m.category] = mass.get(m.category, 0.0) + m.risk * m.risk
+        size[m.category] = size.get(m.category, 0) + 1
+    weights = (m.risk * m.risk / mass[m.category] * size[m.category] for m in merchants)
+    return list(itertools.accumulate(weights))
 
 
 def _hour_table(start_ms: int, span_ms: int) -> tuple[list[float], list[tuple[float, float]]]:
@@ -240,9 +289,19 @@ def _burst_events(scenario: Scenario, burst: Burst) -> list[tuple[int, dict[str,
     rng = scenario._rng
     span = burst.end_ms - burst.start_ms
     times = sorted(burst.start_ms + rng.randint(0, span) for _ in range(burst.transactions))
-    merchants = scenario._fraud_merchants
-    picks = rng.sample(merchants, min(len(merchants), burst.transactions))
-    picks += rng.choices(merchants, k=burst.transactions - len(picks))
+    # Merchants by their weights, each once (repeats are drawn again, a bounded number of
+    # times) unless the burst outnumbers them.
+    merchants, cum = scenario._fraud_merchants, scenario._fraud_cum
+    picks: list[Merchant] = []
+    seen: set[str] = set()
+    for _ in range(20 * burst.transactions):
+        if len(picks) == min(burst.transactions, len(merchants)):
+            break
+        merchant = rng.choices(merchants, cum_weights=cum)[0]
+        if merchant.id not in seen:
+            seen.add(merchant.id)
+            picks.append(merchant)
+    picks += rng.choices(merchants, cum_weights=cum, k=burst.transactions - len(picks))
     out: list[tuple[int, dict[str, Any]]] = []
     for ts, merchant in zip(times, picks, strict=True):
         category = CATEGORIES[merchant.category]

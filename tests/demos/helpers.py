@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run_demo(module: str, *args: str) -> subprocess.CompletedProcess[str]:
-    """Run ``python -W error -m <module> <args>`` in the project's root; its output as text."""
+def run_demo(
+    module: str, *args: str, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -W error -m <module> <args>`` in the project's root; its output as text.
+    ``env``: variables set for it, on top of this process's environment (given whole, so it
+    holds what ``os.environ`` holds and nothing else)."""
     return subprocess.run(
         [sys.executable, "-W", "error", "-m", module, *args],
         cwd=ROOT,
@@ -20,6 +26,7 @@ def run_demo(module: str, *args: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=60,
         check=False,
+        env=None if env is None else {**os.environ, **env},
     )
 
 

@@ -14,7 +14,16 @@ from .helpers import run_demo
 #: Each demo with options its help lists, and a bad option value with its usage error.
 DEMOS = {
     "demos.fraud": (
-        ("--events", "--cards", "--fraud-cards", "--shards", "--json", "--quiet"),
+        (
+            "--events",
+            "--cards",
+            "--fraud-cards",
+            "--merchants-db",
+            "--cold-cache",
+            "--shards",
+            "--json",
+            "--quiet",
+        ),
         ("--events", "0", "--events: must be >= 1"),
     ),
     "demos.ads": (
