@@ -203,7 +203,11 @@ class BatchLoader(Generic[K, V]):
             raise ConfigError(f"max_in_flight must be >= 1, got {max_in_flight}")
         if timeout is not None and not timeout > 0:
             raise ConfigError(f"timeout must be > 0 or None, got {timeout}")
-        if isinstance(linger, bool) or not isinstance(linger, int | float) or not 0 <= linger:
+        if (
+            isinstance(linger, bool)
+            or not isinstance(linger, int | float)
+            or not 0 <= linger < float("inf")
+        ):
             raise ConfigError(f"linger must be a number of seconds >= 0, got {linger!r}")
         self._batch_fn = batch_fn
         self._linger = float(linger)

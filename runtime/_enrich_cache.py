@@ -298,6 +298,12 @@ class DimensionCache:
             return (MISSING, None, age, False) if age < self._negative_ttl else None
         return (FRESH, entry.value, age, False) if age < self._ttl else None
 
+    def rearm_refresh(self, key: Hashable) -> None:
+        """A refresh-ahead fetch of ``key`` failed: report it due again at its next read."""
+        entry = self._entries.get(key)
+        if entry is not None:
+            entry.refresh_requested = False
+
     def lookup_stale(self, key: Hashable, now: float) -> Hit | None:
         """The fallback after a failed fetch: like :meth:`lookup`, but a row past its TTL by
         less than ``max_stale`` is given as ``(STALE, row, age, False)``. A fresh row (stored

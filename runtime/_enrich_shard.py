@@ -81,6 +81,9 @@ class _Landed:
     """A fetch ended (told by its task)."""
 
 
+_Partial = tuple[dict[str, Any], dict[str, Any], list[str], list[str]]
+
+
 @dataclass
 class _Waiting:
     """A stashed event."""
@@ -92,8 +95,9 @@ class _Waiting:
     arrived: float
     hits: int
     misses: int
-    #: the event enriched already (all its lookups hit), waiting behind its key's others
-    done: dict[str, Any] | None = None
+    #: what is known of its lookups so far: (rows, ages, stale, defaulted) by lookup name, so
+    #: that an outcome once seen is kept (a small cache may evict it before the others land)
+    partial: _Partial | None = None
     #: a (source, key) it waits for: while that is being fetched, it need not be looked at
     blocker: tuple[str, Hashable] | None = None
 
@@ -165,11 +169,17 @@ class EnrichShard(Actor[Any]):
             except Exception as exc:
                 fail_batch(self.context, message, exc, enricher=self.stream, shard=self.shard)
         # a full stash takes no more batches until fetches land (the mailbox then fills, and
-        # ingest waits: backpressure)
+        # ingest waits: backpressure). The state is checked, not only the event: a fetch may
+        # have landed while a send waited, and its news sits behind this turn in the mailbox.
         while len(self.stash) >= self.stash_size:
+            if self.landed or self._any_failed() or not self.fetching:
+                before = len(self.stash)
+                await self._release()
+                if len(self.stash) >= before and not self.fetching:
+                    break  # nothing in flight and nothing released: do not spin
+                continue
             self.progress = anyio.Event()
             await self.progress.wait()
-            await self._release()
 
     async def receive(self, message: Any) -> Any:
         if isinstance(message, _Landed):
@@ -200,6 +210,9 @@ class EnrichShard(Actor[Any]):
             _log.warning("enrich_stash_abandoned", stream=self.stream, events=len(self.stash))
         self.stash.clear()
 
+    def _any_failed(self) -> bool:
+        return any(plan.failed for plan in self.plans)
+
     # -- enriching -----------------------------------------------------------------------------
     async def _apply(self, batch: Batch) -> None:
         self._full = self.hub is not None and self.hub.active
@@ -210,21 +223,30 @@ class EnrichShard(Actor[Any]):
         refresh: dict[str, set[Hashable]] = {}
         stashed, stash = self.stashed, self.stash
         for key, t, event in batch.events:
+            behind = key in stashed  # an earlier event of its key waits: so must it
             try:
                 enriched = self._enrich(
-                    t, event, now, arrived, wanted, refresh, 0, 0, True, arrived
+                    t, event, now, arrived, wanted, refresh, 0, 0, True, arrived, None, behind
                 )
             except Exception as exc:
                 self._reject(event, exc)
                 continue
-            if enriched is not None and key not in stashed:
+            if enriched is not None:
                 ready.append((key, t, enriched))
                 continue
-            # waiting for a fetch, or behind an earlier event of its key that is
-            hits, misses = self._counts if enriched is None else (0, 0)
-            blocker = self._blocker if enriched is None else None
+            hits, misses = self._counts
             stash.append(
-                _Waiting(key, t, event, batch.created, arrived, hits, misses, enriched, blocker)
+                _Waiting(
+                    key,
+                    t,
+                    event,
+                    batch.created,
+                    arrived,
+                    hits,
+                    misses,
+                    self._partial,
+                    self._blocker,
+                )
             )
             stashed[key] += 1
         self.enriched_at_once += len(ready)
@@ -245,23 +267,33 @@ class EnrichShard(Actor[Any]):
         misses: int,
         first: bool = True,
         done: float | None = None,
+        partial: _Partial | None = None,
+        keep: bool = False,
     ) -> dict[str, Any] | None:
         """The enriched event, or None if a lookup waits for a fetch (whose keys go to
-        ``wanted``; ``self._counts`` then holds the hits and misses so far).
+        ``wanted``) or ``keep`` asks to keep it: ``self._counts`` then holds the hits and
+        misses so far, ``self._partial`` what is known of its lookups (give it back as
+        ``partial`` next time) and ``self._blocker`` a fetch it waits for (or None).
 
         ``first`` is false for an event coming back from the stash: its lookups were counted
         (in the cache's statistics and the event's metadata) when it came. ``done`` is the
         ``perf_counter`` time its enrichment ends (one reading per batch), for its latency.
         The hot path of enrichment: plain dict work, one pass over the lookups.
         """
-        rows: dict[str, Any] = {}
-        ages: dict[str, float | None] = {}
-        stale: list[str] | tuple[()] = ()
-        defaulted: list[str] | tuple[()] = ()
+        rows: dict[str, Any]
+        ages: dict[str, Any]
+        stale: list[str]
+        defaulted: list[str]
+        if partial is None:
+            rows, ages, stale, defaulted = {}, {}, _NONE, _NONE
+        else:
+            rows, ages, stale, defaulted = partial
         waiting = False
         landed = self.landed
         get = event.get
         for name, event_field, source, cache, default, failed in self._plans:
+            if partial is not None and name in rows:
+                continue  # known since an earlier look
             value = get(event_field)
             if value is None:
                 rows[name] = default
@@ -310,8 +342,11 @@ class EnrichShard(Actor[Any]):
                 defaulted = [*defaulted, name]
             rows[name] = row
             ages[name] = age * 1000 if age is not None else None
-        if waiting:
+        if waiting or keep:
             self._counts = (hits, misses)
+            self._partial = (rows, ages, stale, defaulted)
+            if not waiting:
+                self._blocker = None
             return None
         out = dict(event)
         for name, row in rows.items():
@@ -330,8 +365,8 @@ class EnrichShard(Actor[Any]):
             "cache_misses": misses,
             "enrichment_latency_ms": latency,
             "cache_age_ms": ages,
-            "stale": stale,
-            "defaulted": defaulted,
+            "stale": list(stale),
+            "defaulted": list(defaulted),
         }
         return out
 
@@ -340,6 +375,7 @@ class EnrichShard(Actor[Any]):
     #: ``enrichment_metadata``): only while ``rt.enriched_events()`` has subscribers
     _full = True
     _blocker: tuple[str, Hashable] | None = None
+    _partial: _Partial | None = None
 
     # -- fetching ------------------------------------------------------------------------------
     def _fetch(self, wanted: dict[str, set[Hashable]], *, stash: bool) -> None:
@@ -350,7 +386,11 @@ class EnrichShard(Actor[Any]):
             source = next(plan.source for plan in self.plans if plan.source.name == name)
             if stash:
                 self.fetching.update((name, key) for key in keys)
-            self.spawn(_FetchTask(self, source, list(keys), stash).run)
+            task = _FetchTask(self, source, list(keys), stash)
+            try:
+                self.spawn(task.run)
+            except RuntimeError as exc:  # the runtime stopped taking tasks: shutting down
+                task.give_up(exc)
 
     async def _landed(
         self, source: SourceRuntime, results: dict[Hashable, Any], stash: bool
@@ -363,11 +403,14 @@ class EnrichShard(Actor[Any]):
             if value is FETCHED_MISSING:
                 cache.put_missing(key, now)
             elif isinstance(value, SourceError):
-                for plan in self.plans:
-                    if plan.source is source:
-                        plan.failed[key] = value
                 if stash:
+                    for plan in self.plans:
+                        if plan.source is source:
+                            plan.failed[key] = value
                     self.fetching.discard(ident)
+                else:
+                    # a refresh-ahead fetch: the cached row stays, and is refreshed again
+                    cache.rearm_refresh(key)
                 continue
             elif isinstance(value, Exception) or not (
                 isinstance(value, dict)
@@ -397,6 +440,7 @@ class EnrichShard(Actor[Any]):
             return
         self._full = self.hub is not None and self.hub.active
         now = self.clock()
+        done = time.perf_counter()
         kept: deque[_Waiting] = deque()
         blocked: set[Any] = set()
         fetching, landed = self.fetching, self.landed
@@ -404,38 +448,40 @@ class EnrichShard(Actor[Any]):
         created = None
         wanted: dict[str, set[Hashable]] = {}
         for waiting in self.stash:
-            if waiting.key in blocked:
-                kept.append(waiting)
-                continue
+            behind = waiting.key in blocked
             blocker = waiting.blocker
             if blocker is not None and blocker in fetching and blocker not in landed:
-                kept.append(waiting)  # its fetch has not landed: nothing to look at yet
+                # its fetch has not landed: nothing new to learn of it yet
+                kept.append(waiting)
                 blocked.add(waiting.key)
                 continue
-            enriched = waiting.done
-            if enriched is not None:
-                metadata = enriched.get("enrichment_metadata")
-                if metadata is not None:
-                    latency = (time.perf_counter() - waiting.arrived) * 1000
-                    metadata["enrichment_latency_ms"] = latency
-            else:
-                try:
-                    enriched = self._enrich(
-                        waiting.t,
-                        waiting.event,
-                        now,
-                        waiting.arrived,
-                        wanted,
-                        None,
-                        waiting.hits,
-                        waiting.misses,
-                        first=False,
-                    )
-                except Exception as exc:
-                    self._reject(waiting.event, exc)
-                    self._unstash(waiting.key)
-                    continue
+            if behind and not landed:
+                kept.append(waiting)
+                continue
+            try:
+                # an event behind its key's others is still looked at when fetches landed,
+                # so that it keeps their outcomes (``keep``) and starts the fetches it needs
+                enriched = self._enrich(
+                    waiting.t,
+                    waiting.event,
+                    now,
+                    waiting.arrived,
+                    wanted,
+                    None,
+                    waiting.hits,
+                    waiting.misses,
+                    False,
+                    done,
+                    waiting.partial,
+                    behind,
+                )
+            except Exception as exc:
+                self._reject(waiting.event, exc)
+                self._unstash(waiting.key)
+                continue
             if enriched is None:
+                waiting.partial = self._partial
+                waiting.blocker = self._blocker
                 kept.append(waiting)
                 blocked.add(waiting.key)
                 continue
@@ -487,6 +533,8 @@ class EnrichShard(Actor[Any]):
 
 
 _NOTHING = object()
+#: no stale or defaulted lookups (never mutated: lists are rebuilt to add to them)
+_NONE: list[str] = []
 
 
 class _FetchTask:
@@ -505,6 +553,32 @@ class _FetchTask:
     async def run(self) -> None:
         try:
             results = await self.source.fetcher.fetch_many(self.keys)
-        except ActorStopped:  # the fetcher stopped: the runtime is shutting down
+        except ActorStopped as exc:  # the fetcher stopped: the runtime is shutting down
+            self.give_up(exc)
             return
+        except anyio.get_cancelled_exc_class():
+            # cancelled at shutdown: the events waiting for these keys get their stale rows
+            # or defaults, rather than wait for a fetch that will not end
+            self.give_up(
+                SourceError("the fetch was cancelled", source=self.source.name, attempts=0)
+            )
+            raise
         await self.owner._landed(self.source, results, self.stash)
+
+    def give_up(self, cause: Exception) -> None:
+        """The fetch will not happen: its keys count as failed, and the enricher is woken."""
+        owner = self.owner
+        if not self.stash:
+            return
+        error = (
+            cause
+            if isinstance(cause, SourceError)
+            else SourceError(str(cause), source=self.source.name, attempts=0)
+        )
+        for plan in owner.plans:
+            if plan.source is self.source:
+                for key in self.keys:
+                    plan.failed[key] = error
+        for key in self.keys:
+            owner.fetching.discard((self.source.name, key))
+        owner.progress.set()

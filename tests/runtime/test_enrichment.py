@@ -392,3 +392,148 @@ async def test_get_includes_events_the_cache_answered_and_all_enriched_sets_coun
         await rt.flush()
         stats = await rt.statistics()
         assert stats.events_processed == 20
+
+
+class _Rows:
+    """A custom source of rows with a delay, and failures on demand."""
+
+    def __init__(self, rows: dict[str, Any], delay: float = 0.0) -> None:
+        self.rows, self.delay, self.down, self.calls = rows, delay, False, 0
+
+    async def get_many(self, keys: Sequence[Hashable]) -> dict[Hashable, Any]:
+        self.calls += 1
+        await anyio.sleep(self.delay)
+        if self.down:
+            raise ConnectionError("down")
+        return {k: self.rows[k] for k in keys if k in self.rows}
+
+
+def _custom(stash: int = 10_000, two: bool = False, **options: Any) -> FeatureSet:
+    from runtime import CustomSource
+
+    sources = [CustomSource(name="a", **options)]
+    lookups = [Lookup(name="m", field="mid", source="a", default={"risk": -1.0})]
+    features: list[Any] = [Count(name="n"), Mean(name="risk", field="m.risk")]
+    if two:
+        sources.append(CustomSource(name="b", **options))
+        lookups.append(Lookup(name="c", field="cid", source="b", default={"x": -1.0}))
+        features.append(Mean(name="x", field="c.x"))
+    return FeatureSet(
+        name="t",
+        key="card",
+        time="ts",
+        sources=sources,
+        lookups=lookups,
+        features=features,
+        enrich_stash=stash,
+    )
+
+
+async def test_a_full_stash_and_a_slow_reader_do_not_deadlock() -> None:
+    # fetches land while the enricher waits to hand events on: the stash-full wait must see
+    # them (it checks the state, not only a wake-up)
+    rows = {f"m{i}": {"risk": float(i)} for i in range(50)}
+    source = _Rows(rows, delay=0.002)
+    async with FeatureRuntime(
+        _custom(stash=2), shards=1, batch_size=2, sources={"a": source}
+    ) as rt:
+        reader = rt.enriched_events(buffer=1)
+        got: list[Any] = []
+
+        async def read() -> None:
+            async for event in reader:
+                got.append(event)
+                await anyio.sleep(0.001)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(read)
+            with anyio.fail_after(20):
+                await rt.ingest_many(
+                    [{"card": f"c{i % 5}", "ts": i, "mid": f"m{i % 50}"} for i in range(150)]
+                )
+                await rt.flush()
+            await reader.aclose()
+    assert len(got) == 150
+
+
+async def test_two_lookups_landing_apart_keep_what_landed_first() -> None:
+    # nothing is cached (no rows, no negative entries): an event with two lookups must keep
+    # the first outcome while the second is fetched, not fetch the first again forever
+    a, b = _Rows({}), _Rows({}, delay=0.05)
+    fs = _custom(two=True, negative_ttl=0)
+    async with FeatureRuntime(fs, sources={"a": a, "b": b}) as rt:
+        await rt.ingest_many([{"card": "c", "ts": t, "mid": "k", "cid": "z"} for t in range(3)])
+        with anyio.fail_after(5):
+            await rt.flush()
+        vector = await rt.get("c")
+    assert (vector["risk"], vector["x"]) == (-1.0, -1.0)
+    assert (a.calls, b.calls) == (1, 1)
+
+
+async def test_a_late_subscriber_gets_whole_events() -> None:
+    source = _Rows({"m1": {"risk": 1.0}, "m2": {"risk": 2.0}}, delay=0.05)
+    async with FeatureRuntime(_custom(), sources={"a": source}) as rt:
+        await rt.warm_up("a", ["m2"])
+        await rt.ingest({"card": "c", "ts": 1, "mid": "m1"})  # waits for a fetch
+        await rt.ingest({"card": "c", "ts": 2, "mid": "m2"})  # cached, but behind ts 1
+        await anyio.sleep(0.01)
+        reader = rt.enriched_events()  # subscribes while both wait
+        await rt.flush()
+        await reader.aclose()
+        events = [e.event async for e in reader]
+    assert [("enrichment" in e, "enrichment_metadata" in e) for e in events] == [
+        (True, True),
+        (True, True),
+    ]
+
+
+async def test_a_failed_refresh_does_not_stop_later_fetches() -> None:
+    from tests.runtime.test_windows_time import FakeClock
+
+    clock = FakeClock()
+    source = _Rows({"m": {"risk": 1.0}})
+    fs = _custom(ttl="10s", refresh_ahead=0.5, max_stale="1h")
+    async with FeatureRuntime(fs, clock=clock, sources={"a": source}) as rt:
+        await rt.ingest({"card": "c", "ts": 1, "mid": "m"})
+        await rt.flush()
+        source.down = True
+        clock.now += 6  # past half the ttl: this read asks for a refresh, which fails
+        await rt.ingest({"card": "c", "ts": 2, "mid": "m"})
+        await rt.flush()
+        await anyio.sleep(0.05)
+        source.down = False
+        source.rows["m"] = {"risk": 2.0}
+        clock.now += 10  # expired: fetched again, from the source that is back
+        reader = rt.enriched_events()
+        await rt.ingest({"card": "c", "ts": 3, "mid": "m"})
+        await rt.flush()
+        await reader.aclose()
+        assert [e.event["m.risk"] async for e in reader] == [2.0]
+
+
+async def test_at_shutdown_no_waiting_event_is_lost() -> None:
+    source = _Rows({f"m{i}": {"risk": float(i)} for i in range(10)}, delay=2.0)
+    rt = FeatureRuntime(
+        _custom(stash=2, timeout="10s"),
+        batch_size=1,
+        shutdown_timeout=0.5,
+        sources={"a": source},
+    )
+    seen: list[Any] = []
+
+    async def read(reader: Any) -> None:
+        async for event in reader:
+            seen.append(event)
+
+    async with anyio.create_task_group() as tg:
+        async with rt:
+            tg.start_soon(read, rt.enriched_events())  # reads until the runtime closes it
+            for i in range(3):
+                await rt.ingest({"card": "c", "ts": i, "mid": f"m{i}"})
+                await anyio.sleep(0.05)
+    dead = sum(
+        len(letter.message.events) if hasattr(letter.message, "events") else 1
+        for letter in rt.dead_letters.letters()
+    )
+    # each event was enriched (with its default: the fetch was cancelled) or dead-lettered
+    assert len(seen) + dead == 3
