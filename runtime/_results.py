@@ -117,7 +117,8 @@ class EnrichmentStatistics(msgspec.Struct, frozen=True, kw_only=True):
     """One dimension source's part of ``rt.statistics()``: its cache, its calls, and the
     seed's efficiency figures."""
 
-    #: lookups answered by the cache (fresh rows and keys known to be missing) and not
+    #: lookups the cache answered (fresh rows, and keys known to be missing), and those it
+    #: could not (the event waited for a fetch; several events may wait for one)
     cache_hits: int
     cache_misses: int
     #: ``cache_hits / lookups`` (0.0 before any lookup)
@@ -127,7 +128,8 @@ class EnrichmentStatistics(msgspec.Struct, frozen=True, kw_only=True):
     stale_served: int
     defaults_after_error: int
     malformed: int
-    #: rows cached, the cache's capacity and ``size / capacity``; entries evicted
+    #: entries cached (rows, and keys known to be missing, expired ones not yet dropped
+    #: included), the cache's capacity and ``size / capacity``; entries evicted
     cache_size: int
     cache_capacity: int
     cache_utilization: float
@@ -149,9 +151,10 @@ class EnrichmentStatistics(msgspec.Struct, frozen=True, kw_only=True):
     #: mean and max latency of the source's successful calls (ms)
     mean_call_ms: float | None
     max_call_ms: float | None
-    #: the cache hits times the mean call latency: source time the cache saved (ms)
+    #: the cache hits times the mean call latency (ms): the seed's figure of source time the
+    #: cache saved, an upper bound where calls are batched
     latency_saved_ms: float
-    #: events waiting in the enrichers' stashes for a fetch now
+    #: events waiting in the enrichers' stashes now (all the enrichers', under each source)
     stashed: int
 
 

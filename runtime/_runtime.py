@@ -172,6 +172,10 @@ class FeatureRuntime:
     ) -> None:
         if not isinstance(feature_set, FeatureSet):
             raise TypeError(f"feature_set must be a FeatureSet, got {type(feature_set).__name__}")
+        if sources is not None and not isinstance(sources, Mapping):
+            raise ConfigError(
+                f"sources must map custom source names to objects, got {type(sources).__name__}"
+            )
         self._custom_sources = dict(sources or {})
         custom = {s.name for s in feature_set.sources if isinstance(s, CustomSource)}
         for name in custom - set(self._custom_sources):
