@@ -63,6 +63,9 @@ class StopMessage:
 
 _STOP = StopMessage()
 
+#: seconds an actor's on_stop may take when its cell was cancelled at the shutdown deadline
+_ON_STOP_GRACE = 1.0
+
 RUNNING, SUSPENDED, STOPPED = "running", "suspended", "stopped"
 
 
@@ -177,6 +180,12 @@ class Cell:
                 task_status.started(None)
                 await self._loop()
         finally:
+            if self.actor is not None:
+                # cancelled (the shutdown deadline passed) before the actor was retired: its
+                # on_stop still runs, briefly, so that what it holds is not lost unsaid
+                with anyio.CancelScope(shield=True) as scope:
+                    scope.deadline = anyio.current_time() + _ON_STOP_GRACE
+                    await self._retire_instance()
             self.state = STOPPED
             self.accepting = False
             self.timers.clear()

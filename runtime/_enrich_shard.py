@@ -71,9 +71,6 @@ class GetEnrichStats:
 class EnrichShardStats:
     stashed: int
     fetching: int
-    enriched: int
-    enriched_at_once: int
-    latency_ms_total: float
 
 
 @dataclass(frozen=True)
@@ -154,9 +151,6 @@ class EnrichShard(Actor[Any]):
         #: outcomes of fetches that ended, until the next release
         self.landed: dict[tuple[str, Hashable], Any] = {}
         self.progress = anyio.Event()
-        self.enriched = 0
-        self.enriched_at_once = 0
-        self.latency_ms_total = 0.0
 
     # -- messages ------------------------------------------------------------------------------
     async def receive_batch(self, messages: list[Any]) -> None:
@@ -191,9 +185,6 @@ class EnrichShard(Actor[Any]):
             return EnrichShardStats(
                 stashed=len(self.stash),
                 fetching=len(self.fetching),
-                enriched=self.enriched,
-                enriched_at_once=self.enriched_at_once,
-                latency_ms_total=self.latency_ms_total,
             )
         raise TypeError(f"EnrichShard cannot handle {message!r}")
 
@@ -249,7 +240,6 @@ class EnrichShard(Actor[Any]):
                 )
             )
             stashed[key] += 1
-        self.enriched_at_once += len(ready)
         self._fetch(wanted, stash=True)
         self._fetch(refresh, stash=False)
         if ready:
@@ -353,11 +343,9 @@ class EnrichShard(Actor[Any]):
             if row:
                 for column, cell in row.items():
                     out[f"{name}.{column}"] = cell
-        latency = ((time.perf_counter() if done is None else done) - arrived) * 1000
-        self.enriched += 1
-        self.latency_ms_total += latency
         if not self._full:  # nobody reads the enriched events: the features need the fields
             return out
+        latency = ((time.perf_counter() if done is None else done) - arrived) * 1000
         out["enrichment"] = rows
         out["enrichment_metadata"] = {
             "timestamp": t,

@@ -559,24 +559,25 @@ class FeatureSet(
     def stream_of(self, feature: FeatureSpec) -> str:
         """The stream whose events ``feature`` sees: its ``stream``, else the first stream; a
         ratio's is its operands' (a ratio takes no ``stream`` of its own)."""
-        if isinstance(feature, Ratio):
-            ratios = {f.name: f for f in self.features if isinstance(f, Ratio)}
-            bases = sorted(_ratio_bases(feature.name, ratios))
-            if bases and bases[0] in self.names:
-                return self.stream_of(self.feature(bases[0]))
-        stream = feature.stream or self.stream_names[0]
-        return stream
+        feature = self._ratio_base(feature)
+        return feature.stream or self.stream_names[0]
 
     def group_stream_of(self, feature: FeatureSpec) -> str:
         """The stream of the group that computes ``feature``: its stream, or the enriched
-        form of it (``enriched_stream``) when it reads lookup fields."""
+        form of it (``enriched_stream``) when it (a ratio: its operands) reads lookup fields."""
+        base = self._ratio_base(feature)
+        stream = base.stream or self.stream_names[0]
+        return enriched_stream(stream) if self.enriched(base) else stream
+
+    def _ratio_base(self, feature: FeatureSpec) -> FeatureSpec:
+        """A ratio's first base operand (through nested ratios), whose stream and group the
+        ratio shares; any other feature itself."""
         if isinstance(feature, Ratio):
             ratios = {f.name: f for f in self.features if isinstance(f, Ratio)}
             bases = sorted(_ratio_bases(feature.name, ratios))
             if bases and bases[0] in self.names:
-                return self.group_stream_of(self.feature(bases[0]))
-        stream = self.stream_of(feature)
-        return enriched_stream(stream) if self.enriched(feature) else stream
+                return self.feature(bases[0])
+        return feature
 
     @property
     def max_out_of_orderness_ms(self) -> int:

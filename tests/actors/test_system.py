@@ -164,3 +164,21 @@ def test_public_surface_is_exactly_what_all_declares() -> None:
         obj = getattr(actors, name)
         if isinstance(obj, type) or (callable(obj) and hasattr(obj, "__code__")):
             assert obj.__module__.startswith("actors"), name
+
+
+async def test_an_actor_cancelled_at_the_shutdown_deadline_still_runs_on_stop() -> None:
+    stopped: list[str] = []
+
+    class Stuck(Actor[Any]):
+        async def receive(self, message: Any) -> None:
+            await anyio.sleep_forever()  # still in its handler when the deadline passes
+
+        async def on_stop(self) -> None:
+            stopped.append("on_stop")
+
+    with anyio.fail_after(10):
+        async with ActorSystem(shutdown_timeout=0.1) as system:
+            ref = await system.spawn(Stuck)
+            await ref.tell("hang")
+            await anyio.sleep(0.01)
+    assert stopped == ["on_stop"]
