@@ -75,9 +75,11 @@ class MailboxStatistics:
 
     #: user messages waiting in the mailbox (including those given back by a cut-short turn)
     depth: int
-    #: the most user messages the mailbox holds
+    #: the most user messages the channel holds; ``depth`` exceeds it only by the messages a
+    #: turn cut short gave back (at most ``max_batch_size``)
     capacity: int
-    #: tasks blocked in ``tell`` waiting for room
+    #: tasks blocked in ``tell`` waiting for room (each holds its one message, not counted in
+    #: ``depth``)
     senders_waiting: int
     #: user and timer messages the actor has handled since it was spawned
     processed: int

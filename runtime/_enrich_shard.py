@@ -158,13 +158,20 @@ class EnrichShard(Actor[Any]):
             if isinstance(message, _Landed):
                 await self._release()
                 continue
+            # before each batch, not once per turn: a turn takes several batches, and the
+            # stash would go past its size by all but one of them
+            await self._wait_for_room()
             try:
                 await self._apply(message)
             except Exception as exc:
                 fail_batch(self.context, message, exc, enricher=self.stream, shard=self.shard)
-        # a full stash takes no more batches until fetches land (the mailbox then fills, and
-        # ingest waits: backpressure). The state is checked, not only the event: a fetch may
-        # have landed while a send waited, and its news sits behind this turn in the mailbox.
+        await self._wait_for_room()
+
+    async def _wait_for_room(self) -> None:
+        """A full stash takes no more batches until fetches land (the mailbox then fills, and
+        ingest waits: backpressure); so the stash holds at most ``enrich_stash`` events and one
+        batch. The state is checked, not only the event: a fetch may have landed while a send
+        waited, and its news sits behind this turn in the mailbox."""
         while len(self.stash) >= self.stash_size:
             if self.landed or self._any_failed() or not self.fetching:
                 before = len(self.stash)

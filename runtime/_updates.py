@@ -13,19 +13,46 @@ from __future__ import annotations
 import weakref
 from collections import deque
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Generic, Literal, TypeVar
 
 import anyio
 
-__all__ = ["UpdateHub", "UpdateSubscription"]
+__all__ = ["SubscriptionStatistics", "UpdateHub", "UpdateSubscription"]
 
 Policy = Literal["block", "drop_oldest"]
 T = TypeVar("T")
 
 
+@dataclass(frozen=True)
+class SubscriptionStatistics:
+    """A snapshot of one subscription (``subscription.statistics()``)."""
+
+    #: items waiting to be read
+    depth: int
+    #: the most items it holds (its ``buffer``)
+    capacity: int
+    #: ``"block"`` or ``"drop_oldest"``
+    policy: Policy
+    #: items the ``drop_oldest`` policy dropped
+    dropped: int
+    #: publishers (shard actors) waiting for room: with ``"block"``, the runtime is held at
+    #: this subscriber's pace while this is above 0
+    publishers_waiting: int
+
+
 class _Channel:
-    __slots__ = ("buffer", "capacity", "closed", "dropped", "policy", "readable", "writable")
+    __slots__ = (
+        "buffer",
+        "capacity",
+        "closed",
+        "dropped",
+        "policy",
+        "readable",
+        "waiting",
+        "writable",
+    )
 
     def __init__(self, capacity: int, policy: Policy) -> None:
         self.buffer: deque[Any] = deque()
@@ -33,6 +60,8 @@ class _Channel:
         self.policy = policy
         self.closed = False
         self.dropped = 0
+        #: publishers waiting for room
+        self.waiting = 0
         self.readable = anyio.Event()
         self.writable = anyio.Event()
 
@@ -53,6 +82,17 @@ class UpdateSubscription(Generic[T]):
     def dropped(self) -> int:
         """Updates dropped by the ``drop_oldest`` policy."""
         return self._channel.dropped
+
+    def statistics(self) -> SubscriptionStatistics:
+        """A snapshot of the subscription's buffer: its depth never exceeds its capacity."""
+        channel = self._channel
+        return SubscriptionStatistics(
+            depth=len(channel.buffer),
+            capacity=channel.capacity,
+            policy=channel.policy,
+            dropped=channel.dropped,
+            publishers_waiting=channel.waiting,
+        )
 
     def __aiter__(self) -> AsyncIterator[T]:
         return self
@@ -94,8 +134,9 @@ class UpdateHub(Generic[T]):
         return bool(self._channels)
 
     def subscribe(self, capacity: int, policy: Policy) -> UpdateSubscription[T]:
-        if capacity < 1:
-            raise ValueError(f"buffer must be >= 1, got {capacity!r}")
+        # an int only: a float such as math.inf would make the buffer unbounded
+        if not isinstance(capacity, int) or isinstance(capacity, bool) or capacity < 1:
+            raise ValueError(f"buffer must be >= 1 (an int), got {capacity!r}")
         if policy not in ("block", "drop_oldest"):
             raise ValueError(f"policy must be 'block' or 'drop_oldest', got {policy!r}")
         channel = _Channel(capacity, policy)
@@ -118,12 +159,16 @@ class UpdateHub(Generic[T]):
                         buffer.popleft()
                         channel.dropped += 1
                     else:
-                        while len(buffer) >= channel.capacity and not channel.closed:
-                            # shard actors publishing at once share the event of this round
-                            if channel.writable.is_set():
-                                channel.writable = anyio.Event()
-                            channel.readable.set()
-                            await channel.writable.wait()
+                        channel.waiting += 1
+                        try:
+                            while len(buffer) >= channel.capacity and not channel.closed:
+                                # shard actors publishing at once share the event of this round
+                                if channel.writable.is_set():
+                                    channel.writable = anyio.Event()
+                                channel.readable.set()
+                                await channel.writable.wait()
+                        finally:
+                            channel.waiting -= 1
                         if channel.closed:
                             break
                 buffer.append(update)
