@@ -1,12 +1,12 @@
 """What the demos' command lines share (``python -m demos.fraud``, ``python -m demos.ads``).
 
 A demo builds its options with ``argument_parser``, ``runtime_options``, ``add_output_switches``
-and ``count`` (for its sizes), its progress display with ``RateColumn`` among rich's columns,
-and hands the rest to ``run_command``: the library's logging, the display on stderr only on a
-terminal, Ctrl-C, and the summary printed as JSON or as tables. Its ``render`` lays the tables
-out with ``table`` and ``note`` and writes times and sizes with ``format_ms`` and
-``format_bytes``. ``frozen_heap`` keeps the garbage collector off the simulated input while
-the runtime works.
+and ``count`` (for its sizes; ``count_list`` for a list of them), its progress display with
+``RateColumn`` among rich's columns, and hands the rest to ``run_command``: the library's
+logging, the display on stderr only on a terminal, Ctrl-C, and the summary printed as JSON or
+as tables. Its ``render`` lays the tables out with ``table`` and ``note`` and writes times and
+sizes with ``format_ms`` and ``format_bytes``. ``frozen_heap`` keeps the garbage collector off
+the simulated input while the runtime works.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ __all__ = [
     "add_output_switches",
     "argument_parser",
     "count",
+    "count_list",
     "format_bytes",
     "format_ms",
     "frozen_heap",
@@ -95,6 +96,38 @@ def count(low: int) -> Callable[[str], int]:
         if value < low:
             raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
         return value
+
+    return parse
+
+
+def count_list(low: int, high: int | None = None) -> Callable[[str], list[int]]:
+    """An argparse ``type``: whole numbers from ``low`` to ``high`` (no limit if None),
+    separated by commas, each at most once, digits grouped with ``_`` (``1,2,4``,
+    ``256,1_024``); returned in ascending order. An item with a leading zero is refused: in
+    ``1,024`` the comma was meant to group digits."""
+
+    def parse(text: str) -> list[int]:
+        values = []
+        for item in text.split(","):
+            item = item.strip()
+            digits = item.replace("_", "")
+            if not (digits.isascii() and digits.isdigit()):
+                raise argparse.ArgumentTypeError(
+                    f"expected whole numbers separated by commas, got {text!r}"
+                )
+            if len(digits) > 1 and digits.startswith("0"):
+                raise argparse.ArgumentTypeError(
+                    f"{item!r} in {text!r} has a leading zero: commas separate the values, "
+                    "group digits with _ (1_024)"
+                )
+            value = int(digits)
+            if value < low or (high is not None and value > high):
+                limits = f">= {low}" if high is None else f"from {low} to {high}"
+                raise argparse.ArgumentTypeError(f"each value must be {limits}, got {value}")
+            if value in values:
+                raise argparse.ArgumentTypeError(f"{value} is given twice in {text!r}")
+            values.append(value)
+        return sorted(values)
 
     return parse
 

@@ -30,6 +30,20 @@ DEMOS = {
         ("--impressions", "--ads", "--seed", "--quick", "--shards", "--json", "--quiet"),
         ("--impressions", "0", "--impressions: must be >= 1"),
     ),
+    "demos.tune": (
+        (
+            "--workload",
+            "--events",
+            "--shards",
+            "--batch-size",
+            "--mailbox",
+            "--repeat",
+            "--chart",
+            "--json",
+            "--quiet",
+        ),
+        ("--events", "0", "--events: must be >= 1"),
+    ),
 }
 
 
