@@ -16,7 +16,7 @@ import anyio
 
 from actors import ActorRef, DeadLetterReason, DeadLetters, KeyRouter, get_logger
 
-from ._events import MAX_TIME_MS, MIN_TIME_MS, EventReader
+from ._events import EventReader
 from ._exceptions import InvalidEvent
 from ._shard import Batch
 
@@ -45,6 +45,15 @@ class Ingest:
         dead_letters: where rejected events go.
         streams: the streams' names: events are tagged with their index (``route_one``,
             ``route``); a group gets its stream's events, a join (stream ``""``) all of them.
+        known_keys: how many keys are remembered as checked, with their shard (the cache is
+            cleared when full; 0: none, every event is then read in full).
+
+    A dict event takes the fast path when its time is an ``int`` in milliseconds within the
+    reader's bounds and its key a ``str`` or ``int`` that passes the reader's key checks
+    (length, Unicode): with several shards, a key is checked once, when it is first seen, and
+    then found with its shard in a cache of checked keys (the ingest path's own, not the
+    router's, which ``get`` fills with any key asked); with one shard, an ASCII or int key is
+    checked inline, which is cheaper than a lookup in a large dict.
     """
 
     def __init__(
@@ -55,6 +64,7 @@ class Ingest:
         batch_size: int,
         dead_letters: DeadLetters,
         streams: Sequence[str] = ("",),
+        known_keys: int = 1 << 20,
     ) -> None:
         shards = router.shards
         self.streams = tuple(streams)
@@ -68,7 +78,9 @@ class Ingest:
         self.batch_size = batch_size
         self._reader = reader
         self._router = router
-        self._shard_cache = router.cached_lookup()
+        #: keys read in full (so checked) since the cache was last cleared, and their shard
+        self._known: dict[Any, int] = {}
+        self._known_size = known_keys
         self._groups = groups
         self._dead_letters = dead_letters
         self.buffers: list[list[tuple[Any, int, dict[str, Any]]]] = [[] for _ in range(shards)]
@@ -86,7 +98,7 @@ class Ingest:
         except InvalidEvent as error:
             self.reject(event, error)
             return None
-        shard = self._router.shard_of(key)
+        shard = self._shard_of(key)
         buffer = self.buffers[shard]
         if not buffer:
             self.created[shard] = time.perf_counter()
@@ -100,8 +112,9 @@ class Ingest:
         """Validate and append events (of stream ``tag``, or ``tag[i]`` for ``events[i]``) to
         their shard's buffer; the hot loop of ingest.
 
-        Dicts with a ``str``/``int`` key and an in-range ``int`` time in milliseconds take the
-        fast path; anything else goes through the full reader. Returns the events accepted.
+        Dicts with a known ``str``/``int`` key and an ``int`` time in milliseconds within the
+        reader's bounds take the fast path; anything else goes through the full reader.
+        Returns the events accepted.
         """
         if self.tags is not None:
             return self._route_tagged(events, tag)
@@ -115,41 +128,69 @@ class Ingest:
         if reader.time_unit != "ms":
             return self._route_each(events)
         key_field, time_field = reader.key, reader.time
-        low, high = MIN_TIME_MS, MAX_TIME_MS
-        read, shard_of = reader.read, self._router.shard_of
+        low, high = reader.bounds()
+        read, shard_of = reader.read, self._shard_of
         # Events off the fast path are read in place, so a key's events keep their order.
         rejected = 0
         if self.shards == 1:
+            # No routing, so the key's checks inline; a non-ASCII str key is looked up once
+            # known, as the checks cost more for it.
             append = buffers[0].append
+            known_keys = self._known
+            longest = reader.max_key_length
+            int_bound = reader.int_bound
             for event in events:
                 if event.__class__ is dict:
-                    key: Any = event.get(key_field)
-                    ts = event.get(time_field)
-                    kc = key.__class__
-                    if (kc is str or kc is int) and ts.__class__ is int and low <= ts <= high:
-                        append((key, ts, event))
-                        continue
+                    try:  # subscripts are cheaper than get(); a missing field is read below
+                        key: Any = event[key_field]
+                        ts = event[time_field]
+                    except KeyError:
+                        pass
+                    else:
+                        kc = key.__class__
+                        if (
+                            ts.__class__ is int
+                            and low <= ts <= high
+                            and (
+                                (
+                                    kc is str
+                                    and len(key) <= longest
+                                    and (key.isascii() or key in known_keys)
+                                )
+                                or (kc is int and -int_bound < key < int_bound)
+                            )
+                        ):
+                            append((key, ts, event))
+                            continue
                 try:
-                    append(read(event))
+                    item = read(event, low, high)
                 except InvalidEvent as error:
                     self.reject(event, error)
                     rejected += 1
+                    continue
+                shard_of(item[0])  # remembers the key as checked
+                append(item)
         else:
-            cached = self._shard_cache
+            known, admit = self._known.get, self._admit
             appends = [buffer.append for buffer in buffers]
             for event in events:
                 if event.__class__ is dict:
-                    key = event.get(key_field)
-                    ts = event.get(time_field)
-                    kc = key.__class__
-                    if (kc is str or kc is int) and ts.__class__ is int and low <= ts <= high:
-                        index = cached(key)
-                        if index is None:
-                            index = shard_of(key)
-                        appends[index]((key, ts, event))
-                        continue
+                    try:
+                        key = event[key_field]
+                        ts = event[time_field]
+                    except KeyError:
+                        pass
+                    else:
+                        kc = key.__class__
+                        if (kc is str or kc is int) and ts.__class__ is int and low <= ts <= high:
+                            index = known(key)
+                            if index is None:
+                                index = admit(key)
+                            if index is not None:
+                                appends[index]((key, ts, event))
+                                continue
                 try:
-                    item = read(event)
+                    item = read(event, low, high)
                 except InvalidEvent as error:
                     self.reject(event, error)
                     rejected += 1
@@ -172,26 +213,32 @@ class Ingest:
         reader = self._reader
         key_field, time_field = reader.key, reader.time
         fast_times = reader.time_unit == "ms"
-        low, high = MIN_TIME_MS, MAX_TIME_MS
-        read, shard_of, cached = reader.read, self._router.shard_of, self._shard_cache
+        low, high = reader.bounds()
+        read, shard_of, known = reader.read, self._shard_of, self._known.get
+        admit = self._admit
         appends = [buffer.append for buffer in buffers]
         tag_appends = [shard_tags.append for shard_tags in tags]
         rejected = 0
         tagged = repeat(tag) if isinstance(tag, int) else tag
         for event, stream_tag in zip(events, tagged):  # noqa: B905 (repeat is endless)
             if fast_times and event.__class__ is dict:
-                key: Any = event.get(key_field)
-                ts = event.get(time_field)
-                kc = key.__class__
-                if (kc is str or kc is int) and ts.__class__ is int and low <= ts <= high:
-                    index = cached(key)
-                    if index is None:
-                        index = shard_of(key)
-                    appends[index]((key, ts, event))
-                    tag_appends[index](stream_tag)
-                    continue
+                try:
+                    key: Any = event[key_field]
+                    ts = event[time_field]
+                except KeyError:
+                    pass
+                else:
+                    kc = key.__class__
+                    if (kc is str or kc is int) and ts.__class__ is int and low <= ts <= high:
+                        index = known(key)
+                        if index is None:
+                            index = admit(key)
+                        if index is not None:
+                            appends[index]((key, ts, event))
+                            tag_appends[index](stream_tag)
+                            continue
             try:
-                item = read(event)
+                item = read(event, low, high)
             except InvalidEvent as error:
                 self.reject(event, error)
                 rejected += 1
@@ -204,14 +251,16 @@ class Ingest:
         return accepted
 
     def _route_each(self, events: list[Any]) -> int:
-        """Route events one at a time through the full reader (and the router's hash)."""
-        read = self._reader.read
-        shard_of = self._router.shard_of
+        """Route events one at a time through the full reader."""
+        reader = self._reader
+        read = reader.read
+        low, high = reader.bounds()
+        shard_of = self._shard_of
         buffers = self.buffers
         accepted = 0
         for event in events:
             try:
-                item = read(event)
+                item = read(event, low, high)
             except InvalidEvent as error:
                 self.reject(event, error)
                 continue
@@ -219,6 +268,24 @@ class Ingest:
             accepted += 1
         self.ingested += accepted
         return accepted
+
+    def _admit(self, key: Any) -> int | None:
+        """The shard of a new ``str`` or ``int`` key, now known, if the reader accepts it;
+        None if not (the event is then read in full, which says why)."""
+        return self._shard_of(key) if self._reader.valid_key(key) else None
+
+    def _shard_of(self, key: Any) -> int:
+        """The shard of a key the reader accepted, which is then remembered as checked."""
+        known = self._known
+        shard = known.get(key)
+        if shard is None:
+            router = self._router
+            shard = 0 if self.shards == 1 else router.shard_of_group(router.key_group(key))
+            if self._known_size:
+                if len(known) >= self._known_size:
+                    known.clear()
+                known[key] = shard
+        return shard
 
     def reject(self, payload: Any, error: InvalidEvent) -> None:
         self.rejected += 1

@@ -30,10 +30,11 @@ import msgspec.toml
 import msgspec.yaml
 
 from ._duration import Duration, parse_duration
+from ._events import DEFAULT_MAX_KEY_LENGTH, DEFAULT_MAX_PAYLOAD_BYTES
 from ._exceptions import SpecError, UnknownFeature
 from ._quantiles import PERCENTILE_METHODS
 from ._spec_base import OPS, TIME_UNITS, FeatureSpec, Op, TimeUnit, Where, _FieldFeature
-from ._spec_checks import MAX_NAME_LENGTH
+from ._spec_checks import MAX_KEY_LENGTH, MAX_NAME_LENGTH, MAX_PAYLOAD_BYTES
 from ._spec_checks import check_duration as _check_duration
 from ._spec_checks import check_int as _check_int
 from ._spec_checks import check_name as _check_name
@@ -289,6 +290,26 @@ class FeatureSet(
             watermark is its newest event time minus this.
         features: at least one feature, with unique names (a list or a tuple; kept as a tuple).
 
+    The options below bound what an event may be; an event outside them is refused at ingest
+    and goes to ``rt.dead_letters`` with its reason (the full list: ``runtime/_events.py``):
+
+    Args:
+        max_future: how far ahead of the wall clock (the real one, ``time.time``) an event time
+            may be: a duration, 1 hour by default; None or 0 turns the bound off. A time far
+            ahead would move its key's watermark and make every later event of the key late;
+            an hour is far more than clock skew between hosts. Events from 1970 to 2300 only
+            are accepted whatever the bounds.
+        max_past: how far behind the wall clock an event time may be: a duration, off by
+            default (None or 0), so that a replay of history, all of it in the past, is
+            accepted; an old event is only late for its key. Set it for a live-only service.
+        max_key_length: the longest key: characters of a ``str``, bytes of ``bytes``, decimal
+            digits of an ``int``; 4096 by default (URLs, e-mails, UUIDs and composite keys
+            pass, a runaway value held in every feature group's state does not).
+        max_payload_bytes: the largest event given as bytes (JSON or MessagePack), checked
+            before decoding; 1 MiB by default, Kafka's default largest message. It bounds every
+            field of such an event; an event given as a dict is the application's own object,
+            held by reference, and its size is not checked.
+
     The options below concern windowed features only (``docs/windows.md``):
 
     Args:
@@ -320,6 +341,10 @@ class FeatureSet(
     time: str
     time_unit: TimeUnit = "ms"
     max_out_of_orderness: Duration = 0
+    max_future: Duration | None = "1h"
+    max_past: Duration | None = None
+    max_key_length: int = DEFAULT_MAX_KEY_LENGTH
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
     allowed_lateness: Duration = 0
     late_policy: LatePolicy = "drop"
     correction_horizon: Duration = "1h"
@@ -343,6 +368,11 @@ class FeatureSet(
             known = ", ".join(TIME_UNITS)
             _fail(self, "time_unit", f"unknown unit {self.time_unit!r} (known: {known})")
         _check_duration(self, "max_out_of_orderness", self.max_out_of_orderness, positive=False)
+        for bound in ("max_future", "max_past"):
+            if getattr(self, bound) is not None:  # 0 is off too: TOML has no null
+                _check_duration(self, bound, getattr(self, bound), positive=False)
+        _check_int(self, "max_key_length", self.max_key_length, 1, MAX_KEY_LENGTH)
+        _check_int(self, "max_payload_bytes", self.max_payload_bytes, 1, MAX_PAYLOAD_BYTES)
         _check_duration(self, "allowed_lateness", self.allowed_lateness, positive=False)
         _check_duration(self, "correction_horizon", self.correction_horizon, positive=False)
         if self.late_policy not in LATE_POLICIES:

@@ -10,6 +10,9 @@ from ._exceptions import SpecError
 
 #: The longest allowed feature (or feature set) name.
 MAX_NAME_LENGTH = 100
+#: The largest ``FeatureSet.max_key_length`` (characters) and ``max_payload_bytes`` (bytes).
+MAX_KEY_LENGTH = 1 << 20
+MAX_PAYLOAD_BYTES = 1 << 31
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _PYTHON = "<python>"
 

@@ -15,8 +15,10 @@ from types import MappingProxyType
 from typing import Any
 
 import anyio
+import hypothesis.strategies as st
 import msgspec
 import pytest
+from hypothesis import given
 
 from actors import DeadLetterReason
 from runtime import (
@@ -28,6 +30,7 @@ from runtime import (
     Last,
     Sum,
 )
+from runtime._events import EventReader
 
 FEATURES = [
     Count(name="n"),
@@ -338,3 +341,39 @@ async def test_ingest_many_takes_any_iterable_lazily() -> None:
             assert await rt.ingest_many(events()) == 1000
             vector = await rt.get("c0")
     assert vector["n"] == 250
+
+
+# -- the reader's key checks ---------------------------------------------------------------------
+SMALL = EventReader(key="card", time="ts", max_key_length=8)
+keys = st.one_of(
+    st.text(max_size=10),
+    st.text(  # around and in the surrogates, which cannot be encoded alone
+        alphabet=st.characters(min_codepoint=0xD7F0, max_codepoint=0xE010, exclude_categories=()),
+        max_size=10,
+    ),
+    st.binary(max_size=10),
+    st.integers(min_value=-(10**9), max_value=10**9),
+    st.sampled_from([10**8 - 1, 10**8, -(10**8 - 1), -(10**8), 0, "\ud800", "a\udfff", b""]),
+)
+
+
+@given(key=keys)
+def test_the_fast_key_check_agrees_with_the_full_one(key: Any) -> None:
+    try:
+        checked = SMALL.check_key(key, {"card": key}, None)
+    except InvalidEvent as error:
+        assert not SMALL.valid_key(key), str(error)
+        assert error.field == "card"
+    else:
+        assert SMALL.valid_key(key)
+        assert checked == key and type(checked) is type(key)
+
+
+def test_a_key_of_a_subclass_is_read_as_its_plain_value() -> None:
+    class Card(str):
+        pass
+
+    key, _, _ = SMALL.read({"card": Card("c1"), "ts": T0})
+    assert type(key) is str and key == "c1"
+    with pytest.raises(InvalidEvent, match="9 characters long, more than max_key_length"):
+        SMALL.read({"card": Card("c" * 9), "ts": T0})

@@ -244,7 +244,8 @@ def test_unknown_feature_field_is_rejected_with_the_known_fields() -> None:
 def test_unknown_set_and_where_fields_are_rejected() -> None:
     assert spec_error(fraud_dict(shards=4)) == (
         "spec.toml: shards: unknown field "
-        "(known: name, key, time, time_unit, max_out_of_orderness, allowed_lateness, "
+        "(known: name, key, time, time_unit, max_out_of_orderness, max_future, max_past, "
+        "max_key_length, max_payload_bytes, allowed_lateness, "
         "late_policy, correction_horizon, emit, idle_timeout, state_ttl, streams, joins, sources, "
         "lookups, enrich_stash, features)"
     )
