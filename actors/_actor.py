@@ -68,6 +68,15 @@ class Actor(Generic[M]):
     async def on_stop(self) -> None:
         """Called once per instance when it is stopped or replaced by a restart."""
 
+    def carry_over(self, previous: Actor[M]) -> None:
+        """Called on the *new* instance after a restart, before :meth:`on_restart`, with the
+        instance it replaces (already stopped): the hook to keep the state that is still good,
+        so that a restart does not start from nothing. The default keeps nothing.
+
+        An actor whose handlers leave its state consistent when they raise (as they should)
+        can take it all over; a state that a failure may have corrupted is better rebuilt.
+        """
+
     async def on_restart(self, error: BaseException) -> None:
         """Called on the *new* instance after a restart, before ``on_start``.
 

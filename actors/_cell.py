@@ -102,6 +102,7 @@ class Cell:
         self.idle = False
         self._consumed = 0
         self._batched = False
+        self._previous: Actor[Any] | None = None
         self._scope: anyio.CancelScope | None = None
 
     def __repr__(self) -> str:
@@ -199,6 +200,9 @@ class Cell:
             raise TypeError(f"factory of {self.name} returned {actor!r}, not an Actor")
         actor.context = ActorContext(self)
         self._batched = type(actor).receive_batch is not Actor.receive_batch
+        previous, self._previous = self._previous, None
+        if previous is not None:
+            actor.carry_over(previous)
         if error is not None or self.restarts:
             await actor.on_restart(error if error is not None else ActorStopped("normal exit"))
         await actor.on_start()
@@ -209,6 +213,8 @@ class Cell:
         actor, self.actor = self.actor, None
         self.timers.clear()
         if actor is not None:
+            #: the instance a restart replaces, for the next one's ``carry_over``
+            self._previous = actor
             try:
                 await actor.on_stop()
             except Exception:

@@ -302,10 +302,14 @@ class BatchLoader(Generic[K, V]):
         """Return the values of several keys, in the order given.
 
         All the keys are queued before waiting, so they share batches; a key given twice is
-        asked once. Waits for every key before it returns or raises.
+        asked once. Waits for every key before it returns or raises, and then raises what
+        :meth:`load` would for the first key in order whose load failed.
 
         Raises:
-            Same as :meth:`load`, for the first key in order whose load failed.
+            ActorStopped: if the loader is not running (not entered yet, or leaving its block).
+            LoadTimeout: if the batch call holding the key timed out.
+            BatchResultError: if the batch function returned a malformed result.
+            Exception: whatever the batch function raised, or returned for the key.
         """
         keys = list(keys)
         slots = [self._slot_for(key) for key in keys]

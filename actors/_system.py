@@ -63,9 +63,14 @@ class ActorSystem:
         shutdown_timeout: seconds to drain and stop before cancelling what is left (> 0).
         dead_letters_capacity: dead letters kept (older ones are counted, not kept).
         mailbox: the default mailbox of spawned actors.
-        strategy, max_restarts, period, backoff, decider: the root supervisor's settings
-            (see :class:`Supervisor`). Exceeding the root's restart budget shuts the system
-            down and raises :class:`Escalated` out of the ``async with`` block.
+        strategy: the root supervisor's strategy. This and the four below are the root
+            supervisor's settings (see :class:`Supervisor`). Exceeding the root's restart
+            budget shuts the system down and raises :class:`Escalated` out of the
+            ``async with`` block.
+        max_restarts: the root's restarts allowed within ``period`` seconds (>= 0).
+        period: the length of the root's restart window, in seconds (> 0).
+        backoff: delays between the root's restarts.
+        decider: the default decider of the root's children (``resume_always``).
 
     Example::
 
@@ -167,6 +172,12 @@ class ActorSystem:
             raise Escalated(
                 f"restart budget of the root supervisor exceeded: {self._escalation!r}"
             ) from self._escalation
+
+    @property
+    def escalation(self) -> BaseException | None:
+        """The failure that exceeded the root's restart budget (the system is then stopping
+        and raises :class:`Escalated` out of its ``async with`` block), or None."""
+        return self._escalation
 
     def escalate(self, supervisor: Supervisor, error: BaseException) -> None:
         """Called by the root supervisor when its restart budget is exceeded."""

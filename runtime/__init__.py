@@ -4,10 +4,22 @@ Start with :class:`FeatureSet` (what to compute) and :class:`FeatureRuntime` (co
 See ``docs/quickstart.md``.
 """
 
+from ._checkpoint import CheckpointConfig as CheckpointConfig
+from ._checkpoint import CheckpointInfo as CheckpointInfo
+from ._codec import CheckpointError as CheckpointError
 from ._cost import CostEstimate as CostEstimate
 from ._cost import MeasuredCost as MeasuredCost
 from ._cost import estimate_cost as estimate_cost
 from ._cost import estimate_feature_set as estimate_feature_set
+from ._drift_spec import ADWIN as ADWIN
+from ._drift_spec import KS as KS
+from ._drift_spec import PSI as PSI
+from ._drift_spec import DriftAlert as DriftAlert
+from ._drift_spec import DriftMonitor as DriftMonitor
+from ._drift_spec import DriftSegmentStatus as DriftSegmentStatus
+from ._drift_spec import DriftStatus as DriftStatus
+from ._drift_spec import PageHinkley as PageHinkley
+from ._drift_spec import Reference as Reference
 from ._duration import format_duration as format_duration
 from ._duration import parse_duration as parse_duration
 from ._enrich_fetch import SourceError as SourceError
@@ -19,6 +31,18 @@ from ._exceptions import RuntimeClosed as RuntimeClosed
 from ._exceptions import SpecError as SpecError
 from ._exceptions import UnknownFeature as UnknownFeature
 from ._logging import configure_logging as configure_logging
+from ._metrics import ActorMailbox as ActorMailbox
+from ._metrics import ActorMetrics as ActorMetrics
+from ._metrics import CheckpointMetrics as CheckpointMetrics
+from ._metrics import FeatureMetrics as FeatureMetrics
+from ._metrics import GroupMetrics as GroupMetrics
+from ._metrics import RuntimeMetrics as RuntimeMetrics
+from ._replay import FeatureParity as FeatureParity
+from ._replay import ParityExample as ParityExample
+from ._replay import ParityMissing as ParityMissing
+from ._replay import ParityReport as ParityReport
+from ._replay import ReplayResult as ReplayResult
+from ._replay import check_parity as check_parity
 from ._results import EnrichedEvent as EnrichedEvent
 from ._results import EnrichmentStatistics as EnrichmentStatistics
 from ._results import FeatureDescription as FeatureDescription
@@ -69,9 +93,22 @@ from ._spec_window import Session as Session
 from ._spec_window import Sliding as Sliding
 from ._spec_window import Tumbling as Tumbling
 from ._spec_window import Window as Window
+from ._updates import SubscriptionStatistics as SubscriptionStatistics
 from ._updates import UpdateSubscription as UpdateSubscription
 
 __all__ = [
+    "ADWIN",
+    "DriftAlert",
+    "DriftMonitor",
+    "DriftSegmentStatus",
+    "DriftStatus",
+    "KS",
+    "PSI",
+    "PageHinkley",
+    "Reference",
+    "CheckpointConfig",
+    "CheckpointError",
+    "CheckpointInfo",
     "FEATURE_TYPES",
     "CostEstimate",
     "Count",
@@ -83,6 +120,7 @@ __all__ = [
     "Feature",
     "FeatureDescription",
     "FeatureError",
+    "FeatureParity",
     "FeatureResult",
     "FeatureRuntime",
     "FeatureSet",
@@ -106,13 +144,23 @@ __all__ = [
     "Mean",
     "MeasuredCost",
     "Min",
+    "ParityExample",
+    "ParityMissing",
+    "ParityReport",
     "Percentile",
     "PostgresSource",
     "Quantile",
     "Ratio",
     "RedisSource",
+    "ReplayResult",
     "RuntimeClosed",
     "RuntimeStatistics",
+    "ActorMailbox",
+    "ActorMetrics",
+    "CheckpointMetrics",
+    "FeatureMetrics",
+    "GroupMetrics",
+    "RuntimeMetrics",
     "SequencePattern",
     "Session",
     "Sliding",
@@ -127,12 +175,14 @@ __all__ = [
     "TopK",
     "Tumbling",
     "UnknownFeature",
+    "SubscriptionStatistics",
     "UpdateSubscription",
     "Variance",
     "Where",
     "Window",
     "WindowStatistics",
     "ZScore",
+    "check_parity",
     "configure_logging",
     "estimate_cost",
     "estimate_feature_set",

@@ -419,6 +419,20 @@ class DimensionCache:
         self._expired += dropped
         return dropped
 
+    def export(self) -> list[tuple[Hashable, Any, float, bool]]:
+        """The entries as ``(key, row, fetched_at, missing)``, least recently used first: what
+        a checkpoint keeps of the cache (rows are plain data)."""
+        return [(key, e.value, e.fetched_at, e.missing) for key, e in self._entries.items()]
+
+    def load(self, entries: Iterable[Any]) -> int:
+        """Put back what :meth:`export` gave, in order, each with its own ``fetched_at`` (so
+        ages and TTLs go on from where they were). Returns the number of entries stored."""
+        count = 0
+        for key, value, fetched_at, missing in entries:
+            self._store(key, value, fetched_at, missing)
+            count += 1
+        return count
+
     def statistics(self) -> CacheStatistics:
         """A snapshot of the counters and the occupancy."""
         size = len(self._entries)

@@ -35,6 +35,7 @@ buffered).
 
 from __future__ import annotations
 
+import contextlib
 import math
 from bisect import bisect_left, bisect_right
 from collections import OrderedDict
@@ -157,6 +158,7 @@ class JoinEngine:
         now: float = 0.0,
         idle: IdleKeys | None = None,
         late: list[Any] | None = None,
+        poison: list[Any] | None = None,
     ) -> None:
         """``apply_tagged`` for ``(key, time_ms, side, event)`` with ``side`` ``"left"`` or
         ``"right"``; ``out`` gets the records alone."""
@@ -170,6 +172,7 @@ class JoinEngine:
             now,
             idle,
             late,
+            poison,
         )
         if out is not None and timed is not None:
             out.extend(record for _, record in timed)
@@ -184,6 +187,7 @@ class JoinEngine:
         now: float = 0.0,
         idle: IdleKeys | None = None,
         late: list[Any] | None = None,
+        poison: list[Any] | None = None,
     ) -> None:
         """Apply a batch in order: ``events[i]`` is of the stream ``tags[i]``, the join's
         left and right streams being ``sides``; events of other streams are skipped.
@@ -192,6 +196,13 @@ class JoinEngine:
         counted when ``out`` is None (nobody reads them: no record is built). ``now`` is the
         wall-clock time; ``idle`` (with idle time) is told of each key's event, for ``tick``;
         late events go to ``late`` as ``(key, t, watermark, event)`` when it is given.
+
+        ``poison`` (when not None) receives ``(key, t, event, exception)`` for each event
+        whose processing raised (a failing predicate or merge function is not that: it is
+        counted), and the batch goes on; with None the exception propagates. A key the event
+        created is dropped; for a key that existed, what the event did before the failure
+        stays (its clock, expiries, the records of the pairs it had made). A poison event is
+        not counted in ``events``.
         """
         config = self.config
         slack = config.max_out_of_orderness + config.allowed_lateness
@@ -212,6 +223,7 @@ class JoinEngine:
         records = 0
         added = 0  # events buffered (all that are not late)
         gone = 0  # events expired by the inlined expiry
+        made: JoinKeyState | None = None  # the key state the event made, if it made one
         for (key, t, ev), tag in zip(events, tags, strict=True):
             if tag == left_tag:
                 is_left = True
@@ -219,128 +231,159 @@ class JoinEngine:
                 is_left = False
             else:
                 continue
-            st = get(key)
-            if st is None:
-                st = states[key] = JoinKeyState(t, now)
-                clock = t
-            else:
-                clock = st.clock
-                if t > clock:
-                    st.clock = st.latest = clock = t
-                elif t < clock - slack:
-                    if late is not None:
-                        late.append((key, t, clock - ooo, ev))  # the side output
-                        counters.late_side_output += 1
-                    else:
-                        counters.late_dropped += 1
-                    continue
-                elif t > st.latest:  # the clock is ahead of the events after idle time
-                    st.latest = t
-            # expire first: an unmatched row that this event makes due goes out before the
-            # event's own records (an expired event cannot match a new one: it lies outside
-            # the interval of every event that is not late)
-            if clock - slack <= st.due:
-                pass
-            elif inline_expiry:
-                # expire() of an inner join, inlined: the common case of the hot loop
-                wm = clock - slack
-                due = _NEVER
-                size = 0
-                for buffer, span in ((st.left, after), (st.right, before)):
-                    times = buffer.times
-                    if not times:
-                        continue
-                    head = buffer.head
-                    size += len(times) - head
-                    cut = wm - span
-                    if times[-1] < cut:  # all of it: the common case of a quiet key
-                        gone += len(times) - head
-                        times.clear()
-                        buffer.events.clear()
-                        buffer.matches.clear()
-                        buffer.head = 0
-                        continue
-                    if times[head] < cut:
-                        end = bisect_left(times, cut, head)
-                        gone += end - head
-                        buffer.advance(end)
-                        head = buffer.head
-                    if times[head] + span < due:
-                        due = times[head] + span
-                st.due = due
-                if size > self.largest:
-                    self.largest = size
-            else:
-                self.expire(key, st, out)
-            if idle is not None:
-                st.seen = now
-                idle.touch(key)
-            if lru is not None:
-                st.seen = now
-                if key in lru:
-                    lru.move_to_end(key)
+            try:
+                st = get(key)
+                if st is None:
+                    st = made = states[key] = JoinKeyState(t, now)
+                    clock = t
                 else:
-                    lru[key] = None
-            added += 1
-            if is_left:
-                other = st.right
-                own = st.left
-                low = t - before
-                due = high = t + after
-            else:
-                other = st.left
-                own = st.right
-                low = t - after
-                due = high = t + before
-            if asof:
-                own.add(t, ev)
-                if len(own) > cap:
-                    self._evict(key, st, is_left, out)
-                due = self._asof_due(st)
-                if clock - slack > due:  # a right event that supersedes an older one
-                    st.due = due
-                    self.expire(key, st, out)
-                    due = st.due
-            else:
-                times = other.times
-                start = bisect_left(times, low, other.head)
-                if count_only:
-                    matched = bisect_right(times, high, start) - start
-                else:
-                    matched = 0
-                    events_o, matches_o = other.events, other.matches
-                    for i in range(start, bisect_right(times, high, start)):
-                        partner = events_o[i]
-                        if is_left:
-                            left, right, tl, tr = ev, partner, t, times[i]
+                    made = None
+                    clock = st.clock
+                    if t > clock:
+                        st.clock = st.latest = clock = t
+                    elif t < clock - slack:
+                        if late is not None:
+                            late.append((key, t, clock - ooo, ev))  # the side output
+                            counters.late_side_output += 1
                         else:
-                            left, right, tl, tr = partner, ev, times[i], t
-                        if check and not matches_pair(left, right):
+                            counters.late_dropped += 1
+                        continue
+                    elif t > st.latest:  # the clock is ahead of the events after idle time
+                        st.latest = t
+                # expire first: an unmatched row that this event makes due goes out before the
+                # event's own records (an expired event cannot match a new one: it lies outside
+                # the interval of every event that is not late)
+                if clock - slack <= st.due:
+                    pass
+                elif inline_expiry:
+                    # expire() of an inner join, inlined: the common case of the hot loop
+                    wm = clock - slack
+                    due = _NEVER
+                    size = 0
+                    for buffer, span in ((st.left, after), (st.right, before)):
+                        times = buffer.times
+                        if not times:
                             continue
-                        matches_o[i] += 1
-                        matched += 1
-                        if out is not None:
-                            out.append((tl if tl >= tr else tr, record(key, left, right, tl, tr)))
-                records += matched
-                times = own.times
-                if len(times) == own.head or t >= times[-1]:
-                    times.append(t)
-                    own.events.append(ev)
-                    own.matches.append(matched)
+                        head = buffer.head
+                        size += len(times) - head
+                        cut = wm - span
+                        if times[-1] < cut:  # all of it: the common case of a quiet key
+                            gone += len(times) - head
+                            times.clear()
+                            buffer.events.clear()
+                            buffer.matches.clear()
+                            buffer.head = 0
+                            continue
+                        if times[head] < cut:
+                            end = bisect_left(times, cut, head)
+                            gone += end - head
+                            buffer.advance(end)
+                            head = buffer.head
+                        if times[head] + span < due:
+                            due = times[head] + span
+                    st.due = due
+                    if size > self.largest:
+                        self.largest = size
                 else:
-                    own.add(t, ev, matched)
-                if len(times) > cap and len(times) - own.head > cap:
-                    self._evict(key, st, is_left, out)
-            if due < st.due:
-                st.due = due
-            if lru is not None and config.max_buffered is not None:
-                self.buffered += added - gone
-                counters.events += added
-                added = gone = 0
-                self._total_cap(states, out)
+                    self.expire(key, st, out)
+                if idle is not None:
+                    st.seen = now
+                    idle.touch(key)
+                if lru is not None:
+                    st.seen = now
+                    if key in lru:
+                        lru.move_to_end(key)
+                    else:
+                        lru[key] = None
+                if is_left:
+                    other = st.right
+                    own = st.left
+                    low = t - before
+                    due = high = t + after
+                else:
+                    other = st.left
+                    own = st.right
+                    low = t - after
+                    due = high = t + before
+                if asof:
+                    own.add(t, ev)
+                    added += 1
+                    if len(own) > cap:
+                        self._evict(key, st, is_left, out)
+                    due = self._asof_due(st)
+                    if clock - slack > due:  # a right event that supersedes an older one
+                        st.due = due
+                        self.expire(key, st, out)
+                        due = st.due
+                else:
+                    times = other.times
+                    start = bisect_left(times, low, other.head)
+                    if count_only:
+                        matched = bisect_right(times, high, start) - start
+                    else:
+                        matched = 0
+                        events_o, matches_o = other.events, other.matches
+                        for i in range(start, bisect_right(times, high, start)):
+                            partner = events_o[i]
+                            if is_left:
+                                left, right, tl, tr = ev, partner, t, times[i]
+                            else:
+                                left, right, tl, tr = partner, ev, times[i], t
+                            if check and not matches_pair(left, right):
+                                continue
+                            matches_o[i] += 1
+                            matched += 1
+                            if out is not None:
+                                out.append(
+                                    (tl if tl >= tr else tr, record(key, left, right, tl, tr))
+                                )
+                    records += matched
+                    times = own.times
+                    if len(times) == own.head or t >= times[-1]:
+                        times.append(t)
+                        own.events.append(ev)
+                        own.matches.append(matched)
+                    else:
+                        own.add(t, ev, matched)
+                    added += 1
+                    if len(times) > cap and len(times) - own.head > cap:
+                        self._evict(key, st, is_left, out)
+                if due < st.due:
+                    st.due = due
+                if lru is not None and config.max_buffered is not None:
+                    self.buffered += added - gone
+                    counters.events += added
+                    added = gone = 0
+                    self._total_cap(states, out)
+            except Exception as exc:
+                if poison is None:
+                    raise
+                # what a key made by the event buffered was counted in ``added``
+                added -= self._poisoned(states, key, t, ev, exc, poison, made)
         counters.records += records
         counters.events += added
         self.buffered += added - gone
+
+    def _poisoned(
+        self,
+        states: dict[Any, JoinKeyState],
+        key: Any,
+        t: int,
+        ev: Any,
+        exc: Exception,
+        poison: list[Any],
+        made: JoinKeyState | None,
+    ) -> int:
+        """Set a poison event aside: ``(key, t, ev, exc)`` goes to ``poison``. ``made``, the
+        state the event created for its key, is dropped (it holds this event at most); returns
+        the events it had buffered, for the caller's count."""
+        poison.append((key, t, ev, exc))
+        with contextlib.suppress(Exception):  # a key whose hash raises never got a state
+            if made is not None and states.get(key) is made:
+                del states[key]
+                self.forget(key)
+                return len(made)
+        return 0
 
     # -- expiry --------------------------------------------------------------------------------
     def expire(self, key: Any, st: JoinKeyState, out: Out | None) -> None:

@@ -11,14 +11,25 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any, Protocol
 
 from actors import Actor, ActorRef, ActorStopped, get_logger
 
+from ._codec import state_codec
 from ._idle import IdleKeys
 from ._join_engine import JoinCounters, JoinEngine, JoinKeyState, Out
 from ._results import JoinRecord, LateEvent
-from ._shard import Batch, IdleTick, Ping, Tick, fail_batch
+from ._shard import (
+    Batch,
+    IdleTick,
+    Ping,
+    RestoreSnapshot,
+    ShardSnapshot,
+    TakeSnapshot,
+    Tick,
+    fail_batch,
+)
 from ._updates import UpdateHub
 
 __all__ = ["GetJoinStats", "JoinShard", "JoinShardStats"]
@@ -46,6 +57,8 @@ class JoinShardStats:
     buffered_right: int
     largest_key: int
     state_bytes: int
+    #: times the actor was restarted after a failure
+    restarts: int = 0
 
 
 class JoinShard(Actor[Any]):
@@ -112,9 +125,14 @@ class JoinShard(Actor[Any]):
         engine = self.engine
         counters = engine.counters
         evicted, errors = counters.evicted, counters.predicate_errors + counters.merge_errors
+        poison: list[Any] = []
         engine.apply_tagged(
-            batch.events, tags, self.sides, self.states, out, self.clock(), self.idle, late
+            batch.events, tags, self.sides, self.states, out, self.clock(), self.idle, late, poison
         )
+        if poison:
+            from ._shard import set_aside
+
+            set_aside(self, poison, batch.events, join=engine.config.name, shard=self.shard)
         if counters.evicted != evicted:
             self._log_evictions()
         if counters.predicate_errors + counters.merge_errors != errors:
@@ -201,5 +219,60 @@ class JoinShard(Actor[Any]):
                 buffered_right=right,
                 largest_key=max(self.engine.largest, max((len(st) for st in states), default=0)),
                 state_bytes=sum(st.left.nbytes() + st.right.nbytes() + 120 for st in states),
+                restarts=self.context.restarts,
             )
+        if isinstance(message, TakeSnapshot):
+            return self.snapshot(message.key_group)
+        if isinstance(message, RestoreSnapshot):
+            self.restore(message.groups, message.extras)
+            return None
         raise TypeError(f"JoinShard cannot handle {message!r}")
+
+    # -- checkpoints and restarts ------------------------------------------------------------------
+    def carry_over(self, previous: Actor[Any]) -> None:
+        """A restarted join actor goes on with its predecessor's buffers (its engine, with the
+        counters and the key order of the caps, is the same object)."""
+        assert isinstance(previous, JoinShard)
+        self.states = previous.states
+        self.idle = previous.idle
+        self._evictions_logged = previous._evictions_logged
+
+    def snapshot(self, key_group: Callable[[Any], int]) -> ShardSnapshot:
+        """The join's buffers by key group, and the engine's counters."""
+        by_group: dict[int, list[Any]] = {}
+        for key, state in self.states.items():
+            by_group.setdefault(key_group(key), []).append((key, state))
+        engine = self.engine
+        extra = {"counters": dict(vars(engine.counters)), "largest": engine.largest}
+        codec = state_codec()
+        return ShardSnapshot(
+            {group: codec.encode(items) for group, items in by_group.items()},
+            codec.encode(extra),
+            len(self.states),
+        )
+
+    def restore(self, groups: list[bytes], extras: list[bytes]) -> None:
+        """Add the keys and counters of a checkpoint; the engine's total of buffered events and
+        its order of keys (for the caps) are rebuilt from them, oldest last event first."""
+        codec = state_codec()
+        engine = self.engine
+        restored: list[tuple[float, Any]] = []
+        for blob in groups:
+            for key, state in codec.decode(blob):
+                self.states[key] = state
+                engine.buffered += len(state)
+                restored.append((state.seen, key))
+        restored.sort(key=itemgetter(0))
+        lru = engine._lru  # the key order of the caps and of state_ttl
+        if lru is not None:
+            for _, key in restored:
+                lru[key] = None
+        if self.idle is not None:
+            for _, key in restored:
+                self.idle.touch(key)
+        counters = engine.counters
+        for blob in extras:
+            extra = codec.decode(blob)
+            for name, n in extra["counters"].items():
+                setattr(counters, name, getattr(counters, name) + n)
+            engine.largest = max(engine.largest, extra["largest"])

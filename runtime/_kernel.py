@@ -24,11 +24,18 @@ Semantics every aggregate shares:
 - a ``where`` condition selects the events a feature sees; a missing field matches nothing;
 - order: a key's events are applied in arrival order (the same for any shard count or batch
   size); ``first``/``last``/``time_since``/``ewm_mean`` use event time, so they do not depend on
-  arrival order except for ties (``last`` takes the later arrival, ``first`` the earlier).
+  arrival order except for ties (``last`` takes the later arrival, ``first`` the earlier);
+- an exception that escapes the features' own guards (a bug, a ``RecursionError``, a value whose
+  conversion raises something unexpected) makes the event a *poison* event: it is set aside
+  with its exception and the batch goes on. Such failures come from reading the event's fields,
+  before any feature: the key is left as it was, and a key state the event created is dropped.
+  (Past that point only a feature's own error handling could fail: what the features before it
+  applied would stay.)
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -69,6 +76,10 @@ class CompiledGroup:
     adds the nanoseconds spent in each feature to ``timings`` (for sampled latency), and
     ``apply_emit_timed(..., out, timings)`` does both. Errors are ``FeatureValueError``s naming
     the field (other exceptions are wrapped).
+
+    Each takes a last argument ``poison``: a list that receives ``(key, time, event,
+    exception)`` for each event whose processing raised past the features' own guards, the
+    batch going on with the next event; with None (the default) that exception propagates.
     """
 
     names: tuple[str, ...]
@@ -107,6 +118,7 @@ class _Builder:
             "_distinct_merge": distinct_merge,
             "_distinct_restore": distinct_restore,
             "_pc": time.perf_counter_ns,
+            "_poisoned": _poisoned,
         }
         # t_ is the key's greatest event time (-1 before any: event times are >= 0)
         self.slots: list[tuple[str, Any]] = [("t_", -1)]
@@ -320,31 +332,43 @@ class _Builder:
         return lines
 
     def apply_source(self, fn: str, emit: bool, timed: bool) -> str:
+        """One variant of the batch function. Each event's body runs in a ``try`` (free on
+        Python 3.11 when nothing raises): what escapes the features' own guards makes the
+        event a poison event (``_poisoned``), and the loop goes on. The key's time ``t_`` is
+        set once the event's fields are read, where such failures come from: one there leaves
+        a new key's ``t_`` at -1. (Set after the features, it would cost a jump per event.)"""
         args = "batch, states, errors, now"
         if emit:
             args += ", out"
         if timed:
             args += ", timings"
         lines = [
-            f"def {fn}({args}):",
+            f"def {fn}({args}, poison=None):",
             "    new = _State",
             "    _INF = _INF_",
             "    get = states.get",
             "    for key, t, ev in batch:",
-            "        S = get(key)",
-            "        if S is None:",
-            "            S = states[key] = new()",
-            "        if t > S.t_:",
-            "            S.t_ = t",
+            "        try:",
+            "            S = get(key)",
+            "            if S is None:",
+            "                S = states[key] = new()",
         ]
         inner = self.extraction()
+        inner += ["if t > S.t_:", "    S.t_ = t"]
         for index in range(len(self.features)):
             inner += self.feature_block(index, timed, emit)
         if emit:
             inner += self.values_lines("errors.append((len(out), key, t, {name}, {exc}))")
             values = ", ".join(f"x{i}" for i in range(len(self.features)))
             inner.append(f"out.append((key, t, ({values},)))")
-        lines += ["        " + line for line in inner]
+        lines += ["            " + line for line in inner]
+        position = "len(out)" if emit else "None"
+        lines += [
+            "        except Exception as _exc:",
+            "            if poison is None:",
+            "                raise",
+            f"            _poisoned(states, key, t, ev, _exc, poison, errors, {position})",
+        ]
         return "\n".join(lines)
 
     def state_class_source(self, name: str) -> str:
@@ -397,6 +421,34 @@ class _Builder:
             ]
         lines.append("    return R")
         return "\n".join(lines)
+
+
+def _poisoned(
+    states: dict[Any, Any],
+    key: Any,
+    t: int,
+    ev: Any,
+    exc: Exception,
+    poison: list[Any],
+    errors: list[Any],
+    position: int | None,
+) -> None:
+    """Set a poison event aside: ``(key, t, ev, exc)`` goes to ``poison``.
+
+    A key state whose ``t_`` is still -1 has had no event past the reading of its fields: the
+    failed event made it, and it is dropped. With emission (``position`` is ``len(out)``), the
+    event's feature errors so far stay counted but point at no update, since it has none.
+    """
+    with contextlib.suppress(Exception):  # a key whose hash raises never got a state
+        state = states.get(key)
+        if state is not None and state.t_ < 0:
+            del states[key]
+    if position is not None:
+        index = len(errors)
+        while index and errors[index - 1][0] == position:
+            index -= 1
+            errors[index] = (-1, *errors[index][1:])
+    poison.append((key, t, ev, exc))
 
 
 def compile_group(features: Sequence[Any], *, group: str = "g0") -> CompiledGroup:

@@ -318,3 +318,6 @@ class RuntimeStatistics(msgspec.Struct, frozen=True):
     joins: dict[str, JoinStatistics] = msgspec.field(default_factory=dict)
     #: each dimension source's cache, calls and efficiency, by name (empty without lookups)
     enrichment: dict[str, EnrichmentStatistics] = msgspec.field(default_factory=dict)
+    #: poison events: events whose processing raised past the features' own guards, set aside
+    #: by a shard actor (of a feature group or a join) and put in dead letters
+    poison_events: int = 0

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterable, Callable, Iterable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from itertools import islice
@@ -30,19 +31,26 @@ from typing import Any
 import anyio
 import anyio.abc
 import anyio.lowlevel
+import anyio.to_thread
 import msgspec
 
 from actors import (
     ActorRef,
     ActorSystem,
     ConfigError,
+    DeadLetter,
+    DeadLetterReason,
     KeyRouter,
     MailboxConfig,
     Supervisor,
     get_logger,
+    restart_always,
 )
 
+from ._checkpoint import ActorState, Checkpoint, CheckpointConfig, CheckpointInfo, CheckpointStore
+from ._codec import CheckpointError, state_codec
 from ._cost import CostEstimate, MeasuredCost, estimate_cost
+from ._drift_spec import DriftAlert, DriftMonitor, DriftStatus
 from ._enrich_cache import DimensionCache
 from ._enrich_fetch import MISSING as FETCHED_MISSING
 from ._enrich_fetch import Fetcher, SourceError
@@ -54,6 +62,18 @@ from ._ingest import Ingest
 from ._join_engine import JoinConfig, JoinEngine
 from ._join_shard import GetJoinStats, JoinShard, JoinShardStats
 from ._kernel import CompiledGroup, compile_group
+from ._metrics import (
+    ActorMailbox,
+    GroupMetrics,
+    MetricsServer,
+    RuntimeMetrics,
+    actor_metrics,
+    checkpoint_metrics,
+    feature_metrics,
+    group_watermark,
+    join_totals,
+)
+from ._replay import ReplayClock, ReplayResult, replay_history
 from ._results import (
     EnrichedEvent,
     EnrichmentStatistics,
@@ -67,7 +87,17 @@ from ._results import (
     RuntimeStatistics,
     WindowStatistics,
 )
-from ._shard import GetStates, GetStats, GroupShard, IdleTick, Ping, ShardStats
+from ._shard import (
+    GetStates,
+    GetStats,
+    GroupShard,
+    IdleTick,
+    Ping,
+    RestoreSnapshot,
+    ShardSnapshot,
+    ShardStats,
+    TakeSnapshot,
+)
 from ._spec import Feature, FeatureSet, enriched_stream
 from ._spec_enrich import CustomSource
 from ._spec_join import Join
@@ -143,6 +173,19 @@ class FeatureRuntime:
             one that follows the replay (``docs/windows.md``, "Replaying history").
         sources: the objects behind the feature set's ``CustomSource`` specs, by name: each
             with ``async get_many(keys) -> dict`` (and optionally ``open`` and ``close``).
+        checkpoints: where and how often to checkpoint the state: a directory, or a
+            :class:`CheckpointConfig`; None (the default) takes none. The newest checkpoint of
+            the directory is restored on start (``docs/operations.md``).
+        max_restarts: restarts of a failed actor allowed within ``restart_period`` seconds;
+            one more stops the runtime (its calls raise :class:`RuntimeClosed` naming the
+            failure).
+        restart_period: the sliding window of ``max_restarts``, in seconds.
+        metrics_port: serve Prometheus metrics over HTTP on this port (0: a free one, see
+            :attr:`metrics_address`); None (the default) serves none. Needs prometheus-client
+            (the ``metrics`` extra; without it the constructor raises ``ImportError``). See
+            ``docs/metrics.md``.
+        metrics_host: the address the metrics endpoint listens on.
+        metrics_interval: seconds between two snapshots of the metrics the endpoint serves.
 
     Example::
 
@@ -169,6 +212,12 @@ class FeatureRuntime:
         route_cache_size: int = 1 << 20,
         clock: Callable[[], float] = time.time,
         sources: Mapping[str, Any] | None = None,
+        checkpoints: CheckpointConfig | str | os.PathLike[str] | None = None,
+        max_restarts: int = 3,
+        restart_period: float = 60.0,
+        metrics_port: int | None = None,
+        metrics_host: str = "127.0.0.1",
+        metrics_interval: float = 5.0,
     ) -> None:
         if not isinstance(feature_set, FeatureSet):
             raise TypeError(f"feature_set must be a FeatureSet, got {type(feature_set).__name__}")
@@ -202,6 +251,45 @@ class FeatureRuntime:
                 f"expected_event_rate must be a number >= 0, got {expected_event_rate!r}"
             )
         _check_int("expected_keys", expected_keys, 1)
+        _check_int("max_restarts", max_restarts, 0)
+        if not (isinstance(restart_period, (int, float)) and 0 < restart_period < math.inf):
+            raise ConfigError(f"restart_period must be > 0 seconds, got {restart_period!r}")
+        self.max_restarts = max_restarts
+        self.restart_period = float(restart_period)
+        if metrics_port is not None:
+            _check_int("metrics_port", metrics_port, 0, 65535)
+        if not isinstance(metrics_host, str) or not metrics_host:
+            raise ConfigError(f"metrics_host must be a host name or address, got {metrics_host!r}")
+        if not (isinstance(metrics_interval, (int, float)) and 0 < metrics_interval < math.inf):
+            raise ConfigError(f"metrics_interval must be > 0 seconds, got {metrics_interval!r}")
+        self.metrics_interval = float(metrics_interval)
+        #: the Prometheus endpoint (made here, so a missing prometheus-client fails early)
+        self._metrics_server = (
+            None if metrics_port is None else MetricsServer(metrics_host, metrics_port)
+        )
+        self.checkpoints = CheckpointConfig.of(checkpoints)
+        self._store = (
+            None
+            if self.checkpoints is None
+            else CheckpointStore(self.checkpoints.directory, self.checkpoints.keep)
+        )
+        #: events read from the input (accepted or not), restored from a checkpoint
+        self._position = 0
+        #: the input offset of the caller's last ingest call that gave one
+        self._offset: Any = None
+        #: set while a checkpoint captures the state: ingest waits for it
+        self._gate: anyio.Event | None = None
+        #: ingest_many calls with an ``offset`` under way (a checkpoint waits for them)
+        self._offset_calls = 0
+        self._offset_calls_done: anyio.Event | None = None
+        self._checkpoint_lock = anyio.Lock()
+        self._sequence = 0
+        #: the checkpoint restored on start, and the last one taken
+        self.restored: CheckpointInfo | None = None
+        self.last_checkpoint: CheckpointInfo | None = None
+        #: state of feature groups in the restored checkpoint that the runtime does not have
+        #: yet, by signature: ``register`` of the same features takes it
+        self._pending: dict[str, ActorState] = {}
         self.feature_set = feature_set
         self.shards = shards
         self.batch_size = batch_size
@@ -211,22 +299,21 @@ class FeatureRuntime:
         self.expected_keys = expected_keys
         self._mailbox = MailboxConfig(capacity=mailbox_capacity, max_batch_size=8)
         self._router = KeyRouter(shards=shards, key_groups=key_groups, cache_size=route_cache_size)
-        self._reader = EventReader(
-            key=feature_set.key,
-            time=feature_set.time,
-            time_unit=feature_set.time_unit,
-            payload_format=payload_format,
-        )
+        self._reader = EventReader.of(feature_set, payload_format=payload_format)
         self._lateness = feature_set.max_out_of_orderness_ms
         self._system = ActorSystem(
             "featurist",
             shutdown_timeout=shutdown_timeout,
             dead_letters_capacity=dead_letters_capacity,
             mailbox=self._mailbox,
+            # the "features" supervisor holds the restart budget (max_restarts): when it is
+            # exceeded, the runtime stops rather than restart every actor once more
+            max_restarts=0,
         )
         self._hub: UpdateHub[FeatureUpdate] = UpdateHub()
         self._late_hub: UpdateHub[LateEvent] = UpdateHub()
-        self._clock = clock
+        # read through an object that a replay can set to the history's time (``replay``)
+        self._clock = ReplayClock(clock)
         ttl = feature_set.duration_ms("state_ttl")
         #: seconds after which a quiet key's state is dropped, or None
         self._ttl = None if ttl is None else ttl / 1000
@@ -245,12 +332,17 @@ class FeatureRuntime:
             batch_size,
             self._system.dead_letters,
             streams=feature_set.stream_names,
+            known_keys=route_cache_size,
         )
         self._joins: list[_JoinGroup] = []
         self._records_hub: UpdateHub[JoinRecord] = UpdateHub()
         #: the enrichers (one per ingested stream with lookups) and the sources they share
         self._enrichers: list[_EnrichGroup] = []
         self._enriched_hub: UpdateHub[EnrichedEvent] = UpdateHub()
+        from ._drift import DriftMonitors
+
+        #: the drift monitors and the hub of their alerts (``monitor_drift``)
+        self._drift = DriftMonitors()
         self._sources: dict[str, SourceRuntime] = {}
         self._register_lock = anyio.Lock()
         self._active_ingests = 0
@@ -260,6 +352,9 @@ class FeatureRuntime:
         self._supervisor: Supervisor | None = None
         self._running = False
         self._started_at = 0.0
+        #: messages each actor failed on (dead letters with reason ``failed``), by actor name
+        self._failed: dict[str, int] = {}
+        self._system.dead_letters.add_listener(self._count_failure)
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def __aenter__(self) -> FeatureRuntime:
@@ -272,18 +367,32 @@ class FeatureRuntime:
             stack.callback(self._late_hub.close)
             stack.callback(self._close_record_hubs)
             stack.callback(self._enriched_hub.close)
+            # after the actors stopped: a monitor's last alerts come as it stops
+            stack.callback(self._drift.close)
             # sources before the actors, so that they close after the actors stopped
             await self._open_sources(stack)
             await stack.enter_async_context(self._system)
-            self._supervisor = self._system.supervisor("features")
+            self._supervisor = self._system.supervisor(
+                "features",
+                max_restarts=self.max_restarts,
+                period=self.restart_period,
+                decider=restart_always,
+            )
             await self._add_groups(list(self.feature_set.features), self.feature_set)
             for join in self.feature_set.joins:
                 await self._add_join(join)
             for stream in self.feature_set.stream_names:
                 if self.feature_set.lookups_of(stream):
                     await self._add_enricher(stream)
+            if self.checkpoints is not None and self.checkpoints.restore:
+                await self._restore_latest()
             self._tg = await stack.enter_async_context(anyio.create_task_group())
             self._tg.start_soon(self._flusher, name="featurist-flusher")
+            await self._start_metrics_server(stack)
+            if self.checkpoints is not None and self.checkpoints.interval is not None:
+                self._tg.start_soon(
+                    self._checkpointer, self.checkpoints.interval, name="featurist-checkpoints"
+                )
         except BaseException:
             await stack.__aexit__(None, None, None)
             raise
@@ -321,6 +430,8 @@ class FeatureRuntime:
                     # events waiting for a fetch get it (or their fallback) while fetches can
                     # still run; what is left at the deadline goes to dead letters
                     await self._drain_enrichers()
+                    if self.checkpoints is not None and self.checkpoints.on_shutdown:
+                        await self._final_checkpoint()
                 if scope.cancelled_caught:
                     self._ingest.abandon_unsent()
         finally:
@@ -357,6 +468,13 @@ class FeatureRuntime:
                     self._tg.start_soon(self._ingest.send, shard)
 
     def _check_running(self) -> None:
+        failure = self._system.escalation
+        if failure is not None:
+            raise RuntimeClosed(
+                f"the runtime stopped: an actor failed more than max_restarts={self.max_restarts} "
+                f"times within {self.restart_period:g} s (last: {failure!r}); leaving its "
+                "'async with' block raises actors.Escalated"
+            ) from failure
         if not self._running:
             raise RuntimeClosed("the runtime is not running (use 'async with FeatureRuntime(...)')")
 
@@ -390,11 +508,13 @@ class FeatureRuntime:
                 f"stream[{position}]: no stream named {exc.args[0]!r} (known: {known})"
             ) from None
 
-    async def ingest(self, event: Any, *, stream: str | None = None) -> bool:
+    async def ingest(self, event: Any, *, stream: str | None = None, offset: Any = None) -> bool:
         """Accept one event; wait if the runtime is full (backpressure).
 
         ``stream`` names the feature set's stream the event belongs to (default: the first);
-        only that stream's features see it.
+        only that stream's features see it. ``offset``: the event's position in your input
+        (any msgpack-able value, e.g. a Kafka offset); checkpoints record the last one given,
+        to resume from after a restart (see :attr:`offset`).
 
         Returns True if the event was accepted, False if it was invalid: it is then in
         :attr:`dead_letters` with the reason and the raw payload, and the runtime goes on.
@@ -404,9 +524,14 @@ class FeatureRuntime:
             ValueError: ``stream`` is not a stream of the feature set.
         """
         tag = self._tag(stream)
+        if self._gate is not None:
+            await self._wait_gate()
         self._enter_ingest()
         try:
             shard = self._ingest.route_one(event, tag)
+            self._position += 1
+            if offset is not None:
+                self._offset = offset
             if shard is None:
                 return False
             if len(self._ingest.buffers[shard]) >= self.batch_size:
@@ -415,12 +540,19 @@ class FeatureRuntime:
         finally:
             self._leave_ingest()
 
-    async def ingest_many(self, events: Any, *, stream: str | Iterable[str] | None = None) -> int:
+    async def ingest_many(
+        self, events: Any, *, stream: str | Iterable[str] | None = None, offset: Any = None
+    ) -> int:
         """Accept many events in order; wait when the runtime is full.
 
         ``events`` is any iterable of events of one ``stream`` (default: the first), or a
         sequence of events of several streams with ``stream`` an iterable of as many names,
         each event's stream (a merged source, as a join reads it, in one call).
+
+        ``offset``: the position in your input after the last of ``events``, recorded by
+        checkpoints (see :attr:`offset`); a checkpoint then waits for the whole call, so that
+        it never records the offset with half of the call's events. Without it, a checkpoint
+        may fall between two batches of the call (:attr:`position` counts the events read).
 
         Returns the number accepted; invalid events go to dead letters as with :meth:`ingest`.
 
@@ -435,21 +567,30 @@ class FeatureRuntime:
             tag = 0
             streams = self._tags(events, list(stream))
         ingest = self._ingest
+        if self._gate is not None:
+            await self._wait_gate()
         self._enter_ingest()
+        if offset is not None:
+            self._offset_calls += 1
         try:
             size = self.batch_size
             accepted = 0
             iterator = iter(events)
-            offset = 0
+            done = 0
             while True:
+                if self._gate is not None and offset is None:
+                    await self._wait_gate()  # a checkpoint between two batches of the call
                 chunk = list(islice(iterator, size))
                 if not chunk:
+                    if offset is not None:
+                        self._offset = offset
                     return accepted
                 if streams is not None:
-                    accepted += ingest.route(chunk, streams[offset : offset + len(chunk)])
-                    offset += len(chunk)
+                    accepted += ingest.route(chunk, streams[done : done + len(chunk)])
                 else:
                     accepted += ingest.route(chunk, tag)
+                done += len(chunk)
+                self._position += len(chunk)
                 buffers = ingest.buffers
                 sent = False
                 for shard in range(self.shards):
@@ -466,6 +607,10 @@ class FeatureRuntime:
                         "accepted (they will be applied), the rest were not read"
                     )
         finally:
+            if offset is not None:
+                self._offset_calls -= 1
+                if not self._offset_calls and self._offset_calls_done is not None:
+                    self._offset_calls_done.set()
             self._leave_ingest()
 
     async def flush(self) -> None:
@@ -489,6 +634,255 @@ class FeatureRuntime:
                 await ref.ask(Ping(), timeout=None)  # a reply means every earlier batch is applied
                 if self._ttl is not None or self.feature_set.idle_timeout is not None:
                     await ref.ask(IdleTick(), timeout=None)
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    @property
+    def position(self) -> int:
+        """Events read from the input since it began (accepted and rejected), counted across
+        restarts: after a restore, the number of events the checkpoint covers. To resume a
+        replayable input (a file, a list), skip this many events."""
+        return self._position
+
+    @property
+    def offset(self) -> Any:
+        """The ``offset`` of the last ``ingest``/``ingest_many`` call that gave one (after a
+        restore: the checkpoint's), or None: where to resume your input after a restart."""
+        return self._offset
+
+    async def _wait_gate(self) -> None:
+        while self._gate is not None:
+            await self._gate.wait()
+
+    async def checkpoint(self) -> CheckpointInfo:
+        """Take a checkpoint now: a consistent snapshot of every actor's state with the input
+        position, written atomically to the checkpoint directory.
+
+        Ingest waits (at a batch boundary) while every event accepted before is applied and
+        the state is captured; the file is written after, while ingest goes on.
+
+        Raises:
+            ConfigError: the runtime has no ``checkpoints`` directory.
+            CheckpointError: the state could not be encoded.
+            OSError: the file could not be written.
+        """
+        self._check_running()
+        if self._store is None:
+            raise ConfigError("checkpoint(): the runtime has no checkpoints directory")
+        return await self._checkpoint()
+
+    async def _checkpoint(self) -> CheckpointInfo:
+        assert self._store is not None and self.checkpoints is not None
+        async with self._checkpoint_lock, self._register_lock:
+            started = time.perf_counter()
+            gate = anyio.Event()
+            self._gate = gate
+            try:
+                while self._offset_calls:
+                    self._offset_calls_done = anyio.Event()
+                    await self._offset_calls_done.wait()
+                await self._quiesce()
+                position, offset = self._position, self._offset
+                actors = await self._snapshot_actors()
+                caches = self._snapshot_caches() if self.checkpoints.caches else {}
+            finally:
+                self._gate = None
+                gate.set()
+            paused = time.perf_counter() - started
+            self._sequence = max(self._sequence, *self._store.sequences(), 0) + 1
+            checkpoint = Checkpoint(
+                feature_set=self.feature_set.name,
+                sequence=self._sequence,
+                created_at=time.time(),
+                key_groups=self._router.key_groups,
+                shards=self.shards,
+                position=position,
+                offset=offset,
+                actors=actors,
+                caches=caches,
+            )
+            path, size = await anyio.to_thread.run_sync(self._store.write, checkpoint)
+        info = CheckpointInfo(
+            sequence=checkpoint.sequence,
+            path=str(path),
+            position=position,
+            offset=offset,
+            keys=sum(actor.keys for actor in actors),
+            size_bytes=size,
+            created_at=checkpoint.created_at,
+            pause_ms=paused * 1000,
+            duration_ms=(time.perf_counter() - started) * 1000,
+            shards=self.shards,
+        )
+        self.last_checkpoint = info
+        _log.info(
+            "checkpoint_written",
+            sequence=info.sequence,
+            position=position,
+            keys=info.keys,
+            bytes=size,
+            pause_ms=round(info.pause_ms, 1),
+            duration_ms=round(info.duration_ms, 1),
+        )
+        return info
+
+    async def _checkpointer(self, interval: float) -> None:
+        """The periodic checkpoints. A failure is logged and the next one tried."""
+        while True:
+            await anyio.sleep(interval)
+            try:
+                await self._checkpoint()
+            except Exception:
+                _log.exception("checkpoint_failed", directory=str(self._store))
+
+    async def _final_checkpoint(self) -> None:
+        """On shutdown, once everything accepted is applied."""
+        try:
+            await self._checkpoint()
+        except Exception:
+            _log.exception("checkpoint_failed", when="shutdown")
+
+    async def _quiesce(self) -> None:
+        """Send every partial batch and wait until each actor applied what it was sent, in
+        the order events flow: enrichers, joins, then feature groups."""
+        await self._ingest.send_all()
+        await self._drain_enrichers()
+        for join in self._joins:
+            for ref in join.refs:
+                await ref.ask(Ping(), timeout=None)
+        for group in self._groups:
+            for ref in group.refs:
+                await ref.ask(Ping(), timeout=None)
+
+    def _signature(self, target: _Group | _JoinGroup) -> str:
+        """What must be equal between the runtime that wrote a state and the one restoring it:
+        the specs of the group's features (and its stream), or of the join."""
+        if isinstance(target, _JoinGroup):
+            return "join:" + msgspec.json.encode(target.join).decode()
+        specs = msgspec.json.encode(list(target.features)).decode()
+        kind = "keyed" if target.compiled is not None else "windowed"
+        return f"{kind}:{target.stream}:{specs}"
+
+    async def _snapshot_actors(self) -> list[ActorState]:
+        request = TakeSnapshot(self._router.key_group)
+        states = []
+        targets: list[tuple[str, _Group | _JoinGroup]] = [("features", g) for g in self._groups]
+        targets += [("join", join) for join in self._joins]
+        for kind, target in targets:
+            groups: dict[int, bytes] = {}
+            extras = []
+            keys = 0
+            for ref in target.refs:
+                snapshot: ShardSnapshot = await ref.ask(request, timeout=None)
+                groups.update(snapshot.groups)
+                extras.append(snapshot.extra)
+                keys += snapshot.keys
+            layout = (
+                list(target.compiled.state_type.__slots__)  # type: ignore[attr-defined]
+                if isinstance(target, _Group) and target.compiled is not None
+                else []
+            )
+            states.append(
+                ActorState(kind, target.name, self._signature(target), layout, groups, extras, keys)
+            )
+        # the pending states of groups not registered again since the restore are kept
+        states.extend(self._pending.values())
+        return states
+
+    def _snapshot_caches(self) -> dict[str, bytes]:
+        codec = state_codec()
+        return {name: codec.encode(source.cache.export()) for name, source in self._sources.items()}
+
+    async def _restore_latest(self) -> None:
+        """On start: restore the newest readable checkpoint of the directory, if any."""
+        assert self._store is not None
+        started = time.perf_counter()
+        found = await anyio.to_thread.run_sync(self._store.latest)
+        if found is None:
+            return
+        checkpoint, path = found
+        if checkpoint.key_groups != self._router.key_groups:
+            raise CheckpointError(
+                f"{path}: taken with key_groups={checkpoint.key_groups}, but the runtime has "
+                f"key_groups={self._router.key_groups}: key groups are the unit of rescaling "
+                "and cannot change"
+            )
+        every: list[_Group | _JoinGroup] = [*self._groups, *self._joins]
+        targets = {self._signature(target): target for target in every}
+        keys = 0
+        for state in checkpoint.actors:
+            target = targets.pop(state.signature, None)
+            if target is None:
+                if state.kind == "join":
+                    raise CheckpointError(
+                        f"{path}: holds the join {state.name!r}, which the feature set does not "
+                        "have as it was: a join's spec cannot change across a restore"
+                    )
+                # registered at run time: ``register`` of the same features restores it
+                self._pending[state.signature] = state
+                _log.warning(
+                    "checkpoint_state_pending",
+                    group=state.name,
+                    detail="features registered after start: register them again to restore",
+                )
+                continue
+            await self._restore_target(target, state, path)
+            keys += state.keys
+        if targets:
+            # groups of the feature set that the checkpoint does not hold: a changed spec
+            missing = [target.name for target in targets.values()]
+            raise CheckpointError(
+                f"{path}: holds no state for {', '.join(missing)}: the feature set changed since "
+                "the checkpoint (a feature added, removed or changed). Restore with the feature "
+                "set it was taken with, or start from an empty directory and replay history"
+            )
+        codec = state_codec()
+        for name, blob in checkpoint.caches.items():
+            source = self._sources.get(name)
+            if source is not None:
+                source.cache.load(codec.decode(blob))
+        self._position = checkpoint.position
+        self._offset = checkpoint.offset
+        self._sequence = checkpoint.sequence
+        self.restored = CheckpointInfo(
+            sequence=checkpoint.sequence,
+            path=str(path),
+            position=checkpoint.position,
+            offset=checkpoint.offset,
+            keys=keys,
+            size_bytes=path.stat().st_size,
+            created_at=checkpoint.created_at,
+            pause_ms=0.0,
+            duration_ms=(time.perf_counter() - started) * 1000,
+            shards=checkpoint.shards,
+        )
+        _log.info(
+            "checkpoint_restored",
+            sequence=checkpoint.sequence,
+            position=checkpoint.position,
+            keys=keys,
+            shards_then=checkpoint.shards,
+            shards_now=self.shards,
+            duration_ms=round(self.restored.duration_ms, 1),
+        )
+
+    async def _restore_target(
+        self, target: _Group | _JoinGroup, state: ActorState, path: Any
+    ) -> None:
+        """Give each shard actor of ``target`` the key groups it owns now, and the counters of
+        the checkpoint's actors spread over them (so their totals are kept)."""
+        if isinstance(target, _Group) and target.compiled is not None:
+            layout = list(target.compiled.state_type.__slots__)  # type: ignore[attr-defined]
+            if layout != state.layout:
+                raise CheckpointError(
+                    f"{path}: the state of {target.name} has another layout in this version"
+                )
+        shard_of_group = self._router.shard_of_group
+        by_shard: list[list[bytes]] = [[] for _ in range(self.shards)]
+        for group, blob in state.groups.items():
+            by_shard[shard_of_group(group)].append(blob)
+        for shard, ref in enumerate(target.refs):
+            extras = state.extras[shard :: self.shards]
+            await ref.ask(RestoreSnapshot(by_shard[shard], extras), timeout=None)
 
     # -- reading -------------------------------------------------------------------------------
     async def get(self, key: Any, features: list[str] | None = None) -> FeatureVector:
@@ -564,6 +958,8 @@ class FeatureRuntime:
         A ``"block"`` subscription that is held but no longer read stalls the shards that
         publish to it, and so ingest, and at shutdown it holds the drain until
         ``shutdown_timeout``: close subscriptions you stop reading, or use ``"drop_oldest"``.
+        ``buffer`` is an int >= 1; the subscription's ``statistics()`` shows its depth, its
+        drops and whether publishers wait for it.
         """
         self._check_running()
         return self._hub.subscribe(buffer, policy)
@@ -593,6 +989,10 @@ class FeatureRuntime:
             await self._ingest.send_all()
             groups = await self._add_groups(list(features), feature_set)
             self.feature_set = feature_set
+            for group in groups:
+                pending = self._pending.pop(self._signature(group), None)
+                if pending is not None:
+                    await self._restore_target(group, pending, "the restored checkpoint")
         for group in groups:
             _log.info("features_registered", group=group.name, features=list(group.names))
         return [self._description(f, self._group_of(f.name), None) for f in features]
@@ -856,6 +1256,192 @@ class FeatureRuntime:
             state_bytes_per_key=state_bytes / keys * share if keys else None,
         )
 
+    # -- metrics ---------------------------------------------------------------------------------
+    def mailboxes(self) -> list[ActorMailbox]:
+        """Every actor's mailbox now: the feature groups' shard actors, then the joins', the
+        enrichers' and the drift monitors'. Reads counters without asking the actors, so it
+        answers at once even when their mailboxes are full (:meth:`statistics` and
+        :meth:`metrics` ask each actor, and an ask waits behind a full mailbox).
+
+        Raises:
+            RuntimeClosed: the runtime is not running.
+        """
+        self._check_running()
+        return self._mailboxes()
+
+    def _mailboxes(self) -> list[ActorMailbox]:
+        found: list[tuple[ActorRef[Any], str, str, int | None]] = []
+        for group in self._groups:
+            found += [(ref, "features", group.name, i) for i, ref in enumerate(group.refs)]
+        for join in self._joins:
+            found += [(ref, "join", join.name, i) for i, ref in enumerate(join.refs)]
+        for enricher in self._enrichers:
+            found += [(ref, "enricher", enricher.stream, i) for i, ref in enumerate(enricher.refs)]
+        found += [(ref, "drift", state.spec.name, None) for state, ref in self._drift.monitors]
+        boxes = []
+        for ref, kind, name, shard in found:
+            stats = ref.statistics()
+            boxes.append(
+                ActorMailbox(
+                    actor=ref.name,
+                    kind=kind,
+                    group=name,
+                    shard=shard,
+                    depth=stats.depth,
+                    capacity=stats.capacity,
+                    senders_waiting=stats.senders_waiting,
+                    processed=stats.processed,
+                    dropped=stats.dropped,
+                )
+            )
+        return boxes
+
+    async def metrics(self) -> RuntimeMetrics:
+        """A snapshot of the runtime's metrics (:class:`RuntimeMetrics`): per actor its
+        mailbox, messages, errors and restarts; per feature its events, events/s, latency
+        percentiles and errors; per group its keys, watermark lag and late events; per join
+        its buffers; per source its cache and calls; the drift monitors' scores; the last
+        checkpoint; dead letters by reason. See ``docs/metrics.md``.
+
+        It asks every actor, as :meth:`statistics` does, so under load it waits behind full
+        mailboxes; :meth:`mailboxes` does not. Events ingested before the call may still be
+        on their way: call :meth:`flush` first to count them all.
+
+        Raises:
+            RuntimeClosed: the runtime is not running.
+        """
+        self._check_running()
+        return await self._collect_metrics()
+
+    async def _collect_metrics(self) -> RuntimeMetrics:
+        now = time.time()
+        now_ms = self._clock() * 1000
+        boxes = self._mailboxes()
+        groups = list(self._groups)
+        all_stats = [await self._group_stats(group) for group in groups]
+        restarts = {
+            ref.name: s.restarts
+            for group, stats in zip(groups, all_stats, strict=True)
+            for ref, s in zip(group.refs, stats, strict=True)
+        }
+        joins: dict[str, JoinStatistics] = {}
+        for join in list(self._joins):
+            shards: list[JoinShardStats] = [
+                await ref.ask(GetJoinStats(), timeout=None) for ref in join.refs
+            ]
+            restarts.update(
+                (ref.name, s.restarts) for ref, s in zip(join.refs, shards, strict=True)
+            )
+            joins[join.name] = join_totals(shards)
+        sources = await self._enrichment_statistics()
+        drift = await self._drift.status()
+        features = {}
+        group_metrics = {}
+        for group, stats in zip(groups, all_stats, strict=True):
+            for index, (name, type_name) in enumerate(zip(group.names, group.types, strict=True)):
+                features[name] = feature_metrics(
+                    name, type_name, group.name, index, stats, timed=type_name != "ratio"
+                )
+            late: dict[str, int] = {}
+            if group.engine is not None:
+                for ref in group.refs:
+                    reply: WindowStats = await ref.ask(WindowStatsRequest(), timeout=None)
+                    for counter in ("late_dropped", "late_side_output", "late_applied"):
+                        late[counter] = late.get(counter, 0) + getattr(reply.counters, counter)
+            watermark = group_watermark(stats, self._lateness)
+            group_metrics[group.name] = GroupMetrics(
+                group=group.name,
+                kind="keyed" if group.engine is None else "windowed",
+                stream=group.stream,
+                events=sum(s.events for s in stats),
+                keys=sum(s.keys for s in stats),
+                state_bytes=sum(s.state_bytes for s in stats),
+                watermark=watermark,
+                watermark_lag_ms=None if watermark is None else now_ms - watermark,
+                late_dropped=late.get("late_dropped", 0),
+                late_side_output=late.get("late_side_output", 0),
+                late_applied=late.get("late_applied", 0),
+            )
+        # events processed as statistics() counts them: by the first group of each stream
+        firsts = [
+            all_stats[groups.index(found[0])]
+            for stream in self.feature_set.stream_names
+            if (found := self._stream_groups[stream] or self._enriched_groups(stream))
+            and found[0] in groups
+        ]
+        processed = sum(s.events for stats in firsts for s in stats)
+        if not groups:  # joins alone: the events they applied
+            processed = max((j.events for j in joins.values()), default=0)
+        latencies = sorted((lat, n) for stats in all_stats for s in stats for lat, n in s.latencies)
+        lags = [
+            g.watermark_lag_ms for g in group_metrics.values() if g.watermark_lag_ms is not None
+        ]
+        return RuntimeMetrics(
+            taken_at=now,
+            uptime_s=now - self._started_at if self._started_at else 0.0,
+            events_ingested=self._ingest.ingested,
+            events_rejected=self._ingest.rejected,
+            events_processed=processed,
+            latency_p50_ms=_weighted_quantile(latencies, 0.50),
+            latency_p99_ms=_weighted_quantile(latencies, 0.99),
+            watermark_lag_ms=max(lags) if lags else None,
+            late_dropped=sum(g.late_dropped for g in group_metrics.values())
+            + sum(j.late_dropped for j in joins.values()),
+            late_side_output=sum(g.late_side_output for g in group_metrics.values())
+            + sum(j.late_side_output for j in joins.values()),
+            late_applied=sum(g.late_applied for g in group_metrics.values()),
+            actors=actor_metrics(boxes, self._failed, restarts),
+            features=features,
+            groups=group_metrics,
+            joins=joins,
+            sources=sources,
+            drift=drift,
+            checkpoint=checkpoint_metrics(self.last_checkpoint, now),
+            dead_letters=dict(self.dead_letters.statistics().by_reason),
+        )
+
+    def _count_failure(self, letter: DeadLetter) -> None:
+        """Dead letters' listener: counts each actor's failed messages."""
+        if letter.reason is DeadLetterReason.FAILED:
+            self._failed[letter.recipient] = self._failed.get(letter.recipient, 0) + 1
+
+    @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        """``(host, port)`` of the Prometheus endpoint while it serves (the port it took, for
+        ``metrics_port=0``), else None."""
+        server = self._metrics_server
+        return None if server is None or not server.serving else (server.host, server.port)
+
+    async def _start_metrics_server(self, stack: AsyncExitStack) -> None:
+        """With ``metrics_port``: take a first snapshot, listen, and refresh the snapshot every
+        ``metrics_interval`` seconds; the server stops before the actors do."""
+        server = self._metrics_server
+        if server is None:
+            return
+        assert self._tg is not None
+        try:
+            server.update(await self._collect_metrics())
+            await server.start()
+        except BaseException:
+            # the start fails: the runtime's tasks are running and must stop for the task
+            # group to exit
+            self._tg.cancel_scope.cancel()
+            raise
+        stack.push_async_callback(server.stop)
+        self._tg.start_soon(self._refresh_metrics, server, name="featurist-metrics")
+        _log.info("metrics_serving", host=server.host, port=server.port)
+
+    async def _refresh_metrics(self, server: MetricsServer) -> None:
+        """The endpoint's snapshots. A failure is logged and the last snapshot kept."""
+        while True:
+            await anyio.sleep(self.metrics_interval)
+            try:
+                server.update(await self.metrics())
+            except RuntimeClosed:
+                return
+            except Exception:
+                _log.exception("metrics_failed")
+
     # -- looking at it ---------------------------------------------------------------------------
     async def _group_stats(self, group: _Group) -> list[ShardStats]:
         return [await ref.ask(GetStats(), timeout=None) for ref in group.refs]
@@ -1108,6 +1694,111 @@ class FeatureRuntime:
             for e in s.recent_errors
         ]
         return sorted(errors, key=lambda e: e.event_time)
+
+    # -- drift monitors --------------------------------------------------------------------------
+    async def monitor_drift(self, *monitors: DriftMonitor) -> None:
+        """Start drift monitors: each :class:`DriftMonitor` watches one feature's values with
+        its detector, in an actor of its own, and raises a :class:`DriftAlert` (see
+        :meth:`drift_alerts`) when it finds drift. They see the values of events applied from
+        now on. See ``docs/drift.md``.
+
+        A monitor reads the feature updates (as :meth:`updates` does, so the shards then make
+        one update per event and group) through a bounded buffer that drops its oldest
+        updates when the monitor falls behind: a monitor never slows the features down, and
+        :meth:`drift_status` counts what it dropped. Monitors are not in checkpoints: after a
+        restart, start them again.
+
+        Raises:
+            TypeError: an argument is not a ``DriftMonitor``.
+            SpecError: no monitor given, a name already running, or a ``segment`` or ``on``
+                that does not fit the feature.
+            UnknownFeature: the feature or the segment feature does not exist.
+        """
+        self._check_running()
+        async with self._register_lock:
+            planned = self._drift.plan(monitors, self.feature_set, self._drift_group)
+            await self._drift.start(self._system, planned, self._hub, self._clock)
+
+    def _drift_group(self, feature: str) -> tuple[str, tuple[str, ...]]:
+        """The name of the group that computes ``feature``, and its features' names."""
+        group = self._group_of(feature)
+        return group.name, group.names
+
+    def drift_alerts(
+        self, *, buffer: int = 10_000, policy: Policy = "block"
+    ) -> UpdateSubscription[DriftAlert]:
+        """Subscribe to the monitors' alerts: an async iterator of :class:`DriftAlert`.
+        ``buffer`` and ``policy`` as for :meth:`updates` (with ``"block"``, a full buffer
+        holds the monitors back, never the features). Iteration ends at shutdown, after the
+        alerts of the last values."""
+        self._check_running()
+        return self._drift.subscribe(buffer, policy)
+
+    async def drift_status(self) -> dict[str, DriftStatus]:
+        """Each monitor's :class:`DriftStatus` by name, in start order: per segment its phase,
+        latest score, alerts, reference and live window sizes; per monitor the values seen,
+        skipped and dropped. Every update published before the call is included (call
+        :meth:`flush` first to include every event ingested)."""
+        self._check_running()
+        return await self._drift.status()
+
+    # -- replaying history -----------------------------------------------------------------------
+    async def replay(
+        self,
+        events: Iterable[Any] | AsyncIterable[Any],
+        *,
+        stream: str | Callable[[dict[str, Any]], str] | None = None,
+        arrival: str | Callable[[dict[str, Any]], float] | None = None,
+        resolution: float | None = None,
+        until: float | None = None,
+    ) -> ReplayResult:
+        """Feed history through the runtime with its wall clock following the events, so that
+        idle time and ``state_ttl`` act as they did online; return a :class:`ReplayResult`
+        (events accepted and rejected, the event-time span, the clock's steps).
+
+        ``events`` is an iterable, sync or async, of events in the order they arrived online,
+        of one ``stream`` (a name; default: the first), or of several with ``stream`` a
+        function giving each event's stream name. The clock is each event's arrival time:
+        ``arrival`` (a field holding it in the forms of the event time, or a function giving
+        seconds since the epoch), by default the newest event time seen so far. It moves in
+        steps of ``resolution`` seconds (default: the period of the runtime's own idle
+        timer, as live; 0 gives a step to every arrival time, exact but slower): at each, the
+        events before are applied at their time, then idle time and expiry at the new one.
+        At the end the clock moves on to ``until`` (seconds since the epoch) if it is later,
+        for instance the time the online values you compare with were read. The clock stays
+        there after the replay; ``get`` then reads the values at that time.
+
+        An event whose ``stream`` function or ``arrival`` fails goes to dead letters with the
+        reason, as an invalid one does. Replays of one runtime may follow one another (the
+        history goes on); live traffic does not mix with a replay.
+
+        Raises:
+            RuntimeError: the runtime has accepted events other than a replay's, or events
+                were ingested while the replay ran, or another replay of it is running.
+            ValueError: ``stream`` names no stream of the feature set, or ``resolution`` or
+                ``until`` is not a valid number of seconds.
+            TypeError: ``stream`` or ``arrival`` is neither a name nor a function.
+        """
+        self._check_running()
+        return await replay_history(
+            self, events, stream=stream, arrival=arrival, resolution=resolution, until=until
+        )
+
+    async def _replay_step(self, now: float) -> None:
+        """A step of a replay's clock: what was sent is applied at the clock's time (as
+        :meth:`flush` does), then the clock moves to ``now`` and idle time and expiry are
+        applied at it. Half the asks of two flushes; a timer tick meanwhile reads one time or
+        the other and finds nothing more to do."""
+        self._check_running()
+        await self._ingest.send_all()
+        await self._drain_enrichers()
+        joins = [ref for join in self._joins for ref in join.refs]
+        groups = [ref for group in self._groups for ref in group.refs]
+        for ref in joins + groups:  # joins first: their records are then on their way
+            await ref.ask(Ping(), timeout=None)
+        self._clock.now = now
+        for ref in joins + groups:
+            await ref.ask(IdleTick(), timeout=None)
 
 
 @dataclass

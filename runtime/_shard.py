@@ -23,12 +23,16 @@ from typing import Any
 
 from actors import Actor, ActorContext, DeadLetterReason, get_logger
 
+from ._codec import state_codec
 from ._kernel import CompiledGroup
 from ._results import FeatureError, FeatureUpdate
 from ._updates import UpdateHub
 
 __all__ = [
     "Batch",
+    "RestoreSnapshot",
+    "ShardSnapshot",
+    "TakeSnapshot",
     "GetStates",
     "GetStats",
     "GroupShard",
@@ -42,8 +46,13 @@ __all__ = [
 _log = get_logger("featurist.shard")
 
 _time_of = itemgetter(1)
+_first = itemgetter(0)
 _RECENT_ERRORS = 100
 _LATENCY_WINDOW = 4096
+#: sampled batches kept for the per-feature latency percentiles of ``rt.metrics()``
+_FEATURE_SAMPLES = 256
+#: seconds between two log lines of poison events of one actor
+_POISON_LOG_INTERVAL = 10.0
 
 
 class Batch:
@@ -95,6 +104,33 @@ class GetStats:
 
 
 @dataclass(frozen=True)
+class TakeSnapshot:
+    """Ask: the actor's state as a :class:`ShardSnapshot`, its keys split by key group (the
+    runtime asks once every batch sent before has been applied: see ``checkpoint``)."""
+
+    key_group: Callable[[Any], int]
+
+
+@dataclass(frozen=True)
+class ShardSnapshot:
+    """A shard actor's state, encoded: per key group, the entries of its keys; and what the
+    actor keeps beside its keys (counters, the newest event time...)."""
+
+    groups: dict[int, bytes]
+    extra: bytes
+    keys: int
+
+
+@dataclass(frozen=True)
+class RestoreSnapshot:
+    """Ask: take these key groups' entries and these actor-level states (each from one actor
+    of the checkpoint; a rescaled restore gives one actor several or none)."""
+
+    groups: list[bytes]
+    extras: list[bytes]
+
+
+@dataclass(frozen=True)
 class ShardStats:
     """The reply to :class:`GetStats`: a snapshot of a shard actor's counters."""
 
@@ -115,12 +151,18 @@ class ShardStats:
     expired_keys: int
     first_event_at: float | None
     last_event_at: float | None
+    #: the last sampled batches, ``(events, nanoseconds per feature)`` (``rt.metrics()``
+    #: takes the latency percentiles over them)
+    feature_samples: tuple[tuple[int, list[int]], ...] = ()
+    #: times the actor was restarted after a failure
+    restarts: int = 0
 
 
 def fail_batch(context: ActorContext, batch: Batch, error: Exception, **where: Any) -> None:
     """A batch that raised out of a shard actor's engine: log it and put its events in dead
-    letters. Engines catch every per-feature error, so this is a bug; the actor kernel must not
-    retry the batch, which may be partly applied already."""
+    letters. Engines catch every per-feature error and set poison events aside one by one
+    (:func:`set_aside`), so this is a bug outside them, the last resort; the actor kernel must
+    not retry the batch, which may be partly applied already."""
     _log.exception("batch_failed", **where)
     context.dead_letters.record(
         batch.events,
@@ -129,6 +171,82 @@ def fail_batch(context: ActorContext, batch: Batch, error: Exception, **where: A
         error=error,
         detail="a batch failed in a shard actor; it may be partly applied",
     )
+
+
+class PoisonLog:
+    """The poison events of one shard actor: counted, and logged at most once per interval
+    (the first at once) with the count since the last line and the newest exception."""
+
+    __slots__ = ("count", "logged", "logged_at")
+
+    def __init__(self) -> None:
+        #: poison events since the actor started (or since the one it replaced started)
+        self.count = 0
+        self.logged = 0
+        self.logged_at = -_POISON_LOG_INTERVAL
+
+    def add(self, poison: list[Any], **where: Any) -> None:
+        self.count += len(poison)
+        now = time.monotonic()
+        if now - self.logged_at < _POISON_LOG_INTERVAL:
+            return
+        key, t, _, error = poison[-1]
+        _log.warning(
+            "poison_events",
+            **where,
+            events=self.count - self.logged,
+            total=self.count,
+            key=key,
+            event_time=t,
+            error=_describe(error),
+            detail="events that raised in the engine are in dead letters; the others went on",
+            exc_info=error,
+        )
+        self.logged, self.logged_at = self.count, now
+
+
+def poison_log(actor: Actor[Any]) -> PoisonLog:
+    """The actor's :class:`PoisonLog`, made at its first poison event. It lives in the actor's
+    ``__dict__``, so an actor that takes over its predecessor's attributes keeps the count."""
+    log: PoisonLog | None = actor.__dict__.get("_poison_log")
+    if log is None:
+        log = actor.__dict__["_poison_log"] = PoisonLog()
+    return log
+
+
+def poison_count(actor: Actor[Any]) -> int:
+    """The poison events the actor has set aside (0 before any), for its statistics."""
+    log: PoisonLog | None = actor.__dict__.get("_poison_log")
+    return 0 if log is None else log.count
+
+
+def set_aside(actor: Actor[Any], poison: list[Any], events: list[Any], **where: Any) -> list[Any]:
+    """Put the poison events an engine reported, ``(key, time, event, exception)``, in dead
+    letters (reason ``FAILED``, with the exception; the message is the event), count and log
+    them; returns ``events``, ``(key, time, event)`` tuples, without them. ``where`` names the
+    actor's group or join and its shard."""
+    context = actor.context
+    place = ", ".join(f"{name} {value}" for name, value in where.items())
+    for key, t, event, error in poison:
+        context.dead_letters.record(
+            event,
+            context.name,
+            DeadLetterReason.FAILED,
+            error=error,
+            detail=f"poison event (key {key!r}, time {t}): it raised in {place}; the other "
+            "events of its batch were applied",
+        )
+    poison_log(actor).add(poison, **where)
+    bad = {id(item[2]) for item in poison}
+    return [item for item in events if id(item[2]) not in bad]
+
+
+def _describe(error: BaseException) -> str:
+    """``Type: message``, or the type alone when the message itself raises."""
+    try:
+        return f"{type(error).__name__}: {error}"
+    except Exception:
+        return type(error).__name__
 
 
 class GroupShard(Actor[Any]):
@@ -165,6 +283,7 @@ class GroupShard(Actor[Any]):
         self.sampled_events = 0
         self.compute_ns = 0
         self.latencies: deque[tuple[float, int]] = deque(maxlen=_LATENCY_WINDOW)
+        self.feature_samples: deque[tuple[int, list[int]]] = deque(maxlen=_FEATURE_SAMPLES)
         self.feature_latency_ms: dict[str, float] = {}
         self.first_event_at: float | None = None
         self.last_event_at: float | None = None
@@ -210,28 +329,33 @@ class GroupShard(Actor[Any]):
         out: list[Any] | None = None
         sampled = self.batches % self.sample_every == 0
         timings = [0] * len(group.names) if sampled else None
+        poison: list[Any] = []
         start = time.perf_counter_ns()
         if self.hub.active:
             out = []
             if timings is None:
-                group.apply_emit(events, self.states, errors, now, out)
+                group.apply_emit(events, self.states, errors, now, out, poison)
             else:
-                group.apply_emit_timed(events, self.states, errors, now, out, timings)
+                group.apply_emit_timed(events, self.states, errors, now, out, timings, poison)
         elif timings is None:
-            group.apply(events, self.states, errors, now)
+            group.apply(events, self.states, errors, now, poison)
         else:
-            group.apply_timed(events, self.states, errors, now, timings)
+            group.apply_timed(events, self.states, errors, now, timings, poison)
         elapsed = time.perf_counter_ns() - start
         if timings is not None:
             feature_ns = self.feature_ns
             for i, ns in enumerate(timings):
                 feature_ns[i] += ns
             self.sampled_events += n
+            self.feature_samples.append((n, timings))
             self.feature_latency_ms = {
                 name: feature_ns[i] / self.sampled_events / 1e6
                 for i, name in enumerate(group.names)
             }
         self.compute_ns += elapsed
+        if poison:  # from here on, the events applied
+            events = set_aside(self, poison, events, group=self.group_name, shard=self.shard)
+            n = len(events)
         seen = self.seen
         if seen is not None:
             wall = self.clock()
@@ -245,8 +369,8 @@ class GroupShard(Actor[Any]):
         if self.first_event_at is None:
             self.first_event_at = now
         self.last_event_at = now
-        high = max(map(_time_of, events))
-        if self.max_time is None or high > self.max_time:
+        high = max(map(_time_of, events), default=None)
+        if high is not None and (self.max_time is None or high > self.max_time):
             self.max_time = high
         if errors:
             self._record_errors(errors, emit=out is not None)
@@ -301,7 +425,108 @@ class GroupShard(Actor[Any]):
             return None
         if isinstance(message, GetStats):
             return self._stats()
+        if isinstance(message, TakeSnapshot):
+            return self.snapshot(message.key_group)
+        if isinstance(message, RestoreSnapshot):
+            self.restore(message.groups, message.extras)
+            return None
         raise TypeError(f"GroupShard cannot handle {message!r}")
+
+    # -- checkpoints and restarts ------------------------------------------------------------------
+    def carry_over(self, previous: Actor[Any]) -> None:
+        """A restarted shard actor goes on with the state of the one it replaces: the engines
+        leave a key's state consistent when an event fails (its error is recorded, the poison
+        event goes to dead letters), so that state is the last good one."""
+        assert isinstance(previous, type(self))
+        context = self.__dict__.get("context")
+        self.__dict__.update(previous.__dict__)
+        if context is not None:
+            self.context = context
+
+    def snapshot_entry(self, key: Any, state: Any) -> Any:
+        """What a checkpoint holds of one key (its compiled state's slots, and when it was
+        last seen when keys expire)."""
+        seen = self.seen
+        return (
+            [getattr(state, slot) for slot in self._slots],
+            None if seen is None else seen.get(key),
+        )
+
+    def restore_entry(self, key: Any, entry: Any) -> float | None:
+        """Put back one key from :meth:`snapshot_entry`; returns its last-seen time."""
+        values, seen = entry
+        state = self.group.new_state()
+        for slot, value in zip(self._slots, values, strict=True):
+            setattr(state, slot, value)
+        self.states[key] = state
+        return seen  # type: ignore[no-any-return]
+
+    @property
+    def _slots(self) -> tuple[str, ...]:
+        slots: tuple[str, ...] = self.group.state_type.__slots__  # type: ignore[attr-defined]
+        return slots
+
+    def snapshot_extra(self) -> dict[str, Any]:
+        """The actor's state beside its keys."""
+        return {
+            "events": self.events,
+            "batches": self.batches,
+            "max_time": self.max_time,
+            "errors": dict(self.errors),
+            "expired_keys": self.expired_keys,
+            "first_event_at": self.first_event_at,
+            "last_event_at": self.last_event_at,
+        }
+
+    def restore_extra(self, extra: dict[str, Any]) -> None:
+        """Add an old actor's counters to this one's (a rescaled restore merges several)."""
+        self.events += extra["events"]
+        self.batches += extra["batches"]
+        self.expired_keys += extra["expired_keys"]
+        self.errors.update(extra["errors"])
+        self.max_time = _latest(self.max_time, extra["max_time"])
+        first = extra["first_event_at"]
+        if first is not None and (self.first_event_at is None or first < self.first_event_at):
+            self.first_event_at = first
+        self.last_event_at = _latest(self.last_event_at, extra["last_event_at"])
+
+    def restored(self, seen: list[tuple[float, Any]]) -> None:
+        """After the keys are back: rebuild what orders them by their last event."""
+        if self.seen is not None:
+            seen.sort(key=_first)
+            for at, key in seen:
+                self.seen[key] = at
+
+    def snapshot(self, key_group: Callable[[Any], int]) -> ShardSnapshot:
+        """The actor's state, its keys split by key group, encoded (see ``runtime._codec``)."""
+        by_group: dict[int, list[Any]] = {}
+        entry = self.snapshot_entry
+        for key, state in self.states.items():
+            group = key_group(key)
+            items = by_group.get(group)
+            if items is None:
+                items = by_group[group] = []
+            items.append((key, entry(key, state)))
+        codec = state_codec()
+        return ShardSnapshot(
+            {group: codec.encode(items) for group, items in by_group.items()},
+            codec.encode(self.snapshot_extra()),
+            len(self.states),
+        )
+
+    def restore(self, groups: list[bytes], extras: list[bytes]) -> None:
+        """Add the keys and counters of a checkpoint (see :meth:`snapshot`)."""
+        codec = state_codec()
+        seen: list[tuple[float, Any]] = []
+        restore = self.restore_entry
+        for blob in groups:
+            for key, entry in codec.decode(blob):
+                at = restore(key, entry)
+                if at is not None:
+                    seen.append((at, key))
+        for blob in extras:
+            self.restore_extra(codec.decode(blob))
+        self.restored(seen)
 
     def _stats(self) -> ShardStats:
         return ShardStats(
@@ -319,6 +544,8 @@ class GroupShard(Actor[Any]):
             expired_keys=self.expired_keys,
             first_event_at=self.first_event_at,
             last_event_at=self.last_event_at,
+            feature_samples=tuple(self.feature_samples),
+            restarts=self.context.restarts,
         )
 
     def _state_bytes(self, sample: int = 200) -> int:
@@ -344,3 +571,12 @@ class GroupShard(Actor[Any]):
                 break
         table = sys.getsizeof(self.states) / keys
         return int((measured / counted + table) * keys)
+
+
+def _latest(a: Any, b: Any) -> Any:
+    """The greater of two optional values."""
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return max(a, b)

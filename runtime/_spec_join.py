@@ -64,9 +64,11 @@ class Join(
 
     Args:
         name: the join's name, also the name of the stream of its records.
-        left, right: two different streams of the feature set.
-        before, after: the interval: a right event at ``r`` joins a left event at ``l`` when
-            ``l - before <= r <= l + after`` (durations, 0 by default).
+        left: one stream of the feature set.
+        right: another stream of the feature set.
+        before: the interval's start: a right event at ``r`` joins a left event at ``l``
+            when ``l - before <= r <= l + after`` (a duration, 0 by default).
+        after: the interval's end (a duration, 0 by default).
         how: ``"inner"`` (the default), ``"left"``, ``"right"`` or ``"full"``: outer joins also
             emit each unmatched event, once the key's watermark passes the end of its interval.
             ``"asof"``: each left event gets the latest right event at or before its time

@@ -19,6 +19,7 @@ Time, per key (``docs/windows.md`` has the timelines):
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import math
 from bisect import bisect_left, insort
@@ -315,6 +316,7 @@ class WindowEngine:
         late: list[Any] | None,
         counters: WindowCounters,
         idle: IdleKeys | None,
+        poison: list[Any] | None = None,
     ) -> None:
         """Apply a batch in order.
 
@@ -322,6 +324,12 @@ class WindowEngine:
         receives ``(key, event_time, values, kind, window, errors, parts)`` emissions;
         ``late`` (when not None) receives side-output ``(key, t, watermark, event)``;
         ``idle`` (when idle time or expiry is on) is told of each key's event.
+
+        ``poison`` (when not None) receives ``(key, t, event, exception)`` for each event
+        whose processing raised past the features' own guards, and the batch goes on (with
+        None the exception propagates). A key the event created is dropped; for a key that
+        existed, what the event changed before the failure stays (its clock, the buffers
+        before the one that failed, what it emitted).
         """
         plan = self._plan
         nbuf = len(self.buffers)
@@ -333,147 +341,156 @@ class WindowEngine:
         hopping = self._hopping
         get = states.get
         recent = idle.recent if idle is not None else None
+        st: KeyWindows | None = None
+        wm_before: int | None = 0
         for key, t, ev in events:
-            st = get(key)
-            if st is None:
-                st = KeyWindows(nbuf, t, now)
-                states[key] = st
-                late_event = False
-                wm_before = None
-            else:
-                clock = st.clock
-                wm_before = clock - ooo
-                late_event = t < wm_before - lateness
-                if late_event:
-                    if policy == "drop":
-                        counters.late_dropped += 1
-                        continue
-                    if policy == "side_output":
-                        counters.late_side_output += 1
-                        if late is not None:
-                            late.append((key, t, st.clock - ooo, ev))
-                        continue
-                    if t < st.clock - ooo - lateness - self.horizon:
-                        counters.late_dropped += 1  # its windows' state is gone
-                        continue
-                    counters.late_applied += 1
-                if t > clock:
-                    st.clock = t
-                if t > st.latest:
-                    st.latest = t  # below the clock after idle time moved it
+            try:
+                st = get(key)
+                if st is None:
+                    st = KeyWindows(nbuf, t, now)
+                    states[key] = st
+                    late_event = False
+                    wm_before = None
+                else:
+                    clock = st.clock
+                    wm_before = clock - ooo
+                    late_event = t < wm_before - lateness
+                    if late_event:
+                        if policy == "drop":
+                            counters.late_dropped += 1
+                            continue
+                        if policy == "side_output":
+                            counters.late_side_output += 1
+                            if late is not None:
+                                late.append((key, t, st.clock - ooo, ev))
+                            continue
+                        if t < st.clock - ooo - lateness - self.horizon:
+                            counters.late_dropped += 1  # its windows' state is gone
+                            continue
+                        counters.late_applied += 1
+                    if t > clock:
+                        st.clock = t
+                    if t > st.latest:
+                        st.latest = t  # below the clock after idle time moved it
+                    if recent is not None:
+                        st.seen = now
                 if recent is not None:
-                    st.seen = now
-            if recent is not None:
-                if key in recent:
-                    recent.move_to_end(key)
-                else:
-                    recent[key] = None
-            late_out: _LateOut | None = None
-            anomalies: list[Any] | None = None
-            mark = len(errors)
-            clock = st.clock
-            states_of = st.buffers
-            for index, kind, fld, where, numeric, size, scores, checks, buffer in plan:
-                if fld is None:
-                    v: Any = 1
-                else:
-                    v = ev.get(fld)
-                    if v is None:
-                        continue
-                if where is not None:
-                    try:
-                        if not where.matches(ev):
-                            continue
-                    except FeaturistError as exc:
-                        self._errors(errors, buffer, key, t, exc)
-                        continue
-                if numeric:
-                    if v.__class__ is int:
-                        if not -_MAX_INT <= v <= _MAX_INT:
-                            huge = FeatureValueError(
-                                f"field {fld!r} is an int too large for a float "
-                                f"({v.bit_length()} bits)",
-                                field=fld or "",
-                            )
-                            self._errors(errors, buffer, key, t, huge)
-                            continue
-                    elif v.__class__ is not float or not -_INF < v < _INF:
-                        v, error = coerce_number(fld or "", v)
-                        if error is not None:
-                            self._errors(errors, buffer, key, t, error)
-                            continue
-                try:
-                    state = states_of[index]
-                    if checks:
-                        check_value(buffer.needs, v)  # refuse before anything changes
-                    if kind == "sliding":
-                        cutoff = clock - size
-                        if state is not None:
-                            items = state.items
-                            if items and items[0][0] <= cutoff:
-                                state.evict(cutoff)
-                        if t > cutoff:
-                            if state is None:
-                                state = SlidingState(buffer.needs, numeric)
-                                states_of[index] = state
-                            if scores:
-                                anomalies = self._score(key, t, v, buffer, state, anomalies)
-                            items = state.items
-                            if (
-                                state.plain
-                                and (not items or t >= items[-1][0])
-                                and state.removed < len(items) + 64
-                            ):
-                                # a count or sum, in time order: the common case, inline
-                                items.append((t, v))
-                                if numeric:
-                                    state.sum += v
-                            else:
-                                state.add(t, v)
-                    elif kind == "panes":
-                        if state is None:
-                            limit = (clock - ooo - lateness - size) // buffer.hop
-                            state = states_of[index] = _Panes(limit)
-                        late_out = self._add_pane(st, buffer, state, t, v, late_out)
+                    if key in recent:
+                        recent.move_to_end(key)
                     else:
-                        if state is None:
-                            state = states_of[index] = _Sessions()
-                        late_out = self._add_session(st, buffer, state, t, v, late_out)
-                except Exception as exc:
-                    self._errors(errors, buffer, key, t, name_error(exc, fld or "count"))
-            if hopping:
-                self._refresh(st)
-            if anomalies is not None:
-                counters.anomalies += len(anomalies)
-                if out is not None:
-                    out.extend(anomalies)
-            if sequences:
-                if wm_before is not None and t < wm_before:
-                    counters.pattern_late += 1
-                else:
-                    self._pattern_event(key, st, t, ev, errors, out, counters)
-            pending: list[tuple[int, int, dict[str, Any]]] | None = None
-            if late_out is not None:
-                for (kind, window), values in late_out.items():
-                    if kind == "close":
-                        # emitted with the closes of this event, merged by window
-                        pending = pending or []
-                        pending.append((window[0], window[1], values))
-                        continue
-                    counters.corrections += 1
+                        recent[key] = None
+                late_out: _LateOut | None = None
+                anomalies: list[Any] | None = None
+                mark = len(errors)
+                clock = st.clock
+                states_of = st.buffers
+                for index, kind, fld, where, numeric, size, scores, checks, buffer in plan:
+                    if fld is None:
+                        v: Any = 1
+                    else:
+                        v = ev.get(fld)
+                        if v is None:
+                            continue
+                    if where is not None:
+                        try:
+                            if not where.matches(ev):
+                                continue
+                        except FeaturistError as exc:
+                            self._errors(errors, buffer, key, t, exc)
+                            continue
+                    if numeric:
+                        if v.__class__ is int:
+                            if not -_MAX_INT <= v <= _MAX_INT:
+                                huge = FeatureValueError(
+                                    f"field {fld!r} is an int too large for a float "
+                                    f"({v.bit_length()} bits)",
+                                    field=fld or "",
+                                )
+                                self._errors(errors, buffer, key, t, huge)
+                                continue
+                        elif v.__class__ is not float or not -_INF < v < _INF:
+                            v, error = coerce_number(fld or "", v)
+                            if error is not None:
+                                self._errors(errors, buffer, key, t, error)
+                                continue
+                    try:
+                        state = states_of[index]
+                        if checks:
+                            check_value(buffer.needs, v)  # refuse before anything changes
+                        if kind == "sliding":
+                            cutoff = clock - size
+                            if state is not None:
+                                items = state.items
+                                if items and items[0][0] <= cutoff:
+                                    state.evict(cutoff)
+                            if t > cutoff:
+                                if state is None:
+                                    state = SlidingState(buffer.needs, numeric)
+                                    states_of[index] = state
+                                if scores:
+                                    anomalies = self._score(key, t, v, buffer, state, anomalies)
+                                items = state.items
+                                if (
+                                    state.plain
+                                    and (not items or t >= items[-1][0])
+                                    and state.removed < len(items) + 64
+                                ):
+                                    # a count or sum, in time order: the common case, inline
+                                    items.append((t, v))
+                                    if numeric:
+                                        state.sum += v
+                                else:
+                                    state.add(t, v)
+                        elif kind == "panes":
+                            if state is None:
+                                limit = (clock - ooo - lateness - size) // buffer.hop
+                                state = states_of[index] = _Panes(limit)
+                            late_out = self._add_pane(st, buffer, state, t, v, late_out)
+                        else:
+                            if state is None:
+                                state = states_of[index] = _Sessions()
+                            late_out = self._add_session(st, buffer, state, t, v, late_out)
+                    except Exception as exc:
+                        self._errors(errors, buffer, key, t, name_error(exc, fld or "count"))
+                if hopping:
+                    self._refresh(st)
+                if anomalies is not None:
+                    counters.anomalies += len(anomalies)
                     if out is not None:
-                        self._add_ratios(values)
-                        out.append((key, window[1], values, kind, window, None, None))
-            if pending is not None or st.clock - ooo >= st.next_close:
-                self.close(key, st, out, counters, pending)
-            if emit_updates:
-                assert out is not None
-                failed = None
-                if len(errors) > mark:
-                    failed = {
-                        name: f"{type(exc).__name__}: {exc}" for _, _, name, exc in errors[mark:]
-                    }
-                out.append((key, t, self.values(st), "update", None, failed, None))
+                        out.extend(anomalies)
+                if sequences:
+                    if wm_before is not None and t < wm_before:
+                        counters.pattern_late += 1
+                    else:
+                        self._pattern_event(key, st, t, ev, errors, out, counters)
+                pending: list[tuple[int, int, dict[str, Any]]] | None = None
+                if late_out is not None:
+                    for (kind, window), values in late_out.items():
+                        if kind == "close":
+                            # emitted with the closes of this event, merged by window
+                            pending = pending or []
+                            pending.append((window[0], window[1], values))
+                            continue
+                        counters.corrections += 1
+                        if out is not None:
+                            self._add_ratios(values)
+                            out.append((key, window[1], values, kind, window, None, None))
+                if pending is not None or st.clock - ooo >= st.next_close:
+                    self.close(key, st, out, counters, pending)
+                if emit_updates:
+                    assert out is not None
+                    failed = None
+                    if len(errors) > mark:
+                        failed = {
+                            name: f"{type(exc).__name__}: {exc}"
+                            for _, _, name, exc in errors[mark:]
+                        }
+                    out.append((key, t, self.values(st), "update", None, failed, None))
+            except Exception as exc:
+                if poison is None:
+                    raise
+                # ``wm_before`` is None for a new key (``st``, unless making it failed)
+                _poisoned(states, key, t, ev, exc, poison, st if wm_before is None else None)
 
     def _score(
         self,
@@ -932,7 +949,9 @@ class WindowEngine:
         quiet = min(x for x in (self.idle_timeout, ttl) if x is not None)
         for key in idle.due(states, now, quiet):
             st = states[key]
-            if ttl is not None and now - st.seen >= ttl:
+            # the same sum as the wake below: ``now - seen >= ttl`` can differ from it in
+            # floats, and the key was then woken at ``now`` again and again
+            if ttl is not None and st.seen + ttl <= now:
                 del states[key]
                 counters.expired_keys += 1
                 continue
@@ -943,7 +962,8 @@ class WindowEngine:
                 continue
             if ttl is not None:
                 wake = min(wake, st.seen + ttl)
-            idle.schedule(key, st, wake)
+            # a wake at or before ``now`` would be visited again in this same loop
+            idle.schedule(key, st, max(wake, now + 0.001))
 
     def _advance_idle(
         self, key: Any, st: KeyWindows, now: float, out: list[Any] | None, counters: WindowCounters
@@ -1034,6 +1054,24 @@ class WindowEngine:
 _FINAL = object()
 #: late emissions of one event: (kind, window) -> values
 _LateOut = dict[tuple[str, tuple[int, int]], dict[str, Any]]
+
+
+def _poisoned(
+    states: dict[Any, KeyWindows],
+    key: Any,
+    t: int,
+    ev: Any,
+    exc: Exception,
+    poison: list[Any],
+    made: KeyWindows | None,
+) -> None:
+    """Set a poison event aside: ``(key, t, ev, exc)`` goes to ``poison``; ``made``, the state
+    the event created for its key, is dropped (it may hold part of the event and nothing
+    else). A key left in ``IdleKeys.recent`` without a state is skipped there."""
+    with contextlib.suppress(Exception):  # a key whose hash raises never got a state
+        if made is not None and states.get(key) is made:
+            del states[key]
+    poison.append((key, t, ev, exc))
 
 
 def _read(reader: Callable[[Any], Any], state: Any) -> Any:

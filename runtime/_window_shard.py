@@ -76,8 +76,9 @@ class WindowShard(GroupShard):
         errors: list[Any] = []
         out: list[Any] | None = [] if self.hub.active else None
         late: list[Any] | None = [] if self.late_hub.active else None
+        poison: list[Any] = []
         start = time.perf_counter_ns()
-        engine.apply(events, self.states, errors, now, out, late, self.counters, self.idle)
+        engine.apply(events, self.states, errors, now, out, late, self.counters, self.idle, poison)
         elapsed = time.perf_counter_ns() - start
         self.compute_ns += elapsed
         # The features of a window group share buffers and one pass per event, so their time
@@ -90,6 +91,13 @@ class WindowShard(GroupShard):
         for i in range(features):
             feature_ns[i] += share
         self.sampled_events += n
+        if self.batches % self.sample_every == 0:
+            self.feature_samples.append((n, [share] * features))
+        if poison:  # from here on, the events applied
+            from ._shard import set_aside
+
+            events = set_aside(self, poison, events, group=self.group_name, shard=self.shard)
+            n = len(events)
         self.latencies.append((time.perf_counter() - batch.created, n))
         self.events += n
         self.batches += 1
@@ -97,8 +105,8 @@ class WindowShard(GroupShard):
         if self.first_event_at is None:
             self.first_event_at = wall
         self.last_event_at = wall
-        high = max(map(_time_of, events))
-        if self.max_time is None or high > self.max_time:
+        high = max(map(_time_of, events), default=None)
+        if high is not None and (self.max_time is None or high > self.max_time):
             self.max_time = high
         if errors:
             self._record_errors(errors, emit=False)
@@ -157,6 +165,31 @@ class WindowShard(GroupShard):
 
     def _state_bytes(self, sample: int = 200) -> int:
         return self.engine.state_bytes(self.states)
+
+    # -- checkpoints: a key's entry is its KeyWindows (its wall-clock ``seen`` inside) --------
+    def snapshot_entry(self, key: Any, state: Any) -> Any:
+        return state
+
+    def restore_entry(self, key: Any, entry: Any) -> float | None:
+        self.states[key] = entry
+        return entry.seen  # type: ignore[no-any-return]
+
+    def snapshot_extra(self) -> dict[str, Any]:
+        extra = super().snapshot_extra()
+        extra["counters"] = dict(vars(self.counters))
+        return extra
+
+    def restore_extra(self, extra: dict[str, Any]) -> None:
+        super().restore_extra(extra)
+        counters = self.counters
+        for name, n in extra["counters"].items():
+            setattr(counters, name, getattr(counters, name) + n)
+
+    def restored(self, seen: list[tuple[float, Any]]) -> None:
+        if self.idle is not None:
+            seen.sort(key=itemgetter(0))
+            for _, key in seen:
+                self.idle.touch(key)
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,11 @@ import sys
 
 BENCHMARKS = {
     "actors": "demos.bench.actors",
+    "checkpoints": "demos.bench.checkpoints",
     "aggregates": "demos.bench.aggregates",
     "enrichment": "demos.bench.enrichment",
     "joins": "demos.bench.joins",
+    "overload": "demos.bench.overload",
     "windows": "demos.bench.windows",
 }
 

@@ -26,7 +26,19 @@ def quiet_logs() -> None:
 
 
 def peak_rss_mib() -> float:
-    """The process's peak resident set size so far, in MiB."""
+    """The process's peak resident set size so far, in MiB.
+
+    On Linux it is ``VmHWM`` of ``/proc/self/status``: the peak of this process's own memory.
+    ``ru_maxrss`` is not, there: it keeps the parent's peak at ``fork`` across ``exec``, so a
+    child started by a big process (a test run) reports at least the parent's size.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 

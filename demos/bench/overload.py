@@ -32,8 +32,6 @@ from __future__ import annotations
 import argparse
 import math
 import random
-import resource
-import sys
 import time
 from collections.abc import Hashable, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -57,7 +55,7 @@ from runtime import (
     Where,
 )
 
-from ._common import Row, in_child, print_table, quiet_logs, rate
+from ._common import Row, in_child, peak_rss_mib, print_table, quiet_logs, rate
 
 T0 = 1_700_000_000_000
 CARDS = 1_000
@@ -203,28 +201,27 @@ class Peaks:
     samples: int = 0
 
 
-def _actors(rt: FeatureRuntime) -> list[tuple[str, Any]]:
-    # The runtime's own actors, read directly: statistics() asks each actor, and an ask waits
-    # behind a full mailbox, which is what is being measured.
-    found = [("features", ref) for group in rt._groups for ref in group.refs]
-    found += [("join", ref) for join in rt._joins for ref in join.refs]
-    found += [("enricher", ref) for enricher in rt._enrichers for ref in enricher.refs]
-    return found
+def _enrichers(rt: FeatureRuntime) -> list[Any]:
+    # The enrichers' refs, read directly for their stashes (the actors' own state): only
+    # statistics() reports the stashes, and it asks each actor, which waits behind a full
+    # mailbox, what is being measured.
+    return [ref for enricher in rt._enrichers for ref in enricher.refs]
 
 
 def _sample(
-    actors: list[tuple[str, Any]],
+    rt: FeatureRuntime,
+    enrichers: list[Any],
     slow: UpdateSubscription[Any],
     dropping: UpdateSubscription[Any],
     peaks: Peaks,
 ) -> None:
     peaks.samples += 1
-    for kind, ref in actors:
-        stats = ref.statistics()
-        peaks.depth[kind] = max(peaks.depth.get(kind, 0), stats.depth)
-        peaks.senders_waiting = max(peaks.senders_waiting, stats.senders_waiting)
-        actor = ref._cell.actor  # the enricher's stash: the actor's own state
-        if kind == "enricher" and actor is not None:
+    for box in rt.mailboxes():  # counters, read without asking the actors
+        peaks.depth[box.kind] = max(peaks.depth.get(box.kind, 0), box.depth)
+        peaks.senders_waiting = max(peaks.senders_waiting, box.senders_waiting)
+    for ref in enrichers:
+        actor = ref._cell.actor
+        if actor is not None:
             peaks.stash = max(peaks.stash, len(actor.stash))
     held = slow.statistics()
     peaks.subscription = max(peaks.subscription, held.depth)
@@ -280,9 +277,9 @@ async def overload(load: Load) -> dict[str, Any]:
             accepted["ingest"] += took
 
     async def sample(rt: FeatureRuntime) -> None:
-        actors = _actors(rt)
+        enrichers = _enrichers(rt)
         while True:
-            _sample(actors, slow, dropping, peaks)
+            _sample(rt, enrichers, slow, dropping, peaks)
             await anyio.sleep(0.001)
 
     async with FeatureRuntime(
@@ -310,7 +307,7 @@ async def overload(load: Load) -> dict[str, Any]:
             applied = time.perf_counter() - start
             vectors = await rt.get_many([f"c{i}" for i in range(CARDS)])
             stats = await rt.statistics()
-            _sample(_actors(rt), slow, dropping, peaks)
+            _sample(rt, _enrichers(rt), slow, dropping, peaks)
             tg.cancel_scope.cancel()
         await slow.aclose()
         await dropping.aclose()
@@ -348,12 +345,6 @@ async def overload(load: Load) -> dict[str, Any]:
         "dropped_by_drop_oldest": dropping.dropped,
         "in_flight_bound": load.in_flight(),
     }
-
-
-def peak_rss_mib() -> float:
-    """The process's peak resident set size so far, in MiB."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
 def measure(load: Load) -> dict[str, Any]:

@@ -5,16 +5,15 @@ its own.
 reports is its own and no run inherits another's memory) that simulates the workload, starts
 the runtime, loads its caches, then hands it the events with ``ingest_many`` as fast as it
 takes them and waits until every one is applied. Meanwhile a sampler reads the depth of every
-actor's mailbox every ``SAMPLE_EVERY`` seconds: a read of counters, which does not go through
-the mailboxes (``rt.statistics()`` asks each actor, and an ask waits behind a full mailbox).
+actor's mailbox every ``SAMPLE_EVERY`` seconds with ``rt.mailboxes()``: a read of counters,
+which does not go through the mailboxes (``rt.statistics()`` asks each actor, and an ask waits
+behind a full mailbox).
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
-import resource
-import sys
 import tempfile
 import time
 import traceback
@@ -29,6 +28,7 @@ import anyio.to_thread
 
 import runtime
 from actors import run
+from demos.bench._common import peak_rss_mib
 from runtime import FeatureRuntime
 
 from .._cli import frozen_heap
@@ -148,11 +148,11 @@ async def _run(prepared: Prepared, setting: Setting, report: Report) -> dict[str
         if prepared.warm_up is not None:
             report("phase", "loading cache")
             await prepared.warm_up(rt)
-        mailboxes = _mailboxes(rt)
+        actors = len(rt.mailboxes())
         deepest = [0, 0]  # the largest depth seen, and the samples taken
         report("phase", "ingesting")
         async with anyio.create_task_group() as tg:
-            tg.start_soon(_sample, mailboxes, deepest)
+            tg.start_soon(_sample, rt, deepest)
             started = shown = time.perf_counter()
             sent = 0
             for events, streams in prepared.chunks:
@@ -176,35 +176,26 @@ async def _run(prepared: Prepared, setting: Setting, report: Report) -> dict[str
         "latency_p99_ms": stats.latency_p99_ms,
         "max_mailbox_depth": max(deepest[0], stats.max_mailbox_depth),
         "samples": deepest[1],
-        "actors": len(mailboxes),
+        "actors": actors,
         "rss_before_bytes": rss_before,
         "peak_rss_bytes": _peak_rss(),
     }
 
 
-def _mailboxes(rt: FeatureRuntime) -> list[Any]:
-    # The runtime's actors, read directly, as the overload benchmark does: the runtime has no
-    # public list of them, and statistics() would ask each one, waiting behind its mailbox.
-    found = [ref for group in rt._groups for ref in group.refs]
-    found += [ref for join in rt._joins for ref in join.refs]
-    found += [ref for enricher in rt._enrichers for ref in enricher.refs]
-    return found
-
-
-async def _sample(mailboxes: list[Any], deepest: list[int]) -> None:
+async def _sample(rt: FeatureRuntime, deepest: list[int]) -> None:
     """Keep the largest mailbox depth in ``deepest[0]`` and count the samples in
     ``deepest[1]``, until cancelled."""
     while True:
-        depth = max((ref.statistics().depth for ref in mailboxes), default=0)
+        depth = max((box.depth for box in rt.mailboxes()), default=0)
         deepest[0] = max(deepest[0], depth)
         deepest[1] += 1
         await anyio.sleep(SAMPLE_EVERY)
 
 
 def _peak_rss() -> int:
-    """The process's peak resident set size so far, in bytes."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024
+    """The process's peak resident set size so far, in bytes (``VmHWM`` on Linux: see
+    ``demos.bench._common.peak_rss_mib``)."""
+    return int(peak_rss_mib() * 1024 * 1024)
 
 
 def _rss_now() -> int:

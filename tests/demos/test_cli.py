@@ -30,6 +30,10 @@ DEMOS = {
         ("--impressions", "--ads", "--seed", "--quick", "--shards", "--json", "--quiet"),
         ("--impressions", "0", "--impressions: must be >= 1"),
     ),
+    "demos.sensors": (
+        ("--sensors", "--hours", "--period", "--seconds", "--shards", "--json", "--quiet"),
+        ("--sensors", "0", "--sensors: must be >= 1"),
+    ),
     "demos.tune": (
         (
             "--workload",

@@ -256,7 +256,9 @@ def test_cold_cache_fetches_the_merchants_as_their_transactions_come() -> None:
     # batched and cached: far fewer calls than events, each merchant fetched about once
     assert 1 <= stats["calls"] <= 5_000 // 100
     used = stats["keys_found"]
-    assert 0 < used <= 300 and used <= stats["keys_requested"] <= 2 * used
+    # about once: a row in use is fetched again after 80% of its TTL (refresh-ahead, in the
+    # replay's event time), and how many are depends on when fetches land on a busy machine
+    assert 0 < used <= 2 * 300 and used <= stats["keys_requested"] <= 2 * used
     assert stats["stale_served"] == stats["defaults_after_error"] == stats["keys_missing"] == 0
     assert all(row["features"]["merchant_risk"] is not None for row in summary["top"])
 

@@ -7,6 +7,7 @@ import math
 import random
 from typing import Any
 
+import anyio
 import pytest
 
 from runtime import (
@@ -562,3 +563,23 @@ async def test_the_timer_expires_keys_of_unwindowed_groups_without_flush() -> No
                 await anyio.sleep(0.02)
         assert (await rt.get("u")).known is False
         assert rt.dead_letters.count() == 0
+
+
+async def test_a_ttl_that_float_rounding_puts_at_now_does_not_wake_the_key_forever() -> None:
+    """0.2 + 8 == 8.2, but 8.2 - 0.2 < 8: the key was due and not expired, again and again."""
+    now = [0.2]
+    fs = FeatureSet(
+        name="h",
+        key="k",
+        time="ts",
+        features=[Count(name="n", window=Sliding(size=1000))],
+        state_ttl="8s",
+        idle_timeout="1s",
+    )
+    async with FeatureRuntime(fs, clock=lambda: now[0]) as rt:
+        await rt.ingest({"k": "a", "ts": 200})
+        await rt.flush()
+        now[0] = 8.2
+        with anyio.fail_after(10):
+            await rt.flush()
+        assert (await rt.get("a"))["n"] == 0
