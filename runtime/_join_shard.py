@@ -29,6 +29,8 @@ from ._shard import (
     TakeSnapshot,
     Tick,
     fail_batch,
+    poison_count,
+    set_aside,
 )
 from ._updates import UpdateHub
 
@@ -59,6 +61,8 @@ class JoinShardStats:
     state_bytes: int
     #: times the actor was restarted after a failure
     restarts: int = 0
+    #: poison events set aside (in dead letters)
+    poison: int = 0
 
 
 class JoinShard(Actor[Any]):
@@ -130,8 +134,6 @@ class JoinShard(Actor[Any]):
             batch.events, tags, self.sides, self.states, out, self.clock(), self.idle, late, poison
         )
         if poison:
-            from ._shard import set_aside
-
             set_aside(self, poison, batch.events, join=engine.config.name, shard=self.shard)
         if counters.evicted != evicted:
             self._log_evictions()
@@ -220,6 +222,7 @@ class JoinShard(Actor[Any]):
                 largest_key=max(self.engine.largest, max((len(st) for st in states), default=0)),
                 state_bytes=sum(st.left.nbytes() + st.right.nbytes() + 120 for st in states),
                 restarts=self.context.restarts,
+                poison=poison_count(self),
             )
         if isinstance(message, TakeSnapshot):
             return self.snapshot(message.key_group)

@@ -1473,7 +1473,7 @@ class FeatureRuntime:
         actors += [ref for join in self._joins for ref in join.refs]
         actors += [ref for enricher in self._enrichers for ref in enricher.refs]
         depth = max((ref.statistics().depth for ref in actors), default=0)
-        joins = await self._join_statistics()
+        joins, join_poison = await self._join_statistics()
         enrichment = await self._enrichment_statistics()
         processed = sum(s.events for stats in firsts for s in stats)
         if not self._groups:  # joins alone: the events they applied
@@ -1501,6 +1501,7 @@ class FeatureRuntime:
                 if group.engine is None
                 for s in stats
             ),
+            poison_events=join_poison + sum(s.poison for stats in all_stats for s in stats),
         )
 
     async def _window_statistics(
@@ -1574,20 +1575,17 @@ class FeatureRuntime:
             )
         return result
 
-    async def _join_statistics(self) -> dict[str, JoinStatistics]:
+    async def _join_statistics(self) -> tuple[dict[str, JoinStatistics], int]:
+        """Each join's statistics, and the poison events its actors set aside."""
         result = {}
+        poison = 0
         for join in self._joins:
-            total: dict[str, int] = {}
-            largest = 0
-            for ref in join.refs:
-                stats: JoinShardStats = await ref.ask(GetJoinStats(), timeout=None)
-                for name, n in vars(stats.counters).items():
-                    total[name] = total.get(name, 0) + n
-                for name in ("keys", "buffered_left", "buffered_right", "state_bytes"):
-                    total[name] = total.get(name, 0) + getattr(stats, name)
-                largest = max(largest, stats.largest_key)
-            result[join.name] = JoinStatistics(largest_key=largest, **total)
-        return result
+            shards: list[JoinShardStats] = [
+                await ref.ask(GetJoinStats(), timeout=None) for ref in join.refs
+            ]
+            result[join.name] = join_totals(shards)
+            poison += sum(s.poison for s in shards)
+        return result, poison
 
     def _enriched_groups(self, stream: str) -> list[_Group]:
         return self._stream_groups.get(enriched_stream(stream), [])

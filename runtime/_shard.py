@@ -156,6 +156,8 @@ class ShardStats:
     feature_samples: tuple[tuple[int, list[int]], ...] = ()
     #: times the actor was restarted after a failure
     restarts: int = 0
+    #: poison events set aside (in dead letters)
+    poison: int = 0
 
 
 def fail_batch(context: ActorContext, batch: Batch, error: Exception, **where: Any) -> None:
@@ -546,6 +548,7 @@ class GroupShard(Actor[Any]):
             last_event_at=self.last_event_at,
             feature_samples=tuple(self.feature_samples),
             restarts=self.context.restarts,
+            poison=poison_count(self),
         )
 
     def _state_bytes(self, sample: int = 200) -> int:

@@ -19,7 +19,7 @@ from actors import get_logger
 
 from ._idle import IdleKeys
 from ._results import FeatureUpdate, LateEvent
-from ._shard import Batch, GetStates, GroupShard, IdleTick, Ping, Tick
+from ._shard import Batch, GetStates, GroupShard, IdleTick, Ping, Tick, set_aside
 from ._updates import UpdateHub
 from ._window_engine import KeyWindows, WindowCounters, WindowEngine
 
@@ -94,8 +94,6 @@ class WindowShard(GroupShard):
         if self.batches % self.sample_every == 0:
             self.feature_samples.append((n, [share] * features))
         if poison:  # from here on, the events applied
-            from ._shard import set_aside
-
             events = set_aside(self, poison, events, group=self.group_name, shard=self.shard)
             n = len(events)
         self.latencies.append((time.perf_counter() - batch.created, n))

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import anyio
 import hypothesis.strategies as st
 import msgspec
 import pytest
@@ -201,7 +202,7 @@ async def test_checkpoints_are_taken_every_interval_and_the_oldest_deleted(
             if rt.last_checkpoint is not None and rt.last_checkpoint.sequence >= 4:
                 break
             await rt.ingest({"card": "a", "ts": 1})
-            await __import__("anyio").sleep(0.005)
+            await anyio.sleep(0.005)
         assert rt.last_checkpoint is not None and rt.last_checkpoint.sequence >= 4
     assert len(CheckpointStore(tmp_path).sequences()) == 2
 

@@ -381,6 +381,7 @@ async def test_a_poison_event_of_a_keyed_group_goes_to_dead_letters_and_the_rest
         check_keyed(good, vectors, updates)
         check_errors(good, KEYED_NUMERIC, stats, recent)
         assert stats.events_processed == len(good)
+        assert stats.poison_events == len(poison)
         check_poison_letters(rt, poison, RuntimeError, "group g0")
         # a key whose every event was poison has no state, not even an empty one
         for key in keys - {e["card"] for e in good}:
