@@ -9,7 +9,7 @@ from typing import Any
 
 import msgspec
 
-from ._cost import CostEstimate, MeasuredCost
+from ._spec.cost import CostEstimate, MeasuredCost
 
 __all__ = [
     "FeatureDescription",

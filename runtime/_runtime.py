@@ -47,22 +47,36 @@ from actors import (
     restart_always,
 )
 
-from ._checkpoint import ActorState, Checkpoint, CheckpointConfig, CheckpointInfo, CheckpointStore
-from ._codec import CheckpointError, state_codec
-from ._cost import CostEstimate, MeasuredCost, estimate_cost
-from ._drift_spec import DriftAlert, DriftMonitor, DriftStatus
-from ._enrich_cache import DimensionCache
-from ._enrich_fetch import MISSING as FETCHED_MISSING
-from ._enrich_fetch import Fetcher, SourceError
-from ._enrich_shard import EnrichShard, EnrichShardStats, GetEnrichStats, SourceRuntime
-from ._enrich_sources import make_source
-from ._events import EventReader, PayloadFormat
+from ._checkpoints.codec import CheckpointError, state_codec
+from ._checkpoints.store import (
+    ActorState,
+    Checkpoint,
+    CheckpointConfig,
+    CheckpointInfo,
+    CheckpointStore,
+)
+from ._enrich.cache import DimensionCache
+from ._enrich.fetch import MISSING as FETCHED_MISSING
+from ._enrich.fetch import Fetcher, SourceError
+from ._enrich.shard import EnrichShard, EnrichShardStats, GetEnrichStats, SourceRuntime
+from ._enrich.sources import make_source
 from ._exceptions import RuntimeClosed, SpecError, UnknownFeature
-from ._ingest import Ingest
-from ._join_engine import JoinConfig, JoinEngine
-from ._join_shard import GetJoinStats, JoinShard, JoinShardStats
-from ._kernel import CompiledGroup, compile_group
-from ._metrics import (
+from ._ingest.events import EventReader, PayloadFormat
+from ._ingest.router import Ingest
+from ._joins.engine import JoinConfig, JoinEngine
+from ._joins.shard import GetJoinStats, JoinShard, JoinShardStats
+from ._keyed.kernel import CompiledGroup, compile_group
+from ._messages import (
+    GetStates,
+    GetStats,
+    IdleTick,
+    Ping,
+    RestoreSnapshot,
+    ShardSnapshot,
+    ShardStats,
+    TakeSnapshot,
+)
+from ._observe.metrics import (
     ActorMailbox,
     GroupMetrics,
     MetricsServer,
@@ -73,7 +87,7 @@ from ._metrics import (
     group_watermark,
     join_totals,
 )
-from ._replay import ReplayClock, ReplayResult, replay_history
+from ._replay.history import ReplayClock, ReplayResult, replay_history
 from ._results import (
     EnrichedEvent,
     EnrichmentStatistics,
@@ -87,23 +101,15 @@ from ._results import (
     RuntimeStatistics,
     WindowStatistics,
 )
-from ._shard import (
-    GetStates,
-    GetStats,
-    GroupShard,
-    IdleTick,
-    Ping,
-    RestoreSnapshot,
-    ShardSnapshot,
-    ShardStats,
-    TakeSnapshot,
-)
-from ._spec import Feature, FeatureSet, enriched_stream
-from ._spec_enrich import CustomSource
-from ._spec_join import Join
+from ._shard import GroupShard
+from ._spec.cost import CostEstimate, MeasuredCost, estimate_cost
+from ._spec.drift import DriftAlert, DriftMonitor, DriftStatus
+from ._spec.enrich import CustomSource
+from ._spec.feature_set import Feature, FeatureSet, enriched_stream
+from ._spec.joins import Join
 from ._updates import Policy, UpdateHub, UpdateSubscription
-from ._window_engine import WindowEngine
-from ._window_shard import WindowShard, WindowStats, WindowStatsRequest
+from ._windows.engine import WindowEngine
+from ._windows.shard import WindowShard, WindowStats, WindowStatsRequest
 
 __all__ = ["FeatureRuntime"]
 
@@ -339,7 +345,7 @@ class FeatureRuntime:
         #: the enrichers (one per ingested stream with lookups) and the sources they share
         self._enrichers: list[_EnrichGroup] = []
         self._enriched_hub: UpdateHub[EnrichedEvent] = UpdateHub()
-        from ._drift import DriftMonitors
+        from ._drift.monitor import DriftMonitors
 
         #: the drift monitors and the hub of their alerts (``monitor_drift``)
         self._drift = DriftMonitors()

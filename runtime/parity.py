@@ -32,9 +32,9 @@ from actors import run
 
 from ._exceptions import FeaturistError
 from ._logging import configure_logging
-from ._replay import ParityReport, check_parity
+from ._replay.history import ParityReport, check_parity
 from ._results import FeatureUpdate
-from ._spec import FeatureSet
+from ._spec.feature_set import FeatureSet
 
 __all__ = ["main"]
 

@@ -26,7 +26,7 @@ Then the same two (the DataLoader baseline and FeatureRuntime) against real sour
 the same merchants: a SQLite file (made in a temporary directory), and PostgreSQL (a table in
 ``--postgres``) and Redis (hashes under a prefix, in ``--redis``) where a server answers (a
 source whose server is absent is skipped, and says so). Both sides call the same source class,
-the runtime's own (``runtime._enrich_sources``), counted.
+the runtime's own (``runtime._enrich.sources``), counted.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ from runtime import (
     RedisSource,
     SqliteSource,
 )
-from runtime._enrich_sources import make_source
+from runtime._enrich.sources import make_source
 
 from ._common import Row, print_table, quiet_logs, rate
 

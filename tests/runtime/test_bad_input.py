@@ -32,7 +32,7 @@ from runtime import (
     Sum,
     UnknownFeature,
 )
-from runtime._events import (
+from runtime._ingest.events import (
     DEFAULT_MAX_FUTURE_MS,
     DEFAULT_MAX_KEY_LENGTH,
     DEFAULT_MAX_PAYLOAD_BYTES,

@@ -32,8 +32,8 @@ from runtime import (
     Where,
     ZScore,
 )
-from runtime._checkpoint import CheckpointStore
-from runtime._codec import StateCodec
+from runtime._checkpoints.codec import StateCodec
+from runtime._checkpoints.store import CheckpointStore
 
 from .oracle import ORACLE_FEATURES, same
 from .test_windows import FEATURES as WINDOW_FEATURES

@@ -7,7 +7,8 @@ from typing import Any
 import msgspec
 import pytest
 
-from runtime._cost import (
+from runtime._exceptions import SpecError
+from runtime._spec.cost import (
     DISTINCT_VALUE_BYTES,
     MEMORY_BUDGET_BYTES,
     NS_PER_OPERATION,
@@ -19,8 +20,7 @@ from runtime._cost import (
     estimate_cost,
     estimate_feature_set,
 )
-from runtime._exceptions import SpecError
-from runtime._spec import (
+from runtime._spec.feature_set import (
     FEATURE_TYPES,
     Count,
     DistinctCount,
@@ -39,7 +39,7 @@ from runtime._spec import (
     Where,
     ZScore,
 )
-from runtime._spec_window import Hopping, Session, Sliding, Tumbling
+from runtime._spec.windows import Hopping, Session, Sliding, Tumbling
 
 
 def test_count_estimate_has_every_number() -> None:

@@ -13,9 +13,9 @@ from typing import Any
 import anyio
 import hypothesis.strategies as st
 import pytest
+import runtime._drift.monitor as drift_module
 from hypothesis import HealthCheck, given, settings
 
-import runtime._drift as drift_module
 from actors import DeadLetterReason
 from runtime import (
     ADWIN,
@@ -36,7 +36,7 @@ from runtime import (
     UnknownFeature,
     Where,
 )
-from runtime._drift import (
+from runtime._drift.monitor import (
     AdwinDetector,
     KSDetector,
     PageHinkleyDetector,

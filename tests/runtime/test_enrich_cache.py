@@ -10,8 +10,8 @@ import hypothesis.strategies as st
 import pytest
 from hypothesis import given, settings
 
-from runtime._enrich_cache import FRESH, MISSING, STALE, CacheStatistics, DimensionCache
-from runtime._spec_enrich import SqliteSource
+from runtime._enrich.cache import FRESH, MISSING, STALE, CacheStatistics, DimensionCache
+from runtime._spec.enrich import SqliteSource
 
 
 def make(

@@ -10,7 +10,7 @@ import anyio
 import pytest
 
 from actors import ActorStopped, ConfigError
-from runtime._enrich_fetch import (
+from runtime._enrich.fetch import (
     MISSING,
     BreakerState,
     CircuitBreaker,
@@ -19,7 +19,7 @@ from runtime._enrich_fetch import (
     SourceUnavailable,
     backoff_delay,
 )
-from runtime._spec_enrich import SqliteSource
+from runtime._spec.enrich import SqliteSource
 
 
 class FakeClock:

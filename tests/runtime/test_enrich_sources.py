@@ -25,7 +25,7 @@ import pytest
 import redis.asyncio
 import redis.exceptions
 
-from runtime._enrich_sources import (
+from runtime._enrich.sources import (
     HttpDimensionSource,
     MalformedRow,
     PostgresDimensionSource,
@@ -35,7 +35,7 @@ from runtime._enrich_sources import (
     make_source,
     version_at,
 )
-from runtime._spec_enrich import CustomSource, HttpSource, PostgresSource, RedisSource, SqliteSource
+from runtime._spec.enrich import CustomSource, HttpSource, PostgresSource, RedisSource, SqliteSource
 from tests.conftest import services_required
 
 PG_DSN = os.environ.get("FEATURIST_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")

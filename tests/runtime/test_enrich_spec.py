@@ -7,14 +7,14 @@ from typing import Any
 import pytest
 
 from runtime import Count, FeatureSet, Mean, Ratio, SpecError, Where
-from runtime._spec import enriched_stream
-from runtime._spec_enrich import (
+from runtime._spec.enrich import (
     HttpSource,
     Lookup,
     PostgresSource,
     RedisSource,
     SqliteSource,
 )
+from runtime._spec.feature_set import enriched_stream
 
 MERCHANTS = SqliteSource(name="merchants", path="m.db", table="merchants", key="merchant_id")
 

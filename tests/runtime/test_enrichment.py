@@ -22,7 +22,7 @@ from runtime import (
     Sum,
     Where,
 )
-from runtime._enrich_sources import make_source
+from runtime._enrich.sources import make_source
 
 ROWS = [("m1", "grocery", 0.1), ("m2", "bet", 0.9), ("m3", "travel", 0.3)]
 

@@ -30,7 +30,7 @@ from runtime import (
     Last,
     Sum,
 )
-from runtime._events import EventReader
+from runtime._ingest.events import EventReader
 
 FEATURES = [
     Count(name="n"),

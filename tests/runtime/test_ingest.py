@@ -9,8 +9,8 @@ from hypothesis import given, settings
 
 from actors import DeadLetters, KeyRouter
 from runtime import FeatureRuntime, FeatureSet, Last
-from runtime._events import EventReader
-from runtime._ingest import Ingest
+from runtime._ingest.events import EventReader
+from runtime._ingest.router import Ingest
 
 
 async def test_ingest_many_keeps_a_keys_order_across_fast_and_slow_events() -> None:

@@ -7,7 +7,7 @@ from typing import Any
 import hypothesis.strategies as st
 from hypothesis import given, settings
 
-from runtime._join_buffer import SideBuffer
+from runtime._joins.buffer import SideBuffer
 
 operations = st.lists(
     st.one_of(

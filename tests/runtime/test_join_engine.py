@@ -10,7 +10,7 @@ from typing import Any
 import hypothesis.strategies as st
 from hypothesis import given, settings
 
-from runtime._join_engine import JoinConfig, JoinEngine, JoinKeyState, Out
+from runtime._joins.engine import JoinConfig, JoinEngine, JoinKeyState, Out
 
 
 @st.composite

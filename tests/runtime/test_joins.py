@@ -19,7 +19,7 @@ from runtime import (
     Mean,
     SpecError,
 )
-from runtime._join_engine import JoinConfig
+from runtime._joins.engine import JoinConfig
 
 from .test_join_engine import asof_oracle, oracle, pairs, streams
 from .test_windows_time import FakeClock

@@ -1,4 +1,4 @@
-"""The compiled feature group (``runtime._kernel``) on its own: merging partial states, the
+"""The compiled feature group (``runtime._keyed.kernel``) on its own: merging partial states, the
 distinct-count sketch, the safety of the generated source, and the state struct's encoding."""
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from runtime import (
     Variance,
     Where,
 )
-from runtime._kernel import CompiledGroup, compile_group
+from runtime._keyed.kernel import CompiledGroup, compile_group
 
 MERGEABLE = [
     Count(name="n"),

@@ -37,7 +37,7 @@ from runtime import (
     Tumbling,
     Where,
 )
-from runtime._metrics import weighted_quantile
+from runtime._observe.metrics import weighted_quantile
 from runtime._shard import GroupShard
 
 FEATURES = FeatureSet(

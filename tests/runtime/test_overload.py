@@ -23,7 +23,7 @@ import pytest
 
 from demos.bench.overload import TURN, Load, overload
 from runtime import Count, FeatureRuntime, FeatureSet
-from runtime._enrich_shard import EnrichShard
+from runtime._enrich.shard import EnrichShard
 
 ROOT = Path(__file__).resolve().parents[2]
 

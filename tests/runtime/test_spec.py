@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from runtime._duration import MAX_DURATION_MS, format_duration, parse_duration
 from runtime._exceptions import FeatureValueError, SpecError, UnknownFeature
-from runtime._spec import (
+from runtime._spec.feature_set import (
     FEATURE_TYPES,
     Count,
     DistinctCount,

@@ -35,9 +35,9 @@ from runtime import (
     Sum,
     Tumbling,
 )
-from runtime._idle import IdleKeys
-from runtime._join_engine import JoinConfig
-from runtime._kernel import compile_group
+from runtime._joins.engine import JoinConfig
+from runtime._keyed.kernel import compile_group
+from runtime._stats.idle import IdleKeys
 
 from .oracle import feature_value, oracle, same
 from .test_join_engine import oracle as join_oracle

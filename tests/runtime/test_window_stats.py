@@ -19,8 +19,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runtime._quantiles import QuantileSketch, SortedValues
-from runtime._window_stats import (
+from runtime._stats.quantiles import QuantileSketch, SortedValues
+from runtime._stats.rolling import (
     DistinctWindowCount,
     FrequentValues,
     MonotonicExtremes,

@@ -508,8 +508,8 @@ async def test_an_event_after_idle_time_moves_the_last_event_time() -> None:
 
 
 def test_the_idle_heap_stays_within_twice_the_keys() -> None:
-    from runtime._idle import IdleKeys
-    from runtime._window_engine import WindowCounters, WindowEngine
+    from runtime._stats.idle import IdleKeys
+    from runtime._windows.engine import WindowCounters, WindowEngine
 
     engine = WindowEngine([Count(name="n", window=Tumbling(size="1h"))], idle_timeout=1.0)
     states: dict[Any, Any] = {}

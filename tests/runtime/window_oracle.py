@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from runtime._window_stats import order_key
+from runtime._stats.rolling import order_key
 
 Event = tuple[int, dict[str, Any]]
 

@@ -1,0 +1,546 @@
+"""Fetching dimension rows from a source: batching, retries and a circuit breaker (issue 6).
+
+A :class:`Fetcher` stands between a source's cache and the source. The design
+(``docs/design/enrichment.md``, "Fetcher"):
+
+- The actor kernel's :class:`~actors.BatchLoader` gathers the keys asked for in the same moment
+  into calls of at most ``max_batch_size`` keys, runs at most ``max_in_flight`` calls at once,
+  and shares a key's fetch among every caller that asks for it while it is under way. It keeps
+  no cache: the dimension cache (``_enrich_cache.py``) is the cache.
+- One batch is one *call*. A call makes up to ``1 + retries`` *attempts* of
+  ``source.get_many``, each limited to ``timeout`` seconds, with a wait of
+  ``backoff * 2**i`` (times a random factor between 0.5 and 1.5, so that shards do not retry
+  in step) before retry ``i``. A call whose every attempt failed gives each of its keys a
+  :class:`SourceError`.
+- A :class:`CircuitBreaker` counts failed calls in a row. After ``breaker_failures`` of them
+  it opens, and calls fail at once with :class:`SourceUnavailable` without reaching the source;
+  after ``breaker_reset`` seconds one probe call goes through, and its outcome closes the
+  circuit or opens it again.
+- Failures are answers, not exceptions: :meth:`Fetcher.fetch_many` gives every key its row,
+  :data:`MISSING`, or an exception instance, so the caller can fall back key by key (to a stale
+  row, or to the lookup's default) even when some batches failed and others did not.
+
+The errors::
+
+    FeaturistError
+    └── SourceError              a call of a source failed after its retries
+        └── SourceUnavailable    the source's circuit is open: the call was not made
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+import time
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Final, Protocol, Self
+
+import anyio
+
+from actors import BatchLoader, ConfigError, get_logger
+
+from .._exceptions import FeaturistError
+from .._spec.enrich import Source
+
+__all__ = [
+    "MISSING",
+    "BreakerState",
+    "CircuitBreaker",
+    "FetchStatistics",
+    "Fetcher",
+    "RowSource",
+    "SourceError",
+    "SourceUnavailable",
+    "backoff_delay",
+]
+
+_log = get_logger("featurist.enrichment")
+
+
+class _Missing(enum.Enum):
+    MISSING = "MISSING"
+
+    def __repr__(self) -> str:
+        return "MISSING"
+
+
+#: the value :meth:`Fetcher.fetch_many` gives a key that the source does not have
+MISSING: Final = _Missing.MISSING
+
+
+class SourceError(FeaturistError):
+    """A call of a dimension source failed: every attempt raised or timed out.
+
+    Attributes:
+        source: the source's name.
+        attempts: the attempts made (0 for :class:`SourceUnavailable`).
+
+    ``__cause__`` is the last attempt's exception (a ``TimeoutError`` for an attempt that took
+    longer than the timeout). One instance is shared by every key of the failed call: report
+    it, or raise a new error ``from`` it, rather than raising it again from many places.
+    """
+
+    def __init__(self, message: str, *, source: str, attempts: int) -> None:
+        super().__init__(message)
+        self.source = source
+        self.attempts = attempts
+
+
+class SourceUnavailable(SourceError):
+    """The source's circuit is open: the call failed at once, without reaching the source.
+
+    ``__cause__`` is the last :class:`SourceError` of the source, if any.
+    """
+
+
+class BreakerState(enum.Enum):
+    """The state of a :class:`CircuitBreaker`."""
+
+    #: calls go through; failed calls in a row are counted
+    CLOSED = "closed"
+    #: calls fail at once, until ``reset`` seconds have passed since it opened
+    OPEN = "open"
+    #: one probe call goes through; the others fail at once until its outcome is known
+    HALF_OPEN = "half_open"
+
+
+class CircuitBreaker:
+    """Stops calling a failing backend for a while, then probes it with one call.
+
+    Closed, it lets every call through and counts failed calls in a row; the ``failures``-th
+    opens it. Open, it refuses every call. ``reset`` seconds after it opened it is half-open:
+    it lets one probe call through and refuses the others; the probe's success closes it (and
+    resets the count), its failure opens it again for another ``reset`` seconds.
+
+    A caller asks :meth:`acquire` for a ticket before each call, and hands the ticket back with
+    the call's outcome: :meth:`record_success`, :meth:`record_failure`, or :meth:`release` for
+    a call that ended without one (cancelled). Outcomes of calls let through before the circuit
+    last changed state are ignored: a call started before the circuit opened does not close it,
+    and only the probe decides the half-open state.
+
+    Args:
+        failures: failed calls in a row that open the circuit; at least 1.
+        reset: seconds the circuit stays open before the probe; more than 0.
+        clock: the monotonic clock, in seconds.
+
+    Raises:
+        ConfigError: if a limit is out of range.
+    """
+
+    def __init__(
+        self, *, failures: int, reset: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        if not isinstance(failures, int) or isinstance(failures, bool) or failures < 1:
+            raise ConfigError(f"breaker failures must be an int >= 1, got {failures!r}")
+        if not reset > 0:
+            raise ConfigError(f"breaker reset must be > 0 seconds, got {reset!r}")
+        self._threshold = failures
+        self._reset = reset
+        self._clock = clock
+        self._state = BreakerState.CLOSED
+        #: bumped on every change of state; a ticket is the generation it was issued in
+        self._generation = 0
+        self._failures = 0
+        self._opened_at = 0.0
+        self._probing = False
+        self._openings = 0
+
+    def __repr__(self) -> str:
+        return f"<CircuitBreaker {self.state.value}>"
+
+    @property
+    def state(self) -> BreakerState:
+        """The state now (an open circuit whose ``reset`` has passed is half-open)."""
+        self._advance()
+        return self._state
+
+    @property
+    def openings(self) -> int:
+        """How many times the circuit has opened (a failed probe opens it again)."""
+        return self._openings
+
+    @property
+    def consecutive_failures(self) -> int:
+        """Failed calls in a row while closed."""
+        return self._failures
+
+    def acquire(self) -> int | None:
+        """Return a ticket for one call, or None if the call must not be made now."""
+        self._advance()
+        if self._state is BreakerState.CLOSED:
+            return self._generation
+        if self._state is BreakerState.HALF_OPEN and not self._probing:
+            self._probing = True
+            return self._generation
+        return None
+
+    def record_success(self, ticket: int) -> None:
+        """The call of ``ticket`` succeeded: reset the count, or close a half-open circuit."""
+        if ticket != self._generation:
+            return
+        if self._state is BreakerState.HALF_OPEN:
+            self._probing = False
+            self._change(BreakerState.CLOSED)
+        self._failures = 0
+
+    def record_failure(self, ticket: int) -> None:
+        """The call of ``ticket`` failed: count it, or open a half-open circuit again."""
+        if ticket != self._generation:
+            return
+        if self._state is BreakerState.HALF_OPEN:
+            self._probing = False
+            self._open()
+        elif self._state is BreakerState.CLOSED:
+            self._failures += 1
+            if self._failures >= self._threshold:
+                self._open()
+
+    def release(self, ticket: int) -> None:
+        """The call of ``ticket`` ended without an outcome: a probe's turn passes to the next
+        call. Always call one of the three ``record``/``release`` methods per ticket."""
+        if ticket == self._generation and self._state is BreakerState.HALF_OPEN:
+            self._probing = False
+
+    def _open(self) -> None:
+        self._change(BreakerState.OPEN)
+        self._opened_at = self._clock()
+        self._openings += 1
+        self._failures = 0
+
+    def _advance(self) -> None:
+        if self._state is BreakerState.OPEN and self._clock() - self._opened_at >= self._reset:
+            self._change(BreakerState.HALF_OPEN)
+
+    def _change(self, state: BreakerState) -> None:
+        self._state = state
+        self._generation += 1
+
+
+def backoff_delay(backoff: float, retry: int, rng: random.Random) -> float:
+    """Seconds to wait before retry ``retry`` (0 for the first): ``backoff * 2**retry`` times
+    a random factor between 0.5 and 1.5."""
+    return backoff * 2.0**retry * rng.uniform(0.5, 1.5)
+
+
+class RowSource(Protocol):
+    """What a :class:`Fetcher` needs of a dimension source."""
+
+    async def get_many(self, keys: Sequence[Hashable], /) -> Mapping[Hashable, Any]:
+        """Return the rows of the keys it has (others left out); a value that is an exception
+        instance marks the key's row as malformed. Raises if the call failed."""
+        ...
+
+
+@dataclass(frozen=True)
+class FetchStatistics:
+    """A snapshot of a :class:`Fetcher`'s counters. A *call* is one batch of keys, with its
+    retries; calls refused by the open circuit are not calls."""
+
+    #: calls made to the source
+    calls: int
+    #: keys given to the source, counted once per call (not per attempt)
+    keys_requested: int
+    #: keys the source returned a row for
+    keys_found: int
+    #: keys the source does not have
+    keys_missing: int
+    #: keys whose row the source returned as malformed
+    malformed: int
+    #: calls that failed after their retries
+    failures: int
+    #: attempts made after a failed one
+    retries: int
+    #: attempts that took longer than the timeout
+    timeouts: int
+    #: calls refused at once because the circuit was open (or its probe was under way)
+    rejected_by_breaker: int
+    #: the circuit's state now
+    breaker_state: BreakerState
+    #: how many times the circuit has opened
+    breaker_openings: int
+    #: mean time of the successful calls (retries and backoff included), in ms; 0 if none
+    mean_latency_ms: float
+    #: longest successful call, in ms
+    max_latency_ms: float
+    #: keys waiting for a call
+    queued: int
+    #: calls under way now
+    in_flight: int
+
+
+class _Failure:
+    """A key's exception wrapped as a value, so the loader hands it out instead of raising."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+class Fetcher:
+    """Fetches rows of one source in batches, with retries and a circuit breaker.
+
+    Use it as an async context manager (it owns a :class:`~actors.BatchLoader` and its tasks);
+    leaving the block normally waits for the fetches under way. It does not open or close the
+    source::
+
+        async with Fetcher(source, name="merchants", ...) as fetcher:
+            rows = await fetcher.fetch_many(["m1", "m2"])
+
+    Args:
+        source: has ``async get_many(keys) -> {key: row}`` (see :class:`RowSource`).
+        name: the source's name, for errors, logs and the loader.
+        max_batch_size: the most keys one call is given.
+        max_in_flight: the most calls under way at once.
+        timeout: seconds one attempt may take; a slower attempt is cancelled and retried.
+            A call takes at most ``(1 + retries) * timeout`` plus its backoff waits.
+        retries: attempts after the first, when one fails or times out; 0 or more.
+        backoff: seconds before the first retry; each next one waits twice as long (each wait
+            times a random factor between 0.5 and 1.5); 0 or more.
+        breaker_failures: failed calls in a row that open the circuit.
+        breaker_reset: seconds the circuit stays open before a probe call.
+        clock: the monotonic clock (seconds) of the circuit and the latency figures.
+
+    Raises:
+        ConfigError: if a limit is out of range.
+    """
+
+    def __init__(
+        self,
+        source: RowSource,
+        *,
+        name: str,
+        max_batch_size: int,
+        max_in_flight: int,
+        timeout: float,
+        retries: int,
+        backoff: float,
+        breaker_failures: int,
+        breaker_reset: float,
+        clock: Callable[[], float] = time.monotonic,
+        linger: float = 0.0,
+    ) -> None:
+        if not timeout > 0:
+            raise ConfigError(f"timeout must be > 0 seconds, got {timeout!r}")
+        if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
+            raise ConfigError(f"retries must be an int >= 0, got {retries!r}")
+        if not backoff >= 0:
+            raise ConfigError(f"backoff must be >= 0 seconds, got {backoff!r}")
+        self._source = source
+        self._name = name
+        self._timeout = timeout
+        self._retries = retries
+        self._backoff = backoff
+        self._clock = clock
+        self._rng = random.Random()
+        self._breaker = CircuitBreaker(failures=breaker_failures, reset=breaker_reset, clock=clock)
+        # The timeout is per attempt, inside the batch function, so the loader has none.
+        self._loader: BatchLoader[Hashable, object] = BatchLoader(
+            self._call,
+            max_batch_size=max_batch_size,
+            max_in_flight=max_in_flight,
+            timeout=None,
+            cache=None,
+            name=f"source {name}",
+            linger=linger,
+        )
+        self._last_error: SourceError | None = None
+        self._calls = 0
+        self._keys_requested = 0
+        self._keys_found = 0
+        self._keys_missing = 0
+        self._malformed = 0
+        self._failures = 0
+        self._retries_made = 0
+        self._timeouts = 0
+        self._rejected = 0
+        self._successes = 0
+        self._latency_total = 0.0
+        self._latency_max = 0.0
+
+    @classmethod
+    def from_spec(
+        cls,
+        source: RowSource,
+        spec: Source,
+        *,
+        name: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> Fetcher:
+        """A fetcher with the fetch settings of a source's spec, named ``name`` (default: the
+        spec's name)."""
+        return cls(
+            source,
+            name=spec.name if name is None else name,
+            max_batch_size=spec.max_batch_size,
+            max_in_flight=spec.max_in_flight,
+            timeout=spec.ms("timeout") / 1000,
+            retries=spec.retries,
+            backoff=spec.ms("backoff") / 1000,
+            breaker_failures=spec.breaker_failures,
+            breaker_reset=spec.ms("breaker_reset") / 1000,
+            clock=clock,
+            linger=spec.ms("fetch_linger") / 1000,
+        )
+
+    def __repr__(self) -> str:
+        return f"<Fetcher {self._name!r}>"
+
+    async def __aenter__(self) -> Self:
+        await self._loader.__aenter__()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> None:
+        """Wait for the fetches under way; if the block raised, cancel them instead (their
+        callers get ``actors.ActorStopped``)."""
+        await self._loader.__aexit__(exc_type, exc_val, exc_tb)
+
+    @property
+    def breaker(self) -> CircuitBreaker:
+        """The source's circuit breaker."""
+        return self._breaker
+
+    async def fetch_many(self, keys: Iterable[Hashable]) -> dict[Hashable, Any]:
+        """Fetch the rows of some keys; a key being fetched already is not asked again.
+
+        Returns a dict with every distinct key given, in the order given, mapped to one of:
+
+        - its row, as the source returned it;
+        - :data:`MISSING`: the source does not have the key;
+        - a :class:`SourceError` (:class:`SourceUnavailable` if the circuit was open): the call
+          holding the key failed, so nothing is known of it; fall back to a stale row or a
+          default. Keys of other calls may still have rows;
+        - another exception instance: the source returned the key's row as malformed.
+
+        Source failures never raise; test values with ``isinstance(value, Exception)``.
+
+        Raises:
+            actors.ActorStopped: if the fetcher is not running, or stops before answering.
+        """
+        wanted = list(dict.fromkeys(keys))
+        values = await self._loader.load_many(wanted)
+        return {
+            key: value.error if type(value) is _Failure else value
+            for key, value in zip(wanted, values, strict=True)
+        }
+
+    def statistics(self) -> FetchStatistics:
+        """Return a snapshot of the fetcher's counters and its circuit's state."""
+        loader = self._loader.statistics()
+        succeeded = self._successes
+        return FetchStatistics(
+            calls=self._calls,
+            keys_requested=self._keys_requested,
+            keys_found=self._keys_found,
+            keys_missing=self._keys_missing,
+            malformed=self._malformed,
+            failures=self._failures,
+            retries=self._retries_made,
+            timeouts=self._timeouts,
+            rejected_by_breaker=self._rejected,
+            breaker_state=self._breaker.state,
+            breaker_openings=self._breaker.openings,
+            mean_latency_ms=self._latency_total / succeeded * 1000 if succeeded > 0 else 0.0,
+            max_latency_ms=self._latency_max * 1000,
+            queued=loader.queued,
+            in_flight=loader.in_flight_batches,
+        )
+
+    async def _call(self, keys: list[Hashable]) -> list[object]:
+        """The loader's batch function: one call of the source for a batch of keys."""
+        breaker = self._breaker
+        ticket = breaker.acquire()
+        if ticket is None:
+            self._rejected += 1
+            error = SourceUnavailable(
+                f"source {self._name!r} is unavailable: its circuit is open after "
+                f"failed calls; no call for {len(keys)} keys",
+                source=self._name,
+                attempts=0,
+            )
+            error.__cause__ = self._last_error
+            return [_Failure(error)] * len(keys)
+        self._calls += 1
+        self._keys_requested += len(keys)
+        started = self._clock()
+        try:
+            found = await self._attempts(keys)
+        except BaseException:
+            breaker.release(ticket)  # cancelled: the loader is stopping
+            raise
+        if isinstance(found, SourceError):
+            self._failures += 1
+            self._last_error = found
+            was_open = breaker.openings
+            breaker.record_failure(ticket)
+            if breaker.openings != was_open:
+                _log.warning(
+                    "enrichment_source_circuit_opened",
+                    source=self._name,
+                    openings=breaker.openings,
+                    error=str(found.__cause__ or found),
+                )
+            return [_Failure(found)] * len(keys)
+        elapsed = self._clock() - started
+        self._successes += 1
+        self._latency_total += elapsed
+        self._latency_max = max(self._latency_max, elapsed)
+        was_state = breaker.state
+        breaker.record_success(ticket)
+        if was_state is BreakerState.HALF_OPEN and breaker.state is BreakerState.CLOSED:
+            _log.info("enrichment_source_circuit_closed", source=self._name)
+        results: list[object] = []
+        for key in keys:
+            value = found.get(key, MISSING)
+            if value is MISSING:
+                self._keys_missing += 1
+            elif isinstance(value, Exception):
+                self._malformed += 1
+                value = _Failure(value)
+            else:
+                self._keys_found += 1
+            results.append(value)
+        return results
+
+    async def _attempts(self, keys: list[Hashable]) -> Mapping[Hashable, Any] | SourceError:
+        """The rows the source returned, or the error of the call once every attempt failed."""
+        last: Exception | None = None
+        attempts = self._retries + 1
+        for attempt in range(attempts):
+            if attempt:
+                self._retries_made += 1
+                await anyio.sleep(backoff_delay(self._backoff, attempt - 1, self._rng))
+            try:
+                # move_on_after rather than fail_after: a TimeoutError of the source's own is
+                # a failure of the attempt, not a timeout of ours.
+                with anyio.move_on_after(self._timeout) as scope:
+                    found = await self._source.get_many(keys)
+                if scope.cancelled_caught:
+                    self._timeouts += 1
+                    last = TimeoutError(
+                        f"source {self._name!r} did not answer {len(keys)} keys "
+                        f"within {self._timeout} s"
+                    )
+                    continue
+                if not isinstance(found, Mapping):
+                    raise TypeError(
+                        f"get_many of source {self._name!r} returned "
+                        f"{type(found).__name__}, expected a dict"
+                    )
+                return found
+            except Exception as exc:
+                last = exc
+        error = SourceError(
+            f"source {self._name!r} failed {attempts} attempts for {len(keys)} keys: {last!r}",
+            source=self._name,
+            attempts=attempts,
+        )
+        error.__cause__ = last
+        return error

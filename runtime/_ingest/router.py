@@ -1,0 +1,385 @@
+"""The ingest path: validate events, route them by key, batch them per shard, send batches.
+
+``Ingest`` owns the per-shard buffers and the batches on their way to the shard actors; the
+runtime's public ``ingest``/``ingest_many`` drive it. Sending is the only part that awaits:
+a full shard mailbox makes it wait, which is the runtime's backpressure.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from itertools import repeat
+from typing import Any, Protocol
+
+import anyio
+
+from actors import ActorRef, DeadLetterReason, DeadLetters, KeyRouter, get_logger
+
+from .._exceptions import InvalidEvent
+from .._messages import Batch
+from .events import EventReader
+
+__all__ = ["Ingest"]
+
+_log = get_logger("featurist.ingest")
+
+
+class _Target(Protocol):
+    """A feature group (or a join) as the ingest path sees it: one actor per shard, and the
+    stream it reads (a join reads several: ``""``, and it gets the batch with its tags)."""
+
+    refs: list[ActorRef[Any]]
+    stream: str
+
+
+class Ingest:
+    """Buffers, routes and sends events. Internal to ``FeatureRuntime``.
+
+    Args:
+        reader: reads and validates events.
+        router: maps keys to shards.
+        groups: the runtime's feature groups (the live list: a group added later receives the
+            batches formed from then on).
+        batch_size: the threshold at which a shard's buffer is sent.
+        dead_letters: where rejected events go.
+        streams: the streams' names: events are tagged with their index (``route_one``,
+            ``route``); a group gets its stream's events, a join (stream ``""``) all of them.
+        known_keys: how many keys are remembered as checked, with their shard (the cache is
+            cleared when full; 0: none, every event is then read in full).
+
+    A dict event takes the fast path when its time is an ``int`` in milliseconds within the
+    reader's bounds and its key a ``str`` or ``int`` that passes the reader's key checks
+    (length, Unicode): with several shards, a key is checked once, when it is first seen, and
+    then found with its shard in a cache of checked keys (the ingest path's own, not the
+    router's, which ``get`` fills with any key asked); with one shard, an ASCII or int key is
+    checked inline, which is cheaper than a lookup in a large dict.
+    """
+
+    def __init__(
+        self,
+        reader: EventReader,
+        router: KeyRouter,
+        groups: Sequence[_Target],
+        batch_size: int,
+        dead_letters: DeadLetters,
+        streams: Sequence[str] = ("",),
+        known_keys: int = 1 << 20,
+    ) -> None:
+        shards = router.shards
+        self.streams = tuple(streams)
+        #: with several streams, the stream index of each buffered event (parallel to the
+        #: buffers): one buffer per shard keeps a key's events of every stream in the order
+        #: they came, which a join of two streams needs
+        self.tags: list[list[int]] | None = (
+            [[] for _ in range(shards)] if len(self.streams) > 1 else None
+        )
+        self.shards = shards
+        self.batch_size = batch_size
+        self._reader = reader
+        self._router = router
+        #: keys read in full (so checked) since the cache was last cleared, and their shard
+        self._known: dict[Any, int] = {}
+        self._known_size = known_keys
+        self._groups = groups
+        self._dead_letters = dead_letters
+        self.buffers: list[list[tuple[Any, int, dict[str, Any]]]] = [[] for _ in range(shards)]
+        self.created = [0.0] * shards
+        self._locks = [anyio.Lock() for _ in range(shards)]
+        self.unsent: list[list[Any] | None] = [None] * shards
+        self.ingested = 0
+        self.rejected = 0
+
+    def route_one(self, event: Any, tag: int = 0) -> int | None:
+        """Validate one event of stream ``tag`` and buffer it; its shard, or None if it was
+        rejected."""
+        try:
+            key, ts, ev = self._reader.read(event)
+        except InvalidEvent as error:
+            self.reject(event, error)
+            return None
+        shard = self._shard_of(key)
+        buffer = self.buffers[shard]
+        if not buffer:
+            self.created[shard] = time.perf_counter()
+        buffer.append((key, ts, ev))
+        if self.tags is not None:
+            self.tags[shard].append(tag)
+        self.ingested += 1
+        return shard
+
+    def route(self, events: list[Any], tag: int | list[int] = 0) -> int:
+        """Validate and append events (of stream ``tag``, or ``tag[i]`` for ``events[i]``) to
+        their shard's buffer; the hot loop of ingest.
+
+        Dicts with a known ``str``/``int`` key and an ``int`` time in milliseconds within the
+        reader's bounds take the fast path; anything else goes through the full reader.
+        Returns the events accepted.
+        """
+        if self.tags is not None:
+            return self._route_tagged(events, tag)
+        now = time.perf_counter()
+        buffers = self.buffers
+        created = self.created
+        for i, buffer in enumerate(buffers):
+            if not buffer:
+                created[i] = now
+        reader = self._reader
+        if reader.time_unit != "ms":
+            return self._route_each(events)
+        key_field, time_field = reader.key, reader.time
+        low, high = reader.bounds()
+        read, shard_of = reader.read, self._shard_of
+        # Events off the fast path are read in place, so a key's events keep their order.
+        rejected = 0
+        if self.shards == 1:
+            # No routing, so the key's checks inline; a non-ASCII str key is looked up once
+            # known, as the checks cost more for it.
+            append = buffers[0].append
+            known_keys = self._known
+            longest = reader.max_key_length
+            int_bound = reader.int_bound
+            for event in events:
+                if event.__class__ is dict:
+                    try:  # subscripts are cheaper than get(); a missing field is read below
+                        key: Any = event[key_field]
+                        ts = event[time_field]
+                    except KeyError:
+                        pass
+                    else:
+                        kc = key.__class__
+                        if (
+                            ts.__class__ is int
+                            and low <= ts <= high
+                            and (
+                                (
+                                    kc is str
+                                    and len(key) <= longest
+                                    and (key.isascii() or key in known_keys)
+                                )
+                                or (kc is int and -int_bound < key < int_bound)
+                            )
+                        ):
+                            append((key, ts, event))
+                            continue
+                try:
+                    item = read(event, low, high)
+                except InvalidEvent as error:
+                    self.reject(event, error)
+                    rejected += 1
+                    continue
+                shard_of(item[0])  # remembers the key as checked
+                append(item)
+        else:
+            known, admit = self._known.get, self._admit
+            appends = [buffer.append for buffer in buffers]
+            for event in events:
+                if event.__class__ is dict:
+                    try:
+                        key = event[key_field]
+                        ts = event[time_field]
+                    except KeyError:
+                        pass
+                    else:
+                        kc = key.__class__
+                        if (kc is str or kc is int) and ts.__class__ is int and low <= ts <= high:
+                            index = known(key)
+                            if index is None:
+                                index = admit(key)
+                            if index is not None:
+                                appends[index]((key, ts, event))
+                                continue
+                try:
+                    item = read(event, low, high)
+                except InvalidEvent as error:
+                    self.reject(event, error)
+                    rejected += 1
+                    continue
+                appends[shard_of(item[0])](item)
+        accepted = len(events) - rejected
+        self.ingested += accepted
+        return accepted
+
+    def _route_tagged(self, events: list[Any], tag: int | list[int]) -> int:
+        """``route`` with several streams: the same fast path, each event's stream index
+        appended beside it (``tag``, or ``tag[i]`` for ``events[i]``)."""
+        tags = self.tags
+        assert tags is not None
+        now = time.perf_counter()
+        buffers, created = self.buffers, self.created
+        for i, buffer in enumerate(buffers):
+            if not buffer:
+                created[i] = now
+        reader = self._reader
+        key_field, time_field = reader.key, reader.time
+        fast_times = reader.time_unit == "ms"
+        low, high = reader.bounds()
+        read, shard_of, known = reader.read, self._shard_of, self._known.get
+        admit = self._admit
+        appends = [buffer.append for buffer in buffers]
+        tag_appends = [shard_tags.append for shard_tags in tags]
+        rejected = 0
+        tagged = repeat(tag) if isinstance(tag, int) else tag
+        for event, stream_tag in zip(events, tagged):  # noqa: B905 (repeat is endless)
+            if fast_times and event.__class__ is dict:
+                try:
+                    key: Any = event[key_field]
+                    ts = event[time_field]
+                except KeyError:
+                    pass
+                else:
+                    kc = key.__class__
+                    if (kc is str or kc is int) and ts.__class__ is int and low <= ts <= high:
+                        index = known(key)
+                        if index is None:
+                            index = admit(key)
+                        if index is not None:
+                            appends[index]((key, ts, event))
+                            tag_appends[index](stream_tag)
+                            continue
+            try:
+                item = read(event, low, high)
+            except InvalidEvent as error:
+                self.reject(event, error)
+                rejected += 1
+                continue
+            index = shard_of(item[0])
+            appends[index](item)
+            tag_appends[index](stream_tag)
+        accepted = len(events) - rejected
+        self.ingested += accepted
+        return accepted
+
+    def _route_each(self, events: list[Any]) -> int:
+        """Route events one at a time through the full reader."""
+        reader = self._reader
+        read = reader.read
+        low, high = reader.bounds()
+        shard_of = self._shard_of
+        buffers = self.buffers
+        accepted = 0
+        for event in events:
+            try:
+                item = read(event, low, high)
+            except InvalidEvent as error:
+                self.reject(event, error)
+                continue
+            buffers[shard_of(item[0])].append(item)
+            accepted += 1
+        self.ingested += accepted
+        return accepted
+
+    def _admit(self, key: Any) -> int | None:
+        """The shard of a new ``str`` or ``int`` key, now known, if the reader accepts it;
+        None if not (the event is then read in full, which says why)."""
+        return self._shard_of(key) if self._reader.valid_key(key) else None
+
+    def _shard_of(self, key: Any) -> int:
+        """The shard of a key the reader accepted, which is then remembered as checked."""
+        known = self._known
+        shard = known.get(key)
+        if shard is None:
+            router = self._router
+            shard = 0 if self.shards == 1 else router.shard_of_group(router.key_group(key))
+            if self._known_size:
+                if len(known) >= self._known_size:
+                    known.clear()
+                known[key] = shard
+        return shard
+
+    def reject(self, payload: Any, error: InvalidEvent) -> None:
+        self.rejected += 1
+        self._dead_letters.record(
+            payload,
+            "featurist/ingest",
+            DeadLetterReason.REJECTED,
+            error=error,
+            detail=str(error),
+        )
+
+    async def send(self, shard: int, *, partial: bool = True) -> None:
+        """Send the shard's buffer to every group's actor of the shard.
+
+        A batch is first recorded as unsent with the groups it is for; each group is ticked off
+        once its actor has the batch. If the caller is cancelled while waiting for room, the
+        next send to the shard (the flusher's at the latest, or shutdown's) finishes the job
+        before it sends anything newer: no accepted event is lost, none is reordered, and no
+        group gets a batch twice. ``partial=False`` (ingest) sends the buffer only once it holds
+        ``batch_size`` events; every other caller sends what there is.
+        """
+        async with self._locks[shard]:
+            while True:
+                unsent = self.unsent[shard]
+                newest = unsent is None
+                if unsent is None:
+                    buffer = self.buffers[shard]
+                    if not buffer or (not partial and len(buffer) < self.batch_size):
+                        return
+                    self.buffers[shard] = []
+                    batch = Batch(buffer, self.created[shard], self.streams[0])
+                    if self.tags is not None:
+                        batch.tags = self.tags[shard]
+                        self.tags[shard] = []
+                    unsent = self.unsent[shard] = [batch, list(self._groups)]
+                batch, groups = unsent
+                while groups:
+                    part = self._for(batch, groups[0].stream)
+                    if part.events:  # a stream without events in this batch sends nothing
+                        await groups[0].refs[shard].tell(part)
+                    groups.pop(0)
+                self.unsent[shard] = None
+                if newest:
+                    return
+
+    def _for(self, batch: Batch, stream: str) -> Batch:
+        """The part of ``batch`` a target of ``stream`` reads: all of it with one stream, or
+        for a join (``""``); else its stream's events (made once per batch and stream)."""
+        tags = batch.tags
+        if tags is None or not stream:
+            return batch
+        parts = batch.parts
+        if parts is None:
+            parts = batch.parts = {}
+        part = parts.get(stream)
+        if part is None:
+            index = self.streams.index(stream)
+            events = [event for event, tag in zip(batch.events, tags, strict=True) if tag == index]
+            part = parts[stream] = Batch(events, batch.created, stream)
+        return part
+
+    async def send_all(self) -> None:
+        for shard in range(self.shards):
+            await self.send(shard)
+
+    def sending(self, shard: int) -> bool:
+        """True while a send to ``shard`` is in progress (or waiting for room)."""
+        return self._locks[shard].locked()
+
+    def due(self, deadline: float) -> list[int]:
+        """Shards with a batch to finish or a buffer whose first event came before ``deadline``."""
+        return [
+            shard
+            for shard, buffer in enumerate(self.buffers)
+            if (buffer and self.created[shard] <= deadline) or self.unsent[shard] is not None
+        ]
+
+    def abandon_unsent(self) -> None:
+        """Past the shutdown deadline: what could not be sent goes to dead letters."""
+        for shard in range(self.shards):
+            events: list[Any] = []
+            unsent = self.unsent[shard]
+            if unsent is not None:
+                events.extend(unsent[0].events)
+            events.extend(self.buffers[shard])
+            self.buffers[shard] = []
+            if self.tags is not None:
+                self.tags[shard] = []
+            self.unsent[shard] = None
+            for _key, _t, event in events:
+                self._dead_letters.record(
+                    event,
+                    "featurist/ingest",
+                    DeadLetterReason.UNDELIVERABLE,
+                    detail="accepted, but not sent to its shard before the shutdown deadline",
+                )
+        _log.warning("shutdown_deadline_passed_with_unsent_events")

@@ -1,0 +1,67 @@
+"""Validation helpers shared by the spec modules (``_spec``, ``_spec_window``)."""
+
+from __future__ import annotations
+
+import re
+from typing import NoReturn, cast
+
+from .._duration import parse_duration
+from .._exceptions import SpecError
+
+#: The longest allowed feature (or feature set) name.
+MAX_NAME_LENGTH = 100
+#: The largest ``FeatureSet.max_key_length`` (characters) and ``max_payload_bytes`` (bytes).
+MAX_KEY_LENGTH = 1 << 20
+MAX_PAYLOAD_BYTES = 1 << 31
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_PYTHON = "<python>"
+
+
+def fail(owner: object, path: str, reason: str) -> NoReturn:
+    """Raise the ``SpecError`` for a rule broken by ``owner``, from its ``__post_init__``.
+
+    Built in Python, the message reads ``<python>: Owner.path: reason``. While decoding, msgspec
+    wraps the error in a ``ValidationError`` (keeping it as ``__cause__``) and ``explain``
+    (``_spec_errors``) rebuilds the message from the document location and the ``(path, reason)``
+    kept here.
+    """
+    error = SpecError(f"{_PYTHON}: {type(owner).__name__}.{path}: {reason}")
+    error._spec_field = (path, reason)  # type: ignore[attr-defined]
+    raise error
+
+
+def kind(value: object) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def check_str(owner: object, path: str, value: object, *, empty: bool = False) -> None:
+    if not isinstance(value, str):
+        fail(owner, path, f"expected a string, got {kind(value)}")
+    if not empty and not value:
+        fail(owner, path, "must not be empty")
+
+
+def check_name(owner: object, path: str, value: object) -> None:
+    check_str(owner, path, value)
+    assert isinstance(value, str)
+    if len(value) > MAX_NAME_LENGTH:
+        fail(owner, path, f"longer than {MAX_NAME_LENGTH} characters: {value[:20]!r}...")
+    if not _NAME.fullmatch(value):
+        fail(owner, path, f"not a valid name: {value!r} (use letters, digits and _)")
+
+
+def check_int(owner: object, path: str, value: object, low: int, high: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        fail(owner, path, f"expected an int, got {kind(value)}")
+    if not low <= value <= high:
+        fail(owner, path, f"must be between {low} and {high}, got {value}")
+
+
+def check_duration(owner: object, path: str, value: object, *, positive: bool) -> int:
+    try:
+        ms = parse_duration(cast("int | float | str", value), field=path)
+    except SpecError as exc:
+        fail(owner, path, str(exc).removeprefix(f"{path}: "))
+    if positive and ms == 0:
+        fail(owner, path, f"must be > 0, got {value!r}")
+    return ms

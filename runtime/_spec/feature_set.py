@@ -1,0 +1,802 @@
+"""The feature set specification: which features to compute from which event fields.
+
+A ``FeatureSet`` names the event fields that hold the key and the event time, and lists the
+features. Each feature is one of the ``msgspec`` structs below, tagged by its ``type``. A set
+is built in Python or loaded from TOML, JSON or YAML; either way it is validated completely
+when it is created, and every problem raises ``SpecError`` with a message that starts with the
+source (a file path, ``<python>`` or a given name) and names the field::
+
+    fraud.toml: features[3].denominator: no feature named 'tx_cnt' (known: tx_count, ...)
+    <python>: EWMean.half_life: must be > 0, got '0s'
+
+Values that a feature reads: a missing field and a field that is ``None`` are skipped, as SQL
+aggregates skip NULL: the event leaves the feature's value unchanged. Numeric features (sum,
+mean, min, max, variance, std, ewm_mean) need a number: an ``int``, a finite ``float``, or a
+value with ``__float__`` (such as ``Decimal``). A ``bool``, a string, NaN or an infinity is a
+``FeatureValueError`` for that feature and that event only: the other features go on.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeAlias, cast, get_args
+
+import msgspec
+import msgspec.json
+import msgspec.structs
+import msgspec.toml
+import msgspec.yaml
+
+from .._duration import Duration, parse_duration
+from .._exceptions import SpecError, UnknownFeature
+from .._ingest.events import DEFAULT_MAX_KEY_LENGTH, DEFAULT_MAX_PAYLOAD_BYTES
+from .._stats.quantiles import PERCENTILE_METHODS
+from .base import OPS, TIME_UNITS, FeatureSpec, Op, TimeUnit, Where, _FieldFeature
+from .checks import MAX_KEY_LENGTH, MAX_NAME_LENGTH, MAX_PAYLOAD_BYTES
+from .checks import check_duration as _check_duration
+from .checks import check_int as _check_int
+from .checks import check_name as _check_name
+from .checks import check_str as _check_str
+from .checks import fail as _fail
+from .checks import kind as _kind
+from .enrich import SOURCE_TYPES, Lookup, Source
+from .explain import explain
+from .joins import JOIN_HOWS, JOIN_MERGES, Join, function_name
+from .windowed import (
+    Percentile,
+    PercentileMethod,
+    Quantile,
+    SequencePattern,
+    Step,
+    TopK,
+    ZScore,
+)
+from .windows import (
+    EMIT_MODES,
+    LATE_POLICIES,
+    WINDOW_TYPES,
+    EmitMode,
+    LatePolicy,
+)
+
+__all__ = [
+    "DEFAULT_STREAM",
+    "FEATURE_TYPES",
+    "MAX_NAME_LENGTH",
+    "OPS",
+    "TIME_UNITS",
+    "Count",
+    "DistinctCount",
+    "EWMean",
+    "Feature",
+    "FeatureSet",
+    "FeatureSpec",
+    "First",
+    "Last",
+    "Max",
+    "Mean",
+    "Min",
+    "Op",
+    "Percentile",
+    "PercentileMethod",
+    "Quantile",
+    "Ratio",
+    "SequencePattern",
+    "Std",
+    "Step",
+    "Sum",
+    "TimeSince",
+    "TimeUnit",
+    "TopK",
+    "Variance",
+    "Where",
+    "ZScore",
+]
+
+#: The stream of a feature set that names none.
+DEFAULT_STREAM = "events"
+
+
+def enriched_stream(stream: str) -> str:
+    """The name of the stream of ``stream``'s events once enriched by its lookups: what the
+    feature groups that read lookup fields read (not a name a user can give a stream)."""
+    return f"@{stream}"
+
+
+class Count(FeatureSpec, tag="count", frozen=True):
+    """The number of events of the key (that match ``where``); ``0`` before the first."""
+
+
+class Sum(_FieldFeature, tag="sum", frozen=True):
+    """The sum of ``field`` over the key's events; ``0`` before the first value."""
+
+    numeric = True
+
+
+class Mean(_FieldFeature, tag="mean", frozen=True):
+    """The arithmetic mean of ``field``; ``None`` before the first value."""
+
+    numeric = True
+
+
+class Min(_FieldFeature, tag="min", frozen=True):
+    """The smallest value of ``field``; ``None`` before the first value."""
+
+    numeric = True
+
+
+class Max(_FieldFeature, tag="max", frozen=True):
+    """The largest value of ``field``; ``None`` before the first value."""
+
+    numeric = True
+
+
+class First(_FieldFeature, tag="first", frozen=True):
+    """The value of ``field`` in the key's earliest event (by event time), of any type.
+
+    Of events with the same time, the one ingested first wins. ``None`` before the first value.
+    """
+
+
+class Last(_FieldFeature, tag="last", frozen=True):
+    """The value of ``field`` in the key's latest event (by event time), of any type.
+
+    Of events with the same time, the one ingested last wins. ``None`` before the first value.
+    """
+
+
+class _SpreadFeature(_FieldFeature, frozen=True):
+    ddof: int = 1
+
+    numeric = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_int(self, "ddof", self.ddof, 0, 1)
+
+
+class Variance(_SpreadFeature, tag="variance", frozen=True):
+    """The variance of ``field``: ``ddof=1`` (the default) for the sample, ``0`` for the population.
+
+    ``None`` until there are more than ``ddof`` values.
+    """
+
+
+class Std(_SpreadFeature, tag="std", frozen=True):
+    """The standard deviation of ``field``; ``ddof`` as for ``Variance``.
+
+    ``None`` until there are more than ``ddof`` values.
+    """
+
+
+class EWMean(_FieldFeature, tag="ewm_mean", frozen=True):
+    """The mean of ``field`` with weights that halve every ``half_life`` of event time.
+
+    A value ``half_life`` older than the newest counts half as much; ``None`` before the first
+    value. ``half_life`` is a duration (``"10m"``, or milliseconds) and must be > 0.
+    """
+
+    half_life: Duration
+
+    numeric = True
+    windowed = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_duration(self, "half_life", self.half_life, positive=True)
+
+    @property
+    def half_life_ms(self) -> int:
+        """``half_life`` in milliseconds."""
+        return parse_duration(self.half_life, field="half_life")
+
+
+class DistinctCount(_FieldFeature, tag="distinct_count", frozen=True):
+    """The number of distinct values of ``field``, of any type.
+
+    Exact while the key has at most ``exact_limit`` (1 to 1,000,000) distinct values; beyond that
+    a HyperLogLog sketch of ``2**precision`` registers (``precision`` 4 to 16) estimates it, with
+    a typical relative error of ``1.04 / sqrt(2**precision)`` (about 3% at the default 10).
+    """
+
+    exact_limit: int = 1000
+    precision: int = 10
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_int(self, "exact_limit", self.exact_limit, 1, 1_000_000)
+        _check_int(self, "precision", self.precision, 4, 16)
+
+
+class TimeSince(FeatureSpec, tag="time_since", frozen=True):
+    """Milliseconds between the key's newest event time and its second-newest one.
+
+    Both are times of the key's events (of its matching events, with a ``where``), out of order
+    or not; equal times give ``0``. ``None`` until the key has two events.
+    """
+
+    windowed = None
+
+
+class Ratio(FeatureSpec, tag="ratio", frozen=True):
+    """The value of feature ``numerator`` divided by the value of feature ``denominator``.
+
+    Both are names of other features of the same set (ratios included, without cycles).
+    ``None`` while either has no value or the denominator is zero; an operand value that is
+    not a number is a ``FeatureValueError``. A ratio takes no ``where``: put it on the operands.
+    """
+
+    numerator: str
+    denominator: str
+
+    windowed = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.where is not None:
+            _fail(self, "where", "a ratio takes no where condition (put it on its operands)")
+        if self.stream:
+            _fail(self, "stream", "a ratio takes no stream (it is on its operands' stream)")
+        _check_str(self, "numerator", self.numerator)
+        _check_str(self, "denominator", self.denominator)
+
+    def depends_on(self) -> tuple[str, ...]:
+        return (self.numerator, self.denominator)
+
+
+#: Any feature specification: the tagged union that spec files decode to.
+Feature: TypeAlias = (
+    Count
+    | Sum
+    | Mean
+    | Min
+    | Max
+    | First
+    | Last
+    | Variance
+    | Std
+    | EWMean
+    | DistinctCount
+    | Percentile
+    | Quantile
+    | TopK
+    | ZScore
+    | SequencePattern
+    | TimeSince
+    | Ratio
+)
+
+#: Each feature class by its ``type`` tag, in documentation order.
+FEATURE_TYPES: dict[str, type[FeatureSpec]] = {
+    str(cls.__struct_config__.tag): cls for cls in get_args(Feature)
+}
+
+
+class FeatureSet(
+    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True
+):
+    """A named set of features computed per key from one stream of events.
+
+    Args:
+        name: the set's name (same rules as a feature name).
+        key: the event field that holds the key; events are grouped by it.
+        time: the event field that holds the event time; it must differ from ``key``.
+        time_unit: the unit of numeric event times; datetimes and ISO-8601 strings are
+            accepted as they are.
+        max_out_of_orderness: how far behind the newest event time an event may arrive and
+            still count in order: a duration (``"5s"``, or milliseconds), 0 by default. A key's
+            watermark is its newest event time minus this.
+        features: at least one feature, with unique names (a list or a tuple; kept as a tuple).
+
+    The options below bound what an event may be; an event outside them is refused at ingest
+    and goes to ``rt.dead_letters`` with its reason (the full list: ``runtime/_events.py``):
+
+    Args:
+        max_future: how far ahead of the wall clock (the real one, ``time.time``) an event time
+            may be: a duration, 1 hour by default; None or 0 turns the bound off. A time far
+            ahead would move its key's watermark and make every later event of the key late;
+            an hour is far more than clock skew between hosts. Events from 1970 to 2300 only
+            are accepted whatever the bounds.
+        max_past: how far behind the wall clock an event time may be: a duration, off by
+            default (None or 0), so that a replay of history, all of it in the past, is
+            accepted; an old event is only late for its key. Set it for a live-only service.
+        max_key_length: the longest key: characters of a ``str``, bytes of ``bytes``, decimal
+            digits of an ``int``; 4096 by default (URLs, e-mails, UUIDs and composite keys
+            pass, a runaway value held in every feature group's state does not).
+        max_payload_bytes: the largest event given as bytes (JSON or MessagePack), checked
+            before decoding; 1 MiB by default, Kafka's default largest message. It bounds every
+            field of such an event; an event given as a dict is the application's own object,
+            held by reference, and its size is not checked.
+
+    The options below concern windowed features only (``docs/windows.md``):
+
+    Args:
+        allowed_lateness: how far below its key's watermark an event may be and still update
+            its windows, which stay open that much longer (a duration, 0 by default).
+        late_policy: what becomes of an event later than that: ``"drop"`` (counted in the
+            statistics; the default), ``"side_output"`` (delivered on ``rt.late_events()``) or
+            ``"update"`` (applied to its windows, with a correction emitted for each closed one,
+            as long as the window's state is kept: ``correction_horizon`` past its close).
+        correction_horizon: with ``late_policy="update"``, how long (in event time) a closed
+            window keeps its state for corrections; 1 hour by default.
+        emit: ``"update"`` (the default) emits windowed features after every event, and a
+            final value when a window closes; ``"close"`` emits only final values, and the
+            feature's current value is that of its last closed window.
+        idle_timeout: wall-clock time after which a quiet key's event time starts to advance
+            with the wall clock, so its windows close and emit without new events (off by
+            default).
+        state_ttl: wall-clock time after which the state of a quiet key is dropped, in every
+            feature group (off by default: keys are kept until the runtime stops).
+
+    Raises:
+        SpecError: any rule above is broken, or a ratio names a feature that is missing, is
+            itself, or leads back to itself through other ratios, or mixes windowed and
+            unwindowed operands.
+    """
+
+    name: str
+    key: str
+    time: str
+    time_unit: TimeUnit = "ms"
+    max_out_of_orderness: Duration = 0
+    max_future: Duration | None = "1h"
+    max_past: Duration | None = None
+    max_key_length: int = DEFAULT_MAX_KEY_LENGTH
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+    allowed_lateness: Duration = 0
+    late_policy: LatePolicy = "drop"
+    correction_horizon: Duration = "1h"
+    emit: EmitMode = "update"
+    idle_timeout: Duration | None = None
+    state_ttl: Duration | None = None
+    streams: Sequence[str] = ()
+    joins: Sequence[Join] = ()
+    sources: Sequence[Source] = ()
+    lookups: Sequence[Lookup] = ()
+    enrich_stash: int = 10_000
+    features: Sequence[Feature]
+
+    def __post_init__(self) -> None:
+        _check_name(self, "name", self.name)
+        _check_str(self, "key", self.key)
+        _check_str(self, "time", self.time)
+        if self.time == self.key:
+            _fail(self, "time", f"must differ from key ({self.key!r})")
+        if self.time_unit not in TIME_UNITS:
+            known = ", ".join(TIME_UNITS)
+            _fail(self, "time_unit", f"unknown unit {self.time_unit!r} (known: {known})")
+        _check_duration(self, "max_out_of_orderness", self.max_out_of_orderness, positive=False)
+        for bound in ("max_future", "max_past"):
+            if getattr(self, bound) is not None:  # 0 is off too: TOML has no null
+                _check_duration(self, bound, getattr(self, bound), positive=False)
+        _check_int(self, "max_key_length", self.max_key_length, 1, MAX_KEY_LENGTH)
+        _check_int(self, "max_payload_bytes", self.max_payload_bytes, 1, MAX_PAYLOAD_BYTES)
+        _check_duration(self, "allowed_lateness", self.allowed_lateness, positive=False)
+        _check_duration(self, "correction_horizon", self.correction_horizon, positive=False)
+        if self.late_policy not in LATE_POLICIES:
+            known = ", ".join(LATE_POLICIES)
+            _fail(self, "late_policy", f"unknown policy {self.late_policy!r} (known: {known})")
+        if self.emit not in EMIT_MODES:
+            _fail(self, "emit", f"unknown mode {self.emit!r} (known: {', '.join(EMIT_MODES)})")
+        for option in ("idle_timeout", "state_ttl"):
+            if getattr(self, option) is not None:
+                _check_duration(self, option, getattr(self, option), positive=True)
+        if not isinstance(self.features, list | tuple):
+            _fail(self, "features", f"expected a list of features, got {_kind(self.features)}")
+        msgspec.structs.force_setattr(self, "features", tuple(self.features))
+        if not self.features and not self.joins:
+            _fail(self, "features", "at least one feature (or a join) is required")
+        seen: dict[str, int] = {}
+        for index, feature in enumerate(self.features):
+            if not isinstance(feature, FeatureSpec) or type(feature) not in _CONCRETE:
+                _fail(self, f"features[{index}]", f"expected a feature, got {_kind(feature)}")
+            if feature.name in seen:
+                reason = (
+                    f"duplicate feature name {feature.name!r} (also features[{seen[feature.name]}])"
+                )
+                _fail(self, f"features[{index}].name", reason)
+            seen[feature.name] = index
+        self._check_streams()
+        self._check_lookups()
+        self._check_ratios(seen)
+
+    def _check_lookups(self) -> None:
+        if not isinstance(self.sources, list | tuple):
+            _fail(self, "sources", f"expected a list of sources, got {_kind(self.sources)}")
+        msgspec.structs.force_setattr(self, "sources", tuple(self.sources))
+        sources: set[str] = set()
+        for index, source in enumerate(self.sources):
+            if type(source) not in SOURCE_TYPES.values():
+                _fail(self, f"sources[{index}]", f"expected a source, got {_kind(source)}")
+            if source.name in sources:
+                _fail(self, f"sources[{index}].name", f"duplicate source {source.name!r}")
+            sources.add(source.name)
+        if not isinstance(self.lookups, list | tuple):
+            _fail(self, "lookups", f"expected a list of lookups, got {_kind(self.lookups)}")
+        msgspec.structs.force_setattr(self, "lookups", tuple(self.lookups))
+        taken = set(self.feature_streams)
+        for index, lookup in enumerate(self.lookups):
+            if not isinstance(lookup, Lookup):
+                _fail(self, f"lookups[{index}]", f"expected a Lookup, got {_kind(lookup)}")
+            if lookup.name in taken:
+                _fail(self, f"lookups[{index}].name", f"{lookup.name!r} is taken")
+            taken.add(lookup.name)
+            if lookup.source not in sources:
+                known = ", ".join(sorted(sources)) or "none"
+                _fail(
+                    self,
+                    f"lookups[{index}].source",
+                    f"no source named {lookup.source!r} (known: {known})",
+                )
+            if lookup.stream is not None and lookup.stream not in self.stream_names:
+                names = ", ".join(self.stream_names)
+                _fail(
+                    self,
+                    f"lookups[{index}].stream",
+                    f"no stream named {lookup.stream!r} (known: {names})",
+                )
+        _check_int(self, "enrich_stash", self.enrich_stash, 1, 10**8)
+        for index, feature in enumerate(self.features):
+            lookups = self._lookups_read(feature)
+            if not lookups:
+                continue
+            stream = feature.stream or self.stream_names[0]
+            if stream not in self.stream_names:
+                _fail(
+                    self,
+                    f"features[{index}]",
+                    f"reads lookup fields ({', '.join(lookups)}) on {stream!r}, which is not "
+                    "an ingested stream (lookups enrich ingested events)",
+                )
+            for name in lookups:
+                if self.lookup(name).stream_or(self.stream_names[0]) != stream:
+                    _fail(
+                        self,
+                        f"features[{index}]",
+                        f"reads lookup {name!r}, which enriches another stream than {stream!r}",
+                    )
+
+    def _lookups_read(self, feature: FeatureSpec) -> list[str]:
+        """The lookups whose fields (``<lookup>.<column>``) the feature reads."""
+        names = {lookup.name for lookup in self.lookups}
+        found = []
+        for field in feature.inputs():
+            head, dot, _ = field.partition(".")
+            if dot and head in names and head not in found:
+                found.append(head)
+        return found
+
+    def lookup(self, name: str) -> Lookup:
+        """The lookup named ``name``."""
+        for lookup in self.lookups:
+            if lookup.name == name:
+                return lookup
+        raise KeyError(name)
+
+    def enriched(self, feature: FeatureSpec) -> bool:
+        """Whether the feature reads a lookup's fields (so it waits for its fetches)."""
+        return bool(self.lookups) and bool(self._lookups_read(feature))
+
+    def _check_streams(self) -> None:
+        if not isinstance(self.streams, list | tuple):
+            _fail(self, "streams", f"expected a list of names, got {_kind(self.streams)}")
+        msgspec.structs.force_setattr(self, "streams", tuple(self.streams))
+        for index, name in enumerate(self.streams):
+            _check_name(self, f"streams[{index}]", name)
+            if name in self.streams[:index]:
+                _fail(self, f"streams[{index}]", f"duplicate stream {name!r}")
+        if not isinstance(self.joins, list | tuple):
+            _fail(self, "joins", f"expected a list of joins, got {_kind(self.joins)}")
+        msgspec.structs.force_setattr(self, "joins", tuple(self.joins))
+        for index, join in enumerate(self.joins):
+            if not isinstance(join, Join):
+                _fail(self, f"joins[{index}]", f"expected a Join, got {_kind(join)}")
+            taken = [*self.stream_names, *(j.name for j in self.joins[:index])]
+            if join.name in taken:
+                _fail(self, f"joins[{index}].name", f"{join.name!r} already names a stream")
+            for side in ("left", "right"):
+                if getattr(join, side) not in self.stream_names:
+                    names = ", ".join(self.stream_names)
+                    _fail(
+                        self,
+                        f"joins[{index}].{side}",
+                        f"no stream named {getattr(join, side)!r} (known: {names})",
+                    )
+        known = self.feature_streams
+        for index, feature in enumerate(self.features):
+            if feature.stream and feature.stream not in known:
+                _fail(
+                    self,
+                    f"features[{index}].stream",
+                    f"no stream named {feature.stream!r} (known: {', '.join(known)})",
+                )
+
+    def _check_ratios(self, index_of: Mapping[str, int]) -> None:
+        ratios = {f.name: f for f in self.features if isinstance(f, Ratio)}
+        operands = [
+            (name, f"features[{index_of[name]}].{attr}", getattr(ratio, attr))
+            for name, ratio in ratios.items()
+            for attr in ("numerator", "denominator")
+        ]
+        for name, path, operand in operands:
+            if operand == name:
+                _fail(self, path, "a ratio cannot use itself")
+            if operand not in index_of:
+                known = ", ".join(n for n in index_of if n != name)
+                _fail(self, path, f"no feature named {operand!r} (known: {known})")
+        for name, path, operand in operands:
+            trail = _path_back(operand, name, ratios)
+            if trail is not None:
+                _fail(self, path, f"ratios form a cycle: {' -> '.join([name, *trail])}")
+        for name in ratios:
+            bases = _ratio_bases(name, ratios)
+            streams = sorted({self.stream_of(self.feature(b)) for b in bases})
+            enriched = sorted(b for b in bases if self.enriched(self.feature(b)))
+            if enriched and len(enriched) < len(bases):
+                _fail(
+                    self,
+                    f"features[{index_of[name]}]",
+                    f"a ratio's operands must all read lookup fields or none: "
+                    f"{', '.join(enriched)} do and {', '.join(sorted(set(bases) - set(enriched)))} "
+                    "do not (features that read them wait for their fetches; the others do not)",
+                )
+            if len(streams) > 1:
+                _fail(
+                    self,
+                    f"features[{index_of[name]}]",
+                    f"a ratio's operands must be on one stream, got {', '.join(streams)}",
+                )
+            windowed = sorted(b for b in bases if self.is_windowed(b))
+            plain = sorted(b for b in bases if not self.is_windowed(b))
+            if windowed and plain:
+                _fail(
+                    self,
+                    f"features[{index_of[name]}]",
+                    f"a ratio cannot mix windowed ({', '.join(windowed)}) and unwindowed "
+                    f"({', '.join(plain)}) operands",
+                )
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The feature names, in order."""
+        return tuple(feature.name for feature in self.features)
+
+    @property
+    def stream_names(self) -> tuple[str, ...]:
+        """The streams events are ingested on: ``streams``, or the one default stream
+        ``"events"``. The first is where ``ingest`` puts events without a ``stream``."""
+        return tuple(self.streams) or (DEFAULT_STREAM,)
+
+    @property
+    def feature_streams(self) -> tuple[str, ...]:
+        """The streams a feature can read: the ingested streams, then the joins' records."""
+        return (*self.stream_names, *(join.name for join in self.joins))
+
+    @property
+    def group_streams(self) -> tuple[str, ...]:
+        """The streams feature groups read: ``feature_streams``, then the enriched form of
+        each ingested stream that has lookups (``enriched_stream``)."""
+        enriched = [enriched_stream(s) for s in self.stream_names if self.lookups_of(s)]
+        return (*self.feature_streams, *enriched)
+
+    def lookups_of(self, stream: str) -> tuple[Lookup, ...]:
+        """The lookups that enrich the events of ``stream``."""
+        first = self.stream_names[0]
+        return tuple(lookup for lookup in self.lookups if lookup.stream_or(first) == stream)
+
+    def stream_of(self, feature: FeatureSpec) -> str:
+        """The stream whose events ``feature`` sees: its ``stream``, else the first stream; a
+        ratio's is its operands' (a ratio takes no ``stream`` of its own)."""
+        feature = self._ratio_base(feature)
+        return feature.stream or self.stream_names[0]
+
+    def group_stream_of(self, feature: FeatureSpec) -> str:
+        """The stream of the group that computes ``feature``: its stream, or the enriched
+        form of it (``enriched_stream``) when it (a ratio: its operands) reads lookup fields."""
+        base = self._ratio_base(feature)
+        stream = base.stream or self.stream_names[0]
+        return enriched_stream(stream) if self.enriched(base) else stream
+
+    def _ratio_base(self, feature: FeatureSpec) -> FeatureSpec:
+        """A ratio's first base operand (through nested ratios), whose stream and group the
+        ratio shares; any other feature itself."""
+        if isinstance(feature, Ratio):
+            ratios = {f.name: f for f in self.features if isinstance(f, Ratio)}
+            bases = sorted(_ratio_bases(feature.name, ratios))
+            if bases and bases[0] in self.names:
+                return self.feature(bases[0])
+        return feature
+
+    @property
+    def max_out_of_orderness_ms(self) -> int:
+        """``max_out_of_orderness`` in milliseconds."""
+        return parse_duration(self.max_out_of_orderness, field="max_out_of_orderness")
+
+    def duration_ms(self, option: str) -> int | None:
+        """A duration option (``allowed_lateness``, ``idle_timeout``...) in milliseconds, or
+        None when it is off."""
+        value = getattr(self, option)
+        return None if value is None else parse_duration(value, field=option)
+
+    def is_windowed(self, name: str) -> bool:
+        """Whether feature ``name`` is computed over windows: it has a ``window``, or it is a
+        ratio of windowed features."""
+        feature = self.feature(name)
+        if isinstance(feature, Ratio):
+            ratios = {f.name: f for f in self.features if isinstance(f, Ratio)}
+            return any(self.is_windowed(b) for b in _ratio_bases(name, ratios))
+        return feature.window is not None or feature.event_time
+
+    def feature(self, name: str) -> Feature:
+        """Return the feature called ``name``.
+
+        Raises:
+            UnknownFeature: the set has no such feature; the message lists the known names.
+        """
+        for feature in self.features:
+            if feature.name == name:
+                return feature
+        known = ", ".join(self.names)
+        raise UnknownFeature(f"feature set {self.name!r} has no feature {name!r} (known: {known})")
+
+    def with_feature(self, feature: Feature) -> FeatureSet:
+        """Return a new, validated set with ``feature`` appended.
+
+        Raises:
+            SpecError: the result is invalid (a duplicate name, a ratio operand missing...).
+        """
+        return msgspec.structs.replace(self, features=(*self.features, feature))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the set as plain dicts, lists, strings and numbers (defaults left out)."""
+        return cast("dict[str, Any]", _JSON_DECODER.decode(_JSON_ENCODER.encode(self)))
+
+    def to_json(self) -> bytes:
+        """Return the set as JSON that ``from_json`` reads back to an equal set."""
+        return _JSON_ENCODER.encode(self)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str]) -> FeatureSet:
+        """Load a set from a ``.toml``, ``.json``, ``.yaml`` or ``.yml`` file.
+
+        Raises:
+            SpecError: the format is not supported, the file cannot be read, or its content is
+                not a valid set; the message starts with ``path``.
+        """
+        source = os.fspath(path)
+        loader = _LOADERS.get(Path(source).suffix.lower())
+        if loader is None:
+            raise SpecError(
+                f"{source}: unsupported spec format {Path(source).suffix!r} "
+                "(use .toml, .json, .yaml or .yml)"
+            )
+        try:
+            data = Path(source).read_bytes()
+        except OSError as exc:
+            raise SpecError(f"{source}: cannot read the spec file: {exc.strerror}") from exc
+        return loader(data, source=source)
+
+    @classmethod
+    def from_toml(cls, data: str | bytes, *, source: str = "<string>") -> FeatureSet:
+        """Load a set from TOML text; error messages start with ``source``.
+
+        Raises:
+            SpecError: the text is not TOML or not a valid set.
+        """
+        return _load(msgspec.toml.decode, "TOML", data, source)
+
+    @classmethod
+    def from_json(cls, data: str | bytes, *, source: str = "<string>") -> FeatureSet:
+        """Load a set from JSON text; error messages start with ``source``.
+
+        Raises:
+            SpecError: the text is not JSON or not a valid set.
+        """
+        return _load(_JSON_DECODER.decode, "JSON", data, source)
+
+    @classmethod
+    def from_yaml(cls, data: str | bytes, *, source: str = "<string>") -> FeatureSet:
+        """Load a set from YAML text; error messages start with ``source``.
+
+        YAML reads some plain scalars as other things: quote ``"!="`` (else a YAML tag) and
+        strings such as ``"NO"``, ``"yes"`` or ``"on"`` (else booleans).
+
+        Raises:
+            SpecError: the text is not YAML or not a valid set.
+        """
+        return _load(msgspec.yaml.decode, "YAML", data, source)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, source: str = "<dict>") -> FeatureSet:
+        """Build a set from plain data, as a spec file decodes to.
+
+        Raises:
+            SpecError: the data is not a valid set; the message starts with ``source``.
+        """
+        raw = dict(data) if isinstance(data, Mapping) else data
+        try:
+            return msgspec.convert(raw, FeatureSet)
+        except msgspec.ValidationError as exc:
+            # The message keeps msgspec's reason and path; its chain would only repeat them.
+            explained = explain(
+                exc,
+                raw,
+                types=FEATURE_TYPES,
+                root=FeatureSet,
+                condition=Where,
+                windows=WINDOW_TYPES,
+                choices={
+                    "op": OPS,
+                    "time_unit": TIME_UNITS,
+                    "late_policy": LATE_POLICIES,
+                    "emit": EMIT_MODES,
+                    "method": PERCENTILE_METHODS,
+                    "how": JOIN_HOWS,
+                    "merge": JOIN_MERGES,
+                },
+            )
+            raise SpecError(f"{source}: {explained}") from None
+
+
+_CONCRETE = frozenset(FEATURE_TYPES.values())
+
+
+def _encode_extra(value: Any) -> Any:
+    """A join's predicate or merge function is written as its ``"module:function"`` name."""
+    if callable(value):
+        return function_name(value)
+    raise NotImplementedError(f"cannot encode {type(value).__name__}")
+
+
+_JSON_ENCODER = msgspec.json.Encoder(enc_hook=_encode_extra)
+_JSON_DECODER = msgspec.json.Decoder()
+_LOADERS: dict[str, Callable[..., FeatureSet]] = {
+    ".toml": FeatureSet.from_toml,
+    ".json": FeatureSet.from_json,
+    ".yaml": FeatureSet.from_yaml,
+    ".yml": FeatureSet.from_yaml,
+}
+
+
+def _path_back(start: str, target: str, ratios: Mapping[str, Ratio]) -> list[str] | None:
+    """Return the chain of ratio operands from ``start`` back to ``target``, if there is one."""
+    stack = [[start]]
+    seen: set[str] = set()
+    while stack:
+        trail = stack.pop()
+        node = trail[-1]
+        if node == target:
+            return trail
+        if node in seen or node not in ratios:
+            continue
+        seen.add(node)
+        stack.extend([*trail, operand] for operand in reversed(ratios[node].depends_on()))
+    return None
+
+
+def _ratio_bases(name: str, ratios: Mapping[str, Ratio]) -> set[str]:
+    """The features that are not ratios under ratio ``name``, through nested ratios."""
+    bases: set[str] = set()
+    stack = [name]
+    seen: set[str] = set()
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        if node in ratios:
+            stack.extend(ratios[node].depends_on())
+        else:
+            bases.add(node)
+    return bases
+
+
+def _load(decode: Callable[[Any], Any], fmt: str, data: str | bytes, source: str) -> FeatureSet:
+    try:
+        raw = decode(data)
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        detail = " ".join(str(exc).split())
+        raise SpecError(f"{source}: not valid {fmt}: {detail}") from exc
+    return FeatureSet.from_dict(raw, source=source)

@@ -1,0 +1,1095 @@
+"""The windowed features of a feature group: per-key window state, event time, emission.
+
+A :class:`WindowEngine` is built once per group from its windowed features and applied by the
+group's shard actors (``runtime._windows.shard``) to batches of ``(key, time_ms, event)``. It
+owns no state itself: each shard passes its own dict of :class:`KeyWindows`.
+
+Time, per key (``docs/windows.md`` has the timelines):
+
+- the key's *clock* is its greatest event time, moved on by idle time when ``idle_timeout`` is
+  set; its *watermark* is the clock minus ``max_out_of_orderness``;
+- an event is *late* when its time is below the watermark by more than ``allowed_lateness``:
+  ``late_policy`` then drops it (counted), sends it to the side output, or applies it and emits
+  corrections for the closed windows it changes (while their state is kept, for
+  ``correction_horizon`` past their close);
+- a tumbling or hopping window ``[start, end)`` closes when the watermark reaches
+  ``end + allowed_lateness``, a session when it reaches ``last event + gap +
+  allowed_lateness``: the final value is emitted, and the state dropped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import math
+from bisect import bisect_left, insort
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
+from typing import Any
+
+from .._exceptions import FeatureValueError, FeaturistError, SpecError
+from .._keyed.kinds import coerce_number, name_error, ratio_of
+from .._spec.feature_set import Ratio, SequencePattern
+from .._spec.windows import Hopping, Session, Sliding, Tumbling
+from .._stats.idle import IdleKeys
+from .patterns import PatternState
+from .state import Accumulator, Needs, SlidingState, check_value, value_reader
+
+__all__ = ["KeyWindows", "WindowCounters", "WindowEngine"]
+
+#: later than any event time
+NEVER = 2**62
+_INF = float("inf")
+#: the largest int a window takes as a number: larger ones have no float
+_MAX_INT = 2**1023
+_NUMERIC_TYPES = frozenset(
+    {"sum", "mean", "min", "max", "variance", "std", "percentile", "quantile", "zscore"}
+)
+
+
+@dataclass
+class _Buffer:
+    """Features that read the same input over the same window share one buffer."""
+
+    index: int
+    kind: str  # "sliding", "panes" or "session"
+    field: str | None
+    where: Any
+    numeric: bool
+    needs: Needs
+    size: int = 0
+    hop: int = 0
+    gap: int = 0
+    #: the indexes of its features in the engine
+    features: list[int] = dataclass_field(default_factory=list)
+    #: the zscore features among them (scored before each event is added)
+    scores: list[int] = dataclass_field(default_factory=list)
+    #: values must be checked before they are added (hashable, in the sketch's range)
+    checks: bool = False
+
+    @property
+    def panes_per_window(self) -> int:
+        return self.size // self.hop
+
+
+class _Panes:
+    """One key's panes of a tumbling or hopping buffer."""
+
+    __slots__ = ("closed", "current", "order", "panes")
+
+    def __init__(self, closed: int) -> None:
+        #: pane index (``t // hop``) -> its accumulator
+        self.panes: dict[int, Accumulator] = {}
+        #: the pane indexes as a min-heap: the oldest pane in O(1), purges in O(log n)
+        self.order: list[int] = []
+        #: the newest window index past its close (windows start at ``index * hop``): the
+        #: windows up to it that held data have been emitted
+        self.closed = closed
+        #: hopping windows: (k, the merged panes of window k, None if empty): the window a read
+        #: shows, kept up to date by each event and rebuilt when the clock moves into another
+        #: window (once per hop), so a read does not merge ``size / hop`` panes again. Only
+        #: events and clock moves change it, never reads: its floats do not depend on when
+        #: reads happen.
+        self.current: tuple[int, Accumulator | None] | None = None
+
+    def __len__(self) -> int:
+        return len(self.panes)
+
+
+class _Sessions:
+    """One key's sessions of a session buffer: ``[start, last, accumulator, emitted]``, sorted
+    by start (and so by end: sessions are disjoint)."""
+
+    __slots__ = ("items",)
+
+    def __init__(self) -> None:
+        self.items: list[list[Any]] = []
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+class KeyWindows:
+    """The window state of one key."""
+
+    __slots__ = ("buffers", "clock", "finals", "latest", "next_close", "patterns", "seen")
+
+    def __init__(self, buffers: int, t: int, now: float) -> None:
+        #: the key's event-time clock: its greatest event time, or later after idle time
+        self.clock = t
+        #: the key's greatest event time
+        self.latest = t
+        #: wall-clock time of the key's last event
+        self.seen = now
+        self.buffers: list[Any] = [None] * buffers
+        #: the smallest watermark at which some window of the key closes or is purged
+        self.next_close = NEVER
+        #: with ``emit="close"``: buffer index -> (end, values) of its newest emitted window
+        self.finals: dict[int, tuple[int, dict[str, Any]]] | None = None
+        #: the state of each sequence feature, or None before its first event
+        self.patterns: list[PatternState] | None = None
+
+
+@dataclass
+class WindowCounters:
+    """What a shard's window engine counted."""
+
+    late_dropped: int = 0
+    late_side_output: int = 0
+    late_applied: int = 0
+    corrections: int = 0
+    windows_closed: int = 0
+    expired_keys: int = 0
+    idle_advances: int = 0
+    pattern_matches: int = 0
+    pattern_late: int = 0
+    partials_dropped: int = 0
+    anomalies: int = 0
+
+
+class WindowEngine:
+    """The windowed features of one group, compiled for batch application. Internal.
+
+    Args:
+        features: the windowed features (ratios among them read windowed operands).
+        max_out_of_orderness, allowed_lateness, correction_horizon: milliseconds.
+        late_policy: ``"drop"``, ``"side_output"`` or ``"update"``.
+        emit: ``"update"`` or ``"close"``.
+        idle_timeout, state_ttl: seconds, or None.
+    """
+
+    def __init__(
+        self,
+        features: Sequence[Any],
+        *,
+        max_out_of_orderness: int = 0,
+        allowed_lateness: int = 0,
+        late_policy: str = "drop",
+        correction_horizon: int = 3_600_000,
+        emit: str = "update",
+        idle_timeout: float | None = None,
+        state_ttl: float | None = None,
+    ) -> None:
+        self.features = list(features)
+        self.names = tuple(f.name for f in self.features)
+        self.types = tuple(f.type_name for f in self.features)
+        self.ooo = max_out_of_orderness
+        self.lateness = allowed_lateness
+        self.late_policy = late_policy
+        self.horizon = correction_horizon if late_policy == "update" else 0
+        self.emit = emit
+        self.idle_timeout = idle_timeout
+        self.state_ttl = state_ttl
+        #: keys are tracked in order of their last event (for idle time and expiry)
+        self.tracks_idle = idle_timeout is not None or state_ttl is not None
+        self.buffers: list[_Buffer] = []
+        #: the sequence features, with their index
+        self.sequences: list[tuple[int, SequencePattern]] = []
+        self._readers: list[Callable[[Any], Any] | None] = []
+        self._buffer_of: list[int] = []
+        self._build()
+        self.defaults = self.values(None)
+
+    # -- compilation -------------------------------------------------------------------------
+    def _build(self) -> None:
+        groups: dict[tuple[Any, ...], list[int]] = {}
+        for index, feature in enumerate(self.features):
+            if isinstance(feature, Ratio):
+                continue
+            if isinstance(feature, SequencePattern):
+                self.sequences.append((index, feature))
+                continue
+            numeric = feature.type_name in _NUMERIC_TYPES
+            fld = None if feature.type_name == "count" else feature.field
+            groups.setdefault((feature.window, fld, feature.where, numeric), []).append(index)
+        buffer_of = [-1] * len(self.features)
+        for (window, fld, where, numeric), members in groups.items():
+            # one sketch per relative accuracy: quantiles of another accuracy get buffers of
+            # their own
+            alphas = sorted(
+                {
+                    self.features[i].relative_accuracy
+                    for i in members
+                    if self.features[i].type_name == "quantile"
+                }
+            )
+            for alpha in alphas[1:]:
+                part = [
+                    i
+                    for i in members
+                    if self.features[i].type_name == "quantile"
+                    and self.features[i].relative_accuracy == alpha
+                ]
+                self._add_buffer(window, fld, where, numeric, part, buffer_of)
+                members = [i for i in members if i not in part]
+            self._add_buffer(window, fld, where, numeric, members, buffer_of)
+        self._buffer_of = buffer_of
+        self._readers = [
+            None if isinstance(f, Ratio | SequencePattern) else value_reader(f)
+            for f in self.features
+        ]
+        self._ratio_order = self._order_ratios()
+        #: hopping buffers: their merged current window is refreshed when the clock moves
+        self._hopping = [b for b in self.buffers if b.kind == "panes" and b.panes_per_window > 1]
+        #: the buffers as tuples, unpacked in the event loop
+        self._plan = [
+            (b.index, b.kind, b.field, b.where, b.numeric, b.size, b.scores, b.checks, b)
+            for b in self.buffers
+        ]
+
+    def _add_buffer(
+        self,
+        window: Any,
+        fld: str | None,
+        where: Any,
+        numeric: bool,
+        members: list[int],
+        buffer_of: list[int],
+    ) -> None:
+        types = {self.features[i].type_name for i in members}
+        alphas = [
+            self.features[i].relative_accuracy
+            for i in members
+            if self.features[i].type_name == "quantile"
+        ]
+        needs = Needs(
+            moments=bool(types & {"variance", "std", "zscore"}),
+            extremes=bool(types & {"min", "max"}),
+            ends=bool(types & {"first", "last"}),
+            sorted=bool(types & {"percentile"}),
+            sketch=alphas[0] if alphas else None,
+            frequent="top_k" in types,
+            distinct="distinct_count" in types,
+        )
+        buffer = _Buffer(len(self.buffers), "", fld, where, numeric, needs, features=members)
+        if isinstance(window, Sliding):
+            buffer.kind, buffer.size = "sliding", window.size_ms
+        elif isinstance(window, Tumbling | Hopping):
+            buffer.kind, buffer.size, buffer.hop = "panes", window.size_ms, window.hop_ms
+        elif isinstance(window, Session):
+            buffer.kind, buffer.gap = "session", window.gap_ms
+        else:  # pragma: no cover - the spec admits no other window
+            raise FeaturistError(f"unknown window {window!r}")
+        for i in members:
+            buffer_of[i] = buffer.index
+        buffer.scores = [i for i in members if self.features[i].type_name == "zscore"]
+        buffer.checks = needs.frequent or needs.distinct or needs.sketch is not None
+        self.buffers.append(buffer)
+
+    def _order_ratios(self) -> list[int]:
+        """Ratios in an order where each comes after the ratios it reads."""
+        position = {name: i for i, name in enumerate(self.names)}
+        for feature in self.features:
+            for operand in feature.depends_on():
+                if operand not in position:
+                    raise SpecError(
+                        f"{feature.name}: operand {operand!r} is not a windowed feature of the "
+                        "same group: register a ratio in the same call as its operands"
+                    )
+        done: set[int] = set()
+        order: list[int] = []
+
+        def visit(i: int) -> None:
+            if i in done:
+                return
+            done.add(i)
+            for operand in self.features[i].depends_on():
+                j = position[operand]
+                if isinstance(self.features[j], Ratio):
+                    visit(j)
+            order.append(i)
+
+        for i, feature in enumerate(self.features):
+            if isinstance(feature, Ratio):
+                visit(i)
+        return order
+
+    # -- applying events ---------------------------------------------------------------------
+    def apply(
+        self,
+        events: list[tuple[Any, int, dict[str, Any]]],
+        states: dict[Any, KeyWindows],
+        errors: list[Any],
+        now: float,
+        out: list[Any] | None,
+        late: list[Any] | None,
+        counters: WindowCounters,
+        idle: IdleKeys | None,
+        poison: list[Any] | None = None,
+    ) -> None:
+        """Apply a batch in order.
+
+        ``errors`` receives ``(key, t, feature, exception)``; ``out`` (when not None)
+        receives ``(key, event_time, values, kind, window, errors, parts)`` emissions;
+        ``late`` (when not None) receives side-output ``(key, t, watermark, event)``;
+        ``idle`` (when idle time or expiry is on) is told of each key's event.
+
+        ``poison`` (when not None) receives ``(key, t, event, exception)`` for each event
+        whose processing raised past the features' own guards, and the batch goes on (with
+        None the exception propagates). A key the event created is dropped; for a key that
+        existed, what the event changed before the failure stays (its clock, the buffers
+        before the one that failed, what it emitted).
+        """
+        plan = self._plan
+        nbuf = len(self.buffers)
+        ooo = self.ooo
+        lateness = self.lateness
+        policy = self.late_policy
+        emit_updates = out is not None and self.emit == "update"
+        sequences = self.sequences
+        hopping = self._hopping
+        get = states.get
+        recent = idle.recent if idle is not None else None
+        st: KeyWindows | None = None
+        wm_before: int | None = 0
+        for key, t, ev in events:
+            try:
+                st = get(key)
+                if st is None:
+                    st = KeyWindows(nbuf, t, now)
+                    states[key] = st
+                    late_event = False
+                    wm_before = None
+                else:
+                    clock = st.clock
+                    wm_before = clock - ooo
+                    late_event = t < wm_before - lateness
+                    if late_event:
+                        if policy == "drop":
+                            counters.late_dropped += 1
+                            continue
+                        if policy == "side_output":
+                            counters.late_side_output += 1
+                            if late is not None:
+                                late.append((key, t, st.clock - ooo, ev))
+                            continue
+                        if t < st.clock - ooo - lateness - self.horizon:
+                            counters.late_dropped += 1  # its windows' state is gone
+                            continue
+                        counters.late_applied += 1
+                    if t > clock:
+                        st.clock = t
+                    if t > st.latest:
+                        st.latest = t  # below the clock after idle time moved it
+                    if recent is not None:
+                        st.seen = now
+                if recent is not None:
+                    if key in recent:
+                        recent.move_to_end(key)
+                    else:
+                        recent[key] = None
+                late_out: _LateOut | None = None
+                anomalies: list[Any] | None = None
+                mark = len(errors)
+                clock = st.clock
+                states_of = st.buffers
+                for index, kind, fld, where, numeric, size, scores, checks, buffer in plan:
+                    if fld is None:
+                        v: Any = 1
+                    else:
+                        v = ev.get(fld)
+                        if v is None:
+                            continue
+                    if where is not None:
+                        try:
+                            if not where.matches(ev):
+                                continue
+                        except FeaturistError as exc:
+                            self._errors(errors, buffer, key, t, exc)
+                            continue
+                    if numeric:
+                        if v.__class__ is int:
+                            if not -_MAX_INT <= v <= _MAX_INT:
+                                huge = FeatureValueError(
+                                    f"field {fld!r} is an int too large for a float "
+                                    f"({v.bit_length()} bits)",
+                                    field=fld or "",
+                                )
+                                self._errors(errors, buffer, key, t, huge)
+                                continue
+                        elif v.__class__ is not float or not -_INF < v < _INF:
+                            v, error = coerce_number(fld or "", v)
+                            if error is not None:
+                                self._errors(errors, buffer, key, t, error)
+                                continue
+                    try:
+                        state = states_of[index]
+                        if checks:
+                            check_value(buffer.needs, v)  # refuse before anything changes
+                        if kind == "sliding":
+                            cutoff = clock - size
+                            if state is not None:
+                                items = state.items
+                                if items and items[0][0] <= cutoff:
+                                    state.evict(cutoff)
+                            if t > cutoff:
+                                if state is None:
+                                    state = SlidingState(buffer.needs, numeric)
+                                    states_of[index] = state
+                                if scores:
+                                    anomalies = self._score(key, t, v, buffer, state, anomalies)
+                                items = state.items
+                                if (
+                                    state.plain
+                                    and (not items or t >= items[-1][0])
+                                    and state.removed < len(items) + 64
+                                ):
+                                    # a count or sum, in time order: the common case, inline
+                                    items.append((t, v))
+                                    if numeric:
+                                        state.sum += v
+                                else:
+                                    state.add(t, v)
+                        elif kind == "panes":
+                            if state is None:
+                                limit = (clock - ooo - lateness - size) // buffer.hop
+                                state = states_of[index] = _Panes(limit)
+                            late_out = self._add_pane(st, buffer, state, t, v, late_out)
+                        else:
+                            if state is None:
+                                state = states_of[index] = _Sessions()
+                            late_out = self._add_session(st, buffer, state, t, v, late_out)
+                    except Exception as exc:
+                        self._errors(errors, buffer, key, t, name_error(exc, fld or "count"))
+                if hopping:
+                    self._refresh(st)
+                if anomalies is not None:
+                    counters.anomalies += len(anomalies)
+                    if out is not None:
+                        out.extend(anomalies)
+                if sequences:
+                    if wm_before is not None and t < wm_before:
+                        counters.pattern_late += 1
+                    else:
+                        self._pattern_event(key, st, t, ev, errors, out, counters)
+                pending: list[tuple[int, int, dict[str, Any]]] | None = None
+                if late_out is not None:
+                    for (kind, window), values in late_out.items():
+                        if kind == "close":
+                            # emitted with the closes of this event, merged by window
+                            pending = pending or []
+                            pending.append((window[0], window[1], values))
+                            continue
+                        counters.corrections += 1
+                        if out is not None:
+                            self._add_ratios(values)
+                            out.append((key, window[1], values, kind, window, None, None))
+                if pending is not None or st.clock - ooo >= st.next_close:
+                    self.close(key, st, out, counters, pending)
+                if emit_updates:
+                    assert out is not None
+                    failed = None
+                    if len(errors) > mark:
+                        failed = {
+                            name: f"{type(exc).__name__}: {exc}"
+                            for _, _, name, exc in errors[mark:]
+                        }
+                    out.append((key, t, self.values(st), "update", None, failed, None))
+            except Exception as exc:
+                if poison is None:
+                    raise
+                # ``wm_before`` is None for a new key (``st``, unless making it failed)
+                _poisoned(states, key, t, ev, exc, poison, st if wm_before is None else None)
+
+    def _score(
+        self,
+        key: Any,
+        t: int,
+        v: Any,
+        buffer: _Buffer,
+        state: SlidingState,
+        anomalies: list[Any] | None,
+    ) -> list[Any] | None:
+        """Score ``v`` against the window before it is added: each zscore feature's value."""
+        moments = state.moments
+        assert moments is not None
+        n = moments.n
+        try:
+            variance = state.variance(1, repair=True)
+            mean = state.sum / n if n else None
+            std = math.sqrt(variance) if variance else 0.0
+        except ArithmeticError:  # ints beyond a float's range: no score
+            mean, std = None, 0.0
+        for i in buffer.scores:
+            feature = self.features[i]
+            if mean is None or n < feature.min_count or not std:
+                z = None
+            else:
+                z = (v - mean) / std
+            if state.scores is None:
+                state.scores = {}
+            state.scores[feature.name] = z
+            if z is not None and abs(z) >= feature.threshold:
+                if anomalies is None:
+                    anomalies = []
+                anomalies.append((key, t, {feature.name: z}, "anomaly", None, None, (t,)))
+        return anomalies
+
+    def _pattern_event(
+        self,
+        key: Any,
+        st: KeyWindows,
+        t: int,
+        ev: dict[str, Any],
+        errors: list[Any],
+        out: list[Any] | None,
+        counters: WindowCounters,
+    ) -> None:
+        """Queue an event for the key's sequence features and run what the watermark releases."""
+        if st.patterns is None:
+            st.patterns = [PatternState() for _ in self.sequences]
+        for pattern in st.patterns:
+            pattern.serial += 1
+            insort(pattern.pending, (t, pattern.serial, ev), key=_time_serial)
+        self._release(key, st, errors, out, counters)
+
+    def _release(
+        self,
+        key: Any,
+        st: KeyWindows,
+        errors: list[Any] | None,
+        out: list[Any] | None,
+        counters: WindowCounters,
+    ) -> None:
+        """Feed the sequence features, in time order, the queued events the watermark passed."""
+        if st.patterns is None:
+            return
+        wm = st.clock - self.ooo
+        for (_, feature), pattern in zip(self.sequences, st.patterns, strict=True):
+            pending = pattern.pending
+            released = 0
+            while released < len(pending) and pending[released][0] <= wm:
+                t, _, ev = pending[released]
+                released += 1
+                try:
+                    matched = pattern.step(feature, t, ev)
+                except Exception as exc:
+                    if errors is not None:
+                        errors.append((key, t, feature.name, name_error(exc, feature.name)))
+                    continue
+                counters.partials_dropped += pattern.dropped
+                pattern.dropped = 0
+                for parts in matched:
+                    counters.pattern_matches += 1
+                    if out is not None:
+                        window = (parts[0], parts[-1])
+                        values = {feature.name: pattern.matches}
+                        out.append((key, parts[-1], values, "match", window, None, parts))
+            if released:
+                del pending[:released]
+            pattern.prune(feature, wm)
+
+    def _refresh(self, st: KeyWindows) -> None:
+        """Rebuild the merged window of each hopping buffer whose window moved with the clock."""
+        for buffer in self._hopping:
+            state = st.buffers[buffer.index]
+            if state is None:
+                continue
+            k = (st.clock - buffer.size) // buffer.hop + 1
+            current = state.current
+            if current is None or current[0] != k:
+                state.current = (k, self._merge_panes(buffer, state, k))
+
+    def _errors(self, errors: list[Any], buffer: _Buffer, key: Any, t: int, exc: Any) -> None:
+        names = self.names
+        for i in buffer.features:
+            errors.append((key, t, names[i], exc))
+
+    def _add_pane(
+        self,
+        st: KeyWindows,
+        buffer: _Buffer,
+        state: _Panes,
+        t: int,
+        v: Any,
+        late_out: _LateOut | None,
+    ) -> _LateOut | None:
+        hop = buffer.hop
+        p = t // hop
+        panes = state.panes
+        acc = panes.get(p)
+        if acc is None:
+            acc = panes[p] = Accumulator(buffer.needs)
+            heapq.heappush(state.order, p)
+        acc.add(t, v, buffer.numeric, buffer.needs)
+        r = buffer.panes_per_window
+        current = state.current
+        if current is not None and current[0] <= p < current[0] + r:
+            # the event is in the window reads show: keep its merged state up to date (if the
+            # event moved the clock to another window, _refresh rebuilds it after this)
+            merged = current[1]
+            if merged is None:
+                merged = Accumulator(buffer.needs)
+                state.current = (current[0], merged)
+            merged.add(t, v, buffer.numeric, buffer.needs)
+        # the first window holding pane p ends at (p + 1) * hop
+        close_at = (p + 1) * hop + self.lateness
+        if close_at < st.next_close:
+            st.next_close = close_at
+        if p - r < state.closed:
+            # A late event in windows p - r + 1 .. min(p, closed), which are past their close:
+            # those that held data were emitted, and get a correction; an empty one is
+            # emitted now for the first time, as a close.
+            for k in range(p - r + 1, min(p, state.closed) + 1):
+                had_data = acc.n > 1 or any(q in panes for q in range(k, k + r) if q != p)
+                values = self._window_values(buffer, state, k)
+                window = (k * hop, k * hop + buffer.size)
+                kind = "correction" if had_data else "close"
+                if late_out is None:
+                    late_out = {}
+                late_out.setdefault((kind, window), {}).update(values)
+                self._set_final(st, buffer, window[1], values)
+        return late_out
+
+    def _set_final(self, st: KeyWindows, buffer: _Buffer, end: int, values: dict[str, Any]) -> None:
+        """With ``emit="close"``: remember the values of the buffer's newest emitted window."""
+        if self.emit != "close":
+            return
+        if st.finals is None:
+            st.finals = {}
+        current = st.finals.get(buffer.index)
+        if current is None or end >= current[0]:
+            st.finals[buffer.index] = (end, values)
+
+    def _add_session(
+        self,
+        st: KeyWindows,
+        buffer: _Buffer,
+        state: _Sessions,
+        t: int,
+        v: Any,
+        late_out: _LateOut | None,
+    ) -> _LateOut | None:
+        """Add an event to its session, merging the sessions it bridges.
+
+        Sessions are disjoint and sorted by start (so by end too): the ones the event's
+        ``[t, t + gap)`` overlaps are a run found by bisection, never a scan. A session is
+        *emitted* once its final value went out. If the session the event lands in is past its
+        close (a late event), it is emitted at once: as a correction if one of its parts had
+        been emitted, else as a first close. If it is open (a late event joined a session to
+        an open one), it is open again, and closes later like any other.
+        """
+        gap = buffer.gap
+        items = state.items
+        # sessions starting before t + gap; of those, the ones ending after t touch the event
+        high = bisect_left(items, t + gap, key=_start_of)
+        low = high
+        while low > 0 and items[low - 1][1] + gap > t:
+            low -= 1
+        needs = buffer.needs
+        session: list[Any]
+        if low == high:
+            acc = Accumulator(needs)
+            acc.add(t, v, buffer.numeric, needs)
+            session = [t, t, acc, False]
+            items.insert(low, session)
+            emitted = False
+        elif high - low == 1:
+            session = items[low]
+            session[2].add(t, v, buffer.numeric, needs)
+            session[0] = min(session[0], t)
+            session[1] = max(session[1], t)
+            emitted = session[3]
+        else:
+            touching = items[low:high]
+            merged = Accumulator(needs)
+            for part in touching:
+                merged.merge(part[2], needs)
+            merged.add(t, v, buffer.numeric, needs)
+            emitted = any(part[3] for part in touching)
+            session = [min(touching[0][0], t), max(touching[-1][1], t), merged, False]
+            items[low:high] = [session]
+        end = session[1] + gap
+        if end + self.lateness > st.clock - self.ooo:
+            session[3] = False  # open (again)
+            if end + self.lateness < st.next_close:
+                st.next_close = end + self.lateness
+            return late_out
+        # past its close: a late event
+        session[3] = True
+        values = self._state_values(buffer, session[2])
+        window = (session[0], end)
+        if late_out is None:
+            late_out = {}
+        late_out.setdefault(("correction" if emitted else "close", window), {}).update(values)
+        self._set_final(st, buffer, end, values)
+        purge_at = end + self.lateness + self.horizon
+        if purge_at < st.next_close:
+            st.next_close = purge_at
+        return late_out
+
+    # -- closing windows ---------------------------------------------------------------------
+    def close(
+        self,
+        key: Any,
+        st: KeyWindows,
+        out: list[Any] | None,
+        counters: WindowCounters,
+        pending: list[tuple[int, int, dict[str, Any]]] | None = None,
+    ) -> None:
+        """Close the windows of ``st`` that its watermark has passed, emit their final values
+        (in order of window end, with the ``pending`` first closes of a late event merged in),
+        purge what is no longer needed, and compute the next threshold."""
+        wm = st.clock - self.ooo
+        finished: list[tuple[int, int, dict[str, Any]]] = list(pending or ())
+        next_close = NEVER
+        for buffer in self.buffers:
+            state = st.buffers[buffer.index]
+            if state is None:
+                continue
+            if buffer.kind == "sliding":
+                state.evict(st.clock - buffer.size)
+                if not len(state):
+                    st.buffers[buffer.index] = None
+                continue
+            mark = len(finished)
+            if buffer.kind == "panes":
+                next_close = min(next_close, self._close_panes(buffer, state, wm, finished))
+            else:
+                next_close = min(next_close, self._close_sessions(buffer, state, wm, finished))
+            for _, end, values in finished[mark:]:
+                self._set_final(st, buffer, end, values)
+            if not len(state):
+                st.buffers[buffer.index] = None
+        st.next_close = next_close
+        if not finished:
+            return
+        finished.sort(key=_end_then_start)
+        merged: dict[tuple[int, int], dict[str, Any]] = {}
+        for start, end, values in finished:
+            merged.setdefault((start, end), {}).update(values)
+        counters.windows_closed += len(merged)
+        if out is not None:
+            for (start, end), values in merged.items():
+                self._add_ratios(values)
+                out.append((key, end, values, "close", (start, end), None, None))
+
+    def _close_panes(self, buffer: _Buffer, state: _Panes, wm: int, finished: list[Any]) -> int:
+        hop, size, r = buffer.hop, buffer.size, buffer.panes_per_window
+        lateness = self.lateness
+        # window k closes when k * hop + size + lateness <= wm
+        limit = (wm - lateness - size) // hop
+        panes = state.panes
+        if limit > state.closed:
+            low = state.closed + 1
+            # the panes of windows low..limit are low..limit + r - 1: look those up, or scan
+            # the panes when there are fewer of them (after a long silence)
+            top = limit + r - 1
+            if top - low + 1 <= len(panes):
+                candidates: Iterable[int] = (p for p in range(low, top + 1) if p in panes)
+            else:
+                candidates = (p for p in panes if low <= p <= top)
+            due: set[int] = set()
+            for p in candidates:
+                due.update(range(max(p - r + 1, low), min(p, limit) + 1))
+            for k in sorted(due):
+                values = self._window_values(buffer, state, k)
+                finished.append((k * hop, k * hop + size, values))
+            state.closed = limit
+        # pane p is purged once its last window (k = p) is closed and past the horizon
+        purge_limit = (wm - lateness - size - self.horizon) // hop
+        order = state.order
+        while order and order[0] <= purge_limit:
+            del panes[heapq.heappop(order)]
+        if not panes:
+            return NEVER
+        # next: the next window to close, or the next pane to purge
+        oldest = order[0]
+        next_k = max(state.closed + 1, oldest - r + 1)
+        next_close = next_k * hop + size + lateness
+        if self.horizon:
+            next_close = min(next_close, oldest * hop + size + lateness + self.horizon)
+        return next_close
+
+    def _close_sessions(
+        self, buffer: _Buffer, state: _Sessions, wm: int, finished: list[Any]
+    ) -> int:
+        """Emit the sessions past their close and purge the emitted ones past the horizon.
+
+        Only the ends of the list are visited: sessions not yet emitted are a suffix (a late
+        event that lands past a session's close emits it at once, so no unemitted closed
+        session sits among emitted ones), and emitted sessions past the horizon a prefix (the
+        oldest). Closing comes first, so that with no horizon a session is purged as it closes.
+        """
+        gap, lateness, horizon = buffer.gap, self.lateness, self.horizon
+        items = state.items
+        first_open = len(items)
+        while first_open > 0 and not items[first_open - 1][3]:
+            first_open -= 1
+        for session in items[first_open:]:
+            end = session[1] + gap
+            if end + lateness > wm:
+                break
+            session[3] = True
+            finished.append((session[0], end, self._state_values(buffer, session[2])))
+            first_open += 1
+        cut = 0
+        while cut < first_open and items[cut][1] + gap + lateness + horizon <= wm:
+            cut += 1
+        if cut:
+            del items[:cut]
+            first_open -= cut
+        next_close = NEVER
+        if first_open < len(items):
+            next_close = items[first_open][1] + gap + lateness
+        if first_open:
+            next_close = min(next_close, items[0][1] + gap + lateness + horizon)
+        return next_close
+
+    # -- values ------------------------------------------------------------------------------
+    def _state_values(self, buffer: _Buffer, state: Any) -> dict[str, Any]:
+        readers = self._readers
+        values = {}
+        for i in buffer.features:
+            reader = readers[i]
+            assert reader is not None
+            values[self.names[i]] = _read(reader, state)
+        return values
+
+    def _window_values(self, buffer: _Buffer, state: _Panes, k: int) -> dict[str, Any]:
+        return self._state_values(buffer, self._merge_panes(buffer, state, k))
+
+    def _merge_panes(self, buffer: _Buffer, state: _Panes, k: int) -> Accumulator | None:
+        r = buffer.panes_per_window
+        panes = state.panes
+        if r == 1:
+            return panes.get(k)
+        merged: Accumulator | None = None
+        for p in range(k, k + r):
+            acc = panes.get(p)
+            if acc is None:
+                continue
+            if merged is None:
+                merged = Accumulator(buffer.needs)
+            merged.merge(acc, buffer.needs)
+        return merged
+
+    def current_state(self, buffer: _Buffer, st: KeyWindows) -> Any:
+        """The state a feature of ``buffer`` reads now (update mode), or None if empty."""
+        state = st.buffers[buffer.index]
+        if state is None:
+            return None
+        if buffer.kind == "sliding":
+            state.evict(st.clock - buffer.size)
+            return state
+        if buffer.kind == "panes":
+            # the window holding the clock that closes first
+            k = (st.clock - buffer.size) // buffer.hop + 1
+            current = state.current
+            if current is not None and current[0] == k:
+                return current[1]
+            return self._merge_panes(buffer, state, k)  # not kept: a read changes nothing
+        for session in reversed(state.items):
+            if not session[3]:
+                return session[2]
+        return None
+
+    def values(self, st: KeyWindows | None) -> tuple[Any, ...]:
+        """Every feature's value for a key (its defaults for None)."""
+        names = self.names
+        result: list[Any] = [None] * len(names)
+        finals = st.finals if st is not None else None
+        for buffer in self.buffers:
+            if st is None:
+                state = None
+            elif self.emit == "close" and buffer.kind != "sliding":
+                state = _FINAL
+            else:
+                state = self.current_state(buffer, st)
+            if state is _FINAL:
+                final = finals.get(buffer.index) if finals is not None else None
+                for i in buffer.features:
+                    if final is not None:
+                        result[i] = final[1][names[i]]
+                    else:
+                        result[i] = _read(self._readers[i], None)  # type: ignore[arg-type]
+            else:
+                for i in buffer.features:
+                    result[i] = _read(self._readers[i], state)  # type: ignore[arg-type]
+        if self.sequences:
+            patterns = st.patterns if st is not None else None
+            for position, (i, _) in enumerate(self.sequences):
+                result[i] = patterns[position].matches if patterns is not None else 0
+        if self._ratio_order:
+            by_name = dict(zip(names, result, strict=True))
+            for i in self._ratio_order:
+                feature = self.features[i]
+                try:
+                    value = ratio_of(by_name[feature.numerator], by_name[feature.denominator])
+                except FeaturistError:
+                    value = None
+                by_name[names[i]] = result[i] = value
+        return tuple(result)
+
+    def _add_ratios(self, values: dict[str, Any]) -> None:
+        for i in self._ratio_order:
+            feature = self.features[i]
+            if feature.numerator in values and feature.denominator in values:
+                try:
+                    values[feature.name] = ratio_of(
+                        values[feature.numerator], values[feature.denominator]
+                    )
+                except FeaturistError:
+                    values[feature.name] = None
+
+    # -- idle time and expiry ----------------------------------------------------------------
+    def tick(
+        self,
+        states: dict[Any, KeyWindows],
+        idle: IdleKeys,
+        now: float,
+        out: list[Any] | None,
+        counters: WindowCounters,
+    ) -> None:
+        """Advance the clocks of idle keys and expire quiet ones: keys quiet for the smaller of
+        ``idle_timeout`` and ``state_ttl`` are visited, and again when their next window
+        closes or their state expires (``IdleKeys``)."""
+        ttl = self.state_ttl
+        quiet = min(x for x in (self.idle_timeout, ttl) if x is not None)
+        for key in idle.due(states, now, quiet):
+            st = states[key]
+            # the same sum as the wake below: ``now - seen >= ttl`` can differ from it in
+            # floats, and the key was then woken at ``now`` again and again
+            if ttl is not None and st.seen + ttl <= now:
+                del states[key]
+                counters.expired_keys += 1
+                continue
+            wake = self._advance_idle(key, st, now, out, counters)
+            if self._empty(st):
+                del states[key]
+                counters.expired_keys += 1
+                continue
+            if ttl is not None:
+                wake = min(wake, st.seen + ttl)
+            # a wake at or before ``now`` would be visited again in this same loop
+            idle.schedule(key, st, max(wake, now + 0.001))
+
+    def _advance_idle(
+        self, key: Any, st: KeyWindows, now: float, out: list[Any] | None, counters: WindowCounters
+    ) -> float:
+        """Move an idle key's clock to where wall time has taken it; return when it next
+        needs a visit (wall-clock seconds), or infinity."""
+        idle = self.idle_timeout
+        if idle is None:
+            return _INF
+        target = st.latest + int((now - st.seen - idle) * 1000)
+        if target > st.clock:
+            st.clock = target
+            counters.idle_advances += 1
+            self.close(key, st, out, counters)
+            self._refresh(st)
+            self._release(key, st, None, out, counters)
+        # the clock value at which something next changes: a window closes, or a sliding
+        # window loses its newest event
+        due = st.next_close + self.ooo if st.next_close < NEVER else NEVER
+        for buffer in self.buffers:
+            state = st.buffers[buffer.index]
+            if buffer.kind == "sliding" and state is not None and len(state):
+                due = min(due, state.items[0][0] + buffer.size)
+        for (_, feature), pattern in zip(self.sequences, st.patterns or (), strict=False):
+            if pattern.pending:
+                due = min(due, pattern.pending[0][0] + self.ooo)
+            if pattern.partials:
+                # the clock at which the oldest partial match can no longer complete
+                oldest = min(partial[1][0] for partial in pattern.partials)
+                due = min(due, oldest + feature.within_ms + self.ooo + 1)
+        if due >= NEVER:
+            return _INF
+        # never at or before now: the millisecond rounding of the clock must not spin the loop
+        return max(st.seen + idle + (due - st.latest) / 1000, now + 0.001)
+
+    def _empty(self, st: KeyWindows) -> bool:
+        """Whether the key holds nothing still to come: no open window, no event waiting for
+        the watermark, no partial match that can complete. The last closed values (with
+        ``emit="close"``) and sequence match counts do not keep a quiet key."""
+        if st.patterns is not None and any(p.pending or p.partials for p in st.patterns):
+            return False
+        return all(state is None or not len(state) for state in st.buffers)
+
+    # -- statistics --------------------------------------------------------------------------
+    def state_bytes(self, states: dict[Any, KeyWindows]) -> int:
+        """Estimated bytes held for ``states``, summed over every key: window state is too
+        skewed for a sample (one busy key can hold more than thousands of quiet ones). Each
+        key costs O(1) per buffer (O(panes) for panes), about a microsecond."""
+        if not states:
+            return 0
+        measured = 0
+        for st in states.values():
+            size = 120 + 8 * len(st.buffers)
+            for state in st.buffers:
+                if state is None:
+                    continue
+                if isinstance(state, SlidingState):
+                    size += state.nbytes()
+                elif isinstance(state, _Panes):
+                    size += 100 + sum(acc.nbytes() + 100 for acc in state.panes.values())
+                    if state.current is not None and state.current[1] is not None:
+                        size += state.current[1].nbytes()
+                else:
+                    size += 60 + sum(s[2].nbytes() + 120 for s in state.items)
+            for pattern in st.patterns or ():
+                size += 100 + 120 * len(pattern) + 8 * sum(len(p[1]) for p in pattern.partials)
+            measured += size
+        return measured
+
+    def held_events(self, states: dict[Any, KeyWindows]) -> int:
+        """Events held in sliding windows, pane and session accumulators, over all keys."""
+        total = 0
+        for st in states.values():
+            for state in st.buffers:
+                if state is None:
+                    continue
+                if isinstance(state, SlidingState):
+                    total += len(state)
+                elif isinstance(state, _Panes):
+                    total += sum(acc.n for acc in state.panes.values())
+                else:
+                    total += sum(s[2].n for s in state.items)
+            for pattern in st.patterns or ():
+                total += len(pattern.pending)
+        return total
+
+
+_FINAL = object()
+#: late emissions of one event: (kind, window) -> values
+_LateOut = dict[tuple[str, tuple[int, int]], dict[str, Any]]
+
+
+def _poisoned(
+    states: dict[Any, KeyWindows],
+    key: Any,
+    t: int,
+    ev: Any,
+    exc: Exception,
+    poison: list[Any],
+    made: KeyWindows | None,
+) -> None:
+    """Set a poison event aside: ``(key, t, ev, exc)`` goes to ``poison``; ``made``, the state
+    the event created for its key, is dropped (it may hold part of the event and nothing
+    else). A key left in ``IdleKeys.recent`` without a state is skipped there."""
+    with contextlib.suppress(Exception):  # a key whose hash raises never got a state
+        if made is not None and states.get(key) is made:
+            del states[key]
+    poison.append((key, t, ev, exc))
+
+
+def _read(reader: Callable[[Any], Any], state: Any) -> Any:
+    """A feature's value, or None where computing it fails (a mean of ints whose sum is
+    beyond a float's range, say: the event that caused it was reported when it came)."""
+    try:
+        return reader(state)
+    except (ArithmeticError, TypeError, ValueError):
+        return None
+
+
+def _time_serial(item: tuple[int, int, Any]) -> tuple[int, int]:
+    return item[0], item[1]
+
+
+def _start_of(session: list[Any]) -> int:
+    return int(session[0])
+
+
+def _end_then_start(item: tuple[int, int, Any]) -> tuple[int, int]:
+    return item[1], item[0]

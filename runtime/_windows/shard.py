@@ -1,0 +1,196 @@
+"""The actor that computes a group's windowed features for the keys of one shard.
+
+It is fed the same batches as the keyed group's actors and shares their bookkeeping
+(:class:`GroupShard`: counters, latency samples, errors, publishing); what differs is the state
+(a :class:`KeyWindows` per key, applied by the group's :class:`WindowEngine`) and time: with
+``idle_timeout`` or ``state_ttl`` set, a periodic :class:`Tick` advances the clocks of quiet keys,
+closes their windows and expires their state.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from operator import itemgetter
+from typing import Any
+
+from actors import get_logger
+
+from .._messages import Batch, GetStates, IdleTick, Ping, Tick, set_aside
+from .._results import FeatureUpdate, LateEvent
+from .._shard import GroupShard
+from .._stats.idle import IdleKeys
+from .._updates import UpdateHub
+from .engine import KeyWindows, WindowCounters, WindowEngine
+
+__all__ = ["WindowShard", "WindowStats", "WindowStatsRequest"]
+
+_log = get_logger("featurist.windows")
+_time_of = itemgetter(1)
+
+
+@dataclass(frozen=True)
+class WindowStats:
+    """A window shard's counters, beside its :class:`ShardStats`."""
+
+    counters: WindowCounters
+    held_events: int
+
+
+class WindowShard(GroupShard):
+    """Computes one group's windowed features for one shard's keys. Internal."""
+
+    def __init__(
+        self,
+        engine: WindowEngine,
+        group_name: str,
+        shard: int,
+        hub: UpdateHub[FeatureUpdate],
+        late_hub: UpdateHub[LateEvent],
+        sample_every: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__(engine, group_name, shard, hub, sample_every)  # type: ignore[arg-type]
+        self.seen = None  # the engine tracks quiet keys itself
+        self.engine = engine
+        self.late_hub = late_hub
+        self.clock = clock
+        self.states: dict[Any, KeyWindows] = {}
+        self.counters = WindowCounters()
+        self.idle: IdleKeys | None = IdleKeys() if engine.tracks_idle else None
+
+    async def on_start(self) -> None:
+        engine = self.engine
+        if engine.tracks_idle:
+            quiet = min(x for x in (engine.idle_timeout, engine.state_ttl) if x is not None)
+            period = min(max(quiet / 4, 0.01), 1.0)
+            self.context.start_periodic_timer("tick", Tick(), period)
+
+    async def _apply(self, batch: Batch) -> None:
+        events = batch.events
+        n = len(events)
+        if not n:
+            return
+        engine = self.engine
+        now = self.clock()
+        errors: list[Any] = []
+        out: list[Any] | None = [] if self.hub.active else None
+        late: list[Any] | None = [] if self.late_hub.active else None
+        poison: list[Any] = []
+        start = time.perf_counter_ns()
+        engine.apply(events, self.states, errors, now, out, late, self.counters, self.idle, poison)
+        elapsed = time.perf_counter_ns() - start
+        self.compute_ns += elapsed
+        # The features of a window group share buffers and one pass per event, so their time
+        # is not measured apart: each is charged an equal share of the group's.
+        features = len(engine.names)
+        share = elapsed // features
+        per_event_ms = self.compute_ns / (self.events + n) / 1e6 / features
+        self.feature_latency_ms = dict.fromkeys(engine.names, per_event_ms)
+        feature_ns = self.feature_ns
+        for i in range(features):
+            feature_ns[i] += share
+        self.sampled_events += n
+        if self.batches % self.sample_every == 0:
+            self.feature_samples.append((n, [share] * features))
+        if poison:  # from here on, the events applied
+            events = set_aside(self, poison, events, group=self.group_name, shard=self.shard)
+            n = len(events)
+        self.latencies.append((time.perf_counter() - batch.created, n))
+        self.events += n
+        self.batches += 1
+        wall = time.time()
+        if self.first_event_at is None:
+            self.first_event_at = wall
+        self.last_event_at = wall
+        high = max(map(_time_of, events), default=None)
+        if high is not None and (self.max_time is None or high > self.max_time):
+            self.max_time = high
+        if errors:
+            self._record_errors(errors, emit=False)
+        if late:
+            await self.late_hub.publish(
+                [LateEvent(k, t, wm, ev, self.group_name) for k, t, wm, ev in late]
+            )
+        if out:
+            await self._publish_windows(out, wall)
+
+    async def _publish_windows(self, out: list[Any], wall: float) -> None:
+        names = self.engine.names
+        latency = self.feature_latency_ms
+        group = self.group_name
+        updates = []
+        for key, t, values, kind, window, errors, parts in out:
+            if kind == "update":
+                values = dict(zip(names, values, strict=True))
+            updates.append(
+                FeatureUpdate(key, t, values, errors, latency, wall, group, kind, window, parts)
+            )
+        await self.hub.publish(updates)
+
+    async def _tick(self) -> None:
+        if self.idle is None:
+            return
+        out: list[Any] | None = [] if self.hub.active else None
+        self.engine.tick(self.states, self.idle, self.clock(), out, self.counters)
+        if out:
+            await self._publish_windows(out, time.time())
+
+    async def receive(self, message: Any) -> Any:
+        if isinstance(message, GetStates):
+            replies: list[tuple[Any, ...]] = []
+            get, values = self.states.get, self.engine.values
+            ooo = self.engine.ooo
+            for key in message.keys:
+                st = get(key)
+                if st is None:
+                    replies.append((None, None, None, None, None))
+                else:
+                    replies.append(
+                        (values(st), st.latest, self.last_event_at, None, st.clock - ooo)
+                    )
+            return replies
+        if isinstance(message, IdleTick | Tick):  # the timer's Tick comes here, one at a time
+            await self._tick()
+            return None
+        if isinstance(message, Ping):
+            return None
+        if isinstance(message, WindowStatsRequest):
+            return WindowStats(
+                WindowCounters(**vars(self.counters)), self.engine.held_events(self.states)
+            )
+        return await super().receive(message)
+
+    def _state_bytes(self, sample: int = 200) -> int:
+        return self.engine.state_bytes(self.states)
+
+    # -- checkpoints: a key's entry is its KeyWindows (its wall-clock ``seen`` inside) --------
+    def snapshot_entry(self, key: Any, state: Any) -> Any:
+        return state
+
+    def restore_entry(self, key: Any, entry: Any) -> float | None:
+        self.states[key] = entry
+        return entry.seen  # type: ignore[no-any-return]
+
+    def snapshot_extra(self) -> dict[str, Any]:
+        extra = super().snapshot_extra()
+        extra["counters"] = dict(vars(self.counters))
+        return extra
+
+    def restore_extra(self, extra: dict[str, Any]) -> None:
+        super().restore_extra(extra)
+        counters = self.counters
+        for name, n in extra["counters"].items():
+            setattr(counters, name, getattr(counters, name) + n)
+
+    def restored(self, seen: list[tuple[float, Any]]) -> None:
+        if self.idle is not None:
+            seen.sort(key=itemgetter(0))
+            for _, key in seen:
+                self.idle.touch(key)
+
+
+@dataclass(frozen=True)
+class WindowStatsRequest:
+    """Ask: the shard's :class:`WindowStats`."""

@@ -1,0 +1,568 @@
+"""The state of one window buffer of one key: what windowed features read their values from.
+
+Features of a feature set that read the same input (field, condition, numeric or not) over the
+same window share one *buffer*; :class:`Needs` says which statistics the buffer keeps for them.
+
+- :class:`SlidingState` holds the events of a sliding window in time order (a deque) and keeps
+  its statistics incrementally: running sums and moments subtract on eviction, min and max are
+  monotonic deques, percentiles a sorted list, quantiles a sketch that forgets, top-k and
+  distinct counts dicts of counts. Each event costs amortized O(1), or O(log w) with a sorted
+  list; nothing rescans the window.
+- :class:`Accumulator` only adds and merges: the state of one pane of a tumbling or hopping
+  window, or of one session. A hopping window's value merges its ``size / hop`` panes.
+
+Both answer the same questions (:data:`READERS`), so a feature's value is one function of
+either.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from .._stats.quantiles import QuantileSketch, SortedValues
+from .._stats.rolling import DistinctWindowCount, FrequentValues, RunningMoments
+
+__all__ = [
+    "READERS",
+    "Accumulator",
+    "Needs",
+    "SlidingState",
+    "WindowMoments",
+    "check_value",
+    "value_reader",
+]
+
+
+@dataclass(frozen=True)
+class Needs:
+    """The statistics a buffer keeps, for the features that share it."""
+
+    moments: bool = False
+    extremes: bool = False
+    ends: bool = False
+    sorted: bool = False
+    #: the relative accuracy of the quantile sketch, or None for no sketch
+    sketch: float | None = None
+    frequent: bool = False
+    distinct: bool = False
+
+    @property
+    def trackers(self) -> bool:
+        """Whether a sliding window keeps any structure that adds and removes each value."""
+        return bool(
+            self.moments or self.sorted or self.sketch is not None or self.frequent or self.distinct
+        )
+
+
+def _entry_bytes(value: Any) -> int:
+    return 64 + (sys.getsizeof(value) if type(value) is not int else 28)
+
+
+class WindowMoments:
+    """The variance of a sliding window, with O(1) ``add`` and ``remove``.
+
+    It keeps the count and the sums of ``x - K`` and ``(x - K) ** 2`` for a shift ``K`` taken
+    from the data (the shifted-data algorithm), so the subtraction that gives the variance does
+    not cancel catastrophically when the mean is large against the spread. Integers stay
+    integers, so a window of ints has an exact variance however many values passed through it.
+    For floats, rounding accumulates with each add and remove; :meth:`rebuild` recomputes the
+    sums from the values held. The sliding window calls it once ``w + 64`` values have left a
+    window of ``w`` (amortized O(1)), so the error stays that of the last ``2 w + 128``
+    operations or so, and whenever the sums have cancelled (:meth:`cancelled`: the values
+    left are close together and far from the shift, so their variance would be mostly
+    rounding).
+    """
+
+    __slots__ = ("mass", "n", "removed", "s1", "s2", "shift")
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.shift: Any = 0
+        self.s1: Any = 0
+        self.s2: Any = 0
+        self.removed = 0
+        #: the squared deviations added since the last rebuild: the scale of the rounding
+        #: that the sums carry
+        self.mass: Any = 0
+
+    def add(self, x: Any) -> None:
+        if not self.n:
+            self.shift, self.s1, self.s2 = x, 0, 0
+        d = x - self.shift
+        self.s1 += d
+        self.s2 += d * d
+        self.mass += d * d
+        self.n += 1
+
+    def remove(self, x: Any) -> None:
+        self.n -= 1
+        self.removed += 1
+        if not self.n:
+            self.shift, self.s1, self.s2 = 0, 0, 0
+            return
+        d = x - self.shift
+        self.s1 -= d
+        self.s2 -= d * d
+
+    def rebuild(self, values: Iterable[Any]) -> None:
+        """Recompute from the values held, shifted by their first value."""
+        self.n = 0
+        self.removed = 0
+        self.shift, self.s1, self.s2, self.mass = 0, 0, 0, 0
+        for x in values:
+            self.add(x)
+
+    def cancelled(self) -> bool:
+        """Whether the float sums may be mostly rounding: the squared spread they give is
+        below a billionth of the squared deviations that went through them since the last
+        rebuild (never for integers, whose sums are exact)."""
+        s1, s2, n = self.s1, self.s2, self.n
+        if type(s2) is int or not n:
+            return False
+        return bool(s2 - s1 * s1 / n < 1e-9 * self.mass)
+
+    def variance(self, ddof: int) -> float | None:
+        n = self.n
+        if n <= ddof:
+            return None
+        s1, s2 = self.s1, self.s2
+        if type(s1) is int and type(s2) is int:
+            # exact: (n * s2 - s1 ** 2) / (n * (n - ddof)), one correctly rounded division
+            try:
+                return (n * s2 - s1 * s1) / (n * (n - ddof))
+            except OverflowError:
+                return None  # beyond a float's range
+        q = s2 - s1 * s1 / n
+        return (q if q > 0 else 0.0) / (n - ddof)
+
+
+class _ValueReaders:
+    """The readers of the structures both states keep alike (``values``, ``sketch``,
+    ``frequent``, ``distinct``), for the features that need them."""
+
+    __slots__ = ()
+
+    values: SortedValues | None
+    sketch: QuantileSketch | None
+    frequent: FrequentValues | None
+    distinct: DistinctWindowCount | None
+
+    def percentile(self, q: float, method: Any) -> Any:
+        assert self.values is not None
+        return self.values.percentile(q, method)
+
+    def quantile(self, q: float) -> float | None:
+        assert self.sketch is not None
+        return self.sketch.quantile(q)
+
+    def top(self, k: int) -> list[list[Any]]:
+        assert self.frequent is not None
+        return [[value, n] for value, n in self.frequent.top(k)]
+
+    def distinct_count(self) -> int:
+        assert self.distinct is not None
+        return self.distinct.distinct()
+
+
+class SlidingState(_ValueReaders):
+    """A sliding window's events in time order, with incremental statistics.
+
+    ``add(t, v)`` inserts in time order: O(1) for an event at or after the newest, O(d) for one
+    ``d`` places from the end. ``evict(cutoff)`` drops the events with time ``<= cutoff`` from
+    the front. Equal times keep their arrival order, so ``first`` is the earliest event (the
+    first to arrive among equals) and ``last`` the latest (the last to arrive).
+    """
+
+    __slots__ = (
+        "distinct",
+        "frequent",
+        "highs",
+        "items",
+        "lows",
+        "moments",
+        "numeric",
+        "plain",
+        "removed",
+        "scores",
+        "sketch",
+        "sum",
+        "trackers",
+        "values",
+    )
+
+    def __init__(self, needs: Needs, numeric: bool = False) -> None:
+        self.items: deque[tuple[int, Any]] = deque()
+        #: whether the values are numbers to sum
+        self.numeric = numeric
+        #: zscore feature name -> the z-score of the latest value scored (None: no zscore)
+        self.scores: dict[str, float | None] | None = None
+        self.sum: Any = 0
+        self.moments = WindowMoments() if needs.moments else None
+        #: monotonic deques of (t, v): values increasing (lows) or decreasing (highs)
+        self.lows: deque[tuple[int, Any]] | None = deque() if needs.extremes else None
+        self.highs: deque[tuple[int, Any]] | None = deque() if needs.extremes else None
+        self.values = SortedValues() if needs.sorted else None
+        self.sketch = QuantileSketch(needs.sketch) if needs.sketch is not None else None
+        self.frequent = FrequentValues() if needs.frequent else None
+        self.distinct = DistinctWindowCount() if needs.distinct else None
+        #: the structures that add and remove each value, so a plain count or sum checks none
+        self.trackers: tuple[Any, ...] = ()
+        #: no structure beside the deque and the sum: the engine appends in line
+        self.plain = not needs.trackers and not needs.extremes
+        #: values evicted since the sums were last recomputed from the values held
+        self.removed = 0
+        if needs.trackers:
+            held = (self.moments, self.values, self.sketch, self.frequent, self.distinct)
+            self.trackers = tuple([tracker for tracker in held if tracker is not None])
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def add(self, t: int, v: Any) -> None:
+        """Add an event; ``check_value`` it first when the buffer counts or sketches values."""
+        if self.removed and self.removed >= len(self.items) + 64:
+            self._recompute()
+        items = self.items
+        if not items or t >= items[-1][0]:
+            items.append((t, v))
+        else:
+            i = len(items) - 1
+            while i > 0 and items[i - 1][0] > t:
+                i -= 1
+            items.insert(i, (t, v))
+        if self.numeric:
+            self.sum += v
+        for tracker in self.trackers:
+            tracker.add(v)
+        moments = self.moments
+        if moments is not None and moments.removed and moments.n > 1 and moments.cancelled():
+            # only removals leave residue: sums built by adds alone are as good as a rebuild
+            moments.rebuild([x for _, x in items])
+        if self.lows is not None:
+            _monotonic_insert(self.lows, t, v, _ge)
+            _monotonic_insert(self.highs, t, v, _le)  # type: ignore[arg-type]
+
+    def evict(self, cutoff: int) -> None:
+        """Drop the events with time ``<= cutoff``."""
+        items = self.items
+        if not items or items[0][0] > cutoff:
+            return
+        trackers = self.trackers
+        popleft = items.popleft
+        if self.numeric:
+            total = self.sum
+            held = len(items)
+            while items and items[0][0] <= cutoff:
+                v = popleft()[1]
+                total -= v
+                for tracker in trackers:
+                    tracker.remove(v)
+            # an empty window sums to exactly zero, whatever rounding the subtractions left
+            self.sum = total if items else 0
+            self.removed += held - len(items)
+        elif trackers:
+            while items and items[0][0] <= cutoff:
+                v = popleft()[1]
+                for tracker in trackers:
+                    tracker.remove(v)
+        else:
+            while items and items[0][0] <= cutoff:
+                popleft()
+        if not items:
+            self.removed = 0
+            if self.moments is not None:
+                self.moments.rebuild(())
+            if self.scores:
+                self.scores = None
+        lows, highs = self.lows, self.highs
+        if lows is not None and highs is not None:
+            while lows and lows[0][0] <= cutoff:
+                lows.popleft()
+            while highs and highs[0][0] <= cutoff:
+                highs.popleft()
+
+    # -- readers ---------------------------------------------------------------------------
+    def count(self) -> int:
+        return len(self.items)
+
+    def total(self) -> Any:
+        return self.sum
+
+    def mean(self) -> float | None:
+        n = len(self.items)
+        return self.sum / n if n else None
+
+    def _recompute(self) -> None:
+        """Recompute the sum and the moments from the values held: the rounding that adds and
+        subtracts of floats left is gone. Called by ``add`` (never by a read, so that values
+        do not depend on when reads happen) once ``w + 64`` values left a window of ``w``:
+        amortized O(1)."""
+        held = [v for _, v in self.items]
+        if self.numeric:
+            self.sum = sum(held)
+        if self.moments is not None:
+            self.moments.rebuild(held)
+        self.removed = 0
+
+    def variance(self, ddof: int, *, repair: bool = False) -> float | None:
+        """The variance of the values held. If the shifted sums have cancelled (the values
+        are now close together, far from the value they were shifted by), it is recomputed
+        from the values held: stored with ``repair`` (the event path), else only returned."""
+        moments = self.moments
+        assert moments is not None
+        variance = moments.variance(ddof)
+        if variance is not None and moments.cancelled():
+            if repair:
+                moments.rebuild([v for _, v in self.items])
+                return moments.variance(ddof)
+            exact = WindowMoments()
+            exact.rebuild([v for _, v in self.items])
+            return exact.variance(ddof)
+        return variance
+
+    def minimum(self) -> Any:
+        return self.lows[0][1] if self.lows else None
+
+    def maximum(self) -> Any:
+        return self.highs[0][1] if self.highs else None
+
+    def first(self) -> Any:
+        return self.items[0][1] if self.items else None
+
+    def last(self) -> Any:
+        return self.items[-1][1] if self.items else None
+
+    def nbytes(self) -> int:
+        """Estimated bytes held: the deque's entries and the structures beside them."""
+        n = len(self.items)
+        if not n:
+            return 200
+        per = _entry_bytes(self.items[-1][1])
+        extra = 0
+        if self.lows is not None and self.highs is not None:
+            extra += (len(self.lows) + len(self.highs)) * 72
+        if self.values is not None:
+            extra += n * 8
+        if self.frequent is not None or self.distinct is not None:
+            extra += n * 100
+        if self.sketch is not None:
+            extra += len(self.sketch._sketch._store.bins) * 8
+        return 200 + n * per + extra
+
+
+def _ge(a: Any, b: Any) -> bool:
+    return bool(a >= b)
+
+
+def _le(a: Any, b: Any) -> bool:
+    return bool(a <= b)
+
+
+def _monotonic_insert(
+    dq: deque[tuple[int, Any]], t: int, v: Any, dominated: Callable[[Any, Any], bool]
+) -> None:
+    """Insert ``(t, v)`` into a monotonic deque of window candidates, in time order.
+
+    An entry is a candidate while no entry at least as late has a value at least as good
+    (``dominated(old, new)``: old is no better). For an event in time order this is the usual
+    pop-from-the-back; for an out-of-order one, the entries it dominates are the run just before
+    its place, and it is itself dominated if the first later entry is at least as good.
+    """
+    end = len(dq)
+    if not end or t >= dq[-1][0]:
+        while dq and dominated(dq[-1][1], v):
+            dq.pop()
+        dq.append((t, v))
+        return
+    place = end
+    while place > 0 and dq[place - 1][0] > t:
+        place -= 1
+    if dominated(v, dq[place][1]):
+        return  # a later entry is at least as good: the new one never answers
+    while place > 0 and dominated(dq[place - 1][1], v):
+        del dq[place - 1]
+        place -= 1
+    dq.insert(place, (t, v))
+
+
+class Accumulator(_ValueReaders):
+    """The statistics of one pane or session: add and merge, never remove."""
+
+    __slots__ = (
+        "distinct",
+        "first_t",
+        "first_v",
+        "frequent",
+        "high",
+        "last_t",
+        "last_v",
+        "low",
+        "moments",
+        "n",
+        "sketch",
+        "sum",
+        "values",
+    )
+
+    def __init__(self, needs: Needs) -> None:
+        self.n = 0
+        self.sum: Any = 0
+        self.moments = RunningMoments() if needs.moments else None
+        self.low: Any = None
+        self.high: Any = None
+        self.first_t = -1
+        self.first_v: Any = None
+        self.last_t = -1
+        self.last_v: Any = None
+        self.values = SortedValues() if needs.sorted else None
+        self.sketch = QuantileSketch(needs.sketch) if needs.sketch is not None else None
+        self.frequent = FrequentValues() if needs.frequent else None
+        self.distinct = DistinctWindowCount() if needs.distinct else None
+
+    def __len__(self) -> int:
+        return self.n
+
+    def add(self, t: int, v: Any, numeric: bool, needs: Needs) -> None:
+        self.n += 1
+        if numeric:
+            self.sum += v
+        if self.moments is not None:
+            self.moments.add(v)
+        if needs.extremes:
+            if self.low is None or v < self.low:
+                self.low = v
+            if self.high is None or v > self.high:
+                self.high = v
+        if self.first_t < 0 or t < self.first_t:
+            self.first_t, self.first_v = t, v
+        if t >= self.last_t:
+            self.last_t, self.last_v = t, v
+        if self.values is not None:
+            self.values.add(v)
+        if self.sketch is not None:
+            self.sketch.add(v)
+        if self.frequent is not None:
+            self.frequent.add(v)
+        if self.distinct is not None:
+            self.distinct.add(v)
+
+    def merge(self, other: Accumulator, needs: Needs) -> None:
+        """Fold ``other`` in. Panes merge oldest first, so that ``first`` and ``last`` keep
+        their arrival order among equal times."""
+        if not other.n:
+            return
+        self.n += other.n
+        self.sum += other.sum
+        if self.moments is not None and other.moments is not None:
+            self.moments.merge(other.moments)
+        if needs.extremes:
+            if self.low is None or other.low < self.low:
+                self.low = other.low
+            if self.high is None or other.high > self.high:
+                self.high = other.high
+        if self.first_t < 0 or other.first_t < self.first_t:
+            self.first_t, self.first_v = other.first_t, other.first_v
+        if other.last_t >= self.last_t:
+            self.last_t, self.last_v = other.last_t, other.last_v
+        if self.values is not None and other.values is not None:
+            self.values.merge(other.values)
+        if self.sketch is not None and other.sketch is not None:
+            self.sketch.merge(other.sketch)
+        if self.frequent is not None and other.frequent is not None:
+            self.frequent.merge(other.frequent)
+        if self.distinct is not None and other.distinct is not None:
+            self.distinct.merge(other.distinct)
+
+    # -- readers ---------------------------------------------------------------------------
+    def count(self) -> int:
+        return self.n
+
+    def total(self) -> Any:
+        return self.sum
+
+    def mean(self) -> float | None:
+        return self.sum / self.n if self.n else None
+
+    def variance(self, ddof: int) -> float | None:
+        assert self.moments is not None
+        return self.moments.variance(ddof)
+
+    def minimum(self) -> Any:
+        return self.low
+
+    def maximum(self) -> Any:
+        return self.high
+
+    def first(self) -> Any:
+        return self.first_v
+
+    def last(self) -> Any:
+        return self.last_v
+
+    def nbytes(self) -> int:
+        size = 240
+        if self.values is not None:
+            size += len(self.values) * 40
+        if self.frequent is not None or self.distinct is not None:
+            size += self.n * 100
+        if self.sketch is not None:
+            size += len(self.sketch._sketch._store.bins) * 8
+        return size
+
+
+def check_value(needs: Needs, v: Any) -> None:
+    """Raise for a value a buffer with ``needs`` would refuse, before anything changes:
+    ``TypeError`` for an unhashable value where values are counted (``top_k``,
+    ``distinct_count``), ``ValueError`` for a number beyond a quantile sketch's range."""
+    if needs.frequent or needs.distinct:
+        hash(v)
+    if needs.sketch is not None and not -_SKETCH_LIMIT <= v <= _SKETCH_LIMIT:
+        raise ValueError(f"{v!r} is beyond the quantile sketch's range (+-{_SKETCH_LIMIT:.3g})")
+
+
+#: the largest magnitude every sketch accepts (DDSketch maps up to about 1.7e308 / (1 + alpha))
+_SKETCH_LIMIT = 1e307
+
+
+def _std(state: Any, ddof: int) -> float | None:
+    variance = state.variance(ddof)
+    return None if variance is None else variance**0.5
+
+
+#: How each feature type reads its value from a buffer state (sliding or accumulator).
+READERS: dict[str, Callable[[Any, Any], Any]] = {
+    "count": lambda s, f: s.count(),
+    "sum": lambda s, f: s.total(),
+    "mean": lambda s, f: s.mean(),
+    "min": lambda s, f: s.minimum(),
+    "max": lambda s, f: s.maximum(),
+    "first": lambda s, f: s.first(),
+    "last": lambda s, f: s.last(),
+    "variance": lambda s, f: s.variance(f.ddof),
+    "std": lambda s, f: _std(s, f.ddof),
+    "distinct_count": lambda s, f: s.distinct_count(),
+    "percentile": lambda s, f: s.percentile(f.q, f.method),
+    "quantile": lambda s, f: s.quantile(f.q),
+    "top_k": lambda s, f: s.top(f.k),
+    "zscore": lambda s, f: s.scores.get(f.name) if s.scores else None,
+}
+
+#: The value of each feature type over an empty window.
+EMPTY: dict[str, Any] = {"count": 0, "sum": 0, "distinct_count": 0, "top_k": []}
+
+
+def value_reader(feature: Any) -> Callable[[Any], Any]:
+    """The function from a buffer state (or None: an empty window) to ``feature``'s value."""
+    read = READERS[feature.type_name]
+    empty = EMPTY.get(feature.type_name)
+
+    def value(state: Any) -> Any:
+        if state is None or not len(state):
+            return list(empty) if isinstance(empty, list) else empty
+        return read(state, feature)
+
+    return value
