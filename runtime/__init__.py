@@ -4,17 +4,19 @@ Start with :class:`FeatureSet` (what to compute) and :class:`FeatureRuntime` (co
 See ``docs/quickstart.md``.
 """
 
-from runtime._checkpoints.codec import CheckpointError as CheckpointError
 from runtime._checkpoints.store import CheckpointConfig as CheckpointConfig
 from runtime._checkpoints.store import CheckpointInfo as CheckpointInfo
 from runtime._duration import format_duration as format_duration
 from runtime._duration import parse_duration as parse_duration
-from runtime._enrich.fetch import SourceError as SourceError
-from runtime._enrich.fetch import SourceUnavailable as SourceUnavailable
+from runtime._exceptions import CheckpointError as CheckpointError
+from runtime._exceptions import ConfigError as ConfigError
 from runtime._exceptions import FeatureValueError as FeatureValueError
 from runtime._exceptions import FeaturistError as FeaturistError
 from runtime._exceptions import InvalidEvent as InvalidEvent
+from runtime._exceptions import MalformedRow as MalformedRow
 from runtime._exceptions import RuntimeClosed as RuntimeClosed
+from runtime._exceptions import SourceError as SourceError
+from runtime._exceptions import SourceUnavailable as SourceUnavailable
 from runtime._exceptions import SpecError as SpecError
 from runtime._exceptions import UnknownFeature as UnknownFeature
 from runtime._logging import configure_logging as configure_logging
@@ -108,6 +110,8 @@ __all__ = [
     "Reference",
     "CheckpointConfig",
     "CheckpointError",
+    "ConfigError",
+    "MalformedRow",
     "CheckpointInfo",
     "FEATURE_TYPES",
     "CostEstimate",

@@ -10,20 +10,34 @@ The hierarchy::
     ├── FeatureValueError    a feature's input field has an unusable value for one event
     │                        (also a ``ValueError``); reported as that feature's error
     ├── UnknownFeature       a feature name that the runtime does not have (also a ``KeyError``)
-    └── RuntimeClosed        the runtime is not running (also an ``actors.ActorStopped``)
+    ├── ConfigError          an option of the runtime or of a source is invalid (also an
+    │                        ``actors.ConfigError`` and a ``ValueError``)
+    ├── RuntimeClosed        the runtime is not running (also an ``actors.ActorStopped``)
+    ├── SourceError          a call of a dimension source failed after its retries
+    │   └── SourceUnavailable    the source's circuit breaker is open: not called at all
+    ├── MalformedRow         a source's row cannot be read (also a ``ValueError``); the key's
+    │                        value in the source's answer, not raised: the lookup's default
+    └── CheckpointError      a checkpoint cannot be written, read or restored
 
-Kernel errors (``actors.ActorError`` and its subclasses) pass through unchanged.
+Other kernel errors (``actors.ActorError`` and its subclasses, such as ``actors.AskTimeout``)
+pass through unchanged.
 """
 
 from __future__ import annotations
 
 from actors import ActorStopped
+from actors import ConfigError as KernelConfigError
 
 __all__ = [
+    "CheckpointError",
+    "ConfigError",
     "FeatureValueError",
     "FeaturistError",
     "InvalidEvent",
+    "MalformedRow",
     "RuntimeClosed",
+    "SourceError",
+    "SourceUnavailable",
     "SpecError",
     "UnknownFeature",
 ]
@@ -76,3 +90,52 @@ class UnknownFeature(FeaturistError, KeyError):
 
 class RuntimeClosed(FeaturistError, ActorStopped):
     """The runtime is not running: it was never entered, or it is shutting down."""
+
+
+class ConfigError(FeaturistError, KernelConfigError):
+    """An option of the runtime, a checkpoint configuration or a source's settings is invalid
+    (``FeatureRuntime(fs, linger=-1)``). Also an ``actors.ConfigError`` (and so a
+    ``ValueError``), which the kernel raises for its own options."""
+
+
+class SourceError(FeaturistError):
+    """A call of a dimension source failed: every attempt raised or timed out.
+
+    Attributes:
+        source: the source's name.
+        attempts: the attempts made (0 for :class:`SourceUnavailable`).
+
+    ``__cause__`` is the last attempt's exception (a ``TimeoutError`` for an attempt that took
+    longer than the timeout). One instance is shared by every key of the failed call: report
+    it, or raise a new error ``from`` it, rather than raising it again from many places.
+    """
+
+    def __init__(self, message: str, *, source: str, attempts: int) -> None:
+        super().__init__(message)
+        self.source = source
+        self.attempts = attempts
+
+
+class SourceUnavailable(SourceError):
+    """The source's circuit is open: the call failed at once, without reaching the source.
+
+    ``__cause__`` is the last :class:`SourceError` of the source, if any.
+    """
+
+
+class MalformedRow(FeaturistError, ValueError):
+    """The source has a row for the key but cannot make a row of it (undecodable JSON or text,
+    JSON that is not an object, a validity column that is not a time). It is the key's value
+    in ``get_many``'s answer, not raised: the caller counts it and uses the lookup's default.
+
+    Attributes:
+        reason: what is wrong with the row.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class CheckpointError(FeaturistError):
+    """A checkpoint cannot be written, read or restored (the message says why)."""

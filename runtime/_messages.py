@@ -23,7 +23,11 @@ __all__ = [
     "ShardSnapshot",
     "TakeSnapshot",
     "GetStates",
+    "GetDriftStatus",
+    "GetEnrichStats",
+    "GetJoinStats",
     "GetStats",
+    "GetWindowStats",
     "IdleTick",
     "Ping",
     "ShardStats",
@@ -83,6 +87,27 @@ class IdleTick:
 @dataclass(frozen=True)
 class GetStats:
     """Ask: the actor's :class:`ShardStats`."""
+
+
+@dataclass(frozen=True)
+class GetWindowStats:
+    """Ask (window groups): the shard's ``WindowStats``: late events and window counters."""
+
+
+@dataclass(frozen=True)
+class GetJoinStats:
+    """Ask (joins): the shard's ``JoinShardStats``: counters, buffers, keys."""
+
+
+@dataclass(frozen=True)
+class GetEnrichStats:
+    """Ask (enrichers): the shard's ``EnrichShardStats``: events stashed and fetches running."""
+
+
+@dataclass(frozen=True)
+class GetDriftStatus:
+    """Ask (drift monitors): read the subscription, then reply with the monitor's
+    ``DriftStatus``."""
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,6 @@ import os
 import time
 from collections.abc import AsyncIterable, Callable, Iterable, Mapping, Sequence
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
 from itertools import islice
 from types import TracebackType
 from typing import Any
@@ -37,7 +36,6 @@ import msgspec
 from actors import (
     ActorRef,
     ActorSystem,
-    ConfigError,
     DeadLetter,
     DeadLetterReason,
     KeyRouter,
@@ -47,7 +45,7 @@ from actors import (
     restart_always,
 )
 
-from ._checkpoints.codec import CheckpointError, state_codec
+from ._checkpoints.codec import state_codec
 from ._checkpoints.store import (
     ActorState,
     Checkpoint,
@@ -57,18 +55,28 @@ from ._checkpoints.store import (
 )
 from ._enrich.cache import DimensionCache
 from ._enrich.fetch import MISSING as FETCHED_MISSING
-from ._enrich.fetch import Fetcher, SourceError
-from ._enrich.shard import EnrichShard, EnrichShardStats, GetEnrichStats, SourceRuntime
+from ._enrich.fetch import Fetcher
+from ._enrich.shard import EnrichShard, EnrichShardStats, SourceRuntime
 from ._enrich.sources import make_source
-from ._exceptions import RuntimeClosed, SpecError, UnknownFeature
+from ._exceptions import (
+    CheckpointError,
+    ConfigError,
+    RuntimeClosed,
+    SourceError,
+    SpecError,
+    UnknownFeature,
+)
 from ._ingest.events import EventReader, PayloadFormat
 from ._ingest.router import Ingest
 from ._joins.engine import JoinConfig, JoinEngine
-from ._joins.shard import GetJoinStats, JoinShard, JoinShardStats
-from ._keyed.kernel import CompiledGroup, compile_group
+from ._joins.shard import JoinShard, JoinShardStats
+from ._keyed.kernel import compile_group
 from ._messages import (
+    GetEnrichStats,
+    GetJoinStats,
     GetStates,
     GetStats,
+    GetWindowStats,
     IdleTick,
     Ping,
     RestoreSnapshot,
@@ -107,41 +115,14 @@ from ._spec.drift import DriftAlert, DriftMonitor, DriftStatus
 from ._spec.enrich import CustomSource
 from ._spec.feature_set import Feature, FeatureSet, enriched_stream
 from ._spec.joins import Join
+from ._topology import EnrichGroup, Group, JoinGroup, Topology
 from ._updates import Policy, UpdateHub, UpdateSubscription
 from ._windows.engine import WindowEngine
-from ._windows.shard import WindowShard, WindowStats, WindowStatsRequest
+from ._windows.shard import WindowShard, WindowStats
 
 __all__ = ["FeatureRuntime"]
 
 _log = get_logger("featurist")
-
-
-@dataclass
-class _Group:
-    """A feature group: keyed aggregates (``compiled``) or windowed features (``engine``)."""
-
-    name: str
-    features: list[Any]
-    compiled: CompiledGroup | None
-    engine: WindowEngine | None = None
-    refs: list[ActorRef[Any]] = field(default_factory=list)
-    defaults: tuple[Any, ...] = ()
-    #: the stream whose events the group sees
-    stream: str = ""
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        if self.engine is not None:
-            return self.engine.names
-        assert self.compiled is not None
-        return self.compiled.names
-
-    @property
-    def types(self) -> tuple[str, ...]:
-        if self.engine is not None:
-            return self.engine.types
-        assert self.compiled is not None
-        return self.compiled.types
 
 
 def _check_int(name: str, value: Any, low: int, high: int | None = None) -> None:
@@ -323,33 +304,23 @@ class FeatureRuntime:
         ttl = feature_set.duration_ms("state_ttl")
         #: seconds after which a quiet key's state is dropped, or None
         self._ttl = None if ttl is None else ttl / 1000
-        self._groups: list[_Group] = []
-        #: per stream (the ingested ones, then the joins' records): its feature groups
-        self._stream_groups: dict[str, list[_Group]] = {
-            name: [] for name in feature_set.group_streams
-        }
-        #: what the Ingest sends batches to: the groups of the ingested streams (each gets its
-        #: stream's events), then the joins (all of them, tagged by stream); the live list
-        self._targets: list[Any] = []
+        #: the actors: feature groups, joins and enrichers, and the sources they read
+        self._topology = Topology(feature_set.group_streams)
         self._ingest = Ingest(
             self._reader,
             self._router,
-            self._targets,
+            self._topology.targets,
             batch_size,
             self._system.dead_letters,
             streams=feature_set.stream_names,
             known_keys=route_cache_size,
         )
-        self._joins: list[_JoinGroup] = []
         self._records_hub: UpdateHub[JoinRecord] = UpdateHub()
-        #: the enrichers (one per ingested stream with lookups) and the sources they share
-        self._enrichers: list[_EnrichGroup] = []
         self._enriched_hub: UpdateHub[EnrichedEvent] = UpdateHub()
         from ._drift.monitor import DriftMonitors
 
         #: the drift monitors and the hub of their alerts (``monitor_drift``)
         self._drift = DriftMonitors()
-        self._sources: dict[str, SourceRuntime] = {}
         self._register_lock = anyio.Lock()
         self._active_ingests = 0
         self._ingests_done: anyio.Event | None = None
@@ -630,12 +601,12 @@ class FeatureRuntime:
         # enrichers first: their stashes empty as their fetches land
         await self._drain_enrichers()
         # joins next: what they hand to the features of their records is then on its way
-        for join in self._joins:
+        for join in self._topology.joins:
             for ref in join.refs:
                 await ref.ask(Ping(), timeout=None)
                 if self._ttl is not None or self.feature_set.idle_timeout is not None:
                     await ref.ask(IdleTick(), timeout=None)
-        for group in self._groups:
+        for group in self._topology.groups:
             for ref in group.refs:
                 await ref.ask(Ping(), timeout=None)  # a reply means every earlier batch is applied
                 if self._ttl is not None or self.feature_set.idle_timeout is not None:
@@ -752,17 +723,17 @@ class FeatureRuntime:
         the order events flow: enrichers, joins, then feature groups."""
         await self._ingest.send_all()
         await self._drain_enrichers()
-        for join in self._joins:
+        for join in self._topology.joins:
             for ref in join.refs:
                 await ref.ask(Ping(), timeout=None)
-        for group in self._groups:
+        for group in self._topology.groups:
             for ref in group.refs:
                 await ref.ask(Ping(), timeout=None)
 
-    def _signature(self, target: _Group | _JoinGroup) -> str:
+    def _signature(self, target: Group | JoinGroup) -> str:
         """What must be equal between the runtime that wrote a state and the one restoring it:
         the specs of the group's features (and its stream), or of the join."""
-        if isinstance(target, _JoinGroup):
+        if isinstance(target, JoinGroup):
             return "join:" + msgspec.json.encode(target.join).decode()
         specs = msgspec.json.encode(list(target.features)).decode()
         kind = "keyed" if target.compiled is not None else "windowed"
@@ -771,8 +742,10 @@ class FeatureRuntime:
     async def _snapshot_actors(self) -> list[ActorState]:
         request = TakeSnapshot(self._router.key_group)
         states = []
-        targets: list[tuple[str, _Group | _JoinGroup]] = [("features", g) for g in self._groups]
-        targets += [("join", join) for join in self._joins]
+        targets: list[tuple[str, Group | JoinGroup]] = [
+            ("features", g) for g in self._topology.groups
+        ]
+        targets += [("join", join) for join in self._topology.joins]
         for kind, target in targets:
             groups: dict[int, bytes] = {}
             extras = []
@@ -784,7 +757,7 @@ class FeatureRuntime:
                 keys += snapshot.keys
             layout = (
                 list(target.compiled.state_type.__slots__)  # type: ignore[attr-defined]
-                if isinstance(target, _Group) and target.compiled is not None
+                if isinstance(target, Group) and target.compiled is not None
                 else []
             )
             states.append(
@@ -796,7 +769,10 @@ class FeatureRuntime:
 
     def _snapshot_caches(self) -> dict[str, bytes]:
         codec = state_codec()
-        return {name: codec.encode(source.cache.export()) for name, source in self._sources.items()}
+        return {
+            name: codec.encode(source.cache.export())
+            for name, source in self._topology.sources.items()
+        }
 
     async def _restore_latest(self) -> None:
         """On start: restore the newest readable checkpoint of the directory, if any."""
@@ -812,7 +788,7 @@ class FeatureRuntime:
                 f"key_groups={self._router.key_groups}: key groups are the unit of rescaling "
                 "and cannot change"
             )
-        every: list[_Group | _JoinGroup] = [*self._groups, *self._joins]
+        every: list[Group | JoinGroup] = [*self._topology.groups, *self._topology.joins]
         targets = {self._signature(target): target for target in every}
         keys = 0
         for state in checkpoint.actors:
@@ -843,7 +819,7 @@ class FeatureRuntime:
             )
         codec = state_codec()
         for name, blob in checkpoint.caches.items():
-            source = self._sources.get(name)
+            source = self._topology.sources.get(name)
             if source is not None:
                 source.cache.load(codec.decode(blob))
         self._position = checkpoint.position
@@ -872,11 +848,11 @@ class FeatureRuntime:
         )
 
     async def _restore_target(
-        self, target: _Group | _JoinGroup, state: ActorState, path: Any
+        self, target: Group | JoinGroup, state: ActorState, path: Any
     ) -> None:
         """Give each shard actor of ``target`` the key groups it owns now, and the counters of
         the checkpoint's actors spread over them (so their totals are kept)."""
-        if isinstance(target, _Group) and target.compiled is not None:
+        if isinstance(target, Group) and target.compiled is not None:
             layout = list(target.compiled.state_type.__slots__)  # type: ignore[attr-defined]
             if layout != state.layout:
                 raise CheckpointError(
@@ -924,16 +900,16 @@ class FeatureRuntime:
         found: dict[Any, _Found] = {key: _Found() for key in wanted}
         groups = [
             group
-            for group in self._groups
+            for group in self._topology.groups
             if features is None or any(name in features for name in group.names)
         ]
         for shard, shard_keys in by_shard.items():
             await self._ingest.send(shard)
             # enrichers and joins first: what they hand to the features of their streams is
             # then on its way (an event still waiting for a fetch is not: flush waits for it)
-            for enricher in self._enrichers:
+            for enricher in self._topology.enrichers:
                 await enricher.refs[shard].ask(Ping(), timeout=None)
-            for join in self._joins:
+            for join in self._topology.joins:
                 await join.refs[shard].ask(Ping(), timeout=None)
             for group in groups:
                 replies = await group.refs[shard].ask(GetStates(tuple(shard_keys)), timeout=None)
@@ -1003,29 +979,29 @@ class FeatureRuntime:
             _log.info("features_registered", group=group.name, features=list(group.names))
         return [self._description(f, self._group_of(f.name), None) for f in features]
 
-    def _group_of(self, name: str) -> _Group:
-        for group in self._groups:
+    def _group_of(self, name: str) -> Group:
+        for group in self._topology.groups:
             if name in group.names:
                 return group
         raise UnknownFeature(
             f"no feature named {name!r} (known: {', '.join(self.feature_set.names)})"
         )
 
-    async def _add_groups(self, features: list[Any], feature_set: FeatureSet) -> list[_Group]:
+    async def _add_groups(self, features: list[Any], feature_set: FeatureSet) -> list[Group]:
         """Add the features as groups: per stream, keyed aggregates, then windowed features.
 
         Every group is compiled (and so validated) before any is started, so a feature that
         is refused leaves the runtime as it was.
         """
-        planned: list[tuple[_Group, Callable[..., Any]]] = []
+        planned: list[tuple[Group, Callable[..., Any]]] = []
         for stream in feature_set.group_streams:
             mine = [f for f in features if feature_set.group_stream_of(f) == stream]
             windowed = [f for f in mine if feature_set.is_windowed(f.name)]
             keyed = [f for f in mine if not feature_set.is_windowed(f.name)]
             if keyed:
-                planned.append(self._plan_keyed(keyed, len(self._groups) + len(planned)))
+                planned.append(self._plan_keyed(keyed, len(self._topology.groups) + len(planned)))
             if windowed:
-                number = len(self._groups) + len(planned)
+                number = len(self._topology.groups) + len(planned)
                 planned.append(self._plan_windowed(windowed, feature_set, number))
             for group, _ in planned:
                 group.stream = group.stream or stream
@@ -1033,10 +1009,10 @@ class FeatureRuntime:
             await self._spawn(planned_group, planned_factory)
         return [group for group, _ in planned]
 
-    def _plan_keyed(self, keyed: list[Any], number: int) -> tuple[_Group, Callable[..., Any]]:
+    def _plan_keyed(self, keyed: list[Any], number: int) -> tuple[Group, Callable[..., Any]]:
         name = f"g{number}"
         compiled = compile_group(keyed, group=name)
-        group = _Group(name, keyed, compiled, defaults=compiled.values(compiled.new_state()))
+        group = Group(name, keyed, compiled, defaults=compiled.values(compiled.new_state()))
         factory: Callable[..., Any] = functools.partial(
             GroupShard,
             compiled,
@@ -1050,7 +1026,7 @@ class FeatureRuntime:
 
     def _plan_windowed(
         self, windowed: list[Any], feature_set: FeatureSet, number: int
-    ) -> tuple[_Group, Callable[..., Any]]:
+    ) -> tuple[Group, Callable[..., Any]]:
         name = f"w{number}"
         idle = feature_set.duration_ms("idle_timeout")
         ttl = feature_set.duration_ms("state_ttl")
@@ -1064,7 +1040,7 @@ class FeatureRuntime:
             idle_timeout=None if idle is None else idle / 1000,
             state_ttl=None if ttl is None else ttl / 1000,
         )
-        group = _Group(name, windowed, None, engine, defaults=engine.defaults)
+        group = Group(name, windowed, None, engine, defaults=engine.defaults)
         factory = functools.partial(
             WindowShard,
             engine,
@@ -1076,7 +1052,7 @@ class FeatureRuntime:
         )
         return group, factory
 
-    async def _spawn(self, group: _Group, factory: Callable[..., Any]) -> None:
+    async def _spawn(self, group: Group, factory: Callable[..., Any]) -> None:
         assert self._supervisor is not None
         for shard in range(self.shards):
             ref = await self._supervisor.spawn(
@@ -1085,13 +1061,13 @@ class FeatureRuntime:
                 mailbox=self._mailbox,
             )
             group.refs.append(ref)
-        self._groups.append(group)
-        self._stream_groups[group.stream].append(group)
+        self._topology.groups.append(group)
+        self._topology.stream_groups[group.stream].append(group)
         if group.stream in self.feature_set.stream_names:
             # before the joins: a batch reaches the features of its stream first
-            targets = self._targets
-            joins = [t for t in targets if isinstance(t, _JoinGroup)]
-            targets[:] = [t for t in targets if not isinstance(t, _JoinGroup)] + [group] + joins
+            targets = self._topology.targets
+            joins = [t for t in targets if isinstance(t, JoinGroup)]
+            targets[:] = [t for t in targets if not isinstance(t, JoinGroup)] + [group] + joins
 
     async def _add_join(self, join: Join) -> None:
         """Start one join: an actor per shard, fed by both of its streams' Ingests."""
@@ -1120,7 +1096,7 @@ class FeatureRuntime:
             idle_timeout=None if idle is None else idle / 1000,
             state_ttl=self._ttl,
         )
-        target = _JoinGroup(join.name, join)
+        target = JoinGroup(join.name, join)
         for shard in range(self.shards):
             ref = await self._supervisor.spawn(
                 functools.partial(
@@ -1131,7 +1107,7 @@ class FeatureRuntime:
                         feature_set.stream_names.index(join.left),
                         feature_set.stream_names.index(join.right),
                     ),
-                    self._stream_groups[join.name],
+                    self._topology.stream_groups[join.name],
                     (self._records_hub, target.hub),
                     self._clock,
                     self._late_hub if feature_set.late_policy == "side_output" else None,
@@ -1140,8 +1116,8 @@ class FeatureRuntime:
                 mailbox=self._mailbox,
             )
             target.refs.append(ref)
-        self._joins.append(target)
-        self._targets.append(target)
+        self._topology.joins.append(target)
+        self._topology.targets.append(target)
 
     async def _open_sources(self, stack: AsyncExitStack) -> None:
         """Open each source with lookups, its cache and its fetcher."""
@@ -1157,7 +1133,7 @@ class FeatureRuntime:
             if hasattr(source, "close"):
                 stack.push_async_callback(source.close)
             fetcher = await stack.enter_async_context(Fetcher.from_spec(source, spec))
-            self._sources[spec.name] = SourceRuntime(
+            self._topology.sources[spec.name] = SourceRuntime(
                 spec.name, DimensionCache.for_source(spec), fetcher
             )
 
@@ -1166,16 +1142,16 @@ class FeatureRuntime:
         stream's events, feeding the groups of the stream's enriched form."""
         assert self._supervisor is not None
         lookups = self.feature_set.lookups_of(stream)
-        target = _EnrichGroup(stream)
+        target = EnrichGroup(stream)
         for shard in range(self.shards):
             ref = await self._supervisor.spawn(
                 functools.partial(
                     EnrichShard,
                     lookups,
-                    self._sources,
+                    self._topology.sources,
                     shard,
                     enriched_stream(stream),
-                    self._stream_groups[enriched_stream(stream)],
+                    self._topology.stream_groups[enriched_stream(stream)],
                     self._start_fetch,
                     self.feature_set.enrich_stash,
                     self._enriched_hub,
@@ -1185,8 +1161,8 @@ class FeatureRuntime:
                 mailbox=self._mailbox,
             )
             target.refs.append(ref)
-        self._enrichers.append(target)
-        self._targets.append(target)
+        self._topology.enrichers.append(target)
+        self._topology.targets.append(target)
 
     def _start_fetch(self, task: Callable[[], Any]) -> None:
         """Run a fetch of an enricher as a task of the runtime."""
@@ -1195,7 +1171,7 @@ class FeatureRuntime:
 
     async def _drain_enrichers(self) -> None:
         """Wait until every enricher has applied what it was sent and emptied its stash."""
-        for enricher in self._enrichers:
+        for enricher in self._topology.enrichers:
             for ref in enricher.refs:
                 while True:
                     stats: EnrichShardStats = await ref.ask(GetEnrichStats(), timeout=None)
@@ -1207,7 +1183,7 @@ class FeatureRuntime:
         return estimate_cost(feature, event_rate=self.expected_event_rate, keys=self.expected_keys)
 
     def _description(
-        self, feature: Any, group: _Group, measured: MeasuredCost | None
+        self, feature: Any, group: Group, measured: MeasuredCost | None
     ) -> FeatureDescription:
         return FeatureDescription(
             name=feature.name,
@@ -1225,7 +1201,7 @@ class FeatureRuntime:
             UnknownFeature: no feature has that name.
         """
         self._check_running()
-        for group in self._groups:
+        for group in self._topology.groups:
             if name in group.names:
                 index = group.names.index(name)
                 stats = await self._group_stats(group)
@@ -1235,7 +1211,7 @@ class FeatureRuntime:
             f"no feature named {name!r} (known: {', '.join(self.feature_set.names)})"
         )
 
-    def _measure(self, group: _Group, index: int, stats: list[ShardStats]) -> MeasuredCost | None:
+    def _measure(self, group: Group, index: int, stats: list[ShardStats]) -> MeasuredCost | None:
         events = sum(s.events for s in stats)
         if not events:
             return None
@@ -1277,11 +1253,11 @@ class FeatureRuntime:
 
     def _mailboxes(self) -> list[ActorMailbox]:
         found: list[tuple[ActorRef[Any], str, str, int | None]] = []
-        for group in self._groups:
+        for group in self._topology.groups:
             found += [(ref, "features", group.name, i) for i, ref in enumerate(group.refs)]
-        for join in self._joins:
+        for join in self._topology.joins:
             found += [(ref, "join", join.name, i) for i, ref in enumerate(join.refs)]
-        for enricher in self._enrichers:
+        for enricher in self._topology.enrichers:
             found += [(ref, "enricher", enricher.stream, i) for i, ref in enumerate(enricher.refs)]
         found += [(ref, "drift", state.spec.name, None) for state, ref in self._drift.monitors]
         boxes = []
@@ -1323,7 +1299,7 @@ class FeatureRuntime:
         now = time.time()
         now_ms = self._clock() * 1000
         boxes = self._mailboxes()
-        groups = list(self._groups)
+        groups = list(self._topology.groups)
         all_stats = [await self._group_stats(group) for group in groups]
         restarts = {
             ref.name: s.restarts
@@ -1331,7 +1307,7 @@ class FeatureRuntime:
             for ref, s in zip(group.refs, stats, strict=True)
         }
         joins: dict[str, JoinStatistics] = {}
-        for join in list(self._joins):
+        for join in list(self._topology.joins):
             shards: list[JoinShardStats] = [
                 await ref.ask(GetJoinStats(), timeout=None) for ref in join.refs
             ]
@@ -1351,7 +1327,7 @@ class FeatureRuntime:
             late: dict[str, int] = {}
             if group.engine is not None:
                 for ref in group.refs:
-                    reply: WindowStats = await ref.ask(WindowStatsRequest(), timeout=None)
+                    reply: WindowStats = await ref.ask(GetWindowStats(), timeout=None)
                     for counter in ("late_dropped", "late_side_output", "late_applied"):
                         late[counter] = late.get(counter, 0) + getattr(reply.counters, counter)
             watermark = group_watermark(stats, self._lateness)
@@ -1372,7 +1348,10 @@ class FeatureRuntime:
         firsts = [
             all_stats[groups.index(found[0])]
             for stream in self.feature_set.stream_names
-            if (found := self._stream_groups[stream] or self._enriched_groups(stream))
+            if (
+                found := self._topology.stream_groups[stream]
+                or self._topology.enriched_groups(stream)
+            )
             and found[0] in groups
         ]
         processed = sum(s.events for stats in firsts for s in stats)
@@ -1449,20 +1428,23 @@ class FeatureRuntime:
                 _log.exception("metrics_failed")
 
     # -- looking at it ---------------------------------------------------------------------------
-    async def _group_stats(self, group: _Group) -> list[ShardStats]:
+    async def _group_stats(self, group: Group) -> list[ShardStats]:
         return [await ref.ask(GetStats(), timeout=None) for ref in group.refs]
 
     async def statistics(self) -> RuntimeStatistics:
         """A snapshot of counters, state size and latency (asks every actor)."""
         self._check_running()
-        all_stats = [await self._group_stats(group) for group in self._groups]
+        all_stats = [await self._group_stats(group) for group in self._topology.groups]
         # Every event of a stream goes to the stream's first group; later groups see events
         # from their registration.
         # (a stream whose features all read lookup fields: its enriched form's first group)
         firsts = [
-            all_stats[self._groups.index(groups[0])]
+            all_stats[self._topology.groups.index(groups[0])]
             for stream in self.feature_set.stream_names
-            if (groups := self._stream_groups[stream] or self._enriched_groups(stream))
+            if (
+                groups := self._topology.stream_groups[stream]
+                or self._topology.enriched_groups(stream)
+            )
         ]
         first = firsts[0] if firsts else (all_stats[0] if all_stats else [])
         errors: dict[str, int] = {}
@@ -1475,14 +1457,14 @@ class FeatureRuntime:
         state_bytes = sum(s.state_bytes for stats in all_stats for s in stats)
         latencies = sorted((lat, n) for stats in all_stats for s in stats for lat, n in s.latencies)
         highs = [s.max_time for s in first if s.max_time is not None]
-        actors = [ref for group in self._groups for ref in group.refs]
-        actors += [ref for join in self._joins for ref in join.refs]
-        actors += [ref for enricher in self._enrichers for ref in enricher.refs]
+        actors = [ref for group in self._topology.groups for ref in group.refs]
+        actors += [ref for join in self._topology.joins for ref in join.refs]
+        actors += [ref for enricher in self._topology.enrichers for ref in enricher.refs]
         depth = max((ref.statistics().depth for ref in actors), default=0)
         joins, join_poison = await self._join_statistics()
         enrichment = await self._enrichment_statistics()
         processed = sum(s.events for stats in firsts for s in stats)
-        if not self._groups:  # joins alone: the events they applied
+        if not self._topology.groups:  # joins alone: the events they applied
             processed = max((j.events for j in joins.values()), default=0)
         return RuntimeStatistics(
             events_ingested=self._ingest.ingested,
@@ -1495,7 +1477,7 @@ class FeatureRuntime:
             latency_p50_ms=_weighted_quantile(latencies, 0.50),
             latency_p99_ms=_weighted_quantile(latencies, 0.99),
             watermark=(min(highs) - self._lateness) if highs else None,
-            groups=len(self._groups),
+            groups=len(self._topology.groups),
             shards=self.shards,
             max_mailbox_depth=depth,
             windows=await self._window_statistics(all_stats),
@@ -1503,7 +1485,7 @@ class FeatureRuntime:
             enrichment=enrichment,
             expired_keys=sum(
                 s.expired_keys
-                for group, stats in zip(self._groups, all_stats, strict=True)
+                for group, stats in zip(self._topology.groups, all_stats, strict=True)
                 if group.engine is None
                 for s in stats
             ),
@@ -1515,7 +1497,7 @@ class FeatureRuntime:
     ) -> WindowStatistics | None:
         total = WindowStatistics()
         found = False
-        for group, stats in zip(self._groups, all_stats, strict=True):
+        for group, stats in zip(self._topology.groups, all_stats, strict=True):
             if group.engine is None:
                 continue
             found = True
@@ -1524,7 +1506,7 @@ class FeatureRuntime:
             counts: dict[str, int] = {}
             held = 0
             for ref in group.refs:
-                reply: WindowStats = await ref.ask(WindowStatsRequest(), timeout=None)
+                reply: WindowStats = await ref.ask(GetWindowStats(), timeout=None)
                 held += reply.held_events
                 for name, n in vars(reply.counters).items():
                     counts[name] = counts.get(name, 0) + n
@@ -1542,12 +1524,12 @@ class FeatureRuntime:
 
     async def _enrichment_statistics(self) -> dict[str, EnrichmentStatistics]:
         stashed = 0
-        for enricher in self._enrichers:
+        for enricher in self._topology.enrichers:
             for ref in enricher.refs:
                 shard_stats: EnrichShardStats = await ref.ask(GetEnrichStats(), timeout=None)
                 stashed += shard_stats.stashed
         result = {}
-        for name, source in self._sources.items():
+        for name, source in self._topology.sources.items():
             cache = source.cache.statistics()
             fetch = source.fetcher.statistics()
             hits = cache.hits + cache.negative_hits
@@ -1585,7 +1567,7 @@ class FeatureRuntime:
         """Each join's statistics, and the poison events its actors set aside."""
         result = {}
         poison = 0
-        for join in self._joins:
+        for join in self._topology.joins:
             shards: list[JoinShardStats] = [
                 await ref.ask(GetJoinStats(), timeout=None) for ref in join.refs
             ]
@@ -1593,12 +1575,9 @@ class FeatureRuntime:
             poison += sum(s.poison for s in shards)
         return result, poison
 
-    def _enriched_groups(self, stream: str) -> list[_Group]:
-        return self._stream_groups.get(enriched_stream(stream), [])
-
     def _close_record_hubs(self) -> None:
         self._records_hub.close()
-        for join in self._joins:
+        for join in self._topology.joins:
             join.hub.close()
 
     def join_records(
@@ -1614,17 +1593,17 @@ class FeatureRuntime:
         self._check_running()
         if join is None:
             return self._records_hub.subscribe(buffer, policy)
-        for target in self._joins:
+        for target in self._topology.joins:
             if target.name == join:
                 return target.hub.subscribe(buffer, policy)
-        known = ", ".join(target.name for target in self._joins) or "none"
+        known = ", ".join(target.name for target in self._topology.joins) or "none"
         raise ValueError(f"join: no join named {join!r} (known: {known})")
 
     def _source(self, source: str) -> SourceRuntime:
         self._check_running()
-        found = self._sources.get(source)
+        found = self._topology.sources.get(source)
         if found is None:
-            known = ", ".join(self._sources) or "none"
+            known = ", ".join(self._topology.sources) or "none"
             raise ValueError(f"source: no source with lookups named {source!r} (known: {known})")
         return found
 
@@ -1693,7 +1672,7 @@ class FeatureRuntime:
         self._check_running()
         errors = [
             e
-            for group in self._groups
+            for group in self._topology.groups
             for s in await self._group_stats(group)
             for e in s.recent_errors
         ]
@@ -1796,34 +1775,13 @@ class FeatureRuntime:
         self._check_running()
         await self._ingest.send_all()
         await self._drain_enrichers()
-        joins = [ref for join in self._joins for ref in join.refs]
-        groups = [ref for group in self._groups for ref in group.refs]
+        joins = [ref for join in self._topology.joins for ref in join.refs]
+        groups = [ref for group in self._topology.groups for ref in group.refs]
         for ref in joins + groups:  # joins first: their records are then on their way
             await ref.ask(Ping(), timeout=None)
         self._clock.now = now
         for ref in joins + groups:
             await ref.ask(IdleTick(), timeout=None)
-
-
-@dataclass
-class _JoinGroup:
-    """A join's actors, one per shard."""
-
-    name: str
-    join: Join
-    refs: list[ActorRef[Any]] = field(default_factory=list)
-    #: a join reads every stream's events, tagged
-    stream: str = ""
-    #: the subscribers of this join's records alone
-    hub: UpdateHub[JoinRecord] = field(default_factory=UpdateHub)
-
-
-@dataclass
-class _EnrichGroup:
-    """An enricher's actors, one per shard."""
-
-    stream: str
-    refs: list[ActorRef[Any]] = field(default_factory=list)
 
 
 class _Found:
@@ -1839,7 +1797,7 @@ class _Found:
         #: the key's own watermark, from a window group
         self.watermark: int | None = None
 
-    def add(self, group: _Group, reply: tuple[Any, ...]) -> None:
+    def add(self, group: Group, reply: tuple[Any, ...]) -> None:
         state_values, last, updated, high, watermark = reply
         if watermark is not None and (self.watermark is None or watermark > self.watermark):
             self.watermark = watermark
@@ -1853,7 +1811,7 @@ class _Found:
             self.high = high
 
 
-def _slots_of(group: _Group, index: int) -> int:
+def _slots_of(group: Group, index: int) -> int:
     prefix = f"f{index}_"
     assert group.compiled is not None
     fields = group.compiled.record_type.__struct_fields__

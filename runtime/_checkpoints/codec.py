@@ -35,13 +35,9 @@ from typing import Any
 
 import msgspec
 
-from .._exceptions import FeaturistError
+from .._exceptions import CheckpointError
 
 __all__ = ["CheckpointError", "StateCodec", "state_codec"]
-
-
-class CheckpointError(FeaturistError):
-    """A checkpoint cannot be written, read or restored (the message says why)."""
 
 
 # tags

@@ -20,9 +20,9 @@ from typing import Any
 
 import msgspec
 
-from actors import ConfigError, get_logger
+from actors import get_logger
 
-from .codec import CheckpointError
+from .._exceptions import CheckpointError, ConfigError
 
 __all__ = [
     "ActorState",

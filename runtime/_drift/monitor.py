@@ -46,6 +46,7 @@ from actors import (
 )
 
 from .._exceptions import SpecError
+from .._messages import GetDriftStatus
 from .._results import FeatureUpdate
 from .._spec.drift import (
     ADWIN,
@@ -773,10 +774,6 @@ class _Segment:
 
 class _Drain:
     """The timer message: read the subscription."""
-
-
-class GetDriftStatus:
-    """Ask: read the subscription, then reply with the monitor's :class:`DriftStatus`."""
 
 
 _DRAIN = _Drain()

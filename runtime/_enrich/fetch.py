@@ -39,9 +39,9 @@ from typing import Any, Final, Protocol, Self
 
 import anyio
 
-from actors import BatchLoader, ConfigError, get_logger
+from actors import BatchLoader, get_logger
 
-from .._exceptions import FeaturistError
+from .._exceptions import ConfigError, SourceError, SourceUnavailable
 from .._spec.enrich import Source
 
 __all__ = [
@@ -68,31 +68,6 @@ class _Missing(enum.Enum):
 
 #: the value :meth:`Fetcher.fetch_many` gives a key that the source does not have
 MISSING: Final = _Missing.MISSING
-
-
-class SourceError(FeaturistError):
-    """A call of a dimension source failed: every attempt raised or timed out.
-
-    Attributes:
-        source: the source's name.
-        attempts: the attempts made (0 for :class:`SourceUnavailable`).
-
-    ``__cause__`` is the last attempt's exception (a ``TimeoutError`` for an attempt that took
-    longer than the timeout). One instance is shared by every key of the failed call: report
-    it, or raise a new error ``from`` it, rather than raising it again from many places.
-    """
-
-    def __init__(self, message: str, *, source: str, attempts: int) -> None:
-        super().__init__(message)
-        self.source = source
-        self.attempts = attempts
-
-
-class SourceUnavailable(SourceError):
-    """The source's circuit is open: the call failed at once, without reaching the source.
-
-    ``__cause__`` is the last :class:`SourceError` of the source, if any.
-    """
 
 
 class BreakerState(enum.Enum):

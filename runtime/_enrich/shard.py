@@ -30,17 +30,18 @@ import anyio
 
 from actors import Actor, ActorRef, ActorStopped, DeadLetterReason, get_logger
 
-from .._messages import Batch, Ping, fail_batch
+from .._exceptions import SourceError
+from .._messages import Batch, GetEnrichStats, Ping, fail_batch
 from .._results import EnrichedEvent
 from .._spec.enrich import Lookup
 from .._updates import UpdateHub
 from .cache import MISSING as CACHED_MISSING
 from .cache import DimensionCache
 from .fetch import MISSING as FETCHED_MISSING
-from .fetch import Fetcher, SourceError
+from .fetch import Fetcher
 from .sources import Version, version_at
 
-__all__ = ["EnrichShard", "EnrichShardStats", "GetEnrichStats", "SourceRuntime"]
+__all__ = ["EnrichShard", "EnrichShardStats", "SourceRuntime"]
 
 _log = get_logger("featurist.enrich")
 
@@ -60,11 +61,6 @@ class SourceRuntime:
     stale_served: int = 0
     defaults_after_error: int = 0
     malformed: int = 0
-
-
-@dataclass(frozen=True)
-class GetEnrichStats:
-    """Ask: the shard's :class:`EnrichShardStats`."""
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from actors import Actor, ActorRef, ActorStopped, get_logger
 from .._checkpoints.codec import state_codec
 from .._messages import (
     Batch,
+    GetJoinStats,
     IdleTick,
     Ping,
     RestoreSnapshot,
@@ -34,7 +35,7 @@ from .._stats.idle import IdleKeys
 from .._updates import UpdateHub
 from .engine import JoinCounters, JoinEngine, JoinKeyState, Out
 
-__all__ = ["GetJoinStats", "JoinShard", "JoinShardStats"]
+__all__ = ["JoinShard", "JoinShardStats"]
 
 _log = get_logger("featurist.joins")
 
@@ -44,11 +45,6 @@ _LOG_INTERVAL = 10.0
 
 class _Target(Protocol):
     refs: list[ActorRef[Any]]
-
-
-@dataclass(frozen=True)
-class GetJoinStats:
-    """Ask: the shard's :class:`JoinShardStats`."""
 
 
 @dataclass(frozen=True)

@@ -17,14 +17,14 @@ from typing import Any
 
 from actors import get_logger
 
-from .._messages import Batch, GetStates, IdleTick, Ping, Tick, set_aside
+from .._messages import Batch, GetStates, GetWindowStats, IdleTick, Ping, Tick, set_aside
 from .._results import FeatureUpdate, LateEvent
 from .._shard import GroupShard
 from .._stats.idle import IdleKeys
 from .._updates import UpdateHub
 from .engine import KeyWindows, WindowCounters, WindowEngine
 
-__all__ = ["WindowShard", "WindowStats", "WindowStatsRequest"]
+__all__ = ["WindowShard", "WindowStats"]
 
 _log = get_logger("featurist.windows")
 _time_of = itemgetter(1)
@@ -156,7 +156,7 @@ class WindowShard(GroupShard):
             return None
         if isinstance(message, Ping):
             return None
-        if isinstance(message, WindowStatsRequest):
+        if isinstance(message, GetWindowStats):
             return WindowStats(
                 WindowCounters(**vars(self.counters)), self.engine.held_events(self.states)
             )
@@ -189,8 +189,3 @@ class WindowShard(GroupShard):
             seen.sort(key=itemgetter(0))
             for _, key in seen:
                 self.idle.touch(key)
-
-
-@dataclass(frozen=True)
-class WindowStatsRequest:
-    """Ask: the shard's :class:`WindowStats`."""

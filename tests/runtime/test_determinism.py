@@ -18,7 +18,7 @@ from runtime import (
     FeatureSet,
 )
 
-from .oracle import ORACLE_FEATURES, oracle, same
+from .support.oracle import ORACLE_FEATURES, oracle, same
 
 FEATURES = ORACLE_FEATURES
 FEATURE_SET = FeatureSet(name="t", key="card", time="ts", features=FEATURES)

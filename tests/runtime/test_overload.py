@@ -117,7 +117,7 @@ async def test_a_producer_offering_ten_times_the_runtimes_capacity_is_held_back_
 
 
 def _child(load: Load) -> dict[str, Any]:
-    command = [sys.executable, "-W", "error", "-m", "tests.runtime.overload_child"]
+    command = [sys.executable, "-W", "error", "-m", "tests.runtime.support.overload_child"]
     done = subprocess.run(
         [*command, json.dumps(asdict(load))],
         cwd=ROOT,

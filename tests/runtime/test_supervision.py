@@ -39,11 +39,11 @@ from runtime._joins.engine import JoinConfig
 from runtime._keyed.kernel import compile_group
 from runtime._stats.idle import IdleKeys
 
-from .oracle import feature_value, oracle, same
-from .test_join_engine import oracle as join_oracle
-from .test_join_engine import pairs
-from .test_join_engine import streams as join_streams
-from .window_oracle import KeyOracle
+from .joins.test_join_engine import oracle as join_oracle
+from .joins.test_join_engine import pairs
+from .joins.test_join_engine import streams as join_streams
+from .support.oracle import feature_value, oracle, same
+from .support.window_oracle import KeyOracle
 
 T0 = 1_700_000_000_000
 KEYS = ["a", "b", "c", 1, 2]

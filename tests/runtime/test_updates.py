@@ -23,7 +23,7 @@ from runtime import (
     UpdateSubscription,
 )
 
-from .oracle import ORACLE_FEATURES, ORACLE_NUMERIC, feature_value, same
+from .support.oracle import ORACLE_FEATURES, ORACLE_NUMERIC, feature_value, same
 
 FEATURES = ORACLE_FEATURES
 NAMES = [f.name for f in FEATURES]

@@ -35,7 +35,7 @@ import aiosqlite
 import anyio
 import msgspec
 
-from ..._exceptions import FeaturistError
+from ..._exceptions import MalformedRow
 from ..._spec.enrich import HttpSource, PostgresSource, RedisSource, Source, SqliteSource
 
 if TYPE_CHECKING:
@@ -81,20 +81,6 @@ def version_at(versions: Sequence[Version], time: int) -> Version | None:
         return None
     version = versions[index - 1]
     return version if version.covers(time) else None
-
-
-class MalformedRow(FeaturistError, ValueError):
-    """The source has a row for the key but cannot make a row of it (undecodable JSON or text,
-    JSON that is not an object, a validity column that is not a time). It is the key's value
-    in ``get_many``'s answer, not raised: the caller counts it and uses the lookup's default.
-
-    Attributes:
-        reason: what is wrong with the row.
-    """
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 #: what ``get_many`` gives for a key it found

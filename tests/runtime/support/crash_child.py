@@ -1,7 +1,7 @@
 """A process for the crash test (``test_crash.py``): it runs a stream from a file with periodic
 checkpoints, resuming after the restored position, and writes the final feature values.
 
-    python -m tests.runtime.crash_child EVENTS DIRECTORY OUTPUT --shards N [--pace SECONDS]
+    python -m tests.runtime.support.crash_child EVENTS DIRECTORY OUTPUT --shards N [--pace SECONDS]
 
 Without DIRECTORY checkpoints (``-``), it is the run that is never interrupted.
 """

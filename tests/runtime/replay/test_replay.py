@@ -45,7 +45,7 @@ from runtime import (
 )
 from runtime.parity import main
 
-from .oracle import ORACLE_FEATURES, oracle, same
+from ..support.oracle import ORACLE_FEATURES, oracle, same
 
 WINDOWED = [
     Sum(name="sum_10s", field="amount", window=Tumbling(size="10s")),
@@ -592,8 +592,8 @@ async def test_replay_arguments_are_checked() -> None:
 
 # -- the command line -------------------------------------------------------------------------
 
-#: the feature set the command-line tests name as ``tests.runtime.test_replay:SMALL``
-CLI_SPEC = "tests.runtime.test_replay:SMALL"
+#: the feature set the command-line tests name as ``tests.runtime.replay.test_replay:SMALL``
+CLI_SPEC = "tests.runtime.replay.test_replay:SMALL"
 
 
 def write_lines(path: Path, items: list[Any]) -> None:
@@ -633,7 +633,7 @@ def test_the_command_line_reports_bad_input(
     assert "online.jsonl line 2: expected an object with 'key' and 'values'" in (
         capsys.readouterr().err
     )
-    assert main(["--features", "tests.runtime.test_replay:Clock", *args]) == 2
+    assert main(["--features", "tests.runtime.replay.test_replay:Clock", *args]) == 2
     assert "not a FeatureSet" in capsys.readouterr().err
     assert main(["--features", "no_such_module_here:x", *args]) == 2
     assert "cannot import module 'no_such_module_here'" in capsys.readouterr().err
@@ -645,7 +645,7 @@ def test_the_command_line_has_help() -> None:
         capture_output=True,
         text=True,
         check=False,
-        cwd=Path(__file__).parents[2],
+        cwd=Path(__file__).parents[3],
         timeout=50,
     )
     assert done.returncode == 0, done.stderr

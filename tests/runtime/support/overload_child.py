@@ -1,5 +1,5 @@
 """The heavy part of ``test_overload.py``, in a process of its own so that its peak RSS is its
-own: ``python -m tests.runtime.overload_child LOAD`` runs the overload benchmark's workload
+own: ``python -m tests.runtime.support.overload_child LOAD`` runs the overload benchmark's workload
 (``demos/bench/overload.py``) with ``LOAD``, a JSON object of ``Load`` fields, and prints its
 figures as one JSON object, ``peak_rss_mib`` (``ru_maxrss`` at the end) among them."""
 

@@ -13,9 +13,9 @@ from typing import Any
 import anyio
 import hypothesis.strategies as st
 import pytest
-import runtime._drift.monitor as drift_module
 from hypothesis import HealthCheck, given, settings
 
+import runtime._drift.monitor as drift_module
 from actors import DeadLetterReason
 from runtime import (
     ADWIN,

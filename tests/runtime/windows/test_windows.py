@@ -41,7 +41,7 @@ from runtime import (
     Where,
 )
 
-from .window_oracle import KeyOracle
+from ..support.window_oracle import KeyOracle
 
 SLIDING = Sliding(size=1000)
 TUMBLING = Tumbling(size=500)

@@ -21,8 +21,8 @@ from runtime import (
 )
 from runtime._joins.engine import JoinConfig
 
+from ..windows.test_windows_time import FakeClock
 from .test_join_engine import asof_oracle, oracle, pairs, streams
-from .test_windows_time import FakeClock
 
 
 def _feature_set(join: Join, **options: Any) -> FeatureSet:

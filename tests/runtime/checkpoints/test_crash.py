@@ -13,8 +13,8 @@ import sys
 import time
 from pathlib import Path
 
-CHILD = "tests.runtime.crash_child"
-ROOT = Path(__file__).resolve().parents[2]
+CHILD = "tests.runtime.support.crash_child"
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def write_events(path: Path, n: int, seed: int) -> None:

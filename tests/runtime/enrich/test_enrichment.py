@@ -488,7 +488,7 @@ async def test_a_late_subscriber_gets_whole_events() -> None:
 
 
 async def test_a_failed_refresh_does_not_stop_later_fetches() -> None:
-    from tests.runtime.test_windows_time import FakeClock
+    from tests.runtime.windows.test_windows_time import FakeClock
 
     clock = FakeClock()
     source = _Rows({"m": {"risk": 1.0}})

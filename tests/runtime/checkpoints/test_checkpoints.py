@@ -35,8 +35,8 @@ from runtime import (
 from runtime._checkpoints.codec import StateCodec
 from runtime._checkpoints.store import CheckpointStore
 
-from .oracle import ORACLE_FEATURES, same
-from .test_windows import FEATURES as WINDOW_FEATURES
+from ..support.oracle import ORACLE_FEATURES, same
+from ..windows.test_windows import FEATURES as WINDOW_FEATURES
 
 _serial = itertools.count()
 
