@@ -46,6 +46,11 @@ import msgspec
 
 from .._duration import format_duration
 from .._exceptions import InvalidEvent
+from .._spec.limits import (
+    DEFAULT_MAX_FUTURE_MS,
+    DEFAULT_MAX_KEY_LENGTH,
+    DEFAULT_MAX_PAYLOAD_BYTES,
+)
 
 if TYPE_CHECKING:
     from .._spec.feature_set import FeatureSet
@@ -63,11 +68,6 @@ _ONE_MS = timedelta(milliseconds=1)
 #: event times outside these bounds (years 1970..2300) are rejected as unusable
 MIN_TIME_MS = 0
 MAX_TIME_MS = 10_413_792_000_000
-
-#: the defaults of the limits (``FeatureSet.max_future`` and the others)
-DEFAULT_MAX_FUTURE_MS = 3_600_000
-DEFAULT_MAX_KEY_LENGTH = 4096
-DEFAULT_MAX_PAYLOAD_BYTES = 1 << 20
 
 PayloadFormat = Literal["json", "msgpack"]
 

@@ -1,6 +1,6 @@
 """The base of feature specs: ``Where`` conditions and the ``FeatureSpec`` every feature
-type derives from (``runtime._spec.feature_set`` has the keyed aggregates and the feature set,
-``runtime._spec.windowed`` the features that need a window or event-time order).
+type derives from (``runtime._spec.keyed`` has the keyed aggregates, ``runtime._spec.windowed``
+the features that need a window or event-time order, ``runtime._spec.feature_set`` the set).
 """
 
 from __future__ import annotations

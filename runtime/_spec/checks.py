@@ -1,4 +1,4 @@
-"""Validation helpers shared by the spec modules (``_spec``, ``_spec_window``)."""
+"""Validation helpers shared by the spec modules of ``runtime._spec``."""
 
 from __future__ import annotations
 
@@ -10,9 +10,6 @@ from .._exceptions import SpecError
 
 #: The longest allowed feature (or feature set) name.
 MAX_NAME_LENGTH = 100
-#: The largest ``FeatureSet.max_key_length`` (characters) and ``max_payload_bytes`` (bytes).
-MAX_KEY_LENGTH = 1 << 20
-MAX_PAYLOAD_BYTES = 1 << 31
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _PYTHON = "<python>"
 
@@ -22,8 +19,8 @@ def fail(owner: object, path: str, reason: str) -> NoReturn:
 
     Built in Python, the message reads ``<python>: Owner.path: reason``. While decoding, msgspec
     wraps the error in a ``ValidationError`` (keeping it as ``__cause__``) and ``explain``
-    (``_spec_errors``) rebuilds the message from the document location and the ``(path, reason)``
-    kept here.
+    (``runtime._spec.explain``) rebuilds the message from the document location and the
+    ``(path, reason)`` kept here.
     """
     error = SpecError(f"{_PYTHON}: {type(owner).__name__}.{path}: {reason}")
     error._spec_field = (path, reason)  # type: ignore[attr-defined]

@@ -51,7 +51,10 @@ from typing import Any, Literal, NamedTuple, TypeAlias
 import msgspec
 
 from .._exceptions import SpecError
-from .feature_set import DistinctCount, FeatureSet, FeatureSpec, SequencePattern
+from .base import FeatureSpec
+from .feature_set import FeatureSet
+from .keyed import DistinctCount
+from .windowed import SequencePattern
 from .windows import Hopping, Session, Sliding, Tumbling
 
 __all__ = [

@@ -11,13 +11,13 @@ import msgspec
 import msgspec.structs
 
 from .._duration import Duration, parse_duration
-from .._stats.quantiles import PERCENTILE_METHODS
 from .base import FeatureSpec, Where, _check_fraction, _FieldFeature
 from .checks import check_duration as _check_duration
 from .checks import check_int as _check_int
 from .checks import check_str as _check_str
 from .checks import fail as _fail
 from .checks import kind as _kind
+from .limits import PERCENTILE_METHODS
 from .windows import Sliding
 
 __all__ = [

@@ -20,10 +20,9 @@ from ddsketch.ddsketch import BaseDDSketch
 from ddsketch.store import DenseStore
 from sortedcontainers import SortedList  # type: ignore[import-untyped]
 
-__all__ = ["PERCENTILE_METHODS", "QuantileSketch", "SortedValues"]
+from .._spec.limits import PERCENTILE_METHODS
 
-#: the ``method`` values of ``SortedValues.percentile``
-PERCENTILE_METHODS = ("nearest_rank", "linear")
+__all__ = ["QuantileSketch", "SortedValues"]
 
 # A rank q * n / 100 this close (relatively) to an integer is that integer: the product of a
 # percentage written in decimal (12.3, 64.4) and a count carries a rounding error of a few ulps,

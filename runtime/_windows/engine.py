@@ -30,7 +30,8 @@ from typing import Any
 
 from .._exceptions import FeatureValueError, FeaturistError, SpecError
 from .._keyed.kinds import coerce_number, name_error, ratio_of
-from .._spec.feature_set import Ratio, SequencePattern
+from .._spec.keyed import Ratio
+from .._spec.windowed import SequencePattern
 from .._spec.windows import Hopping, Session, Sliding, Tumbling
 from .._stats.idle import IdleKeys
 from .patterns import PatternState

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
-from .._spec.feature_set import SequencePattern
+from .._spec.windowed import SequencePattern
 
 __all__ = ["PatternState"]
 

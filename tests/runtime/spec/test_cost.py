@@ -8,6 +8,7 @@ import msgspec
 import pytest
 
 from runtime._exceptions import SpecError
+from runtime._spec.base import FeatureSpec, Where
 from runtime._spec.cost import (
     DISTINCT_VALUE_BYTES,
     MEMORY_BUDGET_BYTES,
@@ -20,25 +21,9 @@ from runtime._spec.cost import (
     estimate_cost,
     estimate_feature_set,
 )
-from runtime._spec.feature_set import (
-    FEATURE_TYPES,
-    Count,
-    DistinctCount,
-    EWMean,
-    FeatureSet,
-    FeatureSpec,
-    Mean,
-    Percentile,
-    Quantile,
-    Ratio,
-    SequencePattern,
-    Step,
-    Sum,
-    TopK,
-    Variance,
-    Where,
-    ZScore,
-)
+from runtime._spec.feature_set import FEATURE_TYPES, FeatureSet
+from runtime._spec.keyed import Count, DistinctCount, EWMean, Mean, Ratio, Sum, Variance
+from runtime._spec.windowed import Percentile, Quantile, SequencePattern, Step, TopK, ZScore
 from runtime._spec.windows import Hopping, Session, Sliding, Tumbling
 
 

@@ -13,25 +13,22 @@ from hypothesis import strategies as st
 
 from runtime._duration import MAX_DURATION_MS, format_duration, parse_duration
 from runtime._exceptions import FeatureValueError, SpecError, UnknownFeature
-from runtime._spec.feature_set import (
-    FEATURE_TYPES,
+from runtime._spec.base import FeatureSpec, Op, Where
+from runtime._spec.feature_set import FEATURE_TYPES, FeatureSet
+from runtime._spec.keyed import (
     Count,
     DistinctCount,
     EWMean,
-    FeatureSet,
-    FeatureSpec,
     First,
     Last,
     Max,
     Mean,
     Min,
-    Op,
     Ratio,
     Std,
     Sum,
     TimeSince,
     Variance,
-    Where,
 )
 
 SPECS = Path(__file__).parent / "specs"
