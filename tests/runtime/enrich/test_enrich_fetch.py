@@ -21,18 +21,7 @@ from runtime._enrich.fetch import (
 )
 from runtime._spec.enrich import SqliteSource
 
-
-class FakeClock:
-    """A monotonic clock that moves only when told."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+from ..support.clock import FakeClock
 
 
 class FakeSource:
@@ -341,7 +330,7 @@ async def test_open_circuit_fails_fast_without_calling_the_source() -> None:
 
 
 async def test_half_open_probe_closes_the_circuit_when_the_source_is_back() -> None:
-    clock = FakeClock()
+    clock = FakeClock(0.0)
     source = FakeSource()
     source.failing = True
     async with fetcher(source, clock, breaker_failures=1, breaker_reset=5.0) as f:
@@ -372,7 +361,7 @@ async def test_half_open_probe_closes_the_circuit_when_the_source_is_back() -> N
 
 
 async def test_failed_probe_opens_the_circuit_again_and_restarts_its_timer() -> None:
-    clock = FakeClock()
+    clock = FakeClock(0.0)
     source = FakeSource()
     source.failing = True
     async with fetcher(source, clock, breaker_failures=2, breaker_reset=5.0) as f:
@@ -395,7 +384,7 @@ async def test_failed_probe_opens_the_circuit_again_and_restarts_its_timer() -> 
 async def test_probe_cancelled_by_the_block_failing_gives_up_its_turn_and_its_caller_stops() -> (
     None
 ):
-    clock = FakeClock()
+    clock = FakeClock(0.0)
     source = FakeSource()
     source.failing = True
     f = fetcher(source, clock, breaker_failures=1)
@@ -426,7 +415,7 @@ async def test_probe_cancelled_by_the_block_failing_gives_up_its_turn_and_its_ca
 
 
 async def test_statistics_count_keys_calls_and_the_latency_of_successful_calls() -> None:
-    clock = FakeClock()
+    clock = FakeClock(0.0)
     source = FakeSource(clock=clock)
     source.absent = {"gone"}
     source.malformed = {"bad"}
@@ -521,7 +510,7 @@ def succeed(breaker: CircuitBreaker) -> None:
 
 
 def test_breaker_opens_after_failures_in_a_row_and_a_success_resets_the_count() -> None:
-    breaker = CircuitBreaker(failures=3, reset=1.0, clock=FakeClock())
+    breaker = CircuitBreaker(failures=3, reset=1.0, clock=FakeClock(0.0))
     fail(breaker)
     fail(breaker)
     succeed(breaker)
@@ -535,7 +524,7 @@ def test_breaker_opens_after_failures_in_a_row_and_a_success_resets_the_count() 
 
 
 def test_open_breaker_refuses_calls_until_reset_then_lets_exactly_one_probe_through() -> None:
-    clock = FakeClock()
+    clock = FakeClock(0.0)
     breaker = CircuitBreaker(failures=1, reset=10.0, clock=clock)
     fail(breaker)
     clock.advance(9.99)
@@ -553,7 +542,7 @@ def test_open_breaker_refuses_calls_until_reset_then_lets_exactly_one_probe_thro
 
 
 def test_failed_probe_reopens_the_breaker_for_another_reset_period() -> None:
-    clock = FakeClock()
+    clock = FakeClock(0.0)
     breaker = CircuitBreaker(failures=2, reset=10.0, clock=clock)
     fail(breaker)
     fail(breaker)
@@ -570,7 +559,7 @@ def test_failed_probe_reopens_the_breaker_for_another_reset_period() -> None:
 
 
 def test_released_probe_passes_the_turn_to_the_next_call() -> None:
-    clock = FakeClock()
+    clock = FakeClock(0.0)
     breaker = CircuitBreaker(failures=1, reset=1.0, clock=clock)
     fail(breaker)
     clock.advance(1.0)
@@ -582,7 +571,7 @@ def test_released_probe_passes_the_turn_to_the_next_call() -> None:
 
 
 def test_outcomes_of_calls_started_before_the_breaker_changed_state_are_ignored() -> None:
-    clock = FakeClock()
+    clock = FakeClock(0.0)
     breaker = CircuitBreaker(failures=1, reset=1.0, clock=clock)
     early, late = breaker.acquire(), breaker.acquire()
     assert early is not None and late is not None

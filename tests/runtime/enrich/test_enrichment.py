@@ -24,6 +24,8 @@ from runtime import (
 )
 from runtime._enrich.sources import make_source
 
+from ..support.clock import FakeClock
+
 ROWS = [("m1", "grocery", 0.1), ("m2", "bet", 0.9), ("m3", "travel", 0.3)]
 
 
@@ -201,13 +203,7 @@ async def test_a_source_that_goes_down_gives_stale_rows_then_defaults_and_the_ci
         refresh_ahead=None,
     )
 
-    class Clock:
-        now = 1_000.0
-
-        def __call__(self) -> float:
-            return self.now
-
-    clock = Clock()
+    clock = FakeClock()
     async with FeatureRuntime(fs, clock=clock) as rt:
         enriched = rt.enriched_events()
         await rt.ingest({"card": "c", "ts": 1, "merchant_id": "m2"})
@@ -488,8 +484,6 @@ async def test_a_late_subscriber_gets_whole_events() -> None:
 
 
 async def test_a_failed_refresh_does_not_stop_later_fetches() -> None:
-    from tests.runtime.windows.test_windows_time import FakeClock
-
     clock = FakeClock()
     source = _Rows({"m": {"risk": 1.0}})
     fs = _custom(ttl="10s", refresh_ahead=0.5, max_stale="1h")

@@ -21,7 +21,7 @@ from runtime import (
 )
 from runtime._joins.engine import JoinConfig
 
-from ..windows.test_windows_time import FakeClock
+from ..support.clock import FakeClock
 from .test_join_engine import asof_oracle, oracle, pairs, streams
 
 

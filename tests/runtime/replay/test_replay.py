@@ -45,6 +45,7 @@ from runtime import (
 )
 from runtime.parity import main
 
+from ..support.clock import FakeClock
 from ..support.oracle import ORACLE_FEATURES, oracle, same
 
 WINDOWED = [
@@ -103,16 +104,6 @@ def histories(draw: st.DrawFn, max_size: int = 60) -> list[dict[str, Any]]:
     return events
 
 
-class Clock:
-    """The online run's wall clock, set by the test."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 Batch = tuple[float | None, list[dict[str, Any]], list[str] | None]
 
 
@@ -153,7 +144,7 @@ async def run_online(
 ) -> tuple[dict[Any, FeatureVector], list[FeatureUpdate]]:
     """The online run: each batch arrives at its time (None: the clock does not matter); the
     runtime applies idle time and expiry as time passes, then the batch, before time goes on."""
-    clock = Clock()
+    clock = FakeClock(0.0)  # the online run's wall clock, set by the test
     async with FeatureRuntime(feature_set, shards=shards, batch_size=batch_size, clock=clock) as rt:
         sub = rt.updates(buffer=1_000_000)
         for at, batch, streams in batches:

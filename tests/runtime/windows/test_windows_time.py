@@ -28,13 +28,7 @@ from runtime import (
     Tumbling,
 )
 
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1_000.0
-
-    def __call__(self) -> float:
-        return self.now
+from ..support.clock import FakeClock
 
 
 def spec(*features: Any, **options: Any) -> FeatureSet:
