@@ -17,7 +17,6 @@ fewer than twice ``batch_size`` events.
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 import time
@@ -40,7 +39,6 @@ from actors import (
     DeadLetterReason,
     KeyRouter,
     MailboxConfig,
-    Supervisor,
     get_logger,
     restart_always,
 )
@@ -53,11 +51,8 @@ from ._checkpoints.store import (
     CheckpointInfo,
     CheckpointStore,
 )
-from ._enrich.cache import DimensionCache
 from ._enrich.fetch import MISSING as FETCHED_MISSING
-from ._enrich.fetch import Fetcher
-from ._enrich.shard import EnrichShard, EnrichShardStats, SourceRuntime
-from ._enrich.sources import make_source
+from ._enrich.shard import EnrichShardStats, SourceRuntime
 from ._exceptions import (
     CheckpointError,
     ConfigError,
@@ -68,17 +63,13 @@ from ._exceptions import (
 )
 from ._ingest.events import EventReader, PayloadFormat
 from ._ingest.router import Ingest
-from ._joins.engine import JoinConfig, JoinEngine
-from ._joins.shard import JoinShard, JoinShardStats
-from ._keyed.kernel import compile_group
+from ._joins.shard import JoinShardStats
 from ._messages import (
     GetEnrichStats,
     GetJoinStats,
     GetStates,
     GetStats,
     GetWindowStats,
-    IdleTick,
-    Ping,
     RestoreSnapshot,
     ShardSnapshot,
     ShardStats,
@@ -109,16 +100,13 @@ from ._results import (
     RuntimeStatistics,
     WindowStatistics,
 )
-from ._shard import GroupShard
 from ._spec.cost import CostEstimate, MeasuredCost, estimate_cost
 from ._spec.drift import DriftAlert, DriftMonitor, DriftStatus
 from ._spec.enrich import CustomSource
-from ._spec.feature_set import Feature, FeatureSet, enriched_stream
-from ._spec.joins import Join
-from ._topology import EnrichGroup, Group, JoinGroup, Topology
+from ._spec.feature_set import Feature, FeatureSet
+from ._topology import Group, JoinGroup, Topology, signature
 from ._updates import Policy, UpdateHub, UpdateSubscription
-from ._windows.engine import WindowEngine
-from ._windows.shard import WindowShard, WindowStats
+from ._windows.shard import WindowStats
 
 __all__ = ["FeatureRuntime"]
 
@@ -277,7 +265,6 @@ class FeatureRuntime:
         #: state of feature groups in the restored checkpoint that the runtime does not have
         #: yet, by signature: ``register`` of the same features takes it
         self._pending: dict[str, ActorState] = {}
-        self.feature_set = feature_set
         self.shards = shards
         self.batch_size = batch_size
         self.linger = float(linger)
@@ -301,22 +288,35 @@ class FeatureRuntime:
         self._late_hub: UpdateHub[LateEvent] = UpdateHub()
         # read through an object that a replay can set to the history's time (``replay``)
         self._clock = ReplayClock(clock)
-        ttl = feature_set.duration_ms("state_ttl")
-        #: seconds after which a quiet key's state is dropped, or None
-        self._ttl = None if ttl is None else ttl / 1000
-        #: the actors: feature groups, joins and enrichers, and the sources they read
-        self._topology = Topology(feature_set.group_streams)
+        self._records_hub: UpdateHub[JoinRecord] = UpdateHub()
+        self._enriched_hub: UpdateHub[EnrichedEvent] = UpdateHub()
+        # the live list of what the ingest sends batches to, which the topology fills
+        targets: list[Any] = []
         self._ingest = Ingest(
             self._reader,
             self._router,
-            self._topology.targets,
+            targets,
             batch_size,
             self._system.dead_letters,
             streams=feature_set.stream_names,
             known_keys=route_cache_size,
         )
-        self._records_hub: UpdateHub[JoinRecord] = UpdateHub()
-        self._enriched_hub: UpdateHub[EnrichedEvent] = UpdateHub()
+        #: the actors: feature groups, joins and enrichers, and the sources they read
+        self._topology = Topology(
+            feature_set,
+            ingest=self._ingest,
+            targets=targets,
+            shards=shards,
+            mailbox=self._mailbox,
+            clock=self._clock,
+            sample_every=sample_every,
+            hub=self._hub,
+            late_hub=self._late_hub,
+            records_hub=self._records_hub,
+            enriched_hub=self._enriched_hub,
+            custom_sources=self._custom_sources,
+            start_task=self._start_fetch,
+        )
         from ._drift.monitor import DriftMonitors
 
         #: the drift monitors and the hub of their alerts (``monitor_drift``)
@@ -326,12 +326,16 @@ class FeatureRuntime:
         self._ingests_done: anyio.Event | None = None
         self._stack: AsyncExitStack | None = None
         self._tg: anyio.abc.TaskGroup | None = None
-        self._supervisor: Supervisor | None = None
         self._running = False
         self._started_at = 0.0
         #: messages each actor failed on (dead letters with reason ``failed``), by actor name
         self._failed: dict[str, int] = {}
         self._system.dead_letters.add_listener(self._count_failure)
+
+    @property
+    def feature_set(self) -> FeatureSet:
+        """The feature set computed: the one given, with the features registered since."""
+        return self._topology.feature_set
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def __aenter__(self) -> FeatureRuntime:
@@ -342,25 +346,20 @@ class FeatureRuntime:
         try:
             stack.callback(self._hub.close)
             stack.callback(self._late_hub.close)
-            stack.callback(self._close_record_hubs)
+            stack.callback(self._topology.close_record_hubs)
             stack.callback(self._enriched_hub.close)
             # after the actors stopped: a monitor's last alerts come as it stops
             stack.callback(self._drift.close)
             # sources before the actors, so that they close after the actors stopped
-            await self._open_sources(stack)
+            await self._topology.open_sources(stack)
             await stack.enter_async_context(self._system)
-            self._supervisor = self._system.supervisor(
+            supervisor = self._system.supervisor(
                 "features",
                 max_restarts=self.max_restarts,
                 period=self.restart_period,
                 decider=restart_always,
             )
-            await self._add_groups(list(self.feature_set.features), self.feature_set)
-            for join in self.feature_set.joins:
-                await self._add_join(join)
-            for stream in self.feature_set.stream_names:
-                if self.feature_set.lookups_of(stream):
-                    await self._add_enricher(stream)
+            await self._topology.start(supervisor)
             if self.checkpoints is not None and self.checkpoints.restore:
                 await self._restore_latest()
             self._tg = await stack.enter_async_context(anyio.create_task_group())
@@ -406,7 +405,7 @@ class FeatureRuntime:
                     await self._ingest.send_all()
                     # events waiting for a fetch get it (or their fallback) while fetches can
                     # still run; what is left at the deadline goes to dead letters
-                    await self._drain_enrichers()
+                    await self._topology.drain_enrichers()
                     if self.checkpoints is not None and self.checkpoints.on_shutdown:
                         await self._final_checkpoint()
                 if scope.cancelled_caught:
@@ -597,20 +596,8 @@ class FeatureRuntime:
         expiry at once, rather than at their next timer tick.
         """
         self._check_running()
-        await self._ingest.send_all()
-        # enrichers first: their stashes empty as their fetches land
-        await self._drain_enrichers()
-        # joins next: what they hand to the features of their records is then on its way
-        for join in self._topology.joins:
-            for ref in join.refs:
-                await ref.ask(Ping(), timeout=None)
-                if self._ttl is not None or self.feature_set.idle_timeout is not None:
-                    await ref.ask(IdleTick(), timeout=None)
-        for group in self._topology.groups:
-            for ref in group.refs:
-                await ref.ask(Ping(), timeout=None)  # a reply means every earlier batch is applied
-                if self._ttl is not None or self.feature_set.idle_timeout is not None:
-                    await ref.ask(IdleTick(), timeout=None)
+        idle = self._topology.ttl is not None or self.feature_set.idle_timeout is not None
+        await self._topology.settle(idle=idle)
 
     # -- checkpoints ---------------------------------------------------------------------------
     @property
@@ -657,7 +644,7 @@ class FeatureRuntime:
                 while self._offset_calls:
                     self._offset_calls_done = anyio.Event()
                     await self._offset_calls_done.wait()
-                await self._quiesce()
+                await self._topology.settle()
                 position, offset = self._position, self._offset
                 actors = await self._snapshot_actors()
                 caches = self._snapshot_caches() if self.checkpoints.caches else {}
@@ -718,27 +705,6 @@ class FeatureRuntime:
         except Exception:
             _log.exception("checkpoint_failed", when="shutdown")
 
-    async def _quiesce(self) -> None:
-        """Send every partial batch and wait until each actor applied what it was sent, in
-        the order events flow: enrichers, joins, then feature groups."""
-        await self._ingest.send_all()
-        await self._drain_enrichers()
-        for join in self._topology.joins:
-            for ref in join.refs:
-                await ref.ask(Ping(), timeout=None)
-        for group in self._topology.groups:
-            for ref in group.refs:
-                await ref.ask(Ping(), timeout=None)
-
-    def _signature(self, target: Group | JoinGroup) -> str:
-        """What must be equal between the runtime that wrote a state and the one restoring it:
-        the specs of the group's features (and its stream), or of the join."""
-        if isinstance(target, JoinGroup):
-            return "join:" + msgspec.json.encode(target.join).decode()
-        specs = msgspec.json.encode(list(target.features)).decode()
-        kind = "keyed" if target.compiled is not None else "windowed"
-        return f"{kind}:{target.stream}:{specs}"
-
     async def _snapshot_actors(self) -> list[ActorState]:
         request = TakeSnapshot(self._router.key_group)
         states = []
@@ -761,7 +727,7 @@ class FeatureRuntime:
                 else []
             )
             states.append(
-                ActorState(kind, target.name, self._signature(target), layout, groups, extras, keys)
+                ActorState(kind, target.name, signature(target), layout, groups, extras, keys)
             )
         # the pending states of groups not registered again since the restore are kept
         states.extend(self._pending.values())
@@ -789,7 +755,7 @@ class FeatureRuntime:
                 "and cannot change"
             )
         every: list[Group | JoinGroup] = [*self._topology.groups, *self._topology.joins]
-        targets = {self._signature(target): target for target in every}
+        targets = {signature(target): target for target in every}
         keys = 0
         for state in checkpoint.actors:
             target = targets.pop(state.signature, None)
@@ -904,13 +870,9 @@ class FeatureRuntime:
             if features is None or any(name in features for name in group.names)
         ]
         for shard, shard_keys in by_shard.items():
-            await self._ingest.send(shard)
             # enrichers and joins first: what they hand to the features of their streams is
             # then on its way (an event still waiting for a fetch is not: flush waits for it)
-            for enricher in self._topology.enrichers:
-                await enricher.refs[shard].ask(Ping(), timeout=None)
-            for join in self._topology.joins:
-                await join.refs[shard].ask(Ping(), timeout=None)
+            await self._topology.settle(shard=shard)
             for group in groups:
                 replies = await group.refs[shard].ask(GetStates(tuple(shard_keys)), timeout=None)
                 for key, reply in zip(shard_keys, replies, strict=True):
@@ -969,215 +931,22 @@ class FeatureRuntime:
                 self.feature_set, features=(*self.feature_set.features, *features)
             )
             await self._ingest.send_all()
-            groups = await self._add_groups(list(features), feature_set)
-            self.feature_set = feature_set
+            groups = await self._topology.add_groups(list(features), feature_set)
             for group in groups:
-                pending = self._pending.pop(self._signature(group), None)
+                pending = self._pending.pop(signature(group), None)
                 if pending is not None:
                     await self._restore_target(group, pending, "the restored checkpoint")
         for group in groups:
             _log.info("features_registered", group=group.name, features=list(group.names))
-        return [self._description(f, self._group_of(f.name), None) for f in features]
+        return [self._description(f, self._topology.group_of(f.name), None) for f in features]
 
     def _group_of(self, name: str) -> Group:
-        for group in self._topology.groups:
-            if name in group.names:
-                return group
-        raise UnknownFeature(
-            f"no feature named {name!r} (known: {', '.join(self.feature_set.names)})"
-        )
-
-    async def _add_groups(self, features: list[Any], feature_set: FeatureSet) -> list[Group]:
-        """Add the features as groups: per stream, keyed aggregates, then windowed features.
-
-        Every group is compiled (and so validated) before any is started, so a feature that
-        is refused leaves the runtime as it was.
-        """
-        planned: list[tuple[Group, Callable[..., Any]]] = []
-        for stream in feature_set.group_streams:
-            mine = [f for f in features if feature_set.group_stream_of(f) == stream]
-            windowed = [f for f in mine if feature_set.is_windowed(f.name)]
-            keyed = [f for f in mine if not feature_set.is_windowed(f.name)]
-            if keyed:
-                planned.append(self._plan_keyed(keyed, len(self._topology.groups) + len(planned)))
-            if windowed:
-                number = len(self._topology.groups) + len(planned)
-                planned.append(self._plan_windowed(windowed, feature_set, number))
-            for group, _ in planned:
-                group.stream = group.stream or stream
-        for planned_group, planned_factory in planned:
-            await self._spawn(planned_group, planned_factory)
-        return [group for group, _ in planned]
-
-    def _plan_keyed(self, keyed: list[Any], number: int) -> tuple[Group, Callable[..., Any]]:
-        name = f"g{number}"
-        compiled = compile_group(keyed, group=name)
-        group = Group(name, keyed, compiled, defaults=compiled.values(compiled.new_state()))
-        factory: Callable[..., Any] = functools.partial(
-            GroupShard,
-            compiled,
-            name,
-            hub=self._hub,
-            sample_every=self.sample_every,
-            state_ttl=self._ttl,
-            clock=self._clock,
-        )
-        return group, factory
-
-    def _plan_windowed(
-        self, windowed: list[Any], feature_set: FeatureSet, number: int
-    ) -> tuple[Group, Callable[..., Any]]:
-        name = f"w{number}"
-        idle = feature_set.duration_ms("idle_timeout")
-        ttl = feature_set.duration_ms("state_ttl")
-        engine = WindowEngine(
-            windowed,
-            max_out_of_orderness=feature_set.max_out_of_orderness_ms,
-            allowed_lateness=feature_set.duration_ms("allowed_lateness") or 0,
-            late_policy=feature_set.late_policy,
-            correction_horizon=feature_set.duration_ms("correction_horizon") or 0,
-            emit=feature_set.emit,
-            idle_timeout=None if idle is None else idle / 1000,
-            state_ttl=None if ttl is None else ttl / 1000,
-        )
-        group = Group(name, windowed, None, engine, defaults=engine.defaults)
-        factory = functools.partial(
-            WindowShard,
-            engine,
-            name,
-            hub=self._hub,
-            late_hub=self._late_hub,
-            sample_every=self.sample_every,
-            clock=self._clock,
-        )
-        return group, factory
-
-    async def _spawn(self, group: Group, factory: Callable[..., Any]) -> None:
-        assert self._supervisor is not None
-        for shard in range(self.shards):
-            ref = await self._supervisor.spawn(
-                functools.partial(factory, shard=shard),
-                name=f"{group.name}-shard-{shard}",
-                mailbox=self._mailbox,
-            )
-            group.refs.append(ref)
-        self._topology.groups.append(group)
-        self._topology.stream_groups[group.stream].append(group)
-        if group.stream in self.feature_set.stream_names:
-            # before the joins: a batch reaches the features of its stream first
-            targets = self._topology.targets
-            joins = [t for t in targets if isinstance(t, JoinGroup)]
-            targets[:] = [t for t in targets if not isinstance(t, JoinGroup)] + [group] + joins
-
-    async def _add_join(self, join: Join) -> None:
-        """Start one join: an actor per shard, fed by both of its streams' Ingests."""
-        assert self._supervisor is not None
-        feature_set = self.feature_set
-        idle = feature_set.duration_ms("idle_timeout")
-        config = JoinConfig(
-            name=join.name,
-            before=join.before_ms,
-            after=join.after_ms,
-            how=join.how,
-            on=join.on,
-            range=None
-            if join.range is None
-            else (join.range.left, join.range.right, join.range.min, join.range.max),
-            predicate=join.predicate_function,
-            merge=join.merge_strategy,  # type: ignore[arg-type]
-            tolerance=join.tolerance_ms,
-            max_buffered_per_key=join.max_buffered_per_key,
-            # the total cap is split evenly among the shards' actors (never over the total)
-            max_buffered=None
-            if join.max_buffered is None
-            else max(1, join.max_buffered // self.shards),
-            max_out_of_orderness=feature_set.max_out_of_orderness_ms,
-            allowed_lateness=feature_set.duration_ms("allowed_lateness") or 0,
-            idle_timeout=None if idle is None else idle / 1000,
-            state_ttl=self._ttl,
-        )
-        target = JoinGroup(join.name, join)
-        for shard in range(self.shards):
-            ref = await self._supervisor.spawn(
-                functools.partial(
-                    JoinShard,
-                    JoinEngine(config),
-                    shard,
-                    (
-                        feature_set.stream_names.index(join.left),
-                        feature_set.stream_names.index(join.right),
-                    ),
-                    self._topology.stream_groups[join.name],
-                    (self._records_hub, target.hub),
-                    self._clock,
-                    self._late_hub if feature_set.late_policy == "side_output" else None,
-                ),
-                name=f"join-{join.name}-shard-{shard}",
-                mailbox=self._mailbox,
-            )
-            target.refs.append(ref)
-        self._topology.joins.append(target)
-        self._topology.targets.append(target)
-
-    async def _open_sources(self, stack: AsyncExitStack) -> None:
-        """Open each source with lookups, its cache and its fetcher."""
-        used = {lookup.source for lookup in self.feature_set.lookups}
-        for spec in self.feature_set.sources:
-            if spec.name not in used:
-                continue
-            source: Any = self._custom_sources.get(spec.name)
-            if source is None:
-                source = make_source(spec)
-            if hasattr(source, "open"):
-                await source.open()
-            if hasattr(source, "close"):
-                stack.push_async_callback(source.close)
-            fetcher = await stack.enter_async_context(Fetcher.from_spec(source, spec))
-            self._topology.sources[spec.name] = SourceRuntime(
-                spec.name, DimensionCache.for_source(spec), fetcher
-            )
-
-    async def _add_enricher(self, stream: str) -> None:
-        """Start the enricher of one stream: an actor per shard, fed by the Ingest with the
-        stream's events, feeding the groups of the stream's enriched form."""
-        assert self._supervisor is not None
-        lookups = self.feature_set.lookups_of(stream)
-        target = EnrichGroup(stream)
-        for shard in range(self.shards):
-            ref = await self._supervisor.spawn(
-                functools.partial(
-                    EnrichShard,
-                    lookups,
-                    self._topology.sources,
-                    shard,
-                    enriched_stream(stream),
-                    self._topology.stream_groups[enriched_stream(stream)],
-                    self._start_fetch,
-                    self.feature_set.enrich_stash,
-                    self._enriched_hub,
-                    self._clock,
-                ),
-                name=f"enrich-{stream}-shard-{shard}",
-                mailbox=self._mailbox,
-            )
-            target.refs.append(ref)
-        self._topology.enrichers.append(target)
-        self._topology.targets.append(target)
+        return self._topology.group_of(name)
 
     def _start_fetch(self, task: Callable[[], Any]) -> None:
         """Run a fetch of an enricher as a task of the runtime."""
         assert self._tg is not None
         self._tg.start_soon(task)
-
-    async def _drain_enrichers(self) -> None:
-        """Wait until every enricher has applied what it was sent and emptied its stash."""
-        for enricher in self._topology.enrichers:
-            for ref in enricher.refs:
-                while True:
-                    stats: EnrichShardStats = await ref.ask(GetEnrichStats(), timeout=None)
-                    if not stats.stashed:
-                        break
-                    await anyio.sleep(0.001)
 
     def _estimate(self, feature: Any) -> CostEstimate:
         return estimate_cost(feature, event_rate=self.expected_event_rate, keys=self.expected_keys)
@@ -1575,11 +1344,6 @@ class FeatureRuntime:
             poison += sum(s.poison for s in shards)
         return result, poison
 
-    def _close_record_hubs(self) -> None:
-        self._records_hub.close()
-        for join in self._topology.joins:
-            join.hub.close()
-
     def join_records(
         self, join: str | None = None, *, buffer: int = 10_000, policy: Policy = "block"
     ) -> UpdateSubscription[JoinRecord]:
@@ -1704,7 +1468,7 @@ class FeatureRuntime:
 
     def _drift_group(self, feature: str) -> tuple[str, tuple[str, ...]]:
         """The name of the group that computes ``feature``, and its features' names."""
-        group = self._group_of(feature)
+        group = self._topology.group_of(feature)
         return group.name, group.names
 
     def drift_alerts(
@@ -1773,15 +1537,7 @@ class FeatureRuntime:
         applied at it. Half the asks of two flushes; a timer tick meanwhile reads one time or
         the other and finds nothing more to do."""
         self._check_running()
-        await self._ingest.send_all()
-        await self._drain_enrichers()
-        joins = [ref for join in self._topology.joins for ref in join.refs]
-        groups = [ref for group in self._topology.groups for ref in group.refs]
-        for ref in joins + groups:  # joins first: their records are then on their way
-            await ref.ask(Ping(), timeout=None)
-        self._clock.now = now
-        for ref in joins + groups:
-            await ref.ask(IdleTick(), timeout=None)
+        await self._topology.settle(at=now)
 
 
 class _Found:

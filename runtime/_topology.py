@@ -6,21 +6,36 @@ Events flow ingest -> enrichers -> joins -> feature groups; the lists here keep 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import functools
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from actors import ActorRef
+import anyio
+import msgspec
 
-from ._enrich.shard import SourceRuntime
-from ._keyed.kernel import CompiledGroup
-from ._results import JoinRecord
-from ._spec.feature_set import enriched_stream
+from actors import ActorRef, MailboxConfig, Supervisor
+
+from ._enrich.cache import DimensionCache
+from ._enrich.fetch import Fetcher
+from ._enrich.shard import EnrichShard, EnrichShardStats, SourceRuntime
+from ._enrich.sources import make_source
+from ._exceptions import UnknownFeature
+from ._ingest.router import Ingest
+from ._joins.engine import JoinConfig, JoinEngine
+from ._joins.shard import JoinShard
+from ._keyed.kernel import CompiledGroup, compile_group
+from ._messages import GetEnrichStats, IdleTick, Ping
+from ._results import EnrichedEvent, FeatureUpdate, JoinRecord, LateEvent
+from ._shard import GroupShard
+from ._spec.feature_set import FeatureSet, enriched_stream
 from ._spec.joins import Join
 from ._updates import UpdateHub
 from ._windows.engine import WindowEngine
+from ._windows.shard import WindowShard
 
-__all__ = ["EnrichGroup", "Group", "JoinGroup", "Topology"]
+__all__ = ["Clock", "EnrichGroup", "Group", "JoinGroup", "Topology", "signature"]
 
 
 @dataclass
@@ -72,21 +87,359 @@ class EnrichGroup:
     refs: list[ActorRef[Any]] = field(default_factory=list)
 
 
-class Topology:
-    """What runs: the feature groups, joins and enrichers, and the sources they read."""
+class Clock(Protocol):
+    """The runtime's wall clock, which a replay can set (``_replay.history.ReplayClock``)."""
 
-    def __init__(self, group_streams: Iterable[str]) -> None:
+    #: the replay's time (seconds since the epoch), or None to read the base clock
+    now: float | None
+
+    def __call__(self) -> float: ...
+
+
+def signature(target: Group | JoinGroup) -> str:
+    """What must be equal between the runtime that wrote a state and the one restoring it:
+    the specs of the group's features (and its stream), or of the join."""
+    if isinstance(target, JoinGroup):
+        return "join:" + msgspec.json.encode(target.join).decode()
+    specs = msgspec.json.encode(list(target.features)).decode()
+    kind = "keyed" if target.compiled is not None else "windowed"
+    return f"{kind}:{target.stream}:{specs}"
+
+
+class Topology:
+    """What runs: the feature groups, joins and enrichers, and the sources they read.
+
+    It plans and starts them (one actor per shard each, under the runtime's supervisor) and
+    knows the order events flow through them, which :meth:`settle` follows.
+
+    Args:
+        feature_set: the runtime's feature set (``add_groups`` replaces it by a larger one).
+        ingest: what buffers the events and sends them to ``targets``.
+        targets: the live list ``ingest`` sends batches to; the topology fills it.
+        shards: actors per group, join and enricher.
+        mailbox: each actor's mailbox.
+        clock: the wall clock the actors read (a replay sets it).
+        sample_every: one batch in this many is timed per feature.
+        hub: where feature groups publish their updates.
+        late_hub: where windowed groups (and joins, with ``late_policy="side_output"``) hand
+            their late events.
+        records_hub: where joins publish their records (each join also has a hub of its own).
+        enriched_hub: where enrichers publish the enriched events.
+        custom_sources: the objects behind the feature set's ``CustomSource`` specs, by name.
+        start_task: runs a task (an enricher's fetch) in the runtime's task group.
+    """
+
+    def __init__(
+        self,
+        feature_set: FeatureSet,
+        *,
+        ingest: Ingest,
+        targets: list[Any],
+        shards: int,
+        mailbox: MailboxConfig,
+        clock: Clock,
+        sample_every: int,
+        hub: UpdateHub[FeatureUpdate],
+        late_hub: UpdateHub[LateEvent],
+        records_hub: UpdateHub[JoinRecord],
+        enriched_hub: UpdateHub[EnrichedEvent],
+        custom_sources: Mapping[str, Any],
+        start_task: Callable[[Callable[[], Any]], None],
+    ) -> None:
+        self.feature_set = feature_set
         self.groups: list[Group] = []
         #: per stream (the ingested ones, then the joins' records): its feature groups
-        self.stream_groups: dict[str, list[Group]] = {name: [] for name in group_streams}
+        self.stream_groups: dict[str, list[Group]] = {
+            name: [] for name in feature_set.group_streams
+        }
         #: what the Ingest sends batches to: the groups of the ingested streams (each gets its
         #: stream's events), then the enrichers and the joins (tagged by stream); the live list
-        self.targets: list[Any] = []
+        self.targets = targets
         self.joins: list[JoinGroup] = []
         #: the enrichers (one per ingested stream with lookups) and the sources they share
         self.enrichers: list[EnrichGroup] = []
         self.sources: dict[str, SourceRuntime] = {}
+        ttl = feature_set.duration_ms("state_ttl")
+        #: seconds after which a quiet key's state is dropped, or None
+        self.ttl = None if ttl is None else ttl / 1000
+        self.shards = shards
+        self._ingest = ingest
+        self._mailbox = mailbox
+        self._clock = clock
+        self._sample_every = sample_every
+        self._hub = hub
+        self._late_hub = late_hub
+        self._records_hub = records_hub
+        self._enriched_hub = enriched_hub
+        self._custom_sources = custom_sources
+        self._start_task = start_task
+        self._supervisor: Supervisor | None = None
 
     def enriched_groups(self, stream: str) -> list[Group]:
         """The feature groups of ``stream``'s enriched form."""
         return self.stream_groups.get(enriched_stream(stream), [])
+
+    def group_of(self, name: str) -> Group:
+        """The group that computes the feature ``name``.
+
+        Raises:
+            UnknownFeature: no feature has that name.
+        """
+        for group in self.groups:
+            if name in group.names:
+                return group
+        raise UnknownFeature(
+            f"no feature named {name!r} (known: {', '.join(self.feature_set.names)})"
+        )
+
+    # -- starting ------------------------------------------------------------------------------
+    async def open_sources(self, stack: AsyncExitStack) -> None:
+        """Open each source with lookups, its cache and its fetcher; ``stack`` closes them."""
+        used = {lookup.source for lookup in self.feature_set.lookups}
+        for spec in self.feature_set.sources:
+            if spec.name not in used:
+                continue
+            source: Any = self._custom_sources.get(spec.name)
+            if source is None:
+                source = make_source(spec)
+            if hasattr(source, "open"):
+                await source.open()
+            if hasattr(source, "close"):
+                stack.push_async_callback(source.close)
+            fetcher = await stack.enter_async_context(Fetcher.from_spec(source, spec))
+            self.sources[spec.name] = SourceRuntime(
+                spec.name, DimensionCache.for_source(spec), fetcher
+            )
+
+    async def start(self, supervisor: Supervisor) -> None:
+        """Start the feature set's groups, joins and enrichers under ``supervisor``."""
+        self._supervisor = supervisor
+        feature_set = self.feature_set
+        await self.add_groups(list(feature_set.features), feature_set)
+        for join in feature_set.joins:
+            await self._add_join(join)
+        for stream in feature_set.stream_names:
+            if feature_set.lookups_of(stream):
+                await self._add_enricher(stream)
+
+    async def add_groups(self, features: list[Any], feature_set: FeatureSet) -> list[Group]:
+        """Add the features as groups: per stream, keyed aggregates, then windowed features;
+        ``feature_set`` (which holds them) is then the topology's.
+
+        Every group is compiled (and so validated) before any is started, so a feature that
+        is refused leaves the runtime as it was.
+        """
+        planned: list[tuple[Group, Callable[..., Any]]] = []
+        for stream in feature_set.group_streams:
+            mine = [f for f in features if feature_set.group_stream_of(f) == stream]
+            windowed = [f for f in mine if feature_set.is_windowed(f.name)]
+            keyed = [f for f in mine if not feature_set.is_windowed(f.name)]
+            if keyed:
+                planned.append(self._plan_keyed(keyed, len(self.groups) + len(planned)))
+            if windowed:
+                number = len(self.groups) + len(planned)
+                planned.append(self._plan_windowed(windowed, feature_set, number))
+            for group, _ in planned:
+                group.stream = group.stream or stream
+        for planned_group, planned_factory in planned:
+            await self._spawn(planned_group, planned_factory)
+        self.feature_set = feature_set
+        return [group for group, _ in planned]
+
+    def _plan_keyed(self, keyed: list[Any], number: int) -> tuple[Group, Callable[..., Any]]:
+        name = f"g{number}"
+        compiled = compile_group(keyed, group=name)
+        group = Group(name, keyed, compiled, defaults=compiled.values(compiled.new_state()))
+        factory: Callable[..., Any] = functools.partial(
+            GroupShard,
+            compiled,
+            name,
+            hub=self._hub,
+            sample_every=self._sample_every,
+            state_ttl=self.ttl,
+            clock=self._clock,
+        )
+        return group, factory
+
+    def _plan_windowed(
+        self, windowed: list[Any], feature_set: FeatureSet, number: int
+    ) -> tuple[Group, Callable[..., Any]]:
+        name = f"w{number}"
+        idle = feature_set.duration_ms("idle_timeout")
+        ttl = feature_set.duration_ms("state_ttl")
+        engine = WindowEngine(
+            windowed,
+            max_out_of_orderness=feature_set.max_out_of_orderness_ms,
+            allowed_lateness=feature_set.duration_ms("allowed_lateness") or 0,
+            late_policy=feature_set.late_policy,
+            correction_horizon=feature_set.duration_ms("correction_horizon") or 0,
+            emit=feature_set.emit,
+            idle_timeout=None if idle is None else idle / 1000,
+            state_ttl=None if ttl is None else ttl / 1000,
+        )
+        group = Group(name, windowed, None, engine, defaults=engine.defaults)
+        factory = functools.partial(
+            WindowShard,
+            engine,
+            name,
+            hub=self._hub,
+            late_hub=self._late_hub,
+            sample_every=self._sample_every,
+            clock=self._clock,
+        )
+        return group, factory
+
+    async def _spawn(self, group: Group, factory: Callable[..., Any]) -> None:
+        assert self._supervisor is not None
+        for shard in range(self.shards):
+            ref = await self._supervisor.spawn(
+                functools.partial(factory, shard=shard),
+                name=f"{group.name}-shard-{shard}",
+                mailbox=self._mailbox,
+            )
+            group.refs.append(ref)
+        self.groups.append(group)
+        self.stream_groups[group.stream].append(group)
+        if group.stream in self.feature_set.stream_names:
+            # before the joins: a batch reaches the features of its stream first
+            targets = self.targets
+            joins = [t for t in targets if isinstance(t, JoinGroup)]
+            targets[:] = [t for t in targets if not isinstance(t, JoinGroup)] + [group] + joins
+
+    async def _add_join(self, join: Join) -> None:
+        """Start one join: an actor per shard, fed by both of its streams' Ingests."""
+        assert self._supervisor is not None
+        feature_set = self.feature_set
+        idle = feature_set.duration_ms("idle_timeout")
+        config = JoinConfig(
+            name=join.name,
+            before=join.before_ms,
+            after=join.after_ms,
+            how=join.how,
+            on=join.on,
+            range=None
+            if join.range is None
+            else (join.range.left, join.range.right, join.range.min, join.range.max),
+            predicate=join.predicate_function,
+            merge=join.merge_strategy,  # type: ignore[arg-type]
+            tolerance=join.tolerance_ms,
+            max_buffered_per_key=join.max_buffered_per_key,
+            # the total cap is split evenly among the shards' actors (never over the total)
+            max_buffered=None
+            if join.max_buffered is None
+            else max(1, join.max_buffered // self.shards),
+            max_out_of_orderness=feature_set.max_out_of_orderness_ms,
+            allowed_lateness=feature_set.duration_ms("allowed_lateness") or 0,
+            idle_timeout=None if idle is None else idle / 1000,
+            state_ttl=self.ttl,
+        )
+        target = JoinGroup(join.name, join)
+        for shard in range(self.shards):
+            ref = await self._supervisor.spawn(
+                functools.partial(
+                    JoinShard,
+                    JoinEngine(config),
+                    shard,
+                    (
+                        feature_set.stream_names.index(join.left),
+                        feature_set.stream_names.index(join.right),
+                    ),
+                    self.stream_groups[join.name],
+                    (self._records_hub, target.hub),
+                    self._clock,
+                    self._late_hub if feature_set.late_policy == "side_output" else None,
+                ),
+                name=f"join-{join.name}-shard-{shard}",
+                mailbox=self._mailbox,
+            )
+            target.refs.append(ref)
+        self.joins.append(target)
+        self.targets.append(target)
+
+    async def _add_enricher(self, stream: str) -> None:
+        """Start the enricher of one stream: an actor per shard, fed by the Ingest with the
+        stream's events, feeding the groups of the stream's enriched form."""
+        assert self._supervisor is not None
+        lookups = self.feature_set.lookups_of(stream)
+        target = EnrichGroup(stream)
+        for shard in range(self.shards):
+            ref = await self._supervisor.spawn(
+                functools.partial(
+                    EnrichShard,
+                    lookups,
+                    self.sources,
+                    shard,
+                    enriched_stream(stream),
+                    self.stream_groups[enriched_stream(stream)],
+                    self._start_task,
+                    self.feature_set.enrich_stash,
+                    self._enriched_hub,
+                    self._clock,
+                ),
+                name=f"enrich-{stream}-shard-{shard}",
+                mailbox=self._mailbox,
+            )
+            target.refs.append(ref)
+        self.enrichers.append(target)
+        self.targets.append(target)
+
+    # -- the flow of events --------------------------------------------------------------------
+    async def settle(
+        self, *, idle: bool = False, at: float | None = None, shard: int | None = None
+    ) -> None:
+        """Send every partial batch and wait until each actor applied what it was sent, in the
+        order events flow: enrichers (their stashes empty as their fetches land), joins (what
+        they hand to the features of their records is then on its way), then feature groups.
+        A reply to a ``Ping`` means every earlier batch is applied.
+
+        Args:
+            idle: each join and group also applies idle time and expiry, right after its
+                ``Ping`` (``flush`` with ``idle_timeout`` or ``state_ttl``).
+            at: once all are settled, move the clock to ``at`` and have each join and group
+                apply idle time and expiry at it: a replay's step, half the asks of two
+                settles (a timer tick meanwhile reads one time or the other and finds nothing
+                more to do).
+            shard: settle that shard's batch only, as far as its enrichers and joins (a read
+                of the groups' states, asked next, comes after what they handed on); an event
+                still waiting for a fetch is not waited for.
+        """
+        if shard is not None:
+            await self._ingest.send(shard)
+            for enricher in self.enrichers:
+                await enricher.refs[shard].ask(Ping(), timeout=None)
+            for join in self.joins:
+                await join.refs[shard].ask(Ping(), timeout=None)
+            return
+        await self._ingest.send_all()
+        await self.drain_enrichers()
+        for ref in self._joins_then_groups():
+            await ref.ask(Ping(), timeout=None)
+            if idle:
+                await ref.ask(IdleTick(), timeout=None)
+        if at is not None:
+            self._clock.now = at
+            for ref in self._joins_then_groups():
+                await ref.ask(IdleTick(), timeout=None)
+
+    def _joins_then_groups(self) -> Iterator[ActorRef[Any]]:
+        """The joins' actors, then the feature groups' (read from the live lists)."""
+        for join in self.joins:
+            yield from join.refs
+        for group in self.groups:
+            yield from group.refs
+
+    async def drain_enrichers(self) -> None:
+        """Wait until every enricher has applied what it was sent and emptied its stash."""
+        for enricher in self.enrichers:
+            for ref in enricher.refs:
+                while True:
+                    stats: EnrichShardStats = await ref.ask(GetEnrichStats(), timeout=None)
+                    if not stats.stashed:
+                        break
+                    await anyio.sleep(0.001)
+
+    def close_record_hubs(self) -> None:
+        """End the subscriptions to the joins' records."""
+        self._records_hub.close()
+        for join in self.joins:
+            join.hub.close()

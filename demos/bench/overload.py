@@ -205,7 +205,7 @@ def _enrichers(rt: FeatureRuntime) -> list[Any]:
     # The enrichers' refs, read directly for their stashes (the actors' own state): only
     # statistics() reports the stashes, and it asks each actor, which waits behind a full
     # mailbox, what is being measured.
-    return [ref for enricher in rt._enrichers for ref in enricher.refs]
+    return [ref for enricher in rt._topology.enrichers for ref in enricher.refs]
 
 
 def _sample(

@@ -11,7 +11,7 @@ from typing import Any
 import anyio
 import pytest
 
-import runtime._runtime as runtime_module
+import runtime._topology as topology_module
 from runtime import (
     Count,
     FeatureRuntime,
@@ -103,7 +103,7 @@ def wrapped(monkeypatch: pytest.MonkeyPatch) -> list[_Wrapped]:
         made.append(source)
         return source
 
-    monkeypatch.setattr(runtime_module, "make_source", make)
+    monkeypatch.setattr(topology_module, "make_source", make)
     return made
 
 
