@@ -39,9 +39,9 @@ from runtime._joins.engine import JoinConfig
 from runtime._keyed.kernel import compile_group
 from runtime._stats.idle import IdleKeys
 
-from .joins.test_join_engine import oracle as join_oracle
-from .joins.test_join_engine import pairs
-from .joins.test_join_engine import streams as join_streams
+from .support.join_oracle import oracle as join_oracle
+from .support.join_oracle import pairs
+from .support.join_oracle import streams as join_streams
 from .support.oracle import feature_value, oracle, same
 from .support.window_oracle import KeyOracle
 

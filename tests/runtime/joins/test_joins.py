@@ -1,5 +1,5 @@
 """Joins in the runtime: the records of a join actor per shard against the nested-loop oracle
-of ``test_join_engine``, for 1, 2, 7 and 16 shards; join records feeding features."""
+of ``support.join_oracle``, for 1, 2, 7 and 16 shards; join records feeding features."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from runtime import (
 from runtime._joins.engine import JoinConfig
 
 from ..support.clock import FakeClock
-from .test_join_engine import asof_oracle, oracle, pairs, streams
+from ..support.join_oracle import asof_oracle, oracle, pairs, streams
 
 
 def _feature_set(join: Join, **options: Any) -> FeatureSet:

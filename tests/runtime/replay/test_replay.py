@@ -624,7 +624,7 @@ def test_the_command_line_reports_bad_input(
     assert "online.jsonl line 2: expected an object with 'key' and 'values'" in (
         capsys.readouterr().err
     )
-    assert main(["--features", "tests.runtime.replay.test_replay:Clock", *args]) == 2
+    assert main(["--features", "tests.runtime.replay.test_replay:FakeClock", *args]) == 2
     assert "not a FeatureSet" in capsys.readouterr().err
     assert main(["--features", "no_such_module_here:x", *args]) == 2
     assert "cannot import module 'no_such_module_here'" in capsys.readouterr().err
