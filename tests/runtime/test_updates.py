@@ -18,26 +18,17 @@ from runtime import (
     FeatureRuntime,
     FeatureSet,
     FeatureUpdate,
-    Ratio,
     RuntimeClosed,
     UpdateSubscription,
 )
 
-from .support.oracle import ORACLE_FEATURES, ORACLE_NUMERIC, feature_value, same
+from .support.oracle import ORACLE_FEATURES, ORACLE_NUMERIC, key_values, same
 
 FEATURES = ORACLE_FEATURES
 NAMES = [f.name for f in FEATURES]
 NUMERIC = ORACLE_NUMERIC
 FEATURE_SET = FeatureSet(name="up", key="card", time="ts", features=FEATURES)
 T0 = 1_700_000_000_000
-
-
-def expected_values(history: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
-    """The oracle's values after the last event of ``history``."""
-    values = {f.name: feature_value(f, history) for f in FEATURES if not isinstance(f, Ratio)}
-    num, den = values["declined"], values["n"]
-    values["decline_ratio"] = None if num is None or not den else num / den
-    return values
 
 
 async def collect(subscription: UpdateSubscription, count: int) -> list[FeatureUpdate]:
@@ -96,7 +87,7 @@ async def test_each_event_gives_one_update_with_the_oracles_values_in_key_order(
         update = by_key[key].pop(0)
         assert update.event_time == event["ts"]
         assert update.group == "g0"
-        expected = expected_values(history)
+        expected = key_values(FEATURES, history)
         assert list(update.values) == NAMES
         for name in NAMES:
             assert same(update.values[name], expected[name]), (name, update, expected[name])

@@ -36,7 +36,7 @@ from runtime._checkpoints.codec import StateCodec
 from runtime._checkpoints.store import CheckpointStore
 
 from ..support.oracle import ORACLE_FEATURES, same
-from ..windows.test_windows import FEATURES as WINDOW_FEATURES
+from ..support.window_oracle import WINDOW_FEATURES
 
 _serial = itertools.count()
 

@@ -39,6 +39,8 @@ from runtime._ingest.events import (
     EventReader,
 )
 
+from ..support.oracle import oracle
+
 FEATURE_SET = FeatureSet(
     name="bad",
     key="card",
@@ -156,19 +158,6 @@ items = st.lists(
 )
 
 
-def _oracle(events: list[dict[str, Any]]) -> dict[Any, tuple[int, int]]:
-    """Per key: (events, sum of the amounts that are numbers), over the good events."""
-    totals: dict[Any, tuple[int, int]] = {}
-    for event in events:
-        n, total = totals.get(event["card"], (0, 0))
-        amount = event.get("amount")
-        usable = isinstance(amount, int | float) and not isinstance(amount, bool)
-        if usable and math.isfinite(amount):
-            total += amount
-        totals[event["card"]] = (n + 1, total)
-    return totals
-
-
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     stream=items,
@@ -216,9 +205,10 @@ async def test_a_mixed_stream_counts_every_good_event_and_rejects_every_bad_one(
     assert accepted == len(good)
     assert stats.events_ingested == len(good)
     assert stats.events_rejected == len(bad)
-    expected = _oracle(good)
+    expected = oracle(FEATURE_SET.features, "card", "ts", good)
     for key in KEYS:
-        assert (vectors[key]["n"], vectors[key]["total"]) == expected.get(key, (0, 0)), key
+        want = expected.get(key, {"n": 0, "total": 0})
+        assert (vectors[key]["n"], vectors[key]["total"]) == (want["n"], want["total"]), key
     assert len(letters) == len(bad)
     for letter, (payload, kind) in zip(letters, bad, strict=True):
         assert letter.reason is DeadLetterReason.REJECTED

@@ -148,26 +148,39 @@ def oracle(
     histories: dict[Any, list[tuple[int, dict[str, Any]]]] = {}
     for event in events:
         histories.setdefault(event[key_field], []).append((event[time_field], event))
-    result = {}
-    for key, history in histories.items():
-        values = {}
-        for feature in features:
-            if feature.__struct_config__.tag == "ratio":
-                continue
-            values[feature.name] = feature_value(feature, history)
-        for feature in features:
-            if feature.__struct_config__.tag == "ratio":
-                num, den = values[feature.numerator], values[feature.denominator]
-                values[feature.name] = None if num is None or not den else num / den
-        result[key] = values
-    return result
+    return {key: key_values(features, history) for key, history in histories.items()}
 
 
-def same(a: Any, b: Any) -> bool:
+def key_values(features: list[Any], history: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
+    """Every feature's value over one key's ``history`` (``(time, event)`` in arrival order),
+    ratios from the values of their operands."""
+    values = {}
+    for feature in features:
+        if feature.__struct_config__.tag == "ratio":
+            continue
+        values[feature.name] = feature_value(feature, history)
+    for feature in features:
+        if feature.__struct_config__.tag == "ratio":
+            num, den = values[feature.numerator], values[feature.denominator]
+            values[feature.name] = None if num is None or not den else num / den
+    return values
+
+
+def same(a: Any, b: Any, *, rel_tol: float = 1e-9, abs_tol: float = 1e-9) -> bool:
+    """Whether two feature values agree: floats within the tolerances (NaN agrees with NaN, as
+    first and last keep any value), dicts, lists and tuples item by item, the rest equal."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(
+            same(a[k], b[k], rel_tol=rel_tol, abs_tol=abs_tol) for k in a
+        )
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return len(a) == len(b) and all(
+            same(x, y, rel_tol=rel_tol, abs_tol=abs_tol) for x, y in zip(a, b, strict=True)
+        )
     if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
         return True
     if isinstance(a, float) or isinstance(b, float):
         if a is None or b is None:
             return False
-        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9)
+        return math.isclose(a, b, rel_tol=rel_tol, abs_tol=abs_tol)
     return bool(a == b)

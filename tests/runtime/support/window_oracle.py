@@ -23,9 +23,70 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from runtime import (
+    Count,
+    DistinctCount,
+    First,
+    Hopping,
+    Last,
+    Max,
+    Mean,
+    Min,
+    Percentile,
+    Ratio,
+    Session,
+    Sliding,
+    Std,
+    Sum,
+    TopK,
+    Tumbling,
+    Variance,
+    Where,
+)
 from runtime._stats.rolling import order_key
 
 Event = tuple[int, dict[str, Any]]
+
+SLIDING = Sliding(size=1000)
+TUMBLING = Tumbling(size=500)
+HOPPING = Hopping(size=900, hop=300)
+SESSION = Session(gap=250)
+DECLINED = Where(field="status", op="==", value="declined")
+
+#: every windowed aggregate over each window type, with filtered forms and a ratio: the set the
+#: window oracle tests run
+WINDOW_FEATURES: list[Any] = [
+    Count(name="s_n", window=SLIDING),
+    Sum(name="s_sum", field="amount", window=SLIDING),
+    Mean(name="s_mean", field="amount", window=SLIDING),
+    Min(name="s_min", field="amount", window=SLIDING),
+    Max(name="s_max", field="amount", window=SLIDING),
+    First(name="s_first", field="merchant", window=SLIDING),
+    Last(name="s_last", field="merchant", window=SLIDING),
+    Variance(name="s_var", field="amount", window=SLIDING),
+    Std(name="s_std", field="amount", ddof=0, window=SLIDING),
+    DistinctCount(name="s_merchants", field="merchant", window=SLIDING),
+    Percentile(name="s_p90", field="amount", q=90, window=SLIDING),
+    Percentile(name="s_p50", field="amount", q=50, method="linear", window=SLIDING),
+    TopK(name="s_top", field="merchant", k=2, window=SLIDING),
+    Count(name="s_declined", where=DECLINED, window=SLIDING),
+    Ratio(name="s_avg", numerator="s_sum", denominator="s_n"),
+    Count(name="t_n", window=TUMBLING),
+    Sum(name="t_sum", field="amount", window=TUMBLING),
+    Max(name="t_max", field="amount", window=TUMBLING),
+    Last(name="t_last", field="merchant", window=TUMBLING),
+    Percentile(name="t_p50", field="amount", q=50, window=TUMBLING),
+    TopK(name="t_top", field="merchant", k=2, window=TUMBLING),
+    Count(name="h_n", window=HOPPING),
+    Sum(name="h_sum", field="amount", window=HOPPING),
+    Min(name="h_min", field="amount", window=HOPPING),
+    First(name="h_first", field="merchant", window=HOPPING),
+    Percentile(name="h_p90", field="amount", q=90, window=HOPPING),
+    Count(name="x_n", window=SESSION),
+    Sum(name="x_sum", field="amount", window=SESSION),
+    Last(name="x_last", field="merchant", window=SESSION),
+    Count(name="x_declined", where=DECLINED, window=SESSION),
+]
 
 
 def _matches(where: Any, event: Mapping[str, Any]) -> bool:

@@ -9,7 +9,6 @@ far.
 
 from __future__ import annotations
 
-import math
 import statistics
 from collections import defaultdict
 from typing import Any
@@ -29,6 +28,8 @@ from runtime import (
     Where,
     ZScore,
 )
+
+from ..support.oracle import same
 
 ABC = SequencePattern(
     name="abc",
@@ -193,12 +194,6 @@ def expected_z(applied: list[Any]) -> tuple[Any, list[tuple[int, float]]]:
     return latest, anomalies
 
 
-def close(a: Any, b: Any) -> bool:
-    if a is None or b is None:
-        return a is b
-    return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9)
-
-
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     stream=streams(),
@@ -227,13 +222,13 @@ async def test_sequences_and_zscores_match_brute_force(
                 got = [parts for kind, values, parts in emitted[key] if pattern.name in values]
                 assert got == matches[pattern.name], (key, pattern.name)
             z, anomalies = expected_z(applied)
-            assert close(vectors[key]["z"], z), (key, vectors[key]["z"], z)
+            assert same(vectors[key]["z"], z), (key, vectors[key]["z"], z)
             got_anomalies = [
                 (parts[0], values["z"]) for kind, values, parts in emitted[key] if kind == "anomaly"
             ]
             assert len(got_anomalies) == len(anomalies), key
             for (t1, z1), (t2, z2) in zip(got_anomalies, anomalies, strict=True):
-                assert t1 == t2 and close(z1, z2)
+                assert t1 == t2 and same(z1, z2)
         if stream:
             assert stats.pattern_late == sum(v[3] for v in per_key.values())
         if reference is None:

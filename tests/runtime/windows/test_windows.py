@@ -1,4 +1,4 @@
-"""Windowed features against the brute-force oracle of ``window_oracle``.
+"""Windowed features against the brute-force oracle of ``support.window_oracle``.
 
 Random streams over many keys with out-of-order and duplicate timestamps, missing values and
 values of the wrong type; every window type, every lateness policy, both emit modes; 1, 2, 7
@@ -9,7 +9,6 @@ count.
 
 from __future__ import annotations
 
-import math
 import os
 from collections import defaultdict
 from typing import Any
@@ -19,68 +18,12 @@ import hypothesis.strategies as st
 from hypothesis import HealthCheck, given, settings
 
 from runtime import (
-    Count,
-    DistinctCount,
     FeatureRuntime,
     FeatureSet,
-    First,
-    Hopping,
-    Last,
-    Max,
-    Mean,
-    Min,
-    Percentile,
-    Ratio,
-    Session,
-    Sliding,
-    Std,
-    Sum,
-    TopK,
-    Tumbling,
-    Variance,
-    Where,
 )
 
-from ..support.window_oracle import KeyOracle
-
-SLIDING = Sliding(size=1000)
-TUMBLING = Tumbling(size=500)
-HOPPING = Hopping(size=900, hop=300)
-SESSION = Session(gap=250)
-DECLINED = Where(field="status", op="==", value="declined")
-
-FEATURES: list[Any] = [
-    Count(name="s_n", window=SLIDING),
-    Sum(name="s_sum", field="amount", window=SLIDING),
-    Mean(name="s_mean", field="amount", window=SLIDING),
-    Min(name="s_min", field="amount", window=SLIDING),
-    Max(name="s_max", field="amount", window=SLIDING),
-    First(name="s_first", field="merchant", window=SLIDING),
-    Last(name="s_last", field="merchant", window=SLIDING),
-    Variance(name="s_var", field="amount", window=SLIDING),
-    Std(name="s_std", field="amount", ddof=0, window=SLIDING),
-    DistinctCount(name="s_merchants", field="merchant", window=SLIDING),
-    Percentile(name="s_p90", field="amount", q=90, window=SLIDING),
-    Percentile(name="s_p50", field="amount", q=50, method="linear", window=SLIDING),
-    TopK(name="s_top", field="merchant", k=2, window=SLIDING),
-    Count(name="s_declined", where=DECLINED, window=SLIDING),
-    Ratio(name="s_avg", numerator="s_sum", denominator="s_n"),
-    Count(name="t_n", window=TUMBLING),
-    Sum(name="t_sum", field="amount", window=TUMBLING),
-    Max(name="t_max", field="amount", window=TUMBLING),
-    Last(name="t_last", field="merchant", window=TUMBLING),
-    Percentile(name="t_p50", field="amount", q=50, window=TUMBLING),
-    TopK(name="t_top", field="merchant", k=2, window=TUMBLING),
-    Count(name="h_n", window=HOPPING),
-    Sum(name="h_sum", field="amount", window=HOPPING),
-    Min(name="h_min", field="amount", window=HOPPING),
-    First(name="h_first", field="merchant", window=HOPPING),
-    Percentile(name="h_p90", field="amount", q=90, window=HOPPING),
-    Count(name="x_n", window=SESSION),
-    Sum(name="x_sum", field="amount", window=SESSION),
-    Last(name="x_last", field="merchant", window=SESSION),
-    Count(name="x_declined", where=DECLINED, window=SESSION),
-]
+from ..support.oracle import same
+from ..support.window_oracle import WINDOW_FEATURES, KeyOracle
 
 amounts = st.one_of(
     st.integers(min_value=-100, max_value=100),
@@ -128,7 +71,7 @@ def expected(stream: list[dict[str, Any]], opts: dict[str, Any]) -> dict[Any, Ke
         key = event["card"]
         if key not in oracles:
             oracles[key] = KeyOracle(
-                FEATURES,
+                WINDOW_FEATURES,
                 opts["max_out_of_orderness"],
                 opts["allowed_lateness"],
                 opts["late_policy"],
@@ -142,7 +85,7 @@ def expected(stream: list[dict[str, Any]], opts: dict[str, Any]) -> dict[Any, Ke
 async def run(
     stream: list[dict[str, Any]], opts: dict[str, Any], shards: int, batch_size: int
 ) -> tuple[dict[Any, list[Any]], dict[Any, dict[str, Any]], Any]:
-    feature_set = FeatureSet(name="w", key="card", time="ts", features=FEATURES, **opts)
+    feature_set = FeatureSet(name="w", key="card", time="ts", features=WINDOW_FEATURES, **opts)
     emitted: dict[Any, list[Any]] = defaultdict(list)
     async with FeatureRuntime(feature_set, shards=shards, batch_size=batch_size) as rt:
         updates = rt.updates(buffer=100_000)
@@ -157,18 +100,6 @@ async def run(
                     (update.kind, update.event_time, update.window, update.values)
                 )
     return emitted, vectors, stats.windows
-
-
-def same(a: Any, b: Any) -> bool:
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
-    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
-        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
-    if isinstance(a, float) or isinstance(b, float):
-        if a is None or b is None:
-            return False
-        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9)
-    return bool(a == b)
 
 
 def _diff(want: Any, got: Any) -> Any:
