@@ -51,7 +51,8 @@ ORACLE_NUMERIC = {"total", "avg", "lo", "hi", "var", "sd", "ewm", "big_total"}
 MISSING = object()
 
 
-def _matches(where: Any, event: Mapping[str, Any]) -> bool:
+def matches(where: Any, event: Mapping[str, Any]) -> bool:
+    """Whether ``event`` passes the condition ``where`` (None: every event does)."""
     if where is None:
         return True
     value = event.get(where.field)
@@ -90,7 +91,7 @@ def feature_value(feature: Any, history: list[tuple[int, dict[str, Any]]]) -> An
     """The value of ``feature`` over ``history`` (``(time, event)`` in arrival order), or
     raises if the *last* event is an error for this feature."""
     tag = feature.__struct_config__.tag
-    seen = [(t, e) for t, e in history if _matches(feature.where, e)]
+    seen = [(t, e) for t, e in history if matches(feature.where, e)]
     if tag == "count":
         return len(seen)
     if tag == "time_since":

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +44,8 @@ from runtime import (
     Where,
 )
 from runtime._stats.rolling import order_key
+
+from .oracle import matches
 
 Event = tuple[int, dict[str, Any]]
 
@@ -89,21 +91,6 @@ WINDOW_FEATURES: list[Any] = [
 ]
 
 
-def _matches(where: Any, event: Mapping[str, Any]) -> bool:
-    if where is None:
-        return True
-    value = event.get(where.field)
-    if value is None:
-        return False
-    if where.op == "==":
-        return bool(value == where.value)
-    if where.op == ">":
-        return bool(value > where.value)
-    if where.op == "in":
-        return value in where.value
-    raise NotImplementedError(where.op)
-
-
 def _inputs(
     feature: Any, events: Iterable[tuple[int, int, dict[str, Any]]]
 ) -> list[tuple[int, Any]]:
@@ -111,7 +98,7 @@ def _inputs(
     result = []
     numeric = feature.numeric
     for t, _, ev in events:
-        if not _matches(feature.where, ev):
+        if not matches(feature.where, ev):
             continue
         if feature.type_name == "count":
             result.append((t, 1))

@@ -29,6 +29,7 @@ from runtime import (
     ZScore,
 )
 
+from ..support.oracle import matches as passes
 from ..support.oracle import same
 
 ABC = SequencePattern(
@@ -76,17 +77,7 @@ def streams(draw: st.DrawFn) -> list[dict[str, Any]]:
 
 
 def _matches(step: Step, ev: dict[str, Any]) -> bool:
-    for condition in step.conditions:
-        value = ev.get(condition.field)
-        if value is None:
-            return False
-        if condition.op == "==" and value != condition.value:
-            return False
-        if condition.op == ">" and not value > condition.value:
-            return False
-        if condition.op == ">=" and not value >= condition.value:
-            return False
-    return True
+    return all(passes(condition, ev) for condition in step.conditions)
 
 
 def admitted(stream: list[dict[str, Any]], ooo: int, lateness: int) -> dict[Any, Any]:
