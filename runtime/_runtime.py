@@ -43,18 +43,14 @@ from actors import (
     restart_always,
 )
 
-from ._checkpoints.codec import state_codec
+from ._checkpoints.coordinator import CheckpointCoordinator, Progress
 from ._checkpoints.store import (
-    ActorState,
-    Checkpoint,
     CheckpointConfig,
     CheckpointInfo,
-    CheckpointStore,
 )
 from ._enrich.fetch import MISSING as FETCHED_MISSING
 from ._enrich.shard import EnrichShardStats, SourceRuntime
 from ._exceptions import (
-    CheckpointError,
     ConfigError,
     RuntimeClosed,
     SourceError,
@@ -70,10 +66,7 @@ from ._messages import (
     GetStates,
     GetStats,
     GetWindowStats,
-    RestoreSnapshot,
-    ShardSnapshot,
     ShardStats,
-    TakeSnapshot,
 )
 from ._observe.metrics import (
     ActorMailbox,
@@ -104,7 +97,7 @@ from ._spec.cost import CostEstimate, MeasuredCost, estimate_cost
 from ._spec.drift import DriftAlert, DriftMonitor, DriftStatus
 from ._spec.enrich import CustomSource
 from ._spec.feature_set import Feature, FeatureSet
-from ._topology import Group, JoinGroup, Topology, signature
+from ._topology import Group, Topology
 from ._updates import Policy, UpdateHub, UpdateSubscription
 from ._windows.shard import WindowStats
 
@@ -243,28 +236,8 @@ class FeatureRuntime:
             None if metrics_port is None else MetricsServer(metrics_host, metrics_port)
         )
         self.checkpoints = CheckpointConfig.of(checkpoints)
-        self._store = (
-            None
-            if self.checkpoints is None
-            else CheckpointStore(self.checkpoints.directory, self.checkpoints.keep)
-        )
-        #: events read from the input (accepted or not), restored from a checkpoint
-        self._position = 0
-        #: the input offset of the caller's last ingest call that gave one
-        self._offset: Any = None
-        #: set while a checkpoint captures the state: ingest waits for it
-        self._gate: anyio.Event | None = None
-        #: ingest_many calls with an ``offset`` under way (a checkpoint waits for them)
-        self._offset_calls = 0
-        self._offset_calls_done: anyio.Event | None = None
-        self._checkpoint_lock = anyio.Lock()
-        self._sequence = 0
-        #: the checkpoint restored on start, and the last one taken
-        self.restored: CheckpointInfo | None = None
-        self.last_checkpoint: CheckpointInfo | None = None
-        #: state of feature groups in the restored checkpoint that the runtime does not have
-        #: yet, by signature: ``register`` of the same features takes it
-        self._pending: dict[str, ActorState] = {}
+        #: the input's position and offset, and the gate a checkpoint closes on ingest
+        self._progress = Progress()
         self.shards = shards
         self.batch_size = batch_size
         self.linger = float(linger)
@@ -322,6 +295,13 @@ class FeatureRuntime:
         #: the drift monitors and the hub of their alerts (``monitor_drift``)
         self._drift = DriftMonitors()
         self._register_lock = anyio.Lock()
+        self._coordinator = CheckpointCoordinator(
+            self.checkpoints,
+            topology=self._topology,
+            router=self._router,
+            progress=self._progress,
+            register_lock=self._register_lock,
+        )
         self._active_ingests = 0
         self._ingests_done: anyio.Event | None = None
         self._stack: AsyncExitStack | None = None
@@ -360,15 +340,11 @@ class FeatureRuntime:
                 decider=restart_always,
             )
             await self._topology.start(supervisor)
-            if self.checkpoints is not None and self.checkpoints.restore:
-                await self._restore_latest()
+            await self._coordinator.restore()
             self._tg = await stack.enter_async_context(anyio.create_task_group())
             self._tg.start_soon(self._flusher, name="featurist-flusher")
             await self._start_metrics_server(stack)
-            if self.checkpoints is not None and self.checkpoints.interval is not None:
-                self._tg.start_soon(
-                    self._checkpointer, self.checkpoints.interval, name="featurist-checkpoints"
-                )
+            self._coordinator.start(self._tg)
         except BaseException:
             await stack.__aexit__(None, None, None)
             raise
@@ -406,8 +382,7 @@ class FeatureRuntime:
                     # events waiting for a fetch get it (or their fallback) while fetches can
                     # still run; what is left at the deadline goes to dead letters
                     await self._topology.drain_enrichers()
-                    if self.checkpoints is not None and self.checkpoints.on_shutdown:
-                        await self._final_checkpoint()
+                    await self._coordinator.on_shutdown()
                 if scope.cancelled_caught:
                     self._ingest.abandon_unsent()
         finally:
@@ -500,14 +475,15 @@ class FeatureRuntime:
             ValueError: ``stream`` is not a stream of the feature set.
         """
         tag = self._tag(stream)
-        if self._gate is not None:
-            await self._wait_gate()
+        progress = self._progress
+        if progress.gate is not None:
+            await progress.wait()
         self._enter_ingest()
         try:
             shard = self._ingest.route_one(event, tag)
-            self._position += 1
+            progress.position += 1
             if offset is not None:
-                self._offset = offset
+                progress.offset = offset
             if shard is None:
                 return False
             if len(self._ingest.buffers[shard]) >= self.batch_size:
@@ -517,7 +493,11 @@ class FeatureRuntime:
             self._leave_ingest()
 
     async def ingest_many(
-        self, events: Any, *, stream: str | Iterable[str] | None = None, offset: Any = None
+        self,
+        events: Any,
+        *,
+        stream: str | Iterable[str] | None = None,
+        offset: Any = None,
     ) -> int:
         """Accept many events in order; wait when the runtime is full.
 
@@ -543,30 +523,31 @@ class FeatureRuntime:
             tag = 0
             streams = self._tags(events, list(stream))
         ingest = self._ingest
-        if self._gate is not None:
-            await self._wait_gate()
+        progress = self._progress
+        if progress.gate is not None:
+            await progress.wait()
         self._enter_ingest()
         if offset is not None:
-            self._offset_calls += 1
+            progress.enter_offset_call()
         try:
             size = self.batch_size
             accepted = 0
             iterator = iter(events)
             done = 0
             while True:
-                if self._gate is not None and offset is None:
-                    await self._wait_gate()  # a checkpoint between two batches of the call
+                if progress.gate is not None and offset is None:
+                    await progress.wait()  # a checkpoint between two batches of the call
                 chunk = list(islice(iterator, size))
                 if not chunk:
                     if offset is not None:
-                        self._offset = offset
+                        progress.offset = offset
                     return accepted
                 if streams is not None:
                     accepted += ingest.route(chunk, streams[done : done + len(chunk)])
                 else:
                     accepted += ingest.route(chunk, tag)
                 done += len(chunk)
-                self._position += len(chunk)
+                progress.position += len(chunk)
                 buffers = ingest.buffers
                 sent = False
                 for shard in range(self.shards):
@@ -584,9 +565,7 @@ class FeatureRuntime:
                     )
         finally:
             if offset is not None:
-                self._offset_calls -= 1
-                if not self._offset_calls and self._offset_calls_done is not None:
-                    self._offset_calls_done.set()
+                progress.leave_offset_call()
             self._leave_ingest()
 
     async def flush(self) -> None:
@@ -605,17 +584,23 @@ class FeatureRuntime:
         """Events read from the input since it began (accepted and rejected), counted across
         restarts: after a restore, the number of events the checkpoint covers. To resume a
         replayable input (a file, a list), skip this many events."""
-        return self._position
+        return self._progress.position
 
     @property
     def offset(self) -> Any:
         """The ``offset`` of the last ``ingest``/``ingest_many`` call that gave one (after a
         restore: the checkpoint's), or None: where to resume your input after a restart."""
-        return self._offset
+        return self._progress.offset
 
-    async def _wait_gate(self) -> None:
-        while self._gate is not None:
-            await self._gate.wait()
+    @property
+    def restored(self) -> CheckpointInfo | None:
+        """The checkpoint restored on start, or None."""
+        return self._coordinator.restored
+
+    @property
+    def last_checkpoint(self) -> CheckpointInfo | None:
+        """The last checkpoint taken, or None."""
+        return self._coordinator.last
 
     async def checkpoint(self) -> CheckpointInfo:
         """Take a checkpoint now: a consistent snapshot of every actor's state with the input
@@ -630,207 +615,7 @@ class FeatureRuntime:
             OSError: the file could not be written.
         """
         self._check_running()
-        if self._store is None:
-            raise ConfigError("checkpoint(): the runtime has no checkpoints directory")
-        return await self._checkpoint()
-
-    async def _checkpoint(self) -> CheckpointInfo:
-        assert self._store is not None and self.checkpoints is not None
-        async with self._checkpoint_lock, self._register_lock:
-            started = time.perf_counter()
-            gate = anyio.Event()
-            self._gate = gate
-            try:
-                while self._offset_calls:
-                    self._offset_calls_done = anyio.Event()
-                    await self._offset_calls_done.wait()
-                await self._topology.settle()
-                position, offset = self._position, self._offset
-                actors = await self._snapshot_actors()
-                caches = self._snapshot_caches() if self.checkpoints.caches else {}
-            finally:
-                self._gate = None
-                gate.set()
-            paused = time.perf_counter() - started
-            self._sequence = max(self._sequence, *self._store.sequences(), 0) + 1
-            checkpoint = Checkpoint(
-                feature_set=self.feature_set.name,
-                sequence=self._sequence,
-                created_at=time.time(),
-                key_groups=self._router.key_groups,
-                shards=self.shards,
-                position=position,
-                offset=offset,
-                actors=actors,
-                caches=caches,
-            )
-            path, size = await anyio.to_thread.run_sync(self._store.write, checkpoint)
-        info = CheckpointInfo(
-            sequence=checkpoint.sequence,
-            path=str(path),
-            position=position,
-            offset=offset,
-            keys=sum(actor.keys for actor in actors),
-            size_bytes=size,
-            created_at=checkpoint.created_at,
-            pause_ms=paused * 1000,
-            duration_ms=(time.perf_counter() - started) * 1000,
-            shards=self.shards,
-        )
-        self.last_checkpoint = info
-        _log.info(
-            "checkpoint_written",
-            sequence=info.sequence,
-            position=position,
-            keys=info.keys,
-            bytes=size,
-            pause_ms=round(info.pause_ms, 1),
-            duration_ms=round(info.duration_ms, 1),
-        )
-        return info
-
-    async def _checkpointer(self, interval: float) -> None:
-        """The periodic checkpoints. A failure is logged and the next one tried."""
-        while True:
-            await anyio.sleep(interval)
-            try:
-                await self._checkpoint()
-            except Exception:
-                _log.exception("checkpoint_failed", directory=str(self._store))
-
-    async def _final_checkpoint(self) -> None:
-        """On shutdown, once everything accepted is applied."""
-        try:
-            await self._checkpoint()
-        except Exception:
-            _log.exception("checkpoint_failed", when="shutdown")
-
-    async def _snapshot_actors(self) -> list[ActorState]:
-        request = TakeSnapshot(self._router.key_group)
-        states = []
-        targets: list[tuple[str, Group | JoinGroup]] = [
-            ("features", g) for g in self._topology.groups
-        ]
-        targets += [("join", join) for join in self._topology.joins]
-        for kind, target in targets:
-            groups: dict[int, bytes] = {}
-            extras = []
-            keys = 0
-            for ref in target.refs:
-                snapshot: ShardSnapshot = await ref.ask(request, timeout=None)
-                groups.update(snapshot.groups)
-                extras.append(snapshot.extra)
-                keys += snapshot.keys
-            layout = (
-                list(target.compiled.state_type.__slots__)  # type: ignore[attr-defined]
-                if isinstance(target, Group) and target.compiled is not None
-                else []
-            )
-            states.append(
-                ActorState(kind, target.name, signature(target), layout, groups, extras, keys)
-            )
-        # the pending states of groups not registered again since the restore are kept
-        states.extend(self._pending.values())
-        return states
-
-    def _snapshot_caches(self) -> dict[str, bytes]:
-        codec = state_codec()
-        return {
-            name: codec.encode(source.cache.export())
-            for name, source in self._topology.sources.items()
-        }
-
-    async def _restore_latest(self) -> None:
-        """On start: restore the newest readable checkpoint of the directory, if any."""
-        assert self._store is not None
-        started = time.perf_counter()
-        found = await anyio.to_thread.run_sync(self._store.latest)
-        if found is None:
-            return
-        checkpoint, path = found
-        if checkpoint.key_groups != self._router.key_groups:
-            raise CheckpointError(
-                f"{path}: taken with key_groups={checkpoint.key_groups}, but the runtime has "
-                f"key_groups={self._router.key_groups}: key groups are the unit of rescaling "
-                "and cannot change"
-            )
-        every: list[Group | JoinGroup] = [*self._topology.groups, *self._topology.joins]
-        targets = {signature(target): target for target in every}
-        keys = 0
-        for state in checkpoint.actors:
-            target = targets.pop(state.signature, None)
-            if target is None:
-                if state.kind == "join":
-                    raise CheckpointError(
-                        f"{path}: holds the join {state.name!r}, which the feature set does not "
-                        "have as it was: a join's spec cannot change across a restore"
-                    )
-                # registered at run time: ``register`` of the same features restores it
-                self._pending[state.signature] = state
-                _log.warning(
-                    "checkpoint_state_pending",
-                    group=state.name,
-                    detail="features registered after start: register them again to restore",
-                )
-                continue
-            await self._restore_target(target, state, path)
-            keys += state.keys
-        if targets:
-            # groups of the feature set that the checkpoint does not hold: a changed spec
-            missing = [target.name for target in targets.values()]
-            raise CheckpointError(
-                f"{path}: holds no state for {', '.join(missing)}: the feature set changed since "
-                "the checkpoint (a feature added, removed or changed). Restore with the feature "
-                "set it was taken with, or start from an empty directory and replay history"
-            )
-        codec = state_codec()
-        for name, blob in checkpoint.caches.items():
-            source = self._topology.sources.get(name)
-            if source is not None:
-                source.cache.load(codec.decode(blob))
-        self._position = checkpoint.position
-        self._offset = checkpoint.offset
-        self._sequence = checkpoint.sequence
-        self.restored = CheckpointInfo(
-            sequence=checkpoint.sequence,
-            path=str(path),
-            position=checkpoint.position,
-            offset=checkpoint.offset,
-            keys=keys,
-            size_bytes=path.stat().st_size,
-            created_at=checkpoint.created_at,
-            pause_ms=0.0,
-            duration_ms=(time.perf_counter() - started) * 1000,
-            shards=checkpoint.shards,
-        )
-        _log.info(
-            "checkpoint_restored",
-            sequence=checkpoint.sequence,
-            position=checkpoint.position,
-            keys=keys,
-            shards_then=checkpoint.shards,
-            shards_now=self.shards,
-            duration_ms=round(self.restored.duration_ms, 1),
-        )
-
-    async def _restore_target(
-        self, target: Group | JoinGroup, state: ActorState, path: Any
-    ) -> None:
-        """Give each shard actor of ``target`` the key groups it owns now, and the counters of
-        the checkpoint's actors spread over them (so their totals are kept)."""
-        if isinstance(target, Group) and target.compiled is not None:
-            layout = list(target.compiled.state_type.__slots__)  # type: ignore[attr-defined]
-            if layout != state.layout:
-                raise CheckpointError(
-                    f"{path}: the state of {target.name} has another layout in this version"
-                )
-        shard_of_group = self._router.shard_of_group
-        by_shard: list[list[bytes]] = [[] for _ in range(self.shards)]
-        for group, blob in state.groups.items():
-            by_shard[shard_of_group(group)].append(blob)
-        for shard, ref in enumerate(target.refs):
-            extras = state.extras[shard :: self.shards]
-            await ref.ask(RestoreSnapshot(by_shard[shard], extras), timeout=None)
+        return await self._coordinator.checkpoint()
 
     # -- reading -------------------------------------------------------------------------------
     async def get(self, key: Any, features: list[str] | None = None) -> FeatureVector:
@@ -933,9 +718,7 @@ class FeatureRuntime:
             await self._ingest.send_all()
             groups = await self._topology.add_groups(list(features), feature_set)
             for group in groups:
-                pending = self._pending.pop(signature(group), None)
-                if pending is not None:
-                    await self._restore_target(group, pending, "the restored checkpoint")
+                await self._coordinator.adopt(group)
         for group in groups:
             _log.info("features_registered", group=group.name, features=list(group.names))
         return [self._description(f, self._topology.group_of(f.name), None) for f in features]
@@ -1091,7 +874,12 @@ class FeatureRuntime:
         for group, stats in zip(groups, all_stats, strict=True):
             for index, (name, type_name) in enumerate(zip(group.names, group.types, strict=True)):
                 features[name] = feature_metrics(
-                    name, type_name, group.name, index, stats, timed=type_name != "ratio"
+                    name,
+                    type_name,
+                    group.name,
+                    index,
+                    stats,
+                    timed=type_name != "ratio",
                 )
             late: dict[str, int] = {}
             if group.engine is not None:
@@ -1528,7 +1316,12 @@ class FeatureRuntime:
         """
         self._check_running()
         return await replay_history(
-            self, events, stream=stream, arrival=arrival, resolution=resolution, until=until
+            self,
+            events,
+            stream=stream,
+            arrival=arrival,
+            resolution=resolution,
+            until=until,
         )
 
     async def _replay_step(self, now: float) -> None:

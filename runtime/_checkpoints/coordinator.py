@@ -1,0 +1,340 @@
+"""Taking and restoring checkpoints of a running runtime.
+
+A checkpoint is consistent: ingest waits at a batch boundary (the :class:`Progress` gate) while
+every event accepted before is applied and each actor's state is captured, with the input
+position it covers; the file is written after, while ingest goes on. On start, the newest
+readable checkpoint of the directory is restored, its key groups spread over the shards the
+runtime has now.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import anyio
+import anyio.abc
+import anyio.to_thread
+
+from actors import KeyRouter, get_logger
+
+from .._exceptions import CheckpointError, ConfigError
+from .._messages import RestoreSnapshot, ShardSnapshot, TakeSnapshot
+from .._topology import Group, JoinGroup, Topology, signature
+from .codec import state_codec
+from .store import ActorState, Checkpoint, CheckpointConfig, CheckpointInfo, CheckpointStore
+
+__all__ = ["CheckpointCoordinator", "Progress"]
+
+_log = get_logger("featurist")
+
+
+class Progress:
+    """Where the input stands, as a checkpoint records it, and the gate a checkpoint closes.
+
+    The ingest path counts the events it reads (``position``) and keeps the caller's last
+    ``offset``; while ``gate`` is set, a checkpoint is capturing the state and ingest waits
+    for it (:meth:`wait`). An ``ingest_many`` call that gives an offset is counted in
+    ``offset_calls`` for its whole length, so that a checkpoint never records the offset with
+    half of the call's events.
+    """
+
+    __slots__ = ("gate", "offset", "offset_calls", "offset_calls_done", "position")
+
+    def __init__(self) -> None:
+        #: events read from the input (accepted or not), restored from a checkpoint
+        self.position = 0
+        #: the input offset of the caller's last ingest call that gave one
+        self.offset: Any = None
+        #: set while a checkpoint captures the state: ingest waits for it
+        self.gate: anyio.Event | None = None
+        #: ingest_many calls with an ``offset`` under way (a checkpoint waits for them)
+        self.offset_calls = 0
+        self.offset_calls_done: anyio.Event | None = None
+
+    async def wait(self) -> None:
+        """Wait while a checkpoint captures the state."""
+        while self.gate is not None:
+            await self.gate.wait()
+
+    def enter_offset_call(self) -> None:
+        self.offset_calls += 1
+
+    def leave_offset_call(self) -> None:
+        self.offset_calls -= 1
+        if not self.offset_calls and self.offset_calls_done is not None:
+            self.offset_calls_done.set()
+
+
+class CheckpointCoordinator:
+    """Takes the runtime's checkpoints (on demand, periodically, on shutdown) and restores
+    the newest on start.
+
+    Args:
+        config: where and how often to checkpoint; None: no checkpoints (:meth:`checkpoint`
+            raises ``ConfigError``).
+        topology: the actors whose state is captured, and the sources whose caches are.
+        router: the key groups (the unit a state moves between shards by) and their shards.
+        progress: the input position recorded, and the gate that holds ingest back.
+        register_lock: the runtime's lock on adding features: a checkpoint holds it, so that
+            no group starts while the state is captured.
+    """
+
+    def __init__(
+        self,
+        config: CheckpointConfig | None,
+        *,
+        topology: Topology,
+        router: KeyRouter,
+        progress: Progress,
+        register_lock: anyio.Lock,
+    ) -> None:
+        self.config = config
+        self.store = None if config is None else CheckpointStore(config.directory, config.keep)
+        self._topology = topology
+        self._router = router
+        self._progress = progress
+        self._register_lock = register_lock
+        self._lock = anyio.Lock()
+        self._sequence = 0
+        #: the checkpoint restored on start, and the last one taken
+        self.restored: CheckpointInfo | None = None
+        self.last: CheckpointInfo | None = None
+        #: state of feature groups in the restored checkpoint that the runtime does not have
+        #: yet, by signature: ``register`` of the same features takes it (:meth:`adopt`)
+        self._pending: dict[str, ActorState] = {}
+
+    # -- the runtime's lifecycle -----------------------------------------------------------------
+    async def restore(self) -> None:
+        """On start, once the actors run: restore the newest checkpoint, if configured so."""
+        if self.config is not None and self.config.restore:
+            await self._restore_latest()
+
+    def start(self, tg: anyio.abc.TaskGroup) -> None:
+        """Start the periodic checkpoints in ``tg``, if configured so."""
+        if self.config is not None and self.config.interval is not None:
+            tg.start_soon(self._checkpointer, self.config.interval, name="featurist-checkpoints")
+
+    async def on_shutdown(self) -> None:
+        """On shutdown, once everything accepted is applied: the last checkpoint, if
+        configured so. A failure is logged."""
+        if self.config is not None and self.config.on_shutdown:
+            try:
+                await self._checkpoint()
+            except Exception:
+                _log.exception("checkpoint_failed", when="shutdown")
+
+    async def adopt(self, group: Group) -> None:
+        """Give a group just registered its state from the restored checkpoint, if that held
+        the same features."""
+        pending = self._pending.pop(signature(group), None)
+        if pending is not None:
+            await self._restore_target(group, pending, "the restored checkpoint")
+
+    # -- taking one ------------------------------------------------------------------------------
+    async def checkpoint(self) -> CheckpointInfo:
+        """Take a checkpoint now (``FeatureRuntime.checkpoint``).
+
+        Raises:
+            ConfigError: the runtime has no ``checkpoints`` directory.
+            CheckpointError: the state could not be encoded.
+            OSError: the file could not be written.
+        """
+        if self.store is None:
+            raise ConfigError("checkpoint(): the runtime has no checkpoints directory")
+        return await self._checkpoint()
+
+    async def _checkpoint(self) -> CheckpointInfo:
+        assert self.store is not None and self.config is not None
+        progress = self._progress
+        shards = self._topology.shards
+        async with self._lock, self._register_lock:
+            started = time.perf_counter()
+            gate = anyio.Event()
+            progress.gate = gate
+            try:
+                while progress.offset_calls:
+                    progress.offset_calls_done = anyio.Event()
+                    await progress.offset_calls_done.wait()
+                await self._topology.settle()
+                position, offset = progress.position, progress.offset
+                actors = await self._snapshot_actors()
+                caches = self._snapshot_caches() if self.config.caches else {}
+            finally:
+                progress.gate = None
+                gate.set()
+            paused = time.perf_counter() - started
+            self._sequence = max(self._sequence, *self.store.sequences(), 0) + 1
+            checkpoint = Checkpoint(
+                feature_set=self._topology.feature_set.name,
+                sequence=self._sequence,
+                created_at=time.time(),
+                key_groups=self._router.key_groups,
+                shards=shards,
+                position=position,
+                offset=offset,
+                actors=actors,
+                caches=caches,
+            )
+            path, size = await anyio.to_thread.run_sync(self.store.write, checkpoint)
+        info = CheckpointInfo(
+            sequence=checkpoint.sequence,
+            path=str(path),
+            position=position,
+            offset=offset,
+            keys=sum(actor.keys for actor in actors),
+            size_bytes=size,
+            created_at=checkpoint.created_at,
+            pause_ms=paused * 1000,
+            duration_ms=(time.perf_counter() - started) * 1000,
+            shards=shards,
+        )
+        self.last = info
+        _log.info(
+            "checkpoint_written",
+            sequence=info.sequence,
+            position=position,
+            keys=info.keys,
+            bytes=size,
+            pause_ms=round(info.pause_ms, 1),
+            duration_ms=round(info.duration_ms, 1),
+        )
+        return info
+
+    async def _checkpointer(self, interval: float) -> None:
+        """The periodic checkpoints. A failure is logged and the next one tried."""
+        while True:
+            await anyio.sleep(interval)
+            try:
+                await self._checkpoint()
+            except Exception:
+                _log.exception("checkpoint_failed", directory=str(self.store))
+
+    async def _snapshot_actors(self) -> list[ActorState]:
+        request = TakeSnapshot(self._router.key_group)
+        states = []
+        targets: list[tuple[str, Group | JoinGroup]] = [
+            ("features", g) for g in self._topology.groups
+        ]
+        targets += [("join", join) for join in self._topology.joins]
+        for kind, target in targets:
+            groups: dict[int, bytes] = {}
+            extras = []
+            keys = 0
+            for ref in target.refs:
+                snapshot: ShardSnapshot = await ref.ask(request, timeout=None)
+                groups.update(snapshot.groups)
+                extras.append(snapshot.extra)
+                keys += snapshot.keys
+            layout = (
+                list(target.compiled.state_type.__slots__)  # type: ignore[attr-defined]
+                if isinstance(target, Group) and target.compiled is not None
+                else []
+            )
+            states.append(
+                ActorState(kind, target.name, signature(target), layout, groups, extras, keys)
+            )
+        # the pending states of groups not registered again since the restore are kept
+        states.extend(self._pending.values())
+        return states
+
+    def _snapshot_caches(self) -> dict[str, bytes]:
+        codec = state_codec()
+        return {
+            name: codec.encode(source.cache.export())
+            for name, source in self._topology.sources.items()
+        }
+
+    # -- restoring -------------------------------------------------------------------------------
+    async def _restore_latest(self) -> None:
+        """Restore the newest readable checkpoint of the directory, if any."""
+        assert self.store is not None
+        started = time.perf_counter()
+        found = await anyio.to_thread.run_sync(self.store.latest)
+        if found is None:
+            return
+        checkpoint, path = found
+        if checkpoint.key_groups != self._router.key_groups:
+            raise CheckpointError(
+                f"{path}: taken with key_groups={checkpoint.key_groups}, but the runtime has "
+                f"key_groups={self._router.key_groups}: key groups are the unit of rescaling "
+                "and cannot change"
+            )
+        every: list[Group | JoinGroup] = [*self._topology.groups, *self._topology.joins]
+        targets = {signature(target): target for target in every}
+        keys = 0
+        for state in checkpoint.actors:
+            target = targets.pop(state.signature, None)
+            if target is None:
+                if state.kind == "join":
+                    raise CheckpointError(
+                        f"{path}: holds the join {state.name!r}, which the feature set does not "
+                        "have as it was: a join's spec cannot change across a restore"
+                    )
+                # registered at run time: ``register`` of the same features restores it
+                self._pending[state.signature] = state
+                _log.warning(
+                    "checkpoint_state_pending",
+                    group=state.name,
+                    detail="features registered after start: register them again to restore",
+                )
+                continue
+            await self._restore_target(target, state, path)
+            keys += state.keys
+        if targets:
+            # groups of the feature set that the checkpoint does not hold: a changed spec
+            missing = [target.name for target in targets.values()]
+            raise CheckpointError(
+                f"{path}: holds no state for {', '.join(missing)}: the feature set changed since "
+                "the checkpoint (a feature added, removed or changed). Restore with the feature "
+                "set it was taken with, or start from an empty directory and replay history"
+            )
+        codec = state_codec()
+        for name, blob in checkpoint.caches.items():
+            source = self._topology.sources.get(name)
+            if source is not None:
+                source.cache.load(codec.decode(blob))
+        self._progress.position = checkpoint.position
+        self._progress.offset = checkpoint.offset
+        self._sequence = checkpoint.sequence
+        self.restored = CheckpointInfo(
+            sequence=checkpoint.sequence,
+            path=str(path),
+            position=checkpoint.position,
+            offset=checkpoint.offset,
+            keys=keys,
+            size_bytes=path.stat().st_size,
+            created_at=checkpoint.created_at,
+            pause_ms=0.0,
+            duration_ms=(time.perf_counter() - started) * 1000,
+            shards=checkpoint.shards,
+        )
+        _log.info(
+            "checkpoint_restored",
+            sequence=checkpoint.sequence,
+            position=checkpoint.position,
+            keys=keys,
+            shards_then=checkpoint.shards,
+            shards_now=self._topology.shards,
+            duration_ms=round(self.restored.duration_ms, 1),
+        )
+
+    async def _restore_target(
+        self, target: Group | JoinGroup, state: ActorState, path: Any
+    ) -> None:
+        """Give each shard actor of ``target`` the key groups it owns now, and the counters of
+        the checkpoint's actors spread over them (so their totals are kept)."""
+        if isinstance(target, Group) and target.compiled is not None:
+            layout = list(target.compiled.state_type.__slots__)  # type: ignore[attr-defined]
+            if layout != state.layout:
+                raise CheckpointError(
+                    f"{path}: the state of {target.name} has another layout in this version"
+                )
+        shards = self._topology.shards
+        shard_of_group = self._router.shard_of_group
+        by_shard: list[list[bytes]] = [[] for _ in range(shards)]
+        for group, blob in state.groups.items():
+            by_shard[shard_of_group(group)].append(blob)
+        for shard, ref in enumerate(target.refs):
+            extras = state.extras[shard::shards]
+            await ref.ask(RestoreSnapshot(by_shard[shard], extras), timeout=None)
