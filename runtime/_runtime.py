@@ -17,7 +17,6 @@ fewer than twice ``batch_size`` events.
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from collections.abc import AsyncIterable, Callable, Iterable, Mapping, Sequence
@@ -51,7 +50,6 @@ from ._checkpoints.store import (
 from ._enrich.fetch import MISSING as FETCHED_MISSING
 from ._enrich.shard import EnrichShardStats, SourceRuntime
 from ._exceptions import (
-    ConfigError,
     RuntimeClosed,
     SourceError,
     SpecError,
@@ -79,6 +77,7 @@ from ._observe.metrics import (
     group_watermark,
     join_totals,
 )
+from ._options import RuntimeOptions, check_sources
 from ._replay.history import ReplayClock, ReplayResult, replay_history
 from ._results import (
     EnrichedEvent,
@@ -95,7 +94,6 @@ from ._results import (
 )
 from ._spec.cost import CostEstimate, MeasuredCost, estimate_cost
 from ._spec.drift import DriftAlert, DriftMonitor, DriftStatus
-from ._spec.enrich import CustomSource
 from ._spec.feature_set import Feature, FeatureSet
 from ._topology import Group, Topology
 from ._updates import Policy, UpdateHub, UpdateSubscription
@@ -104,17 +102,6 @@ from ._windows.shard import WindowStats
 __all__ = ["FeatureRuntime"]
 
 _log = get_logger("featurist")
-
-
-def _check_int(name: str, value: Any, low: int, high: int | None = None) -> None:
-    if (
-        not isinstance(value, int)
-        or isinstance(value, bool)
-        or value < low
-        or (high is not None and value > high)
-    ):
-        bound = f"between {low} and {high}" if high is not None else f">= {low}"
-        raise ConfigError(f"{name} must be an int {bound}, got {value!r}")
 
 
 class FeatureRuntime:
@@ -189,47 +176,29 @@ class FeatureRuntime:
     ) -> None:
         if not isinstance(feature_set, FeatureSet):
             raise TypeError(f"feature_set must be a FeatureSet, got {type(feature_set).__name__}")
-        if sources is not None and not isinstance(sources, Mapping):
-            raise ConfigError(
-                f"sources must map custom source names to objects, got {type(sources).__name__}"
-            )
-        self._custom_sources = dict(sources or {})
-        custom = {s.name for s in feature_set.sources if isinstance(s, CustomSource)}
-        for name in custom - set(self._custom_sources):
-            raise ConfigError(f"sources: the custom source {name!r} needs an object here")
-        for name, obj in self._custom_sources.items():
-            if name not in custom:
-                known = ", ".join(sorted(custom)) or "none"
-                raise ConfigError(
-                    f"sources: {name!r} is not a CustomSource of the feature set (custom: {known})"
-                )
-            if not callable(getattr(obj, "get_many", None)):
-                raise ConfigError(f"sources: {name!r} has no get_many(keys) method")
-        _check_int("key_groups", key_groups, 1)
-        _check_int("shards", shards, 1, key_groups)
-        _check_int("batch_size", batch_size, 1)
-        _check_int("mailbox_capacity", mailbox_capacity, 1)
-        _check_int("sample_every", sample_every, 1)
-        if not (isinstance(linger, (int, float)) and 0 < linger < math.inf):
-            raise ConfigError(f"linger must be > 0 seconds, got {linger!r}")
-        if not (
-            isinstance(expected_event_rate, (int, float)) and 0 <= expected_event_rate < math.inf
-        ):
-            raise ConfigError(
-                f"expected_event_rate must be a number >= 0, got {expected_event_rate!r}"
-            )
-        _check_int("expected_keys", expected_keys, 1)
-        _check_int("max_restarts", max_restarts, 0)
-        if not (isinstance(restart_period, (int, float)) and 0 < restart_period < math.inf):
-            raise ConfigError(f"restart_period must be > 0 seconds, got {restart_period!r}")
+        custom_sources = check_sources(feature_set, sources)
+        #: the options, checked
+        self._options = RuntimeOptions(
+            shards=shards,
+            batch_size=batch_size,
+            linger=linger,
+            mailbox_capacity=mailbox_capacity,
+            key_groups=key_groups,
+            payload_format=payload_format,
+            sample_every=sample_every,
+            expected_event_rate=expected_event_rate,
+            expected_keys=expected_keys,
+            shutdown_timeout=shutdown_timeout,
+            dead_letters_capacity=dead_letters_capacity,
+            route_cache_size=route_cache_size,
+            max_restarts=max_restarts,
+            restart_period=restart_period,
+            metrics_port=metrics_port,
+            metrics_host=metrics_host,
+            metrics_interval=metrics_interval,
+        )
         self.max_restarts = max_restarts
         self.restart_period = float(restart_period)
-        if metrics_port is not None:
-            _check_int("metrics_port", metrics_port, 0, 65535)
-        if not isinstance(metrics_host, str) or not metrics_host:
-            raise ConfigError(f"metrics_host must be a host name or address, got {metrics_host!r}")
-        if not (isinstance(metrics_interval, (int, float)) and 0 < metrics_interval < math.inf):
-            raise ConfigError(f"metrics_interval must be > 0 seconds, got {metrics_interval!r}")
         self.metrics_interval = float(metrics_interval)
         #: the Prometheus endpoint (made here, so a missing prometheus-client fails early)
         self._metrics_server = (
@@ -287,7 +256,7 @@ class FeatureRuntime:
             late_hub=self._late_hub,
             records_hub=self._records_hub,
             enriched_hub=self._enriched_hub,
-            custom_sources=self._custom_sources,
+            custom_sources=custom_sources,
             start_task=self._start_fetch,
         )
         from ._drift.monitor import DriftMonitors

@@ -1,12 +1,14 @@
-"""Validation helpers shared by the spec modules of ``runtime._spec``."""
+"""Validation helpers shared by the spec modules of ``runtime._spec``, and by the runtime's
+options (``runtime._options``, whose errors are ``ConfigError`` naming the option alone)."""
 
 from __future__ import annotations
 
+import math
 import re
 from typing import NoReturn, cast
 
 from .._duration import parse_duration
-from .._exceptions import SpecError
+from .._exceptions import ConfigError, SpecError
 
 #: The longest allowed feature (or feature set) name.
 MAX_NAME_LENGTH = 100
@@ -62,3 +64,22 @@ def check_duration(owner: object, path: str, value: object, *, positive: bool) -
     if positive and ms == 0:
         fail(owner, path, f"must be > 0, got {value!r}")
     return ms
+
+
+def check_option_int(name: str, value: object, low: int, high: int | None = None) -> None:
+    """Raise ``ConfigError`` unless the option ``name`` is an int (not a bool) from ``low`` to
+    ``high`` (no upper bound for None)."""
+    if (
+        not isinstance(value, int)
+        or isinstance(value, bool)
+        or value < low
+        or (high is not None and value > high)
+    ):
+        bound = f"between {low} and {high}" if high is not None else f">= {low}"
+        raise ConfigError(f"{name} must be an int {bound}, got {value!r}")
+
+
+def check_option_seconds(name: str, value: object) -> None:
+    """Raise ``ConfigError`` unless the option ``name`` is a finite number of seconds > 0."""
+    if not (isinstance(value, (int, float)) and 0 < value < math.inf):
+        raise ConfigError(f"{name} must be > 0 seconds, got {value!r}")

@@ -1,0 +1,102 @@
+"""``FeatureRuntime``'s options, checked in one place.
+
+:class:`RuntimeOptions` holds the runtime's plain keyword options (numbers and names) and checks
+them when it is made, raising :class:`ConfigError` with a message that names the option.
+The objects the runtime is given (the clock, the custom sources, the checkpoint config) stay
+arguments of ``FeatureRuntime``; :func:`check_sources` checks the custom sources against the
+feature set.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import msgspec
+
+from ._exceptions import ConfigError
+from ._ingest.events import PayloadFormat
+from ._spec.checks import check_option_int, check_option_seconds
+from ._spec.enrich import CustomSource
+from ._spec.feature_set import FeatureSet
+
+__all__ = ["RuntimeOptions", "check_sources"]
+
+
+class RuntimeOptions(msgspec.Struct, frozen=True, kw_only=True):
+    """The options of a ``FeatureRuntime`` (see its docstring for each one's meaning).
+
+    Made, it has been checked: each option the runtime itself constrains is checked here, in
+    the order below. ``payload_format``, ``shutdown_timeout``, ``dead_letters_capacity`` and
+    ``route_cache_size`` are checked by the parts that use them (the event reader, the actor
+    system, the key router), with their own messages.
+
+    Raises:
+        ConfigError: an option is out of its range or of the wrong type.
+    """
+
+    shards: int = 4
+    batch_size: int = 512
+    linger: float = 0.005
+    mailbox_capacity: int = 16
+    key_groups: int = 256
+    payload_format: PayloadFormat = "json"
+    sample_every: int = 64
+    expected_event_rate: float = 1000.0
+    expected_keys: int = 10_000
+    shutdown_timeout: float = 30.0
+    dead_letters_capacity: int = 10_000
+    route_cache_size: int = 1 << 20
+    max_restarts: int = 3
+    restart_period: float = 60.0
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
+    metrics_interval: float = 5.0
+
+    def __post_init__(self) -> None:
+        check_option_int("key_groups", self.key_groups, 1)
+        check_option_int("shards", self.shards, 1, self.key_groups)
+        check_option_int("batch_size", self.batch_size, 1)
+        check_option_int("mailbox_capacity", self.mailbox_capacity, 1)
+        check_option_int("sample_every", self.sample_every, 1)
+        check_option_seconds("linger", self.linger)
+        rate = self.expected_event_rate
+        if not (isinstance(rate, (int, float)) and 0 <= rate < math.inf):
+            raise ConfigError(f"expected_event_rate must be a number >= 0, got {rate!r}")
+        check_option_int("expected_keys", self.expected_keys, 1)
+        check_option_int("max_restarts", self.max_restarts, 0)
+        check_option_seconds("restart_period", self.restart_period)
+        if self.metrics_port is not None:
+            check_option_int("metrics_port", self.metrics_port, 0, 65535)
+        host = self.metrics_host
+        if not isinstance(host, str) or not host:
+            raise ConfigError(f"metrics_host must be a host name or address, got {host!r}")
+        check_option_seconds("metrics_interval", self.metrics_interval)
+
+
+def check_sources(feature_set: FeatureSet, sources: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The objects behind the feature set's ``CustomSource`` specs, by name, checked: one for
+    each custom source, each with a ``get_many`` method.
+
+    Raises:
+        ConfigError: ``sources`` is not a mapping, misses a custom source, names one the
+            feature set does not have, or holds an object without ``get_many``.
+    """
+    if sources is not None and not isinstance(sources, Mapping):
+        raise ConfigError(
+            f"sources must map custom source names to objects, got {type(sources).__name__}"
+        )
+    found = dict(sources or {})
+    custom = {s.name for s in feature_set.sources if isinstance(s, CustomSource)}
+    for name in custom - set(found):
+        raise ConfigError(f"sources: the custom source {name!r} needs an object here")
+    for name, obj in found.items():
+        if name not in custom:
+            known = ", ".join(sorted(custom)) or "none"
+            raise ConfigError(
+                f"sources: {name!r} is not a CustomSource of the feature set (custom: {known})"
+            )
+        if not callable(getattr(obj, "get_many", None)):
+            raise ConfigError(f"sources: {name!r} has no get_many(keys) method")
+    return found
