@@ -69,7 +69,6 @@ from ._messages import (
 from ._observe.metrics import (
     ActorMailbox,
     GroupMetrics,
-    MetricsServer,
     RuntimeMetrics,
     actor_metrics,
     checkpoint_metrics,
@@ -77,6 +76,7 @@ from ._observe.metrics import (
     group_watermark,
     join_totals,
 )
+from ._observe.prometheus import MetricsServer
 from ._options import RuntimeOptions, check_sources
 from ._replay.history import ReplayClock, ReplayResult, replay_history
 from ._results import (
