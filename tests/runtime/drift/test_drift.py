@@ -36,13 +36,12 @@ from runtime import (
     UnknownFeature,
     Where,
 )
-from runtime._drift.monitor import (
-    AdwinDetector,
+from runtime._drift.detectors import AdwinDetector, PageHinkleyDetector
+from runtime._drift.monitor import build_detector
+from runtime._drift.two_sample import (
     KSDetector,
-    PageHinkleyDetector,
     PSIDetector,
     _ks_exact,
-    build_detector,
     kolmogorov_sf,
     ks_critical,
     ks_pvalue,
