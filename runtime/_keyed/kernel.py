@@ -36,14 +36,18 @@ Semantics every aggregate shares:
 from __future__ import annotations
 
 import contextlib
+import itertools
+import linecache
 import re
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 
+from .._duration import parse_duration
 from .._exceptions import SpecError
 from .._stats.sketch import distinct_add, distinct_merge, distinct_value
 from .kinds import (
@@ -58,6 +62,9 @@ from .kinds import (
 )
 
 __all__ = ["CompiledGroup", "compile_group"]
+
+#: numbers the compiled groups, so that each has a file name of its own in ``linecache``
+_COMPILED = itertools.count(1)
 
 
 def _tag(feature: Any) -> str:
@@ -171,8 +178,6 @@ class _Builder:
             if tag in ("variance", "std"):
                 params["ddof"] = self.constant(int(feature.ddof))
             if tag == "ewm_mean":
-                from .._duration import parse_duration
-
                 params["half_life"] = self.constant(
                     float(parse_duration(feature.half_life, field="half_life"))
                 )
@@ -452,7 +457,7 @@ def _poisoned(
 
 
 def compile_group(features: Sequence[Any], *, group: str = "g0") -> CompiledGroup:
-    """Compile features (specs from ``runtime._spec.feature_set``) into a :class:`CompiledGroup`.
+    """Compile features (specs from ``runtime._spec.keyed``) into a :class:`CompiledGroup`.
 
     Ratios must name features of the same group.
 
@@ -490,9 +495,10 @@ def compile_group(features: Sequence[Any], *, group: str = "g0") -> CompiledGrou
         parts.append(merge_source)
     source = "\n\n".join(parts) + "\n"
     namespace = dict(builder.namespace)
-    code = compile(source, f"<featurist group {group}>", "exec")
+    filename = f"<featurist group {group} #{next(_COMPILED)}>"
+    code = compile(source, filename, "exec")
     exec(code, namespace)
-    return CompiledGroup(
+    compiled = CompiledGroup(
         names=builder.names,
         types=tuple(_tag(f) for f in features),
         state_type=namespace["_State"],
@@ -508,3 +514,18 @@ def compile_group(features: Sequence[Any], *, group: str = "g0") -> CompiledGrou
         slot_count=len(builder.slots),
         source=source,
     )
+    _register_source(compiled, filename, source)
+    return compiled
+
+
+def _register_source(compiled: CompiledGroup, filename: str, source: str) -> None:
+    """Make the generated lines show in tracebacks and debuggers, as attrs does for the methods
+    it writes: ``linecache`` is where ``traceback`` and ``pdb`` look a file's lines up.
+
+    The entry has no modification time, so ``linecache.checkcache`` keeps it (it cannot stat
+    ``<...>``); it is dropped when the group is, so that a process that builds many runtimes
+    does not keep the source of each.
+    """
+    linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)
+    forget = weakref.finalize(compiled, linecache.cache.pop, filename, None)
+    forget.atexit = False
