@@ -64,7 +64,7 @@ RULES: dict[str, tuple[str, ...]] = {
     "_keyed": (*BASE, "_stats", "_spec"),
     "_windows": (*BASE, "_stats", "_spec", "_keyed"),
     "_joins": (*BASE, "_stats", "_spec"),
-    "_drift": (*BASE, "_stats", "_spec"),
+    "_drift": (*BASE, "_stats", "_spec", "actors"),  # actors: two_sample's logger
     # the enrichment sources, cache and fetcher: I/O, with the kernel's BatchLoader
     "_enrich": (*BASE, "_spec", "actors"),
     # checkpoints: the files, and the codec of the engines' state
