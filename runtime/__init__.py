@@ -26,12 +26,12 @@ from runtime._observe.metrics import CheckpointMetrics as CheckpointMetrics
 from runtime._observe.metrics import FeatureMetrics as FeatureMetrics
 from runtime._observe.metrics import GroupMetrics as GroupMetrics
 from runtime._observe.metrics import RuntimeMetrics as RuntimeMetrics
-from runtime._replay.history import FeatureParity as FeatureParity
-from runtime._replay.history import ParityExample as ParityExample
-from runtime._replay.history import ParityMissing as ParityMissing
-from runtime._replay.history import ParityReport as ParityReport
 from runtime._replay.history import ReplayResult as ReplayResult
-from runtime._replay.history import check_parity as check_parity
+from runtime._replay.parity import FeatureParity as FeatureParity
+from runtime._replay.parity import ParityExample as ParityExample
+from runtime._replay.parity import ParityMissing as ParityMissing
+from runtime._replay.parity import ParityReport as ParityReport
+from runtime._replay.parity import check_parity as check_parity
 from runtime._results import EnrichedEvent as EnrichedEvent
 from runtime._results import EnrichmentStatistics as EnrichmentStatistics
 from runtime._results import FeatureDescription as FeatureDescription

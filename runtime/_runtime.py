@@ -78,7 +78,7 @@ from ._observe.metrics import (
 )
 from ._observe.prometheus import MetricsServer
 from ._options import RuntimeOptions, check_sources
-from ._replay.history import ReplayClock, ReplayResult, replay_history
+from ._replay.history import ReplayClock, ReplayOptions, ReplayResult, replay_history
 from ._results import (
     EnrichedEvent,
     EnrichmentStatistics,
@@ -99,7 +99,7 @@ from ._topology import Group, Topology
 from ._updates import Policy, UpdateHub, UpdateSubscription
 from ._windows.shard import WindowStats
 
-__all__ = ["FeatureRuntime"]
+__all__ = ["FeatureRuntime", "RuntimeReplayHost"]
 
 _log = get_logger("featurist")
 
@@ -1284,22 +1284,38 @@ class FeatureRuntime:
             TypeError: ``stream`` or ``arrival`` is neither a name nor a function.
         """
         self._check_running()
-        return await replay_history(
-            self,
-            events,
-            stream=stream,
-            arrival=arrival,
-            resolution=resolution,
-            until=until,
-        )
+        options = ReplayOptions(stream=stream, arrival=arrival, resolution=resolution, until=until)
+        return await replay_history(RuntimeReplayHost(self), events, options)
 
-    async def _replay_step(self, now: float) -> None:
-        """A step of a replay's clock: what was sent is applied at the clock's time (as
-        :meth:`flush` does), then the clock moves to ``now`` and idle time and expiry are
-        applied at it. Half the asks of two flushes; a timer tick meanwhile reads one time or
-        the other and finds nothing more to do."""
-        self._check_running()
-        await self._topology.settle(at=now)
+
+class RuntimeReplayHost:
+    """A running :class:`FeatureRuntime` as its replays see it: the ``ReplayHost`` of
+    ``_replay/history.py`` (``rt.replay`` and ``check_parity`` replay through one)."""
+
+    def __init__(self, rt: FeatureRuntime) -> None:
+        self._rt = rt
+        self.clock = rt._clock
+        self.reader = rt._reader
+        self.dead_letters = rt._system.dead_letters
+        self.ingest_many = rt.ingest_many
+        self.flush = rt.flush
+
+    @property
+    def feature_set(self) -> FeatureSet:
+        return self._rt.feature_set  # ``register`` replaces it
+
+    @property
+    def events_read(self) -> int:
+        ingest = self._rt._ingest
+        return ingest.ingested + ingest.rejected
+
+    async def step(self, now: float) -> None:
+        """What was sent is applied at the clock's time (as ``flush`` does), then the clock
+        moves to ``now`` and idle time and expiry are applied at it: half the asks of two
+        flushes; a timer tick meanwhile reads one time or the other and finds nothing more
+        to do."""
+        self._rt._check_running()
+        await self._rt._topology.settle(at=now)
 
 
 class _Found:

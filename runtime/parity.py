@@ -32,7 +32,7 @@ from actors import run
 
 from ._exceptions import FeaturistError
 from ._logging import configure_logging
-from ._replay.history import ParityReport, check_parity
+from ._replay.parity import ParityReport, check_parity
 from ._results import FeatureUpdate
 from ._spec.feature_set import FeatureSet
 
