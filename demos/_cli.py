@@ -1,12 +1,12 @@
-"""What the demos' command lines share (``python -m demos.fraud``, ``python -m demos.ads``).
+"""What the demos' command lines share (``python -m demos.fraud``, ``demos.ads``,
+``demos.sensors``, ``demos.tune``).
 
-A demo builds its options with ``argument_parser``, ``runtime_options``, ``add_output_switches``
-and ``count`` (for its sizes; ``count_list`` for a list of them), its progress display with
-``RateColumn`` among rich's columns, and hands the rest to ``run_command``: the library's
-logging, the display on stderr only on a terminal, Ctrl-C, and the summary printed as JSON or
-as tables. Its ``render`` lays the tables out with ``table`` and ``note`` and writes times and
-sizes with ``format_ms`` and ``format_bytes``. ``frozen_heap`` keeps the garbage collector off
-the simulated input while the runtime works.
+A demo builds its options with ``argument_parser``, ``runtime_options``, ``add_seed``,
+``add_output_switches`` and ``count`` (for its sizes; ``count_list`` for a list of them), and
+hands the rest to ``run_command``: the library's logging, the progress display on stderr only on
+a terminal, Ctrl-C, and the summary printed as JSON or as tables. ``frozen_heap`` keeps the
+garbage collector off the simulated input while the runtime works. What the displays share
+(progress columns, tables, formats) is in ``demos._render``.
 """
 
 from __future__ import annotations
@@ -14,39 +14,28 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, Protocol, TypeVar
 
-from rich import box
 from rich.console import Console
-from rich.progress import Progress, ProgressColumn, Task
-from rich.table import Table
-from rich.text import Text
+from rich.progress import Progress
 
 import runtime
 from actors import run
 
+from ._render import summary_console
+
 __all__ = [
-    "RateColumn",
     "add_output_switches",
+    "add_seed",
     "argument_parser",
     "count",
     "count_list",
-    "format_bytes",
-    "format_ms",
     "frozen_heap",
-    "note",
     "run_command",
     "runtime_options",
-    "summary_console",
-    "table",
 ]
-
-#: The width of the summary's console when stdout is not a terminal (and COLUMNS is not set):
-#: wide enough for the demos' tables in logs and pipes.
-WIDTH = 100
 
 # -- options --------------------------------------------------------------------------------------
 
@@ -81,6 +70,18 @@ def add_output_switches(group: argparse._ArgumentGroup, display: str) -> None:
     )
     group.add_argument(
         "--json", action="store_true", help="print the summary as JSON on stdout, no tables"
+    )
+
+
+def add_seed(group: argparse._ArgumentGroup, stream: str) -> None:
+    """Add --seed (7) to ``group``; ``stream`` (``stream``, ``traffic``) names in the help what
+    the same seed gives again."""
+    group.add_argument(
+        "--seed",
+        type=int,
+        default=7,
+        metavar="N",
+        help=f"random seed: same seed, same {stream} (7)",
     )
 
 
@@ -132,24 +133,7 @@ def count_list(low: int, high: int | None = None) -> Callable[[str], list[int]]:
     return parse
 
 
-# -- progress -------------------------------------------------------------------------------------
-
-
-class RateColumn(ProgressColumn):
-    """Items per second since the task started, right-aligned in ``width`` characters; the
-    task's ``unit`` field names the items (``events`` when it has none)."""
-
-    def __init__(self, width: int) -> None:
-        super().__init__()
-        self.width = width
-
-    def render(self, task: Task) -> Text:
-        elapsed = task.elapsed
-        if not elapsed or not task.completed:
-            return Text("", style="progress.data.speed")
-        unit = task.fields.get("unit", "events")
-        rate = task.completed / elapsed
-        return Text(f"{rate:>{self.width},.0f} {unit}/s", style="progress.data.speed")
+# -- running --------------------------------------------------------------------------------------
 
 
 @contextmanager
@@ -166,8 +150,6 @@ def frozen_heap() -> Iterator[None]:
     finally:
         gc.unfreeze()
 
-
-# -- running --------------------------------------------------------------------------------------
 
 P = TypeVar("P", bound=Progress)
 P_co = TypeVar("P_co", bound=Progress, covariant=True)
@@ -206,50 +188,3 @@ def run_command(
     else:
         render(summary, summary_console())
     return 0
-
-
-def summary_console() -> Console:
-    """A console on stdout: as wide as the terminal (or COLUMNS), else ``WIDTH`` columns."""
-    console = Console()
-    if not console.is_terminal and "COLUMNS" not in os.environ:
-        console = Console(width=WIDTH)
-    return console
-
-
-# -- the summary ----------------------------------------------------------------------------------
-
-
-def table(title: str, **options: Any) -> Table:
-    """A table of the summary: its title bold on the left, a rule under the header, no frame;
-    ``options`` go to ``rich.table.Table``."""
-    return Table(
-        title=title,
-        title_justify="left",
-        title_style="bold",
-        box=box.SIMPLE,
-        show_edge=False,
-        pad_edge=False,
-        **options,
-    )
-
-
-def note(console: Console, lines: Sequence[str]) -> None:
-    """Print ``lines`` dim, as they are (no highlighting): the notes under a table."""
-    for line in lines:
-        console.print(line, style="dim", highlight=False)
-
-
-def format_ms(value: float | None) -> str:
-    """Milliseconds, to a tenth: ``12.3 ms``, ``1,024.0 ms``; ``n/a`` for None."""
-    return "n/a" if value is None else f"{value:,.1f} ms"
-
-
-def format_bytes(n: float) -> str:
-    """A size in decimal units: ``512 B``, ``1.8 KB``, ``3.4 MB``, ``2,048.0 GB``."""
-    if n < 1000:
-        return f"{n:,.0f} B"
-    for unit in ("KB", "MB", "GB"):
-        n /= 1000
-        if n < 1000 or unit == "GB":
-            break
-    return f"{n:,.1f} {unit}"

@@ -35,7 +35,6 @@ from rich.progress import (
     Progress,
     ProgressColumn,
     Task,
-    TextColumn,
     TimeElapsedColumn,
 )
 from rich.text import Text
@@ -55,14 +54,15 @@ from runtime import (
 )
 
 from .._cli import (
-    RateColumn,
     add_output_switches,
+    add_seed,
     argument_parser,
     count,
     frozen_heap,
     run_command,
     runtime_options,
 )
+from .._render import CountColumn, RateColumn, label, progress_display
 from .report import render
 from .simulator import SimConfig, Simulation, simulate
 
@@ -241,26 +241,17 @@ class _ClockColumn(ProgressColumn):
         return Text(f"event time {when}", style="dim")
 
 
-class _CountColumn(ProgressColumn):
-    """Events done of all: blank while the total is unknown."""
-
-    def render(self, task: Task) -> Text:
-        if task.total is None:
-            return Text("")
-        return Text(f"{task.completed:>9,.0f} / {task.total:,.0f}")
-
-
 def _progress(console: Console, *, disable: bool) -> _Display:
-    return _Display(
-        TextColumn("{task.description:<10}"),
+    return progress_display(
+        console,
+        label(10),
         BarColumn(bar_width=20),
-        _CountColumn(),
+        CountColumn(9),
         RateColumn(8),
         TimeElapsedColumn(),
         _ClockColumn(),
-        console=console,
-        transient=True,
         disable=disable,
+        display=_Display,
     )
 
 
@@ -545,9 +536,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     sim.add_argument(
         "--ads", type=count(5), metavar="N", help=f"ad ids (2,000; {QUICK_ADS} with --quick)"
     )
-    sim.add_argument(
-        "--seed", type=int, default=7, metavar="N", help="random seed: same seed, same traffic (7)"
-    )
+    add_seed(sim, "traffic")
     sim.add_argument(
         "--quick",
         action="store_true",

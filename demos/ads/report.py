@@ -12,7 +12,15 @@ from rich.text import Text
 
 import runtime
 
-from .._cli import format_bytes, format_ms, note, table
+from .._render import (
+    add_latency,
+    add_throughput,
+    facts,
+    format_bytes,
+    headline,
+    note,
+    table,
+)
 
 __all__ = ["render"]
 
@@ -56,13 +64,13 @@ def render(summary: Mapping[str, Any], console: Console) -> None:
     config = summary["config"]
     accounting = summary["accounting"]
     window = runtime.format_duration(config["window_ms"])
-    console.print()
     span = config["span_ms"]
-    console.print(
-        f"[bold]Ad attribution[/]: {accounting['impressions']:,} impressions, "
+    headline(
+        console,
+        "Ad attribution",
+        f"{accounting['impressions']:,} impressions, "
         f"{accounting['clicks']:,} clicks, {config['ads']:,} ads in {config['campaigns']} "
         f"campaigns over {_bound(span)} (seed {config['seed']})",
-        highlight=False,
     )
     console.print()
     _render_run(summary, console)
@@ -98,21 +106,13 @@ def render(summary: Mapping[str, Any], console: Console) -> None:
 
 def _render_run(summary: Mapping[str, Any], console: Console) -> None:
     config = summary["config"]
-    runs = table("Run", show_header=False)
-    runs.add_column(style="bold")
-    runs.add_column(justify="right")
-    runs.add_column(style="dim")
+    runs = facts("Run")
     runs.add_row(
         "events",
         f"{summary['events']:,}",
         f"impressions and clicks, replayed in {summary['seconds']:.2f} s",
     )
-    per_second = summary["events_per_second"]
-    runs.add_row(
-        "throughput",
-        "n/a" if per_second is None else f"{per_second:,.0f} events/s",
-        f"{config['shards']} shards, batches of {config['batch_size']}",
-    )
+    add_throughput(runs, summary["events_per_second"], config)
     records_per_second = summary["records_per_second"]
     runs.add_row(
         "join records",
@@ -120,8 +120,7 @@ def _render_run(summary: Mapping[str, Any], console: Console) -> None:
         f"read from rt.join_records({summary['join']['name']!r})"
         + ("" if records_per_second is None else f", {records_per_second:,.0f} per second"),
     )
-    runs.add_row("ingest→update p50", format_ms(summary["latency_p50_ms"]), "")
-    runs.add_row("ingest→update p99", format_ms(summary["latency_p99_ms"]), "")
+    add_latency(runs, summary)
     if summary["rejected"]:
         runs.add_row("rejected events", f"{summary['rejected']:,}", "in dead letters")
     if summary["feature_errors"]:

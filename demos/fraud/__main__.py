@@ -33,7 +33,7 @@ from typing import Any, NamedTuple
 import anyio
 import msgspec
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TimeElapsedColumn
 from rich.text import Text
 
 import runtime
@@ -61,16 +61,26 @@ from runtime import (
 )
 
 from .._cli import (
-    RateColumn,
     add_output_switches,
+    add_seed,
     argument_parser,
     count,
-    format_bytes,
-    format_ms,
     frozen_heap,
-    note,
     run_command,
     runtime_options,
+)
+from .._render import (
+    CountColumn,
+    RateColumn,
+    add_latency,
+    add_throughput,
+    facts,
+    format_bytes,
+    format_ms,
+    headline,
+    label,
+    note,
+    progress_display,
     table,
 )
 from .merchants import COLUMNS, KEY, TABLE, write_merchants
@@ -193,14 +203,13 @@ def suspicion(values: Mapping[str, Any], decline_rate: float) -> float:
 
 
 def _progress(console: Console, *, disable: bool) -> Progress:
-    return Progress(
-        TextColumn("{task.description:<20}"),
+    return progress_display(
+        console,
+        label(20),
         BarColumn(bar_width=30),
-        TextColumn("{task.completed:>10,.0f} / {task.total:,.0f}"),
+        CountColumn(10),
         RateColumn(9),
         TimeElapsedColumn(),
-        console=console,
-        transient=True,
         disable=disable,
     )
 
@@ -475,10 +484,7 @@ def _latency_note(paced: bool) -> list[str]:
 
 def _render_enrichment(enrichment: Mapping[str, Any], console: Console) -> None:
     stats = enrichment["statistics"]
-    rows = table("Enrichment", show_header=False)
-    rows.add_column(style="bold")
-    rows.add_column(justify="right")
-    rows.add_column(style="dim")
+    rows = facts("Enrichment")
     rows.add_row(
         "source",
         enrichment["source"],
@@ -560,27 +566,20 @@ def _render_enrichment(enrichment: Mapping[str, Any], console: Console) -> None:
 def render(summary: Mapping[str, Any], console: Console) -> None:
     """Print the summary as rich tables."""
     config = summary["config"]
-    console.print()
-    console.print(
-        f"[bold]Card fraud[/]: {config['events']:,} transactions, {config['cards']:,} cards, "
+    headline(
+        console,
+        "Card fraud",
+        f"{config['events']:,} transactions, {config['cards']:,} cards, "
         f"{config['merchants']:,} merchants, {config['fraud_cards']} compromised cards "
         f"(seed {config['seed']})",
-        highlight=False,
     )
     console.print()
 
-    runs = table("Run", show_header=False)
-    runs.add_column(style="bold")
-    runs.add_column(justify="right")
-    runs.add_column(style="dim")
+    runs = facts("Run")
     pace = f"paced at {config['rate']:,} events/s" if config["rate"] else "as fast as possible"
-    shape = f"{config['shards']} shards, batches of {config['batch_size']}"
     runs.add_row("events", f"{summary['events']:,}", f"in {summary['seconds']:.2f} s, {pace}")
-    per_second = summary["events_per_second"]
-    throughput = "n/a" if per_second is None else f"{per_second:,.0f} events/s"
-    runs.add_row("throughput", throughput, shape)
-    runs.add_row("ingest→update p50", format_ms(summary["latency_p50_ms"]), "")
-    runs.add_row("ingest→update p99", format_ms(summary["latency_p99_ms"]), "")
+    add_throughput(runs, summary["events_per_second"], config)
+    add_latency(runs, summary)
     reasons = summary["rejected_reasons"]
     runs.add_row(
         "rejected events",
@@ -721,9 +720,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         metavar="N",
         help="malformed events mixed in, for the runtime to reject (10)",
     )
-    sim.add_argument(
-        "--seed", type=int, default=7, metavar="N", help="random seed: same seed, same stream (7)"
-    )
+    add_seed(sim, "stream")
     sim.add_argument(
         "--merchants-db",
         metavar="PATH",

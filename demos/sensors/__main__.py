@@ -48,13 +48,21 @@ from runtime import (
 )
 
 from .._cli import (
-    RateColumn,
     add_output_switches,
+    add_seed,
     argument_parser,
     count,
-    note,
     run_command,
     runtime_options,
+)
+from .._render import (
+    RateColumn,
+    add_throughput,
+    facts,
+    headline,
+    label,
+    note,
+    progress_display,
     table,
 )
 from .simulator import KINDS, Scenario, Sensor, SimConfig, build, readings
@@ -136,15 +144,14 @@ def _watched(monitor: DriftMonitor, sensor: Sensor) -> bool:
 
 
 def _progress(console: Console, *, disable: bool) -> Progress:
-    return Progress(
-        TextColumn("{task.description:<10}"),
+    return progress_display(
+        console,
+        label(10),
         BarColumn(bar_width=30),
         TextColumn("{task.fields[clock]}"),
         TextColumn("{task.fields[alerts]:>4} alerts"),
         RateColumn(7),
         TimeElapsedColumn(),
-        console=console,
-        transient=True,
         disable=disable,
     )
 
@@ -361,27 +368,19 @@ def _delay(value: float | None) -> str:
 def render(summary: Mapping[str, Any], console: Console) -> None:
     """Print the summary as rich tables."""
     config = summary["config"]
-    console.print()
     drifting = sum(1 for row in summary["sensors"] if row["drift"] != "none")
-    console.print(
-        f"[bold]Drifting sensors[/]: {config['sensors']} sensors ({drifting} drift), "
+    headline(
+        console,
+        "Drifting sensors",
+        f"{config['sensors']} sensors ({drifting} drift), "
         f"{config['hours']:g} h of readings every {config['period_s']:g} s, "
         f"{summary['events']:,} readings (seed {config['seed']})",
-        highlight=False,
     )
     console.print()
-    runs = table("Run", show_header=False)
-    runs.add_column(style="bold")
-    runs.add_column(justify="right")
-    runs.add_column(style="dim")
+    runs = facts("Run")
     pace = f"paced over {config['seconds']:g} s" if config["seconds"] else "as fast as possible"
     runs.add_row("readings", f"{summary['events']:,}", f"in {summary['seconds']:.2f} s, {pace}")
-    rate = summary["events_per_second"]
-    runs.add_row(
-        "throughput",
-        "n/a" if rate is None else f"{rate:,.0f} readings/s",
-        f"{config['shards']} shards, batches of {config['batch_size']}",
-    )
+    add_throughput(runs, summary["events_per_second"], config, "readings")
     runs.add_row("alerts", f"{summary['alerts']:,}", "from every monitor, in event time")
     console.print(runs)
     console.print()
@@ -491,9 +490,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     sim.add_argument(
         "--period", type=_positive, default=5.0, metavar="S", help="seconds between readings (5)"
     )
-    sim.add_argument(
-        "--seed", type=int, default=7, metavar="N", help="random seed: same seed, same stream (7)"
-    )
+    add_seed(sim, "stream")
     rt = runtime_options(parser)
     rt.add_argument(
         "--seconds",

@@ -31,14 +31,20 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from .._cli import (
-    RateColumn,
     add_output_switches,
+    add_seed,
     argument_parser,
     count,
     count_list,
+    run_command,
+)
+from .._render import (
+    CountColumn,
+    RateColumn,
     format_bytes,
     format_ms,
-    run_command,
+    label,
+    progress_display,
 )
 from .measure import RunFailed, Setting, run_in_child
 from .report import OPTIONS, combine, recommend, render
@@ -56,15 +62,14 @@ MAX_SHARDS = 256
 
 
 def _progress(console: Console, *, disable: bool) -> Progress:
-    return Progress(
-        TextColumn("{task.description:<26}"),
+    return progress_display(
+        console,
+        label(26),
         TextColumn("{task.fields[phase]:<13}"),
         BarColumn(bar_width=12),
-        TextColumn("{task.completed:>9,.0f} / {task.total:,.0f}"),
+        CountColumn(9),
         RateColumn(7),
         TimeElapsedColumn(),
-        console=console,
-        transient=True,
         disable=disable,
     )
 
@@ -181,9 +186,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         metavar="N",
         help=f"events a run ({EVENTS:,})",
     )
-    work.add_argument(
-        "--seed", type=int, default=7, metavar="N", help="random seed: same seed, same events (7)"
-    )
+    add_seed(work, "events")
     sweep_ = parser.add_argument_group(
         "sweep",
         "Each takes values separated by commas; one of them may list several, the sweep.",

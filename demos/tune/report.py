@@ -11,7 +11,7 @@ from typing import Any
 from rich.console import Console
 from rich.text import Text
 
-from .._cli import format_bytes, format_ms, note, table
+from .._render import format_bytes, format_ms, headline, note, table
 
 __all__ = [
     "LATENCY_SLACK",
@@ -169,11 +169,11 @@ def render(summary: Mapping[str, Any], console: Console) -> None:
         f"{OPTIONS[key][1]} {value}" for key, value in summary["fixed"].items() if key != swept
     )
     repeat = summary["repeat"]
-    console.print()
-    console.print(
-        f"[bold]Tuning {name}[/]: workload {summary['workload']}, {summary['events']:,} events "
-        f"a run (seed {summary['seed']}), {fixed}",
-        highlight=False,
+    headline(
+        console,
+        f"Tuning {name}",
+        f"workload {summary['workload']}, {summary['events']:,} events a run "
+        f"(seed {summary['seed']}), {fixed}",
     )
     note(
         console,

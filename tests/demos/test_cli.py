@@ -1,5 +1,5 @@
-"""What the demos share (``demos._cli``): option parsing, formatting, and the command line of
-each demo (help, usage errors)."""
+"""What the demos share (``demos._cli``, ``demos._render``): option parsing, formatting, and the
+command line of each demo (help, usage errors)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import argparse
 
 import pytest
 
-from demos._cli import count, format_bytes, format_ms
+from demos._cli import count
+from demos._render import format_bytes, format_ms
 
 from .helpers import run_demo
 
