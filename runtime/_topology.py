@@ -7,7 +7,7 @@ Events flow ingest -> enrichers -> joins -> feature groups; the lists here keep 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -18,15 +18,16 @@ import msgspec
 from actors import ActorRef, MailboxConfig, Supervisor
 
 from ._enrich.cache import DimensionCache
+from ._enrich.fetch import MISSING as FETCHED_MISSING
 from ._enrich.fetch import Fetcher
 from ._enrich.shard import EnrichShard, EnrichShardStats, SourceRuntime
 from ._enrich.sources import make_source
-from ._exceptions import UnknownFeature
+from ._exceptions import SourceError, UnknownFeature
 from ._ingest.router import Ingest
 from ._joins.engine import JoinConfig, JoinEngine
 from ._joins.shard import JoinShard
 from ._keyed.kernel import CompiledGroup, compile_group
-from ._messages import GetEnrichStats, IdleTick, Ping
+from ._messages import GetEnrichStats, GetStates, IdleTick, Ping
 from ._results import EnrichedEvent, FeatureUpdate, JoinRecord, LateEvent
 from ._shard import GroupShard
 from ._spec.feature_set import FeatureSet, enriched_stream
@@ -35,7 +36,7 @@ from ._updates import UpdateHub
 from ._windows.engine import WindowEngine
 from ._windows.shard import WindowShard
 
-__all__ = ["Clock", "EnrichGroup", "Group", "JoinGroup", "Topology", "signature"]
+__all__ = ["Clock", "EnrichGroup", "Group", "JoinGroup", "KeyState", "Topology", "signature"]
 
 
 @dataclass
@@ -94,6 +95,33 @@ class Clock(Protocol):
     now: float | None
 
     def __call__(self) -> float: ...
+
+
+class KeyState:
+    """A key's replies from the groups of its shard, merged (``Topology.read``)."""
+
+    __slots__ = ("high", "last", "updated", "values", "watermark")
+
+    def __init__(self) -> None:
+        self.values: dict[str, Any] = {}
+        self.last: int | None = None
+        self.updated: float | None = None
+        self.high: int | None = None
+        #: the key's own watermark, from a window group
+        self.watermark: int | None = None
+
+    def add(self, group: Group, reply: tuple[Any, ...]) -> None:
+        state_values, last, updated, high, watermark = reply
+        if watermark is not None and (self.watermark is None or watermark > self.watermark):
+            self.watermark = watermark
+        names = group.names
+        self.values.update(zip(names, state_values or group.defaults, strict=True))
+        if last is not None and (self.last is None or last > self.last):
+            self.last = last
+        if updated is not None and (self.updated is None or updated > self.updated):
+            self.updated = updated
+        if high is not None and (self.high is None or high > self.high):
+            self.high = high
 
 
 def signature(target: Group | JoinGroup) -> str:
@@ -191,6 +219,61 @@ class Topology:
         raise UnknownFeature(
             f"no feature named {name!r} (known: {', '.join(self.feature_set.names)})"
         )
+
+    def records_hub(self, join: str | None) -> UpdateHub[JoinRecord]:
+        """The hub of the records of the join named ``join``, or of every join for None.
+
+        Raises:
+            ValueError: the feature set has no join named ``join``.
+        """
+        if join is None:
+            return self._records_hub
+        for target in self.joins:
+            if target.name == join:
+                return target.hub
+        known = ", ".join(target.name for target in self.joins) or "none"
+        raise ValueError(f"join: no join named {join!r} (known: {known})")
+
+    def source(self, name: str) -> SourceRuntime:
+        """The source with lookups named ``name``: its cache and its fetcher.
+
+        Raises:
+            ValueError: no source of the feature set's lookups has that name.
+        """
+        found = self.sources.get(name)
+        if found is None:
+            known = ", ".join(self.sources) or "none"
+            raise ValueError(f"source: no source with lookups named {name!r} (known: {known})")
+        return found
+
+    async def warm_up(
+        self, name: str, keys: Iterable[Any], rows: Mapping[Any, Mapping[str, Any]] | None
+    ) -> int:
+        """Fill the cache of the source ``name`` with ``rows``, then with the rows of ``keys``
+        fetched (``FeatureRuntime.warm_up``); returns the number of keys cached.
+
+        Raises:
+            ValueError: no source of the feature set's lookups has that name.
+            SourceError: the source failed (after its retries) for some of ``keys``.
+        """
+        runtime = self.source(name)
+        now = self._clock()
+        cached = 0
+        if rows is not None:
+            cached += runtime.cache.warm(((key, dict(row)) for key, row in rows.items()), now)
+        wanted = list(dict.fromkeys(keys))
+        if wanted:
+            results = await runtime.fetcher.fetch_many(wanted)
+            now = self._clock()
+            for key, value in results.items():
+                if isinstance(value, SourceError):
+                    raise value
+                if value is FETCHED_MISSING or isinstance(value, Exception):
+                    runtime.cache.put_missing(key, now)
+                else:
+                    runtime.cache.put(key, value, now)
+                cached += 1
+        return cached
 
     # -- starting ------------------------------------------------------------------------------
     async def open_sources(self, stack: AsyncExitStack) -> None:
@@ -427,6 +510,27 @@ class Topology:
             yield from join.refs
         for group in self.groups:
             yield from group.refs
+
+    async def read(
+        self, by_shard: Mapping[int, list[Any]], features: Collection[str] | None
+    ) -> dict[Any, KeyState]:
+        """The state of each key of ``by_shard`` (keys by shard) in the groups that compute
+        ``features`` (every group for None): one ask per shard and group."""
+        found = {key: KeyState() for keys in by_shard.values() for key in keys}
+        groups = [
+            group
+            for group in self.groups
+            if features is None or any(name in features for name in group.names)
+        ]
+        for shard, shard_keys in by_shard.items():
+            # enrichers and joins first: what they hand to the features of their streams is
+            # then on its way (an event still waiting for a fetch is not: flush waits for it)
+            await self.settle(shard=shard)
+            for group in groups:
+                replies = await group.refs[shard].ask(GetStates(tuple(shard_keys)), timeout=None)
+                for key, reply in zip(shard_keys, replies, strict=True):
+                    found[key].add(group, reply)
+        return found
 
     async def drain_enrichers(self) -> None:
         """Wait until every enricher has applied what it was sent and emptied its stash."""
