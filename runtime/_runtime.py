@@ -32,10 +32,7 @@ import anyio.to_thread
 import msgspec
 
 from actors import (
-    ActorRef,
     ActorSystem,
-    DeadLetter,
-    DeadLetterReason,
     KeyRouter,
     MailboxConfig,
     get_logger,
@@ -47,7 +44,6 @@ from ._checkpoints.store import (
     CheckpointConfig,
     CheckpointInfo,
 )
-from ._enrich.shard import EnrichShardStats
 from ._exceptions import (
     RuntimeClosed,
     SpecError,
@@ -55,46 +51,25 @@ from ._exceptions import (
 )
 from ._ingest.events import EventReader, PayloadFormat
 from ._ingest.router import Ingest
-from ._joins.shard import JoinShardStats
-from ._messages import (
-    GetEnrichStats,
-    GetJoinStats,
-    GetStats,
-    GetWindowStats,
-    ShardStats,
-)
-from ._observe.metrics import (
-    ActorMailbox,
-    GroupMetrics,
-    RuntimeMetrics,
-    actor_metrics,
-    checkpoint_metrics,
-    feature_metrics,
-    group_watermark,
-    join_totals,
-)
+from ._observe.collect import Observer
+from ._observe.metrics import ActorMailbox, RuntimeMetrics
 from ._observe.prometheus import MetricsServer
 from ._options import RuntimeOptions, check_sources
 from ._replay.history import ReplayClock, ReplayOptions, ReplayResult, replay_history
 from ._results import (
     EnrichedEvent,
-    EnrichmentStatistics,
     FeatureDescription,
     FeatureError,
     FeatureUpdate,
     FeatureVector,
     JoinRecord,
-    JoinStatistics,
     LateEvent,
     RuntimeStatistics,
-    WindowStatistics,
 )
-from ._spec.cost import CostEstimate, MeasuredCost, estimate_cost
 from ._spec.drift import DriftAlert, DriftMonitor, DriftStatus
 from ._spec.feature_set import Feature, FeatureSet
-from ._topology import Group, Topology
+from ._topology import Topology
 from ._updates import Policy, UpdateHub, UpdateSubscription
-from ._windows.shard import WindowStats
 
 __all__ = ["FeatureRuntime", "RuntimeReplayHost"]
 
@@ -273,10 +248,21 @@ class FeatureRuntime:
         self._stack: AsyncExitStack | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self._running = False
-        self._started_at = 0.0
-        #: messages each actor failed on (dead letters with reason ``failed``), by actor name
-        self._failed: dict[str, int] = {}
-        self._system.dead_letters.add_listener(self._count_failure)
+        #: statistics, metrics, descriptions, and the Prometheus endpoint
+        self._observer = Observer(
+            self._topology,
+            self._ingest,
+            self._system.dead_letters,
+            self._drift,
+            self._clock,
+            lateness=self._lateness,
+            last_checkpoint=lambda: self.last_checkpoint,
+            expected_event_rate=expected_event_rate,
+            expected_keys=expected_keys,
+            server=self._metrics_server,
+            interval=self.metrics_interval,
+            check_running=self._check_running,
+        )
 
     @property
     def feature_set(self) -> FeatureSet:
@@ -309,14 +295,14 @@ class FeatureRuntime:
             await self._coordinator.restore()
             self._tg = await stack.enter_async_context(anyio.create_task_group())
             self._tg.start_soon(self._flusher, name="featurist-flusher")
-            await self._start_metrics_server(stack)
+            await self._observer.serve(stack, self._tg)
             self._coordinator.start(self._tg)
         except BaseException:
             await stack.__aexit__(None, None, None)
             raise
         self._stack = stack
         self._running = True
-        self._started_at = time.time()
+        self._observer.started_at = time.time()
         _log.info(
             "runtime_started",
             feature_set=self.feature_set.name,
@@ -675,27 +661,12 @@ class FeatureRuntime:
                 await self._coordinator.adopt(group)
         for group in groups:
             _log.info("features_registered", group=group.name, features=list(group.names))
-        return [self._description(f, self._topology.group_of(f.name), None) for f in features]
+        return [self._observer.description(f, self._topology.group_of(f.name)) for f in features]
 
     def _start_fetch(self, task: Callable[[], Any]) -> None:
         """Run a fetch of an enricher as a task of the runtime."""
         assert self._tg is not None
         self._tg.start_soon(task)
-
-    def _estimate(self, feature: Any) -> CostEstimate:
-        return estimate_cost(feature, event_rate=self.expected_event_rate, keys=self.expected_keys)
-
-    def _description(
-        self, feature: Any, group: Group, measured: MeasuredCost | None
-    ) -> FeatureDescription:
-        return FeatureDescription(
-            name=feature.name,
-            type=group.types[group.names.index(feature.name)],
-            group=group.name,
-            inputs=tuple(feature.inputs()),
-            estimated_cost=self._estimate(feature),
-            measured_cost=measured,
-        )
 
     async def describe(self, name: str) -> FeatureDescription:
         """A feature's description, with its measured cost once events have flowed.
@@ -704,42 +675,7 @@ class FeatureRuntime:
             UnknownFeature: no feature has that name.
         """
         self._check_running()
-        for group in self._topology.groups:
-            if name in group.names:
-                index = group.names.index(name)
-                stats = await self._group_stats(group)
-                feature = group.features[index]
-                return self._description(feature, group, self._measure(group, index, stats))
-        raise UnknownFeature(
-            f"no feature named {name!r} (known: {', '.join(self.feature_set.names)})"
-        )
-
-    def _measure(self, group: Group, index: int, stats: list[ShardStats]) -> MeasuredCost | None:
-        events = sum(s.events for s in stats)
-        if not events:
-            return None
-        sampled = sum(s.sampled_events for s in stats)
-        feature_ns = sum(s.feature_ns[index] for s in stats)
-        is_ratio = group.types[index] == "ratio"  # computed when read, not per event
-        mean_us = feature_ns / sampled / 1000 if sampled and not is_ratio else None
-        starts = [s.first_event_at for s in stats if s.first_event_at is not None]
-        ends = [s.last_event_at for s in stats if s.last_event_at is not None]
-        span = max(ends) - min(starts) if starts and ends else 0.0
-        keys = sum(s.keys for s in stats)
-        state_bytes = sum(s.state_bytes for s in stats)
-        if group.compiled is not None:
-            share = _slots_of(group, index) / max(group.compiled.slot_count, 1)
-        else:
-            # windowed features share their buffers: each is charged an equal part
-            share = 1 / len(group.names)
-        return MeasuredCost(
-            feature=group.names[index],
-            events=events,
-            mean_latency_us=mean_us,
-            p99_latency_us=None,
-            events_per_second=events / span if span > 0 else None,
-            state_bytes_per_key=state_bytes / keys * share if keys else None,
-        )
+        return await self._observer.describe(name)
 
     # -- metrics ---------------------------------------------------------------------------------
     def mailboxes(self) -> list[ActorMailbox]:
@@ -752,34 +688,7 @@ class FeatureRuntime:
             RuntimeClosed: the runtime is not running.
         """
         self._check_running()
-        return self._mailboxes()
-
-    def _mailboxes(self) -> list[ActorMailbox]:
-        found: list[tuple[ActorRef[Any], str, str, int | None]] = []
-        for group in self._topology.groups:
-            found += [(ref, "features", group.name, i) for i, ref in enumerate(group.refs)]
-        for join in self._topology.joins:
-            found += [(ref, "join", join.name, i) for i, ref in enumerate(join.refs)]
-        for enricher in self._topology.enrichers:
-            found += [(ref, "enricher", enricher.stream, i) for i, ref in enumerate(enricher.refs)]
-        found += [(ref, "drift", state.spec.name, None) for state, ref in self._drift.monitors]
-        boxes = []
-        for ref, kind, name, shard in found:
-            stats = ref.statistics()
-            boxes.append(
-                ActorMailbox(
-                    actor=ref.name,
-                    kind=kind,
-                    group=name,
-                    shard=shard,
-                    depth=stats.depth,
-                    capacity=stats.capacity,
-                    senders_waiting=stats.senders_waiting,
-                    processed=stats.processed,
-                    dropped=stats.dropped,
-                )
-            )
-        return boxes
+        return self._observer.mailboxes()
 
     async def metrics(self) -> RuntimeMetrics:
         """A snapshot of the runtime's metrics (:class:`RuntimeMetrics`): per actor its
@@ -796,292 +705,18 @@ class FeatureRuntime:
             RuntimeClosed: the runtime is not running.
         """
         self._check_running()
-        return await self._collect_metrics()
-
-    async def _collect_metrics(self) -> RuntimeMetrics:
-        now = time.time()
-        now_ms = self._clock() * 1000
-        boxes = self._mailboxes()
-        groups = list(self._topology.groups)
-        all_stats = [await self._group_stats(group) for group in groups]
-        restarts = {
-            ref.name: s.restarts
-            for group, stats in zip(groups, all_stats, strict=True)
-            for ref, s in zip(group.refs, stats, strict=True)
-        }
-        joins: dict[str, JoinStatistics] = {}
-        for join in list(self._topology.joins):
-            shards: list[JoinShardStats] = [
-                await ref.ask(GetJoinStats(), timeout=None) for ref in join.refs
-            ]
-            restarts.update(
-                (ref.name, s.restarts) for ref, s in zip(join.refs, shards, strict=True)
-            )
-            joins[join.name] = join_totals(shards)
-        sources = await self._enrichment_statistics()
-        drift = await self._drift.status()
-        features = {}
-        group_metrics = {}
-        for group, stats in zip(groups, all_stats, strict=True):
-            for index, (name, type_name) in enumerate(zip(group.names, group.types, strict=True)):
-                features[name] = feature_metrics(
-                    name,
-                    type_name,
-                    group.name,
-                    index,
-                    stats,
-                    timed=type_name != "ratio",
-                )
-            late: dict[str, int] = {}
-            if group.engine is not None:
-                for ref in group.refs:
-                    reply: WindowStats = await ref.ask(GetWindowStats(), timeout=None)
-                    for counter in ("late_dropped", "late_side_output", "late_applied"):
-                        late[counter] = late.get(counter, 0) + getattr(reply.counters, counter)
-            watermark = group_watermark(stats, self._lateness)
-            group_metrics[group.name] = GroupMetrics(
-                group=group.name,
-                kind="keyed" if group.engine is None else "windowed",
-                stream=group.stream,
-                events=sum(s.events for s in stats),
-                keys=sum(s.keys for s in stats),
-                state_bytes=sum(s.state_bytes for s in stats),
-                watermark=watermark,
-                watermark_lag_ms=None if watermark is None else now_ms - watermark,
-                late_dropped=late.get("late_dropped", 0),
-                late_side_output=late.get("late_side_output", 0),
-                late_applied=late.get("late_applied", 0),
-            )
-        # events processed as statistics() counts them: by the first group of each stream
-        firsts = [
-            all_stats[groups.index(found[0])]
-            for stream in self.feature_set.stream_names
-            if (
-                found := self._topology.stream_groups[stream]
-                or self._topology.enriched_groups(stream)
-            )
-            and found[0] in groups
-        ]
-        processed = sum(s.events for stats in firsts for s in stats)
-        if not groups:  # joins alone: the events they applied
-            processed = max((j.events for j in joins.values()), default=0)
-        latencies = sorted((lat, n) for stats in all_stats for s in stats for lat, n in s.latencies)
-        lags = [
-            g.watermark_lag_ms for g in group_metrics.values() if g.watermark_lag_ms is not None
-        ]
-        return RuntimeMetrics(
-            taken_at=now,
-            uptime_s=now - self._started_at if self._started_at else 0.0,
-            events_ingested=self._ingest.ingested,
-            events_rejected=self._ingest.rejected,
-            events_processed=processed,
-            latency_p50_ms=_weighted_quantile(latencies, 0.50),
-            latency_p99_ms=_weighted_quantile(latencies, 0.99),
-            watermark_lag_ms=max(lags) if lags else None,
-            late_dropped=sum(g.late_dropped for g in group_metrics.values())
-            + sum(j.late_dropped for j in joins.values()),
-            late_side_output=sum(g.late_side_output for g in group_metrics.values())
-            + sum(j.late_side_output for j in joins.values()),
-            late_applied=sum(g.late_applied for g in group_metrics.values()),
-            actors=actor_metrics(boxes, self._failed, restarts),
-            features=features,
-            groups=group_metrics,
-            joins=joins,
-            sources=sources,
-            drift=drift,
-            checkpoint=checkpoint_metrics(self.last_checkpoint, now),
-            dead_letters=dict(self.dead_letters.statistics().by_reason),
-        )
-
-    def _count_failure(self, letter: DeadLetter) -> None:
-        """Dead letters' listener: counts each actor's failed messages."""
-        if letter.reason is DeadLetterReason.FAILED:
-            self._failed[letter.recipient] = self._failed.get(letter.recipient, 0) + 1
+        return await self._observer.metrics()
 
     @property
     def metrics_address(self) -> tuple[str, int] | None:
         """``(host, port)`` of the Prometheus endpoint while it serves (the port it took, for
         ``metrics_port=0``), else None."""
-        server = self._metrics_server
-        return None if server is None or not server.serving else (server.host, server.port)
-
-    async def _start_metrics_server(self, stack: AsyncExitStack) -> None:
-        """With ``metrics_port``: take a first snapshot, listen, and refresh the snapshot every
-        ``metrics_interval`` seconds; the server stops before the actors do."""
-        server = self._metrics_server
-        if server is None:
-            return
-        assert self._tg is not None
-        try:
-            server.update(await self._collect_metrics())
-            await server.start()
-        except BaseException:
-            # the start fails: the runtime's tasks are running and must stop for the task
-            # group to exit
-            self._tg.cancel_scope.cancel()
-            raise
-        stack.push_async_callback(server.stop)
-        self._tg.start_soon(self._refresh_metrics, server, name="featurist-metrics")
-        _log.info("metrics_serving", host=server.host, port=server.port)
-
-    async def _refresh_metrics(self, server: MetricsServer) -> None:
-        """The endpoint's snapshots. A failure is logged and the last snapshot kept."""
-        while True:
-            await anyio.sleep(self.metrics_interval)
-            try:
-                server.update(await self.metrics())
-            except RuntimeClosed:
-                return
-            except Exception:
-                _log.exception("metrics_failed")
-
-    # -- looking at it ---------------------------------------------------------------------------
-    async def _group_stats(self, group: Group) -> list[ShardStats]:
-        return [await ref.ask(GetStats(), timeout=None) for ref in group.refs]
+        return self._observer.metrics_address
 
     async def statistics(self) -> RuntimeStatistics:
         """A snapshot of counters, state size and latency (asks every actor)."""
         self._check_running()
-        all_stats = [await self._group_stats(group) for group in self._topology.groups]
-        # Every event of a stream goes to the stream's first group; later groups see events
-        # from their registration.
-        # (a stream whose features all read lookup fields: its enriched form's first group)
-        firsts = [
-            all_stats[self._topology.groups.index(groups[0])]
-            for stream in self.feature_set.stream_names
-            if (
-                groups := self._topology.stream_groups[stream]
-                or self._topology.enriched_groups(stream)
-            )
-        ]
-        first = firsts[0] if firsts else (all_stats[0] if all_stats else [])
-        errors: dict[str, int] = {}
-        for stats in all_stats:
-            for s in stats:
-                for name, n in s.errors.items():
-                    errors[name] = errors.get(name, 0) + n
-        # Keyed and window groups keep (and expire) keys of their own: the larger count is shown.
-        keys = max((sum(s.keys for s in stats) for stats in all_stats), default=0)
-        state_bytes = sum(s.state_bytes for stats in all_stats for s in stats)
-        latencies = sorted((lat, n) for stats in all_stats for s in stats for lat, n in s.latencies)
-        highs = [s.max_time for s in first if s.max_time is not None]
-        actors = [ref for group in self._topology.groups for ref in group.refs]
-        actors += [ref for join in self._topology.joins for ref in join.refs]
-        actors += [ref for enricher in self._topology.enrichers for ref in enricher.refs]
-        depth = max((ref.statistics().depth for ref in actors), default=0)
-        joins, join_poison = await self._join_statistics()
-        enrichment = await self._enrichment_statistics()
-        processed = sum(s.events for stats in firsts for s in stats)
-        if not self._topology.groups:  # joins alone: the events they applied
-            processed = max((j.events for j in joins.values()), default=0)
-        return RuntimeStatistics(
-            events_ingested=self._ingest.ingested,
-            events_rejected=self._ingest.rejected,
-            events_processed=processed,
-            feature_errors=errors,
-            keys=keys,
-            state_bytes=state_bytes,
-            state_bytes_per_key=state_bytes / keys if keys else 0.0,
-            latency_p50_ms=_weighted_quantile(latencies, 0.50),
-            latency_p99_ms=_weighted_quantile(latencies, 0.99),
-            watermark=(min(highs) - self._lateness) if highs else None,
-            groups=len(self._topology.groups),
-            shards=self.shards,
-            max_mailbox_depth=depth,
-            windows=await self._window_statistics(all_stats),
-            joins=joins,
-            enrichment=enrichment,
-            expired_keys=sum(
-                s.expired_keys
-                for group, stats in zip(self._topology.groups, all_stats, strict=True)
-                if group.engine is None
-                for s in stats
-            ),
-            poison_events=join_poison + sum(s.poison for stats in all_stats for s in stats),
-        )
-
-    async def _window_statistics(
-        self, all_stats: list[list[ShardStats]]
-    ) -> WindowStatistics | None:
-        total = WindowStatistics()
-        found = False
-        for group, stats in zip(self._topology.groups, all_stats, strict=True):
-            if group.engine is None:
-                continue
-            found = True
-            keys = sum(s.keys for s in stats)
-            state_bytes = sum(s.state_bytes for s in stats)
-            counts: dict[str, int] = {}
-            held = 0
-            for ref in group.refs:
-                reply: WindowStats = await ref.ask(GetWindowStats(), timeout=None)
-                held += reply.held_events
-                for name, n in vars(reply.counters).items():
-                    counts[name] = counts.get(name, 0) + n
-            total = msgspec.structs.replace(
-                total,
-                keys=total.keys + keys,
-                state_bytes=total.state_bytes + state_bytes,
-                events_held=total.events_held + held,
-                **{name: getattr(total, name) + n for name, n in counts.items()},
-            )
-        if not found:
-            return None
-        per_key = total.state_bytes / total.keys if total.keys else 0.0
-        return msgspec.structs.replace(total, state_bytes_per_key=per_key)
-
-    async def _enrichment_statistics(self) -> dict[str, EnrichmentStatistics]:
-        stashed = 0
-        for enricher in self._topology.enrichers:
-            for ref in enricher.refs:
-                shard_stats: EnrichShardStats = await ref.ask(GetEnrichStats(), timeout=None)
-                stashed += shard_stats.stashed
-        result = {}
-        for name, source in self._topology.sources.items():
-            cache = source.cache.statistics()
-            fetch = source.fetcher.statistics()
-            hits = cache.hits + cache.negative_hits
-            mean = fetch.mean_latency_ms if fetch.calls - fetch.failures > 0 else None
-            result[name] = EnrichmentStatistics(
-                cache_hits=hits,
-                cache_misses=cache.misses,
-                hit_ratio=cache.hit_ratio,
-                stale_served=source.stale_served,
-                defaults_after_error=source.defaults_after_error,
-                malformed=source.malformed,
-                cache_size=cache.size,
-                cache_capacity=cache.capacity,
-                cache_utilization=cache.utilization,
-                evictions=cache.evictions,
-                calls=fetch.calls,
-                keys_requested=fetch.keys_requested,
-                keys_found=fetch.keys_found,
-                keys_missing=fetch.keys_missing,
-                failures=fetch.failures,
-                retries=fetch.retries,
-                timeouts=fetch.timeouts,
-                breaker_state=fetch.breaker_state.value,
-                breaker_openings=fetch.breaker_openings,
-                rejected_by_breaker=fetch.rejected_by_breaker,
-                mean_call_ms=mean,
-                max_call_ms=fetch.max_latency_ms if mean is not None else None,
-                latency_saved_ms=hits * (mean or 0.0),
-                # the stashes are the stream's, not the source's: each source shows them all
-                stashed=stashed,
-            )
-        return result
-
-    async def _join_statistics(self) -> tuple[dict[str, JoinStatistics], int]:
-        """Each join's statistics, and the poison events its actors set aside."""
-        result = {}
-        poison = 0
-        for join in self._topology.joins:
-            shards: list[JoinShardStats] = [
-                await ref.ask(GetJoinStats(), timeout=None) for ref in join.refs
-            ]
-            result[join.name] = join_totals(shards)
-            poison += sum(s.poison for s in shards)
-        return result, poison
+        return await self._observer.statistics()
 
     def join_records(
         self, join: str | None = None, *, buffer: int = 10_000, policy: Policy = "block"
@@ -1144,13 +779,7 @@ class FeatureRuntime:
     async def recent_errors(self) -> list[FeatureError]:
         """Recent feature errors (the last 100 of each shard actor), by event time."""
         self._check_running()
-        errors = [
-            e
-            for group in self._topology.groups
-            for s in await self._group_stats(group)
-            for e in s.recent_errors
-        ]
-        return sorted(errors, key=lambda e: e.event_time)
+        return await self._observer.recent_errors()
 
     # -- drift monitors --------------------------------------------------------------------------
     async def monitor_drift(self, *monitors: DriftMonitor) -> None:
@@ -1269,24 +898,3 @@ class RuntimeReplayHost:
         to do."""
         self._rt._check_running()
         await self._rt._topology.settle(at=now)
-
-
-def _slots_of(group: Group, index: int) -> int:
-    prefix = f"f{index}_"
-    assert group.compiled is not None
-    fields = group.compiled.record_type.__struct_fields__
-    return sum(1 for name in fields if name.startswith(prefix))
-
-
-def _weighted_quantile(samples: list[tuple[float, int]], q: float) -> float | None:
-    """``samples`` sorted ``(seconds, weight)``; returns milliseconds."""
-    total = sum(n for _, n in samples)
-    if not total:
-        return None
-    threshold = q * total
-    running = 0
-    for value, n in samples:
-        running += n
-        if running >= threshold:
-            return value * 1000
-    return samples[-1][0] * 1000
