@@ -3,6 +3,24 @@
 The kernel knows nothing of what its actors compute. See ``docs/actors.md`` for a guide.
 """
 
+# General layout. Every public name is re-exported here and says it is ``actors.X``; the code
+# lives in flat private modules, each one idea:
+#
+# - _actor.py: Actor, its context and the ActorRef others hold; _cell.py: the task that runs
+#   one actor (its turns, failures, restarts and stop).
+# - _system.py: ActorSystem, which owns every task and shuts them down in order, and run().
+# - _mailbox.py: bounded mailboxes and their overflow policy; _timers.py: timers as messages.
+# - _supervisor.py: supervisors and restart strategies, in the Erlang/OTP manner.
+# - _deadletters.py: the messages the kernel gave up on, with their reason.
+# - _router.py: stable routing of keys to key groups and of key groups to shards.
+# - _loader.py: BatchLoader, which gathers the keys asked for at once into one call.
+# - _exceptions.py: the kernel's error tree; _logging.py: structlog loggers over stdlib ones.
+
+import inspect as _inspect
+import sys as _sys
+from types import FunctionType as _FunctionType
+from typing import Any as _Any
+
 from ._actor import Actor as Actor
 from ._actor import ActorContext as ActorContext
 from ._actor import ActorRef as ActorRef
@@ -42,41 +60,90 @@ from ._system import SystemStatistics as SystemStatistics
 from ._system import run as run
 
 __all__ = [
+    # actors, the references others hold, and the system that runs them
     "Actor",
     "ActorContext",
-    "ActorError",
     "ActorRef",
-    "ActorStopped",
     "ActorSystem",
-    "AskTimeout",
+    "Directive",
+    "SystemStatistics",
+    "run",
+    # mailboxes
+    "MailboxConfig",
+    "MailboxStatistics",
+    "Overflow",
+    # supervision
     "Backoff",
-    "BatchFunction",
-    "BatchLoader",
-    "BatchResultError",
-    "ConfigError",
+    "Restart",
+    "Strategy",
+    "Supervisor",
+    "restart_always",
+    "resume_always",
+    # dead letters
     "DeadLetter",
     "DeadLetterReason",
     "DeadLetterStatistics",
     "DeadLetters",
-    "Directive",
-    "Escalated",
+    # routing keys to shards
     "Key",
     "KeyRouter",
-    "LoadTimeout",
-    "LoaderCache",
-    "LoaderError",
-    "LoaderStatistics",
-    "MailboxConfig",
-    "MailboxFull",
-    "MailboxStatistics",
-    "Overflow",
-    "Restart",
-    "Strategy",
-    "Supervisor",
-    "SystemStatistics",
-    "restart_always",
-    "resume_always",
-    "get_logger",
-    "run",
     "stable_hash",
+    # batched loading
+    "BatchFunction",
+    "BatchLoader",
+    "LoaderCache",
+    "LoaderStatistics",
+    # errors
+    "ActorError",
+    "ActorStopped",
+    "AskTimeout",
+    "BatchResultError",
+    "ConfigError",
+    "Escalated",
+    "LoadTimeout",
+    "LoaderError",
+    "MailboxFull",
+    # logging
+    "get_logger",
 ]
+
+
+def _resolve_annotations(cls: type, namespace: dict[str, _Any]) -> None:
+    """Evaluate the class's own annotations where they were written.
+
+    They are strings (``from __future__ import annotations``) that ``typing.get_type_hints``
+    evaluates in the module that ``__module__`` names: once that is ``actors``, names such as
+    ``Callable`` would no longer be found. Names are looked up as it does, in the module first
+    and then in the class. An annotation that cannot be evaluated (a name imported for type
+    checking only) stays a string.
+    """
+    annotations = _inspect.get_annotations(cls)
+    if not annotations:
+        return
+    scope = dict(vars(cls))
+    resolved = {}
+    for field, annotation in annotations.items():
+        if isinstance(annotation, str):
+            try:
+                annotation = eval(annotation, scope, namespace)
+            except Exception:
+                pass
+        resolved[field] = annotation
+    cls.__annotations__ = resolved
+
+
+def _fixup_module_metadata() -> None:
+    """Each exported class and function says it is ``actors.X``, where users import it from,
+    as in trio, anyio and httpx: reprs, tracebacks and pickles show that name."""
+    for name in __all__:
+        value = globals()[name]
+        home = getattr(value, "__module__", None)
+        if not isinstance(value, type | _FunctionType) or not isinstance(home, str):
+            continue  # a type alias or a constant: nothing to rename
+        if home.startswith(__name__ + "."):
+            if isinstance(value, type):
+                _resolve_annotations(value, vars(_sys.modules[home]))
+            value.__module__ = __name__
+
+
+_fixup_module_metadata()

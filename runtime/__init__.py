@@ -4,101 +4,168 @@ Start with :class:`FeatureSet` (what to compute) and :class:`FeatureRuntime` (co
 See ``docs/quickstart.md``.
 """
 
-from runtime._checkpoints.store import CheckpointConfig as CheckpointConfig
-from runtime._checkpoints.store import CheckpointInfo as CheckpointInfo
-from runtime._duration import format_duration as format_duration
-from runtime._duration import parse_duration as parse_duration
-from runtime._exceptions import CheckpointError as CheckpointError
-from runtime._exceptions import ConfigError as ConfigError
-from runtime._exceptions import FeatureValueError as FeatureValueError
-from runtime._exceptions import FeaturistError as FeaturistError
-from runtime._exceptions import InvalidEvent as InvalidEvent
-from runtime._exceptions import MalformedRow as MalformedRow
-from runtime._exceptions import RuntimeClosed as RuntimeClosed
-from runtime._exceptions import SourceError as SourceError
-from runtime._exceptions import SourceUnavailable as SourceUnavailable
-from runtime._exceptions import SpecError as SpecError
-from runtime._exceptions import UnknownFeature as UnknownFeature
-from runtime._logging import configure_logging as configure_logging
-from runtime._observe.metrics import ActorMailbox as ActorMailbox
-from runtime._observe.metrics import ActorMetrics as ActorMetrics
-from runtime._observe.metrics import CheckpointMetrics as CheckpointMetrics
-from runtime._observe.metrics import FeatureMetrics as FeatureMetrics
-from runtime._observe.metrics import GroupMetrics as GroupMetrics
-from runtime._observe.metrics import RuntimeMetrics as RuntimeMetrics
-from runtime._replay.history import ReplayResult as ReplayResult
-from runtime._replay.parity import FeatureParity as FeatureParity
-from runtime._replay.parity import ParityExample as ParityExample
-from runtime._replay.parity import ParityMissing as ParityMissing
-from runtime._replay.parity import ParityReport as ParityReport
-from runtime._replay.parity import check_parity as check_parity
-from runtime._results import EnrichedEvent as EnrichedEvent
-from runtime._results import EnrichmentStatistics as EnrichmentStatistics
-from runtime._results import FeatureDescription as FeatureDescription
-from runtime._results import FeatureError as FeatureError
-from runtime._results import FeatureResult as FeatureResult
-from runtime._results import FeatureUpdate as FeatureUpdate
-from runtime._results import FeatureVector as FeatureVector
-from runtime._results import JoinRecord as JoinRecord
-from runtime._results import JoinStatistics as JoinStatistics
-from runtime._results import LateEvent as LateEvent
-from runtime._results import RuntimeStatistics as RuntimeStatistics
-from runtime._results import WindowStatistics as WindowStatistics
-from runtime._runtime import FeatureRuntime as FeatureRuntime
-from runtime._spec.cost import CostEstimate as CostEstimate
-from runtime._spec.cost import MeasuredCost as MeasuredCost
-from runtime._spec.cost import estimate_cost as estimate_cost
-from runtime._spec.cost import estimate_feature_set as estimate_feature_set
-from runtime._spec.drift import ADWIN as ADWIN
-from runtime._spec.drift import KS as KS
-from runtime._spec.drift import PSI as PSI
-from runtime._spec.drift import DriftAlert as DriftAlert
-from runtime._spec.drift import DriftMonitor as DriftMonitor
-from runtime._spec.drift import DriftSegmentStatus as DriftSegmentStatus
-from runtime._spec.drift import DriftStatus as DriftStatus
-from runtime._spec.drift import PageHinkley as PageHinkley
-from runtime._spec.drift import Reference as Reference
-from runtime._spec.enrich import CustomSource as CustomSource
-from runtime._spec.enrich import HttpSource as HttpSource
-from runtime._spec.enrich import Lookup as Lookup
-from runtime._spec.enrich import PostgresSource as PostgresSource
-from runtime._spec.enrich import RedisSource as RedisSource
-from runtime._spec.enrich import SqliteSource as SqliteSource
-from runtime._spec.feature_set import FEATURE_TYPES as FEATURE_TYPES
-from runtime._spec.keyed import Count as Count
-from runtime._spec.keyed import DistinctCount as DistinctCount
-from runtime._spec.keyed import EWMean as EWMean
-from runtime._spec.feature_set import Feature as Feature
-from runtime._spec.feature_set import FeatureSet as FeatureSet
-from runtime._spec.base import FeatureSpec as FeatureSpec
-from runtime._spec.keyed import First as First
-from runtime._spec.keyed import Last as Last
-from runtime._spec.keyed import Max as Max
-from runtime._spec.keyed import Mean as Mean
-from runtime._spec.keyed import Min as Min
-from runtime._spec.windowed import Percentile as Percentile
-from runtime._spec.windowed import Quantile as Quantile
-from runtime._spec.keyed import Ratio as Ratio
-from runtime._spec.windowed import SequencePattern as SequencePattern
-from runtime._spec.keyed import Std as Std
-from runtime._spec.windowed import Step as Step
-from runtime._spec.keyed import Sum as Sum
-from runtime._spec.keyed import TimeSince as TimeSince
-from runtime._spec.windowed import TopK as TopK
-from runtime._spec.keyed import Variance as Variance
-from runtime._spec.base import Where as Where
-from runtime._spec.windowed import ZScore as ZScore
-from runtime._spec.joins import Join as Join
-from runtime._spec.joins import JoinRange as JoinRange
-from runtime._spec.windows import Hopping as Hopping
-from runtime._spec.windows import Session as Session
-from runtime._spec.windows import Sliding as Sliding
-from runtime._spec.windows import Tumbling as Tumbling
-from runtime._spec.windows import Window as Window
-from runtime._updates import SubscriptionStatistics as SubscriptionStatistics
-from runtime._updates import UpdateSubscription as UpdateSubscription
+# General layout (docs/architecture.md draws the layers and which may import which). Every
+# public name is re-exported here and says it is ``runtime.X``; the code lives in private
+# modules, one subpackage per concern, with plain module names inside:
+#
+# - _spec/: what to compute, as msgspec structs and no actors: the feature set and its loaders
+#   (feature_set), keyed and windowed features, windows, joins, lookups, drift monitors, cost;
+#   limits holds the defaults and bounds that the code running a spec shares with it.
+# - _stats/: the algorithms features keep (rolling moments, quantiles, sketches, idle keys).
+# - _ingest/: decoding and checking events (events), routing them to the shards (router).
+# - _keyed/, _windows/, _joins/, _enrich/, _drift/: each concern's engine, pure, and the actor
+#   that runs it; _enrich/sources/ has one module per dimension source driver.
+# - _messages.py: what the shard actors are told and asked; _shard.py: the keyed groups' actor.
+# - _checkpoints/, _observe/, _replay/: checkpoint files and their codec, metrics and the
+#   Prometheus endpoint, replay of history and the parity check.
+# - _topology.py: the actors a feature set needs; _runtime.py: FeatureRuntime, the facade.
+# - _exceptions.py (the one error tree), _results.py, _updates.py, _duration.py, _logging.py.
+# - parity.py: ``python -m runtime.parity``, the parity check's command line.
+
+import inspect as _inspect
+import sys as _sys
+from types import FunctionType as _FunctionType
+from typing import Any as _Any
+
+from ._checkpoints.store import CheckpointConfig as CheckpointConfig
+from ._checkpoints.store import CheckpointInfo as CheckpointInfo
+from ._duration import format_duration as format_duration
+from ._duration import parse_duration as parse_duration
+from ._exceptions import CheckpointError as CheckpointError
+from ._exceptions import ConfigError as ConfigError
+from ._exceptions import FeatureValueError as FeatureValueError
+from ._exceptions import FeaturistError as FeaturistError
+from ._exceptions import InvalidEvent as InvalidEvent
+from ._exceptions import MalformedRow as MalformedRow
+from ._exceptions import RuntimeClosed as RuntimeClosed
+from ._exceptions import SourceError as SourceError
+from ._exceptions import SourceUnavailable as SourceUnavailable
+from ._exceptions import SpecError as SpecError
+from ._exceptions import UnknownFeature as UnknownFeature
+from ._logging import configure_logging as configure_logging
+from ._observe.metrics import ActorMailbox as ActorMailbox
+from ._observe.metrics import ActorMetrics as ActorMetrics
+from ._observe.metrics import CheckpointMetrics as CheckpointMetrics
+from ._observe.metrics import FeatureMetrics as FeatureMetrics
+from ._observe.metrics import GroupMetrics as GroupMetrics
+from ._observe.metrics import RuntimeMetrics as RuntimeMetrics
+from ._replay.history import ReplayResult as ReplayResult
+from ._replay.parity import FeatureParity as FeatureParity
+from ._replay.parity import ParityExample as ParityExample
+from ._replay.parity import ParityMissing as ParityMissing
+from ._replay.parity import ParityReport as ParityReport
+from ._replay.parity import check_parity as check_parity
+from ._results import EnrichedEvent as EnrichedEvent
+from ._results import EnrichmentStatistics as EnrichmentStatistics
+from ._results import FeatureDescription as FeatureDescription
+from ._results import FeatureError as FeatureError
+from ._results import FeatureResult as FeatureResult
+from ._results import FeatureUpdate as FeatureUpdate
+from ._results import FeatureVector as FeatureVector
+from ._results import JoinRecord as JoinRecord
+from ._results import JoinStatistics as JoinStatistics
+from ._results import LateEvent as LateEvent
+from ._results import RuntimeStatistics as RuntimeStatistics
+from ._results import WindowStatistics as WindowStatistics
+from ._runtime import FeatureRuntime as FeatureRuntime
+from ._spec.base import FeatureSpec as FeatureSpec
+from ._spec.base import Where as Where
+from ._spec.cost import CostEstimate as CostEstimate
+from ._spec.cost import MeasuredCost as MeasuredCost
+from ._spec.cost import estimate_cost as estimate_cost
+from ._spec.cost import estimate_feature_set as estimate_feature_set
+from ._spec.drift import ADWIN as ADWIN
+from ._spec.drift import KS as KS
+from ._spec.drift import PSI as PSI
+from ._spec.drift import DriftAlert as DriftAlert
+from ._spec.drift import DriftMonitor as DriftMonitor
+from ._spec.drift import DriftSegmentStatus as DriftSegmentStatus
+from ._spec.drift import DriftStatus as DriftStatus
+from ._spec.drift import PageHinkley as PageHinkley
+from ._spec.drift import Reference as Reference
+from ._spec.enrich import CustomSource as CustomSource
+from ._spec.enrich import HttpSource as HttpSource
+from ._spec.enrich import Lookup as Lookup
+from ._spec.enrich import PostgresSource as PostgresSource
+from ._spec.enrich import RedisSource as RedisSource
+from ._spec.enrich import SqliteSource as SqliteSource
+from ._spec.feature_set import FEATURE_TYPES as FEATURE_TYPES
+from ._spec.feature_set import Feature as Feature
+from ._spec.feature_set import FeatureSet as FeatureSet
+from ._spec.joins import Join as Join
+from ._spec.joins import JoinRange as JoinRange
+from ._spec.keyed import Count as Count
+from ._spec.keyed import DistinctCount as DistinctCount
+from ._spec.keyed import EWMean as EWMean
+from ._spec.keyed import First as First
+from ._spec.keyed import Last as Last
+from ._spec.keyed import Max as Max
+from ._spec.keyed import Mean as Mean
+from ._spec.keyed import Min as Min
+from ._spec.keyed import Ratio as Ratio
+from ._spec.keyed import Std as Std
+from ._spec.keyed import Sum as Sum
+from ._spec.keyed import TimeSince as TimeSince
+from ._spec.keyed import Variance as Variance
+from ._spec.windowed import Percentile as Percentile
+from ._spec.windowed import Quantile as Quantile
+from ._spec.windowed import SequencePattern as SequencePattern
+from ._spec.windowed import Step as Step
+from ._spec.windowed import TopK as TopK
+from ._spec.windowed import ZScore as ZScore
+from ._spec.windows import Hopping as Hopping
+from ._spec.windows import Session as Session
+from ._spec.windows import Sliding as Sliding
+from ._spec.windows import Tumbling as Tumbling
+from ._spec.windows import Window as Window
+from ._updates import SubscriptionStatistics as SubscriptionStatistics
+from ._updates import UpdateSubscription as UpdateSubscription
 
 __all__ = [
+    # what to compute: the feature set and its features
+    "FEATURE_TYPES",
+    "Feature",
+    "FeatureSet",
+    "FeatureSpec",
+    "Where",
+    # keyed aggregates
+    "Count",
+    "DistinctCount",
+    "EWMean",
+    "First",
+    "Last",
+    "Max",
+    "Mean",
+    "Min",
+    "Ratio",
+    "Std",
+    "Sum",
+    "TimeSince",
+    "Variance",
+    # features over a window or in event-time order
+    "Percentile",
+    "Quantile",
+    "SequencePattern",
+    "Step",
+    "TopK",
+    "ZScore",
+    # windows
+    "Hopping",
+    "Session",
+    "Sliding",
+    "Tumbling",
+    "Window",
+    # joins
+    "Join",
+    "JoinRange",
+    # enrichment: lookups and their sources
+    "CustomSource",
+    "HttpSource",
+    "Lookup",
+    "PostgresSource",
+    "RedisSource",
+    "SqliteSource",
+    # drift monitors
     "ADWIN",
     "DriftAlert",
     "DriftMonitor",
@@ -108,88 +175,98 @@ __all__ = [
     "PSI",
     "PageHinkley",
     "Reference",
-    "CheckpointConfig",
-    "CheckpointError",
-    "ConfigError",
-    "MalformedRow",
-    "CheckpointInfo",
-    "FEATURE_TYPES",
+    # cost estimates
     "CostEstimate",
-    "Count",
-    "CustomSource",
-    "DistinctCount",
-    "EWMean",
+    "MeasuredCost",
+    "estimate_cost",
+    "estimate_feature_set",
+    # the runtime and what it gives back
     "EnrichedEvent",
-    "EnrichmentStatistics",
-    "Feature",
     "FeatureDescription",
     "FeatureError",
-    "FeatureParity",
     "FeatureResult",
     "FeatureRuntime",
-    "FeatureSet",
-    "FeatureSpec",
     "FeatureUpdate",
-    "FeatureValueError",
     "FeatureVector",
-    "FeaturistError",
-    "First",
-    "Hopping",
-    "HttpSource",
-    "InvalidEvent",
-    "Join",
-    "JoinRange",
     "JoinRecord",
-    "JoinStatistics",
-    "Last",
     "LateEvent",
-    "Lookup",
-    "Max",
-    "Mean",
-    "MeasuredCost",
-    "Min",
-    "ParityExample",
-    "ParityMissing",
-    "ParityReport",
-    "Percentile",
-    "PostgresSource",
-    "Quantile",
-    "Ratio",
-    "RedisSource",
-    "ReplayResult",
-    "RuntimeClosed",
-    "RuntimeStatistics",
+    "UpdateSubscription",
+    # statistics and metrics
     "ActorMailbox",
     "ActorMetrics",
     "CheckpointMetrics",
+    "EnrichmentStatistics",
     "FeatureMetrics",
     "GroupMetrics",
+    "JoinStatistics",
     "RuntimeMetrics",
-    "SequencePattern",
-    "Session",
-    "Sliding",
+    "RuntimeStatistics",
+    "SubscriptionStatistics",
+    "WindowStatistics",
+    # checkpoints, replay and parity
+    "CheckpointConfig",
+    "CheckpointInfo",
+    "FeatureParity",
+    "ParityExample",
+    "ParityMissing",
+    "ParityReport",
+    "ReplayResult",
+    "check_parity",
+    # errors
+    "CheckpointError",
+    "ConfigError",
+    "FeatureValueError",
+    "FeaturistError",
+    "InvalidEvent",
+    "MalformedRow",
+    "RuntimeClosed",
     "SourceError",
     "SourceUnavailable",
     "SpecError",
-    "SqliteSource",
-    "Std",
-    "Step",
-    "Sum",
-    "TimeSince",
-    "TopK",
-    "Tumbling",
     "UnknownFeature",
-    "SubscriptionStatistics",
-    "UpdateSubscription",
-    "Variance",
-    "Where",
-    "Window",
-    "WindowStatistics",
-    "ZScore",
-    "check_parity",
+    # helpers
     "configure_logging",
-    "estimate_cost",
-    "estimate_feature_set",
     "format_duration",
     "parse_duration",
 ]
+
+
+def _resolve_annotations(cls: type, namespace: dict[str, _Any]) -> None:
+    """Evaluate the class's own annotations where they were written.
+
+    They are strings (``from __future__ import annotations``) that msgspec (decoding a spec)
+    and ``typing.get_type_hints`` evaluate in the module that ``__module__`` names: once that
+    is ``runtime``, names such as ``Duration`` would no longer be found. Names are looked up as
+    they do, in the module first and then in the class. An annotation that cannot be evaluated
+    (a name imported for type checking only) stays a string.
+    """
+    annotations = _inspect.get_annotations(cls)
+    if not annotations:
+        return
+    scope = dict(vars(cls))
+    resolved = {}
+    for field, annotation in annotations.items():
+        if isinstance(annotation, str):
+            try:
+                annotation = eval(annotation, scope, namespace)
+            except Exception:
+                pass
+        resolved[field] = annotation
+    cls.__annotations__ = resolved
+
+
+def _fixup_module_metadata() -> None:
+    """Each exported class and function says it is ``runtime.X``, where users import it from,
+    as in trio, anyio and httpx: reprs, tracebacks and pickles show that name."""
+    for name in __all__:
+        value = globals()[name]
+        home = getattr(value, "__module__", None)
+        if not isinstance(value, type | _FunctionType) or not isinstance(home, str):
+            continue  # a type alias or a constant: nothing to rename
+        if home.startswith(__name__ + "."):
+            if isinstance(value, type):
+                _resolve_annotations(value, vars(_sys.modules[home]))
+            value.__module__ = __name__
+
+
+_fixup_module_metadata()
