@@ -18,8 +18,7 @@ import msgspec
 from actors import ActorRef, MailboxConfig, Supervisor
 
 from ._enrich.cache import DimensionCache
-from ._enrich.fetch import MISSING as FETCHED_MISSING
-from ._enrich.fetch import Fetcher
+from ._enrich.fetch import NOT_FOUND, Fetcher
 from ._enrich.shard import EnrichShard, EnrichShardStats, SourceRuntime
 from ._enrich.sources import make_source
 from ._exceptions import SourceError, UnknownFeature
@@ -268,7 +267,7 @@ class Topology:
             for key, value in results.items():
                 if isinstance(value, SourceError):
                     raise value
-                if value is FETCHED_MISSING or isinstance(value, Exception):
+                if value is NOT_FOUND or isinstance(value, Exception):
                     runtime.cache.put_missing(key, now)
                 else:
                     runtime.cache.put(key, value, now)

@@ -8,11 +8,12 @@ event loop: no locks, and it never reads a clock. Every time is the caller's wal
 
 What a lookup answers, for an entry fetched ``age`` seconds ago:
 
-- a row with ``age < ttl``: :data:`FRESH`;
-- a row with ``ttl <= age < ttl + max_stale``: :data:`STALE`, given by :meth:`lookup_stale`
-  only (the enricher's fallback when a fetch fails); :meth:`lookup` treats it as a miss;
-- a missing entry with ``age < negative_ttl``: :data:`MISSING`. A missing entry has no stale
-  window: past ``negative_ttl`` it is gone (a failed fetch then gives the lookup's default,
+- a row with ``age < ttl``: ``CacheStatus.FRESH``;
+- a row with ``ttl <= age < ttl + max_stale``: ``CacheStatus.STALE``, given by
+  :meth:`lookup_stale` only (the enricher's fallback when a fetch fails); :meth:`lookup` treats
+  it as a miss;
+- a missing entry with ``age < negative_ttl``: ``CacheStatus.MISSING``. A missing entry has no
+  stale window: past ``negative_ttl`` it is gone (a failed fetch then gives the lookup's default,
   which is what a missing key gives anyway);
 - anything older is *dead*: answered as absent (None) and dropped when read.
 
@@ -39,9 +40,6 @@ if TYPE_CHECKING:
     from .._spec.enrich import Source
 
 __all__ = [
-    "FRESH",
-    "MISSING",
-    "STALE",
     "CacheStatistics",
     "CacheStatus",
     "DimensionCache",
@@ -60,10 +58,11 @@ class CacheStatus(enum.Enum):
     MISSING = "missing"
 
 
-# Module-level names: the hot path compares statuses by identity without an attribute lookup.
-FRESH = CacheStatus.FRESH
-STALE = CacheStatus.STALE
-MISSING = CacheStatus.MISSING
+# Private module-level names: the hot path builds its answers without an attribute lookup on
+# the enum class (several times slower than a global); callers use ``CacheStatus.X``.
+_FRESH = CacheStatus.FRESH
+_STALE = CacheStatus.STALE
+_MISSING = CacheStatus.MISSING
 
 #: ``(status, value, age, refresh_due)``: what a lookup finds. ``value`` is the cached row (None
 #: for MISSING), ``age`` the seconds since it was fetched, ``refresh_due`` true when the caller
@@ -264,8 +263,8 @@ class DimensionCache:
                     if age >= self._negative_refresh_after and not entry.refresh_requested:
                         entry.refresh_requested = True
                         self._refreshes_due += 1
-                        return (MISSING, None, age, True)
-                    return (MISSING, None, age, False)
+                        return (_MISSING, None, age, True)
+                    return (_MISSING, None, age, False)
                 # a missing entry has no stale window: past negative_ttl it is dead
                 del entries[key]
                 self._expired += 1
@@ -275,8 +274,8 @@ class DimensionCache:
                 if age >= self._refresh_after and not entry.refresh_requested:
                     entry.refresh_requested = True
                     self._refreshes_due += 1
-                    return (FRESH, entry.value, age, True)
-                return (FRESH, entry.value, age, False)
+                    return (_FRESH, entry.value, age, True)
+                return (_FRESH, entry.value, age, False)
             elif age < self._stale_until:
                 # still in use: the caller fetches it, and may fall back on it if that fails
                 entries.move_to_end(key)
@@ -295,8 +294,8 @@ class DimensionCache:
             return None
         age = now - entry.fetched_at
         if entry.missing:
-            return (MISSING, None, age, False) if age < self._negative_ttl else None
-        return (FRESH, entry.value, age, False) if age < self._ttl else None
+            return (_MISSING, None, age, False) if age < self._negative_ttl else None
+        return (_FRESH, entry.value, age, False) if age < self._ttl else None
 
     def rearm_refresh(self, key: Hashable) -> None:
         """A refresh-ahead fetch of ``key`` failed: report it due again at its next read."""
@@ -321,14 +320,14 @@ class DimensionCache:
         if entry.missing:
             if age < self._negative_ttl:
                 entries.move_to_end(key)
-                return (MISSING, None, age, False)
+                return (_MISSING, None, age, False)
         elif age < self._ttl:
             entries.move_to_end(key)
-            return (FRESH, entry.value, age, False)
+            return (_FRESH, entry.value, age, False)
         elif age < self._stale_until:
             entries.move_to_end(key)
             self._stale_hits += 1
-            return (STALE, entry.value, age, False)
+            return (_STALE, entry.value, age, False)
         del entries[key]
         self._expired += 1
         return None

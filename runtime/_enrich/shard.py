@@ -9,10 +9,20 @@ An event whose lookups the caches can answer (a fresh row, or a key known to be 
 enriched at once. Any other goes to the stash while its keys are fetched; so does every later
 event of the same routing key, so a key's events keep their order. The fetches run as tasks
 of the runtime (``spawn``), through each source's :class:`Fetcher` (batched, one fetch in
-flight per key, retries, a circuit breaker); when one ends, it stores what it found in the
-cache and in ``landed`` (so an eviction from a small cache cannot make the stash wait again),
-and tells the actor, which releases the stash from the front as far as each key can go. A key
-whose fetch failed gets its stale row (``stale_if_error``) or the lookup's default.
+flight per key, retries, a circuit breaker).
+
+A fetch task touches nothing of the actor: it sends what it found as a :class:`Fetched`
+message and tells the actor. The actor, in its own turn, stores the rows in the cache and in
+``landed`` (so an eviction from a small cache cannot make the stash wait again) and releases
+the stash from the front as far as each key can go. A key whose fetch failed gets its stale
+row (``stale_if_error``) or the lookup's default.
+
+``Fetched`` messages do not travel through the mailbox but through the actor's
+:class:`_Inbox`, which is unbounded: a full mailbox can neither drop a result nor keep its
+task waiting for room, and the actor reads the inbox while it waits for room in the stash,
+in the middle of a turn, where no message of its mailbox can reach it. The task then tells
+the actor (through the mailbox) only to wake it when it is idle. A refresh-ahead fetch, which
+nothing waits for, tells nothing: its rows are taken in before the next batch.
 
 The stash is bounded (``enrich_stash``): past it, the actor waits for fetches to land before it
 takes another batch, and its full mailbox slows ingest.
@@ -24,7 +34,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import anyio
 
@@ -35,13 +45,11 @@ from .._messages import Batch, GetEnrichStats, Ping, fail_batch
 from .._results import EnrichedEvent
 from .._spec.enrich import Lookup
 from .._updates import UpdateHub
-from .cache import MISSING as CACHED_MISSING
-from .cache import DimensionCache
-from .fetch import MISSING as FETCHED_MISSING
-from .fetch import Fetcher
-from .sources import Version, version_at
+from .cache import CacheStatus, DimensionCache
+from .fetch import NOT_FOUND, Fetcher
+from .rows import version_at
 
-__all__ = ["EnrichShard", "EnrichShardStats", "SourceRuntime"]
+__all__ = ["EnrichShard", "EnrichShardStats", "Fetched", "SourceRuntime"]
 
 _log = get_logger("featurist.enrich")
 
@@ -69,12 +77,63 @@ class EnrichShardStats:
     fetching: int
 
 
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """A fetch ended: each key's answer from :meth:`Fetcher.fetch_many` (a row, versions,
+    ``NOT_FOUND`` or an exception instance). A fetch that will not happen (cancelled at
+    shutdown, or refused) gives each of its keys a :class:`SourceError`."""
+
+    source: SourceRuntime
+    results: dict[Hashable, Any]
+    #: stashed events wait for it (False: a refresh-ahead fetch, which nothing waits for)
+    stash: bool
+
+
 @dataclass(frozen=True)
 class _Landed:
-    """A fetch ended (told by its task)."""
+    """Fetches ended: their results are in the inbox (told by their tasks, to wake the actor)."""
 
 
+class _Inbox:
+    """Where fetch tasks put their :class:`Fetched` messages for the enricher: unbounded and
+    never closed, so putting one neither waits nor fails."""
+
+    __slots__ = ("_messages", "_wake")
+
+    def __init__(self) -> None:
+        self._messages: deque[Fetched] = deque()
+        self._wake = anyio.Event()
+
+    def __bool__(self) -> bool:
+        return bool(self._messages)
+
+    def put(self, message: Fetched) -> None:
+        self._messages.append(message)
+        self._wake.set()
+
+    def take(self) -> Fetched | None:
+        return self._messages.popleft() if self._messages else None
+
+    async def wait(self) -> None:
+        """Wait until a message is in the inbox."""
+        if not self._messages:
+            self._wake = anyio.Event()
+            await self._wake.wait()
+
+
+#: what is known of an event's lookups so far: (rows, ages, stale, defaulted) by lookup name
 _Partial = tuple[dict[str, Any], dict[str, Any], list[str], list[str]]
+
+
+class _Pending(NamedTuple):
+    """Where an event that waits stands: kept so that an outcome once seen is kept (a small
+    cache may evict it before the others land), and its lookups are counted once."""
+
+    hits: int
+    misses: int
+    partial: _Partial
+    #: a (source, key) it waits for: while that is being fetched, it need not be looked at
+    blocker: tuple[str, Hashable] | None
 
 
 @dataclass
@@ -86,13 +145,29 @@ class _Waiting:
     event: Any
     created: float
     arrived: float
-    hits: int
-    misses: int
-    #: what is known of its lookups so far: (rows, ages, stale, defaulted) by lookup name, so
-    #: that an outcome once seen is kept (a small cache may evict it before the others land)
-    partial: _Partial | None = None
-    #: a (source, key) it waits for: while that is being fetched, it need not be looked at
-    blocker: tuple[str, Hashable] | None = None
+    pending: _Pending
+
+
+@dataclass(slots=True)
+class _Scan:
+    """One pass of enrichment over events: a batch that came, or the stash."""
+
+    #: the wall clock, read once per pass
+    now: float
+    #: the events come for the first time: their lookups are counted (in the cache's statistics
+    #: and the events' metadata) now, not again when they come back from the stash
+    first: bool
+    #: the ``perf_counter`` time the pass ends (one reading for the stash), for the events'
+    #: latency; None: read per event
+    done: float | None
+    #: the enriched events are built whole (``enrichment`` and ``enrichment_metadata``): only
+    #: while ``rt.enriched_events()`` has subscribers
+    full: bool
+    #: keys to fetch for the events that wait, by source
+    wanted: dict[str, set[Hashable]] = field(default_factory=dict)
+    #: keys whose cached rows are due for a refresh-ahead fetch, by source; None: not looked
+    #: for (events from the stash were, when they came)
+    refresh: dict[str, set[Hashable]] | None = None
 
 
 @dataclass
@@ -146,14 +221,18 @@ class EnrichShard(Actor[Any]):
         self.fetching: set[tuple[str, Hashable]] = set()
         #: outcomes of fetches that ended, until the next release
         self.landed: dict[tuple[str, Hashable], Any] = {}
-        self.progress = anyio.Event()
+        #: what the fetch tasks send
+        self.inbox = _Inbox()
 
     # -- messages ------------------------------------------------------------------------------
     async def receive_batch(self, messages: list[Any]) -> None:
         for message in messages:  # batches, and the fetches' news (asks come to ``receive``)
             if isinstance(message, _Landed):
+                self._take_fetched()
                 await self._release()
                 continue
+            # the rows fetched so far serve this batch (a fetch may end during a turn)
+            self._take_fetched()
             # before each batch, not once per turn: a turn takes several batches, and the
             # stash would go past its size by all but one of them
             await self._wait_for_room()
@@ -166,19 +245,20 @@ class EnrichShard(Actor[Any]):
     async def _wait_for_room(self) -> None:
         """A full stash takes no more batches until fetches land (the mailbox then fills, and
         ingest waits: backpressure); so the stash holds at most ``enrich_stash`` events and one
-        batch. The state is checked, not only the event: a fetch may have landed while a send
-        waited, and its news sits behind this turn in the mailbox."""
+        batch. The inbox is read here, not the mailbox: the fetches' news in the mailbox sits
+        behind this turn."""
         while len(self.stash) >= self.stash_size:
+            self._take_fetched()
             if self.landed or self._any_failed() or not self.fetching:
                 before = len(self.stash)
                 await self._release()
                 if len(self.stash) >= before and not self.fetching:
                     break  # nothing in flight and nothing released: do not spin
                 continue
-            self.progress = anyio.Event()
-            await self.progress.wait()
+            await self.inbox.wait()
 
     async def receive(self, message: Any) -> Any:
+        self._take_fetched()
         if isinstance(message, _Landed):
             await self._release()
             return None
@@ -192,6 +272,7 @@ class EnrichShard(Actor[Any]):
         raise TypeError(f"EnrichShard cannot handle {message!r}")
 
     async def on_stop(self) -> None:
+        self._take_fetched()  # what the fetches found still reaches the cache
         # what could not be enriched before the end is not lost silently
         for waiting in self.stash:
             self.context.dead_letters.record(
@@ -209,83 +290,66 @@ class EnrichShard(Actor[Any]):
 
     # -- enriching -----------------------------------------------------------------------------
     async def _apply(self, batch: Batch) -> None:
-        self._full = self.hub is not None and self.hub.active
-        now = self.clock()
+        scan = _Scan(
+            self.clock(),
+            first=True,
+            done=None,
+            full=self.hub is not None and self.hub.active,
+            refresh={},
+        )
         arrived = time.perf_counter()
         ready: list[tuple[Any, int, Any]] = []
-        wanted: dict[str, set[Hashable]] = {}
-        refresh: dict[str, set[Hashable]] = {}
         stashed, stash = self.stashed, self.stash
         for key, t, event in batch.events:
             behind = key in stashed  # an earlier event of its key waits: so must it
             try:
-                enriched = self._enrich(
-                    t, event, now, arrived, wanted, refresh, 0, 0, True, arrived, None, behind
-                )
+                enriched = self._enrich(scan, t, event, arrived, None, behind)
             except Exception as exc:
                 self._reject(event, exc)
                 continue
-            if enriched is not None:
+            if enriched.__class__ is dict:
                 ready.append((key, t, enriched))
                 continue
-            hits, misses = self._counts
-            stash.append(
-                _Waiting(
-                    key,
-                    t,
-                    event,
-                    batch.created,
-                    arrived,
-                    hits,
-                    misses,
-                    self._partial,
-                    self._blocker,
-                )
-            )
+            stash.append(_Waiting(key, t, event, batch.created, arrived, enriched))
             stashed[key] += 1
-        self._fetch(wanted, stash=True)
-        self._fetch(refresh, stash=False)
+        self._fetch(scan.wanted, stash=True)
+        if scan.refresh:
+            self._fetch(scan.refresh, stash=False)
         if ready:
             await self._send(ready, batch.created)
 
     def _enrich(
         self,
+        scan: _Scan,
         t: int,
         event: Any,
-        now: float,
         arrived: float,
-        wanted: dict[str, set[Hashable]] | None,
-        refresh: dict[str, set[Hashable]] | None,
-        hits: int,
-        misses: int,
-        first: bool = True,
-        done: float | None = None,
-        partial: _Partial | None = None,
-        keep: bool = False,
-    ) -> dict[str, Any] | None:
-        """The enriched event, or None if a lookup waits for a fetch (whose keys go to
-        ``wanted``) or ``keep`` asks to keep it: ``self._counts`` then holds the hits and
-        misses so far, ``self._partial`` what is known of its lookups (give it back as
-        ``partial`` next time) and ``self._blocker`` a fetch it waits for (or None).
+        pending: _Pending | None,
+        keep: bool,
+    ) -> Any:
+        """The enriched event (a dict), or a :class:`_Pending` if a lookup waits for a fetch
+        (whose keys go to ``scan.wanted``) or ``keep`` asks to keep it.
 
-        ``first`` is false for an event coming back from the stash: its lookups were counted
-        (in the cache's statistics and the event's metadata) when it came. ``done`` is the
-        ``perf_counter`` time its enrichment ends (one reading per batch), for its latency.
+        ``arrived`` is the ``perf_counter`` time the event came, for its latency; ``pending``
+        where it stood when it was last kept (None: it comes for the first time).
         The hot path of enrichment: plain dict work, one pass over the lookups.
         """
         rows: dict[str, Any]
         ages: dict[str, Any]
         stale: list[str]
         defaulted: list[str]
-        if partial is None:
+        if pending is None:
+            hits = misses = 0
             rows, ages, stale, defaulted = {}, {}, _NONE, _NONE
         else:
-            rows, ages, stale, defaulted = partial
-        waiting = False
+            hits, misses = pending.hits, pending.misses
+            rows, ages, stale, defaulted = pending.partial
+        now, first, wanted, refresh = scan.now, scan.first, scan.wanted, scan.refresh
+        blocker: tuple[str, Hashable] | None = None
         landed = self.landed
         get = event.get
         for name, event_field, source, cache, default, failed in self._plans:
-            if partial is not None and name in rows:
+            if pending is not None and name in rows:
                 continue  # known since an earlier look
             value = get(event_field)
             if value is None:
@@ -302,15 +366,14 @@ class EnrichShard(Actor[Any]):
                     if error is None:
                         if first:
                             misses += 1
-                        if not waiting:
-                            self._blocker = (source.name, value)
-                        waiting = True
-                        if wanted is not None and (source.name, value) not in self.fetching:
+                        if blocker is None:
+                            blocker = (source.name, value)
+                        if (source.name, value) not in self.fetching:
                             wanted.setdefault(source.name, set()).add(value)
                         continue
                     # the fetch failed: a stale row if the cache holds one, else the default
                     fallback = cache.lookup_stale(value, now)
-                    if fallback is None or fallback[0] is CACHED_MISSING:
+                    if fallback is None or fallback[0] is CacheStatus.MISSING:
                         source.defaults_after_error += 1
                         rows[name] = default
                         ages[name] = None
@@ -322,32 +385,28 @@ class EnrichShard(Actor[Any]):
                 else:
                     if first:
                         hits += 1
-                    status, row, age, due = hit
+                    # a missing entry's row is None: the default, below
+                    _, row, age, due = hit
                     if due and refresh is not None:
                         refresh.setdefault(source.name, set()).add(value)
-                    if status is CACHED_MISSING:
-                        row = FETCHED_MISSING
             if row.__class__ is list:  # versions: the one valid at the event's time
                 version = version_at(row, t)
                 row = None if version is None else version.row
-            if row is None or row is FETCHED_MISSING or isinstance(row, Exception):
+            if row is None or row is NOT_FOUND or isinstance(row, Exception):
                 row = default
                 defaulted = [*defaulted, name]
             rows[name] = row
             ages[name] = age * 1000 if age is not None else None
-        if waiting or keep:
-            self._counts = (hits, misses)
-            self._partial = (rows, ages, stale, defaulted)
-            if not waiting:
-                self._blocker = None
-            return None
+        if blocker is not None or keep:
+            return _Pending(hits, misses, (rows, ages, stale, defaulted), blocker)
         out = dict(event)
         for name, row in rows.items():
             if row:
                 for column, cell in row.items():
                     out[f"{name}.{column}"] = cell
-        if not self._full:  # nobody reads the enriched events: the features need the fields
+        if not scan.full:  # nobody reads the enriched events: the features need the fields
             return out
+        done = scan.done
         latency = ((time.perf_counter() if done is None else done) - arrived) * 1000
         out["enrichment"] = rows
         out["enrichment_metadata"] = {
@@ -361,13 +420,6 @@ class EnrichShard(Actor[Any]):
         }
         return out
 
-    _counts: tuple[int, int] = (0, 0)
-    #: whether the enriched events are built whole (``enrichment`` and
-    #: ``enrichment_metadata``): only while ``rt.enriched_events()`` has subscribers
-    _full = True
-    _blocker: tuple[str, Hashable] | None = None
-    _partial: _Partial | None = None
-
     # -- fetching ------------------------------------------------------------------------------
     def _fetch(self, wanted: dict[str, set[Hashable]], *, stash: bool) -> None:
         for name, keys in wanted.items():
@@ -377,23 +429,28 @@ class EnrichShard(Actor[Any]):
             source = next(plan.source for plan in self.plans if plan.source.name == name)
             if stash:
                 self.fetching.update((name, key) for key in keys)
-            task = _FetchTask(self, source, list(keys), stash)
+            task = _FetchTask(self.inbox, self.context.self, source, list(keys), stash)
             try:
                 self.spawn(task.run)
             except RuntimeError as exc:  # the runtime stopped taking tasks: shutting down
-                task.give_up(exc)
+                failed = task.failed(exc)
+                if failed is not None:
+                    self._landed(failed)
 
-    async def _landed(
-        self, source: SourceRuntime, results: dict[Hashable, Any], stash: bool
-    ) -> None:
-        """A fetch ended: store what it found, note what failed, and wake the actor."""
+    def _take_fetched(self) -> None:
+        """Take in what the fetch tasks sent."""
+        take = self.inbox.take
+        while (message := take()) is not None:
+            self._landed(message)
+
+    def _landed(self, fetched: Fetched) -> None:
+        """A fetch ended: store what it found, and note what failed."""
         now = self.clock()
+        source, stash = fetched.source, fetched.stash
         cache = source.cache
-        for key, value in results.items():
+        for key, value in fetched.results.items():
             ident = (source.name, key)
-            if value is FETCHED_MISSING:
-                cache.put_missing(key, now)
-            elif isinstance(value, SourceError):
+            if isinstance(value, SourceError):
                 if stash:
                     for plan in self.plans:
                         if plan.source is source:
@@ -403,44 +460,39 @@ class EnrichShard(Actor[Any]):
                     # a refresh-ahead fetch: the cached row stays, and is refreshed again
                     cache.rearm_refresh(key)
                 continue
-            elif isinstance(value, Exception) or not (
-                isinstance(value, dict)
-                or (isinstance(value, list) and all(isinstance(v, Version) for v in value))
-            ):
-                # a malformed row (a custom source may return anything): the default, and
-                # no retry before the negative entry expires
+            if value is NOT_FOUND:
+                cache.put_missing(key, now)
+            elif isinstance(value, Exception):
+                # a malformed row (the fetcher's answer says which rows are): the default,
+                # and no retry before the negative entry expires
                 source.malformed += 1
                 cache.put_missing(key, now)
-                value = FETCHED_MISSING
+                value = NOT_FOUND
             else:
                 cache.put(key, value, now)
             if stash:
                 self.landed[ident] = value
                 self.fetching.discard(ident)
-        self.progress.set()
-        if stash:
-            try:
-                await self.context.self.tell(_Landed())
-            except ActorStopped:
-                pass
 
     async def _release(self) -> None:
         """Release the stash from the front, as far as each routing key can go."""
         if not self.stash:
             self._forget_outcomes()
             return
-        self._full = self.hub is not None and self.hub.active
-        now = self.clock()
-        done = time.perf_counter()
+        scan = _Scan(
+            self.clock(),
+            first=False,
+            done=time.perf_counter(),
+            full=self.hub is not None and self.hub.active,
+        )
         kept: deque[_Waiting] = deque()
         blocked: set[Any] = set()
         fetching, landed = self.fetching, self.landed
         ready: list[tuple[Any, int, Any]] = []
         created = None
-        wanted: dict[str, set[Hashable]] = {}
         for waiting in self.stash:
             behind = waiting.key in blocked
-            blocker = waiting.blocker
+            blocker = waiting.pending.blocker
             if blocker is not None and blocker in fetching and blocker not in landed:
                 # its fetch has not landed: nothing new to learn of it yet
                 kept.append(waiting)
@@ -453,26 +505,14 @@ class EnrichShard(Actor[Any]):
                 # an event behind its key's others is still looked at when fetches landed,
                 # so that it keeps their outcomes (``keep``) and starts the fetches it needs
                 enriched = self._enrich(
-                    waiting.t,
-                    waiting.event,
-                    now,
-                    waiting.arrived,
-                    wanted,
-                    None,
-                    waiting.hits,
-                    waiting.misses,
-                    False,
-                    done,
-                    waiting.partial,
-                    behind,
+                    scan, waiting.t, waiting.event, waiting.arrived, waiting.pending, behind
                 )
             except Exception as exc:
                 self._reject(waiting.event, exc)
                 self._unstash(waiting.key)
                 continue
-            if enriched is None:
-                waiting.partial = self._partial
-                waiting.blocker = self._blocker
+            if enriched.__class__ is not dict:
+                waiting.pending = enriched
                 kept.append(waiting)
                 blocked.add(waiting.key)
                 continue
@@ -481,7 +521,7 @@ class EnrichShard(Actor[Any]):
             self._unstash(waiting.key)
         self.stash = kept
         self._forget_outcomes()
-        self._fetch(wanted, stash=True)
+        self._fetch(scan.wanted, stash=True)
         if ready:
             assert created is not None
             await self._send(ready, created)
@@ -529,14 +569,25 @@ _NONE: list[str] = []
 
 
 class _FetchTask:
-    """One fetch of some keys of one source for one enricher, run as a task of the runtime."""
+    """One fetch of some keys of one source for one enricher, run as a task of the runtime.
 
-    __slots__ = ("keys", "owner", "source", "stash")
+    It changes nothing of the enricher's: it puts what it found in the enricher's inbox, then,
+    if stashed events wait for it, tells the enricher to wake it. That ``tell`` may wait for room
+    in the mailbox; the actor reads the inbox meanwhile, so the wait always ends (or the actor
+    stops, and the tell fails at once)."""
+
+    __slots__ = ("enricher", "inbox", "keys", "source", "stash")
 
     def __init__(
-        self, owner: EnrichShard, source: SourceRuntime, keys: list[Hashable], stash: bool
+        self,
+        inbox: _Inbox,
+        enricher: ActorRef[Any],
+        source: SourceRuntime,
+        keys: list[Hashable],
+        stash: bool,
     ) -> None:
-        self.owner = owner
+        self.inbox = inbox
+        self.enricher = enricher
         self.source = source
         self.keys = keys
         self.stash = stash
@@ -554,22 +605,28 @@ class _FetchTask:
                 SourceError("the fetch was cancelled", source=self.source.name, attempts=0)
             )
             raise
-        await self.owner._landed(self.source, results, self.stash)
+        self.inbox.put(Fetched(self.source, results, self.stash))
+        if self.stash:
+            try:
+                await self.enricher.tell(_Landed())
+            except ActorStopped:
+                pass
 
     def give_up(self, cause: Exception) -> None:
-        """The fetch will not happen: its keys count as failed, and the enricher is woken."""
-        owner = self.owner
+        """The fetch will not happen: its keys count as failed (the inbox wakes the enricher
+        if it waits for room in its stash)."""
+        failed = self.failed(cause)
+        if failed is not None:
+            self.inbox.put(failed)
+
+    def failed(self, cause: Exception) -> Fetched | None:
+        """The message that the fetch failed with ``cause``, or None for a refresh-ahead fetch
+        (nothing waits for it: the cached row stays as it is)."""
         if not self.stash:
-            return
+            return None
         error = (
             cause
             if isinstance(cause, SourceError)
             else SourceError(str(cause), source=self.source.name, attempts=0)
         )
-        for plan in owner.plans:
-            if plan.source is self.source:
-                for key in self.keys:
-                    plan.failed[key] = error
-        for key in self.keys:
-            owner.fetching.discard((self.source.name, key))
-        owner.progress.set()
+        return Fetched(self.source, dict.fromkeys(self.keys, error), True)

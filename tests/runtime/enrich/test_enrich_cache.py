@@ -10,7 +10,7 @@ import hypothesis.strategies as st
 import pytest
 from hypothesis import given, settings
 
-from runtime._enrich.cache import FRESH, MISSING, STALE, CacheStatistics, DimensionCache
+from runtime._enrich.cache import CacheStatistics, CacheStatus, DimensionCache
 from runtime._spec.enrich import SqliteSource
 
 
@@ -36,15 +36,15 @@ def make(
 def test_a_row_is_fresh_until_its_ttl_with_its_age_in_seconds() -> None:
     cache = make(ttl=100)
     cache.put("k", {"risk": 1}, 1000.0)
-    assert cache.lookup("k", 1000.0) == (FRESH, {"risk": 1}, 0.0, False)
-    assert cache.lookup("k", 1099.5) == (FRESH, {"risk": 1}, 99.5, False)
+    assert cache.lookup("k", 1000.0) == (CacheStatus.FRESH, {"risk": 1}, 0.0, False)
+    assert cache.lookup("k", 1099.5) == (CacheStatus.FRESH, {"risk": 1}, 99.5, False)
     assert cache.lookup("k", 1100.0) is None  # age == ttl: expired
 
 
 def test_a_missing_key_is_remembered_for_negative_ttl() -> None:
     cache = make(negative_ttl=10)
     cache.put_missing("k", 0)
-    assert cache.lookup("k", 9.5) == (MISSING, None, 9.5, False)
+    assert cache.lookup("k", 9.5) == (CacheStatus.MISSING, None, 9.5, False)
     assert cache.lookup("k", 10) is None
 
 
@@ -67,9 +67,9 @@ def test_put_replaces_a_missing_entry_and_put_missing_replaces_a_row() -> None:
     cache = make()
     cache.put_missing("k", 0)
     cache.put("k", "row", 5)
-    assert cache.lookup("k", 5) == (FRESH, "row", 0, False)
+    assert cache.lookup("k", 5) == (CacheStatus.FRESH, "row", 0, False)
     cache.put_missing("k", 6)
-    assert cache.lookup("k", 7) == (MISSING, None, 1, False)
+    assert cache.lookup("k", 7) == (CacheStatus.MISSING, None, 1, False)
     assert len(cache) == 1
 
 
@@ -77,7 +77,7 @@ def test_a_put_restarts_the_ttl() -> None:
     cache = make(ttl=100)
     cache.put("k", "old", 0)
     cache.put("k", "new", 90)
-    assert cache.lookup("k", 150) == (FRESH, "new", 60, False)
+    assert cache.lookup("k", 150) == (CacheStatus.FRESH, "new", 60, False)
 
 
 # --- the stale window ---------------------------------------------------------------------------
@@ -88,8 +88,8 @@ def test_a_row_past_its_ttl_is_a_miss_for_lookup_but_stale_for_lookup_stale() ->
     cache.put("k", "row", 0)
     assert cache.lookup("k", 100) is None
     assert "k" in cache  # kept for the fallback
-    assert cache.lookup_stale("k", 100) == (STALE, "row", 100, False)
-    assert cache.lookup_stale("k", 149.5) == (STALE, "row", 149.5, False)
+    assert cache.lookup_stale("k", 100) == (CacheStatus.STALE, "row", 100, False)
+    assert cache.lookup_stale("k", 149.5) == (CacheStatus.STALE, "row", 149.5, False)
 
 
 def test_a_row_past_ttl_plus_max_stale_is_dead_and_dropped_when_read() -> None:
@@ -106,8 +106,8 @@ def test_lookup_stale_gives_fresh_rows_and_missing_entries_as_they_are() -> None
     cache = make()
     cache.put("row", 1, 0)
     cache.put_missing("gone", 0)
-    assert cache.lookup_stale("row", 1) == (FRESH, 1, 1, False)
-    assert cache.lookup_stale("gone", 1) == (MISSING, None, 1, False)
+    assert cache.lookup_stale("row", 1) == (CacheStatus.FRESH, 1, 1, False)
+    assert cache.lookup_stale("gone", 1) == (CacheStatus.MISSING, None, 1, False)
     assert cache.lookup_stale("absent", 1) is None
 
 
@@ -174,10 +174,10 @@ def test_membership_and_length_do_not_count_as_reads() -> None:
 def test_refresh_ahead_is_reported_once_per_entry() -> None:
     cache = make(ttl=100, refresh_ahead=0.8)
     cache.put("k", "row", 0)
-    assert cache.lookup("k", 79.5) == (FRESH, "row", 79.5, False)
-    assert cache.lookup("k", 80) == (FRESH, "row", 80, True)
-    assert cache.lookup("k", 81) == (FRESH, "row", 81, False)
-    assert cache.lookup("k", 99) == (FRESH, "row", 99, False)
+    assert cache.lookup("k", 79.5) == (CacheStatus.FRESH, "row", 79.5, False)
+    assert cache.lookup("k", 80) == (CacheStatus.FRESH, "row", 80, True)
+    assert cache.lookup("k", 81) == (CacheStatus.FRESH, "row", 81, False)
+    assert cache.lookup("k", 99) == (CacheStatus.FRESH, "row", 99, False)
     assert cache.statistics().refreshes_due == 1
 
 
@@ -186,33 +186,33 @@ def test_storing_the_key_again_rearms_refresh_ahead() -> None:
     cache.put("k", "v1", 0)
     assert cache.lookup("k", 60)[3]  # type: ignore[index]
     cache.put("k", "v2", 70)
-    assert cache.lookup("k", 110) == (FRESH, "v2", 40, False)
-    assert cache.lookup("k", 120) == (FRESH, "v2", 50, True)
+    assert cache.lookup("k", 110) == (CacheStatus.FRESH, "v2", 40, False)
+    assert cache.lookup("k", 120) == (CacheStatus.FRESH, "v2", 50, True)
     assert cache.statistics().refreshes_due == 2
 
 
 def test_refresh_ahead_is_reported_for_missing_entries_at_their_own_ttl() -> None:
     cache = make(negative_ttl=10, refresh_ahead=0.5)
     cache.put_missing("k", 0)
-    assert cache.lookup("k", 4) == (MISSING, None, 4, False)
-    assert cache.lookup("k", 5) == (MISSING, None, 5, True)
-    assert cache.lookup("k", 6) == (MISSING, None, 6, False)
+    assert cache.lookup("k", 4) == (CacheStatus.MISSING, None, 4, False)
+    assert cache.lookup("k", 5) == (CacheStatus.MISSING, None, 5, True)
+    assert cache.lookup("k", 6) == (CacheStatus.MISSING, None, 6, False)
     cache.put_missing("k", 6)
-    assert cache.lookup("k", 11) == (MISSING, None, 5, True)
+    assert cache.lookup("k", 11) == (CacheStatus.MISSING, None, 5, True)
 
 
 def test_refresh_ahead_none_never_reports_a_refresh() -> None:
     cache = make(ttl=100, refresh_ahead=None)
     cache.put("k", "row", 0)
-    assert cache.lookup("k", 99.99) == (FRESH, "row", 99.99, False)
+    assert cache.lookup("k", 99.99) == (CacheStatus.FRESH, "row", 99.99, False)
     assert cache.statistics().refreshes_due == 0
 
 
 def test_lookup_stale_never_reports_or_consumes_a_refresh() -> None:
     cache = make(ttl=100, refresh_ahead=0.5)
     cache.put("k", "row", 0)
-    assert cache.lookup_stale("k", 60) == (FRESH, "row", 60, False)
-    assert cache.lookup("k", 60) == (FRESH, "row", 60, True)
+    assert cache.lookup_stale("k", 60) == (CacheStatus.FRESH, "row", 60, False)
+    assert cache.lookup("k", 60) == (CacheStatus.FRESH, "row", 60, True)
 
 
 # --- invalidate, clear, warm, expire ------------------------------------------------------------
@@ -244,8 +244,8 @@ def test_warm_keeps_the_last_distinct_keys_up_to_capacity() -> None:
     items = [("a", 1), ("b", 1), ("c", 1), ("a", 2), ("d", 1), ("e", 1), ("d", 2)]
     assert cache.warm(iter(items), 5) == 3
     assert cache.keys() == ["a", "e", "d"]
-    assert cache.lookup("a", 5) == (FRESH, 2, 0, False)
-    assert cache.lookup("d", 5) == (FRESH, 2, 0, False)
+    assert cache.lookup("a", 5) == (CacheStatus.FRESH, 2, 0, False)
+    assert cache.lookup("d", 5) == (CacheStatus.FRESH, 2, 0, False)
     assert cache.statistics().evictions == 0
 
 
@@ -256,7 +256,7 @@ def test_warm_evicts_entries_held_before_and_counts_only_those() -> None:
     cache.put_missing("b", 0)
     assert cache.warm([("a", 1), ("b", 1)], 1) == 2
     assert cache.keys() == ["old2", "a", "b"]
-    assert cache.lookup("b", 1) == (FRESH, 1, 0, False)
+    assert cache.lookup("b", 1) == (CacheStatus.FRESH, 1, 0, False)
     assert cache.statistics().evictions == 1
 
 
@@ -266,7 +266,7 @@ def test_warm_never_evicts_a_held_key_it_stores_again() -> None:
         cache.put(key, 0, 0)
     cache.warm([("c", 1), ("x", 1)], 1)
     assert cache.keys() == ["b", "c", "x"]
-    assert cache.lookup("x", 1) == (FRESH, 1, 0, False)
+    assert cache.lookup("x", 1) == (CacheStatus.FRESH, 1, 0, False)
     assert cache.statistics().evictions == 1
 
 
@@ -374,10 +374,10 @@ def test_for_source_reads_the_spec_in_seconds() -> None:
     assert cache.capacity == 7
     cache.put("row", 1, 0)
     cache.put_missing("gone", 0)
-    assert cache.lookup("row", 60) == (FRESH, 1, 60, True)
-    assert cache.lookup("gone", 0.7) == (MISSING, None, 0.7, False)
+    assert cache.lookup("row", 60) == (CacheStatus.FRESH, 1, 60, True)
+    assert cache.lookup("gone", 0.7) == (CacheStatus.MISSING, None, 0.7, False)
     assert cache.lookup("gone", 1.5) is None
-    assert cache.lookup_stale("row", 129) == (STALE, 1, 129, False)
+    assert cache.lookup_stale("row", 129) == (CacheStatus.STALE, 1, 129, False)
     assert cache.lookup_stale("row", 130) is None
 
 
@@ -464,11 +464,12 @@ class Model:
                     if due:
                         entry[3] = True
                         self.counts["refreshes_due"] += 1
-                    answer = (MISSING if missing else FRESH, value, age, due)
+                    status = CacheStatus.MISSING if missing else CacheStatus.FRESH
+                    answer = (status, value, age, due)
                     if not fallback:
                         self.counts["negative_hits" if missing else "hits"] += 1
                 elif fallback:
-                    answer = (STALE, value, age, False)
+                    answer = (CacheStatus.STALE, value, age, False)
                     self.counts["stale_hits"] += 1
         if answer is None and not fallback:
             self.counts["misses"] += 1

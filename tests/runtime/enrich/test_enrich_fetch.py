@@ -10,15 +10,9 @@ import anyio
 import pytest
 
 from actors import ActorStopped, ConfigError
-from runtime._enrich.fetch import (
-    MISSING,
-    BreakerState,
-    CircuitBreaker,
-    Fetcher,
-    SourceError,
-    SourceUnavailable,
-    backoff_delay,
-)
+from runtime import SourceError, SourceUnavailable
+from runtime._enrich.breaker import BreakerState, CircuitBreaker, backoff_delay
+from runtime._enrich.fetch import NOT_FOUND, Fetcher
 from runtime._spec.enrich import SqliteSource
 
 from ..support.clock import FakeClock
@@ -185,8 +179,8 @@ async def test_keys_the_source_does_not_have_are_missing() -> None:
     source.absent = {"gone"}
     async with fetcher(source) as f:
         result = await f.fetch_many(["a", "gone"])
-    assert result == {"a": {"id": "a"}, "gone": MISSING}
-    assert repr(MISSING) == "MISSING"
+    assert result == {"a": {"id": "a"}, "gone": NOT_FOUND}
+    assert repr(NOT_FOUND) == "NOT_FOUND"
 
 
 async def test_malformed_row_is_its_keys_exception_and_the_call_still_succeeds() -> None:

@@ -25,15 +25,14 @@ import pytest
 import redis.asyncio
 import redis.exceptions
 
+from runtime import MalformedRow
+from runtime._enrich.rows import Version, version_at
 from runtime._enrich.sources import (
     HttpDimensionSource,
-    MalformedRow,
     PostgresDimensionSource,
     RedisDimensionSource,
     SqliteDimensionSource,
-    Version,
     make_source,
-    version_at,
 )
 from runtime._spec.enrich import CustomSource, HttpSource, PostgresSource, RedisSource, SqliteSource
 from tests.conftest import services_required
