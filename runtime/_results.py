@@ -156,6 +156,9 @@ class EnrichmentStatistics(msgspec.Struct, frozen=True, kw_only=True):
     latency_saved_ms: float
     #: events waiting in the enrichers' stashes now (all the enrichers', under each source)
     stashed: int
+    #: the most events one enricher's stash held after a batch (bounded by ``enrich_stash``
+    #: plus one batch), since the runtime started
+    stash_peak: int = 0
 
 
 class JoinRecord(msgspec.Struct, frozen=True):

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import AsyncIterable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterable, Callable, Iterable, Mapping
 from contextlib import AsyncExitStack
 from itertools import islice
 from types import TracebackType
@@ -44,10 +44,10 @@ from ._checkpoints.store import (
     CheckpointConfig,
     CheckpointInfo,
 )
+from ._drift.monitor import DriftMonitors
 from ._exceptions import (
     RuntimeClosed,
     SpecError,
-    UnknownFeature,
 )
 from ._ingest.events import EventReader, PayloadFormat
 from ._ingest.router import Ingest
@@ -69,7 +69,7 @@ from ._results import (
 from ._spec.drift import DriftAlert, DriftMonitor, DriftStatus
 from ._spec.feature_set import Feature, FeatureSet
 from ._topology import Topology
-from ._updates import Policy, UpdateHub, UpdateSubscription
+from ._updates import Policy, UpdateSubscription
 
 __all__ = ["FeatureRuntime", "RuntimeReplayHost"]
 
@@ -198,12 +198,8 @@ class FeatureRuntime:
             # exceeded, the runtime stops rather than restart every actor once more
             max_restarts=0,
         )
-        self._hub: UpdateHub[FeatureUpdate] = UpdateHub()
-        self._late_hub: UpdateHub[LateEvent] = UpdateHub()
         # read through an object that a replay can set to the history's time (``replay``)
         self._clock = ReplayClock(clock)
-        self._records_hub: UpdateHub[JoinRecord] = UpdateHub()
-        self._enriched_hub: UpdateHub[EnrichedEvent] = UpdateHub()
         # the live list of what the ingest sends batches to, which the topology fills
         targets: list[Any] = []
         self._ingest = Ingest(
@@ -224,15 +220,9 @@ class FeatureRuntime:
             mailbox=self._mailbox,
             clock=self._clock,
             sample_every=sample_every,
-            hub=self._hub,
-            late_hub=self._late_hub,
-            records_hub=self._records_hub,
-            enriched_hub=self._enriched_hub,
             custom_sources=custom_sources,
             start_task=self._start_fetch,
         )
-        from ._drift.monitor import DriftMonitors
-
         #: the drift monitors and the hub of their alerts (``monitor_drift``)
         self._drift = DriftMonitors()
         self._register_lock = anyio.Lock()
@@ -276,10 +266,7 @@ class FeatureRuntime:
         stack = AsyncExitStack()
         await stack.__aenter__()
         try:
-            stack.callback(self._hub.close)
-            stack.callback(self._late_hub.close)
-            stack.callback(self._topology.close_record_hubs)
-            stack.callback(self._enriched_hub.close)
+            stack.callback(self._topology.close_hubs)
             # after the actors stopped: a monitor's last alerts come as it stops
             stack.callback(self._drift.close)
             # sources before the actors, so that they close after the actors stopped
@@ -382,35 +369,6 @@ class FeatureRuntime:
             raise RuntimeClosed("the runtime is not running (use 'async with FeatureRuntime(...)')")
 
     # -- ingest --------------------------------------------------------------------------------
-    def _tag(self, stream: str | None) -> int:
-        """The index of ``stream`` among the ingested streams (the first for None)."""
-        if stream is None:
-            return 0
-        names = self.feature_set.stream_names
-        if stream not in names:
-            known = ", ".join(names)
-            raise ValueError(f"stream: no stream named {stream!r} (known: {known})")
-        return names.index(stream)
-
-    def _tags(self, events: Any, streams: Sequence[str]) -> list[int]:
-        """The stream index of each event, from their streams' names."""
-        if not hasattr(events, "__len__") or len(events) != len(streams):
-            got = len(events) if hasattr(events, "__len__") else type(events).__name__
-            raise ValueError(
-                f"stream: a sequence of stream names needs a sequence of events of the same "
-                f"length (got {len(streams)} names for {got} events)"
-            )
-        names = self.feature_set.stream_names
-        index = {name: i for i, name in enumerate(names)}
-        try:
-            return [index[name] for name in streams]
-        except KeyError as exc:
-            position = next(i for i, name in enumerate(streams) if name not in index)
-            known = ", ".join(names)
-            raise ValueError(
-                f"stream[{position}]: no stream named {exc.args[0]!r} (known: {known})"
-            ) from None
-
     async def ingest(self, event: Any, *, stream: str | None = None, offset: Any = None) -> bool:
         """Accept one event; wait if the runtime is full (backpressure).
 
@@ -426,7 +384,7 @@ class FeatureRuntime:
             RuntimeClosed: the runtime is not running.
             ValueError: ``stream`` is not a stream of the feature set.
         """
-        tag = self._tag(stream)
+        tag = self._ingest.stream_index(stream)
         progress = self._progress
         if progress.gate is not None:
             await progress.wait()
@@ -470,10 +428,10 @@ class FeatureRuntime:
         """
         streams: list[int] | None = None
         if stream is None or isinstance(stream, str):
-            tag = self._tag(stream)
+            tag = self._ingest.stream_index(stream)
         else:
             tag = 0
-            streams = self._tags(events, list(stream))
+            streams = self._ingest.stream_indexes(events, list(stream))
         ingest = self._ingest
         progress = self._progress
         if progress.gate is not None:
@@ -589,13 +547,6 @@ class FeatureRuntime:
         """Vectors of many keys, in the order given (duplicates once): one ask per shard and
         feature group instead of one per key. Same rules as :meth:`get`."""
         self._check_running()
-        if features is not None:
-            known = set(self.feature_set.names)
-            for name in features:
-                if name not in known:
-                    raise UnknownFeature(
-                        f"no feature named {name!r} (known: {', '.join(self.feature_set.names)})"
-                    )
         wanted = list(dict.fromkeys(keys))
         by_shard: dict[int, list[Any]] = {}
         for key in wanted:
@@ -603,17 +554,7 @@ class FeatureRuntime:
         found = await self._topology.read(by_shard, features)
         names = features if features is not None else self.feature_set.names
         now_ms = time.time() * 1000
-        vectors = {}
-        for key in wanted:
-            item = found[key]
-            values = {name: item.values[name] for name in names if name in item.values}
-            if item.watermark is not None:
-                watermark: int | None = item.watermark
-            else:
-                watermark = None if item.high is None else item.high - self._lateness
-            lag = None if item.last is None else now_ms - item.last
-            vectors[key] = FeatureVector(key, values, item.last, watermark, item.updated, lag)
-        return vectors
+        return {key: found[key].vector(key, names, self._lateness, now_ms) for key in wanted}
 
     def updates(
         self, *, buffer: int = 10_000, policy: Policy = "block"
@@ -631,7 +572,7 @@ class FeatureRuntime:
         drops and whether publishers wait for it.
         """
         self._check_running()
-        return self._hub.subscribe(buffer, policy)
+        return self._topology.updates.subscribe(buffer, policy)
 
     @property
     def dead_letters(self) -> Any:
@@ -764,7 +705,7 @@ class FeatureRuntime:
         fetches landed (a key's events in order). ``buffer`` and ``policy`` as for
         :meth:`updates`."""
         self._check_running()
-        return self._enriched_hub.subscribe(buffer, policy)
+        return self._topology.enriched.subscribe(buffer, policy)
 
     def late_events(
         self, *, buffer: int = 10_000, policy: Policy = "block"
@@ -774,7 +715,7 @@ class FeatureRuntime:
         and ``policy`` as for :meth:`updates`; late events that arrive while nobody is
         subscribed are counted in ``statistics().windows.late_side_output`` only."""
         self._check_running()
-        return self._late_hub.subscribe(buffer, policy)
+        return self._topology.late.subscribe(buffer, policy)
 
     async def recent_errors(self) -> list[FeatureError]:
         """Recent feature errors (the last 100 of each shard actor), by event time."""
@@ -803,7 +744,7 @@ class FeatureRuntime:
         self._check_running()
         async with self._register_lock:
             planned = self._drift.plan(monitors, self.feature_set, self._drift_group)
-            await self._drift.start(self._system, planned, self._hub, self._clock)
+            await self._drift.start(self._system, planned, self._topology.updates, self._clock)
 
     def _drift_group(self, feature: str) -> tuple[str, tuple[str, ...]]:
         """The name of the group that computes ``feature``, and its features' names."""

@@ -7,7 +7,7 @@ Events flow ingest -> enrichers -> joins -> feature groups; the lists here keep 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -27,7 +27,7 @@ from ._joins.engine import JoinConfig, JoinEngine
 from ._joins.shard import JoinShard
 from ._keyed.kernel import CompiledGroup, compile_group
 from ._messages import GetEnrichStats, GetStates, IdleTick, Ping
-from ._results import EnrichedEvent, FeatureUpdate, JoinRecord, LateEvent
+from ._results import EnrichedEvent, FeatureUpdate, FeatureVector, JoinRecord, LateEvent
 from ._shard import GroupShard
 from ._spec.feature_set import FeatureSet, enriched_stream
 from ._spec.joins import Join
@@ -122,6 +122,18 @@ class KeyState:
         if high is not None and (self.high is None or high > self.high):
             self.high = high
 
+    def vector(self, key: Any, names: Sequence[str], lateness: int, now_ms: float) -> FeatureVector:
+        """The key's vector of the features ``names``, with its freshness at ``now_ms``: its
+        own watermark where a window group keeps one, else the shard's newest event time less
+        ``lateness``."""
+        values = {name: self.values[name] for name in names if name in self.values}
+        if self.watermark is not None:
+            watermark: int | None = self.watermark
+        else:
+            watermark = None if self.high is None else self.high - lateness
+        lag = None if self.last is None else now_ms - self.last
+        return FeatureVector(key, values, self.last, watermark, self.updated, lag)
+
 
 def signature(target: Group | JoinGroup) -> str:
     """What must be equal between the runtime that wrote a state and the one restoring it:
@@ -147,11 +159,6 @@ class Topology:
         mailbox: each actor's mailbox.
         clock: the wall clock the actors read (a replay sets it).
         sample_every: one batch in this many is timed per feature.
-        hub: where feature groups publish their updates.
-        late_hub: where windowed groups (and joins, with ``late_policy="side_output"``) hand
-            their late events.
-        records_hub: where joins publish their records (each join also has a hub of its own).
-        enriched_hub: where enrichers publish the enriched events.
         custom_sources: the objects behind the feature set's ``CustomSource`` specs, by name.
         start_task: runs a task (an enricher's fetch) in the runtime's task group.
     """
@@ -166,10 +173,6 @@ class Topology:
         mailbox: MailboxConfig,
         clock: Clock,
         sample_every: int,
-        hub: UpdateHub[FeatureUpdate],
-        late_hub: UpdateHub[LateEvent],
-        records_hub: UpdateHub[JoinRecord],
-        enriched_hub: UpdateHub[EnrichedEvent],
         custom_sources: Mapping[str, Any],
         start_task: Callable[[Callable[[], Any]], None],
     ) -> None:
@@ -194,10 +197,13 @@ class Topology:
         self._mailbox = mailbox
         self._clock = clock
         self._sample_every = sample_every
-        self._hub = hub
-        self._late_hub = late_hub
-        self._records_hub = records_hub
-        self._enriched_hub = enriched_hub
+        #: what the actors publish, for the subscriptions: the feature groups' updates, the
+        #: late events (of windowed groups, and of joins with ``late_policy="side_output"``),
+        #: every join's records (each join also has a hub of its own) and the enriched events
+        self.updates: UpdateHub[FeatureUpdate] = UpdateHub()
+        self.late: UpdateHub[LateEvent] = UpdateHub()
+        self.records: UpdateHub[JoinRecord] = UpdateHub()
+        self.enriched: UpdateHub[EnrichedEvent] = UpdateHub()
         self._custom_sources = custom_sources
         self._start_task = start_task
         self._supervisor: Supervisor | None = None
@@ -226,7 +232,7 @@ class Topology:
             ValueError: the feature set has no join named ``join``.
         """
         if join is None:
-            return self._records_hub
+            return self.records
         for target in self.joins:
             if target.name == join:
                 return target.hub
@@ -336,7 +342,7 @@ class Topology:
             GroupShard,
             compiled,
             name,
-            hub=self._hub,
+            hub=self.updates,
             sample_every=self._sample_every,
             state_ttl=self.ttl,
             clock=self._clock,
@@ -364,8 +370,8 @@ class Topology:
             WindowShard,
             engine,
             name,
-            hub=self._hub,
-            late_hub=self._late_hub,
+            hub=self.updates,
+            late_hub=self.late,
             sample_every=self._sample_every,
             clock=self._clock,
         )
@@ -427,9 +433,9 @@ class Topology:
                         feature_set.stream_names.index(join.right),
                     ),
                     self.stream_groups[join.name],
-                    (self._records_hub, target.hub),
+                    (self.records, target.hub),
                     self._clock,
-                    self._late_hub if feature_set.late_policy == "side_output" else None,
+                    self.late if feature_set.late_policy == "side_output" else None,
                 ),
                 name=f"join-{join.name}-shard-{shard}",
                 mailbox=self._mailbox,
@@ -455,7 +461,7 @@ class Topology:
                     self.stream_groups[enriched_stream(stream)],
                     self._start_task,
                     self.feature_set.enrich_stash,
-                    self._enriched_hub,
+                    self.enriched,
                     self._clock,
                 ),
                 name=f"enrich-{stream}-shard-{shard}",
@@ -514,7 +520,14 @@ class Topology:
         self, by_shard: Mapping[int, list[Any]], features: Collection[str] | None
     ) -> dict[Any, KeyState]:
         """The state of each key of ``by_shard`` (keys by shard) in the groups that compute
-        ``features`` (every group for None): one ask per shard and group."""
+        ``features`` (every group for None): one ask per shard and group.
+
+        Raises:
+            UnknownFeature: a name in ``features`` is not a feature of the runtime.
+        """
+        for name in features or ():
+            if name not in self.feature_set.names:
+                self.group_of(name)  # raises UnknownFeature, naming the known features
         found = {key: KeyState() for keys in by_shard.values() for key in keys}
         groups = [
             group
@@ -541,8 +554,9 @@ class Topology:
                         break
                     await anyio.sleep(0.001)
 
-    def close_record_hubs(self) -> None:
-        """End the subscriptions to the joins' records."""
-        self._records_hub.close()
+    def close_hubs(self) -> None:
+        """End every subscription: to updates, late events, join records and enriched events."""
+        for hub in (self.updates, self.late, self.records, self.enriched):
+            hub.close()
         for join in self.joins:
             join.hub.close()

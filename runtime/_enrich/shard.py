@@ -75,6 +75,8 @@ class SourceRuntime:
 class EnrichShardStats:
     stashed: int
     fetching: int
+    #: the most events the stash held at the end of a batch since the actor started
+    stash_peak: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +217,8 @@ class EnrichShard(Actor[Any]):
         self.hub = hub
         self.clock = clock
         self.stash: deque[_Waiting] = deque()
+        #: the most events the stash held after a batch
+        self.stash_peak = 0
         #: routing keys with events in the stash, and how many
         self.stashed: Counter[Any] = Counter()
         #: (source, key) being fetched for this shard
@@ -240,6 +244,8 @@ class EnrichShard(Actor[Any]):
                 await self._apply(message)
             except Exception as exc:
                 fail_batch(self.context, message, exc, enricher=self.stream, shard=self.shard)
+            if len(self.stash) > self.stash_peak:
+                self.stash_peak = len(self.stash)
         await self._wait_for_room()
 
     async def _wait_for_room(self) -> None:
@@ -268,6 +274,7 @@ class EnrichShard(Actor[Any]):
             return EnrichShardStats(
                 stashed=len(self.stash),
                 fetching=len(self.fetching),
+                stash_peak=self.stash_peak,
             )
         raise TypeError(f"EnrichShard cannot handle {message!r}")
 

@@ -90,6 +90,35 @@ class Ingest:
         self.ingested = 0
         self.rejected = 0
 
+    def stream_index(self, stream: str | None) -> int:
+        """The index of ``stream`` among the ingested streams (the first for None)."""
+        if stream is None:
+            return 0
+        names = self.streams
+        if stream not in names:
+            known = ", ".join(names)
+            raise ValueError(f"stream: no stream named {stream!r} (known: {known})")
+        return names.index(stream)
+
+    def stream_indexes(self, events: Any, streams: Sequence[str]) -> list[int]:
+        """The stream index of each event, from their streams' names."""
+        if not hasattr(events, "__len__") or len(events) != len(streams):
+            got = len(events) if hasattr(events, "__len__") else type(events).__name__
+            raise ValueError(
+                f"stream: a sequence of stream names needs a sequence of events of the same "
+                f"length (got {len(streams)} names for {got} events)"
+            )
+        names = self.streams
+        index = {name: i for i, name in enumerate(names)}
+        try:
+            return [index[name] for name in streams]
+        except KeyError as exc:
+            position = next(i for i, name in enumerate(streams) if name not in index)
+            known = ", ".join(names)
+            raise ValueError(
+                f"stream[{position}]: no stream named {exc.args[0]!r} (known: {known})"
+            ) from None
+
     def route_one(self, event: Any, tag: int = 0) -> int | None:
         """Validate one event of stream ``tag`` and buffer it; its shard, or None if it was
         rejected."""

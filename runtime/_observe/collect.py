@@ -363,11 +363,12 @@ class Observer:
         return msgspec.structs.replace(total, state_bytes_per_key=per_key)
 
     async def _enrichment_statistics(self) -> dict[str, EnrichmentStatistics]:
-        stashed = 0
+        stashed = stash_peak = 0
         for enricher in self._topology.enrichers:
             for ref in enricher.refs:
                 shard_stats: EnrichShardStats = await ref.ask(GetEnrichStats(), timeout=None)
                 stashed += shard_stats.stashed
+                stash_peak = max(stash_peak, shard_stats.stash_peak)
         result = {}
         for name, source in self._topology.sources.items():
             cache = source.cache.statistics()
@@ -400,6 +401,7 @@ class Observer:
                 latency_saved_ms=hits * (mean or 0.0),
                 # the stashes are the stream's, not the source's: each source shows them all
                 stashed=stashed,
+                stash_peak=stash_peak,
             )
         return result
 

@@ -114,6 +114,8 @@ async def test_a_producer_offering_ten_times_the_runtimes_capacity_is_held_back_
     # waiting caller) are applied before the enricher waits for room: the stash can pass
     # ``enrich_stash`` by that much, not more.
     assert max(stash_peaks) < load.stash + TURN * (2 * load.batch_size + load.callers)
+    # the runtime's own count of the peak (what the bench prints) is the same
+    assert result["peak_stash"] == max(stash_peaks)
 
 
 def _child(load: Load) -> dict[str, Any]:
