@@ -14,6 +14,7 @@ import msgspec
 import msgspec.structs
 
 from .._exceptions import FeatureValueError
+from .checks import SpecMeta as _SpecMeta
 from .checks import check_name as _check_name
 from .checks import check_str as _check_str
 from .checks import fail as _fail
@@ -60,7 +61,12 @@ def _check_scalar(owner: object, path: str, value: object, op: str) -> None:
 
 
 class Where(
-    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True
+    msgspec.Struct,
+    frozen=True,
+    kw_only=True,
+    forbid_unknown_fields=True,
+    omit_defaults=True,
+    metaclass=_SpecMeta,
 ):
     """A condition on one event field: ``field op value``, such as ``status == 'declined'``.
 
@@ -127,6 +133,7 @@ class FeatureSpec(
     forbid_unknown_fields=True,
     omit_defaults=True,
     tag_field="type",
+    metaclass=_SpecMeta,
 ):
     """Fields shared by every feature: its ``name``, an optional ``where`` and a ``description``.
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import math
 import re
-from typing import NoReturn, cast
+from typing import Any, NoReturn, TypeVar, cast
+
+import msgspec
+import msgspec.structs
 
 from .._duration import parse_duration
 from .._exceptions import ConfigError, SpecError
@@ -14,6 +17,55 @@ from .._exceptions import ConfigError, SpecError
 MAX_NAME_LENGTH = 100
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _PYTHON = "<python>"
+_T = TypeVar("_T")
+
+
+class SpecMeta(msgspec.StructMeta):
+    """The metaclass of the spec structs (features, windows, conditions, joins, monitors, the
+    feature set): what happens when one is built in Python, by calling its class.
+
+    A missing, unknown or positional argument raises ``SpecError`` naming the struct (and the
+    feature, by its ``name``) and the argument, as the file loaders name the field, where
+    msgspec raises a bare ``TypeError("Missing required argument 'field'")``. Decoding never
+    calls the class, so msgspec's decoding errors, and their explanation, stay as they are.
+    Then the struct's ``_built_in_python()`` runs, if it has one: what only code may do (a
+    join imports the functions it names).
+    """
+
+    def __call__(cls: type[_T], *args: Any, **kwargs: Any) -> _T:
+        try:
+            instance = super().__call__(*args, **kwargs)  # type: ignore[misc]
+        except TypeError:
+            # diagnosed from the arguments, on the failure path only
+            error = _argument_error(cls, args, kwargs)
+            if error is None:
+                raise
+            raise error from None
+        hook = getattr(instance, "_built_in_python", None)
+        if hook is not None:
+            hook()
+        return cast("_T", instance)
+
+
+def _argument_error(cls: type[Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """The ``SpecError`` for arguments a struct cannot take (None if they look right)."""
+    name = kwargs.get("name")
+    owner = cls.__name__
+    if isinstance(name, str):
+        owner += f"(name={name[:60]!r})"
+    fields = msgspec.structs.fields(cls)
+    known = [field.name for field in fields]
+    if args:
+        return SpecError(f"{_PYTHON}: {owner}: takes keyword arguments only, got {len(args)}")
+    for key in kwargs:
+        if key not in known:
+            return SpecError(
+                f"{_PYTHON}: {owner}.{key}: unknown argument (known: {', '.join(known)})"
+            )
+    for field in fields:
+        if field.required and field.name not in kwargs:
+            return SpecError(f"{_PYTHON}: {owner}.{field.name}: missing required argument")
+    return None
 
 
 def fail(owner: object, path: str, reason: str) -> NoReturn:

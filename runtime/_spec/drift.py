@@ -19,6 +19,7 @@ import msgspec
 import msgspec.structs
 
 from .._duration import Duration, parse_duration
+from .checks import SpecMeta as _SpecMeta
 from .checks import check_duration as _check_duration
 from .checks import check_int as _check_int
 from .checks import check_name as _check_name
@@ -67,7 +68,12 @@ def _check_number(
 
 
 class Reference(
-    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True
+    msgspec.Struct,
+    frozen=True,
+    kw_only=True,
+    forbid_unknown_fields=True,
+    omit_defaults=True,
+    metaclass=_SpecMeta,
 ):
     """The sample a two-sample detector (:class:`PSI`, :class:`KS`) compares live values with.
 
@@ -166,6 +172,7 @@ class _Detector(
     forbid_unknown_fields=True,
     omit_defaults=True,
     tag_field="type",
+    metaclass=_SpecMeta,
 ):
     @property
     def type_name(self) -> str:
@@ -330,7 +337,9 @@ DETECTOR_TYPES: tuple[str, ...] = tuple(
 _DETECTOR_CLASSES = (PageHinkley, ADWIN, PSI, KS)
 
 
-class DriftMonitor(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class DriftMonitor(
+    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, metaclass=_SpecMeta
+):
     """Watch one feature's values for drift (``await rt.monitor_drift(monitor)``).
 
     Args:

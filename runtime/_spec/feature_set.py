@@ -20,7 +20,7 @@ value with ``__float__`` (such as ``Decimal``). A ``bool``, a string, NaN or an 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeAlias, cast, get_args
 
@@ -33,6 +33,7 @@ import msgspec.yaml
 from .._duration import Duration, parse_duration
 from .._exceptions import SpecError, UnknownFeature
 from .base import OPS, TIME_UNITS, FeatureSpec, TimeUnit, Where
+from .checks import SpecMeta as _SpecMeta
 from .checks import check_duration as _check_duration
 from .checks import check_int as _check_int
 from .checks import check_name as _check_name
@@ -41,7 +42,9 @@ from .checks import fail as _fail
 from .checks import kind as _kind
 from .enrich import SOURCE_TYPES, Lookup, Source
 from .explain import explain
-from .joins import JOIN_HOWS, JOIN_MERGES, Join, function_name
+from .files import ExpansionError, decode_yaml
+from .functions import FunctionPolicy, function_name
+from .joins import JOIN_HOWS, JOIN_MERGES, Join
 from .keyed import (
     Count,
     DistinctCount,
@@ -108,7 +111,12 @@ FEATURE_TYPES: dict[str, type[FeatureSpec]] = {
 
 
 class FeatureSet(
-    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True
+    msgspec.Struct,
+    frozen=True,
+    kw_only=True,
+    forbid_unknown_fields=True,
+    omit_defaults=True,
+    metaclass=_SpecMeta,
 ):
     """A named set of features computed per key from one stream of events.
 
@@ -491,12 +499,32 @@ class FeatureSet(
         return _JSON_ENCODER.encode(self)
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike[str]) -> FeatureSet:
+    def from_file(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        functions: Iterable[Callable[..., Any]] = (),
+        modules: Iterable[str] = (),
+    ) -> FeatureSet:
         """Load a set from a ``.toml``, ``.json``, ``.yaml`` or ``.yml`` file.
+
+        A spec file is data, and reaches no code of its own accord: a join's
+        ``"module:function"`` predicate or merge must be one of ``functions``, or a function
+        defined in one of ``modules`` (a package's submodules included), and nothing is
+        imported before the rest of the spec is valid. A name that leads elsewhere (a builtin
+        such as ``"os:system"``, the standard library, a function one module imported from
+        another) is refused. A set built in Python needs no list: it holds its functions.
+
+        Args:
+            path: the spec file.
+            functions: the functions a join of the file may name, each by its own
+                ``"module:function"`` name.
+            modules: the modules whose functions a join of the file may name.
 
         Raises:
             SpecError: the format is not supported, the file cannot be read, or its content is
-                not a valid set; the message starts with ``path``.
+                not a valid set (a name the application does not allow included); the message
+                starts with ``path``.
         """
         source = os.fspath(path)
         loader = _LOADERS.get(Path(source).suffix.lower())
@@ -509,68 +537,115 @@ class FeatureSet(
             data = Path(source).read_bytes()
         except OSError as exc:
             raise SpecError(f"{source}: cannot read the spec file: {exc.strerror}") from exc
-        return loader(data, source=source)
+        return loader(data, source=source, functions=functions, modules=modules)
 
     @classmethod
-    def from_toml(cls, data: str | bytes, *, source: str = "<string>") -> FeatureSet:
-        """Load a set from TOML text; error messages start with ``source``.
+    def from_toml(
+        cls,
+        data: str | bytes,
+        *,
+        source: str = "<string>",
+        functions: Iterable[Callable[..., Any]] = (),
+        modules: Iterable[str] = (),
+    ) -> FeatureSet:
+        """Load a set from TOML text; error messages start with ``source``. ``functions``
+        and ``modules``: what a join may name, as for ``from_file``.
 
         Raises:
             SpecError: the text is not TOML or not a valid set.
         """
-        return _load(msgspec.toml.decode, "TOML", data, source)
+        return _load(msgspec.toml.decode, "TOML", data, source, FunctionPolicy(functions, modules))
 
     @classmethod
-    def from_json(cls, data: str | bytes, *, source: str = "<string>") -> FeatureSet:
-        """Load a set from JSON text; error messages start with ``source``.
+    def from_json(
+        cls,
+        data: str | bytes,
+        *,
+        source: str = "<string>",
+        functions: Iterable[Callable[..., Any]] = (),
+        modules: Iterable[str] = (),
+    ) -> FeatureSet:
+        """Load a set from JSON text; error messages start with ``source``. ``functions``
+        and ``modules``: what a join may name, as for ``from_file``.
 
         Raises:
             SpecError: the text is not JSON or not a valid set.
         """
-        return _load(_JSON_DECODER.decode, "JSON", data, source)
+        return _load(_JSON_DECODER.decode, "JSON", data, source, FunctionPolicy(functions, modules))
 
     @classmethod
-    def from_yaml(cls, data: str | bytes, *, source: str = "<string>") -> FeatureSet:
-        """Load a set from YAML text; error messages start with ``source``.
+    def from_yaml(
+        cls,
+        data: str | bytes,
+        *,
+        source: str = "<string>",
+        functions: Iterable[Callable[..., Any]] = (),
+        modules: Iterable[str] = (),
+    ) -> FeatureSet:
+        """Load a set from YAML text; error messages start with ``source``. ``functions``
+        and ``modules``: what a join may name, as for ``from_file``.
 
         YAML reads some plain scalars as other things: quote ``"!="`` (else a YAML tag) and
-        strings such as ``"NO"``, ``"yes"`` or ``"on"`` (else booleans).
+        strings such as ``"NO"``, ``"yes"`` or ``"on"`` (else booleans). Aliases (``*name``)
+        are expanded at most to 1,000,000 values in all, and may not refer to
+        themselves, so a small document cannot stand for a huge one.
 
         Raises:
-            SpecError: the text is not YAML or not a valid set.
+            SpecError: the text is not YAML, expands too far, or is not a valid set.
         """
-        return _load(msgspec.yaml.decode, "YAML", data, source)
+        return _load(decode_yaml, "YAML", data, source, FunctionPolicy(functions, modules))
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, source: str = "<dict>") -> FeatureSet:
-        """Build a set from plain data, as a spec file decodes to.
+    def from_dict(
+        cls,
+        data: Mapping[str, Any],
+        *,
+        source: str = "<dict>",
+        functions: Iterable[Callable[..., Any]] = (),
+        modules: Iterable[str] = (),
+    ) -> FeatureSet:
+        """Build a set from plain data, as a spec file decodes to. ``functions`` and
+        ``modules``: what a join may name, as for ``from_file``.
 
         Raises:
             SpecError: the data is not a valid set; the message starts with ``source``.
         """
-        raw = dict(data) if isinstance(data, Mapping) else data
+        return _from_dict(data, source, FunctionPolicy(functions, modules))
+
+
+def _from_dict(data: Mapping[str, Any], source: str, policy: FunctionPolicy) -> FeatureSet:
+    raw = dict(data) if isinstance(data, Mapping) else data
+    try:
+        feature_set = msgspec.convert(raw, FeatureSet)
+    except msgspec.ValidationError as exc:
+        # The message keeps msgspec's reason and path; its chain would only repeat them.
+        explained = explain(
+            exc,
+            raw,
+            types=FEATURE_TYPES,
+            root=FeatureSet,
+            condition=Where,
+            windows=WINDOW_TYPES,
+            choices={
+                "op": OPS,
+                "time_unit": TIME_UNITS,
+                "late_policy": LATE_POLICIES,
+                "emit": EMIT_MODES,
+                "method": PERCENTILE_METHODS,
+                "how": JOIN_HOWS,
+                "merge": JOIN_MERGES,
+            },
+        )
+        raise SpecError(f"{source}: {explained}") from None
+    # Only now, the whole set valid, may a join's names reach code, and only what the
+    # application allows: decoding kept them as names.
+    for index, join in enumerate(feature_set.joins):
         try:
-            return msgspec.convert(raw, FeatureSet)
-        except msgspec.ValidationError as exc:
-            # The message keeps msgspec's reason and path; its chain would only repeat them.
-            explained = explain(
-                exc,
-                raw,
-                types=FEATURE_TYPES,
-                root=FeatureSet,
-                condition=Where,
-                windows=WINDOW_TYPES,
-                choices={
-                    "op": OPS,
-                    "time_unit": TIME_UNITS,
-                    "late_policy": LATE_POLICIES,
-                    "emit": EMIT_MODES,
-                    "method": PERCENTILE_METHODS,
-                    "how": JOIN_HOWS,
-                    "merge": JOIN_MERGES,
-                },
-            )
-            raise SpecError(f"{source}: {explained}") from None
+            join.resolve_functions(policy)
+        except SpecError as exc:
+            path, reason = exc._spec_field  # type: ignore[attr-defined]
+            raise SpecError(f"{source}: joins[{index}].{path}: {reason}") from None
+    return feature_set
 
 
 _CONCRETE = frozenset(FEATURE_TYPES.values())
@@ -626,10 +701,14 @@ def _ratio_bases(name: str, ratios: Mapping[str, Ratio]) -> set[str]:
     return bases
 
 
-def _load(decode: Callable[[Any], Any], fmt: str, data: str | bytes, source: str) -> FeatureSet:
+def _load(
+    decode: Callable[[Any], Any], fmt: str, data: str | bytes, source: str, policy: FunctionPolicy
+) -> FeatureSet:
     try:
         raw = decode(data)
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         detail = " ".join(str(exc).split())
         raise SpecError(f"{source}: not valid {fmt}: {detail}") from exc
-    return FeatureSet.from_dict(raw, source=source)
+    except ExpansionError as exc:
+        raise SpecError(f"{source}: {exc}") from None
+    return _from_dict(raw, source, policy)

@@ -7,16 +7,15 @@ join, that features can read (``stream = "<join name>"``) and ``rt.join_records`
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
-from typing import Any, Literal, TypeAlias, cast, get_args
+from typing import Any, Literal, TypeAlias, get_args
 
 import msgspec
 import msgspec.structs
 
 from .._duration import Duration, parse_duration
-from .._exceptions import SpecError
-from .checks import check_duration, check_int, check_name, check_str, fail, kind
+from .checks import SpecMeta, check_duration, check_int, check_name, check_str, fail, kind
+from .functions import FunctionError, FunctionPolicy, check_function_name, import_function
 
 __all__ = [
     "JOIN_HOWS",
@@ -25,8 +24,6 @@ __all__ = [
     "JoinHow",
     "JoinMerge",
     "JoinRange",
-    "function_name",
-    "resolve_function",
 ]
 
 JoinHow: TypeAlias = Literal["inner", "left", "right", "full", "asof"]
@@ -37,7 +34,9 @@ JoinMerge: TypeAlias = Literal["prefix", "left_priority", "right_priority"]
 JOIN_MERGES: tuple[str, ...] = get_args(JoinMerge)
 
 
-class JoinRange(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class JoinRange(
+    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, metaclass=SpecMeta
+):
     """A range condition: ``min <= |left.<left> - right.<right>| <= max`` (numbers only; an
     event whose field is missing or not a number matches nothing)."""
 
@@ -58,7 +57,12 @@ class JoinRange(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
 
 
 class Join(
-    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True
+    msgspec.Struct,
+    frozen=True,
+    kw_only=True,
+    forbid_unknown_fields=True,
+    omit_defaults=True,
+    metaclass=SpecMeta,
 ):
     """A join of two streams: a symmetric interval join, or an as-of join.
 
@@ -79,12 +83,16 @@ class Join(
         on: further fields that must be equal on both sides (a missing field matches nothing).
         range: a ``JoinRange`` condition on two numeric fields.
         predicate: a further condition, ``predicate(left, right) -> bool``: a function, or
-            the ``"module:function"`` name of one (what a spec file can hold). One that raises
-            matches nothing (counted and logged).
+            the ``"module:function"`` name of one (what a spec file can hold: the file's
+            loader resolves it only against the functions and modules the application
+            allows, ``FeatureSet.from_file(..., functions=..., modules=...)``; built in Python,
+            the name is imported at once). One that raises matches nothing (counted and
+            logged).
         merge: ``"prefix"`` (``left_x``, ``right_x``; the default), ``"left_priority"`` or
             ``"right_priority"`` (one side wins where both have a field), or a function
-            ``merge(left, right) -> mapping`` (or its ``"module:function"`` name). A record
-            whose merge raises gets prefixed fields (counted and logged).
+            ``merge(left, right) -> mapping`` (or its ``"module:function"`` name, as for
+            ``predicate``). A record whose merge raises gets prefixed fields (counted and
+            logged).
         max_buffered_per_key: events of one key and side buffered at most; past it the oldest
             is evicted (default 10,000; None: no cap).
         max_buffered: events buffered by the join at most, over all keys (split evenly among
@@ -103,9 +111,9 @@ class Join(
     tolerance: Duration | None = None
     on: tuple[str, ...] = ()
     range: JoinRange | None = None
-    #: a function or a ``"module:function"`` name (checked when the spec is made)
+    #: a function, or a ``"module:function"`` name (the function once the spec is loaded)
     predicate: Any = None
-    #: a strategy name, a function, or a ``"module:function"`` name
+    #: a strategy name, a function, or a ``"module:function"`` name (as ``predicate``)
     merge: Any = "prefix"
     max_buffered_per_key: int | None = 10_000
     max_buffered: int | None = None
@@ -142,36 +150,95 @@ class Join(
             for name in ("before", "after"):
                 if parse_duration(getattr(self, name), field=name):
                     fail(self, name, "an as-of join has no interval (use tolerance)")
-        if self.predicate is not None:
-            resolve_function(self, "predicate", self.predicate)
-        if not (isinstance(self.merge, str) and self.merge in JOIN_MERGES):
-            if isinstance(self.merge, str) and ":" not in self.merge:
-                known = ", ".join(JOIN_MERGES)
-                fail(
-                    self,
-                    "merge",
-                    f"unknown merge {self.merge!r} (known: {known}, or a function's "
-                    "'module:function' name)",
-                )
-            resolve_function(self, "merge", self.merge)
+        if isinstance(self.merge, str) and ":" not in self.merge and self.merge not in JOIN_MERGES:
+            known = ", ".join(JOIN_MERGES)
+            fail(
+                self,
+                "merge",
+                f"unknown merge {self.merge!r} (known: {known}, or a function's "
+                "'module:function' name)",
+            )
+        # Names are checked for form only: decoded from a file, they are resolved by the
+        # loader against the application's allow-list, once the whole spec is valid; built in
+        # Python, by ``_built_in_python`` below.
+        for path in self._function_fields():
+            value = getattr(self, path)
+            if not callable(value):
+                try:
+                    check_function_name(value)
+                except FunctionError as exc:
+                    fail(self, path, str(exc))
         for name in ("max_buffered_per_key", "max_buffered"):
             value = getattr(self, name)
             if value is not None:
                 check_int(self, name, value, 1, 2**40)
 
+    def _function_fields(self) -> tuple[str, ...]:
+        """The fields that hold a function or its name (not a merge strategy's name)."""
+        fields = () if self.predicate is None else ("predicate",)
+        if not (isinstance(self.merge, str) and self.merge in JOIN_MERGES):
+            fields = (*fields, "merge")
+        return fields
+
+    def _built_in_python(self) -> None:
+        """Called by ``SpecMeta`` after a join is built in Python (never when decoded): its
+        ``"module:function"`` names are the application's own code, imported at once."""
+        for path in self._function_fields():
+            value = getattr(self, path)
+            if isinstance(value, str):
+                try:
+                    msgspec.structs.force_setattr(self, path, import_function(value))
+                except FunctionError as exc:
+                    fail(self, path, str(exc))
+
+    def resolve_functions(self, policy: FunctionPolicy) -> None:
+        """Replace the ``"module:function"`` names of a decoded join by the functions that
+        ``policy`` allows; the join is the loader's own, not yet shared.
+
+        Raises:
+            SpecError: a name is not allowed or leads to no function (``<python>:
+                Join.<field>: ...``; the loader puts the file and the join's index first).
+        """
+        for path in self._function_fields():
+            value = getattr(self, path)
+            if isinstance(value, str):
+                try:
+                    msgspec.structs.force_setattr(self, path, policy.resolve(value))
+                except FunctionError as exc:
+                    fail(self, path, str(exc))
+
     @property
     def predicate_function(self) -> Callable[..., Any] | None:
-        """The predicate as a function (None without one)."""
+        """The predicate as a function (None without one).
+
+        Raises:
+            SpecError: the join was decoded without a loader, so the predicate is still a
+                name (``_unresolved``).
+        """
         if self.predicate is None:
             return None
-        return resolve_function(self, "predicate", self.predicate)
+        return self._function("predicate")
 
     @property
     def merge_strategy(self) -> str | Callable[..., Any]:
-        """The merge: a strategy name, or a function."""
+        """The merge: a strategy name, or a function (raises as ``predicate_function``)."""
         if isinstance(self.merge, str) and self.merge in JOIN_MERGES:
             return self.merge
-        return resolve_function(self, "merge", self.merge)
+        return self._function("merge")
+
+    def _function(self, path: str) -> Callable[..., Any]:
+        value = getattr(self, path)
+        if not callable(value):
+            # decoded straight with msgspec rather than by FeatureSet's loaders: a file's
+            # name is never imported without the application's allow-list
+            fail(
+                self,
+                path,
+                f"{value!r} was never resolved: load spec files with FeatureSet.from_file "
+                "(or from_toml, from_json, from_yaml, from_dict), giving the functions or "
+                "modules a file may name",
+            )
+        return value  # type: ignore[no-any-return]
 
     @property
     def tolerance_ms(self) -> int | None:
@@ -184,48 +251,3 @@ class Join(
     @property
     def after_ms(self) -> int:
         return parse_duration(self.after, field="after")
-
-
-def resolve_function(owner: object, path: str, value: object) -> Callable[..., Any]:
-    """A function given as itself or by its ``"module:function"`` name (a dotted attribute
-    path after the colon is allowed)."""
-    if callable(value):
-        return value
-    if not isinstance(value, str):
-        fail(owner, path, f"expected a function or a 'module:function' name, got {kind(value)}")
-    if value.count(":") != 1:
-        fail(owner, path, f"not a 'module:function' name: {value!r}")
-    module_name, _, attribute = value.partition(":")
-    try:
-        found: Any = importlib.import_module(module_name)
-    except ImportError as exc:
-        fail(owner, path, f"cannot import module {module_name!r} of {value!r}: {exc}")
-    for part in attribute.split("."):
-        if not hasattr(found, part):
-            fail(owner, path, f"module {module_name!r} has no {attribute!r} (from {value!r})")
-        found = getattr(found, part)
-    if not callable(found):
-        fail(owner, path, f"{value!r} is not a function (it is {kind(found)})")
-    return cast("Callable[..., Any]", found)
-
-
-def function_name(value: Any) -> str:
-    """The ``"module:function"`` name of a function, for a spec written back out; raises
-    TypeError for one that cannot be found again by its name (a lambda, a nested function)."""
-    module, qualname = getattr(value, "__module__", None), getattr(value, "__qualname__", "")
-    name = f"{module}:{qualname}"
-    found: Any = None
-    if module and module != "__main__" and qualname and "<" not in qualname:
-        try:
-            found = resolve_function(None, "", name)
-        except SpecError:
-            found = None
-    # the name must lead back to this very function (not, say, a bound method's class
-    # attribute), from any process (not from a script's __main__)
-    if found is not value:
-        raise TypeError(
-            f"cannot write the function {value!r} into a spec: it cannot be found again by "
-            "its name; give a function defined at the top level of an importable module (or "
-            "its 'module:function' name) instead"
-        )
-    return name

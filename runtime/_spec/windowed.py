@@ -12,6 +12,7 @@ import msgspec.structs
 
 from .._duration import Duration, parse_duration
 from .base import FeatureSpec, Where, _check_fraction, _FieldFeature
+from .checks import SpecMeta as _SpecMeta
 from .checks import check_duration as _check_duration
 from .checks import check_int as _check_int
 from .checks import check_str as _check_str
@@ -124,7 +125,12 @@ class ZScore(_FieldFeature, tag="zscore", frozen=True):
 
 
 class Step(
-    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True
+    msgspec.Struct,
+    frozen=True,
+    kw_only=True,
+    forbid_unknown_fields=True,
+    omit_defaults=True,
+    metaclass=_SpecMeta,
 ):
     """One step of a :class:`SequencePattern`: the event it waits for.
 

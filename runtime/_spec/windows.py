@@ -15,7 +15,7 @@ from typing import Literal, TypeAlias, get_args
 import msgspec
 
 from .._duration import Duration, format_duration, parse_duration
-from .checks import check_duration, fail
+from .checks import SpecMeta, check_duration, fail
 
 __all__ = [
     "EMIT_MODES",
@@ -44,6 +44,7 @@ class _Window(
     kw_only=True,
     forbid_unknown_fields=True,
     tag_field="type",
+    metaclass=SpecMeta,
 ):
     @property
     def type_name(self) -> str:
