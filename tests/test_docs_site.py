@@ -17,6 +17,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+import yaml
 
 import actors
 import runtime
@@ -116,3 +117,35 @@ def test_build_helpers_translate_source_conventions_to_markdown() -> None:
     lines = ["class R:", "    #: the key", "    #: (a str)", "    key: str", "    other: int"]
     assert helpers.field_comment(lines, 4) == "the key\n(a str)"
     assert helpers.field_comment(lines, 5) is None
+
+
+def _nav_pages(entries: list[object]) -> list[str]:
+    """The pages of the nav of ``mkdocs.yml``, in order, at any depth."""
+    pages: list[str] = []
+    for entry in entries:
+        values = entry.values() if isinstance(entry, dict) else [entry]
+        for value in values:
+            pages.extend(_nav_pages(value) if isinstance(value, list) else [str(value)])
+    return pages
+
+
+def test_every_guide_page_is_in_the_nav_and_both_maps_in_one_order() -> None:
+    config = yaml.safe_load((ROOT / "mkdocs.yml").read_text(encoding="utf-8"))
+    guide = sorted(page.name for page in (ROOT / "docs").glob("*.md"))
+    nav = [page for page in _nav_pages(config["nav"]) if "/" not in page]
+    assert sorted(nav) == guide
+    # README's list of the pages, "in the site's order"
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert re.findall(r"^- \[docs/([\w-]+\.md)\]", readme, re.MULTILINE) == nav
+    # the home page's map of the guide: every other page
+    home = (ROOT / "docs" / "index.md").read_text(encoding="utf-8")
+    assert re.findall(r"^\| \[[^\]]+\]\(([\w-]+\.md)\)", home, re.MULTILINE) == nav[1:]
+
+
+def test_the_site_styles_exist_and_let_table_cells_wrap() -> None:
+    config = yaml.safe_load((ROOT / "mkdocs.yml").read_text(encoding="utf-8"))
+    styles = [ROOT / "docs" / name for name in config.get("extra_css", [])]
+    assert styles and all(path.is_file() for path in styles)
+    css = "".join(path.read_text(encoding="utf-8") for path in styles)
+    # the readthedocs theme sets white-space: nowrap on these cells
+    assert re.search(r"\.wy-table-responsive table td[^{]*\{[^}]*white-space:\s*normal", css)
