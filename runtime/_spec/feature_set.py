@@ -617,6 +617,8 @@ def _from_dict(data: Mapping[str, Any], source: str, policy: FunctionPolicy) -> 
     raw = dict(data) if isinstance(data, Mapping) else data
     try:
         feature_set = msgspec.convert(raw, FeatureSet)
+    except RecursionError:
+        raise SpecError(f"{source}: the data is nested too deeply") from None
     except msgspec.ValidationError as exc:
         # The message keeps msgspec's reason and path; its chain would only repeat them.
         explained = explain(
@@ -711,4 +713,7 @@ def _load(
         raise SpecError(f"{source}: not valid {fmt}: {detail}") from exc
     except ExpansionError as exc:
         raise SpecError(f"{source}: {exc}") from None
+    except RecursionError:
+        # msgspec's JSON and TOML decoders recurse per level of nesting
+        raise SpecError(f"{source}: not valid {fmt}: nested too deeply") from None
     return _from_dict(raw, source, policy)

@@ -241,3 +241,31 @@ def test_decoding_errors_are_msgspecs_as_before() -> None:
     with pytest.raises(msgspec.ValidationError, match=r"Object missing required field `field`"):
         msgspec.convert({"name": "s"}, Sum)
     assert Count(name="c") == msgspec.convert({"name": "c"}, Count)
+
+
+def _nested(depth: int) -> list[Any]:
+    top: list[Any] = []
+    inner = top
+    for _ in range(depth):
+        inner.append([])
+        inner = inner[0]
+    return top
+
+
+@pytest.mark.parametrize("depth", [900, 5_000, 100_000])
+def test_a_spec_nested_too_deeply_is_a_spec_error(depth: int) -> None:
+    value = "[" * depth + "]" * depth
+    head = {"name": "f", "key": "k", "time": "t"}
+    where = f'{{field = "x", op = "in", value = {value}}}'
+    text = "\n".join(f'{k} = "{v}"' for k, v in head.items())
+    text += f'\nfeatures = [{{type = "count", name = "c", where = {where}}}]\n'
+    with pytest.raises(SpecError, match=r"^deep.toml: "):
+        FeatureSet.from_toml(text, source="deep.toml")
+    text = '{"name": "f", "key": "k", "time": "t", "features": [{"type": "count", "name": "c", '
+    text += f'"where": {{"field": "x", "op": "in", "value": {value}}}}}]}}'
+    with pytest.raises(SpecError, match=r"^deep.json: "):
+        FeatureSet.from_json(text, source="deep.json")
+    feature = {"type": "count", "name": "c", "where": {"field": "x", "op": "in"}}
+    feature["where"]["value"] = _nested(depth)
+    with pytest.raises(SpecError, match=r"^<dict>: "):
+        FeatureSet.from_dict({**head, "features": [feature]})
