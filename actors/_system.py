@@ -27,7 +27,7 @@ import anyio.abc
 
 from ._actor import Actor, ActorRef
 from ._cell import Cell, Decider, current_cell
-from ._deadletters import DeadLetters, DeadLetterStatistics
+from ._deadletters import DEFAULT_MAX_BYTES, DeadLetters, DeadLetterStatistics
 from ._exceptions import ActorStopped, ConfigError, Escalated
 from ._logging import get_logger
 from ._mailbox import MailboxConfig, MailboxStatistics
@@ -62,6 +62,9 @@ class ActorSystem:
         name: the root of every actor's path.
         shutdown_timeout: seconds to drain and stop before cancelling what is left (> 0).
         dead_letters_capacity: dead letters kept (older ones are counted, not kept).
+        dead_letters_max_bytes: the most bytes the dead letters kept may take, by estimate
+            (64 MiB by default; older ones are counted, not kept). A message larger than
+            1/1024 of it is kept as its start and its size (see :class:`DeadLetters`).
         mailbox: the default mailbox of spawned actors.
         strategy: the root supervisor's strategy. This and the four below are the root
             supervisor's settings (see :class:`Supervisor`). Exceeding the root's restart
@@ -86,6 +89,7 @@ class ActorSystem:
         *,
         shutdown_timeout: float = 10.0,
         dead_letters_capacity: int = 10_000,
+        dead_letters_max_bytes: int = DEFAULT_MAX_BYTES,
         mailbox: MailboxConfig | None = None,
         strategy: Strategy = Strategy.ONE_FOR_ONE,
         max_restarts: int = 3,
@@ -98,7 +102,7 @@ class ActorSystem:
         self.name = name
         self.shutdown_timeout = shutdown_timeout
         self.default_mailbox = mailbox if mailbox is not None else MailboxConfig()
-        self.dead_letters = DeadLetters(dead_letters_capacity)
+        self.dead_letters = DeadLetters(dead_letters_capacity, max_bytes=dead_letters_max_bytes)
         self.timers = TimerService()
         self.root = Supervisor(
             self,

@@ -47,6 +47,7 @@ class RuntimeOptions(msgspec.Struct, frozen=True, kw_only=True):
     expected_keys: int = 10_000
     shutdown_timeout: float = 30.0
     dead_letters_capacity: int = 10_000
+    dead_letters_max_bytes: int = 64 * 1024 * 1024
     route_cache_size: int = 1 << 20
     max_restarts: int = 3
     restart_period: float = 60.0
@@ -65,6 +66,7 @@ class RuntimeOptions(msgspec.Struct, frozen=True, kw_only=True):
         if not (isinstance(rate, (int, float)) and 0 <= rate < math.inf):
             raise ConfigError(f"expected_event_rate must be a number >= 0, got {rate!r}")
         check_option_int("expected_keys", self.expected_keys, 1)
+        check_option_int("dead_letters_max_bytes", self.dead_letters_max_bytes, 1)
         check_option_int("max_restarts", self.max_restarts, 0)
         check_option_seconds("restart_period", self.restart_period)
         if self.metrics_port is not None:

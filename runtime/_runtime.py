@@ -93,6 +93,10 @@ class FeatureRuntime:
         expected_keys: distinct keys used for memory estimates at registration.
         shutdown_timeout: seconds to drain at shutdown before cancelling.
         dead_letters_capacity: dead letters kept (all are counted).
+        dead_letters_max_bytes: the most bytes the dead letters kept may take, by estimate
+            (64 MiB by default; all are counted). A letter keeps a copy of its error without
+            the traceback, and of a payload larger than 1/1024 of this bound (64 KiB by
+            default) its first 1,024 bytes or characters and its size.
         route_cache_size: keys whose shard is remembered, so routing a known key costs one
             dict lookup instead of a hash (the cache is cleared when full).
         clock: the wall clock (seconds) that idle time and state expiry are measured with;
@@ -136,6 +140,7 @@ class FeatureRuntime:
         expected_keys: int = 10_000,
         shutdown_timeout: float = 30.0,
         dead_letters_capacity: int = 10_000,
+        dead_letters_max_bytes: int = 64 * 1024 * 1024,
         route_cache_size: int = 1 << 20,
         clock: Callable[[], float] = time.time,
         sources: Mapping[str, Any] | None = None,
@@ -162,6 +167,7 @@ class FeatureRuntime:
             expected_keys=expected_keys,
             shutdown_timeout=shutdown_timeout,
             dead_letters_capacity=dead_letters_capacity,
+            dead_letters_max_bytes=dead_letters_max_bytes,
             route_cache_size=route_cache_size,
             max_restarts=max_restarts,
             restart_period=restart_period,
@@ -193,6 +199,7 @@ class FeatureRuntime:
             "featurist",
             shutdown_timeout=shutdown_timeout,
             dead_letters_capacity=dead_letters_capacity,
+            dead_letters_max_bytes=dead_letters_max_bytes,
             mailbox=self._mailbox,
             # the "features" supervisor holds the restart budget (max_restarts): when it is
             # exceeded, the runtime stops rather than restart every actor once more

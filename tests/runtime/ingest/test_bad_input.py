@@ -212,7 +212,10 @@ async def test_a_mixed_stream_counts_every_good_event_and_rejects_every_bad_one(
     assert len(letters) == len(bad)
     for letter, (payload, kind) in zip(letters, bad, strict=True):
         assert letter.reason is DeadLetterReason.REJECTED
-        assert letter.message is payload
+        if letter.truncated:  # a large payload is kept as its start and size (issue 15)
+            assert payload.startswith(letter.message) and letter.size >= len(payload)
+        else:
+            assert letter.message is payload
         assert isinstance(letter.error, InvalidEvent)
         assert letter.error.field == kind.field
         assert kind.words in str(letter.error), (kind, str(letter.error))
@@ -241,12 +244,16 @@ async def test_each_kind_of_bad_event_is_rejected_with_its_reason_and_the_runtim
             letters = rt.dead_letters.letters()
     assert (vector["n"], vector["total"]) == (1, 5)
     assert stats.events_rejected == 2
-    assert [letter.message for letter in letters] == [payload, payload]
+    assert len(letters) == 2
     for letter in letters:
+        # a large payload is kept as its start and size (issue 15)
+        assert letter.message is payload or (
+            letter.truncated and payload.startswith(letter.message)
+        )
         assert letter.reason is DeadLetterReason.REJECTED
         assert isinstance(letter.error, InvalidEvent)
         assert letter.error.field == bad.field
-        assert letter.error.payload is payload
+        assert letter.error.payload is letter.message
         assert bad.words in str(letter.error)
         if bad.field is not None:
             assert f"field {bad.field!r}" in str(letter.error)
