@@ -159,6 +159,11 @@ class EnrichmentStatistics(msgspec.Struct, frozen=True, kw_only=True):
     #: the most events one enricher's stash held after a batch (bounded by ``enrich_stash``
     #: plus one batch), since the runtime started
     stash_peak: int = 0
+    #: lookup keys the source cannot take (a lone surrogate, a key too long for a URL, a key
+    #: whose call failed alone): refused, recorded in dead letters, given the default
+    keys_refused: int = 0
+    #: the estimated bytes of the cached entries, with ``cache_max_bytes`` set (else 0)
+    cache_bytes: int = 0
 
 
 class JoinRecord(msgspec.Struct, frozen=True):

@@ -24,17 +24,27 @@ never miss.
 
 The enricher calls :meth:`lookup` once per event and lookup: it is a dict lookup, a
 ``move_to_end`` and a few comparisons, and answers a plain tuple (:data:`Hit`).
+
+Bytes (issue 15): ``capacity`` bounds entries, not memory, and a source's rows may be of any
+size (10,000 rows of 1 MB strings are 10 GB). With ``max_bytes``, each entry stored is
+measured (:func:`estimate_bytes`: ``sys.getsizeof`` of the key, the row and everything in
+it) and the least recently used entries go until the total is within the bound; a row larger
+than the whole bound is not cached. Measuring costs a walk of the row per store, never per
+lookup, and only with ``max_bytes`` set.
 """
 
 from __future__ import annotations
 
 import enum
 import math
+import sys
 from collections import OrderedDict
 from collections.abc import Hashable, Iterable
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import msgspec
+
+from .rows import Version
 
 if TYPE_CHECKING:
     from .._spec.enrich import Source
@@ -44,6 +54,7 @@ __all__ = [
     "CacheStatus",
     "DimensionCache",
     "Hit",
+    "estimate_bytes",
 ]
 
 
@@ -104,15 +115,23 @@ class CacheStatistics(msgspec.Struct, frozen=True, kw_only=True):
     evictions: int
     #: dead entries dropped, by ``expire`` or when read
     expired: int
+    #: the bound on the entries' bytes (None: none), and their estimated bytes now (0 when
+    #: there is no bound: entries are not measured then)
+    max_bytes: int | None = None
+    bytes: int = 0
+    #: rows not cached because each alone was larger than ``max_bytes``
+    too_large: int = 0
 
 
 class _Entry:
     """One cached key: its row (None when missing) and when it was fetched."""
 
-    __slots__ = ("fetched_at", "missing", "refresh_requested", "value")
+    __slots__ = ("fetched_at", "missing", "refresh_requested", "size", "value")
 
-    def __init__(self, value: Any, fetched_at: float, missing: bool) -> None:
+    def __init__(self, value: Any, fetched_at: float, missing: bool, size: int) -> None:
         self.value = value
+        #: estimated bytes of the key and the row (0 when the cache has no byte bound)
+        self.size = size
         #: the caller's wall-clock seconds when the row was stored
         self.fetched_at = fetched_at
         #: a negative entry: the source does not have the key
@@ -136,6 +155,9 @@ class DimensionCache:
         max_stale: seconds past its ``ttl`` a row may still be served stale by
             ``lookup_stale``; 0 when the source does not serve stale rows
             (``stale_if_error=false``), so rows are dropped as soon as they expire.
+        max_bytes: the most bytes the entries may hold, as :func:`estimate_bytes` measures
+            them; storing past it drops the least recently used entries, and a row larger than
+            the whole bound is not cached. None: no bound (entries are not measured).
 
     Raises:
         ValueError: a limit out of range.
@@ -145,11 +167,13 @@ class DimensionCache:
     """
 
     __slots__ = (
+        "_bytes",
         "_capacity",
         "_entries",
         "_evictions",
         "_expired",
         "_hits",
+        "_max_bytes",
         "_max_stale",
         "_misses",
         "_negative_hits",
@@ -160,6 +184,7 @@ class DimensionCache:
         "_refreshes_due",
         "_stale_hits",
         "_stale_until",
+        "_too_large",
         "_ttl",
     )
 
@@ -171,6 +196,7 @@ class DimensionCache:
         negative_ttl: float,
         refresh_ahead: float | None,
         max_stale: float,
+        max_bytes: int | None = None,
     ) -> None:
         if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
             raise ValueError(f"capacity must be an int >= 1, got {capacity!r}")
@@ -187,7 +213,14 @@ class DimensionCache:
                     f"refresh_ahead must be None or a number between 0 and 1 (exclusive), "
                     f"got {refresh_ahead!r}"
                 )
+        if max_bytes is not None and (
+            isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1
+        ):
+            raise ValueError(f"max_bytes must be None or an int >= 1, got {max_bytes!r}")
         self._capacity = capacity
+        self._max_bytes = max_bytes
+        self._bytes = 0
+        self._too_large = 0
         self._ttl = ttl
         self._negative_ttl = negative_ttl
         self._refresh_ahead = refresh_ahead
@@ -210,14 +243,15 @@ class DimensionCache:
     @classmethod
     def for_source(cls, source: Source) -> DimensionCache:
         """The cache a source's spec asks for: its ``cache_size``, ``ttl``, ``negative_ttl``,
-        ``refresh_ahead`` and ``max_stale`` (0 with ``stale_if_error=false``), durations
-        converted from milliseconds to seconds."""
+        ``refresh_ahead``, ``max_stale`` (0 with ``stale_if_error=false``) and
+        ``cache_max_bytes``, durations converted from milliseconds to seconds."""
         return cls(
             capacity=source.cache_size,
             ttl=source.ms("ttl") / 1000,
             negative_ttl=source.ms("negative_ttl") / 1000,
             refresh_ahead=source.refresh_ahead,
             max_stale=source.ms("max_stale") / 1000 if source.stale_if_error else 0.0,
+            max_bytes=source.cache_max_bytes,
         )
 
     @property
@@ -237,7 +271,8 @@ class DimensionCache:
         return (
             f"DimensionCache(capacity={self._capacity}, ttl={self._ttl}, "
             f"negative_ttl={self._negative_ttl}, refresh_ahead={self._refresh_ahead}, "
-            f"max_stale={self._max_stale}, size={len(self._entries)})"
+            f"max_stale={self._max_stale}, max_bytes={self._max_bytes}, "
+            f"size={len(self._entries)})"
         )
 
     def keys(self) -> list[Hashable]:
@@ -267,6 +302,7 @@ class DimensionCache:
                     return (_MISSING, None, age, False)
                 # a missing entry has no stale window: past negative_ttl it is dead
                 del entries[key]
+                self._bytes -= entry.size
                 self._expired += 1
             elif age < self._ttl:
                 entries.move_to_end(key)
@@ -281,6 +317,7 @@ class DimensionCache:
                 entries.move_to_end(key)
             else:
                 del entries[key]
+                self._bytes -= entry.size
                 self._expired += 1
         self._misses += 1
         return None
@@ -329,6 +366,7 @@ class DimensionCache:
             self._stale_hits += 1
             return (_STALE, entry.value, age, False)
         del entries[key]
+        self._bytes -= entry.size
         self._expired += 1
         return None
 
@@ -344,22 +382,39 @@ class DimensionCache:
         if self._negative_ttl > 0:
             self._store(key, None, now, True)
         else:
-            self._entries.pop(key, None)
+            self.invalidate(key)
 
     def _store(self, key: Hashable, value: Any, now: float, missing: bool) -> None:
         entries = self._entries
+        size = 0
+        max_bytes = self._max_bytes
+        if max_bytes is not None:
+            size = estimate_bytes(key) + estimate_bytes(value)
+            if size > max_bytes:
+                # more than the whole bound: caching it would empty the cache for one row
+                self._too_large += 1
+                self.invalidate(key)
+                return
         entry = entries.get(key)
         if entry is None:
-            entries[key] = _Entry(value, now, missing)
+            entries[key] = _Entry(value, now, missing, size)
+            self._bytes += size
             if len(entries) > self._capacity:
-                entries.popitem(last=False)
+                self._bytes -= entries.popitem(last=False)[1].size
                 self._evictions += 1
         else:
+            self._bytes += size - entry.size
             entry.value = value
             entry.fetched_at = now
             entry.missing = missing
+            entry.size = size
             entry.refresh_requested = False
             entries.move_to_end(key)
+        if max_bytes is not None:
+            # the entry just stored is the most recently used, and fits alone: it stays
+            while self._bytes > max_bytes:
+                self._bytes -= entries.popitem(last=False)[1].size
+                self._evictions += 1
 
     def warm(self, items: Iterable[tuple[Hashable, Any]], now: float) -> int:
         """Bulk-load ``(key, row)`` pairs fetched at ``now``, as if put in order: when they
@@ -388,11 +443,16 @@ class DimensionCache:
 
     def invalidate(self, key: Hashable) -> bool:
         """Forget ``key`` (its next lookup misses); whether an entry was held."""
-        return self._entries.pop(key, None) is not None
+        entry = self._entries.pop(key, None)
+        if entry is None:
+            return False
+        self._bytes -= entry.size
+        return True
 
     def clear(self) -> None:
         """Forget every entry. The counters are kept: they count since the cache was made."""
         self._entries.clear()
+        self._bytes = 0
 
     def expire(self, now: float, limit: int = 1000) -> int:
         """Drop dead entries (rows past ``ttl + max_stale``, missing entries past
@@ -414,6 +474,7 @@ class DimensionCache:
             if age < (negative_ttl if entry.missing else stale_until):
                 break
             del entries[key]
+            self._bytes -= entry.size
             dropped += 1
         self._expired += dropped
         return dropped
@@ -449,7 +510,45 @@ class DimensionCache:
             refreshes_due=self._refreshes_due,
             evictions=self._evictions,
             expired=self._expired,
+            max_bytes=self._max_bytes,
+            bytes=self._bytes,
+            too_large=self._too_large,
         )
+
+
+#: the most objects :func:`estimate_bytes` visits in one value
+_MEASURE_LIMIT = 100_000
+
+
+def estimate_bytes(value: object) -> int:
+    """An estimate of the memory ``value`` holds: ``sys.getsizeof`` of it and of everything it
+    holds (the keys and values of dicts, the items of lists, tuples and sets, a version's row).
+
+    Iterative, so a deeply nested row cannot exhaust the stack; it visits at most 100,000
+    objects (the containers' own sizes still count their slots). An object reached twice is
+    counted twice: the estimate errs on the high side, which is the safe side for a bound.
+    """
+    getsizeof = sys.getsizeof
+    total = 0
+    stack = [value]
+    budget = _MEASURE_LIMIT
+    try:
+        while stack and budget:
+            item = stack.pop()
+            budget -= 1
+            total += getsizeof(item)
+            if isinstance(item, dict):
+                if len(stack) + 2 * len(item) <= budget:
+                    stack.extend(item.keys())
+                    stack.extend(item.values())
+            elif isinstance(item, list | tuple | set | frozenset):
+                if len(stack) + len(item) <= budget:
+                    stack.extend(item)
+            elif isinstance(item, Version):
+                stack.append(item.row)
+    except Exception:  # a custom source's object whose __sizeof__ or iteration raises
+        pass
+    return total
 
 
 def _check_seconds(name: str, value: object, *, positive: bool) -> None:

@@ -46,7 +46,7 @@ from .._results import EnrichedEvent
 from .._spec.enrich import Lookup
 from .._updates import UpdateHub
 from .cache import CacheStatus, DimensionCache
-from .fetch import NOT_FOUND, Fetcher
+from .fetch import NOT_FOUND, Fetcher, KeyRefused
 from .rows import version_at
 
 __all__ = ["EnrichShard", "EnrichShardStats", "Fetched", "SourceRuntime"]
@@ -68,7 +68,17 @@ class SourceRuntime:
     #: events enriched with a stale row, or with a default because the fetch failed
     stale_served: int = 0
     defaults_after_error: int = 0
-    malformed: int = 0
+
+    @property
+    def malformed(self) -> int:
+        """Rows the source returned malformed, each counted once by the fetcher that got it
+        (not once per shard that waited for it)."""
+        return self.fetcher.statistics().malformed
+
+    @property
+    def keys_refused(self) -> int:
+        """Keys the source refused (it cannot take them), once per call that refused them."""
+        return self.fetcher.statistics().keys_refused
 
 
 @dataclass(frozen=True)
@@ -365,9 +375,23 @@ class EnrichShard(Actor[Any]):
                 defaulted = [*defaulted, name]
                 continue
             age: float | None = 0.0
-            row = landed.get((source.name, value), _NOTHING) if landed else _NOTHING
+            if first:
+                # An event's first look asks the cache even when the key's fetch has just
+                # landed (a fetch may land between two batches of one turn): every lookup is
+                # counted once, as a hit or a miss. A row evicted since it landed is still
+                # served from ``landed``, after a miss.
+                hit = cache.lookup(value, now)
+                row = (
+                    _NOTHING
+                    if hit is not None or not landed
+                    else landed.get((source.name, value), _NOTHING)
+                )
+                if row is not _NOTHING:
+                    misses += 1
+            else:
+                row = landed.get((source.name, value), _NOTHING) if landed else _NOTHING
+                hit = cache.peek(value, now) if row is _NOTHING else None
             if row is _NOTHING:
-                hit = cache.lookup(value, now) if first else cache.peek(value, now)
                 if hit is None:
                     error = failed.get(value) if failed else None
                     if error is None:
@@ -470,9 +494,10 @@ class EnrichShard(Actor[Any]):
             if value is NOT_FOUND:
                 cache.put_missing(key, now)
             elif isinstance(value, Exception):
-                # a malformed row (the fetcher's answer says which rows are): the default,
-                # and no retry before the negative entry expires
-                source.malformed += 1
+                # a malformed row or a refused key (the fetcher counts them, once per key and
+                # call): the default, and no call for it before the negative entry expires
+                if isinstance(value, KeyRefused) and not value.recorded:
+                    self._refused(value)
                 cache.put_missing(key, now)
                 value = NOT_FOUND
             else:
@@ -552,6 +577,22 @@ class EnrichShard(Actor[Any]):
             detail="the event could not be enriched",
         )
 
+    def _refused(self, error: KeyRefused) -> None:
+        """A key the source cannot take: in dead letters once (the shards that waited for it
+        share the error), its events get the lookup's default."""
+        error.recorded = True
+        _log.warning(
+            "enrich_key_refused", stream=self.stream, source=error.source, error=str(error)
+        )
+        self.context.dead_letters.record(
+            error.key,
+            self.context.name,
+            DeadLetterReason.REJECTED,
+            error=error,
+            detail=f"a lookup key that source {error.source!r} cannot take: its events get "
+            "the lookup's default",
+        )
+
     def _forget_outcomes(self) -> None:
         """Outcomes serve the release that follows them only: later events ask the cache (and
         a key that failed is fetched again: the circuit breaker keeps that cheap)."""
@@ -612,6 +653,14 @@ class _FetchTask:
                 SourceError("the fetch was cancelled", source=self.source.name, attempts=0)
             )
             raise
+        except Exception as exc:
+            # the fetcher answers every key, so this is a bug: the fetch fails, the runtime
+            # (whose task this is) goes on
+            _log.exception("enrich_fetch_failed", source=self.source.name)
+            error = SourceError(f"the fetch failed: {exc!r}", source=self.source.name, attempts=0)
+            error.__cause__ = exc
+            self.give_up(error)
+            return
         self.inbox.put(Fetched(self.source, results, self.stash))
         if self.stash:
             try:

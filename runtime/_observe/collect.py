@@ -382,6 +382,8 @@ class Observer:
                 stale_served=source.stale_served,
                 defaults_after_error=source.defaults_after_error,
                 malformed=source.malformed,
+                keys_refused=fetch.keys_refused,
+                cache_bytes=cache.bytes,
                 cache_size=cache.size,
                 cache_capacity=cache.capacity,
                 cache_utilization=cache.utilization,

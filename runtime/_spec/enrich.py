@@ -60,6 +60,10 @@ class _Source(
     Args:
         name: the source's name, which lookups give.
         cache_size: rows kept in the source's LRU cache (the least recently used go first).
+        cache_max_bytes: the most bytes the cached rows may hold (an estimate: Python's size
+            of each key and row and all they hold); the least recently used go first, and a
+            row larger than the whole bound is not cached. None or 0 (the default): no bound
+            but ``cache_size``. Set it when rows may be large.
         ttl: how long a cached row is fresh (a duration).
         negative_ttl: how long a key the source does not have is remembered as missing.
         refresh_ahead: the part of ``ttl`` after which a row still in use is fetched again
@@ -83,6 +87,7 @@ class _Source(
 
     name: str
     cache_size: int = 10_000
+    cache_max_bytes: int | None = None
     ttl: Duration = "5m"
     negative_ttl: Duration = "30s"
     refresh_ahead: float | None = 0.8
@@ -100,6 +105,10 @@ class _Source(
     def __post_init__(self) -> None:
         check_name(self, "name", self.name)
         check_int(self, "cache_size", self.cache_size, 1, 10**9)
+        if self.cache_max_bytes is not None:
+            check_int(self, "cache_max_bytes", self.cache_max_bytes, 0, 2**50)
+            if self.cache_max_bytes == 0:  # what a spec file (TOML has no null) says for "off"
+                msgspec.structs.force_setattr(self, "cache_max_bytes", None)
         check_duration(self, "ttl", self.ttl, positive=True)
         check_duration(self, "negative_ttl", self.negative_ttl, positive=False)
         if self.refresh_ahead is not None:

@@ -40,6 +40,38 @@ class Base:
     ) -> None:
         await self.close()
 
+    def refuse_key(self, key: Hashable) -> str | None:
+        """Why the source cannot send ``key`` to its server, or None: the fetcher asks before
+        each call, so such a key fails alone instead of failing its whole batch. Text that is
+        not valid Unicode (a lone surrogate, as ``"\\ud800"`` in JSON decodes to) cannot be
+        encoded for any server."""
+        text = self._key_text(key)
+        if text is None or text.isascii():
+            return None
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            return "it holds a lone surrogate, which no server can be sent"
+        return None
+
+    def _key_text(self, key: Hashable) -> str | None:
+        """The key as the text the source sends, if it sends text (None: it does not)."""
+        return key if isinstance(key, str) else None
+
+    def _named(self, exc: BaseException) -> BaseException:
+        """``exc`` with the source named in its message (a start-up error of a server says
+        nothing of which source it was): the same type where that type takes a message, else
+        ``exc`` itself with a note."""
+        prefix = f"{self.kind} source {self.name!r}"
+        try:
+            named = type(exc)(f"{prefix}: {exc}")
+        except Exception:
+            named = None
+        if named is None or prefix not in str(named):
+            exc.add_note(f"(in {prefix})")
+            return exc
+        return named
+
     def _not_open(self) -> RuntimeError:
         return RuntimeError(f"the {self.kind} source {self.name!r} is not open")
 

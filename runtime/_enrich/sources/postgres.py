@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import math
 from collections.abc import Callable, Hashable, Sequence
 from decimal import Decimal, InvalidOperation
@@ -65,6 +66,27 @@ def _pg_coercion(type_name: str) -> Callable[[Hashable], Any]:
             return key
         return SKIP
 
+    def day(key: Hashable) -> Any:
+        # a date, or its ISO text; a datetime is not a day (its time would be dropped)
+        if type(key) is datetime.date:
+            return key
+        if isinstance(key, str):
+            try:
+                return datetime.date.fromisoformat(key)
+            except ValueError:
+                return SKIP
+        return SKIP
+
+    def moment(key: Hashable) -> Any:
+        if isinstance(key, datetime.datetime):
+            return key
+        if isinstance(key, str):
+            try:
+                return datetime.datetime.fromisoformat(key)
+            except ValueError:
+                return SKIP
+        return SKIP
+
     if type_name in _PG_INTEGERS:
         return integer
     if type_name in _PG_TEXTS:
@@ -75,6 +97,10 @@ def _pg_coercion(type_name: str) -> Callable[[Hashable], Any]:
         return numeric
     if type_name in ("float4", "float8"):
         return floating
+    if type_name == "date":
+        return day
+    if type_name in ("timestamp", "timestamptz"):
+        return moment
     return lambda key: key  # asyncpg encodes it, or the batch fails with its error
 
 
@@ -83,11 +109,14 @@ class PostgresDimensionSource(Base):
 
     A batch is one ``SELECT ... WHERE key = ANY($1)``; `open` prepares it once to learn the key
     column's type, by which keys are converted (a key that cannot be of that type is missing;
-    for a type other than integers, text, uuid, numeric and floats, keys are passed as they are).
+    ``date`` and ``timestamp`` columns take ISO text; for a type other than integers, text,
+    uuid, numeric, floats, dates and timestamps, keys are passed as they are, and a key that
+    asyncpg cannot encode fails alone: the fetcher splits its batch).
     ``timeout`` bounds connecting and each query.
 
     Raises: TimeoutError (no answer within ``timeout``); at `open`, OSError (the server is
-    down) or asyncpg's errors (no such table or column, authentication).
+    down) or asyncpg's errors (no such table or column, authentication), their message
+    naming the source.
     """
 
     kind = "postgres"
@@ -108,17 +137,23 @@ class PostgresDimensionSource(Base):
         except ImportError as exc:
             raise missing_extra("asyncpg", "postgres") from exc
         timeout = self.spec.ms("timeout") / 1000
-        pool = await asyncpg.create_pool(
-            self.spec.dsn,
-            min_size=1,
-            max_size=self.spec.pool_size,
-            timeout=timeout,
-            command_timeout=timeout,
-        )
+        try:
+            pool = await asyncpg.create_pool(
+                self.spec.dsn,
+                min_size=1,
+                max_size=self.spec.pool_size,
+                timeout=timeout,
+                command_timeout=timeout,
+            )
+        except Exception as exc:  # no server, no database, authentication: say which source
+            raise self._named(exc) from exc
         try:
             async with pool.acquire(timeout=timeout) as connection:
                 statement = await connection.prepare(self._sql, timeout=timeout)
                 key_type = statement.get_attributes()[0].type.name
+        except Exception as exc:  # no such table or column
+            pool.terminate()
+            raise self._named(exc) from exc
         except BaseException:
             pool.terminate()
             raise

@@ -65,10 +65,16 @@ class RedisDimensionSource(Base):
         except RedisTimeout as exc:
             await client.aclose()
             raise TimeoutError(f"redis source {self.name!r}: {exc}") from exc
+        except Exception as exc:
+            await client.aclose()
+            raise self._named(exc) from exc
         except BaseException:
             await client.aclose()
             raise
         self._client = client
+
+    def _key_text(self, key: Hashable) -> str | None:
+        return self.spec.prefix + str(key)
 
     async def close(self) -> None:
         client, self._client = self._client, None
