@@ -19,6 +19,8 @@ _LOCATION = re.compile(r"(?P<text>.*) - at `\$(?P<where>[^`]*)`", re.DOTALL)
 _STEP = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
 _MISSING = re.compile(r"Object missing required field `(?P<field>[^`]*)`")
 _UNKNOWN = re.compile(r"Object contains unknown field `(?P<field>[^`]*)`")
+#: a path in a spec's ``sources``: a source, or its ``type``
+_SOURCE = re.compile(r"sources\[\d+\](?:\.type)?")
 
 
 def explain(
@@ -30,6 +32,7 @@ def explain(
     condition: type[msgspec.Struct],
     windows: Mapping[str, type[msgspec.Struct]],
     choices: Mapping[str, Sequence[str]],
+    sources: Mapping[str, type[msgspec.Struct]] | None = None,
 ) -> str:
     """Return msgspec's validation error as ``path: reason``, with the path in spec terms.
 
@@ -40,6 +43,7 @@ def explain(
         root: the class of the whole document; ``condition``: the class of ``where`` clauses;
             ``windows``: the window classes by ``type`` tag.
         choices: the allowed values of enumerated fields (``op``, ``time_unit``), by name.
+        sources: the dimension source classes by ``type`` tag (``sources[i].type``).
     """
     known_types = ", ".join(types)
     match = _LOCATION.fullmatch(str(exc))
@@ -50,11 +54,16 @@ def explain(
         return f"{_join(path, field_error[0])}: {field_error[1]}"
     last = path.rpartition(".")[2]
     in_window = path.endswith(".window.type") or path.endswith(".window")
+    in_source = sources is not None and _SOURCE.fullmatch(path) is not None
+    if in_source:  # a source's type, or a field of it: the source types, not the features'
+        assert sources is not None
+        known_types, types = ", ".join(sources), sources
     if text.startswith("Invalid value ") and last == "type":
         value = text.removeprefix("Invalid value ")
         if in_window:
             return f"{path}: unknown window type {value} (known: {', '.join(windows)})"
-        return f"{path}: unknown feature type {value} (known: {known_types})"
+        noun = "source" if in_source else "feature"
+        return f"{path}: unknown {noun} type {value} (known: {known_types})"
     if text.startswith("Invalid enum value ") and last in choices:
         value = text.removeprefix("Invalid enum value ")
         return f"{path}: unknown {last} {value} (known: {', '.join(choices[last])})"

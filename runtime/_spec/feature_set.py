@@ -637,6 +637,7 @@ def _from_dict(data: Mapping[str, Any], source: str, policy: FunctionPolicy) -> 
                 "how": JOIN_HOWS,
                 "merge": JOIN_MERGES,
             },
+            sources=SOURCE_TYPES,
         )
         raise SpecError(f"{source}: {explained}") from None
     # Only now, the whole set valid, may a join's names reach code, and only what the
