@@ -251,7 +251,7 @@ class Observer:
             return
         try:
             server.update(await self.metrics())
-            await server.start()
+            await server.start(tg)
         except BaseException:
             # the start fails: the runtime's tasks are running and must stop for the task
             # group to exit

@@ -2,27 +2,46 @@
 
 It serves the last :class:`~runtime.RuntimeMetrics` snapshot: a task of the runtime takes one
 every ``metrics_interval`` seconds and hands it to a collector, which turns it into metric
-families when a scrape comes, in the HTTP server's thread. The collector only reads that
-immutable snapshot; it never touches an actor. Each runtime has a registry of its own, so two
-runtimes in one process do not clash. ``docs/metrics.md`` has the table of families.
+families when a scrape comes. The collector only reads that immutable snapshot; it never
+touches an actor. Each runtime has a registry of its own, so two runtimes in one process do not
+clash. ``docs/metrics.md`` has the table of families.
+
+The HTTP server is a small HTTP/1.1 server on the runtime's own event loop (anyio), in tasks
+the runtime owns, so nothing of it outlives the runtime. It is bounded: at most
+:data:`MAX_CONNECTIONS` connections are open at once (a new one pushes out the oldest that is
+still waiting for its request; if none is waiting, it is answered ``503`` and closed), a
+request must arrive within :data:`TIMEOUT` seconds and its head be at most
+:data:`MAX_REQUEST_BYTES`, and each connection serves one request (``Connection: close``). The
+text is rendered in a worker thread, one scrape at a time, so a scrape of a large runtime does
+not stall the event loop.
 """
 
 from __future__ import annotations
 
-import socket
-import threading
+import gzip
 import time
 from collections.abc import Iterator, Sequence
-from socketserver import ThreadingMixIn
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from urllib.parse import parse_qs, urlsplit
 
 import anyio
+import anyio.abc
 import anyio.to_thread
+
+from actors import get_logger
 
 from .metrics import RuntimeMetrics
 
 __all__ = ["MetricsServer", "families", "import_prometheus"]
+
+_log = get_logger("featurist.metrics")
+
+#: connections open at once; a new one pushes out the oldest still waiting for its request
+MAX_CONNECTIONS = 64
+#: seconds a connection has to send its request, and then to take the response
+TIMEOUT = 10.0
+#: the most bytes of a request's head (request line and headers)
+MAX_REQUEST_BYTES = 8192
 
 
 def import_prometheus() -> Any:
@@ -227,77 +246,237 @@ class _Collector:
             yield from families(snapshot, time.time())
 
 
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        """No line on stderr per scrape."""
+class _Request:
+    """What the endpoint reads of a request."""
+
+    __slots__ = ("headers", "method", "path", "query")
+
+    def __init__(self, method: str, path: str, query: str, headers: dict[str, str]) -> None:
+        self.method = method
+        self.path = path
+        self.query = query
+        self.headers = headers
 
 
-class _Server(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
+class _BadRequest(Exception):
+    """A request the endpoint cannot read: answered with ``status`` and closed."""
+
+    def __init__(self, status: str) -> None:
+        super().__init__(status)
+        self.status = status
 
 
-class _Server6(_Server):
-    address_family = socket.AF_INET6
+def _parse(head: bytes) -> _Request:
+    """The request line and headers of a request's head (without its blank line)."""
+    try:
+        lines = head.decode("latin-1").split("\r\n")
+        method, target, version = lines[0].split(" ")
+    except ValueError:
+        raise _BadRequest("400 Bad Request") from None
+    if not version.startswith("HTTP/1."):
+        raise _BadRequest("505 HTTP Version Not Supported")
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        name, colon, value = line.partition(":")
+        if not colon:
+            raise _BadRequest("400 Bad Request")
+        headers[name.strip().lower()] = value.strip()
+    url = urlsplit(target)
+    return _Request(method, url.path, url.query, headers)
+
+
+def _response(status: str, headers: Sequence[tuple[str, str]], body: bytes) -> bytes:
+    lines = [f"HTTP/1.1 {status}", *(f"{name}: {value}" for name, value in headers)]
+    lines += [f"Content-Length: {len(body)}", "Connection: close", "", ""]
+    return "\r\n".join(lines).encode("latin-1") + body
 
 
 class MetricsServer:
     """The Prometheus endpoint of one runtime: a registry of its own with one collector, and
-    an HTTP server in a thread of its own, stopped by :meth:`stop`. Internal."""
+    a bounded HTTP server in a task of the runtime's task group, stopped by :meth:`stop`.
+    Internal.
 
-    def __init__(self, host: str, port: int) -> None:
-        prometheus = import_prometheus()
+    Args:
+        host: the address to listen on.
+        port: the port (0: a free one, then in :attr:`port`).
+        max_connections: connections open at once (default :data:`MAX_CONNECTIONS`).
+        timeout: seconds a connection has to send its request, and then to take the response
+            (default :data:`TIMEOUT`).
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        max_connections: int | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        self._prometheus = import_prometheus()
         self.host = host
         self.port = port
+        self.max_connections = MAX_CONNECTIONS if max_connections is None else max_connections
+        self.timeout = TIMEOUT if timeout is None else timeout
         self._collector = _Collector()
-        self.registry = prometheus.CollectorRegistry(auto_describe=False)
+        self.registry = self._prometheus.CollectorRegistry(auto_describe=False)
         self.registry.register(self._collector)
-        self._app = prometheus.make_wsgi_app(self.registry)
-        self._server: WSGIServer | None = None
-        self._thread: threading.Thread | None = None
+        #: one scrape rendered at a time, in a worker thread
+        self._render_limiter = anyio.CapacityLimiter(1)
+        self._scope: anyio.CancelScope | None = None
+        self._stopped: anyio.Event | None = None
+        #: connections open now
+        self.connections = 0
+        #: the connections still waiting for their request, oldest first: their cancel scopes
+        self._waiting: dict[int, anyio.CancelScope] = {}
+        #: connections pushed out or refused at the cap, and those that timed out
+        self.evicted = 0
+        self.refused = 0
+        self.timed_out = 0
 
     @property
     def serving(self) -> bool:
         """Between :meth:`start` and :meth:`stop`."""
-        return self._server is not None
+        return self._scope is not None
 
     def update(self, snapshot: RuntimeMetrics) -> None:
         """Serve ``snapshot`` from now on."""
         self._collector.snapshot = snapshot
 
-    async def start(self) -> None:
-        """Listen on ``host:port`` (port 0: a free port, then in :attr:`port`).
+    async def start(self, task_group: anyio.abc.TaskGroup) -> None:
+        """Listen on ``host:port`` (port 0: a free port, then in :attr:`port`) and serve in a
+        task of ``task_group`` until :meth:`stop`.
 
         Raises:
             OSError: the address cannot be listened on (the port is taken, say).
         """
-        server_class = _Server6 if ":" in self.host else _Server
         try:
-            server = await anyio.to_thread.run_sync(
-                lambda: make_server(
-                    self.host, self.port, self._app, server_class, handler_class=_QuietHandler
-                )
+            listener = await anyio.create_tcp_listener(
+                local_host=self.host, local_port=self.port, reuse_port=False
             )
         except OSError as exc:
             raise OSError(
                 exc.errno, f"metrics_port: cannot listen on {self.host}:{self.port}: {exc}"
             ) from exc
-        self._server = server
-        self.port = server.server_port
-        self._thread = threading.Thread(
-            target=server.serve_forever,
-            kwargs={"poll_interval": 0.1},
-            name=f"featurist-metrics-{self.port}",
-            daemon=True,
+        self.port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        scope, stopped = self._scope, self._stopped = anyio.CancelScope(), anyio.Event()
+        task_group.start_soon(
+            self._serve, listener, scope, stopped, name=f"featurist-metrics-{self.port}"
         )
-        self._thread.start()
 
     async def stop(self) -> None:
-        """Stop serving and close the socket (the port is free once this returns)."""
-        server, thread = self._server, self._thread
-        self._server = self._thread = None
-        if server is None or thread is None:
+        """Stop serving, close every connection and the socket (the port is free once this
+        returns)."""
+        scope, stopped = self._scope, self._stopped
+        self._scope = self._stopped = None
+        if scope is None or stopped is None:
             return
+        scope.cancel()
         with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(server.shutdown)
-            server.server_close()
-            await anyio.to_thread.run_sync(thread.join)
+            await stopped.wait()
+
+    async def _serve(
+        self,
+        listener: anyio.abc.Listener[anyio.abc.SocketStream],
+        scope: anyio.CancelScope,
+        stopped: anyio.Event,
+    ) -> None:
+        try:
+            with scope:
+                async with anyio.create_task_group() as connections:
+                    await listener.serve(self._connection, connections)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await listener.aclose()
+            stopped.set()
+
+    async def _connection(self, stream: anyio.abc.SocketStream) -> None:
+        """One connection: read a request within the timeout, answer it, close."""
+        self.connections += 1
+        try:
+            async with stream:
+                if self.connections > self.max_connections and not self._make_room():
+                    self.refused += 1
+                    await self._send(stream, _response("503 Service Unavailable", [], b""))
+                    return
+                try:
+                    request = await self._read(stream)
+                except _BadRequest as bad:
+                    await self._send(stream, _response(bad.status, [], b""))
+                    return
+                if request is not None:
+                    await self._send(stream, await self._answer(request))
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            pass  # the client went away
+        finally:
+            self.connections -= 1
+
+    def _make_room(self) -> bool:
+        """At the cap: push out the oldest connection still waiting for its request, if any."""
+        for key, scope in self._waiting.items():
+            del self._waiting[key]
+            scope.cancel()
+            self.evicted += 1
+            return True
+        return False
+
+    async def _read(self, stream: anyio.abc.SocketStream) -> _Request | None:
+        """The request, or None if it did not come in time, the connection was pushed out or
+        closed."""
+        scope = anyio.CancelScope(deadline=anyio.current_time() + self.timeout)
+        key = id(scope)
+        self._waiting[key] = scope
+        head = b""
+        try:
+            with scope:
+                while b"\r\n\r\n" not in head:
+                    if len(head) > MAX_REQUEST_BYTES:
+                        raise _BadRequest("431 Request Header Fields Too Large")
+                    try:
+                        head += await stream.receive(4096)
+                    except anyio.EndOfStream:
+                        return None
+        finally:
+            self._waiting.pop(key, None)
+        if scope.cancelled_caught:
+            if not scope.cancel_called or scope.deadline <= anyio.current_time():
+                self.timed_out += 1
+            return None
+        end = head.index(b"\r\n\r\n")
+        if end > MAX_REQUEST_BYTES:
+            raise _BadRequest("431 Request Header Fields Too Large")
+        return _parse(head[:end])
+
+    async def _send(self, stream: anyio.abc.SocketStream, data: bytes) -> None:
+        """Send within the timeout: a client that does not read is dropped."""
+        with anyio.move_on_after(self.timeout):
+            await stream.send(data)
+
+    async def _answer(self, request: _Request) -> bytes:
+        """The response to a request, as prometheus-client's own server answers it."""
+        allow = [("Allow", "OPTIONS,GET,HEAD")]
+        if request.method == "OPTIONS":
+            return _response("200 OK", allow, b"")
+        if request.method not in ("GET", "HEAD"):
+            body = f"# HTTP 405 Method Not Allowed: {request.method}; use GET\n".encode()
+            return _response("405 Method Not Allowed", allow, body)
+        if request.path == "/favicon.ico":
+            return _response("200 OK", [], b"")
+        headers, body = await anyio.to_thread.run_sync(
+            self._render, request, limiter=self._render_limiter
+        )
+        return _response("200 OK", headers, b"" if request.method == "HEAD" else body)
+
+    def _render(self, request: _Request) -> tuple[list[tuple[str, str]], bytes]:
+        """The exposition text (OpenMetrics if the client asks for it), in a worker thread."""
+        exposition = self._prometheus.exposition
+        encoder, content_type = exposition.choose_encoder(request.headers.get("accept", ""))
+        registry = self.registry
+        names = parse_qs(request.query).get("name[]")
+        if names:
+            registry = registry.restricted_registry(names)
+        body: bytes = encoder(registry)
+        headers = [("Content-Type", content_type)]
+        if exposition.gzip_accepted(request.headers.get("accept-encoding", "")):
+            body = gzip.compress(body)
+            headers.append(("Content-Encoding", "gzip"))
+        return headers, body
