@@ -55,10 +55,13 @@ from .kinds import (
     KINDS,
     coerce_number,
     distinct_restore,
+    exact_std,
+    exact_variance,
     exp2,
     name_error,
     ratio_of,
     sqrt_pos,
+    welford_of,
 )
 
 __all__ = ["CompiledGroup", "compile_group"]
@@ -119,6 +122,9 @@ class _Builder:
             "_ratio": ratio_of,
             "_wrap": name_error,
             "_sqrt_pos": sqrt_pos,
+            "_exact_variance": exact_variance,
+            "_exact_std": exact_std,
+            "_welford_of": welford_of,
             "_exp2": exp2,
             "_distinct_add": distinct_add,
             "_distinct_value": distinct_value,
@@ -310,11 +316,17 @@ class _Builder:
         kind = KINDS[tag]
         name = repr(str(feature.name))
         body: list[str] = []
-        update = [
-            self.render(line, index, S="S")
-            for line in kind.update.splitlines()
-            if not self._shared_line(line, index)
-        ] or ["pass"]
+        reused = self.reused[index]
+        if reused and reused >= {role for role, _ in kind.slots}:
+            # another feature updates every slot (a std beside a variance): nothing to do,
+            # and a multi-line update (Welford's) cannot be filtered line by line
+            update = ["pass"]
+        else:
+            update = [
+                self.render(line, index, S="S")
+                for line in kind.update.splitlines()
+                if not self._shared_line(line, index)
+            ] or ["pass"]
         if kind.field:
             var = self.fields[feature.field]
             if kind.numeric:

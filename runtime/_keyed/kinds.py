@@ -21,10 +21,13 @@ __all__ = [
     "Kind",
     "coerce_number",
     "distinct_restore",
+    "exact_std",
+    "exact_variance",
     "exp2",
     "name_error",
     "ratio_of",
     "sqrt_pos",
+    "welford_of",
 ]
 
 INF = math.inf
@@ -93,6 +96,30 @@ def sqrt_pos(x: float) -> float:
     return math.sqrt(x) if x > 0 else 0.0
 
 
+def exact_variance(n: int, total: int, squares: int, ddof: int) -> float | None:
+    """The variance of ``n > ddof`` ints from their exact sum and sum of squares: one
+    correctly rounded division, as the sliding window's; ``None`` beyond a float's range."""
+    try:
+        return (n * squares - total * total) / (n * (n - ddof))
+    except OverflowError:
+        return None
+
+
+def exact_std(n: int, total: int, squares: int, ddof: int) -> float | None:
+    """The square root of :func:`exact_variance`."""
+    variance = exact_variance(n, total, squares, ddof)
+    return None if variance is None else math.sqrt(variance)
+
+
+def welford_of(n: int, total: int, squares: int) -> tuple[float, float]:
+    """An exact state (``n`` ints, their sum and sum of squares) as Welford's mean and sum of
+    squared deviations, each correctly rounded. Raises ``OverflowError`` beyond a float's
+    range, before the caller changes anything."""
+    if not n:
+        return 0.0, 0.0
+    return total / n, (n * squares - total * total) / n
+
+
 def exp2(x: float) -> float:
     return float(2.0**x)
 
@@ -123,16 +150,46 @@ class Kind:
 _MINMAX_MERGE = "{R.v} = {B.v} if {A.v} is None else {A.v} if {B.v} is None else {OP}({A.v}, {B.v})"
 
 # Welford's online algorithm; Chan et al.'s formula to merge. ``std`` shares it.
+#
+# While every value is an ``int``, the triple is exact instead: ``m`` holds the sum and ``q``
+# the sum of squares, as Python ints, and the variance is one correctly rounded division
+# (``exact_variance``), as the sliding window's. Converting each int to a float first would
+# drop the low digits of ints beyond 2**53. The type of ``q`` says which form a state is in
+# (``int``: exact, the initial form; ``float``: Welford); the first float value converts an
+# exact state to Welford for good (``welford_of``). The float path tests that type once.
+_WELFORD_STEP = (
+    "    _n = {S.n} + 1\n"
+    "    _d = v - {S.m}\n"
+    "    {S.m} += _d / _n\n"
+    "    {S.q} += _d * (v - {S.m})\n"
+    "    {S.n} = _n\n"
+)
 _WELFORD = Kind(
-    (("n", 0), ("m", 0.0), ("q", 0.0)),
-    "_n = {S.n} + 1\n_d = v - {S.m}\n{S.m} += _d / _n\n{S.q} += _d * (v - {S.m})\n{S.n} = _n",
-    "({S.q} / ({S.n} - {p.ddof}) if {S.n} > {p.ddof} else None)",
-    "_n = {A.n} + {B.n}\n"
-    "if _n:\n"
-    "    _d = {B.m} - {A.m}\n"
-    "    {R.m} = {A.m} + _d * {B.n} / _n\n"
-    "    {R.q} = {A.q} + {B.q} + _d * _d * {A.n} * {B.n} / _n\n"
-    "{R.n} = _n",
+    (("n", 0), ("m", 0), ("q", 0)),
+    "if {S.q}.__class__ is float:\n" + _WELFORD_STEP + "elif v.__class__ is int:\n"
+    "    {S.m} += v\n"
+    "    {S.q} += v * v\n"
+    "    {S.n} += 1\n"
+    "else:\n"
+    "    {S.m}, {S.q} = _welford_of({S.n}, {S.m}, {S.q})\n" + _WELFORD_STEP,
+    "(({S.q} / ({S.n} - {p.ddof}) if {S.q}.__class__ is float"
+    " else _exact_variance({S.n}, {S.m}, {S.q}, {p.ddof})) if {S.n} > {p.ddof} else None)",
+    "if {A.q}.__class__ is int and {B.q}.__class__ is int:\n"
+    "    {R.m} = {A.m} + {B.m}\n"
+    "    {R.q} = {A.q} + {B.q}\n"
+    "    {R.n} = {A.n} + {B.n}\n"
+    "else:\n"
+    "    _ma, _qa = (\n"
+    "        ({A.m}, {A.q}) if {A.q}.__class__ is float else _welford_of({A.n}, {A.m}, {A.q})\n"
+    "    )\n"
+    "    _mb, _qb = (\n"
+    "        ({B.m}, {B.q}) if {B.q}.__class__ is float else _welford_of({B.n}, {B.m}, {B.q})\n"
+    "    )\n"
+    "    _n = {A.n} + {B.n}\n"
+    "    _d = _mb - _ma\n"
+    "    {R.m} = _ma + _d * {B.n} / _n if _n else 0.0\n"
+    "    {R.q} = _qa + _qb + _d * _d * {A.n} * {B.n} / _n if _n else 0.0\n"
+    "    {R.n} = _n",
     numeric=True,
     share=(("n", "welford.n"), ("m", "welford.m"), ("q", "welford.q")),
 )
@@ -196,7 +253,8 @@ KINDS: dict[str, Kind] = {
     "variance": _WELFORD,
     "std": dataclasses.replace(
         _WELFORD,
-        value="(_sqrt_pos({S.q} / ({S.n} - {p.ddof})) if {S.n} > {p.ddof} else None)",
+        value="((_sqrt_pos({S.q} / ({S.n} - {p.ddof})) if {S.q}.__class__ is float"
+        " else _exact_std({S.n}, {S.m}, {S.q}, {p.ddof})) if {S.n} > {p.ddof} else None)",
     ),
     # Weighted sums referred to the newest event time T: sum(v_i * 2**((t_i - T) / h)) and
     # sum(2**((t_i - T) / h)). Every weight is <= 1, so nothing overflows, and the mean does not

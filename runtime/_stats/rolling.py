@@ -78,8 +78,12 @@ class RunningMoments:
     """Count, sum, mean, variance and standard deviation, with O(1) ``add``, ``remove`` and
     ``merge``.
 
-    The variance is Welford's online algorithm; ``remove`` is its exact algebraic inverse, and
-    ``merge`` is Chan et al.'s pairwise formula. The mean is ``sum / count``, as for the ``mean``
+    While every value held is an ``int``, the state is exact: the sum and the sum of squares
+    are Python ints, and the variance is one correctly rounded division of exact integers, so
+    ints beyond 2**53 keep their low digits (the sliding window's ``WindowMoments`` gives the
+    same float). The first ``float`` turns the state into Welford's online algorithm for good
+    (until it is emptied); ``remove`` is then its exact algebraic inverse, and ``merge`` is
+    Chan et al.'s pairwise formula. The mean is ``sum / count``, as for the ``mean``
     aggregate, so it is exact for integers while their sum fits a float's precision.
 
     Floating-point caveat: adding and later subtracting a value does not always restore the
@@ -97,14 +101,35 @@ class RunningMoments:
     def __init__(self) -> None:
         self._n = 0
         self._sum: float = 0
-        #: Welford's running mean and sum of squared deviations from it (M2)
+        #: Welford's running mean and sum of squared deviations from it (M2); while every
+        #: value is an int, ``_q`` is instead the exact int sum of squares (its type says
+        #: which) and ``_mean`` is unused
         self._mean = 0.0
-        self._q = 0.0
+        self._q: float = 0
 
     def __len__(self) -> int:
         return self._n
 
+    def _welford(self) -> tuple[float, float]:
+        """Welford's mean and M2 of the values held, converted from the exact form if need be
+        (each correctly rounded; ``OverflowError`` beyond a float's range)."""
+        q, n = self._q, self._n
+        if q.__class__ is float:
+            return self._mean, q
+        if not n:
+            return 0.0, 0.0
+        total = self._sum
+        return total / n, (n * q - total * total) / n
+
     def add(self, x: float) -> None:
+        q = self._q
+        if q.__class__ is int:
+            if x.__class__ is int:
+                self._q = q + x * x
+                self._n += 1
+                self._sum += x
+                return
+            self._mean, self._q = self._welford()
         n = self._n + 1
         d = x - self._mean
         self._mean += d / n
@@ -119,8 +144,15 @@ class RunningMoments:
             if n < 0:
                 raise ValueError("remove from an empty RunningMoments")
             # Empty again: start from exact zeros rather than from accumulated rounding.
-            self._n, self._sum, self._mean, self._q = 0, 0, 0.0, 0.0
+            self._n, self._sum, self._mean, self._q = 0, 0, 0.0, 0
             return
+        if self._q.__class__ is int:
+            if x.__class__ is int:
+                self._q -= x * x
+                self._n = n
+                self._sum -= x
+                return
+            self._mean, self._q = self._welford()
         mean = self._mean
         earlier = mean - (x - mean) / n
         q = self._q - (x - earlier) * (x - mean)
@@ -135,10 +167,17 @@ class RunningMoments:
         if not self._n:
             self._n, self._sum, self._mean, self._q = other._n, other._sum, other._mean, other._q
             return
+        if self._q.__class__ is int and other._q.__class__ is int:
+            self._q += other._q
+            self._sum += other._sum
+            self._n += other._n
+            return
+        mean_a, q_a = self._welford()
+        mean_b, q_b = other._welford()
         n = self._n + other._n
-        d = other._mean - self._mean
-        self._mean += d * other._n / n
-        self._q += other._q + d * d * self._n * other._n / n
+        d = mean_b - mean_a
+        self._mean = mean_a + d * other._n / n
+        self._q = q_a + q_b + d * d * self._n * other._n / n
         self._sum += other._sum
         self._n = n
 
@@ -166,7 +205,17 @@ class RunningMoments:
         """
         if ddof != 0 and ddof != 1:
             raise ValueError(f"ddof must be 0 or 1, got {ddof!r}")
-        return self._q / (self._n - ddof) if self._n > ddof else None
+        n, q = self._n, self._q
+        if n <= ddof:
+            return None
+        if q.__class__ is float:
+            return q / (n - ddof)
+        total = self._sum
+        try:
+            # exact: one correctly rounded division, as WindowMoments.variance
+            return (n * q - total * total) / (n * (n - ddof))
+        except OverflowError:
+            return None  # beyond a float's range
 
     def std(self, ddof: int = 1) -> float | None:
         """The square root of ``variance(ddof)``."""
@@ -185,7 +234,10 @@ class RunningMoments:
         state._n = n
         state._sum = record["sum"]
         state._mean = float(record["mean"])
-        state._q = float(record["m2"])
+        m2 = record["m2"]
+        # an int M2 with an int sum is the exact form (a sum of squares), kept as it is
+        exact = m2.__class__ is int and state._sum.__class__ is int
+        state._q = m2 if exact else float(m2)
         return state
 
 

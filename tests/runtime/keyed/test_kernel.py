@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import math
+import statistics
 from typing import Any
 
 import hypothesis.strategies as st
@@ -97,6 +98,41 @@ def test_merging_two_partial_states_equals_the_state_of_the_whole_stream(
         # merged moments and weights round differently from the whole stream's
         assert same(a, b, rel_tol=1e-7, abs_tol=1e-6), (name, a, b)
     assert merged.t_ == whole.t_
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(-(2**100), 2**100), min_size=2, max_size=40), st.data())
+def test_the_variance_of_ints_is_exact_through_updates_and_merges(
+    xs: list[int], data: st.DataObject
+) -> None:
+    group = compile_group(MERGEABLE)
+    assert group.merge is not None
+    stream = [(T0 + i, {"x": x, "d": 0, "flag": True}) for i, x in enumerate(xs)]
+    split = data.draw(st.integers(min_value=0, max_value=len(stream)), label="split")
+    merged = group.merge(apply(group, stream[:split]), apply(group, stream[split:]))
+    # statistics computes in fractions: its result, as a float, is the exact value rounded
+    sample, population = float(statistics.variance(xs)), float(statistics.pvariance(xs))
+    for state in (apply(group, stream), merged):
+        values = dict(zip(group.names, group.values(state), strict=True))
+        assert values["var"] == sample
+        assert values["sd"] == math.sqrt(population)
+        assert values["avg"] == sum(xs) / len(xs)
+        positive = [x for x in xs if x > 0]
+        expected = float(statistics.variance(positive)) if len(positive) > 1 else None
+        assert values["var_big"] == expected
+
+
+def test_the_variance_turns_to_welford_at_the_first_float() -> None:
+    group = compile_group([Variance(name="var", field="x")])
+    ints = [2**60, 2**60 + 2, 2**60 + 4]
+    state = apply(group, [(T0 + i, {"x": x}) for i, x in enumerate(ints)])
+    assert group.values(state) == (4.0,)
+    mixed = [*ints, 1.5e18, 2**60 + 1]
+    state = apply(group, [(T0 + i, {"x": x}) for i, x in enumerate(mixed)])
+    assert math.isclose(group.values(state)[0], statistics.variance(mixed), rel_tol=1e-12)
+    # a sum of squares beyond a float's range: None, as a sliding window's variance
+    state = apply(group, [(T0, {"x": 2**600}), (T0 + 1, {"x": -(2**600)})])
+    assert group.values(state) == (None,)
 
 
 def test_merge_leaves_its_inputs_unchanged() -> None:

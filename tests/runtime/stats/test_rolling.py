@@ -109,6 +109,40 @@ def test_running_moments_integer_sum_and_mean_stay_exact_through_evictions() -> 
     assert state.mean() == sum(held) / len(held)
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(-(2**100), 2**100), min_size=2, max_size=40), st.data())
+def test_running_moments_of_ints_are_exact_through_adds_removes_and_merges(
+    values: list[int], data: st.DataObject
+) -> None:
+    cut = data.draw(st.integers(0, len(values)))
+    left, right = RunningMoments(), RunningMoments()
+    for x in values[:cut]:
+        left.add(x)
+    for x in values[cut:]:
+        right.add(x)
+    left.merge(right)
+    gone = data.draw(st.integers(0, len(values) - 2))
+    for x in values[:gone]:
+        left.remove(x)
+    held = values[gone:]
+    # statistics computes in fractions: its result, as a float, is the exact value rounded
+    assert left.variance(1) == float(statistics.variance(held))
+    assert left.variance(0) == float(statistics.pvariance(held))
+    assert left.sum() == sum(held)
+
+
+def test_running_moments_turn_to_welford_at_the_first_float() -> None:
+    state = RunningMoments()
+    for x in (2**60, 2**60 + 2, 2**60 + 4):
+        state.add(x)
+    assert state.variance(0) == 8 / 3
+    state.add(1.5e18)
+    values = [2**60, 2**60 + 2, 2**60 + 4, 1.5e18]
+    assert math.isclose(state.variance(1) or 0, statistics.variance(values), rel_tol=1e-12)
+    restored = RunningMoments.from_record(_through_msgspec(state.to_record()))
+    assert restored.to_record() == state.to_record()
+
+
 def test_running_moments_stay_close_to_a_fresh_computation_after_many_evictions() -> None:
     # A sliding window of 50 over 20,000 values with a large offset and spread: the worst case
     # for subtracting on evict. The drift must stay far below the values' own scale.
