@@ -15,7 +15,7 @@ from bisect import bisect_left, insort
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal, Self, cast
 
-from ddsketch import DDSketch, LogarithmicMapping
+from ddsketch import LogarithmicMapping
 from ddsketch.ddsketch import BaseDDSketch
 from ddsketch.store import DenseStore
 from sortedcontainers import SortedList  # type: ignore[import-untyped]
@@ -193,6 +193,20 @@ def _store_from_record(bins: Any, field: str) -> DenseStore:
     return store
 
 
+def _mapping(alpha: float) -> LogarithmicMapping:
+    """DDSketch's logarithmic mapping, with every non-zero magnitude in a bin of its own sign.
+
+    DDSketch counts a magnitude at most ``min_possible`` (``sys.float_info.min * gamma``, about
+    2.3e-308) as zero, which gives a subnormal value an answer of ``0.0``: a relative error of
+    1. Its mapping handles them well: ``math.log`` is exact enough there, and a bin's value
+    lands within ``alpha * |x|`` of ``x`` plus the rounding to the subnormal grid (at most one
+    spacing, 4.9e-324, checked for every subnormal). So only exact zeros go to the zero count.
+    """
+    mapping = LogarithmicMapping(alpha)
+    mapping.min_possible = 0.0
+    return mapping
+
+
 class QuantileSketch:
     """Approximate quantiles with a relative-error guarantee: a ``ddsketch.DDSketch``.
 
@@ -201,17 +215,25 @@ class QuantileSketch:
     (up to float rounding, a few ulps). So the reference is numpy's ``"lower"`` quantile, not the
     nearest rank, and the error is relative to that value: ``y`` has the sign of ``x[i]``, and is
     exactly ``0.0`` when ``x[i]`` is zero. Negative values have their own store and the same
-    guarantee. The one exception: a magnitude of at most
-    ``sys.float_info.min * (1 + alpha) / (1 - alpha)`` (about 2.3e-308) counts as zero, so there
-    the error is absolute, below that bound.
+    guarantee. Two ends of the float range, where a float itself cannot do better:
+
+    - a subnormal magnitude (below ``sys.float_info.min``, 2.2e-308) has fewer significant
+      bits, so there the answer is within ``alpha * |x[i]|`` plus the spacing of subnormals
+      (``5e-324``);
+    - a magnitude above :attr:`limit` (``sys.float_info.max * (1 - alpha) / (1 + alpha)``,
+      about 1.76e308 at ``alpha = 0.01``), the largest the sketch's bins reach, counts as
+      ``limit`` (with its sign): an answer at such a rank is within ``alpha`` of ``limit``,
+      below the value by at most a factor ``(1 + alpha) / (1 - alpha)``. Every other value and
+      rank keeps the guarantee, and no finite value is refused.
 
     Values are binned on a logarithmic scale with ratio ``(1 + alpha) / (1 - alpha)``; each sign
     keeps a dense list of bins from its smallest to its largest magnitude, so memory grows with
     the logarithm of the range of magnitudes, not with the count: 551 bins for 1 to 60,000 at
-    alpha 0.01, and at most 70,904 (the whole float range) however wild the data. ``add`` is
-    O(1) amortized; ``quantile`` and ``merge`` are O(bins). Merging is exact: the merged sketch
-    equals the sketch of all the values. ``remove(x)`` decrements the bin of ``x``, so a sliding
-    window can forget values it added: the sketch then equals one built from the values left.
+    alpha 0.01, and at most 72,708 (the whole float range, subnormals too) however wild the
+    data. ``add`` is O(1) amortized; ``quantile`` and ``merge`` are O(bins). Merging is exact:
+    the merged sketch equals the sketch of all the values. ``remove(x)`` decrements the bin of
+    ``x``, so a sliding window can forget values it added: the sketch then equals one built
+    from the values left.
     """
 
     __slots__ = ("_alpha", "_limit", "_sketch")
@@ -221,9 +243,12 @@ class QuantileSketch:
         if not 0 < alpha < 1:
             raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
         self._alpha = float(alpha)
-        self._sketch: BaseDDSketch = DDSketch(relative_accuracy=self._alpha)
+        mapping = _mapping(self._alpha)
+        self._sketch: BaseDDSketch = BaseDDSketch(
+            mapping=mapping, store=DenseStore(), negative_store=DenseStore(), zero_count=0.0
+        )
         #: the largest magnitude the sketch can map to a bin
-        self._limit: float = LogarithmicMapping(self._alpha).max_possible
+        self._limit: float = mapping.max_possible
 
     @property
     def alpha(self) -> float:
@@ -237,17 +262,26 @@ class QuantileSketch:
     def __len__(self) -> int:
         return int(self._sketch.count)
 
+    @property
+    def limit(self) -> float:
+        """The largest magnitude the bins reach; a larger one counts as this (see above)."""
+        return self._limit
+
     def check(self, x: float) -> None:
-        """Raise ``ValueError`` for a value ``add`` refuses (see there)."""
-        limit = self._limit
-        if not -limit <= x <= limit:
-            raise ValueError(f"x must be a finite number of magnitude <= {limit:.4g}, got {x!r}")
+        """Raise ``ValueError`` for a value ``add`` refuses: NaN or an infinity."""
+        if not -math.inf < x < math.inf:
+            raise ValueError(f"x must be a finite number, got {x!r}")
+
+    def _clamped(self, x: float) -> float:
+        """``x`` within ``[-limit, limit]``; ``ValueError`` for NaN or an infinity."""
+        self.check(x)
+        return self._limit if x > 0 else -self._limit
 
     def add(self, x: float) -> None:
-        """Add a value; raises ``ValueError`` for NaN, an infinity or a magnitude above about
-        ``1.7e308`` (DDSketch would count NaN as zero)."""
-        self.check(x)
-        self._sketch.add(x)
+        """Add a value; a magnitude above :attr:`limit` counts as ``limit``. Raises
+        ``ValueError`` for NaN or an infinity (DDSketch would count NaN as zero)."""
+        limit = self._limit
+        self._sketch.add(x if -limit <= x <= limit else self._clamped(x))
 
     def quantile(self, q: float) -> float | None:
         """The value at quantile ``q`` in [0, 1], within the guarantee above; ``None`` when
@@ -266,6 +300,9 @@ class QuantileSketch:
         """
         sketch = self._sketch
         mapping = sketch._mapping
+        limit = self._limit
+        if not -limit <= x <= limit:
+            x = self._clamped(x)  # as add counted it
         if x > mapping.min_possible:
             store, key = sketch._store, mapping.key(x)
         elif x < -mapping.min_possible:
@@ -320,7 +357,7 @@ class QuantileSketch:
         if isinstance(zero, bool) or not isinstance(zero, int) or zero < 0:
             raise ValueError(f"record field 'zero' must be an int >= 0, got {zero!r}")
         state._sketch = BaseDDSketch(
-            mapping=LogarithmicMapping(state._alpha),
+            mapping=_mapping(state._alpha),
             store=_store_from_record(record["positive"], "positive"),
             negative_store=_store_from_record(record["negative"], "negative"),
             zero_count=float(zero),

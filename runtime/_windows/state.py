@@ -517,15 +517,11 @@ class Accumulator(_ValueReaders):
 def check_value(needs: Needs, v: Any) -> None:
     """Raise for a value a buffer with ``needs`` would refuse, before anything changes:
     ``TypeError`` for an unhashable value where values are counted (``top_k``,
-    ``distinct_count``), ``ValueError`` for a number beyond a quantile sketch's range."""
+    ``distinct_count``). A quantile sketch refuses no number that reaches it (the engine has
+    refused NaN, infinities and ints beyond a float's range): it counts a magnitude beyond its
+    bins as its largest, so such a value never costs the features sharing its buffer."""
     if needs.frequent or needs.distinct:
         hash(v)
-    if needs.sketch is not None and not -_SKETCH_LIMIT <= v <= _SKETCH_LIMIT:
-        raise ValueError(f"{v!r} is beyond the quantile sketch's range (+-{_SKETCH_LIMIT:.3g})")
-
-
-#: the largest magnitude every sketch accepts (DDSketch maps up to about 1.7e308 / (1 + alpha))
-_SKETCH_LIMIT = 1e307
 
 
 def _std(state: Any, ddof: int) -> float | None:

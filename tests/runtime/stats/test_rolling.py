@@ -429,6 +429,8 @@ sketch_values = st.one_of(
     st.floats(min_value=-1e9, max_value=1e9, allow_nan=False, allow_infinity=False),
     st.floats(min_value=1e-300, max_value=1e300),
     st.floats(min_value=-1e300, max_value=-1e-300),
+    st.floats(min_value=5e-324, max_value=1e-300),
+    st.floats(min_value=-1e-300, max_value=-5e-324),
     st.just(0.0),
 )
 QUANTILES = (0.0, 0.5, 0.9, 0.95, 0.99, 1.0)
@@ -448,17 +450,13 @@ def test_sketch_quantiles_are_within_alpha_of_the_exact_lower_quantile(
 ) -> None:
     sketch = _sketch_of(values, alpha)
     ordered = sorted(values)
-    # DDSketch's smallest distinguishable magnitude: anything at most this counts as zero
-    tiny = sys.float_info.min * (1 + 2 * alpha / (1 - alpha))
     assert sketch.count == len(sketch) == len(values)
     for q in QUANTILES:
         exact = ordered[math.floor(q * (len(values) - 1))]
         got = sketch.quantile(q)
-        if abs(exact) <= tiny:
-            assert got == 0.0
-        else:
-            assert got is not None
-            assert abs(got - exact) <= alpha * abs(exact) * (1 + 1e-9), (q, exact, got)
+        assert got is not None and (got == 0.0) == (exact == 0)
+        # below sys.float_info.min, plus the spacing of subnormal floats
+        assert abs(got - exact) <= alpha * abs(exact) * (1 + 1e-9) + 5e-324, (q, exact, got)
 
 
 def test_sketch_keeps_the_sign_of_negative_values_and_returns_zero_exactly() -> None:
@@ -521,10 +519,47 @@ def test_sketch_rejects_q_outside_0_to_1() -> None:
 
 def test_sketch_rejects_nan_and_infinities() -> None:
     sketch = QuantileSketch()
-    for x in (math.nan, math.inf, -math.inf, 1.79e308):
+    for x in (math.nan, math.inf, -math.inf):
         with pytest.raises(ValueError, match="x must be a finite number"):
             sketch.add(x)
     assert len(sketch) == 0
+
+
+@pytest.mark.parametrize("alpha", [0.001, 0.01, 0.5, 0.9])
+def test_sketch_counts_a_magnitude_beyond_its_bins_as_its_largest(alpha: float) -> None:
+    sketch = QuantileSketch(alpha)
+    limit = sketch.limit
+    assert limit == sys.float_info.max / (1 + 2 * alpha / (1 - alpha))
+    huge = [sys.float_info.max, -sys.float_info.max, 2**1023, limit * 1.0000001]
+    for x in huge:
+        sketch.add(x)
+    assert len(sketch) == 4
+    for q, sign in ((0.0, -1), (1.0, 1)):
+        got = sketch.quantile(q)
+        assert got is not None and math.copysign(1, got) == sign
+        assert abs(abs(got) - limit) <= alpha * limit * (1 + 1e-9)
+    # removal undoes the add of the same value, clamped alike
+    for x in huge:
+        sketch.remove(x)
+    assert sketch.to_record() == QuantileSketch(alpha).to_record()
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(st.floats(min_value=5e-324, max_value=sys.float_info.min * 4), min_size=1),
+    st.sampled_from([0.001, 0.01, 0.05, 0.5]),
+)
+def test_sketch_keeps_the_relative_error_for_subnormal_magnitudes(
+    values: list[float], alpha: float
+) -> None:
+    sketch = _sketch_of([-x for x in values] + values, alpha)
+    ordered = sorted([-x for x in values] + values)
+    for q in QUANTILES:
+        exact = ordered[math.floor(q * (len(ordered) - 1))]
+        got = sketch.quantile(q)
+        # the guarantee, plus the spacing of subnormal floats (a float cannot do better)
+        assert got is not None and got != 0.0
+        assert abs(got - exact) <= alpha * abs(exact) * (1 + 1e-9) + 5e-324, (q, exact, got)
 
 
 def test_sketch_merge_of_different_alphas_raises() -> None:
