@@ -339,7 +339,18 @@ class _Builder:
         else:
             body.extend(update)
         if feature.where is not None:
-            body = [f"if {self.where_expr(feature.where)}:"] + ["    " + line for line in body]
+            # a value the condition cannot test (a str against a number for ``<``, a list for
+            # ``in``) is the same error as for a windowed feature: ``Where.mismatch`` builds it.
+            # The inner try costs nothing while nothing raises.
+            where = self.constant(feature.where)
+            body = [
+                "try:",
+                f"    _w = {self.where_expr(feature.where)}",
+                "except TypeError as _exc:",
+                f"    raise {where}.mismatch(ev.get({str(feature.where.field)!r}), _exc) from _exc",
+                "if _w:",
+                *("    " + line for line in body),
+            ]
         lines = ["try:"] + ["    " + line for line in body]
         record = "(len(out), key, t" if emit else "(key, t"
         wrapped = f"_wrap(_exc, {self.input_of(feature)!r})"

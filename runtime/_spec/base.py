@@ -39,9 +39,16 @@ _OPERATORS: dict[str, Callable[[Any, Any], Any]] = {
     "<=": operator.le,
     ">": operator.gt,
     ">=": operator.ge,
-    "in": lambda actual, values: actual in values,
-    "not_in": lambda actual, values: actual not in values,
+    "in": lambda actual, values: _member(actual, values),
+    "not_in": lambda actual, values: not _member(actual, values),
 }
+
+
+def _member(actual: Any, values: tuple[Any, ...]) -> bool:
+    """``actual in values`` as a set would answer it: an unhashable value (a list, a dict) is a
+    ``TypeError``, not a non-member, as in the keyed kernel, which tests a frozenset."""
+    hash(actual)
+    return actual in values
 
 
 def _check_fraction(owner: object, path: str, value: object, high: int) -> None:
@@ -104,18 +111,33 @@ class Where(
 
         Raises:
             FeatureValueError: an ordering operator cannot compare the event's value with the
-                condition's (a string with a number, for example).
+                condition's (a string with a number, for example), or ``in``/``not_in`` got
+                an unhashable value (:meth:`mismatch`).
         """
         actual = event.get(self.field)
         if actual is None:
             return False
         try:
             return bool(_OPERATORS[self.op](actual, self.value))
-        except TypeError:
-            raise FeatureValueError(
-                f"{self.field}: cannot compare {actual!r} for {self.describe()}",
-                field=self.field,
-            ) from None
+        except TypeError as exc:
+            raise self.mismatch(actual, exc) from exc
+
+    def mismatch(self, actual: Any, error: TypeError) -> FeatureValueError:
+        """The error for an event value the condition cannot test, ``error`` as its cause.
+
+        Keyed and windowed features report the same error for the same value: the keyed
+        kernel, which compiles the condition, builds it here too.
+        """
+        shown = repr(actual)
+        if len(shown) > 60:  # an event's value may be large: the error is kept and logged
+            shown = shown[:57] + "..."
+        if self.op in _LIST_OPS:
+            text = f"{self.field}: cannot test {shown} for {self.describe()}: {error}"
+        else:
+            text = f"{self.field}: cannot compare {shown} for {self.describe()}"
+        wrapped = FeatureValueError(text, field=self.field)
+        wrapped.__cause__ = error
+        return wrapped
 
     def describe(self) -> str:
         """Return the condition as text: ``status == 'declined'``, ``country in ['US', 'CA']``."""

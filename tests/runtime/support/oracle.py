@@ -72,11 +72,30 @@ def matches(where: Any, event: Mapping[str, Any]) -> bool:
             return bool(value > where.value)
         if op == ">=":
             return bool(value >= where.value)
+        # membership as in a set: an unhashable value (a list, a dict) is an error
         if op == "in":
-            return value in list(where.value)
-        return value not in list(where.value)
+            return value in frozenset(where.value)
+        return value not in frozenset(where.value)
     except TypeError:
         return False  # the runtime reports an error for this feature and skips the event
+
+
+def where_error(where: Any, event: Mapping[str, Any]) -> bool:
+    """Whether the condition cannot test ``event``'s value: an error for the feature and the
+    event (a string against a number for an ordering, an unhashable value for ``in``)."""
+    if where is None:
+        return False
+    value = event.get(where.field)
+    if value is None:
+        return False
+    try:
+        if where.op in ("in", "not_in"):
+            hash(value)
+        elif where.op in ("<", "<=", ">", ">="):
+            _ = value < where.value
+    except TypeError:
+        return True
+    return False
 
 
 def _numeric(value: Any) -> bool:
