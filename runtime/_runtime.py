@@ -238,6 +238,7 @@ class FeatureRuntime:
             topology=self._topology,
             router=self._router,
             progress=self._progress,
+            ingest=self._ingest,
             register_lock=self._register_lock,
         )
         self._active_ingests = 0

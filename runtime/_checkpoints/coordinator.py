@@ -19,6 +19,7 @@ import anyio.to_thread
 from actors import KeyRouter, get_logger
 
 from .._exceptions import CheckpointError, ConfigError
+from .._ingest.router import Ingest
 from .._messages import RestoreSnapshot, ShardSnapshot, TakeSnapshot
 from .._topology import Group, JoinGroup, Topology, signature
 from .codec import state_codec
@@ -76,6 +77,7 @@ class CheckpointCoordinator:
         topology: the actors whose state is captured, and the sources whose caches are.
         router: the key groups (the unit a state moves between shards by) and their shards.
         progress: the input position recorded, and the gate that holds ingest back.
+        ingest: its counts of events accepted and rejected are recorded and restored too.
         register_lock: the runtime's lock on adding features: a checkpoint holds it, so that
             no group starts while the state is captured.
     """
@@ -87,9 +89,11 @@ class CheckpointCoordinator:
         topology: Topology,
         router: KeyRouter,
         progress: Progress,
+        ingest: Ingest,
         register_lock: anyio.Lock,
     ) -> None:
         self.config = config
+        self._ingest = ingest
         self.store = None if config is None else CheckpointStore(config.directory, config.keep)
         self._topology = topology
         self._router = router
@@ -158,6 +162,9 @@ class CheckpointCoordinator:
                     await progress.offset_calls_done.wait()
                 await self._topology.settle()
                 position, offset = progress.position, progress.offset
+                ingest = self._ingest
+                ingested = ingest.ingested_before + ingest.ingested
+                rejected = ingest.rejected_before + ingest.rejected
                 actors = await self._snapshot_actors()
                 caches = self._snapshot_caches() if self.config.caches else {}
             finally:
@@ -173,6 +180,8 @@ class CheckpointCoordinator:
                 shards=shards,
                 position=position,
                 offset=offset,
+                ingested=ingested,
+                rejected=rejected,
                 actors=actors,
                 caches=caches,
             )
@@ -296,6 +305,10 @@ class CheckpointCoordinator:
                 source.cache.load(codec.decode(blob))
         self._progress.position = checkpoint.position
         self._progress.offset = checkpoint.offset
+        if checkpoint.ingested is not None and checkpoint.rejected is not None:
+            # carried on by statistics; the ingest's own counts stay this run's (a replay's)
+            self._ingest.ingested_before = checkpoint.ingested
+            self._ingest.rejected_before = checkpoint.rejected
         self._sequence = checkpoint.sequence
         self.restored = CheckpointInfo(
             sequence=checkpoint.sequence,

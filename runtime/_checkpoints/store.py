@@ -119,6 +119,10 @@ class Checkpoint(msgspec.Struct, frozen=True, kw_only=True):
     position: int
     #: the input offset the caller gave with its last ingest call before it (None if never)
     offset: Any = None
+    #: of ``position``, the events accepted and rejected: ``statistics()`` carries them on
+    #: (None in files written before they were recorded)
+    ingested: int | None = None
+    rejected: int | None = None
     actors: list[ActorState] = []
     #: source name -> encoded cache rows, when ``CheckpointConfig.caches``
     caches: dict[str, bytes] = {}

@@ -87,8 +87,13 @@ class Ingest:
         self.created = [0.0] * shards
         self._locks = [anyio.Lock() for _ in range(shards)]
         self.unsent: list[list[Any] | None] = [None] * shards
+        #: events accepted and rejected by this run (a replay counts its events by these)
         self.ingested = 0
         self.rejected = 0
+        #: the same counts before the checkpoint this run restored, which statistics and the
+        #: next checkpoint carry on from
+        self.ingested_before = 0
+        self.rejected_before = 0
 
     def stream_index(self, stream: str | None) -> int:
         """The index of ``stream`` among the ingested streams (the first for None)."""

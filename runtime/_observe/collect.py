@@ -214,8 +214,8 @@ class Observer:
         return RuntimeMetrics(
             taken_at=now,
             uptime_s=now - self.started_at if self.started_at else 0.0,
-            events_ingested=self._ingest.ingested,
-            events_rejected=self._ingest.rejected,
+            events_ingested=self._ingest.ingested_before + self._ingest.ingested,
+            events_rejected=self._ingest.rejected_before + self._ingest.rejected,
             events_processed=processed,
             latency_p50_ms=_quantile_ms(latencies, 0.50),
             latency_p99_ms=_quantile_ms(latencies, 0.99),
@@ -307,8 +307,8 @@ class Observer:
         if not topology.groups:  # joins alone: the events they applied
             processed = max((j.events for j in joins.values()), default=0)
         return RuntimeStatistics(
-            events_ingested=self._ingest.ingested,
-            events_rejected=self._ingest.rejected,
+            events_ingested=self._ingest.ingested_before + self._ingest.ingested,
+            events_rejected=self._ingest.rejected_before + self._ingest.rejected,
             events_processed=processed,
             feature_errors=errors,
             keys=keys,
