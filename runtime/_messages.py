@@ -9,7 +9,7 @@ statistics, snapshots and restores. The poison-event helpers (:func:`set_aside`,
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -125,16 +125,22 @@ class ShardSnapshot:
 
     groups: dict[int, bytes]
     extra: bytes
+    #: the keys in ``groups``
     keys: int
+    #: keys whose state could not be encoded, left out of ``groups`` (each logged)
+    left_out: int = 0
 
 
 @dataclass(frozen=True)
 class RestoreSnapshot:
     """Ask: take these key groups' entries and these actor-level states (each from one actor
-    of the checkpoint; a rescaled restore gives one actor several or none)."""
+    of the checkpoint; a rescaled restore gives one actor several or none), decoded and
+    checked by the checkpoint coordinator: a restore cannot fail half-way in an actor."""
 
-    groups: list[bytes]
-    extras: list[bytes]
+    #: per key group, its ``(key, entry)`` pairs
+    groups: list[list[tuple[Any, Any]]]
+    #: per actor of the checkpoint, its counters
+    extras: list[dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -248,6 +254,23 @@ def set_aside(actor: Actor[Any], poison: list[Any], events: list[Any], **where: 
     poison_log(actor).add(poison, **where)
     bad = {id(item[2]) for item in poison}
     return [item for item in events if id(item[2]) not in bad]
+
+
+def log_left_out(left_out: Sequence[tuple[Any, Exception]], **where: Any) -> None:
+    """Log the keys a snapshot left out: their number, a few of them and the first reason."""
+    shown = []
+    for key, _ in left_out[:5]:
+        text = repr(key)
+        shown.append(text if len(text) <= 80 else text[:77] + "...")
+    _log.warning(
+        "checkpoint_keys_left_out",
+        **where,
+        keys=len(left_out),
+        first_keys=shown,
+        error=str(left_out[0][1]),
+        detail="their state cannot be encoded: the checkpoint holds the other keys; these "
+        "keys keep their live state, and a restore from this checkpoint starts them empty",
+    )
 
 
 def _describe(error: BaseException) -> str:

@@ -49,7 +49,7 @@ from ._exceptions import (
     RuntimeClosed,
     SpecError,
 )
-from ._ingest.events import EventReader, PayloadFormat
+from ._ingest.events import EventReader, PayloadFormat, keeps_of
 from ._ingest.router import Ingest
 from ._observe.collect import Observer
 from ._observe.metrics import ActorMailbox, RuntimeMetrics
@@ -546,6 +546,7 @@ class FeatureRuntime:
         Raises:
             UnknownFeature: a name in ``features`` is not a feature of the runtime.
             TypeError: the key is not a str, int or bytes.
+            ValueError: the key is an int beyond 64 bits, which ingest refuses.
         """
         return (await self.get_many([key], features))[key]
 
@@ -555,7 +556,9 @@ class FeatureRuntime:
         """Vectors of many keys, in the order given (duplicates once): one ask per shard and
         feature group instead of one per key. Same rules as :meth:`get`."""
         self._check_running()
-        wanted = list(dict.fromkeys(keys))
+        # an int key ingest refuses (beyond 64 bits) is refused here too, before a dict of
+        # keys is made: such keys can be chosen to collide in Python's hash
+        wanted = list(dict.fromkeys(self._reader.lookup_key(key) for key in keys))
         by_shard: dict[int, list[Any]] = {}
         for key in wanted:
             by_shard.setdefault(self._router.shard_of(key), []).append(key)
@@ -606,6 +609,8 @@ class FeatureRuntime:
             )
             await self._ingest.send_all()
             groups = await self._topology.add_groups(list(features), feature_set)
+            # the new features may keep event values as they are: screen those from now on
+            self._reader.keep(keeps_of(feature_set))
             for group in groups:
                 await self._coordinator.adopt(group)
         for group in groups:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import sys
 import time
+import weakref
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from operator import itemgetter
@@ -36,6 +37,7 @@ from ._messages import (
     TakeSnapshot,
     Tick,
     fail_batch,
+    log_left_out,
     poison_count,
     set_aside,
 )
@@ -231,7 +233,7 @@ class GroupShard(Actor[Any]):
         if isinstance(message, GetStats):
             return self._stats()
         if isinstance(message, TakeSnapshot):
-            return self.snapshot(message.key_group)
+            return self.take_snapshot(message.key_group)
         if isinstance(message, RestoreSnapshot):
             self.restore(message.groups, message.extras)
             return None
@@ -302,9 +304,20 @@ class GroupShard(Actor[Any]):
             for at, key in seen:
                 self.seen[key] = at
 
+    def take_snapshot(self, key_group: Callable[[Any], int]) -> ShardSnapshot | Exception:
+        """:meth:`snapshot`, or the exception it raised, as the reply: a snapshot that fails is
+        the checkpoint's failure, not the actor's (raised, it would count as a crash against
+        ``max_restarts``, and the actor's state is intact)."""
+        try:
+            return self.snapshot(key_group)
+        except Exception as exc:
+            _log.exception("snapshot_failed", group=self.group_name, shard=self.shard)
+            return exc
+
     def snapshot(self, key_group: Callable[[Any], int]) -> ShardSnapshot:
         """The actor's state, its keys split by key group, encoded (see
-        ``runtime._checkpoints.codec``)."""
+        ``runtime._checkpoints.codec``). A key whose state cannot be encoded is left out of
+        the snapshot alone, logged with its key and the reason (its live state is kept)."""
         by_group: dict[int, list[Any]] = {}
         entry = self.snapshot_entry
         for key, state in self.states.items():
@@ -314,25 +327,65 @@ class GroupShard(Actor[Any]):
                 items = by_group[group] = []
             items.append((key, entry(key, state)))
         codec = state_codec()
+        groups, left_out = codec.encode_key_groups(by_group)
+        if left_out:
+            log_left_out(left_out, group=self.group_name, shard=self.shard)
         return ShardSnapshot(
-            {group: codec.encode(items) for group, items in by_group.items()},
+            groups,
             codec.encode(self.snapshot_extra()),
-            len(self.states),
+            len(self.states) - len(left_out),
+            len(left_out),
         )
 
-    def restore(self, groups: list[bytes], extras: list[bytes]) -> None:
-        """Add the keys and counters of a checkpoint (see :meth:`snapshot`)."""
-        codec = state_codec()
+    def restore(self, groups: list[list[tuple[Any, Any]]], extras: list[dict[str, Any]]) -> None:
+        """Add the keys and counters of a checkpoint (see :meth:`snapshot`), decoded and
+        checked by the coordinator (:meth:`check_entry`, :meth:`check_extra`)."""
         seen: list[tuple[float, Any]] = []
         restore = self.restore_entry
-        for blob in groups:
-            for key, entry in codec.decode(blob):
+        for items in groups:
+            for key, entry in items:
                 at = restore(key, entry)
                 if at is not None:
                     seen.append((at, key))
-        for blob in extras:
-            self.restore_extra(codec.decode(blob))
+        for extra in extras:
+            self.restore_extra(extra)
         self.restored(seen)
+
+    @staticmethod
+    def check_entry(group: Any, entry: Any) -> str | None:
+        """Why ``entry``, decoded from a checkpoint, is not one :meth:`snapshot_entry` of
+        ``group`` makes, or None: the slots in number, each of the type of its initial value
+        where that is a number (a count, a time, a sum), and a last-seen time."""
+        if type(entry) is not tuple or len(entry) != 2:
+            return "an entry is not (slots, last seen)"
+        values, seen = entry
+        if seen is not None and type(seen) not in _NUMBERS:
+            return f"a last-seen time is a {type(seen).__name__}"
+        kinds = _slot_kinds(group)
+        if type(values) is not list or len(values) != len(kinds):
+            return f"an entry does not have the {len(kinds)} slots of the group"
+        for (slot, kind), value in zip(kinds, values, strict=True):
+            if kind is not None and type(value) not in kind:
+                return f"slot {slot} holds a {type(value).__name__}"
+        return None
+
+    @staticmethod
+    def check_extra(extra: Any) -> str | None:
+        """Why ``extra``, decoded from a checkpoint, is not one :meth:`snapshot_extra` makes."""
+        if type(extra) is not dict:
+            return "an actor's counters are not a map"
+        for name in ("events", "batches", "expired_keys"):
+            if type(extra.get(name)) is not int:
+                return f"an actor's counter {name} is not an int"
+        errors = extra.get("errors")
+        if type(errors) is not dict or any(
+            type(k) is not str or type(v) is not int for k, v in errors.items()
+        ):
+            return "an actor's error counts are not names and ints"
+        for name in ("max_time", "first_event_at", "last_event_at"):
+            if name not in extra or (extra[name] is not None and type(extra[name]) not in _NUMBERS):
+                return f"an actor's {name} is not a number"
+        return None
 
     def _stats(self) -> ShardStats:
         return ShardStats(
@@ -378,6 +431,30 @@ class GroupShard(Actor[Any]):
                 break
         table = sys.getsizeof(self.states) / keys
         return int((measured / counted + table) * keys)
+
+
+_NUMBERS = frozenset({int, float})
+
+
+def _slot_kinds(group: CompiledGroup) -> list[tuple[str, frozenset[type] | None]]:
+    """Each slot of ``group``'s state and the types a checkpoint may give it: numbers for a
+    slot that starts as a number, anything for one that starts as None (a first or last value,
+    a min, a distinct set). Made once per state class."""
+    kinds = _SLOT_KINDS.get(group.state_type)
+    if kinds is None:
+        fresh = group.new_state()
+        kinds = []
+        for slot in group.state_type.__slots__:  # type: ignore[attr-defined]
+            initial = getattr(fresh, slot, None)
+            kinds.append((slot, _NUMBERS if type(initial) in _NUMBERS else None))
+        _SLOT_KINDS[group.state_type] = kinds
+    return kinds
+
+
+#: per compiled state class, its slots' kinds (weak: a group's class goes with the group)
+_SLOT_KINDS: weakref.WeakKeyDictionary[type, list[tuple[str, frozenset[type] | None]]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def _latest(a: Any, b: Any) -> Any:

@@ -19,6 +19,16 @@ Classes are restored only if they are on the allow-list below (unlike pickle, a 
 cannot name a function to call), and each class's slot layout is written once in the header,
 so state from a different version of a class is refused with a clear error rather than
 misread.
+
+Bounds, so that no state and no file can make the codec fail other than with
+:class:`CheckpointError`: a graph nested deeper than :data:`MAX_DEPTH` containers is refused
+(MessagePack's encoder and decoder recurse, and so do the walkers here: the bound keeps them far
+below the interpreter's recursion limit, which a deeper tree would hit as a ``RecursionError``
+in the middle of a checkpoint); a ``str`` that is not valid Unicode (a lone surrogate) and an
+int beyond 64 bits are written in a form MessagePack holds; and decoding checks every node it
+reads (tags, lengths, indexes, the types of what each tag holds), so bytes that were not written
+by :meth:`StateCodec.encode` raise :class:`CheckpointError`, never a raw ``KeyError`` or
+``RecursionError``, and never allocate more than their own size suggests.
 """
 
 from __future__ import annotations
@@ -37,7 +47,14 @@ import msgspec
 
 from .._exceptions import CheckpointError
 
-__all__ = ["CheckpointError", "StateCodec", "state_codec"]
+__all__ = ["MAX_DEPTH", "CheckpointError", "StateCodec", "state_codec"]
+
+#: the deepest nesting of containers and objects a state may have. The deepest state the
+#: engines make is about 12 (a join's buffered event inside its key's buffers); ingest refuses
+#: event values nested deeper than 64 in the fields that state keeps, so 200 is never reached
+#: by valid input, and keeps the encoder's tree (two MessagePack levels per container) well
+#: inside the recursion limit.
+MAX_DEPTH = 200
 
 
 # tags
@@ -47,8 +64,9 @@ _LIST_ATOMS, _TUPLE_ATOMS, _DICT_STR_ATOMS, _OTHER, _UNSET = range(10, 15)
 _LIST_PAIRS, _DEQUE_PAIRS = range(15, 17)
 
 _ATOMS = frozenset({type(None), bool, int, float, str, bytes})
-#: the atoms taken without a check when ints may be beyond 64 bits
-_PLAIN_WIDE = _ATOMS - {int}
+#: the atoms taken without a check in a careful walk: ints may be beyond 64 bits, and strs may
+#: hold lone surrogates (neither of which MessagePack holds as they are)
+_PLAIN_CAREFUL = _ATOMS - {int, str}
 #: a slot that was never set
 _UNSET_SLOT = object()
 _INT64_MIN, _UINT64_MAX = -(2**63), 2**64 - 1
@@ -62,12 +80,36 @@ _OTHERS: dict[type, tuple[str, Callable[[Any], Any], Callable[[Any], Any]]] = {
         lambda d: [d.days, d.seconds, d.microseconds],
         lambda v: datetime.timedelta(*v),
     ),
+    datetime.time: ("time", datetime.time.isoformat, datetime.time.fromisoformat),
     decimal.Decimal: ("decimal", str, decimal.Decimal),
     uuid.UUID: ("uuid", str, uuid.UUID),
     # a distinct count's HyperLogLog registers
     bytearray: ("bytearray", bytes, bytearray),
 }
 _OTHERS_BY_NAME = {name: decode for name, _, decode in _OTHERS.values()}
+#: what each ``_OTHER`` holds, checked before it is decoded: ``bytearray(2**30)`` would
+#: allocate 1 GiB, ``tuple("abc")`` would be a tuple of letters
+_OTHERS_HOLD: dict[str, type] = {
+    "datetime": str,
+    "date": str,
+    "time": str,
+    "timedelta": list,
+    "decimal": str,
+    "uuid": str,
+    "bytearray": bytes,
+}
+#: a ``str`` that is not valid Unicode (lone surrogates), as its ``surrogatepass`` bytes
+_OTHERS_BY_NAME["str"] = lambda data: data.decode("utf-8", "surrogatepass")
+_OTHERS_HOLD["str"] = bytes
+
+
+def _timedelta(value: Any) -> datetime.timedelta:
+    if len(value) != 3 or set(map(type, value)) != {int}:
+        raise ValueError(f"a timedelta is [days, seconds, microseconds], got {value!r}")
+    return datetime.timedelta(*value)
+
+
+_OTHERS_BY_NAME["timedelta"] = _timedelta
 
 
 def _zero(_: Any) -> int:
@@ -89,6 +131,7 @@ def _add_singletons() -> None:
 
             _OTHERS[type(singleton)] = (label, _zero, rebuild)
             _OTHERS_BY_NAME[label] = rebuild
+            _OTHERS_HOLD[label] = int
 
 
 _add_singletons()
@@ -192,15 +235,59 @@ class StateCodec:
 
     # -- encoding ---------------------------------------------------------------------------------
     def encode(self, value: Any) -> bytes:
-        """``value`` as bytes. Raises :class:`CheckpointError` naming a type it cannot hold."""
-        try:
-            return self._encode(value, wide=False)
-        except OverflowError:
-            # an int beyond 64 bits (an exact sum can get there): walk again, checking each
-            return self._encode(value, wide=True)
+        """``value`` as bytes.
 
-    def _encode(self, value: Any, *, wide: bool) -> bytes:
-        walker = _Encoder(self._by_type, wide)
+        Raises:
+            CheckpointError: ``value`` holds a type the codec cannot restore (named), is
+                nested deeper than :data:`MAX_DEPTH`, or could not be read (an object whose
+                attribute raised, say: the message names the exception).
+        """
+        try:
+            try:
+                return self._encode(value, careful=False)
+            except (OverflowError, UnicodeEncodeError):
+                # an int beyond 64 bits (an exact sum can get there) or a str with a lone
+                # surrogate: walk again, checking each int and str
+                return self._encode(value, careful=True)
+        except CheckpointError:
+            raise
+        except Exception as exc:  # a checkpoint fails with one kind of error, naming the cause
+            raise CheckpointError(
+                f"cannot checkpoint the state: {type(exc).__name__}: {_brief(exc)}"
+            ) from exc
+
+    def encode_key_groups(
+        self, entries: dict[int, list[tuple[Any, Any]]]
+    ) -> tuple[dict[int, bytes], list[tuple[Any, CheckpointError]]]:
+        """Each key group's ``(key, entry)`` pairs encoded, leaving out alone a key whose
+        entry cannot be encoded: one bad value must not keep every other key out of every
+        checkpoint. Returns the encoded groups and the keys left out with their error.
+
+        A group is encoded in one piece; only a group that fails is encoded again key by key
+        (so the cost is paid where a key fails, not for every checkpoint).
+        """
+        blobs: dict[int, bytes] = {}
+        left_out: list[tuple[Any, CheckpointError]] = []
+        encode = self.encode
+        for group, items in entries.items():
+            try:
+                blobs[group] = encode(items)
+                continue
+            except CheckpointError:
+                pass
+            good = []
+            for item in items:
+                try:
+                    encode([item])
+                except CheckpointError as exc:
+                    left_out.append((item[0], exc))
+                else:
+                    good.append(item)
+            blobs[group] = encode(good)
+        return blobs, left_out
+
+    def _encode(self, value: Any, *, careful: bool) -> bytes:
+        walker = _Encoder(self._by_type, careful)
         with _no_gc():
             tree = walker.walk(value)
             header = {name: layout for name, layout in walker.classes.items()}
@@ -211,29 +298,56 @@ class StateCodec:
         """The value :meth:`encode` was given, rebuilt.
 
         Raises:
-            CheckpointError: the bytes are not a state this codec wrote, or name a class that
-                is not allowed or whose layout has changed since.
+            CheckpointError: the bytes are not a state this codec wrote (whatever is wrong
+                with them: a bad tag, length, index or type, nesting beyond
+                :data:`MAX_DEPTH`), or name a class that is not allowed or whose layout has
+                changed since.
         """
         with _no_gc():
-            return self._decode(data)
+            try:
+                return self._decode(data)
+            except CheckpointError:
+                raise
+            except Exception as exc:  # any failure here means bytes this codec did not write
+                raise CheckpointError(
+                    f"state is not valid: {type(exc).__name__}: {_brief(exc)}"
+                ) from None
 
     def _decode(self, data: bytes) -> Any:
         try:
-            version, header, tree = self._decoder.decode(data)
-        except (msgspec.DecodeError, TypeError, ValueError) as exc:
-            raise CheckpointError(f"state is not readable: {exc}") from None
+            decoded = self._decoder.decode(data)
+        except (msgspec.DecodeError, RecursionError) as exc:
+            raise CheckpointError(f"state is not readable: {_brief(exc)}") from None
+        if type(decoded) is not list or len(decoded) != 3:
+            raise CheckpointError("state is not readable: not [version, header, tree]")
+        version, header, tree = decoded
         if version != 1:
-            raise CheckpointError(f"state format {version!r} is not known (expected 1)")
+            raise CheckpointError(f"state format {_brief(version)} is not known (expected 1)")
+        if type(header) is not dict:
+            raise CheckpointError("state is not readable: its header is not a map")
         for name, layout in header.items():
-            adapter = self._by_name.get(name)
+            adapter = self._by_name.get(name) if type(name) is str else None
             if adapter is None:
-                raise CheckpointError(f"state holds a {name}, which may not be restored")
+                raise CheckpointError(f"state holds a {_brief(name)}, which may not be restored")
             if layout != adapter.layout:
                 raise CheckpointError(
-                    f"state of {name} was written with the fields {layout!r}, but this version "
-                    f"has {adapter.layout!r}: the checkpoint is from another version"
+                    f"state of {name} was written with the fields {_brief(layout)}, but this "
+                    f"version has {adapter.layout!r}: the checkpoint is from another version"
                 )
-        return _Decoder(self._by_name).walk(tree)
+        # only the classes the header declares (and checked) may be built
+        return _Decoder({name: self._by_name[name] for name in header}).walk(tree, 0)
+
+
+def _brief(value: Any) -> str:
+    """``repr`` or ``str`` of something read from a file, cut short for a message."""
+    text = str(value) if isinstance(value, BaseException) else repr(value)
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _too_deep() -> CheckpointError:
+    return CheckpointError(
+        f"state is nested deeper than {MAX_DEPTH} containers, which a checkpoint does not hold"
+    )
 
 
 @contextmanager
@@ -250,13 +364,27 @@ def _no_gc() -> Iterator[None]:
             gc.enable()
 
 
-class _Encoder:
-    __slots__ = ("by_type", "classes", "memo", "wide")
+def _valid_str(value: str) -> bool:
+    """Whether MessagePack can hold ``value`` as it is (no lone surrogate)."""
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
-    def __init__(self, by_type: dict[type, _Adapter], wide: bool) -> None:
+
+class _Encoder:
+    __slots__ = ("by_type", "careful", "classes", "depth", "memo")
+
+    def __init__(self, by_type: dict[type, _Adapter], careful: bool) -> None:
         self.by_type = by_type
-        self.wide = wide
+        #: check each int (64 bits) and str (valid Unicode) instead of taking them as they are
+        self.careful = careful
         self.memo: dict[int, int] = {}
+        #: the containers being walked, one inside the other
+        self.depth = 0
         #: the classes met: name -> layout (the header)
         self.classes: dict[str, Any] = {}
 
@@ -265,8 +393,13 @@ class _Encoder:
         types = set(map(type, items))
         if not types <= _ATOMS:
             return False
-        if self.wide and int in types:
-            return all(_INT64_MIN <= x <= _UINT64_MAX for x in items if type(x) is int)
+        if self.careful:
+            if int in types and not all(
+                _INT64_MIN <= x <= _UINT64_MAX for x in items if type(x) is int
+            ):
+                return False
+            if str in types and not all(_valid_str(x) for x in items if type(x) is str):
+                return False
         return True
 
     def _pairs(self, items: Any) -> bool:
@@ -286,19 +419,31 @@ class _Encoder:
     def walk(self, value: Any) -> Any:
         t = type(value)
         if t in _ATOMS:
-            if t is int and self.wide and not _INT64_MIN <= value <= _UINT64_MAX:
-                return [_BIGINT, str(value)]
+            if self.careful:
+                if t is int and not _INT64_MIN <= value <= _UINT64_MAX:
+                    # hex: no limit on digits, where str() of an int stops at 4300
+                    return [_BIGINT, hex(value)]
+                if t is str and not _valid_str(value):
+                    return [_OTHER, "str", value.encode("utf-8", "surrogatepass")]
             return value
+        depth = self.depth = self.depth + 1
+        if depth > MAX_DEPTH:
+            raise _too_deep()
+        try:
+            return self._container(value, t)
+        finally:
+            self.depth -= 1
+
+    def _container(self, value: Any, t: type) -> Any:
+        walk = self.walk
+        plain = _PLAIN_CAREFUL if self.careful else _ATOMS
         if t is tuple:
             if self._atoms(value):
                 return [_TUPLE_ATOMS, value]
-            walk, plain = self.walk, _PLAIN_WIDE if self.wide else _ATOMS
             return [_TUPLE, [v if type(v) in plain else walk(v) for v in value]]
         ref = self._seen(value)
         if ref is not None:
             return ref
-        walk = self.walk
-        plain = _PLAIN_WIDE if self.wide else _ATOMS
         if t is list:
             if self._atoms(value):
                 return [_LIST_ATOMS, value]
@@ -306,7 +451,9 @@ class _Encoder:
                 return [_LIST_PAIRS, value]
             return [_LIST, [v if type(v) in plain else walk(v) for v in value]]
         if t is dict:
-            if (not value or set(map(type, value)) == {str}) and self._atoms(value.values()):
+            if (not value or set(map(type, value)) == {str}) and self._atoms(
+                chain(value, value.values()) if self.careful else value.values()
+            ):
                 return [_DICT_STR_ATOMS, value]
             values = [v if type(v) in plain else walk(v) for v in value.values()]
             return [_DICT, [walk(k) for k in value], values]
@@ -350,12 +497,19 @@ class _Encoder:
             return [_OTHER, name, encode(value)]
         raise CheckpointError(
             f"cannot checkpoint a value of type {t.__module__}.{t.__qualname__}: state may hold "
-            "None, bool, int, float, str, bytes, lists, tuples, dicts, sets, datetimes, "
+            "None, bool, int, float, str, bytes, lists, tuples, dicts, sets, datetimes, times, "
             "decimals and UUIDs"
         )
 
 
+def _bad(what: str, node: Any) -> CheckpointError:
+    return CheckpointError(f"state is not valid: {what}: {_brief(node)}")
+
+
 class _Decoder:
+    """Rebuilds a tree of :class:`_Encoder`; every node is checked before it is used (a
+    checkpoint file may have been tampered with: its CRC guards against damage, not intent)."""
+
     __slots__ = ("built", "by_name")
 
     def __init__(self, by_name: dict[str, _Adapter]) -> None:
@@ -363,91 +517,143 @@ class _Decoder:
         #: what has been built, by number
         self.built: list[Any] = []
 
-    def walk(self, node: Any) -> Any:
+    def walk(self, node: Any, depth: int) -> Any:
         if type(node) is not list:
             return node
-        tag = node[0]
+        if depth >= MAX_DEPTH:
+            raise _too_deep()
+        depth += 1
+        size = len(node)
+        tag = node[0] if size else None
+        if type(tag) is not int:
+            raise _bad("a node without a tag", node)
+        if tag == _UNSET:
+            raise _bad("an unset slot outside an object", node)
+        if tag == _REF:
+            number = node[1] if size == 2 else None
+            if type(number) is not int or not 0 <= number < len(self.built):
+                raise _bad("a reference to nothing built", node)
+            return self.built[number]
+        if tag == _BIGINT:
+            if size != 2 or type(node[1]) is not str:
+                raise _bad("a big int that is not text", node)
+            return int(node[1], 0)  # hex, or decimal as older versions wrote it
+        if tag == _OTHER:
+            if size != 3 or node[1] not in _OTHERS_BY_NAME:
+                raise _bad("a value of an unknown type", node)
+            name, data = node[1], node[2]
+            if type(data) is not _OTHERS_HOLD[name]:
+                raise _bad(f"a {name} that is not {_OTHERS_HOLD[name].__name__}", node)
+            value = _OTHERS_BY_NAME[name](data)
+            if name != "str":
+                self.built.append(value)  # numbered like every value not an atom or tuple
+            return value
+        if tag == _OBJ:
+            if size != 3 or node[1] not in self.by_name:
+                raise _bad("an object of a class the header does not declare", node)
+            return self._object(node[1], node[2], depth)
+        if tag == _DEQUE or tag == _DEQUE_PAIRS:
+            if size != 3 or not (node[2] is None or (type(node[2]) is int and node[2] >= 0)):
+                raise _bad("a deque with a bad maxlen", node)
+        elif tag == _DICT or tag == _ODICT:
+            if size != 3 or type(node[2]) is not list or len(node[1]) != len(node[2]):
+                raise _bad("a map whose keys and values differ in number", node)
+        elif size != 2:
+            raise _bad("a node of a bad length", node)
+        items = node[1]
+        if tag == _DICT_STR_ATOMS:
+            if type(items) is not dict:
+                raise _bad("a map that is not a map", node)
+            self.built.append(items)
+            return items
+        if type(items) is not list:
+            raise _bad("a container whose items are not a list", node)
+        return self._container(tag, items, node, depth)
+
+    def _items(self, items: list[Any], depth: int) -> list[Any]:
         walk = self.walk
+        return [v if type(v) is not list else walk(v, depth) for v in items]
+
+    def _container(self, tag: int, items: list[Any], node: list[Any], depth: int) -> Any:
         built = self.built
         if tag == _TUPLE_ATOMS:
-            return tuple(node[1])
+            if any(type(v) is list for v in items):
+                raise _bad("atoms that are not atoms", node)
+            return tuple(items)
         if tag == _TUPLE:
-            return tuple([(v if type(v) is not list else walk(v)) for v in node[1]])
-        if tag == _REF:
-            return built[node[1]]
+            return tuple(self._items(items, depth))
         if tag == _LIST_ATOMS:
-            built.append(node[1])
-            return node[1]
-        if tag == _LIST:
-            items: list[Any] = []
+            if any(type(v) is list for v in items):
+                raise _bad("atoms that are not atoms", node)
             built.append(items)
-            items.extend((v if type(v) is not list else walk(v)) for v in node[1])
             return items
-        if tag == _LIST_PAIRS:
-            pairs = list(map(tuple, node[1]))
+        if tag == _LIST:
+            result: list[Any] = []
+            built.append(result)
+            result.extend(self._items(items, depth))
+            return result
+        if tag == _LIST_PAIRS or tag == _DEQUE_PAIRS:
+            if any(type(v) is not list or any(type(x) is list for x in v) for v in items):
+                raise _bad("pairs that are not tuples of atoms", node)
+            pairs: Any = (
+                list(map(tuple, items))
+                if tag == _LIST_PAIRS
+                else deque(map(tuple, items), maxlen=node[2])
+            )
             built.append(pairs)
             return pairs
-        if tag == _DEQUE_PAIRS:
-            queue_of_pairs = deque(map(tuple, node[1]), maxlen=node[2])
-            built.append(queue_of_pairs)
-            return queue_of_pairs
-        if tag == _DICT_STR_ATOMS:
-            built.append(node[1])
-            return node[1]
         if tag == _DICT or tag == _ODICT:
             mapping: dict[Any, Any] = {} if tag == _DICT else OrderedDict()
             built.append(mapping)
-            keys = [walk(k) for k in node[1]]
-            values = [v if type(v) is not list else walk(v) for v in node[2]]
-            mapping.update(zip(keys, values, strict=True))
+            keys = self._items(items, depth)
+            mapping.update(zip(keys, self._items(node[2], depth), strict=True))
             return mapping
         if tag == _DEQUE:
             queue: deque[Any] = deque(maxlen=node[2])
             built.append(queue)
-            queue.extend((v if type(v) is not list else walk(v)) for v in node[1])
+            queue.extend(self._items(items, depth))
             return queue
         if tag == _SET or tag == _FROZENSET:
             index = len(built)
             built.append(None)
-            result: set[Any] | frozenset[Any] = (set if tag == _SET else frozenset)(
-                (v if type(v) is not list else walk(v)) for v in node[1]
-            )
-            built[index] = result
-            return result
-        if tag == _OBJ:
-            return self._object(node[1], node[2])
-        if tag == _BIGINT:
-            return int(node[1])
-        if tag == _OTHER:
-            value = _OTHERS_BY_NAME[node[1]](node[2])
-            built.append(value)  # numbered like every value that is not an atom or a tuple
-            return value
-        raise CheckpointError(f"state holds an unknown tag {tag!r}")
+            kind = set if tag == _SET else frozenset
+            result_set: set[Any] | frozenset[Any] = kind(self._items(items, depth))
+            built[index] = result_set
+            return result_set
+        raise _bad("an unknown tag", node)
 
-    def _object(self, name: str, state: Any) -> Any:
+    def _object(self, name: str, state: Any, depth: int) -> Any:
         adapter = self.by_name[name]
         built = self.built
         if adapter.rebuild is not None:
             index = len(built)
             built.append(None)
-            obj = adapter.rebuild(self.walk(state))
+            obj = adapter.rebuild(self.walk(state, depth))
             built[index] = obj
             return obj
         cls: Any = adapter.cls
         obj = cls.__new__(cls)
         built.append(obj)
+        walk = self.walk
         if adapter.slots is not None:
-            walk = self.walk
+            if type(state) is not list or len(state) != len(adapter.slots):
+                raise _bad(f"the slots of a {name}", state)
             for slot, item in zip(adapter.slots, state, strict=True):
                 if type(item) is list:
-                    if item[0] == _UNSET:
+                    if item == [_UNSET]:
                         continue
-                    item = walk(item)
+                    item = walk(item, depth)
                 object.__setattr__(obj, slot, item)
         else:
+            if type(state) is not list or len(state) != 2:
+                raise _bad(f"the fields of a {name}", state)
             names, values = state
-            walk = self.walk
-            obj.__dict__.update(zip(names, [walk(v) for v in values], strict=True))
+            if type(names) is not list or type(values) is not list:
+                raise _bad(f"the fields of a {name}", state)
+            names = [walk(k, depth) for k in names]
+            if any(type(k) is not str for k in names):
+                raise _bad(f"the field names of a {name}", state)
+            obj.__dict__.update(zip(names, [walk(v, depth) for v in values], strict=True))
         return obj
 
 

@@ -20,8 +20,11 @@ from actors import KeyRouter, get_logger
 
 from .._exceptions import CheckpointError, ConfigError
 from .._ingest.router import Ingest
+from .._joins.shard import JoinShard
 from .._messages import RestoreSnapshot, ShardSnapshot, TakeSnapshot
+from .._shard import GroupShard
 from .._topology import Group, JoinGroup, Topology, signature
+from .._windows.shard import WindowShard
 from .codec import state_codec
 from .store import ActorState, Checkpoint, CheckpointConfig, CheckpointInfo, CheckpointStore
 
@@ -107,6 +110,8 @@ class CheckpointCoordinator:
         #: state of feature groups in the restored checkpoint that the runtime does not have
         #: yet, by signature: ``register`` of the same features takes it (:meth:`adopt`)
         self._pending: dict[str, ActorState] = {}
+        #: keys the snapshot under way left out (their state could not be encoded)
+        self._left_out = 0
 
     # -- the runtime's lifecycle -----------------------------------------------------------------
     async def restore(self) -> None:
@@ -133,7 +138,11 @@ class CheckpointCoordinator:
         the same features."""
         pending = self._pending.pop(signature(group), None)
         if pending is not None:
-            await self._restore_target(group, pending, "the restored checkpoint")
+            try:
+                await self._restore_target(group, pending)
+            except CheckpointError as exc:
+                # the rest of the checkpoint is restored already: this group starts empty
+                _log.error("checkpoint_state_unusable", group=group.name, error=str(exc))
 
     # -- taking one ------------------------------------------------------------------------------
     async def checkpoint(self) -> CheckpointInfo:
@@ -165,6 +174,7 @@ class CheckpointCoordinator:
                 ingest = self._ingest
                 ingested = ingest.ingested_before + ingest.ingested
                 rejected = ingest.rejected_before + ingest.rejected
+                self._left_out = 0
                 actors = await self._snapshot_actors()
                 caches = self._snapshot_caches() if self.config.caches else {}
             finally:
@@ -197,6 +207,7 @@ class CheckpointCoordinator:
             pause_ms=paused * 1000,
             duration_ms=(time.perf_counter() - started) * 1000,
             shards=shards,
+            keys_left_out=self._left_out,
         )
         self.last = info
         _log.info(
@@ -204,6 +215,7 @@ class CheckpointCoordinator:
             sequence=info.sequence,
             position=position,
             keys=info.keys,
+            keys_left_out=info.keys_left_out,
             bytes=size,
             pause_ms=round(info.pause_ms, 1),
             duration_ms=round(info.duration_ms, 1),
@@ -230,11 +242,18 @@ class CheckpointCoordinator:
             groups: dict[int, bytes] = {}
             extras = []
             keys = 0
-            for ref in target.refs:
-                snapshot: ShardSnapshot = await ref.ask(request, timeout=None)
+            for shard, ref in enumerate(target.refs):
+                snapshot: ShardSnapshot | Exception = await ref.ask(request, timeout=None)
+                if isinstance(snapshot, Exception):
+                    # the actor replied with its failure rather than crash (it keeps its state)
+                    raise CheckpointError(
+                        f"the state of {target.name} (shard {shard}) could not be captured: "
+                        f"{type(snapshot).__name__}: {snapshot}"
+                    ) from snapshot
                 groups.update(snapshot.groups)
                 extras.append(snapshot.extra)
                 keys += snapshot.keys
+                self._left_out += snapshot.left_out
             layout = (
                 list(target.compiled.state_type.__slots__)  # type: ignore[attr-defined]
                 if isinstance(target, Group) and target.compiled is not None
@@ -256,13 +275,39 @@ class CheckpointCoordinator:
 
     # -- restoring -------------------------------------------------------------------------------
     async def _restore_latest(self) -> None:
-        """Restore the newest readable checkpoint of the directory, if any."""
+        """Restore the newest checkpoint of the directory that is readable and whose state
+        decodes and checks, if any; one that does not (damaged, tampered with, written by a
+        bug) is logged and the one before it tried. One taken with another feature set or
+        ``key_groups`` is refused (``CheckpointError``): an older one would be too, and
+        starting empty instead would drop the state silently."""
         assert self.store is not None
         started = time.perf_counter()
-        found = await anyio.to_thread.run_sync(self.store.latest)
-        if found is None:
+        candidates = self.store.readable()
+        while True:
+            # each file is read in a worker thread, as it is decoded: no file I/O on the loop
+            found = await anyio.to_thread.run_sync(next, candidates, None)
+            if found is None:
+                return
+            checkpoint, path = found
+            plan = self._match(checkpoint, path)
+            try:
+                decoded = await anyio.to_thread.run_sync(self._decode, checkpoint, plan, path)
+            except CheckpointError as exc:
+                _log.error("checkpoint_unusable", path=str(path), error=str(exc))
+                continue
+            await self._apply(checkpoint, path, plan, decoded, started)
             return
-        checkpoint, path = found
+
+    def _match(
+        self, checkpoint: Checkpoint, path: Any
+    ) -> list[tuple[Group | JoinGroup, ActorState]]:
+        """Each state of ``checkpoint`` with the group or join of the runtime it restores;
+        the states of groups registered at run time are kept pending.
+
+        Raises:
+            CheckpointError: the checkpoint was taken with other ``key_groups`` or another
+                feature set.
+        """
         if checkpoint.key_groups != self._router.key_groups:
             raise CheckpointError(
                 f"{path}: taken with key_groups={checkpoint.key_groups}, but the runtime has "
@@ -271,7 +316,8 @@ class CheckpointCoordinator:
             )
         every: list[Group | JoinGroup] = [*self._topology.groups, *self._topology.joins]
         targets = {signature(target): target for target in every}
-        keys = 0
+        plan: list[tuple[Group | JoinGroup, ActorState]] = []
+        pending: dict[str, ActorState] = {}
         for state in checkpoint.actors:
             target = targets.pop(state.signature, None)
             if target is None:
@@ -281,15 +327,12 @@ class CheckpointCoordinator:
                         "have as it was: a join's spec cannot change across a restore"
                     )
                 # registered at run time: ``register`` of the same features restores it
-                self._pending[state.signature] = state
-                _log.warning(
-                    "checkpoint_state_pending",
-                    group=state.name,
-                    detail="features registered after start: register them again to restore",
-                )
+                pending[state.signature] = state
                 continue
-            await self._restore_target(target, state, path)
-            keys += state.keys
+            expected = "join" if isinstance(target, JoinGroup) else "features"
+            if state.kind != expected:
+                raise CheckpointError(f"{path}: the state of {state.name!r} is not of a {expected}")
+            plan.append((target, state))
         if targets:
             # groups of the feature set that the checkpoint does not hold: a changed spec
             missing = [target.name for target in targets.values()]
@@ -298,11 +341,117 @@ class CheckpointCoordinator:
                 "the checkpoint (a feature added, removed or changed). Restore with the feature "
                 "set it was taken with, or start from an empty directory and replay history"
             )
+        for key, state in pending.items():
+            self._pending[key] = state
+            _log.warning(
+                "checkpoint_state_pending",
+                group=state.name,
+                detail="features registered after start: register them again to restore",
+            )
+        return plan
+
+    def _decode(
+        self, checkpoint: Checkpoint, plan: list[tuple[Group | JoinGroup, ActorState]], path: Any
+    ) -> list[tuple[list[list[Any]], list[list[dict[str, Any]]]]]:
+        """Decode and check every state of ``plan`` before any actor is given any: per
+        target, its key groups by shard of the runtime now, and its actors' counters by
+        shard. (Run in a worker thread: the event loop stays free meanwhile.)
+
+        Raises:
+            CheckpointError: naming the group and what is wrong.
+        """
+        decoded = []
+        for target, state in plan:
+            try:
+                decoded.append(self._decode_target(target, state))
+            except CheckpointError as exc:
+                raise CheckpointError(f"{path}: the state of {target.name}: {exc}") from None
+        return decoded
+
+    def _decode_target(
+        self, target: Group | JoinGroup, state: ActorState
+    ) -> tuple[list[list[Any]], list[list[dict[str, Any]]]]:
+        """One target's state decoded and checked: its key groups by shard now, and its
+        actors' counters by shard.
+
+        Raises:
+            CheckpointError: what is wrong.
+        """
+        codec = state_codec()
+        actor: Any
+        engine: Any
+        if isinstance(target, JoinGroup):
+            actor, engine = JoinShard, None
+        elif target.compiled is not None:
+            layout = list(target.compiled.state_type.__slots__)  # type: ignore[attr-defined]
+            if layout != state.layout:
+                raise CheckpointError("it has another layout in this version")
+            actor, engine = GroupShard, target.compiled
+        else:
+            actor, engine = WindowShard, target.engine
+        check_entry, check_extra = actor.check_entry, actor.check_extra
+        key_groups = self._router.key_groups
+        key_group = self._router.key_group
+        shards = self._topology.shards
+        shard_of_group = self._router.shard_of_group
+        by_shard: list[list[Any]] = [[] for _ in range(shards)]
+        for group, blob in state.groups.items():
+            if not 0 <= group < key_groups:
+                raise CheckpointError(f"key group {group} is not one of the {key_groups}")
+            items = codec.decode(blob)
+            if type(items) is not list:
+                raise CheckpointError(f"key group {group} is not a list of keys")
+            for item in items:
+                if type(item) is not tuple or len(item) != 2:
+                    raise CheckpointError(f"key group {group} holds an item that is not a key's")
+                key, entry = item
+                if type(key) not in _KEY_TYPES or key_group(key) != group:
+                    raise CheckpointError(
+                        f"key group {group} holds a key that is not one of its own: {_brief(key)}"
+                    )
+                problem = check_entry(engine, entry)
+                if problem is not None:
+                    raise CheckpointError(f"key {_brief(key)}: {problem}")
+            by_shard[shard_of_group(group)].append(items)
+        extras: list[list[dict[str, Any]]] = [[] for _ in range(shards)]
+        for index, blob in enumerate(state.extras):
+            extra = codec.decode(blob)
+            problem = check_extra(extra)
+            if problem is not None:
+                raise CheckpointError(problem)
+            # the counters of the checkpoint's actors spread over the actors now (their totals
+            # are kept)
+            extras[index % shards].append(extra)
+        return by_shard, extras
+
+    async def _apply(
+        self,
+        checkpoint: Checkpoint,
+        path: Any,
+        plan: list[tuple[Group | JoinGroup, ActorState]],
+        decoded: list[tuple[list[list[Any]], list[list[dict[str, Any]]]]],
+        started: float,
+    ) -> None:
+        """Give the actors the state decoded and checked, the caches their rows, and take
+        the checkpoint's position."""
+        keys = 0
+        for (target, state), (by_shard, extras) in zip(plan, decoded, strict=True):
+            for shard, ref in enumerate(target.refs):
+                await ref.ask(RestoreSnapshot(by_shard[shard], extras[shard]), timeout=None)
+            keys += state.keys
         codec = state_codec()
         for name, blob in checkpoint.caches.items():
             source = self._topology.sources.get(name)
             if source is not None:
-                source.cache.load(codec.decode(blob))
+                try:
+                    source.cache.load(codec.decode(blob))
+                except Exception as exc:  # a cache is a warm start only: it starts cold
+                    _log.error(
+                        "checkpoint_cache_unusable",
+                        source=name,
+                        path=str(path),
+                        error=f"{type(exc).__name__}: {exc}",
+                    )
         self._progress.position = checkpoint.position
         self._progress.offset = checkpoint.offset
         if checkpoint.ingested is not None and checkpoint.rejected is not None:
@@ -332,22 +481,23 @@ class CheckpointCoordinator:
             duration_ms=round(self.restored.duration_ms, 1),
         )
 
-    async def _restore_target(
-        self, target: Group | JoinGroup, state: ActorState, path: Any
-    ) -> None:
+    async def _restore_target(self, target: Group | JoinGroup, state: ActorState) -> None:
         """Give each shard actor of ``target`` the key groups it owns now, and the counters of
-        the checkpoint's actors spread over them (so their totals are kept)."""
-        if isinstance(target, Group) and target.compiled is not None:
-            layout = list(target.compiled.state_type.__slots__)  # type: ignore[attr-defined]
-            if layout != state.layout:
-                raise CheckpointError(
-                    f"{path}: the state of {target.name} has another layout in this version"
-                )
-        shards = self._topology.shards
-        shard_of_group = self._router.shard_of_group
-        by_shard: list[list[bytes]] = [[] for _ in range(shards)]
-        for group, blob in state.groups.items():
-            by_shard[shard_of_group(group)].append(blob)
+        the checkpoint's actors spread over them (so their totals are kept): for a group
+        registered at run time (:meth:`adopt`).
+
+        Raises:
+            CheckpointError: the state does not decode or check; no actor was given any.
+        """
+        by_shard, extras = await anyio.to_thread.run_sync(self._decode_target, target, state)
         for shard, ref in enumerate(target.refs):
-            extras = state.extras[shard::shards]
-            await ref.ask(RestoreSnapshot(by_shard[shard], extras), timeout=None)
+            await ref.ask(RestoreSnapshot(by_shard[shard], extras[shard]), timeout=None)
+
+
+#: the types of keys ingest accepts
+_KEY_TYPES = frozenset({str, int, bytes})
+
+
+def _brief(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."

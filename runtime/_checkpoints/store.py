@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import re
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -144,6 +145,9 @@ class CheckpointInfo(msgspec.Struct, frozen=True, kw_only=True):
         pause_ms: how long ingest waited while the state was captured (0 for a restore).
         duration_ms: the whole operation, writing or reading the file included.
         shards: the shard count it was taken with (a restore may use another).
+        keys_left_out: keys whose state could not be encoded, so are not in the checkpoint
+            (each logged as ``checkpoint_keys_left_out`` with the key and the reason; they
+            keep their live state, and a restore from this checkpoint starts them empty).
     """
 
     sequence: int
@@ -156,6 +160,7 @@ class CheckpointInfo(msgspec.Struct, frozen=True, kw_only=True):
     pause_ms: float
     duration_ms: float
     shards: int
+    keys_left_out: int = 0
 
 
 class CheckpointStore:
@@ -227,18 +232,45 @@ class CheckpointStore:
             raise CheckpointError(f"{path}: damaged (its checksum does not match)")
         try:
             checkpoint = msgspec.msgpack.decode(payload, type=Checkpoint)
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, RecursionError) as exc:
+            # RecursionError: an ``offset`` nested deeper than the decoder's recursion allows
             raise CheckpointError(f"{path}: unreadable: {exc}") from None
-        if checkpoint.format != _FORMAT:
-            raise CheckpointError(f"{path}: format {checkpoint.format} is not {_FORMAT}")
+        problem = _problem(checkpoint, sequence)
+        if problem is not None:
+            raise CheckpointError(f"{path}: not a valid checkpoint: {problem}")
         return checkpoint
 
     def latest(self) -> tuple[Checkpoint, Path] | None:
         """The newest readable checkpoint, or None if there is none. A damaged one is logged
         and skipped for the one before it."""
+        return next(self.readable(), None)
+
+    def readable(self) -> Iterator[tuple[Checkpoint, Path]]:
+        """The readable checkpoints, newest first, each read when the one before is done
+        with; a damaged one is logged and skipped."""
         for sequence in reversed(self.sequences()):
             try:
-                return self.read(sequence), self.path_of(sequence)
+                checkpoint = self.read(sequence)
             except CheckpointError as exc:
                 _log.error("checkpoint_unreadable", error=str(exc))
-        return None
+                continue
+            yield checkpoint, self.path_of(sequence)
+
+
+def _problem(checkpoint: Checkpoint, sequence: int) -> str | None:
+    """What is wrong with the fields of a checkpoint read from file ``sequence``, or None.
+    (Its types msgspec checked; the state inside, the coordinator does.)"""
+    if checkpoint.format != _FORMAT:
+        return f"format {checkpoint.format} is not {_FORMAT}"
+    if checkpoint.sequence != sequence:
+        return f"it holds sequence {checkpoint.sequence}, but its file name says {sequence}"
+    if checkpoint.key_groups < 1 or checkpoint.shards < 1:
+        return f"key_groups {checkpoint.key_groups} and shards {checkpoint.shards} must be >= 1"
+    if checkpoint.position < 0:
+        return f"position {checkpoint.position} is negative"
+    for actor in checkpoint.actors:
+        if actor.kind not in ("features", "join"):
+            return f"the state of {actor.name!r} is of an unknown kind {actor.kind!r}"
+        if actor.keys < 0:
+            return f"the state of {actor.name!r} holds {actor.keys} keys"
+    return None

@@ -27,17 +27,33 @@ What is refused (``InvalidEvent``, naming the field), and why:
   all in the past, and an old event is merely late. The bounds follow the real wall clock
   (``time.time``), not ``FeatureRuntime(clock=...)``, which tests and replays set at will.
 
-Field values other than the key and time are not checked here: a feature that cannot use a
-value (a string, NaN, an infinity) reports the error for that event only. An event given as a
-dict is the application's own object, held by reference and not copied; its size is the
-application's to bound.
+Keys that are ints must fit in 64 bits (``-2**63`` to ``2**64 - 1``): Python hashes an int
+modulo ``2**61 - 1``, so unbounded int keys could be chosen to collide in every dict that holds
+keys (32,000 such keys took 10 s to ingest instead of 0.08 s); within 64 bits at most a dozen
+ints share a hash.
+
+Field values are checked only where state keeps them as they are (:meth:`EventReader.screen`):
+the fields of ``first``, ``last``, ``distinct_count`` and ``top_k`` features, and every field of
+the events of a stream a join or a sequence pattern buffers whole. Such a value must be one a
+checkpoint can hold: None, bool, int, float, str, bytes, lists, tuples, dicts, sets, datetimes,
+times, timedeltas, decimals and UUIDs, nested at most 64 deep. A subclass of ``str``, ``int``,
+``float`` or ``bytes`` (an enum member of a ``StrEnum``, a ``numpy.float64``) is taken as its
+plain value, in a copy of the event; anything else (a MessagePack extension, a plain ``Enum``,
+an object of the application's) is refused, naming the field: kept in state, it would make
+every later checkpoint of its key fail. Other values are not checked here: a feature that
+cannot use a value (a string, NaN, an infinity) reports the error for that event only. An
+event given as a dict is the application's own object, held by reference and not copied; its
+size is the application's to bound.
 """
 
 from __future__ import annotations
 
+import datetime as _dt
+import decimal
 import math
 import sys
 import time as _time
+import uuid
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal, NoReturn
@@ -55,7 +71,16 @@ from .._spec.limits import (
 if TYPE_CHECKING:
     from .._spec.feature_set import FeatureSet
 
-__all__ = ["EventReader"]
+__all__ = [
+    "INT_KEY_MAX",
+    "INT_KEY_MIN",
+    "MAX_VALUE_DEPTH",
+    "PLAIN_VALUES",
+    "EventReader",
+    "Keeps",
+    "keeps_of",
+    "value_problem",
+]
 
 _json = msgspec.json.Decoder()
 _msgpack = msgspec.msgpack.Decoder()
@@ -70,6 +95,111 @@ MIN_TIME_MS = 0
 MAX_TIME_MS = 10_413_792_000_000
 
 PayloadFormat = Literal["json", "msgpack"]
+
+#: int keys lie in ``[INT_KEY_MIN, INT_KEY_MAX]``: 64 bits, signed or not
+INT_KEY_MIN, INT_KEY_MAX = -(2**63), 2**64 - 1
+
+#: values that state keeps as they are, with no further look
+_PLAIN = PLAIN_VALUES = frozenset({type(None), bool, int, float, str, bytes})
+#: containers whose items are looked at in turn
+_CONTAINERS = frozenset({list, tuple, dict, set, frozenset})
+#: other values a checkpoint holds
+_OTHER_VALUES = frozenset(
+    {datetime, _dt.date, _dt.time, timedelta, decimal.Decimal, uuid.UUID, bytearray}
+)
+#: the deepest nesting of containers in a value that state keeps (the checkpoint codec's own
+#: bound, ``MAX_DEPTH``, is far above it, leaving room for the state around the value)
+MAX_VALUE_DEPTH = 64
+#: what a field that state keeps may hold, for messages
+_KEPT_TYPES = (
+    "None, bool, int, float, str, bytes, lists, tuples, dicts, sets, datetimes, times, "
+    "timedeltas, decimals and UUIDs"
+)
+#: features whose state keeps the values of their field as they are
+_KEEPING = frozenset({"first", "last", "distinct_count", "top_k"})
+
+
+class Keeps:
+    """What state keeps of the events of one stream: the fields it keeps as they are, and
+    whether it buffers whole events (a join's side, a sequence pattern's pending events)."""
+
+    __slots__ = ("fields", "whole")
+
+    def __init__(self, fields: tuple[str, ...] = (), whole: bool = False) -> None:
+        self.fields = fields
+        self.whole = whole
+
+    def __bool__(self) -> bool:
+        return bool(self.fields) or self.whole
+
+    def __repr__(self) -> str:
+        return f"Keeps(fields={self.fields!r}, whole={self.whole!r})"
+
+
+def keeps_of(feature_set: FeatureSet) -> tuple[Keeps, ...]:
+    """Per ingested stream (in ``feature_set.stream_names`` order), what state keeps of its
+    events. Features of a join's stream read the join's records, made of the events of its
+    two sides, which are kept whole already."""
+    names = feature_set.stream_names
+    fields: dict[str, dict[str, None]] = {name: {} for name in names}
+    whole: set[str] = set()
+    for join in feature_set.joins:
+        whole.update((join.left, join.right))
+    for feature in feature_set.features:
+        stream = feature_set.stream_of(feature)
+        if stream not in fields:
+            continue
+        if feature.type_name == "sequence":
+            whole.add(stream)
+        elif feature.type_name in _KEEPING:
+            fields[stream][getattr(feature, "field")] = None  # noqa: B009 (not every feature has one)
+    return tuple(Keeps(tuple(fields[name]), name in whole) for name in names)
+
+
+def value_problem(value: Any) -> str | None:
+    """Why state cannot keep ``value`` (see the module docstring), or None. Walks nested
+    containers without recursion, at most :data:`MAX_VALUE_DEPTH` deep."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    pop, push = stack.pop, stack.append
+    while stack:
+        item, depth = pop()
+        cls = item.__class__
+        if cls in _PLAIN or cls in _OTHER_VALUES:
+            continue
+        if cls not in _CONTAINERS:
+            kind = f"{cls.__module__}.{cls.__qualname__}"
+            if cls.__module__ == "builtins":
+                kind = cls.__qualname__
+            where = "" if depth == 0 else " inside it"
+            return (
+                f"holds a {kind}{where}, which feature state cannot keep "
+                f"(it may hold {_KEPT_TYPES})"
+            )
+        if depth >= MAX_VALUE_DEPTH:
+            return f"is nested more than {MAX_VALUE_DEPTH} deep, which feature state cannot keep"
+        if cls is dict:
+            for key, inner in item.items():
+                push((key, depth + 1))
+                push((inner, depth + 1))
+        else:
+            for inner in item:
+                push((inner, depth + 1))
+    return None
+
+
+def _plain(value: Any) -> Any:
+    """A subclass of str, int, float or bytes as its plain value; None for anything else."""
+    if isinstance(value, str):
+        return str.__str__(value)
+    if isinstance(value, bool):
+        return None  # never a subclass: bool cannot be subclassed
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, bytes):
+        return bytes(value)
+    return None
 
 
 def _short(value: Any) -> str:
@@ -97,10 +227,11 @@ class EventReader:
         max_future_ms: how far ahead of the wall clock an event time may be, or None (off).
         max_past_ms: how far behind the wall clock an event time may be, or None (off).
         max_key_length: the longest key: characters of a ``str``, bytes of ``bytes``, decimal
-            digits of an ``int`` (ints are also held to Python's limit on int-to-text
-            conversion, 4300 digits by default, which routing a key beyond 64 bits needs).
+            digits of an ``int`` (ints are also held to 64 bits: see the module docstring).
         max_payload_bytes: the largest ``bytes`` payload.
         clock: the wall clock, in seconds (tests pass a fake one).
+        keeps: per stream index, what state keeps of its events (:func:`keeps_of`); the
+            values kept are checked (:meth:`screen`). By default nothing is.
     """
 
     def __init__(
@@ -115,6 +246,7 @@ class EventReader:
         max_key_length: int = DEFAULT_MAX_KEY_LENGTH,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         clock: Callable[[], float] = _time.time,
+        keeps: tuple[Keeps, ...] = (),
     ) -> None:
         if payload_format not in ("json", "msgpack"):
             raise ValueError(f"payload_format must be 'json' or 'msgpack', got {payload_format!r}")
@@ -145,8 +277,16 @@ class EventReader:
         self.bounds()
         digits = sys.get_int_max_str_digits()
         self._int_digits = min(max_key_length, digits) if digits else max_key_length
-        #: int keys lie strictly between -int_bound and int_bound
-        self.int_bound = 10**self._int_digits
+        bound = 10**self._int_digits
+        #: int keys lie in ``[int_low, int_high]``: 64 bits, and max_key_length digits
+        self.int_low = max(INT_KEY_MIN, 1 - bound)
+        self.int_high = min(INT_KEY_MAX, bound - 1)
+        #: per stream index, what state keeps of its events; ``keeping``: whether any
+        self.keeps: tuple[Keeps, ...] = ()
+        self.keeping = False
+        self.kept_fields: tuple[str, ...] = ()
+        self.kept_whole = False
+        self.keep(keeps)
 
     @classmethod
     def of(cls, feature_set: FeatureSet, *, payload_format: PayloadFormat = "json") -> EventReader:
@@ -161,7 +301,52 @@ class EventReader:
             max_past_ms=feature_set.duration_ms("max_past") or None,
             max_key_length=feature_set.max_key_length,
             max_payload_bytes=feature_set.max_payload_bytes,
+            keeps=keeps_of(feature_set),
         )
+
+    def keep(self, keeps: tuple[Keeps, ...]) -> None:
+        """Check from now on the values state keeps per stream (``keeps_of`` of the feature
+        set, again after features are registered)."""
+        self.keeps = tuple(keeps)
+        self.keeping = any(self.keeps)
+        #: the fields kept in any stream, and whether any stream is kept whole (the router
+        #: looks at them all in one pass first)
+        self.kept_fields = tuple(dict.fromkeys(f for keep in self.keeps for f in keep.fields))
+        self.kept_whole = any(keep.whole for keep in self.keeps)
+
+    def screen(self, event: dict[str, Any], tag: int = 0) -> dict[str, Any]:
+        """``event`` (of stream ``tag``) if state can keep every value of it that it keeps;
+        a copy with plain values for subclasses of ``str``, ``int``, ``float`` and ``bytes``.
+
+        Raises:
+            InvalidEvent: a kept value state cannot keep, naming the field.
+        """
+        if tag >= len(self.keeps):
+            return event
+        keeps = self.keeps[tag]
+        names: Any = event if keeps.whole else keeps.fields
+        copy: dict[str, Any] | None = None
+        for name in names:
+            if keeps.whole and name.__class__ not in _PLAIN:
+                problem = value_problem(name)
+                if problem is not None:
+                    raise InvalidEvent(
+                        f"a field name {problem.replace('holds', 'is', 1)}: {_short(name)}",
+                        payload=event,
+                    )
+            value = event.get(name)
+            if value.__class__ in _PLAIN:
+                continue
+            problem = value_problem(value)
+            if problem is None:
+                continue
+            plain = _plain(value)
+            if plain is None:
+                raise InvalidEvent(f"field {name!r} {problem}", field=name, payload=event)
+            if copy is None:
+                copy = dict(event)
+            copy[name] = plain
+        return event if copy is None else copy
 
     def bounds(self) -> tuple[int, int]:
         """The event times accepted now, ``(low, high)`` in ms, both included.
@@ -178,12 +363,13 @@ class EventReader:
         return low, high
 
     def read(
-        self, payload: Any, low: int | None = None, high: int = MAX_TIME_MS
+        self, payload: Any, low: int | None = None, high: int = MAX_TIME_MS, tag: int = 0
     ) -> tuple[Any, int, dict[str, Any]]:
-        """Return ``(key, time_ms, event)``.
+        """Return ``(key, time_ms, event)`` of stream ``tag``.
 
         ``low`` and ``high`` are the time bounds, from :meth:`bounds` (hot loops take them once
-        per batch of events); by default the reader finds them.
+        per batch of events); by default the reader finds them. The values state keeps are
+        screened (:meth:`screen`).
 
         Raises:
             InvalidEvent: naming the field at fault, with the payload attached.
@@ -201,9 +387,11 @@ class EventReader:
         if key.__class__ is not str or len(key) > self.max_key_length or not key.isascii():
             key = self.check_key(key, event, payload)
         ts = event.get(self.time)
-        if ts.__class__ is int and self._ms and low <= ts <= high:
-            return key, ts, event
-        return key, self.time_ms(ts, payload, low, high), event
+        if ts.__class__ is not int or not self._ms or not low <= ts <= high:
+            ts = self.time_ms(ts, payload, low, high)
+        if self.keeping:
+            event = self.screen(event, tag)
+        return key, ts, event
 
     def to_dict(self, payload: Any) -> dict[str, Any]:
         if payload.__class__ is dict:
@@ -260,7 +448,7 @@ class EventReader:
                 return False
             return True
         if cls is int:
-            return bool(-self.int_bound < key < self.int_bound)
+            return bool(self.int_low <= key <= self.int_high)
         return cls is bytes and len(key) <= self.max_key_length
 
     def check_key(self, key: Any, event: Mapping[str, Any], payload: Any) -> Any:
@@ -287,12 +475,8 @@ class EventReader:
             return key
         if isinstance(key, int) and not isinstance(key, bool):
             key = int(key)
-            if not -self.int_bound < key < self.int_bound:
-                self._bad_key(
-                    f"is an int of more than {self._int_digits} digits (max_key_length: {limit})",
-                    key,
-                    payload,
-                )
+            if not self.int_low <= key <= self.int_high:
+                self._bad_key(self.int_key_problem(key), key, payload)
             return key
         if isinstance(key, bytes):
             key = bytes(key)
@@ -304,6 +488,28 @@ class EventReader:
         if key is None:
             self._bad_key("is missing" if self.key not in event else "is null", None, payload)
         self._bad_key(f"must be a str, int or bytes, got {type(key).__name__}", key, payload)
+
+    def lookup_key(self, key: Any) -> Any:
+        """``key`` for a read of state (``rt.get``): as it is, unless it is an int beyond 64
+        bits, which ingest refuses, so no state holds.
+
+        Raises:
+            ValueError: an int key beyond 64 bits, naming the key field.
+        """
+        if key.__class__ is int and not INT_KEY_MIN <= key <= INT_KEY_MAX:
+            raise ValueError(f"key field {self.key!r} {self.int_key_problem(key)}: {_short(key)}")
+        return key
+
+    def int_key_problem(self, key: int) -> str:
+        """Why the int ``key`` is out of bounds (for a message that names the key field)."""
+        if not INT_KEY_MIN <= key <= INT_KEY_MAX:
+            return (
+                "is an int beyond 64 bits (keys that are ints must lie in -2**63..2**64-1: "
+                "larger ones could be chosen to collide in Python's hash)"
+            )
+        return f"is an int of more than {self._int_digits} digits (max_key_length: " + (
+            f"{self.max_key_length})"
+        )
 
     def _bad_key(self, reason: str, key: Any, payload: Any) -> NoReturn:
         shown = "" if key is None else f": {_short(key)}"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from itertools import repeat
+from itertools import chain, repeat
 from typing import Any, Protocol
 
 import anyio
@@ -18,7 +18,7 @@ from actors import ActorRef, DeadLetterReason, DeadLetters, KeyRouter, get_logge
 
 from .._exceptions import InvalidEvent
 from .._messages import Batch
-from .events import EventReader
+from .events import PLAIN_VALUES, EventReader, Keeps
 
 __all__ = ["Ingest"]
 
@@ -128,7 +128,7 @@ class Ingest:
         """Validate one event of stream ``tag`` and buffer it; its shard, or None if it was
         rejected."""
         try:
-            key, ts, ev = self._reader.read(event)
+            key, ts, ev = self._reader.read(event, tag=tag)
         except InvalidEvent as error:
             self.reject(event, error)
             return None
@@ -150,6 +150,10 @@ class Ingest:
         reader's bounds take the fast path; anything else goes through the full reader.
         Returns the events accepted.
         """
+        if self._reader.keeping:
+            # the values state keeps are screened first, in a pass of their own: the loops
+            # below stay as they are for a feature set that keeps none
+            events, tag = self._screened(events, tag)
         if self.tags is not None:
             return self._route_tagged(events, tag)
         now = time.perf_counter()
@@ -172,7 +176,7 @@ class Ingest:
             append = buffers[0].append
             known_keys = self._known
             longest = reader.max_key_length
-            int_bound = reader.int_bound
+            int_low, int_high = reader.int_low, reader.int_high
             for event in events:
                 if event.__class__ is dict:
                     try:  # subscripts are cheaper than get(); a missing field is read below
@@ -191,7 +195,7 @@ class Ingest:
                                     and len(key) <= longest
                                     and (key.isascii() or key in known_keys)
                                 )
-                                or (kc is int and -int_bound < key < int_bound)
+                                or (kc is int and int_low <= key <= int_high)
                             )
                         ):
                             append((key, ts, event))
@@ -272,7 +276,7 @@ class Ingest:
                             tag_appends[index](stream_tag)
                             continue
             try:
-                item = read(event, low, high)
+                item = read(event, low, high, stream_tag)
             except InvalidEvent as error:
                 self.reject(event, error)
                 rejected += 1
@@ -283,6 +287,60 @@ class Ingest:
         accepted = len(events) - rejected
         self.ingested += accepted
         return accepted
+
+    def _screened(self, events: list[Any], tag: int | list[int]) -> tuple[list[Any], Any]:
+        """``events`` (and their tags) without the dict events whose kept values state cannot
+        keep (rejected: see ``EventReader.screen``), a normalized copy in place of an event
+        that needed one. Other events are screened when they are read."""
+        reader = self._reader
+        plain = PLAIN_VALUES
+        # First a look in C at the classes of every value kept, in any stream: when all are
+        # plain (the usual case), the batch goes on as it is, at a cost of tens of ns an event
+        try:
+            classes: set[type] = set()
+            for name in reader.kept_fields:
+                classes.update(map(type, map(dict.get, events, repeat(name))))
+            if reader.kept_whole:
+                # values only: field names of a decoded payload are always plain, and a
+                # check of the names would double the cost (``screen`` checks them, and a
+                # key whose state still cannot be encoded is left out of a checkpoint alone)
+                classes.update(map(type, chain.from_iterable(map(dict.values, events))))
+            if classes <= plain:
+                return events, tag
+        except TypeError:  # an event that is not a dict: the loop below looks at each
+            pass
+        keeps = reader.keeps
+        screen = reader.screen
+        kept: list[Any] = []
+        tags: list[int] | None = None if isinstance(tag, int) else []
+        tagged = repeat(tag) if isinstance(tag, int) else tag
+        for event, stream_tag in zip(events, tagged):  # noqa: B905 (repeat is endless)
+            if event.__class__ is dict and stream_tag < len(keeps):
+                what: Keeps | None = keeps[stream_tag]
+                assert what is not None
+                if what.whole:
+                    for name, value in event.items():
+                        if name.__class__ not in plain or value.__class__ not in plain:
+                            break
+                    else:
+                        what = None
+                else:
+                    get = event.get
+                    for name in what.fields:
+                        if get(name).__class__ not in plain:
+                            break
+                    else:
+                        what = None
+                if what is not None:
+                    try:
+                        event = screen(event, stream_tag)
+                    except InvalidEvent as error:
+                        self.reject(event, error)
+                        continue
+            kept.append(event)
+            if tags is not None:
+                tags.append(stream_tag)
+        return kept, (tag if tags is None else tags)
 
     def _route_each(self, events: list[Any]) -> int:
         """Route events one at a time through the full reader."""

@@ -27,12 +27,14 @@ from .._messages import (
     TakeSnapshot,
     Tick,
     fail_batch,
+    log_left_out,
     poison_count,
     set_aside,
 )
 from .._results import JoinRecord, LateEvent
 from .._stats.idle import IdleKeys
 from .._updates import UpdateHub
+from .buffer import SideBuffer
 from .engine import JoinCounters, JoinEngine, JoinKeyState, Out
 
 __all__ = ["JoinShard", "JoinShardStats"]
@@ -221,7 +223,11 @@ class JoinShard(Actor[Any]):
                 poison=poison_count(self),
             )
         if isinstance(message, TakeSnapshot):
-            return self.snapshot(message.key_group)
+            try:
+                return self.snapshot(message.key_group)
+            except Exception as exc:  # the checkpoint's failure, not the actor's: a reply
+                _log.exception("snapshot_failed", join=self.engine.config.name, shard=self.shard)
+                return exc
         if isinstance(message, RestoreSnapshot):
             self.restore(message.groups, message.extras)
             return None
@@ -237,27 +243,29 @@ class JoinShard(Actor[Any]):
         self._evictions_logged = previous._evictions_logged
 
     def snapshot(self, key_group: Callable[[Any], int]) -> ShardSnapshot:
-        """The join's buffers by key group, and the engine's counters."""
+        """The join's buffers by key group, and the engine's counters. A key whose buffered
+        events cannot be encoded is left out alone, logged (its live buffers are kept)."""
         by_group: dict[int, list[Any]] = {}
         for key, state in self.states.items():
             by_group.setdefault(key_group(key), []).append((key, state))
         engine = self.engine
         extra = {"counters": dict(vars(engine.counters)), "largest": engine.largest}
         codec = state_codec()
+        groups, left_out = codec.encode_key_groups(by_group)
+        if left_out:
+            log_left_out(left_out, join=engine.config.name, shard=self.shard)
         return ShardSnapshot(
-            {group: codec.encode(items) for group, items in by_group.items()},
-            codec.encode(extra),
-            len(self.states),
+            groups, codec.encode(extra), len(self.states) - len(left_out), len(left_out)
         )
 
-    def restore(self, groups: list[bytes], extras: list[bytes]) -> None:
-        """Add the keys and counters of a checkpoint; the engine's total of buffered events and
+    def restore(self, groups: list[list[tuple[Any, Any]]], extras: list[dict[str, Any]]) -> None:
+        """Add the keys and counters of a checkpoint, decoded and checked by the coordinator
+        (:meth:`check_entry`, :meth:`check_extra`); the engine's total of buffered events and
         its order of keys (for the caps) are rebuilt from them, oldest last event first."""
-        codec = state_codec()
         engine = self.engine
         restored: list[tuple[float, Any]] = []
-        for blob in groups:
-            for key, state in codec.decode(blob):
+        for items in groups:
+            for key, state in items:
                 self.states[key] = state
                 engine.buffered += len(state)
                 restored.append((state.seen, key))
@@ -270,8 +278,53 @@ class JoinShard(Actor[Any]):
             for _, key in restored:
                 self.idle.touch(key)
         counters = engine.counters
-        for blob in extras:
-            extra = codec.decode(blob)
+        for extra in extras:
             for name, n in extra["counters"].items():
                 setattr(counters, name, getattr(counters, name) + n)
             engine.largest = max(engine.largest, extra["largest"])
+
+    @staticmethod
+    def check_entry(group: Any, entry: Any) -> str | None:
+        """Why ``entry``, decoded from a checkpoint, is not a key's join state, or None (its
+        classes and their layouts the codec has checked: here the clocks and the buffers'
+        parallel lists)."""
+        if type(entry) is not JoinKeyState:
+            return f"an entry is a {type(entry).__name__}, not a key's join state"
+        for name in ("clock", "latest", "due"):
+            if type(getattr(entry, name, None)) is not int:
+                return f"a key's {name} is not an int"
+        if type(getattr(entry, "seen", None)) not in (int, float):
+            return "a key's last-seen time is not a number"
+        for side in ("left", "right"):
+            buffer = getattr(entry, side, None)
+            if type(buffer) is not SideBuffer:
+                return f"a key's {side} buffer is not a buffer"
+            times = getattr(buffer, "times", None)
+            events = getattr(buffer, "events", None)
+            matches = getattr(buffer, "matches", None)
+            head = getattr(buffer, "head", None)
+            if (
+                type(times) is not list
+                or type(events) is not list
+                or type(matches) is not list
+                or not len(times) == len(events) == len(matches)
+                or type(head) is not int
+                or not 0 <= head <= len(times)
+                or any(type(t) is not int for t in times)
+                or any(type(m) is not int for m in matches)
+            ):
+                return f"a key's {side} buffer is not consistent"
+        return None
+
+    @staticmethod
+    def check_extra(extra: Any) -> str | None:
+        """Why ``extra``, decoded from a checkpoint, is not the counters of a join actor."""
+        if type(extra) is not dict or type(extra.get("largest")) is not int:
+            return "a join actor's counters are not a map with the largest buffer"
+        counters = extra.get("counters")
+        known = vars(JoinCounters())
+        if type(counters) is not dict or any(
+            name not in known or type(n) is not int for name, n in counters.items()
+        ):
+            return "a join actor's counters are not its counters"
+        return None

@@ -184,6 +184,45 @@ class WindowShard(GroupShard):
         for name, n in extra["counters"].items():
             setattr(counters, name, getattr(counters, name) + n)
 
+    @staticmethod
+    def check_entry(group: Any, entry: Any) -> str | None:
+        """Why ``entry``, decoded from a checkpoint, is not a key's windows of the window
+        engine ``group``, or None (its classes and their layouts the codec has checked: here
+        the clocks and the number of buffers and patterns)."""
+        if type(entry) is not KeyWindows:
+            return f"an entry is a {type(entry).__name__}, not a key's windows"
+        engine: WindowEngine = group
+        for name in ("clock", "latest", "next_close"):
+            if type(getattr(entry, name, None)) is not int:
+                return f"a key's {name} is not an int"
+        if type(getattr(entry, "seen", None)) not in (int, float):
+            return "a key's last-seen time is not a number"
+        buffers = getattr(entry, "buffers", None)
+        if type(buffers) is not list or len(buffers) != len(engine.buffers):
+            return f"a key does not have the {len(engine.buffers)} buffers of the group"
+        patterns = getattr(entry, "patterns", None)
+        if patterns is not None and (
+            type(patterns) is not list or len(patterns) != len(engine.sequences)
+        ):
+            return f"a key does not have the {len(engine.sequences)} patterns of the group"
+        finals = getattr(entry, "finals", None)
+        if finals is not None and type(finals) is not dict:
+            return "a key's closed windows are not a map"
+        return None
+
+    @staticmethod
+    def check_extra(extra: Any) -> str | None:
+        problem = GroupShard.check_extra(extra)
+        if problem is not None:
+            return problem
+        counters = extra.get("counters")
+        known = vars(WindowCounters())
+        if type(counters) is not dict or any(
+            name not in known or type(n) is not int for name, n in counters.items()
+        ):
+            return "a window actor's counters are not its counters"
+        return None
+
     def restored(self, seen: list[tuple[float, Any]]) -> None:
         if self.idle is not None:
             seen.sort(key=itemgetter(0))
