@@ -390,6 +390,8 @@ class _Encoder:
 
     def _atoms(self, items: Any) -> bool:
         """Whether every item is an atom (that MessagePack holds as it is)."""
+        if self.careful and not isinstance(items, list | tuple):
+            items = list(items)  # read twice below: an iterator (a chain) would be used up
         types = set(map(type, items))
         if not types <= _ATOMS:
             return False
