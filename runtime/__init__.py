@@ -36,6 +36,7 @@ from ._exceptions import ConfigError as ConfigError
 from ._exceptions import FeatureValueError as FeatureValueError
 from ._exceptions import FeaturistError as FeaturistError
 from ._exceptions import InvalidEvent as InvalidEvent
+from ._exceptions import KeyRefused as KeyRefused
 from ._exceptions import MalformedRow as MalformedRow
 from ._exceptions import RuntimeClosed as RuntimeClosed
 from ._exceptions import SourceError as SourceError
@@ -218,6 +219,7 @@ __all__ = [
     "FeatureValueError",
     "FeaturistError",
     "InvalidEvent",
+    "KeyRefused",
     "MalformedRow",
     "RuntimeClosed",
     "SourceError",

@@ -15,6 +15,8 @@ The hierarchy::
     ├── RuntimeClosed        the runtime is not running (also an ``actors.ActorStopped``)
     ├── SourceError          a call of a dimension source failed after its retries
     │   └── SourceUnavailable    the source's circuit breaker is open: not called at all
+    ├── KeyRefused           a lookup key the source cannot take (also a ``ValueError``); in
+    │                        dead letters, never raised: its events get the lookup's default
     ├── MalformedRow         a source's row cannot be read (also a ``ValueError``); the key's
     │                        value in the source's answer, not raised: the lookup's default
     └── CheckpointError      a checkpoint cannot be written, read or restored
@@ -25,6 +27,8 @@ pass through unchanged.
 
 from __future__ import annotations
 
+from collections.abc import Hashable
+
 from actors import ActorStopped
 from actors import ConfigError as KernelConfigError
 
@@ -34,6 +38,7 @@ __all__ = [
     "FeatureValueError",
     "FeaturistError",
     "InvalidEvent",
+    "KeyRefused",
     "MalformedRow",
     "RuntimeClosed",
     "SourceError",
@@ -139,3 +144,25 @@ class MalformedRow(FeaturistError, ValueError):
 
 class CheckpointError(FeaturistError):
     """A checkpoint cannot be written, read or restored (the message says why)."""
+
+
+class KeyRefused(FeaturistError, ValueError):
+    """A lookup key that the source cannot take: refused before the call (the source's
+    ``refuse_key`` said why), or the one key of a failed call that still failed alone.
+
+    The key's events get the lookup's default (as for a key the source does not have), the
+    enricher records the key in dead letters once with this error, and it counts in
+    ``keys_refused``. It never counts against the circuit breaker.
+
+    Attributes:
+        source: the source's name.
+        key: the key refused.
+    """
+
+    def __init__(self, message: str, *, source: str, key: Hashable) -> None:
+        super().__init__(message)
+        self.source = source
+        self.key = key
+        #: set by the first enricher that records the refusal in dead letters: the shards
+        #: that waited for the same key share this one instance, and record it once
+        self.recorded = False

@@ -50,8 +50,8 @@ RUNTIME_NAMES = {
     *("ParityReport", "ReplayResult", "check_parity"),
     # errors
     *("CheckpointError", "ConfigError", "FeatureValueError", "FeaturistError", "InvalidEvent"),
-    *("MalformedRow", "RuntimeClosed", "SourceError", "SourceUnavailable", "SpecError"),
-    "UnknownFeature",
+    *("KeyRefused", "MalformedRow", "RuntimeClosed", "SourceError", "SourceUnavailable"),
+    *("SpecError", "UnknownFeature"),
     # helpers
     *("configure_logging", "format_duration", "parse_duration"),
 }

@@ -64,7 +64,7 @@ import anyio
 
 from actors import BatchLoader, get_logger
 
-from .._exceptions import ConfigError, FeaturistError, SourceError, SourceUnavailable
+from .._exceptions import ConfigError, KeyRefused, SourceError, SourceUnavailable
 from .._spec.enrich import Source
 from .breaker import BreakerState, CircuitBreaker, backoff_delay
 from .rows import checked_row
@@ -98,28 +98,6 @@ class RowSource(Protocol):
         """Return the rows of the keys it has (others left out); a value that is an exception
         instance marks the key's row as malformed. Raises if the call failed."""
         ...
-
-
-class KeyRefused(FeaturistError, ValueError):
-    """A lookup key that the source cannot take: refused before the call (the source's
-    ``refuse_key`` said why), or the one key of a failed call that still failed alone.
-
-    The key's events get the lookup's default (as for a key the source does not have), the
-    enricher records the key in dead letters once with this error, and it counts in
-    ``keys_refused``. It never counts against the circuit breaker.
-
-    Attributes:
-        source: the source's name.
-        key: the key refused.
-    """
-
-    def __init__(self, message: str, *, source: str, key: Hashable) -> None:
-        super().__init__(message)
-        self.source = source
-        self.key = key
-        #: set by the first enricher that records the refusal in dead letters: the shards
-        #: that waited for the same key share this one instance, and record it once
-        self.recorded = False
 
 
 #: seconds an attempt cancelled at its deadline gets to end before it is abandoned

@@ -37,6 +37,7 @@ from runtime import (
     FeatureRuntime,
     FeatureSet,
     HttpSource,
+    KeyRefused,
     Lookup,
     Mean,
     PostgresSource,
@@ -45,7 +46,7 @@ from runtime import (
     SqliteSource,
 )
 from runtime._enrich.cache import DimensionCache, estimate_bytes
-from runtime._enrich.fetch import Fetcher, KeyRefused
+from runtime._enrich.fetch import Fetcher
 from runtime._enrich.shard import EnrichShard, Fetched, SourceRuntime
 from runtime._enrich.sources import (
     HttpDimensionSource,
