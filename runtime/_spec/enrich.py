@@ -15,6 +15,7 @@ import msgspec
 import msgspec.structs
 
 from .._duration import Duration, parse_duration
+from .checks import SpecMeta as _SpecMeta
 from .checks import check_duration, check_int, check_name, check_str, fail, kind
 
 __all__ = [
@@ -49,6 +50,7 @@ def check_identifier(owner: object, path: str, value: object) -> None:
 
 class _Source(
     msgspec.Struct,
+    metaclass=_SpecMeta,
     frozen=True,
     kw_only=True,
     forbid_unknown_fields=True,
@@ -265,7 +267,9 @@ SOURCE_TYPES: dict[str, type[Any]] = {
 }
 
 
-class Lookup(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class Lookup(
+    msgspec.Struct, metaclass=_SpecMeta, frozen=True, kw_only=True, forbid_unknown_fields=True
+):
     """One enrichment of each event: the row of ``source`` whose key is the event's ``field``.
 
     Args:

@@ -22,7 +22,9 @@ from runtime import (
     Count,
     FeatureSet,
     Join,
+    Lookup,
     SpecError,
+    SqliteSource,
     Sum,
     Tumbling,
     Where,
@@ -222,6 +224,14 @@ def test_yaml_errors_read_as_msgspecs(text: str) -> None:
         (
             lambda: Join(name="j", left="l"),
             "<python>: Join(name='j').right: missing required argument",
+        ),
+        (
+            lambda: SqliteSource(name="m"),
+            "<python>: SqliteSource(name='m').table: missing required argument",
+        ),
+        (
+            lambda: Lookup(name="m", field="x"),
+            "<python>: Lookup(name='m').source: missing required argument",
         ),
     ],
 )
