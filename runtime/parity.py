@@ -47,12 +47,13 @@ class InputError(Exception):
     """An argument or an input file the check cannot use: exit status 2."""
 
 
-def load_feature_set(spec: str) -> FeatureSet:
+def load_feature_set(spec: str, modules: Sequence[str] = ()) -> FeatureSet:
     """A feature set from a spec file (``.toml``, ``.json``, ``.yaml``) or a
-    ``module:attribute`` name (a FeatureSet, or a function that returns one)."""
+    ``module:attribute`` name (a FeatureSet, or a function that returns one). A spec file's
+    joins may name functions of ``modules`` only (``FeatureSet.from_file``)."""
     if os.path.exists(spec):
         try:
-            return FeatureSet.from_file(spec)
+            return FeatureSet.from_file(spec, modules=modules)
         except (OSError, FeaturistError, ValueError) as exc:
             raise InputError(f"--features: cannot read {spec!r}: {exc}") from exc
     if spec.count(":") != 1:
@@ -199,6 +200,15 @@ def parser() -> argparse.ArgumentParser:
         "FeatureSet, or a function returning one)",
     )
     cli.add_argument(
+        "--spec-module",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        dest="spec_modules",
+        help="a module whose functions a spec file's joins may name as predicate or merge "
+        "(repeat for several; none by default: a spec file reaches no code)",
+    )
+    cli.add_argument(
         "--events",
         required=True,
         metavar="FILE",
@@ -267,7 +277,7 @@ def parser() -> argparse.ArgumentParser:
 
 async def check(args: argparse.Namespace) -> ParityReport:
     """Run the check the options describe."""
-    feature_set = load_feature_set(args.features)
+    feature_set = load_feature_set(args.features, args.spec_modules)
     for path in (args.events, args.online):
         if not await anyio.Path(path).is_file():
             raise InputError(f"no such file: {path!r}")

@@ -43,7 +43,7 @@ from runtime import (
     UnknownFeature,
     check_parity,
 )
-from runtime.parity import main
+from runtime.parity import InputError, load_feature_set, main
 
 from ..support.clock import FakeClock
 from ..support.oracle import ORACLE_FEATURES, oracle, same
@@ -628,6 +628,23 @@ def test_the_command_line_reports_bad_input(
     assert "not a FeatureSet" in capsys.readouterr().err
     assert main(["--features", "no_such_module_here:x", *args]) == 2
     assert "cannot import module 'no_such_module_here'" in capsys.readouterr().err
+
+
+def test_a_spec_files_join_functions_need_the_command_lines_allow_list(tmp_path: Path) -> None:
+    from runtime import Join
+
+    from ..joins.test_joins import same_region
+
+    join = Join(name="j", left="l", right="r", after=100, predicate=same_region)
+    spec = FeatureSet(
+        name="cli", key="ad", time="ts", streams=["l", "r"], features=[], joins=[join]
+    )
+    path = tmp_path / "spec.json"
+    path.write_bytes(spec.to_json())
+    with pytest.raises(InputError, match="cannot read"):
+        load_feature_set(str(path))  # a spec file reaches no code unless allowed
+    allowed = load_feature_set(str(path), ["tests.runtime.joins"])
+    assert allowed.joins[0].predicate_function is same_region
 
 
 def test_the_command_line_has_help() -> None:
