@@ -11,6 +11,7 @@ BENCHMARKS = {
     "aggregates": "demos.bench.aggregates",
     "enrichment": "demos.bench.enrichment",
     "joins": "demos.bench.joins",
+    "latency": "demos.bench.latency",
     "overload": "demos.bench.overload",
     "windows": "demos.bench.windows",
 }
