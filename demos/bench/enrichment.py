@@ -566,7 +566,7 @@ async def _real(args: argparse.Namespace, events: list[dict[str, Any]]) -> None:
                 features = msgspec.structs.replace(FEATURES, sources=(spec,))
                 calls: list[int] = []
                 seconds, vectors = await timed(
-                    featurist, events, None, args.shards, features, calls
+                    featurist, events, None, int(args.shards.split(",")[0]), features, calls
                 )
             except (OSError, ImportError, TimeoutError) as exc:
                 table.append(Row(f"{label}: skipped", {"events/s": f"no server ({exc})"[:60]}))
