@@ -14,7 +14,13 @@ Time, per key (``docs/windows.md`` has the timelines):
   ``correction_horizon`` past their close);
 - a tumbling or hopping window ``[start, end)`` closes when the watermark reaches
   ``end + allowed_lateness``, a session when it reaches ``last event + gap +
-  allowed_lateness``: the final value is emitted, and the state dropped.
+  allowed_lateness``: the final value is emitted, and the state dropped;
+- the windows of a tumbling, hopping or session spec (a *frame*) are made of the key's events,
+  not of each feature's inputs: every event of the key opens or extends them, so the features
+  of one spec always agree on the key's windows and sessions, and a close or correction
+  carries every feature of the spec;
+- the clock of a quiet key is a function of the wall clock alone: it is brought up to date
+  when an event of the key arrives and when the key is read, not only by the idle timer.
 """
 
 from __future__ import annotations
@@ -68,47 +74,77 @@ class _Buffer:
     scores: list[int] = dataclass_field(default_factory=list)
     #: values must be checked before they are added (hashable, in the sketch's range)
     checks: bool = False
+    #: the window spec
+    window: Any = None
+    #: where its state is in ``KeyWindows.buffers``: its own index (sliding), or its frame's
+    slot: int = 0
+    #: tumbling, hopping and session buffers: their frame, and their place among its buffers
+    frame: int = -1
+    position: int = 0
 
-    @property
-    def panes_per_window(self) -> int:
-        return self.size // self.hop
+
+@dataclass
+class _Frame:
+    """The buffers of one tumbling, hopping or session spec. A key's windows (or sessions) of
+    the spec are made of all its events, whatever each buffer takes of them: each window holds
+    one accumulator per buffer (None while the buffer took nothing in it), so every feature of
+    the spec sees the same windows, and a close or correction carries all of them."""
+
+    index: int
+    kind: str  # "panes" or "session"
+    size: int
+    hop: int
+    gap: int
+    buffers: list[_Buffer]
+    #: its state's place in ``KeyWindows.buffers``: the index of its first buffer
+    slot: int
+    #: (feature index, position of its buffer), in feature order: what its values hold
+    members: list[tuple[int, int]] = dataclass_field(default_factory=list)
+    #: its buffers' needs, by position
+    needs: tuple[Needs, ...] = ()
+    #: tumbling and hopping: ``size // hop``
+    panes_per_window: int = 1
+
+
+#: a window's accumulators, one per buffer of its frame (None: the buffer took nothing)
+Accumulators = list[Accumulator | None]
 
 
 class _Panes:
-    """One key's panes of a tumbling or hopping buffer."""
+    """One key's panes of a tumbling or hopping frame."""
 
-    __slots__ = ("closed", "current", "order", "panes")
+    __slots__ = ("accumulators", "closed", "current", "order")
 
     def __init__(self, closed: int) -> None:
-        #: pane index (``t // hop``) -> its accumulator
-        self.panes: dict[int, Accumulator] = {}
+        #: pane index (``t // hop``) -> its accumulators; a pane is here once it has an event
+        self.accumulators: dict[int, Accumulators] = {}
         #: the pane indexes as a min-heap: the oldest pane in O(1), purges in O(log n)
         self.order: list[int] = []
         #: the newest window index past its close (windows start at ``index * hop``): the
-        #: windows up to it that held data have been emitted
+        #: windows up to it that held events have been emitted
         self.closed = closed
         #: hopping windows: (k, the merged panes of window k, None if empty): the window a read
         #: shows, kept up to date by each event and rebuilt when the clock moves into another
         #: window (once per hop), so a read does not merge ``size / hop`` panes again. Only
         #: events and clock moves change it, never reads: its floats do not depend on when
         #: reads happen.
-        self.current: tuple[int, Accumulator | None] | None = None
+        self.current: tuple[int, Accumulators | None] | None = None
 
     def __len__(self) -> int:
-        return len(self.panes)
+        return len(self.accumulators)
 
 
 class _Sessions:
-    """One key's sessions of a session buffer: ``[start, last, accumulator, emitted]``, sorted
+    """One key's sessions of a session frame: ``[start, last, accumulators, emitted]``, sorted
     by start (and so by end: sessions are disjoint)."""
 
-    __slots__ = ("items",)
+    __slots__ = ("sessions",)
 
     def __init__(self) -> None:
-        self.items: list[list[Any]] = []
+        self.sessions: list[list[Any]] = []
 
     def __len__(self) -> int:
-        return len(self.items)
+        return len(self.sessions)
 
 
 class KeyWindows:
@@ -123,10 +159,12 @@ class KeyWindows:
         self.latest = t
         #: wall-clock time of the key's last event
         self.seen = now
+        #: one slot per buffer of the engine: a sliding buffer's state at its index, a
+        #: frame's (``_Panes`` or ``_Sessions``) at the index of its first buffer, else None
         self.buffers: list[Any] = [None] * buffers
         #: the smallest watermark at which some window of the key closes or is purged
         self.next_close = NEVER
-        #: with ``emit="close"``: buffer index -> (end, values) of its newest emitted window
+        #: with ``emit="close"``: frame index -> (end, values) of its newest emitted window
         self.finals: dict[int, tuple[int, dict[str, Any]]] | None = None
         #: the state of each sequence feature, or None before its first event
         self.patterns: list[PatternState] | None = None
@@ -184,7 +222,14 @@ class WindowEngine:
         self.state_ttl = state_ttl
         #: keys are tracked in order of their last event (for idle time and expiry)
         self.tracks_idle = idle_timeout is not None or state_ttl is not None
+        #: a key quiet for this long (seconds) is brought up to the wall clock before its next
+        #: event or read is served: idle time, expiry (None: neither is on)
+        limits = [x for x in (idle_timeout, state_ttl) if x is not None]
+        self.quiet: float | None = min(limits) if limits else None
         self.buffers: list[_Buffer] = []
+        #: the tumbling, hopping and session specs, and the sliding buffers
+        self.frames: list[_Frame] = []
+        self.sliding: list[_Buffer] = []
         #: the sequence features, with their index
         self.sequences: list[tuple[int, SequencePattern]] = []
         self._readers: list[Callable[[Any], Any] | None] = []
@@ -231,13 +276,54 @@ class WindowEngine:
             for f in self.features
         ]
         self._ratio_order = self._order_ratios()
-        #: hopping buffers: their merged current window is refreshed when the clock moves
-        self._hopping = [b for b in self.buffers if b.kind == "panes" and b.panes_per_window > 1]
-        #: the buffers as tuples, unpacked in the event loop
+        self._build_frames()
+        #: hopping frames: their merged current window is refreshed when the clock moves
+        self._hopping = [f for f in self.frames if f.kind == "panes" and f.panes_per_window > 1]
+        #: the buffers as tuples, unpacked in the event loop: a sliding buffer's slot and size,
+        #: a frame buffer's frame and position in their places
         self._plan = [
-            (b.index, b.kind, b.field, b.where, b.numeric, b.size, b.scores, b.checks, b)
+            (
+                b.slot if b.kind == "sliding" else b.frame,
+                b.kind,
+                b.field,
+                b.where,
+                b.numeric,
+                b.size if b.kind == "sliding" else b.position,
+                b.scores,
+                b.checks,
+                b,
+            )
             for b in self.buffers
         ]
+
+    def _build_frames(self) -> None:
+        """One frame per tumbling, hopping or session spec, over the buffers of that spec."""
+        by_window: dict[Any, list[_Buffer]] = {}
+        for buffer in self.buffers:
+            if buffer.kind == "sliding":
+                buffer.slot = buffer.index
+                self.sliding.append(buffer)
+            else:
+                by_window.setdefault(buffer.window, []).append(buffer)
+        for buffers in by_window.values():
+            first = buffers[0]
+            frame = _Frame(
+                len(self.frames),
+                first.kind,
+                first.size,
+                first.hop,
+                first.gap,
+                buffers,
+                first.index,
+            )
+            for position, buffer in enumerate(buffers):
+                buffer.slot, buffer.frame, buffer.position = first.index, frame.index, position
+                frame.members.extend((i, position) for i in buffer.features)
+            frame.members.sort()
+            frame.needs = tuple(b.needs for b in buffers)
+            if frame.kind == "panes":
+                frame.panes_per_window = frame.size // frame.hop
+            self.frames.append(frame)
 
     def _add_buffer(
         self,
@@ -263,7 +349,9 @@ class WindowEngine:
             frequent="top_k" in types,
             distinct="distinct_count" in types,
         )
-        buffer = _Buffer(len(self.buffers), "", fld, where, numeric, needs, features=members)
+        buffer = _Buffer(
+            len(self.buffers), "", fld, where, numeric, needs, features=members, window=window
+        )
         if isinstance(window, Sliding):
             buffer.kind, buffer.size = "sliding", window.size_ms
         elif isinstance(window, Tumbling | Hopping):
@@ -331,8 +419,13 @@ class WindowEngine:
         None the exception propagates). A key the event created is dropped; for a key that
         existed, what the event changed before the failure stays (its clock, the buffers
         before the one that failed, what it emitted).
+
+        A key quiet for long enough is first brought up to ``now`` (:meth:`catch_up`), so
+        whether its event is late depends on the wall clock, not on when ticks ran.
         """
         plan = self._plan
+        frames = self.frames
+        quiet = self.quiet
         nbuf = len(self.buffers)
         ooo = self.ooo
         lateness = self.lateness
@@ -347,6 +440,13 @@ class WindowEngine:
         for key, t, ev in events:
             try:
                 st = get(key)
+                if (
+                    quiet is not None
+                    and st is not None
+                    and now - st.seen >= quiet
+                    and self._visit(key, st, states, now, out, counters) is None
+                ):
+                    st = None  # expired: the event starts the key afresh
                 if st is None:
                     st = KeyWindows(nbuf, t, now)
                     states[key] = st
@@ -385,6 +485,9 @@ class WindowEngine:
                 mark = len(errors)
                 clock = st.clock
                 states_of = st.buffers
+                # every frame takes the event (its window or session), whatever its buffers
+                # take of it below
+                targets = self._locate(st, t) if frames else None
                 for index, kind, fld, where, numeric, size, scores, checks, buffer in plan:
                     if fld is None:
                         v: Any = 1
@@ -415,10 +518,10 @@ class WindowEngine:
                                 self._errors(errors, buffer, key, t, error)
                                 continue
                     try:
-                        state = states_of[index]
                         if checks:
                             check_value(buffer.needs, v)  # refuse before anything changes
                         if kind == "sliding":
+                            state = states_of[index]
                             cutoff = clock - size
                             if state is not None:
                                 items = state.items
@@ -442,17 +545,26 @@ class WindowEngine:
                                         state.sum += v
                                 else:
                                     state.add(t, v)
-                        elif kind == "panes":
-                            if state is None:
-                                limit = (clock - ooo - lateness - size) // buffer.hop
-                                state = states_of[index] = _Panes(limit)
-                            late_out = self._add_pane(st, buffer, state, t, v, late_out)
                         else:
-                            if state is None:
-                                state = states_of[index] = _Sessions()
-                            late_out = self._add_session(st, buffer, state, t, v, late_out)
+                            # index: the buffer's frame, size: its position in it
+                            target = targets[index]  # type: ignore[index]
+                            accs, merged = target[0], target[1]
+                            position, needs = size, buffer.needs
+                            acc = accs[position]
+                            if acc is None:
+                                acc = accs[position] = Accumulator(needs)
+                            acc.add(t, v, numeric, needs)
+                            if merged is not None:
+                                # the pane is in the hopping window reads show
+                                acc = merged[position]
+                                if acc is None:
+                                    acc = merged[position] = Accumulator(needs)
+                                acc.add(t, v, numeric, needs)
                     except Exception as exc:
                         self._errors(errors, buffer, key, t, name_error(exc, fld or "count"))
+                if late_event and targets is not None:
+                    # only an event below the watermark can land in a window past its close
+                    late_out = self._late(st, targets, late_out)
                 if hopping:
                     self._refresh(st)
                 if anomalies is not None:
@@ -582,143 +694,160 @@ class WindowEngine:
             pattern.prune(feature, wm)
 
     def _refresh(self, st: KeyWindows) -> None:
-        """Rebuild the merged window of each hopping buffer whose window moved with the clock."""
-        for buffer in self._hopping:
-            state = st.buffers[buffer.index]
+        """Rebuild the merged window of each hopping frame whose window moved with the clock."""
+        for frame in self._hopping:
+            state = st.buffers[frame.slot]
             if state is None:
                 continue
-            k = (st.clock - buffer.size) // buffer.hop + 1
+            k = (st.clock - frame.size) // frame.hop + 1
             current = state.current
             if current is None or current[0] != k:
-                state.current = (k, self._merge_panes(buffer, state, k))
+                state.current = (k, self._merge_panes(frame, state, k))
 
     def _errors(self, errors: list[Any], buffer: _Buffer, key: Any, t: int, exc: Any) -> None:
         names = self.names
         for i in buffer.features:
             errors.append((key, t, names[i], exc))
 
-    def _add_pane(
-        self,
-        st: KeyWindows,
-        buffer: _Buffer,
-        state: _Panes,
-        t: int,
-        v: Any,
-        late_out: _LateOut | None,
-    ) -> _LateOut | None:
-        hop = buffer.hop
-        p = t // hop
-        panes = state.panes
-        acc = panes.get(p)
-        if acc is None:
-            acc = panes[p] = Accumulator(buffer.needs)
-            heapq.heappush(state.order, p)
-        acc.add(t, v, buffer.numeric, buffer.needs)
-        r = buffer.panes_per_window
-        current = state.current
-        if current is not None and current[0] <= p < current[0] + r:
-            # the event is in the window reads show: keep its merged state up to date (if the
-            # event moved the clock to another window, _refresh rebuilds it after this)
-            merged = current[1]
-            if merged is None:
-                merged = Accumulator(buffer.needs)
-                state.current = (current[0], merged)
-            merged.add(t, v, buffer.numeric, buffer.needs)
-        # the first window holding pane p ends at (p + 1) * hop
-        close_at = (p + 1) * hop + self.lateness
-        if close_at < st.next_close:
-            st.next_close = close_at
-        if p - r < state.closed:
-            # A late event in windows p - r + 1 .. min(p, closed), which are past their close:
-            # those that held data were emitted, and get a correction; an empty one is
-            # emitted now for the first time, as a close.
-            for k in range(p - r + 1, min(p, state.closed) + 1):
-                had_data = acc.n > 1 or any(q in panes for q in range(k, k + r) if q != p)
-                values = self._window_values(buffer, state, k)
-                window = (k * hop, k * hop + buffer.size)
-                kind = "correction" if had_data else "close"
-                if late_out is None:
-                    late_out = {}
-                late_out.setdefault((kind, window), {}).update(values)
-                self._set_final(st, buffer, window[1], values)
-        return late_out
+    # -- frames: tumbling, hopping and session windows ----------------------------------------
+    def _locate(self, st: KeyWindows, t: int) -> list[tuple[Any, ...]]:
+        """Each frame's window (or session) for an event at ``t``, made if it is new: per
+        frame, ``(accumulators, merged, state, pane or session, had events)``, where
+        ``merged`` is the hopping window reads show when the event is in it (else None)."""
+        targets: list[tuple[Any, ...]] = []
+        buffers = st.buffers
+        for frame in self.frames:
+            state = buffers[frame.slot]
+            if frame.kind == "session":
+                if state is None:
+                    state = buffers[frame.slot] = _Sessions()
+                targets.append(self._session_of(st, frame, state, t))
+                continue
+            if state is None:
+                limit = (st.clock - self.ooo - self.lateness - frame.size) // frame.hop
+                state = buffers[frame.slot] = _Panes(limit)
+            hop = frame.hop
+            p = t // hop
+            panes = state.accumulators
+            accs = panes.get(p)
+            had = accs is not None
+            if accs is None:
+                accs = panes[p] = [None] * len(frame.buffers)
+                heapq.heappush(state.order, p)
+            merged = None
+            current = state.current
+            if current is not None and current[0] <= p < current[0] + frame.panes_per_window:
+                # the event is in the window reads show: keep its merged state up to date (if
+                # the event moves the clock to another window, _refresh rebuilds it after)
+                merged = current[1]
+                if merged is None:
+                    merged = [None] * len(frame.buffers)
+                    state.current = (current[0], merged)
+            # the first window holding pane p ends at (p + 1) * hop
+            close_at = (p + 1) * hop + self.lateness
+            if close_at < st.next_close:
+                st.next_close = close_at
+            targets.append((accs, merged, state, p, had))
+        return targets
 
-    def _set_final(self, st: KeyWindows, buffer: _Buffer, end: int, values: dict[str, Any]) -> None:
-        """With ``emit="close"``: remember the values of the buffer's newest emitted window."""
-        if self.emit != "close":
-            return
-        if st.finals is None:
-            st.finals = {}
-        current = st.finals.get(buffer.index)
-        if current is None or end >= current[0]:
-            st.finals[buffer.index] = (end, values)
-
-    def _add_session(
-        self,
-        st: KeyWindows,
-        buffer: _Buffer,
-        state: _Sessions,
-        t: int,
-        v: Any,
-        late_out: _LateOut | None,
-    ) -> _LateOut | None:
-        """Add an event to its session, merging the sessions it bridges.
+    def _session_of(
+        self, st: KeyWindows, frame: _Frame, state: _Sessions, t: int
+    ) -> tuple[Any, ...]:
+        """The session an event at ``t`` lands in, merging the sessions it bridges.
 
         Sessions are disjoint and sorted by start (so by end too): the ones the event's
         ``[t, t + gap)`` overlaps are a run found by bisection, never a scan. A session is
-        *emitted* once its final value went out. If the session the event lands in is past its
-        close (a late event), it is emitted at once: as a correction if one of its parts had
-        been emitted, else as a first close. If it is open (a late event joined a session to
-        an open one), it is open again, and closes later like any other.
+        *emitted* once its final values went out; one the event joins to others is emitted if
+        one of its parts was. If the session is open (a late event may have joined a closed
+        session to an open one), it is open again, and closes later like any other; if not,
+        :meth:`_late` emits it.
         """
-        gap = buffer.gap
-        items = state.items
+        gap = frame.gap
+        items = state.sessions
         # sessions starting before t + gap; of those, the ones ending after t touch the event
         high = bisect_left(items, t + gap, key=_start_of)
         low = high
         while low > 0 and items[low - 1][1] + gap > t:
             low -= 1
-        needs = buffer.needs
         session: list[Any]
         if low == high:
-            acc = Accumulator(needs)
-            acc.add(t, v, buffer.numeric, needs)
-            session = [t, t, acc, False]
+            session = [t, t, [None] * len(frame.buffers), False]
             items.insert(low, session)
             emitted = False
         elif high - low == 1:
             session = items[low]
-            session[2].add(t, v, buffer.numeric, needs)
-            session[0] = min(session[0], t)
-            session[1] = max(session[1], t)
+            if t < session[0]:
+                session[0] = t
+            if t > session[1]:
+                session[1] = t
             emitted = session[3]
         else:
             touching = items[low:high]
-            merged = Accumulator(needs)
-            for part in touching:
-                merged.merge(part[2], needs)
-            merged.add(t, v, buffer.numeric, needs)
+            merged = self._merge(frame, [part[2] for part in touching])
+            assert merged is not None
             emitted = any(part[3] for part in touching)
             session = [min(touching[0][0], t), max(touching[-1][1], t), merged, False]
             items[low:high] = [session]
-        end = session[1] + gap
-        if end + self.lateness > st.clock - self.ooo:
+        close_at = session[1] + gap + self.lateness
+        if close_at > st.clock - self.ooo:
             session[3] = False  # open (again)
-            if end + self.lateness < st.next_close:
-                st.next_close = end + self.lateness
-            return late_out
-        # past its close: a late event
-        session[3] = True
-        values = self._state_values(buffer, session[2])
-        window = (session[0], end)
-        if late_out is None:
-            late_out = {}
-        late_out.setdefault(("correction" if emitted else "close", window), {}).update(values)
-        self._set_final(st, buffer, end, values)
-        purge_at = end + self.lateness + self.horizon
-        if purge_at < st.next_close:
-            st.next_close = purge_at
+            if close_at < st.next_close:
+                st.next_close = close_at
+        return (session[2], None, state, session, emitted)
+
+    def _late(
+        self, st: KeyWindows, targets: list[tuple[Any, ...]], late_out: _LateOut | None
+    ) -> _LateOut | None:
+        """After an event is added to its frames: the windows it landed in that are past their
+        close. Those that held events were emitted, and get a correction; one empty until now
+        is emitted for the first time, as a close. Either carries every feature of its frame.
+        Called for late events only: no other lands in a window past its close."""
+        wm = st.clock - self.ooo
+        lateness = self.lateness
+        for frame, target in zip(self.frames, targets, strict=True):
+            if frame.kind == "session":
+                session, emitted = target[3], target[4]
+                end = session[1] + frame.gap
+                if end + lateness > wm:
+                    continue  # open: _session_of saw to it
+                session[3] = True
+                values = self._frame_values(frame, session[2])
+                window = (session[0], end)
+                if late_out is None:
+                    late_out = {}
+                kind = "correction" if emitted else "close"
+                late_out.setdefault((kind, window), {}).update(values)
+                self._set_final(st, frame, end, values)
+                purge_at = end + lateness + self.horizon
+                if purge_at < st.next_close:
+                    st.next_close = purge_at
+                continue
+            state, p, had = target[2], target[3], target[4]
+            r = frame.panes_per_window
+            if p - r >= state.closed:
+                continue
+            # windows p - r + 1 .. min(p, closed) hold the event and are past their close
+            panes, hop = state.accumulators, frame.hop
+            for k in range(p - r + 1, min(p, state.closed) + 1):
+                had_events = had or any(q in panes for q in range(k, k + r) if q != p)
+                values = self._frame_values(frame, self._merge_panes(frame, state, k))
+                window = (k * hop, k * hop + frame.size)
+                if late_out is None:
+                    late_out = {}
+                kind = "correction" if had_events else "close"
+                late_out.setdefault((kind, window), {}).update(values)
+                self._set_final(st, frame, window[1], values)
         return late_out
+
+    def _set_final(self, st: KeyWindows, frame: _Frame, end: int, values: dict[str, Any]) -> None:
+        """With ``emit="close"``: remember the values of the frame's newest emitted window."""
+        if self.emit != "close":
+            return
+        if st.finals is None:
+            st.finals = {}
+        current = st.finals.get(frame.index)
+        if current is None or end >= current[0]:
+            st.finals[frame.index] = (end, values)
 
     # -- closing windows ---------------------------------------------------------------------
     def close(
@@ -735,24 +864,26 @@ class WindowEngine:
         wm = st.clock - self.ooo
         finished: list[tuple[int, int, dict[str, Any]]] = list(pending or ())
         next_close = NEVER
-        for buffer in self.buffers:
-            state = st.buffers[buffer.index]
-            if state is None:
-                continue
-            if buffer.kind == "sliding":
+        buffers = st.buffers
+        for buffer in self.sliding:
+            state = buffers[buffer.slot]
+            if state is not None:
                 state.evict(st.clock - buffer.size)
                 if not len(state):
-                    st.buffers[buffer.index] = None
+                    buffers[buffer.slot] = None
+        for frame in self.frames:
+            state = buffers[frame.slot]
+            if state is None:
                 continue
             mark = len(finished)
-            if buffer.kind == "panes":
-                next_close = min(next_close, self._close_panes(buffer, state, wm, finished))
+            if frame.kind == "panes":
+                next_close = min(next_close, self._close_panes(frame, state, wm, finished))
             else:
-                next_close = min(next_close, self._close_sessions(buffer, state, wm, finished))
+                next_close = min(next_close, self._close_sessions(frame, state, wm, finished))
             for _, end, values in finished[mark:]:
-                self._set_final(st, buffer, end, values)
+                self._set_final(st, frame, end, values)
             if not len(state):
-                st.buffers[buffer.index] = None
+                buffers[frame.slot] = None
         st.next_close = next_close
         if not finished:
             return
@@ -766,12 +897,12 @@ class WindowEngine:
                 self._add_ratios(values)
                 out.append((key, end, values, "close", (start, end), None, None))
 
-    def _close_panes(self, buffer: _Buffer, state: _Panes, wm: int, finished: list[Any]) -> int:
-        hop, size, r = buffer.hop, buffer.size, buffer.panes_per_window
+    def _close_panes(self, frame: _Frame, state: _Panes, wm: int, finished: list[Any]) -> int:
+        hop, size, r = frame.hop, frame.size, frame.panes_per_window
         lateness = self.lateness
         # window k closes when k * hop + size + lateness <= wm
         limit = (wm - lateness - size) // hop
-        panes = state.panes
+        panes = state.accumulators
         if limit > state.closed:
             low = state.closed + 1
             # the panes of windows low..limit are low..limit + r - 1: look those up, or scan
@@ -785,7 +916,7 @@ class WindowEngine:
             for p in candidates:
                 due.update(range(max(p - r + 1, low), min(p, limit) + 1))
             for k in sorted(due):
-                values = self._window_values(buffer, state, k)
+                values = self._frame_values(frame, self._merge_panes(frame, state, k))
                 finished.append((k * hop, k * hop + size, values))
             state.closed = limit
         # pane p is purged once its last window (k = p) is closed and past the horizon
@@ -803,9 +934,7 @@ class WindowEngine:
             next_close = min(next_close, oldest * hop + size + lateness + self.horizon)
         return next_close
 
-    def _close_sessions(
-        self, buffer: _Buffer, state: _Sessions, wm: int, finished: list[Any]
-    ) -> int:
+    def _close_sessions(self, frame: _Frame, state: _Sessions, wm: int, finished: list[Any]) -> int:
         """Emit the sessions past their close and purge the emitted ones past the horizon.
 
         Only the ends of the list are visited: sessions not yet emitted are a suffix (a late
@@ -813,8 +942,8 @@ class WindowEngine:
         session sits among emitted ones), and emitted sessions past the horizon a prefix (the
         oldest). Closing comes first, so that with no horizon a session is purged as it closes.
         """
-        gap, lateness, horizon = buffer.gap, self.lateness, self.horizon
-        items = state.items
+        gap, lateness, horizon = frame.gap, self.lateness, self.horizon
+        items = state.sessions
         first_open = len(items)
         while first_open > 0 and not items[first_open - 1][3]:
             first_open -= 1
@@ -823,7 +952,7 @@ class WindowEngine:
             if end + lateness > wm:
                 break
             session[3] = True
-            finished.append((session[0], end, self._state_values(buffer, session[2])))
+            finished.append((session[0], end, self._frame_values(frame, session[2])))
             first_open += 1
         cut = 0
         while cut < first_open and items[cut][1] + gap + lateness + horizon <= wm:
@@ -839,75 +968,117 @@ class WindowEngine:
         return next_close
 
     # -- values ------------------------------------------------------------------------------
-    def _state_values(self, buffer: _Buffer, state: Any) -> dict[str, Any]:
-        readers = self._readers
+    def _frame_values(self, frame: _Frame, accs: Accumulators | None) -> dict[str, Any]:
+        """The values of every feature of ``frame`` over a window's accumulators (None: a
+        window without events); a feature whose buffer took nothing in it has the value of an
+        empty window (0 for a count or sum, None for a mean)."""
+        readers, names = self._readers, self.names
         values = {}
-        for i in buffer.features:
+        for i, position in frame.members:
             reader = readers[i]
             assert reader is not None
-            values[self.names[i]] = _read(reader, state)
+            values[names[i]] = _read(reader, accs[position] if accs is not None else None)
         return values
 
-    def _window_values(self, buffer: _Buffer, state: _Panes, k: int) -> dict[str, Any]:
-        return self._state_values(buffer, self._merge_panes(buffer, state, k))
-
-    def _merge_panes(self, buffer: _Buffer, state: _Panes, k: int) -> Accumulator | None:
-        r = buffer.panes_per_window
-        panes = state.panes
-        if r == 1:
-            return panes.get(k)
-        merged: Accumulator | None = None
-        for p in range(k, k + r):
-            acc = panes.get(p)
-            if acc is None:
+    def _merge(self, frame: _Frame, parts: Iterable[Accumulators | None]) -> Accumulators | None:
+        """The accumulators of windows (panes or sessions; None: no such window) merged, oldest
+        first, into new ones; None if there is none."""
+        needs = frame.needs
+        if len(needs) == 1:  # the common case, without the loop over positions
+            need = needs[0]
+            into: Accumulator | None = None
+            found = False
+            for accs in parts:
+                if accs is not None:
+                    found = True
+                    acc = accs[0]
+                    if acc is not None:
+                        if into is None:
+                            into = Accumulator(need)
+                        into.merge(acc, need)
+            return [into] if found else None
+        merged: Accumulators | None = None
+        for accs in parts:
+            if accs is None:
                 continue
             if merged is None:
-                merged = Accumulator(buffer.needs)
-            merged.merge(acc, buffer.needs)
+                merged = [None] * len(accs)
+            for position, acc in enumerate(accs):
+                if acc is not None:
+                    part = merged[position]
+                    if part is None:
+                        part = merged[position] = Accumulator(needs[position])
+                    part.merge(acc, needs[position])
         return merged
 
-    def current_state(self, buffer: _Buffer, st: KeyWindows) -> Any:
-        """The state a feature of ``buffer`` reads now (update mode), or None if empty."""
-        state = st.buffers[buffer.index]
+    def _merge_panes(self, frame: _Frame, state: _Panes, k: int) -> Accumulators | None:
+        """Window ``k``'s accumulators: its panes merged (None: no event in it)."""
+        panes = state.accumulators
+        r = frame.panes_per_window
+        if r == 1:
+            return panes.get(k)
+        needs = frame.needs
+        if len(needs) > 1:
+            return self._merge(frame, [panes.get(p) for p in range(k, k + r)])
+        # one buffer: as _merge, in line (a hopping window merges its panes at each close)
+        need = needs[0]
+        into: Accumulator | None = None
+        found = False
+        for p in range(k, k + r):
+            accs = panes.get(p)
+            if accs is not None:
+                found = True
+                acc = accs[0]
+                if acc is not None:
+                    if into is None:
+                        into = Accumulator(need)
+                    into.merge(acc, need)
+        return [into] if found else None
+
+    def _current(self, frame: _Frame, st: KeyWindows) -> Accumulators | None:
+        """The window a read of ``frame``'s features shows (update mode), or None if empty:
+        the tumbling or hopping window holding the clock that closes first, the open session
+        with the latest start."""
+        state = st.buffers[frame.slot]
         if state is None:
             return None
-        if buffer.kind == "sliding":
-            state.evict(st.clock - buffer.size)
-            return state
-        if buffer.kind == "panes":
-            # the window holding the clock that closes first
-            k = (st.clock - buffer.size) // buffer.hop + 1
+        if frame.kind == "panes":
+            k = (st.clock - frame.size) // frame.hop + 1
             current = state.current
             if current is not None and current[0] == k:
-                return current[1]
-            return self._merge_panes(buffer, state, k)  # not kept: a read changes nothing
-        for session in reversed(state.items):
+                return current[1]  # type: ignore[no-any-return]
+            return self._merge_panes(frame, state, k)  # not kept: a read changes nothing
+        for session in reversed(state.sessions):
             if not session[3]:
-                return session[2]
+                return session[2]  # type: ignore[no-any-return]
         return None
 
     def values(self, st: KeyWindows | None) -> tuple[Any, ...]:
         """Every feature's value for a key (its defaults for None)."""
-        names = self.names
+        names, readers = self.names, self._readers
         result: list[Any] = [None] * len(names)
+        for buffer in self.sliding:
+            state = None
+            if st is not None:
+                state = st.buffers[buffer.slot]
+                if state is not None:
+                    state.evict(st.clock - buffer.size)
+            for i in buffer.features:
+                result[i] = _read(readers[i], state)  # type: ignore[arg-type]
         finals = st.finals if st is not None else None
-        for buffer in self.buffers:
-            if st is None:
-                state = None
-            elif self.emit == "close" and buffer.kind != "sliding":
-                state = _FINAL
-            else:
-                state = self.current_state(buffer, st)
-            if state is _FINAL:
-                final = finals.get(buffer.index) if finals is not None else None
-                for i in buffer.features:
-                    if final is not None:
+        for frame in self.frames:
+            if st is not None and self.emit == "close":
+                final = finals.get(frame.index) if finals is not None else None
+                if final is not None:
+                    for i, _ in frame.members:
                         result[i] = final[1][names[i]]
-                    else:
-                        result[i] = _read(self._readers[i], None)  # type: ignore[arg-type]
+                    continue
+                accs = None
             else:
-                for i in buffer.features:
-                    result[i] = _read(self._readers[i], state)  # type: ignore[arg-type]
+                accs = self._current(frame, st) if st is not None else None
+            for i, position in frame.members:
+                state = accs[position] if accs is not None else None
+                result[i] = _read(readers[i], state)  # type: ignore[arg-type]
         if self.sequences:
             patterns = st.patterns if st is not None else None
             for position, (i, _) in enumerate(self.sequences):
@@ -946,25 +1117,62 @@ class WindowEngine:
         """Advance the clocks of idle keys and expire quiet ones: keys quiet for the smaller of
         ``idle_timeout`` and ``state_ttl`` are visited, and again when their next window
         closes or their state expires (``IdleKeys``)."""
+        assert self.quiet is not None
         ttl = self.state_ttl
-        quiet = min(x for x in (self.idle_timeout, ttl) if x is not None)
-        for key in idle.due(states, now, quiet):
+        for key in idle.due(states, now, self.quiet):
             st = states[key]
-            # the same sum as the wake below: ``now - seen >= ttl`` can differ from it in
-            # floats, and the key was then woken at ``now`` again and again
-            if ttl is not None and st.seen + ttl <= now:
-                del states[key]
-                counters.expired_keys += 1
-                continue
-            wake = self._advance_idle(key, st, now, out, counters)
-            if self._empty(st):
-                del states[key]
-                counters.expired_keys += 1
+            wake = self._visit(key, st, states, now, out, counters)
+            if wake is None:
                 continue
             if ttl is not None:
                 wake = min(wake, st.seen + ttl)
             # a wake at or before ``now`` would be visited again in this same loop
             idle.schedule(key, st, max(wake, now + 0.001))
+
+    def catch_up(
+        self,
+        keys: Iterable[Any],
+        states: dict[Any, KeyWindows],
+        now: float,
+        out: list[Any] | None,
+        counters: WindowCounters,
+    ) -> None:
+        """Before a read: bring each of ``keys`` that is quiet up to wall time ``now``, as the
+        next tick would (its clock, the windows that closes, expiry), so that what a read
+        shows is a function of the wall clock, not of when ticks ran."""
+        quiet = self.quiet
+        if quiet is None:
+            return
+        for key in keys:
+            st = states.get(key)
+            if st is not None and now - st.seen >= quiet:
+                self._visit(key, st, states, now, out, counters)
+
+    def _visit(
+        self,
+        key: Any,
+        st: KeyWindows,
+        states: dict[Any, KeyWindows],
+        now: float,
+        out: list[Any] | None,
+        counters: WindowCounters,
+    ) -> float | None:
+        """Bring a quiet key up to wall time ``now``: expire it past ``state_ttl``, move its
+        clock with idle time, and expire it when nothing is left to come. Return when it next
+        needs a visit (wall-clock seconds, or infinity), or None if its state was dropped."""
+        ttl = self.state_ttl
+        # the same sum as the tick's wake: ``now - seen >= ttl`` can differ from it in floats,
+        # and the key was then woken at ``now`` again and again
+        if ttl is not None and st.seen + ttl <= now:
+            del states[key]
+            counters.expired_keys += 1
+            return None
+        wake = self._advance_idle(key, st, now, out, counters)
+        if self._empty(st):
+            del states[key]
+            counters.expired_keys += 1
+            return None
+        return wake
 
     def _advance_idle(
         self, key: Any, st: KeyWindows, now: float, out: list[Any] | None, counters: WindowCounters
@@ -984,9 +1192,9 @@ class WindowEngine:
         # the clock value at which something next changes: a window closes, or a sliding
         # window loses its newest event
         due = st.next_close + self.ooo if st.next_close < NEVER else NEVER
-        for buffer in self.buffers:
-            state = st.buffers[buffer.index]
-            if buffer.kind == "sliding" and state is not None and len(state):
+        for buffer in self.sliding:
+            state = st.buffers[buffer.slot]
+            if state is not None and len(state):
                 due = min(due, state.items[0][0] + buffer.size)
         for (_, feature), pattern in zip(self.sequences, st.patterns or (), strict=False):
             if pattern.pending:
@@ -1002,11 +1210,21 @@ class WindowEngine:
 
     def _empty(self, st: KeyWindows) -> bool:
         """Whether the key holds nothing still to come: no open window, no event waiting for
-        the watermark, no partial match that can complete. The last closed values (with
-        ``emit="close"``) and sequence match counts do not keep a quiet key."""
+        the watermark, no partial match that can complete, no event left in a sliding window
+        (one not evicted yet counts as gone). The last closed values (with ``emit="close"``)
+        and sequence match counts do not keep a quiet key."""
         if st.patterns is not None and any(p.pending or p.partials for p in st.patterns):
             return False
-        return all(state is None or not len(state) for state in st.buffers)
+        buffers = st.buffers
+        for buffer in self.sliding:
+            state = buffers[buffer.slot]
+            if state is not None and len(state) and state.items[-1][0] > st.clock - buffer.size:
+                return False
+        for frame in self.frames:
+            state = buffers[frame.slot]
+            if state is not None and len(state):
+                return False
+        return True
 
     # -- statistics --------------------------------------------------------------------------
     def state_bytes(self, states: dict[Any, KeyWindows]) -> int:
@@ -1024,11 +1242,11 @@ class WindowEngine:
                 if isinstance(state, SlidingState):
                     size += state.nbytes()
                 elif isinstance(state, _Panes):
-                    size += 100 + sum(acc.nbytes() + 100 for acc in state.panes.values())
+                    size += 100 + sum(_accs_bytes(accs) for accs in state.accumulators.values())
                     if state.current is not None and state.current[1] is not None:
-                        size += state.current[1].nbytes()
+                        size += _accs_bytes(state.current[1])
                 else:
-                    size += 60 + sum(s[2].nbytes() + 120 for s in state.items)
+                    size += 60 + sum(_accs_bytes(s[2]) + 80 for s in state.sessions)
             for pattern in st.patterns or ():
                 size += 100 + 120 * len(pattern) + 8 * sum(len(p[1]) for p in pattern.partials)
             measured += size
@@ -1044,15 +1262,14 @@ class WindowEngine:
                 if isinstance(state, SlidingState):
                     total += len(state)
                 elif isinstance(state, _Panes):
-                    total += sum(acc.n for acc in state.panes.values())
+                    total += sum(_held(accs) for accs in state.accumulators.values())
                 else:
-                    total += sum(s[2].n for s in state.items)
+                    total += sum(_held(s[2]) for s in state.sessions)
             for pattern in st.patterns or ():
                 total += len(pattern.pending)
         return total
 
 
-_FINAL = object()
 #: late emissions of one event: (kind, window) -> values
 _LateOut = dict[tuple[str, tuple[int, int]], dict[str, Any]]
 
@@ -1073,6 +1290,16 @@ def _poisoned(
         if made is not None and states.get(key) is made:
             del states[key]
     poison.append((key, t, ev, exc))
+
+
+def _accs_bytes(accs: Accumulators) -> int:
+    """Estimated bytes of one window's accumulators."""
+    return 56 + 8 * len(accs) + sum(acc.nbytes() + 100 for acc in accs if acc is not None)
+
+
+def _held(accs: Accumulators) -> int:
+    """The values held in one window's accumulators."""
+    return sum(acc.n for acc in accs if acc is not None)
 
 
 def _read(reader: Callable[[Any], Any], state: Any) -> Any:

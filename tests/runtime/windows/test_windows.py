@@ -1,10 +1,11 @@
 """Windowed features against the brute-force oracle of ``support.window_oracle``.
 
 Random streams over many keys with out-of-order and duplicate timestamps, missing values and
-values of the wrong type; every window type, every lateness policy, both emit modes; 1, 2, 7
-and 16 shards and several batch sizes. The emitted updates, closes and corrections, the final
-vectors and the late-event counters must match the oracle, and be identical for every shard
-count.
+values of the wrong type; every window type, every lateness policy, both emit modes, with and
+without idle time (the events arrive at wall-clock times, with flushes, so idle ticks, between
+some of them); 1, 2, 7 and 16 shards and several batch sizes. The emitted updates, closes and
+corrections, the final vectors and the late-event and expiry counters must match the oracle,
+and be identical for every shard count.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from runtime import (
     FeatureSet,
 )
 
+from ..support.clock import FakeClock
 from ..support.oracle import same
 from ..support.window_oracle import WINDOW_FEATURES, KeyOracle
 
@@ -35,13 +37,20 @@ amounts = st.one_of(
 @st.composite
 def streams(draw: st.DrawFn) -> list[dict[str, Any]]:
     """Events whose times mostly increase, with jitter backwards (out of order), repeats
-    (duplicate timestamps) and now and then a jump forward (windows close)."""
+    (duplicate timestamps) and now and then a jump forward (windows close).
+
+    Each event also has the wall-clock second it arrives at (``"@wall"``, never decreasing)
+    and whether a flush runs halfway since the one before (``"@tick"``): with
+    ``idle_timeout``, quiet keys' clocks move with the wall clock, and what happens must not
+    depend on when ticks run."""
     n = draw(st.integers(min_value=0, max_value=70))
     t = 10_000
+    wall = 0.0
     events = []
     for _ in range(n):
         t += draw(st.sampled_from([0, 0, 10, 50, 120, 300, 700, 2000]))
         jitter = draw(st.sampled_from([0, 0, 0, 30, 200, 600, 1500]))
+        wall += draw(st.sampled_from([0.0, 0.0, 0.0, 0.05, 0.3, 0.9, 2.5]))
         events.append(
             {
                 "card": draw(st.sampled_from(["a", "b", "c", 1, 2])),
@@ -49,6 +58,8 @@ def streams(draw: st.DrawFn) -> list[dict[str, Any]]:
                 "amount": draw(amounts),
                 "merchant": draw(st.sampled_from(["m1", "m2", "m3", None])),
                 "status": draw(st.sampled_from(["ok", "declined"])),
+                "@wall": wall,
+                "@tick": draw(st.booleans()),
             }
         )
     return events
@@ -62,7 +73,18 @@ def options(draw: st.DrawFn) -> dict[str, Any]:
         "late_policy": draw(st.sampled_from(["drop", "side_output", "update", "update"])),
         "correction_horizon": draw(st.sampled_from([0, 1000, 100_000])),
         "emit": draw(st.sampled_from(["update", "close"])),
+        "idle_timeout": draw(st.sampled_from([None, None, "200ms", "1s"])),
     }
+
+
+#: the wall clock of a run starts here, and the final reads come this long after the last event
+START = 1_000.0
+LAST_READ = 1.7
+
+
+def _idle(opts: dict[str, Any]) -> float | None:
+    idle = opts["idle_timeout"]
+    return None if idle is None else {"200ms": 0.2, "1s": 1.0}[idle]
 
 
 def expected(stream: list[dict[str, Any]], opts: dict[str, Any]) -> dict[Any, KeyOracle]:
@@ -77,8 +99,13 @@ def expected(stream: list[dict[str, Any]], opts: dict[str, Any]) -> dict[Any, Ke
                 opts["late_policy"],
                 opts["correction_horizon"],
                 opts["emit"],
+                _idle(opts),
             )
-        oracles[key].feed(index, event["ts"], event)
+        oracles[key].feed(index, event["ts"], event, START + event["@wall"])
+    if stream:
+        end = START + stream[-1]["@wall"] + LAST_READ
+        for oracle in oracles.values():
+            oracle.vector(end)
     return oracles
 
 
@@ -87,10 +114,26 @@ async def run(
 ) -> tuple[dict[Any, list[Any]], dict[Any, dict[str, Any]], Any]:
     feature_set = FeatureSet(name="w", key="card", time="ts", features=WINDOW_FEATURES, **opts)
     emitted: dict[Any, list[Any]] = defaultdict(list)
-    async with FeatureRuntime(feature_set, shards=shards, batch_size=batch_size) as rt:
+    clock = FakeClock(START)
+    async with FeatureRuntime(feature_set, shards=shards, batch_size=batch_size, clock=clock) as rt:
         updates = rt.updates(buffer=100_000)
-        await rt.ingest_many(stream)
+        if opts["idle_timeout"] is None:
+            await rt.ingest_many(stream)
+        else:
+            # each event is applied at its wall time: flush before the clock moves on
+            wall = 0.0
+            for event in stream:
+                if event["@wall"] > wall:
+                    if event["@tick"]:
+                        await rt.flush()
+                        clock.now = START + (wall + event["@wall"]) / 2
+                    await rt.flush()
+                    wall = event["@wall"]
+                    clock.now = START + wall
+                await rt.ingest(event)
         await rt.flush()
+        if stream:
+            clock.now = START + stream[-1]["@wall"] + LAST_READ
         vectors = {key: (await rt.get(key)).values for key in {e["card"] for e in stream}}
         stats = await rt.statistics()
         await updates.aclose()
@@ -170,3 +213,4 @@ async def test_windows_match_the_oracle_for_1_2_7_and_16_shards(
         assert stats.late_dropped == sum(o.dropped for o in oracles.values())
         assert stats.late_side_output == sum(o.side for o in oracles.values())
         assert stats.late_applied == sum(o.applied_late for o in oracles.values())
+        assert stats.expired_keys == sum(o.expired for o in oracles.values())
