@@ -16,11 +16,6 @@ The kernel knows nothing of what its actors compute. See ``docs/actors.md`` for 
 # - _loader.py: BatchLoader, which gathers the keys asked for at once into one call.
 # - _exceptions.py: the kernel's error tree; _logging.py: structlog loggers over stdlib ones.
 
-import inspect as _inspect
-import sys as _sys
-from types import FunctionType as _FunctionType
-from typing import Any as _Any
-
 from ._actor import Actor as Actor
 from ._actor import ActorContext as ActorContext
 from ._actor import ActorRef as ActorRef
@@ -38,6 +33,7 @@ from ._exceptions import Escalated as Escalated
 from ._exceptions import LoaderError as LoaderError
 from ._exceptions import LoadTimeout as LoadTimeout
 from ._exceptions import MailboxFull as MailboxFull
+from ._exports import fixup_module_metadata as _fixup_module_metadata
 from ._loader import BatchFunction as BatchFunction
 from ._loader import BatchLoader as BatchLoader
 from ._loader import LoaderCache as LoaderCache
@@ -108,42 +104,4 @@ __all__ = [
 ]
 
 
-def _resolve_annotations(cls: type, namespace: dict[str, _Any]) -> None:
-    """Evaluate the class's own annotations where they were written.
-
-    They are strings (``from __future__ import annotations``) that ``typing.get_type_hints``
-    evaluates in the module that ``__module__`` names: once that is ``actors``, names such as
-    ``Callable`` would no longer be found. Names are looked up as it does, in the module first
-    and then in the class. An annotation that cannot be evaluated (a name imported for type
-    checking only) stays a string.
-    """
-    annotations = _inspect.get_annotations(cls)
-    if not annotations:
-        return
-    scope = dict(vars(cls))
-    resolved = {}
-    for field, annotation in annotations.items():
-        if isinstance(annotation, str):
-            try:
-                annotation = eval(annotation, scope, namespace)
-            except Exception:
-                pass
-        resolved[field] = annotation
-    cls.__annotations__ = resolved
-
-
-def _fixup_module_metadata() -> None:
-    """Each exported class and function says it is ``actors.X``, where users import it from,
-    as in trio, anyio and httpx: reprs, tracebacks and pickles show that name."""
-    for name in __all__:
-        value = globals()[name]
-        home = getattr(value, "__module__", None)
-        if not isinstance(value, type | _FunctionType) or not isinstance(home, str):
-            continue  # a type alias or a constant: nothing to rename
-        if home.startswith(__name__ + "."):
-            if isinstance(value, type):
-                _resolve_annotations(value, vars(_sys.modules[home]))
-            value.__module__ = __name__
-
-
-_fixup_module_metadata()
+_fixup_module_metadata(__name__, __all__, globals())

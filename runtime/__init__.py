@@ -22,10 +22,7 @@ See ``docs/quickstart.md``.
 # - _exceptions.py (the one error tree), _results.py, _updates.py, _duration.py, _logging.py.
 # - parity.py: ``python -m runtime.parity``, the parity check's command line.
 
-import inspect as _inspect
-import sys as _sys
-from types import FunctionType as _FunctionType
-from typing import Any as _Any
+from actors._exports import fixup_module_metadata as _fixup_module_metadata
 
 from ._checkpoints.store import CheckpointConfig as CheckpointConfig
 from ._checkpoints.store import CheckpointInfo as CheckpointInfo
@@ -233,42 +230,4 @@ __all__ = [
 ]
 
 
-def _resolve_annotations(cls: type, namespace: dict[str, _Any]) -> None:
-    """Evaluate the class's own annotations where they were written.
-
-    They are strings (``from __future__ import annotations``) that msgspec (decoding a spec)
-    and ``typing.get_type_hints`` evaluate in the module that ``__module__`` names: once that
-    is ``runtime``, names such as ``Duration`` would no longer be found. Names are looked up as
-    they do, in the module first and then in the class. An annotation that cannot be evaluated
-    (a name imported for type checking only) stays a string.
-    """
-    annotations = _inspect.get_annotations(cls)
-    if not annotations:
-        return
-    scope = dict(vars(cls))
-    resolved = {}
-    for field, annotation in annotations.items():
-        if isinstance(annotation, str):
-            try:
-                annotation = eval(annotation, scope, namespace)
-            except Exception:
-                pass
-        resolved[field] = annotation
-    cls.__annotations__ = resolved
-
-
-def _fixup_module_metadata() -> None:
-    """Each exported class and function says it is ``runtime.X``, where users import it from,
-    as in trio, anyio and httpx: reprs, tracebacks and pickles show that name."""
-    for name in __all__:
-        value = globals()[name]
-        home = getattr(value, "__module__", None)
-        if not isinstance(value, type | _FunctionType) or not isinstance(home, str):
-            continue  # a type alias or a constant: nothing to rename
-        if home.startswith(__name__ + "."):
-            if isinstance(value, type):
-                _resolve_annotations(value, vars(_sys.modules[home]))
-            value.__module__ = __name__
-
-
-_fixup_module_metadata()
+_fixup_module_metadata(__name__, __all__, globals())
