@@ -214,6 +214,13 @@ class ActorRef(Generic[M]):
         """False once the actor is stopped for good."""
         return not self._cell.stopped.is_set()
 
+    @property
+    def idle(self) -> bool:
+        """True while the actor waits for a message: its mailbox is empty and it is not in a
+        turn. A sender that batches can send at once to an idle actor (latency first) and let
+        a batch grow only while the actor is busy (Nagle's algorithm turned around)."""
+        return self._cell.mailbox.idle
+
     def __repr__(self) -> str:
         return f"<ActorRef {self._cell.name}>"
 

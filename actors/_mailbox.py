@@ -167,6 +167,12 @@ class Mailbox:
         except anyio.WouldBlock:
             pass
 
+    @property
+    def idle(self) -> bool:
+        """Whether the actor waits for a message: it has seen both channels empty and is
+        parked until one comes (not in a turn, nothing queued)."""
+        return self._wake is not None
+
     def has_user_messages(self) -> bool:
         stats = self._send.statistics()
         return bool(self.held) or stats.current_buffer_used > 0 or stats.tasks_waiting_send > 0

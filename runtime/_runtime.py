@@ -7,12 +7,13 @@ each ``register`` call adds one); each group runs as one actor per shard, under 
 supervisor. A key's events always go to the same shard in arrival order, so results do not
 depend on the shard count or the batch size.
 
-Backpressure: a shard's actors have bounded mailboxes (``mailbox_capacity`` batches); when
-they are full, ``ingest`` waits. Partial batches are sent between ``linger`` and 1.5 x ``linger``
-seconds after their first event, or at once by ``get`` (so a read sees the caller's own
-writes), ``flush`` and shutdown. ``batch_size`` is the threshold at which a shard's buffer is
-sent; ``ingest_many`` routes up to ``batch_size`` events before it checks, so a batch holds
-fewer than twice ``batch_size`` events.
+Backpressure: a shard's actors have bounded mailboxes (``mailbox_capacity`` batches); when they
+are full, ``ingest`` waits. A shard's buffer is sent at once when its actors wait for work
+(latency first); while they are busy it grows, and a partial batch is sent between ``linger``
+and 1.5 x ``linger`` seconds after its first event, or at once by ``get`` (so a read sees the
+caller's own writes), ``flush`` and shutdown. ``batch_size`` is the threshold at which a shard's
+buffer is sent; ``ingest_many`` routes up to ``batch_size`` events before it checks, so a batch
+holds fewer than twice ``batch_size`` events.
 """
 
 from __future__ import annotations
@@ -84,7 +85,8 @@ class FeatureRuntime:
         shards: shard actors per feature group (1..key_groups). Shards share one event loop, so
             more shards do not add parallelism; they bound each actor's state and mailbox.
         batch_size: events per batch sent to a shard (>= 1).
-        linger: seconds a partial batch may wait before it is sent (> 0).
+        linger: seconds a partial batch may wait, while its actors are busy, before it is
+            sent (> 0); for idle actors it leaves at once.
         mailbox_capacity: batches each shard actor holds before ``ingest`` waits (>= 1).
         key_groups: the fixed number of key groups (the unit of re-sharding).
         payload_format: how ``bytes`` events are decoded: ``"json"`` or ``"msgpack"``.
@@ -404,8 +406,11 @@ class FeatureRuntime:
                 progress.offset = offset
             if shard is None:
                 return False
-            if len(self._ingest.buffers[shard]) >= self.batch_size:
-                await self._ingest.send(shard, partial=False)
+            ingest = self._ingest
+            if len(ingest.buffers[shard]) >= self.batch_size:
+                await ingest.send(shard, partial=False)
+            elif ingest.idle(shard):
+                await ingest.send(shard)  # its actors wait: no reason to make the event wait
             return True
         finally:
             self._leave_ingest()
@@ -469,8 +474,14 @@ class FeatureRuntime:
                 buffers = ingest.buffers
                 sent = False
                 for shard in range(self.shards):
-                    if len(buffers[shard]) >= size:
+                    buffer = buffers[shard]
+                    if len(buffer) >= size:
                         await ingest.send(shard, partial=False)
+                        sent = True
+                    elif buffer and ingest.idle(shard):
+                        # its actors wait for work: a partial batch leaves now rather than
+                        # after ``linger``; while they are busy, it grows
+                        await ingest.send(shard)
                         sent = True
                 if sent:
                     # Let the shard actors apply the batch now, while its events are still in
@@ -609,6 +620,7 @@ class FeatureRuntime:
             )
             await self._ingest.send_all()
             groups = await self._topology.add_groups(list(features), feature_set)
+            await self._topology.wait_idle()
             # the new features may keep event values as they are: screen those from now on
             self._reader.keep(keeps_of(feature_set))
             for group in groups:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import anyio
+import anyio.lowlevel
 import msgspec
 
 from actors import ActorRef, MailboxConfig, Supervisor
@@ -309,6 +310,16 @@ class Topology:
         for stream in feature_set.stream_names:
             if feature_set.lookups_of(stream):
                 await self._add_enricher(stream)
+        await self.wait_idle()
+
+    async def wait_idle(self, limit: float = 0.1) -> None:
+        """Let the actors just started reach their first wait for a message, for at most
+        ``limit`` seconds: ingest sends a partial batch at once only to idle actors, so the
+        first events then do not wait for ``linger``."""
+        refs = [ref for target in self.targets for ref in target.refs]
+        with anyio.move_on_after(limit):
+            while not all(ref.idle for ref in refs):
+                await anyio.lowlevel.checkpoint()  # each actor parks at its first turn
 
     async def add_groups(self, features: list[Any], feature_set: FeatureSet) -> list[Group]:
         """Add the features as groups: per stream, keyed aggregates, then windowed features;

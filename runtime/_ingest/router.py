@@ -443,6 +443,17 @@ class Ingest:
         for shard in range(self.shards):
             await self.send(shard)
 
+    def idle(self, shard: int) -> bool:
+        """Whether every actor a batch of ``shard`` goes to waits for a message, with nothing
+        being sent to it: a partial batch may then leave at once (latency first), while a
+        busy actor lets its next batch grow (throughput under backlog)."""
+        if self.unsent[shard] is not None or self._locks[shard].locked():
+            return False
+        for target in self._groups:
+            if not target.refs[shard].idle:
+                return False
+        return True
+
     def sending(self, shard: int) -> bool:
         """True while a send to ``shard`` is in progress (or waiting for room)."""
         return self._locks[shard].locked()

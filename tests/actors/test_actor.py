@@ -47,6 +47,28 @@ async def test_tell_delivers_messages_in_order_and_ask_returns_the_reply() -> No
         assert await ref.ask("total") == sum(range(100))
 
 
+async def test_an_actor_is_idle_only_while_it_waits_for_a_message() -> None:
+    go_on = anyio.Event()
+
+    class Waiter(Actor[Any]):
+        async def receive(self, message: Any) -> None:
+            if message == "wait":
+                await go_on.wait()
+
+    async with ActorSystem() as system:
+        ref = await system.spawn(Waiter)
+        await wait_until(lambda: ref.idle)  # started, nothing to do
+        await ref.tell(1)
+        assert not ref.idle  # a message waits: the actor has not run yet
+        await wait_until(lambda: ref.idle)
+        await ref.tell("wait")  # in a turn: not idle, though its mailbox is empty
+        await wait_until(lambda: ref.statistics().depth == 0)
+        await anyio.sleep(0.01)
+        assert not ref.idle
+        go_on.set()
+        await wait_until(lambda: ref.idle)
+
+
 async def test_ask_times_out_with_ask_timeout_which_is_a_timeout_error() -> None:
     async with ActorSystem(shutdown_timeout=0.2) as system:
         ref = await system.spawn(Counter)

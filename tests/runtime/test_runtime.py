@@ -119,6 +119,23 @@ async def test_get_reads_its_own_writes_still_in_a_partial_batch() -> None:
     assert again["total"] == 110
 
 
+async def test_an_event_for_idle_actors_leaves_at_once_not_after_linger() -> None:
+    # Latency first: with nothing else to do, the shard's actors get the event now, though the
+    # batch is far from full and linger is an hour; busy actors let the next batch grow.
+    with anyio.fail_after(10):
+        async with FeatureRuntime(FEATURE_SET, shards=1, batch_size=10_000, linger=3600) as rt:
+            updates = rt.updates()
+            await rt.ingest(tx("c1", T0, amount=5))
+            with anyio.fail_after(2):
+                first = await updates.__anext__()
+            assert first.key == "c1"
+            await anyio.sleep(0.05)  # the actor ends its turn and waits for work again
+            await rt.ingest_many([tx("c1", T0 + i, amount=1) for i in range(1, 4)])
+            with anyio.fail_after(2):
+                assert [(await updates.__anext__()).key for _ in range(3)] == ["c1"] * 3
+            await updates.aclose()
+
+
 async def test_get_of_an_unknown_key_gives_empty_values_and_known_false() -> None:
     with anyio.fail_after(10):
         async with FeatureRuntime(FEATURE_SET, shards=2) as rt:
