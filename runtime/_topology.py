@@ -536,9 +536,11 @@ class Topology:
         Raises:
             UnknownFeature: a name in ``features`` is not a feature of the runtime.
         """
-        for name in features or ():
-            if name not in self.feature_set.names:
-                self.group_of(name)  # raises UnknownFeature, naming the known features
+        if features is not None:
+            known = set(self.feature_set.names)
+            for name in features:
+                if name not in known:
+                    self.group_of(name)  # raises UnknownFeature, naming the known features
         found = {key: KeyState() for keys in by_shard.values() for key in keys}
         groups = [
             group

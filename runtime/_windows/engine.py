@@ -1017,23 +1017,7 @@ class WindowEngine:
         r = frame.panes_per_window
         if r == 1:
             return panes.get(k)
-        needs = frame.needs
-        if len(needs) > 1:
-            return self._merge(frame, [panes.get(p) for p in range(k, k + r)])
-        # one buffer: as _merge, in line (a hopping window merges its panes at each close)
-        need = needs[0]
-        into: Accumulator | None = None
-        found = False
-        for p in range(k, k + r):
-            accs = panes.get(p)
-            if accs is not None:
-                found = True
-                acc = accs[0]
-                if acc is not None:
-                    if into is None:
-                        into = Accumulator(need)
-                    into.merge(acc, need)
-        return [into] if found else None
+        return self._merge(frame, [panes.get(p) for p in range(k, k + r)])
 
     def _current(self, frame: _Frame, st: KeyWindows) -> Accumulators | None:
         """The window a read of ``frame``'s features shows (update mode), or None if empty:

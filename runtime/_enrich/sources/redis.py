@@ -85,7 +85,7 @@ class RedisDimensionSource(Base):
         client = self._client
         if client is None:
             raise self._not_open()
-        groups = group_keys(keys, lambda key: self.spec.prefix + str(key))
+        groups = group_keys(keys, self._key_text)
         if not groups:
             return {}
         try:
