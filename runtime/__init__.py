@@ -24,6 +24,10 @@ See ``docs/quickstart.md``.
 
 from actors._exports import fixup_module_metadata as _fixup_module_metadata
 
+from ._batches import EnrichedBatch as EnrichedBatch
+from ._batches import JoinRecordBatch as JoinRecordBatch
+from ._batches import LateEventBatch as LateEventBatch
+from ._batches import UpdateBatch as UpdateBatch
 from ._checkpoints.store import CheckpointConfig as CheckpointConfig
 from ._checkpoints.store import CheckpointInfo as CheckpointInfo
 from ._duration import format_duration as format_duration
@@ -189,6 +193,11 @@ __all__ = [
     "JoinRecord",
     "LateEvent",
     "UpdateSubscription",
+    # what subscriptions carry: a batch of outputs per batch of events
+    "EnrichedBatch",
+    "JoinRecordBatch",
+    "LateEventBatch",
+    "UpdateBatch",
     # statistics and metrics
     "ActorMailbox",
     "ActorMetrics",

@@ -23,6 +23,7 @@ from typing import Any
 
 from actors import Actor, get_logger
 
+from ._batches import UpdateBatch
 from ._checkpoints.codec import state_codec
 from ._keyed.kernel import CompiledGroup
 from ._messages import (
@@ -192,25 +193,17 @@ class GroupShard(Actor[Any]):
         _log.debug("feature_errors", group=self.group_name, shard=self.shard, count=len(errors))
 
     async def _publish(self, out: list[Any], errors: list[Any], now: float) -> None:
-        names = self.group.names
-        latency = self.feature_latency_ms  # set by the first batch, which is always sampled
-        by_position: dict[int, dict[str, str]] = {}
-        for position, _key, _t, name, exc in errors:
-            by_position.setdefault(position, {})[name] = f"{type(exc).__name__}: {exc}"
-        group = self.group_name
-        updates = [
-            FeatureUpdate(
-                key,
-                t,
-                dict(zip(names, values, strict=True)),
-                by_position.get(i),
-                latency,
-                now,
-                group,
-            )
-            for i, (key, t, values) in enumerate(out)
-        ]
-        await self.hub.publish(updates)
+        by_position: dict[int, dict[str, str]] | None = None
+        if errors:
+            by_position = {}
+            for position, _key, _t, name, exc in errors:
+                if position >= 0:  # -1: an error of a poison event, which has no update
+                    by_position.setdefault(position, {})[name] = f"{type(exc).__name__}: {exc}"
+        # per-feature latency is set by the first batch, which is always sampled
+        batch = UpdateBatch(
+            self.group_name, self.group.names, out, by_position, self.feature_latency_ms, now
+        )
+        await self.hub.publish(batch)
 
     async def receive(self, message: Any) -> Any:
         if isinstance(message, GetStates):

@@ -1,35 +1,53 @@
-"""Fan-out of feature updates to subscribers of ``rt.updates()`` (and of late events to
-subscribers of ``rt.late_events()``: the same machinery, another item type).
+"""Fan-out of the runtime's outputs to subscribers: ``rt.updates()``, ``rt.join_records()``,
+``rt.enriched_events()``, ``rt.late_events()`` and ``rt.drift_alerts()`` share this machinery.
 
-Each subscription has a bounded buffer. When a subscriber falls behind, the policy decides:
-``"block"`` (the default) makes the shard wait, which slows ingest down to the subscriber's pace
-and loses nothing; ``"drop_oldest"`` keeps the newest updates and counts what it drops. A
-subscription that is garbage-collected without being closed unsubscribes itself, so an abandoned
-iterator cannot stall the runtime.
+Outputs travel in batches (``runtime._batches``): an actor publishes one batch per batch of
+events it applied, and a subscriber wakes once per batch. A subscription reads either one item
+at a time (``async for update in subscription``: each item is built from its batch as it is
+reached) or a batch at a time (``async for batch in subscription.batches()``: columns, no
+object per event).
+
+Each subscription has a bounded buffer, counted in items (events), not batches: a batch that
+would overflow it is split. When a subscriber falls behind, the policy decides: ``"block"`` (the
+default) makes the publishing actor wait, which slows ingest down to the subscriber's pace and
+loses nothing; ``"drop_oldest"`` keeps the newest items and counts what it drops. A
+subscription that is garbage-collected without being closed unsubscribes itself, so an
+abandoned iterator cannot stall the runtime.
 """
 
 from __future__ import annotations
 
 import weakref
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 import anyio
 
-__all__ = ["SubscriptionStatistics", "UpdateHub", "UpdateSubscription"]
+__all__ = ["OutputBatch", "SubscriptionStatistics", "UpdateHub", "UpdateSubscription"]
 
 Policy = Literal["block", "drop_oldest"]
 T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
+
+
+class OutputBatch(Protocol[T_co]):
+    """What a hub carries: a sized, sliceable batch that iterates as its items."""
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[T_co]: ...
+
+    def __getitem__(self, index: slice) -> Any: ...
 
 
 @dataclass(frozen=True)
 class SubscriptionStatistics:
     """A snapshot of one subscription (``subscription.statistics()``)."""
 
-    #: items waiting to be read
+    #: items waiting to be read (the rest of a batch being read included)
     depth: int
     #: the most items it holds (its ``buffer``)
     capacity: int
@@ -48,14 +66,21 @@ class _Channel:
         "capacity",
         "closed",
         "dropped",
+        "held",
         "policy",
         "readable",
+        "size",
         "waiting",
         "writable",
     )
 
     def __init__(self, capacity: int, policy: Policy) -> None:
+        #: batches, oldest first; ``size`` is the items they hold, with those of the batch
+        #: being read one item at a time (``held``, out of the buffer): the reader's
+        #: items count against the capacity until they are read
         self.buffer: deque[Any] = deque()
+        self.size = 0
+        self.held = 0
         self.capacity = capacity
         self.policy = policy
         self.closed = False
@@ -67,8 +92,9 @@ class _Channel:
 
 
 class UpdateSubscription(Generic[T]):
-    """An async iterator of :class:`FeatureUpdate` (or of ``LateEvent`` from
-    ``rt.late_events()``), also an async context manager.
+    """An async iterator of :class:`FeatureUpdate` (or of the items of another output:
+    ``JoinRecord``, ``EnrichedEvent``, ``LateEvent``, ``DriftAlert``), also an async context
+    manager. :meth:`batches` reads the same stream a batch at a time.
 
     Iteration ends when the runtime shuts down or the subscription is closed.
     """
@@ -76,18 +102,22 @@ class UpdateSubscription(Generic[T]):
     def __init__(self, hub: UpdateHub[T], channel: _Channel) -> None:
         self._hub = hub
         self._channel = channel
+        #: the batch being read item by item, its iterator and the items left in it
+        self._current: Iterator[T] | None = None
+        self._current_batch: Any = None
+        self._left = 0
         self._finalizer = weakref.finalize(self, hub.unsubscribe, channel)
 
     @property
     def dropped(self) -> int:
-        """Updates dropped by the ``drop_oldest`` policy."""
+        """Items dropped by the ``drop_oldest`` policy."""
         return self._channel.dropped
 
     def statistics(self) -> SubscriptionStatistics:
         """A snapshot of the subscription's buffer: its depth never exceeds its capacity."""
         channel = self._channel
         return SubscriptionStatistics(
-            depth=len(channel.buffer),
+            depth=channel.size,
             capacity=channel.capacity,
             policy=channel.policy,
             dropped=channel.dropped,
@@ -97,7 +127,8 @@ class UpdateSubscription(Generic[T]):
     def __aiter__(self) -> AsyncIterator[T]:
         return self
 
-    async def __anext__(self) -> T:
+    async def _next_batch(self, *, hold: bool) -> Any:
+        """The oldest batch; with ``hold`` its items stay counted until read one by one."""
         channel = self._channel
         while not channel.buffer:
             if channel.closed:
@@ -106,12 +137,67 @@ class UpdateSubscription(Generic[T]):
             if channel.readable.is_set():
                 channel.readable = anyio.Event()
             await channel.readable.wait()
-        update: T = channel.buffer.popleft()
-        channel.writable.set()
-        return update
+        batch = channel.buffer.popleft()
+        if hold:
+            channel.held = len(batch)
+        else:
+            channel.size -= len(batch)
+            channel.writable.set()
+        return batch
+
+    def _took(self) -> None:
+        """One item of the held batch is read: its room is free."""
+        channel = self._channel
+        channel.size -= 1
+        channel.held -= 1
+        self._left -= 1
+        if channel.waiting:
+            channel.writable.set()
+
+    async def __anext__(self) -> T:
+        if self._left:
+            self._took()
+            assert self._current is not None
+            return next(self._current)
+        while True:
+            batch = await self._next_batch(hold=True)
+            size = len(batch)
+            if size:
+                break
+        self._current_batch = batch
+        self._current = iter(batch)
+        self._left = size
+        self._took()
+        return next(self._current)
+
+    async def _batches(self) -> AsyncIterator[Any]:
+        while True:
+            left = self._left
+            if left:
+                # the rest of a batch partly read one item at a time
+                batch = self._current_batch
+                channel = self._channel
+                channel.size -= left
+                channel.held = 0
+                channel.writable.set()
+                self._left = 0
+                self._current = self._current_batch = None
+                yield batch[len(batch) - left :]
+                continue
+            try:
+                batch = await self._next_batch(hold=False)
+            except StopAsyncIteration:
+                return
+            yield batch
+
+    def batches(self) -> AsyncIterator[Any]:
+        """The same stream, a batch at a time (``UpdateBatch``, ``JoinRecordBatch``,
+        ``EnrichedBatch``, ``LateEventBatch``): one object per batch of events, with columns,
+        the cheapest way to read every output. Ends when the subscription does."""
+        return self._batches()
 
     async def aclose(self) -> None:
-        """Unsubscribe; updates already buffered can still be read."""
+        """Unsubscribe; items already buffered can still be read."""
         self._finalizer()
 
     async def __aenter__(self) -> UpdateSubscription[T]:
@@ -124,7 +210,7 @@ class UpdateSubscription(Generic[T]):
 
 
 class UpdateHub(Generic[T]):
-    """Internal: the runtime's set of subscriptions."""
+    """Internal: the runtime's set of subscriptions to one output."""
 
     def __init__(self) -> None:
         self._channels: list[_Channel] = []
@@ -150,30 +236,72 @@ class UpdateHub(Generic[T]):
         if channel in self._channels:
             self._channels.remove(channel)
 
-    async def publish(self, updates: list[T]) -> None:
+    async def publish(self, batch: OutputBatch[T]) -> None:
+        """Give ``batch`` to every subscription: one wake-up of each reader. With
+        ``"block"`` it waits for room (a batch larger than the buffer goes in parts)."""
+        size = len(batch)
+        if not size:
+            return
         for channel in tuple(self._channels):
-            buffer = channel.buffer
-            for update in updates:
-                if len(buffer) >= channel.capacity:
-                    if channel.policy == "drop_oldest":
-                        buffer.popleft()
-                        channel.dropped += 1
-                    else:
-                        channel.waiting += 1
-                        try:
-                            while len(buffer) >= channel.capacity and not channel.closed:
-                                # shard actors publishing at once share the event of this round
-                                if channel.writable.is_set():
-                                    channel.writable = anyio.Event()
-                                channel.readable.set()
-                                await channel.writable.wait()
-                        finally:
-                            channel.waiting -= 1
-                        if channel.closed:
-                            break
-                buffer.append(update)
-            channel.readable.set()
+            if channel.size + size <= channel.capacity:  # the usual case: room for it all
+                channel.buffer.append(batch)
+                channel.size += size
+                channel.readable.set()
+            elif channel.policy == "drop_oldest":
+                _drop_into(channel, batch, size)
+            else:
+                await _wait_into(channel, batch, size)
 
     def close(self) -> None:
         for channel in tuple(self._channels):
             self.unsubscribe(channel)
+
+
+def _drop_into(channel: _Channel, batch: Any, size: int) -> None:
+    """Keep the newest ``capacity`` items of the buffer and ``batch``: drop the oldest (those
+    being read, ``held``, are the reader's already)."""
+    excess = channel.size + size - channel.capacity
+    channel.dropped += excess
+    buffer = channel.buffer
+    while excess and buffer:
+        oldest = buffer[0]
+        count = len(oldest)
+        if count <= excess:
+            buffer.popleft()
+            channel.size -= count
+            excess -= count
+        else:
+            buffer[0] = oldest[excess:]
+            channel.size -= excess
+            excess = 0
+    if excess:  # the buffer is empty: the batch's oldest items go too
+        batch = batch[excess:]
+        size -= excess
+    if size:
+        buffer.append(batch)
+        channel.size += size
+    channel.readable.set()
+
+
+async def _wait_into(channel: _Channel, batch: Any, size: int) -> None:
+    """Put ``batch`` in as room comes (in parts when it is larger than the room)."""
+    start = 0
+    channel.waiting += 1
+    try:
+        while start < size and not channel.closed:
+            room = channel.capacity - channel.size
+            if room <= 0:
+                # shard actors publishing at once share the event of this round
+                if channel.writable.is_set():
+                    channel.writable = anyio.Event()
+                channel.readable.set()
+                await channel.writable.wait()
+                continue
+            part = batch if start == 0 and room >= size else batch[start : start + room]
+            channel.buffer.append(part)
+            taken = len(part)
+            channel.size += taken
+            start += taken
+            channel.readable.set()
+    finally:
+        channel.waiting -= 1

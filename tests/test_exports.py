@@ -41,6 +41,8 @@ RUNTIME_NAMES = {
     # the runtime and what it gives back
     *("EnrichedEvent", "FeatureDescription", "FeatureError", "FeatureResult", "FeatureRuntime"),
     *("FeatureUpdate", "FeatureVector", "JoinRecord", "LateEvent", "UpdateSubscription"),
+    # what subscriptions carry
+    *("EnrichedBatch", "JoinRecordBatch", "LateEventBatch", "UpdateBatch"),
     # statistics and metrics
     *("ActorMailbox", "ActorMetrics", "CheckpointMetrics", "EnrichmentStatistics"),
     *("FeatureMetrics", "GroupMetrics", "JoinStatistics", "RuntimeMetrics", "RuntimeStatistics"),

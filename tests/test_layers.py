@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 #: and bounds of spec options (``_spec.limits``, a leaf that imports nothing).
 BASE = ("_exceptions", "_duration", "_logging", "_spec.limits")
 #: The pure layers below the actors: algorithms, specs, and what the runtime gives back.
-PURE = (*BASE, "_stats", "_spec", "_results", "_updates")
+PURE = (*BASE, "_stats", "_spec", "_results", "_batches", "_updates")
 #: The engines: plain computation over a dict of per-key state that the caller owns.
 ENGINES = (*PURE, "_keyed", "_windows.engine", "_windows.state", "_windows.patterns")
 ENGINES += ("_joins.engine", "_joins.buffer", "_drift.detectors", "_drift.two_sample")
@@ -57,6 +57,7 @@ RULES: dict[str, tuple[str, ...]] = {
     "_stats": ("_exceptions", "_spec.limits"),
     "_spec": BASE,
     "_results": (*BASE, "_spec"),
+    "_batches": (*BASE, "_results"),
     "_updates": BASE,
     # engines and per-concern building blocks (no actors)
     "_ingest": BASE,  # the package's __init__; its modules have rows of their own

@@ -39,6 +39,7 @@ from actors import (
     resume_always,
 )
 
+from .._batches import ItemBatch
 from .._exceptions import SpecError
 from .._messages import GetDriftStatus
 from .._results import FeatureUpdate
@@ -138,7 +139,7 @@ class MonitorState:
             updates = [await subscription.__anext__() for _ in range(size)]
             alerts = self.handle(updates)
             if alerts:
-                await self.alerts_hub.publish(alerts)
+                await self.alerts_hub.publish(ItemBatch(alerts))
             if pending:
                 await anyio.lowlevel.checkpoint()
 

@@ -40,6 +40,7 @@ import anyio
 
 from actors import Actor, ActorRef, ActorStopped, DeadLetterReason, get_logger
 
+from .._batches import EnrichedBatch
 from .._exceptions import SourceError
 from .._messages import Batch, GetEnrichStats, Ping, fail_batch
 from .._results import EnrichedEvent
@@ -602,7 +603,7 @@ class EnrichShard(Actor[Any]):
 
     async def _send(self, ready: list[tuple[Any, int, Any]], created: float) -> None:
         if self.hub is not None and self.hub.active:
-            await self.hub.publish([EnrichedEvent(key, t, event) for key, t, event in ready])
+            await self.hub.publish(EnrichedBatch(ready, time.time()))
         batch = Batch(ready, created, self.stream)
         for target in self.targets:
             try:

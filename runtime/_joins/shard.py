@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from actors import Actor, ActorRef, ActorStopped, get_logger
 
+from .._batches import JoinRecordBatch, LateEventBatch
 from .._checkpoints.codec import state_codec
 from .._messages import (
     Batch,
@@ -139,9 +140,7 @@ class JoinShard(Actor[Any]):
             self._log_errors()
         if late and self.late_hub is not None and self.late_hub.active:
             name = self.engine.config.name
-            await self.late_hub.publish(
-                [LateEvent(key, t, watermark, ev, name) for key, t, watermark, ev in late]
-            )
+            await self.late_hub.publish(LateEventBatch(name, late))
         if out:
             await self._emit(out, batch.created)
 
@@ -198,7 +197,7 @@ class JoinShard(Actor[Any]):
         hubs = [hub for hub in self.hubs if hub.active]
         if hubs:
             wall = time.time()
-            published = [JoinRecord(name, r["key"], r, wall) for _, r in out]
+            published = JoinRecordBatch(name, [r for _, r in out], wall)
             for hub in hubs:
                 await hub.publish(published)
 

@@ -81,7 +81,7 @@ class CompiledGroup:
     ``apply(batch, states, errors, now)`` applies a batch of ``(key, time, event)`` to the
     states dict; errors are appended as
     ``(key, time, feature_name, exception)``. ``apply_emit(..., out)`` also appends
-    ``(key, time, values)`` per event to ``out``, and records errors as
+    ``(key, time, *values)`` per event to ``out`` (an ``UpdateBatch`` row), and records errors as
     ``(position_in_out, key, time, feature_name, exception)``. ``apply_timed(..., timings)``
     adds the nanoseconds spent in each feature to ``timings`` (for sampled latency), and
     ``apply_emit_timed(..., out, timings)`` does both. Errors are ``FeatureValueError``s naming
@@ -387,8 +387,8 @@ class _Builder:
             inner += self.feature_block(index, timed, emit)
         if emit:
             inner += self.values_lines("errors.append((len(out), key, t, {name}, {exc}))")
-            values = ", ".join(f"x{i}" for i in range(len(self.features)))
-            inner.append(f"out.append((key, t, ({values},)))")
+            values = "".join(f", x{i}" for i in range(len(self.features)))
+            inner.append(f"out.append((key, t{values}))")
         lines += ["            " + line for line in inner]
         position = "len(out)" if emit else "None"
         lines += [

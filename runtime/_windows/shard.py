@@ -17,6 +17,7 @@ from typing import Any
 
 from actors import get_logger
 
+from .._batches import LateEventBatch, UpdateBatch
 from .._messages import Batch, GetStates, GetWindowStats, IdleTick, Ping, Tick, set_aside
 from .._results import FeatureUpdate, LateEvent
 from .._shard import GroupShard
@@ -110,24 +111,34 @@ class WindowShard(GroupShard):
         if errors:
             self._record_errors(errors, emit=False)
         if late:
-            await self.late_hub.publish(
-                [LateEvent(k, t, wm, ev, self.group_name) for k, t, wm, ev in late]
-            )
+            await self.late_hub.publish(LateEventBatch(self.group_name, late))
         if out:
             await self._publish_windows(out, wall)
 
     async def _publish_windows(self, out: list[Any], wall: float) -> None:
+        """One :class:`UpdateBatch` for the engine's outputs: a row per output, and for the
+        rows of other kinds than ``"update"`` (a close, a match) their full update."""
         names = self.engine.names
         latency = self.feature_latency_ms
         group = self.group_name
-        updates = []
+        rows: list[tuple[Any, ...]] = []
+        failures: dict[int, dict[str, str]] | None = None
+        extras: dict[int, FeatureUpdate] | None = None
         for key, t, values, kind, window, errors, parts in out:
             if kind == "update":
-                values = dict(zip(names, values, strict=True))
-            updates.append(
-                FeatureUpdate(key, t, values, errors, latency, wall, group, kind, window, parts)
+                if errors:
+                    if failures is None:
+                        failures = {}
+                    failures[len(rows)] = errors
+                rows.append((key, t, *values))
+                continue
+            if extras is None:
+                extras = {}
+            extras[len(rows)] = FeatureUpdate(
+                key, t, values, errors, latency, wall, group, kind, window, parts
             )
-        await self.hub.publish(updates)
+            rows.append((key, t, *[values.get(name) for name in names]))
+        await self.hub.publish(UpdateBatch(group, names, rows, failures, latency, wall, extras))
 
     async def _tick(self) -> None:
         if self.idle is None:

@@ -540,7 +540,7 @@ def test_the_errors_of_a_poison_event_point_at_no_update() -> None:
     ]
     with mock.patch.dict(group.apply_emit.__globals__, {"_wrap": failing_wrap}):
         group.apply_emit(batch, states, errors, 0.0, out, poison)
-    assert [(key, t) for key, t, _ in out] == [("k", T0), ("k", T0 + 2)]
+    assert [(key, t) for key, t, *_ in out] == [("k", T0), ("k", T0 + 2)]
     assert [(position, t, name) for position, _, t, name, _ in errors] == [
         (0, T0, "total"),
         (-1, T0 + 1, "total"),

@@ -248,7 +248,7 @@ def test_a_ratio_of_a_non_numeric_operand_is_that_features_error() -> None:
     group.apply_emit([("k", T0, {"x": "text"})], states, errors, 0.0, out)
     assert [(position, name) for position, _, _, name, _ in errors] == [(0, "r")]
     assert isinstance(errors[0][4], FeatureValueError)
-    assert out[0][2][:2] == (1, "text")
+    assert out[0][2:4] == (1, "text")
 
 
 STRUCT_FEATURES = [

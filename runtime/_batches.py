@@ -1,0 +1,339 @@
+"""Batches of outputs: what subscriptions carry, one per batch of events an actor applied.
+
+The runtime computes in batches, so it publishes in batches: one object per batch, one
+wake-up of the subscriber per batch, and no object per event until someone asks for one.
+Each batch type is columnar where it matters (``keys``, ``event_times``, one column per
+feature) and iterable as the per-event result types (``FeatureUpdate``, ``JoinRecord``,
+``EnrichedEvent``, ``LateEvent``), built lazily as the iteration reaches them, so code that
+reads one update at a time keeps working and code that reads columns pays for nothing else.
+
+Every batch is a sized, sliceable sequence (``len(batch)``, ``batch[i:j]`` is a batch of the same
+type): a subscription's buffer counts events, not batches, and splits a batch that would
+overflow it. Per-feature latency and ``processed_at`` belong to the batch, not to each event.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any, Generic, TypeVar
+
+from ._results import EnrichedEvent, FeatureUpdate, JoinRecord, LateEvent
+
+__all__ = [
+    "EnrichedBatch",
+    "ItemBatch",
+    "JoinRecordBatch",
+    "LateEventBatch",
+    "UpdateBatch",
+]
+
+T = TypeVar("T")
+
+
+def _reindex(by_position: dict[int, Any] | None, start: int, stop: int) -> dict[int, Any] | None:
+    """The entries of a position-keyed map that fall in ``[start, stop)``, shifted to 0."""
+    if not by_position:
+        return None
+    kept = {i - start: v for i, v in by_position.items() if start <= i < stop}
+    return kept or None
+
+
+def _bounds(index: slice, size: int) -> tuple[int, int]:
+    start, stop, step = index.indices(size)
+    if step != 1:
+        raise ValueError("a batch slices with step 1 only")
+    return start, max(start, stop)
+
+
+class UpdateBatch:
+    """The feature updates of one batch of events of one feature group.
+
+    Columnar: :attr:`keys`, :attr:`event_times` and :meth:`column` (one list per feature, in
+    :attr:`names` order) give the batch's values without an object per event; :attr:`rows`
+    holds them as ``(key, event_time, value, value, ...)`` tuples, the cheapest form to
+    loop over. Iterating yields a :class:`FeatureUpdate` per event, built as it is reached.
+
+    A windowed group's batch may hold rows of other kinds than ``"update"`` (a window's
+    ``"close"``, a ``"correction"``, a ``"match"``, an ``"anomaly"``): :attr:`kinds` tells
+    them apart, their row carries None for the features they do not report, and the
+    iteration yields their full ``FeatureUpdate`` (with ``window`` and ``parts``).
+    """
+
+    __slots__ = (
+        "_columns",
+        "_errors",
+        "_extras",
+        "group",
+        "latency_ms",
+        "names",
+        "processed_at",
+        "rows",
+    )
+
+    def __init__(
+        self,
+        group: str,
+        names: tuple[str, ...],
+        rows: list[tuple[Any, ...]],
+        errors: dict[int, dict[str, str]] | None,
+        latency_ms: dict[str, float],
+        processed_at: float,
+        extras: dict[int, FeatureUpdate] | None = None,
+    ) -> None:
+        #: the feature group that computed the batch
+        self.group = group
+        #: the group's feature names: the order of the values in each row
+        self.names = names
+        #: one ``(key, event_time, *values)`` tuple per event, in the order they applied
+        self.rows = rows
+        self._errors = errors
+        #: per-feature computation latency estimate (ms), for the whole batch
+        self.latency_ms = latency_ms
+        #: wall-clock time the batch was computed (seconds since the epoch)
+        self.processed_at = processed_at
+        self._extras = extras
+        self._columns: list[tuple[Any, ...]] | None = None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __repr__(self) -> str:
+        return f"UpdateBatch(group={self.group!r}, events={len(self.rows)})"
+
+    def _transposed(self) -> list[tuple[Any, ...]]:
+        columns = self._columns
+        if columns is None:
+            if self.rows:
+                columns = self._columns = list(zip(*self.rows, strict=True))
+            else:
+                columns = self._columns = [() for _ in range(len(self.names) + 2)]
+        return columns
+
+    @property
+    def keys(self) -> tuple[Any, ...]:
+        """The entity key of each row."""
+        return self._transposed()[0]
+
+    @property
+    def event_times(self) -> tuple[int, ...]:
+        """The event time (ms since the epoch) of each row."""
+        return self._transposed()[1]
+
+    def column(self, name: str) -> tuple[Any, ...]:
+        """The values of feature ``name``, one per row (None where the feature failed on the
+        event, or where a row of another kind does not report it).
+
+        Raises:
+            KeyError: the group has no feature of that name.
+        """
+        try:
+            index = self.names.index(name)
+        except ValueError:
+            raise KeyError(f"group {self.group!r} has no feature {name!r}") from None
+        return self._transposed()[index + 2]
+
+    def columns(self) -> dict[str, tuple[Any, ...]]:
+        """Every feature's column, by name."""
+        transposed = self._transposed()
+        return {name: transposed[i + 2] for i, name in enumerate(self.names)}
+
+    @property
+    def errors(self) -> dict[int, dict[str, str]]:
+        """The rows where features failed: row index -> ``{feature: message}`` (empty when
+        none did, the usual case)."""
+        return dict(self._errors) if self._errors else {}
+
+    @property
+    def kinds(self) -> list[str]:
+        """The kind of each row: ``"update"``, or a windowed group's ``"close"``,
+        ``"correction"``, ``"match"`` or ``"anomaly"``."""
+        kinds = ["update"] * len(self.rows)
+        if self._extras:
+            for i, update in self._extras.items():
+                kinds[i] = update.kind
+        return kinds
+
+    def __getitem__(self, index: slice) -> UpdateBatch:
+        start, stop = _bounds(index, len(self.rows))
+        return UpdateBatch(
+            self.group,
+            self.names,
+            self.rows[start:stop],
+            _reindex(self._errors, start, stop),
+            self.latency_ms,
+            self.processed_at,
+            _reindex(self._extras, start, stop),
+        )
+
+    def update(self, i: int) -> FeatureUpdate:
+        """Row ``i`` as a :class:`FeatureUpdate`."""
+        extras = self._extras
+        if extras:
+            extra = extras.get(i)
+            if extra is not None:
+                return extra
+        row = self.rows[i]
+        errors = self._errors
+        return FeatureUpdate(
+            row[0],
+            row[1],
+            dict(zip(self.names, row[2:], strict=True)),
+            errors.get(i) if errors else None,
+            self.latency_ms,
+            self.processed_at,
+            self.group,
+        )
+
+    def __iter__(self) -> Iterator[FeatureUpdate]:
+        if self._errors or self._extras:
+            for i in range(len(self.rows)):
+                yield self.update(i)
+            return
+        names, latency, at, group = self.names, self.latency_ms, self.processed_at, self.group
+        for row in self.rows:
+            yield FeatureUpdate(
+                row[0], row[1], dict(zip(names, row[2:], strict=True)), None, latency, at, group
+            )
+
+
+class JoinRecordBatch:
+    """The records one join shard made from one batch of events.
+
+    :attr:`records` holds each record's fields (a dict, as ``JoinRecord.record``);
+    iterating yields a :class:`JoinRecord` per record, built as it is reached.
+    """
+
+    __slots__ = ("join", "processed_at", "records")
+
+    def __init__(self, join: str, records: list[dict[str, Any]], processed_at: float) -> None:
+        #: the join's name
+        self.join = join
+        #: the records' fields: ``join_timestamp``, ``left_event_timestamp``,
+        #: ``right_event_timestamp``, ``time_difference_ms``, ``key`` and the events' fields
+        self.records = records
+        #: wall-clock time the records were made (seconds since the epoch)
+        self.processed_at = processed_at
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __repr__(self) -> str:
+        return f"JoinRecordBatch(join={self.join!r}, records={len(self.records)})"
+
+    @property
+    def keys(self) -> list[Any]:
+        """The routing key of each record."""
+        return [record["key"] for record in self.records]
+
+    def __getitem__(self, index: slice) -> JoinRecordBatch:
+        start, stop = _bounds(index, len(self.records))
+        return JoinRecordBatch(self.join, self.records[start:stop], self.processed_at)
+
+    def __iter__(self) -> Iterator[JoinRecord]:
+        join, at = self.join, self.processed_at
+        for record in self.records:
+            yield JoinRecord(join, record["key"], record, at)
+
+
+class EnrichedBatch:
+    """The events one enricher sent on, each with its dimension rows.
+
+    Columnar: :attr:`keys`, :attr:`event_times` and :attr:`events` (each event's fields with
+    its enrichment); iterating yields an :class:`EnrichedEvent` per event.
+    """
+
+    __slots__ = ("_columns", "processed_at", "rows")
+
+    def __init__(self, rows: list[tuple[Any, int, dict[str, Any]]], processed_at: float) -> None:
+        #: one ``(key, event_time, event)`` tuple per event
+        self.rows = rows
+        #: wall-clock time the batch was sent on (seconds since the epoch)
+        self.processed_at = processed_at
+        self._columns: list[tuple[Any, ...]] | None = None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __repr__(self) -> str:
+        return f"EnrichedBatch(events={len(self.rows)})"
+
+    def _transposed(self) -> list[tuple[Any, ...]]:
+        if self._columns is None:
+            self._columns = list(zip(*self.rows, strict=True)) if self.rows else [(), (), ()]
+        return self._columns
+
+    @property
+    def keys(self) -> tuple[Any, ...]:
+        """The entity key of each event."""
+        return self._transposed()[0]
+
+    @property
+    def event_times(self) -> tuple[int, ...]:
+        """The time (ms since the epoch) of each event."""
+        return self._transposed()[1]
+
+    @property
+    def events(self) -> tuple[dict[str, Any], ...]:
+        """Each event's fields with ``enrichment``, ``enrichment_metadata`` and the flat
+        ``"<lookup>.<column>"`` fields."""
+        return self._transposed()[2]
+
+    def __getitem__(self, index: slice) -> EnrichedBatch:
+        start, stop = _bounds(index, len(self.rows))
+        return EnrichedBatch(self.rows[start:stop], self.processed_at)
+
+    def __iter__(self) -> Iterator[EnrichedEvent]:
+        for key, t, event in self.rows:
+            yield EnrichedEvent(key, t, event)
+
+
+class LateEventBatch:
+    """The events of one batch that came later than ``allowed_lateness`` (with
+    ``late_policy="side_output"``): iterating yields a :class:`LateEvent` per event."""
+
+    __slots__ = ("group", "rows")
+
+    def __init__(self, group: str, rows: list[tuple[Any, int, int, dict[str, Any]]]) -> None:
+        #: the feature group (or join) whose windows they missed
+        self.group = group
+        #: one ``(key, event_time, watermark, event)`` tuple per event
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __repr__(self) -> str:
+        return f"LateEventBatch(group={self.group!r}, events={len(self.rows)})"
+
+    def __getitem__(self, index: slice) -> LateEventBatch:
+        start, stop = _bounds(index, len(self.rows))
+        return LateEventBatch(self.group, self.rows[start:stop])
+
+    def __iter__(self) -> Iterator[LateEvent]:
+        group = self.group
+        for key, t, watermark, event in self.rows:
+            yield LateEvent(key, t, watermark, event, group)
+
+
+class ItemBatch(Generic[T]):
+    """A batch of items made one by one (drift alerts): a list, sized and sliceable like the
+    other batches."""
+
+    __slots__ = ("items",)
+
+    def __init__(self, items: Sequence[T]) -> None:
+        #: the items, in order
+        self.items = list(items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __repr__(self) -> str:
+        return f"ItemBatch(items={len(self.items)})"
+
+    def __getitem__(self, index: slice) -> ItemBatch[T]:
+        start, stop = _bounds(index, len(self.items))
+        return ItemBatch(self.items[start:stop])
+
+    def __iter__(self) -> Iterator[T]:
+        return iter(self.items)
