@@ -14,7 +14,8 @@ overflow it. Per-feature latency and ``processed_at`` belong to the batch, not t
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from operator import sub
 from typing import Any, Generic, TypeVar
 
 from ._results import EnrichedEvent, FeatureUpdate, JoinRecord, LateEvent
@@ -199,40 +200,128 @@ class UpdateBatch:
 class JoinRecordBatch:
     """The records one join shard made from one batch of events.
 
-    :attr:`records` holds each record's fields (a dict, as ``JoinRecord.record``);
-    iterating yields a :class:`JoinRecord` per record, built as it is reached.
+    Columnar: :attr:`keys`, :attr:`left_events` and :attr:`right_events` (the two events of
+    each record, as ingested), :attr:`left_times` and :attr:`right_times` (their event
+    times), :attr:`join_times` and :attr:`time_differences` give the records' values
+    without a dict per record; for an unmatched row of an outer join, the missing side's
+    event and time are None. :attr:`records` holds each record's fields merged in one dict
+    (as ``JoinRecord.record``), built the first time it is read; iterating yields a
+    :class:`JoinRecord` per record, built as it is reached.
     """
 
-    __slots__ = ("join", "processed_at", "records")
+    __slots__ = (
+        "_build",
+        "_records",
+        "join",
+        "keys",
+        "left_events",
+        "left_times",
+        "processed_at",
+        "right_events",
+        "right_times",
+    )
 
-    def __init__(self, join: str, records: list[dict[str, Any]], processed_at: float) -> None:
+    def __init__(
+        self,
+        join: str,
+        keys: list[Any],
+        left_events: list[dict[str, Any] | None],
+        right_events: list[dict[str, Any] | None],
+        left_times: list[int | None],
+        right_times: list[int | None],
+        processed_at: float,
+        *,
+        records: list[dict[str, Any]] | None = None,
+        build: Callable[..., list[dict[str, Any]]] | None = None,
+    ) -> None:
         #: the join's name
         self.join = join
-        #: the records' fields: ``join_timestamp``, ``left_event_timestamp``,
-        #: ``right_event_timestamp``, ``time_difference_ms``, ``key`` and the events' fields
-        self.records = records
+        #: the routing key of each record (both events share it)
+        self.keys = keys
+        #: each record's left event (None for an unmatched row of the right side)
+        self.left_events = left_events
+        #: each record's right event (None for an unmatched row of the left side)
+        self.right_events = right_events
+        #: each record's left event time, ms since the epoch (None where no left event)
+        self.left_times = left_times
+        #: each record's right event time, ms since the epoch (None where no right event)
+        self.right_times = right_times
         #: wall-clock time the records were made (seconds since the epoch)
         self.processed_at = processed_at
+        # the records, once built; ``build(keys, lefts, rights, left_times, right_times)``
+        # builds them (the join's merge strategy)
+        self._records = records
+        self._build = build
 
     def __len__(self) -> int:
-        return len(self.records)
+        return len(self.keys)
 
     def __repr__(self) -> str:
-        return f"JoinRecordBatch(join={self.join!r}, records={len(self.records)})"
+        return f"JoinRecordBatch(join={self.join!r}, records={len(self.keys)})"
 
     @property
-    def keys(self) -> list[Any]:
-        """The routing key of each record."""
-        return [record["key"] for record in self.records]
+    def records(self) -> list[dict[str, Any]]:
+        """Each record's fields: ``join``, ``key``, ``join_timestamp``,
+        ``left_event_timestamp``, ``right_event_timestamp``, ``time_difference_ms`` and the
+        events' fields merged by the join's strategy. Built at the first read (a dict per
+        record: the columns cost less)."""
+        records = self._records
+        if records is None:
+            assert self._build is not None
+            records = self._records = self._build(
+                self.keys, self.left_events, self.right_events, self.left_times, self.right_times
+            )
+        return records
+
+    @property
+    def join_times(self) -> list[int]:
+        """Each record's ``join_timestamp``: the later of its two event times (the one there
+        is, for an unmatched row)."""
+        lefts, rights = self.left_times, self.right_times
+        try:
+            return list(map(max, lefts, rights))  # type: ignore[arg-type]
+        except TypeError:  # an unmatched row's None: the time there is
+            times: list[int] = []
+            for tl, tr in zip(lefts, rights, strict=True):
+                if tl is None or (tr is not None and tr > tl):
+                    assert tr is not None
+                    times.append(tr)
+                else:
+                    times.append(tl)
+            return times
+
+    @property
+    def time_differences(self) -> list[int | None]:
+        """Each record's ``time_difference_ms``: the distance between its two event times
+        (None for an unmatched row)."""
+        lefts, rights = self.left_times, self.right_times
+        try:
+            return list(map(abs, map(sub, lefts, rights)))
+        except TypeError:  # an unmatched row's None
+            return [
+                None if tl is None or tr is None else abs(tl - tr)
+                for tl, tr in zip(lefts, rights, strict=True)
+            ]
 
     def __getitem__(self, index: slice) -> JoinRecordBatch:
-        start, stop = _bounds(index, len(self.records))
-        return JoinRecordBatch(self.join, self.records[start:stop], self.processed_at)
+        start, stop = _bounds(index, len(self.keys))
+        records = self._records
+        return JoinRecordBatch(
+            self.join,
+            self.keys[start:stop],
+            self.left_events[start:stop],
+            self.right_events[start:stop],
+            self.left_times[start:stop],
+            self.right_times[start:stop],
+            self.processed_at,
+            records=None if records is None else records[start:stop],
+            build=self._build,
+        )
 
     def __iter__(self) -> Iterator[JoinRecord]:
         join, at = self.join, self.processed_at
-        for record in self.records:
-            yield JoinRecord(join, record["key"], record, at)
+        for key, record in zip(self.keys, self.records, strict=True):
+            yield JoinRecord(join, key, record, at)
 
 
 class EnrichedBatch:

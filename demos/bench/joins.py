@@ -144,17 +144,21 @@ FEATURES = FeatureSet(
 
 
 async def consume_records(subscription: Any, checksum: Checksum) -> None:
+    """Every record's key, join time, both event times and their difference, folded: read
+    a batch at a time (``subscription.batches()``: a ``JoinRecordBatch`` per batch of events,
+    read by its columns, with no dict or object per record)."""
     fold = checksum.fold
     kh = INPUT["kh"]
-    async for item in subscription:
-        record = item.record
-        fold(
-            kh[item.key],
-            record["join_timestamp"],
-            record["left_event_timestamp"],
-            record["right_event_timestamp"],
-            record["time_difference_ms"],
-        )
+    async for batch in subscription.batches():
+        for key, joined, left, right, difference in zip(
+            batch.keys,
+            batch.join_times,
+            batch.left_times,
+            batch.right_times,
+            batch.time_differences,
+            strict=True,
+        ):
+            fold(kh[key], joined, left, right, difference)
 
 
 async def runtime_side(

@@ -46,14 +46,18 @@ from typing import Any, Literal
 from .._stats.idle import IdleKeys
 from .buffer import SideBuffer
 
-__all__ = ["JoinConfig", "JoinCounters", "JoinEngine", "JoinKeyState", "Out"]
+__all__ = [
+    "JoinConfig",
+    "JoinCounters",
+    "JoinEngine",
+    "JoinKeyState",
+    "JoinRows",
+    "make_records",
+]
 
 How = Literal["inner", "left", "right", "full", "asof"]
 Merge = Literal["prefix", "left_priority", "right_priority"]
 Record = dict[str, Any]
-#: what the engine emits: ``(time, record)``, the time being the record's event time for the
-#: features of the join's stream (see ``_unmatched``)
-Out = list[tuple[int, Record]]
 
 #: ``due`` of a key with nothing buffered
 _NEVER = 2**62
@@ -125,6 +129,72 @@ class JoinKeyState:
         return len(self.left) + len(self.right)
 
 
+class JoinRows:
+    """What the engine emits, in columns: per row its key, its left and right events and
+    their times (None for the side an unmatched row lacks), in the order the rows were made.
+
+    Columns rather than a record per row: a probing event's pairs are a run of the other
+    side's buffer, added with a few list extensions, and the record dicts are built only for
+    someone who reads them (:func:`make_records`). A row's time for the features of the
+    join's stream is the later of its two times, or for an unmatched row the time kept in
+    ``at`` (see ``JoinEngine._unmatched``).
+    """
+
+    __slots__ = ("at", "keys", "left_times", "lefts", "right_times", "rights")
+
+    def __init__(self) -> None:
+        # the engine binds these lists to locals on its hot path: they are never replaced
+        self.keys: list[Any] = []
+        self.lefts: list[Any] = []
+        self.rights: list[Any] = []
+        self.left_times: list[int | None] = []
+        self.right_times: list[int | None] = []
+        #: row index -> time for the features, where it is not the later of the row's times
+        self.at: dict[int, int] = {}
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def add(
+        self, key: Any, left: Any, right: Any, tl: int | None, tr: int | None, at: int | None
+    ) -> None:
+        """One row (``at``: its time for the features, when not the later of tl and tr)."""
+        if at is not None:
+            self.at[len(self.keys)] = at
+        self.keys.append(key)
+        self.lefts.append(left)
+        self.rights.append(right)
+        self.left_times.append(tl)
+        self.right_times.append(tr)
+
+    def add_in_time_order(self, rows: JoinRows) -> None:
+        """Add the rows of ``rows`` (unmatched rows, each with its ``at``) in the order of
+        their times, arrival order for ties."""
+        at = rows.at
+        for i in sorted(range(len(rows)), key=at.__getitem__):
+            self.add(
+                rows.keys[i],
+                rows.lefts[i],
+                rows.rights[i],
+                rows.left_times[i],
+                rows.right_times[i],
+                at[i],
+            )
+
+    def times(self) -> list[int]:
+        """Each row's time for the features of the join's stream."""
+        at = self.at
+        if not at:  # pairs only: both times are there
+            return list(map(max, self.left_times, self.right_times))  # type: ignore[arg-type]
+        times = [
+            tl if tr is None or (tl is not None and tl >= tr) else tr
+            for tl, tr in zip(self.left_times, self.right_times, strict=True)
+        ]
+        for i, t in at.items():
+            times[i] = t
+        return times  # type: ignore[return-value]
+
+
 @dataclass
 class JoinEngine:
     """Applies events to per-key join state and produces records. Internal."""
@@ -162,20 +232,20 @@ class JoinEngine:
     ) -> None:
         """``apply_tagged`` for ``(key, time_ms, side, event)`` with ``side`` ``"left"`` or
         ``"right"``; ``out`` gets the records alone."""
-        timed: Out | None = None if out is None else []
+        rows = None if out is None else JoinRows()
         self.apply_tagged(
             [(key, t, ev) for key, t, _, ev in events],
             [0 if side == "left" else 1 for _, _, side, _ in events],
             (0, 1),
             states,
-            timed,
+            rows,
             now,
             idle,
             late,
             poison,
         )
-        if out is not None and timed is not None:
-            out.extend(record for _, record in timed)
+        if out is not None and rows is not None:
+            out.extend(self.records(rows))
 
     def apply_tagged(
         self,
@@ -183,7 +253,7 @@ class JoinEngine:
         tags: Sequence[int],
         sides: tuple[int, int],
         states: dict[Any, JoinKeyState],
-        out: Out | None,
+        out: JoinRows | None,
         now: float = 0.0,
         idle: IdleKeys | None = None,
         late: list[Any] | None = None,
@@ -192,8 +262,9 @@ class JoinEngine:
         """Apply a batch in order: ``events[i]`` is of the stream ``tags[i]``, the join's
         left and right streams being ``sides``; events of other streams are skipped.
 
-        Records (and unmatched rows) are appended to ``out`` as ``(time, record)``, or only
-        counted when ``out`` is None (nobody reads them: no record is built). ``now`` is the
+        Records (and unmatched rows) are added to ``out`` (their events and times: the
+        record dicts are built by :meth:`records` for whoever reads them), or only counted
+        when ``out`` is None (nobody reads them). ``now`` is the
         wall-clock time; ``idle`` (with idle time) is told of each key's event, for ``tick``;
         late events go to ``late`` as ``(key, t, watermark, event)`` when it is given.
 
@@ -211,13 +282,16 @@ class JoinEngine:
         counters = self.counters
         asof = config.how == "asof"
         check = bool(config.on or config.range is not None or config.predicate is not None)
-        count_only = out is None and config.how == "inner" and not check
         inline_expiry = config.how == "inner"
+        # whether the buffered events' counts of records are kept: outer joins read them
+        track = self._outer_left or self._outer_right
         # no cap is the same as one that is never reached
         cap = config.max_buffered_per_key or _NEVER
         lru = self._lru
         matches_pair = self._matches
-        record = self._record
+        if out is not None:
+            keys_o, lefts_o, rights_o = out.keys, out.lefts, out.rights
+            ltimes_o, rtimes_o = out.left_times, out.right_times
         left_tag, right_tag = sides
         get = states.get
         records = 0
@@ -318,25 +392,52 @@ class JoinEngine:
                 else:
                     times = other.times
                     start = bisect_left(times, low, other.head)
-                    if count_only:
-                        matched = bisect_right(times, high, start) - start
-                    else:
+                    end = bisect_right(times, high, start)
+                    matched = end - start
+                    if not matched:
+                        pass
+                    elif check:
                         matched = 0
                         events_o, matches_o = other.events, other.matches
-                        for i in range(start, bisect_right(times, high, start)):
+                        for i in range(start, end):
                             partner = events_o[i]
-                            if is_left:
-                                left, right, tl, tr = ev, partner, t, times[i]
-                            else:
-                                left, right, tl, tr = partner, ev, times[i], t
-                            if check and not matches_pair(left, right):
+                            if not (
+                                matches_pair(ev, partner) if is_left else matches_pair(partner, ev)
+                            ):
                                 continue
                             matches_o[i] += 1
                             matched += 1
                             if out is not None:
-                                out.append(
-                                    (tl if tl >= tr else tr, record(key, left, right, tl, tr))
-                                )
+                                keys_o.append(key)
+                                if is_left:
+                                    lefts_o.append(ev)
+                                    rights_o.append(partner)
+                                    ltimes_o.append(t)
+                                    rtimes_o.append(times[i])
+                                else:
+                                    lefts_o.append(partner)
+                                    rights_o.append(ev)
+                                    ltimes_o.append(times[i])
+                                    rtimes_o.append(t)
+                    else:
+                        # every event of the run matches: its pairs go out as slices of the
+                        # other side's lists, with no work per pair
+                        if track:
+                            matches_o = other.matches
+                            for i in range(start, end):
+                                matches_o[i] += 1
+                        if out is not None:
+                            keys_o += [key] * matched
+                            if is_left:
+                                lefts_o += [ev] * matched
+                                ltimes_o += [t] * matched
+                                rights_o += other.events[start:end]
+                                rtimes_o += times[start:end]
+                            else:
+                                lefts_o += other.events[start:end]
+                                ltimes_o += times[start:end]
+                                rights_o += [ev] * matched
+                                rtimes_o += [t] * matched
                     records += matched
                     times = own.times
                     if len(times) == own.head or t >= times[-1]:
@@ -386,7 +487,7 @@ class JoinEngine:
         return 0
 
     # -- expiry --------------------------------------------------------------------------------
-    def expire(self, key: Any, st: JoinKeyState, out: Out | None) -> None:
+    def expire(self, key: Any, st: JoinKeyState, out: JoinRows | None) -> None:
         """Drop the buffered events no future event can match; emit unmatched rows (and, for
         as-of joins, the rows of the left events whose time has come)."""
         config = self.config
@@ -400,7 +501,7 @@ class JoinEngine:
             self._expire_asof(key, st, wm, out)
         else:
             # a full join's rows of both sides go out in the order of their times
-            rows = [] if out is not None and self._outer_left and self._outer_right else out
+            rows = JoinRows() if out is not None and self._outer_left and self._outer_right else out
             head = left.head
             end = bisect_left(left_times, wm - config.after, head)
             if end > head:
@@ -415,8 +516,7 @@ class JoinEngine:
                 right.advance(end)
             if rows is not out and rows:
                 assert out is not None
-                rows.sort(key=_first)
-                out.extend(rows)
+                out.add_in_time_order(rows)
             due = _NEVER
             if len(left_times) > left.head:
                 due = left_times[left.head] + config.after
@@ -432,7 +532,7 @@ class JoinEngine:
         buffer: SideBuffer,
         start: int,
         end: int,
-        out: Out | None,
+        out: JoinRows | None,
         clock: int | None = None,
     ) -> None:
         matches, times, events = buffer.matches, buffer.times, buffer.events
@@ -440,7 +540,7 @@ class JoinEngine:
             if not matches[i]:
                 self._unmatched(key, side, times[i], events[i], out, clock)
 
-    def _expire_asof(self, key: Any, st: JoinKeyState, wm: int, out: Out | None) -> None:
+    def _expire_asof(self, key: Any, st: JoinKeyState, wm: int, out: JoinRows | None) -> None:
         left, right = st.left, st.right
         end = bisect_left(left.times, wm, left.head)
         for i in range(left.head, end):
@@ -472,7 +572,7 @@ class JoinEngine:
             due = min(due, right.times[right.head] + tolerance)
         return due
 
-    def _asof_row(self, key: Any, st: JoinKeyState, t: int, ev: Any, out: Out | None) -> None:
+    def _asof_row(self, key: Any, st: JoinKeyState, t: int, ev: Any, out: JoinRows | None) -> None:
         """The row of a left event of an as-of join: with the latest right event at or before
         it, within the tolerance, or unmatched."""
         right = st.right
@@ -482,7 +582,7 @@ class JoinEngine:
         if i >= right.head and (tolerance is None or t - times[i] <= tolerance):
             self.counters.records += 1
             if out is not None:
-                out.append((t, self._record(key, ev, right.events[i], t, times[i])))
+                out.add(key, ev, right.events[i], t, times[i], None)
         else:
             self._unmatched(key, "left", t, ev, out)
 
@@ -491,7 +591,7 @@ class JoinEngine:
         return how == "full" or how == side
 
     # -- caps ----------------------------------------------------------------------------------
-    def _evict(self, key: Any, st: JoinKeyState, is_left: bool, out: Out | None) -> None:
+    def _evict(self, key: Any, st: JoinKeyState, is_left: bool, out: JoinRows | None) -> None:
         """Evict the oldest event of one side of a key (a cap was hit)."""
         buffer = st.left if is_left else st.right
         size = len(st)
@@ -510,7 +610,7 @@ class JoinEngine:
         elif not matches and self._outer(side):
             self._unmatched(key, side, t, ev, out, st.clock)
 
-    def _total_cap(self, states: dict[Any, JoinKeyState], out: Out | None) -> None:
+    def _total_cap(self, states: dict[Any, JoinKeyState], out: JoinRows | None) -> None:
         """Past ``max_buffered``: evict the oldest events of the least recently active keys."""
         cap = self.config.max_buffered
         lru = self._lru
@@ -527,7 +627,7 @@ class JoinEngine:
             )
             self._evict(key, st, is_left, out)
 
-    def drop_quiet(self, states: dict[Any, JoinKeyState], now: float, out: Out | None) -> None:
+    def drop_quiet(self, states: dict[Any, JoinKeyState], now: float, out: JoinRows | None) -> None:
         """Drop the keys without an event for ``state_ttl`` seconds, the quietest first (so
         this stops at the first key that is not due). What they buffered goes as if the
         watermark had passed it all: outer joins emit the unmatched rows, as-of joins the
@@ -570,7 +670,7 @@ class JoinEngine:
         states: dict[Any, JoinKeyState],
         idle: IdleKeys,
         now: float,
-        out: Out | None,
+        out: JoinRows | None,
     ) -> None:
         """Advance the clocks of idle keys, so their buffered events expire and their
         unmatched rows come out without new events (as ``WindowEngine.tick`` does for
@@ -606,7 +706,7 @@ class JoinEngine:
 
     # -- records -------------------------------------------------------------------------------
     def _unmatched(
-        self, key: Any, side: str, t: int, ev: Any, out: Out | None, clock: int | None = None
+        self, key: Any, side: str, t: int, ev: Any, out: JoinRows | None, clock: int | None = None
     ) -> None:
         """An unmatched row. The features of the join's stream see it at the end of its
         event's interval, when it became unmatched (timed by its event, it would come after
@@ -615,13 +715,13 @@ class JoinEngine:
         self.counters.unmatched += 1
         if out is None:
             return
+        at = t + (self.config.after if side == "left" else self.config.before)
+        if clock is not None and at > clock:
+            at = clock
         if side == "left":
-            at = t + self.config.after
-            record = self._record(key, ev, None, t, None)
+            out.add(key, ev, None, t, None, at)
         else:
-            at = t + self.config.before
-            record = self._record(key, None, ev, None, t)
-        out.append((at if clock is None or at <= clock else clock, record))
+            out.add(key, None, ev, None, t, at)
 
     def _matches(self, left: Mapping[str, Any], right: Mapping[str, Any]) -> bool:
         config = self.config
@@ -645,17 +745,43 @@ class JoinEngine:
                 return False
         return True
 
-    def _record(
-        self,
-        key: Any,
-        left: Mapping[str, Any] | None,
-        right: Mapping[str, Any] | None,
-        tl: int | None,
-        tr: int | None,
-    ) -> Record:
-        """A join record as the seed defines it, the fields merged by the join's strategy."""
+    def records(self, rows: JoinRows) -> list[Record]:
+        """The records of ``rows``, the fields merged by the join's strategy (a failing merge
+        function is counted)."""
+        return make_records(
+            self.config,
+            rows.keys,
+            rows.lefts,
+            rows.rights,
+            rows.left_times,
+            rows.right_times,
+            self.counters,
+        )
+
+    def timed(self, rows: JoinRows) -> list[tuple[int, Record]]:
+        """``(time, record)`` of each row of ``rows``, the time being the row's time for the
+        features of the join's stream."""
+        return list(zip(rows.times(), self.records(rows), strict=True))
+
+
+def make_records(
+    config: JoinConfig,
+    keys: Sequence[Any],
+    lefts: Sequence[Mapping[str, Any] | None],
+    rights: Sequence[Mapping[str, Any] | None],
+    left_times: Sequence[int | None],
+    right_times: Sequence[int | None],
+    counters: JoinCounters | None = None,
+) -> list[Record]:
+    """Join records as the seed defines them, the fields merged by the join's strategy; a
+    failing merge function prefixes the fields instead, counted in ``counters``. Built-in
+    strategies cannot fail: records of those are built wherever someone reads them."""
+    merge = config.merge
+    name = config.name
+    built: list[Record] = []
+    append = built.append
+    for key, left, right, tl, tr in zip(keys, lefts, rights, left_times, right_times, strict=True):
         record: Record
-        merge = self.config.merge
         left_fields = left or {}
         right_fields = right or {}
         if merge == "prefix":
@@ -672,12 +798,13 @@ class JoinEngine:
             except Exception:
                 # a failing merge function costs the record its merge, not the record: the
                 # fields are prefixed instead (counted; the join's actor logs it)
-                self.counters.merge_errors += 1
+                if counters is not None:
+                    counters.merge_errors += 1
                 record = {f"left_{k}": v for k, v in left_fields.items()}
                 for k, v in right_fields.items():
                     record[f"right_{k}"] = v
         # the join's own fields come last: an event field of the same name does not hide them
-        record["join"] = self.config.name
+        record["join"] = name
         record["key"] = key
         if tl is None:
             assert tr is not None
@@ -689,11 +816,8 @@ class JoinEngine:
         record["left_event_timestamp"] = tl
         record["right_event_timestamp"] = tr
         record["time_difference_ms"] = abs(tl - tr) if tl is not None and tr is not None else None
-        return record
-
-
-def _first(row: tuple[int, Record]) -> int:
-    return row[0]
+        append(record)
+    return built
 
 
 def _is_number(value: Any) -> bool:

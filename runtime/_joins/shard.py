@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from operator import itemgetter
 from typing import Any, Protocol
 
@@ -36,7 +37,7 @@ from .._results import JoinRecord, LateEvent
 from .._stats.idle import IdleKeys
 from .._updates import UpdateHub
 from .buffer import SideBuffer
-from .engine import JoinCounters, JoinEngine, JoinKeyState, Out
+from .engine import JoinCounters, JoinEngine, JoinKeyState, JoinRows, Record, make_records
 
 __all__ = ["JoinShard", "JoinShardStats"]
 
@@ -93,6 +94,11 @@ class JoinShard(Actor[Any]):
         self.idle: IdleKeys | None = IdleKeys() if idle else None
         self._evictions_logged = 0
         self._evictions_logged_at = self._errors_logged_at = -_LOG_INTERVAL
+        config = engine.config
+        #: builds the records of a published batch when a subscriber reads them; None for a
+        #: merge function, which may fail: its records are built in the actor's turn, where
+        #: a failure is counted
+        self._build = None if callable(config.merge) else partial(make_records, config)
 
     async def on_start(self) -> None:
         config = self.engine.config
@@ -102,13 +108,14 @@ class JoinShard(Actor[Any]):
 
     async def _tick(self) -> None:
         """Idle time and state_ttl: quiet keys' clocks advance, keys quiet for the ttl go."""
-        out: Out | None = [] if self._wanted() else None
+        out = JoinRows() if self._wanted() else None
         now = self.clock()
         if self.idle is not None:
             self.engine.tick(self.states, self.idle, now, out)
         self.engine.drop_quiet(self.states, now, out)
         if out:
-            await self._emit(out, time.perf_counter())
+            records = self._records(out)
+            await self._emit(out, records, time.perf_counter())
 
     async def receive_batch(self, messages: list[Any]) -> None:
         for batch in messages:  # batches only: Ticks and asks come to ``receive``
@@ -122,7 +129,7 @@ class JoinShard(Actor[Any]):
         assert tags is not None, "a join reads a batch of tagged streams"
         # records are built only for someone to read: the features of the join's stream, or
         # subscribers; else they are only counted
-        out: Out | None = [] if self._wanted() else None
+        out = JoinRows() if self._wanted() else None
         # with side_output, late events are counted as such whether or not anyone reads them
         late: list[Any] | None = [] if self.late_hub is not None else None
         engine = self.engine
@@ -134,6 +141,7 @@ class JoinShard(Actor[Any]):
         )
         if poison:
             set_aside(self, poison, batch.events, join=engine.config.name, shard=self.shard)
+        records = self._records(out) if out else None
         if counters.evicted != evicted:
             self._log_evictions()
         if counters.predicate_errors + counters.merge_errors != errors:
@@ -142,7 +150,7 @@ class JoinShard(Actor[Any]):
             name = self.engine.config.name
             await self.late_hub.publish(LateEventBatch(name, late))
         if out:
-            await self._emit(out, batch.created)
+            await self._emit(out, records, batch.created)
 
     def _wanted(self) -> bool:
         """Whether anyone reads the records: the features of the join's stream, or
@@ -184,20 +192,40 @@ class JoinShard(Actor[Any]):
         )
         self._errors_logged_at = now
 
-    async def _emit(self, out: Out, created: float) -> None:
+    def _records(self, out: JoinRows) -> list[Record] | None:
+        """The record dicts of ``out`` when they must be built now: for the features of the
+        join's stream (they read events as dicts), or with a merge function (whose failures
+        are counted in the actor's turn). Else None: subscribers get the rows, and a record
+        is built only when one of them reads it."""
+        if self.targets or self._build is None:
+            return self.engine.records(out)
+        return None
+
+    async def _emit(self, out: JoinRows, records: list[Record] | None, created: float) -> None:
         name = self.engine.config.name
         if self.targets:
-            records = Batch([(r["key"], t, r) for t, r in out], created, name)
+            assert records is not None
+            batch = Batch(list(zip(out.keys, out.times(), records, strict=True)), created, name)
             for target in self.targets:
                 try:
-                    await target.refs[self.shard].tell(records)
+                    await target.refs[self.shard].tell(batch)
                 except ActorStopped:
                     # shutting down, and a group of the join's stream stopped first
                     _log.warning("join_records_undelivered", join=name, records=len(out))
         hubs = [hub for hub in self.hubs if hub.active]
         if hubs:
             wall = time.time()
-            published = JoinRecordBatch(name, [r for _, r in out], wall)
+            published = JoinRecordBatch(
+                name,
+                out.keys,
+                out.lefts,
+                out.rights,
+                out.left_times,
+                out.right_times,
+                wall,
+                records=records,
+                build=self._build,
+            )
             for hub in hubs:
                 await hub.publish(published)
 

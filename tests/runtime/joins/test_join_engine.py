@@ -9,7 +9,7 @@ from typing import Any
 import hypothesis.strategies as st
 from hypothesis import given, settings
 
-from runtime._joins.engine import JoinConfig, JoinEngine, JoinKeyState, Out
+from runtime._joins.engine import JoinConfig, JoinEngine, JoinKeyState, JoinRows
 
 from ..support.join_oracle import asof_oracle, oracle, pairs, streams
 
@@ -224,9 +224,9 @@ def test_drop_quiet_answers_waiting_asof_lefts_and_keeps_the_count() -> None:
     engine.apply([("k", 5, "right", {"p": 1}), ("k", 7, "left", {"q": 1})], states, out, now=0.0)
     engine.apply([("j", 1, "left", {"q": 2})], states, out, now=5.0)
     assert out == [] and engine.buffered == 3
-    timed: Out = []
-    engine.drop_quiet(states, 10.0, timed)  # k is quiet for 10 s, j for 5
-    assert [(t, r["left_q"], r["right_p"]) for t, r in timed] == [(7, 1, 1)]
+    rows = JoinRows()
+    engine.drop_quiet(states, 10.0, rows)  # k is quiet for 10 s, j for 5
+    assert [(t, r["left_q"], r["right_p"]) for t, r in engine.timed(rows)] == [(7, 1, 1)]
     assert list(states) == ["j"] and engine.buffered == 1
     assert engine.counters.expired_keys == 1
 
@@ -249,40 +249,40 @@ def test_rows_are_timed_for_the_features_in_order() -> None:
     interval, or at the key's clock when an eviction lets it out sooner; a full join's rows
     of both sides in time order; rows an event makes due before its own records."""
     engine = JoinEngine(JoinConfig(name="j", before=0, after=9_000, how="left"))
-    timed: Out = []
+    rows = JoinRows()
     engine.apply_tagged(
         [("a", 0, {"id": 0}), ("a", 5_000, {"id": 1}), ("a", 13_000, {"id": 2})],
         [0, 0, 1],
         (0, 1),
         {},
-        timed,
+        rows,
     )
-    assert [(t, r["left_id"], r.get("right_id")) for t, r in timed] == [
+    assert [(t, r["left_id"], r.get("right_id")) for t, r in engine.timed(rows)] == [
         (9_000, 0, None),
         (13_000, 1, 2),
     ]
     full = JoinEngine(JoinConfig(name="j", before=10_000, after=10_000, how="full", on=("c",)))
-    timed = []
+    rows = JoinRows()
     full.apply_tagged(
         [("a", 0, {"c": "x"}), ("a", 0, {"c": "y"}), ("a", 30_000, {"c": "z"})],
         [0, 1, 0],
         (0, 1),
         {},
-        timed,
+        rows,
     )
-    assert [t for t, _ in timed] == [10_000, 10_000]
+    assert [t for t, _ in full.timed(rows)] == [10_000, 10_000]
     capped = JoinEngine(
         JoinConfig(name="j", before=0, after=3_600_000, how="left", max_buffered_per_key=2)
     )
-    timed = []
+    rows = JoinRows()
     capped.apply_tagged(
         [("a", t, {"id": t}) for t in (0, 1_000, 2_000)] + [("a", 3_000, {"id": 3})],
         [0, 0, 0, 1],
         (0, 1),
         {},
-        timed,
+        rows,
     )
-    assert [(t, r["left_id"], r.get("right_id")) for t, r in timed] == [
+    assert [(t, r["left_id"], r.get("right_id")) for t, r in capped.timed(rows)] == [
         (2_000, 0, None),  # evicted: at the key's clock, not an hour ahead
         (3_000, 1_000, 3),
         (3_000, 2_000, 3),
