@@ -339,15 +339,17 @@ async def dataloader_outputs(
 
 
 async def consume_updates(subscription: Any, checksum: Checksum) -> None:
+    """Every update of both groups, a batch at a time (``subscription.batches()``): the
+    count group's rows are ``(card, t, n)``, the risk group's ``(card, t, risk)``."""
     fold = checksum.fold
     kh = INPUT["kh"]
-    async for update in subscription:
-        values = update.values
-        n = values.get("n")
-        if n is not None:
-            fold(kh[update.key], update.event_time, n)
+    async for batch in subscription.batches():
+        if batch.names[0] == "n":
+            for card, t, n in batch.rows:
+                fold(kh[card], t, n)
         else:
-            fold(kh[update.key], update.event_time, -1, values["risk"])
+            for card, t, risk in batch.rows:
+                fold(kh[card], t, -1, risk)
 
 
 async def runtime_side(

@@ -126,10 +126,13 @@ class CacheStatistics(msgspec.Struct, frozen=True, kw_only=True):
 class _Entry:
     """One cached key: its row (None when missing) and when it was fetched."""
 
-    __slots__ = ("fetched_at", "missing", "refresh_requested", "size", "value")
+    __slots__ = ("derived", "fetched_at", "missing", "refresh_requested", "size", "value")
 
     def __init__(self, value: Any, fetched_at: float, missing: bool, size: int) -> None:
         self.value = value
+        #: what a caller derived from the row, kept with it until the key is stored again (the
+        #: enricher keeps ``(lookup name, flat fields)`` here: the fields it adds to events)
+        self.derived: Any = None
         #: estimated bytes of the key and the row (0 when the cache has no byte bound)
         self.size = size
         #: the caller's wall-clock seconds when the row was stored
@@ -322,6 +325,31 @@ class DimensionCache:
         self._misses += 1
         return None
 
+    def hot(self) -> tuple[OrderedDict[Hashable, Any], float, float, float, float]:
+        """What a caller's hot loop needs to serve fresh entries itself, without a call per
+        lookup: the entries (an ``OrderedDict`` of entries with ``value``, ``fetched_at``,
+        ``missing``, ``refresh_requested`` and ``derived``), ``ttl``, the age past which a row
+        is due for refresh, ``negative_ttl``, and the same for a missing entry.
+
+        The loop may only read them, ``move_to_end`` an entry it serves (as :meth:`lookup`
+        does), set ``derived``, and count what it served with :meth:`count_hits`; it must
+        serve an entry only when :meth:`lookup` would answer it fresh, not due for refresh
+        (an entry whose refresh was already reported is not due), and give every other
+        lookup to :meth:`lookup`.
+        """
+        return (
+            self._entries,
+            self._ttl,
+            self._refresh_after,
+            self._negative_ttl,
+            self._negative_refresh_after,
+        )
+
+    def count_hits(self, hits: int, negative_hits: int) -> None:
+        """Count lookups that a caller served from :meth:`hot`'s entries."""
+        self._hits += hits
+        self._negative_hits += negative_hits
+
     def peek(self, key: Hashable, now: float) -> Hit | None:
         """What :meth:`lookup` would serve, without counting it, moving the key or reporting a
         refresh: for a second look at a key already looked up (an event released from the
@@ -409,6 +437,7 @@ class DimensionCache:
             entry.missing = missing
             entry.size = size
             entry.refresh_requested = False
+            entry.derived = None
             entries.move_to_end(key)
         if max_bytes is not None:
             # the entry just stored is the most recently used, and fits alone: it stays

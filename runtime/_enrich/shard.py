@@ -149,7 +149,7 @@ class _Pending(NamedTuple):
     blocker: tuple[str, Hashable] | None
 
 
-@dataclass
+@dataclass(slots=True)
 class _Waiting:
     """A stashed event."""
 
@@ -218,6 +218,14 @@ class EnrichShard(Actor[Any]):
             (p.name, p.event_field, p.source, p.source.cache, p.default, p.failed)
             for p in self.plans
         ]
+        #: with one lookup, for the hot path: its (name, field, cache), and the fields its
+        #: default adds to an event
+        self._single: tuple[str, str, SourceRuntime, _Plan] | None = None
+        self._default_fields: dict[str, Any] = {}
+        if len(self.plans) == 1:
+            plan = self.plans[0]
+            self._single = (plan.name, plan.event_field, plan.source, plan)
+            self._default_fields = _flat(plan.name, plan.default or {})
         self.shard = shard
         #: the name of the enriched stream (the batches it sends)
         self.stream = stream
@@ -308,33 +316,121 @@ class EnrichShard(Actor[Any]):
 
     # -- enriching -----------------------------------------------------------------------------
     async def _apply(self, batch: Batch) -> None:
-        scan = _Scan(
-            self.clock(),
-            first=True,
-            done=None,
-            full=self.hub is not None and self.hub.active,
-            refresh={},
-        )
-        arrived = time.perf_counter()
+        full = self.hub is not None and self.hub.active
+        scan = _Scan(self.clock(), first=True, done=None, full=full, refresh={})
         ready: list[tuple[Any, int, Any]] = []
-        stashed, stash = self.stashed, self.stash
-        for key, t, event in batch.events:
-            behind = key in stashed  # an earlier event of its key waits: so must it
-            try:
-                enriched = self._enrich(scan, t, event, arrived, None, behind)
-            except Exception as exc:
-                self._reject(event, exc)
-                continue
-            if enriched.__class__ is dict:
-                ready.append((key, t, enriched))
-                continue
-            stash.append(_Waiting(key, t, event, batch.created, arrived, enriched))
-            stashed[key] += 1
+        if self._single is not None and not full:
+            self._apply_one(scan, batch, self._single, ready)
+        else:
+            arrived = time.perf_counter()
+            stashed, take = self.stashed, self._take
+            for key, t, event in batch.events:
+                take(scan, key, t, event, batch.created, arrived, key in stashed, ready)
         self._fetch(scan.wanted, stash=True)
         if scan.refresh:
             self._fetch(scan.refresh, stash=False)
         if ready:
             await self._send(ready, batch.created)
+
+    def _apply_one(
+        self,
+        scan: _Scan,
+        batch: Batch,
+        single: tuple[str, str, SourceRuntime, _Plan],
+        ready: list[tuple[Any, int, Any]],
+    ) -> None:
+        """The hot path, with one lookup and nobody reading whole enriched events: an event
+        whose row the cache holds fresh (or whose key it knows to be missing) is enriched here,
+        at the cost of a dict lookup, a ``move_to_end`` and a dict of the event's fields and
+        the row's (the row's made once per cached row, kept in the entry's ``derived``). Any
+        other event (versions, an earlier event of its key in the stash, an event that is not
+        a mapping, a fetch that just ended) goes to :meth:`_take`, in its turn, but for a key
+        the cache does not hold: that event goes to the stash here, and the key to
+        ``scan.wanted``."""
+        name, event_field, source, plan = single
+        cache = source.cache
+        entries, ttl, refresh_after, negative_ttl, negative_refresh_after = cache.hot()
+        get_entry, move = entries.get, entries.move_to_end
+        default_fields = self._default_fields
+        now, created = scan.now, batch.created
+        arrived = time.perf_counter()
+        stashed, stash, take, add = self.stashed, self.stash, self._take, ready.append
+        # outcomes of fetches that ended since the last release: ``_enrich`` reads them
+        quiet = not self.landed and not plan.failed
+        fetching, source_name = self.fetching, source.name
+        wanted: set[Hashable] | None = None
+        hits = negative_hits = 0
+        for key, t, event in batch.events:
+            if key in stashed:  # an earlier event of its key waits: so must it
+                take(scan, key, t, event, created, arrived, True, ready)
+                continue
+            try:
+                value = event.get(event_field)
+                entry = get_entry(value)
+            except Exception:  # not a mapping, an unhashable key: ``_enrich`` says why
+                value = entry = None
+            if entry is None:
+                if quiet and value is not None:
+                    cache.lookup(value, now)  # a miss, counted
+                    blocker = (source_name, value)
+                    if blocker not in fetching:
+                        if wanted is None:
+                            wanted = scan.wanted.setdefault(source_name, set())
+                        wanted.add(value)
+                    pending = _Pending(0, 1, ({}, {}, _NONE, _NONE), blocker)
+                    stash.append(_Waiting(key, t, event, created, arrived, pending))
+                    stashed[key] += 1
+                    continue
+            else:
+                age = now - entry.fetched_at
+                if entry.missing:
+                    if age < negative_ttl and (
+                        age < negative_refresh_after or entry.refresh_requested
+                    ):
+                        move(value)
+                        negative_hits += 1
+                        add((key, t, {**event, **default_fields}))
+                        continue
+                elif age < ttl and (age < refresh_after or entry.refresh_requested):
+                    derived = entry.derived
+                    if derived is None or derived[0] != name:
+                        row = entry.value
+                        # versions (a list) give the row valid at each event's time: not here
+                        derived = entry.derived = (
+                            (name, _flat(name, row)) if row.__class__ is dict else None
+                        )
+                    if derived is not None:
+                        move(value)
+                        hits += 1
+                        add((key, t, {**event, **derived[1]}))
+                        continue
+            take(scan, key, t, event, created, arrived, False, ready)
+        if hits or negative_hits:
+            cache.count_hits(hits, negative_hits)
+
+    def _take(
+        self,
+        scan: _Scan,
+        key: Any,
+        t: int,
+        event: Any,
+        created: float,
+        arrived: float,
+        behind: bool,
+        ready: list[tuple[Any, int, Any]],
+    ) -> None:
+        """An event come for the first time: enriched into ``ready``, or stashed (``behind``:
+        an earlier event of its key is in the stash), or in dead letters if it cannot be."""
+        try:
+            enriched = self._enrich(scan, t, event, arrived, None, behind)
+        except Exception as exc:
+            self._reject(event, exc)
+            return
+        if enriched.__class__ is dict:
+            ready.append((key, t, enriched))
+            return
+        self.stash.append(_Waiting(key, t, event, created, arrived, enriched))
+        self.stashed[key] += 1
 
     def _enrich(
         self,
@@ -520,17 +616,45 @@ class EnrichShard(Actor[Any]):
         )
         kept: deque[_Waiting] = deque()
         blocked: set[Any] = set()
-        fetching, landed = self.fetching, self.landed
+        fetching, landed, stashed = self.fetching, self.landed, self.stashed
         ready: list[tuple[Any, int, Any]] = []
         created = None
+        # With one lookup (and nobody reading whole enriched events), an event whose one key
+        # landed with a row or as missing is enriched here, with the row's fields made once
+        # per key; any other goes to ``_enrich``.
+        single = self._single is not None and not scan.full
+        name = self._single[0] if self._single is not None else ""
+        default_fields = self._default_fields
+        fields_of: dict[tuple[str, Hashable], dict[str, Any]] = {}
         for waiting in self.stash:
-            behind = waiting.key in blocked
+            key = waiting.key
+            behind = key in blocked
             blocker = waiting.pending.blocker
-            if blocker is not None and blocker in fetching and blocker not in landed:
-                # its fetch has not landed: nothing new to learn of it yet
-                kept.append(waiting)
-                blocked.add(waiting.key)
-                continue
+            if blocker is not None:
+                value = landed.get(blocker, _NOTHING)
+                if value is _NOTHING:
+                    if blocker in fetching:
+                        # its fetch has not landed: nothing new to learn of it yet
+                        kept.append(waiting)
+                        blocked.add(key)
+                        continue
+                elif single and not behind:
+                    fields = fields_of.get(blocker)
+                    if fields is None:
+                        if value.__class__ is dict:
+                            fields = fields_of[blocker] = _flat(name, value)
+                        elif value is NOT_FOUND:
+                            fields = default_fields
+                    if fields is not None:
+                        ready.append((key, waiting.t, {**waiting.event, **fields}))
+                        if created is None or waiting.created < created:
+                            created = waiting.created
+                        count = stashed[key] - 1
+                        if count:
+                            stashed[key] = count
+                        else:
+                            del stashed[key]
+                        continue
             if behind and not landed:
                 kept.append(waiting)
                 continue
@@ -610,6 +734,11 @@ class EnrichShard(Actor[Any]):
                 await target.refs[self.shard].tell(batch)
             except ActorStopped:
                 _log.warning("enriched_events_undelivered", stream=self.stream, events=len(ready))
+
+
+def _flat(name: str, row: dict[str, Any]) -> dict[str, Any]:
+    """The fields a lookup's row adds to an event: ``"<lookup>.<column>"``."""
+    return {f"{name}.{column}": cell for column, cell in row.items()}
 
 
 _NOTHING = object()
