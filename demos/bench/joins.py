@@ -14,7 +14,10 @@ beside it, in time order; each event is matched against the other side's deque o
 interval (bisect), and every pair is emitted, reading both events' times; the event is
 appended to its own side, and the front of both sides is expired by the ad's newest time.
 FeatureRuntime runs an inner ``Join`` of the two streams (one merged ``ingest_many``) with no
-features, and a consumer task reads every record of ``rt.join_records()`` beside ingest.
+features, and a consumer task reads every record of ``rt.join_records()`` beside ingest, a
+batch at a time (``subscription.batches()``), by the batch's columns: each record's key,
+join time, event times and their difference, with no merged dict per record (the join builds
+those only for a reader that asks for ``records``, or iterates the subscription).
 
 Both sides fold each record (key, join time, both event times, their difference) into one
 checksum with the same function; the bench exits non-zero when they differ and shows the
