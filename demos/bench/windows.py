@@ -188,18 +188,21 @@ PLAIN = {"sum+mean": plain_sum_mean, "p95": plain_p95}
 
 
 async def consume_sum_mean(subscription: Any, checksum: Checksum) -> None:
+    """Every update of every batch, as its row ``(key, event time, total, avg)``."""
     fold = checksum.fold
     kh = INPUT["kh"]
-    async for update in subscription:
-        values = update.values
-        fold(kh[update.key], update.event_time, values["total"], values["avg"])
+    async for batch in subscription.batches():
+        for key, t, total, avg in batch.rows:
+            fold(kh[key], t, total, avg)
 
 
 async def consume_p95(subscription: Any, checksum: Checksum) -> None:
+    """Every update of every batch, as its row ``(key, event time, p95)``."""
     fold = checksum.fold
     kh = INPUT["kh"]
-    async for update in subscription:
-        fold(kh[update.key], update.event_time, update.values["p95"])
+    async for batch in subscription.batches():
+        for key, t, p95 in batch.rows:
+            fold(kh[key], t, p95)
 
 
 CONSUME = {"sum+mean": consume_sum_mean, "p95": consume_p95}

@@ -22,7 +22,7 @@ from sortedcontainers import SortedList  # type: ignore[import-untyped]
 
 from .._spec.limits import PERCENTILE_METHODS
 
-__all__ = ["QuantileSketch", "SortedValues"]
+__all__ = ["QuantileSketch", "SortedValues", "nearest_rank_index"]
 
 # A rank q * n / 100 this close (relatively) to an integer is that integer: the product of a
 # percentage written in decimal (12.3, 64.4) and a count carries a rounding error of a few ulps,
@@ -33,6 +33,16 @@ _RANK_SNAP = 1e-12
 def _check_q(q: float, high: float) -> None:
     if not 0 <= q <= high:
         raise ValueError(f"q must be in [0, {high:g}], got {q!r}")
+
+
+def nearest_rank_index(q: float, n: int) -> int:
+    """The 0-based place of the nearest-rank ``q``-th percentile among ``n >= 1`` sorted
+    values (see :meth:`SortedValues.percentile`)."""
+    rank = q * n / 100
+    whole = round(rank)
+    if abs(rank - whole) > _RANK_SNAP * rank:
+        whole = math.ceil(rank)
+    return whole - 1 if whole else 0
 
 
 class SortedValues:
@@ -119,11 +129,7 @@ class SortedValues:
             n = len(values)
             if not n:
                 return None
-            rank = q * n / 100
-            whole = round(rank)
-            if abs(rank - whole) > _RANK_SNAP * rank:
-                whole = math.ceil(rank)
-            return values[whole - 1 if whole else 0]
+            return values[nearest_rank_index(q, n)]
         if method == "linear":
             _check_q(q, 100)
             n = len(values)

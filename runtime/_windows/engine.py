@@ -27,7 +27,10 @@ from __future__ import annotations
 
 import contextlib
 import heapq
+import itertools
+import linecache
 import math
+import weakref
 from bisect import bisect_left, insort
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -40,10 +43,19 @@ from .._spec.keyed import Ratio
 from .._spec.windowed import SequencePattern
 from .._spec.windows import Hopping, Session, Sliding, Tumbling
 from .._stats.idle import IdleKeys
+from .._stats.quantiles import nearest_rank_index
 from .patterns import PatternState
-from .state import Accumulator, Needs, SlidingState, check_value, value_reader
+from .state import (
+    EMPTY,
+    READERS,
+    Accumulator,
+    Needs,
+    SlidingState,
+    check_value,
+    value_reader,
+)
 
-__all__ = ["KeyWindows", "WindowCounters", "WindowEngine"]
+__all__ = ["KeyWindows", "WindowCounters", "WindowEngine", "WindowOutput"]
 
 #: later than any event time
 NEVER = 2**62
@@ -170,6 +182,55 @@ class KeyWindows:
         self.patterns: list[PatternState] | None = None
 
 
+class WindowOutput:
+    """What applying events (or a tick, or a read's catch-up) emitted, in order, in the shape
+    of an ``UpdateBatch``: a row ``(key, event_time, *values)`` per output (values in the
+    engine's ``names`` order), and beside the rows, by row index, what few of them carry more.
+
+    Most outputs are ``"update"`` rows with nothing beside them; ``failures`` holds the
+    features that failed on an update's event, ``extras`` the outputs of other kinds (a
+    close, a correction, a match, an anomaly) as ``(kind, values, window, errors, parts)``,
+    their row holding None for the features they do not report.
+    """
+
+    __slots__ = ("extras", "failures", "names", "rows")
+
+    def __init__(self, names: tuple[str, ...]) -> None:
+        self.names = names
+        self.rows: list[tuple[Any, ...]] = []
+        #: row index -> {feature name: error message}
+        self.failures: dict[int, dict[str, str]] | None = None
+        #: row index -> (kind, values by name, window, errors, parts)
+        self.extras: dict[int, tuple[str, dict[str, Any], Any, Any, Any]] | None = None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def fail(self, errors: list[Any], mark: int) -> None:
+        """The next row's event failed: ``errors[mark:]``, ``(key, t, feature, exception)``."""
+        if self.failures is None:
+            self.failures = {}
+        self.failures[len(self.rows)] = {
+            name: f"{type(exc).__name__}: {exc}" for _, _, name, exc in errors[mark:]
+        }
+
+    def other(
+        self,
+        key: Any,
+        t: int,
+        values: dict[str, Any],
+        kind: str,
+        window: tuple[int, int] | None,
+        parts: tuple[int, ...] | None = None,
+    ) -> None:
+        """An output of another kind than ``"update"``."""
+        if self.extras is None:
+            self.extras = {}
+        self.extras[len(self.rows)] = (kind, values, window, None, parts)
+        get = values.get
+        self.rows.append((key, t, *[get(name) for name in self.names]))
+
+
 @dataclass
 class WindowCounters:
     """What a shard's window engine counted."""
@@ -236,6 +297,9 @@ class WindowEngine:
         self._buffer_of: list[int] = []
         self._build()
         self.defaults = self.values(None)
+        #: the source of the compiled ``apply`` (None: the generic loop applies events)
+        self.source: str | None = None
+        self._compiled = _compile_sliding(self)
 
     # -- compilation -------------------------------------------------------------------------
     def _build(self) -> None:
@@ -401,7 +465,7 @@ class WindowEngine:
         states: dict[Any, KeyWindows],
         errors: list[Any],
         now: float,
-        out: list[Any] | None,
+        out: WindowOutput | None,
         late: list[Any] | None,
         counters: WindowCounters,
         idle: IdleKeys | None,
@@ -410,7 +474,7 @@ class WindowEngine:
         """Apply a batch in order.
 
         ``errors`` receives ``(key, t, feature, exception)``; ``out`` (when not None)
-        receives ``(key, event_time, values, kind, window, errors, parts)`` emissions;
+        receives the outputs (:class:`WindowOutput`);
         ``late`` (when not None) receives side-output ``(key, t, watermark, event)``;
         ``idle`` (when idle time or expiry is on) is told of each key's event.
 
@@ -422,7 +486,28 @@ class WindowEngine:
 
         A key quiet for long enough is first brought up to ``now`` (:meth:`catch_up`), so
         whether its event is late depends on the wall clock, not on when ticks ran.
+
+        An engine of sliding windows alone runs a compiled loop (``_compile_sliding``) that
+        does the same; others, and that loop's rare events, run :meth:`_apply_generic`.
         """
+        compiled = self._compiled
+        if compiled is not None:
+            compiled(events, states, errors, now, out, late, counters, idle, poison)
+        else:
+            self._apply_generic(events, states, errors, now, out, late, counters, idle, poison)
+
+    def _apply_generic(
+        self,
+        events: list[tuple[Any, int, dict[str, Any]]],
+        states: dict[Any, KeyWindows],
+        errors: list[Any],
+        now: float,
+        out: WindowOutput | None,
+        late: list[Any] | None,
+        counters: WindowCounters,
+        idle: IdleKeys | None,
+        poison: list[Any] | None = None,
+    ) -> None:
         plan = self._plan
         frames = self.frames
         quiet = self.quiet
@@ -502,20 +587,10 @@ class WindowEngine:
                         except FeaturistError as exc:
                             self._errors(errors, buffer, key, t, exc)
                             continue
-                    if numeric:
-                        if v.__class__ is int:
-                            if not -_MAX_INT <= v <= _MAX_INT:
-                                huge = FeatureValueError(
-                                    f"field {fld!r} is an int too large for a float "
-                                    f"({v.bit_length()} bits)",
-                                    field=fld or "",
-                                )
-                                self._errors(errors, buffer, key, t, huge)
-                                continue
-                        elif v.__class__ is not float or not -_INF < v < _INF:
-                            v, error = coerce_number(fld or "", v)
-                            if error is not None:
-                                self._errors(errors, buffer, key, t, error)
+                    if numeric and (v.__class__ is not float or not -_INF < v < _INF):
+                        if v.__class__ is not int or not -_MAX_INT <= v <= _MAX_INT:
+                            v = self._number(errors, buffer, key, t, v)
+                            if v is None:
                                 continue
                     try:
                         if checks:
@@ -570,7 +645,8 @@ class WindowEngine:
                 if anomalies is not None:
                     counters.anomalies += len(anomalies)
                     if out is not None:
-                        out.extend(anomalies)
+                        for name, z in anomalies:
+                            out.other(key, t, {name: z}, "anomaly", None, (t,))
                 if sequences:
                     if wm_before is not None and t < wm_before:
                         counters.pattern_late += 1
@@ -587,18 +663,14 @@ class WindowEngine:
                         counters.corrections += 1
                         if out is not None:
                             self._add_ratios(values)
-                            out.append((key, window[1], values, kind, window, None, None))
+                            out.other(key, window[1], values, kind, window)
                 if pending is not None or st.clock - ooo >= st.next_close:
                     self.close(key, st, out, counters, pending)
                 if emit_updates:
                     assert out is not None
-                    failed = None
                     if len(errors) > mark:
-                        failed = {
-                            name: f"{type(exc).__name__}: {exc}"
-                            for _, _, name, exc in errors[mark:]
-                        }
-                    out.append((key, t, self.values(st), "update", None, failed, None))
+                        out.fail(errors, mark)
+                    out.rows.append((key, t, *self.values(st)))
             except Exception as exc:
                 if poison is None:
                     raise
@@ -636,7 +708,7 @@ class WindowEngine:
             if z is not None and abs(z) >= feature.threshold:
                 if anomalies is None:
                     anomalies = []
-                anomalies.append((key, t, {feature.name: z}, "anomaly", None, None, (t,)))
+                anomalies.append((feature.name, z))
         return anomalies
 
     def _pattern_event(
@@ -646,7 +718,7 @@ class WindowEngine:
         t: int,
         ev: dict[str, Any],
         errors: list[Any],
-        out: list[Any] | None,
+        out: WindowOutput | None,
         counters: WindowCounters,
     ) -> None:
         """Queue an event for the key's sequence features and run what the watermark releases."""
@@ -662,7 +734,7 @@ class WindowEngine:
         key: Any,
         st: KeyWindows,
         errors: list[Any] | None,
-        out: list[Any] | None,
+        out: WindowOutput | None,
         counters: WindowCounters,
     ) -> None:
         """Feed the sequence features, in time order, the queued events the watermark passed."""
@@ -688,7 +760,7 @@ class WindowEngine:
                     if out is not None:
                         window = (parts[0], parts[-1])
                         values = {feature.name: pattern.matches}
-                        out.append((key, parts[-1], values, "match", window, None, parts))
+                        out.other(key, parts[-1], values, "match", window, parts)
             if released:
                 del pending[:released]
             pattern.prune(feature, wm)
@@ -708,6 +780,22 @@ class WindowEngine:
         names = self.names
         for i in buffer.features:
             errors.append((key, t, names[i], exc))
+
+    def _number(self, errors: list[Any], buffer: _Buffer, key: Any, t: int, v: Any) -> Any:
+        """A numeric buffer's value that is not a finite float nor an int a float can hold:
+        converted (``coerce_number``), or None with the error reported for its features."""
+        fld = buffer.field or ""
+        if v.__class__ is int:
+            error: FeatureValueError | None = FeatureValueError(
+                f"field {fld!r} is an int too large for a float ({v.bit_length()} bits)",
+                field=fld,
+            )
+        else:
+            v, error = coerce_number(fld, v)
+            if error is None:
+                return v
+        self._errors(errors, buffer, key, t, error)
+        return None
 
     # -- frames: tumbling, hopping and session windows ----------------------------------------
     def _locate(self, st: KeyWindows, t: int) -> list[tuple[Any, ...]]:
@@ -854,7 +942,7 @@ class WindowEngine:
         self,
         key: Any,
         st: KeyWindows,
-        out: list[Any] | None,
+        out: WindowOutput | None,
         counters: WindowCounters,
         pending: list[tuple[int, int, dict[str, Any]]] | None = None,
     ) -> None:
@@ -895,7 +983,7 @@ class WindowEngine:
         if out is not None:
             for (start, end), values in merged.items():
                 self._add_ratios(values)
-                out.append((key, end, values, "close", (start, end), None, None))
+                out.other(key, end, values, "close", (start, end))
 
     def _close_panes(self, frame: _Frame, state: _Panes, wm: int, finished: list[Any]) -> int:
         hop, size, r = frame.hop, frame.size, frame.panes_per_window
@@ -1095,7 +1183,7 @@ class WindowEngine:
         states: dict[Any, KeyWindows],
         idle: IdleKeys,
         now: float,
-        out: list[Any] | None,
+        out: WindowOutput | None,
         counters: WindowCounters,
     ) -> None:
         """Advance the clocks of idle keys and expire quiet ones: keys quiet for the smaller of
@@ -1118,7 +1206,7 @@ class WindowEngine:
         keys: Iterable[Any],
         states: dict[Any, KeyWindows],
         now: float,
-        out: list[Any] | None,
+        out: WindowOutput | None,
         counters: WindowCounters,
     ) -> None:
         """Before a read: bring each of ``keys`` that is quiet up to wall time ``now``, as the
@@ -1138,7 +1226,7 @@ class WindowEngine:
         st: KeyWindows,
         states: dict[Any, KeyWindows],
         now: float,
-        out: list[Any] | None,
+        out: WindowOutput | None,
         counters: WindowCounters,
     ) -> float | None:
         """Bring a quiet key up to wall time ``now``: expire it past ``state_ttl``, move its
@@ -1159,7 +1247,12 @@ class WindowEngine:
         return wake
 
     def _advance_idle(
-        self, key: Any, st: KeyWindows, now: float, out: list[Any] | None, counters: WindowCounters
+        self,
+        key: Any,
+        st: KeyWindows,
+        now: float,
+        out: WindowOutput | None,
+        counters: WindowCounters,
     ) -> float:
         """Move an idle key's clock to where wall time has taken it; return when it next
         needs a visit (wall-clock seconds), or infinity."""
@@ -1305,3 +1398,257 @@ def _start_of(session: list[Any]) -> int:
 
 def _end_then_start(item: tuple[int, int, Any]) -> tuple[int, int]:
     return item[1], item[0]
+
+
+# -- the compiled path of sliding windows ----------------------------------------------------
+#
+# An engine whose windows are all sliding (no tumbling, hopping or session frame, no sequence,
+# no zscore) with nothing closing ever, is compiled into one function, as the keyed kernel
+# compiles its groups (``runtime/_keyed/kernel.py``): per event, one dict lookup for the key,
+# then straight-line code per buffer (read, check, evict, add) and per feature (its value, read
+# from the buffer's state in place), and the output row ``(key, t, *values)``. It does what the
+# generic loop does, operation for operation (same floats, same order), for every event but
+# the rare ones: an event to drop, set aside or apply late, and one for a key quiet long enough
+# to be brought up to the wall clock, go through the generic loop, one at a time.
+#
+# User input never becomes source text: fields, conditions and features are bound in the
+# function's namespace under generated names.
+
+#: numbers the compiled engines, so that each has a file name of its own in ``linecache``
+_COMPILED = itertools.count(1)
+#: the nearest ranks precomputed per percentile feature: windows of up to this many values
+_RANKS = 1024
+
+
+def _compile_sliding(engine: WindowEngine) -> Callable[..., None] | None:
+    """The compiled ``apply`` of ``engine`` (see above), or None if it has frames, sequences
+    or zscore features."""
+    if engine.frames or engine.sequences or any(b.scores for b in engine.buffers):
+        return None
+    margin = engine.ooo + engine.lateness
+    if type(margin) is not int or any(type(b.size) is not int for b in engine.buffers):
+        return None
+    namespace: dict[str, Any] = {
+        "_KeyWindows": KeyWindows,
+        "_SlidingState": SlidingState,
+        "_FeaturistError": FeaturistError,
+        "_name_error": name_error,
+        "_check_value": check_value,
+        "_ratio_of": ratio_of,
+        "_poisoned": _poisoned,
+        "_generic": engine._apply_generic,
+        "_errors": engine._errors,
+        "_number": engine._number,
+        "_INF": _INF,
+        "_MAX_INT": _MAX_INT,
+        "_ranked": nearest_rank_index,
+    }
+    features = engine.features
+    lines = [
+        "def apply(events, states, errors, now, out, late, counters, idle, poison=None):",
+        "    get = states.get",
+        "    rows = out.rows if out is not None and _EMIT else None",
+    ]
+    namespace["_EMIT"] = engine.emit == "update"
+    quiet = engine.quiet
+    if engine.tracks_idle:
+        lines.append("    recent = idle.recent")
+    # a key's event is late below its clock minus ``margin``
+    late_test = f"t < clock - {int(margin)}"
+    if quiet is not None:
+        namespace["_QUIET"] = quiet
+        late_test += " or now - st.seen >= _QUIET"
+    lines += [
+        "    for key, t, ev in events:",
+        "        made = None",
+        "        try:",
+        "            st = get(key)",
+        "            if st is None:",
+        f"                st = made = states[key] = _KeyWindows({len(engine.buffers)}, t, now)",
+        "                clock = t",
+        "            else:",
+        "                clock = st.clock",
+        f"                if {late_test}:",
+        "                    _generic([(key, t, ev)], states, errors, now, out, late, counters,"
+        " idle, poison)",
+        "                    continue",
+        "                if t > clock:",
+        "                    st.clock = clock = t",
+        "                if t > st.latest:",
+        "                    st.latest = t",
+    ]
+    if engine.tracks_idle:
+        lines += [
+            "                st.seen = now",
+            "            if key in recent:",
+            "                recent.move_to_end(key)",
+            "            else:",
+            "                recent[key] = None",
+        ]
+    lines += ["            buffers = st.buffers", "            mark = len(errors)"]
+    for buffer in engine.buffers:
+        lines += _buffer_lines(buffer, namespace, "            ")
+    lines.append("            if rows is not None:")
+    for buffer in engine.buffers:
+        lines += _value_lines(buffer, features, namespace, "                ")
+    for i in engine._ratio_order:
+        position = {name: j for j, name in enumerate(engine.names)}
+        feature = features[i]
+        numerator, denominator = position[feature.numerator], position[feature.denominator]
+        lines += [
+            "                try:",
+            f"                    v{i} = _ratio_of(v{numerator}, v{denominator})",
+            "                except _FeaturistError:",
+            f"                    v{i} = None",
+        ]
+    values = "".join(f", v{i}" for i in range(len(features)))
+    lines += [
+        "                if len(errors) > mark:",
+        "                    out.fail(errors, mark)",
+        f"                rows.append((key, t{values}))",
+        "        except Exception as exc:",
+        "            if poison is None:",
+        "                raise",
+        "            _poisoned(states, key, t, ev, exc, poison, made)",
+    ]
+    source = "\n".join(lines) + "\n"
+    filename = f"<featurist windows #{next(_COMPILED)}>"
+    exec(compile(source, filename, "exec"), namespace)
+    apply: Callable[..., None] = namespace["apply"]
+    linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)
+    forget = weakref.finalize(engine, linecache.cache.pop, filename, None)
+    forget.atexit = False
+    engine.source = source
+    return apply
+
+
+def _buffer_lines(buffer: _Buffer, namespace: dict[str, Any], pad: str) -> list[str]:
+    """What an event does to one sliding buffer (the generic loop's body for it)."""
+    j = buffer.index
+    namespace[f"_B{j}"] = buffer
+    namespace[f"_N{j}"] = buffer.needs
+    lines: list[str] = []
+    if buffer.field is None:
+        lines.append(f"{pad}v = 1")
+        take = "True"
+    else:
+        namespace[f"_F{j}"] = buffer.field
+        lines.append(f"{pad}v = ev.get(_F{j})")
+        take = "v is not None"
+    lines.append(f"{pad}if {take}:")
+    pad += "    "
+    if buffer.where is not None:
+        namespace[f"_W{j}"] = buffer.where
+        lines += [
+            f"{pad}try:",
+            f"{pad}    take = _W{j}.matches(ev)",
+            f"{pad}except _FeaturistError as exc:",
+            f"{pad}    _errors(errors, _B{j}, key, t, exc)",
+            f"{pad}    take = False",
+            f"{pad}if take:",
+        ]
+        pad += "    "
+    if buffer.numeric:
+        lines += [
+            f"{pad}if v.__class__ is not float or not -_INF < v < _INF:",
+            f"{pad}    if v.__class__ is not int or not -_MAX_INT <= v <= _MAX_INT:",
+            f"{pad}        v = _number(errors, _B{j}, key, t, v)",
+            f"{pad}if v is not None:",
+        ]
+        pad += "    "
+    plain = not buffer.needs.trackers and not buffer.needs.extremes
+    lines += [f"{pad}try:"]
+    if buffer.checks:
+        lines.append(f"{pad}    _check_value(_N{j}, v)")
+    lines += [
+        f"{pad}    state = buffers[{j}]",
+        f"{pad}    cutoff = clock - {int(buffer.size)}",
+        f"{pad}    if state is not None:",
+        f"{pad}        items = state.items",
+        f"{pad}        if items and items[0][0] <= cutoff:",
+        f"{pad}            state.evict(cutoff)",
+        f"{pad}    if t > cutoff:",
+        f"{pad}        if state is None:",
+        f"{pad}            state = buffers[{j}] = _SlidingState(_N{j}, {buffer.numeric})",
+    ]
+    if plain:
+        lines += [
+            f"{pad}        items = state.items",
+            f"{pad}        if (not items or t >= items[-1][0])"
+            " and state.removed < len(items) + 64:",
+            f"{pad}            items.append((t, v))",
+        ]
+        if buffer.numeric:
+            lines.append(f"{pad}            state.sum += v")
+        lines += [f"{pad}        else:", f"{pad}            state.add(t, v)"]
+    else:
+        lines.append(f"{pad}        state.add(t, v)")
+    lines += [
+        f"{pad}except Exception as exc:",
+        f"{pad}    _errors(errors, _B{j}, key, t, _name_error(exc, {_name_of(buffer)}))",
+    ]
+    return lines
+
+
+def _name_of(buffer: _Buffer) -> str:
+    return f"_F{buffer.index}" if buffer.field is not None else "'count'"
+
+
+def _value_lines(
+    buffer: _Buffer, features: list[Any], namespace: dict[str, Any], pad: str
+) -> list[str]:
+    """The values of one sliding buffer's features after an event, in locals ``v<i>`` (what
+    ``WindowEngine.values`` reads, the window evicted first)."""
+    j = buffer.index
+    lines = [
+        f"{pad}state = buffers[{j}]",
+        f"{pad}n = 0",
+        f"{pad}if state is not None:",
+        f"{pad}    items = state.items",
+        f"{pad}    if items:",
+        f"{pad}        if items[0][0] <= clock - {int(buffer.size)}:",
+        f"{pad}            state.evict(clock - {int(buffer.size)})",
+        f"{pad}        n = len(items)",
+        f"{pad}if n:",
+    ]
+    full: list[str] = []
+    empty: list[str] = []
+    for i in buffer.features:
+        feature = features[i]
+        kind = feature.type_name
+        if kind == "count":
+            full.append(f"v{i} = n")
+        elif kind == "sum":
+            full.append(f"v{i} = state.sum")
+        elif kind == "mean":
+            full += [
+                "try:",
+                f"    v{i} = state.sum / n",
+                "except (ArithmeticError, TypeError, ValueError):",
+                f"    v{i} = None",
+            ]
+        elif kind == "percentile" and feature.method == "nearest_rank":
+            # the values' sorted list, indexed in place at the rank (SortedValues.percentile)
+            namespace[f"_Q{i}"] = feature.q
+            namespace[f"_R{i}"] = [0] + [nearest_rank_index(feature.q, m) for m in range(1, _RANKS)]
+            full.append(
+                f"v{i} = state.values._values[_R{i}[n] if n < {_RANKS} else _ranked(_Q{i}, n)]"
+            )
+        else:
+            namespace[f"_read{i}"] = READERS[kind]
+            namespace[f"_f{i}"] = feature
+            full += [
+                "try:",
+                f"    v{i} = _read{i}(state, _f{i})",
+                "except (ArithmeticError, TypeError, ValueError):",
+                f"    v{i} = None",
+            ]
+        default = EMPTY.get(kind)
+        if isinstance(default, list):
+            empty.append(f"v{i} = []")
+        else:
+            empty.append(f"v{i} = {default!r}")
+    lines += [f"{pad}    {line}" for line in full]
+    lines.append(f"{pad}else:")
+    lines += [f"{pad}    {line}" for line in empty]
+    return lines

@@ -23,7 +23,7 @@ from .._results import FeatureUpdate, LateEvent
 from .._shard import GroupShard
 from .._stats.idle import IdleKeys
 from .._updates import UpdateHub
-from .engine import KeyWindows, WindowCounters, WindowEngine
+from .engine import KeyWindows, WindowCounters, WindowEngine, WindowOutput
 
 __all__ = ["WindowShard", "WindowStats"]
 
@@ -76,7 +76,7 @@ class WindowShard(GroupShard):
         engine = self.engine
         now = self.clock()
         errors: list[Any] = []
-        out: list[Any] | None = [] if self.hub.active else None
+        out = WindowOutput(engine.names) if self.hub.active else None
         late: list[Any] | None = [] if self.late_hub.active else None
         poison: list[Any] = []
         start = time.perf_counter_ns()
@@ -115,35 +115,37 @@ class WindowShard(GroupShard):
         if out:
             await self._publish_windows(out, wall)
 
-    async def _publish_windows(self, out: list[Any], wall: float) -> None:
-        """One :class:`UpdateBatch` for the engine's outputs: a row per output, and for the
-        rows of other kinds than ``"update"`` (a close, a match) their full update."""
-        names = self.engine.names
+    async def _publish_windows(self, out: WindowOutput, wall: float) -> None:
+        """One :class:`UpdateBatch` of the engine's outputs: its rows as they are, and for
+        the rows of other kinds than ``"update"`` (a close, a match) their full update."""
         latency = self.feature_latency_ms
         group = self.group_name
-        rows: list[tuple[Any, ...]] = []
-        failures: dict[int, dict[str, str]] | None = None
         extras: dict[int, FeatureUpdate] | None = None
-        for key, t, values, kind, window, errors, parts in out:
-            if kind == "update":
-                if errors:
-                    if failures is None:
-                        failures = {}
-                    failures[len(rows)] = errors
-                rows.append((key, t, *values))
-                continue
-            if extras is None:
-                extras = {}
-            extras[len(rows)] = FeatureUpdate(
-                key, t, values, errors, latency, wall, group, kind, window, parts
-            )
-            rows.append((key, t, *[values.get(name) for name in names]))
-        await self.hub.publish(UpdateBatch(group, names, rows, failures, latency, wall, extras))
+        if out.extras:
+            rows = out.rows
+            extras = {
+                i: FeatureUpdate(
+                    rows[i][0],
+                    rows[i][1],
+                    values,
+                    errors,
+                    latency,
+                    wall,
+                    group,
+                    kind,
+                    window,
+                    parts,
+                )
+                for i, (kind, values, window, errors, parts) in out.extras.items()
+            }
+        await self.hub.publish(
+            UpdateBatch(group, out.names, out.rows, out.failures, latency, wall, extras)
+        )
 
     async def _tick(self) -> None:
         if self.idle is None:
             return
-        out: list[Any] | None = [] if self.hub.active else None
+        out = WindowOutput(self.engine.names) if self.hub.active else None
         self.engine.tick(self.states, self.idle, self.clock(), out, self.counters)
         if out:
             await self._publish_windows(out, time.time())
@@ -152,7 +154,7 @@ class WindowShard(GroupShard):
         if isinstance(message, GetStates):
             if self.engine.quiet is not None:
                 # a quiet key's clock follows the wall clock, whether a tick ran or not
-                out: list[Any] | None = [] if self.hub.active else None
+                out = WindowOutput(self.engine.names) if self.hub.active else None
                 self.engine.catch_up(message.keys, self.states, self.clock(), out, self.counters)
                 if out:
                     await self._publish_windows(out, time.time())

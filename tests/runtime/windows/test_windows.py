@@ -18,10 +18,7 @@ import hypothesis
 import hypothesis.strategies as st
 from hypothesis import HealthCheck, given, settings
 
-from runtime import (
-    FeatureRuntime,
-    FeatureSet,
-)
+from runtime import FeatureRuntime, FeatureSet, Mean, Sliding, Sum
 
 from ..support.clock import FakeClock
 from ..support.oracle import same
@@ -87,13 +84,15 @@ def _idle(opts: dict[str, Any]) -> float | None:
     return None if idle is None else {"200ms": 0.2, "1s": 1.0}[idle]
 
 
-def expected(stream: list[dict[str, Any]], opts: dict[str, Any]) -> dict[Any, KeyOracle]:
+def expected(
+    stream: list[dict[str, Any]], opts: dict[str, Any], features: list[Any] = WINDOW_FEATURES
+) -> dict[Any, KeyOracle]:
     oracles: dict[Any, KeyOracle] = {}
     for index, event in enumerate(stream):
         key = event["card"]
         if key not in oracles:
             oracles[key] = KeyOracle(
-                WINDOW_FEATURES,
+                features,
                 opts["max_out_of_orderness"],
                 opts["allowed_lateness"],
                 opts["late_policy"],
@@ -110,9 +109,13 @@ def expected(stream: list[dict[str, Any]], opts: dict[str, Any]) -> dict[Any, Ke
 
 
 async def run(
-    stream: list[dict[str, Any]], opts: dict[str, Any], shards: int, batch_size: int
+    stream: list[dict[str, Any]],
+    opts: dict[str, Any],
+    shards: int,
+    batch_size: int,
+    features: list[Any] = WINDOW_FEATURES,
 ) -> tuple[dict[Any, list[Any]], dict[Any, dict[str, Any]], Any]:
-    feature_set = FeatureSet(name="w", key="card", time="ts", features=WINDOW_FEATURES, **opts)
+    feature_set = FeatureSet(name="w", key="card", time="ts", features=features, **opts)
     emitted: dict[Any, list[Any]] = defaultdict(list)
     clock = FakeClock(START)
     async with FeatureRuntime(feature_set, shards=shards, batch_size=batch_size, clock=clock) as rt:
@@ -190,7 +193,30 @@ SETTINGS = settings(
 async def test_windows_match_the_oracle_for_1_2_7_and_16_shards(
     stream: list[dict[str, Any]], opts: dict[str, Any], batch_size: int
 ) -> None:
-    oracles = expected(stream, opts)
+    await _check_all(stream, opts, batch_size, WINDOW_FEATURES)
+
+
+#: sliding windows alone: the engine runs its compiled loop (``_compile_sliding``)
+SLIDING_FEATURES = [
+    f for f in WINDOW_FEATURES if f.type_name == "ratio" or f.window.type_name == "sliding"
+] + [
+    Sum(name="short_sum", field="amount", window=Sliding(size=300)),
+    Mean(name="short_mean", field="amount", window=Sliding(size=300)),
+]
+
+
+@SETTINGS
+@given(stream=streams(), opts=options(), batch_size=st.sampled_from([1, 3, 64]))
+async def test_sliding_windows_alone_match_the_oracle_for_1_2_7_and_16_shards(
+    stream: list[dict[str, Any]], opts: dict[str, Any], batch_size: int
+) -> None:
+    await _check_all(stream, opts, batch_size, SLIDING_FEATURES)
+
+
+async def _check_all(
+    stream: list[dict[str, Any]], opts: dict[str, Any], batch_size: int, features: list[Any]
+) -> None:
+    oracles = expected(stream, opts, features)
     kinds = {o[0] for oracle in oracles.values() for o in oracle.out}
     hypothesis.event(f"emitted: {sorted(kinds)}")
     hypothesis.event(
@@ -198,7 +224,7 @@ async def test_windows_match_the_oracle_for_1_2_7_and_16_shards(
     )
     reference = None
     for shards in (1, 2, 7, 16):
-        emitted, vectors, stats = await run(stream, opts, shards, batch_size)
+        emitted, vectors, stats = await run(stream, opts, shards, batch_size, features)
         check(oracles, emitted, vectors)
         if reference is None:
             reference = (emitted, vectors, stats)
