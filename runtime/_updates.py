@@ -65,8 +65,10 @@ class _Channel:
         "buffer",
         "capacity",
         "closed",
+        "current",
         "dropped",
         "held",
+        "held_batch",
         "policy",
         "readable",
         "size",
@@ -81,6 +83,10 @@ class _Channel:
         self.buffer: deque[Any] = deque()
         self.size = 0
         self.held = 0
+        #: the batch being read one item at a time and the iterator over it (its last
+        #: ``held`` items are not read yet)
+        self.held_batch: Any = None
+        self.current: Iterator[Any] | None = None
         self.capacity = capacity
         self.policy = policy
         self.closed = False
@@ -102,10 +108,6 @@ class UpdateSubscription(Generic[T]):
     def __init__(self, hub: UpdateHub[T], channel: _Channel) -> None:
         self._hub = hub
         self._channel = channel
-        #: the batch being read item by item, its iterator and the items left in it
-        self._current: Iterator[T] | None = None
-        self._current_batch: Any = None
-        self._left = 0
         self._finalizer = weakref.finalize(self, hub.unsubscribe, channel)
 
     @property
@@ -127,8 +129,8 @@ class UpdateSubscription(Generic[T]):
     def __aiter__(self) -> AsyncIterator[T]:
         return self
 
-    async def _next_batch(self, *, hold: bool) -> Any:
-        """The oldest batch; with ``hold`` its items stay counted until read one by one."""
+    async def _next_batch(self) -> Any:
+        """The oldest batch in the buffer (its items no longer counted)."""
         channel = self._channel
         while not channel.buffer:
             if channel.closed:
@@ -138,54 +140,45 @@ class UpdateSubscription(Generic[T]):
                 channel.readable = anyio.Event()
             await channel.readable.wait()
         batch = channel.buffer.popleft()
-        if hold:
-            channel.held = len(batch)
-        else:
-            channel.size -= len(batch)
-            channel.writable.set()
+        channel.size -= len(batch)
+        channel.writable.set()
         return batch
 
-    def _took(self) -> None:
-        """One item of the held batch is read: its room is free."""
+    async def __anext__(self) -> T:
         channel = self._channel
+        if not channel.held:
+            while True:
+                batch = await self._next_batch()
+                size = len(batch)
+                if size:
+                    break
+            # its items count again until read, so that the buffer's bound holds
+            channel.held_batch = batch
+            channel.current = iter(batch)
+            channel.held = size
+            channel.size += size
         channel.size -= 1
         channel.held -= 1
-        self._left -= 1
         if channel.waiting:
             channel.writable.set()
-
-    async def __anext__(self) -> T:
-        if self._left:
-            self._took()
-            assert self._current is not None
-            return next(self._current)
-        while True:
-            batch = await self._next_batch(hold=True)
-            size = len(batch)
-            if size:
-                break
-        self._current_batch = batch
-        self._current = iter(batch)
-        self._left = size
-        self._took()
-        return next(self._current)
+        item: T = next(channel.current)  # type: ignore[arg-type]
+        return item
 
     async def _batches(self) -> AsyncIterator[Any]:
+        channel = self._channel
         while True:
-            left = self._left
-            if left:
+            held = channel.held
+            if held:
                 # the rest of a batch partly read one item at a time
-                batch = self._current_batch
-                channel = self._channel
-                channel.size -= left
+                batch = channel.held_batch
+                channel.size -= held
                 channel.held = 0
+                channel.held_batch = channel.current = None
                 channel.writable.set()
-                self._left = 0
-                self._current = self._current_batch = None
-                yield batch[len(batch) - left :]
+                yield batch[len(batch) - held :]
                 continue
             try:
-                batch = await self._next_batch(hold=False)
+                batch = await self._next_batch()
             except StopAsyncIteration:
                 return
             yield batch
@@ -258,10 +251,20 @@ class UpdateHub(Generic[T]):
 
 
 def _drop_into(channel: _Channel, batch: Any, size: int) -> None:
-    """Keep the newest ``capacity`` items of the buffer and ``batch``: drop the oldest (those
-    being read, ``held``, are the reader's already)."""
+    """Keep the newest ``capacity`` items: drop the oldest, those of the batch being read
+    first, then the buffer's, then the head of ``batch``."""
     excess = channel.size + size - channel.capacity
     channel.dropped += excess
+    held = channel.held
+    if held:
+        count = min(held, excess)
+        rest = channel.held_batch
+        rest = rest[len(rest) - held + count :]
+        channel.held_batch = rest
+        channel.current = iter(rest)
+        channel.held -= count
+        channel.size -= count
+        excess -= count
     buffer = channel.buffer
     while excess and buffer:
         oldest = buffer[0]
@@ -274,7 +277,7 @@ def _drop_into(channel: _Channel, batch: Any, size: int) -> None:
             buffer[0] = oldest[excess:]
             channel.size -= excess
             excess = 0
-    if excess:  # the buffer is empty: the batch's oldest items go too
+    if excess:  # nothing older is left: the batch's oldest items go too
         batch = batch[excess:]
         size -= excess
     if size:

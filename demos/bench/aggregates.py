@@ -66,6 +66,8 @@ BASIC = FeatureSet(
     ],
 )
 
+NAMES = ("n", "total", "avg", "last_amount")
+
 #: the input, made by the parent before its children fork
 INPUT: dict[str, Any] = {}
 
@@ -112,18 +114,15 @@ def plain_basic(events: list[dict[str, Any]], kh: dict[str, int], checksum: Chec
 
 
 async def consume_updates(subscription: Any, checksum: Checksum) -> None:
+    """Every update's key, time and four values, read a batch at a time
+    (``subscription.batches()``: an ``UpdateBatch`` per batch of events, its rows
+    ``(key, event_time, n, total, avg, last_amount)`` in the group's feature order)."""
     fold = checksum.fold
     kh = INPUT["kh"]
-    async for update in subscription:
-        values = update.values
-        fold(
-            kh[update.key],
-            update.event_time,
-            values["n"],
-            values["total"],
-            values["avg"],
-            values["last_amount"],
-        )
+    async for batch in subscription.batches():
+        assert batch.names == NAMES and not batch.errors
+        for key, t, n, total, avg, last in batch.rows:
+            fold(kh[key], t, n, total, avg, last)
 
 
 async def runtime_side(

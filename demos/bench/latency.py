@@ -70,21 +70,22 @@ async def offer(
         async def consumer() -> None:
             nonlocal updates, ended
             clock = time.perf_counter
-            async for update in subscription:
-                if update.kind != "update":
-                    continue  # anomalies come on top of the event's update
-                updates += 1
-                if pace is None:
-                    continue
+            async for batch in subscription.batches():
                 now = clock()
-                waiting = pending[update.key, update.event_time]
-                entry = waiting[0]
-                entry[1] -= 1
-                if not entry[1]:
-                    latencies.append(now - entry[0])
-                    waiting.popleft()
-                    if not waiting:
-                        del pending[update.key, update.event_time]
+                for (key, t, *_), kind in zip(batch.rows, batch.kinds, strict=True):
+                    if kind != "update":
+                        continue  # anomalies come on top of the event's update
+                    updates += 1
+                    if pace is None:
+                        continue
+                    waiting = pending[key, t]
+                    entry = waiting[0]
+                    entry[1] -= 1
+                    if not entry[1]:
+                        latencies.append(now - entry[0])
+                        waiting.popleft()
+                        if not waiting:
+                            del pending[key, t]
             ended = time.perf_counter()
 
         async with anyio.create_task_group() as tasks:
