@@ -583,9 +583,13 @@ class FeatureRuntime:
     ) -> UpdateSubscription[FeatureUpdate]:
         """Subscribe to every change, as it happens: an async iterator of ``FeatureUpdate``.
 
-        Subscribing costs the runtime one update object per event and group. ``policy``:
-        ``"block"`` slows ingest to the subscriber's pace (nothing lost); ``"drop_oldest"`` keeps
-        the newest ``buffer`` updates. Iteration ends at shutdown or on ``aclose()``.
+        Updates travel in batches, one :class:`UpdateBatch` per batch of events a shard
+        applied: ``subscription.batches()`` reads them as they are (columns and rows, no
+        object per event: the cheapest way to read every update), and iterating the
+        subscription builds each ``FeatureUpdate`` as it is reached. Subscribing costs the
+        runtime one row tuple per event and group. ``policy``: ``"block"`` slows ingest to the
+        subscriber's pace (nothing lost); ``"drop_oldest"`` keeps the newest ``buffer``
+        updates. Iteration ends at shutdown or on ``aclose()``.
 
         A ``"block"`` subscription that is held but no longer read stalls the shards that
         publish to it, and so ingest, and at shutdown it holds the drain until
@@ -689,7 +693,8 @@ class FeatureRuntime:
     ) -> UpdateSubscription[JoinRecord]:
         """Subscribe to the records of the join named ``join``, or of every join
         (``JoinRecord.join`` names it): matched pairs, and for outer and as-of joins the
-        unmatched rows. ``buffer`` and ``policy`` as for :meth:`updates`.
+        unmatched rows, in one :class:`JoinRecordBatch` per batch of events
+        (``subscription.batches()``). ``buffer`` and ``policy`` as for :meth:`updates`.
 
         Raises:
             ValueError: the feature set has no join named ``join``.
@@ -727,8 +732,9 @@ class FeatureRuntime:
     ) -> UpdateSubscription[EnrichedEvent]:
         """Subscribe to the enriched events: each event of a stream with lookups, with its
         ``enrichment``, ``enrichment_metadata`` and ``"<lookup>.<column>"`` fields, once its
-        fetches landed (a key's events in order). ``buffer`` and ``policy`` as for
-        :meth:`updates`."""
+        fetches landed (a key's events in order), in batches
+        (:class:`EnrichedBatch`, from ``subscription.batches()``). ``buffer`` and ``policy``
+        as for :meth:`updates`."""
         self._check_running()
         return self._topology.enriched.subscribe(buffer, policy)
 
@@ -736,7 +742,8 @@ class FeatureRuntime:
         self, *, buffer: int = 10_000, policy: Policy = "block"
     ) -> UpdateSubscription[LateEvent]:
         """Subscribe to events later than ``allowed_lateness`` (with
-        ``late_policy="side_output"``): an async iterator of :class:`LateEvent`. ``buffer``
+        ``late_policy="side_output"``): an async iterator of :class:`LateEvent`, in
+        batches (:class:`LateEventBatch`, from ``subscription.batches()``). ``buffer``
         and ``policy`` as for :meth:`updates`; late events that arrive while nobody is
         subscribed are counted in ``statistics().windows.late_side_output`` only."""
         self._check_running()
