@@ -19,12 +19,15 @@ feature group: every feature of the event is fresh) minus the time the producer 
 event's chunk to ``ingest_many`` (``time.perf_counter()`` both, kept in a dict by key and
 event time). Printed: p50, p99 and p99.9, the worst, and beside them the runtime's own
 p50/p99 (``rt.statistics()``: from a batch's first event routed to the end of its apply, which
-leaves out the wait for the batch to leave and the delivery to the consumer).
+leaves out the wait for the batch to leave and the delivery to the consumer), and the longest
+pause of Python's garbage collector in the run (its collections of the oldest generation stop
+the process: they are the worst latencies).
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import itertools
 import tempfile
 import time
@@ -63,6 +66,7 @@ async def offer(
     latencies: list[float] = []
     updates = 0
     ended = 0.0
+    pauses = _GcPauses()
     async with FeatureRuntime(feature_set, shards=1) as rt:
         await rt.warm_up("merchants", merchants)
         subscription = rt.updates()
@@ -112,8 +116,10 @@ async def offer(
             await rt.flush()
             await subscription.aclose()
         stats = await rt.statistics()
+    pauses.stop()
     latencies.sort()
     return {
+        "gc": pauses.longest,
         "seconds": ended - started,
         "updates": updates,
         "latencies": latencies,
@@ -124,7 +130,26 @@ async def offer(
 
 
 COLUMNS = ["offered ev/s", "achieved ev/s", "events", "p50", "p99", "p99.9", "max"]
-COLUMNS.append("runtime p50 / p99")
+COLUMNS += ["longest GC pause", "runtime p50 / p99"]
+
+
+class _GcPauses:
+    """The longest pause of Python's cyclic garbage collector while a run lasts: the worst
+    latencies are the collections of the oldest generation, which stop the process."""
+
+    def __init__(self) -> None:
+        self.longest = 0.0
+        self._started = 0.0
+        gc.callbacks.append(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.longest = max(self.longest, time.perf_counter() - self._started)
+
+    def stop(self) -> None:
+        gc.callbacks.remove(self._on_gc)
 
 
 def _ms(value: float | None) -> str:
@@ -176,6 +201,7 @@ def main(args: argparse.Namespace) -> None:
                         "p99": _ms(_quantile(lat, 0.99) * 1000),
                         "p99.9": _ms(_quantile(lat, 0.999) * 1000),
                         "max": _ms(lat[-1] * 1000 if lat else None),
+                        "longest GC pause": _ms(got["gc"] * 1000),
                         "runtime p50 / p99": f"{_ms(got['p50'])} / {_ms(got['p99'])}",
                     },
                 )
@@ -192,6 +218,8 @@ def main(args: argparse.Namespace) -> None:
         f"\npeak RSS {peak_rss_mib():,.0f} MiB. Targets (issue 16): p99 at most 5 ms at half"
         " the maximum rate, at most 2 ms at a tenth. 'runtime p50 / p99': rt.statistics(),"
         " from a batch's first event routed to the end of its apply by the shard (no delivery)."
+        " 'longest GC pause': Python's collector stops the process, the runtime with it: the"
+        " worst latencies are its collections of the oldest generation."
     )
 
 
