@@ -6,19 +6,28 @@ renamed over its final name (an atomic step on POSIX), then the directory is flu
 any moment leaves either the previous checkpoints or the new one, never half of one. Reading
 checks the magic and the CRC, and a damaged file is skipped for the one before it.
 
+A running runtime owns its directory: :class:`DirectoryLock` holds an advisory ``flock`` on
+``featurist.lock`` in it for the runtime's life, and the file records who holds it.
+
 The actors' state inside is encoded by ``runtime._checkpoints.codec`` per *key group*: the
 unit that moves between shards, so a checkpoint taken with N shards restores into M.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
+import socket
+import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
+import anyio
+import anyio.to_thread
 import msgspec
 
 from actors import get_logger
@@ -31,6 +40,8 @@ __all__ = [
     "CheckpointConfig",
     "CheckpointInfo",
     "CheckpointStore",
+    "DirectoryLock",
+    "LockOwner",
 ]
 
 _log = get_logger("featurist.checkpoints")
@@ -38,13 +49,18 @@ _log = get_logger("featurist.checkpoints")
 _MAGIC = b"FEATCKP1"
 _FORMAT = 1
 _NAME = re.compile(r"^checkpoint-(\d{12})\.fck$")
+#: the lock file of a checkpoint directory (its name never matches ``_NAME``)
+LOCK_NAME = "featurist.lock"
 
 
 class CheckpointConfig(msgspec.Struct, frozen=True, kw_only=True):
     """Where and how often the runtime checkpoints its state (``FeatureRuntime(checkpoints=)``).
 
     Attributes:
-        directory: the directory of the checkpoint files (created if missing).
+        directory: the directory of the checkpoint files (created if missing). A running
+            runtime owns it: a second runtime on the same directory, in this process or
+            another, fails to start with a ``CheckpointError`` naming the owner. Give each
+            process (each web server worker, say) a directory of its own.
         interval: seconds between two periodic checkpoints; None: only on shutdown and when
             ``rt.checkpoint()`` is called.
         keep: the newest checkpoints kept (older ones are deleted), >= 1. Keep 2 or more: if
@@ -181,6 +197,12 @@ class CheckpointStore:
                 found.append(int(match.group(1)))
         return sorted(found)
 
+    def lock(self, feature_set: str) -> DirectoryLock:
+        """The lock of this directory for a runtime of ``feature_set`` (:class:`DirectoryLock`):
+        enter it (``async with``, or ``with``) before the first restore or write, and leave it
+        after the last."""
+        return DirectoryLock(self.directory, feature_set)
+
     def path_of(self, sequence: int) -> Path:
         return self.directory / f"checkpoint-{sequence:012d}.fck"
 
@@ -255,6 +277,196 @@ class CheckpointStore:
                 _log.error("checkpoint_unreadable", error=str(exc))
                 continue
             yield checkpoint, self.path_of(sequence)
+
+
+class LockOwner(msgspec.Struct, frozen=True, kw_only=True):
+    """Who holds a checkpoint directory: what its lock file records."""
+
+    host: str
+    pid: int
+    #: wall-clock seconds when it took the lock
+    started_at: float
+    #: the feature set of its runtime
+    feature_set: str
+
+    def describe(self) -> str:
+        started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.started_at))
+        return (
+            f"the runtime of feature set {self.feature_set!r}, pid {self.pid} on host "
+            f"{self.host!r}, started {started}"
+        )
+
+
+class DirectoryLock:
+    """A runtime's exclusive hold on its checkpoint directory, from start to shutdown.
+
+    Two runtimes writing one directory would each restore the newest file after a restart, and
+    the keys of the other runtime's last checkpoint would be lost without a word. So a runtime
+    takes an advisory ``flock`` on ``featurist.lock`` in the directory and keeps the file open
+    until it stops; the file records its :class:`LockOwner`. Another runtime on the directory
+    (in another process, or in this one: each opens the file anew, and ``flock`` locks of two
+    open files conflict) cannot take it and fails to start, naming the owner.
+
+    The kernel drops the lock when its process ends, however it ends: a lock left by a killed
+    process never blocks (its record stays in the file until the next owner writes its own,
+    and that owner logs ``checkpoint_directory_taken_over`` with it). A child forked while the
+    lock is held does not keep it: the child closes its copy at once. On a network file system
+    the lock is as good as the file system's locking (NFS maps ``flock`` to its own locks).
+
+    Raises (on enter):
+        CheckpointError: another runtime holds the directory (the message names it), or the
+            lock file cannot be created or locked (the message gives the system's reason).
+    """
+
+    def __init__(self, directory: str | os.PathLike[str], feature_set: str) -> None:
+        self.directory = Path(directory)
+        self.path = self.directory / LOCK_NAME
+        self.feature_set = feature_set
+        self.owner: LockOwner | None = None
+        self._fd: int | None = None
+
+    def __enter__(self) -> DirectoryLock:
+        self.acquire()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
+
+    async def __aenter__(self) -> DirectoryLock:
+        """As ``with``, the file opened, locked and written in a worker thread."""
+        await anyio.to_thread.run_sync(self.acquire)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        # shielded: a cancelled exit still releases (else the lock lasts as long as the process)
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(self.release)
+
+    @property
+    def held(self) -> bool:
+        """Whether this lock is held (entered and not left yet)."""
+        return self._fd is not None
+
+    def acquire(self) -> None:
+        """Take the lock and record this process as its owner.
+
+        Raises:
+            CheckpointError: see the class.
+            RuntimeError: this lock is held already.
+        """
+        if self._fd is not None:
+            raise RuntimeError(f"{self.path}: this lock is held already")
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise CheckpointError(f"{self.path}: cannot create the lock file: {exc}") from exc
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise CheckpointError(self._refusal(fd)) from None
+            except OSError as exc:
+                raise CheckpointError(f"{self.path}: cannot be locked: {exc}") from exc
+            previous = _read_owner(fd)
+            owner = LockOwner(
+                host=socket.gethostname(),
+                pid=os.getpid(),
+                started_at=time.time(),
+                feature_set=self.feature_set,
+            )
+            record = msgspec.json.encode(owner) + b"\n"
+            try:
+                os.pwrite(fd, record, 0)
+                os.ftruncate(fd, len(record))
+            except OSError as exc:
+                raise CheckpointError(f"{self.path}: cannot be written: {exc}") from exc
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd, self.owner = fd, owner
+        _held[fd] = self
+        if previous is not None:
+            # a clean release empties the file: its last owner ended without releasing it
+            _log.info(
+                "checkpoint_directory_taken_over",
+                directory=str(self.directory),
+                previous_host=previous.host,
+                previous_pid=previous.pid,
+                previous_feature_set=previous.feature_set,
+            )
+
+    def release(self) -> None:
+        """Empty the record and drop the lock (closing the file drops it). Idempotent."""
+        fd = self._fd
+        if fd is None:
+            return
+        self._fd = self.owner = None
+        del _held[fd]
+        try:
+            os.ftruncate(fd, 0)  # still held: no new owner has written yet
+        except OSError:  # pragma: no cover - the record stays; the next owner overwrites it
+            pass
+        finally:
+            os.close(fd)
+
+    def _refusal(self, fd: int) -> str:
+        """The error of a directory held by another runtime, naming it from its record.
+        The owner writes its record just after it takes the lock: an empty or partial one is
+        read again a few times before it is called unknown."""
+        for attempt in range(5):
+            owner = _read_owner(fd)
+            if owner is not None:
+                holder = owner.describe()
+                break
+            if attempt < 4:
+                time.sleep(0.02)
+        else:
+            holder = "a runtime that has not recorded itself in the lock file yet"
+        return (
+            f"{self.directory}: this checkpoint directory is in use by {holder} (it holds "
+            f"{self.path}). Two runtimes on one directory would restore each other's "
+            "checkpoints and lose keys: give each runtime (each worker process) its own "
+            "directory, or stop the other first"
+        )
+
+
+#: the locks this process holds, by file descriptor: a forked child closes its copies
+_held: dict[int, DirectoryLock] = {}
+
+
+def _forget_held_locks() -> None:
+    """In a forked child: close the inherited lock files, so that the lock ends with the
+    process that took it, not with the last of its children."""
+    for fd, lock in list(_held.items()):
+        lock._fd = lock.owner = None
+        try:
+            os.close(fd)
+        except OSError:  # pragma: no cover - closed by the child already
+            pass
+    _held.clear()
+
+
+os.register_at_fork(after_in_child=_forget_held_locks)
+
+
+def _read_owner(fd: int) -> LockOwner | None:
+    """The owner a lock file records, or None if it is empty or unreadable."""
+    try:
+        data = os.pread(fd, 4096, 0)
+        return msgspec.json.decode(data, type=LockOwner) if data.strip() else None
+    except (OSError, msgspec.DecodeError):
+        return None
 
 
 def _problem(checkpoint: Checkpoint, sequence: int) -> str | None:
