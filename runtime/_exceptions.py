@@ -143,7 +143,8 @@ class MalformedRow(FeaturistError, ValueError):
 
 
 class CheckpointError(FeaturistError):
-    """A checkpoint cannot be written, read or restored (the message says why)."""
+    """A checkpoint cannot be written, read or restored, or its directory is held by another
+    runtime (the message says why, and names the owner)."""
 
 
 class KeyRefused(FeaturistError, ValueError):

@@ -108,7 +108,10 @@ class FeatureRuntime:
             with ``async get_many(keys) -> dict`` (and optionally ``open`` and ``close``).
         checkpoints: where and how often to checkpoint the state: a directory, or a
             :class:`CheckpointConfig`; None (the default) takes none. The newest checkpoint of
-            the directory is restored on start (``docs/operations.md``).
+            the directory is restored on start (``docs/operations.md``). The runtime holds
+            the directory alone while it runs: a second one on it fails at start with a
+            :class:`CheckpointError` naming the owner (a lock left by a dead process does not
+            count).
         max_restarts: restarts of a failed actor allowed within ``restart_period`` seconds;
             one more stops the runtime (its calls raise :class:`RuntimeClosed` naming the
             failure).
@@ -276,6 +279,9 @@ class FeatureRuntime:
         stack = AsyncExitStack()
         await stack.__aenter__()
         try:
+            if self._coordinator.store is not None:
+                # one runtime per checkpoint directory, held until the last checkpoint is written
+                await stack.enter_async_context(self._coordinator.store.lock(self.feature_set.name))
             stack.callback(self._topology.close_hubs)
             # after the actors stopped: a monitor's last alerts come as it stops
             stack.callback(self._drift.close)

@@ -189,18 +189,11 @@ FEATURES = FeatureSet(
 )
 OTHER = FeatureSet(name="other", key="card", time="ts", features=[Count(name="n")])
 
-#: until ``FeatureRuntime.__aenter__`` takes the lock (one call in runtime/_runtime.py); strict:
-#: once it does, these pass and the marker must go
-NEEDS_THE_RUNTIME = pytest.mark.xfail(
-    strict=True, reason="FeatureRuntime does not take the checkpoint directory's lock yet"
-)
-
 
 def config(tmp_path: Path) -> CheckpointConfig:
     return CheckpointConfig(directory=str(tmp_path / "checkpoints"), interval=None)
 
 
-@NEEDS_THE_RUNTIME
 async def test_a_second_runtime_on_the_directory_fails_at_start_naming_the_first(
     tmp_path: Path,
 ) -> None:
@@ -219,7 +212,6 @@ async def test_a_second_runtime_on_the_directory_fails_at_start_naming_the_first
         assert (await rt.get("a")).values == {"n": 2, "s": 5}
 
 
-@NEEDS_THE_RUNTIME
 async def test_a_runtime_fails_at_start_when_another_process_holds_the_directory(
     tmp_path: Path,
 ) -> None:
@@ -234,7 +226,6 @@ async def test_a_runtime_fails_at_start_when_another_process_holds_the_directory
         pass
 
 
-@NEEDS_THE_RUNTIME
 async def test_a_failed_start_releases_the_directory(tmp_path: Path) -> None:
     async with FeatureRuntime(FEATURES, checkpoints=config(tmp_path)) as rt:
         await rt.ingest({"card": "a", "ts": 1, "x": 2})
