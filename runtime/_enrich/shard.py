@@ -350,6 +350,8 @@ class EnrichShard(Actor[Any]):
         name, event_field, source, plan = single
         cache = source.cache
         entries, ttl, refresh_after, negative_ttl, negative_refresh_after = cache.hot()
+        # younger than this, a row is fresh and not due for refresh: one comparison
+        fresh = min(ttl, refresh_after)
         get_entry, move = entries.get, entries.move_to_end
         default_fields = self._default_fields
         now, created = scan.now, batch.created
@@ -391,19 +393,25 @@ class EnrichShard(Actor[Any]):
                         negative_hits += 1
                         add((key, t, {**event, **default_fields}))
                         continue
-                elif age < ttl and (age < refresh_after or entry.refresh_requested):
+                else:
                     derived = entry.derived
-                    if derived is None or derived[0] != name:
-                        row = entry.value
-                        # versions (a list) give the row valid at each event's time: not here
-                        derived = entry.derived = (
-                            (name, _flat(name, row)) if row.__class__ is dict else None
-                        )
-                    if derived is not None:
+                    if age < fresh and derived is not None and derived[0] == name:
                         move(value)
                         hits += 1
                         add((key, t, {**event, **derived[1]}))
                         continue
+                    if age < ttl and (age < refresh_after or entry.refresh_requested):
+                        if derived is None or derived[0] != name:
+                            row = entry.value
+                            # versions (a list): the row valid at each event's time, not here
+                            derived = entry.derived = (
+                                (name, _flat(name, row)) if row.__class__ is dict else None
+                            )
+                        if derived is not None:
+                            move(value)
+                            hits += 1
+                            add((key, t, {**event, **derived[1]}))
+                            continue
             take(scan, key, t, event, created, arrived, False, ready)
         if hits or negative_hits:
             cache.count_hits(hits, negative_hits)
@@ -575,9 +583,16 @@ class EnrichShard(Actor[Any]):
         """A fetch ended: store what it found, and note what failed."""
         now = self.clock()
         source, stash = fetched.source, fetched.stash
-        cache = source.cache
+        cache, name = source.cache, source.name
+        put, landed, fetching = cache.put, self.landed, self.fetching
         for key, value in fetched.results.items():
-            ident = (source.name, key)
+            ident = (name, key)
+            if value.__class__ is dict:  # a row: the usual answer
+                put(key, value, now)
+                if stash:
+                    landed[ident] = value
+                    fetching.discard(ident)
+                continue
             if isinstance(value, SourceError):
                 if stash:
                     for plan in self.plans:
@@ -623,7 +638,9 @@ class EnrichShard(Actor[Any]):
         # landed with a row or as missing is enriched here, with the row's fields made once
         # per key; any other goes to ``_enrich``.
         single = self._single is not None and not scan.full
-        name = self._single[0] if self._single is not None else ""
+        name, entries_get = "", _no_entries.get
+        if self._single is not None:
+            name, entries_get = self._single[0], self._single[2].cache.hot()[0].get
         default_fields = self._default_fields
         fields_of: dict[tuple[str, Hashable], dict[str, Any]] = {}
         for waiting in self.stash:
@@ -631,7 +648,7 @@ class EnrichShard(Actor[Any]):
             behind = key in blocked
             blocker = waiting.pending.blocker
             if blocker is not None:
-                value = landed.get(blocker, _NOTHING)
+                value = landed.get(blocker, _NOTHING) if landed else _NOTHING
                 if value is _NOTHING:
                     if blocker in fetching:
                         # its fetch has not landed: nothing new to learn of it yet
@@ -643,6 +660,10 @@ class EnrichShard(Actor[Any]):
                     if fields is None:
                         if value.__class__ is dict:
                             fields = fields_of[blocker] = _flat(name, value)
+                            # and kept with the cached row, for the events that hit it
+                            entry = entries_get(blocker[1])
+                            if entry is not None and entry.value is value:
+                                entry.derived = (name, fields)
                         elif value is NOT_FOUND:
                             fields = default_fields
                     if fields is not None:
@@ -742,6 +763,8 @@ def _flat(name: str, row: dict[str, Any]) -> dict[str, Any]:
 
 
 _NOTHING = object()
+#: no cache entries (for an enricher of several lookups)
+_no_entries: dict[Hashable, Any] = {}
 #: no stale or defaulted lookups (never mutated: lists are rebuilt to add to them)
 _NONE: list[str] = []
 
