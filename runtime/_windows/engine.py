@@ -43,7 +43,7 @@ from .._spec.keyed import Ratio
 from .._spec.windowed import SequencePattern
 from .._spec.windows import Hopping, Session, Sliding, Tumbling
 from .._stats.idle import IdleKeys
-from .._stats.quantiles import nearest_rank_index
+from .._stats.quantiles import SortedValues, nearest_rank_index
 from .patterns import PatternState
 from .state import (
     EMPTY,
@@ -86,6 +86,8 @@ class _Buffer:
     scores: list[int] = dataclass_field(default_factory=list)
     #: values must be checked before they are added (hashable, in the sketch's range)
     checks: bool = False
+    #: a sliding window keeps the sum of its values (for a sum, a mean or a zscore)
+    sums: bool = False
     #: the window spec
     window: Any = None
     #: where its state is in ``KeyWindows.buffers``: its own index (sliding), or its frame's
@@ -428,6 +430,7 @@ class WindowEngine:
             buffer_of[i] = buffer.index
         buffer.scores = [i for i in members if self.features[i].type_name == "zscore"]
         buffer.checks = needs.frequent or needs.distinct or needs.sketch is not None
+        buffer.sums = numeric and bool(types & {"sum", "mean", "zscore"})
         self.buffers.append(buffer)
 
     def _order_ratios(self) -> list[int]:
@@ -604,7 +607,7 @@ class WindowEngine:
                                     state.evict(cutoff)
                             if t > cutoff:
                                 if state is None:
-                                    state = SlidingState(buffer.needs, numeric)
+                                    state = SlidingState(buffer.needs, buffer.sums)
                                     states_of[index] = state
                                 if scores:
                                     anomalies = self._score(key, t, v, buffer, state, anomalies)
@@ -616,7 +619,7 @@ class WindowEngine:
                                 ):
                                     # a count or sum, in time order: the common case, inline
                                     items.append((t, v))
-                                    if numeric:
+                                    if state.numeric:
                                         state.sum += v
                                 else:
                                     state.add(t, v)
@@ -1416,8 +1419,6 @@ def _end_then_start(item: tuple[int, int, Any]) -> tuple[int, int]:
 
 #: numbers the compiled engines, so that each has a file name of its own in ``linecache``
 _COMPILED = itertools.count(1)
-#: the nearest ranks precomputed per percentile feature: windows of up to this many values
-_RANKS = 1024
 
 
 def _compile_sliding(engine: WindowEngine) -> Callable[..., None] | None:
@@ -1441,23 +1442,25 @@ def _compile_sliding(engine: WindowEngine) -> Callable[..., None] | None:
         "_number": engine._number,
         "_INF": _INF,
         "_MAX_INT": _MAX_INT,
-        "_ranked": nearest_rank_index,
+        "_EMIT": engine.emit == "update",
+        "_QUIET": engine.quiet,
+        "_LIMIT": SortedValues.LIST_LIMIT,
+        "_insort": insort,
+        "_bisect_left": bisect_left,
+        "_rank": _rank,
     }
-    features = engine.features
+    # a key's event is late below its clock minus ``margin``; a quiet key's is brought up to
+    # the wall clock first: both by the generic loop
+    late_test = f"t < clock - {margin}"
+    if engine.quiet is not None:
+        late_test += " or now - st.seen >= _QUIET"
     lines = [
         "def apply(events, states, errors, now, out, late, counters, idle, poison=None):",
         "    get = states.get",
         "    rows = out.rows if out is not None and _EMIT else None",
     ]
-    namespace["_EMIT"] = engine.emit == "update"
-    quiet = engine.quiet
     if engine.tracks_idle:
         lines.append("    recent = idle.recent")
-    # a key's event is late below its clock minus ``margin``
-    late_test = f"t < clock - {int(margin)}"
-    if quiet is not None:
-        namespace["_QUIET"] = quiet
-        late_test += " or now - st.seen >= _QUIET"
     lines += [
         "    for key, t, ev in events:",
         "        made = None",
@@ -1469,8 +1472,10 @@ def _compile_sliding(engine: WindowEngine) -> Callable[..., None] | None:
         "            else:",
         "                clock = st.clock",
         f"                if {late_test}:",
-        "                    _generic([(key, t, ev)], states, errors, now, out, late, counters,"
-        " idle, poison)",
+        "                    _generic(",
+        "                        [(key, t, ev)], states, errors, now, out, late, counters, idle,"
+        " poison",
+        "                    )",
         "                    continue",
         "                if t > clock:",
         "                    st.clock = clock = t",
@@ -1485,27 +1490,31 @@ def _compile_sliding(engine: WindowEngine) -> Callable[..., None] | None:
             "            else:",
             "                recent[key] = None",
         ]
-    lines += ["            buffers = st.buffers", "            mark = len(errors)"]
+    # mark: where this event's errors begin in ``errors`` (-1: none yet)
+    body = ["buffers = st.buffers", "mark = -1"]
     for buffer in engine.buffers:
-        lines += _buffer_lines(buffer, namespace, "            ")
-    lines.append("            if rows is not None:")
-    for buffer in engine.buffers:
-        lines += _value_lines(buffer, features, namespace, "                ")
+        body += _buffer_lines(buffer, engine.features, namespace)
+    position = {name: i for i, name in enumerate(engine.names)}
+    ratios = []
     for i in engine._ratio_order:
-        position = {name: j for j, name in enumerate(engine.names)}
-        feature = features[i]
+        feature = engine.features[i]
         numerator, denominator = position[feature.numerator], position[feature.denominator]
-        lines += [
-            "                try:",
-            f"                    v{i} = _ratio_of(v{numerator}, v{denominator})",
-            "                except _FeaturistError:",
-            f"                    v{i} = None",
+        ratios += [
+            "try:",
+            f"    v{i} = _ratio_of(v{numerator}, v{denominator})",
+            "except _FeaturistError:",
+            f"    v{i} = None",
         ]
-    values = "".join(f", v{i}" for i in range(len(features)))
+    values = "".join(f", v{i}" for i in range(len(engine.features)))
+    body += [
+        "if rows is not None:",
+        *_indent(ratios, 1),
+        "    if mark >= 0 and len(errors) > mark:",
+        "        out.fail(errors, mark)",
+        f"    rows.append((key, t{values}))",
+    ]
+    lines += _indent(body, 3)
     lines += [
-        "                if len(errors) > mark:",
-        "                    out.fail(errors, mark)",
-        f"                rows.append((key, t{values}))",
         "        except Exception as exc:",
         "            if poison is None:",
         "                raise",
@@ -1522,95 +1531,100 @@ def _compile_sliding(engine: WindowEngine) -> Callable[..., None] | None:
     return apply
 
 
-def _buffer_lines(buffer: _Buffer, namespace: dict[str, Any], pad: str) -> list[str]:
-    """What an event does to one sliding buffer (the generic loop's body for it)."""
+def _indent(lines: list[str], levels: int) -> list[str]:
+    pad = "    " * levels
+    return [pad + line for line in lines]
+
+
+def _rank(table: list[int], q: float, n: int) -> int:
+    """``table[n]``, the place of the nearest-rank ``q``-th percentile among ``n`` values,
+    the table grown to hold it: ranks are computed once per window size, not per event."""
+    table.extend(nearest_rank_index(q, m) for m in range(len(table), n + 1))
+    return table[n]
+
+
+def _buffer_lines(buffer: _Buffer, features: list[Any], namespace: dict[str, Any]) -> list[str]:
+    """What an event does to one sliding buffer, then (when the event's values are emitted)
+    its features' values, in locals ``v<i>``: the generic loop's body for the buffer, then
+    what ``WindowEngine.values`` reads. The window is evicted once for both, when the event's
+    value goes in or the values are read (as they each do)."""
     j = buffer.index
+    needs = buffer.needs
     namespace[f"_B{j}"] = buffer
-    namespace[f"_N{j}"] = buffer.needs
-    lines: list[str] = []
+    namespace[f"_N{j}"] = needs
     if buffer.field is None:
-        lines.append(f"{pad}v = 1")
-        take = "True"
+        name = "'count'"
+        lines = ["v = 1"]
     else:
-        namespace[f"_F{j}"] = buffer.field
-        lines.append(f"{pad}v = ev.get(_F{j})")
-        take = "v is not None"
-    lines.append(f"{pad}if {take}:")
-    pad += "    "
+        name = f"_F{j}"
+        namespace[name] = buffer.field
+        lines = [f"v = ev.get({name})"]
+    # an error of the buffer's features: reported for each of them, the value left out
+    report = ["if mark < 0:", "    mark = len(errors)"]
     if buffer.where is not None:
         namespace[f"_W{j}"] = buffer.where
         lines += [
-            f"{pad}try:",
-            f"{pad}    take = _W{j}.matches(ev)",
-            f"{pad}except _FeaturistError as exc:",
-            f"{pad}    _errors(errors, _B{j}, key, t, exc)",
-            f"{pad}    take = False",
-            f"{pad}if take:",
+            "if v is not None:",
+            "    try:",
+            f"        if not _W{j}.matches(ev):",
+            "            v = None",
+            "    except _FeaturistError as exc:",
+            *_indent(report, 2),
+            f"        _errors(errors, _B{j}, key, t, exc)",
+            "        v = None",
         ]
-        pad += "    "
     if buffer.numeric:
         lines += [
-            f"{pad}if v.__class__ is not float or not -_INF < v < _INF:",
-            f"{pad}    if v.__class__ is not int or not -_MAX_INT <= v <= _MAX_INT:",
-            f"{pad}        v = _number(errors, _B{j}, key, t, v)",
-            f"{pad}if v is not None:",
+            "if v is not None and (v.__class__ is not float or not -_INF < v < _INF):",
+            "    if v.__class__ is not int or not -_MAX_INT <= v <= _MAX_INT:",
+            *_indent(report, 2),
+            f"        v = _number(errors, _B{j}, key, t, v)",
         ]
-        pad += "    "
-    plain = not buffer.needs.trackers and not buffer.needs.extremes
-    lines += [f"{pad}try:"]
     if buffer.checks:
-        lines.append(f"{pad}    _check_value(_N{j}, v)")
-    lines += [
-        f"{pad}    state = buffers[{j}]",
-        f"{pad}    cutoff = clock - {int(buffer.size)}",
-        f"{pad}    if state is not None:",
-        f"{pad}        items = state.items",
-        f"{pad}        if items and items[0][0] <= cutoff:",
-        f"{pad}            state.evict(cutoff)",
-        f"{pad}    if t > cutoff:",
-        f"{pad}        if state is None:",
-        f"{pad}            state = buffers[{j}] = _SlidingState(_N{j}, {buffer.numeric})",
-    ]
-    if plain:
         lines += [
-            f"{pad}        items = state.items",
-            f"{pad}        if (not items or t >= items[-1][0])"
-            " and state.removed < len(items) + 64:",
-            f"{pad}            items.append((t, v))",
+            "if v is not None:",
+            "    try:",
+            f"        _check_value(_N{j}, v)",
+            "    except Exception as exc:",
+            *_indent(report, 2),
+            f"        _errors(errors, _B{j}, key, t, _name_error(exc, {name}))",
+            "        v = None",
         ]
-        if buffer.numeric:
-            lines.append(f"{pad}            state.sum += v")
-        lines += [f"{pad}        else:", f"{pad}            state.add(t, v)"]
+    # the structures kept beside the events (and their sum): none, or their values sorted
+    if not needs.trackers and not needs.extremes:
+        shape = "plain"
+    elif needs == Needs(sorted=True):
+        shape = "sorted"
     else:
-        lines.append(f"{pad}        state.add(t, v)")
+        shape = "other"
     lines += [
-        f"{pad}except Exception as exc:",
-        f"{pad}    _errors(errors, _B{j}, key, t, _name_error(exc, {_name_of(buffer)}))",
+        f"state = buffers[{j}]",
+        f"cutoff = clock - {buffer.size}",
+        "if state is not None:",
+        "    items = state.items",
     ]
-    return lines
-
-
-def _name_of(buffer: _Buffer) -> str:
-    return f"_F{buffer.index}" if buffer.field is not None else "'count'"
-
-
-def _value_lines(
-    buffer: _Buffer, features: list[Any], namespace: dict[str, Any], pad: str
-) -> list[str]:
-    """The values of one sliding buffer's features after an event, in locals ``v<i>`` (what
-    ``WindowEngine.values`` reads, the window evicted first)."""
-    j = buffer.index
-    lines = [
-        f"{pad}state = buffers[{j}]",
-        f"{pad}n = 0",
-        f"{pad}if state is not None:",
-        f"{pad}    items = state.items",
-        f"{pad}    if items:",
-        f"{pad}        if items[0][0] <= clock - {int(buffer.size)}:",
-        f"{pad}            state.evict(clock - {int(buffer.size)})",
-        f"{pad}        n = len(items)",
-        f"{pad}if n:",
+    if shape == "sorted":
+        lines.append("    values = state.values._values")
+    lines += [
+        "    if items and items[0][0] <= cutoff and (v is not None or rows is not None):",
+        *_indent(_evict_lines(shape, buffer.sums), 2),
+        "if v is not None and t > cutoff:",
+        "    try:",
+        "        if state is None:",
+        f"            state = buffers[{j}] = _SlidingState(_N{j}, {buffer.sums})",
+        "            items = state.items",
     ]
+    if shape == "sorted":
+        lines.append("            values = state.values._values")
+    lines += [
+        *_indent(_add_lines(shape, buffer.sums), 2),
+        "    except Exception as exc:",
+        *_indent(report, 2),
+        f"        _errors(errors, _B{j}, key, t, _name_error(exc, {name}))",
+    ]
+    if shape == "sorted":
+        # a failed add may have replaced the list (SortedValues.add past LIST_LIMIT)
+        lines += ["        if state is not None:", "            values = state.values._values"]
     full: list[str] = []
     empty: list[str] = []
     for i in buffer.features:
@@ -1628,12 +1642,17 @@ def _value_lines(
                 f"    v{i} = None",
             ]
         elif kind == "percentile" and feature.method == "nearest_rank":
-            # the values' sorted list, indexed in place at the rank (SortedValues.percentile)
+            # SortedValues.percentile, its list indexed in place at a rank looked up by size
             namespace[f"_Q{i}"] = feature.q
-            namespace[f"_R{i}"] = [0] + [nearest_rank_index(feature.q, m) for m in range(1, _RANKS)]
-            full.append(
-                f"v{i} = state.values._values[_R{i}[n] if n < {_RANKS} else _ranked(_Q{i}, n)]"
-            )
+            namespace[f"_R{i}"] = [0]
+            held = "values" if shape == "sorted" else "state.values._values"
+            full += [
+                "try:",
+                f"    rank = _R{i}[n]",
+                "except IndexError:",
+                f"    rank = _rank(_R{i}, _Q{i}, n)",
+                f"v{i} = {held}[rank]",
+            ]
         else:
             namespace[f"_read{i}"] = READERS[kind]
             namespace[f"_f{i}"] = feature
@@ -1644,11 +1663,88 @@ def _value_lines(
                 f"    v{i} = None",
             ]
         default = EMPTY.get(kind)
-        if isinstance(default, list):
-            empty.append(f"v{i} = []")
-        else:
-            empty.append(f"v{i} = {default!r}")
-    lines += [f"{pad}    {line}" for line in full]
-    lines.append(f"{pad}else:")
-    lines += [f"{pad}    {line}" for line in empty]
+        empty.append(f"v{i} = {'[]' if isinstance(default, list) else repr(default)}")
+    lines += [
+        "if rows is not None:",
+        "    if state is not None and items:",
+        "        n = len(items)",
+        *_indent(full, 2),
+        "    else:",
+        *_indent(empty, 2),
+    ]
+    return lines
+
+
+def _evict_lines(shape: str, sums: bool) -> list[str]:
+    """``state.evict(cutoff)`` (``SlidingState.evict``), in line for a plain buffer (its
+    events, and their sum if it keeps one) and for a sorted one (its events and their values
+    sorted, in a list while they are few)."""
+    if shape == "other":
+        return ["state.evict(cutoff)"]
+    # the events leave from the front; with a sum, it is taken down by each value
+    if shape == "sorted":
+        loop = [
+            "x = items.popleft()[1]",
+            *(["total -= x"] if sums else []),
+            "i = _bisect_left(values, x)",
+            "if i < len(values) and values[i] == x:",
+            "    del values[i]",
+            "else:",
+            "    state.values.remove(x)  # raises: x is not held",
+        ]
+    elif sums:
+        loop = ["total -= items.popleft()[1]"]
+    else:
+        loop = ["items.popleft()"]
+    lines = ["while items and items[0][0] <= cutoff:", *_indent(loop, 1)]
+    if sums:
+        # an empty window sums to exactly zero, whatever rounding the subtractions left
+        lines = [
+            "total = state.sum",
+            "held = len(items)",
+            *lines,
+            "if items:",
+            "    state.sum = total",
+            "    state.removed += held - len(items)",
+            "else:",
+            "    state.sum = 0",
+            "    state.removed = 0",
+        ]
+    else:
+        lines += ["if not items:", "    state.removed = 0"]
+    if shape == "sorted":
+        # the values are in a SortedList past LIST_LIMIT: SlidingState.evict removes them
+        lines = [
+            "if values.__class__ is list:",
+            *_indent(lines, 1),
+            "else:",
+            "    state.evict(cutoff)",
+            "    values = state.values._values",
+        ]
+    return lines
+
+
+def _add_lines(shape: str, sums: bool) -> list[str]:
+    """``state.add(t, v)`` (``SlidingState.add``), in line for an event in time order (while
+    no recompute of the sum is due) in a plain or sorted buffer (see ``_evict_lines``)."""
+    if shape == "other":
+        return ["state.add(t, v)"]
+    # without a sum, nothing is ever recomputed: ``removed`` stays 0
+    due = " and state.removed < len(items) + 64" if sums else ""
+    lines = [
+        f"if (not items or t >= items[-1][0]){due}:",
+        "    items.append((t, v))",
+        *(["    state.sum += v"] if sums else []),
+    ]
+    if shape == "sorted":
+        lines += [
+            "    if values.__class__ is list and len(values) < _LIMIT:",
+            "        _insort(values, v)",
+            "    else:",
+            "        state.values.add(v)",
+            "        values = state.values._values",
+        ]
+    lines += ["else:", "    state.add(t, v)"]
+    if shape == "sorted":
+        lines.append("    values = state.values._values")
     return lines

@@ -196,7 +196,7 @@ class SlidingState(_ValueReaders):
 
     def __init__(self, needs: Needs, numeric: bool = False) -> None:
         self.items: deque[tuple[int, Any]] = deque()
-        #: whether the values are numbers to sum
+        #: whether it keeps the sum of its values (numbers; for a sum, a mean or a zscore)
         self.numeric = numeric
         #: zscore feature name -> the z-score of the latest value scored (None: no zscore)
         self.scores: dict[str, float | None] | None = None

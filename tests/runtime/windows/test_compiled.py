@@ -37,6 +37,7 @@ from runtime import (
     ZScore,
 )
 from runtime._stats.idle import IdleKeys
+from runtime._stats.quantiles import SortedValues
 from runtime._windows.engine import WindowCounters, WindowEngine, WindowOutput
 
 WINDOW = Sliding(size=1000)
@@ -49,6 +50,14 @@ FEATURE_SETS: dict[str, list[Any]] = {
         Mean(name="avg", field="amount", window=WINDOW),
     ],
     "p95": [Percentile(name="p95", field="amount", q=95, window=WINDOW)],
+    "mean+p95": [
+        Mean(name="avg", field="amount", window=WINDOW),
+        Percentile(name="p95", field="amount", q=95, window=WINDOW),
+    ],
+    "count+first": [
+        Count(name="n", window=SHORT),
+        First(name="first", field="merchant", window=SHORT),
+    ],
     "every sliding feature": [
         Count(name="n", window=WINDOW),
         Sum(name="sum", field="amount", window=WINDOW),
@@ -84,22 +93,26 @@ merchants = st.sampled_from(["m1", "m2", "m3", None, 7, [1]])
 @st.composite
 def batches(draw: st.DrawFn) -> list[tuple[float, list[tuple[Any, int, dict[str, Any]]]]]:
     """Batches of ``(key, t, event)`` with the wall-clock time each is applied at: times
-    mostly increasing, with jitter back (out of order, late) and jumps forward."""
+    mostly increasing, with jitter back (out of order, late) and jumps forward; dense
+    streams (of one key, or a few) fill the windows."""
     t = 10_000
     wall = 1_000.0
     result = []
+    dense = draw(st.booleans())
+    steps = [0, 0, 10, 30, 60, 120] if dense else [0, 0, 10, 50, 120, 300, 700, 2000]
+    keys = ["a"] if dense and draw(st.booleans()) else ["a", "b", "c", 1]
     for _ in range(draw(st.integers(min_value=0, max_value=8))):
         wall += draw(st.sampled_from([0.0, 0.05, 0.3, 1.5]))
         events = []
         for _ in range(draw(st.integers(min_value=0, max_value=12))):
-            t += draw(st.sampled_from([0, 0, 10, 50, 120, 300, 700, 2000]))
+            t += draw(st.sampled_from(steps))
             jitter = draw(st.sampled_from([0, 0, 0, 30, 200, 600, 1500]))
             event: dict[str, Any] = {
                 "amount": draw(amounts),
                 "merchant": draw(merchants),
                 "status": draw(st.sampled_from(["ok", "declined"])),
             }
-            events.append((draw(st.sampled_from(["a", "b", "c", 1])), max(0, t - jitter), event))
+            events.append((draw(st.sampled_from(keys)), max(0, t - jitter), event))
         result.append((wall, events))
     return result
 
@@ -156,17 +169,24 @@ def _run(
     plan=batches(),
     opts=options(),
     which=st.sampled_from(sorted(FEATURE_SETS)),
+    list_limit=st.sampled_from([SortedValues.LIST_LIMIT, 3]),
 )
 def test_the_compiled_loop_gives_what_the_generic_loop_gives(
-    plan: list[tuple[float, list[Any]]], opts: dict[str, Any], which: str
+    plan: list[tuple[float, list[Any]]], opts: dict[str, Any], which: str, list_limit: int
 ) -> None:
     features = FEATURE_SETS[which]
-    compiled = WindowEngine(features, **opts)
-    generic = WindowEngine(features, **opts)
-    generic._compiled = None
-    assert compiled._compiled is not None
-    # repr: NaN compares unequal to itself, and the floats must agree to the bit
-    assert repr(_run(compiled, plan, opts)) == repr(_run(generic, plan, opts))
+    original = SortedValues.LIST_LIMIT
+    # with a limit of 3, sorted values move to a SortedList as soon as a window holds 4
+    SortedValues.LIST_LIMIT = list_limit
+    try:
+        compiled = WindowEngine(features, **opts)
+        generic = WindowEngine(features, **opts)
+        generic._compiled = None
+        assert compiled._compiled is not None
+        # repr: NaN compares unequal to itself, and the floats must agree to the bit
+        assert repr(_run(compiled, plan, opts)) == repr(_run(generic, plan, opts))
+    finally:
+        SortedValues.LIST_LIMIT = original
 
 
 def test_an_engine_of_sliding_windows_is_compiled_and_one_with_a_zscore_is_not() -> None:
