@@ -202,17 +202,18 @@ class JoinRecordBatch:
 
     Columnar: :attr:`keys`, :attr:`left_events` and :attr:`right_events` (the two events of
     each record, as ingested), :attr:`left_times` and :attr:`right_times` (their event
-    times), :attr:`join_times` and :attr:`time_differences` give the records' values
-    without a dict per record; for an unmatched row of an outer join, the missing side's
-    event and time are None. :attr:`records` holds each record's fields merged in one dict
-    (as ``JoinRecord.record``), built the first time it is read; iterating yields a
-    :class:`JoinRecord` per record, built as it is reached.
+    times), :attr:`join_times` (the later of the two) and :attr:`time_differences` give the
+    records' values without a dict per record; for an unmatched row of an outer join, the
+    missing side's event and time are None. :attr:`records` holds each record's fields
+    merged in one dict (as ``JoinRecord.record``), built the first time it is read;
+    iterating yields a :class:`JoinRecord` per record, built as it is reached.
     """
 
     __slots__ = (
         "_build",
         "_records",
         "join",
+        "join_times",
         "keys",
         "left_events",
         "left_times",
@@ -229,6 +230,7 @@ class JoinRecordBatch:
         right_events: list[dict[str, Any] | None],
         left_times: list[int | None],
         right_times: list[int | None],
+        join_times: list[int],
         processed_at: float,
         *,
         records: list[dict[str, Any]] | None = None,
@@ -246,6 +248,9 @@ class JoinRecordBatch:
         self.left_times = left_times
         #: each record's right event time, ms since the epoch (None where no right event)
         self.right_times = right_times
+        #: each record's ``join_timestamp``: the later of its two event times (the one there
+        #: is, for an unmatched row)
+        self.join_times = join_times
         #: wall-clock time the records were made (seconds since the epoch)
         self.processed_at = processed_at
         # the records, once built; ``build(keys, lefts, rights, left_times, right_times)``
@@ -274,23 +279,6 @@ class JoinRecordBatch:
         return records
 
     @property
-    def join_times(self) -> list[int]:
-        """Each record's ``join_timestamp``: the later of its two event times (the one there
-        is, for an unmatched row)."""
-        lefts, rights = self.left_times, self.right_times
-        try:
-            return list(map(max, lefts, rights))  # type: ignore[arg-type]
-        except TypeError:  # an unmatched row's None: the time there is
-            times: list[int] = []
-            for tl, tr in zip(lefts, rights, strict=True):
-                if tl is None or (tr is not None and tr > tl):
-                    assert tr is not None
-                    times.append(tr)
-                else:
-                    times.append(tl)
-            return times
-
-    @property
     def time_differences(self) -> list[int | None]:
         """Each record's ``time_difference_ms``: the distance between its two event times
         (None for an unmatched row)."""
@@ -313,6 +301,7 @@ class JoinRecordBatch:
             self.right_events[start:stop],
             self.left_times[start:stop],
             self.right_times[start:stop],
+            self.join_times[start:stop],
             self.processed_at,
             records=None if records is None else records[start:stop],
             build=self._build,

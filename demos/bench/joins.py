@@ -9,10 +9,12 @@ output is the join's records: each matched (impression, click) pair, made when t
 the two arrives (about 20 million of them by default: a click on a busy ad joins hundreds of
 impressions).
 
-The baseline, hand-written: per ad, per side, a deque of times and a deque of the events
-beside it, in time order; each event is matched against the other side's deque over the
-interval (bisect), and every pair is emitted, reading both events' times; the event is
-appended to its own side, and the front of both sides is expired by the ad's newest time.
+The baseline, hand-written: per ad, per side, a list of times and a list of the events
+beside it, in time order, live from a head index; each event is matched against the other
+side's times over the interval (bisect), and every pair is emitted from a slice of them, the
+ad's key hash looked up once per event; the event is appended to its own side, and the front
+of both sides is expired by the ad's newest time (the head moves; the dead part is deleted
+once it outweighs the live one).
 FeatureRuntime runs an inner ``Join`` of the two streams (one merged ``ingest_many``) with no
 features, and a consumer task reads every record of ``rt.join_records()`` beside ingest, a
 batch at a time (``subscription.batches()``), by the batch's columns: each record's key,
@@ -34,7 +36,6 @@ import argparse
 import bisect
 import random
 import time
-from collections import deque
 from itertools import accumulate
 from typing import Any
 
@@ -93,7 +94,14 @@ INPUT: dict[str, Any] = {}
 def plain_join(
     events: list[tuple[str, dict[str, Any]]], kh: dict[str, int], checksum: Checksum
 ) -> int:
-    """Every record folded; returns the largest buffer of one ad."""
+    """Every record folded; returns the largest buffer of one ad.
+
+    Per ad: ``[left times, left events, right times, right events, left head, right head,
+    newest time]``. The lists are in time order (the input is), live from their head on: the
+    front expires by moving the head (found by bisection), and the dead part is deleted once
+    it outweighs the live one. A probe's partners are a slice of the other side's times, so a
+    record costs the fold and little else (the slice of a list, not indexing a deque: about
+    a quarter less time than deques of times and events, which this bench used before)."""
     state: dict[str, list[Any]] = {}
     get = state.get
     fold = checksum.fold
@@ -104,33 +112,45 @@ def plain_join(
         t = event["ts"]
         s = get(ad)
         if s is None:
-            s = state[ad] = [deque(), deque(), deque(), deque(), t]
-        elif t > s[4]:
-            s[4] = t
-        newest = s[4]
-        ltimes, lefts, rtimes, rights = s[0], s[1], s[2], s[3]
+            s = state[ad] = [[], [], [], [], 0, 0, t]
+        elif t > s[6]:
+            s[6] = t
+        newest = s[6]
+        ltimes, lefts, rtimes, rights, lhead, rhead = s[0], s[1], s[2], s[3], s[4], s[5]
         if stream == "impressions":
             # clicks in [t, t + AFTER]
-            for i in range(bisect_left(rtimes, t), bisect_right(rtimes, t + AFTER)):
-                r = rights[i]["ts"]
-                fold(kh[ad], r, t, r, r - t)
+            start = bisect_left(rtimes, t, rhead)
+            end = bisect_right(rtimes, t + AFTER, start)
+            if end > start:
+                h = kh[ad]
+                for r in rtimes[start:end]:
+                    fold(h, r, t, r, r - t)
             ltimes.append(t)
             lefts.append(event)
         else:
             # impressions in [t - AFTER, t]
-            for i in range(bisect_left(ltimes, t - AFTER), bisect_right(ltimes, t)):
-                left = lefts[i]["ts"]
-                fold(kh[ad], t, left, t, t - left)
+            start = bisect_left(ltimes, t - AFTER, lhead)
+            end = bisect_right(ltimes, t, start)
+            if end > start:
+                h = kh[ad]
+                for left in ltimes[start:end]:
+                    fold(h, t, left, t, t - left)
             rtimes.append(t)
             rights.append(event)
         cutoff = newest - AFTER
-        while ltimes and ltimes[0] < cutoff:
-            ltimes.popleft()
-            lefts.popleft()
-        while rtimes and rtimes[0] < newest:
-            rtimes.popleft()
-            rights.popleft()
-        size = len(ltimes) + len(rtimes)
+        if len(ltimes) > lhead and ltimes[lhead] < cutoff:
+            lhead = bisect_left(ltimes, cutoff, lhead)
+            if lhead * 2 > len(ltimes):
+                del ltimes[:lhead], lefts[:lhead]
+                lhead = 0
+            s[4] = lhead
+        if len(rtimes) > rhead and rtimes[rhead] < newest:
+            rhead = bisect_left(rtimes, newest, rhead)
+            if rhead * 2 > len(rtimes):
+                del rtimes[:rhead], rights[:rhead]
+                rhead = 0
+            s[5] = rhead
+        size = len(ltimes) - lhead + len(rtimes) - rhead
         if size > largest:
             largest = size
     return largest
@@ -151,17 +171,17 @@ async def consume_records(subscription: Any, checksum: Checksum) -> None:
     a batch at a time (``subscription.batches()``: a ``JoinRecordBatch`` per batch of events,
     read by its columns, with no dict or object per record)."""
     fold = checksum.fold
-    kh = INPUT["kh"]
+    hash_of = INPUT["kh"].__getitem__
     async for batch in subscription.batches():
-        for key, joined, left, right, difference in zip(
-            batch.keys,
+        for h, joined, left, right, difference in zip(
+            map(hash_of, batch.keys),
             batch.join_times,
             batch.left_times,
             batch.right_times,
             batch.time_differences,
             strict=True,
         ):
-            fold(kh[key], joined, left, right, difference)
+            fold(h, joined, left, right, difference)
 
 
 async def runtime_side(

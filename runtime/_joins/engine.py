@@ -140,7 +140,7 @@ class JoinRows:
     ``at`` (see ``JoinEngine._unmatched``).
     """
 
-    __slots__ = ("at", "keys", "left_times", "lefts", "right_times", "rights")
+    __slots__ = ("at", "join_times", "keys", "left_times", "lefts", "right_times", "rights")
 
     def __init__(self) -> None:
         # the engine binds these lists to locals on its hot path: they are never replaced
@@ -149,6 +149,8 @@ class JoinRows:
         self.rights: list[Any] = []
         self.left_times: list[int | None] = []
         self.right_times: list[int | None] = []
+        #: the later of the two times (the one there is, for an unmatched row)
+        self.join_times: list[int] = []
         #: row index -> time for the features, where it is not the later of the row's times
         self.at: dict[int, int] = {}
 
@@ -166,6 +168,11 @@ class JoinRows:
         self.rights.append(right)
         self.left_times.append(tl)
         self.right_times.append(tr)
+        if tl is None or (tr is not None and tr > tl):
+            assert tr is not None
+            self.join_times.append(tr)
+        else:
+            self.join_times.append(tl)
 
     def add_in_time_order(self, rows: JoinRows) -> None:
         """Add the rows of ``rows`` (unmatched rows, each with its ``at``) in the order of
@@ -184,15 +191,12 @@ class JoinRows:
     def times(self) -> list[int]:
         """Each row's time for the features of the join's stream."""
         at = self.at
-        if not at:  # pairs only: both times are there
-            return list(map(max, self.left_times, self.right_times))  # type: ignore[arg-type]
-        times = [
-            tl if tr is None or (tl is not None and tl >= tr) else tr
-            for tl, tr in zip(self.left_times, self.right_times, strict=True)
-        ]
+        if not at:  # pairs only
+            return self.join_times
+        times = self.join_times.copy()
         for i, t in at.items():
             times[i] = t
-        return times  # type: ignore[return-value]
+        return times
 
 
 @dataclass
@@ -291,7 +295,7 @@ class JoinEngine:
         matches_pair = self._matches
         if out is not None:
             keys_o, lefts_o, rights_o = out.keys, out.lefts, out.rights
-            ltimes_o, rtimes_o = out.left_times, out.right_times
+            ltimes_o, rtimes_o, jtimes_o = out.left_times, out.right_times, out.join_times
         left_tag, right_tag = sides
         get = states.get
         records = 0
@@ -409,16 +413,18 @@ class JoinEngine:
                             matched += 1
                             if out is not None:
                                 keys_o.append(key)
+                                at = times[i]
                                 if is_left:
                                     lefts_o.append(ev)
                                     rights_o.append(partner)
                                     ltimes_o.append(t)
-                                    rtimes_o.append(times[i])
+                                    rtimes_o.append(at)
                                 else:
                                     lefts_o.append(partner)
                                     rights_o.append(ev)
-                                    ltimes_o.append(times[i])
+                                    ltimes_o.append(at)
                                     rtimes_o.append(t)
+                                jtimes_o.append(t if t >= at else at)
                     else:
                         # every event of the run matches: its pairs go out as slices of the
                         # other side's lists, with no work per pair
@@ -428,16 +434,25 @@ class JoinEngine:
                                 matches_o[i] += 1
                         if out is not None:
                             keys_o += [key] * matched
+                            run = times[start:end]
+                            at_t = [t] * matched
                             if is_left:
                                 lefts_o += [ev] * matched
-                                ltimes_o += [t] * matched
+                                ltimes_o += at_t
                                 rights_o += other.events[start:end]
-                                rtimes_o += times[start:end]
+                                rtimes_o += run
                             else:
                                 lefts_o += other.events[start:end]
-                                ltimes_o += times[start:end]
+                                ltimes_o += run
                                 rights_o += [ev] * matched
-                                rtimes_o += [t] * matched
+                                rtimes_o += at_t
+                            # each pair's time is the later of its two: mostly this event's
+                            if t >= run[-1]:
+                                jtimes_o += at_t
+                            elif t <= run[0]:
+                                jtimes_o += run
+                            else:
+                                jtimes_o += [at if at > t else t for at in run]
                     records += matched
                     times = own.times
                     if len(times) == own.head or t >= times[-1]:

@@ -222,6 +222,7 @@ class JoinShard(Actor[Any]):
                 out.rights,
                 out.left_times,
                 out.right_times,
+                out.join_times,
                 wall,
                 records=records,
                 build=self._build,

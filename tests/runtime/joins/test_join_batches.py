@@ -99,7 +99,7 @@ def test_records_are_built_once_at_the_first_read() -> None:
         return [{"key": key} for key in keys]
 
     batch = JoinRecordBatch(
-        "j", ["a", "b"], [{}, None], [{}, {}], [1, None], [3, 2], 0.0, build=build
+        "j", ["a", "b"], [{}, None], [{}, {}], [1, None], [3, 2], [3, 2], 0.0, build=build
     )
     assert calls == [] and batch.join_times == [3, 2]
     assert batch.time_differences == [2, None]
