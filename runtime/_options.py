@@ -21,7 +21,7 @@ from ._spec.checks import check_option_int, check_option_seconds
 from ._spec.enrich import CustomSource
 from ._spec.feature_set import FeatureSet
 
-__all__ = ["RuntimeOptions", "check_sources"]
+__all__ = ["RuntimeOptions", "check_sources", "check_workers"]
 
 
 class RuntimeOptions(msgspec.Struct, frozen=True, kw_only=True):
@@ -54,10 +54,17 @@ class RuntimeOptions(msgspec.Struct, frozen=True, kw_only=True):
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
     metrics_interval: float = 5.0
+    workers: int = 0
 
     def __post_init__(self) -> None:
         check_option_int("key_groups", self.key_groups, 1)
         check_option_int("shards", self.shards, 1, self.key_groups)
+        check_option_int("workers", self.workers, 0, self.key_groups)
+        if self.workers and self.shards * self.workers > self.key_groups:
+            raise ConfigError(
+                f"shards x workers must be at most key_groups ({self.key_groups}): each worker "
+                f"runs shards={self.shards} over its own key groups, got workers={self.workers}"
+            )
         check_option_int("batch_size", self.batch_size, 1)
         check_option_int("mailbox_capacity", self.mailbox_capacity, 1)
         check_option_int("sample_every", self.sample_every, 1)
@@ -102,3 +109,36 @@ def check_sources(feature_set: FeatureSet, sources: Mapping[str, Any] | None) ->
         if not callable(getattr(obj, "get_many", None)):
             raise ConfigError(f"sources: {name!r} has no get_many(keys) method")
     return found
+
+
+def check_workers(
+    feature_set: FeatureSet,
+    *,
+    checkpoints: Any,
+    custom_clock: bool,
+    metrics_port: int | None,
+) -> None:
+    """With ``workers >= 1``: refuse what worker processes do not run yet, naming it.
+
+    Raises:
+        ConfigError: the feature set has joins, lookups (enrichment) or several streams, or
+            the runtime is given checkpoints, a clock of its own or a metrics port.
+    """
+    unsupported = [
+        what
+        for what, present in (
+            ("joins", bool(feature_set.joins)),
+            ("lookups (enrichment) and their sources", bool(feature_set.lookups)),
+            ("several streams", len(feature_set.stream_names) > 1),
+            ("checkpoints", checkpoints is not None),
+            ("a clock of the runtime's own", custom_clock),
+            ("metrics_port", metrics_port is not None),
+        )
+        if present
+    ]
+    if unsupported:
+        raise ConfigError(
+            f"workers >= 1 does not support {', '.join(unsupported)} yet: keyed aggregates "
+            "and windowed features of one stream run in worker processes; use workers=0 "
+            "(the default) for the rest"
+        )

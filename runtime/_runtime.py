@@ -18,6 +18,7 @@ holds fewer than twice ``batch_size`` events.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import AsyncIterable, Callable, Iterable, Mapping
@@ -47,6 +48,7 @@ from ._checkpoints.store import (
 )
 from ._drift.monitor import DriftMonitors
 from ._exceptions import (
+    ConfigError,
     RuntimeClosed,
     SpecError,
 )
@@ -55,7 +57,7 @@ from ._ingest.router import Ingest
 from ._observe.collect import Observer
 from ._observe.metrics import ActorMailbox, RuntimeMetrics
 from ._observe.prometheus import MetricsServer
-from ._options import RuntimeOptions, check_sources
+from ._options import RuntimeOptions, check_sources, check_workers
 from ._replay.history import ReplayClock, ReplayOptions, ReplayResult, replay_history
 from ._results import (
     EnrichedEvent,
@@ -71,6 +73,7 @@ from ._spec.drift import DriftAlert, DriftMonitor, DriftStatus
 from ._spec.feature_set import Feature, FeatureSet
 from ._topology import Topology
 from ._updates import Policy, UpdateSubscription
+from ._workers.front import WorkerFront
 
 __all__ = ["FeatureRuntime", "RuntimeReplayHost"]
 
@@ -82,8 +85,16 @@ class FeatureRuntime:
 
     Args:
         feature_set: what to compute (see :class:`FeatureSet`).
-        shards: shard actors per feature group (1..key_groups). Shards share one event loop, so
-            more shards do not add parallelism; they bound each actor's state and mailbox.
+        shards: shard actors per feature group (1..key_groups); with ``workers``, per worker.
+            Shards share one event loop, so more shards do not add parallelism; they bound
+            each actor's state and mailbox. Workers add parallelism.
+        workers: worker processes the shards run in (0, the default: none, every shard runs
+            on this process's event loop). With ``workers >= 1`` each worker process runs
+            ``shards`` shard actors on its own event loop over a fixed share of the key
+            groups, and this process only routes events to them and republishes their
+            updates (``docs/scaling.md``). So far: keyed aggregates and windowed features of
+            one stream, with ``ingest``, ``ingest_many``, ``flush``, ``get``, ``get_many``,
+            ``updates`` and ``statistics``; the rest raises :class:`ConfigError` naming it.
         batch_size: events per batch sent to a shard (>= 1).
         linger: seconds a partial batch may wait, while its actors are busy, before it is
             sent (> 0); for idle actors it leaves at once.
@@ -155,6 +166,7 @@ class FeatureRuntime:
         metrics_port: int | None = None,
         metrics_host: str = "127.0.0.1",
         metrics_interval: float = 5.0,
+        workers: int = 0,
     ) -> None:
         if not isinstance(feature_set, FeatureSet):
             raise TypeError(f"feature_set must be a FeatureSet, got {type(feature_set).__name__}")
@@ -179,7 +191,16 @@ class FeatureRuntime:
             metrics_port=metrics_port,
             metrics_host=metrics_host,
             metrics_interval=metrics_interval,
+            workers=workers,
         )
+        if workers:
+            check_workers(
+                feature_set,
+                checkpoints=checkpoints,
+                custom_clock=clock is not time.time,
+                metrics_port=metrics_port,
+            )
+        self.workers = workers
         self.max_restarts = max_restarts
         self.restart_period = float(restart_period)
         self.metrics_interval = float(metrics_interval)
@@ -266,6 +287,42 @@ class FeatureRuntime:
             interval=self.metrics_interval,
             check_running=self._check_running,
         )
+        #: with workers: the front that routes events to them (and the rest above is unused)
+        self._front: WorkerFront | None = None
+        if workers:
+            make_runtime = functools.partial(
+                FeatureRuntime,
+                feature_set,
+                # each worker's runtime has shards x workers shards, of which the worker's
+                # key groups fill its ``shards``: KeyRouter deals key groups out in ranges
+                shards=shards * workers,
+                batch_size=batch_size,
+                linger=linger,
+                mailbox_capacity=mailbox_capacity,
+                key_groups=key_groups,
+                payload_format=payload_format,
+                sample_every=sample_every,
+                expected_event_rate=expected_event_rate / workers,
+                expected_keys=max(1, expected_keys // workers),
+                shutdown_timeout=shutdown_timeout,
+                dead_letters_capacity=dead_letters_capacity,
+                dead_letters_max_bytes=dead_letters_max_bytes,
+                route_cache_size=route_cache_size,
+                max_restarts=max_restarts,
+                restart_period=restart_period,
+            )
+            self._front = WorkerFront(
+                workers=workers,
+                make_runtime=make_runtime,
+                reader=self._reader,
+                key_groups=key_groups,
+                batch_size=batch_size,
+                linger=self.linger,
+                dead_letters=self._system.dead_letters,
+                route_cache_size=route_cache_size,
+                names=feature_set.names,
+                shards=shards * workers,
+            )
 
     @property
     def feature_set(self) -> FeatureSet:
@@ -278,6 +335,8 @@ class FeatureRuntime:
             raise RuntimeError("a FeatureRuntime can be entered once")
         stack = AsyncExitStack()
         await stack.__aenter__()
+        if self._front is not None:
+            return await self._enter_front(stack, self._front)
         try:
             if self._coordinator.store is not None:
                 # one runtime per checkpoint directory, held until the last checkpoint is written
@@ -315,12 +374,66 @@ class FeatureRuntime:
         )
         return self
 
+    async def _enter_front(self, stack: AsyncExitStack, front: WorkerFront) -> FeatureRuntime:
+        try:
+            await front.start(stack)
+        except BaseException:
+            await stack.__aexit__(None, None, None)
+            raise
+        self._stack = stack
+        self._running = True
+        self._observer.started_at = time.time()
+        _log.info(
+            "runtime_started",
+            feature_set=self.feature_set.name,
+            features=len(self.feature_set.features),
+            shards=self.shards,
+            workers=self.workers,
+            batch_size=self.batch_size,
+        )
+        return self
+
+    async def _exit_front(
+        self,
+        front: WorkerFront,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        assert self._stack is not None
+        self._running = False
+        timeout = self._system.shutdown_timeout
+        deadline = anyio.current_time() + timeout
+        try:
+            with anyio.CancelScope(shield=True):
+                with anyio.move_on_after(timeout):
+                    while self._active_ingests:
+                        self._ingests_done = anyio.Event()
+                        await self._ingests_done.wait()
+                await front.stop(deadline)
+        finally:
+            result = await self._stack.__aexit__(exc_type, exc, tb)
+        _log.info(
+            "runtime_stopped",
+            feature_set=self.feature_set.name,
+            ingested=front.ingested,
+            rejected=front.rejected,
+        )
+        return result
+
+    def _local(self, what: str) -> None:
+        """Refuse ``what`` with workers (not supported there yet)."""
+        if self._front is not None:
+            raise ConfigError(f"{what} is not supported with workers >= 1 yet (docs/scaling.md)")
+
     async def __aexit__(
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool | None:
+        if self._front is not None:
+            return await self._exit_front(self._front, exc_type, exc, tb)
         assert self._stack is not None and self._tg is not None
         self._running = False
         timeout = self._system.shutdown_timeout
@@ -383,6 +496,8 @@ class FeatureRuntime:
             ) from failure
         if not self._running:
             raise RuntimeClosed("the runtime is not running (use 'async with FeatureRuntime(...)')")
+        if self._front is not None:
+            self._front.check()
 
     # -- ingest --------------------------------------------------------------------------------
     async def ingest(self, event: Any, *, stream: str | None = None, offset: Any = None) -> bool:
@@ -401,6 +516,8 @@ class FeatureRuntime:
             ValueError: ``stream`` is not a stream of the feature set.
         """
         tag = self._ingest.stream_index(stream)
+        if self._front is not None:
+            return await self._front_ingest((event,), offset) == 1
         progress = self._progress
         if progress.gate is not None:
             await progress.wait()
@@ -448,7 +565,10 @@ class FeatureRuntime:
         streams: list[int] | None = None
         if stream is None or isinstance(stream, str):
             tag = self._ingest.stream_index(stream)
+            if self._front is not None:
+                return await self._front_ingest(events, offset)
         else:
+            self._local("ingest_many of several streams")
             tag = 0
             streams = self._ingest.stream_indexes(events, list(stream))
         ingest = self._ingest
@@ -503,6 +623,34 @@ class FeatureRuntime:
                 progress.leave_offset_call()
             self._leave_ingest()
 
+    async def _front_ingest(self, events: Iterable[Any], offset: Any) -> int:
+        """``ingest_many`` with workers: route each chunk of ``batch_size`` events to the
+        workers' buffers, and send the full ones (waiting while a worker's socket is full)."""
+        front = self._front
+        assert front is not None
+        progress = self._progress
+        self._enter_ingest()
+        try:
+            size = self.batch_size
+            accepted = 0
+            iterator = iter(events)
+            while True:
+                chunk = list(islice(iterator, size))
+                if not chunk:
+                    if offset is not None:
+                        progress.offset = offset
+                    return accepted
+                accepted += front.route(chunk)
+                progress.position += len(chunk)
+                await front.send_full()
+                if not self._running:
+                    raise RuntimeClosed(
+                        f"the runtime is shutting down; {accepted} events of this call were "
+                        "accepted (they will be applied), the rest were not read"
+                    )
+        finally:
+            self._leave_ingest()
+
     async def flush(self) -> None:
         """Send every partial batch and wait until every actor has applied what it was sent.
 
@@ -510,6 +658,8 @@ class FeatureRuntime:
         expiry at once, rather than at their next timer tick.
         """
         self._check_running()
+        if self._front is not None:
+            return await self._front.flush()
         idle = self._topology.ttl is not None or self.feature_set.idle_timeout is not None
         await self._topology.settle(idle=idle)
 
@@ -550,6 +700,7 @@ class FeatureRuntime:
             OSError: the file could not be written.
         """
         self._check_running()
+        self._local("rt.checkpoint()")
         return await self._coordinator.checkpoint()
 
     # -- reading -------------------------------------------------------------------------------
@@ -573,6 +724,8 @@ class FeatureRuntime:
         """Vectors of many keys, in the order given (duplicates once): one ask per shard and
         feature group instead of one per key. Same rules as :meth:`get`."""
         self._check_running()
+        if self._front is not None:
+            return await self._front.get_many(keys, features)
         # an int key ingest refuses (beyond 64 bits) is refused here too, before a dict of
         # keys is made: such keys can be chosen to collide in Python's hash
         wanted = list(dict.fromkeys(self._reader.lookup_key(key) for key in keys))
@@ -604,6 +757,8 @@ class FeatureRuntime:
         drops and whether publishers wait for it.
         """
         self._check_running()
+        if self._front is not None:
+            return self._front.updates.subscribe(buffer, policy)
         return self._topology.updates.subscribe(buffer, policy)
 
     @property
@@ -622,6 +777,7 @@ class FeatureRuntime:
             SpecError: a feature is invalid or its name is taken.
         """
         self._check_running()
+        self._local("rt.register()")
         if not features:
             raise SpecError("register() needs at least one feature")
         async with self._register_lock:
@@ -651,6 +807,7 @@ class FeatureRuntime:
             UnknownFeature: no feature has that name.
         """
         self._check_running()
+        self._local("rt.describe()")
         return await self._observer.describe(name)
 
     # -- metrics ---------------------------------------------------------------------------------
@@ -664,6 +821,7 @@ class FeatureRuntime:
             RuntimeClosed: the runtime is not running.
         """
         self._check_running()
+        self._local("rt.mailboxes()")
         return self._observer.mailboxes()
 
     async def metrics(self) -> RuntimeMetrics:
@@ -681,6 +839,7 @@ class FeatureRuntime:
             RuntimeClosed: the runtime is not running.
         """
         self._check_running()
+        self._local("rt.metrics()")
         return await self._observer.metrics()
 
     @property
@@ -690,8 +849,11 @@ class FeatureRuntime:
         return self._observer.metrics_address
 
     async def statistics(self) -> RuntimeStatistics:
-        """A snapshot of counters, state size and latency (asks every actor)."""
+        """A snapshot of counters, state size and latency (asks every actor; with workers,
+        every worker, summed)."""
         self._check_running()
+        if self._front is not None:
+            return await self._front.statistics()
         return await self._observer.statistics()
 
     def join_records(
@@ -706,6 +868,7 @@ class FeatureRuntime:
             ValueError: the feature set has no join named ``join``.
         """
         self._check_running()
+        self._local("rt.join_records()")
         return self._topology.records_hub(join).subscribe(buffer, policy)
 
     async def warm_up(
@@ -725,12 +888,14 @@ class FeatureRuntime:
             SourceError: the source failed (after its retries) for some of ``keys``.
         """
         self._check_running()
+        self._local("rt.warm_up()")
         return await self._topology.warm_up(source, keys, rows)
 
     def invalidate(self, source: str, key: Any) -> bool:
         """Forget ``key``'s cached row of ``source`` (its row changed): the next event that
         needs it fetches it again. Returns whether a row was cached."""
         self._check_running()
+        self._local("rt.invalidate()")
         return self._topology.source(source).cache.invalidate(key)
 
     def enriched_events(
@@ -742,6 +907,7 @@ class FeatureRuntime:
         (:class:`EnrichedBatch`, from ``subscription.batches()``). ``buffer`` and ``policy``
         as for :meth:`updates`."""
         self._check_running()
+        self._local("rt.enriched_events()")
         return self._topology.enriched.subscribe(buffer, policy)
 
     def late_events(
@@ -753,11 +919,13 @@ class FeatureRuntime:
         and ``policy`` as for :meth:`updates`; late events that arrive while nobody is
         subscribed are counted in ``statistics().windows.late_side_output`` only."""
         self._check_running()
+        self._local("rt.late_events()")
         return self._topology.late.subscribe(buffer, policy)
 
     async def recent_errors(self) -> list[FeatureError]:
         """Recent feature errors (the last 100 of each shard actor), by event time."""
         self._check_running()
+        self._local("rt.recent_errors()")
         return await self._observer.recent_errors()
 
     # -- drift monitors --------------------------------------------------------------------------
@@ -780,6 +948,7 @@ class FeatureRuntime:
             UnknownFeature: the feature or the segment feature does not exist.
         """
         self._check_running()
+        self._local("rt.monitor_drift()")
         async with self._register_lock:
             planned = self._drift.plan(monitors, self.feature_set, self._drift_group)
             await self._drift.start(self._system, planned, self._topology.updates, self._clock)
@@ -797,6 +966,7 @@ class FeatureRuntime:
         holds the monitors back, never the features). Iteration ends at shutdown, after the
         alerts of the last values."""
         self._check_running()
+        self._local("rt.drift_alerts()")
         return self._drift.subscribe(buffer, policy)
 
     async def drift_status(self) -> dict[str, DriftStatus]:
@@ -805,6 +975,7 @@ class FeatureRuntime:
         skipped and dropped. Every update published before the call is included (call
         :meth:`flush` first to include every event ingested)."""
         self._check_running()
+        self._local("rt.drift_status()")
         return await self._drift.status()
 
     # -- replaying history -----------------------------------------------------------------------
@@ -845,6 +1016,7 @@ class FeatureRuntime:
             TypeError: ``stream`` or ``arrival`` is neither a name nor a function.
         """
         self._check_running()
+        self._local("rt.replay()")
         options = ReplayOptions(stream=stream, arrival=arrival, resolution=resolution, until=until)
         return await replay_history(RuntimeReplayHost(self), events, options)
 

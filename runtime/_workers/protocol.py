@@ -1,0 +1,154 @@
+"""What the front and a worker process say to each other, and the framing of it.
+
+One unix stream socket joins the front to each worker. Each message is one frame: a 4-byte
+big-endian length, then the message in MessagePack (a msgspec tagged union, encoded as an
+array: the tag first). Why a socket and not a ``multiprocessing`` pipe: an anyio socket stream
+is awaited on the event loop itself, no thread per pipe, and ``send`` waits while the kernel's
+socket buffer is full, so a slow worker holds the front's ``ingest`` back (backpressure) with
+nothing buffered beyond the socket's own bounded buffer; and the peer's death reads as the end
+of the stream at once.
+
+Front to worker: :class:`Events` (a batch of events of the worker's key groups), :class:`Call`
+(a request answered by a :class:`Reply` of the same ``id``), :class:`Stop`. Worker to front:
+:class:`Reply`, :class:`Updates` (one ``UpdateBatch`` of the worker's runtime), :class:`Rejected`
+(events the worker's reader refused), :class:`Stopped`.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any, cast
+
+import anyio
+import anyio.abc
+import msgspec
+from anyio.streams.buffered import BufferedByteReceiveStream
+
+from .._results import FeatureUpdate
+
+__all__ = [
+    "Call",
+    "Connection",
+    "Events",
+    "FromFront",
+    "FromWorker",
+    "Rejected",
+    "Reply",
+    "Stop",
+    "Stopped",
+    "Updates",
+]
+
+
+class Events(msgspec.Struct, array_like=True, tag=0):
+    """Events for the worker's runtime, in arrival order: dicts the front has read, or
+    bytes the front routed by their key alone (the worker decodes them)."""
+
+    payloads: list[Any]
+    #: whether the front has subscribers to updates: the worker subscribes while it has
+    updates: bool
+
+
+class Call(msgspec.Struct, array_like=True, tag=1):
+    """A request: ``op`` is ``"flush"``, ``"get_many"`` (keys, features) or
+    ``"statistics"``."""
+
+    id: int
+    op: str
+    args: list[Any]
+
+
+class Stop(msgspec.Struct, array_like=True, tag=2):
+    """Apply what was sent, send its updates, stop the runtime, and exit."""
+
+
+class Reply(msgspec.Struct, array_like=True, tag=3):
+    """The answer to the :class:`Call` of the same ``id`` (``id`` 0: the worker started).
+    ``error`` is the failure's text, or None and the ``result`` encoded."""
+
+    id: int
+    error: str | None
+    result: msgspec.Raw
+
+
+class Updates(msgspec.Struct, array_like=True, tag=4):
+    """One ``UpdateBatch`` of the worker's runtime, as its fields."""
+
+    group: str
+    names: tuple[str, ...]
+    rows: list[tuple[Any, ...]]
+    errors: dict[int, dict[str, str]] | None
+    latency_ms: dict[str, float]
+    processed_at: float
+    extras: dict[int, FeatureUpdate] | None
+
+
+class Rejected(msgspec.Struct, array_like=True, tag=5):
+    """Events the worker's reader refused: ``(payload, reason)`` each."""
+
+    letters: list[tuple[Any, str]]
+
+
+class Stopped(msgspec.Struct, array_like=True, tag=6):
+    """The worker's runtime stopped; the worker exits."""
+
+
+FromFront = Events | Call | Stop
+FromWorker = Reply | Updates | Rejected | Stopped
+
+_HEADER = 4
+#: the largest frame accepted: a batch of events is far smaller
+MAX_FRAME = 1 << 30
+
+
+class Connection:
+    """One end of a front-worker socket: whole frames in, whole frames out.
+
+    ``send`` may be called from several tasks: frames go out whole and in the order ``send``
+    was called (each is queued at once; whoever holds the lock sends what is queued, and a
+    caller returns once its frame is out, so the queue holds at most one frame per waiting
+    caller). ``receive`` is for one task (the end's reader); it raises ``anyio.EndOfStream``
+    when the peer closed (or died), and ``send`` an ``anyio.BrokenResourceError``.
+    """
+
+    def __init__(self, stream: anyio.abc.ByteStream, decodes: Any) -> None:
+        self._stream = stream
+        self._reader = BufferedByteReceiveStream(stream)
+        self._lock = anyio.Lock()
+        self._outbox: deque[bytearray] = deque()
+        self._encoder = msgspec.msgpack.Encoder()
+        self._decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(decodes)
+
+    @classmethod
+    async def of(cls, sock: Any, decodes: Any) -> Connection:
+        """Wrap a connected unix socket."""
+        stream = await anyio.abc.UNIXSocketStream.from_socket(sock)
+        return cls(stream, decodes)
+
+    def encode(self, message: Any) -> bytearray:
+        """``message`` as a frame, to :meth:`send_frame` later (encode outside the lock)."""
+        frame = bytearray(_HEADER)
+        self._encoder.encode_into(message, frame, _HEADER)
+        frame[:_HEADER] = (len(frame) - _HEADER).to_bytes(_HEADER, "big")
+        return frame
+
+    async def send(self, message: Any) -> None:
+        await self.send_frame(self.encode(message))
+
+    async def send_frame(self, frame: bytearray) -> None:
+        outbox = self._outbox
+        outbox.append(frame)
+        async with self._lock:
+            while outbox:
+                # a bytearray is as good as bytes to a socket (no copy)
+                await self._stream.send(cast(bytes, outbox.popleft()))
+
+    async def receive(self) -> Any:
+        header = await self._reader.receive_exactly(_HEADER)
+        size = int.from_bytes(header, "big")
+        if size > MAX_FRAME:
+            raise anyio.BrokenResourceError(f"a frame of {size} bytes: the stream is corrupt")
+        return self._decoder.decode(await self._reader.receive_exactly(size))
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()

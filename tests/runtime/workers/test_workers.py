@@ -1,0 +1,233 @@
+"""``FeatureRuntime(..., workers=W)``: the API that works with workers (ingest of dicts and of
+bytes, get, get_many, updates, statistics, flush), bad events in the front's dead letters,
+what is refused with workers (at construction and per call), and the lifecycle: workers exit
+with the runtime, a worker that does not is killed at the deadline, a dead worker is a clear
+error on the next call, a stopped worker holds ``ingest`` back, and no process outlives the
+runtime."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Any
+
+import anyio
+import msgspec
+import pytest
+
+from actors import DeadLetterReason
+from runtime import (
+    ConfigError,
+    Count,
+    CustomSource,
+    FeatureRuntime,
+    FeatureSet,
+    Join,
+    Lookup,
+    Mean,
+    RuntimeClosed,
+    Sliding,
+    Sum,
+    UnknownFeature,
+    UpdateBatch,
+)
+
+FEATURE_SET = FeatureSet(
+    name="t",
+    key="card",
+    time="ts",
+    features=[
+        Sum(name="total", field="amount"),
+        Count(name="n"),
+        Mean(name="w_avg", field="amount", window=Sliding(size=60_000)),
+    ],
+)
+T0 = 1_700_000_000_000
+
+
+def _alive(pid: int | None) -> bool:
+    assert pid is not None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie is gone for our purposes only once reaped; the front joins its processes
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().split(") ", 1)[1][0] != "Z"
+
+
+def _events(count: int, keys: int = 10) -> list[dict[str, Any]]:
+    return [{"card": f"c{i % keys}", "ts": T0 + i, "amount": i} for i in range(count)]
+
+
+async def test_the_api_works_with_workers_and_bad_events_go_to_the_front_dead_letters() -> None:
+    async with FeatureRuntime(FEATURE_SET, shards=2, workers=2) as rt:
+        pids = rt._front.pids  # type: ignore[union-attr]
+        subscription = rt.updates()
+        events = _events(300)
+        assert await rt.ingest_many(events[:100]) == 100
+        assert await rt.ingest_many([msgspec.json.encode(e) for e in events[100:200]]) == 100
+        for event in events[200:]:
+            assert await rt.ingest(event)
+        bad = [
+            b"{not json",
+            msgspec.json.encode({"ts": T0, "amount": 1}),
+            msgspec.json.encode({"card": "c1", "ts": "soon", "amount": 1}),
+            {"card": None, "ts": T0},
+        ]
+        assert await rt.ingest_many(bad) == 0
+        assert not await rt.ingest(b"[1, 2]")
+        await rt.flush()
+        # every update is published at the front by the time flush returns
+        depth = subscription.statistics().depth
+        assert depth == 2 * 300
+        batches: list[Any] = []
+        read = 0
+        async for batch in subscription.batches():
+            assert isinstance(batch, UpdateBatch)
+            batches.append(batch)
+            read += len(batch)
+            if read == depth:
+                break
+        rows = [row for batch in batches if batch.group == "g0" for row in batch.rows]
+        assert sorted(row[1] for row in rows) == [e["ts"] for e in events]
+        vector = await rt.get("c3")
+        assert vector["total"] == sum(e["amount"] for e in events if e["card"] == "c3")
+        assert vector["n"] == 30
+        assert vector.last_event_time == T0 + 293
+        many = await rt.get_many(["c1", "c2", "nobody", "c1"])
+        assert list(many) == ["c1", "c2", "nobody"]
+        assert many["c2"]["n"] == 30 and not many["nobody"].known
+        with pytest.raises(UnknownFeature):
+            await rt.get("c1", ["nope"])
+        stats = await rt.statistics()
+        assert (stats.events_ingested, stats.events_rejected) == (300, 5)
+        assert stats.events_processed == 300 and stats.keys == 10 and stats.shards == 4
+        letters = rt.dead_letters.letters(DeadLetterReason.REJECTED)
+        assert len(letters) == 5
+        details = " | ".join(letter.detail for letter in letters)
+        assert "cannot decode json payload" in details and "'card' is missing" in details
+        assert "'card' is null" in details and "'ts'" in details
+        with pytest.raises(ConfigError, match=r"rt\.register"):
+            await rt.register(Count(name="more"))
+        with pytest.raises(ConfigError, match=r"rt\.checkpoint"):
+            await rt.checkpoint()
+        with pytest.raises(ConfigError, match=r"rt\.late_events"):
+            rt.late_events()
+        assert all(_alive(pid) for pid in pids)
+    # the workers exited with the runtime
+    assert not any(_alive(pid) for pid in pids)
+    with pytest.raises(RuntimeClosed):
+        await rt.get("c1")
+
+
+async def test_events_as_msgpack_bytes_are_routed_by_their_key() -> None:
+    events = _events(100, keys=7)
+    async with FeatureRuntime(FEATURE_SET, workers=1, payload_format="msgpack") as rt:
+        assert await rt.ingest_many([msgspec.msgpack.encode(e) for e in events]) == 100
+        assert (await rt.get("c6"))["n"] == len([e for e in events if e["card"] == "c6"])
+
+
+@pytest.mark.parametrize(
+    ("feature_set", "options", "refused"),
+    [
+        (
+            FeatureSet(
+                name="j",
+                key="ad",
+                time="ts",
+                streams=["imps", "clicks"],
+                joins=[Join(name="ic", left="imps", right="clicks", after="10m")],
+                features=[Count(name="n")],
+            ),
+            {},
+            "joins",
+        ),
+        (
+            FeatureSet(
+                name="e",
+                key="card",
+                time="ts",
+                sources=[CustomSource(name="users")],
+                lookups=[Lookup(name="user", field="user_id", source="users")],
+                features=[Count(name="n")],
+            ),
+            {"sources": {"users": type("S", (), {"get_many": lambda self, keys: {}})()}},
+            "lookups",
+        ),
+        (FEATURE_SET, {"checkpoints": "/tmp/nowhere"}, "checkpoints"),
+        (FEATURE_SET, {"clock": lambda: 0.0}, "clock"),
+        (FEATURE_SET, {"metrics_port": 0}, "metrics_port"),
+    ],
+)
+def test_what_workers_do_not_run_yet_is_refused_at_construction(
+    feature_set: FeatureSet, options: dict[str, Any], refused: str
+) -> None:
+    with pytest.raises(ConfigError, match=f"workers >= 1 does not support.*{refused}"):
+        FeatureRuntime(feature_set, workers=1, **options)
+    FeatureRuntime(feature_set, **options)  # workers=0 runs it
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"workers": -1}, "workers must be an int between 0 and 256"),
+        ({"workers": 1.5}, "workers must be an int"),
+        ({"workers": 300}, "workers must be an int between 0 and 256"),
+        ({"workers": 3, "shards": 100}, "shards x workers must be at most key_groups"),
+    ],
+)
+def test_the_workers_option_is_checked(options: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        FeatureRuntime(FEATURE_SET, **options)
+
+
+async def test_a_worker_that_dies_is_a_clear_error_on_the_next_call() -> None:
+    started = time.perf_counter()
+    async with FeatureRuntime(FEATURE_SET, workers=2, shutdown_timeout=5) as rt:
+        pids = rt._front.pids  # type: ignore[union-attr]
+        await rt.ingest_many(_events(100))
+        await rt.flush()
+        assert pids[1] is not None
+        os.kill(pids[1], signal.SIGKILL)
+        with anyio.fail_after(10):
+            with pytest.raises(RuntimeClosed, match=r"worker 1 \(pid \d+\).*died.*code -9"):
+                while True:  # the front learns of the death when the stream ends
+                    await rt.ingest_many(_events(100))
+                    await rt.flush()
+        with pytest.raises(RuntimeClosed, match="worker 1"):
+            await rt.get("c1")
+    assert time.perf_counter() - started < 30
+    assert not any(_alive(pid) for pid in pids)
+
+
+async def test_a_stopped_worker_holds_ingest_back_and_is_killed_at_the_shutdown_deadline() -> None:
+    rt = FeatureRuntime(FEATURE_SET, workers=2, shutdown_timeout=1.0)
+    async with rt:
+        pids = rt._front.pids  # type: ignore[union-attr]
+        assert pids[0] is not None
+        os.kill(pids[0], signal.SIGSTOP)
+        events = [msgspec.json.encode(e) for e in _events(200_000, keys=1000)]
+        done = anyio.Event()
+
+        async def feed() -> None:
+            await rt.ingest_many(events)
+            done.set()
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(feed)
+            with anyio.move_on_after(1.0):
+                await done.wait()
+            # the stopped worker reads nothing: its socket fills, and ingest waits
+            assert not done.is_set()
+            os.kill(pids[0], signal.SIGCONT)
+            with anyio.fail_after(40):
+                await done.wait()
+        await rt.flush()
+        assert (await rt.statistics()).events_processed == 200_000
+        os.kill(pids[0], signal.SIGSTOP)
+        started = time.perf_counter()
+    # the stopped worker could not stop: it was killed once the deadline had passed
+    assert time.perf_counter() - started < 1.0 + 5.0
+    assert not any(_alive(pid) for pid in pids)
