@@ -623,6 +623,13 @@ class EnrichShard(Actor[Any]):
         if not self.stash:
             self._forget_outcomes()
             return
+        if not self.landed and not self._any_failed():
+            # Nothing ended since the last release (several fetches that end together wake
+            # the actor once each, and the first wake takes them all): no event can move. A
+            # release leaves each event waiting for a fetch in flight, or for one before it
+            # (which waits for a fetch in flight, or failed and is taken now with it); until
+            # one lands or fails, each stays where it is.
+            return
         scan = _Scan(
             self.clock(),
             first=False,

@@ -203,3 +203,82 @@ async def test_a_versioned_row_in_the_cache_gives_each_event_the_version_of_its_
         await updates.aclose()
         got = [row[2] async for batch in updates.batches() for row in batch.rows]
     assert got == [1.0, 2.0, 12.0, 13.0, 23.0]
+
+
+class _Flaky(_Source):
+    """Fails the calls ``failures`` says (by call number, cycling)."""
+
+    def __init__(self, delay: float, failures: list[bool]) -> None:
+        super().__init__(delay)
+        self.failures = failures
+
+    async def get_many(self, keys: Sequence[Hashable]) -> dict[Hashable, Any]:
+        failing = self.failures[self.calls % len(self.failures)]
+        rows = await super().get_many(keys)
+        if failing:
+            raise ConnectionError("down for this call")
+        return rows
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(
+    stream=events_strategy,
+    shards=st.sampled_from([1, 2]),
+    batch_size=st.sampled_from([1, 7, 64]),
+    cache_size=st.sampled_from([1, 50]),
+    failures=st.lists(st.booleans(), min_size=1, max_size=6),
+    chunk=st.sampled_from([1, 5, 60]),
+)
+async def test_a_failing_source_loses_no_event_and_keeps_each_keys_order(
+    stream: list[tuple[str, str | None]],
+    shards: int,
+    batch_size: int,
+    cache_size: int,
+    failures: list[bool],
+    chunk: int,
+) -> None:
+    # a failed fetch gives its events a stale row or the default, whatever waits behind them
+    events = [
+        {"card": card, "ts": ts, **({"mid": merchant} if merchant is not None else {})}
+        for ts, (card, merchant) in enumerate(stream)
+    ]
+    fs = FeatureSet(
+        name="tx",
+        key="card",
+        time="ts",
+        sources=[
+            CustomSource(
+                name="merchants",
+                cache_size=cache_size,
+                max_batch_size=3,
+                retries=0,
+                breaker_failures=1_000,
+            )
+        ],
+        lookups=[Lookup(name="m", field="mid", source="merchants", default=DEFAULT)],
+        features=[Last(name="cat", field="m.cat")],
+    )
+    source = _Flaky(0.001, failures)
+    async with FeatureRuntime(
+        fs, shards=shards, batch_size=batch_size, sources={"merchants": source}
+    ) as rt:
+        updates = rt.updates(buffer=1_000)
+        with anyio.fail_after(30):
+            for start in range(0, len(events), chunk):
+                await rt.ingest_many(events[start : start + chunk])
+                await anyio.sleep(0.0005)
+            await rt.flush()
+        await updates.aclose()
+        got = [(row[0], row[1], row[2]) async for b in updates.batches() for row in b.rows]
+    assert len(got) == len(stream)
+    for card in {card for card, _ in stream}:
+        mine = [g for g in got if g[0] == card]
+        assert [ts for _, ts, _ in mine] == [ts for ts, (c, _) in enumerate(stream) if c == card]
+        for _, ts, cat in mine:
+            merchant = stream[ts][1]
+            row = ROWS.get(merchant, DEFAULT) if merchant is not None else DEFAULT
+            assert cat in (row["cat"], DEFAULT["cat"])
