@@ -325,6 +325,29 @@ def test_each_lookup_counts_once_and_lookup_stale_counts_only_stale_rows() -> No
     )
 
 
+def test_hits_served_from_hot_count_as_lookups_would() -> None:
+    cache = make(ttl=100, negative_ttl=10, refresh_ahead=0.5)
+    entries, ttl, refresh_after, negative_ttl, negative_refresh_after = cache.hot()
+    assert (ttl, refresh_after, negative_ttl, negative_refresh_after) == (100, 50, 10, 5)
+    cache.put("k", {"risk": 1}, 0.0)
+    assert set(entries) == {"k"}  # the live entries, not a copy
+    cache.count_hits(3, 2)
+    stats = cache.statistics()
+    assert (stats.hits, stats.negative_hits, stats.lookups, stats.hit_ratio) == (3, 2, 5, 1.0)
+
+
+def test_what_a_caller_derived_from_a_row_is_forgotten_when_the_key_is_stored_again() -> None:
+    cache = make(ttl=100, max_stale=50)
+    cache.put("k", {"risk": 1}, 0.0)
+    entries = cache.hot()[0]
+    entries["k"].derived = ("m", {"m.risk": 1})
+    cache.put("k", {"risk": 2}, 120.0)  # stored again while held for its stale window
+    assert entries["k"].derived is None
+    entries["k"].derived = ("m", {"m.risk": 2})
+    cache.put_missing("k", 130.0)
+    assert entries["k"].derived is None
+
+
 def test_the_hit_ratio_is_zero_before_any_lookup() -> None:
     stats = make(capacity=8).statistics()
     assert (stats.lookups, stats.hit_ratio, stats.utilization) == (0, 0.0, 0.0)
