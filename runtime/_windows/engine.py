@@ -1478,10 +1478,17 @@ def _compile_sliding(engine: WindowEngine) -> Callable[..., None] | None:
         "                    )",
         "                    continue",
         "                if t > clock:",
-        "                    st.clock = clock = t",
-        "                if t > st.latest:",
-        "                    st.latest = t",
     ]
+    if engine.idle_timeout is None:
+        # the clock is the greatest event time
+        lines.append("                    st.clock = st.latest = clock = t")
+    else:
+        # idle time moves the clock past the greatest event time
+        lines += [
+            "                    st.clock = clock = t",
+            "                if t > st.latest:",
+            "                    st.latest = t",
+        ]
     if engine.tracks_idle:
         lines += [
             "                st.seen = now",
@@ -1492,8 +1499,11 @@ def _compile_sliding(engine: WindowEngine) -> Callable[..., None] | None:
         ]
     # mark: where this event's errors begin in ``errors`` (-1: none yet)
     body = ["buffers = st.buffers", "mark = -1"]
+    reads = []
     for buffer in engine.buffers:
-        body += _buffer_lines(buffer, engine.features, namespace)
+        event_lines, read_lines = _buffer_lines(buffer, engine.features, namespace)
+        body += event_lines
+        reads += read_lines
     position = {name: i for i, name in enumerate(engine.names)}
     ratios = []
     for i in engine._ratio_order:
@@ -1508,6 +1518,7 @@ def _compile_sliding(engine: WindowEngine) -> Callable[..., None] | None:
     values = "".join(f", v{i}" for i in range(len(engine.features)))
     body += [
         "if rows is not None:",
+        *_indent(reads, 1),
         *_indent(ratios, 1),
         "    if mark >= 0 and len(errors) > mark:",
         "        out.fail(errors, mark)",
@@ -1543,11 +1554,14 @@ def _rank(table: list[int], q: float, n: int) -> int:
     return table[n]
 
 
-def _buffer_lines(buffer: _Buffer, features: list[Any], namespace: dict[str, Any]) -> list[str]:
-    """What an event does to one sliding buffer, then (when the event's values are emitted)
-    its features' values, in locals ``v<i>``: the generic loop's body for the buffer, then
-    what ``WindowEngine.values`` reads. The window is evicted once for both, when the event's
-    value goes in or the values are read (as they each do)."""
+def _buffer_lines(
+    buffer: _Buffer, features: list[Any], namespace: dict[str, Any]
+) -> tuple[list[str], list[str]]:
+    """What an event does to one sliding buffer (the generic loop's body for it), and what
+    reads its features' values after the event into locals ``v<i>`` (``WindowEngine.values``),
+    run when the event's values are emitted. The window is evicted once for both, when the
+    event's value goes in or the values are read (as they each do). The buffer's locals end
+    in its index: every buffer's are there to read once all took the event."""
     j = buffer.index
     needs = buffer.needs
     namespace[f"_B{j}"] = buffer
@@ -1597,47 +1611,55 @@ def _buffer_lines(buffer: _Buffer, features: list[Any], namespace: dict[str, Any
         shape = "sorted"
     else:
         shape = "other"
+    sums = buffer.sums
+    state, items, values = f"state{j}", f"items{j}", f"values{j}"
     lines += [
-        f"state = buffers[{j}]",
+        f"{state} = buffers[{j}]",
         f"cutoff = clock - {buffer.size}",
-        "if state is not None:",
-        "    items = state.items",
+        f"if {state} is not None:",
+        f"    {items} = {state}.items",
     ]
     if shape == "sorted":
-        lines.append("    values = state.values._values")
+        lines.append(f"    {values} = {state}.values._values")
     lines += [
-        "    if items and items[0][0] <= cutoff and (v is not None or rows is not None):",
-        *_indent(_evict_lines(shape, buffer.sums), 2),
+        f"    if {items} and {items}[0][0] <= cutoff and (v is not None or rows is not None):",
+        *_indent(_evict_lines(shape, sums, j), 2),
         "if v is not None and t > cutoff:",
         "    try:",
-        "        if state is None:",
-        f"            state = buffers[{j}] = _SlidingState(_N{j}, {buffer.sums})",
-        "            items = state.items",
+        f"        if {state} is None:",
+        f"            {state} = buffers[{j}] = _SlidingState(_N{j}, {sums})",
+        f"            {items} = {state}.items",
     ]
     if shape == "sorted":
-        lines.append("            values = state.values._values")
+        lines.append(f"            {values} = {state}.values._values")
     lines += [
-        *_indent(_add_lines(shape, buffer.sums), 2),
+        *_indent(_add_lines(shape, sums, j), 2),
         "    except Exception as exc:",
         *_indent(report, 2),
         f"        _errors(errors, _B{j}, key, t, _name_error(exc, {name}))",
     ]
     if shape == "sorted":
         # a failed add may have replaced the list (SortedValues.add past LIST_LIMIT)
-        lines += ["        if state is not None:", "            values = state.values._values"]
+        lines += [
+            f"        if {state} is not None:",
+            f"            {values} = {state}.values._values",
+        ]
     full: list[str] = []
     empty: list[str] = []
+    kinds = {features[i].type_name for i in buffer.features}
+    if kinds & {"sum", "mean"}:
+        full.append(f"total = {state}.sum")
     for i in buffer.features:
         feature = features[i]
         kind = feature.type_name
         if kind == "count":
             full.append(f"v{i} = n")
         elif kind == "sum":
-            full.append(f"v{i} = state.sum")
+            full.append(f"v{i} = total")
         elif kind == "mean":
             full += [
                 "try:",
-                f"    v{i} = state.sum / n",
+                f"    v{i} = total / n",
                 "except (ArithmeticError, TypeError, ValueError):",
                 f"    v{i} = None",
             ]
@@ -1645,7 +1667,7 @@ def _buffer_lines(buffer: _Buffer, features: list[Any], namespace: dict[str, Any
             # SortedValues.percentile, its list indexed in place at a rank looked up by size
             namespace[f"_Q{i}"] = feature.q
             namespace[f"_R{i}"] = [0]
-            held = "values" if shape == "sorted" else "state.values._values"
+            held = values if shape == "sorted" else f"{state}.values._values"
             full += [
                 "try:",
                 f"    rank = _R{i}[n]",
@@ -1658,93 +1680,107 @@ def _buffer_lines(buffer: _Buffer, features: list[Any], namespace: dict[str, Any
             namespace[f"_f{i}"] = feature
             full += [
                 "try:",
-                f"    v{i} = _read{i}(state, _f{i})",
+                f"    v{i} = _read{i}({state}, _f{i})",
                 "except (ArithmeticError, TypeError, ValueError):",
                 f"    v{i} = None",
             ]
         default = EMPTY.get(kind)
         empty.append(f"v{i} = {'[]' if isinstance(default, list) else repr(default)}")
-    lines += [
-        "if rows is not None:",
-        "    if state is not None and items:",
-        "        n = len(items)",
-        *_indent(full, 2),
-        "    else:",
-        *_indent(empty, 2),
+    read = [
+        f"if {state} is not None and {items}:",
+        f"    n = len({items})",
+        *_indent(full, 1),
+        "else:",
+        *_indent(empty, 1),
     ]
-    return lines
+    return lines, read
 
 
-def _evict_lines(shape: str, sums: bool) -> list[str]:
+def _evict_lines(shape: str, sums: bool, j: int) -> list[str]:
     """``state.evict(cutoff)`` (``SlidingState.evict``), in line for a plain buffer (its
     events, and their sum if it keeps one) and for a sorted one (its events and their values
     sorted, in a list while they are few)."""
+    state, items, values = f"state{j}", f"items{j}", f"values{j}"
     if shape == "other":
-        return ["state.evict(cutoff)"]
+        return [f"{state}.evict(cutoff)"]
     # the events leave from the front; with a sum, it is taken down by each value
     if shape == "sorted":
         loop = [
-            "x = items.popleft()[1]",
+            f"x = {items}.popleft()[1]",
             *(["total -= x"] if sums else []),
-            "i = _bisect_left(values, x)",
-            "if i < len(values) and values[i] == x:",
-            "    del values[i]",
+            f"i = _bisect_left({values}, x)",
+            f"if i < len({values}) and {values}[i] == x:",
+            f"    del {values}[i]",
             "else:",
-            "    state.values.remove(x)  # raises: x is not held",
+            f"    {state}.values.remove(x)  # raises: x is not held",
         ]
     elif sums:
-        loop = ["total -= items.popleft()[1]"]
+        loop = [f"total -= {items}.popleft()[1]"]
     else:
-        loop = ["items.popleft()"]
-    lines = ["while items and items[0][0] <= cutoff:", *_indent(loop, 1)]
+        loop = [f"{items}.popleft()"]
+    lines = [f"while {items} and {items}[0][0] <= cutoff:", *_indent(loop, 1)]
     if sums:
         # an empty window sums to exactly zero, whatever rounding the subtractions left
         lines = [
-            "total = state.sum",
-            "held = len(items)",
+            f"total = {state}.sum",
+            f"held = len({items})",
             *lines,
-            "if items:",
-            "    state.sum = total",
-            "    state.removed += held - len(items)",
+            f"if {items}:",
+            f"    {state}.sum = total",
+            f"    {state}.removed += held - len({items})",
             "else:",
-            "    state.sum = 0",
-            "    state.removed = 0",
+            f"    {state}.sum = 0",
+            f"    {state}.removed = 0",
         ]
     else:
-        lines += ["if not items:", "    state.removed = 0"]
+        lines += [f"if not {items}:", f"    {state}.removed = 0"]
     if shape == "sorted":
         # the values are in a SortedList past LIST_LIMIT: SlidingState.evict removes them
         lines = [
-            "if values.__class__ is list:",
+            f"if {values}.__class__ is list:",
             *_indent(lines, 1),
             "else:",
-            "    state.evict(cutoff)",
-            "    values = state.values._values",
+            f"    {state}.evict(cutoff)",
+            f"    {values} = {state}.values._values",
         ]
     return lines
 
 
-def _add_lines(shape: str, sums: bool) -> list[str]:
-    """``state.add(t, v)`` (``SlidingState.add``), in line for an event in time order (while
-    no recompute of the sum is due) in a plain or sorted buffer (see ``_evict_lines``)."""
+def _add_lines(shape: str, sums: bool, j: int) -> list[str]:
+    """``state.add(t, v)`` (``SlidingState.add``), in line for a plain or a sorted buffer
+    (see ``_evict_lines``) while no recompute of the sum is due."""
+    state, items, values = f"state{j}", f"items{j}", f"values{j}"
     if shape == "other":
-        return ["state.add(t, v)"]
-    # without a sum, nothing is ever recomputed: ``removed`` stays 0
-    due = " and state.removed < len(items) + 64" if sums else ""
+        return [f"{state}.add(t, v)"]
     lines = [
-        f"if (not items or t >= items[-1][0]){due}:",
-        "    items.append((t, v))",
-        *(["    state.sum += v"] if sums else []),
+        # in time order, or in its place from the end (after the events of the same time)
+        f"if not {items} or t >= {items}[-1][0]:",
+        f"    {items}.append((t, v))",
+        "else:",
+        f"    i = len({items}) - 1",
+        f"    while i > 0 and {items}[i - 1][0] > t:",
+        "        i -= 1",
+        f"    {items}.insert(i, (t, v))",
     ]
+    if sums:
+        lines.append(f"{state}.sum += v")
     if shape == "sorted":
         lines += [
-            "    if values.__class__ is list and len(values) < _LIMIT:",
-            "        _insort(values, v)",
-            "    else:",
-            "        state.values.add(v)",
-            "        values = state.values._values",
+            f"if {values}.__class__ is list and len({values}) < _LIMIT:",
+            f"    _insort({values}, v)",
+            "else:",
+            f"    {state}.values.add(v)",
+            f"    {values} = {state}.values._values",
         ]
-    lines += ["else:", "    state.add(t, v)"]
-    if shape == "sorted":
-        lines.append("    values = state.values._values")
+    if sums:
+        # without a sum nothing is ever recomputed (``removed`` stays 0)
+        recompute = [f"{state}.add(t, v)"]
+        if shape == "sorted":
+            recompute.append(f"{values} = {state}.values._values")
+        lines = [
+            f"if {state}.removed >= len({items}) + 64:",
+            *_indent(recompute, 1),
+            "else:",
+            *_indent(lines, 1),
+        ]
     return lines
