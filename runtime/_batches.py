@@ -15,7 +15,6 @@ overflow it. Per-feature latency and ``processed_at`` belong to the batch, not t
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from operator import sub
 from typing import Any, Generic, TypeVar
 
 from ._results import EnrichedEvent, FeatureUpdate, JoinRecord, LateEvent
@@ -220,6 +219,7 @@ class JoinRecordBatch:
         "processed_at",
         "right_events",
         "right_times",
+        "time_differences",
     )
 
     def __init__(
@@ -231,6 +231,7 @@ class JoinRecordBatch:
         left_times: list[int | None],
         right_times: list[int | None],
         join_times: list[int],
+        time_differences: list[int | None],
         processed_at: float,
         *,
         records: list[dict[str, Any]] | None = None,
@@ -251,10 +252,13 @@ class JoinRecordBatch:
         #: each record's ``join_timestamp``: the later of its two event times (the one there
         #: is, for an unmatched row)
         self.join_times = join_times
+        #: each record's ``time_difference_ms``: the distance between its two event times
+        #: (None for an unmatched row)
+        self.time_differences = time_differences
         #: wall-clock time the records were made (seconds since the epoch)
         self.processed_at = processed_at
-        # the records, once built; ``build(keys, lefts, rights, left_times, right_times)``
-        # builds them (the join's merge strategy)
+        # the records, once built; ``build(keys, lefts, rights, left_times, right_times,
+        # join_times, time_differences)`` builds them (the join's merge strategy)
         self._records = records
         self._build = build
 
@@ -274,22 +278,15 @@ class JoinRecordBatch:
         if records is None:
             assert self._build is not None
             records = self._records = self._build(
-                self.keys, self.left_events, self.right_events, self.left_times, self.right_times
+                self.keys,
+                self.left_events,
+                self.right_events,
+                self.left_times,
+                self.right_times,
+                self.join_times,
+                self.time_differences,
             )
         return records
-
-    @property
-    def time_differences(self) -> list[int | None]:
-        """Each record's ``time_difference_ms``: the distance between its two event times
-        (None for an unmatched row)."""
-        lefts, rights = self.left_times, self.right_times
-        try:
-            return list(map(abs, map(sub, lefts, rights)))
-        except TypeError:  # an unmatched row's None
-            return [
-                None if tl is None or tr is None else abs(tl - tr)
-                for tl, tr in zip(lefts, rights, strict=True)
-            ]
 
     def __getitem__(self, index: slice) -> JoinRecordBatch:
         start, stop = _bounds(index, len(self.keys))
@@ -302,6 +299,7 @@ class JoinRecordBatch:
             self.left_times[start:stop],
             self.right_times[start:stop],
             self.join_times[start:stop],
+            self.time_differences[start:stop],
             self.processed_at,
             records=None if records is None else records[start:stop],
             build=self._build,

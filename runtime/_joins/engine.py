@@ -41,6 +41,7 @@ from bisect import bisect_left, bisect_right
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import sub
 from typing import Any, Literal
 
 from .._stats.idle import IdleKeys
@@ -140,7 +141,16 @@ class JoinRows:
     ``at`` (see ``JoinEngine._unmatched``).
     """
 
-    __slots__ = ("at", "join_times", "keys", "left_times", "lefts", "right_times", "rights")
+    __slots__ = (
+        "at",
+        "differences",
+        "join_times",
+        "keys",
+        "left_times",
+        "lefts",
+        "right_times",
+        "rights",
+    )
 
     def __init__(self) -> None:
         # the engine binds these lists to locals on its hot path: they are never replaced
@@ -151,6 +161,8 @@ class JoinRows:
         self.right_times: list[int | None] = []
         #: the later of the two times (the one there is, for an unmatched row)
         self.join_times: list[int] = []
+        #: the distance between the two times (None for an unmatched row)
+        self.differences: list[int | None] = []
         #: row index -> time for the features, where it is not the later of the row's times
         self.at: dict[int, int] = {}
 
@@ -173,6 +185,7 @@ class JoinRows:
             self.join_times.append(tr)
         else:
             self.join_times.append(tl)
+        self.differences.append(None if tl is None or tr is None else abs(tl - tr))
 
     def add_in_time_order(self, rows: JoinRows) -> None:
         """Add the rows of ``rows`` (unmatched rows, each with its ``at``) in the order of
@@ -296,6 +309,7 @@ class JoinEngine:
         if out is not None:
             keys_o, lefts_o, rights_o = out.keys, out.lefts, out.rights
             ltimes_o, rtimes_o, jtimes_o = out.left_times, out.right_times, out.join_times
+            diffs_o = out.differences
         left_tag, right_tag = sides
         get = states.get
         records = 0
@@ -424,7 +438,12 @@ class JoinEngine:
                                     rights_o.append(ev)
                                     ltimes_o.append(at)
                                     rtimes_o.append(t)
-                                jtimes_o.append(t if t >= at else at)
+                                if t >= at:
+                                    jtimes_o.append(t)
+                                    diffs_o.append(t - at)
+                                else:
+                                    jtimes_o.append(at)
+                                    diffs_o.append(at - t)
                     else:
                         # every event of the run matches: its pairs go out as slices of the
                         # other side's lists, with no work per pair
@@ -446,13 +465,17 @@ class JoinEngine:
                                 ltimes_o += run
                                 rights_o += [ev] * matched
                                 rtimes_o += at_t
-                            # each pair's time is the later of its two: mostly this event's
+                            # each pair's time is the later of its two, mostly this event's
+                            # (the run is in time order): one pass of C, not a max() per pair
                             if t >= run[-1]:
                                 jtimes_o += at_t
+                                diffs_o += map(sub, at_t, run)
                             elif t <= run[0]:
                                 jtimes_o += run
+                                diffs_o += map(sub, run, at_t)
                             else:
                                 jtimes_o += [at if at > t else t for at in run]
+                                diffs_o += [at - t if at > t else t - at for at in run]
                     records += matched
                     times = own.times
                     if len(times) == own.head or t >= times[-1]:
@@ -770,6 +793,8 @@ class JoinEngine:
             rows.rights,
             rows.left_times,
             rows.right_times,
+            rows.join_times,
+            rows.differences,
             self.counters,
         )
 
@@ -786,6 +811,8 @@ def make_records(
     rights: Sequence[Mapping[str, Any] | None],
     left_times: Sequence[int | None],
     right_times: Sequence[int | None],
+    join_times: Sequence[int],
+    differences: Sequence[int | None],
     counters: JoinCounters | None = None,
 ) -> list[Record]:
     """Join records as the seed defines them, the fields merged by the join's strategy; a
@@ -795,7 +822,9 @@ def make_records(
     name = config.name
     built: list[Record] = []
     append = built.append
-    for key, left, right, tl, tr in zip(keys, lefts, rights, left_times, right_times, strict=True):
+    for key, left, right, tl, tr, joined, difference in zip(
+        keys, lefts, rights, left_times, right_times, join_times, differences, strict=True
+    ):
         record: Record
         left_fields = left or {}
         right_fields = right or {}
@@ -821,16 +850,10 @@ def make_records(
         # the join's own fields come last: an event field of the same name does not hide them
         record["join"] = name
         record["key"] = key
-        if tl is None:
-            assert tr is not None
-            record["join_timestamp"] = tr
-        elif tr is None or tl >= tr:
-            record["join_timestamp"] = tl
-        else:
-            record["join_timestamp"] = tr
+        record["join_timestamp"] = joined
         record["left_event_timestamp"] = tl
         record["right_event_timestamp"] = tr
-        record["time_difference_ms"] = abs(tl - tr) if tl is not None and tr is not None else None
+        record["time_difference_ms"] = difference
         append(record)
     return built
 

@@ -223,6 +223,7 @@ class JoinShard(Actor[Any]):
                 out.left_times,
                 out.right_times,
                 out.join_times,
+                out.differences,
                 wall,
                 records=records,
                 build=self._build,

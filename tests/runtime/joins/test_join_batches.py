@@ -98,9 +98,9 @@ def test_records_are_built_once_at_the_first_read() -> None:
         calls.append(len(keys))
         return [{"key": key} for key in keys]
 
-    batch = JoinRecordBatch(
-        "j", ["a", "b"], [{}, None], [{}, {}], [1, None], [3, 2], [3, 2], 0.0, build=build
-    )
+    keys, lefts, rights = ["a", "b"], [{}, None], [{}, {}]
+    times = ([1, None], [3, 2], [3, 2], [2, None])
+    batch = JoinRecordBatch("j", keys, lefts, rights, *times, 0.0, build=build)
     assert calls == [] and batch.join_times == [3, 2]
     assert batch.time_differences == [2, None]
     assert [r.key for r in batch] == ["a", "b"] and batch.records == [{"key": "a"}, {"key": "b"}]
