@@ -21,10 +21,13 @@ same float operations in the same order as the runtime's (it subtracts what leav
 the event, and re-sums the values held once ``w + 64`` have left a window of ``w``, which
 keeps the rounding of subtractions from drifting), so both sides agree to the bit.
 
-Both sides fold each output (key, event time, values) into one checksum with the same
-function; the bench exits non-zero when they differ and shows the first differing outputs of
-a small re-run. Timed: from the first event to the last output read; each case in a child
-process of its own, best of ``--repeat``, after ``gc.freeze()`` of the input.
+The runtime's outputs are read by a consumer task from ``subscription.batches()``, every
+row ``(key, event time, *values)`` of every batch (the way we recommend for an application
+that reads everything). Both sides fold each output (key, event time, values) into one
+checksum with the same function; the bench exits non-zero when they differ and shows the
+first differing outputs of a small re-run. Timed: from the first event to the last output
+read; each case in a child process of its own, best of ``--repeat``, after ``gc.freeze()``
+of the input.
 """
 
 from __future__ import annotations
