@@ -92,9 +92,10 @@ class FeatureRuntime:
             on this process's event loop). With ``workers >= 1`` each worker process runs
             ``shards`` shard actors on its own event loop over a fixed share of the key
             groups, and this process only routes events to them and republishes their
-            updates (``docs/scaling.md``). So far: keyed aggregates and windowed features of
-            one stream, with ``ingest``, ``ingest_many``, ``flush``, ``get``, ``get_many``,
-            ``updates`` and ``statistics``; the rest raises :class:`ConfigError` naming it.
+            updates (``docs/design/scaling.md``). So far: keyed aggregates and windowed
+            features of one stream, with ``ingest``, ``ingest_many``, ``flush``, ``get``,
+            ``get_many``, ``updates`` and ``statistics``; the rest raises
+            :class:`ConfigError` naming it.
         batch_size: events per batch sent to a shard (>= 1).
         linger: seconds a partial batch may wait, while its actors are busy, before it is
             sent (> 0); for idle actors it leaves at once.
@@ -424,7 +425,9 @@ class FeatureRuntime:
     def _local(self, what: str) -> None:
         """Refuse ``what`` with workers (not supported there yet)."""
         if self._front is not None:
-            raise ConfigError(f"{what} is not supported with workers >= 1 yet (docs/scaling.md)")
+            raise ConfigError(
+                f"{what} is not supported with workers >= 1 yet (docs/design/scaling.md)"
+            )
 
     async def __aexit__(
         self,

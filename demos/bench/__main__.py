@@ -14,6 +14,7 @@ BENCHMARKS = {
     "latency": "demos.bench.latency",
     "overload": "demos.bench.overload",
     "windows": "demos.bench.windows",
+    "workers": "demos.bench.workers",
 }
 
 

@@ -15,6 +15,7 @@ SMALL = {
     "windows": ("--events", "3000", "--p95-events", "2000", "--keys", "200", "--repeat", "1"),
     "joins": ("--impressions", "3000", "--clicks", "300", "--ads", "100", "--repeat", "1"),
     "enrichment": ("--events", "2000", "--merchants", "500", "--repeat", "1", "--no-real"),
+    "workers": ("--events", "3000", "--keys", "200", "--repeat", "1"),
 }
 
 

@@ -1,0 +1,164 @@
+"""``python -m demos.bench workers``: the 60 s sliding sum + mean of ``bench windows``, given
+as JSON bytes, at ``workers`` = 0, 1 and 2 (``--workers``) in one run, every update read.
+
+The input is ``bench windows``' (``make_events``: ``--events`` events over ``--keys`` keys with
+Zipf-like skew, event times 2 ms apart with up to 500 ms of backward jitter), each event
+encoded as JSON bytes beforehand. At ``workers=0`` the runtime decodes every event in the
+application's process; with workers, the application's process (the front) decodes the key
+and time fields alone, routes the bytes to the worker that owns the key's key group, and the
+worker decodes them. A consumer task reads every update with ``subscription.batches()`` and
+folds each row (key, event time, sum, mean) into a checksum (``_common.Checksum``): the
+checksums of every worker count must agree.
+
+Timed: from the first event to the last update read (the workers' start is not timed: it is
+printed apart); each case in a child process of its own, best of ``--repeat``. The speed-up
+is the case's events/s over those of ``workers=0`` in the same run. The machine's cores bound
+it: the front, the workers and the consumer share them (and with other jobs, the machine's
+load: the CPU column, the case's CPU seconds with its workers', shows the cost apart from it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import time
+from typing import Any
+
+import msgspec
+
+from actors import run
+from runtime import FeatureRuntime
+
+from ._common import (
+    Checksum,
+    Row,
+    cases_in_children,
+    check_agreement,
+    fastest,
+    freeze_input,
+    key_hashes,
+    print_table,
+    quiet_logs,
+    rate,
+    run_with_consumer,
+)
+from .windows import feature_set, make_events
+
+#: the inputs, made by the parent before its children fork
+INPUT: dict[str, Any] = {}
+
+
+async def consume(subscription: Any, checksum: Checksum) -> None:
+    """Every update of every batch, as its row ``(key, event time, total, avg)``."""
+    fold = checksum.fold
+    kh = INPUT["kh"]
+    async for batch in subscription.batches():
+        for key, t, total, avg in batch.rows:
+            fold(kh[key], t, total, avg)
+
+
+async def runtime_side(payloads: list[bytes], workers: int, shards: int, batch_size: int) -> Any:
+    rt = FeatureRuntime(
+        feature_set("sum+mean"), shards=shards, workers=workers, batch_size=batch_size
+    )
+    started = time.perf_counter()
+    start_seconds = 0.0
+
+    async def feed(rt: Any) -> None:
+        nonlocal start_seconds
+        start_seconds = time.perf_counter() - started
+        await rt.ingest_many(payloads)
+
+    result = await run_with_consumer(rt, lambda rt: rt.updates(), consume, feed)
+    result["start"] = start_seconds
+    return result
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and of its children that ended (the workers, once joined)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def _case(spec: dict[str, Any]) -> dict[str, Any]:
+    quiet_logs()
+    cpu = _cpu_seconds()
+    result = run(
+        lambda: runtime_side(INPUT["payloads"], spec["workers"], spec["shards"], spec["batch"])
+    )
+    result["cpu"] = _cpu_seconds() - cpu
+    stats = result.pop("stats")
+    result["processed"] = stats.events_processed
+    return dict(result)
+
+
+def cli(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m demos.bench workers",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--keys", type=int, default=100_000)
+    parser.add_argument("--workers", default="0,1,2", help="comma-separated worker counts (0,1,2)")
+    parser.add_argument("--shards", type=int, default=1, help="shards (per worker) (1)")
+    parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--repeat", type=int, default=2, help="runs per case, best shown (2)")
+    args = parser.parse_args(argv)
+    quiet_logs()
+    counts = [int(w) for w in args.workers.split(",")]
+    if counts[0] != 0:
+        counts.insert(0, 0)  # the speed-up is against workers=0
+    start = time.perf_counter()
+    events = make_events(args.events, args.keys, args.seed)
+    encode = msgspec.json.encode
+    INPUT["payloads"] = [encode(e) for e in events]
+    INPUT["kh"] = key_hashes({e["user"] for e in events})
+    del events
+    freeze_input()
+    print(
+        f"generated {args.events:,} events as JSON bytes in {time.perf_counter() - start:.1f}s;"
+        f" {os.cpu_count()} cores"
+    )
+    n = args.events
+    rows = []
+    base: dict[str, Any] | None = None
+    for workers in counts:
+        spec = {"workers": workers, "shards": args.shards, "batch": args.batch_size}
+        got = fastest(cases_in_children(_case, spec, args.repeat))
+        if got["processed"] != n:
+            raise SystemExit(f"workers={workers}: {got['processed']:,} events of {n:,} applied")
+        if base is None:
+            base = got
+        else:
+            check_agreement(f"workers={workers}", base["checksum"], got["checksum"])
+        rows.append(
+            Row(
+                f"workers={workers}" + (" (in-process)" if workers == 0 else ""),
+                {
+                    "events/s": rate(n, got["seconds"]),
+                    "speed-up": f"{base['seconds'] / got['seconds']:.2f}",
+                    "seconds": f"{got['seconds']:.2f}",
+                    "start": f"{got['start']:.2f} s",
+                    "CPU": f"{got['cpu']:.1f} s",
+                    "front's peak RSS": f"{got['rss']:,.0f} MiB",
+                },
+            )
+        )
+    print_table(
+        f"60 s sliding sum + mean from JSON bytes, every update read: {n:,} events,"
+        f" {args.keys:,} keys, shards={args.shards}"
+        f"{' per worker' if len(counts) > 1 else ''}, best of {args.repeat}",
+        ["events/s", "speed-up", "seconds", "start", "CPU", "front's peak RSS"],
+        rows,
+    )
+    assert base is not None
+    print(
+        f"checksums agree: {base['checksum'][1]:,} outputs, {base['checksum'][0]:#018x}."
+        " start: entering the runtime (the workers' processes starting), not timed."
+        " CPU: the case's CPU time, its workers' included (their start too), whatever the"
+        " machine's other load: what the work costs, where events/s is what it got."
+    )
