@@ -30,6 +30,7 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import anyio.to_thread
 import msgspec
 
 from actors import DeadLetterReason, DeadLetters, KeyRouter, get_logger
@@ -138,6 +139,8 @@ class WorkerFront:
         self.buffers: list[list[Any]] = [[] for _ in range(workers)]
         self._created = [0.0] * workers
         self._workers: list[_Worker] = []
+        #: every process started (or being started), by worker index
+        self._processes: list[Any] = []
         self._ids = itertools.count(1)
         #: why the front stopped working (a worker died or failed), or None
         self.failure: str | None = None
@@ -161,6 +164,7 @@ class WorkerFront:
         """
         # first in, last out: whatever happens, no process outlives the front
         stack.callback(self._kill_all)
+        stack.push_async_callback(self._close_connections)
         stack.callback(self.updates.close)
         context = multiprocessing.get_context("spawn")
         ready: dict[int, _Pending] = {}
@@ -173,16 +177,26 @@ class WorkerFront:
                 name=f"featurist-worker-{index}",
                 daemon=True,
             )
+            self._processes.append(process)  # killed at the latest when the stack closes
             try:
-                process.start()
+                # in a thread: starting a process (fork, exec, the spec written to it) takes
+                # a good part of a second on a busy machine, too long to hold the event loop
+                await anyio.to_thread.run_sync(process.start)
             except (pickle.PicklingError, AttributeError, TypeError) as exc:
                 mine.close()
                 raise ConfigError(
                     f"workers: the runtime's options cannot be sent to a worker process ({exc})"
                 ) from exc
+            except BaseException:
+                mine.close()
+                raise
             finally:
                 theirs.close()
-            conn = await Connection.of(mine, FromWorker)
+            try:
+                conn = await Connection.of(mine, FromWorker)
+            except BaseException:
+                mine.close()
+                raise
             worker = _Worker(index, process, conn)
             worker.pending[0] = ready[index] = _Pending()
             self._workers.append(worker)
@@ -224,15 +238,18 @@ class WorkerFront:
                 while worker.process.is_alive() and anyio.current_time() < grace:  # noqa: ASYNC110
                     await anyio.sleep(0.005)
         self._kill_all()
-        for worker in self._workers:
-            with anyio.CancelScope(shield=True):
+
+    async def _close_connections(self) -> None:
+        with anyio.CancelScope(shield=True):
+            for worker in self._workers:
                 await worker.conn.aclose()
 
     def _kill_all(self) -> None:
-        for worker in self._workers:
-            process = worker.process
+        for index, process in enumerate(self._processes):
+            if process.pid is None:
+                continue  # never started
             if process.is_alive():
-                _log.warning("worker_killed", worker=worker.index, pid=process.pid)
+                _log.warning("worker_killed", worker=index, pid=process.pid)
                 process.kill()
             process.join(5.0)
 

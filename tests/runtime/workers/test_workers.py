@@ -7,8 +7,11 @@ runtime."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -231,3 +234,59 @@ async def test_a_stopped_worker_holds_ingest_back_and_is_killed_at_the_shutdown_
     # the stopped worker could not stop: it was killed once the deadline had passed
     assert time.perf_counter() - started < 1.0 + 5.0
     assert not any(_alive(pid) for pid in pids)
+
+
+_HOLDER = """
+import sys
+from actors import run
+from runtime import Count, FeatureRuntime, FeatureSet
+
+async def main():
+    fs = FeatureSet(name="t", key="card", time="ts", features=[Count(name="n")])
+    async with FeatureRuntime(fs, workers=2) as rt:
+        await rt.ingest({"card": "c1", "ts": 1})
+        await rt.flush()
+        print(*rt._front.pids, flush=True)
+        sys.stdin.read()  # until the test kills this process
+
+if __name__ == "__main__":
+    run(main)
+"""
+
+
+def test_workers_exit_when_the_application_process_is_killed(tmp_path: Any) -> None:
+    script = tmp_path / "holder.py"
+    script.write_text(_HOLDER)
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    env = {**os.environ, "PYTHONPATH": root}
+    holder = subprocess.Popen(
+        [sys.executable, str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
+    )
+    try:
+        assert holder.stdout is not None
+        pids = [int(pid) for pid in holder.stdout.readline().split()]
+        assert len(pids) == 2 and all(_alive(pid) for pid in pids)
+        holder.kill()  # SIGKILL: no cleanup of its own runs
+        holder.wait(10)
+        deadline = time.monotonic() + 20
+        while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        # the workers saw their sockets close and exited (re-parented to init, which reaps)
+        assert not any(_alive(pid) for pid in pids)
+    finally:
+        holder.kill()
+        holder.wait(10)
+        if holder.stdin is not None:
+            holder.stdin.close()
+        if holder.stdout is not None:
+            holder.stdout.close()
+
+
+@pytest.mark.parametrize("after", [0.0, 0.2, 0.6])
+async def test_a_start_cancelled_half_way_leaves_no_process(after: float) -> None:
+    with anyio.move_on_after(after):
+        async with FeatureRuntime(FEATURE_SET, workers=2) as rt:
+            await rt.ingest_many(_events(10))
+            await anyio.sleep(10)
+    workers = [p for p in multiprocessing.active_children() if p.name.startswith("featurist-")]
+    assert workers == []
