@@ -224,7 +224,8 @@ class WorkerFront:
         ``deadline`` (``anyio.current_time()``); a worker still running then is killed."""
         with anyio.move_on_after(max(deadline - anyio.current_time(), 0.0)):
             if self.failure is None:
-                await self.send_all()
+                with suppress(RuntimeClosed):  # a worker died: the others still stop
+                    await self.send_all()
             for worker in self._workers:
                 if not worker.ended.is_set():
                     # after a failure too: the workers alive stop cleanly
@@ -450,7 +451,10 @@ class WorkerFront:
             due = time.perf_counter() - linger
             for index, buffer in enumerate(self.buffers):
                 if buffer and self._created[index] <= due:
-                    await self.send(index)
+                    try:
+                        await self.send(index)
+                    except RuntimeClosed:
+                        return  # a worker died: the next call says so
 
     # -- reading -----------------------------------------------------------------------------
     async def flush(self) -> None:
