@@ -1,7 +1,8 @@
 """Shards in worker processes give the same results as in-process shards: for workers in
 {0, 1, 2} times shards in {1, 4}, on random out-of-order streams over many keys, keyed
-aggregates and sliding windows give identical ``get`` values and, per key and group, the
-identical stream of updates.
+aggregates, sliding windows and a tumbling window (whose closes are rows of another kind)
+give identical ``get`` values and, per key and group, the identical stream of updates (each
+with its kind and window).
 
 The six runtimes are started once for the module (process starts cost) and every example
 ingests keys of its own (a prefix per example): a key's results depend on its own events
@@ -20,7 +21,7 @@ import pytest
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 from hypothesis import HealthCheck, given, settings
 
-from runtime import Count, FeatureRuntime, FeatureSet, Last, Max, Mean, Sliding, Sum
+from runtime import Count, FeatureRuntime, FeatureSet, Last, Max, Mean, Sliding, Sum, Tumbling
 
 FEATURE_SET = FeatureSet(
     name="w",
@@ -36,6 +37,8 @@ FEATURE_SET = FeatureSet(
         Sum(name="w_sum", field="amount", window=Sliding(size=500)),
         Mean(name="w_avg", field="amount", window=Sliding(size=500)),
         Count(name="w_n", window=Sliding(size=500)),
+        # a tumbling window's closes travel as rows of another kind (the batch's extras)
+        Sum(name="t_sum", field="amount", window=Tumbling(size=700)),
     ],
 )
 SETTINGS = [(0, 1), (0, 4), (1, 1), (1, 4), (2, 1), (2, 4)]
@@ -105,3 +108,17 @@ def test_workers_and_shards_give_identical_values_and_updates(
             continue
         assert got[0] == reference[0], f"get values differ at workers, shards = {setting}"
         assert got[1] == reference[1], f"updates differ at workers, shards = {setting}"
+
+
+def test_window_closes_travel_back_from_the_workers_alike(
+    runtimes: tuple[BlockingPortal, list[Any]],
+) -> None:
+    portal, started = runtimes
+    stream = [
+        {"card": "closes", "ts": ts, "amount": amount}
+        for ts, amount in ((1_000_100, 1), (1_000_200, 2), (1_000_900, 4), (1_001_500, 8))
+    ]
+    results = [portal.call(_results, rt, sub, stream, ["closes"]) for rt, sub in started]
+    kinds = [u[3] for updates in results[0][1].values() for u in updates]
+    assert kinds.count("close") == 2  # the windows [999_600, 1_000_300) and up to 1_001_000
+    assert all(got == results[0] for got in results[1:])
