@@ -402,6 +402,14 @@ class DimensionCache:
         """Store the row fetched for ``key`` at ``now`` (replacing what was held: a row or a
         missing entry); it becomes the most recently used, and refresh-ahead is re-armed.
         Storing a new key into a full cache evicts the least recently used entry."""
+        entries = self._entries
+        if self._max_bytes is None and key not in entries:
+            # the usual store: a new key, no bytes to measure (each fetched row comes here)
+            entries[key] = _Entry(value, now, False, 0)
+            if len(entries) > self._capacity:
+                entries.popitem(last=False)
+                self._evictions += 1
+            return
         self._store(key, value, now, False)
 
     def put_missing(self, key: Hashable, now: float) -> None:

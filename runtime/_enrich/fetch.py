@@ -472,6 +472,10 @@ class Fetcher:
     def _take_rows(self, rows: dict[Hashable, Any], answers: dict[Hashable, object]) -> None:
         """Answer the keys a call returned (``NOT_FOUND`` for those it left out)."""
         for key, value in rows.items():
+            if value.__class__ is dict:  # a row, the usual answer (what checked_row passes)
+                self._keys_found += 1
+                answers[key] = value
+                continue
             if value is NOT_FOUND:
                 self._keys_missing += 1
                 answers[key] = value
