@@ -1406,13 +1406,14 @@ def _end_then_start(item: tuple[int, int, Any]) -> tuple[int, int]:
 # -- the compiled path of sliding windows ----------------------------------------------------
 #
 # An engine whose windows are all sliding (no tumbling, hopping or session frame, no sequence,
-# no zscore) with nothing closing ever, is compiled into one function, as the keyed kernel
+# no zscore: no window ever closes) is compiled into one function, as the keyed kernel
 # compiles its groups (``runtime/_keyed/kernel.py``): per event, one dict lookup for the key,
 # then straight-line code per buffer (read, check, evict, add) and per feature (its value, read
 # from the buffer's state in place), and the output row ``(key, t, *values)``. It does what the
-# generic loop does, operation for operation (same floats, same order), for every event but
-# the rare ones: an event to drop, set aside or apply late, and one for a key quiet long enough
-# to be brought up to the wall clock, go through the generic loop, one at a time.
+# generic loop does with the same floats in the same order (``tests/runtime/windows/
+# test_compiled.py`` holds the two to the bit), for every event but the rare ones: an event to
+# drop, set aside or apply late, and one for a key quiet long enough to be brought up to the
+# wall clock, go through the generic loop, one at a time, in their place.
 #
 # User input never becomes source text: fields, conditions and features are bound in the
 # function's namespace under generated names.
