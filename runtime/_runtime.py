@@ -628,7 +628,8 @@ class FeatureRuntime:
 
     async def _front_ingest(self, events: Iterable[Any], offset: Any) -> int:
         """``ingest_many`` with workers: route each chunk of ``batch_size`` events to the
-        workers' buffers, and send the full ones (waiting while a worker's socket is full)."""
+        workers' buffers, and send the full ones and those of idle workers (waiting while a
+        worker's socket is full)."""
         front = self._front
         assert front is not None
         progress = self._progress
@@ -645,7 +646,7 @@ class FeatureRuntime:
                     return accepted
                 accepted += front.route(chunk)
                 progress.position += len(chunk)
-                await front.send_full()
+                await front.send_due()
                 if not self._running:
                     raise RuntimeClosed(
                         f"the runtime is shutting down; {accepted} events of this call were "

@@ -6,8 +6,10 @@ worker decodes them; any other event is read and checked here in full, as ``inge
 in-process), checks the key and time, maps the key to its key group and the key group to a
 worker (``KeyRouter(shards=workers)``: contiguous ranges of key groups, the function
 checkpoints split state by), and appends the event to that worker's buffer. A buffer leaves
-as one :class:`Events` frame at ``batch_size`` events, after ``linger``, or before a read, a
-flush or the shutdown. Sending waits while the worker's socket is full: backpressure.
+as one :class:`Events` frame at once when the worker has no frame in flight (it answers each
+with :class:`Taken`: latency first, as in-process), at ``batch_size`` events while it is busy,
+after ``linger``, or before a read, a flush or the shutdown. Sending waits while the worker's
+socket is full: backpressure.
 
 A reader task per worker takes what the worker sends: update batches, republished to the
 front's own hub as ``UpdateBatch``\\ es (so ``rt.updates()`` reads them as in-process), events
@@ -49,6 +51,7 @@ from .protocol import (
     Reply,
     Stop,
     Stopped,
+    Taken,
     Updates,
 )
 from .stats import merge_statistics
@@ -79,7 +82,7 @@ class _Pending:
 class _Worker:
     """The front's view of one worker process."""
 
-    __slots__ = ("conn", "ended", "index", "pending", "pid", "process", "stopped")
+    __slots__ = ("conn", "ended", "in_flight", "index", "pending", "pid", "process", "stopped")
 
     def __init__(self, index: int, process: Any, conn: Connection) -> None:
         self.index = index
@@ -90,6 +93,8 @@ class _Worker:
         self.pending: dict[int, _Pending] = {}
         #: True once the worker said :class:`Stopped`
         self.stopped = False
+        #: :class:`Events` frames sent that the worker has not yet said it took in
+        self.in_flight = 0
         #: set when the front's reader of this worker ended (stopped, died or cancelled)
         self.ended = anyio.Event()
 
@@ -147,6 +152,8 @@ class WorkerFront:
         self.ingested = 0
         self.rejected = 0
         self._key_time = _key_time_decoder(reader)
+        #: set to wake the flusher before its time (made in ``start``, on the event loop)
+        self._wake: anyio.Event | None = None
 
     @property
     def pids(self) -> list[int | None]:
@@ -166,6 +173,7 @@ class WorkerFront:
         stack.callback(self._kill_all)
         stack.push_async_callback(self._close_connections)
         stack.callback(self.updates.close)
+        self._wake = anyio.Event()
         context = multiprocessing.get_context("spawn")
         ready: dict[int, _Pending] = {}
         for index in range(self.workers):
@@ -295,7 +303,12 @@ class WorkerFront:
         try:
             while True:
                 message = await conn.receive()
-                if isinstance(message, Updates):
+                if message.__class__ is Taken:
+                    worker.in_flight -= 1
+                    wake = self._wake
+                    if not worker.in_flight and self.buffers[worker.index] and wake is not None:
+                        wake.set()  # the flusher sends what waits for the idle worker
+                elif isinstance(message, Updates):
                     await publish(
                         UpdateBatch(
                             message.group,
@@ -429,13 +442,18 @@ class WorkerFront:
         if not buffer:
             return
         self.buffers[index] = []
-        await self._send(self._workers[index], Events(buffer, self.updates.active))
+        worker = self._workers[index]
+        worker.in_flight += 1
+        await self._send(worker, Events(buffer, self.updates.active))
 
-    async def send_full(self) -> None:
-        """Send the buffers of ``batch_size`` events or more."""
+    async def send_due(self) -> None:
+        """Send the buffers of ``batch_size`` events or more, and any buffer of a worker
+        with no frame in flight (latency first, as in-process a partial batch leaves at once
+        for idle actors: while the worker is busy, its buffer grows)."""
         size = self.batch_size
+        workers = self._workers
         for index, buffer in enumerate(self.buffers):
-            if len(buffer) >= size:
+            if buffer and (len(buffer) >= size or not workers[index].in_flight):
                 await self.send(index)
 
     async def send_all(self) -> None:
@@ -443,14 +461,20 @@ class WorkerFront:
             await self.send(index)
 
     async def _flusher(self) -> None:
+        """Send the buffers older than ``linger``, and those of idle workers when one says
+        it took its last frame in."""
         linger = self.linger
+        workers = self._workers
         while True:
-            await anyio.sleep(linger / 2)
+            with anyio.move_on_after(linger / 2):
+                assert self._wake is not None
+                await self._wake.wait()
+            self._wake = anyio.Event()
             if self.failure is not None:
                 return
             due = time.perf_counter() - linger
             for index, buffer in enumerate(self.buffers):
-                if buffer and self._created[index] <= due:
+                if buffer and (self._created[index] <= due or not workers[index].in_flight):
                     try:
                         await self.send(index)
                     except RuntimeClosed:

@@ -11,7 +11,8 @@ of the stream at once.
 Front to worker: :class:`Events` (a batch of events of the worker's key groups), :class:`Call`
 (a request answered by a :class:`Reply` of the same ``id``), :class:`Stop`. Worker to front:
 :class:`Reply`, :class:`Updates` (one ``UpdateBatch`` of the worker's runtime), :class:`Rejected`
-(events the worker's reader refused), :class:`Stopped`.
+(events the worker's reader refused), :class:`Taken` (an :class:`Events` frame was taken
+in), :class:`Stopped`.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ __all__ = [
     "Reply",
     "Stop",
     "Stopped",
+    "Taken",
     "Updates",
 ]
 
@@ -93,8 +95,13 @@ class Stopped(msgspec.Struct, array_like=True, tag=6):
     """The worker's runtime stopped; the worker exits."""
 
 
+class Taken(msgspec.Struct, array_like=True, tag=7):
+    """The worker took an :class:`Events` frame in (its runtime accepted the events): the
+    front sends a partial buffer at once to a worker with no frame in flight."""
+
+
 FromFront = Events | Call | Stop
-FromWorker = Reply | Updates | Rejected | Stopped
+FromWorker = Reply | Updates | Rejected | Stopped | Taken
 
 _HEADER = 4
 #: the largest frame accepted: a batch of events is far smaller

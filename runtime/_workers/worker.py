@@ -27,12 +27,24 @@ import msgspec
 
 from actors import DeadLetterReason, get_logger, run
 
-from .protocol import Call, Connection, Events, FromFront, Rejected, Reply, Stop, Stopped, Updates
+from .protocol import (
+    Call,
+    Connection,
+    Events,
+    FromFront,
+    Rejected,
+    Reply,
+    Stop,
+    Stopped,
+    Taken,
+    Updates,
+)
 
 __all__ = ["WorkerSpec", "main", "serve"]
 
 _log = get_logger("featurist.worker")
 _encode = msgspec.msgpack.encode
+_TAKEN = Taken()
 
 
 @dataclass(frozen=True)
@@ -121,6 +133,7 @@ class _Worker:
         if refused:
             letters = self._rt.dead_letters.letters(DeadLetterReason.REJECTED)[-refused:]
             await self._conn.send(Rejected([(letter.message, letter.detail) for letter in letters]))
+        await self._conn.send(_TAKEN)
 
     async def _subscribe(self, on: bool, tasks: anyio.abc.TaskGroup) -> None:
         if on:

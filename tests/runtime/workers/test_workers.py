@@ -290,3 +290,27 @@ async def test_a_start_cancelled_half_way_leaves_no_process(after: float) -> Non
             await anyio.sleep(10)
     workers = [p for p in multiprocessing.active_children() if p.name.startswith("featurist-")]
     assert workers == []
+
+
+async def test_an_event_for_an_idle_worker_leaves_at_once() -> None:
+    # linger of an hour: only the idle worker's answer can send a lone event on
+    async with FeatureRuntime(FEATURE_SET, workers=2, linger=3600) as rt:
+        subscription = rt.updates()
+        for i, event in enumerate(_events(20)):
+            assert await rt.ingest(event)
+            with anyio.fail_after(10):
+                update = await anext(aiter(subscription))
+            assert (update.key, update.event_time) == (event["card"], event["ts"]), i
+            with anyio.fail_after(10):
+                await anext(aiter(subscription))  # the windowed group's
+        # an event that came while its worker was busy leaves once the worker took its frame
+        # in, with no call after it
+        first, second = _events(2, keys=1)
+        first["ts"] = second["ts"] = T0 + 1_000
+        assert await rt.ingest(first) and await rt.ingest(second)
+        seen = []
+        with anyio.fail_after(10):
+            async for update in subscription:
+                seen.append(update.event_time)
+                if len(seen) == 4:
+                    break
