@@ -65,8 +65,11 @@ class SortedValues:
 
     def __init__(self, values: Iterable[Any] = ()) -> None:
         # sortedcontainers ships no type information: the list stays ``Any`` inside this class.
+        if values.__class__ is tuple and not values:  # a new window (one per key): first
+            self._values: Any = []
+            return
         held = sorted(values)
-        self._values: Any = SortedList(held) if len(held) > self.LIST_LIMIT else held
+        self._values = SortedList(held) if len(held) > self.LIST_LIMIT else held
 
     def __len__(self) -> int:
         return len(self._values)

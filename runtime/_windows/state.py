@@ -209,13 +209,14 @@ class SlidingState(_ValueReaders):
         self.sketch = QuantileSketch(needs.sketch) if needs.sketch is not None else None
         self.frequent = FrequentValues() if needs.frequent else None
         self.distinct = DistinctWindowCount() if needs.distinct else None
+        trackers = needs.trackers
         #: the structures that add and remove each value, so a plain count or sum checks none
         self.trackers: tuple[Any, ...] = ()
         #: no structure beside the deque and the sum: the engine appends in line
-        self.plain = not needs.trackers and not needs.extremes
+        self.plain = not trackers and not needs.extremes
         #: values evicted since the sums were last recomputed from the values held
         self.removed = 0
-        if needs.trackers:
+        if trackers:
             held = (self.moments, self.values, self.sketch, self.frequent, self.distinct)
             self.trackers = tuple([tracker for tracker in held if tracker is not None])
 
