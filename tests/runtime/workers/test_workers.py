@@ -107,6 +107,10 @@ async def test_the_api_works_with_workers_and_bad_events_go_to_the_front_dead_le
         stats = await rt.statistics()
         assert (stats.events_ingested, stats.events_rejected) == (300, 5)
         assert stats.events_processed == 300 and stats.keys == 10 and stats.shards == 4
+        # the windows' part is summed too, and the bytes per key made again from the sums
+        assert stats.windows is not None and stats.windows.keys == 10
+        assert stats.windows.events_held == 300
+        assert stats.windows.state_bytes_per_key == stats.windows.state_bytes / 10
         letters = rt.dead_letters.letters(DeadLetterReason.REJECTED)
         assert len(letters) == 5
         details = " | ".join(letter.detail for letter in letters)
