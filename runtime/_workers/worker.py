@@ -1,7 +1,8 @@
 """A worker process: a runtime of its own over the key groups the front sends it.
 
-:func:`main` is the process's target (``multiprocessing``'s ``spawn``: a fresh interpreter, so
-no event loop or lock of the application's process is inherited). It runs :func:`serve` on
+:func:`main` is the process's target (``multiprocessing``'s ``forkserver``: forked from a
+server process that imported the runtime, so no event loop or lock of the application's
+process is inherited). It runs :func:`serve` on
 its own event loop (uvloop where it is installed): make the runtime from the
 :class:`WorkerSpec`, enter it, say so (a :class:`Reply` of id 0), then take the front's frames
 in order. Events go to ``ingest_many``; while the front has subscribers, a forwarder task reads
@@ -49,7 +50,7 @@ _TAKEN = Taken()
 
 @dataclass(frozen=True)
 class WorkerSpec:
-    """What a worker process is given (pickled by ``spawn``)."""
+    """What a worker process is given (pickled, sent to the process that forks it)."""
 
     #: the worker's index, in ``range(workers)``
     index: int

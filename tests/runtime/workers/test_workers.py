@@ -250,7 +250,8 @@ async def main():
     async with FeatureRuntime(fs, workers=2) as rt:
         await rt.ingest({"card": "c1", "ts": 1})
         await rt.flush()
-        print(*rt._front.pids, flush=True)
+        from multiprocessing import forkserver
+        print(*rt._front.pids, forkserver._forkserver._forkserver_pid, flush=True)
         sys.stdin.read()  # until the test kills this process
 
 if __name__ == "__main__":
@@ -268,14 +269,15 @@ def test_workers_exit_when_the_application_process_is_killed(tmp_path: Any) -> N
     )
     try:
         assert holder.stdout is not None
+        # the two workers, and the server they were forked from
         pids = [int(pid) for pid in holder.stdout.readline().split()]
-        assert len(pids) == 2 and all(_alive(pid) for pid in pids)
+        assert len(pids) == 3 and all(_alive(pid) for pid in pids)
         holder.kill()  # SIGKILL: no cleanup of its own runs
         holder.wait(10)
         deadline = time.monotonic() + 20
         while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
             time.sleep(0.05)
-        # the workers saw their sockets close and exited (re-parented to init, which reaps)
+        # the workers saw their sockets close and exited, and so did the fork server
         assert not any(_alive(pid) for pid in pids)
     finally:
         holder.kill()
