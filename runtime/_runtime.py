@@ -92,7 +92,7 @@ class FeatureRuntime:
             on this process's event loop). With ``workers >= 1`` each worker process runs
             ``shards`` shard actors on its own event loop over a fixed share of the key
             groups, and this process only routes events to them and republishes their
-            updates (``docs/design/scaling.md``). So far: keyed aggregates and windowed
+            updates (``docs/scaling.md``). So far: keyed aggregates and windowed
             features of one stream, with ``ingest``, ``ingest_many``, ``flush``, ``get``,
             ``get_many``, ``updates`` and ``statistics``; the rest raises
             :class:`ConfigError` naming it.
@@ -426,7 +426,7 @@ class FeatureRuntime:
         """Refuse ``what`` with workers (not supported there yet)."""
         if self._front is not None:
             raise ConfigError(
-                f"{what} is not supported with workers >= 1 yet (docs/design/scaling.md)"
+                f"{what} is not supported with workers >= 1 yet (docs/scaling.md)"
             )
 
     async def __aexit__(
