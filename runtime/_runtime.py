@@ -363,24 +363,10 @@ class FeatureRuntime:
         except BaseException:
             await stack.__aexit__(None, None, None)
             raise
-        self._stack = stack
-        self._running = True
-        self._observer.started_at = time.time()
-        _log.info(
-            "runtime_started",
-            feature_set=self.feature_set.name,
-            features=len(self.feature_set.features),
-            shards=self.shards,
-            batch_size=self.batch_size,
-        )
-        return self
+        return self._started(stack)
 
-    async def _enter_front(self, stack: AsyncExitStack, front: WorkerFront) -> FeatureRuntime:
-        try:
-            await front.start(stack)
-        except BaseException:
-            await stack.__aexit__(None, None, None)
-            raise
+    def _started(self, stack: AsyncExitStack) -> FeatureRuntime:
+        """Mark the runtime as running (in process or over workers), and say so."""
         self._stack = stack
         self._running = True
         self._observer.started_at = time.time()
@@ -393,6 +379,14 @@ class FeatureRuntime:
             batch_size=self.batch_size,
         )
         return self
+
+    async def _enter_front(self, stack: AsyncExitStack, front: WorkerFront) -> FeatureRuntime:
+        try:
+            await front.start(stack)
+        except BaseException:
+            await stack.__aexit__(None, None, None)
+            raise
+        return self._started(stack)
 
     async def _exit_front(
         self,
@@ -425,9 +419,7 @@ class FeatureRuntime:
     def _local(self, what: str) -> None:
         """Refuse ``what`` with workers (not supported there yet)."""
         if self._front is not None:
-            raise ConfigError(
-                f"{what} is not supported with workers >= 1 yet (docs/scaling.md)"
-            )
+            raise ConfigError(f"{what} is not supported with workers >= 1 yet (docs/scaling.md)")
 
     async def __aexit__(
         self,
