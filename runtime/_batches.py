@@ -10,6 +10,9 @@ reads one update at a time keeps working and code that reads columns pays for no
 Every batch is a sized, sliceable sequence (``len(batch)``, ``batch[i:j]`` is a batch of the same
 type): a subscription's buffer counts events, not batches, and splits a batch that would
 overflow it. Per-feature latency and ``processed_at`` belong to the batch, not to each event.
+
+One batch object goes to every subscription of its output: read it, do not change it (its
+lists, and the event dicts it holds, are shared).
 """
 
 from __future__ import annotations
