@@ -41,6 +41,11 @@ def _reindex(by_position: dict[int, Any] | None, start: int, stop: int) -> dict[
     return kept or None
 
 
+def _transpose(rows: list[tuple[Any, ...]], width: int) -> list[tuple[Any, ...]]:
+    """The columns of ``rows`` (tuples of ``width`` items), made in C once a column is read."""
+    return list(zip(*rows, strict=True)) if rows else [()] * width
+
+
 def _bounds(index: slice, size: int) -> tuple[int, int]:
     start, stop, step = index.indices(size)
     if step != 1:
@@ -104,13 +109,9 @@ class UpdateBatch:
         return f"UpdateBatch(group={self.group!r}, events={len(self.rows)})"
 
     def _transposed(self) -> list[tuple[Any, ...]]:
-        columns = self._columns
-        if columns is None:
-            if self.rows:
-                columns = self._columns = list(zip(*self.rows, strict=True))
-            else:
-                columns = self._columns = [() for _ in range(len(self.names) + 2)]
-        return columns
+        if self._columns is None:
+            self._columns = _transpose(self.rows, len(self.names) + 2)
+        return self._columns
 
     @property
     def keys(self) -> tuple[Any, ...]:
@@ -338,7 +339,7 @@ class EnrichedBatch:
 
     def _transposed(self) -> list[tuple[Any, ...]]:
         if self._columns is None:
-            self._columns = list(zip(*self.rows, strict=True)) if self.rows else [(), (), ()]
+            self._columns = _transpose(self.rows, 3)
         return self._columns
 
     @property

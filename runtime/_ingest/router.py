@@ -20,7 +20,7 @@ from .._exceptions import InvalidEvent
 from .._messages import Batch
 from .events import PLAIN_VALUES, EventReader, Keeps
 
-__all__ = ["Ingest"]
+__all__ = ["Ingest", "record_rejected"]
 
 _log = get_logger("featurist.ingest")
 
@@ -381,13 +381,7 @@ class Ingest:
 
     def reject(self, payload: Any, error: InvalidEvent) -> None:
         self.rejected += 1
-        self._dead_letters.record(
-            payload,
-            "featurist/ingest",
-            DeadLetterReason.REJECTED,
-            error=error,
-            detail=str(error),
-        )
+        record_rejected(self._dead_letters, payload, error)
 
     async def send(self, shard: int, *, partial: bool = True) -> None:
         """Send the shard's buffer to every group's actor of the shard.
@@ -486,3 +480,15 @@ class Ingest:
                     detail="accepted, but not sent to its shard before the shutdown deadline",
                 )
         _log.warning("shutdown_deadline_passed_with_unsent_events")
+
+
+def record_rejected(dead_letters: Any, payload: Any, error: InvalidEvent) -> None:
+    """Put an event that ingest refused in dead letters, with its reason: the one way every
+    front of the runtime (this router, the worker front) records a refused event."""
+    dead_letters.record(
+        payload,
+        "featurist/ingest",
+        DeadLetterReason.REJECTED,
+        error=error,
+        detail=str(error),
+    )

@@ -35,11 +35,12 @@ import anyio.abc
 import anyio.to_thread
 import msgspec
 
-from actors import DeadLetterReason, DeadLetters, KeyRouter, get_logger
+from actors import DeadLetters, KeyRouter, get_logger
 
 from .._batches import UpdateBatch
 from .._exceptions import ConfigError, InvalidEvent, RuntimeClosed, UnknownFeature
 from .._ingest.events import EventReader
+from .._ingest.router import record_rejected
 from .._results import FeatureVector, RuntimeStatistics
 from .._updates import UpdateHub
 from .protocol import (
@@ -429,13 +430,7 @@ class WorkerFront:
 
     def _reject(self, payload: Any, error: InvalidEvent) -> None:
         self.rejected += 1
-        self._dead_letters.record(
-            payload,
-            "featurist/ingest",
-            DeadLetterReason.REJECTED,
-            error=error,
-            detail=str(error),
-        )
+        record_rejected(self._dead_letters, payload, error)
 
     async def send(self, index: int) -> None:
         """Send worker ``index``'s buffer, if any (waits while its socket is full)."""
