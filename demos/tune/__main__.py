@@ -1,24 +1,35 @@
-"""The shard-count tuner: a demo's workload through featurist's FeatureRuntime at several
-settings, measured, charted, and a setting recommended.
+"""The tuner: a demo's workload through featurist's FeatureRuntime at every setting of a grid
+of worker processes and shards, each run several times, measured, charted, and a setting
+recommended.
 
-Each setting runs in a fresh process of its own: it simulates the workload's events (the same
-for every setting), starts the runtime, loads its caches, then hands it the events with
-ingest_many as fast as it takes them and waits until every one is applied. It measures the
-throughput, the ingest-to-update latency (p50, p99), the deepest actor mailbox (sampled while
-it runs) and the process's peak RSS.
+The grid is --workers x --shards (0,1,2 x 1,2,4 by default; --batch-size and --mailbox may
+list several values too). Each run is a fresh process of its own: it simulates the
+workload's events (the same for every run), starts the runtime, subscribes a consumer to
+every update and offers the events for --duration seconds: as fast as the runtime takes them
+(flat out), or at --rate events/s (open loop: each millisecond's events handed over when they
+are due, whatever the runtime's state). It measures the events applied per second up to the
+last output read, and the ingest-to-update latency of every output read (p50, p99). Each
+setting runs --repeat times (3), the settings in turn each round, and the table shows the
+median and the range (slowest to fastest run).
 
-The sweep goes over one option, the one given several values: --shards (1,2,4,8,16 when no
-option lists several), --batch-size or --mailbox; the others keep one value (4 shards,
-batches of 512, mailboxes of 16 batches: the runtime's defaults). The summary is a table, a
-PNG chart of throughput and latency against the swept option (--chart), and the recommended
-setting: the smallest within 5% of the best throughput whose p99 is at most 25% above the
-lowest p99 of those (or at most --max-p99), with the reason in numbers. --json prints it as
-JSON for scripts.
+A run with fewer than 20,000 events or shorter than a second, or a setting whose runs
+disagree (events/s spread over 25% of the median, or one p99 over twice another), is flagged:
+its figures are not to be trusted as they are (run longer or on a quieter machine).
+
+The recommendation: without --rate, the setting with the highest median events/s; with
+--rate, of the settings that sustain it (most of their runs achieved at least 95% of the
+rate: every output read back within about 5% of the run's length after the last event was
+due), the one with the lowest median p99; the reason is printed with its numbers. --json
+prints the summary as JSON for scripts.
+
+Worker processes run keyed aggregates and windowed features of one stream only, for now: for
+the workloads with joins or lookups (fraud, ads), the grid keeps workers 0 and says why.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
 import time
@@ -38,33 +49,35 @@ from .._cli import (
     count_list,
     run_command,
 )
-from .._render import (
-    CountColumn,
-    RateColumn,
-    format_bytes,
-    format_ms,
-    label,
-    progress_display,
-)
+from .._render import CountColumn, RateColumn, format_ms, label, progress_display
 from .measure import RunFailed, Setting, run_in_child
 from .report import OPTIONS, combine, recommend, render
-from .workloads import WORKLOADS
+from .report import label as setting_label
+from .workloads import WORKLOADS, workers_refused
 
 PROG = "python -m demos.tune"
-#: Events a run by default: the default sweep (5 settings) takes about a minute on 2 CPUs.
-EVENTS = 200_000
-#: The shard counts swept when no option lists several values.
-DEFAULT_SHARDS = [1, 2, 4, 8, 16]
-#: The value of each option that is not swept and not given: the runtime's defaults.
-DEFAULTS = {"shards": 4, "batch_size": 512, "mailbox_capacity": 16}
-#: The most shards (the runtime's key groups).
+#: The most events a run offers (the simulated stream): enough for 2 s flat out on 2 CPUs.
+EVENTS = 300_000
+#: The grid's values when not given.
+DEFAULTS = {
+    "workers": [0, 1, 2],
+    "shards": [1, 2, 4],
+    "batch_size": [512],
+    "mailbox_capacity": [16],
+}
+#: Runs of each setting by default.
+REPEAT = 3
+#: Seconds a run offers events by default.
+DURATION = 2.0
+#: The most shards (the runtime's key groups) and workers.
 MAX_SHARDS = 256
+MAX_WORKERS = 64
 
 
 def _progress(console: Console, *, disable: bool) -> Progress:
     return progress_display(
         console,
-        label(26),
+        label(30),
         TextColumn("{task.fields[phase]:<13}"),
         BarColumn(bar_width=12),
         CountColumn(9),
@@ -74,23 +87,30 @@ def _progress(console: Console, *, disable: bool) -> Progress:
     )
 
 
-def _line(name: str, value: int, result: dict[str, Any]) -> str:
+def _line(name: str, result: dict[str, Any]) -> str:
     rate = result["events_per_second"] or 0.0
-    p50, p99 = result["latency_p50_ms"], result["latency_p99_ms"]
-    peak = format_bytes(result["peak_rss_bytes"])
-    return (
-        f"{name} {value}: {rate:,.0f} events/s, p50 {format_ms(p50)}, p99 {format_ms(p99)}, "
-        f"max depth {result['max_mailbox_depth']}, peak RSS {peak}"
+    text = (
+        f"{name}: {rate:,.0f} events/s over {result['seconds']:.2f} s, "
+        f"p50 {format_ms(result['latency_p50_ms'])}, p99 {format_ms(result['latency_p99_ms'])}"
     )
+    if result["kept_up"] is not None:
+        text += ", kept up" if result["kept_up"] else ", fell behind"
+    return text
+
+
+def grid(args: argparse.Namespace) -> list[dict[str, int]]:
+    """Every setting of ``args.grid``, workers varying slowest (then shards, ...)."""
+    keys = list(OPTIONS)
+    return [
+        dict(zip(keys, values, strict=True))
+        for values in itertools.product(*(args.grid[key] for key in keys))
+    ]
 
 
 async def sweep(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
     """Run every setting ``args.repeat`` times (the settings in turn, then again), each run in
     a child process; return the summary as plain data."""
-    swept = args.swept
-    option, name = OPTIONS[swept]
-    values = args.settings[swept]
-    settings = [{**args.fixed, swept: value} for value in values]
+    settings = grid(args)
     runs: list[list[dict[str, Any]]] = [[] for _ in settings]
     total = len(settings) * args.repeat
     started = time.perf_counter()
@@ -98,11 +118,14 @@ async def sweep(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
     for _ in range(args.repeat):
         for index, setting in enumerate(settings):
             done += 1
-            title = f"{option} {setting[swept]} ({done}/{total})"
-            task = progress.add_task(title, total=args.events, phase="starting")
+            name = setting_label(setting, args.varied)
+            wanted = args.events if args.rate is None else round(args.rate * args.duration)
+            task = progress.add_task(
+                f"{name} ({done}/{total})", total=min(args.events, wanted), phase="starting"
+            )
 
             def report(kind: str, value: Any, task: Any = task) -> None:
-                if kind == "phase" and value == "ingesting":
+                if kind == "phase" and value not in ("simulating", "statistics"):
                     progress.reset(task, phase=value)  # the time and the rate start now
                 elif kind == "phase":
                     if value == "statistics":
@@ -117,30 +140,33 @@ async def sweep(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
                         workload=args.workload,
                         events=args.events,
                         seed=args.seed,
+                        duration=args.duration,
+                        rate=args.rate,
                         **setting,
                     ),
                     report,
                 )
             except RunFailed as exc:
-                raise SystemExit(f"{PROG}: {name} {setting[swept]}: {exc}") from None
+                raise SystemExit(f"{PROG}: {name}: {exc}") from None
             progress.remove_task(task)
             if not progress.disable:
-                progress.console.print(_line(name, setting[swept], result), highlight=False)
+                progress.console.print(_line(name, result), highlight=False)
             runs[index].append(result)
     results = [combine(setting, found) for setting, found in zip(settings, runs, strict=True)]
     summary: dict[str, Any] = {
         "workload": args.workload,
         "description": WORKLOADS[args.workload].description,
+        "workers_refused": args.workers_refused,
         "events": args.events,
+        "duration": args.duration,
+        "rate": args.rate,
         "seed": args.seed,
         "repeat": args.repeat,
         "cpus": os.cpu_count(),
-        "swept": swept,
-        "option": option,
-        "values": values,
-        "fixed": args.fixed,
+        "grid": args.grid,
+        "varied": args.varied,
         "results": results,
-        "recommendation": recommend(results, swept, args.max_p99),
+        "recommendation": recommend(results, args.rate, args.varied),
         "chart": None,
         "seconds": 0.0,
     }
@@ -158,70 +184,84 @@ async def sweep(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
 # -- command line -------------------------------------------------------------------------------
 
 
-def _positive_ms(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected milliseconds, got {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be > 0 ms, got {text}")
-    return value
+def _positive(unit: str) -> Any:
+    def parse(text: str) -> float:
+        try:
+            value = float(text.replace("_", ""))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {unit}, got {text!r}") from None
+        if not 0 < value < float("inf"):
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+
+    return parse
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argument_parser(PROG, __doc__, "--shards 1,2,4,8,16 --workload fraud")
+    parser = argument_parser(PROG, __doc__, "--workers 0,2 --shards 1,4 --rate 50_000")
     work = parser.add_argument_group("workload")
     work.add_argument(
         "--workload",
         choices=sorted(WORKLOADS),
-        default="fraud",
+        default="cards",
         help="the demo whose events and features run: "
         + "; ".join(f"{w.name}: {w.description}" for w in WORKLOADS.values())
-        + " (fraud)",
+        + " (cards)",
     )
     work.add_argument(
         "--events",
         type=count(1),
         default=EVENTS,
         metavar="N",
-        help=f"events a run ({EVENTS:,})",
+        help=f"the most events a run offers: the simulated stream ({EVENTS:,})",
     )
     add_seed(work, "events")
-    sweep_ = parser.add_argument_group(
-        "sweep",
-        "Each takes values separated by commas; one of them may list several, the sweep.",
+    grid_ = parser.add_argument_group(
+        "grid", "Each takes values separated by commas; the sweep runs every combination."
     )
-    sweep_.add_argument(
+    grid_.add_argument(
+        "--workers",
+        type=count_list(0, MAX_WORKERS),
+        metavar="N,...",
+        help="worker processes; 0: in the application's process (0,1,2)",
+    )
+    grid_.add_argument(
         "--shards",
         type=count_list(1, MAX_SHARDS),
         metavar="N,...",
-        help="shard actors per feature group (1,2,4,8,16 when no option lists several, else 4)",
+        help="shard actors per feature group (per worker with workers) (1,2,4)",
     )
-    sweep_.add_argument(
-        "--batch-size",
-        type=count_list(1),
-        metavar="N,...",
-        help="events per batch sent to a shard (512)",
+    grid_.add_argument(
+        "--batch-size", type=count_list(1), metavar="N,...", help="events per batch (512)"
     )
-    sweep_.add_argument(
+    grid_.add_argument(
         "--mailbox",
         type=count_list(1),
         metavar="N,...",
         help="batches each actor's mailbox holds before ingest waits (16)",
     )
-    sweep_.add_argument(
+    runs = parser.add_argument_group("runs")
+    runs.add_argument(
         "--repeat",
         type=count(1),
-        default=1,
+        default=REPEAT,
         metavar="N",
-        help="runs of each setting; the table shows the medians (1)",
+        help=f"runs of each setting: the table shows their median and range ({REPEAT})",
     )
-    sweep_.add_argument(
-        "--max-p99",
-        type=_positive_ms,
-        metavar="MS",
-        help="recommend only a setting whose p99 latency is at most MS milliseconds "
-        "(by default: at most 25%% above the lowest p99 of the fastest settings)",
+    runs.add_argument(
+        "--duration",
+        type=_positive("seconds"),
+        default=DURATION,
+        metavar="S",
+        help=f"seconds a run offers events ({DURATION:g})",
+    )
+    runs.add_argument(
+        "--rate",
+        type=_positive("events per second"),
+        metavar="EVENTS/S",
+        help="offer the events at this rate (open loop) and recommend the setting with the "
+        "lowest p99 among those that sustain it (without: flat out, and the highest "
+        "throughput is recommended)",
     )
     out = parser.add_argument_group("output")
     out.add_argument(
@@ -233,21 +273,22 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add_output_switches(out, "progress display")
     args = parser.parse_args(argv)
 
-    given = {"shards": args.shards, "batch_size": args.batch_size, "mailbox_capacity": args.mailbox}
-    several = [key for key, values in given.items() if values is not None and len(values) > 1]
-    if len(several) > 1:
-        parser.error(
-            "sweep one option at a time: "
-            + " and ".join(OPTIONS[key][0] for key in several)
-            + " each list several values"
-        )
-    if not several and args.shards is None:
-        given["shards"] = DEFAULT_SHARDS
-    args.settings = {
-        key: values if values is not None else [DEFAULTS[key]] for key, values in given.items()
+    given = {
+        "workers": args.workers,
+        "shards": args.shards,
+        "batch_size": args.batch_size,
+        "mailbox_capacity": args.mailbox,
     }
-    args.swept = several[0] if several else "shards"
-    args.fixed = {key: values[0] for key, values in args.settings.items() if key != args.swept}
+    args.grid = {key: values or DEFAULTS[key] for key, values in given.items()}
+    args.workers_refused = workers_refused(args.workload)
+    if args.workers_refused is not None:
+        args.grid["workers"] = [0]
+    # the table names the options that vary, and always workers and shards
+    args.varied = [
+        key for key, values in args.grid.items() if key in ("workers", "shards") or len(values) > 1
+    ]
+    if args.rate is not None and args.rate * args.duration < 1:
+        parser.error(f"--rate {args.rate:g} for --duration {args.duration:g} s offers no event")
 
     if args.no_chart:
         if args.chart is not None:

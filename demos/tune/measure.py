@@ -1,19 +1,29 @@
 """One run of the tuner: a workload through a FeatureRuntime at one setting, in a process of
 its own.
 
-``run_in_child`` starts a child process (``spawn``: a fresh interpreter, so the peak RSS it
-reports is its own and no run inherits another's memory) that simulates the workload, starts
-the runtime, loads its caches, then hands it the events with ``ingest_many`` as fast as it
-takes them and waits until every one is applied. Meanwhile a sampler reads the depth of every
-actor's mailbox every ``SAMPLE_EVERY`` seconds with ``rt.mailboxes()``: a read of counters,
-which does not go through the mailboxes (``rt.statistics()`` asks each actor, and an ask waits
-behind a full mailbox).
+``run_in_child`` starts a child process (``spawn``: a fresh interpreter, so no run inherits
+another's memory or warmed-up state) that simulates the workload, starts the runtime with the
+setting's ``workers`` and ``shards``, loads its caches, subscribes to every update, and offers
+the events for ``duration`` seconds while a consumer task reads every output:
+
+- **flat out** (no ``rate``): each chunk of ``CHUNK`` events is handed to ``ingest_many`` as
+  soon as the runtime takes the previous one, until ``duration`` has passed;
+- **open loop** (``rate`` events/s): the events go in chunks of about a millisecond's worth,
+  each handed to ``ingest_many`` when the clock reaches its due time (``started + first event's
+  index / rate``), never earlier; a runtime that holds the producer back (backpressure) makes
+  it late, and the lateness counts in the latency, since the latency is measured from the due
+  time (no coordinated omission). ``rate x duration`` events are offered.
+
+Measured: ``events_per_second``, the events applied over the seconds from the first event
+offered to the last output read by the consumer; the ingest-to-update latency of every output
+row read (an update per feature group per event, and the anomalies), from the time its event
+was handed over (flat out) or due (open loop) to the time the consumer read it, as p50 and
+p99; and at a rate, whether the run kept up (``kept_up``: see ``RATE_SLACK``).
 """
 
 from __future__ import annotations
 
 import multiprocessing
-import os
 import tempfile
 import time
 import traceback
@@ -28,30 +38,38 @@ import anyio.to_thread
 
 import runtime
 from actors import run
-from demos.bench._common import peak_rss_mib
 from runtime import FeatureRuntime
 
 from .._cli import frozen_heap
 from .workloads import WORKLOADS, Prepared
 
-__all__ = ["SAMPLE_EVERY", "RunFailed", "Setting", "run_in_child"]
+__all__ = ["CHUNK", "RATE_SLACK", "RunFailed", "Setting", "kept_up", "quantile", "run_in_child"]
 
-#: Seconds between two samples of the mailboxes' depth.
-SAMPLE_EVERY = 0.005
+#: Events handed to ``ingest_many`` at a time flat out, at most (as the demos do).
+CHUNK = 4096
+#: A run at a rate kept up when it achieved at least this share of the rate: all its events
+#: read back within about ``RATE_SLACK x duration`` after the last was due.
+RATE_SLACK = 0.05
 #: Seconds between two progress reports of a run.
 REPORT_EVERY = 0.1
 
 
 @dataclass(frozen=True, kw_only=True)
 class Setting:
-    """What one run runs: a workload, its size, and the runtime's options."""
+    """What one run runs: a workload, its size and pace, and the runtime's options."""
 
     workload: str
+    #: the most events a run offers (the simulated stream)
     events: int
     seed: int
+    workers: int
     shards: int
     batch_size: int
     mailbox_capacity: int
+    #: seconds of offering events
+    duration: float
+    #: events/s offered (open loop), or None: flat out
+    rate: float | None = None
 
 
 class RunFailed(RuntimeError):
@@ -64,6 +82,19 @@ class RunFailed(RuntimeError):
 Report = Callable[[str, Any], None]
 
 
+def kept_up(events_per_second: float | None, rate: float) -> bool:
+    """Whether a run offered at ``rate`` events/s kept up: it achieved at least
+    ``1 - RATE_SLACK`` of the rate (events applied over the time to the last output read)."""
+    return events_per_second is not None and events_per_second >= (1 - RATE_SLACK) * rate
+
+
+def quantile(ordered: list[float], q: float) -> float | None:
+    """The ``q`` quantile of the sorted ``ordered`` (the nearest rank), None when empty."""
+    if not ordered:
+        return None
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
 async def run_in_child(setting: Setting, report: Report) -> dict[str, Any]:
     """Run ``setting`` in a child process; pass its phase and progress to ``report`` as they
     come and return its result (see ``measure``).
@@ -74,7 +105,7 @@ async def run_in_child(setting: Setting, report: Report) -> dict[str, Any]:
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
     process = context.Process(
-        target=child, args=(asdict(setting), queue), name="featurist-tune", daemon=True
+        target=child, args=(asdict(setting), queue), name="featurist-tune", daemon=False
     )
     process.start()
     try:
@@ -95,8 +126,9 @@ async def run_in_child(setting: Setting, report: Report) -> dict[str, Any]:
                 raise RunFailed(f"the run failed in its child process:\n{value}")
             report(kind, value)
     finally:
-        # on success the child is ending; on a failure or Ctrl-C it may not be
-        await anyio.to_thread.run_sync(process.join, 5.0)
+        # on success the child is ending (its workers stopping); on a failure or Ctrl-C it
+        # may not be
+        await anyio.to_thread.run_sync(process.join, 10.0)
         if process.is_alive():
             process.kill()
             await anyio.to_thread.run_sync(process.join)
@@ -121,12 +153,12 @@ def child(spec: dict[str, Any], queue: Any) -> None:
 async def measure(setting: Setting, report: Report) -> dict[str, Any]:
     """Simulate ``setting``'s workload and run it; return the measures as plain data:
 
-    ``events`` (applied), ``rejected``, ``seconds`` (from the first event handed to the
-    runtime until the last is applied), ``events_per_second``, ``latency_p50_ms`` and
-    ``latency_p99_ms`` (ingest to update, from ``rt.statistics()``), ``max_mailbox_depth``
-    (the largest seen by the sampler or at the end), ``samples`` (of the sampler),
-    ``actors`` (with a mailbox), ``rss_before_bytes`` (when the runtime was about to start,
-    with the simulated events in memory) and ``peak_rss_bytes`` (the process's peak).
+    ``events`` (applied), ``rejected``, ``offered``, ``seconds`` (from the first event offered
+    until the last output read), ``events_per_second``, ``latency_p50_ms`` and
+    ``latency_p99_ms`` (per output row read, see the module), ``outputs`` (rows read),
+    ``rate`` (offered, or None), ``kept_up`` (at a rate; None flat out), ``late_ms`` (how far
+    the producer fell behind its schedule at worst, at a rate) and ``ran_out`` (the simulated
+    events ended before ``duration``).
     """
     workload = WORKLOADS[setting.workload]
     report("phase", "simulating")
@@ -137,9 +169,25 @@ async def measure(setting: Setting, report: Report) -> dict[str, Any]:
 
 
 async def _run(prepared: Prepared, setting: Setting, report: Report) -> dict[str, Any]:
-    rss_before = _rss_now()
+    events, streams, rate = prepared.events, prepared.streams, setting.rate
+    if rate is None:
+        step, wanted = CHUNK, len(events)
+    else:
+        step = max(1, round(rate / 1000))  # about a millisecond's worth
+        wanted = min(len(events), max(1, round(rate * setting.duration)))
+    #: the event that each (key, time) names first: an update finds its event's chunk by it
+    index: dict[tuple[Any, int], int] = {}
+    for position, ident in enumerate(prepared.ids[:wanted]):
+        index.setdefault(ident, position)
+    stamps: list[float] = []  # per chunk: when it was handed over (flat out) or due (at a rate)
+    latencies: list[float] = []
+    outputs = 0
+    last_read = 0.0
+    clock = time.perf_counter
+
     async with FeatureRuntime(
         prepared.feature_set,
+        workers=setting.workers,
         shards=setting.shards,
         batch_size=setting.batch_size,
         mailbox_capacity=setting.mailbox_capacity,
@@ -148,60 +196,67 @@ async def _run(prepared: Prepared, setting: Setting, report: Report) -> dict[str
         if prepared.warm_up is not None:
             report("phase", "loading cache")
             await prepared.warm_up(rt)
-        actors = len(rt.mailboxes())
-        deepest = [0, 0]  # the largest depth seen, and the samples taken
-        report("phase", "ingesting")
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(_sample, rt, deepest)
-            started = shown = time.perf_counter()
-            sent = 0
-            for events, streams in prepared.chunks:
-                await rt.ingest_many(events, stream=streams)
-                sent += len(events)
-                if (now := time.perf_counter()) - shown >= REPORT_EVERY:
-                    report("progress", sent)
+        subscription = rt.updates()
+
+        async def consumer() -> None:
+            nonlocal outputs, last_read
+            find = index.get
+            keep = latencies.append
+            async for batch in subscription.batches():
+                now = clock()
+                outputs += len(batch)
+                for key, t in zip(batch.keys, batch.event_times, strict=True):
+                    position = find((key, t))
+                    if position is not None:
+                        keep(now - stamps[position // step])
+                last_read = now
+
+        report("phase", "ingesting" if rate is None else f"at {rate:,.0f}/s")
+        late = 0.0
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(consumer)
+            started = shown = clock()
+            deadline = started + setting.duration
+            offered = 0
+            while offered < wanted:
+                end = min(offered + step, wanted)
+                if rate is None:
+                    if clock() >= deadline:
+                        break
+                    stamps.append(clock())
+                else:
+                    due = started + offered / rate
+                    wait = due - clock()
+                    if wait > 0:
+                        await anyio.sleep(wait)
+                    late = max(late, clock() - due)
+                    stamps.append(due)
+                chunk_streams = None if streams is None else streams[offered:end]
+                await rt.ingest_many(events[offered:end], stream=chunk_streams)
+                offered = end
+                if (now := clock()) - shown >= REPORT_EVERY:
+                    report("progress", offered)
                     shown = now
-            report("progress", sent)
-            await rt.flush()
-            seconds = time.perf_counter() - started
-            tg.cancel_scope.cancel()
+            report("progress", offered)
+            await rt.flush()  # every update published: the consumer reads them and ends
+            await subscription.aclose()
         report("phase", "statistics")
         stats = await rt.statistics()
+    seconds = (last_read or clock()) - started
+    latencies.sort()
+    p50, p99 = quantile(latencies, 0.5), quantile(latencies, 0.99)
+    per_second = stats.events_processed / seconds if seconds > 0 else None
     return {
         "events": stats.events_processed,
         "rejected": stats.events_rejected,
+        "offered": offered,
         "seconds": seconds,
-        "events_per_second": stats.events_processed / seconds if seconds else None,
-        "latency_p50_ms": stats.latency_p50_ms,
-        "latency_p99_ms": stats.latency_p99_ms,
-        "max_mailbox_depth": max(deepest[0], stats.max_mailbox_depth),
-        "samples": deepest[1],
-        "actors": actors,
-        "rss_before_bytes": rss_before,
-        "peak_rss_bytes": _peak_rss(),
+        "events_per_second": per_second,
+        "latency_p50_ms": None if p50 is None else p50 * 1000,
+        "latency_p99_ms": None if p99 is None else p99 * 1000,
+        "outputs": outputs,
+        "rate": rate,
+        "kept_up": None if rate is None else kept_up(per_second, rate),
+        "late_ms": None if rate is None else late * 1000,
+        "ran_out": offered == len(events) and (rate is None or offered < rate * setting.duration),
     }
-
-
-async def _sample(rt: FeatureRuntime, deepest: list[int]) -> None:
-    """Keep the largest mailbox depth in ``deepest[0]`` and count the samples in
-    ``deepest[1]``, until cancelled."""
-    while True:
-        depth = max((box.depth for box in rt.mailboxes()), default=0)
-        deepest[0] = max(deepest[0], depth)
-        deepest[1] += 1
-        await anyio.sleep(SAMPLE_EVERY)
-
-
-def _peak_rss() -> int:
-    """The process's peak resident set size so far, in bytes (``VmHWM`` on Linux: see
-    ``demos.bench._common.peak_rss_mib``)."""
-    return int(peak_rss_mib() * 1024 * 1024)
-
-
-def _rss_now() -> int:
-    """The process's resident set size now, in bytes (the peak so far where /proc has none)."""
-    try:
-        with open("/proc/self/statm") as statm:
-            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return _peak_rss()

@@ -39,10 +39,13 @@ DEMOS = {
         (
             "--workload",
             "--events",
+            "--workers",
             "--shards",
             "--batch-size",
             "--mailbox",
             "--repeat",
+            "--duration",
+            "--rate",
             "--chart",
             "--json",
             "--quiet",
