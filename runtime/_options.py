@@ -114,7 +114,6 @@ def check_sources(feature_set: FeatureSet, sources: Mapping[str, Any] | None) ->
 def check_workers(
     feature_set: FeatureSet,
     *,
-    checkpoints: Any,
     custom_clock: bool,
     metrics_port: int | None,
 ) -> None:
@@ -122,7 +121,7 @@ def check_workers(
 
     Raises:
         ConfigError: the feature set has joins, lookups (enrichment) or several streams, or
-            the runtime is given checkpoints, a clock of its own or a metrics port.
+            the runtime is given a clock of its own or a metrics port.
     """
     unsupported = [
         what
@@ -130,7 +129,6 @@ def check_workers(
             ("joins", bool(feature_set.joins)),
             ("lookups (enrichment) and their sources", bool(feature_set.lookups)),
             ("several streams", len(feature_set.stream_names) > 1),
-            ("checkpoints", checkpoints is not None),
             ("a clock of the runtime's own", custom_clock),
             ("metrics_port", metrics_port is not None),
         )

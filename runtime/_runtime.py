@@ -94,8 +94,10 @@ class FeatureRuntime:
             groups, and this process only routes events to them and republishes their
             updates (``docs/scaling.md``). So far: keyed aggregates and windowed
             features of one stream, with ``ingest``, ``ingest_many``, ``flush``, ``get``,
-            ``get_many``, ``updates`` and ``statistics``; the rest raises
-            :class:`ConfigError` naming it.
+            ``get_many``, ``updates``, ``statistics`` and ``checkpoint``; the rest raises
+            :class:`ConfigError` naming it. With ``checkpoints``, checkpoints are aligned
+            across the workers, and a worker that dies is started again (within
+            ``max_restarts``), restores its key groups and is replayed the events since.
         batch_size: events per batch sent to a shard (>= 1).
         linger: seconds a partial batch may wait, while its actors are busy, before it is
             sent (> 0); for idle actors it leaves at once.
@@ -126,7 +128,8 @@ class FeatureRuntime:
             count).
         max_restarts: restarts of a failed actor allowed within ``restart_period`` seconds;
             one more stops the runtime (its calls raise :class:`RuntimeClosed` naming the
-            failure).
+            failure). With workers and checkpoints, the same budget holds for restarts of
+            the worker processes.
         restart_period: the sliding window of ``max_restarts``, in seconds.
         metrics_port: serve Prometheus metrics over HTTP on this port (0: a free one, see
             :attr:`metrics_address`); None (the default) serves none. Needs prometheus-client
@@ -197,7 +200,6 @@ class FeatureRuntime:
         if workers:
             check_workers(
                 feature_set,
-                checkpoints=checkpoints,
                 custom_clock=clock is not time.time,
                 metrics_port=metrics_port,
             )
@@ -323,6 +325,11 @@ class FeatureRuntime:
                 route_cache_size=route_cache_size,
                 names=feature_set.names,
                 shards=shards * workers,
+                progress=self._progress,
+                checkpoints=self.checkpoints,
+                feature_set=feature_set.name,
+                max_restarts=max_restarts,
+                restart_period=restart_period,
             )
 
     @property
@@ -621,31 +628,46 @@ class FeatureRuntime:
     async def _front_ingest(self, events: Iterable[Any], offset: Any) -> int:
         """``ingest_many`` with workers: route each chunk of ``batch_size`` events to the
         workers' buffers, and send the full ones and those of idle workers (waiting while a
-        worker's socket is full)."""
+        worker's socket is full). A checkpoint falls between two chunks, or, for a call
+        given an ``offset``, before or after the whole call; when the front's log of events
+        since the last checkpoint is full, the call takes one and waits for it."""
         front = self._front
         assert front is not None
         progress = self._progress
+        if progress.gate is not None:
+            await progress.wait()
         self._enter_ingest()
+        if offset is not None:
+            progress.enter_offset_call()
         try:
             size = self.batch_size
             accepted = 0
             iterator = iter(events)
             while True:
+                if progress.gate is not None and offset is None:
+                    await progress.wait()  # a checkpoint between two chunks of the call
                 chunk = list(islice(iterator, size))
                 if not chunk:
                     if offset is not None:
                         progress.offset = offset
-                    return accepted
+                    break
                 accepted += front.route(chunk)
                 progress.position += len(chunk)
                 await front.send_due()
+                if offset is None and front.log_full:
+                    await front.relieve_log()
                 if not self._running:
                     raise RuntimeClosed(
                         f"the runtime is shutting down; {accepted} events of this call were "
                         "accepted (they will be applied), the rest were not read"
                     )
         finally:
+            if offset is not None:
+                progress.leave_offset_call()
             self._leave_ingest()
+        if offset is not None and front.log_full and self._running:
+            await front.relieve_log()
+        return accepted
 
     async def flush(self) -> None:
         """Send every partial batch and wait until every actor has applied what it was sent.
@@ -676,11 +698,15 @@ class FeatureRuntime:
     @property
     def restored(self) -> CheckpointInfo | None:
         """The checkpoint restored on start, or None."""
+        if self._front is not None:
+            return self._front.restored
         return self._coordinator.restored
 
     @property
     def last_checkpoint(self) -> CheckpointInfo | None:
         """The last checkpoint taken, or None."""
+        if self._front is not None:
+            return self._front.last
         return self._coordinator.last
 
     async def checkpoint(self) -> CheckpointInfo:
@@ -688,7 +714,11 @@ class FeatureRuntime:
         position, written atomically to the checkpoint directory.
 
         Ingest waits (at a batch boundary) while every event accepted before is applied and
-        the state is captured; the file is written after, while ingest goes on.
+        the state is captured; the file is written after, while ingest goes on. With
+        workers, the checkpoint is aligned: ingest waits only while a barrier is queued to
+        every worker at one input position; each worker writes its key groups' state as of
+        that position to a part file, and the checkpoint's own file, written last, commits
+        them (``docs/scaling.md``, "How recovery works").
 
         Raises:
             ConfigError: the runtime has no ``checkpoints`` directory.
@@ -696,7 +726,8 @@ class FeatureRuntime:
             OSError: the file could not be written.
         """
         self._check_running()
-        self._local("rt.checkpoint()")
+        if self._front is not None:
+            return await self._front.checkpoint()
         return await self._coordinator.checkpoint()
 
     # -- reading -------------------------------------------------------------------------------

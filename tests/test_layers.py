@@ -90,7 +90,7 @@ RULES: dict[str, tuple[str, ...]] = {
     "_replay.history": (*PURE, "_ingest", "_messages", "actors"),
     # the front of a runtime whose shards run in worker processes, and the workers' loop
     # (their runtime is made by a factory the facade passes in: they never import it)
-    "_workers": (*PURE, "_ingest.events", "_ingest.router", "actors"),
+    "_workers": (*PURE, "_ingest.events", "_ingest.router", "_checkpoints", "actors"),
     "_runtime": (*BELOW_FACADE, "_checkpoints", "_observe", "_replay.history", "_workers"),
     # above the facade: what builds a FeatureRuntime of its own, and the public face
     "_replay.parity": (*BELOW_FACADE, "_checkpoints", "_observe", "_replay", "_runtime"),

@@ -159,43 +159,13 @@ class CheckpointCoordinator:
 
     async def _checkpoint(self) -> CheckpointInfo:
         assert self.store is not None and self.config is not None
-        progress = self._progress
-        shards = self._topology.shards
         async with self._lock, self._register_lock:
             started = time.perf_counter()
-            gate = anyio.Event()
-            progress.gate = gate
-            try:
-                while progress.offset_calls:
-                    progress.offset_calls_done = anyio.Event()
-                    await progress.offset_calls_done.wait()
-                await self._topology.settle()
-                position, offset = progress.position, progress.offset
-                ingest = self._ingest
-                ingested = ingest.ingested_before + ingest.ingested
-                rejected = ingest.rejected_before + ingest.rejected
-                self._left_out = 0
-                actors = await self._snapshot_actors()
-                caches = self._snapshot_caches() if self.config.caches else {}
-            finally:
-                progress.gate = None
-                gate.set()
-            paused = time.perf_counter() - started
             self._sequence = max(self._sequence, *self.store.sequences(), 0) + 1
-            checkpoint = Checkpoint(
-                feature_set=self._topology.feature_set.name,
-                sequence=self._sequence,
-                created_at=time.time(),
-                key_groups=self._router.key_groups,
-                shards=shards,
-                position=position,
-                offset=offset,
-                ingested=ingested,
-                rejected=rejected,
-                actors=actors,
-                caches=caches,
-            )
+            checkpoint, paused = await self._capture(self._sequence)
             path, size = await anyio.to_thread.run_sync(self.store.write, checkpoint)
+        position, offset, actors = checkpoint.position, checkpoint.offset, checkpoint.actors
+        shards = checkpoint.shards
         info = CheckpointInfo(
             sequence=checkpoint.sequence,
             path=str(path),
@@ -221,6 +191,63 @@ class CheckpointCoordinator:
             duration_ms=round(info.duration_ms, 1),
         )
         return info
+
+    async def capture(self, sequence: int) -> Checkpoint:
+        """The state of every actor, as a checkpoint numbered ``sequence`` that is not
+        written: a worker process's part of its front's checkpoint (the worker writes it).
+
+        Raises:
+            CheckpointError: the state could not be captured or encoded.
+        """
+        async with self._lock, self._register_lock:
+            checkpoint, _ = await self._capture(sequence)
+            return checkpoint
+
+    async def _capture(self, sequence: int) -> tuple[Checkpoint, float]:
+        """Capture every actor's state once every event accepted before is applied, while
+        ingest waits (the :class:`Progress` gate). Returns the checkpoint (not written) and
+        the seconds ingest waited."""
+        assert self._lock.locked()
+        progress = self._progress
+        started = time.perf_counter()
+        gate = anyio.Event()
+        progress.gate = gate
+        try:
+            while progress.offset_calls:
+                progress.offset_calls_done = anyio.Event()
+                await progress.offset_calls_done.wait()
+            await self._topology.settle()
+            position, offset = progress.position, progress.offset
+            ingest = self._ingest
+            ingested = ingest.ingested_before + ingest.ingested
+            rejected = ingest.rejected_before + ingest.rejected
+            self._left_out = 0
+            actors = await self._snapshot_actors()
+            caches = (
+                self._snapshot_caches() if self.config is not None and self.config.caches else {}
+            )
+        finally:
+            progress.gate = None
+            gate.set()
+        checkpoint = Checkpoint(
+            feature_set=self._topology.feature_set.name,
+            sequence=sequence,
+            created_at=time.time(),
+            key_groups=self._router.key_groups,
+            shards=self._topology.shards,
+            position=position,
+            offset=offset,
+            ingested=ingested,
+            rejected=rejected,
+            actors=actors,
+            caches=caches,
+        )
+        return checkpoint, time.perf_counter() - started
+
+    @property
+    def keys_left_out(self) -> int:
+        """Keys the last capture left out (their state could not be encoded)."""
+        return self._left_out
 
     async def _checkpointer(self, interval: float) -> None:
         """The periodic checkpoints. A failure is logged and the next one tried."""
@@ -289,14 +316,39 @@ class CheckpointCoordinator:
             if found is None:
                 return
             checkpoint, path = found
-            plan = self._match(checkpoint, path)
             try:
-                decoded = await anyio.to_thread.run_sync(self._decode, checkpoint, plan, path)
-            except CheckpointError as exc:
+                await self.restore_from(checkpoint, path, started=started)
+            except _Unusable as exc:
                 _log.error("checkpoint_unusable", path=str(path), error=str(exc))
                 continue
-            await self._apply(checkpoint, path, plan, decoded, started)
             return
+
+    async def restore_from(
+        self,
+        checkpoint: Checkpoint,
+        path: Any,
+        *,
+        share: tuple[int, int] | None = None,
+        started: float | None = None,
+    ) -> None:
+        """Restore ``checkpoint`` (read from ``path``): every state decoded and checked, then
+        given to the actors. ``share``: ``(worker, workers)``, restore only the key groups of
+        that worker of ``workers`` (the ranges of ``KeyRouter(shards=workers)``) and its share
+        of the writers' counters (every ``workers``-th, from ``worker``): what a worker
+        process of a runtime with ``workers`` takes of a checkpoint.
+
+        Raises:
+            CheckpointError: the checkpoint was taken with other ``key_groups`` or another
+                feature set, or its state does not decode or check (then no actor was given
+                any).
+        """
+        started = time.perf_counter() if started is None else started
+        plan = self._match(checkpoint, path)
+        try:
+            decoded = await anyio.to_thread.run_sync(self._decode, checkpoint, plan, path, share)
+        except CheckpointError as exc:
+            raise _Unusable(str(exc)) from None
+        await self._apply(checkpoint, path, plan, decoded, started)
 
     def _match(
         self, checkpoint: Checkpoint, path: Any
@@ -351,7 +403,11 @@ class CheckpointCoordinator:
         return plan
 
     def _decode(
-        self, checkpoint: Checkpoint, plan: list[tuple[Group | JoinGroup, ActorState]], path: Any
+        self,
+        checkpoint: Checkpoint,
+        plan: list[tuple[Group | JoinGroup, ActorState]],
+        path: Any,
+        share: tuple[int, int] | None = None,
     ) -> list[tuple[list[list[Any]], list[list[dict[str, Any]]]]]:
         """Decode and check every state of ``plan`` before any actor is given any: per
         target, its key groups by shard of the runtime now, and its actors' counters by
@@ -363,16 +419,16 @@ class CheckpointCoordinator:
         decoded = []
         for target, state in plan:
             try:
-                decoded.append(self._decode_target(target, state))
+                decoded.append(self._decode_target(target, state, share))
             except CheckpointError as exc:
                 raise CheckpointError(f"{path}: the state of {target.name}: {exc}") from None
         return decoded
 
     def _decode_target(
-        self, target: Group | JoinGroup, state: ActorState
+        self, target: Group | JoinGroup, state: ActorState, share: tuple[int, int] | None = None
     ) -> tuple[list[list[Any]], list[list[dict[str, Any]]]]:
         """One target's state decoded and checked: its key groups by shard now, and its
-        actors' counters by shard.
+        actors' counters by shard (of ``share``, as :meth:`restore_from` says, alone).
 
         Raises:
             CheckpointError: what is wrong.
@@ -394,10 +450,13 @@ class CheckpointCoordinator:
         key_group = self._router.key_group
         shards = self._topology.shards
         shard_of_group = self._router.shard_of_group
+        owner = None if share is None else KeyRouter(shards=share[1], key_groups=key_groups)
         by_shard: list[list[Any]] = [[] for _ in range(shards)]
         for group, blob in state.groups.items():
             if not 0 <= group < key_groups:
                 raise CheckpointError(f"key group {group} is not one of the {key_groups}")
+            if owner is not None and share is not None and owner.shard_of_group(group) != share[0]:
+                continue  # another worker's
             items = codec.decode(blob)
             if type(items) is not list:
                 raise CheckpointError(f"key group {group} is not a list of keys")
@@ -414,7 +473,8 @@ class CheckpointCoordinator:
                     raise CheckpointError(f"key {_brief(key)}: {problem}")
             by_shard[shard_of_group(group)].append(items)
         extras: list[list[dict[str, Any]]] = [[] for _ in range(shards)]
-        for index, blob in enumerate(state.extras):
+        blobs = state.extras if share is None else state.extras[share[0] :: share[1]]
+        for index, blob in enumerate(blobs):
             extra = codec.decode(blob)
             problem = check_extra(extra)
             if problem is not None:
@@ -492,6 +552,10 @@ class CheckpointCoordinator:
         by_shard, extras = await anyio.to_thread.run_sync(self._decode_target, target, state)
         for shard, ref in enumerate(target.refs):
             await ref.ask(RestoreSnapshot(by_shard[shard], extras[shard]), timeout=None)
+
+
+class _Unusable(CheckpointError):
+    """A checkpoint whose state does not decode or check: the one before it may."""
 
 
 #: the types of keys ingest accepts

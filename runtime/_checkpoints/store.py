@@ -11,6 +11,15 @@ A running runtime owns its directory: :class:`DirectoryLock` holds an advisory `
 
 The actors' state inside is encoded by ``runtime._checkpoints.codec`` per *key group*: the
 unit that moves between shards, so a checkpoint taken with N shards restores into M.
+
+A runtime with worker processes writes a checkpoint in parts: each worker writes the state of
+its key groups to a part file of its own (``checkpoint-<sequence>.w<worker>.fck``, written as a
+checkpoint file is, :meth:`CheckpointStore.write_part`), and the front, which holds the lock,
+commits the checkpoint by writing its file last, naming the parts (``Checkpoint.parts``). A
+part without its checkpoint file (a crash between the two) is never read, and is deleted with
+the checkpoints beyond ``keep``. :meth:`CheckpointStore.read` gives a checkpoint with the
+states of its parts merged, so any runtime, with any ``workers`` and ``shards``, restores it
+by key group.
 """
 
 from __future__ import annotations
@@ -49,6 +58,8 @@ _log = get_logger("featurist.checkpoints")
 _MAGIC = b"FEATCKP1"
 _FORMAT = 1
 _NAME = re.compile(r"^checkpoint-(\d{12})\.fck$")
+#: a worker's part of a checkpoint (never matches ``_NAME``)
+_PART = re.compile(r"^checkpoint-(\d{12})\.w(\d+)\.fck$")
 #: the lock file of a checkpoint directory (its name never matches ``_NAME``)
 LOCK_NAME = "featurist.lock"
 
@@ -69,6 +80,11 @@ class CheckpointConfig(msgspec.Struct, frozen=True, kw_only=True):
         restore: on start, restore the newest checkpoint of ``directory`` if there is one.
         caches: include the enrichment caches' rows (a warm cache after a restart, for a
             bigger file); without them the caches start cold.
+        max_log_events: with ``workers >= 1``: the events the front keeps, since the last
+            checkpoint, to replay to a worker that died and is started again. When the log
+            holds this many, the front takes a checkpoint (which empties it) and ``ingest``
+            waits for it; an ``ingest_many`` call given an ``offset`` is not split by it, so
+            the log may hold that call's events beyond the bound. >= 1.
     """
 
     directory: str
@@ -77,6 +93,7 @@ class CheckpointConfig(msgspec.Struct, frozen=True, kw_only=True):
     on_shutdown: bool = True
     restore: bool = True
     caches: bool = False
+    max_log_events: int = 1_000_000
 
     def __post_init__(self) -> None:
         if not isinstance(self.directory, str) or not self.directory:
@@ -90,6 +107,9 @@ class CheckpointConfig(msgspec.Struct, frozen=True, kw_only=True):
             raise ConfigError(f"checkpoints.interval must be > 0 seconds or None, got {interval!r}")
         if not isinstance(self.keep, int) or isinstance(self.keep, bool) or self.keep < 1:
             raise ConfigError(f"checkpoints.keep must be an int >= 1, got {self.keep!r}")
+        log = self.max_log_events
+        if not isinstance(log, int) or isinstance(log, bool) or log < 1:
+            raise ConfigError(f"checkpoints.max_log_events must be an int >= 1, got {log!r}")
 
     @classmethod
     def of(cls, value: Any) -> CheckpointConfig | None:
@@ -143,6 +163,10 @@ class Checkpoint(msgspec.Struct, frozen=True, kw_only=True):
     actors: list[ActorState] = []
     #: source name -> encoded cache rows, when ``CheckpointConfig.caches``
     caches: dict[str, bytes] = {}
+    #: written by a runtime with worker processes: their number, and the file names of their
+    #: parts (in the same directory), whose ``actors`` :meth:`CheckpointStore.read` merges
+    workers: int = 0
+    parts: list[str] = []
 
 
 class CheckpointInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -210,9 +234,34 @@ class CheckpointStore:
         """Write atomically (temporary file, fsync, rename, fsync of the directory), then
         delete the oldest beyond ``keep``. Returns the path and the size in bytes."""
         self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.path_of(checkpoint.sequence)
+        size = self._write_file(path, checkpoint)
+        kept = self.sequences()
+        for old in kept[: -self.keep]:
+            self.path_of(old).unlink(missing_ok=True)
+        kept = kept[-self.keep :]
+        for part, sequence in self._parts():
+            # the parts of deleted checkpoints, and of those never committed (older)
+            if sequence not in kept and sequence < checkpoint.sequence:
+                part.unlink(missing_ok=True)
+        return path, size
+
+    def part_name(self, sequence: int, worker: int) -> str:
+        """The file name of worker ``worker``'s part of checkpoint ``sequence``."""
+        return f"checkpoint-{sequence:012d}.w{worker}.fck"
+
+    def write_part(self, checkpoint: Checkpoint, worker: int) -> tuple[Path, int]:
+        """Write worker ``worker``'s part of a checkpoint (its key groups' state), atomically
+        as :meth:`write` does; the checkpoint exists once the front writes its file. Returns
+        the path and the size in bytes. (A worker writes into a directory whose lock the
+        front holds: it takes no lock itself.)"""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / self.part_name(checkpoint.sequence, worker)
+        return path, self._write_file(path, checkpoint)
+
+    def _write_file(self, path: Path, checkpoint: Checkpoint) -> int:
         payload = msgspec.msgpack.encode(checkpoint)
         crc = zlib.crc32(payload).to_bytes(4, "big")
-        path = self.path_of(checkpoint.sequence)
         temporary = path.with_name(path.name + ".tmp")
         with open(temporary, "wb") as file:
             file.write(_MAGIC)
@@ -222,9 +271,17 @@ class CheckpointStore:
             os.fsync(file.fileno())
         os.replace(temporary, path)
         self._sync_directory()
-        for old in self.sequences()[: -self.keep]:
-            self.path_of(old).unlink(missing_ok=True)
-        return path, len(payload) + len(_MAGIC) + 4
+        return len(payload) + len(_MAGIC) + 4
+
+    def _parts(self) -> list[tuple[Path, int]]:
+        if not self.directory.is_dir():
+            return []
+        found = []
+        for entry in self.directory.iterdir():
+            match = _PART.match(entry.name)
+            if match:
+                found.append((entry, int(match.group(1))))
+        return found
 
     def _sync_directory(self) -> None:
         try:
@@ -237,12 +294,24 @@ class CheckpointStore:
             os.close(fd)
 
     def read(self, sequence: int) -> Checkpoint:
-        """Read one checkpoint file.
+        """Read one checkpoint file, and its parts if it has any (their states merged into
+        its ``actors``).
 
         Raises:
-            CheckpointError: the file is missing, damaged or of another format.
+            CheckpointError: the file or a part is missing, damaged or of another format, or
+                two parts hold one key group.
         """
-        path = self.path_of(sequence)
+        checkpoint = self._read_file(self.path_of(sequence), sequence)
+        if not checkpoint.parts:
+            return checkpoint
+        parts = []
+        for name in checkpoint.parts:
+            if _PART.match(name) is None or int(name[11:23]) != sequence:
+                raise CheckpointError(f"{self.path_of(sequence)}: names {name!r} as its part")
+            parts.append(self._read_file(self.directory / name, sequence))
+        return msgspec.structs.replace(checkpoint, actors=_merge_parts(parts, sequence))
+
+    def _read_file(self, path: Path, sequence: int) -> Checkpoint:
         try:
             data = path.read_bytes()
         except OSError as exc:
@@ -486,3 +555,34 @@ def _problem(checkpoint: Checkpoint, sequence: int) -> str | None:
         if actor.keys < 0:
             return f"the state of {actor.name!r} holds {actor.keys} keys"
     return None
+
+
+def _merge_parts(parts: list[Checkpoint], sequence: int) -> list[ActorState]:
+    """The states of a checkpoint's parts as one: per feature group or join, the key groups
+    of every part, the counters of every part's actors, the keys summed.
+
+    Raises:
+        CheckpointError: two parts hold one key group, or the parts hold other groups.
+    """
+    merged: dict[str, ActorState] = {}
+    for part in parts:
+        if part.actors and merged and set(merged) != {a.signature for a in part.actors}:
+            raise CheckpointError(f"the parts of checkpoint {sequence} hold other groups")
+        for state in part.actors:
+            have = merged.get(state.signature)
+            if have is None:
+                merged[state.signature] = state
+                continue
+            both = have.groups.keys() & state.groups.keys()
+            if both:
+                raise CheckpointError(
+                    f"two parts of checkpoint {sequence} hold key group {min(both)} of "
+                    f"{state.name!r}"
+                )
+            merged[state.signature] = msgspec.structs.replace(
+                have,
+                groups={**have.groups, **state.groups},
+                extras=[*have.extras, *state.extras],
+                keys=have.keys + state.keys,
+            )
+    return list(merged.values())

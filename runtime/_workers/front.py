@@ -13,9 +13,19 @@ socket is full: backpressure.
 
 A reader task per worker takes what the worker sends: update batches, republished to the
 front's own hub as ``UpdateBatch``\\ es (so ``rt.updates()`` reads them as in-process), events
-the worker refused (into the front's dead letters), and replies to calls. A worker whose stream
-ends without a :class:`Stopped` has died: the front fails, and every call after says which
-worker, with its exit code (workers are not restarted yet).
+the worker refused (into the front's dead letters), and replies to calls.
+
+Checkpoints (with ``checkpoints=``) are aligned: the front is the one sequencer of the input,
+so at one point of it (no event routed meanwhile) it queues each worker's buffer and then a
+barrier (a ``"checkpoint"`` :class:`Call`) on every worker's stream; each worker answers once
+it applied what came before and wrote its key groups' state to a part file, and the front
+commits the checkpoint by writing its file, naming the parts, last. The front keeps the
+frames sent since the last checkpoint (``recovery.py``, bounded by ``max_log_events``): a
+worker whose stream ends without a :class:`Stopped` has died, and is started again (at most
+``max_restarts`` times within ``restart_period``), restores its key groups from the last
+checkpoint and is sent the logged frames again; the output it had delivered is not published
+twice. Without checkpoints, or beyond the restarts allowed, the front fails, and every call
+after says which worker died, with its exit code.
 """
 
 from __future__ import annotations
@@ -38,10 +48,12 @@ import msgspec
 from actors import DeadLetters, KeyRouter, get_logger
 
 from .._batches import UpdateBatch
-from .._exceptions import ConfigError, InvalidEvent, RuntimeClosed, UnknownFeature
+from .._checkpoints.coordinator import Progress
+from .._checkpoints.store import Checkpoint, CheckpointConfig, CheckpointInfo, CheckpointStore
+from .._exceptions import CheckpointError, ConfigError, InvalidEvent, RuntimeClosed, UnknownFeature
 from .._ingest.events import EventReader
 from .._ingest.router import record_rejected
-from .._results import FeatureVector, RuntimeStatistics
+from .._results import FeatureUpdate, FeatureVector, RuntimeStatistics
 from .._updates import UpdateHub
 from .protocol import (
     Call,
@@ -55,6 +67,7 @@ from .protocol import (
     Taken,
     Updates,
 )
+from .recovery import WorkerLog
 from .stats import merge_statistics
 from .worker import WorkerSpec, main
 
@@ -70,21 +83,43 @@ EXIT_GRACE = 2.0
 _vectors = msgspec.msgpack.Decoder(list[FeatureVector])
 _statistics = msgspec.msgpack.Decoder(RuntimeStatistics)
 _pid = msgspec.msgpack.Decoder(int)
+_written = msgspec.msgpack.Decoder(list[int])
+
+
+class _Retry(Exception):
+    """The worker died with the call unanswered: it is sent again once the worker runs."""
+
+
+class _Abandoned(CheckpointError):
+    """A worker died during the checkpoint: the last one stands, and another may be tried."""
 
 
 class _Pending:
-    __slots__ = ("done", "error", "result")
+    __slots__ = ("barrier", "done", "error", "result")
 
-    def __init__(self) -> None:
+    def __init__(self, barrier: int | None = None) -> None:
         self.done = anyio.Event()
         self.error: BaseException | None = None
         self.result: msgspec.Raw | None = None
+        #: for a checkpoint's barrier: the checkpoint's sequence
+        self.barrier = barrier
 
 
 class _Worker:
     """The front's view of one worker process."""
 
-    __slots__ = ("conn", "ended", "in_flight", "index", "pending", "pid", "process", "stopped")
+    __slots__ = (
+        "conn",
+        "dead",
+        "ended",
+        "in_flight",
+        "index",
+        "pending",
+        "pid",
+        "process",
+        "started",
+        "stopped",
+    )
 
     def __init__(self, index: int, process: Any, conn: Connection) -> None:
         self.index = index
@@ -99,6 +134,10 @@ class _Worker:
         self.in_flight = 0
         #: set when the front's reader of this worker ended (stopped, died or cancelled)
         self.ended = anyio.Event()
+        #: True once the front knows the worker died
+        self.dead = False
+        #: its first reply (id 0): the worker's runtime runs
+        self.started = self.pending[0] = _Pending()
 
 
 class WorkerFront:
@@ -115,6 +154,13 @@ class WorkerFront:
         route_cache_size: keys whose worker is remembered.
         names: the feature set's feature names (checked by ``get_many``).
         shards: the shard actors in all, for :meth:`statistics`.
+        progress: the input's position and offset (the runtime's ingest counts them), and
+            the gate a checkpoint closes.
+        checkpoints: where and how often to checkpoint; None: no checkpoints, and a worker
+            that dies is not restarted.
+        feature_set: the feature set's name (recorded in checkpoints).
+        max_restarts: restarts of a worker allowed within ``restart_period`` seconds.
+        restart_period: the sliding window of ``max_restarts``.
     """
 
     def __init__(
@@ -130,6 +176,11 @@ class WorkerFront:
         route_cache_size: int,
         names: tuple[str, ...],
         shards: int,
+        progress: Progress | None = None,
+        checkpoints: CheckpointConfig | None = None,
+        feature_set: str = "",
+        max_restarts: int = 3,
+        restart_period: float = 60.0,
     ) -> None:
         self.workers = workers
         self._make_runtime = make_runtime
@@ -153,89 +204,158 @@ class WorkerFront:
         self.failure: str | None = None
         self.ingested = 0
         self.rejected = 0
+        #: of a restored checkpoint, the events accepted and rejected before it
+        self.ingested_before = 0
+        self.rejected_before = 0
         self._key_time = _key_time_decoder(reader)
         #: set to wake the flusher before its time (made in ``start``, on the event loop)
         self._wake: anyio.Event | None = None
+        self._progress = progress if progress is not None else Progress()
+        self.config = checkpoints
+        self._store = (
+            None
+            if checkpoints is None
+            else CheckpointStore(checkpoints.directory, checkpoints.keep)
+        )
+        self._feature_set = feature_set
+        self.max_restarts = max_restarts
+        self.restart_period = restart_period
+        #: per worker, the frames sent since the last checkpoint (with checkpoints only)
+        self._logs: list[WorkerLog] | None = (
+            None if checkpoints is None else [WorkerLog() for _ in range(workers)]
+        )
+        #: per worker: set while it runs, unset while it is started again
+        self._ready: list[anyio.Event] = []
+        #: when workers were started again (for ``max_restarts``)
+        self._restarts: list[float] = []
+        self._tasks: anyio.abc.TaskGroup | None = None
+        self._stopping = False
+        self._checkpoint_lock: anyio.Lock | None = None
+        #: the sequence of the base checkpoint (restored or last written), and the last used
+        self._base: int | None = None
+        self._sequence = 0
+        #: the checkpoint restored on start, and the last one written
+        self.restored: CheckpointInfo | None = None
+        self.last: CheckpointInfo | None = None
 
     @property
     def pids(self) -> list[int | None]:
         """The worker processes' ids, by worker index."""
         return [worker.pid for worker in self._workers]
 
+    @property
+    def log_events(self) -> int:
+        """Events the front keeps to replay to a restarted worker."""
+        return 0 if self._logs is None else sum(log.events for log in self._logs)
+
+    @property
+    def log_full(self) -> bool:
+        """Whether the log holds ``max_log_events`` or more: a checkpoint is due."""
+        return self.config is not None and self.log_events >= self.config.max_log_events
+
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self, stack: AsyncExitStack) -> None:
         """Start the workers and their readers (stopped by ``stack``, killed at the latest
-        when it closes), and wait until every worker's runtime runs.
+        when it closes), wait until every worker's runtime runs, and restore the newest
+        checkpoint (with ``checkpoints`` configured so).
 
         Raises:
             ConfigError: the runtime's spec cannot be sent to a process (not picklable).
             RuntimeError: a worker failed to start.
+            CheckpointError: the checkpoint directory is held by another runtime, or its
+                newest checkpoint cannot be restored.
         """
         # first in, last out: whatever happens, no process outlives the front
         stack.callback(self._kill_all)
+        if self._store is not None:
+            # the front alone holds the directory; the workers write their parts into it
+            await stack.enter_async_context(self._store.lock(self._feature_set))
         stack.push_async_callback(self._close_connections)
         stack.callback(self.updates.close)
         self._wake = anyio.Event()
-        context = _context()
-        ready: dict[int, _Pending] = {}
+        self._checkpoint_lock = anyio.Lock()
         for index in range(self.workers):
-            mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-            spec = WorkerSpec(index, self._make_runtime)
-            process = context.Process(
-                target=main,
-                args=(theirs, spec),
-                name=f"featurist-worker-{index}",
-                daemon=True,
-            )
-            self._processes.append(process)  # killed at the latest when the stack closes
-            try:
-                # in a thread: starting a process (fork, exec, the spec written to it) takes
-                # a good part of a second on a busy machine, too long to hold the event loop
-                await anyio.to_thread.run_sync(process.start)
-            except (pickle.PicklingError, AttributeError, TypeError) as exc:
-                mine.close()
-                raise ConfigError(
-                    f"workers: the runtime's options cannot be sent to a worker process ({exc})"
-                ) from exc
-            except BaseException:
-                mine.close()
-                raise
-            finally:
-                theirs.close()
-            try:
-                conn = await Connection.of(mine, FromWorker)
-            except BaseException:
-                mine.close()
-                raise
-            worker = _Worker(index, process, conn)
-            worker.pending[0] = ready[index] = _Pending()
-            self._workers.append(worker)
-        tasks = await stack.enter_async_context(anyio.create_task_group())
+            self._workers.append(await self._spawn(index))
+            self._ready.append(anyio.Event())
+        tasks = self._tasks = await stack.enter_async_context(anyio.create_task_group())
         stack.callback(tasks.cancel_scope.cancel)
         for worker in self._workers:
             tasks.start_soon(self._read, worker, name=f"featurist-worker-{worker.index}-reader")
         tasks.start_soon(self._flusher, name="featurist-front-flusher")
         with anyio.move_on_after(START_TIMEOUT) as scope:
             for worker in self._workers:
-                started = ready[worker.index]
-                await started.done.wait()
-                if started.error is not None:
-                    raise RuntimeError(
-                        f"worker {worker.index} failed to start: {started.error}"
-                    ) from started.error
-                assert started.result is not None
-                worker.pid = _pid.decode(started.result)
+                await self._started(worker)
         if scope.cancelled_caught:
             raise RuntimeError(f"the workers did not start within {START_TIMEOUT:g} s")
+        for ready in self._ready:
+            ready.set()
         _log.info("workers_started", workers=self.workers, pids=[w.pid for w in self._workers])
+        config = self.config
+        if config is not None:
+            if config.restore:
+                await self._restore_latest()
+            if config.interval is not None:
+                tasks.start_soon(self._checkpointer, config.interval, name="featurist-checkpoints")
+
+    async def _spawn(self, index: int) -> _Worker:
+        """Start worker ``index``'s process (its reply, id 0, is awaited by the caller)."""
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        spec = WorkerSpec(index, self._make_runtime)
+        process = _context().Process(
+            target=main,
+            args=(theirs, spec),
+            name=f"featurist-worker-{index}",
+            daemon=True,
+        )
+        self._processes.append(process)  # killed at the latest when the stack closes
+        try:
+            # in a thread: starting a process (fork, exec, the spec written to it) takes
+            # a good part of a second on a busy machine, too long to hold the event loop
+            await anyio.to_thread.run_sync(process.start)
+        except (pickle.PicklingError, AttributeError, TypeError) as exc:
+            mine.close()
+            raise ConfigError(
+                f"workers: the runtime's options cannot be sent to a worker process ({exc})"
+            ) from exc
+        except BaseException:
+            mine.close()
+            raise
+        finally:
+            theirs.close()
+        try:
+            conn = await Connection.of(mine, FromWorker)
+        except BaseException:
+            mine.close()
+            raise
+        return _Worker(index, process, conn)
+
+    async def _started(self, worker: _Worker) -> None:
+        """Wait until ``worker``'s runtime runs (its reply of id 0)."""
+        started = worker.started
+        await started.done.wait()
+        if started.error is not None:
+            raise RuntimeError(
+                f"worker {worker.index} failed to start: {started.error}"
+            ) from started.error
+        assert started.result is not None
+        worker.pid = _pid.decode(started.result)
 
     async def stop(self, deadline: float) -> None:
-        """Send what is buffered, ask every worker to stop, and wait for them until
-        ``deadline`` (``anyio.current_time()``); a worker still running then is killed."""
+        """Send what is buffered, take the shutdown checkpoint (if configured so), ask every
+        worker to stop, and wait for them until ``deadline`` (``anyio.current_time()``); a
+        worker still running then is killed."""
         with anyio.move_on_after(max(deadline - anyio.current_time(), 0.0)):
             if self.failure is None:
+                for ready in self._ready:
+                    await ready.wait()  # a worker being started again is back first
                 with suppress(RuntimeClosed):  # a worker died: the others still stop
                     await self.send_all()
+                    if self.config is not None and self.config.on_shutdown:
+                        try:
+                            await self.checkpoint()
+                        except (CheckpointError, OSError):
+                            _log.exception("checkpoint_failed", when="shutdown")
+            self._stopping = True
             for worker in self._workers:
                 if not worker.ended.is_set():
                     # after a failure too: the workers alive stop cleanly
@@ -248,6 +368,7 @@ class WorkerFront:
                 grace = anyio.current_time() + EXIT_GRACE
                 while worker.process.is_alive() and anyio.current_time() < grace:  # noqa: ASYNC110
                     await anyio.sleep(0.005)
+        self._stopping = True
         self._kill_all()
 
     async def _close_connections(self) -> None:
@@ -268,7 +389,7 @@ class WorkerFront:
         """Raise the front's failure, if it has one.
 
         Raises:
-            RuntimeClosed: a worker died or failed.
+            RuntimeClosed: a worker died (and was not restarted) or failed.
         """
         if self.failure is not None:
             raise RuntimeClosed(self.failure)
@@ -279,10 +400,14 @@ class WorkerFront:
             process.join(0.05)
             code = process.exitcode
             exited = "is still running" if code is None else f"exited with code {code}"
+            if self._logs is None:
+                why = "workers are restarted only with checkpoints= (docs/scaling.md)"
+            else:
+                why = "it is not restarted"
             self.failure = (
                 f"the runtime stopped: worker {worker.index} (pid {worker.pid}) {reason} "
-                f"and {exited}; workers are not restarted yet: leave the 'async with' block "
-                "and start the runtime again"
+                f"and {exited}; {why}: leave the 'async with' block and start the runtime "
+                "again"
             )
             _log.error("worker_failed", worker=worker.index, pid=worker.pid, reason=reason)
         error = RuntimeClosed(self.failure)
@@ -291,6 +416,108 @@ class WorkerFront:
                 pending.error = error
                 pending.done.set()
             other.pending.clear()
+        for ready in self._ready:
+            ready.set()  # whoever waits for a worker to be back finds the failure
+
+    def _died(self, worker: _Worker, reason: str) -> None:
+        """``worker`` died: start it again, or fail the front if it cannot be."""
+        if worker.dead:
+            return
+        worker.dead = True
+        index = worker.index
+        if self._logs is None or self._stopping or self._tasks is None:
+            self._fail(worker, reason)
+            return
+        _log.warning("worker_died", worker=index, pid=worker.pid, reason=reason)
+        for pending in worker.pending.values():
+            if pending.barrier is not None:
+                pending.error = _Abandoned(
+                    f"worker {index} died during checkpoint {pending.barrier} ({reason}); "
+                    "it is started again, and the last checkpoint stands"
+                )
+            else:
+                pending.error = _Retry()
+            pending.done.set()
+        worker.pending.clear()
+        if self._ready[index].is_set():
+            self._ready[index] = anyio.Event()
+            self._tasks.start_soon(self._recover, worker, reason)
+        # else: it was being started again; ``_recover`` sees it dead and tries again
+
+    async def _recover(self, dead: _Worker, reason: str) -> None:
+        """Start worker ``dead.index`` again until it runs, within ``max_restarts``."""
+        index = dead.index
+        logs = self._logs
+        assert logs is not None and self._tasks is not None
+        while True:
+            now = anyio.current_time()
+            self._restarts = [t for t in self._restarts if t > now - self.restart_period]
+            if len(self._restarts) >= self.max_restarts:
+                self._fail(
+                    dead,
+                    f"{reason}, after {len(self._restarts)} restarts of workers within "
+                    f"{self.restart_period:g} s (max_restarts={self.max_restarts})",
+                )
+                return
+            self._restarts.append(now)
+            with suppress(Exception):
+                await anyio.to_thread.run_sync(dead.process.join, EXIT_GRACE)  # reaped
+            # what the worker is to restore and be sent again, taken at one point
+            base = self._base
+            frames = logs[index].replay()
+            try:
+                worker = await self._spawn(index)
+            except Exception as exc:
+                self._fail(dead, f"{reason}, and could not be started again ({exc})")
+                return
+            self._workers[index] = worker
+            self._tasks.start_soon(self._read, worker, name=f"featurist-worker-{index}-reader")
+            try:
+                with anyio.fail_after(START_TIMEOUT):
+                    await self._started(worker)
+                    if base is not None:
+                        assert self.config is not None
+                        await self._ask(
+                            worker, "restore", self.config.directory, base, self.workers
+                        )
+                    for payloads, updates in frames:
+                        worker.in_flight += 1
+                        worker.conn.queue(Events(payloads, updates))
+                    await worker.conn.drain()
+            except _Retry:
+                dead = worker
+                continue  # it died again: another restart, if allowed
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                self._died(worker, "ended its stream (it died)")
+                dead = worker
+                continue
+            except Exception as exc:
+                self._fail(worker, f"{reason}, and could not be restored ({exc})")
+                return
+            if worker.dead:
+                dead = worker
+                continue
+            _log.warning(
+                "worker_restarted",
+                worker=index,
+                pid=worker.pid,
+                checkpoint=base,
+                events_replayed=sum(len(p) for p, _ in frames),
+            )
+            self._ready[index].set()
+            return
+
+    async def _ask(self, worker: _Worker, op: str, *args: Any) -> msgspec.Raw:
+        """A call to this very worker (not sent again if it dies: raises ``_Retry``)."""
+        call_id = next(self._ids)
+        pending = worker.pending[call_id] = _Pending()
+        worker.conn.queue(Call(call_id, op, list(args)))
+        await worker.conn.drain()
+        await pending.done.wait()
+        if pending.error is not None:
+            raise pending.error
+        assert pending.result is not None
+        return pending.result
 
     async def _read(self, worker: _Worker) -> None:
         """Take the worker's frames until it stops or its stream ends."""
@@ -302,24 +529,32 @@ class WorkerFront:
             worker.ended.set()
 
     async def _read_frames(self, worker: _Worker, conn: Connection, publish: Any) -> None:
+        log = None if self._logs is None else self._logs[worker.index]
         try:
             while True:
                 message = await conn.receive()
                 if message.__class__ is Taken:
                     worker.in_flight -= 1
+                    if log is not None:
+                        log.frame_taken()
                     wake = self._wake
                     if not worker.in_flight and self.buffers[worker.index] and wake is not None:
                         wake.set()  # the flusher sends what waits for the idle worker
                 elif isinstance(message, Updates):
+                    rows, errors, extras = message.rows, message.errors, message.extras
+                    if log is not None:
+                        keep = log.delivered(message.group, rows)
+                        if keep is not None:
+                            rows, errors, extras = _kept(keep, rows, errors, extras)
                     await publish(
                         UpdateBatch(
                             message.group,
                             message.names,
-                            message.rows,
-                            message.errors,
+                            rows,
+                            errors,
                             message.latency_ms,
                             message.processed_at,
-                            message.extras,
+                            extras,
                         )
                     )
                 elif isinstance(message, Reply):
@@ -330,11 +565,15 @@ class WorkerFront:
                     if pending is not None:
                         if message.error is not None:
                             pending.error = RuntimeError(f"worker {worker.index}: {message.error}")
+                        elif pending.barrier is not None and log is not None:
+                            # the rows after this reply come of the events after the barrier
+                            log.barrier_passed(pending.barrier)
                         pending.result = message.result
                         pending.done.set()
                 elif isinstance(message, Rejected):
-                    for payload, reason in message.letters:
-                        self._reject(payload, InvalidEvent(reason, payload=payload))
+                    if log is None or log.report_rejected():
+                        for payload, reason in message.letters:
+                            self._reject(payload, InvalidEvent(reason, payload=payload))
                 elif isinstance(message, Stopped):
                     worker.stopped = True
                     return
@@ -346,36 +585,243 @@ class WorkerFront:
             OSError,
         ):
             if not worker.stopped:
-                self._fail(worker, "ended its stream (it died)")
+                self._died(worker, "ended its stream (it died)")
         except msgspec.DecodeError as exc:
             self._fail(worker, f"sent a frame the front cannot read ({exc})")
 
-    async def _send(self, worker: _Worker, message: Any) -> None:
+    async def _drain(self, worker: _Worker) -> None:
+        """Send what is queued for ``worker``. If it died, its reader starts it again (the
+        frames are in the log) or fails the front."""
         try:
-            await worker.conn.send(message)
+            await worker.conn.drain()
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-            self._fail(worker, "closed its stream (it died)")
+            self._died(worker, "closed its stream (it died)")
             self.check()
 
-    async def _call(self, worker: _Worker, op: str, *args: Any) -> msgspec.Raw:
-        self.check()
-        call_id = next(self._ids)
-        pending = worker.pending[call_id] = _Pending()
-        await self._send(worker, Call(call_id, op, list(args)))
-        await pending.done.wait()
-        if pending.error is not None:
-            raise pending.error
-        assert pending.result is not None
-        return pending.result
+    async def _running(self, index: int) -> _Worker:
+        """Worker ``index``, once it runs (after a restart under way).
 
-    async def _call_all(self, op: str) -> list[msgspec.Raw]:
+        Raises:
+            RuntimeClosed: the front failed.
+        """
+        while True:
+            self.check()
+            ready = self._ready[index]
+            if ready.is_set():
+                worker = self._workers[index]
+                if not worker.dead:
+                    return worker
+            await ready.wait()
+
+    def _all_running(self) -> bool:
+        return all(
+            ready.is_set() and not worker.dead
+            for ready, worker in zip(self._ready, self._workers, strict=True)
+        )
+
+    async def _call(self, index: int, op: str, *args: Any) -> msgspec.Raw:
+        while True:
+            worker = await self._running(index)
+            try:
+                return await self._ask(worker, op, *args)
+            except _Retry:
+                continue  # sent again once the worker runs again
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                self._died(worker, "closed its stream (it died)")
+                continue
+
+    async def _call_all(self, op: str, *args: Any) -> list[msgspec.Raw]:
         results: list[msgspec.Raw] = [msgspec.Raw(b"\xc0")] * self.workers
 
-        async def one(worker: _Worker) -> None:
-            results[worker.index] = await self._call(worker, op)
+        async def one(index: int) -> None:
+            results[index] = await self._call(index, op, *args)
 
-        await _together([partial(one, worker) for worker in self._workers])
+        await _together([partial(one, index) for index in range(self.workers)])
         return results
+
+    # -- checkpoints -------------------------------------------------------------------------
+    async def _restore_latest(self) -> None:
+        """Restore the newest readable checkpoint of the directory into the workers, each
+        its key groups.
+
+        Raises:
+            CheckpointError: a worker could not restore it (the message says why).
+        """
+        assert self._store is not None and self.config is not None
+        started = time.perf_counter()
+        found = await anyio.to_thread.run_sync(self._store.latest)
+        if found is None:
+            return
+        checkpoint, path = found
+        try:
+            await self._call_all(
+                "restore", self.config.directory, checkpoint.sequence, self.workers
+            )
+        except RuntimeError as exc:
+            raise CheckpointError(f"{path}: cannot be restored: {exc}") from None
+        progress = self._progress
+        progress.position, progress.offset = checkpoint.position, checkpoint.offset
+        self.ingested_before = checkpoint.ingested or 0
+        self.rejected_before = checkpoint.rejected or 0
+        self._base = self._sequence = checkpoint.sequence
+        self.restored = CheckpointInfo(
+            sequence=checkpoint.sequence,
+            path=str(path),
+            position=checkpoint.position,
+            offset=checkpoint.offset,
+            keys=sum(actor.keys for actor in checkpoint.actors),
+            size_bytes=path.stat().st_size,
+            created_at=checkpoint.created_at,
+            pause_ms=0.0,
+            duration_ms=(time.perf_counter() - started) * 1000,
+            shards=checkpoint.shards,
+        )
+        _log.info(
+            "checkpoint_restored",
+            sequence=checkpoint.sequence,
+            position=checkpoint.position,
+            workers_then=checkpoint.workers,
+            workers_now=self.workers,
+            shards_then=checkpoint.shards,
+            shards_now=self._shards,
+        )
+
+    async def _checkpointer(self, interval: float) -> None:
+        """The periodic checkpoints. A failure is logged and the next one tried."""
+        while self.failure is None:
+            await anyio.sleep(interval)
+            try:
+                await self.checkpoint()
+            except (CheckpointError, OSError):
+                _log.exception("checkpoint_failed", directory=str(self.config))
+            except RuntimeClosed:
+                return
+
+    async def relieve_log(self) -> None:
+        """While the log is full, take a checkpoint (ingest waits for it: a dead worker's
+        replay never grows beyond ``max_log_events`` and a call's events).
+
+        Raises:
+            CheckpointError, OSError: the checkpoint failed other than by a worker's death.
+        """
+        assert self._checkpoint_lock is not None
+        while self.log_full:
+            try:
+                await self.checkpoint()
+            except _Abandoned:
+                continue  # the worker runs again (or the front failed: checked above)
+
+    async def checkpoint(self) -> CheckpointInfo:
+        """An aligned checkpoint: every worker writes its key groups' state as of one input
+        position, and the front commits them.
+
+        Raises:
+            ConfigError: the runtime has no ``checkpoints`` directory.
+            CheckpointError: a worker could not capture its state, or died meanwhile (the
+                last checkpoint stands).
+            OSError: the file could not be written.
+            RuntimeClosed: the front failed.
+        """
+        if self._store is None or self.config is None or self._logs is None:
+            raise ConfigError("checkpoint(): the runtime has no checkpoints directory")
+        assert self._checkpoint_lock is not None
+        store, logs = self._store, self._logs
+        async with self._checkpoint_lock:
+            self.check()
+            started = time.perf_counter()
+            progress = self._progress
+            gate = anyio.Event()
+            progress.gate = gate
+            try:
+                while progress.offset_calls:
+                    progress.offset_calls_done = anyio.Event()
+                    await progress.offset_calls_done.wait()
+                sequences = await anyio.to_thread.run_sync(store.sequences)
+                while True:
+                    for index in range(self.workers):
+                        await self._running(index)
+                    # one point of the input: no await from here to the last barrier queued
+                    if all(
+                        r.is_set() and not w.dead
+                        for r, w in zip(self._ready, self._workers, strict=True)
+                    ):
+                        break
+                self._sequence = sequence = max(self._sequence, *sequences, 0) + 1
+                position, offset = progress.position, progress.offset
+                ingested = self.ingested_before + self.ingested
+                rejected = self.rejected_before + self.rejected
+                barriers = []
+                for index, worker in enumerate(self._workers):
+                    self._queue_events(index)
+                    call_id = next(self._ids)
+                    pending = worker.pending[call_id] = _Pending(barrier=sequence)
+                    logs[index].barrier()
+                    worker.conn.queue(
+                        Call(call_id, "checkpoint", [self.config.directory, sequence])
+                    )
+                    barriers.append((worker, pending))
+            finally:
+                progress.gate = None
+                gate.set()
+            paused = time.perf_counter() - started
+            parts: list[list[int]] = []
+            try:
+                for worker, _ in barriers:
+                    await self._drain(worker)
+                for _, pending in barriers:
+                    await pending.done.wait()
+                    if pending.error is not None:
+                        raise pending.error
+                    assert pending.result is not None
+                    parts.append(_written.decode(pending.result))
+                checkpoint = Checkpoint(
+                    feature_set=self._feature_set,
+                    sequence=sequence,
+                    created_at=time.time(),
+                    key_groups=self._router.key_groups,
+                    shards=self._shards,
+                    position=position,
+                    offset=offset,
+                    ingested=ingested,
+                    rejected=rejected,
+                    workers=self.workers,
+                    parts=[store.part_name(sequence, index) for index in range(self.workers)],
+                )
+                path, size = await anyio.to_thread.run_sync(store.write, checkpoint)
+            except BaseException as exc:
+                for log in logs:
+                    log.abandon()
+                if isinstance(exc, RuntimeError) and not isinstance(exc, RuntimeClosed):
+                    raise CheckpointError(f"checkpoint {sequence}: {exc}") from exc
+                raise
+            for log in logs:
+                log.commit(sequence)
+            self._base = sequence
+        info = CheckpointInfo(
+            sequence=sequence,
+            path=str(path),
+            position=position,
+            offset=offset,
+            keys=sum(part[0] for part in parts),
+            size_bytes=size + sum(part[2] for part in parts),
+            created_at=checkpoint.created_at,
+            pause_ms=paused * 1000,
+            duration_ms=(time.perf_counter() - started) * 1000,
+            shards=self._shards,
+            keys_left_out=sum(part[1] for part in parts),
+        )
+        self.last = info
+        _log.info(
+            "checkpoint_written",
+            sequence=sequence,
+            position=position,
+            workers=self.workers,
+            keys=info.keys,
+            bytes=info.size_bytes,
+            pause_ms=round(info.pause_ms, 1),
+            duration_ms=round(info.duration_ms, 1),
+        )
+        return info
 
     # -- ingest ------------------------------------------------------------------------------
     def route(self, events: Iterable[Any]) -> int:
@@ -433,14 +879,29 @@ class WorkerFront:
         record_rejected(self._dead_letters, payload, error)
 
     async def send(self, index: int) -> None:
-        """Send worker ``index``'s buffer, if any (waits while its socket is full)."""
+        """Send worker ``index``'s buffer, if any (waits while its socket is full, and while
+        the worker is started again)."""
+        if not self.buffers[index]:
+            return
+        if not self._ready[index].is_set():
+            await self._running(index)  # after the frames it is sent again
+        worker = self._queue_events(index)
+        if worker is not None:
+            await self._drain(worker)
+
+    def _queue_events(self, index: int) -> _Worker | None:
+        """Queue worker ``index``'s buffer as a frame (and log it), at once."""
         buffer = self.buffers[index]
         if not buffer:
-            return
+            return None
         self.buffers[index] = []
         worker = self._workers[index]
         worker.in_flight += 1
-        await self._send(worker, Events(buffer, self.updates.active))
+        updates = self.updates.active
+        if self._logs is not None:
+            self._logs[index].sent(buffer, updates)
+        worker.conn.queue(Events(buffer, updates))
+        return worker
 
     async def send_due(self) -> None:
         """Send the buffers of ``batch_size`` events or more, and any buffer of a worker
@@ -500,7 +961,7 @@ class WorkerFront:
 
         async def one(index: int, keys: list[Any]) -> None:
             await self.send(index)  # a read sees the caller's own writes
-            raw = await self._call(self._workers[index], "get_many", keys, features)
+            raw = await self._call(index, "get_many", keys, features)
             found.update(zip(keys, _vectors.decode(raw), strict=True))
 
         await _together([partial(one, index, keys_of) for index, keys_of in by_worker.items()])
@@ -512,11 +973,30 @@ class WorkerFront:
         merged = merge_statistics(parts)
         return msgspec.structs.replace(
             merged,
-            events_ingested=self.ingested,
-            events_rejected=self.rejected,
+            events_ingested=self.ingested_before + self.ingested,
+            events_rejected=self.rejected_before + self.rejected,
             shards=self._shards,
             groups=parts[0].groups,
         )
+
+
+def _kept(
+    keep: list[int],
+    rows: list[tuple[Any, ...]],
+    errors: dict[int, dict[str, str]] | None,
+    extras: dict[int, FeatureUpdate] | None,
+) -> tuple[
+    list[tuple[Any, ...]], dict[int, dict[str, str]] | None, dict[int, FeatureUpdate] | None
+]:
+    """The rows of a batch at ``keep``, with their errors and extras at their new indexes."""
+    kept = [rows[i] for i in keep]
+    if errors or extras:
+        at = {old: new for new, old in enumerate(keep)}
+        if errors:
+            errors = {at[i]: e for i, e in errors.items() if i in at} or None
+        if extras:
+            extras = {at[i]: e for i, e in extras.items() if i in at} or None
+    return kept, errors, extras
 
 
 def _context() -> Any:

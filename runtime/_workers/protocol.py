@@ -52,8 +52,11 @@ class Events(msgspec.Struct, array_like=True, tag=0):
 
 
 class Call(msgspec.Struct, array_like=True, tag=1):
-    """A request: ``op`` is ``"flush"``, ``"get_many"`` (keys, features) or
-    ``"statistics"``."""
+    """A request: ``op`` is ``"flush"``, ``"get_many"`` (keys, features),
+    ``"statistics"``, ``"checkpoint"`` (directory, sequence: the barrier of an aligned
+    checkpoint: write the worker's part of it once everything sent before is applied) or
+    ``"restore"`` (directory, sequence, workers: restore the worker's key groups from a
+    checkpoint)."""
 
     id: int
     op: str
@@ -141,6 +144,19 @@ class Connection:
 
     async def send(self, message: Any) -> None:
         await self.send_frame(self.encode(message))
+
+    def queue(self, message: Any) -> None:
+        """Queue ``message`` to go out after the frames queued before it, without waiting:
+        a caller queues frames of several connections at one point of its input (the front's
+        barrier), then drains them (:meth:`drain`)."""
+        self._outbox.append(self.encode(message))
+
+    async def drain(self) -> None:
+        """Send every frame queued (returns once they are out)."""
+        async with self._lock:
+            outbox = self._outbox
+            while outbox:
+                await self._stream.send(cast(bytes, outbox.popleft()))
 
     async def send_frame(self, frame: bytearray) -> None:
         outbox = self._outbox

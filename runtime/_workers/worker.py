@@ -28,6 +28,7 @@ import msgspec
 
 from actors import DeadLetterReason, get_logger, run
 
+from .._checkpoints.store import CheckpointStore
 from .protocol import (
     Call,
     Connection,
@@ -75,7 +76,7 @@ async def serve(sock: Any, spec: WorkerSpec) -> None:
             return
         async with rt:
             await conn.send(Reply(0, None, msgspec.Raw(_encode(os.getpid()))))
-            await _Worker(rt, conn).serve()
+            await _Worker(rt, conn, spec.index).serve()
         await conn.send(Stopped())
     except (
         anyio.EndOfStream,
@@ -90,9 +91,10 @@ async def serve(sock: Any, spec: WorkerSpec) -> None:
 
 
 class _Worker:
-    def __init__(self, rt: Any, conn: Connection) -> None:
+    def __init__(self, rt: Any, conn: Connection, index: int) -> None:
         self._rt = rt
         self._conn = conn
+        self._index = index
         #: the runtime's updates while the front has subscribers, and their forwarder's scope
         self._subscription: Any = None
         self._forwarding: anyio.CancelScope | None = None
@@ -175,6 +177,20 @@ class _Worker:
         while subscription is not None and (subscription.statistics().depth or self._busy):  # noqa: ASYNC110
             await anyio.sleep(0.0005)
 
+    async def _checkpoint(self, directory: str, sequence: int) -> list[int]:
+        """The barrier of checkpoint ``sequence``: every event sent before is applied and its
+        updates are sent, then the state of the worker's key groups is written to its part
+        of the checkpoint. Returns the keys, the keys left out and the part's size."""
+        rt = self._rt
+        await rt.flush()
+        await self._drained()
+        coordinator = rt._coordinator
+        checkpoint = await coordinator.capture(sequence)
+        store = CheckpointStore(directory)
+        _, size = await anyio.to_thread.run_sync(store.write_part, checkpoint, self._index)
+        keys = sum(actor.keys for actor in checkpoint.actors)
+        return [keys, coordinator.keys_left_out, size]
+
     async def _call(self, call: Call) -> None:
         rt = self._rt
         try:
@@ -187,6 +203,19 @@ class _Worker:
                 result = list((await rt.get_many(keys, features)).values())
             elif call.op == "statistics":
                 result = await rt.statistics()
+            elif call.op == "checkpoint":
+                directory, sequence = call.args
+                result = await self._checkpoint(directory, sequence)
+            elif call.op == "restore":
+                directory, sequence, workers = call.args
+                store = CheckpointStore(directory)
+                checkpoint = await anyio.to_thread.run_sync(store.read, sequence)
+                # the worker's runtime is this package's own: its coordinator restores the
+                # worker's share of the key groups (no lock: the front holds the directory)
+                await rt._coordinator.restore_from(
+                    checkpoint, store.path_of(sequence), share=(self._index, workers)
+                )
+                result = None
             else:
                 raise ValueError(f"unknown call {call.op!r}")
         except Exception as exc:

@@ -1,0 +1,165 @@
+"""What the front keeps to restart a worker: the log of what it was sent since the last
+checkpoint, and what of its output was delivered.
+
+A :class:`WorkerLog` per worker holds the :class:`Events` frames sent to the worker since the
+barrier of the last committed checkpoint (the *base*), numbered in the order they were sent.
+A restarted worker restores its key groups from the base and is sent these frames again, so
+its state is that of a worker that never died: each event applied once.
+
+Its output is made again too, and the front lets through only what it had not delivered yet:
+
+- **Update rows.** Per feature group and key, the front counts the rows it published since
+  the base (a key's rows come in the order of its events, and replaying the same events from
+  the same state makes the same rows): of a restarted worker's rows, the first that many of
+  each group and key are dropped (they were published before the death), the rest published.
+- **Refused events.** The worker answers each frame with ``Taken``, after the events of the
+  frame that it refused (``Rejected``): the front knows which frames' refusals it has, and
+  drops those the replay refuses again.
+
+The log is bounded by the front (``max_log_events``): a checkpoint empties it.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from typing import Any
+
+__all__ = ["WorkerLog"]
+
+
+class _Entry:
+    __slots__ = ("frame", "payloads", "updates")
+
+    def __init__(self, frame: int, payloads: list[Any], updates: bool) -> None:
+        #: the frame's number, counted from the worker's first
+        self.frame = frame
+        self.payloads = payloads
+        #: whether the front had subscribers to updates when it was sent
+        self.updates = updates
+
+
+class WorkerLog:
+    """One worker's frames since the base checkpoint, and its output delivered since."""
+
+    __slots__ = (
+        "_entries",
+        "_mark",
+        "_segments",
+        "_suppress",
+        "events",
+        "next_frame",
+        "reported",
+        "taken",
+    )
+
+    def __init__(self) -> None:
+        self._entries: deque[_Entry] = deque()
+        #: events in the log
+        self.events = 0
+        #: the number the next frame sent gets
+        self.next_frame = 0
+        #: frames the worker (this incarnation) has taken in, counted from the first frame
+        self.taken = 0
+        #: the frames before this one have had their refused events reported
+        self.reported = 0
+        #: the first frame after the barrier of the checkpoint under way, or None
+        self._mark: int | None = None
+        #: rows published per group and key, since the base and since each barrier after it
+        #: (a list of ``(sequence, counts)``, the newest last)
+        self._segments: list[tuple[int, dict[str, Counter[Any]]]] = [(0, {})]
+        #: per group and key, the rows of a restarted worker still to drop
+        self._suppress: dict[str, Counter[Any]] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    # -- what is sent ------------------------------------------------------------------------
+    def sent(self, payloads: list[Any], updates: bool) -> None:
+        """An :class:`Events` frame is sent (queued) to the worker."""
+        self._entries.append(_Entry(self.next_frame, payloads, updates))
+        self.next_frame += 1
+        self.events += len(payloads)
+
+    def barrier(self) -> None:
+        """The barrier of a checkpoint is sent, after the frames sent so far."""
+        self._mark = self.next_frame
+
+    def barrier_passed(self, sequence: int) -> None:
+        """The worker answered the barrier of checkpoint ``sequence``: the rows it sent
+        before were made by the events before the barrier, those after it by the others."""
+        self._segments.append((sequence, {}))
+
+    def commit(self, sequence: int) -> None:
+        """Checkpoint ``sequence`` is written: it is the base now, and what came before its
+        barrier is forgotten."""
+        mark = self._mark
+        assert mark is not None
+        entries = self._entries
+        while entries and entries[0].frame < mark:
+            self.events -= len(entries.popleft().payloads)
+        self._mark = None
+        self._segments = [s for s in self._segments if s[0] >= sequence] or [(sequence, {})]
+
+    def abandon(self) -> None:
+        """The checkpoint under way failed: the base stays."""
+        self._mark = None
+
+    # -- a restart ---------------------------------------------------------------------------
+    def replay(self) -> list[tuple[list[Any], bool]]:
+        """The worker is started again from the base: the frames to send it again, with
+        their ``updates`` flags. From now on, the rows published since the base are dropped
+        once each as they come again."""
+        suppress: dict[str, Counter[Any]] = {}
+        for _, counts in self._segments:
+            for group, keys in counts.items():
+                suppress.setdefault(group, Counter()).update(keys)
+        self._suppress = suppress
+        entries = self._entries
+        self.taken = entries[0].frame if entries else self.next_frame
+        self._mark = None
+        return [(entry.payloads, entry.updates) for entry in entries]
+
+    # -- what comes back ---------------------------------------------------------------------
+    def delivered(self, group: str, rows: list[tuple[Any, ...]]) -> list[int] | None:
+        """The update rows of ``group`` the worker sent: count them as delivered, and
+        return the indexes of those to publish, or None for all of them (the common case:
+        no restart is being caught up with)."""
+        keep: list[int] | None = None
+        suppress = self._suppress.get(group)
+        if suppress:
+            keep = []
+            for index, row in enumerate(rows):
+                key = row[0]
+                left = suppress.get(key)
+                if left:
+                    if left == 1:
+                        del suppress[key]
+                    else:
+                        suppress[key] = left - 1
+                else:
+                    keep.append(index)
+            if not suppress:
+                del self._suppress[group]
+        counts = self._segments[-1][1]
+        counter = counts.get(group)
+        if counter is None:
+            counter = counts[group] = Counter()
+        if keep is None:
+            counter.update([row[0] for row in rows])
+        else:
+            counter.update([rows[i][0] for i in keep])
+        return keep
+
+    def frame_taken(self) -> None:
+        """The worker said it took its next frame in (its refusals came before)."""
+        self.taken += 1
+        if self.reported < self.taken:
+            self.reported = self.taken
+
+    def report_rejected(self) -> bool:
+        """The worker refused events of the frame it is taking in: whether to report them
+        (False if they were reported before a restart)."""
+        if self.taken < self.reported:
+            return False
+        self.reported = self.taken + 1
+        return True
