@@ -144,9 +144,14 @@ class _Pending(NamedTuple):
 
     hits: int
     misses: int
-    partial: _Partial
+    #: None: nothing known yet (a miss that waits for its fetch)
+    partial: _Partial | None
     #: a (source, key) it waits for: while that is being fetched, it need not be looked at
     blocker: tuple[str, Hashable] | None
+    #: with one lookup, the fields the event gets, known when it came (its row was cached, or
+    #: known missing) while an earlier event of its key waited: it needs no look when its
+    #: turn comes (``partial`` says the same, for an enriched event built whole)
+    fields: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)
@@ -342,11 +347,11 @@ class EnrichShard(Actor[Any]):
         """The hot path, with one lookup and nobody reading whole enriched events: an event
         whose row the cache holds fresh (or whose key it knows to be missing) is enriched here,
         at the cost of a dict lookup, a ``move_to_end`` and a dict of the event's fields and
-        the row's (the row's made once per cached row, kept in the entry's ``derived``). Any
-        other event (versions, an earlier event of its key in the stash, an event that is not
-        a mapping, a fetch that just ended) goes to :meth:`_take`, in its turn, but for a key
-        the cache does not hold: that event goes to the stash here, and the key to
-        ``scan.wanted``."""
+        the row's (the row's made once per cached row, kept in the entry's ``derived``); if an
+        earlier event of its key waits in the stash, it goes there with those fields, and is
+        passed on as soon as its turn comes. An event whose key the cache does not hold goes
+        to the stash, and the key to ``scan.wanted``. Any other event (versions, a stale row,
+        an event that is not a mapping, a fetch that just ended) goes to :meth:`_take`."""
         name, event_field, source, plan = single
         cache = source.cache
         entries, ttl, refresh_after, negative_ttl, negative_refresh_after = cache.hot()
@@ -358,49 +363,46 @@ class EnrichShard(Actor[Any]):
         arrived = time.perf_counter()
         stashed, stash, take, add = self.stashed, self.stash, self._take, ready.append
         # outcomes of fetches that ended since the last release: ``_enrich`` reads them
-        quiet = not self.landed and not plan.failed
+        landed, failed = self.landed, plan.failed
         fetching, source_name = self.fetching, source.name
         wanted: set[Hashable] | None = None
         hits = negative_hits = 0
         for key, t, event in batch.events:
-            if key in stashed:  # an earlier event of its key waits: so must it
-                take(scan, key, t, event, created, arrived, True, ready)
-                continue
             try:
                 value = event.get(event_field)
                 entry = get_entry(value)
             except Exception:  # not a mapping, an unhashable key: ``_enrich`` says why
                 value = entry = None
             if entry is None:
-                if quiet and value is not None:
+                if value is not None and (
+                    not (landed or failed)
+                    or ((source_name, value) not in landed and value not in failed)
+                ):
                     cache.lookup(value, now)  # a miss, counted
                     blocker = (source_name, value)
                     if blocker not in fetching:
                         if wanted is None:
                             wanted = scan.wanted.setdefault(source_name, set())
                         wanted.add(value)
-                    pending = _Pending(0, 1, ({}, {}, _NONE, _NONE), blocker)
+                    pending = _Pending(0, 1, None, blocker)
                     stash.append(_Waiting(key, t, event, created, arrived, pending))
                     stashed[key] += 1
                     continue
             else:
                 age = now - entry.fetched_at
+                fields = None
                 if entry.missing:
                     if age < negative_ttl and (
                         age < negative_refresh_after or entry.refresh_requested
                     ):
-                        move(value)
                         negative_hits += 1
-                        add((key, t, {**event, **default_fields}))
-                        continue
+                        fields = default_fields
                 else:
                     derived = entry.derived
                     if age < fresh and derived is not None and derived[0] == name:
-                        move(value)
                         hits += 1
-                        add((key, t, {**event, **derived[1]}))
-                        continue
-                    if age < ttl and (age < refresh_after or entry.refresh_requested):
+                        fields = derived[1]
+                    elif age < ttl and (age < refresh_after or entry.refresh_requested):
                         if derived is None or derived[0] != name:
                             row = entry.value
                             # versions (a list): the row valid at each event's time, not here
@@ -408,11 +410,20 @@ class EnrichShard(Actor[Any]):
                                 (name, _flat(name, row)) if row.__class__ is dict else None
                             )
                         if derived is not None:
-                            move(value)
                             hits += 1
-                            add((key, t, {**event, **derived[1]}))
-                            continue
-            take(scan, key, t, event, created, arrived, False, ready)
+                            fields = derived[1]
+                if fields is not None:
+                    move(value)
+                    if key in stashed:  # an earlier event of its key waits: so must it
+                        pending = _known(
+                            plan, None if entry.missing else entry.value, age * 1000, fields, None
+                        )
+                        stash.append(_Waiting(key, t, event, created, arrived, pending))
+                        stashed[key] += 1
+                    else:
+                        add((key, t, {**event, **fields}))
+                    continue
+            take(scan, key, t, event, created, arrived, key in stashed, ready)
         if hits or negative_hits:
             cache.count_hits(hits, negative_hits)
 
@@ -465,7 +476,10 @@ class EnrichShard(Actor[Any]):
             rows, ages, stale, defaulted = {}, {}, _NONE, _NONE
         else:
             hits, misses = pending.hits, pending.misses
-            rows, ages, stale, defaulted = pending.partial
+            if pending.partial is None:  # nothing known yet
+                rows, ages, stale, defaulted = {}, {}, _NONE, _NONE
+            else:
+                rows, ages, stale, defaulted = pending.partial
         now, first, wanted, refresh = scan.now, scan.first, scan.wanted, scan.refresh
         blocker: tuple[str, Hashable] | None = None
         landed = self.landed
@@ -645,7 +659,7 @@ class EnrichShard(Actor[Any]):
         # landed with a row or as missing is enriched here, with the row's fields made once
         # per key; any other goes to ``_enrich``.
         single = self._single is not None and not scan.full
-        name, entries_get = "", _no_entries.get
+        name, entries_get, plan = "", _no_entries.get, self.plans[0]
         if self._single is not None:
             name, entries_get = self._single[0], self._single[2].cache.hot()[0].get
         default_fields = self._default_fields
@@ -653,7 +667,22 @@ class EnrichShard(Actor[Any]):
         for waiting in self.stash:
             key = waiting.key
             behind = key in blocked
-            blocker = waiting.pending.blocker
+            pending = waiting.pending
+            if pending.fields is not None and not scan.full:
+                # its fields were known when it came: it goes when the events before it do
+                if behind:
+                    kept.append(waiting)
+                    continue
+                ready.append((key, waiting.t, {**waiting.event, **pending.fields}))
+                if created is None or waiting.created < created:
+                    created = waiting.created
+                count = stashed[key] - 1
+                if count:
+                    stashed[key] = count
+                else:
+                    del stashed[key]
+                continue
+            blocker = pending.blocker
             if blocker is not None:
                 value = landed.get(blocker, _NOTHING) if landed else _NOTHING
                 if value is _NOTHING:
@@ -662,7 +691,7 @@ class EnrichShard(Actor[Any]):
                         kept.append(waiting)
                         blocked.add(key)
                         continue
-                elif single and not behind:
+                elif single:
                     fields = fields_of.get(blocker)
                     if fields is None:
                         if value.__class__ is dict:
@@ -674,6 +703,11 @@ class EnrichShard(Actor[Any]):
                         elif value is NOT_FOUND:
                             fields = default_fields
                     if fields is not None:
+                        if behind:  # its row landed: it goes when the events before it do
+                            row = value if value.__class__ is dict else None
+                            waiting.pending = _known(plan, row, 0.0, fields, pending)
+                            kept.append(waiting)
+                            continue
                         ready.append((key, waiting.t, {**waiting.event, **fields}))
                         if created is None or waiting.created < created:
                             created = waiting.created
@@ -764,9 +798,45 @@ class EnrichShard(Actor[Any]):
                 _log.warning("enriched_events_undelivered", stream=self.stream, events=len(ready))
 
 
+def _known(
+    plan: _Plan,
+    row: dict[str, Any] | None,
+    age_ms: float,
+    fields: dict[str, Any],
+    pending: _Pending | None,
+) -> _Pending:
+    """Where an event stands whose one lookup is answered (``row``, or None: the key is
+    missing, and ``fields`` are the default's) while an earlier event of its key waits: with
+    its row kept as :meth:`EnrichShard._enrich` keeps it (for an enriched event built whole
+    when its turn comes), and counted as a hit if it comes for the first time (no
+    ``pending``)."""
+    name, ages = plan.name, {plan.name: age_ms}
+    hits, misses = (1, 0) if pending is None else (pending.hits, pending.misses)
+    if row is None:
+        return _Pending(hits, misses, ({name: plan.default}, ages, _NONE, [name]), None, fields)
+    return _Pending(hits, misses, ({name: row}, ages, _NONE, _NONE), None, fields)
+
+
 def _flat(name: str, row: dict[str, Any]) -> dict[str, Any]:
     """The fields a lookup's row adds to an event: ``"<lookup>.<column>"``."""
-    return {f"{name}.{column}": cell for column, cell in row.items()}
+    names = _field_names.get(name)
+    if names is None:
+        names = _field_names[name] = {}
+    try:
+        return {names[column]: cell for column, cell in row.items()}
+    except KeyError:
+        # a column not seen yet: remember its field's name (a few hundred per lookup at
+        # most; past that, each row's names are made anew)
+        if len(names) < _FIELD_NAMES_MAX:
+            for column in row:
+                if column not in names and len(names) < _FIELD_NAMES_MAX:
+                    names[column] = f"{name}.{column}"
+        return {names.get(column) or f"{name}.{column}": cell for column, cell in row.items()}
+
+
+#: per lookup, the field name of each column seen: ``"<lookup>.<column>"``
+_field_names: dict[str, dict[Any, str]] = {}
+_FIELD_NAMES_MAX = 512
 
 
 _NOTHING = object()
