@@ -197,8 +197,9 @@ class WorkerFront:
         self.buffers: list[list[Any]] = [[] for _ in range(workers)]
         self._created = [0.0] * workers
         self._workers: list[_Worker] = []
-        #: every process started (or being started), by worker index
+        #: every process started (or being started), and every connection made
         self._processes: list[Any] = []
+        self._conns: list[Connection] = []
         self._ids = itertools.count(1)
         #: why the front stopped working (a worker died or failed), or None
         self.failure: str | None = None
@@ -242,6 +243,11 @@ class WorkerFront:
     def pids(self) -> list[int | None]:
         """The worker processes' ids, by worker index."""
         return [worker.pid for worker in self._workers]
+
+    @property
+    def restarting(self) -> bool:
+        """Whether a worker is being started again."""
+        return not all(ready.is_set() for ready in self._ready)
 
     @property
     def log_events(self) -> int:
@@ -327,12 +333,15 @@ class WorkerFront:
         except BaseException:
             mine.close()
             raise
+        self._conns.append(conn)
         return _Worker(index, process, conn)
 
     async def _started(self, worker: _Worker) -> None:
         """Wait until ``worker``'s runtime runs (its reply of id 0)."""
         started = worker.started
         await started.done.wait()
+        if isinstance(started.error, _Retry):
+            raise started.error  # it died: ``_recover`` tries again
         if started.error is not None:
             raise RuntimeError(
                 f"worker {worker.index} failed to start: {started.error}"
@@ -373,8 +382,8 @@ class WorkerFront:
 
     async def _close_connections(self) -> None:
         with anyio.CancelScope(shield=True):
-            for worker in self._workers:
-                await worker.conn.aclose()
+            for conn in self._conns:
+                await conn.aclose()
 
     def _kill_all(self) -> None:
         for index, process in enumerate(self._processes):
@@ -460,6 +469,8 @@ class WorkerFront:
                 )
                 return
             self._restarts.append(now)
+            with anyio.CancelScope(shield=True):
+                await dead.conn.aclose()
             with suppress(Exception):
                 await anyio.to_thread.run_sync(dead.process.join, EXIT_GRACE)  # reaped
             # what the worker is to restore and be sent again, taken at one point
@@ -688,12 +699,13 @@ class WorkerFront:
 
     async def _checkpointer(self, interval: float) -> None:
         """The periodic checkpoints. A failure is logged and the next one tried."""
+        assert self._store is not None
         while self.failure is None:
             await anyio.sleep(interval)
             try:
                 await self.checkpoint()
             except (CheckpointError, OSError):
-                _log.exception("checkpoint_failed", directory=str(self.config))
+                _log.exception("checkpoint_failed", directory=str(self._store.directory))
             except RuntimeClosed:
                 return
 

@@ -1,0 +1,306 @@
+"""Exactly-once recovery with workers (``docs/scaling.md``, "How recovery works"): a worker
+killed with SIGKILL mid-stream is started again, restores its key groups from the last
+aligned checkpoint and is sent the events since: the values (``get_many`` of every key) and
+the stream of updates of every key equal those of an uninterrupted in-process run, none lost
+and none twice. Also: a checkpoint taken at one ``workers``/``shards`` restores into another
+(in-process included, both ways) by key group; the front's log is bounded by checkpoints;
+beyond ``max_restarts`` the runtime fails with a clear error; no process outlives the
+runtime, and its shutdown meets its deadline."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import hypothesis.strategies as st
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+from runtime import (
+    CheckpointConfig,
+    CheckpointError,
+    Count,
+    FeatureRuntime,
+    FeatureSet,
+    Last,
+    Mean,
+    RuntimeClosed,
+    Sliding,
+    Sum,
+    Tumbling,
+)
+
+from .test_workers import _alive
+
+FEATURE_SET = FeatureSet(
+    name="r",
+    key="card",
+    time="ts",
+    max_out_of_orderness=200,
+    features=[
+        Sum(name="total", field="amount"),
+        Count(name="n"),
+        Last(name="last", field="amount"),
+        Mean(name="w_avg", field="amount", window=Sliding(size=500)),
+        # closes travel as rows of another kind
+        Sum(name="t_sum", field="amount", window=Tumbling(size=700)),
+    ],
+)
+T0 = 1_000_000
+KEYS = 40
+
+
+def _events(count: int, seed: int = 0) -> list[dict[str, Any]]:
+    # out of order by up to 150 ms, within the lateness allowed
+    return [
+        {
+            "card": (i * 7 + seed) % KEYS,
+            "ts": T0 + i * 3 - ((i * 37 + seed) % 50),
+            "amount": (i * 13 + seed) % 101,
+        }
+        for i in range(count)
+    ]
+
+
+def _config(directory: Path, **options: Any) -> CheckpointConfig:
+    return CheckpointConfig(directory=str(directory), interval=None, **options)
+
+
+async def _drain(subscription: Any) -> dict[tuple[Any, str], list[Any]]:
+    updates: dict[tuple[Any, str], list[Any]] = {}
+    depth = subscription.statistics().depth
+    iterator = aiter(subscription)
+    for _ in range(depth):
+        update = await anext(iterator)
+        updates.setdefault((update.key, update.group), []).append(
+            (update.event_time, update.values, update.errors, update.kind, update.window)
+        )
+    return updates
+
+
+def _values(vectors: dict[Any, Any]) -> dict[Any, Any]:
+    return {key: (v.values, v.last_event_time) for key, v in vectors.items()}
+
+
+async def _uninterrupted(events: list[Any], **options: Any) -> tuple[Any, Any]:
+    async with FeatureRuntime(FEATURE_SET, **options) as rt:
+        subscription = rt.updates(buffer=1_000_000)
+        await rt.ingest_many(events)
+        await rt.flush()
+        updates = await _drain(subscription)
+        return _values(await rt.get_many(range(KEYS))), updates
+
+
+async def _killed_run(
+    directory: Path, events: list[Any], chunk: int, checkpoint_at: int, kill_at: list[int]
+) -> tuple[Any, Any, list[int | None]]:
+    """Ingest ``events`` in chunks, with a checkpoint after chunk ``checkpoint_at`` and a
+    SIGKILL of worker ``kill_at[i] % 2`` after chunk ``kill_at[i]`` (no flush before: frames
+    are in flight)."""
+    seen: list[int | None] = []
+    async with FeatureRuntime(
+        FEATURE_SET, shards=2, workers=2, batch_size=16, checkpoints=_config(directory)
+    ) as rt:
+        front = rt._front
+        assert front is not None
+        subscription = rt.updates(buffer=1_000_000)
+        for index, start in enumerate(range(0, len(events), chunk)):
+            await rt.ingest_many(events[start : start + chunk])
+            if index == checkpoint_at:
+                await rt.checkpoint()
+            if index in kill_at:
+                pid = front.pids[index % 2]
+                seen.append(pid)
+                assert pid is not None
+                os.kill(pid, signal.SIGKILL)
+        await rt.flush()
+        seen.extend(front.pids)
+        updates = await _drain(subscription)
+        values = _values(await rt.get_many(range(KEYS)))
+    return values, updates, seen
+
+
+async def test_a_worker_killed_mid_stream_gives_the_results_of_an_uninterrupted_run(
+    tmp_path: Path,
+) -> None:
+    events = _events(3000)
+    want = await _uninterrupted(events, shards=3)
+    values, updates, pids = await _killed_run(tmp_path, events, 250, 3, [6, 9])
+    assert values == want[0]
+    assert updates == want[1]  # every update once: none lost, none twice
+    assert len(set(pids)) == 4  # two workers, each started again once
+    assert not any(_alive(pid) for pid in pids)
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    count=st.integers(50, 1500),
+    chunk=st.integers(20, 400),
+    checkpoint_at=st.integers(-1, 4),
+    kill_at=st.integers(0, 6),
+    seed=st.integers(0, 1000),
+)
+def test_a_kill_anywhere_in_the_stream_loses_and_repeats_nothing(
+    tmp_path_factory: Any, count: int, chunk: int, checkpoint_at: int, kill_at: int, seed: int
+) -> None:
+    directory = tmp_path_factory.mktemp("ckp")
+    events = _events(count, seed)
+    kill_at %= -(-count // chunk)  # one of the chunks
+
+    async def both() -> tuple[Any, Any]:
+        want = await _uninterrupted(events, shards=1)
+        got = await _killed_run(directory, events, chunk, checkpoint_at, [kill_at])
+        return want, got
+
+    want, got = anyio.run(both)
+    assert got[0] == want[0]
+    assert got[1] == want[1]
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        ({"workers": 2, "shards": 2}, {"workers": 1, "shards": 1}),
+        ({"workers": 2, "shards": 2}, {"workers": 3, "shards": 2}),
+        ({"workers": 2, "shards": 2}, {"workers": 0, "shards": 3}),
+        ({"workers": 0, "shards": 4}, {"workers": 2, "shards": 1}),
+        ({"workers": 3, "shards": 1}, {"workers": 2, "shards": 3}),
+    ],
+)
+async def test_a_checkpoint_restores_into_other_workers_and_shards_by_key_group(
+    tmp_path: Path, before: dict[str, int], after: dict[str, int]
+) -> None:
+    events = _events(2000)
+    want = await _uninterrupted(events, shards=2)
+    async with FeatureRuntime(FEATURE_SET, checkpoints=_config(tmp_path), **before) as rt:
+        await rt.ingest_many(events[:1200])
+        first = await rt.checkpoint()
+        assert first.position == 1200
+    # (the shutdown took a second checkpoint, of the same state: its position is 1200 too)
+    async with FeatureRuntime(FEATURE_SET, checkpoints=_config(tmp_path), **after) as rt:
+        assert rt.restored is not None and rt.restored.position == 1200
+        assert rt.position == 1200
+        subscription = rt.updates(buffer=1_000_000)
+        await rt.ingest_many(events[1200:])
+        await rt.flush()
+        assert _values(await rt.get_many(range(KEYS))) == want[0]
+        updates = await _drain(subscription)
+        stats = await rt.statistics()
+    # the updates after the restore are those of the uninterrupted run's last 800 events
+    for key, rows in updates.items():
+        assert rows == want[1][key][-len(rows) :]
+    assert stats.events_ingested == 2000
+    assert stats.events_processed == 2000
+
+
+async def test_the_log_is_bounded_by_the_checkpoints_it_takes(tmp_path: Path) -> None:
+    events = _events(2000)
+    config = _config(tmp_path, max_log_events=100)
+    async with FeatureRuntime(
+        FEATURE_SET, shards=1, workers=2, batch_size=20, checkpoints=config
+    ) as rt:
+        front = rt._front
+        assert front is not None
+        most = 0
+        for start in range(0, 2000, 20):
+            await rt.ingest_many(events[start : start + 20])
+            most = max(most, front.log_events)
+        # the log never holds more than its bound and one call's events
+        assert most <= 100 + 20
+        assert rt.last_checkpoint is not None and rt.last_checkpoint.sequence >= 15
+        # a call given an offset is not split by the checkpoint: it is taken after it
+        await rt.ingest_many(_events(500, seed=1), offset="o-1")
+        assert rt.last_checkpoint.offset == "o-1" and rt.last_checkpoint.position == 2500
+        assert front.log_events == 0
+        pid = front.pids[0]
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        await rt.ingest_many(events[:10])
+        await rt.flush()
+        assert (await rt.statistics()).events_processed == 2510
+
+
+def test_the_log_bound_is_checked() -> None:
+    with pytest.raises(Exception, match="max_log_events must be an int >= 1"):
+        CheckpointConfig(directory="/tmp/x", max_log_events=0)
+
+
+async def test_beyond_max_restarts_the_runtime_fails_naming_the_worker(tmp_path: Path) -> None:
+    rt = FeatureRuntime(
+        FEATURE_SET, shards=1, workers=2, max_restarts=1, checkpoints=_config(tmp_path)
+    )
+    pids: list[int | None] = []
+    async with rt:
+        front = rt._front
+        assert front is not None
+        for _ in range(2):
+            pid = front.pids[1]
+            pids.append(pid)
+            assert pid is not None
+            os.kill(pid, signal.SIGKILL)
+            with anyio.fail_after(20):
+                while front.failure is None and (pid in front.pids or front.restarting):
+                    await anyio.sleep(0.01)
+        with pytest.raises(RuntimeClosed, match=r"worker 1 .*died.*max_restarts=1"):
+            with anyio.fail_after(20):
+                while True:
+                    await rt.ingest_many(_events(50))
+                    await rt.flush()
+        pids.extend(front.pids)
+    assert not any(_alive(pid) for pid in pids if pid is not None)
+
+
+async def test_a_worker_dying_during_a_checkpoint_keeps_the_last_one(tmp_path: Path) -> None:
+    events = _events(1000)
+    want = await _uninterrupted(events, shards=1)
+    async with FeatureRuntime(
+        FEATURE_SET, shards=1, workers=2, checkpoints=_config(tmp_path)
+    ) as rt:
+        front = rt._front
+        assert front is not None
+        subscription = rt.updates(buffer=1_000_000)
+        await rt.ingest_many(events[:400])
+        first = await rt.checkpoint()
+        await rt.ingest_many(events[400:700])
+        pid = front.pids[0]
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)  # it cannot answer the barrier: then it dies
+        async with anyio.create_task_group() as tasks:
+
+            async def kill() -> None:
+                await anyio.sleep(0.3)
+                os.kill(pid, signal.SIGKILL)
+
+            tasks.start_soon(kill)
+            with pytest.raises(CheckpointError, match="worker 0 died during checkpoint 2"):
+                await rt.checkpoint()
+        assert rt.last_checkpoint == first
+        await rt.ingest_many(events[700:])
+        second = await rt.checkpoint()
+        assert second.sequence == 3 and second.position == 1000
+        await rt.flush()
+        assert _values(await rt.get_many(range(KEYS))) == want[0]
+        assert await _drain(subscription) == want[1]
+    names = sorted(os.listdir(tmp_path))
+    # the abandoned checkpoint's parts are gone with the next one written
+    assert not any(name.startswith("checkpoint-000000000002") for name in names)
+
+
+async def test_the_shutdown_meets_its_deadline_with_a_worker_stopped(tmp_path: Path) -> None:
+    rt = FeatureRuntime(
+        FEATURE_SET, shards=1, workers=2, shutdown_timeout=1.0, checkpoints=_config(tmp_path)
+    )
+    async with rt:
+        front = rt._front
+        assert front is not None
+        await rt.ingest_many(_events(500))
+        pids = list(front.pids)
+        assert pids[1] is not None
+        os.kill(pids[1], signal.SIGSTOP)  # the shutdown checkpoint waits for it in vain
+        started = time.perf_counter()
+    assert time.perf_counter() - started < 1.0 + 5.0
+    assert not any(_alive(pid) for pid in pids)
