@@ -17,9 +17,11 @@ from typing import Any
 
 import anyio
 import hypothesis.strategies as st
+import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 
+from actors import DeadLetterReason
 from runtime import (
     CheckpointConfig,
     CheckpointError,
@@ -304,3 +306,34 @@ async def test_the_shutdown_meets_its_deadline_with_a_worker_stopped(tmp_path: P
         started = time.perf_counter()
     assert time.perf_counter() - started < 1.0 + 5.0
     assert not any(_alive(pid) for pid in pids)
+
+
+async def test_events_a_worker_refused_are_not_reported_again_after_its_restart(
+    tmp_path: Path,
+) -> None:
+    deep: Any = 1
+    for _ in range(70):
+        deep = [deep]
+    # bytes: the front reads the key and time alone; the worker refuses the value
+    bad = [msgspec.json.encode({"card": k, "ts": T0, "amount": deep}) for k in range(KEYS)]
+    async with FeatureRuntime(
+        FEATURE_SET, shards=1, workers=2, checkpoints=_config(tmp_path)
+    ) as rt:
+        front = rt._front
+        assert front is not None
+        await rt.ingest_many(_events(100))
+        await rt.ingest_many(bad)
+        await rt.ingest_many(_events(100, seed=3))
+        await rt.flush()
+        assert len(rt.dead_letters.letters(DeadLetterReason.REJECTED)) == KEYS
+        pids = list(front.pids)
+        for pid in pids:
+            assert pid is not None
+            os.kill(pid, signal.SIGKILL)
+        with anyio.fail_after(20):
+            while any(pid in front.pids for pid in pids) or front.restarting:
+                await anyio.sleep(0.01)
+        await rt.flush()
+        assert len(rt.dead_letters.letters(DeadLetterReason.REJECTED)) == KEYS
+        stats = await rt.statistics()
+        assert stats.events_rejected == KEYS and stats.events_processed == 200
