@@ -117,8 +117,15 @@ def draw(summary: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
     top.set_ylabel("throughput (thousand events/s)")
     top.set_ylim(bottom=0, top=top_value * 1.18 or 1)
     top.grid(True, axis="y", alpha=0.3)
-    bottom.set_ylabel("p99 ingest→update latency (ms)")
-    bottom.set_ylim(bottom=0, top=slowest * 1.18 or 1)
+    fastest = min(
+        (v for row in results for v in (row["latency_p99_range"] or []) if v > 0), default=0
+    )
+    if fastest and slowest > 20 * fastest:  # a linear axis would flatten the low ones
+        bottom.set_yscale("log")
+        bottom.set_ylabel("p99 ingest→update latency (ms, log scale)")
+    else:
+        bottom.set_ylim(bottom=0, top=slowest * 1.18 or 1)
+        bottom.set_ylabel("p99 ingest→update latency (ms)")
     bottom.grid(True, axis="y", alpha=0.3)
 
     index = next(

@@ -156,10 +156,10 @@ def _rule(rate: float | None) -> str:
             "(a tie goes to fewer workers, then fewer shards)"
         )
     return (
-        f"among the settings that sustain {rate:,.0f} events/s (most of their runs, offered "
-        f"at that rate, had every output read back at {1 - RATE_SLACK:.0%} of the rate or "
-        "more), the one with the lowest median p99; when none does, the one with the highest "
-        "median events/s"
+        f"among the settings that sustain {rate:,.0f} events/s (most of their runs achieved "
+        f"{1 - RATE_SLACK:.0%} of it or more: their last outputs read within about "
+        f"{RATE_SLACK:.0%} of the run's length after the last event was due), the one with the "
+        "lowest median p99; when none does, the one with the highest median events/s"
     )
 
 
@@ -238,11 +238,13 @@ def recommend(
 # -- the summary ----------------------------------------------------------------------------------
 
 
-def _span(low_high: Sequence[float] | None, scale: float = 1.0, digits: int = 0) -> str:
+def _span(low_high: Sequence[float] | None, scale: float = 1.0) -> str:
+    """``low-high`` over ``scale``, a decimal below 100 (``35.7-47.9``, ``165-1,534``)."""
     if not low_high:
         return "n/a"
-    low, high = low_high
-    return f"{low / scale:,.{digits}f}-{high / scale:,.{digits}f}"
+    low, high = (value / scale for value in low_high)
+    digits = 1 if high < 100 else 0
+    return f"{low:,.{digits}f}-{high:,.{digits}f}"
 
 
 def render(summary: Mapping[str, Any], console: Console) -> None:
@@ -297,9 +299,9 @@ def render(summary: Mapping[str, Any], console: Console) -> None:
         value = row["events_per_second"]
         cells += [
             "n/a" if value is None else f"{value:,.0f}",
-            _span(row["events_per_second_range"], 1000, 1) + "k",
+            _span(row["events_per_second_range"], 1000) + "k",
             format_ms(row["latency_p99_ms"]),
-            _span(row["latency_p99_range"], 1, 1),
+            _span(row["latency_p99_range"]),
             format_ms(row["latency_p50_ms"]),
         ]
         if rate is not None:
