@@ -16,6 +16,7 @@ See ``docs/quickstart.md``.
 # - _keyed/, _windows/, _joins/, _enrich/, _drift/: each concern's engine, pure, and the actor
 #   that runs it; _enrich/sources/ has one module per dimension source driver.
 # - _messages.py: what the shard actors are told and asked; _shard.py: the keyed groups' actor.
+# - _connectors/: the source protocol, consume (a source into a runtime), the file sources.
 # - _checkpoints/, _observe/, _replay/: checkpoint files and their codec, metrics and the
 #   Prometheus endpoint, replay of history and the parity check.
 # - _topology.py: the actors a feature set needs; _runtime.py: FeatureRuntime, the facade.
@@ -30,6 +31,14 @@ from ._batches import LateEventBatch as LateEventBatch
 from ._batches import UpdateBatch as UpdateBatch
 from ._checkpoints.store import CheckpointConfig as CheckpointConfig
 from ._checkpoints.store import CheckpointInfo as CheckpointInfo
+from ._connectors.consume import ConsumeResult as ConsumeResult
+from ._connectors.consume import consume as consume
+from ._connectors.files import CsvSource as CsvSource
+from ._connectors.files import JsonLinesSource as JsonLinesSource
+from ._connectors.files import ParquetSource as ParquetSource
+from ._connectors.source import RejectedRecord as RejectedRecord
+from ._connectors.source import Source as Source
+from ._connectors.source import SourceBatch as SourceBatch
 from ._duration import format_duration as format_duration
 from ._duration import parse_duration as parse_duration
 from ._exceptions import CheckpointError as CheckpointError
@@ -210,6 +219,15 @@ __all__ = [
     "RuntimeStatistics",
     "SubscriptionStatistics",
     "WindowStatistics",
+    # connectors: sources and consuming them
+    "ConsumeResult",
+    "CsvSource",
+    "JsonLinesSource",
+    "ParquetSource",
+    "RejectedRecord",
+    "Source",
+    "SourceBatch",
+    "consume",
     # checkpoints, replay and parity
     "CheckpointConfig",
     "CheckpointInfo",

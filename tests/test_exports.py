@@ -47,6 +47,9 @@ RUNTIME_NAMES = {
     *("ActorMailbox", "ActorMetrics", "CheckpointMetrics", "EnrichmentStatistics"),
     *("FeatureMetrics", "GroupMetrics", "JoinStatistics", "RuntimeMetrics", "RuntimeStatistics"),
     *("SubscriptionStatistics", "WindowStatistics"),
+    # connectors
+    *("ConsumeResult", "CsvSource", "JsonLinesSource", "ParquetSource", "RejectedRecord"),
+    *("Source", "SourceBatch", "consume"),
     # checkpoints, replay and parity
     *("CheckpointConfig", "CheckpointInfo", "FeatureParity", "ParityExample", "ParityMissing"),
     *("ParityReport", "ReplayResult", "check_parity"),

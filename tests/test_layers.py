@@ -91,7 +91,16 @@ RULES: dict[str, tuple[str, ...]] = {
     # the front of a runtime whose shards run in worker processes, and the workers' loop
     # (their runtime is made by a factory the facade passes in: they never import it)
     "_workers": (*PURE, "_ingest.events", "_ingest.router", "_checkpoints", "actors"),
-    "_runtime": (*BELOW_FACADE, "_checkpoints", "_observe", "_replay.history", "_workers"),
+    # sources and the loop that consumes them (the runtime is passed in: they never import it)
+    "_connectors": (*PURE, "actors"),
+    "_runtime": (
+        *BELOW_FACADE,
+        "_checkpoints",
+        "_observe",
+        "_replay.history",
+        "_workers",
+        "_connectors",
+    ),
     # above the facade: what builds a FeatureRuntime of its own, and the public face
     "_replay.parity": (*BELOW_FACADE, "_checkpoints", "_observe", "_replay", "_runtime"),
     "parity": (*PURE, "_replay", "_ingest.events", "actors"),

@@ -1,0 +1,1 @@
+"""Connectors: the source protocol (source), consuming a source (consume), file sources (files)."""

@@ -1,0 +1,220 @@
+"""Consuming a source: read batches, ingest them, record positions, commit covered ones.
+
+:func:`consume` is the loop every user would otherwise write around a consumer. Per batch it
+ingests the payloads with ``ingest_many`` (which waits while the runtime is full: that is the
+backpressure, the source is not read faster than the runtime applies), puts rejected records
+in dead letters, and hands the runtime the position reached as its input ``offset``.
+
+Positions in checkpoints: the runtime's offset is a dict, one position per source name, and a
+call of ``ingest_many`` given an offset is never split by a checkpoint, so a checkpoint holds
+the state of exactly the records before each source's recorded position. On start, ``consume``
+seeks the source to the position the runtime holds for it (restored from a checkpoint, or
+reached by an earlier ``consume``), so after a restart it goes on from the checkpoint's
+records and the state is as if nothing had stopped. Several ``consume`` loops may feed one
+runtime at once (one per source): they take turns to hand the offset over, so none loses the
+other's position.
+
+Commits: with checkpoints, a position is committed to the source only once a checkpoint that
+holds it is written (the runtime's last checkpoint is looked at after every batch, and the one
+restored at the start); delivery is then at least once and the state exactly once. Without
+checkpoints there is no state to resume, and a batch's position is committed once the runtime
+accepted the batch.
+
+The runtime is seen through :class:`ConsumeHost`, the few things of it this needs: this
+package does not import the runtime.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+import anyio
+import anyio.lowlevel
+
+from .._exceptions import ConfigError
+from .source import Source, record_rejected
+
+__all__ = ["ConsumeHost", "ConsumeResult", "consume"]
+
+#: per runtime, the lock under which a consume loop reads and hands over the offset dict
+_LOCKS: weakref.WeakKeyDictionary[Any, anyio.Lock] = weakref.WeakKeyDictionary()
+
+
+class ConsumeHost(Protocol):
+    """What :func:`consume` needs of a running ``FeatureRuntime``."""
+
+    @property
+    def offset(self) -> Any: ...
+
+    @property
+    def checkpoints(self) -> Any: ...
+
+    @property
+    def restored(self) -> Any: ...
+
+    @property
+    def last_checkpoint(self) -> Any: ...
+
+    @property
+    def dead_letters(self) -> Any: ...
+
+    async def ingest_many(
+        self, events: Any, *, stream: str | None = None, offset: Any = None
+    ) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumeResult:
+    """What one :func:`consume` call did."""
+
+    #: records read from the source: events handed to the runtime and records it rejected
+    records: int
+    #: events the runtime accepted
+    accepted: int
+    #: records that went to dead letters, rejected by the source or by the runtime
+    rejected: int
+    #: batches read
+    batches: int
+    #: the source's position reached (the last batch's), or None if nothing was read
+    position: Any
+    #: True if the source ended (a finite source read to its end)
+    ended: bool
+
+
+def _positions(rt: ConsumeHost) -> dict[Any, Any]:
+    """The runtime's offset as consume records it: a dict of positions by source name."""
+    offset = rt.offset
+    if offset is None:
+        return {}
+    if not isinstance(offset, dict):
+        raise ConfigError(
+            f"the runtime's offset is {offset!r}, not the positions consume records (a dict "
+            "by source name): do not give ingest offsets of your own to a runtime that "
+            "consumes sources"
+        )
+    return offset
+
+
+async def consume(
+    rt: ConsumeHost,
+    source: Source,
+    *,
+    stream: str | None = None,
+    batch_size: int = 1024,
+    until: Literal["end", "idle"] | int = "end",
+) -> ConsumeResult:
+    """Read ``source`` into the running runtime ``rt`` until it ends, or until ``until``.
+
+    Each batch of at most ``batch_size`` records is ingested into ``stream`` (default: the
+    feature set's first) with ``ingest_many``, which waits while the runtime is full; records
+    the source rejected (and events the runtime rejects) go to ``rt.dead_letters``, and the run
+    goes on. The position reached is recorded as ``rt.offset[source.name]``, so a checkpoint
+    holds it; the source starts from the position the runtime holds for it, if any (after a
+    restore: the checkpoint's). Positions are committed to the source once a checkpoint holds
+    them, or at once for a runtime without checkpoints.
+
+    ``until``: ``"end"`` (the default) reads to the end of a finite source and forever from a
+    live one (cancel the call to stop it; what was ingested stays ingested); ``"idle"`` stops
+    at the first batch that brings nothing (for a broker, caught up); an int stops after that
+    many records. The source is not closed.
+
+    Returns a :class:`ConsumeResult`.
+
+    Raises:
+        ValueError: ``batch_size`` is not an int >= 1, ``until`` is not one of its forms, or
+            ``stream`` is not a stream of the feature set.
+        ConfigError: the runtime's offset was given by something else than ``consume``.
+        RuntimeClosed: the runtime is not running, or stops meanwhile.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    if isinstance(until, bool) or not (
+        until in ("end", "idle") or (isinstance(until, int) and until >= 0)
+    ):
+        raise ValueError(f"until must be 'end', 'idle' or an int >= 0, got {until!r}")
+    lock = _LOCKS.setdefault(rt, anyio.Lock())
+    name = source.name
+    held = _positions(rt).get(name)
+    if held is not None:
+        await source.seek(held)
+    commits = _Commits(rt, source)
+    await commits.after_checkpoints()
+    records = accepted = rejected = batches = 0
+    position = held
+    ended = False
+    while True:
+        want = batch_size
+        if isinstance(until, int):
+            want = min(batch_size, until - records)
+            if want <= 0:
+                break
+        batch = await source.read(want)
+        if batch is None:
+            ended = True
+            break
+        batches += 1
+        count = len(batch.payloads) + len(batch.rejected)
+        if count == 0 and batch.position == position:
+            await commits.after_checkpoints()
+            if until == "idle":
+                break
+            await anyio.lowlevel.checkpoint()
+            continue
+        for record in batch.rejected:
+            record_rejected(rt.dead_letters, name, record)
+        async with lock:
+            offsets = dict(_positions(rt))
+            offsets[name] = batch.position
+            taken = await rt.ingest_many(batch.payloads, stream=stream, offset=offsets)
+        records += count
+        accepted += taken
+        rejected += count - taken
+        position = batch.position
+        await commits.after_batch(position)
+    await commits.after_checkpoints()
+    return ConsumeResult(
+        records=records,
+        accepted=accepted,
+        rejected=rejected,
+        batches=batches,
+        position=position,
+        ended=ended,
+    )
+
+
+class _Commits:
+    """When to commit: after the checkpoint that holds a position, or after each batch for a
+    runtime without checkpoints."""
+
+    __slots__ = ("_committed", "_rt", "_seen", "_source")
+
+    def __init__(self, rt: ConsumeHost, source: Source) -> None:
+        self._rt = rt
+        self._source = source
+        #: the checkpoint whose position was looked at last (its sequence)
+        self._seen: int | None = None
+        self._committed: Any = None
+
+    async def after_batch(self, position: Any) -> None:
+        if self._rt.checkpoints is None:
+            await self._commit(position)
+        else:
+            await self.after_checkpoints()
+
+    async def after_checkpoints(self) -> None:
+        """Commit the source's position in the newest checkpoint written or restored, once."""
+        rt = self._rt
+        info = rt.last_checkpoint or rt.restored
+        if info is None or info.sequence == self._seen:
+            return
+        self._seen = info.sequence
+        offset = info.offset
+        if isinstance(offset, dict) and offset.get(self._source.name) is not None:
+            await self._commit(offset[self._source.name])
+
+    async def _commit(self, position: Any) -> None:
+        if position != self._committed:
+            await self._source.commit(position)
+            self._committed = position
