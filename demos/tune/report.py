@@ -4,6 +4,7 @@ rich tables (``render``), from the plain data that ``python -m demos.tune --json
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from statistics import median
 from typing import Any
@@ -110,11 +111,14 @@ def warnings(row: Mapping[str, Any]) -> list[str]:
     runs = row["runs"]
     if len(runs) > 1:
         rate_spread = spread([run["events_per_second"] for run in runs])
+        # shown rounded up: just over the limit never reads as the limit itself
         if rate_spread is not None and rate_spread > MAX_SPREAD:
-            found.append(f"events/s spread {rate_spread:.0%} of the median (> {MAX_SPREAD:.0%})")
+            shown = math.ceil(rate_spread * 100)
+            found.append(f"events/s spread {shown}% of the median (> {MAX_SPREAD:.0%})")
         low_high = row["latency_p99_range"]
         if low_high and low_high[0] > 0 and low_high[1] > MAX_P99_SPREAD * low_high[0]:
-            found.append(f"p99 spread: highest {low_high[1] / low_high[0]:.1f}x the lowest")
+            ratio = math.ceil(low_high[1] / low_high[0] * 10) / 10
+            found.append(f"p99 spread: highest {ratio:.1f}x the lowest (> {MAX_P99_SPREAD:g}x)")
     else:
         found.append("one run: no spread to judge (--repeat)")
     if row["events"] + row["rejected"] < row["offered"]:

@@ -185,8 +185,10 @@ def test_a_run_too_short_is_flagged_in_events_and_in_seconds() -> None:
 def test_runs_that_disagree_or_a_single_run_are_flagged() -> None:
     wide = combine(_setting(0, 1), [_run(60_000), _run(100_000), _run(80_000)])
     assert warnings(wide) == [f"events/s spread 50% of the median (> {MAX_SPREAD:.0%})"]
+    just_over = combine(_setting(0, 1), [_run(88_000), _run(100_000), _run(113_100)])
+    assert warnings(just_over) == ["events/s spread 26% of the median (> 25%)"]  # 25.1%
     p99 = combine(_setting(0, 1), [_run(1_000, 10), _run(1_000, 25)])
-    assert warnings(p99) == ["p99 spread: highest 2.5x the lowest"]
+    assert warnings(p99) == ["p99 spread: highest 2.5x the lowest (> 2x)"]
     assert warnings(combine(_setting(0, 1), [_run(1_000)])) == [
         "one run: no spread to judge (--repeat)"
     ]
