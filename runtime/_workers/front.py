@@ -470,6 +470,10 @@ class WorkerFront:
                 return
             self._restarts.append(now)
             with anyio.CancelScope(shield=True):
+                # its reader first: closing a unix stream that a task still receives from
+                # trips anyio's asyncio backend (InvalidStateError, anyio issue 1267)
+                with anyio.move_on_after(EXIT_GRACE):
+                    await dead.ended.wait()
                 await dead.conn.aclose()
             with suppress(Exception):
                 await anyio.to_thread.run_sync(dead.process.join, EXIT_GRACE)  # reaped
@@ -716,26 +720,30 @@ class WorkerFront:
         Raises:
             CheckpointError, OSError: the checkpoint failed other than by a worker's death.
         """
-        assert self._checkpoint_lock is not None
         while self.log_full:
-            try:
-                await self.checkpoint()
-            except _Abandoned:
-                continue  # the worker runs again (or the front failed: checked above)
+            await self.checkpoint()
 
     async def checkpoint(self) -> CheckpointInfo:
         """An aligned checkpoint: every worker writes its key groups' state as of one input
-        position, and the front commits them.
+        position, and the front commits them. If a worker dies meanwhile, the checkpoint is
+        taken again once it runs again (each death counts in ``max_restarts``).
 
         Raises:
             ConfigError: the runtime has no ``checkpoints`` directory.
-            CheckpointError: a worker could not capture its state, or died meanwhile (the
-                last checkpoint stands).
+            CheckpointError: a worker could not capture its state.
             OSError: the file could not be written.
-            RuntimeClosed: the front failed.
+            RuntimeClosed: the front failed (a worker died beyond ``max_restarts``).
         """
         if self._store is None or self.config is None or self._logs is None:
             raise ConfigError("checkpoint(): the runtime has no checkpoints directory")
+        while True:
+            try:
+                return await self._checkpoint_once()
+            except _Abandoned as exc:
+                _log.warning("checkpoint_abandoned", error=str(exc))
+
+    async def _checkpoint_once(self) -> CheckpointInfo:
+        assert self._store is not None and self.config is not None and self._logs is not None
         assert self._checkpoint_lock is not None
         store, logs = self._store, self._logs
         async with self._checkpoint_lock:

@@ -24,7 +24,6 @@ from hypothesis import HealthCheck, given, settings
 from actors import DeadLetterReason
 from runtime import (
     CheckpointConfig,
-    CheckpointError,
     Count,
     FeatureRuntime,
     FeatureSet,
@@ -54,6 +53,9 @@ FEATURE_SET = FeatureSet(
 )
 T0 = 1_000_000
 KEYS = 40
+#: examples of the kill-anywhere test (each starts a runtime with two workers); set the
+#: variable for a longer hunt
+EXAMPLES = int(os.environ.get("FEATURIST_RECOVERY_EXAMPLES", "6"))
 
 
 def _events(count: int, seed: int = 0) -> list[dict[str, Any]]:
@@ -138,24 +140,25 @@ async def test_a_worker_killed_mid_stream_gives_the_results_of_an_uninterrupted_
     assert not any(_alive(pid) for pid in pids)
 
 
-@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     count=st.integers(50, 1500),
     chunk=st.integers(20, 400),
     checkpoint_at=st.integers(-1, 4),
-    kill_at=st.integers(0, 6),
+    kills=st.lists(st.integers(0, 20), min_size=1, max_size=3),
     seed=st.integers(0, 1000),
 )
 def test_a_kill_anywhere_in_the_stream_loses_and_repeats_nothing(
-    tmp_path_factory: Any, count: int, chunk: int, checkpoint_at: int, kill_at: int, seed: int
+    tmp_path_factory: Any, count: int, chunk: int, checkpoint_at: int, kills: list[int], seed: int
 ) -> None:
     directory = tmp_path_factory.mktemp("ckp")
     events = _events(count, seed)
-    kill_at %= -(-count // chunk)  # one of the chunks
+    chunks = -(-count // chunk)
+    kill_at = [at % chunks for at in kills]  # of the chunks, each kills worker at % 2
 
     async def both() -> tuple[Any, Any]:
         want = await _uninterrupted(events, shards=1)
-        got = await _killed_run(directory, events, chunk, checkpoint_at, [kill_at])
+        got = await _killed_run(directory, events, chunk, checkpoint_at, kill_at)
         return want, got
 
     want, got = anyio.run(both)
@@ -256,7 +259,9 @@ async def test_beyond_max_restarts_the_runtime_fails_naming_the_worker(tmp_path:
     assert not any(_alive(pid) for pid in pids if pid is not None)
 
 
-async def test_a_worker_dying_during_a_checkpoint_keeps_the_last_one(tmp_path: Path) -> None:
+async def test_a_checkpoint_a_worker_dies_in_is_taken_again_once_it_runs(
+    tmp_path: Path,
+) -> None:
     events = _events(1000)
     want = await _uninterrupted(events, shards=1)
     async with FeatureRuntime(
@@ -266,7 +271,7 @@ async def test_a_worker_dying_during_a_checkpoint_keeps_the_last_one(tmp_path: P
         assert front is not None
         subscription = rt.updates(buffer=1_000_000)
         await rt.ingest_many(events[:400])
-        first = await rt.checkpoint()
+        await rt.checkpoint()
         await rt.ingest_many(events[400:700])
         pid = front.pids[0]
         assert pid is not None
@@ -278,17 +283,16 @@ async def test_a_worker_dying_during_a_checkpoint_keeps_the_last_one(tmp_path: P
                 os.kill(pid, signal.SIGKILL)
 
             tasks.start_soon(kill)
-            with pytest.raises(CheckpointError, match="worker 0 died during checkpoint 2"):
-                await rt.checkpoint()
-        assert rt.last_checkpoint == first
+            again = await rt.checkpoint()
+        # checkpoint 2 was abandoned with the worker; 3 holds the same position
+        assert again.sequence == 3 and again.position == 700
+        assert pid not in front.pids
         await rt.ingest_many(events[700:])
-        second = await rt.checkpoint()
-        assert second.sequence == 3 and second.position == 1000
         await rt.flush()
         assert _values(await rt.get_many(range(KEYS))) == want[0]
         assert await _drain(subscription) == want[1]
     names = sorted(os.listdir(tmp_path))
-    # the abandoned checkpoint's parts are gone with the next one written
+    # the abandoned checkpoint's parts were deleted when the next one was written
     assert not any(name.startswith("checkpoint-000000000002") for name in names)
 
 
