@@ -133,11 +133,11 @@ class Source(abc.ABC):
     ) -> None:
         await self.aclose()
 
-    async def events(
+    async def iterate(
         self, *, dead_letters: Any = None, batch_size: int = 1024
     ) -> AsyncIterator[Any]:
         """The payloads from the current position to the end, one at a time: a finite source
-        as the async iterable ``rt.replay`` takes (``rt.replay(source.events(
+        as the async iterable ``rt.replay`` takes (``rt.replay(source.iterate(
         dead_letters=rt.dead_letters))``). Rejected records go to ``dead_letters`` (an
         ``actors.DeadLetters``, such as ``rt.dead_letters``), or are skipped when it is None.
         Nothing is committed. On an endless source it never ends."""
