@@ -266,3 +266,28 @@ async def test_a_restart_from_a_checkpoint_ends_equal_to_one_pass(
         result = await consume(rt, ListSource(rows), batch_size=batch_size)
         assert result.records == n - at
         assert await values_of(rt) == await direct(rows)
+
+
+async def test_a_full_runtime_stops_the_reading_until_it_has_room() -> None:
+    # a "block" subscription nobody reads fills up: ingest waits, so consume reads no further
+    source = Recording(events(5000))
+    async with runtime(batch_size=16, mailbox_capacity=1) as rt:
+        updates = rt.updates(buffer=1, policy="block")
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(functools.partial(consume, rt, source, batch_size=50))
+            await anyio.sleep(0.2)
+            stalled = source.reads
+            await anyio.sleep(0.1)
+            assert source.reads == stalled < 10
+            await updates.aclose()  # room again: the rest goes in
+        assert source.reads == 101 and rt.offset == {"list": 5000}
+
+
+async def test_a_runtime_with_workers_consumes_and_checkpoints_positions(tmp_path: Path) -> None:
+    rows = events(600)
+    async with runtime(tmp_path / "cp", workers=1) as rt:
+        await consume(rt, ListSource(rows), batch_size=100, until=300)
+        assert (await rt.checkpoint()).offset == {"list": 300}
+    async with runtime(tmp_path / "cp", workers=1) as rt:
+        assert (await consume(rt, ListSource(rows), batch_size=100)).records == 300
+        assert await values_of(rt) == await direct(rows)
