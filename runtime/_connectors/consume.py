@@ -118,7 +118,10 @@ async def consume(
     ``until``: ``"end"`` (the default) reads to the end of a finite source and forever from a
     live one (cancel the call to stop it; what was ingested stays ingested); ``"idle"`` stops
     at the first batch that brings nothing (for a broker, caught up); an int stops after that
-    many records. The source is not closed.
+    many records. The source is not closed. Cancelling the call stops it at once while it
+    waits for a read; a batch already read is first ingested whole with its position (this
+    waits while the runtime is full), so the runtime never holds events without the position
+    after them.
 
     Returns a :class:`ConsumeResult`.
 
@@ -145,6 +148,8 @@ async def consume(
     position = held
     ended = False
     while True:
+        # a cancellation point and a turn for the others, whatever the source's read does
+        await anyio.lowlevel.checkpoint()
         want = batch_size
         if isinstance(until, int):
             want = min(batch_size, until - records)
@@ -160,14 +165,17 @@ async def consume(
             await commits.after_checkpoints()
             if until == "idle":
                 break
-            await anyio.lowlevel.checkpoint()
             continue
-        for record in batch.rejected:
-            record_rejected(rt.dead_letters, name, record)
-        async with lock:
-            offsets = dict(_positions(rt))
-            offsets[name] = batch.position
-            taken = await rt.ingest_many(batch.payloads, stream=stream, offset=offsets)
+        # A batch read is ingested whole, with its position, even if the call is cancelled
+        # meanwhile: cut short, its events would be in the state but not its position, and
+        # the next call (which seeks to the runtime's position) would count them twice.
+        with anyio.CancelScope(shield=True):
+            for record in batch.rejected:
+                record_rejected(rt.dead_letters, name, record)
+            async with lock:
+                offsets = dict(_positions(rt))
+                offsets[name] = batch.position
+                taken = await rt.ingest_many(batch.payloads, stream=stream, offset=offsets)
         records += count
         accepted += taken
         rejected += count - taken

@@ -118,7 +118,11 @@ class FileSource(Source):
         if max_records < 1:
             raise ValueError(f"max_records must be >= 1, got {max_records!r}")
         async with self._lock:
-            return await anyio.to_thread.run_sync(self._read, max_records)
+            # the thread cannot be stopped halfway: once it runs, its batch is returned (a
+            # cancellation then takes effect at the caller's next await), never dropped
+            with anyio.CancelScope(shield=True):
+                batch = await anyio.to_thread.run_sync(self._read, max_records)
+        return batch
 
     def _read(self, max_records: int) -> SourceBatch | None:
         payloads: list[Any] = []

@@ -96,7 +96,8 @@ class Source(abc.ABC):
         counted together; None at the end of a finite input. A live input with nothing new
         waits briefly (a fraction of a second) and returns an empty batch, so that its
         consumer can commit and stop in time. Reads never run blocking I/O on the event
-        loop."""
+        loop. A read that is cancelled loses nothing: it returns its batch, or raises
+        without having moved on."""
 
     @abc.abstractmethod
     async def seek(self, position: Any) -> None:

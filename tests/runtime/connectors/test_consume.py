@@ -291,3 +291,23 @@ async def test_a_runtime_with_workers_consumes_and_checkpoints_positions(tmp_pat
     async with runtime(tmp_path / "cp", workers=1) as rt:
         assert (await consume(rt, ListSource(rows), batch_size=100)).records == 300
         assert await values_of(rt) == await direct(rows)
+
+
+async def test_a_cancelled_consume_ingests_the_batch_in_hand_with_its_position() -> None:
+    rows = events(20_000)
+    async with runtime(batch_size=16, mailbox_capacity=1) as rt:
+        updates = rt.updates(buffer=1, policy="block")
+
+        async def make_room_later() -> None:
+            await anyio.sleep(0.3)
+            await updates.aclose()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(make_room_later)
+            with anyio.move_on_after(0.1):  # while a batch waits for room
+                await consume(rt, ListSource(rows), batch_size=200)
+        reached = rt.offset["list"]
+        assert 0 < reached < 20_000 and reached % 200 == 0
+        assert rt.position == reached  # no event ingested without its position
+        await consume(rt, ListSource(rows))
+        assert await values_of(rt) == await direct(rows)
