@@ -34,6 +34,7 @@ import anyio
 import anyio.lowlevel
 
 from .._exceptions import ConfigError
+from .._spec.feature_set import FeatureSet
 from .source import Source, record_rejected
 
 __all__ = ["ConsumeHost", "ConsumeResult", "consume"]
@@ -59,6 +60,9 @@ class ConsumeHost(Protocol):
 
     @property
     def dead_letters(self) -> Any: ...
+
+    @property
+    def feature_set(self) -> FeatureSet: ...
 
     async def ingest_many(
         self, events: Any, *, stream: str | None = None, offset: Any = None
@@ -128,7 +132,8 @@ async def consume(
     Raises:
         ValueError: ``batch_size`` is not an int >= 1, ``until`` is not one of its forms, or
             ``stream`` is not a stream of the feature set.
-        ConfigError: the runtime's offset was given by something else than ``consume``.
+        ConfigError: the source has no name, cannot feed the feature set (its ``check``
+            says why), or the runtime's offset was given by something else than ``consume``.
         RuntimeClosed: the runtime is not running, or stops meanwhile.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -137,8 +142,15 @@ async def consume(
         until in ("end", "idle") or (isinstance(until, int) and until >= 0)
     ):
         raise ValueError(f"until must be 'end', 'idle' or an int >= 0, got {until!r}")
+    name = getattr(source, "name", None)
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"the source's name must be a non-empty str, got {name!r}")
+    feature_set = rt.feature_set
+    if stream is not None and stream not in feature_set.stream_names:
+        known = ", ".join(feature_set.stream_names)
+        raise ValueError(f"stream: no stream named {stream!r} (known: {known})")
+    source.check(feature_set)
     lock = _LOCKS.setdefault(rt, anyio.Lock())
-    name = source.name
     held = _positions(rt).get(name)
     if held is not None:
         await source.seek(held)

@@ -30,6 +30,7 @@ import anyio.to_thread
 import msgspec
 
 from .._exceptions import ConfigError
+from .._spec.feature_set import FeatureSet
 from .schema import ColumnType, Schema, TimeUnit
 from .source import RejectedRecord, Source, SourceBatch
 
@@ -79,6 +80,21 @@ class FileSource(Source):
         #: records per file, counted when ``lag`` first needs them
         self._counts: dict[int, int] = {}
         self._lock = anyio.Lock()
+
+    def check(self, feature_set: FeatureSet) -> None:
+        """Refuse a feature set whose event time the schema would convert to another unit.
+
+        Raises:
+            ConfigError: the schema types the feature set's time field as ``"time"`` and
+                ``time_unit`` is not the feature set's ``time_unit``.
+        """
+        field, unit = feature_set.time, self._schema.time_unit
+        if self._schema.types.get(field) == "time" and unit != feature_set.time_unit:
+            raise ConfigError(
+                f"{self.name}: the schema converts the time field {field!r} to {unit!r}, but "
+                f"the feature set's time_unit is {feature_set.time_unit!r}: give the source "
+                f"time_unit={feature_set.time_unit!r}"
+            )
 
     @property
     def position(self) -> list[Any]:

@@ -32,6 +32,7 @@ from typing import Any
 from actors import DeadLetterReason
 
 from .._exceptions import InvalidEvent
+from .._spec.feature_set import FeatureSet
 
 __all__ = ["RejectedRecord", "Source", "SourceBatch", "record_rejected"]
 
@@ -78,10 +79,10 @@ class SourceBatch:
 class Source(abc.ABC):
     """An input a runtime consumes (:func:`consume`): batches of payloads with positions.
 
-    Subclasses write :meth:`read` and :meth:`seek`; :meth:`commit`, :meth:`lag` and
-    :meth:`aclose` do nothing by default. The caller owns a source's lifetime (``async with
-    source:`` closes it); :func:`consume` reads it but neither opens nor closes it, so two
-    ``consume`` calls in a row go on where the first stopped.
+    Subclasses write :meth:`read` and :meth:`seek`; :meth:`check`, :meth:`commit`,
+    :meth:`lag` and :meth:`aclose` do nothing by default. The caller owns a source's lifetime
+    (``async with source:`` closes it); :func:`consume` reads it but neither opens nor closes
+    it, so two ``consume`` calls in a row go on where the first stopped.
 
     Attributes:
         name: the source's name, unique among the sources of one runtime: a checkpoint
@@ -107,6 +108,12 @@ class Source(abc.ABC):
         Raises:
             ValueError: ``position`` is not a position of this source.
         """
+
+    def check(self, feature_set: FeatureSet) -> None:
+        """Called by :func:`consume` before it reads: raise :class:`ConfigError` if the
+        source cannot feed ``feature_set`` (a file source converting times to another unit
+        than the feature set's). The default accepts any."""
+        return None
 
     async def commit(self, position: Any) -> None:
         """Tell the input that every record up to ``position`` is safely held (a broker

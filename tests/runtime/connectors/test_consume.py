@@ -227,8 +227,13 @@ async def test_bad_arguments_are_refused() -> None:
         for kwargs in ({"batch_size": 0}, {"batch_size": True}, {"until": -1}, {"until": "x"}):
             with pytest.raises(ValueError):
                 await consume(rt, ListSource([]), **kwargs)
-        with pytest.raises(ValueError, match="stream"):
-            await consume(rt, ListSource(events(1)), stream="nope")
+        source = Recording(events(1))
+        with pytest.raises(ValueError, match="no stream named 'nope'"):
+            await consume(rt, source, stream="nope")
+        assert source.reads == 0  # refused before anything was read
+        source.name = ""
+        with pytest.raises(ConfigError, match="name must be a non-empty str"):
+            await consume(rt, source)
 
 
 async def test_events_of_a_source_replay_through_the_runtime() -> None:

@@ -341,3 +341,22 @@ async def test_a_restart_from_a_checkpoint_ends_equal_to_one_pass(
             result = await consume(rt, source, batch_size=batch_size)
         assert result.records == n - at
         assert await values_of(rt) == await direct(rows)
+
+
+async def test_a_time_column_is_converted_to_the_feature_sets_unit(tmp_path: Path) -> None:
+    path = tmp_path / "seconds.jsonl"
+    path.write_text(
+        '{"card": "c1", "ts": "2023-11-14T22:13:20Z", "amount": 1}\n'
+        '{"card": "c1", "ts": "2023-11-14T22:13:21.5Z", "amount": 2}\n',
+        encoding="utf-8",
+    )
+    seconds = FeatureSet(
+        name="s", key="card", time="ts", time_unit="s", features=[Sum(name="total", field="amount")]
+    )
+    async with FeatureRuntime(seconds) as rt:
+        with pytest.raises(ConfigError, match="time_unit='s'"):
+            await consume(rt, JsonLinesSource(path, schema={"ts": "time"}))
+        result = await consume(rt, JsonLinesSource(path, schema={"ts": "time"}, time_unit="s"))
+        assert result.accepted == 2
+        vector = await rt.get("c1")
+        assert vector.values["total"] == 3 and vector.last_event_time == BASE + 1500
