@@ -141,6 +141,18 @@ class FileSource(Source):
         return batch
 
     def _read(self, max_records: int) -> SourceBatch | None:
+        start = (self._file, self._done, self._ended)
+        try:
+            return self._read_records(max_records)
+        except BaseException:
+            # a read that failed (a file unreadable, a header without the schema's columns)
+            # returns nothing: the next one opens the file again where this one started
+            self._close_file()
+            self._file, self._done, self._ended = start
+            self._skip = self._done
+            raise
+
+    def _read_records(self, max_records: int) -> SourceBatch | None:
         payloads: list[Any] = []
         rejected: list[RejectedRecord] = []
         count = 0

@@ -291,8 +291,28 @@ async def test_a_schema_column_missing_from_the_csv_header_is_a_config_error(
     tmp_path: Path,
 ) -> None:
     path = write("csv", tmp_path / "a.csv", events(3))
+    source = CsvSource(path, schema={"amonut": "float"})
     with pytest.raises(ConfigError, match=r"\['amonut'\] are not in the header"):
-        await CsvSource(path, schema={"amonut": "float"}).read(10)
+        await source.read(10)
+    # a read that failed returns nothing and moves nowhere: the next one fails the same way
+    assert source.position == [str(path), 0]
+    with pytest.raises(ConfigError):
+        await source.read(10)
+
+
+async def test_a_read_that_fails_midway_is_read_again_whole(tmp_path: Path) -> None:
+    rows = events(30)
+    paths = write_split("jsonl", tmp_path, rows, 2)  # 15 and 15
+    source = JsonLinesSource(paths)
+    first = await source.read(10)
+    assert first is not None
+    paths[1].unlink()
+    with pytest.raises(FileNotFoundError):
+        await source.read(10)  # 5 records of the first file, then the second is missing
+    assert source.position == [str(paths[0]), 10]
+    write("jsonl", paths[1], rows[15:])
+    rest = [payload async for payload in source.iterate()]
+    assert [*first.payloads, *rest] == rows
 
 
 def test_bad_source_options_are_config_errors(tmp_path: Path) -> None:
