@@ -19,6 +19,8 @@ The hierarchy::
     │                        dead letters, never raised: its events get the lookup's default
     ├── MalformedRow         a source's row cannot be read (also a ``ValueError``); the key's
     │                        value in the source's answer, not raised: the lookup's default
+    ├── SinkError            a sink's write failed after its retries (or could not finish
+    │                        writing in time): the updates it names were not written
     └── CheckpointError      a checkpoint cannot be written, read or restored
 
 Other kernel errors (``actors.ActorError`` and its subclasses, such as ``actors.AskTimeout``)
@@ -42,6 +44,7 @@ __all__ = [
     "MalformedRow",
     "RuntimeClosed",
     "SourceError",
+    "SinkError",
     "SourceUnavailable",
     "SpecError",
     "UnknownFeature",
@@ -126,6 +129,27 @@ class SourceUnavailable(SourceError):
 
     ``__cause__`` is the last :class:`SourceError` of the source, if any.
     """
+
+
+class SinkError(FeaturistError):
+    """A sink could not write feature updates: every attempt of a write raised or timed out,
+    or the updates left when its ``run_sink`` block ended were not written in time.
+
+    Attributes:
+        sink: the sink's name.
+        attempts: the attempts made of the write that failed (0 for a drain that timed out).
+        unwritten: updates taken from the runtime that the sink did not write: the failed
+            write's and those waiting in the subscription's buffer when it failed.
+
+    ``__cause__`` is the last attempt's exception (a ``TimeoutError`` for an attempt that took
+    longer than the write timeout).
+    """
+
+    def __init__(self, message: str, *, sink: str, attempts: int, unwritten: int) -> None:
+        super().__init__(message)
+        self.sink = sink
+        self.attempts = attempts
+        self.unwritten = unwritten
 
 
 class MalformedRow(FeaturistError, ValueError):
