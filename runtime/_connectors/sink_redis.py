@@ -1,0 +1,178 @@
+"""The Redis sink: an online store of the latest feature values, one hash per key (the ``redis``
+extra).
+
+Per key, the hash ``<prefix><key>`` holds each feature's value JSON-encoded (``12``, ``3.5``,
+``"m1"``, ``null``, ``true``) and the event time of the update written last, under
+``time_field``; with a ``ttl``, every write sets the hash's expiry again (``PEXPIRE``), so a
+key with no update for ``ttl`` disappears. Any Redis client reads it: ``HGETALL`` and a JSON
+decode per field.
+
+A write is one pipeline (``transaction=False``: one round trip, no ``MULTI``) for the batches
+handed over: only the latest values of each key are written, since the hash holds the present,
+not the history (use the NATS or Parquet sinks for every update). Rows where a feature failed
+leave that feature's field as it was; rows of other kinds than ``"update"`` (a window's
+``"close"``) are not written. Writing a batch again writes the same values: retries are safe.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from .._batches import UpdateBatch
+from .._duration import parse_duration
+from .._exceptions import ConfigError
+from .._spec.feature_set import FeatureSet
+from .sinks import Sink
+
+if TYPE_CHECKING:
+    import redis.asyncio
+
+__all__ = ["RedisSink", "latest_values"]
+
+_encode = msgspec.json.Encoder().encode
+
+
+def latest_values(
+    batches: Sequence[UpdateBatch],
+) -> tuple[dict[Any, dict[str, Any]], dict[Any, int]]:
+    """Each key's latest feature values in ``batches`` (every group's merged) and the event
+    time of its last update. Rows of another kind than ``"update"`` are left out, and so is a
+    feature's value in a row where it failed."""
+    fields: dict[Any, dict[str, Any]] = {}
+    times: dict[Any, int] = {}
+    for batch in batches:
+        names = batch.names
+        errors = batch.errors
+        kinds = batch.kinds
+        if not errors and all(kind == "update" for kind in kinds):
+            # the usual case: the last row of each key holds all of its values
+            for key, row in {row[0]: row for row in batch.rows}.items():
+                found = fields.get(key)
+                if found is None:
+                    found = fields[key] = {}
+                found.update(zip(names, row[2:], strict=True))
+                times[key] = row[1]
+            continue
+        for i, row in enumerate(batch.rows):
+            if kinds[i] != "update":
+                continue
+            key = row[0]
+            found = fields.get(key)
+            if found is None:
+                found = fields[key] = {}
+            failed = errors.get(i)
+            if failed:
+                found.update(
+                    (name, value)
+                    for name, value in zip(names, row[2:], strict=True)
+                    if name not in failed
+                )
+            else:
+                found.update(zip(names, row[2:], strict=True))
+            times[key] = row[1]
+    return fields, times
+
+
+class RedisSink(Sink):
+    """Write the latest feature values of each key to a Redis hash ``<prefix><key>``.
+
+    Args:
+        url: the server, ``redis://host:port/db`` (ignored when ``client`` is given).
+        client: a ``redis.asyncio.Redis`` of your own, used as it is and not closed by
+            :meth:`aclose`; by default the sink makes one from ``url`` (redis-py's own
+            retries off: :func:`run_sink` retries) and closes it.
+        prefix: the start of every hash's name (``features:card-42``).
+        ttl: how long a key's hash lives after its last write: a duration (``"1d"``,
+            ``3_600_000`` ms), or None for no expiry.
+        time_field: the field holding the event time (ms) of the key's last update; a
+            feature of that name is refused.
+        timeout: seconds to connect and for each reply, for a client the sink makes.
+        name: the sink's name in errors and logs.
+
+    Raises:
+        ConfigError: ``ttl``, ``prefix``, ``time_field`` or ``timeout`` is not valid, or the
+            ``redis`` extra is not installed (``pip install 'featurist[redis]'``).
+    """
+
+    def __init__(
+        self,
+        url: str = "redis://127.0.0.1:6379/0",
+        *,
+        client: redis.asyncio.Redis | None = None,
+        prefix: str = "features:",
+        ttl: int | float | str | None = "1d",
+        time_field: str = "_event_time",
+        timeout: float = 5.0,
+        name: str = "redis",
+    ) -> None:
+        if not isinstance(prefix, str):
+            raise ConfigError(f"prefix must be a str, got {prefix!r}")
+        if not isinstance(time_field, str) or not time_field:
+            raise ConfigError(f"time_field must be a non-empty str, got {time_field!r}")
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
+            raise ConfigError(f"timeout must be a number of seconds > 0, got {timeout!r}")
+        self.ttl_ms: int | None = None
+        if ttl is not None:
+            try:
+                self.ttl_ms = parse_duration(ttl, field="ttl")
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+            if self.ttl_ms <= 0:
+                raise ConfigError(f"ttl must be > 0 (or None for no expiry), got {ttl!r}")
+        self.name = name
+        self.prefix = prefix
+        self.time_field = time_field
+        self._owned = client is None
+        if client is None:
+            try:
+                import redis.asyncio
+                from redis.asyncio.retry import Retry
+                from redis.backoff import NoBackoff
+            except ImportError as exc:
+                raise ConfigError(
+                    "RedisSink needs redis-py: pip install 'featurist[redis]'"
+                ) from exc
+            client = redis.asyncio.Redis.from_url(
+                url,
+                socket_timeout=timeout,
+                socket_connect_timeout=timeout,
+                retry=Retry(NoBackoff(), 0),
+            )
+        self.client: redis.asyncio.Redis = client
+        self._bytes_prefix = prefix.encode()
+
+    def check(self, feature_set: FeatureSet) -> None:
+        if self.time_field in feature_set.names:
+            raise ConfigError(
+                f"RedisSink {self.name!r}: time_field {self.time_field!r} is also a feature's "
+                "name; give the sink another time_field"
+            )
+
+    def hash_name(self, key: Any) -> str | bytes:
+        """The name of ``key``'s hash: ``prefix + str(key)`` (bytes for a bytes key)."""
+        if isinstance(key, bytes):
+            return self._bytes_prefix + key
+        return self.prefix + str(key)
+
+    async def write(self, batches: Sequence[UpdateBatch]) -> None:
+        fields, times = latest_values(batches)
+        if not fields:
+            return
+        encode, time_field, ttl = _encode, self.time_field, self.ttl_ms
+        async with self.client.pipeline(transaction=False) as pipeline:
+            for key, values in fields.items():
+                name = self.hash_name(key)
+                mapping = {field: encode(value) for field, value in values.items()}
+                mapping[time_field] = encode(times[key])
+                pipeline.hset(name, mapping=mapping)  # type: ignore[arg-type]
+                if ttl is not None:
+                    pipeline.pexpire(name, ttl)
+            await pipeline.execute()
+
+    async def aclose(self) -> None:
+        """Close the client the sink made (not one given to it)."""
+        if self._owned:
+            await self.client.aclose()
