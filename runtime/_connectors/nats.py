@@ -1,0 +1,345 @@
+"""A NATS JetStream source: durable pull consumers, acknowledged after the covering checkpoint.
+
+One durable pull consumer per subject (``<durable>`` for one subject, ``<durable>-<subject>``
+with ``.``, ``*`` and ``>`` made ``_`` for several), with ``AckPolicy.ALL``: acknowledging a
+message acknowledges every message of that consumer before it. A payload is the message's
+bytes, decoded by the runtime (its ``payload_format``).
+
+Positions: ``{subject: stream sequence}``, the stream sequence of the last message read from
+each subject's consumer. Stream sequences only grow, so a message at or below a subject's
+position was read already: when JetStream delivers it again (its ``ack_wait`` ran out before a
+checkpoint covered it, or the connection dropped), it is skipped.
+
+Exactly-once state, at-least-once delivery: ``commit`` acknowledges the last message read at
+or below the committed position, and :func:`consume` commits only positions a checkpoint holds.
+After a crash the runtime restores a checkpoint with position ``P`` while JetStream still
+holds the messages after the last acknowledgement, some of them delivered to the dead process.
+JetStream would deliver new messages at once and the old ones only once their ``ack_wait``
+runs out, out of order; so on ``seek(P)`` a consumer that has messages delivered and not
+acknowledged, or acknowledged past ``P``, is deleted and created again to start at the stream
+sequence ``P + 1``: the messages after the checkpoint come again, in order. A new source with no
+position does the same from the consumer's acknowledgement floor. Deleting a consumer drops the
+messages only it held on a stream with interest retention, so such streams are refused; use
+limits (the default) or work-queue retention.
+
+A delivery lost on the way (the connection dropped while a fetch was answered) shows as a gap
+in the consumer's delivery sequence: the consumer is created again after the position reached,
+so nothing is skipped.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+import anyio
+
+from .._exceptions import ConfigError
+from .source import Source, SourceBatch
+
+if TYPE_CHECKING:
+    import nats.aio.client
+    import nats.aio.msg
+    import nats.js
+
+__all__ = ["NatsSource"]
+
+_UNSAFE = re.compile(r"[.*>\s]")
+#: seconds the first, quick fetch from each of several consumers waits
+_GLANCE = 0.005
+
+
+@dataclass(slots=True)
+class _Consumer:
+    """One subject's durable consumer, as this source reads it."""
+
+    subject: str
+    durable: str
+    sub: Any = None
+    #: the consumer delivery sequence expected next (a gap means a lost delivery)
+    next_delivery: int | None = None
+    #: (stream sequence, message) of the last message of each batch read, not acknowledged
+    held: list[tuple[int, Any]] = field(default_factory=list)
+
+
+class NatsSource(Source):
+    """Messages of a JetStream stream, read with durable pull consumers (``nats-py``, the
+    ``nats`` extra: ``pip install 'featurist[nats]'``).
+
+    Args:
+        servers: the NATS server URL or URLs (``"nats://127.0.0.1:4222"``).
+        stream: the JetStream stream, which must exist (with limits or work-queue retention).
+        subjects: the subject or subjects to read, each with its own consumer: for partitioned
+            input, the subjects of the partitions this process owns (``["tx.0", "tx.3"]``).
+        durable: the consumer's durable name (``<durable>-<subject>`` per subject when there
+            are several). Keep it for the life of the checkpoints.
+        name: the source's name in checkpoints, by default ``nats:<stream>:<durable>``.
+        start: where a consumer created for a source with no position starts: ``"first"``,
+            the stream's first message (the default), or ``"new"``, messages published from
+            then on.
+        ack_wait: seconds JetStream waits for an acknowledgement before it delivers a message
+            again. Messages are acknowledged at checkpoints: make it longer than the
+            checkpoint interval, or messages come twice (and are skipped).
+        max_ack_pending: messages a consumer delivers without acknowledgement; at the limit,
+            reading waits for the next checkpoint's commit. Above the messages read between
+            two checkpoints.
+        fetch_timeout: seconds a read waits for messages when there are none (then returns
+            an empty batch).
+        connect_options: more keyword arguments for ``nats.connect``.
+
+    Raises:
+        ConfigError: an argument is out of range.
+    """
+
+    def __init__(
+        self,
+        servers: str | Sequence[str] = "nats://127.0.0.1:4222",
+        *,
+        stream: str,
+        subjects: str | Sequence[str],
+        durable: str,
+        name: str | None = None,
+        start: Literal["first", "new"] = "first",
+        ack_wait: float = 300.0,
+        max_ack_pending: int = 1_000_000,
+        fetch_timeout: float = 0.1,
+        connect_options: dict[str, Any] | None = None,
+    ) -> None:
+        subject_list = [subjects] if isinstance(subjects, str) else list(subjects)
+        if not subject_list or not all(isinstance(s, str) and s for s in subject_list):
+            raise ConfigError(f"subjects must be one or more non-empty str, got {subjects!r}")
+        if len(set(subject_list)) != len(subject_list):
+            raise ConfigError(f"subjects must differ, got {subject_list!r}")
+        for what, value in (("stream", stream), ("durable", durable)):
+            if not isinstance(value, str) or not value or _UNSAFE.search(value):
+                raise ConfigError(f"{what} must be a name without '.', '*', '>' or spaces")
+        if start not in ("first", "new"):
+            raise ConfigError(f"start must be 'first' or 'new', got {start!r}")
+        for what, number in (("ack_wait", ack_wait), ("fetch_timeout", fetch_timeout)):
+            if isinstance(number, bool) or not isinstance(number, int | float) or number <= 0:
+                raise ConfigError(f"{what} must be a number > 0, got {number!r}")
+        if isinstance(max_ack_pending, bool) or not isinstance(max_ack_pending, int):
+            raise ConfigError(f"max_ack_pending must be an int >= 1, got {max_ack_pending!r}")
+        if max_ack_pending < 1:
+            raise ConfigError(f"max_ack_pending must be an int >= 1, got {max_ack_pending!r}")
+        self.servers = [servers] if isinstance(servers, str) else list(servers)
+        self.stream = stream
+        self.subjects = subject_list
+        self.durable = durable
+        self.name = name if name is not None else f"nats:{stream}:{durable}"
+        self.start = start
+        self.ack_wait = float(ack_wait)
+        self.max_ack_pending = max_ack_pending
+        self.fetch_timeout = float(fetch_timeout)
+        self.connect_options = dict(connect_options or {})
+        if len(subject_list) == 1:
+            durables = [durable]
+        else:
+            durables = [f"{durable}-{_UNSAFE.sub('_', s)}" for s in subject_list]
+        if len(set(durables)) != len(durables):
+            raise ConfigError(f"subjects {subject_list!r} give the same consumer names")
+        self._consumers = [_Consumer(s, d) for s, d in zip(subject_list, durables, strict=True)]
+        #: stream sequence of the last message read, by subject
+        self._position: dict[str, int] = {}
+        #: True once the consumers are set up for the current position
+        self._ready = False
+        self._turn = 0
+        self._nc: nats.aio.client.Client | None = None
+        self._js: nats.js.JetStreamContext | None = None
+
+    def __repr__(self) -> str:
+        return f"NatsSource(stream={self.stream!r}, subjects={self.subjects!r})"
+
+    # --- the protocol ---------------------------------------------------------------------------
+
+    async def read(self, max_records: int) -> SourceBatch:
+        if not self._ready:
+            await self._setup()
+        consumers = self._consumers
+        k = len(consumers)
+        # spread max_records over the consumers, starting at a turning one
+        shares = [max_records // k + (1 if i < max_records % k else 0) for i in range(k)]
+        order = [consumers[(self._turn + i) % k] for i in range(k)]
+        self._turn = (self._turn + 1) % k
+        fetched: dict[str, list[Any]] = {}
+        # shielded, with a bounded wait: a cancelled fetch would lose messages it had taken
+        with anyio.CancelScope(shield=True):
+            # A fetch from a consumer with nothing waits its whole timeout: with several,
+            # a quick look at all first, then a wait on all if none had anything.
+            waits = [self.fetch_timeout]
+            if k > 1:
+                waits.insert(0, min(_GLANCE, self.fetch_timeout))
+            for wait in waits:
+                async with anyio.create_task_group() as tg:
+                    for consumer, share in zip(order, shares, strict=True):
+                        if share:
+                            tg.start_soon(self._fetch, consumer, share, wait, fetched)
+                if fetched:
+                    break
+        payloads: list[bytes] = []
+        for consumer in order:
+            messages = fetched.get(consumer.subject)
+            if messages:
+                payloads.extend(await self._take(consumer, messages))
+        return SourceBatch(payloads, dict(self._position) if self._position else None)
+
+    async def seek(self, position: Any) -> None:
+        if not isinstance(position, dict) or not all(
+            isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 0
+            for k, v in position.items()
+        ):
+            raise ValueError(
+                f"a NatsSource position is a dict of stream sequences by subject, got {position!r}"
+            )
+        self._position = {s: position[s] for s in self.subjects if s in position}
+        self._ready = False
+
+    async def commit(self, position: Any) -> None:
+        if not isinstance(position, dict) or self._nc is None:
+            return
+        acked = False
+        for consumer in self._consumers:
+            upto = position.get(consumer.subject)
+            if upto is None:
+                continue
+            last = None
+            while consumer.held and consumer.held[0][0] <= upto:
+                last = consumer.held.pop(0)[1]
+            if last is not None:
+                # AckPolicy.ALL: this acknowledges every earlier message of the consumer too
+                await last.ack()
+                acked = True
+        if acked:
+            await self._nc.flush()
+
+    async def lag(self) -> int | None:
+        """Messages the consumers have not delivered yet (JetStream's ``num_pending``)."""
+        js = await self._jetstream()
+        total = 0
+        for consumer in self._consumers:
+            info = await js.consumer_info(self.stream, consumer.durable)
+            total += info.num_pending or 0
+        return total
+
+    async def aclose(self) -> None:
+        nc, self._nc, self._js = self._nc, None, None
+        self._ready = False
+        for consumer in self._consumers:
+            consumer.sub, consumer.held, consumer.next_delivery = None, [], None
+        if nc is not None:
+            with anyio.CancelScope(shield=True):
+                await nc.close()
+
+    # --- consumers ------------------------------------------------------------------------------
+
+    async def _jetstream(self) -> nats.js.JetStreamContext:
+        if self._js is None:
+            import nats
+
+            self._nc = await nats.connect(self.servers, **self.connect_options)
+            self._js = self._nc.jetstream()
+        return self._js
+
+    async def _setup(self) -> None:
+        """Make each consumer start just after the position (see the module's docstring)."""
+        from nats.js import api
+        from nats.js.errors import NotFoundError
+
+        js = await self._jetstream()
+        try:
+            info = await js.stream_info(self.stream)
+        except NotFoundError:
+            raise ConfigError(f"NATS: no JetStream stream named {self.stream!r}") from None
+        if info.config.retention == api.RetentionPolicy.INTEREST:
+            raise ConfigError(
+                f"NATS stream {self.stream!r} has interest retention: a NatsSource recreates "
+                "its consumers on restore, which would drop messages; use limits or work-queue "
+                "retention"
+            )
+        for consumer in self._consumers:
+            await self._place(consumer)
+        self._ready = True
+
+    async def _place(self, consumer: _Consumer) -> None:
+        from nats.js import api
+        from nats.js.errors import NotFoundError
+
+        js = await self._jetstream()
+        if consumer.sub is not None:
+            await consumer.sub.unsubscribe()
+            consumer.sub = None
+        consumer.held, consumer.next_delivery = [], None
+        held = self._position.get(consumer.subject)
+        try:
+            info: api.ConsumerInfo | None = await js.consumer_info(self.stream, consumer.durable)
+        except NotFoundError:
+            info = None
+        start: int | None = None  # the stream sequence to start at, or None: keep / new
+        if info is not None:
+            config = info.config
+            if config.ack_policy != api.AckPolicy.ALL or config.filter_subject != consumer.subject:
+                raise ConfigError(
+                    f"NATS consumer {consumer.durable!r} on {self.stream!r} exists with "
+                    f"ack policy {config.ack_policy} and filter {config.filter_subject!r}; a "
+                    f"NatsSource needs ack policy 'all' and filter {consumer.subject!r}"
+                )
+            floor = info.ack_floor.stream_seq if info.ack_floor else 0
+            pending = info.num_ack_pending or 0
+            if held is not None:
+                if pending or floor > held:
+                    start = held + 1
+            elif pending:
+                start = max(floor + 1, config.opt_start_seq or 1)
+            if start is not None:
+                await js.delete_consumer(self.stream, consumer.durable)
+        else:
+            start = held + 1 if held is not None else (1 if self.start == "first" else None)
+        if info is None or start is not None:
+            config = api.ConsumerConfig(
+                durable_name=consumer.durable,
+                filter_subject=consumer.subject,
+                ack_policy=api.AckPolicy.ALL,
+                ack_wait=self.ack_wait,
+                max_ack_pending=self.max_ack_pending,
+                deliver_policy=api.DeliverPolicy.NEW,
+            )
+            if start is not None:
+                config.deliver_policy = api.DeliverPolicy.BY_START_SEQUENCE
+                config.opt_start_seq = start
+            await js.add_consumer(self.stream, config)
+        consumer.sub = await js.pull_subscribe_bind(consumer.durable, stream=self.stream)
+
+    async def _fetch(
+        self, consumer: _Consumer, count: int, wait: float, into: dict[str, list[Any]]
+    ) -> None:
+        try:
+            into[consumer.subject] = await consumer.sub.fetch(count, timeout=wait)
+        except TimeoutError:  # nats.errors.TimeoutError is one too: nothing came
+            return
+
+    async def _take(self, consumer: _Consumer, messages: list[Any]) -> list[bytes]:
+        """The payloads of new messages, in order; the position moves to the last."""
+        payloads: list[bytes] = []
+        position = self._position.get(consumer.subject, 0)
+        expected = consumer.next_delivery
+        last = None
+        for message in messages:
+            sequence = message.metadata.sequence
+            if expected is not None and sequence.consumer != expected:
+                # a delivery was lost on the way: start again after what was read
+                self._position[consumer.subject] = position
+                await self._place(consumer)
+                return payloads
+            expected = sequence.consumer + 1
+            if sequence.stream <= position:
+                continue  # delivered again: already read
+            position = sequence.stream
+            payloads.append(message.data)
+            last = message
+        consumer.next_delivery = expected
+        if last is not None:
+            self._position[consumer.subject] = position
+            consumer.held.append((position, last))
+        return payloads
