@@ -89,7 +89,8 @@ class RedisSink(Sink):
             ``3_600_000`` ms), or None for no expiry.
         time_field: the field holding the event time (ms) of the key's last update; a
             feature of that name is refused.
-        timeout: seconds to connect and for each reply, for a client the sink makes.
+        timeout: seconds to connect, for a client the sink makes (a write is bounded by
+            :func:`run_sink`'s ``write_timeout``).
         name: the sink's name in errors and logs.
 
     Raises:
@@ -135,9 +136,10 @@ class RedisSink(Sink):
                 raise ConfigError(
                     "RedisSink needs redis-py: pip install 'featurist[redis]'"
                 ) from exc
+            # no socket_timeout: a timeout per reply costs more than the pipeline's own work
+            # (run_sink bounds each write with write_timeout)
             client = redis.asyncio.Redis.from_url(
                 url,
-                socket_timeout=timeout,
                 socket_connect_timeout=timeout,
                 retry=Retry(NoBackoff(), 0),
             )
