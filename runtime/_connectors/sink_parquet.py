@@ -1,0 +1,191 @@
+"""The Parquet sink: every feature update as a row, for training sets and audits (the
+``parquet`` extra, pyarrow).
+
+Each feature group's updates go to files of their own, ``<directory>/<group>/<run>-<n>.parquet``
+(``run`` is the time the sink was made and a random suffix, so a second run never overwrites
+the first). A row holds ``key``, ``event_time`` (ms since the epoch), ``kind`` (``"update"``,
+or a windowed group's ``"close"``, ``"correction"``, ...) and one column per feature of the
+group, in the group's order; a feature that failed on the event is null.
+
+Rows are buffered and written ``row_group_size`` at a time, as one row group, in a worker
+thread. A file is written under a name starting with ``_`` (which pyarrow's datasets skip) and
+renamed when closed, so a reader of the directory never sees half a file. A file is closed when
+it holds ``max_file_rows`` rows or about ``max_file_bytes`` bytes, when a row group's column
+types do not fit the file's (a column null so far that now has values: a new file starts), and
+on :meth:`flush` and :meth:`aclose`, which write the rows buffered first.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio.to_thread
+
+from .._batches import UpdateBatch
+from .._exceptions import ConfigError
+from .sinks import Sink
+
+__all__ = ["ParquetSink"]
+
+
+@dataclass
+class _Group:
+    """One feature group's buffered rows and its open file."""
+
+    name: str
+    names: tuple[str, ...]
+    rows: list[tuple[Any, ...]] = field(default_factory=list)
+    kinds: list[str] = field(default_factory=list)
+    writer: Any = None
+    schema: Any = None
+    path: Path | None = None
+    file_rows: int = 0
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name} must be an int >= 1, got {value!r}")
+    return value
+
+
+class ParquetSink(Sink):
+    """Write every feature update as a row of Parquet files under ``directory``.
+
+    Args:
+        directory: where the files go (made if missing), a folder per feature group.
+        row_group_size: rows per row group: the rows buffered per group before a write.
+        max_file_rows: a file is closed (and a new one started) once it holds this many rows.
+        max_file_bytes: ... or once it is about this large (checked after each row group);
+            None for no size limit.
+        compression: the Parquet codec (``"zstd"``, ``"snappy"``, ``"none"``, ...).
+        name: the sink's name in errors and logs.
+
+    Column types are pyarrow's for the values (a feature whose values mix types it cannot
+    put in one column, such as ints and strings, makes the write fail).
+
+    Raises:
+        ConfigError: an option is not valid, or pyarrow is not installed
+            (``pip install 'featurist[parquet]'``).
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        row_group_size: int = 65_536,
+        max_file_rows: int = 1_048_576,
+        max_file_bytes: int | None = 256 * 1024 * 1024,
+        compression: str = "zstd",
+        name: str = "parquet",
+    ) -> None:
+        try:
+            import pyarrow  # type: ignore[import-untyped]  # noqa: F401
+        except ImportError as exc:
+            raise ConfigError(
+                "ParquetSink needs pyarrow: pip install 'featurist[parquet]'"
+            ) from exc
+        self.directory = Path(directory)
+        self.row_group_size = _positive_int("row_group_size", row_group_size)
+        self.max_file_rows = _positive_int("max_file_rows", max_file_rows)
+        self.max_file_bytes = (
+            None if max_file_bytes is None else _positive_int("max_file_bytes", max_file_bytes)
+        )
+        if not isinstance(compression, str):
+            raise ConfigError(f"compression must be a str, got {compression!r}")
+        self.compression = compression
+        self.name = name
+        self.run = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
+        #: the paths of the files closed so far, in order
+        self.files: list[Path] = []
+        self._groups: dict[str, _Group] = {}
+        self._taken: Sequence[UpdateBatch] | None = None
+        self._count = 0
+
+    async def write(self, batches: Sequence[UpdateBatch]) -> None:
+        if batches is not self._taken:  # a retry of a write that failed took its rows already
+            for batch in batches:
+                group = self._groups.get(batch.group)
+                if group is None or group.names != batch.names:
+                    if group is not None:  # features registered since: a new file
+                        await anyio.to_thread.run_sync(self._write_rows, group, True)
+                    group = self._groups[batch.group] = _Group(batch.group, batch.names)
+                group.rows.extend(batch.rows)
+                group.kinds.extend(batch.kinds)
+            self._taken = batches
+        for group in self._groups.values():
+            while len(group.rows) >= self.row_group_size:
+                await anyio.to_thread.run_sync(self._write_rows, group, False)
+
+    async def flush(self) -> None:
+        """Write the rows buffered and close the open files (readable from then on)."""
+        for group in self._groups.values():
+            await anyio.to_thread.run_sync(self._write_rows, group, True)
+
+    async def aclose(self) -> None:
+        """Write the rows buffered and close the files."""
+        await self.flush()
+
+    # -- in a worker thread ------------------------------------------------------------------
+    def _write_rows(self, group: _Group, close: bool) -> None:
+        """Write up to a row group of ``group``'s rows (all of them, and close the file, with
+        ``close``). Rows leave the buffer only once written."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq  # type: ignore[import-untyped]
+
+        count = len(group.rows) if close else self.row_group_size
+        rows, kinds = group.rows[:count], group.kinds[:count]
+        if rows:
+            columns = list(zip(*rows, strict=True))
+            table = pa.table(
+                {
+                    "key": pa.array(columns[0]),
+                    "event_time": pa.array(columns[1], pa.int64()),
+                    "kind": pa.array(kinds, pa.string()),
+                    **{n: pa.array(c) for n, c in zip(group.names, columns[2:], strict=True)},
+                }
+            )
+            if group.writer is not None and table.schema != group.schema:
+                try:
+                    table = table.cast(group.schema)
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+                    self._close(group)  # types the file cannot hold: a new file
+            if group.writer is None:
+                folder = self.directory / group.name
+                folder.mkdir(parents=True, exist_ok=True)
+                self._count += 1
+                group.path = folder / f"{self.run}-{self._count:05d}.parquet"
+                group.writer = pq.ParquetWriter(
+                    group.path.with_name("_" + group.path.name),
+                    table.schema,
+                    compression=self.compression,
+                )
+                group.schema = table.schema
+                group.file_rows = 0
+            group.writer.write_table(table, row_group_size=len(rows))
+            group.file_rows += len(rows)
+            del group.rows[:count], group.kinds[:count]
+            assert group.path is not None
+            if group.file_rows >= self.max_file_rows or (
+                self.max_file_bytes is not None
+                and os.path.getsize(group.path.with_name("_" + group.path.name))
+                >= self.max_file_bytes
+            ):
+                self._close(group)
+        if close:
+            self._close(group)
+
+    def _close(self, group: _Group) -> None:
+        if group.writer is None:
+            return
+        assert group.path is not None
+        group.writer.close()
+        os.replace(group.path.with_name("_" + group.path.name), group.path)
+        self.files.append(group.path)
+        group.writer = group.schema = None
+        group.file_rows = 0
