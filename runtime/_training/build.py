@@ -198,8 +198,8 @@ async def training_set(
             each event's stream.
         resolution: as for ``FeatureRuntime.replay``: the step of the clock (seconds) with
             ``idle_timeout`` or ``state_ttl``; give 0 for the online values exactly.
-        options: keyword arguments of the ``FeatureRuntime`` replayed in (``shards``,
-            ``sources`` for custom sources...); not ``workers``.
+        options: keyword arguments of the ``FeatureRuntime`` replayed in (``sources`` for
+            custom sources, ``shards``: 1 by default, the fastest here...); not ``workers``.
 
     Returns:
         A :class:`TrainingSet`: the rows in the order of the labels.
@@ -225,14 +225,18 @@ async def training_set(
         feature_set.duration_ms(option) is not None for option in ("idle_timeout", "state_ttl")
     )
     counts = [0, 0, 0]  # events, accepted, rejected
-    async with FeatureRuntime(feature_set, **dict(options or {})) as rt:
+    # one shard: in one process more shards add no parallelism, and each pause asks each
+    # shard's actors
+    async with FeatureRuntime(feature_set, **{"shards": 1, **dict(options or {})}) as rt:
         host = RuntimeReplayHost(rt)
         events = _History(history, host.reader, stream, feature_set.stream_names)
 
         async def replay(t: int) -> None:
-            # a replay per label time: replays of one runtime follow one another, and the
-            # clock ends at ``t`` (``until``), where idle time and expiry are applied
-            options = ReplayOptions(stream=stream, resolution=resolution, until=t / 1000)
+            # a replay per label time: replays of one runtime follow one another; with idle
+            # time or expiry the clock ends at ``t`` (``until``), where they are applied
+            # (without, no value depends on the clock, and moving it costs one more flush)
+            until = t / 1000 if timed else None
+            options = ReplayOptions(stream=stream, resolution=resolution, until=until)
             result = await replay_history(host, events.until(t), options)
             counts[0] += result.events
             counts[1] += result.accepted
