@@ -49,6 +49,8 @@ __all__ = ["NatsSource"]
 _UNSAFE = re.compile(r"[.*>\s]")
 #: seconds the first, quick fetch from each of several consumers waits
 _GLANCE = 0.005
+#: seconds a commit waits for the server to have the acknowledgements
+_FLUSH_TIMEOUT = 10
 
 
 @dataclass(slots=True)
@@ -155,6 +157,14 @@ class NatsSource(Source):
     # --- the protocol ---------------------------------------------------------------------------
 
     async def read(self, max_records: int) -> SourceBatch:
+        # shielded, every wait bounded (fetch_timeout, the client's request timeouts): cut
+        # short, a fetch would lose messages it had taken, and a request or a flush would
+        # leave the client waiting for a reply nobody takes
+        with anyio.CancelScope(shield=True):
+            batch = await self._read(max_records)
+        return batch
+
+    async def _read(self, max_records: int) -> SourceBatch:
         if not self._ready:
             await self._setup()
         consumers = self._consumers
@@ -164,20 +174,18 @@ class NatsSource(Source):
         order = [consumers[(self._turn + i) % k] for i in range(k)]
         self._turn = (self._turn + 1) % k
         fetched: dict[str, list[Any]] = {}
-        # shielded, with a bounded wait: a cancelled fetch would lose messages it had taken
-        with anyio.CancelScope(shield=True):
-            # A fetch from a consumer with nothing waits its whole timeout: with several,
-            # a quick look at all first, then a wait on all if none had anything.
-            waits = [self.fetch_timeout]
-            if k > 1:
-                waits.insert(0, min(_GLANCE, self.fetch_timeout))
-            for wait in waits:
-                async with anyio.create_task_group() as tg:
-                    for consumer, share in zip(order, shares, strict=True):
-                        if share:
-                            tg.start_soon(self._fetch, consumer, share, wait, fetched)
-                if fetched:
-                    break
+        # A fetch from a consumer with nothing waits its whole timeout: with several, a quick
+        # look at all first, then a wait on all if none had anything.
+        waits = [self.fetch_timeout]
+        if k > 1:
+            waits.insert(0, min(_GLANCE, self.fetch_timeout))
+        for wait in waits:
+            async with anyio.create_task_group() as tg:
+                for consumer, share in zip(order, shares, strict=True):
+                    if share:
+                        tg.start_soon(self._fetch, consumer, share, wait, fetched)
+            if fetched:
+                break
         payloads: list[bytes] = []
         for consumer in order:
             messages = fetched.get(consumer.subject)
@@ -193,12 +201,20 @@ class NatsSource(Source):
             raise ValueError(
                 f"a NatsSource position is a dict of stream sequences by subject, got {position!r}"
             )
-        self._position = {s: position[s] for s in self.subjects if s in position}
+        wanted = {s: position[s] for s in self.subjects if s in position}
+        if self._ready and wanted == self._position:
+            return  # already there (a second consume call going on): keep the consumers
+        self._position = wanted
         self._ready = False
 
     async def commit(self, position: Any) -> None:
         if not isinstance(position, dict) or self._nc is None:
             return
+        with anyio.CancelScope(shield=True):  # a cancelled flush upsets the client
+            await self._commit(position)
+
+    async def _commit(self, position: dict[str, Any]) -> None:
+        assert self._nc is not None
         acked = False
         for consumer in self._consumers:
             upto = position.get(consumer.subject)
@@ -212,10 +228,12 @@ class NatsSource(Source):
                 await last.ack()
                 acked = True
         if acked:
-            await self._nc.flush()
+            await self._nc.flush(timeout=_FLUSH_TIMEOUT)
 
     async def lag(self) -> int | None:
         """Messages the consumers have not delivered yet (JetStream's ``num_pending``)."""
+        if not self._ready:
+            await self._setup()
         js = await self._jetstream()
         total = 0
         for consumer in self._consumers:

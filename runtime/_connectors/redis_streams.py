@@ -42,6 +42,8 @@ __all__ = ["RedisStreamSource"]
 
 #: entry ids acknowledged (or asked for) per command
 _ACK_CHUNK = 10_000
+#: seconds to connect, and to wait for a reply beyond a read's block
+_TIMEOUT = 10.0
 
 
 def _id(value: str) -> tuple[int, int]:
@@ -130,13 +132,18 @@ class RedisStreamSource(Source):
     # --- the protocol ---------------------------------------------------------------------------
 
     async def read(self, max_records: int) -> SourceBatch:
+        # shielded, every wait bounded (block, the client's socket timeout): cut short, a read
+        # could lose entries Redis had handed over
+        with anyio.CancelScope(shield=True):
+            batch = await self._read_batch(max_records)
+        return batch
+
+    async def _read_batch(self, max_records: int) -> SourceBatch:
         client = await self._redis()
         if not self._ready:
             await self._setup(client)
         try:
-            # shielded, with a bounded wait: cancelled, a read could lose entries handed over
-            with anyio.CancelScope(shield=True):
-                replies = await self._read(client, max_records)
+            replies = await self._read(client, max_records)
         except BaseException:
             for stream in self._streams:
                 stream.pending = True
@@ -180,13 +187,19 @@ class RedisStreamSource(Source):
                 _id(value)
             except ValueError:
                 raise ValueError(f"{value!r} is not a Redis stream entry id") from None
-        self._position = {k: position[k] for k in self.streams if k in position}
+        wanted = {k: position[k] for k in self.streams if k in position}
+        if self._ready and wanted == self._position:
+            return  # already there (a second consume call going on)
+        self._position = wanted
         self._ready = False
 
     async def commit(self, position: Any) -> None:
         if not isinstance(position, dict) or self._client is None:
             return
-        client = self._client
+        with anyio.CancelScope(shield=True):
+            await self._commit(self._client, position)
+
+    async def _commit(self, client: redis.asyncio.Redis, position: dict[str, Any]) -> None:
         for stream in self._streams:
             upto = position.get(stream.key)
             if upto is None:
@@ -204,6 +217,8 @@ class RedisStreamSource(Source):
         """Entries of the streams not yet handed to the group (``XINFO GROUPS``' ``lag``), or
         None when Redis cannot tell (after ``XGROUP SETID``, or entries deleted)."""
         client = await self._redis()
+        if not self._ready:
+            await self._setup(client)
         total = 0
         for stream in self._streams:
             for info in await client.xinfo_groups(stream.key):
@@ -230,7 +245,12 @@ class RedisStreamSource(Source):
             import redis.asyncio
 
             # RESP2: replies are lists of [stream, entries] (RESP3 would make them dicts)
-            self._client = redis.asyncio.from_url(self.url, protocol=2)
+            self._client = redis.asyncio.from_url(
+                self.url,
+                protocol=2,
+                socket_connect_timeout=_TIMEOUT,
+                socket_timeout=_TIMEOUT + self.block,
+            )
         return self._client
 
     async def _setup(self, client: redis.asyncio.Redis) -> None:
