@@ -1,0 +1,207 @@
+"""The NATS sink: every feature update as a message on ``<subject>.<group>`` (the ``nats``
+extra, nats-py).
+
+One message per update, JSON (or MessagePack), a map of ``key``, ``event_time`` (ms since the
+epoch), ``group`` and ``values`` (every feature of the group by name), with ``kind`` for rows
+that are not plain updates (a window's ``"close"``, ...) and ``errors`` (feature -> message)
+when features failed on the event (their values are then null). A bytes key is base64 in
+JSON, as msgspec encodes bytes. The subject is per feature group rather than per key: a key
+may hold characters a subject token cannot (``.``, ``*``, ``>``, spaces); a reader filters
+keys from the payload, or subscribes to ``<subject>.>`` for every group.
+
+Delivery: when a JetStream stream holds the subject (looked up once per subject, or as
+``jetstream`` says), each message is published to JetStream and the write returns once the
+server acknowledged every one of them (stored); otherwise it is a core NATS publish and the
+write returns once the server has received them (a ``PING`` round trip), which keeps nothing
+for a subscriber that is not there. A retried write publishes its messages again: at least
+once, a reader may see an update twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+import anyio
+import msgspec
+
+from .._batches import UpdateBatch
+from .._exceptions import ConfigError
+from .sinks import Sink
+
+if TYPE_CHECKING:
+    import nats.aio.client
+    import nats.js
+
+__all__ = ["NatsSink", "update_messages"]
+
+_SUBJECT_TOKEN = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
+
+
+def update_messages(batch: UpdateBatch) -> list[dict[str, Any]]:
+    """The batch's updates as the maps :class:`NatsSink` publishes, in order."""
+    names, group = batch.names, batch.group
+    errors = batch.errors
+    kinds = batch.kinds
+    out = []
+    for i, row in enumerate(batch.rows):
+        message: dict[str, Any] = {
+            "key": row[0],
+            "event_time": row[1],
+            "group": group,
+            "values": dict(zip(names, row[2:], strict=True)),
+        }
+        if kinds[i] != "update":
+            update = batch.update(i)
+            message["kind"] = update.kind
+            if update.window is not None:
+                message["window"] = update.window
+            if update.parts is not None:
+                message["parts"] = update.parts
+            message["values"] = update.values
+        failed = errors.get(i) if errors else None
+        if failed:
+            message["errors"] = failed
+        out.append(message)
+    return out
+
+
+class NatsSink(Sink):
+    """Publish every feature update to ``<subject>.<group>``.
+
+    Args:
+        url: the server (``nats://host:port``; ignored when ``client`` is given).
+        client: a connected ``nats.aio.client.Client`` of your own, used as it is and not
+            closed by :meth:`aclose`; by default the sink connects to ``url`` at its first
+            write and closes the connection in :meth:`aclose`.
+        subject: the subjects' first tokens: updates of group ``g0`` go to
+            ``<subject>.g0``.
+        format: ``"json"`` (the default) or ``"msgpack"``.
+        jetstream: True to publish with JetStream acknowledgements (a stream must hold the
+            subjects), False for core NATS, None (the default) to ask the server once per
+            subject whether a stream holds it.
+        timeout: seconds to connect, and for each acknowledgement and flush.
+        name: the sink's name in errors and logs.
+
+    Raises:
+        ConfigError: ``subject``, ``format`` or ``timeout`` is not valid, or nats-py is not
+            installed (``pip install 'featurist[nats]'``).
+    """
+
+    def __init__(
+        self,
+        url: str = "nats://127.0.0.1:4222",
+        *,
+        client: nats.aio.client.Client | None = None,
+        subject: str = "features",
+        format: Literal["json", "msgpack"] = "json",
+        jetstream: bool | None = None,
+        timeout: float = 5.0,
+        name: str = "nats",
+    ) -> None:
+        try:
+            import nats  # noqa: F401
+        except ImportError as exc:
+            raise ConfigError("NatsSink needs nats-py: pip install 'featurist[nats]'") from exc
+        tokens = subject.split(".") if isinstance(subject, str) else [""]
+        if not all(token and set(token) <= _SUBJECT_TOKEN for token in tokens):
+            raise ConfigError(
+                f"subject must be dot-separated tokens of letters, digits, '-' and '_', got "
+                f"{subject!r}"
+            )
+        if format not in ("json", "msgpack"):
+            raise ConfigError(f"format must be 'json' or 'msgpack', got {format!r}")
+        if jetstream not in (True, False, None):
+            raise ConfigError(f"jetstream must be True, False or None, got {jetstream!r}")
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
+            raise ConfigError(f"timeout must be a number of seconds > 0, got {timeout!r}")
+        self.url = url
+        self.subject = subject
+        self.format = format
+        self.jetstream = jetstream
+        self.timeout = float(timeout)
+        self.name = name
+        self._client = client
+        self._owned = client is None
+        self._js: nats.js.JetStreamContext | None = None
+        #: per subject: True when a JetStream stream holds it
+        self._streams: dict[str, bool] = {}
+        self._encode = (
+            msgspec.json.Encoder().encode if format == "json" else msgspec.msgpack.Encoder().encode
+        )
+
+    async def _connection(self) -> nats.aio.client.Client:
+        if self._client is None:
+            import nats
+
+            # nats-py tries again and again to make a first connection that reconnects
+            # later: bound it here (run_sink retries the write)
+            with anyio.move_on_after(self.timeout):
+                self._client = await nats.connect(
+                    self.url,
+                    connect_timeout=self.timeout,
+                    allow_reconnect=True,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=min(self.timeout / 4, 2.0),
+                )
+            if self._client is None:
+                raise ConnectionError(
+                    f"NatsSink {self.name!r}: could not connect to {self.url} within "
+                    f"{self.timeout:g} s"
+                )
+        return self._client
+
+    async def _in_stream(self, client: nats.aio.client.Client, subject: str) -> bool:
+        found = self._streams.get(subject)
+        if found is None:
+            if self.jetstream is not None:
+                found = self.jetstream
+            else:
+                import nats.js.errors
+
+                try:
+                    await client.jetstream(timeout=self.timeout).find_stream_name_by_subject(
+                        subject
+                    )
+                    found = True
+                except nats.js.errors.NotFoundError:
+                    found = False
+            self._streams[subject] = found
+        return found
+
+    async def write(self, batches: Sequence[UpdateBatch]) -> None:
+        client = await self._connection()
+        encode = self._encode
+        acks: list[asyncio.Future[Any]] = []
+        core = False
+        for batch in batches:
+            subject = f"{self.subject}.{batch.group}"
+            payloads = [encode(message) for message in update_messages(batch)]
+            if await self._in_stream(client, subject):
+                if self._js is None:
+                    self._js = client.jetstream(timeout=self.timeout)
+                for payload in payloads:
+                    acks.append(
+                        await self._js.publish_async(subject, payload, wait_stall=self.timeout)
+                    )
+            else:
+                core = True
+                for payload in payloads:
+                    await client.publish(subject, payload)
+        try:
+            if acks:
+                with anyio.fail_after(self.timeout):
+                    await asyncio.gather(*acks)
+            if core:
+                await client.flush(timeout=math.ceil(self.timeout))
+        finally:
+            for ack in acks:  # a failed write's other acks are not waited for
+                ack.cancel()
+
+    async def aclose(self) -> None:
+        """Close the connection the sink made (not one given to it)."""
+        client, self._client = self._client, None
+        if client is not None and self._owned:
+            await client.close()
