@@ -25,7 +25,7 @@ from collections.abc import AsyncIterable, Callable, Iterable, Mapping
 from contextlib import AsyncExitStack
 from itertools import islice
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import anyio.abc
@@ -46,6 +46,9 @@ from ._checkpoints.store import (
     CheckpointConfig,
     CheckpointInfo,
 )
+from ._connectors.consume import ConsumeResult
+from ._connectors.consume import consume as consume_source
+from ._connectors.source import Source
 from ._drift.monitor import DriftMonitors
 from ._exceptions import (
     ConfigError,
@@ -668,6 +671,30 @@ class FeatureRuntime:
         if offset is not None and front.log_full and self._running:
             await front.relieve_log()
         return accepted
+
+    async def consume(
+        self,
+        source: Source,
+        *,
+        stream: str | None = None,
+        batch_size: int = 1024,
+        until: Literal["end", "idle"] | int = "end",
+    ) -> ConsumeResult:
+        """Read ``source`` into the runtime until it ends, or until ``until``: batches of at
+        most ``batch_size`` records ingested into ``stream`` with :meth:`ingest_many` (so it
+        waits while the runtime is full), rejected records to :attr:`dead_letters`, the
+        position reached recorded in :attr:`offset` under the source's name (checkpoints hold
+        it; the source starts from the position the runtime holds for it), positions committed
+        to the source once a checkpoint holds them. See :func:`runtime.consume` and
+        ``docs/connectors.md``.
+
+        Raises:
+            RuntimeClosed: the runtime is not running.
+            ValueError: ``batch_size``, ``until`` or ``stream`` is not valid.
+            ConfigError: :attr:`offset` was given by ``ingest`` calls, not by ``consume``.
+        """
+        self._check_running()
+        return await consume_source(self, source, stream=stream, batch_size=batch_size, until=until)
 
     async def flush(self) -> None:
         """Send every partial batch and wait until every actor has applied what it was sent.

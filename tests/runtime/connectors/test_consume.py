@@ -103,6 +103,17 @@ async def test_a_tiny_source_is_read_to_its_end_with_the_values_of_direct_ingest
         assert await values_of(rt) == await direct(rows)
 
 
+async def test_rt_consume_is_consume_of_the_runtime() -> None:
+    rows = events(300)
+    async with runtime() as rt:
+        result = await rt.consume(ListSource(rows), batch_size=64)
+        assert result == ConsumeResult(
+            records=300, accepted=300, rejected=0, batches=5, position=300, ended=True
+        )
+        assert rt.offset == {"list": 300}
+        assert await values_of(rt) == await direct(rows)
+
+
 async def test_json_bytes_are_decoded_by_the_runtime() -> None:
     rows = events(50)
     async with runtime() as rt:
