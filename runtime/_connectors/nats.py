@@ -294,7 +294,7 @@ class NatsSource(Source):
             info: api.ConsumerInfo | None = await js.consumer_info(self.stream, consumer.durable)
         except NotFoundError:
             info = None
-        start: int | None = None  # the stream sequence to start at, or None: keep / new
+        start: int | None = None  # the stream sequence to start at, or None: keep it
         if info is not None:
             config = info.config
             if config.ack_policy != api.AckPolicy.ALL or config.filter_subject != consumer.subject:
@@ -313,7 +313,12 @@ class NatsSource(Source):
             if start is not None:
                 await js.delete_consumer(self.stream, consumer.durable)
         else:
-            start = held + 1 if held is not None else (1 if self.start == "first" else None)
+            start = held + 1 if held is not None else 1
+            if held is None and self.start == "new":
+                # a start sequence rather than DeliverPolicy.NEW: the consumer's config then
+                # says where it began, should it be created again before any acknowledgement
+                state = (await js.stream_info(self.stream)).state
+                start = state.last_seq + 1
         if info is None or start is not None:
             config = api.ConsumerConfig(
                 durable_name=consumer.durable,
@@ -321,11 +326,9 @@ class NatsSource(Source):
                 ack_policy=api.AckPolicy.ALL,
                 ack_wait=self.ack_wait,
                 max_ack_pending=self.max_ack_pending,
-                deliver_policy=api.DeliverPolicy.NEW,
+                deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+                opt_start_seq=start,
             )
-            if start is not None:
-                config.deliver_policy = api.DeliverPolicy.BY_START_SEQUENCE
-                config.opt_start_seq = start
             await js.add_consumer(self.stream, config)
         consumer.sub = await js.pull_subscribe_bind(consumer.durable, stream=self.stream)
 
