@@ -229,9 +229,14 @@ class RunningSink:
             except Exception as exc:
                 if attempt == self._max_attempts:
                     unwritten = self._unwritten()
+                    lost = (
+                        f"{unwritten} updates were not written"
+                        if what == "write"
+                        else "what the sink buffered may not be written"
+                    )
                     raise SinkError(
                         f"sink {self.sink.name!r}: {what} failed {attempt} times "
-                        f"(last: {exc!r}); {unwritten} updates were not written",
+                        f"(last: {exc!r}); {lost}",
                         sink=self.sink.name,
                         attempts=attempt,
                         unwritten=unwritten,
@@ -289,9 +294,9 @@ async def run_sink(
                 await consume(rt, source)
 
     On entry it subscribes to ``rt.updates(buffer=buffer, policy="block")``: updates published
-    from then on are written, none before. A task writes what arrives, taking what is waiting
-    (up to ``max_batch`` updates) into one ``sink.write`` call. The sink is slower than the
-    runtime: ingest waits (the buffer holds at most ``buffer`` updates).
+    from then on are written, none before. A task writes what arrives, taking the batches
+    waiting into one ``sink.write`` call until it holds ``max_batch`` updates or more. When the
+    sink is slower than the runtime, ingest waits (the buffer holds at most ``buffer`` updates).
 
     A write that raises, or does not return within ``write_timeout`` seconds, is tried again
     after ``backoff`` seconds (doubling up to ``max_backoff``), ``max_attempts`` times in
