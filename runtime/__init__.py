@@ -36,6 +36,13 @@ from ._connectors.consume import consume as consume
 from ._connectors.files import CsvSource as CsvSource
 from ._connectors.files import JsonLinesSource as JsonLinesSource
 from ._connectors.files import ParquetSource as ParquetSource
+from ._connectors.sink_nats import NatsSink as NatsSink
+from ._connectors.sink_parquet import ParquetSink as ParquetSink
+from ._connectors.sink_redis import RedisSink as RedisSink
+from ._connectors.sinks import RunningSink as RunningSink
+from ._connectors.sinks import Sink as Sink
+from ._connectors.sinks import SinkStatistics as SinkStatistics
+from ._connectors.sinks import run_sink as run_sink
 from ._connectors.source import RejectedRecord as RejectedRecord
 from ._connectors.source import Source as Source
 from ._connectors.source import SourceBatch as SourceBatch
@@ -49,6 +56,7 @@ from ._exceptions import InvalidEvent as InvalidEvent
 from ._exceptions import KeyRefused as KeyRefused
 from ._exceptions import MalformedRow as MalformedRow
 from ._exceptions import RuntimeClosed as RuntimeClosed
+from ._exceptions import SinkError as SinkError
 from ._exceptions import SourceError as SourceError
 from ._exceptions import SourceUnavailable as SourceUnavailable
 from ._exceptions import SpecError as SpecError
@@ -228,6 +236,14 @@ __all__ = [
     "Source",
     "SourceBatch",
     "consume",
+    # connectors: sinks
+    "NatsSink",
+    "ParquetSink",
+    "RedisSink",
+    "RunningSink",
+    "Sink",
+    "SinkStatistics",
+    "run_sink",
     # checkpoints, replay and parity
     "CheckpointConfig",
     "CheckpointInfo",
@@ -246,6 +262,7 @@ __all__ = [
     "KeyRefused",
     "MalformedRow",
     "RuntimeClosed",
+    "SinkError",
     "SourceError",
     "SourceUnavailable",
     "SpecError",

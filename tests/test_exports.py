@@ -50,13 +50,14 @@ RUNTIME_NAMES = {
     # connectors
     *("ConsumeResult", "CsvSource", "JsonLinesSource", "ParquetSource", "RejectedRecord"),
     *("Source", "SourceBatch", "consume"),
+    *("NatsSink", "ParquetSink", "RedisSink", "RunningSink", "Sink", "SinkStatistics", "run_sink"),
     # checkpoints, replay and parity
     *("CheckpointConfig", "CheckpointInfo", "FeatureParity", "ParityExample", "ParityMissing"),
     *("ParityReport", "ReplayResult", "check_parity"),
     # errors
     *("CheckpointError", "ConfigError", "FeatureValueError", "FeaturistError", "InvalidEvent"),
     *("KeyRefused", "MalformedRow", "RuntimeClosed", "SourceError", "SourceUnavailable"),
-    *("SpecError", "UnknownFeature"),
+    *("SinkError", "SpecError", "UnknownFeature"),
     # helpers
     *("configure_logging", "format_duration", "parse_duration"),
 }

@@ -1,0 +1,154 @@
+"""The NATS sink against the local server (skips without it, fails under
+FEATURIST_REQUIRE_SERVICES=1): a plain nats client, no featurist, receives every update on
+``<subject>.<group>`` (JSON and MessagePack, core NATS), a JetStream stream holding the subject
+stores every one (acknowledged), and a subject no stream holds with ``jetstream=True``, or a
+server that is down, makes the block raise ``SinkError`` after the retries."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any, NoReturn
+
+import anyio
+import msgspec
+import nats
+import nats.aio.client
+import nats.errors
+import nats.js.api
+import pytest
+
+from runtime import ConfigError, NatsSink, SinkError, run_sink
+from tests.conftest import services_required
+
+from .common import events, runtime
+from .test_sinks import ListSink
+
+NATS_URL = os.environ.get("FEATURIST_TEST_NATS_URL", "nats://127.0.0.1:4222")
+
+
+def unavailable(what: str, exc: BaseException) -> NoReturn:
+    if services_required():
+        pytest.fail(f"{what} is required (FEATURIST_REQUIRE_SERVICES) but unavailable: {exc!r}")
+    pytest.skip(f"{what} unavailable: {exc!r}")
+
+
+@pytest.fixture
+async def plain() -> AsyncIterator[nats.aio.client.Client]:
+    """A nats client of the test's own: what a service without featurist would use."""
+    try:
+        client = await nats.connect(NATS_URL, connect_timeout=2, allow_reconnect=False)
+    except (OSError, nats.errors.Error) as exc:
+        unavailable("NATS", exc)
+    yield client
+    await client.close()
+
+
+def expected(sink: ListSink) -> list[dict[str, Any]]:
+    return [
+        {
+            "key": key,
+            "event_time": t,
+            "group": group,
+            "values": dict(zip(sink.names[group], values, strict=True)),
+        }
+        for group, key, t, *values in sink.rows
+    ]
+
+
+def per_key(messages: list[dict[str, Any]]) -> dict[Any, list[dict[str, Any]]]:
+    """The messages of each key, in order (only each key's order is fixed: shards publish
+    concurrently, and two subscriptions may interleave them differently)."""
+    out: dict[Any, list[dict[str, Any]]] = {}
+    for message in messages:
+        out.setdefault(message["key"], []).append(message)
+    return out
+
+
+@pytest.mark.parametrize("format", ["json", "msgpack"])
+async def test_a_plain_subscriber_receives_every_update(
+    plain: nats.aio.client.Client, format: str
+) -> None:
+    subject = f"test-sink-{uuid.uuid4().hex[:8]}"
+    received: list[bytes] = []
+    subscription = await plain.subscribe(f"{subject}.>")
+    updates = ListSink()
+    async with runtime() as rt:
+        async with NatsSink(NATS_URL, subject=subject, format=format) as sink:  # type: ignore[arg-type]
+            async with run_sink(rt, updates), run_sink(rt, sink):
+                await rt.ingest_many(events(500))
+    assert sink._streams == {f"{subject}.g0": False}  # core NATS: no stream holds it
+    with anyio.fail_after(5):
+        async for message in subscription.messages:
+            assert message.subject == f"{subject}.g0"
+            received.append(message.data)
+            if len(received) == 500:
+                break
+    await subscription.unsubscribe()
+    decode = json.loads if format == "json" else msgspec.msgpack.decode
+    assert per_key([decode(data) for data in received]) == per_key(expected(updates))
+
+
+async def test_a_stream_holding_the_subject_stores_every_update(
+    plain: nats.aio.client.Client,
+) -> None:
+    subject = f"test-sink-{uuid.uuid4().hex[:8]}"
+    stream = subject.replace("-", "_")
+    js = plain.jetstream()
+    await js.add_stream(name=stream, subjects=[f"{subject}.>"])
+    try:
+        updates = ListSink()
+        async with runtime() as rt:
+            async with NatsSink(NATS_URL, subject=subject) as sink:
+                async with run_sink(rt, updates), run_sink(rt, sink):
+                    await rt.ingest_many(events(800))
+        assert sink._streams == {f"{subject}.g0": True}
+        info = await js.stream_info(stream)
+        assert info.state.messages == 800
+        reader = await js.pull_subscribe(f"{subject}.>", stream=stream)
+        stored: list[Any] = []
+        while len(stored) < 800:
+            stored += [json.loads(m.data) for m in await reader.fetch(800, timeout=2)]
+        assert per_key(stored) == per_key(expected(updates))
+    finally:
+        await js.delete_stream(stream)
+
+
+async def test_jetstream_without_a_stream_raises_rather_than_drops(
+    plain: nats.aio.client.Client,
+) -> None:
+    subject = f"test-sink-{uuid.uuid4().hex[:8]}"
+    async with runtime() as rt:
+        async with NatsSink(NATS_URL, subject=subject, jetstream=True, timeout=1) as sink:
+            with pytest.raises(SinkError) as caught:
+                async with run_sink(rt, sink, max_attempts=2, backoff=0.01):
+                    await rt.ingest_many(events(20))
+    assert caught.value.attempts == 2 and caught.value.unwritten >= 1
+
+
+async def test_a_server_that_is_down_raises_after_the_retries() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    async with runtime() as rt:
+        async with NatsSink(f"nats://127.0.0.1:{port}", timeout=0.5) as sink:
+            with pytest.raises(SinkError) as caught:
+                async with run_sink(rt, sink, max_attempts=2, backoff=0.01):
+                    await rt.ingest_many(events(20))
+    assert caught.value.__cause__ is not None
+
+
+def test_options_are_checked() -> None:
+    for options, match in [
+        ({"subject": "a..b"}, "subject"),
+        ({"subject": "a.>"}, "subject"),
+        ({"subject": ""}, "subject"),
+        ({"format": "xml"}, "format"),
+        ({"jetstream": "yes"}, "jetstream"),
+        ({"timeout": -1}, "timeout"),
+    ]:
+        with pytest.raises(ConfigError, match=match):
+            NatsSink(NATS_URL, **options)

@@ -1,0 +1,153 @@
+"""The Redis sink against the local server (skips without it, fails under
+FEATURIST_REQUIRE_SERVICES=1): a plain redis client, no featurist, reads each key's hash and
+finds ``rt.get_many``'s values; the hashes expire; bytes and int keys; a failed feature leaves
+its field as it was; a server that is down makes the block raise ``SinkError`` after the
+retries."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any, NoReturn
+
+import pytest
+import redis.asyncio
+import redis.exceptions
+
+from runtime import (
+    ConfigError,
+    Count,
+    FeatureRuntime,
+    FeatureSet,
+    Last,
+    RedisSink,
+    SinkError,
+    UpdateBatch,
+    run_sink,
+)
+from runtime._connectors.sink_redis import latest_values
+from tests.conftest import services_required
+
+from .common import KEYS, events, runtime, values_of
+
+REDIS_URL = os.environ.get("FEATURIST_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def unavailable(what: str, exc: BaseException) -> NoReturn:
+    if services_required():
+        pytest.fail(f"{what} is required (FEATURIST_REQUIRE_SERVICES) but unavailable: {exc!r}")
+    pytest.skip(f"{what} unavailable: {exc!r}")
+
+
+@pytest.fixture
+async def plain() -> AsyncIterator[redis.asyncio.Redis]:
+    """A redis client of the test's own: what a service without featurist would use."""
+    client = redis.asyncio.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
+    try:
+        await client.ping()
+    except (OSError, redis.exceptions.ConnectionError) as exc:
+        await client.aclose()
+        unavailable("Redis", exc)
+    yield client
+    await client.aclose()
+
+
+async def read_back(client: redis.asyncio.Redis, name: str | bytes) -> dict[str, Any]:
+    found = await client.hgetall(name)
+    return {field.decode(): json.loads(value) for field, value in found.items()}
+
+
+async def drop(client: redis.asyncio.Redis, prefix: str) -> None:
+    names = [name async for name in client.scan_iter(match=prefix + "*")]
+    if names:
+        await client.delete(*names)
+
+
+async def test_a_plain_client_reads_the_values_get_many_gives(plain: redis.asyncio.Redis) -> None:
+    prefix = f"test-sink-{uuid.uuid4().hex[:8]}:"
+    try:
+        async with runtime() as rt:
+            async with RedisSink(REDIS_URL, prefix=prefix, ttl="1h") as sink:
+                async with run_sink(rt, sink):
+                    await rt.ingest_many(events(2000))
+            expected = await values_of(rt)
+            vectors = await rt.get_many(KEYS)
+        for key in KEYS:
+            stored = await read_back(plain, prefix + key)
+            assert stored.pop("_event_time") == vectors[key].last_event_time
+            assert stored == expected[key]
+            ttl = await plain.pttl(prefix + key)
+            assert 3_590_000 < ttl <= 3_600_000
+    finally:
+        await drop(plain, prefix)
+
+
+async def test_no_ttl_means_no_expiry_and_int_and_bytes_keys_name_their_hashes(
+    plain: redis.asyncio.Redis,
+) -> None:
+    prefix = f"test-sink-{uuid.uuid4().hex[:8]}:"
+    feature_set = FeatureSet(
+        name="k", key="id", time="ts", features=[Count(name="n"), Last(name="v", field="v")]
+    )
+    rows = [{"id": key, "ts": 1_700_000_000_000 + i, "v": i} for i, key in enumerate([7, 7, 8])]
+    rows += [{"id": b"\xffraw", "ts": 1_700_000_000_100, "v": "x"}]
+    try:
+        async with FeatureRuntime(feature_set) as rt:
+            async with RedisSink(REDIS_URL, prefix=prefix, ttl=None) as sink:
+                assert sink.hash_name(b"\xffraw") == prefix.encode() + b"\xffraw"
+                async with run_sink(rt, sink):
+                    await rt.ingest_many(rows)
+        assert await read_back(plain, prefix + "7") == {
+            "n": 2,
+            "v": 1,
+            "_event_time": 1_700_000_000_001,
+        }
+        assert (await read_back(plain, prefix + "8"))["n"] == 1
+        assert (await read_back(plain, prefix.encode() + b"\xffraw"))["v"] == "x"
+        assert await plain.pttl(prefix + "7") == -1
+    finally:
+        await drop(plain, prefix)
+
+
+def test_latest_values_skip_failed_features_and_other_kinds() -> None:
+    rows = [("a", 1, 1, 10.0), ("a", 2, 2, None), ("b", 3, 1, 5.0), ("a", 4, 3, None)]
+    batch = UpdateBatch("g0", ("n", "x"), rows, {1: {"x": "bad"}, 3: {"x": "bad"}}, {}, 0.0)
+    fields, times = latest_values([batch])
+    assert fields == {"a": {"n": 3, "x": 10.0}, "b": {"n": 1, "x": 5.0}}
+    assert times == {"a": 4, "b": 3}
+    plain_batch = UpdateBatch("g1", ("m",), [("a", 9, "z")], None, {}, 0.0)
+    fields, times = latest_values([batch, plain_batch])
+    assert fields["a"] == {"n": 3, "x": 10.0, "m": "z"} and times["a"] == 9
+
+
+async def test_a_server_that_is_down_raises_after_the_retries() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    async with runtime() as rt:
+        async with RedisSink(f"redis://127.0.0.1:{port}/0", timeout=0.5) as sink:
+            with pytest.raises(SinkError) as caught:
+                async with run_sink(rt, sink, max_attempts=2, backoff=0.01):
+                    await rt.ingest_many(events(50))
+    assert isinstance(caught.value.__cause__, redis.exceptions.ConnectionError)
+    assert caught.value.unwritten >= 1
+
+
+async def test_options_are_checked() -> None:
+    for options, match in [
+        ({"ttl": "soon"}, "ttl"),
+        ({"ttl": 0}, "ttl"),
+        ({"prefix": 3}, "prefix"),
+        ({"time_field": ""}, "time_field"),
+        ({"timeout": 0}, "timeout"),
+    ]:
+        with pytest.raises(ConfigError, match=match):
+            RedisSink(REDIS_URL, **options)
+    async with runtime() as rt:
+        async with RedisSink(REDIS_URL, time_field="n") as sink:
+            with pytest.raises(ConfigError, match="time_field 'n'"):
+                async with run_sink(rt, sink):
+                    pass
