@@ -726,14 +726,16 @@ class FeatureRuntime:
     def restored(self) -> CheckpointInfo | None:
         """The checkpoint restored on start, or None."""
         if self._front is not None:
-            return self._front.restored
+            checkpoints = self._front.checkpoints
+            return None if checkpoints is None else checkpoints.restored
         return self._coordinator.restored
 
     @property
     def last_checkpoint(self) -> CheckpointInfo | None:
         """The last checkpoint taken, or None."""
         if self._front is not None:
-            return self._front.last
+            checkpoints = self._front.checkpoints
+            return None if checkpoints is None else checkpoints.last
         return self._coordinator.last
 
     async def checkpoint(self) -> CheckpointInfo:

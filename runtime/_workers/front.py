@@ -49,12 +49,13 @@ from actors import DeadLetters, KeyRouter, get_logger
 
 from .._batches import UpdateBatch
 from .._checkpoints.coordinator import Progress
-from .._checkpoints.store import Checkpoint, CheckpointConfig, CheckpointInfo, CheckpointStore
+from .._checkpoints.store import CheckpointConfig, CheckpointInfo
 from .._exceptions import CheckpointError, ConfigError, InvalidEvent, RuntimeClosed, UnknownFeature
 from .._ingest.events import EventReader
 from .._ingest.router import record_rejected
 from .._results import FeatureUpdate, FeatureVector, RuntimeStatistics
 from .._updates import UpdateHub
+from .aligned import Abandoned, AlignedCheckpoints
 from .protocol import (
     Call,
     Connection,
@@ -83,15 +84,10 @@ EXIT_GRACE = 2.0
 _vectors = msgspec.msgpack.Decoder(list[FeatureVector])
 _statistics = msgspec.msgpack.Decoder(RuntimeStatistics)
 _pid = msgspec.msgpack.Decoder(int)
-_written = msgspec.msgpack.Decoder(list[int])
 
 
 class _Retry(Exception):
     """The worker died with the call unanswered: it is sent again once the worker runs."""
-
-
-class _Abandoned(CheckpointError):
-    """A worker died during the checkpoint: the last one stands, and another may be tried."""
 
 
 class _Pending:
@@ -190,7 +186,8 @@ class WorkerFront:
         self.linger = linger
         self._dead_letters = dead_letters
         self._names = names
-        self._shards = shards
+        #: the shard actors in all
+        self.shards = shards
         #: the front's hub of updates: what ``rt.updates()`` subscribes to
         self.updates: UpdateHub[Any] = UpdateHub()
         #: per worker: events routed and not yet sent, and when the first of them came
@@ -212,32 +209,28 @@ class WorkerFront:
         #: set to wake the flusher before its time (made in ``start``, on the event loop)
         self._wake: anyio.Event | None = None
         self._progress = progress if progress is not None else Progress()
-        self.config = checkpoints
-        self._store = (
-            None
-            if checkpoints is None
-            else CheckpointStore(checkpoints.directory, checkpoints.keep)
-        )
         self._feature_set = feature_set
         self.max_restarts = max_restarts
         self.restart_period = restart_period
         #: per worker, the frames sent since the last checkpoint (with checkpoints only)
-        self._logs: list[WorkerLog] | None = (
-            None if checkpoints is None else [WorkerLog() for _ in range(workers)]
-        )
+        self._logs: list[WorkerLog] | None = None
+        #: the aligned checkpoints, with ``checkpoints``
+        self.checkpoints: AlignedCheckpoints | None = None
+        if checkpoints is not None:
+            self._logs = [WorkerLog() for _ in range(workers)]
+            self.checkpoints = AlignedCheckpoints(
+                self, checkpoints, self._progress, self._logs, feature_set
+            )
         #: per worker: set while it runs, unset while it is started again
         self._ready: list[anyio.Event] = []
         #: when workers were started again (for ``max_restarts``)
         self._restarts: list[float] = []
         self._tasks: anyio.abc.TaskGroup | None = None
         self._stopping = False
-        self._checkpoint_lock: anyio.Lock | None = None
-        #: the sequence of the base checkpoint (restored or last written), and the last used
-        self._base: int | None = None
-        self._sequence = 0
-        #: the checkpoint restored on start, and the last one written
-        self.restored: CheckpointInfo | None = None
-        self.last: CheckpointInfo | None = None
+
+    @property
+    def key_groups(self) -> int:
+        return self._router.key_groups
 
     @property
     def pids(self) -> list[int | None]:
@@ -252,12 +245,17 @@ class WorkerFront:
     @property
     def log_events(self) -> int:
         """Events the front keeps to replay to a restarted worker."""
-        return 0 if self._logs is None else sum(log.events for log in self._logs)
+        return 0 if self.checkpoints is None else self.checkpoints.log_events
 
     @property
     def log_full(self) -> bool:
         """Whether the log holds ``max_log_events`` or more: a checkpoint is due."""
-        return self.config is not None and self.log_events >= self.config.max_log_events
+        return self.checkpoints is not None and self.checkpoints.log_full
+
+    async def relieve_log(self) -> None:
+        """While the log is full, take a checkpoint (:meth:`AlignedCheckpoints.relieve_log`)."""
+        if self.checkpoints is not None:
+            await self.checkpoints.relieve_log()
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self, stack: AsyncExitStack) -> None:
@@ -273,13 +271,13 @@ class WorkerFront:
         """
         # first in, last out: whatever happens, no process outlives the front
         stack.callback(self._kill_all)
-        if self._store is not None:
+        checkpoints = self.checkpoints
+        if checkpoints is not None:
             # the front alone holds the directory; the workers write their parts into it
-            await stack.enter_async_context(self._store.lock(self._feature_set))
+            await stack.enter_async_context(checkpoints.store.lock(self._feature_set))
         stack.push_async_callback(self._close_connections)
         stack.callback(self.updates.close)
         self._wake = anyio.Event()
-        self._checkpoint_lock = anyio.Lock()
         for index in range(self.workers):
             self._workers.append(await self._spawn(index))
             self._ready.append(anyio.Event())
@@ -296,12 +294,12 @@ class WorkerFront:
         for ready in self._ready:
             ready.set()
         _log.info("workers_started", workers=self.workers, pids=[w.pid for w in self._workers])
-        config = self.config
-        if config is not None:
-            if config.restore:
-                await self._restore_latest()
-            if config.interval is not None:
-                tasks.start_soon(self._checkpointer, config.interval, name="featurist-checkpoints")
+        if checkpoints is not None:
+            if checkpoints.config.restore:
+                await checkpoints.restore_latest()
+            interval = checkpoints.config.interval
+            if interval is not None:
+                tasks.start_soon(checkpoints.run_periodic, interval, name="featurist-checkpoints")
 
     async def _spawn(self, index: int) -> _Worker:
         """Start worker ``index``'s process (its reply, id 0, is awaited by the caller)."""
@@ -359,7 +357,7 @@ class WorkerFront:
                     await ready.wait()  # a worker being started again is back first
                 with suppress(RuntimeClosed):  # a worker died: the others still stop
                     await self.send_all()
-                    if self.config is not None and self.config.on_shutdown:
+                    if self.checkpoints is not None and self.checkpoints.config.on_shutdown:
                         try:
                             await self.checkpoint()
                         except (CheckpointError, OSError):
@@ -440,7 +438,7 @@ class WorkerFront:
         _log.warning("worker_died", worker=index, pid=worker.pid, reason=reason)
         for pending in worker.pending.values():
             if pending.barrier is not None:
-                pending.error = _Abandoned(
+                pending.error = Abandoned(
                     f"worker {index} died during checkpoint {pending.barrier} ({reason}); "
                     "it is started again, and the last checkpoint stands"
                 )
@@ -478,7 +476,8 @@ class WorkerFront:
             with suppress(Exception):
                 await anyio.to_thread.run_sync(dead.process.join, EXIT_GRACE)  # reaped
             # what the worker is to restore and be sent again, taken at one point
-            base = self._base
+            assert self.checkpoints is not None
+            base = self.checkpoints.base
             frames = logs[index].replay()
             try:
                 worker = await self._spawn(index)
@@ -491,10 +490,8 @@ class WorkerFront:
                 with anyio.fail_after(START_TIMEOUT):
                     await self._started(worker)
                     if base is not None:
-                        assert self.config is not None
-                        await self._ask(
-                            worker, "restore", self.config.directory, base, self.workers
-                        )
+                        directory = self.checkpoints.config.directory
+                        await self._ask(worker, "restore", directory, base, self.workers)
                     for payloads, updates in frames:
                         worker.in_flight += 1
                         worker.conn.queue(Events(payloads, updates))
@@ -604,7 +601,7 @@ class WorkerFront:
         except msgspec.DecodeError as exc:
             self._fail(worker, f"sent a frame the front cannot read ({exc})")
 
-    async def _drain(self, worker: _Worker) -> None:
+    async def drain(self, worker: _Worker) -> None:
         """Send what is queued for ``worker``. If it died, its reader starts it again (the
         frames are in the log) or fails the front."""
         try:
@@ -613,7 +610,7 @@ class WorkerFront:
             self._died(worker, "closed its stream (it died)")
             self.check()
 
-    async def _running(self, index: int) -> _Worker:
+    async def running(self, index: int) -> _Worker:
         """Worker ``index``, once it runs (after a restart under way).
 
         Raises:
@@ -628,7 +625,7 @@ class WorkerFront:
                     return worker
             await ready.wait()
 
-    def _all_running(self) -> bool:
+    def all_running(self) -> bool:
         return all(
             ready.is_set() and not worker.dead
             for ready, worker in zip(self._ready, self._workers, strict=True)
@@ -636,7 +633,7 @@ class WorkerFront:
 
     async def _call(self, index: int, op: str, *args: Any) -> msgspec.Raw:
         while True:
-            worker = await self._running(index)
+            worker = await self.running(index)
             try:
                 return await self._ask(worker, op, *args)
             except _Retry:
@@ -645,7 +642,7 @@ class WorkerFront:
                 self._died(worker, "closed its stream (it died)")
                 continue
 
-    async def _call_all(self, op: str, *args: Any) -> list[msgspec.Raw]:
+    async def call_all(self, op: str, *args: Any) -> list[msgspec.Raw]:
         results: list[msgspec.Raw] = [msgspec.Raw(b"\xc0")] * self.workers
 
         async def one(index: int) -> None:
@@ -654,194 +651,28 @@ class WorkerFront:
         await _together([partial(one, index) for index in range(self.workers)])
         return results
 
-    # -- checkpoints -------------------------------------------------------------------------
-    async def _restore_latest(self) -> None:
-        """Restore the newest readable checkpoint of the directory into the workers, each
-        its key groups.
-
-        Raises:
-            CheckpointError: a worker could not restore it (the message says why).
-        """
-        assert self._store is not None and self.config is not None
-        started = time.perf_counter()
-        found = await anyio.to_thread.run_sync(self._store.latest)
-        if found is None:
-            return
-        checkpoint, path = found
-        try:
-            await self._call_all(
-                "restore", self.config.directory, checkpoint.sequence, self.workers
-            )
-        except RuntimeError as exc:
-            raise CheckpointError(f"{path}: cannot be restored: {exc}") from None
-        progress = self._progress
-        progress.position, progress.offset = checkpoint.position, checkpoint.offset
-        self.ingested_before = checkpoint.ingested or 0
-        self.rejected_before = checkpoint.rejected or 0
-        self._base = self._sequence = checkpoint.sequence
-        self.restored = CheckpointInfo(
-            sequence=checkpoint.sequence,
-            path=str(path),
-            position=checkpoint.position,
-            offset=checkpoint.offset,
-            keys=sum(actor.keys for actor in checkpoint.actors),
-            size_bytes=path.stat().st_size,
-            created_at=checkpoint.created_at,
-            pause_ms=0.0,
-            duration_ms=(time.perf_counter() - started) * 1000,
-            shards=checkpoint.shards,
-        )
-        _log.info(
-            "checkpoint_restored",
-            sequence=checkpoint.sequence,
-            position=checkpoint.position,
-            workers_then=checkpoint.workers,
-            workers_now=self.workers,
-            shards_then=checkpoint.shards,
-            shards_now=self._shards,
-        )
-
-    async def _checkpointer(self, interval: float) -> None:
-        """The periodic checkpoints. A failure is logged and the next one tried."""
-        assert self._store is not None
-        while self.failure is None:
-            await anyio.sleep(interval)
-            try:
-                await self.checkpoint()
-            except (CheckpointError, OSError):
-                _log.exception("checkpoint_failed", directory=str(self._store.directory))
-            except RuntimeClosed:
-                return
-
-    async def relieve_log(self) -> None:
-        """While the log is full, take a checkpoint (ingest waits for it: a dead worker's
-        replay never grows beyond ``max_log_events`` and a call's events).
-
-        Raises:
-            CheckpointError, OSError: the checkpoint failed other than by a worker's death.
-        """
-        while self.log_full:
-            await self.checkpoint()
+    # -- for the checkpoints (``aligned.py``) ------------------------------------------------
+    def queue_barrier(self, index: int, sequence: int, args: list[Any]) -> tuple[_Worker, _Pending]:
+        """Queue the barrier of checkpoint ``sequence`` on worker ``index``'s stream, at once;
+        its reply is awaited on the pending call returned."""
+        worker = self._workers[index]
+        call_id = next(self._ids)
+        pending = worker.pending[call_id] = _Pending(barrier=sequence)
+        worker.conn.queue(Call(call_id, "checkpoint", args))
+        return worker, pending
 
     async def checkpoint(self) -> CheckpointInfo:
-        """An aligned checkpoint: every worker writes its key groups' state as of one input
-        position, and the front commits them. If a worker dies meanwhile, the checkpoint is
-        taken again once it runs again (each death counts in ``max_restarts``).
+        """An aligned checkpoint (:meth:`AlignedCheckpoints.checkpoint`).
 
         Raises:
             ConfigError: the runtime has no ``checkpoints`` directory.
             CheckpointError: a worker could not capture its state.
             OSError: the file could not be written.
-            RuntimeClosed: the front failed (a worker died beyond ``max_restarts``).
+            RuntimeClosed: the front failed.
         """
-        if self._store is None or self.config is None or self._logs is None:
+        if self.checkpoints is None:
             raise ConfigError("checkpoint(): the runtime has no checkpoints directory")
-        while True:
-            try:
-                return await self._checkpoint_once()
-            except _Abandoned as exc:
-                _log.warning("checkpoint_abandoned", error=str(exc))
-
-    async def _checkpoint_once(self) -> CheckpointInfo:
-        assert self._store is not None and self.config is not None and self._logs is not None
-        assert self._checkpoint_lock is not None
-        store, logs = self._store, self._logs
-        async with self._checkpoint_lock:
-            self.check()
-            started = time.perf_counter()
-            progress = self._progress
-            gate = anyio.Event()
-            progress.gate = gate
-            try:
-                while progress.offset_calls:
-                    progress.offset_calls_done = anyio.Event()
-                    await progress.offset_calls_done.wait()
-                sequences = await anyio.to_thread.run_sync(store.sequences)
-                while True:
-                    for index in range(self.workers):
-                        await self._running(index)
-                    # one point of the input: no await from here to the last barrier queued
-                    if all(
-                        r.is_set() and not w.dead
-                        for r, w in zip(self._ready, self._workers, strict=True)
-                    ):
-                        break
-                self._sequence = sequence = max(self._sequence, *sequences, 0) + 1
-                position, offset = progress.position, progress.offset
-                ingested = self.ingested_before + self.ingested
-                rejected = self.rejected_before + self.rejected
-                barriers = []
-                for index, worker in enumerate(self._workers):
-                    self._queue_events(index)
-                    call_id = next(self._ids)
-                    pending = worker.pending[call_id] = _Pending(barrier=sequence)
-                    logs[index].barrier()
-                    worker.conn.queue(
-                        Call(call_id, "checkpoint", [self.config.directory, sequence])
-                    )
-                    barriers.append((worker, pending))
-            finally:
-                progress.gate = None
-                gate.set()
-            paused = time.perf_counter() - started
-            parts: list[list[int]] = []
-            try:
-                for worker, _ in barriers:
-                    await self._drain(worker)
-                for _, pending in barriers:
-                    await pending.done.wait()
-                    if pending.error is not None:
-                        raise pending.error
-                    assert pending.result is not None
-                    parts.append(_written.decode(pending.result))
-                checkpoint = Checkpoint(
-                    feature_set=self._feature_set,
-                    sequence=sequence,
-                    created_at=time.time(),
-                    key_groups=self._router.key_groups,
-                    shards=self._shards,
-                    position=position,
-                    offset=offset,
-                    ingested=ingested,
-                    rejected=rejected,
-                    workers=self.workers,
-                    parts=[store.part_name(sequence, index) for index in range(self.workers)],
-                )
-                path, size = await anyio.to_thread.run_sync(store.write, checkpoint)
-            except BaseException as exc:
-                for log in logs:
-                    log.abandon()
-                if isinstance(exc, RuntimeError) and not isinstance(exc, RuntimeClosed):
-                    raise CheckpointError(f"checkpoint {sequence}: {exc}") from exc
-                raise
-            for log in logs:
-                log.commit(sequence)
-            self._base = sequence
-        info = CheckpointInfo(
-            sequence=sequence,
-            path=str(path),
-            position=position,
-            offset=offset,
-            keys=sum(part[0] for part in parts),
-            size_bytes=size + sum(part[2] for part in parts),
-            created_at=checkpoint.created_at,
-            pause_ms=paused * 1000,
-            duration_ms=(time.perf_counter() - started) * 1000,
-            shards=self._shards,
-            keys_left_out=sum(part[1] for part in parts),
-        )
-        self.last = info
-        _log.info(
-            "checkpoint_written",
-            sequence=sequence,
-            position=position,
-            workers=self.workers,
-            keys=info.keys,
-            bytes=info.size_bytes,
-            pause_ms=round(info.pause_ms, 1),
-            duration_ms=round(info.duration_ms, 1),
-        )
-        return info
+        return await self.checkpoints.checkpoint()
 
     # -- ingest ------------------------------------------------------------------------------
     def route(self, events: Iterable[Any]) -> int:
@@ -904,12 +735,12 @@ class WorkerFront:
         if not self.buffers[index]:
             return
         if not self._ready[index].is_set():
-            await self._running(index)  # after the frames it is sent again
-        worker = self._queue_events(index)
+            await self.running(index)  # after the frames it is sent again
+        worker = self.queue_events(index)
         if worker is not None:
-            await self._drain(worker)
+            await self.drain(worker)
 
-    def _queue_events(self, index: int) -> _Worker | None:
+    def queue_events(self, index: int) -> _Worker | None:
         """Queue worker ``index``'s buffer as a frame (and log it), at once."""
         buffer = self.buffers[index]
         if not buffer:
@@ -962,7 +793,7 @@ class WorkerFront:
         """Every event sent is applied, and its updates published to the front's hub."""
         self.check()
         await self.send_all()
-        await self._call_all("flush")
+        await self.call_all("flush")
 
     async def get_many(
         self, keys: Iterable[Any], features: list[str] | None
@@ -989,13 +820,13 @@ class WorkerFront:
 
     async def statistics(self) -> RuntimeStatistics:
         self.check()
-        parts = [_statistics.decode(raw) for raw in await self._call_all("statistics")]
+        parts = [_statistics.decode(raw) for raw in await self.call_all("statistics")]
         merged = merge_statistics(parts)
         return msgspec.structs.replace(
             merged,
             events_ingested=self.ingested_before + self.ingested,
             events_rejected=self.rejected_before + self.rejected,
-            shards=self._shards,
+            shards=self.shards,
             groups=parts[0].groups,
         )
 
