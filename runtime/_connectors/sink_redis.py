@@ -10,8 +10,11 @@ decode per field.
 A write is one pipeline (``transaction=False``: one round trip, no ``MULTI``) for the batches
 handed over: only the latest values of each key are written, since the hash holds the present,
 not the history (use the NATS or Parquet sinks for every update). Rows where a feature failed
-leave that feature's field as it was; rows of other kinds than ``"update"`` (a window's
-``"close"``) are not written. Writing a batch again writes the same values: retries are safe.
+leave that feature's field as it was. The hash follows what ``rt.get`` shows: with the feature
+set's ``emit="update"`` (the default), the ``"update"`` rows (a window's ``"close"`` is not
+what ``rt.get`` shows then); with ``emit="close"``, also the ``"close"`` and ``"correction"``
+rows, whose values are the closed window's. Writing a batch again writes the same values:
+retries are safe.
 """
 
 from __future__ import annotations
@@ -36,13 +39,17 @@ _encode = msgspec.json.Encoder().encode
 
 
 def latest_values(
-    batches: Sequence[UpdateBatch],
+    batches: Sequence[UpdateBatch], *, closes: bool = False
 ) -> tuple[dict[Any, dict[str, Any]], dict[Any, int]]:
     """Each key's latest feature values in ``batches`` (every group's merged) and the event
-    time of its last update. Rows of another kind than ``"update"`` are left out, and so is a
-    feature's value in a row where it failed."""
+    time of its last update. A feature's value in a row where it failed is left out, and so
+    are rows of other kinds than ``"update"``, except with ``closes``: then a window's
+    ``"close"`` and ``"correction"`` give the closed window's values (a correction only when
+    no later window of the key closed in ``batches`` before it)."""
     fields: dict[Any, dict[str, Any]] = {}
     times: dict[Any, int] = {}
+    #: with ``closes``: per key, the end of the latest window closed
+    ends: dict[Any, int] = {}
     for batch in batches:
         names = batch.names
         errors = batch.errors
@@ -57,9 +64,19 @@ def latest_values(
                 times[key] = row[1]
             continue
         for i, row in enumerate(batch.rows):
-            if kinds[i] != "update":
-                continue
             key = row[0]
+            kind = kinds[i]
+            if kind != "update":
+                if not closes or kind not in ("close", "correction"):
+                    continue
+                update = batch.update(i)
+                end = update.window[1] if update.window is not None else row[1]
+                if kind == "correction" and end < ends.get(key, end):
+                    continue  # a window older than one that closed since
+                ends[key] = end
+                fields.setdefault(key, {}).update(update.values)
+                times[key] = row[1]
+                continue
             found = fields.get(key)
             if found is None:
                 found = fields[key] = {}
@@ -145,8 +162,11 @@ class RedisSink(Sink):
             )
         self.client: redis.asyncio.Redis = client
         self._bytes_prefix = prefix.encode()
+        #: write windows' closes and corrections (a feature set with ``emit="close"``)
+        self._closes = False
 
     def check(self, feature_set: FeatureSet) -> None:
+        self._closes = feature_set.emit == "close"
         if self.time_field in feature_set.names:
             raise ConfigError(
                 f"RedisSink {self.name!r}: time_field {self.time_field!r} is also a feature's "
@@ -160,7 +180,7 @@ class RedisSink(Sink):
         return self.prefix + str(key)
 
     async def write(self, batches: Sequence[UpdateBatch]) -> None:
-        fields, times = latest_values(batches)
+        fields, times = latest_values(batches, closes=self._closes)
         if not fields:
             return
         encode, time_field, ttl = _encode, self.time_field, self.ttl_ms

@@ -25,6 +25,8 @@ from runtime import (
     Last,
     RedisSink,
     SinkError,
+    Sum,
+    Tumbling,
     UpdateBatch,
     run_sink,
 )
@@ -108,6 +110,36 @@ async def test_no_ttl_means_no_expiry_and_int_and_bytes_keys_name_their_hashes(
         assert (await read_back(plain, prefix + "8"))["n"] == 1
         assert (await read_back(plain, prefix.encode() + b"\xffraw"))["v"] == "x"
         assert await plain.pttl(prefix + "7") == -1
+    finally:
+        await drop(plain, prefix)
+
+
+@pytest.mark.parametrize("emit", ["update", "close"])
+async def test_windowed_features_in_the_hash_are_what_get_shows(
+    plain: redis.asyncio.Redis, emit: str
+) -> None:
+    prefix = f"test-sink-{uuid.uuid4().hex[:8]}:"
+    feature_set = FeatureSet(
+        name="w",
+        key="k",
+        time="ts",
+        emit=emit,  # type: ignore[arg-type]
+        features=[
+            Count(name="n"),
+            Sum(name="s", field="x", window=Tumbling(size="10s")),
+            Count(name="c", window=Tumbling(size="10s")),
+        ],
+    )
+    rows = [{"k": f"a{i % 3}", "ts": 1_700_000_000_000 + i * 1500, "x": i} for i in range(60)]
+    try:
+        async with FeatureRuntime(feature_set) as rt:
+            async with RedisSink(REDIS_URL, prefix=prefix) as sink, run_sink(rt, sink):
+                await rt.ingest_many(rows)
+            vectors = await rt.get_many(["a0", "a1", "a2"])
+        for key, vector in vectors.items():
+            stored = await read_back(plain, prefix + key)
+            stored.pop("_event_time")
+            assert stored == vector.values
     finally:
         await drop(plain, prefix)
 
