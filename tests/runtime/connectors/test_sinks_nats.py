@@ -21,7 +21,18 @@ import nats.errors
 import nats.js.api
 import pytest
 
-from runtime import ConfigError, NatsSink, SinkError, run_sink
+from runtime import (
+    ConfigError,
+    Count,
+    FeatureRuntime,
+    FeatureSet,
+    NatsSink,
+    SinkError,
+    Tumbling,
+    UpdateBatch,
+    run_sink,
+)
+from runtime._connectors.sink_nats import update_messages
 from tests.conftest import services_required
 
 from .common import events, runtime
@@ -139,6 +150,36 @@ async def test_a_server_that_is_down_raises_after_the_retries() -> None:
                 async with run_sink(rt, sink, max_attempts=2, backoff=0.01):
                     await rt.ingest_many(events(20))
     assert caught.value.__cause__ is not None
+
+
+class BatchSink(ListSink):
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[UpdateBatch] = []
+
+    async def write(self, batches: Any) -> None:
+        self.batches += batches
+
+
+async def test_a_window_s_close_is_a_message_with_its_kind_and_window() -> None:
+    feature_set = FeatureSet(
+        name="w", key="k", time="ts", features=[Count(name="c", window=Tumbling(size="10s"))]
+    )
+    sink = BatchSink()
+    async with FeatureRuntime(feature_set) as rt, run_sink(rt, sink):
+        await rt.ingest_many([{"k": "a", "ts": 1_700_000_000_000 + i * 4000} for i in range(6)])
+    messages = [m for batch in sink.batches for m in update_messages(batch)]
+    closes = [m for m in messages if m.get("kind") == "close"]
+    assert closes[0] == {
+        "key": "a",
+        "event_time": closes[0]["event_time"],
+        "group": closes[0]["group"],
+        "values": {"c": 3},
+        "kind": "close",
+        "window": (1_700_000_000_000, 1_700_000_010_000),
+    }
+    assert all("kind" not in m for m in messages if m not in closes)
+    assert len(messages) - len(closes) == 6
 
 
 def test_options_are_checked() -> None:
