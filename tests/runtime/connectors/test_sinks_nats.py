@@ -140,6 +140,29 @@ async def test_jetstream_without_a_stream_raises_rather_than_drops(
     assert caught.value.attempts == 2 and caught.value.unwritten >= 1
 
 
+async def test_a_stream_that_refuses_messages_raises_rather_than_drops(
+    plain: nats.aio.client.Client,
+) -> None:
+    subject = f"test-sink-{uuid.uuid4().hex[:8]}"
+    stream = subject.replace("-", "_")
+    js = plain.jetstream()
+    await js.add_stream(
+        name=stream,
+        subjects=[f"{subject}.>"],
+        max_msgs=10,
+        discard=nats.js.api.DiscardPolicy.NEW,
+    )
+    try:
+        async with runtime() as rt:
+            async with NatsSink(NATS_URL, subject=subject) as sink:
+                with pytest.raises(SinkError, match="maximum messages") as caught:
+                    async with run_sink(rt, sink, max_attempts=2, backoff=0.01):
+                        await rt.ingest_many(events(50))
+        assert caught.value.unwritten >= 1
+    finally:
+        await js.delete_stream(stream)
+
+
 async def test_a_server_that_is_down_raises_after_the_retries() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
