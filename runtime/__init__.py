@@ -19,6 +19,7 @@ See ``docs/quickstart.md``.
 # - _connectors/: the source protocol, consume (a source into a runtime), the file sources.
 # - _checkpoints/, _observe/, _replay/: checkpoint files and their codec, metrics and the
 #   Prometheus endpoint, replay of history and the parity check.
+# - _training/: point-in-time training sets (labels, the replay paused at each label's time).
 # - _topology.py: the actors a feature set needs; _runtime.py: FeatureRuntime, the facade.
 # - _exceptions.py (the one error tree), _results.py, _updates.py, _duration.py, _logging.py.
 # - parity.py: ``python -m runtime.parity``, the parity check's command line.
@@ -137,6 +138,8 @@ from ._spec.windows import Session as Session
 from ._spec.windows import Sliding as Sliding
 from ._spec.windows import Tumbling as Tumbling
 from ._spec.windows import Window as Window
+from ._training.build import training_set as training_set
+from ._training.table import TrainingSet as TrainingSet
 from ._updates import SubscriptionStatistics as SubscriptionStatistics
 from ._updates import UpdateSubscription as UpdateSubscription
 
@@ -253,6 +256,9 @@ __all__ = [
     "ParityReport",
     "ReplayResult",
     "check_parity",
+    # point-in-time training sets
+    "TrainingSet",
+    "training_set",
     # errors
     "CheckpointError",
     "ConfigError",

@@ -54,6 +54,8 @@ RUNTIME_NAMES = {
     # checkpoints, replay and parity
     *("CheckpointConfig", "CheckpointInfo", "FeatureParity", "ParityExample", "ParityMissing"),
     *("ParityReport", "ReplayResult", "check_parity"),
+    # point-in-time training sets
+    *("TrainingSet", "training_set"),
     # errors
     *("CheckpointError", "ConfigError", "FeatureValueError", "FeaturistError", "InvalidEvent"),
     *("KeyRefused", "MalformedRow", "RuntimeClosed", "SourceError", "SourceUnavailable"),
