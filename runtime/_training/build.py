@@ -221,8 +221,12 @@ async def training_set(
     columns = _columns(read, [*names, *enricher.names])
     order = sorted(read, key=lambda label: (label.time_ms, label.position))
     values: list[dict[str, Any] | None] = [None] * len(read)
-    timed = any(
-        feature_set.duration_ms(option) is not None for option in ("idle_timeout", "state_ttl")
+    # whether values read depend on the runtime's clock: idle time and expiry, or reads
+    # served as of the request time (``serve_as_of="now"``, issue 20 item 1, where the
+    # feature set has it); then the clock is moved to each label's time before its read
+    timed = (
+        any(feature_set.duration_ms(option) is not None for option in ("idle_timeout", "state_ttl"))
+        or getattr(feature_set, "serve_as_of", None) == "now"
     )
     counts = [0, 0, 0]  # events, accepted, rejected
     # one shard: in one process more shards add no parallelism, and each pause asks each
@@ -232,9 +236,9 @@ async def training_set(
         events = _History(history, host.reader, stream, feature_set.stream_names)
 
         async def replay(t: int) -> None:
-            # a replay per label time: replays of one runtime follow one another; with idle
-            # time or expiry the clock ends at ``t`` (``until``), where they are applied
-            # (without, no value depends on the clock, and moving it costs one more flush)
+            # a replay per label time: replays of one runtime follow one another; when values
+            # depend on the clock it ends at ``t`` (``until``), where idle time and expiry
+            # are applied and reads are served (otherwise moving it costs one more flush)
             until = t / 1000 if timed else None
             options = ReplayOptions(stream=stream, resolution=resolution, until=until)
             result = await replay_history(host, events.until(t), options)
@@ -255,8 +259,8 @@ async def training_set(
             if index and t == order[index - 1].time_ms:
                 waiting.append(label)
                 continue
-            # without idle time and expiry, values change only with events: the reads of
-            # consecutive label times with no event between them are one read
+            # when no value depends on the clock, values change only with events: the reads
+            # of consecutive label times with no event between them are one read
             if timed or await events.arrives_by(t):
                 await take(waiting)
                 waiting = []
