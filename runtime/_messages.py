@@ -63,10 +63,15 @@ class Batch:
 @dataclass(frozen=True)
 class GetStates:
     """Ask: for each key, ``(values, last_event_time, shard_updated_at, shard_max_time,
-    key_watermark)``; the first three are None for a key the shard has not seen, and the last
-    is the key's own watermark where the group keeps one (window groups), else None."""
+    key_watermark, as_of)``; the first three are None for a key the shard has not seen,
+    ``key_watermark`` is the key's own watermark where the group keeps one (window groups),
+    else None, and ``as_of`` the event time (ms) the values are as of: None without ``as_of``,
+    else ``as_of`` or, for a key whose state is past it, the key's clock (window groups) or
+    last event time (keyed groups). A read never changes a key's state."""
 
     keys: tuple[Any, ...]
+    #: the values as of this event time (ms), or None: as of each key's last event
+    as_of: int | None = None
 
 
 @dataclass(frozen=True)

@@ -227,6 +227,10 @@ class FeatureVector(msgspec.Struct, frozen=True):
     updated_at: float | None
     #: wall-clock now minus ``last_event_time``: how old the newest event is (ms)
     lag_ms: float | None
+    #: a read as of a time (``rt.get(key, as_of=...)``): the event time (ms) the values are as
+    #: of: the time asked for, or later where the key's state had already taken in events after
+    #: it (a read cannot go back: ``docs/serving.md``); None for a read as of the last event
+    as_of: int | None = None
 
     @property
     def known(self) -> bool:

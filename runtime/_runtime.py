@@ -760,27 +760,48 @@ class FeatureRuntime:
         return await self._coordinator.checkpoint()
 
     # -- reading -------------------------------------------------------------------------------
-    async def get(self, key: Any, features: list[str] | None = None) -> FeatureVector:
+    async def get(
+        self, key: Any, features: list[str] | None = None, *, as_of: Any = None
+    ) -> FeatureVector:
         """The key's current feature vector with its freshness.
 
         Events of this key accepted before the call are included. A key never seen gets the
         features' empty values (0 for counts, sums and distinct counts, None otherwise) and
         ``last_event_time=None``.
 
+        ``as_of``: the time the windowed features are read as of (``docs/serving.md``): a
+        time as an event's (a number in the feature set's ``time_unit``, a datetime, an
+        ISO-8601 string), ``"now"`` (the runtime's clock) or ``"last_event"`` (each key's own
+        clock: its newest event). None: the feature set's ``serve_as_of``, ``"last_event"``
+        by default. Windows are read as the key's state would show them had its clock moved
+        on to that time with no further event; a time before a key's clock (or, for keyed
+        aggregates, its last event) gives the values at that clock, and the vector's
+        ``as_of`` says so. A read never changes state.
+
         Raises:
             UnknownFeature: a name in ``features`` is not a feature of the runtime.
-            TypeError: the key is not a str, int or bytes.
-            ValueError: the key is an int beyond 64 bits, which ingest refuses.
+            TypeError: the key is not a str, int or bytes, or ``as_of`` not a time.
+            ValueError: the key is an int beyond 64 bits, which ingest refuses, or ``as_of``
+                is not a usable time.
+            ConfigError: a read as of a time with ``workers`` (not available yet).
         """
-        return (await self.get_many([key], features))[key]
+        return (await self.get_many([key], features, as_of=as_of))[key]
 
     async def get_many(
-        self, keys: Iterable[Any], features: list[str] | None = None
+        self, keys: Iterable[Any], features: list[str] | None = None, *, as_of: Any = None
     ) -> dict[Any, FeatureVector]:
         """Vectors of many keys, in the order given (duplicates once): one ask per shard and
         feature group instead of one per key. Same rules as :meth:`get`."""
         self._check_running()
+        at = self._reader.read_time(
+            self.feature_set.serve_as_of if as_of is None else as_of, self._clock
+        )
         if self._front is not None:
+            if at is not None:
+                raise ConfigError(
+                    "reads as of a time (as_of, or serve_as_of='now') are not available with "
+                    "workers yet: use workers=0, or as_of='last_event'"
+                )
             return await self._front.get_many(keys, features)
         # an int key ingest refuses (beyond 64 bits) is refused here too, before a dict of
         # keys is made: such keys can be chosen to collide in Python's hash
@@ -788,7 +809,7 @@ class FeatureRuntime:
         by_shard: dict[int, list[Any]] = {}
         for key in wanted:
             by_shard.setdefault(self._router.shard_of(key), []).append(key)
-        found = await self._topology.read(by_shard, features)
+        found = await self._topology.read(by_shard, features, at)
         names = features if features is not None else self.feature_set.names
         now_ms = time.time() * 1000
         return {key: found[key].vector(key, names, self._lateness, now_ms) for key in wanted}

@@ -207,15 +207,26 @@ class GroupShard(Actor[Any]):
 
     async def receive(self, message: Any) -> Any:
         if isinstance(message, GetStates):
+            # keyed aggregates fold every event in: as of a time at or after the key's last
+            # event they are exact; before it, they are as of the last event (said in as_of)
             replies: list[tuple[Any, ...]] = []
             get, values = self.states.get, self.group.values
+            at = message.as_of
             for key in message.keys:
                 state = get(key)
                 if state is None or state.t_ < 0:
-                    replies.append((None, None, None, self.max_time, None))
+                    replies.append((None, None, None, self.max_time, None, at))
                 else:
+                    t = state.t_
                     replies.append(
-                        (values(state), state.t_, self.last_event_at, self.max_time, None)
+                        (
+                            values(state),
+                            t,
+                            self.last_event_at,
+                            self.max_time,
+                            None,
+                            None if at is None else max(at, t),
+                        )
                     )
             return replies
         if isinstance(message, Ping):

@@ -100,7 +100,7 @@ class Clock(Protocol):
 class KeyState:
     """A key's replies from the groups of its shard, merged (``Topology.read``)."""
 
-    __slots__ = ("high", "last", "updated", "values", "watermark")
+    __slots__ = ("as_of", "high", "last", "updated", "values", "watermark")
 
     def __init__(self) -> None:
         self.values: dict[str, Any] = {}
@@ -109,9 +109,13 @@ class KeyState:
         self.high: int | None = None
         #: the key's own watermark, from a window group
         self.watermark: int | None = None
+        #: a read as of a time: the latest time a group's values are as of (ms)
+        self.as_of: int | None = None
 
     def add(self, group: Group, reply: tuple[Any, ...]) -> None:
-        state_values, last, updated, high, watermark = reply
+        state_values, last, updated, high, watermark, as_of = reply
+        if as_of is not None and (self.as_of is None or as_of > self.as_of):
+            self.as_of = as_of
         if watermark is not None and (self.watermark is None or watermark > self.watermark):
             self.watermark = watermark
         names = group.names
@@ -133,7 +137,7 @@ class KeyState:
         else:
             watermark = None if self.high is None else self.high - lateness
         lag = None if self.last is None else now_ms - self.last
-        return FeatureVector(key, values, self.last, watermark, self.updated, lag)
+        return FeatureVector(key, values, self.last, watermark, self.updated, lag, self.as_of)
 
 
 def signature(target: Group | JoinGroup) -> str:
@@ -528,10 +532,14 @@ class Topology:
             yield from group.refs
 
     async def read(
-        self, by_shard: Mapping[int, list[Any]], features: Collection[str] | None
+        self,
+        by_shard: Mapping[int, list[Any]],
+        features: Collection[str] | None,
+        as_of: int | None = None,
     ) -> dict[Any, KeyState]:
         """The state of each key of ``by_shard`` (keys by shard) in the groups that compute
-        ``features`` (every group for None): one ask per shard and group.
+        ``features`` (every group for None): one ask per shard and group. ``as_of``: the
+        values as of that event time (ms), see ``GetStates``.
 
         Raises:
             UnknownFeature: a name in ``features`` is not a feature of the runtime.
@@ -552,7 +560,9 @@ class Topology:
             # then on its way (an event still waiting for a fetch is not: flush waits for it)
             await self.settle(shard=shard)
             for group in groups:
-                replies = await group.refs[shard].ask(GetStates(tuple(shard_keys)), timeout=None)
+                replies = await group.refs[shard].ask(
+                    GetStates(tuple(shard_keys), as_of), timeout=None
+                )
                 for key, reply in zip(shard_keys, replies, strict=True):
                     found[key].add(group, reply)
         return found

@@ -489,6 +489,30 @@ class EventReader:
             self._bad_key("is missing" if self.key not in event else "is null", None, payload)
         self._bad_key(f"must be a str, int or bytes, got {type(key).__name__}", key, payload)
 
+    def read_time(self, as_of: Any, clock: Callable[[], float]) -> int | None:
+        """The event time (ms) a read is taken as of (``rt.get(key, as_of=...)``): None for
+        ``"last_event"``, ``clock()`` (seconds) for ``"now"``, else a time as an event's:
+        a number in ``time_unit``, a datetime (naive means UTC) or an ISO-8601 string.
+
+        Raises:
+            ValueError: ``as_of`` is not a usable time (out of 1970..2300, not finite).
+            TypeError: ``as_of`` is of another type.
+        """
+        if as_of == "last_event" and isinstance(as_of, str):
+            return None
+        if as_of == "now" and isinstance(as_of, str):
+            return int(clock() * 1000)
+        if as_of.__class__ is bool or not isinstance(as_of, int | float | str | datetime):
+            raise TypeError(
+                f"as_of must be a time ({self.time_unit}, a datetime or an ISO-8601 string), "
+                f"'now' or 'last_event', got {type(as_of).__name__}"
+            )
+        try:
+            return self.time_ms(as_of, None)
+        except InvalidEvent as exc:
+            reason = str(exc).replace(f"time field {self.time!r}", "as_of", 1)
+            raise ValueError(reason) from None
+
     def lookup_key(self, key: Any) -> Any:
         """``key`` for a read of state (``rt.get``): as it is, unless it is an int beyond 64
         bits, which ingest refuses, so no state holds.

@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeAlias, cast, get_args
+from typing import Any, Literal, TypeAlias, cast, get_args
 
 import msgspec
 import msgspec.json
@@ -83,6 +83,10 @@ def enriched_stream(stream: str) -> str:
 
 
 #: Any feature specification: the tagged union that spec files decode to.
+#: what reads default to when they give no ``as_of`` (``FeatureSet.serve_as_of``)
+ServeAsOf: TypeAlias = Literal["last_event", "now"]
+SERVE_AS_OF: tuple[str, ...] = get_args(ServeAsOf)
+
 Feature: TypeAlias = (
     Count
     | Sum
@@ -170,6 +174,10 @@ class FeatureSet(
             default).
         state_ttl: wall-clock time after which the state of a quiet key is dropped, in every
             feature group (off by default: keys are kept until the runtime stops).
+        serve_as_of: what ``rt.get`` and ``rt.get_many`` read windowed features as of when
+            the call gives no ``as_of``: ``"last_event"`` (the default: as of each key's own
+            clock, its newest event) or ``"now"`` (as of the runtime's clock, the request
+            time: windows a quiet key's events have left are empty). See ``docs/serving.md``.
 
     Raises:
         SpecError: any rule above is broken, or a ratio names a feature that is missing, is
@@ -192,6 +200,7 @@ class FeatureSet(
     emit: EmitMode = "update"
     idle_timeout: Duration | None = None
     state_ttl: Duration | None = None
+    serve_as_of: ServeAsOf = "last_event"
     streams: Sequence[str] = ()
     joins: Sequence[Join] = ()
     sources: Sequence[Source] = ()
@@ -221,6 +230,9 @@ class FeatureSet(
             _fail(self, "late_policy", f"unknown policy {self.late_policy!r} (known: {known})")
         if self.emit not in EMIT_MODES:
             _fail(self, "emit", f"unknown mode {self.emit!r} (known: {', '.join(EMIT_MODES)})")
+        if self.serve_as_of not in SERVE_AS_OF:
+            known = ", ".join(SERVE_AS_OF)
+            _fail(self, "serve_as_of", f"unknown choice {self.serve_as_of!r} (known: {known})")
         for option in ("idle_timeout", "state_ttl"):
             if getattr(self, option) is not None:
                 _check_duration(self, option, getattr(self, option), positive=True)
@@ -633,6 +645,7 @@ def _from_dict(data: Mapping[str, Any], source: str, policy: FunctionPolicy) -> 
                 "time_unit": TIME_UNITS,
                 "late_policy": LATE_POLICIES,
                 "emit": EMIT_MODES,
+                "serve_as_of": SERVE_AS_OF,
                 "method": PERCENTILE_METHODS,
                 "how": JOIN_HOWS,
                 "merge": JOIN_MERGES,

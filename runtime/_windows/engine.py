@@ -26,6 +26,7 @@ Time, per key (``docs/windows.md`` has the timelines):
 from __future__ import annotations
 
 import contextlib
+import copy
 import heapq
 import itertools
 import linecache
@@ -1128,8 +1129,14 @@ class WindowEngine:
                 return session[2]  # type: ignore[no-any-return]
         return None
 
-    def values(self, st: KeyWindows | None) -> tuple[Any, ...]:
-        """Every feature's value for a key (its defaults for None)."""
+    def values(self, st: KeyWindows | None, at: int | None = None) -> tuple[Any, ...]:
+        """Every feature's value for a key (its defaults for None).
+
+        ``at``: the values as of that event time (ms), later than the key's clock: what a read
+        would show had the key's clock moved on to ``at`` with no further event (as idle time
+        moves it), computed without changing the key's state (:meth:`as_of`)."""
+        if at is not None and st is not None and at > st.clock:
+            return self._values_at(st, at)
         names, readers = self.names, self._readers
         result: list[Any] = [None] * len(names)
         for buffer in self.sliding:
@@ -1158,6 +1165,11 @@ class WindowEngine:
             patterns = st.patterns if st is not None else None
             for position, (i, _) in enumerate(self.sequences):
                 result[i] = patterns[position].matches if patterns is not None else 0
+        return self._with_ratio_values(result)
+
+    def _with_ratio_values(self, result: list[Any]) -> tuple[Any, ...]:
+        """``result`` with the ratios filled in from their operands."""
+        names = self.names
         if self._ratio_order:
             by_name = dict(zip(names, result, strict=True))
             for i in self._ratio_order:
@@ -1168,6 +1180,97 @@ class WindowEngine:
                     value = None
                 by_name[names[i]] = result[i] = value
         return tuple(result)
+
+    # -- reads as of a time --------------------------------------------------------------------
+    def as_of(self, st: KeyWindows, at: int) -> int:
+        """The event time (ms) a read of ``st`` as of ``at`` shows the values at: ``at`` itself
+        when it is at or after the key's clock, else the key's clock (a key's state holds no
+        record of what it was before its clock: a read cannot go back, see
+        ``docs/serving.md``)."""
+        return max(at, st.clock)
+
+    def _values_at(self, st: KeyWindows, at: int) -> tuple[Any, ...]:
+        """The values of a key as of ``at`` (later than its clock), its state untouched: each
+        sliding window over the events held in ``(at - size, at]``; with ``emit="update"``
+        the tumbling or hopping window holding ``at`` and the open session (none if the
+        watermark at ``at`` closes it), with ``emit="close"`` the newest window or session
+        closed by the watermark at ``at``; sequence features with the matches the events that
+        watermark releases would complete."""
+        names, readers = self.names, self._readers
+        result: list[Any] = [None] * len(names)
+        wm = at - self.ooo
+        for buffer in self.sliding:
+            state = st.buffers[buffer.slot]
+            if state is not None:
+                state = _sliding_at(state, buffer, at - buffer.size)
+            for i in buffer.features:
+                result[i] = _read(readers[i], state)  # type: ignore[arg-type]
+        for frame in self.frames:
+            if self.emit == "close":
+                closed = self._closed_at(frame, st, wm)
+                if closed is not None:
+                    for i, _ in frame.members:
+                        result[i] = closed[names[i]]
+                    continue
+                accs = None
+            else:
+                accs = self._open_at(frame, st, at, wm)
+            for i, position in frame.members:
+                part = accs[position] if accs is not None else None
+                result[i] = _read(readers[i], part)  # type: ignore[arg-type]
+        if self.sequences:
+            for position, (i, feature) in enumerate(self.sequences):
+                pattern = st.patterns[position] if st.patterns is not None else None
+                result[i] = 0 if pattern is None else _matches_at(pattern, feature, wm)
+        return self._with_ratio_values(result)
+
+    def _open_at(self, frame: _Frame, st: KeyWindows, at: int, wm: int) -> Accumulators | None:
+        """``emit="update"``: the window of ``frame`` a read as of ``at`` shows. A window that
+        holds ``at`` closes after it, so its panes are all still held; a session shows while
+        the watermark at ``at`` has not closed it."""
+        state = st.buffers[frame.slot]
+        if state is None:
+            return None
+        if frame.kind == "panes":
+            return self._merge_panes(frame, state, (at - frame.size) // frame.hop + 1)
+        for session in reversed(state.sessions):
+            if not session[3]:
+                if session[1] + frame.gap + self.lateness > wm:
+                    return session[2]  # type: ignore[no-any-return]
+                return None  # the newest open session closes by then, and so do older ones
+        return None
+
+    def _closed_at(self, frame: _Frame, st: KeyWindows, wm: int) -> dict[str, Any] | None:
+        """``emit="close"``: the values of ``frame``'s newest window or session closed by the
+        watermark ``wm``: one the key's state has emitted, or one ``wm`` would close."""
+        final = st.finals.get(frame.index) if st.finals is not None else None
+        newest: tuple[int, dict[str, Any]] | None = final
+        state = st.buffers[frame.slot]
+        if state is not None:
+            if frame.kind == "panes":
+                hop, size, r = frame.hop, frame.size, frame.panes_per_window
+                limit = (wm - self.lateness - size) // hop
+                if limit > state.closed:
+                    # the newest window up to ``limit`` with an event, not emitted yet
+                    low, top = state.closed + 1, limit + r - 1
+                    held = [p for p in state.accumulators if low <= p <= top]
+                    if held:
+                        k = min(max(held), limit)
+                        end = k * hop + size
+                        if newest is None or end >= newest[0]:
+                            accs = self._merge_panes(frame, state, k)
+                            newest = (end, self._frame_values(frame, accs))
+            else:
+                gap, lateness = frame.gap, self.lateness
+                for session in reversed(state.sessions):
+                    if session[3]:
+                        break  # emitted: its values are in the finals already
+                    end = session[1] + gap
+                    if end + lateness <= wm:
+                        if newest is None or end >= newest[0]:
+                            newest = (end, self._frame_values(frame, session[2]))
+                        break
+        return None if newest is None else newest[1]
 
     def _add_ratios(self, values: dict[str, Any]) -> None:
         for i in self._ratio_order:
@@ -1389,6 +1492,44 @@ def _read(reader: Callable[[Any], Any], state: Any) -> Any:
         return reader(state)
     except (ArithmeticError, TypeError, ValueError):
         return None
+
+
+def _sliding_at(state: SlidingState, buffer: _Buffer, cutoff: int) -> SlidingState | None:
+    """A sliding window's state with the events after ``cutoff`` only: ``state`` itself when
+    it holds none older, else a new state of those events (``state`` is not changed)."""
+    items = state.items
+    if not items or items[0][0] > cutoff:
+        return state
+    if items[-1][0] <= cutoff:
+        return None
+    kept = SlidingState(buffer.needs, buffer.sums)
+    start = bisect_left(items, cutoff + 1, key=_first_of)
+    for i in range(start, len(items)):
+        t, v = items[i]
+        kept.add(t, v)
+    if state.scores:
+        kept.scores = state.scores  # the latest event's scores, still in the window
+    return kept
+
+
+def _first_of(item: tuple[int, Any]) -> int:
+    return item[0]
+
+
+def _matches_at(pattern: PatternState, feature: SequencePattern, wm: int) -> int:
+    """A sequence feature's matches once the watermark ``wm`` released the events queued up
+    to it, counted on a copy of its state (``pattern`` is not changed)."""
+    pending = pattern.pending
+    if not pending or pending[0][0] > wm:
+        return pattern.matches
+    trial = copy.deepcopy(pattern)
+    for t, _, ev in trial.pending:
+        if t > wm:
+            break
+        # an event that fails is reported when the watermark releases it, not by a read
+        with contextlib.suppress(Exception):
+            trial.step(feature, t, ev)
+    return trial.matches
 
 
 def _time_serial(item: tuple[int, int, Any]) -> tuple[int, int]:

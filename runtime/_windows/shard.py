@@ -159,15 +159,22 @@ class WindowShard(GroupShard):
                 if out:
                     await self._publish_windows(out, time.time())
             replies: list[tuple[Any, ...]] = []
-            get, values = self.states.get, self.engine.values
-            ooo = self.engine.ooo
+            engine = self.engine
+            values, ooo, at = engine.values, engine.ooo, message.as_of
             for key in message.keys:
-                st = get(key)
+                st = self.states.get(key)
                 if st is None:
-                    replies.append((None, None, None, None, None))
+                    replies.append((None, None, None, None, None, at))
                 else:
                     replies.append(
-                        (values(st), st.latest, self.last_event_at, None, st.clock - ooo)
+                        (
+                            values(st, at),
+                            st.latest,
+                            self.last_event_at,
+                            None,
+                            st.clock - ooo,
+                            None if at is None else engine.as_of(st, at),
+                        )
                     )
             return replies
         if isinstance(message, IdleTick | Tick):  # the timer's Tick comes here, one at a time
