@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 import os
 import time
-from collections.abc import AsyncIterable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mapping
 from contextlib import AsyncExitStack
 from itertools import islice
 from types import TracebackType
@@ -42,6 +42,7 @@ from actors import (
 )
 
 from ._checkpoints.coordinator import CheckpointCoordinator, Progress
+from ._checkpoints.guards import CheckpointGuards
 from ._checkpoints.store import (
     CheckpointConfig,
     CheckpointInfo,
@@ -265,6 +266,8 @@ class FeatureRuntime:
         #: the drift monitors and the hub of their alerts (``monitor_drift``)
         self._drift = DriftMonitors()
         self._register_lock = anyio.Lock()
+        #: what sinks must write before a checkpoint's file is (``guard_checkpoints``)
+        self._guards = CheckpointGuards()
         self._coordinator = CheckpointCoordinator(
             self.checkpoints,
             topology=self._topology,
@@ -272,6 +275,7 @@ class FeatureRuntime:
             progress=self._progress,
             ingest=self._ingest,
             register_lock=self._register_lock,
+            guards=self._guards,
         )
         self._active_ingests = 0
         self._ingests_done: anyio.Event | None = None
@@ -334,6 +338,8 @@ class FeatureRuntime:
                 max_restarts=max_restarts,
                 restart_period=restart_period,
             )
+            if self._front.checkpoints is not None:
+                self._front.checkpoints.guards = self._guards
 
     @property
     def feature_set(self) -> FeatureSet:
@@ -737,6 +743,20 @@ class FeatureRuntime:
             checkpoints = self._front.checkpoints
             return None if checkpoints is None else checkpoints.last
         return self._coordinator.last
+
+    def guard_checkpoints(self, guard: Callable[[], Awaitable[None]]) -> Callable[[], None]:
+        """Make every checkpoint await ``guard()`` once the state is captured and before its
+        file is written (with workers, before it is committed); returns a function that
+        removes the guard. ``guard()`` returns once everything the runtime published before
+        the call is durable downstream; if it raises, the checkpoint fails.
+
+        For sinks: without a guard, a process that dies after a checkpoint is written but
+        before a sink wrote the updates of the events it covers would lose them (the restored
+        state holds those events, so their updates are not published again).
+        :func:`runtime.run_sink` adds one for its sink, so delivery to sinks is at least once
+        across a crash.
+        """
+        return self._guards.add(guard)
 
     async def checkpoint(self) -> CheckpointInfo:
         """Take a checkpoint now: a consistent snapshot of every actor's state with the input

@@ -26,6 +26,7 @@ from .._shard import GroupShard
 from .._topology import Group, JoinGroup, Topology, signature
 from .._windows.shard import WindowShard
 from .codec import state_codec
+from .guards import CheckpointGuards
 from .store import ActorState, Checkpoint, CheckpointConfig, CheckpointInfo, CheckpointStore
 
 __all__ = ["CheckpointCoordinator", "Progress"]
@@ -83,6 +84,8 @@ class CheckpointCoordinator:
         ingest: its counts of events accepted and rejected are recorded and restored too.
         register_lock: the runtime's lock on adding features: a checkpoint holds it, so that
             no group starts while the state is captured.
+        guards: awaited once the state is captured, before the file is written: what sinks
+            need to write first (:mod:`.guards`).
     """
 
     def __init__(
@@ -94,8 +97,11 @@ class CheckpointCoordinator:
         progress: Progress,
         ingest: Ingest,
         register_lock: anyio.Lock,
+        guards: CheckpointGuards | None = None,
     ) -> None:
         self.config = config
+        #: awaited once the state is captured, before the file is written (the sinks)
+        self.guards = CheckpointGuards() if guards is None else guards
         self._ingest = ingest
         self.store = None if config is None else CheckpointStore(config.directory, config.keep)
         self._topology = topology
@@ -163,6 +169,8 @@ class CheckpointCoordinator:
             started = time.perf_counter()
             self._sequence = max(self._sequence, *self.store.sequences(), 0) + 1
             checkpoint, paused = await self._capture(self._sequence)
+            # what the captured events published is written downstream before the file is
+            await self.guards.wait()
             path, size = await anyio.to_thread.run_sync(self.store.write, checkpoint)
         position, offset, actors = checkpoint.position, checkpoint.offset, checkpoint.actors
         shards = checkpoint.shards

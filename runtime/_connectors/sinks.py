@@ -25,7 +25,7 @@ from __future__ import annotations
 import abc
 import functools
 import math
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from types import TracebackType
@@ -103,6 +103,8 @@ class SinkHost(Protocol):
 
     async def flush(self) -> None: ...
 
+    def guard_checkpoints(self, guard: Callable[[], Awaitable[None]]) -> Callable[[], None]: ...
+
 
 @dataclass(frozen=True, slots=True)
 class SinkStatistics:
@@ -161,6 +163,12 @@ class RunningSink:
         self._retries = 0
         #: updates taken from the subscription and not written yet
         self._in_hand = 0
+        #: updates taken from the subscription since the start
+        self._taken = 0
+        #: set (and replaced) after each write: a checkpoint's guard waits on it
+        self._wrote = anyio.Event()
+        #: held by each call of the sink: a guard's flush does not run during a write
+        self._calls = anyio.Lock()
         self._done = anyio.Event()
         self._failure: SinkError | None = None
         self._scope = anyio.CancelScope(shield=True)
@@ -205,11 +213,16 @@ class RunningSink:
                     taken.append(batch)
                     count += len(batch)
                 self._in_hand = count
-                await self._attempt("write", functools.partial(self.sink.write, taken))
+                self._taken += count
+                async with self._calls:
+                    await self._attempt("write", functools.partial(self.sink.write, taken))
                 self._in_hand = 0
                 self._written += count
                 self._writes += 1
-            await self._attempt("flush", self.sink.flush)
+                self._wrote.set()
+                self._wrote = anyio.Event()
+            async with self._calls:
+                await self._attempt("flush", self.sink.flush)
         except SinkError as exc:
             self._failure = exc
             # the runtime goes on without the sink: its shards must not wait for it
@@ -217,6 +230,26 @@ class RunningSink:
             raise
         finally:
             self._done.set()
+            self._wrote.set()
+
+    async def guard(self) -> None:
+        """A checkpoint's guard (``FeatureRuntime.guard_checkpoints``): returns once every
+        update published before the call is written and the sink flushed, so that a
+        checkpoint is never written ahead of what the sink holds. Returns at once if the sink
+        failed or its writer ended (its failure is the block's to raise).
+
+        Raises:
+            SinkError: the flush failed after its retries (the checkpoint fails).
+        """
+        mark = self._taken + int(self._subscription.statistics().depth)
+        while self._written < mark:
+            if self._done.is_set():
+                return
+            await self._wrote.wait()
+        if self._done.is_set():
+            return
+        async with self._calls:
+            await self._attempt("flush", self.sink.flush)
 
     async def _attempt(self, what: str, call: Any) -> None:
         """Run ``call()`` until it succeeds, at most ``max_attempts`` times."""
@@ -342,6 +375,7 @@ async def run_sink(
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(running._run, name=f"featurist sink {name}")
+            unguard = rt.guard_checkpoints(running.guard)
             try:
                 yield running
             except BaseException:
@@ -356,6 +390,7 @@ async def run_sink(
                         running._stop()
                         if body_failed:  # the body's exception goes on: say what else failed
                             _log.error("sink_drain_failed", sink=name, error=str(drain_failure))
+                unguard()
     except BaseExceptionGroup as group:
         # One error from one place (the writer's SinkError, or the body's own): raise it as
         # itself, not wrapped in the group of this block's private task group.

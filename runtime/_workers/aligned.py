@@ -25,6 +25,7 @@ import msgspec
 from actors import get_logger
 
 from .._checkpoints.coordinator import Progress
+from .._checkpoints.guards import CheckpointGuards
 from .._checkpoints.store import Checkpoint, CheckpointConfig, CheckpointInfo, CheckpointStore
 from .._exceptions import CheckpointError, RuntimeClosed
 from .recovery import WorkerLog
@@ -101,6 +102,8 @@ class AlignedCheckpoints:
         #: the checkpoint restored on start, and the last one written
         self.restored: CheckpointInfo | None = None
         self.last: CheckpointInfo | None = None
+        #: awaited before the checkpoint is committed (the runtime's: the sinks)
+        self.guards = CheckpointGuards()
 
     @property
     def log_events(self) -> int:
@@ -252,6 +255,9 @@ class AlignedCheckpoints:
                     workers=front.workers,
                     parts=[store.part_name(sequence, index) for index in range(front.workers)],
                 )
+                # every worker's updates before its barrier are published: the sinks write
+                # them before the checkpoint is committed
+                await self.guards.wait()
                 path, size = await anyio.to_thread.run_sync(store.write, checkpoint)
             except BaseException as exc:
                 for log in logs:
