@@ -120,15 +120,13 @@ def check_workers(
     """With ``workers >= 1``: refuse what worker processes do not run yet, naming it.
 
     Raises:
-        ConfigError: the feature set has joins, lookups (enrichment) or several streams, or
-            the runtime is given a clock of its own or a metrics port.
+        ConfigError: the feature set has lookups (enrichment), or the runtime is given a
+            clock of its own or a metrics port.
     """
     unsupported = [
         what
         for what, present in (
-            ("joins", bool(feature_set.joins)),
             ("lookups (enrichment) and their sources", bool(feature_set.lookups)),
-            ("several streams", len(feature_set.stream_names) > 1),
             ("a clock of the runtime's own", custom_clock),
             ("metrics_port", metrics_port is not None),
         )
@@ -136,7 +134,7 @@ def check_workers(
     ]
     if unsupported:
         raise ConfigError(
-            f"workers >= 1 does not support {', '.join(unsupported)} yet: keyed aggregates "
-            "and windowed features of one stream run in worker processes; use workers=0 "
-            "(the default) for the rest"
+            f"workers >= 1 does not support {', '.join(unsupported)} yet: keyed aggregates, "
+            "windowed features, several streams and joins run in worker processes; use "
+            "workers=0 (the default) for the rest"
         )

@@ -96,12 +96,13 @@ class FeatureRuntime:
             on this process's event loop). With ``workers >= 1`` each worker process runs
             ``shards`` shard actors on its own event loop over a fixed share of the key
             groups, and this process only routes events to them and republishes their
-            updates (``docs/scaling.md``). So far: keyed aggregates and windowed
-            features of one stream, with ``ingest``, ``ingest_many``, ``flush``, ``get``,
-            ``get_many``, ``updates``, ``statistics`` and ``checkpoint``; the rest raises
-            :class:`ConfigError` naming it. With ``checkpoints``, checkpoints are aligned
-            across the workers, and a worker that dies is started again (within
-            ``max_restarts``), restores its key groups and is replayed the events since.
+            updates (``docs/scaling.md``). So far: keyed aggregates, windowed features,
+            several streams and joins, with ``ingest``, ``ingest_many``, ``flush``, ``get``,
+            ``get_many``, ``updates``, ``join_records``, ``statistics`` and
+            ``checkpoint``; the rest raises :class:`ConfigError` naming it. With
+            ``checkpoints``, checkpoints are aligned across the workers, and a worker that
+            dies is started again (within ``max_restarts``), restores its key groups and is
+            replayed the events since.
         batch_size: events per batch sent to a shard (>= 1).
         linger: seconds a partial batch may wait, while its actors are busy, before it is
             sent (> 0); for idle actors it leaves at once.
@@ -337,6 +338,8 @@ class FeatureRuntime:
                 feature_set=feature_set.name,
                 max_restarts=max_restarts,
                 restart_period=restart_period,
+                streams=feature_set.stream_names,
+                joins=tuple(join.name for join in feature_set.joins),
             )
             if self._front.checkpoints is not None:
                 self._front.checkpoints.guards = self._guards
@@ -528,7 +531,7 @@ class FeatureRuntime:
         """
         tag = self._ingest.stream_index(stream)
         if self._front is not None:
-            return await self._front_ingest((event,), offset) == 1
+            return await self._front_ingest((event,), offset, tag) == 1
         progress = self._progress
         if progress.gate is not None:
             await progress.wait()
@@ -577,11 +580,12 @@ class FeatureRuntime:
         if stream is None or isinstance(stream, str):
             tag = self._ingest.stream_index(stream)
             if self._front is not None:
-                return await self._front_ingest(events, offset)
+                return await self._front_ingest(events, offset, tag)
         else:
-            self._local("ingest_many of several streams")
             tag = 0
             streams = self._ingest.stream_indexes(events, list(stream))
+            if self._front is not None:
+                return await self._front_ingest(events, offset, streams)
         ingest = self._ingest
         progress = self._progress
         if progress.gate is not None:
@@ -634,12 +638,15 @@ class FeatureRuntime:
                 progress.leave_offset_call()
             self._leave_ingest()
 
-    async def _front_ingest(self, events: Iterable[Any], offset: Any) -> int:
-        """``ingest_many`` with workers: route each chunk of ``batch_size`` events to the
-        workers' buffers, and send the full ones and those of idle workers (waiting while a
-        worker's socket is full). A checkpoint falls between two chunks, or, for a call
-        given an ``offset``, before or after the whole call; when the front's log of events
-        since the last checkpoint is full, the call takes one and waits for it."""
+    async def _front_ingest(
+        self, events: Iterable[Any], offset: Any, tag: int | list[int] = 0
+    ) -> int:
+        """``ingest_many`` with workers: route each chunk of ``batch_size`` events (of stream
+        ``tag``, or ``tag[i]`` each) to the workers' buffers, and send the full ones and
+        those of idle workers (waiting while a worker's socket is full). A checkpoint falls
+        between two chunks, or, for a call given an ``offset``, before or after the whole
+        call; when the front's log of events since the last checkpoint is full, the call
+        takes one and waits for it."""
         front = self._front
         assert front is not None
         progress = self._progress
@@ -652,6 +659,7 @@ class FeatureRuntime:
             size = self.batch_size
             accepted = 0
             iterator = iter(events)
+            done = 0
             while True:
                 if progress.gate is not None and offset is None:
                     await progress.wait()  # a checkpoint between two chunks of the call
@@ -660,7 +668,11 @@ class FeatureRuntime:
                     if offset is not None:
                         progress.offset = offset
                     break
-                accepted += front.route(chunk)
+                if isinstance(tag, int):
+                    accepted += front.route(chunk, tag)
+                else:
+                    accepted += front.route(chunk, tag[done : done + len(chunk)])
+                done += len(chunk)
                 progress.position += len(chunk)
                 await front.send_due()
                 if offset is None and front.log_full:
@@ -965,7 +977,8 @@ class FeatureRuntime:
             ValueError: the feature set has no join named ``join``.
         """
         self._check_running()
-        self._local("rt.join_records()")
+        if self._front is not None:
+            return self._front.records_hub(join).subscribe(buffer, policy)
         return self._topology.records_hub(join).subscribe(buffer, policy)
 
     async def warm_up(

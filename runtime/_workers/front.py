@@ -38,6 +38,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from contextlib import AsyncExitStack, suppress
 from functools import partial
+from itertools import repeat
 from typing import Any
 
 import anyio
@@ -47,13 +48,13 @@ import msgspec
 
 from actors import DeadLetters, KeyRouter, get_logger
 
-from .._batches import UpdateBatch
+from .._batches import JoinRecordBatch, UpdateBatch
 from .._checkpoints.coordinator import Progress
 from .._checkpoints.store import CheckpointConfig, CheckpointInfo
 from .._exceptions import CheckpointError, ConfigError, InvalidEvent, RuntimeClosed, UnknownFeature
 from .._ingest.events import EventReader
 from .._ingest.router import record_rejected
-from .._results import FeatureUpdate, FeatureVector, RuntimeStatistics
+from .._results import FeatureUpdate, FeatureVector, JoinRecord, RuntimeStatistics
 from .._updates import UpdateHub
 from .aligned import Abandoned, AlignedCheckpoints
 from .protocol import (
@@ -61,6 +62,7 @@ from .protocol import (
     Connection,
     Events,
     FromWorker,
+    JoinRecords,
     Rejected,
     Reply,
     Stop,
@@ -68,7 +70,7 @@ from .protocol import (
     Taken,
     Updates,
 )
-from .recovery import WorkerLog
+from .recovery import Sent, WorkerLog
 from .stats import merge_statistics
 from .worker import WorkerSpec, main
 
@@ -157,6 +159,10 @@ class WorkerFront:
         feature_set: the feature set's name (recorded in checkpoints).
         max_restarts: restarts of a worker allowed within ``restart_period`` seconds.
         restart_period: the sliding window of ``max_restarts``.
+        streams: the feature set's streams: with several, each event travels with its
+            stream's index (all streams share the key field: a key's events of every stream
+            go to one worker, in the order they came, which a join needs).
+        joins: the feature set's joins' names (``rt.join_records(join)``).
     """
 
     def __init__(
@@ -177,6 +183,8 @@ class WorkerFront:
         feature_set: str = "",
         max_restarts: int = 3,
         restart_period: float = 60.0,
+        streams: tuple[str, ...] = ("",),
+        joins: tuple[str, ...] = (),
     ) -> None:
         self.workers = workers
         self._make_runtime = make_runtime
@@ -190,8 +198,17 @@ class WorkerFront:
         self.shards = shards
         #: the front's hub of updates: what ``rt.updates()`` subscribes to
         self.updates: UpdateHub[Any] = UpdateHub()
+        #: the join records of every join, and of each join by name (``rt.join_records()``)
+        self.records: UpdateHub[JoinRecord] = UpdateHub()
+        self.join_hubs: dict[str, UpdateHub[JoinRecord]] = {name: UpdateHub() for name in joins}
+        self.streams = streams
         #: per worker: events routed and not yet sent, and when the first of them came
         self.buffers: list[list[Any]] = [[] for _ in range(workers)]
+        #: with several streams, the stream index of each buffered event (parallel to
+        #: ``buffers``); None with one stream
+        self.tags: list[list[int]] | None = (
+            [[] for _ in range(workers)] if len(streams) > 1 else None
+        )
         self._created = [0.0] * workers
         self._workers: list[_Worker] = []
         #: every process started (or being started), and every connection made
@@ -492,9 +509,11 @@ class WorkerFront:
                     if base is not None:
                         directory = self.checkpoints.config.directory
                         await self._ask(worker, "restore", directory, base, self.workers)
-                    for payloads, updates in frames:
+                    for sent in frames:
                         worker.in_flight += 1
-                        worker.conn.queue(Events(payloads, updates))
+                        worker.conn.queue(
+                            Events(sent.payloads, sent.updates, sent.tags, sent.records)
+                        )
                     await worker.conn.drain()
             except _Retry:
                 dead = worker
@@ -514,7 +533,7 @@ class WorkerFront:
                 worker=index,
                 pid=worker.pid,
                 checkpoint=base,
-                events_replayed=sum(len(p) for p, _ in frames),
+                events_replayed=sum(len(sent.payloads) for sent in frames),
             )
             self._ready[index].set()
             return
@@ -555,7 +574,7 @@ class WorkerFront:
                 elif isinstance(message, Updates):
                     rows, errors, extras = message.rows, message.errors, message.extras
                     if log is not None:
-                        keep = log.delivered(message.group, rows)
+                        keep = log.delivered(message.group, [row[0] for row in rows])
                         if keep is not None:
                             rows, errors, extras = _kept(keep, rows, errors, extras)
                     await publish(
@@ -569,6 +588,8 @@ class WorkerFront:
                             extras,
                         )
                     )
+                elif isinstance(message, JoinRecords):
+                    await self._publish_records(message, log)
                 elif isinstance(message, Reply):
                     pending = worker.pending.pop(message.id, None)
                     if message.id == 0 and message.error is not None and pending is None:
@@ -600,6 +621,50 @@ class WorkerFront:
                 self._died(worker, "ended its stream (it died)")
         except msgspec.DecodeError as exc:
             self._fail(worker, f"sent a frame the front cannot read ({exc})")
+
+    async def _publish_records(self, message: JoinRecords, log: WorkerLog | None) -> None:
+        """Republish a worker's join records to the front's hubs (less those a restarted
+        worker made again that were delivered before it died)."""
+        batch = JoinRecordBatch(
+            message.join,
+            message.keys,
+            message.left_events,
+            message.right_events,
+            message.left_times,
+            message.right_times,
+            message.join_times,
+            message.time_differences,
+            message.processed_at,
+            records=message.records,
+        )
+        if log is not None:
+            keep = log.delivered(("join", message.join), message.keys)
+            if keep is not None:
+                batch = _kept_records(batch, keep)
+                if not len(batch):
+                    return
+        for hub in (self.records, self.join_hubs.get(message.join)):
+            if hub is not None and hub.active:
+                await hub.publish(batch)
+
+    @property
+    def records_active(self) -> bool:
+        """Whether anyone reads join records (the workers then forward theirs)."""
+        return self.records.active or any(hub.active for hub in self.join_hubs.values())
+
+    def records_hub(self, join: str | None) -> UpdateHub[JoinRecord]:
+        """The hub of the records of the join named ``join``, or of every join for None.
+
+        Raises:
+            ValueError: the feature set has no join named ``join``.
+        """
+        if join is None:
+            return self.records
+        hub = self.join_hubs.get(join)
+        if hub is None:
+            known = ", ".join(self.join_hubs) or "none"
+            raise ValueError(f"join: no join named {join!r} (known: {known})")
+        return hub
 
     async def drain(self, worker: _Worker) -> None:
         """Send what is queued for ``worker``. If it died, its reader starts it again (the
@@ -675,10 +740,12 @@ class WorkerFront:
         return await self.checkpoints.checkpoint()
 
     # -- ingest ------------------------------------------------------------------------------
-    def route(self, events: Iterable[Any]) -> int:
-        """Append each event to its worker's buffer; refused ones go to dead letters. Returns
-        the number accepted."""
+    def route(self, events: Iterable[Any], tag: int | list[int] = 0) -> int:
+        """Append each event (of stream ``tag``, or ``tag[i]`` for the i-th) to its worker's
+        buffer; refused ones go to dead letters. Returns the number accepted."""
         reader = self._reader
+        tags = self.tags
+        tagged = repeat(tag) if isinstance(tag, int) else tag
         decode = self._key_time
         buffers = self.buffers
         cached = self._router.cached_lookup()
@@ -689,7 +756,7 @@ class WorkerFront:
         low, high = reader.bounds()
         accepted = 0
         event: Any
-        for payload in events:
+        for payload, stream_tag in zip(events, tagged):  # noqa: B905 (repeat is endless)
             try:
                 if payload.__class__ is bytes:
                     if len(payload) > max_bytes:
@@ -710,7 +777,7 @@ class WorkerFront:
                         reader.time_ms(None if ts is msgspec.UNSET else ts, payload, low, high)
                     event = payload
                 else:
-                    key, _, event = reader.read(payload, low, high)
+                    key, _, event = reader.read(payload, low, high, stream_tag)
             except InvalidEvent as error:
                 self._reject(payload, error)
                 continue
@@ -721,6 +788,8 @@ class WorkerFront:
             if not buffer:
                 self._created[worker] = time.perf_counter()
             buffer.append(event)
+            if tags is not None:
+                tags[worker].append(stream_tag)
             accepted += 1
         self.ingested += accepted
         return accepted
@@ -746,12 +815,17 @@ class WorkerFront:
         if not buffer:
             return None
         self.buffers[index] = []
+        tags = None
+        if self.tags is not None:
+            tags = self.tags[index]
+            self.tags[index] = []
         worker = self._workers[index]
         worker.in_flight += 1
         updates = self.updates.active
+        records = self.records_active
         if self._logs is not None:
-            self._logs[index].sent(buffer, updates)
-        worker.conn.queue(Events(buffer, updates))
+            self._logs[index].sent(Sent(buffer, tags, updates, records))
+        worker.conn.queue(Events(buffer, updates, tags, records))
         return worker
 
     async def send_due(self) -> None:
@@ -848,6 +922,22 @@ def _kept(
         if extras:
             extras = {at[i]: e for i, e in extras.items() if i in at} or None
     return kept, errors, extras
+
+
+def _kept_records(batch: JoinRecordBatch, keep: list[int]) -> JoinRecordBatch:
+    """The records of ``batch`` at ``keep``."""
+    return JoinRecordBatch(
+        batch.join,
+        [batch.keys[i] for i in keep],
+        [batch.left_events[i] for i in keep],
+        [batch.right_events[i] for i in keep],
+        [batch.left_times[i] for i in keep],
+        [batch.right_times[i] for i in keep],
+        [batch.join_times[i] for i in keep],
+        [batch.time_differences[i] for i in keep],
+        batch.processed_at,
+        records=[batch.records[i] for i in keep],
+    )
 
 
 def _context() -> Any:

@@ -10,7 +10,8 @@ of the stream at once.
 
 Front to worker: :class:`Events` (a batch of events of the worker's key groups), :class:`Call`
 (a request answered by a :class:`Reply` of the same ``id``), :class:`Stop`. Worker to front:
-:class:`Reply`, :class:`Updates` (one ``UpdateBatch`` of the worker's runtime), :class:`Rejected`
+:class:`Reply`, :class:`Updates` (one ``UpdateBatch`` of the worker's runtime),
+:class:`JoinRecords` (one ``JoinRecordBatch``), :class:`Rejected`
 (events the worker's reader refused), :class:`Taken` (an :class:`Events` frame was taken
 in), :class:`Stopped`.
 """
@@ -33,6 +34,7 @@ __all__ = [
     "Events",
     "FromFront",
     "FromWorker",
+    "JoinRecords",
     "Rejected",
     "Reply",
     "Stop",
@@ -49,6 +51,11 @@ class Events(msgspec.Struct, array_like=True, tag=0):
     payloads: list[Any]
     #: whether the front has subscribers to updates: the worker subscribes while it has
     updates: bool
+    #: with several streams, each event's stream index (parallel to ``payloads``); None: all
+    #: of the first stream
+    tags: list[int] | None = None
+    #: whether the front has subscribers to join records (``rt.join_records()``)
+    records: bool = False
 
 
 class Call(msgspec.Struct, array_like=True, tag=1):
@@ -103,8 +110,24 @@ class Taken(msgspec.Struct, array_like=True, tag=7):
     front sends a partial buffer at once to a worker with no frame in flight."""
 
 
+class JoinRecords(msgspec.Struct, array_like=True, tag=8):
+    """One ``JoinRecordBatch`` of the worker's runtime, as its columns and its records (built
+    in the worker: the front has no join of its own to build them with)."""
+
+    join: str
+    keys: list[Any]
+    left_events: list[dict[str, Any] | None]
+    right_events: list[dict[str, Any] | None]
+    left_times: list[int | None]
+    right_times: list[int | None]
+    join_times: list[int]
+    time_differences: list[int | None]
+    processed_at: float
+    records: list[dict[str, Any]]
+
+
 FromFront = Events | Call | Stop
-FromWorker = Reply | Updates | Rejected | Stopped | Taken
+FromWorker = Reply | Updates | Rejected | Stopped | Taken | JoinRecords
 
 _HEADER = 4
 #: the largest frame accepted: a batch of events is far smaller

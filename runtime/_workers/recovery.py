@@ -8,10 +8,13 @@ its state is that of a worker that never died: each event applied once.
 
 Its output is made again too, and the front lets through only what it had not delivered yet:
 
-- **Update rows.** Per feature group and key, the front counts the rows it published since
-  the base (a key's rows come in the order of its events, and replaying the same events from
-  the same state makes the same rows): of a restarted worker's rows, the first that many of
-  each group and key are dropped (they were published before the death), the rest published.
+- **Update rows and join records.** Per feature group (or join, for its records) and key, the
+  front counts the rows it published since the base (a key's rows come in the order of its
+  events, and replaying the same events from the same state makes the same rows; a join's
+  records of a key likewise): of a restarted worker's rows, the first that many of each group
+  and key are dropped (they were published before the death), the rest published. With
+  ``idle_timeout`` or ``state_ttl`` (the wall clock), a replay may make a key's rows or
+  records at other points: the count drops by number, not by content.
 - **Refused events.** The worker answers each frame with ``Taken``, after the events of the
   frame that it refused (``Rejected``): the front knows which frames' refusals it has, and
   drops those the replay refuses again.
@@ -22,20 +25,29 @@ The log is bounded by the front (``max_log_events``): a checkpoint empties it.
 from __future__ import annotations
 
 from collections import Counter, deque
-from typing import Any
+from collections.abc import Hashable
+from typing import Any, NamedTuple
 
-__all__ = ["WorkerLog"]
+__all__ = ["Sent", "WorkerLog"]
+
+
+class Sent(NamedTuple):
+    """An :class:`Events` frame as sent, to send again: its events, their stream tags (or
+    None), and whether the front had subscribers to updates and to join records."""
+
+    payloads: list[Any]
+    tags: list[int] | None
+    updates: bool
+    records: bool
 
 
 class _Entry:
-    __slots__ = ("frame", "payloads", "updates")
+    __slots__ = ("frame", "sent")
 
-    def __init__(self, frame: int, payloads: list[Any], updates: bool) -> None:
+    def __init__(self, frame: int, sent: Sent) -> None:
         #: the frame's number, counted from the worker's first
         self.frame = frame
-        self.payloads = payloads
-        #: whether the front had subscribers to updates when it was sent
-        self.updates = updates
+        self.sent = sent
 
 
 class WorkerLog:
@@ -66,19 +78,19 @@ class WorkerLog:
         self._mark: int | None = None
         #: rows published per group and key, since the base and since each barrier after it
         #: (a list of ``(sequence, counts)``, the newest last)
-        self._segments: list[tuple[int, dict[str, Counter[Any]]]] = [(0, {})]
+        self._segments: list[tuple[int, dict[Hashable, Counter[Any]]]] = [(0, {})]
         #: per group and key, the rows of a restarted worker still to drop
-        self._suppress: dict[str, Counter[Any]] = {}
+        self._suppress: dict[Hashable, Counter[Any]] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
 
     # -- what is sent ------------------------------------------------------------------------
-    def sent(self, payloads: list[Any], updates: bool) -> None:
+    def sent(self, sent: Sent) -> None:
         """An :class:`Events` frame is sent (queued) to the worker."""
-        self._entries.append(_Entry(self.next_frame, payloads, updates))
+        self._entries.append(_Entry(self.next_frame, sent))
         self.next_frame += 1
-        self.events += len(payloads)
+        self.events += len(sent.payloads)
 
     def barrier(self) -> None:
         """The barrier of a checkpoint is sent, after the frames sent so far."""
@@ -96,7 +108,7 @@ class WorkerLog:
         assert mark is not None
         entries = self._entries
         while entries and entries[0].frame < mark:
-            self.events -= len(entries.popleft().payloads)
+            self.events -= len(entries.popleft().sent.payloads)
         self._mark = None
         self._segments = [s for s in self._segments if s[0] >= sequence] or [(sequence, {})]
 
@@ -105,11 +117,11 @@ class WorkerLog:
         self._mark = None
 
     # -- a restart ---------------------------------------------------------------------------
-    def replay(self) -> list[tuple[list[Any], bool]]:
-        """The worker is started again from the base: the frames to send it again, with
-        their ``updates`` flags. From now on, the rows published since the base are dropped
-        once each as they come again."""
-        suppress: dict[str, Counter[Any]] = {}
+    def replay(self) -> list[Sent]:
+        """The worker is started again from the base: the frames to send it again. From now
+        on, the rows and records published since the base are dropped once each as they come
+        again."""
+        suppress: dict[Hashable, Counter[Any]] = {}
         for _, counts in self._segments:
             for group, keys in counts.items():
                 suppress.setdefault(group, Counter()).update(keys)
@@ -117,19 +129,19 @@ class WorkerLog:
         entries = self._entries
         self.taken = entries[0].frame if entries else self.next_frame
         self._mark = None
-        return [(entry.payloads, entry.updates) for entry in entries]
+        return [entry.sent for entry in entries]
 
     # -- what comes back ---------------------------------------------------------------------
-    def delivered(self, group: str, rows: list[tuple[Any, ...]]) -> list[int] | None:
-        """The update rows of ``group`` the worker sent: count them as delivered, and
-        return the indexes of those to publish, or None for all of them (the common case:
-        no restart is being caught up with)."""
+    def delivered(self, group: Hashable, keys: list[Any]) -> list[int] | None:
+        """The outputs of ``group`` the worker sent (update rows of a feature group, or
+        records of a join), by their keys: count them as delivered, and return the indexes of
+        those to publish, or None for all of them (the common case: no restart is being
+        caught up with)."""
         keep: list[int] | None = None
         suppress = self._suppress.get(group)
         if suppress:
             keep = []
-            for index, row in enumerate(rows):
-                key = row[0]
+            for index, key in enumerate(keys):
                 left = suppress.get(key)
                 if left:
                     if left == 1:
@@ -145,9 +157,9 @@ class WorkerLog:
         if counter is None:
             counter = counts[group] = Counter()
         if keep is None:
-            counter.update([row[0] for row in rows])
+            counter.update(keys)
         else:
-            counter.update([rows[i][0] for i in keep])
+            counter.update([keys[i] for i in keep])
         return keep
 
     def frame_taken(self) -> None:

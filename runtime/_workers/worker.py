@@ -5,8 +5,9 @@ server process that imported the runtime, so no event loop or lock of the applic
 process is inherited). It runs :func:`serve` on
 its own event loop (uvloop where it is installed): make the runtime from the
 :class:`WorkerSpec`, enter it, say so (a :class:`Reply` of id 0), then take the front's frames
-in order. Events go to ``ingest_many``; while the front has subscribers, a forwarder task reads
-the runtime's updates and sends each batch on. A ``flush`` is answered once the updates it
+in order. Events go to ``ingest_many`` (with their streams, when the front tags them); while
+the front has subscribers to updates or to join records, a forwarder task reads the runtime's
+and sends each batch on. A ``flush`` is answered once the updates it
 produced are sent, so the front has published them when its ``flush`` returns.
 
 The worker exits on :class:`Stop` (after applying what it was sent) and at the end of the
@@ -34,6 +35,7 @@ from .protocol import (
     Connection,
     Events,
     FromFront,
+    JoinRecords,
     Rejected,
     Reply,
     Stop,
@@ -90,16 +92,28 @@ async def serve(sock: Any, spec: WorkerSpec) -> None:
             await conn.aclose()
 
 
+class _Forwarder:
+    """One output of the worker's runtime forwarded to the front while the front has
+    subscribers to it: the subscription, its task's scope, and whether a batch is in hand."""
+
+    __slots__ = ("busy", "scope", "subscription")
+
+    def __init__(self, subscription: Any) -> None:
+        self.subscription = subscription
+        self.scope = anyio.CancelScope()
+        self.busy = False
+
+
 class _Worker:
     def __init__(self, rt: Any, conn: Connection, index: int) -> None:
         self._rt = rt
         self._conn = conn
         self._index = index
-        #: the runtime's updates while the front has subscribers, and their forwarder's scope
-        self._subscription: Any = None
-        self._forwarding: anyio.CancelScope | None = None
-        #: True while the forwarder has a batch in hand
-        self._busy = False
+        #: the streams' names, by the index the front tags events with
+        self._streams: tuple[str, ...] = rt._ingest.streams
+        #: the runtime's updates and join records while the front has subscribers to them
+        self._updates: _Forwarder | None = None
+        self._records: _Forwarder | None = None
 
     async def serve(self) -> None:
         conn = self._conn
@@ -124,37 +138,53 @@ class _Worker:
                 await conn.send(Reply(0, f"{type(exc).__name__}: {exc}", msgspec.Raw(b"\xc0")))
             finally:
                 tasks.cancel_scope.cancel()
-                if self._subscription is not None:
-                    await self._subscription.aclose()
+                for forwarder in (self._updates, self._records):
+                    if forwarder is not None:
+                        await forwarder.subscription.aclose()
 
     async def _events(self, message: Events, tasks: anyio.abc.TaskGroup) -> None:
-        if message.updates != (self._subscription is not None):
-            await self._subscribe(message.updates, tasks)
+        if message.updates != (self._updates is not None):
+            self._updates = await self._switch(
+                self._updates, self._rt.updates, self._forward_updates, tasks
+            )
+        if message.records != (self._records is not None):
+            self._records = await self._switch(
+                self._records, self._rt.join_records, self._forward_records, tasks
+            )
         payloads = message.payloads
-        accepted = await self._rt.ingest_many(payloads)
+        tags = message.tags
+        if tags is None:
+            accepted = await self._rt.ingest_many(payloads)
+        else:
+            names = self._streams
+            accepted = await self._rt.ingest_many(payloads, stream=[names[t] for t in tags])
         refused = len(payloads) - accepted
         if refused:
             letters = self._rt.dead_letters.letters(DeadLetterReason.REJECTED)[-refused:]
             await self._conn.send(Rejected([(letter.message, letter.detail) for letter in letters]))
         await self._conn.send(_TAKEN)
 
-    async def _subscribe(self, on: bool, tasks: anyio.abc.TaskGroup) -> None:
-        if on:
-            self._subscription = self._rt.updates()
-            self._forwarding = anyio.CancelScope()
-            tasks.start_soon(self._forward, self._subscription, self._forwarding)
-        else:
-            assert self._forwarding is not None
-            self._forwarding.cancel()
-            await self._subscription.aclose()
-            self._subscription = self._forwarding = None
-            self._busy = False
+    async def _switch(
+        self,
+        forwarder: _Forwarder | None,
+        subscribe: Callable[[], Any],
+        forward: Callable[[_Forwarder], Any],
+        tasks: anyio.abc.TaskGroup,
+    ) -> _Forwarder | None:
+        """Start forwarding an output (``forwarder`` is None), or stop (it is not)."""
+        if forwarder is None:
+            forwarder = _Forwarder(subscribe())
+            tasks.start_soon(forward, forwarder)
+            return forwarder
+        forwarder.scope.cancel()
+        await forwarder.subscription.aclose()
+        return None
 
-    async def _forward(self, subscription: Any, scope: anyio.CancelScope) -> None:
+    async def _forward_updates(self, forwarder: _Forwarder) -> None:
         send = self._conn.send
-        with scope:
-            async for batch in subscription.batches():
-                self._busy = True
+        with forwarder.scope:
+            async for batch in forwarder.subscription.batches():
+                forwarder.busy = True
                 kinds = batch.kinds
                 extras = {i: batch.update(i) for i, kind in enumerate(kinds) if kind != "update"}
                 await send(
@@ -168,13 +198,34 @@ class _Worker:
                         extras or None,
                     )
                 )
-                self._busy = False
+                forwarder.busy = False
+
+    async def _forward_records(self, forwarder: _Forwarder) -> None:
+        send = self._conn.send
+        with forwarder.scope:
+            async for batch in forwarder.subscription.batches():
+                forwarder.busy = True
+                await send(
+                    JoinRecords(
+                        batch.join,
+                        batch.keys,
+                        batch.left_events,
+                        batch.right_events,
+                        batch.left_times,
+                        batch.right_times,
+                        batch.join_times,
+                        batch.time_differences,
+                        batch.processed_at,
+                        batch.records,
+                    )
+                )
+                forwarder.busy = False
 
     async def _drained(self) -> None:
-        """Wait until the forwarder has sent every update the runtime has published."""
-        subscription = self._subscription
+        """Wait until the forwarders have sent every output the runtime has published."""
+        forwarders = [f for f in (self._updates, self._records) if f is not None]
         # polled: a flush or a stop waits here, once, for what is at most a few batches
-        while subscription is not None and (subscription.statistics().depth or self._busy):  # noqa: ASYNC110
+        while any(f.subscription.statistics().depth or f.busy for f in forwarders):  # noqa: ASYNC110
             await anyio.sleep(0.0005)
 
     async def _checkpoint(self, directory: str, sequence: int) -> list[int]:

@@ -26,7 +26,6 @@ from runtime import (
     CustomSource,
     FeatureRuntime,
     FeatureSet,
-    Join,
     Lookup,
     Mean,
     RuntimeClosed,
@@ -139,18 +138,6 @@ async def test_events_as_msgpack_bytes_are_routed_by_their_key() -> None:
 @pytest.mark.parametrize(
     ("feature_set", "options", "refused"),
     [
-        (
-            FeatureSet(
-                name="j",
-                key="ad",
-                time="ts",
-                streams=["imps", "clicks"],
-                joins=[Join(name="ic", left="imps", right="clicks", after="10m")],
-                features=[Count(name="n")],
-            ),
-            {},
-            "joins",
-        ),
         (
             FeatureSet(
                 name="e",
