@@ -62,6 +62,8 @@ from ._exceptions import SourceError as SourceError
 from ._exceptions import SourceUnavailable as SourceUnavailable
 from ._exceptions import SpecError as SpecError
 from ._exceptions import UnknownFeature as UnknownFeature
+from ._ingest.result import IngestResult as IngestResult
+from ._ingest.result import Rejection as Rejection
 from ._logging import configure_logging as configure_logging
 from ._observe.metrics import ActorMailbox as ActorMailbox
 from ._observe.metrics import ActorMetrics as ActorMetrics
@@ -210,8 +212,10 @@ __all__ = [
     "FeatureRuntime",
     "FeatureUpdate",
     "FeatureVector",
+    "IngestResult",
     "JoinRecord",
     "LateEvent",
+    "Rejection",
     "UpdateSubscription",
     # what subscriptions carry: a batch of outputs per batch of events
     "EnrichedBatch",

@@ -25,7 +25,7 @@ from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mappin
 from contextlib import AsyncExitStack
 from itertools import islice
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
 import anyio
 import anyio.abc
@@ -57,6 +57,7 @@ from ._exceptions import (
     SpecError,
 )
 from ._ingest.events import EventReader, PayloadFormat, keeps_of
+from ._ingest.result import IngestResult, rejections_of
 from ._ingest.router import Ingest
 from ._observe.collect import Observer
 from ._observe.metrics import ActorMailbox, RuntimeMetrics
@@ -514,7 +515,27 @@ class FeatureRuntime:
             self._front.check()
 
     # -- ingest --------------------------------------------------------------------------------
-    async def ingest(self, event: Any, *, stream: str | None = None, offset: Any = None) -> bool:
+    @overload
+    async def ingest(
+        self,
+        event: Any,
+        *,
+        stream: str | None = None,
+        offset: Any = None,
+        explain: Literal[False] = False,
+    ) -> bool: ...
+    @overload
+    async def ingest(
+        self,
+        event: Any,
+        *,
+        stream: str | None = None,
+        offset: Any = None,
+        explain: Literal[True],
+    ) -> IngestResult: ...
+    async def ingest(
+        self, event: Any, *, stream: str | None = None, offset: Any = None, explain: bool = False
+    ) -> bool | IngestResult:
         """Accept one event; wait if the runtime is full (backpressure).
 
         ``stream`` names the feature set's stream the event belongs to (default: the first);
@@ -524,11 +545,20 @@ class FeatureRuntime:
 
         Returns True if the event was accepted, False if it was invalid: it is then in
         :attr:`dead_letters` with the reason and the raw payload, and the runtime goes on.
+        With ``explain=True``, an :class:`IngestResult` instead: ``accepted`` 1 or 0, and for
+        a refused event a :class:`Rejection` with the field at fault and the reason (what a
+        service answers a bad request with; the event is in dead letters all the same).
 
         Raises:
             RuntimeClosed: the runtime is not running.
             ValueError: ``stream`` is not a stream of the feature set.
         """
+        if explain:
+            tag = self._ingest.stream_index(stream)
+            accepted = await self.ingest(event, stream=stream, offset=offset)
+            # read again for the reason (ingest records it in dead letters only)
+            why = () if accepted else tuple(rejections_of(self._reader, (event,), tag))
+            return IngestResult(int(accepted), why)
         tag = self._ingest.stream_index(stream)
         if self._front is not None:
             return await self._front_ingest((event,), offset, tag) == 1
@@ -552,13 +582,32 @@ class FeatureRuntime:
         finally:
             self._leave_ingest()
 
+    @overload
     async def ingest_many(
         self,
         events: Any,
         *,
         stream: str | Iterable[str] | None = None,
         offset: Any = None,
-    ) -> int:
+        explain: Literal[False] = False,
+    ) -> int: ...
+    @overload
+    async def ingest_many(
+        self,
+        events: Any,
+        *,
+        stream: str | Iterable[str] | None = None,
+        offset: Any = None,
+        explain: Literal[True],
+    ) -> IngestResult: ...
+    async def ingest_many(
+        self,
+        events: Any,
+        *,
+        stream: str | Iterable[str] | None = None,
+        offset: Any = None,
+        explain: bool = False,
+    ) -> int | IngestResult:
         """Accept many events in order; wait when the runtime is full.
 
         ``events`` is any iterable of events of one ``stream`` (default: the first), or a
@@ -571,11 +620,28 @@ class FeatureRuntime:
         may fall between two batches of the call (:attr:`position` counts the events read).
 
         Returns the number accepted; invalid events go to dead letters as with :meth:`ingest`.
+        With ``explain=True`` (``events`` are then read into a list first), an
+        :class:`IngestResult`: the number accepted, and a :class:`Rejection` for each event
+        refused, with its index in ``events``, the field at fault and the reason. The reasons
+        are found by reading each event before the call ingests it: an event whose time
+        crosses a ``max_future`` or ``max_past`` bound in between (the bounds move with the
+        wall clock, and a long call waits while the runtime is full) can be refused without a
+        rejection, or have one though it was accepted.
 
         Raises:
             ValueError: a stream is not a stream of the feature set, or ``stream`` names a
                 number of streams other than the number of ``events``.
         """
+        if explain:
+            events = list(events)
+            if stream is None or isinstance(stream, str):
+                tags: int | list[int] = self._ingest.stream_index(stream)
+            else:
+                stream = list(stream)
+                tags = self._ingest.stream_indexes(events, stream)
+            rejections = rejections_of(self._reader, events, tags)
+            accepted = await self.ingest_many(events, stream=stream, offset=offset)
+            return IngestResult(accepted, tuple(rejections))
         streams: list[int] | None = None
         if stream is None or isinstance(stream, str):
             tag = self._ingest.stream_index(stream)
