@@ -90,6 +90,7 @@ from ._results import LateEvent as LateEvent
 from ._results import RuntimeStatistics as RuntimeStatistics
 from ._results import WindowStatistics as WindowStatistics
 from ._runtime import FeatureRuntime as FeatureRuntime
+from ._service import create_app as create_app
 from ._spec.base import FeatureSpec as FeatureSpec
 from ._spec.base import Where as Where
 from ._spec.cost import CostEstimate as CostEstimate
@@ -277,6 +278,8 @@ __all__ = [
     "SourceUnavailable",
     "SpecError",
     "UnknownFeature",
+    # the feature service (the serve extra)
+    "create_app",
     # helpers
     "configure_logging",
     "format_duration",

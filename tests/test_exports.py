@@ -57,6 +57,8 @@ RUNTIME_NAMES = {
     *("ParityReport", "ReplayResult", "check_parity"),
     # point-in-time training sets
     *("TrainingSet", "training_set"),
+    # the feature service
+    "create_app",
     # errors
     *("CheckpointError", "ConfigError", "FeatureValueError", "FeaturistError", "InvalidEvent"),
     *("KeyRefused", "MalformedRow", "RuntimeClosed", "SourceError", "SourceUnavailable"),

@@ -104,13 +104,16 @@ RULES: dict[str, tuple[str, ...]] = {
     # above the facade: what builds a FeatureRuntime of its own, and the public face
     "_replay.parity": (*BELOW_FACADE, "_checkpoints", "_observe", "_replay", "_runtime"),
     "_training": (*BELOW_FACADE, "_replay", "_runtime"),
+    # the feature service: an HTTP app around a runtime of its own, its sources and sinks
+    "_service": (*BELOW_FACADE, "_observe", "_connectors", "_runtime"),
+    "__main__": ("_service",),
     "parity": (*PURE, "_replay", "_ingest.events", "actors"),
     "": ("*",),  # runtime/__init__.py: the public face re-exports from every layer
 }
 
 #: The only modules that may import ``runtime._runtime``: the package's ``__init__`` and
 #: ``check_parity`` and ``training_set``, which start a runtime of their own to replay into.
-FACADE_USERS = ("", "_replay.parity", "_training.build", "_training.lookups")
+FACADE_USERS = ("", "_replay.parity", "_training.build", "_training.lookups", "_service.app")
 
 
 def _modules(package: str) -> dict[str, Path]:

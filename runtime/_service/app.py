@@ -1,0 +1,459 @@
+"""The feature service's ASGI application (Starlette): routes, error mapping, lifespan.
+
+The lifespan owns one :class:`~runtime.FeatureRuntime`: it starts it (a checkpoint is
+restored then), the sinks (``run_sink``) and a task per input (``rt.consume``), and stops them
+in the reverse order. Bodies are JSON or MessagePack by ``Content-Type``; answers are JSON,
+encoded with msgspec.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import os
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from importlib import resources
+from typing import Any, Literal, get_args
+
+import anyio
+import anyio.abc
+import msgspec
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from actors import get_logger
+
+from .._connectors.sinks import Sink, run_sink
+from .._connectors.source import Source
+from .._exceptions import ConfigError, InvalidEvent, RuntimeClosed, UnknownFeature
+from .._ingest.events import EventReader
+from .._runtime import FeatureRuntime
+from .._spec.feature_set import FeatureSet
+from .openapi import openapi_schema
+from .status import StatusBoard
+
+__all__ = ["KeyType", "build_app"]
+
+_log = get_logger("featurist.service")
+
+KeyType = Literal["auto", "str", "int"]
+KEY_TYPES: tuple[str, ...] = get_args(KeyType)
+
+#: the content types read as MessagePack; anything else is read as JSON
+MSGPACK_TYPES = frozenset(
+    {"application/msgpack", "application/x-msgpack", "application/vnd.msgpack"}
+)
+#: the largest request body read (bytes)
+MAX_BODY_BYTES = 16 * 1024 * 1024
+
+_json_encoder = msgspec.json.Encoder()
+_json_decoder = msgspec.json.Decoder()
+_msgpack_decoder = msgspec.msgpack.Decoder()
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
+
+
+class _Problem(Exception):
+    """An answer other than 200, with its JSON body."""
+
+    def __init__(self, status: int, error: str, detail: str, **extra: Any) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.body = {"error": error, "detail": detail, **extra}
+
+
+def _json(body: Any, status: int = 200) -> Response:
+    return Response(_json_encoder.encode(body), status, media_type="application/json")
+
+
+def _problem_response(problem: _Problem) -> Response:
+    return _json(problem.body, problem.status)
+
+
+class _Input:
+    """One input of the service: a source and how far its consume loop got."""
+
+    def __init__(self, source: Source) -> None:
+        self.source = source
+        self.name = str(getattr(source, "name", None) or type(source).__name__)
+        self.caught_up = False
+        self.records = 0
+        self.error: str | None = None
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "caught_up": self.caught_up,
+            "records": self.records,
+            "error": self.error,
+        }
+
+
+class Service:
+    """What the routes share: the runtime (while the lifespan runs), its inputs and sinks."""
+
+    def __init__(
+        self,
+        feature_set: FeatureSet,
+        *,
+        key_type: KeyType,
+        inputs: Sequence[Source],
+        sinks: Sequence[Sink],
+        max_keys: int,
+        runtime_options: Mapping[str, Any],
+    ) -> None:
+        self.feature_set = feature_set
+        self.key_type = key_type
+        self.inputs = [_Input(source) for source in inputs]
+        self.sinks = list(sinks)
+        self.running_sinks: list[Any] = []
+        self.max_keys = max_keys
+        self.runtime_options = dict(runtime_options)
+        self.rt: FeatureRuntime | None = None
+        self.reader = EventReader.of(
+            feature_set, payload_format=self.runtime_options.get("payload_format", "json")
+        )
+        self.board = StatusBoard()
+        #: whether rt.get_many takes ``as_of`` (issue 20): read once
+        self.as_of_supported = "as_of" in inspect.signature(FeatureRuntime.get_many).parameters
+        #: whether rt.ingest_many takes ``explain`` (issue 20): read once
+        self.explain_supported = (
+            "explain" in inspect.signature(FeatureRuntime.ingest_many).parameters
+        )
+        probe = EventReader.of(feature_set)
+        self._int_low, self._int_high = probe.int_low, probe.int_high
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    @asynccontextmanager
+    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            rt = await stack.enter_async_context(
+                FeatureRuntime(self.feature_set, **self.runtime_options)
+            )
+            self.rt = rt
+            stack.callback(setattr, self, "rt", None)
+            for sink in self.sinks:
+                await stack.enter_async_context(sink)
+                self.running_sinks.append(await stack.enter_async_context(run_sink(rt, sink)))
+            tg = await stack.enter_async_context(anyio.create_task_group())
+            stack.callback(tg.cancel_scope.cancel)
+            for item in self.inputs:
+                tg.start_soon(self._consume, rt, item, name=f"featurist-input-{item.name}")
+            _log.info(
+                "service_started",
+                feature_set=self.feature_set.name,
+                inputs=[item.name for item in self.inputs],
+                sinks=[type(sink).__name__ for sink in self.sinks],
+            )
+            yield
+
+    async def _consume(self, rt: FeatureRuntime, item: _Input) -> None:
+        """Read one input: until it has nothing more for now (caught up), then on."""
+        try:
+            async with item.source:
+                result = await rt.consume(item.source, until="idle")
+                item.records += result.records
+                item.caught_up = True
+                while not result.ended:
+                    result = await rt.consume(item.source, until="idle")
+                    item.records += result.records
+                    if not result.records:
+                        await anyio.sleep(0.05)
+        except Exception as exc:  # the service stays up and says so on /healthz
+            item.error = f"{type(exc).__name__}: {exc}"
+            _log.error("service_input_failed", input=item.name, error=item.error)
+
+    def running(self) -> FeatureRuntime:
+        rt = self.rt
+        if rt is None:
+            raise _Problem(503, "not_running", "the runtime is not running")
+        return rt
+
+    # -- decoding ------------------------------------------------------------------------------
+    async def body(self, request: Request) -> Any:
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
+            raise _Problem(413, "too_large", f"the body is more than {MAX_BODY_BYTES} bytes")
+        data = await request.body()
+        if len(data) > MAX_BODY_BYTES:
+            raise _Problem(413, "too_large", f"the body is more than {MAX_BODY_BYTES} bytes")
+        content_type = request.headers.get("content-type", "application/json")
+        msgpack = content_type.split(";", 1)[0].strip().lower() in MSGPACK_TYPES
+        try:
+            return _msgpack_decoder.decode(data) if msgpack else _json_decoder.decode(data)
+        except msgspec.DecodeError as exc:
+            kind = "MessagePack" if msgpack else "JSON"
+            raise _Problem(400, "bad_body", f"cannot decode the {kind} body: {exc}") from None
+
+    def url_key(self, text: str) -> Any:
+        """A key read from a URL, typed by ``key_type``."""
+        if self.key_type == "str":
+            return text
+        digits = text[1:] if text[:1] == "-" else text
+        canonical = digits.isdigit() and digits.isascii() and (digits == "0" or digits[0] != "0")
+        if canonical and len(digits) <= 20:
+            value = int(text)
+            if self._int_low <= value <= self._int_high:
+                return value
+        if self.key_type == "int":
+            raise _Problem(
+                400, "bad_key", f"the key must be an int of at most 64 bits, got {text!r}"
+            )
+        return text
+
+    def as_of(self, value: Any) -> Any:
+        """``as_of`` of a query string: a number, ``now``, ``last_event`` or an ISO time."""
+        if value is None:
+            return None
+        if not self.as_of_supported:
+            raise _Problem(
+                400,
+                "as_of_unsupported",
+                "as_of is not supported by this version of the runtime (reads as of a time "
+                "come with FeatureRuntime.get(as_of=...))",
+            )
+        if isinstance(value, str):
+            try:
+                number = float(value)
+            except ValueError:
+                return value
+            if math.isfinite(number):
+                return int(number) if number.is_integer() and "." not in value else number
+        return value
+
+
+def _features_of(request: Request) -> list[str] | None:
+    names = [n for raw in request.query_params.getlist("features") for n in raw.split(",") if n]
+    return names or None
+
+
+async def _read(
+    service: Service, keys: list[Any], features: list[str] | None, as_of: Any
+) -> dict[Any, Any]:
+    rt = service.running()
+    try:
+        if as_of is None:
+            return await rt.get_many(keys, features)
+        return await rt.get_many(keys, features, as_of=as_of)  # type: ignore[call-arg, unused-ignore]
+    except UnknownFeature as exc:
+        raise _Problem(404, "unknown_feature", str(exc)) from None
+    except RuntimeClosed as exc:
+        raise _Problem(503, "runtime_closed", str(exc)) from None
+    except ConfigError as exc:
+        raise _Problem(501, "not_available", str(exc)) from None
+    except (TypeError, ValueError) as exc:
+        raise _Problem(400, "bad_request", str(exc)) from None
+
+
+def build_app(
+    feature_set: FeatureSet | str | os.PathLike[str],
+    *,
+    key_type: KeyType = "auto",
+    inputs: Sequence[Source] = (),
+    sinks: Sequence[Sink] = (),
+    max_keys: int = 10_000,
+    runtime_options: Mapping[str, Any] | None = None,
+) -> Starlette:
+    """See :func:`runtime.create_app`."""
+    if not isinstance(feature_set, FeatureSet):
+        feature_set = FeatureSet.from_file(feature_set)
+    if key_type not in KEY_TYPES:
+        raise ValueError(f"key_type must be one of {', '.join(KEY_TYPES)}, got {key_type!r}")
+    if not isinstance(max_keys, int) or isinstance(max_keys, bool) or max_keys < 1:
+        raise ValueError(f"max_keys must be an int >= 1, got {max_keys!r}")
+    service = Service(
+        feature_set,
+        key_type=key_type,
+        inputs=inputs,
+        sinks=sinks,
+        max_keys=max_keys,
+        runtime_options=runtime_options or {},
+    )
+    streams = list(feature_set.stream_names)
+    schema = _json_encoder.encode(openapi_schema(feature_set))
+    page = resources.files(__package__).joinpath("status.html").read_bytes()
+
+    async def post_events(request: Request) -> Response:
+        rt = service.running()
+        stream = request.query_params.get("stream")
+        if stream is not None and stream not in streams:
+            raise _Problem(
+                400, "unknown_stream", f"unknown stream {stream!r} (known: {', '.join(streams)})"
+            )
+        tag = 0 if stream is None else streams.index(stream)
+        body = await service.body(request)
+        events = body if isinstance(body, list) else [body]
+        rejected: list[dict[str, Any]] = []
+        low, high = service.reader.bounds()
+        for index, event in enumerate(events):
+            try:
+                if not isinstance(event, dict):
+                    raise InvalidEvent(f"an event must be an object, got {type(event).__name__}")
+                service.reader.read(event, low, high, tag)
+            except InvalidEvent as exc:
+                rejected.append({"index": index, "reason": str(exc), "field": exc.field})
+        if rejected:
+            # nothing of the request is ingested: the caller fixes it and sends it again
+            raise _Problem(
+                422,
+                "invalid_event",
+                rejected[0]["reason"],
+                field=rejected[0]["field"],
+                rejected=rejected,
+                accepted=0,
+            )
+        late: list[dict[str, Any]] = []
+        try:
+            if service.explain_supported:
+                # issue 20: ingest says why it refused an event
+                result = await rt.ingest_many(events, stream=stream, explain=True)  # type: ignore[call-arg, unused-ignore]
+                accepted = result.accepted
+                late = [msgspec.structs.asdict(r) for r in result.rejections]
+            elif len(events) == 1:
+                accepted = int(await rt.ingest(events[0], stream=stream))
+            else:
+                accepted = await rt.ingest_many(events, stream=stream)
+        except RuntimeClosed as exc:
+            raise _Problem(503, "runtime_closed", str(exc)) from None
+        except ConfigError as exc:
+            raise _Problem(501, "not_available", str(exc)) from None
+        if accepted < len(events):
+            # a time bound moved between the check above and ingest (max_future, max_past):
+            # the others are in
+            first: dict[str, Any] = late[0] if late else {"reason": None, "field": None}
+            raise _Problem(
+                422,
+                "invalid_event",
+                first["reason"]
+                or f"{len(events) - accepted} of {len(events)} events were refused by ingest "
+                "(their reasons are in the runtime's dead letters)",
+                field=first["field"],
+                rejected=late,
+                accepted=accepted,
+            )
+        return _json({"accepted": accepted})
+
+    async def get_features(request: Request) -> Response:
+        key = service.url_key(request.path_params["key"])
+        as_of = service.as_of(request.query_params.get("as_of"))
+        found = await _read(service, [key], _features_of(request), as_of)
+        return _json(found[key])
+
+    async def post_features(request: Request) -> Response:
+        body = await service.body(request)
+        if not isinstance(body, dict) or not isinstance(body.get("keys"), list):
+            raise _Problem(400, "bad_body", 'the body must be an object with a list "keys"')
+        keys = body["keys"]
+        if len(keys) > service.max_keys:
+            raise _Problem(
+                413, "too_many_keys", f"{len(keys)} keys, more than max_keys ({service.max_keys})"
+            )
+        features = body.get("features")
+        if features is not None and (
+            not isinstance(features, list) or not all(isinstance(f, str) for f in features)
+        ):
+            raise _Problem(400, "bad_body", '"features" must be a list of names')
+        as_of = service.as_of(body.get("as_of"))
+        found = await _read(service, keys, features, as_of)
+        return _json({"vectors": [found[key] for key in dict.fromkeys(keys)]})
+
+    async def healthz(request: Request) -> Response:
+        rt = service.rt
+        failed = [item.status() for item in service.inputs if item.error is not None]
+        problem = None
+        if rt is None:
+            problem = "the runtime is not running"
+        else:
+            try:
+                await rt.statistics()
+            except RuntimeClosed as exc:
+                problem = str(exc)
+            except ConfigError:
+                pass  # statistics are not served with workers: running is what counts
+        if problem is not None or failed:
+            return _json({"status": "failing", "detail": problem, "inputs": failed}, 503)
+        return _json({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        waiting = [item.name for item in service.inputs if not item.caught_up]
+        ready = service.rt is not None and not waiting
+        body = {"ready": ready, "waiting_for": waiting}
+        if service.rt is not None:
+            restored = service.rt.restored
+            body["restored_checkpoint"] = None if restored is None else restored.sequence
+        return _json(body, 200 if ready else 503)
+
+    async def metrics(request: Request) -> Response:
+        rt = service.running()
+        from .metrics_text import render
+
+        try:
+            snapshot = await rt.metrics()
+        except RuntimeClosed as exc:
+            raise _Problem(503, "runtime_closed", str(exc)) from None
+        except ConfigError as exc:
+            raise _Problem(501, "not_available", str(exc)) from None
+        try:
+            content_type, text = await anyio.to_thread.run_sync(
+                render, snapshot, request.headers.get("accept", "")
+            )
+        except ImportError as exc:
+            raise _Problem(501, "not_available", str(exc)) from None
+        return Response(text, media_type=content_type)
+
+    async def status(request: Request) -> Response:
+        rt = service.running()
+        try:
+            snapshot = await rt.metrics()
+        except RuntimeClosed as exc:
+            raise _Problem(503, "runtime_closed", str(exc)) from None
+        except ConfigError as exc:
+            raise _Problem(501, "not_available", str(exc)) from None
+        body = service.board.status(
+            snapshot,
+            time.time(),
+            ready=service.rt is not None and all(item.caught_up for item in service.inputs),
+            inputs=[item.status() for item in service.inputs],
+            sinks=[
+                {"name": getattr(sink, "name", type(sink).__name__)}
+                | msgspec.structs.asdict(running.statistics())
+                for sink, running in zip(service.sinks, service.running_sinks, strict=False)
+            ],
+            feature_set=service.feature_set.name,
+        )
+        return _json(body)
+
+    async def index(request: Request) -> Response:
+        return Response(page, media_type="text/html; charset=utf-8")
+
+    async def openapi(request: Request) -> Response:
+        return Response(schema, media_type="application/json")
+
+    def wrap(handler: Any) -> Any:
+        async def endpoint(request: Request) -> Response:
+            try:
+                response: Response = await handler(request)
+            except _Problem as problem:
+                return _problem_response(problem)
+            return response
+
+        endpoint.__name__ = handler.__name__
+        return endpoint
+
+    routes = [
+        Route("/", wrap(index), methods=["GET"]),
+        Route("/events", wrap(post_events), methods=["POST"]),
+        Route("/features/{key:path}", wrap(get_features), methods=["GET"]),
+        Route("/features", wrap(post_features), methods=["POST"]),
+        Route("/healthz", wrap(healthz), methods=["GET"]),
+        Route("/readyz", wrap(readyz), methods=["GET"]),
+        Route("/metrics", wrap(metrics), methods=["GET"]),
+        Route("/status", wrap(status), methods=["GET"]),
+        Route("/openapi.json", wrap(openapi), methods=["GET"]),
+    ]
+    app = Starlette(routes=routes, lifespan=service.lifespan)
+    app.state.service = service
+    return app
