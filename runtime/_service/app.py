@@ -8,6 +8,7 @@ encoded with msgspec.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 import os
@@ -419,7 +420,7 @@ def build_app(
             inputs=[item.status() for item in service.inputs],
             sinks=[
                 {"name": getattr(sink, "name", type(sink).__name__)}
-                | msgspec.structs.asdict(running.statistics())
+                | dataclasses.asdict(running.statistics())
                 for sink, running in zip(service.sinks, service.running_sinks, strict=False)
             ],
             feature_set=service.feature_set.name,
