@@ -10,6 +10,7 @@ feature set.
 from __future__ import annotations
 
 import math
+import pickle
 from collections.abc import Mapping
 from typing import Any
 
@@ -116,17 +117,32 @@ def check_workers(
     *,
     custom_clock: bool,
     metrics_port: int | None,
+    sources: Mapping[str, Any],
 ) -> None:
-    """With ``workers >= 1``: refuse what worker processes do not run yet, naming it.
+    """With ``workers >= 1``: refuse what worker processes do not run yet, naming it, and
+    custom sources that cannot be sent to them.
+
+    Each worker makes its own runtime, so the objects of ``sources`` (the custom sources)
+    are pickled and sent to each worker process: each worker then has its own copy (and its
+    own cache); the built-in sources are specs, opened by each worker.
 
     Raises:
-        ConfigError: the feature set has lookups (enrichment), or the runtime is given a
+        ConfigError: a custom source's object cannot be pickled, or the runtime is given a
             clock of its own or a metrics port.
     """
+    for name, obj in sources.items():
+        try:
+            pickle.dumps(obj)
+        except Exception as exc:
+            raise ConfigError(
+                f"sources: {name!r} cannot be sent to worker processes (it cannot be pickled: "
+                f"{type(exc).__name__}: {exc}); with workers >= 1 each worker gets a copy of "
+                "each custom source: make it picklable (open connections in its async open()), "
+                "or use workers=0"
+            ) from exc
     unsupported = [
         what
         for what, present in (
-            ("lookups (enrichment) and their sources", bool(feature_set.lookups)),
             ("a clock of the runtime's own", custom_clock),
             ("metrics_port", metrics_port is not None),
         )
@@ -134,7 +150,6 @@ def check_workers(
     ]
     if unsupported:
         raise ConfigError(
-            f"workers >= 1 does not support {', '.join(unsupported)} yet: keyed aggregates, "
-            "windowed features, several streams and joins run in worker processes; use "
-            "workers=0 (the default) for the rest"
+            f"workers >= 1 does not support {', '.join(unsupported)} yet: features, joins "
+            "and lookups run in worker processes; use workers=0 (the default) for the rest"
         )

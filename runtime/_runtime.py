@@ -98,9 +98,11 @@ class FeatureRuntime:
             ``shards`` shard actors on its own event loop over a fixed share of the key
             groups, and this process only routes events to them and republishes their
             updates (``docs/scaling.md``). So far: keyed aggregates, windowed features,
-            several streams and joins, with ``ingest``, ``ingest_many``, ``flush``, ``get``,
-            ``get_many``, ``updates``, ``join_records``, ``statistics`` and
-            ``checkpoint``; the rest raises :class:`ConfigError` naming it. With
+            several streams, joins and lookups (each worker opens the sources and has its
+            own caches; custom ``sources`` are pickled to each worker), with ``ingest``,
+            ``ingest_many``, ``flush``, ``get``, ``get_many``, ``updates``,
+            ``join_records``, ``enriched_events``, ``statistics`` and ``checkpoint``; the
+            rest raises :class:`ConfigError` naming it. With
             ``checkpoints``, checkpoints are aligned across the workers, and a worker that
             dies is started again (within ``max_restarts``), restores its key groups and is
             replayed the events since.
@@ -208,6 +210,7 @@ class FeatureRuntime:
                 feature_set,
                 custom_clock=clock is not time.time,
                 metrics_port=metrics_port,
+                sources=custom_sources,
             )
         self.workers = workers
         self.max_restarts = max_restarts
@@ -322,6 +325,8 @@ class FeatureRuntime:
                 route_cache_size=route_cache_size,
                 max_restarts=max_restarts,
                 restart_period=restart_period,
+                # each worker gets a copy of each custom source (checked picklable above)
+                sources=custom_sources or None,
             )
             self._front = WorkerFront(
                 workers=workers,
@@ -1083,7 +1088,8 @@ class FeatureRuntime:
         (:class:`EnrichedBatch`, from ``subscription.batches()``). ``buffer`` and ``policy``
         as for :meth:`updates`."""
         self._check_running()
-        self._local("rt.enriched_events()")
+        if self._front is not None:
+            return self._front.enriched.subscribe(buffer, policy)
         return self._topology.enriched.subscribe(buffer, policy)
 
     def late_events(

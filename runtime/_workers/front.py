@@ -48,18 +48,25 @@ import msgspec
 
 from actors import DeadLetters, KeyRouter, get_logger
 
-from .._batches import JoinRecordBatch, UpdateBatch
+from .._batches import EnrichedBatch, JoinRecordBatch, UpdateBatch
 from .._checkpoints.coordinator import Progress
 from .._checkpoints.store import CheckpointConfig, CheckpointInfo
 from .._exceptions import CheckpointError, ConfigError, InvalidEvent, RuntimeClosed, UnknownFeature
 from .._ingest.events import EventReader
 from .._ingest.router import record_rejected
-from .._results import FeatureUpdate, FeatureVector, JoinRecord, RuntimeStatistics
+from .._results import (
+    EnrichedEvent,
+    FeatureUpdate,
+    FeatureVector,
+    JoinRecord,
+    RuntimeStatistics,
+)
 from .._updates import UpdateHub
 from .aligned import Abandoned, AlignedCheckpoints
 from .protocol import (
     Call,
     Connection,
+    Enriched,
     Events,
     FromWorker,
     JoinRecords,
@@ -201,6 +208,8 @@ class WorkerFront:
         #: the join records of every join, and of each join by name (``rt.join_records()``)
         self.records: UpdateHub[JoinRecord] = UpdateHub()
         self.join_hubs: dict[str, UpdateHub[JoinRecord]] = {name: UpdateHub() for name in joins}
+        #: the enriched events (``rt.enriched_events()``)
+        self.enriched: UpdateHub[EnrichedEvent] = UpdateHub()
         self.streams = streams
         #: per worker: events routed and not yet sent, and when the first of them came
         self.buffers: list[list[Any]] = [[] for _ in range(workers)]
@@ -512,7 +521,9 @@ class WorkerFront:
                     for sent in frames:
                         worker.in_flight += 1
                         worker.conn.queue(
-                            Events(sent.payloads, sent.updates, sent.tags, sent.records)
+                            Events(
+                                sent.payloads, sent.updates, sent.tags, sent.records, sent.enriched
+                            )
                         )
                     await worker.conn.drain()
             except _Retry:
@@ -590,6 +601,14 @@ class WorkerFront:
                     )
                 elif isinstance(message, JoinRecords):
                     await self._publish_records(message, log)
+                elif isinstance(message, Enriched):
+                    rows = message.rows
+                    if log is not None:
+                        keep = log.delivered(("enriched",), [row[0] for row in rows])
+                        if keep is not None:
+                            rows = [rows[i] for i in keep]
+                    if rows and self.enriched.active:
+                        await self.enriched.publish(EnrichedBatch(rows, message.processed_at))
                 elif isinstance(message, Reply):
                     pending = worker.pending.pop(message.id, None)
                     if message.id == 0 and message.error is not None and pending is None:
@@ -823,9 +842,10 @@ class WorkerFront:
         worker.in_flight += 1
         updates = self.updates.active
         records = self.records_active
+        enriched = self.enriched.active
         if self._logs is not None:
-            self._logs[index].sent(Sent(buffer, tags, updates, records))
-        worker.conn.queue(Events(buffer, updates, tags, records))
+            self._logs[index].sent(Sent(buffer, tags, updates, records, enriched))
+        worker.conn.queue(Events(buffer, updates, tags, records, enriched))
         return worker
 
     async def send_due(self) -> None:

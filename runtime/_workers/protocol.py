@@ -11,7 +11,8 @@ of the stream at once.
 Front to worker: :class:`Events` (a batch of events of the worker's key groups), :class:`Call`
 (a request answered by a :class:`Reply` of the same ``id``), :class:`Stop`. Worker to front:
 :class:`Reply`, :class:`Updates` (one ``UpdateBatch`` of the worker's runtime),
-:class:`JoinRecords` (one ``JoinRecordBatch``), :class:`Rejected`
+:class:`JoinRecords` (one ``JoinRecordBatch``), :class:`Enriched` (one ``EnrichedBatch``),
+:class:`Rejected`
 (events the worker's reader refused), :class:`Taken` (an :class:`Events` frame was taken
 in), :class:`Stopped`.
 """
@@ -31,6 +32,7 @@ from .._results import FeatureUpdate
 __all__ = [
     "Call",
     "Connection",
+    "Enriched",
     "Events",
     "FromFront",
     "FromWorker",
@@ -56,6 +58,8 @@ class Events(msgspec.Struct, array_like=True, tag=0):
     tags: list[int] | None = None
     #: whether the front has subscribers to join records (``rt.join_records()``)
     records: bool = False
+    #: whether the front has subscribers to enriched events (``rt.enriched_events()``)
+    enriched: bool = False
 
 
 class Call(msgspec.Struct, array_like=True, tag=1):
@@ -126,8 +130,15 @@ class JoinRecords(msgspec.Struct, array_like=True, tag=8):
     records: list[dict[str, Any]]
 
 
+class Enriched(msgspec.Struct, array_like=True, tag=9):
+    """One ``EnrichedBatch`` of the worker's runtime: ``(key, event_time, event)`` rows."""
+
+    rows: list[tuple[Any, int, dict[str, Any]]]
+    processed_at: float
+
+
 FromFront = Events | Call | Stop
-FromWorker = Reply | Updates | Rejected | Stopped | Taken | JoinRecords
+FromWorker = Reply | Updates | Rejected | Stopped | Taken | JoinRecords | Enriched
 
 _HEADER = 4
 #: the largest frame accepted: a batch of events is far smaller

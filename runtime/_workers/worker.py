@@ -6,8 +6,8 @@ process is inherited). It runs :func:`serve` on
 its own event loop (uvloop where it is installed): make the runtime from the
 :class:`WorkerSpec`, enter it, say so (a :class:`Reply` of id 0), then take the front's frames
 in order. Events go to ``ingest_many`` (with their streams, when the front tags them); while
-the front has subscribers to updates or to join records, a forwarder task reads the runtime's
-and sends each batch on. A ``flush`` is answered once the updates it
+the front has subscribers to updates, to join records or to enriched events, a forwarder task
+reads the runtime's and sends each batch on. A ``flush`` is answered once the updates it
 produced are sent, so the front has published them when its ``flush`` returns.
 
 The worker exits on :class:`Stop` (after applying what it was sent) and at the end of the
@@ -33,6 +33,7 @@ from .._checkpoints.store import CheckpointStore
 from .protocol import (
     Call,
     Connection,
+    Enriched,
     Events,
     FromFront,
     JoinRecords,
@@ -114,6 +115,7 @@ class _Worker:
         #: the runtime's updates and join records while the front has subscribers to them
         self._updates: _Forwarder | None = None
         self._records: _Forwarder | None = None
+        self._enriched: _Forwarder | None = None
 
     async def serve(self) -> None:
         conn = self._conn
@@ -138,7 +140,7 @@ class _Worker:
                 await conn.send(Reply(0, f"{type(exc).__name__}: {exc}", msgspec.Raw(b"\xc0")))
             finally:
                 tasks.cancel_scope.cancel()
-                for forwarder in (self._updates, self._records):
+                for forwarder in (self._updates, self._records, self._enriched):
                     if forwarder is not None:
                         await forwarder.subscription.aclose()
 
@@ -150,6 +152,10 @@ class _Worker:
         if message.records != (self._records is not None):
             self._records = await self._switch(
                 self._records, self._rt.join_records, self._forward_records, tasks
+            )
+        if message.enriched != (self._enriched is not None):
+            self._enriched = await self._switch(
+                self._enriched, self._rt.enriched_events, self._forward_enriched, tasks
             )
         payloads = message.payloads
         tags = message.tags
@@ -221,9 +227,18 @@ class _Worker:
                 )
                 forwarder.busy = False
 
+    async def _forward_enriched(self, forwarder: _Forwarder) -> None:
+        send = self._conn.send
+        with forwarder.scope:
+            async for batch in forwarder.subscription.batches():
+                forwarder.busy = True
+                await send(Enriched(batch.rows, batch.processed_at))
+                forwarder.busy = False
+
     async def _drained(self) -> None:
         """Wait until the forwarders have sent every output the runtime has published."""
-        forwarders = [f for f in (self._updates, self._records) if f is not None]
+        outputs = (self._updates, self._records, self._enriched)
+        forwarders = [f for f in outputs if f is not None]
         # polled: a flush or a stop waits here, once, for what is at most a few batches
         while any(f.subscription.statistics().depth or f.busy for f in forwarders):  # noqa: ASYNC110
             await anyio.sleep(0.0005)

@@ -23,10 +23,8 @@ from actors import DeadLetterReason
 from runtime import (
     ConfigError,
     Count,
-    CustomSource,
     FeatureRuntime,
     FeatureSet,
-    Lookup,
     Mean,
     RuntimeClosed,
     Sliding,
@@ -138,18 +136,6 @@ async def test_events_as_msgpack_bytes_are_routed_by_their_key() -> None:
 @pytest.mark.parametrize(
     ("feature_set", "options", "refused"),
     [
-        (
-            FeatureSet(
-                name="e",
-                key="card",
-                time="ts",
-                sources=[CustomSource(name="users")],
-                lookups=[Lookup(name="user", field="user_id", source="users")],
-                features=[Count(name="n")],
-            ),
-            {"sources": {"users": type("S", (), {"get_many": lambda self, keys: {}})()}},
-            "lookups",
-        ),
         (FEATURE_SET, {"clock": lambda: 0.0}, "clock"),
         (FEATURE_SET, {"metrics_port": 0}, "metrics_port"),
     ],
