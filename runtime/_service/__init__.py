@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 
     from .._connectors.sinks import Sink
     from .._connectors.source import Source
+    from .._spec.drift import DriftMonitor
     from .._spec.feature_set import FeatureSet
     from .app import KeyType
 
@@ -27,6 +28,7 @@ def create_app(
     key_type: KeyType = "auto",
     inputs: Sequence[Source] = (),
     sinks: Sequence[Sink] = (),
+    drift: Sequence[DriftMonitor] = (),
     max_keys: int = 10_000,
     **runtime_options: Any,
 ) -> Starlette:
@@ -41,6 +43,7 @@ def create_app(
         inputs: sources read into the runtime while the service runs (``rt.consume``);
             the service is ready (``GET /readyz``) once each has caught up.
         sinks: sinks every update is written to (``run_sink``) while the service runs.
+        drift: drift monitors started with the runtime (``rt.monitor_drift``).
         max_keys: the most keys one ``POST /features`` may ask for.
         runtime_options: passed to :class:`FeatureRuntime` (``shards``, ``checkpoints``...).
 
@@ -61,6 +64,7 @@ def create_app(
         key_type=key_type,
         inputs=inputs,
         sinks=sinks,
+        drift=drift,
         max_keys=max_keys,
         runtime_options=runtime_options,
     )

@@ -33,6 +33,7 @@ from .._connectors.source import Source
 from .._exceptions import ConfigError, InvalidEvent, RuntimeClosed, UnknownFeature
 from .._ingest.events import EventReader
 from .._runtime import FeatureRuntime
+from .._spec.drift import DriftMonitor
 from .._spec.feature_set import FeatureSet
 from .openapi import openapi_schema
 from .status import StatusBoard
@@ -103,9 +104,11 @@ class Service:
         key_type: KeyType,
         inputs: Sequence[Source],
         sinks: Sequence[Sink],
+        drift: Sequence[DriftMonitor],
         max_keys: int,
         runtime_options: Mapping[str, Any],
     ) -> None:
+        self.drift = tuple(drift)
         self.feature_set = feature_set
         self.key_type = key_type
         self.inputs = [_Input(source) for source in inputs]
@@ -136,6 +139,8 @@ class Service:
             )
             self.rt = rt
             stack.callback(setattr, self, "rt", None)
+            if self.drift:
+                await rt.monitor_drift(*self.drift)
             for sink in self.sinks:
                 await stack.enter_async_context(sink)
                 self.running_sinks.append(await stack.enter_async_context(run_sink(rt, sink)))
@@ -255,6 +260,7 @@ def build_app(
     key_type: KeyType = "auto",
     inputs: Sequence[Source] = (),
     sinks: Sequence[Sink] = (),
+    drift: Sequence[DriftMonitor] = (),
     max_keys: int = 10_000,
     runtime_options: Mapping[str, Any] | None = None,
 ) -> Starlette:
@@ -270,6 +276,7 @@ def build_app(
         key_type=key_type,
         inputs=inputs,
         sinks=sinks,
+        drift=drift,
         max_keys=max_keys,
         runtime_options=runtime_options or {},
     )
