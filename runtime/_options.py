@@ -116,7 +116,6 @@ def check_workers(
     feature_set: FeatureSet,
     *,
     custom_clock: bool,
-    metrics_port: int | None,
     sources: Mapping[str, Any],
 ) -> None:
     """With ``workers >= 1``: refuse what worker processes do not run yet, naming it, and
@@ -128,7 +127,7 @@ def check_workers(
 
     Raises:
         ConfigError: a custom source's object cannot be pickled, or the runtime is given a
-            clock of its own or a metrics port.
+            clock of its own.
     """
     for name, obj in sources.items():
         try:
@@ -140,16 +139,9 @@ def check_workers(
                 "each custom source: make it picklable (open connections in its async open()), "
                 "or use workers=0"
             ) from exc
-    unsupported = [
-        what
-        for what, present in (
-            ("a clock of the runtime's own", custom_clock),
-            ("metrics_port", metrics_port is not None),
-        )
-        if present
-    ]
-    if unsupported:
+    if custom_clock:
         raise ConfigError(
-            f"workers >= 1 does not support {', '.join(unsupported)} yet: features, joins "
-            "and lookups run in worker processes; use workers=0 (the default) for the rest"
+            "workers >= 1 does not support a clock of the runtime's own yet (each worker "
+            "reads its own wall clock; a replay's clock is passed on to them): use workers=0 "
+            "(the default) for it"
         )

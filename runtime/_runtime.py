@@ -60,7 +60,7 @@ from ._ingest.events import EventReader, PayloadFormat, keeps_of
 from ._ingest.result import IngestResult, rejections_of
 from ._ingest.router import Ingest
 from ._observe.collect import Observer
-from ._observe.metrics import ActorMailbox, RuntimeMetrics
+from ._observe.metrics import ActorMailbox, RuntimeMetrics, checkpoint_metrics
 from ._observe.prometheus import MetricsServer
 from ._options import RuntimeOptions, check_sources, check_workers
 from ._replay.history import ReplayClock, ReplayOptions, ReplayResult, replay_history
@@ -83,6 +83,7 @@ from ._workers.front import WorkerFront
 __all__ = ["FeatureRuntime", "RuntimeReplayHost"]
 
 _log = get_logger("featurist")
+_metrics_decoder = msgspec.msgpack.Decoder(RuntimeMetrics)
 
 
 class FeatureRuntime:
@@ -101,8 +102,9 @@ class FeatureRuntime:
             several streams, joins and lookups (each worker opens the sources and has its
             own caches; custom ``sources`` are pickled to each worker), with ``ingest``,
             ``ingest_many``, ``flush``, ``get``, ``get_many``, ``updates``,
-            ``join_records``, ``enriched_events``, ``statistics`` and ``checkpoint``; the
-            rest raises :class:`ConfigError` naming it. With
+            ``join_records``, ``enriched_events``, ``late_events``, ``statistics``,
+            ``metrics`` (and ``metrics_port``), ``recent_errors``, ``replay`` and
+            ``checkpoint``; the rest raises :class:`ConfigError` naming it. With
             ``checkpoints``, checkpoints are aligned across the workers, and a worker that
             dies is started again (within ``max_restarts``), restores its key groups and is
             replayed the events since.
@@ -209,7 +211,6 @@ class FeatureRuntime:
             check_workers(
                 feature_set,
                 custom_clock=clock is not time.time,
-                metrics_port=metrics_port,
                 sources=custom_sources,
             )
         self.workers = workers
@@ -346,6 +347,7 @@ class FeatureRuntime:
                 restart_period=restart_period,
                 streams=feature_set.stream_names,
                 joins=tuple(join.name for join in feature_set.joins),
+                clock=self._clock,
             )
             if self._front.checkpoints is not None:
                 self._front.checkpoints.guards = self._guards
@@ -408,6 +410,11 @@ class FeatureRuntime:
     async def _enter_front(self, stack: AsyncExitStack, front: WorkerFront) -> FeatureRuntime:
         try:
             await front.start(stack)
+            if self._metrics_server is not None:
+                # the endpoint serves the workers' metrics, merged (as ``metrics``)
+                await front.serve_metrics(
+                    self._metrics_server, stack, self.metrics_interval, self._front_metrics
+                )
         except BaseException:
             await stack.__aexit__(None, None, None)
             raise
@@ -1019,8 +1026,27 @@ class FeatureRuntime:
             RuntimeClosed: the runtime is not running.
         """
         self._check_running()
-        self._local("rt.metrics()")
+        if self._front is not None:
+            return await self._front_metrics()
         return await self._observer.metrics()
+
+    async def _front_metrics(self) -> RuntimeMetrics:
+        """``metrics`` with workers: the workers' merged, with the front's own counts,
+        uptime, checkpoint and dead letters."""
+        front = self._front
+        assert front is not None
+        now = time.time()
+        started = self._observer.started_at
+        merged: RuntimeMetrics = await front.metrics(
+            _metrics_decoder.decode,
+            dict(self._system.dead_letters.statistics().by_reason),
+            taken_at=now,
+            uptime_s=now - started if started else 0.0,
+            events_ingested=front.ingested_before + front.ingested,
+            events_rejected=front.rejected_before + front.rejected,
+            checkpoint=checkpoint_metrics(self.last_checkpoint, now),
+        )
+        return merged
 
     @property
     def metrics_address(self) -> tuple[str, int] | None:
@@ -1101,13 +1127,15 @@ class FeatureRuntime:
         and ``policy`` as for :meth:`updates`; late events that arrive while nobody is
         subscribed are counted in ``statistics().windows.late_side_output`` only."""
         self._check_running()
-        self._local("rt.late_events()")
+        if self._front is not None:
+            return self._front.late.subscribe(buffer, policy)
         return self._topology.late.subscribe(buffer, policy)
 
     async def recent_errors(self) -> list[FeatureError]:
         """Recent feature errors (the last 100 of each shard actor), by event time."""
         self._check_running()
-        self._local("rt.recent_errors()")
+        if self._front is not None:
+            return await self._front.recent_errors()
         return await self._observer.recent_errors()
 
     # -- drift monitors --------------------------------------------------------------------------
@@ -1198,7 +1226,6 @@ class FeatureRuntime:
             TypeError: ``stream`` or ``arrival`` is neither a name nor a function.
         """
         self._check_running()
-        self._local("rt.replay()")
         options = ReplayOptions(stream=stream, arrival=arrival, resolution=resolution, until=until)
         return await replay_history(RuntimeReplayHost(self), events, options)
 
@@ -1221,6 +1248,9 @@ class RuntimeReplayHost:
 
     @property
     def events_read(self) -> int:
+        front = self._rt._front
+        if front is not None:
+            return front.events_read
         ingest = self._rt._ingest
         return ingest.ingested + ingest.rejected
 
@@ -1230,4 +1260,7 @@ class RuntimeReplayHost:
         flushes; a timer tick meanwhile reads one time or the other and finds nothing more
         to do."""
         self._rt._check_running()
+        if self._rt._front is not None:
+            await self._rt._front.step(now)  # each worker steps, its clock as this one
+            return
         await self._rt._topology.settle(at=now)

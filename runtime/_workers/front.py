@@ -48,7 +48,7 @@ import msgspec
 
 from actors import DeadLetters, KeyRouter, get_logger
 
-from .._batches import EnrichedBatch, JoinRecordBatch, UpdateBatch
+from .._batches import EnrichedBatch, JoinRecordBatch, LateEventBatch, UpdateBatch
 from .._checkpoints.coordinator import Progress
 from .._checkpoints.store import CheckpointConfig, CheckpointInfo
 from .._exceptions import CheckpointError, ConfigError, InvalidEvent, RuntimeClosed, UnknownFeature
@@ -56,9 +56,11 @@ from .._ingest.events import EventReader
 from .._ingest.router import record_rejected
 from .._results import (
     EnrichedEvent,
+    FeatureError,
     FeatureUpdate,
     FeatureVector,
     JoinRecord,
+    LateEvent,
     RuntimeStatistics,
 )
 from .._updates import UpdateHub
@@ -70,6 +72,7 @@ from .protocol import (
     Events,
     FromWorker,
     JoinRecords,
+    Late,
     Rejected,
     Reply,
     Stop,
@@ -78,7 +81,7 @@ from .protocol import (
     Updates,
 )
 from .recovery import Sent, WorkerLog
-from .stats import merge_statistics
+from .stats import merge_metrics, merge_statistics
 from .worker import WorkerSpec, main
 
 __all__ = ["WorkerFront"]
@@ -92,6 +95,7 @@ EXIT_GRACE = 2.0
 
 _vectors = msgspec.msgpack.Decoder(list[FeatureVector])
 _statistics = msgspec.msgpack.Decoder(RuntimeStatistics)
+_errors = msgspec.msgpack.Decoder(list[FeatureError])
 _pid = msgspec.msgpack.Decoder(int)
 
 
@@ -170,6 +174,8 @@ class WorkerFront:
             stream's index (all streams share the key field: a key's events of every stream
             go to one worker, in the order they came, which a join needs).
         joins: the feature set's joins' names (``rt.join_records(join)``).
+        clock: the runtime's ``ReplayClock``: while a replay has set its time, each frame
+            and flush carries it, and the workers' clocks follow.
     """
 
     def __init__(
@@ -192,6 +198,7 @@ class WorkerFront:
         restart_period: float = 60.0,
         streams: tuple[str, ...] = ("",),
         joins: tuple[str, ...] = (),
+        clock: Any = None,
     ) -> None:
         self.workers = workers
         self._make_runtime = make_runtime
@@ -210,7 +217,12 @@ class WorkerFront:
         self.join_hubs: dict[str, UpdateHub[JoinRecord]] = {name: UpdateHub() for name in joins}
         #: the enriched events (``rt.enriched_events()``)
         self.enriched: UpdateHub[EnrichedEvent] = UpdateHub()
+        #: the late events (``rt.late_events()``)
+        self.late: UpdateHub[LateEvent] = UpdateHub()
         self.streams = streams
+        self._clock = clock
+        #: events read by ``route`` (accepted, or refused at the front), for a replay
+        self.events_read = 0
         #: per worker: events routed and not yet sent, and when the first of them came
         self.buffers: list[list[Any]] = [[] for _ in range(workers)]
         #: with several streams, the stream index of each buffered event (parallel to
@@ -302,7 +314,8 @@ class WorkerFront:
             # the front alone holds the directory; the workers write their parts into it
             await stack.enter_async_context(checkpoints.store.lock(self._feature_set))
         stack.push_async_callback(self._close_connections)
-        stack.callback(self.updates.close)
+        for hub in (self.updates, self.records, *self.join_hubs.values(), self.enriched, self.late):
+            stack.callback(hub.close)
         self._wake = anyio.Event()
         for index in range(self.workers):
             self._workers.append(await self._spawn(index))
@@ -522,7 +535,13 @@ class WorkerFront:
                         worker.in_flight += 1
                         worker.conn.queue(
                             Events(
-                                sent.payloads, sent.updates, sent.tags, sent.records, sent.enriched
+                                sent.payloads,
+                                sent.updates,
+                                sent.tags,
+                                sent.records,
+                                sent.enriched,
+                                sent.late,
+                                sent.now,
                             )
                         )
                     await worker.conn.drain()
@@ -609,6 +628,14 @@ class WorkerFront:
                             rows = [rows[i] for i in keep]
                     if rows and self.enriched.active:
                         await self.enriched.publish(EnrichedBatch(rows, message.processed_at))
+                elif isinstance(message, Late):
+                    late = message.rows
+                    if log is not None:
+                        keep = log.delivered(("late", message.group), [row[0] for row in late])
+                        if keep is not None:
+                            late = [late[i] for i in keep]
+                    if late and self.late.active:
+                        await self.late.publish(LateEventBatch(message.group, late))
                 elif isinstance(message, Reply):
                     pending = worker.pending.pop(message.id, None)
                     if message.id == 0 and message.error is not None and pending is None:
@@ -773,7 +800,7 @@ class WorkerFront:
         max_length = reader.max_key_length
         ms = reader.time_unit == "ms"
         low, high = reader.bounds()
-        accepted = 0
+        accepted = refused = 0
         event: Any
         for payload, stream_tag in zip(events, tagged):  # noqa: B905 (repeat is endless)
             try:
@@ -799,6 +826,7 @@ class WorkerFront:
                     key, _, event = reader.read(payload, low, high, stream_tag)
             except InvalidEvent as error:
                 self._reject(payload, error)
+                refused += 1
                 continue
             worker = cached(key)  # the key is a plain str, int or bytes: checked above
             if worker is None:
@@ -811,7 +839,14 @@ class WorkerFront:
                 tags[worker].append(stream_tag)
             accepted += 1
         self.ingested += accepted
+        self.events_read += accepted + refused
         return accepted
+
+    @property
+    def now(self) -> float | None:
+        """The replay clock's time, while a replay has set it (else None)."""
+        clock = self._clock
+        return None if clock is None else clock.now
 
     def _reject(self, payload: Any, error: InvalidEvent) -> None:
         self.rejected += 1
@@ -843,9 +878,11 @@ class WorkerFront:
         updates = self.updates.active
         records = self.records_active
         enriched = self.enriched.active
+        late = self.late.active
+        now = self.now
         if self._logs is not None:
-            self._logs[index].sent(Sent(buffer, tags, updates, records, enriched))
-        worker.conn.queue(Events(buffer, updates, tags, records, enriched))
+            self._logs[index].sent(Sent(buffer, tags, updates, records, enriched, late, now))
+        worker.conn.queue(Events(buffer, updates, tags, records, enriched, late, now))
         return worker
 
     async def send_due(self) -> None:
@@ -887,7 +924,17 @@ class WorkerFront:
         """Every event sent is applied, and its updates published to the front's hub."""
         self.check()
         await self.send_all()
-        await self.call_all("flush")
+        await self.call_all("flush", self.now)
+
+    async def step(self, at: float) -> None:
+        """A replay's step: every event sent is applied at the clock's time, then each
+        worker's clock (and the front's) moves to ``at`` and idle time and expiry are applied
+        at it, and their updates published (``FeatureRuntime.replay``)."""
+        self.check()
+        await self.send_all()
+        await self.call_all("step", self.now, at)
+        if self._clock is not None:
+            self._clock.now = at
 
     async def get_many(
         self, keys: Iterable[Any], features: list[str] | None
@@ -923,6 +970,47 @@ class WorkerFront:
             shards=self.shards,
             groups=parts[0].groups,
         )
+
+    async def recent_errors(self) -> list[FeatureError]:
+        """Every worker's recent feature errors, by event time."""
+        self.check()
+        raws = await self.call_all("recent_errors")
+        errors = [error for raw in raws for error in _errors.decode(raw)]
+        return sorted(errors, key=lambda error: error.event_time)
+
+    async def metrics(
+        self, decode: Callable[[bytes], Any], dead_letters: dict[str, int], **front: Any
+    ) -> Any:
+        """Every worker's ``RuntimeMetrics`` (read with ``decode``), merged
+        (:func:`merge_metrics`), with ``front``'s fields in place of the workers'."""
+        self.check()
+        parts = [decode(raw) for raw in await self.call_all("metrics")]
+        return merge_metrics(parts, dead_letters, **front)
+
+    async def serve_metrics(
+        self, server: Any, stack: AsyncExitStack, interval: float, metrics: Any
+    ) -> None:
+        """Serve ``await metrics()`` on ``server`` (the runtime's Prometheus endpoint),
+        refreshed every ``interval`` seconds in a task of the front's; ``stack`` stops it."""
+        assert self._tasks is not None
+        server.update(await metrics())
+        await server.start(self._tasks)
+        stack.push_async_callback(server.stop)
+        self._tasks.start_soon(self._refresh, server, interval, metrics, name="featurist-metrics")
+        _log.info("metrics_serving", host=server.host, port=server.port)
+
+    async def _refresh(self, server: Any, interval: float, metrics: Any) -> None:
+        """The endpoint's snapshots. A failure is logged and the last snapshot kept."""
+        while True:
+            await anyio.sleep(interval)
+            if self.failure is not None:
+                return
+            try:
+                server.update(await metrics())
+            except RuntimeClosed:
+                return
+            except Exception:
+                _log.exception("metrics_failed")
 
 
 def _kept(

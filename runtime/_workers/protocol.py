@@ -12,7 +12,7 @@ Front to worker: :class:`Events` (a batch of events of the worker's key groups),
 (a request answered by a :class:`Reply` of the same ``id``), :class:`Stop`. Worker to front:
 :class:`Reply`, :class:`Updates` (one ``UpdateBatch`` of the worker's runtime),
 :class:`JoinRecords` (one ``JoinRecordBatch``), :class:`Enriched` (one ``EnrichedBatch``),
-:class:`Rejected`
+:class:`Late` (one ``LateEventBatch``), :class:`Rejected`
 (events the worker's reader refused), :class:`Taken` (an :class:`Events` frame was taken
 in), :class:`Stopped`.
 """
@@ -37,6 +37,7 @@ __all__ = [
     "FromFront",
     "FromWorker",
     "JoinRecords",
+    "Late",
     "Rejected",
     "Reply",
     "Stop",
@@ -60,14 +61,21 @@ class Events(msgspec.Struct, array_like=True, tag=0):
     records: bool = False
     #: whether the front has subscribers to enriched events (``rt.enriched_events()``)
     enriched: bool = False
+    #: whether the front has subscribers to late events (``rt.late_events()``)
+    late: bool = False
+    #: the runtime's clock (seconds since the epoch) while a replay has set it: the worker's
+    #: clock is set to it before the events are applied (None: the worker's own clock)
+    now: float | None = None
 
 
 class Call(msgspec.Struct, array_like=True, tag=1):
     """A request: ``op`` is ``"flush"``, ``"get_many"`` (keys, features),
-    ``"statistics"``, ``"checkpoint"`` (directory, sequence: the barrier of an aligned
-    checkpoint: write the worker's part of it once everything sent before is applied) or
-    ``"restore"`` (directory, sequence, workers: restore the worker's key groups from a
-    checkpoint)."""
+    ``"statistics"``, ``"metrics"``, ``"recent_errors"``, ``"step"`` (now, at: a replay's
+    step: apply what was sent at ``now``, then idle time and expiry at ``at``),
+    ``"checkpoint"`` (directory,
+    sequence: the barrier of an aligned checkpoint: write the worker's part of it once
+    everything sent before is applied) or ``"restore"`` (directory, sequence, workers:
+    restore the worker's key groups from a checkpoint)."""
 
     id: int
     op: str
@@ -137,8 +145,16 @@ class Enriched(msgspec.Struct, array_like=True, tag=9):
     processed_at: float
 
 
+class Late(msgspec.Struct, array_like=True, tag=10):
+    """One ``LateEventBatch`` of the worker's runtime: ``(key, event_time, watermark,
+    event)`` rows of the group (or join) ``group``."""
+
+    group: str
+    rows: list[tuple[Any, int, int, dict[str, Any]]]
+
+
 FromFront = Events | Call | Stop
-FromWorker = Reply | Updates | Rejected | Stopped | Taken | JoinRecords | Enriched
+FromWorker = Reply | Updates | Rejected | Stopped | Taken | JoinRecords | Enriched | Late
 
 _HEADER = 4
 #: the largest frame accepted: a batch of events is far smaller

@@ -8,8 +8,8 @@ its state is that of a worker that never died: each event applied once.
 
 Its output is made again too, and the front lets through only what it had not delivered yet:
 
-- **Update rows, join records and enriched events.** Per feature group (or join, for its
-  records; or the enrichers, for enriched events) and key, the
+- **Update rows, join records, enriched and late events.** Per feature group (or join, for
+  its records; or the enrichers, for enriched events; or group, for late events) and key, the
   front counts the rows it published since the base (a key's rows come in the order of its
   events, and replaying the same events from the same state makes the same rows; a join's
   records of a key likewise): of a restarted worker's rows, the first that many of each group
@@ -34,14 +34,17 @@ __all__ = ["Sent", "WorkerLog"]
 
 class Sent(NamedTuple):
     """An :class:`Events` frame as sent, to send again: its events, their stream tags (or
-    None), and whether the front had subscribers to updates, to join records and to
-    enriched events."""
+    None), and whether the front had subscribers to updates, to join records, to enriched
+    events and to late events."""
 
     payloads: list[Any]
     tags: list[int] | None
     updates: bool
     records: bool
     enriched: bool
+    late: bool
+    #: the replay clock's time it was sent at (None: none)
+    now: float | None
 
 
 class _Entry:

@@ -1,4 +1,5 @@
-"""The workers' statistics as one: :func:`merge_statistics`."""
+"""The workers' statistics and metrics as one: :func:`merge_statistics`,
+:func:`merge_metrics`."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import msgspec
 
 from .._results import EnrichmentStatistics, RuntimeStatistics
 
-__all__ = ["merge_statistics"]
+__all__ = ["merge_metrics", "merge_statistics"]
 
 #: fields that are not summed: the lowest (watermarks), the highest (depths, latencies: the
 #: slowest worker's percentile, an upper bound of the whole's; peaks of one key or stash)
@@ -18,6 +19,10 @@ _HIGHEST = frozenset(
         "max_mailbox_depth",
         "latency_p50_ms",
         "latency_p99_ms",
+        "latency_p50_us",
+        "latency_p95_us",
+        "latency_p99_us",
+        "watermark_lag_ms",
         "largest_key",
         "stash_peak",
         "max_call_ms",
@@ -42,6 +47,35 @@ def merge_statistics(parts: list[RuntimeStatistics]) -> RuntimeStatistics:
         }
         merged = msgspec.structs.replace(merged, enrichment=enrichment)
     return merged
+
+
+def merge_metrics(parts: list[Any], dead_letters: dict[str, int], **front: Any) -> Any:
+    """One ``RuntimeMetrics`` of the workers' own (typed ``Any``: the metrics are the
+    observer's, a layer above this package): merged as :func:`merge_statistics` merges
+    statistics (per feature, group, join and source: counts, events/s and sizes summed,
+    latency percentiles and watermark lags the highest, watermarks the lowest), every
+    worker's actors listed with ``w<worker>/`` before their names, and ``front``'s fields
+    (the front's counts, uptime, checkpoint) in place of the workers'. Dead letters are the
+    front's ``dead_letters`` (the events refused at the front, and those the workers refused,
+    which they send back to it) and the workers' of other reasons."""
+    merged = _merge(parts, "")
+    actors = tuple(
+        msgspec.structs.replace(actor, actor=f"w{index}/{actor.actor}")
+        for index, part in enumerate(parts)
+        for actor in part.actors
+    )
+    sources = {
+        name: _enrichment(merged.sources[name], [p.sources.get(name) for p in parts])
+        for name in merged.sources
+    }
+    dead = dict(dead_letters)
+    for part in parts:
+        for reason, count in part.dead_letters.items():
+            if reason != "rejected":
+                dead[reason] = dead.get(reason, 0) + count
+    return msgspec.structs.replace(
+        merged, actors=actors, sources=sources, dead_letters=dead, **front
+    )
 
 
 def _enrichment(

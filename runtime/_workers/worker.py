@@ -6,7 +6,7 @@ process is inherited). It runs :func:`serve` on
 its own event loop (uvloop where it is installed): make the runtime from the
 :class:`WorkerSpec`, enter it, say so (a :class:`Reply` of id 0), then take the front's frames
 in order. Events go to ``ingest_many`` (with their streams, when the front tags them); while
-the front has subscribers to updates, to join records or to enriched events, a forwarder task
+the front has subscribers to updates, join records, enriched or late events, a forwarder task
 reads the runtime's and sends each batch on. A ``flush`` is answered once the updates it
 produced are sent, so the front has published them when its ``flush`` returns.
 
@@ -37,6 +37,7 @@ from .protocol import (
     Events,
     FromFront,
     JoinRecords,
+    Late,
     Rejected,
     Reply,
     Stop,
@@ -116,6 +117,7 @@ class _Worker:
         self._updates: _Forwarder | None = None
         self._records: _Forwarder | None = None
         self._enriched: _Forwarder | None = None
+        self._late: _Forwarder | None = None
 
     async def serve(self) -> None:
         conn = self._conn
@@ -140,7 +142,7 @@ class _Worker:
                 await conn.send(Reply(0, f"{type(exc).__name__}: {exc}", msgspec.Raw(b"\xc0")))
             finally:
                 tasks.cancel_scope.cancel()
-                for forwarder in (self._updates, self._records, self._enriched):
+                for forwarder in self._forwarders():
                     if forwarder is not None:
                         await forwarder.subscription.aclose()
 
@@ -157,6 +159,12 @@ class _Worker:
             self._enriched = await self._switch(
                 self._enriched, self._rt.enriched_events, self._forward_enriched, tasks
             )
+        if message.late != (self._late is not None):
+            self._late = await self._switch(
+                self._late, self._rt.late_events, self._forward_late, tasks
+            )
+        if message.now is not None:
+            self._rt._clock.now = message.now  # a replay's clock, as the front's
         payloads = message.payloads
         tags = message.tags
         if tags is None:
@@ -235,10 +243,20 @@ class _Worker:
                 await send(Enriched(batch.rows, batch.processed_at))
                 forwarder.busy = False
 
+    async def _forward_late(self, forwarder: _Forwarder) -> None:
+        send = self._conn.send
+        with forwarder.scope:
+            async for batch in forwarder.subscription.batches():
+                forwarder.busy = True
+                await send(Late(batch.group, batch.rows))
+                forwarder.busy = False
+
+    def _forwarders(self) -> tuple[_Forwarder | None, ...]:
+        return (self._updates, self._records, self._enriched, self._late)
+
     async def _drained(self) -> None:
         """Wait until the forwarders have sent every output the runtime has published."""
-        outputs = (self._updates, self._records, self._enriched)
-        forwarders = [f for f in outputs if f is not None]
+        forwarders = [f for f in self._forwarders() if f is not None]
         # polled: a flush or a stop waits here, once, for what is at most a few batches
         while any(f.subscription.statistics().depth or f.busy for f in forwarders):  # noqa: ASYNC110
             await anyio.sleep(0.0005)
@@ -261,14 +279,28 @@ class _Worker:
         rt = self._rt
         try:
             if call.op == "flush":
+                if call.args and call.args[0] is not None:
+                    rt._clock.now = call.args[0]
                 await rt.flush()
                 await self._drained()
                 result: Any = None
+            elif call.op == "step":
+                now, at = call.args
+                rt._clock.now = now
+                # as ``FeatureRuntime.replay``'s step in process (the runtime is this
+                # package's own): applied at ``now``, then idle time and expiry at ``at``
+                await rt._topology.settle(at=at)
+                await self._drained()
+                result = None
             elif call.op == "get_many":
                 keys, features = call.args
                 result = list((await rt.get_many(keys, features)).values())
             elif call.op == "statistics":
                 result = await rt.statistics()
+            elif call.op == "metrics":
+                result = await rt.metrics()
+            elif call.op == "recent_errors":
+                result = await rt.recent_errors()
             elif call.op == "checkpoint":
                 directory, sequence = call.args
                 result = await self._checkpoint(directory, sequence)

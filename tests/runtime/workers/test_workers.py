@@ -117,8 +117,8 @@ async def test_the_api_works_with_workers_and_bad_events_go_to_the_front_dead_le
             await rt.register(Count(name="more"))
         with pytest.raises(ConfigError, match=r"no checkpoints directory"):
             await rt.checkpoint()  # as in-process, without checkpoints=
-        with pytest.raises(ConfigError, match=r"rt\.late_events"):
-            rt.late_events()
+        with pytest.raises(ConfigError, match=r"rt\.mailboxes"):
+            rt.mailboxes()
         assert all(_alive(pid) for pid in pids)
     # the workers exited with the runtime
     assert not any(_alive(pid) for pid in pids)
@@ -137,7 +137,6 @@ async def test_events_as_msgpack_bytes_are_routed_by_their_key() -> None:
     ("feature_set", "options", "refused"),
     [
         (FEATURE_SET, {"clock": lambda: 0.0}, "clock"),
-        (FEATURE_SET, {"metrics_port": 0}, "metrics_port"),
     ],
 )
 def test_what_workers_do_not_run_yet_is_refused_at_construction(
