@@ -1,10 +1,10 @@
 """Shards in worker processes give the same results as in-process shards: for workers in
-{0, 1, 2} times shards in {1, 4}, on random out-of-order streams over many keys, keyed
+{0, 1, 2, 3} times shards in {1, 4, 7}, on random out-of-order streams over many keys, keyed
 aggregates, sliding windows and a tumbling window (whose closes are rows of another kind)
 give identical ``get`` values and, per key and group, the identical stream of updates (each
 with its kind and window).
 
-The six runtimes are started once for the module (process starts cost) and every example
+The twelve runtimes are started once for the module (process starts cost) and every example
 ingests keys of its own (a prefix per example): a key's results depend on its own events
 alone."""
 
@@ -41,7 +41,7 @@ FEATURE_SET = FeatureSet(
         Sum(name="t_sum", field="amount", window=Tumbling(size=700)),
     ],
 )
-SETTINGS = [(0, 1), (0, 4), (1, 1), (1, 4), (2, 1), (2, 4)]
+SETTINGS = [(workers, shards) for workers in (0, 1, 2, 3) for shards in (1, 4, 7)]
 
 events = st.lists(
     st.fixed_dictionaries(
@@ -88,7 +88,7 @@ async def _results(rt: Any, subscription: Any, payloads: list[Any], keys: list[A
     return values, updates
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(stream=events, as_bytes=st.booleans())
 def test_workers_and_shards_give_identical_values_and_updates(
     runtimes: tuple[BlockingPortal, list[Any]], stream: list[dict[str, Any]], as_bytes: bool
