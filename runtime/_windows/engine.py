@@ -33,6 +33,7 @@ import linecache
 import math
 import weakref
 from bisect import bisect_left, insort
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
@@ -1496,17 +1497,31 @@ def _read(reader: Callable[[Any], Any], state: Any) -> Any:
 
 def _sliding_at(state: SlidingState, buffer: _Buffer, cutoff: int) -> SlidingState | None:
     """A sliding window's state with the events after ``cutoff`` only: ``state`` itself when
-    it holds none older, else a new state of those events (``state`` is not changed)."""
+    it holds none older, else a new state of those events, built in bulk (a sort for the
+    sorted values, a rebuild of the moments, the monotonic deques filtered); ``state`` is not
+    changed."""
     items = state.items
     if not items or items[0][0] > cutoff:
         return state
     if items[-1][0] <= cutoff:
         return None
     kept = SlidingState(buffer.needs, buffer.sums)
-    start = bisect_left(items, cutoff + 1, key=_first_of)
-    for i in range(start, len(items)):
-        t, v = items[i]
-        kept.add(t, v)
+    held = list(itertools.islice(items, bisect_left(items, cutoff + 1, key=_first_of), None))
+    kept.items = deque(held)
+    values = [v for _, v in held]
+    if kept.numeric:
+        kept.sum = sum(values)
+    if kept.moments is not None:
+        kept.moments.rebuild(values)
+    if kept.values is not None:
+        kept.values = SortedValues(values)
+    for tracker in (kept.sketch, kept.frequent, kept.distinct):
+        if tracker is not None:
+            for v in values:
+                tracker.add(v)
+    if state.lows is not None and state.highs is not None:
+        kept.lows = deque([low for low in state.lows if low[0] > cutoff])
+        kept.highs = deque([high for high in state.highs if high[0] > cutoff])
     if state.scores:
         kept.scores = state.scores  # the latest event's scores, still in the window
     return kept
