@@ -62,6 +62,7 @@ RULES: dict[str, tuple[str, ...]] = {
     # engines and per-concern building blocks (no actors)
     "_ingest": BASE,  # the package's __init__; its modules have rows of their own
     "_ingest.events": (*BASE, "_spec"),
+    "_ingest.result": (*BASE, "_ingest.events"),
     "_keyed": (*BASE, "_stats", "_spec"),
     "_windows": (*BASE, "_stats", "_spec", "_keyed"),
     "_joins": (*BASE, "_stats", "_spec"),
