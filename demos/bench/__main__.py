@@ -13,6 +13,7 @@ BENCHMARKS = {
     "joins": "demos.bench.joins",
     "latency": "demos.bench.latency",
     "overload": "demos.bench.overload",
+    "serve": "demos.bench.serve",
     "windows": "demos.bench.windows",
     "workers": "demos.bench.workers",
 }

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from importlib import resources
 from typing import Any, Literal, get_args
+from urllib.parse import parse_qs
 
 import anyio
 import anyio.abc
@@ -36,6 +37,7 @@ from .._runtime import FeatureRuntime
 from .._spec.drift import DriftMonitor
 from .._spec.feature_set import FeatureSet
 from .openapi import openapi_schema
+from .reads import ReadBatcher
 from .status import StatusBoard
 
 __all__ = ["KeyType", "build_app"]
@@ -121,6 +123,7 @@ class Service:
             feature_set, payload_format=self.runtime_options.get("payload_format", "json")
         )
         self.board = StatusBoard()
+        self.reads = ReadBatcher(self.get_many)
         #: whether rt.get_many takes ``as_of`` (issue 20): read once
         self.as_of_supported = "as_of" in inspect.signature(FeatureRuntime.get_many).parameters
         #: whether rt.ingest_many takes ``explain`` (issue 20): read once
@@ -146,6 +149,7 @@ class Service:
                 self.running_sinks.append(await stack.enter_async_context(run_sink(rt, sink)))
             tg = await stack.enter_async_context(anyio.create_task_group())
             stack.callback(tg.cancel_scope.cancel)
+            tg.start_soon(self.reads.run, name="featurist-service-reads")
             for item in self.inputs:
                 tg.start_soon(self._consume, rt, item, name=f"featurist-input-{item.name}")
             _log.info(
@@ -171,6 +175,14 @@ class Service:
         except Exception as exc:  # the service stays up and says so on /healthz
             item.error = f"{type(exc).__name__}: {exc}"
             _log.error("service_input_failed", input=item.name, error=item.error)
+
+    async def get_many(
+        self, keys: list[Any], features: list[str] | None, as_of: Any
+    ) -> dict[Any, Any]:
+        rt = self.running()
+        if as_of is None:
+            return await rt.get_many(keys, features)
+        return await rt.get_many(keys, features, as_of=as_of)  # type: ignore[call-arg, unused-ignore]
 
     def running(self) -> FeatureRuntime:
         rt = self.rt
@@ -236,22 +248,79 @@ def _features_of(request: Request) -> list[str] | None:
     return names or None
 
 
+def _mapped(exc: Exception) -> _Problem:
+    """The answer to an error of a read."""
+    if isinstance(exc, _Problem):
+        return exc
+    if isinstance(exc, UnknownFeature):
+        return _Problem(404, "unknown_feature", str(exc))
+    if isinstance(exc, RuntimeClosed):
+        return _Problem(503, "runtime_closed", str(exc))
+    if isinstance(exc, ConfigError):
+        return _Problem(501, "not_available", str(exc))
+    if isinstance(exc, TypeError | ValueError):
+        return _Problem(400, "bad_request", str(exc))
+    raise exc
+
+
 async def _read(
     service: Service, keys: list[Any], features: list[str] | None, as_of: Any
 ) -> dict[Any, Any]:
-    rt = service.running()
     try:
-        if as_of is None:
-            return await rt.get_many(keys, features)
-        return await rt.get_many(keys, features, as_of=as_of)  # type: ignore[call-arg, unused-ignore]
-    except UnknownFeature as exc:
-        raise _Problem(404, "unknown_feature", str(exc)) from None
-    except RuntimeClosed as exc:
-        raise _Problem(503, "runtime_closed", str(exc)) from None
-    except ConfigError as exc:
-        raise _Problem(501, "not_available", str(exc)) from None
-    except (TypeError, ValueError) as exc:
-        raise _Problem(400, "bad_request", str(exc)) from None
+        return await service.get_many(keys, features, as_of)
+    except Exception as exc:
+        raise _mapped(exc) from None
+
+
+class _ServiceApp(Starlette):
+    """Starlette, with ``GET /features/{key}`` (the hot route) answered before its middleware
+    and routing: the same answers, in less time per request."""
+
+    def __init__(self, service: Service, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._service = service
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        path = scope.get("path", "")
+        if (
+            scope["type"] == "http"
+            and scope["method"] == "GET"
+            and path.startswith("/features/")
+            and len(path) > 10
+        ):
+            await self._read(scope, path[10:], send)
+            return
+        await super().__call__(scope, receive, send)
+
+    async def _read(self, scope: Any, key_text: str, send: Any) -> None:
+        service = self._service
+        status = 200
+        try:
+            features: list[str] | None = None
+            as_of = None
+            query = scope.get("query_string", b"")
+            if query:
+                params = parse_qs(query.decode("latin-1"))
+                names = [n for raw in params.get("features", ()) for n in raw.split(",") if n]
+                features = names or None
+                given = params.get("as_of")
+                as_of = service.as_of(given[-1] if given else None)
+            key = service.url_key(key_text)
+            body = _json_encoder.encode(await service.reads.get(key, features, as_of))
+        except Exception as exc:
+            problem = _mapped(exc)
+            status, body = problem.status, _json_encoder.encode(problem.body)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
 
 
 def build_app(
@@ -347,8 +416,11 @@ def build_app(
     async def get_features(request: Request) -> Response:
         key = service.url_key(request.path_params["key"])
         as_of = service.as_of(request.query_params.get("as_of"))
-        found = await _read(service, [key], _features_of(request), as_of)
-        return _json(found[key])
+        try:
+            vector = await service.reads.get(key, _features_of(request), as_of)
+        except Exception as exc:
+            raise _mapped(exc) from None
+        return _json(vector)
 
     async def post_features(request: Request) -> Response:
         body = await service.body(request)
@@ -462,6 +534,6 @@ def build_app(
         Route("/status", wrap(status), methods=["GET"]),
         Route("/openapi.json", wrap(openapi), methods=["GET"]),
     ]
-    app = Starlette(routes=routes, lifespan=service.lifespan)
+    app = _ServiceApp(service, routes=routes, lifespan=service.lifespan)
     app.state.service = service
     return app

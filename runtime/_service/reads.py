@@ -1,0 +1,97 @@
+"""Reads of single keys from concurrent requests, coalesced into one ``get_many``.
+
+``GET /features/{key}`` asks the shard actors once per feature group; a ``get_many`` of many
+keys asks them once too. So the reads that arrive while one is being answered wait for the
+next round and go together (the DataLoader manner, as the kernel's ``BatchLoader``): under
+light load a read goes alone at once; under heavy load rounds grow, up to
+:data:`MAX_ROUND` keys, and the cost of the asks is shared. Reads with different ``features``
+or ``as_of`` go in different calls of the same round.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+import anyio.abc
+
+__all__ = ["MAX_ROUND", "ReadBatcher"]
+
+#: the most keys read in one round
+MAX_ROUND = 1024
+
+Reader = Callable[[list[Any], "list[str] | None", Any], Awaitable[dict[Any, Any]]]
+
+
+class _Waiter:
+    __slots__ = ("done", "error", "key", "value")
+
+    def __init__(self, key: Any) -> None:
+        self.key = key
+        self.done = anyio.Event()
+        self.value: Any = None
+        self.error: BaseException | None = None
+
+
+class ReadBatcher:
+    """Coalesces reads into rounds; :meth:`run` is the task that answers them."""
+
+    def __init__(self, read: Reader) -> None:
+        self._read = read
+        #: (features, as_of) -> waiters, in arrival order
+        self._pending: dict[tuple[tuple[str, ...] | None, Any], list[_Waiter]] = {}
+        self._count = 0
+        self._wake = anyio.Event()
+
+    async def get(self, key: Any, features: list[str] | None, as_of: Any) -> Any:
+        """The vector of ``key``, read in the next round.
+
+        Raises:
+            Whatever ``read`` raises for it.
+        """
+        waiter = _Waiter(key)
+        group = (None if features is None else tuple(features), as_of)
+        self._pending.setdefault(group, []).append(waiter)
+        self._count += 1
+        self._wake.set()
+        await waiter.done.wait()
+        if waiter.error is not None:
+            raise waiter.error
+        return waiter.value
+
+    async def run(self) -> None:
+        """Answer rounds until cancelled."""
+        while True:
+            await self._wake.wait()
+            self._wake = anyio.Event()
+            # every read that came while the last round was answered (and, as this task runs
+            # a loop turn after the first of them, those of the same turn) is in this round
+            pending, self._pending, self._count = self._pending, {}, 0
+            calls = [
+                (waiters[start : start + MAX_ROUND], None if names is None else list(names), at)
+                for (names, at), waiters in pending.items()
+                for start in range(0, len(waiters), MAX_ROUND)
+            ]
+            if len(calls) == 1:
+                await self._answer(*calls[0])
+                continue
+            async with anyio.create_task_group() as tg:
+                for call in calls:
+                    tg.start_soon(self._answer, *call)
+
+    async def _answer(self, waiters: list[_Waiter], features: list[str] | None, as_of: Any) -> None:
+        try:
+            found = await self._read([w.key for w in waiters], features, as_of)
+        except Exception as exc:
+            if len(waiters) > 1:
+                # one bad key fails the call: each read alone, so that it fails only its own
+                for waiter in waiters:
+                    await self._answer([waiter], features, as_of)
+                return
+            waiters[0].error = exc
+            waiters[0].done.set()
+            return
+        for waiter in waiters:
+            waiter.value = found[waiter.key]
+            waiter.done.set()

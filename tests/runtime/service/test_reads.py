@@ -1,0 +1,63 @@
+"""Reads of single keys coalesced into rounds (``runtime._service.reads``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import pytest
+
+from runtime._service.reads import ReadBatcher
+
+
+async def test_concurrent_reads_share_a_round_and_a_bad_key_fails_alone() -> None:
+    calls: list[list[Any]] = []
+
+    async def read(keys: list[Any], features: list[str] | None, as_of: Any) -> dict[Any, Any]:
+        calls.append(list(keys))
+        await anyio.sleep(0.01)
+        if "bad" in keys:
+            raise ValueError("a bad key")
+        return {key: (key, features, as_of) for key in keys}
+
+    batcher = ReadBatcher(read)
+    results: dict[Any, Any] = {}
+
+    async def one(key: Any, features: list[str] | None = None, as_of: Any = None) -> None:
+        try:
+            results[key] = await batcher.get(key, features, as_of)
+        except ValueError as exc:
+            results[key] = str(exc)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(batcher.run)
+        async with anyio.create_task_group() as clients:
+            for i in range(20):
+                clients.start_soon(one, i)
+            clients.start_soon(one, "bad")
+            clients.start_soon(one, "x", ["n"], 5)
+        # a later read goes in a round of its own
+        await one("late")
+        tg.cancel_scope.cancel()
+    assert results["bad"] == "a bad key"
+    assert results["x"] == ("x", ["n"], 5)
+    assert all(results[i] == (i, None, None) for i in range(20))
+    assert results["late"] == ("late", None, None)
+    # one call for the 21 reads without features (it failed: then one call for each), one
+    # for "x", whose features differ
+    assert [len(c) for c in calls].count(21) == 1 and calls.count([0]) == 1
+    assert ["late"] in calls and ["x"] in calls
+
+
+@pytest.mark.parametrize("count", [1, 3])
+async def test_reads_without_load_go_at_once(count: int) -> None:
+    async def read(keys: list[Any], features: list[str] | None, as_of: Any) -> dict[Any, Any]:
+        return {key: key * 2 for key in keys}
+
+    batcher = ReadBatcher(read)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(batcher.run)
+        for i in range(count):
+            with anyio.fail_after(1):
+                assert await batcher.get(i, None, None) == i * 2
+        tg.cancel_scope.cancel()
