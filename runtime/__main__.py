@@ -4,4 +4,6 @@ import sys
 
 from ._service.cli import main
 
-sys.exit(main())
+# guarded: worker processes (``--workers``) are spawned, and import this module again
+if __name__ == "__main__":
+    sys.exit(main())

@@ -234,7 +234,7 @@ def test_a_stopped_runtime_answers_503() -> None:
             rt._running = True
 
 
-def test_the_command_line_serves_a_spec_file(tmp_path: Path) -> None:
+def test_the_command_line_serves_a_spec_file_with_workers(tmp_path: Path) -> None:
     import socket
 
     path = tmp_path / "features.toml"
@@ -242,7 +242,9 @@ def test_the_command_line_serves_a_spec_file(tmp_path: Path) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
+    # with worker processes: they are spawned, and import ``runtime.__main__`` again
     command = [sys.executable, "-m", "runtime", "serve", str(path), "--port", str(port)]
+    command += ["--shards", "1", "--workers", "2"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         url = f"http://127.0.0.1:{port}"
