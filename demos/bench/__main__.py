@@ -8,6 +8,7 @@ import sys
 BENCHMARKS = {
     "actors": "demos.bench.actors",
     "checkpoints": "demos.bench.checkpoints",
+    "connectors": "demos.bench.connectors",
     "aggregates": "demos.bench.aggregates",
     "enrichment": "demos.bench.enrichment",
     "joins": "demos.bench.joins",

@@ -1,0 +1,298 @@
+"""``python -m demos.bench connectors``: events read from NATS JetStream and from Redis Streams
+through FeatureRuntime, next to the broker's bare read rate with the same client, in one run.
+
+The workload: ``--events`` (1,000,000) JSON events of the aggregates bench (``card``, ``ts``,
+``amount``; ``--keys`` cards with Zipf-like skew), published to a JetStream stream (one
+subject) and appended to a Redis stream, then read back twice from each broker:
+
+- **bare read**: the broker's client alone, as a consumer that does nothing with the events
+  would read them: a JetStream durable pull consumer (nats-py), ``fetch`` of ``--batch``
+  messages and one acknowledgement per batch (ack policy ``all``, as ``NatsSource``); a Redis
+  consumer group (redis-py), ``XREADGROUP`` of ``--batch`` entries and their ``XACK``;
+- **FeatureRuntime**: ``rt.consume(NatsSource(...))`` and ``rt.consume(RedisStreamSource(...))``
+  (the same clients, acknowledgements included: without checkpoints a batch is committed once
+  the runtime accepted it) into count/sum/mean/last per card, the JSON decoded by the runtime,
+  with a consumer task reading every update (``rt.updates()``, a batch at a time).
+
+Timed: from the first read to the last event read (bare) or the last update read (runtime).
+The runtime's updates are folded into a checksum and compared with a plain loop over the same
+events (untimed): the bench exits non-zero when they differ. Printed: events/s of each, and
+the runtime's as a share of the bare read's (target: at least 0.70).
+
+Needs the servers: NATS with JetStream (``--nats``) and Redis (``--redis``); a broker whose
+server does not answer is skipped, and says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+import uuid
+from typing import Any
+
+import msgspec
+
+from actors import run
+from runtime import FeatureRuntime, NatsSource, RedisStreamSource
+
+from . import aggregates
+from ._common import Checksum, Row, key_hashes, print_table, quiet_logs, rate, run_with_consumer
+
+PUBLISH_CHUNK = 10_000
+
+
+def make_payloads(count: int, keys: int, seed: int) -> tuple[list[dict[str, Any]], list[bytes]]:
+    events = aggregates.make_events(count, keys, seed)
+    encode = msgspec.json.encode
+    return events, [encode(event) for event in events]
+
+
+# -- NATS JetStream -------------------------------------------------------------------------------
+async def nats_publish(url: str, stream: str, subject: str, payloads: list[bytes]) -> None:
+    import nats
+
+    nc = await nats.connect(url, connect_timeout=2, max_reconnect_attempts=0)
+    try:
+        js = nc.jetstream()
+        try:
+            await js.delete_stream(stream)
+        except Exception:
+            pass
+        await js.add_stream(name=stream, subjects=[subject])
+        publish = nc.publish
+        for start in range(0, len(payloads), PUBLISH_CHUNK):
+            for payload in payloads[start : start + PUBLISH_CHUNK]:
+                await publish(subject, payload)
+            await nc.flush()
+        deadline = time.monotonic() + 60
+        while (await js.stream_info(stream)).state.messages < len(payloads):
+            if time.monotonic() > deadline:
+                raise TimeoutError("JetStream did not store every message within 60 s")
+            await asyncio.sleep(0.05)
+    finally:
+        await nc.close()
+
+
+async def nats_bare(url: str, stream: str, subject: str, count: int, batch: int) -> float:
+    """Read ``count`` messages with a durable pull consumer of its own, acking each batch:
+    the fastest way we found with nats-py. Its ``fetch`` waits for each message in a task of
+    its own (about 20,000 messages/s here); a pull request published by hand, its replies
+    taken by a core subscription's callback, reads five times as fast."""
+    import nats
+    from nats.js import api
+
+    nc = await nats.connect(url, connect_timeout=2, max_reconnect_attempts=0)
+    try:
+        js = nc.jetstream()
+        durable = f"bare-{uuid.uuid4().hex[:8]}"
+        await js.add_consumer(
+            stream,
+            api.ConsumerConfig(
+                durable_name=durable,
+                ack_policy=api.AckPolicy.ALL,
+                deliver_policy=api.DeliverPolicy.ALL,
+                filter_subject=subject,
+                max_ack_pending=1_000_000,
+            ),
+        )
+        inbox = nc.new_inbox()
+        got: list[Any] = []
+        want = 0
+        arrived = asyncio.Event()
+
+        async def take(message: Any) -> None:
+            if message.headers and message.headers.get("Status"):
+                arrived.set()  # the request expired, or nothing is left
+                return
+            got.append(message)
+            if len(got) >= want:
+                arrived.set()
+
+        sub = await nc.subscribe(
+            inbox, cb=take, pending_msgs_limit=4 * batch, pending_bytes_limit=1 << 28
+        )
+        next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"
+        started = time.perf_counter()
+        read = 0
+        while read < count:
+            want = min(batch, count - read)
+            got.clear()
+            arrived.clear()
+            request = msgspec.json.encode({"batch": want, "expires": 5_000_000_000})
+            await nc.publish(next_subject, request, reply=inbox)
+            await arrived.wait()
+            read += len(got)
+            await got[-1].ack()
+        seconds = time.perf_counter() - started
+        await sub.unsubscribe()
+        await js.delete_consumer(stream, durable)
+        return seconds
+    finally:
+        await nc.close()
+
+
+# -- Redis Streams --------------------------------------------------------------------------------
+async def redis_publish(url: str, key: str, payloads: list[bytes]) -> None:
+    import redis.asyncio
+
+    client = redis.asyncio.Redis.from_url(url, socket_connect_timeout=2)
+    try:
+        await client.delete(key)
+        for start in range(0, len(payloads), PUBLISH_CHUNK):
+            async with client.pipeline(transaction=False) as pipe:
+                for payload in payloads[start : start + PUBLISH_CHUNK]:
+                    pipe.xadd(key, {"data": payload})
+                await pipe.execute()
+    finally:
+        await client.aclose()
+
+
+async def redis_bare(url: str, key: str, count: int, batch: int) -> float:
+    """Read ``count`` entries in a consumer group of its own: each batch's ``XACK`` goes in
+    one pipeline with the next ``XREADGROUP`` (one round trip a batch), RESP2 replies (as
+    ``RedisStreamSource``: RESP3's are slower to parse in redis-py)."""
+    import redis.asyncio
+
+    client = redis.asyncio.Redis.from_url(url, protocol=2, socket_connect_timeout=2)
+    group = f"bare-{uuid.uuid4().hex[:8]}"
+    try:
+        await client.xgroup_create(key, group, id="0")
+        started = time.perf_counter()
+        read = 0
+        ids: list[Any] = []
+        while read < count:
+            async with client.pipeline(transaction=False) as pipe:
+                if ids:
+                    pipe.xack(key, group, *ids)
+                pipe.xreadgroup(group, "bare", {key: ">"}, count=batch, block=5000)
+                replies = await pipe.execute()
+            entries = replies[-1][0][1]
+            ids = [entry_id for entry_id, _fields in entries]
+            read += len(entries)
+        await client.xack(key, group, *ids)
+        seconds = time.perf_counter() - started
+        await client.xgroup_destroy(key, group)
+        return seconds
+    finally:
+        await client.aclose()
+
+
+# -- the runtime ----------------------------------------------------------------------------------
+async def through_runtime(source: Any, count: int, batch: int) -> dict[str, Any]:
+    """``rt.consume(source)`` of ``count`` events, a consumer reading every update."""
+
+    async def feed(rt: Any) -> None:
+        async with source:
+            result = await rt.consume(source, batch_size=batch, until=count)
+        assert result.accepted == count, result
+
+    runtime = FeatureRuntime(aggregates.BASIC, payload_format="json")
+    return await run_with_consumer(
+        runtime, lambda rt: rt.updates(), aggregates.consume_updates, feed
+    )
+
+
+def expected(events: list[dict[str, Any]], kh: dict[str, int]) -> tuple[int, int]:
+    checksum = Checksum()
+    aggregates.plain_basic(events, kh, checksum)
+    return checksum.value()
+
+
+def cli(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m demos.bench connectors",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--keys", type=int, default=100_000)
+    parser.add_argument("--batch", type=int, default=1024, help="records per read (1024)")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--nats", default="nats://127.0.0.1:4222")
+    parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
+    args = parser.parse_args(argv)
+    quiet_logs()
+    events, payloads = make_payloads(args.events, args.keys, args.seed)
+    kh = key_hashes({e["card"] for e in events})
+    aggregates.INPUT["kh"] = kh  # what aggregates.consume_updates folds with
+    want = expected(events, kh)
+    n = len(events)
+    rows: list[Row] = []
+    failures: list[str] = []
+    tag = uuid.uuid4().hex[:8]
+
+    def report(broker: str, bare: float, got: dict[str, Any]) -> None:
+        share = bare / got["seconds"]
+        rows.append(Row(f"{broker}: bare read", {"events/s": rate(n, bare), "share": "1.00"}))
+        rows.append(
+            Row(
+                f"{broker}: FeatureRuntime",
+                {"events/s": rate(n, got["seconds"]), "share": f"{share:.2f}"},
+            )
+        )
+        if got["checksum"] != want:
+            failures.append(
+                f"{broker}: the runtime's updates differ from the plain loop's "
+                f"({got['checksum']} != {want})"
+            )
+
+    # NATS JetStream
+    stream, subject = f"BENCH_{tag}", f"bench.{tag}"
+    try:
+        asyncio.run(nats_publish(args.nats, stream, subject, payloads))
+    except (OSError, TimeoutError, ImportError) as exc:
+        rows.append(Row("NATS JetStream: skipped", {"events/s": f"no server ({exc!r})"[:60]}))
+    else:
+        bare = asyncio.run(nats_bare(args.nats, stream, subject, n, args.batch))
+        source = NatsSource(args.nats, stream=stream, subjects=subject, durable=f"rt{tag}")
+        got = run(lambda: through_runtime(source, n, args.batch))
+        report("NATS JetStream", bare, got)
+        asyncio.run(_nats_cleanup(args.nats, stream))
+
+    # Redis Streams
+    key = f"featurist:bench:{tag}"
+    try:
+        asyncio.run(redis_publish(args.redis, key, payloads))
+    except (OSError, ImportError) as exc:
+        rows.append(Row("Redis Streams: skipped", {"events/s": f"no server ({exc!r})"[:60]}))
+    else:
+        bare = asyncio.run(redis_bare(args.redis, key, n, args.batch))
+        source = RedisStreamSource(args.redis, streams=key, group=f"rt{tag}")
+        got = run(lambda: through_runtime(source, n, args.batch))
+        report("Redis Streams", bare, got)
+        asyncio.run(_redis_cleanup(args.redis, key))
+
+    print_table(
+        f"connectors: {n:,} JSON events over {args.keys:,} keys, read {args.batch:,} at a time, "
+        "acks included; the runtime computes count/sum/mean/last per key and a consumer "
+        "reads every update",
+        ["events/s", "share"],
+        rows,
+    )
+    print("\nshare: the runtime's events/s over the bare read's with the same client (target 0.70)")
+    if failures:
+        for line in failures:
+            print(line)
+        raise SystemExit(1)
+    print(f"checksums agree with a plain loop: {want[1]:,} updates per broker")
+
+
+async def _nats_cleanup(url: str, stream: str) -> None:
+    import nats
+
+    nc = await nats.connect(url, connect_timeout=2, max_reconnect_attempts=0)
+    try:
+        await nc.jetstream().delete_stream(stream)
+    finally:
+        await nc.close()
+
+
+async def _redis_cleanup(url: str, key: str) -> None:
+    import redis.asyncio
+
+    client = redis.asyncio.Redis.from_url(url, socket_connect_timeout=2)
+    try:
+        await client.delete(key)
+    finally:
+        await client.aclose()
