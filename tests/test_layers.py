@@ -113,7 +113,8 @@ RULES: dict[str, tuple[str, ...]] = {
 }
 
 #: The only modules that may import ``runtime._runtime``: the package's ``__init__`` and
-#: ``check_parity`` and ``training_set``, which start a runtime of their own to replay into.
+#: ``check_parity`` and ``training_set``, which start a runtime of their own to replay into, and
+#: the feature service, whose lifespan starts the runtime it serves.
 FACADE_USERS = ("", "_replay.parity", "_training.build", "_training.lookups", "_service.app")
 
 
