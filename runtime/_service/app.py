@@ -51,6 +51,9 @@ KEY_TYPES: tuple[str, ...] = get_args(KeyType)
 MSGPACK_TYPES = frozenset(
     {"application/msgpack", "application/x-msgpack", "application/vnd.msgpack"}
 )
+#: records an input's consume call reads (one batch of ``rt.consume``) before it returns and
+#: is called again: the status page's count of an input's records moves by rounds of this
+INPUT_ROUND = 1024
 #: the largest request body read (bytes)
 MAX_BODY_BYTES = 16 * 1024 * 1024
 
@@ -168,10 +171,10 @@ class Service:
                 item.records += result.records
                 item.caught_up = True
                 while not result.ended:
-                    result = await rt.consume(item.source, until="idle")
+                    # a live source: read on, a round of records at a time (a call waits for
+                    # records, so nothing polls), counting them for the status page
+                    result = await rt.consume(item.source, until=INPUT_ROUND)
                     item.records += result.records
-                    if not result.records:
-                        await anyio.sleep(0.05)
         except Exception as exc:  # the service stays up and says so on /healthz
             item.error = f"{type(exc).__name__}: {exc}"
             _log.error("service_input_failed", input=item.name, error=item.error)
