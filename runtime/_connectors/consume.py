@@ -35,7 +35,7 @@ import anyio.lowlevel
 
 from .._exceptions import ConfigError
 from .._spec.feature_set import FeatureSet
-from .source import Source, record_rejected
+from .source import Source, SourceBatch, record_rejected
 
 __all__ = ["ConsumeHost", "ConsumeResult", "consume"]
 
@@ -159,40 +159,59 @@ async def consume(
     records = accepted = rejected = batches = 0
     position = held
     ended = False
-    while True:
-        # a cancellation point and a turn for the others, whatever the source's read does
-        await anyio.lowlevel.checkpoint()
-        want = batch_size
-        if isinstance(until, int):
-            want = min(batch_size, until - records)
-            if want <= 0:
-                break
-        batch = await source.read(want)
-        if batch is None:
-            ended = True
-            break
-        batches += 1
-        count = len(batch.payloads) + len(batch.rejected)
-        if count == 0 and batch.position == position:
-            await commits.after_checkpoints()
-            if until == "idle":
-                break
-            continue
-        # A batch read is ingested whole, with its position, even if the call is cancelled
-        # meanwhile: cut short, its events would be in the state but not its position, and
-        # the next call (which seeks to the runtime's position) would count them twice.
-        with anyio.CancelScope(shield=True):
-            for record in batch.rejected:
-                record_rejected(rt.dead_letters, name, record)
-            async with lock:
-                offsets = dict(_positions(rt))
-                offsets[name] = batch.position
-                taken = await rt.ingest_many(batch.payloads, stream=stream, offset=offsets)
-        records += count
-        accepted += taken
-        rejected += count - taken
-        position = batch.position
-        await commits.after_batch(position)
+    try:
+        async with anyio.create_task_group() as tasks:
+            # the next read, under way while the batch before it is ingested and committed
+            ahead: _Ahead | None = None
+            while True:
+                # a cancellation point and a turn for the others, whatever the source's read does
+                await anyio.lowlevel.checkpoint()
+                if ahead is not None:
+                    batch = await ahead.result()
+                    ahead = None
+                else:
+                    want = _wanted(batch_size, until, records)
+                    if want <= 0:
+                        break
+                    batch = await source.read(want)
+                if batch is None:
+                    ended = True
+                    break
+                batches += 1
+                count = len(batch.payloads) + len(batch.rejected)
+                if count == 0 and batch.position == position:
+                    await commits.after_checkpoints()
+                    if until == "idle":
+                        break
+                    continue
+                # the next read goes while this batch is ingested (none after an empty one, so
+                # "idle" stops with nothing read ahead, nor past a count)
+                want = _wanted(batch_size, until, records + count)
+                if want > 0:
+                    ahead = _Ahead(source, want)
+                    tasks.start_soon(ahead.run)
+                # A batch read is ingested whole, with its position, even if the call is cancelled
+                # meanwhile: cut short, its events would be in the state but not its position, and
+                # the next call (which seeks to the runtime's position) would count them twice.
+                with anyio.CancelScope(shield=True):
+                    for record in batch.rejected:
+                        record_rejected(rt.dead_letters, name, record)
+                    async with lock:
+                        offsets = dict(_positions(rt))
+                        offsets[name] = batch.position
+                        taken = await rt.ingest_many(batch.payloads, stream=stream, offset=offsets)
+                records += count
+                accepted += taken
+                rejected += count - taken
+                position = batch.position
+                await commits.after_batch(position)
+    except BaseExceptionGroup as group:
+        # the loop's own error (the read ahead keeps its error for the loop to raise), not
+        # wrapped by the task group that runs the read ahead
+        if len(group.exceptions) == 1:
+            error = group.exceptions[0]
+            raise error from error.__cause__
+        raise
     await commits.after_checkpoints()
     return ConsumeResult(
         records=records,
@@ -202,6 +221,43 @@ async def consume(
         position=position,
         ended=ended,
     )
+
+
+def _wanted(batch_size: int, until: Literal["end", "idle"] | int, records: int) -> int:
+    """Records the next read may bring, ``records`` read so far."""
+    if isinstance(until, int):
+        return min(batch_size, until - records)
+    return batch_size
+
+
+class _Ahead:
+    """One read of the source, run while the batch before it is ingested: the source waits
+    for its broker (a round trip) while the runtime computes. A call cancelled meanwhile drops
+    what it read ahead: the runtime's position does not cover it, and the next call seeks
+    there, so those records are read again."""
+
+    __slots__ = ("_batch", "_done", "_error", "_source", "_want")
+
+    def __init__(self, source: Source, want: int) -> None:
+        self._source = source
+        self._want = want
+        self._done = anyio.Event()
+        self._batch: SourceBatch | None = None
+        self._error: Exception | None = None
+
+    async def run(self) -> None:
+        try:
+            self._batch = await self._source.read(self._want)
+        except Exception as exc:  # raised by result(), in the consume loop's turn
+            self._error = exc
+        finally:
+            self._done.set()
+
+    async def result(self) -> SourceBatch | None:
+        await self._done.wait()
+        if self._error is not None:
+            raise self._error
+        return self._batch
 
 
 class _Commits:

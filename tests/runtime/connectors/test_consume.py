@@ -327,3 +327,40 @@ async def test_a_cancelled_consume_ingests_the_batch_in_hand_with_its_position()
         assert rt.position == reached  # no event ingested without its position
         await consume(rt, ListSource(rows))
         assert await values_of(rt) == await direct(rows)
+
+
+class Watched(ListSource):
+    """Notes the runtime's position when each read starts."""
+
+    def __init__(self, rows: list[Any], rt: Any) -> None:
+        super().__init__(rows)
+        self.rt = rt
+        self.positions_at_read: list[int] = []
+
+    async def read(self, max_records: int) -> SourceBatch | None:
+        self.positions_at_read.append(self.rt.position)
+        await anyio.sleep(0.001)  # a broker's round trip
+        return await super().read(max_records)
+
+
+async def test_the_next_read_goes_while_a_batch_is_ingested() -> None:
+    rows = events(300)
+    async with runtime() as rt:
+        source = Watched(rows, rt)
+        result = await rt.consume(source, batch_size=100)
+        assert result.accepted == 300
+        # the second read started before the first batch went in: read ahead
+        assert source.positions_at_read[:2] == [0, 0]
+        assert await values_of(rt) == await direct(rows)
+
+
+async def test_no_read_ahead_past_a_count_or_after_nothing_new() -> None:
+    rows = events(250)
+    async with runtime() as rt:
+        counted = ListSource(rows)
+        result = await rt.consume(counted, batch_size=100, until=150)
+        assert (result.records, counted.next) == (150, 150)  # nothing read past the count
+        live = Live(rows[:100])
+        live.name = "live2"
+        result = await rt.consume(live, batch_size=64, until="idle")
+        assert result.records == 100 and live.empty_reads == 1
