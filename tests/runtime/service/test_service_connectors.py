@@ -5,9 +5,11 @@ fail under FEATURIST_REQUIRE_SERVICES=1)."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pyarrow.parquet as pq
@@ -101,3 +103,74 @@ def test_a_redis_stream_in_and_redis_and_parquet_sinks_out(tmp_path: Path) -> No
         if names:
             client.delete(*names)
         client.close()
+
+
+def test_a_nats_stream_in_and_a_nats_sink_out() -> None:
+    import asyncio
+
+    import nats
+
+    name = f"svc{uuid.uuid4().hex[:8]}"
+    received: list[dict[str, Any]] = []
+
+    async def setup() -> None:
+        try:
+            client = await nats.connect("nats://127.0.0.1:4222", connect_timeout=2)
+        except Exception as exc:
+            if services_required():
+                pytest.fail(f"NATS unavailable: {exc!r}")
+            pytest.skip(f"NATS unavailable: {exc!r}")
+        js = client.jetstream()
+        await js.add_stream(name=name, subjects=[f"{name}.in"])
+        for i in range(200):
+            event = {"card": f"c{i % 4}", "ts": T0 + i, "amount": 2}
+            await js.publish(f"{name}.in", json.dumps(event).encode())
+        await client.close()
+
+    async def teardown() -> None:
+        client = await nats.connect("nats://127.0.0.1:4222", connect_timeout=2)
+        await client.jetstream().delete_stream(name)
+        await client.close()
+
+    async def listen(stop: threading.Event) -> None:
+        client = await nats.connect("nats://127.0.0.1:4222", connect_timeout=2)
+
+        async def got(message: Any) -> None:
+            received.append(json.loads(message.data))
+
+        await client.subscribe(f"{name}-out.>", cb=got)
+        await client.flush()
+        listening.set()
+        while not stop.is_set():
+            await asyncio.sleep(0.02)
+        await client.flush()
+        await asyncio.sleep(0.1)
+        await client.close()
+
+    asyncio.run(setup())
+    listening, stop = threading.Event(), threading.Event()
+    listener = threading.Thread(target=lambda: asyncio.run(listen(stop)))
+    listener.start()
+    try:
+        assert listening.wait(10)
+        source = make_source(f"nats://127.0.0.1:4222?stream={name}&subject={name}.in&durable=svc")
+        sink = make_sink(f"nats://127.0.0.1:4222?subject={name}-out")
+        with serving(create_app(FEATURES, inputs=[source], sinks=[sink])) as url:
+            with httpx.Client(base_url=url) as http:
+                deadline = time.monotonic() + 15
+                while http.get("/readyz").status_code != 200:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.02)
+                vectors = http.post("/features", json={"keys": ["c0", "c3"]}).json()["vectors"]
+                assert [v["values"]["total"] for v in vectors] == [100, 100]
+        stop.set()
+        listener.join(10)
+        # every update published (one per event from each of the two groups), the last of c0
+        # with the values read
+        assert len(received) == 2 * 200
+        last = [m for m in received if m["key"] == "c0" and "total" in m["values"]][-1]
+        assert last["values"]["n"] == 50 and last["values"]["total"] == 100
+    finally:
+        stop.set()
+        listener.join(10)
+        asyncio.run(teardown())
