@@ -37,6 +37,10 @@ from ._connectors.consume import consume as consume
 from ._connectors.files import CsvSource as CsvSource
 from ._connectors.files import JsonLinesSource as JsonLinesSource
 from ._connectors.files import ParquetSource as ParquetSource
+from ._connectors.nats import NatsSource as NatsSource
+from ._connectors.partitions import partition_key_groups as partition_key_groups
+from ._connectors.partitions import partition_of as partition_of
+from ._connectors.redis_streams import RedisStreamSource as RedisStreamSource
 from ._connectors.sink_nats import NatsSink as NatsSink
 from ._connectors.sink_parquet import ParquetSink as ParquetSink
 from ._connectors.sink_redis import RedisSink as RedisSink
@@ -244,6 +248,11 @@ __all__ = [
     "Source",
     "SourceBatch",
     "consume",
+    # connectors: broker sources and partitioned input
+    "NatsSource",
+    "RedisStreamSource",
+    "partition_key_groups",
+    "partition_of",
     # connectors: sinks
     "NatsSink",
     "ParquetSink",

@@ -52,6 +52,7 @@ RUNTIME_NAMES = {
     *("ConsumeResult", "CsvSource", "JsonLinesSource", "ParquetSource", "RejectedRecord"),
     *("Source", "SourceBatch", "consume"),
     *("NatsSink", "ParquetSink", "RedisSink", "RunningSink", "Sink", "SinkStatistics", "run_sink"),
+    *("NatsSource", "RedisStreamSource", "partition_key_groups", "partition_of"),
     # checkpoints, replay and parity
     *("CheckpointConfig", "CheckpointInfo", "FeatureParity", "ParityExample", "ParityMissing"),
     *("ParityReport", "ReplayResult", "check_parity"),

@@ -1,0 +1,115 @@
+"""What the broker source tests share: connecting to the local NATS and Redis servers (a test
+skips without them, fails under FEATURIST_REQUIRE_SERVICES=1), and the child process the crash
+tests SIGKILL mid-stream (``python -m tests.runtime.connectors.brokers <config json>``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, NoReturn
+
+import anyio
+import anyio.to_thread
+import pytest
+
+from runtime import CheckpointConfig, FeatureRuntime, NatsSource, RedisStreamSource, consume
+from tests.conftest import services_required
+
+from .common import FEATURE_SET
+
+NATS_URL = os.environ.get("FEATURIST_TEST_NATS_URL", "nats://127.0.0.1:4222")
+REDIS_URL = os.environ.get("FEATURIST_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def unavailable(what: str, exc: BaseException) -> NoReturn:
+    if services_required():
+        pytest.fail(f"{what} is required (FEATURIST_REQUIRE_SERVICES) but unavailable: {exc!r}")
+    pytest.skip(f"{what} unavailable: {exc!r}")
+
+
+def make_source(kind: str, options: dict[str, Any]) -> NatsSource | RedisStreamSource:
+    if kind == "nats":
+        return NatsSource(NATS_URL, **options)
+    return RedisStreamSource(REDIS_URL, **options)
+
+
+def run_child(config: dict[str, Any]) -> subprocess.Popen[str]:
+    """The child: consumes ``config['options']``'s source with checkpoints in
+    ``config['directory']`` (restoring the newest), ``config['chunk']`` records at a time, a
+    checkpoint after every other chunk and a pause of 0.1 s after the others, printing
+    ``read <n>`` and ``checkpoint <n>`` (records since it started) as it goes."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.runtime.connectors.brokers", json.dumps(config)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+def kill_after(child: subprocess.Popen[str], checkpoints: int, timeout: float = 15.0) -> int:
+    """SIGKILL ``child`` once it has written ``checkpoints`` checkpoints and read a chunk more
+    (so messages past the checkpoint were delivered and not acknowledged); returns the records
+    it had read."""
+    assert child.stdout is not None
+    deadline = time.monotonic() + timeout
+    seen = read = 0
+    for line in child.stdout:
+        what, n = line.split()
+        if what == "checkpoint":
+            seen += 1
+        elif seen >= checkpoints:
+            read = int(n)
+            break
+        assert time.monotonic() < deadline, "the child did not get far enough"
+    child.send_signal(signal.SIGKILL)
+    child.wait(5)
+    child.stdout.close()
+    return read
+
+
+async def crash(config: dict[str, Any], checkpoints: int) -> int:
+    """Start the child with ``config``, SIGKILL it after ``checkpoints`` checkpoints and one
+    chunk more (:func:`kill_after`, in a worker thread); returns the records it had read."""
+    child = await anyio.to_thread.run_sync(run_child, config)
+    try:
+        return await anyio.to_thread.run_sync(kill_after, child, checkpoints)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(5)
+
+
+async def _child(config: dict[str, Any]) -> None:
+    checkpoints = CheckpointConfig(
+        directory=config["directory"], interval=None, on_shutdown=False, keep=2
+    )
+    async with (
+        FeatureRuntime(FEATURE_SET, shards=2, checkpoints=checkpoints) as rt,
+        make_source(config["kind"], config["options"]) as source,
+    ):
+        total = 0
+        step = 0
+        while True:
+            result = await consume(rt, source, batch_size=config["batch"], until=config["chunk"])
+            total += result.records
+            step += 1
+            print("read", total, flush=True)
+            if step % 2:
+                # past the checkpoint, read and not acknowledged: the parent kills it here
+                await anyio.sleep(0.1)
+            else:
+                await rt.checkpoint()
+                print("checkpoint", total, flush=True)
+            if result.records == 0:
+                await anyio.sleep(0.05)
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    anyio.run(_child, json.loads(sys.argv[1]))
