@@ -51,6 +51,8 @@ __all__ = ["WorkerSpec", "main", "serve"]
 _log = get_logger("featurist.worker")
 _encode = msgspec.msgpack.encode
 _TAKEN = Taken()
+#: update rows a forwarder takes from its buffer for one round of frames, at most
+MAX_FORWARD_ROWS = 8192
 
 
 @dataclass(frozen=True)
@@ -196,22 +198,23 @@ class _Worker:
 
     async def _forward_updates(self, forwarder: _Forwarder) -> None:
         send = self._conn.send
+        subscription = forwarder.subscription
+        batches = subscription.batches()
         with forwarder.scope:
-            async for batch in forwarder.subscription.batches():
+            async for batch in batches:
                 forwarder.busy = True
-                kinds = batch.kinds
-                extras = {i: batch.update(i) for i, kind in enumerate(kinds) if kind != "update"}
-                await send(
-                    Updates(
-                        batch.group,
-                        batch.names,
-                        batch.rows,
-                        batch.errors or None,
-                        batch.latency_ms,
-                        batch.processed_at,
-                        extras or None,
-                    )
-                )
+                # What else is buffered goes too, merged per group, in one frame per group.
+                # The hub splits a batch into the room left in a full buffer: a forwarder
+                # that sent each piece in a frame of its own fell further behind on ever
+                # smaller pieces (with 4 shards, 20 rows a frame) and halved the throughput.
+                taken = {batch.group: [batch]}
+                rows = len(batch)
+                while rows < MAX_FORWARD_ROWS and subscription.statistics().depth:
+                    more = await anext(batches)  # buffered: no wait
+                    taken.setdefault(more.group, []).append(more)
+                    rows += len(more)
+                for group in taken.values():
+                    await send(_merged_updates(group))
                 forwarder.busy = False
 
     async def _forward_records(self, forwarder: _Forwarder) -> None:
@@ -322,3 +325,45 @@ class _Worker:
             )
             return
         await self._conn.send(Reply(call.id, None, msgspec.Raw(_encode(result))))
+
+
+def _merged_updates(batches: list[Any]) -> Updates:
+    """The ``UpdateBatch``\\ es of one group as one :class:`Updates` frame: their rows in
+    order (each key's stay in its order), errors and extras at their new indexes, the
+    latencies summed (each is a whole batch's), the last ``processed_at``."""
+    first = batches[0]
+    if len(batches) == 1:
+        kinds = first.kinds
+        extras = {i: first.update(i) for i, kind in enumerate(kinds) if kind != "update"}
+        return Updates(
+            first.group,
+            first.names,
+            first.rows,
+            first.errors or None,
+            first.latency_ms,
+            first.processed_at,
+            extras or None,
+        )
+    rows: list[Any] = []
+    errors: dict[int, dict[str, str]] = {}
+    extras = {}
+    latency: dict[str, float] = {}
+    for batch in batches:
+        base = len(rows)
+        rows.extend(batch.rows)
+        for i, error in batch.errors.items():
+            errors[base + i] = error
+        for i, kind in enumerate(batch.kinds):
+            if kind != "update":
+                extras[base + i] = batch.update(i)
+        for name, ms in batch.latency_ms.items():
+            latency[name] = latency.get(name, 0.0) + ms
+    return Updates(
+        first.group,
+        first.names,
+        rows,
+        errors or None,
+        latency,
+        batches[-1].processed_at,
+        extras or None,
+    )
