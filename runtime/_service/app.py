@@ -9,7 +9,6 @@ encoded with msgspec.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import math
 import os
 import time
@@ -31,7 +30,7 @@ from actors import get_logger
 
 from .._connectors.sinks import Sink, run_sink
 from .._connectors.source import Source
-from .._exceptions import ConfigError, InvalidEvent, RuntimeClosed, UnknownFeature
+from .._exceptions import ConfigError, RuntimeClosed, UnknownFeature
 from .._ingest.events import EventReader
 from .._runtime import FeatureRuntime
 from .._spec.drift import DriftMonitor
@@ -122,17 +121,8 @@ class Service:
         self.max_keys = max_keys
         self.runtime_options = dict(runtime_options)
         self.rt: FeatureRuntime | None = None
-        self.reader = EventReader.of(
-            feature_set, payload_format=self.runtime_options.get("payload_format", "json")
-        )
         self.board = StatusBoard()
         self.reads = ReadBatcher(self.get_many)
-        #: whether rt.get_many takes ``as_of`` (issue 20): read once
-        self.as_of_supported = "as_of" in inspect.signature(FeatureRuntime.get_many).parameters
-        #: whether rt.ingest_many takes ``explain`` (issue 20): read once
-        self.explain_supported = (
-            "explain" in inspect.signature(FeatureRuntime.ingest_many).parameters
-        )
         probe = EventReader.of(feature_set)
         self._int_low, self._int_high = probe.int_low, probe.int_high
 
@@ -182,10 +172,7 @@ class Service:
     async def get_many(
         self, keys: list[Any], features: list[str] | None, as_of: Any
     ) -> dict[Any, Any]:
-        rt = self.running()
-        if as_of is None:
-            return await rt.get_many(keys, features)
-        return await rt.get_many(keys, features, as_of=as_of)  # type: ignore[call-arg, unused-ignore]
+        return await self.running().get_many(keys, features, as_of=as_of)
 
     def running(self) -> FeatureRuntime:
         rt = self.rt
@@ -229,13 +216,6 @@ class Service:
         """``as_of`` of a query string: a number, ``now``, ``last_event`` or an ISO time."""
         if value is None:
             return None
-        if not self.as_of_supported:
-            raise _Problem(
-                400,
-                "as_of_unsupported",
-                "as_of is not supported by this version of the runtime (reads as of a time "
-                "come with FeatureRuntime.get(as_of=...))",
-            )
         if isinstance(value, str):
             try:
                 number = float(value)
@@ -363,58 +343,26 @@ def build_app(
             raise _Problem(
                 400, "unknown_stream", f"unknown stream {stream!r} (known: {', '.join(streams)})"
             )
-        tag = 0 if stream is None else streams.index(stream)
         body = await service.body(request)
         events = body if isinstance(body, list) else [body]
-        rejected: list[dict[str, Any]] = []
-        low, high = service.reader.bounds()
-        for index, event in enumerate(events):
-            try:
-                if not isinstance(event, dict):
-                    raise InvalidEvent(f"an event must be an object, got {type(event).__name__}")
-                service.reader.read(event, low, high, tag)
-            except InvalidEvent as exc:
-                rejected.append({"index": index, "reason": str(exc), "field": exc.field})
-        if rejected:
-            # nothing of the request is ingested: the caller fixes it and sends it again
-            raise _Problem(
-                422,
-                "invalid_event",
-                rejected[0]["reason"],
-                field=rejected[0]["field"],
-                rejected=rejected,
-                accepted=0,
-            )
-        late: list[dict[str, Any]] = []
         try:
-            if service.explain_supported:
-                # issue 20: ingest says why it refused an event
-                result = await rt.ingest_many(events, stream=stream, explain=True)  # type: ignore[call-arg, unused-ignore]
-                accepted = result.accepted
-                late = [msgspec.structs.asdict(r) for r in result.rejections]
-            elif len(events) == 1:
-                accepted = int(await rt.ingest(events[0], stream=stream))
-            else:
-                accepted = await rt.ingest_many(events, stream=stream)
+            # explain: the reason and field of each event ingest refuses (the others go in)
+            result = await rt.ingest_many(events, stream=stream, explain=True)
         except RuntimeClosed as exc:
             raise _Problem(503, "runtime_closed", str(exc)) from None
         except ConfigError as exc:
             raise _Problem(501, "not_available", str(exc)) from None
-        if accepted < len(events):
-            # a time bound moved between the check above and ingest (max_future, max_past):
-            # the others are in
-            first: dict[str, Any] = late[0] if late else {"reason": None, "field": None}
+        if result.rejections:
+            first = result.rejections[0]
             raise _Problem(
                 422,
                 "invalid_event",
-                first["reason"]
-                or f"{len(events) - accepted} of {len(events)} events were refused by ingest "
-                "(their reasons are in the runtime's dead letters)",
-                field=first["field"],
-                rejected=late,
-                accepted=accepted,
+                first.reason,
+                field=first.field,
+                rejected=[msgspec.structs.asdict(r) for r in result.rejections],
+                accepted=result.accepted,
             )
-        return _json({"accepted": accepted})
+        return _json({"accepted": result.accepted})
 
     async def get_features(request: Request) -> Response:
         key = service.url_key(request.path_params["key"])

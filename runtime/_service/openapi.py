@@ -87,7 +87,7 @@ def openapi_schema(feature_set: FeatureSet) -> dict[str, Any]:
                             {"type": "object", "properties": {"accepted": {"type": "integer"}}},
                         ),
                         "400": _error("the body cannot be decoded, or an unknown stream"),
-                        "422": _error("an event was rejected: nothing of the request ingested"),
+                        "422": _error("events were refused (listed); the others were ingested"),
                         "503": _error("the runtime is not running"),
                     },
                 }
