@@ -103,8 +103,8 @@ class FeatureRuntime:
             own caches; custom ``sources`` are pickled to each worker), with ``ingest``,
             ``ingest_many``, ``flush``, ``get``, ``get_many``, ``updates``,
             ``join_records``, ``enriched_events``, ``late_events``, ``statistics``,
-            ``metrics`` (and ``metrics_port``), ``recent_errors``, ``replay`` and
-            ``checkpoint``; the rest raises :class:`ConfigError` naming it. With
+            ``metrics`` (and ``metrics_port``), ``recent_errors``, ``replay``, ``warm_up``
+            and ``checkpoint``; the rest raises :class:`ConfigError` naming it. With
             ``checkpoints``, checkpoints are aligned across the workers, and a worker that
             dies is started again (within ``max_restarts``), restores its key groups and is
             replayed the events since.
@@ -348,6 +348,7 @@ class FeatureRuntime:
                 streams=feature_set.stream_names,
                 joins=tuple(join.name for join in feature_set.joins),
                 clock=self._clock,
+                sources=tuple(dict.fromkeys(lookup.source for lookup in feature_set.lookups)),
             )
             if self._front.checkpoints is not None:
                 self._front.checkpoints.guards = self._guards
@@ -1095,7 +1096,10 @@ class FeatureRuntime:
             SourceError: the source failed (after its retries) for some of ``keys``.
         """
         self._check_running()
-        self._local("rt.warm_up()")
+        if self._front is not None:
+            # every worker warms its own cache (each fetches ``keys``)
+            given = None if rows is None else {key: dict(row) for key, row in rows.items()}
+            return await self._front.warm_up(source, list(dict.fromkeys(keys)), given)
         return await self._topology.warm_up(source, keys, rows)
 
     def invalidate(self, source: str, key: Any) -> bool:

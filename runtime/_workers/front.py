@@ -51,7 +51,14 @@ from actors import DeadLetters, KeyRouter, get_logger
 from .._batches import EnrichedBatch, JoinRecordBatch, LateEventBatch, UpdateBatch
 from .._checkpoints.coordinator import Progress
 from .._checkpoints.store import CheckpointConfig, CheckpointInfo
-from .._exceptions import CheckpointError, ConfigError, InvalidEvent, RuntimeClosed, UnknownFeature
+from .._exceptions import (
+    CheckpointError,
+    ConfigError,
+    InvalidEvent,
+    RuntimeClosed,
+    SourceError,
+    UnknownFeature,
+)
 from .._ingest.events import EventReader
 from .._ingest.router import record_rejected
 from .._results import (
@@ -96,7 +103,7 @@ EXIT_GRACE = 2.0
 _vectors = msgspec.msgpack.Decoder(list[FeatureVector])
 _statistics = msgspec.msgpack.Decoder(RuntimeStatistics)
 _errors = msgspec.msgpack.Decoder(list[FeatureError])
-_pid = msgspec.msgpack.Decoder(int)
+_int = msgspec.msgpack.Decoder(int)
 
 
 class _Retry(Exception):
@@ -176,6 +183,7 @@ class WorkerFront:
         joins: the feature set's joins' names (``rt.join_records(join)``).
         clock: the runtime's ``ReplayClock``: while a replay has set its time, each frame
             and flush carries it, and the workers' clocks follow.
+        sources: the names of the sources the feature set's lookups read (``warm_up``).
     """
 
     def __init__(
@@ -199,6 +207,7 @@ class WorkerFront:
         streams: tuple[str, ...] = ("",),
         joins: tuple[str, ...] = (),
         clock: Any = None,
+        sources: tuple[str, ...] = (),
     ) -> None:
         self.workers = workers
         self._make_runtime = make_runtime
@@ -221,6 +230,7 @@ class WorkerFront:
         self.late: UpdateHub[LateEvent] = UpdateHub()
         self.streams = streams
         self._clock = clock
+        self._sources = sources
         #: events read by ``route`` (accepted, or refused at the front), for a replay
         self.events_read = 0
         #: per worker: events routed and not yet sent, and when the first of them came
@@ -384,7 +394,7 @@ class WorkerFront:
                 f"worker {worker.index} failed to start: {started.error}"
             ) from started.error
         assert started.result is not None
-        worker.pid = _pid.decode(started.result)
+        worker.pid = _int.decode(started.result)
 
     async def stop(self, deadline: float) -> None:
         """Send what is buffered, take the shutdown checkpoint (if configured so), ask every
@@ -986,6 +996,30 @@ class WorkerFront:
         self.check()
         parts = [decode(raw) for raw in await self.call_all("metrics")]
         return merge_metrics(parts, dead_letters, **front)
+
+    async def warm_up(
+        self, source: str, keys: list[Any], rows: dict[Any, dict[str, Any]] | None
+    ) -> int:
+        """Fill the cache of ``source`` in every worker (each has its own): with ``rows``,
+        and with the rows of ``keys`` fetched by each worker. Returns the keys cached (the
+        most of any worker's).
+
+        Raises:
+            ValueError: no source of the feature set's lookups is named ``source``.
+            SourceError: the source failed in a worker (after its retries).
+        """
+        self.check()
+        if source not in self._sources:
+            known = ", ".join(self._sources) or "none"
+            raise ValueError(f"source: no source with lookups named {source!r} (known: {known})")
+        try:
+            results = await self.call_all("warm_up", source, keys, rows)
+        except RuntimeError as exc:
+            if "SourceError: " in str(exc) or "SourceUnavailable: " in str(exc):
+                # the worker's error, as text: its attempts are not known here
+                raise SourceError(str(exc), source=source, attempts=0) from exc
+            raise
+        return max(_int.decode(raw) for raw in results)
 
     async def serve_metrics(
         self, server: Any, stack: AsyncExitStack, interval: float, metrics: Any

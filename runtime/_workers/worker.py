@@ -304,6 +304,9 @@ class _Worker:
                 result = await rt.metrics()
             elif call.op == "recent_errors":
                 result = await rt.recent_errors()
+            elif call.op == "warm_up":
+                source, keys, rows = call.args
+                result = await rt.warm_up(source, keys, rows=rows)
             elif call.op == "checkpoint":
                 directory, sequence = call.args
                 result = await self._checkpoint(directory, sequence)

@@ -28,6 +28,7 @@ from runtime import (
     Lookup,
     Mean,
     Sliding,
+    SourceError,
     SqliteSource,
     Sum,
 )
@@ -168,6 +169,16 @@ class _Locked(_Rows):
         self.lock = threading.Lock()
 
 
+class _Down(_Rows):
+    """A custom source that always fails."""
+
+    def __init__(self) -> None:
+        super().__init__({})
+
+    async def get_many(self, keys: Sequence[Hashable]) -> dict[Hashable, Any]:
+        raise ConnectionError("the users database is down")
+
+
 def _custom_set() -> FeatureSet:
     return FeatureSet(
         name="c",
@@ -227,3 +238,28 @@ async def test_a_worker_killed_mid_stream_repeats_and_loses_no_enriched_event(
         assert {key: v.values for key, v in vectors.items()} == want[0]
         assert _updates(await _drain(updates)) == want[1]
         assert _enriched(await _drain(enriched)) == want[2]
+
+
+async def test_warm_up_fills_every_workers_cache(tmp_path: Path) -> None:
+    fs = _feature_set(_merchants(tmp_path / "m.db"))
+    events = _events(200)
+    async with FeatureRuntime(fs, workers=2, shards=1) as rt:
+        with pytest.raises(ValueError, match="no source with lookups named 'nope'"):
+            await rt.warm_up("nope", ["m1"])
+        merchants = [f"m{i}" for i in range(MERCHANTS)]
+        given = {"m0": {"risk": 9.0, "cat": "given"}}
+        assert await rt.warm_up("merchants", merchants[1:], rows=given) == MERCHANTS
+        await rt.ingest_many(events)
+        await rt.flush()
+        stats = (await rt.statistics()).enrichment["merchants"]
+        vector = await rt.get(events[0]["card"])
+    # each worker fetched the keys once, at the warm-up; the events found them all cached
+    assert stats.cache_misses == 0 and stats.cache_hits == len(events)
+    assert stats.keys_requested == 2 * (MERCHANTS - 1)
+    assert vector["n"] > 0
+
+
+async def test_a_source_that_fails_in_the_workers_warm_up_raises_source_error() -> None:
+    async with FeatureRuntime(_custom_set(), sources={"users": _Down()}, workers=1) as rt:
+        with pytest.raises(SourceError, match="the users database is down"):
+            await rt.warm_up("users", ["u1"])
