@@ -20,7 +20,7 @@ import pytest
 from runtime import CheckpointConfig, FeatureRuntime, NatsSource, RedisStreamSource, consume
 from tests.conftest import services_required
 
-from .common import FEATURE_SET
+from .common import FEATURE_SET, KEYS
 
 NATS_URL = os.environ.get("FEATURIST_TEST_NATS_URL", "nats://127.0.0.1:4222")
 REDIS_URL = os.environ.get("FEATURIST_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -85,7 +85,36 @@ async def crash(config: dict[str, Any], checkpoints: int) -> int:
             child.wait(5)
 
 
+async def partition_process(kind: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Run a child process that consumes the source of ``options`` until it is idle and
+    returns the values of the keys it holds (those with events), as JSON."""
+    config = {"kind": kind, "options": options, "values": True}
+
+    def run() -> dict[str, Any]:
+        child = run_child(config)
+        out, _ = child.communicate(timeout=30)
+        assert child.returncode == 0
+        found: dict[str, Any] = json.loads(out)
+        return found
+
+    return await anyio.to_thread.run_sync(run)
+
+
+async def _values(config: dict[str, Any]) -> None:
+    async with (
+        FeatureRuntime(FEATURE_SET, shards=2) as rt,
+        make_source(config["kind"], config["options"]) as source,
+    ):
+        await consume(rt, source, batch_size=40, until="idle")
+        found = await rt.get_many(KEYS)
+        values = {key: vector.values for key, vector in found.items() if vector.values["n"]}
+        print(json.dumps(values), flush=True)
+
+
 async def _child(config: dict[str, Any]) -> None:
+    if config.get("values"):
+        await _values(config)
+        return
     checkpoints = CheckpointConfig(
         directory=config["directory"], interval=None, on_shutdown=False, keep=2
     )

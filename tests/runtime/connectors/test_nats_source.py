@@ -3,7 +3,8 @@ FEATURIST_REQUIRE_SERVICES=1): values through the runtime equal direct ingest; m
 acknowledged only once a checkpoint covers them (the consumer's pending count says so); a child
 consuming with checkpoints is SIGKILLed mid-stream and a new runtime restored from its
 checkpoint ends equal to one uninterrupted run; redelivered messages are not counted twice;
-subjects partitioned by key read by two runtimes reach the values of one."""
+subjects partitioned by key read by two runtimes, and by two child processes, reach the values
+of one."""
 
 from __future__ import annotations
 
@@ -20,10 +21,14 @@ from hypothesis import HealthCheck, given, settings
 
 from runtime import ConfigError, NatsSource, consume, partition_of
 
-from .brokers import NATS_URL, crash, unavailable
+from .brokers import NATS_URL, crash, partition_process, unavailable
 from .common import FEATURE_SET, KEYS, direct, events, runtime, values_of
 
 nats = pytest.importorskip("nats")
+
+
+#: tests whose work is in child processes run on one event loop kind (the children use asyncio)
+CHILDREN_ON_ONE_LOOP = pytest.mark.parametrize("anyio_backend", [("asyncio", {})], ids=["asyncio"])
 
 
 class Broker:
@@ -144,6 +149,7 @@ async def test_messages_delivered_again_at_or_below_the_position_are_skipped(
             await source.aclose()
 
 
+@CHILDREN_ON_ONE_LOOP
 async def test_a_sigkilled_consumer_resumes_from_its_checkpoint_equal_to_one_run(
     broker: Broker, tmp_path: Path
 ) -> None:
@@ -198,6 +204,32 @@ async def test_partitioned_subjects_read_by_two_runtimes_reach_the_values_of_one
     assert not set(first) & set(second)
     assert first | second == await direct(rows)
     assert set(first | second) == set(KEYS)
+
+
+@CHILDREN_ON_ONE_LOOP
+async def test_two_processes_on_partitioned_subjects_reach_the_values_of_one(
+    broker: Broker,
+) -> None:
+    rows = events(600, seed=5)
+    for row in rows:
+        await broker.publish([row], f"{broker.prefix}.p.{partition_of(row['card'], 2)}")
+
+    async def process(partition: int, into: list[dict[str, Any]]) -> None:
+        options = {
+            "stream": broker.stream,
+            "subjects": [f"{broker.prefix}.p.{partition}"],
+            "durable": f"featurist-{partition}",  # one subject each: a durable name each
+        }
+        into.append(await partition_process("nats", options))
+
+    found: list[dict[str, Any]] = []
+    async with anyio.create_task_group() as tg:
+        for partition in (0, 1):
+            tg.start_soon(process, partition, found)
+    first, second = found
+    assert not set(first) & set(second)
+    # JSON gives floats back as they were, and ints: compare as direct ingest's values
+    assert msgspec.json.decode(msgspec.json.encode(await direct(rows))) == first | second
 
 
 async def test_bad_settings_are_refused(broker: Broker) -> None:

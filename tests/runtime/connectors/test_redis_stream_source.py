@@ -3,7 +3,8 @@ FEATURIST_REQUIRE_SERVICES=1): values through the runtime equal direct ingest; e
 acknowledged (XACK) only once a checkpoint covers them (the group's pending count says so); a
 child consuming with checkpoints is SIGKILLed mid-stream and a new runtime restored from its
 checkpoint ends equal to one uninterrupted run; an entry without the payload field goes to dead
-letters; one stream per partition read by two runtimes reach the values of one."""
+letters; one stream per partition read by two runtimes, and by two child processes, reach the
+values of one."""
 
 from __future__ import annotations
 
@@ -22,8 +23,11 @@ from hypothesis import HealthCheck, given, settings
 from actors import DeadLetterReason
 from runtime import ConfigError, RedisStreamSource, consume, partition_of
 
-from .brokers import REDIS_URL, crash, unavailable
+from .brokers import REDIS_URL, crash, partition_process, unavailable
 from .common import KEYS, direct, events, runtime, values_of
+
+#: tests whose work is in child processes run on one event loop kind (the children use asyncio)
+CHILDREN_ON_ONE_LOOP = pytest.mark.parametrize("anyio_backend", [("asyncio", {})], ids=["asyncio"])
 
 
 class Streams:
@@ -119,6 +123,7 @@ async def test_a_restart_reads_the_pending_entries_again_and_counts_nothing_twic
         assert await streams.pending() == 0  # the dead run's entries too
 
 
+@CHILDREN_ON_ONE_LOOP
 async def test_a_sigkilled_consumer_resumes_from_its_checkpoint_equal_to_one_run(
     streams: Streams, tmp_path: Path
 ) -> None:
@@ -190,6 +195,27 @@ async def test_one_stream_per_partition_read_by_two_runtimes_reaches_the_values_
     assert not set(first) & set(second)
     assert first | second == await direct(rows)
     assert set(first | second) == set(KEYS)
+
+
+@CHILDREN_ON_ONE_LOOP
+async def test_two_processes_on_a_stream_per_partition_reach_the_values_of_one(
+    streams: Streams,
+) -> None:
+    rows = events(600, seed=5)
+    for row in rows:
+        await streams.add([row], key=f"{streams.prefix}:p:{partition_of(row['card'], 2)}")
+
+    async def process(partition: int, into: list[dict[str, Any]]) -> None:
+        options = {"streams": [f"{streams.prefix}:p:{partition}"], "group": "featurist"}
+        into.append(await partition_process("redis", options))
+
+    found: list[dict[str, Any]] = []
+    async with anyio.create_task_group() as tg:
+        for partition in (0, 1):
+            tg.start_soon(process, partition, found)
+    first, second = found
+    assert not set(first) & set(second)
+    assert msgspec.json.decode(msgspec.json.encode(await direct(rows))) == first | second
 
 
 async def test_bad_settings_and_positions_are_refused(streams: Streams) -> None:
