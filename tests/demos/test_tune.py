@@ -108,11 +108,12 @@ def test_every_option_listing_several_values_is_a_dimension_of_the_grid() -> Non
 
 
 @pytest.mark.parametrize("workload", ["fraud", "ads"])
-def test_a_workload_the_workers_refuse_keeps_workers_0_and_says_why(workload: str) -> None:
+def test_workloads_with_lookups_and_joins_sweep_workers(workload: str) -> None:
+    # worker processes run lookups and joins (issue 17): no workload is refused now
     args = parse_args(["--workload", workload, "--workers", "0,1,2", "--no-chart"])
-    assert args.grid["workers"] == [0]
-    assert args.workers_refused is not None and "workers >= 1" in args.workers_refused
-    assert workers_refused("cards") is None
+    assert args.grid["workers"] == [0, 1, 2]
+    assert args.workers_refused is None
+    assert workers_refused(workload) is None and workers_refused("cards") is None
 
 
 @pytest.mark.parametrize(
@@ -456,16 +457,15 @@ def test_a_tiny_sweep_of_workers_end_to_end(tmp_path: Path) -> None:
     assert chart.read_bytes().startswith(PNG)
 
 
-def test_a_workload_with_lookups_at_a_rate_runs_in_process_and_says_why() -> None:
+def test_a_workload_with_lookups_at_a_rate_runs_in_process() -> None:
     result = run_demo(
         "demos.tune",
         *("--workload", "fraud", "--rate", "5_000", "--duration", "0.3", "--repeat", "1"),
-        *("--events", "2000", "--no-chart", "--quiet"),
+        *("--workers", "0", "--events", "2000", "--no-chart", "--quiet"),
         env={"COLUMNS": "120"},
     )
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    assert "Workers not swept (workers 0 only)" in out and "lookups" in out
     assert "offered at 5,000 events/s" in out and "kept up" in out
     table = out.split("Sweep over --workers x --shards")[1].split("events/s:")[0]
     assert [line.split()[:2] for line in table.splitlines()[3:] if line.strip()] == [
