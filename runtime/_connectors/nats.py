@@ -49,6 +49,8 @@ __all__ = ["NatsSource"]
 _UNSAFE = re.compile(r"[.*>\s]")
 #: seconds the first, quick fetch from each of several consumers waits
 _GLANCE = 0.005
+#: fetches a read makes at most while what comes brings nothing new
+_ROUNDS = 8
 #: seconds a commit waits for the server to have the acknowledgements
 _FLUSH_TIMEOUT = 10
 
@@ -173,24 +175,29 @@ class NatsSource(Source):
         shares = [max_records // k + (1 if i < max_records % k else 0) for i in range(k)]
         order = [consumers[(self._turn + i) % k] for i in range(k)]
         self._turn = (self._turn + 1) % k
-        fetched: dict[str, list[Any]] = {}
-        # A fetch from a consumer with nothing waits its whole timeout: with several, a quick
-        # look at all first, then a wait on all if none had anything.
-        waits = [self.fetch_timeout]
-        if k > 1:
-            waits.insert(0, min(_GLANCE, self.fetch_timeout))
-        for wait in waits:
-            async with anyio.create_task_group() as tg:
-                for consumer, share in zip(order, shares, strict=True):
-                    if share:
-                        tg.start_soon(self._fetch, consumer, share, wait, fetched)
-            if fetched:
-                break
         payloads: list[bytes] = []
-        for consumer in order:
-            messages = fetched.get(consumer.subject)
-            if messages:
-                payloads.extend(await self._take(consumer, messages))
+        # Messages that bring nothing new (delivered again, or cut short by a lost delivery)
+        # do not make an empty batch, which would say "nothing new": fetch again, a few times.
+        for _ in range(_ROUNDS):
+            fetched: dict[str, list[Any]] = {}
+            # A fetch from a consumer with nothing waits its whole timeout: with several, a
+            # quick look at all first, then a wait on all if none had anything.
+            waits = [self.fetch_timeout]
+            if k > 1:
+                waits.insert(0, min(_GLANCE, self.fetch_timeout))
+            for wait in waits:
+                async with anyio.create_task_group() as tg:
+                    for consumer, share in zip(order, shares, strict=True):
+                        if share:
+                            tg.start_soon(self._fetch, consumer, share, wait, fetched)
+                if fetched:
+                    break
+            for consumer in order:
+                messages = fetched.get(consumer.subject)
+                if messages:
+                    payloads.extend(await self._take(consumer, messages))
+            if payloads or not fetched:
+                break
         return SourceBatch(payloads, dict(self._position) if self._position else None)
 
     async def seek(self, position: Any) -> None:

@@ -307,3 +307,20 @@ async def test_a_restart_from_any_checkpoint_ends_equal_to_one_pass(
     async with runtime(directory) as rt, source() as again:
         await consume(rt, again, batch_size=batch_size, until="idle")
         assert await values_of(rt) == await direct(rows + more)
+
+
+async def test_a_lost_delivery_starts_the_consumer_again_after_the_position(
+    broker: Broker,
+) -> None:
+    rows = events(300)
+    await broker.publish(rows)
+    async with runtime() as rt, broker.source() as source:
+        assert (await consume(rt, source, batch_size=50, until=100)).records == 100
+        # another reader of the consumer takes 30 deliveries: lost to the source (as in a
+        # connection that drops while a fetch is answered), a gap in its delivery sequence
+        thief = await broker.js.pull_subscribe_bind("featurist", stream=broker.stream)
+        assert len(await thief.fetch(30, timeout=1)) == 30
+        await thief.unsubscribe()
+        result = await consume(rt, source, batch_size=50, until="idle")
+        assert result.records == 200
+        assert await values_of(rt) == await direct(rows)
