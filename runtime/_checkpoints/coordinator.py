@@ -15,16 +15,22 @@ from typing import Any
 import anyio
 import anyio.abc
 import anyio.to_thread
+import msgspec
 
 from actors import KeyRouter, get_logger
 
 from .._exceptions import CheckpointError, ConfigError
 from .._ingest.router import Ingest
 from .._joins.shard import JoinShard
+from .._keyed.kernel import CompiledGroup, compile_group
 from .._messages import RestoreSnapshot, ShardSnapshot, TakeSnapshot
 from .._shard import GroupShard
+from .._spec.feature_set import Feature
 from .._topology import Group, JoinGroup, Topology, signature
+from .._windows.engine import KeyWindows, WindowEngine, _Panes, _Sessions
+from .._windows.patterns import PatternState
 from .._windows.shard import WindowShard
+from .._windows.state import Needs, SlidingState
 from .codec import state_codec
 from .guards import CheckpointGuards
 from .store import ActorState, Checkpoint, CheckpointConfig, CheckpointInfo, CheckpointStore
@@ -358,15 +364,19 @@ class CheckpointCoordinator:
             raise _Unusable(str(exc)) from None
         await self._apply(checkpoint, path, plan, decoded, started)
 
-    def _match(
-        self, checkpoint: Checkpoint, path: Any
-    ) -> list[tuple[Group | JoinGroup, ActorState]]:
-        """Each state of ``checkpoint`` with the group or join of the runtime it restores;
-        the states of groups registered at run time are kept pending.
+    def _match(self, checkpoint: Checkpoint, path: Any) -> list[_Target]:
+        """Each feature group and join of the runtime with the states of ``checkpoint`` it
+        restores from: a group whose features are those of a state takes it as it is; a group
+        with features added or removed since (the feature set evolved) takes its kept
+        features' state from the groups that held them (:class:`_KeyedEvolution`,
+        :class:`_WindowEvolution`), its added features start empty, the removed ones are
+        dropped. The states of groups registered at run time whose features the feature set
+        does not have are kept pending (``register`` of the same features restores them).
 
         Raises:
-            CheckpointError: the checkpoint was taken with other ``key_groups`` or another
-                feature set.
+            CheckpointError: the checkpoint was taken with other ``key_groups`` or by another
+                feature set; a feature has another definition (naming it and the difference);
+                a join changed; a kept feature's window state cannot be carried over.
         """
         if checkpoint.key_groups != self._router.key_groups:
             raise CheckpointError(
@@ -374,10 +384,16 @@ class CheckpointCoordinator:
                 f"key_groups={self._router.key_groups}: key groups are the unit of rescaling "
                 "and cannot change"
             )
+        name = self._topology.feature_set.name
+        if checkpoint.feature_set != name:
+            raise CheckpointError(
+                f"{path}: taken by the feature set {checkpoint.feature_set!r}, not {name!r}: "
+                "restore with that feature set, or start from an empty directory"
+            )
         every: list[Group | JoinGroup] = [*self._topology.groups, *self._topology.joins]
         targets = {signature(target): target for target in every}
-        plan: list[tuple[Group | JoinGroup, ActorState]] = []
-        pending: dict[str, ActorState] = {}
+        plan: list[_Target] = []
+        others: list[ActorState] = []
         for state in checkpoint.actors:
             target = targets.pop(state.signature, None)
             if target is None:
@@ -386,101 +402,135 @@ class CheckpointCoordinator:
                         f"{path}: holds the join {state.name!r}, which the feature set does not "
                         "have as it was: a join's spec cannot change across a restore"
                     )
-                # registered at run time: ``register`` of the same features restores it
-                pending[state.signature] = state
+                others.append(state)
                 continue
             expected = "join" if isinstance(target, JoinGroup) else "features"
             if state.kind != expected:
                 raise CheckpointError(f"{path}: the state of {state.name!r} is not of a {expected}")
-            plan.append((target, state))
-        if targets:
-            # groups of the feature set that the checkpoint does not hold: a changed spec
-            missing = [target.name for target in targets.values()]
-            raise CheckpointError(
-                f"{path}: holds no state for {', '.join(missing)}: the feature set changed since "
-                "the checkpoint (a feature added, removed or changed). Restore with the feature "
-                "set it was taken with, or start from an empty directory and replay history"
-            )
-        for key, state in pending.items():
-            self._pending[key] = state
+            plan.append(_Target(target, [state]))
+        changed = [target for target in targets.values() if isinstance(target, Group)]
+        evolved, pending = _evolve(changed, others, path)
+        plan += evolved
+        for state in pending:
+            self._pending[state.signature] = state
             _log.warning(
                 "checkpoint_state_pending",
                 group=state.name,
                 detail="features registered after start: register them again to restore",
             )
+        for planned in plan:
+            evolution = planned.evolution
+            if evolution is not None and isinstance(planned.target, Group):
+                _log.info(
+                    "checkpoint_features_evolved",
+                    group=planned.target.name,
+                    kept=sorted(evolution.kept),
+                    added=[n for n in planned.target.names if n not in evolution.kept],
+                )
         return plan
 
     def _decode(
         self,
         checkpoint: Checkpoint,
-        plan: list[tuple[Group | JoinGroup, ActorState]],
+        plan: list[_Target],
         path: Any,
         share: tuple[int, int] | None = None,
-    ) -> list[tuple[list[list[Any]], list[list[dict[str, Any]]]]]:
+    ) -> list[tuple[list[list[Any]], list[list[dict[str, Any]]], int]]:
         """Decode and check every state of ``plan`` before any actor is given any: per
-        target, its key groups by shard of the runtime now, and its actors' counters by
-        shard. (Run in a worker thread: the event loop stays free meanwhile.)
+        target, its key groups by shard of the runtime now, its actors' counters by shard,
+        and its keys. (Run in a worker thread: the event loop stays free meanwhile.)
 
         Raises:
             CheckpointError: naming the group and what is wrong.
         """
         decoded = []
-        for target, state in plan:
+        for target in plan:
             try:
-                decoded.append(self._decode_target(target, state, share))
+                decoded.append(self._decode_target(target, share))
             except CheckpointError as exc:
-                raise CheckpointError(f"{path}: the state of {target.name}: {exc}") from None
+                raise CheckpointError(f"{path}: the state of {target.target.name}: {exc}") from None
         return decoded
 
     def _decode_target(
-        self, target: Group | JoinGroup, state: ActorState, share: tuple[int, int] | None = None
-    ) -> tuple[list[list[Any]], list[list[dict[str, Any]]]]:
-        """One target's state decoded and checked: its key groups by shard now, and its
-        actors' counters by shard (of ``share``, as :meth:`restore_from` says, alone).
+        self, planned: _Target, share: tuple[int, int] | None = None
+    ) -> tuple[list[list[Any]], list[list[dict[str, Any]]], int]:
+        """One target's state decoded and checked: its key groups by shard now, its actors'
+        counters by shard (of ``share``, as :meth:`restore_from` says, alone), and its keys.
+        An evolved group's entries are checked against the groups that wrote them, then
+        made into its own.
 
         Raises:
             CheckpointError: what is wrong.
         """
+        target, evolution = planned.target, planned.evolution
         codec = state_codec()
         actor: Any
-        engine: Any
+        engines: list[Any]
         if isinstance(target, JoinGroup):
-            actor, engine = JoinShard, None
+            actor, engines = JoinShard, [None]
+        elif evolution is not None:
+            actor = GroupShard if target.compiled is not None else WindowShard
+            engines = evolution.engines
         elif target.compiled is not None:
             layout = list(target.compiled.state_type.__slots__)  # type: ignore[attr-defined]
-            if layout != state.layout:
+            if layout != planned.states[0].layout:
                 raise CheckpointError("it has another layout in this version")
-            actor, engine = GroupShard, target.compiled
+            actor, engines = GroupShard, [target.compiled]
         else:
-            actor, engine = WindowShard, target.engine
+            actor, engines = WindowShard, [target.engine]
         check_entry, check_extra = actor.check_entry, actor.check_extra
         key_groups = self._router.key_groups
         key_group = self._router.key_group
         shards = self._topology.shards
         shard_of_group = self._router.shard_of_group
         owner = None if share is None else KeyRouter(shards=share[1], key_groups=key_groups)
+        sources = len(planned.states)
+        # key group -> key -> its entry in each state (None where a state has none)
+        found: dict[int, dict[Any, list[Any]]] = {}
+        for index, (state, engine) in enumerate(zip(planned.states, engines, strict=True)):
+            for group, blob in state.groups.items():
+                if not 0 <= group < key_groups:
+                    raise CheckpointError(f"key group {group} is not one of the {key_groups}")
+                if (
+                    owner is not None
+                    and share is not None
+                    and owner.shard_of_group(group) != share[0]
+                ):
+                    continue  # another worker's
+                items = codec.decode(blob)
+                if type(items) is not list:
+                    raise CheckpointError(f"key group {group} is not a list of keys")
+                keys = found.setdefault(group, {})
+                for item in items:
+                    if type(item) is not tuple or len(item) != 2:
+                        raise CheckpointError(
+                            f"key group {group} holds an item that is not a key's"
+                        )
+                    key, entry = item
+                    if type(key) not in _KEY_TYPES or key_group(key) != group:
+                        raise CheckpointError(
+                            f"key group {group} holds a key that is not one of its own: "
+                            f"{_brief(key)}"
+                        )
+                    problem = check_entry(engine, entry)
+                    if problem is not None:
+                        raise CheckpointError(f"key {_brief(key)}: {problem}")
+                    entries = keys.get(key)
+                    if entries is None:
+                        entries = keys[key] = [None] * sources
+                    entries[index] = entry
         by_shard: list[list[Any]] = [[] for _ in range(shards)]
-        for group, blob in state.groups.items():
-            if not 0 <= group < key_groups:
-                raise CheckpointError(f"key group {group} is not one of the {key_groups}")
-            if owner is not None and share is not None and owner.shard_of_group(group) != share[0]:
-                continue  # another worker's
-            items = codec.decode(blob)
-            if type(items) is not list:
-                raise CheckpointError(f"key group {group} is not a list of keys")
-            for item in items:
-                if type(item) is not tuple or len(item) != 2:
-                    raise CheckpointError(f"key group {group} holds an item that is not a key's")
-                key, entry = item
-                if type(key) not in _KEY_TYPES or key_group(key) != group:
-                    raise CheckpointError(
-                        f"key group {group} holds a key that is not one of its own: {_brief(key)}"
-                    )
-                problem = check_entry(engine, entry)
-                if problem is not None:
-                    raise CheckpointError(f"key {_brief(key)}: {problem}")
+        count = 0
+        for group, keys in found.items():
+            if evolution is None:
+                items = [(key, entries[0]) for key, entries in keys.items()]
+            else:
+                items = [(key, evolution.entry(entries)) for key, entries in keys.items()]
+            count += len(items)
             by_shard[shard_of_group(group)].append(items)
         extras: list[list[dict[str, Any]]] = [[] for _ in range(shards)]
+        # an evolved group's counters are those of the first group it takes state from
+        state = planned.states[0]
         blobs = state.extras if share is None else state.extras[share[0] :: share[1]]
         for index, blob in enumerate(blobs):
             extra = codec.decode(blob)
@@ -490,23 +540,23 @@ class CheckpointCoordinator:
             # the counters of the checkpoint's actors spread over the actors now (their totals
             # are kept)
             extras[index % shards].append(extra)
-        return by_shard, extras
+        return by_shard, extras, count
 
     async def _apply(
         self,
         checkpoint: Checkpoint,
         path: Any,
-        plan: list[tuple[Group | JoinGroup, ActorState]],
-        decoded: list[tuple[list[list[Any]], list[list[dict[str, Any]]]]],
+        plan: list[_Target],
+        decoded: list[tuple[list[list[Any]], list[list[dict[str, Any]]], int]],
         started: float,
     ) -> None:
         """Give the actors the state decoded and checked, the caches their rows, and take
         the checkpoint's position."""
         keys = 0
-        for (target, state), (by_shard, extras) in zip(plan, decoded, strict=True):
-            for shard, ref in enumerate(target.refs):
+        for planned, (by_shard, extras, count) in zip(plan, decoded, strict=True):
+            for shard, ref in enumerate(planned.target.refs):
                 await ref.ask(RestoreSnapshot(by_shard[shard], extras[shard]), timeout=None)
-            keys += state.keys
+            keys += count
         codec = state_codec()
         for name, blob in checkpoint.caches.items():
             source = self._topology.sources.get(name)
@@ -557,7 +607,8 @@ class CheckpointCoordinator:
         Raises:
             CheckpointError: the state does not decode or check; no actor was given any.
         """
-        by_shard, extras = await anyio.to_thread.run_sync(self._decode_target, target, state)
+        planned = _Target(target, [state])
+        by_shard, extras, _ = await anyio.to_thread.run_sync(self._decode_target, planned)
         for shard, ref in enumerate(target.refs):
             await ref.ask(RestoreSnapshot(by_shard[shard], extras[shard]), timeout=None)
 
@@ -573,3 +624,414 @@ _KEY_TYPES = frozenset({str, int, bytes})
 def _brief(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+# -- evolution: a checkpoint restored into a feature set with features added or removed ----------
+class _Target:
+    """A group or join of the runtime, the checkpoint's states it restores from, and how its
+    entries are made from theirs when its features changed (None: the one state as it is)."""
+
+    __slots__ = ("evolution", "states", "target")
+
+    def __init__(
+        self,
+        target: Group | JoinGroup,
+        states: list[ActorState],
+        evolution: _KeyedEvolution | _WindowEvolution | None = None,
+    ) -> None:
+        self.target = target
+        self.states = states
+        self.evolution = evolution
+
+
+def _features_of(state: ActorState) -> tuple[str, str, list[Any]]:
+    """The kind (``keyed`` or ``windowed``), stream and feature specs of a feature group's
+    state, read from its signature (which holds them: see ``_topology.signature``)."""
+    kind, _, rest = state.signature.partition(":")
+    at = rest.find(":[")
+    if kind not in ("keyed", "windowed") or at < 0:
+        raise CheckpointError(f"the state of {state.name!r} has a signature of no feature group")
+    try:
+        features = msgspec.json.decode(rest[at + 1 :], type=list[Feature])
+    except (msgspec.DecodeError, ValueError, TypeError) as exc:
+        raise CheckpointError(
+            f"the features of {state.name!r} cannot be read by this version: {exc}"
+        ) from None
+    return kind, rest[:at], features
+
+
+def _difference(old: Any, new: Any) -> str:
+    """What differs between two feature specs, as ``field old -> new`` (``window.size '1h' ->
+    '2h'``), ``; `` between fields."""
+    out: list[str] = []
+
+    def walk(a: Any, b: Any, prefix: str) -> None:
+        if isinstance(a, dict) and isinstance(b, dict):
+            for name in [*a, *(n for n in b if n not in a)]:
+                if a.get(name) != b.get(name):
+                    walk(a.get(name), b.get(name), f"{prefix}{name}.")
+            return
+        out.append(f"{prefix[:-1] or 'spec'} {a!r} -> {b!r}")
+
+    walk(msgspec.to_builtins(old), msgspec.to_builtins(new), "")
+    return "; ".join(out) or "its spec"
+
+
+def _evolve(
+    groups: list[Group], states: list[ActorState], path: Any
+) -> tuple[list[_Target], list[ActorState]]:
+    """The groups of the runtime that no state of the checkpoint matches as they are, each
+    with the states that hold its kept features and how to make its entries from theirs; and
+    the states none of whose features the runtime has (pending: ``register`` may add them).
+
+    Raises:
+        CheckpointError: a feature of the runtime has another definition in the checkpoint
+            (each such one named, with the difference); a kept feature's window state cannot
+            be carried over.
+    """
+    # feature name -> (its state, the state's kind and stream, its spec)
+    held: dict[str, tuple[int, str, str, Any]] = {}
+    parsed: list[tuple[str, str, list[Any]]] = []
+    for index, state in enumerate(states):
+        kind, stream, features = _features_of(state)
+        parsed.append((kind, stream, features))
+        for feature in features:
+            held[feature.name] = (index, kind, stream, feature)
+    changed: list[str] = []
+    used: set[int] = set()
+    plan: list[_Target] = []
+    for group in groups:
+        kind = "keyed" if group.compiled is not None else "windowed"
+        kept: dict[int, set[str]] = {}
+        for feature in group.features:
+            found = held.get(feature.name)
+            if found is None:
+                continue  # added
+            index, old_kind, old_stream, old = found
+            if msgspec.json.encode(old) != msgspec.json.encode(feature):
+                changed.append(f"feature {feature.name!r}: {_difference(old, feature)}")
+            elif old_stream != group.stream:
+                changed.append(
+                    f"feature {feature.name!r}: stream {old_stream!r} -> {group.stream!r}"
+                )
+            elif old_kind == kind:
+                kept.setdefault(index, set()).add(feature.name)
+        used.update(kept)
+        if not kept:
+            continue  # only added features: the group starts empty
+        order = sorted(kept)
+        sources = [states[i] for i in order]
+        specs = [parsed[i][2] for i in order]
+        names = [frozenset(kept[i]) for i in order]
+        evolution: _KeyedEvolution | _WindowEvolution
+        if group.compiled is not None:
+            evolution = _KeyedEvolution(group.compiled, specs, names, sources)
+        else:
+            assert group.engine is not None
+            evolution = _WindowEvolution(group.engine, specs, names)
+        plan.append(_Target(group, sources, evolution))
+    if changed:
+        raise CheckpointError(
+            f"{path}: features changed since the checkpoint: {'; '.join(changed)}. A feature "
+            "keeps its definition across a restore: give the new one another name (it starts "
+            "empty, or backfilled), or restore with the old definition"
+        )
+    pending = [
+        state
+        for index, state in enumerate(states)
+        if index not in used
+        and not any(feature.name in _names(groups) for feature in parsed[index][2])
+    ]
+    return plan, pending
+
+
+def _names(groups: list[Group]) -> set[str]:
+    return {name for group in groups for name in group.names}
+
+
+class _KeyedEvolution:
+    """How a keyed group's per-key slots are made from the entries of the checkpoint's keyed
+    groups that held its kept features: each kept feature's slots copied from where the old
+    group kept them, the key's latest event time the latest of them, the rest (the added
+    features') their initial values.
+
+    An added feature whose running state is shared with a kept one (``mean`` of a field reuses
+    ``sum``'s total) takes that history where all of its slots are shared, and is refused
+    where only some are: its value would mix history with nothing.
+    """
+
+    def __init__(
+        self,
+        new: CompiledGroup,
+        features: list[list[Any]],
+        kept: list[frozenset[str]],
+        states: list[ActorState],
+    ) -> None:
+        self.kept = frozenset().union(*kept)
+        self._new = new
+        self._slots: tuple[str, ...] = new.state_type.__slots__  # type: ignore[attr-defined]
+        self.engines: list[CompiledGroup] = []
+        #: feature name -> (its source, the old slots, its old slot of each role)
+        provided: dict[str, tuple[int, list[str], dict[str, str]]] = {}
+        self._times: list[int] = []
+        for index, (specs, names, state) in enumerate(zip(features, kept, states, strict=True)):
+            try:
+                old = compile_group(specs, group=state.name)
+            except Exception as exc:
+                raise CheckpointError(
+                    f"the features of {state.name!r} do not compile in this version: {exc}"
+                ) from None
+            old_slots = list(old.state_type.__slots__)  # type: ignore[attr-defined]
+            if old_slots != state.layout:
+                raise CheckpointError(f"the state of {state.name!r} has another layout")
+            self.engines.append(old)
+            self._times.append(old_slots.index("t_"))
+            for position, name in enumerate(old.names):
+                if name in names:
+                    provided[name] = (index, old_slots, old.feature_slots[position])
+        found: dict[str, tuple[int, int]] = {}
+        owner: dict[str, str] = {}
+        for position, name in enumerate(new.names):
+            source = provided.get(name)
+            if source is None:
+                continue
+            index, old_slots, old_roles = source
+            for role, slot in new.feature_slots[position].items():
+                if slot not in found:
+                    found[slot] = (index, old_slots.index(old_roles[role]))
+                    owner[slot] = name
+        for position, name in enumerate(new.names):
+            roles = new.feature_slots[position]
+            if name in provided or not roles:
+                continue
+            shared = [slot for slot in roles.values() if slot in found]
+            if shared and len(shared) < len(roles):
+                raise CheckpointError(
+                    f"the added feature {name!r} shares part of its running state with the "
+                    f"kept feature {owner[shared[0]]!r}: it cannot start empty. Backfill it "
+                    "from history, or give it another field or filter"
+                )
+        self._plan = [found.get(slot) for slot in self._slots]
+
+    def entry(self, entries: list[Any]) -> Any:
+        """A key's entry (its slots, when last seen) from its entries in the sources."""
+        state = self._new.new_state()
+        values = [getattr(state, slot) for slot in self._slots]
+        latest = -1
+        seen = None
+        for index, entry in enumerate(entries):
+            if entry is None:
+                continue
+            old, at = entry
+            latest = max(latest, old[self._times[index]])
+            if at is not None and (seen is None or at > seen):
+                seen = at
+        for slot, source in enumerate(self._plan):
+            if source is not None:
+                entry = entries[source[0]]
+                if entry is not None:
+                    values[slot] = entry[0][source[1]]
+        values[self._slots.index("t_")] = latest
+        return values, seen
+
+
+def _buffer_key(buffer: Any) -> tuple[Any, ...]:
+    """What makes two window buffers the same input: window, field, filter, kind of value."""
+    return (
+        buffer.kind,
+        buffer.size,
+        buffer.hop,
+        buffer.gap,
+        buffer.field,
+        msgspec.json.encode(buffer.where),
+        buffer.numeric,
+        buffer.needs.sketch,
+    )
+
+
+def _covers(old: Needs, new: Needs) -> bool:
+    """Whether a tumbling, hopping or session buffer's accumulators keep all ``new`` needs."""
+    flags = ("moments", "extremes", "ends", "sorted", "frequent", "distinct")
+    return old.sketch == new.sketch and all(
+        getattr(old, flag) or not getattr(new, flag) for flag in flags
+    )
+
+
+class _WindowEvolution:
+    """How a window group's per-key windows are made from the entries of the checkpoint's
+    window groups that held its kept features.
+
+    A sliding buffer holds the events of its window: a kept one is carried over, rebuilt from
+    its events where the features sharing it need other statistics now (an added ``max`` of
+    the same field and window starts with the window's events). A tumbling, hopping or session
+    frame holds per window one accumulator per buffer: a kept frame is carried over, its added
+    buffers empty in every window and its removed ones dropped; a kept buffer whose features
+    now need a statistic its accumulators do not keep is refused. Sequence features are kept
+    by name; the key's clocks are the latest of its sources'.
+    """
+
+    def __init__(
+        self, new: WindowEngine, features: list[list[Any]], kept: list[frozenset[str]]
+    ) -> None:
+        self.kept = frozenset().union(*kept)
+        self._new = new
+        self.engines: list[WindowEngine] = [WindowEngine(specs) for specs in features]
+        #: feature name -> (its source, its index in that source's engine)
+        source_of: dict[str, tuple[int, int]] = {}
+        for index, (engine, held) in enumerate(zip(self.engines, kept, strict=True)):
+            for position, name in enumerate(engine.names):
+                if name in held:
+                    source_of[name] = (index, position)
+        names = new.names
+
+        def origin(members: list[int], what: str) -> tuple[int, Any] | None:
+            """The source and old buffer of the kept features of ``members``, all of one
+            sliding buffer (or of one frame) of one source."""
+            found = None
+            for i in members:
+                source = source_of.get(names[i])
+                if source is None:
+                    continue
+                engine = self.engines[source[0]]
+                here = (source[0], engine.buffers[engine._buffer_of[source[1]]])
+                if found is not None and _place(found, what) != _place(here, what):
+                    raise CheckpointError(
+                        f"the kept features of one {what} now ({names[i]!r} among them) were "
+                        "in two before: register them apart, or backfill them"
+                    )
+                found = here
+            return found
+
+        #: (slot now, source, old slot, the buffer now where its statistics changed)
+        self._sliding: list[tuple[int, int, int, Any]] = []
+        for buffer in new.sliding:
+            found = origin(buffer.features, "sliding window")
+            if found is None:
+                continue
+            source, old = found
+            rebuild = None if old.needs == buffer.needs else buffer
+            self._sliding.append((buffer.slot, source, old.slot, rebuild))
+        #: (frame now, source, old frame, per buffer now its position then or None)
+        self._frames: list[tuple[Any, int, Any, list[int | None]]] = []
+        for frame in new.frames:
+            members = [i for buffer in frame.buffers for i in buffer.features]
+            found = origin(members, "window")
+            if found is None:
+                continue
+            source, old_buffer = found
+            old_frame = self.engines[source].frames[old_buffer.frame]
+            positions: list[int | None] = []
+            for buffer in frame.buffers:
+                match = None
+                for position, candidate in enumerate(old_frame.buffers):
+                    if _buffer_key(candidate) == _buffer_key(buffer):
+                        match = position if _covers(candidate.needs, buffer.needs) else -1
+                if match == -1 or (match is None and origin(buffer.features, "window")):
+                    kept_here = [names[i] for i in buffer.features if names[i] in source_of]
+                    added = [names[i] for i in buffer.features if names[i] not in source_of]
+                    raise CheckpointError(
+                        f"the kept feature {kept_here[0]!r} shares its window state with the "
+                        f"added feature(s) {', '.join(map(repr, added))}, which need "
+                        "statistics it does not keep: give them another field, filter or "
+                        "window, or restore without them"
+                    )
+                positions.append(match)
+            self._frames.append((frame, source, old_frame, positions))
+        #: per sequence feature now: (source, its position among the source's) or None
+        self._patterns: list[tuple[int, int] | None] = []
+        for _, feature in new.sequences:
+            held_by = source_of.get(feature.name)
+            if held_by is None:
+                self._patterns.append(None)
+                continue
+            engine = self.engines[held_by[0]]
+            order = [i for i, _ in engine.sequences]
+            self._patterns.append((held_by[0], order.index(held_by[1])))
+
+    def entry(self, entries: list[Any]) -> Any:
+        """A key's windows from its windows in the sources."""
+        new = self._new
+        present = [entry for entry in entries if entry is not None]
+        first = present[0]
+        st = KeyWindows(len(new.buffers), max(e.clock for e in present), first.seen)
+        st.latest = max(e.latest for e in present)
+        st.seen = max(e.seen for e in present)
+        st.next_close = min(e.next_close for e in present)
+        for slot, source, old_slot, rebuild in self._sliding:
+            entry = entries[source]
+            if entry is None:
+                continue
+            state = entry.buffers[old_slot]
+            if state is not None and rebuild is not None:
+                state = _rebuilt(state, rebuild, new.names)
+            st.buffers[slot] = state
+        for frame, source, old_frame, positions in self._frames:
+            entry = entries[source]
+            if entry is None:
+                continue
+            state = entry.buffers[old_frame.slot]
+            if state is not None:
+                st.buffers[frame.slot] = _remapped(state, positions)
+            final = None if entry.finals is None else entry.finals.get(old_frame.index)
+            if final is not None:
+                end, values = final
+                if st.finals is None:
+                    st.finals = {}
+                st.finals[frame.index] = (
+                    end,
+                    {
+                        new.names[i]: values.get(new.names[i], new.defaults[i])
+                        for i, _ in frame.members
+                    },
+                )
+        if self._patterns and any(p is not None for p in self._patterns):
+            patterns = []
+            for found in self._patterns:
+                entry = None if found is None else entries[found[0]]
+                if found is None or entry is None or entry.patterns is None:
+                    patterns.append(PatternState())
+                else:
+                    patterns.append(entry.patterns[found[1]])
+            st.patterns = patterns
+        return st
+
+
+def _place(found: tuple[int, Any], what: str) -> tuple[int, int]:
+    source, buffer = found
+    return (source, buffer.index if what == "sliding window" else buffer.frame)
+
+
+def _rebuilt(old: SlidingState, buffer: Any, names: tuple[str, ...]) -> SlidingState:
+    """A sliding buffer's events in a state that keeps the statistics ``buffer`` needs now."""
+    state = SlidingState(buffer.needs, buffer.numeric)
+    for t, v in old.items:
+        state.add(t, v)
+    if old.scores:
+        scored = {names[i] for i in buffer.scores}
+        kept = {name: z for name, z in old.scores.items() if name in scored}
+        state.scores = kept or None
+    return state
+
+
+def _remapped(state: Any, positions: list[int | None]) -> Any:
+    """A frame's panes or sessions with each window's accumulators in the buffers' places
+    now (an added buffer's None: it took nothing)."""
+
+    def remap(accumulators: Any) -> Any:
+        if accumulators is None:
+            return None
+        return [None if p is None else accumulators[p] for p in positions]
+
+    if isinstance(state, _Panes):
+        panes = _Panes(state.closed)
+        panes.accumulators = {k: remap(v) for k, v in state.accumulators.items()}
+        panes.order = list(state.order)
+        if state.current is not None:
+            panes.current = (state.current[0], remap(state.current[1]))
+        return panes
+    assert isinstance(state, _Sessions)
+    sessions = _Sessions()
+    sessions.sessions = [
+        [start, last, remap(accs), *rest] for start, last, accs, *rest in state.sessions
+    ]
+    return sessions

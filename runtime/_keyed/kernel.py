@@ -108,6 +108,9 @@ class CompiledGroup:
     merge: Callable[[Any, Any], Any] | None
     slot_count: int
     source: str
+    #: per feature (in ``names`` order): its slot of each role (a slot may serve several
+    #: features: ``mean`` reads ``sum``'s running total); a ratio has none
+    feature_slots: tuple[dict[str, str], ...] = ()
 
     def new_state(self) -> Any:
         return self.state_type()
@@ -536,6 +539,7 @@ def compile_group(features: Sequence[Any], *, group: str = "g0") -> CompiledGrou
         merge=namespace.get("merge"),
         slot_count=len(builder.slots),
         source=source,
+        feature_slots=tuple(dict(slots) for slots in builder.feature_slots),
     )
     _register_source(compiled, filename, source)
     return compiled

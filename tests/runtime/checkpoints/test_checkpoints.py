@@ -23,7 +23,6 @@ from runtime import (
     FeatureRuntime,
     FeatureSet,
     Join,
-    Mean,
     Quantile,
     SequencePattern,
     Sliding,
@@ -221,16 +220,23 @@ async def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(tmp_path
         assert (await rt.get("a"))["n"] == 1
 
 
-async def test_a_changed_feature_set_is_refused_with_a_clear_error(tmp_path: Path) -> None:
+async def test_a_changed_feature_is_refused_with_a_clear_error(tmp_path: Path) -> None:
     fs = FeatureSet(name="p", key="card", time="ts", features=[Count(name="n")])
     config = checkpoints(tmp_path)
     async with FeatureRuntime(fs, checkpoints=config) as rt:
         await rt.ingest({"card": "a", "ts": 1})
     changed = FeatureSet(
-        name="p", key="card", time="ts", features=[Count(name="n"), Mean(name="m", field="x")]
+        name="p",
+        key="card",
+        time="ts",
+        features=[Count(name="n", where=Where(field="x", op=">", value=1))],
     )
-    with pytest.raises(CheckpointError, match="feature set changed"):
+    with pytest.raises(CheckpointError, match="feature 'n': where None -> "):
         async with FeatureRuntime(changed, checkpoints=config):
+            pass
+    other = FeatureSet(name="q", key="card", time="ts", features=[Count(name="n")])
+    with pytest.raises(CheckpointError, match="taken by the feature set 'p', not 'q'"):
+        async with FeatureRuntime(other, checkpoints=config):
             pass
     with pytest.raises(CheckpointError, match="key_groups"):
         async with FeatureRuntime(fs, checkpoints=config, key_groups=64):

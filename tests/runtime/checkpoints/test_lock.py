@@ -230,7 +230,7 @@ async def test_a_failed_start_releases_the_directory(tmp_path: Path) -> None:
     async with FeatureRuntime(FEATURES, checkpoints=config(tmp_path)) as rt:
         await rt.ingest({"card": "a", "ts": 1, "x": 2})
     # another feature set's checkpoint is refused on restore, after the lock was taken
-    with pytest.raises(CheckpointError, match="holds no state for"):
+    with pytest.raises(CheckpointError, match="taken by the feature set"):
         async with FeatureRuntime(OTHER, checkpoints=config(tmp_path)):
             pass  # pragma: no cover - refused
     async with FeatureRuntime(FEATURES, checkpoints=config(tmp_path)) as rt:

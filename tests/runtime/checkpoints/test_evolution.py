@@ -1,0 +1,161 @@
+"""Evolution: a checkpoint restored into a feature set with features added or removed. A
+stream cut at a random point, checkpointed with feature set A and restored into B (A with
+features added and removed, keyed and windowed, at several shard counts): the kept features
+equal an uninterrupted run, the added ones a run over the events after the restore, the
+removed ones are gone; a feature whose definition changed is refused, named with the
+difference."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any
+
+import hypothesis.strategies as st
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+from runtime import (
+    CheckpointConfig,
+    CheckpointError,
+    Count,
+    FeatureRuntime,
+    FeatureSet,
+    Last,
+    Max,
+    Mean,
+    Min,
+    Sliding,
+    Sum,
+    Tumbling,
+)
+
+from ..support.oracle import same
+
+_serial = itertools.count()
+
+#: each reads a field or window of its own, so that no two share running state
+POOL: dict[str, Any] = {
+    feature.name: feature
+    for feature in [
+        Count(name="n"),
+        Sum(name="s", field="amount"),
+        Max(name="mx", field="v"),
+        Last(name="last_v", field="w"),
+        Sum(name="ws", field="amount", window=Sliding(size=1000)),
+        Min(name="wmin", field="v", window=Sliding(size=700)),
+        Count(name="wc", window=Tumbling(size=500)),
+        Max(name="tmax", field="v", window=Tumbling(size=500)),
+        Mean(name="tmean", field="w", window=Tumbling(size=800)),
+    ]
+}
+KEYS = ["a", "b", "c", 1, 2]
+
+
+def feature_set(names: list[str]) -> FeatureSet:
+    return FeatureSet(
+        name="ev", key="card", time="ts", features=[POOL[name] for name in sorted(names)]
+    )
+
+
+@st.composite
+def streams(draw: st.DrawFn) -> list[dict[str, Any]]:
+    n = draw(st.integers(min_value=0, max_value=60))
+    t = 10_000
+    events = []
+    for _ in range(n):
+        t += draw(st.sampled_from([0, 10, 50, 120, 300, 700]))
+        events.append(
+            {
+                "card": draw(st.sampled_from(KEYS)),
+                "ts": t,
+                "amount": draw(st.one_of(st.integers(-100, 100), st.none())),
+                "v": draw(st.integers(-50, 50)),
+                "w": draw(st.floats(-10, 10, allow_nan=False)),
+            }
+        )
+    return events
+
+
+async def run(
+    names: list[str], events: list[dict[str, Any]], shards: int, directory: Path | None
+) -> dict[Any, dict[str, Any]]:
+    config = None
+    if directory is not None:
+        config = CheckpointConfig(directory=str(directory), interval=None)
+    async with FeatureRuntime(feature_set(names), shards=shards, checkpoints=config) as rt:
+        if events:
+            await rt.ingest_many(events)
+        await rt.flush()
+        vectors = await rt.get_many(KEYS)
+        return {key: vector.values for key, vector in vectors.items()}
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(
+    events=streams(),
+    cut=st.floats(0, 1),
+    before=st.sets(st.sampled_from(sorted(POOL)), min_size=1),
+    after=st.sets(st.sampled_from(sorted(POOL)), min_size=1),
+    shards=st.sampled_from([(1, 1), (1, 3), (3, 1), (4, 2)]),
+)
+@pytest.mark.anyio
+async def test_kept_features_go_on_added_ones_start_empty_removed_ones_are_gone(
+    tmp_path: Path,
+    events: list[dict[str, Any]],
+    cut: float,
+    before: set[str],
+    after: set[str],
+    shards: tuple[int, int],
+) -> None:
+    at = int(len(events) * cut)
+    directory = tmp_path / f"run-{next(_serial)}"
+    await run(sorted(before), events[:at], shards[0], directory)
+    got = await run(sorted(after), events[at:], shards[1], directory)
+    whole = await run(sorted(before | after), events, 1, None)
+    fresh = await run(sorted(after - before), events[at:], 1, None) if after - before else {}
+    for key in KEYS:
+        assert set(got[key]) == after
+        for name in after & before:
+            assert same(got[key][name], whole[key][name]), (key, name, got[key], whole[key])
+        for name in after - before:
+            assert same(got[key][name], fresh[key][name]), (key, name, got[key], fresh[key])
+
+
+@pytest.mark.anyio
+async def test_a_feature_whose_definition_changed_is_refused_naming_it(tmp_path: Path) -> None:
+    config = CheckpointConfig(directory=str(tmp_path / "cp"), interval=None)
+    fs = feature_set(["n", "ws"])
+    async with FeatureRuntime(fs, checkpoints=config) as rt:
+        await rt.ingest({"card": "a", "ts": 1, "amount": 3})
+    longer = Sum(name="ws", field="amount", window=Sliding(size=2000))
+    changed = FeatureSet(name="ev", key="card", time="ts", features=[POOL["n"], longer])
+    with pytest.raises(CheckpointError, match=r"feature 'ws': window\.size 1000 -> 2000"):
+        async with FeatureRuntime(changed, checkpoints=config):
+            pass
+    # the checkpoint is intact: the old definitions restore it
+    async with FeatureRuntime(fs, checkpoints=config) as rt:
+        assert (await rt.get("a")).values == {"n": 1, "ws": 3}
+
+
+@pytest.mark.anyio
+async def test_an_added_feature_in_a_kept_window_starts_empty_in_it(
+    tmp_path: Path,
+) -> None:
+    config = CheckpointConfig(directory=str(tmp_path / "cp"), interval=None)
+    async with FeatureRuntime(feature_set(["wc"]), checkpoints=config) as rt:
+        await rt.ingest({"card": "a", "ts": 1})
+    # the tumbling window of wc goes on; tsum's buffer in it starts empty
+    grown = FeatureSet(
+        name="ev",
+        key="card",
+        time="ts",
+        features=[POOL["wc"], Sum(name="tsum", field="v", window=Tumbling(size=500))],
+    )
+    async with FeatureRuntime(grown, checkpoints=config) as rt:
+        await rt.ingest({"card": "a", "ts": 2, "v": 4})
+        assert (await rt.get("a")).values == {"wc": 2, "tsum": 4}
