@@ -235,19 +235,23 @@ class RunningSink:
     async def guard(self) -> None:
         """A checkpoint's guard (``FeatureRuntime.guard_checkpoints``): returns once every
         update published before the call is written and the sink flushed, so that a
-        checkpoint is never written ahead of what the sink holds. Returns at once if the sink
-        failed or its writer ended (its failure is the block's to raise).
+        checkpoint is never written ahead of what the sink holds.
 
         Raises:
-            SinkError: the flush failed after its retries (the checkpoint fails).
+            SinkError: the sink failed (its writes or this flush, after their retries): the
+                checkpoint fails, until the block has ended and the guard is removed.
         """
         mark = self._taken + int(self._subscription.statistics().depth)
         while self._written < mark:
             if self._done.is_set():
-                return
+                break
             await self._wrote.wait()
+        if self._failure is not None:
+            # the sink failed: until its block has ended (and the guard is gone), no
+            # checkpoint may cover updates it did not write
+            raise self._failure
         if self._done.is_set():
-            return
+            return  # the writer ended after its drain: what was published is written
         async with self._calls:
             await self._attempt("flush", self.sink.flush)
 

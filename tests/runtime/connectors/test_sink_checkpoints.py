@@ -57,9 +57,7 @@ async def test_a_checkpoint_waits_until_the_sink_holds_what_it_covers(
             # every update of the 2,000 events the checkpoint covers is durable in the sink
             assert info.position == 2000
             assert len(sink.durable) >= 2000
-            assert sorted(r[1] for r in sink.durable[:2000]) == sorted(
-                r["ts"] for r in rows[:2000]
-            )
+            assert sorted(r[1] for r in sink.durable[:2000]) == sorted(r["ts"] for r in rows[:2000])
             await rt.ingest_many(rows[2000:])
         assert len(sink.durable) == 3000
 
@@ -86,3 +84,20 @@ async def test_a_failed_sink_does_not_hold_checkpoints_up(tmp_path: Path) -> Non
         with anyio.fail_after(5):
             info = await rt.checkpoint()
         assert info.position == 500
+
+
+async def test_no_checkpoint_passes_a_failed_sink_while_its_block_is_open(tmp_path: Path) -> None:
+    sink = SlowSink(delay=0, fail_after=1)
+    async with runtime(tmp_path) as rt:
+        with pytest.raises(SinkError):
+            async with run_sink(rt, sink, max_attempts=1, backoff=0, buffer=20, max_batch=10):
+                with anyio.CancelScope(shield=True):  # the failure cancels the body: not yet
+                    await rt.ingest_many(events(10))
+                    await rt.flush()
+                    await rt.ingest_many(events(10, seed=1))
+                    with anyio.fail_after(5):
+                        while sink.writes < 2:
+                            await anyio.sleep(0.01)
+                    with pytest.raises(SinkError):
+                        await rt.checkpoint()  # it would cover updates the sink never wrote
+        assert (await rt.checkpoint()).position == 20  # the block ended: the guard is gone
