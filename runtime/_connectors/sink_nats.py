@@ -138,6 +138,8 @@ class NatsSink(Sink):
         self._owned = client is None
         #: the reply subjects' prefix of JetStream publishes, once subscribed to
         self._inbox: str | None = None
+        #: the subscription to the acknowledgements (removed by ``aclose``)
+        self._acks_sub: Any = None
         #: the acknowledgements the write in progress waits for
         self._acks: _Acks | None = None
         self._round = 0
@@ -149,23 +151,28 @@ class NatsSink(Sink):
 
     async def _connection(self) -> nats.aio.client.Client:
         if self._client is None:
-            import nats
+            import nats.aio.client
 
             # nats-py tries again and again to make a first connection that reconnects
-            # later: bound it here (run_sink retries the write)
+            # later: bound it here (run_sink retries the write), and close what a connection
+            # cut short had started (its reader and pinger tasks, its socket)
+            client = nats.aio.client.Client()
             with anyio.move_on_after(self.timeout):
-                self._client = await nats.connect(
+                await client.connect(
                     self.url,
-                    connect_timeout=self.timeout,
+                    connect_timeout=max(1, math.ceil(self.timeout)),
                     allow_reconnect=True,
                     max_reconnect_attempts=-1,
-                    reconnect_time_wait=min(self.timeout / 4, 2.0),
+                    reconnect_time_wait=max(1, round(min(self.timeout / 4, 2.0))),
                 )
-            if self._client is None:
+            if not client.is_connected:
+                with anyio.CancelScope(shield=True), anyio.move_on_after(self.timeout):
+                    await client.close()
                 raise ConnectionError(
                     f"NatsSink {self.name!r}: could not connect to {self.url} within "
                     f"{self.timeout:g} s"
                 )
+            self._client = client
         return self._client
 
     async def _in_stream(self, client: nats.aio.client.Client, subject: str) -> bool:
@@ -213,7 +220,7 @@ class NatsSink(Sink):
         turn, a system call each: about 8,000 messages a second here.)"""
         if self._inbox is None:
             self._inbox = client.new_inbox()
-            await client.subscribe(f"{self._inbox}.*.*", cb=self._on_ack)
+            self._acks_sub = await client.subscribe(f"{self._inbox}.*.*", cb=self._on_ack)
         self._round += 1
         acks = self._acks = _Acks(self._round, len(messages))
         prefix = f"{self._inbox}.{self._round}."
@@ -248,7 +255,13 @@ class NatsSink(Sink):
             acks.done.set()
 
     async def aclose(self) -> None:
-        """Close the connection the sink made (not one given to it)."""
+        """Close the connection the sink made; on one given to it, only remove the sink's
+        subscription."""
         client, self._client = self._client, None
-        if client is not None and self._owned:
+        sub, self._acks_sub, self._inbox = self._acks_sub, None, None
+        if client is None:
+            return
+        if self._owned:
             await client.close()
+        elif sub is not None and not client.is_closed:
+            await sub.unsubscribe()

@@ -216,3 +216,22 @@ def test_options_are_checked() -> None:
     ]:
         with pytest.raises(ConfigError, match=match):
             NatsSink(NATS_URL, **options)
+
+
+async def test_a_sink_on_a_given_connection_leaves_no_subscription_behind(
+    plain: nats.aio.client.Client,
+) -> None:
+    subject = f"test-sink-{uuid.uuid4().hex[:8]}"
+    stream = subject.replace("-", "_")
+    js = plain.jetstream()
+    await js.add_stream(name=stream, subjects=[f"{subject}.>"])
+    try:
+        before = len(plain._subs)
+        async with runtime() as rt:
+            async with NatsSink(client=plain, subject=subject) as sink:
+                async with run_sink(rt, sink):
+                    await rt.ingest_many(events(50))
+                assert len(plain._subs) == before + 1  # the acknowledgements'
+        assert len(plain._subs) == before and plain.is_connected
+    finally:
+        await js.delete_stream(stream)
