@@ -51,7 +51,8 @@ __all__ = ["WorkerSpec", "main", "serve"]
 _log = get_logger("featurist.worker")
 _encode = msgspec.msgpack.encode
 _TAKEN = Taken()
-#: update rows a forwarder takes from its buffer for one round of frames, at most
+#: rows (updates, records, events) a forwarder takes from its buffer for one round of
+#: frames, at most
 MAX_FORWARD_ROWS = 8192
 
 
@@ -197,61 +198,45 @@ class _Worker:
         return None
 
     async def _forward_updates(self, forwarder: _Forwarder) -> None:
+        await self._forward(forwarder, _group_of, _merged_updates)
+
+    async def _forward_records(self, forwarder: _Forwarder) -> None:
+        await self._forward(forwarder, _join_of, _merged_records)
+
+    async def _forward_enriched(self, forwarder: _Forwarder) -> None:
+        await self._forward(forwarder, _none, _merged_enriched)
+
+    async def _forward_late(self, forwarder: _Forwarder) -> None:
+        await self._forward(forwarder, _group_of, _merged_late)
+
+    async def _forward(
+        self,
+        forwarder: _Forwarder,
+        part_of: Callable[[Any], Any],
+        frame_of: Callable[[list[Any]], Any],
+    ) -> None:
+        """Send the output's batches on, as frames of ``frame_of`` over the batches of one
+        part (a group, a join).
+
+        Each round takes what else is buffered too (up to ``MAX_FORWARD_ROWS``), merged per
+        part, one frame each. The hub splits a batch into the room left in a full buffer: a
+        forwarder that sent each piece in a frame of its own fell further behind on ever
+        smaller pieces (with 4 shards, 20 update rows a frame) and halved the throughput.
+        """
         send = self._conn.send
         subscription = forwarder.subscription
         batches = subscription.batches()
         with forwarder.scope:
             async for batch in batches:
                 forwarder.busy = True
-                # What else is buffered goes too, merged per group, in one frame per group.
-                # The hub splits a batch into the room left in a full buffer: a forwarder
-                # that sent each piece in a frame of its own fell further behind on ever
-                # smaller pieces (with 4 shards, 20 rows a frame) and halved the throughput.
-                taken = {batch.group: [batch]}
+                taken = {part_of(batch): [batch]}
                 rows = len(batch)
                 while rows < MAX_FORWARD_ROWS and subscription.statistics().depth:
                     more = await anext(batches)  # buffered: no wait
-                    taken.setdefault(more.group, []).append(more)
+                    taken.setdefault(part_of(more), []).append(more)
                     rows += len(more)
-                for group in taken.values():
-                    await send(_merged_updates(group))
-                forwarder.busy = False
-
-    async def _forward_records(self, forwarder: _Forwarder) -> None:
-        send = self._conn.send
-        with forwarder.scope:
-            async for batch in forwarder.subscription.batches():
-                forwarder.busy = True
-                await send(
-                    JoinRecords(
-                        batch.join,
-                        batch.keys,
-                        batch.left_events,
-                        batch.right_events,
-                        batch.left_times,
-                        batch.right_times,
-                        batch.join_times,
-                        batch.time_differences,
-                        batch.processed_at,
-                        batch.records,
-                    )
-                )
-                forwarder.busy = False
-
-    async def _forward_enriched(self, forwarder: _Forwarder) -> None:
-        send = self._conn.send
-        with forwarder.scope:
-            async for batch in forwarder.subscription.batches():
-                forwarder.busy = True
-                await send(Enriched(batch.rows, batch.processed_at))
-                forwarder.busy = False
-
-    async def _forward_late(self, forwarder: _Forwarder) -> None:
-        send = self._conn.send
-        with forwarder.scope:
-            async for batch in forwarder.subscription.batches():
-                forwarder.busy = True
-                await send(Late(batch.group, batch.rows))
+                for part in taken.values():
+                    await send(frame_of(part))
                 forwarder.busy = False
 
     def _forwarders(self) -> tuple[_Forwarder | None, ...]:
@@ -370,3 +355,62 @@ def _merged_updates(batches: list[Any]) -> Updates:
         batches[-1].processed_at,
         extras or None,
     )
+
+
+def _group_of(batch: Any) -> str:
+    return batch.group  # type: ignore[no-any-return]
+
+
+def _join_of(batch: Any) -> str:
+    return batch.join  # type: ignore[no-any-return]
+
+
+def _none(batch: Any) -> None:
+    return None
+
+
+def _merged_records(batches: list[Any]) -> JoinRecords:
+    """The ``JoinRecordBatch``\\ es of one join as one :class:`JoinRecords` frame (the
+    records built here: the front has no join to build them with)."""
+    columns: list[list[Any]] = [[] for _ in range(8)]
+    for batch in batches:
+        for column, values in zip(
+            columns,
+            (
+                batch.keys,
+                batch.left_events,
+                batch.right_events,
+                batch.left_times,
+                batch.right_times,
+                batch.join_times,
+                batch.time_differences,
+                batch.records,
+            ),
+            strict=True,
+        ):
+            column.extend(values)
+    keys, lefts, rights, left_times, right_times, join_times, differences, records = columns
+    return JoinRecords(
+        batches[0].join,
+        keys,
+        lefts,
+        rights,
+        left_times,
+        right_times,
+        join_times,
+        differences,
+        batches[-1].processed_at,
+        records,
+    )
+
+
+def _merged_enriched(batches: list[Any]) -> Enriched:
+    """The ``EnrichedBatch``\\ es as one :class:`Enriched` frame."""
+    rows = batches[0].rows if len(batches) == 1 else [r for b in batches for r in b.rows]
+    return Enriched(rows, batches[-1].processed_at)
+
+
+def _merged_late(batches: list[Any]) -> Late:
+    """The ``LateEventBatch``\\ es of one group as one :class:`Late` frame."""
+    rows = batches[0].rows if len(batches) == 1 else [r for b in batches for r in b.rows]
+    return Late(batches[0].group, rows)

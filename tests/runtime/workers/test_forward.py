@@ -9,8 +9,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from runtime import FeatureRuntime, FeatureSet, Sum, Tumbling, UpdateBatch
-from runtime._workers.worker import _merged_updates
+from runtime import (
+    Count,
+    FeatureRuntime,
+    FeatureSet,
+    Join,
+    JoinRecordBatch,
+    Sum,
+    Tumbling,
+    UpdateBatch,
+)
+from runtime._workers.worker import _merged_records, _merged_updates
 
 FEATURE_SET = FeatureSet(
     name="m",
@@ -73,3 +82,40 @@ async def test_merged_batches_read_as_the_batches_one_after_the_other() -> None:
     kinds = {kind for batch in batches for kind in batch.kinds}
     assert "close" in kinds  # the windows' closes are rows of another kind
     assert any(batch.errors for batch in batches)  # the string amounts failed the sums
+
+
+async def test_merged_join_records_read_as_the_batches_one_after_the_other() -> None:
+    fs = FeatureSet(
+        name="j",
+        key="ad",
+        time="ts",
+        streams=["imps", "clicks"],
+        joins=[Join(name="ic", left="imps", right="clicks", after=500, how="left")],
+        features=[Count(name="n", stream="imps")],
+    )
+    events = [{"ad": f"a{i % 4}", "ts": 1_000 + i * 30} for i in range(80)]
+    streams = ["clicks" if i % 3 == 0 else "imps" for i in range(80)]
+    async with FeatureRuntime(fs, shards=2, batch_size=8) as rt:
+        subscription = rt.join_records(buffer=100_000)
+        for start in range(0, 80, 8):
+            await rt.ingest_many(events[start : start + 8], stream=streams[start : start + 8])
+            await rt.flush()
+        batches: list[Any] = []
+        iterator = aiter(subscription.batches())
+        while subscription.statistics().depth:
+            batches.append(await anext(iterator))
+    assert len(batches) > 3
+    frame = _merged_records(batches)
+    merged = JoinRecordBatch(
+        frame.join,
+        frame.keys,
+        frame.left_events,
+        frame.right_events,
+        frame.left_times,
+        frame.right_times,
+        frame.join_times,
+        frame.time_differences,
+        frame.processed_at,
+        records=frame.records,
+    )
+    assert [(r.key, r.record) for r in merged] == [(r.key, r.record) for b in batches for r in b]
