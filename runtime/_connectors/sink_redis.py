@@ -19,6 +19,7 @@ retries are safe.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -35,21 +36,29 @@ if TYPE_CHECKING:
 
 __all__ = ["RedisSink", "latest_values"]
 
+#: keys whose latest closed window a RedisSink remembers (the most recently closed ones)
+_ENDS_KEPT = 1_000_000
+
 _encode = msgspec.json.Encoder().encode
 
 
 def latest_values(
-    batches: Sequence[UpdateBatch], *, closes: bool = False
+    batches: Sequence[UpdateBatch],
+    *,
+    closes: bool = False,
+    ends: OrderedDict[Any, int] | None = None,
 ) -> tuple[dict[Any, dict[str, Any]], dict[Any, int]]:
     """Each key's latest feature values in ``batches`` (every group's merged) and the event
     time of its last update. A feature's value in a row where it failed is left out, and so
     are rows of other kinds than ``"update"``, except with ``closes``: then a window's
     ``"close"`` and ``"correction"`` give the closed window's values (a correction only when
-    no later window of the key closed in ``batches`` before it)."""
+    no later window of the key closed before it: in ``batches``, or in earlier writes, whose
+    latest closed window per key ``ends`` keeps, the most recent key last)."""
     fields: dict[Any, dict[str, Any]] = {}
     times: dict[Any, int] = {}
     #: with ``closes``: per key, the end of the latest window closed
-    ends: dict[Any, int] = {}
+    if ends is None:
+        ends = OrderedDict()
     for batch in batches:
         names = batch.names
         errors = batch.errors
@@ -73,7 +82,9 @@ def latest_values(
                 end = update.window[1] if update.window is not None else row[1]
                 if kind == "correction" and end < ends.get(key, end):
                     continue  # a window older than one that closed since
-                ends[key] = end
+                if end >= ends.get(key, end):
+                    ends[key] = end
+                ends.move_to_end(key)
                 fields.setdefault(key, {}).update(update.values)
                 times[key] = row[1]
                 continue
@@ -164,6 +175,9 @@ class RedisSink(Sink):
         self._bytes_prefix = prefix.encode()
         #: write windows' closes and corrections (a feature set with ``emit="close"``)
         self._closes = False
+        #: per key, the end of the latest window whose close was written (the keys written
+        #: last, at most ``_ENDS_KEPT``): a correction of an older window is not written
+        self._ends: OrderedDict[Any, int] = OrderedDict()
 
     def check(self, feature_set: FeatureSet) -> None:
         self._closes = feature_set.emit == "close"
@@ -180,7 +194,10 @@ class RedisSink(Sink):
         return self.prefix + str(key)
 
     async def write(self, batches: Sequence[UpdateBatch]) -> None:
-        fields, times = latest_values(batches, closes=self._closes)
+        fields, times = latest_values(batches, closes=self._closes, ends=self._ends)
+        ends = self._ends
+        while len(ends) > _ENDS_KEPT:
+            ends.popitem(last=False)
         if not fields:
             return
         encode, time_field, ttl = _encode, self.time_field, self.ttl_ms

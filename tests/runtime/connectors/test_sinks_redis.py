@@ -183,3 +183,38 @@ async def test_options_are_checked() -> None:
             with pytest.raises(ConfigError, match="time_field 'n'"):
                 async with run_sink(rt, sink):
                     pass
+
+
+async def test_a_late_correction_of_an_older_window_does_not_overwrite_a_newer_close(
+    plain: redis.asyncio.Redis,
+) -> None:
+    prefix = f"test-sink-{uuid.uuid4().hex[:8]}:"
+    features = FeatureSet(
+        name="w",
+        key="k",
+        time="ts",
+        features=[Sum(name="s", field="x", window=Tumbling(size="1s"))],
+        late_policy="update",
+        correction_horizon="10s",
+        emit="close",
+    )
+    try:
+        async with FeatureRuntime(features) as rt:
+            async with RedisSink(REDIS_URL, prefix=prefix, ttl=None) as sink:
+                async with run_sink(rt, sink):
+                    # [0, 1 s) closes with 1, then [1 s, 2 s) with 2: one write
+                    await rt.ingest_many(
+                        [
+                            {"k": "a", "ts": 100, "x": 1},
+                            {"k": "a", "ts": 1_500, "x": 2},
+                            {"k": "a", "ts": 2_500, "x": 3},
+                        ]
+                    )
+                    await rt.flush()
+                    # a late event corrects [0, 1 s) to 11, in a later write: not written
+                    await rt.ingest({"k": "a", "ts": 200, "x": 10})
+            shown = (await rt.get("a"))["s"]
+        assert shown == 2
+        assert (await read_back(plain, prefix + "a"))["s"] == shown
+    finally:
+        await drop(plain, prefix)
