@@ -30,7 +30,7 @@ from actors import get_logger
 
 from .._connectors.sinks import Sink, run_sink
 from .._connectors.source import Source
-from .._exceptions import ConfigError, RuntimeClosed, UnknownFeature
+from .._exceptions import ConfigError, RuntimeClosed, SinkError, UnknownFeature
 from .._ingest.events import EventReader
 from .._runtime import FeatureRuntime
 from .._spec.drift import DriftMonitor
@@ -98,6 +98,21 @@ class _Input:
         }
 
 
+class _Output:
+    """One sink of the service, written by a task of its own: a sink that fails is detached
+    (``run_sink`` raises ``SinkError`` in that task), the service stays up and says so."""
+
+    def __init__(self, sink: Sink) -> None:
+        self.sink = sink
+        self.name = str(getattr(sink, "name", None) or type(sink).__name__)
+        self.running: Any = None
+        self.error: str | None = None
+
+    def status(self) -> dict[str, Any]:
+        stats = {} if self.running is None else dataclasses.asdict(self.running.statistics())
+        return {"name": self.name, **stats, "error": self.error}
+
+
 class Service:
     """What the routes share: the runtime (while the lifespan runs), its inputs and sinks."""
 
@@ -116,8 +131,7 @@ class Service:
         self.feature_set = feature_set
         self.key_type = key_type
         self.inputs = [_Input(source) for source in inputs]
-        self.sinks = list(sinks)
-        self.running_sinks: list[Any] = []
+        self.sinks = [_Output(sink) for sink in sinks]
         self.max_keys = max_keys
         self.runtime_options = dict(runtime_options)
         self.rt: FeatureRuntime | None = None
@@ -137,11 +151,12 @@ class Service:
             stack.callback(setattr, self, "rt", None)
             if self.drift:
                 await rt.monitor_drift(*self.drift)
-            for sink in self.sinks:
-                await stack.enter_async_context(sink)
-                self.running_sinks.append(await stack.enter_async_context(run_sink(rt, sink)))
+            for output in self.sinks:
+                await stack.enter_async_context(output.sink)
             tg = await stack.enter_async_context(anyio.create_task_group())
             stack.callback(tg.cancel_scope.cancel)
+            for output in self.sinks:
+                await tg.start(self._write, rt, output, name=f"featurist-sink-{output.name}")
             tg.start_soon(self.reads.run, name="featurist-service-reads")
             for item in self.inputs:
                 tg.start_soon(self._consume, rt, item, name=f"featurist-input-{item.name}")
@@ -149,9 +164,27 @@ class Service:
                 "service_started",
                 feature_set=self.feature_set.name,
                 inputs=[item.name for item in self.inputs],
-                sinks=[type(sink).__name__ for sink in self.sinks],
+                sinks=[type(output.sink).__name__ for output in self.sinks],
             )
             yield
+
+    async def _write(
+        self,
+        rt: FeatureRuntime,
+        output: _Output,
+        *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Write every update to one sink until the service stops (``run_sink`` drains it
+        then), or the sink fails: then it is detached and the service stays up and says so."""
+        try:
+            async with run_sink(rt, output.sink) as running:
+                output.running = running
+                task_status.started()
+                await anyio.sleep_forever()
+        except SinkError as exc:
+            output.error = f"{type(exc).__name__}: {exc}"
+            _log.error("service_sink_failed", sink=output.name, error=output.error)
 
     async def _consume(self, rt: FeatureRuntime, item: _Input) -> None:
         """Read one input: until it has nothing more for now (caught up), then on."""
@@ -394,6 +427,7 @@ def build_app(
     async def healthz(request: Request) -> Response:
         rt = service.rt
         failed = [item.status() for item in service.inputs if item.error is not None]
+        failed_sinks = [output.status() for output in service.sinks if output.error is not None]
         problem = None
         if rt is None:
             problem = "the runtime is not running"
@@ -404,8 +438,11 @@ def build_app(
                 problem = str(exc)
             except ConfigError:
                 pass  # statistics are not served with workers: running is what counts
-        if problem is not None or failed:
-            return _json({"status": "failing", "detail": problem, "inputs": failed}, 503)
+        if problem is not None or failed or failed_sinks:
+            return _json(
+                {"status": "failing", "detail": problem, "inputs": failed, "sinks": failed_sinks},
+                503,
+            )
         return _json({"status": "ok"})
 
     async def readyz(request: Request) -> Response:
@@ -448,11 +485,7 @@ def build_app(
             time.time(),
             ready=service.rt is not None and all(item.caught_up for item in service.inputs),
             inputs=[item.status() for item in service.inputs],
-            sinks=[
-                {"name": getattr(sink, "name", type(sink).__name__)}
-                | dataclasses.asdict(running.statistics())
-                for sink, running in zip(service.sinks, service.running_sinks, strict=False)
-            ],
+            sinks=[output.status() for output in service.sinks],
             feature_set=service.feature_set.name,
         )
         return _json(body)

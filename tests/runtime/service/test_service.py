@@ -7,12 +7,22 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
 import msgspec
 
-from runtime import Count, FeatureSet, JsonLinesSource, Sliding, Sum, create_app
+from runtime import (
+    Count,
+    FeatureSet,
+    JsonLinesSource,
+    Sink,
+    Sliding,
+    Sum,
+    UpdateBatch,
+    create_app,
+)
 
 from .server import serving
 
@@ -209,6 +219,32 @@ def test_a_failed_input_shows_on_healthz(tmp_path: Path) -> None:
         assert health.status_code == 503
         assert "missing.jsonl" in health.json()["inputs"][0]["error"]
         assert c.get("/readyz").status_code == 503
+
+
+class _BrokenSink(Sink):
+    """A sink whose every write fails."""
+
+    name = "broken"
+
+    async def write(self, batches: Sequence[UpdateBatch]) -> None:
+        raise ConnectionError("the store is down")
+
+
+def test_a_failed_sink_shows_on_healthz_and_the_service_stays_up() -> None:
+    app = create_app(FEATURES, sinks=[_BrokenSink()])
+    with serving(app) as url, httpx.Client(base_url=url) as c:
+        event = {"card": "c1", "ts": 1_700_000_000_000, "amount": 5.0}
+        assert c.post("/events", json=event).status_code == 200
+        deadline = time.monotonic() + 20  # run_sink's retries, then it gives up
+        while (health := c.get("/healthz")).status_code == 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert health.status_code == 503
+        assert "the store is down" in health.json()["sinks"][0]["error"]
+        # the service goes on: writes and reads are still answered
+        assert c.post("/events", json={**event, "ts": event["ts"] + 1}).status_code == 200
+        assert c.get("/features/c1").status_code == 200
+        assert c.get("/status").json()["sinks"][0]["error"] is not None
 
 
 def test_a_stopped_runtime_answers_503() -> None:
