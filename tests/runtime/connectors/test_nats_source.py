@@ -324,3 +324,12 @@ async def test_a_lost_delivery_starts_the_consumer_again_after_the_position(
         result = await consume(rt, source, batch_size=50, until="idle")
         assert result.records == 200
         assert await values_of(rt) == await direct(rows)
+
+
+def test_sequences_are_read_from_both_forms_of_reply_subject() -> None:
+    from runtime._connectors.nats import _sequences
+
+    assert _sequences("$JS.ACK.S.d.1.42.7.1700000000000000000.5") == (42, 7)
+    assert _sequences("$JS.ACK._.acchash.S.d.2.42.7.1700000000000000000.5.tok") == (42, 7)
+    with pytest.raises(ValueError, match="not a JetStream message"):
+        _sequences("_INBOX.abc")
