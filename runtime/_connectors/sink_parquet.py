@@ -104,20 +104,25 @@ class ParquetSink(Sink):
         #: the paths of the files closed so far, in order
         self.files: list[Path] = []
         self._groups: dict[str, _Group] = {}
+        #: the batches of the last write, and how many of them are in the buffers
         self._taken: Sequence[UpdateBatch] | None = None
+        self._added = 0
         self._count = 0
 
     async def write(self, batches: Sequence[UpdateBatch]) -> None:
-        if batches is not self._taken:  # a retry of a write that failed took its rows already
-            for batch in batches:
-                group = self._groups.get(batch.group)
-                if group is None or group.names != batch.names:
-                    if group is not None:  # features registered since: a new file
-                        await anyio.to_thread.run_sync(self._write_rows, group, True)
-                    group = self._groups[batch.group] = _Group(batch.group, batch.names)
-                group.rows.extend(batch.rows)
-                group.kinds.extend(batch.kinds)
-            self._taken = batches
+        if batches is not self._taken:
+            self._taken, self._added = batches, 0
+        # a retry of a write that failed goes on after the batches it took already
+        for index in range(self._added, len(batches)):
+            batch = batches[index]
+            group = self._groups.get(batch.group)
+            if group is None or group.names != batch.names:
+                if group is not None:  # features registered since: a new file
+                    await anyio.to_thread.run_sync(self._write_rows, group, True)
+                group = self._groups[batch.group] = _Group(batch.group, batch.names)
+            group.rows.extend(batch.rows)
+            group.kinds.extend(batch.kinds)
+            self._added = index + 1
         for group in self._groups.values():
             while len(group.rows) >= self.row_group_size:
                 await anyio.to_thread.run_sync(self._write_rows, group, False)

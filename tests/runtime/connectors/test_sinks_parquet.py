@@ -82,6 +82,33 @@ async def test_a_retried_write_takes_its_rows_once(tmp_path: Path) -> None:
     assert pq.read_table(sink.files[0]).column("x").to_pylist() == [1, 2]
 
 
+async def test_a_write_that_fails_half_way_takes_each_row_once_on_retry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sink = ParquetSink(tmp_path, row_group_size=1000)
+    await sink.write([UpdateBatch("g", ("x",), [("a", 1, 1)], None, {}, 0)])
+    batches = [
+        UpdateBatch("g", ("x",), [("b", 2, 2)], None, {}, 0),
+        # features registered since: the open file is closed first, which fails once
+        UpdateBatch("g", ("x", "y"), [("c", 3, 3, 30)], None, {}, 0),
+    ]
+    real, calls = sink._write_rows, []
+
+    def failing_once(group: object, close: bool) -> None:
+        calls.append(close)
+        if len(calls) == 1:
+            raise OSError("the disk is full")
+        real(group, close)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(sink, "_write_rows", failing_once)
+    with pytest.raises(OSError):
+        await sink.write(batches)
+    await sink.write(batches)  # the retry
+    await sink.aclose()
+    rows = [pq.read_table(path).column("x").to_pylist() for path in sink.files]
+    assert rows == [[1, 2], [3]]
+
+
 def test_options_are_checked(tmp_path: Path) -> None:
     for option, value in [
         ("row_group_size", 0),
