@@ -74,6 +74,7 @@ from ._results import (
     LateEvent,
     RuntimeStatistics,
 )
+from ._spec.cost import estimate_cost
 from ._spec.drift import DriftAlert, DriftMonitor, DriftStatus
 from ._spec.feature_set import Feature, FeatureSet
 from ._topology import Topology
@@ -103,8 +104,9 @@ class FeatureRuntime:
             own caches; custom ``sources`` are pickled to each worker), with ``ingest``,
             ``ingest_many``, ``flush``, ``get``, ``get_many``, ``updates``,
             ``join_records``, ``enriched_events``, ``late_events``, ``statistics``,
-            ``metrics`` (and ``metrics_port``), ``recent_errors``, ``replay``, ``warm_up``
-            and ``checkpoint``; the rest raises :class:`ConfigError` naming it. With
+            ``metrics`` (and ``metrics_port``), ``recent_errors``, ``describe``, ``replay``,
+            ``warm_up`` and ``checkpoint``; the rest raises :class:`ConfigError` naming it.
+            With
             ``checkpoints``, checkpoints are aligned across the workers, and a worker that
             dies is started again (within ``max_restarts``), restores its key groups and is
             replayed the events since.
@@ -995,7 +997,14 @@ class FeatureRuntime:
             UnknownFeature: no feature has that name.
         """
         self._check_running()
-        self._local("rt.describe()")
+        if self._front is not None:
+            # measured by every worker, merged; estimated here, for all the events and keys
+            described = await self._front.describe(name)
+            spec = next(f for f in self.feature_set.features if f.name == name)
+            estimate = estimate_cost(
+                spec, event_rate=self.expected_event_rate, keys=self.expected_keys
+            )
+            return msgspec.structs.replace(described, estimated_cost=estimate)
         return await self._observer.describe(name)
 
     # -- metrics ---------------------------------------------------------------------------------

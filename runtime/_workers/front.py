@@ -63,6 +63,7 @@ from .._ingest.events import EventReader
 from .._ingest.router import record_rejected
 from .._results import (
     EnrichedEvent,
+    FeatureDescription,
     FeatureError,
     FeatureUpdate,
     FeatureVector,
@@ -88,7 +89,7 @@ from .protocol import (
     Updates,
 )
 from .recovery import Sent, WorkerLog
-from .stats import merge_metrics, merge_statistics
+from .stats import merge_measured, merge_metrics, merge_statistics
 from .worker import WorkerSpec, main
 
 __all__ = ["WorkerFront"]
@@ -103,6 +104,7 @@ EXIT_GRACE = 2.0
 _vectors = msgspec.msgpack.Decoder(list[FeatureVector])
 _statistics = msgspec.msgpack.Decoder(RuntimeStatistics)
 _errors = msgspec.msgpack.Decoder(list[FeatureError])
+_description = msgspec.msgpack.Decoder(FeatureDescription)
 _int = msgspec.msgpack.Decoder(int)
 
 
@@ -996,6 +998,22 @@ class WorkerFront:
         self.check()
         parts = [decode(raw) for raw in await self.call_all("metrics")]
         return merge_metrics(parts, dead_letters, **front)
+
+    async def describe(self, name: str) -> FeatureDescription:
+        """Feature ``name`` described by every worker, merged (:func:`merge_measured`): the
+        first worker's description (the estimate is the caller's to replace: each worker
+        estimates for its share of the events and keys), with the measured cost of all.
+
+        Raises:
+            UnknownFeature: no feature has that name.
+        """
+        self.check()
+        if name not in self._names:
+            known = ", ".join(self._names)
+            raise UnknownFeature(f"no feature named {name!r} (known: {known})")
+        parts = [_description.decode(raw) for raw in await self.call_all("describe", name)]
+        measured = merge_measured([p.measured_cost for p in parts])
+        return msgspec.structs.replace(parts[0], measured_cost=measured)
 
     async def warm_up(
         self, source: str, keys: list[Any], rows: dict[Any, dict[str, Any]] | None

@@ -8,8 +8,9 @@ from typing import Any
 import msgspec
 
 from .._results import EnrichmentStatistics, RuntimeStatistics
+from .._spec.cost import MeasuredCost
 
-__all__ = ["merge_metrics", "merge_statistics"]
+__all__ = ["merge_measured", "merge_metrics", "merge_statistics"]
 
 #: fields that are not summed: the lowest (watermarks), the highest (depths, latencies: the
 #: slowest worker's percentile, an upper bound of the whole's; peaks of one key or stash)
@@ -75,6 +76,37 @@ def merge_metrics(parts: list[Any], dead_letters: dict[str, int], **front: Any) 
                 dead[reason] = dead.get(reason, 0) + count
     return msgspec.structs.replace(
         merged, actors=actors, sources=sources, dead_letters=dead, **front
+    )
+
+
+def merge_measured(parts: list[MeasuredCost | None]) -> MeasuredCost | None:
+    """One feature's measured cost over the workers (None where none measured it yet):
+    events and events/s summed; the mean latency and the state per key weighted by each
+    worker's events (an estimate: a worker's keys are not counted here); the p99 the
+    highest (the slowest worker's: an upper bound of the whole's)."""
+    present = [p for p in parts if p is not None]
+    if not present:
+        return None
+    events = sum(p.events for p in present)
+
+    def weighted(values: list[tuple[float | None, int]]) -> float | None:
+        known = [(v, n) for v, n in values if v is not None]
+        weight = sum(n for _, n in known)
+        if not known:
+            return None
+        if not weight:
+            return sum(v for v, _ in known) / len(known)
+        return sum(v * n for v, n in known) / weight
+
+    rates = [p.events_per_second for p in present if p.events_per_second is not None]
+    p99s = [p.p99_latency_us for p in present if p.p99_latency_us is not None]
+    return MeasuredCost(
+        feature=present[0].feature,
+        events=events,
+        mean_latency_us=weighted([(p.mean_latency_us, p.events) for p in present]),
+        p99_latency_us=max(p99s) if p99s else None,
+        events_per_second=sum(rates) if rates else None,
+        state_bytes_per_key=weighted([(p.state_bytes_per_key, p.events) for p in present]),
     )
 
 

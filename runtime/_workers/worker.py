@@ -289,6 +289,9 @@ class _Worker:
                 result = await rt.metrics()
             elif call.op == "recent_errors":
                 result = await rt.recent_errors()
+            elif call.op == "describe":
+                (name,) = call.args
+                result = await rt.describe(name)
             elif call.op == "warm_up":
                 source, keys, rows = call.args
                 result = await rt.warm_up(source, keys, rows=rows)

@@ -11,7 +11,16 @@ import anyio
 import httpx
 import pytest
 
-from runtime import Count, FeatureRuntime, FeatureSet, Last, Sliding, Sum, Tumbling
+from runtime import (
+    Count,
+    FeatureRuntime,
+    FeatureSet,
+    Last,
+    Sliding,
+    Sum,
+    Tumbling,
+    UnknownFeature,
+)
 
 T0 = 1_700_000_000_000
 
@@ -158,3 +167,26 @@ async def test_a_replay_through_the_front_gives_what_it_gives_in_process() -> No
     assert want[0][2] > 1  # the clock moved in steps (idle time)
     assert want[1]["c0"][0]["n"] == 10  # the keys expired in the gap: the second burst's
     assert await _replay(workers=2, shards=1) == want
+
+
+async def test_describe_merges_the_workers_measured_cost() -> None:
+    events = [{"card": f"c{i % 9}", "ts": T0 + i, "amount": i, "x": i} for i in range(300)]
+    described = []
+    for options in ({}, {"workers": 2, "shards": 2}):
+        async with FeatureRuntime(FAILING, sample_every=1, **options) as rt:
+            await rt.ingest_many(events)
+            await rt.flush()
+            described.append(await rt.describe("total"))
+            with pytest.raises(UnknownFeature):
+                await rt.describe("nope")
+    want, got = described
+    assert (got.name, got.type, got.group, got.inputs) == (
+        want.name,
+        want.type,
+        want.group,
+        want.inputs,
+    )
+    assert got.estimated_cost == want.estimated_cost  # for all the events and keys
+    assert got.measured_cost is not None and want.measured_cost is not None
+    assert got.measured_cost.events == want.measured_cost.events == 300
+    assert got.measured_cost.mean_latency_us is not None
