@@ -30,11 +30,13 @@ so nothing is skipped.
 from __future__ import annotations
 
 import re
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
+import msgspec
 
 from .._exceptions import ConfigError
 from .source import Source, SourceBatch
@@ -47,6 +49,7 @@ if TYPE_CHECKING:
 __all__ = ["NatsSource"]
 
 _UNSAFE = re.compile(r"[.*>\s]")
+_json = msgspec.json.Encoder()
 #: seconds the first, quick fetch from each of several consumers waits
 _GLANCE = 0.005
 #: fetches a read makes at most while what comes brings nothing new
@@ -61,7 +64,15 @@ class _Consumer:
 
     subject: str
     durable: str
+    #: the core subscription on this consumer's inbox, where JetStream answers pull requests
     sub: Any = None
+    inbox: str = ""
+    #: messages delivered and not read yet, in delivery order
+    queue: deque[Any] = field(default_factory=deque)
+    #: status replies seen (a pull request ended: no messages, expired)
+    ends: int = 0
+    #: an anyio.Event set when a message or a status reply arrives (made when waiting)
+    wake: Any = None
     #: the consumer delivery sequence expected next (a gap means a lost delivery)
     next_delivery: int | None = None
     #: (stream sequence, message) of the last message of each batch read, not acknowledged
@@ -177,10 +188,10 @@ class NatsSource(Source):
         self._turn = (self._turn + 1) % k
         payloads: list[bytes] = []
         # Messages that bring nothing new (delivered again, or cut short by a lost delivery)
-        # do not make an empty batch, which would say "nothing new": fetch again, a few times.
+        # do not make an empty batch, which would say "nothing new": pull again, a few times.
         for _ in range(_ROUNDS):
-            fetched: dict[str, list[Any]] = {}
-            # A fetch from a consumer with nothing waits its whole timeout: with several, a
+            pulled: dict[str, list[Any]] = {}
+            # A pull from a consumer with nothing waits its whole timeout: with several, a
             # quick look at all first, then a wait on all if none had anything.
             waits = [self.fetch_timeout]
             if k > 1:
@@ -189,14 +200,14 @@ class NatsSource(Source):
                 async with anyio.create_task_group() as tg:
                     for consumer, share in zip(order, shares, strict=True):
                         if share:
-                            tg.start_soon(self._fetch, consumer, share, wait, fetched)
-                if fetched:
+                            tg.start_soon(self._pull, consumer, share, wait, pulled)
+                if any(pulled.values()):
                     break
             for consumer in order:
-                messages = fetched.get(consumer.subject)
+                messages = pulled.get(consumer.subject)
                 if messages:
                     payloads.extend(await self._take(consumer, messages))
-            if payloads or not fetched:
+            if payloads or not any(pulled.values()):
                 break
         return SourceBatch(payloads, dict(self._position) if self._position else None)
 
@@ -253,6 +264,7 @@ class NatsSource(Source):
         self._ready = False
         for consumer in self._consumers:
             consumer.sub, consumer.held, consumer.next_delivery = None, [], None
+            consumer.queue.clear()
         if nc is not None:
             with anyio.CancelScope(shield=True):
                 await nc.close()
@@ -337,15 +349,58 @@ class NatsSource(Source):
                 opt_start_seq=start,
             )
             await js.add_consumer(self.stream, config)
-        consumer.sub = await js.pull_subscribe_bind(consumer.durable, stream=self.stream)
+        await self._subscribe(consumer)
 
-    async def _fetch(
+    async def _subscribe(self, consumer: _Consumer) -> None:
+        """A fresh inbox for the consumer's pull requests: nothing of an earlier consumer of
+        the same name can come in it."""
+        assert self._nc is not None
+        consumer.queue.clear()
+        consumer.inbox = self._nc.new_inbox()
+
+        async def arrived(message: Any) -> None:
+            if message.headers and message.headers.get("Status"):
+                consumer.ends += 1  # 404 no messages, 408 expired, 409 ...: a request ended
+            else:
+                consumer.queue.append(message)
+            if consumer.wake is not None:
+                consumer.wake.set()
+
+        consumer.sub = await self._nc.subscribe(consumer.inbox, cb=arrived)
+
+    async def _pull(
         self, consumer: _Consumer, count: int, wait: float, into: dict[str, list[Any]]
     ) -> None:
-        try:
-            into[consumer.subject] = await consumer.sub.fetch(count, timeout=wait)
-        except TimeoutError:  # nats.errors.TimeoutError is one too: nothing came
-            return
+        """Up to ``count`` messages of the consumer, waiting up to ``wait`` seconds for the
+        first: what came already, else a pull request answered at once (``no_wait``: what
+        there is, then a status reply), else one that waits (``expires``) for the first
+        message. Messages that answer a request after this returned stay in the queue for the
+        next pull, in order."""
+        assert self._nc is not None
+        queue = consumer.queue
+        subject = f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{consumer.durable}"
+        if len(queue) < count:
+            ends = consumer.ends
+            request = {"batch": count - len(queue), "no_wait": True}
+            await self._nc.publish(subject, _json.encode(request), reply=consumer.inbox)
+            with anyio.move_on_after(wait):
+                while len(queue) < count and consumer.ends == ends:
+                    await self._woken(consumer)
+        if not queue:
+            # a status reply of an older request could have ended that wait: this one
+            # waits for a message or its time, whatever statuses come
+            expires = max(1_000_000, int(wait * 1e9) - 1_000_000)
+            request = {"batch": count, "expires": expires}
+            await self._nc.publish(subject, _json.encode(request), reply=consumer.inbox)
+            with anyio.move_on_after(wait):
+                while not queue:
+                    await self._woken(consumer)
+        into[consumer.subject] = [queue.popleft() for _ in range(min(count, len(queue)))]
+
+    @staticmethod
+    async def _woken(consumer: _Consumer) -> None:
+        consumer.wake = anyio.Event()
+        await consumer.wake.wait()
 
     async def _take(self, consumer: _Consumer, messages: list[Any]) -> list[bytes]:
         """The payloads of new messages, in order; the position moves to the last."""
