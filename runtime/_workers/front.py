@@ -530,6 +530,7 @@ class WorkerFront:
             assert self.checkpoints is not None
             base = self.checkpoints.base
             frames = logs[index].replay()
+            registered = list(logs[index].registered_before)
             try:
                 worker = await self._spawn(index)
             except Exception as exc:
@@ -543,7 +544,15 @@ class WorkerFront:
                     if base is not None:
                         directory = self.checkpoints.config.directory
                         await self._ask(worker, "restore", directory, base, self.workers)
+                    for features in registered:
+                        # the restored state of their groups waits for them (pending)
+                        await self._ask(worker, "register", features)
                     for sent in frames:
+                        if isinstance(sent, bytes):  # features registered between frames
+                            call_id = next(self._ids)
+                            worker.pending[call_id] = _Pending()
+                            worker.conn.queue(Call(call_id, "register", [sent]))
+                            continue
                         worker.in_flight += 1
                         worker.conn.queue(
                             Events(
@@ -575,7 +584,7 @@ class WorkerFront:
                 worker=index,
                 pid=worker.pid,
                 checkpoint=base,
-                events_replayed=sum(len(sent.payloads) for sent in frames),
+                events_replayed=sum(len(s.payloads) for s in frames if not isinstance(s, bytes)),
             )
             self._ready[index].set()
             return
@@ -1014,6 +1023,46 @@ class WorkerFront:
         parts = [_description.decode(raw) for raw in await self.call_all("describe", name)]
         measured = merge_measured([p.measured_cost for p in parts])
         return msgspec.structs.replace(parts[0], measured_cost=measured)
+
+    async def register(self, features: bytes, names: tuple[str, ...]) -> None:
+        """Register ``features`` (pickled) in every worker, after what was sent to it so far
+        (the call is queued on every worker's stream at one point, and logged there: a
+        worker started again registers them at the same point of its events); ``names``
+        are the feature set's feature names then.
+
+        Raises:
+            RuntimeClosed: the front failed.
+            RuntimeError: a worker could not register them (a ``SpecError``'s text).
+        """
+        for index in range(self.workers):
+            await self.running(index)
+        await self.send_all()
+        for index in range(self.workers):
+            await self.running(index)
+        # at one point: every worker's buffer, then the call, queued with no await between
+        pendings: list[tuple[_Worker, _Pending]] = []
+        for index in range(self.workers):
+            self.queue_events(index)
+            worker = self._workers[index]
+            call_id = next(self._ids)
+            pending = worker.pending[call_id] = _Pending()
+            worker.conn.queue(Call(call_id, "register", [features]))
+            if self._logs is not None:
+                self._logs[index].registered(features)
+            pendings.append((worker, pending))
+
+        async def one(index: int) -> None:
+            worker, pending = pendings[index]
+            await self.drain(worker)
+            await pending.done.wait()
+            if isinstance(pending.error, _Retry):
+                await self.running(index)  # the restarted worker registered them in order
+                return
+            if pending.error is not None:
+                raise pending.error
+
+        await _together([partial(one, index) for index in range(self.workers)])
+        self._names = names
 
     async def warm_up(
         self, source: str, keys: list[Any], rows: dict[Any, dict[str, Any]] | None

@@ -71,6 +71,7 @@ class Events(msgspec.Struct, array_like=True, tag=0):
 class Call(msgspec.Struct, array_like=True, tag=1):
     """A request: ``op`` is ``"flush"``, ``"get_many"`` (keys, features),
     ``"statistics"``, ``"metrics"``, ``"recent_errors"``, ``"describe"`` (name),
+    ``"register"`` (features, pickled),
     ``"warm_up"`` (source, keys,
     rows), ``"step"`` (now, at: a replay's
     step: apply what was sent at ``now``, then idle time and expiry at ``at``),

@@ -48,12 +48,20 @@ class Sent(NamedTuple):
 
 
 class _Entry:
-    __slots__ = ("frame", "sent")
+    __slots__ = ("frame", "register", "sent", "seq")
 
-    def __init__(self, frame: int, sent: Sent) -> None:
-        #: the frame's number, counted from the worker's first
+    def __init__(
+        self, seq: int, frame: int, sent: Sent | None, register: bytes | None = None
+    ) -> None:
+        #: the entry's number in the log, counted from the worker's first
+        self.seq = seq
+        #: the frame's number, counted from the worker's first (for a registration: the
+        #: next frame's)
         self.frame = frame
+        #: an :class:`Events` frame, or None for a registration
         self.sent = sent
+        #: the features registered (``rt.register``), pickled, or None for a frame
+        self.register = register
 
 
 class WorkerLog:
@@ -63,9 +71,11 @@ class WorkerLog:
         "_entries",
         "_mark",
         "_segments",
+        "_seq",
         "_suppress",
         "events",
         "next_frame",
+        "registered_before",
         "reported",
         "taken",
     )
@@ -74,13 +84,17 @@ class WorkerLog:
         self._entries: deque[_Entry] = deque()
         #: events in the log
         self.events = 0
-        #: the number the next frame sent gets
+        #: the number the next frame sent gets, and the next entry of the log
         self.next_frame = 0
+        self._seq = 0
+        #: the features registered before the base checkpoint (pickled, in order): a
+        #: restarted worker registers them again once it restored the base
+        self.registered_before: list[bytes] = []
         #: frames the worker (this incarnation) has taken in, counted from the first frame
         self.taken = 0
         #: the frames before this one have had their refused events reported
         self.reported = 0
-        #: the first frame after the barrier of the checkpoint under way, or None
+        #: the first entry after the barrier of the checkpoint under way, or None
         self._mark: int | None = None
         #: rows published per group and key, since the base and since each barrier after it
         #: (a list of ``(sequence, counts)``, the newest last)
@@ -94,13 +108,20 @@ class WorkerLog:
     # -- what is sent ------------------------------------------------------------------------
     def sent(self, sent: Sent) -> None:
         """An :class:`Events` frame is sent (queued) to the worker."""
-        self._entries.append(_Entry(self.next_frame, sent))
+        self._entries.append(_Entry(self._seq, self.next_frame, sent))
+        self._seq += 1
         self.next_frame += 1
         self.events += len(sent.payloads)
 
+    def registered(self, features: bytes) -> None:
+        """Features are registered in the worker (a ``register`` call is queued), after the
+        frames sent so far: a restarted worker registers them at the same point."""
+        self._entries.append(_Entry(self._seq, self.next_frame, None, features))
+        self._seq += 1
+
     def barrier(self) -> None:
         """The barrier of a checkpoint is sent, after the frames sent so far."""
-        self._mark = self.next_frame
+        self._mark = self._seq
 
     def barrier_passed(self, sequence: int) -> None:
         """The worker answered the barrier of checkpoint ``sequence``: the rows it sent
@@ -113,8 +134,13 @@ class WorkerLog:
         mark = self._mark
         assert mark is not None
         entries = self._entries
-        while entries and entries[0].frame < mark:
-            self.events -= len(entries.popleft().sent.payloads)
+        while entries and entries[0].seq < mark:
+            entry = entries.popleft()
+            if entry.sent is not None:
+                self.events -= len(entry.sent.payloads)
+            else:
+                assert entry.register is not None
+                self.registered_before.append(entry.register)
         self._mark = None
         self._segments = [s for s in self._segments if s[0] >= sequence] or [(sequence, {})]
 
@@ -123,19 +149,27 @@ class WorkerLog:
         self._mark = None
 
     # -- a restart ---------------------------------------------------------------------------
-    def replay(self) -> list[Sent]:
-        """The worker is started again from the base: the frames to send it again. From now
-        on, the rows and records published since the base are dropped once each as they come
-        again."""
+    def replay(self) -> list[Sent | bytes]:
+        """The worker is started again from the base: the frames to send it again, and the
+        registrations between them (pickled features). From now on, the rows and records
+        published since the base are dropped once each as they come again."""
         suppress: dict[Hashable, Counter[Any]] = {}
         for _, counts in self._segments:
             for group, keys in counts.items():
                 suppress.setdefault(group, Counter()).update(keys)
         self._suppress = suppress
         entries = self._entries
-        self.taken = entries[0].frame if entries else self.next_frame
+        frames = [entry.frame for entry in entries if entry.sent is not None]
+        self.taken = frames[0] if frames else self.next_frame
         self._mark = None
-        return [entry.sent for entry in entries]
+        replayed: list[Sent | bytes] = []
+        for entry in entries:
+            if entry.sent is not None:
+                replayed.append(entry.sent)
+            else:
+                assert entry.register is not None
+                replayed.append(entry.register)
+        return replayed
 
     # -- what comes back ---------------------------------------------------------------------
     def delivered(self, group: Hashable, keys: list[Any]) -> list[int] | None:

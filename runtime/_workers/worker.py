@@ -18,6 +18,7 @@ terminal reaches the whole process group, and the front decides when its workers
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -289,6 +290,11 @@ class _Worker:
                 result = await rt.metrics()
             elif call.op == "recent_errors":
                 result = await rt.recent_errors()
+            elif call.op == "register":
+                (features,) = call.args
+                # pickled by the front: feature specs as the application made them
+                await rt.register(*pickle.loads(features))
+                result = None
             elif call.op == "describe":
                 (name,) = call.args
                 result = await rt.describe(name)

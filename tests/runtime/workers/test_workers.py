@@ -113,8 +113,8 @@ async def test_the_api_works_with_workers_and_bad_events_go_to_the_front_dead_le
         details = " | ".join(letter.detail for letter in letters)
         assert "cannot decode json payload" in details and "'card' is missing" in details
         assert "'card' is null" in details and "'ts'" in details
-        with pytest.raises(ConfigError, match=r"rt\.register"):
-            await rt.register(Count(name="more"))
+        with pytest.raises(ConfigError, match=r"rt\.invalidate"):
+            rt.invalidate("merchants", "m1")
         with pytest.raises(ConfigError, match=r"no checkpoints directory"):
             await rt.checkpoint()  # as in-process, without checkpoints=
         with pytest.raises(ConfigError, match=r"rt\.mailboxes"):
