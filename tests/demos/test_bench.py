@@ -7,6 +7,7 @@ import pytest
 
 from demos.bench import aggregates
 from demos.bench._common import Checksum
+from tests.conftest import services_required
 
 from .helpers import run_demo
 
@@ -24,6 +25,16 @@ def test_bench_checksums_agree_at_a_small_size(bench: str) -> None:
     result = run_demo("demos.bench", bench, *SMALL[bench])
     assert result.returncode == 0, result.stderr
     assert "checksums agree" in result.stdout
+
+
+def test_connectors_bench_reads_both_brokers_and_checks_every_key() -> None:
+    result = run_demo("demos.bench", "connectors", "--events", "3000", "--keys", "200")
+    assert result.returncode == 0, result.stderr
+    if "skipped" in result.stdout and not services_required():
+        pytest.skip("NATS or Redis is not running")
+    assert "every key's last update read equals a plain loop's" in result.stdout
+    for case in ("NATS JetStream: FeatureRuntime", "Redis Streams: FeatureRuntime"):
+        assert case in result.stdout
 
 
 def test_latency_bench_reports_each_paced_rate() -> None:
