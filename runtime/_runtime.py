@@ -20,9 +20,8 @@ from __future__ import annotations
 
 import functools
 import os
-import pickle
 import time
-from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import AsyncExitStack
 from itertools import islice
 from types import TracebackType
@@ -105,9 +104,8 @@ class FeatureRuntime:
             own caches; custom ``sources`` are pickled to each worker), with ``ingest``,
             ``ingest_many``, ``flush``, ``get``, ``get_many``, ``updates``,
             ``join_records``, ``enriched_events``, ``late_events``, ``statistics``,
-            ``metrics`` (and ``metrics_port``), ``recent_errors``, ``describe``,
-            ``register``, ``replay``, ``warm_up`` and ``checkpoint``; the rest raises
-            :class:`ConfigError` naming it.
+            ``metrics`` (and ``metrics_port``), ``recent_errors``, ``describe``, ``replay``,
+            ``warm_up`` and ``checkpoint``; the rest raises :class:`ConfigError` naming it.
             With
             ``checkpoints``, checkpoints are aligned across the workers, and a worker that
             dies is started again (within ``max_restarts``), restores its key groups and is
@@ -151,6 +149,12 @@ class FeatureRuntime:
             ``docs/metrics.md``.
         metrics_host: the address the metrics endpoint listens on.
         metrics_interval: seconds between two snapshots of the metrics the endpoint serves.
+        backfill: the input from its start (an iterable or async iterable of events; with
+            several streams, of ``(stream, event)`` pairs): when a checkpoint is restored into
+            a feature set with features it did not hold, its first ``position`` events (what
+            the checkpoint had read) are replayed into a runtime of those features, whose
+            state they take; without it they start empty. See "Changing the feature set" in
+            ``docs/operations.md``. Not with ``workers`` yet.
 
     Example::
 
@@ -185,6 +189,7 @@ class FeatureRuntime:
         metrics_host: str = "127.0.0.1",
         metrics_interval: float = 5.0,
         workers: int = 0,
+        backfill: Iterable[Any] | AsyncIterable[Any] | None = None,
     ) -> None:
         if not isinstance(feature_set, FeatureSet):
             raise TypeError(f"feature_set must be a FeatureSet, got {type(feature_set).__name__}")
@@ -287,6 +292,11 @@ class FeatureRuntime:
             register_lock=self._register_lock,
             guards=self._guards,
         )
+        if backfill is not None:
+            if workers:
+                raise ConfigError("backfill= is not supported with workers >= 1 yet")
+            # the features a restored checkpoint did not hold read the history up to it
+            self._coordinator.backfill = functools.partial(self._backfill, backfill)
         self._active_ingests = 0
         self._ingests_done: anyio.Event | None = None
         self._stack: AsyncExitStack | None = None
@@ -959,20 +969,29 @@ class FeatureRuntime:
         return self._system.dead_letters
 
     # -- registering ---------------------------------------------------------------------------
-    async def register(self, *features: Feature) -> list[FeatureDescription]:
+    async def register(
+        self, *features: Feature, backfill: Iterable[Any] | AsyncIterable[Any] | None = None
+    ) -> list[FeatureDescription]:
         """Add features while running; they see events accepted from now on.
 
         Features registered together form one group (so a ratio can be registered with its
         operands). Returns a description of each with its estimated cost.
 
+        ``backfill``: the input from its start (events; with several streams, ``(stream,
+        event)`` pairs): its first :attr:`position` events, all the runtime has read, are
+        replayed into a runtime of the new features, whose state they then take, so that they
+        hold the values of features that ran from the start. Ingest waits meanwhile. Features
+        whose state a restored checkpoint held (registered again) take that instead.
+
         Raises:
             SpecError: a feature is invalid or its name is taken.
         """
         self._check_running()
+        self._local("rt.register()")
         if not features:
             raise SpecError("register() needs at least one feature")
-        if self._front is not None:
-            return await self._front_register(features)
+        if backfill is not None and self.workers:
+            raise ConfigError("register(backfill=) is not supported with workers >= 1 yet")
         async with self._register_lock:
             feature_set = msgspec.structs.replace(
                 self.feature_set, features=(*self.feature_set.features, *features)
@@ -982,33 +1001,54 @@ class FeatureRuntime:
             await self._topology.wait_idle()
             # the new features may keep event values as they are: screen those from now on
             self._reader.keep(keeps_of(feature_set))
-            for group in groups:
-                await self._coordinator.adopt(group)
+            empty = [group for group in groups if not await self._coordinator.adopt(group)]
+            if backfill is not None and empty:
+                await self._coordinator.fill(empty, functools.partial(self._backfill, backfill))
         for group in groups:
             _log.info("features_registered", group=group.name, features=list(group.names))
         return [self._observer.description(f, self._topology.group_of(f.name)) for f in features]
 
-    async def _front_register(self, features: tuple[Feature, ...]) -> list[FeatureDescription]:
-        """``register`` with workers: checked here (the feature set with them), registered
-        in every worker at one point of its events (and again at that point by a worker
-        started again), then the front's feature set and reader follow."""
-        front = self._front
-        assert front is not None
-        try:
-            blob = pickle.dumps(features)
-        except Exception as exc:
-            raise SpecError(
-                f"register(): the features cannot be sent to the workers ({exc})"
-            ) from exc
-        async with self._register_lock:
-            feature_set = msgspec.structs.replace(
-                self.feature_set, features=(*self.feature_set.features, *features)
-            )
-            await front.register(blob, feature_set.names)
-            self._topology.feature_set = feature_set
-            self._reader.keep(keeps_of(feature_set))
-        _log.info("features_registered", features=[f.name for f in features])
-        return [await self.describe(f.name) for f in features]
+    async def _backfill(self, history: Any, names: list[str], upto: int) -> list[Any]:
+        """The state of a runtime of the features ``names`` (and the features they read) that
+        read the first ``upto`` events of ``history`` (``backfill=``), as the feature groups of
+        a checkpoint (``ActorState``s)."""
+        wanted = set(names)
+        features = self.feature_set.features
+        while True:  # ratios and derived features need their operands
+            more = {n for f in features if f.name in wanted for n in f.depends_on()} - wanted
+            if not more:
+                break
+            wanted |= more
+        feature_set = msgspec.structs.replace(
+            self.feature_set, features=tuple(f for f in features if f.name in wanted)
+        )
+        several = len(feature_set.stream_names) > 1
+        async with FeatureRuntime(
+            feature_set,
+            shards=self.shards,
+            key_groups=self._router.key_groups,
+            payload_format=self._options.payload_format,
+            clock=self._clock,
+            sources=dict(self._topology._custom_sources) or None,
+        ) as rt:
+            read = 0
+            chunk: list[Any] = []
+            items = history if isinstance(history, AsyncIterable) else _aiter(history)
+            async for item in items:
+                if read >= upto:
+                    break
+                read += 1
+                chunk.append(item)
+                if len(chunk) >= self.batch_size:
+                    await _ingest_chunk(rt, chunk, several)
+                    chunk = []
+            if chunk:
+                await _ingest_chunk(rt, chunk, several)
+            await rt.flush()
+            checkpoint = await rt._coordinator.capture(0)
+        if read < upto:
+            _log.warning("backfill_short", read=read, position=upto)
+        return [state for state in checkpoint.actors if state.kind == "features"]
 
     def _start_fetch(self, task: Callable[[], Any]) -> None:
         """Run a fetch of an enricher as a task of the runtime."""
@@ -1302,3 +1342,16 @@ class RuntimeReplayHost:
             await self._rt._front.step(now)  # each worker steps, its clock as this one
             return
         await self._rt._topology.settle(at=now)
+
+
+async def _aiter(items: Iterable[Any]) -> AsyncIterator[Any]:
+    for item in items:
+        yield item
+
+
+async def _ingest_chunk(rt: FeatureRuntime, chunk: list[Any], several: bool) -> None:
+    """A backfill's events, or ``(stream, event)`` pairs with several streams."""
+    if several:
+        await rt.ingest_many([event for _, event in chunk], stream=[s for s, _ in chunk])
+    else:
+        await rt.ingest_many(chunk)

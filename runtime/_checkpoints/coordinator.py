@@ -10,6 +10,7 @@ runtime has now.
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -124,6 +125,10 @@ class CheckpointCoordinator:
         self._pending: dict[str, ActorState] = {}
         #: keys the snapshot under way left out (their state could not be encoded)
         self._left_out = 0
+        #: fills the features a restore adds (``FeatureRuntime(backfill=)``): given their
+        #: names and the checkpoint's input position, the state of a runtime of those features
+        #: that read the history up to that position, as a checkpoint's feature groups
+        self.backfill: Callable[[list[str], int], Awaitable[list[ActorState]]] | None = None
 
     # -- the runtime's lifecycle -----------------------------------------------------------------
     async def restore(self) -> None:
@@ -145,9 +150,9 @@ class CheckpointCoordinator:
             except Exception:
                 _log.exception("checkpoint_failed", when="shutdown")
 
-    async def adopt(self, group: Group) -> None:
+    async def adopt(self, group: Group) -> bool:
         """Give a group just registered its state from the restored checkpoint, if that held
-        the same features."""
+        the same features; returns whether it did."""
         pending = self._pending.pop(signature(group), None)
         if pending is not None:
             try:
@@ -155,6 +160,42 @@ class CheckpointCoordinator:
             except CheckpointError as exc:
                 # the rest of the checkpoint is restored already: this group starts empty
                 _log.error("checkpoint_state_unusable", group=group.name, error=str(exc))
+                return False
+            return True
+        return False
+
+    async def fill(
+        self,
+        groups: list[Group],
+        backfill: Callable[[list[str], int], Awaitable[list[ActorState]]],
+    ) -> None:
+        """Backfill groups just registered (``register(backfill=)``): while ingest waits (the
+        :class:`Progress` gate), once every event accepted before is applied, ``backfill``
+        runs the groups' features over the history up to the input position, and each group
+        takes that state.
+
+        Raises:
+            CheckpointError: the backfill's state does not decode or check.
+        """
+        progress = self._progress
+        gate = anyio.Event()
+        progress.gate = gate
+        try:
+            while progress.offset_calls:
+                progress.offset_calls_done = anyio.Event()
+                await progress.offset_calls_done.wait()
+            await self._topology.settle()
+            names = [name for group in groups for name in group.names]
+            filled = await backfill(names, progress.position)
+            plan, _ = _evolve(groups, [], "backfill", filled)
+            for planned in plan:
+                by_shard, extras, _ = await anyio.to_thread.run_sync(self._decode_target, planned)
+                for shard, ref in enumerate(planned.target.refs):
+                    await ref.ask(RestoreSnapshot(by_shard[shard], extras[shard]), timeout=None)
+            _log.info("features_backfilled", features=names, position=progress.position)
+        finally:
+            progress.gate = None
+            gate.set()
 
     # -- taking one ------------------------------------------------------------------------------
     async def checkpoint(self) -> CheckpointInfo:
@@ -357,14 +398,31 @@ class CheckpointCoordinator:
                 any).
         """
         started = time.perf_counter() if started is None else started
-        plan = self._match(checkpoint, path)
+        filled: list[ActorState] = []
+        if self.backfill is not None and share is None:
+            added = self._added(checkpoint)
+            if added:
+                filled = await self.backfill(added, checkpoint.position)
+                _log.info("checkpoint_backfilled", features=added, position=checkpoint.position)
+        plan = self._match(checkpoint, path, filled)
         try:
             decoded = await anyio.to_thread.run_sync(self._decode, checkpoint, plan, path, share)
         except CheckpointError as exc:
             raise _Unusable(str(exc)) from None
         await self._apply(checkpoint, path, plan, decoded, started)
 
-    def _match(self, checkpoint: Checkpoint, path: Any) -> list[_Target]:
+    def _added(self, checkpoint: Checkpoint) -> list[str]:
+        """The features of the runtime's groups that no feature group of ``checkpoint``
+        holds: what a restore adds."""
+        held: set[str] = set()
+        for state in checkpoint.actors:
+            if state.kind == "features":
+                held.update(feature.name for feature in _features_of(state)[2])
+        return [name for group in self._topology.groups for name in group.names if name not in held]
+
+    def _match(
+        self, checkpoint: Checkpoint, path: Any, filled: list[ActorState] | None = None
+    ) -> list[_Target]:
         """Each feature group and join of the runtime with the states of ``checkpoint`` it
         restores from: a group whose features are those of a state takes it as it is; a group
         with features added or removed since (the feature set evolved) takes its kept
@@ -377,6 +435,9 @@ class CheckpointCoordinator:
             CheckpointError: the checkpoint was taken with other ``key_groups`` or by another
                 feature set; a feature has another definition (naming it and the difference);
                 a join changed; a kept feature's window state cannot be carried over.
+
+        ``filled``: feature groups of a backfill of the added features (:attr:`backfill`),
+        which they take their state from.
         """
         if checkpoint.key_groups != self._router.key_groups:
             raise CheckpointError(
@@ -409,7 +470,7 @@ class CheckpointCoordinator:
                 raise CheckpointError(f"{path}: the state of {state.name!r} is not of a {expected}")
             plan.append(_Target(target, [state]))
         changed = [target for target in targets.values() if isinstance(target, Group)]
-        evolved, pending = _evolve(changed, others, path)
+        evolved, pending = _evolve(changed, others, path, filled or [])
         plan += evolved
         for state in pending:
             self._pending[state.signature] = state
@@ -424,8 +485,9 @@ class CheckpointCoordinator:
                 _log.info(
                     "checkpoint_features_evolved",
                     group=planned.target.name,
-                    kept=sorted(evolution.kept),
-                    added=[n for n in planned.target.names if n not in evolution.kept],
+                    kept=sorted(n for n in planned.target.names if n not in evolution.added),
+                    added=sorted(evolution.added),
+                    backfilled=sorted(evolution.kept & evolution.added),
                 )
         return plan
 
@@ -678,11 +740,12 @@ def _difference(old: Any, new: Any) -> str:
 
 
 def _evolve(
-    groups: list[Group], states: list[ActorState], path: Any
+    groups: list[Group], states: list[ActorState], path: Any, filled: list[ActorState]
 ) -> tuple[list[_Target], list[ActorState]]:
     """The groups of the runtime that no state of the checkpoint matches as they are, each
     with the states that hold its kept features and how to make its entries from theirs; and
     the states none of whose features the runtime has (pending: ``register`` may add them).
+    An added feature takes its state from the states of a backfill, ``filled``, if there.
 
     Raises:
         CheckpointError: a feature of the runtime has another definition in the checkpoint
@@ -697,6 +760,14 @@ def _evolve(
         parsed.append((kind, stream, features))
         for feature in features:
             held[feature.name] = (index, kind, stream, feature)
+    # feature name -> its backfilled state, for the features the checkpoint does not hold
+    backfilled: dict[str, int] = {}
+    every = [*states, *filled]
+    for index, state in enumerate(filled, start=len(states)):
+        kind, stream, features = _features_of(state)
+        parsed.append((kind, stream, features))
+        for feature in features:
+            backfilled.setdefault(feature.name, index)
     changed: list[str] = []
     used: set[int] = set()
     plan: list[_Target] = []
@@ -706,6 +777,8 @@ def _evolve(
         for feature in group.features:
             found = held.get(feature.name)
             if found is None:
+                if feature.name in backfilled:
+                    kept.setdefault(backfilled[feature.name], set()).add(feature.name)
                 continue  # added
             index, old_kind, old_stream, old = found
             if msgspec.json.encode(old) != msgspec.json.encode(feature):
@@ -719,8 +792,8 @@ def _evolve(
         used.update(kept)
         if not kept:
             continue  # only added features: the group starts empty
-        order = sorted(kept)
-        sources = [states[i] for i in order]
+        order = sorted(kept)  # the checkpoint's states first
+        sources = [every[i] for i in order]
         specs = [parsed[i][2] for i in order]
         names = [frozenset(kept[i]) for i in order]
         evolution: _KeyedEvolution | _WindowEvolution
@@ -729,6 +802,7 @@ def _evolve(
         else:
             assert group.engine is not None
             evolution = _WindowEvolution(group.engine, specs, names)
+        evolution.added = frozenset(n for n in group.names if n not in held)
         plan.append(_Target(group, sources, evolution))
     if changed:
         raise CheckpointError(
@@ -738,7 +812,7 @@ def _evolve(
         )
     pending = [
         state
-        for index, state in enumerate(states)
+        for index, state in enumerate(states)  # not a backfill's
         if index not in used
         and not any(feature.name in _names(groups) for feature in parsed[index][2])
     ]
@@ -767,7 +841,9 @@ class _KeyedEvolution:
         kept: list[frozenset[str]],
         states: list[ActorState],
     ) -> None:
-        self.kept = frozenset().union(*kept)
+        self.kept: frozenset[str] = frozenset().union(*kept)
+        #: the features the checkpoint did not hold (backfilled where in ``kept``)
+        self.added: frozenset[str] = frozenset()
         self._new = new
         self._slots: tuple[str, ...] = new.state_type.__slots__  # type: ignore[attr-defined]
         self.engines: list[CompiledGroup] = []
@@ -791,7 +867,9 @@ class _KeyedEvolution:
                     provided[name] = (index, old_slots, old.feature_slots[position])
         found: dict[str, tuple[int, int]] = {}
         owner: dict[str, str] = {}
-        for position, name in enumerate(new.names):
+        # the checkpoint's sources first: a slot shared with a backfilled feature keeps theirs
+        ranked = sorted(enumerate(new.names), key=lambda item: provided.get(item[1], (0,))[0])
+        for position, name in ranked:
             source = provided.get(name)
             if source is None:
                 continue
@@ -873,7 +951,9 @@ class _WindowEvolution:
     def __init__(
         self, new: WindowEngine, features: list[list[Any]], kept: list[frozenset[str]]
     ) -> None:
-        self.kept = frozenset().union(*kept)
+        self.kept: frozenset[str] = frozenset().union(*kept)
+        #: the features the checkpoint did not hold (backfilled where in ``kept``)
+        self.added: frozenset[str] = frozenset()
         self._new = new
         self.engines: list[WindowEngine] = [WindowEngine(specs) for specs in features]
         #: feature name -> (its source, its index in that source's engine)
@@ -884,59 +964,49 @@ class _WindowEvolution:
                     source_of[name] = (index, position)
         names = new.names
 
-        def origin(members: list[int], what: str) -> tuple[int, Any] | None:
-            """The source and old buffer of the kept features of ``members``, all of one
-            sliding buffer (or of one frame) of one source."""
+        def origin(members: list[int]) -> tuple[int, Any] | None:
+            """The source and old buffer of the kept features of ``members`` (of one buffer
+            now): the checkpoint's before a backfill's."""
             found = None
             for i in members:
                 source = source_of.get(names[i])
                 if source is None:
                     continue
                 engine = self.engines[source[0]]
-                here = (source[0], engine.buffers[engine._buffer_of[source[1]]])
-                if found is not None and _place(found, what) != _place(here, what):
-                    raise CheckpointError(
-                        f"the kept features of one {what} now ({names[i]!r} among them) were "
-                        "in two before: register them apart, or backfill them"
-                    )
-                found = here
+                if found is None or source[0] < found[0]:
+                    found = (source[0], engine.buffers[engine._buffer_of[source[1]]])
             return found
 
         #: (slot now, source, old slot, the buffer now where its statistics changed)
         self._sliding: list[tuple[int, int, int, Any]] = []
         for buffer in new.sliding:
-            found = origin(buffer.features, "sliding window")
+            found = origin(buffer.features)
             if found is None:
                 continue
             source, old = found
             rebuild = None if old.needs == buffer.needs else buffer
             self._sliding.append((buffer.slot, source, old.slot, rebuild))
-        #: (frame now, source, old frame, per buffer now its position then or None)
-        self._frames: list[tuple[Any, int, Any, list[int | None]]] = []
+        #: (frame now, per buffer now: (source, old frame, position in it) or None)
+        self._frames: list[tuple[Any, list[tuple[int, Any, int] | None]]] = []
         for frame in new.frames:
-            members = [i for buffer in frame.buffers for i in buffer.features]
-            found = origin(members, "window")
-            if found is None:
-                continue
-            source, old_buffer = found
-            old_frame = self.engines[source].frames[old_buffer.frame]
-            positions: list[int | None] = []
+            parts: list[tuple[int, Any, int] | None] = []
             for buffer in frame.buffers:
-                match = None
-                for position, candidate in enumerate(old_frame.buffers):
-                    if _buffer_key(candidate) == _buffer_key(buffer):
-                        match = position if _covers(candidate.needs, buffer.needs) else -1
-                if match == -1 or (match is None and origin(buffer.features, "window")):
-                    kept_here = [names[i] for i in buffer.features if names[i] in source_of]
-                    added = [names[i] for i in buffer.features if names[i] not in source_of]
+                found = origin(buffer.features)
+                if found is None:
+                    parts.append(None)
+                    continue
+                source, old = found
+                if _buffer_key(old) != _buffer_key(buffer) or not _covers(old.needs, buffer.needs):
+                    keeping = [names[i] for i in buffer.features if names[i] in source_of]
+                    other = [names[i] for i in buffer.features if names[i] not in source_of]
                     raise CheckpointError(
-                        f"the kept feature {kept_here[0]!r} shares its window state with the "
-                        f"added feature(s) {', '.join(map(repr, added))}, which need "
-                        "statistics it does not keep: give them another field, filter or "
-                        "window, or restore without them"
+                        f"the feature {keeping[0]!r} shares its window state with the added "
+                        f"feature(s) {', '.join(map(repr, other))}, which need statistics it "
+                        "does not keep: give them another field, filter or window"
                     )
-                positions.append(match)
-            self._frames.append((frame, source, old_frame, positions))
+                parts.append((source, self.engines[source].frames[old.frame], old.position))
+            if any(part is not None for part in parts):
+                self._frames.append((frame, parts))
         #: per sequence feature now: (source, its position among the source's) or None
         self._patterns: list[tuple[int, int] | None] = []
         for _, feature in new.sequences:
@@ -965,13 +1035,25 @@ class _WindowEvolution:
             if state is not None and rebuild is not None:
                 state = _rebuilt(state, rebuild, new.names)
             st.buffers[slot] = state
-        for frame, source, old_frame, positions in self._frames:
-            entry = entries[source]
-            if entry is None:
+        for frame, parts in self._frames:
+            # each source's state of the frame (its panes or sessions)
+            held: dict[int, Any] = {}
+            primary = None
+            for part in parts:
+                if part is None:
+                    continue
+                entry = entries[part[0]]
+                if entry is None or part[0] in held:
+                    continue
+                held[part[0]] = entry.buffers[part[1].slot]
+                if primary is None:
+                    primary = (entry, part[1])
+            if primary is None:
                 continue
-            state = entry.buffers[old_frame.slot]
-            if state is not None:
-                st.buffers[frame.slot] = _remapped(state, positions)
+            states = {source: state for source, state in held.items() if state is not None}
+            if states:
+                st.buffers[frame.slot] = _assembled(states, parts)
+            entry, old_frame = primary
             final = None if entry.finals is None else entry.finals.get(old_frame.index)
             if final is not None:
                 end, values = final
@@ -1013,25 +1095,57 @@ def _rebuilt(old: SlidingState, buffer: Any, names: tuple[str, ...]) -> SlidingS
     return state
 
 
-def _remapped(state: Any, positions: list[int | None]) -> Any:
-    """A frame's panes or sessions with each window's accumulators in the buffers' places
-    now (an added buffer's None: it took nothing)."""
+def _assembled(states: dict[int, Any], parts: list[tuple[int, Any, int] | None]) -> Any:
+    """A frame's panes or sessions now, from its sources' (``states``, by source): per window,
+    each buffer's accumulator from the source and place ``parts`` give it (None where it has
+    none: the buffer took nothing). The first source's windows lead: its sessions, its closed
+    index, its current hopping window."""
 
-    def remap(accumulators: Any) -> Any:
-        if accumulators is None:
-            return None
-        return [None if p is None else accumulators[p] for p in positions]
+    def pick(windows: dict[int, Any]) -> Any:
+        out: list[Any] = []
+        for part in parts:
+            if part is None:
+                out.append(None)
+                continue
+            accumulators = windows.get(part[0])
+            out.append(None if accumulators is None else accumulators[part[2]])
+        return out
 
-    if isinstance(state, _Panes):
-        panes = _Panes(state.closed)
-        panes.accumulators = {k: remap(v) for k, v in state.accumulators.items()}
-        panes.order = list(state.order)
-        if state.current is not None:
-            panes.current = (state.current[0], remap(state.current[1]))
+    lead = states[min(states)]
+    if isinstance(lead, _Panes):
+        panes = _Panes(lead.closed)
+        indexes = sorted({k for state in states.values() for k in state.accumulators})
+        for k in indexes:
+            panes.accumulators[k] = pick(
+                {
+                    source: state.accumulators[k]
+                    for source, state in states.items()
+                    if k in state.accumulators
+                }
+            )
+        panes.order = indexes  # sorted: a heap
+        if lead.current is not None:
+            k = lead.current[0]
+            currents = {
+                source: state.current[1]
+                for source, state in states.items()
+                if state.current is not None
+                and state.current[0] == k
+                and state.current[1] is not None
+            }
+            panes.current = (k, pick(currents) if currents else None)
         return panes
-    assert isinstance(state, _Sessions)
+    assert isinstance(lead, _Sessions)
     sessions = _Sessions()
-    sessions.sessions = [
-        [start, last, remap(accs), *rest] for start, last, accs, *rest in state.sessions
-    ]
+    starts = {
+        source: {session[0]: session[2] for session in state.sessions}
+        for source, state in states.items()
+    }
+    for start, last, _, *rest in lead.sessions:
+        windows = {
+            source: found[start]
+            for source, found in starts.items()
+            if start in found and found[start] is not None
+        }
+        sessions.sessions.append([start, last, pick(windows), *rest])
     return sessions

@@ -3,11 +3,13 @@ stream cut at a random point, checkpointed with feature set A and restored into 
 features added and removed, keyed and windowed, at several shard counts): the kept features
 equal an uninterrupted run, the added ones a run over the events after the restore, the
 removed ones are gone; a feature whose definition changed is refused, named with the
-difference."""
+difference. With a backfill (the input from its start), the added features equal an
+uninterrupted run too, at the restore and with ``register(backfill=)``."""
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from runtime import (
     CheckpointConfig,
     CheckpointError,
+    ConfigError,
     Count,
     FeatureRuntime,
     FeatureSet,
@@ -78,12 +81,18 @@ def streams(draw: st.DrawFn) -> list[dict[str, Any]]:
 
 
 async def run(
-    names: list[str], events: list[dict[str, Any]], shards: int, directory: Path | None
+    names: list[str],
+    events: list[dict[str, Any]],
+    shards: int,
+    directory: Path | None,
+    backfill: Any = None,
 ) -> dict[Any, dict[str, Any]]:
     config = None
     if directory is not None:
         config = CheckpointConfig(directory=str(directory), interval=None)
-    async with FeatureRuntime(feature_set(names), shards=shards, checkpoints=config) as rt:
+    async with FeatureRuntime(
+        feature_set(names), shards=shards, checkpoints=config, backfill=backfill
+    ) as rt:
         if events:
             await rt.ingest_many(events)
         await rt.flush()
@@ -102,20 +111,27 @@ async def run(
     before=st.sets(st.sampled_from(sorted(POOL)), min_size=1),
     after=st.sets(st.sampled_from(sorted(POOL)), min_size=1),
     shards=st.sampled_from([(1, 1), (1, 3), (3, 1), (4, 2)]),
+    backfilled=st.booleans(),
+    history=st.sampled_from(["list", "async"]),
 )
 @pytest.mark.anyio
-async def test_kept_features_go_on_added_ones_start_empty_removed_ones_are_gone(
+async def test_kept_features_go_on_added_ones_start_empty_or_backfilled_removed_ones_are_gone(
     tmp_path: Path,
     events: list[dict[str, Any]],
     cut: float,
     before: set[str],
     after: set[str],
     shards: tuple[int, int],
+    backfilled: bool,
+    history: str,
 ) -> None:
     at = int(len(events) * cut)
     directory = tmp_path / f"run-{next(_serial)}"
     await run(sorted(before), events[:at], shards[0], directory)
-    got = await run(sorted(after), events[at:], shards[1], directory)
+    # the whole input is given: the runtime replays its first events, up to the checkpoint's
+    # position
+    backfill = None if not backfilled else events if history == "list" else aiter_of(events)
+    got = await run(sorted(after), events[at:], shards[1], directory, backfill)
     whole = await run(sorted(before | after), events, 1, None)
     fresh = await run(sorted(after - before), events[at:], 1, None) if after - before else {}
     for key in KEYS:
@@ -123,7 +139,47 @@ async def test_kept_features_go_on_added_ones_start_empty_removed_ones_are_gone(
         for name in after & before:
             assert same(got[key][name], whole[key][name]), (key, name, got[key], whole[key])
         for name in after - before:
-            assert same(got[key][name], fresh[key][name]), (key, name, got[key], fresh[key])
+            want = whole if backfilled else fresh
+            assert same(got[key][name], want[key][name]), (key, name, got[key], want[key])
+
+
+async def aiter_of(events: list[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
+    for event in events:
+        yield event
+
+
+@settings(
+    max_examples=15,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(
+    events=streams(),
+    cut=st.floats(0, 1),
+    before=st.sets(st.sampled_from(sorted(POOL)), min_size=1),
+    added=st.sets(st.sampled_from(sorted(POOL)), min_size=1),
+    shards=st.sampled_from([1, 3]),
+)
+@pytest.mark.anyio
+async def test_register_with_backfill_fills_new_features_as_if_they_ran_from_the_start(
+    events: list[dict[str, Any]], cut: float, before: set[str], added: set[str], shards: int
+) -> None:
+    added -= before
+    if not added:
+        return
+    at = int(len(events) * cut)
+    async with FeatureRuntime(feature_set(sorted(before)), shards=shards) as rt:
+        if events[:at]:
+            await rt.ingest_many(events[:at])
+        await rt.register(*[POOL[name] for name in sorted(added)], backfill=events)
+        if events[at:]:
+            await rt.ingest_many(events[at:])
+        await rt.flush()
+        got = {key: vector.values for key, vector in (await rt.get_many(KEYS)).items()}
+    whole = await run(sorted(before | added), events, 1, None)
+    for key in KEYS:
+        for name in before | added:
+            assert same(got[key][name], whole[key][name]), (key, name, got[key], whole[key])
 
 
 @pytest.mark.anyio
@@ -159,3 +215,42 @@ async def test_an_added_feature_in_a_kept_window_starts_empty_in_it(
     async with FeatureRuntime(grown, checkpoints=config) as rt:
         await rt.ingest({"card": "a", "ts": 2, "v": 4})
         assert (await rt.get("a")).values == {"wc": 2, "tsum": 4}
+
+
+@pytest.mark.anyio
+async def test_an_added_feature_sharing_part_of_a_kept_ones_state_needs_a_backfill(
+    tmp_path: Path,
+) -> None:
+    config = CheckpointConfig(directory=str(tmp_path / "cp"), interval=None)
+    events = [{"card": "a", "ts": t, "amount": t} for t in (1, 2, 3)]
+    async with FeatureRuntime(feature_set(["s"]), checkpoints=config) as rt:
+        await rt.ingest_many(events[:2])
+    # a mean of the field reuses the sum's running total, and counts values of its own
+    grown = FeatureSet(
+        name="ev", key="card", time="ts", features=[POOL["s"], Mean(name="m", field="amount")]
+    )
+    with pytest.raises(CheckpointError, match="added feature 'm' shares part of its running"):
+        async with FeatureRuntime(grown, checkpoints=config):
+            pass
+    async with FeatureRuntime(grown, checkpoints=config, backfill=events) as rt:
+        await rt.ingest(events[2])
+        assert (await rt.get("a")).values == {"s": 6, "m": 2.0}
+
+
+@pytest.mark.anyio
+async def test_a_kept_window_buffer_whose_features_need_more_is_refused(tmp_path: Path) -> None:
+    config = CheckpointConfig(directory=str(tmp_path / "cp"), interval=None)
+    tsum = Sum(name="tsum", field="v", window=Tumbling(size=500))
+    async with FeatureRuntime(
+        FeatureSet(name="ev", key="card", time="ts", features=[tsum]), checkpoints=config
+    ) as rt:
+        await rt.ingest({"card": "a", "ts": 1, "v": 2})
+    grown = FeatureSet(name="ev", key="card", time="ts", features=[tsum, POOL["tmax"]])
+    with pytest.raises(CheckpointError, match=r"'tsum' shares its window state with .*'tmax'"):
+        async with FeatureRuntime(grown, checkpoints=config):
+            pass
+
+
+def test_backfill_is_refused_with_workers() -> None:
+    with pytest.raises(ConfigError, match="backfill"):
+        FeatureRuntime(feature_set(["n"]), workers=1, backfill=[])
