@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import os
+import pickle
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import AsyncExitStack
@@ -104,8 +105,9 @@ class FeatureRuntime:
             own caches; custom ``sources`` are pickled to each worker), with ``ingest``,
             ``ingest_many``, ``flush``, ``get``, ``get_many``, ``updates``,
             ``join_records``, ``enriched_events``, ``late_events``, ``statistics``,
-            ``metrics`` (and ``metrics_port``), ``recent_errors``, ``describe``, ``replay``,
-            ``warm_up`` and ``checkpoint``; the rest raises :class:`ConfigError` naming it.
+            ``metrics`` (and ``metrics_port``), ``recent_errors``, ``describe``,
+            ``register``, ``replay``, ``warm_up`` and ``checkpoint``; the rest raises
+            :class:`ConfigError` naming it.
             With
             ``checkpoints``, checkpoints are aligned across the workers, and a worker that
             dies is started again (within ``max_restarts``), restores its key groups and is
@@ -987,11 +989,12 @@ class FeatureRuntime:
             SpecError: a feature is invalid or its name is taken.
         """
         self._check_running()
-        self._local("rt.register()")
         if not features:
             raise SpecError("register() needs at least one feature")
         if backfill is not None and self.workers:
             raise ConfigError("register(backfill=) is not supported with workers >= 1 yet")
+        if self._front is not None:
+            return await self._front_register(features)
         async with self._register_lock:
             feature_set = msgspec.structs.replace(
                 self.feature_set, features=(*self.feature_set.features, *features)
@@ -1049,6 +1052,28 @@ class FeatureRuntime:
         if read < upto:
             _log.warning("backfill_short", read=read, position=upto)
         return [state for state in checkpoint.actors if state.kind == "features"]
+
+    async def _front_register(self, features: tuple[Feature, ...]) -> list[FeatureDescription]:
+        """``register`` with workers: checked here (the feature set with them), registered
+        in every worker at one point of its events (and again at that point by a worker
+        started again), then the front's feature set and reader follow."""
+        front = self._front
+        assert front is not None
+        try:
+            blob = pickle.dumps(features)
+        except Exception as exc:
+            raise SpecError(
+                f"register(): the features cannot be sent to the workers ({exc})"
+            ) from exc
+        async with self._register_lock:
+            feature_set = msgspec.structs.replace(
+                self.feature_set, features=(*self.feature_set.features, *features)
+            )
+            await front.register(blob, feature_set.names)
+            self._topology.feature_set = feature_set
+            self._reader.keep(keeps_of(feature_set))
+        _log.info("features_registered", features=[f.name for f in features])
+        return [await self.describe(f.name) for f in features]
 
     def _start_fetch(self, task: Callable[[], Any]) -> None:
         """Run a fetch of an enricher as a task of the runtime."""
