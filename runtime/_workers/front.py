@@ -11,9 +11,14 @@ with :class:`Taken`: latency first, as in-process), at ``batch_size`` events whi
 after ``linger``, or before a read, a flush or the shutdown. Sending waits while the worker's
 socket is full: backpressure.
 
-A reader task per worker takes what the worker sends: update batches, republished to the
-front's own hub as ``UpdateBatch``\\ es (so ``rt.updates()`` reads them as in-process), events
-the worker refused (into the front's dead letters), and replies to calls.
+With several streams, each event's stream index travels beside it in the frame (every
+stream shares the key field: a key's events of every stream reach one worker in order, as a
+join needs). While the front has subscribers to an output, each frame says so and the worker
+forwards it. A reader task per worker takes what the worker sends: update batches,
+republished to the front's own hub as ``UpdateBatch``\\ es (so ``rt.updates()`` reads them
+as in-process), join records, enriched and late events (to the front's hubs of each),
+events the worker refused (into the front's dead letters), and replies to calls (reads,
+statistics, metrics, descriptions, warm-ups, registrations, a replay's clock steps).
 
 Checkpoints (with ``checkpoints=``) are aligned: the front is the one sequencer of the input,
 so at one point of it (no event routed meanwhile) it queues each worker's buffer and then a
