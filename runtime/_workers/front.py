@@ -53,7 +53,6 @@ import msgspec
 
 from actors import DeadLetters, KeyRouter, get_logger
 
-from .._batches import EnrichedBatch, JoinRecordBatch, LateEventBatch, UpdateBatch
 from .._checkpoints.coordinator import Progress
 from .._checkpoints.store import CheckpointConfig, CheckpointInfo
 from .._exceptions import (
@@ -67,17 +66,13 @@ from .._exceptions import (
 from .._ingest.events import EventReader
 from .._ingest.router import record_rejected
 from .._results import (
-    EnrichedEvent,
     FeatureDescription,
     FeatureError,
-    FeatureUpdate,
     FeatureVector,
-    JoinRecord,
-    LateEvent,
     RuntimeStatistics,
 )
-from .._updates import UpdateHub
 from .aligned import Abandoned, AlignedCheckpoints
+from .outputs import Outputs
 from .protocol import (
     Call,
     Connection,
@@ -226,15 +221,13 @@ class WorkerFront:
         self._names = names
         #: the shard actors in all
         self.shards = shards
-        #: the front's hub of updates: what ``rt.updates()`` subscribes to
-        self.updates: UpdateHub[Any] = UpdateHub()
-        #: the join records of every join, and of each join by name (``rt.join_records()``)
-        self.records: UpdateHub[JoinRecord] = UpdateHub()
-        self.join_hubs: dict[str, UpdateHub[JoinRecord]] = {name: UpdateHub() for name in joins}
-        #: the enriched events (``rt.enriched_events()``)
-        self.enriched: UpdateHub[EnrichedEvent] = UpdateHub()
-        #: the late events (``rt.late_events()``)
-        self.late: UpdateHub[LateEvent] = UpdateHub()
+        #: the front's hubs of outputs, which the subscriptions read
+        self.outputs = Outputs(joins)
+        #: the hub of updates: what ``rt.updates()`` subscribes to; enriched and late events
+        self.updates = self.outputs.updates
+        self.enriched = self.outputs.enriched
+        self.late = self.outputs.late
+        self.records_hub = self.outputs.records_hub
         self.streams = streams
         self._clock = clock
         self._sources = sources
@@ -331,8 +324,7 @@ class WorkerFront:
             # the front alone holds the directory; the workers write their parts into it
             await stack.enter_async_context(checkpoints.store.lock(self._feature_set))
         stack.push_async_callback(self._close_connections)
-        for hub in (self.updates, self.records, *self.join_hubs.values(), self.enriched, self.late):
-            stack.callback(hub.close)
+        stack.callback(self.outputs.close)
         self._wake = anyio.Event()
         for index in range(self.workers):
             self._workers.append(await self._spawn(index))
@@ -609,14 +601,14 @@ class WorkerFront:
     async def _read(self, worker: _Worker) -> None:
         """Take the worker's frames until it stops or its stream ends."""
         conn = worker.conn
-        publish = self.updates.publish
         try:
-            await self._read_frames(worker, conn, publish)
+            await self._read_frames(worker, conn)
         finally:
             worker.ended.set()
 
-    async def _read_frames(self, worker: _Worker, conn: Connection, publish: Any) -> None:
+    async def _read_frames(self, worker: _Worker, conn: Connection) -> None:
         log = None if self._logs is None else self._logs[worker.index]
+        outputs = self.outputs
         try:
             while True:
                 message = await conn.receive()
@@ -628,40 +620,13 @@ class WorkerFront:
                     if not worker.in_flight and self.buffers[worker.index] and wake is not None:
                         wake.set()  # the flusher sends what waits for the idle worker
                 elif isinstance(message, Updates):
-                    rows, errors, extras = message.rows, message.errors, message.extras
-                    if log is not None:
-                        keep = log.delivered(message.group, [row[0] for row in rows])
-                        if keep is not None:
-                            rows, errors, extras = _kept(keep, rows, errors, extras)
-                    await publish(
-                        UpdateBatch(
-                            message.group,
-                            message.names,
-                            rows,
-                            errors,
-                            message.latency_ms,
-                            message.processed_at,
-                            extras,
-                        )
-                    )
+                    await outputs.updates_of(message, log)
                 elif isinstance(message, JoinRecords):
-                    await self._publish_records(message, log)
+                    await outputs.records_of(message, log)
                 elif isinstance(message, Enriched):
-                    rows = message.rows
-                    if log is not None:
-                        keep = log.delivered(("enriched",), [row[0] for row in rows])
-                        if keep is not None:
-                            rows = [rows[i] for i in keep]
-                    if rows and self.enriched.active:
-                        await self.enriched.publish(EnrichedBatch(rows, message.processed_at))
+                    await outputs.enriched_of(message, log)
                 elif isinstance(message, Late):
-                    late = message.rows
-                    if log is not None:
-                        keep = log.delivered(("late", message.group), [row[0] for row in late])
-                        if keep is not None:
-                            late = [late[i] for i in keep]
-                    if late and self.late.active:
-                        await self.late.publish(LateEventBatch(message.group, late))
+                    await outputs.late_of(message, log)
                 elif isinstance(message, Reply):
                     pending = worker.pending.pop(message.id, None)
                     if message.id == 0 and message.error is not None and pending is None:
@@ -693,50 +658,6 @@ class WorkerFront:
                 self._died(worker, "ended its stream (it died)")
         except msgspec.DecodeError as exc:
             self._fail(worker, f"sent a frame the front cannot read ({exc})")
-
-    async def _publish_records(self, message: JoinRecords, log: WorkerLog | None) -> None:
-        """Republish a worker's join records to the front's hubs (less those a restarted
-        worker made again that were delivered before it died)."""
-        batch = JoinRecordBatch(
-            message.join,
-            message.keys,
-            message.left_events,
-            message.right_events,
-            message.left_times,
-            message.right_times,
-            message.join_times,
-            message.time_differences,
-            message.processed_at,
-            records=message.records,
-        )
-        if log is not None:
-            keep = log.delivered(("join", message.join), message.keys)
-            if keep is not None:
-                batch = _kept_records(batch, keep)
-                if not len(batch):
-                    return
-        for hub in (self.records, self.join_hubs.get(message.join)):
-            if hub is not None and hub.active:
-                await hub.publish(batch)
-
-    @property
-    def records_active(self) -> bool:
-        """Whether anyone reads join records (the workers then forward theirs)."""
-        return self.records.active or any(hub.active for hub in self.join_hubs.values())
-
-    def records_hub(self, join: str | None) -> UpdateHub[JoinRecord]:
-        """The hub of the records of the join named ``join``, or of every join for None.
-
-        Raises:
-            ValueError: the feature set has no join named ``join``.
-        """
-        if join is None:
-            return self.records
-        hub = self.join_hubs.get(join)
-        if hub is None:
-            known = ", ".join(self.join_hubs) or "none"
-            raise ValueError(f"join: no join named {join!r} (known: {known})")
-        return hub
 
     async def drain(self, worker: _Worker) -> None:
         """Send what is queued for ``worker``. If it died, its reader starts it again (the
@@ -901,10 +822,7 @@ class WorkerFront:
             self.tags[index] = []
         worker = self._workers[index]
         worker.in_flight += 1
-        updates = self.updates.active
-        records = self.records_active
-        enriched = self.enriched.active
-        late = self.late.active
+        updates, records, enriched, late = self.outputs.wanted()
         now = self.now
         if self._logs is not None:
             self._logs[index].sent(Sent(buffer, tags, updates, records, enriched, late, now))
@@ -1117,41 +1035,6 @@ class WorkerFront:
                 return
             except Exception:
                 _log.exception("metrics_failed")
-
-
-def _kept(
-    keep: list[int],
-    rows: list[tuple[Any, ...]],
-    errors: dict[int, dict[str, str]] | None,
-    extras: dict[int, FeatureUpdate] | None,
-) -> tuple[
-    list[tuple[Any, ...]], dict[int, dict[str, str]] | None, dict[int, FeatureUpdate] | None
-]:
-    """The rows of a batch at ``keep``, with their errors and extras at their new indexes."""
-    kept = [rows[i] for i in keep]
-    if errors or extras:
-        at = {old: new for new, old in enumerate(keep)}
-        if errors:
-            errors = {at[i]: e for i, e in errors.items() if i in at} or None
-        if extras:
-            extras = {at[i]: e for i, e in extras.items() if i in at} or None
-    return kept, errors, extras
-
-
-def _kept_records(batch: JoinRecordBatch, keep: list[int]) -> JoinRecordBatch:
-    """The records of ``batch`` at ``keep``."""
-    return JoinRecordBatch(
-        batch.join,
-        [batch.keys[i] for i in keep],
-        [batch.left_events[i] for i in keep],
-        [batch.right_events[i] for i in keep],
-        [batch.left_times[i] for i in keep],
-        [batch.right_times[i] for i in keep],
-        [batch.join_times[i] for i in keep],
-        [batch.time_differences[i] for i in keep],
-        batch.processed_at,
-        records=[batch.records[i] for i in keep],
-    )
 
 
 def _context() -> Any:
