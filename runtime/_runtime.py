@@ -151,12 +151,13 @@ class FeatureRuntime:
             ``docs/metrics.md``.
         metrics_host: the address the metrics endpoint listens on.
         metrics_interval: seconds between two snapshots of the metrics the endpoint serves.
-        backfill: the input from its start (an iterable or async iterable of events; with
-            several streams, of ``(stream, event)`` pairs): when a checkpoint is restored into
-            a feature set with features it did not hold, its first ``position`` events (what
-            the checkpoint had read) are replayed into a runtime of those features, whose
-            state they take; without it they start empty. See "Changing the feature set" in
-            ``docs/operations.md``. Not with ``workers`` yet.
+        backfill: the input from its start (an iterable or async iterable of events, with
+            several streams of ``(stream, event)`` pairs; or a connector's ``Source`` at its
+            start, such as a ``JsonLinesSource`` of the files read): when a checkpoint is
+            restored into a feature set with features it did not hold, its first
+            ``position`` events (what the checkpoint had read) are replayed into a runtime of
+            those features, whose state they take; without it they start empty. See
+            "Changing the feature set" in ``docs/operations.md``. Not with ``workers`` yet.
 
     Example::
 
@@ -979,11 +980,12 @@ class FeatureRuntime:
         Features registered together form one group (so a ratio can be registered with its
         operands). Returns a description of each with its estimated cost.
 
-        ``backfill``: the input from its start (events; with several streams, ``(stream,
-        event)`` pairs): its first :attr:`position` events, all the runtime has read, are
-        replayed into a runtime of the new features, whose state they then take, so that they
-        hold the values of features that ran from the start. Ingest waits meanwhile. Features
-        whose state a restored checkpoint held (registered again) take that instead.
+        ``backfill``: the input from its start (events, with several streams ``(stream,
+        event)`` pairs; or a connector's ``Source`` at its start): its first :attr:`position`
+        events, all the runtime has read, are replayed into a runtime of the new features,
+        whose state they then take, so that they hold the values of features that ran from
+        the start. Ingest waits meanwhile. Features whose state a restored checkpoint held
+        (registered again) take that instead.
 
         Raises:
             SpecError: a feature is invalid or its name is taken.
@@ -1036,7 +1038,14 @@ class FeatureRuntime:
         ) as rt:
             read = 0
             chunk: list[Any] = []
-            items = history if isinstance(history, AsyncIterable) else _aiter(history)
+            if callable(getattr(history, "iterate", None)) and hasattr(history, "seek"):
+                # a connector's Source, at its start: its payloads (rejected records are
+                # not events: ``position`` does not count them)
+                items = history.iterate()
+            elif isinstance(history, AsyncIterable):
+                items = history
+            else:
+                items = _aiter(history)
             async for item in items:
                 if read >= upto:
                     break

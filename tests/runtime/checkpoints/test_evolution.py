@@ -9,6 +9,7 @@ uninterrupted run too, at the restore and with ``register(backfill=)``."""
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -24,10 +25,13 @@ from runtime import (
     Count,
     FeatureRuntime,
     FeatureSet,
+    Hopping,
+    JsonLinesSource,
     Last,
     Max,
     Mean,
     Min,
+    Session,
     Sliding,
     Sum,
     Tumbling,
@@ -50,6 +54,10 @@ POOL: dict[str, Any] = {
         Count(name="wc", window=Tumbling(size=500)),
         Max(name="tmax", field="v", window=Tumbling(size=500)),
         Mean(name="tmean", field="w", window=Tumbling(size=800)),
+        Sum(name="hsum", field="amount", window=Hopping(size=1000, hop=250)),
+        Count(name="hn", window=Hopping(size=1000, hop=250)),
+        Count(name="sn", window=Session(gap=400)),
+        Max(name="smax", field="v", window=Session(gap=400)),
     ]
 }
 KEYS = ["a", "b", "c", 1, 2]
@@ -254,3 +262,25 @@ async def test_a_kept_window_buffer_whose_features_need_more_is_refused(tmp_path
 def test_backfill_is_refused_with_workers() -> None:
     with pytest.raises(ConfigError, match="backfill"):
         FeatureRuntime(feature_set(["n"]), workers=1, backfill=[])
+
+
+@pytest.mark.anyio
+async def test_a_file_source_backfills_from_its_start(tmp_path: Path) -> None:
+    events = [
+        {"card": "ab"[i % 2], "ts": 1_000 + 100 * i, "amount": i, "v": i % 7} for i in range(40)
+    ]
+    path = tmp_path / "history.jsonl"
+    path.write_text("".join(json.dumps(event) + "\n" for event in events))
+    config = CheckpointConfig(directory=str(tmp_path / "cp"), interval=None)
+    async with FeatureRuntime(feature_set(["n"]), checkpoints=config) as rt:
+        await rt.ingest_many(events[:25])
+    names = ["n", "s", "hsum", "smax"]
+    async with JsonLinesSource(path) as source:
+        async with FeatureRuntime(feature_set(names), checkpoints=config, backfill=source) as rt:
+            await rt.ingest_many(events[25:])
+            await rt.flush()
+            got = {key: v.values for key, v in (await rt.get_many(["a", "b"])).items()}
+    whole = await run(names, events, 1, None)
+    for key in ("a", "b"):
+        for name in names:
+            assert same(got[key][name], whole[key][name]), (key, name, got[key], whole[key])
