@@ -1056,16 +1056,21 @@ class _WindowEvolution:
             entry, old_frame = primary
             final = None if entry.finals is None else entry.finals.get(old_frame.index)
             if final is not None:
-                end, values = final
+                # the newest closed window's values: each feature's from its own source's
+                # (a backfilled feature's from the backfill's), if of the same window
+                values: dict[str, Any] = {}
+                for i, position in frame.members:
+                    name, part = new.names[i], parts[position]
+                    found = None
+                    if part is not None and entries[part[0]] is not None:
+                        finals = entries[part[0]].finals
+                        found = None if finals is None else finals.get(part[1].index)
+                    if found is None or found[0] != final[0]:
+                        found = final
+                    values[name] = found[1].get(name, new.defaults[i])
                 if st.finals is None:
                     st.finals = {}
-                st.finals[frame.index] = (
-                    end,
-                    {
-                        new.names[i]: values.get(new.names[i], new.defaults[i])
-                        for i, _ in frame.members
-                    },
-                )
+                st.finals[frame.index] = (final[0], values)
         if self._patterns and any(p is not None for p in self._patterns):
             patterns = []
             for found in self._patterns:

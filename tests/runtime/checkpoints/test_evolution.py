@@ -63,9 +63,13 @@ POOL: dict[str, Any] = {
 KEYS = ["a", "b", "c", 1, 2]
 
 
-def feature_set(names: list[str]) -> FeatureSet:
+def feature_set(names: list[str], emit: str = "update") -> FeatureSet:
     return FeatureSet(
-        name="ev", key="card", time="ts", features=[POOL[name] for name in sorted(names)]
+        name="ev",
+        key="card",
+        time="ts",
+        features=[POOL[name] for name in sorted(names)],
+        emit=emit,
     )
 
 
@@ -94,12 +98,18 @@ async def run(
     shards: int,
     directory: Path | None,
     backfill: Any = None,
+    emit: str = "update",
+    workers: int = 0,
 ) -> dict[Any, dict[str, Any]]:
     config = None
     if directory is not None:
         config = CheckpointConfig(directory=str(directory), interval=None)
     async with FeatureRuntime(
-        feature_set(names), shards=shards, checkpoints=config, backfill=backfill
+        feature_set(names, emit),
+        shards=shards,
+        checkpoints=config,
+        backfill=backfill,
+        workers=workers,
     ) as rt:
         if events:
             await rt.ingest_many(events)
@@ -121,6 +131,7 @@ async def run(
     shards=st.sampled_from([(1, 1), (1, 3), (3, 1), (4, 2)]),
     backfilled=st.booleans(),
     history=st.sampled_from(["list", "async"]),
+    emit=st.sampled_from(["update", "close"]),
 )
 @pytest.mark.anyio
 async def test_kept_features_go_on_added_ones_start_empty_or_backfilled_removed_ones_are_gone(
@@ -132,16 +143,18 @@ async def test_kept_features_go_on_added_ones_start_empty_or_backfilled_removed_
     shards: tuple[int, int],
     backfilled: bool,
     history: str,
+    emit: str,
 ) -> None:
     at = int(len(events) * cut)
     directory = tmp_path / f"run-{next(_serial)}"
-    await run(sorted(before), events[:at], shards[0], directory)
+    await run(sorted(before), events[:at], shards[0], directory, emit=emit)
     # the whole input is given: the runtime replays its first events, up to the checkpoint's
     # position
     backfill = None if not backfilled else events if history == "list" else aiter_of(events)
-    got = await run(sorted(after), events[at:], shards[1], directory, backfill)
-    whole = await run(sorted(before | after), events, 1, None)
-    fresh = await run(sorted(after - before), events[at:], 1, None) if after - before else {}
+    got = await run(sorted(after), events[at:], shards[1], directory, backfill, emit)
+    whole = await run(sorted(before | after), events, 1, None, emit=emit)
+    added = sorted(after - before)
+    fresh = await run(added, events[at:], 1, None, emit=emit) if added else {}
     for key in KEYS:
         assert set(got[key]) == after
         for name in after & before:
@@ -284,3 +297,22 @@ async def test_a_file_source_backfills_from_its_start(tmp_path: Path) -> None:
     for key in ("a", "b"):
         for name in names:
             assert same(got[key][name], whole[key][name]), (key, name, got[key], whole[key])
+
+
+@pytest.mark.anyio
+async def test_worker_processes_restore_an_evolved_feature_set(tmp_path: Path) -> None:
+    events = [
+        {"card": KEYS[i % len(KEYS)], "ts": 1_000 + 90 * i, "amount": i, "v": i % 5, "w": 0.5}
+        for i in range(60)
+    ]
+    directory = tmp_path / "cp"
+    await run(["n", "s", "wc", "ws"], events[:35], 2, directory, workers=2)
+    names = ["n", "ws", "mx", "tmax"]
+    got = await run(names, events[35:], 2, directory, workers=2)
+    whole = await run(names, events, 1, None)
+    fresh = await run(["mx", "tmax"], events[35:], 1, None)
+    for key in KEYS:
+        assert set(got[key]) == set(names)
+        for name in names:
+            want = fresh if name in ("mx", "tmax") else whole
+            assert same(got[key][name], want[key][name]), (key, name, got[key], want[key])
