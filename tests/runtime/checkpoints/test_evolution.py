@@ -31,10 +31,13 @@ from runtime import (
     Max,
     Mean,
     Min,
+    SequencePattern,
     Session,
     Sliding,
+    Step,
     Sum,
     Tumbling,
+    Where,
 )
 
 from ..support.oracle import same
@@ -58,6 +61,14 @@ POOL: dict[str, Any] = {
         Count(name="hn", window=Hopping(size=1000, hop=250)),
         Count(name="sn", window=Session(gap=400)),
         Max(name="smax", field="v", window=Session(gap=400)),
+        SequencePattern(
+            name="low_then_high",
+            within=1500,
+            steps=(
+                Step(where=Where(field="v", op="<", value=-20)),
+                Step(where=Where(field="v", op=">", value=20)),
+            ),
+        ),
     ]
 }
 KEYS = ["a", "b", "c", 1, 2]
