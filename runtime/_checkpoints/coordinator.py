@@ -810,17 +810,13 @@ def _evolve(
             "keeps its definition across a restore: give the new one another name (it starts "
             "empty, or backfilled), or restore with the old definition"
         )
+    present = {name for group in groups for name in group.names}
     pending = [
         state
         for index, state in enumerate(states)  # not a backfill's
-        if index not in used
-        and not any(feature.name in _names(groups) for feature in parsed[index][2])
+        if index not in used and not any(f.name in present for f in parsed[index][2])
     ]
     return plan, pending
-
-
-def _names(groups: list[Group]) -> set[str]:
-    return {name for group in groups for name in group.names}
 
 
 class _KeyedEvolution:
@@ -1081,11 +1077,6 @@ class _WindowEvolution:
                     patterns.append(entry.patterns[found[1]])
             st.patterns = patterns
         return st
-
-
-def _place(found: tuple[int, Any], what: str) -> tuple[int, int]:
-    source, buffer = found
-    return (source, buffer.index if what == "sliding window" else buffer.frame)
 
 
 def _rebuilt(old: SlidingState, buffer: Any, names: tuple[str, ...]) -> SlidingState:
