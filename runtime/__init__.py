@@ -122,6 +122,7 @@ from ._spec.feature_set import FeatureSet as FeatureSet
 from ._spec.joins import Join as Join
 from ._spec.joins import JoinRange as JoinRange
 from ._spec.keyed import Count as Count
+from ._spec.keyed import Derived as Derived
 from ._spec.keyed import DistinctCount as DistinctCount
 from ._spec.keyed import EWMean as EWMean
 from ._spec.keyed import First as First
@@ -159,6 +160,7 @@ __all__ = [
     "Where",
     # keyed aggregates
     "Count",
+    "Derived",
     "DistinctCount",
     "EWMean",
     "First",

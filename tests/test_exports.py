@@ -26,7 +26,8 @@ RUNTIME_NAMES = {
     # what to compute: the feature set and its features
     *("FEATURE_TYPES", "Feature", "FeatureSet", "FeatureSpec", "Where"),
     # keyed aggregates
-    *("Count", "DistinctCount", "EWMean", "First", "Last", "Max", "Mean", "Min", "Ratio"),
+    *("Count", "Derived", "DistinctCount", "EWMean", "First", "Last", "Max", "Mean", "Min"),
+    "Ratio",
     *("Std", "Sum", "TimeSince", "Variance"),
     # features over a window or in event-time order
     *("Percentile", "Quantile", "SequencePattern", "Step", "TopK", "ZScore"),

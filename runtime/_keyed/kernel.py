@@ -74,6 +74,10 @@ def _tag(feature: Any) -> str:
     return str(feature.__struct_config__.tag)
 
 
+#: the features computed from other features' values when read: no state, no update
+_FROM_FEATURES = frozenset({"ratio", "derived"})
+
+
 @dataclass
 class CompiledGroup:
     """A compiled feature group. Internal.
@@ -156,7 +160,7 @@ class _Builder:
     def prepare(self) -> None:
         for index, feature in enumerate(self.features):
             tag = _tag(feature)
-            if tag == "ratio":
+            if tag in _FROM_FEATURES:
                 self.feature_slots.append({})
                 self.params.append({})
                 self.reused.append(set())
@@ -223,25 +227,30 @@ class _Builder:
             num = self.names.index(feature.numerator)
             den = self.names.index(feature.denominator)
             return f"_ratio(x{num}, x{den})"
+        if tag == "derived":
+            args = ", ".join(f"x{self.names.index(name)}" for name in feature.depends_on())
+            return f"{self.constant(feature.combiner())}({args})"
         return self.render(KINDS[tag].value, index, S=var)
 
     def input_of(self, feature: Any) -> str:
         if _tag(feature) == "ratio":
             return f"{feature.numerator}/{feature.denominator}"
+        if _tag(feature) == "derived":
+            return str(feature.name)
         field = getattr(feature, "field", None)
         if field is None and feature.where is not None:
             field = feature.where.field
         return str(field) if field is not None else str(feature.name)
 
     def value_order(self) -> list[int]:
-        """Feature indexes with every ratio after its operands."""
-        order = [i for i, f in enumerate(self.features) if _tag(f) != "ratio"]
+        """Feature indexes with every ratio and derived feature after its operands."""
+        order = [i for i, f in enumerate(self.features) if _tag(f) not in _FROM_FEATURES]
         done = set(order)
-        ratios = [i for i, f in enumerate(self.features) if _tag(f) == "ratio"]
+        ratios = [i for i, f in enumerate(self.features) if _tag(f) in _FROM_FEATURES]
         while ratios:
             for i in list(ratios):
                 f = self.features[i]
-                needs = {self.names.index(f.numerator), self.names.index(f.denominator)}
+                needs = {self.names.index(name) for name in f.depends_on()}
                 if needs <= done:
                     order.append(i)
                     done.add(i)
@@ -257,7 +266,7 @@ class _Builder:
             feature = self.features[index]
             tag = _tag(feature)
             expr = self.value_expr(index, "S")
-            if tag != "ratio" and KINDS[tag].safe_value:
+            if tag not in _FROM_FEATURES and KINDS[tag].safe_value:
                 lines.append(f"x{index} = {expr}")
                 continue
             lines += ["try:", f"    x{index} = {expr}", "except Exception as _exc:"]
@@ -314,7 +323,7 @@ class _Builder:
     def feature_block(self, index: int, timed: bool, emit: bool) -> list[str]:
         feature = self.features[index]
         tag = _tag(feature)
-        if tag == "ratio":
+        if tag in _FROM_FEATURES:
             return []
         kind = KINDS[tag]
         name = repr(str(feature.name))
@@ -441,7 +450,7 @@ class _Builder:
         lines.append("    R.t_ = max(A.t_, B.t_)")
         for index, feature in enumerate(self.features):
             tag = _tag(feature)
-            if tag == "ratio":
+            if tag in _FROM_FEATURES:
                 continue
             template = KINDS[tag].merge
             if template is None:
@@ -485,19 +494,20 @@ def _poisoned(
 def compile_group(features: Sequence[Any], *, group: str = "g0") -> CompiledGroup:
     """Compile features (specs from ``runtime._spec.keyed``) into a :class:`CompiledGroup`.
 
-    Ratios must name features of the same group.
+    Ratios and derived features must name features of the same group.
 
     Raises:
-        SpecError: a feature type that cannot run in a keyed group, or a ratio operand that is
-            not in the group.
+        SpecError: a feature type that cannot run in a keyed group, or a ratio's (or derived
+            feature's) operand that is not in the group.
     """
     builder = _Builder(features)
     for feature in features:
-        if _tag(feature) == "ratio":
-            for operand in (feature.numerator, feature.denominator):
+        if _tag(feature) in _FROM_FEATURES:
+            for operand in feature.depends_on():
                 if operand not in builder.names:
                     raise SpecError(
-                        f"ratio {feature.name!r} needs feature {operand!r} in the same group"
+                        f"{_tag(feature)} {feature.name!r} needs feature {operand!r} in the "
+                        "same group"
                     )
     builder.prepare()
     record_type = msgspec.defstruct(

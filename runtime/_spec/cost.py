@@ -20,7 +20,12 @@ ewm_mean        simple_aggregate  6          24     weighted sum, weight total, 
 distinct_count  simple_aggregate  3          see    ``max(exact_limit * 60, 2**precision)``
 time_since      simple_aggregate  2          16     the two newest event times
 ratio           simple_aggregate  2          0      nothing: it reads two other features
+derived         simple_aggregate  see        0      nothing: it reads other features
 ==============  ================  =========  =====  =========================================
+
+A derived feature costs one operation per operator, comparison, condition and function call
+of its expression (at least one), or ``DERIVED_FUNCTION_OPS`` for a Python function; it is
+computed with each update and read, not stored.
 
 Operations are the steps of one state update in plain Python; state bytes are the payload a
 compact encoding (a checkpoint) holds, while the live CPython objects take several times more.
@@ -53,12 +58,13 @@ import msgspec
 from .._exceptions import SpecError
 from .base import FeatureSpec
 from .feature_set import FeatureSet
-from .keyed import DistinctCount
+from .keyed import Derived, DistinctCount, parse_expression
 from .windowed import SequencePattern
 from .windows import Hopping, Session, Sliding, Tumbling
 
 __all__ = [
     "BOTTLENECK_THRESHOLD",
+    "DERIVED_FUNCTION_OPS",
     "DISTINCT_VALUE_BYTES",
     "MEMORY_BUDGET_BYTES",
     "NS_PER_OPERATION",
@@ -117,6 +123,8 @@ _PROFILES: dict[str, _Profile] = {
     "distinct_count": _Profile(_SIMPLE, "O(1)", "O(min(n, exact_limit))", 3, 0),
     "time_since": _Profile(_SIMPLE, "O(1)", "O(1)", 2, 16),
     "ratio": _Profile(_SIMPLE, "O(1)", "O(1)", 2, 0),
+    # the operations are the expression's own: see _derived_ops
+    "derived": _Profile(_SIMPLE, "O(1)", "O(1)", 0, 0),
     # windowed only; the state is computed by _window_bytes
     "percentile": _Profile("windowed_aggregate", "O(log w)", "O(w)", 4, 8),
     "quantile": _Profile("windowed_aggregate", "O(1)", "O(log range)", 4, 0),
@@ -225,6 +233,8 @@ def _estimate(feature: FeatureSpec, event_rate: float, keys: int) -> CostEstimat
     if profile is None:
         raise SpecError(f"{feature.name}: no cost profile for feature type {feature.type_name!r}")
     ops_per_event = profile.ops_per_event + (feature.where is not None)
+    if isinstance(feature, Derived):
+        ops_per_event += _derived_ops(feature)
     category = profile.category
     time_complexity, space_complexity = profile.time_complexity, profile.space_complexity
     if feature.window is not None:
@@ -298,3 +308,13 @@ def _bottleneck(cpu_share: float, memory_share: float) -> Bottleneck:
     if max(cpu_share, memory_share) < BOTTLENECK_THRESHOLD:
         return "none"
     return "cpu" if cpu_share >= memory_share else "memory"
+
+
+#: Operations charged for a derived feature's Python function: a call with a dict of values.
+DERIVED_FUNCTION_OPS = 10
+
+
+def _derived_ops(feature: Derived) -> int:
+    if isinstance(feature.expr, str) and not feature.uses:
+        return parse_expression(feature.expr).operations
+    return DERIVED_FUNCTION_OPS

@@ -47,6 +47,7 @@ from .functions import FunctionPolicy, function_name
 from .joins import JOIN_HOWS, JOIN_MERGES, Join
 from .keyed import (
     Count,
+    Derived,
     DistinctCount,
     EWMean,
     First,
@@ -106,6 +107,7 @@ Feature: TypeAlias = (
     | SequencePattern
     | TimeSince
     | Ratio
+    | Derived
 )
 
 #: Each feature class by its ``type`` tag, in documentation order.
@@ -367,23 +369,37 @@ class FeatureSet(
                 )
 
     def _check_ratios(self, index_of: Mapping[str, int]) -> None:
-        ratios = {f.name: f for f in self.features if isinstance(f, Ratio)}
-        operands = [
-            (name, f"features[{index_of[name]}].{attr}", getattr(ratio, attr))
-            for name, ratio in ratios.items()
-            for attr in ("numerator", "denominator")
-        ]
+        """Ratios and derived features: their operands exist, without cycles, on one stream,
+        all windowed or none, all enriched or none."""
+        ratios = {f.name: f for f in self.features if isinstance(f, Ratio | Derived)}
+        operands = []
+        for name, ratio in ratios.items():
+            if isinstance(ratio, Ratio):
+                for attr in ("numerator", "denominator"):
+                    path = f"features[{index_of[name]}].{attr}"
+                    operands.append((name, path, getattr(ratio, attr)))
+            else:
+                attr = "expr" if isinstance(ratio.expr, str) and not ratio.uses else "uses"
+                for operand in ratio.depends_on():
+                    operands.append((name, f"features[{index_of[name]}].{attr}", operand))
         for name, path, operand in operands:
+            what = _what(ratios[name])
             if operand == name:
-                _fail(self, path, "a ratio cannot use itself")
+                _fail(self, path, f"{what} cannot use itself")
             if operand not in index_of:
                 known = ", ".join(n for n in index_of if n != name)
                 _fail(self, path, f"no feature named {operand!r} (known: {known})")
         for name, path, operand in operands:
             trail = _path_back(operand, name, ratios)
             if trail is not None:
-                _fail(self, path, f"ratios form a cycle: {' -> '.join([name, *trail])}")
+                _fail(
+                    self,
+                    path,
+                    f"{_what(ratios[name]).partition(' ')[2]}s form a cycle: "
+                    f"{' -> '.join([name, *trail])}",
+                )
         for name in ratios:
+            what = _what(ratios[name])
             bases = _ratio_bases(name, ratios)
             streams = sorted({self.stream_of(self.feature(b)) for b in bases})
             enriched = sorted(b for b in bases if self.enriched(self.feature(b)))
@@ -391,7 +407,7 @@ class FeatureSet(
                 _fail(
                     self,
                     f"features[{index_of[name]}]",
-                    f"a ratio's operands must all read lookup fields or none: "
+                    f"{what}'s operands must all read lookup fields or none: "
                     f"{', '.join(enriched)} do and {', '.join(sorted(set(bases) - set(enriched)))} "
                     "do not (features that read them wait for their fetches; the others do not)",
                 )
@@ -399,7 +415,7 @@ class FeatureSet(
                 _fail(
                     self,
                     f"features[{index_of[name]}]",
-                    f"a ratio's operands must be on one stream, got {', '.join(streams)}",
+                    f"{what}'s operands must be on one stream, got {', '.join(streams)}",
                 )
             windowed = sorted(b for b in bases if self.is_windowed(b))
             plain = sorted(b for b in bases if not self.is_windowed(b))
@@ -407,7 +423,7 @@ class FeatureSet(
                 _fail(
                     self,
                     f"features[{index_of[name]}]",
-                    f"a ratio cannot mix windowed ({', '.join(windowed)}) and unwindowed "
+                    f"{what} cannot mix windowed ({', '.join(windowed)}) and unwindowed "
                     f"({', '.join(plain)}) operands",
                 )
 
@@ -455,8 +471,8 @@ class FeatureSet(
     def _ratio_base(self, feature: FeatureSpec) -> FeatureSpec:
         """A ratio's first base operand (through nested ratios), whose stream and group the
         ratio shares; any other feature itself."""
-        if isinstance(feature, Ratio):
-            ratios = {f.name: f for f in self.features if isinstance(f, Ratio)}
+        if isinstance(feature, Ratio | Derived):
+            ratios = {f.name: f for f in self.features if isinstance(f, Ratio | Derived)}
             bases = sorted(_ratio_bases(feature.name, ratios))
             if bases and bases[0] in self.names:
                 return self.feature(bases[0])
@@ -477,8 +493,8 @@ class FeatureSet(
         """Whether feature ``name`` is computed over windows: it has a ``window``, or it is a
         ratio of windowed features."""
         feature = self.feature(name)
-        if isinstance(feature, Ratio):
-            ratios = {f.name: f for f in self.features if isinstance(f, Ratio)}
+        if isinstance(feature, Ratio | Derived):
+            ratios = {f.name: f for f in self.features if isinstance(f, Ratio | Derived)}
             return any(self.is_windowed(b) for b in _ratio_bases(name, ratios))
         return feature.window is not None or feature.event_time
 
@@ -661,6 +677,13 @@ def _from_dict(data: Mapping[str, Any], source: str, policy: FunctionPolicy) -> 
         except SpecError as exc:
             path, reason = exc._spec_field  # type: ignore[attr-defined]
             raise SpecError(f"{source}: joins[{index}].{path}: {reason}") from None
+    for index, feature in enumerate(feature_set.features):
+        if isinstance(feature, Derived):
+            try:
+                feature.resolve_functions(policy)
+            except SpecError as exc:
+                path, reason = exc._spec_field  # type: ignore[attr-defined]
+                raise SpecError(f"{source}: features[{index}].{path}: {reason}") from None
     return feature_set
 
 
@@ -684,7 +707,11 @@ _LOADERS: dict[str, Callable[..., FeatureSet]] = {
 }
 
 
-def _path_back(start: str, target: str, ratios: Mapping[str, Ratio]) -> list[str] | None:
+def _what(feature: Ratio | Derived) -> str:
+    return "a ratio" if isinstance(feature, Ratio) else "a derived feature"
+
+
+def _path_back(start: str, target: str, ratios: Mapping[str, Ratio | Derived]) -> list[str] | None:
     """Return the chain of ratio operands from ``start`` back to ``target``, if there is one."""
     stack = [[start]]
     seen: set[str] = set()
@@ -700,7 +727,7 @@ def _path_back(start: str, target: str, ratios: Mapping[str, Ratio]) -> list[str
     return None
 
 
-def _ratio_bases(name: str, ratios: Mapping[str, Ratio]) -> set[str]:
+def _ratio_bases(name: str, ratios: Mapping[str, Ratio | Derived]) -> set[str]:
     """The features that are not ratios under ratio ``name``, through nested ratios."""
     bases: set[str] = set()
     stack = [name]

@@ -41,7 +41,7 @@ from typing import Any
 
 from .._exceptions import FeatureValueError, FeaturistError, SpecError
 from .._keyed.kinds import coerce_number, name_error, ratio_of
-from .._spec.keyed import Ratio
+from .._spec.keyed import Derived, Ratio
 from .._spec.windowed import SequencePattern
 from .._spec.windows import Hopping, Session, Sliding, Tumbling
 from .._stats.idle import IdleKeys
@@ -309,7 +309,7 @@ class WindowEngine:
     def _build(self) -> None:
         groups: dict[tuple[Any, ...], list[int]] = {}
         for index, feature in enumerate(self.features):
-            if isinstance(feature, Ratio):
+            if isinstance(feature, Ratio | Derived):
                 continue
             if isinstance(feature, SequencePattern):
                 self.sequences.append((index, feature))
@@ -340,10 +340,15 @@ class WindowEngine:
             self._add_buffer(window, fld, where, numeric, members, buffer_of)
         self._buffer_of = buffer_of
         self._readers = [
-            None if isinstance(f, Ratio | SequencePattern) else value_reader(f)
+            None if isinstance(f, Ratio | Derived | SequencePattern) else value_reader(f)
             for f in self.features
         ]
         self._ratio_order = self._order_ratios()
+        #: per ratio or derived feature: the function of its operands' values, and their
+        #: indexes
+        self._combine: dict[int, tuple[Callable[..., Any], tuple[int, ...]]] = {
+            i: _combiner(self.features[i], self.names) for i in self._ratio_order
+        }
         self._build_frames()
         #: hopping frames: their merged current window is refreshed when the clock moves
         self._hopping = [f for f in self.frames if f.kind == "panes" and f.panes_per_window > 1]
@@ -454,12 +459,12 @@ class WindowEngine:
             done.add(i)
             for operand in self.features[i].depends_on():
                 j = position[operand]
-                if isinstance(self.features[j], Ratio):
+                if isinstance(self.features[j], Ratio | Derived):
                     visit(j)
             order.append(i)
 
         for i, feature in enumerate(self.features):
-            if isinstance(feature, Ratio):
+            if isinstance(feature, Ratio | Derived):
                 visit(i)
         return order
 
@@ -1170,16 +1175,12 @@ class WindowEngine:
 
     def _with_ratio_values(self, result: list[Any]) -> tuple[Any, ...]:
         """``result`` with the ratios filled in from their operands."""
-        names = self.names
-        if self._ratio_order:
-            by_name = dict(zip(names, result, strict=True))
-            for i in self._ratio_order:
-                feature = self.features[i]
-                try:
-                    value = ratio_of(by_name[feature.numerator], by_name[feature.denominator])
-                except FeaturistError:
-                    value = None
-                by_name[names[i]] = result[i] = value
+        for i in self._ratio_order:
+            combine, operands = self._combine[i]
+            try:
+                result[i] = combine(*[result[j] for j in operands])
+            except FeaturistError:
+                result[i] = None
         return tuple(result)
 
     # -- reads as of a time --------------------------------------------------------------------
@@ -1274,15 +1275,14 @@ class WindowEngine:
         return None if newest is None else newest[1]
 
     def _add_ratios(self, values: dict[str, Any]) -> None:
+        names = self.names
         for i in self._ratio_order:
-            feature = self.features[i]
-            if feature.numerator in values and feature.denominator in values:
+            combine, operands = self._combine[i]
+            if all(names[j] in values for j in operands):
                 try:
-                    values[feature.name] = ratio_of(
-                        values[feature.numerator], values[feature.denominator]
-                    )
+                    values[names[i]] = combine(*[values[names[j]] for j in operands])
                 except FeaturistError:
-                    values[feature.name] = None
+                    values[names[i]] = None
 
     # -- idle time and expiry ----------------------------------------------------------------
     def tick(
@@ -1661,14 +1661,14 @@ def _compile_sliding(engine: WindowEngine) -> Callable[..., None] | None:
         event_lines, read_lines = _buffer_lines(buffer, engine.features, namespace)
         body += event_lines
         reads += read_lines
-    position = {name: i for i, name in enumerate(engine.names)}
     ratios = []
     for i in engine._ratio_order:
-        feature = engine.features[i]
-        numerator, denominator = position[feature.numerator], position[feature.denominator]
+        combine, operands = engine._combine[i]
+        namespace[f"_combine{i}"] = combine
+        args = ", ".join(f"v{j}" for j in operands)
         ratios += [
             "try:",
-            f"    v{i} = _ratio_of(v{numerator}, v{denominator})",
+            f"    v{i} = _combine{i}({args})",
             "except _FeaturistError:",
             f"    v{i} = None",
         ]
@@ -1941,3 +1941,12 @@ def _add_lines(shape: str, sums: bool, j: int) -> list[str]:
             *_indent(lines, 1),
         ]
     return lines
+
+
+def _combiner(feature: Any, names: Sequence[str]) -> tuple[Callable[..., Any], tuple[int, ...]]:
+    """The function that computes a ratio or derived feature from its operands' values, and
+    the indexes of those operands."""
+    operands = tuple(names.index(name) for name in feature.depends_on())
+    if isinstance(feature, Ratio):
+        return ratio_of, operands
+    return feature.combiner(), operands

@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from runtime import (
     FEATURE_TYPES,
     Count,
+    Derived,
     DistinctCount,
     EWMean,
     FeatureValueError,
@@ -52,6 +53,7 @@ MERGEABLE = [
     Count(name="flagged", where=Where(field="flag", op="==", value=True)),
     Sum(name="flagged_total", field="x", where=Where(field="flag", op="==", value=True)),
     Ratio(name="flagged_share", numerator="flagged", denominator="n"),
+    Derived(name="flagged_rate", expr="flagged / max(n, 1)"),
     TimeSince(name="gap"),
     TimeSince(name="flagged_gap", where=Where(field="flag", op="==", value=True)),
 ]

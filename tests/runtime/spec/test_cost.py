@@ -71,7 +71,7 @@ def test_every_unwindowed_feature_type_has_a_simple_aggregate_profile() -> None:
         if cls.windowed or cls.event_time:
             continue
         fields: dict[str, Any] = {"name": "f", "field": "x", "half_life": 1}
-        fields.update(numerator="a", denominator="b")
+        fields.update(numerator="a", denominator="b", expr="a + 1")
         accepted = {k: v for k, v in fields.items() if k in cls.__struct_fields__}
         estimate = estimate_cost(cls(**accepted), event_rate=1)
         assert estimate.category == "simple_aggregate"
