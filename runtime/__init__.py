@@ -97,6 +97,7 @@ from ._runtime import FeatureRuntime as FeatureRuntime
 from ._service import create_app as create_app
 from ._spec.base import FeatureSpec as FeatureSpec
 from ._spec.base import Where as Where
+from ._spec.computed import Computed as Computed
 from ._spec.cost import CostEstimate as CostEstimate
 from ._spec.cost import MeasuredCost as MeasuredCost
 from ._spec.cost import estimate_cost as estimate_cost
@@ -153,6 +154,7 @@ from ._updates import UpdateSubscription as UpdateSubscription
 
 __all__ = [
     # what to compute: the feature set and its features
+    "Computed",
     "FEATURE_TYPES",
     "Feature",
     "FeatureSet",

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 RUNTIME_NAMES = {
     # what to compute: the feature set and its features
-    *("FEATURE_TYPES", "Feature", "FeatureSet", "FeatureSpec", "Where"),
+    *("FEATURE_TYPES", "Computed", "Feature", "FeatureSet", "FeatureSpec", "Where"),
     # keyed aggregates
     *("Count", "Derived", "DistinctCount", "EWMean", "First", "Last", "Max", "Mean", "Min"),
     "Ratio",

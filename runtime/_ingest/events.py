@@ -62,6 +62,7 @@ import msgspec
 
 from .._duration import format_duration
 from .._exceptions import InvalidEvent
+from .._spec.computed import Computed, computer
 from .._spec.limits import (
     DEFAULT_MAX_FUTURE_MS,
     DEFAULT_MAX_KEY_LENGTH,
@@ -232,6 +233,9 @@ class EventReader:
         clock: the wall clock, in seconds (tests pass a fake one).
         keeps: per stream index, what state keeps of its events (:func:`keeps_of`); the
             values kept are checked (:meth:`screen`). By default nothing is.
+        computed: the feature set's computed fields, set in a copy of each event once its key
+            and time are read (:meth:`read`; the router computes those of its fast path in a
+            pass of its own). By default there are none, at no cost.
     """
 
     def __init__(
@@ -247,6 +251,7 @@ class EventReader:
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         clock: Callable[[], float] = _time.time,
         keeps: tuple[Keeps, ...] = (),
+        computed: tuple[Computed, ...] = (),
     ) -> None:
         if payload_format not in ("json", "msgpack"):
             raise ValueError(f"payload_format must be 'json' or 'msgpack', got {payload_format!r}")
@@ -287,6 +292,9 @@ class EventReader:
         self.kept_fields: tuple[str, ...] = ()
         self.kept_whole = False
         self.keep(keeps)
+        #: whether events get computed fields, and the function that sets them
+        self.computing = bool(computed)
+        self.compute = computer(computed)
 
     @classmethod
     def of(cls, feature_set: FeatureSet, *, payload_format: PayloadFormat = "json") -> EventReader:
@@ -302,6 +310,7 @@ class EventReader:
             max_key_length=feature_set.max_key_length,
             max_payload_bytes=feature_set.max_payload_bytes,
             keeps=keeps_of(feature_set),
+            computed=tuple(feature_set.computed),
         )
 
     def keep(self, keeps: tuple[Keeps, ...]) -> None:
@@ -389,6 +398,8 @@ class EventReader:
         ts = event.get(self.time)
         if ts.__class__ is not int or not self._ms or not low <= ts <= high:
             ts = self.time_ms(ts, payload, low, high)
+        if self.computing:
+            event = self.compute(event, payload)
         if self.keeping:
             event = self.screen(event, tag)
         return key, ts, event

@@ -150,6 +150,8 @@ class Ingest:
         reader's bounds take the fast path; anything else goes through the full reader.
         Returns the events accepted.
         """
+        if self._reader.computing:
+            events, tag = self._computed(events, tag)
         if self._reader.keeping:
             # the values state keeps are screened first, in a pass of their own: the loops
             # below stay as they are for a feature set that keeps none
@@ -287,6 +289,27 @@ class Ingest:
         accepted = len(events) - rejected
         self.ingested += accepted
         return accepted
+
+    def _computed(self, events: list[Any], tag: int | list[int]) -> tuple[list[Any], Any]:
+        """``events`` (and their tags) with the computed fields set in a copy of each dict
+        event, without those whose fields cannot be computed (rejected). Other events get
+        theirs when they are read; so does a dict the fast path sends to the reader, computed
+        again to the same values (``computer``)."""
+        compute = self._reader.compute
+        out: list[Any] = []
+        tags: list[int] | None = None if isinstance(tag, int) else []
+        tagged = repeat(tag) if isinstance(tag, int) else tag
+        for event, stream_tag in zip(events, tagged):  # noqa: B905 (repeat is endless)
+            if event.__class__ is dict:
+                try:
+                    event = compute(event, event)
+                except InvalidEvent as error:
+                    self.reject(event, error)
+                    continue
+            out.append(event)
+            if tags is not None:
+                tags.append(stream_tag)
+        return out, (tag if tags is None else tags)
 
     def _screened(self, events: list[Any], tag: int | list[int]) -> tuple[list[Any], Any]:
         """``events`` (and their tags) without the dict events whose kept values state cannot

@@ -40,6 +40,7 @@ from .checks import check_name as _check_name
 from .checks import check_str as _check_str
 from .checks import fail as _fail
 from .checks import kind as _kind
+from .computed import Computed
 from .enrich import SOURCE_TYPES, Lookup, Source
 from .explain import explain
 from .files import ExpansionError, decode_yaml
@@ -136,6 +137,9 @@ class FeatureSet(
             still count in order: a duration (``"5s"``, or milliseconds), 0 by default. A key's
             watermark is its newest event time minus this.
         features: at least one feature, with unique names (a list or a tuple; kept as a tuple).
+        computed: ``Computed`` event fields, computed in order from each event's other fields
+            when it is ingested (each may read those before it; none may be the key or the
+            time field); every feature reads them as event fields.
 
     The options below bound what an event may be; an event outside them is refused at ingest
     and goes to ``rt.dead_letters`` with its reason (the full list: ``runtime/_events.py``):
@@ -208,6 +212,7 @@ class FeatureSet(
     sources: Sequence[Source] = ()
     lookups: Sequence[Lookup] = ()
     enrich_stash: int = 10_000
+    computed: Sequence[Computed] = ()
     features: Sequence[Feature]
 
     def __post_init__(self) -> None:
@@ -253,9 +258,46 @@ class FeatureSet(
                 )
                 _fail(self, f"features[{index}].name", reason)
             seen[feature.name] = index
+        self._check_computed()
         self._check_streams()
         self._check_lookups()
         self._check_ratios(seen)
+
+    def _check_computed(self) -> None:
+        if not isinstance(self.computed, list | tuple):
+            _fail(
+                self, "computed", f"expected a list of computed fields, got {_kind(self.computed)}"
+            )
+        msgspec.structs.force_setattr(self, "computed", tuple(self.computed))
+        written: dict[str, int] = {}
+        for index, field in enumerate(self.computed):
+            if not isinstance(field, Computed):
+                _fail(self, f"computed[{index}]", f"expected a Computed, got {_kind(field)}")
+            if field.name in (self.key, self.time):
+                what = "key" if field.name == self.key else "time"
+                _fail(
+                    self,
+                    f"computed[{index}].name",
+                    f"cannot compute the {what} field {field.name!r}",
+                )
+            if field.name in written:
+                _fail(
+                    self,
+                    f"computed[{index}].name",
+                    f"duplicate computed field {field.name!r} "
+                    f"(also computed[{written[field.name]}])",
+                )
+            written[field.name] = index
+        for index, field in enumerate(self.computed):
+            for name in field.inputs():
+                later = written.get(name)
+                if later is not None and later > index:
+                    _fail(
+                        self,
+                        f"computed[{index}].expr",
+                        f"reads {name!r}, which computed[{later}] computes after it (fields are "
+                        "computed in order: move it first)",
+                    )
 
     def _check_lookups(self) -> None:
         if not isinstance(self.sources, list | tuple):

@@ -244,7 +244,7 @@ def test_unknown_set_and_where_fields_are_rejected() -> None:
         "(known: name, key, time, time_unit, max_out_of_orderness, max_future, max_past, "
         "max_key_length, max_payload_bytes, allowed_lateness, "
         "late_policy, correction_horizon, emit, idle_timeout, state_ttl, serve_as_of, streams, "
-        "joins, sources, lookups, enrich_stash, features)"
+        "joins, sources, lookups, enrich_stash, computed, features)"
     )
     where = {"field": "status", "valeu": "declined"}
     assert spec_error(with_features({"type": "count", "name": "c", "where": where})) == (
