@@ -22,8 +22,8 @@ rate: every output read back within about 5% of the run's length after the last 
 due), the one with the lowest median p99; the reason is printed with its numbers. --json
 prints the summary as JSON for scripts.
 
-Worker processes run keyed aggregates and windowed features of one stream only, for now: for
-the workloads with joins or lookups (fraud, ads), the grid keeps workers 0 and says why.
+A workload the runtime cannot run in worker processes keeps workers 0, and the tuner says
+why (every workload here runs in them: keyed aggregates, windows, joins and lookups do).
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@ small sizes."""
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
 from collections import Counter
@@ -25,6 +26,7 @@ from demos.fraud.simulator import (
     transactions,
 )
 from runtime import FeatureRuntime
+from tests.conftest import services_required
 
 from .helpers import json_summary, run_demo
 
@@ -307,3 +309,21 @@ def test_table_summary_names_the_sections() -> None:
     cards = result.stdout.split("most suspicious cards")[1].split("score =")[0]
     rows = [line for line in cards.splitlines() if line.strip()][2:]
     assert len(rows) == 10 and all(line.rstrip().endswith(("yes", "no")) for line in rows)
+
+
+@pytest.mark.parametrize(
+    "source", ["nats://127.0.0.1:4222/fraud", "redis://127.0.0.1:6379/0?stream=fraud"]
+)
+def test_on_a_broker_a_crash_half_way_loses_nothing(source: str) -> None:
+    args = ("--events", "4000", "--cards", "400", "--source", source)
+    probe = run_demo("demos.fraud", *args, "--quiet", "--json")
+    if probe.returncode != 0 and not services_required():
+        pytest.skip(f"no broker: {probe.stderr.strip()[-200:]}")
+    assert probe.returncode == 0, probe.stderr
+    run = json.loads(probe.stdout)["broker"]
+    # killed with a checkpoint behind it and records read past it, then resumed from it
+    assert 0 < run["checkpoint_position"] < run["killed_after"] < run["published"]
+    assert run["restored_position"] == run["checkpoint_position"]
+    assert run["cards"] > 300
+    assert run["cards_differing"] == 0
+    assert run["redis_hashes_differing"] == 0
