@@ -10,7 +10,7 @@ fields the event came with.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import msgspec
 
@@ -70,21 +70,26 @@ def computer(computed: Sequence[Computed]) -> Callable[[dict[str, Any], Any], di
     Raises (from ``compute``):
         InvalidEvent: an input of the wrong type, naming the computed field and the problem.
     """
-    steps = [
-        (field.name, parse_expression(field.expr).function, parse_expression(field.expr).names)
-        for field in computed
-    ]
-
-    def compute(event: dict[str, Any], payload: Any) -> dict[str, Any]:
-        out = dict(event)
-        get = out.get
-        for name, function, names in steps:
-            try:
-                out[name] = function(*[get(n) for n in names])
-            except FeaturistError as exc:
-                raise InvalidEvent(
-                    f"computed field {name!r}: {exc}", field=name, payload=payload
-                ) from exc
-        return out
-
+    # One function for the list, compiled once: field names enter the source only as
+    # ``repr`` of a ``str`` (a string literal), and each expression is its own compiled
+    # function, bound under a generated name; user text never becomes source.
+    namespace: dict[str, Any] = {"_FeaturistError": FeaturistError, "_fail": _fail}
+    lines = ["def compute(event, payload):", "    out = dict(event)", "    get = out.get"]
+    for index, field in enumerate(computed):
+        expression = parse_expression(field.expr)
+        namespace[f"_e{index}"] = expression.function
+        args = ", ".join(f"get({name!r})" for name in expression.names)
+        lines += [
+            "    try:",
+            f"        out[{field.name!r}] = _e{index}({args})",
+            "    except _FeaturistError as exc:",
+            f"        _fail({field.name!r}, exc, payload)",
+        ]
+    lines.append("    return out")
+    exec(compile("\n".join(lines) + "\n", "<featurist computed fields>", "exec"), namespace)
+    compute: Callable[[dict[str, Any], Any], dict[str, Any]] = namespace["compute"]
     return compute
+
+
+def _fail(name: str, error: FeaturistError, payload: Any) -> NoReturn:
+    raise InvalidEvent(f"computed field {name!r}: {error}", field=name, payload=payload) from error
