@@ -1,10 +1,12 @@
 """Derived features in a running runtime: in every update, and in ``get`` and ``get_many``, a
 derived value is its expression over the other values of the same key, keyed and windowed,
-for shard counts 1 and 3; its errors are the feature's."""
+for shard counts 1 and 3; its errors are the feature's; a restart from a checkpoint (with
+computed fields too) changes no value."""
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -12,6 +14,8 @@ import hypothesis.strategies as st
 from hypothesis import HealthCheck, given, settings
 
 from runtime import (
+    CheckpointConfig,
+    Computed,
     Count,
     Derived,
     FeatureRuntime,
@@ -202,3 +206,39 @@ async def test_a_derived_feature_from_a_toml_spec_runs() -> None:
             {"card": "c", "ts": T0 + i, "amount": amount} for i, amount in enumerate([1, 2, 4])
         )
         assert (await rt.get("c")).values == {"spend": 7, "n": 3, "per_tx": 2.33}
+
+
+async def test_a_restart_from_a_checkpoint_gives_the_same_derived_and_computed_values(
+    tmp_path: Path,
+) -> None:
+    feature_set = FeatureSet(
+        name="restart",
+        key="card",
+        time="ts",
+        max_out_of_orderness="30s",
+        computed=[Computed(name="usd", expr="amount * 2")],
+        features=[
+            *KEYED,
+            Sum(name="usd_total", field="usd"),
+            Derived(name="usd_per_tx", expr="usd_total / max(n, 1)"),
+            *WINDOWED,
+        ],
+    )
+    stream = [
+        {"card": f"c{i % 3}", "ts": T0 + 37 * i, "amount": (i * 7) % 50 - 10} for i in range(120)
+    ]
+    keys = ["c0", "c1", "c2"]
+    async with FeatureRuntime(feature_set, shards=2) as rt:
+        await rt.ingest_many(stream)
+        want = {k: v.values for k, v in (await rt.get_many(keys)).items()}
+    config = CheckpointConfig(directory=str(tmp_path / "checkpoints"), interval=None)
+    async with FeatureRuntime(feature_set, shards=2, checkpoints=config) as rt:
+        await rt.ingest_many(stream[:50])
+    async with FeatureRuntime(feature_set, shards=3, checkpoints=config) as rt:
+        assert rt.restored is not None
+        await rt.ingest_many(stream[50:])
+        got = {k: v.values for k, v in (await rt.get_many(keys)).items()}
+    assert same(got, want)
+    for values in got.values():
+        check_derived(values)
+        assert same(values["usd_per_tx"], values["usd_total"] / max(values["n"], 1))
