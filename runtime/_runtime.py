@@ -62,7 +62,7 @@ from ._ingest.result import IngestResult, rejections_of
 from ._ingest.router import Ingest
 from ._observe.collect import Observer
 from ._observe.metrics import ActorMailbox, RuntimeMetrics, checkpoint_metrics
-from ._observe.prometheus import MetricsServer
+from ._observe.prometheus import FeatureCollector, MetricsServer
 from ._options import RuntimeOptions, check_sources, check_workers
 from ._replay.history import ReplayClock, ReplayOptions, ReplayResult, replay_history
 from ._results import (
@@ -1156,6 +1156,33 @@ class FeatureRuntime:
             checkpoint=checkpoint_metrics(self.last_checkpoint, now),
         )
         return merged
+
+    async def prometheus_collector(self) -> FeatureCollector:
+        """The runtime's metrics as a prometheus-client collector, for the application's own
+        registry: ``prometheus_client.REGISTRY.register(await rt.prometheus_collector())``.
+
+        The first call takes a snapshot; a task of the runtime then takes one every
+        ``metrics_interval`` seconds, and a scrape (in any thread) reads the last one, never an
+        actor. The families are ``metrics_port``'s, listed in ``docs/metrics.md``. Needs
+        prometheus-client (the ``metrics`` extra) to collect.
+
+        With workers, it is the ``metrics_port`` endpoint's collector (the merged metrics,
+        without histograms: the samples stay in the workers).
+
+        Raises:
+            RuntimeClosed: the runtime is not running.
+            ConfigError: workers without ``metrics_port``.
+        """
+        self._check_running()
+        if self._front is not None:
+            server = self._metrics_server
+            if server is None or server.collector is None:
+                raise ConfigError(
+                    "rt.prometheus_collector() is not available with workers: serve the "
+                    "merged metrics with metrics_port"
+                )
+            return server.collector
+        return await self._observer.prometheus_collector()
 
     @property
     def metrics_address(self) -> tuple[str, int] | None:

@@ -49,7 +49,7 @@ from .metrics import (
     join_totals,
     weighted_quantile,
 )
-from .prometheus import MetricsServer
+from .prometheus import FeatureCollector, Histograms, MetricsServer
 
 __all__ = ["Observer"]
 
@@ -106,6 +106,10 @@ class Observer:
         self.started_at = 0.0
         #: messages each actor failed on (dead letters with reason ``failed``), by actor name
         self._failed: dict[str, int] = {}
+        #: the Prometheus collector; its refresh task runs in ``_tg`` once asked for
+        self.collector = FeatureCollector(self._gather)
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._refreshing = False
         dead_letters.add_listener(self._count_failure)
 
     def _count_failure(self, letter: DeadLetter) -> None:
@@ -148,6 +152,11 @@ class Observer:
 
     async def metrics(self) -> RuntimeMetrics:
         """``rt.metrics()``: asks every actor."""
+        return await self._gather(None)
+
+    async def _gather(self, histograms: Histograms | None) -> RuntimeMetrics:
+        """``metrics``, with the new samples of the shard actors observed into
+        ``histograms``."""
         topology = self._topology
         now = time.time()
         now_ms = self._clock() * 1000
@@ -173,6 +182,8 @@ class Observer:
         features = {}
         group_metrics = {}
         for group, stats in zip(groups, all_stats, strict=True):
+            if histograms is not None:
+                histograms.observe(group.name, group.names, group.types, stats)
             for index, (name, type_name) in enumerate(zip(group.names, group.types, strict=True)):
                 features[name] = feature_metrics(
                     name, type_name, group.name, index, stats, timed=type_name != "ratio"
@@ -243,14 +254,16 @@ class Observer:
         return None if server is None or not server.serving else (server.host, server.port)
 
     async def serve(self, stack: AsyncExitStack, tg: anyio.abc.TaskGroup) -> None:
-        """With a metrics server: take a first snapshot, listen, and refresh the snapshot every
-        ``interval`` seconds in a task of ``tg``; ``stack`` stops the server, so it stops before
-        the actors do when ``stack`` is the runtime's."""
+        """Keep ``tg`` for the collector's refresh task; with a metrics server: take a first
+        snapshot, listen, and refresh the snapshot every ``interval`` seconds; ``stack`` stops
+        the server, so it stops before the actors do when ``stack`` is the runtime's."""
+        self._tg = tg
         server = self._server
         if server is None:
             return
         try:
-            server.update(await self.metrics())
+            server.attach(self.collector)
+            await self._start_refreshing()
             await server.start(tg)
         except BaseException:
             # the start fails: the runtime's tasks are running and must stop for the task
@@ -258,16 +271,35 @@ class Observer:
             tg.cancel_scope.cancel()
             raise
         stack.push_async_callback(server.stop)
-        tg.start_soon(self._refresh, server, name="featurist-metrics")
         _log.info("metrics_serving", host=server.host, port=server.port)
 
-    async def _refresh(self, server: MetricsServer) -> None:
-        """The endpoint's snapshots. A failure is logged and the last snapshot kept."""
+    async def prometheus_collector(self) -> FeatureCollector:
+        """``rt.prometheus_collector()``: the collector, refreshed from now on."""
+        await self._start_refreshing()
+        return self.collector
+
+    async def _start_refreshing(self) -> None:
+        """A first snapshot, then the refresh task (once)."""
+        if self._refreshing:
+            return
+        tg = self._tg
+        if tg is None:
+            raise RuntimeClosed("the runtime is not running")
+        self._refreshing = True
+        try:
+            await self.collector.refresh()
+        except BaseException:
+            self._refreshing = False
+            raise
+        tg.start_soon(self._refresh, name="featurist-metrics")
+
+    async def _refresh(self) -> None:
+        """The collector's snapshots. A failure is logged and the last snapshot kept."""
         while True:
             await anyio.sleep(self._interval)
             try:
                 self._check_running()
-                server.update(await self.metrics())
+                await self.collector.refresh()
             except RuntimeClosed:
                 return
             except Exception:

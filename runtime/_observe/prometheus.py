@@ -1,10 +1,13 @@
-"""The Prometheus endpoint: ``FeatureRuntime(metrics_port=...)``, with prometheus-client.
+"""Prometheus: the runtime's collector (``rt.prometheus_collector()``) and its endpoint
+(``FeatureRuntime(metrics_port=...)``), with prometheus-client.
 
-It serves the last :class:`~runtime.RuntimeMetrics` snapshot: a task of the runtime takes one
-every ``metrics_interval`` seconds and hands it to a collector, which turns it into metric
-families when a scrape comes. The collector only reads that immutable snapshot; it never
-touches an actor. Each runtime has a registry of its own, so two runtimes in one process do not
-clash. ``docs/metrics.md`` has the table of families.
+:class:`FeatureCollector` serves the last :class:`Snapshot`: a :class:`~runtime.RuntimeMetrics`
+and the histograms, cumulative since the start, that each refresh fills with the samples the
+shard actors took since the previous one. A task of the runtime refreshes it every
+``metrics_interval`` seconds on the event loop; ``collect()``, synchronous and called from
+any thread, only reads that immutable snapshot, never an actor. The application registers the
+collector in its own registry; the endpoint has a registry of its own with the same collector,
+so two runtimes in one process do not clash. ``docs/metrics.md`` has the table of families.
 
 The HTTP server is a small HTTP/1.1 server on the runtime's own event loop (anyio), in tasks
 the runtime owns, so nothing of it outlives the runtime. It is bounded: at most
@@ -18,21 +21,31 @@ not stall the event loop.
 
 from __future__ import annotations
 
+import bisect
 import gzip
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import anyio
 import anyio.abc
 import anyio.to_thread
+import msgspec
 
 from actors import get_logger
 
+from .._messages import ShardStats
 from .metrics import RuntimeMetrics
 
-__all__ = ["MetricsServer", "families", "import_prometheus"]
+__all__ = [
+    "FeatureCollector",
+    "Histograms",
+    "MetricsServer",
+    "Snapshot",
+    "families",
+    "import_prometheus",
+    "render",
+]
 
 _log = get_logger("featurist.metrics")
 
@@ -64,9 +77,156 @@ def _shard_label(shard: int | None) -> str:
     return "" if shard is None else str(shard)
 
 
-def families(snapshot: RuntimeMetrics, now: float) -> list[Any]:
-    """The Prometheus metric families of a snapshot (see ``docs/metrics.md`` for the table).
-    Latencies are in seconds, as Prometheus's conventions want."""
+# -- histograms --------------------------------------------------------------------------------
+#: bucket bounds (seconds) of ``featurist_ingest_latency_seconds``: ingest-to-update of a batch
+INGEST_BUCKETS: tuple[float, ...] = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+#: bucket bounds (seconds) of ``featurist_feature_compute_seconds``: time per event
+COMPUTE_BUCKETS: tuple[float, ...] = (
+    1e-8,
+    2.5e-8,
+    5e-8,
+    1e-7,
+    2.5e-7,
+    5e-7,
+    1e-6,
+    2.5e-6,
+    5e-6,
+    1e-5,
+    2.5e-5,
+    1e-4,
+    1e-3,
+)
+
+
+class HistogramValue(msgspec.Struct, frozen=True):
+    """One series of a histogram: cumulative bucket counts (one per bound, then ``+Inf``) and
+    the sum of the observations."""
+
+    labels: tuple[str, ...]
+    buckets: tuple[int, ...]
+    total: float
+
+
+class _Histogram:
+    """Counts observations into buckets, from the samples the shard actors keep."""
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = tuple(bounds)
+        self._counts: dict[tuple[str, ...], list[int]] = {}
+        self._sums: dict[tuple[str, ...], float] = {}
+
+    def observe(self, labels: tuple[str, ...], value: float, weight: int) -> None:
+        counts = self._counts.get(labels)
+        if counts is None:
+            counts = self._counts[labels] = [0] * (len(self.bounds) + 1)
+            self._sums[labels] = 0.0
+        counts[bisect.bisect_left(self.bounds, value)] += weight
+        self._sums[labels] += value * weight
+
+    def values(self) -> tuple[HistogramValue, ...]:
+        """An immutable copy, cumulative."""
+        out = []
+        for labels, counts in self._counts.items():
+            running = 0
+            cumulative = []
+            for n in counts:
+                running += n
+                cumulative.append(running)
+            out.append(HistogramValue(labels, tuple(cumulative), self._sums[labels]))
+        return tuple(out)
+
+
+def _newest(samples: Sequence[tuple[Any, int]], weight: int) -> Sequence[tuple[Any, int]]:
+    """The newest samples whose weights make up ``weight`` (all of them if they weigh less)."""
+    taken = 0
+    start = len(samples)
+    while start > 0 and taken < weight:
+        start -= 1
+        taken += samples[start][1]
+    return samples[start:]
+
+
+class Histograms:
+    """The runtime's histograms, cumulative since it started: each refresh observes the samples
+    the shard actors took since the previous one. A shard keeps its recent samples only (1024
+    batch latencies, 256 timed batches), so a refresh more than that many batches behind
+    misses the older ones. Internal."""
+
+    def __init__(self) -> None:
+        self.ingest = _Histogram(INGEST_BUCKETS)
+        self.compute = _Histogram(COMPUTE_BUCKETS)
+        #: per (group, shard): batches and sampled events already observed
+        self._seen: dict[tuple[str, int], tuple[int, int]] = {}
+
+    def observe(
+        self, group: str, names: Sequence[str], types: Sequence[str], stats: Sequence[ShardStats]
+    ) -> None:
+        """The new samples of a group's shards."""
+        for shard, s in enumerate(stats):
+            batches, sampled = self._seen.get((group, shard), (0, 0))
+            if s.batches < batches or s.sampled_events < sampled:  # restarted: count afresh
+                batches, sampled = 0, 0
+            self._seen[group, shard] = (s.batches, s.sampled_events)
+            new_batches = s.batches - batches
+            if new_batches:
+                for latency, n in s.latencies[-new_batches:]:
+                    self.ingest.observe((group,), latency, n)
+            if s.sampled_events > sampled:
+                for ns, n in _newest(
+                    [(ns, n) for n, ns in s.feature_samples], s.sampled_events - sampled
+                ):
+                    if not n:
+                        continue
+                    for name, type_name, spent in zip(names, types, ns, strict=False):
+                        if type_name != "ratio":
+                            self.compute.observe((name, group), spent / n / 1e9, n)
+
+
+class Snapshot(msgspec.Struct, frozen=True):
+    """What a scrape reads: a metrics snapshot and the histograms at that time."""
+
+    metrics: RuntimeMetrics
+    ingest: tuple[HistogramValue, ...]
+    compute: tuple[HistogramValue, ...]
+
+
+def _histogram_family(
+    name: str,
+    doc: str,
+    labels: Sequence[str],
+    bounds: Sequence[float],
+    values: Sequence[HistogramValue],
+) -> Any:
+    from prometheus_client.core import HistogramMetricFamily
+
+    family = HistogramMetricFamily(name, doc, labels=list(labels))
+    edges = [*(repr(float(b)) for b in bounds), "+Inf"]
+    for value in values:
+        family.add_metric(
+            list(value.labels), list(zip(edges, value.buckets, strict=True)), value.total
+        )
+    return family
+
+
+def families(snapshot: Snapshot) -> list[Any]:
+    """The Prometheus metric families of a snapshot (see ``docs/metrics.md`` for the table):
+    counters since the start, gauges, histograms; times in seconds, sizes in bytes; moments
+    as timestamps (seconds since the epoch), not ages."""
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
     out: list[Any] = []
@@ -81,12 +241,12 @@ def families(snapshot: RuntimeMetrics, now: float) -> list[Any]:
         out.append(family)
         return family
 
-    m = snapshot
-    gauge("metrics_age_seconds", "Seconds since this snapshot was taken").add_metric(
-        [], max(now - m.taken_at, 0.0)
-    )
-    gauge("uptime_seconds", "Seconds the runtime had run at the snapshot").add_metric(
-        [], m.uptime_s
+    m = snapshot.metrics
+    gauge(
+        "metrics_snapshot_timestamp_seconds", "When the snapshot served was taken (Unix time)"
+    ).add_metric([], m.taken_at)
+    gauge("start_time_seconds", "When the runtime started (Unix time)").add_metric(
+        [], m.taken_at - m.uptime_s
     )
     for name, count, doc in (
         ("events_ingested", m.events_ingested, "Events accepted by ingest"),
@@ -94,12 +254,15 @@ def families(snapshot: RuntimeMetrics, now: float) -> list[Any]:
         ("events_processed", m.events_processed, "Events applied by the feature groups"),
     ):
         counter(name, doc).add_metric([], count)
-    latency = gauge(
-        "ingest_latency_seconds", "Ingest-to-update latency of recent batches", ["quantile"]
+    out.append(
+        _histogram_family(
+            "featurist_ingest_latency_seconds",
+            "Ingest-to-update latency of the group's batches, per event",
+            ["group"],
+            INGEST_BUCKETS,
+            snapshot.ingest,
+        )
     )
-    for q, ms in (("0.5", m.latency_p50_ms), ("0.99", m.latency_p99_ms)):
-        if ms is not None:
-            latency.add_metric([q], ms / 1000)
 
     labels = ["actor", "kind", "group", "shard"]
     depth = gauge("actor_mailbox_depth", "Messages waiting in the actor's mailbox", labels)
@@ -120,38 +283,34 @@ def families(snapshot: RuntimeMetrics, now: float) -> list[Any]:
 
     labels = ["feature", "group"]
     events = counter("feature_events", "Events the feature's group applied", labels)
-    rate = gauge("feature_events_per_second", "Events per second since the first", labels)
     feature_errors = counter("feature_errors", "Events on which the feature failed", labels)
-    feature_latency = gauge(
-        "feature_latency_seconds",
-        "Computation time per event over sampled batches",
-        [*labels, "quantile"],
-    )
     for f in m.features.values():
         values = [f.feature, f.group]
         events.add_metric(values, f.events)
         feature_errors.add_metric(values, f.errors)
-        if f.events_per_second is not None:
-            rate.add_metric(values, f.events_per_second)
-        for q, us in (
-            ("0.5", f.latency_p50_us),
-            ("0.95", f.latency_p95_us),
-            ("0.99", f.latency_p99_us),
-        ):
-            if us is not None:
-                feature_latency.add_metric([*values, q], us / 1e6)
+    out.append(
+        _histogram_family(
+            "featurist_feature_compute_seconds",
+            "Computation time per event of the sampled batches (one in sample_every)",
+            labels,
+            COMPUTE_BUCKETS,
+            snapshot.compute,
+        )
+    )
 
     keys = gauge("group_keys", "Keys with state in the group", ["group"])
     state = gauge("group_state_bytes", "Estimated bytes of the group's state", ["group"])
-    lag = gauge(
-        "watermark_lag_seconds", "The runtime's clock minus the group's watermark", ["group"]
+    watermark = gauge(
+        "group_watermark_timestamp_seconds",
+        "The group's watermark: event time (Unix time) below which it holds no more events",
+        ["group"],
     )
     late = counter("late_events", "Late events of windowed groups", ["group", "outcome"])
     for g in m.groups.values():
         keys.add_metric([g.group], g.keys)
         state.add_metric([g.group], g.state_bytes)
-        if g.watermark_lag_ms is not None:
-            lag.add_metric([g.group], g.watermark_lag_ms / 1000)
+        if g.watermark is not None:
+            watermark.add_metric([g.group], g.watermark / 1000)
         if g.kind == "windowed":
             for outcome, n in (
                 ("dropped", g.late_dropped),
@@ -160,7 +319,7 @@ def families(snapshot: RuntimeMetrics, now: float) -> list[Any]:
             ):
                 late.add_metric([g.group, outcome], n)
 
-    buffered = gauge("join_buffered", "Events buffered by the join now", ["join", "side"])
+    buffered = gauge("join_buffered_events", "Events buffered by the join now", ["join", "side"])
     join_keys = gauge("join_keys", "Keys with join state", ["join"])
     join_bytes = gauge("join_state_bytes", "Estimated bytes of the join's buffers", ["join"])
     records = counter("join_records", "Records the join made (matched pairs)", ["join"])
@@ -178,26 +337,18 @@ def families(snapshot: RuntimeMetrics, now: float) -> list[Any]:
         join_late.add_metric([name, "dropped"], j.late_dropped)
         join_late.add_metric([name, "side_output"], j.late_side_output)
 
-    ratio = gauge("source_cache_hit_ratio", "Cache hits over lookups", ["source"])
     hits = counter("source_cache_hits", "Lookups the cache answered", ["source"])
     misses = counter("source_cache_misses", "Lookups that waited for a fetch", ["source"])
-    size = gauge("source_cache_size", "Entries in the cache", ["source"])
+    size = gauge("source_cache_entries", "Entries in the cache", ["source"])
     calls = counter("source_calls", "Calls of the source", ["source"])
     failures = counter("source_failures", "Calls that failed after retries", ["source"])
-    mean = gauge("source_call_mean_seconds", "Mean latency of successful calls", ["source"])
-    slowest = gauge("source_call_max_seconds", "Max latency of successful calls", ["source"])
     breaker = gauge("source_breaker_state", "1 for the breaker's state", ["source", "state"])
     for name, s in m.sources.items():
-        ratio.add_metric([name], s.hit_ratio)
         hits.add_metric([name], s.cache_hits)
         misses.add_metric([name], s.cache_misses)
         size.add_metric([name], s.cache_size)
         calls.add_metric([name], s.calls)
         failures.add_metric([name], s.failures)
-        if s.mean_call_ms is not None:
-            mean.add_metric([name], s.mean_call_ms / 1000)
-        if s.max_call_ms is not None:
-            slowest.add_metric([name], s.max_call_ms / 1000)
         for position in ("closed", "open", "half_open"):
             breaker.add_metric([name, position], 1.0 if s.breaker_state == position else 0.0)
 
@@ -220,30 +371,85 @@ def families(snapshot: RuntimeMetrics, now: float) -> list[Any]:
 
     c = m.checkpoint
     if c is not None:
-        gauge("checkpoint_sequence", "Number of the last checkpoint").add_metric([], c.sequence)
-        gauge("checkpoint_age_seconds", "Seconds since the last checkpoint").add_metric(
-            [], c.age_s + max(now - m.taken_at, 0.0)
+        gauge("last_checkpoint_sequence", "Number of the last checkpoint").add_metric(
+            [], c.sequence
         )
-        gauge("checkpoint_pause_seconds", "Ingest paused by the last checkpoint").add_metric(
+        gauge(
+            "last_checkpoint_timestamp_seconds", "When the last checkpoint was taken (Unix time)"
+        ).add_metric([], m.taken_at - c.age_s)
+        gauge("last_checkpoint_pause_seconds", "Ingest paused by the last checkpoint").add_metric(
             [], c.pause_ms / 1000
         )
-        gauge("checkpoint_size_bytes", "Size of the last checkpoint").add_metric([], c.size_bytes)
+        gauge("last_checkpoint_duration_seconds", "Time the last checkpoint took").add_metric(
+            [], c.duration_ms / 1000
+        )
+        gauge("last_checkpoint_size_bytes", "Size of the last checkpoint").add_metric(
+            [], c.size_bytes
+        )
     letters = counter("dead_letters", "Dead letters recorded", ["reason"])
     for reason, n in sorted(m.dead_letters.items()):
         letters.add_metric([reason], n)
     return [family for family in out if family.samples]
 
 
-class _Collector:
-    """Hands the last snapshot to the registry; runs in the HTTP server's threads."""
+class FeatureCollector:
+    """The runtime's metrics as a prometheus-client collector, from
+    ``await rt.prometheus_collector()``: register it in the application's registry
+    (``prometheus_client.REGISTRY.register(collector)``) and the application's own
+    ``/metrics`` serves featurist's families beside its own.
 
-    def __init__(self) -> None:
-        self.snapshot: RuntimeMetrics | None = None
+    :meth:`collect` is synchronous and may run in any thread (prometheus-client's servers
+    call it from theirs): it only reads the last :class:`Snapshot`, one immutable object that
+    :meth:`refresh` replaces. A task of the runtime refreshes it every ``metrics_interval``
+    seconds, on the runtime's event loop; nothing a scrape does touches an actor or the loop.
+    Put one runtime's collector in a registry: two would give the same series.
+    """
+
+    def __init__(
+        self, gather: Callable[[Histograms], Awaitable[RuntimeMetrics]] | None = None
+    ) -> None:
+        #: takes a snapshot, observing the new samples into the histograms; None: the
+        #: snapshots come from :meth:`MetricsServer.update` (with workers, without histograms)
+        self._gather = gather
+        self._histograms = Histograms()
+        self._lock: anyio.Lock | None = None
+        #: the last snapshot, None before the first refresh
+        self.snapshot: Snapshot | None = None
+
+    async def refresh(self) -> Snapshot:
+        """Take a snapshot now (on the runtime's event loop) and serve it from now on."""
+        if self._lock is None:
+            self._lock = anyio.Lock()
+        async with self._lock:  # a sample is observed once: refreshes one at a time
+            if self._gather is None:
+                if self.snapshot is None:
+                    raise RuntimeError("no snapshot yet")
+                return self.snapshot
+            histograms = self._histograms
+            metrics = await self._gather(histograms)
+            snapshot = Snapshot(metrics, histograms.ingest.values(), histograms.compute.values())
+            self.snapshot = snapshot
+            return snapshot
 
     def collect(self) -> Iterator[Any]:
-        snapshot = self.snapshot  # one read: the runtime may replace it meanwhile
+        snapshot = self.snapshot  # one read: a refresh may replace it meanwhile
         if snapshot is not None:
-            yield from families(snapshot, time.time())
+            yield from families(snapshot)
+
+
+def render(collector: FeatureCollector, accept: str = "") -> tuple[str, bytes]:
+    """``(content type, text)`` of the collector's last snapshot (OpenMetrics if ``accept``
+    asks for it), through a registry of its own.
+
+    Raises:
+        ImportError: prometheus-client is not installed.
+    """
+    prometheus = import_prometheus()
+    registry = prometheus.CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    encoder, content_type = prometheus.exposition.choose_encoder(accept)
+    body: bytes = encoder(registry)
+    return content_type, body
 
 
 class _Request:
@@ -317,9 +523,9 @@ class MetricsServer:
         self.port = port
         self.max_connections = MAX_CONNECTIONS if max_connections is None else max_connections
         self.timeout = TIMEOUT if timeout is None else timeout
-        self._collector = _Collector()
         self.registry = self._prometheus.CollectorRegistry(auto_describe=False)
-        self.registry.register(self._collector)
+        #: the collector served
+        self.collector: FeatureCollector | None = None
         #: one scrape rendered at a time, in a worker thread
         self._render_limiter = anyio.CapacityLimiter(1)
         self._scope: anyio.CancelScope | None = None
@@ -338,9 +544,18 @@ class MetricsServer:
         """Between :meth:`start` and :meth:`stop`."""
         return self._scope is not None
 
-    def update(self, snapshot: RuntimeMetrics) -> None:
-        """Serve ``snapshot`` from now on."""
-        self._collector.snapshot = snapshot
+    def attach(self, collector: FeatureCollector) -> None:
+        """Serve ``collector``'s snapshots."""
+        self.collector = collector
+        self.registry.register(collector)
+
+    def update(self, metrics: RuntimeMetrics) -> None:
+        """Serve ``metrics`` from now on, without histograms (the workers' merged metrics:
+        their shard samples stay in the workers)."""
+        if self.collector is None:
+            self.attach(FeatureCollector())
+        assert self.collector is not None
+        self.collector.snapshot = Snapshot(metrics, (), ())
 
     async def start(self, task_group: anyio.abc.TaskGroup) -> None:
         """Listen on ``host:port`` (port 0: a free port, then in :attr:`port`) and serve in a

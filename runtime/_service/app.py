@@ -456,17 +456,19 @@ def build_app(
 
     async def metrics(request: Request) -> Response:
         rt = service.running()
-        from .metrics_text import render
+        from .._observe.prometheus import render
 
         try:
-            snapshot = await rt.metrics()
+            # the collector rt.prometheus_collector() gives, with a snapshot taken now
+            collector = await rt.prometheus_collector()
+            await collector.refresh()
         except RuntimeClosed as exc:
             raise _Problem(503, "runtime_closed", str(exc)) from None
         except ConfigError as exc:
             raise _Problem(501, "not_available", str(exc)) from None
         try:
             content_type, text = await anyio.to_thread.run_sync(
-                render, snapshot, request.headers.get("accept", "")
+                render, collector, request.headers.get("accept", "")
             )
         except ImportError as exc:
             raise _Problem(501, "not_available", str(exc)) from None

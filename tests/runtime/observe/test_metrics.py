@@ -360,13 +360,11 @@ async def test_the_endpoint_serves_the_metrics_in_the_text_format() -> None:
     assert samples[("featurist_events_rejected_total", ())] == 1
     assert samples[("featurist_feature_events_total", (("feature", "n"), ("group", "g0")))] == 301
     assert samples[("featurist_feature_errors_total", (("feature", "s"), ("group", "g0")))] == 1
-    p99 = samples[
-        (
-            "featurist_feature_latency_seconds",
-            (("feature", "n"), ("group", "g0"), ("quantile", "0.99")),
-        )
-    ]
-    assert 0 < p99 < 1
+    # computation time per event: a histogram (one sampled batch in sample_every=1: all)
+    labels = (("feature", "n"), ("group", "g0"))
+    count = samples[("featurist_feature_compute_seconds_count", labels)]
+    assert count == samples[("featurist_feature_compute_seconds_bucket", (*labels, ("le", "+Inf")))]
+    assert count == 301 and 0 < samples[("featurist_feature_compute_seconds_sum", labels)] < 1
     depth = samples[
         (
             "featurist_actor_mailbox_depth",
