@@ -62,7 +62,7 @@ from ._ingest.result import IngestResult, rejections_of
 from ._ingest.router import Ingest
 from ._observe.collect import Observer
 from ._observe.metrics import ActorMailbox, RuntimeMetrics, checkpoint_metrics
-from ._observe.prometheus import FeatureCollector, MetricsServer
+from ._observe.prometheus import FeatureCollector, Histograms, MetricsServer
 from ._options import RuntimeOptions, check_sources, check_workers
 from ._replay.history import ReplayClock, ReplayOptions, ReplayResult, replay_history
 from ._results import (
@@ -233,6 +233,8 @@ class FeatureRuntime:
         self._metrics_server = (
             None if metrics_port is None else MetricsServer(metrics_host, metrics_port)
         )
+        #: with workers and no metrics_port: rt.prometheus_collector()'s collector
+        self._front_collector: FeatureCollector | None = None
         self.checkpoints = CheckpointConfig.of(checkpoints)
         #: the input's position and offset, and the gate a checkpoint closes on ingest
         self._progress = Progress()
@@ -1166,22 +1168,28 @@ class FeatureRuntime:
         actor. The families are ``metrics_port``'s, listed in ``docs/metrics.md``. Needs
         prometheus-client (the ``metrics`` extra) to collect.
 
-        With workers, it is the ``metrics_port`` endpoint's collector (the merged metrics,
-        without histograms: the samples stay in the workers).
+        With workers, it serves the workers' merged metrics, without histograms (the
+        samples stay in the workers): with ``metrics_port`` it is the endpoint's collector,
+        refreshed by its task; without, each call of this method (or of the collector's
+        ``refresh``) takes a snapshot, and nothing else does.
 
         Raises:
             RuntimeClosed: the runtime is not running.
-            ConfigError: workers without ``metrics_port``.
         """
         self._check_running()
         if self._front is not None:
             server = self._metrics_server
-            if server is None or server.collector is None:
-                raise ConfigError(
-                    "rt.prometheus_collector() is not available with workers: serve the "
-                    "merged metrics with metrics_port"
-                )
-            return server.collector
+            if server is not None and server.collector is not None:
+                return server.collector
+            if self._front_collector is None:
+                front_metrics = self._front_metrics
+
+                async def gather(_histograms: Histograms) -> RuntimeMetrics:
+                    return await front_metrics()
+
+                self._front_collector = FeatureCollector(gather)
+            await self._front_collector.refresh()
+            return self._front_collector
         return await self._observer.prometheus_collector()
 
     @property

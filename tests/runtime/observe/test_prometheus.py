@@ -188,3 +188,15 @@ async def test_the_endpoint_answers_many_scrapes_at_once() -> None:
         assert results == [200] * 40
         # rendered in at most one worker thread at a time, not a thread per connection
         assert threading.active_count() <= threads_before + 1
+
+
+async def test_with_workers_the_collector_serves_the_merged_metrics() -> None:
+    async with FeatureRuntime(FEATURES, workers=2) as rt:
+        await rt.ingest_many(_events(60))
+        await rt.flush()
+        collector = await rt.prometheus_collector()
+        registry = prometheus_client.CollectorRegistry()
+        registry.register(collector)
+        families = _families(registry)
+    assert families["featurist_events_processed"].samples[0].value == 60
+    assert "featurist_ingest_latency_seconds" not in families  # the samples stay in the workers
