@@ -75,6 +75,7 @@ from ._observe.metrics import CheckpointMetrics as CheckpointMetrics
 from ._observe.metrics import FeatureMetrics as FeatureMetrics
 from ._observe.metrics import GroupMetrics as GroupMetrics
 from ._observe.metrics import RuntimeMetrics as RuntimeMetrics
+from ._observe.prometheus import FeatureCollector as FeatureCollector
 from ._replay.history import ReplayResult as ReplayResult
 from ._replay.parity import FeatureParity as FeatureParity
 from ._replay.parity import ParityExample as ParityExample
@@ -236,6 +237,7 @@ __all__ = [
     "ActorMetrics",
     "CheckpointMetrics",
     "EnrichmentStatistics",
+    "FeatureCollector",
     "FeatureMetrics",
     "GroupMetrics",
     "JoinStatistics",

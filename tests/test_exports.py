@@ -48,7 +48,7 @@ RUNTIME_NAMES = {
     # statistics and metrics
     *("ActorMailbox", "ActorMetrics", "CheckpointMetrics", "EnrichmentStatistics"),
     *("FeatureMetrics", "GroupMetrics", "JoinStatistics", "RuntimeMetrics", "RuntimeStatistics"),
-    *("SubscriptionStatistics", "WindowStatistics"),
+    *("SubscriptionStatistics", "WindowStatistics", "FeatureCollector"),
     # connectors
     *("ConsumeResult", "CsvSource", "JsonLinesSource", "ParquetSource", "RejectedRecord"),
     *("Source", "SourceBatch", "consume"),
