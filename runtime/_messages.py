@@ -8,6 +8,7 @@ statistics, snapshots and restores. The poison-event helpers (:func:`set_aside`,
 
 from __future__ import annotations
 
+import bisect
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -148,6 +149,42 @@ class RestoreSnapshot:
     extras: list[dict[str, Any]]
 
 
+#: bucket bounds (seconds) of the ingest-to-update latency of batches, per event: the
+#: histogram ``featurist_ingest_latency_seconds``
+LATENCY_BUCKETS: tuple[float, ...] = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+
+
+class LatencyCounts:
+    """A shard actor's ingest-to-update latency since it started, per event: a count per
+    bucket of :data:`LATENCY_BUCKETS` (then one past the last bound) and the sum, added to
+    once per batch, so a histogram of them misses no batch however seldom it is read."""
+
+    __slots__ = ("counts", "total")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.total = 0.0
+
+    def add(self, seconds: float, events: int) -> None:
+        self.counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += events
+        self.total += seconds * events
+
+
 @dataclass(frozen=True)
 class ShardStats:
     """The reply to :class:`GetStats`: a snapshot of a shard actor's counters."""
@@ -176,6 +213,10 @@ class ShardStats:
     restarts: int = 0
     #: poison events set aside (in dead letters)
     poison: int = 0
+    #: every batch's ingest-to-update latency since the actor started, per event: counts per
+    #: bucket of :data:`LATENCY_BUCKETS` (then past the last), and their sum in seconds
+    latency_buckets: tuple[int, ...] = ()
+    latency_sum: float = 0.0
 
 
 def fail_batch(context: ActorContext, batch: Batch, error: Exception, **where: Any) -> None:

@@ -31,6 +31,7 @@ from ._messages import (
     GetStates,
     GetStats,
     IdleTick,
+    LatencyCounts,
     Ping,
     RestoreSnapshot,
     ShardSnapshot,
@@ -91,6 +92,9 @@ class GroupShard(Actor[Any]):
         self.sampled_events = 0
         self.compute_ns = 0
         self.latencies: deque[tuple[float, int]] = deque(maxlen=_LATENCY_WINDOW)
+        #: every batch's latency, counted in the histogram's buckets (``rt.metrics``' window
+        #: above keeps only the recent ones)
+        self.latency_counts = LatencyCounts()
         self.feature_samples: deque[tuple[int, list[int]]] = deque(maxlen=_FEATURE_SAMPLES)
         self.feature_latency_ms: dict[str, float] = {}
         self.first_event_at: float | None = None
@@ -171,7 +175,9 @@ class GroupShard(Actor[Any]):
             for key, _, _ in events:
                 seen[key] = wall
                 move(key)
-        self.latencies.append((time.perf_counter() - batch.created, n))
+        latency = time.perf_counter() - batch.created
+        self.latencies.append((latency, n))
+        self.latency_counts.add(latency, n)
         self.events += n
         self.batches += 1
         if self.first_event_at is None:
@@ -410,6 +416,8 @@ class GroupShard(Actor[Any]):
             feature_samples=tuple(self.feature_samples),
             restarts=self.context.restarts,
             poison=poison_count(self),
+            latency_buckets=tuple(self.latency_counts.counts),
+            latency_sum=self.latency_counts.total,
         )
 
     def _state_bytes(self, sample: int = 200) -> int:

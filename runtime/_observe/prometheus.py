@@ -34,7 +34,7 @@ import msgspec
 
 from actors import get_logger
 
-from .._messages import ShardStats
+from .._messages import LATENCY_BUCKETS, ShardStats
 from .metrics import RuntimeMetrics
 
 __all__ = [
@@ -79,22 +79,8 @@ def _shard_label(shard: int | None) -> str:
 
 # -- histograms --------------------------------------------------------------------------------
 #: bucket bounds (seconds) of ``featurist_ingest_latency_seconds``: ingest-to-update of a batch
-INGEST_BUCKETS: tuple[float, ...] = (
-    0.0005,
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-)
+#: (the shard actors count into them)
+INGEST_BUCKETS: tuple[float, ...] = LATENCY_BUCKETS
 #: bucket bounds (seconds) of ``featurist_feature_compute_seconds``: time per event
 COMPUTE_BUCKETS: tuple[float, ...] = (
     1e-8,
@@ -130,6 +116,17 @@ class _Histogram:
         self._counts: dict[tuple[str, ...], list[int]] = {}
         self._sums: dict[tuple[str, ...], float] = {}
 
+    def add(self, labels: tuple[str, ...], counts: Sequence[int], total: float) -> None:
+        """Add counts per bucket (one per bound, then ``+Inf``; not cumulative) and their
+        sum."""
+        mine = self._counts.get(labels)
+        if mine is None:
+            mine = self._counts[labels] = [0] * (len(self.bounds) + 1)
+            self._sums[labels] = 0.0
+        for i, n in enumerate(counts):
+            mine[i] += n
+        self._sums[labels] += total
+
     def observe(self, labels: tuple[str, ...], value: float, weight: int) -> None:
         counts = self._counts.get(labels)
         if counts is None:
@@ -162,16 +159,19 @@ def _newest(samples: Sequence[tuple[Any, int]], weight: int) -> Sequence[tuple[A
 
 
 class Histograms:
-    """The runtime's histograms, cumulative since it started: each refresh observes the samples
-    the shard actors took since the previous one. A shard keeps its recent samples only (1024
-    batch latencies, 256 timed batches), so a refresh more than that many batches behind
-    misses the older ones. Internal."""
+    """The runtime's histograms, cumulative since it started. Ingest latency: each shard
+    actor counts every batch into the buckets, and each refresh adds what its counts grew by
+    since the previous one (none is missed). Compute time: each refresh observes the sampled
+    batches the shard actors took since the previous one; a shard keeps its last 256 only, so
+    a refresh more than that many sampled batches behind misses the older ones. Internal."""
 
     def __init__(self) -> None:
         self.ingest = _Histogram(INGEST_BUCKETS)
         self.compute = _Histogram(COMPUTE_BUCKETS)
         #: per (group, shard): batches and sampled events already observed
         self._seen: dict[tuple[str, int], tuple[int, int]] = {}
+        #: per (group, shard): the latency counts and sum already added
+        self._latency: dict[tuple[str, int], tuple[tuple[int, ...], float]] = {}
 
     def observe(
         self, group: str, names: Sequence[str], types: Sequence[str], stats: Sequence[ShardStats]
@@ -182,10 +182,19 @@ class Histograms:
             if s.batches < batches or s.sampled_events < sampled:  # restarted: count afresh
                 batches, sampled = 0, 0
             self._seen[group, shard] = (s.batches, s.sampled_events)
-            new_batches = s.batches - batches
-            if new_batches:
-                for latency, n in s.latencies[-new_batches:]:
-                    self.ingest.observe((group,), latency, n)
+            counts = s.latency_buckets
+            if counts:
+                before, total = self._latency.get((group, shard), ((), 0.0))
+                if len(before) != len(counts) or any(
+                    now < then for now, then in zip(counts, before, strict=True)
+                ):
+                    before, total = (0,) * len(counts), 0.0  # a new actor: count afresh
+                self._latency[group, shard] = (counts, s.latency_sum)
+                self.ingest.add(
+                    (group,),
+                    [now - then for now, then in zip(counts, before, strict=True)],
+                    s.latency_sum - total,
+                )
             if s.sampled_events > sampled:
                 for ns, n in _newest(
                     [(ns, n) for n, ns in s.feature_samples], s.sampled_events - sampled

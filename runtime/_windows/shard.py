@@ -98,7 +98,9 @@ class WindowShard(GroupShard):
         if poison:  # from here on, the events applied
             events = set_aside(self, poison, events, group=self.group_name, shard=self.shard)
             n = len(events)
-        self.latencies.append((time.perf_counter() - batch.created, n))
+        latency = time.perf_counter() - batch.created
+        self.latencies.append((latency, n))
+        self.latency_counts.add(latency, n)
         self.events += n
         self.batches += 1
         wall = time.time()

@@ -105,6 +105,20 @@ async def test_the_collector_in_a_fresh_registry_is_cumulative_and_only_grows() 
     assert second["featurist_events_processed"].samples[0].value == 1200
 
 
+async def test_the_latency_histogram_counts_every_batch_however_many_between_refreshes() -> None:
+    async with FeatureRuntime(FEATURES, shards=1, batch_size=1, metrics_interval=60) as rt:
+        collector = await rt.prometheus_collector()
+        for start in range(5000):  # 5,000 batches of one event: more than a shard keeps
+            await rt.ingest(_events(1, start=start)[0])
+        await rt.flush()
+        await collector.refresh()
+        registry = prometheus_client.CollectorRegistry()
+        registry.register(collector)
+        latency = _families(registry)["featurist_ingest_latency_seconds"]
+    counts = {s.labels["group"]: s.value for s in latency.samples if s.name.endswith("_count")}
+    assert counts == {"g0": 5000, "w1": 5000}
+
+
 async def test_names_follow_the_conventions_and_are_all_documented(tmp_path: Path) -> None:
     async with FeatureRuntime(FEATURES, checkpoints=tmp_path, metrics_interval=60) as rt:
         await rt.ingest_many(_events(50))
