@@ -926,13 +926,16 @@ class FeatureRuntime:
         at = self._reader.read_time(
             self.feature_set.serve_as_of if as_of is None else as_of, self._clock
         )
+        return await self._get_many_at(keys, features, at)
+
+    async def _get_many_at(
+        self, keys: Iterable[Any], features: list[str] | None, at: int | None
+    ) -> dict[Any, FeatureVector]:
+        """:meth:`get_many` as of ``at``, an event time in ms already read (None:
+        as of each key's last event). With workers, each worker is asked as of the same
+        ``at`` (read once, here); a worker answers the front with this too."""
         if self._front is not None:
-            if at is not None:
-                raise ConfigError(
-                    "reads as of a time (as_of, or serve_as_of='now') are not available with "
-                    "workers yet: use workers=0, or as_of='last_event'"
-                )
-            return await self._front.get_many(keys, features)
+            return await self._front.get_many(keys, features, at)
         # an int key ingest refuses (beyond 64 bits) is refused here too, before a dict of
         # keys is made: such keys can be chosen to collide in Python's hash
         wanted = list(dict.fromkeys(self._reader.lookup_key(key) for key in keys))

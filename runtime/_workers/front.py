@@ -881,8 +881,10 @@ class WorkerFront:
             self._clock.now = at
 
     async def get_many(
-        self, keys: Iterable[Any], features: list[str] | None
+        self, keys: Iterable[Any], features: list[str] | None, at: int | None = None
     ) -> dict[Any, FeatureVector]:
+        """The vectors of ``keys`` from their workers, read as of ``at`` (a time in the feature
+        set's unit; None: as of each key's last event)."""
         self.check()
         if features is not None:
             known = set(self._names)
@@ -897,7 +899,7 @@ class WorkerFront:
 
         async def one(index: int, keys: list[Any]) -> None:
             await self.send(index)  # a read sees the caller's own writes
-            raw = await self._call(index, "get_many", keys, features)
+            raw = await self._call(index, "get_many", keys, features, at)
             found.update(zip(keys, _vectors.decode(raw), strict=True))
 
         await _together([partial(one, index, keys_of) for index, keys_of in by_worker.items()])

@@ -282,8 +282,10 @@ class _Worker:
                 await self._drained()
                 result = None
             elif call.op == "get_many":
-                keys, features = call.args
-                result = list((await rt.get_many(keys, features)).values())
+                keys, features, at = call.args
+                # the front read the time (ms), once for every worker; None: as of each
+                # key's last event
+                result = list((await rt._get_many_at(keys, features, at)).values())
             elif call.op == "statistics":
                 result = await rt.statistics()
             elif call.op == "metrics":

@@ -7,13 +7,13 @@ aggregates (which cannot go back), the forms ``as_of`` takes and the errors it g
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
 from runtime import (
-    ConfigError,
     Count,
     FeatureRuntime,
     FeatureSet,
@@ -170,13 +170,24 @@ def test_serve_as_of_is_checked_and_loads_from_files() -> None:
 
 
 @pytest.mark.parametrize("anyio_backend", [("asyncio", {})])
-async def test_with_workers_a_read_as_of_a_time_is_a_config_error() -> None:
-    async with FeatureRuntime(_feature_set(), shards=2, workers=1) as rt:
-        await rt.ingest_many(_events(NOW - HOUR))
-        await rt.flush()
-        assert (await rt.get("c1"))["tx"] == 5
-        assert (await rt.get("c1", as_of="last_event"))["tx"] == 5
-        with pytest.raises(ConfigError, match="as_of"):
-            await rt.get("c1", as_of="now")
-        with pytest.raises(ConfigError, match="as_of"):
-            await rt.get_many(["c1"], as_of=NOW)
+async def test_with_workers_reads_as_of_a_time_are_those_in_process() -> None:
+    # workers take no clock of the runtime's own: "now" is the wall clock, read once by the
+    # front for every worker
+    now = int(time.time() * 1000)
+    events = _events(now - 2 * HOUR) + [
+        {**e, "card": "c2"} for e in _events(now - 2 * HOUR + 3 * 60_000)
+    ]
+    # fixed times (a read as of "now" differs from run to run by the time between them)
+    times = [None, "last_event", now - 2 * HOUR + 2_500, now - 2 * HOUR + 5 * 60_000]
+    found: dict[int, list[Any]] = {}
+    for workers in (0, 2):
+        async with FeatureRuntime(_feature_set(), shards=2, workers=workers) as rt:
+            await rt.ingest_many([dict(e) for e in events])
+            await rt.flush()
+            found[workers] = []
+            for t in times:
+                vectors = await rt.get_many(["c1", "c2"], as_of=t)
+                found[workers].append({k: (v.values, v.as_of) for k, v in vectors.items()})
+            assert (await rt.get("c1", as_of="now"))["tx_10m"] == 0  # two hours ago: none now
+            assert (await rt.get("c1"))["tx_10m"] == 5  # as of its last event
+    assert found[2] == found[0]
