@@ -428,7 +428,13 @@ class FeatureRuntime:
         return self
 
     async def _enter_front(self, stack: AsyncExitStack, front: WorkerFront) -> FeatureRuntime:
+        # the groups each worker makes of the feature set (for the drift monitors here)
+        self._topology.layout(self.feature_set.features, self.feature_set)
         try:
+            # the drift monitors run here, on the workers' updates as the front republishes
+            # them: their alerts end last, after the monitors stopped
+            stack.callback(self._drift.close)
+            await stack.enter_async_context(self._system)
             await front.start(stack)
             if self._metrics_server is not None:
                 # the endpoint serves the workers' metrics, merged (as ``metrics``)
@@ -1084,6 +1090,7 @@ class FeatureRuntime:
                 self.feature_set, features=(*self.feature_set.features, *features)
             )
             await front.register(blob, feature_set.names)
+            self._topology.layout(features, feature_set)
             self._topology.feature_set = feature_set
             self._reader.keep(keeps_of(feature_set))
         _log.info("features_registered", features=[f.name for f in features])
@@ -1308,13 +1315,17 @@ class FeatureRuntime:
             UnknownFeature: the feature or the segment feature does not exist.
         """
         self._check_running()
-        self._local("rt.monitor_drift()")
+        updates = self._topology.updates if self._front is None else self._front.updates
         async with self._register_lock:
             planned = self._drift.plan(monitors, self.feature_set, self._drift_group)
-            await self._drift.start(self._system, planned, self._topology.updates, self._clock)
+            await self._drift.start(self._system, planned, updates, self._clock)
 
     def _drift_group(self, feature: str) -> tuple[str, tuple[str, ...]]:
         """The name of the group that computes ``feature``, and its features' names."""
+        if self._front is not None:  # the groups the workers run, as laid out by the front
+            for name, names in self._topology.laid_out:
+                if feature in names:
+                    return name, names
         group = self._topology.group_of(feature)
         return group.name, group.names
 
@@ -1326,7 +1337,6 @@ class FeatureRuntime:
         holds the monitors back, never the features). Iteration ends at shutdown, after the
         alerts of the last values."""
         self._check_running()
-        self._local("rt.drift_alerts()")
         return self._drift.subscribe(buffer, policy)
 
     async def drift_status(self) -> dict[str, DriftStatus]:
@@ -1335,7 +1345,6 @@ class FeatureRuntime:
         skipped and dropped. Every update published before the call is included (call
         :meth:`flush` first to include every event ingested)."""
         self._check_running()
-        self._local("rt.drift_status()")
         return await self._drift.status()
 
     # -- replaying history -----------------------------------------------------------------------

@@ -183,6 +183,8 @@ class Topology:
     ) -> None:
         self.feature_set = feature_set
         self.groups: list[Group] = []
+        #: with workers: the groups the workers run, laid out by the front (``layout``)
+        self.laid_out: list[tuple[str, tuple[str, ...]]] = []
         #: per stream (the ingested ones, then the joins' records): its feature groups
         self.stream_groups: dict[str, list[Group]] = {
             name: [] for name in feature_set.group_streams
@@ -216,6 +218,24 @@ class Topology:
     def enriched_groups(self, stream: str) -> list[Group]:
         """The feature groups of ``stream``'s enriched form."""
         return self.stream_groups.get(enriched_stream(stream), [])
+
+    def layout(
+        self, features: Sequence[Any], feature_set: FeatureSet
+    ) -> list[tuple[str, tuple[str, ...]]]:
+        """The groups :meth:`add_groups` would make of ``features`` (after those made so far
+        and those laid out before), each as ``(name, feature names)``, without compiling or
+        starting any: with workers, the front's view of the groups its workers run."""
+        out: list[tuple[str, tuple[str, ...]]] = []
+        for stream in feature_set.group_streams:
+            mine = [f for f in features if feature_set.group_stream_of(f) == stream]
+            keyed = [f.name for f in mine if not feature_set.is_windowed(f.name)]
+            windowed = [f.name for f in mine if feature_set.is_windowed(f.name)]
+            for prefix, names in (("g", keyed), ("w", windowed)):
+                if names:
+                    number = len(self.groups) + len(self.laid_out) + len(out)
+                    out.append((f"{prefix}{number}", tuple(names)))
+        self.laid_out.extend(out)
+        return out
 
     def group_of(self, name: str) -> Group:
         """The group that computes the feature ``name``.
