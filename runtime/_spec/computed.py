@@ -73,7 +73,7 @@ def computer(computed: Sequence[Computed]) -> Callable[[dict[str, Any], Any], di
     # One function for the list, compiled once: field names enter the source only as
     # ``repr`` of a ``str`` (a string literal), and each expression is its own compiled
     # function, bound under a generated name; user text never becomes source.
-    namespace: dict[str, Any] = {"_FeaturistError": FeaturistError, "_fail": _fail}
+    namespace: dict[str, Any] = {"_fail": _fail}
     lines = ["def compute(event, payload):", "    out = dict(event)", "    get = out.get"]
     for index, field in enumerate(computed):
         expression = parse_expression(field.expr)
@@ -82,7 +82,9 @@ def computer(computed: Sequence[Computed]) -> Callable[[dict[str, Any], Any], di
         lines += [
             "    try:",
             f"        out[{field.name!r}] = _e{index}({args})",
-            "    except _FeaturistError as exc:",
+            # any error of one event's values (a comparison that raises, say) refuses that
+            # event, naming the field: ingest goes on
+            "    except Exception as exc:",
             f"        _fail({field.name!r}, exc, payload)",
         ]
     lines.append("    return out")
@@ -91,5 +93,6 @@ def computer(computed: Sequence[Computed]) -> Callable[[dict[str, Any], Any], di
     return compute
 
 
-def _fail(name: str, error: FeaturistError, payload: Any) -> NoReturn:
-    raise InvalidEvent(f"computed field {name!r}: {error}", field=name, payload=payload) from error
+def _fail(name: str, error: Exception, payload: Any) -> NoReturn:
+    reason = str(error) if isinstance(error, FeaturistError) else f"{type(error).__name__}: {error}"
+    raise InvalidEvent(f"computed field {name!r}: {reason}", field=name, payload=payload) from error

@@ -61,8 +61,19 @@ def _number(value: Any, what: str) -> Any:
     )
 
 
+#: the ints an expression gives: 64-bit signed, as everywhere else in the runtime (beyond, the
+#: value is None; else a chain of products could grow an int without bound, and its time too)
+_INT_LOW, _INT_HIGH = -(2**63), 2**63 - 1
+#: the digits ``round`` takes (``round(n, -10**8)`` computes ``10 ** 10**8``)
+_ROUND_DIGITS = 400
+
+
 def _finite(value: Any) -> Any:
-    if value.__class__ is float and not -math.inf < value < math.inf:
+    cls = value.__class__
+    if cls is float:
+        if not -math.inf < value < math.inf:
+            raise _Undefined
+    elif cls is int and not _INT_LOW <= value <= _INT_HIGH:
         raise _Undefined
     return value
 
@@ -162,7 +173,10 @@ def _round(x: float, digits: int | None = None) -> float:
         raise FeatureValueError(
             f"round() needs an int for digits, got {digits!r:.60}", field=_FIELD
         )
-    return round(x) if digits is None else round(x, digits)
+    if digits is not None and not -_ROUND_DIGITS <= digits <= _ROUND_DIGITS:
+        raise _Undefined
+    rounded: float = _finite(round(x) if digits is None else round(x, digits))
+    return rounded
 
 
 def _clip(x: float, low: float, high: float) -> float:

@@ -28,12 +28,13 @@ from .._checkpoints.coordinator import Progress
 from .._checkpoints.guards import CheckpointGuards
 from .._checkpoints.store import Checkpoint, CheckpointConfig, CheckpointInfo, CheckpointStore
 from .._exceptions import CheckpointError, RuntimeClosed
+from .protocol import decoder
 from .recovery import WorkerLog
 
 __all__ = ["Abandoned", "AlignedCheckpoints", "Front"]
 
 _log = get_logger("featurist.workers")
-_written = msgspec.msgpack.Decoder(list[int])
+_written = decoder(list[int])
 
 
 class Abandoned(CheckpointError):

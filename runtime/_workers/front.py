@@ -87,6 +87,7 @@ from .protocol import (
     Stopped,
     Taken,
     Updates,
+    decoder,
 )
 from .recovery import Sent, WorkerLog
 from .stats import merge_measured, merge_metrics, merge_statistics
@@ -101,11 +102,11 @@ START_TIMEOUT = 120.0
 #: seconds a worker that said it stopped may take to exit before it is killed
 EXIT_GRACE = 2.0
 
-_vectors = msgspec.msgpack.Decoder(list[FeatureVector])
-_statistics = msgspec.msgpack.Decoder(RuntimeStatistics)
-_errors = msgspec.msgpack.Decoder(list[FeatureError])
-_description = msgspec.msgpack.Decoder(FeatureDescription)
-_int = msgspec.msgpack.Decoder(int)
+_vectors = decoder(list[FeatureVector])
+_statistics = decoder(RuntimeStatistics)
+_errors = decoder(list[FeatureError])
+_description = decoder(FeatureDescription)
+_int = decoder(int)
 
 
 class _Retry(Exception):

@@ -19,8 +19,9 @@ in), :class:`Stopped`.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import deque
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import anyio
 import anyio.abc
@@ -29,7 +30,56 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 
 from .._results import FeatureUpdate
 
+_T = TypeVar("_T")
+
+#: the MessagePack extension of an int MessagePack cannot hold (beyond 64 bits): its digits
+_BIG_INT = 1
+
+
+def ext_hook(code: int, data: memoryview) -> Any:
+    """Decode what :func:`encode` wrapped: ints beyond 64 bits."""
+    if code == _BIG_INT:
+        return int(bytes(data))
+    raise ValueError(f"a MessagePack extension of type {code} is not featurist's")
+
+
+def _big_ints(value: Any) -> Any:
+    """``value`` with every int beyond 64 bits wrapped in an extension (the slow path, taken
+    only for a message that holds one)."""
+    cls = value.__class__
+    if cls is int:
+        return value if -(2**63) <= value < 2**64 else msgspec.msgpack.Ext(_BIG_INT, b"%d" % value)
+    if cls is list or cls is tuple:
+        return [_big_ints(item) for item in value]
+    if cls is dict:
+        # keys as they are: a key beyond 64 bits is refused by ingest before it gets here
+        return {k: _big_ints(v) for k, v in value.items()}
+    if isinstance(value, msgspec.Struct):
+        fields = {name: _big_ints(getattr(value, name)) for name in value.__struct_fields__}
+        return msgspec.structs.replace(value, **fields)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _big_ints(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    return value
+
+
+def encode(value: Any) -> bytes:
+    """``value`` in MessagePack; ints beyond 64 bits (a sum of big ints, an event's field) as
+    an extension that :func:`ext_hook` decodes."""
+    try:
+        return msgspec.msgpack.encode(value)
+    except OverflowError:
+        return msgspec.msgpack.encode(_big_ints(value))
+
+
+def decoder(kind: type[_T]) -> msgspec.msgpack.Decoder[_T]:
+    """A decoder of what the other end encoded (ints beyond 64 bits included)."""
+    return msgspec.msgpack.Decoder(kind, ext_hook=ext_hook)
+
+
 __all__ = [
+    "decoder",
+    "encode",
+    "ext_hook",
     "Call",
     "Connection",
     "Enriched",
@@ -180,7 +230,7 @@ class Connection:
         self._lock = anyio.Lock()
         self._outbox: deque[bytearray] = deque()
         self._encoder = msgspec.msgpack.Encoder()
-        self._decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(decodes)
+        self._decoder: msgspec.msgpack.Decoder[Any] = decoder(decodes)
 
     @classmethod
     async def of(cls, sock: Any, decodes: Any) -> Connection:
@@ -191,7 +241,11 @@ class Connection:
     def encode(self, message: Any) -> bytearray:
         """``message`` as a frame, to :meth:`send_frame` later (encode outside the lock)."""
         frame = bytearray(_HEADER)
-        self._encoder.encode_into(message, frame, _HEADER)
+        try:
+            self._encoder.encode_into(message, frame, _HEADER)
+        except OverflowError:  # an int beyond 64 bits: the slow path, as an extension
+            del frame[_HEADER:]
+            self._encoder.encode_into(_big_ints(message), frame, _HEADER)
         frame[:_HEADER] = (len(frame) - _HEADER).to_bytes(_HEADER, "big")
         return frame
 

@@ -45,12 +45,13 @@ from .protocol import (
     Stopped,
     Taken,
     Updates,
+    encode,
 )
 
 __all__ = ["WorkerSpec", "main", "serve"]
 
 _log = get_logger("featurist.worker")
-_encode = msgspec.msgpack.encode
+_encode = encode
 _TAKEN = Taken()
 #: rows (updates, records, events) a forwarder takes from its buffer for one round of
 #: frames, at most

@@ -178,3 +178,32 @@ def test_a_computed_field_reads_only_fields_computed_before_it() -> None:
             computed=[Computed(name="a", expr="b + 1"), Computed(name="b", expr="x * 2")],
             features=[Count(name="n")],
         )
+
+
+async def test_a_value_whose_comparison_raises_refuses_that_event_only() -> None:
+    class Strange(float):
+        """A number whose comparisons raise, as a numpy array's truth value does."""
+
+        def __lt__(self, other: object) -> bool:
+            raise ValueError("the truth value is ambiguous")
+
+    feature_set = FeatureSet(
+        name="c",
+        key="card",
+        time="ts",
+        computed=[Computed(name="big", expr="1 if amount < 100 else 0")],
+        features=[Sum(name="bigs", field="big")],
+    )
+    async with FeatureRuntime(feature_set, shards=1) as rt:
+        accepted = await rt.ingest_many(
+            [
+                {"card": "c", "ts": T0, "amount": 5},
+                {"card": "c", "ts": T0 + 1, "amount": Strange(5)},
+                {"card": "c", "ts": T0 + 2, "amount": 500},
+            ]
+        )
+        assert accepted == 2
+        assert (await rt.get("c")).values["bigs"] == 1
+        (letter,) = rt.dead_letters.letters()
+    assert isinstance(letter.error, InvalidEvent) and letter.error.field == "big"
+    assert "ValueError: the truth value is ambiguous" in str(letter.error)

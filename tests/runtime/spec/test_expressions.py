@@ -97,6 +97,8 @@ def number(value: Any) -> Any:
 def finite(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         raise Undefined
+    if isinstance(value, int) and not -(2**63) <= value < 2**63:
+        raise Undefined  # ints are 64-bit: past that, no value
     return value
 
 
@@ -220,6 +222,15 @@ def test_division_by_zero_and_undefined_math_give_none() -> None:
     for source in ("a / 0", "a // 0", "a % 0", "log(a - a)", "sqrt(a - 10)", "exp(a * 1000)"):
         assert Expression(source).evaluate(3) is None, source
     assert Expression("10 ** a").evaluate(400) is None  # past a float's range
+
+
+def test_ints_past_64_bits_and_huge_rounding_give_none_at_once() -> None:
+    assert Expression("a * a").evaluate(2**31) == 2**62
+    assert Expression("a * a * a").evaluate(2**31) is None  # 2**93
+    # a chain of squares stays bounded: each product past 64 bits stops it
+    assert Expression("((a * a) * (a * a)) * ((a * a) * (a * a))").evaluate(10**6) is None
+    assert Expression("round(a, -2)").evaluate(1234) == 1200
+    assert Expression("round(a, d)").evaluate(12, -100_000_000) is None  # not 10 ** 10**8
 
 
 def test_a_string_in_arithmetic_is_a_feature_value_error_naming_the_operator() -> None:
