@@ -1180,8 +1180,8 @@ class FeatureRuntime:
 
         With workers, it serves the workers' merged metrics, without histograms (the
         samples stay in the workers): with ``metrics_port`` it is the endpoint's collector,
-        refreshed by its task; without, each call of this method (or of the collector's
-        ``refresh``) takes a snapshot, and nothing else does.
+        refreshed by its task; without, a task of the runtime refreshes it every
+        ``metrics_interval`` too.
 
         Raises:
             RuntimeClosed: the runtime is not running.
@@ -1198,9 +1198,23 @@ class FeatureRuntime:
                     return await front_metrics()
 
                 self._front_collector = FeatureCollector(gather)
+                self._front.start_task(
+                    self._refresh_front_collector, self._front_collector, name="featurist-metrics"
+                )
             await self._front_collector.refresh()
             return self._front_collector
         return await self._observer.prometheus_collector()
+
+    async def _refresh_front_collector(self, collector: FeatureCollector) -> None:
+        """With workers and no ``metrics_port``: a snapshot every ``metrics_interval``."""
+        while True:
+            await anyio.sleep(self.metrics_interval)
+            try:
+                await collector.refresh()
+            except RuntimeClosed:
+                return
+            except Exception:  # a worker that does not answer now: the next round may
+                _log.exception("metrics_refresh_failed")
 
     @property
     def metrics_address(self) -> tuple[str, int] | None:

@@ -40,7 +40,7 @@ import multiprocessing
 import pickle
 import socket
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from contextlib import AsyncExitStack, suppress
 from functools import partial
 from itertools import repeat
@@ -280,6 +280,13 @@ class WorkerFront:
     @property
     def key_groups(self) -> int:
         return self._router.key_groups
+
+    def start_task(
+        self, func: Callable[..., Coroutine[Any, Any, Any]], *args: Any, name: str
+    ) -> None:
+        """Run ``func(*args)`` in the front's task group (cancelled when the front stops)."""
+        assert self._tasks is not None
+        self._tasks.start_soon(func, *args, name=name)
 
     @property
     def pids(self) -> list[int | None]:

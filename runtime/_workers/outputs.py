@@ -68,6 +68,8 @@ class Outputs:
             keep = log.delivered(message.group, [row[0] for row in rows])
             if keep is not None:
                 rows, errors, extras = _kept(keep, rows, errors, extras)
+                if not rows:  # all delivered before a restart: nothing new to publish
+                    return
         await self.updates.publish(
             UpdateBatch(
                 message.group,

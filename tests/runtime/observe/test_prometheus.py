@@ -205,12 +205,18 @@ async def test_the_endpoint_answers_many_scrapes_at_once() -> None:
 
 
 async def test_with_workers_the_collector_serves_the_merged_metrics() -> None:
-    async with FeatureRuntime(FEATURES, workers=2) as rt:
+    async with FeatureRuntime(FEATURES, workers=2, metrics_interval=0.05) as rt:
         await rt.ingest_many(_events(60))
         await rt.flush()
         collector = await rt.prometheus_collector()
         registry = prometheus_client.CollectorRegistry()
         registry.register(collector)
         families = _families(registry)
+        # and refreshed by the runtime's task, with no call: the later events show
+        await rt.ingest_many(_events(40, start=60))
+        await rt.flush()
+        with anyio.fail_after(5):
+            while _families(registry)["featurist_events_processed"].samples[0].value < 100:
+                await anyio.sleep(0.02)
     assert families["featurist_events_processed"].samples[0].value == 60
     assert "featurist_ingest_latency_seconds" not in families  # the samples stay in the workers
