@@ -1000,6 +1000,8 @@ class FeatureRuntime:
 
         Raises:
             SpecError: a feature is invalid or its name is taken.
+            Exception: what reading ``backfill`` raised: the features are registered then,
+                and hold only the events from the call on (a note on the error says so).
         """
         self._check_running()
         if not features:
@@ -1019,7 +1021,16 @@ class FeatureRuntime:
             self._reader.keep(keeps_of(feature_set))
             empty = [group for group in groups if not await self._coordinator.adopt(group)]
             if backfill is not None and empty:
-                await self._coordinator.fill(empty, functools.partial(self._backfill, backfill))
+                try:
+                    await self._coordinator.fill(empty, functools.partial(self._backfill, backfill))
+                except Exception as exc:
+                    names = ", ".join(name for group in empty for name in group.names)
+                    exc.add_note(
+                        f"register(backfill=): the backfill failed; the features ({names}) are "
+                        "registered and run, but hold only the events from now on"
+                    )
+                    _log.error("backfill_failed", features=names, error=repr(exc))
+                    raise
         for group in groups:
             _log.info("features_registered", group=group.name, features=list(group.names))
         return [self._observer.description(f, self._topology.group_of(f.name)) for f in features]
