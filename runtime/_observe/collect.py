@@ -51,6 +51,9 @@ from .metrics import (
 )
 from .prometheus import FeatureCollector, Histograms, MetricsServer
 
+#: feature types computed when values are read, not per event: no time of their own
+_UNTIMED = frozenset({"ratio", "derived"})
+
 __all__ = ["Observer"]
 
 _log = get_logger("featurist")
@@ -186,7 +189,7 @@ class Observer:
                 histograms.observe(group.name, group.names, group.types, stats)
             for index, (name, type_name) in enumerate(zip(group.names, group.types, strict=True)):
                 features[name] = feature_metrics(
-                    name, type_name, group.name, index, stats, timed=type_name != "ratio"
+                    name, type_name, group.name, index, stats, timed=type_name not in _UNTIMED
                 )
             late: dict[str, int] = {}
             if group.engine is not None:
@@ -502,7 +505,7 @@ class Observer:
             return None
         sampled = sum(s.sampled_events for s in stats)
         feature_ns = sum(s.feature_ns[index] for s in stats)
-        is_ratio = group.types[index] == "ratio"  # computed when read, not per event
+        is_ratio = group.types[index] in _UNTIMED  # computed when read, not per event
         mean_us = feature_ns / sampled / 1000 if sampled and not is_ratio else None
         starts = [s.first_event_at for s in stats if s.first_event_at is not None]
         ends = [s.last_event_at for s in stats if s.last_event_at is not None]

@@ -202,7 +202,7 @@ class Histograms:
                     if not n:
                         continue
                     for name, type_name, spent in zip(names, types, ns, strict=False):
-                        if type_name != "ratio":
+                        if type_name not in ("ratio", "derived"):
                             self.compute.observe((name, group), spent / n / 1e9, n)
 
 

@@ -242,3 +242,24 @@ async def test_a_restart_from_a_checkpoint_gives_the_same_derived_and_computed_v
     for values in got.values():
         check_derived(values)
         assert same(values["usd_per_tx"], values["usd_total"] / max(values["n"], 1))
+
+
+async def test_a_derived_feature_has_no_time_of_its_own_in_metrics() -> None:
+    feature_set = FeatureSet(
+        name="d",
+        key="k",
+        time="ts",
+        features=[
+            Count(name="n"),
+            Sum(name="s", field="x"),
+            Derived(name="avg", expr="s / max(n, 1)"),
+        ],
+    )
+    async with FeatureRuntime(feature_set, sample_every=1) as rt:
+        await rt.ingest_many([{"k": "a", "ts": i, "x": i} for i in range(50)])
+        await rt.flush()
+        cost = (await rt.describe("avg")).measured_cost
+        metrics = (await rt.metrics()).features
+    # computed when values are read, not per event, as a ratio: no latency (not 0)
+    assert cost is not None and cost.mean_latency_us is None
+    assert metrics["avg"].latency_p99_us is None and metrics["n"].latency_p99_us is not None
