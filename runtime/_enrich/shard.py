@@ -664,6 +664,19 @@ class EnrichShard(Actor[Any]):
             name, entries_get = self._single[0], self._single[2].cache.hot()[0].get
         default_fields = self._default_fields
         fields_of: dict[tuple[str, Hashable], dict[str, Any]] = {}
+
+        def pass_on(waiting: _Waiting, fields: dict[str, Any]) -> None:
+            """The event goes on, with the fields of its lookup."""
+            nonlocal created
+            ready.append((waiting.key, waiting.t, {**waiting.event, **fields}))
+            if created is None or waiting.created < created:
+                created = waiting.created
+            count = stashed[waiting.key] - 1
+            if count:
+                stashed[waiting.key] = count
+            else:
+                del stashed[waiting.key]
+
         for waiting in self.stash:
             key = waiting.key
             behind = key in blocked
@@ -673,14 +686,7 @@ class EnrichShard(Actor[Any]):
                 if behind:
                     kept.append(waiting)
                     continue
-                ready.append((key, waiting.t, {**waiting.event, **pending.fields}))
-                if created is None or waiting.created < created:
-                    created = waiting.created
-                count = stashed[key] - 1
-                if count:
-                    stashed[key] = count
-                else:
-                    del stashed[key]
+                pass_on(waiting, pending.fields)
                 continue
             blocker = pending.blocker
             if blocker is not None:
@@ -708,14 +714,7 @@ class EnrichShard(Actor[Any]):
                             waiting.pending = _known(plan, row, 0.0, fields, pending)
                             kept.append(waiting)
                             continue
-                        ready.append((key, waiting.t, {**waiting.event, **fields}))
-                        if created is None or waiting.created < created:
-                            created = waiting.created
-                        count = stashed[key] - 1
-                        if count:
-                            stashed[key] = count
-                        else:
-                            del stashed[key]
+                        pass_on(waiting, fields)
                         continue
             if behind and not landed:
                 kept.append(waiting)
