@@ -599,7 +599,7 @@ class FeatureRuntime:
             return IngestResult(int(accepted), why)
         tag = self._ingest.stream_index(stream)
         if self._front is not None:
-            return await self._front_ingest((event,), offset, tag) == 1
+            return await self._ingest_all((event,), offset, tag) == 1
         progress = self._progress
         if progress.gate is not None:
             await progress.wait()
@@ -672,87 +672,39 @@ class FeatureRuntime:
         """
         if explain:
             events = list(events)
-            if stream is None or isinstance(stream, str):
-                tags: int | list[int] = self._ingest.stream_index(stream)
-            else:
-                stream = list(stream)
-                tags = self._ingest.stream_indexes(events, stream)
-            rejections = rejections_of(self._reader, events, tags)
-            accepted = await self.ingest_many(events, stream=stream, offset=offset)
-            return IngestResult(accepted, tuple(rejections))
-        streams: list[int] | None = None
         if stream is None or isinstance(stream, str):
-            tag = self._ingest.stream_index(stream)
-            if self._front is not None:
-                return await self._front_ingest(events, offset, tag)
+            tags: int | list[int] = self._ingest.stream_index(stream)
         else:
-            tag = 0
-            streams = self._ingest.stream_indexes(events, list(stream))
-            if self._front is not None:
-                return await self._front_ingest(events, offset, streams)
-        ingest = self._ingest
-        progress = self._progress
-        if progress.gate is not None:
-            await progress.wait()
-        self._enter_ingest()
-        if offset is not None:
-            progress.enter_offset_call()
-        try:
-            size = self.batch_size
-            accepted = 0
-            iterator = iter(events)
-            done = 0
-            while True:
-                if progress.gate is not None and offset is None:
-                    await progress.wait()  # a checkpoint between two batches of the call
-                chunk = list(islice(iterator, size))
-                if not chunk:
-                    if offset is not None:
-                        progress.offset = offset
-                    return accepted
-                if streams is not None:
-                    accepted += ingest.route(chunk, streams[done : done + len(chunk)])
-                else:
-                    accepted += ingest.route(chunk, tag)
-                done += len(chunk)
-                progress.position += len(chunk)
-                buffers = ingest.buffers
-                sent = False
-                for shard in range(self.shards):
-                    buffer = buffers[shard]
-                    if len(buffer) >= size:
-                        await ingest.send(shard, partial=False)
-                        sent = True
-                    elif buffer and ingest.idle(shard):
-                        # its actors wait for work: a partial batch leaves now rather than
-                        # after ``linger``; while they are busy, it grows
-                        await ingest.send(shard)
-                        sent = True
-                if sent:
-                    # Let the shard actors apply the batch now, while its events are still in
-                    # the CPU's caches, rather than after the mailboxes fill up.
-                    await anyio.lowlevel.checkpoint()
-                if not self._running:
-                    raise RuntimeClosed(
-                        f"the runtime is shutting down; {accepted} events of this call were "
-                        "accepted (they will be applied), the rest were not read"
-                    )
-        finally:
-            if offset is not None:
-                progress.leave_offset_call()
-            self._leave_ingest()
+            tags = self._ingest.stream_indexes(events, list(stream))
+        if explain:
+            rejections = rejections_of(self._reader, events, tags)
+            return IngestResult(await self._ingest_all(events, offset, tags), tuple(rejections))
+        return await self._ingest_all(events, offset, tags)
 
-    async def _front_ingest(
-        self, events: Iterable[Any], offset: Any, tag: int | list[int] = 0
-    ) -> int:
-        """``ingest_many`` with workers: route each chunk of ``batch_size`` events (of stream
-        ``tag``, or ``tag[i]`` each) to the workers' buffers, and send the full ones and
-        those of idle workers (waiting while a worker's socket is full). A checkpoint falls
-        between two chunks, or, for a call given an ``offset``, before or after the whole
-        call; when the front's log of events since the last checkpoint is full, the call
-        takes one and waits for it."""
+    async def _ingest_all(self, events: Iterable[Any], offset: Any, tags: int | list[int]) -> int:
+        """``events`` (of stream ``tags``, or ``tags[i]`` each) into the shards, or the
+        workers; returns the number accepted."""
         front = self._front
-        assert front is not None
+        if front is None:
+            return await self._ingest_chunks(events, offset, tags, self._ingest.route, self._sent)
+        accepted = await self._ingest_chunks(events, offset, tags, front.route, self._front_sent)
+        if offset is not None and front.log_full and self._running:
+            await front.relieve_log()
+        return accepted
+
+    async def _ingest_chunks(
+        self,
+        events: Iterable[Any],
+        offset: Any,
+        tags: int | list[int],
+        route: Callable[[list[Any], int | list[int]], int],
+        sent: Callable[[Any], Awaitable[None]],
+    ) -> int:
+        """``ingest_many``'s loop, in process and with workers: each chunk of ``batch_size``
+        events (of stream ``tags``, or ``tags[i]`` each) is routed (``route``: into the
+        shards' or the workers' buffers), then ``sent(offset)`` sends what is due. A
+        checkpoint falls between two chunks, or, for a call given an ``offset``, before or
+        after the whole call."""
         progress = self._progress
         if progress.gate is not None:
             await progress.wait()
@@ -771,16 +723,14 @@ class FeatureRuntime:
                 if not chunk:
                     if offset is not None:
                         progress.offset = offset
-                    break
-                if isinstance(tag, int):
-                    accepted += front.route(chunk, tag)
+                    return accepted
+                if isinstance(tags, int):
+                    accepted += route(chunk, tags)
                 else:
-                    accepted += front.route(chunk, tag[done : done + len(chunk)])
+                    accepted += route(chunk, tags[done : done + len(chunk)])
                 done += len(chunk)
                 progress.position += len(chunk)
-                await front.send_due()
-                if offset is None and front.log_full:
-                    await front.relieve_log()
+                await sent(offset)
                 if not self._running:
                     raise RuntimeClosed(
                         f"the runtime is shutting down; {accepted} events of this call were "
@@ -790,9 +740,37 @@ class FeatureRuntime:
             if offset is not None:
                 progress.leave_offset_call()
             self._leave_ingest()
-        if offset is not None and front.log_full and self._running:
+
+    async def _sent(self, offset: Any) -> None:
+        """In process, after a chunk: send each shard's full buffer, and the partial one of an
+        idle shard (its actors wait for work: it leaves now rather than after ``linger``)."""
+        ingest = self._ingest
+        size = self.batch_size
+        buffers = ingest.buffers
+        sent = False
+        for shard in range(self.shards):
+            buffer = buffers[shard]
+            if len(buffer) >= size:
+                await ingest.send(shard, partial=False)
+                sent = True
+            elif buffer and ingest.idle(shard):
+                await ingest.send(shard)
+                sent = True
+        if sent:
+            # Let the shard actors apply the batch now, while its events are still in the
+            # CPU's caches, rather than after the mailboxes fill up.
+            await anyio.lowlevel.checkpoint()
+
+    async def _front_sent(self, offset: Any) -> None:
+        """With workers, after a chunk: send the full buffers and those of idle workers
+        (waiting while a worker's socket is full); when the front's log of events since the
+        last checkpoint is full, take one and wait for it (a call given an ``offset``: after
+        the whole call)."""
+        front = self._front
+        assert front is not None
+        await front.send_due()
+        if offset is None and front.log_full:
             await front.relieve_log()
-        return accepted
 
     async def consume(
         self,
