@@ -28,7 +28,6 @@ import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, Protocol
 
 import anyio
@@ -38,13 +37,14 @@ from actors import get_logger
 from .._batches import UpdateBatch
 from .._exceptions import ConfigError, RuntimeClosed, SinkError
 from .._spec.feature_set import FeatureSet
+from .source import Closing
 
 __all__ = ["RunningSink", "Sink", "SinkHost", "SinkStatistics", "run_sink"]
 
 _log = get_logger("featurist.sinks")
 
 
-class Sink(abc.ABC):
+class Sink(Closing, abc.ABC):
     """Where feature updates are written (:func:`run_sink` feeds it).
 
     Subclasses write :meth:`write`; :meth:`check`, :meth:`flush` and :meth:`aclose` do
@@ -80,17 +80,6 @@ class Sink(abc.ABC):
     async def aclose(self) -> None:
         """Write what is buffered and release what the sink holds. The default does nothing."""
         return None
-
-    async def __aenter__(self) -> Sink:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
 
 class SinkHost(Protocol):

@@ -27,14 +27,14 @@ import abc
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 from actors import DeadLetterReason
 
 from .._exceptions import InvalidEvent
 from .._spec.feature_set import FeatureSet
 
-__all__ = ["RejectedRecord", "Source", "SourceBatch", "record_rejected"]
+__all__ = ["Closing", "RejectedRecord", "Source", "SourceBatch", "record_rejected"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +76,27 @@ class SourceBatch:
     rejected: Sequence[RejectedRecord] = field(default=())
 
 
-class Source(abc.ABC):
+class Closing:
+    """``async with``: the object itself, its :meth:`aclose` at the end (sources and
+    sinks)."""
+
+    async def aclose(self) -> None:
+        """Release what it holds. The default does nothing."""
+        return None
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+class Source(Closing, abc.ABC):
     """An input a runtime consumes (:func:`consume`): batches of payloads with positions.
 
     Subclasses write :meth:`read` and :meth:`seek`; :meth:`check`, :meth:`commit`,
@@ -129,17 +149,6 @@ class Source(abc.ABC):
     async def aclose(self) -> None:
         """Release what the source holds (files, connections). The default does nothing."""
         return None
-
-    async def __aenter__(self) -> Source:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def iterate(
         self, *, dead_letters: Any = None, batch_size: int = 1024
