@@ -332,10 +332,10 @@ class DimensionCache:
         is due for refresh, ``negative_ttl``, and the same for a missing entry.
 
         The loop may only read them, ``move_to_end`` an entry it serves (as :meth:`lookup`
-        does), set ``derived``, and count what it served with :meth:`count_hits`; it must
-        serve an entry only when :meth:`lookup` would answer it fresh, not due for refresh
-        (an entry whose refresh was already reported is not due), and give every other
-        lookup to :meth:`lookup`.
+        does), set ``derived``, and count what it served (and the keys it found absent) with
+        :meth:`count_hits`; it must serve an entry only when :meth:`lookup` would answer it
+        fresh, not due for refresh (an entry whose refresh was already reported is not due),
+        and give every other lookup of a key it holds to :meth:`lookup`.
         """
         return (
             self._entries,
@@ -345,10 +345,13 @@ class DimensionCache:
             self._negative_refresh_after,
         )
 
-    def count_hits(self, hits: int, negative_hits: int) -> None:
-        """Count lookups that a caller served from :meth:`hot`'s entries."""
+    def count_hits(self, hits: int, negative_hits: int, misses: int = 0) -> None:
+        """Count lookups that a caller served from :meth:`hot`'s entries, and ``misses``:
+        lookups of keys it found absent from them (what :meth:`lookup` counts for a key it
+        does not hold)."""
         self._hits += hits
         self._negative_hits += negative_hits
+        self._misses += misses
 
     def peek(self, key: Hashable, now: float) -> Hit | None:
         """What :meth:`lookup` would serve, without counting it, moving the key or reporting a

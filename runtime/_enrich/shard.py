@@ -31,10 +31,10 @@ takes another batch, and its full mailbox slows ingest.
 from __future__ import annotations
 
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, TypeAlias
 
 import anyio
 
@@ -243,8 +243,9 @@ class EnrichShard(Actor[Any]):
         self.stash: deque[_Waiting] = deque()
         #: the most events the stash held after a batch
         self.stash_peak = 0
-        #: routing keys with events in the stash, and how many
-        self.stashed: Counter[Any] = Counter()
+        #: routing keys with events in the stash, and how many (a plain dict: a ``Counter``'s
+        #: ``__missing__`` and ``__delitem__`` are Python calls on the hot path)
+        self.stashed: dict[Any, int] = {}
         #: (source, key) being fetched for this shard
         self.fetching: set[tuple[str, Hashable]] = set()
         #: outcomes of fetches that ended, until the next release
@@ -347,71 +348,71 @@ class EnrichShard(Actor[Any]):
         """The hot path, with one lookup and nobody reading whole enriched events: an event
         whose row the cache holds fresh (or whose key it knows to be missing) is enriched here,
         at the cost of a dict lookup, a ``move_to_end`` and a dict of the event's fields and
-        the row's (the row's made once per cached row, kept in the entry's ``derived``); if an
-        earlier event of its key waits in the stash, it goes there with those fields, and is
-        passed on as soon as its turn comes. An event whose key the cache does not hold goes
-        to the stash, and the key to ``scan.wanted``. Any other event (versions, a stale row,
-        an event that is not a mapping, a fetch that just ended) goes to :meth:`_take`."""
+        the row's (the row's made once per cached entry, kept in the entry's ``derived`` with
+        the age below which it may be served so: :data:`_Derived`); if an earlier event of its key
+        waits in the stash, it goes there with those fields, and is passed on as soon as its
+        turn comes. An event whose key the cache does not hold goes to the stash, and the key
+        to ``scan.wanted``. Any other event (versions, a stale row, an event that is not a
+        mapping, a fetch that just ended) goes to :meth:`_take`."""
         name, event_field, source, plan = single
         cache = source.cache
         entries, ttl, refresh_after, negative_ttl, negative_refresh_after = cache.hot()
-        # younger than this, a row is fresh and not due for refresh: one comparison
+        # younger than these, a row (a missing entry) is fresh and not due for refresh
         fresh = min(ttl, refresh_after)
+        negative_fresh = min(negative_ttl, negative_refresh_after)
         get_entry, move = entries.get, entries.move_to_end
         default_fields = self._default_fields
         now, created = scan.now, batch.created
         arrived = time.perf_counter()
         stashed, stash, take, add = self.stashed, self.stash, self._take, ready.append
+        stashed_get = stashed.get
         # outcomes of fetches that ended since the last release: ``_enrich`` reads them
         landed, failed = self.landed, plan.failed
         fetching, source_name = self.fetching, source.name
         wanted: set[Hashable] | None = None
-        hits = negative_hits = 0
+        served = negative_hits = misses = 0
         for key, t, event in batch.events:
             try:
                 value = event.get(event_field)
                 entry = get_entry(value)
             except Exception:  # not a mapping, an unhashable key: ``_enrich`` says why
                 value = entry = None
-            if entry is None:
-                if value is not None and (
-                    not (landed or failed)
-                    or ((source_name, value) not in landed and value not in failed)
+            if entry is not None:
+                derived = entry.derived
+                # the usual event: a fresh entry whose fields are made, and no earlier event
+                # of its key waiting
+                if (
+                    derived is not None
+                    and now - entry.fetched_at < derived[2]
+                    and derived[0] == name
+                    and key not in stashed
                 ):
-                    cache.lookup(value, now)  # a miss, counted
-                    blocker = (source_name, value)
-                    if blocker not in fetching:
-                        if wanted is None:
-                            wanted = scan.wanted.setdefault(source_name, set())
-                        wanted.add(value)
-                    pending = _Pending(0, 1, None, blocker)
-                    stash.append(_Waiting(key, t, event, created, arrived, pending))
-                    stashed[key] += 1
+                    move(value)
+                    served += 1
+                    negative_hits += derived[3]
+                    add((key, t, {**event, **derived[1]}))
                     continue
-            else:
                 age = now - entry.fetched_at
                 fields = None
                 if entry.missing:
                     if age < negative_ttl and (
                         age < negative_refresh_after or entry.refresh_requested
                     ):
+                        served += 1
                         negative_hits += 1
                         fields = default_fields
-                else:
-                    derived = entry.derived
-                    if age < fresh and derived is not None and derived[0] == name:
-                        hits += 1
-                        fields = derived[1]
-                    elif age < ttl and (age < refresh_after or entry.refresh_requested):
                         if derived is None or derived[0] != name:
-                            row = entry.value
-                            # versions (a list): the row valid at each event's time, not here
-                            derived = entry.derived = (
-                                (name, _flat(name, row)) if row.__class__ is dict else None
-                            )
-                        if derived is not None:
-                            hits += 1
-                            fields = derived[1]
+                            entry.derived = (name, default_fields, negative_fresh, 1)
+                elif age < ttl and (age < refresh_after or entry.refresh_requested):
+                    if derived is None or derived[0] != name:
+                        row = entry.value
+                        # versions (a list): the row valid at each event's time, not here
+                        derived = entry.derived = (
+                            (name, _flat(name, row), fresh, 0) if row.__class__ is dict else None
+                        )
+                    if derived is not None:
+                        served += 1
+                        fields = derived[1]
                 if fields is not None:
                     move(value)
                     if key in stashed:  # an earlier event of its key waits: so must it
@@ -423,9 +424,24 @@ class EnrichShard(Actor[Any]):
                     else:
                         add((key, t, {**event, **fields}))
                     continue
+            elif value is not None and (
+                not (landed or failed)
+                or ((source_name, value) not in landed and value not in failed)
+            ):
+                misses += 1
+                blocker = (source_name, value)
+                if blocker not in fetching:
+                    if wanted is None:
+                        wanted = scan.wanted.setdefault(source_name, set())
+                    wanted.add(value)
+                stash.append(
+                    _Waiting(key, t, event, created, arrived, _Pending(0, 1, None, blocker))
+                )
+                stashed[key] = stashed_get(key, 0) + 1
+                continue
             take(scan, key, t, event, created, arrived, key in stashed, ready)
-        if hits or negative_hits:
-            cache.count_hits(hits, negative_hits)
+        if served or misses:
+            cache.count_hits(served - negative_hits, negative_hits, misses)
 
     def _take(
         self,
@@ -449,7 +465,7 @@ class EnrichShard(Actor[Any]):
             ready.append((key, t, enriched))
             return
         self.stash.append(_Waiting(key, t, event, created, arrived, enriched))
-        self.stashed[key] += 1
+        self.stashed[key] = self.stashed.get(key, 0) + 1
 
     def _enrich(
         self,
@@ -656,66 +672,50 @@ class EnrichShard(Actor[Any]):
         ready: list[tuple[Any, int, Any]] = []
         created = None
         # With one lookup (and nobody reading whole enriched events), an event whose one key
-        # landed with a row or as missing is enriched here, with the row's fields made once
-        # per key; any other goes to ``_enrich``.
-        single = self._single is not None and not scan.full
-        name, entries_get, plan = "", _no_entries.get, self.plans[0]
-        if self._single is not None:
-            name, entries_get = self._single[0], self._single[2].cache.hot()[0].get
-        default_fields = self._default_fields
+        # landed with a row or as missing is enriched here, with the fields each landed key
+        # adds made once, first (and kept with its cached row, for the events that hit it);
+        # any other goes to ``_enrich``.
+        plan = self.plans[0]
         fields_of: dict[tuple[str, Hashable], dict[str, Any]] = {}
-
-        def pass_on(waiting: _Waiting, fields: dict[str, Any]) -> None:
-            """The event goes on, with the fields of its lookup."""
-            nonlocal created
-            ready.append((waiting.key, waiting.t, {**waiting.event, **fields}))
-            if created is None or waiting.created < created:
-                created = waiting.created
-            count = stashed[waiting.key] - 1
-            if count:
-                stashed[waiting.key] = count
-            else:
-                del stashed[waiting.key]
-
+        if self._single is not None and not scan.full:
+            fields_of = self._landed_fields()
         for waiting in self.stash:
             key = waiting.key
             behind = key in blocked
             pending = waiting.pending
-            if pending.fields is not None and not scan.full:
-                # its fields were known when it came: it goes when the events before it do
-                if behind:
-                    kept.append(waiting)
-                    continue
-                pass_on(waiting, pending.fields)
-                continue
-            blocker = pending.blocker
-            if blocker is not None:
-                value = landed.get(blocker, _NOTHING) if landed else _NOTHING
-                if value is _NOTHING:
-                    if blocker in fetching:
-                        # its fetch has not landed: nothing new to learn of it yet
-                        kept.append(waiting)
-                        blocked.add(key)
-                        continue
-                elif single:
-                    fields = fields_of.get(blocker)
+            fields = pending.fields
+            if fields is None or scan.full:
+                fields = None
+                blocker = pending.blocker
+                if blocker is not None:
+                    fields = fields_of.get(blocker) if fields_of else None
                     if fields is None:
-                        if value.__class__ is dict:
-                            fields = fields_of[blocker] = _flat(name, value)
-                            # and kept with the cached row, for the events that hit it
-                            entry = entries_get(blocker[1])
-                            if entry is not None and entry.value is value:
-                                entry.derived = (name, fields)
-                        elif value is NOT_FOUND:
-                            fields = default_fields
-                    if fields is not None:
-                        if behind:  # its row landed: it goes when the events before it do
-                            row = value if value.__class__ is dict else None
-                            waiting.pending = _known(plan, row, 0.0, fields, pending)
+                        if blocker in fetching and blocker not in landed:
+                            # its fetch has not landed: nothing new to learn of it yet
                             kept.append(waiting)
+                            blocked.add(key)
                             continue
-                        pass_on(waiting, fields)
+                    elif behind:  # its row landed: it goes when the events before it do
+                        row = landed.get(blocker)
+                        row = row if row.__class__ is dict else None
+                        waiting.pending = _known(plan, row, 0.0, fields, pending)
+                        kept.append(waiting)
                         continue
+            elif behind:
+                # its fields were known when it came: it goes when the events before it do
+                kept.append(waiting)
+                continue
+            if fields is not None:
+                # the event goes on, with the fields of its lookup
+                ready.append((key, waiting.t, {**waiting.event, **fields}))
+                if created is None or waiting.created < created:
+                    created = waiting.created
+                count = stashed[key] - 1
+                if count:
+                    stashed[key] = count
+                else:
+                    del stashed[key]
+                continue
             if behind and not landed:
                 kept.append(waiting)
                 continue
@@ -743,6 +743,25 @@ class EnrichShard(Actor[Any]):
         if ready:
             assert created is not None
             await self._send(ready, created)
+
+    def _landed_fields(self) -> dict[tuple[str, Hashable], dict[str, Any]]:
+        """With one lookup: the fields each key that landed with a row, or as missing, adds
+        to its events; a row's are kept with its cached entry too (``derived``)."""
+        assert self._single is not None
+        name, _, source, _ = self._single
+        entries, ttl, refresh_after, _, _ = source.cache.hot()
+        fresh = min(ttl, refresh_after)
+        entries_get, default_fields = entries.get, self._default_fields
+        fields_of: dict[tuple[str, Hashable], dict[str, Any]] = {}
+        for blocker, value in self.landed.items():
+            if value.__class__ is dict:
+                fields = fields_of[blocker] = _flat(name, value)
+                entry = entries_get(blocker[1])
+                if entry is not None and entry.value is value:
+                    entry.derived = (name, fields, fresh, 0)
+            elif value is NOT_FOUND:
+                fields_of[blocker] = default_fields
+        return fields_of
 
     def _unstash(self, key: Any) -> None:
         count = self.stashed[key] - 1
@@ -833,14 +852,18 @@ def _flat(name: str, row: dict[str, Any]) -> dict[str, Any]:
         return {names.get(column) or f"{name}.{column}": cell for column, cell in row.items()}
 
 
+#: what the enricher keeps in a cache entry's ``derived``: ``(lookup name, the fields the
+#: entry adds to an event, the age in seconds below which the entry is fresh and not due for
+#: refresh, 1 for a missing entry (the fields are the lookup's default) else 0)``, so that the
+#: hot path serves an entry with one comparison of its age
+_Derived: TypeAlias = tuple[str, dict[str, Any], float, int]
+
 #: per lookup, the field name of each column seen: ``"<lookup>.<column>"``
 _field_names: dict[str, dict[Any, str]] = {}
 _FIELD_NAMES_MAX = 512
 
 
 _NOTHING = object()
-#: no cache entries (for an enricher of several lookups)
-_no_entries: dict[Hashable, Any] = {}
 #: no stale or defaulted lookups (never mutated: lists are rebuilt to add to them)
 _NONE: list[str] = []
 
