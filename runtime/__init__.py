@@ -152,6 +152,7 @@ from ._training.build import training_set as training_set
 from ._training.table import TrainingSet as TrainingSet
 from ._updates import SubscriptionStatistics as SubscriptionStatistics
 from ._updates import UpdateSubscription as UpdateSubscription
+from ._workers.backends import RayBackend as RayBackend
 
 __all__ = [
     # what to compute: the feature set and its features
@@ -225,6 +226,7 @@ __all__ = [
     "IngestResult",
     "JoinRecord",
     "LateEvent",
+    "RayBackend",
     "Rejection",
     "UpdateSubscription",
     # what subscriptions carry: a batch of outputs per batch of events

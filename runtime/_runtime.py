@@ -80,6 +80,7 @@ from ._spec.drift import DriftAlert, DriftMonitor, DriftStatus
 from ._spec.feature_set import Feature, FeatureSet
 from ._topology import Topology
 from ._updates import Policy, UpdateSubscription
+from ._workers.backends import RayBackend, backend_of
 from ._workers.front import WorkerFront
 
 __all__ = ["FeatureRuntime", "RuntimeReplayHost"]
@@ -158,6 +159,10 @@ class FeatureRuntime:
             ``position`` events (what the checkpoint had read) are replayed into a runtime of
             those features, whose state they take; without it they start empty. See
             "Changing the feature set" in ``docs/operations.md``. Not with ``workers`` yet.
+        backend: where the ``workers`` run: ``"processes"`` (the default: processes on this
+            machine), or ``"ray"`` or a :class:`RayBackend` (``featurist[ray]``): Ray actors
+            on a Ray cluster, placed with the resources the backend asks for; the API is the
+            same (``docs/scaling.md``, "On a Ray cluster").
 
     Example::
 
@@ -193,6 +198,7 @@ class FeatureRuntime:
         metrics_interval: float = 5.0,
         workers: int = 0,
         backfill: Iterable[Any] | AsyncIterable[Any] | None = None,
+        backend: str | RayBackend = "processes",
     ) -> None:
         if not isinstance(feature_set, FeatureSet):
             raise TypeError(f"feature_set must be a FeatureSet, got {type(feature_set).__name__}")
@@ -219,6 +225,8 @@ class FeatureRuntime:
             metrics_interval=metrics_interval,
             workers=workers,
         )
+        #: where the workers run (checked even without workers: a backend needs them)
+        self._backend = backend_of(backend, workers)
         if workers:
             check_workers(
                 feature_set,
@@ -368,6 +376,7 @@ class FeatureRuntime:
                 joins=tuple(join.name for join in feature_set.joins),
                 clock=self._clock,
                 sources=tuple(dict.fromkeys(lookup.source for lookup in feature_set.lookups)),
+                backend=self._backend,
             )
             if self._front.checkpoints is not None:
                 self._front.checkpoints.guards = self._guards

@@ -42,7 +42,7 @@ RUNTIME_NAMES = {
     # the runtime and what it gives back
     *("EnrichedEvent", "FeatureDescription", "FeatureError", "FeatureResult", "FeatureRuntime"),
     *("FeatureUpdate", "FeatureVector", "JoinRecord", "LateEvent", "UpdateSubscription"),
-    *("IngestResult", "Rejection"),
+    *("IngestResult", "RayBackend", "Rejection"),
     # what subscriptions carry
     *("EnrichedBatch", "JoinRecordBatch", "LateEventBatch", "UpdateBatch"),
     # statistics and metrics

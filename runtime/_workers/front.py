@@ -36,9 +36,6 @@ after says which worker died, with its exit code.
 from __future__ import annotations
 
 import itertools
-import multiprocessing
-import pickle
-import socket
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from contextlib import AsyncExitStack, suppress
@@ -72,6 +69,7 @@ from .._results import (
     RuntimeStatistics,
 )
 from .aligned import Abandoned, AlignedCheckpoints
+from .backends import Backend, LocalBackend, WorkerProcess
 from .outputs import Outputs
 from .protocol import (
     Call,
@@ -91,7 +89,7 @@ from .protocol import (
 )
 from .recovery import Sent, WorkerLog
 from .stats import merge_measured, merge_metrics, merge_statistics
-from .worker import WorkerSpec, main
+from .worker import WorkerSpec
 
 __all__ = ["WorkerFront"]
 
@@ -187,6 +185,8 @@ class WorkerFront:
         clock: the runtime's ``ReplayClock``: while a replay has set its time, each frame
             and flush carries it, and the workers' clocks follow.
         sources: the names of the sources the feature set's lookups read (``warm_up``).
+        backend: where the workers run (:class:`LocalBackend`, the default, or
+            :class:`RayBackend`).
     """
 
     def __init__(
@@ -211,8 +211,11 @@ class WorkerFront:
         joins: tuple[str, ...] = (),
         clock: Any = None,
         sources: tuple[str, ...] = (),
+        backend: Backend | None = None,
     ) -> None:
         self.workers = workers
+        #: where the worker processes run
+        self._backend: Backend = backend if backend is not None else LocalBackend()
         self._make_runtime = make_runtime
         self._reader = reader
         self._router = KeyRouter(shards=workers, key_groups=key_groups, cache_size=route_cache_size)
@@ -244,7 +247,7 @@ class WorkerFront:
         self._created = [0.0] * workers
         self._workers: list[_Worker] = []
         #: every process started (or being started), and every connection made
-        self._processes: list[Any] = []
+        self._processes: list[WorkerProcess] = []
         self._conns: list[Connection] = []
         self._ids = itertools.count(1)
         #: why the front stopped working (a worker died or failed), or None
@@ -334,6 +337,7 @@ class WorkerFront:
         stack.push_async_callback(self._close_connections)
         stack.callback(self.outputs.close)
         self._wake = anyio.Event()
+        await self._backend.open(stack)
         for index in range(self.workers):
             self._workers.append(await self._spawn(index))
             self._ready.append(anyio.Event())
@@ -358,34 +362,16 @@ class WorkerFront:
                 tasks.start_soon(checkpoints.run_periodic, interval, name="featurist-checkpoints")
 
     async def _spawn(self, index: int) -> _Worker:
-        """Start worker ``index``'s process (its reply, id 0, is awaited by the caller)."""
-        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        """Start worker ``index``'s process on the backend (its reply, id 0, is awaited by
+        the caller)."""
         spec = WorkerSpec(index, self._make_runtime)
-        process = _context().Process(
-            target=main,
-            args=(theirs, spec),
-            name=f"featurist-worker-{index}",
-            daemon=True,
-        )
-        self._processes.append(process)  # killed at the latest when the stack closes
+        # each process is tracked as soon as it exists: killed at the latest when the
+        # stack closes
+        process, sock = await self._backend.spawn(spec, self._processes.append)
         try:
-            # in a thread: starting a process (fork, exec, the spec written to it) takes
-            # a good part of a second on a busy machine, too long to hold the event loop
-            await anyio.to_thread.run_sync(process.start)
-        except (pickle.PicklingError, AttributeError, TypeError) as exc:
-            mine.close()
-            raise ConfigError(
-                f"workers: the runtime's options cannot be sent to a worker process ({exc})"
-            ) from exc
+            conn = await Connection.of(sock, FromWorker)
         except BaseException:
-            mine.close()
-            raise
-        finally:
-            theirs.close()
-        try:
-            conn = await Connection.of(mine, FromWorker)
-        except BaseException:
-            mine.close()
+            sock.close()
             raise
         self._conns.append(conn)
         return _Worker(index, process, conn)
@@ -441,8 +427,6 @@ class WorkerFront:
 
     def _kill_all(self) -> None:
         for index, process in enumerate(self._processes):
-            if process.pid is None:
-                continue  # never started
             if process.is_alive():
                 _log.warning("worker_killed", worker=index, pid=process.pid)
                 process.kill()
@@ -1045,16 +1029,6 @@ class WorkerFront:
                 return
             except Exception:
                 _log.exception("metrics_failed")
-
-
-def _context() -> Any:
-    """``forkserver``: each worker is forked from a server process that imported the runtime
-    once (started on first use, it lives as long as this process), so a worker starts in a
-    tenth of the time and CPU of a fresh interpreter (``spawn``). Neither forks this process,
-    whose event loop runs."""
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["runtime"])
-    return context
 
 
 async def _together(calls: list[Callable[[], Awaitable[None]]]) -> None:

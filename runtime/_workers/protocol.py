@@ -1,12 +1,12 @@
 """What the front and a worker process say to each other, and the framing of it.
 
-One unix stream socket joins the front to each worker. Each message is one frame: a 4-byte
-big-endian length, then the message in MessagePack (a msgspec tagged union, encoded as an
-array: the tag first). Why a socket and not a ``multiprocessing`` pipe: an anyio socket stream
-is awaited on the event loop itself, no thread per pipe, and ``send`` waits while the kernel's
-socket buffer is full, so a slow worker holds the front's ``ingest`` back (backpressure) with
-nothing buffered beyond the socket's own bounded buffer; and the peer's death reads as the end
-of the stream at once.
+One stream socket joins the front to each worker (a unix one; a TCP one to a worker that runs as
+a Ray actor). Each message is one frame: a 4-byte big-endian length, then the message in
+MessagePack (a msgspec tagged union, encoded as an array: the tag first). Why a socket and not a
+``multiprocessing`` pipe: an anyio socket stream is awaited on the event loop itself, no thread
+per pipe, and ``send`` waits while the kernel's socket buffer is full, so a slow worker holds
+the front's ``ingest`` back (backpressure) with nothing buffered beyond the socket's own bounded
+buffer; and the peer's death reads as the end of the stream at once.
 
 Front to worker: :class:`Events` (a batch of events of the worker's key groups), :class:`Call`
 (a request answered by a :class:`Reply` of the same ``id``), :class:`Stop`. Worker to front:
@@ -20,6 +20,7 @@ in), :class:`Stopped`.
 from __future__ import annotations
 
 import dataclasses
+import socket
 from collections import deque
 from typing import Any, TypeVar, cast
 
@@ -234,8 +235,14 @@ class Connection:
 
     @classmethod
     async def of(cls, sock: Any, decodes: Any) -> Connection:
-        """Wrap a connected unix socket."""
-        stream = await anyio.abc.UNIXSocketStream.from_socket(sock)
+        """Wrap a connected socket: a unix one (a worker process on this machine) or a TCP
+        one (a worker on another node: the Ray backend), without Nagle's delay."""
+        stream: anyio.abc.ByteStream
+        if sock.family == socket.AF_UNIX:
+            stream = await anyio.abc.UNIXSocketStream.from_socket(sock)
+        else:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            stream = await anyio.abc.SocketStream.from_socket(sock)
         return cls(stream, decodes)
 
     def encode(self, message: Any) -> bytearray:
