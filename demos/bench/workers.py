@@ -16,6 +16,11 @@ is the case's events/s over those of ``workers=0`` in the same run. The machine'
 it: the front, the workers and the consumer share them (and with other jobs, the machine's
 load: the CPU column, the case's CPU seconds with its workers', shows the cost apart from it;
 the fork server the workers start from, which imports the runtime once, is left out).
+
+``--backend ray`` adds each worker count again as Ray actors (``backend="ray"``) on a local Ray
+that the case's process starts (not timed): the same front and frames, over TCP instead of a
+unix socket, with Ray placing and supervising the workers. Its cost next to the processes'
+in the same run is what Ray adds on one machine.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from typing import Any
 import msgspec
 
 from actors import run
-from runtime import FeatureRuntime
+from runtime import FeatureRuntime, RayBackend
 
 from ._common import (
     Checksum,
@@ -58,9 +63,16 @@ async def consume(subscription: Any, checksum: Checksum) -> None:
             fold(kh[key], t, total, avg)
 
 
-async def runtime_side(payloads: list[bytes], workers: int, shards: int, batch_size: int) -> Any:
+async def runtime_side(
+    payloads: list[bytes], workers: int, shards: int, batch_size: int, backend: str = "processes"
+) -> Any:
+    options: dict[str, Any] = {}
+    if backend == "ray":
+        # a local Ray started by this case's process (not timed: "start" includes it), with
+        # the worker actors' output kept out of the table
+        options["backend"] = RayBackend(init_options={"log_to_driver": False})
     rt = FeatureRuntime(
-        feature_set("sum+mean"), shards=shards, workers=workers, batch_size=batch_size
+        feature_set("sum+mean"), shards=shards, workers=workers, batch_size=batch_size, **options
     )
     started = time.perf_counter()
     start_seconds = 0.0
@@ -75,7 +87,7 @@ async def runtime_side(payloads: list[bytes], workers: int, shards: int, batch_s
             await rt.flush()  # every event applied: what the workers did is done
             # the workers are the fork server's children, not this process's: read their CPU
             # time while they run (a demo may read the runtime's private parts)
-            workers_cpu = sum(_process_cpu(pid) for pid in rt._front.pids)
+            workers_cpu = sum(_process_cpu(pid) for pid in rt._front.pids if pid is not None)
 
     result = await run_with_consumer(rt, lambda rt: rt.updates(), consume, feed)
     result["start"] = start_seconds
@@ -94,7 +106,9 @@ def _case(spec: dict[str, Any]) -> dict[str, Any]:
     quiet_logs()
     cpu = time.process_time()
     result = run(
-        lambda: runtime_side(INPUT["payloads"], spec["workers"], spec["shards"], spec["batch"])
+        lambda: runtime_side(
+            INPUT["payloads"], spec["workers"], spec["shards"], spec["batch"], spec["backend"]
+        )
     )
     result["cpu"] = time.process_time() - cpu + result.pop("workers_cpu")
     stats = result.pop("stats")
@@ -115,6 +129,13 @@ def cli(argv: list[str]) -> None:
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=2, help="runs per case, best shown (2)")
+    parser.add_argument(
+        "--backend",
+        choices=("processes", "ray"),
+        default="processes",
+        help="ray: each worker count also as Ray actors on a local Ray, in the same run "
+        "(processes)",
+    )
     args = parser.parse_args(argv)
     quiet_logs()
     counts = [int(w) for w in args.workers.split(",")]
@@ -134,18 +155,29 @@ def cli(argv: list[str]) -> None:
     n = args.events
     rows = []
     base: dict[str, Any] | None = None
-    for workers in counts:
-        spec = {"workers": workers, "shards": args.shards, "batch": args.batch_size}
+    cases = [(workers, "processes") for workers in counts]
+    if args.backend == "ray":
+        cases += [(workers, "ray") for workers in counts if workers]
+    for workers, backend in cases:
+        spec = {
+            "workers": workers,
+            "shards": args.shards,
+            "batch": args.batch_size,
+            "backend": backend,
+        }
         got = fastest(cases_in_children(_case, spec, args.repeat))
+        label = f"workers={workers}" + (
+            " (in-process)" if workers == 0 else " (Ray actors)" if backend == "ray" else ""
+        )
         if got["processed"] != n:
-            raise SystemExit(f"workers={workers}: {got['processed']:,} events of {n:,} applied")
+            raise SystemExit(f"{label}: {got['processed']:,} events of {n:,} applied")
         if base is None:
             base = got
         else:
-            check_agreement(f"workers={workers}", base["checksum"], got["checksum"])
+            check_agreement(label, base["checksum"], got["checksum"])
         rows.append(
             Row(
-                f"workers={workers}" + (" (in-process)" if workers == 0 else ""),
+                label,
                 {
                     "events/s": rate(n, got["seconds"]),
                     "speed-up": f"{base['seconds'] / got['seconds']:.2f}",
@@ -166,7 +198,8 @@ def cli(argv: list[str]) -> None:
     assert base is not None
     print(
         f"checksums agree: {base['checksum'][1]:,} outputs, {base['checksum'][0]:#018x}."
-        " start: entering the runtime (the workers' processes starting), not timed."
+        " start: entering the runtime (the workers' processes starting; with Ray, a local"
+        " Ray starting too), not timed."
         " CPU: the case's CPU time and its workers' (read as they ran, after the last event"
         " was applied), whatever the machine's other load: what the work costs, where"
         " events/s is what it got."
