@@ -215,6 +215,32 @@ _HEADER = 4
 MAX_FRAME = 1 << 30
 
 
+#: seconds of silence after which a TCP peer is probed, between probes, and probes unanswered
+#: before it is taken as gone (a node lost without closing its sockets); and milliseconds a
+#: sent frame may stay unacknowledged before the same
+_KEEPALIVE = (10, 5, 3)
+_USER_TIMEOUT_MS = 30_000
+
+
+def _tcp_options(sock: socket.socket) -> None:
+    """A TCP stream to a worker on another node: frames leave at once (no Nagle delay), and
+    a peer whose node is lost without closing the socket reads as the end of the stream
+    within about half a minute (keepalive probes while idle, a bound on unacknowledged data
+    while sending), not after the system's default of many minutes."""
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    idle, interval, count = _KEEPALIVE
+    for name, value in (
+        ("TCP_KEEPIDLE", idle),
+        ("TCP_KEEPINTVL", interval),
+        ("TCP_KEEPCNT", count),
+        ("TCP_USER_TIMEOUT", _USER_TIMEOUT_MS),
+    ):
+        option = getattr(socket, name, None)
+        if option is not None:  # Linux has them all; elsewhere, what the system has
+            sock.setsockopt(socket.IPPROTO_TCP, option, value)
+
+
 class Connection:
     """One end of a front-worker socket: whole frames in, whole frames out.
 
@@ -241,7 +267,7 @@ class Connection:
         if sock.family == socket.AF_UNIX:
             stream = await anyio.abc.UNIXSocketStream.from_socket(sock)
         else:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            _tcp_options(sock)
             stream = await anyio.abc.SocketStream.from_socket(sock)
         return cls(stream, decodes)
 

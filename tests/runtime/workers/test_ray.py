@@ -208,3 +208,26 @@ def test_misuse_of_the_backend_is_refused_with_a_clear_error(
     monkeypatch.setattr(importlib.util, "find_spec", without_ray)
     with pytest.raises(ConfigError, match=r"pip install 'featurist\[ray\]'"):
         FeatureRuntime(FEATURE_SET, workers=1, backend="ray")
+
+
+async def test_the_tcp_stream_to_a_ray_worker_detects_a_lost_node() -> None:
+    """Keepalive and a bound on unacknowledged data: a node lost without closing its
+    sockets reads as the end of the stream within about half a minute."""
+    import socket
+
+    from runtime._workers.protocol import Connection, FromWorker
+
+    server = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(server.getsockname())
+    accepted, _ = server.accept()
+    conn = await Connection.of(accepted, FromWorker)
+    try:
+        assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        assert accepted.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)
+        if hasattr(socket, "TCP_KEEPIDLE"):
+            assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 10
+            assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 30_000
+    finally:
+        await conn.aclose()
+        client.close()
+        server.close()
