@@ -85,6 +85,8 @@ __all__ = [
 
 _json = msgspec.json.Decoder()
 _msgpack = msgspec.msgpack.Decoder()
+_BYTES = {bytes}
+_DICTS = {dict}
 
 #: numeric times in each unit, as (multiply, divide) to milliseconds, exact for ints
 _UNIT_TO_MS = {"ms": (1, 1), "s": (1000, 1), "us": (1, 1000), "ns": (1, 1_000_000)}
@@ -403,6 +405,22 @@ class EventReader:
         if self.keeping:
             event = self.screen(event, tag)
         return key, ts, event
+
+    def decode_all(self, payloads: list[Any]) -> list[dict[str, Any]] | None:
+        """The events of a batch of ``bytes`` payloads, decoded in one pass; None if one of
+        them is not ``bytes``, is longer than ``max_payload_bytes`` or does not decode to an
+        object: :meth:`read` of each then says which and why."""
+        if not payloads or set(map(type, payloads)) != _BYTES:
+            return None
+        if max(map(len, payloads)) > self.max_payload_bytes:
+            return None
+        try:
+            decoded = list(map(self._decoder.decode, payloads))
+        except (msgspec.DecodeError, RecursionError):
+            return None
+        if set(map(type, decoded)) != _DICTS:
+            return None
+        return decoded
 
     def to_dict(self, payload: Any) -> dict[str, Any]:
         if payload.__class__ is dict:

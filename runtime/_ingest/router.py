@@ -83,6 +83,10 @@ class Ingest:
         self._known_size = known_keys
         self._groups = groups
         self._dead_letters = dead_letters
+        #: while ``route`` routes decoded payloads: (the events, the payloads they came from)
+        self._payloads: tuple[list[Any], list[Any]] | None = None
+        #: the index of each decoded event by its id, made at the chunk's first rejection
+        self._sent_at: dict[int, int] | None = None
         self.buffers: list[list[tuple[Any, int, dict[str, Any]]]] = [[] for _ in range(shards)]
         self.created = [0.0] * shards
         self._locks = [anyio.Lock() for _ in range(shards)]
@@ -148,8 +152,22 @@ class Ingest:
 
         Dicts with a known ``str``/``int`` key and an ``int`` time in milliseconds within the
         reader's bounds take the fast path; anything else goes through the full reader.
+        Payloads (``bytes``) are decoded in one pass first (``EventReader.decode_all``) and
+        then take the same path; a batch of which one does not decode to an object is read
+        event by event, and so is every batch of a feature set with computed fields (whose
+        events are copies, no longer the decoded dicts a rejection is traced back by).
         Returns the events accepted.
         """
+        decoded = None if self._reader.computing else self._reader.decode_all(events)
+        if decoded is None:
+            return self._route(events, tag)
+        self._payloads = (decoded, events)
+        try:
+            return self._route(decoded, tag)
+        finally:
+            self._payloads = self._sent_at = None
+
+    def _route(self, events: list[Any], tag: int | list[int]) -> int:
         if self._reader.computing:
             events, tag = self._computed(events, tag)
         if self._reader.keeping:
@@ -403,8 +421,26 @@ class Ingest:
         return shard
 
     def reject(self, payload: Any, error: InvalidEvent) -> None:
+        if self._payloads is not None:
+            payload, error = self._as_sent(payload, error)
         self.rejected += 1
         record_rejected(self._dead_letters, payload, error)
+
+    def _as_sent(self, event: Any, error: InvalidEvent) -> tuple[Any, InvalidEvent]:
+        """A rejected event decoded by ``route`` as its payload was sent, with the error
+        reading the payload gives (which carries the payload), for the dead letters."""
+        assert self._payloads is not None
+        decoded, payloads = self._payloads
+        if self._sent_at is None:  # the first rejection of the chunk
+            self._sent_at = {id(d): i for i, d in enumerate(decoded)}
+        i = self._sent_at.get(id(event))
+        if i is None or decoded[i] is not event:
+            return event, error
+        try:
+            self._reader.read(payloads[i])
+        except InvalidEvent as again:
+            return payloads[i], again
+        return payloads[i], error
 
     async def send(self, shard: int, *, partial: bool = True) -> None:
         """Send the shard's buffer to every group's actor of the shard.
