@@ -96,6 +96,8 @@ from ._results import RuntimeStatistics as RuntimeStatistics
 from ._results import WindowStatistics as WindowStatistics
 from ._runtime import FeatureRuntime as FeatureRuntime
 from ._service import create_app as create_app
+from ._spec.aggregate import Aggregate as Aggregate
+from ._spec.aggregate import Custom as Custom
 from ._spec.base import FeatureSpec as FeatureSpec
 from ._spec.base import Where as Where
 from ._spec.computed import Computed as Computed
@@ -177,6 +179,9 @@ __all__ = [
     "Sum",
     "TimeSince",
     "Variance",
+    # user-defined aggregates
+    "Aggregate",
+    "Custom",
     # features over a window or in event-time order
     "Percentile",
     "Quantile",

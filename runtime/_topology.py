@@ -14,7 +14,6 @@ from typing import Any, Protocol
 
 import anyio
 import anyio.lowlevel
-import msgspec
 
 from actors import ActorRef, MailboxConfig, Supervisor
 
@@ -30,7 +29,7 @@ from ._keyed.kernel import CompiledGroup, compile_group
 from ._messages import GetEnrichStats, GetStates, IdleTick, Ping
 from ._results import EnrichedEvent, FeatureUpdate, FeatureVector, JoinRecord, LateEvent
 from ._shard import GroupShard
-from ._spec.feature_set import FeatureSet, enriched_stream
+from ._spec.feature_set import FeatureSet, encode_spec, enriched_stream
 from ._spec.joins import Join
 from ._updates import UpdateHub
 from ._windows.engine import WindowEngine
@@ -144,8 +143,9 @@ def signature(target: Group | JoinGroup) -> str:
     """What must be equal between the runtime that wrote a state and the one restoring it:
     the specs of the group's features (and its stream), or of the join."""
     if isinstance(target, JoinGroup):
-        return "join:" + msgspec.json.encode(target.join).decode()
-    specs = msgspec.json.encode(list(target.features)).decode()
+        return "join:" + encode_spec(target.join).decode()
+    # functions (a derived feature's) and aggregates (a custom feature's) by name
+    specs = encode_spec(list(target.features)).decode()
     kind = "keyed" if target.compiled is not None else "windowed"
     return f"{kind}:{target.stream}:{specs}"
 

@@ -8,7 +8,12 @@ section is a one-line example: one element of a feature set's ``features`` array
 from __future__ import annotations
 
 import re
+import sys
+import types
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from runtime import FEATURE_TYPES, FeatureSet
 
@@ -50,7 +55,28 @@ def test_every_feature_type_has_a_section_in_features_md_in_order() -> None:
     assert documented == list(FEATURE_TYPES), "sections are not in FEATURE_TYPES order"
 
 
-def test_each_type_section_has_a_one_line_toml_example_of_that_type() -> None:
+class _Spread:
+    """The aggregate the ``custom`` example names (``myapp.aggregates:Spread``)."""
+
+    def empty(self) -> Any:
+        return None
+
+    def update(self, state: Any, value: Any) -> Any:
+        return (value, value) if state is None else (min(state[0], value), max(state[1], value))
+
+    def value(self, state: Any) -> Any:
+        return None if state is None else state[1] - state[0]
+
+
+def test_each_type_section_has_a_one_line_toml_example_of_that_type(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # the module the custom example names, as an application would have it
+    module = types.ModuleType("myapp.aggregates")
+    _Spread.__module__, _Spread.__qualname__ = module.__name__, "Spread"
+    module.Spread = _Spread  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "myapp", types.ModuleType("myapp"))
+    monkeypatch.setitem(sys.modules, "myapp.aggregates", module)
     examples: dict[str, str] = {}
     for tag, lines in _sections().items():
         body = _toml_example(lines)
@@ -59,5 +85,5 @@ def test_each_type_section_has_a_one_line_toml_example_of_that_type() -> None:
     # Together the examples form one valid set: names are unique and the ratio's operands exist.
     document = 'name = "reference"\nkey = "card"\ntime = "ts"\nfeatures = [\n'
     document += "".join(f"  {example},\n" for example in examples.values()) + "]\n"
-    feature_set = FeatureSet.from_toml(document, source="docs/features.md")
+    feature_set = FeatureSet.from_toml(document, source="docs/features.md", modules=["myapp"])
     assert [feature.type_name for feature in feature_set.features] == list(examples)

@@ -29,6 +29,8 @@ RUNTIME_NAMES = {
     *("Count", "Derived", "DistinctCount", "EWMean", "First", "Last", "Max", "Mean", "Min"),
     "Ratio",
     *("Std", "Sum", "TimeSince", "Variance"),
+    # user-defined aggregates
+    *("Aggregate", "Custom"),
     # features over a window or in event-time order
     *("Percentile", "Quantile", "SequencePattern", "Step", "TopK", "ZScore"),
     # windows, joins, enrichment

@@ -183,6 +183,7 @@ def _default_adapters() -> list[_Adapter]:
     from .._enrich import cache as _enrich_cache
     from .._joins import buffer as _join_buffer
     from .._joins import engine as _join_engine
+    from .._keyed import custom as _custom
     from .._stats import idle as _idle
     from .._stats import quantiles as _quantiles
     from .._stats import rolling as _window_stats
@@ -197,6 +198,8 @@ def _default_adapters() -> list[_Adapter]:
         _window_engine._Sessions,
         _window_state.SlidingState,
         _window_state.Accumulator,
+        _window_state.CustomSlidingState,
+        _window_state.CustomAccumulator,
         _window_state.WindowMoments,
         _window_stats.RunningMoments,
         _window_stats.MonotonicExtremes,
@@ -216,6 +219,11 @@ def _default_adapters() -> list[_Adapter]:
     ]
     adapters = [_Adapter(cls) for cls in plain]
     adapters.append(_Adapter(sorted_list, reduce=list, rebuild=sorted_list))
+    # a user-defined aggregate's state: written as its aggregate's dump, loaded by its runner
+    # (never by the codec, which calls no code a checkpoint names)
+    adapters.append(
+        _Adapter(_custom.CustomCell, reduce=_custom.reduce_cell, rebuild=_custom.rebuild_cell)
+    )
     return adapters
 
 

@@ -26,7 +26,7 @@ from .._joins.shard import JoinShard
 from .._keyed.kernel import CompiledGroup, compile_group
 from .._messages import RestoreSnapshot, ShardSnapshot, TakeSnapshot
 from .._shard import GroupShard
-from .._spec.feature_set import Feature
+from .._spec.feature_set import Feature, encode_spec, spec_builtins
 from .._topology import Group, JoinGroup, Topology, signature
 from .._windows.engine import KeyWindows, WindowEngine, _Panes, _Sessions
 from .._windows.patterns import PatternState
@@ -735,7 +735,7 @@ def _difference(old: Any, new: Any) -> str:
             return
         out.append(f"{prefix[:-1] or 'spec'} {a!r} -> {b!r}")
 
-    walk(msgspec.to_builtins(old), msgspec.to_builtins(new), "")
+    walk(spec_builtins(old), spec_builtins(new), "")
     return "; ".join(out) or "its spec"
 
 
@@ -781,7 +781,7 @@ def _evolve(
                     kept.setdefault(backfilled[feature.name], set()).add(feature.name)
                 continue  # added
             index, old_kind, old_stream, old = found
-            if msgspec.json.encode(old) != msgspec.json.encode(feature):
+            if encode_spec(old) != encode_spec(feature):
                 changed.append(f"feature {feature.name!r}: {_difference(old, feature)}")
             elif old_stream != group.stream:
                 changed.append(

@@ -50,9 +50,11 @@ import msgspec
 from .._duration import parse_duration
 from .._exceptions import SpecError
 from .._stats.sketch import distinct_add, distinct_merge, distinct_value
+from .custom import CustomRunner
 from .kinds import (
     INF,
     KINDS,
+    Kind,
     coerce_number,
     distinct_restore,
     exact_std,
@@ -76,6 +78,26 @@ def _tag(feature: Any) -> str:
 
 #: the features computed from other features' values when read: no state, no update
 _FROM_FEATURES = frozenset({"ratio", "derived"})
+
+
+class _Fresh:
+    """A slot's initial value made anew for each key by calling ``factory``."""
+
+    __slots__ = ("factory",)
+
+    def __init__(self, factory: Callable[[], Any]) -> None:
+        self.factory = factory
+
+
+def _custom_kind(runner: CustomRunner) -> Kind:
+    """A user-defined aggregate as a kind: one slot holding its cell, made per key."""
+    return Kind(
+        (("c", _Fresh(runner.new_cell)),),
+        "{p.step}({S.c}, v)",
+        "{p.read}({S.c})",
+        "{R.c} = {p.merged}({A.c}, {B.c})" if runner.merges else None,
+        numeric=runner.numeric,
+    )
 
 
 @dataclass
@@ -148,6 +170,8 @@ class _Builder:
         self.shared: dict[tuple[str, str, Any], str] = {}
         self.reused: list[set[str]] = []
         self.params: list[dict[str, str]] = []
+        #: each feature's kind (None: a ratio or derived feature)
+        self.kinds: list[Kind | None] = []
         self.names = tuple(f.name for f in self.features)
         self._constants = 0
 
@@ -164,8 +188,17 @@ class _Builder:
                 self.feature_slots.append({})
                 self.params.append({})
                 self.reused.append(set())
+                self.kinds.append(None)
                 continue
-            kind = KINDS.get(tag)
+            params = {}
+            if tag == "custom":
+                runner = CustomRunner(feature)
+                kind: Kind | None = _custom_kind(runner)
+                params["step"] = self.constant(runner.step)
+                params["read"] = self.constant(runner.read)
+                params["merged"] = self.constant(runner.merged)
+            else:
+                kind = KINDS.get(tag)
             if kind is None:
                 raise SpecError(
                     f"feature {feature.name!r}: type {tag!r} cannot run in a keyed group"
@@ -187,7 +220,7 @@ class _Builder:
                     self.shared[share_key] = slot
             self.feature_slots.append(slots)
             self.reused.append(reused)
-            params = {}
+            self.kinds.append(kind)
             if tag in ("variance", "std"):
                 params["ddof"] = self.constant(int(feature.ddof))
             if tag == "ewm_mean":
@@ -230,7 +263,9 @@ class _Builder:
         if tag == "derived":
             args = ", ".join(f"x{self.names.index(name)}" for name in feature.depends_on())
             return f"{self.constant(feature.combiner())}({args})"
-        return self.render(KINDS[tag].value, index, S=var)
+        kind = self.kinds[index]
+        assert kind is not None
+        return self.render(kind.value, index, S=var)
 
     def input_of(self, feature: Any) -> str:
         if _tag(feature) == "ratio":
@@ -264,9 +299,9 @@ class _Builder:
         lines = []
         for index in self.value_order():
             feature = self.features[index]
-            tag = _tag(feature)
             expr = self.value_expr(index, "S")
-            if tag not in _FROM_FEATURES and KINDS[tag].safe_value:
+            kind = self.kinds[index]
+            if kind is not None and kind.safe_value:
                 lines.append(f"x{index} = {expr}")
                 continue
             lines += ["try:", f"    x{index} = {expr}", "except Exception as _exc:"]
@@ -325,7 +360,8 @@ class _Builder:
         tag = _tag(feature)
         if tag in _FROM_FEATURES:
             return []
-        kind = KINDS[tag]
+        kind = self.kinds[index]
+        assert kind is not None
         name = repr(str(feature.name))
         body: list[str] = []
         reused = self.reused[index]
@@ -418,7 +454,10 @@ class _Builder:
         fields = ", ".join(repr(slot) for slot, _ in self.slots)
         lines = [f"class {name}:", f"    __slots__ = ({fields},)", "    def __init__(self):"]
         for slot, default in self.slots:
-            lines.append(f"        self.{slot} = {self.constant(default)}")
+            if isinstance(default, _Fresh):
+                lines.append(f"        self.{slot} = {self.constant(default.factory)}()")
+            else:
+                lines.append(f"        self.{slot} = {self.constant(default)}")
         lines.append(f"_State = {name}")
         return "\n".join(lines)
 
@@ -452,7 +491,9 @@ class _Builder:
             tag = _tag(feature)
             if tag in _FROM_FEATURES:
                 continue
-            template = KINDS[tag].merge
+            kind = self.kinds[index]
+            assert kind is not None
+            template = kind.merge
             if template is None:
                 return None
             lines += [
@@ -512,7 +553,10 @@ def compile_group(features: Sequence[Any], *, group: str = "g0") -> CompiledGrou
     builder.prepare()
     record_type = msgspec.defstruct(
         f"{group.capitalize()}StateRecord",
-        [(name, Any, default) for name, default in builder.slots],
+        [
+            (name, Any, None if isinstance(default, _Fresh) else default)
+            for name, default in builder.slots
+        ],
         array_like=True,
         module=__name__,
     )

@@ -27,6 +27,15 @@ A derived feature costs one operation per operator, comparison, condition and fu
 of its expression (at least one), or ``DERIVED_FUNCTION_OPS`` for a Python function; it is
 computed with each update and read, not stored.
 
+A ``custom`` feature (a user-defined aggregate) costs its aggregate's ``update_ops`` per event
+(``CUSTOM_UPDATE_OPS`` if it gives none), and its state is the aggregate's ``state_bytes`` if
+it gives them, else measured: the checkpoint bytes of a state after ``CUSTOM_SAMPLE_UPDATES``
+updates (with floats for a ``numeric`` aggregate, short strings for another), or
+``CUSTOM_STATE_BYTES`` if that fails. Over a window it is costed as the other windowed
+features, with its state per pane; panes and sessions of an aggregate without ``merge`` also
+hold their values (40 bytes each), and a sliding window of one without ``remove`` folds its
+values again on a read after one left (``O(w)``).
+
 Operations are the steps of one state update in plain Python; state bytes are the payload a
 compact encoding (a checkpoint) holds, while the live CPython objects take several times more.
 A distinct count is costed at its worst case: a key that reaches ``exact_limit`` distinct values
@@ -56,6 +65,7 @@ from typing import Any, Literal, NamedTuple, TypeAlias
 import msgspec
 
 from .._exceptions import SpecError
+from .aggregate import Custom
 from .base import FeatureSpec
 from .feature_set import FeatureSet
 from .keyed import Derived, DistinctCount, parse_expression
@@ -64,6 +74,9 @@ from .windows import Hopping, Session, Sliding, Tumbling
 
 __all__ = [
     "BOTTLENECK_THRESHOLD",
+    "CUSTOM_SAMPLE_UPDATES",
+    "CUSTOM_STATE_BYTES",
+    "CUSTOM_UPDATE_OPS",
     "DERIVED_FUNCTION_OPS",
     "DISTINCT_VALUE_BYTES",
     "MEMORY_BUDGET_BYTES",
@@ -125,6 +138,8 @@ _PROFILES: dict[str, _Profile] = {
     "ratio": _Profile(_SIMPLE, "O(1)", "O(1)", 2, 0),
     # the operations are the expression's own: see _derived_ops
     "derived": _Profile(_SIMPLE, "O(1)", "O(1)", 0, 0),
+    # the aggregate's own figures, or measured: see _custom_ops and _custom_bytes
+    "custom": _Profile(_SIMPLE, "O(1)", "O(1)", 0, 0),
     # windowed only; the state is computed by _window_bytes
     "percentile": _Profile("windowed_aggregate", "O(log w)", "O(w)", 4, 8),
     "quantile": _Profile("windowed_aggregate", "O(1)", "O(log range)", 4, 0),
@@ -235,6 +250,8 @@ def _estimate(feature: FeatureSpec, event_rate: float, keys: int) -> CostEstimat
     ops_per_event = profile.ops_per_event + (feature.where is not None)
     if isinstance(feature, Derived):
         ops_per_event += _derived_ops(feature)
+    if isinstance(feature, Custom):
+        ops_per_event += _custom_ops(feature)
     category = profile.category
     time_complexity, space_complexity = profile.time_complexity, profile.space_complexity
     if feature.window is not None:
@@ -246,7 +263,9 @@ def _estimate(feature: FeatureSpec, event_rate: float, keys: int) -> CostEstimat
         state = _window_bytes(feature, held)
         if isinstance(feature.window, Sliding):
             space_complexity = "O(w)"
-            if time_complexity == "O(1)":
+            if isinstance(feature, Custom) and _lacks(feature, "remove"):
+                time_complexity = "O(1) per event in order, O(w) per read after an eviction"
+            elif time_complexity == "O(1)":
                 time_complexity = "O(1) amortized"
         elif isinstance(feature.window, Hopping):
             time_complexity += " per event, O(size / hop) per read"
@@ -271,6 +290,8 @@ def _estimate(feature: FeatureSpec, event_rate: float, keys: int) -> CostEstimat
 
 
 def _state_bytes(feature: FeatureSpec, profile: _Profile) -> int:
+    if isinstance(feature, Custom):
+        return _custom_bytes(feature)
     if isinstance(feature, SequencePattern):
         # at worst max_partial partial matches of up to len(steps) times each
         return feature.max_partial * (PARTIAL_BYTES + 8 * len(feature.steps))
@@ -291,9 +312,15 @@ def _window_bytes(feature: FeatureSpec, held: float) -> int:
     if isinstance(window, Sliding):
         per_event = WINDOW_ENTRY_BYTES + (8 if kind == "percentile" else 0)
         extra = SKETCH_BYTES if kind == "quantile" else 0
+        if isinstance(feature, Custom):
+            extra = _custom_bytes(feature)
         return int(held * per_event) + extra + 200
     panes = window.size_ms // window.hop_ms + 1 if isinstance(window, Tumbling | Hopping) else 2
-    if kind == "percentile":
+    if isinstance(feature, Custom):
+        per_pane: float = _custom_bytes(feature) + 200
+        if _lacks(feature, "merge"):
+            per_pane += held / max(panes - 1, 1) * 40
+    elif kind == "percentile":
         per_pane = held / max(panes - 1, 1) * 40 + 200
     elif kind == "quantile":
         per_pane = SKETCH_BYTES
@@ -318,3 +345,48 @@ def _derived_ops(feature: Derived) -> int:
     if isinstance(feature.expr, str) and not feature.uses:
         return parse_expression(feature.expr).operations
     return DERIVED_FUNCTION_OPS
+
+
+#: Operations charged per event for a custom aggregate without ``update_ops``.
+CUSTOM_UPDATE_OPS = 10
+#: State bytes charged for a custom aggregate whose state cannot be measured.
+CUSTOM_STATE_BYTES = 64
+#: Updates made to measure a custom aggregate's state.
+CUSTOM_SAMPLE_UPDATES = 16
+
+
+def _lacks(feature: Custom, method: str) -> bool:
+    return getattr(feature.aggregate, method, None) is None
+
+
+def _hint(feature: Custom, name: str) -> int | None:
+    value = getattr(feature.aggregate, name, None)
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    return None
+
+
+def _custom_ops(feature: Custom) -> int:
+    hint = _hint(feature, "update_ops")
+    return CUSTOM_UPDATE_OPS if hint is None else hint
+
+
+def _custom_bytes(feature: Custom) -> int:
+    """The aggregate's ``state_bytes``, or the checkpoint bytes of a state after
+    ``CUSTOM_SAMPLE_UPDATES`` updates."""
+    hint = _hint(feature, "state_bytes")
+    if hint is not None:
+        return hint
+    if isinstance(feature.aggregate, str):
+        return CUSTOM_STATE_BYTES  # a name not resolved yet: nothing to measure
+    from .._checkpoints.codec import state_codec
+    from .._keyed.custom import CustomRunner
+
+    runner = CustomRunner(feature)
+    try:
+        state = runner.empty()
+        for i in range(CUSTOM_SAMPLE_UPDATES):
+            state = runner.update(state, i * 1.5 if runner.numeric else f"value-{i}")
+        return len(state_codec().encode(runner.dump(state)))
+    except Exception:  # the user's code: any failure means no measure
+        return CUSTOM_STATE_BYTES

@@ -32,6 +32,7 @@ import msgspec.yaml
 
 from .._duration import Duration, parse_duration
 from .._exceptions import SpecError, UnknownFeature
+from .aggregate import Custom, aggregate_name, check_aggregate
 from .base import OPS, TIME_UNITS, FeatureSpec, TimeUnit, Where
 from .checks import SpecMeta as _SpecMeta
 from .checks import check_duration as _check_duration
@@ -72,7 +73,15 @@ from .limits import (
 from .windowed import Percentile, Quantile, SequencePattern, TopK, ZScore
 from .windows import EMIT_MODES, LATE_POLICIES, WINDOW_TYPES, EmitMode, LatePolicy
 
-__all__ = ["DEFAULT_STREAM", "FEATURE_TYPES", "Feature", "FeatureSet", "enriched_stream"]
+__all__ = [
+    "DEFAULT_STREAM",
+    "FEATURE_TYPES",
+    "Feature",
+    "FeatureSet",
+    "encode_spec",
+    "enriched_stream",
+    "spec_builtins",
+]
 
 #: The stream of a feature set that names none.
 DEFAULT_STREAM = "events"
@@ -109,6 +118,7 @@ Feature: TypeAlias = (
     | TimeSince
     | Ratio
     | Derived
+    | Custom
 )
 
 #: Each feature class by its ``type`` tag, in documentation order.
@@ -720,7 +730,7 @@ def _from_dict(data: Mapping[str, Any], source: str, policy: FunctionPolicy) -> 
             path, reason = exc._spec_field  # type: ignore[attr-defined]
             raise SpecError(f"{source}: joins[{index}].{path}: {reason}") from None
     for index, feature in enumerate(feature_set.features):
-        if isinstance(feature, Derived):
+        if isinstance(feature, Derived | Custom):
             try:
                 feature.resolve_functions(policy)
             except SpecError as exc:
@@ -733,13 +743,34 @@ _CONCRETE = frozenset(FEATURE_TYPES.values())
 
 
 def _encode_extra(value: Any) -> Any:
-    """A join's predicate or merge function is written as its ``"module:function"`` name."""
+    """A join's predicate or merge function is written as its ``"module:function"`` name, a
+    custom feature's aggregate as its class's ``"module:Class"`` name."""
+    if not isinstance(value, type) and check_aggregate(value) is None:
+        return aggregate_name(value)
     if callable(value):
         return function_name(value)
     raise NotImplementedError(f"cannot encode {type(value).__name__}")
 
 
 _JSON_ENCODER = msgspec.json.Encoder(enc_hook=_encode_extra)
+
+
+def encode_spec(value: Any) -> bytes:
+    """A spec (a feature, a list of them, a set) as JSON, functions and aggregates by name:
+    what checkpoints compare feature definitions by.
+
+    Raises:
+        TypeError: a function or aggregate class cannot be found again by its name.
+    """
+    return _JSON_ENCODER.encode(value)
+
+
+def spec_builtins(value: Any) -> Any:
+    """A spec as dicts, lists, strings and numbers, functions and aggregates by name (what
+    :func:`encode_spec` writes, not encoded)."""
+    return msgspec.to_builtins(value, enc_hook=_encode_extra)
+
+
 _JSON_DECODER = msgspec.json.Decoder()
 _LOADERS: dict[str, Callable[..., FeatureSet]] = {
     ".toml": FeatureSet.from_toml,

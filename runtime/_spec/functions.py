@@ -124,8 +124,8 @@ class FunctionPolicy:
     allow-list, given to ``FeatureSet.from_file`` (and the other loaders).
 
     Args:
-        functions: functions a spec may name, each by its own ``"module:function"`` name
-            (``function_name``); nothing is imported to find them.
+        functions: functions (and aggregate classes) a spec may name, each by its own
+            ``"module:function"`` name (``function_name``); nothing is imported to find them.
         modules: modules whose functions a spec may name; a package's submodules are allowed
             with it. A module is imported only when a valid spec names one of its functions.
 
@@ -154,6 +154,15 @@ class FunctionPolicy:
 
     def _allows_module(self, module_name: str) -> bool:
         return any(module_name == m or module_name.startswith(f"{m}.") for m in self._modules)
+
+    def allows_module(self, module_name: str) -> bool:
+        """Whether the functions (and classes) defined in ``module_name`` may be named."""
+        return self._allows_module(module_name)
+
+    def listed(self, name: str) -> Any:
+        """What ``functions`` lists under ``name`` (a function, or an aggregate class), or
+        None."""
+        return self._functions.get(name)
 
     def describe(self) -> str:
         """What the policy allows, for an error message."""

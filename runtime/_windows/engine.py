@@ -39,7 +39,8 @@ from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from typing import Any
 
-from .._exceptions import FeatureValueError, FeaturistError, SpecError
+from .._exceptions import CheckpointError, FeatureValueError, FeaturistError, SpecError
+from .._keyed.custom import CustomCell, CustomRunner
 from .._keyed.kinds import coerce_number, name_error, ratio_of
 from .._spec.keyed import Derived, Ratio
 from .._spec.windowed import SequencePattern
@@ -51,9 +52,13 @@ from .state import (
     EMPTY,
     READERS,
     Accumulator,
+    CustomAccumulator,
+    CustomSlidingState,
     Needs,
     SlidingState,
+    accumulator,
     check_value,
+    sliding_state,
     value_reader,
 )
 
@@ -299,6 +304,8 @@ class WindowEngine:
         self.sequences: list[tuple[int, SequencePattern]] = []
         self._readers: list[Callable[[Any], Any] | None] = []
         self._buffer_of: list[int] = []
+        #: each custom feature's runner, by feature index
+        self._runners: dict[int, CustomRunner] = {}
         self._build()
         self.defaults = self.values(None)
         #: the source of the compiled ``apply`` (None: the generic loop applies events)
@@ -314,11 +321,29 @@ class WindowEngine:
             if isinstance(feature, SequencePattern):
                 self.sequences.append((index, feature))
                 continue
+            if feature.type_name == "custom":
+                # a buffer of its own: its states are the aggregate's
+                self._runners[index] = CustomRunner(feature)
+                groups[("custom", index)] = [index]
+                continue
             numeric = feature.type_name in _NUMERIC_TYPES
             fld = None if feature.type_name == "count" else feature.field
             groups.setdefault((feature.window, fld, feature.where, numeric), []).append(index)
         buffer_of = [-1] * len(self.features)
-        for (window, fld, where, numeric), members in groups.items():
+        for group, members in groups.items():
+            if group[0] == "custom":
+                feature = self.features[members[0]]
+                self._add_buffer(
+                    feature.window,
+                    feature.field,
+                    feature.where,
+                    self._runners[members[0]].numeric,
+                    members,
+                    buffer_of,
+                    self._runners[members[0]],
+                )
+                continue
+            window, fld, where, numeric = group
             # one sketch per relative accuracy: quantiles of another accuracy get buffers of
             # their own
             alphas = sorted(
@@ -340,8 +365,10 @@ class WindowEngine:
             self._add_buffer(window, fld, where, numeric, members, buffer_of)
         self._buffer_of = buffer_of
         self._readers = [
-            None if isinstance(f, Ratio | Derived | SequencePattern) else value_reader(f)
-            for f in self.features
+            None
+            if isinstance(f, Ratio | Derived | SequencePattern)
+            else value_reader(f, self._runners.get(i))
+            for i, f in enumerate(self.features)
         ]
         self._ratio_order = self._order_ratios()
         #: per ratio or derived feature: the function of its operands' values, and their
@@ -406,6 +433,7 @@ class WindowEngine:
         numeric: bool,
         members: list[int],
         buffer_of: list[int],
+        runner: CustomRunner | None = None,
     ) -> None:
         types = {self.features[i].type_name for i in members}
         alphas = [
@@ -421,6 +449,7 @@ class WindowEngine:
             sketch=alphas[0] if alphas else None,
             frequent="top_k" in types,
             distinct="distinct_count" in types,
+            custom=runner,
         )
         buffer = _Buffer(
             len(self.buffers), "", fld, where, numeric, needs, features=members, window=window
@@ -614,7 +643,7 @@ class WindowEngine:
                                     state.evict(cutoff)
                             if t > cutoff:
                                 if state is None:
-                                    state = SlidingState(buffer.needs, buffer.sums)
+                                    state = sliding_state(buffer.needs, buffer.sums)
                                     states_of[index] = state
                                 if scores:
                                     anomalies = self._score(key, t, v, buffer, state, anomalies)
@@ -637,13 +666,13 @@ class WindowEngine:
                             position, needs = size, buffer.needs
                             acc = accs[position]
                             if acc is None:
-                                acc = accs[position] = Accumulator(needs)
+                                acc = accs[position] = accumulator(needs)
                             acc.add(t, v, numeric, needs)
                             if merged is not None:
                                 # the pane is in the hopping window reads show
                                 acc = merged[position]
                                 if acc is None:
-                                    acc = merged[position] = Accumulator(needs)
+                                    acc = merged[position] = accumulator(needs)
                                 acc.add(t, v, numeric, needs)
                     except Exception as exc:
                         self._errors(errors, buffer, key, t, name_error(exc, fld or "count"))
@@ -1092,7 +1121,7 @@ class WindowEngine:
                     acc = accs[0]
                     if acc is not None:
                         if into is None:
-                            into = Accumulator(need)
+                            into = accumulator(need)
                         into.merge(acc, need)
             return [into] if found else None
         merged: Accumulators | None = None
@@ -1105,7 +1134,7 @@ class WindowEngine:
                 if acc is not None:
                     part = merged[position]
                     if part is None:
-                        part = merged[position] = Accumulator(needs[position])
+                        part = merged[position] = accumulator(needs[position])
                     part.merge(acc, needs[position])
         return merged
 
@@ -1410,6 +1439,36 @@ class WindowEngine:
                 return False
         return True
 
+    # -- restored state ------------------------------------------------------------------------
+    def attach(self, st: KeyWindows) -> None:
+        """Give the custom features' states of a key restored from a checkpoint back to their
+        runners, which ``load`` them (``runtime._keyed.custom``).
+
+        Raises:
+            CheckpointError: an aggregate's ``load`` raised, or a state is not a custom
+                feature's.
+        """
+        for buffer in self.buffers:
+            runner = buffer.needs.custom
+            if runner is None:
+                continue
+            state = st.buffers[buffer.slot]
+            if state is None:
+                continue
+            if buffer.kind == "sliding":
+                _attach(runner, state)
+                continue
+            if isinstance(state, _Panes):
+                windows = list(state.accumulators.values())
+                if state.current is not None and state.current[1] is not None:
+                    windows.append(state.current[1])
+            else:
+                windows = [session[2] for session in state.sessions]
+            for accs in windows:
+                acc = accs[buffer.position]
+                if acc is not None:
+                    _attach(runner, acc)
+
     # -- statistics --------------------------------------------------------------------------
     def state_bytes(self, states: dict[Any, KeyWindows]) -> int:
         """Estimated bytes held for ``states``, summed over every key: window state is too
@@ -1476,6 +1535,20 @@ def _poisoned(
     poison.append((key, t, ev, exc))
 
 
+def _attach(runner: CustomRunner, state: Any) -> None:
+    """Attach one restored window state's cell to ``runner``."""
+    if not isinstance(state, CustomSlidingState | CustomAccumulator) or not isinstance(
+        state.custom, CustomCell
+    ):
+        raise CheckpointError(
+            f"custom feature {runner.name!r}: a window state is a {type(state).__name__}"
+        )
+    try:
+        runner.attach(state.custom)
+    except FeatureValueError as exc:
+        raise CheckpointError(str(exc)) from exc
+
+
 def _accs_bytes(accs: Accumulators) -> int:
     """Estimated bytes of one window's accumulators."""
     return 56 + 8 * len(accs) + sum(acc.nbytes() + 100 for acc in accs if acc is not None)
@@ -1505,9 +1578,11 @@ def _sliding_at(state: SlidingState, buffer: _Buffer, cutoff: int) -> SlidingSta
         return state
     if items[-1][0] <= cutoff:
         return None
-    kept = SlidingState(buffer.needs, buffer.sums)
+    kept = sliding_state(buffer.needs, buffer.sums)
     held = list(itertools.islice(items, bisect_left(items, cutoff + 1, key=_first_of), None))
     kept.items = deque(held)
+    if isinstance(kept, CustomSlidingState):
+        kept.stale = True  # folded from the values kept when read
     values = [v for _, v in held]
     if kept.numeric:
         kept.sum = sum(values)
@@ -1579,9 +1654,11 @@ _COMPILED = itertools.count(1)
 
 
 def _compile_sliding(engine: WindowEngine) -> Callable[..., None] | None:
-    """The compiled ``apply`` of ``engine`` (see above), or None if it has frames, sequences
-    or zscore features."""
+    """The compiled ``apply`` of ``engine`` (see above), or None if it has frames, sequences,
+    zscore or custom features."""
     if engine.frames or engine.sequences or any(b.scores for b in engine.buffers):
+        return None
+    if any(b.needs.custom is not None for b in engine.buffers):
         return None
     margin = engine.ooo + engine.lateness
     if type(margin) is not int or any(type(b.size) is not int for b in engine.buffers):

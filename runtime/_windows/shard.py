@@ -18,6 +18,7 @@ from typing import Any
 from actors import get_logger
 
 from .._batches import LateEventBatch, UpdateBatch
+from .._exceptions import CheckpointError
 from .._messages import Batch, GetStates, GetWindowStats, IdleTick, Ping, Tick, set_aside
 from .._results import FeatureUpdate, LateEvent
 from .._shard import GroupShard
@@ -198,6 +199,7 @@ class WindowShard(GroupShard):
         return state
 
     def restore_entry(self, key: Any, entry: Any) -> float | None:
+        self.engine.attach(entry)  # custom features' states, loaded by check_entry
         self.states[key] = entry
         return entry.seen  # type: ignore[no-any-return]
 
@@ -236,6 +238,12 @@ class WindowShard(GroupShard):
         finals = getattr(entry, "finals", None)
         if finals is not None and type(finals) is not dict:
             return "a key's closed windows are not a map"
+        try:
+            engine.attach(entry)  # load the custom features' states: an error refuses them
+        except CheckpointError as exc:
+            return str(exc)
+        except Exception as exc:  # a state of another kind where a custom feature's should be
+            return f"a custom feature's window state cannot be read: {type(exc).__name__}"
         return None
 
     @staticmethod

@@ -12,7 +12,9 @@ same window share one *buffer*; :class:`Needs` says which statistics the buffer 
   window, or of one session. A hopping window's value merges its ``size / hop`` panes.
 
 Both answer the same questions (:data:`READERS`), so a feature's value is one function of
-either.
+either. A user-defined aggregate (``runtime._spec.aggregate``) has a buffer of its own, whose
+states are the subclasses :class:`CustomSlidingState` and :class:`CustomAccumulator`
+(:func:`sliding_state` and :func:`accumulator` make the right one).
 """
 
 from __future__ import annotations
@@ -23,16 +25,21 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from .._keyed.custom import CustomCell, CustomRunner
 from .._stats.quantiles import QuantileSketch, SortedValues
 from .._stats.rolling import DistinctWindowCount, FrequentValues, RunningMoments
 
 __all__ = [
     "READERS",
     "Accumulator",
+    "CustomAccumulator",
+    "CustomSlidingState",
     "Needs",
     "SlidingState",
     "WindowMoments",
+    "accumulator",
     "check_value",
+    "sliding_state",
     "value_reader",
 ]
 
@@ -49,6 +56,8 @@ class Needs:
     sketch: float | None = None
     frequent: bool = False
     distinct: bool = False
+    #: a user-defined aggregate's runner (its buffer holds nothing else), or None
+    custom: CustomRunner | None = None
 
     @property
     def trackers(self) -> bool:
@@ -515,6 +524,170 @@ class Accumulator(_ValueReaders):
         return size
 
 
+class CustomSlidingState(SlidingState):
+    """A sliding window's events, and a user-defined aggregate's state of their values.
+
+    With ``remove``, the state follows each value in (``update``) and each evicted one out
+    (``remove``): O(1) each. Without it, the state is the fold of the window's values in
+    event-time order: kept up to date by values that arrive in order, and ``stale`` once a
+    value leaves; the next read or event folds the window again (O(w)). A value that arrives
+    out of order folds the window with it in its place. So a read shows the same value
+    whenever it happens. A ``remove`` that raises makes the state stale too: it is folded
+    again from the values held.
+    """
+
+    __slots__ = ("custom", "stale")
+
+    def __init__(self, needs: Needs, numeric: bool = False) -> None:
+        super().__init__(needs, numeric)
+        assert needs.custom is not None
+        #: the aggregate's state of the values held (while not ``stale``)
+        self.custom: CustomCell = needs.custom.new_cell()
+        self.stale = False
+        self.plain = False
+
+    def _runner(self) -> CustomRunner:
+        runner = self.custom.runner
+        assert runner is not None, "a restored window state is attached before use"
+        return runner
+
+    def refold(self) -> None:
+        """The state again, from the values held."""
+        self.custom.state = self._runner().fold([v for _, v in self.items])
+        self.stale = False
+
+    def add(self, t: int, v: Any) -> None:
+        """Add an event; an ``update`` that raises leaves the window as it was."""
+        runner = self._runner()
+        cell = self.custom
+        if self.stale:
+            self.refold()
+        items = self.items
+        if not items or t >= items[-1][0] or runner.removes:
+            cell.state = runner.update(cell.state, v)
+        else:
+            values = [x for _, x in items]
+            i = len(items) - 1
+            while i > 0 and items[i - 1][0] > t:
+                i -= 1
+            values.insert(i, v)
+            cell.state = runner.fold(values)
+        super().add(t, v)
+
+    def evict(self, cutoff: int) -> None:
+        items = self.items
+        if not items or items[0][0] > cutoff:
+            return
+        runner = self._runner()
+        cell = self.custom
+        if runner.removes and not self.stale:
+            state = cell.state
+            try:
+                for t, v in items:
+                    if t > cutoff:
+                        break
+                    state = runner.remove(state, v)
+                cell.state = state
+            except Exception:
+                self.stale = True  # folded again from the values left
+        else:
+            self.stale = True
+        super().evict(cutoff)
+        if not items:
+            cell.state = runner.empty()
+            self.stale = False
+
+    def custom_value(self) -> Any:
+        if self.stale:
+            self.refold()
+        return self._runner().value(self.custom.state)
+
+    def nbytes(self) -> int:
+        hint = getattr(self._runner().aggregate, "state_bytes", None)
+        return super().nbytes() + (hint if isinstance(hint, int) else 100)
+
+
+class CustomAccumulator(Accumulator):
+    """The state of one pane or session for a user-defined aggregate.
+
+    An aggregate with ``merge`` merges states; one without keeps the values (``held``, in
+    arrival order) and folds the other's into its state with ``update``. A ``merge`` (or a
+    fold) that raises makes the accumulator ``broken``: its value is None from then on.
+    """
+
+    __slots__ = ("broken", "custom", "held")
+
+    def __init__(self, needs: Needs) -> None:
+        super().__init__(needs)
+        runner = needs.custom
+        assert runner is not None
+        self.custom: CustomCell = runner.new_cell()
+        #: the values added, for an aggregate without merge (else None)
+        self.held: list[Any] | None = None if runner.merges else []
+        self.broken = False
+
+    def _runner(self) -> CustomRunner:
+        runner = self.custom.runner
+        assert runner is not None, "a restored window state is attached before use"
+        return runner
+
+    def add(self, t: int, v: Any, numeric: bool, needs: Needs) -> None:
+        """Add a value; an ``update`` that raises leaves the accumulator as it was."""
+        if not self.broken:
+            cell = self.custom
+            cell.state = self._runner().update(cell.state, v)
+        if self.held is not None:
+            self.held.append(v)
+        super().add(t, v, numeric, needs)
+
+    def merge(self, other: Accumulator, needs: Needs) -> None:
+        if not other.n:
+            return
+        assert isinstance(other, CustomAccumulator)
+        runner = self._runner()
+        cell = self.custom
+        if other.broken:
+            self.broken = True
+        elif not self.broken:
+            try:
+                if other.held is None or self.held is None:
+                    cell.state = runner.merge(cell.state, other.custom.state)
+                else:
+                    state = cell.state
+                    for v in other.held:
+                        state = runner.update(state, v)
+                    cell.state = state
+            except Exception:
+                self.broken = True
+        if self.held is not None and other.held is not None:
+            self.held.extend(other.held)
+        super().merge(other, needs)
+
+    def custom_value(self) -> Any:
+        if self.broken:
+            return None
+        return self._runner().value(self.custom.state)
+
+    def nbytes(self) -> int:
+        hint = getattr(self._runner().aggregate, "state_bytes", None)
+        size = super().nbytes() + (hint if isinstance(hint, int) else 100)
+        return size + (len(self.held) * 40 if self.held is not None else 0)
+
+
+def sliding_state(needs: Needs, numeric: bool = False) -> SlidingState:
+    """A new sliding window state for a buffer with ``needs``."""
+    if needs.custom is not None:
+        return CustomSlidingState(needs, numeric)
+    return SlidingState(needs, numeric)
+
+
+def accumulator(needs: Needs) -> Accumulator:
+    """A new pane or session accumulator for a buffer with ``needs``."""
+    if needs.custom is not None:
+        return CustomAccumulator(needs)
+    return Accumulator(needs)
+
+
 def check_value(needs: Needs, v: Any) -> None:
     """Raise for a value a buffer with ``needs`` would refuse, before anything changes:
     ``TypeError`` for an unhashable value where values are counted (``top_k``,
@@ -546,16 +719,27 @@ READERS: dict[str, Callable[[Any, Any], Any]] = {
     "quantile": lambda s, f: s.quantile(f.q),
     "top_k": lambda s, f: s.top(f.k),
     "zscore": lambda s, f: s.scores.get(f.name) if s.scores else None,
+    "custom": lambda s, f: s.custom_value(),
 }
 
 #: The value of each feature type over an empty window.
 EMPTY: dict[str, Any] = {"count": 0, "sum": 0, "distinct_count": 0, "top_k": []}
 
 
-def value_reader(feature: Any) -> Callable[[Any], Any]:
-    """The function from a buffer state (or None: an empty window) to ``feature``'s value."""
+def value_reader(feature: Any, runner: CustomRunner | None = None) -> Callable[[Any], Any]:
+    """The function from a buffer state (or None: an empty window) to ``feature``'s value;
+    ``runner``: a custom feature's (the value of an empty state is its aggregate's)."""
     read = READERS[feature.type_name]
     empty = EMPTY.get(feature.type_name)
+    if runner is not None:
+        empty_value = runner.empty_value
+
+        def custom(state: Any) -> Any:
+            if state is None or not len(state):
+                return empty_value()
+            return read(state, feature)
+
+        return custom
 
     def value(state: Any) -> Any:
         if state is None or not len(state):

@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from runtime import (
     FEATURE_TYPES,
     Count,
+    Custom,
     Derived,
     DistinctCount,
     EWMean,
@@ -36,6 +37,7 @@ from runtime import (
 from runtime._keyed.kernel import CompiledGroup, compile_group
 
 from ..support.oracle import same
+from ..udaf.aggregates import SumAgg
 
 MERGEABLE = [
     Count(name="n"),
@@ -56,6 +58,7 @@ MERGEABLE = [
     Derived(name="flagged_rate", expr="flagged / max(n, 1)"),
     TimeSince(name="gap"),
     TimeSince(name="flagged_gap", where=Where(field="flag", op="==", value=True)),
+    Custom(name="custom_total", field="x", aggregate=SumAgg()),
 ]
 T0 = 1_700_000_000_000
 

@@ -26,6 +26,8 @@ from runtime._spec.keyed import Count, DistinctCount, EWMean, Mean, Ratio, Sum, 
 from runtime._spec.windowed import Percentile, Quantile, SequencePattern, Step, TopK, ZScore
 from runtime._spec.windows import Hopping, Session, Sliding, Tumbling
 
+from ..udaf.aggregates import SumAgg
+
 
 def test_count_estimate_has_every_number() -> None:
     estimate = estimate_cost(Count(name="tx_count"), event_rate=1_000, keys=10_000)
@@ -71,7 +73,7 @@ def test_every_unwindowed_feature_type_has_a_simple_aggregate_profile() -> None:
         if cls.windowed or cls.event_time:
             continue
         fields: dict[str, Any] = {"name": "f", "field": "x", "half_life": 1}
-        fields.update(numerator="a", denominator="b", expr="a + 1")
+        fields.update(numerator="a", denominator="b", expr="a + 1", aggregate=SumAgg())
         accepted = {k: v for k, v in fields.items() if k in cls.__struct_fields__}
         estimate = estimate_cost(cls(**accepted), event_rate=1)
         assert estimate.category == "simple_aggregate"

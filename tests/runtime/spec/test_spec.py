@@ -37,7 +37,7 @@ ORDER = "(units go from largest to smallest, each at most once: d, h, m, s, ms)"
 KNOWN_TYPES = (
     "count, sum, mean, min, max, first, last, variance, std, ewm_mean, distinct_count, "
     "percentile, quantile, top_k, zscore, sequence, "
-    "time_since, ratio, derived"
+    "time_since, ratio, derived, custom"
 )
 
 
