@@ -169,6 +169,35 @@ async def test_an_entry_without_the_payload_field_goes_to_dead_letters(streams: 
     assert await streams.pending() == 0  # the rejected entry is acknowledged with the rest
 
 
+async def test_the_payload_field_is_found_among_other_fields_in_any_order(
+    streams: Streams,
+) -> None:
+    rows = events(6)
+    key = f"{streams.prefix}:all"
+    for i, row in enumerate(rows):
+        payload = msgspec.json.encode(row)
+        fields = {"data": payload, "meta": b"m"} if i % 2 else {"meta": b"m", "data": payload}
+        await streams.client.xadd(key, fields)
+    async with runtime() as rt, streams.source() as source:
+        result = await consume(rt, source, until="idle")
+        assert (result.records, result.accepted, result.rejected) == (6, 6, 0)
+        assert await values_of(rt) == await direct(rows)
+
+
+async def test_an_entry_deleted_while_pending_is_skipped_when_read_again(streams: Streams) -> None:
+    rows = events(5)
+    await streams.add(rows)
+    async with streams.source() as source:
+        batch = await source.read(10)
+        assert len(batch.payloads) == 5  # now pending for the consumer, not acknowledged
+    ids = [entry[0] for entry in await streams.client.xrange(f"{streams.prefix}:all")]
+    await streams.client.xdel(f"{streams.prefix}:all", ids[2])
+    async with streams.source() as source:  # no position: the pending entries from the start
+        again = await source.read(10)
+    assert [msgspec.json.decode(p) for p in again.payloads] == rows[:2] + rows[3:]
+    assert again.position == {f"{streams.prefix}:all": ids[-1].decode()}
+
+
 async def test_one_stream_per_partition_read_by_two_runtimes_reaches_the_values_of_one(
     streams: Streams,
 ) -> None:
