@@ -18,7 +18,8 @@ Commits: with checkpoints, a position is committed to the source only once a che
 holds it is written (the runtime's last checkpoint is looked at after every batch, and the one
 restored at the start); delivery is then at least once and the state exactly once. Without
 checkpoints there is no state to resume, and a batch's position is committed once the runtime
-accepted the batch.
+accepted the batch. A commit goes on beside the loop (the next batch is ingested while the
+broker answers it), one at a time and in order.
 
 The runtime is seen through :class:`ConsumeHost`, the few things of it this needs: this
 package does not import the runtime.
@@ -31,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 import anyio
+import anyio.abc
 import anyio.lowlevel
 
 from .._exceptions import ConfigError
@@ -161,6 +163,7 @@ async def consume(
     ended = False
     try:
         async with anyio.create_task_group() as tasks:
+            commits.tasks = tasks  # commits go on beside the loop from now on
             # the next read, under way while the batch before it is ingested and committed
             ahead: _Ahead | None = None
             while True:
@@ -206,12 +209,15 @@ async def consume(
                 position = batch.position
                 await commits.after_batch(position)
     except BaseExceptionGroup as group:
-        # the loop's own error (the read ahead keeps its error for the loop to raise), not
-        # wrapped by the task group that runs the read ahead
+        # the loop's own error (the read ahead and the commits keep theirs for the loop to
+        # raise), not wrapped by the task group that runs them
         if len(group.exceptions) == 1:
             error = group.exceptions[0]
             raise error from error.__cause__
         raise
+    finally:
+        commits.tasks = None
+    commits.check()
     await commits.after_checkpoints()
     return ConsumeResult(
         records=records,
@@ -262,9 +268,15 @@ class _Ahead:
 
 class _Commits:
     """When to commit: after the checkpoint that holds a position, or after each batch for a
-    runtime without checkpoints."""
+    runtime without checkpoints.
 
-    __slots__ = ("_committed", "_rt", "_seen", "_source")
+    While the consume loop runs (:attr:`tasks` set), a commit goes on in a task of its own, so
+    that the loop ingests the next batch meanwhile rather than wait for the broker's reply: one
+    commit at a time, in order, and a position due while one is under way replaces any other
+    waiting (the newest covers the older ones). A commit's error is raised by the loop's next
+    call, or by :meth:`check` once the loop ended."""
+
+    __slots__ = ("_busy", "_committed", "_due", "_error", "_rt", "_seen", "_source", "tasks")
 
     def __init__(self, rt: ConsumeHost, source: Source) -> None:
         self._rt = rt
@@ -272,12 +284,25 @@ class _Commits:
         #: the checkpoint whose position was looked at last (its sequence)
         self._seen: int | None = None
         self._committed: Any = None
+        #: the consume loop's task group while it runs: commits then go on beside it
+        self.tasks: anyio.abc.TaskGroup | None = None
+        #: the position to commit next (_NONE: none), and whether a commit task runs
+        self._due: Any = _NONE
+        self._busy = False
+        self._error: Exception | None = None
 
     async def after_batch(self, position: Any) -> None:
+        self.check()
         if self._rt.checkpoints is None:
             await self._commit(position)
         else:
             await self.after_checkpoints()
+
+    def check(self) -> None:
+        """Raise the error of a commit that ran beside the loop, if one failed."""
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
 
     async def after_checkpoints(self) -> None:
         """Commit the source's position in the newest checkpoint written or restored, once."""
@@ -291,6 +316,30 @@ class _Commits:
             await self._commit(offset[self._source.name])
 
     async def _commit(self, position: Any) -> None:
-        if position != self._committed:
-            await self._source.commit(position)
-            self._committed = position
+        if self.tasks is None:
+            if position != self._committed:
+                await self._source.commit(position)
+                self._committed = position
+            return
+        self._due = position
+        if not self._busy:
+            self._busy = True
+            self.tasks.start_soon(self._run)
+
+    async def _run(self) -> None:
+        """Commit the due positions, one at a time, until none is due."""
+        try:
+            while self._due is not _NONE:
+                position, self._due = self._due, _NONE
+                if position != self._committed:
+                    await self._source.commit(position)
+                    self._committed = position
+        except Exception as exc:  # raised by the consume loop (check)
+            self._error = exc
+            self._due = _NONE
+        finally:
+            self._busy = False
+
+
+#: no position due (a position may be None)
+_NONE: Any = object()
