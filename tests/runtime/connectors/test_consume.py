@@ -364,3 +364,47 @@ async def test_no_read_ahead_past_a_count_or_after_nothing_new() -> None:
         live.name = "live2"
         result = await rt.consume(live, batch_size=64, until="idle")
         assert result.records == 100 and live.empty_reads == 1
+
+
+class SlowCommits(Recording):
+    """Commits that take a broker's round trip, or fail from the ``fail_at``-th on."""
+
+    def __init__(self, rows: list[Any], fail_at: int | None = None) -> None:
+        super().__init__(rows)
+        self.fail_at = fail_at
+        self.reads_while_committing = 0
+        self.committing = False
+
+    async def read(self, max_records: int) -> SourceBatch | None:
+        self.reads_while_committing += self.committing
+        return await super().read(max_records)
+
+    async def commit(self, position: Any) -> None:
+        if self.fail_at is not None and len(self.commits) + 1 >= self.fail_at:
+            raise ConnectionError("the broker went away")
+        self.committing = True
+        try:
+            await anyio.sleep(0.01)
+        finally:
+            self.committing = False
+        await super().commit(position)
+
+
+async def test_a_commit_goes_on_while_the_next_batches_are_read_and_ingested() -> None:
+    rows = events(500)
+    source = SlowCommits(rows)
+    async with runtime() as rt:
+        result = await consume(rt, source, batch_size=20)
+        assert result.accepted == 500
+        assert await values_of(rt) == await direct(rows)
+    assert source.reads_while_committing > 0  # the loop did not wait for the commits
+    # in order, each newer than the one before, the last batch's at the end
+    assert source.commits == sorted(set(source.commits)) and source.commits[-1] == 500
+
+
+async def test_a_commit_that_fails_stops_consume_with_its_error() -> None:
+    source = SlowCommits(events(500), fail_at=2)
+    async with runtime() as rt:
+        with pytest.raises(ConnectionError, match="the broker went away"):
+            await consume(rt, source, batch_size=20)
+        assert source.commits == [20]
