@@ -33,7 +33,8 @@ keys (32,000 such keys took 10 s to ingest instead of 0.08 s); within 64 bits at
 ints share a hash.
 
 Field values are checked only where state keeps them as they are (:meth:`EventReader.screen`):
-the fields of ``first``, ``last``, ``distinct_count`` and ``top_k`` features, and every field of
+the fields of ``first``, ``last``, ``distinct_count`` and ``top_k`` features (and of ``custom``
+features that are not ``numeric``: their aggregate may keep the value), and every field of
 the events of a stream a join or a sequence pattern buffers whole. Such a value must be one a
 checkpoint can hold: None, bool, int, float, str, bytes, lists, tuples, dicts, sets, datetimes,
 times, timedeltas, decimals and UUIDs, nested at most 64 deep. A subclass of ``str``, ``int``,
@@ -154,7 +155,10 @@ def keeps_of(feature_set: FeatureSet) -> tuple[Keeps, ...]:
             continue
         if feature.type_name == "sequence":
             whole.add(stream)
-        elif feature.type_name in _KEEPING:
+        elif feature.type_name in _KEEPING or (
+            # a user-defined aggregate may keep any value it is given in its state
+            feature.type_name == "custom" and not getattr(feature, "takes_numbers", True)
+        ):
             fields[stream][getattr(feature, "field")] = None  # noqa: B009 (not every feature has one)
     return tuple(Keeps(tuple(fields[name]), name in whole) for name in names)
 

@@ -128,3 +128,24 @@ async def test_an_update_that_raises_is_an_error_of_that_feature_alone() -> None
         assert "custom feature 'merchants': DistinctList.update raised ValueError: bad" in message
         stats = await rt.statistics()
         assert stats.feature_errors.get("merchants") == 1
+
+
+class _AppObject:
+    """A value of the application's own that no checkpoint can hold."""
+
+
+async def test_a_value_a_checkpoint_cannot_hold_is_refused_for_a_non_numeric_aggregate() -> None:
+    # a non-numeric aggregate may keep its values (DistinctList does): they are screened at
+    # ingest as a distinct count's are, and such an event goes to dead letters naming the field
+    feature_set = FeatureSet(
+        name="screen",
+        key="card",
+        time="ts",
+        features=[Custom(name="merchants", field="merchant", aggregate=DistinctList())],
+    )
+    async with FeatureRuntime(feature_set) as rt:
+        assert await rt.ingest({"card": "c", "ts": T0, "merchant": _AppObject()}) is False
+        assert await rt.ingest({"card": "c", "ts": T0 + 1, "merchant": "m1"}) is True
+        letters = rt.dead_letters.letters()
+        assert (await rt.get("c")).values == {"merchants": 1}
+    assert len(letters) == 1 and "merchant" in str(letters[0].error)

@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import os
 from typing import Any
+from unittest import mock
 
 import hypothesis.strategies as st
 from hypothesis import HealthCheck, given, settings
 
 from runtime import Custom, Hopping, Session, Sliding, Sum, Tumbling, Where
 
-from ..windows.test_windows import _check_all, options, run, streams
+from ..windows import test_as_of
+from ..windows.test_as_of import cases as as_of_cases
+from ..windows.test_windows import _check_all, check, expected, options, run, streams
 from .aggregates import DistinctList, RiverVar, Spread, SumAgg, SumOfSquares
 
 WINDOWS = {
@@ -91,3 +94,25 @@ async def test_a_custom_sum_equals_the_built_in_sum_in_every_output(
     for vector in vectors.values():
         for prefix in WINDOWS:
             assert vector[f"{prefix}_csum"] == vector[f"{prefix}_sum"]
+
+
+@settings(
+    max_examples=int(os.environ.get("UDAF_EXAMPLES", "20")) // 2,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(case=as_of_cases(), opts=options(), batch_size=st.sampled_from([1, 4, 64]))
+async def test_custom_aggregates_read_as_of_a_time_match_the_oracle_on_1_3_and_8_shards(
+    case: tuple[list[dict[str, Any]], list[list[int]]],
+    opts: dict[str, Any],
+    batch_size: int,
+) -> None:
+    # test_as_of's harness, over the custom features: reads at random times around window
+    # edges, before and after each key's clock, must match the oracle and change nothing
+    stream, plans = case
+    with mock.patch.object(test_as_of, "WINDOW_FEATURES", CUSTOM_FEATURES):
+        reads = test_as_of.plan(stream, plans, opts)
+        oracles = expected(stream, opts, CUSTOM_FEATURES)
+        for shards in (1, 3, 8):
+            emitted, vectors = await test_as_of.run(stream, reads, opts, shards, batch_size)
+            check(oracles, emitted, vectors)
