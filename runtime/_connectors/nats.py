@@ -77,6 +77,8 @@ class _Consumer:
     next_delivery: int | None = None
     #: (stream sequence, message) of the last message of each batch read, not acknowledged
     held: list[tuple[int, Any]] = field(default_factory=list)
+    #: how the reply subject of a message delivered for the first time starts
+    first_delivery: str = ""
 
 
 class NatsSource(Source):
@@ -155,7 +157,10 @@ class NatsSource(Source):
             durables = [f"{durable}-{_UNSAFE.sub('_', s)}" for s in subject_list]
         if len(set(durables)) != len(durables):
             raise ConfigError(f"subjects {subject_list!r} give the same consumer names")
-        self._consumers = [_Consumer(s, d) for s, d in zip(subject_list, durables, strict=True)]
+        self._consumers = [
+            _Consumer(s, d, first_delivery=f"$JS.ACK.{stream}.{d}.1.")
+            for s, d in zip(subject_list, durables, strict=True)
+        ]
         #: stream sequence of the last message read, by subject
         self._position: dict[str, int] = {}
         #: True once the consumers are set up for the current position
@@ -404,9 +409,15 @@ class NatsSource(Source):
 
     async def _take(self, consumer: _Consumer, messages: list[Any]) -> list[bytes]:
         """The payloads of new messages, in order; the position moves to the last."""
-        payloads: list[bytes] = []
         position = self._position.get(consumer.subject, 0)
         expected = consumer.next_delivery
+        fresh = _fresh(messages, position, expected, consumer.first_delivery)
+        if fresh is not None:
+            stream_seq, consumer.next_delivery = fresh
+            self._position[consumer.subject] = stream_seq
+            consumer.held.append((stream_seq, messages[-1]))
+            return [message.data for message in messages]
+        payloads: list[bytes] = []
         last = None
         for message in messages:
             stream_seq, delivery = _sequences(message.reply)
@@ -426,6 +437,31 @@ class NatsSource(Source):
             self._position[consumer.subject] = position
             consumer.held.append((position, last))
         return payloads
+
+
+def _fresh(
+    messages: list[Any], position: int, expected: int | None, first_delivery: str
+) -> tuple[int, int] | None:
+    """``(stream sequence, next delivery)`` after ``messages`` when every one of them is new,
+    in order and none lost, which a batch's first and last message tell without a parse of
+    each (``NatsSource._take`` parses each otherwise): every reply subject starts with
+    ``first_delivery`` (``$JS.ACK.<stream>.<consumer>.1.``: delivered for the first time,
+    which a consumer does in stream order); their delivery sequences run on from ``expected``
+    with no gap; the first is past ``position``. None when that cannot be told so."""
+    if not messages:
+        return None
+    first_seq, first = _sequences(messages[0].reply)
+    last_seq, last = _sequences(messages[-1].reply)
+    if first_seq <= position or (expected is not None and first != expected):
+        return None
+    if last - first != len(messages) - 1:
+        return None
+    # one C pass over the batch's subjects: each starts a line with the first-delivery prefix
+    # (the tokens after it are numbers, so the prefix is found at the start of lines only)
+    lines = "\n" + "\n".join([message.reply for message in messages])
+    if lines.count("\n" + first_delivery) != len(messages):
+        return None
+    return last_seq, last + 1
 
 
 def _sequences(reply: str) -> tuple[int, int]:

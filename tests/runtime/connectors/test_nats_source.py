@@ -333,3 +333,53 @@ def test_sequences_are_read_from_both_forms_of_reply_subject() -> None:
     assert _sequences("$JS.ACK._.acchash.S.d.2.42.7.1700000000000000000.5.tok") == (42, 7)
     with pytest.raises(ValueError, match="not a JetStream message"):
         _sequences("_INBOX.abc")
+
+
+class _Message:
+    def __init__(self, reply: str) -> None:
+        self.reply, self.data = reply, reply.encode()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    start=st.integers(min_value=1, max_value=50),
+    steps=st.lists(
+        st.tuples(
+            st.integers(min_value=1, max_value=3),  # stream sequence step (other subjects)
+            st.sampled_from([1, 1, 1, 2]),  # delivery count
+            st.sampled_from([1, 1, 1, 2]),  # delivery sequence step (2: one lost)
+            st.sampled_from(["S.d", "S.other", "_.hash.S.d"]),  # stream and consumer tokens
+        ),
+        min_size=1,
+        max_size=12,
+    ),
+    position=st.integers(min_value=0, max_value=60),
+    expected=st.one_of(st.none(), st.integers(min_value=1, max_value=60)),
+)
+def test_a_batch_taken_whole_is_one_a_message_at_a_time_look_takes_whole(
+    start: int,
+    steps: list[tuple[int, int, int, str]],
+    position: int,
+    expected: int | None,
+) -> None:
+    """``_fresh`` says a batch is all new, in order and with no delivery lost only when a look
+    at each message (as ``_take`` makes when it cannot) finds so, with the same position."""
+    from runtime._connectors.nats import _fresh, _sequences
+
+    messages, sseq, dseq = [], start, start
+    for sseq_step, delivered, dseq_step, names in steps:
+        sseq, dseq = sseq + sseq_step, dseq + dseq_step
+        tail = ".tok" if names.startswith("_") else ""
+        messages.append(_Message(f"$JS.ACK.{names}.{delivered}.{sseq}.{dseq}.17000.3{tail}"))
+    fresh = _fresh(messages, position, expected, "$JS.ACK.S.d.1.")
+    # one at a time: every message past the position reached so far, no gap in deliveries
+    at, want, whole = position, expected, True
+    for message in messages:
+        stream_seq, delivery = _sequences(message.reply)
+        if (want is not None and delivery != want) or stream_seq <= at:
+            whole = False
+            break
+        at, want = stream_seq, delivery + 1
+    if fresh is not None:
+        assert whole and fresh == (at, want)
+        assert all(m.reply.startswith("$JS.ACK.S.d.1.") for m in messages)
