@@ -224,6 +224,14 @@ def _default_adapters() -> list[_Adapter]:
     adapters.append(
         _Adapter(_custom.CustomCell, reduce=_custom.reduce_cell, rebuild=_custom.rebuild_cell)
     )
+    # its sliding windows' two stacks: not written, rebuilt from the window's values
+    adapters.append(
+        _Adapter(
+            _window_state.SlidingStacks,
+            reduce=_window_state.reduce_stacks,
+            rebuild=_window_state.rebuild_stacks,
+        )
+    )
     return adapters
 
 

@@ -33,8 +33,9 @@ it gives them, else measured: the checkpoint bytes of a state after ``CUSTOM_SAM
 updates (with floats for a ``numeric`` aggregate, short strings for another), or
 ``CUSTOM_STATE_BYTES`` if that fails. Over a window it is costed as the other windowed
 features, with its state per pane; panes and sessions of an aggregate without ``merge`` also
-hold their values (40 bytes each), and a sliding window of one without ``remove`` folds its
-values again on a read after one left (``O(w)``).
+hold their values (40 bytes each); a sliding window of one with ``merge`` and no ``remove``
+keeps a state per value (two stacks), and of one with neither folds its values again on a read
+after one left (``O(w)``).
 
 Operations are the steps of one state update in plain Python; state bytes are the payload a
 compact encoding (a checkpoint) holds, while the live CPython objects take several times more.
@@ -264,7 +265,10 @@ def _estimate(feature: FeatureSpec, event_rate: float, keys: int) -> CostEstimat
         if isinstance(feature.window, Sliding):
             space_complexity = "O(w)"
             if isinstance(feature, Custom) and _lacks(feature, "remove"):
-                time_complexity = "O(1) per event in order, O(w) per read after an eviction"
+                if _lacks(feature, "merge"):
+                    time_complexity = "O(1) per event in order, O(w) per read after an eviction"
+                else:
+                    time_complexity = "O(1) amortized (two stacks of merged states)"
             elif time_complexity == "O(1)":
                 time_complexity = "O(1) amortized"
         elif isinstance(feature.window, Hopping):
@@ -314,6 +318,8 @@ def _window_bytes(feature: FeatureSpec, held: float) -> int:
         extra = SKETCH_BYTES if kind == "quantile" else 0
         if isinstance(feature, Custom):
             extra = _custom_bytes(feature)
+            if _lacks(feature, "remove") and not _lacks(feature, "merge"):
+                extra += int(held * extra)  # a suffix state per value (two stacks)
         return int(held * per_event) + extra + 200
     panes = window.size_ms // window.hop_ms + 1 if isinstance(window, Tumbling | Hopping) else 2
     if isinstance(feature, Custom):

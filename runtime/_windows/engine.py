@@ -1582,7 +1582,7 @@ def _sliding_at(state: SlidingState, buffer: _Buffer, cutoff: int) -> SlidingSta
     held = list(itertools.islice(items, bisect_left(items, cutoff + 1, key=_first_of), None))
     kept.items = deque(held)
     if isinstance(kept, CustomSlidingState):
-        kept.stale = True  # folded from the values kept when read
+        kept.invalidate()  # folded from the values kept when read
     values = [v for _, v in held]
     if kept.numeric:
         kept.sum = sum(values)

@@ -524,45 +524,117 @@ class Accumulator(_ValueReaders):
         return size
 
 
+class SlidingStacks:
+    """Two-stacks sliding aggregation (as in Tangwongsan et al.'s survey of sliding-window
+    aggregation) for an aggregate with ``merge`` and no ``remove``: amortized O(1) merges per
+    event instead of a fold of the window.
+
+    The window's values are split in two: the oldest ``len(front)`` ones, held in ``front`` as
+    suffix states (``front[-1]`` is the state of all of them, ``front[-2]`` of all but the
+    oldest, ...), and the rest, folded into ``back`` (``n_back`` values). Evicting the oldest
+    value pops ``front``; once ``front`` is used up, the values held are *flipped* into new
+    suffix states (each value is flipped once). A read merges ``front[-1]`` with ``back``.
+
+    A checkpoint holds none of it (``valid`` is False when restored): the states are rebuilt
+    from the window's values on first use, so the aggregate's states need no ``dump`` here.
+    """
+
+    __slots__ = ("back", "front", "n_back", "valid")
+
+    def __init__(self, back: Any = None, valid: bool = True) -> None:
+        self.front: list[Any] = []
+        self.back = back
+        self.n_back = 0
+        #: False: rebuild from the window's values before use
+        self.valid = valid
+
+
+def reduce_stacks(stacks: SlidingStacks) -> tuple[()]:
+    """A checkpoint holds no stacks (``runtime._checkpoints.codec``)."""
+    return ()
+
+
+def rebuild_stacks(data: Any) -> SlidingStacks:
+    return SlidingStacks(valid=False)
+
+
 class CustomSlidingState(SlidingState):
     """A sliding window's events, and a user-defined aggregate's state of their values.
 
-    With ``remove``, the state follows each value in (``update``) and each evicted one out
-    (``remove``): O(1) each. Without it, the state is the fold of the window's values in
-    event-time order: kept up to date by values that arrive in order, and ``stale`` once a
-    value leaves; the next read or event folds the window again (O(w)). A value that arrives
-    out of order folds the window with it in its place. So a read shows the same value
-    whenever it happens. A ``remove`` that raises makes the state stale too: it is folded
-    again from the values held.
+    - With ``remove``, the state follows each value in (``update``) and each evicted one out
+      (``remove``): O(1) each. A ``remove`` that raises makes the state ``stale``: it is
+      folded again from the values held.
+    - With ``merge`` and no ``remove``, :class:`SlidingStacks`: amortized O(1) ``update`` and
+      ``merge`` calls per event, a few states per value held.
+    - With neither, the state is the fold of the window's values in event-time order: kept up
+      to date by values that arrive in order, and ``stale`` once a value leaves; the next read
+      or event folds the window again (O(w)).
+
+    A value that arrives out of order and belongs before others still held makes the state
+    stale (or the stacks invalid) after a check that ``update`` takes it; the next read
+    rebuilds. ``update`` is called on a value before anything changes, so one that raises
+    leaves the window as it was.
     """
 
-    __slots__ = ("custom", "stale")
+    __slots__ = ("custom", "stacks", "stale")
 
     def __init__(self, needs: Needs, numeric: bool = False) -> None:
         super().__init__(needs, numeric)
-        assert needs.custom is not None
-        #: the aggregate's state of the values held (while not ``stale``)
-        self.custom: CustomCell = needs.custom.new_cell()
+        runner = needs.custom
+        assert runner is not None
+        #: the aggregate's state of the values held (while not ``stale``); unused by stacks
+        self.custom: CustomCell = runner.new_cell()
         self.stale = False
         self.plain = False
+        #: the two stacks of an aggregate with merge and no remove (else None)
+        self.stacks = (
+            SlidingStacks(runner.empty()) if runner.merges and not runner.removes else None
+        )
 
     def _runner(self) -> CustomRunner:
         runner = self.custom.runner
         assert runner is not None, "a restored window state is attached before use"
         return runner
 
+    def invalidate(self) -> None:
+        """Rebuild the state from the values held when next used (they were replaced)."""
+        self.stale = True
+        if self.stacks is not None:
+            self.stacks.valid = False
+
     def refold(self) -> None:
         """The state again, from the values held."""
-        self.custom.state = self._runner().fold([v for _, v in self.items])
+        values = [v for _, v in self.items]
+        stacks = self.stacks
+        if stacks is not None:
+            runner = self._runner()
+            stacks.front = _suffixes(runner, values)
+            stacks.back, stacks.n_back, stacks.valid = runner.empty(), 0, True
+            return
+        self.custom.state = self._runner().fold(values)
         self.stale = False
 
     def add(self, t: int, v: Any) -> None:
         """Add an event; an ``update`` that raises leaves the window as it was."""
         runner = self._runner()
+        items = self.items
+        stacks = self.stacks
+        if stacks is not None:
+            if not stacks.valid:
+                self.refold()
+            front = len(stacks.front)
+            if not front or items[front - 1][0] <= t:
+                # after the front's values: folded into the back (in arrival order)
+                stacks.back = runner.update(stacks.back, v)
+                stacks.n_back += 1
+            else:
+                runner.update(runner.empty(), v)  # refused now, not at the rebuild
+                stacks.valid = False
+            super().add(t, v)
+            return
         cell = self.custom
         if self.stale:
             self.refold()
-        items = self.items
         if not items or t >= items[-1][0] or runner.removes:
             cell.state = runner.update(cell.state, v)
         else:
@@ -579,6 +651,24 @@ class CustomSlidingState(SlidingState):
         if not items or items[0][0] > cutoff:
             return
         runner = self._runner()
+        stacks = self.stacks
+        if stacks is not None:
+            held = len(items)
+            super().evict(cutoff)
+            gone = held - len(items)
+            if not items:
+                stacks.front, stacks.back, stacks.n_back = [], runner.empty(), 0
+                stacks.valid = True
+            elif stacks.valid:
+                front = stacks.front
+                if gone <= len(front):
+                    del front[len(front) - gone :]
+                else:
+                    try:  # the front is used up: flip the values left
+                        self.refold()
+                    except Exception:
+                        stacks.valid = False  # a read rebuilds, and reports what raises
+            return
         cell = self.custom
         if runner.removes and not self.stale:
             state = cell.state
@@ -598,13 +688,41 @@ class CustomSlidingState(SlidingState):
             self.stale = False
 
     def custom_value(self) -> Any:
+        runner = self._runner()
+        stacks = self.stacks
+        if stacks is not None:
+            if not stacks.valid:
+                self.refold()
+            if not stacks.front:
+                return runner.value(stacks.back)
+            if not stacks.n_back:
+                return runner.value(stacks.front[-1])
+            # neither stack's state changes: a's copy takes b
+            merged = runner.merge(runner.merge(runner.empty(), stacks.front[-1]), stacks.back)
+            return runner.value(merged)
         if self.stale:
             self.refold()
-        return self._runner().value(self.custom.state)
+        return runner.value(self.custom.state)
 
     def nbytes(self) -> int:
         hint = getattr(self._runner().aggregate, "state_bytes", None)
-        return super().nbytes() + (hint if isinstance(hint, int) else 100)
+        size = hint if isinstance(hint, int) else 100
+        states = 1 + (len(self.stacks.front) if self.stacks is not None else 0)
+        return super().nbytes() + size * states
+
+
+def _suffixes(runner: CustomRunner, values: list[Any]) -> list[Any]:
+    """The suffix states of ``values`` (oldest first): the last is the state of them all, the
+    one before of all but the first, ... Each is a state of its own (a copy by ``merge`` into
+    an empty state, then ``update``), as mutable states are changed in place."""
+    front: list[Any] = []
+    state = None
+    for v in reversed(values):
+        state = runner.update(
+            runner.empty() if state is None else runner.merge(runner.empty(), state), v
+        )
+        front.append(state)
+    return front
 
 
 class CustomAccumulator(Accumulator):

@@ -213,7 +213,10 @@ def test_the_estimator_costs_a_windowed_custom_feature_by_its_window() -> None:
     assert sliding.operations_per_second == 100.0 * (CUSTOM_UPDATE_OPS + WINDOW_OPS)
     assert sliding.state_bytes_per_key > 600 * 100
     assert sliding.time_complexity == "O(1) amortized"
-    assert "O(w) per read" in cost(Spread(), Sliding(size="60s")).time_complexity
+    assert "O(w) per read" in cost(DistinctList(), Sliding(size="60s")).time_complexity
+    stacks = cost(Spread(), Sliding(size="60s"))  # merge, no remove: a state per value
+    assert "two stacks" in stacks.time_complexity
+    assert stacks.state_bytes_per_key > sliding.state_bytes_per_key
     # hopping panes keep values only without merge
     merging = cost(SumOfSquares(), Hopping(size="60s", hop="10s"))
     keeping = cost(DistinctList(), Hopping(size="60s", hop="10s"))
