@@ -67,16 +67,17 @@ class _Consumer:
     #: the core subscription on this consumer's inbox, where JetStream answers pull requests
     sub: Any = None
     inbox: str = ""
-    #: messages delivered and not read yet, in delivery order
-    queue: deque[Any] = field(default_factory=deque)
+    #: messages delivered and not read yet, in delivery order, as (reply subject, data)
+    queue: deque[tuple[str, bytes]] = field(default_factory=deque)
     #: status replies seen (a pull request ended: no messages, expired)
     ends: int = 0
     #: an anyio.Event set when a message or a status reply arrives (made when waiting)
     wake: Any = None
     #: the consumer delivery sequence expected next (a gap means a lost delivery)
     next_delivery: int | None = None
-    #: (stream sequence, message) of the last message of each batch read, not acknowledged
-    held: list[tuple[int, Any]] = field(default_factory=list)
+    #: (stream sequence, reply subject) of the last message of each batch read, not
+    #: acknowledged
+    held: list[tuple[int, str]] = field(default_factory=list)
     #: how the reply subject of a message delivered for the first time starts
     first_delivery: str = ""
 
@@ -248,7 +249,8 @@ class NatsSource(Source):
                 last = consumer.held.pop(0)[1]
             if last is not None:
                 # AckPolicy.ALL: this acknowledges every earlier message of the consumer too
-                await last.ack()
+                # (an empty message to the reply subject is what nats-py's Msg.ack sends)
+                await self._nc.publish(last)
                 acked = True
         if acked:
             await self._nc.flush(timeout=_FLUSH_TIMEOUT)
@@ -367,7 +369,9 @@ class NatsSource(Source):
             if message.headers and message.headers.get("Status"):
                 consumer.ends += 1  # 404 no messages, 408 expired, 409 ...: a request ended
             else:
-                consumer.queue.append(message)
+                # the two fields read, not nats-py's message object: it is freed at once
+                # rather than held (and seen by the collector) until the batch is read
+                consumer.queue.append((message.reply, message.data))
             if consumer.wake is not None:
                 consumer.wake.set()
 
@@ -407,7 +411,7 @@ class NatsSource(Source):
         consumer.wake = anyio.Event()
         await consumer.wake.wait()
 
-    async def _take(self, consumer: _Consumer, messages: list[Any]) -> list[bytes]:
+    async def _take(self, consumer: _Consumer, messages: list[tuple[str, bytes]]) -> list[bytes]:
         """The payloads of new messages, in order; the position moves to the last."""
         position = self._position.get(consumer.subject, 0)
         expected = consumer.next_delivery
@@ -415,12 +419,12 @@ class NatsSource(Source):
         if fresh is not None:
             stream_seq, consumer.next_delivery = fresh
             self._position[consumer.subject] = stream_seq
-            consumer.held.append((stream_seq, messages[-1]))
-            return [message.data for message in messages]
+            consumer.held.append((stream_seq, messages[-1][0]))
+            return [data for _, data in messages]
         payloads: list[bytes] = []
         last = None
-        for message in messages:
-            stream_seq, delivery = _sequences(message.reply)
+        for reply, data in messages:
+            stream_seq, delivery = _sequences(reply)
             if expected is not None and delivery != expected:
                 # a delivery was lost on the way: start again after what was read
                 self._position[consumer.subject] = position
@@ -430,8 +434,8 @@ class NatsSource(Source):
             if stream_seq <= position:
                 continue  # delivered again: already read
             position = stream_seq
-            payloads.append(message.data)
-            last = message
+            payloads.append(data)
+            last = reply
         consumer.next_delivery = expected
         if last is not None:
             self._position[consumer.subject] = position
@@ -440,7 +444,7 @@ class NatsSource(Source):
 
 
 def _fresh(
-    messages: list[Any], position: int, expected: int | None, first_delivery: str
+    messages: list[tuple[str, bytes]], position: int, expected: int | None, first_delivery: str
 ) -> tuple[int, int] | None:
     """``(stream sequence, next delivery)`` after ``messages`` when every one of them is new,
     in order and none lost, which a batch's first and last message tell without a parse of
@@ -450,15 +454,15 @@ def _fresh(
     with no gap; the first is past ``position``. None when that cannot be told so."""
     if not messages:
         return None
-    first_seq, first = _sequences(messages[0].reply)
-    last_seq, last = _sequences(messages[-1].reply)
+    first_seq, first = _sequences(messages[0][0])
+    last_seq, last = _sequences(messages[-1][0])
     if first_seq <= position or (expected is not None and first != expected):
         return None
     if last - first != len(messages) - 1:
         return None
     # one C pass over the batch's subjects: each starts a line with the first-delivery prefix
     # (the tokens after it are numbers, so the prefix is found at the start of lines only)
-    lines = "\n" + "\n".join([message.reply for message in messages])
+    lines = "\n" + "\n".join([reply for reply, _ in messages])
     if lines.count("\n" + first_delivery) != len(messages):
         return None
     return last_seq, last + 1

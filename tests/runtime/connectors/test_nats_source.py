@@ -335,11 +335,6 @@ def test_sequences_are_read_from_both_forms_of_reply_subject() -> None:
         _sequences("_INBOX.abc")
 
 
-class _Message:
-    def __init__(self, reply: str) -> None:
-        self.reply, self.data = reply, reply.encode()
-
-
 @settings(max_examples=200, deadline=None)
 @given(
     start=st.integers(min_value=1, max_value=50),
@@ -366,20 +361,22 @@ def test_a_batch_taken_whole_is_one_a_message_at_a_time_look_takes_whole(
     at each message (as ``_take`` makes when it cannot) finds so, with the same position."""
     from runtime._connectors.nats import _fresh, _sequences
 
-    messages, sseq, dseq = [], start, start
+    messages: list[tuple[str, bytes]] = []
+    sseq = dseq = start
     for sseq_step, delivered, dseq_step, names in steps:
         sseq, dseq = sseq + sseq_step, dseq + dseq_step
         tail = ".tok" if names.startswith("_") else ""
-        messages.append(_Message(f"$JS.ACK.{names}.{delivered}.{sseq}.{dseq}.17000.3{tail}"))
+        reply = f"$JS.ACK.{names}.{delivered}.{sseq}.{dseq}.17000.3{tail}"
+        messages.append((reply, reply.encode()))
     fresh = _fresh(messages, position, expected, "$JS.ACK.S.d.1.")
     # one at a time: every message past the position reached so far, no gap in deliveries
     at, want, whole = position, expected, True
-    for message in messages:
-        stream_seq, delivery = _sequences(message.reply)
+    for reply, _data in messages:
+        stream_seq, delivery = _sequences(reply)
         if (want is not None and delivery != want) or stream_seq <= at:
             whole = False
             break
         at, want = stream_seq, delivery + 1
     if fresh is not None:
         assert whole and fresh == (at, want)
-        assert all(m.reply.startswith("$JS.ACK.S.d.1.") for m in messages)
+        assert all(reply.startswith("$JS.ACK.S.d.1.") for reply, _ in messages)
