@@ -23,7 +23,6 @@ from __future__ import annotations
 import hmac
 import importlib.util
 import multiprocessing
-import os
 import pickle
 import secrets
 import socket
@@ -37,15 +36,13 @@ import anyio.to_thread
 from actors import get_logger
 
 from .._exceptions import ConfigError
+from .protocol import HANDSHAKE_PID, HANDSHAKE_TOKEN
 from .worker import WorkerSpec, main
 
 __all__ = ["Backend", "LocalBackend", "RayBackend", "WorkerProcess", "backend_of"]
 
 _log = get_logger("featurist.workers")
 
-#: the bytes of the token a Ray worker proves itself with, then of its pid
-_TOKEN = 32
-_PID = 8
 #: seconds a worker that connected has to send its token
 _HANDSHAKE_TIMEOUT = 10.0
 
@@ -332,7 +329,7 @@ class RayBackend:
     ) -> tuple[WorkerProcess, socket.socket]:
         host = self._host
         assert host is not None and self._actor_class is not None, "open() first"
-        token = secrets.token_bytes(_TOKEN)
+        token = secrets.token_bytes(HANDSHAKE_TOKEN)
         with socket.create_server((host, 0)) as listener:
             listener.setblocking(False)
             port = listener.getsockname()[1]
@@ -397,17 +394,18 @@ class RayBackend:
 def _handshake(sock: socket.socket) -> tuple[bytes, int] | None:
     """Read a connecting worker's token and pid (in a thread; None if it sends too little)."""
     sock.settimeout(_HANDSHAKE_TIMEOUT)
+    size = HANDSHAKE_TOKEN + HANDSHAKE_PID
     data = b""
     try:
-        while len(data) < _TOKEN + _PID:
-            chunk = sock.recv(_TOKEN + _PID - len(data))
+        while len(data) < size:
+            chunk = sock.recv(size - len(data))
             if not chunk:
                 return None
             data += chunk
     except OSError:
         return None
     sock.settimeout(None)
-    return data[:_TOKEN], int.from_bytes(data[_TOKEN:], "big")
+    return data[:HANDSHAKE_TOKEN], int.from_bytes(data[HANDSHAKE_TOKEN:], "big")
 
 
 def _brief(resources: Mapping[str, float]) -> str:
@@ -418,11 +416,3 @@ def _brief(resources: Mapping[str, float]) -> str:
         if not name.startswith("node:") and name not in ("object_store_memory", "memory")
     }
     return ", ".join(f"{name}={value:g}" for name, value in shown.items()) or "nothing"
-
-
-def connect_back(host: str, port: int, token: bytes) -> socket.socket:
-    """A Ray worker's side of the handshake: connect to the front and prove who it is."""
-    sock = socket.create_connection((host, port), timeout=30.0)
-    sock.settimeout(None)
-    sock.sendall(token + os.getpid().to_bytes(_PID, "big"))
-    return sock

@@ -20,6 +20,7 @@ in), :class:`Stopped`.
 from __future__ import annotations
 
 import dataclasses
+import os
 import socket
 from collections import deque
 from typing import Any, TypeVar, cast
@@ -213,6 +214,20 @@ FromWorker = Reply | Updates | Rejected | Stopped | Taken | JoinRecords | Enrich
 _HEADER = 4
 #: the largest frame accepted: a batch of events is far smaller
 MAX_FRAME = 1 << 30
+
+
+#: a worker that runs as a Ray actor connects back to the front and sends the token the
+#: front gave it (this many bytes), then its process id (this many, big-endian)
+HANDSHAKE_TOKEN = 32
+HANDSHAKE_PID = 8
+
+
+def connect_back(host: str, port: int, token: bytes) -> socket.socket:
+    """A Ray worker's side of the handshake: connect to the front and prove who it is."""
+    sock = socket.create_connection((host, port), timeout=30.0)
+    sock.settimeout(None)
+    sock.sendall(token + os.getpid().to_bytes(HANDSHAKE_PID, "big"))
+    return sock
 
 
 #: seconds of silence after which a TCP peer is probed, between probes, and probes unanswered

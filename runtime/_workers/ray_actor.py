@@ -13,7 +13,7 @@ import os
 
 from actors import run
 
-from .backends import connect_back
+from .protocol import connect_back
 from .worker import WorkerSpec, serve
 
 __all__ = ["RayWorker"]
