@@ -6,6 +6,11 @@ next round and go together (the DataLoader manner, as the kernel's ``BatchLoader
 light load a read goes alone at once; under heavy load rounds grow, up to
 :data:`MAX_ROUND` keys, and the cost of the asks is shared. Reads with different ``features``
 or ``as_of`` go in different calls of the same round.
+
+Up to :data:`MAX_ROUNDS` rounds are answered at once: a slow round (a worker being started
+again, a read as of a time that takes long) does not hold the reads that come after it,
+which go in the next round as soon as one is free; while every round is busy, the reads
+that come keep coalescing into the next.
 """
 
 from __future__ import annotations
@@ -16,10 +21,12 @@ from typing import Any
 import anyio
 import anyio.abc
 
-__all__ = ["MAX_ROUND", "ReadBatcher"]
+__all__ = ["MAX_ROUND", "MAX_ROUNDS", "ReadBatcher"]
 
 #: the most keys read in one round
 MAX_ROUND = 1024
+#: the most rounds answered at once
+MAX_ROUNDS = 4
 
 Reader = Callable[[list[Any], "list[str] | None", Any], Awaitable[dict[Any, Any]]]
 
@@ -61,13 +68,23 @@ class ReadBatcher:
         return waiter.value
 
     async def run(self) -> None:
-        """Answer rounds until cancelled."""
-        while True:
-            await self._wake.wait()
-            self._wake = anyio.Event()
-            # every read that came while the last round was answered (and, as this task runs
-            # a loop turn after the first of them, those of the same turn) is in this round
-            pending, self._pending, self._count = self._pending, {}, 0
+        """Answer rounds until cancelled (up to :data:`MAX_ROUNDS` at once, each in a task
+        of this one's)."""
+        free = anyio.Semaphore(MAX_ROUNDS)
+        async with anyio.create_task_group() as rounds:
+            while True:
+                await self._wake.wait()
+                await free.acquire()  # while every round is busy, reads keep coalescing
+                self._wake = anyio.Event()
+                # every read that came while the rounds were busy (and, as this task runs a
+                # loop turn after the first of them, those of the same turn) is in this round
+                pending, self._pending, self._count = self._pending, {}, 0
+                rounds.start_soon(self._round, pending, free)
+
+    async def _round(
+        self, pending: dict[tuple[tuple[str, ...] | None, Any], list[_Waiter]], free: Any
+    ) -> None:
+        try:
             calls = [
                 (waiters[start : start + MAX_ROUND], None if names is None else list(names), at)
                 for (names, at), waiters in pending.items()
@@ -75,10 +92,12 @@ class ReadBatcher:
             ]
             if len(calls) == 1:
                 await self._answer(*calls[0])
-                continue
+                return
             async with anyio.create_task_group() as tg:
                 for call in calls:
                     tg.start_soon(self._answer, *call)
+        finally:
+            free.release()
 
     async def _answer(self, waiters: list[_Waiter], features: list[str] | None, as_of: Any) -> None:
         try:

@@ -7,7 +7,7 @@ from typing import Any
 import anyio
 import pytest
 
-from runtime._service.reads import ReadBatcher
+from runtime._service.reads import MAX_ROUNDS, ReadBatcher
 
 
 async def test_concurrent_reads_share_a_round_and_a_bad_key_fails_alone() -> None:
@@ -61,3 +61,57 @@ async def test_reads_without_load_go_at_once(count: int) -> None:
             with anyio.fail_after(1):
                 assert await batcher.get(i, None, None) == i * 2
         tg.cancel_scope.cancel()
+
+
+async def test_a_slow_round_does_not_hold_the_reads_after_it() -> None:
+    slow = anyio.Event()
+
+    async def read(keys: list[Any], features: list[str] | None, as_of: Any) -> dict[Any, Any]:
+        if "slow" in keys:
+            await slow.wait()  # a worker being started again, say
+        return {key: key for key in keys}
+
+    batcher = ReadBatcher(read)
+    got: list[Any] = []
+
+    async def one(key: Any) -> None:
+        got.append(await batcher.get(key, None, None))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(batcher.run)
+        tg.start_soon(one, "slow")
+        await anyio.wait_all_tasks_blocked()
+        with anyio.fail_after(1):
+            # later reads are answered while the slow round still waits
+            for key in range(3 * MAX_ROUNDS):
+                await one(key)
+        assert got == list(range(3 * MAX_ROUNDS))
+        slow.set()
+        await anyio.wait_all_tasks_blocked()
+        assert got[-1] == "slow"
+        tg.cancel_scope.cancel()
+
+
+async def test_while_every_round_is_busy_reads_coalesce_into_the_next() -> None:
+    release = anyio.Event()
+    calls: list[list[Any]] = []
+
+    async def read(keys: list[Any], features: list[str] | None, as_of: Any) -> dict[Any, Any]:
+        calls.append(list(keys))
+        await release.wait()
+        return {key: key for key in keys}
+
+    batcher = ReadBatcher(read)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(batcher.run)
+        async with anyio.create_task_group() as clients:
+            for key in range(MAX_ROUNDS):  # one round each: every round busy
+                clients.start_soon(batcher.get, key, None, None)
+                await anyio.wait_all_tasks_blocked()
+            for key in range(MAX_ROUNDS, MAX_ROUNDS + 10):
+                clients.start_soon(batcher.get, key, None, None)
+            await anyio.wait_all_tasks_blocked()
+            assert len(calls) == MAX_ROUNDS  # the ten wait for a free round
+            release.set()
+        tg.cancel_scope.cancel()
+    assert calls[-1] == list(range(MAX_ROUNDS, MAX_ROUNDS + 10))  # together, in one call
