@@ -88,7 +88,7 @@ from .protocol import (
     decoder,
 )
 from .recovery import Sent, WorkerLog
-from .stats import merge_measured, merge_metrics, merge_statistics
+from .stats import hold_counters, merge_measured, merge_metrics, merge_statistics
 from .worker import WorkerSpec
 
 __all__ = ["WorkerFront"]
@@ -279,6 +279,9 @@ class WorkerFront:
         self._restarts: list[float] = []
         self._tasks: anyio.abc.TaskGroup | None = None
         self._stopping = False
+        #: per worker, its last metrics, whose counters its next ones do not go below
+        #: (:func:`hold_counters`: a worker started again counts from its checkpoint)
+        self._metrics_held: list[Any] = [None] * workers
 
     @property
     def key_groups(self) -> int:
@@ -923,6 +926,10 @@ class WorkerFront:
         (:func:`merge_metrics`), with ``front``'s fields in place of the workers'."""
         self.check()
         parts = [decode(raw) for raw in await self.call_all("metrics")]
+        held = self._metrics_held
+        for index, part in enumerate(parts):
+            held[index] = part = hold_counters(held[index], part)
+            parts[index] = part
         return merge_metrics(parts, dead_letters, **front)
 
     async def describe(self, name: str) -> FeatureDescription:

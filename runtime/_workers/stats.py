@@ -10,7 +10,7 @@ import msgspec
 from .._results import EnrichmentStatistics, RuntimeStatistics
 from .._spec.cost import MeasuredCost
 
-__all__ = ["merge_measured", "merge_metrics", "merge_statistics"]
+__all__ = ["hold_counters", "merge_measured", "merge_metrics", "merge_statistics"]
 
 #: fields that are not summed: the lowest (watermarks), the highest (depths, latencies: the
 #: slowest worker's percentile, an upper bound of the whole's; peaks of one key or stash)
@@ -29,6 +29,34 @@ _HIGHEST = frozenset(
         "max_call_ms",
     }
 )
+#: the fields of a worker's metrics that are counters (exported as Prometheus counters: they
+#: only grow), and the dicts of counters by name
+_COUNTERS = frozenset(
+    {
+        # the runtime's, a feature's and a group's
+        "events_ingested",
+        "events_rejected",
+        "events_processed",
+        "events",
+        "errors",
+        "late_dropped",
+        "late_side_output",
+        "late_applied",
+        # an actor's
+        "processed",
+        "restarts",
+        # a join's
+        "records",
+        "unmatched",
+        "evicted",
+        # a source's
+        "cache_hits",
+        "cache_misses",
+        "calls",
+        "failures",
+    }
+)
+_COUNTER_DICTS = frozenset({"dead_letters"})
 #: a circuit breaker's states, the worst last: the merged state is the worst worker's
 _BREAKER = ("closed", "half_open", "open")
 
@@ -163,3 +191,47 @@ def _merge(values: list[Any], name: str) -> Any:
             return max(present)
         return sum(present)
     return first
+
+
+def hold_counters(previous: Any, current: Any) -> Any:
+    """A worker's metrics ``current`` with every counter no lower than in ``previous`` (the
+    same worker's last metrics, or None).
+
+    A worker started again after it died restores its groups' counters from the checkpoint
+    and counts the replayed events again, and its actors start from nothing: its counters
+    drop, and so would their sums over the workers, which Prometheus takes for a reset (a
+    spike of ``rate()``). Held at their highest per worker, they stay flat until the new
+    worker's pass them, then grow on: monotonic, as a counter must be."""
+    if previous is None:
+        return current
+    return _hold(previous, current, "")
+
+
+def _hold(previous: Any, current: Any, name: str) -> Any:
+    if isinstance(current, msgspec.Struct):
+        if type(previous) is not type(current):
+            return current
+        changes: dict[str, Any] = {}
+        for field in current.__struct_fields__:
+            new = getattr(current, field)
+            old = getattr(previous, field)
+            if field in _COUNTERS:
+                if isinstance(new, int) and isinstance(old, int) and old > new:
+                    changes[field] = old
+            elif isinstance(new, (msgspec.Struct, dict, tuple)) and old is not None:
+                held = _hold(old, new, field)
+                if held is not new:
+                    changes[field] = held
+        return msgspec.structs.replace(current, **changes) if changes else current
+    if isinstance(current, dict) and isinstance(previous, dict):
+        if name in _COUNTER_DICTS:
+            return {k: max(v, previous.get(k, 0)) for k, v in {**previous, **current}.items()}
+        return {k: _hold(previous.get(k), v, k) if k in previous else v for k, v in current.items()}
+    if isinstance(current, tuple) and name == "actors":
+        # actors by name: a restarted worker's have the names of the ones before
+        before = {actor.actor: actor for actor in previous}
+        return tuple(
+            _hold(before[actor.actor], actor, "") if actor.actor in before else actor
+            for actor in current
+        )
+    return current

@@ -341,3 +341,52 @@ async def test_events_a_worker_refused_are_not_reported_again_after_its_restart(
         assert len(rt.dead_letters.letters(DeadLetterReason.REJECTED)) == KEYS
         stats = await rt.statistics()
         assert stats.events_rejected == KEYS and stats.events_processed == 200
+
+
+def _counters(metrics: Any) -> dict[str, int]:
+    """The merged metrics' counters by name (what Prometheus takes as counters)."""
+    found = {
+        "events_processed": metrics.events_processed,
+        **{f"dead_letters/{r}": n for r, n in metrics.dead_letters.items()},
+    }
+    for name, feature in metrics.features.items():
+        found[f"feature/{name}/events"] = feature.events
+        found[f"feature/{name}/errors"] = feature.errors
+    for actor in metrics.actors:
+        found[f"actor/{actor.actor}/processed"] = actor.processed
+    for name, group in metrics.groups.items():
+        found[f"group/{name}/late"] = group.late_dropped + group.late_applied
+    return found
+
+
+async def test_merged_counters_never_drop_when_a_worker_is_started_again(
+    tmp_path: Path,
+) -> None:
+    """A restarted worker counts from its checkpoint (its actors from nothing): held at
+    their highest per worker, the merged counters stay flat, then grow on, never drop (which
+    Prometheus would take for a reset)."""
+    events = _events(2000)
+    async with FeatureRuntime(
+        FEATURE_SET, shards=2, workers=2, batch_size=16, checkpoints=_config(tmp_path)
+    ) as rt:
+        front = rt._front
+        assert front is not None
+        await rt.ingest_many(events[:600])
+        await rt.checkpoint()
+        await rt.ingest_many(events[600:1400])
+        await rt.flush()
+        before = _counters(await rt.metrics())
+        pid = front.pids[0]
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        with anyio.fail_after(30):
+            while pid in front.pids or front.restarting:
+                await anyio.sleep(0.01)
+        await rt.flush()
+        after = _counters(await rt.metrics())
+        assert {name: n for name, n in after.items() if n < before.get(name, 0)} == {}
+        await rt.ingest_many(events[1400:])
+        await rt.flush()
+        last = _counters(await rt.metrics())
+        assert last["events_processed"] == 2000 > before["events_processed"]
+        assert all(last[name] >= n for name, n in after.items())
