@@ -36,6 +36,8 @@ after says which worker died, with its exit code.
 from __future__ import annotations
 
 import itertools
+import os
+import secrets
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from contextlib import AsyncExitStack, suppress
@@ -105,6 +107,7 @@ _statistics = decoder(RuntimeStatistics)
 _errors = decoder(list[FeatureError])
 _description = decoder(FeatureDescription)
 _int = decoder(int)
+_bool = decoder(bool)
 
 
 class _Retry(Exception):
@@ -329,7 +332,7 @@ class WorkerFront:
             ConfigError: the runtime's spec cannot be sent to a process (not picklable).
             RuntimeError: a worker failed to start.
             CheckpointError: the checkpoint directory is held by another runtime, or its
-                newest checkpoint cannot be restored.
+                newest checkpoint cannot be restored, or (on Ray) a worker does not see it.
         """
         # first in, last out: whatever happens, no process outlives the front
         stack.callback(self._kill_all)
@@ -358,11 +361,37 @@ class WorkerFront:
             ready.set()
         _log.info("workers_started", workers=self.workers, pids=[w.pid for w in self._workers])
         if checkpoints is not None:
+            if self._backend.name != "processes":  # workers on other nodes, perhaps
+                await self.check_shared(checkpoints.config.directory)
             if checkpoints.config.restore:
                 await checkpoints.restore_latest()
             interval = checkpoints.config.interval
             if interval is not None:
                 tasks.start_soon(checkpoints.run_periodic, interval, name="featurist-checkpoints")
+
+    async def check_shared(self, directory: str) -> None:
+        """Check that every worker sees the checkpoint directory as this process does (a
+        worker on another node writes its parts there, and a restarted one restores from
+        there): a file written here must be there for each.
+
+        Raises:
+            CheckpointError: a worker does not see the file, naming it and its process.
+        """
+        probe = os.path.join(directory, f".featurist-probe-{secrets.token_hex(8)}")
+        await anyio.to_thread.run_sync(_touch, probe)
+        try:
+            seen = [_bool.decode(raw) for raw in await self.call_all("sees", probe)]
+        finally:
+            with suppress(OSError):
+                os.remove(probe)
+        for worker, sees in zip(self._workers, seen, strict=True):
+            if not sees:
+                raise CheckpointError(
+                    f"worker {worker.index} (pid {worker.pid}) does not see the checkpoint "
+                    f"directory {directory!r} as the front does (a file written there is not "
+                    "there for it): with workers on other nodes, give a directory every node "
+                    "reaches, the same path on each (docs/scaling.md, On a Ray cluster)"
+                )
 
     async def _spawn(self, index: int) -> _Worker:
         """Start worker ``index``'s process on the backend (its reply, id 0, is awaited by
@@ -1057,6 +1086,11 @@ async def _together(calls: list[Callable[[], Awaitable[None]]]) -> None:
             tasks.start_soon(run, call)
     if failures:
         raise failures[0]
+
+
+def _touch(path: str) -> None:
+    with open(path, "wb"):
+        pass
 
 
 def _key_time_decoder(reader: EventReader) -> Callable[[bytes], Any]:

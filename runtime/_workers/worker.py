@@ -298,6 +298,9 @@ class _Worker:
                 # pickled by the front: feature specs as the application made them
                 await rt.register(*pickle.loads(features))
                 result = None
+            elif call.op == "sees":  # the front's check of the checkpoint directory
+                (path,) = call.args
+                result = await anyio.to_thread.run_sync(os.path.exists, path)
             elif call.op == "describe":
                 (name,) = call.args
                 result = await rt.describe(name)

@@ -31,7 +31,7 @@ import pytest
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 from hypothesis import HealthCheck, given, settings
 
-from runtime import ConfigError, FeatureRuntime, RayBackend
+from runtime import CheckpointError, ConfigError, FeatureRuntime, RayBackend
 
 from ...conftest import services_required
 from .test_identical import FEATURE_SET as IDENTICAL_SET
@@ -231,3 +231,24 @@ async def test_the_tcp_stream_to_a_ray_worker_detects_a_lost_node() -> None:
         await conn.aclose()
         client.close()
         server.close()
+
+
+async def test_a_checkpoint_directory_a_worker_does_not_see_fails_the_start(
+    ray_cluster: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Workers on other nodes write their parts into the checkpoint directory: one that
+    does not see it as the front does (a path not shared between nodes) fails the start.
+    Simulated here by a probe file the workers look for where the front did not write it."""
+    from runtime._workers import front as front_module
+
+    monkeypatch.setattr(front_module, "_touch", lambda path: None)  # "another node's disk"
+    with pytest.raises(CheckpointError, match=r"worker 0 \(pid \d+\) does not see the checkpoint"):
+        async with FeatureRuntime(
+            FEATURE_SET, workers=1, shards=1, checkpoints=_config(tmp_path), backend=_backend(0.5)
+        ):
+            pass
+    monkeypatch.undo()
+    async with FeatureRuntime(  # the same directory, seen by every worker: it starts
+        FEATURE_SET, workers=1, shards=1, checkpoints=tmp_path, backend=_backend(0.5)
+    ) as rt:
+        await rt.ingest_many(_events(10))
