@@ -1654,11 +1654,9 @@ _COMPILED = itertools.count(1)
 
 
 def _compile_sliding(engine: WindowEngine) -> Callable[..., None] | None:
-    """The compiled ``apply`` of ``engine`` (see above), or None if it has frames, sequences,
-    zscore or custom features."""
+    """The compiled ``apply`` of ``engine`` (see above), or None if it has frames, sequences
+    or zscore features."""
     if engine.frames or engine.sequences or any(b.scores for b in engine.buffers):
-        return None
-    if any(b.needs.custom is not None for b in engine.buffers):
         return None
     margin = engine.ooo + engine.lateness
     if type(margin) is not int or any(type(b.size) is not int for b in engine.buffers):
@@ -1666,6 +1664,7 @@ def _compile_sliding(engine: WindowEngine) -> Callable[..., None] | None:
     namespace: dict[str, Any] = {
         "_KeyWindows": KeyWindows,
         "_SlidingState": SlidingState,
+        "_CustomSlidingState": CustomSlidingState,
         "_FeaturistError": FeaturistError,
         "_name_error": name_error,
         "_check_value": check_value,
@@ -1838,8 +1837,11 @@ def _buffer_lines(
             f"        _errors(errors, _B{j}, key, t, _name_error(exc, {name}))",
             "        v = None",
         ]
-    # the structures kept beside the events (and their sum): none, or their values sorted
-    if not needs.trackers and not needs.extremes:
+    # the structures kept beside the events (and their sum): none, or their values sorted; a
+    # custom feature's state is the aggregate's, changed by its own add and evict
+    if needs.custom is not None:
+        shape = "other"
+    elif not needs.trackers and not needs.extremes:
         shape = "plain"
     elif needs == Needs(sorted=True):
         shape = "sorted"
@@ -1847,6 +1849,7 @@ def _buffer_lines(
         shape = "other"
     sums = buffer.sums
     state, items, values = f"state{j}", f"items{j}", f"values{j}"
+    cls = "_SlidingState" if needs.custom is None else "_CustomSlidingState"
     lines += [
         f"{state} = buffers[{j}]",
         f"cutoff = clock - {buffer.size}",
@@ -1861,7 +1864,7 @@ def _buffer_lines(
         "if v is not None and t > cutoff:",
         "    try:",
         f"        if {state} is None:",
-        f"            {state} = buffers[{j}] = _SlidingState(_N{j}, {sums})",
+        f"            {state} = buffers[{j}] = {cls}(_N{j}, {sums})",
         f"            {items} = {state}.items",
     ]
     if shape == "sorted":
@@ -1918,6 +1921,11 @@ def _buffer_lines(
                 "except (ArithmeticError, TypeError, ValueError):",
                 f"    v{i} = None",
             ]
+        if kind == "custom":
+            assert needs.custom is not None
+            namespace[f"_empty{i}"] = needs.custom.empty_value  # the aggregate's, made anew
+            empty.append(f"v{i} = _empty{i}()")
+            continue
         default = EMPTY.get(kind)
         empty.append(f"v{i} = {'[]' if isinstance(default, list) else repr(default)}")
     read = [

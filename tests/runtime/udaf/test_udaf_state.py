@@ -20,11 +20,12 @@ from runtime import (
     Session,
     Sliding,
     Tumbling,
+    training_set,
 )
 from runtime._checkpoints.codec import state_codec
 from runtime._keyed.custom import CustomCell, CustomRunner
 
-from ..support.oracle import same
+from ..support.oracle import key_values, same
 from .aggregates import DistinctList, RiverVar, Spread, SumOfSquares
 
 T0 = 1_700_000_000_000
@@ -207,3 +208,21 @@ async def test_a_keyed_state_whose_load_raises_is_an_error_of_that_feature(
     assert "custom feature 'sq': BrokenLoad.load raised" in update.errors["sq"]
     # the state starts again from empty; the event that found it unloadable is its error
     assert update.values["sq"] == 0
+
+
+async def test_a_training_set_holds_each_custom_feature_as_it_was_at_each_label() -> None:
+    # keyed custom features: the value at a label is the oracle's over the key's events up to
+    # the label's time (history in time order, as it arrived), never a later one
+    history = sorted(STREAM, key=lambda e: e["ts"])
+    keyed = [f for f in FEATURE_SET.features if f.window is None]
+    feature_set = FeatureSet(name="train", key="card", time="ts", features=keyed)
+    labels = [{"card": f"c{i % 4}", "ts": history[i * 7]["ts"], "label": i % 2} for i in range(20)]
+    table = await training_set(feature_set, labels, history)
+    for label, row in zip(labels, table.rows(), strict=True):
+        seen = [
+            (e["ts"], e) for e in history if e["card"] == label["card"] and e["ts"] <= label["ts"]
+        ]
+        want = key_values(keyed, seen)
+        for name, value in want.items():
+            assert same(row[name], value), (label, name, row[name], value)
+        assert row["label"] == label["label"]
