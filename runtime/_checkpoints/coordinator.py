@@ -918,7 +918,10 @@ def _buffer_key(buffer: Any) -> tuple[Any, ...]:
         buffer.gap,
         buffer.field,
         msgspec.json.encode(buffer.where),
-        buffer.numeric,
+        # a custom feature's buffer takes numbers as its aggregate says, which a checkpoint's
+        # spec (read back as data, its class not imported) cannot tell: its definition is
+        # the same (checked by name), and so is the aggregate's choice
+        buffer.numeric if buffer.needs.custom is None else None,
         buffer.needs.sketch,
     )
 
