@@ -249,3 +249,30 @@ async def test_windowed_custom_features_are_kept_when_features_are_added(tmp_pat
     for key in KEYS:
         for feature in old:  # the added count saw only the events after the restore
             assert same(got[key][feature.name], want[key][feature.name]), (key, feature.name)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+async def test_custom_features_registered_while_running_take_their_history(workers: int) -> None:
+    base = FeatureSet(name="reg", key="card", time="ts", features=[Count(name="n")])
+    new = [
+        Custom(name="spread", field="amount", aggregate=Spread()),
+        Custom(name="var_2s", field="amount", aggregate=RiverVar(), window=Sliding(size="2s")),
+    ]
+    async with FeatureRuntime(FEATURE_SET, shards=2) as rt:
+        await rt.ingest_many(STREAM)
+        want = await _values(rt)
+    async with FeatureRuntime(base, shards=2, workers=workers) as rt:
+        await rt.ingest_many(STREAM[:60])
+        if workers:  # a worker runtime registers features without a backfill (pickled to it)
+            await rt.register(*new)
+        else:
+            await rt.register(*new, backfill=STREAM[:60])
+        await rt.ingest_many(STREAM[60:])
+        got = await _values(rt)
+    for key in KEYS:
+        if workers:
+            history = [(e["ts"], e) for e in STREAM[60:] if e["card"] == key]
+            assert same(got[key]["spread"], key_values([new[0]], history)["spread"])
+        else:
+            assert same(got[key]["spread"], want[key]["spread"])
+            assert same(got[key]["var_2s"], want[key]["s_var"])
