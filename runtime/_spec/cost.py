@@ -29,13 +29,13 @@ computed with each update and read, not stored.
 
 A ``custom`` feature (a user-defined aggregate) costs its aggregate's ``update_ops`` per event
 (``CUSTOM_UPDATE_OPS`` if it gives none), and its state is the aggregate's ``state_bytes`` if
-it gives them, else measured: the checkpoint bytes of a state after ``CUSTOM_SAMPLE_UPDATES``
-updates (with floats for a ``numeric`` aggregate, short strings for another), or
-``CUSTOM_STATE_BYTES`` if that fails. Over a window it is costed as the other windowed
-features, with its state per pane; panes and sessions of an aggregate without ``merge`` also
-hold their values (40 bytes each); a sliding window of one with ``merge`` and no ``remove``
-keeps a state per value (two stacks), and of one with neither folds its values again on a read
-after one left (``O(w)``).
+it gives them, else measured: the MessagePack bytes of the ``dump`` of a state after
+``CUSTOM_SAMPLE_UPDATES`` updates (with floats for a ``numeric`` aggregate, short strings for
+another), or ``CUSTOM_STATE_BYTES`` if that fails. Over a window it is costed as the other
+windowed features, with its state per pane; panes and sessions of an aggregate without
+``merge`` also hold their values (40 bytes each); a sliding window of one with ``merge`` and
+no ``remove`` keeps a state per value (two stacks), and of one with neither folds its values
+again on a read after one left (``O(w)``).
 
 Operations are the steps of one state update in plain Python; state bytes are the payload a
 compact encoding (a checkpoint) holds, while the live CPython objects take several times more.
@@ -64,6 +64,7 @@ import math
 from typing import Any, Literal, NamedTuple, TypeAlias
 
 import msgspec
+import msgspec.msgpack
 
 from .._exceptions import SpecError
 from .aggregate import Custom
@@ -378,21 +379,23 @@ def _custom_ops(feature: Custom) -> int:
 
 
 def _custom_bytes(feature: Custom) -> int:
-    """The aggregate's ``state_bytes``, or the checkpoint bytes of a state after
-    ``CUSTOM_SAMPLE_UPDATES`` updates."""
+    """The aggregate's ``state_bytes``, or the MessagePack bytes of the ``dump`` of a state
+    after ``CUSTOM_SAMPLE_UPDATES`` updates (about what a checkpoint holds of it)."""
     hint = _hint(feature, "state_bytes")
     if hint is not None:
         return hint
-    if isinstance(feature.aggregate, str):
+    aggregate = feature.aggregate
+    if isinstance(aggregate, str):
         return CUSTOM_STATE_BYTES  # a name not resolved yet: nothing to measure
-    from .._checkpoints.codec import state_codec
-    from .._keyed.custom import CustomRunner
-
-    runner = CustomRunner(feature)
+    numeric = bool(getattr(aggregate, "numeric", False))
+    dump = getattr(aggregate, "dump", None)
     try:
-        state = runner.empty()
+        state = aggregate.empty()
         for i in range(CUSTOM_SAMPLE_UPDATES):
-            state = runner.update(state, i * 1.5 if runner.numeric else f"value-{i}")
-        return len(state_codec().encode(runner.dump(state)))
-    except Exception:  # the user's code: any failure means no measure
+            state = aggregate.update(state, i * 1.5 if numeric else f"value-{i}")
+        return len(_MSGPACK.encode(state if dump is None else dump(state)))
+    except Exception:  # the user's code, or a state MessagePack cannot hold: no measure
         return CUSTOM_STATE_BYTES
+
+
+_MSGPACK = msgspec.msgpack.Encoder()
