@@ -306,6 +306,7 @@ class _Commits:
 
     async def after_checkpoints(self) -> None:
         """Commit the source's position in the newest checkpoint written or restored, once."""
+        self.check()
         rt = self._rt
         info = rt.last_checkpoint or rt.restored
         if info is None or info.sequence == self._seen:

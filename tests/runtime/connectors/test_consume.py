@@ -408,3 +408,17 @@ async def test_a_commit_that_fails_stops_consume_with_its_error() -> None:
         with pytest.raises(ConnectionError, match="the broker went away"):
             await consume(rt, source, batch_size=20)
         assert source.commits == [20]
+
+
+class FailingLive(Live):
+    """A live source whose commits fail."""
+
+    async def commit(self, position: Any) -> None:
+        raise ConnectionError("the broker went away")
+
+
+async def test_a_failed_commit_stops_consume_of_a_live_source_with_nothing_new() -> None:
+    source = FailingLive(events(20))
+    async with runtime() as rt:
+        with anyio.fail_after(5), pytest.raises(ConnectionError, match="went away"):
+            await consume(rt, source, batch_size=100)  # "end": forever on a live source
