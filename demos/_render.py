@@ -152,8 +152,18 @@ def add_throughput(
     rows.add_row(
         "throughput",
         "n/a" if per_second is None else f"{per_second:,.0f} {unit}/s",
-        f"{config['shards']} shards, batches of {config['batch_size']}",
+        _layout(config) + f", batches of {config['batch_size']}",
     )
+
+
+def _layout(config: Mapping[str, Any]) -> str:
+    """Where the shards ran: ``4 shards``, or ``2 workers x 1 shard (Ray actors)``."""
+    shards = f"{config['shards']} shard{'s' if config['shards'] != 1 else ''}"
+    workers = config.get("workers")
+    if not workers:
+        return shards
+    where = " (Ray actors)" if config.get("backend") == "ray" else " (processes)"
+    return f"{workers} worker{'s' if workers != 1 else ''} x {shards}{where}"
 
 
 def add_latency(rows: Table, summary: Mapping[str, Any]) -> None:

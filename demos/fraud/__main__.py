@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import logging
 import math
 import os
 import sqlite3
@@ -52,6 +53,7 @@ from runtime import (
     Max,
     Mean,
     Ratio,
+    RayBackend,
     RuntimeStatistics,
     Sliding,
     SqliteSource,
@@ -241,11 +243,15 @@ async def _compute(
 ) -> _Outcome:
     """Run ``events`` through a runtime, after loading the merchant cache with the rows of
     the merchants ``warm`` from the source (not timed with the events)."""
+    options: dict[str, Any] = {}
+    if args.workers:
+        options = {"workers": args.workers, "backend": _backend(args.backend)}
     async with FeatureRuntime(
         feature_set,
         shards=args.shards,
         batch_size=args.batch_size,
         expected_keys=args.cards,
+        **options,
     ) as rt:
         warm_up = None
         if warm:
@@ -281,6 +287,14 @@ async def _compute(
             progress.update(task, completed=min(start + 1000, len(cards)))
         progress.remove_task(task)
     return _Outcome(stats, descriptions, rejected, elapsed, vectors, warm_up)
+
+
+def _backend(name: str) -> Any:
+    """``--backend``: worker processes on this machine, or Ray actors on a local Ray whose
+    log lines (its own below errors, its workers') stay out of the demo's screen."""
+    if name == "ray":
+        return RayBackend(init_options={"log_to_driver": False, "logging_level": logging.ERROR})
+    return name
 
 
 @contextmanager
@@ -383,6 +397,8 @@ async def _run(args: argparse.Namespace, progress: Progress, merchants_db: Path)
             "seed": config.seed,
             "malformed": config.malformed,
             "shards": args.shards,
+            "workers": args.workers,
+            "backend": args.backend if args.workers else None,
             "batch_size": args.batch_size,
             "rate": args.rate or None,
         },
@@ -837,6 +853,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="feed N events/s, to see latency at that load; 0 feeds them flat out (0)",
     )
     rt.add_argument(
+        "--workers",
+        type=count(0),
+        default=0,
+        metavar="N",
+        help="run the shards in N worker processes, each with --shards of its own; 0 runs them "
+        "in this process (0)",
+    )
+    rt.add_argument(
+        "--backend",
+        choices=("processes", "ray"),
+        default="processes",
+        help="with --workers: processes on this machine, or Ray actors on a local Ray "
+        "(pip install 'featurist[ray]'; a few seconds to start) (processes)",
+    )
+    rt.add_argument(
         "--cold-cache",
         action="store_true",
         help="start with an empty merchant cache: each merchant's row is fetched when its "
@@ -864,6 +895,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     add_output_switches(out, "progress bars")
     args = parser.parse_args(argv)
+    if args.workers and args.source is not None:
+        parser.error("--workers: not with --source (the broker run uses the in-process runtime)")
     if args.fraud_cards > args.cards:
         parser.error(f"--fraud-cards ({args.fraud_cards}) cannot exceed --cards ({args.cards})")
     if args.merchants_db is not None:

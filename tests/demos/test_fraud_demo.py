@@ -211,6 +211,22 @@ def test_json_summary_reports_the_run_and_ranks_fraud_cards_first() -> None:
     assert summary["precision_at_10"] == summary["fraud_in_top_10"] / 10
 
 
+@pytest.mark.parametrize("backend", ["processes", "ray"])
+def test_with_workers_every_card_gets_the_features_of_the_in_process_run(backend: str) -> None:
+    """``--workers 2`` (processes, or Ray actors on a local Ray) computes what one process
+    computes: the same features for every card of the top list, the same ranking."""
+    options = ("--events", "4000", "--cards", "300", "--fraud-cards", "4", "--top", "20")
+    alone = json_summary("demos.fraud", *options)
+    spread = json_summary("demos.fraud", *options, "--workers", "2", "--backend", backend)
+    assert spread["config"]["workers"] == 2 and spread["config"]["backend"] == backend
+    assert spread["events"] == alone["events"] == 4_000
+    assert spread["rejected"] == alone["rejected"]
+    assert spread["keys"] == alone["keys"]
+    assert [(row["card"], row["features"]) for row in spread["top"]] == [
+        (row["card"], row["features"]) for row in alone["top"]
+    ]
+
+
 def test_json_summary_reports_the_enrichment_and_keeps_the_table_asked_for(
     tmp_path: Path,
 ) -> None:
