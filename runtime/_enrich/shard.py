@@ -369,12 +369,13 @@ class EnrichShard(Actor[Any]):
         """The hot path, with one lookup and nobody reading whole enriched events: an event
         whose row the cache holds fresh (or whose key it knows to be missing) is enriched here,
         at the cost of a dict lookup, a ``move_to_end`` and a dict of the event's fields and
-        the row's (the row's made once per cached entry, kept in the entry's ``derived`` with
-        the age below which it may be served so: :data:`_Derived`); if an earlier event of its key
-        waits in the stash, it goes there with those fields, and is passed on as soon as its
-        turn comes. An event whose key the cache does not hold goes to the stash, and the key
-        to ``scan.wanted``. Any other event (versions, a stale row, an event that is not a
-        mapping, a fetch that just ended) goes to :meth:`_take`."""
+        the row's, or the row's alone (:meth:`_projects`). The row's are made once per cached
+        entry, kept in the entry's ``derived`` with the age below which it may be served so
+        (:data:`_Derived`). If an earlier event of its key waits in the stash, it goes there
+        with those fields, and is passed on as soon as its turn comes. An event whose key the
+        cache does not hold goes to the stash, and the key to ``scan.wanted``. Any other event
+        (versions, a stale row, an event that is not a mapping, a fetch that just ended) goes
+        to :meth:`_take`."""
         name, event_field, source, plan = single
         cache = source.cache
         entries, ttl, refresh_after, negative_ttl, negative_refresh_after = cache.hot()
