@@ -344,9 +344,18 @@ class WorkerFront:
         stack.callback(self.outputs.close)
         self._wake = anyio.Event()
         await self._backend.open(stack)
-        for index in range(self.workers):
-            self._workers.append(await self._spawn(index))
-            self._ready.append(anyio.Event())
+        spawned: list[Any] = [None] * self.workers
+
+        async def spawn(index: int) -> None:
+            spawned[index] = await self._spawn(index)
+
+        if self._backend.name == "processes":
+            for index in range(self.workers):  # the fork server starts one at a time
+                await spawn(index)
+        else:  # each waits to be placed and to connect back: all at once
+            await _together([partial(spawn, index) for index in range(self.workers)])
+        self._workers.extend(spawned)
+        self._ready.extend(anyio.Event() for _ in spawned)
         tasks = self._tasks = await stack.enter_async_context(anyio.create_task_group())
         stack.callback(tasks.cancel_scope.cancel)
         for worker in self._workers:
