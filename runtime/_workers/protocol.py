@@ -223,8 +223,18 @@ HANDSHAKE_PID = 8
 
 
 def connect_back(host: str, port: int, token: bytes) -> socket.socket:
-    """A Ray worker's side of the handshake: connect to the front and prove who it is."""
-    sock = socket.create_connection((host, port), timeout=30.0)
+    """A Ray worker's side of the handshake: connect to the front and prove who it is.
+
+    Raises:
+        ConnectionError: the front cannot be reached from this node, naming it.
+    """
+    try:
+        sock = socket.create_connection((host, port), timeout=30.0)
+    except OSError as exc:
+        raise ConnectionError(
+            f"the worker cannot reach the front at {host}:{port} ({exc}): give "
+            "RayBackend(front_host=...) an address of the front's node that every node reaches"
+        ) from exc
     sock.settimeout(None)
     sock.sendall(token + os.getpid().to_bytes(HANDSHAKE_PID, "big"))
     return sock

@@ -252,3 +252,14 @@ async def test_a_checkpoint_directory_a_worker_does_not_see_fails_the_start(
         FEATURE_SET, workers=1, shards=1, checkpoints=tmp_path, backend=_backend(0.5)
     ) as rt:
         await rt.ingest_many(_events(10))
+
+
+def test_a_worker_that_cannot_reach_the_front_says_which_address_to_give() -> None:
+    import socket
+
+    from runtime._workers.protocol import connect_back
+
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+    with pytest.raises(ConnectionError, match=r"cannot reach the front at 127\.0\.0\.1:\d+ .*"):
+        connect_back("127.0.0.1", port, b"x" * 32)  # nobody listens there now
