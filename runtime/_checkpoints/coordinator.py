@@ -10,7 +10,8 @@ runtime has now.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
@@ -34,7 +35,14 @@ from .._windows.shard import WindowShard
 from .._windows.state import Needs, SlidingState
 from .codec import state_codec
 from .guards import CheckpointGuards
-from .store import ActorState, Checkpoint, CheckpointConfig, CheckpointInfo, CheckpointStore
+from .store import (
+    ActorState,
+    Checkpoint,
+    CheckpointConfig,
+    CheckpointInfo,
+    CheckpointStore,
+    restored_info,
+)
 
 __all__ = ["CheckpointCoordinator", "Progress"]
 
@@ -68,6 +76,22 @@ class Progress:
         """Wait while a checkpoint captures the state."""
         while self.gate is not None:
             await self.gate.wait()
+
+    @asynccontextmanager
+    async def closed(self) -> AsyncIterator[None]:
+        """Close the gate (ingest waits at it), wait for the ``ingest_many`` calls with an
+        offset under way to end, and open the gate when the block ends: the input stands
+        still at one position for the block (a checkpoint's capture, a backfill)."""
+        gate = anyio.Event()
+        self.gate = gate
+        try:
+            while self.offset_calls:
+                self.offset_calls_done = anyio.Event()
+                await self.offset_calls_done.wait()
+            yield
+        finally:
+            self.gate = None
+            gate.set()
 
     def enter_offset_call(self) -> None:
         self.offset_calls += 1
@@ -178,12 +202,7 @@ class CheckpointCoordinator:
             CheckpointError: the backfill's state does not decode or check.
         """
         progress = self._progress
-        gate = anyio.Event()
-        progress.gate = gate
-        try:
-            while progress.offset_calls:
-                progress.offset_calls_done = anyio.Event()
-                await progress.offset_calls_done.wait()
+        async with progress.closed():
             await self._topology.settle()
             names = [name for group in groups for name in group.names]
             filled = await backfill(names, progress.position)
@@ -193,9 +212,6 @@ class CheckpointCoordinator:
                 for shard, ref in enumerate(planned.target.refs):
                     await ref.ask(RestoreSnapshot(by_shard[shard], extras[shard]), timeout=None)
             _log.info("features_backfilled", features=names, position=progress.position)
-        finally:
-            progress.gate = None
-            gate.set()
 
     # -- taking one ------------------------------------------------------------------------------
     async def checkpoint(self) -> CheckpointInfo:
@@ -265,12 +281,7 @@ class CheckpointCoordinator:
         assert self._lock.locked()
         progress = self._progress
         started = time.perf_counter()
-        gate = anyio.Event()
-        progress.gate = gate
-        try:
-            while progress.offset_calls:
-                progress.offset_calls_done = anyio.Event()
-                await progress.offset_calls_done.wait()
+        async with progress.closed():
             await self._topology.settle()
             position, offset = progress.position, progress.offset
             ingest = self._ingest
@@ -281,9 +292,6 @@ class CheckpointCoordinator:
             caches = (
                 self._snapshot_caches() if self.config is not None and self.config.caches else {}
             )
-        finally:
-            progress.gate = None
-            gate.set()
         checkpoint = Checkpoint(
             feature_set=self._topology.feature_set.name,
             sequence=sequence,
@@ -639,18 +647,7 @@ class CheckpointCoordinator:
             self._ingest.ingested_before = checkpoint.ingested
             self._ingest.rejected_before = checkpoint.rejected
         self._sequence = checkpoint.sequence
-        self.restored = CheckpointInfo(
-            sequence=checkpoint.sequence,
-            path=str(path),
-            position=checkpoint.position,
-            offset=checkpoint.offset,
-            keys=keys,
-            size_bytes=path.stat().st_size,
-            created_at=checkpoint.created_at,
-            pause_ms=0.0,
-            duration_ms=(time.perf_counter() - started) * 1000,
-            shards=checkpoint.shards,
-        )
+        self.restored = restored_info(checkpoint, path, keys, started)
         _log.info(
             "checkpoint_restored",
             sequence=checkpoint.sequence,

@@ -203,6 +203,23 @@ class CheckpointInfo(msgspec.Struct, frozen=True, kw_only=True):
     keys_left_out: int = 0
 
 
+def restored_info(checkpoint: Checkpoint, path: Path, keys: int, started: float) -> CheckpointInfo:
+    """What ``rt.restored`` tells of ``checkpoint``, read from ``path``, of ``keys`` keys, in a
+    restore that began at ``started`` (``time.perf_counter()``)."""
+    return CheckpointInfo(
+        sequence=checkpoint.sequence,
+        path=str(path),
+        position=checkpoint.position,
+        offset=checkpoint.offset,
+        keys=keys,
+        size_bytes=path.stat().st_size,
+        created_at=checkpoint.created_at,
+        pause_ms=0.0,
+        duration_ms=(time.perf_counter() - started) * 1000,
+        shards=checkpoint.shards,
+    )
+
+
 class CheckpointStore:
     """The checkpoint files of one directory."""
 

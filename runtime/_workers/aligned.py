@@ -26,7 +26,13 @@ from actors import get_logger
 
 from .._checkpoints.coordinator import Progress
 from .._checkpoints.guards import CheckpointGuards
-from .._checkpoints.store import Checkpoint, CheckpointConfig, CheckpointInfo, CheckpointStore
+from .._checkpoints.store import (
+    Checkpoint,
+    CheckpointConfig,
+    CheckpointInfo,
+    CheckpointStore,
+    restored_info,
+)
 from .._exceptions import CheckpointError, RuntimeClosed
 from .protocol import decoder
 from .recovery import WorkerLog
@@ -140,18 +146,8 @@ class AlignedCheckpoints:
         front.ingested_before = checkpoint.ingested or 0
         front.rejected_before = checkpoint.rejected or 0
         self.base = self._sequence = checkpoint.sequence
-        self.restored = CheckpointInfo(
-            sequence=checkpoint.sequence,
-            path=str(path),
-            position=checkpoint.position,
-            offset=checkpoint.offset,
-            keys=sum(actor.keys for actor in checkpoint.actors),
-            size_bytes=path.stat().st_size,
-            created_at=checkpoint.created_at,
-            pause_ms=0.0,
-            duration_ms=(time.perf_counter() - started) * 1000,
-            shards=checkpoint.shards,
-        )
+        keys = sum(actor.keys for actor in checkpoint.actors)
+        self.restored = restored_info(checkpoint, path, keys, started)
         _log.info(
             "checkpoint_restored",
             sequence=checkpoint.sequence,
@@ -205,12 +201,7 @@ class AlignedCheckpoints:
             front.check()
             started = time.perf_counter()
             progress = self._progress
-            gate = anyio.Event()
-            progress.gate = gate
-            try:
-                while progress.offset_calls:
-                    progress.offset_calls_done = anyio.Event()
-                    await progress.offset_calls_done.wait()
+            async with progress.closed():
                 sequences = await anyio.to_thread.run_sync(store.sequences)
                 while True:
                     for index in range(front.workers):
@@ -229,9 +220,6 @@ class AlignedCheckpoints:
                     barriers.append(
                         front.queue_barrier(index, sequence, [self.config.directory, sequence])
                     )
-            finally:
-                progress.gate = None
-                gate.set()
             paused = time.perf_counter() - started
             parts: list[list[int]] = []
             try:
