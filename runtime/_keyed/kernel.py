@@ -6,7 +6,9 @@ of Python (its update, its value, its merge) over named *slots*, and the group i
 with ``exec``, into a function that loops over a batch and updates each key's state in place:
 one dict lookup per event for the key, then straight-line code per feature. This is what
 dataclasses and attrs do for ``__init__``; it keeps per-event work to plain Python on local
-state.
+state. A user-defined aggregate (``custom``) is a kind made for its feature (``_custom_kind``):
+one slot holding a cell made per key, which its update, value and merge lines hand to the
+aggregate's runner (``runtime._keyed.custom``), one call each.
 
 A key's state is one instance of a compiled ``__slots__`` class (fast attribute stores, 8 bytes
 per slot). Its twin, an ``array_like`` ``msgspec.Struct`` with the same fields
