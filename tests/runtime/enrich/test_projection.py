@@ -151,3 +151,39 @@ def test_only_keyed_groups_of_the_lookups_fields_are_projected() -> None:
     # a window group, or a join (no compiled kernel)
     assert not _reads_lookup_only([_Group([risk], compiled=None, engine="windows")], "m")
     assert not _reads_lookup_only([_Group([risk], compiled=None)], "m")
+
+
+class _Unreadable:
+    """A row value whose conversion to a number fails as no guard expects: a poison event."""
+
+    def __float__(self) -> float:
+        raise RuntimeError("cannot read this value")
+
+
+async def test_a_poison_event_of_a_projected_group_goes_to_dead_letters_and_the_rest_go_on() -> (
+    None
+):
+    class Source:
+        async def get_many(self, keys: Sequence[Hashable]) -> dict[Hashable, Any]:
+            rows: dict[Hashable, Any] = {"bad": {"risk": _Unreadable(), "cat": "x"}}
+            return {
+                key: rows.get(key, ROWS.get(key)) for key in keys if key in ROWS or key == "bad"
+            }
+
+    events = [
+        {"card": "a", "ts": 1, "mid": "m1"},
+        {"card": "b", "ts": 2, "mid": "bad"},
+        {"card": "a", "ts": 3, "mid": "m2"},
+    ]
+    async with FeatureRuntime(_feature_set(), shards=1, sources={"merchants": Source()}) as rt:
+        with anyio.fail_after(10):
+            await rt.ingest_many(events)
+            await rt.flush()
+        a, b = await rt.get("a"), await rt.get("b")
+        letters = rt.dead_letters.letters()
+    assert a["risk"] == 1.5 and a["cat"] == "c2" and a["n"] == 2
+    assert b["n"] == 1 and b["risk"] is None  # counted by the lookup-free group only
+    [letter] = letters
+    # the group got the lookup's fields, not the whole event: that is what its letter holds
+    assert letter.message["m.cat"] == "x" and "mid" not in letter.message
+    assert "key 'b', time 2" in letter.detail
