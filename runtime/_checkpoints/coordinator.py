@@ -407,12 +407,31 @@ class CheckpointCoordinator:
         """
         started = time.perf_counter() if started is None else started
         filled: list[ActorState] = []
-        if self.backfill is not None and share is None:
-            added = self._added(checkpoint)
-            if added:
-                filled = await self.backfill(added, checkpoint.position)
-                _log.info("checkpoint_backfilled", features=added, position=checkpoint.position)
-        plan = self._match(checkpoint, path, filled)
+        backfill = self.backfill if share is None else None
+        added = self._added(checkpoint) if backfill is not None else []
+        if backfill is not None and added:
+            filled = await backfill(added, checkpoint.position)
+            _log.info("checkpoint_backfilled", features=added, position=checkpoint.position)
+        rebuilt: frozenset[str] = frozenset()
+        while True:
+            try:
+                plan = self._match(checkpoint, path, filled, rebuilt)
+                break
+            except _SharedWindowState as exc:
+                # kept features whose window accumulators lack what added ones sharing them
+                # need: with a backfill, they are backfilled with them (from the same input
+                # up to the same position, their state is the one the checkpoint holds)
+                if backfill is None or exc.kept <= rebuilt:
+                    raise CheckpointError(str(exc)) from None
+                rebuilt |= exc.kept
+                names = [*added, *sorted(rebuilt)]
+                filled = await backfill(names, checkpoint.position)
+                _log.info(
+                    "checkpoint_backfilled",
+                    features=names,
+                    position=checkpoint.position,
+                    rebuilt=sorted(rebuilt),
+                )
         try:
             decoded = await anyio.to_thread.run_sync(self._decode, checkpoint, plan, path, share)
         except CheckpointError as exc:
@@ -429,7 +448,11 @@ class CheckpointCoordinator:
         return [name for group in self._topology.groups for name in group.names if name not in held]
 
     def _match(
-        self, checkpoint: Checkpoint, path: Any, filled: list[ActorState] | None = None
+        self,
+        checkpoint: Checkpoint,
+        path: Any,
+        filled: list[ActorState] | None = None,
+        rebuilt: frozenset[str] = frozenset(),
     ) -> list[_Target]:
         """Each feature group and join of the runtime with the states of ``checkpoint`` it
         restores from: a group whose features are those of a state takes it as it is; a group
@@ -445,7 +468,8 @@ class CheckpointCoordinator:
                 a join changed; a kept feature's window state cannot be carried over.
 
         ``filled``: feature groups of a backfill of the added features (:attr:`backfill`),
-        which they take their state from.
+        which they take their state from; and of the kept features in ``rebuilt``, which take
+        theirs from it too.
         """
         if checkpoint.key_groups != self._router.key_groups:
             raise CheckpointError(
@@ -478,7 +502,7 @@ class CheckpointCoordinator:
                 raise CheckpointError(f"{path}: the state of {state.name!r} is not of a {expected}")
             plan.append(_Target(target, [state]))
         changed = [target for target in targets.values() if isinstance(target, Group)]
-        evolved, pending = _evolve(changed, others, path, filled or [])
+        evolved, pending = _evolve(changed, others, path, filled or [], rebuilt)
         plan += evolved
         for state in pending:
             self._pending[state.signature] = state
@@ -672,6 +696,16 @@ class CheckpointCoordinator:
             await ref.ask(RestoreSnapshot(by_shard[shard], extras[shard]), timeout=None)
 
 
+class _SharedWindowState(CheckpointError):
+    """Kept window features (``kept``) share a tumbling, hopping or session buffer with added
+    ones that need statistics its accumulators do not keep: a backfill of them all can
+    rebuild it."""
+
+    def __init__(self, kept: frozenset[str], message: str) -> None:
+        super().__init__(message)
+        self.kept = kept
+
+
 class _Unusable(CheckpointError):
     """A checkpoint whose state does not decode or check: the one before it may."""
 
@@ -737,12 +771,18 @@ def _difference(old: Any, new: Any) -> str:
 
 
 def _evolve(
-    groups: list[Group], states: list[ActorState], path: Any, filled: list[ActorState]
+    groups: list[Group],
+    states: list[ActorState],
+    path: Any,
+    filled: list[ActorState],
+    rebuilt: frozenset[str] = frozenset(),
 ) -> tuple[list[_Target], list[ActorState]]:
     """The groups of the runtime that no state of the checkpoint matches as they are, each
     with the states that hold its kept features and how to make its entries from theirs; and
     the states none of whose features the runtime has (pending: ``register`` may add them).
-    An added feature takes its state from the states of a backfill, ``filled``, if there.
+    An added feature takes its state from the states of a backfill, ``filled``, if there, and
+    so does a kept feature of ``rebuilt`` (backfilled with the added ones it shares window
+    accumulators with).
 
     Raises:
         CheckpointError: a feature of the runtime has another definition in the checkpoint
@@ -784,6 +824,9 @@ def _evolve(
                 changed.append(
                     f"feature {feature.name!r}: stream {old_stream!r} -> {group.stream!r}"
                 )
+            elif feature.name in rebuilt and feature.name in backfilled:
+                kept.setdefault(backfilled[feature.name], set()).add(feature.name)
+                used.add(index)  # the rest of its state is the checkpoint's
             elif old_kind == kind:
                 kept.setdefault(index, set()).add(feature.name)
         used.update(kept)
@@ -958,6 +1001,7 @@ class _WindowEvolution:
             for position, name in enumerate(engine.names):
                 if name in held:
                     source_of[name] = (index, position)
+        self._source_of = source_of
         names = new.names
 
         def origin(members: list[int]) -> tuple[int, Any] | None:
@@ -993,12 +1037,15 @@ class _WindowEvolution:
                     continue
                 source, old = found
                 if _buffer_key(old) != _buffer_key(buffer) or not _covers(old.needs, buffer.needs):
-                    keeping = [names[i] for i in buffer.features if names[i] in source_of]
-                    other = [names[i] for i in buffer.features if names[i] not in source_of]
-                    raise CheckpointError(
+                    members = [names[i] for i in buffer.features]
+                    keeping = [n for n in members if source_of.get(n, (len(kept),))[0] == source]
+                    other = [n for n in members if n not in keeping]
+                    raise _SharedWindowState(
+                        frozenset(keeping),
                         f"the feature {keeping[0]!r} shares its window state with the added "
                         f"feature(s) {', '.join(map(repr, other))}, which need statistics it "
-                        "does not keep: give them another field, filter or window"
+                        "does not keep: backfill them from history (backfill=), or give them "
+                        "another field, filter or window",
                     )
                 parts.append((source, self.engines[source].frames[old.frame], old.position))
             if any(part is not None for part in parts):
@@ -1013,6 +1060,14 @@ class _WindowEvolution:
             engine = self.engines[held_by[0]]
             order = [i for i, _ in engine.sequences]
             self._patterns.append((held_by[0], order.index(held_by[1])))
+
+    def _final_of(self, name: str, entries: list[Any]) -> tuple[int, dict[str, Any]] | None:
+        """The newest closed window of feature ``name`` in its own source (a kept feature's
+        in the checkpoint, a backfilled one's in the backfill), if it has one."""
+        own = self._source_of.get(name)
+        if own is None:
+            return None
+        return _final_of_source(self.engines[own[0]], own[1], entries[own[0]])
 
     def entry(self, entries: list[Any]) -> Any:
         """A key's windows from its windows in the sources."""
@@ -1055,12 +1110,9 @@ class _WindowEvolution:
                 # the newest closed window's values: each feature's from its own source's
                 # (a backfilled feature's from the backfill's), if of the same window
                 values: dict[str, Any] = {}
-                for i, position in frame.members:
-                    name, part = new.names[i], parts[position]
-                    found = None
-                    if part is not None and entries[part[0]] is not None:
-                        finals = entries[part[0]].finals
-                        found = None if finals is None else finals.get(part[1].index)
+                for i, _ in frame.members:
+                    name = new.names[i]
+                    found = self._final_of(name, entries)
                     if found is None or found[0] != final[0]:
                         found = final
                     values[name] = found[1].get(name, new.defaults[i])
@@ -1069,14 +1121,26 @@ class _WindowEvolution:
                 st.finals[frame.index] = (final[0], values)
         if self._patterns and any(p is not None for p in self._patterns):
             patterns = []
-            for found in self._patterns:
-                entry = None if found is None else entries[found[0]]
-                if found is None or entry is None or entry.patterns is None:
+            for pattern in self._patterns:
+                entry = None if pattern is None else entries[pattern[0]]
+                if pattern is None or entry is None or entry.patterns is None:
                     patterns.append(PatternState())
                 else:
-                    patterns.append(entry.patterns[found[1]])
+                    patterns.append(entry.patterns[pattern[1]])
             st.patterns = patterns
         return st
+
+
+def _final_of_source(
+    engine: WindowEngine, position: int, entry: Any
+) -> tuple[int, dict[str, Any]] | None:
+    """The newest closed window (its start, its values) of the feature at ``position`` of
+    ``engine`` in a key's ``entry`` of that engine's state, if any."""
+    if entry is None or entry.finals is None:
+        return None
+    buffer = engine.buffers[engine._buffer_of[position]]
+    found: tuple[int, dict[str, Any]] | None = entry.finals.get(engine.frames[buffer.frame].index)
+    return found
 
 
 def _rebuilt(old: SlidingState, buffer: Any, names: tuple[str, ...]) -> SlidingState:

@@ -71,15 +71,31 @@ POOL: dict[str, Any] = {
         ),
     ]
 }
+#: features that share window accumulators (one buffer per window and field): a kept one's
+#: accumulators may lack what an added one needs (a max beside a kept sum)
+SHARED: dict[str, Any] = {
+    feature.name: feature
+    for window, tag in (
+        (Tumbling(size=500), "t"),
+        (Hopping(size=1000, hop=250), "h"),
+        (Session(gap=400), "s"),
+    )
+    for feature in [
+        Sum(name=f"{tag}_sum", field="v", window=window),
+        Max(name=f"{tag}_max", field="v", window=window),
+        Mean(name=f"{tag}_mean", field="v", window=window),
+        Min(name=f"{tag}_min", field="v", window=window),
+    ]
+}
 KEYS = ["a", "b", "c", 1, 2]
 
 
-def feature_set(names: list[str], emit: str = "update") -> FeatureSet:
+def feature_set(names: list[str], emit: str = "update", pool: dict[str, Any] = POOL) -> FeatureSet:
     return FeatureSet(
         name="ev",
         key="card",
         time="ts",
-        features=[POOL[name] for name in sorted(names)],
+        features=[pool[name] for name in sorted(names)],
         emit=emit,
     )
 
@@ -111,12 +127,13 @@ async def run(
     backfill: Any = None,
     emit: str = "update",
     workers: int = 0,
+    pool: dict[str, Any] = POOL,
 ) -> dict[Any, dict[str, Any]]:
     config = None
     if directory is not None:
         config = CheckpointConfig(directory=str(directory), interval=None)
     async with FeatureRuntime(
-        feature_set(names, emit),
+        feature_set(names, emit, pool),
         shards=shards,
         checkpoints=config,
         backfill=backfill,
@@ -270,17 +287,66 @@ async def test_an_added_feature_sharing_part_of_a_kept_ones_state_needs_a_backfi
 
 
 @pytest.mark.anyio
-async def test_a_kept_window_buffer_whose_features_need_more_is_refused(tmp_path: Path) -> None:
+async def test_a_kept_window_buffer_whose_features_need_more_needs_a_backfill(
+    tmp_path: Path,
+) -> None:
     config = CheckpointConfig(directory=str(tmp_path / "cp"), interval=None)
     tsum = Sum(name="tsum", field="v", window=Tumbling(size=500))
+    events = [{"card": "a", "ts": 1, "v": 2}, {"card": "a", "ts": 2, "v": 5}]
     async with FeatureRuntime(
         FeatureSet(name="ev", key="card", time="ts", features=[tsum]), checkpoints=config
     ) as rt:
-        await rt.ingest({"card": "a", "ts": 1, "v": 2})
+        await rt.ingest(events[0])
     grown = FeatureSet(name="ev", key="card", time="ts", features=[tsum, POOL["tmax"]])
-    with pytest.raises(CheckpointError, match=r"'tsum' shares its window state with .*'tmax'"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"'tsum' shares its window state with the added feature\(s\) 'tmax', which need "
+        r"statistics it does not keep: backfill them from history \(backfill=\)",
+    ):
         async with FeatureRuntime(grown, checkpoints=config):
             pass
+    # with the history, the window is rebuilt for both from it
+    async with FeatureRuntime(grown, checkpoints=config, backfill=events) as rt:
+        await rt.ingest(events[1])
+        assert (await rt.get("a")).values == {"tsum": 7, "tmax": 5}
+
+
+@settings(
+    max_examples=20,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(
+    events=streams(),
+    cut=st.floats(0, 1),
+    before=st.sets(st.sampled_from(sorted(SHARED)), min_size=1),
+    after=st.sets(st.sampled_from(sorted(SHARED)), min_size=1),
+    shards=st.sampled_from([(1, 1), (1, 3), (3, 2)]),
+    emit=st.sampled_from(["update", "close"]),
+)
+@pytest.mark.anyio
+async def test_with_a_backfill_features_sharing_window_state_equal_an_uninterrupted_run(
+    tmp_path: Path,
+    events: list[dict[str, Any]],
+    cut: float,
+    before: set[str],
+    after: set[str],
+    shards: tuple[int, int],
+    emit: str,
+) -> None:
+    """Added features share tumbling, hopping and session accumulators with kept ones (a max
+    beside a kept sum needs extremes the sum's accumulators did not keep): with the history,
+    the kept features they share them with are backfilled with them, and every feature
+    equals an uninterrupted run."""
+    at = int(len(events) * cut)
+    directory = tmp_path / f"run-{next(_serial)}"
+    await run(sorted(before), events[:at], shards[0], directory, emit=emit, pool=SHARED)
+    got = await run(sorted(after), events[at:], shards[1], directory, events, emit, pool=SHARED)
+    whole = await run(sorted(before | after), events, 1, None, emit=emit, pool=SHARED)
+    for key in KEYS:
+        assert set(got[key]) == after
+        for name in after:
+            assert same(got[key][name], whole[key][name]), (key, name, got[key], whole[key])
 
 
 def test_backfill_is_refused_with_workers() -> None:
