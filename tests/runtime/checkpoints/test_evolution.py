@@ -174,13 +174,10 @@ async def test_kept_features_go_on_added_ones_start_empty_or_backfilled_removed_
     emit: str,
 ) -> None:
     at = int(len(events) * cut)
-    directory = tmp_path / f"run-{next(_serial)}"
-    await run(sorted(before), events[:at], shards[0], directory, emit=emit)
     # the whole input is given: the runtime replays its first events, up to the checkpoint's
     # position
     backfill = None if not backfilled else events if history == "list" else aiter_of(events)
-    got = await run(sorted(after), events[at:], shards[1], directory, backfill, emit)
-    whole = await run(sorted(before | after), events, 1, None, emit=emit)
+    got, whole = await evolved(tmp_path, events, at, before, after, shards, backfill, emit)
     added = sorted(after - before)
     fresh = await run(added, events[at:], 1, None, emit=emit) if added else {}
     for key in KEYS:
@@ -190,6 +187,26 @@ async def test_kept_features_go_on_added_ones_start_empty_or_backfilled_removed_
         for name in after - before:
             want = whole if backfilled else fresh
             assert same(got[key][name], want[key][name]), (key, name, got[key], want[key])
+
+
+async def evolved(
+    tmp_path: Path,
+    events: list[dict[str, Any]],
+    at: int,
+    before: set[str],
+    after: set[str],
+    shards: tuple[int, int],
+    backfill: Any,
+    emit: str,
+    pool: dict[str, Any] = POOL,
+) -> tuple[dict[Any, dict[str, Any]], dict[Any, dict[str, Any]]]:
+    """The values of ``after`` restored from a checkpoint of ``before`` taken after the
+    events up to ``at``, then given the rest; and of an uninterrupted run of both."""
+    directory = tmp_path / f"run-{next(_serial)}"
+    await run(sorted(before), events[:at], shards[0], directory, emit=emit, pool=pool)
+    got = await run(sorted(after), events[at:], shards[1], directory, backfill, emit, pool=pool)
+    whole = await run(sorted(before | after), events, 1, None, emit=emit, pool=pool)
+    return got, whole
 
 
 async def aiter_of(events: list[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
@@ -339,10 +356,7 @@ async def test_with_a_backfill_features_sharing_window_state_equal_an_uninterrup
     the kept features they share them with are backfilled with them, and every feature
     equals an uninterrupted run."""
     at = int(len(events) * cut)
-    directory = tmp_path / f"run-{next(_serial)}"
-    await run(sorted(before), events[:at], shards[0], directory, emit=emit, pool=SHARED)
-    got = await run(sorted(after), events[at:], shards[1], directory, events, emit, pool=SHARED)
-    whole = await run(sorted(before | after), events, 1, None, emit=emit, pool=SHARED)
+    got, whole = await evolved(tmp_path, events, at, before, after, shards, events, emit, SHARED)
     for key in KEYS:
         assert set(got[key]) == after
         for name in after:
