@@ -39,6 +39,7 @@ import itertools
 import os
 import secrets
 import time
+import zlib
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from contextlib import AsyncExitStack, suppress
 from functools import partial
@@ -108,6 +109,7 @@ _errors = decoder(list[FeatureError])
 _description = decoder(FeatureDescription)
 _int = decoder(int)
 _bool = decoder(bool)
+_BYTES = {bytes}
 
 
 class _Retry(Exception):
@@ -222,6 +224,8 @@ class WorkerFront:
         self._make_runtime = make_runtime
         self._reader = reader
         self._router = KeyRouter(shards=workers, key_groups=key_groups, cache_size=route_cache_size)
+        #: the worker of each key group (``route``'s fast path hashes keys itself)
+        self._worker_of_group = [self._router.shard_of_group(g) for g in range(key_groups)]
         self.batch_size = batch_size
         self.linger = linger
         self._dead_letters = dead_letters
@@ -263,6 +267,8 @@ class WorkerFront:
         self._key_time = _key_time_decoder(reader)
         #: set to wake the flusher before its time (made in ``start``, on the event loop)
         self._wake: anyio.Event | None = None
+        #: whether the flusher waits for ``_wake`` (nothing was buffered when it looked)
+        self._flusher_idle = False
         self._progress = progress if progress is not None else Progress()
         self._feature_set = feature_set
         self.max_restarts = max_restarts
@@ -649,9 +655,10 @@ class WorkerFront:
                     worker.in_flight -= 1
                     if log is not None:
                         log.frame_taken()
-                    wake = self._wake
-                    if not worker.in_flight and self.buffers[worker.index] and wake is not None:
-                        wake.set()  # the flusher sends what waits for the idle worker
+                    if not worker.in_flight and self.buffers[worker.index]:
+                        # what waits for the idle worker leaves now (a task: the reader
+                        # must not wait on a send while the worker may wait on its reads)
+                        self.start_task(self._send_now, worker.index, name="featurist-front-send")
                 elif isinstance(message, Updates):
                     await outputs.updates_of(message, log)
                 elif isinstance(message, JoinRecords):
@@ -769,6 +776,67 @@ class WorkerFront:
     def route(self, events: Iterable[Any], tag: int | list[int] = 0) -> int:
         """Append each event (of stream ``tag``, or ``tag[i]`` for the i-th) to its worker's
         buffer; refused ones go to dead letters. Returns the number accepted."""
+        if events.__class__ is list and self.tags is None:
+            done = self._route_bytes(events)
+            if done:
+                self.ingested += done
+                self.events_read += done
+                if done == len(events):
+                    return done
+                return done + self._route_each(events[done:], tag)
+        return self._route_each(events, tag)
+
+    def _route_bytes(self, events: list[Any]) -> int:
+        """``route``'s fast path, for a batch of bytes events of one stream: each routed
+        while its key and time fields decode, its key is a plain ASCII ``str`` within
+        ``max_key_length`` and its time an int of ms within the bounds, by the key's stable
+        hash (the CRC-32 of its UTF-8 bytes, which ``KeyRouter`` hashes too; not its cache:
+        a look-up in a cache of every key, with a key just decoded whose hash is not yet
+        computed, costs more than the CRC). Returns how many events of the batch's start
+        it routed (all accepted): 0 when the batch holds other than bytes or a payload over
+        ``max_payload_bytes``; else ``_route_each`` takes over from the first event it does
+        not route, and refuses or routes it with the reason and checks of the general path.
+        """
+        reader = self._reader
+        if (
+            not events
+            or reader.time_unit != "ms"
+            or set(map(type, events)) != _BYTES
+            or max(map(len, events)) > reader.max_payload_bytes
+        ):
+            return 0
+        buffers = self.buffers
+        before = sum(map(len, buffers))
+        now = time.perf_counter()
+        created = self._created
+        for index, buffer in enumerate(buffers):
+            if not buffer:
+                created[index] = now  # their first event comes now (if any does)
+        worker_of_group = self._worker_of_group
+        key_groups = len(worker_of_group)
+        max_length = reader.max_key_length
+        low, high = reader.bounds()
+        crc32 = zlib.crc32
+        try:
+            # a decode error ends the loop where a strict zip would check lengths
+            for payload, field in zip(events, map(self._key_time, events)):  # noqa: B905
+                key = field.k
+                ts = field.t
+                if (
+                    key.__class__ is not str
+                    or ts.__class__ is not int
+                    or not low <= ts <= high
+                    or len(key) > max_length
+                    or not key.isascii()
+                ):
+                    break
+                buffers[worker_of_group[crc32(key.encode()) % key_groups]].append(payload)
+        except msgspec.DecodeError:
+            pass  # ``_route_each`` refuses it, with the reason
+        return sum(map(len, buffers)) - before
+
+    def _route_each(self, events: Iterable[Any], tag: int | list[int] = 0) -> int:
+        """``route``, an event at a time."""
         reader = self._reader
         tags = self.tags
         tagged = repeat(tag) if isinstance(tag, int) else tag
@@ -871,30 +939,54 @@ class WorkerFront:
         for index, buffer in enumerate(self.buffers):
             if buffer and (len(buffer) >= size or not workers[index].in_flight):
                 await self.send(index)
+        if self._flusher_idle and any(self.buffers):
+            assert self._wake is not None
+            self._wake.set()  # a buffer waits for its busy worker: the flusher times it
 
     async def send_all(self) -> None:
         for index in range(self.workers):
             await self.send(index)
 
     async def _flusher(self) -> None:
-        """Send the buffers older than ``linger``, and those of idle workers when one says
-        it took its last frame in."""
+        """Send each buffer once it is ``linger`` old (a buffer waits while its worker is
+        busy: an idle worker's leaves at once, from ``send_due`` or, when the worker says it
+        took its last frame in, from the reader).
+
+        While nothing is buffered it waits to be woken (``send_due`` wakes it when a buffer
+        stays behind a busy worker), and while something is, it sleeps until the oldest
+        buffer is due: no timer runs while the front is idle, and a sleep, not a timed wait
+        on the event: an ``anyio.move_on_after`` that expires cost about 0.45 ms of CPU
+        here, a sleep 0.06 ms (idle, the front took 14% of a core with the timed wait every
+        ``linger / 2``)."""
         linger = self.linger
-        workers = self._workers
+        created = self._created
         while True:
-            with anyio.move_on_after(linger / 2):
+            buffers = self.buffers
+            waiting = [created[index] for index, buffer in enumerate(buffers) if buffer]
+            if not waiting:
+                self._flusher_idle = True
                 assert self._wake is not None
                 await self._wake.wait()
-            self._wake = anyio.Event()
+                self._wake = anyio.Event()
+                self._flusher_idle = False
+                continue
+            wait = min(waiting) + linger - time.perf_counter()
+            if wait > 0:
+                await anyio.sleep(wait)
             if self.failure is not None:
                 return
             due = time.perf_counter() - linger
             for index, buffer in enumerate(self.buffers):
-                if buffer and (self._created[index] <= due or not workers[index].in_flight):
+                if buffer and created[index] <= due:
                     try:
                         await self.send(index)
                     except RuntimeClosed:
                         return  # a worker died: the next call says so
+
+    async def _send_now(self, index: int) -> None:
+        """Send worker ``index``'s buffer (the reader's: the worker took its last frame in)."""
+        with suppress(RuntimeClosed):  # a worker died: the next call says so
+            await self.send(index)
 
     # -- reading -----------------------------------------------------------------------------
     async def flush(self) -> None:

@@ -17,6 +17,7 @@ terminal reaches the whole process group, and the front decides when its workers
 
 from __future__ import annotations
 
+import gc
 import os
 import pickle
 import signal
@@ -84,6 +85,12 @@ async def serve(sock: Any, spec: WorkerSpec) -> None:
             await conn.send(Reply(0, f"{type(exc).__name__}: {exc}", msgspec.Raw(b"\xc0")))
             return
         async with rt:
+            # What the process holds now (the modules the fork server imported, the runtime
+            # as made) lives as long as it does: out of the collector's full passes, which
+            # otherwise walk it again each time (measured at 500k events over 2 workers:
+            # 0.50 -> 0.38 s of the collector's time)
+            gc.collect()
+            gc.freeze()
             await conn.send(Reply(0, None, msgspec.Raw(_encode(os.getpid()))))
             await _Worker(rt, conn, spec.index).serve()
         await conn.send(Stopped())
