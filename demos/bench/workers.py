@@ -184,6 +184,8 @@ def cli(argv: list[str]) -> None:
                     "seconds": f"{got['seconds']:.2f}",
                     "start": f"{got['start']:.2f} s",
                     "CPU": f"{got['cpu']:.1f} s",
+                    "CPU/event": f"{got['cpu'] / n * 1e6:.2f} us",
+                    "CPU ratio": f"{got['cpu'] / base['cpu']:.2f}",
                     "front's peak RSS": f"{got['rss']:,.0f} MiB",
                 },
             )
@@ -192,7 +194,16 @@ def cli(argv: list[str]) -> None:
         f"60 s sliding sum + mean from JSON bytes, every update read: {n:,} events,"
         f" {args.keys:,} keys, shards={args.shards}"
         f"{' per worker' if len(counts) > 1 else ''}, best of {args.repeat}",
-        ["events/s", "speed-up", "seconds", "start", "CPU", "front's peak RSS"],
+        [
+            "events/s",
+            "speed-up",
+            "seconds",
+            "start",
+            "CPU",
+            "CPU/event",
+            "CPU ratio",
+            "front's peak RSS",
+        ],
         rows,
     )
     assert base is not None
@@ -202,5 +213,6 @@ def cli(argv: list[str]) -> None:
         " Ray starting too), not timed."
         " CPU: the case's CPU time and its workers' (read as they ran, after the last event"
         " was applied), whatever the machine's other load: what the work costs, where"
-        " events/s is what it got."
+        " events/s is what it got. CPU ratio: the case's CPU over that of workers=0 (on 2"
+        " cores, a speed-up of 1.5 needs it at 1.33 or less)."
     )
