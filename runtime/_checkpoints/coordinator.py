@@ -421,16 +421,21 @@ class CheckpointCoordinator:
                 # kept features whose window accumulators lack what added ones sharing them
                 # need: with a backfill, they are backfilled with them (from the same input
                 # up to the same position, their state is the one the checkpoint holds)
-                if backfill is None or exc.kept <= rebuilt:
+                if backfill is None:
                     raise CheckpointError(str(exc)) from None
+                if exc.kept <= rebuilt:  # the backfill did not cover them either
+                    raise CheckpointError(f"{exc} (even with the backfill given)") from None
                 rebuilt |= exc.kept
                 names = [*added, *sorted(rebuilt)]
                 filled = await backfill(names, checkpoint.position)
-                _log.info(
-                    "checkpoint_backfilled",
-                    features=names,
+                # their values are now the backfill's: equal to the checkpoint's only if the
+                # history given holds the whole input up to its position
+                _log.warning(
+                    "checkpoint_kept_features_rebuilt",
+                    features=sorted(rebuilt),
                     position=checkpoint.position,
-                    rebuilt=sorted(rebuilt),
+                    detail="kept features sharing window state with added ones were backfilled "
+                    "with them: the history given must hold the whole input up to the position",
                 )
         try:
             decoded = await anyio.to_thread.run_sync(self._decode, checkpoint, plan, path, share)

@@ -223,7 +223,10 @@ class _RayProcess:
     def is_alive(self) -> bool:
         if self.ref is None:
             return False
-        ready, _ = _ray().wait([self.ref], timeout=0)
+        try:
+            ready, _ = _ray().wait([self.ref], timeout=0)
+        except Exception:  # Ray shut down: nothing of it runs for this process
+            return False
         return not ready
 
     def kill(self) -> None:
@@ -236,7 +239,10 @@ class _RayProcess:
         """Wait for the worker's end, then release its actor (and the resources it holds:
         an actor whose ``serve`` returned would hold them until the front exits)."""
         if self.ref is not None:
-            _ray().wait([self.ref], timeout=timeout)
+            try:
+                _ray().wait([self.ref], timeout=timeout)
+            except Exception:
+                return  # Ray shut down: its actors with it
             if self.is_alive():
                 return
         self.kill()
@@ -260,7 +266,8 @@ class RayBackend:
         init_options: further arguments of ``ray.init`` when featurist initializes Ray.
         front_host: the address the workers connect back to: this node's address, as Ray
             knows it (``ray.util.get_node_ip_address()``), by default. It must be reachable
-            from every node that may run a worker.
+            from every node that may run a worker. The front listens on it, or on every
+            interface when it is not one of this machine's (behind NAT, a port mapping).
         placement_timeout: seconds a worker may take to be placed and to connect back before
             the start fails (with the cluster's free resources in the error).
     """
@@ -289,13 +296,16 @@ class RayBackend:
                 f"RayBackend: placement_timeout must be seconds > 0, got {placement_timeout!r}"
             )
         options = dict(actor_options or {})
-        for taken in ("max_restarts", "num_cpus", "resources"):
+        for taken, hint in (
+            ("max_restarts", "the front restarts a worker itself, after restoring its key groups"),
+            ("max_task_retries", "the front sends a restarted worker what it missed"),
+            ("num_cpus", "give RayBackend(num_cpus=...)"),
+            ("resources", "give RayBackend(resources=...)"),
+            ("name", "each worker is an actor of its own: a name would be taken twice"),
+            ("namespace", "the workers live in the driver's job"),
+            ("lifetime", "the workers end with the runtime; a detached one would outlive it"),
+        ):
             if taken in options:
-                hint = (
-                    "the front restarts a worker itself, after restoring its key groups"
-                    if taken == "max_restarts"
-                    else f"give RayBackend({taken}=...)"
-                )
                 raise ConfigError(f"RayBackend: actor_options may not set {taken!r} ({hint})")
         self.address = address
         self.num_cpus = num_cpus
@@ -330,7 +340,7 @@ class RayBackend:
         host = self._host
         assert host is not None and self._actor_class is not None, "open() first"
         token = secrets.token_bytes(HANDSHAKE_TOKEN)
-        with socket.create_server((host, 0)) as listener:
+        with _listener(host) as listener:
             listener.setblocking(False)
             port = listener.getsockname()[1]
             options: dict[str, Any] = {
@@ -361,25 +371,6 @@ class RayBackend:
         ray = _ray()
         deadline = anyio.current_time() + self.placement_timeout
         while True:
-            with anyio.move_on_after(0.25):
-                await anyio.wait_readable(listener)
-            try:
-                sock, _ = listener.accept()
-            except BlockingIOError:
-                sock = None
-            if sock is not None:
-                proof = await anyio.to_thread.run_sync(_handshake, sock)
-                if proof is not None and hmac.compare_digest(proof[0], token):
-                    return sock, proof[1]
-                sock.close()  # not our worker: keep waiting for it
-                continue
-            ready, _ = ray.wait([handle.ref], timeout=0)
-            if ready:  # its serve call ended before it connected: why
-                try:
-                    ray.get(handle.ref)
-                except Exception as exc:
-                    raise RuntimeError(f"worker {index} failed to start on Ray: {exc}") from exc
-                raise RuntimeError(f"worker {index} ended on Ray before it connected")
             if anyio.current_time() > deadline:
                 handle.kill()
                 free = await anyio.to_thread.run_sync(ray.available_resources)
@@ -389,6 +380,40 @@ class RayBackend:
                     + (f" and resources={self.resources}" if self.resources else "")
                     + f"; the cluster has free: {_brief(free)}"
                 )
+            with anyio.move_on_after(0.25):
+                await anyio.wait_readable(listener)
+            try:
+                sock, _ = listener.accept()
+            except BlockingIOError:
+                sock = None
+            if sock is not None:
+                try:
+                    proof = await anyio.to_thread.run_sync(_handshake, sock)
+                except BaseException:
+                    sock.close()  # cancelled while it was read
+                    raise
+                if proof is not None and hmac.compare_digest(proof[0], token):
+                    return sock, proof[1]
+                sock.close()  # not our worker: keep waiting for it
+                continue
+            ready, _ = await anyio.to_thread.run_sync(lambda: ray.wait([handle.ref], timeout=0))
+            if ready:  # its serve call ended before it connected: why
+                try:
+                    ray.get(handle.ref)
+                except Exception as exc:
+                    raise RuntimeError(f"worker {index} failed to start on Ray: {exc}") from exc
+                raise RuntimeError(f"worker {index} ended on Ray before it connected")
+
+
+def _listener(host: str) -> socket.socket:
+    """A listening socket for one worker to connect back to: on ``host`` (IPv4 or IPv6), or
+    on every interface where ``host`` is not one of this machine's (an address the workers
+    reach through NAT, a service or a port mapping)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, 0), family=family)
+    except OSError:
+        return socket.create_server(("", 0), family=family)
 
 
 def _handshake(sock: socket.socket) -> tuple[bytes, int] | None:

@@ -91,7 +91,7 @@ from .protocol import (
     decoder,
 )
 from .recovery import Sent, WorkerLog
-from .stats import hold_counters, merge_measured, merge_metrics, merge_statistics
+from .stats import HeldCounters, merge_measured, merge_metrics, merge_statistics
 from .worker import WorkerSpec
 
 __all__ = ["WorkerFront"]
@@ -102,6 +102,9 @@ _log = get_logger("featurist.workers")
 START_TIMEOUT = 120.0
 #: seconds a worker that said it stopped may take to exit before it is killed
 EXIT_GRACE = 2.0
+#: seconds between two looks at the workers' processes (on a backend other than processes:
+#: :meth:`WorkerFront._watch`)
+WATCH_INTERVAL = 1.0
 
 _vectors = decoder(list[FeatureVector])
 _statistics = decoder(RuntimeStatistics)
@@ -288,9 +291,8 @@ class WorkerFront:
         self._restarts: list[float] = []
         self._tasks: anyio.abc.TaskGroup | None = None
         self._stopping = False
-        #: per worker, its last metrics, whose counters its next ones do not go below
-        #: (:func:`hold_counters`: a worker started again counts from its checkpoint)
-        self._metrics_held: list[Any] = [None] * workers
+        #: per worker, its counters as reported: they never go down when it is started again
+        self._held = [HeldCounters() for _ in range(workers)]
 
     @property
     def key_groups(self) -> int:
@@ -359,7 +361,7 @@ class WorkerFront:
             for index in range(self.workers):  # the fork server starts one at a time
                 await spawn(index)
         else:  # each waits to be placed and to connect back: all at once
-            await _together([partial(spawn, index) for index in range(self.workers)])
+            await _first_failure([partial(spawn, index) for index in range(self.workers)])
         self._workers.extend(spawned)
         self._ready.extend(anyio.Event() for _ in spawned)
         tasks = self._tasks = await stack.enter_async_context(anyio.create_task_group())
@@ -367,6 +369,8 @@ class WorkerFront:
         for worker in self._workers:
             tasks.start_soon(self._read, worker, name=f"featurist-worker-{worker.index}-reader")
         tasks.start_soon(self._flusher, name="featurist-front-flusher")
+        if self._backend.name != "processes":
+            tasks.start_soon(self._watch, name="featurist-front-watch")
         with anyio.move_on_after(START_TIMEOUT) as scope:
             for worker in self._workers:
                 await self._started(worker)
@@ -460,10 +464,10 @@ class WorkerFront:
             for worker in self._workers:
                 await worker.ended.wait()
             for worker in self._workers:
-                # a process's exit has no event to wait for here: poll it, briefly
-                grace = anyio.current_time() + EXIT_GRACE
-                while worker.process.is_alive() and anyio.current_time() < grace:  # noqa: ASYNC110
-                    await anyio.sleep(0.005)
+                # in a thread: a process's exit has no event to wait for on the loop, and a
+                # Ray actor's is a call to Ray
+                with suppress(Exception):
+                    await anyio.to_thread.run_sync(worker.process.join, EXIT_GRACE)
         self._stopping = True
         self._kill_all()
 
@@ -474,10 +478,13 @@ class WorkerFront:
 
     def _kill_all(self) -> None:
         for index, process in enumerate(self._processes):
-            if process.is_alive():
-                _log.warning("worker_killed", worker=index, pid=process.pid)
-                process.kill()
-            process.join(5.0)
+            try:
+                if process.is_alive():
+                    _log.warning("worker_killed", worker=index, pid=process.pid)
+                    process.kill()
+                process.join(5.0)
+            except Exception:  # the backend is gone (Ray shut down first): the others still
+                _log.exception("worker_kill_failed", worker=index, pid=process.pid)
 
     def check(self) -> None:
         """Raise the front's failure, if it has one.
@@ -561,6 +568,10 @@ class WorkerFront:
                     await dead.ended.wait()
                 await dead.conn.aclose()
             with suppress(Exception):
+                # a worker whose stream ended is of no use even if its process still runs (a
+                # Ray actor cut off from the front): killed, so that it frees its resources
+                # for the one started in its place
+                await anyio.to_thread.run_sync(dead.process.kill)
                 await anyio.to_thread.run_sync(dead.process.join, EXIT_GRACE)  # reaped
             # what the worker is to restore and be sent again, taken at one point
             assert self.checkpoints is not None
@@ -569,9 +580,16 @@ class WorkerFront:
             registered = list(logs[index].registered_before)
             try:
                 worker = await self._spawn(index)
-            except Exception as exc:
+            except ConfigError as exc:  # it will never start: no use trying again
                 self._fail(dead, f"{reason}, and could not be started again ({exc})")
                 return
+            except Exception as exc:
+                # not placed, or failed to start (a node lost, a cluster short of resources
+                # for a while): another try, within max_restarts
+                _log.warning("worker_start_failed", worker=index, error=str(exc))
+                reason = f"{reason}, and could not be started again ({exc})"
+                await anyio.sleep(1.0)
+                continue
             self._workers[index] = worker
             self._tasks.start_soon(self._read, worker, name=f"featurist-worker-{index}-reader")
             try:
@@ -624,6 +642,23 @@ class WorkerFront:
             )
             self._ready[index].set()
             return
+
+    async def _watch(self) -> None:
+        """Every :data:`WATCH_INTERVAL` seconds, ask the backend whether each worker's process
+        still runs: a worker on another node whose node is lost may leave its stream open
+        (no end, no reset) while Ray reports its actor dead. One that ended is taken as died,
+        as when its stream ends."""
+        while self.failure is None and not self._stopping:
+            await anyio.sleep(WATCH_INTERVAL)
+            for worker in list(self._workers):
+                if worker.dead or worker.stopped or self._stopping:
+                    continue
+                try:
+                    alive = await anyio.to_thread.run_sync(worker.process.is_alive)
+                except Exception:  # the backend cannot tell now: the stream still can
+                    continue
+                if not alive and not worker.dead and not self._stopping:
+                    self._died(worker, "its Ray actor ended (the backend says so)")
 
     async def _ask(self, worker: _Worker, op: str, *args: Any) -> msgspec.Raw:
         """A call to this very worker (not sent again if it dies: raises ``_Retry``)."""
@@ -1056,10 +1091,7 @@ class WorkerFront:
         (:func:`merge_metrics`), with ``front``'s fields in place of the workers'."""
         self.check()
         parts = [decode(raw) for raw in await self.call_all("metrics")]
-        held = self._metrics_held
-        for index, part in enumerate(parts):
-            held[index] = part = hold_counters(held[index], part)
-            parts[index] = part
+        parts = [held.report(part) for held, part in zip(self._held, parts, strict=True)]
         return merge_metrics(parts, dead_letters, **front)
 
     async def describe(self, name: str) -> FeatureDescription:
@@ -1166,6 +1198,25 @@ class WorkerFront:
                 return
             except Exception:
                 _log.exception("metrics_failed")
+
+
+async def _first_failure(calls: list[Callable[[], Awaitable[None]]]) -> None:
+    """Run ``calls`` at once; at the first failure, cancel the others and raise it as it is
+    (not in an exception group)."""
+    failures: list[BaseException] = []
+    async with anyio.create_task_group() as tasks:
+
+        async def run(call: Callable[[], Awaitable[None]]) -> None:
+            try:
+                await call()
+            except Exception as exc:
+                failures.append(exc)
+                tasks.cancel_scope.cancel()
+
+        for call in calls:
+            tasks.start_soon(run, call)
+    if failures:
+        raise failures[0]
 
 
 async def _together(calls: list[Callable[[], Awaitable[None]]]) -> None:

@@ -241,17 +241,18 @@ def connect_back(host: str, port: int, token: bytes) -> socket.socket:
 
 
 #: seconds of silence after which a TCP peer is probed, between probes, and probes unanswered
-#: before it is taken as gone (a node lost without closing its sockets); and milliseconds a
-#: sent frame may stay unacknowledged before the same
+#: before it is taken as gone (a node lost without closing its sockets, while the link is idle)
 _KEEPALIVE = (10, 5, 3)
-_USER_TIMEOUT_MS = 30_000
 
 
 def _tcp_options(sock: socket.socket) -> None:
     """A TCP stream to a worker on another node: frames leave at once (no Nagle delay), and
-    a peer whose node is lost without closing the socket reads as the end of the stream
-    within about half a minute (keepalive probes while idle, a bound on unacknowledged data
-    while sending), not after the system's default of many minutes."""
+    while the link is idle a peer whose node is lost without closing the socket reads as the
+    end of the stream within about half a minute (keepalive probes), not after the system's
+    default of hours. No bound is set on unacknowledged data (``TCP_USER_TIMEOUT``): it would
+    also cut a live peer that holds its end back for longer (a full socket buffer is the
+    backpressure of a slow subscriber or a long checkpoint); the front learns of a lost
+    node's worker from Ray as well (``WorkerFront``'s watch of the workers' actors)."""
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
     idle, interval, count = _KEEPALIVE
@@ -259,7 +260,6 @@ def _tcp_options(sock: socket.socket) -> None:
         ("TCP_KEEPIDLE", idle),
         ("TCP_KEEPINTVL", interval),
         ("TCP_KEEPCNT", count),
-        ("TCP_USER_TIMEOUT", _USER_TIMEOUT_MS),
     ):
         option = getattr(socket, name, None)
         if option is not None:  # Linux has them all; elsewhere, what the system has

@@ -10,7 +10,7 @@ import msgspec
 from .._results import EnrichmentStatistics, RuntimeStatistics
 from .._spec.cost import MeasuredCost
 
-__all__ = ["hold_counters", "merge_measured", "merge_metrics", "merge_statistics"]
+__all__ = ["HeldCounters", "merge_measured", "merge_metrics", "merge_statistics"]
 
 #: fields that are not summed: the lowest (watermarks), the highest (depths, latencies: the
 #: slowest worker's percentile, an upper bound of the whole's; peaks of one key or stash)
@@ -30,10 +30,10 @@ _HIGHEST = frozenset(
     }
 )
 #: the fields of a worker's metrics that are counters (exported as Prometheus counters: they
-#: only grow), and the dicts of counters by name
+#: only grow)
 _COUNTERS = frozenset(
     {
-        # the runtime's, a feature's and a group's
+        # the runtime's, a feature's, a group's and a join's
         "events_ingested",
         "events_rejected",
         "events_processed",
@@ -42,13 +42,16 @@ _COUNTERS = frozenset(
         "late_dropped",
         "late_side_output",
         "late_applied",
-        # an actor's
-        "processed",
-        "restarts",
-        # a join's
         "records",
         "unmatched",
         "evicted",
+        "expired_keys",
+        "predicate_errors",
+        "merge_errors",
+        # an actor's
+        "processed",
+        "restarts",
+        "dropped",
         # a source's
         "cache_hits",
         "cache_misses",
@@ -56,7 +59,9 @@ _COUNTERS = frozenset(
         "failures",
     }
 )
-_COUNTER_DICTS = frozenset({"dead_letters"})
+#: the parts of a worker's metrics whose counters a worker started again counts from nothing
+#: (its actors, its sources' caches and calls, its dead letters), not from its checkpoint
+_FRESH = frozenset({"actors", "sources", "dead_letters"})
 #: a circuit breaker's states, the worst last: the merged state is the worst worker's
 _BREAKER = ("closed", "half_open", "open")
 
@@ -193,45 +198,76 @@ def _merge(values: list[Any], name: str) -> Any:
     return first
 
 
-def hold_counters(previous: Any, current: Any) -> Any:
-    """A worker's metrics ``current`` with every counter no lower than in ``previous`` (the
-    same worker's last metrics, or None).
+class HeldCounters:
+    """One worker's metrics with counters that never go down (``WorkerFront.metrics``).
 
-    A worker started again after it died restores its groups' counters from the checkpoint
-    and counts the replayed events again, and its actors start from nothing: its counters
-    drop, and so would their sums over the workers, which Prometheus takes for a reset (a
-    spike of ``rate()``). Held at their highest per worker, they stay flat until the new
-    worker's pass them, then grow on: monotonic, as a counter must be."""
-    if previous is None:
-        return current
-    return _hold(previous, current, "")
+    A worker started again after it died counts its groups', features' and joins' counters
+    from the checkpoint it restores, then counts the replayed events again: those are held
+    at the highest value reported, until the new worker's pass it. Its actors, its sources
+    and its dead letters count from nothing: what the worker before it had counted is added
+    to theirs. Either way the sum over the workers never drops, which Prometheus would take
+    for a reset (a spike of ``rate()``)."""
 
+    __slots__ = ("_bases", "_raw", "_reported")
 
-def _hold(previous: Any, current: Any, name: str) -> Any:
-    if isinstance(current, msgspec.Struct):
-        if type(previous) is not type(current):
-            return current
-        changes: dict[str, Any] = {}
-        for field in current.__struct_fields__:
-            new = getattr(current, field)
-            old = getattr(previous, field)
-            if field in _COUNTERS:
-                if isinstance(new, int) and isinstance(old, int) and old > new:
-                    changes[field] = old
-            elif isinstance(new, (msgspec.Struct, dict, tuple)) and old is not None:
-                held = _hold(old, new, field)
+    def __init__(self) -> None:
+        #: the worker's last metrics as it sent them, and as reported
+        self._raw: Any = None
+        self._reported: Any = None
+        #: per counter of a fresh part (by its path): what the workers before counted
+        self._bases: dict[tuple[Any, ...], int] = {}
+
+    def report(self, part: Any) -> Any:
+        """``part`` (the worker's metrics now) with its counters held or carried on."""
+        reported = self._walk(part, self._raw, self._reported, (), False)
+        self._raw, self._reported = part, reported
+        return reported
+
+    def _counter(
+        self, path: tuple[Any, ...], raw: int, before: Any, shown: Any, fresh: bool
+    ) -> int:
+        if fresh:
+            base = self._bases.get(path, 0)
+            if isinstance(before, int) and raw < before:  # a new worker counts from nothing
+                base = self._bases[path] = base + before
+            return base + raw
+        return max(raw, shown) if isinstance(shown, int) else raw
+
+    def _walk(self, value: Any, before: Any, shown: Any, path: tuple[Any, ...], fresh: bool) -> Any:
+        if isinstance(value, msgspec.Struct):
+            changes: dict[str, Any] = {}
+            for field in value.__struct_fields__:
+                new = getattr(value, field)
+                old = getattr(before, field, None)
+                was = getattr(shown, field, None)
+                inner = (*path, field)
+                if field in _COUNTERS and isinstance(new, int) and not isinstance(new, bool):
+                    held = self._counter(inner, new, old, was, fresh)
+                elif isinstance(new, (msgspec.Struct, dict, tuple)):
+                    held = self._walk(new, old, was, inner, fresh or field in _FRESH)
+                else:
+                    continue
                 if held is not new:
                     changes[field] = held
-        return msgspec.structs.replace(current, **changes) if changes else current
-    if isinstance(current, dict) and isinstance(previous, dict):
-        if name in _COUNTER_DICTS:
-            return {k: max(v, previous.get(k, 0)) for k, v in {**previous, **current}.items()}
-        return {k: _hold(previous.get(k), v, k) if k in previous else v for k, v in current.items()}
-    if isinstance(current, tuple) and name == "actors":
-        # actors by name: a restarted worker's have the names of the ones before
-        before = {actor.actor: actor for actor in previous}
-        return tuple(
-            _hold(before[actor.actor], actor, "") if actor.actor in before else actor
-            for actor in current
-        )
-    return current
+            return msgspec.structs.replace(value, **changes) if changes else value
+        if isinstance(value, dict):
+            old_map = before if isinstance(before, dict) else {}
+            was_map = shown if isinstance(shown, dict) else {}
+            if path and path[-1] == "dead_letters":  # a dict of counters by reason
+                return {
+                    k: self._counter((*path, k), v, old_map.get(k), was_map.get(k), True)
+                    for k, v in value.items()
+                }
+            return {
+                k: self._walk(v, old_map.get(k), was_map.get(k), (*path, k), fresh)
+                for k, v in value.items()
+            }
+        if isinstance(value, tuple) and path and path[-1] == "actors":
+            # actors by name: a restarted worker's have the names of the ones before
+            old_by = {a.actor: a for a in before or ()}
+            was_by = {a.actor: a for a in shown or ()}
+            return tuple(
+                self._walk(a, old_by.get(a.actor), was_by.get(a.actor), (*path, a.actor), fresh)
+                for a in value
+            )
+        return value

@@ -390,3 +390,43 @@ async def test_merged_counters_never_drop_when_a_worker_is_started_again(
         last = _counters(await rt.metrics())
         assert last["events_processed"] == 2000 > before["events_processed"]
         assert all(last[name] >= n for name, n in after.items())
+
+
+def test_a_restarted_workers_counters_carry_on_or_hold() -> None:
+    """What a worker started again counts from nothing (its actors, sources, dead letters)
+    is added to what the one before had counted; what it restores from its checkpoint and
+    counts again (features, groups) is held until it passes the value reported."""
+    from runtime import ActorMetrics, FeatureMetrics
+    from runtime._workers.stats import HeldCounters
+
+    def part(processed: int, events: int, letters: int) -> Any:
+        actor = ActorMetrics(
+            actor="a", kind="features", group="g0", shard=0, mailbox_depth=0,
+            mailbox_capacity=1, senders_waiting=0, processed=processed, errors=0, restarts=0,
+        )  # fmt: skip
+        feature = FeatureMetrics(
+            feature="n", type="count", group="g0", events=events, events_per_second=None,
+            latency_p50_us=None, latency_p95_us=None, latency_p99_us=None,
+            latency_sampled_events=0, errors=0,
+        )  # fmt: skip
+        return (actor, feature, {"failed": letters})
+
+    held = HeldCounters()
+
+    def report(processed: int, events: int, letters: int) -> tuple[int, int, int]:
+        actor, feature, dead = part(processed, events, letters)
+        got = held.report(_Parts(actors=(actor,), features={"n": feature}, dead_letters=dead))
+        return got.actors[0].processed, got.features["n"].events, got.dead_letters["failed"]
+
+    assert report(100, 100, 2) == (100, 100, 2)
+    assert report(5, 60, 0) == (105, 100, 2)  # started again: actors anew, features restored
+    assert report(30, 120, 1) == (130, 120, 3)
+    assert report(40, 125, 1) == (140, 125, 3)
+
+
+class _Parts(msgspec.Struct, frozen=True, kw_only=True):
+    """The parts of ``RuntimeMetrics`` that hold counters of both kinds."""
+
+    actors: tuple[Any, ...]
+    features: dict[str, Any]
+    dead_letters: dict[str, int]
