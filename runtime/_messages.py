@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -298,8 +299,18 @@ def set_aside(actor: Actor[Any], poison: list[Any], events: list[Any], **where: 
             "events of its batch were applied",
         )
     poison_log(actor).add(poison, **where)
-    bad = {id(item[2]) for item in poison}
-    return [item for item in events if id(item[2]) not in bad]
+    # as many as were reported, by key, time and the event object: an event object may be
+    # shared by several events (the enricher passes a cached row's fields to every event of
+    # that row), and only the one that raised is left out
+    bad = Counter((key, t, id(event)) for key, t, event, _ in poison)
+    kept = []
+    for item in events:
+        mark = (item[0], item[1], id(item[2]))
+        if bad[mark]:
+            bad[mark] -= 1
+            continue
+        kept.append(item)
+    return kept
 
 
 def log_left_out(left_out: Sequence[tuple[Any, Exception]], **where: Any) -> None:

@@ -187,3 +187,21 @@ async def test_a_poison_event_of_a_projected_group_goes_to_dead_letters_and_the_
     # the group got the lookup's fields, not the whole event: that is what its letter holds
     assert letter.message["m.cat"] == "x" and "mid" not in letter.message
     assert "key 'b', time 2" in letter.detail
+
+
+def test_only_the_poison_event_is_left_out_of_events_sharing_a_row() -> None:
+    """Events of one row share its fields (one object): setting aside the one that raised
+    leaves the others of that object in the batch."""
+    from types import SimpleNamespace
+
+    from actors import DeadLetters
+    from runtime._messages import set_aside
+
+    shared = {"m.risk": 0.5}
+    letters = DeadLetters()
+    actor = SimpleNamespace(context=SimpleNamespace(dead_letters=letters, name="g0-shard-0"))
+    events = [("a", 1, shared), ("b", 2, shared), ("c", 3, {"m.risk": 0.1}), ("b", 2, shared)]
+    error = RuntimeError("raised")
+    kept = set_aside(actor, [("b", 2, shared, error)], events, group="g0")  # type: ignore[arg-type]
+    assert kept == [("a", 1, shared), ("c", 3, {"m.risk": 0.1}), ("b", 2, shared)]
+    assert len(letters.letters()) == 1
