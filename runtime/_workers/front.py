@@ -971,12 +971,16 @@ class WorkerFront:
         for idle actors: while the worker is busy, its buffer grows)."""
         size = self.batch_size
         workers = self._workers
-        for index, buffer in enumerate(self.buffers):
-            if buffer and (len(buffer) >= size or not workers[index].in_flight):
-                await self.send(index)
-        if self._flusher_idle and any(self.buffers):
-            assert self._wake is not None
-            self._wake.set()  # a buffer waits for its busy worker: the flusher times it
+        try:
+            for index, buffer in enumerate(self.buffers):
+                if buffer and (len(buffer) >= size or not workers[index].in_flight):
+                    await self.send(index)
+        finally:
+            # also when the caller is cancelled while sending: what it left buffered is
+            # accepted, and leaves within linger
+            if self._flusher_idle and any(self.buffers):
+                assert self._wake is not None
+                self._wake.set()  # a buffer waits for its busy worker: the flusher times it
 
     async def send_all(self) -> None:
         for index in range(self.workers):
