@@ -86,6 +86,10 @@ from ._workers.front import WorkerFront
 __all__ = ["FeatureRuntime", "RuntimeReplayHost"]
 
 _log = get_logger("featurist")
+
+#: ticks of the flusher (every ``linger / 2``) with nothing buffered, after which it waits to
+#: be woken instead (0.1 s at the default linger)
+FLUSHER_IDLE_TICKS = 40
 _metrics_decoder = msgspec.msgpack.Decoder(RuntimeMetrics)
 
 
@@ -312,6 +316,9 @@ class FeatureRuntime:
             self._coordinator.backfill = functools.partial(self._backfill, backfill)
         self._active_ingests = 0
         self._ingests_done: anyio.Event | None = None
+        #: set while the flusher waits to be woken (nothing buffered for a while): the end of
+        #: an ingest call that leaves something buffered sets it
+        self._flusher_wake: anyio.Event | None = None
         self._stack: AsyncExitStack | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self._running = False
@@ -536,17 +543,35 @@ class FeatureRuntime:
         self._active_ingests -= 1
         if not self._active_ingests and self._ingests_done is not None:
             self._ingests_done.set()
+        wake = self._flusher_wake
+        if wake is not None and self._ingest.pending():
+            wake.set()  # something waits for its linger (or a send cancelled half-way)
 
     async def _flusher(self) -> None:
+        """Every ``linger / 2``, send the buffers that waited ``linger`` behind busy shards.
+        Once nothing has been buffered for :data:`FLUSHER_IDLE_TICKS` ticks, it waits to be
+        woken by the end of an ingest call that leaves something buffered: an idle runtime
+        runs no timer (it took about 3% of a core waking every 2.5 ms)."""
         linger = self.linger
+        ingest = self._ingest
+        quiet = 0
         while True:
+            if quiet >= FLUSHER_IDLE_TICKS:
+                wake = self._flusher_wake = anyio.Event()
+                try:
+                    if not ingest.pending():  # looked at again once the event is published
+                        await wake.wait()
+                finally:
+                    self._flusher_wake = None
+                quiet = 0
             await anyio.sleep(linger / 2)
             assert self._tg is not None
-            for shard in self._ingest.due(time.perf_counter() - linger):
+            for shard in ingest.due(time.perf_counter() - linger):
                 # Each send in a task of its own, and none for a shard that is already sending:
                 # a shard whose mailbox is full delays only itself, not the others' lingers.
-                if not self._ingest.sending(shard):
-                    self._tg.start_soon(self._ingest.send, shard)
+                if not ingest.sending(shard):
+                    self._tg.start_soon(ingest.send, shard)
+            quiet = 0 if ingest.pending() else quiet + 1
 
     def _check_running(self) -> None:
         failure = self._system.escalation

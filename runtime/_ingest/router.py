@@ -511,6 +511,14 @@ class Ingest:
         """True while a send to ``shard`` is in progress (or waiting for room)."""
         return self._locks[shard].locked()
 
+    def pending(self) -> bool:
+        """Whether anything is buffered, left unsent, or being sent, for any shard."""
+        return (
+            any(self.buffers)
+            or any(unsent is not None for unsent in self.unsent)
+            or any(lock.locked() for lock in self._locks)
+        )
+
     def due(self, deadline: float) -> list[int]:
         """Shards with a batch to finish or a buffer whose first event came before ``deadline``."""
         return [

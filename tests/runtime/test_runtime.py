@@ -749,3 +749,34 @@ def test_an_invalid_expected_load_raises_an_error_naming_the_parameter(
     [name] = kwargs
     with pytest.raises(ValueError, match=name):
         FeatureRuntime(FEATURE_SET, **kwargs)
+
+
+@pytest.mark.parametrize("many", [False, True])
+async def test_an_idle_runtime_runs_no_timer_and_wakes_for_a_buffered_event(
+    monkeypatch: pytest.MonkeyPatch, many: bool
+) -> None:
+    """Once nothing has been buffered for a while the flusher waits to be woken; an event
+    left buffered behind a busy shard (made to look busy here) still leaves after linger."""
+    import runtime._runtime as module
+
+    monkeypatch.setattr(module, "FLUSHER_IDLE_TICKS", 2)
+    features = FeatureSet(name="idle", key="k", time="ts", features=[Count(name="n")])
+    async with FeatureRuntime(features, shards=2, linger=0.005) as rt:
+        await rt.ingest({"k": "a", "ts": 1})
+        with anyio.fail_after(5):
+            while rt._flusher_wake is None:  # parked
+                await anyio.sleep(0.005)
+        idle = time.process_time()
+        await anyio.sleep(0.3)
+        assert time.process_time() - idle < 0.05  # no timer ticks while parked
+        monkeypatch.setattr(rt._ingest, "idle", lambda shard: False)  # "busy": it waits
+        event = {"k": "a", "ts": 2}
+        if many:
+            await rt.ingest_many([event])
+        else:
+            await rt.ingest(event)
+        assert rt._ingest.pending()
+        with anyio.fail_after(5):  # no flush, no read (a read sends what is buffered first)
+            while rt._ingest.pending():  # the flusher sends it after linger
+                await anyio.sleep(0.005)
+        assert (await rt.get("a"))["n"] == 2
