@@ -651,19 +651,22 @@ class Api:
                     if key == "slow":
                         time.sleep(0.5)
                     if key == "boom":
-                        self.answer(500, b"down for maintenance")
+                        status, body = 500, b"down for maintenance"
                     elif key == "broken":
-                        self.answer(200, b'{"risk": ')
+                        status, body = 200, b'{"risk": '
                     elif key.startswith("wait"):
                         time.sleep(0.02)
-                        self.answer(200, msgspec.json.encode({"key": key}))
+                        status, body = 200, msgspec.json.encode({"key": key})
                     elif key in api.rows:
-                        self.answer(200, msgspec.json.encode(api.rows[key]))
+                        status, body = 200, msgspec.json.encode(api.rows[key])
                     else:
-                        self.answer(404, b"not found")
+                        status, body = 404, b"not found"
                 finally:
+                    # out of flight before the answer leaves: once the client has it, it may
+                    # ask again at once, before this thread would run on
                     with api._lock:
                         api.in_flight -= 1
+                self.answer(status, body)
 
             def do_POST(self) -> None:
                 api.seen(self)
@@ -673,8 +676,8 @@ class Api:
                     self.answer(500, b"no")
                     return
                 answer = {str(k): api.rows[str(k)] for k in keys if str(k) in api.rows}
+                api.posted = keys  # before the answer: the client reads it once answered
                 self.answer(200, api.batch_answer or msgspec.json.encode(answer))
-                api.posted = keys
 
             def answer(self, status: int, body: bytes) -> None:
                 self.send_response(status)
