@@ -1095,7 +1095,10 @@ class WorkerFront:
         (:func:`merge_metrics`), with ``front``'s fields in place of the workers'."""
         self.check()
         parts = [decode(raw) for raw in await self.call_all("metrics")]
-        parts = [held.report(part) for held, part in zip(self._held, parts, strict=True)]
+        parts = [
+            held.report(part, worker.pid)
+            for held, part, worker in zip(self._held, parts, self._workers, strict=True)
+        ]
         return merge_metrics(parts, dead_letters, **front)
 
     async def describe(self, name: str) -> FeatureDescription:

@@ -208,7 +208,7 @@ class HeldCounters:
     to theirs. Either way the sum over the workers never drops, which Prometheus would take
     for a reset (a spike of ``rate()``)."""
 
-    __slots__ = ("_bases", "_raw", "_reported")
+    __slots__ = ("_bases", "_process", "_raw", "_renewed", "_reported")
 
     def __init__(self) -> None:
         #: the worker's last metrics as it sent them, and as reported
@@ -216,9 +216,16 @@ class HeldCounters:
         self._reported: Any = None
         #: per counter of a fresh part (by its path): what the workers before counted
         self._bases: dict[tuple[Any, ...], int] = {}
+        #: the process the last metrics came from, and whether this one is another
+        self._process: Any = None
+        self._renewed = False
 
-    def report(self, part: Any) -> Any:
-        """``part`` (the worker's metrics now) with its counters held or carried on."""
+    def report(self, part: Any, process: Any = None) -> Any:
+        """``part`` (the worker's metrics now, from ``process``: its pid) with its counters
+        held or carried on. A new ``process`` is a worker started again, even if its fresh
+        counters have already passed the old ones."""
+        self._renewed = self._raw is not None and process is not None and process != self._process
+        self._process = process
         reported = self._walk(part, self._raw, self._reported, (), False)
         self._raw, self._reported = part, reported
         return reported
@@ -228,8 +235,8 @@ class HeldCounters:
     ) -> int:
         if fresh:
             base = self._bases.get(path, 0)
-            if isinstance(before, int) and raw < before:  # a new worker counts from nothing
-                base = self._bases[path] = base + before
+            if isinstance(before, int) and (raw < before or self._renewed):
+                base = self._bases[path] = base + before  # a new worker counts from nothing
             return base + raw
         return max(raw, shown) if isinstance(shown, int) else raw
 

@@ -413,15 +413,18 @@ def test_a_restarted_workers_counters_carry_on_or_hold() -> None:
 
     held = HeldCounters()
 
-    def report(processed: int, events: int, letters: int) -> tuple[int, int, int]:
+    def report(processed: int, events: int, letters: int, pid: int) -> tuple[int, int, int]:
         actor, feature, dead = part(processed, events, letters)
-        got = held.report(_Parts(actors=(actor,), features={"n": feature}, dead_letters=dead))
+        parts = _Parts(actors=(actor,), features={"n": feature}, dead_letters=dead)
+        got = held.report(parts, pid)
         return got.actors[0].processed, got.features["n"].events, got.dead_letters["failed"]
 
-    assert report(100, 100, 2) == (100, 100, 2)
-    assert report(5, 60, 0) == (105, 100, 2)  # started again: actors anew, features restored
-    assert report(30, 120, 1) == (130, 120, 3)
-    assert report(40, 125, 1) == (140, 125, 3)
+    assert report(100, 100, 2, pid=10) == (100, 100, 2)
+    assert report(5, 60, 0, pid=11) == (105, 100, 2)  # started again: actors anew, features kept
+    assert report(30, 120, 1, pid=11) == (130, 120, 3)
+    assert report(40, 125, 1, pid=11) == (140, 125, 3)
+    # started again, and its actors already past the old counts when next read: still added
+    assert report(150, 130, 5, pid=12) == (290, 130, 8)
 
 
 class _Parts(msgspec.Struct, frozen=True, kw_only=True):
