@@ -154,15 +154,44 @@ class LRU:
             self.rows.popitem(last=False)
 
 
-async def dataloader(events: list[dict[str, Any]], source: SlowSource) -> Totals:
-    """The hand-written baseline: chunks of a stream, their misses loaded together."""
-    totals, cache = Totals(), LRU(CACHE)
+def data_loader(source: SlowSource) -> DataLoader:
+    """An ``aiodataloader`` over ``source``: a batch of keys in one call, rows in key order."""
 
     async def batch(keys: list[Hashable]) -> list[Any]:
         rows = await source.get_many(keys)
         return [rows.get(key) for key in keys]
 
-    loader = DataLoader(batch, cache=False, max_batch_size=CHUNK)
+    return DataLoader(batch, cache=False, max_batch_size=CHUNK)
+
+
+def outputs(
+    chunk: list[dict[str, Any]],
+    kh: dict[str, int],
+    count: dict[str, int],
+    risk: dict[str, float],
+    rows_of: Any,
+    fold: Any,
+) -> None:
+    """The hand-written loops' per-event work over a chunk whose rows are cached: the card's
+    count, then its mean merchant risk, each folded as the runtime's update of it."""
+    for event in chunk:
+        card = event["card"]
+        t = event["ts"]
+        h = kh[card]
+        n = count.get(card, 0) + 1
+        count[card] = n
+        fold(h, t, n)
+        row = rows_of.get(event["merchant_id"])
+        total = risk.get(card, 0) + (row["risk"] if row is not None else 0.5)
+        risk[card] = total
+        fold(h, t, -1, total / n)
+
+
+async def dataloader(events: list[dict[str, Any]], source: SlowSource) -> Totals:
+    """The hand-written baseline: chunks of a stream, their misses loaded together."""
+    totals, cache = Totals(), LRU(CACHE)
+
+    loader = data_loader(source)
     for start in range(0, len(events), CHUNK):
         chunk = events[start : start + CHUNK]
         missing = {e["merchant_id"] for e in chunk if cache.get(e["merchant_id"]) is None}
@@ -318,11 +347,7 @@ async def dataloader_outputs(
     risk: dict[str, float] = {}
     fold = checksum.fold
 
-    async def batch(keys: list[Hashable]) -> list[Any]:
-        rows = await source.get_many(keys)
-        return [rows.get(key) for key in keys]
-
-    loader = DataLoader(batch, cache=False, max_batch_size=CHUNK)
+    loader = data_loader(source)
     for start in range(0, len(events), CHUNK):
         chunk = events[start : start + CHUNK]
         missing = {e["merchant_id"] for e in chunk if lookup(e["merchant_id"]) is None}
@@ -330,17 +355,7 @@ async def dataloader_outputs(
             keys = list(missing)
             for key, row in zip(keys, await loader.load_many(keys), strict=True):
                 cache.put(key, row)
-        for event in chunk:
-            card = event["card"]
-            t = event["ts"]
-            h = kh[card]
-            n = count.get(card, 0) + 1
-            count[card] = n
-            fold(h, t, n)
-            row = rows_of.get(event["merchant_id"])
-            total = risk.get(card, 0) + (row["risk"] if row is not None else 0.5)
-            risk[card] = total
-            fold(h, t, -1, total / n)
+        outputs(chunk, kh, count, risk, rows_of, fold)
 
 
 async def prefetching_outputs(
@@ -358,11 +373,7 @@ async def prefetching_outputs(
     risk: dict[str, float] = {}
     fold = checksum.fold
 
-    async def batch(keys: list[Hashable]) -> list[Any]:
-        rows = await source.get_many(keys)
-        return [rows.get(key) for key in keys]
-
-    loader = DataLoader(batch, cache=False, max_batch_size=CHUNK)
+    loader = data_loader(source)
 
     async def load(chunk: list[dict[str, Any]]) -> list[tuple[Hashable, Any]]:
         keys = list({e["merchant_id"] for e in chunk if lookup(e["merchant_id"]) is None})
@@ -383,17 +394,7 @@ async def prefetching_outputs(
                 await asyncio.sleep(0)
         for key, row in loaded:
             cache.put(key, row)
-        for event in chunk:
-            card = event["card"]
-            t = event["ts"]
-            h = kh[card]
-            n = count.get(card, 0) + 1
-            count[card] = n
-            fold(h, t, n)
-            row = rows_of.get(event["merchant_id"])
-            total = risk.get(card, 0) + (row["risk"] if row is not None else 0.5)
-            risk[card] = total
-            fold(h, t, -1, total / n)
+        outputs(chunk, kh, count, risk, rows_of, fold)
 
 
 async def consume_updates(subscription: Any, checksum: Checksum) -> None:

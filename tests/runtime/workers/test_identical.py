@@ -88,16 +88,23 @@ async def _results(rt: Any, subscription: Any, payloads: list[Any], keys: list[A
     return values, updates
 
 
+def own_keys(
+    stream: list[dict[str, Any]], prefix: str, as_bytes: bool
+) -> tuple[list[dict[str, Any]], list[Any], list[Any]]:
+    """An example's events with keys of its own (``prefix``), as given to ``ingest_many``
+    (JSON bytes or dicts), and its keys."""
+    stream = [{**event, "card": f"{prefix}{event['card']}"} for event in stream]
+    payloads: list[Any] = [msgspec.json.encode(e) for e in stream] if as_bytes else stream
+    return stream, payloads, sorted({e["card"] for e in stream})
+
+
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(stream=events, as_bytes=st.booleans())
 def test_workers_and_shards_give_identical_values_and_updates(
     runtimes: tuple[BlockingPortal, list[Any]], stream: list[dict[str, Any]], as_bytes: bool
 ) -> None:
     portal, started = runtimes
-    prefix = f"e{next(_examples)}-"
-    stream = [{**event, "card": f"{prefix}{event['card']}"} for event in stream]
-    payloads: list[Any] = [msgspec.json.encode(e) for e in stream] if as_bytes else stream
-    keys = sorted({e["card"] for e in stream})
+    stream, payloads, keys = own_keys(stream, f"e{next(_examples)}-", as_bytes)
     reference = None
     for (rt, subscription), setting in zip(started, SETTINGS, strict=True):
         got = portal.call(_results, rt, subscription, payloads, keys)

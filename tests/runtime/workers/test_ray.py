@@ -26,7 +26,6 @@ from typing import Any
 
 import anyio
 import hypothesis.strategies as st
-import msgspec
 import pytest
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 from hypothesis import HealthCheck, given, settings
@@ -35,7 +34,7 @@ from runtime import CheckpointError, ConfigError, FeatureRuntime, RayBackend
 
 from ...conftest import services_required
 from .test_identical import FEATURE_SET as IDENTICAL_SET
-from .test_identical import _results
+from .test_identical import _results, own_keys
 from .test_identical import events as event_lists
 from .test_recovery import FEATURE_SET, KEYS, _config, _drain, _events, _uninterrupted, _values
 
@@ -102,10 +101,7 @@ def test_workers_on_ray_give_the_values_and_updates_of_the_in_process_runtime(
     runtimes: tuple[BlockingPortal, list[Any]], stream: list[dict[str, Any]], as_bytes: bool
 ) -> None:
     portal, started = runtimes
-    prefix = f"r{next(_examples)}-"
-    stream = [{**event, "card": f"{prefix}{event['card']}"} for event in stream]
-    payloads: list[Any] = [msgspec.json.encode(e) for e in stream] if as_bytes else stream
-    keys = sorted({e["card"] for e in stream})
+    _, payloads, keys = own_keys(stream, f"r{next(_examples)}-", as_bytes)
     reference = portal.call(_results, started[0][0], started[0][1], payloads, keys)
     for (rt, subscription), setting in zip(started[1:], SETTINGS[1:], strict=True):
         got = portal.call(_results, rt, subscription, payloads, keys)
