@@ -17,6 +17,7 @@ from typing import Any
 import msgspec
 
 from ._exceptions import ConfigError
+from ._gc import DEFAULT_GC_THRESHOLD
 from ._ingest.events import PayloadFormat
 from ._spec.checks import check_option_int, check_option_seconds
 from ._spec.enrich import CustomSource
@@ -56,6 +57,7 @@ class RuntimeOptions(msgspec.Struct, frozen=True, kw_only=True):
     metrics_host: str = "127.0.0.1"
     metrics_interval: float = 5.0
     workers: int = 0
+    gc_threshold: int | None = DEFAULT_GC_THRESHOLD
 
     def __post_init__(self) -> None:
         check_option_int("key_groups", self.key_groups, 1)
@@ -67,6 +69,8 @@ class RuntimeOptions(msgspec.Struct, frozen=True, kw_only=True):
                 f"runs shards={self.shards} over its own key groups, got workers={self.workers}"
             )
         check_option_int("batch_size", self.batch_size, 1)
+        if self.gc_threshold is not None:
+            check_option_int("gc_threshold", self.gc_threshold, 1)
         check_option_int("mailbox_capacity", self.mailbox_capacity, 1)
         check_option_int("sample_every", self.sample_every, 1)
         check_option_seconds("linger", self.linger)
