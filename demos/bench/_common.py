@@ -19,6 +19,7 @@ from typing import Any
 import anyio
 
 from runtime import configure_logging
+from runtime._gc import DEFAULT_GC_THRESHOLD
 
 
 @dataclass
@@ -265,9 +266,13 @@ def fastest(results: list[Any]) -> Any:
 
 def freeze_input() -> None:
     """Move what exists now (the generated input) out of the collector's sight, for both
-    sides alike, so full collections do not rescan millions of dicts (``gc.freeze``)."""
+    sides alike, so full collections do not rescan millions of dicts (``gc.freeze``); and set
+    the collector's first threshold to the one ``FeatureRuntime`` sets while it runs
+    (``gc_threshold``, 10,000; Python's own is 700), for the hand-written side too: a loop
+    written by hand could set it as well, and each side gets the same collector."""
     gc.collect()
     gc.freeze()
+    gc.set_threshold(DEFAULT_GC_THRESHOLD, *gc.get_threshold()[1:])
 
 
 async def run_with_consumer(

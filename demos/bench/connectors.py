@@ -278,12 +278,12 @@ def cli(argv: list[str]) -> None:
     parser.add_argument("--shards", type=int, default=1, help="the runtime's shards (1)")
     args = parser.parse_args(argv)
     quiet_logs()
-    gc.set_threshold(args.gc_threshold, *gc.get_threshold()[1:])
     events, payloads = make_payloads(args.events, args.keys, args.seed)
     want = expected(events)
     # the input and the expected values out of the collector's sight, for both sides alike:
     # else each full collection of a run walks millions of objects no consumer would hold
     freeze_input()
+    gc.set_threshold(args.gc_threshold, *gc.get_threshold()[1:])
     n = len(events)
     rows: list[Row] = []
     failures: list[str] = []
