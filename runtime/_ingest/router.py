@@ -80,6 +80,8 @@ class Ingest:
         self._router = router
         #: keys read in full (so checked) since the cache was last cleared, and their shard
         self._known: dict[Any, int] = {}
+        #: the one shard every event goes to (:meth:`pin`), or None: each key's own
+        self._pinned: int | None = None
         self._known_size = known_keys
         self._groups = groups
         self._dead_letters = dead_letters
@@ -98,6 +100,15 @@ class Ingest:
         #: next checkpoint carry on from
         self.ingested_before = 0
         self.rejected_before = 0
+
+    def pin(self, shard: int) -> None:
+        """Send every event to ``shard``, unrouted: for a worker process that runs one shard
+        of its key groups, whose front has routed each event to it already (the events are
+        still checked, as with one shard)."""
+        if not 0 <= shard < self.shards:
+            raise ValueError(f"shard must be between 0 and {self.shards - 1}, got {shard}")
+        self._pinned = shard
+        self._known.clear()
 
     def stream_index(self, stream: str | None) -> int:
         """The index of ``stream`` among the ingested streams (the first for None)."""
@@ -190,10 +201,11 @@ class Ingest:
         read, shard_of = reader.read, self._shard_of
         # Events off the fast path are read in place, so a key's events keep their order.
         rejected = 0
-        if self.shards == 1:
+        pinned = self._pinned
+        if self.shards == 1 or pinned is not None:
             # No routing, so the key's checks inline; a non-ASCII str key is looked up once
             # known, as the checks cost more for it.
-            append = buffers[0].append
+            append = buffers[0 if pinned is None else pinned].append
             known_keys = self._known
             longest = reader.max_key_length
             int_low, int_high = reader.int_low, reader.int_high
@@ -413,7 +425,12 @@ class Ingest:
         shard = known.get(key)
         if shard is None:
             router = self._router
-            shard = 0 if self.shards == 1 else router.shard_of_group(router.key_group(key))
+            if self._pinned is not None:
+                shard = self._pinned
+            elif self.shards == 1:
+                shard = 0
+            else:
+                shard = router.shard_of_group(router.key_group(key))
             if self._known_size:
                 if len(known) >= self._known_size:
                     known.clear()

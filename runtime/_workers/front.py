@@ -229,6 +229,9 @@ class WorkerFront:
         self._router = KeyRouter(shards=workers, key_groups=key_groups, cache_size=route_cache_size)
         #: the worker of each key group (``route``'s fast path hashes keys itself)
         self._worker_of_group = [self._router.shard_of_group(g) for g in range(key_groups)]
+        #: per worker, its one shard of the ``shards`` in all when it runs one (its runtime
+        #: then sends every event there, unrouted), else None
+        self._pinned = _pinned_shards(self._worker_of_group, workers, shards)
         self.batch_size = batch_size
         self.linger = linger
         self._dead_letters = dead_letters
@@ -415,7 +418,7 @@ class WorkerFront:
     async def _spawn(self, index: int) -> _Worker:
         """Start worker ``index``'s process on the backend (its reply, id 0, is awaited by
         the caller)."""
-        spec = WorkerSpec(index, self._make_runtime)
+        spec = WorkerSpec(index, self._make_runtime, self._pinned[index])
         # each process is tracked as soon as it exists: killed at the latest when the
         # stack closes
         process, sock = await self._backend.spawn(spec, self._processes.append)
@@ -1245,6 +1248,16 @@ async def _together(calls: list[Callable[[], Awaitable[None]]]) -> None:
             tasks.start_soon(run, call)
     if failures:
         raise failures[0]
+
+
+def _pinned_shards(worker_of_group: list[int], workers: int, shards: int) -> list[int | None]:
+    """Per worker, the one shard of a runtime of ``shards`` shards over the same key groups
+    that holds every key group of the worker's, or None when they fall in several."""
+    router = KeyRouter(shards=shards, key_groups=len(worker_of_group))
+    held: list[set[int]] = [set() for _ in range(workers)]
+    for group, worker in enumerate(worker_of_group):
+        held[worker].add(router.shard_of_group(group))
+    return [next(iter(shards_of)) if len(shards_of) == 1 else None for shards_of in held]
 
 
 def _touch(path: str) -> None:

@@ -67,6 +67,9 @@ class WorkerSpec:
     index: int
     #: makes the worker's runtime (a ``FeatureRuntime`` with ``workers=0``)
     make_runtime: Callable[[], Any]
+    #: the worker's one shard, when it runs one (its runtime then routes nothing: the front
+    #: sent it only events of that shard's key groups); None: its runtime routes by key
+    pinned: int | None = None
 
 
 def main(sock: Any, spec: WorkerSpec) -> None:
@@ -81,6 +84,8 @@ async def serve(sock: Any, spec: WorkerSpec) -> None:
     try:
         try:
             rt = spec.make_runtime()
+            if spec.pinned is not None:
+                rt._ingest.pin(spec.pinned)
         except Exception as exc:
             await conn.send(Reply(0, f"{type(exc).__name__}: {exc}", msgspec.Raw(b"\xc0")))
             return

@@ -96,3 +96,47 @@ def test_fast_path_routes_a_batch_of_good_bytes_by_the_routers_hash() -> None:
     for index, buffer in enumerate(front.buffers):
         for payload in buffer:
             assert front._router.shard_of(msgspec.json.decode(payload)["user"]) == index
+
+
+def test_a_worker_of_one_shard_is_pinned_to_it() -> None:
+    """With one shard a worker, each worker's runtime (shards x workers shards over the same
+    key groups) holds the worker's key groups in one shard: its own index. With more, none."""
+    for workers in (1, 2, 3, 5):
+        rt = FeatureRuntime(FEATURE_SET, shards=1, workers=workers)
+        assert rt._front is not None
+        assert rt._front._pinned == list(range(workers))
+        worker_runtime = rt._front._make_runtime()
+        groups = rt._front._worker_of_group
+        for group, worker in enumerate(groups):
+            assert worker_runtime._router.shard_of_group(group) == worker
+    rt = FeatureRuntime(FEATURE_SET, shards=2, workers=2)
+    assert rt._front is not None and rt._front._pinned == [None, None]
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from([*KINDS, "good", "good", "good"]), st.integers(0, 40)),
+        min_size=1,
+        max_size=25,
+    ),
+    st.integers(0, 2),
+)
+def test_a_pinned_router_checks_and_refuses_as_one_shard_does(
+    kinds: list[tuple[str, int]], shard: int
+) -> None:
+    """Pinned to a shard, a worker's runtime sends every event there and accepts, refuses
+    and counts exactly as a runtime of one shard."""
+    events = [_event(kind, n) for kind, n in kinds]
+    one = FeatureRuntime(FEATURE_SET, shards=1)
+    pinned = FeatureRuntime(FEATURE_SET, shards=3)
+    pinned._ingest.pin(shard)
+    assert one._ingest.route(list(events)) == pinned._ingest.route(list(events))
+    assert pinned._ingest.buffers[shard] == one._ingest.buffers[0]
+    assert all(not b for i, b in enumerate(pinned._ingest.buffers) if i != shard)
+    letters = [(x.message, x.detail) for x in one.dead_letters.letters()]
+    assert [(x.message, x.detail) for x in pinned.dead_letters.letters()] == letters
+    assert (pinned._ingest.ingested, pinned._ingest.rejected) == (
+        one._ingest.ingested,
+        one._ingest.rejected,
+    )
