@@ -259,6 +259,31 @@ def cases_in_children(
     return [in_child(child, spec) for _ in range(max(1, repeat))]
 
 
+def rounds_in_children(
+    target: Callable[[dict[str, Any]], Any], specs: Sequence[dict[str, Any]], repeat: int
+) -> list[list[Any]]:
+    """Run ``target(spec)`` for each spec in turn, ``repeat`` rounds, each run in a forked
+    child (as :func:`cases_in_children`); the results of each spec, by round. Interleaved, the
+    cases of one round meet the same machine: a machine shared with other work drifts by tens
+    of percent over a minute, and cases run one after the other would compare two moods of
+    it (the ratios of a round's pair show how far it moved)."""
+
+    def child(spec: dict[str, Any], queue: Any) -> None:
+        queue.put(target(spec))
+
+    results: list[list[Any]] = [[] for _ in specs]
+    for _ in range(max(1, repeat)):
+        for index, spec in enumerate(specs):
+            results[index].append(in_child(child, spec))
+    return results
+
+
+def round_ratios(base: list[Any], other: list[Any]) -> str:
+    """The range of the rounds' ratios ``base seconds / other seconds``, as ``low-high``."""
+    ratios = [b["seconds"] / o["seconds"] for b, o in zip(base, other, strict=True)]
+    return f"{min(ratios):.2f}-{max(ratios):.2f}"
+
+
 def fastest(results: list[Any]) -> Any:
     """The result with the least ``seconds``: the run least disturbed by the machine."""
     return min(results, key=lambda r: r["seconds"])

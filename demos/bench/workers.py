@@ -11,8 +11,10 @@ folds each row (key, event time, sum, mean) into a checksum (``_common.Checksum`
 checksums of every worker count must agree.
 
 Timed: from the first event to the last update read (the workers' start is not timed: it is
-printed apart); each case in a child process of its own, best of ``--repeat``. The speed-up
-is the case's events/s over those of ``workers=0`` in the same run. The machine's cores bound
+printed apart); each case in a child process of its own, in ``--repeat`` rounds (3) that run
+every case once, interleaved, so that the cases of a round meet the same machine; the best of
+each case is shown. The speed-up is the case's events/s over those of ``workers=0`` in the same
+run, and "rounds" the range of each round's own speed-up. The machine's cores bound
 it: the front, the workers and the consumer share them (and with other jobs, the machine's
 load: the CPU column, the case's CPU seconds with its workers', shows the cost apart from it;
 the fork server the workers start from, which imports the runtime once, is left out).
@@ -38,7 +40,6 @@ from runtime import FeatureRuntime, RayBackend
 from ._common import (
     Checksum,
     Row,
-    cases_in_children,
     check_agreement,
     fastest,
     freeze_input,
@@ -46,6 +47,8 @@ from ._common import (
     print_table,
     quiet_logs,
     rate,
+    round_ratios,
+    rounds_in_children,
     run_with_consumer,
 )
 from .windows import feature_set, make_events
@@ -128,7 +131,12 @@ def cli(argv: list[str]) -> None:
     parser.add_argument("--shards", type=int, default=1, help="shards (per worker) (1)")
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--repeat", type=int, default=2, help="runs per case, best shown (2)")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="rounds, each running every case once; the best of each case shown (3)",
+    )
     parser.add_argument(
         "--backend",
         choices=("processes", "ray"),
@@ -158,29 +166,33 @@ def cli(argv: list[str]) -> None:
     cases = [(workers, "processes") for workers in counts]
     if args.backend == "ray":
         cases += [(workers, "ray") for workers in counts if workers]
-    for workers, backend in cases:
-        spec = {
-            "workers": workers,
-            "shards": args.shards,
-            "batch": args.batch_size,
-            "backend": backend,
-        }
-        got = fastest(cases_in_children(_case, spec, args.repeat))
+    specs = [
+        {"workers": workers, "shards": args.shards, "batch": args.batch_size, "backend": backend}
+        for workers, backend in cases
+    ]
+    # interleaved: each round runs every case once, so that a round's cases meet the same
+    # machine; the best round of each case is shown, and the range of the rounds' speed-ups
+    results = rounds_in_children(_case, specs, args.repeat)
+    base_rounds = results[0]
+    for (workers, backend), runs in zip(cases, results, strict=True):
+        got = fastest(runs)
         label = f"workers={workers}" + (
             " (in-process)" if workers == 0 else " (Ray actors)" if backend == "ray" else ""
         )
-        if got["processed"] != n:
-            raise SystemExit(f"{label}: {got['processed']:,} events of {n:,} applied")
+        if any(one["processed"] != n for one in runs):
+            short = min(one["processed"] for one in runs)
+            raise SystemExit(f"{label}: {short:,} events of {n:,} applied")
         if base is None:
             base = got
-        else:
-            check_agreement(label, base["checksum"], got["checksum"])
+        for one in runs:
+            check_agreement(label, base["checksum"], one["checksum"])
         rows.append(
             Row(
                 label,
                 {
                     "events/s": rate(n, got["seconds"]),
                     "speed-up": f"{base['seconds'] / got['seconds']:.2f}",
+                    "rounds": round_ratios(base_rounds, runs),
                     "seconds": f"{got['seconds']:.2f}",
                     "start": f"{got['start']:.2f} s",
                     "CPU": f"{got['cpu']:.1f} s",
@@ -193,10 +205,11 @@ def cli(argv: list[str]) -> None:
     print_table(
         f"60 s sliding sum + mean from JSON bytes, every update read: {n:,} events,"
         f" {args.keys:,} keys, shards={args.shards}"
-        f"{' per worker' if len(counts) > 1 else ''}, best of {args.repeat}",
+        f"{' per worker' if len(counts) > 1 else ''}, best of {args.repeat} interleaved rounds",
         [
             "events/s",
             "speed-up",
+            "rounds",
             "seconds",
             "start",
             "CPU",
@@ -214,5 +227,6 @@ def cli(argv: list[str]) -> None:
         " CPU: the case's CPU time and its workers' (read as they ran, after the last event"
         " was applied), whatever the machine's other load: what the work costs, where"
         " events/s is what it got. CPU ratio: the case's CPU over that of workers=0 (on 2"
-        " cores, a speed-up of 1.5 needs it at 1.33 or less)."
+        " cores, a speed-up of 1.5 needs it at 1.33 or less). rounds: the speed-ups of the"
+        " rounds, each case against workers=0 of its own round."
     )
