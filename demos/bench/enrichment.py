@@ -400,6 +400,23 @@ async def prefetching_outputs(
         outputs(chunk, kh, count, risk, rows_of, fold)
 
 
+#: the same features, all computed after the lookup (``wait_for_lookups="all"``): one update
+#: per event with both, as the hand-written loops emit both once the chunk's rows are there
+FEATURES_AFTER = msgspec.structs.replace(FEATURES, wait_for_lookups="all")
+
+
+async def consume_rows(subscription: Any, checksum: Checksum) -> None:
+    """Every update of the one group of ``FEATURES_AFTER``: rows ``(card, t, n, risk)``, each
+    folded as its two outputs (the count, then the mean risk)."""
+    fold = checksum.fold
+    kh = INPUT["kh"]
+    async for batch in subscription.batches():
+        for card, t, n, risk in batch.rows:
+            h = kh[card]
+            fold(h, t, n)
+            fold(h, t, -1, risk)
+
+
 async def consume_updates(subscription: Any, checksum: Checksum) -> None:
     """Every update of both groups, a batch at a time (``subscription.batches()``): the
     count group's rows are ``(card, t, n)``, the risk group's ``(card, t, risk)``."""
@@ -420,14 +437,22 @@ async def runtime_side(
     shards: int,
     batch_size: int,
     sink: Any = None,
+    after: bool = False,
 ) -> dict[str, Any]:
+    """The runtime's side: ``FEATURES`` (the count at once, the mean risk after the lookup),
+    or with ``after`` ``FEATURES_AFTER`` (both after the lookup)."""
+
     async def feed(rt: Any) -> None:
         await rt.ingest_many(events)
 
     runtime = FeatureRuntime(
-        FEATURES, shards=shards, batch_size=batch_size, sources={"merchants": source}
+        FEATURES_AFTER if after else FEATURES,
+        shards=shards,
+        batch_size=batch_size,
+        sources={"merchants": source},
     )
-    return await run_with_consumer(runtime, lambda rt: rt.updates(), consume_updates, feed, sink)
+    consume = consume_rows if after else consume_updates
+    return await run_with_consumer(runtime, lambda rt: rt.updates(), consume, feed, sink)
 
 
 def _case(spec: dict[str, Any]) -> dict[str, Any]:
@@ -450,7 +475,11 @@ def _case(spec: dict[str, Any]) -> dict[str, Any]:
             "rss": peak_rss_mib(),
             "calls": source.calls,
         }
-    result = run(lambda: runtime_side(events, source, spec["shards"], spec["batch_size"]))
+    result = run(
+        lambda: runtime_side(
+            events, source, spec["shards"], spec["batch_size"], after=spec.get("after", False)
+        )
+    )
     stats = result.pop("stats")
     result["p50"] = stats.latency_p50_ms
     result["p99"] = stats.latency_p99_ms
@@ -466,7 +495,11 @@ def _diagnose(count: int, spec: dict[str, Any]) -> list[str]:
     asyncio.run(dataloader_outputs(events, source, INPUT["kh"], Checksum(base)))
     got: list[Any] = []
     source = SlowSource(spec["merchants"], spec["latency"])
-    run(lambda: runtime_side(events, source, spec["shards"], spec["batch_size"], got))
+    run(
+        lambda: runtime_side(
+            events, source, spec["shards"], spec["batch_size"], got, spec.get("after", False)
+        )
+    )
     return diff_outputs(base, got)
 
 
@@ -517,11 +550,16 @@ def cli(argv: list[str]) -> None:
 def _main(args: argparse.Namespace, events: list[dict[str, Any]]) -> None:
     n = len(events)
     common = {"merchants": args.merchants, "latency": args.latency}
-    shard_counts = [int(s) for s in args.shards.split(",")]
+    # each shard count twice: the count at once and the mean risk after the lookup (the
+    # default), then both after the lookup (wait_for_lookups="all"), as the hand-written loops
+    cases = [(int(s), after) for s in args.shards.split(",") for after in (False, True)]
     specs = [
         {**common, "shards": 0},
         {**common, "shards": -1},
-        *({**common, "shards": shards, "batch_size": args.batch_size} for shards in shard_counts),
+        *(
+            {**common, "shards": shards, "batch_size": args.batch_size, "after": after}
+            for shards, after in cases
+        ),
     ]
     # interleaved rounds: a round's cases meet the same machine (see rounds_in_children)
     results = rounds_in_children(_case, specs, args.repeat)
@@ -557,11 +595,14 @@ def _main(args: argparse.Namespace, events: list[dict[str, Any]]) -> None:
         ),
     ]
     summary = []
-    for shards, spec, runs in zip(shard_counts, specs[2:], results[2:], strict=True):
+    for (shards, after), spec, runs in zip(cases, specs[2:], results[2:], strict=True):
         got = fastest(runs)
+        label = f"FeatureRuntime, {shards} shard{'s' if shards > 1 else ''}" + (
+            ", all after the lookup" if after else ", count at once"
+        )
         for one in runs:
             check_agreement(
-                f"enrichment at {shards} shard(s)",
+                f"enrichment: {label}",
                 base["checksum"],
                 one["checksum"],
                 lambda spec=spec: _diagnose(args.diagnose_events, spec),
@@ -569,7 +610,7 @@ def _main(args: argparse.Namespace, events: list[dict[str, Any]]) -> None:
         ratio = base["seconds"] / got["seconds"]
         rows.append(
             Row(
-                f"FeatureRuntime, {shards} shard{'s' if shards > 1 else ''}",
+                label,
                 {
                     "events/s": rate(n, got["seconds"]),
                     "ratio": f"{ratio:.2f}",
@@ -583,7 +624,7 @@ def _main(args: argparse.Namespace, events: list[dict[str, Any]]) -> None:
             )
         )
         summary.append(
-            f"FeatureRuntime at {shards} shard(s): {ratio:.2f} of the baseline's events/s"
+            f"{label}: {ratio:.2f} of the baseline's events/s"
             f" (target: at least 1.0), {got['calls']:,} source calls against its"
             f" {base['calls']:,} (target: no more); {ahead['seconds'] / got['seconds']:.2f} of"
             " the prefetching loop's"

@@ -758,6 +758,21 @@ def _features_of(state: ActorState) -> tuple[str, str, list[Any]]:
     return kind, rest[:at], features
 
 
+def _moved(old: str, new: str) -> str:
+    """How a feature's group moved between streams, in the user's words: an enriched stream
+    (``"@<stream>"``) is the stream after its lookups."""
+
+    def said(stream: str) -> str:
+        if stream.startswith("@"):
+            return f"stream {stream[1:]!r} after its lookups"
+        return f"stream {stream!r}"
+
+    moved = f"{said(old)} -> {said(new)}"
+    if old.lstrip("@") == new.lstrip("@"):
+        moved += " (wait_for_lookups, or the lookup fields it reads, changed)"
+    return moved
+
+
 def _difference(old: Any, new: Any) -> str:
     """What differs between two feature specs, as ``field old -> new`` (``window.size '1h' ->
     '2h'``), ``; `` between fields."""
@@ -826,9 +841,7 @@ def _evolve(
             if encode_spec(old) != encode_spec(feature):
                 changed.append(f"feature {feature.name!r}: {_difference(old, feature)}")
             elif old_stream != group.stream:
-                changed.append(
-                    f"feature {feature.name!r}: stream {old_stream!r} -> {group.stream!r}"
-                )
+                changed.append(f"feature {feature.name!r}: {_moved(old_stream, group.stream)}")
             elif feature.name in rebuilt and feature.name in backfilled:
                 kept.setdefault(backfilled[feature.name], set()).add(feature.name)
                 used.add(index)  # the rest of its state is the checkpoint's

@@ -97,6 +97,8 @@ def enriched_stream(stream: str) -> str:
 #: what reads default to when they give no ``as_of`` (``FeatureSet.serve_as_of``)
 ServeAsOf: TypeAlias = Literal["last_event", "now"]
 SERVE_AS_OF: tuple[str, ...] = get_args(ServeAsOf)
+WaitForLookups: TypeAlias = Literal["readers", "all"]
+WAIT_FOR_LOOKUPS: tuple[str, ...] = get_args(WaitForLookups)
 
 Feature: TypeAlias = (
     Count
@@ -195,6 +197,16 @@ class FeatureSet(
             clock, its newest event) or ``"now"`` (as of the runtime's clock, the request
             time: windows a quiet key's events have left are empty). See ``docs/serving.md``.
 
+    The option below concerns lookups only (``docs/enrichment.md``):
+
+    Args:
+        wait_for_lookups: which features of a stream with lookups wait for them: ``"readers"``
+            (the default: those that read a lookup's fields; the others are computed as each
+            event comes, so an event gives an update at once and another once its rows are
+            there) or ``"all"`` (every feature of the stream waits, and an event gives one
+            update with all of them: fewer passes over the events, so more events a second at
+            full load, while the features that read no lookup are as late as its fetch).
+
     Raises:
         SpecError: any rule above is broken, or a ratio names a feature that is missing, is
             itself, or leads back to itself through other ratios, or mixes windowed and
@@ -222,6 +234,7 @@ class FeatureSet(
     sources: Sequence[Source] = ()
     lookups: Sequence[Lookup] = ()
     enrich_stash: int = 10_000
+    wait_for_lookups: WaitForLookups = "readers"
     computed: Sequence[Computed] = ()
     features: Sequence[Feature]
 
@@ -250,6 +263,13 @@ class FeatureSet(
         if self.serve_as_of not in SERVE_AS_OF:
             known = ", ".join(SERVE_AS_OF)
             _fail(self, "serve_as_of", f"unknown choice {self.serve_as_of!r} (known: {known})")
+        if self.wait_for_lookups not in WAIT_FOR_LOOKUPS:
+            known = ", ".join(WAIT_FOR_LOOKUPS)
+            _fail(
+                self,
+                "wait_for_lookups",
+                f"unknown choice {self.wait_for_lookups!r} (known: {known})",
+            )
         for option in ("idle_timeout", "state_ttl"):
             if getattr(self, option) is not None:
                 _check_duration(self, option, getattr(self, option), positive=True)
@@ -518,7 +538,10 @@ class FeatureSet(
         form of it (``enriched_stream``) when it (a ratio: its operands) reads lookup fields."""
         base = self._ratio_base(feature)
         stream = base.stream or self.stream_names[0]
-        return enriched_stream(stream) if self.enriched(base) else stream
+        waits = self.wait_for_lookups == "all" and stream in self.stream_names
+        if self.enriched(base) or (waits and self.lookups_of(stream)):
+            return enriched_stream(stream)
+        return stream
 
     def _ratio_base(self, feature: FeatureSpec) -> FeatureSpec:
         """A ratio's first base operand (through nested ratios), whose stream and group the

@@ -9,9 +9,20 @@ from typing import Any
 
 import anyio
 import hypothesis.strategies as st
+import pytest
 from hypothesis import HealthCheck, given, settings
 
-from runtime import Count, CustomSource, FeatureRuntime, FeatureSet, Last, Lookup, Sum
+from runtime import (
+    CheckpointError,
+    Count,
+    CustomSource,
+    FeatureRuntime,
+    FeatureSet,
+    Last,
+    Lookup,
+    SpecError,
+    Sum,
+)
 from runtime._enrich.rows import Version
 
 DEFAULT = {"risk": -1.0, "cat": "default"}
@@ -30,9 +41,10 @@ class _Source:
         return {key: ROWS[key] for key in keys if key in ROWS}
 
 
-def _features(cache_size: int, negative_ttl: str) -> FeatureSet:
+def _features(cache_size: int, negative_ttl: str, wait: str = "readers") -> FeatureSet:
     return FeatureSet(
         name="tx",
+        wait_for_lookups=wait,  # type: ignore[arg-type]
         key="card",
         time="ts",
         sources=[
@@ -88,6 +100,7 @@ def _oracle(stream: list[tuple[str, str | None]]) -> list[tuple[str, int, float,
     delay=st.sampled_from([0.0, 0.002]),
     whole=st.booleans(),
     chunk=st.sampled_from([1, 5, 60]),
+    wait=st.sampled_from(["readers", "all"]),
 )
 async def test_every_event_gets_its_row_or_the_default_in_order_per_key(
     stream: list[tuple[str, str | None]],
@@ -98,7 +111,10 @@ async def test_every_event_gets_its_row_or_the_default_in_order_per_key(
     delay: float,
     whole: bool,
     chunk: int,
+    wait: str,
 ) -> None:
+    """With ``wait_for_lookups="all"`` the count is in the lookup's group too: one update
+    per event with all three; else it comes in a group of its own, at once."""
     events = []
     for ts, (card, merchant) in enumerate(stream):
         event: dict[str, Any] = {"card": card, "ts": ts}
@@ -107,7 +123,7 @@ async def test_every_event_gets_its_row_or_the_default_in_order_per_key(
         events.append(event)
     source = _Source(delay)
     async with FeatureRuntime(
-        _features(cache_size, negative_ttl),
+        _features(cache_size, negative_ttl, wait),
         shards=shards,
         batch_size=batch_size,
         sources={"merchants": source},
@@ -123,10 +139,15 @@ async def test_every_event_gets_its_row_or_the_default_in_order_per_key(
             await rt.flush()
         await updates.aclose()
         got = []
+        counts: list[tuple[str, int, int]] = []
         async for batch in updates.batches():
             if "risk" in batch.names:
                 risk, cat = batch.names.index("risk") + 2, batch.names.index("cat") + 2
                 got.extend((row[0], row[1], row[risk], row[cat]) for row in batch.rows)
+            if "n" in batch.names:
+                assert ("risk" in batch.names) == (wait == "all")
+                n = batch.names.index("n") + 2
+                counts.extend((row[0], row[1], row[n]) for row in batch.rows)
         statistics = (await rt.statistics()).enrichment["merchants"]
         if enriched is not None:
             await enriched.aclose()
@@ -136,6 +157,10 @@ async def test_every_event_gets_its_row_or_the_default_in_order_per_key(
     for card in {card for card, _ in stream}:
         assert [g for g in got if g[0] == card] == [w for w in want if w[0] == card]
     assert len(got) == len(want)
+    for card in {card for card, _ in stream}:
+        mine = [(ts, n) for c, ts, n in counts if c == card]
+        times = [w[1] for w in want if w[0] == card]
+        assert mine == [(ts, i + 1) for i, ts in enumerate(times)]
     # each lookup counted once, as a hit (a row, or a key known to be missing) or a miss
     lookups = sum(1 for _, merchant in stream if merchant is not None)
     assert statistics.cache_hits + statistics.cache_misses == lookups
@@ -282,3 +307,42 @@ async def test_a_failing_source_loses_no_event_and_keeps_each_keys_order(
             merchant = stream[ts][1]
             row = ROWS.get(merchant, DEFAULT) if merchant is not None else DEFAULT
             assert cat in (row["cat"], DEFAULT["cat"])
+
+
+def test_wait_for_lookups_puts_every_feature_of_the_stream_in_the_lookups_group() -> None:
+    """``"all"``: the count, which reads no lookup, is grouped with the features that do (on
+    the enriched stream); ``"readers"``: it has a group of its own on the ingested stream. A
+    choice other than those two is refused, naming the option."""
+    readers, every = _features(50, "30s"), _features(50, "30s", "all")
+    count = readers.feature("n")
+    assert readers.group_stream_of(count) == readers.stream_names[0]
+    assert every.group_stream_of(count) == every.group_stream_of(every.feature("risk"))
+    assert every.group_stream_of(count) != every.stream_names[0]
+    with pytest.raises(SpecError, match="wait_for_lookups: unknown choice 'some'"):
+        _features(50, "30s", "some")
+
+
+async def test_a_checkpoint_restores_only_into_the_same_wait_for_lookups(tmp_path: Any) -> None:
+    """Changing ``wait_for_lookups`` moves features between groups: a checkpoint of the other
+    choice is refused with the reason, and restores into its own."""
+    events = [{"card": f"c{i % 3}", "ts": i, "mid": f"m{i % 4}"} for i in range(40)]
+    async with FeatureRuntime(
+        _features(50, "30s"), shards=2, checkpoints=tmp_path, sources={"merchants": _Source(0)}
+    ) as rt:
+        await rt.ingest_many(events)
+        await rt.flush()
+        await rt.checkpoint()
+        before = await rt.get_many(["c0", "c1", "c2"])
+    with pytest.raises(CheckpointError, match="'n': stream 'events' -> stream 'events' after"):
+        async with FeatureRuntime(
+            _features(50, "30s", "all"),
+            shards=2,
+            checkpoints=tmp_path,
+            sources={"merchants": _Source(0)},
+        ):
+            pass
+    async with FeatureRuntime(
+        _features(50, "30s"), shards=3, checkpoints=tmp_path, sources={"merchants": _Source(0)}
+    ) as rt:
+        after = await rt.get_many(["c0", "c1", "c2"])
+    assert {k: v.values for k, v in after.items()} == {k: v.values for k, v in before.items()}

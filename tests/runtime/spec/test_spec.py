@@ -244,7 +244,7 @@ def test_unknown_set_and_where_fields_are_rejected() -> None:
         "(known: name, key, time, time_unit, max_out_of_orderness, max_future, max_past, "
         "max_key_length, max_payload_bytes, allowed_lateness, "
         "late_policy, correction_horizon, emit, idle_timeout, state_ttl, serve_as_of, streams, "
-        "joins, sources, lookups, enrich_stash, computed, features)"
+        "joins, sources, lookups, enrich_stash, wait_for_lookups, computed, features)"
     )
     where = {"field": "status", "valeu": "declined"}
     assert spec_error(with_features({"type": "count", "name": "c", "where": where})) == (
@@ -270,6 +270,7 @@ def test_wrong_value_type_names_the_field() -> None:
             f"max_out_of_orderness: not a duration: '5 s' {HINT}",
         ),
         ({"max_out_of_orderness": -1}, "max_out_of_orderness: must be >= 0, got -1"),
+        ({"wait_for_lookups": "some"}, "wait_for_lookups: Invalid enum value 'some'"),
     ],
 )
 def test_set_rules_name_the_field(change: dict[str, Any], message: str) -> None:
