@@ -79,10 +79,11 @@ class GcThreshold:
 
 
 def _ceded() -> None:
-    """If the application set the first threshold since it was last set here, it is the
-    application's: what it set counts as the one found, and nothing is put back over it."""
+    """Unless the first threshold is still the one set here last, it is the application's
+    (never set here, or set by the application since): it counts as the one found, and
+    nothing is put back over it."""
     current = gc.get_threshold()[0]
-    if _Held.set_to is not None and current != _Held.set_to:
+    if _Held.set_to is None or current != _Held.set_to:
         _Held.set_to = None
         _Held.saved = current
 

@@ -70,6 +70,18 @@ async def test_never_lowered_and_the_applications_own_setting_stays() -> None:
     assert first() == 3_000
 
 
+def test_a_setting_of_the_application_between_two_runtimes_is_kept() -> None:
+    gc.set_threshold(50_000, *gc.get_threshold()[1:])
+    first_hold, second_hold = GcThreshold(10_000), GcThreshold(10_000)
+    first_hold.raise_()  # 50,000 is higher: nothing set
+    gc.set_threshold(700, *gc.get_threshold()[1:])  # the application lowers it
+    second_hold.raise_()
+    assert first() == 10_000
+    second_hold.release()
+    first_hold.release()
+    assert first() == 700  # the application's last setting, not the one found at first
+
+
 def test_zero_turns_collection_off_and_stays_so() -> None:
     gc.set_threshold(0, *gc.get_threshold()[1:])
     hold = GcThreshold(10_000)
