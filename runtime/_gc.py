@@ -37,6 +37,9 @@ class _Held:
     saved: int | None = None
     #: the first threshold set here last (None: none set)
     set_to: int | None = None
+    #: the application set its own over the one set here: nothing is set again until the
+    #: last runtime stops
+    ceded = False
 
 
 class GcThreshold:
@@ -76,6 +79,7 @@ class GcThreshold:
             if _Held.set_to is not None and _Held.saved is not None:
                 gc.set_threshold(_Held.saved, *gc.get_threshold()[1:])
             _Held.saved = _Held.set_to = None
+            _Held.ceded = False
 
 
 def _ceded() -> None:
@@ -83,6 +87,8 @@ def _ceded() -> None:
     (never set here, or set by the application since): it counts as the one found, and
     nothing is put back over it."""
     current = gc.get_threshold()[0]
+    if _Held.set_to is not None and current != _Held.set_to:
+        _Held.ceded = True  # the application's own, set over the one set here: it stays
     if _Held.set_to is None or current != _Held.set_to:
         _Held.set_to = None
         _Held.saved = current
@@ -94,7 +100,7 @@ def _apply() -> None:
     _ceded()
     saved = _Held.saved
     assert saved is not None
-    if saved == 0:
+    if saved == 0 or _Held.ceded:
         return
     want = max(saved, *_Held.requests)
     current = gc.get_threshold()

@@ -461,9 +461,9 @@ class FeatureRuntime:
         return self
 
     async def _enter_front(self, stack: AsyncExitStack, front: WorkerFront) -> FeatureRuntime:
-        # the groups each worker makes of the feature set (for the drift monitors here)
-        self._topology.layout(self.feature_set.features, self.feature_set)
         try:
+            # the groups each worker makes of the feature set (for the drift monitors here)
+            self._topology.layout(self.feature_set.features, self.feature_set)
             # the drift monitors run here, on the workers' updates as the front republishes
             # them: their alerts end last, after the monitors stopped
             stack.callback(self._drift.close)
@@ -1086,6 +1086,7 @@ class FeatureRuntime:
             payload_format=self._options.payload_format,
             clock=self._clock,
             sources=dict(self._topology._custom_sources) or None,
+            gc_threshold=self._options.gc_threshold,
         ) as rt:
             read = 0
             chunk: list[Any] = []

@@ -565,6 +565,8 @@ def _main(args: argparse.Namespace, events: list[dict[str, Any]]) -> None:
     results = rounds_in_children(_case, specs, args.repeat)
     base_rounds = results[0]
     base, ahead = fastest(results[0]), fastest(results[1])
+    for one in results[0]:
+        check_agreement("enrichment, the DataLoader rounds", base["checksum"], one["checksum"])
     for one in results[1]:
         check_agreement("enrichment, the prefetching loop", base["checksum"], one["checksum"])
     fold = fold_seconds(2 * n, 1)

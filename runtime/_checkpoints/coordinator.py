@@ -769,7 +769,7 @@ def _moved(old: str, new: str) -> str:
 
     moved = f"{said(old)} -> {said(new)}"
     if old.lstrip("@") == new.lstrip("@"):
-        moved += " (wait_for_lookups, or the lookup fields it reads, changed)"
+        moved += " (wait_for_lookups, the lookup fields it reads, or the stream's lookups changed)"
     return moved
 
 

@@ -205,7 +205,10 @@ class FeatureSet(
             event comes, so an event gives an update at once and another once its rows are
             there) or ``"all"`` (every feature of the stream waits, and an event gives one
             update with all of them: fewer passes over the events, so more events a second at
-            full load, while the features that read no lookup are as late as its fetch).
+            full load, while the features that read no lookup are as late as its fetch, and an
+            event the enricher refuses or abandons at shutdown updates none of them). It
+            decides which groups hold which features: a checkpoint restores only into the
+            same choice (``docs/enrichment.md``).
 
     Raises:
         SpecError: any rule above is broken, or a ratio names a feature that is missing, is

@@ -82,6 +82,26 @@ def test_a_setting_of_the_application_between_two_runtimes_is_kept() -> None:
     assert first() == 700  # the application's last setting, not the one found at first
 
 
+def test_the_applications_setting_over_the_runtimes_stays_while_others_run() -> None:
+    holds = [GcThreshold(10_000), GcThreshold(20_000), GcThreshold(10_000)]
+    holds[0].raise_()
+    holds[1].raise_()
+    assert first() == 20_000
+    gc.set_threshold(3_000, *gc.get_threshold()[1:])  # the application's choice
+    holds[1].release()
+    assert first() == 3_000  # not lowered to the 10,000 still asked for
+    holds[2].raise_()
+    assert first() == 3_000  # nor raised by a runtime that starts meanwhile
+    holds[0].release()
+    holds[2].release()
+    assert first() == 3_000
+    hold = GcThreshold(10_000)  # once all stopped, the next run raises it again
+    hold.raise_()
+    assert first() == 10_000
+    hold.release()
+    assert first() == 3_000
+
+
 def test_zero_turns_collection_off_and_stays_so() -> None:
     gc.set_threshold(0, *gc.get_threshold()[1:])
     hold = GcThreshold(10_000)
