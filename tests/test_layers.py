@@ -19,9 +19,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-#: The foundations every layer may use: the error tree, durations, logging, and the defaults
-#: and bounds of spec options (``_spec.limits``, a leaf that imports nothing).
-BASE = ("_exceptions", "_duration", "_logging", "_spec.limits")
+#: The foundations every layer may use: the error tree, durations, logging, the defaults
+#: and bounds of spec options (``_spec.limits``, a leaf that imports nothing), and the hold on
+#: the garbage collector's threshold (``_gc``, a leaf too).
+BASE = ("_exceptions", "_duration", "_logging", "_spec.limits", "_gc")
 #: The pure layers below the actors: algorithms, specs, and what the runtime gives back.
 PURE = (*BASE, "_stats", "_spec", "_results", "_batches", "_updates")
 #: The engines: plain computation over a dict of per-key state that the caller owns.
@@ -53,6 +54,7 @@ RULES: dict[str, tuple[str, ...]] = {
     "_duration": ("_exceptions",),
     "_logging": ("actors",),
     "_spec.limits": (),
+    "_gc": (),
     # pure: algorithms, specs, results
     "_stats": ("_exceptions", "_spec.limits"),
     "_spec": BASE,
