@@ -22,7 +22,7 @@ while it runs; Python's own is 700, at which a batch of a thousand records outli
 collection and adds up to full ones; see "Throughput" in ``docs/connectors.md``). The runtime
 has ``--shards`` shards (1: in one process more shards add no parallelism, only routing).
 
-``--repeat N`` reads each broker N rounds (a bare read, then the runtime through a source of
+``--repeat N`` (3) reads each broker N rounds (a bare read, then the runtime through a source of
 a group or durable of its own, back to back) and shows the best of each side, their share,
 and the range of the rounds' shares: on a machine shared with other work, the best is the run
 least disturbed.
@@ -262,8 +262,8 @@ def cli(argv: list[str]) -> None:
     parser.add_argument(
         "--repeat",
         type=int,
-        default=1,
-        help="rounds of the two reads per broker; the best of each side is shown (1)",
+        default=3,
+        help="rounds of the two reads per broker; the best of each side is shown (3)",
     )
     parser.add_argument("--nats", default="nats://127.0.0.1:4222")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
