@@ -49,9 +49,10 @@ def _merchants(path: Path) -> str:
     return str(path)
 
 
-def _feature_set(path: str) -> FeatureSet:
+def _feature_set(path: str, wait: str = "readers") -> FeatureSet:
     return FeatureSet(
         name="e",
+        wait_for_lookups=wait,  # type: ignore[arg-type]
         key="card",
         time="ts",
         max_out_of_orderness=200,
@@ -133,10 +134,12 @@ async def _run(fs: FeatureSet, events: list[Any], **options: Any) -> tuple[Any, 
         )
 
 
+@pytest.mark.parametrize("wait", ["readers", "all"])
 async def test_lookups_over_workers_give_the_values_updates_and_enriched_events_of_one_process(
-    tmp_path: Path,
+    tmp_path: Path, wait: str
 ) -> None:
-    fs = _feature_set(_merchants(tmp_path / "m.db"))
+    """Also with ``wait_for_lookups="all"``, where the count is in the lookups' group."""
+    fs = _feature_set(_merchants(tmp_path / "m.db"), wait)
     events = _events(800)
     want = await _run(fs, events)
     got = await _run(fs, events, workers=2, shards=2)
