@@ -1,10 +1,12 @@
 """NatsSource against the local NATS server with JetStream (skips without it, fails under
-FEATURIST_REQUIRE_SERVICES=1): values through the runtime equal direct ingest; messages are
-acknowledged only once a checkpoint covers them (the consumer's pending count says so); a child
-consuming with checkpoints is SIGKILLed mid-stream and a new runtime restored from its
-checkpoint ends equal to one uninterrupted run; redelivered messages are not counted twice;
-subjects partitioned by key read by two runtimes, and by two child processes, reach the values
-of one."""
+FEATURIST_REQUIRE_SERVICES=1). What it shares with RedisStreamSource runs here from
+``source_cases``: values through the runtime equal direct ingest; messages are acknowledged
+only once a checkpoint covers them (the consumer's pending count and ack floor say so); a
+restart reads again what no checkpoint covers; subjects partitioned by key read by two
+runtimes, and by two child processes, reach the values of one. Its own: a child consuming with
+checkpoints is SIGKILLed mid-stream and a new runtime restored from its checkpoint ends equal to
+one uninterrupted run; redelivered messages, and deliveries lost to the source, are not counted
+twice; reply subjects are read for their sequences."""
 
 from __future__ import annotations
 
@@ -17,26 +19,42 @@ import anyio
 import hypothesis.strategies as st
 import msgspec
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 
-from runtime import ConfigError, NatsSource, consume, partition_of
+from runtime import ConfigError, NatsSource, consume
 
-from .brokers import NATS_URL, crash, partition_process, unavailable
-from .common import FEATURE_SET, KEYS, direct, events, runtime, values_of
+from .brokers import NATS_URL, crash, unavailable
+from .common import FEATURE_SET, direct, events, runtime, values_of
+
+pytest.register_assert_rewrite("tests.runtime.connectors.source_cases")  # before its import
+from .source_cases import (  # noqa: E402 F401  (the tests shared with Redis run here too)
+    CHILDREN_ON_ONE_LOOP,
+    test_a_restart_from_any_checkpoint_ends_equal_to_one_pass,
+    test_a_restart_reads_again_what_no_checkpoint_covers_and_counts_nothing_twice,
+    test_cancelled_consume_calls_lose_nothing_and_the_next_goes_on,
+    test_partitions_read_by_two_runtimes_reach_the_values_of_one,
+    test_records_are_acknowledged_only_once_a_checkpoint_covers_them,
+    test_records_through_the_runtime_give_the_values_of_direct_ingest,
+    test_start_new_reads_only_records_published_once_the_consumer_exists,
+    test_two_processes_on_partitions_reach_the_values_of_one,
+)
 
 nats = pytest.importorskip("nats")
 
 
-#: tests whose work is in child processes run on one event loop kind (the children use asyncio)
-CHILDREN_ON_ONE_LOOP = pytest.mark.parametrize("anyio_backend", [("asyncio", {})], ids=["asyncio"])
-
-
 class Broker:
-    """A JetStream stream of its own (``FT<hex>`` on ``ft.<hex>.>``), deleted afterwards."""
+    """A JetStream stream of its own (``FT<hex>`` on ``ft.<hex>.>``), deleted afterwards: the
+    NATS :class:`~.source_cases.SourceBroker`."""
+
+    kind = "nats"
 
     def __init__(self, nc: Any, tag: str) -> None:
         self.nc, self.js = nc, nc.jetstream()
         self.stream, self.prefix = f"FT{tag}", f"ft.{tag}"
+        self.source_name = f"nats:{self.stream}:featurist"
+
+    def channel(self, *parts: object) -> str:
+        return ".".join([self.prefix, *map(str, parts)])
 
     async def publish(self, rows: list[dict[str, Any]], subject: str | None = None) -> None:
         """Publish ``rows`` as JSON and wait until the stream holds them."""
@@ -48,17 +66,34 @@ class Broker:
             while (await self.js.stream_info(self.stream)).state.messages < want:
                 await anyio.sleep(0.01)
 
-    def source(self, subjects: str | list[str] | None = None, **options: Any) -> NatsSource:
+    def source(
+        self,
+        subjects: str | list[str] | None = None,
+        durable: str = "featurist",
+        **options: Any,
+    ) -> NatsSource:
         return NatsSource(
             NATS_URL,
             stream=self.stream,
             subjects=subjects or f"{self.prefix}.all",
-            durable="featurist",
+            durable=durable,
             **options,
         )
 
+    def child_options(self, subjects: list[str], durable: str) -> dict[str, Any]:
+        return {"stream": self.stream, "subjects": subjects, "durable": durable}
+
+    async def position_of(self, n: int) -> int:
+        return n  # the stream sequence: the test's stream holds only what it published
+
     async def consumer(self, durable: str = "featurist") -> Any:
         return await self.js.consumer_info(self.stream, durable)
+
+    async def pending(self) -> int:
+        return int((await self.consumer()).num_ack_pending)
+
+    async def ack_floor(self) -> int:
+        return int((await self.consumer()).ack_floor.stream_seq)
 
 
 @pytest.fixture
@@ -75,58 +110,6 @@ async def broker() -> AsyncIterator[Broker]:
     finally:
         await found.js.delete_stream(found.stream)
         await nc.close()
-
-
-async def test_messages_through_the_runtime_give_the_values_of_direct_ingest(
-    broker: Broker,
-) -> None:
-    rows = events(500)
-    await broker.publish(rows)
-    async with runtime() as rt, broker.source() as source:
-        result = await consume(rt, source, batch_size=64, until="idle")
-        assert (result.records, result.accepted, result.ended) == (500, 500, False)
-        assert result.position == {f"{broker.prefix}.all": 500}
-        assert await values_of(rt) == await direct(rows)
-        assert await source.lag() == 0
-        # without checkpoints each batch is acknowledged once accepted
-        info = await broker.consumer()
-        assert (info.num_ack_pending, info.ack_floor.stream_seq) == (0, 500)
-
-
-async def test_messages_are_acknowledged_only_once_a_checkpoint_covers_them(
-    broker: Broker, tmp_path: Path
-) -> None:
-    rows = events(300)
-    await broker.publish(rows)
-    async with runtime(tmp_path / "cp") as rt, broker.source() as source:
-        await consume(rt, source, batch_size=50, until=200)
-        info = await broker.consumer()
-        assert (info.num_ack_pending, info.ack_floor.stream_seq) == (200, 0)
-        assert await source.lag() == 100
-        await rt.checkpoint()
-        await consume(rt, source, batch_size=50, until=50)
-        info = await broker.consumer()
-        # the checkpoint's 200 are acknowledged, the 50 read since are not
-        assert (info.num_ack_pending, info.ack_floor.stream_seq) == (50, 200)
-
-
-async def test_a_restart_redelivers_what_no_checkpoint_covers_and_counts_nothing_twice(
-    broker: Broker, tmp_path: Path
-) -> None:
-    rows = events(400)
-    await broker.publish(rows)
-    async with runtime(tmp_path / "cp") as rt, broker.source() as source:
-        await consume(rt, source, batch_size=30, until=150)
-        await rt.checkpoint()
-        await consume(rt, source, batch_size=30, until=120)  # read, never checkpointed
-    # more messages arrive meanwhile: they must come after the redelivered ones
-    more = events(100, seed=9)
-    await broker.publish(more)
-    async with runtime(tmp_path / "cp") as rt, broker.source() as source:
-        assert rt.offset == {"nats:" + broker.stream + ":featurist": {f"{broker.prefix}.all": 150}}
-        result = await consume(rt, source, batch_size=64, until="idle")
-        assert result.records == 350
-        assert await values_of(rt) == await direct(rows + more)
 
 
 async def test_messages_delivered_again_at_or_below_the_position_are_skipped(
@@ -174,64 +157,6 @@ async def test_a_sigkilled_consumer_resumes_from_its_checkpoint_equal_to_one_run
         assert await values_of(rt) == await direct(rows)
 
 
-async def test_partitioned_subjects_read_by_two_runtimes_reach_the_values_of_one(
-    broker: Broker,
-) -> None:
-    rows = events(800)
-    partitions = 4
-    for row in rows:
-        await broker.publish([row], f"{broker.prefix}.p.{partition_of(row['card'], partitions)}")
-    owned = [[0, 1], [2, 3]]
-    found: list[dict[str, dict[str, Any]]] = []
-
-    async def process(mine: list[int]) -> None:
-        source = NatsSource(
-            NATS_URL,
-            stream=broker.stream,
-            subjects=[f"{broker.prefix}.p.{p}" for p in mine],
-            durable="featurist",
-        )
-        async with runtime() as rt, source:
-            await consume(rt, source, batch_size=40, until="idle")
-            values = await values_of(rt)
-            found.append({key: v for key, v in values.items() if v["n"]})
-            assert all(partition_of(key, partitions) in mine for key in found[-1])
-
-    async with anyio.create_task_group() as tg:  # the two at once, on one input
-        for mine in owned:
-            tg.start_soon(process, mine)
-    first, second = found
-    assert not set(first) & set(second)
-    assert first | second == await direct(rows)
-    assert set(first | second) == set(KEYS)
-
-
-@CHILDREN_ON_ONE_LOOP
-async def test_two_processes_on_partitioned_subjects_reach_the_values_of_one(
-    broker: Broker,
-) -> None:
-    rows = events(600, seed=5)
-    for row in rows:
-        await broker.publish([row], f"{broker.prefix}.p.{partition_of(row['card'], 2)}")
-
-    async def process(partition: int, into: list[dict[str, Any]]) -> None:
-        options = {
-            "stream": broker.stream,
-            "subjects": [f"{broker.prefix}.p.{partition}"],
-            "durable": f"featurist-{partition}",  # one subject each: a durable name each
-        }
-        into.append(await partition_process("nats", options))
-
-    found: list[dict[str, Any]] = []
-    async with anyio.create_task_group() as tg:
-        for partition in (0, 1):
-            tg.start_soon(process, partition, found)
-    first, second = found
-    assert not set(first) & set(second)
-    # JSON gives floats back as they were, and ints: compare as direct ingest's values
-    assert msgspec.json.decode(msgspec.json.encode(await direct(rows))) == first | second
-
-
 async def test_bad_settings_are_refused(broker: Broker) -> None:
     with pytest.raises(ConfigError, match="subjects"):
         NatsSource(stream="s", subjects=[], durable="d")
@@ -247,66 +172,6 @@ async def test_bad_settings_are_refused(broker: Broker) -> None:
     with pytest.raises(ValueError, match="dict of stream sequences"):
         await broker.source().seek(["x", 1])
     assert FEATURE_SET.key == "card"
-
-
-async def test_cancelled_consume_calls_lose_nothing_and_the_next_goes_on(broker: Broker) -> None:
-    rows = events(2000)
-    await broker.publish(rows)
-    async with runtime() as rt, broker.source() as source:
-        assert await source.lag() == 2000
-        for _ in range(5):
-            with anyio.move_on_after(0.01):
-                await consume(rt, source, batch_size=37)
-        await consume(rt, source, batch_size=64, until="idle")
-        assert await values_of(rt) == await direct(rows)
-
-
-async def test_start_new_reads_only_messages_published_once_the_consumer_exists(
-    broker: Broker,
-) -> None:
-    old, new = events(10), events(20, seed=3)
-    await broker.publish(old)
-    async with runtime() as rt, broker.source(start="new") as source:
-        assert await source.lag() == 0  # sets the consumer up: at the stream's end
-        await broker.publish(new)
-        assert (await consume(rt, source, until="idle")).records == 20
-        assert await values_of(rt) == await direct(new)
-
-
-@settings(
-    max_examples=6,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-)
-@given(
-    n=st.integers(0, 200),
-    cut=st.floats(0, 1),
-    lost=st.integers(0, 80),
-    later=st.integers(0, 40),
-    batch_size=st.sampled_from([1, 7, 64]),
-)
-async def test_a_restart_from_any_checkpoint_ends_equal_to_one_pass(
-    broker: Broker, tmp_path: Path, n: int, cut: float, lost: int, later: int, batch_size: int
-) -> None:
-    tag = uuid.uuid4().hex[:8]
-    subject, durable = f"{broker.prefix}.{tag}", f"d{tag}"
-    rows, more = events(n, seed=n), events(later, seed=n + 1)
-    await broker.publish(rows, subject)
-    directory = tmp_path / tag
-
-    def source() -> NatsSource:
-        return NatsSource(NATS_URL, stream=broker.stream, subjects=subject, durable=durable)
-
-    async with runtime(directory) as rt, source() as first:
-        at = int(n * cut)
-        await consume(rt, first, batch_size=batch_size, until=at)
-        await rt.checkpoint()
-        # read on, then "crash": no checkpoint holds these
-        await consume(rt, first, batch_size=batch_size, until=min(lost, n - at))
-    await broker.publish(more, subject)
-    async with runtime(directory) as rt, source() as again:
-        await consume(rt, again, batch_size=batch_size, until="idle")
-        assert await values_of(rt) == await direct(rows + more)
 
 
 async def test_a_lost_delivery_starts_the_consumer_again_after_the_position(
