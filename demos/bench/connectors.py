@@ -79,7 +79,7 @@ def make_payloads(count: int, keys: int, seed: int) -> tuple[list[dict[str, Any]
 async def nats_publish(url: str, stream: str, subject: str, payloads: list[bytes]) -> None:
     import nats
 
-    nc = await nats.connect(url, connect_timeout=2, max_reconnect_attempts=0)
+    nc = await nats.connect(url, connect_timeout=2, max_reconnect_attempts=1)
     try:
         js = nc.jetstream()
         try:
@@ -109,7 +109,7 @@ async def nats_bare(url: str, stream: str, subject: str, count: int, batch: int)
     import nats
     from nats.js import api
 
-    nc = await nats.connect(url, connect_timeout=2, max_reconnect_attempts=0)
+    nc = await nats.connect(url, connect_timeout=2, max_reconnect_attempts=1)
     try:
         js = nc.jetstream()
         durable = f"bare-{uuid.uuid4().hex[:8]}"
@@ -393,7 +393,7 @@ def cli(argv: list[str]) -> None:
 async def _nats_cleanup(url: str, stream: str) -> None:
     import nats
 
-    nc = await nats.connect(url, connect_timeout=2, max_reconnect_attempts=0)
+    nc = await nats.connect(url, connect_timeout=2, max_reconnect_attempts=1)
     try:
         await nc.jetstream().delete_stream(stream)
     finally:

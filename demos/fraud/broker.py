@@ -102,7 +102,7 @@ async def publish(spec: dict[str, Any], payloads: Sequence[bytes]) -> None:
     if spec["kind"] == "nats":
         import nats
 
-        nc = await nats.connect(spec["url"], connect_timeout=2, max_reconnect_attempts=0)
+        nc = await nats.connect(spec["url"], connect_timeout=2, max_reconnect_attempts=1)
         try:
             js = nc.jetstream()
             await js.add_stream(name=spec["stream"], subjects=[spec["subject"]])
@@ -138,7 +138,7 @@ async def clean_up(spec: dict[str, Any], sink: dict[str, Any]) -> None:
     if spec["kind"] == "nats":
         import nats
 
-        nc = await nats.connect(spec["url"], connect_timeout=2, max_reconnect_attempts=0)
+        nc = await nats.connect(spec["url"], connect_timeout=2, max_reconnect_attempts=1)
         try:
             await nc.jetstream().delete_stream(spec["stream"])
         finally:

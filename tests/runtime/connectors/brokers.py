@@ -23,6 +23,14 @@ from tests.conftest import services_required
 from .common import FEATURE_SET, KEYS
 
 NATS_URL = os.environ.get("FEATURIST_TEST_NATS_URL", "nats://127.0.0.1:4222")
+#: ``nats.connect`` options that fail at once when no server answers: nats-py retries a
+#: first connect without end when ``max_reconnect_attempts`` is 0 (its "unlimited"), and for
+#: two minutes by default
+NATS_FAIL_FAST: dict[str, Any] = {
+    "connect_timeout": 1,
+    "max_reconnect_attempts": 1,
+    "reconnect_time_wait": 0.2,
+}
 REDIS_URL = os.environ.get("FEATURIST_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 ROOT = Path(__file__).resolve().parents[3]
 

@@ -23,7 +23,7 @@ from hypothesis import given, settings
 
 from runtime import ConfigError, NatsSource, consume
 
-from .brokers import NATS_URL, crash, unavailable
+from .brokers import NATS_FAIL_FAST, NATS_URL, crash, unavailable
 from .common import FEATURE_SET, direct, events, runtime, values_of
 
 pytest.register_assert_rewrite("tests.runtime.connectors.source_cases")  # before its import
@@ -99,7 +99,7 @@ class Broker:
 @pytest.fixture
 async def broker() -> AsyncIterator[Broker]:
     try:
-        nc = await nats.connect(NATS_URL, connect_timeout=1, max_reconnect_attempts=0)
+        nc = await nats.connect(NATS_URL, **NATS_FAIL_FAST)
     except Exception as exc:
         unavailable("NATS", exc)
     tag = uuid.uuid4().hex[:12]

@@ -35,6 +35,7 @@ from runtime import (
 from runtime._connectors.sink_nats import update_messages
 from tests.conftest import services_required
 
+from .brokers import NATS_FAIL_FAST
 from .common import events, runtime
 from .test_sinks import ListSink
 
@@ -51,7 +52,7 @@ def unavailable(what: str, exc: BaseException) -> NoReturn:
 async def plain() -> AsyncIterator[nats.aio.client.Client]:
     """A nats client of the test's own: what a service without featurist would use."""
     try:
-        client = await nats.connect(NATS_URL, connect_timeout=2, allow_reconnect=False)
+        client = await nats.connect(NATS_URL, **NATS_FAIL_FAST)
     except (OSError, nats.errors.Error) as exc:
         unavailable("NATS", exc)
     yield client

@@ -29,6 +29,7 @@ from runtime._connectors.nats import NatsSource
 from runtime._connectors.redis_streams import RedisStreamSource
 from runtime._service.cli import make_sink, make_source
 from tests.conftest import services_required
+from tests.runtime.connectors.brokers import NATS_FAIL_FAST
 
 from .server import serving
 from .test_service import FEATURES, T0
@@ -115,7 +116,7 @@ def test_a_nats_stream_in_and_a_nats_sink_out() -> None:
 
     async def setup() -> None:
         try:
-            client = await nats.connect("nats://127.0.0.1:4222", connect_timeout=2)
+            client = await nats.connect("nats://127.0.0.1:4222", **NATS_FAIL_FAST)
         except Exception as exc:
             if services_required():
                 pytest.fail(f"NATS unavailable: {exc!r}")
@@ -128,12 +129,12 @@ def test_a_nats_stream_in_and_a_nats_sink_out() -> None:
         await client.close()
 
     async def teardown() -> None:
-        client = await nats.connect("nats://127.0.0.1:4222", connect_timeout=2)
+        client = await nats.connect("nats://127.0.0.1:4222", **NATS_FAIL_FAST)
         await client.jetstream().delete_stream(name)
         await client.close()
 
     async def listen(stop: threading.Event) -> None:
-        client = await nats.connect("nats://127.0.0.1:4222", connect_timeout=2)
+        client = await nats.connect("nats://127.0.0.1:4222", **NATS_FAIL_FAST)
 
         async def got(message: Any) -> None:
             received.append(json.loads(message.data))
