@@ -478,13 +478,14 @@ class FeatureSet(
             bases = _ratio_bases(name, ratios)
             streams = sorted({self.stream_of(self.feature(b)) for b in bases})
             enriched = sorted(b for b in bases if self.enriched(self.feature(b)))
-            if enriched and len(enriched) < len(bases):
+            if enriched and len(enriched) < len(bases) and self.wait_for_lookups == "readers":
                 _fail(
                     self,
                     f"features[{index_of[name]}]",
                     f"{what}'s operands must all read lookup fields or none: "
                     f"{', '.join(enriched)} do and {', '.join(sorted(set(bases) - set(enriched)))} "
-                    "do not (features that read them wait for their fetches; the others do not)",
+                    "do not (features that read them wait for their fetches; the others do not, "
+                    'unless wait_for_lookups="all")',
                 )
             if len(streams) > 1:
                 _fail(

@@ -20,6 +20,7 @@ from runtime import (
     FeatureSet,
     Last,
     Lookup,
+    Ratio,
     SpecError,
     Sum,
 )
@@ -346,3 +347,28 @@ async def test_a_checkpoint_restores_only_into_the_same_wait_for_lookups(tmp_pat
     ) as rt:
         after = await rt.get_many(["c0", "c1", "c2"])
     assert {k: v.values for k, v in after.items()} == {k: v.values for k, v in before.items()}
+
+
+async def test_a_ratio_of_a_lookup_feature_and_a_plain_one_under_wait_for_lookups_all() -> None:
+    """With every feature after the lookups, a ratio may mix a feature that reads a lookup
+    and one that does not: both are in the lookups' group, and the ratio is their quotient."""
+    features = FeatureSet(
+        name="tx",
+        key="card",
+        time="ts",
+        wait_for_lookups="all",
+        sources=[CustomSource(name="merchants", cache_size=50)],
+        lookups=[Lookup(name="m", field="mid", source="merchants", default=DEFAULT)],
+        features=[
+            Count(name="n"),
+            Sum(name="risk", field="m.risk"),
+            Ratio(name="mean_risk", numerator="risk", denominator="n"),
+        ],
+    )
+    events = [{"card": "a", "ts": i, "mid": f"m{i % 7}"} for i in range(20)]
+    async with FeatureRuntime(features, shards=2, sources={"merchants": _Source(0.001)}) as rt:
+        await rt.ingest_many(events)
+        await rt.flush()
+        values = (await rt.get("a")).values
+    risks = [ROWS.get(e["mid"], DEFAULT)["risk"] for e in events]
+    assert values == {"n": 20, "risk": sum(risks), "mean_risk": sum(risks) / 20}

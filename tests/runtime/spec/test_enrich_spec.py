@@ -55,14 +55,16 @@ def test_lookup_rules_name_the_field() -> None:
         _set(lookups=[Lookup(name="events", field="merchant_id", source="merchants")])
     with pytest.raises(SpecError, match=r"lookups\[0\]\.stream: no stream named 'other'"):
         _set(lookups=[Lookup(name="merchant", field="m", source="merchants", stream="other")])
+    mixed = [
+        Count(name="n"),
+        Mean(name="risk", field="merchant.risk"),
+        Ratio(name="r", numerator="risk", denominator="n"),
+    ]
     with pytest.raises(SpecError, match="must all read lookup fields or none"):
-        _set(
-            features=[
-                Count(name="n"),
-                Mean(name="risk", field="merchant.risk"),
-                Ratio(name="r", numerator="risk", denominator="n"),
-            ]
-        )
+        _set(features=mixed)
+    # with every feature of the stream after its lookups, the operands share one group
+    every = _set(features=mixed, wait_for_lookups="all")
+    assert {every.group_stream_of(f) for f in every.features} == {"@events"}
 
 
 def test_sql_names_are_checked_and_sources_validate_their_options() -> None:
