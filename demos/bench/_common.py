@@ -251,18 +251,15 @@ def cases_in_children(
     """Run ``target(spec)`` ``repeat`` times, each in a forked child process (which inherits
     the input the parent made and froze), and return the results. A case's peak RSS is its
     own: :func:`peak_rss_mib` read in the child."""
-
-    def child(spec: dict[str, Any], queue: Any) -> None:
-        queue.put(target(spec))
-
-    return [in_child(child, spec) for _ in range(max(1, repeat))]
+    return rounds_in_children(target, [spec], repeat)[0]
 
 
 def rounds_in_children(
     target: Callable[[dict[str, Any]], Any], specs: Sequence[dict[str, Any]], repeat: int
 ) -> list[list[Any]]:
     """Run ``target(spec)`` for each spec in turn, ``repeat`` rounds, each run in a forked
-    child (as :func:`cases_in_children`); the results of each spec, by round. Interleaved, the
+    child (which inherits the input the parent made and froze; a case's peak RSS is its own);
+    the results of each spec, by round. Interleaved, the
     cases of one round meet the same machine: a machine shared with other work drifts by tens
     of percent over a minute, and cases run one after the other would compare two moods of
     it (the ratios of a round's pair show how far it moved)."""
