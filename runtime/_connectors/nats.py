@@ -38,6 +38,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import anyio
 import msgspec
 
+from actors import get_logger
+
 from .._exceptions import ConfigError
 from .source import Source, SourceBatch
 
@@ -48,6 +50,7 @@ if TYPE_CHECKING:
 
 __all__ = ["NatsSource"]
 
+_log = get_logger("featurist.connectors")
 _UNSAFE = re.compile(r"[.*>\s]")
 _json = msgspec.json.Encoder()
 #: seconds the first, quick fetch from each of several consumers waits
@@ -105,7 +108,12 @@ class NatsSource(Source):
             two checkpoints.
         fetch_timeout: seconds a read waits for messages when there are none (then returns
             an empty batch).
-        connect_options: more keyword arguments for ``nats.connect``.
+        first_connect_timeout: seconds the first connection to the servers may take, nats-py's
+            attempts included (it tries each server again and again: two minutes with its
+            defaults); past it, the read raises :class:`ConnectionError` naming the servers.
+            Once connected, the client reconnects after a drop as ``connect_options`` say.
+        connect_options: more keyword arguments for ``nats.connect``. Its errors are logged
+            as ``nats_error`` warnings unless ``error_cb`` is given here.
 
     Raises:
         ConfigError: an argument is out of range.
@@ -123,6 +131,7 @@ class NatsSource(Source):
         ack_wait: float = 300.0,
         max_ack_pending: int = 1_000_000,
         fetch_timeout: float = 0.1,
+        first_connect_timeout: float = 10.0,
         connect_options: dict[str, Any] | None = None,
     ) -> None:
         subject_list = [subjects] if isinstance(subjects, str) else list(subjects)
@@ -135,7 +144,11 @@ class NatsSource(Source):
                 raise ConfigError(f"{what} must be a name without '.', '*', '>' or spaces")
         if start not in ("first", "new"):
             raise ConfigError(f"start must be 'first' or 'new', got {start!r}")
-        for what, number in (("ack_wait", ack_wait), ("fetch_timeout", fetch_timeout)):
+        for what, number in (
+            ("ack_wait", ack_wait),
+            ("fetch_timeout", fetch_timeout),
+            ("first_connect_timeout", first_connect_timeout),
+        ):
             if isinstance(number, bool) or not isinstance(number, int | float) or number <= 0:
                 raise ConfigError(f"{what} must be a number > 0, got {number!r}")
         if isinstance(max_ack_pending, bool) or not isinstance(max_ack_pending, int):
@@ -151,6 +164,7 @@ class NatsSource(Source):
         self.ack_wait = float(ack_wait)
         self.max_ack_pending = max_ack_pending
         self.fetch_timeout = float(fetch_timeout)
+        self.first_connect_timeout = float(first_connect_timeout)
         self.connect_options = dict(connect_options or {})
         if len(subject_list) == 1:
             durables = [durable]
@@ -176,6 +190,8 @@ class NatsSource(Source):
     # --- the protocol ---------------------------------------------------------------------------
 
     async def read(self, max_records: int) -> SourceBatch:
+        if self._js is None:
+            await self._jetstream()  # not shielded: a connection cut short loses nothing
         # shielded, every wait bounded (fetch_timeout, the client's request timeouts): cut
         # short, a fetch would lose messages it had taken, and a request or a flush would
         # leave the client waiting for a reply nobody takes
@@ -280,11 +296,34 @@ class NatsSource(Source):
 
     async def _jetstream(self) -> nats.js.JetStreamContext:
         if self._js is None:
-            import nats
-
-            self._nc = await nats.connect(self.servers, **self.connect_options)
+            self._nc = await self._connect()
             self._js = self._nc.jetstream()
         return self._js
+
+    async def _connect(self) -> nats.aio.client.Client:
+        """A connected client, within ``first_connect_timeout`` (what a connection cut short
+        had started, its tasks and socket, is closed)."""
+        import nats.aio.client
+        import nats.errors
+
+        options = {"error_cb": _log_error, **self.connect_options}
+        client = nats.aio.client.Client()
+        error: Exception | None = None
+        with anyio.move_on_after(self.first_connect_timeout):
+            try:
+                await client.connect(self.servers, **options)
+            except (OSError, nats.errors.Error) as exc:  # no server left to try
+                error = exc
+        if not client.is_connected:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(_FLUSH_TIMEOUT):
+                await client.close()
+            servers = ", ".join(self.servers)
+            raise ConnectionError(
+                f"{self!r}: no NATS server answered at {servers} within "
+                f"{self.first_connect_timeout:g} s (first_connect_timeout)"
+                + (f": {error}" if error is not None else "")
+            ) from error
+        return client
 
     async def _setup(self) -> None:
         """Make each consumer start just after the position (see the module's docstring)."""
@@ -441,6 +480,12 @@ class NatsSource(Source):
             self._position[consumer.subject] = position
             consumer.held.append((position, last))
         return payloads
+
+
+async def _log_error(error: Exception) -> None:
+    """nats-py's errors (a failed connection attempt, a slow consumer...), one line each:
+    its own callback logs each with a traceback, every attempt."""
+    _log.warning("nats_error", error=f"{type(error).__name__}: {error}")
 
 
 def _fresh(

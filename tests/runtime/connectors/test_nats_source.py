@@ -164,6 +164,9 @@ async def test_bad_settings_are_refused(broker: Broker) -> None:
         NatsSource(stream="s", subjects="a", durable="a.b")
     with pytest.raises(ConfigError, match="ack_wait"):
         NatsSource(stream="s", subjects="a", durable="d", ack_wait=0)
+    for bad in (0, -1.0, True, "10"):
+        with pytest.raises(ConfigError, match="first_connect_timeout"):
+            NatsSource(stream="s", subjects="a", durable="d", first_connect_timeout=bad)
     async with runtime() as rt:
         missing = NatsSource(NATS_URL, stream=broker.stream + "X", subjects="x", durable="d")
         async with missing:
@@ -189,6 +192,39 @@ async def test_a_lost_delivery_starts_the_consumer_again_after_the_position(
         result = await consume(rt, source, batch_size=50, until="idle")
         assert result.records == 200
         assert await values_of(rt) == await direct(rows)
+
+
+def _free_port() -> int:
+    """A local TCP port nothing listens on (bound, then let go)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_no_server_is_a_connection_error_naming_it_within_first_connect_timeout() -> None:
+    # no server needed: nats-py alone would try again for two minutes, shielded in the read
+    url = f"nats://127.0.0.1:{_free_port()}"
+    source = NatsSource(url, stream="s", subjects="a", durable="d", first_connect_timeout=1)
+    async with runtime() as rt, source:
+        with anyio.fail_after(10):
+            started = anyio.current_time()
+            expected = f"no NATS server answered at {url} within 1 s"
+            with pytest.raises(ConnectionError, match=expected):
+                await consume(rt, source, until="idle")
+            assert anyio.current_time() - started < 5
+
+
+async def test_a_caller_deadline_cuts_the_first_connection_short() -> None:
+    url = f"nats://127.0.0.1:{_free_port()}"
+    source = NatsSource(url, stream="s", subjects="a", durable="d", first_connect_timeout=60)
+    async with runtime() as rt, source:
+        started = anyio.current_time()
+        with anyio.move_on_after(0.5):
+            await consume(rt, source, until="idle")
+        assert anyio.current_time() - started < 5
+        assert source._nc is None  # nothing half made is kept
 
 
 def test_sequences_are_read_from_both_forms_of_reply_subject() -> None:
