@@ -321,7 +321,7 @@ class Topology:
                 stack.push_async_callback(source.close)
             fetcher = await stack.enter_async_context(Fetcher.from_spec(source, spec))
             self.sources[spec.name] = SourceRuntime(
-                spec.name, DimensionCache.for_source(spec), fetcher
+                spec.name, DimensionCache.for_source(spec), fetcher, clock=self._clock
             )
 
     async def start(self, supervisor: Supervisor) -> None:

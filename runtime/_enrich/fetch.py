@@ -242,6 +242,9 @@ class Fetcher:
             linger=linger,
         )
         self._last_error: SourceError | None = None
+        #: called with each batch call's answers by key (rows, ``NOT_FOUND``, failures) as
+        #: they come: the owner's cache stores them (``SourceRuntime``)
+        self.on_answers: Callable[[dict[Hashable, object]], None] | None = None
         self._calls = 0
         self._keys_requested = 0
         self._keys_found = 0
@@ -361,11 +364,15 @@ class Fetcher:
 
     async def _call(self, keys: list[Hashable]) -> list[object]:
         """The loader's batch function: one call of the source for a batch of keys. It never
-        raises (but when cancelled): every key gets its answer."""
+        raises (but when cancelled): every key gets its answer, given to :attr:`on_answers`
+        first (before any caller of the keys resumes, and before the keys stop being in
+        flight)."""
         answers: dict[Hashable, object] = {}
         asked = keys if self._refuse_key is None else self._refuse(keys, answers)
         if asked:
             await self._call_source(asked, answers)
+        if self.on_answers is not None:
+            self.on_answers(answers)
         return [answers[key] for key in keys]
 
     def _refuse(self, keys: list[Hashable], answers: dict[Hashable, object]) -> list[Hashable]:

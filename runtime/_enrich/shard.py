@@ -61,7 +61,13 @@ class _Target(Protocol):
 
 @dataclass
 class SourceRuntime:
-    """One source as the enrichers use it: its cache and its fetcher (shared by the shards)."""
+    """One source as the enrichers use it: its cache and its fetcher (shared by the shards).
+
+    The rows the source answers, and the keys it has not, are cached as the answer comes (in
+    the fetcher's batch call), before any enricher's turn: a shard that looks at a key between
+    the end of its fetch and the turn of the enricher that asked finds it cached, rather than
+    neither cached nor in flight, and asking again. Failures and malformed rows are each
+    enricher's to record."""
 
     name: str
     cache: DimensionCache
@@ -69,6 +75,23 @@ class SourceRuntime:
     #: events enriched with a stale row, or with a default because the fetch failed
     stale_served: int = 0
     defaults_after_error: int = 0
+    #: the time a row is stored at (the enrichers' clock)
+    clock: Callable[[], float] = time.time
+
+    def __post_init__(self) -> None:
+        self.fetcher.on_answers = self._store
+
+    def _store(self, answers: dict[Hashable, Any]) -> None:
+        now, cache = self.clock(), self.cache
+        put = cache.put
+        for key, value in answers.items():
+            if value.__class__ is dict:
+                put(key, value, now)
+            elif value is NOT_FOUND:
+                cache.put_missing(key, now)
+            elif value.__class__ is list:  # versions
+                put(key, value, now)
+            # else a failure or a malformed row: the enricher's to record, in its turn
 
     @property
     def malformed(self) -> int:
@@ -100,6 +123,9 @@ class Fetched:
     results: dict[Hashable, Any]
     #: stashed events wait for it (False: a refresh-ahead fetch, which nothing waits for)
     stash: bool
+    #: its rows and missing keys are in the cache already (stored by :class:`SourceRuntime`
+    #: as the source answered)
+    cached: bool = False
 
 
 @dataclass(frozen=True)
@@ -636,10 +662,12 @@ class EnrichShard(Actor[Any]):
         source, stash = fetched.source, fetched.stash
         cache, name = source.cache, source.name
         put, landed, fetching = cache.put, self.landed, self.fetching
+        cached = fetched.cached
         for key, value in fetched.results.items():
             ident = (name, key)
             if value.__class__ is dict:  # a row: the usual answer
-                put(key, value, now)
+                if not cached:
+                    put(key, value, now)
                 if stash:
                     landed[ident] = value
                     fetching.discard(ident)
@@ -655,7 +683,8 @@ class EnrichShard(Actor[Any]):
                     cache.rearm_refresh(key)
                 continue
             if value is NOT_FOUND:
-                cache.put_missing(key, now)
+                if not cached:
+                    cache.put_missing(key, now)
             elif isinstance(value, Exception):
                 # a malformed row or a refused key (the fetcher counts them, once per key and
                 # call): the default, and no call for it before the negative entry expires
@@ -663,8 +692,8 @@ class EnrichShard(Actor[Any]):
                     self._refused(value)
                 cache.put_missing(key, now)
                 value = NOT_FOUND
-            else:
-                cache.put(key, value, now)
+            elif not cached or value.__class__ is not list:
+                cache.put(key, value, now)  # versions (a list)
             if stash:
                 self.landed[ident] = value
                 self.fetching.discard(ident)
@@ -926,7 +955,8 @@ class _FetchTask:
     It changes nothing of the enricher's: it puts what it found in the enricher's inbox, then,
     if stashed events wait for it, tells the enricher to wake it. That ``tell`` may wait for room
     in the mailbox; the actor reads the inbox meanwhile, so the wait always ends (or the actor
-    stops, and the tell fails at once)."""
+    stops, and the tell fails at once). The rows found are in the cache already: the source's
+    :class:`SourceRuntime` stores them as the source answers."""
 
     __slots__ = ("enricher", "inbox", "keys", "source", "stash")
 
@@ -946,7 +976,7 @@ class _FetchTask:
 
     async def run(self) -> None:
         try:
-            results = await self.source.fetcher.fetch_many(self.keys)
+            results = await self._results()
         except ActorStopped as exc:  # the fetcher stopped: the runtime is shutting down
             self.give_up(exc)
             return
@@ -965,12 +995,35 @@ class _FetchTask:
             error.__cause__ = exc
             self.give_up(error)
             return
-        self.inbox.put(Fetched(self.source, results, self.stash))
+        # its rows and missing keys are cached already (SourceRuntime, as the source answered)
+        self.inbox.put(Fetched(self.source, results, self.stash, cached=True))
         if self.stash:
             try:
                 await self.enricher.tell(_Landed())
             except ActorStopped:
                 pass
+
+    async def _results(self) -> dict[Hashable, Any]:
+        """Each key's answer: from the cache for a key cached since the enricher asked (a
+        fetch of another shard's landed before this task began), else from the source."""
+        keys, cached = self.keys, {}
+        if self.stash:  # a refresh-ahead fetch is there to fetch again
+            source = self.source
+            peek, now = source.cache.peek, source.clock()
+            wanted = []
+            for key in keys:
+                hit = peek(key, now)
+                if hit is None:
+                    wanted.append(key)
+                else:
+                    cached[key] = NOT_FOUND if hit[1] is None else hit[1]
+            keys = wanted
+        if not keys:
+            await anyio.lowlevel.checkpoint()
+            return cached
+        results = await self.source.fetcher.fetch_many(keys)
+        results.update(cached)
+        return results
 
     def give_up(self, cause: Exception) -> None:
         """The fetch will not happen: its keys count as failed (the inbox wakes the enricher

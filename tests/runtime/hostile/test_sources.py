@@ -127,6 +127,34 @@ async def test_a_malformed_row_counts_once_however_many_shards_waited_for_it() -
     assert stats.malformed == 1
 
 
+@pytest.mark.parametrize("shards", [2, 4])
+async def test_each_key_is_fetched_once_however_many_shards_look_at_it(shards: int) -> None:
+    # The shards share the source's cache and its fetches in flight. A fetch's rows used to
+    # reach the cache only in the turn of the enricher that asked: a shard that looked at the
+    # key between the fetch's end and that turn found it neither cached nor in flight, and
+    # asked again (the workers' lookup test saw 26 keys asked where 24 were due)
+    rows = Rows(delay=0.002)
+    merchants = [*MERCHANTS, "m10", "m11"]  # and two the source does not have
+    async with FeatureRuntime(
+        _set(CustomSource(name="merchants")),
+        sources={"merchants": rows},
+        shards=shards,
+        batch_size=8,
+    ) as rt:
+        for start in range(0, 4_000, 40):
+            await rt.ingest_many(
+                [
+                    {"card": f"c{i % 97}", "ts": i, "mid": merchants[i % len(merchants)]}
+                    for i in range(start, start + 40)
+                ]
+            )
+        await rt.flush()
+        stats = (await rt.statistics()).enrichment["merchants"]
+    asked = [key for call in rows.calls for key in call]
+    assert sorted(asked) == sorted(merchants)
+    assert stats.keys_requested == len(merchants)
+
+
 # -- one bad key fails alone (item 3) -------------------------------------------------------------
 
 
