@@ -661,7 +661,9 @@ class WorkerFront:
                 except Exception:  # the backend cannot tell now: the stream still can
                     continue
                 if not alive and not worker.dead and not self._stopping:
-                    self._died(worker, "its Ray actor ended (the backend says so)")
+                    self._died(
+                        worker, f"its process ended, as the {self._backend.name} backend says"
+                    )
 
     async def _ask(self, worker: _Worker, op: str, *args: Any) -> msgspec.Raw:
         """A call to this very worker (not sent again if it dies: raises ``_Retry``)."""

@@ -34,6 +34,7 @@ from runtime import (
     Sum,
     Tumbling,
 )
+from runtime._workers.backends import LocalBackend
 
 from .test_workers import _alive
 
@@ -433,3 +434,104 @@ class _Parts(msgspec.Struct, frozen=True, kw_only=True):
     actors: tuple[Any, ...]
     features: dict[str, Any]
     dead_letters: dict[str, int]
+
+
+class _Vanishing:
+    """A worker's handle whose process the backend can be made to report ended (``gone``)
+    while it runs and its stream stays open: as Ray reports the actor of a node that was lost
+    without closing its sockets."""
+
+    def __init__(self, handle: Any) -> None:
+        self._handle = handle
+        self.gone = False
+
+    @property
+    def pid(self) -> int | None:
+        return self._handle.pid  # type: ignore[no-any-return]
+
+    @property
+    def exitcode(self) -> int | None:
+        return self._handle.exitcode  # type: ignore[no-any-return]
+
+    def is_alive(self) -> bool:
+        return not self.gone and bool(self._handle.is_alive())
+
+    def kill(self) -> None:
+        self._handle.kill()
+
+    def join(self, timeout: float | None = None) -> None:
+        self._handle.join(timeout)
+
+
+class _WatchedBackend(LocalBackend):
+    """Processes on this machine, watched by the front as it watches Ray's actors (any
+    backend but ``"processes"``, whose ended process always ends its stream)."""
+
+    name = "watched"
+
+    def __init__(self) -> None:
+        self.handles: list[_Vanishing] = []
+
+    async def spawn(self, spec: Any, track: Any) -> tuple[Any, Any]:
+        handle, sock = await super().spawn(spec, track)
+        self.handles.append(_Vanishing(handle))
+        return self.handles[-1], sock
+
+
+@pytest.mark.parametrize("restarts", [False, True])
+async def test_a_worker_its_backend_reports_ended_is_taken_as_died_with_its_stream_open(
+    tmp_path: Path, restarts: bool
+) -> None:
+    # the front asks the backend every WATCH_INTERVAL (1 s) whether each worker still runs
+    options: dict[str, Any] = {"checkpoints": _config(tmp_path)} if restarts else {}
+    rt = FeatureRuntime(FEATURE_SET, shards=1, workers=1, **options)
+    backend = _WatchedBackend()
+    assert rt._front is not None
+    rt._front._backend = backend  # the front starts its workers when the runtime starts
+    events = _events(300)
+    async with rt:
+        front = rt._front
+        assert front is not None
+        await rt.ingest_many(events[:100])
+        await rt.flush()
+        first = front.pids[0]
+        backend.handles[0].gone = True  # the process runs on, its stream open
+        if not restarts:
+            with pytest.raises(RuntimeClosed, match="its process ended, as the watched backend"):
+                with anyio.fail_after(10):
+                    while True:
+                        await rt.ingest_many(events[100:110])
+                        await rt.flush()
+            return
+        with anyio.fail_after(20):  # started again: a new process, the key groups restored
+            while len(backend.handles) < 2 or front.restarting:
+                await anyio.sleep(0.01)
+        assert front.pids[0] != first
+        await rt.ingest_many(events[100:])
+        await rt.flush()
+        got = {key: v.values for key, v in (await rt.get_many(list(range(KEYS)))).items()}
+    async with FeatureRuntime(FEATURE_SET, shards=1) as one:
+        await one.ingest_many(events)
+        await one.flush()
+        want = {key: v.values for key, v in (await one.get_many(list(range(KEYS)))).items()}
+    assert got == want
+
+
+@pytest.mark.parametrize(
+    ("host", "bound"),
+    [("127.0.0.1", "127.0.0.1"), ("203.0.113.7", "0.0.0.0"), ("::1", "::1")],
+)
+def test_the_front_listens_on_its_host_or_on_every_interface_when_it_is_not_local(
+    host: str, bound: str
+) -> None:
+    # 203.0.113.7 (TEST-NET-3) is no address of this machine: an address the workers reach
+    # the front at through NAT or a port mapping, so the front listens on every interface
+    from runtime._workers.backends import _listener
+
+    try:
+        sock = _listener(host)
+    except OSError as exc:  # no IPv6 on this machine
+        pytest.skip(f"cannot listen on {host}: {exc}")
+    with sock:
+        assert sock.getsockname()[0] == bound
+        assert sock.getsockname()[1] > 0
