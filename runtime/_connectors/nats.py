@@ -34,6 +34,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import msgspec
@@ -301,29 +302,35 @@ class NatsSource(Source):
         return self._js
 
     async def _connect(self) -> nats.aio.client.Client:
-        """A connected client, within ``first_connect_timeout`` (what a connection cut short
-        had started, its tasks and socket, is closed)."""
+        """A connected client, within ``first_connect_timeout``; a connection cut short (the
+        time out, the caller's cancellation, an error) has what it had started, its tasks and
+        socket, closed."""
         import nats.aio.client
         import nats.errors
 
         options = {"error_cb": _log_error, **self.connect_options}
         client = nats.aio.client.Client()
         error: Exception | None = None
-        with anyio.move_on_after(self.first_connect_timeout):
-            try:
-                await client.connect(self.servers, **options)
-            except (OSError, nats.errors.Error) as exc:  # no server left to try
-                error = exc
-        if not client.is_connected:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(_FLUSH_TIMEOUT):
-                await client.close()
-            servers = ", ".join(self.servers)
-            raise ConnectionError(
-                f"{self!r}: no NATS server answered at {servers} within "
-                f"{self.first_connect_timeout:g} s (first_connect_timeout)"
-                + (f": {error}" if error is not None else "")
-            ) from error
-        return client
+        try:
+            with anyio.move_on_after(self.first_connect_timeout):
+                try:
+                    await client.connect(self.servers, **options)
+                except (OSError, nats.errors.Error) as exc:  # no server left to try
+                    error = exc
+        except BaseException:
+            await _close(client)
+            raise
+        if client.is_connected:
+            return client
+        # the last attempt's error (a refused password, say), not only "no answer"
+        error = error or client.last_error
+        await _close(client)
+        servers = ", ".join(map(_without_credentials, self.servers))
+        raise ConnectionError(
+            f"{self!r}: no NATS server answered at {servers} within "
+            f"{self.first_connect_timeout:g} s (first_connect_timeout)"
+            + (f"; the last error: {error}" if error is not None else "")
+        ) from error
 
     async def _setup(self) -> None:
         """Make each consumer start just after the position (see the module's docstring)."""
@@ -480,6 +487,28 @@ class NatsSource(Source):
             self._position[consumer.subject] = position
             consumer.held.append((position, last))
         return payloads
+
+
+async def _close(client: nats.aio.client.Client) -> None:
+    """Close a client that did not connect, whatever cancels the caller meanwhile."""
+    with anyio.CancelScope(shield=True), anyio.move_on_after(_FLUSH_TIMEOUT):
+        await client.close()
+
+
+def _without_credentials(url: str) -> str:
+    """``url`` without its user, password or token (``nats://user:pass@host`` is ``nats://host``),
+    for messages and logs."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:
+        return "<a server URL that does not parse>"
+    if not parts.netloc or host is None or "@" not in parts.netloc:
+        return url
+    netloc = f"[{host}]" if ":" in host else host
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 async def _log_error(error: Exception) -> None:

@@ -372,7 +372,10 @@ class Fetcher:
         if asked:
             await self._call_source(asked, answers)
         if self.on_answers is not None:
-            self.on_answers(answers)
+            try:
+                self.on_answers(answers)
+            except Exception:  # a bug: the answers still reach the callers
+                _log.exception("source_answers_hook_failed", source=self._name)
         return [answers[key] for key in keys]
 
     def _refuse(self, keys: list[Hashable], answers: dict[Hashable, object]) -> list[Hashable]:

@@ -75,7 +75,7 @@ class SourceRuntime:
     #: events enriched with a stale row, or with a default because the fetch failed
     stale_served: int = 0
     defaults_after_error: int = 0
-    #: the time a row is stored at (the enrichers' clock)
+    #: the time a row is stored at: the enrichers' clock (each enricher sets it, to its own)
     clock: Callable[[], float] = time.time
 
     def __post_init__(self) -> None:
@@ -85,12 +85,10 @@ class SourceRuntime:
         now, cache = self.clock(), self.cache
         put = cache.put
         for key, value in answers.items():
-            if value.__class__ is dict:
+            if isinstance(value, dict | list):  # a row, or versions
                 put(key, value, now)
             elif value is NOT_FOUND:
                 cache.put_missing(key, now)
-            elif value.__class__ is list:  # versions
-                put(key, value, now)
             # else a failure or a malformed row: the enricher's to record, in its turn
 
     @property
@@ -257,6 +255,8 @@ class EnrichShard(Actor[Any]):
             plan = self.plans[0]
             self._single = (plan.name, plan.event_field, plan.source, plan)
             self._default_fields = _flat(plan.name, plan.default or {})
+        for source in sources.values():
+            source.clock = clock  # the rows it caches as they come are stored at this time
         self.shard = shard
         #: the name of the enriched stream (the batches it sends)
         self.stream = stream
@@ -692,8 +692,8 @@ class EnrichShard(Actor[Any]):
                     self._refused(value)
                 cache.put_missing(key, now)
                 value = NOT_FOUND
-            elif not cached or value.__class__ is not list:
-                cache.put(key, value, now)  # versions (a list)
+            elif not (cached and isinstance(value, dict | list)):
+                cache.put(key, value, now)  # versions, or a row of a dict's subclass
             if stash:
                 self.landed[ident] = value
                 self.fetching.discard(ident)

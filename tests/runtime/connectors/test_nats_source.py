@@ -10,6 +10,7 @@ twice; reply subjects are read for their sequences."""
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -225,6 +226,50 @@ async def test_a_caller_deadline_cuts_the_first_connection_short() -> None:
             await consume(rt, source, until="idle")
         assert anyio.current_time() - started < 5
         assert source._nc is None  # nothing half made is kept
+
+
+@pytest.mark.parametrize("cut", ["first_connect_timeout", "the caller"])
+async def test_a_first_connection_cut_short_closes_its_socket(cut: str) -> None:
+    # a server that takes the connection and never says hello (a load balancer with no
+    # backend): the client waits for it until the time out, or the caller's cancel, cuts it
+    # short; either way its socket is closed, and the error names no credentials
+    closed = anyio.Event()
+
+    async def mute(stream: anyio.abc.SocketStream) -> None:
+        async with stream:
+            with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError):
+                while True:
+                    await stream.receive()
+        closed.set()
+
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    async with listener, anyio.create_task_group() as tasks:
+        tasks.start_soon(listener.serve, mute)
+        url = f"nats://featurist:s3cret@127.0.0.1:{port}"
+        wait = 1 if cut == "first_connect_timeout" else 60
+        source = NatsSource(url, stream="s", subjects="a", durable="d", first_connect_timeout=wait)
+        async with runtime() as rt, source:
+            if cut == "the caller":
+                with anyio.move_on_after(0.5):
+                    await consume(rt, source, until="idle")
+            else:
+                with pytest.raises(ConnectionError) as raised:
+                    await consume(rt, source, until="idle")
+                assert f"nats://127.0.0.1:{port}" in str(raised.value)
+                assert "s3cret" not in str(raised.value)
+        with anyio.fail_after(5):
+            await closed.wait()
+        tasks.cancel_scope.cancel()
+
+
+def test_credentials_are_left_out_of_server_urls_in_messages() -> None:
+    from runtime._connectors.nats import _without_credentials
+
+    assert _without_credentials("nats://u:p@h:4222") == "nats://h:4222"
+    assert _without_credentials("nats://token@h") == "nats://h"
+    assert _without_credentials("tls://u:p@[::1]:4222") == "tls://[::1]:4222"
+    assert _without_credentials("nats://127.0.0.1:4222") == "nats://127.0.0.1:4222"
 
 
 def test_sequences_are_read_from_both_forms_of_reply_subject() -> None:

@@ -136,7 +136,7 @@ async def test_each_key_is_fetched_once_however_many_shards_look_at_it(shards: i
     rows = Rows(delay=0.002)
     merchants = [*MERCHANTS, "m10", "m11"]  # and two the source does not have
     async with FeatureRuntime(
-        _set(CustomSource(name="merchants")),
+        _set(CustomSource(name="merchants", refresh_ahead=None)),  # however slow the run
         sources={"merchants": rows},
         shards=shards,
         batch_size=8,
