@@ -9,6 +9,7 @@ runtime, and its shutdown meets its deadline."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -121,7 +122,10 @@ async def _killed_run(
                 pid = front.pids[index % 2]
                 seen.append(pid)
                 assert pid is not None
-                os.kill(pid, signal.SIGKILL)
+                # a worker killed at an earlier chunk may be gone before the front has noticed
+                # (it still shows the pid): it is being started again, as this kill would do
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
         await rt.flush()
         seen.extend(front.pids)
         updates = await _drain(subscription)
