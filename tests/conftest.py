@@ -19,14 +19,26 @@ def anyio_backend(request: pytest.FixtureRequest) -> Any:
     return request.param
 
 
-#: Directories of pure computation checked against oracles (windows, joins, keyed kernels,
-#: checkpoints, custom aggregates, rolling statistics): their async tests run on uvloop alone,
-#: the loop the runtime runs on by default (``actors.run``), where uvloop is installed. The
-#: event loop schedules their tasks in the same order either way; running both took a minute
-#: of CI's time. Tests of sockets, processes, brokers and timing run on both loops.
+#: Directories of pure computation (windows, joins, keyed kernels, checkpoints, custom
+#: aggregates, rolling statistics, ingest's validation, training sets, replay, drift): their
+#: async tests run on uvloop alone, the loop the runtime runs on by default (``actors.run``),
+#: where uvloop is installed. The event loop schedules their tasks in the same order either
+#: way; running both took minutes of CI's time. Tests of sockets, processes, brokers, sources
+#: and timing run on both loops.
 _ONE_LOOP = tuple(
     os.path.join("tests", "runtime", name) + os.sep
-    for name in ("windows", "joins", "keyed", "checkpoints", "udaf", "stats")
+    for name in (
+        "windows",
+        "joins",
+        "keyed",
+        "checkpoints",
+        "udaf",
+        "stats",
+        "ingest",
+        "training",
+        "replay",
+        "drift",
+    )
 )
 
 
