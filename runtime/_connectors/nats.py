@@ -500,14 +500,14 @@ def _without_credentials(url: str) -> str:
     for messages and logs."""
     try:
         parts = urlsplit(url)
-        host = parts.hostname
-    except ValueError:
+        host, port = parts.hostname, parts.port
+    except ValueError:  # a port that is not a number, a bracket left open
         return "<a server URL that does not parse>"
     if not parts.netloc or host is None or "@" not in parts.netloc:
         return url
     netloc = f"[{host}]" if ":" in host else host
-    if parts.port is not None:
-        netloc += f":{parts.port}"
+    if port is not None:
+        netloc += f":{port}"
     return urlunsplit(parts._replace(netloc=netloc))
 
 

@@ -270,6 +270,7 @@ def test_credentials_are_left_out_of_server_urls_in_messages() -> None:
     assert _without_credentials("nats://token@h") == "nats://h"
     assert _without_credentials("tls://u:p@[::1]:4222") == "tls://[::1]:4222"
     assert _without_credentials("nats://127.0.0.1:4222") == "nats://127.0.0.1:4222"
+    assert _without_credentials("nats://u:p@h:port") == "<a server URL that does not parse>"
 
 
 def test_sequences_are_read_from_both_forms_of_reply_subject() -> None:
