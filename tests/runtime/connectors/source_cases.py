@@ -25,6 +25,18 @@ from .brokers import partition_process
 from .common import KEYS, direct, events, runtime, values_of
 
 #: tests whose work is in child processes run on one event loop kind (the children use asyncio)
+#: the shared tests: each broker's test module takes them all (``from .source_cases import *``)
+__all__ = [
+    "test_a_restart_from_any_checkpoint_ends_equal_to_one_pass",
+    "test_a_restart_reads_again_what_no_checkpoint_covers_and_counts_nothing_twice",
+    "test_cancelled_consume_calls_lose_nothing_and_the_next_goes_on",
+    "test_partitions_read_by_two_runtimes_reach_the_values_of_one",
+    "test_records_are_acknowledged_only_once_a_checkpoint_covers_them",
+    "test_records_through_the_runtime_give_the_values_of_direct_ingest",
+    "test_start_new_reads_only_records_published_once_the_consumer_exists",
+    "test_two_processes_on_partitions_reach_the_values_of_one",
+]
+
 CHILDREN_ON_ONE_LOOP = pytest.mark.parametrize("anyio_backend", [("asyncio", {})], ids=["asyncio"])
 
 
