@@ -16,7 +16,8 @@ See ``docs/quickstart.md``.
 # - _keyed/, _windows/, _joins/, _enrich/, _drift/: each concern's engine, pure, and the actor
 #   that runs it; _enrich/sources/ has one module per dimension source driver.
 # - _messages.py: what the shard actors are told and asked; _shard.py: the keyed groups' actor.
-# - _connectors/: the source protocol, consume (a source into a runtime), the file sources.
+# - _connectors/: the source protocol, consume (a source into a runtime), the inputs a runtime
+#   consumes itself, the file and broker sources, the sinks.
 # - _checkpoints/, _observe/, _replay/: checkpoint files and their codec, metrics and the
 #   Prometheus endpoint, replay of history and the parity check.
 # - _training/: point-in-time training sets (labels, the replay paused at each label's time).
@@ -37,6 +38,7 @@ from ._connectors.consume import consume as consume
 from ._connectors.files import CsvSource as CsvSource
 from ._connectors.files import JsonLinesSource as JsonLinesSource
 from ._connectors.files import ParquetSource as ParquetSource
+from ._connectors.inputs import Input as Input
 from ._connectors.nats import NatsSource as NatsSource
 from ._connectors.partitions import partition_key_groups as partition_key_groups
 from ._connectors.partitions import partition_of as partition_of
@@ -255,6 +257,7 @@ __all__ = [
     # connectors: sources and consuming them
     "ConsumeResult",
     "CsvSource",
+    "Input",
     "JsonLinesSource",
     "ParquetSource",
     "RejectedRecord",

@@ -50,6 +50,7 @@ from ._checkpoints.store import (
 )
 from ._connectors.consume import ConsumeResult
 from ._connectors.consume import consume as consume_source
+from ._connectors.inputs import Input, Inputs
 from ._connectors.source import Source
 from ._drift.monitor import DriftMonitors
 from ._exceptions import (
@@ -176,6 +177,14 @@ class FeatureRuntime:
             setting: put back when the last running runtime stops, unless the application
             set its own meanwhile. Worker processes keep it for their life. None leaves the
             collector alone.
+        inputs: sources the runtime consumes itself while it runs (``NatsSource``,
+            ``RedisStreamSource``, ``CsvSource``...; or an :class:`Input` to name the stream
+            and the batch size): each read as :meth:`consume` reads it, in a task the runtime
+            owns, from the position the restored checkpoint holds for it, until the source
+            ends or the runtime stops; the runtime closes them when it stops. An input that
+            fails stops alone, logged: :meth:`wait_inputs` raises its error, and so does
+            leaving the ``async with`` block (``docs/connectors.md``, "Inputs the runtime
+            reads itself").
 
     Example::
 
@@ -213,10 +222,13 @@ class FeatureRuntime:
         backfill: Iterable[Any] | AsyncIterable[Any] | None = None,
         backend: str | RayBackend = "processes",
         gc_threshold: int | None = DEFAULT_GC_THRESHOLD,
+        inputs: Iterable[Source | Input] | None = None,
     ) -> None:
         if not isinstance(feature_set, FeatureSet):
             raise TypeError(f"feature_set must be a FeatureSet, got {type(feature_set).__name__}")
         custom_sources = check_sources(feature_set, sources)
+        #: the sources the runtime consumes itself (checked here, read while it runs)
+        self._inputs = Inputs(inputs, feature_set)
         #: the options, checked
         self._options = RuntimeOptions(
             shards=shards,
@@ -443,7 +455,18 @@ class FeatureRuntime:
         except BaseException:
             await stack.__aexit__(None, None, None)
             raise
-        return self._started(stack)
+        return await self._begin(stack)
+
+    async def _begin(self, stack: AsyncExitStack) -> FeatureRuntime:
+        """Mark the runtime as running, then start reading its inputs."""
+        self._started(stack)
+        if self._inputs:
+            try:
+                await self._inputs.start(self, stack)
+            except BaseException as exc:
+                await self.__aexit__(type(exc), exc, exc.__traceback__)
+                raise
+        return self
 
     def _started(self, stack: AsyncExitStack) -> FeatureRuntime:
         """Mark the runtime as running (in process or over workers), and say so."""
@@ -477,7 +500,7 @@ class FeatureRuntime:
         except BaseException:
             await stack.__aexit__(None, None, None)
             raise
-        return self._started(stack)
+        return await self._begin(stack)
 
     async def _exit_front(
         self,
@@ -518,8 +541,42 @@ class FeatureRuntime:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool | None:
+        if self._inputs and self._running:
+            # the inputs stop first (a batch read is ingested whole), within the one deadline
+            timeout = self._system.shutdown_timeout
+            began = anyio.current_time()
+            with anyio.CancelScope(shield=True), anyio.move_on_after(timeout):
+                await self._inputs.stop()
+            spent = anyio.current_time() - began
+            self._system.shutdown_timeout = max(timeout - spent, 0.001)
         if self._front is not None:
-            return await self._exit_front(self._front, exc_type, exc, tb)
+            result = await self._exit_front(self._front, exc_type, exc, tb)
+        else:
+            result = await self._exit_here(exc_type, exc, tb)
+        failure = self._inputs.untold_failure()
+        if failure is not None and exc_type is None:
+            raise failure  # an input that failed, which nothing raised yet
+        return result
+
+    async def wait_inputs(self) -> list[ConsumeResult]:
+        """Wait until every input of ``inputs=`` ended (each a finite source, such as a file,
+        read to its end) and return what each consumed (a :class:`ConsumeResult`), in the
+        order given; or until one fails, and raise its error (the others go on).
+
+        Raises:
+            RuntimeClosed: the runtime is not running.
+            RuntimeError: the runtime has no inputs, or it stopped before they ended.
+        """
+        self._check_running()
+        return await self._inputs.wait()
+
+    async def _exit_here(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        """``__aexit__`` of the in-process runtime."""
         assert self._stack is not None and self._tg is not None
         self._running = False
         timeout = self._system.shutdown_timeout

@@ -52,7 +52,7 @@ RUNTIME_NAMES = {
     *("FeatureMetrics", "GroupMetrics", "JoinStatistics", "RuntimeMetrics", "RuntimeStatistics"),
     *("SubscriptionStatistics", "WindowStatistics", "FeatureCollector"),
     # connectors
-    *("ConsumeResult", "CsvSource", "JsonLinesSource", "ParquetSource", "RejectedRecord"),
+    *("ConsumeResult", "CsvSource", "Input", "JsonLinesSource", "ParquetSource", "RejectedRecord"),
     *("Source", "SourceBatch", "consume"),
     *("NatsSink", "ParquetSink", "RedisSink", "RunningSink", "Sink", "SinkStatistics", "run_sink"),
     *("NatsSource", "RedisStreamSource", "partition_key_groups", "partition_of"),

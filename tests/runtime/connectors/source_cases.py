@@ -28,6 +28,7 @@ from .common import KEYS, direct, events, runtime, values_of
 #: the shared tests: each broker's test module takes them all (``from .source_cases import *``)
 __all__ = [
     "test_a_restart_from_any_checkpoint_ends_equal_to_one_pass",
+    "test_a_runtime_reads_its_broker_input_itself_and_a_restart_goes_on",
     "test_a_restart_reads_again_what_no_checkpoint_covers_and_counts_nothing_twice",
     "test_cancelled_consume_calls_lose_nothing_and_the_next_goes_on",
     "test_partitions_read_by_two_runtimes_reach_the_values_of_one",
@@ -144,6 +145,37 @@ async def test_a_restart_reads_again_what_no_checkpoint_covers_and_counts_nothin
         await consume(rt, source, until=0)  # commits the checkpoint
         # the dead run's ones too; JetStream applies an acknowledgement to the consumer's
         # state a moment after it took it in (Redis at once)
+        with anyio.fail_after(10):
+            while await broker.pending():
+                await anyio.sleep(0.05)
+
+
+async def test_a_runtime_reads_its_broker_input_itself_and_a_restart_goes_on(
+    broker: SourceBroker, tmp_path: Path
+) -> None:
+    """``FeatureRuntime(inputs=[source])``: read live until the runtime stops, which closes the
+    source; the next runtime goes on from the checkpoint and acknowledges what it holds."""
+    rows, more = events(300), events(200, seed=5)
+    await broker.publish(rows)
+
+    async def read_up_to(rt: Any, n: int) -> None:
+        with anyio.fail_after(20):
+            while (rt.offset or {}).get(broker.source_name) != {
+                broker.channel("all"): await broker.position_of(n)
+            }:
+                await anyio.sleep(0.02)
+
+    first = broker.source()
+    async with runtime(tmp_path / "cp", inputs=[first]) as rt:
+        await read_up_to(rt, 300)
+        assert await values_of(rt) == await direct(rows)
+        await rt.checkpoint()
+    await broker.publish(more)
+    async with runtime(tmp_path / "cp", inputs=[broker.source()]) as rt:
+        await read_up_to(rt, 500)
+        assert await values_of(rt) == await direct(rows + more)
+        await rt.checkpoint()
+        # the input commits what the checkpoint holds at its next read
         with anyio.fail_after(10):
             while await broker.pending():
                 await anyio.sleep(0.05)

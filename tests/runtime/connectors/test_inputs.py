@@ -1,0 +1,198 @@
+"""``FeatureRuntime(inputs=[...])``: the runtime consumes its sources itself, from its start
+(after a restore, from the checkpoint's positions) until each ends or the runtime stops; it
+closes them; ``wait_inputs`` returns what each consumed; an input that fails stops alone and
+its error is raised by ``wait_inputs`` or, failing that, by leaving the ``async with`` block;
+bad ``inputs`` are refused when the runtime is made. The broker inputs are tested in
+``source_cases.py``, against each broker."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from runtime import (
+    ConfigError,
+    ConsumeResult,
+    FeatureRuntime,
+    Input,
+    JsonLinesSource,
+    RuntimeClosed,
+    Source,
+    SourceBatch,
+)
+
+from .common import FEATURE_SET, direct, events, runtime, values_of, write
+from .test_consume import ListSource, Live
+
+
+class Closed(ListSource):
+    """A list source that says whether it was closed."""
+
+    closed = False
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+class Breaks(ListSource):
+    """A list source whose second read raises."""
+
+    async def read(self, max_records: int) -> SourceBatch | None:
+        if self.next:
+            raise ConnectionError("the broker went away")
+        return await super().read(max_records)
+
+
+async def test_a_file_input_is_read_to_its_end_with_the_values_of_direct_ingest(
+    tmp_path: Path,
+) -> None:
+    rows = events(300)
+    path = write("jsonl", tmp_path / "tx.jsonl", rows)
+    async with runtime(inputs=[JsonLinesSource(path)]) as rt:
+        [result] = await rt.wait_inputs()
+        assert (result.records, result.accepted, result.rejected, result.ended) == (
+            300,
+            300,
+            0,
+            True,
+        )
+        assert rt.offset == {f"jsonl:{path}": result.position}
+        assert await values_of(rt) == await direct(rows)
+
+
+async def test_two_inputs_feed_one_runtime_and_are_closed_when_it_stops() -> None:
+    rows = events(400)
+    first = Closed([r for r in rows if r["card"] in ("c1", "c2")], name="a")
+    second = Closed([r for r in rows if r["card"] in ("c3", "c4")], name="b")
+    async with runtime(inputs=[first, Input(second, batch_size=7)]) as rt:
+        results = await rt.wait_inputs()
+        assert [r.accepted for r in results] == [len(first.events), len(second.events)]
+        assert results[1].batches == -(-len(second.events) // 7)
+        assert rt.offset == {"a": len(first.events), "b": len(second.events)}
+        assert await values_of(rt) == await direct(rows)
+        assert not first.closed and not second.closed
+    assert first.closed and second.closed
+
+
+async def test_a_restarted_runtime_goes_on_from_the_checkpoints_positions(
+    tmp_path: Path,
+) -> None:
+    rows = events(300)
+    async with runtime(tmp_path, inputs=[ListSource(rows[:200])]) as rt:
+        await rt.wait_inputs()
+        await rt.checkpoint()
+    # the same input, grown: only what the checkpoint does not hold is read
+    async with runtime(tmp_path, inputs=[ListSource(rows)]) as rt:
+        [result] = await rt.wait_inputs()
+        assert (result.records, result.position) == (100, 300)
+        assert await values_of(rt) == await direct(rows)
+
+
+async def test_a_live_input_is_stopped_when_the_runtime_stops() -> None:
+    rows = events(100)
+    live = Live(rows)
+    started = time.monotonic()
+    async with runtime(inputs=[live]) as rt:
+        with anyio.fail_after(10):
+            while rt.offset is None or rt.offset["live"] < len(rows):
+                await anyio.sleep(0.01)
+        assert await values_of(rt) == await direct(rows)
+    assert time.monotonic() - started < 5
+    assert live.empty_reads > 0  # it was still reading, and stopped
+
+
+async def test_a_failed_input_stops_alone_and_wait_inputs_raises_its_error() -> None:
+    rows = events(200)
+    broken = Breaks(rows[:50], name="broken")
+    fine = ListSource(rows[50:], name="fine")
+    async with runtime(inputs=[Input(broken, batch_size=10), fine]) as rt:
+        with pytest.raises(ConnectionError, match="the broker went away"):
+            await rt.wait_inputs()
+        # the runtime goes on, and so do the other inputs
+        with anyio.fail_after(10):
+            while (rt.offset or {}).get("fine") != len(fine.events):
+                await anyio.sleep(0.01)
+        await rt.ingest(dict(rows[0]))
+        assert rt.offset["broken"] == 10
+    # raised once: leaving the block does not raise it again
+
+
+async def test_a_failed_input_nobody_waited_for_is_raised_when_the_block_ends() -> None:
+    broken = Breaks(events(50), name="broken")
+    with pytest.raises(ConnectionError, match="the broker went away"):
+        async with runtime(inputs=[Input(broken, batch_size=10)]) as rt:
+            with anyio.fail_after(10):
+                while rt._inputs.untold_failure() is None:
+                    await anyio.sleep(0.01)
+
+
+async def test_an_error_of_the_block_is_not_replaced_by_an_inputs() -> None:
+    broken = Breaks(events(50), name="broken")
+    with pytest.raises(KeyError):
+        async with runtime(inputs=[Input(broken, batch_size=10)]) as rt:
+            with anyio.fail_after(10):
+                while rt._inputs.untold_failure() is None:
+                    await anyio.sleep(0.01)
+            raise KeyError("the application's own")
+
+
+async def test_wait_inputs_needs_inputs_and_a_running_runtime() -> None:
+    rt = runtime(inputs=[ListSource(events(5))])
+    with pytest.raises(RuntimeClosed):
+        await rt.wait_inputs()
+    async with runtime() as plain:
+        with pytest.raises(RuntimeError, match="no inputs"):
+            await plain.wait_inputs()
+
+
+@pytest.mark.parametrize(
+    ("inputs", "error", "match"),
+    [
+        ([object()], TypeError, "each item must be a Source"),
+        (ListSource([]), TypeError, "put it in a list"),
+        ([Input(object())], TypeError, "Input.source must be a Source"),  # type: ignore[arg-type]
+        ([ListSource([]), ListSource([])], ConfigError, "two sources are named 'list'"),
+        ([ListSource([], name="")], ConfigError, "name must be a non-empty str"),
+        ([Input(ListSource([]), batch_size=0)], ValueError, "batch_size must be an int >= 1"),
+        ([Input(ListSource([]), stream="clicks")], ValueError, "no stream named 'clicks'"),
+    ],
+)
+def test_bad_inputs_are_refused_when_the_runtime_is_made(
+    inputs: Any, error: type[Exception], match: str
+) -> None:
+    with pytest.raises(error, match=match):
+        FeatureRuntime(FEATURE_SET, inputs=inputs)
+
+
+def test_a_source_that_cannot_feed_the_feature_set_is_refused_when_the_runtime_is_made(
+    tmp_path: Path,
+) -> None:
+    path = write("csv", tmp_path / "tx.csv", events(3))
+    # a "time" column converted to seconds, where the feature set counts milliseconds
+    source = JsonLinesSource(path, schema={"ts": "time"}, time_unit="s")
+    with pytest.raises(ConfigError):
+        FeatureRuntime(FEATURE_SET, inputs=[source])
+
+
+async def test_with_workers_a_file_input_gives_the_values_of_direct_ingest(
+    tmp_path: Path,
+) -> None:
+    rows = events(300)
+    path = write("jsonl", tmp_path / "tx.jsonl", rows)
+    async with FeatureRuntime(
+        FEATURE_SET, shards=2, workers=1, inputs=[JsonLinesSource(path)]
+    ) as rt:
+        [result] = await rt.wait_inputs()
+        assert result == ConsumeResult(
+            records=300, accepted=300, rejected=0, batches=1, position=result.position, ended=True
+        )
+        assert await values_of(rt) == await direct(rows)
+
+
+def test_an_input_is_a_source_with_how_to_read_it() -> None:
+    source: Source = ListSource([])
+    assert Input(source) == Input(source, stream=None, batch_size=1024)
