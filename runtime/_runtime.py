@@ -181,10 +181,10 @@ class FeatureRuntime:
             ``RedisStreamSource``, ``CsvSource``...; or an :class:`Input` to name the stream
             and the batch size): each read as :meth:`consume` reads it, in a task the runtime
             owns, from the position the restored checkpoint holds for it, until the source
-            ends or the runtime stops; the runtime closes them when it stops. An input that
-            fails stops alone, logged: :meth:`wait_inputs` raises its error, and so does
-            leaving the ``async with`` block (``docs/connectors.md``, "Inputs the runtime
-            reads itself").
+            ends or the runtime stops; when it stops, they stop first, then each commits the
+            last checkpoint's position and is closed. An input that fails stops alone,
+            logged: :meth:`wait_inputs` raises its error, or else leaving the ``async with``
+            block does (``docs/connectors.md``, "Inputs the runtime reads itself").
 
     Example::
 
@@ -462,7 +462,9 @@ class FeatureRuntime:
         self._started(stack)
         if self._inputs:
             try:
-                await self._inputs.start(self, stack)
+                await self._inputs.start(
+                    self, stack, self._system.shutdown_timeout, self._final_positions
+                )
             except BaseException as exc:
                 await self.__aexit__(type(exc), exc, exc.__traceback__)
                 raise
@@ -542,10 +544,14 @@ class FeatureRuntime:
         tb: TracebackType | None,
     ) -> bool | None:
         if self._inputs and self._running:
-            # the inputs stop first (a batch read is ingested whole), within the one deadline
+            # The inputs stop first (a batch read is ingested whole), within half the one
+            # deadline: the rest is the runtime's, for its last batches and checkpoint. A read
+            # still under way then (shielded, bounded by the source's own timeouts) ends with
+            # the inputs' task group; its batch is refused, the runtime having stopped, and
+            # read again after a restart.
             timeout = self._system.shutdown_timeout
             began = anyio.current_time()
-            with anyio.CancelScope(shield=True), anyio.move_on_after(timeout):
+            with anyio.CancelScope(shield=True), anyio.move_on_after(timeout / 2):
                 await self._inputs.stop()
             spent = anyio.current_time() - began
             self._system.shutdown_timeout = max(timeout - spent, 0.001)
@@ -561,14 +567,28 @@ class FeatureRuntime:
     async def wait_inputs(self) -> list[ConsumeResult]:
         """Wait until every input of ``inputs=`` ended (each a finite source, such as a file,
         read to its end) and return what each consumed (a :class:`ConsumeResult`), in the
-        order given; or until one fails, and raise its error (the others go on).
+        order given; or until one fails, and raise its error (the others go on). Each
+        failure is raised once; once every input ended, the first is raised again.
 
         Raises:
             RuntimeClosed: the runtime is not running.
             RuntimeError: the runtime has no inputs, or it stopped before they ended.
         """
         self._check_running()
-        return await self._inputs.wait()
+        try:
+            return await self._inputs.wait()
+        except RuntimeError:
+            self._check_running()  # the runtime failed meanwhile: that says why
+            raise
+
+    def _final_positions(self) -> Any:
+        """What the inputs may commit once the runtime stopped: the offset of its last
+        checkpoint (with checkpoints), or its offset (without: each batch is committed once
+        accepted)."""
+        if self.checkpoints is None:
+            return self.offset
+        info = self.last_checkpoint
+        return None if info is None else info.offset
 
     async def _exit_here(
         self,

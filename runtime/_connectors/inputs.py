@@ -2,18 +2,19 @@
 
 Each input is a source read by :func:`consume` in a task the runtime owns, from the moment the
 runtime runs (after a checkpoint's restore, so each source starts from the position the
-checkpoint holds for it) until the source ends or the runtime stops. The runtime closes the
-sources when it stops, after their tasks ended.
+checkpoint holds for it) until the source ends or the runtime stops. When the runtime stops,
+the inputs stop first; after its last checkpoint each source is given that checkpoint's
+position to commit, then closed (shielded from the runtime's own cancellation, and bounded).
 
 An input that fails (its source raises, or the runtime refuses its offsets) stops alone: the
 error is logged (``input_failed``), the other inputs and the runtime go on, and
-:meth:`Inputs.wait` raises it, as does leaving the runtime's ``async with`` block when nothing
-else was raised there. Nothing fails silently.
+:meth:`Inputs.wait` raises it, or else leaving the runtime's ``async with`` block does, unless
+that block raised an error of its own. Each failure is raised once; nothing fails silently.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any
@@ -71,31 +72,41 @@ class Inputs:
                 "position under its name, so the names of one runtime's inputs must differ "
                 "(give one a name=)"
             )
-        #: each input's result once its source ended, by index
-        self._results: list[ConsumeResult | None] = [None] * len(self.items)
-        self._error: BaseException | None = None
+        count = len(self.items)
+        #: each input's result once its source ended, or its error, by index
+        self._results: list[ConsumeResult | None] = [None] * count
+        self._errors: list[Exception | None] = [None] * count
+        #: whether each input's error was raised already (by ``wait`` or the runtime's exit)
+        self._told = [False] * count
+        #: each task's scope, which ``stop`` cancels
         self._scopes: list[anyio.CancelScope] = []
-        #: set when every input ended, or one failed; made when the runtime starts (an event
-        #: needs the event loop)
-        self._news: anyio.Event | None = None
         self._stopping = False
-        #: set when every input ended
-        self._ended: anyio.Event | None = None
         self._running = 0
-        #: True once ``wait`` raised the first failure
-        self._told = False
+        #: set when every input ended; ``_news`` also when one failed (made anew once seen).
+        #: Made when the runtime starts: an event needs the event loop.
+        self._ended: anyio.Event | None = None
+        self._news: anyio.Event | None = None
 
     def __bool__(self) -> bool:
         return bool(self.items)
 
-    async def start(self, rt: ConsumeHost, stack: AsyncExitStack) -> None:
+    async def start(
+        self,
+        rt: ConsumeHost,
+        stack: AsyncExitStack,
+        close_timeout: float,
+        final_positions: Callable[[], Any],
+    ) -> None:
         """Consume every input into ``rt`` (running) in tasks of their own, until each ends
-        or :meth:`stop`; the sources close when ``stack`` unwinds, after the tasks ended."""
+        or :meth:`stop`. When ``stack`` unwinds, after the tasks ended, each source is given
+        the position of ``final_positions()`` (the runtime's offset in its last checkpoint,
+        or None) to commit, and closed, within ``close_timeout`` seconds each."""
         if not self.items:
             return
         self._news, self._ended = anyio.Event(), anyio.Event()
         for item in self.items:
-            await stack.enter_async_context(item.source)
+            source = await stack.enter_async_context(_Closing(item.source, close_timeout))
+            source.final_positions = final_positions
         tasks = await stack.enter_async_context(anyio.create_task_group())
         self._running = len(self.items)
         for index, item in enumerate(self.items):
@@ -112,18 +123,15 @@ class Inputs:
                 self._results[index] = await consume(
                     rt, item.source, stream=item.stream, batch_size=item.batch_size
                 )
-        except Exception as exc:  # the input stops; wait() and the runtime's exit raise it
-            if self._stopping and isinstance(exc, RuntimeClosed):
-                return  # the runtime stops: so does the input
-            _log.error(
-                "input_failed",
-                source=item.source.name,
-                error=f"{type(exc).__name__}: {exc}",
-            )
-            if self._error is None:
-                self._error = exc
-                assert self._news is not None
-                self._news.set()
+        except RuntimeClosed as exc:
+            # the runtime stops (or failed, and says why itself): so does the input
+            if not self._stopping:
+                _log.warning("input_stopped", source=item.source.name, reason=str(exc))
+        except Exception as exc:  # the input stops; wait() or the runtime's exit raise it
+            _log.error("input_failed", source=item.source.name, exc_info=exc)
+            self._errors[index] = exc
+            assert self._news is not None
+            self._news.set()
         finally:
             self._running -= 1
             if self._running == 0:
@@ -143,29 +151,95 @@ class Inputs:
     async def wait(self) -> list[ConsumeResult]:
         """Wait until every input ended (each a finite source read to its end), and return
         what each consumed, in the order given; or until one fails, and raise its error (the
-        others go on).
+        others go on). Each failure is raised once, when it happens; once every input ended,
+        the first failure is raised again (there is no result of it to return).
 
         Raises:
-            the error of the input that failed first.
-            RuntimeError: the runtime has no inputs, or they were stopped before their end.
+            the error of an input that failed.
+            RuntimeError: the runtime has no inputs, or it stopped before they ended.
         """
         if not self.items:
             raise RuntimeError("the runtime has no inputs (FeatureRuntime(inputs=[...]))")
         if self._news is None:
             raise RuntimeError("the inputs are read while the runtime runs ('async with')")
-        await self._news.wait()
-        if self._error is not None:
-            self._told = True
-            raise self._error
-        results = self._results
-        if any(result is None for result in results):
+        while True:
+            untold = self._untold()
+            if untold:
+                index, error = untold[0]
+                self._told[index] = True
+                raise error
+            if self._running == 0:
+                break
+            news = self._news
+            if news.is_set():  # seen: wait for what comes next
+                news = self._news = anyio.Event()
+            await news.wait()
+        failed = [error for error in self._errors if error is not None]
+        if failed:
+            raise failed[0]
+        if any(result is None for result in self._results):
             raise RuntimeError("the inputs were stopped before their end (the runtime stopped)")
-        return [result for result in results if result is not None]
+        return [result for result in self._results if result is not None]
 
-    def untold_failure(self) -> BaseException | None:
-        """The first error of an input that failed, unless :meth:`wait` raised it already:
-        the runtime's exit raises it."""
-        return None if self._told else self._error
+    def untold_failure(self) -> Exception | None:
+        """The errors of the inputs that failed and that :meth:`wait` did not raise, as one
+        exception (an ``ExceptionGroup`` of several), now told; None if there are none."""
+        untold = self._untold()
+        for index, _ in untold:
+            self._told[index] = True
+        errors = [error for _, error in untold]
+        if not errors:
+            return None
+        if len(errors) == 1:
+            return errors[0]
+        return ExceptionGroup(f"{len(errors)} inputs failed", errors)
+
+    def _untold(self) -> list[tuple[int, Exception]]:
+        """The inputs that failed and whose error was not raised yet, with it."""
+        return [
+            (index, error)
+            for index, error in enumerate(self._errors)
+            if error is not None and not self._told[index]
+        ]
+
+
+class _Closing:
+    """A source of ``inputs=`` on the runtime's exit stack: when it unwinds, the source is
+    given the position of the runtime's last checkpoint to commit, then closed, each in a
+    scope shielded from the cancellation the runtime's own exit runs under, within
+    ``timeout`` seconds."""
+
+    __slots__ = ("final_positions", "source", "timeout")
+
+    def __init__(self, source: Source, timeout: float) -> None:
+        self.source = source
+        self.timeout = timeout
+        self.final_positions: Callable[[], Any] = lambda: None
+
+    async def __aenter__(self) -> _Closing:
+        await self.source.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        source = self.source
+        with anyio.CancelScope(shield=True):
+            positions = self.final_positions()
+            position = positions.get(source.name) if isinstance(positions, dict) else None
+            if position is not None:
+                with anyio.move_on_after(self.timeout) as scope:
+                    try:
+                        await source.commit(position)
+                    except Exception as exc:  # read again after a restart: at least once
+                        _log.warning("input_final_commit_failed", source=source.name, error=exc)
+                if scope.cancelled_caught:
+                    _log.warning("input_final_commit_timed_out", source=source.name)
+            with anyio.move_on_after(self.timeout) as scope:
+                try:
+                    await source.__aexit__(None, None, None)
+                except Exception as exc:  # logged: it must not replace the runtime's own
+                    _log.warning("input_close_failed", source=source.name, error=exc)
+            if scope.cancelled_caught:
+                _log.warning("input_close_timed_out", source=source.name)
 
 
 def _input(given: Any, feature_set: FeatureSet) -> Input:

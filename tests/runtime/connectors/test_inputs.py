@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from runtime import (
+    CheckpointConfig,
     ConfigError,
     ConsumeResult,
     FeatureRuntime,
@@ -26,7 +28,7 @@ from runtime import (
 )
 
 from .common import FEATURE_SET, direct, events, runtime, values_of, write
-from .test_consume import ListSource, Live
+from .test_consume import ListSource, Live, Recording
 
 
 class Closed(ListSource):
@@ -45,6 +47,37 @@ class Breaks(ListSource):
         if self.next:
             raise ConnectionError("the broker went away")
         return await super().read(max_records)
+
+
+class ClosesSlowly(ListSource):
+    """A list source whose close awaits (as a file source's does, for its lock)."""
+
+    closed = False
+
+    async def aclose(self) -> None:
+        await anyio.lowlevel.checkpoint()
+        self.closed = True
+
+
+class SlowRead(ListSource):
+    """A list source whose reads past its end take ``delay`` seconds, shielded (as a broker
+    read that waits for a broker gone quiet, bounded by its own timeout)."""
+
+    delay = 0.001
+
+    async def read(self, max_records: int) -> SourceBatch | None:
+        if self.next >= len(self.events):
+            with anyio.CancelScope(shield=True):
+                await anyio.sleep(self.delay)
+            return SourceBatch([], self.next)
+        return await super().read(max_records)
+
+
+async def failed(rt: FeatureRuntime, count: int = 1) -> None:
+    """Until ``count`` inputs of ``rt`` failed (and nothing raised their errors yet)."""
+    with anyio.fail_after(10):
+        while len(rt._inputs._untold()) < count:
+            await anyio.sleep(0.01)
 
 
 async def test_a_file_input_is_read_to_its_end_with_the_values_of_direct_ingest(
@@ -125,18 +158,14 @@ async def test_a_failed_input_nobody_waited_for_is_raised_when_the_block_ends() 
     broken = Breaks(events(50), name="broken")
     with pytest.raises(ConnectionError, match="the broker went away"):
         async with runtime(inputs=[Input(broken, batch_size=10)]) as rt:
-            with anyio.fail_after(10):
-                while rt._inputs.untold_failure() is None:
-                    await anyio.sleep(0.01)
+            await failed(rt)
 
 
 async def test_an_error_of_the_block_is_not_replaced_by_an_inputs() -> None:
     broken = Breaks(events(50), name="broken")
     with pytest.raises(KeyError):
         async with runtime(inputs=[Input(broken, batch_size=10)]) as rt:
-            with anyio.fail_after(10):
-                while rt._inputs.untold_failure() is None:
-                    await anyio.sleep(0.01)
+            await failed(rt)
             raise KeyError("the application's own")
 
 
@@ -196,3 +225,79 @@ async def test_with_workers_a_file_input_gives_the_values_of_direct_ingest(
 def test_an_input_is_a_source_with_how_to_read_it() -> None:
     source: Source = ListSource([])
     assert Input(source) == Input(source, stream=None, batch_size=1024)
+
+
+async def test_the_blocks_error_is_raised_and_a_source_whose_close_awaits_is_closed(
+    tmp_path: Path,
+) -> None:
+    path = write("jsonl", tmp_path / "tx.jsonl", events(20))
+    slow = ClosesSlowly(events(20), name="slow")
+    with pytest.raises(KeyError, match="the application's own"):
+        async with runtime(inputs=[JsonLinesSource(path), slow]) as rt:
+            await rt.wait_inputs()
+            raise KeyError("the application's own")
+    assert slow.closed
+
+
+async def test_a_missing_file_is_raised_by_wait_inputs_and_not_lost_at_exit(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(FileNotFoundError):
+        async with runtime(inputs=[JsonLinesSource(tmp_path / "nothing.jsonl")]) as rt:
+            await rt.wait_inputs()
+
+
+async def test_every_failure_is_raised_once_and_wait_inputs_does_not_spin() -> None:
+    a, b = Breaks(events(30), name="a"), Breaks(events(30), name="b")
+    async with runtime(inputs=[Input(a, batch_size=10), Input(b, batch_size=10)]) as rt:
+        await failed(rt, 2)
+        raised = set()
+        for _ in range(2):
+            with pytest.raises(ConnectionError):
+                try:
+                    await rt.wait_inputs()
+                except ConnectionError as error:
+                    raised.add(id(error))
+                    raise
+        assert len(raised) == 2
+        # every input ended: the first failure again, at once (no result of it to give)
+        with anyio.fail_after(1), pytest.raises(ConnectionError):
+            await rt.wait_inputs()
+    # told: leaving the block raises nothing more
+
+
+async def test_failures_nobody_waited_for_are_raised_together_when_the_block_ends() -> None:
+    a, b = Breaks(events(30), name="a"), Breaks(events(30), name="b")
+    with pytest.raises(ExceptionGroup) as caught:
+        async with runtime(inputs=[Input(a, batch_size=10), Input(b, batch_size=10)]) as rt:
+            await failed(rt, 2)
+    assert [type(e) for e in caught.value.exceptions] == [ConnectionError, ConnectionError]
+
+
+async def test_a_slow_read_at_exit_leaves_the_runtime_its_last_checkpoint(tmp_path: Path) -> None:
+    rows = events(100)
+    source = SlowRead(rows, name="slow")
+    config = CheckpointConfig(directory=str(tmp_path), interval=None, on_shutdown=True)
+    rt = FeatureRuntime(
+        FEATURE_SET, shards=2, shutdown_timeout=1.0, checkpoints=config, inputs=[source]
+    )
+    async with rt:
+        with anyio.fail_after(10):
+            while (rt.offset or {}).get("slow") != len(rows):
+                await anyio.sleep(0.01)
+        source.delay = 2.0  # the next read outlives half the shutdown timeout
+        await anyio.sleep(0.05)
+    assert rt.last_checkpoint is not None
+    assert rt.last_checkpoint.offset == {"slow": len(rows)}
+
+
+async def test_the_last_checkpoints_positions_are_committed_before_the_sources_close(
+    tmp_path: Path,
+) -> None:
+    rows = events(100)
+    source = Recording(rows, name="rec")
+    config = CheckpointConfig(directory=str(tmp_path), interval=None, on_shutdown=True)
+    async with FeatureRuntime(FEATURE_SET, shards=2, checkpoints=config, inputs=[source]) as rt:
+        await rt.wait_inputs()
+        assert source.commits == []  # no checkpoint holds them yet
+    assert source.commits == [len(rows)]
