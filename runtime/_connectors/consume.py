@@ -43,6 +43,8 @@ __all__ = ["ConsumeHost", "ConsumeResult", "consume"]
 
 #: per runtime, the lock under which a consume loop reads and hands over the offset dict
 _LOCKS: weakref.WeakKeyDictionary[Any, anyio.Lock] = weakref.WeakKeyDictionary()
+#: per runtime, the names of the sources a consume loop reads now
+_READING: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
 
 
 class ConsumeHost(Protocol):
@@ -134,8 +136,10 @@ async def consume(
     Raises:
         ValueError: ``batch_size`` is not an int >= 1, ``until`` is not one of its forms, or
             ``stream`` is not a stream of the feature set.
-        ConfigError: the source has no name, cannot feed the feature set (its ``check``
-            says why), or the runtime's offset was given by something else than ``consume``.
+        ConfigError: the source has no name, another ``consume`` call (or an input of
+            ``inputs=``) reads a source of that name into the runtime now, the source cannot
+            feed the feature set (its ``check`` says why), or the runtime's offset was given by
+            something else than ``consume``.
         RuntimeClosed: the runtime is not running, or stops meanwhile.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -152,6 +156,28 @@ async def consume(
         known = ", ".join(feature_set.stream_names)
         raise ValueError(f"stream: no stream named {stream!r} (known: {known})")
     source.check(feature_set)
+    reading = _READING.setdefault(rt, set())
+    if name in reading:
+        raise ConfigError(
+            f"a source named {name!r} is read into this runtime already: two loops on one name "
+            "would record each other's positions as their own (give each source its own name)"
+        )
+    reading.add(name)
+    try:
+        return await _consume(rt, source, name, stream, batch_size, until)
+    finally:
+        reading.discard(name)
+
+
+async def _consume(
+    rt: ConsumeHost,
+    source: Source,
+    name: str,
+    stream: str | None,
+    batch_size: int,
+    until: Literal["end", "idle"] | int,
+) -> ConsumeResult:
+    """:func:`consume`'s loop, its arguments checked and its source's name taken."""
     lock = _LOCKS.setdefault(rt, anyio.Lock())
     held = _positions(rt).get(name)
     if held is not None:

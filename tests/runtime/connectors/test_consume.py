@@ -422,3 +422,19 @@ async def test_a_failed_commit_stops_consume_of_a_live_source_with_nothing_new()
     async with runtime() as rt:
         with anyio.fail_after(5), pytest.raises(ConnectionError, match="went away"):
             await consume(rt, source, batch_size=100)  # "end": forever on a live source
+
+
+async def test_two_loops_on_one_source_name_at_once_are_refused() -> None:
+    rows = events(50)
+    async with runtime() as rt:
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(consume, rt, Live(rows))  # named "live", endless
+            with anyio.fail_after(10):
+                while rt.offset is None:
+                    await anyio.sleep(0.01)
+            with pytest.raises(ConfigError, match="'live' is read into this runtime already"):
+                await consume(rt, ListSource(rows, name="live"))
+            tasks.cancel_scope.cancel()
+        # once the first ended, the name is free again
+        result = await consume(rt, ListSource([], name="live"))
+        assert result.records == 0
