@@ -463,7 +463,7 @@ class FeatureRuntime:
         if self._inputs:
             try:
                 await self._inputs.start(
-                    self, stack, self._system.shutdown_timeout, self._final_positions
+                    self, stack, self._final_positions, self._shutdown_left, self._shutdown_spent
                 )
             except BaseException as exc:
                 await self.__aexit__(type(exc), exc, exc.__traceback__)
@@ -523,6 +523,8 @@ class FeatureRuntime:
                         await self._ingests_done.wait()
                 await front.stop(deadline)
         finally:
+            # what is left of the deadline is the rest's (the inputs' closing, the actors')
+            self._system.shutdown_timeout = max(deadline - anyio.current_time(), 0.001)
             result = await self._stack.__aexit__(exc_type, exc, tb)
         _log.info(
             "runtime_stopped",
@@ -564,11 +566,11 @@ class FeatureRuntime:
             raise failure  # an input that failed, which nothing raised yet
         return result
 
-    async def wait_inputs(self) -> list[ConsumeResult]:
+    async def wait_inputs(self) -> list[ConsumeResult | None]:
         """Wait until every input of ``inputs=`` ended (each a finite source, such as a file,
-        read to its end) and return what each consumed (a :class:`ConsumeResult`), in the
-        order given; or until one fails, and raise its error (the others go on). Each
-        failure is raised once; once every input ended, the first is raised again.
+        read to its end) and return what each consumed (a :class:`ConsumeResult`, None for
+        an input that failed), in the order given; or until one fails, and raise its error
+        (the others go on). Each failure is raised once: call again to wait for the others.
 
         Raises:
             RuntimeClosed: the runtime is not running.
@@ -580,6 +582,14 @@ class FeatureRuntime:
         except RuntimeError:
             self._check_running()  # the runtime failed meanwhile: that says why
             raise
+
+    def _shutdown_left(self) -> float:
+        """What is left of the shutdown deadline (while the runtime stops)."""
+        return self._system.shutdown_timeout
+
+    def _shutdown_spent(self, seconds: float) -> None:
+        """``seconds`` of the shutdown deadline were used (by the inputs' closing)."""
+        self._system.shutdown_timeout = max(self._system.shutdown_timeout - seconds, 0.001)
 
     def _final_positions(self) -> Any:
         """What the inputs may commit once the runtime stopped: the offset of its last

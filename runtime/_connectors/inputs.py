@@ -4,7 +4,8 @@ Each input is a source read by :func:`consume` in a task the runtime owns, from 
 runtime runs (after a checkpoint's restore, so each source starts from the position the
 checkpoint holds for it) until the source ends or the runtime stops. When the runtime stops,
 the inputs stop first; after its last checkpoint each source is given that checkpoint's
-position to commit, then closed (shielded from the runtime's own cancellation, and bounded).
+position to commit, then closed, all at once (shielded from the runtime's own cancellation,
+within what is left of its shutdown deadline).
 
 An input that fails (its source raises, or the runtime refuses its offsets) stops alone: the
 error is logged (``input_failed``), the other inputs and the runtime go on, and
@@ -94,19 +95,26 @@ class Inputs:
         self,
         rt: ConsumeHost,
         stack: AsyncExitStack,
-        close_timeout: float,
         final_positions: Callable[[], Any],
+        budget: Callable[[], float],
+        spent: Callable[[float], None],
     ) -> None:
         """Consume every input into ``rt`` (running) in tasks of their own, until each ends
-        or :meth:`stop`. When ``stack`` unwinds, after the tasks ended, each source is given
-        the position of ``final_positions()`` (the runtime's offset in its last checkpoint,
-        or None) to commit, and closed, within ``close_timeout`` seconds each."""
+        or :meth:`stop`. When ``stack`` unwinds, after the tasks ended, every source at once
+        is given its position in ``final_positions()`` (the runtime's offset in its last
+        checkpoint, or None) to commit, then closed: all within ``budget()`` seconds (what
+        is left of the runtime's shutdown deadline), whose use is then told to ``spent``."""
         if not self.items:
             return
         self._news, self._ended = anyio.Event(), anyio.Event()
-        for item in self.items:
-            source = await stack.enter_async_context(_Closing(item.source, close_timeout))
-            source.final_positions = final_positions
+        sources = [item.source for item in self.items]
+        entered: list[Source] = []
+        try:
+            for source in sources:
+                await source.__aenter__()
+                entered.append(source)
+        finally:
+            stack.push_async_callback(_close, entered, final_positions, budget, spent)
         tasks = await stack.enter_async_context(anyio.create_task_group())
         self._running = len(self.items)
         for index, item in enumerate(self.items):
@@ -148,14 +156,14 @@ class Inputs:
         if self._running and self._ended is not None:
             await self._ended.wait()
 
-    async def wait(self) -> list[ConsumeResult]:
+    async def wait(self) -> list[ConsumeResult | None]:
         """Wait until every input ended (each a finite source read to its end), and return
-        what each consumed, in the order given; or until one fails, and raise its error (the
-        others go on). Each failure is raised once, when it happens; once every input ended,
-        the first failure is raised again (there is no result of it to return).
+        what each consumed, in the order given (None for an input that failed); or until one
+        fails, and raise its error (the others go on). Each failure is raised once: call
+        again to wait for the others.
 
         Raises:
-            the error of an input that failed.
+            the error of an input that failed, not raised before.
             RuntimeError: the runtime has no inputs, or it stopped before they ended.
         """
         if not self.items:
@@ -174,12 +182,16 @@ class Inputs:
             if news.is_set():  # seen: wait for what comes next
                 news = self._news = anyio.Event()
             await news.wait()
-        failed = [error for error in self._errors if error is not None]
-        if failed:
-            raise failed[0]
-        if any(result is None for result in self._results):
-            raise RuntimeError("the inputs were stopped before their end (the runtime stopped)")
-        return [result for result in self._results if result is not None]
+        stopped = [
+            item.source.name
+            for item, result, error in zip(self.items, self._results, self._errors, strict=True)
+            if result is None and error is None
+        ]
+        if stopped:
+            raise RuntimeError(
+                f"the inputs were stopped before their end (the runtime stopped): {stopped}"
+            )
+        return list(self._results)
 
     def untold_failure(self) -> Exception | None:
         """The errors of the inputs that failed and that :meth:`wait` did not raise, as one
@@ -203,43 +215,39 @@ class Inputs:
         ]
 
 
-class _Closing:
-    """A source of ``inputs=`` on the runtime's exit stack: when it unwinds, the source is
-    given the position of the runtime's last checkpoint to commit, then closed, each in a
-    scope shielded from the cancellation the runtime's own exit runs under, within
-    ``timeout`` seconds."""
+async def _close(
+    sources: list[Source],
+    final_positions: Callable[[], Any],
+    budget: Callable[[], float],
+    spent: Callable[[float], None],
+) -> None:
+    """Give each source its final position to commit, then close it: all at once, shielded
+    from the cancellation the runtime's own exit runs under, within ``budget()`` seconds."""
+    if not sources:
+        return
+    positions = final_positions()
+    began = anyio.current_time()
+    with anyio.CancelScope(shield=True):
+        with anyio.move_on_after(budget()) as scope:
+            async with anyio.create_task_group() as tasks:
+                for source in sources:
+                    position = positions.get(source.name) if isinstance(positions, dict) else None
+                    tasks.start_soon(_commit_and_close, source, position)
+        if scope.cancelled_caught:
+            _log.warning("inputs_close_timed_out", sources=[source.name for source in sources])
+    spent(anyio.current_time() - began)
 
-    __slots__ = ("final_positions", "source", "timeout")
 
-    def __init__(self, source: Source, timeout: float) -> None:
-        self.source = source
-        self.timeout = timeout
-        self.final_positions: Callable[[], Any] = lambda: None
-
-    async def __aenter__(self) -> _Closing:
-        await self.source.__aenter__()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        source = self.source
-        with anyio.CancelScope(shield=True):
-            positions = self.final_positions()
-            position = positions.get(source.name) if isinstance(positions, dict) else None
-            if position is not None:
-                with anyio.move_on_after(self.timeout) as scope:
-                    try:
-                        await source.commit(position)
-                    except Exception as exc:  # read again after a restart: at least once
-                        _log.warning("input_final_commit_failed", source=source.name, error=exc)
-                if scope.cancelled_caught:
-                    _log.warning("input_final_commit_timed_out", source=source.name)
-            with anyio.move_on_after(self.timeout) as scope:
-                try:
-                    await source.__aexit__(None, None, None)
-                except Exception as exc:  # logged: it must not replace the runtime's own
-                    _log.warning("input_close_failed", source=source.name, error=exc)
-            if scope.cancelled_caught:
-                _log.warning("input_close_timed_out", source=source.name)
+async def _commit_and_close(source: Source, position: Any) -> None:
+    if position is not None:
+        try:
+            await source.commit(position)
+        except Exception as exc:  # read again after a restart: at least once
+            _log.warning("input_final_commit_failed", source=source.name, error=exc)
+    try:
+        await source.__aexit__(None, None, None)
+    except Exception as exc:  # logged: it must not replace the runtime's own error
+        _log.warning("input_close_failed", source=source.name, error=exc)
 
 
 def _input(given: Any, feature_set: FeatureSet) -> Input:
