@@ -50,7 +50,7 @@ from ._checkpoints.store import (
 )
 from ._connectors.consume import ConsumeResult
 from ._connectors.consume import consume as consume_source
-from ._connectors.inputs import Input, Inputs
+from ._connectors.inputs import Input, Inputs, InputsStopped
 from ._connectors.source import Source
 from ._drift.monitor import DriftMonitors
 from ._exceptions import (
@@ -579,7 +579,7 @@ class FeatureRuntime:
         self._check_running()
         try:
             return await self._inputs.wait()
-        except RuntimeError:
+        except InputsStopped:
             self._check_running()  # the runtime failed meanwhile: that says why
             raise
 
@@ -792,8 +792,11 @@ class FeatureRuntime:
 
         ``offset``: the position in your input after the last of ``events``, recorded by
         checkpoints (see :attr:`offset`); a checkpoint then waits for the whole call, so that
-        it never records the offset with half of the call's events. Without it, a checkpoint
-        may fall between two batches of the call (:attr:`position` counts the events read).
+        it never records the offset with half of the call's events, and a call under way when
+        the runtime stops goes on to its end (the exit waits for it, within
+        ``shutdown_timeout``). Without it, a checkpoint may fall between two batches of the
+        call (:attr:`position` counts the events read), and a call under way when the runtime
+        stops ends there with :class:`RuntimeClosed`.
 
         Returns the number accepted; invalid events go to dead letters as with :meth:`ingest`.
         With ``explain=True`` (``events`` are then read into a list first), an
@@ -869,7 +872,10 @@ class FeatureRuntime:
                 done += len(chunk)
                 progress.position += len(chunk)
                 await sent(offset)
-                if not self._running:
+                # A call given an offset goes on to its end (the exit waits for it within its
+                # deadline): cut short, the state would hold its first chunks without the
+                # offset after them, and a restart would read them again.
+                if not self._running and offset is None:
                     raise RuntimeClosed(
                         f"the runtime is shutting down; {accepted} events of this call were "
                         "accepted (they will be applied), the rest were not read"

@@ -28,7 +28,7 @@ from .._spec.feature_set import FeatureSet
 from .consume import ConsumeHost, ConsumeResult, consume
 from .source import Source
 
-__all__ = ["Input", "Inputs"]
+__all__ = ["Input", "Inputs", "InputsStopped"]
 
 _log = structlog.get_logger("featurist.inputs")
 
@@ -48,6 +48,10 @@ class Input:
     source: Source
     stream: str | None = None
     batch_size: int = 1024
+
+
+class InputsStopped(RuntimeError):
+    """The runtime stopped (or failed) before its inputs ended: raised by ``wait``."""
 
 
 class Inputs:
@@ -82,6 +86,8 @@ class Inputs:
         #: each task's scope, which ``stop`` cancels
         self._scopes: list[anyio.CancelScope] = []
         self._stopping = False
+        #: the runtime's own stop or failure, as an input met it (not the input's failure)
+        self._closed: RuntimeClosed | None = None
         self._running = 0
         #: set when every input ended; ``_news`` also when one failed (made anew once seen).
         #: Made when the runtime starts: an event needs the event loop.
@@ -135,6 +141,9 @@ class Inputs:
             # the runtime stops (or failed, and says why itself): so does the input
             if not self._stopping:
                 _log.warning("input_stopped", source=item.source.name, reason=str(exc))
+                self._closed = exc
+                assert self._news is not None
+                self._news.set()  # a waiter learns it now, not once every input ended
         except Exception as exc:  # the input stops; wait() or the runtime's exit raise it
             _log.error("input_failed", source=item.source.name, exc_info=exc)
             self._errors[index] = exc
@@ -164,7 +173,8 @@ class Inputs:
 
         Raises:
             the error of an input that failed, not raised before.
-            RuntimeError: the runtime has no inputs, or it stopped before they ended.
+            InputsStopped: the runtime stopped before the inputs ended.
+            RuntimeError: the runtime has no inputs, or is not running.
         """
         if not self.items:
             raise RuntimeError("the runtime has no inputs (FeatureRuntime(inputs=[...]))")
@@ -176,6 +186,8 @@ class Inputs:
                 index, error = untold[0]
                 self._told[index] = True
                 raise error
+            if self._closed is not None:
+                raise InputsStopped("the runtime stopped under its inputs") from self._closed
             if self._running == 0:
                 break
             news = self._news
@@ -188,7 +200,7 @@ class Inputs:
             if result is None and error is None
         ]
         if stopped:
-            raise RuntimeError(
+            raise InputsStopped(
                 f"the inputs were stopped before their end (the runtime stopped): {stopped}"
             )
         return list(self._results)

@@ -326,3 +326,54 @@ async def test_closing_the_sources_keeps_within_the_shutdown_deadline() -> None:
             source.hang = True
         began = time.monotonic()
     assert time.monotonic() - began < 2.0
+
+
+async def test_a_batch_under_way_at_exit_is_ingested_whole_with_its_position(
+    tmp_path: Path,
+) -> None:
+    """The inputs' half of the deadline runs out while one is inside its ingest (a full
+    mailbox): the call goes on to its end, so the shutdown checkpoint holds its events with
+    the position after them, and a restart counts each record once."""
+    rows = events(400)
+    live = Live(rows[:300])
+    config = CheckpointConfig(directory=str(tmp_path), interval=None, on_shutdown=True)
+    rt = FeatureRuntime(
+        FEATURE_SET, shards=2, checkpoints=config, shutdown_timeout=1.0, inputs=[live]
+    )
+    slow = False
+    async with rt:
+        sent = rt._sent
+
+        async def slow_sent(offset: Any) -> None:
+            await sent(offset)
+            if slow and offset is not None:
+                await anyio.sleep(0.8)  # a full mailbox, say
+
+        rt._sent = slow_sent  # type: ignore[method-assign]
+        with anyio.fail_after(10):
+            while (rt.offset or {}).get("live") != 300:
+                await anyio.sleep(0.01)
+        slow = True
+        live.events.extend(rows[300:])  # a batch arrives as the block ends
+        await anyio.sleep(0.05)
+    info = rt.last_checkpoint
+    assert info is not None and info.offset == {"live": 400} and info.position == 400
+    again = Live(rows)
+    restarted = CheckpointConfig(directory=str(tmp_path), interval=None, on_shutdown=False)
+    async with FeatureRuntime(FEATURE_SET, shards=2, checkpoints=restarted, inputs=[again]) as rt:
+        await rt.flush()
+        assert await values_of(rt) == await direct(rows)
+
+
+class MeetsAClosedRuntime(ListSource):
+    """A list source whose first read meets the runtime stopped under it."""
+
+    async def read(self, max_records: int) -> SourceBatch | None:
+        raise RuntimeClosed("the runtime stopped: an actor failed (as escalation says)")
+
+
+async def test_a_waiter_learns_at_once_that_the_runtime_stopped_under_its_inputs() -> None:
+    closed = MeetsAClosedRuntime([], name="closed")
+    async with runtime(inputs=[closed, Live(events(10))]) as rt:
+        with anyio.fail_after(5), pytest.raises(RuntimeError, match="stopped under its inputs"):
+            await rt.wait_inputs()  # not once the live input ends: it never does
