@@ -557,13 +557,24 @@ class FeatureRuntime:
                 await self._inputs.stop()
             spent = anyio.current_time() - began
             self._system.shutdown_timeout = max(timeout - spent, 0.001)
-        if self._front is not None:
-            result = await self._exit_front(self._front, exc_type, exc, tb)
-        else:
-            result = await self._exit_here(exc_type, exc, tb)
+        try:
+            if self._front is not None:
+                result = await self._exit_front(self._front, exc_type, exc, tb)
+            else:
+                result = await self._exit_here(exc_type, exc, tb)
+        except BaseException as error:
+            # the runtime's own error (Escalated...) goes out; an input's, not raised yet, is
+            # named on it rather than only logged
+            failure = self._inputs.untold_failure()
+            if failure is not None:
+                error.add_note(f"an input of the runtime failed too: {failure!r}")
+            raise
         failure = self._inputs.untold_failure()
-        if failure is not None and exc_type is None:
-            raise failure  # an input that failed, which nothing raised yet
+        if failure is not None:
+            if exc is not None and not result:  # the block's error goes out: named on it
+                exc.add_note(f"an input of the runtime failed too: {failure!r}")
+            else:
+                raise failure  # an input that failed, which nothing raised yet
         return result
 
     async def wait_inputs(self) -> list[ConsumeResult | None]:

@@ -161,12 +161,15 @@ async def test_a_failed_input_nobody_waited_for_is_raised_when_the_block_ends() 
             await failed(rt)
 
 
-async def test_an_error_of_the_block_is_not_replaced_by_an_inputs() -> None:
+async def test_an_error_of_the_block_is_not_replaced_by_an_inputs_but_names_it() -> None:
     broken = Breaks(events(50), name="broken")
-    with pytest.raises(KeyError):
+    with pytest.raises(KeyError) as caught:
         async with runtime(inputs=[Input(broken, batch_size=10)]) as rt:
             await failed(rt)
             raise KeyError("the application's own")
+    assert caught.value.__notes__ == [
+        "an input of the runtime failed too: ConnectionError('the broker went away')"
+    ]
 
 
 async def test_wait_inputs_needs_inputs_and_a_running_runtime() -> None:
