@@ -584,7 +584,8 @@ class FeatureRuntime:
         (the others go on). Each failure is raised once: call again to wait for the others.
 
         Raises:
-            RuntimeClosed: the runtime is not running.
+            Exception: the error of an input that failed (each raised once).
+            RuntimeClosed: the runtime is not running, or failed while the inputs were read.
             RuntimeError: the runtime has no inputs, or it stopped before they ended.
         """
         self._check_running()
