@@ -89,9 +89,8 @@ class Inputs:
         #: the runtime's own stop or failure, as an input met it (not the input's failure)
         self._closed: RuntimeClosed | None = None
         self._running = 0
-        #: set when every input ended; ``_news`` also when one failed (made anew once seen).
-        #: Made when the runtime starts: an event needs the event loop.
-        self._ended: anyio.Event | None = None
+        #: set when an input ends or fails (made anew once seen: ``_next_news``). Made when
+        #: the runtime starts: an event needs the event loop.
         self._news: anyio.Event | None = None
 
     def __bool__(self) -> bool:
@@ -112,7 +111,7 @@ class Inputs:
         is left of the runtime's shutdown deadline), whose use is then told to ``spent``."""
         if not self.items:
             return
-        self._news, self._ended = anyio.Event(), anyio.Event()
+        self._news = anyio.Event()
         sources = [item.source for item in self.items]
         entered: list[Source] = []
         try:
@@ -151,10 +150,8 @@ class Inputs:
             self._news.set()
         finally:
             self._running -= 1
-            if self._running == 0:
-                assert self._ended is not None and self._news is not None
-                self._ended.set()
-                self._news.set()
+            assert self._news is not None
+            self._news.set()
 
     async def stop(self) -> None:
         """Stop the inputs still reading (a batch read is first ingested whole, with its
@@ -162,8 +159,8 @@ class Inputs:
         self._stopping = True
         for scope in self._scopes:
             scope.cancel()
-        if self._running and self._ended is not None:
-            await self._ended.wait()
+        while self._running:
+            await self._next_news()
 
     async def wait(self) -> list[ConsumeResult | None]:
         """Wait until every input ended (each a finite source read to its end), and return
@@ -190,10 +187,7 @@ class Inputs:
                 raise InputsStopped("the runtime stopped under its inputs") from self._closed
             if self._running == 0:
                 break
-            news = self._news
-            if news.is_set():  # seen: wait for what comes next
-                news = self._news = anyio.Event()
-            await news.wait()
+            await self._next_news()
         stopped = [
             item.source.name
             for item, result, error in zip(self.items, self._results, self._errors, strict=True)
@@ -204,6 +198,14 @@ class Inputs:
                 f"the inputs were stopped before their end (the runtime stopped): {stopped}"
             )
         return list(self._results)
+
+    async def _next_news(self) -> None:
+        """Until an input ends or fails after what was seen so far."""
+        news = self._news
+        assert news is not None
+        if news.is_set():  # seen: wait for what comes next
+            news = self._news = anyio.Event()
+        await news.wait()
 
     def untold_failure(self) -> Exception | None:
         """The errors of the inputs that failed and that :meth:`wait` did not raise, as one

@@ -220,7 +220,7 @@ async def test_with_workers_a_file_input_gives_the_values_of_direct_ingest(
     ) as rt:
         [result] = await rt.wait_inputs()
         assert result == ConsumeResult(
-            records=300, accepted=300, rejected=0, batches=1, position=result.position, ended=True
+            records=300, accepted=300, rejected=0, batches=1, position=[str(path), 300], ended=True
         )
         assert await values_of(rt) == await direct(rows)
 
