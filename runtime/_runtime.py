@@ -92,6 +92,12 @@ _log = get_logger("featurist")
 #: ticks of the flusher (every ``linger / 2``) with nothing buffered, after which it waits to
 #: be woken instead (0.1 s at the default linger)
 FLUSHER_IDLE_TICKS = 40
+#: what an ingest call cut short by the exit's deadline raises (``RuntimeClosed``)
+_CUT = (
+    "the runtime stopped: its shutdown deadline passed while this call waited for room; "
+    "{accepted} of its events were accepted (those not sent to their shard by then are in "
+    "dead letters), the rest were not read"
+)
 _metrics_decoder = msgspec.msgpack.Decoder(RuntimeMetrics)
 
 
@@ -341,6 +347,11 @@ class FeatureRuntime:
             self._coordinator.backfill = functools.partial(self._backfill, backfill)
         self._active_ingests = 0
         self._ingests_done: anyio.Event | None = None
+        #: a scope per ingest call under way, which the exit cancels past its deadline: a call
+        #: that waits for room then (a batch held by backpressure, shielded by its caller as
+        #: ``consume`` shields a batch read) raises ``RuntimeClosed`` instead of holding the
+        #: exit
+        self._ingest_scopes: set[anyio.CancelScope] = set()
         #: set while the flusher waits to be woken (nothing buffered for a while): the end of
         #: an ingest call that leaves something buffered sets it
         self._flusher_wake: anyio.Event | None = None
@@ -517,10 +528,12 @@ class FeatureRuntime:
         deadline = anyio.current_time() + timeout
         try:
             with anyio.CancelScope(shield=True):
-                with anyio.move_on_after(timeout):
+                with anyio.move_on_after(timeout) as scope:
                     while self._active_ingests:
                         self._ingests_done = anyio.Event()
                         await self._ingests_done.wait()
+                if scope.cancelled_caught:
+                    self._cut_ingests()
                 await front.stop(deadline)
         finally:
             # what is left of the deadline is the rest's (the inputs' closing, the actors')
@@ -637,6 +650,7 @@ class FeatureRuntime:
                     await self._topology.drain_enrichers()
                     await self._coordinator.on_shutdown()
                 if scope.cancelled_caught:
+                    self._cut_ingests()
                     self._ingest.abandon_unsent()
         finally:
             # One shutdown_timeout for the whole exit: the actors' drain gets what is left.
@@ -650,6 +664,12 @@ class FeatureRuntime:
             rejected=self._ingest.rejected,
         )
         return result
+
+    def _cut_ingests(self) -> None:
+        """Past the shutdown deadline: end the ingest calls still under way (each waits for
+        room), which then raise ``RuntimeClosed``."""
+        for scope in self._ingest_scopes:
+            scope.cancel()
 
     def _enter_ingest(self) -> None:
         self._check_running()
@@ -754,6 +774,8 @@ class FeatureRuntime:
         if progress.gate is not None:
             await progress.wait()
         self._enter_ingest()
+        scope = anyio.CancelScope()
+        self._ingest_scopes.add(scope)
         try:
             shard = self._ingest.route_one(event, tag)
             progress.position += 1
@@ -762,12 +784,16 @@ class FeatureRuntime:
             if shard is None:
                 return False
             ingest = self._ingest
-            if len(ingest.buffers[shard]) >= self.batch_size:
-                await ingest.send(shard, partial=False)
-            elif ingest.idle(shard):
-                await ingest.send(shard)  # its actors wait: no reason to make the event wait
+            with scope:
+                if len(ingest.buffers[shard]) >= self.batch_size:
+                    await ingest.send(shard, partial=False)
+                elif ingest.idle(shard):
+                    await ingest.send(shard)  # its actors wait: no reason to make the event wait
+            if scope.cancelled_caught:
+                raise RuntimeClosed(_CUT.format(accepted=1))
             return True
         finally:
+            self._ingest_scopes.discard(scope)
             self._leave_ingest()
 
     @overload
@@ -864,38 +890,45 @@ class FeatureRuntime:
         self._enter_ingest()
         if offset is not None:
             progress.enter_offset_call()
+        scope = anyio.CancelScope()
+        self._ingest_scopes.add(scope)
+        accepted = 0
         try:
-            size = self.batch_size
-            accepted = 0
-            iterator = iter(events)
-            done = 0
-            while True:
-                if progress.gate is not None and offset is None:
-                    await progress.wait()  # a checkpoint between two chunks of the call
-                chunk = list(islice(iterator, size))
-                if not chunk:
-                    if offset is not None:
-                        progress.offset = offset
-                    return accepted
-                if isinstance(tags, int):
-                    accepted += route(chunk, tags)
-                else:
-                    accepted += route(chunk, tags[done : done + len(chunk)])
-                done += len(chunk)
-                progress.position += len(chunk)
-                await sent(offset)
-                # A call given an offset goes on to its end (the exit waits for it within its
-                # deadline): cut short, the state would hold its first chunks without the
-                # offset after them, and a restart would read them again.
-                if not self._running and offset is None:
-                    raise RuntimeClosed(
-                        f"the runtime is shutting down; {accepted} events of this call were "
-                        "accepted (they will be applied), the rest were not read"
-                    )
+            with scope:
+                size = self.batch_size
+                iterator = iter(events)
+                done = 0
+                while True:
+                    if progress.gate is not None and offset is None:
+                        await progress.wait()  # a checkpoint between two chunks of the call
+                    chunk = list(islice(iterator, size))
+                    if not chunk:
+                        if offset is not None:
+                            progress.offset = offset
+                        return accepted
+                    if isinstance(tags, int):
+                        accepted += route(chunk, tags)
+                    else:
+                        accepted += route(chunk, tags[done : done + len(chunk)])
+                    done += len(chunk)
+                    progress.position += len(chunk)
+                    await sent(offset)
+                    # A call given an offset goes on to its end (the exit waits for it within
+                    # its deadline): cut short, the state would hold its first chunks without
+                    # the offset after them, and a restart would read them again.
+                    if not self._running and offset is None:
+                        raise RuntimeClosed(
+                            f"the runtime is shutting down; {accepted} events of this call "
+                            "were accepted (they will be applied), the rest were not read"
+                        )
         finally:
+            self._ingest_scopes.discard(scope)
             if offset is not None:
                 progress.leave_offset_call()
             self._leave_ingest()
+        # only when the exit cut the call short, past its deadline (its offset not recorded:
+        # no checkpoint is taken then, and a source reads the call's events again)
+        raise RuntimeClosed(_CUT.format(accepted=accepted))
 
     async def _sent(self, offset: Any) -> None:
         """In process, after a chunk: send each shard's full buffer, and the partial one of an

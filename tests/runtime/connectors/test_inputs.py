@@ -7,6 +7,7 @@ bad ``inputs`` are refused when the runtime is made. The broker inputs are teste
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 
+from actors import DeadLetterReason
 from runtime import (
     CheckpointConfig,
     ConfigError,
@@ -366,6 +368,80 @@ async def test_a_batch_under_way_at_exit_is_ingested_whole_with_its_position(
     async with FeatureRuntime(FEATURE_SET, shards=2, checkpoints=restarted, inputs=[again]) as rt:
         await rt.flush()
         assert await values_of(rt) == await direct(rows)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+async def test_a_batch_held_by_backpressure_at_exit_does_not_hold_the_exit(
+    tmp_path: Path, workers: int
+) -> None:
+    """An input's batch waits for room that never comes (a subscription nobody reads, in
+    "block"): past the shutdown deadline the exit cuts the call short rather than wait for
+    it. What was accepted and not sent goes to dead letters, no shutdown checkpoint is taken
+    (it would hold part of the batch without its position), and a restart reads the batch
+    again and counts each record once."""
+    rows = events(20_000)
+    source = Recording(rows)
+    config = CheckpointConfig(directory=str(tmp_path), interval=None, on_shutdown=True)
+    rt = FeatureRuntime(
+        FEATURE_SET,
+        shards=1,
+        workers=workers,
+        batch_size=64,
+        mailbox_capacity=1,
+        shutdown_timeout=0.5,
+        checkpoints=config,
+        inputs=[Input(source, batch_size=5_000)],
+    )
+    async with rt:
+        unread = rt.updates(buffer=10)  # the shard waits for its reader, ingest for room
+        await anyio.sleep(0.3)
+        began = time.monotonic()
+    assert time.monotonic() - began < 2.0
+    assert rt.last_checkpoint is None  # none taken at the shutdown
+    assert source.commits == []  # no position committed: the batch is read again
+    if not workers:
+        cut = rt.dead_letters.letters(DeadLetterReason.UNDELIVERABLE)
+        # the buffered events, and what the stopped shard's mailbox held
+        assert {letter.detail for letter in cut} == {
+            "accepted, but not sent to its shard before the shutdown deadline",
+            "actor stopped",
+        }
+    again = Recording(rows)
+    restarted = CheckpointConfig(directory=str(tmp_path), interval=None, on_shutdown=False)
+    async with FeatureRuntime(FEATURE_SET, shards=2, checkpoints=restarted, inputs=[again]) as rt:
+        await rt.wait_inputs()
+        await rt.flush()
+        assert await values_of(rt) == await direct(rows)
+
+
+async def test_an_ingest_waiting_for_room_at_the_deadline_raises_runtime_closed() -> None:
+    """A call of the application's own that waits for room when the deadline passes (shielded
+    by its caller, as a batch with its offset must be) raises ``RuntimeClosed`` saying how
+    many of its events were accepted; the exit keeps its deadline."""
+    rt = FeatureRuntime(
+        FEATURE_SET, shards=1, batch_size=64, mailbox_capacity=1, shutdown_timeout=0.5
+    )
+    raised: list[BaseException] = []
+
+    async def feed(rt: FeatureRuntime) -> None:
+        with anyio.CancelScope(shield=True):
+            try:
+                await rt.ingest_many(events(20_000), offset=20_000)
+            except RuntimeClosed as exc:
+                raised.append(exc)
+
+    began = 0.0
+    async with anyio.create_task_group() as tasks:
+        async with rt:
+            unread = rt.updates(buffer=10)  # never read
+            tasks.start_soon(feed, rt)
+            await anyio.sleep(0.3)
+            began = time.monotonic()
+        assert time.monotonic() - began < 2.0
+    assert len(raised) == 1
+    assert "shutdown deadline passed" in str(raised[0])
+    assert re.search(r"\d+ of its events were accepted", str(raised[0]))
+    assert rt.offset is None  # the call's offset is not recorded: it did not end
 
 
 class MeetsAClosedRuntime(ListSource):
