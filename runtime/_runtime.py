@@ -23,7 +23,7 @@ import os
 import pickle
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, nullcontext
 from itertools import islice
 from types import TracebackType
 from typing import Any, Literal, overload
@@ -35,6 +35,7 @@ import anyio.to_thread
 import msgspec
 
 from actors import (
+    ActorStopped,
     ActorSystem,
     KeyRouter,
     MailboxConfig,
@@ -92,9 +93,11 @@ _log = get_logger("featurist")
 #: ticks of the flusher (every ``linger / 2``) with nothing buffered, after which it waits to
 #: be woken instead (0.1 s at the default linger)
 FLUSHER_IDLE_TICKS = 40
+#: seconds the exit gives the ingest calls it cut short past its deadline to unwind
+CUT_GRACE = 0.1
 #: what an ingest call cut short by the exit's deadline raises (``RuntimeClosed``)
 _CUT = (
-    "the runtime stopped: its shutdown deadline passed while this call waited for room; "
+    "the runtime stopped: its shutdown deadline passed while this call was under way; "
     "{accepted} of its events were accepted (those not sent to their shard by then are in "
     "dead letters), the rest were not read"
 )
@@ -352,6 +355,8 @@ class FeatureRuntime:
         #: ``consume`` shields a batch read) raises ``RuntimeClosed`` instead of holding the
         #: exit
         self._ingest_scopes: set[anyio.CancelScope] = set()
+        #: set as a call of those ends (the exit waits for them once it cut them)
+        self._cut_done: anyio.Event | None = None
         #: set while the flusher waits to be woken (nothing buffered for a while): the end of
         #: an ingest call that leaves something buffered sets it
         self._flusher_wake: anyio.Event | None = None
@@ -533,7 +538,8 @@ class FeatureRuntime:
                         self._ingests_done = anyio.Event()
                         await self._ingests_done.wait()
                 if scope.cancelled_caught:
-                    self._cut_ingests()
+                    await self._cut_ingests()
+                    front.abandon_unsent()
                 await front.stop(deadline)
         finally:
             # what is left of the deadline is the rest's (the inputs' closing, the actors')
@@ -650,7 +656,7 @@ class FeatureRuntime:
                     await self._topology.drain_enrichers()
                     await self._coordinator.on_shutdown()
                 if scope.cancelled_caught:
-                    self._cut_ingests()
+                    await self._cut_ingests()
                     self._ingest.abandon_unsent()
         finally:
             # One shutdown_timeout for the whole exit: the actors' drain gets what is left.
@@ -665,11 +671,18 @@ class FeatureRuntime:
         )
         return result
 
-    def _cut_ingests(self) -> None:
-        """Past the shutdown deadline: end the ingest calls still under way (each waits for
-        room), which then raise ``RuntimeClosed``."""
+    async def _cut_ingests(self) -> None:
+        """Past the shutdown deadline: end the ingest calls given an offset still under way
+        (each waits for room, or the gate of a checkpoint), which then raise
+        ``RuntimeClosed``, and give them a moment to unwind (a call whose wait ended in the
+        same turn as the cut goes on until its next check) before what they left unsent is
+        dead-lettered. Shielded: the caller runs past its deadline."""
         for scope in self._ingest_scopes:
             scope.cancel()
+        with anyio.CancelScope(shield=True), anyio.move_on_after(CUT_GRACE):
+            while self._ingest_scopes:
+                self._cut_done = anyio.Event()
+                await self._cut_done.wait()
 
     def _enter_ingest(self) -> None:
         self._check_running()
@@ -758,7 +771,8 @@ class FeatureRuntime:
         service answers a bad request with; the event is in dead letters all the same).
 
         Raises:
-            RuntimeClosed: the runtime is not running.
+            RuntimeClosed: the runtime is not running, or the shutdown deadline passed
+                while the call waited for room.
             ValueError: ``stream`` is not a stream of the feature set.
         """
         if explain:
@@ -774,8 +788,6 @@ class FeatureRuntime:
         if progress.gate is not None:
             await progress.wait()
         self._enter_ingest()
-        scope = anyio.CancelScope()
-        self._ingest_scopes.add(scope)
         try:
             shard = self._ingest.route_one(event, tag)
             progress.position += 1
@@ -784,16 +796,15 @@ class FeatureRuntime:
             if shard is None:
                 return False
             ingest = self._ingest
-            with scope:
-                if len(ingest.buffers[shard]) >= self.batch_size:
-                    await ingest.send(shard, partial=False)
-                elif ingest.idle(shard):
-                    await ingest.send(shard)  # its actors wait: no reason to make the event wait
-            if scope.cancelled_caught:
-                raise RuntimeClosed(_CUT.format(accepted=1))
+            if len(ingest.buffers[shard]) >= self.batch_size:
+                await ingest.send(shard, partial=False)
+            elif ingest.idle(shard):
+                await ingest.send(shard)  # its actors wait: no reason to make the event wait
             return True
+        except ActorStopped:
+            # it waited for room past the shutdown deadline: the actors stopped under it
+            raise RuntimeClosed(_CUT.format(accepted=1)) from None
         finally:
-            self._ingest_scopes.discard(scope)
             self._leave_ingest()
 
     @overload
@@ -846,6 +857,10 @@ class FeatureRuntime:
         rejection, or have one though it was accepted.
 
         Raises:
+            RuntimeClosed: the runtime is not running; or it is stopping and the call, given
+                no ``offset``, stops at its next batch; or the shutdown deadline passed while
+                the call was under way (its offset then not recorded). The message says how
+                many of its events were accepted.
             ValueError: a stream is not a stream of the feature set, or ``stream`` names a
                 number of streams other than the number of ``events``.
         """
@@ -890,17 +905,25 @@ class FeatureRuntime:
         self._enter_ingest()
         if offset is not None:
             progress.enter_offset_call()
+        # A call given an offset runs in a scope that the exit cancels past its deadline
+        # (its caller may shield it: ``consume`` does), checked again before each chunk and
+        # before the offset is recorded, in case the call was between waits when cut. One
+        # without needs none (about 7 us a call): it stops at its next chunk once the runtime
+        # stops, and a wait for room meets the actors stopped at the latest.
         scope = anyio.CancelScope()
-        self._ingest_scopes.add(scope)
+        if offset is not None:
+            self._ingest_scopes.add(scope)
         accepted = 0
         try:
-            with scope:
+            with scope if offset is not None else nullcontext():
                 size = self.batch_size
                 iterator = iter(events)
                 done = 0
                 while True:
                     if progress.gate is not None and offset is None:
                         await progress.wait()  # a checkpoint between two chunks of the call
+                    if scope.cancel_called:
+                        break
                     chunk = list(islice(iterator, size))
                     if not chunk:
                         if offset is not None:
@@ -921,9 +944,14 @@ class FeatureRuntime:
                             f"the runtime is shutting down; {accepted} events of this call "
                             "were accepted (they will be applied), the rest were not read"
                         )
+        except ActorStopped:
+            # it waited for room past the shutdown deadline: the actors stopped under it
+            raise RuntimeClosed(_CUT.format(accepted=accepted)) from None
         finally:
-            self._ingest_scopes.discard(scope)
             if offset is not None:
+                self._ingest_scopes.discard(scope)
+                if self._cut_done is not None:
+                    self._cut_done.set()
                 progress.leave_offset_call()
             self._leave_ingest()
         # only when the exit cut the call short, past its deadline (its offset not recorded:

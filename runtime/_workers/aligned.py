@@ -61,6 +61,9 @@ class Front(Protocol):
     @property
     def key_groups(self) -> int: ...
 
+    @property
+    def buffered(self) -> int: ...
+
     def check(self) -> None: ...
 
     async def running(self, index: int) -> Any: ...
@@ -119,8 +122,9 @@ class AlignedCheckpoints:
 
     @property
     def log_full(self) -> bool:
-        """Whether the log holds ``max_log_events`` or more: a checkpoint is due."""
-        return self.log_events >= self.config.max_log_events
+        """Whether the log and the front's buffers (sent to the log as they leave) hold
+        ``max_log_events`` or more: a checkpoint is due."""
+        return self.log_events + self._front.buffered >= self.config.max_log_events
 
     async def restore_latest(self) -> None:
         """Restore the newest readable checkpoint of the directory into the workers, each

@@ -51,7 +51,7 @@ import anyio.abc
 import anyio.to_thread
 import msgspec
 
-from actors import DeadLetters, KeyRouter, get_logger
+from actors import DeadLetterReason, DeadLetters, KeyRouter, get_logger
 
 from .._checkpoints.coordinator import Progress
 from .._checkpoints.store import CheckpointConfig, CheckpointInfo
@@ -101,6 +101,10 @@ __all__ = ["WorkerFront"]
 #: the front and the worker less per event (``bench workers``, 2 workers: frames of 3,600
 #: events on average instead of 580, about a quarter less CPU per event, front and workers)
 BUSY_BATCHES = 8
+#: bytes of payloads a busy worker's frame may hold before it leaves (with events given as
+#: bytes, judged by the longest payload routed so far): large events keep frames of
+#: ``batch_size``, far below the protocol's ``MAX_FRAME``
+BUSY_FRAME_BYTES = 64 << 20
 
 _log = get_logger("featurist.workers")
 #: seconds a worker may take to start (the first starts the fork server, which imports the
@@ -179,7 +183,8 @@ class WorkerFront:
         make_runtime: makes a worker's runtime (picklable: it is sent to each process).
         reader: the feature set's event reader (checks keys and times, reads non-bytes events).
         key_groups: the number of key groups.
-        batch_size: events per frame sent to a worker.
+        batch_size: events per batch: an idle worker's buffer leaves at once, a busy
+            one's at ``BUSY_BATCHES`` batches (or after ``linger``).
         linger: seconds a partial buffer may wait.
         dead_letters: where refused events go.
         route_cache_size: keys whose worker is remembered.
@@ -264,6 +269,10 @@ class WorkerFront:
             [[] for _ in range(workers)] if len(streams) > 1 else None
         )
         self._created = [0.0] * workers
+        #: the longest bytes payload routed so far, and the events a busy worker's buffer
+        #: holds before it leaves (``BUSY_BATCHES`` batches, fewer for large payloads)
+        self._longest = 0
+        self._busy_size = batch_size * BUSY_BATCHES
         self._workers: list[_Worker] = []
         #: every process started (or being started), and every connection made
         self._processes: list[WorkerProcess] = []
@@ -844,13 +853,16 @@ class WorkerFront:
         not route, and refuses or routes it with the reason and checks of the general path.
         """
         reader = self._reader
-        if (
-            not events
-            or reader.time_unit != "ms"
-            or set(map(type, events)) != _BYTES
-            or max(map(len, events)) > reader.max_payload_bytes
-        ):
+        if not events or reader.time_unit != "ms" or set(map(type, events)) != _BYTES:
             return 0
+        longest = max(map(len, events))
+        if longest > reader.max_payload_bytes:
+            return 0
+        if longest > self._longest:
+            self._longest = longest
+            self._busy_size = self.batch_size * max(
+                1, min(BUSY_BATCHES, BUSY_FRAME_BYTES // (self.batch_size * longest))
+            )
         buffers = self.buffers
         before = sum(map(len, buffers))
         now = time.perf_counter()
@@ -942,6 +954,25 @@ class WorkerFront:
         clock = self._clock
         return None if clock is None else clock.now
 
+    @property
+    def buffered(self) -> int:
+        """Events accepted and not sent to their worker yet."""
+        return sum(map(len, self.buffers))
+
+    def abandon_unsent(self) -> None:
+        """Past the shutdown deadline: what was not sent to its worker goes to dead letters."""
+        for index, buffer in enumerate(self.buffers):
+            self.buffers[index] = []
+            if self.tags is not None:
+                self.tags[index] = []
+            for event in buffer:
+                self._dead_letters.record(
+                    event,
+                    "featurist/front",
+                    DeadLetterReason.UNDELIVERABLE,
+                    detail="accepted, but not sent to its worker before the shutdown deadline",
+                )
+
     def _reject(self, payload: Any, error: InvalidEvent) -> None:
         self.rejected += 1
         record_rejected(self._dead_letters, payload, error)
@@ -977,10 +1008,11 @@ class WorkerFront:
         return worker
 
     async def send_due(self) -> None:
-        """Send the buffers of ``BUSY_BATCHES`` times ``batch_size`` events or more, and any
-        buffer of a worker with no frame in flight (latency first, as in-process a partial
-        batch leaves at once for idle actors: while the worker is busy, its buffer grows)."""
-        size = self.batch_size * BUSY_BATCHES
+        """Send the buffers of ``BUSY_BATCHES`` times ``batch_size`` events or more (fewer for
+        large payloads: ``BUSY_FRAME_BYTES``), and any buffer of a worker with no frame in
+        flight (latency first, as in-process a partial batch leaves at once for idle actors:
+        while the worker is busy, its buffer grows)."""
+        size = self._busy_size
         workers = self._workers
         try:
             for index, buffer in enumerate(self.buffers):

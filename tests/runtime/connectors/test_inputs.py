@@ -393,7 +393,7 @@ async def test_a_batch_held_by_backpressure_at_exit_does_not_hold_the_exit(
         inputs=[Input(source, batch_size=5_000)],
     )
     async with rt:
-        unread = rt.updates(buffer=10)  # the shard waits for its reader, ingest for room
+        _unread = rt.updates(buffer=10)  # the shard waits for its reader, ingest for room
         await anyio.sleep(0.3)
         began = time.monotonic()
     assert time.monotonic() - began < 2.0
@@ -433,7 +433,7 @@ async def test_an_ingest_waiting_for_room_at_the_deadline_raises_runtime_closed(
     began = 0.0
     async with anyio.create_task_group() as tasks:
         async with rt:
-            unread = rt.updates(buffer=10)  # never read
+            _unread = rt.updates(buffer=10)  # never read
             tasks.start_soon(feed, rt)
             await anyio.sleep(0.3)
             began = time.monotonic()

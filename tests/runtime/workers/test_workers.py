@@ -291,3 +291,26 @@ async def test_an_event_for_an_idle_worker_leaves_at_once() -> None:
                 seen.append(update.event_time)
                 if len(seen) == 4:
                     break
+
+
+async def test_a_busy_workers_frames_grow_to_busy_batches_unless_its_events_are_large() -> None:
+    """While a worker is busy its buffer grows to ``BUSY_BATCHES`` batches, fewer for large
+    payloads (``BUSY_FRAME_BYTES``, judged by the longest routed so far), and every event is
+    applied either way."""
+    from runtime._workers.front import BUSY_BATCHES, BUSY_FRAME_BYTES
+
+    async with FeatureRuntime(FEATURE_SET, workers=1, batch_size=512) as rt:
+        front = rt._front
+        assert front is not None
+        assert front._busy_size == 512 * BUSY_BATCHES
+        small = [msgspec.json.encode(e) for e in _events(2000)]
+        assert await rt.ingest_many(small) == 2000
+        assert front._busy_size == 512 * BUSY_BATCHES  # ~50-byte payloads: room for all
+        pad = "x" * (BUSY_FRAME_BYTES // (512 * 4))  # 4 batches of these fill a frame
+        large = [msgspec.json.encode({**e, "pad": pad}) for e in _events(600, keys=3)]
+        assert await rt.ingest_many(large) == 600
+        assert front._busy_size == 512 * 3  # 64 MiB // (512 x 32.8 KB)
+        await rt.flush()
+        vectors = await rt.get_many(["c0", "c1", "c2"])
+        # 200 small events each, and 200 large ones each
+        assert [vectors[key].values["n"] for key in ("c0", "c1", "c2")] == [400, 400, 400]
