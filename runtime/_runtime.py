@@ -26,7 +26,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, I
 from contextlib import AsyncExitStack, nullcontext
 from itertools import islice
 from types import TracebackType
-from typing import Any, Literal, overload
+from typing import Any, Literal, NoReturn, overload
 
 import anyio
 import anyio.abc
@@ -684,6 +684,14 @@ class FeatureRuntime:
                 self._cut_done = anyio.Event()
                 await self._cut_done.wait()
 
+    def _stopped_under(self, accepted: int) -> NoReturn:
+        """An ingest call met the actors stopped under it: the runtime failed (escalation
+        says why), or the call waited for room past the shutdown deadline. Raises
+        ``RuntimeClosed`` saying which."""
+        if self._system.escalation is not None:
+            self._check_running()
+        raise RuntimeClosed(_CUT.format(accepted=accepted)) from None
+
     def _enter_ingest(self) -> None:
         self._check_running()
         self._active_ingests += 1
@@ -802,8 +810,7 @@ class FeatureRuntime:
                 await ingest.send(shard)  # its actors wait: no reason to make the event wait
             return True
         except ActorStopped:
-            # it waited for room past the shutdown deadline: the actors stopped under it
-            raise RuntimeClosed(_CUT.format(accepted=1)) from None
+            self._stopped_under(1)
         finally:
             self._leave_ingest()
 
@@ -945,8 +952,7 @@ class FeatureRuntime:
                             "were accepted (they will be applied), the rest were not read"
                         )
         except ActorStopped:
-            # it waited for room past the shutdown deadline: the actors stopped under it
-            raise RuntimeClosed(_CUT.format(accepted=accepted)) from None
+            self._stopped_under(accepted)
         finally:
             if offset is not None:
                 self._ingest_scopes.discard(scope)
