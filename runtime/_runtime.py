@@ -908,7 +908,10 @@ class FeatureRuntime:
         after the whole call."""
         progress = self._progress
         if progress.gate is not None:
-            await progress.wait()
+            if offset is None:
+                await progress.wait()
+            else:
+                await self._wait_gate_cuttable()
         self._enter_ingest()
         if offset is not None:
             progress.enter_offset_call()
@@ -963,6 +966,22 @@ class FeatureRuntime:
         # only when the exit cut the call short, past its deadline (its offset not recorded:
         # no checkpoint is taken then, and a source reads the call's events again)
         raise RuntimeClosed(_CUT.format(accepted=accepted))
+
+    async def _wait_gate_cuttable(self) -> None:
+        """Wait for a checkpoint under way to open the gate, in a scope the exit cuts past its
+        deadline, as the call's own (a checkpoint stuck, say its capture behind a subscription
+        nobody reads, would otherwise hold a shielded call, and the exit with it)."""
+        scope = anyio.CancelScope()
+        self._ingest_scopes.add(scope)
+        try:
+            with scope:
+                await self._progress.wait()
+        finally:
+            self._ingest_scopes.discard(scope)
+            if self._cut_done is not None:
+                self._cut_done.set()
+        if scope.cancel_called:
+            raise RuntimeClosed(_CUT.format(accepted=0))
 
     async def _sent(self, offset: Any) -> None:
         """In process, after a chunk: send each shard's full buffer, and the partial one of an

@@ -7,6 +7,7 @@ bad ``inputs`` are refused when the runtime is made. The broker inputs are teste
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from pathlib import Path
@@ -442,6 +443,62 @@ async def test_an_ingest_waiting_for_room_at_the_deadline_raises_runtime_closed(
     assert "shutdown deadline passed" in str(raised[0])
     assert re.search(r"\d+ of its events were accepted", str(raised[0]))
     assert rt.offset is None  # the call's offset is not recorded: it did not end
+
+
+class SlowReads(ListSource):
+    """A list source whose reads take 50 ms, saying while one is under way."""
+
+    reading = False
+
+    async def read(self, max_records: int) -> SourceBatch | None:
+        self.reading = True
+        try:
+            await anyio.sleep(0.05)
+            return await super().read(max_records)
+        finally:
+            self.reading = False
+
+
+async def test_a_checkpoint_stuck_at_exit_does_not_hold_an_inputs_batch(tmp_path: Path) -> None:
+    """The application asks for a checkpoint while the input reads; its capture waits behind a
+    subscription nobody reads, so the input's next batch waits at the checkpoint's gate
+    (shielded by ``consume``, before it counts as under way). Past the deadline the exit cuts
+    that wait too, and keeps its deadline."""
+    source = SlowReads(events(20_000))
+    config = CheckpointConfig(directory=str(tmp_path), interval=None, on_shutdown=True)
+    rt = FeatureRuntime(
+        FEATURE_SET,
+        shards=1,
+        batch_size=64,
+        mailbox_capacity=1,
+        shutdown_timeout=0.5,
+        checkpoints=config,
+        inputs=[Input(source, batch_size=64)],
+    )
+
+    async def checkpoint() -> None:
+        with contextlib.suppress(Exception):
+            await rt.checkpoint()  # stuck, then ended by the shutdown
+
+    began = 0.0
+    async with anyio.create_task_group() as tasks:
+        async with rt:
+            _unread = rt.updates(buffer=10)
+            shard = rt._topology.groups[0].refs[0]
+            with anyio.fail_after(10):
+                # the shard busy (waiting for the reader) while the input reads its next batch
+                while True:
+                    await anyio.sleep(0.001)
+                    if source.reading:
+                        await anyio.sleep(0.02)
+                        if source.reading and not shard.idle:
+                            break
+            tasks.start_soon(checkpoint)
+            await anyio.sleep(0.2)
+            assert rt._progress.gate is not None  # the checkpoint is stuck, its gate closed
+            began = time.monotonic()
+        assert time.monotonic() - began < 2.0
+        tasks.cancel_scope.cancel()
 
 
 class MeetsAClosedRuntime(ListSource):
