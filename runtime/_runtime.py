@@ -357,6 +357,9 @@ class FeatureRuntime:
         self._ingest_scopes: set[anyio.CancelScope] = set()
         #: set as a call of those ends (the exit waits for them once it cut them)
         self._cut_done: anyio.Event | None = None
+        #: the scopes of the calls given an offset that wait at a checkpoint's gate, cut as
+        #: the exit begins
+        self._gate_scopes: set[anyio.CancelScope] = set()
         #: set while the flusher waits to be woken (nothing buffered for a while): the end of
         #: an ingest call that leaves something buffered sets it
         self._flusher_wake: anyio.Event | None = None
@@ -529,6 +532,7 @@ class FeatureRuntime:
     ) -> bool | None:
         assert self._stack is not None
         self._running = False
+        self._cut_gate_waits()
         timeout = self._system.shutdown_timeout
         deadline = anyio.current_time() + timeout
         try:
@@ -640,6 +644,7 @@ class FeatureRuntime:
         """``__aexit__`` of the in-process runtime."""
         assert self._stack is not None and self._tg is not None
         self._running = False
+        self._cut_gate_waits()
         timeout = self._system.shutdown_timeout
         deadline = anyio.current_time() + timeout
         try:
@@ -670,6 +675,12 @@ class FeatureRuntime:
             rejected=self._ingest.rejected,
         )
         return result
+
+    def _cut_gate_waits(self) -> None:
+        """As the exit begins: end the waits of calls given an offset at a checkpoint's gate
+        (not under way yet: refused once it opens anyway)."""
+        for scope in self._gate_scopes:
+            scope.cancel()
 
     async def _cut_ingests(self) -> None:
         """Past the shutdown deadline: end the ingest calls given an offset still under way
@@ -968,20 +979,19 @@ class FeatureRuntime:
         raise RuntimeClosed(_CUT.format(accepted=accepted))
 
     async def _wait_gate_cuttable(self) -> None:
-        """Wait for a checkpoint under way to open the gate, in a scope the exit cuts past its
-        deadline, as the call's own (a checkpoint stuck, say its capture behind a subscription
-        nobody reads, would otherwise hold a shielded call, and the exit with it)."""
+        """Wait for a checkpoint under way to open the gate, in a scope the exit cuts as it
+        begins: such a call is not under way yet, and would be refused once the gate opens
+        anyway (a checkpoint stuck, say its capture behind a subscription nobody reads, would
+        otherwise hold a shielded call, and the exit with it). Cut, it goes on to
+        ``_enter_ingest``, which raises ``RuntimeClosed``."""
+        self._check_running()
         scope = anyio.CancelScope()
-        self._ingest_scopes.add(scope)
+        self._gate_scopes.add(scope)
         try:
             with scope:
                 await self._progress.wait()
         finally:
-            self._ingest_scopes.discard(scope)
-            if self._cut_done is not None:
-                self._cut_done.set()
-        if scope.cancel_called:
-            raise RuntimeClosed(_CUT.format(accepted=0))
+            self._gate_scopes.discard(scope)
 
     async def _sent(self, offset: Any) -> None:
         """In process, after a chunk: send each shard's full buffer, and the partial one of an

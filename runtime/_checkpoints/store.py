@@ -82,7 +82,8 @@ class CheckpointConfig(msgspec.Struct, frozen=True, kw_only=True):
             bigger file); without them the caches start cold.
         max_log_events: with ``workers >= 1``: the events the front keeps, since the last
             checkpoint, to replay to a worker that died and is started again. When the log
-            holds this many, the front takes a checkpoint (which empties it) and ``ingest``
+            and the front's buffers (the log's next frames) hold this many, the front takes
+            a checkpoint (which empties it) and ``ingest``
             waits for it; an ``ingest_many`` call given an ``offset`` is not split by it, so
             the log may hold that call's events beyond the bound. >= 1.
     """

@@ -459,13 +459,17 @@ class SlowReads(ListSource):
             self.reading = False
 
 
-async def test_a_checkpoint_stuck_at_exit_does_not_hold_an_inputs_batch(tmp_path: Path) -> None:
+@pytest.mark.parametrize("on_shutdown", [True, False])
+async def test_a_checkpoint_stuck_at_exit_does_not_hold_an_inputs_batch(
+    tmp_path: Path, on_shutdown: bool
+) -> None:
     """The application asks for a checkpoint while the input reads; its capture waits behind a
     subscription nobody reads, so the input's next batch waits at the checkpoint's gate
-    (shielded by ``consume``, before it counts as under way). Past the deadline the exit cuts
-    that wait too, and keeps its deadline."""
+    (shielded by ``consume``, before it counts as under way). The exit cuts that wait as it
+    begins (the call would be refused once the gate opens), and keeps its deadline, with a
+    shutdown checkpoint to wait for or none."""
     source = SlowReads(events(20_000))
-    config = CheckpointConfig(directory=str(tmp_path), interval=None, on_shutdown=True)
+    config = CheckpointConfig(directory=str(tmp_path), interval=None, on_shutdown=on_shutdown)
     rt = FeatureRuntime(
         FEATURE_SET,
         shards=1,
