@@ -1119,11 +1119,20 @@ class FeatureRuntime:
             ConfigError: the runtime has no ``checkpoints`` directory.
             CheckpointError: the state could not be encoded.
             OSError: the file could not be written.
+            RuntimeClosed: the runtime is not running, or stopped while the checkpoint was
+                taken (its actors stopped before they answered).
         """
         self._check_running()
         if self._front is not None:
             return await self._front.checkpoint()
-        return await self._coordinator.checkpoint()
+        try:
+            return await self._coordinator.checkpoint()
+        except ActorStopped as exc:
+            if self._system.escalation is not None:
+                self._check_running()  # an actor failed beyond its restarts: that says why
+            raise RuntimeClosed(
+                f"the runtime stopped while the checkpoint was taken ({exc}); none was written"
+            ) from None
 
     # -- reading -------------------------------------------------------------------------------
     async def get(
