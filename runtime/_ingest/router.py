@@ -556,14 +556,25 @@ class Ingest:
             if self.tags is not None:
                 self.tags[shard] = []
             self.unsent[shard] = None
-            for _key, _t, event in events:
-                self._dead_letters.record(
-                    event,
-                    "featurist/ingest",
-                    DeadLetterReason.UNDELIVERABLE,
-                    detail="accepted, but not sent to its shard before the shutdown deadline",
-                )
+            record_unsent(
+                self._dead_letters,
+                [event for _key, _t, event in events],
+                "featurist/ingest",
+                "accepted, but not sent to its shard before the shutdown deadline",
+            )
         _log.warning("shutdown_deadline_passed_with_unsent_events")
+
+
+def record_unsent(dead_letters: Any, events: list[Any], recipient: str, detail: str) -> None:
+    """Put events accepted but not sent on before the shutdown deadline in dead letters:
+    the one way every front of the runtime (this router, the worker front) records them."""
+    for event in events:
+        dead_letters.record(
+            event,
+            recipient,
+            DeadLetterReason.UNDELIVERABLE,
+            detail=detail,
+        )
 
 
 def record_rejected(dead_letters: Any, payload: Any, error: InvalidEvent) -> None:

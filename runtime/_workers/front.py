@@ -51,7 +51,7 @@ import anyio.abc
 import anyio.to_thread
 import msgspec
 
-from actors import DeadLetterReason, DeadLetters, KeyRouter, get_logger
+from actors import DeadLetters, KeyRouter, get_logger
 
 from .._checkpoints.coordinator import Progress
 from .._checkpoints.store import CheckpointConfig, CheckpointInfo
@@ -64,7 +64,7 @@ from .._exceptions import (
     UnknownFeature,
 )
 from .._ingest.events import EventReader
-from .._ingest.router import record_rejected
+from .._ingest.router import record_rejected, record_unsent
 from .._results import (
     FeatureDescription,
     FeatureError,
@@ -965,13 +965,12 @@ class WorkerFront:
             self.buffers[index] = []
             if self.tags is not None:
                 self.tags[index] = []
-            for event in buffer:
-                self._dead_letters.record(
-                    event,
-                    "featurist/front",
-                    DeadLetterReason.UNDELIVERABLE,
-                    detail="accepted, but not sent to its worker before the shutdown deadline",
-                )
+            record_unsent(
+                self._dead_letters,
+                buffer,
+                "featurist/front",
+                "accepted, but not sent to its worker before the shutdown deadline",
+            )
 
     def _reject(self, payload: Any, error: InvalidEvent) -> None:
         self.rejected += 1
