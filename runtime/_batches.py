@@ -157,6 +157,14 @@ class UpdateBatch:
                 kinds[i] = update.kind
         return kinds
 
+    def other_kinds(self) -> dict[int, FeatureUpdate]:
+        """The rows of other kinds than ``"update"``, by index (empty for most batches):
+        what :attr:`kinds` tells, without a list as long as the batch."""
+        extras = self._extras
+        if not extras:
+            return {}
+        return {i: update for i, update in extras.items() if update.kind != "update"}
+
     def __getitem__(self, index: slice) -> UpdateBatch:
         start, stop = _bounds(index, len(self.rows))
         return UpdateBatch(

@@ -62,8 +62,7 @@ def latest_values(
     for batch in batches:
         names = batch.names
         errors = batch.errors
-        kinds = batch.kinds
-        if not errors and all(kind == "update" for kind in kinds):
+        if not errors and not batch.other_kinds():
             # the usual case: the last row of each key holds all of its values
             for key, row in {row[0]: row for row in batch.rows}.items():
                 found = fields.get(key)
@@ -72,6 +71,7 @@ def latest_values(
                 found.update(zip(names, row[2:], strict=True))
                 times[key] = row[1]
             continue
+        kinds = batch.kinds
         for i, row in enumerate(batch.rows):
             key = row[0]
             kind = kinds[i]

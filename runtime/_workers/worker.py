@@ -348,8 +348,7 @@ def _merged_updates(batches: list[Any]) -> Updates:
     latencies summed (each is a whole batch's), the last ``processed_at``."""
     first = batches[0]
     if len(batches) == 1:
-        kinds = first.kinds
-        extras = {i: first.update(i) for i, kind in enumerate(kinds) if kind != "update"}
+        extras = first.other_kinds()
         return Updates(
             first.group,
             first.names,
@@ -368,9 +367,8 @@ def _merged_updates(batches: list[Any]) -> Updates:
         rows.extend(batch.rows)
         for i, error in batch.errors.items():
             errors[base + i] = error
-        for i, kind in enumerate(batch.kinds):
-            if kind != "update":
-                extras[base + i] = batch.update(i)
+        for i, update in batch.other_kinds().items():
+            extras[base + i] = update
         for name, ms in batch.latency_ms.items():
             latency[name] = latency.get(name, 0.0) + ms
     return Updates(
