@@ -95,11 +95,15 @@ _log = get_logger("featurist")
 FLUSHER_IDLE_TICKS = 40
 #: seconds the exit gives the ingest calls it cut short past its deadline to unwind
 CUT_GRACE = 0.1
+#: what an application's checkpoint that the shutdown ended raises (``RuntimeClosed``)
+_STOPPED_IN_CHECKPOINT = (
+    "the runtime stopped while the checkpoint was taken ({why}); none was written"
+)
 #: what an ingest call cut short by the exit's deadline raises (``RuntimeClosed``)
 _CUT = (
     "the runtime stopped: its shutdown deadline passed while this call was under way; "
-    "{accepted} of its events were accepted (those not sent to their shard by then are in "
-    "dead letters), the rest were not read"
+    "{accepted} of its events were accepted (those still buffered in this process by then, "
+    "not yet sent to a shard or a worker, are in dead letters), the rest were not read"
 )
 _metrics_decoder = msgspec.msgpack.Decoder(RuntimeMetrics)
 
@@ -1123,16 +1127,21 @@ class FeatureRuntime:
                 taken (its actors stopped before they answered).
         """
         self._check_running()
-        if self._front is not None:
-            return await self._front.checkpoint()
+        front = self._front
+        if front is not None:
+            try:
+                return await front.checkpoint()
+            except RuntimeClosed as exc:
+                if not front.stopping:
+                    raise  # a worker failed: that says why
+                why = str(exc).removeprefix("the runtime stopped: ")
+                raise RuntimeClosed(_STOPPED_IN_CHECKPOINT.format(why=why)) from None
         try:
             return await self._coordinator.checkpoint()
         except ActorStopped as exc:
             if self._system.escalation is not None:
                 self._check_running()  # an actor failed beyond its restarts: that says why
-            raise RuntimeClosed(
-                f"the runtime stopped while the checkpoint was taken ({exc}); none was written"
-            ) from None
+            raise RuntimeClosed(_STOPPED_IN_CHECKPOINT.format(why=exc)) from None
 
     # -- reading -------------------------------------------------------------------------------
     async def get(

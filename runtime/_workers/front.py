@@ -309,12 +309,19 @@ class WorkerFront:
         self._restarts: list[float] = []
         self._tasks: anyio.abc.TaskGroup | None = None
         self._stopping = False
+        #: the workers the shutdown killed at its deadline (by index)
+        self._killed: set[int] = set()
         #: per worker, its counters as reported: they never go down when it is started again
         self._held = [HeldCounters() for _ in range(workers)]
 
     @property
     def key_groups(self) -> int:
         return self._router.key_groups
+
+    @property
+    def stopping(self) -> bool:
+        """Whether the front is stopping its workers (the runtime's exit is under way)."""
+        return self._stopping
 
     def start_task(
         self, func: Callable[..., Coroutine[Any, Any, Any]], *args: Any, name: str
@@ -499,6 +506,7 @@ class WorkerFront:
             try:
                 if process.is_alive():
                     _log.warning("worker_killed", worker=index, pid=process.pid)
+                    self._killed.add(index)
                     process.kill()
                 process.join(5.0)
             except Exception:  # the backend is gone (Ray shut down first): the others still
@@ -514,7 +522,14 @@ class WorkerFront:
             raise RuntimeClosed(self.failure)
 
     def _fail(self, worker: _Worker, reason: str) -> None:
-        if self.failure is None:
+        if self.failure is None and worker.index in self._killed:
+            # the shutdown's deadline passed before it stopped (``_kill_all`` said so): not
+            # a failure of the worker's; what waited on it learns that the runtime stopped
+            self.failure = (
+                f"the runtime stopped: its shutdown deadline passed before worker "
+                f"{worker.index} (pid {worker.pid}) stopped, and it was killed"
+            )
+        elif self.failure is None:
             process = worker.process
             process.join(0.05)
             code = process.exitcode

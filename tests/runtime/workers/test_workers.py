@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -21,6 +22,7 @@ import pytest
 
 from actors import DeadLetterReason
 from runtime import (
+    CheckpointConfig,
     ConfigError,
     Count,
     FeatureRuntime,
@@ -208,6 +210,57 @@ async def test_a_stopped_worker_holds_ingest_back_and_is_killed_at_the_shutdown_
         started = time.perf_counter()
     # the stopped worker could not stop: it was killed once the deadline had passed
     assert time.perf_counter() - started < 1.0 + 5.0
+    assert not any(_alive(pid) for pid in pids)
+
+
+async def test_a_checkpoint_the_shutdown_ends_raises_runtime_closed(tmp_path: Any) -> None:
+    """An application's checkpoint stuck behind a subscription nobody reads (the front cannot
+    take the worker's frames, the barrier's reply among them) is ended by the shutdown: it
+    raises ``RuntimeClosed`` saying that none was written, an ingest call under way says how
+    many of its events were accepted, and the exit keeps its deadline. The worker killed at
+    the deadline is not reported as failed."""
+    config = CheckpointConfig(directory=str(tmp_path), interval=None, on_shutdown=False)
+    rt = FeatureRuntime(
+        FEATURE_SET, workers=1, batch_size=64, shutdown_timeout=1.0, checkpoints=config
+    )
+    ended: list[BaseException] = []
+    fed: list[BaseException] = []
+
+    async def checkpoint() -> None:
+        try:
+            await rt.checkpoint()
+        except Exception as exc:
+            ended.append(exc)
+
+    async def feed() -> None:
+        try:
+            await rt.ingest_many(_events(50_000, keys=1000))
+        except Exception as exc:
+            fed.append(exc)
+
+    began = 0.0
+    async with anyio.create_task_group() as tasks:
+        async with rt:
+            pids = rt._front.pids  # type: ignore[union-attr]
+            _unread = rt.updates(buffer=10)  # never read
+            tasks.start_soon(feed)
+            await anyio.sleep(0.3)
+            tasks.start_soon(checkpoint)
+            await anyio.sleep(0.3)
+            assert not ended and not fed  # both stuck
+            began = time.monotonic()
+        assert time.monotonic() - began < 1.0 + 2.0
+        with anyio.fail_after(5):
+            while not (ended and fed):
+                await anyio.sleep(0.01)
+    assert isinstance(ended[0], RuntimeClosed), ended
+    assert re.fullmatch(
+        r"the runtime stopped while the checkpoint was taken \(its shutdown deadline passed "
+        r"before worker 0 \(pid \d+\) stopped, and it was killed\); none was written",
+        str(ended[0]),
+    )
+    assert isinstance(fed[0], RuntimeClosed), fed
+    assert re.search(r"shutdown deadline passed.* \d+ of its events were accepted", str(fed[0]))
     assert not any(_alive(pid) for pid in pids)
 
 
