@@ -346,6 +346,41 @@ async def test_an_event_for_an_idle_worker_leaves_at_once() -> None:
                     break
 
 
+async def test_a_busy_workers_buffer_leaves_as_one_frame_of_busy_batches() -> None:
+    """The frames a worker is sent: its first buffer at once (it is idle), then, while it has
+    not taken that frame in (stopped here), one frame of ``BUSY_BATCHES`` batches; every event
+    is applied once it goes on."""
+    from runtime._workers.front import BUSY_BATCHES
+
+    # linger of an hour: only the busy size (or the idle worker's answer) sends a buffer
+    rt = FeatureRuntime(FEATURE_SET, workers=1, batch_size=64, linger=3600, shutdown_timeout=5)
+    async with rt:
+        front = rt._front
+        assert front is not None
+        sizes: list[int] = []
+        queue_events = front.queue_events
+
+        def recorded(index: int) -> Any:
+            sizes.append(len(front.buffers[index]))
+            return queue_events(index)
+
+        front.queue_events = recorded  # type: ignore[method-assign]
+        pid = front.pids[0]
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            count = 64 + 64 * BUSY_BATCHES + 10
+            assert await rt.ingest_many(_events(count, keys=100)) == count
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        # the first chunk left at once; the next waited until they made a busy frame; the
+        # last 10 wait behind it
+        assert sizes == [64, 64 * BUSY_BATCHES], sizes
+        assert sum(map(len, front.buffers)) == 10
+        await rt.flush()
+        assert (await rt.statistics()).events_processed == count
+
+
 async def test_a_busy_workers_frames_grow_to_busy_batches_unless_its_events_are_large() -> None:
     """While a worker is busy its buffer grows to ``BUSY_BATCHES`` batches, fewer for large
     payloads (``BUSY_FRAME_BYTES``, judged by the longest routed so far), and every event is
