@@ -700,11 +700,14 @@ class FeatureRuntime:
                 await self._cut_done.wait()
 
     def _stopped_under(self, accepted: int) -> NoReturn:
-        """An ingest call met the actors stopped under it: the runtime failed (escalation
-        says why), or the call waited for room past the shutdown deadline. Raises
-        ``RuntimeClosed`` saying which."""
+        """An ingest call met the actors (or the workers) stopped under it: the runtime
+        failed (the escalation, or the worker's failure, says why), or the call waited for
+        room past the shutdown deadline. Raises ``RuntimeClosed`` saying which."""
         if self._system.escalation is not None:
             self._check_running()
+        front = self._front
+        if front is not None and front.failure is not None and not front.failed_at_deadline:
+            front.check()  # a worker failed (not at the shutdown's deadline): that says why
         raise RuntimeClosed(_CUT.format(accepted=accepted)) from None
 
     def _enter_ingest(self) -> None:
@@ -1124,7 +1127,7 @@ class FeatureRuntime:
             CheckpointError: the state could not be encoded.
             OSError: the file could not be written.
             RuntimeClosed: the runtime is not running, or stopped while the checkpoint was
-                taken (its actors stopped before they answered).
+                taken (its actors, or its workers, stopped before they answered).
         """
         self._check_running()
         front = self._front
@@ -1132,7 +1135,7 @@ class FeatureRuntime:
             try:
                 return await front.checkpoint()
             except RuntimeClosed as exc:
-                if not front.stopping:
+                if not front.failed_at_deadline:
                     raise  # a worker failed: that says why
                 why = str(exc).removeprefix("the runtime stopped: ")
                 raise RuntimeClosed(_STOPPED_IN_CHECKPOINT.format(why=why)) from None

@@ -309,19 +309,17 @@ class WorkerFront:
         self._restarts: list[float] = []
         self._tasks: anyio.abc.TaskGroup | None = None
         self._stopping = False
-        #: the workers the shutdown killed at its deadline (by index)
-        self._killed: set[int] = set()
+        #: the worker processes the shutdown's deadline cut off, each with whether it was
+        #: killed (else it was gone without the front having read that it stopped)
+        self._cut_off: list[tuple[WorkerProcess, bool]] = []
+        #: the front's failure is the shutdown's deadline, not a worker's (``_fail``)
+        self.failed_at_deadline = False
         #: per worker, its counters as reported: they never go down when it is started again
         self._held = [HeldCounters() for _ in range(workers)]
 
     @property
     def key_groups(self) -> int:
         return self._router.key_groups
-
-    @property
-    def stopping(self) -> bool:
-        """Whether the front is stopping its workers (the runtime's exit is under way)."""
-        return self._stopping
 
     def start_task(
         self, func: Callable[..., Coroutine[Any, Any, Any]], *args: Any, name: str
@@ -495,6 +493,13 @@ class WorkerFront:
                     await anyio.to_thread.run_sync(worker.process.join, EXIT_GRACE)
         self._stopping = True
         self._kill_all()
+        for worker in self._workers:
+            if not worker.stopped and not worker.dead:
+                # killed, or its reader is held (behind a subscription nobody reads) and
+                # would not see its stream end: what waits on it learns that it stopped
+                if not any(worker.process is p for p, _ in self._cut_off):
+                    self._cut_off.append((worker.process, False))
+                self._died(worker, "did not stop before the shutdown deadline")
 
     async def _close_connections(self) -> None:
         with anyio.CancelScope(shield=True):
@@ -502,11 +507,15 @@ class WorkerFront:
                 await conn.aclose()
 
     def _kill_all(self) -> None:
-        for index, process in enumerate(self._processes):
+        # the processes of workers started again are in the list too: a worker's index is
+        # its worker's, not its place in the list
+        owners = {id(worker.process): worker.index for worker in self._workers}
+        for process in self._processes:
+            index = owners.get(id(process))
             try:
                 if process.is_alive():
                     _log.warning("worker_killed", worker=index, pid=process.pid)
-                    self._killed.add(index)
+                    self._cut_off.append((process, True))
                     process.kill()
                 process.join(5.0)
             except Exception:  # the backend is gone (Ray shut down first): the others still
@@ -522,12 +531,15 @@ class WorkerFront:
             raise RuntimeClosed(self.failure)
 
     def _fail(self, worker: _Worker, reason: str) -> None:
-        if self.failure is None and worker.index in self._killed:
-            # the shutdown's deadline passed before it stopped (``_kill_all`` said so): not
-            # a failure of the worker's; what waited on it learns that the runtime stopped
+        cut = [killed for process, killed in self._cut_off if process is worker.process]
+        if self.failure is None and cut:
+            # the shutdown's deadline passed before it stopped (``stop`` says so): not a
+            # failure of the worker's; what waited on it learns that the runtime stopped
+            self.failed_at_deadline = True
             self.failure = (
                 f"the runtime stopped: its shutdown deadline passed before worker "
-                f"{worker.index} (pid {worker.pid}) stopped, and it was killed"
+                f"{worker.index} (pid {worker.pid}) stopped, "
+                + ("and it was killed" if cut[0] else "as far as the front could read")
             )
         elif self.failure is None:
             process = worker.process
