@@ -154,11 +154,21 @@ class LocalBackend:
     async def spawn(
         self, spec: WorkerSpec, track: Callable[[WorkerProcess], None]
     ) -> tuple[WorkerProcess, socket.socket]:
+        if multiprocessing.current_process().name.startswith(_WORKER_NAME):
+            # a worker imports the application's main module (as any multiprocessing child
+            # does): one that starts its runtime at import would start it here too, and its
+            # workers would fail on multiprocessing's bootstrapping check, unclearly
+            raise ConfigError(
+                "a FeatureRuntime with workers was started in a worker process, while it "
+                "imported the application's main module: start the runtime under "
+                "'if __name__ == \"__main__\":' (each worker imports that module again; "
+                "docs/scaling.md)"
+            )
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         process = _context().Process(
             target=main,
             args=(theirs, spec),
-            name=f"featurist-worker-{spec.index}",
+            name=f"{_WORKER_NAME}{spec.index}",
             daemon=True,
         )
         handle = _LocalProcess(process)
@@ -178,6 +188,10 @@ class LocalBackend:
         finally:
             theirs.close()
         return handle, mine
+
+
+#: the start of a local worker process's name (``multiprocessing``'s process name)
+_WORKER_NAME = "featurist-worker-"
 
 
 def _context() -> Any:

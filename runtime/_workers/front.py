@@ -546,15 +546,23 @@ class WorkerFront:
             process.join(0.05)
             code = process.exitcode
             exited = "is still running" if code is None else f"exited with code {code}"
-            if self._logs is None:
-                why = "workers are restarted only with checkpoints= (docs/scaling.md)"
+            if not worker.started.done.is_set():
+                # it never answered: nothing to restart, and its own error is in its output
+                self.failure = (
+                    f"the runtime stopped: worker {worker.index} (pid {worker.pid}) {reason} "
+                    f"and {exited}, before its runtime ran: its own error, if it raised one, "
+                    "is in its standard error"
+                )
             else:
-                why = "it is not restarted"
-            self.failure = (
-                f"the runtime stopped: worker {worker.index} (pid {worker.pid}) {reason} "
-                f"and {exited}; {why}: leave the 'async with' block and start the runtime "
-                "again"
-            )
+                if self._logs is None:
+                    why = "workers are restarted only with checkpoints= (docs/scaling.md)"
+                else:
+                    why = "it is not restarted"
+                self.failure = (
+                    f"the runtime stopped: worker {worker.index} (pid {worker.pid}) {reason} "
+                    f"and {exited}; {why}: leave the 'async with' block and start the runtime "
+                    "again"
+                )
             _log.error("worker_failed", worker=worker.index, pid=worker.pid, reason=reason)
         error = RuntimeClosed(self.failure)
         for other in self._workers:

@@ -313,6 +313,41 @@ if __name__ == "__main__":
 """
 
 
+_UNGUARDED = """
+from actors import run
+from runtime import Count, FeatureRuntime, FeatureSet
+
+FEATURES = FeatureSet(name="g", key="card", time="ts", features=[Count(name="n")])
+
+
+async def main():
+    async with FeatureRuntime(FEATURES, workers=1) as rt:
+        await rt.ingest({"card": "c1", "ts": 1_700_000_000_000})
+
+
+run(main)  # no 'if __name__ == "__main__":' guard
+"""
+
+
+def test_a_script_that_starts_workers_without_the_main_guard_is_told_why(tmp_path: Any) -> None:
+    """Each worker imports the application's main module again: one that starts its runtime
+    at import fails in the worker with an error that names the guard, and the application
+    learns that the worker died before its runtime ran."""
+    script = tmp_path / "unguarded.py"
+    script.write_text(_UNGUARDED)
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    env = {**os.environ, "PYTHONPATH": root}
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert done.returncode != 0
+    assert "ConfigError: a FeatureRuntime with workers was started in a worker process" in (
+        done.stderr
+    )
+    assert 'if __name__ == "__main__":' in done.stderr
+    assert re.search(r"worker 0 failed to start: .* before its runtime ran", done.stderr)
+
+
 def test_workers_exit_when_the_application_process_is_killed(tmp_path: Any) -> None:
     script = tmp_path / "holder.py"
     script.write_text(_HOLDER)
