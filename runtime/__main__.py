@@ -6,4 +6,4 @@ from ._service.cli import main
 
 # guarded: worker processes (``--workers``) are spawned, and import this module again
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(prog="python -m runtime"))

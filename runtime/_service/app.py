@@ -22,6 +22,7 @@ import anyio
 import anyio.abc
 import msgspec
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -77,6 +78,23 @@ def _json(body: Any, status: int = 200) -> Response:
 
 def _problem_response(problem: _Problem) -> Response:
     return _json(problem.body, problem.status)
+
+
+#: the ``error`` of an answer Starlette gives itself (no such route, a method it does not take)
+_HTTP_ERRORS = {404: "not_found", 405: "method_not_allowed"}
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own errors (a path no route has, a method the route does not take) as JSON
+    with ``error`` and ``detail``, as every other error of the service."""
+    assert isinstance(exc, HTTPException)
+    response = _json(
+        {"error": _HTTP_ERRORS.get(exc.status_code, "http_error"), "detail": exc.detail},
+        exc.status_code,
+    )
+    if exc.headers:
+        response.headers.update(exc.headers)  # a 405's Allow
+    return response
 
 
 class _Input:
@@ -438,6 +456,10 @@ def build_app(
                 problem = str(exc)
             except ConfigError:
                 pass  # statistics are not served with workers: running is what counts
+        if problem is None and failed:
+            problem = f"input {failed[0]['name']!r} failed: {failed[0]['error']}"
+        if problem is None and failed_sinks:
+            problem = f"sink {failed_sinks[0]['name']!r} failed: {failed_sinks[0]['error']}"
         if problem is not None or failed or failed_sinks:
             return _json(
                 {"status": "failing", "detail": problem, "inputs": failed, "sinks": failed_sinks},
@@ -520,6 +542,11 @@ def build_app(
         Route("/status", wrap(status), methods=["GET"]),
         Route("/openapi.json", wrap(openapi), methods=["GET"]),
     ]
-    app = _ServiceApp(service, routes=routes, lifespan=service.lifespan)
+    app = _ServiceApp(
+        service,
+        routes=routes,
+        lifespan=service.lifespan,
+        exception_handlers={HTTPException: _http_error},
+    )
     app.state.service = service
     return app

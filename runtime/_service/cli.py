@@ -1,14 +1,15 @@
-"""``python -m runtime serve SPEC``: the feature service from the command line.
+"""`featurist serve SPEC` (or `python -m runtime serve SPEC`): the feature service from the
+command line.
 
-Inputs and sinks are given as URLs (``docs/service.md`` lists them):
+Inputs and sinks are given as URLs (docs/service.md lists them):
 
-- ``--input events.jsonl`` / ``.csv`` / ``.parquet`` (or ``file://PATH``): a file source;
-- ``--input 'nats://HOST:PORT?stream=S&subject=SUBJ&durable=NAME[&start=new]'``: a JetStream
+- --input events.jsonl / .csv / .parquet (or file://PATH): a file source;
+- --input 'nats://HOST:PORT?stream=S&subject=SUBJ&durable=NAME[&start=new]': a JetStream
   source;
-- ``--input 'redis://HOST:PORT/DB?stream=KEY&group=G[&consumer=C&field=data&start=new]'``: a
+- --input 'redis://HOST:PORT/DB?stream=KEY&group=G[&consumer=C&field=data&start=new]': a
   Redis Streams source;
-- ``--sink 'redis://HOST:PORT/DB[?prefix=features:&ttl=1d]'``, ``--sink
-  'nats://HOST:PORT[?subject=features&format=msgpack]'``, ``--sink parquet://DIRECTORY``.
+- --sink 'redis://HOST:PORT/DB[?prefix=features:&ttl=1d]',
+  --sink 'nats://HOST:PORT[?subject=features&format=msgpack]', --sink parquet://DIRECTORY.
 """
 
 from __future__ import annotations
@@ -127,9 +128,9 @@ def make_sink(url: str) -> Sink:
     return sink
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(prog: str = "featurist") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m runtime",
+        prog=prog,
         description="featurist's command line (docs/service.md).",
     )
     commands = parser.add_subparsers(dest="command", required=True)
@@ -139,26 +140,52 @@ def _parser() -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    serve.add_argument("spec", help="the feature set's spec file (.toml, .yaml, .json)")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8080)
-    serve.add_argument("--input", action="append", default=[], metavar="URL")
-    serve.add_argument("--sink", action="append", default=[], metavar="URL")
-    serve.add_argument("--key-type", choices=("auto", "str", "int"), default="auto")
-    serve.add_argument("--shards", type=int, default=4)
-    serve.add_argument("--workers", type=int, default=0)
-    serve.add_argument("--checkpoints", metavar="DIRECTORY")
-    serve.add_argument("--log-level", default="info")
+    serve.add_argument("spec", help="the feature set's spec file (.toml, .yaml, .yml, .json)")
+    serve.add_argument("--host", default="127.0.0.1", help="where to listen (127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8080, help="the port to listen on (8080)")
+    serve.add_argument(
+        "--input",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="a source read into the runtime while the service runs (repeatable; above)",
+    )
+    serve.add_argument(
+        "--sink",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="a sink every update is written to (repeatable; above)",
+    )
+    serve.add_argument(
+        "--key-type",
+        choices=("auto", "str", "int"),
+        default="auto",
+        help="how a key read from a URL path is typed (auto: an int if it reads as one)",
+    )
+    serve.add_argument("--shards", type=int, default=4, help="the runtime's shards (4)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="worker processes for the shards (0: in the service's process)",
+    )
+    serve.add_argument(
+        "--checkpoints",
+        metavar="DIRECTORY",
+        help="checkpoint the state there; the newest checkpoint is restored on start",
+    )
+    serve.add_argument("--log-level", default="info", help="uvicorn's log level (info)")
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, prog: str = "featurist") -> int:
     """Run the command line; returns the exit status."""
-    args = _parser().parse_args(argv)
+    args = _parser(prog).parse_args(argv)
     try:
         import uvicorn
     except ImportError:
-        print("serve needs uvicorn: pip install 'featurist[serve]'", file=sys.stderr)
+        print("serve needs uvicorn and starlette: the 'serve' extra", file=sys.stderr)
         return 2
     from .._spec.feature_set import FeatureSet
     from . import create_app
@@ -176,3 +203,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, lifespan="on")
     return 0
+
+
+def script() -> None:
+    """The ``featurist`` console script."""
+    sys.exit(main())

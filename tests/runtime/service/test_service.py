@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import msgspec
+import pytest
 
 from runtime import (
     Count,
@@ -161,8 +163,14 @@ def test_errors_are_mapped() -> None:
         assert batch.status_code == 404
         assert client.post("/features", json={"key": "c1"}).status_code == 400
         assert client.post("/features", json={"keys": [["a"]]}).status_code == 400
-        assert client.get("/nowhere").status_code == 404
-        assert client.get("/events").status_code == 405
+        # Starlette's own answers are JSON too, as every error of the service
+        nowhere = client.get("/nowhere")
+        assert nowhere.status_code == 404
+        assert nowhere.json() == {"error": "not_found", "detail": "Not Found"}
+        wrong_method = client.get("/events")
+        assert wrong_method.status_code == 405
+        assert wrong_method.json()["error"] == "method_not_allowed"
+        assert wrong_method.headers["allow"] == "POST"
     with serving(create_app(FEATURES, max_keys=2)) as url, httpx.Client(base_url=url) as client:
         too_many = client.post("/features", json={"keys": [1, 2, 3]})
         assert too_many.status_code == 413 and too_many.json()["error"] == "too_many_keys"
@@ -218,6 +226,9 @@ def test_a_failed_input_shows_on_healthz(tmp_path: Path) -> None:
             time.sleep(0.02)
         assert health.status_code == 503
         assert "missing.jsonl" in health.json()["inputs"][0]["error"]
+        assert re.fullmatch(
+            r"input 'jsonl:.*missing.jsonl' failed: FileNotFoundError: .*", health.json()["detail"]
+        )
         assert c.get("/readyz").status_code == 503
 
 
@@ -241,6 +252,7 @@ def test_a_failed_sink_shows_on_healthz_and_the_service_stays_up() -> None:
             time.sleep(0.05)
         assert health.status_code == 503
         assert "the store is down" in health.json()["sinks"][0]["error"]
+        assert health.json()["detail"].startswith("sink 'broken' failed: ")
         # the service goes on: writes and reads are still answered
         assert c.post("/events", json={**event, "ts": event["ts"] + 1}).status_code == 200
         assert c.get("/features/c1").status_code == 200
@@ -262,7 +274,16 @@ def test_a_stopped_runtime_answers_503() -> None:
             rt._running = True
 
 
-def test_the_command_line_serves_a_spec_file_with_workers(tmp_path: Path) -> None:
+#: the command line: as a module, and as the ``featurist`` console script installed beside
+#: this Python (``[project.scripts]``)
+_COMMANDS = {
+    "module": [sys.executable, "-m", "runtime"],
+    "script": [str(Path(sys.executable).with_name("featurist"))],
+}
+
+
+@pytest.mark.parametrize("how", sorted(_COMMANDS))
+def test_the_command_line_serves_a_spec_file_with_workers(tmp_path: Path, how: str) -> None:
     import socket
 
     path = tmp_path / "features.toml"
@@ -271,7 +292,7 @@ def test_the_command_line_serves_a_spec_file_with_workers(tmp_path: Path) -> Non
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     # with worker processes: they are spawned, and import ``runtime.__main__`` again
-    command = [sys.executable, "-m", "runtime", "serve", str(path), "--port", str(port)]
+    command = [*_COMMANDS[how], "serve", str(path), "--port", str(port)]
     command += ["--shards", "1", "--workers", "2"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
