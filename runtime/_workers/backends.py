@@ -154,16 +154,6 @@ class LocalBackend:
     async def spawn(
         self, spec: WorkerSpec, track: Callable[[WorkerProcess], None]
     ) -> tuple[WorkerProcess, socket.socket]:
-        if multiprocessing.current_process().name.startswith(_WORKER_NAME):
-            # a worker imports the application's main module (as any multiprocessing child
-            # does): one that starts its runtime at import would start it here too, and its
-            # workers would fail on multiprocessing's bootstrapping check, unclearly
-            raise ConfigError(
-                "a FeatureRuntime with workers was started in a worker process, while it "
-                "imported the application's main module: start the runtime under "
-                "'if __name__ == \"__main__\":' (each worker imports that module again; "
-                "docs/scaling.md)"
-            )
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         process = _context().Process(
             target=main,
@@ -192,6 +182,26 @@ class LocalBackend:
 
 #: the start of a local worker process's name (``multiprocessing``'s process name)
 _WORKER_NAME = "featurist-worker-"
+
+
+def refuse_in_worker() -> None:
+    """Refuse to start local workers from a worker process.
+
+    A worker imports the application's main module, as any ``multiprocessing`` child does
+    (its name is set by then). A script that starts its runtime at import, not under
+    ``if __name__ == "__main__":``, would start one in each worker too, which would fail on
+    the checkpoint directory's lock or on multiprocessing's bootstrapping check, unclearly.
+
+    Raises:
+        ConfigError: this process is a worker, naming the guard.
+    """
+    if multiprocessing.current_process().name.startswith(_WORKER_NAME):
+        raise ConfigError(
+            "a FeatureRuntime with workers was started in a worker process, while it "
+            "imported the application's main module: start the runtime under "
+            "'if __name__ == \"__main__\":' (each worker imports that module again; "
+            "docs/scaling.md)"
+        )
 
 
 def _context() -> Any:

@@ -72,7 +72,7 @@ from .._results import (
     RuntimeStatistics,
 )
 from .aligned import Abandoned, AlignedCheckpoints
-from .backends import Backend, LocalBackend, WorkerProcess
+from .backends import Backend, LocalBackend, WorkerProcess, refuse_in_worker
 from .outputs import Outputs
 from .protocol import (
     Call,
@@ -365,6 +365,8 @@ class WorkerFront:
             CheckpointError: the checkpoint directory is held by another runtime, or its
                 newest checkpoint cannot be restored, or (on Ray) a worker does not see it.
         """
+        if self._backend.name == "processes":
+            refuse_in_worker()  # before anything is held (the checkpoint directory's lock)
         # first in, last out: whatever happens, no process outlives the front
         stack.callback(self._kill_all)
         checkpoints = self.checkpoints
@@ -396,7 +398,13 @@ class WorkerFront:
             tasks.start_soon(self._watch, name="featurist-front-watch")
         with anyio.move_on_after(START_TIMEOUT) as scope:
             for worker in self._workers:
-                await self._started(worker)
+                try:
+                    await self._started(worker)
+                except _Retry:  # it died (with checkpoints=: nothing restarts it yet)
+                    raise RuntimeError(
+                        f"worker {worker.index} failed to start: it died before its runtime "
+                        "ran (its own error, if it raised one, is in its standard error)"
+                    ) from None
         if scope.cancelled_caught:
             raise RuntimeError(f"the workers did not start within {START_TIMEOUT:g} s")
         for ready in self._ready:

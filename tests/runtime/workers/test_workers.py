@@ -321,7 +321,7 @@ FEATURES = FeatureSet(name="g", key="card", time="ts", features=[Count(name="n")
 
 
 async def main():
-    async with FeatureRuntime(FEATURES, workers=1) as rt:
+    async with FeatureRuntime(FEATURES, workers=1, **OPTIONS) as rt:
         await rt.ingest({"card": "c1", "ts": 1_700_000_000_000})
 
 
@@ -329,12 +329,17 @@ run(main)  # no 'if __name__ == "__main__":' guard
 """
 
 
-def test_a_script_that_starts_workers_without_the_main_guard_is_told_why(tmp_path: Any) -> None:
+@pytest.mark.parametrize("checkpoints", [False, True])
+def test_a_script_that_starts_workers_without_the_main_guard_is_told_why(
+    tmp_path: Any, checkpoints: bool
+) -> None:
     """Each worker imports the application's main module again: one that starts its runtime
-    at import fails in the worker with an error that names the guard, and the application
-    learns that the worker died before its runtime ran."""
+    at import fails in the worker with an error that names the guard (before it would take
+    the checkpoint directory's lock), and the application learns that the worker died before
+    its runtime ran."""
     script = tmp_path / "unguarded.py"
-    script.write_text(_UNGUARDED)
+    options = {"checkpoints": str(tmp_path / "state")} if checkpoints else {}
+    script.write_text(f"OPTIONS = {options!r}\n" + _UNGUARDED)
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
     env = {**os.environ, "PYTHONPATH": root}
     done = subprocess.run(
