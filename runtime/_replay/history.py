@@ -32,7 +32,7 @@ import msgspec
 from actors import DeadLetterReason, DeadLetters
 
 from .._exceptions import InvalidEvent
-from .._ingest.events import EventReader
+from .._ingest.events import MAX_TIME_MS, EventReader
 from .._spec.feature_set import FeatureSet
 
 __all__ = ["ReplayClock", "ReplayHost", "ReplayOptions", "ReplayResult", "replay_history"]
@@ -154,7 +154,13 @@ def _timer_period(feature_set: FeatureSet) -> float | None:
     return min(max(min(quiet) / 4, 0.01), 1.0)
 
 
-def _seconds(name: str, value: Any, *, low: float | None = None) -> float | None:
+#: the latest time a replay's clock may be given (``until``): the latest event time, in seconds
+_LATEST_SECONDS = MAX_TIME_MS / 1000
+
+
+def _seconds(
+    name: str, value: Any, *, low: float | None = None, high: float | None = None
+) -> float | None:
     if value is None:
         return None
     if (
@@ -165,6 +171,13 @@ def _seconds(name: str, value: Any, *, low: float | None = None) -> float | None
     ):
         bound = f" >= {low:g}" if low is not None else ""
         raise ValueError(f"{name} must be a number of seconds{bound}, got {value!r}")
+    if high is not None and value > high:
+        # the usual slip: an event time (milliseconds) where seconds are asked for
+        hint = " (a time in milliseconds? divide it by 1000)" if value <= high * 1000 else ""
+        raise ValueError(
+            f"{name} is in seconds since the epoch, at most {high:.0f} (the year 2300), "
+            f"got {value!r}{hint}"
+        )
     return float(value)
 
 
@@ -377,7 +390,7 @@ async def replay_history(
     """``FeatureRuntime.replay`` (see there) into ``host``; ``keys``, when given, receives the
     key of every accepted event."""
     clock = host.clock
-    until = _seconds("until", options.until)
+    until = _seconds("until", options.until, low=0.0, high=_LATEST_SECONDS)
     if clock.replaying:
         raise RuntimeError("replay: a replay of this runtime is running; run them one by one")
     live = host.events_read - clock.replayed

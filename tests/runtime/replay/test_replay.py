@@ -575,8 +575,17 @@ async def test_replay_arguments_are_checked() -> None:
             await rt.replay([], arrival=3)  # type: ignore[arg-type]
         with pytest.raises(ValueError, match="resolution must be a number of seconds >= 0"):
             await rt.replay([], resolution=-1)
-        with pytest.raises(ValueError, match="until must be a number of seconds, got 'x'"):
+        with pytest.raises(ValueError, match="until must be a number of seconds >= 0, got 'x'"):
             await rt.replay([], until="x")  # type: ignore[arg-type]
+        # an event time in ms where seconds are asked for: the clock would jump to year 55,000
+        with pytest.raises(
+            ValueError,
+            match=r"until is in seconds since the epoch, at most 10413792000 \(the year 2300\), "
+            r"got 1700000130000 \(a time in milliseconds\? divide it by 1000\)",
+        ):
+            await rt.replay([], until=1_700_000_130_000)
+        with pytest.raises(ValueError, match=r"got 1e\+20$"):
+            await rt.replay([], until=1e20)
         result = await rt.replay([])
         assert (result.events, result.steps, result.clock_start, result.span_ms) == (0, 0, None, 0)
 
