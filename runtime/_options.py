@@ -30,9 +30,9 @@ class RuntimeOptions(msgspec.Struct, frozen=True, kw_only=True):
     """The options of a ``FeatureRuntime`` (see its docstring for each one's meaning).
 
     Made, it has been checked: each option the runtime itself constrains is checked here, in
-    the order below. ``payload_format``, ``shutdown_timeout``, ``dead_letters_capacity`` and
-    ``route_cache_size`` are checked by the parts that use them (the event reader, the actor
-    system, the key router), with their own messages.
+    the order below. ``payload_format``, ``dead_letters_capacity`` and ``route_cache_size``
+    are checked by the parts that use them (the event reader, the actor system, the key
+    router), with their own messages.
 
     Raises:
         ConfigError: an option is out of its range or of the wrong type.
@@ -74,6 +74,8 @@ class RuntimeOptions(msgspec.Struct, frozen=True, kw_only=True):
         check_option_int("mailbox_capacity", self.mailbox_capacity, 1)
         check_option_int("sample_every", self.sample_every, 1)
         check_option_seconds("linger", self.linger)
+        # the actor system checks it too, with its own error (not runtime's ConfigError)
+        check_option_seconds("shutdown_timeout", self.shutdown_timeout)
         rate = self.expected_event_rate
         if not (isinstance(rate, (int, float)) and 0 <= rate < math.inf):
             raise ConfigError(f"expected_event_rate must be a number >= 0, got {rate!r}")

@@ -1167,7 +1167,8 @@ class FeatureRuntime:
 
         Raises:
             UnknownFeature: a name in ``features`` is not a feature of the runtime.
-            TypeError: the key is not a str, int or bytes, or ``as_of`` not a time.
+            TypeError: the key is not a str, int or bytes, ``features`` is a str (not a list
+                of names), or ``as_of`` not a time.
             ValueError: the key is an int beyond 64 bits, which ingest refuses, or ``as_of``
                 is not a usable time.
             ConfigError: a read as of a time with ``workers`` (not available yet).
@@ -1180,6 +1181,11 @@ class FeatureRuntime:
         """Vectors of many keys, in the order given (duplicates once): one ask per shard and
         feature group instead of one per key. Same rules as :meth:`get`."""
         self._check_running()
+        if isinstance(features, str):
+            # a str is an iterable of one-letter names: refused, naming the likely intent
+            raise TypeError(
+                f"features is a list of names, got str {features!r} (did you mean [{features!r}]?)"
+            )
         at = self._reader.read_time(
             self.feature_set.serve_as_of if as_of is None else as_of, self._clock
         )

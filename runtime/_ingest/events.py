@@ -552,10 +552,23 @@ class EventReader:
 
         Raises:
             ValueError: an int key beyond 64 bits, naming the key field.
+            TypeError: a key that is not a str, int or bytes.
         """
-        if key.__class__ is int and not INT_KEY_MIN <= key <= INT_KEY_MAX:
-            raise ValueError(f"key field {self.key!r} {self.int_key_problem(key)}: {_short(key)}")
-        return key
+        cls = key.__class__
+        if cls is str:
+            return key
+        if cls is int:
+            if not INT_KEY_MIN <= key <= INT_KEY_MAX:
+                raise ValueError(
+                    f"key field {self.key!r} {self.int_key_problem(key)}: {_short(key)}"
+                )
+            return key
+        if isinstance(key, (str, bytes)) or (isinstance(key, int) and cls is not bool):
+            return key
+        raise TypeError(
+            f"a key is a str, int or bytes (the value of key field {self.key!r}), got "
+            f"{cls.__name__}: {_short(key)}"
+        )
 
     def int_key_problem(self, key: int) -> str:
         """Why the int ``key`` is out of bounds (for a message that names the key field)."""

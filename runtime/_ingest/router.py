@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from itertools import chain, repeat
 from typing import Any, Protocol
 
@@ -23,6 +24,10 @@ from .events import PLAIN_VALUES, EventReader, Keeps
 __all__ = ["Ingest", "record_rejected"]
 
 _log = get_logger("featurist.ingest")
+
+#: 2000-01-01 in ms: event times given in ms (the default ``time_unit``) before it are most
+#: likely seconds (``1700000000`` reads as 1970-01-20), said once by a warning
+_EARLY_MS = 946_684_800_000
 
 
 class _Target(Protocol):
@@ -77,6 +82,8 @@ class Ingest:
         self.shards = shards
         self.batch_size = batch_size
         self._reader = reader
+        #: whether to look for event times before 2000 (given in ms), until one is seen
+        self._watch_early = reader.time_unit == "ms"
         self._router = router
         #: keys read in full (so checked) since the cache was last cleared, and their shard
         self._known: dict[Any, int] = {}
@@ -155,6 +162,8 @@ class Ingest:
         if self.tags is not None:
             self.tags[shard].append(tag)
         self.ingested += 1
+        if self._watch_early and ts < _EARLY_MS:
+            self._early(ts)
         return shard
 
     def route(self, events: list[Any], tag: int | list[int] = 0) -> int:
@@ -171,12 +180,33 @@ class Ingest:
         """
         decoded = None if self._reader.computing else self._reader.decode_all(events)
         if decoded is None:
-            return self._route(events, tag)
-        self._payloads = (decoded, events)
-        try:
-            return self._route(decoded, tag)
-        finally:
-            self._payloads = self._sent_at = None
+            accepted = self._route(events, tag)
+        else:
+            self._payloads = (decoded, events)
+            try:
+                accepted = self._route(decoded, tag)
+            finally:
+                self._payloads = self._sent_at = None
+        if self._watch_early:
+            # the newest event of each buffer: a look per batch, not per event
+            for buffer in self.buffers:
+                if buffer and buffer[-1][1] < _EARLY_MS:
+                    self._early(buffer[-1][1])
+                    break
+        return accepted
+
+    def _early(self, ts: int) -> None:
+        """An event time before 2000, given in ms: most likely seconds. Said once."""
+        self._watch_early = False
+        reads_as = datetime.fromtimestamp(ts / 1000, UTC).isoformat()
+        _log.warning(
+            "event_times_before_2000",
+            field=self._reader.time,
+            time=ts,
+            reads_as=reads_as,
+            hint=f"event times are read as ms (time_unit='ms'); if {ts} is in seconds, give "
+            "the feature set time_unit='s'",
+        )
 
     def _route(self, events: list[Any], tag: int | list[int]) -> int:
         if self._reader.computing:

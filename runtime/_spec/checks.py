@@ -109,6 +109,9 @@ def check_int(owner: object, path: str, value: object, low: int, high: int) -> N
 
 
 def check_duration(owner: object, path: str, value: object, *, positive: bool) -> int:
+    if positive and isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
+        # one message for every value out of range, not ">= 0" for -5 then "> 0" for 0
+        fail(owner, path, f"must be > 0, got {value!r}")
     try:
         ms = parse_duration(cast("int | float | str", value), field=path)
     except SpecError as exc:

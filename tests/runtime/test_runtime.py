@@ -720,6 +720,10 @@ async def test_an_ingest_many_in_flight_at_exit_loses_no_accepted_event() -> Non
         ({"linger": math.nan}, ConfigError, "linger must be > 0 seconds"),
         ({"payload_format": "xml"}, ValueError, "payload_format must be 'json' or 'msgpack'"),
         ({"shutdown_timeout": 0}, ConfigError, "shutdown_timeout must be > 0"),
+        # runtime's own ConfigError (the actor system's is not a FeaturistError), and not a
+        # TypeError from a comparison deep in it
+        ({"shutdown_timeout": "5"}, ConfigError, "shutdown_timeout must be > 0 seconds, got '5'"),
+        ({"shutdown_timeout": None}, ConfigError, "shutdown_timeout must be > 0 seconds"),
     ],
     ids=lambda v: repr(v) if isinstance(v, dict) else "",
 )
@@ -730,6 +734,27 @@ def test_an_invalid_limit_raises_an_error_naming_the_parameter(
         FeatureRuntime(FEATURE_SET, **kwargs)
     assert words in str(info.value)
     assert isinstance(info.value, ValueError)
+
+
+@pytest.mark.parametrize("value", ["5", None, -1, 0])
+def test_a_bad_shutdown_timeout_is_the_runtimes_config_error(value: Any) -> None:
+    import runtime
+
+    with pytest.raises(runtime.ConfigError, match="shutdown_timeout must be > 0 seconds"):
+        FeatureRuntime(FEATURE_SET, shutdown_timeout=value)
+
+
+async def test_a_read_names_a_bad_key_and_a_str_of_features() -> None:
+    async with FeatureRuntime(FEATURE_SET) as rt:
+        for key, shown in ((1.5, "float: 1.5"), (["c1"], "list: ['c1']"), (True, "bool: True")):
+            with pytest.raises(TypeError) as info:
+                await rt.get(key)
+            assert str(info.value) == (
+                f"a key is a str, int or bytes (the value of key field 'card'), got {shown}"
+            )
+        with pytest.raises(TypeError, match=r"features is a list of names, got str 'n' \("):
+            await rt.get("c1", "n")  # type: ignore[arg-type]
+        assert (await rt.get(b"c1")).values is not None  # bytes keys are keys
 
 
 @pytest.mark.parametrize("feature_set", [None, {"name": "tx"}, FEATURES], ids=repr)

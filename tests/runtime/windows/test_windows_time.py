@@ -279,6 +279,12 @@ def test_window_rules_are_checked() -> None:
         Hopping(size="1m", hop="2m")
     with pytest.raises(SpecError, match="size: must be > 0"):
         Sliding(size=0)
+    # a negative size gets the same message (not ">= 0", which 0 would then contradict)
+    for negative in (-5, -5.0):
+        with pytest.raises(SpecError, match=f"Sliding.size: must be > 0, got {negative}"):
+            Sliding(size=negative)
+    with pytest.raises(SpecError, match="gap: must be > 0, got -1"):
+        Session(gap=-1)
     with pytest.raises(SpecError, match="ewm_mean features cannot be windowed"):
         FeatureSet.from_dict(
             {
