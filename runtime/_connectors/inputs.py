@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
-import structlog
+
+from actors import get_logger
 
 from .._exceptions import ConfigError, RuntimeClosed
 from .._spec.feature_set import FeatureSet
@@ -30,7 +31,10 @@ from .source import Source
 
 __all__ = ["Input", "Inputs", "InputsStopped"]
 
-_log = structlog.get_logger("featurist.inputs")
+# the kernel's loggers, as everywhere in the runtime: through the stdlib (which the
+# application configures), never structlog's own default renderer, whose tracebacks show
+# local variables (a broker URL with its password, say)
+_log = get_logger("featurist.inputs")
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +148,15 @@ class Inputs:
                 assert self._news is not None
                 self._news.set()  # a waiter learns it now, not once every input ended
         except Exception as exc:  # the input stops; wait() or the runtime's exit raise it
-            _log.error("input_failed", source=item.source.name, exc_info=exc)
+            _log.error(
+                "input_failed",
+                source=item.source.name,
+                error=f"{type(exc).__name__}: {exc}",
+                exc_info=exc,
+            )
+            # a client's own error (redis-py's, say) names no source: the note does, in the
+            # traceback of whoever raises it (wait_inputs, the runtime's exit)
+            exc.add_note(f"raised by the input reading source {item.source.name!r}")
             self._errors[index] = exc
             assert self._news is not None
             self._news.set()

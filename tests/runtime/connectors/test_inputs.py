@@ -252,6 +252,34 @@ async def test_a_missing_file_is_raised_by_wait_inputs_and_not_lost_at_exit(
             await rt.wait_inputs()
 
 
+class FailsWithASecret(ListSource):
+    """A list source whose read fails while a local holds a password (as a broker client's
+    frames hold the URL it was given)."""
+
+    async def read(self, max_records: int) -> SourceBatch | None:
+        url = "redis://:s3cret@127.0.0.1:6390/0"  # noqa: F841 (a local a traceback could show)
+        raise ConnectionError("Error 111 connecting to 127.0.0.1:6390")
+
+
+async def test_a_failed_input_is_logged_without_locals_and_named_on_its_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The failure goes through the stdlib logger (the application's logging setup, not
+    structlog's own renderer, whose tracebacks show local variables), with the error; the
+    exception raised names the input's source in a note (a client's error names none)."""
+    source = FailsWithASecret(events(3), name="orders")
+    with pytest.raises(ConnectionError) as raised:
+        async with runtime(inputs=[source]) as rt:
+            await rt.wait_inputs()
+    assert "raised by the input reading source 'orders'" in raised.value.__notes__
+    records = [r for r in caplog.records if r.name == "featurist.inputs"]
+    assert records and records[0].levelname == "ERROR"
+    assert "error='ConnectionError: Error 111 connecting to 127.0.0.1:6390'" in (
+        records[0].getMessage()
+    )
+    assert "s3cret" not in caplog.text
+
+
 async def test_every_failure_is_raised_once_and_wait_inputs_does_not_spin() -> None:
     a, b = Breaks(events(30), name="a"), Breaks(events(30), name="b")
     async with runtime(inputs=[Input(a, batch_size=10), Input(b, batch_size=10)]) as rt:
