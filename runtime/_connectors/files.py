@@ -76,6 +76,9 @@ class FileSource(Source):
         self._skip = 0
         #: the current file's records, as (line or row number, raw record), once opened
         self._records: Iterator[tuple[int, Any]] | None = None
+        #: the fields every record needs (the feature set's key and time, once ``check`` has
+        #: seen a feature set of one stream): a file whose columns lack one is refused whole
+        self._needs: tuple[str, ...] = ()
         self._ended = False
         #: records per file, counted when ``lag`` first needs them
         self._counts: dict[int, int] = {}
@@ -88,6 +91,8 @@ class FileSource(Source):
             ConfigError: the schema types the feature set's time field as ``"time"`` and
                 ``time_unit`` is not the feature set's ``time_unit``.
         """
+        if len(feature_set.stream_names) == 1:
+            self._needs = (feature_set.key, feature_set.time)
         field, unit = feature_set.time, self._schema.time_unit
         if self._schema.types.get(field) == "time" and unit != feature_set.time_unit:
             raise ConfigError(
@@ -95,6 +100,25 @@ class FileSource(Source):
                 f"the feature set's time_unit is {feature_set.time_unit!r}: give the source "
                 f"time_unit={feature_set.time_unit!r}"
             )
+
+    def _check_columns(self, where: str, kind: str, columns: Sequence[str]) -> None:
+        """Refuse a file whose ``columns`` (its header, its schema) lack the key or time
+        field: every record would be refused alike, one dead letter each, the file read to
+        its end.
+
+        Raises:
+            ConfigError: naming the file, its columns and the field missing.
+        """
+        missing = [field for field in self._needs if field not in columns]
+        if not missing:
+            return
+        hint = ""
+        if len(columns) == 1 and any(mark in columns[0] for mark in ";\t|,"):
+            hint = " (one column: is the delimiter right?)"
+        raise ConfigError(
+            f"{where}: the {kind} {list(columns)!r} has no column {missing[0]!r} (the feature "
+            f"set's {'key' if missing[0] == self._needs[0] else 'time'} field){hint}"
+        )
 
     @property
     def position(self) -> list[Any]:
@@ -352,6 +376,7 @@ class CsvSource(FileSource):
                 f"{file.name}: the schema's columns {missing!r} are not in the header "
                 f"{list(self._header)!r}"
             )
+        self._check_columns(file.name, "header", self._header)
         start = reader.line_num + 1
         for row in reader:
             yield start, row
@@ -430,7 +455,17 @@ class ParquetSource(FileSource):
         self.columns = None if columns is None else list(columns)
 
     def _iterate(self, path: str, skip: int) -> Iterator[tuple[int, Any]]:
-        with self._parquet.ParquetFile(path) as file:
+        try:
+            opened = self._parquet.ParquetFile(path)
+        except ValueError as exc:  # pyarrow's ArrowInvalid: its message names no file
+            raise ValueError(f"{path}: not a Parquet file ({exc})") from exc
+        with opened as file:
+            names = file.schema_arrow.names
+            self._check_columns(
+                path,
+                "file's columns",
+                names if self.columns is None else [c for c in self.columns if c in names],
+            )
             metadata = file.metadata
             first = 0  # the first row of row group ``group``
             group = 0

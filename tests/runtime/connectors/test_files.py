@@ -300,6 +300,48 @@ async def test_a_schema_column_missing_from_the_csv_header_is_a_config_error(
         await source.read(10)
 
 
+async def test_a_file_without_the_key_or_time_column_is_refused_whole(tmp_path: Path) -> None:
+    """Every record would be refused alike (one dead letter each, the file read to its end):
+    a header (or a Parquet file's columns) without the feature set's key or time field is a
+    ConfigError naming the file, its columns and the field; one column that holds another
+    delimiter says so."""
+    rows = [{"customer": f"c{i}", "ts": BASE + i, "amount": 1.0} for i in range(3)]
+    customers = tmp_path / "a.csv"
+    customers.write_text(
+        "customer,ts,amount\n" + "".join(f"{r['customer']},{r['ts']},1.0\n" for r in rows)
+    )
+    cases: list[tuple[Any, str]] = [
+        (
+            CsvSource(customers),
+            r"a\.csv: the header \['customer', 'ts', 'amount'\] has no column 'card' "
+            r"\(the feature set's key field\)$",
+        ),
+        (
+            ParquetSource(write("parquet", tmp_path / "a.parquet", rows)),
+            r"a\.parquet: the file's columns \['customer', 'ts', 'amount'\] has no column "
+            r"'card' \(the feature set's key field\)$",
+        ),
+    ]
+    semicolons = tmp_path / "semi.csv"
+    semicolons.write_text(f"card;ts;amount\nc1;{BASE};1.0\n")
+    cases.append(
+        (CsvSource(semicolons), r"has no column 'card' .*\(one column: is the delimiter right\?\)")
+    )
+    no_time = tmp_path / "no_time.csv"
+    no_time.write_text("card,amount\nc1,1.0\n")
+    cases.append((CsvSource(no_time), r"has no column 'ts' \(the feature set's time field\)"))
+    for source, message in cases:
+        with pytest.raises(ConfigError, match=message):
+            async with runtime() as rt:
+                await rt.consume(source)
+
+
+async def test_a_file_that_is_not_parquet_is_named(tmp_path: Path) -> None:
+    path = write("jsonl", tmp_path / "events.parquet", events(3))
+    with pytest.raises(ValueError, match=r"events\.parquet: not a Parquet file \("):
+        await ParquetSource(path).read(10)
+
+
 async def test_a_read_that_fails_midway_is_read_again_whole(tmp_path: Path) -> None:
     rows = events(30)
     paths = write_split("jsonl", tmp_path, rows, 2)  # 15 and 15
