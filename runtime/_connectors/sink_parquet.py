@@ -29,6 +29,7 @@ import anyio.to_thread
 
 from .._batches import UpdateBatch
 from .._exceptions import ConfigError
+from .._spec.feature_set import FeatureSet
 from .sinks import Sink
 
 __all__ = ["ParquetSink"]
@@ -108,6 +109,27 @@ class ParquetSink(Sink):
         self._taken: Sequence[UpdateBatch] | None = None
         self._added = 0
         self._count = 0
+
+    def check(self, feature_set: FeatureSet) -> None:
+        """Make the directory (if missing) when ``run_sink`` starts, so that one that cannot be
+        made or written to fails there, naming it, not at the first flush, after the
+        updates it buffered were taken (a directory's making, unlike the files' writes, is
+        quick enough for the event loop).
+
+        Raises:
+            ConfigError: the directory cannot be made or is not writable.
+        """
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                f"ParquetSink {self.name!r}: cannot make the directory {str(self.directory)!r} "
+                f"({type(exc).__name__}: {exc.strerror or exc})"
+            ) from exc
+        if not os.access(self.directory, os.W_OK | os.X_OK):
+            raise ConfigError(
+                f"ParquetSink {self.name!r}: the directory {str(self.directory)!r} is not writable"
+            )
 
     async def write(self, batches: Sequence[UpdateBatch]) -> None:
         if batches is not self._taken:

@@ -32,6 +32,26 @@ def read_rows(files: Sequence[Path]) -> list[tuple[Any, ...]]:
     return out
 
 
+@pytest.mark.parametrize(
+    ("directory", "message"),
+    [
+        ("/proc/featurist-sink", r"cannot make the directory '/proc/featurist-sink' \("),
+        ("file", r"cannot make the directory '.*file' \(FileExistsError"),
+    ],
+)
+async def test_a_directory_that_cannot_be_written_fails_run_sink_at_once(
+    tmp_path: Path, directory: str, message: str
+) -> None:
+    """Not at the first flush, after the updates it took were buffered."""
+    (tmp_path / "file").write_text("not a directory")
+    path = directory if directory.startswith("/") else tmp_path / directory
+    sink = ParquetSink(path)
+    async with runtime() as rt:
+        with pytest.raises(ConfigError, match=message):
+            async with run_sink(rt, sink):
+                pass
+
+
 async def test_the_rows_read_back_are_the_updates(tmp_path: Path) -> None:
     updates = ListSink()
     async with runtime() as rt:
