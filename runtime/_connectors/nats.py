@@ -60,6 +60,8 @@ _GLANCE = 0.005
 _ROUNDS = 8
 #: seconds a commit waits for the server to have the acknowledgements
 _FLUSH_TIMEOUT = 10
+#: JetStream's error code for a consumer whose filter subject the stream does not hold
+_FILTER_NOT_IN_STREAM = 10093
 
 
 @dataclass(slots=True)
@@ -354,7 +356,7 @@ class NatsSource(Source):
 
     async def _place(self, consumer: _Consumer) -> None:
         from nats.js import api
-        from nats.js.errors import NotFoundError
+        from nats.js.errors import BadRequestError, NotFoundError
 
         js = await self._jetstream()
         if consumer.sub is not None:
@@ -401,7 +403,16 @@ class NatsSource(Source):
                 deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
                 opt_start_seq=start,
             )
-            await js.add_consumer(self.stream, config)
+            try:
+                await js.add_consumer(self.stream, config)
+            except BadRequestError as exc:
+                if exc.err_code != _FILTER_NOT_IN_STREAM:
+                    raise
+                subjects = (await js.stream_info(self.stream)).config.subjects
+                raise ConfigError(
+                    f"{self!r}: the subject {consumer.subject!r} is not among the subjects of "
+                    f"stream {self.stream!r} ({subjects!r})"
+                ) from exc
         await self._subscribe(consumer)
 
     async def _subscribe(self, consumer: _Consumer) -> None:

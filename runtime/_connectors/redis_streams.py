@@ -262,6 +262,12 @@ class RedisStreamSource(Source):
                     stream.key, self.group, id="0" if self.start == "first" else "$", mkstream=True
                 )
             except redis.exceptions.ResponseError as exc:
+                if "WRONGTYPE" in str(exc):
+                    kind = _text(await client.type(stream.key))
+                    raise ConfigError(
+                        f"{self!r}: the key {stream.key!r} holds a {kind}, not a stream: "
+                        "check the stream's name"
+                    ) from exc
                 if "BUSYGROUP" not in str(exc):
                     raise
             if held is None:

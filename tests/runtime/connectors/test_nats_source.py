@@ -318,3 +318,15 @@ def test_a_batch_taken_whole_is_one_a_message_at_a_time_look_takes_whole(
     if fresh is not None:
         assert whole and fresh == (at, want)
         assert all(reply.startswith("$JS.ACK.S.d.1.") for reply, _ in messages)
+
+
+async def test_a_subject_the_stream_does_not_hold_is_named(broker: Broker) -> None:
+    """JetStream's own error (err_code 10093) names neither the source nor the subjects."""
+    elsewhere = NatsSource(NATS_URL, stream=broker.stream, subjects="other.x", durable="d2")
+    async with runtime() as rt, elsewhere:
+        with pytest.raises(
+            ConfigError,
+            match=rf"the subject 'other\.x' is not among the subjects of stream "
+            rf"'{broker.stream}' \(\['{broker.prefix}\.>'\]\)",
+        ):
+            await consume(rt, elsewhere)

@@ -182,3 +182,14 @@ async def test_bad_settings_and_positions_are_refused(broker: Streams) -> None:
         await source.seek(["x", 1])
     with pytest.raises(ValueError, match="not a Redis stream entry id"):
         await source.seek({f"{broker.prefix}:all": "abc"})
+
+
+async def test_a_key_that_is_not_a_stream_is_named(broker: Streams) -> None:
+    """Redis' own WRONGTYPE names neither the source nor the key."""
+    key = broker.channel("plain")
+    broker.keys.add(key)
+    await broker.client.set(key, "a string")
+    source = broker.source(streams=key)
+    async with source:
+        with pytest.raises(ConfigError, match=rf"the key '{key}' holds a string, not a stream"):
+            await source.read(10)
