@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 
+from actors import get_logger
+
 from .._exceptions import ConfigError
 from .source import RejectedRecord, Source, SourceBatch
 
@@ -39,6 +41,8 @@ if TYPE_CHECKING:
     import redis.asyncio
 
 __all__ = ["RedisStreamSource"]
+
+_log = get_logger("featurist.connectors")
 
 #: entry ids acknowledged (or asked for) per command
 _ACK_CHUNK = 10_000
@@ -124,6 +128,8 @@ class RedisStreamSource(Source):
         self._position: dict[str, str] = {}
         self._ready = False
         self._turn = 0
+        #: whether a batch of entries all without the payload field was warned of
+        self._field_warned = False
         self._client: redis.asyncio.Redis | None = None
 
     def __repr__(self) -> str:
@@ -170,6 +176,17 @@ class RedisStreamSource(Source):
             last = ids[-1].decode()
             self._position[key] = last
             stream.unacked.append((_id(last), ids))
+        if rejected and not payloads and not self._field_warned:
+            # every entry of the batch lacks the payload field: most likely a wrong ``field``
+            # (they go to the dead letters, and are acknowledged, as any rejected record)
+            self._field_warned = True
+            _log.warning(
+                "stream_entries_lack_the_payload_field",
+                source=self.name,
+                field=self.field.decode(),
+                entries=len(rejected),
+                fields_found=sorted(rejected[0].payload)[:10],
+            )
         return SourceBatch(payloads, dict(self._position) if self._position else None, rejected)
 
     async def seek(self, position: Any) -> None:

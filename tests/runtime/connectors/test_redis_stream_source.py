@@ -193,3 +193,27 @@ async def test_a_key_that_is_not_a_stream_is_named(broker: Streams) -> None:
     async with source:
         with pytest.raises(ConfigError, match=rf"the key '{key}' holds a string, not a stream"):
             await source.read(10)
+
+
+async def test_a_wrong_payload_field_is_warned_of_once(
+    broker: Streams, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every entry then lacks it: each goes to the dead letters (and is acknowledged), and a
+    warning names the field asked for and those the entries have, once."""
+    await broker.publish(events(20))
+    async with runtime() as rt, broker.source(field="payload") as source:
+        result = await consume(rt, source, batch_size=5, until="idle")
+        assert (result.records, result.accepted, result.rejected) == (20, 0, 20)
+    said = [r.getMessage() for r in caplog.records if "lack_the_payload_field" in r.getMessage()]
+    assert len(said) == 1, said
+    assert "field='payload'" in said[0] and "fields_found=['data']" in said[0]
+
+
+async def test_a_right_payload_field_warns_of_nothing(
+    broker: Streams, caplog: pytest.LogCaptureFixture
+) -> None:
+    await broker.publish(events(5))
+    await broker.client.xadd(f"{broker.prefix}:all", {"other": b"x"})  # one without: no warning
+    async with runtime() as rt, broker.source() as source:
+        await consume(rt, source, until="idle")
+    assert "lack_the_payload_field" not in caplog.text
