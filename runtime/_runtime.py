@@ -1171,7 +1171,6 @@ class FeatureRuntime:
                 of names), or ``as_of`` not a time.
             ValueError: the key is an int beyond 64 bits, which ingest refuses, or ``as_of``
                 is not a usable time.
-            ConfigError: a read as of a time with ``workers`` (not available yet).
         """
         return (await self.get_many([key], features, as_of=as_of))[key]
 

@@ -454,12 +454,14 @@ class ParquetSource(FileSource):
         self._parquet = parquet
         self.columns = None if columns is None else list(columns)
 
-    def _iterate(self, path: str, skip: int) -> Iterator[tuple[int, Any]]:
+    def _open(self, path: str) -> Any:
         try:
-            opened = self._parquet.ParquetFile(path)
+            return self._parquet.ParquetFile(path)
         except ValueError as exc:  # pyarrow's ArrowInvalid: its message names no file
             raise ValueError(f"{path}: not a Parquet file ({exc})") from exc
-        with opened as file:
+
+    def _iterate(self, path: str, skip: int) -> Iterator[tuple[int, Any]]:
+        with self._open(path) as file:
             names = file.schema_arrow.names
             self._check_columns(
                 path,
@@ -494,5 +496,5 @@ class ParquetSource(FileSource):
         return raw
 
     def _count(self, path: str) -> int:
-        with self._parquet.ParquetFile(path) as file:
+        with self._open(path) as file:
             return int(file.metadata.num_rows)

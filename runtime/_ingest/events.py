@@ -563,7 +563,13 @@ class EventReader:
                     f"key field {self.key!r} {self.int_key_problem(key)}: {_short(key)}"
                 )
             return key
-        if isinstance(key, (str, bytes)) or (isinstance(key, int) and cls is not bool):
+        if isinstance(key, (str, bytes)):
+            return key
+        if isinstance(key, int) and cls is not bool:
+            if not INT_KEY_MIN <= int(key) <= INT_KEY_MAX:  # an int subclass: bounded alike
+                raise ValueError(
+                    f"key field {self.key!r} {self.int_key_problem(int(key))}: {_short(key)}"
+                )
             return key
         raise TypeError(
             f"a key is a str, int or bytes (the value of key field {self.key!r}), got "

@@ -163,7 +163,7 @@ class Ingest:
             self.tags[shard].append(tag)
         self.ingested += 1
         if self._watch_early and ts < _EARLY_MS:
-            self._early(ts)
+            self._early(ts, ev)
         return shard
 
     def route(self, events: list[Any], tag: int | list[int] = 0) -> int:
@@ -191,12 +191,16 @@ class Ingest:
             # the newest event of each buffer: a look per batch, not per event
             for buffer in self.buffers:
                 if buffer and buffer[-1][1] < _EARLY_MS:
-                    self._early(buffer[-1][1])
+                    self._early(buffer[-1][1], buffer[-1][2])
                     break
         return accepted
 
-    def _early(self, ts: int) -> None:
-        """An event time before 2000, given in ms: most likely seconds. Said once."""
+    def _early(self, ts: int, event: Any) -> None:
+        """An event time before 2000, given in ms as a number: most likely seconds. Said
+        once (a datetime or an ISO string before 2000 is what it says)."""
+        raw = event.get(self._reader.time) if event.__class__ is dict else None
+        if raw.__class__ not in (int, float):
+            return
         self._watch_early = False
         reads_as = datetime.fromtimestamp(ts / 1000, UTC).isoformat()
         _log.warning(

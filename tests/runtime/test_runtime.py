@@ -756,6 +756,12 @@ async def test_a_read_names_a_bad_key_and_a_str_of_features() -> None:
             await rt.get("c1", "n")  # type: ignore[arg-type]
         assert (await rt.get(b"c1")).values is not None  # bytes keys are keys
 
+        class Big(int):
+            pass
+
+        with pytest.raises(ValueError, match="is an int beyond 64 bits"):
+            await rt.get(Big(2**70))  # an int subclass is bounded as an int
+
 
 @pytest.mark.parametrize("feature_set", [None, {"name": "tx"}, FEATURES], ids=repr)
 def test_a_feature_set_that_is_not_a_feature_set_raises_type_error(feature_set: Any) -> None:

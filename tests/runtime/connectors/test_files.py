@@ -340,6 +340,8 @@ async def test_a_file_that_is_not_parquet_is_named(tmp_path: Path) -> None:
     path = write("jsonl", tmp_path / "events.parquet", events(3))
     with pytest.raises(ValueError, match=r"events\.parquet: not a Parquet file \("):
         await ParquetSource(path).read(10)
+    with pytest.raises(ValueError, match=r"events\.parquet: not a Parquet file \("):
+        await ParquetSource(path).lag()
 
 
 async def test_a_read_that_fails_midway_is_read_again_whole(tmp_path: Path) -> None:

@@ -45,13 +45,20 @@ async def test_times_in_seconds_are_said_once(
 
 
 @pytest.mark.parametrize(
-    ("options", "ts"), [({}, 1_700_000_000_000), ({"time_unit": "s"}, 1_700_000_000)]
+    ("options", "ts"),
+    [
+        ({}, 1_700_000_000_000),
+        ({"time_unit": "s"}, 1_700_000_000),
+        # a time before 2000 given as a time (not a number) is what it says
+        ({}, "1995-06-01T12:00:00Z"),
+    ],
 )
-async def test_times_after_2000_in_their_unit_say_nothing(
-    caplog: pytest.LogCaptureFixture, options: dict[str, Any], ts: int
+async def test_times_in_their_unit_say_nothing(
+    caplog: pytest.LogCaptureFixture, options: dict[str, Any], ts: Any
 ) -> None:
+    times = [ts] * 10 if isinstance(ts, str) else [ts + i for i in range(10)]
     async with FeatureRuntime(_feature_set(**options)) as rt:
-        await rt.ingest_many([{"card": "c1", "ts": ts + i} for i in range(10)])
-        await rt.ingest({"card": "c2", "ts": ts})
+        assert await rt.ingest_many([{"card": "c1", "ts": t} for t in times]) == 10
+        assert await rt.ingest({"card": "c2", "ts": ts})
         await rt.flush()
     assert _warnings(caplog) == []
