@@ -274,6 +274,16 @@ class RedisStreamSource(Source):
         for stream in self._streams:
             stream.pending, stream.unacked, stream.sweep = True, [], False
             held = self._position.get(stream.key)
+            if not await client.exists(stream.key):
+                # made empty by the group's creation below: right for a stream its producers
+                # have not written yet, but also what a misspelt key gives, read for ever
+                _log.warning(
+                    "stream_created_empty",
+                    source=self.name,
+                    stream=stream.key,
+                    hint="the key did not exist: the group's creation made it; check its name "
+                    "if its producers already write",
+                )
             try:
                 await client.xgroup_create(
                     stream.key, self.group, id="0" if self.start == "first" else "$", mkstream=True

@@ -217,3 +217,19 @@ async def test_a_right_payload_field_warns_of_nothing(
     async with runtime() as rt, broker.source() as source:
         await consume(rt, source, until="idle")
     assert "lack_the_payload_field" not in caplog.text
+
+
+async def test_a_stream_the_source_makes_is_warned_of(
+    broker: Streams, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A key that does not exist is made an empty stream by the group's creation (right for
+    a stream not written yet, and what a misspelt key gives): said, with the key."""
+    async with runtime() as rt, broker.source(streams=broker.channel("typo")) as source:
+        assert (await consume(rt, source, until="idle")).records == 0
+    said = [r.getMessage() for r in caplog.records if "stream_created_empty" in r.getMessage()]
+    assert len(said) == 1 and f"stream='{broker.channel('typo')}'" in said[0], said
+    caplog.clear()
+    await broker.publish(events(3))
+    async with runtime() as rt, broker.source() as source:
+        assert (await consume(rt, source, until="idle")).records == 3
+    assert "stream_created_empty" not in caplog.text
