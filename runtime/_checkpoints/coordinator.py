@@ -294,6 +294,7 @@ class CheckpointCoordinator:
             )
         checkpoint = Checkpoint(
             feature_set=self._topology.feature_set.name,
+            key=self._topology.feature_set.key,
             sequence=sequence,
             created_at=time.time(),
             key_groups=self._router.key_groups,
@@ -468,9 +469,10 @@ class CheckpointCoordinator:
         does not have are kept pending (``register`` of the same features restores them).
 
         Raises:
-            CheckpointError: the checkpoint was taken with other ``key_groups`` or by another
-                feature set; a feature has another definition (naming it and the difference);
-                a join changed; a kept feature's window state cannot be carried over.
+            CheckpointError: the checkpoint was taken with other ``key_groups``, by another
+                feature set or with another key field; a feature has another definition
+                (naming it and the difference); a join changed; a kept feature's window state
+                cannot be carried over.
 
         ``filled``: feature groups of a backfill of the added features (:attr:`backfill`),
         which they take their state from; and of the kept features in ``rebuilt``, which take
@@ -487,6 +489,13 @@ class CheckpointCoordinator:
             raise CheckpointError(
                 f"{path}: taken by the feature set {checkpoint.feature_set!r}, not {name!r}: "
                 "restore with that feature set, or start from an empty directory"
+            )
+        key = self._topology.feature_set.key
+        if checkpoint.key is not None and checkpoint.key != key:
+            raise CheckpointError(
+                f"{path}: taken with the key field {checkpoint.key!r}, not {key!r}: state is "
+                "kept under each key's value, which the other field's values would take over; "
+                f"restore with key={checkpoint.key!r}, or start from an empty directory"
             )
         every: list[Group | JoinGroup] = [*self._topology.groups, *self._topology.joins]
         targets = {signature(target): target for target in every}

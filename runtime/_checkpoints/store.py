@@ -168,6 +168,9 @@ class Checkpoint(msgspec.Struct, frozen=True, kw_only=True):
     #: parts (in the same directory), whose ``actors`` :meth:`CheckpointStore.read` merges
     workers: int = 0
     parts: list[str] = []
+    #: the feature set's key field: state is kept under each key's value, which another
+    #: field's values would take over (None in files written before it was recorded)
+    key: str | None = None
 
 
 class CheckpointInfo(msgspec.Struct, frozen=True, kw_only=True):

@@ -97,8 +97,11 @@ class AlignedCheckpoints:
         progress: Progress,
         logs: list[WorkerLog],
         feature_set: str,
+        key: str | None = None,
     ) -> None:
         self._front = front
+        #: the feature set's key field, recorded in each checkpoint
+        self._key = key
         self.config = config
         self.store = CheckpointStore(config.directory, config.keep)
         self._progress = progress
@@ -237,6 +240,7 @@ class AlignedCheckpoints:
                     parts.append(_written.decode(pending.result))
                 checkpoint = Checkpoint(
                     feature_set=self._feature_set,
+                    key=self._key,
                     sequence=sequence,
                     created_at=time.time(),
                     key_groups=front.key_groups,

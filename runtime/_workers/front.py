@@ -301,7 +301,7 @@ class WorkerFront:
         if checkpoints is not None:
             self._logs = [WorkerLog() for _ in range(workers)]
             self.checkpoints = AlignedCheckpoints(
-                self, checkpoints, self._progress, self._logs, feature_set
+                self, checkpoints, self._progress, self._logs, feature_set, key=reader.key
             )
         #: per worker: set while it runs, unset while it is started again
         self._ready: list[anyio.Event] = []

@@ -238,6 +238,15 @@ async def test_a_changed_feature_is_refused_with_a_clear_error(tmp_path: Path) -
     with pytest.raises(CheckpointError, match="taken by the feature set 'p', not 'q'"):
         async with FeatureRuntime(other, checkpoints=config):
             pass
+    # another key field: its values would take over the state of the old keys of the same
+    # value (merchant 'a' counting on from card 'a')
+    rekeyed = FeatureSet(name="p", key="merchant", time="ts", features=[Count(name="n")])
+    with pytest.raises(
+        CheckpointError,
+        match=r"taken with the key field 'card', not 'merchant': .* restore with key='card'",
+    ):
+        async with FeatureRuntime(rekeyed, checkpoints=config):
+            pass
     with pytest.raises(CheckpointError, match="key_groups"):
         async with FeatureRuntime(fs, checkpoints=config, key_groups=64):
             pass

@@ -550,3 +550,24 @@ def test_the_front_listens_on_its_host_or_on_every_interface_when_it_is_not_loca
     with sock:
         assert sock.getsockname()[0] == bound
         assert sock.getsockname()[1] > 0
+
+
+async def test_a_checkpoint_of_workers_refuses_another_key_field(tmp_path: Path) -> None:
+    """The front records the key field in the checkpoint's own file, as a runtime in process
+    does; a restore with another key field is refused, with workers or without."""
+    import msgspec.structs
+
+    from runtime import CheckpointError
+
+    async with FeatureRuntime(
+        FEATURE_SET, shards=1, workers=2, checkpoints=_config(tmp_path)
+    ) as rt:
+        await rt.ingest_many(_events(100))
+    rekeyed = msgspec.structs.replace(FEATURE_SET, key="merchant")
+    settings: list[dict[str, Any]] = [{"shards": 1, "workers": 2}, {"shards": 2}]
+    for options in settings:
+        with pytest.raises(
+            CheckpointError, match="taken with the key field 'card', not 'merchant'"
+        ):
+            async with FeatureRuntime(rekeyed, checkpoints=_config(tmp_path), **options):
+                pass
