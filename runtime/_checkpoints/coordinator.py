@@ -370,7 +370,8 @@ class CheckpointCoordinator:
         decodes and checks, if any; one that does not (damaged, tampered with, written by a
         bug) is logged and the one before it tried. One taken with another feature set or
         ``key_groups`` is refused (``CheckpointError``): an older one would be too, and
-        starting empty instead would drop the state silently."""
+        starting empty instead would drop the state silently; so is a directory whose every
+        checkpoint was skipped so (:meth:`CheckpointStore.none_usable`)."""
         assert self.store is not None
         started = time.perf_counter()
         candidates = self.store.readable()
@@ -378,6 +379,9 @@ class CheckpointCoordinator:
             # each file is read in a worker thread, as it is decoded: no file I/O on the loop
             found = await anyio.to_thread.run_sync(next, candidates, None)
             if found is None:
+                refused = await anyio.to_thread.run_sync(self.store.none_usable)
+                if refused is not None:
+                    raise refused
                 return
             checkpoint, path = found
             try:

@@ -352,6 +352,21 @@ class CheckpointStore:
             raise CheckpointError(f"{path}: not a valid checkpoint: {problem}")
         return checkpoint
 
+    def none_usable(self) -> CheckpointError | None:
+        """The error to raise when the directory holds checkpoint files but none could be
+        restored (each was logged as unreadable or unusable): starting empty would drop their
+        state, and the empty state's first checkpoint would then stand in for them as a
+        normal restore. None when there are none."""
+        sequences = self.sequences()
+        if not sequences:
+            return None
+        return CheckpointError(
+            f"{self.directory}: holds {len(sequences)} checkpoint(s), the newest "
+            f"{self.path_of(sequences[-1]).name}, but none could be restored (each is logged: "
+            "checkpoint_unreadable or checkpoint_unusable): move them away to start empty, or "
+            "start with CheckpointConfig(restore=False) to keep them and write new ones"
+        )
+
     def latest(self) -> tuple[Checkpoint, Path] | None:
         """The newest readable checkpoint, or None if there is none. A damaged one is logged
         and skipped for the one before it."""

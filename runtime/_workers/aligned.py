@@ -134,12 +134,16 @@ class AlignedCheckpoints:
         its key groups.
 
         Raises:
-            CheckpointError: a worker could not restore it (the message says why).
+            CheckpointError: a worker could not restore it (the message says why), or the
+                directory holds checkpoints and none is readable.
         """
         front = self._front
         started = time.perf_counter()
         found = await anyio.to_thread.run_sync(self.store.latest)
         if found is None:
+            refused = await anyio.to_thread.run_sync(self.store.none_usable)
+            if refused is not None:
+                raise refused  # checkpoints there, none readable: not started empty
             return
         checkpoint, path = found
         try:

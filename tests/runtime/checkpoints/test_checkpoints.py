@@ -360,3 +360,38 @@ async def test_idle_time_and_state_ttl_go_on_after_a_restore(
     want = await run([events])
     got = await run([events[:split], events[split:]])
     assert_same(got, want)
+
+
+def _damage_the_only_checkpoint(directory: Path, damage: str) -> str:
+    [only] = sorted(directory.glob("checkpoint-*.fck"))
+    data = only.read_bytes()
+    if damage == "truncated":
+        only.write_bytes(data[: len(data) // 2])
+    elif damage == "flipped":
+        only.write_bytes(data[:-8] + bytes([data[-8] ^ 0xFF]) + data[-7:])
+    else:
+        only.write_bytes(b"")
+    return only.name
+
+
+@pytest.mark.parametrize("damage", ["truncated", "flipped", "empty"])
+async def test_a_directory_whose_every_checkpoint_is_damaged_is_refused(
+    tmp_path: Path, damage: str
+) -> None:
+    """Starting empty would drop the state, and the empty state's shutdown checkpoint would
+    then stand in for it as a normal restore: refused, naming the directory and the newest
+    file; restore=False starts empty and keeps them."""
+    fs = FeatureSet(name="p", key="card", time="ts", features=[Count(name="n")])
+    config = checkpoints(tmp_path)
+    async with FeatureRuntime(fs, checkpoints=config) as rt:
+        await rt.ingest({"card": "a", "ts": 1})
+    name = _damage_the_only_checkpoint(Path(config.directory), damage)
+    with pytest.raises(
+        CheckpointError,
+        match=rf"holds 1 checkpoint\(s\), the newest {name}, but none could be restored",
+    ):
+        async with FeatureRuntime(fs, checkpoints=config):
+            pass
+    fresh = CheckpointConfig(directory=config.directory, restore=False)
+    async with FeatureRuntime(fs, checkpoints=fresh) as rt:
+        assert rt.restored is None

@@ -571,3 +571,23 @@ async def test_a_checkpoint_of_workers_refuses_another_key_field(tmp_path: Path)
         ):
             async with FeatureRuntime(rekeyed, checkpoints=_config(tmp_path), **options):
                 pass
+
+
+def _truncate_a_part(directory: Path) -> None:
+    [part] = sorted(directory.glob("checkpoint-*.w0.fck"))[-1:]
+    part.write_bytes(part.read_bytes()[:10])
+
+
+async def test_a_damaged_part_of_the_only_checkpoint_is_refused(tmp_path: Path) -> None:
+    """A worker's part unreadable makes the checkpoint unreadable; with no other one, the
+    start is refused rather than empty (its empty shutdown checkpoint would then pass for a
+    restore)."""
+    from runtime import CheckpointError
+
+    config = CheckpointConfig(directory=str(tmp_path), interval=None, keep=1)
+    async with FeatureRuntime(FEATURE_SET, shards=1, workers=2, checkpoints=config) as rt:
+        await rt.ingest_many(_events(100))
+    _truncate_a_part(tmp_path)
+    with pytest.raises(CheckpointError, match="but none could be restored"):
+        async with FeatureRuntime(FEATURE_SET, shards=1, workers=2, checkpoints=config):
+            pass
