@@ -555,20 +555,13 @@ class EventReader:
             TypeError: a key that is not a str, int or bytes.
         """
         cls = key.__class__
-        if cls is str:
+        if cls is str or isinstance(key, (str, bytes)):
             return key
-        if cls is int:
+        if isinstance(key, int) and cls is not bool:  # an int subclass is bounded alike
             if not INT_KEY_MIN <= key <= INT_KEY_MAX:
+                value = int(key)
                 raise ValueError(
-                    f"key field {self.key!r} {self.int_key_problem(key)}: {_short(key)}"
-                )
-            return key
-        if isinstance(key, (str, bytes)):
-            return key
-        if isinstance(key, int) and cls is not bool:
-            if not INT_KEY_MIN <= int(key) <= INT_KEY_MAX:  # an int subclass: bounded alike
-                raise ValueError(
-                    f"key field {self.key!r} {self.int_key_problem(int(key))}: {_short(key)}"
+                    f"key field {self.key!r} {self.int_key_problem(value)}: {_short(key)}"
                 )
             return key
         raise TypeError(

@@ -309,9 +309,10 @@ class WorkerFront:
         self._restarts: list[float] = []
         self._tasks: anyio.abc.TaskGroup | None = None
         self._stopping = False
-        #: the worker processes the shutdown's deadline cut off, each with whether it was
-        #: killed (else it was gone without the front having read that it stopped)
-        self._cut_off: list[tuple[WorkerProcess, bool]] = []
+        #: the worker processes the shutdown's deadline cut off (by ``id``: ``_processes``
+        #: holds them), each with whether it was killed (else it was gone without the front
+        #: having read that it stopped)
+        self._cut_off: dict[int, bool] = {}
         #: the front's failure is the shutdown's deadline, not a worker's (``_fail``)
         self.failed_at_deadline = False
         #: per worker, its counters as reported: they never go down when it is started again
@@ -505,8 +506,7 @@ class WorkerFront:
             if not worker.stopped and not worker.dead:
                 # killed, or its reader is held (behind a subscription nobody reads) and
                 # would not see its stream end: what waits on it learns that it stopped
-                if not any(worker.process is p for p, _ in self._cut_off):
-                    self._cut_off.append((worker.process, False))
+                self._cut_off.setdefault(id(worker.process), False)
                 self._died(worker, "did not stop before the shutdown deadline")
 
     async def _close_connections(self) -> None:
@@ -523,7 +523,7 @@ class WorkerFront:
             try:
                 if process.is_alive():
                     _log.warning("worker_killed", worker=index, pid=process.pid)
-                    self._cut_off.append((process, True))
+                    self._cut_off[id(process)] = True
                     process.kill()
                 process.join(5.0)
             except Exception:  # the backend is gone (Ray shut down first): the others still
@@ -539,15 +539,15 @@ class WorkerFront:
             raise RuntimeClosed(self.failure)
 
     def _fail(self, worker: _Worker, reason: str) -> None:
-        cut = [killed for process, killed in self._cut_off if process is worker.process]
-        if self.failure is None and cut:
+        killed = self._cut_off.get(id(worker.process))
+        if self.failure is None and killed is not None:
             # the shutdown's deadline passed before it stopped (``stop`` says so): not a
             # failure of the worker's; what waited on it learns that the runtime stopped
             self.failed_at_deadline = True
             self.failure = (
                 f"the runtime stopped: its shutdown deadline passed before worker "
                 f"{worker.index} (pid {worker.pid}) stopped, "
-                + ("and it was killed" if cut[0] else "as far as the front could read")
+                + ("and it was killed" if killed else "as far as the front could read")
             )
         elif self.failure is None:
             process = worker.process
