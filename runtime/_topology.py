@@ -182,6 +182,8 @@ class Topology:
         start_task: Callable[[Callable[[], Any]], None],
     ) -> None:
         self.feature_set = feature_set
+        #: the names of the features the runtime started with (``register`` adds others)
+        self.started_with = frozenset(feature_set.names)
         self.groups: list[Group] = []
         #: with workers: the groups the workers run, laid out by the front (``layout``)
         self.laid_out: list[tuple[str, tuple[str, ...]]] = []

@@ -350,8 +350,20 @@ class CheckpointCoordinator:
                 if isinstance(target, Group) and target.compiled is not None
                 else []
             )
+            registered = isinstance(target, Group) and not self._topology.started_with.issuperset(
+                target.names
+            )
             states.append(
-                ActorState(kind, target.name, signature(target), layout, groups, extras, keys)
+                ActorState(
+                    kind,
+                    target.name,
+                    signature(target),
+                    layout,
+                    groups,
+                    extras,
+                    keys,
+                    registered=registered,
+                )
             )
         # the pending states of groups not registered again since the restore are kept
         states.extend(self._pending.values())
@@ -523,11 +535,24 @@ class CheckpointCoordinator:
         evolved, pending = _evolve(changed, others, path, filled or [], rebuilt)
         plan += evolved
         for state in pending:
+            names = sorted(feature.name for feature in _features_of(state)[2])
+            if state.registered is False:
+                # of the feature set the writer started with, and not of this one: removed
+                _log.info("checkpoint_features_removed", group=state.name, features=names)
+                continue
             self._pending[state.signature] = state
             _log.warning(
                 "checkpoint_state_pending",
                 group=state.name,
-                detail="features registered after start: register them again to restore",
+                features=names,
+                detail=(
+                    "features registered at run time (rt.register) and not in the feature set: "
+                    "register them again to restore their state, kept in checkpoints until then"
+                    if state.registered
+                    else "features not in the feature set (a checkpoint of an older version "
+                    "does not say whether they were registered at run time or removed): "
+                    "register them again to restore their state, kept in checkpoints until then"
+                ),
             )
         for planned in plan:
             evolution = planned.evolution

@@ -141,6 +141,10 @@ class ActorState(msgspec.Struct, frozen=True):
     #: per actor of the writer: its encoded counters
     extras: list[bytes]
     keys: int
+    #: True: features registered at run time (``rt.register``), kept in checkpoints until
+    #: registered again; False: of the feature set the writer started with, dropped once a
+    #: feature set without them restores it; None in files written before it was recorded
+    registered: bool | None = None
 
 
 class Checkpoint(msgspec.Struct, frozen=True, kw_only=True):

@@ -23,6 +23,7 @@ from runtime import (
     FeatureRuntime,
     FeatureSet,
     Join,
+    Max,
     Quantile,
     SequencePattern,
     Sliding,
@@ -265,6 +266,53 @@ async def test_features_registered_at_run_time_are_restored_when_registered_agai
         await rt.ingest({"card": "a", "ts": 3, "x": 4})
         vector = await rt.get("a")
         assert (vector["n"], vector["s"]) == (3, 9)
+
+
+async def test_a_group_removed_from_the_feature_set_is_dropped_not_carried(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A feature group the feature set no longer has (all its features removed) is dropped
+    at the restore, said in the log: not carried in every later checkpoint as one of features
+    registered at run time, whence it came back, stale, once the feature set had it again."""
+    windowed = Max(name="mx", field="x", window=Sliding(size=10_000))
+    before = FeatureSet(name="p", key="card", time="ts", features=[Count(name="n"), windowed])
+    after = FeatureSet(name="p", key="card", time="ts", features=[Count(name="n")])
+    config = checkpoints(tmp_path)
+    async with FeatureRuntime(before, checkpoints=config) as rt:
+        await rt.ingest({"card": "a", "ts": 1, "x": 5})
+    with caplog.at_level("INFO"):
+        async with FeatureRuntime(after, checkpoints=config) as rt:
+            await rt.ingest({"card": "a", "ts": 2, "x": 7})
+    said = [r.getMessage() for r in caplog.records]
+    assert any("checkpoint_features_removed" in m and "'mx'" in m for m in said), said
+    assert not any("checkpoint_state_pending" in m for m in said), said
+    newest = CheckpointStore(config.directory).latest()
+    assert newest is not None
+    assert [state.name for state in newest[0].actors] == ["g0"]
+    # back in the feature set, it is an added feature: it starts empty (not at x=5, ts=1)
+    async with FeatureRuntime(before, checkpoints=config) as rt:
+        await rt.ingest({"card": "a", "ts": 3, "x": 1})
+        vector = await rt.get("a")
+        assert (vector["n"], vector["mx"]) == (3, 1)
+
+
+async def test_features_registered_at_run_time_stay_pending_until_registered_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    fs = FeatureSet(name="p", key="card", time="ts", features=[Count(name="n")])
+    config = checkpoints(tmp_path)
+    async with FeatureRuntime(fs, checkpoints=config) as rt:
+        await rt.register(Sum(name="s", field="x"))
+        await rt.ingest({"card": "a", "ts": 1, "x": 2})
+    with caplog.at_level("INFO"):
+        async with FeatureRuntime(fs, checkpoints=config) as rt:  # not registered this time
+            await rt.ingest({"card": "a", "ts": 2, "x": 3})
+    said = [r.getMessage() for r in caplog.records if "checkpoint_state_pending" in r.getMessage()]
+    assert len(said) == 1 and "'s'" in said[0] and "registered at run time" in said[0], said
+    async with FeatureRuntime(fs, checkpoints=config) as rt:
+        await rt.register(Sum(name="s", field="x"))
+        vector = await rt.get("a")
+        assert (vector["n"], vector["s"]) == (2, 2)
 
 
 async def test_enrichment_caches_can_be_kept(tmp_path: Path) -> None:
