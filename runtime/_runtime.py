@@ -1319,7 +1319,9 @@ class FeatureRuntime:
             chunk: list[Any] = []
             if callable(getattr(history, "iterate", None)) and hasattr(history, "seek"):
                 # a connector's Source, at its start: its payloads (rejected records are
-                # not events: ``position`` does not count them)
+                # not events: ``position`` does not count them); refused whole, as by
+                # ``consume``, if it cannot feed the feature set (a file without the key column)
+                history.check(self.feature_set)
                 items = history.iterate()
             elif isinstance(history, AsyncIterable):
                 items = history

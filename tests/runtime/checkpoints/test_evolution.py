@@ -23,6 +23,7 @@ from runtime import (
     CheckpointError,
     ConfigError,
     Count,
+    CsvSource,
     FeatureRuntime,
     FeatureSet,
     Hopping,
@@ -388,6 +389,22 @@ async def test_a_file_source_backfills_from_its_start(tmp_path: Path) -> None:
     for key in ("a", "b"):
         for name in names:
             assert same(got[key][name], whole[key][name]), (key, name, got[key], whole[key])
+
+
+@pytest.mark.anyio
+async def test_a_file_without_the_key_column_is_refused_whole_as_a_backfill(
+    tmp_path: Path,
+) -> None:
+    """As ``consume`` refuses it: not read to its end, each row a dead letter, the features
+    registered empty."""
+    path = tmp_path / "history.csv"
+    path.write_text("user,ts,amount\n" + "".join(f"a,{1_000 + i},{i}\n" for i in range(50)))
+    async with FeatureRuntime(feature_set(["n"])) as rt:
+        await rt.ingest({"card": "a", "ts": 900, "amount": 1})
+        async with CsvSource(path, schema={"ts": "int", "amount": "int"}) as source:
+            with pytest.raises(ConfigError, match=r"has no column 'card' \(the feature set's key"):
+                await rt.register(Sum(name="s", field="amount"), backfill=source)
+        assert rt.dead_letters.count() == 0
 
 
 @pytest.mark.anyio
