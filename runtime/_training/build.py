@@ -34,6 +34,8 @@ from collections.abc import (
 )
 from typing import Any
 
+import msgspec
+
 from .._exceptions import InvalidEvent, UnknownFeature
 from .._ingest.events import EventReader
 from .._replay.history import ReplayOptions, replay_history
@@ -231,7 +233,11 @@ async def training_set(
     counts = [0, 0, 0]  # events, accepted, rejected
     # one shard: in one process more shards add no parallelism, and each pause asks each
     # shard's actors
-    async with FeatureRuntime(feature_set, **{"shards": 1, **dict(options or {})}) as rt:
+    # Event times are not bounded by the wall clock here (max_future, max_past): online they
+    # are judged against the time each event arrives, and history is replayed long after, so
+    # the bounds would refuse every event older than max_past (or dated ahead of today)
+    replayed = msgspec.structs.replace(feature_set, max_future=None, max_past=None)
+    async with FeatureRuntime(replayed, **{"shards": 1, **dict(options or {})}) as rt:
         host = RuntimeReplayHost(rt)
         events = _History(history, host.reader, stream, feature_set.stream_names)
 

@@ -92,6 +92,22 @@ async def test_an_idle_timeout_moves_a_quiet_key_clock_to_the_label_time() -> No
     assert [row["n_10s"] for row in rows] == [2, 0]
 
 
+async def test_history_older_than_max_past_or_ahead_of_today_is_replayed() -> None:
+    """The wall-clock bounds judge an event against its arrival online; a replay long after
+    (or of history dated ahead of today) is not refused by them."""
+    bounded = FeatureSet(
+        name="cards", key="card", time="ts", max_past="7d", features=[Count(name="n")]
+    )
+    future = 4_100_000_000_000  # 2099
+    history = [event("a", s) for s in range(5)] + [
+        {"card": "b", "ts": future + s} for s in range(3)
+    ]
+    labels = [{"card": "a", "ts": T0 + 10_000}, {"card": "b", "ts": future + 10}]
+    result = await training_set(bounded, labels, history)
+    assert [row["n"] for row in result.rows()] == [5, 3]
+    assert (result.accepted, result.rejected) == (8, 0)
+
+
 async def test_rows_keep_the_labels_order_and_columns_and_add_the_features() -> None:
     history = [event("a", s) for s in range(5)]
     labels = [
