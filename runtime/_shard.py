@@ -136,6 +136,11 @@ class GroupShard(Actor[Any]):
         n = len(events)
         if not n:
             return
+        if self.seen is not None:
+            # keys quiet for state_ttl lose their state before an event of theirs counts, not
+            # only at the next tick (as the window engines do): else a key's count went on
+            # from its expired state when its event came between expiry and the tick
+            self._expire()
         now = time.time()
         errors: list[Any] = []
         out: list[Any] | None = None
@@ -215,6 +220,7 @@ class GroupShard(Actor[Any]):
         if isinstance(message, GetStates):
             # keyed aggregates fold every event in: as of a time at or after the key's last
             # event they are exact; before it, they are as of the last event (said in as_of)
+            self._expire()  # a read sees no state expired since the last tick
             replies: list[tuple[Any, ...]] = []
             get, values = self.states.get, self.group.values
             at = message.as_of

@@ -131,6 +131,23 @@ async def test_state_ttl_expires_quiet_keys_of_unwindowed_features_too() -> None
         assert (stats.expired_keys, stats.keys, stats.windows) == (1, 1, None)
 
 
+async def test_an_unwindowed_key_expires_before_its_next_event_or_read_not_at_the_tick() -> None:
+    """As the window engines do: the state of a key quiet for state_ttl is gone when its next
+    event or a read comes, whenever the timer's tick comes (as a training set's replay, which
+    expires at each label's time, gives it)."""
+    clock = FakeClock()
+    fs = spec(Count(name="n"), Count(name="c1h", window=Sliding(size="1h")), state_ttl="10s")
+    async with FeatureRuntime(fs, clock=clock) as rt:
+        await rt.ingest({"k": "a", "ts": 0})
+        await rt.flush()
+        clock.now += 11  # no flush, no tick between: the next read and event come first
+        vector = await rt.get("a")
+        assert (vector["n"], vector["c1h"], vector.known) == (0, 0, False)
+        await rt.ingest({"k": "a", "ts": 11_000})
+        await rt.flush()
+        assert (await rt.get("a"))["n"] == 1
+
+
 async def test_side_output_delivers_late_events() -> None:
     fs = spec(
         Sum(name="s", field="x", window=Tumbling(size="1s")),
