@@ -720,7 +720,7 @@ class JoinEngine:
             return
         for key in idle.due(states, now, quiet):
             st = states[key]
-            target = st.latest + int((now - st.seen - quiet) * 1000)
+            target = st.latest + int(round((now - st.seen - quiet) * 1000, 3))
             if target > st.clock:
                 st.clock = target
                 self.expire(key, st, out)

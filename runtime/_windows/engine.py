@@ -1395,7 +1395,9 @@ class WindowEngine:
         idle = self.idle_timeout
         if idle is None:
             return _INF
-        target = st.latest + int((now - st.seen - idle) * 1000)
+        # to the microsecond first, as event times are read: 45.0 - 37.921 - 5 is
+        # 2.0789999..., whose milliseconds would truncate to 2078, a window boundary missed
+        target = st.latest + int(round((now - st.seen - idle) * 1000, 3))
         if target > st.clock:
             st.clock = target
             counters.idle_advances += 1

@@ -267,7 +267,7 @@ class KeyOracle:
         """Move the clock of a key quiet for ``idle`` to where wall time has taken it."""
         if self.idle is None or self.clock is None or wall - self.seen < self.idle:
             return
-        target = self.latest + int((wall - self.seen - self.idle) * 1000)
+        target = self.latest + int(round((wall - self.seen - self.idle) * 1000, 3))
         if target > self.clock:
             self.clock = target
             self._close({})

@@ -29,6 +29,7 @@ from runtime import (
     SqliteSource,
     Sum,
     TrainingSet,
+    Tumbling,
     UnknownFeature,
     training_set,
 )
@@ -106,6 +107,22 @@ async def test_history_older_than_max_past_or_ahead_of_today_is_replayed() -> No
     result = await training_set(bounded, labels, history)
     assert [row["n"] for row in result.rows()] == [5, 3]
     assert (result.accepted, result.rejected) == (8, 0)
+
+
+async def test_an_idle_clock_at_a_window_boundary_closes_it_whatever_the_float_rounding() -> None:
+    # clock = 37,921 + (45 - 37.921 - 5) s = 40,000 ms, a window's end: 45.0 - 37.921 - 5 is
+    # 2.0789999... in floats, which truncated to 2,078 ms left the window [30 s, 40 s) open
+    timed = FeatureSet(
+        name="cards",
+        key="card",
+        time="ts",
+        features=[Max(name="mx", field="amount", window=Tumbling(size="10s"))],
+        idle_timeout="5s",
+    )
+    history = [{"card": "a", "ts": T0 + 37_921, "amount": 37}]
+    labels = [{"card": "a", "ts": T0 + 45_000}]
+    rows = (await training_set(timed, labels, history, resolution=0)).rows()
+    assert rows[0]["mx"] is None
 
 
 async def test_rows_keep_the_labels_order_and_columns_and_add_the_features() -> None:
