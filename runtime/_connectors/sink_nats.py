@@ -181,6 +181,7 @@ class NatsSink(Sink):
             if self.jetstream is not None:
                 found = self.jetstream
             else:
+                import nats.errors
                 import nats.js.errors
 
                 try:
@@ -188,7 +189,11 @@ class NatsSink(Sink):
                         subject
                     )
                     found = True
-                except nats.js.errors.NotFoundError:
+                except (
+                    nats.js.errors.NotFoundError,  # no stream holds the subject
+                    nats.js.errors.ServiceUnavailableError,  # a server without JetStream
+                    nats.errors.NoRespondersError,
+                ):
                     found = False
             self._streams[subject] = found
         return found
@@ -204,6 +209,8 @@ class NatsSink(Sink):
             if await self._in_stream(client, subject):
                 acked += [(subject, payload) for payload in payloads]
             else:
+                if not core:
+                    self._connected(client)
                 core = True
                 for payload in payloads:
                     await client.publish(subject, payload)
@@ -211,6 +218,20 @@ class NatsSink(Sink):
             await self._publish_acked(client, acked)
         if core:
             await client.flush(timeout=math.ceil(self.timeout))
+            # nats-py's flush returns at once, without the server's answer, while it
+            # reconnects: the messages then wait in its buffer, and may never go
+            self._connected(client)
+
+    def _connected(self, client: nats.aio.client.Client) -> None:
+        """Raise ConnectionError (a failed attempt: ``run_sink`` retries the write) unless the
+        client is connected: core NATS publishes to a lost connection go to nats-py's
+        reconnect buffer, which a flush does not wait for."""
+        if not client.is_connected:
+            state = "reconnecting" if client.is_reconnecting else "not connected"
+            raise ConnectionError(
+                f"NatsSink {self.name!r}: the connection to the server is lost ({state}): "
+                "the write is not known to have reached it"
+            )
 
     async def _publish_acked(
         self, client: nats.aio.client.Client, messages: list[tuple[str, bytes]]

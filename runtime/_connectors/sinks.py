@@ -32,7 +32,7 @@ from typing import Any, Protocol
 
 import anyio
 
-from actors import get_logger
+from actors import ActorStopped, get_logger
 
 from .._batches import UpdateBatch
 from .._exceptions import ConfigError, RuntimeClosed, SinkError
@@ -284,8 +284,10 @@ class RunningSink:
         with anyio.move_on_after(drain_timeout):
             try:
                 await rt.flush()
-            except RuntimeClosed:
-                pass  # stopped: the subscription ended with the runtime's last updates
+            except (RuntimeClosed, ActorStopped):
+                # stopped, or its actors cancelled with the scope around the runtime: the
+                # subscription holds the last updates published, written below
+                pass
             await self._subscription.aclose()
             await self._done.wait()
             return None
@@ -378,7 +380,11 @@ async def run_sink(
                 if running._failure is None:
                     # shielded: a cancelled body still writes what the runtime computed
                     with anyio.CancelScope(shield=True):
-                        drain_failure = await running._drain(rt, drain_timeout)
+                        try:
+                            drain_failure = await running._drain(rt, drain_timeout)
+                        except BaseException:
+                            running._stop()  # else the writer waits for ever on the rest
+                            raise
                     if drain_failure is not None:
                         running._stop()
                         if body_failed:  # the body's exception goes on: say what else failed

@@ -183,6 +183,19 @@ async def test_a_cancelled_block_still_writes_what_the_runtime_computed() -> Non
         assert sink.latest() == await values_of(rt)
 
 
+async def test_a_cancelled_scope_around_the_runtime_and_the_block_ends_both() -> None:
+    """The runtime's actors are cancelled too, so the drain's flush fails (ActorStopped): the
+    block still ends its subscription, writes what it had and stops, rather than wait for
+    ever for a subscription nobody ends."""
+    sink = ListSink(delay=0.01)
+    with anyio.fail_after(20):
+        with anyio.move_on_after(0.3):
+            async with runtime() as rt, run_sink(rt, sink, buffer=100, drain_timeout=5):
+                await rt.ingest_many(events(500))
+                await anyio.sleep(30)
+    assert 0 < len(sink.rows) <= 500
+
+
 async def test_the_body_s_own_error_comes_out_as_itself_after_the_drain() -> None:
     sink = ListSink()
     async with runtime() as rt:

@@ -6,11 +6,14 @@ server that is down, makes the block raise ``SinkError`` after the retries."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import shutil
 import socket
+import subprocess
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any, NoReturn
 
 import anyio
@@ -174,6 +177,112 @@ async def test_a_server_that_is_down_raises_after_the_retries() -> None:
                 async with run_sink(rt, sink, max_attempts=2, backoff=0.01):
                     await rt.ingest_many(events(20))
     assert caught.value.__cause__ is not None
+
+
+class _Proxy:
+    """A TCP proxy to the NATS server whose connections the test can cut (and which then
+    refuses new ones): the server gone, as seen from the client."""
+
+    def __init__(self) -> None:
+        self.server: asyncio.base_events.Server | None = None
+        self.writers: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> int:
+        host, _, port = NATS_URL.removeprefix("nats://").rpartition(":")
+
+        async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                while data := await reader.read(65536):
+                    writer.write(data)
+                    await writer.drain()
+            except OSError:
+                pass
+            finally:
+                writer.close()
+
+        async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            up_reader, up_writer = await asyncio.open_connection(host, int(port))
+            self.writers += [writer, up_writer]
+            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+        self.server = await asyncio.start_server(accept, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    def cut(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        for writer in self.writers:
+            writer.transport.abort()
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_core_nats_writes_to_a_lost_connection_fail_rather_than_pass(
+    plain: nats.aio.client.Client,
+) -> None:
+    """nats-py buffers what is published while it reconnects, and its flush then returns at
+    once: such a write is a failed attempt, not a success a checkpoint could count on."""
+    proxy = _Proxy()
+    port = await proxy.start()
+    subject = f"featurist.test.{uuid.uuid4().hex[:8]}"
+    async with runtime() as rt:
+        async with NatsSink(
+            f"nats://127.0.0.1:{port}", subject=subject, jetstream=False, timeout=0.5
+        ) as sink:
+            with pytest.raises(SinkError, match="connection to the server is lost") as caught:
+                async with run_sink(rt, sink, max_attempts=2, backoff=0.01) as running:
+                    await rt.ingest_many(events(10))
+                    await rt.flush()
+                    with anyio.fail_after(10):
+                        while running.statistics().written < 10:
+                            await anyio.sleep(0.01)
+                    proxy.cut()
+                    await rt.ingest_many(events(10, seed=1))
+    assert caught.value.unwritten >= 1
+
+
+@pytest.fixture
+def server_without_jetstream(tmp_path: Any) -> Iterator[str]:
+    """A nats-server of the test's own, without JetStream: its URL."""
+    binary = shutil.which("nats-server") or "/usr/sbin/nats-server"
+    if not os.path.exists(binary):
+        unavailable("nats-server (the binary)", FileNotFoundError(binary))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen([binary, "-a", "127.0.0.1", "-p", str(port)], cwd=tmp_path)
+    try:
+        yield f"nats://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+async def test_a_server_without_jetstream_takes_core_nats_messages(
+    server_without_jetstream: str,
+) -> None:
+    """``jetstream=None`` asks the server whether a stream holds the subject: a server without
+    JetStream answers that it has none (503), which means core NATS, as for no stream."""
+    url = server_without_jetstream
+    with anyio.fail_after(10):
+        while True:
+            try:
+                client = await nats.connect(url, **NATS_FAIL_FAST)
+                break
+            except (OSError, nats.errors.Error):
+                await anyio.sleep(0.05)
+    got: list[bytes] = []
+
+    async def take(message: Any) -> None:
+        got.append(message.data)
+
+    await client.subscribe("plain.>", cb=take)
+    async with runtime() as rt, NatsSink(url, subject="plain", timeout=1) as sink:
+        async with run_sink(rt, sink, max_attempts=2, backoff=0.01):
+            await rt.ingest_many(events(20))
+    with anyio.fail_after(5):
+        while len(got) < 20:
+            await anyio.sleep(0.01)
+    await client.close()
 
 
 class BatchSink(ListSink):
