@@ -32,7 +32,21 @@ def _rows(labels: Any) -> Iterable[Any]:
     """The labels as an iterable of rows: a pyarrow Table (or RecordBatch) by its rows."""
     module = type(labels).__module__ or ""
     if module.startswith("pyarrow") and hasattr(labels, "to_pylist"):
-        rows: list[Any] = labels.to_pylist()
+        try:
+            rows: list[Any] = labels.to_pylist()
+        except ValueError as exc:
+            # nanosecond timestamps that are not whole microseconds: Python's datetime cannot
+            # hold them (pandas' Timestamp can, when pandas is installed)
+            fine = [
+                field.name for field in labels.schema if getattr(field.type, "unit", None) == "ns"
+            ]
+            if not fine:
+                raise
+            raise ValueError(
+                f"labels: the column {fine[0]!r} holds nanosecond timestamps that Python's "
+                "datetime cannot hold (not whole microseconds): cast it to "
+                "pyarrow.timestamp('us') (or 'ms'), or install pandas"
+            ) from exc
         return rows
     if isinstance(labels, (str, bytes, Mapping)) or not isinstance(labels, Iterable):
         raise TypeError(

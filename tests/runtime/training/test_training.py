@@ -125,6 +125,20 @@ async def test_an_idle_clock_at_a_window_boundary_closes_it_whatever_the_float_r
     assert rows[0]["mx"] is None
 
 
+async def test_nanosecond_label_times_python_cannot_hold_are_refused_naming_the_column() -> None:
+    try:
+        import pandas  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("with pandas installed, pyarrow reads them as pandas Timestamps")
+    labels = pa.table(
+        {"card": ["a"], "ts": pa.array([T0 * 1_000_000 + 1], type=pa.timestamp("ns"))}
+    )
+    with pytest.raises(ValueError, match=r"column 'ts' holds nanosecond timestamps .* cast it"):
+        await training_set(FEATURES, labels, [event("a", 0)])
+
+
 async def test_rows_keep_the_labels_order_and_columns_and_add_the_features() -> None:
     history = [event("a", s) for s in range(5)]
     labels = [
