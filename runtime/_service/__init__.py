@@ -35,6 +35,10 @@ def create_app(
     """An ASGI application (Starlette) that serves a feature set: its lifespan starts a
     :class:`FeatureRuntime` with ``runtime_options`` and stops it (``docs/service.md``).
 
+    Mounted in an application of one's own, its lifespan must be entered from that
+    application's (Starlette runs no mounted application's lifespan): without it every route
+    answers 503 ``not_running``.
+
     Args:
         feature_set: a :class:`FeatureSet`, or the path of a spec file (TOML, YAML or JSON).
         key_type: how a key read from a URL (``GET /features/{key}``) is typed: ``"str"``,
@@ -50,6 +54,9 @@ def create_app(
     Raises:
         ImportError: Starlette is not installed.
         SpecError: the spec file is not a valid feature set.
+        ConfigError: a runtime option is not valid (checked now, as :class:`FeatureRuntime`
+            checks it, rather than when the server starts).
+        TypeError: a runtime option :class:`FeatureRuntime` does not take.
         ValueError: ``key_type`` or ``max_keys`` is not valid.
     """
     try:

@@ -23,7 +23,7 @@ import anyio.abc
 import msgspec
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
@@ -37,7 +37,7 @@ from .._runtime import FeatureRuntime
 from .._spec.drift import DriftMonitor
 from .._spec.feature_set import FeatureSet
 from .openapi import openapi_schema
-from .reads import ReadBatcher
+from .reads import ReadBatcher, ReadsStopped
 from .status import StatusBoard
 
 __all__ = ["KeyType", "build_app"]
@@ -56,6 +56,11 @@ MSGPACK_TYPES = frozenset(
 INPUT_ROUND = 1024
 #: the largest request body read (bytes)
 MAX_BODY_BYTES = 16 * 1024 * 1024
+#: the most refused events a 422 lists (``rejected_count`` counts them all): the answer to a
+#: request of many bad events stays small
+MAX_REJECTIONS_LISTED = 1000
+#: the fields a ``POST /features`` body may have
+READ_FIELDS = ("keys", "features", "as_of")
 
 _json_encoder = msgspec.json.Encoder()
 _json_decoder = msgspec.json.Decoder()
@@ -82,6 +87,21 @@ def _problem_response(problem: _Problem) -> Response:
 
 #: the ``error`` of an answer Starlette gives itself (no such route, a method it does not take)
 _HTTP_ERRORS = {404: "not_found", 405: "method_not_allowed"}
+
+
+def _internal(exc: BaseException) -> _Problem:
+    """The answer to an error the service does not expect (a bug): JSON, as every other."""
+    return _Problem(
+        500,
+        "internal",
+        f"an unexpected error ({type(exc).__name__}) in the service; its log has the traceback",
+    )
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    """The last resort, for an error raised outside the routes' own handling: a JSON 500.
+    Not logged here: Starlette raises the error on to the server, which logs it."""
+    return _problem_response(_internal(exc))
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -175,7 +195,9 @@ class Service:
             stack.callback(tg.cancel_scope.cancel)
             for output in self.sinks:
                 await tg.start(self._write, rt, output, name=f"featurist-sink-{output.name}")
-            tg.start_soon(self.reads.run, name="featurist-service-reads")
+            # started before the server takes requests: a read never waits for a round that
+            # no task answers (and reads fail fast once this task ends)
+            await tg.start(self.reads.run, name="featurist-service-reads")
             for item in self.inputs:
                 tg.start_soon(self._consume, rt, item, name=f"featurist-input-{item.name}")
             _log.info(
@@ -233,19 +255,44 @@ class Service:
 
     # -- decoding ------------------------------------------------------------------------------
     async def body(self, request: Request) -> Any:
+        """The request's body, decoded (JSON, or MessagePack by ``Content-Type``).
+
+        Read as a stream and refused as soon as it passes :data:`MAX_BODY_BYTES`, so that a
+        chunked body (no ``Content-Length``) is not held whole in memory first.
+        """
+        limit = MAX_BODY_BYTES
+        too_large = _Problem(413, "too_large", f"the body is more than {limit} bytes")
         length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
-            raise _Problem(413, "too_large", f"the body is more than {MAX_BODY_BYTES} bytes")
-        data = await request.body()
-        if len(data) > MAX_BODY_BYTES:
-            raise _Problem(413, "too_large", f"the body is more than {MAX_BODY_BYTES} bytes")
+        if length is not None and length.isdigit() and int(length) > limit:
+            raise too_large
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise too_large
+                chunks.append(chunk)
+        except ClientDisconnect:
+            # the client went away mid-body: nobody reads the answer, and it is no error of
+            # the service's (no traceback in its log)
+            _log.debug("service_client_disconnected", path=request.scope.get("path"))
+            raise _Problem(
+                400, "bad_body", "the client disconnected before the body ended"
+            ) from None
+        data = b"".join(chunks)
         content_type = request.headers.get("content-type", "application/json")
         msgpack = content_type.split(";", 1)[0].strip().lower() in MSGPACK_TYPES
+        kind = "MessagePack" if msgpack else "JSON"
         try:
             return _msgpack_decoder.decode(data) if msgpack else _json_decoder.decode(data)
         except msgspec.DecodeError as exc:
-            kind = "MessagePack" if msgpack else "JSON"
             raise _Problem(400, "bad_body", f"cannot decode the {kind} body: {exc}") from None
+        except RecursionError:
+            # arrays or objects nested deeper than the decoder goes (``[[[[...``)
+            raise _Problem(
+                400, "bad_body", f"cannot decode the {kind} body: it is nested too deeply"
+            ) from None
 
     def url_key(self, text: str) -> Any:
         """A key read from a URL, typed by ``key_type``."""
@@ -286,6 +333,8 @@ def _mapped(exc: Exception) -> _Problem:
     """The answer to an error of a read."""
     if isinstance(exc, _Problem):
         return exc
+    if isinstance(exc, ReadsStopped):
+        return _Problem(503, "not_running", "the runtime is not running")
     if isinstance(exc, UnknownFeature):
         return _Problem(404, "unknown_feature", str(exc))
     if isinstance(exc, RuntimeClosed):
@@ -321,6 +370,7 @@ class _ServiceApp(Starlette):
             and scope["method"] == "GET"
             and path.startswith("/features/")
             and len(path) > 10
+            and not scope.get("root_path")  # mounted: the routing strips the mount's path
         ):
             await self._read(scope, path[10:], send)
             return
@@ -342,7 +392,10 @@ class _ServiceApp(Starlette):
             key = service.url_key(key_text)
             body = _json_encoder.encode(await service.reads.get(key, features, as_of))
         except Exception as exc:
-            problem = _mapped(exc)
+            try:
+                problem = _mapped(exc)
+            except Exception:
+                problem = _unexpected(exc, scope)
             status, body = problem.status, _json_encoder.encode(problem.body)
         await send(
             {
@@ -355,6 +408,19 @@ class _ServiceApp(Starlette):
             }
         )
         await send({"type": "http.response.body", "body": body})
+
+
+def _unexpected(exc: Exception, scope: Any) -> _Problem:
+    """An error no route expects (a bug), logged once with its traceback, answered as a
+    JSON 500."""
+    _log.error(
+        "service_request_failed",
+        method=scope.get("method"),
+        path=scope.get("path"),
+        error=f"{type(exc).__name__}: {exc}",
+        exc_info=exc,
+    )
+    return _internal(exc)
 
 
 def build_app(
@@ -374,6 +440,10 @@ def build_app(
         raise ValueError(f"key_type must be one of {', '.join(KEY_TYPES)}, got {key_type!r}")
     if not isinstance(max_keys, int) or isinstance(max_keys, bool) or max_keys < 1:
         raise ValueError(f"max_keys must be an int >= 1, got {max_keys!r}")
+    # the runtime's options are checked now (making a runtime starts nothing: no task, no
+    # process, no file), so that a bad one fails here, naming it, rather than in the lifespan
+    # once the server is starting, as a traceback in its log
+    FeatureRuntime(feature_set, **(runtime_options or {}))
     service = Service(
         feature_set,
         key_type=key_type,
@@ -405,12 +475,14 @@ def build_app(
             raise _Problem(501, "not_available", str(exc)) from None
         if result.rejections:
             first = result.rejections[0]
+            listed = result.rejections[:MAX_REJECTIONS_LISTED]
             raise _Problem(
                 422,
                 "invalid_event",
                 first.reason,
                 field=first.field,
-                rejected=[msgspec.structs.asdict(r) for r in result.rejections],
+                rejected=[msgspec.structs.asdict(r) for r in listed],
+                rejected_count=len(result.rejections),
                 accepted=result.accepted,
             )
         return _json({"accepted": result.accepted})
@@ -426,6 +498,18 @@ def build_app(
 
     async def post_features(request: Request) -> Response:
         body = await service.body(request)
+        if isinstance(body, dict):
+            # a misspelt field ("asOf", "feature") would otherwise be a read of the current
+            # values of every feature, answered 200 as if it were what was asked
+            unknown = [name for name in body if name not in READ_FIELDS]
+            if unknown:
+                raise _Problem(
+                    400,
+                    "bad_body",
+                    f"unknown field {unknown[0]!r} in the body "
+                    f"(accepted: {', '.join(READ_FIELDS)})",
+                    field=unknown[0],
+                )
         if not isinstance(body, dict) or not isinstance(body.get("keys"), list):
             raise _Problem(400, "bad_body", 'the body must be an object with a list "keys"')
         keys = body["keys"]
@@ -438,6 +522,8 @@ def build_app(
             not isinstance(features, list) or not all(isinstance(f, str) for f in features)
         ):
             raise _Problem(400, "bad_body", '"features" must be a list of names')
+        # [] reads every feature, as the empty ?features= of GET /features/{key} does
+        features = features or None
         as_of = service.as_of(body.get("as_of"))
         found = await _read(service, keys, features, as_of)
         return _json({"vectors": [found[key] for key in dict.fromkeys(keys)]})
@@ -526,6 +612,8 @@ def build_app(
                 response: Response = await handler(request)
             except _Problem as problem:
                 return _problem_response(problem)
+            except Exception as exc:
+                return _problem_response(_unexpected(exc, request.scope))
             return response
 
         endpoint.__name__ = handler.__name__
@@ -546,7 +634,7 @@ def build_app(
         service,
         routes=routes,
         lifespan=service.lifespan,
-        exception_handlers={HTTPException: _http_error},
+        exception_handlers={HTTPException: _http_error, Exception: _internal_error},
     )
     app.state.service = service
     return app

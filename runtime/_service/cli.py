@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
@@ -26,6 +26,13 @@ from .._connectors.source import Source
 from .._exceptions import ConfigError
 
 __all__ = ["main", "make_sink", "make_source"]
+
+#: uvicorn's log levels (``--log-level``)
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+#: how long ``serve`` lets open requests finish once told to stop (SIGTERM, Ctrl-C), seconds:
+#: then they are cancelled, so that the last checkpoint is taken within a grace period such
+#: as Kubernetes' (30 s by default) even while a client trickles a body
+GRACEFUL_TIMEOUT = 10
 
 _FILES: dict[str, type[Any]] = {
     ".jsonl": JsonLinesSource,
@@ -128,6 +135,23 @@ def make_sink(url: str) -> Sink:
     return sink
 
 
+def _int_in(low: int, high: int | None = None, what: str = "an int") -> Callable[[str], int]:
+    """An argparse ``type``: an int from ``low`` to ``high``, refused with a message that
+    says the range (argparse names the option and exits with status 2)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low or (high is not None and value > high):
+            bounds = f"from {low} to {high}" if high is not None else f">= {low}"
+            raise argparse.ArgumentTypeError(f"must be {what} {bounds}, got {text!r}")
+        return value
+
+    return parse
+
+
 def _parser(prog: str = "featurist") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog,
@@ -142,7 +166,12 @@ def _parser(prog: str = "featurist") -> argparse.ArgumentParser:
     )
     serve.add_argument("spec", help="the feature set's spec file (.toml, .yaml, .yml, .json)")
     serve.add_argument("--host", default="127.0.0.1", help="where to listen (127.0.0.1)")
-    serve.add_argument("--port", type=int, default=8080, help="the port to listen on (8080)")
+    serve.add_argument(
+        "--port",
+        type=_int_in(0, 65535, "a port number"),
+        default=8080,
+        help="the port to listen on, 0 to 65535 (8080)",
+    )
     serve.add_argument(
         "--input",
         action="append",
@@ -163,10 +192,12 @@ def _parser(prog: str = "featurist") -> argparse.ArgumentParser:
         default="auto",
         help="how a key read from a URL path is typed (auto: an int if it reads as one)",
     )
-    serve.add_argument("--shards", type=int, default=4, help="the runtime's shards (4)")
+    serve.add_argument(
+        "--shards", type=_int_in(1), default=4, help="the runtime's shards, >= 1 (4)"
+    )
     serve.add_argument(
         "--workers",
-        type=int,
+        type=_int_in(0),
         default=0,
         help="worker processes for the shards (0: in the service's process)",
     )
@@ -175,7 +206,17 @@ def _parser(prog: str = "featurist") -> argparse.ArgumentParser:
         metavar="DIRECTORY",
         help="checkpoint the state there; the newest checkpoint is restored on start",
     )
-    serve.add_argument("--log-level", default="info", help="uvicorn's log level (info)")
+    serve.add_argument(
+        "--graceful-timeout",
+        type=_int_in(0, None, "a number of seconds"),
+        default=GRACEFUL_TIMEOUT,
+        metavar="SECONDS",
+        help="once told to stop (SIGTERM, Ctrl-C), how long open requests may take to finish "
+        f"before they are cancelled and the runtime stops ({GRACEFUL_TIMEOUT})",
+    )
+    serve.add_argument(
+        "--log-level", choices=LOG_LEVELS, default="info", help="uvicorn's log level (info)"
+    )
     return parser
 
 
@@ -199,9 +240,17 @@ def main(argv: Sequence[str] | None = None, prog: str = "featurist") -> int:
             options["checkpoints"] = args.checkpoints
         app = create_app(feature_set, key_type=args.key_type, inputs=inputs, sinks=sinks, **options)
     except (ValueError, OSError) as exc:  # SpecError and ConfigError are ValueErrors
+        # create_app checks the runtime's options too (shards x workers within key_groups...)
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, lifespan="on")
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        lifespan="on",
+        timeout_graceful_shutdown=args.graceful_timeout,
+    )
     return 0
 
 

@@ -14,7 +14,13 @@ _ERROR = {
         "error": {"type": "string"},
         "detail": {"type": "string"},
         "field": {"type": ["string", "null"]},
-        "rejected": {"type": "array", "items": {"type": "object"}},
+        "accepted": {"type": "integer"},
+        "rejected": {
+            "type": "array",
+            "items": {"type": "object"},
+            "description": "the refused events, the first 1,000 of them",
+        },
+        "rejected_count": {"type": "integer", "description": "every refused event"},
     },
     "required": ["error", "detail"],
 }
@@ -87,6 +93,7 @@ def openapi_schema(feature_set: FeatureSet) -> dict[str, Any]:
                             {"type": "object", "properties": {"accepted": {"type": "integer"}}},
                         ),
                         "400": _error("the body cannot be decoded, or an unknown stream"),
+                        "413": _error("a body over 16 MiB"),
                         "422": _error("events were refused (listed); the others were ingested"),
                         "503": _error("the runtime is not running"),
                     },
@@ -126,9 +133,14 @@ def openapi_schema(feature_set: FeatureSet) -> dict[str, Any]:
                             "required": ["keys"],
                             "properties": {
                                 "keys": {"type": "array", "items": _KEY},
-                                "features": {"type": "array", "items": {"type": "string"}},
+                                "features": {
+                                    "type": "array",
+                                    "items": {"type": "string", "enum": names},
+                                    "description": "a subset; absent or [] for every feature",
+                                },
                                 "as_of": {"type": ["string", "number"]},
                             },
+                            "additionalProperties": False,
                         }
                     ),
                     "responses": {
@@ -144,9 +156,9 @@ def openapi_schema(feature_set: FeatureSet) -> dict[str, Any]:
                                 },
                             },
                         ),
-                        "400": _error("a bad body, key or as_of"),
+                        "400": _error("a bad body (an unknown field), key or as_of"),
                         "404": _error("an unknown feature"),
-                        "413": _error("more keys than max_keys"),
+                        "413": _error("a body over 16 MiB, or more keys than max_keys"),
                         "503": _error("the runtime is not running"),
                     },
                 }
