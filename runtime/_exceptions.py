@@ -139,7 +139,8 @@ class SinkError(FeaturistError):
         sink: the sink's name.
         attempts: the attempts made of the write that failed (0 for a drain that timed out).
         unwritten: updates taken from the runtime that the sink did not write: the failed
-            write's and those waiting in the subscription's buffer when it failed.
+            write's, those waiting in the subscription's buffer when it failed, and those the
+            sink held not yet durable (``Sink.buffered()``: a Parquet file's rows not flushed).
 
     ``__cause__`` is the last attempt's exception (a ``TimeoutError`` for an attempt that took
     longer than the write timeout).

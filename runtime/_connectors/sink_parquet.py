@@ -11,8 +11,15 @@ Rows are buffered and written ``row_group_size`` at a time, as one row group, in
 thread. A file is written under a name starting with ``_`` (which pyarrow's datasets skip) and
 renamed when closed, so a reader of the directory never sees half a file. A file is closed when
 it holds ``max_file_rows`` rows or about ``max_file_bytes`` bytes, when a row group's column
-types do not fit the file's (a column null so far that now has values: a new file starts), and
-on :meth:`flush` and :meth:`aclose`, which write the rows buffered first.
+types are not the file's, and on :meth:`flush` and :meth:`aclose`, which write the rows
+buffered first.
+
+A row group goes into the open file only if its types are the file's, or null where the file
+has a type (a column, a list's items or a struct's field with no values): a cast that changes
+values (a string to ``"5"`` from 5, ``True`` to 1, a struct to another struct's fields) would
+write something else than the update. Rows of other types start a new file, with their own
+types; a column all null in a new file takes the type it had in the group's file before, so
+that a group's files keep one schema as long as the values allow.
 """
 
 from __future__ import annotations
@@ -44,9 +51,19 @@ class _Group:
     rows: list[tuple[Any, ...]] = field(default_factory=list)
     kinds: list[str] = field(default_factory=list)
     writer: Any = None
+    #: the open file's schema, or the last file's when none is open (None before the first)
     schema: Any = None
     path: Path | None = None
+    #: rows written to the open file (readable once it is closed)
     file_rows: int = 0
+    #: rows the write in progress added to ``rows`` (0 once it returned): the newest rows
+    current: int = 0
+
+    def held(self) -> int:
+        """Rows of the writes that returned which are not in a closed file yet: rows leave
+        the buffer and then the open file oldest first, so the write in progress's are the
+        newest ``current`` ones."""
+        return max(0, len(self.rows) + self.file_rows - self.current)
 
 
 def _positive_int(name: str, value: Any) -> int:
@@ -67,8 +84,10 @@ class ParquetSink(Sink):
         compression: the Parquet codec (``"zstd"``, ``"snappy"``, ``"none"``, ...).
         name: the sink's name in errors and logs.
 
-    Column types are pyarrow's for the values (a feature whose values mix types it cannot
-    put in one column, such as ints and strings, makes the write fail).
+    Column types are pyarrow's for the values: a row group whose types are not the open
+    file's (other than nulls where the file has a type) starts a new file; values of one row
+    group that mix types pyarrow cannot put in one column, such as ints and strings, make the
+    write fail, naming the feature and the key.
 
     Raises:
         ConfigError: an option is not valid, or pyarrow is not installed
@@ -134,20 +153,33 @@ class ParquetSink(Sink):
     async def write(self, batches: Sequence[UpdateBatch]) -> None:
         if batches is not self._taken:
             self._taken, self._added = batches, 0
+            for held in self._groups.values():
+                held.current = 0
         # a retry of a write that failed goes on after the batches it took already
         for index in range(self._added, len(batches)):
             batch = batches[index]
             group = self._groups.get(batch.group)
             if group is None or group.names != batch.names:
+                schema = None
                 if group is not None:  # features registered since: a new file
                     await anyio.to_thread.run_sync(self._write_rows, group, True)
+                    schema = group.schema
                 group = self._groups[batch.group] = _Group(batch.group, batch.names)
+                group.schema = schema
             group.rows.extend(batch.rows)
             group.kinds.extend(batch.kinds)
+            group.current += len(batch.rows)
             self._added = index + 1
         for group in self._groups.values():
             while len(group.rows) >= self.row_group_size:
                 await anyio.to_thread.run_sync(self._write_rows, group, False)
+        for group in self._groups.values():
+            group.current = 0
+
+    def buffered(self) -> int:
+        """Rows of the writes that returned not in a closed file yet: lost if the sink
+        fails, and so counted in a ``SinkError``'s ``unwritten``."""
+        return sum(group.held() for group in self._groups.values())
 
     async def flush(self) -> None:
         """Write the rows buffered and close the open files (readable from then on)."""
@@ -155,8 +187,20 @@ class ParquetSink(Sink):
             await anyio.to_thread.run_sync(self._write_rows, group, True)
 
     async def aclose(self) -> None:
-        """Write the rows buffered and close the files."""
-        await self.flush()
+        """Write the rows buffered and close the files: every group's, also when one fails
+        (whose open file stays under its ``_`` name, unread: its write failed, it may be
+        incomplete). The first error is raised then, the others noted on it."""
+        errors: list[Exception] = []
+        for group in self._groups.values():
+            try:
+                await anyio.to_thread.run_sync(self._write_rows, group, True)
+            except Exception as exc:
+                errors.append(exc)
+        if errors:
+            first = errors[0]
+            for other in errors[1:]:
+                first.add_note(f"and for another feature group: {_describe(other)}")
+            raise first
 
     # -- in a worker thread ------------------------------------------------------------------
     def _write_rows(self, group: _Group, close: bool) -> None:
@@ -171,17 +215,23 @@ class ParquetSink(Sink):
             columns = list(zip(*rows, strict=True))
             table = pa.table(
                 {
-                    "key": pa.array(columns[0]),
+                    "key": self._array(group, "key", columns[0], rows),
                     "event_time": pa.array(columns[1], pa.int64()),
                     "kind": pa.array(kinds, pa.string()),
-                    **{n: pa.array(c) for n, c in zip(group.names, columns[2:], strict=True)},
+                    **{
+                        name: self._array(group, name, column, rows)
+                        for name, column in zip(group.names, columns[2:], strict=True)
+                    },
                 }
             )
-            if group.writer is not None and table.schema != group.schema:
+            if group.schema is not None and table.schema != group.schema:
+                fitted = _fitted(table.schema, group.schema)
                 try:
-                    table = table.cast(group.schema)
+                    table = table.cast(fitted)  # nulls only: loses nothing
                 except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
-                    self._close(group)  # types the file cannot hold: a new file
+                    fitted = table.schema  # a cast pyarrow does not have: the types as they are
+                if group.writer is not None and fitted != group.schema:
+                    self._close(group)  # types the open file cannot hold as they are
             if group.writer is None:
                 folder = self.directory / group.name
                 folder.mkdir(parents=True, exist_ok=True)
@@ -214,5 +264,79 @@ class ParquetSink(Sink):
         group.writer.close()
         os.replace(group.path.with_name("_" + group.path.name), group.path)
         self.files.append(group.path)
-        group.writer = group.schema = None
+        group.writer = None  # the schema stays: a new file's null columns take its types
         group.file_rows = 0
+
+    def _array(
+        self, group: _Group, name: str, values: Sequence[Any], rows: Sequence[tuple[Any, ...]]
+    ) -> Any:
+        """``values`` as a pyarrow array; if pyarrow cannot hold them in one column, an error
+        naming the column and the first row that it cannot hold with those before it."""
+        import pyarrow as pa
+
+        try:
+            return pa.array(values)
+        except (pa.ArrowException, OverflowError, TypeError, ValueError) as exc:
+            # found by halving (only when failing): prefix ``good`` converts, ``bad`` does not
+            good, bad = 0, len(values)
+            while bad - good > 1:
+                middle = (good + bad) // 2
+                try:
+                    pa.array(values[:middle])
+                    good = middle
+                except (pa.ArrowException, OverflowError, TypeError, ValueError):
+                    bad = middle
+            row = rows[bad - 1]
+            what = "column 'key'" if name == "key" else f"feature {name!r}"
+            raise ValueError(
+                f"ParquetSink {self.name!r}: {what} of group {group.name!r} cannot hold the "
+                f"value of key {row[0]!r} (event_time {row[1]}), {values[bad - 1]!r:.100}, in "
+                f"one column with the values before it ({_describe(exc)})"
+            ) from exc
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _fits(new: Any, old: Any) -> bool:
+    """Whether a column of pyarrow type ``new`` casts to ``old`` losing nothing: the same
+    type, or null where ``old`` has a type (a column with no values, a list's items in empty
+    lists, a struct's field that is always null). Any other cast may change values (5 to
+    ``"5"``, ``True`` to 1, a struct to another struct's fields) or their types (2 to 2.0)."""
+    import pyarrow as pa
+
+    if new == old or pa.types.is_null(new):
+        return True
+    types = pa.types
+    for is_list in (types.is_list, types.is_large_list, types.is_fixed_size_list):
+        if is_list(new) and is_list(old):
+            if types.is_fixed_size_list(new) and new.list_size != old.list_size:
+                return False
+            return _fits(new.value_type, old.value_type)
+    if types.is_map(new) and types.is_map(old):
+        return _fits(new.key_type, old.key_type) and _fits(new.item_type, old.item_type)
+    if types.is_struct(new) and types.is_struct(old):
+        return new.num_fields == old.num_fields and all(
+            n.name == o.name and _fits(n.type, o.type)
+            for n, o in zip(
+                (new.field(i) for i in range(new.num_fields)),
+                (old.field(i) for i in range(old.num_fields)),
+                strict=True,
+            )
+        )
+    return False
+
+
+def _fitted(schema: Any, previous: Any) -> Any:
+    """``schema`` with the type of ``previous`` (the open file's, or the group's last file's)
+    for each column whose type fits it (:func:`_fits`), its own for the others."""
+    import pyarrow as pa
+
+    fields = []
+    for field_ in schema:
+        index = previous.get_field_index(field_.name)
+        if index >= 0 and _fits(field_.type, previous.field(index).type):
+            field_ = field_.with_type(previous.field(index).type)
+        fields.append(field_)
+    return pa.schema(fields, metadata=schema.metadata)

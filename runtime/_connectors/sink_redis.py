@@ -7,6 +7,12 @@ Per key, the hash ``<prefix><key>`` holds each feature's value JSON-encoded (``1
 key with no update for ``ttl`` disappears. Any Redis client reads it: ``HGETALL`` and a JSON
 decode per field.
 
+The runtime keeps the keys ``7``, ``"7"`` and ``b"7"`` apart, and ``<prefix><key>`` names them
+alike: a sink writes keys of one type (``key_type``: that of the first key it writes, or the
+one named) and refuses the others rather than merge them in one hash, unless
+``key_type="tagged"``, which names every hash with its key's type (``<prefix>s:card-42``,
+``<prefix>i:7``, ``<prefix>b:`` and the bytes).
+
 A write is one pipeline (``transaction=False``: one round trip, no ``MULTI``) for the batches
 handed over: only the latest values of each key are written, since the hash holds the present,
 not the history (use the NATS or Parquet sinks for every update). Rows where a feature failed
@@ -21,7 +27,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 import msgspec
 
@@ -35,6 +41,10 @@ if TYPE_CHECKING:
     import redis.asyncio
 
 __all__ = ["RedisSink", "latest_values"]
+
+#: the classes of keys a hash name can hold (the runtime's: str, int and bytes)
+_KEY_CLASSES: dict[str, type] = {"str": str, "int": int, "bytes": bytes}
+_KEY_TYPES = ("auto", "str", "int", "bytes", "tagged")
 
 #: keys whose latest closed window a RedisSink remembers (the most recently closed ones)
 _ENDS_KEPT = 1_000_000
@@ -117,13 +127,21 @@ class RedisSink(Sink):
             ``3_600_000`` ms), or None for no expiry.
         time_field: the field holding the event time (ms) of the key's last update; a
             feature of that name is refused.
+        key_type: how hashes are named for the types of keys. ``"auto"`` (the default):
+            ``<prefix><key>`` (``str(key)`` for an int, the prefix's UTF-8 bytes then the key
+            for bytes), and the sink writes keys of the type of the first key it writes;
+            ``"str"``, ``"int"`` or ``"bytes"``: the same names, keys of that type only.
+            A key of another type fails the write (a ``ValueError`` naming it, so
+            ``SinkError``), since ``7``, ``"7"`` and ``b"7"`` would share one hash.
+            ``"tagged"``: keys of every type, each hash named with its key's type,
+            ``<prefix>s:<key>``, ``<prefix>i:<key>``, ``<prefix>b:`` and the bytes.
         timeout: seconds to connect, for a client the sink makes (a write is bounded by
             :func:`run_sink`'s ``write_timeout``).
         name: the sink's name in errors and logs.
 
     Raises:
-        ConfigError: ``ttl``, ``prefix``, ``time_field`` or ``timeout`` is not valid, or the
-            ``redis`` extra is not installed (``pip install 'featurist[redis]'``).
+        ConfigError: ``ttl``, ``prefix``, ``time_field``, ``key_type`` or ``timeout`` is not
+            valid, or the ``redis`` extra is not installed (``pip install 'featurist[redis]'``).
     """
 
     def __init__(
@@ -134,11 +152,14 @@ class RedisSink(Sink):
         prefix: str = "features:",
         ttl: int | float | str | None = "1d",
         time_field: str = "_event_time",
+        key_type: Literal["auto", "str", "int", "bytes", "tagged"] = "auto",
         timeout: float = 5.0,
         name: str = "redis",
     ) -> None:
         if not isinstance(prefix, str):
             raise ConfigError(f"prefix must be a str, got {prefix!r}")
+        if key_type not in _KEY_TYPES:
+            raise ConfigError(f"key_type must be one of {', '.join(_KEY_TYPES)}, got {key_type!r}")
         if not isinstance(time_field, str) or not time_field:
             raise ConfigError(f"time_field must be a non-empty str, got {time_field!r}")
         if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
@@ -154,6 +175,9 @@ class RedisSink(Sink):
         self.name = name
         self.prefix = prefix
         self.time_field = time_field
+        self.key_type = key_type
+        #: the class of the keys the sink writes (for "auto", set by the first key written)
+        self._key_class: type | None = _KEY_CLASSES.get(key_type)
         self._owned = client is None
         if client is None:
             try:
@@ -188,10 +212,37 @@ class RedisSink(Sink):
             )
 
     def hash_name(self, key: Any) -> str | bytes:
-        """The name of ``key``'s hash: ``prefix + str(key)`` (bytes for a bytes key)."""
+        """The name of ``key``'s hash: ``prefix + str(key)`` (bytes for a bytes key); with
+        ``key_type="tagged"``, ``prefix + "s:" + key``, ``prefix + "i:" + str(key)`` or
+        ``prefix bytes + b"b:" + key``.
+
+        Raises:
+            ValueError: a key of another type than the sink's (``key_type``), whose hash would
+                be that of another key (``7`` and ``"7"``).
+        """
+        if self.key_type == "tagged":
+            if isinstance(key, bytes):
+                return self._bytes_prefix + b"b:" + key
+            return self.prefix + ("s:" + key if isinstance(key, str) else "i:" + str(key))
+        expected = self._key_class
+        if expected is not None and not isinstance(key, expected):
+            self._refuse(key, expected)
         if isinstance(key, bytes):
             return self._bytes_prefix + key
         return self.prefix + str(key)
+
+    def _refuse(self, key: Any, expected: type) -> NoReturn:
+        why = (
+            "the type of the first key it wrote"
+            if self.key_type == "auto"
+            else f"key_type={self.key_type!r}"
+        )
+        raise ValueError(
+            f"RedisSink {self.name!r}: key {key!r} is a {type(key).__name__}, the sink's keys "
+            f"are {expected.__name__} ({why}): both would be named {self.prefix!r} + the key, "
+            "one hash for two keys; give the sink key_type='tagged' to keep keys of several "
+            "types apart"
+        )
 
     async def write(self, batches: Sequence[UpdateBatch]) -> None:
         fields, times = latest_values(batches, closes=self._closes, ends=self._ends)
@@ -200,16 +251,40 @@ class RedisSink(Sink):
             ends.popitem(last=False)
         if not fields:
             return
+        if self._key_class is None and self.key_type == "auto":
+            first = next(iter(fields))
+            self._key_class = next(
+                (c for c in (bytes, str, int) if isinstance(first, c)), type(first)
+            )
         encode, time_field, ttl = _encode, self.time_field, self.ttl_ms
         async with self.client.pipeline(transaction=False) as pipeline:
             for key, values in fields.items():
                 name = self.hash_name(key)
-                mapping = {field: encode(value) for field, value in values.items()}
+                try:
+                    mapping = {field: encode(value) for field, value in values.items()}
+                except Exception as exc:
+                    raise self._unencodable(key, values, exc) from exc
                 mapping[time_field] = encode(times[key])
                 pipeline.hset(name, mapping=mapping)  # type: ignore[arg-type]
                 if ttl is not None:
                     pipeline.pexpire(name, ttl)
             await pipeline.execute()
+
+    def _unencodable(self, key: Any, values: dict[str, Any], exc: Exception) -> Exception:
+        """The error of a value JSON cannot encode, naming its feature and key."""
+        field: str | None = None
+        value: Any = None
+        for name, held in values.items():
+            try:
+                _encode(held)
+            except Exception as error:
+                field, value, exc = name, held, error
+                break
+        kind = TypeError if isinstance(exc, TypeError) else ValueError
+        return kind(
+            f"RedisSink {self.name!r}: feature {field!r} of key {key!r} holds {value!r:.100}, "
+            f"which cannot be JSON-encoded ({type(exc).__name__}: {exc})"
+        )
 
     async def aclose(self) -> None:
         """Close the client the sink made (not one given to it)."""

@@ -81,6 +81,12 @@ class Sink(Closing, abc.ABC):
         """Write what is buffered and release what the sink holds. The default does nothing."""
         return None
 
+    def buffered(self) -> int:
+        """Updates of writes that returned which are not durable yet (held for
+        :meth:`flush`): a :class:`SinkError` counts them in its ``unwritten``, since a sink that
+        fails loses them. The default, for a sink whose writes are durable, is 0."""
+        return 0
+
 
 class SinkHost(Protocol):
     """What :func:`run_sink` needs of a running ``FeatureRuntime``."""
@@ -123,6 +129,16 @@ def _check_number(name: str, value: Any, *, minimum: float, integer: bool = Fals
     ):
         what = "an int" if integer else "a number"
         raise ValueError(f"{name} must be {what} >= {minimum:g}, got {value!r}")
+
+
+def _describe(exc: BaseException, timed_out: float | None = None) -> str:
+    """An error for people: its type and its message. Not ``repr``, which for some libraries'
+    errors (redis-py's ``server:ResponseError``) leaves the message out, and with it what
+    went wrong (``WRONGTYPE``, the key, ``DB index is out of range``). ``timed_out``: the
+    ``write_timeout`` whose expiry raised ``exc`` (a ``TimeoutError`` without a message)."""
+    if timed_out is not None:
+        return f"TimeoutError (write_timeout={timed_out:g} s)"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 class RunningSink:
@@ -175,7 +191,13 @@ class RunningSink:
         )
 
     def _unwritten(self) -> int:
-        return self._in_hand + int(self._subscription.statistics().depth)
+        """Updates taken and not written, waiting in the buffer, and held by the sink (written
+        to it but not durable: lost if it fails)."""
+        try:
+            held = int(self.sink.buffered())
+        except Exception:  # a count for a message: never worth failing the failure
+            held = 0
+        return self._in_hand + int(self._subscription.statistics().depth) + held
 
     async def _run(self) -> None:
         """Write what the subscription brings until it ends, then flush the sink.
@@ -248,21 +270,24 @@ class RunningSink:
         """Run ``call()`` until it succeeds, at most ``max_attempts`` times."""
         delay = self._backoff
         for attempt in range(1, self._max_attempts + 1):
+            scope: anyio.CancelScope | None = None
             try:
-                with anyio.fail_after(self._write_timeout):
+                with anyio.fail_after(self._write_timeout) as scope:
                     await call()
                 return
             except Exception as exc:
+                ours = scope is not None and scope.cancelled_caught
+                error = _describe(exc, self._write_timeout if ours else None)
                 if attempt == self._max_attempts:
                     unwritten = self._unwritten()
                     lost = (
                         f"{unwritten} updates were not written"
-                        if what == "write"
+                        if what == "write" or unwritten
                         else "what the sink buffered may not be written"
                     )
                     raise SinkError(
                         f"sink {self.sink.name!r}: {what} failed {attempt} times "
-                        f"(last: {exc!r}); {lost}",
+                        f"(last: {error}); {lost}",
                         sink=self.sink.name,
                         attempts=attempt,
                         unwritten=unwritten,
@@ -273,7 +298,7 @@ class RunningSink:
                     sink=self.sink.name,
                     what=what,
                     attempt=attempt,
-                    error=repr(exc),
+                    error=error,
                     delay_s=delay,
                 )
             await anyio.sleep(delay)
@@ -340,7 +365,8 @@ async def run_sink(
 
     Raises:
         ValueError: an option out of its range.
-        ConfigError: the sink has no name, or cannot write this feature set's updates.
+        ConfigError: a ``write_timeout`` or ``drain_timeout`` that is not > 0, a sink with no
+            name, or one that cannot write this feature set's updates.
         SinkError: the sink failed (above).
         RuntimeClosed: the runtime is not running.
     """
@@ -351,6 +377,9 @@ async def run_sink(
     _check_number("max_backoff", max_backoff, minimum=0)
     _check_number("write_timeout", write_timeout, minimum=0)
     _check_number("drain_timeout", drain_timeout, minimum=0)
+    for option, seconds in (("write_timeout", write_timeout), ("drain_timeout", drain_timeout)):
+        if seconds <= 0:  # every write (or the drain) would time out at once
+            raise ConfigError(f"{option} must be > 0 seconds, got {seconds!r}")
     name = getattr(sink, "name", None)
     if not isinstance(name, str) or not name:
         raise ConfigError(f"the sink's name must be a non-empty str, got {name!r}")

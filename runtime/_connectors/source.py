@@ -29,12 +29,14 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
 
-from actors import DeadLetterReason
+from actors import DeadLetterReason, get_logger
 
 from .._exceptions import InvalidEvent
 from .._spec.feature_set import FeatureSet
 
 __all__ = ["Closing", "RejectedRecord", "Source", "SourceBatch", "record_rejected"]
+
+_log = get_logger("featurist.connectors")
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +80,12 @@ class SourceBatch:
 
 class Closing:
     """``async with``: the object itself, its :meth:`aclose` at the end (sources and
-    sinks)."""
+    sinks).
+
+    An :meth:`aclose` that fails while an exception leaves the block does not replace it:
+    that exception is what went wrong first (a sink's ``SinkError``, whose aclose then fails
+    the same way when it writes what it buffered), so it goes on, with aclose's error added as
+    a note (and logged). With nothing leaving the block, aclose's error is raised."""
 
     async def aclose(self) -> None:
         """Release what it holds. The default does nothing."""
@@ -93,7 +100,22 @@ class Closing:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self.aclose()
+        if exc is None:
+            await self.aclose()
+            return
+        try:
+            await self.aclose()
+        except Exception as error:  # a cancellation or an interrupt still goes on as itself
+            what = f"{type(self).__name__} {getattr(self, 'name', None)!r}"
+            message = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+            exc.add_note(f"while it propagated, closing {what} failed too: {message}")
+            _log.error(
+                "close_failed",
+                closing=what,
+                error=message,
+                propagating=type(exc).__name__,
+                exc_info=error,
+            )
 
 
 class Source(Closing, abc.ABC):

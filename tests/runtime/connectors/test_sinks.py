@@ -291,3 +291,81 @@ def by_key(rows: list[tuple[Any, ...]]) -> dict[Any, list[tuple[Any, ...]]]:
     for row in rows:
         out.setdefault(row[0], []).append(row)
     return out
+
+
+class Opaque(Exception):
+    """As redis-py's errors: a repr without the message."""
+
+    def __repr__(self) -> str:
+        return "server:Opaque"
+
+
+async def test_the_sink_error_and_the_retry_logs_carry_the_cause_s_message(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Failing(ListSink):
+        async def write(self, batches: Sequence[UpdateBatch]) -> None:
+            raise Opaque("WRONGTYPE Operation against a key holding the wrong kind of value")
+
+    async with runtime() as rt:
+        with pytest.raises(SinkError) as caught:
+            async with run_sink(rt, Failing(), max_attempts=2, backoff=0):
+                await rt.ingest_many(events(5))
+    assert "(last: Opaque: WRONGTYPE Operation against a key" in str(caught.value)
+    retries = [r.getMessage() for r in caplog.records if "sink_retry" in r.getMessage()]
+    assert retries and "Opaque: WRONGTYPE" in retries[0], retries
+
+
+async def test_a_write_timeout_says_so() -> None:
+    sink = ListSink(delay=10)
+    async with runtime() as rt:
+        with pytest.raises(SinkError, match=r"TimeoutError \(write_timeout=0.05 s\)"):
+            async with run_sink(rt, sink, max_attempts=1, write_timeout=0.05):
+                await rt.ingest_many(events(3))
+
+
+@pytest.mark.parametrize("option", ["write_timeout", "drain_timeout"])
+@pytest.mark.parametrize("value", [0, 0.0])
+async def test_a_timeout_of_zero_is_refused(option: str, value: float) -> None:
+    """Every write (or drain) would time out at once."""
+    async with FeatureRuntime(FEATURE_SET) as rt:
+        with pytest.raises(ConfigError, match=f"{option} must be > 0"):
+            async with run_sink(rt, ListSink(), **{option: value}):
+                pass
+
+
+class Closes(Sink):
+    name = "closes"
+
+    def __init__(self, error: Exception | None) -> None:
+        self.error = error
+        self.closed = 0
+
+    async def write(self, batches: Sequence[UpdateBatch]) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        self.closed += 1
+        if self.error is not None:
+            raise self.error
+
+
+async def test_an_aclose_that_fails_while_an_error_propagates_does_not_replace_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sink = Closes(OSError("the disk is full"))
+    with pytest.raises(ValueError, match="mine") as caught:
+        async with sink:
+            raise ValueError("mine")
+    assert sink.closed == 1
+    assert caught.value.__notes__ == [
+        "while it propagated, closing Closes 'closes' failed too: OSError: the disk is full"
+    ]
+    assert "the disk is full" in caplog.text
+    # with nothing propagating, aclose's error is raised
+    with pytest.raises(OSError, match="the disk is full"):
+        async with Closes(OSError("the disk is full")):
+            pass
+    async with Closes(None) as fine:
+        pass
+    assert fine.closed == 1

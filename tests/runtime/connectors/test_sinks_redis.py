@@ -10,9 +10,10 @@ import json
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, NoReturn
 
+import anyio
 import pytest
 import redis.asyncio
 import redis.exceptions
@@ -95,13 +96,14 @@ async def test_no_ttl_means_no_expiry_and_int_and_bytes_keys_name_their_hashes(
         name="k", key="id", time="ts", features=[Count(name="n"), Last(name="v", field="v")]
     )
     rows = [{"id": key, "ts": 1_700_000_000_000 + i, "v": i} for i, key in enumerate([7, 7, 8])]
-    rows += [{"id": b"\xffraw", "ts": 1_700_000_000_100, "v": "x"}]
+    raw = [{"id": b"\xffraw", "ts": 1_700_000_000_100, "v": "x"}]
     try:
-        async with FeatureRuntime(feature_set) as rt:
-            async with RedisSink(REDIS_URL, prefix=prefix, ttl=None) as sink:
-                assert sink.hash_name(b"\xffraw") == prefix.encode() + b"\xffraw"
-                async with run_sink(rt, sink):
-                    await rt.ingest_many(rows)
+        for keys in (rows, raw):  # a sink per key type (keys of two types are refused)
+            async with FeatureRuntime(feature_set) as rt:
+                async with RedisSink(REDIS_URL, prefix=prefix, ttl=None) as sink:
+                    assert sink.hash_name(b"\xffraw") == prefix.encode() + b"\xffraw"
+                    async with run_sink(rt, sink):
+                        await rt.ingest_many(keys)
         assert await read_back(plain, prefix + "7") == {
             "n": 2,
             "v": 1,
@@ -175,6 +177,7 @@ async def test_options_are_checked() -> None:
         ({"prefix": 3}, "prefix"),
         ({"time_field": ""}, "time_field"),
         ({"timeout": 0}, "timeout"),
+        ({"key_type": "typed"}, "key_type"),
     ]:
         with pytest.raises(ConfigError, match=match):
             RedisSink(REDIS_URL, **options)
@@ -218,3 +221,98 @@ async def test_a_late_correction_of_an_older_window_does_not_overwrite_a_newer_c
         assert (await read_back(plain, prefix + "a"))["s"] == shown
     finally:
         await drop(plain, prefix)
+
+
+def mixed_keys_rows(keys: Sequence[Any] = (7, "7", b"7", 7)) -> list[dict[str, Any]]:
+    """Three keys the runtime keeps apart: 7, "7" and b"7"."""
+    return [{"id": key, "ts": 1_700_000_000_000 + i, "v": i} for i, key in enumerate(keys)]
+
+
+MIXED = FeatureSet(
+    name="k", key="id", time="ts", features=[Count(name="n"), Last(name="v", field="v")]
+)
+
+
+async def test_keys_of_several_types_are_refused_by_default_not_merged(
+    plain: redis.asyncio.Redis,
+) -> None:
+    """7, "7" and b"7" would all be ``features:7``: the write fails, naming the key."""
+    prefix = f"test-sink-{uuid.uuid4().hex[:8]}:"
+    try:
+        async with FeatureRuntime(MIXED) as rt:
+            async with RedisSink(REDIS_URL, prefix=prefix) as sink:
+                with pytest.raises(
+                    SinkError, match=r"key ('7'|b'7') is a (str|bytes), the sink's keys are int"
+                ):
+                    async with run_sink(rt, sink, max_attempts=1) as running:
+                        await rt.ingest_many(mixed_keys_rows([7]))
+                        with anyio.fail_after(5):
+                            while running.statistics().written < 1:
+                                await anyio.sleep(0.01)
+                        await rt.ingest_many(mixed_keys_rows(["7", b"7"]))
+                        await anyio.sleep(5)  # cancelled when the sink fails
+        # the int key's values only
+        assert await read_back(plain, prefix + "7") == {
+            "n": 1,
+            "v": 0,
+            "_event_time": 1_700_000_000_000,
+        }
+    finally:
+        await drop(plain, prefix)
+
+
+async def test_tagged_keys_keep_keys_of_several_types_apart(plain: redis.asyncio.Redis) -> None:
+    prefix = f"test-sink-{uuid.uuid4().hex[:8]}:"
+    try:
+        async with FeatureRuntime(MIXED) as rt:
+            async with RedisSink(REDIS_URL, prefix=prefix, key_type="tagged") as sink:
+                assert sink.hash_name("7") == prefix + "s:7"
+                assert sink.hash_name(7) == prefix + "i:7"
+                assert sink.hash_name(b"7") == prefix.encode() + b"b:7"
+                async with run_sink(rt, sink):
+                    await rt.ingest_many(mixed_keys_rows())
+        assert (await read_back(plain, prefix + "i:7"))["n"] == 2
+        assert (await read_back(plain, prefix + "s:7"))["v"] == 1
+        assert (await read_back(plain, prefix + "b:7"))["v"] == 2
+        assert await plain.exists(prefix + "7") == 0
+    finally:
+        await drop(plain, prefix)
+
+
+@pytest.mark.parametrize("key_type", ["str", "int", "bytes"])
+async def test_a_declared_key_type_refuses_the_others(key_type: str) -> None:
+    sink = RedisSink(REDIS_URL, key_type=key_type)  # type: ignore[arg-type]
+    keys: dict[str, Any] = {"str": "7", "int": 7, "bytes": b"7"}
+    assert sink.hash_name(keys[key_type]) in ("features:7", b"features:7")
+    for other, key in keys.items():
+        if other != key_type:
+            with pytest.raises(ValueError, match=f"key {key!r} is a {other}, the sink's keys"):
+                sink.hash_name(key)
+    await sink.aclose()
+
+
+async def test_server_errors_come_with_their_message(plain: redis.asyncio.Redis) -> None:
+    """redis-py's errors print as ``server:ResponseError``: the message must be there."""
+    prefix = f"test-sink-{uuid.uuid4().hex[:8]}:"
+    try:
+        await plain.set(prefix + "c1", "a string, not a hash")
+        async with runtime() as rt:
+            async with RedisSink(REDIS_URL, prefix=prefix) as sink:
+                with pytest.raises(SinkError, match=f"ResponseError: .*{prefix}c1.*WRONGTYPE"):
+                    async with run_sink(rt, sink, max_attempts=1):
+                        await rt.ingest_many(events(20))
+        async with runtime() as rt:
+            async with RedisSink(REDIS_URL.rsplit("/", 1)[0] + "/100000", prefix=prefix) as sink:
+                with pytest.raises(SinkError, match="DB index is out of range"):
+                    async with run_sink(rt, sink, max_attempts=1):
+                        await rt.ingest_many(events(20))
+    finally:
+        await drop(plain, prefix)
+
+
+async def test_a_value_json_cannot_encode_names_the_feature_and_the_key() -> None:
+    sink = RedisSink(REDIS_URL)
+    batch = UpdateBatch("g0", ("n", "x"), [("a", 1, 1, 2.0), ("b", 2, 1, object())], None, {}, 0)
+    with pytest.raises(TypeError, match=r"feature 'x' of key 'b'.*object"):
+        await sink.write([batch])
+    await sink.aclose()
