@@ -24,6 +24,7 @@ that a group's files keep one schema as long as the values allow.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import time
@@ -58,12 +59,15 @@ class _Group:
     file_rows: int = 0
     #: rows the write in progress added to ``rows`` (0 once it returned): the newest rows
     current: int = 0
+    #: rows lost with a file whose write or close failed, and why (the sink writes no more)
+    lost: int = 0
+    lost_reason: str = ""
 
     def held(self) -> int:
         """Rows of the writes that returned which are not in a closed file yet: rows leave
         the buffer and then the open file oldest first, so the write in progress's are the
-        newest ``current`` ones."""
-        return max(0, len(self.rows) + self.file_rows - self.current)
+        newest ``current`` ones. Rows lost with a failed file count too."""
+        return max(0, len(self.rows) + self.file_rows - self.current) + self.lost
 
 
 def _positive_int(name: str, value: Any) -> int:
@@ -209,6 +213,15 @@ class ParquetSink(Sink):
         import pyarrow as pa
         import pyarrow.parquet as pq  # type: ignore[import-untyped]
 
+        if group.lost:
+            # rows already taken went with a file that failed: a write that succeeded now
+            # would pass them for written (and a checkpoint with them)
+            raise OSError(
+                f"ParquetSink {self.name!r}: {group.lost} rows of feature group "
+                f"{group.name!r} were lost with a file whose write failed ({group.lost_reason}); "
+                "the sink writes no more (restart from the last checkpoint, which did not "
+                "pass them, to write them again)"
+            )
         count = len(group.rows) if close else self.row_group_size
         rows, kinds = group.rows[:count], group.kinds[:count]
         if rows:
@@ -244,7 +257,11 @@ class ParquetSink(Sink):
                 )
                 group.schema = table.schema
                 group.file_rows = 0
-            group.writer.write_table(table, row_group_size=len(rows))
+            try:
+                group.writer.write_table(table, row_group_size=len(rows))
+            except BaseException as exc:
+                self._abandon(group, exc)
+                raise
             group.file_rows += len(rows)
             del group.rows[:count], group.kinds[:count]
             assert group.path is not None
@@ -261,10 +278,33 @@ class ParquetSink(Sink):
         if group.writer is None:
             return
         assert group.path is not None
-        group.writer.close()
-        os.replace(group.path.with_name("_" + group.path.name), group.path)
+        try:
+            group.writer.close()
+            os.replace(group.path.with_name("_" + group.path.name), group.path)
+        except BaseException as exc:
+            self._abandon(group, exc)
+            raise
         self.files.append(group.path)
         group.writer = None  # the schema stays: a new file's null columns take its types
+        group.file_rows = 0
+
+    def _abandon(self, group: _Group, exc: BaseException) -> None:
+        """The open file failed (a row group's write, its footer, its rename): it keeps its
+        ``_`` name, never read as a file of the sink, and is not written to again (closed a
+        second time, pyarrow would let a file without its footer be renamed as whole). The
+        rows already in it are lost: counted, and every later write raises (:meth:`_write_rows`),
+        so that no write succeeds past them."""
+        writer, group.writer = group.writer, None
+        if writer is not None:
+            # not closed again, also not by its __del__ (which would try the footer again)
+            writer.is_open = False
+            handle = getattr(writer, "file_handle", None)
+            if handle is not None:
+                with contextlib.suppress(Exception):
+                    handle.close()  # the file descriptor, whatever the file holds
+        if group.file_rows:
+            group.lost += group.file_rows
+            group.lost_reason = _describe(exc)
         group.file_rows = 0
 
     def _array(

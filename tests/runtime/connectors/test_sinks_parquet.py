@@ -312,3 +312,30 @@ async def test_aclose_closes_every_group_s_file_when_one_fails(
 def leftovers(directory: Path) -> list[Path]:
     """Files still under their ``_`` names: left open."""
     return list(directory.rglob("_*"))
+
+
+async def test_a_file_whose_close_failed_is_never_renamed_and_the_sink_writes_no_more(
+    tmp_path: Path,
+) -> None:
+    """Its rows went with it: a later write that succeeded would pass them for written (and
+    a checkpoint with them). Every later flush or write raises, naming how many were lost;
+    the file keeps its ``_`` name (its footer may be missing)."""
+    sink = ParquetSink(tmp_path, row_group_size=1)
+    await sink.write([batch_of(("a", 1, 1))])
+    await sink.write([batch_of(("b", 2, 2))])
+    group = sink._groups["g"]
+    assert group.writer is not None
+
+    def failing_close() -> None:
+        raise OSError("no space left on device")
+
+    group.writer.close = failing_close
+    with pytest.raises(OSError, match="no space left"):
+        await sink.flush()
+    assert sink.files == []
+    assert sink.buffered() == 2
+    for attempt in (sink.flush(), sink.write([batch_of(("c", 3, 3))])):
+        with pytest.raises(OSError, match=r"2 rows of feature group 'g' were lost .* no space"):
+            await attempt
+    assert sink.files == []
+    assert len(leftovers(tmp_path)) == 1
