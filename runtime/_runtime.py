@@ -1437,7 +1437,12 @@ class FeatureRuntime:
             events_rejected=front.rejected_before + front.rejected,
             checkpoint=checkpoint_metrics(self.last_checkpoint, now),
         )
-        return merged
+        # the drift monitors run here, in the application's process, not in the workers
+        return msgspec.structs.replace(
+            merged,
+            drift=await self._drift.status(),
+            actors=merged.actors + self._observer.drift_actors(),
+        )
 
     async def prometheus_collector(self) -> FeatureCollector:
         """The runtime's metrics as a prometheus-client collector, for the application's own

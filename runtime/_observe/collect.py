@@ -40,6 +40,7 @@ from .._topology import Group, Topology
 from .._windows.shard import WindowStats
 from .metrics import (
     ActorMailbox,
+    ActorMetrics,
     GroupMetrics,
     RuntimeMetrics,
     actor_metrics,
@@ -124,6 +125,12 @@ class Observer:
         return [await ref.ask(GetStats(), timeout=None) for ref in group.refs]
 
     # -- mailboxes and metrics -------------------------------------------------------------------
+    def drift_actors(self) -> tuple[ActorMetrics, ...]:
+        """The drift monitors' actors in ``metrics``' form: with workers, the front's own
+        actors, beside the workers' (the monitors run in the application's process)."""
+        boxes = [box for box in self.mailboxes() if box.kind == "drift"]
+        return actor_metrics(boxes, self._failed, {})
+
     def mailboxes(self) -> list[ActorMailbox]:
         """``rt.mailboxes()``: every actor's mailbox counters, read without asking it."""
         topology = self._topology

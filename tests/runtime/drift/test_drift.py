@@ -536,6 +536,26 @@ def sensor_events(
 PH = PageHinkley(delta=0.5, threshold=25)
 
 
+async def test_metrics_hold_the_drift_monitors_in_process_and_with_workers() -> None:
+    """With workers the monitors run in the application's process: metrics() (and so the
+    Prometheus endpoint) must show them beside the workers' merged metrics."""
+    events = sensor_events({"s1": 2.0, "s2": 0.0}, 600, 300)
+    seen = []
+    for options in ({}, {"workers": 1}):
+        async with FeatureRuntime(SENSORS, **options) as rt:
+            await rt.monitor_drift(
+                DriftMonitor(name="ph", feature="reading", detector=PH, segment="key")
+            )
+            await rt.ingest_many(events)
+            await rt.flush()
+            metrics = await rt.metrics()
+            status = (await rt.drift_status())["ph"]
+        assert metrics.drift["ph"].alerts == status.alerts >= 1, options
+        assert [a.kind for a in metrics.actors].count("drift") == 1, options
+        seen.append(metrics.drift["ph"].values)
+    assert seen == [1200, 1200]
+
+
 async def test_alerts_come_as_events_for_the_drifting_segments_only() -> None:
     events = sensor_events({"s1": 2.0, "s2": 0.0, "s3": -2.0}, 1000, 500)
     async with FeatureRuntime(SENSORS, shards=2) as rt:
