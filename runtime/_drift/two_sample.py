@@ -252,9 +252,19 @@ class PSIDetector(_TwoSampleDetector):
 def quantile_edges(values: Sequence[float], bins: int) -> list[float]:
     """The inner edges of ``bins`` bins from the quantiles of ``values`` (sorted): the value at
     rank ``ceil(k * m / bins)`` for ``k`` in 1 .. bins - 1, without repeats. Bin ``i`` holds
-    the values ``x`` with ``edges[i - 1] < x <= edges[i]``."""
+    the values ``x`` with ``edges[i - 1] < x <= edges[i]``.
+
+    When the least value is an edge itself (a tenth of the reference or more at its least
+    value: a count often 0, a constant), one more edge just below it: values below the whole
+    reference then have a bin of their own, as values above a top edge that is the greatest
+    value have. Without it they fell in the bin of that least value, unseen: a reference all
+    5.0 read a live window all 4.0 as no change (PSI 0), though all 6.0 scored 18. (Not for
+    a continuous reference, whose bottom bin spans a tenth of it down to minus infinity: a
+    bin of its own for the rare value below its least would be mostly noise.)"""
     m = len(values)
     edges = {values[max(math.ceil(k * m / bins) - 1, 0)] for k in range(1, bins)}
+    if m and values[0] in edges:
+        edges.add(math.nextafter(values[0], -math.inf))
     return sorted(edges)
 
 

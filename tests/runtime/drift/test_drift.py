@@ -222,7 +222,10 @@ def psi_by_hand(reference: list[float], live: list[float], bins: int, epsilon: f
     """The formula, with the bins found by comparisons rather than searches."""
     ordered = sorted(reference)
     m = len(ordered)
-    edges = sorted({ordered[max(math.ceil(k * m / bins) - 1, 0)] for k in range(1, bins)})
+    inner = {ordered[max(math.ceil(k * m / bins) - 1, 0)] for k in range(1, bins)}
+    if ordered[0] in inner:  # a point mass at the least value: a bin for what is below it
+        inner.add(math.nextafter(ordered[0], -math.inf))
+    edges = sorted(inner)
 
     def shares(sample: list[float]) -> list[float]:
         counts = [0] * (len(edges) + 1)
@@ -272,6 +275,16 @@ def test_psi_quantile_bins_hold_equal_shares_of_a_continuous_reference() -> None
     for x in reference:
         counts[bisect_left(edges, x)] += 1
     assert len(edges) == 9 and counts[:10] == [100] * 10 and counts[10] == 0
+
+
+def test_psi_sees_a_shift_below_a_constant_reference_as_one_above() -> None:
+    # the bottom bin held the whole reference: a fall to 4.0 scored 0, a rise to 6.0 18.4
+    assert psi([5.0] * 100, [4.0] * 100) == pytest.approx(psi([5.0] * 100, [6.0] * 100))
+    assert psi([5.0] * 100, [4.0] * 100) > 10
+    assert psi([5.0] * 100, [5.0] * 100) == 0.0
+    # a count often 0: a fall below it is as new as a rise above its greatest value
+    counts = [0.0] * 50 + [1.0] * 30 + [2.0] * 20
+    assert psi(counts, [-1.0] * 10 + counts[:90]) > 0.25
 
 
 def test_psi_finds_a_shift_and_stays_below_its_threshold_when_stationary() -> None:
