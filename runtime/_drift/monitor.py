@@ -40,7 +40,7 @@ from actors import (
 )
 
 from .._batches import ItemBatch
-from .._exceptions import SpecError
+from .._exceptions import SpecError, UnknownFeature
 from .._messages import GetDriftStatus
 from .._results import FeatureUpdate
 from .._spec.drift import (
@@ -361,7 +361,10 @@ class DriftMonitors:
             if monitor.name in taken:
                 raise SpecError(f"{where}.name: a monitor named {monitor.name!r} is running")
             taken.add(monitor.name)
-            group, names = group_of(monitor.feature)
+            try:
+                group, names = group_of(monitor.feature)
+            except UnknownFeature as exc:
+                raise UnknownFeature(f"{where}.feature: {exc}") from None
             feature = feature_set.feature(monitor.feature)
             windowed = feature_set.is_windowed(monitor.feature)
             window = getattr(feature, "window", None)
@@ -380,7 +383,12 @@ class DriftMonitors:
             segment = monitor.segment
             if segment is not None and segment != "key":
                 if segment not in names:
-                    feature_set.feature(segment)  # UnknownFeature if there is none
+                    if segment not in feature_set.names:
+                        known = ", ".join(feature_set.names)
+                        raise UnknownFeature(
+                            f"{where}.segment: no feature named {segment!r} to segment by "
+                            f"(known: {known}; or segment='key')"
+                        )
                     raise SpecError(
                         f"{where}.segment: {segment!r} is computed in another group than "
                         f"{monitor.feature!r} (another stream, or windowed and not), so its "

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import bisect
 import gzip
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -369,8 +370,8 @@ def families(snapshot: Snapshot) -> list[Any]:
     dropped = counter("drift_dropped", "Updates a monitor dropped behind", ["monitor"])
     for name, d in m.drift.items():
         dropped.add_metric([name], d.dropped)
-        for segment in d.segments:
-            values = [name, d.feature, "" if segment.segment is None else str(segment.segment)]
+        for segment, label in zip(d.segments, _segment_labels(d.segments), strict=True):
+            values = [name, d.feature, label]
             if segment.score is not None:
                 score.add_metric(values, segment.score)
             if segment.threshold is not None:
@@ -704,3 +705,18 @@ class MetricsServer:
             body = gzip.compress(body)
             headers.append(("Content-Encoding", "gzip"))
         return headers, body
+
+
+def _segment_labels(segments: Sequence[Any]) -> list[str]:
+    """The ``segment`` label of each segment: its value as text, "" for none. Keys 7 and
+    "7" are two segments (the runtime keeps them apart) whose text is one: two series of
+    one name and labels, which a scrape refuses whole (OpenMetrics) or merges (text). Where
+    texts collide, a value that is not a str says its type (``int:7``)."""
+    texts = ["" if s.segment is None else str(s.segment) for s in segments]
+    counts = Counter(texts)
+    return [
+        f"{type(s.segment).__name__}:{text}"
+        if counts[text] > 1 and s.segment is not None and not isinstance(s.segment, str)
+        else text
+        for s, text in zip(segments, texts, strict=True)
+    ]

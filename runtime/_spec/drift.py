@@ -56,14 +56,24 @@ MAX_SAMPLE = 1_000_000
 
 
 def _check_number(
-    owner: object, path: str, value: object, *, low: float, high: float = math.inf, open_low: bool
+    owner: object,
+    path: str,
+    value: object,
+    *,
+    low: float,
+    high: float = math.inf,
+    open_low: bool,
+    open_high: bool = False,
 ) -> None:
-    """A finite int or float in ``(low, high]`` (``open_low``) or ``[low, high]``."""
+    """A finite int or float from ``low`` to ``high``, each bound excluded when open."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         _fail(owner, path, f"expected a finite number, got {_kind(value)} {value!r}")
-    if (value <= low if open_low else value < low) or value > high:
+    if (value <= low if open_low else value < low) or (
+        value >= high if open_high else value > high
+    ):
         lower = f"> {low:g}" if open_low else f">= {low:g}"
-        bound = lower if high == math.inf else f"{lower} and <= {high:g}"
+        upper = f"< {high:g}" if open_high else f"<= {high:g}"
+        bound = lower if high == math.inf else f"{lower} and {upper}"
         _fail(owner, path, f"must be {bound}, got {value!r}")
 
 
@@ -232,9 +242,7 @@ class ADWIN(_Detector, tag="adwin", frozen=True):
     grace_period: int = 10
 
     def __post_init__(self) -> None:
-        _check_number(self, "delta", self.delta, low=0, high=1, open_low=True)
-        if self.delta == 1:
-            _fail(self, "delta", "must be < 1, got 1")
+        _check_number(self, "delta", self.delta, low=0, high=1, open_low=True, open_high=True)
         _check_int(self, "clock", self.clock, 1, 10_000)
         _check_int(self, "max_buckets", self.max_buckets, 2, 100)
         _check_int(self, "min_window", self.min_window, 1, 10_000)
@@ -280,7 +288,7 @@ class PSI(_TwoSample, tag="psi", frozen=True):
 
     The live window is the last ``window`` values (1 to 1,000,000), and with ``span`` (a
     duration) only those within ``span`` of event time of the newest. The index is computed
-    every ``every`` values (default 1) once the window holds ``min_window`` (1 to ``window``;
+    every ``every`` values (default 25) once the window holds ``min_window`` (1 to ``window``;
     default 100). O(log bins + bins / every) per value.
     """
 
@@ -323,9 +331,7 @@ class KS(_TwoSample, tag="ks", frozen=True):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check_number(self, "alpha", self.alpha, low=0, high=1, open_low=True)
-        if self.alpha == 1:
-            _fail(self, "alpha", "must be < 1, got 1")
+        _check_number(self, "alpha", self.alpha, low=0, high=1, open_low=True, open_high=True)
         _check_int(self, "exact_below", self.exact_below, 0, 100_000)
 
 

@@ -486,7 +486,7 @@ def test_detector_specs_name_the_field_they_reject() -> None:
     cases = [
         (lambda: PSI(reference=ref, bins=1), r"PSI\.bins: must be between 2 and 100"),
         (lambda: PSI(reference=ref, window=10, min_window=20), r"PSI\.min_window"),
-        (lambda: KS(reference=ref, alpha=1.5), r"KS\.alpha: must be > 0 and <= 1"),
+        (lambda: KS(reference=ref, alpha=1.5), r"KS\.alpha: must be > 0 and < 1"),
         (lambda: KS(reference=ref, span="soon"), r"KS\.span: not a duration"),
         (lambda: PageHinkley(threshold=0), r"PageHinkley\.threshold: must be > 0"),
         (lambda: PageHinkley(direction="sideways"), r"PageHinkley\.direction"),  # type: ignore[arg-type]
@@ -748,7 +748,11 @@ async def test_monitor_drift_checks_the_monitors_before_starting_any() -> None:
         await rt.monitor_drift(DriftMonitor(name="one", feature="reading", detector=ADWIN()))
         bad = [
             (DriftMonitor(name="one", feature="reading", detector=ADWIN()), SpecError, "running"),
-            (DriftMonitor(name="x", feature="nope", detector=ADWIN()), UnknownFeature, "nope"),
+            (
+                DriftMonitor(name="x", feature="nope", detector=ADWIN()),
+                UnknownFeature,
+                r"monitors\[1\]\.feature: .*'nope'",
+            ),
             (
                 DriftMonitor(name="x", feature="reading", detector=ADWIN(), segment="mean_5m"),
                 SpecError,
@@ -757,7 +761,7 @@ async def test_monitor_drift_checks_the_monitors_before_starting_any() -> None:
             (
                 DriftMonitor(name="x", feature="reading", detector=ADWIN(), segment="ghost"),
                 UnknownFeature,
-                "ghost",
+                r"monitors\[1\]\.segment: no feature named 'ghost'",
             ),
             (
                 DriftMonitor(name="x", feature="mean_5m", detector=ADWIN(), on="close"),

@@ -220,3 +220,28 @@ async def test_with_workers_the_collector_serves_the_merged_metrics() -> None:
                 await anyio.sleep(0.02)
     assert families["featurist_events_processed"].samples[0].value == 60
     assert "featurist_ingest_latency_seconds" not in families  # the samples stay in the workers
+
+
+async def test_drift_segments_whose_text_is_one_are_two_series() -> None:
+    """Keys 7 and "7" are two keys, so two drift segments: labelled "int:7" and "7", not two
+    series of one name and labels, which an OpenMetrics scrape refuses whole."""
+    from prometheus_client.openmetrics.exposition import generate_latest as openmetrics
+    from prometheus_client.openmetrics.parser import (
+        text_string_to_metric_families as parse_openmetrics,
+    )
+
+    from runtime import DriftMonitor, PageHinkley
+
+    events = [{"k": k, "ts": 1_000 + i, "x": i % 3} for i in range(40) for k in (7, "7")]
+    async with FeatureRuntime(FEATURES) as rt:
+        await rt.monitor_drift(
+            DriftMonitor(name="d", feature="s", detector=PageHinkley(), segment="key")
+        )
+        await rt.ingest_many(events)
+        await rt.flush()
+        registry = prometheus_client.CollectorRegistry()
+        registry.register(await rt.prometheus_collector())
+        text = openmetrics(registry).decode()
+    families = {family.name: family for family in parse_openmetrics(text)}
+    segments = sorted(s.labels["segment"] for s in families["featurist_drift_alerts"].samples)
+    assert segments == ["7", "int:7"]
