@@ -82,6 +82,22 @@ def build_detector(spec: Detector) -> DriftDetector:
     raise TypeError(f"detector: expected PageHinkley, ADWIN, PSI or KS, got {type(spec).__name__}")
 
 
+#: ints beyond it have no float (10**400): skipped as not finite, as the docs say, rather than
+#: fail the detector's float()
+_LARGEST = 1 << 1023
+
+
+def _finite(value: Any) -> bool:
+    """Whether ``value`` (not a plain float or int) is a number the detectors can take: an
+    int or float subclass, finite as a float."""
+    if value is None or isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int subclass too large for a float
+        return False
+
+
 class _Segment:
     __slots__ = ("alerts", "detector", "drifting", "last_alert_time", "value", "values")
 
@@ -124,6 +140,8 @@ class MonitorState:
         self.skipped = 0
         self.refused = 0
         self.alerts = 0
+        #: segments whose reference came out empty
+        self.empty_references = 0
         #: updates whose value a detector failed on, with the error, for dead letters
         self.failures: list[tuple[FeatureUpdate, Exception]] = []
         self.failed = 0
@@ -160,13 +178,8 @@ class MonitorState:
             kind_of = type(value)
             if not (
                 (kind_of is float and -math.inf < value < math.inf)
-                or kind_of is int
-                or (
-                    value is not None
-                    and not isinstance(value, bool)
-                    and isinstance(value, int | float)
-                    and math.isfinite(value)
-                )
+                or (kind_of is int and -_LARGEST < value < _LARGEST)
+                or _finite(value)
             ) or (update.errors is not None and feature in update.errors):
                 skipped += 1
                 continue
@@ -187,6 +200,10 @@ class MonitorState:
                 segment = segments[segment_value] = _Segment(
                     segment_value, build_detector(spec.detector)
                 )
+                if hasattr(segment.detector, "on_empty"):
+                    segment.detector.on_empty = functools.partial(
+                        self._reference_empty, segment_value
+                    )
             detector = segment.detector
             try:
                 drifting = detector.update(float(value), update.event_time)
@@ -207,6 +224,22 @@ class MonitorState:
             segment.drifting = drifting
         self.skipped += skipped
         return alerts
+
+    def _reference_empty(self, segment: Any) -> None:
+        """A segment's reference came out empty (no value in its range): that segment is not
+        monitored. Said once per monitor, naming it and the first such segment (one line per
+        segment of a monitor by key would be one per key); ``DriftStatus`` counts them
+        (segments in phase ``no_reference``)."""
+        self.empty_references += 1
+        if self.empty_references == 1:
+            _log.warning(
+                "drift_reference_empty",
+                monitor=self.spec.name,
+                feature=self.spec.feature,
+                segment=segment,
+                detail="no value in the reference's range: this segment is not monitored (and "
+                "no other of this monitor's segments whose reference is empty is logged)",
+            )
 
     def _alert(self, segment: _Segment, update: FeatureUpdate) -> DriftAlert:
         spec = self.spec

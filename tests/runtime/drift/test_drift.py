@@ -569,6 +569,37 @@ async def test_metrics_hold_the_drift_monitors_in_process_and_with_workers() -> 
     assert seen == [1200, 1200]
 
 
+async def test_an_int_too_large_for_a_float_is_skipped_not_a_detector_failure() -> None:
+    events = [
+        {"sensor": "s1", "ts": T0 + i, "value": 10**400 if i == 5 else 1.0} for i in range(20)
+    ]
+    async with FeatureRuntime(SENSORS) as rt:
+        await rt.monitor_drift(DriftMonitor(name="ph", feature="reading", detector=PH))
+        await rt.ingest_many(events)
+        await rt.flush()
+        status = (await rt.drift_status())["ph"]
+        assert rt.dead_letters.count() == 0
+    assert (status.values, status.skipped) == (19, 1)
+
+
+async def test_an_empty_reference_is_said_once_per_monitor_naming_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    events = [{"sensor": f"s{i % 4}", "ts": T0 + 60_000 + i, "value": 1.0} for i in range(40)]
+    ks = KS(reference=Reference(start=T0 - 10_000, end=T0 - 5_000), window=5, min_window=1)
+    with caplog.at_level("WARNING"):
+        async with FeatureRuntime(SENSORS) as rt:
+            await rt.monitor_drift(
+                DriftMonitor(name="ks", feature="reading", detector=ks, segment="key")
+            )
+            await rt.ingest_many(events)
+            await rt.flush()
+            status = (await rt.drift_status())["ks"]
+    said = [r.getMessage() for r in caplog.records if "drift_reference_empty" in r.getMessage()]
+    assert len(said) == 1 and "monitor='ks'" in said[0] and "feature='reading'" in said[0], said
+    assert [s.phase for s in status.segments] == ["no_reference"] * 4
+
+
 async def test_alerts_come_as_events_for_the_drifting_segments_only() -> None:
     events = sensor_events({"s1": 2.0, "s2": 0.0, "s3": -2.0}, 1000, 500)
     async with FeatureRuntime(SENSORS, shards=2) as rt:
