@@ -147,6 +147,8 @@ class CheckpointCoordinator:
         #: state of feature groups in the restored checkpoint that the runtime does not have
         #: yet, by signature: ``register`` of the same features takes it (:meth:`adopt`)
         self._pending: dict[str, ActorState] = {}
+        #: ``(worker, workers)`` of the restore in a worker process, else None
+        self._share: tuple[int, int] | None = None
         #: keys the snapshot under way left out (their state could not be encoded)
         self._left_out = 0
         #: fills the features a restore adds (``FeatureRuntime(backfill=)``): given their
@@ -423,6 +425,7 @@ class CheckpointCoordinator:
                 any).
         """
         started = time.perf_counter() if started is None else started
+        self._share = share
         filled: list[ActorState] = []
         backfill = self.backfill if share is None else None
         added = self._added(checkpoint) if backfill is not None else []
@@ -459,6 +462,22 @@ class CheckpointCoordinator:
         except CheckpointError as exc:
             raise _Unusable(str(exc)) from None
         await self._apply(checkpoint, path, plan, decoded, started)
+
+    def _own_share(self, state: ActorState) -> ActorState:
+        """``state`` as this process holds it pending: a worker's, its own key groups and its
+        share of the writers' counters (as :meth:`restore_from` takes them), so that each
+        worker's part of the next checkpoint carries its share alone (every worker carrying the
+        whole state made two parts hold one key group: no later checkpoint could be read)."""
+        share = self._share
+        if share is None:
+            return state
+        worker, workers = share
+        owner = KeyRouter(shards=workers, key_groups=self._router.key_groups)
+        return msgspec.structs.replace(
+            state,
+            groups={g: b for g, b in state.groups.items() if owner.shard_of_group(g) == worker},
+            extras=state.extras[worker::workers],
+        )
 
     def _added(self, checkpoint: Checkpoint) -> list[str]:
         """The features of the runtime's groups that no feature group of ``checkpoint``
@@ -540,7 +559,7 @@ class CheckpointCoordinator:
                 # of the feature set the writer started with, and not of this one: removed
                 _log.info("checkpoint_features_removed", group=state.name, features=names)
                 continue
-            self._pending[state.signature] = state
+            self._pending[state.signature] = self._own_share(state)
             _log.warning(
                 "checkpoint_state_pending",
                 group=state.name,

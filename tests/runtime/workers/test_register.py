@@ -96,3 +96,32 @@ async def test_a_feature_whose_name_is_taken_is_refused_at_the_front() -> None:
         with pytest.raises(SpecError, match="duplicate feature name 'n'"):
             await rt.register(Count(name="n"))
         assert rt.feature_set.names == ("n", "total")
+
+
+async def test_registered_state_pending_across_starts_with_workers_stays_readable(
+    tmp_path: Path,
+) -> None:
+    """Each worker keeps its own share of a pending group's state: every worker carrying the
+    whole state made two parts of the next checkpoint hold one key group, and no later
+    checkpoint could be read."""
+    config = CheckpointConfig(directory=str(tmp_path), interval=None)
+    options: dict[str, Any] = {"workers": 2, "shards": 2, "checkpoints": config}
+    events = _events(300)
+    async with FeatureRuntime(FEATURE_SET, **options) as rt:
+        await rt.register(Max(name="top", field="amount"))
+        await rt.ingest_many(events)
+        await rt.checkpoint()
+    for _ in range(2):  # started without it: pending, carried in the checkpoints
+        async with FeatureRuntime(FEATURE_SET, **options) as rt:
+            await rt.checkpoint()
+    async with FeatureRuntime(FEATURE_SET, **options) as rt:
+        assert rt.restored is not None and rt.restored.sequence >= 4
+        await rt.register(Max(name="top", field="amount"))
+        await rt.checkpoint()
+        got = {key: vector.values for key, vector in (await rt.get_many(["c0", "c3"])).items()}
+    async with FeatureRuntime(FEATURE_SET, **options) as rt:
+        assert rt.restored is not None and rt.restored.sequence >= 6
+    want: dict[str, int] = {}
+    for event in events:
+        want[event["card"]] = max(want.get(event["card"], 0), event["amount"])
+    assert [got[key]["top"] for key in ("c0", "c3")] == [want["c0"], want["c3"]]
