@@ -1302,8 +1302,13 @@ class FeatureRuntime:
             if not more:
                 break
             wanted |= more
+        # without the wall-clock bounds of event times (max_past, max_future): online they
+        # judged each event at its arrival; applied now, max_past refuses the older history
         feature_set = msgspec.structs.replace(
-            self.feature_set, features=tuple(f for f in features if f.name in wanted)
+            self.feature_set,
+            features=tuple(f for f in features if f.name in wanted),
+            max_past=None,
+            max_future=None,
         )
         several = len(feature_set.stream_names) > 1
         async with FeatureRuntime(

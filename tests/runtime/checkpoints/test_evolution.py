@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import hypothesis.strategies as st
+import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 
@@ -424,3 +425,17 @@ async def test_worker_processes_restore_an_evolved_feature_set(tmp_path: Path) -
         for name in names:
             want = fresh if name in ("mx", "tmax") else whole
             assert same(got[key][name], want[key][name]), (key, name, got[key], want[key])
+
+
+@pytest.mark.anyio
+async def test_a_backfill_is_not_bounded_by_the_wall_clock(tmp_path: Path) -> None:
+    """History accepted online long ago is older than max_past now: the backfill replays it
+    without the wall-clock bounds, as it was taken then."""
+    events = [{"card": "a", "ts": 1_000 + 100 * i, "amount": i, "v": i} for i in range(6)]
+    config = CheckpointConfig(directory=str(tmp_path / "cp"), interval=None)
+    async with FeatureRuntime(feature_set(["n"]), checkpoints=config) as rt:
+        await rt.ingest_many(events)
+    bounded = msgspec.structs.replace(feature_set(["n", "s"]), max_past="1d")
+    async with FeatureRuntime(bounded, checkpoints=config, backfill=events) as rt:
+        vector = await rt.get("a")
+    assert (vector["n"], vector["s"]) == (6, 15)
