@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import anyio
 import msgspec
 
+from actors import get_logger
+
 from .._batches import UpdateBatch
 from .._exceptions import ConfigError
 from .sinks import Sink
@@ -35,6 +37,8 @@ if TYPE_CHECKING:
     import nats.aio.msg
 
 __all__ = ["NatsSink", "update_messages"]
+
+_log = get_logger("featurist.connectors")
 
 _SUBJECT_TOKEN = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
 
@@ -145,6 +149,8 @@ class NatsSink(Sink):
         self._round = 0
         #: per subject: True when a JetStream stream holds it
         self._streams: dict[str, bool] = {}
+        #: whether a write found no JetStream answering (said once)
+        self._no_jetstream_said = False
         self._encode = (
             msgspec.json.Encoder().encode if format == "json" else msgspec.msgpack.Encoder().encode
         )
@@ -189,12 +195,23 @@ class NatsSink(Sink):
                         subject
                     )
                     found = True
-                except (
-                    nats.js.errors.NotFoundError,  # no stream holds the subject
-                    nats.js.errors.ServiceUnavailableError,  # a server without JetStream
-                    nats.errors.NoRespondersError,
-                ):
+                except nats.js.errors.NotFoundError:  # no stream holds the subject
                     found = False
+                except (nats.js.errors.ServiceUnavailableError, nats.errors.NoRespondersError):
+                    # No JetStream answered: a server without it, or JetStream unavailable
+                    # for a moment (a leader election, a restart). Core NATS for this write,
+                    # and the server is asked again at the next: a stream that answers
+                    # later gets its acknowledged publishes back.
+                    if not self._no_jetstream_said:
+                        self._no_jetstream_said = True
+                        _log.warning(
+                            "nats_sink_without_jetstream",
+                            sink=self.name,
+                            subject=subject,
+                            detail="no JetStream answered: publishing with core NATS (no "
+                            "acknowledgements); asked again at each write",
+                        )
+                    return False
             self._streams[subject] = found
         return found
 
