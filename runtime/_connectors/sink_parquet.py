@@ -154,7 +154,20 @@ class ParquetSink(Sink):
                 f"ParquetSink {self.name!r}: the directory {str(self.directory)!r} is not writable"
             )
 
+    def _refuse_if_lost(self, group: _Group) -> None:
+        """Raise if rows of ``group`` were lost with a file that failed: a write that
+        succeeded now would pass them for written (and a checkpoint with them)."""
+        if group.lost:
+            raise OSError(
+                f"ParquetSink {self.name!r}: {group.lost} rows of feature group "
+                f"{group.name!r} were lost with a file whose write failed ({group.lost_reason}); "
+                "the sink writes no more (restart from the last checkpoint, which did not "
+                "pass them, to write them again)"
+            )
+
     async def write(self, batches: Sequence[UpdateBatch]) -> None:
+        for held in self._groups.values():  # not only when a row group is due
+            self._refuse_if_lost(held)
         if batches is not self._taken:
             self._taken, self._added = batches, 0
             for held in self._groups.values():
@@ -213,15 +226,7 @@ class ParquetSink(Sink):
         import pyarrow as pa
         import pyarrow.parquet as pq  # type: ignore[import-untyped]
 
-        if group.lost:
-            # rows already taken went with a file that failed: a write that succeeded now
-            # would pass them for written (and a checkpoint with them)
-            raise OSError(
-                f"ParquetSink {self.name!r}: {group.lost} rows of feature group "
-                f"{group.name!r} were lost with a file whose write failed ({group.lost_reason}); "
-                "the sink writes no more (restart from the last checkpoint, which did not "
-                "pass them, to write them again)"
-            )
+        self._refuse_if_lost(group)
         count = len(group.rows) if close else self.row_group_size
         rows, kinds = group.rows[:count], group.kinds[:count]
         if rows:

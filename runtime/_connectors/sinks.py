@@ -365,8 +365,8 @@ async def run_sink(
 
     Raises:
         ValueError: an option out of its range.
-        ConfigError: a ``write_timeout`` or ``drain_timeout`` that is not > 0, a sink with no
-            name, or one that cannot write this feature set's updates.
+        ConfigError: a sink with no name, or one that cannot write this feature set's
+            updates.
         SinkError: the sink failed (above).
         RuntimeClosed: the runtime is not running.
     """
@@ -375,11 +375,11 @@ async def run_sink(
     _check_number("max_attempts", max_attempts, minimum=1, integer=True)
     _check_number("backoff", backoff, minimum=0)
     _check_number("max_backoff", max_backoff, minimum=0)
-    _check_number("write_timeout", write_timeout, minimum=0)
-    _check_number("drain_timeout", drain_timeout, minimum=0)
     for option, seconds in (("write_timeout", write_timeout), ("drain_timeout", drain_timeout)):
-        if seconds <= 0:  # every write (or the drain) would time out at once
-            raise ConfigError(f"{option} must be > 0 seconds, got {seconds!r}")
+        if isinstance(seconds, int | float) and not isinstance(seconds, bool) and seconds <= 0:
+            # every write (or the drain) would time out at once
+            raise ValueError(f"{option} must be a number > 0 (seconds), got {seconds!r}")
+        _check_number(option, seconds, minimum=0)
     name = getattr(sink, "name", None)
     if not isinstance(name, str) or not name:
         raise ConfigError(f"the sink's name must be a non-empty str, got {name!r}")

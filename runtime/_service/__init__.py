@@ -36,8 +36,8 @@ def create_app(
     :class:`FeatureRuntime` with ``runtime_options`` and stops it (``docs/service.md``).
 
     Mounted in an application of one's own, its lifespan must be entered from that
-    application's (Starlette runs no mounted application's lifespan): without it every route
-    answers 503 ``not_running``.
+    application's (Starlette runs no mounted application's lifespan): without it the routes
+    that need the runtime answer 503 ``not_running`` (the probes 503 too).
 
     Args:
         feature_set: a :class:`FeatureSet`, or the path of a spec file (TOML, YAML or JSON).

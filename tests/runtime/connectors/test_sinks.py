@@ -325,11 +325,12 @@ async def test_a_write_timeout_says_so() -> None:
 
 
 @pytest.mark.parametrize("option", ["write_timeout", "drain_timeout"])
-@pytest.mark.parametrize("value", [0, 0.0])
+@pytest.mark.parametrize("value", [0, 0.0, -1])
 async def test_a_timeout_of_zero_is_refused(option: str, value: float) -> None:
-    """Every write (or drain) would time out at once."""
+    """Every write (or drain) would time out at once; one error, one message, for 0 and
+    below."""
     async with FeatureRuntime(FEATURE_SET) as rt:
-        with pytest.raises(ConfigError, match=f"{option} must be > 0"):
+        with pytest.raises(ValueError, match=f"{option} must be a number > 0"):
             async with run_sink(rt, ListSink(), **{option: value}):
                 pass
 

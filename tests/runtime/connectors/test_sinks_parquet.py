@@ -339,3 +339,19 @@ async def test_a_file_whose_close_failed_is_never_renamed_and_the_sink_writes_no
             await attempt
     assert sink.files == []
     assert len(leftovers(tmp_path)) == 1
+
+
+async def test_after_a_lost_file_a_write_below_a_row_group_raises_too(tmp_path: Path) -> None:
+    sink = ParquetSink(tmp_path, row_group_size=1)
+    await sink.write([batch_of(("a", 1, 1))])
+    group = sink._groups["g"]
+
+    def failing_close() -> None:
+        raise OSError("no space left on device")
+
+    group.writer.close = failing_close
+    with pytest.raises(OSError, match="no space left"):
+        await sink.flush()
+    sink.row_group_size = 1_000  # the next write buffers only: it must still refuse
+    with pytest.raises(OSError, match=r"1 rows of feature group 'g' were lost"):
+        await sink.write([batch_of(("b", 2, 2))])
