@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import bisect
 import gzip
-from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -708,15 +707,16 @@ class MetricsServer:
 
 
 def _segment_labels(segments: Sequence[Any]) -> list[str]:
-    """The ``segment`` label of each segment: its value as text, "" for none. Keys 7 and
-    "7" are two segments (the runtime keeps them apart) whose text is one: two series of
-    one name and labels, which a scrape refuses whole (OpenMetrics) or merges (text). Where
-    texts collide, a value that is not a str says its type (``int:7``)."""
-    texts = ["" if s.segment is None else str(s.segment) for s in segments]
-    counts = Counter(texts)
+    """The ``segment`` label of each segment: a str value as it is, "" for none, any other
+    value with its type before it (``int:7``). Keys 7 and "7" are two segments (the runtime
+    keeps them apart): labelled by their text alone they were two series of one name and
+    labels, which a scrape refuses whole (OpenMetrics) or merges (text). Always so, not only
+    once a colliding segment appears: a series must not change its labels mid-life."""
     return [
-        f"{type(s.segment).__name__}:{text}"
-        if counts[text] > 1 and s.segment is not None and not isinstance(s.segment, str)
-        else text
-        for s, text in zip(segments, texts, strict=True)
+        ""
+        if s.segment is None
+        else s.segment
+        if isinstance(s.segment, str)
+        else f"{type(s.segment).__name__}:{s.segment}"
+        for s in segments
     ]

@@ -224,7 +224,8 @@ async def test_with_workers_the_collector_serves_the_merged_metrics() -> None:
 
 async def test_drift_segments_whose_text_is_one_are_two_series() -> None:
     """Keys 7 and "7" are two keys, so two drift segments: labelled "int:7" and "7", not two
-    series of one name and labels, which an OpenMetrics scrape refuses whole."""
+    series of one name and labels, which an OpenMetrics scrape refuses whole (a non-str
+    segment is always labelled with its type: its series keeps its labels whatever comes)."""
     from prometheus_client.openmetrics.exposition import generate_latest as openmetrics
     from prometheus_client.openmetrics.parser import (
         text_string_to_metric_families as parse_openmetrics,
