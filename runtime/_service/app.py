@@ -306,7 +306,10 @@ class Service:
                 return value
         if self.key_type == "int":
             raise _Problem(
-                400, "bad_key", f"the key must be an int of at most 64 bits, got {text!r}"
+                400,
+                "bad_key",
+                "the key must be an int of at most 64 bits in canonical decimal (42, -5; not "
+                f"007 nor +5), got {text!r}",
             )
         return text
 
