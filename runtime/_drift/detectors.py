@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Callable
 
 from .._spec.drift import ADWIN, PageHinkley
 
@@ -30,6 +31,8 @@ class DriftDetector:
     p_value: float | None = None
     #: beyond its threshold after the latest value
     drifting = False
+    #: called when a detector with a reference freezes it empty (its monitor says which)
+    on_empty: Callable[[], None] | None = None
 
     @property
     def threshold(self) -> float | None:

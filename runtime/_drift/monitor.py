@@ -200,10 +200,7 @@ class MonitorState:
                 segment = segments[segment_value] = _Segment(
                     segment_value, build_detector(spec.detector)
                 )
-                if hasattr(segment.detector, "on_empty"):
-                    segment.detector.on_empty = functools.partial(
-                        self._reference_empty, segment_value
-                    )
+                segment.detector.on_empty = functools.partial(self._reference_empty, segment_value)
             detector = segment.detector
             try:
                 drifting = detector.update(float(value), update.event_time)

@@ -14,7 +14,7 @@ import math
 import operator
 import random
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from itertools import repeat
 
 from actors import get_logger
@@ -69,9 +69,6 @@ class _TwoSampleDetector(DriftDetector):
         self._first: int | None = None
         self._offered = 0
         self._rng = random.Random(0)
-        #: called when the reference is frozen empty (its monitor says which, once); None:
-        #: logged here, without a name
-        self.on_empty: Callable[[], None] | None = None
         if reference.mode == "values":
             assert reference.values is not None
             self._set_reference(_thin(sorted(reference.values), reference.max_size))

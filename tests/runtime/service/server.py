@@ -39,3 +39,27 @@ def serving(app: Any, *, timeout: float = 20.0) -> Iterator[str]:
         sock.close()
         if thread.is_alive():
             raise TimeoutError("uvicorn did not stop")
+
+
+def free_port() -> int:
+    """A port free on 127.0.0.1 now (for a server started in a process of its own)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_ready(url: str, process: Any, *, timeout: float = 20.0) -> None:
+    """Wait until the service at ``url`` (run by ``process``, a ``subprocess.Popen``) answers
+    ``/readyz`` with 200; fail if the process ends first or ``timeout`` passes."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(f"{url}/readyz").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)

@@ -16,6 +16,7 @@ import pytest
 
 from runtime._service.cli import main
 
+from .server import free_port, wait_ready
 from .test_service import SPEC, T0
 
 
@@ -93,32 +94,17 @@ def test_runtime_options_the_runtime_refuses_exit_2_before_serving(
     assert err.count("\n") == 1 and runs == []
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def test_sigterm_stops_within_the_deadline_while_a_client_trickles_a_body(
     spec: str, tmp_path: Path
 ) -> None:
-    port = _free_port()
+    port = free_port()
     checkpoints = tmp_path / "checkpoints"
     command = [sys.executable, "-m", "runtime", "serve", spec, "--port", str(port)]
     command += ["--shards", "1", "--checkpoints", str(checkpoints), "--graceful-timeout", "1"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert process.poll() is None and time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_ready(url, process)
         assert httpx.post(f"{url}/events", json={"card": "c1", "ts": T0}).status_code == 200
         with socket.create_connection(("127.0.0.1", port)) as trickle:
             trickle.sendall(

@@ -26,7 +26,7 @@ from runtime import (
     create_app,
 )
 
-from .server import serving
+from .server import free_port, serving, wait_ready
 
 T0 = 1_700_000_000_000
 SPEC = """
@@ -284,28 +284,17 @@ _COMMANDS = {
 
 @pytest.mark.parametrize("how", sorted(_COMMANDS))
 def test_the_command_line_serves_a_spec_file_with_workers(tmp_path: Path, how: str) -> None:
-    import socket
 
     path = tmp_path / "features.toml"
     path.write_text(SPEC)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     # with worker processes: they are spawned, and import ``runtime.__main__`` again
     command = [*_COMMANDS[how], "serve", str(path), "--port", str(port)]
     command += ["--shards", "1", "--workers", "2"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert process.poll() is None and time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_ready(url, process)
         httpx.post(f"{url}/events", json={"card": 7, "ts": T0, "amount": 3})
         assert httpx.get(f"{url}/features/7").json()["values"]["total"] == 3
     finally:
