@@ -77,8 +77,10 @@ class _Consumer:
     queue: deque[tuple[str, bytes]] = field(default_factory=deque)
     #: status replies seen (a pull request ended: no messages, expired)
     ends: int = 0
-    #: an anyio.Event set when a message or a status reply arrives (made when waiting)
+    #: an anyio.Event set when a status reply arrives, or when the queue holds ``want``
+    #: messages (made when waiting): one wake-up a batch, not one a message
     wake: Any = None
+    want: int = 1
     #: the consumer delivery sequence expected next (a gap means a lost delivery)
     next_delivery: int | None = None
     #: (stream sequence, reply subject) of the last message of each batch read, not
@@ -422,13 +424,17 @@ class NatsSource(Source):
         consumer.queue.clear()
         consumer.inbox = self._nc.new_inbox()
 
+        queue = consumer.queue
+
         async def arrived(message: Any) -> None:
             if message.headers and message.headers.get("Status"):
                 consumer.ends += 1  # 404 no messages, 408 expired, 409 ...: a request ended
             else:
                 # the two fields read, not nats-py's message object: it is freed at once
                 # rather than held (and seen by the collector) until the batch is read
-                consumer.queue.append((message.reply, message.data))
+                queue.append((message.reply, message.data))
+                if len(queue) < consumer.want:
+                    return  # the puller waits for more
             if consumer.wake is not None:
                 consumer.wake.set()
 
@@ -449,9 +455,13 @@ class NatsSource(Source):
             ends = consumer.ends
             request = {"batch": count - len(queue), "no_wait": True}
             await self._nc.publish(subject, _json.encode(request), reply=consumer.inbox)
-            with anyio.move_on_after(wait):
-                while len(queue) < count and consumer.ends == ends:
-                    await self._woken(consumer)
+            consumer.want = count
+            try:
+                with anyio.move_on_after(wait):
+                    while len(queue) < count and consumer.ends == ends:
+                        await self._woken(consumer)
+            finally:
+                consumer.want = 1
         if not queue:
             # a status reply of an older request could have ended that wait: this one
             # waits for a message or its time, whatever statuses come
