@@ -1,4 +1,4 @@
-"""Every Python example in ``docs/*.md`` runs, so the guides cannot rot.
+"""Every Python example in ``docs/*.md`` and ``README.md`` runs, so the guides cannot rot.
 
 Each fenced block whose info string begins with the word ``python`` is written to a file of
 its own and run with ``sys.executable`` in a subprocess (30 s limit, warnings as errors, the
@@ -79,7 +79,7 @@ def python_blocks(path: Path) -> list[Block]:
 
 def _params() -> list[object]:
     params: list[object] = []
-    for path in sorted(DOCS.glob("*.md")):
+    for path in [ROOT / "README.md", *sorted(DOCS.glob("*.md"))]:
         for block in python_blocks(path):
             marks = () if block.run else pytest.mark.skip(reason=f"fenced as python {NO_RUN}")
             params.append(pytest.param(block, id=block.id, marks=marks))
