@@ -322,7 +322,10 @@ class CheckpointCoordinator:
             try:
                 await self._checkpoint()
             except Exception:
-                _log.exception("checkpoint_failed", directory=str(self.store))
+                _log.exception(
+                    "checkpoint_failed",
+                    directory=None if self.store is None else str(self.store.directory),
+                )
 
     async def _snapshot_actors(self) -> list[ActorState]:
         request = TakeSnapshot(self._router.key_group)
