@@ -10,11 +10,15 @@ events stream in, then ranks the cards by a simple suspicion score built from th
 and checks the ranking against the simulator's ground truth.
 
 No server is needed. With --source, the transactions go through NATS JetStream or Redis
-Streams instead, and the features to Redis, with a crash in the middle (demos/fraud/broker.py).
-The summary shows throughput, ingest-to-update latency, state size, the
-feature set, the enrichment (cache, calls of the merchant table, and the merchant features of
-compromised cards against the others) and the most suspicious cards; --json prints it as JSON
-for scripts.
+Streams instead, and the features to Redis hashes, with a crash in the middle
+(demos/fraud/broker.py): the consuming process is killed half-way, a new one resumes from its
+checkpoint, and every card is checked against a run with no crash. Each run uses names of its
+own, from a new 8-digit tag: the JetStream stream FRAUD_<tag> (subject fraud.<tag>) or the
+Redis stream fraud:<tag>, and the hashes fraud:<tag>:<card>; all are removed at the end.
+The summary then shows the names used, the crash and the comparison. Without --source it
+shows throughput, ingest-to-update latency, state size, the feature set, the enrichment
+(cache, calls of the merchant table, and the merchant features of compromised cards against
+the others) and the most suspicious cards. --json prints it as JSON for scripts.
 """
 
 from __future__ import annotations
@@ -87,11 +91,14 @@ from .._render import (
     progress_display,
     table,
 )
+from .broker import MIN_EVENTS
 from .merchants import COLUMNS, KEY, TABLE, write_merchants
 from .simulator import SimConfig, build_scenario, transactions
 
 #: Events handed to ``ingest_many`` at a time (between progress updates and pacing).
 CHUNK = 4096
+#: ``--sink`` when --source is given without it.
+DEFAULT_SINK = "redis://127.0.0.1:6379/0?prefix=fraud:"
 
 #: The dimension source (the SQLite merchant table) and the lookup that reads it: each
 #: transaction's ``merchant`` field is a key of the table, its row's columns the fields
@@ -472,11 +479,11 @@ async def _on_broker(
             list(scenario.cards),
             args.source,
             args.sink,
+            shards=args.shards,
+            batch_size=args.batch_size,
         )
     except BrokerError as exc:
         raise SystemExit(f"python -m demos.fraud: {exc}") from None
-    except OSError as exc:  # a server that does not answer
-        raise SystemExit(f"python -m demos.fraud: {args.source} or {args.sink}: {exc}") from None
     finally:
         progress.remove_task(task)
     return {
@@ -487,6 +494,8 @@ async def _on_broker(
             "fraud_cards": len(scenario.fraud_cards),
             "seed": config.seed,
             "malformed": config.malformed,
+            "shards": args.shards,
+            "batch_size": args.batch_size,
             "source": args.source,
             "sink": args.sink,
         },
@@ -504,10 +513,17 @@ def _render_broker(summary: Mapping[str, Any], console: Console) -> None:
     )
     console.print()
     rows = facts("Run")
+    where = (
+        f"NATS stream {run['stream']}, subject {run['subject']}"
+        if run["broker"] == "nats"
+        else f"Redis stream {run['stream']}"
+    )
     rows.add_row(
         "published",
         f"{run['published']:,}",
-        f"as JSON, to {run['broker']}, in {run['published_seconds']:.2f} s",
+        f"as JSON, to {where}, in {run['published_seconds']:.2f} s: "
+        f"{config['events']:,} transactions and the {run['published'] - config['events']:,} "
+        "malformed events the simulator adds (the runtime rejects them)",
     )
     rows.add_row(
         "killed",
@@ -521,16 +537,23 @@ def _render_broker(summary: Mapping[str, Any], console: Console) -> None:
         "-" if restored is None else f"{restored:,}",
         f"the checkpoint restored; the rest read in {run['resumed_seconds']:.2f} s",
     )
+    if restored is not None:
+        rows.add_row(
+            "read again",
+            f"{run['killed_after'] - restored:,}",
+            "read by the killed process after its checkpoint, given again by the broker",
+        )
     agree = run["cards"] - run["cards_differing"]
     rows.add_row(
         "cards agreeing",
         f"{agree:,} / {run['cards']:,}",
-        "with a run that read the same transactions with no crash",
+        f"the cards with a transaction (of {config['cards']:,} simulated), against a run "
+        "that read the same transactions with no crash",
     )
     rows.add_row(
         "Redis hashes",
         f"{run['cards'] - run['redis_hashes_differing']:,} / {run['cards']:,}",
-        "hold what the runtime shows (a hash per card, written by run_sink)",
+        f"hold what the runtime shows (a hash per card, {run['hashes']}, written by run_sink)",
     )
     console.print(rows)
     lost = run["cards_differing"] or run["redis_hashes_differing"]
@@ -540,9 +563,19 @@ def _render_broker(summary: Mapping[str, Any], console: Console) -> None:
             "Nothing lost, nothing counted twice: the broker gave again what no checkpoint "
             "covered, and the restored state took each transaction once."
             if not lost
-            else f"DIFFERENCES: {run['first_differing']}"
+            else f"DIFFERENCES: {run['first_differing']}",
+            f"The names were this run's own ({', '.join(_names(run))}); "
+            + ("all were removed at the end." if run["removed"] else "not removed."),
         ],
     )
+
+
+def _names(run: Mapping[str, Any]) -> list[str]:
+    """The names a broker run used: its stream (and subject) and its hashes."""
+    shown = [f"stream {run['stream']}"]
+    if "subject" in run:
+        shown.append(f"subject {run['subject']}")
+    return [*shown, f"hashes {run['hashes']}"]
 
 
 def _input_of(feature: Any) -> str:
@@ -878,25 +911,29 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--source",
         metavar="URL",
         help="publish the transactions to a broker and read them from it, with the consuming "
-        "process killed half-way and a new one resuming from its checkpoint: "
-        "nats://127.0.0.1:4222/fraud (JetStream) or redis://127.0.0.1:6379/0?stream=fraud "
-        "(Redis Streams); then every card is checked against a run with no crash",
+        "process killed half-way and a new one resuming from its checkpoint; then every card "
+        "is checked against a run with no crash: nats://127.0.0.1:4222/NAME (JetStream; NAME: "
+        "letters, digits, - and _) or redis://127.0.0.1:6379/0?stream=NAME (Redis Streams). "
+        "NAME (fraud) starts this run's own names, with a new tag: stream FRAUD_<tag> and "
+        "subject fraud.<tag>, or stream fraud:<tag>; removed at the end. "
+        f"--events from {MIN_EVENTS}; not with --workers, --rate, --cold-cache or --top",
     )
     broker.add_argument(
         "--sink",
         metavar="URL",
-        default="redis://127.0.0.1:6379/0?prefix=fraud:",
-        help="with --source: where the features go, a Redis hash per card "
-        "(redis://127.0.0.1:6379/0?prefix=fraud:)",
+        help="with --source: the Redis where the features go, a hash per card named "
+        "PREFIX<tag>:<card>, removed at the end (redis://127.0.0.1:6379/0?prefix=fraud:)",
     )
     out = parser.add_argument_group("output")
-    out.add_argument(
-        "--top", type=count(1), default=10, metavar="N", help="suspicious cards to list (10)"
-    )
+    out.add_argument("--top", type=count(1), metavar="N", help="suspicious cards to list (10)")
     add_output_switches(out, "progress bars")
     args = parser.parse_args(argv)
-    if args.workers and args.source is not None:
-        parser.error("--workers: not with --source (the broker run uses the in-process runtime)")
+    if args.source is not None:
+        _check_broker_options(parser, args)
+    elif args.sink is not None:
+        parser.error("--sink: only with --source (the features go to Redis on a broker run)")
+    if args.top is None:
+        args.top = 10
     if args.fraud_cards > args.cards:
         parser.error(f"--fraud-cards ({args.fraud_cards}) cannot exceed --cards ({args.cards})")
     if args.merchants_db is not None:
@@ -906,6 +943,36 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         if not path.parent.is_dir():
             parser.error(f"--merchants-db: no directory {path.parent}")
     return args
+
+
+def _check_broker_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """With --source: the options the broker run cannot honour are refused, the URLs checked."""
+    from .broker import BrokerError, parse_sink, parse_source
+
+    refused = {
+        "--workers": (args.workers, "the broker run uses the in-process runtime"),
+        "--rate": (args.rate, "the consumer reads as fast as the broker gives"),
+        "--cold-cache": (
+            args.cold_cache,
+            "the broker run always starts cold: merchant rows are fetched as transactions come",
+        ),
+        "--top": (args.top is not None, "the broker run compares every card, it ranks none"),
+    }
+    for option, (given, why) in refused.items():
+        if given:
+            parser.error(f"{option}: not with --source ({why})")
+    if args.events < MIN_EVENTS:
+        parser.error(
+            f"--events: at least {MIN_EVENTS} with --source, to kill the consumer mid-stream "
+            f"(got {args.events})"
+        )
+    if args.sink is None:
+        args.sink = DEFAULT_SINK
+    try:
+        parse_source(args.source, "0")
+        parse_sink(args.sink, "0")
+    except BrokerError as exc:
+        parser.error(str(exc))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

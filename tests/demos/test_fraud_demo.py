@@ -337,9 +337,14 @@ def test_on_a_broker_a_crash_half_way_loses_nothing(source: str) -> None:
         pytest.skip(f"no broker: {probe.stderr.strip()[-200:]}")
     assert probe.returncode == 0, probe.stderr
     run = json.loads(probe.stdout)["broker"]
+    # the transactions and the simulator's 10 malformed events
+    assert run["published"] == 4000 + 10
     # killed with a checkpoint behind it and records read past it, then resumed from it
     assert 0 < run["checkpoint_position"] < run["killed_after"] < run["published"]
     assert run["restored_position"] == run["checkpoint_position"]
     assert run["cards"] > 300
     assert run["cards_differing"] == 0
     assert run["redis_hashes_differing"] == 0
+    # names of the run's own, removed at the end
+    assert run["stream"].startswith("FRAUD_" if source.startswith("nats") else "fraud:")
+    assert run["hashes"].startswith("fraud:") and run["removed"] is True
