@@ -98,9 +98,7 @@ class Ingest:
         self._sent_at: dict[int, int] | None = None
         self.buffers: list[list[tuple[Any, int, dict[str, Any]]]] = [[] for _ in range(shards)]
         self.created = [0.0] * shards
-        # uncontended (the usual case), taken without a turn of the event loop: the caller
-        # yields after its sends anyway (``FeatureRuntime._sent``)
-        self._locks = [anyio.Lock(fast_acquire=True) for _ in range(shards)]
+        self._locks = [anyio.Lock() for _ in range(shards)]
         self.unsent: list[list[Any] | None] = [None] * shards
         #: events accepted and rejected by this run (a replay counts its events by these)
         self.ingested = 0
