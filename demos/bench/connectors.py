@@ -36,7 +36,8 @@ bare read's (target: at least 0.70), and the CPU time this process spent an even
 machine.
 
 Needs the servers: NATS with JetStream (``--nats``) and Redis (``--redis``); a broker whose
-server does not answer is skipped, and says so.
+server does not answer is skipped, and says so. ``--brokers nats`` (or ``redis``) reads one of
+them only.
 """
 
 from __future__ import annotations
