@@ -21,6 +21,7 @@ import pytest
 from demos.fraud import broker
 from demos.fraud.broker import BrokerError
 from tests.conftest import services_required
+from tests.runtime.service.server import free_port
 
 from .helpers import ROOT, run_demo
 
@@ -45,14 +46,6 @@ def servers() -> None:
         if services_required():
             pytest.fail(f"{' and '.join(missing)} required (FEATURIST_REQUIRE_SERVICES)")
         pytest.skip(f"no {' and '.join(missing)} on 127.0.0.1")
-
-
-def _free_port() -> int:
-    """A port on which nothing listens."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 def _one_line_error(result: subprocess.CompletedProcess[str], status: int = 1) -> str:
@@ -169,7 +162,7 @@ def test_help_names_the_per_run_names_and_their_removal() -> None:
     ],
 )
 def test_a_source_that_does_not_answer_is_one_line(source: str, says: str) -> None:
-    source = source.format(free=_free_port())
+    source = source.format(free=free_port())
     started = time.monotonic()
     line = _one_line_error(run_demo("demos.fraud", *SMALL, "--source", source))
     assert line.startswith(f"python -m demos.fraud: --source {source}: cannot publish: ")
@@ -180,7 +173,7 @@ def test_a_source_that_does_not_answer_is_one_line(source: str, says: str) -> No
 @pytest.mark.usefixtures("servers")
 @pytest.mark.parametrize("source", [f"{NATS}/sinkdown", f"{REDIS}?stream=sinkdown"])
 def test_a_sink_that_does_not_answer_is_one_line_and_nothing_is_published(source: str) -> None:
-    sink = f"redis://127.0.0.1:{_free_port()}/0"
+    sink = f"redis://127.0.0.1:{free_port()}/0"
     line = _one_line_error(run_demo("demos.fraud", *SMALL, "--source", source, "--sink", sink))
     assert line.startswith(f"python -m demos.fraud: --sink {sink}: ")
     assert "Connection refused" in line
@@ -213,7 +206,7 @@ async def test_a_consumer_that_fails_is_the_failure_and_the_run_stops_there(
         {"card": f"c{i % 3}", "ts": i, "amount": 1.0, "merchant": "m-1", "status": "approved"}
         for i in range(40)
     ]
-    sink = f"redis://127.0.0.1:{_free_port()}/0"
+    sink = f"redis://127.0.0.1:{free_port()}/0"
     source = f"{REDIS}?stream=childfails"
     with pytest.raises(BrokerError) as failure:
         await broker.run_on_broker(build_feature_set(db), db, events, ["c0"], source, sink)
@@ -227,7 +220,7 @@ async def test_a_consumer_that_fails_is_the_failure_and_the_run_stops_there(
 async def test_clean_up_removes_each_thing_even_when_another_fails() -> None:
     import redis.asyncio
 
-    spec = broker.parse_source(f"nats://127.0.0.1:{_free_port()}/cleanup", "t1")
+    spec = broker.parse_source(f"nats://127.0.0.1:{free_port()}/cleanup", "t1")
     sink = broker.parse_sink(f"{REDIS}?prefix=cleanup:", "t1")
     client = redis.asyncio.Redis.from_url(REDIS)
     try:
