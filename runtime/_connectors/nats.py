@@ -80,6 +80,7 @@ class _Consumer:
     #: an anyio.Event set when a status reply arrives, or when the queue holds ``want``
     #: messages (made when waiting): one wake-up a batch, not one a message
     wake: Any = None
+    #: the queue's length at which a message wakes the reader (the batch it waits for)
     want: int = 1
     #: the consumer delivery sequence expected next (a gap means a lost delivery)
     next_delivery: int | None = None

@@ -124,6 +124,35 @@ async def test_messages_delivered_again_at_or_below_the_position_are_skipped(
             await source.aclose()
 
 
+async def test_a_batch_wakes_its_reader_once_not_once_a_message(broker: Broker) -> None:
+    """The subscription's callback wakes the reader when the batch it waits for is there, or
+    when a status reply ends a request: not at every message that comes in (each wake-up made
+    an event object and a task switch)."""
+    source = broker.source()
+    try:
+        await source.read(1)  # connected, its consumer and inbox subscription made
+        consumer = source._consumers[0]
+        arrived = consumer.sub._cb  # nats-py calls it with each message of the inbox
+        consumer.queue.clear()
+
+        class Message:
+            def __init__(self, status: str | None = None) -> None:
+                self.headers = {"Status": status} if status else None
+                self.reply, self.data = "$JS.ACK.S.C.1.1.1.0.0", b"{}"
+
+        consumer.want, consumer.wake = 3, anyio.Event()
+        await arrived(Message())
+        await arrived(Message())
+        assert not consumer.wake.is_set() and len(consumer.queue) == 2
+        await arrived(Message())
+        assert consumer.wake.is_set()  # the batch is there
+        consumer.wake, ends = anyio.Event(), consumer.ends
+        await arrived(Message("404"))
+        assert consumer.wake.is_set() and consumer.ends == ends + 1  # a request ended
+    finally:
+        await source.aclose()
+
+
 @CHILDREN_ON_ONE_LOOP
 async def test_a_sigkilled_consumer_resumes_from_its_checkpoint_equal_to_one_run(
     broker: Broker, tmp_path: Path
