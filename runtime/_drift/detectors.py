@@ -33,6 +33,11 @@ class DriftDetector:
     drifting = False
     #: called when a detector with a reference freezes it empty (its monitor says which)
     on_empty: Callable[[], None] | None = None
+    #: the size of a reference too small for the detector ever to alert (KS: no window of its
+    #: size reaches ``alpha`` against it), or None
+    too_small: int | None = None
+    #: called with that size when such a reference is set (its monitor says which)
+    on_too_small: Callable[[int], None] | None = None
 
     @property
     def threshold(self) -> float | None:

@@ -142,6 +142,8 @@ class MonitorState:
         self.alerts = 0
         #: segments whose reference came out empty
         self.empty_references = 0
+        #: segments whose reference is too small for their detector ever to alert
+        self.small_references = 0
         #: updates whose value a detector failed on, with the error, for dead letters
         self.failures: list[tuple[FeatureUpdate, Exception]] = []
         self.failed = 0
@@ -201,6 +203,11 @@ class MonitorState:
                     segment_value, build_detector(spec.detector)
                 )
                 segment.detector.on_empty = functools.partial(self._reference_empty, segment_value)
+                segment.detector.on_too_small = functools.partial(
+                    self._reference_too_small, segment_value
+                )
+                if segment.detector.too_small is not None:  # a reference given as values
+                    self._reference_too_small(segment_value, segment.detector.too_small)
             detector = segment.detector
             try:
                 drifting = detector.update(float(value), update.event_time)
@@ -236,6 +243,24 @@ class MonitorState:
                 segment=segment,
                 detail="no value in the reference's range: this segment is not monitored (and "
                 "no other of this monitor's segments whose reference is empty is logged)",
+            )
+
+    def _reference_too_small(self, segment: Any, size: int) -> None:
+        """A segment's reference is too small for its detector ever to alert (KS: even a full
+        window against ``size`` values cannot reach ``alpha``). Said once per monitor, as an
+        empty reference is."""
+        self.small_references += 1
+        if self.small_references == 1:
+            _log.warning(
+                "drift_reference_too_small",
+                monitor=self.spec.name,
+                feature=self.spec.feature,
+                segment=segment,
+                reference_values=size,
+                detail=f"a {self.spec.detector.type_name} test of a full window against "
+                f"{size} reference value(s) can never reach alpha: this segment cannot alert "
+                "(a larger reference, or a larger alpha, would let it; no other of this "
+                "monitor's segments like it is logged)",
             )
 
     def _alert(self, segment: _Segment, update: FeatureUpdate) -> DriftAlert:

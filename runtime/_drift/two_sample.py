@@ -303,6 +303,14 @@ class KSDetector(_TwoSampleDetector):
         self.exact_below = spec.exact_below
         super().__init__(spec)
 
+    def _set_reference(self, values: list[float]) -> None:
+        super()._set_reference(values)
+        # a full window against so few values can never give a p-value below alpha
+        full = ks_critical(self.window_max, len(values), self.alpha, exact_below=self.exact_below)
+        self.too_small = len(values) if full is None else None
+        if self.too_small is not None and self.on_too_small is not None:
+            self.on_too_small(self.too_small)
+
     def _entered(self, value: float) -> tuple[int, int]:
         # the value's place in the reference, just below it and at it: each test then needs
         # no search (the window empties whenever the reference changes)

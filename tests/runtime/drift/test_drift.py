@@ -600,6 +600,40 @@ async def test_an_empty_reference_is_said_once_per_monitor_naming_it(
     assert [s.phase for s in status.segments] == ["no_reference"] * 4
 
 
+def test_a_ks_reference_too_small_ever_to_alert_is_known() -> None:
+    # the least p-value of a full window against m values is 2 / C(n + m, m) (every value on
+    # one side): 2 / 21 against one value and a window of 20, 2 / 231 against two: above 1e-4
+    # both; against 2 values a window of 500 reaches it (2 / 125,751)
+    for values, window, small in (([1.0], 20, 1), ([1.0, 2.0], 20, 2), ([1.0, 2.0], 500, None)):
+        ks = KS(reference=Reference(values=values), window=window, min_window=1)
+        assert build_detector(ks).too_small == small, (values, window)
+    assert build_detector(KS(reference=Reference(values=gauss(3, 200)))).too_small is None
+    psi = PSI(reference=Reference(values=[1.0]), window=20, min_window=1)
+    assert build_detector(psi).too_small is None
+
+
+async def test_a_reference_too_small_to_alert_is_said_once_per_monitor_naming_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    events = [{"sensor": f"s{i % 4}", "ts": T0 + i, "value": float(i % 7)} for i in range(80)]
+    small = KS(reference=Reference(count=2), window=20, min_window=1)
+    given = KS(reference=Reference(values=[5.0]), window=20, min_window=1)
+    enough = KS(reference=Reference(count=10), window=20, min_window=1, alpha=0.05)
+    with caplog.at_level("WARNING"):
+        async with FeatureRuntime(SENSORS) as rt:
+            for name, ks in (("small", small), ("given", given), ("enough", enough)):
+                await rt.monitor_drift(
+                    DriftMonitor(name=name, feature="reading", detector=ks, segment="key")
+                )
+            await rt.ingest_many(events)
+            await rt.flush()
+    said = [r.getMessage() for r in caplog.records if "drift_reference_too_small" in r.getMessage()]
+    assert len(said) == 2, said  # once per monitor, not once per segment
+    assert any("monitor='small'" in m and "reference_values=2" in m for m in said), said
+    assert any("monitor='given'" in m and "reference_values=1" in m for m in said), said
+    assert not any("monitor='enough'" in m for m in said), said
+
+
 async def test_alerts_come_as_events_for_the_drifting_segments_only() -> None:
     events = sensor_events({"s1": 2.0, "s2": 0.0, "s3": -2.0}, 1000, 500)
     async with FeatureRuntime(SENSORS, shards=2) as rt:
