@@ -305,9 +305,18 @@ class KSDetector(_TwoSampleDetector):
 
     def _set_reference(self, values: list[float]) -> None:
         super()._set_reference(values)
-        # a full window against so few values can never give a p-value below alpha
-        full = ks_critical(self.window_max, len(values), self.alpha, exact_below=self.exact_below)
-        self.too_small = len(values) if full is None else None
+        m = len(values)
+        # The least p-value a window of n values can give against m is that of D = 1 (every
+        # value on one side). It falls as n grows, but for a jump up where n * m passes
+        # exact_below (exact below, asymptotic above): so the largest exact window is looked
+        # at too. Closed forms, no search: this runs in the monitor's turn.
+        sizes = {self.window_max, min(self.window_max, self.exact_below // m)}
+        least = min(
+            ks_least_pvalue(n, m, exact_below=self.exact_below)
+            for n in sizes
+            if n >= max(1, self.min_window)
+        )
+        self.too_small = m if least >= self.alpha else None
         if self.too_small is not None and self.on_too_small is not None:
             self.on_too_small(self.too_small)
 
@@ -433,6 +442,15 @@ def ks_pvalue(n: int, m: int, gap: int, *, exact_below: int = 10_000) -> float:
     if n * m <= exact_below:
         return _ks_exact(n, m, gap)
     return kolmogorov_sf(_stephens(n, m) * gap / (n * m))
+
+
+def ks_least_pvalue(n: int, m: int, *, exact_below: int = 10_000) -> float:
+    """The least p-value two samples of sizes ``n`` and ``m`` can give (``D = 1``, every value
+    of one below every value of the other): ``2 / C(n + m, n)`` when exact (the two orderings
+    that separate the samples), else the asymptotic one's."""
+    if n * m <= exact_below:
+        return min(1.0, 2 / math.comb(n + m, n))
+    return kolmogorov_sf(_stephens(n, m))
 
 
 @functools.lru_cache(maxsize=1024)

@@ -608,6 +608,10 @@ def test_a_ks_reference_too_small_ever_to_alert_is_known() -> None:
         ks = KS(reference=Reference(values=values), window=window, min_window=1)
         assert build_detector(ks).too_small == small, (values, window)
     assert build_detector(KS(reference=Reference(values=gauss(3, 200)))).too_small is None
+    # a full window of 4,000 against 3 values is tested asymptotically, which cannot reach
+    # 1e-4; but the window passes 3,333 values, tested exactly, on its way, and that can
+    three = KS(reference=Reference(values=[1.0, 2.0, 3.0]), window=4000, min_window=50)
+    assert build_detector(three).too_small is None
     psi = PSI(reference=Reference(values=[1.0]), window=20, min_window=1)
     assert build_detector(psi).too_small is None
 
