@@ -428,8 +428,11 @@ class NatsSource(Source):
         queue = consumer.queue
 
         async def arrived(message: Any) -> None:
-            if message.headers and message.headers.get("Status"):
-                consumer.ends += 1  # 404 no messages, 408 expired, 409 ...: a request ended
+            if not message.reply:
+                # a status reply (404 no messages, 408 expired, 409 ...: a request ended): it
+                # has a Status header and no acknowledgement subject, which every message
+                # delivered has (a message published with a Status header of its own is data)
+                consumer.ends += 1
             else:
                 # the two fields read, not nats-py's message object: it is freed at once
                 # rather than held (and seen by the collector) until the batch is read

@@ -124,6 +124,28 @@ async def test_messages_delivered_again_at_or_below_the_position_are_skipped(
             await source.aclose()
 
 
+async def test_a_message_with_a_status_header_of_its_own_is_data(broker: Broker) -> None:
+    """JetStream's status replies carry a Status header; so may a publisher's message: it is
+    told apart by its acknowledgement subject, and read, not taken for the end of a request."""
+    rows = events(3)
+    subject = f"{broker.prefix}.all"
+    for i, row in enumerate(rows):
+        headers = {"Status": "200", "Description": "ok"} if i == 1 else None
+        await broker.nc.publish(subject, msgspec.json.encode(row), headers=headers)
+    await broker.nc.flush()
+    with anyio.fail_after(5):
+        while (await broker.js.stream_info(broker.stream)).state.messages < 3:
+            await anyio.sleep(0.01)
+    source = broker.source()
+    try:
+        with anyio.fail_after(10):
+            batch = await source.read(10)
+        assert batch is not None
+        assert [msgspec.json.decode(p) for p in batch.payloads] == rows
+    finally:
+        await source.aclose()
+
+
 async def test_a_batch_wakes_its_reader_once_not_once_a_message(broker: Broker) -> None:
     """The subscription's callback wakes the reader when the batch it waits for is there, or
     when a status reply ends a request: not at every message that comes in (each wake-up made
@@ -138,7 +160,8 @@ async def test_a_batch_wakes_its_reader_once_not_once_a_message(broker: Broker) 
         class Message:
             def __init__(self, status: str | None = None) -> None:
                 self.headers = {"Status": status} if status else None
-                self.reply, self.data = "$JS.ACK.S.C.1.1.1.0.0", b"{}"
+                self.reply = "" if status else "$JS.ACK.S.C.1.1.1.0.0"
+                self.data = b"{}"
 
         consumer.want, consumer.wake = 3, anyio.Event()
         await arrived(Message())
