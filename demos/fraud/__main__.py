@@ -28,6 +28,7 @@ import itertools
 import logging
 import math
 import os
+import signal
 import sqlite3
 import sys
 import tempfile
@@ -471,6 +472,12 @@ async def _on_broker(
     from .broker import BrokerError, run_on_broker
 
     task = progress.add_task("publishing, consuming, killing, resuming", total=None)
+    # SIGTERM stops the run as Ctrl-C does: the child killed, the stream and hashes removed
+    # (not where SIGINT is ignored, as in a non-interactive shell's background job)
+    sigint = signal.getsignal(signal.SIGINT)
+    sigterm = signal.getsignal(signal.SIGTERM)
+    if callable(sigint):
+        signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
     try:
         outcome = await run_on_broker(
             build_feature_set(merchants_db),
@@ -485,6 +492,8 @@ async def _on_broker(
     except BrokerError as exc:
         raise SystemExit(f"python -m demos.fraud: {exc}") from None
     finally:
+        if callable(sigint):
+            signal.signal(signal.SIGTERM, sigterm)
         progress.remove_task(task)
     return {
         "config": {

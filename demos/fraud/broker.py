@@ -69,6 +69,9 @@ MIN_EVENTS = 10
 NATS_NAME = re.compile(r"[A-Za-z0-9_-]+")
 #: the project's root, where the child process starts (``python -m demos.fraud.broker``)
 ROOT = Path(__file__).resolve().parents[2]
+#: seconds without progress after which a run gives up (a consumer that reads nothing, a child
+#: that prints nothing, a child ready to be killed that is not), naming what stalled
+STALL_SECONDS = 60.0
 
 
 class BrokerError(Exception):
@@ -217,6 +220,11 @@ def _causes(exc: BaseException) -> Iterator[BaseException]:
             seen.add(id(current))
             yield current
             current = current.__cause__ or current.__context__
+
+
+def _broker_error(exc: BaseException) -> str | None:
+    """The message of a ``BrokerError`` in ``exc`` (groups opened), or None."""
+    return next((str(leaf) for leaf in _leaves(exc) if isinstance(leaf, BrokerError)), None)
 
 
 def is_failure(exc: BaseException) -> bool:
@@ -431,7 +439,16 @@ async def consume_part(
         async with run_sink(rt, redis_sink), _source(spec) as source:
             # rt.position: the records read, those restored from a checkpoint included
             while rt.position < total:
-                await rt.consume(source, batch_size=step, until=min(step, total - rt.position))
+                before = rt.position
+                # consume(until=...) waits for ever on a source that gives nothing (its stream
+                # gone): no record for STALL_SECONDS stops the run
+                with anyio.move_on_after(STALL_SECONDS):
+                    await rt.consume(source, batch_size=step, until=min(step, total - before))
+                if rt.position == before:
+                    raise BrokerError(
+                        f"reading stream {spec['stream']} stalled: no record for "
+                        f"{STALL_SECONDS:.0f} s at {before:,} of {total:,}"
+                    )
                 if report is not None:
                     await report(rt)
         values: dict[str, dict[str, Any]] = {}
@@ -463,9 +480,10 @@ def child_main(config: dict[str, Any]) -> int:
     It reads ``step`` records at a time, a little slower than it could (a consumer with other
     work), takes a checkpoint once it has read ``checkpoint_at``, and prints ``read <records>
     <checkpoint position>`` after each read. Once it has read ``kill_at`` with a checkpoint
-    behind it and records past it, it stops checkpointing, prints ``ready <records>
-    <checkpoint position>`` and waits for its SIGKILL. A failure is one line, ``error
-    <what>``, and status 1; Ctrl-C ends it quietly with status 130."""
+    behind it and records past it, it stops checkpointing, waits until the checkpoints
+    already past its guard are written, prints ``ready <records> <checkpoint position>`` and
+    waits for its SIGKILL (``STALL_SECONDS`` at most, then it fails). A failure is one line,
+    ``error <what>``, and status 1; Ctrl-C ends it quietly with status 130."""
     from actors import run
 
     from .__main__ import build_feature_set
@@ -475,9 +493,14 @@ def child_main(config: dict[str, Any]) -> int:
     # set: checkpoints may be written; cleared: they wait (the state stays as it was reported)
     writing = anyio.Event()
     writing.set()
+    # checkpoints past the guard: the n-th is numbered n (the directory starts empty)
+    passed = 0
 
     async def guard() -> None:
-        await writing.wait()
+        nonlocal passed
+        while not writing.is_set():  # checked again after each wait: it may be a new event
+            await writing.wait()
+        passed += 1  # no await since the check: none gets past a guard once it is cleared
 
     async def report(rt: FeatureRuntime) -> None:
         nonlocal writing
@@ -486,11 +509,18 @@ def child_main(config: dict[str, Any]) -> int:
             await rt.checkpoint()
         if rt.position >= kill_at and rt.position < total:
             writing = anyio.Event()  # no checkpoint from now on...
-            await anyio.sleep(0.1)  # ...and one already past its guard is written
+            # ...and those already past the guard are written: the one reported is the last
+            deadline = time.monotonic() + STALL_SECONDS / 2
+            while (rt.last_checkpoint.sequence if rt.last_checkpoint else 0) < passed:
+                if time.monotonic() > deadline:
+                    raise BrokerError(f"a checkpoint was not written in {STALL_SECONDS / 2:.0f} s")
+                await anyio.sleep(0.01)
             checkpoint = rt.last_checkpoint
             if checkpoint is not None and 0 < checkpoint.position < rt.position:
                 print(f"ready {rt.position} {checkpoint.position}", flush=True)
-                await anyio.sleep_forever()
+                # bounded: a parent that died without a word (SIGKILL) leaves no child behind
+                await anyio.sleep(STALL_SECONDS)
+                raise BrokerError(f"it was not killed {STALL_SECONDS:.0f} s after it was ready")
             writing.set()  # a checkpoint covers every record read: read on
         checkpoint = rt.last_checkpoint
         print(f"read {rt.position} {-1 if checkpoint is None else checkpoint.position}", flush=True)
@@ -501,9 +531,11 @@ def child_main(config: dict[str, Any]) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:
-        if not is_failure(exc):
+        stalled = _broker_error(exc)
+        if stalled is None and not is_failure(exc):
             raise
-        print(f"error {blame(exc, config['source_url'], config['sink_url'])}", flush=True)
+        what = stalled or blame(exc, config["source_url"], config["sink_url"])
+        print(f"error {what}", flush=True)
         return 1
     print("done", flush=True)
     return 0
@@ -527,14 +559,20 @@ async def crash_child(config: dict[str, Any]) -> dict[str, int]:
             env={**os.environ, "PYTHONWARNINGS": "ignore"},
         )
         read = checkpoint = -1
-        ready, failure = False, None
+        ready, silent, failure = False, False, None
+        # a little longer than the child's own bounds, so that its line says what stalled
+        silence = STALL_SECONDS + 10
         try:
             assert child.stdout is not None
             lines = BufferedByteReceiveStream(child.stdout)
             while True:
                 try:
-                    line = (await lines.receive_until(b"\n", 1 << 16)).decode()
+                    with anyio.fail_after(silence):
+                        line = (await lines.receive_until(b"\n", 1 << 16)).decode()
                 except (anyio.EndOfStream, anyio.IncompleteRead):
+                    break
+                except TimeoutError:
+                    silent = True
                     break
                 word, _, rest = line.partition(" ")
                 if word in ("read", "ready"):
@@ -544,7 +582,7 @@ async def crash_child(config: dict[str, Any]) -> dict[str, int]:
                         break
                 elif word == "error":
                     failure = rest.strip()
-            if not ready:  # its output ended: let it end too, rather than kill it as it exits
+            if not ready and not silent:  # its output ended: let it end too, not killed
                 with anyio.move_on_after(10):
                     await child.wait()
         finally:
@@ -558,6 +596,11 @@ async def crash_child(config: dict[str, Any]) -> dict[str, int]:
                 await child.wait()
                 await child.aclose()
         status = child.returncode
+        if silent:
+            raise BrokerError(
+                f"the consuming process stalled: it printed nothing for {silence:.0f} s "
+                f"(last read {read:,} of {config['total']:,})"
+            )
         if ready and status == -signal.SIGKILL:
             return {"read": read, "checkpoint": checkpoint}
         if status in (130, -signal.SIGINT):
@@ -632,11 +675,11 @@ async def run_on_broker(
             try:
                 resumed = await consume_part(feature_set, config, cards=cards)
             except Exception as exc:
-                if not is_failure(exc):
+                stalled = _broker_error(exc)
+                if stalled is None and not is_failure(exc):
                     raise
-                raise BrokerError(
-                    f"resuming from the checkpoint failed: {blame(exc, source_url, sink_url)}"
-                ) from None
+                what = stalled or blame(exc, source_url, sink_url)
+                raise BrokerError(f"resuming from the checkpoint failed: {what}") from None
             resumed_s = time.perf_counter() - started
             restored, got = resumed["restored"], resumed["values"]
         # the same transactions, read directly by a runtime that never stopped

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -61,8 +62,15 @@ def _one_line_error(result: subprocess.CompletedProcess[str], status: int = 1) -
     return lines[0]
 
 
+def _unique(name: str) -> str:
+    """``name`` and a uuid: a name of this test's own (another run of the tests may be on the
+    same servers)."""
+    return f"{name}{uuid.uuid4().hex[:12]}"
+
+
 def _left_behind(name: str) -> list[str]:
-    """The Redis keys and JetStream streams named after ``name`` (any tag)."""
+    """The Redis keys and JetStream streams whose names start with ``name`` (a name of the
+    test's own: ``_unique``, or a name a summary shows), in any case."""
     import anyio
     import nats
     import redis
@@ -83,7 +91,7 @@ def _left_behind(name: str) -> list[str]:
     # in a thread of its own: the async tests call this from their event loop
     with ThreadPoolExecutor(1) as pool:
         found = pool.submit(anyio.run, streams).result()
-    return keys + [s for s in found if s.startswith(name.upper())]
+    return keys + [s for s in found if s.upper().startswith(name.upper())]
 
 
 # -- what it refuses ------------------------------------------------------------------------------
@@ -171,13 +179,15 @@ def test_a_source_that_does_not_answer_is_one_line(source: str, says: str) -> No
 
 
 @pytest.mark.usefixtures("servers")
-@pytest.mark.parametrize("source", [f"{NATS}/sinkdown", f"{REDIS}?stream=sinkdown"])
+@pytest.mark.parametrize("source", [f"{NATS}/{{name}}", f"{REDIS}?stream={{name}}"])
 def test_a_sink_that_does_not_answer_is_one_line_and_nothing_is_published(source: str) -> None:
+    name = _unique("sinkdown")
+    source = source.format(name=name)
     sink = f"redis://127.0.0.1:{free_port()}/0"
     line = _one_line_error(run_demo("demos.fraud", *SMALL, "--source", source, "--sink", sink))
     assert line.startswith(f"python -m demos.fraud: --sink {sink}: ")
     assert "Connection refused" in line
-    assert _left_behind("sinkdown") == []
+    assert _left_behind(name) == []
 
 
 @pytest.mark.usefixtures("servers")
@@ -207,30 +217,32 @@ async def test_a_consumer_that_fails_is_the_failure_and_the_run_stops_there(
         for i in range(40)
     ]
     sink = f"redis://127.0.0.1:{free_port()}/0"
-    source = f"{REDIS}?stream=childfails"
+    name = _unique("childfails")
+    source = f"{REDIS}?stream={name}"
     with pytest.raises(BrokerError) as failure:
         await broker.run_on_broker(build_feature_set(db), db, events, ["c0"], source, sink)
     message = str(failure.value)
     assert message.startswith(f"the consuming process failed: --sink {sink}: sink 'redis'")
     assert "Connection refused" in message and "\n" not in message
-    assert _left_behind("childfails") == []
+    assert _left_behind(name) == []
 
 
 @pytest.mark.usefixtures("servers")
 async def test_clean_up_removes_each_thing_even_when_another_fails() -> None:
     import redis.asyncio
 
-    spec = broker.parse_source(f"nats://127.0.0.1:{free_port()}/cleanup", "t1")
-    sink = broker.parse_sink(f"{REDIS}?prefix=cleanup:", "t1")
+    tag = uuid.uuid4().hex[:12]
+    spec = broker.parse_source(f"nats://127.0.0.1:{free_port()}/cleanup", tag)
+    sink = broker.parse_sink(f"{REDIS}?prefix=cleanup:", tag)
     client = redis.asyncio.Redis.from_url(REDIS)
     try:
-        await client.hset("cleanup:t1:c1", mapping={"tx_count": "1"})
+        await client.hset(f"cleanup:{tag}:c1", mapping={"tx_count": "1"})
         left = await broker.clean_up(spec, sink, {"stream", "hashes"})
-        assert await client.exists("cleanup:t1:c1") == 0
+        assert await client.exists(f"cleanup:{tag}:c1") == 0
     finally:
-        await client.delete("cleanup:t1:c1")
+        await client.delete(f"cleanup:{tag}:c1")
         await client.aclose()
-    assert len(left) == 1 and left[0].startswith("stream CLEANUP_t1 on nats://")
+    assert len(left) == 1 and left[0].startswith(f"stream CLEANUP_{tag} on nats://")
     assert "no NATS server answers there" in left[0]
 
 
@@ -244,8 +256,9 @@ async def test_a_consumer_that_reads_everything_is_no_crash(tmp_path: Path) -> N
 
     db = tmp_path / "merchants.db"
     write_merchants(db, [Merchant("m-1", "grocery", "FR", 0.1)])
-    spec = broker.parse_source(f"{REDIS}?stream=nokill", "t2")
-    sink = broker.parse_sink(f"{REDIS}?prefix=nokill:", "t2")
+    name = _unique("nokill")
+    spec = broker.parse_source(f"{REDIS}?stream={name}", "t2")
+    sink = broker.parse_sink(f"{REDIS}?prefix={name}:", "t2")
     payloads = [
         msgspec.json.encode(
             {"card": "c1", "ts": i, "amount": 1.0, "merchant": "m-1", "status": "approved"}
@@ -260,7 +273,7 @@ async def test_a_consumer_that_reads_everything_is_no_crash(tmp_path: Path) -> N
             "merchants_db": str(db),
             "source": spec,
             "sink": sink,
-            "source_url": f"{REDIS}?stream=nokill",
+            "source_url": f"{REDIS}?stream={name}",
             "sink_url": REDIS,
             "dir": str(tmp_path / "checkpoints"),
             "total": len(payloads),
@@ -273,7 +286,55 @@ async def test_a_consumer_that_reads_everything_is_no_crash(tmp_path: Path) -> N
             await broker.crash_child(config)
     finally:
         assert await broker.clean_up(spec, sink, made) == []
-    assert _left_behind("nokill") == []
+    assert _left_behind(name) == []
+
+
+@pytest.mark.usefixtures("servers")
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_consumer_that_gets_nothing_more_stops_naming_the_stream(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A stream that gives nothing more (here: fewer records than expected) is a stall, named
+    after a while (``STALL_SECONDS``, shortened), not a wait for ever."""
+    from demos.fraud.__main__ import build_feature_set
+    from demos.fraud.merchants import write_merchants
+    from demos.fraud.simulator import Merchant
+
+    monkeypatch.setattr(broker, "STALL_SECONDS", 1.0)
+    db = tmp_path / "merchants.db"
+    write_merchants(db, [Merchant("m-1", "grocery", "FR", 0.1)])
+    name = _unique("stall")
+    spec = broker.parse_source(f"{REDIS}?stream={name}", "t3")
+    sink = broker.parse_sink(f"{REDIS}?prefix={name}:", "t3")
+    payloads = [
+        msgspec.json.encode(
+            {"card": "c1", "ts": i, "amount": 1.0, "merchant": "m-1", "status": "approved"}
+        )
+        for i in range(4)
+    ]
+    made: set[str] = set()
+    config = {
+        "source": spec,
+        "sink": sink,
+        "dir": str(tmp_path / "checkpoints"),
+        "total": 6,  # two more than the stream holds
+        "step": 2,
+        "shards": 1,
+        "batch_size": 64,
+    }
+    try:
+        await broker.publish(spec, payloads, made)
+        made.add("hashes")
+        started = time.monotonic()
+        with pytest.raises(Exception) as stalled:  # the BrokerError, maybe in a group
+            await broker.consume_part(build_feature_set(db), config)
+        assert time.monotonic() - started < 15
+    finally:
+        assert await broker.clean_up(spec, sink, made) == []
+    assert broker._broker_error(stalled.value) == (
+        f"reading stream {name}:t3 stalled: no record for 1 s at 4 of 6"
+    )
+    assert _left_behind(name) == []
 
 
 # -- small runs, and Ctrl-C -----------------------------------------------------------------------
@@ -282,16 +343,19 @@ async def test_a_consumer_that_reads_everything_is_no_crash(tmp_path: Path) -> N
 @pytest.mark.usefixtures("servers")
 @pytest.mark.parametrize(
     ("source", "stream"),
-    [(f"{NATS}/orders", "ORDERS_"), (f"{REDIS}?stream=orders", "orders:")],
+    [(f"{NATS}/{{name}}", "{NAME}_"), (f"{REDIS}?stream={{name}}", "{name}:")],
 )
 def test_a_few_events_still_crash_mid_stream_under_the_names_shown(
     source: str, stream: str
 ) -> None:
+    name = _unique("orders")
+    source = source.format(name=name)
+    stream = stream.format(name=name, NAME=name.upper())
     result = run_demo(
         "demos.fraud",
         *SMALL,
         *("--malformed", "2", "--shards", "1", "--batch-size", "3", "--json"),
-        *("--source", source, "--sink", f"{REDIS}?prefix=orders:"),
+        *("--source", source, "--sink", f"{REDIS}?prefix={name}:"),
     )
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
@@ -304,8 +368,10 @@ def test_a_few_events_still_crash_mid_stream_under_the_names_shown(
     assert run["cards_differing"] == run["redis_hashes_differing"] == 0
     tag = run["stream"].removeprefix(stream)
     assert len(tag) == 8 and run["stream"] == stream + tag
-    assert run["hashes"] == f"orders:{tag}:<card>" and run["removed"] is True
-    assert _left_behind("orders") == []
+    assert run["hashes"] == f"{name}:{tag}:<card>" and run["removed"] is True
+    # the run's own names only: another run may use the servers meanwhile
+    assert _left_behind(run["stream"]) == []
+    assert _left_behind(run["hashes"].removesuffix("<card>")) == []
 
 
 @pytest.mark.usefixtures("servers")
@@ -319,7 +385,8 @@ def test_ctrl_c_while_the_consumer_runs_stops_quietly_and_removes_everything(
         "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
         "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"
     )
-    args = ("--events", "60000", "--cards", "2000", "--quiet", "--source", f"{REDIS}?stream=ctrlc")
+    name = _unique("ctrlc")
+    args = ("--events", "60000", "--cards", "2000", "--quiet", "--source", f"{REDIS}?stream={name}")
     demo = subprocess.Popen(
         [
             sys.executable,
@@ -329,7 +396,7 @@ def test_ctrl_c_while_the_consumer_runs_stops_quietly_and_removes_everything(
             "demos.fraud",
             *args,
             "--sink",
-            f"{REDIS}?prefix=ctrlc:",
+            f"{REDIS}?prefix={name}:",
         ],
         cwd=ROOT,
         stdout=subprocess.PIPE,
@@ -340,13 +407,14 @@ def test_ctrl_c_while_the_consumer_runs_stops_quietly_and_removes_everything(
     )
     try:
         # the child has taken its first checkpoint: it is consuming
-        deadline = time.monotonic() + 30
+        # the waits, 20 s + 15 s, within pytest-timeout's 60 s
+        deadline = time.monotonic() + 20
         while not any(tmp_path.glob("featurist-fraud-broker-*/*")):
             assert demo.poll() is None, demo.communicate()
             assert time.monotonic() < deadline, "the consumer did not start"
             time.sleep(0.02)
         os.killpg(demo.pid, signal.SIGINT)
-        out, err = demo.communicate(timeout=30)
+        out, err = demo.communicate(timeout=15)
     finally:
         if demo.poll() is None:
             os.killpg(demo.pid, signal.SIGKILL)
@@ -354,4 +422,4 @@ def test_ctrl_c_while_the_consumer_runs_stops_quietly_and_removes_everything(
     assert demo.returncode == 130, err
     assert err.strip() == "interrupted" and out == ""
     assert list(tmp_path.glob("featurist-fraud-*")) == []
-    assert _left_behind("ctrlc") == []
+    assert _left_behind(name) == []
