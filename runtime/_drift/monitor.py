@@ -236,11 +236,9 @@ class MonitorState:
         (segments in phase ``no_reference``)."""
         self.empty_references += 1
         if self.empty_references == 1:
-            _log.warning(
+            self._warn(
                 "drift_reference_empty",
-                monitor=self.spec.name,
-                feature=self.spec.feature,
-                segment=segment,
+                segment,
                 detail="no value in the reference's range: this segment is not monitored (and "
                 "no other of this monitor's segments whose reference is empty is logged)",
             )
@@ -251,17 +249,21 @@ class MonitorState:
         empty reference is."""
         self.small_references += 1
         if self.small_references == 1:
-            _log.warning(
+            self._warn(
                 "drift_reference_too_small",
-                monitor=self.spec.name,
-                feature=self.spec.feature,
-                segment=segment,
+                segment,
                 reference_values=size,
                 detail=f"a {self.spec.detector.type_name} test of a full window against "
                 f"{size} reference value(s) can never reach alpha: this segment cannot alert "
                 "(a larger reference, or a larger alpha, would let it; no other of this "
                 "monitor's segments like it is logged)",
             )
+
+    def _warn(self, event: str, segment: Any, **fields: Any) -> None:
+        """A warning about one of this monitor's segments, naming the monitor and feature."""
+        _log.warning(
+            event, monitor=self.spec.name, feature=self.spec.feature, segment=segment, **fields
+        )
 
     def _alert(self, segment: _Segment, update: FeatureUpdate) -> DriftAlert:
         spec = self.spec

@@ -68,6 +68,26 @@ def _unique(name: str) -> str:
     return f"{name}{uuid.uuid4().hex[:12]}"
 
 
+def _one_merchant(tmp_path: Path) -> Path:
+    """A merchant table of one row (``m-1``) for the runs below."""
+    from demos.fraud.merchants import write_merchants
+    from demos.fraud.simulator import Merchant
+
+    db = tmp_path / "merchants.db"
+    write_merchants(db, [Merchant("m-1", "grocery", "FR", 0.1)])
+    return db
+
+
+def _payloads(count: int) -> list[bytes]:
+    """``count`` approved transactions of card c1 at merchant m-1, as JSON."""
+    return [
+        msgspec.json.encode(
+            {"card": "c1", "ts": i, "amount": 1.0, "merchant": "m-1", "status": "approved"}
+        )
+        for i in range(count)
+    ]
+
+
 def _left_behind(name: str) -> list[str]:
     """The Redis keys and JetStream streams whose names start with ``name`` (a name of the
     test's own: ``_unique``, or a name a summary shows), in any case."""
@@ -199,8 +219,6 @@ async def test_a_consumer_that_fails_is_the_failure_and_the_run_stops_there(
     its line is the error, the run goes no further (no resume in this process), and the
     stream is removed all the same though the hashes' removal fails too."""
     from demos.fraud.__main__ import build_feature_set
-    from demos.fraud.merchants import write_merchants
-    from demos.fraud.simulator import Merchant
 
     async def resume(*_: Any, **__: Any) -> Any:
         raise AssertionError("the parent resumed after its child failed")
@@ -210,8 +228,7 @@ async def test_a_consumer_that_fails_is_the_failure_and_the_run_stops_there(
 
     monkeypatch.setattr(broker, "check_sink", answers)
     monkeypatch.setattr(broker, "consume_part", resume)
-    db = tmp_path / "merchants.db"
-    write_merchants(db, [Merchant("m-1", "grocery", "FR", 0.1)])
+    db = _one_merchant(tmp_path)
     events = [
         {"card": f"c{i % 3}", "ts": i, "amount": 1.0, "merchant": "m-1", "status": "approved"}
         for i in range(40)
@@ -251,20 +268,11 @@ async def test_clean_up_removes_each_thing_even_when_another_fails() -> None:
 async def test_a_consumer_that_reads_everything_is_no_crash(tmp_path: Path) -> None:
     """The child that ends the stream before its kill point is reported, never taken for a
     crash."""
-    from demos.fraud.merchants import write_merchants
-    from demos.fraud.simulator import Merchant
-
-    db = tmp_path / "merchants.db"
-    write_merchants(db, [Merchant("m-1", "grocery", "FR", 0.1)])
+    db = _one_merchant(tmp_path)
     name = _unique("nokill")
     spec = broker.parse_source(f"{REDIS}?stream={name}", "t2")
     sink = broker.parse_sink(f"{REDIS}?prefix={name}:", "t2")
-    payloads = [
-        msgspec.json.encode(
-            {"card": "c1", "ts": i, "amount": 1.0, "merchant": "m-1", "status": "approved"}
-        )
-        for i in range(8)
-    ]
+    payloads = _payloads(8)
     made: set[str] = set()
     try:
         await broker.publish(spec, payloads, made)
@@ -297,21 +305,13 @@ async def test_a_consumer_that_gets_nothing_more_stops_naming_the_stream(
     """A stream that gives nothing more (here: fewer records than expected) is a stall, named
     after a while (``STALL_SECONDS``, shortened), not a wait for ever."""
     from demos.fraud.__main__ import build_feature_set
-    from demos.fraud.merchants import write_merchants
-    from demos.fraud.simulator import Merchant
 
     monkeypatch.setattr(broker, "STALL_SECONDS", 1.0)
-    db = tmp_path / "merchants.db"
-    write_merchants(db, [Merchant("m-1", "grocery", "FR", 0.1)])
+    db = _one_merchant(tmp_path)
     name = _unique("stall")
     spec = broker.parse_source(f"{REDIS}?stream={name}", "t3")
     sink = broker.parse_sink(f"{REDIS}?prefix={name}:", "t3")
-    payloads = [
-        msgspec.json.encode(
-            {"card": "c1", "ts": i, "amount": 1.0, "merchant": "m-1", "status": "approved"}
-        )
-        for i in range(4)
-    ]
+    payloads = _payloads(4)
     made: set[str] = set()
     config = {
         "source": spec,
